@@ -1,0 +1,108 @@
+//! `BackupJob`: one `zfs send` of one dataset, created by the controller and run by the source
+//! host's agent. BackupJobs are history; the backup store is the source of truth.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::backup_policy::{Compression, Target};
+use super::common::{Conditions, DatasetName, ObjectName, conditions_schema};
+
+/// One backup of one dataset, run by the agent of `spec.host`.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "zetaback.io",
+    version = "v1alpha1",
+    kind = "BackupJob",
+    plural = "backupjobs",
+    shortname = "bj",
+    category = "zetaback",
+    namespaced,
+    status = "BackupJobStatus",
+    doc = "One full or incremental zfs send of one dataset, run by the source host's agent.",
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy"),
+    printcolumn(name = "Host", type_ = "string", json_path = ".spec.host"),
+    printcolumn(name = "Dataset", type_ = "string", json_path = ".spec.dataset"),
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Bytes", type_ = "integer", json_path = ".status.bytes"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupJobSpec {
+    /// The BackupPolicy that asked for this job.
+    pub policy: ObjectName,
+    /// The source ZfsHost.
+    pub host: ObjectName,
+    pub dataset: DatasetName,
+    #[serde(rename = "type")]
+    pub backup_type: BackupType,
+    /// For an incremental: the snapshot (short name, after `@`) it is taken against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    pub base_snapshot: Option<String>,
+    /// The snapshot to take and send (short name).
+    #[schemars(length(min = 1, max = 200))]
+    pub snapshot: String,
+    pub target: Target,
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// Full or incremental.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BackupType {
+    Full,
+    Incremental,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum JobPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupJobStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub phase: JobPhase,
+    /// The agent that claimed the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+    /// Stream bytes written to the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<u64>,
+    /// The stream's sha256, as the target recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The id of the stored backup (its manifest's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Conditions,
+}

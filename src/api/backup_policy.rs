@@ -1,0 +1,284 @@
+//! `BackupPolicy`: which hosts and datasets are backed up, how often, for how long, and where.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    Conditions, DatasetName, DatasetSelector, DurationString, ObjectName, RetentionString,
+    conditions_schema,
+};
+use crate::duration::cel_seconds;
+
+/// A ZFS backup policy for a set of hosts and datasets. Its status answers "are we compliant?".
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "zetaback.io",
+    version = "v1alpha1",
+    kind = "BackupPolicy",
+    plural = "backuppolicies",
+    shortname = "bp",
+    category = "zetaback",
+    namespaced,
+    status = "BackupPolicyStatus",
+    doc = "A ZFS backup policy: which hosts and datasets, how often full and incremental backups are due, how long each is kept, and where they go.",
+    printcolumn(name = "Hosts", type_ = "integer", json_path = ".status.hosts"),
+    printcolumn(name = "Datasets", type_ = "integer", json_path = ".status.datasets"),
+    printcolumn(name = "Violators", type_ = "integer", json_path = ".status.violators"),
+    printcolumn(
+        name = "Compliant",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Compliant\")].status"
+    ),
+    printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.lastBackup"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(format!(
+    "{} < {}",
+    cel_seconds("self.incremental.every"),
+    cel_seconds("self.full.every")
+)).message("incremental.every must be shorter than full.every (an incremental is due between fulls)").field_path(".incremental.every"))]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicySpec {
+    /// Which ZfsHosts this policy covers.
+    pub hosts: HostSelector,
+    /// Which datasets on those hosts.
+    #[serde(default)]
+    pub datasets: DatasetSelector,
+    /// How often a full backup is due and how long full backups are kept.
+    pub full: Schedule,
+    /// How often an incremental backup is due and how long incrementals are kept.
+    pub incremental: IncrementalSchedule,
+    /// When backups move to the archive area and how long they stay there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSpec>,
+    /// Where backup streams go.
+    pub target: Target,
+    /// How streams are compressed in transit and at rest.
+    #[serde(default)]
+    pub compression: Compression,
+    /// How late a backup may be before its dataset counts as a violator.
+    #[serde(default = "default_grace")]
+    pub grace: DurationString,
+    /// Limits on concurrent jobs.
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// A suspended policy schedules nothing but still reports violators.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_grace() -> DurationString {
+    DurationString("15m".into())
+}
+
+/// Hosts by name or by label selector (exactly one).
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("has(self.names) != has(self.selector)").message("hosts needs exactly one of names or selector"))]
+#[serde(rename_all = "camelCase")]
+pub struct HostSelector {
+    /// ZfsHost names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1000))]
+    pub names: Option<Vec<ObjectName>>,
+    /// A label selector over ZfsHosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Frequency and retention of full backups.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new(keep_at_least_every()).message("keep must be at least every: a backup must be kept until the next one is due").field_path(".keep"))]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    /// How often a backup is due, e.g. 7d.
+    pub every: DurationString,
+    /// How long backups are kept: an age (30d) or COUNTxAGE bins (4x1w,12x30d).
+    pub keep: RetentionString,
+}
+
+/// Frequency and retention of incremental backups, and what they are taken against.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new(keep_at_least_every()).message("keep must be at least every: a backup must be kept until the next one is due").field_path(".keep"))]
+#[serde(rename_all = "camelCase")]
+pub struct IncrementalSchedule {
+    /// How often an incremental is due, e.g. 1d.
+    pub every: DurationString,
+    /// How long incrementals are kept.
+    pub keep: RetentionString,
+    /// `lastFull` (Zetaback: each incremental is against the last full, so a restore needs at
+    /// most two pieces) or `previous` (chained: smaller, a restore replays the chain).
+    #[serde(default)]
+    pub against: IncrementalBase,
+}
+
+/// What an incremental is taken against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum IncrementalBase {
+    #[default]
+    LastFull,
+    Previous,
+}
+
+/// The CEL rule "a plain-age keep is at least every" (grids are checked by span in the
+/// controller, since CEL cannot parse them cheaply).
+fn keep_at_least_every() -> String {
+    format!(
+        "!self.keep.matches('^[1-9][0-9]*[smhdw]$') || {} >= {}",
+        cel_seconds("self.keep"),
+        cel_seconds("self.every")
+    )
+}
+
+/// When backups move to the archive area, and how long they stay there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveSpec {
+    /// Backups older than this move to the archive area (`<root>/.archive/...`).
+    pub after: DurationString,
+    /// How long archived backups are kept.
+    pub keep: RetentionString,
+}
+
+/// Where streams go: a directory on a ZfsHost (Zetaback's file layout) or a dataset there
+/// (replica mode, `zfs receive`). Exactly one of `path` and `dataset`.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("has(self.path) != has(self.dataset)").message("target needs exactly one of path (store streams as files) or dataset (receive into a pool)"))]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// The ZfsHost whose agent stores the backups.
+    pub host: ObjectName,
+    /// A directory on that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..') && !self.contains('//')").message("target.path must be an absolute path without '..' or '//'"))]
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: Option<String>,
+    /// A dataset on that host that receives the streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetName>,
+}
+
+/// Stream compression.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Compression {
+    None,
+    #[default]
+    Zstd,
+}
+
+/// Limits on how many jobs run at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Concurrency {
+    /// Jobs at once on one source host.
+    #[serde(default = "default_per_host")]
+    #[schemars(range(min = 1, max = 64))]
+    pub per_host: u32,
+    /// Jobs at once into one target host.
+    #[serde(default = "default_per_target")]
+    #[schemars(range(min = 1, max = 256))]
+    pub per_target: u32,
+}
+
+fn default_per_host() -> u32 {
+    1
+}
+fn default_per_target() -> u32 {
+    4
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Self {
+            per_host: default_per_host(),
+            per_target: default_per_target(),
+        }
+    }
+}
+
+/// The compliance answer and a compact summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Hosts matched.
+    #[serde(default)]
+    pub hosts: i32,
+    /// Datasets covered.
+    #[serde(default)]
+    pub datasets: i32,
+    /// Datasets not backed up within the policy.
+    #[serde(default)]
+    pub violators: i32,
+    /// The violators (the first 50; `violators` counts all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub violations: Vec<Violation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_due: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_stored: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Conditions,
+}
+
+/// A dataset that is not backed up within its policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Violation {
+    pub host: String,
+    pub dataset: DatasetName,
+    pub reason: ViolationReason,
+    /// Since when the dataset has been in violation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Why a dataset violates its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ViolationReason {
+    /// No full backup within `full.every` (+ grace).
+    NoFullWithin,
+    /// No backup of any kind within `incremental.every` (+ grace).
+    NoBackupWithin,
+    /// The last backup job failed.
+    LastJobFailed,
+    /// The host's agent has not reported.
+    HostUnreachable,
+}
+
+impl BackupPolicySpec {
+    /// Validates what the schema's CEL cannot: retention grids must span at least `every`.
+    pub fn check(&self) -> Result<(), String> {
+        for (what, every, keep) in [
+            ("full", &self.full.every, &self.full.keep),
+            (
+                "incremental",
+                &self.incremental.every,
+                &self.incremental.keep,
+            ),
+        ] {
+            let every = every.duration().map_err(|e| format!("{what}.every: {e}"))?;
+            let keep = keep.retention().map_err(|e| format!("{what}.keep: {e}"))?;
+            if keep.span() < every {
+                return Err(format!(
+                    "{what}.keep spans less than {what}.every: a backup must be kept until the next one is due"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

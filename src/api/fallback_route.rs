@@ -1,0 +1,154 @@
+//! `FallbackRoute`: one URL in front of N backends that each hold part of the assets.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Conditions, DurationString, ObjectName, conditions_schema};
+
+/// One URL in front of several backends: GET/HEAD go to the backend that owns the path (or
+/// backend 1), and on a fallback status (404) the next is tried; hits are cached.
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "zetaback.io",
+    version = "v1alpha1",
+    kind = "FallbackRoute",
+    plural = "fallbackroutes",
+    shortname = "fr",
+    category = "zetaback",
+    namespaced,
+    status = "FallbackRouteStatus",
+    doc = "A caching proxy that tries its backends in order until one has the object.",
+    printcolumn(name = "Backends", type_ = "integer", json_path = ".status.backends"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackRouteSpec {
+    /// Host header values served (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    pub hosts: Vec<String>,
+    /// Backends, tried in this order on a fallback status.
+    #[schemars(length(min = 1, max = 64))]
+    pub backends: Vec<Backend>,
+    /// The statuses that mean "try the next backend".
+    #[serde(default = "default_fallback_on")]
+    #[schemars(length(min = 1, max = 16), inner(range(min = 400, max = 599)))]
+    pub fallback_on: Vec<u16>,
+    #[serde(default)]
+    pub cache: CacheSpec,
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// The proxy's container image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+fn default_fallback_on() -> Vec<u16> {
+    vec![404]
+}
+fn default_replicas() -> i32 {
+    2
+}
+
+/// A backend: a Service in the route's namespace or a URL (exactly one).
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("has(self.service) != has(self.url)").message("each backend needs exactly one of service or url"))]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+    /// An http:// or https:// URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/?#]+(/[^\s]*)?$"), length(max = 2048))]
+    pub url: Option<String>,
+}
+
+/// A Service and port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRef {
+    pub name: ObjectName,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// Cache sizing and lifetimes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Freshness of responses that give none of their own.
+    #[serde(default = "default_ttl")]
+    pub ttl: DurationString,
+    /// Memory for cached objects, e.g. 256Mi.
+    #[serde(default = "default_max_size")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,6}(Ki|Mi|Gi)?$"))]
+    pub max_size: String,
+    /// The largest object kept, e.g. 8Mi.
+    #[serde(default = "default_max_object_size")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,6}(Ki|Mi|Gi)?$"))]
+    pub max_object_size: String,
+    /// How long "no backend has it" is remembered.
+    #[serde(default = "default_not_found_ttl")]
+    pub not_found_ttl: DurationString,
+    /// How long a stale object may be served while it is revalidated.
+    #[serde(default = "default_grace")]
+    pub grace: DurationString,
+}
+
+fn default_ttl() -> DurationString {
+    DurationString("5m".into())
+}
+fn default_max_size() -> String {
+    "256Mi".into()
+}
+fn default_max_object_size() -> String {
+    "8Mi".into()
+}
+fn default_not_found_ttl() -> DurationString {
+    DurationString("10s".into())
+}
+fn default_grace() -> DurationString {
+    DurationString("30s".into())
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self {
+            ttl: default_ttl(),
+            max_size: default_max_size(),
+            max_object_size: default_max_object_size(),
+            not_found_ttl: default_not_found_ttl(),
+            grace: default_grace(),
+        }
+    }
+}
+
+/// The proxy's rollout.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackRouteStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub backends: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Hash of the rendered proxy config (changes roll the Deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Conditions,
+}

@@ -1,0 +1,1 @@
+//! The `kubectl zetaback` command line.

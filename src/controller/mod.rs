@@ -1,0 +1,1 @@
+//! The controller: one reconciler per kind, sharing a [`Context`].

@@ -1,0 +1,13 @@
+//! zetaback: a Kubernetes operator for ZFS backup and restore (after Zetaback) and a
+//! fallback proxy for assets spread over several servers (after the seed's Varnish hack).
+//!
+//! This crate holds the API types ([`api`]), name and duration validation shared by the
+//! CRD schema and the agents ([`names`], [`duration`]), the controller ([`controller`]) and
+//! the CLI ([`cli`]).
+
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod duration;
+pub mod names;
+pub mod telemetry;
