@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Real ZFS for tests: Debian's zfs-fuse daemon and file-backed pools.
+#   zfs.sh start                 start zfs-fuse if it is not running (idempotent)
+#   zfs.sh pool NAME [SIZE]      create a file-backed pool NAME (default 512M) if missing;
+#                                prints its mountpoint
+#   zfs.sh destroy NAME          destroy pool NAME and its backing file
+#   zfs.sh stop                  export every e2e pool and stop zfs-fuse
+# Pools live under $ZETABACK_ZFS_DIR (default ~/.cache/zetaback/zfs) and mount under
+# /run/zetaback/zfs/NAME. Fails loudly when zfs-fuse is not installed.
+set -euo pipefail
+dir=${ZETABACK_ZFS_DIR:-$HOME/.cache/zetaback/zfs}
+mnt=/run/zetaback/zfs
+pidfile=/run/zetaback/zfs-fuse.pid
+
+need() { command -v "$1" >/dev/null || { echo "zfs.sh: $1 not found: install Debian's zfs-fuse (apt-get install zfs-fuse)" >&2; exit 1; }; }
+
+running() { zpool list -H >/dev/null 2>&1; }
+
+start() {
+  need zfs-fuse; need zpool; need zfs
+  mkdir -p "$dir" "$mnt" "$(dirname "$pidfile")"
+  [ -e /dev/fuse ] || mknod -m 666 /dev/fuse c 10 229
+  if ! running; then
+    pkill -x zfs-fuse 2>/dev/null || true
+    for _ in $(seq 1 50); do pgrep -x zfs-fuse >/dev/null || break; sleep 0.2; done
+    zfs-fuse --pidfile "$pidfile" --no-kstat-mount
+    for _ in $(seq 1 50); do running && break; sleep 0.2; done
+    running || { echo "zfs.sh: zfs-fuse did not start" >&2; exit 1; }
+  fi
+}
+
+pool() {
+  local name=$1 size=${2:-512M}
+  [[ $name =~ ^[A-Za-z][A-Za-z0-9_.:-]*$ ]] || { echo "zfs.sh: bad pool name '$name'" >&2; exit 2; }
+  start
+  if ! zpool list -H "$name" >/dev/null 2>&1; then
+    if [ -f "$dir/$name.img" ]; then
+      zpool import -d "$dir" "$name" >/dev/null 2>&1 || { rm -f "$dir/$name.img"; }
+    fi
+  fi
+  if ! zpool list -H "$name" >/dev/null 2>&1; then
+    truncate -s "$size" "$dir/$name.img"
+    zpool create -f -m "$mnt/$name" "$name" "$dir/$name.img" >/dev/null
+  fi
+  zfs get -H -o value mountpoint "$name"
+}
+
+destroy() {
+  local name=$1
+  if zpool list -H "$name" >/dev/null 2>&1; then zpool destroy -f "$name"; fi
+  rm -f "$dir/$name.img"
+}
+
+stop() {
+  if running; then
+    for p in $(zpool list -H -o name 2>/dev/null); do zpool export -f "$p" || true; done
+  fi
+  if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
+  pkill -x zfs-fuse 2>/dev/null || true
+  for _ in $(seq 1 50); do pgrep -x zfs-fuse >/dev/null || break; sleep 0.2; done
+}
+
+case "${1:-}" in
+  start) start ;;
+  pool) shift; pool "$@" ;;
+  destroy) shift; destroy "$@" ;;
+  stop) stop ;;
+  *) echo "usage: zfs.sh start | pool NAME [SIZE] | destroy NAME | stop" >&2; exit 2 ;;
+esac
