@@ -1,0 +1,281 @@
+//! The response cache (moka, weighed by bytes), the Vary index, hit-for-pass
+//! marks and the in-flight map used for request coalescing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName};
+use http::{StatusCode, Uri};
+use http_cache_semantics::CachePolicy;
+use moka::Expiry;
+use moka::sync::Cache;
+use tokio::sync::watch;
+
+use crate::config::CacheConfig;
+
+/// A stored response.
+pub struct CachedObject {
+    pub status: StatusCode,
+    /// Headers as served (hop-by-hop removed, without Content-Length/Age).
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub policy: CachePolicy,
+    /// Path and query the policy was made for.
+    pub uri: Uri,
+    /// Name of the backend that produced it.
+    pub backend: Option<Arc<str>>,
+    /// Stored at (monotonic) and fresh until.
+    pub stored: Instant,
+    pub fresh_until: Instant,
+    /// End of the grace window (stale-while-revalidate).
+    pub grace_until: Instant,
+    /// Age at the time of storing (from Age header and Date), in seconds.
+    pub initial_age: Duration,
+    weight: u32,
+}
+
+impl CachedObject {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key_len: usize,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        policy: CachePolicy,
+        uri: Uri,
+        backend: Option<Arc<str>>,
+        ttl: Duration,
+        grace: Duration,
+        now: SystemTime,
+    ) -> Self {
+        let stored = Instant::now();
+        let fresh_until = stored + ttl;
+        let grace_until = fresh_until + grace;
+        let initial_age = policy.age(now);
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        let weight = key_len + body.len() + header_bytes * 2 + 512;
+        Self {
+            status,
+            headers,
+            body,
+            policy,
+            uri,
+            backend,
+            stored,
+            fresh_until,
+            grace_until,
+            initial_age,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Current Age in seconds.
+    pub fn age_secs(&self) -> u64 {
+        (self.initial_age + self.stored.elapsed()).as_secs()
+    }
+
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        now < self.fresh_until
+    }
+
+    pub fn in_grace(&self, now: Instant) -> bool {
+        now < self.grace_until
+    }
+}
+
+struct ObjectExpiry;
+
+impl Expiry<String, Arc<CachedObject>> for ObjectExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<CachedObject>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.grace_until.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &String,
+        value: &Arc<CachedObject>,
+        updated_at: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
+    }
+}
+
+/// Response cache plus the Vary index and hit-for-pass marks.
+pub struct Store {
+    pub objects: Cache<String, Arc<CachedObject>>,
+    /// primary key -> header names the stored variants vary on
+    pub vary: Cache<String, Arc<Vec<HeaderName>>>,
+    /// primary keys recently found uncacheable
+    pub pass: Cache<String, ()>,
+    pub max_object_size: u64,
+    sizing: (u64, Duration),
+}
+
+impl Store {
+    pub fn new(cfg: &CacheConfig) -> Self {
+        let objects = Cache::builder()
+            .max_capacity(cfg.max_size)
+            .weigher(|k: &String, v: &Arc<CachedObject>| {
+                v.weight
+                    .saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
+            })
+            .expire_after(ObjectExpiry)
+            .build();
+        let vary = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_idle(Duration::from_secs(3600))
+            .build();
+        let pass = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(cfg.pass_ttl.max(Duration::from_millis(1)))
+            .build();
+        Self {
+            objects,
+            vary,
+            pass,
+            max_object_size: cfg.max_object_size,
+            sizing: (cfg.max_size, cfg.pass_ttl),
+        }
+    }
+
+    /// Whether a new config can keep using this store.
+    pub fn compatible(&self, cfg: &CacheConfig) -> bool {
+        self.sizing == (cfg.max_size, cfg.pass_ttl)
+    }
+
+    /// Key of the variant this request maps to.
+    pub fn variant_key(&self, primary: &str, req: &HeaderMap) -> String {
+        match self.vary.get(primary) {
+            Some(names) => crate::key::variant_key(primary, &names, req),
+            None => primary.to_string(),
+        }
+    }
+
+    /// Store a response under its variant key.
+    pub fn insert(&self, primary: &str, req: &HeaderMap, obj: CachedObject) -> Arc<CachedObject> {
+        let names = crate::key::vary_names(&obj.headers).unwrap_or_default();
+        let key = crate::key::variant_key(primary, &names, req);
+        if names.is_empty() {
+            self.vary.invalidate(primary);
+        } else {
+            self.vary.insert(primary.to_string(), Arc::new(names));
+        }
+        self.pass.invalidate(primary);
+        let obj = Arc::new(obj);
+        self.objects.insert(key, obj.clone());
+        obj
+    }
+
+    /// Forget everything stored for a primary key (unsafe method succeeded).
+    pub fn invalidate(&self, primary: &str, req: &HeaderMap) {
+        let key = self.variant_key(primary, req);
+        self.objects.invalidate(&key);
+        self.objects.invalidate(primary);
+        self.vary.invalidate(primary);
+    }
+}
+
+/// Coalescing: one leader per key fetches, others wait for it.
+#[derive(Default)]
+pub struct Inflight {
+    map: Mutex<HashMap<String, watch::Sender<()>>>,
+}
+
+/// Held by the leader; waking waiters when dropped.
+pub struct LeaderGuard {
+    inflight: Arc<Inflight>,
+    key: String,
+}
+
+impl Drop for LeaderGuard {
+    fn drop(&mut self) {
+        let sender = match self.inflight.map.lock() {
+            Ok(mut m) => m.remove(&self.key),
+            Err(poisoned) => poisoned.into_inner().remove(&self.key),
+        };
+        drop(sender);
+    }
+}
+
+/// Outcome of joining a flight.
+pub enum Flight {
+    Leader(LeaderGuard),
+    Waiter(watch::Receiver<()>),
+}
+
+impl Inflight {
+    /// Become the leader for `key`, or get a receiver that completes when
+    /// the current leader is done.
+    pub fn join(self: &Arc<Self>, key: &str) -> Flight {
+        let mut m = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(tx) = m.get(key) {
+            return Flight::Waiter(tx.subscribe());
+        }
+        let (tx, _rx) = watch::channel(());
+        m.insert(key.to_string(), tx);
+        Flight::Leader(LeaderGuard {
+            inflight: self.clone(),
+            key: key.to_string(),
+        })
+    }
+
+    /// Become leader only if nobody is (for background refreshes).
+    pub fn try_lead(self: &Arc<Self>, key: &str) -> Option<LeaderGuard> {
+        match self.join(key) {
+            Flight::Leader(g) => Some(g),
+            Flight::Waiter(_) => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Wait until the leader drops its guard.
+pub async fn wait(mut rx: watch::Receiver<()>) {
+    // Err means the sender was dropped: the leader is done.
+    while rx.changed().await.is_ok() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn coalescing_one_leader() {
+        let inf = Arc::new(Inflight::default());
+        let g = match inf.join("k") {
+            Flight::Leader(g) => g,
+            Flight::Waiter(_) => panic!("first must lead"),
+        };
+        let rx = match inf.join("k") {
+            Flight::Waiter(rx) => rx,
+            Flight::Leader(_) => panic!("second must wait"),
+        };
+        assert!(inf.try_lead("k").is_none());
+        let waiter = tokio::spawn(wait(rx));
+        drop(g);
+        waiter.await.expect("waiter finishes");
+        assert!(inf.is_empty());
+        assert!(inf.try_lead("k").is_some());
+    }
+}

@@ -1,0 +1,339 @@
+//! The proxy configuration file (YAML), rendered by the controller from a
+//! `FallbackRoute`. Plain serde, unknown fields rejected.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// Top-level configuration of one proxy instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address the proxy listens on, e.g. `0.0.0.0:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address serving `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
+    /// Host header values served (port ignored, case-insensitive); empty = any.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Backends in the order they are tried.
+    pub backends: Vec<BackendConfig>,
+    /// Status codes that mean "not here, try the next backend".
+    #[serde(default = "default_fallback_on")]
+    pub fallback_on: Vec<u16>,
+    /// Response cache settings.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// How long the backend that answered a path is remembered.
+    #[serde(default = "default_owner_ttl", with = "humantime_serde")]
+    pub owner_ttl: Duration,
+    /// Maximum number of remembered owners.
+    #[serde(default = "default_owner_capacity")]
+    pub owner_capacity: u64,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    /// Largest accepted request body in bytes (413 above).
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body: u64,
+    /// Index of the backend that receives methods other than GET/HEAD.
+    #[serde(default)]
+    pub pass_to: usize,
+    /// How long a backend that refused a connection or timed out is skipped.
+    #[serde(default = "default_backend_down_for", with = "humantime_serde")]
+    pub backend_down_for: Duration,
+    /// Value used in the `Via` header.
+    #[serde(default = "default_via_name")]
+    pub via_name: String,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// Base URL, `http://host:port` with an optional path prefix.
+    pub url: String,
+}
+
+/// Response cache settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Freshness given to a storable response without explicit freshness
+    /// (no `max-age`, `s-maxage` or `Expires`).
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Total bytes the cache may hold.
+    #[serde(default = "default_max_size")]
+    pub max_size: u64,
+    /// Largest single object that is cached; larger bodies stream through.
+    #[serde(default = "default_max_object_size")]
+    pub max_object_size: u64,
+    /// Freshness of a "not found on any backend" answer.
+    #[serde(default = "default_not_found_ttl", with = "humantime_serde")]
+    pub not_found_ttl: Duration,
+    /// How long past expiry a stale object is still served while one
+    /// background request revalidates it.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace: Duration,
+    /// How long a key found uncacheable is passed straight to the backends
+    /// (no coalescing) before being tried again.
+    #[serde(default = "default_pass_ttl", with = "humantime_serde")]
+    pub pass_ttl: Duration,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TimeoutConfig {
+    /// TCP connect timeout.
+    #[serde(default = "default_connect", with = "humantime_serde")]
+    pub connect: Duration,
+    /// Time from sending the request to receiving the response head.
+    #[serde(default = "default_response_header", with = "humantime_serde")]
+    pub response_header: Duration,
+    /// Idle time after which a pooled upstream connection is closed.
+    #[serde(default = "default_pool_idle", with = "humantime_serde")]
+    pub pool_idle: Duration,
+    /// How long shutdown waits for open connections.
+    #[serde(default = "default_shutdown", with = "humantime_serde")]
+    pub shutdown: Duration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9090))
+}
+fn default_fallback_on() -> Vec<u16> {
+    vec![404]
+}
+fn default_owner_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_owner_capacity() -> u64 {
+    1_000_000
+}
+fn default_max_request_body() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_backend_down_for() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_via_name() -> String {
+    "zetaback".to_string()
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_max_size() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_max_object_size() -> u64 {
+    8 * 1024 * 1024
+}
+fn default_not_found_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pass_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_connect() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_response_header() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pool_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_shutdown() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: default_ttl(),
+            max_size: default_max_size(),
+            max_object_size: default_max_object_size(),
+            not_found_ttl: default_not_found_ttl(),
+            grace: default_grace(),
+            pass_ttl: default_pass_ttl(),
+        }
+    }
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        Self {
+            connect: default_connect(),
+            response_header: default_response_header(),
+            pool_idle: default_pool_idle(),
+            shutdown: default_shutdown(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// A configuration with defaults for everything but the backends.
+    pub fn with_backends(backends: Vec<BackendConfig>) -> Self {
+        Self {
+            listen: default_listen(),
+            metrics_listen: default_metrics_listen(),
+            hosts: Vec::new(),
+            backends,
+            fallback_on: default_fallback_on(),
+            cache: CacheConfig::default(),
+            owner_ttl: default_owner_ttl(),
+            owner_capacity: default_owner_capacity(),
+            timeouts: TimeoutConfig::default(),
+            max_request_body: default_max_request_body(),
+            pass_to: 0,
+            backend_down_for: default_backend_down_for(),
+            via_name: default_via_name(),
+        }
+    }
+
+    /// Parse and validate YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: ProxyConfig = serde_yaml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Render as YAML.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+
+    /// Check cross-field constraints.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.backends.is_empty() {
+            return Err(ConfigError::Invalid(
+                "at least one backend is required".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for b in &self.backends {
+            if !names.insert(b.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "duplicate backend name {:?}",
+                    b.name
+                )));
+            }
+            crate::upstream::BackendUrl::parse(&b.url)?;
+        }
+        if self.pass_to >= self.backends.len() {
+            return Err(ConfigError::Invalid(format!(
+                "passTo {} is out of range for {} backends",
+                self.pass_to,
+                self.backends.len()
+            )));
+        }
+        for code in &self.fallback_on {
+            if !(100..=599).contains(code) {
+                return Err(ConfigError::Invalid(format!(
+                    "fallbackOn: bad status {code}"
+                )));
+            }
+        }
+        if self.cache.max_object_size > u64::from(u32::MAX) {
+            return Err(ConfigError::Invalid(
+                "cache.maxObjectSize must be < 4 GiB".into(),
+            ));
+        }
+        if self.cache.max_object_size > self.cache.max_size {
+            return Err(ConfigError::Invalid(
+                "cache.maxObjectSize must not exceed cache.maxSize".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_example() {
+        let cfg = ProxyConfig::from_yaml(
+            r#"
+listen: 127.0.0.1:8080
+metricsListen: 127.0.0.1:9090
+hosts: [assets.example.com]
+backends:
+  - {name: web1, url: "http://10.0.0.1:80"}
+  - {name: web2, url: "http://10.0.0.2:80/prefix"}
+fallbackOn: [404, 410]
+cache:
+  defaultTtl: 5m
+  maxSize: 1000000
+  maxObjectSize: 10000
+  notFoundTtl: 10s
+  grace: 1m
+ownerTtl: 1h
+timeouts: {connect: 1s, responseHeader: 10s}
+maxRequestBody: 1048576
+passTo: 1
+backendDownFor: 15s
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(cfg.backends.len(), 2);
+        assert_eq!(cfg.cache.default_ttl, Duration::from_secs(300));
+        assert_eq!(cfg.fallback_on, vec![404, 410]);
+        assert_eq!(cfg.pass_to, 1);
+        assert_eq!(cfg.timeouts.connect, Duration::from_secs(1));
+        let round = ProxyConfig::from_yaml(&cfg.to_yaml().expect("yaml")).expect("roundtrip");
+        assert_eq!(round, cfg);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let cfg = ProxyConfig::from_yaml("backends: [{name: a, url: 'http://127.0.0.1:1'}]")
+            .expect("valid");
+        assert_eq!(cfg.fallback_on, vec![404]);
+        assert_eq!(cfg.pass_to, 0);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_values() {
+        assert!(
+            ProxyConfig::from_yaml("backends: [{name: a, url: 'http://x:1'}]\nbogus: 1").is_err()
+        );
+        assert!(ProxyConfig::from_yaml("backends: []").is_err());
+        assert!(
+            ProxyConfig::from_yaml("backends: [{name: a, url: 'http://x:1'}]\npassTo: 3").is_err()
+        );
+        assert!(ProxyConfig::from_yaml("backends: [{name: a, url: 'https://x:1'}]").is_err());
+        assert!(
+            ProxyConfig::from_yaml(
+                "backends: [{name: a, url: 'http://x:1'}, {name: a, url: 'http://y:1'}]"
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! Cache keys: Host + path/query, plus the values of the request headers a
+//! response `Vary`s on.
+
+use http::header::{HeaderMap, HeaderName};
+
+/// Lower-cased Host header (port kept), or `""` when absent.
+pub fn normalize_host(host: Option<&str>) -> String {
+    host.map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Host without the port, for matching the `hosts` list.
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: [::1]:8080
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Whether a request for `host` is served given the configured list.
+pub fn host_allowed(allowed: &[String], host: &str) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let bare = host_without_port(host);
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(bare))
+}
+
+/// Primary key: host and path with query. The path always starts with `/`,
+/// and a host never contains one, so the concatenation is unambiguous.
+pub fn primary_key(host: &str, path_and_query: &str) -> String {
+    let mut k = String::with_capacity(host.len() + path_and_query.len());
+    k.push_str(host);
+    k.push_str(path_and_query);
+    k
+}
+
+/// Owner-cache key: host and path without the query (files live by path).
+pub fn owner_key(host: &str, path: &str) -> String {
+    primary_key(host, path)
+}
+
+/// Names listed in `Vary`, lower-cased and sorted; `None` for `Vary: *`.
+pub fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(http::header::VARY) {
+        let Ok(s) = value.to_str() else {
+            return None;
+        };
+        for part in s.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            if part == "*" {
+                return None;
+            }
+            match HeaderName::from_bytes(part.to_ascii_lowercase().as_bytes()) {
+                Ok(n) => names.push(n),
+                Err(_) => return None,
+            }
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
+}
+
+/// Key of one variant: the primary key plus each Vary'd header's value(s).
+pub fn variant_key(primary: &str, names: &[HeaderName], req: &HeaderMap) -> String {
+    if names.is_empty() {
+        return primary.to_string();
+    }
+    let mut k = String::from(primary);
+    for name in names {
+        k.push('\0');
+        k.push_str(name.as_str());
+        k.push('=');
+        let mut first = true;
+        for v in req.get_all(name) {
+            if !first {
+                k.push(',');
+            }
+            first = false;
+            k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn host_normalization() {
+        assert_eq!(normalize_host(Some("Example.COM.")), "example.com");
+        assert_eq!(normalize_host(None), "");
+        assert_eq!(host_without_port("a.b:8080"), "a.b");
+        assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+        assert_eq!(host_without_port("a.b"), "a.b");
+        assert!(host_allowed(&[], "x"));
+        assert!(host_allowed(&["A.b".into()], "a.b:81"));
+        assert!(!host_allowed(&["a.b".into()], "c.d"));
+    }
+
+    #[test]
+    fn keys_separate_hosts_and_queries() {
+        assert_ne!(primary_key("a", "/x"), primary_key("b", "/x"));
+        assert_ne!(primary_key("a", "/x?1"), primary_key("a", "/x?2"));
+        assert_eq!(owner_key("a", "/x"), "a/x");
+    }
+
+    #[test]
+    fn vary_parsing_and_variants() {
+        let mut resp = HeaderMap::new();
+        resp.append(
+            "vary",
+            HeaderValue::from_static("Accept-Encoding, accept-language"),
+        );
+        resp.append("vary", HeaderValue::from_static("accept-encoding"));
+        let names = vary_names(&resp).expect("not star");
+        assert_eq!(names.len(), 2);
+        let mut r1 = HeaderMap::new();
+        r1.insert("accept-encoding", HeaderValue::from_static("gzip"));
+        let mut r2 = HeaderMap::new();
+        r2.insert("accept-encoding", HeaderValue::from_static("br"));
+        assert_ne!(variant_key("p", &names, &r1), variant_key("p", &names, &r2));
+        assert_eq!(variant_key("p", &[], &r1), "p");
+        resp.insert("vary", HeaderValue::from_static("*"));
+        assert!(vary_names(&resp).is_none());
+    }
+}

@@ -1,0 +1,28 @@
+//! zetaback-proxy: serve one URL space from whichever of N backends holds a
+//! path (the Varnish "try backend 1, on 404 restart to backend 2" hack, done
+//! as correct HTTP), with an RFC 9111 shared cache, an owner cache so a miss
+//! costs about one backend request however many backends there are, request
+//! coalescing, and pass-through of other methods.
+//!
+//! Pure logic lives in small modules ([`key`], [`policy`], [`owner`],
+//! [`hop`], [`range`], [`conditional`]); I/O in [`proxy`], [`upstream`] and
+//! [`server`].
+
+pub mod body;
+pub mod cache;
+pub mod conditional;
+pub mod config;
+pub mod error;
+pub mod hop;
+pub mod key;
+pub mod metrics;
+pub mod owner;
+pub mod policy;
+pub mod proxy;
+pub mod range;
+pub mod server;
+pub mod upstream;
+
+pub use config::{BackendConfig, CacheConfig, ProxyConfig, TimeoutConfig};
+pub use error::{ConfigError, ProxyError, ServerError};
+pub use server::{ProxyHandle, start};

@@ -1,0 +1,846 @@
+//! Request handling: cache lookup, owner-ordered fallback chain,
+//! coalesced fills, pass-through of other methods.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use moka::sync::Cache;
+use tracing::{Instrument, debug, warn};
+
+use crate::body::{self, Body, LimitedBody, PrefixedBody};
+use crate::cache::{CachedObject, Flight, Inflight, Store, wait};
+use crate::conditional;
+use crate::config::ProxyConfig;
+use crate::error::{ConfigError, ProxyError, UpstreamError};
+use crate::hop;
+use crate::key;
+use crate::metrics::Metrics;
+use crate::owner::backend_order;
+use crate::policy::{self, NotStorable};
+use crate::range::{self, RangeSpec};
+use crate::upstream::{self, Backend, HttpClient};
+
+static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Everything a request needs; swapped as a whole on reload.
+pub struct Runtime {
+    pub cfg: ProxyConfig,
+    pub backends: Vec<Backend>,
+    pub client: HttpClient,
+    pub store: Arc<Store>,
+    /// owner key (host + path) -> name of the backend that answered
+    pub owners: Arc<Cache<String, Arc<str>>>,
+    pub inflight: Arc<Inflight>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    /// Build from a config, reusing caches and the client of `prev` where the
+    /// relevant settings did not change.
+    pub fn build(
+        cfg: ProxyConfig,
+        metrics: Arc<Metrics>,
+        prev: Option<&Runtime>,
+    ) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let backends = cfg
+            .backends
+            .iter()
+            .map(|b| Backend::new(b, metrics.backend(&b.name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = match prev {
+            Some(p) if p.store.compatible(&cfg.cache) => p.store.clone(),
+            _ => Arc::new(Store::new(&cfg.cache)),
+        };
+        let owners = match prev {
+            Some(p)
+                if p.cfg.owner_ttl == cfg.owner_ttl
+                    && p.cfg.owner_capacity == cfg.owner_capacity =>
+            {
+                p.owners.clone()
+            }
+            _ => Arc::new(
+                Cache::builder()
+                    .max_capacity(cfg.owner_capacity)
+                    .time_to_live(cfg.owner_ttl.max(Duration::from_millis(1)))
+                    .build(),
+            ),
+        };
+        let client = match prev {
+            Some(p) if p.cfg.timeouts == cfg.timeouts => p.client.clone(),
+            _ => upstream::build_client(&cfg.timeouts),
+        };
+        let inflight = prev.map(|p| p.inflight.clone()).unwrap_or_default();
+        Ok(Self {
+            cfg,
+            backends,
+            client,
+            store,
+            owners,
+            inflight,
+            metrics,
+        })
+    }
+
+    fn backend_index(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| &*b.name == name)
+    }
+
+    fn is_fallback(&self, status: StatusCode) -> bool {
+        self.cfg.fallback_on.contains(&status.as_u16())
+    }
+}
+
+/// Entry point for one client request.
+pub async fn handle(rt: Arc<Runtime>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let start = Instant::now();
+    rt.metrics.request(req.method());
+    let span =
+        tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), peer = %peer);
+    let result = handle_inner(&rt, req, peer).instrument(span).await;
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "request failed");
+            error_response(&e)
+        }
+    };
+    hop::add_via(resp.headers_mut(), http::Version::HTTP_11, &rt.cfg.via_name);
+    rt.metrics.latency.observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+fn error_response(e: &ProxyError) -> Response<Body> {
+    let status = match e {
+        ProxyError::NoBackend => StatusCode::BAD_GATEWAY,
+        ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ProxyError::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
+        ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+        ProxyError::Upstream(UpstreamError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+        ProxyError::Upstream(UpstreamError::Build(_)) => StatusCode::BAD_REQUEST,
+        ProxyError::Upstream(UpstreamError::Connect { .. }) => StatusCode::BAD_GATEWAY,
+    };
+    let mut resp = Response::new(body::full(format!("{}\n", e)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// What identifies a request to the cache and the backends.
+struct Target {
+    host: String,
+    pq: String,
+    primary: String,
+}
+
+fn target(req: &Request<Incoming>) -> Result<Target, ProxyError> {
+    let host_hdr = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let host = key::normalize_host(host_hdr);
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    if !pq.starts_with('/') {
+        return Err(ProxyError::BadRequest(
+            "request target must be a path".into(),
+        ));
+    }
+    let primary = key::primary_key(&host, &pq);
+    Ok(Target { host, pq, primary })
+}
+
+async fn handle_inner(
+    rt: &Arc<Runtime>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ProxyError> {
+    let t = target(&req)?;
+    if !key::host_allowed(&rt.cfg.hosts, &t.host) {
+        return Err(ProxyError::UnknownHost);
+    }
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        get_or_head(rt, req, t, peer).await
+    } else {
+        pass(rt, req, t, peer).await
+    }
+}
+
+fn upstream_headers(client: &HeaderMap, peer: SocketAddr, via: &str) -> HeaderMap {
+    let mut h = client.clone();
+    hop::strip_hop_by_hop(&mut h);
+    hop::add_via(&mut h, http::Version::HTTP_11, via);
+    hop::add_forwarded_for(&mut h, peer.ip());
+    h
+}
+
+const FILL_STRIP: &[HeaderName] = &[
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// Context of a cache fill, shareable with a background refresh.
+struct FillCtx {
+    pq: String,
+    uri: Uri,
+    primary: String,
+    owner_key: String,
+    /// headers sent upstream (validators and Range removed)
+    upstream: HeaderMap,
+    /// the client's headers (for Vary and the policy)
+    client: HeaderMap,
+}
+
+impl FillCtx {
+    fn new(
+        t: &Target,
+        parts: &http::request::Parts,
+        peer: SocketAddr,
+        via: &str,
+    ) -> Result<Self, ProxyError> {
+        let mut upstream = upstream_headers(&parts.headers, peer, via);
+        for h in FILL_STRIP {
+            upstream.remove(h);
+        }
+        let uri: Uri =
+            t.pq.parse()
+                .map_err(|_| ProxyError::BadRequest("bad path".into()))?;
+        Ok(Self {
+            pq: t.pq.clone(),
+            owner_key: key::owner_key(&t.host, uri.path()),
+            uri,
+            primary: t.primary.clone(),
+            upstream,
+            client: parts.headers.clone(),
+        })
+    }
+}
+
+enum Freshness {
+    Fresh,
+    Grace,
+    Revalidate,
+}
+
+fn classify(obj: &CachedObject, req: &HeaderMap) -> Freshness {
+    let now = Instant::now();
+    let plain = policy::request_is_plain(req);
+    if plain {
+        if obj.is_fresh(now) {
+            return Freshness::Fresh;
+        }
+        if obj.in_grace(now) {
+            return Freshness::Grace;
+        }
+        return Freshness::Revalidate;
+    }
+    if obj.is_fresh(now) && policy::satisfies(&obj.policy, &obj.uri, req, SystemTime::now()) {
+        Freshness::Fresh
+    } else {
+        Freshness::Revalidate
+    }
+}
+
+async fn get_or_head(
+    rt: &Arc<Runtime>,
+    req: Request<Incoming>,
+    t: Target,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ProxyError> {
+    let (parts, _ignored_body) = req.into_parts();
+    let head = parts.method == Method::HEAD;
+
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        // Never share a lookup or a fetch with an authenticated request;
+        // its response is stored only if the response allows it.
+        let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+        rt.metrics.miss.inc();
+        return match fill(rt, &ctx, None).await? {
+            Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
+            Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
+        };
+    }
+
+    for _attempt in 0..3 {
+        if rt.store.pass.contains_key(&t.primary) {
+            return pass_get(rt, &parts, &t, peer).await;
+        }
+        let vkey = rt.store.variant_key(&t.primary, &parts.headers);
+        let mut stale = None;
+        if let Some(obj) = rt.store.objects.get(&vkey) {
+            match classify(&obj, &parts.headers) {
+                Freshness::Fresh => {
+                    rt.metrics.hit.inc();
+                    return Ok(serve_object(&obj, &parts, "HIT"));
+                }
+                Freshness::Grace => {
+                    rt.metrics.stale.inc();
+                    if let Some(guard) = rt.inflight.try_lead(&vkey) {
+                        let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+                        let rt2 = rt.clone();
+                        let old = obj.clone();
+                        tokio::spawn(
+                            async move {
+                                let _guard = guard;
+                                if let Err(e) = fill(&rt2, &ctx, Some(old)).await {
+                                    debug!(error = %e, "background refresh failed");
+                                }
+                            }
+                            .instrument(tracing::debug_span!("refresh")),
+                        );
+                    }
+                    return Ok(serve_object(&obj, &parts, "STALE"));
+                }
+                Freshness::Revalidate => stale = Some(obj),
+            }
+        }
+        match rt.inflight.join(&vkey) {
+            Flight::Leader(guard) => {
+                rt.metrics.miss.inc();
+                let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+                let out = fill(rt, &ctx, stale).await;
+                drop(guard);
+                return match out? {
+                    Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
+                    Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
+                };
+            }
+            Flight::Waiter(rx) => {
+                rt.metrics.coalesced.inc();
+                wait(rx).await;
+            }
+        }
+    }
+    // The key kept producing unstorable answers without a pass mark
+    // (e.g. errors): fetch on our own.
+    rt.metrics.miss.inc();
+    let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+    match fill(rt, &ctx, None).await? {
+        Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
+        Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
+    }
+}
+
+/// Result of a fill: a stored (or storable) object, or a response to stream.
+enum Filled {
+    Object(Arc<CachedObject>),
+    Stream(Response<Body>),
+}
+
+fn validators(obj: &CachedObject) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Some(etag) = obj.headers.get(header::ETAG) {
+        h.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(lm) = obj.headers.get(header::LAST_MODIFIED) {
+        h.insert(header::IF_MODIFIED_SINCE, lm.clone());
+    }
+    h
+}
+
+/// Fetch a GET for the cache (leader of a flight or background refresh).
+async fn fill(
+    rt: &Runtime,
+    ctx: &FillCtx,
+    stale: Option<Arc<CachedObject>>,
+) -> Result<Filled, ProxyError> {
+    let cond = stale.as_ref().and_then(|o| {
+        let v = validators(o);
+        match (&o.backend, v.is_empty() || !o.status.is_success()) {
+            (Some(b), false) => Some((b.clone(), v)),
+            _ => None,
+        }
+    });
+    let chain = fetch_chain(
+        rt,
+        &Method::GET,
+        &ctx.pq,
+        &ctx.upstream,
+        &ctx.owner_key,
+        cond.as_ref().map(|(b, h)| (&**b, h)),
+    )
+    .await?;
+    let now = SystemTime::now();
+    let backend_name = rt.backends[chain.backend].name.clone();
+    let (mut parts, incoming) = chain.resp.into_parts();
+    hop::strip_hop_by_hop(&mut parts.headers);
+    let cache_cfg = &rt.cfg.cache;
+
+    if parts.status == StatusCode::NOT_MODIFIED {
+        if let Some(old) = stale.filter(|o| o.backend.as_deref() == Some(&*backend_name)) {
+            let mut headers = old.headers.clone();
+            for name in parts.headers.keys() {
+                if name == header::CONTENT_LENGTH {
+                    continue;
+                }
+                headers.remove(name);
+                for v in parts.headers.get_all(name) {
+                    headers.append(name.clone(), v.clone());
+                }
+            }
+            headers.remove(header::AGE);
+            let policy = policy::make_policy(
+                &ctx.uri,
+                &ctx.client,
+                old.status,
+                &headers,
+                cache_cfg.default_ttl,
+                now,
+            );
+            let decision = policy::storable(&policy, old.status, &headers, now);
+            let grace = if policy::must_revalidate(&headers) {
+                Duration::ZERO
+            } else {
+                cache_cfg.grace
+            };
+            let ttl = decision.unwrap_or(Duration::ZERO);
+            let obj = CachedObject::new(
+                ctx.primary.len(),
+                old.status,
+                headers,
+                old.body.clone(),
+                policy,
+                ctx.uri.clone(),
+                Some(backend_name),
+                ttl,
+                grace,
+                now,
+            );
+            if decision.is_ok() {
+                return Ok(Filled::Object(rt.store.insert(
+                    &ctx.primary,
+                    &ctx.client,
+                    obj,
+                )));
+            }
+            rt.store
+                .objects
+                .invalidate(&rt.store.variant_key(&ctx.primary, &ctx.client));
+            return Ok(Filled::Object(Arc::new(obj)));
+        }
+        // A 304 we did not ask for: relay it.
+        parts
+            .headers
+            .insert(&X_CACHE, HeaderValue::from_static("MISS"));
+        return Ok(Filled::Stream(Response::from_parts(
+            parts,
+            body::stream(incoming),
+        )));
+    }
+
+    let default_ttl = if chain.all_fallback {
+        cache_cfg.not_found_ttl
+    } else {
+        cache_cfg.default_ttl
+    };
+    let policy = policy::make_policy(
+        &ctx.uri,
+        &ctx.client,
+        parts.status,
+        &parts.headers,
+        default_ttl,
+        now,
+    );
+    let content_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut decision = policy::storable(&policy, parts.status, &parts.headers, now);
+    if decision.is_ok() && content_length.is_some_and(|l| l > rt.store.max_object_size) {
+        decision = Err(NotStorable::TooLarge);
+    }
+    // A "not found" while some backend could not be asked is not a fact.
+    let transient = chain.incomplete && chain.all_fallback;
+    let ttl = match decision {
+        Ok(ttl) if !transient => ttl,
+        Ok(_) => {
+            rt.metrics.not_stored("backend-down");
+            return Ok(Filled::Stream(Response::from_parts(
+                parts,
+                body::stream(incoming),
+            )));
+        }
+        Err(reason) => {
+            rt.metrics.not_stored(reason.as_str());
+            if marks_pass(reason, &ctx.client, parts.status) {
+                rt.store.pass.insert(ctx.primary.clone(), ());
+            }
+            return Ok(Filled::Stream(Response::from_parts(
+                parts,
+                body::stream(incoming),
+            )));
+        }
+    };
+
+    // Buffer up to maxObjectSize; beyond that stream what we have plus the rest.
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut size: u64 = 0;
+    let mut incoming = incoming;
+    let frame_timeout = rt.cfg.timeouts.response_header;
+    loop {
+        let frame = match tokio::time::timeout(frame_timeout, incoming.frame()).await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                warn!(backend = %backend_name, error = %e, "upstream body failed");
+                return Err(ProxyError::NoBackend);
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            size += data.len() as u64;
+            chunks.push(data);
+            if size > rt.store.max_object_size {
+                rt.metrics.not_stored(NotStorable::TooLarge.as_str());
+                rt.store.pass.insert(ctx.primary.clone(), ());
+                let body = PrefixedBody::new(chunks, incoming).boxed();
+                return Ok(Filled::Stream(Response::from_parts(parts, body)));
+            }
+        }
+    }
+    let body = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut b = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+            for c in chunks {
+                b.extend_from_slice(&c);
+            }
+            b.freeze()
+        }
+    };
+    let mut headers = parts.headers;
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::AGE);
+    let grace = if policy::must_revalidate(&headers) {
+        Duration::ZERO
+    } else {
+        cache_cfg.grace
+    };
+    let obj = CachedObject::new(
+        ctx.primary.len(),
+        parts.status,
+        headers,
+        body,
+        policy,
+        ctx.uri.clone(),
+        Some(backend_name),
+        ttl,
+        grace,
+        now,
+    );
+    Ok(Filled::Object(rt.store.insert(
+        &ctx.primary,
+        &ctx.client,
+        obj,
+    )))
+}
+
+/// Whether an unstorable answer should send this key straight to the
+/// backends for a while (hit-for-pass). Only for reasons the response
+/// itself gives, not the request or a transient error.
+fn marks_pass(reason: NotStorable, req: &HeaderMap, status: StatusCode) -> bool {
+    match reason {
+        NotStorable::SetCookie
+        | NotStorable::VaryStar
+        | NotStorable::TooLarge
+        | NotStorable::Partial => true,
+        NotStorable::NoLifetime | NotStorable::Refused => {
+            policy::request_is_plain(req) && !status.is_server_error()
+        }
+    }
+}
+
+struct Chain {
+    resp: Response<Incoming>,
+    backend: usize,
+    all_fallback: bool,
+    incomplete: bool,
+}
+
+fn drain(resp: Response<Incoming>) {
+    tokio::spawn(async move {
+        let _ = Limited::new(resp.into_body(), 64 * 1024).collect().await;
+    });
+}
+
+/// Ask backends in owner-first order until one answers with a status not in
+/// `fallbackOn`. Errors and timeouts mark the backend down and count as a
+/// fallback.
+async fn fetch_chain(
+    rt: &Runtime,
+    method: &Method,
+    pq: &str,
+    headers: &HeaderMap,
+    owner_key: &str,
+    cond: Option<(&str, &HeaderMap)>,
+) -> Result<Chain, ProxyError> {
+    let n = rt.backends.len();
+    let owner = rt
+        .owners
+        .get(owner_key)
+        .and_then(|name| rt.backend_index(&name));
+    if owner.is_some() {
+        rt.metrics.owner_hits.inc();
+    } else {
+        rt.metrics.owner_misses.inc();
+    }
+    let order = backend_order(n, owner, |i| rt.backends[i].is_down());
+    let mut incomplete = order.len() < n;
+    let mut kept: Option<(Response<Incoming>, usize)> = None;
+    let mut timed_out = false;
+    for idx in order {
+        let b = &rt.backends[idx];
+        let mut h = headers.clone();
+        if let Some((name, validators)) = cond
+            && *b.name == *name
+        {
+            for (k, v) in validators {
+                h.insert(k, v.clone());
+            }
+        }
+        let uri = b.url.join(pq).map_err(UpstreamError::from)?;
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(body::empty())
+            .map_err(UpstreamError::from)?;
+        *req.headers_mut() = h;
+        match upstream::send(&rt.client, b, req, rt.cfg.timeouts.response_header).await {
+            Err(e) => {
+                warn!(backend = %b.name, error = %e, "backend failed; marking down");
+                b.mark_down(rt.cfg.backend_down_for);
+                if owner == Some(idx) {
+                    rt.owners.invalidate(owner_key);
+                }
+                incomplete = true;
+                timed_out |= matches!(e, UpstreamError::Timeout { .. });
+            }
+            Ok(resp) => {
+                b.mark_up();
+                if rt.is_fallback(resp.status()) {
+                    b.counters.fallbacks.inc();
+                    if owner == Some(idx) {
+                        rt.owners.invalidate(owner_key);
+                    }
+                    if let Some((old, _)) = kept.replace((resp, idx)) {
+                        drain(old);
+                    }
+                    continue;
+                }
+                if owner != Some(idx) {
+                    rt.owners.insert(owner_key.to_string(), b.name.clone());
+                }
+                if let Some((old, _)) = kept.take() {
+                    drain(old);
+                }
+                return Ok(Chain {
+                    resp,
+                    backend: idx,
+                    all_fallback: false,
+                    incomplete,
+                });
+            }
+        }
+    }
+    match kept {
+        Some((resp, backend)) => Ok(Chain {
+            resp,
+            backend,
+            all_fallback: true,
+            incomplete,
+        }),
+        None if timed_out => Err(ProxyError::Timeout),
+        None => Err(ProxyError::NoBackend),
+    }
+}
+
+/// Relay an upstream response (already hop-stripped or not) to the client.
+fn relay(resp: Response<Body>, head_only: bool, label: &'static str) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    hop::strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(&X_CACHE, HeaderValue::from_static(label));
+    let body = if head_only { body::empty() } else { body };
+    Response::from_parts(parts, body)
+}
+
+fn relay_incoming(
+    resp: Response<Incoming>,
+    head_only: bool,
+    label: &'static str,
+) -> Response<Body> {
+    let (parts, b) = resp.into_parts();
+    relay(
+        Response::from_parts(parts, body::stream(b)),
+        head_only,
+        label,
+    )
+}
+
+/// GET/HEAD for a key known to be uncacheable: client headers (Range,
+/// validators) go upstream, the answer streams back.
+async fn pass_get(
+    rt: &Runtime,
+    parts: &http::request::Parts,
+    t: &Target,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ProxyError> {
+    rt.metrics.pass.inc();
+    let headers = upstream_headers(&parts.headers, peer, &rt.cfg.via_name);
+    let path = t.pq.split('?').next().unwrap_or("/");
+    let okey = key::owner_key(&t.host, path);
+    let chain = fetch_chain(rt, &parts.method, &t.pq, &headers, &okey, None).await?;
+    Ok(relay_incoming(
+        chain.resp,
+        parts.method == Method::HEAD,
+        "PASS",
+    ))
+}
+
+/// Methods other than GET/HEAD: to the `passTo` backend, streamed both ways.
+async fn pass(
+    rt: &Runtime,
+    req: Request<Incoming>,
+    t: Target,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ProxyError> {
+    rt.metrics.pass.inc();
+    let limit = rt.cfg.max_request_body;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|l| l > limit) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let (parts, incoming) = req.into_parts();
+    let b = &rt.backends[rt.cfg.pass_to];
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let body = LimitedBody::new(incoming, limit, exceeded.clone()).boxed();
+    let headers = upstream_headers(&parts.headers, peer, &rt.cfg.via_name);
+    let uri = b.url.join(&t.pq).map_err(UpstreamError::from)?;
+    let mut up = Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .body(body)
+        .map_err(UpstreamError::from)?;
+    *up.headers_mut() = headers;
+    match upstream::send(&rt.client, b, up, rt.cfg.timeouts.response_header).await {
+        Ok(resp) => {
+            if resp.status().is_success() || resp.status().is_redirection() {
+                // RFC 9111 §4.4: invalidate after a successful unsafe request.
+                rt.store.invalidate(&t.primary, &parts.headers);
+            }
+            Ok(relay_incoming(resp, false, "PASS"))
+        }
+        Err(_) if exceeded.load(Ordering::Relaxed) => Err(ProxyError::BodyTooLarge),
+        Err(e @ UpstreamError::Timeout { .. }) => Err(e.into()),
+        Err(e) => {
+            warn!(backend = %b.name, error = %e, "pass-through failed");
+            Err(ProxyError::NoBackend)
+        }
+    }
+}
+
+fn set_u64(h: &mut HeaderMap, name: HeaderName, v: u64) {
+    h.insert(name, HeaderValue::from(v));
+}
+
+/// Answer from a stored object: conditional (304), Range (206/416), HEAD.
+fn serve_object(
+    obj: &CachedObject,
+    req: &http::request::Parts,
+    label: &'static str,
+) -> Response<Body> {
+    let head = req.method == Method::HEAD;
+    let len = obj.body.len() as u64;
+    let age = obj.age_secs();
+    if obj.status.is_success()
+        && conditional::is_conditional(&req.headers)
+        && conditional::not_modified(&req.headers, &obj.headers)
+    {
+        let mut h = HeaderMap::new();
+        for name in conditional::NOT_MODIFIED_HEADERS {
+            for v in obj.headers.get_all(name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        set_u64(&mut h, header::AGE, age);
+        h.insert(&X_CACHE, HeaderValue::from_static(label));
+        let mut resp = Response::new(body::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        *resp.headers_mut() = h;
+        return resp;
+    }
+    let mut h = obj.headers.clone();
+    set_u64(&mut h, header::AGE, age);
+    h.insert(&X_CACHE, HeaderValue::from_static(label));
+    let mut status = obj.status;
+    let mut body_bytes = obj.body.clone();
+    if obj.status == StatusCode::OK
+        && !head
+        && conditional::if_range_allows(&req.headers, &obj.headers)
+        && let Some(r) = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok())
+    {
+        {
+            match range::parse_range(r, len) {
+                RangeSpec::Satisfiable { start, end } => {
+                    status = StatusCode::PARTIAL_CONTENT;
+                    if let Ok(v) = HeaderValue::from_str(&range::content_range(start, end, len)) {
+                        h.insert(header::CONTENT_RANGE, v);
+                    }
+                    let (s, e) = (
+                        usize::try_from(start).unwrap_or(0),
+                        usize::try_from(end).unwrap_or(0),
+                    );
+                    body_bytes = obj.body.slice(s..=e);
+                }
+                RangeSpec::Unsatisfiable => {
+                    status = StatusCode::RANGE_NOT_SATISFIABLE;
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                        h.insert(header::CONTENT_RANGE, v);
+                    }
+                    body_bytes = Bytes::new();
+                }
+                RangeSpec::Ignore => {}
+            }
+        }
+    }
+    set_u64(&mut h, header::CONTENT_LENGTH, body_bytes.len() as u64);
+    let body = if head {
+        body::empty()
+    } else {
+        body::full(body_bytes)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = h;
+    resp
+}

@@ -1,0 +1,197 @@
+//! Backends: URLs, the pooled HTTP client, timeouts and down-marking.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::Body;
+use crate::config::{BackendConfig, TimeoutConfig};
+use crate::error::{ConfigError, UpstreamError};
+use crate::metrics::BackendCounters;
+
+/// A parsed backend base URL (`http` only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    pub authority: Authority,
+    /// Path prefix without a trailing slash ("" for none).
+    pub prefix: String,
+}
+
+impl BackendUrl {
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let uri: Uri = s
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("backend url {s:?}: {e}")))?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err(ConfigError::Invalid(format!(
+                "backend url {s:?}: only http:// is supported"
+            )));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| ConfigError::Invalid(format!("backend url {s:?}: no host")))?;
+        if uri.query().is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "backend url {s:?}: query not allowed"
+            )));
+        }
+        let prefix = uri.path().trim_end_matches('/').to_string();
+        Ok(Self { authority, prefix })
+    }
+
+    /// Absolute URI of `path_and_query` on this backend.
+    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let pq: PathAndQuery = if self.prefix.is_empty() {
+            path_and_query.parse()?
+        } else {
+            format!("{}{}", self.prefix, path_and_query).parse()?
+        };
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+}
+
+fn monotonic_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+/// One backend with its health state and counters.
+pub struct Backend {
+    pub name: Arc<str>,
+    pub url: BackendUrl,
+    down_until_ms: AtomicU64,
+    pub counters: BackendCounters,
+}
+
+impl Backend {
+    pub fn new(cfg: &BackendConfig, counters: BackendCounters) -> Result<Self, ConfigError> {
+        Ok(Self {
+            name: Arc::from(cfg.name.as_str()),
+            url: BackendUrl::parse(&cfg.url)?,
+            down_until_ms: AtomicU64::new(0),
+            counters,
+        })
+    }
+
+    pub fn is_down(&self) -> bool {
+        monotonic_ms() < self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_down(&self, for_: Duration) {
+        let until =
+            monotonic_ms().saturating_add(u64::try_from(for_.as_millis()).unwrap_or(u64::MAX));
+        self.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    pub fn mark_up(&self) {
+        if self.down_until_ms.load(Ordering::Relaxed) != 0 {
+            self.down_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The shared, pooled HTTP/1.1 client.
+pub type HttpClient = Client<HttpConnector, Body>;
+
+/// Build the client with the configured connect timeout.
+pub fn build_client(t: &TimeoutConfig) -> HttpClient {
+    let mut conn = HttpConnector::new();
+    conn.set_connect_timeout(Some(t.connect));
+    conn.set_nodelay(true);
+    conn.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(t.pool_idle)
+        .pool_max_idle_per_host(1024)
+        .build(conn)
+}
+
+/// Send one request, bounded by the response-header timeout.
+pub async fn send(
+    client: &HttpClient,
+    backend: &Backend,
+    req: Request<Body>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, UpstreamError> {
+    backend.counters.requests.inc();
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => {
+            backend.counters.timeouts.inc();
+            Err(UpstreamError::Timeout {
+                backend: backend.name.to_string(),
+                timeout,
+            })
+        }
+        Ok(Err(e)) => {
+            backend.counters.connect_errors.inc();
+            let mut message = e.to_string();
+            let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+            while let Some(s) = src {
+                message.push_str(": ");
+                message.push_str(&s.to_string());
+                src = s.source();
+            }
+            Err(UpstreamError::Connect {
+                backend: backend.name.to_string(),
+                message,
+            })
+        }
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = BackendUrl::parse("http://127.0.0.1:8080/base/").expect("url");
+        assert_eq!(u.prefix, "/base");
+        assert_eq!(
+            u.join("/a?b=1").expect("join").to_string(),
+            "http://127.0.0.1:8080/base/a?b=1"
+        );
+        let u = BackendUrl::parse("http://web-1.ns.svc").expect("url");
+        assert_eq!(
+            u.join("/x").expect("join").to_string(),
+            "http://web-1.ns.svc/x"
+        );
+        assert!(BackendUrl::parse("https://x").is_err());
+        assert!(BackendUrl::parse("http://x/?q").is_err());
+        assert!(BackendUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn down_marking() {
+        let m = crate::metrics::Metrics::new();
+        let b = Backend::new(
+            &BackendConfig {
+                name: "a".into(),
+                url: "http://127.0.0.1:1".into(),
+            },
+            m.backend("a"),
+        )
+        .expect("backend");
+        assert!(!b.is_down());
+        b.mark_down(Duration::from_secs(60));
+        assert!(b.is_down());
+        b.mark_up();
+        assert!(!b.is_down());
+    }
+}
