@@ -85,8 +85,10 @@ pub struct BackupJobStatus {
     pub claimed_by: Option<String>,
     /// Stream bytes written to the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
     pub bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
     pub bytes_per_second: Option<u64>,
     /// The stream's sha256, as the target recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,6 +103,7 @@ pub struct BackupJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default)]
+    #[schemars(with = "i32")]
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]

@@ -180,10 +180,12 @@ pub struct Concurrency {
     /// Jobs at once on one source host.
     #[serde(default = "default_per_host")]
     #[schemars(range(min = 1, max = 64))]
+    #[schemars(with = "i32")]
     pub per_host: u32,
     /// Jobs at once into one target host.
     #[serde(default = "default_per_target")]
     #[schemars(range(min = 1, max = 256))]
+    #[schemars(with = "i32")]
     pub per_target: u32,
 }
 
@@ -227,6 +229,7 @@ pub struct BackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_due: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
     pub bytes_stored: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]

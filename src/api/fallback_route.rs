@@ -44,6 +44,7 @@ pub struct FallbackRouteSpec {
     /// The statuses that mean "try the next backend".
     #[serde(default = "default_fallback_on")]
     #[schemars(length(min = 1, max = 16), inner(range(min = 400, max = 599)))]
+    #[schemars(with = "Vec<i32>")]
     pub fallback_on: Vec<u16>,
     #[serde(default)]
     pub cache: CacheSpec,

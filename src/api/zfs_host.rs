@@ -92,8 +92,10 @@ pub struct PoolStatus {
     pub name: String,
     pub health: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
     pub size_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
     pub free_bytes: Option<u64>,
 }
 
@@ -103,6 +105,7 @@ pub struct PoolStatus {
 pub struct DatasetStatus {
     pub name: DatasetName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
     pub used_bytes: Option<u64>,
     /// The newest snapshot zetaback made of this dataset (a base for the next incremental).
     #[serde(default, skip_serializing_if = "Option::is_none")]

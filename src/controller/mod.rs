@@ -1,1 +1,192 @@
-//! The controller: one reconciler per kind, sharing a [`Context`].
+//! The controller: one reconciler per kind, sharing a [`Context`], run only by the replica
+//! that holds the leader lease.
+//!
+//! Every reconciler follows the same rules: watch with backoff and [`DeserializeGuard`] (one
+//! bad object cannot stop a controller), react to spec changes only (status writes do not
+//! trigger reconciles), and write status through server-side apply only when it changed.
+
+pub mod conditions;
+pub mod leader;
+pub mod metrics;
+pub mod spec_check;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::api::{BackupPolicy, FallbackRoute, Restore};
+
+/// The field manager name the controller writes with.
+pub const FIELD_MANAGER: &str = "zetaback-controller";
+
+/// What every reconciler shares.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// A reconcile failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing status of {kind} {name}: {source}")]
+    WriteStatus {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{kind} {name} could not be read as a {kind}: {message}")]
+    Undecodable {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
+    #[error("{0} has no name or namespace")]
+    MissingMeta(&'static str),
+}
+
+impl Error {
+    /// How soon to try again: API errors are usually transient, a bad object waits for a change.
+    pub fn requeue(&self) -> Action {
+        match self {
+            Error::Undecodable { .. } | Error::MissingMeta(_) => Action::await_change(),
+            _ => Action::requeue(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Options for [`run`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The namespace holding the leader Lease.
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (pod name).
+    pub identity: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: std::net::SocketAddr,
+}
+
+/// Runs the controller until SIGTERM/Ctrl-C or until leadership is lost.
+pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let server = tokio::spawn(metrics::serve(options.metrics_addr, metrics.clone()));
+    let mut leader = leader::acquire(client.clone(), &options).await?;
+    metrics.set_leader(true);
+    info!(identity = %options.identity, "leading; starting controllers");
+    let ctx = Arc::new(Context { client, metrics });
+    let controllers = async {
+        tokio::join!(
+            run_kind::<BackupPolicy>(ctx.clone()),
+            run_kind::<Restore>(ctx.clone()),
+            run_kind::<FallbackRoute>(ctx.clone()),
+        )
+    };
+    tokio::select! {
+        _ = controllers => {},
+        lost = leader.lost() => {
+            warn!(reason = %lost, "leadership lost; exiting so another replica takes over");
+        }
+        _ = shutdown_signal() => info!("shutting down"),
+    }
+    leader.release().await;
+    server.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+/// A kind the controller reconciles.
+pub trait Reconciled:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + DeserializeOwned
+    + serde::Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind's name, for logs and metrics.
+    const KIND: &'static str;
+    /// Brings the world in line with `obj`.
+    fn reconcile(
+        obj: Arc<Self>,
+        ctx: Arc<Context>,
+    ) -> impl std::future::Future<Output = Result<Action, Error>> + Send;
+}
+
+async fn run_kind<K: Reconciled>(ctx: Arc<Context>) {
+    let api: Api<DeserializeGuard<K>> = Api::all(ctx.client.clone());
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(stream, reader)
+        .run(reconcile_guarded::<K>, error_policy::<K>, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+async fn reconcile_guarded<K: Reconciled>(
+    guard: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let name = guard.meta().name.clone().unwrap_or_default();
+    let span = tracing::info_span!("reconcile", kind = K::KIND, name = %name,
+        namespace = guard.meta().namespace.as_deref().unwrap_or(""));
+    let _timer = ctx.metrics.reconcile_timer(K::KIND);
+    let result = {
+        let _entered = span.enter();
+        match &guard.0 {
+            Ok(obj) => {
+                drop(_entered);
+                tracing::Instrument::instrument(K::reconcile(Arc::new(obj.clone()), ctx.clone()), span.clone()).await
+            }
+            Err(invalid) => Err(Error::Undecodable {
+                kind: K::KIND,
+                name,
+                message: invalid.to_string(),
+            }),
+        }
+    };
+    ctx.metrics.reconciled(K::KIND, result.is_ok());
+    result
+}
+
+fn error_policy<K: Reconciled>(
+    _obj: Arc<DeserializeGuard<K>>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    warn!(kind = K::KIND, %error, "reconcile failed");
+    error.requeue()
+}

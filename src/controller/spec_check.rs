@@ -1,0 +1,97 @@
+//! The first step of every reconcile: check what the schema could not, and record in status
+//! that this generation of the spec was seen (`observedGeneration`) and accepted or not (the
+//! `Ready` condition, reason `Accepted` or `InvalidSpec`).
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::Resource;
+use kube::runtime::controller::Action;
+
+use super::conditions::{self, Wanted};
+use super::{Context, Error, Reconciled, status};
+use crate::api::condition::READY;
+use crate::api::{BackupPolicy, FallbackRoute, Restore};
+
+/// What the controller writes for a kind whose full reconciler is not running yet.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AcceptedStatus {
+    observed_generation: Option<i64>,
+    conditions: Vec<Condition>,
+}
+
+/// Writes `observedGeneration` and the Ready condition when either changed.
+pub async fn record<K>(
+    ctx: &Context,
+    obj: &K,
+    kind: &'static str,
+    current: (Option<i64>, &[Condition]),
+    verdict: Result<(), String>,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let generation = obj.meta().generation;
+    let (status, reason, message) = match verdict {
+        Ok(()) => (true, "Accepted", "the spec is valid".to_owned()),
+        Err(why) => (false, "InvalidSpec", why),
+    };
+    let wanted = Wanted {
+        type_: READY,
+        status,
+        reason,
+        message,
+        observed_generation: generation,
+    };
+    let now = Time(jiff::Timestamp::now());
+    let desired = conditions::set(current.1, &wanted, now);
+    if current.0 == generation && conditions::same(current.1, &desired) {
+        return Ok(false);
+    }
+    let status_body = AcceptedStatus {
+        observed_generation: generation,
+        conditions: desired,
+    };
+    status::apply(ctx, obj, kind, &status_body).await?;
+    Ok(true)
+}
+
+impl Reconciled for BackupPolicy {
+    const KIND: &'static str = "BackupPolicy";
+    async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
+        let st = obj.status.clone().unwrap_or_default();
+        record(
+            &ctx,
+            obj.as_ref(),
+            Self::KIND,
+            (st.observed_generation, &st.conditions),
+            obj.spec.check(),
+        )
+        .await?;
+        Ok(Action::await_change())
+    }
+}
+
+impl Reconciled for Restore {
+    const KIND: &'static str = "Restore";
+    async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
+        let st = obj.status.clone().unwrap_or_default();
+        record(&ctx, obj.as_ref(), Self::KIND, (st.observed_generation, &st.conditions), Ok(()))
+            .await?;
+        Ok(Action::await_change())
+    }
+}
+
+impl Reconciled for FallbackRoute {
+    const KIND: &'static str = "FallbackRoute";
+    async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
+        let st = obj.status.clone().unwrap_or_default();
+        record(&ctx, obj.as_ref(), Self::KIND, (st.observed_generation, &st.conditions), Ok(()))
+            .await?;
+        Ok(Action::await_change())
+    }
+}
