@@ -557,3 +557,38 @@ async fn reload_adds_a_backend_without_dropping_connections() {
     assert_eq!(metric(&m, "zetaback_proxy_config_reloads_total"), 1.0);
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_open_requests_finish() {
+    let body = vec![b's'; 150_000];
+    let a = Nginx::start(
+        "web1",
+        &[("/slow/f.bin", &body)],
+        "location /slow/ { limit_rate 300k; }",
+    );
+    let mut cfg = config_for(&[&a]);
+    cfg.timeouts.shutdown = Duration::from_secs(30);
+    let proxy = start_proxy(cfg).await;
+    let c = TestClient::new(proxy.addr);
+    let inflight = tokio::spawn(async move { c.get("/slow/f.bin", &[]).await });
+    // Wait until the proxy has the request (counted), then shut down.
+    for _ in 0..200 {
+        if metric(
+            &proxy.shared.metrics_text(),
+            "zetaback_proxy_requests_total{method=\"GET\"}",
+        ) >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let addr = proxy.addr;
+    proxy.shutdown().await;
+    let r = inflight.await.expect("task");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 150_000);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "listener closed after shutdown"
+    );
+}
