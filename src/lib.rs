@@ -10,4 +10,5 @@ pub mod cli;
 pub mod controller;
 pub mod duration;
 pub mod names;
+pub mod policy;
 pub mod telemetry;

@@ -1,0 +1,439 @@
+//! The catalogue: the stored backups of one dataset (live and archived), as rebuilt from the
+//! store's manifests, and the restore-chain resolver.
+//!
+//! A backup is either a *full* (a complete `zfs send` stream, restorable on its own) or an
+//! *incremental* (`zfs send -i base`), which can only be applied on top of its base. Following
+//! `base` links from any backup therefore leads to a full: that path, reversed, is the backup's
+//! *chain*, the list of streams a restore receives in order.
+
+use std::collections::{BTreeSet, HashMap};
+
+use jiff::Timestamp;
+
+use super::BackupKind;
+
+/// One stored backup, as its manifest describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRecord {
+    /// The backup's id in the store (its manifest name), unique per dataset.
+    pub id: String,
+    pub kind: BackupKind,
+    /// When the snapshot was taken.
+    pub created: Timestamp,
+    /// The short name (after `@`) of the snapshot this stream ends at.
+    pub snapshot: String,
+    /// For an incremental: the id of the backup it was taken against. `None` for a full.
+    pub base: Option<String>,
+    /// Stored size.
+    pub bytes: u64,
+    /// True when the backup lives in the archive area.
+    pub archived: bool,
+}
+
+/// Why a set of records is not a usable catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogueError {
+    #[error("backup id {0:?} appears more than once")]
+    DuplicateId(String),
+    #[error("full backup {id:?} names a base ({base:?}); a full has none")]
+    FullWithBase { id: String, base: String },
+    #[error("incremental backup {id:?} names no base")]
+    IncrementalWithoutBase { id: String },
+    #[error("backup {id:?} is not newer than its base {base:?}")]
+    BaseNotOlder { id: String, base: String },
+}
+
+/// Why no restore chain could be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("the dataset has no backups")]
+    Empty,
+    #[error("no backup with id {0:?}")]
+    NotFound(String),
+    #[error("no backup at or before {0}")]
+    NothingAt(Timestamp),
+    /// `backup` cannot be restored because a backup of its chain, `missing`, is not stored.
+    #[error(
+        "backup {backup:?} cannot be restored: its chain needs {missing:?}, which is not stored"
+    )]
+    ChainBroken { backup: String, missing: String },
+}
+
+/// What to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// The newest backup.
+    Latest,
+    /// The newest backup created at or before this time. If that one's chain is broken the
+    /// answer is [`ChainError::ChainBroken`], never silently an older backup.
+    At(Timestamp),
+    /// This backup.
+    Id(String),
+}
+
+/// The backups of one dataset, checked and ordered oldest first (by creation, then id).
+///
+/// Invariants established by [`Catalogue::new`]: ids are unique, fulls have no base,
+/// incrementals have one, and a base that is present is strictly older than its dependent (so
+/// dependencies never form a cycle). A base that is *absent* is allowed: it describes a store
+/// where a manifest was lost; such backups are reported as unrestorable, never a panic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalogue {
+    records: Vec<BackupRecord>,
+    index: HashMap<String, usize>,
+    /// `bases[i]`: the position of record `i`'s base, if it is stored.
+    bases: Vec<Option<usize>>,
+}
+
+impl Catalogue {
+    /// Checks the records and orders them oldest first.
+    pub fn new(mut records: Vec<BackupRecord>) -> Result<Self, CatalogueError> {
+        records.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        let mut index = HashMap::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            if index.insert(r.id.clone(), i).is_some() {
+                return Err(CatalogueError::DuplicateId(r.id.clone()));
+            }
+        }
+        let mut bases = Vec::with_capacity(records.len());
+        for r in &records {
+            match (r.kind, &r.base) {
+                (BackupKind::Full, Some(base)) => {
+                    return Err(CatalogueError::FullWithBase {
+                        id: r.id.clone(),
+                        base: base.clone(),
+                    });
+                }
+                (BackupKind::Incremental, None) => {
+                    return Err(CatalogueError::IncrementalWithoutBase { id: r.id.clone() });
+                }
+                (_, None) => bases.push(None),
+                (_, Some(base)) => {
+                    let b = index.get(base).copied();
+                    if let Some(b) = b
+                        && records[b].created >= r.created
+                    {
+                        return Err(CatalogueError::BaseNotOlder {
+                            id: r.id.clone(),
+                            base: base.clone(),
+                        });
+                    }
+                    bases.push(b);
+                }
+            }
+        }
+        Ok(Catalogue {
+            records,
+            index,
+            bases,
+        })
+    }
+
+    /// The records, oldest first.
+    pub fn records(&self) -> &[BackupRecord] {
+        &self.records
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The backup with this id.
+    pub fn get(&self, id: &str) -> Option<&BackupRecord> {
+        self.index.get(id).map(|&i| &self.records[i])
+    }
+
+    /// The newest backup of any kind, live or archived.
+    pub fn newest(&self) -> Option<&BackupRecord> {
+        self.records.last()
+    }
+
+    /// The newest full backup, live or archived.
+    pub fn newest_full(&self) -> Option<&BackupRecord> {
+        self.records
+            .iter()
+            .rev()
+            .find(|r| r.kind == BackupKind::Full)
+    }
+
+    /// Total stored bytes (live and archived).
+    pub fn bytes(&self) -> u64 {
+        self.records.iter().map(|r| r.bytes).sum()
+    }
+
+    /// The chain of backup `id`: its full first, then each incremental up to `id` itself.
+    pub fn chain(&self, id: &str) -> Result<Vec<&BackupRecord>, ChainError> {
+        let i = *self
+            .index
+            .get(id)
+            .ok_or_else(|| ChainError::NotFound(id.to_owned()))?;
+        let chain = self.chain_positions(i)?;
+        Ok(chain.into_iter().map(|p| &self.records[p]).collect())
+    }
+
+    /// True when every backup of `id`'s chain is stored.
+    pub fn is_restorable(&self, id: &str) -> bool {
+        self.chain(id).is_ok()
+    }
+
+    /// The backups to apply, in order (a full, then incrementals), to restore `target`.
+    pub fn restore_chain(&self, target: &RestoreTarget) -> Result<Vec<&BackupRecord>, ChainError> {
+        let id = match target {
+            RestoreTarget::Latest => &self.newest().ok_or(ChainError::Empty)?.id,
+            RestoreTarget::At(at) => {
+                if self.records.is_empty() {
+                    return Err(ChainError::Empty);
+                }
+                &self
+                    .records
+                    .iter()
+                    .rev()
+                    .find(|r| r.created <= *at)
+                    .ok_or(ChainError::NothingAt(*at))?
+                    .id
+            }
+            RestoreTarget::Id(id) => id,
+        };
+        self.chain(id)
+    }
+
+    pub(super) fn chain_positions(&self, i: usize) -> Result<Vec<usize>, ChainError> {
+        let mut chain = vec![i];
+        let mut at = i;
+        // Bases are strictly older, so this walk ends within `len` steps.
+        while let Some(base) = &self.records[at].base {
+            match self.bases[at] {
+                Some(b) => {
+                    chain.push(b);
+                    at = b;
+                }
+                None => {
+                    return Err(ChainError::ChainBroken {
+                        backup: self.records[i].id.clone(),
+                        missing: base.clone(),
+                    });
+                }
+            }
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    /// The position of record `i`'s base, if stored.
+    pub(super) fn base_of(&self, i: usize) -> Option<usize> {
+        self.bases[i]
+    }
+
+    /// The positions in `seeds` and every stored backup they depend on, transitively.
+    pub(super) fn closure(&self, seeds: impl IntoIterator<Item = usize>) -> BTreeSet<usize> {
+        let mut out = BTreeSet::new();
+        for s in seeds {
+            let mut at = Some(s);
+            while let Some(i) = at {
+                if !out.insert(i) {
+                    break;
+                }
+                at = self.bases[i];
+            }
+        }
+        out
+    }
+
+    /// Position of a record by id.
+    #[cfg(test)]
+    pub(super) fn position(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    pub fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    pub fn full(id: &str, at: i64) -> BackupRecord {
+        BackupRecord {
+            id: id.into(),
+            kind: BackupKind::Full,
+            created: ts(at),
+            snapshot: format!("s{id}"),
+            base: None,
+            bytes: 100,
+            archived: false,
+        }
+    }
+
+    pub fn inc(id: &str, at: i64, base: &str) -> BackupRecord {
+        BackupRecord {
+            id: id.into(),
+            kind: BackupKind::Incremental,
+            created: ts(at),
+            snapshot: format!("s{id}"),
+            base: Some(base.into()),
+            bytes: 10,
+            archived: false,
+        }
+    }
+
+    pub fn cat(records: Vec<BackupRecord>) -> Catalogue {
+        Catalogue::new(records).unwrap()
+    }
+
+    fn ids(chain: &[&BackupRecord]) -> Vec<String> {
+        chain.iter().map(|r| r.id.clone()).collect()
+    }
+
+    #[test]
+    fn refuses_malformed_records() {
+        let mut f_with_base = full("f", 1);
+        f_with_base.base = Some("x".into());
+        let mut i_without = inc("i", 2, "f");
+        i_without.base = None;
+        let cases = [
+            (
+                vec![full("a", 1), full("a", 2)],
+                CatalogueError::DuplicateId("a".into()),
+            ),
+            (
+                vec![f_with_base],
+                CatalogueError::FullWithBase {
+                    id: "f".into(),
+                    base: "x".into(),
+                },
+            ),
+            (
+                vec![full("f", 1), i_without],
+                CatalogueError::IncrementalWithoutBase { id: "i".into() },
+            ),
+            (
+                vec![full("f", 5), inc("i", 5, "f")],
+                CatalogueError::BaseNotOlder {
+                    id: "i".into(),
+                    base: "f".into(),
+                },
+            ),
+            (
+                vec![full("f", 9), inc("i", 5, "f")],
+                CatalogueError::BaseNotOlder {
+                    id: "i".into(),
+                    base: "f".into(),
+                },
+            ),
+        ];
+        for (records, want) in cases {
+            assert_eq!(Catalogue::new(records), Err(want));
+        }
+    }
+
+    #[test]
+    fn orders_oldest_first_and_finds_newest() {
+        let c = cat(vec![
+            inc("i2", 30, "i1"),
+            full("f", 10),
+            inc("i1", 20, "f"),
+            full("g", 25),
+        ]);
+        let order: Vec<_> = c.records().iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(order, ["f", "i1", "g", "i2"]);
+        assert_eq!(c.newest().map(|r| r.id.as_str()), Some("i2"));
+        assert_eq!(c.newest_full().map(|r| r.id.as_str()), Some("g"));
+        assert_eq!(c.bytes(), 220);
+        assert_eq!(c.len(), 4);
+        assert!(!c.is_empty());
+        assert!(Catalogue::default().newest().is_none());
+    }
+
+    #[test]
+    fn restore_chains() {
+        // Chained (f <- a <- b) and differential (g <- c, g <- d) histories side by side.
+        let c = cat(vec![
+            full("f", 10),
+            inc("a", 20, "f"),
+            inc("b", 30, "a"),
+            full("g", 40),
+            inc("c", 50, "g"),
+            inc("d", 60, "g"),
+            inc("lost", 70, "gone"),
+        ]);
+        let cases: Vec<(RestoreTarget, Result<Vec<&str>, ChainError>)> = vec![
+            (RestoreTarget::Id("b".into()), Ok(vec!["f", "a", "b"])),
+            (RestoreTarget::Id("f".into()), Ok(vec!["f"])),
+            (RestoreTarget::Id("d".into()), Ok(vec!["g", "d"])),
+            (RestoreTarget::At(ts(35)), Ok(vec!["f", "a", "b"])),
+            (RestoreTarget::At(ts(50)), Ok(vec!["g", "c"])),
+            (RestoreTarget::At(ts(65)), Ok(vec!["g", "d"])),
+            (RestoreTarget::At(ts(9)), Err(ChainError::NothingAt(ts(9)))),
+            (
+                RestoreTarget::Id("nope".into()),
+                Err(ChainError::NotFound("nope".into())),
+            ),
+            (
+                RestoreTarget::Latest,
+                Err(ChainError::ChainBroken {
+                    backup: "lost".into(),
+                    missing: "gone".into(),
+                }),
+            ),
+            (
+                RestoreTarget::At(ts(1000)),
+                Err(ChainError::ChainBroken {
+                    backup: "lost".into(),
+                    missing: "gone".into(),
+                }),
+            ),
+        ];
+        for (target, want) in cases {
+            let got = c.restore_chain(&target).map(|ch| ids(&ch));
+            let want = want.map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
+            assert_eq!(got, want, "{target:?}");
+        }
+        assert!(c.is_restorable("b"));
+        assert!(!c.is_restorable("lost"));
+        let empty = Catalogue::default();
+        assert_eq!(
+            empty.restore_chain(&RestoreTarget::Latest),
+            Err(ChainError::Empty)
+        );
+        assert_eq!(
+            empty.restore_chain(&RestoreTarget::At(ts(1))),
+            Err(ChainError::Empty)
+        );
+    }
+
+    #[test]
+    fn broken_in_the_middle_names_the_missing_link() {
+        let c = cat(vec![inc("b", 30, "a"), inc("c", 40, "b")]);
+        assert_eq!(
+            c.chain("c").map(|ch| ids(&ch)),
+            Err(ChainError::ChainBroken {
+                backup: "c".into(),
+                missing: "a".into()
+            })
+        );
+    }
+
+    #[test]
+    fn closure_follows_bases() {
+        let c = cat(vec![
+            full("f", 10),
+            inc("a", 20, "f"),
+            inc("b", 30, "a"),
+            full("g", 40),
+        ]);
+        let b = c.position("b").unwrap();
+        let got: Vec<_> = c
+            .closure([b])
+            .into_iter()
+            .map(|i| c.records()[i].id.as_str())
+            .collect();
+        assert_eq!(got, ["f", "a", "b"]);
+        assert_eq!(c.base_of(b), c.position("a"));
+    }
+}

@@ -1,0 +1,501 @@
+//! What is due: the next backup to take for one dataset, and when.
+
+use jiff::Timestamp;
+
+use super::catalogue::{Catalogue, ChainError};
+use super::{BackupKind, DatasetState, HostState, PolicyRules, add};
+use crate::api::backup_policy::IncrementalBase;
+
+/// The stored backup an incremental is taken against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseRef {
+    /// The base backup's id in the store.
+    pub backup: String,
+    /// Its snapshot on the source (short name), for `zfs send -i`.
+    pub snapshot: String,
+}
+
+/// Why a backup is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DueReason {
+    /// Asked for explicitly (CLI `backup --full` / `--incremental`).
+    Forced,
+    /// The dataset has no full backup.
+    NoFull,
+    /// The newest full is at least `full.every` old.
+    FullEvery,
+    /// The newest backup is at least `incremental.every` old.
+    IncrementalEvery,
+    /// An incremental was wanted but its base snapshot no longer exists on the source, so a
+    /// full is taken instead.
+    BaseSnapshotGone { snapshot: String },
+    /// An incremental was wanted but its base backup cannot be restored (a backup of its
+    /// chain is missing from the store), so a full is taken instead.
+    BaseChainBroken { missing: String },
+}
+
+/// A backup to start now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueBackup {
+    pub kind: BackupKind,
+    /// For an incremental, what it is taken against; `None` for a full.
+    pub base: Option<BaseRef>,
+    pub reason: DueReason,
+}
+
+/// Why a due backup is not started now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The policy has `suspend: true` (a forced backup still runs).
+    PolicySuspended,
+    /// The host is paused (Zetaback's `offline`).
+    HostPaused,
+    /// The host's agent is not reporting.
+    HostUnreachable,
+    /// A job for this dataset is already pending or running.
+    JobInFlight,
+}
+
+/// The scheduling answer for one dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuePlan {
+    /// The backup to start now, if any.
+    pub due: Option<DueBackup>,
+    /// Set when a backup is due but must not start now (then `due` is `None`).
+    pub held: Option<Hold>,
+    /// When the next backup is (or became) due: at or before `now` when one is due now,
+    /// otherwise the earliest of "newest full + full.every" and "newest backup +
+    /// incremental.every". The controller requeues at this time.
+    pub next_due: Timestamp,
+}
+
+/// What is due, ignoring holds (host state, suspension, jobs in flight).
+///
+/// The rule, in order:
+/// 1. No full at all: a **full** (`NoFull`).
+/// 2. Forced full: a **full** (`Forced`).
+/// 3. The newest full is at least `full.every` old: a **full** (`FullEvery`).
+/// 4. An incremental is wanted when forced or when the newest backup (of any kind) is at least
+///    `incremental.every` old. Its base is the newest full (`against: lastFull`, Zetaback's
+///    differential model: a restore needs at most two pieces) or the newest backup
+///    (`against: previous`, chained). If the base's snapshot is gone from the source, or the
+///    base itself cannot be restored, a **full** is taken instead (`BaseSnapshotGone`,
+///    `BaseChainBroken`); otherwise an **incremental** (`Forced` or `IncrementalEvery`).
+///    The base is checked only when an incremental is wanted, so a snapshot destroyed between
+///    backups causes a full at the next incremental's time, not at once.
+/// 5. Otherwise nothing.
+///
+/// Invariant (property-tested): an incremental is only ever scheduled against a stored,
+/// restorable backup whose snapshot is in `source_snapshots`.
+pub fn next_backup(
+    rules: &PolicyRules,
+    cat: &Catalogue,
+    source_snapshots: &[String],
+    forced: Option<BackupKind>,
+    now: Timestamp,
+) -> DuePlan {
+    let plan = |kind, base, reason, next_due| DuePlan {
+        due: Some(DueBackup { kind, base, reason }),
+        held: None,
+        next_due,
+    };
+    let full = |reason, next_due| plan(BackupKind::Full, None, reason, next_due);
+    let (Some(last_full), Some(newest)) = (cat.newest_full(), cat.newest()) else {
+        return full(DueReason::NoFull, now);
+    };
+    if forced == Some(BackupKind::Full) {
+        return full(DueReason::Forced, now);
+    }
+    let full_deadline = add(last_full.created, rules.full.every);
+    if now >= full_deadline {
+        return full(DueReason::FullEvery, full_deadline);
+    }
+    let inc_deadline = add(newest.created, rules.incremental.every);
+    let (reason, next_due) = if forced == Some(BackupKind::Incremental) {
+        (DueReason::Forced, now)
+    } else if now >= inc_deadline {
+        (DueReason::IncrementalEvery, inc_deadline)
+    } else {
+        return DuePlan {
+            due: None,
+            held: None,
+            next_due: full_deadline.min(inc_deadline),
+        };
+    };
+    let base = match rules.against {
+        IncrementalBase::LastFull => last_full,
+        IncrementalBase::Previous => newest,
+    };
+    if !source_snapshots.contains(&base.snapshot) {
+        let gone = DueReason::BaseSnapshotGone {
+            snapshot: base.snapshot.clone(),
+        };
+        return full(gone, next_due);
+    }
+    if let Err(ChainError::ChainBroken { missing, .. }) = cat.chain(&base.id) {
+        return full(DueReason::BaseChainBroken { missing }, next_due);
+    }
+    let base = BaseRef {
+        backup: base.id.clone(),
+        snapshot: base.snapshot.clone(),
+    };
+    plan(BackupKind::Incremental, Some(base), reason, next_due)
+}
+
+/// What is due for one dataset, with holds applied: nothing starts on a paused or unreachable
+/// host, while a job for the dataset is in flight, or (unless forced) under a suspended
+/// policy.
+pub fn plan_due(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp) -> DuePlan {
+    let mut plan = next_backup(
+        rules,
+        state.catalogue,
+        state.source_snapshots,
+        state.forced,
+        now,
+    );
+    if plan.due.is_none() {
+        return plan;
+    }
+    let hold = match state.host {
+        HostState::Paused => Some(Hold::HostPaused),
+        HostState::Unreachable { .. } => Some(Hold::HostUnreachable),
+        HostState::Reachable if state.jobs.in_flight => Some(Hold::JobInFlight),
+        HostState::Reachable if rules.suspend && state.forced.is_none() => {
+            Some(Hold::PolicySuspended)
+        }
+        HostState::Reachable => None,
+    };
+    if hold.is_some() {
+        plan.due = None;
+        plan.held = hold;
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::Retention;
+    use crate::policy::catalogue::tests::{cat, full, inc, ts};
+    use crate::policy::{BackupRecord, Cadence, JobState};
+    use jiff::SignedDuration;
+
+    const H: i64 = 3600;
+    const D: i64 = 86_400;
+
+    fn rules(against: IncrementalBase) -> PolicyRules {
+        let keep = Retention::Age(std::time::Duration::from_secs(30 * D as u64));
+        PolicyRules {
+            full: Cadence {
+                every: SignedDuration::from_secs(7 * D),
+                keep: keep.clone(),
+            },
+            incremental: Cadence {
+                every: SignedDuration::from_secs(D),
+                keep,
+            },
+            against,
+            archive: None,
+            grace: SignedDuration::from_secs(900),
+            suspend: false,
+        }
+    }
+
+    fn snaps(c: &Catalogue) -> Vec<String> {
+        c.records().iter().map(|r| r.snapshot.clone()).collect()
+    }
+
+    fn history() -> Vec<BackupRecord> {
+        vec![full("f", 0), inc("a", D, "f"), inc("b", 2 * D, "a")]
+    }
+
+    type Want = Option<(BackupKind, Option<&'static str>, DueReason)>;
+
+    #[test]
+    fn table() {
+        use BackupKind::{Full, Incremental};
+        use IncrementalBase::{LastFull, Previous};
+        let all = |_: &Catalogue| None::<Vec<String>>;
+        // (name, records, against, snapshots (None = all), forced, now, want, next_due)
+        type Snaps = fn(&Catalogue) -> Option<Vec<String>>;
+        let cases: Vec<(
+            &str,
+            Vec<BackupRecord>,
+            IncrementalBase,
+            Snaps,
+            Option<BackupKind>,
+            i64,
+            Want,
+            i64,
+        )> = vec![
+            (
+                "empty",
+                vec![],
+                LastFull,
+                all,
+                None,
+                5,
+                Some((Full, None, DueReason::NoFull)),
+                5,
+            ),
+            (
+                "only incrementals",
+                vec![inc("x", 0, "gone")],
+                LastFull,
+                all,
+                Some(Incremental),
+                5,
+                Some((Full, None, DueReason::NoFull)),
+                5,
+            ),
+            (
+                "not yet",
+                history(),
+                LastFull,
+                all,
+                None,
+                2 * D + H,
+                None,
+                3 * D,
+            ),
+            (
+                "incremental differential",
+                history(),
+                LastFull,
+                all,
+                None,
+                3 * D,
+                Some((Incremental, Some("f"), DueReason::IncrementalEvery)),
+                3 * D,
+            ),
+            (
+                "incremental chained",
+                history(),
+                Previous,
+                all,
+                None,
+                3 * D + 5,
+                Some((Incremental, Some("b"), DueReason::IncrementalEvery)),
+                3 * D,
+            ),
+            (
+                "full every",
+                history(),
+                Previous,
+                all,
+                None,
+                7 * D,
+                Some((Full, None, DueReason::FullEvery)),
+                7 * D,
+            ),
+            (
+                "forced full",
+                history(),
+                Previous,
+                all,
+                Some(Full),
+                2 * D + 1,
+                Some((Full, None, DueReason::Forced)),
+                2 * D + 1,
+            ),
+            (
+                "forced incremental",
+                history(),
+                Previous,
+                all,
+                Some(Incremental),
+                2 * D + 1,
+                Some((Incremental, Some("b"), DueReason::Forced)),
+                2 * D + 1,
+            ),
+            (
+                "base snapshot gone",
+                history(),
+                Previous,
+                |_| Some(vec!["sf".into(), "sa".into()]),
+                None,
+                3 * D,
+                Some((
+                    Full,
+                    None,
+                    DueReason::BaseSnapshotGone {
+                        snapshot: "sb".into(),
+                    },
+                )),
+                3 * D,
+            ),
+            (
+                "base snapshot gone but not wanted yet",
+                history(),
+                Previous,
+                |_| Some(vec![]),
+                None,
+                2 * D + 1,
+                None,
+                3 * D,
+            ),
+            (
+                "differential only needs the full's snapshot",
+                history(),
+                LastFull,
+                |_| Some(vec!["sf".into()]),
+                None,
+                3 * D,
+                Some((Incremental, Some("f"), DueReason::IncrementalEvery)),
+                3 * D,
+            ),
+            (
+                "forced incremental without base",
+                history(),
+                LastFull,
+                |_| Some(vec!["sb".into()]),
+                Some(Incremental),
+                2 * D + 1,
+                Some((
+                    Full,
+                    None,
+                    DueReason::BaseSnapshotGone {
+                        snapshot: "sf".into(),
+                    },
+                )),
+                2 * D + 1,
+            ),
+            (
+                "chained base unrestorable",
+                vec![full("f", 0), inc("b", 2 * D, "lost")],
+                Previous,
+                all,
+                None,
+                3 * D,
+                Some((
+                    Full,
+                    None,
+                    DueReason::BaseChainBroken {
+                        missing: "lost".into(),
+                    },
+                )),
+                3 * D,
+            ),
+            (
+                "a newer full resets the incremental clock",
+                vec![full("f", 0), inc("a", D, "f"), full("g", 2 * D + H)],
+                LastFull,
+                all,
+                None,
+                3 * D,
+                None,
+                3 * D + H,
+            ),
+        ];
+        for (name, records, against, sn, forced, now, want, next_due) in cases {
+            let c = cat(records);
+            let snapshots = sn(&c).unwrap_or_else(|| snaps(&c));
+            let p = next_backup(&rules(against), &c, &snapshots, forced, ts(now));
+            let got = p.due.map(|d| {
+                let base = d.base.map(|b| b.backup);
+                (d.kind, base, d.reason)
+            });
+            let want = want.map(|(k, b, r)| (k, b.map(String::from), r));
+            assert_eq!(got, want, "{name}");
+            assert_eq!(p.next_due, ts(next_due), "{name}: next_due");
+            assert_eq!(p.held, None);
+        }
+    }
+
+    #[test]
+    fn base_snapshot_in_the_ref() {
+        let c = cat(history());
+        let p = next_backup(
+            &rules(IncrementalBase::Previous),
+            &c,
+            &snaps(&c),
+            None,
+            ts(3 * D),
+        );
+        let base = p.due.and_then(|d| d.base);
+        assert_eq!(
+            base,
+            Some(BaseRef {
+                backup: "b".into(),
+                snapshot: "sb".into()
+            })
+        );
+    }
+
+    #[test]
+    fn holds() {
+        let c = cat(history());
+        let s = snaps(&c);
+        let state = |host, in_flight, forced| DatasetState {
+            catalogue: &c,
+            source_snapshots: &s,
+            host,
+            jobs: JobState {
+                in_flight,
+                failing_since: None,
+            },
+            covered_since: None,
+            forced,
+        };
+        let mut suspended = rules(IncrementalBase::LastFull);
+        suspended.suspend = true;
+        let normal = rules(IncrementalBase::LastFull);
+        let gone = HostState::Unreachable { since: ts(0) };
+        let cases = [
+            (
+                &normal,
+                state(HostState::Reachable, false, None),
+                None,
+                true,
+            ),
+            (
+                &normal,
+                state(HostState::Paused, false, None),
+                Some(Hold::HostPaused),
+                false,
+            ),
+            (
+                &normal,
+                state(gone, false, None),
+                Some(Hold::HostUnreachable),
+                false,
+            ),
+            (
+                &normal,
+                state(HostState::Reachable, true, None),
+                Some(Hold::JobInFlight),
+                false,
+            ),
+            (
+                &suspended,
+                state(HostState::Reachable, false, None),
+                Some(Hold::PolicySuspended),
+                false,
+            ),
+            (
+                &suspended,
+                state(HostState::Reachable, false, Some(BackupKind::Full)),
+                None,
+                true,
+            ),
+            (
+                &suspended,
+                state(HostState::Paused, false, Some(BackupKind::Full)),
+                Some(Hold::HostPaused),
+                false,
+            ),
+        ];
+        for (i, (r, st, held, runs)) in cases.into_iter().enumerate() {
+            let p = plan_due(r, &st, ts(4 * D));
+            assert_eq!(p.held, held, "case {i}");
+            assert_eq!(p.due.is_some(), runs, "case {i}");
+        }
+        // Nothing due: nothing held either.
+        let p = plan_due(
+            &normal,
+            &state(HostState::Paused, false, None),
+            ts(2 * D + 1),
+        );
+        assert_eq!((p.due, p.held, p.next_due), (None, None, ts(3 * D)));
+    }
+}
