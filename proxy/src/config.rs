@@ -40,7 +40,10 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub timeouts: TimeoutConfig,
     /// Largest accepted request body in bytes (413 above).
-    #[serde(default = "default_max_request_body")]
+    #[serde(
+        default = "default_max_request_body",
+        deserialize_with = "bytes_size::deserialize"
+    )]
     pub max_request_body: u64,
     /// Index of the backend that receives methods other than GET/HEAD.
     #[serde(default)]
@@ -71,11 +74,17 @@ pub struct CacheConfig {
     /// (no `max-age`, `s-maxage` or `Expires`).
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub default_ttl: Duration,
-    /// Total bytes the cache may hold.
-    #[serde(default = "default_max_size")]
+    /// Total bytes the cache may hold (an integer, or a string like "256Mi").
+    #[serde(
+        default = "default_max_size",
+        deserialize_with = "bytes_size::deserialize"
+    )]
     pub max_size: u64,
     /// Largest single object that is cached; larger bodies stream through.
-    #[serde(default = "default_max_object_size")]
+    #[serde(
+        default = "default_max_object_size",
+        deserialize_with = "bytes_size::deserialize"
+    )]
     pub max_object_size: u64,
     /// Freshness of a "not found on any backend" answer.
     #[serde(default = "default_not_found_ttl", with = "humantime_serde")]
@@ -133,7 +142,7 @@ fn default_via_name() -> String {
     "zetaback".to_string()
 }
 fn default_ttl() -> Duration {
-    Duration::from_secs(120)
+    Duration::from_secs(300)
 }
 fn default_max_size() -> u64 {
     256 * 1024 * 1024
@@ -161,6 +170,45 @@ fn default_pool_idle() -> Duration {
 }
 fn default_shutdown() -> Duration {
     Duration::from_secs(30)
+}
+
+/// Byte sizes: a plain integer or a Kubernetes-style quantity
+/// (`512Ki`, `256Mi`, `1Gi`, also `k`/`M`/`G` powers of ten).
+pub mod bytes_size {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+
+    /// Parse a quantity string.
+    pub fn parse(s: &str) -> Option<u64> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let mult: u64 = match unit {
+            "" => 1,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            "k" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            _ => return None,
+        };
+        n.checked_mul(mult)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(n),
+            Raw::Str(s) => parse(&s).ok_or_else(|| D::Error::custom(format!("bad size {s:?}"))),
+        }
+    }
 }
 
 impl Default for CacheConfig {
@@ -309,6 +357,25 @@ backendDownFor: 15s
         assert_eq!(cfg.timeouts.connect, Duration::from_secs(1));
         let round = ProxyConfig::from_yaml(&cfg.to_yaml().expect("yaml")).expect("roundtrip");
         assert_eq!(round, cfg);
+    }
+
+    #[test]
+    fn sizes_accept_quantities() {
+        let cfg = ProxyConfig::from_yaml(
+            "backends: [{name: a, url: 'http://127.0.0.1:1'}]\ncache: {maxSize: 256Mi, maxObjectSize: '8Mi'}\nmaxRequestBody: 10M",
+        )
+        .expect("valid");
+        assert_eq!(cfg.cache.max_size, 256 << 20);
+        assert_eq!(cfg.cache.max_object_size, 8 << 20);
+        assert_eq!(cfg.max_request_body, 10_000_000);
+        assert_eq!(bytes_size::parse("1Gi"), Some(1 << 30));
+        assert_eq!(bytes_size::parse("12Xi"), None);
+        assert!(
+            ProxyConfig::from_yaml(
+                "backends: [{name: a, url: 'http://x:1'}]\ncache: {maxSize: lots}"
+            )
+            .is_err()
+        );
     }
 
     #[test]
