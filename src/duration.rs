@@ -119,6 +119,12 @@ pub fn cel_seconds(field: &str) -> String {
     )
 }
 
+/// A CEL expression that is true when the string at `field` is a duration (so rules that
+/// compute with it never fail on a malformed value, which the field's own rule reports).
+pub fn cel_is_duration(field: &str) -> String {
+    format!("{field}.matches(r'{DURATION_PATTERN}')")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

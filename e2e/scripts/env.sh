@@ -44,8 +44,10 @@ certs() {
   # The admin identity: group system:masters.
   openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=zetaback-admin" \
     -keyout admin.key -out admin.csr >/dev/null 2>&1
+  # X.509 v3 with extensions: rustls refuses v1 certificates.
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' >admin.ext
   openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-    -out admin.crt >/dev/null 2>&1
+    -extfile admin.ext -out admin.crt >/dev/null 2>&1
   cd - >/dev/null
 }
 

@@ -9,7 +9,7 @@ use super::common::{
     Conditions, DatasetName, DatasetSelector, DurationString, ObjectName, RetentionString,
     conditions_schema,
 };
-use crate::duration::cel_seconds;
+use crate::duration::{cel_is_duration, cel_seconds};
 
 /// A ZFS backup policy for a set of hosts and datasets. Its status answers "are we compliant?".
 #[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +39,9 @@ use crate::duration::cel_seconds;
     )
 )]
 #[x_kube(validation = Rule::new(format!(
-    "{} < {}",
+    "!{} || !{} || {} < {}",
+    cel_is_duration("self.incremental.every"),
+    cel_is_duration("self.full.every"),
     cel_seconds("self.incremental.every"),
     cel_seconds("self.full.every")
 )).message("incremental.every must be shorter than full.every (an incremental is due between fulls)").field_path(".incremental.every"))]
@@ -130,7 +132,9 @@ pub enum IncrementalBase {
 /// controller, since CEL cannot parse them cheaply).
 fn keep_at_least_every() -> String {
     format!(
-        "!self.keep.matches('^[1-9][0-9]*[smhdw]$') || {} >= {}",
+        "!{} || !{} || {} >= {}",
+        cel_is_duration("self.keep"),
+        cel_is_duration("self.every"),
         cel_seconds("self.keep"),
         cel_seconds("self.every")
     )
@@ -241,7 +245,7 @@ pub struct BackupPolicyStatus {
 #[serde(rename_all = "camelCase")]
 pub struct Violation {
     pub host: String,
-    pub dataset: DatasetName,
+    pub dataset: String,
     pub reason: ViolationReason,
     /// Since when the dataset has been in violation.
     #[serde(default, skip_serializing_if = "Option::is_none")]

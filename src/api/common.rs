@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{duration, names};
 
 macro_rules! string_newtype {
-    ($(#[$doc:meta])* $name:ident, $pattern:expr, $max:expr, $desc:expr) => {
+    ($(#[$doc:meta])* $name:ident, $pattern:expr, $max:expr, $desc:expr, $form:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
@@ -24,11 +24,16 @@ macro_rules! string_newtype {
                 true
             }
             fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                // A CEL rule instead of an OpenAPI `pattern`, so the refusal says in words
+                // what was expected (a pattern failure only prints the regular expression).
                 json_schema!({
                     "type": "string",
-                    "pattern": $pattern,
                     "maxLength": $max,
                     "description": $desc,
+                    "x-kubernetes-validations": [{
+                        "rule": format!("self.matches(r'{}')", $pattern),
+                        "messageExpression": format!("'\"' + self + '\" is not {}'", $form),
+                    }],
                 })
             }
         }
@@ -59,35 +64,40 @@ string_newtype!(
     DurationString,
     duration::DURATION_PATTERN,
     7,
-    "A duration: a number and one unit of s, m, h, d or w, e.g. 12h or 7d."
+    "A duration: a number and one unit of s, m, h, d or w, e.g. 12h or 7d.",
+    "a duration: write a number and one unit of s, m, h, d or w, e.g. 90s, 12h or 7d"
 );
 string_newtype!(
     /// A retention rule: an age (`14d`) or a grid of count-per-age bins (`24x1h,14x1d`).
     RetentionString,
     duration::RETENTION_PATTERN,
     200,
-    "How long backups are kept: an age (14d), or COUNTxAGE bins (24x1h,14x1d: one per hour for 24 hours, then one per day for 14 days)."
+    "How long backups are kept: an age (14d), or COUNTxAGE bins (24x1h,14x1d: one per hour for 24 hours, then one per day for 14 days).",
+    "a retention rule: write an age such as 14d, or COUNTxAGE bins such as 24x1h,14x1d"
 );
 string_newtype!(
     /// A ZFS dataset name such as `tank/db`.
     DatasetName,
     names::DATASET_NAME_PATTERN,
     255,
-    "A ZFS dataset name, e.g. tank/db: letters, digits and -_.: in each component, '/' between components, beginning with a letter."
+    "A ZFS dataset name, e.g. tank/db: letters, digits and -_.: in each component, '/' between components, beginning with a letter.",
+    "a ZFS dataset name: use letters, digits and -_.: in each component, / between components, begin with a letter (no @, spaces or shell characters)"
 );
 string_newtype!(
     /// A ZFS dataset glob such as `tank/db/**`.
     DatasetPattern,
     names::DATASET_GLOB_PATTERN,
     255,
-    "A ZFS dataset pattern: a dataset name whose components may use * (within a component), ** (any depth) and ?."
+    "A ZFS dataset pattern: a dataset name whose components may use * (within a component), ** (any depth) and ?.",
+    "a dataset pattern: use letters, digits, -_.: and the globs * ** ? in each component, / between components, and do not begin with -"
 );
 string_newtype!(
     /// The name of a Kubernetes object in the same scope (a ZfsHost, a BackupPolicy).
     ObjectName,
     names::OBJECT_NAME_PATTERN,
     253,
-    "The name of a Kubernetes object (lower-case letters, digits, '-' and '.')."
+    "The name of a Kubernetes object (lower-case letters, digits, '-' and '.').",
+    "an object name: use lower-case letters, digits, - and ., beginning and ending with a letter or digit"
 );
 
 impl DurationString {

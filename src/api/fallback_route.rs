@@ -72,7 +72,8 @@ pub struct Backend {
     pub service: Option<ServiceRef>,
     /// An http:// or https:// URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^https?://[^\s/?#]+(/[^\s]*)?$"), length(max = 2048))]
+    #[x_kube(validation = Rule::new(r"self.matches(r'^https?://[^\s/?#]+(/[^\s]*)?$')").message(Message::Expression(r#"'"' + self + '" is not an http:// or https:// URL'"#.into())))]
+    #[schemars(length(max = 2048))]
     pub url: Option<String>,
 }
 

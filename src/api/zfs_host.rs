@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Conditions, DatasetName, DatasetSelector, conditions_schema};
+use super::common::{Conditions, DatasetSelector, conditions_schema};
 
 /// A machine with ZFS pools. Cluster-scoped: one per machine.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -74,6 +74,7 @@ pub struct ZfsHostStatus {
     pub pool_count: Option<i32>,
     /// The datasets that match `spec.datasets` (at most 2000 are listed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2000))]
     pub datasets: Vec<DatasetStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_count: Option<i32>,
@@ -103,7 +104,7 @@ pub struct PoolStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetStatus {
-    pub name: DatasetName,
+    pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<i64>")]
     pub used_bytes: Option<u64>,

@@ -15,6 +15,9 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "ZETABACK_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: std::net::SocketAddr,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "ZETABACK_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
 }
 
 #[tokio::main]
@@ -32,7 +35,9 @@ async fn main() -> anyhow::Result<()> {
             lease_namespace: args.lease_namespace,
             identity,
             metrics_addr: args.metrics_addr,
+            watch_namespace: args.watch_namespace,
         },
+        zetaback::controller::shutdown_signal(),
     )
     .await
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics and the health endpoints of the controller.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
@@ -46,13 +46,21 @@ impl Default for Metrics {
         });
         let status_writes = Family::<KindLabel, Counter>::default();
         let leader = Gauge::default();
-        registry.register("reconciles", "Reconciles by kind and result", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles by kind and result",
+            reconciles.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
             reconcile_seconds.clone(),
         );
-        registry.register("status_writes", "Status writes by kind", status_writes.clone());
+        registry.register(
+            "status_writes",
+            "Status writes by kind",
+            status_writes.clone(),
+        );
         registry.register("leader", "1 when this replica leads", leader.clone());
         Self {
             registry,
@@ -129,20 +137,25 @@ impl Metrics {
 
 /// Serves `/metrics`, `/healthz` (process alive) and `/readyz` (this replica leads or waits
 /// to lead; both are ready, since a standby must not be restarted).
-pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
 
 async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         metrics.encode(),
     )
 }

@@ -79,21 +79,48 @@ pub struct Options {
     pub identity: String,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_addr: std::net::SocketAddr,
+    /// Watch only this namespace (default: all).
+    pub watch_namespace: Option<String>,
 }
 
-/// Runs the controller until SIGTERM/Ctrl-C or until leadership is lost.
-pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
+/// Runs the controller until `shutdown` resolves or leadership is lost. Metrics are served
+/// from the start, so a standby replica is visible (`zetaback_controller_leader 0`).
+pub async fn run(
+    client: Client,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
-    let server = tokio::spawn(metrics::serve(options.metrics_addr, metrics.clone()));
-    let mut leader = leader::acquire(client.clone(), &options).await?;
+    let listener = tokio::net::TcpListener::bind(options.metrics_addr).await?;
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
+    let result = lead_and_reconcile(client, &options, metrics, shutdown).await;
+    server.abort();
+    result
+}
+
+async fn lead_and_reconcile(
+    client: Client,
+    options: &Options,
+    metrics: Arc<metrics::Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let mut leader = tokio::select! {
+        leader = leader::acquire(client.clone(), options) => leader?,
+        _ = &mut shutdown => { info!("shut down while standing by"); return Ok(()); }
+    };
     metrics.set_leader(true);
     info!(identity = %options.identity, "leading; starting controllers");
-    let ctx = Arc::new(Context { client, metrics });
+    let ctx = Arc::new(Context {
+        client,
+        metrics: metrics.clone(),
+    });
+    let ns = options.watch_namespace.clone();
     let controllers = async {
         tokio::join!(
-            run_kind::<BackupPolicy>(ctx.clone()),
-            run_kind::<Restore>(ctx.clone()),
-            run_kind::<FallbackRoute>(ctx.clone()),
+            run_kind::<BackupPolicy>(ctx.clone(), ns.clone()),
+            run_kind::<Restore>(ctx.clone(), ns.clone()),
+            run_kind::<FallbackRoute>(ctx.clone(), ns.clone()),
         )
     };
     tokio::select! {
@@ -101,14 +128,15 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         lost = leader.lost() => {
             warn!(reason = %lost, "leadership lost; exiting so another replica takes over");
         }
-        _ = shutdown_signal() => info!("shutting down"),
+        _ = &mut shutdown => info!("shutting down"),
     }
+    metrics.set_leader(false);
     leader.release().await;
-    server.abort();
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -142,8 +170,11 @@ pub trait Reconciled:
     ) -> impl std::future::Future<Output = Result<Action, Error>> + Send;
 }
 
-async fn run_kind<K: Reconciled>(ctx: Arc<Context>) {
-    let api: Api<DeserializeGuard<K>> = Api::all(ctx.client.clone());
+async fn run_kind<K: Reconciled>(ctx: Arc<Context>, namespace: Option<String>) {
+    let api: Api<DeserializeGuard<K>> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -169,7 +200,11 @@ async fn reconcile_guarded<K: Reconciled>(
         match &guard.0 {
             Ok(obj) => {
                 drop(_entered);
-                tracing::Instrument::instrument(K::reconcile(Arc::new(obj.clone()), ctx.clone()), span.clone()).await
+                tracing::Instrument::instrument(
+                    K::reconcile(Arc::new(obj.clone()), ctx.clone()),
+                    span.clone(),
+                )
+                .await
             }
             Err(invalid) => Err(Error::Undecodable {
                 kind: K::KIND,

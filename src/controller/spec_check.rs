@@ -80,8 +80,14 @@ impl Reconciled for Restore {
     const KIND: &'static str = "Restore";
     async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
         let st = obj.status.clone().unwrap_or_default();
-        record(&ctx, obj.as_ref(), Self::KIND, (st.observed_generation, &st.conditions), Ok(()))
-            .await?;
+        record(
+            &ctx,
+            obj.as_ref(),
+            Self::KIND,
+            (st.observed_generation, &st.conditions),
+            Ok(()),
+        )
+        .await?;
         Ok(Action::await_change())
     }
 }
@@ -90,8 +96,14 @@ impl Reconciled for FallbackRoute {
     const KIND: &'static str = "FallbackRoute";
     async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
         let st = obj.status.clone().unwrap_or_default();
-        record(&ctx, obj.as_ref(), Self::KIND, (st.observed_generation, &st.conditions), Ok(()))
-            .await?;
+        record(
+            &ctx,
+            obj.as_ref(),
+            Self::KIND,
+            (st.observed_generation, &st.conditions),
+            Ok(()),
+        )
+        .await?;
         Ok(Action::await_change())
     }
 }

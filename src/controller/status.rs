@@ -9,7 +9,12 @@ use super::{Context, Error, FIELD_MANAGER};
 
 /// Applies `status` (the whole status object this controller owns) to `obj`'s status
 /// subresource, and counts the write. Callers compare first and call this only on a change.
-pub async fn apply<K, S>(ctx: &Context, obj: &K, kind: &'static str, status: &S) -> Result<(), Error>
+pub async fn apply<K, S>(
+    ctx: &Context,
+    obj: &K,
+    kind: &'static str,
+    status: &S,
+) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + Clone
@@ -18,7 +23,11 @@ where
     S: Serialize,
 {
     let name = obj.meta().name.clone().ok_or(Error::MissingMeta(kind))?;
-    let namespace = obj.meta().namespace.clone().ok_or(Error::MissingMeta(kind))?;
+    let namespace = obj
+        .meta()
+        .namespace
+        .clone()
+        .ok_or(Error::MissingMeta(kind))?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
