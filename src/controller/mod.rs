@@ -6,6 +6,7 @@
 //! trigger reconciles), and write status through server-side apply only when it changed.
 
 pub mod conditions;
+pub mod fallback_route;
 pub mod leader;
 pub mod metrics;
 pub mod spec_check;

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use super::conditions::{self, Wanted};
 use super::{Context, Error, Reconciled, status};
 use crate::api::condition::READY;
-use crate::api::{BackupPolicy, FallbackRoute, Restore};
+use crate::api::{BackupPolicy, Restore};
 
 /// What the controller writes for a kind whose full reconciler is not running yet.
 #[derive(serde::Serialize)]
@@ -78,22 +78,6 @@ impl Reconciled for BackupPolicy {
 
 impl Reconciled for Restore {
     const KIND: &'static str = "Restore";
-    async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
-        let st = obj.status.clone().unwrap_or_default();
-        record(
-            &ctx,
-            obj.as_ref(),
-            Self::KIND,
-            (st.observed_generation, &st.conditions),
-            Ok(()),
-        )
-        .await?;
-        Ok(Action::await_change())
-    }
-}
-
-impl Reconciled for FallbackRoute {
-    const KIND: &'static str = "FallbackRoute";
     async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
         let st = obj.status.clone().unwrap_or_default();
         record(

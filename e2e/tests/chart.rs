@@ -1,0 +1,116 @@
+//! The Helm chart: `helm lint` and `helm template` pass, the rendered manifests are accepted by
+//! the real apiserver (server-side dry run, then applied), and the least-privilege RBAC it
+//! grants is enough for the controller to run with its own ServiceAccount token and no more.
+
+use std::time::Duration;
+
+use kube::api::{Api, PostParams};
+use zetaback::api::{BackupPolicy, BackupPolicySpec};
+use zetaback_e2e::{Env, eventually, free_port, text};
+
+fn render(env: &Env, ns: &str) -> String {
+    let chart = env.root.join("charts/zetaback");
+    let out = env.helm(&[
+        "template",
+        "zetaback",
+        &chart.to_string_lossy(),
+        "--namespace",
+        ns,
+        "--kube-version",
+        "1.37.2",
+    ]);
+    assert!(out.status.success(), "helm template: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn helm_lint_passes() {
+    let env = Env::get();
+    let out = env.helm(&["lint", "--strict", &env.root.join("charts/zetaback").to_string_lossy()]);
+    assert!(out.status.success(), "helm lint: {}{}", text(&out.stdout), text(&out.stderr));
+}
+
+fn can_i(env: &Env, who: &str, verb: &str, resource: &str, ns: &str) -> bool {
+    let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    let mut args = vec!["auth", "can-i", verb, resource, "-n", ns, "--as", who];
+    let sub_flag = format!("--subresource={sub}");
+    if !sub.is_empty() {
+        args.push(&sub_flag);
+    }
+    let out = env.kubectl(&args);
+    text(&out.stdout).trim() == "yes"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
+    let env = Env::get();
+    let ns = env.namespace("chart");
+    let manifests = render(env, &ns);
+    for kind in ["kind: Deployment", "kind: DaemonSet", "kind: ClusterRole", "kind: ServiceAccount"] {
+        assert!(manifests.contains(kind), "the chart renders no {kind}");
+    }
+    let dry = env.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &manifests);
+    assert!(dry.status.success(), "server dry run refused: {}", text(&dry.stderr));
+    let applied = env.kubectl_stdin(&["apply", "-f", "-"], &manifests);
+    assert!(applied.status.success(), "apply refused: {}", text(&applied.stderr));
+
+    let controller = format!("system:serviceaccount:{ns}:zetaback-controller");
+    let agent = format!("system:serviceaccount:{ns}:zetaback-agent");
+    // What each identity may do, and what it must not.
+    let expectations = [
+        (&controller, "patch", "backuppolicies.zetaback.io/status", true),
+        (&controller, "create", "backupjobs.zetaback.io", true),
+        (&controller, "create", "leases.coordination.k8s.io", true),
+        (&controller, "get", "secrets", false),
+        (&controller, "patch", "zfshosts.zetaback.io/status", false),
+        (&controller, "update", "backuppolicies.zetaback.io", false),
+        (&agent, "patch", "zfshosts.zetaback.io/status", true),
+        (&agent, "patch", "backupjobs.zetaback.io/status", true),
+        (&agent, "create", "backupjobs.zetaback.io", false),
+        (&agent, "delete", "backuppolicies.zetaback.io", false),
+        (&agent, "get", "secrets", false),
+    ];
+    let wrong: Vec<String> = expectations
+        .iter()
+        .filter(|(who, verb, res, allowed)| can_i(env, who, verb, res, &ns) != *allowed)
+        .map(|(who, verb, res, allowed)| format!("{who} {verb} {res}: expected allowed={allowed}"))
+        .collect();
+    assert!(wrong.is_empty(), "RBAC differs from the least-privilege plan:\n{}", wrong.join("\n"));
+
+    // The controller runs with nothing but its ServiceAccount's token.
+    let token = env.kubectl(&["create", "token", "zetaback-controller", "-n", &ns]);
+    assert!(token.status.success(), "create token: {}", text(&token.stderr));
+    let client = env.client_with_token(text(&token.stdout).trim()).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(zetaback::controller::run(
+        client,
+        zetaback::controller::Options {
+            lease_namespace: ns.clone(),
+            identity: "chart-test".into(),
+            metrics_addr: ([127, 0, 0, 1], free_port()).into(),
+            watch_namespace: Some(ns.clone()),
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let admin: Api<BackupPolicy> = Api::namespaced(env.client().await, &ns);
+    let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
+        "hosts": {"names": ["db-1"]},
+        "full": {"every": "7d", "keep": "30d"},
+        "incremental": {"every": "1d", "keep": "14d"},
+        "target": {"host": "backup-1", "path": "/var/lib/zetaback"}
+    }))
+    .expect("spec");
+    admin
+        .create(&PostParams::default(), &BackupPolicy::new("rbac", spec))
+        .await
+        .expect("create policy");
+    eventually("status written with the controller's own identity", Duration::from_secs(60), || async {
+        let p = admin.get("rbac").await.ok()?;
+        p.status?.observed_generation.filter(|g| *g == 1)
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.expect("join").expect("the controller ran without RBAC errors");
+}
