@@ -1,0 +1,332 @@
+//! The ZFS driver: every `zfs` / `zpool` command the agent runs, as argument vectors over
+//! `tokio::process::Command` (never a shell), with validated names and typed errors.
+//!
+//! Snapshots zetaback makes carry the user property `zetaback.io:managed=on` (zfs-fuse keeps
+//! snapshot user properties too), and [`Zfs::destroy_own_snapshot`] refuses any snapshot
+//! without it. Optional features are detected at start-up ([`Capabilities`]).
+
+pub mod argv;
+pub mod caps;
+pub mod error;
+pub mod parse;
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tracing::{debug, instrument};
+
+pub use argv::{ReceiveRequest, SendBase, SendRequest};
+pub use caps::{Capabilities, Capability};
+pub use error::{CommandLine, ZfsError};
+pub use parse::{DatasetInfo, Inventory, PoolInfo, SnapshotInfo};
+pub use process::{ReceiveProcess, SendProcess};
+
+/// A pool with its size in bytes (from its root dataset's used + available).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub name: String,
+    pub health: String,
+    pub size_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+}
+
+/// The local ZFS: where its programs are and what they support.
+#[derive(Debug, Clone)]
+pub struct Zfs {
+    zfs: PathBuf,
+    zpool: PathBuf,
+    caps: Capabilities,
+}
+
+impl Zfs {
+    /// A driver with known capabilities (tests; or after [`Zfs::detect`]).
+    pub fn new(zfs: impl Into<PathBuf>, zpool: impl Into<PathBuf>, caps: Capabilities) -> Self {
+        Self {
+            zfs: zfs.into(),
+            zpool: zpool.into(),
+            caps,
+        }
+    }
+
+    /// Finds `zfs` and `zpool` on `PATH` and detects the capabilities from `zfs`'s usage text.
+    #[instrument(level = "debug")]
+    pub async fn detect() -> Result<Self, ZfsError> {
+        let mut zfs = Self::new("zfs", "zpool", Capabilities::none());
+        // `zfs` with no arguments prints its usage and exits 2.
+        let out = zfs.output(&[], false).await?;
+        zfs.caps = Capabilities::from_usage(&out);
+        debug!(capabilities = ?zfs.caps.names(), "zfs capabilities");
+        Ok(zfs)
+    }
+
+    /// What the local `zfs` supports.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn command_line(&self, program: &Path, args: &[String]) -> CommandLine {
+        let mut v = vec![program.display().to_string()];
+        v.extend(args.iter().cloned());
+        CommandLine(v)
+    }
+
+    /// Runs `zfs args...`; returns stdout (or stdout+stderr when `check` is false and it
+    /// failed: used for the usage text).
+    async fn output(&self, args: &[String], check: bool) -> Result<String, ZfsError> {
+        run(&self.zfs, self.command_line(&self.zfs, args), args, check).await
+    }
+
+    /// Datasets and snapshots (all, or one tree).
+    #[instrument(level = "debug", skip(self))]
+    pub async fn inventory(&self, root: Option<&str>) -> Result<Inventory, ZfsError> {
+        let args = argv::inventory(&self.caps, root)?;
+        let text = self.output(&args, true).await?;
+        let parsed = if self.caps.has(Capability::ParsableList) {
+            parse::parse_list(&text)
+        } else {
+            parse::parse_get(&text)
+        };
+        parsed.map_err(|detail| ZfsError::Parse {
+            command: self.command_line(&self.zfs, &args),
+            detail,
+        })
+    }
+
+    /// One snapshot's details.
+    pub async fn snapshot_info(
+        &self,
+        dataset: &str,
+        snapshot: &str,
+    ) -> Result<SnapshotInfo, ZfsError> {
+        let full = argv::full_snapshot(dataset, snapshot)?;
+        let mut args: Vec<String> = ["get", "-H", "-p", "-o", "name,property,value"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.push(parse::INVENTORY_PROPERTIES.join(","));
+        args.push(full.clone());
+        let text = self.output(&args, true).await?;
+        let inv = parse::parse_get(&text).map_err(|detail| ZfsError::Parse {
+            command: self.command_line(&self.zfs, &args),
+            detail,
+        })?;
+        inv.snapshots
+            .into_iter()
+            .next()
+            .ok_or_else(|| ZfsError::Parse {
+                command: self.command_line(&self.zfs, &args),
+                detail: format!("{full} is not a snapshot"),
+            })
+    }
+
+    /// Whether a dataset exists.
+    pub async fn dataset_exists(&self, dataset: &str) -> Result<bool, ZfsError> {
+        zetaback::names::validate_dataset(dataset)?;
+        let args: Vec<String> = ["list", "-H", "-o", "name", dataset]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        match self.output(&args, true).await {
+            Ok(_) => Ok(true),
+            Err(ZfsError::Failed { stderr, .. }) if stderr.contains("does not exist") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `zfs create -p dataset` (parents of a replica), unmounted where possible.
+    pub async fn create_parents(&self, dataset: &str) -> Result<(), ZfsError> {
+        zetaback::names::validate_dataset(dataset)?;
+        let args: Vec<String> = ["create", "-p", dataset]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        self.output(&args, true).await.map(drop)
+    }
+
+    /// Makes a received replica read-only with no atime updates, so that the next
+    /// incremental finds it unmodified (`receive` without `-F` refuses a modified target).
+    pub async fn protect_replica(&self, dataset: &str) -> Result<(), ZfsError> {
+        zetaback::names::validate_dataset(dataset)?;
+        for prop in ["atime=off", "readonly=on"] {
+            let args = vec!["set".to_owned(), prop.to_owned(), dataset.to_owned()];
+            self.output(&args, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Pools with their health and sizes.
+    pub async fn pools(&self) -> Result<Vec<PoolUsage>, ZfsError> {
+        let args: Vec<String> = ["list", "-H", "-o", "name,health"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let text = run(
+            &self.zpool,
+            self.command_line(&self.zpool, &args),
+            &args,
+            true,
+        )
+        .await?;
+        let pools = parse::parse_pools(&text).map_err(|detail| ZfsError::Parse {
+            command: self.command_line(&self.zpool, &args),
+            detail,
+        })?;
+        let mut out = Vec::with_capacity(pools.len());
+        for p in pools {
+            let args: Vec<String> = ["get", "-H", "-p", "-o", "value", "used,available", &p.name]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            let nums: Vec<u64> = self
+                .output(&args, true)
+                .await
+                .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+                .unwrap_or_default();
+            let (size, free) = match nums.as_slice() {
+                [used, avail] => (Some(used + avail), Some(*avail)),
+                _ => (None, None),
+            };
+            out.push(PoolUsage {
+                name: p.name,
+                health: p.health,
+                size_bytes: size,
+                free_bytes: free,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes a snapshot marked as zetaback's.
+    #[instrument(level = "debug", skip(self))]
+    pub async fn snapshot(&self, dataset: &str, snapshot: &str) -> Result<(), ZfsError> {
+        let args = argv::snapshot(dataset, snapshot)?;
+        self.output(&args, true).await.map(drop)
+    }
+
+    /// Destroys a snapshot, but only one that zetaback made (its property says so).
+    #[instrument(level = "debug", skip(self))]
+    pub async fn destroy_own_snapshot(
+        &self,
+        dataset: &str,
+        snapshot: &str,
+    ) -> Result<(), ZfsError> {
+        let info = self.snapshot_info(dataset, snapshot).await?;
+        if !info.managed {
+            return Err(ZfsError::NotOurs {
+                snapshot: info.full_name(),
+            });
+        }
+        let args = argv::destroy_snapshot(dataset, snapshot)?;
+        self.output(&args, true).await.map(drop)
+    }
+
+    /// Puts (or releases) zetaback's hold on a snapshot, where holds are supported.
+    pub async fn hold(&self, dataset: &str, snapshot: &str, release: bool) -> Result<(), ZfsError> {
+        let args = argv::hold(&self.caps, release, dataset, snapshot)?;
+        self.output(&args, true).await.map(drop)
+    }
+
+    /// The estimated stream size (`send -nP`), where supported.
+    pub async fn estimate(&self, req: &SendRequest) -> Result<Option<u64>, ZfsError> {
+        if !self.caps.has(Capability::SendSizeEstimate) {
+            return Ok(None);
+        }
+        let mut req = req.clone();
+        req.estimate = true;
+        let args = argv::send(&self.caps, &req)?;
+        let text = self.output(&args, true).await?;
+        parse::parse_send_estimate(&text)
+            .map(Some)
+            .map_err(|detail| ZfsError::Parse {
+                command: self.command_line(&self.zfs, &args),
+                detail,
+            })
+    }
+
+    /// The resume token an interrupted resumable receive left on `dataset`, where supported.
+    pub async fn resume_token(&self, dataset: &str) -> Result<Option<String>, ZfsError> {
+        if !self.caps.has(Capability::ResumableSend) {
+            return Ok(None);
+        }
+        let args = argv::resume_token(&self.caps, dataset)?;
+        Ok(parse::parse_resume_token(&self.output(&args, true).await?))
+    }
+
+    /// Starts `zfs send`; its stdout is the stream.
+    #[instrument(level = "debug", skip(self))]
+    pub fn send(&self, req: &SendRequest) -> Result<SendProcess, ZfsError> {
+        let args = argv::send(&self.caps, req)?;
+        SendProcess::spawn(&self.zfs, self.command_line(&self.zfs, &args), &args)
+    }
+
+    /// Starts `zfs send -t token` (resume; OpenZFS only).
+    pub fn send_resume(&self, token: &str) -> Result<SendProcess, ZfsError> {
+        let args = argv::send_resume(&self.caps, token)?;
+        SendProcess::spawn(&self.zfs, self.command_line(&self.zfs, &args), &args)
+    }
+
+    /// Starts `zfs receive`; write the stream to its stdin, then [`ReceiveProcess::finish`].
+    #[instrument(level = "debug", skip(self))]
+    pub fn receive(&self, req: &ReceiveRequest) -> Result<ReceiveProcess, ZfsError> {
+        let args = argv::receive(&self.caps, req)?;
+        ReceiveProcess::spawn(&self.zfs, self.command_line(&self.zfs, &args), &args)
+    }
+}
+
+/// Runs a program to completion and returns its stdout. When `check` is false a failure is
+/// not an error and stdout+stderr are returned.
+async fn run(
+    program: &Path,
+    command: CommandLine,
+    args: &[String],
+    check: bool,
+) -> Result<String, ZfsError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| ZfsError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    let (mut out, mut err) = match (child.stdout.take(), child.stderr.take()) {
+        (Some(o), Some(e)) => (o, e),
+        _ => {
+            return Err(ZfsError::Io {
+                command,
+                source: std::io::Error::other("no pipes"),
+            });
+        }
+    };
+    let (r1, r2) = tokio::join!(
+        out.read_to_string(&mut stdout),
+        err.read_to_string(&mut stderr)
+    );
+    r1.and(r2).map_err(|source| ZfsError::Io {
+        command: command.clone(),
+        source,
+    })?;
+    let status = child.wait().await.map_err(|source| ZfsError::Io {
+        command: command.clone(),
+        source,
+    })?;
+    if status.success() {
+        Ok(stdout)
+    } else if !check {
+        Ok(stdout + &stderr)
+    } else {
+        Err(ZfsError::Failed {
+            command,
+            status: status.to_string(),
+            stderr: stderr.trim().to_owned(),
+        })
+    }
+}
