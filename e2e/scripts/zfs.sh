@@ -23,7 +23,7 @@ start() {
   if ! running; then
     pkill -x zfs-fuse 2>/dev/null || true
     for _ in $(seq 1 50); do pgrep -x zfs-fuse >/dev/null || break; sleep 0.2; done
-    zfs-fuse --pidfile "$pidfile" --no-kstat-mount
+    zfs-fuse --pidfile "$pidfile" --no-kstat-mount </dev/null >/dev/null 2>&1
     for _ in $(seq 1 50); do running && break; sleep 0.2; done
     running || { echo "zfs.sh: zfs-fuse did not start" >&2; exit 1; }
   fi
