@@ -33,6 +33,8 @@ pub struct CachedObject {
     pub grace_until: Instant,
     /// Age at the time of storing (from Age header and Date), in seconds.
     pub initial_age: Duration,
+    /// Extra lifetime in the store after the grace window.
+    pub keep: Duration,
     weight: u32,
 }
 
@@ -48,6 +50,7 @@ impl CachedObject {
         backend: Option<Arc<str>>,
         ttl: Duration,
         grace: Duration,
+        keep: Duration,
         now: SystemTime,
     ) -> Self {
         let stored = Instant::now();
@@ -70,6 +73,7 @@ impl CachedObject {
             fresh_until,
             grace_until,
             initial_age,
+            keep,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
     }
@@ -97,7 +101,12 @@ impl Expiry<String, Arc<CachedObject>> for ObjectExpiry {
         value: &Arc<CachedObject>,
         created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.grace_until.saturating_duration_since(created_at))
+        Some(
+            value
+                .grace_until
+                .saturating_duration_since(created_at)
+                .saturating_add(value.keep),
+        )
     }
 
     fn expire_after_update(

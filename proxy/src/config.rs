@@ -93,6 +93,11 @@ pub struct CacheConfig {
     /// background request revalidates it.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub grace: Duration,
+    /// How long past the grace window a stale object is still kept: it is
+    /// revalidated with its validators (a 304 refreshes it without a body)
+    /// and served if no backend can be reached.
+    #[serde(default = "default_keep", with = "humantime_serde")]
+    pub keep: Duration,
     /// How long a key found uncacheable is passed straight to the backends
     /// (no coalescing) before being tried again.
     #[serde(default = "default_pass_ttl", with = "humantime_serde")]
@@ -155,6 +160,9 @@ fn default_not_found_ttl() -> Duration {
 }
 fn default_grace() -> Duration {
     Duration::from_secs(30)
+}
+fn default_keep() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_pass_ttl() -> Duration {
     Duration::from_secs(60)
@@ -219,6 +227,7 @@ impl Default for CacheConfig {
             max_object_size: default_max_object_size(),
             not_found_ttl: default_not_found_ttl(),
             grace: default_grace(),
+            keep: default_keep(),
             pass_ttl: default_pass_ttl(),
         }
     }

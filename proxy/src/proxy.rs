@@ -321,8 +321,18 @@ async fn get_or_head(
             Flight::Leader(guard) => {
                 rt.metrics.miss.inc();
                 let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
-                let out = fill(rt, &ctx, stale).await;
+                let out = fill(rt, &ctx, stale.clone()).await;
                 drop(guard);
+                let out = match (out, stale) {
+                    // No backend could revalidate: a stale copy beats an
+                    // error (RFC 9111 §4.2.4), unless it must be revalidated.
+                    (Err(e), Some(old)) if !policy::must_revalidate(&old.headers) => {
+                        debug!(error = %e, "serving stale after fetch error");
+                        rt.metrics.stale.inc();
+                        return Ok(serve_object(&old, &parts, "STALE"));
+                    }
+                    (out, _) => out,
+                };
                 return match out? {
                     Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
                     Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
@@ -427,6 +437,7 @@ async fn fill(
                 Some(backend_name),
                 ttl,
                 grace,
+                cache_cfg.keep,
                 now,
             );
             if decision.is_ok() {
@@ -486,7 +497,7 @@ async fn fill(
         }
         Err(reason) => {
             rt.metrics.not_stored(reason.as_str());
-            if marks_pass(reason, &ctx.client, parts.status) {
+            if !chain.all_fallback && marks_pass(reason, &ctx.client, parts.status) {
                 rt.store.pass.insert(ctx.primary.clone(), ());
             }
             return Ok(Filled::Stream(Response::from_parts(
@@ -551,6 +562,7 @@ async fn fill(
         Some(backend_name),
         ttl,
         grace,
+        cache_cfg.keep,
         now,
     );
     Ok(Filled::Object(rt.store.insert(

@@ -592,3 +592,35 @@ async fn graceful_shutdown_lets_open_requests_finish() {
         "listener closed after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_copy_served_when_no_backend_can_revalidate() {
+    let mut a = Nginx::start("web1", &[("/s.txt", b"still here")], "");
+    let mut cfg = config_for(&[&a]);
+    cfg.cache.default_ttl = Duration::from_secs(1);
+    cfg.cache.grace = Duration::ZERO;
+    let proxy = start_proxy(cfg).await;
+    let c = TestClient::new(proxy.addr);
+    assert_eq!(c.get("/s.txt", &[]).await.header("x-cache"), Some("MISS"));
+    a.kill();
+    let mut last = None;
+    for _ in 0..100 {
+        let r = c.get("/s.txt", &[]).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (StatusCode::OK, "still here")
+        );
+        last = r.header("x-cache").map(str::to_string);
+        if last.as_deref() == Some("STALE") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last.as_deref(), Some("STALE"));
+    // Something never cached still gets a 502.
+    assert_eq!(
+        c.get("/other.txt", &[]).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    proxy.shutdown().await;
+}

@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# Fallback-proxy benchmark: nginx backends (N = 2, 4, 8, each owning 1/N of
+# 10,000 small files) behind
+#   - zetaback-proxy (owner cache + RFC 9111 cache),
+#   - Varnish 7 with the seed VCL ported to 4.1 in its strongest modern form
+#     (return(retry) in vcl_backend_response, max_retries >= N-1),
+#   - Varnish 7 with the seed's restart form (restart in vcl_deliver),
+#   - nginx as a fallback proxy (proxy_next_upstream http_404 + proxy_cache),
+# plus nginx served directly as the ceiling. Loopback only, every wrk run
+# bounded (DURATION seconds, default 8, at most 10).
+#
+# Pinning (2 cores): the proxy under test on CPU 0 (one worker), wrk and the
+# nginx backends on CPU 1.
+#
+# Scenarios per (N, system), each on a freshly started proxy:
+#   cold  : every file once, never seen before (owners unknown)
+#   hit   : all files cached, cycling
+#   known : every request a new cache key (query string) for a known path,
+#           i.e. a miss once owners are known
+# "be/req" = backend requests (nginx access-log lines) per client request.
+#
+# Usage: bench/fallback/run.sh [N...]    (default: 2 4 8)
+# Env: DURATION=8 CONNS=50 FILES=10000 OUT=bench/fallback/results.md
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+DURATION="${DURATION:-8}"
+(( DURATION > 10 )) && DURATION=10
+CONNS="${CONNS:-50}"
+FILES="${FILES:-10000}"
+OUT="${OUT:-$HERE/results.md}"
+NS=("$@"); [[ ${#NS[@]} -eq 0 ]] && NS=(2 4 8)
+PROXY_CPU=0
+LOAD_CPU=1
+TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-proxy}"
+PROXY_BIN="$TARGET_DIR/release/zetaback-proxy"
+
+for bin in /usr/sbin/nginx /usr/sbin/varnishd wrk taskset; do
+  command -v "$bin" >/dev/null || { echo "missing $bin" >&2; exit 1; }
+done
+
+echo "building zetaback-proxy (release)..." >&2
+(cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -q -p zetaback-proxy)
+
+WORK="$(mktemp -d /tmp/zb-fallback-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port_base=21000
+next_port() { port_base=$((port_base + 1)); echo "$port_base"; }
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "port $1 did not open" >&2; return 1
+}
+
+stop_pid() {
+  local pid="$1"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# Files: f<i>.txt lives on backend (i % N); sizes 200..2200 bytes.
+make_docroots() {
+  local n="$1"
+  python3 - "$WORK/n$n" "$n" "$FILES" <<'PY'
+import os, sys
+root, n, files = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for k in range(n):
+    os.makedirs(f"{root}/b{k}/www/files", exist_ok=True)
+for i in range(files):
+    size = 200 + (i * 7919) % 2000
+    line = f"file {i} ".encode()
+    body = (line * (size // len(line) + 1))[:size]
+    with open(f"{root}/b{i % n}/www/files/f{i}.txt", "wb") as f:
+        f.write(body)
+PY
+}
+
+start_backend() { # dir port name -> pid
+  local dir="$1" port="$2" name="$3"
+  mkdir -p "$dir/tmp"
+  cat > "$dir/nginx.conf" <<CONF
+daemon off; master_process off; worker_processes 1; user root;
+pid $dir/nginx.pid; error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  log_format c '\$request_method \$request_uri \$status';
+  access_log $dir/access.log c;
+  client_body_temp_path $dir/tmp/b; proxy_temp_path $dir/tmp/p; fastcgi_temp_path $dir/tmp/f;
+  uwsgi_temp_path $dir/tmp/u; scgi_temp_path $dir/tmp/s;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$port; root $dir/www; add_header X-Backend $name; }
+}
+CONF
+  taskset -c "$LOAD_CPU" /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+    > /dev/null 2>&1 &
+  local pid=$!
+  wait_port "$port"
+  echo "$pid"
+}
+
+backend_hits() { # sum of access-log lines of the current backends
+  cat "$WORK"/n"$CUR_N"/b*/access.log 2>/dev/null | wc -l
+}
+
+# ---- systems -------------------------------------------------------------
+
+start_zetaback() { # port n -> pid
+  local port="$1" n="$2" dir="$WORK/zb-$1"
+  mkdir -p "$dir"
+  {
+    echo "listen: 127.0.0.1:$port"
+    echo "metricsListen: 127.0.0.1:$(next_port)"
+    echo "cache: {defaultTtl: 10m, maxSize: 256Mi, maxObjectSize: 1Mi, notFoundTtl: 10s, grace: 30s}"
+    echo "ownerTtl: 1h"
+    echo "backends:"
+    for k in $(seq 0 $((n - 1))); do
+      echo "  - {name: b$k, url: 'http://127.0.0.1:${BPORTS[$k]}'}"
+    done
+  } > "$dir/proxy.yaml"
+  RUST_LOG=warn taskset -c "$PROXY_CPU" "$PROXY_BIN" --config "$dir/proxy.yaml" --threads 1 \
+    --watch-interval 0s > "$dir/proxy.log" 2>&1 &
+  local pid=$!
+  wait_port "$port"
+  echo "$pid"
+}
+
+vcl_backends() {
+  local n="$1"
+  for k in $(seq 0 $((n - 1))); do
+    echo "backend b$k { .host = \"127.0.0.1\"; .port = \"${BPORTS[$k]}\"; }"
+  done
+}
+
+# Strongest modern form: the retry happens inside the backend fetch, so
+# requests waiting on the same object stay collapsed on one busy object.
+vcl_retry() {
+  local n="$1"
+  echo "vcl 4.1;"
+  vcl_backends "$n"
+  echo "sub vcl_recv {"
+  echo "  if (req.method != \"GET\" && req.method != \"HEAD\") { return (pipe); }"
+  echo "  return (hash);"
+  echo "}"
+  echo "sub vcl_backend_fetch {"
+  for k in $(seq 0 $((n - 1))); do
+    if [[ $k -eq 0 ]]; then echo "  if (bereq.retries == 0) { set bereq.backend = b0; }"
+    else echo "  elsif (bereq.retries == $k) { set bereq.backend = b$k; }"; fi
+  done
+  echo "}"
+  echo "sub vcl_backend_response {"
+  echo "  if (beresp.status == 404 && bereq.retries < $((n - 1))) { return (retry); }"
+  echo "  if (beresp.http.Set-Cookie) { set beresp.uncacheable = true; return (deliver); }"
+  echo "}"
+}
+
+# The seed's form: restart the whole request on a 404 (Varnish 2's restart
+# in vcl_fetch becomes restart in vcl_deliver; the intermediate 404 is not
+# cached, as it was not in the seed, where restart came before insertion).
+vcl_restart() {
+  local n="$1"
+  echo "vcl 4.1;"
+  vcl_backends "$n"
+  echo "sub vcl_recv {"
+  for k in $(seq 0 $((n - 1))); do
+    if [[ $k -eq 0 ]]; then echo "  if (req.restarts == 0) { set req.backend_hint = b0; }"
+    else echo "  elsif (req.restarts == $k) { set req.backend_hint = b$k; }"; fi
+  done
+  echo "  set req.http.X-Restarts = req.restarts;"
+  echo "  if (req.method != \"GET\" && req.method != \"HEAD\") { return (pipe); }"
+  echo "  return (hash);"
+  echo "}"
+  echo "sub vcl_backend_response {"
+  echo "  if (beresp.status == 404 && std.integer(bereq.http.X-Restarts, 0) < $((n - 1))) {"
+  echo "    set beresp.ttl = 0s; set beresp.uncacheable = true; return (deliver);"
+  echo "  }"
+  echo "  if (beresp.http.Set-Cookie) { set beresp.uncacheable = true; return (deliver); }"
+  echo "}"
+  echo "sub vcl_deliver {"
+  echo "  if (resp.status == 404 && req.restarts < $((n - 1))) { return (restart); }"
+  echo "}"
+}
+
+start_varnish() { # port n form -> pid
+  local port="$1" n="$2" form="$3" dir="$WORK/varnish-$1"
+  mkdir -p "$dir"
+  if [[ "$form" == retry ]]; then vcl_retry "$n" > "$dir/fallback.vcl"
+  else { vcl_restart "$n" | sed '1a import std;'; } > "$dir/fallback.vcl"; fi
+  taskset -c "$PROXY_CPU" /usr/sbin/varnishd -F -n "$dir/n" -a "127.0.0.1:$port" \
+    -f "$dir/fallback.vcl" -s malloc,256m -T none \
+    -p thread_pools=1 -p max_retries=$((n > 4 ? n : 4)) -p max_restarts=$((n > 4 ? n : 4)) \
+    -p default_ttl=600 > "$dir/varnish.log" 2>&1 &
+  local pid=$!
+  wait_port "$port"
+  echo "$pid"
+}
+
+start_nginx_fallback() { # port n -> pid
+  local port="$1" n="$2" dir="$WORK/ngxfb-$1"
+  mkdir -p "$dir/tmp" "$dir/cache"
+  {
+    echo "daemon off; master_process off; worker_processes 1; user root;"
+    echo "pid $dir/nginx.pid; error_log $dir/error.log warn;"
+    echo "events { worker_connections 4096; }"
+    echo "http { access_log off;"
+    echo "  client_body_temp_path $dir/tmp/b; proxy_temp_path $dir/tmp/p; fastcgi_temp_path $dir/tmp/f;"
+    echo "  uwsgi_temp_path $dir/tmp/u; scgi_temp_path $dir/tmp/s;"
+    echo "  proxy_cache_path $dir/cache levels=1:2 keys_zone=z:32m max_size=256m inactive=10m;"
+    echo "  upstream b {"
+    for k in $(seq 0 $((n - 1))); do echo "    server 127.0.0.1:${BPORTS[$k]};"; done
+    echo "    keepalive 64; }"
+    echo "  server { listen 127.0.0.1:$port;"
+    echo "    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+    echo "      proxy_set_header Host \$host;"
+    echo "      proxy_next_upstream error timeout http_404; proxy_next_upstream_tries $n;"
+    echo "      proxy_cache z; proxy_cache_valid 200 10m; proxy_cache_valid 404 10s; proxy_cache_lock on; }"
+    echo "  }"
+    echo "}"
+  } > "$dir/nginx.conf"
+  taskset -c "$PROXY_CPU" /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+    > /dev/null 2>&1 &
+  local pid=$!
+  wait_port "$port"
+  echo "$pid"
+}
+
+# ---- measurement ---------------------------------------------------------
+
+ROWS=()
+run_wrk() { # label system n scenario port script args...
+  local sys="$1" n="$2" scen="$3" port="$4" script="$5"; shift 5
+  local before after out res
+  before=$(backend_hits)
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$HERE/$script" \
+        "http://127.0.0.1:$port" -- "$@" 2>&1) || true
+  sleep 0.2
+  after=$(backend_hits)
+  res=$(echo "$out" | grep '^RESULT' | tail -1)
+  if [[ -z "$res" ]]; then echo "wrk failed for $sys/$scen: $out" >&2; return; fi
+  eval "$(echo "$res" | sed 's/^RESULT //')"
+  local rps p50 p99 bepr
+  rps=$(awk -v r="$requests" -v d="$duration_us" 'BEGIN{printf "%.0f", r/(d/1e6)}')
+  p50=$(awk -v v="$p50_us" 'BEGIN{printf "%.2f", v/1000}')
+  p99=$(awk -v v="$p99_us" 'BEGIN{printf "%.2f", v/1000}')
+  bepr=$(awk -v b="$((after - before))" -v r="$requests" 'BEGIN{ if (r>0) printf "%.2f", b/r; else print "-"}')
+  ROWS+=("$n|$sys|$scen|$rps|$p50|$p99|$bepr|$requests|$errors|$non2xx")
+  printf '  %-16s %-6s %9s req/s  p50 %7s ms  p99 %7s ms  be/req %5s  (%s req, %s err, %s non2xx)\n' \
+    "$sys" "$scen" "$rps" "$p50" "$p99" "$bepr" "$requests" "$errors" "$non2xx" >&2
+}
+
+bench_system() { # sys n
+  local sys="$1" n="$2" port pid
+  port=$(next_port)
+  case "$sys" in
+    zetaback) pid=$(start_zetaback "$port" "$n") ;;
+    varnish-retry) pid=$(start_varnish "$port" "$n" retry) ;;
+    varnish-restart) pid=$(start_varnish "$port" "$n" restart) ;;
+    nginx-fallback) pid=$(start_nginx_fallback "$port" "$n") ;;
+  esac
+  PIDS+=("$pid")
+  run_wrk "$sys" "$n" cold "$port" cold.lua "$FILES"
+  run_wrk "$sys" "$n" hit "$port" walk.lua hit "$FILES"
+  run_wrk "$sys" "$n" known "$port" walk.lua known "$FILES" "$sys$n"
+  if [[ "$sys" == zetaback ]]; then
+    local hwm
+    hwm=$(awk '/VmHWM/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    echo "  zetaback peak RSS: $((hwm / 1024)) MiB" >&2
+    RSS["$n"]=$((hwm / 1024))
+  fi
+  stop_pid "$pid"
+}
+
+declare -A RSS
+for n in "${NS[@]}"; do
+  CUR_N="$n"
+  echo "== N=$n: preparing $FILES files over $n nginx backends" >&2
+  make_docroots "$n"
+  BPORTS=()
+  BPIDS=()
+  for k in $(seq 0 $((n - 1))); do
+    p=$(next_port)
+    BPORTS+=("$p")
+    bp=$(start_backend "$WORK/n$n/b$k" "$p" "b$k")
+    BPIDS+=("$bp")
+    PIDS+=("$bp")
+  done
+  if [[ "$n" == "${NS[0]}" ]]; then
+    # Ceiling: nginx itself, its own files, pinned like the proxies.
+    taskset -cp "$PROXY_CPU" "${BPIDS[0]}" >/dev/null
+    run_wrk nginx-direct "$n" hit "${BPORTS[0]}" walk.lua direct "$FILES" x "$n"
+    taskset -cp "$LOAD_CPU" "${BPIDS[0]}" >/dev/null
+  fi
+  for sys in zetaback varnish-retry varnish-restart nginx-fallback; do
+    bench_system "$sys" "$n"
+  done
+  for p in "${BPIDS[@]}"; do stop_pid "$p"; done
+  rm -rf "$WORK/n$n"
+done
+
+# ---- report --------------------------------------------------------------
+{
+  echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, wrk -t1 -c$CONNS -d${DURATION}s, proxy on CPU $PROXY_CPU, wrk+backends on CPU $LOAD_CPU, $FILES files (200-2200 B)."
+  echo "varnishd $(/usr/sbin/varnishd -V 2>&1 | head -1 | sed 's/.*(varnish-\([0-9.]*\).*/\1/'), nginx $(/usr/sbin/nginx -v 2>&1 | sed 's|.*/||'), zetaback-proxy (release, 1 worker thread)."
+  echo
+  echo "| N | system | scenario | req/s | p50 ms | p99 ms | backend req / client req | requests | errors | non-2xx |"
+  echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+  for r in "${ROWS[@]}"; do echo "| ${r//|/ | } |"; done
+  echo
+  echo "Ratios zetaback / varnish-retry (req/s; p99; backend req per request):"
+  echo
+  echo "| N | scenario | req/s ratio | p99 zetaback / varnish-retry | be/req zetaback / varnish-retry |"
+  echo "|---|---|---:|---|---|"
+  for n in "${NS[@]}"; do
+    for scen in cold hit known; do
+      z=""; v=""
+      for r in "${ROWS[@]}"; do
+        IFS='|' read -r rn rs rsc rrps rp50 rp99 rbe _ <<< "$r"
+        [[ "$rn" == "$n" && "$rsc" == "$scen" && "$rs" == zetaback ]] && z="$rrps|$rp99|$rbe"
+        [[ "$rn" == "$n" && "$rsc" == "$scen" && "$rs" == varnish-retry ]] && v="$rrps|$rp99|$rbe"
+      done
+      if [[ -n "$z" && -n "$v" ]]; then
+        IFS='|' read -r zr zp zb <<< "$z"; IFS='|' read -r vr vp vb <<< "$v"
+        ratio=$(awk -v a="$zr" -v b="$vr" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-"}')
+        echo "| $n | $scen | $ratio | $zp / $vp ms | $zb / $vb |"
+      fi
+    done
+  done
+  echo
+  for n in "${NS[@]}"; do echo "zetaback-proxy peak RSS at N=$n: ${RSS[$n]:-?} MiB (maxSize 256 MiB)"; done
+} | tee "$OUT"
