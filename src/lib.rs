@@ -11,4 +11,5 @@ pub mod controller;
 pub mod duration;
 pub mod names;
 pub mod policy;
+pub mod store;
 pub mod telemetry;

@@ -1,0 +1,167 @@
+//! The JSON manifest written beside each stored stream. A stream without a valid manifest is
+//! not a backup.
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use super::layout::{StreamId, validate_host};
+use crate::api::BackupType;
+use crate::api::backup_policy::Compression;
+use crate::names::{validate_dataset, validate_snapshot_name};
+
+/// The manifest format version written by this code.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// What is known about one stored backup stream: `<id>.json` beside the stream `<id>`.
+///
+/// ```json
+/// {"version":1,"id":"1700086400.incremental.1700000000","host":"db-1","dataset":"tank/db",
+///  "snapshot":"zb-1700086400","baseSnapshot":"zb-1700000000","type":"incremental",
+///  "bytes":45880,"sha256":"…64 hex…","compression":"zstd","created":"2023-11-15T22:13:20Z"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// The manifest format version ([`MANIFEST_VERSION`]).
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// The stream's file name, e.g. `1700000000.full`; also the backup's id.
+    pub id: String,
+    /// The source ZfsHost.
+    pub host: String,
+    /// The source dataset.
+    pub dataset: String,
+    /// The snapshot sent (short name, after `@`).
+    pub snapshot: String,
+    /// For an incremental: the snapshot it was taken against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_snapshot: Option<String>,
+    /// Full or incremental.
+    #[serde(rename = "type")]
+    pub backup_type: BackupType,
+    /// Bytes of the stored file (after compression).
+    pub bytes: u64,
+    /// sha256 of the stored file, lower-case hex.
+    pub sha256: String,
+    /// How the stored file is compressed (`none` or `zstd`).
+    pub compression: Compression,
+    /// When the snapshot was taken (the id's time), RFC 3339.
+    pub created: jiff::Timestamp,
+}
+
+fn default_version() -> u32 {
+    MANIFEST_VERSION
+}
+
+impl Manifest {
+    /// The parsed id.
+    pub fn stream_id(&self) -> Result<StreamId, StoreError> {
+        self.id.parse()
+    }
+
+    /// Checks that the manifest is self-consistent: valid names, an id whose type and time
+    /// match `type` and `created`, a base snapshot exactly for incrementals, a sha256.
+    pub fn validate(&self) -> Result<StreamId, StoreError> {
+        let bad = |why: &str| StoreError::InvalidManifest {
+            id: self.id.clone(),
+            reason: why.to_owned(),
+        };
+        let id = self.stream_id()?;
+        validate_host(&self.host)?;
+        validate_dataset(&self.dataset)?;
+        validate_snapshot_name(&self.snapshot)?;
+        if id.backup_type() != self.backup_type {
+            return Err(bad("type does not match the id"));
+        }
+        if id.ts() != self.created.as_second() {
+            return Err(bad("created does not match the id's time"));
+        }
+        match (&self.base_snapshot, self.backup_type) {
+            (Some(b), BackupType::Incremental) => validate_snapshot_name(b)?,
+            (None, BackupType::Full) => {}
+            _ => return Err(bad("baseSnapshot must be set exactly for an incremental")),
+        }
+        if self.sha256.len() != 64
+            || !self
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(bad("sha256 is not 64 lower-case hex digits"));
+        }
+        if self.version > MANIFEST_VERSION {
+            return Err(bad("written by a newer zetaback"));
+        }
+        Ok(id)
+    }
+
+    /// Parses and validates a manifest file's text.
+    pub fn from_json(text: &[u8]) -> Result<Self, StoreError> {
+        let m: Manifest =
+            serde_json::from_slice(text).map_err(|e| StoreError::ManifestJson(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// The manifest as pretty JSON (what is written to disk).
+    pub fn to_json(&self) -> Result<Vec<u8>, StoreError> {
+        let mut v =
+            serde_json::to_vec_pretty(self).map_err(|e| StoreError::ManifestJson(e.to_string()))?;
+        v.push(b'\n');
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample(id: &str, base: Option<&str>) -> Manifest {
+        let sid: StreamId = id.parse().expect("id");
+        Manifest {
+            version: MANIFEST_VERSION,
+            id: id.into(),
+            host: "db-1".into(),
+            dataset: "tank/db".into(),
+            snapshot: format!("zb-{}", sid.ts()),
+            base_snapshot: base.map(str::to_owned),
+            backup_type: sid.backup_type(),
+            bytes: 10,
+            sha256: "a".repeat(64),
+            compression: Compression::Zstd,
+            created: jiff::Timestamp::from_second(sid.ts()).expect("ts"),
+        }
+    }
+
+    #[test]
+    fn json_shape() {
+        let m = sample("1700086400.incremental.1700000000", Some("zb-1700000000"));
+        let v: serde_json::Value = serde_json::from_slice(&m.to_json().expect("json")).expect("v");
+        assert_eq!(v["type"], "incremental");
+        assert_eq!(v["baseSnapshot"], "zb-1700000000");
+        assert_eq!(v["created"], "2023-11-15T22:13:20Z");
+        assert_eq!(v["compression"], "zstd");
+        assert_eq!(
+            Manifest::from_json(&m.to_json().expect("json")).expect("back"),
+            m
+        );
+    }
+
+    #[test]
+    fn inconsistent_manifests_are_refused() {
+        let mut m = sample("1700000000.full", None);
+        assert!(m.validate().is_ok());
+        m.base_snapshot = Some("x".into());
+        assert!(m.validate().is_err());
+        let mut m = sample("1700000000.full", None);
+        m.created = jiff::Timestamp::from_second(1).expect("ts");
+        assert!(m.validate().is_err());
+        let mut m = sample("1700000000.full", None);
+        m.sha256 = "XYZ".into();
+        assert!(m.validate().is_err());
+        let mut m = sample("1700000000.full", None);
+        m.dataset = "../etc".into();
+        assert!(m.validate().is_err());
+        assert!(Manifest::from_json(b"{}").is_err());
+    }
+}
