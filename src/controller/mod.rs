@@ -45,6 +45,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("writing {what}: {source}")]
+    Write {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("reading {what}: {source}")]
     Read {
         what: String,
