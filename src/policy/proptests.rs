@@ -515,8 +515,10 @@ proptest! {
 
     /// Age rule: kept exactly while younger than the age.
     #[test]
-    fn age_rule(keep in duration_secs(), ages in prop::collection::vec(-H..40 * D, 0..30)) {
+    fn age_rule_expires_at_exactly_its_age(keep in duration_secs(), ages in prop::collection::vec(-H..40 * D, 0..30)) {
         let now = ts(T0);
+        // Always include the boundary: exactly `keep` old expires.
+        let ages: Vec<i64> = ages.into_iter().chain([keep - 1, keep]).collect();
         let times: Vec<Timestamp> = ages.iter().map(|a| now - secs(*a)).collect();
         let kept = retained_by_rule(&Retention::Age(Duration::from_secs(keep as u64)), &times, now);
         for (a, k) in ages.iter().zip(kept) {
