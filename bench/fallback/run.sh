@@ -21,6 +21,7 @@
 #
 # Usage: bench/fallback/run.sh [N...]    (default: 2 4 8)
 # Env: DURATION=8 CONNS=50 FILES=10000 OUT=bench/fallback/results.md
+#      SYSTEMS="zetaback varnish-retry varnish-restart nginx-fallback" KEEP=1 (keep work dir)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -44,20 +45,27 @@ echo "building zetaback-proxy (release)..." >&2
 (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -q -p zetaback-proxy)
 
 WORK="$(mktemp -d /tmp/zb-fallback-bench.XXXXXX)"
+chmod 755 "$WORK"   # varnishd reads the VCL after dropping privileges
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done
   sleep 0.3
   for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  if [[ -n "${KEEP:-}" ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
-port_base=21000
-next_port() { port_base=$((port_base + 1)); echo "$port_base"; }
+# Ports are handed out in the main shell (never inside $(...), where the
+# counter would not advance).
+PORT=21000
+alloc_port() {
+  PORT=$((PORT + 1))
+  while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do PORT=$((PORT + 1)); done
+}
 
-wait_port() {
+wait_port() { # port [pid]: the port opens (and the pid is still alive)
   for _ in $(seq 1 200); do
+    if [[ -n "${2:-}" ]] && ! kill -0 "$2" 2>/dev/null; then echo "process $2 died" >&2; return 1; fi
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.05
   done
@@ -107,7 +115,7 @@ CONF
   taskset -c "$LOAD_CPU" /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
     > /dev/null 2>&1 &
   local pid=$!
-  wait_port "$port"
+  wait_port "$port" "$pid"
   echo "$pid"
 }
 
@@ -118,11 +126,11 @@ backend_hits() { # sum of access-log lines of the current backends
 # ---- systems -------------------------------------------------------------
 
 start_zetaback() { # port n -> pid
-  local port="$1" n="$2" dir="$WORK/zb-$1"
+  local port="$1" n="$2" mport="$3" dir="$WORK/zb-$1"
   mkdir -p "$dir"
   {
     echo "listen: 127.0.0.1:$port"
-    echo "metricsListen: 127.0.0.1:$(next_port)"
+    echo "metricsListen: 127.0.0.1:$mport"
     echo "cache: {defaultTtl: 10m, maxSize: 256Mi, maxObjectSize: 1Mi, notFoundTtl: 10s, grace: 30s}"
     echo "ownerTtl: 1h"
     echo "backends:"
@@ -133,7 +141,7 @@ start_zetaback() { # port n -> pid
   RUST_LOG=warn taskset -c "$PROXY_CPU" "$PROXY_BIN" --config "$dir/proxy.yaml" --threads 1 \
     --watch-interval 0s > "$dir/proxy.log" 2>&1 &
   local pid=$!
-  wait_port "$port"
+  wait_port "$port" "$pid"
   echo "$pid"
 }
 
@@ -203,7 +211,7 @@ start_varnish() { # port n form -> pid
     -p thread_pools=1 -p max_retries=$((n > 4 ? n : 4)) -p max_restarts=$((n > 4 ? n : 4)) \
     -p default_ttl=600 > "$dir/varnish.log" 2>&1 &
   local pid=$!
-  wait_port "$port"
+  wait_port "$port" "$pid"
   echo "$pid"
 }
 
@@ -232,7 +240,7 @@ start_nginx_fallback() { # port n -> pid
   taskset -c "$PROXY_CPU" /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
     > /dev/null 2>&1 &
   local pid=$!
-  wait_port "$port"
+  wait_port "$port" "$pid"
   echo "$pid"
 }
 
@@ -256,20 +264,24 @@ run_wrk() { # label system n scenario port script args...
   p99=$(awk -v v="$p99_us" 'BEGIN{printf "%.2f", v/1000}')
   bepr=$(awk -v b="$((after - before))" -v r="$requests" 'BEGIN{ if (r>0) printf "%.2f", b/r; else print "-"}')
   ROWS+=("$n|$sys|$scen|$rps|$p50|$p99|$bepr|$requests|$errors|$non2xx")
+  local rss="-"
+  [[ -n "${CUR_PID:-}" ]] && rss=$(awk '/VmRSS/{printf "%d", $2/1024}' "/proc/$CUR_PID/status" 2>/dev/null || echo "-")
+  printf '  [load %s, rss %s MiB]' "$(cut -d' ' -f1 /proc/loadavg)" "$rss" >&2
   printf '  %-16s %-6s %9s req/s  p50 %7s ms  p99 %7s ms  be/req %5s  (%s req, %s err, %s non2xx)\n' \
     "$sys" "$scen" "$rps" "$p50" "$p99" "$bepr" "$requests" "$errors" "$non2xx" >&2
 }
 
 bench_system() { # sys n
   local sys="$1" n="$2" port pid
-  port=$(next_port)
+  alloc_port; port=$PORT
   case "$sys" in
-    zetaback) pid=$(start_zetaback "$port" "$n") ;;
+    zetaback) alloc_port; pid=$(start_zetaback "$port" "$n" "$PORT") ;;
     varnish-retry) pid=$(start_varnish "$port" "$n" retry) ;;
     varnish-restart) pid=$(start_varnish "$port" "$n" restart) ;;
     nginx-fallback) pid=$(start_nginx_fallback "$port" "$n") ;;
   esac
   PIDS+=("$pid")
+  CUR_PID="$pid"
   run_wrk "$sys" "$n" cold "$port" cold.lua "$FILES"
   run_wrk "$sys" "$n" hit "$port" walk.lua hit "$FILES"
   run_wrk "$sys" "$n" known "$port" walk.lua known "$FILES" "$sys$n"
@@ -280,6 +292,7 @@ bench_system() { # sys n
     RSS["$n"]=$((hwm / 1024))
   fi
   stop_pid "$pid"
+  CUR_PID=""
 }
 
 declare -A RSS
@@ -290,7 +303,7 @@ for n in "${NS[@]}"; do
   BPORTS=()
   BPIDS=()
   for k in $(seq 0 $((n - 1))); do
-    p=$(next_port)
+    alloc_port; p=$PORT
     BPORTS+=("$p")
     bp=$(start_backend "$WORK/n$n/b$k" "$p" "b$k")
     BPIDS+=("$bp")
@@ -302,7 +315,7 @@ for n in "${NS[@]}"; do
     run_wrk nginx-direct "$n" hit "${BPORTS[0]}" walk.lua direct "$FILES" x "$n"
     taskset -cp "$LOAD_CPU" "${BPIDS[0]}" >/dev/null
   fi
-  for sys in zetaback varnish-retry varnish-restart nginx-fallback; do
+  for sys in ${SYSTEMS:-zetaback varnish-retry varnish-restart nginx-fallback}; do
     bench_system "$sys" "$n"
   done
   for p in "${BPIDS[@]}"; do stop_pid "$p"; done

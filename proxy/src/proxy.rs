@@ -360,6 +360,21 @@ enum Filled {
     Stream(Response<Body>),
 }
 
+/// Deep copy of a header map. Values parsed by hyper share its read
+/// buffer; storing them would pin whole buffers in the cache.
+fn compact_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(h.len());
+    for (k, v) in h {
+        let mut copy = match HeaderValue::from_bytes(v.as_bytes()) {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        copy.set_sensitive(v.is_sensitive());
+        out.append(k.clone(), copy);
+    }
+    out
+}
+
 fn validators(obj: &CachedObject) -> HeaderMap {
     let mut h = HeaderMap::new();
     if let Some(etag) = obj.headers.get(header::ETAG) {
@@ -397,7 +412,10 @@ async fn fill(
     let backend_name = rt.backends[chain.backend].name.clone();
     let (mut parts, incoming) = chain.resp.into_parts();
     hop::strip_hop_by_hop(&mut parts.headers);
+    parts.headers = compact_headers(&parts.headers);
     let cache_cfg = &rt.cfg.cache;
+    let client_headers = policy::policy_request_headers(&ctx.client, &parts.headers);
+    let client_headers = compact_headers(&client_headers);
 
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(old) = stale.filter(|o| o.backend.as_deref() == Some(&*backend_name)) {
@@ -414,7 +432,7 @@ async fn fill(
             headers.remove(header::AGE);
             let policy = policy::make_policy(
                 &ctx.uri,
-                &ctx.client,
+                &client_headers,
                 old.status,
                 &headers,
                 cache_cfg.default_ttl,
@@ -469,7 +487,7 @@ async fn fill(
     };
     let policy = policy::make_policy(
         &ctx.uri,
-        &ctx.client,
+        &client_headers,
         parts.status,
         &parts.headers,
         default_ttl,
@@ -533,17 +551,13 @@ async fn fill(
             }
         }
     }
-    let body = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut b = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
-            for c in chunks {
-                b.extend_from_slice(&c);
-            }
-            b.freeze()
-        }
-    };
+    // Always copy into one exact-size buffer: received chunks are slices of
+    // the connection's read buffer.
+    let mut b = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+    for c in chunks {
+        b.extend_from_slice(&c);
+    }
+    let body = b.freeze();
     let mut headers = parts.headers;
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::AGE);
