@@ -1,5 +1,11 @@
 //! The zetaback node agent: the ZFS driver ([`zfs`]), the target agent's stream store and HTTP
-//! API ([`store_server`]), the source side of a transfer ([`transfer`]) and the job runner
-//! ([`runner`]).
+//! API ([`filestore`], [`store_server`]), the source side of a transfer ([`transfer`]) and the
+//! job runner ([`runner`]).
 
+pub mod auth;
+pub mod filestore;
+pub mod ratelimit;
+pub mod store_server;
+pub mod transfer;
+pub mod wire;
 pub mod zfs;

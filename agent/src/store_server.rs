@@ -1,0 +1,615 @@
+//! The target agent's HTTP API (axum):
+//!
+//! - `PUT /v1/streams/{host}/{dataset}/{id}`: add a backup stream (source token). `dataset` has
+//!   `/` escaped as `+`; `id` is `<ts>.full` or `<ts>.incremental.<base-ts>`. Headers:
+//!   `x-zetaback-snapshot`, `x-zetaback-base-snapshot` (incrementals), `x-zetaback-compression`,
+//!   and either nothing (file store) or `x-zetaback-receive-into: <dataset>` (replica mode:
+//!   `zfs receive` into `<dataset>/<host>/<source dataset>`). A `x-zetaback-sha256` trailer,
+//!   when announced in `Trailer`, must match. Answers 201 with [`PutResponse`].
+//! - `GET /v1/streams/{host}/{dataset}/{id}`: read a stored stream back (restores); the body is
+//!   verified against the manifest's sha256 while sent, and cut short if it does not match.
+//! - `DELETE /v1/streams/{host}/{dataset}/{id}` and `POST .../{id}/archive`: admin token only.
+//! - `GET /v1/catalogue`: the store's [`zetaback::store::Catalogue`].
+//! - `GET /healthz`.
+//!
+//! Unauthenticated → 401, not allowed → 403, malformed → 400, existing → 409; in each case
+//! nothing is touched. Bodies are streamed chunk by chunk (memory bounded by hyper's buffers,
+//! back-pressure through TCP).
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use async_compression::tokio::write::ZstdDecoder;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{Instrument, info, info_span, warn};
+use zetaback::api::backup_policy::Compression;
+use zetaback::names::{validate_dataset, validate_snapshot_name};
+use zetaback::store::{StreamId, unescape_dataset, validate_host};
+
+use crate::auth::{Role, Tokens};
+use crate::filestore::{BackupKey, FileStore, FileStoreError, StreamMeta};
+use crate::wire::{
+    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_RECEIVE_INTO, H_SHA256, H_SNAPSHOT, H_STORE_PATH,
+    PutResponse,
+};
+use crate::zfs::{ReceiveRequest, Zfs, ZfsError};
+
+/// Replica mode settings.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub zfs: Zfs,
+    /// Datasets streams may be received under (`x-zetaback-receive-into` must be one).
+    pub roots: Vec<String>,
+    /// Whether `zfs receive -F` may be used (when the request asks for it with
+    /// `x-zetaback-force: true`).
+    pub allow_force: bool,
+}
+
+/// What the server needs.
+#[derive(Debug, Clone)]
+pub struct ServerState {
+    pub tokens: Tokens,
+    pub store: Option<FileStore>,
+    pub replica: Option<ReplicaConfig>,
+    receiving: Arc<Mutex<HashSet<String>>>,
+}
+
+impl ServerState {
+    pub fn new(tokens: Tokens, store: Option<FileStore>, replica: Option<ReplicaConfig>) -> Self {
+        Self {
+            tokens,
+            store,
+            replica,
+            receiving: Arc::default(),
+        }
+    }
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(msg: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.0, axum::Json(ErrorBody { error: self.1 })).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<FileStoreError> for ApiError {
+    fn from(e: FileStoreError) -> Self {
+        let status = match &e {
+            FileStoreError::Store(_) => StatusCode::BAD_REQUEST,
+            FileStoreError::Exists(_) | FileStoreError::Busy(_) => StatusCode::CONFLICT,
+            FileStoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            FileStoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self(status, e.to_string())
+    }
+}
+
+impl From<ZfsError> for ApiError {
+    fn from(e: ZfsError) -> Self {
+        let status = match &e {
+            ZfsError::Name(_) => StatusCode::BAD_REQUEST,
+            ZfsError::Failed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self(status, e.to_string())
+    }
+}
+
+/// The router.
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/catalogue", get(catalogue))
+        .route(
+            "/v1/streams/{host}/{dataset}/{id}",
+            put(put_stream).get(get_stream).delete(delete_stream),
+        )
+        .route("/v1/streams/{host}/{dataset}/{id}/archive", post(archive))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(Arc::new(state))
+}
+
+/// Serves the API on `listener` until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+fn require(state: &ServerState, headers: &HeaderMap, need: Role) -> Result<Role, ApiError> {
+    match state.tokens.role(headers) {
+        None => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token".into(),
+        )),
+        Some(role) if role < need => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "this operation needs the admin token".into(),
+        )),
+        Some(role) => Ok(role),
+    }
+}
+
+fn key_of(host: &str, dataset: &str, id: &str) -> Result<BackupKey, ApiError> {
+    validate_host(host).map_err(|e| ApiError::bad(e.to_string()))?;
+    let dataset = unescape_dataset(dataset).map_err(|e| ApiError::bad(e.to_string()))?;
+    let id: StreamId = id
+        .parse()
+        .map_err(|e: zetaback::store::StoreError| ApiError::bad(e.to_string()))?;
+    Ok(BackupKey {
+        host: host.to_owned(),
+        dataset,
+        id,
+    })
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad(format!("header {name} is not ASCII")))
+        })
+        .transpose()
+}
+
+/// What a PUT asks for, validated before anything is touched.
+struct PutPlan {
+    key: BackupKey,
+    meta: StreamMeta,
+    receive_into: Option<String>,
+    force: bool,
+    expect_trailer: bool,
+}
+
+fn plan_put(
+    state: &ServerState,
+    headers: &HeaderMap,
+    host: &str,
+    dataset: &str,
+    id: &str,
+) -> Result<PutPlan, ApiError> {
+    let key = key_of(host, dataset, id)?;
+    let snapshot = header_str(headers, H_SNAPSHOT)?
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "header {H_SNAPSHOT} (the snapshot sent) is required"
+            ))
+        })?
+        .to_owned();
+    validate_snapshot_name(&snapshot).map_err(|e| ApiError::bad(e.to_string()))?;
+    let base_snapshot = header_str(headers, H_BASE_SNAPSHOT)?.map(str::to_owned);
+    match (&key.id, &base_snapshot) {
+        (StreamId::Full { .. }, Some(_)) => {
+            return Err(ApiError::bad(format!(
+                "a full stream has no {H_BASE_SNAPSHOT}"
+            )));
+        }
+        (StreamId::Incremental { .. }, None) => {
+            return Err(ApiError::bad(format!(
+                "an incremental stream needs {H_BASE_SNAPSHOT}"
+            )));
+        }
+        (_, Some(b)) => validate_snapshot_name(b).map_err(|e| ApiError::bad(e.to_string()))?,
+        _ => {}
+    }
+    let compression = match header_str(headers, H_COMPRESSION)? {
+        None | Some("none") => Compression::None,
+        Some("zstd") => Compression::Zstd,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "{H_COMPRESSION} must be none or zstd, not {other:?}"
+            )));
+        }
+    };
+    let receive_into = header_str(headers, H_RECEIVE_INTO)?.map(str::to_owned);
+    match (&receive_into, &state.replica, &state.store) {
+        (Some(into), Some(replica), _) => {
+            validate_dataset(into).map_err(|e| ApiError::bad(e.to_string()))?;
+            if !replica.roots.iter().any(|r| r == into) {
+                return Err(ApiError(
+                    StatusCode::FORBIDDEN,
+                    format!("this agent does not receive replicas into {into}"),
+                ));
+            }
+        }
+        (Some(_), None, _) => {
+            return Err(ApiError::bad("this agent does not accept replicas"));
+        }
+        (None, _, None) => return Err(ApiError::bad("this agent has no file store")),
+        (None, _, Some(store)) => {
+            if let Some(path) = header_str(headers, H_STORE_PATH)? {
+                let root = store.layout().root();
+                if std::path::Path::new(path) != root {
+                    return Err(ApiError::bad(format!(
+                        "this agent stores backups under {}, not {path}",
+                        root.display()
+                    )));
+                }
+            }
+        }
+    }
+    let force = header_str(headers, "x-zetaback-force")? == Some("true");
+    if force && !state.replica.as_ref().is_some_and(|r| r.allow_force) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "this agent does not allow zfs receive -F".into(),
+        ));
+    }
+    let expect_trailer = headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(H_SHA256))
+        });
+    Ok(PutPlan {
+        key,
+        meta: StreamMeta {
+            snapshot,
+            base_snapshot,
+            compression,
+        },
+        receive_into,
+        force,
+        expect_trailer,
+    })
+}
+
+/// The next piece of a request body.
+enum Piece {
+    Data(Bytes),
+    Sha256(Option<String>),
+    End,
+}
+
+async fn next_piece(body: &mut Body) -> Result<Piece, ApiError> {
+    loop {
+        match body.frame().await {
+            None => return Ok(Piece::End),
+            Some(Err(e)) => {
+                return Err(ApiError::bad(format!("stream interrupted: {e}")));
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if !data.is_empty() {
+                        return Ok(Piece::Data(data));
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let sha = trailers
+                            .get(H_SHA256)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        return Ok(Piece::Sha256(sha));
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn check_trailer(expect: bool, got: Option<String>, ours: &str) -> Result<bool, ApiError> {
+    match got {
+        Some(sha) if sha == ours => Ok(true),
+        Some(sha) => Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("stream corrupted in transit: sender's sha256 {sha}, received {ours}"),
+        )),
+        None if expect => Err(ApiError::bad(format!(
+            "the announced {H_SHA256} trailer did not arrive: stream incomplete"
+        ))),
+        None => Ok(false),
+    }
+}
+
+async fn put_stream(
+    State(state): State<Arc<ServerState>>,
+    Path((host, dataset, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, axum::Json<PutResponse>), ApiError> {
+    require(&state, &headers, Role::Source)?;
+    let plan = plan_put(&state, &headers, &host, &dataset, &id)?;
+    let span = info_span!("put_stream", backup = %plan.key, replica = plan.receive_into.as_deref());
+    async move {
+        let resp = match &plan.receive_into {
+            None => put_file(&state, plan, body).await?,
+            Some(into) => {
+                let into = into.clone();
+                put_replica(&state, plan, &into, body).await?
+            }
+        };
+        info!(bytes = resp.bytes, sha256 = %resp.sha256, verified = resp.verified, "stored");
+        Ok((StatusCode::CREATED, axum::Json(resp)))
+    }
+    .instrument(span)
+    .await
+}
+
+async fn put_file(
+    state: &ServerState,
+    plan: PutPlan,
+    mut body: Body,
+) -> Result<PutResponse, ApiError> {
+    let store = state
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError::bad("this agent has no file store"))?;
+    let mut pending = store.begin(plan.key.clone()).await?;
+    let mut trailer = None;
+    loop {
+        match next_piece(&mut body).await {
+            Ok(Piece::Data(data)) => pending.write(&data).await?,
+            Ok(Piece::Sha256(sha)) => trailer = sha,
+            Ok(Piece::End) => break,
+            Err(e) => {
+                warn!(
+                    bytes = pending.bytes(),
+                    "upload interrupted; discarding the partial stream"
+                );
+                return Err(e);
+            }
+        }
+    }
+    let verified = check_trailer(plan.expect_trailer, trailer, &pending.sha256_so_far())?;
+    let manifest = pending.commit(plan.meta).await?;
+    Ok(PutResponse {
+        backup_id: manifest.id,
+        bytes: manifest.bytes,
+        sha256: manifest.sha256,
+        verified,
+        replica: None,
+    })
+}
+
+/// Releases a replica target on drop.
+struct ReceivingClaim(Arc<Mutex<HashSet<String>>>, String);
+
+impl Drop for ReceivingClaim {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.remove(&self.1);
+        }
+    }
+}
+
+async fn put_replica(
+    state: &ServerState,
+    plan: PutPlan,
+    into: &str,
+    mut body: Body,
+) -> Result<PutResponse, ApiError> {
+    let replica = state
+        .replica
+        .as_ref()
+        .ok_or_else(|| ApiError::bad("this agent does not accept replicas"))?;
+    let zfs = &replica.zfs;
+    let target = format!("{into}/{}/{}", plan.key.host, plan.key.dataset);
+    validate_dataset(&target).map_err(|e| ApiError::bad(e.to_string()))?;
+    let _claim = {
+        let mut r = state
+            .receiving
+            .lock()
+            .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned".into()))?;
+        if !r.insert(target.clone()) {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("{target} is already receiving a stream"),
+            ));
+        }
+        ReceivingClaim(state.receiving.clone(), target.clone())
+    };
+    let exists = zfs.dataset_exists(&target).await?;
+    match plan.key.id {
+        StreamId::Full { .. } if exists && !plan.force => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("replica {target} exists; a full stream would replace it"),
+            ));
+        }
+        StreamId::Incremental { .. } if !exists => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("replica {target} does not exist; send a full stream first"),
+            ));
+        }
+        _ => {}
+    }
+    if !exists && let Some((parent, _)) = target.rsplit_once('/') {
+        zfs.create_parents(parent).await?;
+    }
+    let mut recv = zfs.receive(&ReceiveRequest {
+        target: target.clone(),
+        force: plan.force,
+        resumable: false,
+    })?;
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let mut trailer = None;
+    let copy: Result<(), ApiError> = async {
+        let Some(stdin) = recv.stdin() else {
+            return Err(ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no stdin".into(),
+            ));
+        };
+        let mut sink: Box<dyn tokio::io::AsyncWrite + Send + Unpin + '_> =
+            match plan.meta.compression {
+                Compression::Zstd => Box::new(ZstdDecoder::new(stdin)),
+                Compression::None => Box::new(stdin),
+            };
+        let broken = |e: io::Error| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("zfs receive stopped reading: {e}"),
+            )
+        };
+        loop {
+            match next_piece(&mut body).await? {
+                Piece::Data(data) => {
+                    hasher.update(&data);
+                    bytes += data.len() as u64;
+                    sink.write_all(&data).await.map_err(broken)?;
+                }
+                Piece::Sha256(sha) => trailer = sha,
+                Piece::End => break,
+            }
+        }
+        let ours = hex::encode(hasher.clone().finalize());
+        check_trailer(plan.expect_trailer, trailer.clone(), &ours)?;
+        sink.shutdown().await.map_err(broken)?;
+        Ok(())
+    }
+    .await;
+    match copy {
+        Ok(()) => recv.finish().await?,
+        Err(e) => {
+            warn!(bytes, "replica stream interrupted; aborting zfs receive");
+            recv.abort().await;
+            return Err(e);
+        }
+    }
+    if matches!(plan.key.id, StreamId::Full { .. }) {
+        zfs.protect_replica(&target).await?;
+    }
+    let sha256 = hex::encode(hasher.finalize());
+    let verified = trailer.as_deref() == Some(sha256.as_str());
+    Ok(PutResponse {
+        backup_id: plan.key.id.to_string(),
+        bytes,
+        sha256,
+        verified,
+        replica: Some(target),
+    })
+}
+
+async fn get_stream(
+    State(state): State<Arc<ServerState>>,
+    Path((host, dataset, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require(&state, &headers, Role::Source)?;
+    let key = key_of(&host, &dataset, &id)?;
+    let store = state
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this agent has no file store".into()))?;
+    let (file, manifest) = store.open(&key).await?;
+    let expected = manifest.sha256.clone();
+    let label = key.to_string();
+    let stream = futures::stream::unfold(
+        Some((file, Sha256::new(), vec![0u8; 256 * 1024])),
+        move |state| {
+            let expected = expected.clone();
+            let label = label.clone();
+            async move {
+                let (mut file, mut hasher, mut buf) = state?;
+                match file.read(&mut buf).await {
+                    Ok(0) => {
+                        let got = hex::encode(hasher.finalize());
+                        if got == expected {
+                            None
+                        } else {
+                            warn!(backup = %label, %got, %expected, "stored stream does not match its manifest");
+                            Some((
+                                Err(io::Error::other(format!(
+                                    "stored stream {label} is corrupt: sha256 {got}, manifest says {expected}"
+                                ))),
+                                None,
+                            ))
+                        }
+                    }
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        let chunk = Bytes::copy_from_slice(&buf[..n]);
+                        Some((Ok(chunk), Some((file, hasher, buf))))
+                    }
+                    Err(e) => Some((Err(e), None)),
+                }
+            }
+        },
+    );
+    let compression = match manifest.compression {
+        Compression::Zstd => "zstd",
+        Compression::None => "none",
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, manifest.bytes)
+        .header(H_SHA256, &manifest.sha256)
+        .header(H_COMPRESSION, compression)
+        .header(H_SNAPSHOT, &manifest.snapshot)
+        .body(Body::from_stream(stream.boxed()))
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn delete_stream(
+    State(state): State<Arc<ServerState>>,
+    Path((host, dataset, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    require(&state, &headers, Role::Admin)?;
+    let key = key_of(&host, &dataset, &id)?;
+    let store = state
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this agent has no file store".into()))?;
+    store.delete(&key).await?;
+    info!(backup = %key, "deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn archive(
+    State(state): State<Arc<ServerState>>,
+    Path((host, dataset, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    require(&state, &headers, Role::Admin)?;
+    let key = key_of(&host, &dataset, &id)?;
+    let store = state
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this agent has no file store".into()))?;
+    store.archive(&key).await?;
+    info!(backup = %key, "archived");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn catalogue(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<axum::Json<zetaback::store::Catalogue>, ApiError> {
+    require(&state, &headers, Role::Source)?;
+    let store = state
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this agent has no file store".into()))?;
+    Ok(axum::Json(store.catalogue().await?))
+}

@@ -1,0 +1,39 @@
+//! What travels between agents: header names and the JSON answers of the stream API.
+
+use serde::{Deserialize, Serialize};
+
+/// The snapshot sent (short name).
+pub const H_SNAPSHOT: &str = "x-zetaback-snapshot";
+/// The base snapshot of an incremental (short name).
+pub const H_BASE_SNAPSHOT: &str = "x-zetaback-base-snapshot";
+/// `none` or `zstd`: how the body is compressed.
+pub const H_COMPRESSION: &str = "x-zetaback-compression";
+/// Replica mode: receive into `<this dataset>/<host>/<dataset>` instead of storing a file.
+pub const H_RECEIVE_INTO: &str = "x-zetaback-receive-into";
+/// File mode: the store path the job expects (must be this agent's store root).
+pub const H_STORE_PATH: &str = "x-zetaback-store-path";
+/// The sha256 of the body: a trailer on uploads, a header on downloads.
+pub const H_SHA256: &str = "x-zetaback-sha256";
+
+/// The answer to a successful `PUT /v1/streams/...`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PutResponse {
+    /// The stored backup's id (`<ts>.full`, ...).
+    pub backup_id: String,
+    /// Bytes received (as sent: compressed if the body was).
+    pub bytes: u64,
+    /// sha256 of the bytes received.
+    pub sha256: String,
+    /// The sender's sha256 trailer was present and matched.
+    pub verified: bool,
+    /// Replica mode: the dataset received into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
