@@ -11,5 +11,6 @@ pub mod controller;
 pub mod duration;
 pub mod names;
 pub mod policy;
+pub mod selection;
 pub mod store;
 pub mod telemetry;

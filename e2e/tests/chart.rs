@@ -89,6 +89,8 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
             identity: "chart-test".into(),
             metrics_addr: ([127, 0, 0, 1], free_port()).into(),
             watch_namespace: Some(ns.clone()),
+            store_token: None,
+            host_stale_after: std::time::Duration::from_secs(90),
         },
         async {
             let _ = stopped.await;

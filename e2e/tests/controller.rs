@@ -34,6 +34,8 @@ async fn start_controller(client: kube::Client, ns: &str, identity: &str) -> Run
         identity: identity.to_owned(),
         metrics_addr: ([127, 0, 0, 1], port).into(),
         watch_namespace: Some(ns.to_owned()),
+        store_token: None,
+        host_stale_after: std::time::Duration::from_secs(90),
     };
     let task = tokio::spawn(zetaback::controller::run(client, options, async {
         let _ = stopped.await;
@@ -73,7 +75,8 @@ async fn status_is_written_once_per_spec_change() {
         ready_generation(&api, "p1")
     })
     .await;
-    assert_eq!(seen, (1, "True".into(), "Accepted".into()));
+    // No ZfsHost "backup-1" exists, so the policy cannot read its store: Ready=False says so.
+    assert_eq!(seen, (1, "False".into(), "StoreUnreachable".into()));
     // Give a would-be loop time to show itself.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let m = metrics_of(ctl.port).await;

@@ -111,6 +111,11 @@ pub struct DatasetStatus {
     /// The newest snapshot zetaback made of this dataset (a base for the next incremental).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_snapshot: Option<String>,
+    /// Every snapshot zetaback made of this dataset that still exists (short names, after
+    /// `@`): the possible bases for an incremental.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200))]
+    pub snapshots: Vec<String>,
     /// The backup class from the `zetaback.io:class` user property, if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,

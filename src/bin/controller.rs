@@ -18,6 +18,12 @@ struct Args {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "ZETABACK_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// A file holding the admin token for backup hosts' agents (a mounted Secret).
+    #[arg(long, env = "ZETABACK_STORE_TOKEN_FILE")]
+    store_token_file: Option<std::path::PathBuf>,
+    /// A ZfsHost whose agent has not reported for this long is unreachable (e.g. 90s, 5m).
+    #[arg(long, env = "ZETABACK_HOST_STALE_AFTER", default_value = "90s")]
+    host_stale_after: String,
 }
 
 #[tokio::main]
@@ -28,6 +34,17 @@ async fn main() -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let store_token = match &args.store_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading --store-token-file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let host_stale_after = zetaback::duration::parse_duration(&args.host_stale_after)
+        .map_err(|e| anyhow::anyhow!("--host-stale-after: {e}"))?;
     let client = kube::Client::try_default().await?;
     zetaback::controller::run(
         client,
@@ -36,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
             identity,
             metrics_addr: args.metrics_addr,
             watch_namespace: args.watch_namespace,
+            store_token,
+            host_stale_after,
         },
         zetaback::controller::shutdown_signal(),
     )

@@ -22,6 +22,12 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub namespace: String,
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub kind: String,
     pub result: String,
@@ -34,6 +40,7 @@ pub struct Metrics {
     reconcile_seconds: Family<KindLabel, Histogram>,
     status_writes: Family<KindLabel, Counter>,
     leader: Gauge,
+    violators: Family<PolicyLabel, Gauge>,
     is_leader: AtomicBool,
 }
 
@@ -46,6 +53,12 @@ impl Default for Metrics {
         });
         let status_writes = Family::<KindLabel, Counter>::default();
         let leader = Gauge::default();
+        let violators = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "violators",
+            "Datasets not backed up within their policy",
+            violators.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles by kind and result",
@@ -68,6 +81,7 @@ impl Default for Metrics {
             reconcile_seconds,
             status_writes,
             leader,
+            violators,
             is_leader: AtomicBool::new(false),
         }
     }
@@ -118,6 +132,15 @@ impl Metrics {
         self.status_writes
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc();
+    }
+
+    pub fn set_violators(&self, namespace: &str, policy: &str, count: i64) {
+        self.violators
+            .get_or_create(&PolicyLabel {
+                namespace: namespace.into(),
+                policy: policy.into(),
+            })
+            .set(count);
     }
 
     pub fn set_leader(&self, leading: bool) {

@@ -5,12 +5,14 @@
 //! bad object cannot stop a controller), react to spec changes only (status writes do not
 //! trigger reconciles), and write status through server-side apply only when it changed.
 
+pub mod backup_policy;
 pub mod conditions;
 pub mod fallback_route;
 pub mod leader;
 pub mod metrics;
 pub mod spec_check;
 pub mod status;
+pub mod store_client;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,10 @@ pub const FIELD_MANAGER: &str = "zetaback-controller";
 pub struct Context {
     pub client: Client,
     pub metrics: Arc<metrics::Metrics>,
+    /// Talks to backup hosts' agents (catalogue, retention).
+    pub store: store_client::StoreClient,
+    /// A ZfsHost whose agent has not reported for this long is unreachable.
+    pub host_stale_after: Duration,
 }
 
 /// A reconcile failure, with what was being done.
@@ -88,6 +94,24 @@ pub struct Options {
     pub metrics_addr: std::net::SocketAddr,
     /// Watch only this namespace (default: all).
     pub watch_namespace: Option<String>,
+    /// The admin token for backup hosts' agents (retention, catalogue).
+    pub store_token: Option<String>,
+    /// A ZfsHost whose agent has not reported for this long is unreachable.
+    pub host_stale_after: Duration,
+}
+
+impl Options {
+    /// Defaults for everything but identity and addresses.
+    pub fn new(lease_namespace: &str, identity: &str, metrics_addr: std::net::SocketAddr) -> Self {
+        Self {
+            lease_namespace: lease_namespace.to_owned(),
+            identity: identity.to_owned(),
+            metrics_addr,
+            watch_namespace: None,
+            store_token: None,
+            host_stale_after: Duration::from_secs(90),
+        }
+    }
 }
 
 /// Runs the controller until `shutdown` resolves or leadership is lost. Metrics are served
@@ -121,6 +145,8 @@ async fn lead_and_reconcile(
     let ctx = Arc::new(Context {
         client,
         metrics: metrics.clone(),
+        store: store_client::StoreClient::new(options.store_token.clone()),
+        host_stale_after: options.host_stale_after,
     });
     let ns = options.watch_namespace.clone();
     let controllers = async {

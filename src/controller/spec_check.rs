@@ -10,8 +10,8 @@ use kube::runtime::controller::Action;
 
 use super::conditions::{self, Wanted};
 use super::{Context, Error, Reconciled, status};
+use crate::api::Restore;
 use crate::api::condition::READY;
-use crate::api::{BackupPolicy, Restore};
 
 /// What the controller writes for a kind whose full reconciler is not running yet.
 #[derive(serde::Serialize)]
@@ -58,22 +58,6 @@ where
     };
     status::apply(ctx, obj, kind, &status_body).await?;
     Ok(true)
-}
-
-impl Reconciled for BackupPolicy {
-    const KIND: &'static str = "BackupPolicy";
-    async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
-        let st = obj.status.clone().unwrap_or_default();
-        record(
-            &ctx,
-            obj.as_ref(),
-            Self::KIND,
-            (st.observed_generation, &st.conditions),
-            obj.spec.check(),
-        )
-        .await?;
-        Ok(Action::await_change())
-    }
 }
 
 impl Reconciled for Restore {

@@ -1,0 +1,752 @@
+//! The BackupPolicy reconciler: gathers the inputs (ZfsHosts' reports, the backup host's
+//! catalogue, this policy's BackupJobs), asks the pure [`crate::policy`] module what is due,
+//! what expired and who violates, then creates BackupJobs, runs retention through the backup
+//! host's agent, and writes a compact status. It requeues at the next deadline.
+//!
+//! [`plan`] is the pure part (no I/O): everything else here only fetches and applies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use sha2::Digest;
+use tracing::{info, warn};
+
+use super::conditions::{self, Wanted};
+use super::{Context, Error, Reconciled, status};
+use crate::api::backup_policy::{Violation, ViolationReason};
+use crate::api::condition::{COMPLIANT, READY};
+use crate::api::{
+    BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupType, JobPhase, ZfsHost,
+};
+use crate::policy::{
+    self, BackupRecord, Catalogue, DatasetState, HostState, JobState, PolicyRules,
+};
+use crate::selection::{DatasetMatcher, labels_match};
+use crate::store;
+
+/// The label that ties a BackupJob to its policy.
+pub const POLICY_LABEL: &str = "zetaback.io/policy";
+/// At most this many violations are listed in status (`violators` counts all).
+pub const MAX_LISTED_VIOLATIONS: usize = 50;
+/// Re-evaluate at least this often, even when nothing is due (hosts may stop reporting).
+pub const MAX_REQUEUE: Duration = Duration::from_secs(60);
+
+/// Everything [`plan`] looks at.
+pub struct Inputs<'a> {
+    pub policy: &'a BackupPolicy,
+    pub rules: &'a PolicyRules,
+    pub hosts: &'a [ZfsHost],
+    pub jobs: &'a [BackupJob],
+    /// The backup host's catalogue; `None` when it could not be read.
+    pub catalogue: Option<&'a store::Catalogue>,
+    /// A host whose agent has not reported for this long is unreachable.
+    pub host_stale_after: Duration,
+    pub now: Timestamp,
+}
+
+/// What to do and what to report.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub create: Vec<BackupJob>,
+    /// (source host, dataset, backup id)
+    pub delete: Vec<(String, String, String)>,
+    pub archive: Vec<(String, String, String)>,
+    pub status: BackupPolicyStatus,
+    /// Violations as (host, dataset, reason): for events on start and end.
+    pub violators: Vec<(String, String, ViolationReason)>,
+    pub next_due: Option<Timestamp>,
+    /// Set when the catalogue could not be read.
+    pub store_problem: Option<String>,
+}
+
+fn host_state(host: &ZfsHost, now: Timestamp, stale_after: Duration) -> HostState {
+    if host.spec.paused {
+        return HostState::Paused;
+    }
+    let seen = host
+        .status
+        .as_ref()
+        .and_then(|s| s.last_seen.as_ref())
+        .map(|t| t.0);
+    let stale = jiff::SignedDuration::try_from(stale_after).unwrap_or(jiff::SignedDuration::MAX);
+    match seen {
+        Some(t) if now.duration_since(t) <= stale => HostState::Reachable,
+        Some(t) => HostState::Unreachable { since: t },
+        None => HostState::Unreachable {
+            since: host.creation_timestamp().map(|t| t.0).unwrap_or(now),
+        },
+    }
+}
+
+/// Turns the store's manifests of one dataset into the policy module's records (an
+/// incremental's base is the stored backup whose snapshot it was taken against).
+pub fn records_of(catalogue: &store::Catalogue, host: &str, dataset: &str) -> Vec<BackupRecord> {
+    let of: Vec<&store::StoredBackup> = catalogue.of(host, dataset).collect();
+    let by_snapshot: HashMap<&str, &str> = of
+        .iter()
+        .map(|b| (b.manifest.snapshot.as_str(), b.manifest.id.as_str()))
+        .collect();
+    of.iter()
+        .map(|b| BackupRecord {
+            id: b.manifest.id.clone(),
+            kind: b.manifest.backup_type,
+            created: b.manifest.created,
+            snapshot: b.manifest.snapshot.clone(),
+            base: b.manifest.base_snapshot.as_deref().map(|s| {
+                by_snapshot
+                    .get(s)
+                    .map(|id| (*id).to_owned())
+                    // A base that is not stored: name it so the chain is seen as broken.
+                    .unwrap_or_else(|| format!("missing:{s}"))
+            }),
+            bytes: b.manifest.bytes,
+            archived: b.archived,
+        })
+        .collect()
+}
+
+fn job_state(jobs: &[&BackupJob]) -> JobState {
+    let phase = |j: &BackupJob| j.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    let in_flight = jobs
+        .iter()
+        .any(|j| matches!(phase(j), JobPhase::Pending | JobPhase::Running));
+    let finished_at = |j: &BackupJob| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.finished_at.as_ref().map(|t| t.0))
+            .or_else(|| j.creation_timestamp().map(|t| t.0))
+    };
+    let mut finished: Vec<(&BackupJob, Timestamp)> = jobs
+        .iter()
+        .filter(|j| matches!(phase(j), JobPhase::Succeeded | JobPhase::Failed))
+        .filter_map(|j| finished_at(j).map(|t| (*j, t)))
+        .collect();
+    finished.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+    let mut failing_since = None;
+    let mut consecutive_failures = 0;
+    let last_failure = finished
+        .first()
+        .filter(|(j, _)| phase(j) == JobPhase::Failed)
+        .map(|(_, t)| *t);
+    for (j, t) in finished {
+        if phase(j) == JobPhase::Failed {
+            failing_since = Some(t);
+            consecutive_failures += 1;
+        } else {
+            break;
+        }
+    }
+    JobState {
+        in_flight,
+        failing_since,
+        consecutive_failures,
+        last_failure,
+    }
+}
+
+fn short_hash(text: &str) -> String {
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    hex::encode(&digest[..4])
+}
+
+/// A deterministic job name: the same policy, dataset, kind and time give the same name, so
+/// a second attempt to create it is refused by the apiserver instead of duplicating it.
+pub fn job_name(
+    policy: &str,
+    host: &str,
+    dataset: &str,
+    kind: BackupType,
+    at: Timestamp,
+) -> String {
+    let prefix: String = policy.chars().take(40).collect();
+    let k = match kind {
+        BackupType::Full => "full",
+        BackupType::Incremental => "incr",
+    };
+    format!(
+        "{}-{}-{k}-{}",
+        prefix.trim_end_matches(['-', '.']),
+        short_hash(&format!("{host}/{dataset}")),
+        at.as_second()
+    )
+}
+
+/// The pure decision for one policy.
+pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError> {
+    let policy = inputs.policy;
+    let spec = &policy.spec;
+    let now = inputs.now;
+    let matcher = DatasetMatcher::new(&spec.datasets)?;
+    let mut out = Plan::default();
+
+    let hosts: Vec<&ZfsHost> = inputs
+        .hosts
+        .iter()
+        .filter(|h| match (&spec.hosts.names, &spec.hosts.selector) {
+            (Some(names), _) => names.iter().any(|n| n.as_str() == h.name_any()),
+            (None, Some(sel)) => labels_match(sel, h.labels()),
+            (None, None) => false,
+        })
+        .collect();
+
+    let mut jobs_by_dataset: HashMap<(String, String), Vec<&BackupJob>> = HashMap::new();
+    for j in inputs.jobs {
+        jobs_by_dataset
+            .entry((j.spec.host.0.clone(), j.spec.dataset.0.clone()))
+            .or_default()
+            .push(j);
+    }
+    let mut in_flight_per_host: BTreeMap<String, u32> = BTreeMap::new();
+    for j in inputs.jobs {
+        let phase = j.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        if matches!(phase, JobPhase::Pending | JobPhase::Running) {
+            *in_flight_per_host.entry(j.spec.host.0.clone()).or_default() += 1;
+        }
+    }
+    let mut in_flight_target: u32 = in_flight_per_host.values().sum();
+    let covered_since = policy.creation_timestamp().map(|t| t.0);
+    let empty = store::Catalogue::default();
+    let catalogue = inputs.catalogue.unwrap_or(&empty);
+
+    let mut dataset_count = 0;
+    let mut violations: Vec<Violation> = Vec::new();
+    let mut last_backup: Option<Timestamp> = None;
+    let mut bytes_stored: u64 = 0;
+
+    for host in &hosts {
+        let host_name = host.name_any();
+        let state = host_state(host, now, inputs.host_stale_after);
+        let datasets = host
+            .status
+            .as_ref()
+            .map(|s| s.datasets.as_slice())
+            .unwrap_or(&[]);
+        for ds in datasets
+            .iter()
+            .filter(|d| !d.excluded && matcher.matches(&d.name))
+        {
+            dataset_count += 1;
+            let records = records_of(catalogue, &host_name, &ds.name);
+            bytes_stored += records.iter().map(|r| r.bytes).sum::<u64>();
+            let cat = match Catalogue::new(records) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(host = %host_name, dataset = %ds.name, error = %e, "inconsistent catalogue; skipped");
+                    continue;
+                }
+            };
+            if let Some(newest) = cat.newest() {
+                last_backup = Some(last_backup.map_or(newest.created, |t| t.max(newest.created)));
+            }
+            let jobs = jobs_by_dataset
+                .get(&(host_name.clone(), ds.name.clone()))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let dstate = DatasetState {
+                catalogue: &cat,
+                source_snapshots: &ds.snapshots,
+                host: state,
+                jobs: job_state(jobs),
+                covered_since,
+                forced: None,
+            };
+            let p = policy::evaluate(inputs.rules, &dstate, now);
+            for f in &p.violations {
+                out.violators
+                    .push((host_name.clone(), ds.name.clone(), f.reason));
+                violations.push(Violation {
+                    host: host_name.clone(),
+                    dataset: ds.name.clone(),
+                    reason: f.reason,
+                    since: f.since.map(Time),
+                    message: Some(f.message.clone()),
+                });
+            }
+            if inputs.catalogue.is_none() {
+                continue; // without the store's view nothing is scheduled or deleted
+            }
+            out.next_due = Some(
+                out.next_due
+                    .map_or(p.due.next_due, |t| t.min(p.due.next_due)),
+            );
+            if let Some(due) = p.due.due {
+                let per_host = in_flight_per_host.entry(host_name.clone()).or_default();
+                if *per_host < spec.concurrency.per_host
+                    && in_flight_target < spec.concurrency.per_target
+                {
+                    *per_host += 1;
+                    in_flight_target += 1;
+                    out.create
+                        .push(new_job(policy, &host_name, &ds.name, &due, now));
+                }
+            }
+            for id in p.retention.delete {
+                out.delete.push((host_name.clone(), ds.name.clone(), id));
+            }
+            for id in p.retention.archive {
+                out.archive.push((host_name.clone(), ds.name.clone(), id));
+            }
+        }
+    }
+
+    // A dataset is one violator however many reasons it has.
+    let mut violator_keys: Vec<(&str, &str)> = violations
+        .iter()
+        .map(|v| (v.host.as_str(), v.dataset.as_str()))
+        .collect();
+    violator_keys.dedup();
+    let violator_count = violator_keys.len();
+    violations.truncate(MAX_LISTED_VIOLATIONS);
+    out.status = BackupPolicyStatus {
+        observed_generation: policy.meta().generation,
+        hosts: i32::try_from(hosts.len()).unwrap_or(i32::MAX),
+        datasets: dataset_count,
+        violators: i32::try_from(violator_count).unwrap_or(i32::MAX),
+        violations,
+        last_backup: last_backup.map(Time),
+        next_due: out.next_due.map(Time),
+        bytes_stored: inputs.catalogue.map(|_| bytes_stored),
+        conditions: Vec::new(),
+    };
+    if inputs.catalogue.is_none() {
+        out.store_problem = Some("the backup host's catalogue could not be read".into());
+    }
+    Ok(out)
+}
+
+fn new_job(
+    policy: &BackupPolicy,
+    host: &str,
+    dataset: &str,
+    due: &policy::DueBackup,
+    now: Timestamp,
+) -> BackupJob {
+    let name = job_name(&policy.name_any(), host, dataset, due.kind, now);
+    let mut job = BackupJob::new(
+        &name,
+        BackupJobSpec {
+            policy: policy.name_any().as_str().into(),
+            host: host.into(),
+            dataset: dataset.into(),
+            backup_type: due.kind,
+            base_snapshot: due.base.as_ref().map(|b| b.snapshot.clone()),
+            snapshot: format!("zetaback-{}", now.as_second()),
+            target: policy.spec.target.clone(),
+            compression: policy.spec.compression,
+        },
+    );
+    job.metadata.namespace = policy.namespace();
+    job.metadata.labels = Some(
+        [(POLICY_LABEL.to_string(), policy.name_any())]
+            .into_iter()
+            .collect(),
+    );
+    job.metadata.owner_references = policy.controller_owner_ref(&()).map(|o| vec![o]);
+    job
+}
+
+fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>> {
+    let generation = policy.meta().generation;
+    let mut out = Vec::new();
+    match &plan.store_problem {
+        Some(problem) => out.push(Wanted {
+            type_: READY,
+            status: false,
+            reason: "StoreUnreachable",
+            message: problem.clone(),
+            observed_generation: generation,
+        }),
+        None => out.push(Wanted {
+            type_: READY,
+            status: true,
+            reason: "Reconciled",
+            message: format!(
+                "{} hosts, {} datasets",
+                plan.status.hosts, plan.status.datasets
+            ),
+            observed_generation: generation,
+        }),
+    }
+    let v = plan.status.violators;
+    out.push(Wanted {
+        type_: COMPLIANT,
+        status: v == 0,
+        reason: if v == 0 { "AllBackedUp" } else { "Violators" },
+        message: if v == 0 {
+            "every dataset is backed up within its policy".into()
+        } else {
+            format!("{v} datasets are not backed up within the policy")
+        },
+        observed_generation: generation,
+    });
+    out
+}
+
+impl Reconciled for BackupPolicy {
+    const KIND: &'static str = "BackupPolicy";
+
+    async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
+        let now = Timestamp::now();
+        let ns = obj.namespace().ok_or(Error::MissingMeta(Self::KIND))?;
+        let current = obj.status.clone().unwrap_or_default();
+        let rules = match obj
+            .spec
+            .check()
+            .and_then(|()| PolicyRules::from_spec(&obj.spec).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(why) => {
+                super::spec_check::record(
+                    &ctx,
+                    obj.as_ref(),
+                    Self::KIND,
+                    (current.observed_generation, &current.conditions),
+                    Err(why),
+                )
+                .await?;
+                return Ok(Action::await_change());
+            }
+        };
+        let read = |what: &str| {
+            let what = what.to_owned();
+            move |source| Error::Read { what, source }
+        };
+        let hosts = Api::<ZfsHost>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(read("ZfsHosts"))?
+            .items;
+        let job_api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
+        // Jobs before the catalogue: a job that succeeds in between is then seen in the
+        // catalogue, never "succeeded but missing" (which would schedule it again).
+        let jobs = job_api
+            .list(&ListParams::default().labels(&format!("{POLICY_LABEL}={}", obj.name_any())))
+            .await
+            .map_err(read("BackupJobs"))?
+            .items;
+        let target_host = hosts
+            .iter()
+            .find(|h| h.name_any() == obj.spec.target.host.as_str());
+        let endpoint = target_host
+            .and_then(|h| h.status.as_ref())
+            .and_then(|s| s.agent_endpoint.clone());
+        let mut catalogues = Vec::new();
+        let mut store_error = None;
+        match &endpoint {
+            None if target_host.is_none() => {
+                store_error = Some(format!(
+                    "backup host {} does not exist (no ZfsHost of that name)",
+                    obj.spec.target.host
+                ))
+            }
+            None => {
+                store_error = Some(format!(
+                    "backup host {} has no agent endpoint yet (is its agent running?)",
+                    obj.spec.target.host
+                ))
+            }
+            Some(ep) => {
+                let mut merged = store::Catalogue::default();
+                for h in hosts.iter().map(ResourceExt::name_any) {
+                    match ctx.store.catalogue(ep, &h).await {
+                        Ok(c) => merged.backups.extend(c.backups),
+                        Err(e) => {
+                            store_error = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                catalogues.push(merged);
+            }
+        }
+        let catalogue = if store_error.is_none() {
+            catalogues.first()
+        } else {
+            None
+        };
+        let mut plan = plan(&Inputs {
+            policy: &obj,
+            rules: &rules,
+            hosts: &hosts,
+            jobs: &jobs,
+            catalogue,
+            host_stale_after: ctx.host_stale_after,
+            now,
+        })
+        .map_err(|e| Error::Undecodable {
+            kind: Self::KIND,
+            name: obj.name_any(),
+            message: e.to_string(),
+        })?;
+        if let Some(e) = store_error {
+            plan.store_problem = Some(e);
+        }
+
+        for job in &plan.create {
+            match job_api.create(&PostParams::default(), job).await {
+                Ok(_) => {
+                    info!(job = %job.name_any(), host = %job.spec.host, dataset = %job.spec.dataset,
+                    kind = ?job.spec.backup_type, "backup job created")
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(source) => {
+                    return Err(Error::Write {
+                        what: format!("BackupJob {}", job.name_any()),
+                        source,
+                    });
+                }
+            }
+        }
+        if let Some(ep) = &endpoint {
+            for (host, dataset, id) in &plan.archive {
+                if let Err(e) = ctx.store.archive(ep, host, dataset, id).await {
+                    warn!(%host, %dataset, %id, error = %e, "archiving failed; will retry");
+                }
+            }
+            for (host, dataset, id) in &plan.delete {
+                match ctx.store.delete(ep, host, dataset, id).await {
+                    Ok(()) => info!(%host, %dataset, %id, "expired backup deleted"),
+                    Err(e) => {
+                        warn!(%host, %dataset, %id, error = %e, "deleting failed; will retry")
+                    }
+                }
+            }
+        }
+        ctx.metrics
+            .set_violators(&ns, &obj.name_any(), i64::from(plan.status.violators));
+
+        let mut status = plan.status.clone();
+        let stamp = Time(now);
+        let mut conds = current.conditions.clone();
+        for w in wanted_conditions(&plan, &obj) {
+            conds = conditions::set(&conds, &w, stamp.clone());
+        }
+        status.conditions = conds;
+        let mut new_body = status.clone();
+        new_body.conditions.clear();
+        let mut old_body = current.clone();
+        old_body.conditions.clear();
+        if new_body != old_body || !conditions::same(&status.conditions, &current.conditions) {
+            status::apply(&ctx, obj.as_ref(), Self::KIND, &status).await?;
+        }
+
+        let wait = plan
+            .next_due
+            .map(|t| t.duration_since(now))
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(MAX_REQUEUE)
+            .clamp(Duration::from_secs(1), MAX_REQUEUE);
+        Ok(Action::requeue(wait))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::zfs_host::{DatasetStatus, ZfsHostSpec, ZfsHostStatus};
+    use crate::api::{BackupPolicySpec, common::DatasetSelector};
+    use crate::store::{Manifest, StoredBackup};
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    fn policy() -> BackupPolicy {
+        let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
+            "hosts": {"selector": {"matchLabels": {"tier": "db"}}},
+            "datasets": {"include": ["tank/**"], "exclude": ["tank/tmp"]},
+            "full": {"every": "7d", "keep": "30d"},
+            "incremental": {"every": "1d", "keep": "14d"},
+            "target": {"host": "backup-1", "path": "/store"},
+            "grace": "1h",
+            "concurrency": {"perHost": 1, "perTarget": 10}
+        }))
+        .unwrap();
+        let mut p = BackupPolicy::new("db", spec);
+        p.metadata.namespace = Some("ops".into());
+        p.metadata.generation = Some(3);
+        p.metadata.uid = Some("uid-1".into());
+        p.metadata.creation_timestamp = Some(Time(ts(0)));
+        p
+    }
+
+    fn host(name: &str, tier: &str, last_seen: i64, datasets: &[&str]) -> ZfsHost {
+        let mut h = ZfsHost::new(
+            name,
+            ZfsHostSpec {
+                node_name: name.into(),
+                datasets: DatasetSelector::default(),
+                paused: false,
+            },
+        );
+        h.metadata.labels = Some(
+            [("tier".to_string(), tier.to_string())]
+                .into_iter()
+                .collect(),
+        );
+        h.status = Some(ZfsHostStatus {
+            last_seen: Some(Time(ts(last_seen))),
+            datasets: datasets
+                .iter()
+                .map(|d| DatasetStatus {
+                    name: (*d).into(),
+                    used_bytes: None,
+                    latest_snapshot: None,
+                    snapshots: vec!["zetaback-100".into()],
+                    class: None,
+                    excluded: false,
+                })
+                .collect(),
+            ..Default::default()
+        });
+        h
+    }
+
+    fn full(host: &str, dataset: &str, at: i64) -> StoredBackup {
+        StoredBackup {
+            manifest: Manifest {
+                version: 1,
+                id: format!("{at}.full"),
+                host: host.into(),
+                dataset: dataset.into(),
+                snapshot: format!("zetaback-{at}"),
+                base_snapshot: None,
+                backup_type: BackupType::Full,
+                bytes: 1000,
+                sha256: "0".repeat(64),
+                compression: crate::api::backup_policy::Compression::None,
+                created: ts(at),
+            },
+            archived: false,
+        }
+    }
+
+    fn run(hosts: &[ZfsHost], catalogue: Option<&store::Catalogue>, now: i64) -> Plan {
+        let p = policy();
+        let rules = PolicyRules::from_spec(&p.spec).unwrap();
+        plan(&Inputs {
+            policy: &p,
+            rules: &rules,
+            hosts,
+            jobs: &[],
+            catalogue,
+            host_stale_after: Duration::from_secs(60),
+            now: ts(now),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn selects_hosts_by_label_and_datasets_by_pattern() {
+        let hosts = [
+            host(
+                "db-1",
+                "db",
+                1000,
+                &["tank", "tank/pg", "tank/tmp", "rpool/root"],
+            ),
+            host("web-1", "web", 1000, &["tank/www"]),
+        ];
+        let cat = store::Catalogue::default();
+        let p = run(&hosts, Some(&cat), 1000);
+        assert_eq!(p.status.hosts, 1);
+        assert_eq!(
+            p.status.datasets, 2,
+            "tank and tank/pg; not tank/tmp, rpool/root or web-1"
+        );
+        // No backups at all: a full is due for each, but one job per host at a time.
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.create[0].spec.backup_type, BackupType::Full);
+        assert_eq!(p.create[0].metadata.namespace.as_deref(), Some("ops"));
+        assert_eq!(p.create[0].spec.snapshot, "zetaback-1000");
+    }
+
+    #[test]
+    fn an_unreachable_host_makes_violators_and_gets_no_jobs() {
+        let hosts = [host("db-1", "db", 0, &["tank/pg"])];
+        let cat = store::Catalogue {
+            backups: vec![full("db-1", "tank/pg", 10)],
+            problems: vec![],
+        };
+        let p = run(&hosts, Some(&cat), 3600);
+        assert!(p.create.is_empty());
+        assert_eq!(p.status.violators, 1);
+        assert_eq!(
+            p.status.violations[0].reason,
+            ViolationReason::HostUnreachable
+        );
+        assert_eq!(p.status.last_backup, Some(Time(ts(10))));
+        assert_eq!(p.status.bytes_stored, Some(1000));
+        let conds = wanted_conditions(&p, &policy());
+        assert!(conds.iter().any(|c| c.type_ == COMPLIANT && !c.status));
+    }
+
+    #[test]
+    fn a_fresh_full_complies_and_nothing_is_due_until_the_incremental() {
+        let hosts = [host("db-1", "db", 5000, &["tank/pg"])];
+        let cat = store::Catalogue {
+            backups: vec![full("db-1", "tank/pg", 100)],
+            problems: vec![],
+        };
+        let p = run(&hosts, Some(&cat), 5000);
+        assert!(p.create.is_empty());
+        assert_eq!(p.status.violators, 0);
+        assert_eq!(p.next_due, Some(ts(100 + 86_400)));
+        // A day later (the agent still reporting) an incremental against that full is due.
+        let hosts = [host("db-1", "db", 100 + 86_400, &["tank/pg"])];
+        let later = run(&hosts, Some(&cat), 100 + 86_400);
+        assert_eq!(later.create.len(), 1);
+        assert_eq!(later.create[0].spec.backup_type, BackupType::Incremental);
+        assert_eq!(
+            later.create[0].spec.base_snapshot.as_deref(),
+            Some("zetaback-100")
+        );
+    }
+
+    #[test]
+    fn without_the_catalogue_nothing_is_scheduled() {
+        let hosts = [host("db-1", "db", 1000, &["tank/pg"])];
+        let p = run(&hosts, None, 1000);
+        assert!(p.create.is_empty() && p.delete.is_empty());
+        assert!(p.store_problem.is_some());
+        assert_eq!(p.status.bytes_stored, None);
+    }
+
+    #[test]
+    fn job_names_are_deterministic_and_valid() {
+        let a = job_name(
+            "databases",
+            "db-1",
+            "tank/pg",
+            BackupType::Full,
+            ts(1_700_000_000),
+        );
+        let b = job_name(
+            "databases",
+            "db-1",
+            "tank/pg",
+            BackupType::Full,
+            ts(1_700_000_000),
+        );
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            job_name(
+                "databases",
+                "db-1",
+                "tank/web",
+                BackupType::Full,
+                ts(1_700_000_000)
+            )
+        );
+        let re = regex::Regex::new(crate::names::OBJECT_NAME_PATTERN).unwrap();
+        assert!(re.is_match(&a), "{a}");
+        assert!(job_name(&"x".repeat(250), "h", "d", BackupType::Incremental, ts(1)).len() < 80);
+    }
+}

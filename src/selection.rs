@@ -1,0 +1,173 @@
+//! Which hosts and datasets a policy covers: host names or a label selector, and dataset
+//! include/exclude globs. Pure functions, shared by the controller and the agents.
+//!
+//! Glob rules: `*` and `?` stay within one path component; `**` spans any number of
+//! components; a pattern ending in `/**` also matches the dataset it starts from (`tank/**`
+//! covers `tank`, as a person reading it expects).
+
+use std::collections::BTreeMap;
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::api::common::{DatasetPattern, DatasetSelector};
+
+/// A pattern that cannot be compiled (the schema makes this unlikely).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("dataset pattern {pattern:?}: {message}")]
+pub struct PatternError {
+    pub pattern: String,
+    pub message: String,
+}
+
+fn glob(pattern: &str) -> Result<Glob, PatternError> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| PatternError {
+            pattern: pattern.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+fn set(patterns: &[DatasetPattern]) -> Result<GlobSet, PatternError> {
+    let mut builder = GlobSetBuilder::new();
+    for p in patterns {
+        builder.add(glob(p.as_str())?);
+        if let Some(parent) = p.as_str().strip_suffix("/**") {
+            builder.add(glob(parent)?);
+        }
+    }
+    builder.build().map_err(|e| PatternError {
+        pattern: String::new(),
+        message: e.to_string(),
+    })
+}
+
+/// A compiled [`DatasetSelector`].
+#[derive(Debug, Clone)]
+pub struct DatasetMatcher {
+    include: GlobSet,
+    exclude: GlobSet,
+}
+
+impl DatasetMatcher {
+    pub fn new(selector: &DatasetSelector) -> Result<Self, PatternError> {
+        Ok(Self {
+            include: set(&selector.include)?,
+            exclude: set(&selector.exclude)?,
+        })
+    }
+
+    /// Included and not excluded.
+    pub fn matches(&self, dataset: &str) -> bool {
+        self.include.is_match(dataset) && !self.exclude.is_match(dataset)
+    }
+}
+
+/// True when `labels` satisfy `selector` (matchLabels and matchExpressions with In, NotIn,
+/// Exists, DoesNotExist). An empty selector matches everything, as in Kubernetes.
+pub fn labels_match(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let exprs_ok = selector.match_expressions.as_ref().is_none_or(|exprs| {
+        exprs.iter().all(|e| {
+            let values = e.values.as_deref().unwrap_or(&[]);
+            let value = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+    });
+    labels_ok && exprs_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn matcher(include: &[&str], exclude: &[&str]) -> DatasetMatcher {
+        DatasetMatcher::new(&DatasetSelector {
+            include: include
+                .iter()
+                .map(|s| DatasetPattern((*s).into()))
+                .collect(),
+            exclude: exclude
+                .iter()
+                .map(|s| DatasetPattern((*s).into()))
+                .collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn double_star_covers_the_parent_and_all_depths() {
+        let m = matcher(&["tank/db/**"], &[]);
+        for yes in ["tank/db", "tank/db/pg", "tank/db/pg/wal"] {
+            assert!(m.matches(yes), "{yes}");
+        }
+        for no in ["tank", "tank/dbx", "tank/web/db"] {
+            assert!(!m.matches(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn single_star_stays_in_one_component_and_exclude_wins() {
+        let m = matcher(&["tank/*"], &["tank/tmp"]);
+        assert!(m.matches("tank/db"));
+        assert!(!m.matches("tank/db/pg"));
+        assert!(!m.matches("tank/tmp"));
+        let all = matcher(&["**"], &["*/scratch/**"]);
+        assert!(all.matches("tank"));
+        assert!(all.matches("rpool/home/me"));
+        assert!(!all.matches("tank/scratch"));
+        assert!(!all.matches("tank/scratch/x"));
+    }
+
+    #[test]
+    fn label_selectors() {
+        let labels: BTreeMap<String, String> = [("tier".to_string(), "db".to_string())]
+            .into_iter()
+            .collect();
+        let sel = |ml: Option<(&str, &str)>, op: Option<(&str, &str, Vec<&str>)>| LabelSelector {
+            match_labels: ml.map(|(k, v)| [(k.to_string(), v.to_string())].into_iter().collect()),
+            match_expressions: op.map(|(k, o, vs)| {
+                vec![LabelSelectorRequirement {
+                    key: k.into(),
+                    operator: o.into(),
+                    values: Some(vs.into_iter().map(String::from).collect()),
+                }]
+            }),
+        };
+        assert!(labels_match(&sel(None, None), &labels));
+        assert!(labels_match(&sel(Some(("tier", "db")), None), &labels));
+        assert!(!labels_match(&sel(Some(("tier", "web")), None), &labels));
+        assert!(labels_match(
+            &sel(None, Some(("tier", "In", vec!["db", "x"]))),
+            &labels
+        ));
+        assert!(!labels_match(
+            &sel(None, Some(("tier", "NotIn", vec!["db"]))),
+            &labels
+        ));
+        assert!(labels_match(
+            &sel(None, Some(("zone", "DoesNotExist", vec![]))),
+            &labels
+        ));
+        assert!(!labels_match(
+            &sel(None, Some(("zone", "Exists", vec![]))),
+            &labels
+        ));
+        assert!(!labels_match(
+            &sel(None, Some(("tier", "Bogus", vec![]))),
+            &labels
+        ));
+    }
+}
