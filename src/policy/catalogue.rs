@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use jiff::Timestamp;
 
 use super::BackupKind;
+use crate::store::{StoredBackup, StreamId};
 
 /// One stored backup, as its manifest describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub enum CatalogueError {
     IncrementalWithoutBase { id: String },
     #[error("backup {id:?} is not newer than its base {base:?}")]
     BaseNotOlder { id: String, base: String },
+    #[error("stored backup {id:?} has no valid stream id: {reason}")]
+    InvalidStreamId { id: String, reason: String },
 }
 
 /// Why no restore chain could be resolved.
@@ -127,6 +130,57 @@ impl Catalogue {
             index,
             bases,
         })
+    }
+
+    /// Builds one dataset's catalogue from the store's scan, e.g. from
+    /// `store::Catalogue::of(host, dataset)`.
+    ///
+    /// The store names an incremental `<ts>.incremental.<base-ts>`: its base is the stored
+    /// backup whose stream time is `<base-ts>`. When none is stored, the base is recorded as
+    /// `<base-ts>.*` (so the chain is reported broken and names what is missing). A backup
+    /// found in both areas (a move to the archive that was interrupted) counts once, as live,
+    /// so the next plan moves it again.
+    pub fn from_store<'a>(
+        backups: impl IntoIterator<Item = &'a StoredBackup>,
+    ) -> Result<Self, CatalogueError> {
+        let mut parsed: Vec<(StreamId, &StoredBackup)> = Vec::new();
+        for b in backups {
+            let sid = b
+                .manifest
+                .stream_id()
+                .map_err(|e| CatalogueError::InvalidStreamId {
+                    id: b.manifest.id.clone(),
+                    reason: e.to_string(),
+                })?;
+            match parsed
+                .iter_mut()
+                .find(|(_, o)| o.manifest.id == b.manifest.id)
+            {
+                Some(slot) if slot.1.archived && !b.archived => slot.1 = b,
+                Some(_) => {}
+                None => parsed.push((sid, b)),
+            }
+        }
+        let by_ts: HashMap<i64, &str> = parsed
+            .iter()
+            .map(|(sid, b)| (sid.ts(), b.manifest.id.as_str()))
+            .collect();
+        let records = parsed
+            .iter()
+            .map(|(sid, b)| BackupRecord {
+                id: b.manifest.id.clone(),
+                kind: sid.backup_type(),
+                created: b.manifest.created,
+                snapshot: b.manifest.snapshot.clone(),
+                base: sid.base_ts().map(|t| match by_ts.get(&t) {
+                    Some(id) => (*id).to_owned(),
+                    None => format!("{t}.*"),
+                }),
+                bytes: b.manifest.bytes,
+                archived: b.archived,
+            })
+            .collect();
+        Catalogue::new(records)
     }
 
     /// The records, oldest first.
@@ -417,6 +471,69 @@ pub(super) mod tests {
                 missing: "a".into()
             })
         );
+    }
+
+    fn stored(id: &str, snapshot: &str, archived: bool) -> StoredBackup {
+        let sid: StreamId = id.parse().unwrap();
+        StoredBackup {
+            manifest: crate::store::Manifest {
+                version: crate::store::MANIFEST_VERSION,
+                id: id.into(),
+                host: "h".into(),
+                dataset: "tank/db".into(),
+                snapshot: snapshot.into(),
+                base_snapshot: sid.base_ts().map(|t| format!("z{t}")),
+                backup_type: sid.backup_type(),
+                bytes: 7,
+                sha256: "0".repeat(64),
+                compression: crate::api::backup_policy::Compression::Zstd,
+                created: ts(sid.ts()),
+            },
+            archived,
+        }
+    }
+
+    #[test]
+    fn from_store_links_bases_by_time() {
+        let scan = vec![
+            stored("100.full", "z100", true),
+            stored("200.incremental.100", "z200", false),
+            stored("300.incremental.200", "z300", false),
+            stored("400.incremental.350", "z400", false),
+            stored("200.incremental.100", "z200", true),
+        ];
+        let c = Catalogue::from_store(&scan).unwrap();
+        assert_eq!(c.len(), 4);
+        let b = |id: &str| c.get(id).unwrap();
+        assert_eq!(
+            b("300.incremental.200").base.as_deref(),
+            Some("200.incremental.100")
+        );
+        assert!(!b("200.incremental.100").archived, "live copy wins");
+        assert!(b("100.full").archived);
+        assert_eq!(b("100.full").kind, BackupKind::Full);
+        assert_eq!(b("300.incremental.200").snapshot, "z300");
+        assert_eq!(
+            c.chain("300.incremental.200").map(|ch| ids(&ch)),
+            Ok(vec![
+                "100.full".to_owned(),
+                "200.incremental.100".to_owned(),
+                "300.incremental.200".to_owned()
+            ])
+        );
+        assert_eq!(
+            c.chain("400.incremental.350").map(|ch| ids(&ch)),
+            Err(ChainError::ChainBroken {
+                backup: "400.incremental.350".into(),
+                missing: "350.*".into()
+            })
+        );
+        let mut bad = stored("100.full", "z", false);
+        bad.manifest.id = "nonsense".into();
+        assert!(matches!(
+            Catalogue::from_store([&bad]),
+            Err(CatalogueError::InvalidStreamId { .. })
+        ));
     }
 
     #[test]

@@ -36,7 +36,9 @@ pub use crate::api::backup_job::BackupType as BackupKind;
 pub use crate::api::backup_policy::{IncrementalBase, ViolationReason};
 pub use catalogue::{BackupRecord, Catalogue, CatalogueError, ChainError, RestoreTarget};
 pub use retention::{RetentionPlan, plan_retention, retained_by_rule};
-pub use schedule::{BaseRef, DueBackup, DuePlan, DueReason, Hold, next_backup, plan_due};
+pub use schedule::{
+    BaseRef, DueBackup, DuePlan, DueReason, Hold, next_backup, plan_due, retry_backoff,
+};
 pub use violations::{Finding, violations};
 
 /// How often one kind of backup is due and how long it is kept.
@@ -192,6 +194,11 @@ pub struct JobState {
     /// When the current run of failed jobs began (the first failure after the last success);
     /// `None` when the last finished job succeeded or there is none.
     pub failing_since: Option<Timestamp>,
+    /// How many jobs have failed in a row (0 after a success).
+    pub consecutive_failures: u32,
+    /// When the most recent failed job finished; with `consecutive_failures` it sets the
+    /// retry backoff (see [`retry_backoff`]).
+    pub last_failure: Option<Timestamp>,
 }
 
 /// Everything about one dataset that the policy logic looks at.
@@ -303,7 +310,8 @@ mod tests {
         let base = spec(&format!(
             "{BASE}full: {{every: 7d, keep: 30d}}\nincremental: {{every: 1d, keep: 14d}}\n"
         ));
-        let cases: Vec<(Box<dyn Fn(&mut BackupPolicySpec)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut BackupPolicySpec)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|s| s.full.every.0 = "7days".into()), "full.every"),
             (Box::new(|s| s.full.keep.0 = "0x1h".into()), "full.keep"),
             (

@@ -394,7 +394,7 @@ proptest! {
             catalogue: &cat,
             source_snapshots: &[],
             host,
-            jobs: JobState { in_flight: false, failing_since: failing.map(|s| now - secs(s)) },
+            jobs: JobState { failing_since: failing.map(|s| now - secs(s)), ..JobState::default() },
             covered_since: None,
             forced: None,
         };
@@ -429,14 +429,15 @@ proptest! {
         let mut n = 0;
         let mut all_ok = true;
         let mut ever: BTreeMap<String, Timestamp> = BTreeMap::new();
+        let mut jobs = JobState::default();
         for (pct, ok, destroy, forced) in steps {
             // Reconcile interval: up to the grace period.
-            now = now + secs((rules.grace.as_secs() * pct / 100).max(1));
+            now += secs((rules.grace.as_secs() * pct / 100).max(1));
             let state = DatasetState {
                 catalogue: &cat,
                 source_snapshots: &source,
                 host: HostState::Reachable,
-                jobs: JobState::default(),
+                jobs,
                 covered_since: Some(ts(T0)),
                 forced,
             };
@@ -447,9 +448,18 @@ proptest! {
                 prop_assert!(!late, "late at {} with every job succeeding", now);
             }
             let plan = plan_due(&rules, &state, now);
+            if let Some(Hold::RetryBackoff { until }) = plan.held {
+                prop_assert!(until > now && plan.next_due == until);
+                prop_assert!(jobs.consecutive_failures > 0);
+            }
             if let Some(due) = plan.due {
                 all_ok &= ok;
-                if ok {
+                if !ok {
+                    jobs.failing_since = jobs.failing_since.or(Some(now));
+                    jobs.consecutive_failures += 1;
+                    jobs.last_failure = Some(now);
+                } else {
+                    jobs = JobState::default();
                     let id = format!("b{n:04}");
                     let snapshot = format!("s{n:04}");
                     n += 1;

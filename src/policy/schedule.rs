@@ -1,6 +1,6 @@
 //! What is due: the next backup to take for one dataset, and when.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use super::catalogue::{Catalogue, ChainError};
 use super::{BackupKind, DatasetState, HostState, PolicyRules, add};
@@ -54,6 +54,8 @@ pub enum Hold {
     HostUnreachable,
     /// A job for this dataset is already pending or running.
     JobInFlight,
+    /// The last jobs failed; the next try waits until this time (then `next_due` is it too).
+    RetryBackoff { until: Timestamp },
 }
 
 /// The scheduling answer for one dataset.
@@ -65,7 +67,8 @@ pub struct DuePlan {
     pub held: Option<Hold>,
     /// When the next backup is (or became) due: at or before `now` when one is due now,
     /// otherwise the earliest of "newest full + full.every" and "newest backup +
-    /// incremental.every". The controller requeues at this time.
+    /// incremental.every"; under [`Hold::RetryBackoff`], the end of the backoff. The
+    /// controller requeues at this time (other holds end with a watch event).
     pub next_due: Timestamp,
 }
 
@@ -142,9 +145,22 @@ pub fn next_backup(
     plan(BackupKind::Incremental, Some(base), reason, next_due)
 }
 
-/// What is due for one dataset, with holds applied: nothing starts on a paused or unreachable
-/// host, while a job for the dataset is in flight, or (unless forced) under a suspended
-/// policy.
+/// How long to wait before retrying after `failures` jobs failed in a row: 30s, doubling per
+/// failure, capped at one hour and at `incremental.every` (so a policy with second-scale
+/// intervals retries at its own pace). Zero when nothing failed.
+pub fn retry_backoff(rules: &PolicyRules, failures: u32) -> SignedDuration {
+    if failures == 0 {
+        return SignedDuration::ZERO;
+    }
+    let doubled = 30i64.saturating_mul(1i64 << (failures - 1).min(20));
+    SignedDuration::from_secs(doubled)
+        .min(SignedDuration::from_hours(1))
+        .min(rules.incremental.every)
+}
+
+/// What is due for one dataset, with holds applied, in this order: nothing starts on a paused
+/// or unreachable host, while a job for the dataset is in flight, (unless forced) under a
+/// suspended policy, or (unless forced) before the retry backoff after failed jobs is over.
 pub fn plan_due(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp) -> DuePlan {
     let mut plan = next_backup(
         rules,
@@ -163,11 +179,20 @@ pub fn plan_due(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp) -
         HostState::Reachable if rules.suspend && state.forced.is_none() => {
             Some(Hold::PolicySuspended)
         }
-        HostState::Reachable => None,
+        HostState::Reachable => match state.jobs.last_failure {
+            Some(at) if state.forced.is_none() => {
+                let until = add(at, retry_backoff(rules, state.jobs.consecutive_failures));
+                (now < until).then_some(Hold::RetryBackoff { until })
+            }
+            _ => None,
+        },
     };
-    if hold.is_some() {
+    if let Some(hold) = hold {
         plan.due = None;
-        plan.held = hold;
+        plan.held = Some(hold);
+        if let Hold::RetryBackoff { until } = hold {
+            plan.next_due = until;
+        }
     }
     plan
 }
@@ -178,7 +203,6 @@ mod tests {
     use crate::duration::Retention;
     use crate::policy::catalogue::tests::{cat, full, inc, ts};
     use crate::policy::{BackupRecord, Cadence, JobState};
-    use jiff::SignedDuration;
 
     const H: i64 = 3600;
     const D: i64 = 86_400;
@@ -218,8 +242,8 @@ mod tests {
         let all = |_: &Catalogue| None::<Vec<String>>;
         // (name, records, against, snapshots (None = all), forced, now, want, next_due)
         type Snaps = fn(&Catalogue) -> Option<Vec<String>>;
-        let cases: Vec<(
-            &str,
+        type Case = (
+            &'static str,
             Vec<BackupRecord>,
             IncrementalBase,
             Snaps,
@@ -227,7 +251,8 @@ mod tests {
             i64,
             Want,
             i64,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 "empty",
                 vec![],
@@ -423,6 +448,19 @@ mod tests {
     }
 
     #[test]
+    fn backoff_doubles_and_is_capped() {
+        let r = rules(IncrementalBase::LastFull);
+        let got: Vec<i64> = [0, 1, 2, 3, 7, 8, 40, u32::MAX]
+            .into_iter()
+            .map(|n| retry_backoff(&r, n).as_secs())
+            .collect();
+        assert_eq!(got, [0, 30, 60, 120, 1920, 3600, 3600, 3600]);
+        let mut fast = r.clone();
+        fast.incremental.every = SignedDuration::from_secs(10);
+        assert_eq!(retry_backoff(&fast, 1).as_secs(), 10);
+    }
+
+    #[test]
     fn holds() {
         let c = cat(history());
         let s = snaps(&c);
@@ -432,7 +470,7 @@ mod tests {
             host,
             jobs: JobState {
                 in_flight,
-                failing_since: None,
+                ..JobState::default()
             },
             covered_since: None,
             forced,
@@ -490,6 +528,25 @@ mod tests {
             assert_eq!(p.held, held, "case {i}");
             assert_eq!(p.due.is_some(), runs, "case {i}");
         }
+        // Backoff: 3 failures → 2 minutes after the last one; forced backups skip it.
+        let failing = |forced| DatasetState {
+            jobs: JobState {
+                in_flight: false,
+                failing_since: Some(ts(4 * D - 600)),
+                consecutive_failures: 3,
+                last_failure: Some(ts(4 * D - 60)),
+            },
+            ..state(HostState::Reachable, false, forced)
+        };
+        let p = plan_due(&normal, &failing(None), ts(4 * D));
+        let until = ts(4 * D + 60);
+        assert_eq!(
+            (p.due, p.held, p.next_due),
+            (None, Some(Hold::RetryBackoff { until }), until)
+        );
+        assert!(plan_due(&normal, &failing(None), until).due.is_some());
+        let forced = Some(BackupKind::Incremental);
+        assert!(plan_due(&normal, &failing(forced), ts(4 * D)).due.is_some());
         // Nothing due: nothing held either.
         let p = plan_due(
             &normal,

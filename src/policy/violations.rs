@@ -244,8 +244,8 @@ mod tests {
                 source_snapshots: &[],
                 host,
                 jobs: JobState {
-                    in_flight: false,
                     failing_since: failing.map(ts),
+                    ..JobState::default()
                 },
                 covered_since: covered.map(ts),
                 forced: None,
