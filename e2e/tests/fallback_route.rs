@@ -264,6 +264,22 @@ async fn renders_the_proxy_and_rolls_it_on_change() {
     })
     .await;
 
+    // Once the Deployment controller has seen it, the status says what is missing: ready pods.
+    let settled = eventually(
+        "Ready message from the Deployment's status",
+        Duration::from_secs(30),
+        || async {
+            condition(&routes, "assets", 1, "Ready")
+                .await
+                .filter(|c| c.2 == "0 of 2 replicas ready")
+        },
+    )
+    .await;
+    assert_eq!(
+        (settled.0.as_str(), settled.1.as_str()),
+        ("False", "Progressing")
+    );
+
     // A spec change (one more backend): a new config, a new hash, a new rollout.
     routes
         .patch(

@@ -61,6 +61,7 @@ pub const INVALID_BACKEND: &str = "InvalidBackend";
 /// Memory beyond the cache the proxy may use (connections, buffers, owner cache).
 const MEMORY_HEADROOM: u64 = 64 << 20;
 const MI: u64 = 1 << 20;
+const RECHECK_UNOBSERVED: Duration = Duration::from_secs(3);
 const RECHECK_NOT_READY: Duration = Duration::from_secs(30);
 const RECHECK_READY: Duration = Duration::from_secs(300);
 
@@ -183,7 +184,7 @@ pub fn config_hash(yaml: &str) -> String {
 /// The proxy's memory limit: the cache plus 64Mi of headroom.
 pub fn memory_limit(cache_max_size: u64) -> Quantity {
     let bytes = cache_max_size.saturating_add(MEMORY_HEADROOM);
-    Quantity(if bytes % MI == 0 {
+    Quantity(if bytes.is_multiple_of(MI) {
         format!("{}Mi", bytes / MI)
     } else {
         bytes.to_string()
@@ -399,6 +400,8 @@ pub fn service(owner: &Owner<'_>) -> Service {
 pub struct Rollout {
     pub ready_replicas: i32,
     pub ready: bool,
+    /// The Deployment controller has seen the current Deployment spec.
+    pub observed: bool,
     pub message: String,
 }
 
@@ -409,6 +412,7 @@ pub fn rollout(desired: i32, deployment: Option<&Deployment>) -> Rollout {
         return Rollout {
             ready_replicas: 0,
             ready: false,
+            observed: false,
             message: "the proxy Deployment does not exist yet".to_owned(),
         };
     };
@@ -452,6 +456,7 @@ pub fn rollout(desired: i32, deployment: Option<&Deployment>) -> Rollout {
     Rollout {
         ready_replicas,
         ready,
+        observed,
         message,
     }
 }
@@ -566,11 +571,14 @@ pub fn status_changed(current: &FallbackRouteStatus, desired: &FallbackRouteStat
         || !conditions::same(&current.conditions, &desired.conditions)
 }
 
-/// When to look again: soon while something is not right, rarely otherwise.
-pub fn next_check(status: &FallbackRouteStatus) -> Action {
+/// When to look again: very soon while the Deployment controller has not seen the new spec,
+/// soon while something is not right, rarely otherwise.
+pub fn next_check(status: &FallbackRouteStatus, rollout: &Rollout) -> Action {
     let ready = conditions::is_true(&status.conditions, READY) == Some(true);
     let invalid = conditions::is_true(&status.conditions, INVALID_BACKEND) == Some(true);
-    if ready && !invalid {
+    if !rollout.observed {
+        Action::requeue(RECHECK_UNOBSERVED)
+    } else if ready && !invalid {
         Action::requeue(RECHECK_READY)
     } else {
         Action::requeue(RECHECK_NOT_READY)
@@ -711,7 +719,7 @@ pub async fn reconcile_route(
             "status updated"
         );
     }
-    Ok(next_check(&desired))
+    Ok(next_check(&desired, &observed.rollout))
 }
 
 #[cfg(test)]
@@ -1010,6 +1018,7 @@ mod tests {
         let progressing = Rollout {
             ready_replicas: 0,
             ready: false,
+            observed: true,
             message: "0 of 2 replicas ready".into(),
         };
         let applied = Rendered::Applied("h1".into());
@@ -1056,7 +1065,15 @@ mod tests {
             .find(|c| c.type_ == READY)
             .expect("Ready");
         assert_eq!(ready3.last_transition_time, t(10));
-        assert!(matches!(next_check(&s3), a if a == Action::requeue(RECHECK_NOT_READY)));
+        assert_eq!(
+            next_check(&s3, &progressing),
+            Action::requeue(RECHECK_NOT_READY)
+        );
+        let unobserved = rollout(2, None);
+        assert_eq!(
+            next_check(&s3, &unobserved),
+            Action::requeue(RECHECK_UNOBSERVED)
+        );
         // Refused: Ready False InvalidSpec, the old hash kept.
         let refused = Rendered::Refused("bad".into());
         let s4 = desired_status(&s3, &obs(Some(2), &refused, &[], &progressing), t(130));
@@ -1074,11 +1091,12 @@ mod tests {
         let done = Rollout {
             ready_replicas: 2,
             ready: true,
+            observed: true,
             message: "2 of 2 replicas ready".into(),
         };
         let s5 = desired_status(&s3, &obs(Some(1), &applied, &[], &done), t(140));
         assert_eq!(conditions::is_true(&s5.conditions, READY), Some(true));
         assert_eq!(s5.ready_replicas, 2);
-        assert!(next_check(&s5) == Action::requeue(RECHECK_READY));
+        assert_eq!(next_check(&s5, &done), Action::requeue(RECHECK_READY));
     }
 }
