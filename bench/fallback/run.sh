@@ -12,7 +12,7 @@
 # Pinning (2 cores): the proxy under test on CPU 0 (one worker), wrk and the
 # nginx backends on CPU 1.
 #
-# Scenarios per (N, system), each on a freshly started proxy:
+# Scenarios per N (all systems started fresh per N, runs interleaved):
 #   cold  : every file once, never seen before (owners unknown)
 #   hit   : all files cached, cycling
 #   known : every request a new cache key (query string) for a known path,
@@ -20,7 +20,7 @@
 # "be/req" = backend requests (nginx access-log lines) per client request.
 #
 # Usage: bench/fallback/run.sh [N...]    (default: 2 4 8)
-# Env: DURATION=8 CONNS=50 FILES=10000 OUT=bench/fallback/results.md
+# Env: DURATION=8 ROUNDS=3 CONNS=50 FILES=10000 OUT=bench/fallback/results.md
 #      SYSTEMS="zetaback varnish-retry varnish-restart nginx-fallback" KEEP=1 (keep work dir)
 set -euo pipefail
 
@@ -247,7 +247,8 @@ start_nginx_fallback() { # port n -> pid
 # ---- measurement ---------------------------------------------------------
 
 ROWS=()
-run_wrk() { # label system n scenario port script args...
+# Run wrk once; results in W_* globals, progress on stderr.
+run_wrk() { # system n scenario port script args...
   local sys="$1" n="$2" scen="$3" port="$4" script="$5"; shift 5
   local before after out res
   before=$(backend_hits)
@@ -256,46 +257,42 @@ run_wrk() { # label system n scenario port script args...
   sleep 0.2
   after=$(backend_hits)
   res=$(echo "$out" | grep '^RESULT' | tail -1)
-  if [[ -z "$res" ]]; then echo "wrk failed for $sys/$scen: $out" >&2; return; fi
+  if [[ -z "$res" ]]; then
+    echo "wrk failed for $sys/$scen: $out" >&2
+    W_RPS=0; W_P50=-; W_P99=-; W_BEPR=-; W_REQ=0; W_ERR=-; W_NON2XX=-
+    return
+  fi
+  local requests duration_us p50_us p99_us errors non2xx
   eval "$(echo "$res" | sed 's/^RESULT //')"
-  local rps p50 p99 bepr
-  rps=$(awk -v r="$requests" -v d="$duration_us" 'BEGIN{printf "%.0f", r/(d/1e6)}')
-  p50=$(awk -v v="$p50_us" 'BEGIN{printf "%.2f", v/1000}')
-  p99=$(awk -v v="$p99_us" 'BEGIN{printf "%.2f", v/1000}')
-  bepr=$(awk -v b="$((after - before))" -v r="$requests" 'BEGIN{ if (r>0) printf "%.2f", b/r; else print "-"}')
-  ROWS+=("$n|$sys|$scen|$rps|$p50|$p99|$bepr|$requests|$errors|$non2xx")
-  local rss="-"
-  [[ -n "${CUR_PID:-}" ]] && rss=$(awk '/VmRSS/{printf "%d", $2/1024}' "/proc/$CUR_PID/status" 2>/dev/null || echo "-")
-  printf '  [load %s, rss %s MiB]' "$(cut -d' ' -f1 /proc/loadavg)" "$rss" >&2
-  printf '  %-16s %-6s %9s req/s  p50 %7s ms  p99 %7s ms  be/req %5s  (%s req, %s err, %s non2xx)\n' \
-    "$sys" "$scen" "$rps" "$p50" "$p99" "$bepr" "$requests" "$errors" "$non2xx" >&2
+  W_RPS=$(awk -v r="$requests" -v d="$duration_us" 'BEGIN{printf "%.0f", r/(d/1e6)}')
+  # wrk keeps the clock running after the cold pass stops its thread, so
+  # req/s is meaningless there; latency and be/req are what counts.
+  [[ "$scen" == cold ]] && W_RPS="-"
+  W_P50=$(awk -v v="$p50_us" 'BEGIN{printf "%.2f", v/1000}')
+  W_P99=$(awk -v v="$p99_us" 'BEGIN{printf "%.2f", v/1000}')
+  W_BEPR=$(awk -v b="$((after - before))" -v r="$requests" 'BEGIN{ if (r>0) printf "%.2f", b/r; else print "-"}')
+  W_REQ=$requests; W_ERR=$errors; W_NON2XX=$non2xx
+  printf '  [load %s] %-16s %-6s %9s req/s  p50 %7s ms  p99 %7s ms  be/req %5s  (%s req, %s err, %s non2xx)\n' \
+    "$(cut -d' ' -f1 /proc/loadavg)" "$sys" "$scen" "$W_RPS" "$W_P50" "$W_P99" "$W_BEPR" \
+    "$W_REQ" "$W_ERR" "$W_NON2XX" >&2
 }
 
-bench_system() { # sys n
-  local sys="$1" n="$2" port pid
-  alloc_port; port=$PORT
-  case "$sys" in
-    zetaback) alloc_port; pid=$(start_zetaback "$port" "$n" "$PORT") ;;
-    varnish-retry) pid=$(start_varnish "$port" "$n" retry) ;;
-    varnish-restart) pid=$(start_varnish "$port" "$n" restart) ;;
-    nginx-fallback) pid=$(start_nginx_fallback "$port" "$n") ;;
-  esac
-  PIDS+=("$pid")
-  CUR_PID="$pid"
-  run_wrk "$sys" "$n" cold "$port" cold.lua "$FILES"
-  run_wrk "$sys" "$n" hit "$port" walk.lua hit "$FILES"
-  run_wrk "$sys" "$n" known "$port" walk.lua known "$FILES" "$sys$n"
-  if [[ "$sys" == zetaback ]]; then
-    local hwm
-    hwm=$(awk '/VmHWM/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    echo "  zetaback peak RSS: $((hwm / 1024)) MiB" >&2
-    RSS["$n"]=$((hwm / 1024))
-  fi
-  stop_pid "$pid"
-  CUR_PID=""
+add_row() { # n sys scen
+  ROWS+=("$1|$2|$3|$W_RPS|$W_P50|$W_P99|$W_BEPR|$W_REQ|$W_ERR|$W_NON2XX")
+}
+
+peak_rss_mib() { # pid: max VmHWM of the process and its children
+  local pid="$1" max=0 v c
+  for c in "$pid" $(pgrep -P "$pid" 2>/dev/null); do
+    v=$(awk '/VmHWM/{print $2}' "/proc/$c/status" 2>/dev/null || echo 0)
+    (( ${v:-0} > max )) && max=$v
+  done
+  echo $((max / 1024))
 }
 
 declare -A RSS
+SYS_LIST=(${SYSTEMS:-zetaback varnish-retry varnish-restart nginx-fallback})
+ROUNDS="${ROUNDS:-3}"
 for n in "${NS[@]}"; do
   CUR_N="$n"
   echo "== N=$n: preparing $FILES files over $n nginx backends" >&2
@@ -309,14 +306,57 @@ for n in "${NS[@]}"; do
     BPIDS+=("$bp")
     PIDS+=("$bp")
   done
-  if [[ "$n" == "${NS[0]}" ]]; then
-    # Ceiling: nginx itself, its own files, pinned like the proxies.
-    taskset -cp "$PROXY_CPU" "${BPIDS[0]}" >/dev/null
-    run_wrk nginx-direct "$n" hit "${BPORTS[0]}" walk.lua direct "$FILES" x "$n"
-    taskset -cp "$LOAD_CPU" "${BPIDS[0]}" >/dev/null
-  fi
-  for sys in ${SYSTEMS:-zetaback varnish-retry varnish-restart nginx-fallback}; do
-    bench_system "$sys" "$n"
+  # All systems up at once (idle ones cost nothing); scenarios interleave
+  # them so that background load on this shared machine hits all alike.
+  declare -A SPORT=() SPID=()
+  for sys in "${SYS_LIST[@]}"; do
+    alloc_port; port=$PORT
+    case "$sys" in
+      zetaback) alloc_port; pid=$(start_zetaback "$port" "$n" "$PORT") ;;
+      varnish-retry) pid=$(start_varnish "$port" "$n" retry) ;;
+      varnish-restart) pid=$(start_varnish "$port" "$n" restart) ;;
+      nginx-fallback) pid=$(start_nginx_fallback "$port" "$n") ;;
+      *) echo "unknown system $sys" >&2; exit 1 ;;
+    esac
+    PIDS+=("$pid")
+    SPORT[$sys]=$port; SPID[$sys]=$pid
+  done
+
+  for sys in "${SYS_LIST[@]}"; do
+    run_wrk "$sys" "$n" cold "${SPORT[$sys]}" cold.lua "$FILES"; add_row "$n" "$sys" cold
+  done
+
+  # Hits: ROUNDS alternating rounds, the median round (by req/s) is kept.
+  # The first N also measures nginx serving its own files directly (the
+  # ceiling), pinned to the proxy CPU.
+  hit_sys=("${SYS_LIST[@]}")
+  [[ "$n" == "${NS[0]}" ]] && hit_sys=(nginx-direct "${hit_sys[@]}")
+  declare -A HITS=()
+  for r in $(seq 1 "$ROUNDS"); do
+    for sys in "${hit_sys[@]}"; do
+      if [[ "$sys" == nginx-direct ]]; then
+        taskset -cp "$PROXY_CPU" "${BPIDS[0]}" >/dev/null
+        run_wrk nginx-direct "$n" hit "${BPORTS[0]}" walk.lua direct "$FILES" x "$n"
+        taskset -cp "$LOAD_CPU" "${BPIDS[0]}" >/dev/null
+      else
+        run_wrk "$sys" "$n" hit "${SPORT[$sys]}" walk.lua hit "$FILES"
+      fi
+      HITS[$sys]+="$W_RPS|$W_P50|$W_P99|$W_BEPR|$W_REQ|$W_ERR|$W_NON2XX"$'\n'
+    done
+  done
+  for sys in "${hit_sys[@]}"; do
+    med=$(printf '%s' "${HITS[$sys]}" | sort -t'|' -k1,1n | awk -v k="$(( (ROUNDS + 1) / 2 ))" 'NR==k')
+    IFS='|' read -r W_RPS W_P50 W_P99 W_BEPR W_REQ W_ERR W_NON2XX <<< "$med"
+    add_row "$n" "$sys" hit
+  done
+
+  for sys in "${SYS_LIST[@]}"; do
+    run_wrk "$sys" "$n" known "${SPORT[$sys]}" walk.lua known "$FILES" "$sys$n"; add_row "$n" "$sys" known
+  done
+
+  for sys in "${SYS_LIST[@]}"; do
+    RSS["$n/$sys"]=$(peak_rss_mib "${SPID[$sys]}")
+    stop_pid "${SPID[$sys]}"
   done
   for p in "${BPIDS[@]}"; do stop_pid "$p"; done
   rm -rf "$WORK/n$n"
@@ -345,11 +385,17 @@ done
       done
       if [[ -n "$z" && -n "$v" ]]; then
         IFS='|' read -r zr zp zb <<< "$z"; IFS='|' read -r vr vp vb <<< "$v"
-        ratio=$(awk -v a="$zr" -v b="$vr" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-"}')
+        ratio=$(awk -v a="$zr" -v b="$vr" 'BEGIN{ if (b+0>0) printf "%.2f", a/b; else print "-"}')
         echo "| $n | $scen | $ratio | $zp / $vp ms | $zb / $vb |"
       fi
     done
   done
   echo
-  for n in "${NS[@]}"; do echo "zetaback-proxy peak RSS at N=$n: ${RSS[$n]:-?} MiB (maxSize 256 MiB)"; done
+  echo "Peak RSS (VmHWM, MiB; Varnish: its cache process), maxSize 256 MiB for zetaback and Varnish (-s malloc,256m):"
+  echo
+  for n in "${NS[@]}"; do
+    line="N=$n:"
+    for sys in "${SYS_LIST[@]}"; do line+=" $sys ${RSS[$n/$sys]:-?};"; done
+    echo "$line"
+  done
 } | tee "$OUT"

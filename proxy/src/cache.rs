@@ -2,6 +2,7 @@
 //! marks and the in-flight map used for request coalescing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -131,6 +132,10 @@ pub struct Store {
     pub pass: Cache<String, ()>,
     pub max_object_size: u64,
     sizing: (u64, Duration),
+    /// Set once any response had Vary / any key was marked pass, so the
+    /// common case does a single lookup per hit.
+    any_vary: AtomicBool,
+    any_pass: AtomicBool,
 }
 
 impl Store {
@@ -157,6 +162,8 @@ impl Store {
             pass,
             max_object_size: cfg.max_object_size,
             sizing: (cfg.max_size, cfg.pass_ttl),
+            any_vary: AtomicBool::new(false),
+            any_pass: AtomicBool::new(false),
         }
     }
 
@@ -167,6 +174,9 @@ impl Store {
 
     /// Key of the variant this request maps to.
     pub fn variant_key(&self, primary: &str, req: &HeaderMap) -> String {
+        if !self.any_vary.load(Ordering::Relaxed) {
+            return primary.to_string();
+        }
         match self.vary.get(primary) {
             Some(names) => crate::key::variant_key(primary, &names, req),
             None => primary.to_string(),
@@ -178,14 +188,30 @@ impl Store {
         let names = crate::key::vary_names(&obj.headers).unwrap_or_default();
         let key = crate::key::variant_key(primary, &names, req);
         if names.is_empty() {
-            self.vary.invalidate(primary);
+            if self.any_vary.load(Ordering::Relaxed) {
+                self.vary.invalidate(primary);
+            }
         } else {
+            self.any_vary.store(true, Ordering::Relaxed);
             self.vary.insert(primary.to_string(), Arc::new(names));
         }
-        self.pass.invalidate(primary);
+        if self.any_pass.load(Ordering::Relaxed) {
+            self.pass.invalidate(primary);
+        }
         let obj = Arc::new(obj);
         self.objects.insert(key, obj.clone());
         obj
+    }
+
+    /// Send this key straight to the backends for `passTtl` (hit-for-pass).
+    pub fn mark_pass(&self, primary: &str) {
+        self.any_pass.store(true, Ordering::Relaxed);
+        self.pass.insert(primary.to_string(), ());
+    }
+
+    /// Whether this key is currently marked pass.
+    pub fn is_pass(&self, primary: &str) -> bool {
+        self.any_pass.load(Ordering::Relaxed) && self.pass.contains_key(primary)
     }
 
     /// Forget everything stored for a primary key (unsafe method succeeded).

@@ -54,11 +54,17 @@ fn main() -> anyhow::Result<()> {
         println!("configuration ok: {} backends", cfg.backends.len());
         return Ok(());
     }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One thread: a current-thread runtime (no work-stealing overhead).
+    let mut rt = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     rt.enable_all();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
-    }
     rt.build()?.block_on(run(args, cfg))
 }
 

@@ -39,6 +39,8 @@ pub struct Runtime {
     pub owners: Arc<Cache<String, Arc<str>>>,
     pub inflight: Arc<Inflight>,
     pub metrics: Arc<Metrics>,
+    /// `Via` value added to responses.
+    via: HeaderValue,
 }
 
 impl Runtime {
@@ -78,7 +80,11 @@ impl Runtime {
             _ => upstream::build_client(&cfg.timeouts),
         };
         let inflight = prev.map(|p| p.inflight.clone()).unwrap_or_default();
+        let via = HeaderValue::from_str(&format!("1.1 {}", cfg.via_name)).map_err(|_| {
+            ConfigError::Invalid(format!("viaName {:?} is not a header value", cfg.via_name))
+        })?;
         Ok(Self {
+            via,
             cfg,
             backends,
             client,
@@ -112,7 +118,7 @@ pub async fn handle(rt: Arc<Runtime>, req: Request<Incoming>, peer: SocketAddr) 
             error_response(&e)
         }
     };
-    hop::add_via(resp.headers_mut(), http::Version::HTTP_11, &rt.cfg.via_name);
+    resp.headers_mut().append(header::VIA, rt.via.clone());
     rt.metrics.latency.observe(start.elapsed().as_secs_f64());
     resp
 }
@@ -285,9 +291,6 @@ async fn get_or_head(
     }
 
     for _attempt in 0..3 {
-        if rt.store.pass.contains_key(&t.primary) {
-            return pass_get(rt, &parts, &t, peer).await;
-        }
         let vkey = rt.store.variant_key(&t.primary, &parts.headers);
         let mut stale = None;
         if let Some(obj) = rt.store.objects.get(&vkey) {
@@ -316,6 +319,9 @@ async fn get_or_head(
                 }
                 Freshness::Revalidate => stale = Some(obj),
             }
+        }
+        if stale.is_none() && rt.store.is_pass(&t.primary) {
+            return pass_get(rt, &parts, &t, peer).await;
         }
         match rt.inflight.join(&vkey) {
             Flight::Leader(guard) => {
@@ -516,7 +522,7 @@ async fn fill(
         Err(reason) => {
             rt.metrics.not_stored(reason.as_str());
             if !chain.all_fallback && marks_pass(reason, &ctx.client, parts.status) {
-                rt.store.pass.insert(ctx.primary.clone(), ());
+                rt.store.mark_pass(&ctx.primary);
             }
             return Ok(Filled::Stream(Response::from_parts(
                 parts,
@@ -545,7 +551,7 @@ async fn fill(
             chunks.push(data);
             if size > rt.store.max_object_size {
                 rt.metrics.not_stored(NotStorable::TooLarge.as_str());
-                rt.store.pass.insert(ctx.primary.clone(), ());
+                rt.store.mark_pass(&ctx.primary);
                 let body = PrefixedBody::new(chunks, incoming).boxed();
                 return Ok(Filled::Stream(Response::from_parts(parts, body)));
             }
