@@ -235,6 +235,9 @@ pub struct BackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<i64>")]
     pub bytes_stored: Option<u64>,
+    /// The `requestedAt` of the last `zetaback.io/backup-now` request acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_now_handled: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
@@ -265,6 +268,25 @@ pub enum ViolationReason {
     LastJobFailed,
     /// The host's agent has not reported.
     HostUnreachable,
+}
+
+/// The annotation `kubectl zetaback backup` sets to ask for a backup now.
+pub const BACKUP_NOW_ANNOTATION: &str = "zetaback.io/backup-now";
+/// The annotation that asks the controller to reconcile (retention, archive) now.
+pub const RECONCILE_NOW_ANNOTATION: &str = "zetaback.io/reconcile-now";
+
+/// The JSON value of [`BACKUP_NOW_ANNOTATION`]: which datasets (all when unset), which kind
+/// (the policy decides when unset), and when it was asked (a request is acted on once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupNowRequest {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub dataset: Option<String>,
+    #[serde(default, rename = "type")]
+    pub backup_type: Option<super::BackupType>,
+    pub requested_at: jiff::Timestamp,
 }
 
 impl BackupPolicySpec {

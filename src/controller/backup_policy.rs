@@ -19,14 +19,14 @@ use tracing::{info, warn};
 
 use super::conditions::{self, Wanted};
 use super::{Context, Error, Reconciled, status};
-use crate::api::backup_policy::{Violation, ViolationReason};
+use crate::api::backup_policy::{
+    BACKUP_NOW_ANNOTATION, BackupNowRequest, Violation, ViolationReason,
+};
 use crate::api::condition::{COMPLIANT, READY};
 use crate::api::{
     BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupType, JobPhase, ZfsHost,
 };
-use crate::policy::{
-    self, BackupRecord, Catalogue, DatasetState, HostState, JobState, PolicyRules,
-};
+use crate::policy::{self, Catalogue, DatasetState, HostState, JobState, PolicyRules};
 use crate::selection::{DatasetMatcher, labels_match};
 use crate::store;
 
@@ -47,6 +47,8 @@ pub struct Inputs<'a> {
     pub catalogue: Option<&'a store::Catalogue>,
     /// A host whose agent has not reported for this long is unreachable.
     pub host_stale_after: Duration,
+    /// A `backup-now` request not yet acted on.
+    pub backup_now: Option<&'a BackupNowRequest>,
     pub now: Timestamp,
 }
 
@@ -82,33 +84,6 @@ fn host_state(host: &ZfsHost, now: Timestamp, stale_after: Duration) -> HostStat
             since: host.creation_timestamp().map(|t| t.0).unwrap_or(now),
         },
     }
-}
-
-/// Turns the store's manifests of one dataset into the policy module's records (an
-/// incremental's base is the stored backup whose snapshot it was taken against).
-pub fn records_of(catalogue: &store::Catalogue, host: &str, dataset: &str) -> Vec<BackupRecord> {
-    let of: Vec<&store::StoredBackup> = catalogue.of(host, dataset).collect();
-    let by_snapshot: HashMap<&str, &str> = of
-        .iter()
-        .map(|b| (b.manifest.snapshot.as_str(), b.manifest.id.as_str()))
-        .collect();
-    of.iter()
-        .map(|b| BackupRecord {
-            id: b.manifest.id.clone(),
-            kind: b.manifest.backup_type,
-            created: b.manifest.created,
-            snapshot: b.manifest.snapshot.clone(),
-            base: b.manifest.base_snapshot.as_deref().map(|s| {
-                by_snapshot
-                    .get(s)
-                    .map(|id| (*id).to_owned())
-                    // A base that is not stored: name it so the chain is seen as broken.
-                    .unwrap_or_else(|| format!("missing:{s}"))
-            }),
-            bytes: b.manifest.bytes,
-            archived: b.archived,
-        })
-        .collect()
 }
 
 fn job_state(jobs: &[&BackupJob]) -> JobState {
@@ -232,15 +207,14 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             .filter(|d| !d.excluded && matcher.matches(&d.name))
         {
             dataset_count += 1;
-            let records = records_of(catalogue, &host_name, &ds.name);
-            bytes_stored += records.iter().map(|r| r.bytes).sum::<u64>();
-            let cat = match Catalogue::new(records) {
+            let cat = match Catalogue::from_store(catalogue.of(&host_name, &ds.name)) {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(host = %host_name, dataset = %ds.name, error = %e, "inconsistent catalogue; skipped");
                     continue;
                 }
             };
+            bytes_stored += cat.bytes();
             if let Some(newest) = cat.newest() {
                 last_backup = Some(last_backup.map_or(newest.created, |t| t.max(newest.created)));
             }
@@ -254,7 +228,11 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 host: state,
                 jobs: job_state(jobs),
                 covered_since,
-                forced: None,
+                forced: inputs
+                    .backup_now
+                    .filter(|r| r.host.as_deref().is_none_or(|h| h == host_name))
+                    .filter(|r| r.dataset.as_deref().is_none_or(|d| d == ds.name))
+                    .map(|r| r.backup_type.unwrap_or(BackupType::Incremental)),
             };
             let p = policy::evaluate(inputs.rules, &dstate, now);
             for f in &p.violations {
@@ -312,12 +290,41 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
         last_backup: last_backup.map(Time),
         next_due: out.next_due.map(Time),
         bytes_stored: inputs.catalogue.map(|_| bytes_stored),
+        backup_now_handled: match (inputs.backup_now, inputs.catalogue) {
+            (Some(r), Some(_)) => Some(Time(r.requested_at)),
+            _ => policy
+                .status
+                .as_ref()
+                .and_then(|s| s.backup_now_handled.clone()),
+        },
         conditions: Vec::new(),
     };
     if inputs.catalogue.is_none() {
         out.store_problem = Some("the backup host's catalogue could not be read".into());
     }
     Ok(out)
+}
+
+/// The `backup-now` request on the policy, unless already acted on (or unreadable: then a
+/// warning is logged and it is ignored).
+fn pending_backup_now(policy: &BackupPolicy) -> Option<BackupNowRequest> {
+    let text = policy.annotations().get(BACKUP_NOW_ANNOTATION)?;
+    let request: BackupNowRequest = match serde_json::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "ignoring an unreadable {BACKUP_NOW_ANNOTATION} annotation");
+            return None;
+        }
+    };
+    let handled = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.backup_now_handled.as_ref())
+        .map(|t| t.0);
+    match handled {
+        Some(h) if h >= request.requested_at => None,
+        _ => Some(request),
+    }
 }
 
 fn new_job(
@@ -470,6 +477,7 @@ impl Reconciled for BackupPolicy {
         } else {
             None
         };
+        let backup_now = pending_backup_now(&obj);
         let mut plan = plan(&Inputs {
             policy: &obj,
             rules: &rules,
@@ -477,6 +485,7 @@ impl Reconciled for BackupPolicy {
             jobs: &jobs,
             catalogue,
             host_stale_after: ctx.host_stale_after,
+            backup_now: backup_now.as_ref(),
             now,
         })
         .map_err(|e| Error::Undecodable {
@@ -628,6 +637,15 @@ mod tests {
     }
 
     fn run(hosts: &[ZfsHost], catalogue: Option<&store::Catalogue>, now: i64) -> Plan {
+        run_with(hosts, catalogue, now, None)
+    }
+
+    fn run_with(
+        hosts: &[ZfsHost],
+        catalogue: Option<&store::Catalogue>,
+        now: i64,
+        backup_now: Option<&BackupNowRequest>,
+    ) -> Plan {
         let p = policy();
         let rules = PolicyRules::from_spec(&p.spec).unwrap();
         plan(&Inputs {
@@ -637,6 +655,7 @@ mod tests {
             jobs: &[],
             catalogue,
             host_stale_after: Duration::from_secs(60),
+            backup_now,
             now: ts(now),
         })
         .unwrap()
@@ -707,6 +726,39 @@ mod tests {
             later.create[0].spec.base_snapshot.as_deref(),
             Some("zetaback-100")
         );
+    }
+
+    #[test]
+    fn backup_now_forces_only_the_named_dataset_and_is_recorded() {
+        let hosts = [host("db-1", "db", 5000, &["tank/pg", "tank/www"])];
+        let cat = store::Catalogue {
+            backups: vec![full("db-1", "tank/pg", 100), full("db-1", "tank/www", 100)],
+            problems: vec![],
+        };
+        let request = BackupNowRequest {
+            host: Some("db-1".into()),
+            dataset: Some("tank/www".into()),
+            backup_type: Some(BackupType::Full),
+            requested_at: ts(4000),
+        };
+        let p = run_with(&hosts, Some(&cat), 5000, Some(&request));
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.create[0].spec.dataset.as_str(), "tank/www");
+        assert_eq!(p.create[0].spec.backup_type, BackupType::Full);
+        assert_eq!(p.status.backup_now_handled, Some(Time(ts(4000))));
+        // Once recorded as handled, the same request is not pending any more.
+        let mut pol = policy();
+        pol.metadata.annotations = Some(
+            [(
+                BACKUP_NOW_ANNOTATION.to_string(),
+                serde_json::to_string(&request).unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        assert_eq!(pending_backup_now(&pol), Some(request.clone()));
+        pol.status = Some(p.status.clone());
+        assert_eq!(pending_backup_now(&pol), None);
     }
 
     #[test]

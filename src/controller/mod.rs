@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
@@ -213,11 +213,30 @@ async fn run_kind<K: Reconciled>(ctx: Arc<Context>, namespace: Option<String>) {
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(spec_or_request, Default::default());
     Controller::for_stream(stream, reader)
         .run(reconcile_guarded::<K>, error_policy::<K>, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// Reconcile on a new generation (a spec change) or a new request annotation
+/// (`zetaback.io/backup-now`, `zetaback.io/reconcile-now`), not on status or other metadata
+/// writes: a status write never triggers a reconcile of its own.
+fn spec_or_request<K: Resource>(obj: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = obj.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    if let Some(a) = &meta.annotations {
+        for key in [
+            crate::api::backup_policy::BACKUP_NOW_ANNOTATION,
+            crate::api::backup_policy::RECONCILE_NOW_ANNOTATION,
+        ] {
+            a.get(key).hash(&mut h);
+        }
+    }
+    Some(h.finish())
 }
 
 async fn reconcile_guarded<K: Reconciled>(
