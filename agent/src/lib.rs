@@ -3,8 +3,12 @@
 //! job runner ([`runner`]).
 
 pub mod auth;
+pub mod discovery;
 pub mod filestore;
+pub mod hostinfo;
+pub mod job;
 pub mod ratelimit;
+pub mod runner;
 pub mod store_server;
 pub mod transfer;
 pub mod wire;

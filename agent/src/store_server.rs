@@ -8,8 +8,9 @@
 //!   when announced in `Trailer`, must match. Answers 201 with [`PutResponse`].
 //! - `GET /v1/streams/{host}/{dataset}/{id}`: read a stored stream back (restores); the body is
 //!   verified against the manifest's sha256 while sent, and cut short if it does not match.
-//! - `DELETE /v1/streams/{host}/{dataset}/{id}` and `POST .../{id}/archive`: admin token only.
-//! - `GET /v1/catalogue`: the store's [`zetaback::store::Catalogue`].
+//! - `DELETE /v1/streams/{host}/{dataset}/{id}` and `POST /v1/archive/{host}/{dataset}/{id}`
+//!   (also `POST /v1/streams/.../{id}/archive`): admin token only.
+//! - `GET /v1/catalogue[?host=H]`: the store's [`zetaback::store::Catalogue`].
 //! - `GET /healthz`.
 //!
 //! Unauthenticated → 401, not allowed → 403, malformed → 400, existing → 409; in each case
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use async_compression::tokio::write::ZstdDecoder;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -130,6 +131,7 @@ pub fn router(state: ServerState) -> Router {
             put(put_stream).get(get_stream).delete(delete_stream),
         )
         .route("/v1/streams/{host}/{dataset}/{id}/archive", post(archive))
+        .route("/v1/archive/{host}/{dataset}/{id}", post(archive))
         .layer(DefaultBodyLimit::disable())
         .with_state(Arc::new(state))
 }
@@ -602,8 +604,15 @@ async fn archive(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `?host=H` limits the catalogue to one source host.
+#[derive(Debug, serde::Deserialize)]
+struct CatalogueQuery {
+    host: Option<String>,
+}
+
 async fn catalogue(
     State(state): State<Arc<ServerState>>,
+    Query(q): Query<CatalogueQuery>,
     headers: HeaderMap,
 ) -> Result<axum::Json<zetaback::store::Catalogue>, ApiError> {
     require(&state, &headers, Role::Source)?;
@@ -611,5 +620,10 @@ async fn catalogue(
         .store
         .as_ref()
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this agent has no file store".into()))?;
-    Ok(axum::Json(store.catalogue().await?))
+    let mut cat = store.catalogue().await?;
+    if let Some(host) = q.host {
+        validate_host(&host).map_err(|e| ApiError::bad(e.to_string()))?;
+        cat.backups.retain(|b| b.manifest.host == host);
+    }
+    Ok(axum::Json(cat))
 }

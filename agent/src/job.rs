@@ -1,0 +1,259 @@
+//! Running one backup: take (or reuse) the snapshot, `zfs send` it (incremental against the
+//! base where asked) and stream it to the target agent; succeed only when the target confirmed
+//! the bytes and sha256. No Kubernetes here: the runner resolves the target and records status.
+
+use std::time::Instant;
+
+use tracing::{info, warn};
+use zetaback::api::{BackupJobSpec, BackupType};
+use zetaback::names::{validate_dataset, validate_snapshot_name};
+use zetaback::store::StreamId;
+
+use crate::transfer::{self, Endpoint, TransferError, Upload};
+use crate::zfs::{Capability, SendBase, SendRequest, Zfs, ZfsError};
+
+/// How a job ended well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub backup_id: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub bytes_per_second: u64,
+    /// Replica mode: the dataset received into.
+    pub replica: Option<String>,
+}
+
+/// Why a job failed (the message goes into the job's status).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Zfs(#[from] ZfsError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+}
+
+/// Settings shared by every job of this agent.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// Bytes per second, 0 = unlimited.
+    pub bandwidth_limit: u64,
+    /// Destroy our own snapshots that can no longer be a base (older than the one kept).
+    pub prune_snapshots: bool,
+}
+
+/// The stream id of a job from its snapshots' creation times.
+pub fn stream_id(
+    backup_type: BackupType,
+    ts: i64,
+    base_ts: Option<i64>,
+) -> Result<StreamId, JobError> {
+    match (backup_type, base_ts) {
+        (BackupType::Full, _) => Ok(StreamId::Full { ts }),
+        (BackupType::Incremental, Some(base_ts)) if base_ts < ts => {
+            Ok(StreamId::Incremental { ts, base_ts })
+        }
+        (BackupType::Incremental, Some(_)) => Err(JobError::Invalid(
+            "the base snapshot is not older than the snapshot (taken in the same second?)".into(),
+        )),
+        (BackupType::Incremental, None) => Err(JobError::Invalid(
+            "an incremental needs spec.baseSnapshot".into(),
+        )),
+    }
+}
+
+/// Validates what reaches `zfs` and the store.
+pub fn check_spec(spec: &BackupJobSpec) -> Result<(), JobError> {
+    let invalid = |e: zetaback::names::NameError| JobError::Invalid(e.to_string());
+    validate_dataset(&spec.dataset.0).map_err(invalid)?;
+    validate_snapshot_name(&spec.snapshot).map_err(invalid)?;
+    match (&spec.backup_type, &spec.base_snapshot) {
+        (BackupType::Incremental, Some(b)) => validate_snapshot_name(b).map_err(invalid)?,
+        (BackupType::Incremental, None) => {
+            return Err(JobError::Invalid(
+                "an incremental needs spec.baseSnapshot".into(),
+            ));
+        }
+        (BackupType::Full, _) => {}
+    }
+    if spec.target.path.is_some() == spec.target.dataset.is_some() {
+        return Err(JobError::Invalid(
+            "target needs exactly one of path and dataset".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one backup of `spec` from the local host `host` to `endpoint`.
+pub async fn run(
+    zfs: &Zfs,
+    host: &str,
+    spec: &BackupJobSpec,
+    endpoint: &Endpoint,
+    settings: &JobSettings,
+) -> Result<JobOutcome, JobError> {
+    check_spec(spec)?;
+    let dataset = spec.dataset.0.as_str();
+    // Take the snapshot, or reuse it if an earlier attempt of this job took it.
+    let snap = match zfs.snapshot_info(dataset, &spec.snapshot).await {
+        Ok(s) if s.managed => {
+            info!(snapshot = %s.full_name(), "reusing the snapshot of an earlier attempt");
+            s
+        }
+        Ok(s) => {
+            return Err(JobError::Invalid(format!(
+                "{} exists and was not made by zetaback",
+                s.full_name()
+            )));
+        }
+        Err(_) => {
+            zfs.snapshot(dataset, &spec.snapshot).await?;
+            zfs.snapshot_info(dataset, &spec.snapshot).await?
+        }
+    };
+    let base = match &spec.base_snapshot {
+        Some(b) if spec.backup_type == BackupType::Incremental => {
+            Some(zfs.snapshot_info(dataset, b).await?)
+        }
+        _ => None,
+    };
+    let id = stream_id(
+        spec.backup_type,
+        snap.creation,
+        base.as_ref().map(|b| b.creation),
+    )?;
+    let holds = zfs.capabilities().has(Capability::Holds);
+    let mut held = Vec::new();
+    if holds {
+        for s in std::iter::once(&snap).chain(base.iter()) {
+            match zfs.hold(dataset, &s.name, false).await {
+                Ok(()) => held.push(s.name.clone()),
+                Err(e) => warn!(error = %e, "could not hold {}", s.full_name()),
+            }
+        }
+    }
+    let result = send_and_upload(
+        zfs,
+        host,
+        spec,
+        endpoint,
+        settings,
+        id,
+        base.as_ref().map(|b| b.name.clone()),
+    )
+    .await;
+    for name in held {
+        if let Err(e) = zfs.hold(dataset, &name, true).await {
+            warn!(error = %e, "could not release the hold on {dataset}@{name}");
+        }
+    }
+    let outcome = result?;
+    if settings.prune_snapshots {
+        // Keep the base of the next incremental: for a full, the snapshot sent; for an
+        // incremental, its base (the last full or the previous one) and the snapshot sent.
+        let keep_from = base.as_ref().map_or(snap.creation, |b| b.creation);
+        prune(zfs, dataset, keep_from).await;
+    }
+    Ok(outcome)
+}
+
+async fn send_and_upload(
+    zfs: &Zfs,
+    host: &str,
+    spec: &BackupJobSpec,
+    endpoint: &Endpoint,
+    settings: &JobSettings,
+    id: StreamId,
+    base: Option<String>,
+) -> Result<JobOutcome, JobError> {
+    let dataset = spec.dataset.0.clone();
+    let req = SendRequest {
+        dataset: dataset.clone(),
+        snapshot: spec.snapshot.clone(),
+        base: base.clone().map(|name| SendBase {
+            name,
+            intermediates: false,
+            bookmark: false,
+        }),
+        compressed: false,
+        raw: false,
+        estimate: false,
+    };
+    if let Ok(Some(estimate)) = zfs.estimate(&req).await {
+        info!(estimate, "estimated stream size");
+    }
+    let mut send = zfs.send(&req)?;
+    let stdout = send
+        .take_stdout()
+        .ok_or_else(|| JobError::Invalid("zfs send has no stdout".into()))?;
+    let done: transfer::SourceDone =
+        Box::pin(async move { send.wait().await.map_err(|e| e.to_string()) });
+    let up = Upload {
+        host: host.to_owned(),
+        dataset,
+        id,
+        snapshot: spec.snapshot.clone(),
+        base_snapshot: base,
+        compression: spec.compression,
+        receive_into: spec.target.dataset.as_ref().map(|d| d.0.clone()),
+        store_path: spec.target.path.clone(),
+        bandwidth_limit: settings.bandwidth_limit,
+    };
+    let started = Instant::now();
+    let client = transfer::client();
+    let uploaded = transfer::upload(&client, endpoint, &up, stdout, done).await?;
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    Ok(JobOutcome {
+        backup_id: uploaded.response.backup_id,
+        bytes: uploaded.sent_bytes,
+        sha256: uploaded.sent_sha256,
+        bytes_per_second: (uploaded.sent_bytes as f64 / secs) as u64,
+        replica: uploaded.response.replica,
+    })
+}
+
+/// Destroys our own snapshots of `dataset` created before `keep_from`.
+async fn prune(zfs: &Zfs, dataset: &str, keep_from: i64) {
+    let inv = match zfs.inventory(Some(dataset)).await {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(error = %e, "could not list snapshots to prune");
+            return;
+        }
+    };
+    for s in inv
+        .snapshots_of(dataset)
+        .filter(|s| s.managed && s.creation < keep_from)
+    {
+        match zfs.destroy_own_snapshot(dataset, &s.name).await {
+            Ok(()) => {
+                info!(snapshot = %s.full_name(), "destroyed a snapshot no longer needed as a base")
+            }
+            Err(e) => warn!(error = %e, "could not destroy {}", s.full_name()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert_eq!(
+            stream_id(BackupType::Full, 10, None)
+                .expect("id")
+                .to_string(),
+            "10.full"
+        );
+        assert_eq!(
+            stream_id(BackupType::Incremental, 10, Some(5))
+                .expect("id")
+                .to_string(),
+            "10.incremental.5"
+        );
+        assert!(stream_id(BackupType::Incremental, 10, Some(10)).is_err());
+        assert!(stream_id(BackupType::Incremental, 10, None).is_err());
+    }
+}

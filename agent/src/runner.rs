@@ -1,0 +1,407 @@
+//! The job runner: watches BackupJobs whose `spec.host` is this agent's ZfsHost, claims one
+//! with optimistic concurrency (a status update carrying the resourceVersion it read, with
+//! `claimedBy` set: a 409 means another agent got it), runs it ([`crate::job`]) in a tracing
+//! span, and records the outcome. One job per dataset at a time, at most `concurrency` at once.
+//!
+//! Restart safety: at start-up, a job still `Running` and claimed by this agent was cut short
+//! by a crash or kill; it is failed with a message (zfs-fuse has no resumable send, and the
+//! target discarded the partial stream), so the controller schedules a retry. A retry that
+//! names the same snapshot reuses it (it is marked as ours).
+//!
+//! Jobs are watched cluster-wide and filtered by `spec.host` (the controller labels jobs by
+//! policy, not by host; CRD field selectors would need `selectableFields`).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::{Notify, mpsc};
+use tracing::{Instrument, error, info, info_span, warn};
+use zetaback::api::{BackupJob, BackupJobStatus, JobPhase, ZfsHost};
+
+use crate::job::{self, JobError, JobOutcome, JobSettings};
+use crate::transfer::Endpoint;
+use crate::zfs::Zfs;
+
+/// Settings of the runner.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// This agent's ZfsHost.
+    pub host_name: String,
+    /// Written to `status.claimedBy`; stable across restarts of this agent.
+    pub agent_id: String,
+    /// Jobs at once.
+    pub concurrency: usize,
+    /// The bearer token for target agents.
+    pub token: String,
+    pub settings: JobSettings,
+}
+
+/// Why the runner stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the BackupJob watch ended")]
+    WatchEnded,
+}
+
+/// Whether a job is for this host and waiting to be claimed.
+pub fn is_claimable(job: &BackupJob, host: &str) -> bool {
+    job.spec.host.0 == host
+        && job
+            .status
+            .as_ref()
+            .is_none_or(|s| s.phase == JobPhase::Pending)
+        && job.metadata.deletion_timestamp.is_none()
+}
+
+/// Whether a job was left running by this agent (a restart cut it short).
+pub fn is_orphaned(job: &BackupJob, host: &str, agent_id: &str) -> bool {
+    job.spec.host.0 == host
+        && job.status.as_ref().is_some_and(|s| {
+            s.phase == JobPhase::Running && s.claimed_by.as_deref() == Some(agent_id)
+        })
+}
+
+/// The status that claims a job.
+pub fn claimed_status(job: &BackupJob, agent_id: &str, now: jiff::Timestamp) -> BackupJobStatus {
+    let mut s = job.status.clone().unwrap_or_default();
+    s.phase = JobPhase::Running;
+    s.claimed_by = Some(agent_id.to_owned());
+    s.started_at = Some(Time(now));
+    s.finished_at = None;
+    s.attempts += 1;
+    s.observed_generation = job.metadata.generation;
+    s.message = Some(format!("running on {agent_id}"));
+    s
+}
+
+fn key(job: &BackupJob) -> String {
+    format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
+}
+
+/// The runner.
+pub struct Runner {
+    client: Client,
+    zfs: Zfs,
+    cfg: RunnerConfig,
+    /// Notified after each job (the ZfsHost status lists our snapshots).
+    pub job_finished: Arc<Notify>,
+}
+
+struct Running {
+    jobs: HashSet<String>,
+    datasets: HashSet<String>,
+}
+
+impl Runner {
+    pub fn new(client: Client, zfs: Zfs, cfg: RunnerConfig) -> Self {
+        Self {
+            client,
+            zfs,
+            cfg,
+            job_finished: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Fails the jobs this agent left running before a restart.
+    pub async fn recover(&self) -> Result<usize, RunnerError> {
+        let api: Api<DeserializeGuard<BackupJob>> = Api::all(self.client.clone());
+        let mut failed = 0;
+        for guarded in api.list(&ListParams::default()).await? {
+            let Ok(job) = guarded.0 else { continue };
+            if !is_orphaned(&job, &self.cfg.host_name, &self.cfg.agent_id) {
+                continue;
+            }
+            let ns_api: Api<BackupJob> =
+                Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+            let patch = serde_json::json!({"status": {
+                "phase": JobPhase::Failed,
+                "finishedAt": Time(jiff::Timestamp::now()),
+                "message": "interrupted: the agent restarted while this job ran; the partial stream was discarded (this host has no resumable send), the controller retries",
+            }});
+            ns_api
+                .patch_status(
+                    &job.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+            warn!(job = %key(&job), "failed a job interrupted by a restart");
+            failed += 1;
+        }
+        Ok(failed)
+    }
+
+    /// Tries to claim a job; `None` if someone else got it (409) or it is no longer pending.
+    pub async fn claim(&self, job: &BackupJob) -> Result<Option<BackupJob>, RunnerError> {
+        if !is_claimable(job, &self.cfg.host_name) {
+            return Ok(None);
+        }
+        let api: Api<BackupJob> =
+            Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+        let mut claimed = job.clone();
+        claimed.status = Some(claimed_status(
+            job,
+            &self.cfg.agent_id,
+            jiff::Timestamp::now(),
+        ));
+        match api
+            .replace_status(&job.name_any(), &PostParams::default(), &claimed)
+            .await
+        {
+            Ok(updated) => Ok(Some(updated)),
+            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn endpoint(&self, target_host: &str) -> Result<Endpoint, JobError> {
+        let hosts: Api<ZfsHost> = Api::all(self.client.clone());
+        let host = hosts
+            .get(target_host)
+            .await
+            .map_err(|e| JobError::Invalid(format!("target ZfsHost {target_host}: {e}")))?;
+        let ep = host.status.and_then(|s| s.agent_endpoint).ok_or_else(|| {
+            JobError::Invalid(format!(
+                "target ZfsHost {target_host} has no status.agentEndpoint (is its agent running?)"
+            ))
+        })?;
+        Ok(Endpoint::new(&ep, self.cfg.token.clone()))
+    }
+
+    /// Runs a claimed job and records the outcome.
+    pub async fn execute(&self, job: BackupJob) -> Result<(), RunnerError> {
+        let started = std::time::Instant::now();
+        let result = match self.endpoint(&job.spec.target.host.0).await {
+            Ok(ep) => {
+                job::run(
+                    &self.zfs,
+                    &self.cfg.host_name,
+                    &job.spec,
+                    &ep,
+                    &self.cfg.settings,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let api: Api<BackupJob> =
+            Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+        let now = Time(jiff::Timestamp::now());
+        let patch = match &result {
+            Ok(JobOutcome {
+                backup_id,
+                bytes,
+                sha256,
+                bytes_per_second,
+                replica,
+            }) => {
+                info!(%backup_id, bytes, %sha256, bytes_per_second, secs = started.elapsed().as_secs_f64(), "backup succeeded");
+                serde_json::json!({"status": {
+                    "phase": JobPhase::Succeeded,
+                    "bytes": bytes,
+                    "bytesPerSecond": bytes_per_second,
+                    "sha256": sha256,
+                    "backupId": backup_id,
+                    "finishedAt": now,
+                    "message": match replica {
+                        Some(r) => format!("received into {r}"),
+                        None => format!("stored as {backup_id}"),
+                    },
+                }})
+            }
+            Err(e) => {
+                warn!(error = %e, "backup failed");
+                serde_json::json!({"status": {
+                    "phase": JobPhase::Failed,
+                    "finishedAt": now,
+                    "message": truncate(&e.to_string(), 1024),
+                }})
+            }
+        };
+        api.patch_status(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        self.job_finished.notify_one();
+        Ok(())
+    }
+
+    /// Watches and runs jobs until the watch fails for good.
+    pub async fn run(self: Arc<Self>) -> Result<(), RunnerError> {
+        let n = self.recover().await?;
+        if n > 0 {
+            info!(failed = n, "failed jobs interrupted by a restart");
+        }
+        let api: Api<DeserializeGuard<BackupJob>> = Api::all(self.client.clone());
+        let (reader, writer) = reflector::store();
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects()
+            .boxed();
+        let running = Arc::new(Mutex::new(Running {
+            jobs: HashSet::new(),
+            datasets: HashSet::new(),
+        }));
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    None => return Err(RunnerError::WatchEnded),
+                    Some(Err(e)) => { warn!(error = %e, "BackupJob watch error"); continue; }
+                    Some(Ok(_)) => {}
+                },
+                Some(()) = done_rx.recv() => {}
+            }
+            self.schedule(&reader, &running, &done_tx).await;
+        }
+    }
+
+    async fn schedule(
+        self: &Arc<Self>,
+        reader: &Store<DeserializeGuard<BackupJob>>,
+        running: &Arc<Mutex<Running>>,
+        done: &mpsc::UnboundedSender<()>,
+    ) {
+        let mut pending: Vec<BackupJob> = reader
+            .state()
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok().cloned())
+            .filter(|j| is_claimable(j, &self.cfg.host_name))
+            .collect();
+        pending.sort_by_key(|j| {
+            (
+                j.metadata.creation_timestamp.clone().map(|t| t.0),
+                j.name_any(),
+            )
+        });
+        for job in pending {
+            let (k, dataset) = (key(&job), job.spec.dataset.0.clone());
+            {
+                let Ok(r) = running.lock() else { return };
+                if r.jobs.len() >= self.cfg.concurrency.max(1) {
+                    return;
+                }
+                if r.jobs.contains(&k) || r.datasets.contains(&dataset) {
+                    continue;
+                }
+            }
+            let claimed = match self.claim(&job).await {
+                Ok(Some(j)) => j,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(job = %k, error = %e, "claiming failed");
+                    continue;
+                }
+            };
+            {
+                let Ok(mut r) = running.lock() else { return };
+                r.jobs.insert(k.clone());
+                r.datasets.insert(dataset.clone());
+            }
+            let span = info_span!("backup_job", job = %k, dataset = %dataset, r#type = ?claimed.spec.backup_type, snapshot = %claimed.spec.snapshot);
+            let this = self.clone();
+            let running = running.clone();
+            let done = done.clone();
+            tokio::spawn(
+                async move {
+                    info!("claimed");
+                    if let Err(e) = this.execute(claimed).await {
+                        error!(error = %e, "could not record the job's outcome");
+                    }
+                    if let Ok(mut r) = running.lock() {
+                        r.jobs.remove(&k);
+                        r.datasets.remove(&dataset);
+                    }
+                    let _ = done.send(());
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zetaback::api::backup_policy::{Compression, Target};
+    use zetaback::api::{BackupJobSpec, BackupType};
+
+    fn job(host: &str, status: Option<BackupJobStatus>) -> BackupJob {
+        let mut j = BackupJob::new(
+            "j1",
+            BackupJobSpec {
+                policy: "p".into(),
+                host: host.into(),
+                dataset: "tank/db".into(),
+                backup_type: BackupType::Full,
+                base_snapshot: None,
+                snapshot: "zetaback-1".into(),
+                target: Target {
+                    host: "backup-1".into(),
+                    path: Some("/srv".into()),
+                    dataset: None,
+                },
+                compression: Compression::None,
+            },
+        );
+        j.status = status;
+        j
+    }
+
+    #[test]
+    fn claimable_and_orphaned() {
+        assert!(is_claimable(&job("h1", None), "h1"));
+        assert!(!is_claimable(&job("h2", None), "h1"));
+        let running = BackupJobStatus {
+            phase: JobPhase::Running,
+            claimed_by: Some("h1@node".into()),
+            ..Default::default()
+        };
+        assert!(!is_claimable(&job("h1", Some(running.clone())), "h1"));
+        assert!(is_orphaned(
+            &job("h1", Some(running.clone())),
+            "h1",
+            "h1@node"
+        ));
+        assert!(!is_orphaned(&job("h1", Some(running)), "h1", "other"));
+    }
+
+    #[test]
+    fn claiming_counts_attempts() {
+        let j = job(
+            "h1",
+            Some(BackupJobStatus {
+                attempts: 2,
+                ..Default::default()
+            }),
+        );
+        let s = claimed_status(&j, "h1@node", jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, JobPhase::Running);
+        assert_eq!(s.attempts, 3);
+        assert_eq!(s.claimed_by.as_deref(), Some("h1@node"));
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
+}
