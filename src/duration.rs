@@ -52,7 +52,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
     for (unit, per) in [('w', 604_800), ('d', 86_400), ('h', 3_600), ('m', 60)] {
-        if s >= per && s % per == 0 {
+        if s >= per && s.is_multiple_of(per) {
             return format!("{}{unit}", s / per);
         }
     }

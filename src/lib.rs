@@ -5,6 +5,9 @@
 //! CRD schema and the agents ([`names`], [`duration`]), the controller ([`controller`]) and
 //! the CLI ([`cli`]).
 
+// kube's `printcolumn(...)` attributes repeat `type_ = ...` by design; clippy reads that as a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 pub mod api;
 pub mod cli;
 pub mod controller;

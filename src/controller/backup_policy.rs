@@ -305,6 +305,59 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     Ok(out)
 }
 
+/// Violations that started and ended between two statuses, as (host, dataset, reason).
+pub fn violation_changes<'a>(
+    before: &'a [Violation],
+    after: &'a [Violation],
+) -> (Vec<&'a Violation>, Vec<&'a Violation>) {
+    let key = |v: &Violation| (v.host.clone(), v.dataset.clone(), v.reason);
+    let old: std::collections::HashSet<_> = before.iter().map(key).collect();
+    let new: std::collections::HashSet<_> = after.iter().map(key).collect();
+    let started = after.iter().filter(|v| !old.contains(&key(v))).collect();
+    let ended = before.iter().filter(|v| !new.contains(&key(v))).collect();
+    (started, ended)
+}
+
+/// Emits a Warning event when a violation starts and a Normal one when it ends (best effort:
+/// a failed event is logged, never fails the reconcile).
+async fn publish_violation_events(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    before: &[Violation],
+    after: &[Violation],
+) {
+    use kube::runtime::events::{Event, EventType};
+    let (started, ended) = violation_changes(before, after);
+    let reference = policy.object_ref(&());
+    let events = started
+        .into_iter()
+        .map(|v| (EventType::Warning, "ViolationStarted", v))
+        .chain(
+            ended
+                .into_iter()
+                .map(|v| (EventType::Normal, "ViolationEnded", v)),
+        );
+    for (type_, reason, v) in events {
+        let note = format!(
+            "{}:{} {:?}{}",
+            v.host,
+            v.dataset,
+            v.reason,
+            v.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+        );
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Evaluate".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %e, "could not publish event {reason}");
+        }
+    }
+}
+
 /// The `backup-now` request on the policy, unless already acted on (or unreadable: then a
 /// warning is logged and it is ignored).
 fn pending_backup_now(policy: &BackupPolicy) -> Option<BackupNowRequest> {
@@ -529,6 +582,8 @@ impl Reconciled for BackupPolicy {
         }
         ctx.metrics
             .set_violators(&ns, &obj.name_any(), i64::from(plan.status.violators));
+
+        publish_violation_events(&ctx, &obj, &current.violations, &plan.status.violations).await;
 
         let mut status = plan.status.clone();
         let stamp = Time(now);

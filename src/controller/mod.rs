@@ -39,6 +39,8 @@ pub struct Context {
     pub store: store_client::StoreClient,
     /// A ZfsHost whose agent has not reported for this long is unreachable.
     pub host_stale_after: Duration,
+    /// Publishes Kubernetes Events (events.k8s.io) as `zetaback-controller`.
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 /// A reconcile failure, with what was being done.
@@ -143,10 +145,17 @@ async fn lead_and_reconcile(
     metrics.set_leader(true);
     info!(identity = %options.identity, "leading; starting controllers");
     let ctx = Arc::new(Context {
-        client,
+        client: client.clone(),
         metrics: metrics.clone(),
         store: store_client::StoreClient::new(options.store_token.clone()),
         host_stale_after: options.host_stale_after,
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(options.identity.clone()),
+            },
+        ),
     });
     let ns = options.watch_namespace.clone();
     let controllers = async {
