@@ -1,1 +1,319 @@
-//! The `kubectl zetaback` command line.
+//! The `kubectl zetaback` command line: Zetaback's actions over the cluster's BackupPolicies
+//! and the backup hosts' catalogues.
+//!
+//! | Zetaback        | here                                               |
+//! |-----------------|----------------------------------------------------|
+//! | `-l`            | `list [-H REGEX] [-d REGEX]`                       |
+//! | `-s`, `-sx`     | `summary [--detail] [--files]`                     |
+//! | `-sv`, `-svv`   | `violators [--all]` (monitoring-plugin exit codes) |
+//! | `-b -ff`/`-fi`  | `backup POLICY [--host H] [--dataset D] [--full\|--incremental]` |
+//! | `-x`            | `expunge POLICY`                                   |
+//! | `-a`            | `archive POLICY [--yes]`                           |
+//! | `-n`            | `--dry-run`                                        |
+//! | `-h`, `-z`      | `-H/--host`, `-d/--dataset` (name or regex)        |
+//!
+//! The CLI never deletes or moves a backup itself: `backup`, `expunge` and `archive` leave a
+//! request annotation on the policy ([`request`]) and the controller acts on it.
+//!
+//! [`run`] is the whole program with its arguments, streams and cluster connection passed in,
+//! so tests run it in-process; the binary `kubectl-zetaback` calls [`main`].
+
+pub mod cluster;
+mod commands;
+pub mod error;
+pub mod filter;
+pub mod monitor;
+pub mod report;
+pub mod request;
+pub mod table;
+
+use std::ffi::OsString;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use error::CliError;
+
+/// `kubectl zetaback`: ZFS backups declared as BackupPolicies.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-zetaback",
+    bin_name = "kubectl zetaback",
+    version,
+    about = "Zetaback for Kubernetes: list backups, summaries, policy violators; request backups, expunge and archive.",
+    after_help = "Violators exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (monitoring-plugin convention)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    /// Every namespace (list, summary, violators).
+    #[arg(short = 'A', long, global = true)]
+    pub all_namespaces: bool,
+    /// The kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// A file holding the bearer token for the backup hosts' agents (default: $ZETABACK_TOKEN).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Host and dataset filters.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Only hosts matching this name or regular expression.
+    #[arg(short = 'H', long = "host", value_name = "REGEX")]
+    pub host: Option<String>,
+    /// Only datasets matching this name or regular expression.
+    #[arg(short = 'd', long = "dataset", value_name = "REGEX")]
+    pub dataset: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List stored backups per host and dataset (from the backup host's catalogue).
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Per policy, host and dataset: last full, last incremental, backup count, bytes.
+    Summary {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Also list each backup.
+        #[arg(long)]
+        detail: bool,
+        /// Also name each backup's files in the store (implies --detail).
+        #[arg(long)]
+        files: bool,
+    },
+    /// Datasets not backed up within their policy; one summary line and a monitoring exit code.
+    Violators {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Also list datasets that disappeared from their host but still have backups.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Ask the controller for a backup now.
+    Backup {
+        /// The BackupPolicy.
+        policy: String,
+        /// Only this host (a ZfsHost name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// A full backup.
+        #[arg(long, conflicts_with = "incremental")]
+        full: bool,
+        /// An incremental backup.
+        #[arg(long)]
+        incremental: bool,
+        /// Print the request without making it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show what retention deletes now, and ask the controller to apply it.
+    Expunge {
+        /// The BackupPolicy.
+        policy: String,
+        /// Show only; request nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show what moves to the archive now, and (after confirmation) ask the controller to do it.
+    Archive {
+        /// The BackupPolicy.
+        policy: String,
+        /// Show only; request nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+}
+
+/// The program's streams. `interactive` says whether `input` is a terminal (a person can
+/// answer a question).
+pub struct Io<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+    pub input: &'a mut dyn BufRead,
+    pub interactive: bool,
+}
+
+/// How to reach the cluster.
+pub enum Connect {
+    /// From `--kubeconfig`/`--context`, else the usual inference ($KUBECONFIG,
+    /// ~/.kube/config, in-cluster).
+    Infer,
+    /// This client, with this default namespace (tests).
+    Client {
+        client: kube::Client,
+        namespace: String,
+    },
+}
+
+/// Runs the command line `args` (the first is the program name) and returns the exit code.
+/// Errors are printed on `io.err`; `violators` also prints its UNKNOWN line on `io.out`.
+pub async fn run<I, T>(args: I, connect: Connect, io: &mut Io<'_>) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = u8::try_from(e.exit_code()).unwrap_or(2);
+            let text = e.render().to_string();
+            let _ = if e.use_stderr() {
+                io.err.write_all(text.as_bytes())
+            } else {
+                io.out.write_all(text.as_bytes())
+            };
+            // A monitoring check with bad arguments is UNKNOWN, not CRITICAL.
+            let violators = args.iter().skip(1).any(|a| a == "violators");
+            return if code != 0 && violators { 3 } else { code };
+        }
+    };
+    let violators = matches!(cli.command, Command::Violators { .. });
+    let format = cli.global.output;
+    match commands::execute(cli, connect, io).await {
+        Ok(code) => code,
+        Err(e) => {
+            let text = e.chain();
+            if violators {
+                let verdict = monitor::unknown(&text);
+                let _ = commands::emit(io, format, &verdict, || format!("{}\n", verdict.summary));
+            }
+            let _ = writeln!(io.err, "error: {text}");
+            let _ = io.out.flush();
+            if violators { 3 } else { 1 }
+        }
+    }
+}
+
+/// The binary: the process's arguments and streams, the inferred cluster.
+pub async fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    let mut input = stdin.lock();
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let mut io = Io {
+        out: &mut out,
+        err: &mut err,
+        input: &mut input,
+        interactive,
+    };
+    let code = run(std::env::args_os(), Connect::Infer, &mut io).await;
+    let _ = io.out.flush();
+    std::process::ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kubectl-zetaback").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_parse_as_kubectl_users_expect() {
+        let cli = parse(&[
+            "-n", "prod", "list", "-H", "^db-", "-d", "tank/pg", "-o", "json",
+        ])
+        .expect("parse");
+        assert_eq!(cli.global.namespace.as_deref(), Some("prod"));
+        assert_eq!(cli.global.output, Format::Json);
+        match cli.command {
+            Command::List { filter } => {
+                assert_eq!(filter.host.as_deref(), Some("^db-"));
+                assert_eq!(filter.dataset.as_deref(), Some("tank/pg"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["violators", "--all", "-A"]).expect("parse");
+        assert!(cli.global.all_namespaces);
+        assert!(matches!(cli.command, Command::Violators { all: true, .. }));
+        let cli = parse(&["backup", "p1", "--host", "db-1", "--full", "--dry-run"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Backup {
+                full: true,
+                incremental: false,
+                dry_run: true,
+                ..
+            }
+        ));
+        assert!(parse(&["backup", "p1", "--full", "--incremental"]).is_err());
+        assert!(parse(&["archive", "p1", "-y"]).is_ok());
+        assert!(parse(&["list", "-o", "xml"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn usage_errors_of_violators_are_unknown() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut input: &[u8] = b"";
+        let mut io = Io {
+            out: &mut out,
+            err: &mut err,
+            input: &mut input,
+            interactive: false,
+        };
+        let code = run(
+            ["kubectl-zetaback", "violators", "--bogus"],
+            Connect::Infer,
+            &mut io,
+        )
+        .await;
+        assert_eq!(code, 3);
+        let code = run(
+            ["kubectl-zetaback", "list", "--bogus"],
+            Connect::Infer,
+            &mut io,
+        )
+        .await;
+        assert_eq!(code, 2);
+        let code = run(["kubectl-zetaback", "--help"], Connect::Infer, &mut io).await;
+        assert_eq!(code, 0);
+        assert!(String::from_utf8_lossy(&out).contains("violators"));
+        assert!(String::from_utf8_lossy(&err).contains("--bogus"));
+    }
+}
