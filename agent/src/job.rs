@@ -41,6 +41,8 @@ pub struct JobSettings {
     pub bandwidth_limit: u64,
     /// Destroy our own snapshots that can no longer be a base (older than the one kept).
     pub prune_snapshots: bool,
+    /// Give up on a transfer that made no progress for this long.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// The stream id of a job from its snapshots' creation times.
@@ -199,6 +201,7 @@ async fn send_and_upload(
         receive_into: spec.target.dataset.as_ref().map(|d| d.0.clone()),
         store_path: spec.target.path.clone(),
         bandwidth_limit: settings.bandwidth_limit,
+        idle_timeout: settings.idle_timeout,
     };
     let started = Instant::now();
     let client = transfer::client();

@@ -8,6 +8,7 @@ pub mod filestore;
 pub mod hostinfo;
 pub mod job;
 pub mod ratelimit;
+pub mod restore;
 pub mod runner;
 pub mod store_server;
 pub mod transfer;

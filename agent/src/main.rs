@@ -19,11 +19,96 @@ use zetaback_agent::store_server::{ReplicaConfig, ServerState, serve};
 use zetaback_agent::zfs::Zfs;
 
 #[derive(Debug, Parser)]
-#[command(name = "zetaback-agent", version, about = "The zetaback node agent")]
-struct Args {
-    /// This agent's ZfsHost.
+#[command(
+    name = "zetaback-agent",
+    version,
+    about = "The zetaback node agent",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run one backup now, without Kubernetes (what a BackupJob does), and print the outcome.
+    Backup(BackupArgs),
+    /// Restore a stored backup (its full and incrementals) from a target agent into a dataset.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BackupArgs {
+    /// This host's name (the store's `<host>` directory).
     #[arg(long, env = "ZETABACK_HOST_NAME")]
     host_name: String,
+    #[arg(long, env = "ZETABACK_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// The target agent, `host:port`.
+    #[arg(long)]
+    target: String,
+    #[arg(long)]
+    dataset: String,
+    /// The snapshot to take (or reuse, if zetaback made it) and send.
+    #[arg(long)]
+    snapshot: String,
+    /// Send an incremental against this snapshot.
+    #[arg(long)]
+    base_snapshot: Option<String>,
+    /// Store as a file under this path on the target (must be its store root)...
+    #[arg(long, conflicts_with = "target_dataset")]
+    target_path: Option<String>,
+    /// ...or receive under this dataset there (replica mode).
+    #[arg(long)]
+    target_dataset: Option<String>,
+    #[arg(long, value_enum, default_value = "none")]
+    compression: CompressionArg,
+    #[arg(long, default_value_t = 0)]
+    bandwidth_limit: u64,
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+    #[arg(long)]
+    keep_snapshots: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    #[arg(long, env = "ZETABACK_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// The target agent holding the backups, `host:port`.
+    #[arg(long)]
+    from: String,
+    /// The source host whose backup is restored.
+    #[arg(long)]
+    host: String,
+    #[arg(long)]
+    dataset: String,
+    /// The backup id (`<ts>.full` or `<ts>.incremental.<base-ts>`).
+    #[arg(long)]
+    backup: String,
+    /// The dataset to receive into.
+    #[arg(long)]
+    into: String,
+    /// Replace `into` if it exists (`zfs receive -F`).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompressionArg {
+    None,
+    Zstd,
+}
+
+#[derive(Debug, clap::Args)]
+struct Args {
+    /// This agent's ZfsHost (required).
+    #[arg(long, env = "ZETABACK_HOST_NAME")]
+    host_name: Option<String>,
     /// The Kubernetes node it runs on (part of its claim identity).
     #[arg(long, env = "NODE_NAME", default_value = "local")]
     node_name: String,
@@ -47,9 +132,9 @@ struct Args {
     /// Allow `zfs receive -F` for replicas when a request asks for it.
     #[arg(long, env = "ZETABACK_ALLOW_RECEIVE_FORCE")]
     allow_receive_force: bool,
-    /// The bearer token sources present (a mounted Secret).
+    /// The bearer token sources present (a mounted Secret; required).
     #[arg(long, env = "ZETABACK_TOKEN_FILE")]
-    token_file: PathBuf,
+    token_file: Option<PathBuf>,
     /// The controller's admin token (delete, archive).
     #[arg(long, env = "ZETABACK_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
@@ -66,6 +151,9 @@ struct Args {
     /// Keep every snapshot we made (do not destroy those that are no longer a base).
     #[arg(long, env = "ZETABACK_KEEP_SNAPSHOTS")]
     keep_snapshots: bool,
+    /// Abandon a stream that made no progress for this many seconds.
+    #[arg(long, env = "ZETABACK_IDLE_TIMEOUT", default_value_t = 60)]
+    idle_timeout: u64,
     /// Seconds between host inspections.
     #[arg(long, default_value_t = 30)]
     status_interval: u64,
@@ -93,8 +181,81 @@ async fn kube_client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     zetaback::telemetry::init();
-    let args = Args::parse();
-    let token = read_token(&args.token_file)?;
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Backup(a)) => backup(a).await,
+        Some(Command::Restore(a)) => restore(a).await,
+        None => serve_agent(cli.serve).await,
+    }
+}
+
+async fn backup(a: BackupArgs) -> anyhow::Result<()> {
+    use zetaback::api::backup_policy::{Compression, Target};
+    use zetaback::api::{BackupJobSpec, BackupType};
+    let token = read_token(&a.token_file)?;
+    let zfs = Zfs::detect().await?;
+    let spec = BackupJobSpec {
+        policy: "manual".into(),
+        host: a.host_name.as_str().into(),
+        dataset: a.dataset.as_str().into(),
+        backup_type: if a.base_snapshot.is_some() {
+            BackupType::Incremental
+        } else {
+            BackupType::Full
+        },
+        base_snapshot: a.base_snapshot,
+        snapshot: a.snapshot,
+        target: Target {
+            host: "manual".into(),
+            path: a.target_path,
+            dataset: a.target_dataset.map(|d| d.as_str().into()),
+        },
+        compression: match a.compression {
+            CompressionArg::None => Compression::None,
+            CompressionArg::Zstd => Compression::Zstd,
+        },
+    };
+    let settings = JobSettings {
+        bandwidth_limit: a.bandwidth_limit,
+        prune_snapshots: !a.keep_snapshots,
+        idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+    };
+    let endpoint = zetaback_agent::transfer::Endpoint::new(&a.target, token);
+    let out = zetaback_agent::job::run(&zfs, &a.host_name, &spec, &endpoint, &settings).await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "backupId": out.backup_id,
+            "bytes": out.bytes,
+            "sha256": out.sha256,
+            "bytesPerSecond": out.bytes_per_second,
+            "replica": out.replica,
+        })
+    );
+    Ok(())
+}
+
+async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
+    let token = read_token(&a.token_file)?;
+    let zfs = Zfs::detect().await?;
+    let endpoint = zetaback_agent::transfer::Endpoint::new(&a.from, token);
+    let r = zetaback_agent::restore::restore(
+        &zfs, &endpoint, &a.host, &a.dataset, &a.backup, &a.into, a.force,
+    )
+    .await?;
+    println!(
+        "{}",
+        serde_json::json!({"chain": r.chain, "bytes": r.bytes, "into": a.into})
+    );
+    Ok(())
+}
+
+async fn serve_agent(args: Args) -> anyhow::Result<()> {
+    let (Some(host_name), Some(token_file)) = (args.host_name.clone(), args.token_file.clone())
+    else {
+        anyhow::bail!("--host-name and --token-file are required (see --help)");
+    };
+    let token = read_token(&token_file)?;
     let admin = args
         .admin_token_file
         .as_deref()
@@ -121,7 +282,8 @@ async fn main() -> anyhow::Result<()> {
         roots: args.replica_roots.clone(),
         allow_force: args.allow_receive_force,
     });
-    let state = ServerState::new(Tokens::new(Some(token.clone()), admin), store, replica);
+    let state = ServerState::new(Tokens::new(Some(token.clone()), admin), store, replica)
+        .with_idle_timeout(Duration::from_secs(args.idle_timeout.max(1)));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -142,13 +304,14 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         zfs.clone(),
         RunnerConfig {
-            host_name: args.host_name.clone(),
-            agent_id: format!("{}@{}", args.host_name, args.node_name),
+            host_name: host_name.clone(),
+            agent_id: format!("{host_name}@{}", args.node_name),
             concurrency: args.concurrency,
             token,
             settings: JobSettings {
                 bandwidth_limit: args.bandwidth_limit,
                 prune_snapshots: !args.keep_snapshots,
+                idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             },
         },
     ));
@@ -156,7 +319,7 @@ async fn main() -> anyhow::Result<()> {
         kube::Api::all(client),
         zfs,
         DiscoveryConfig {
-            host_name: args.host_name.clone(),
+            host_name: host_name.clone(),
             agent_endpoint: advertise,
             interval: Duration::from_secs(args.status_interval.max(1)),
             last_seen_every: Duration::from_secs(args.last_seen_every.max(1)),

@@ -20,6 +20,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_compression::tokio::write::ZstdDecoder;
 use axum::Router;
@@ -63,6 +64,8 @@ pub struct ServerState {
     pub tokens: Tokens,
     pub store: Option<FileStore>,
     pub replica: Option<ReplicaConfig>,
+    /// A stream that sends nothing for this long is abandoned (a cut link sends no reset).
+    pub idle_timeout: Duration,
     receiving: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -72,10 +75,20 @@ impl ServerState {
             tokens,
             store,
             replica,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             receiving: Arc::default(),
         }
     }
+
+    /// Sets the idle timeout.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
 }
+
+/// The default idle timeout of a stream.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An error answer.
 #[derive(Debug)]
@@ -289,9 +302,17 @@ enum Piece {
     End,
 }
 
-async fn next_piece(body: &mut Body) -> Result<Piece, ApiError> {
+async fn next_piece(body: &mut Body, idle: Duration) -> Result<Piece, ApiError> {
     loop {
-        match body.frame().await {
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| {
+                ApiError(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("stream stalled: nothing received for {}s", idle.as_secs()),
+                )
+            })?;
+        match frame {
             None => return Ok(Piece::End),
             Some(Err(e)) => {
                 return Err(ApiError::bad(format!("stream interrupted: {e}")));
@@ -366,7 +387,7 @@ async fn put_file(
     let mut pending = store.begin(plan.key.clone()).await?;
     let mut trailer = None;
     loop {
-        match next_piece(&mut body).await {
+        match next_piece(&mut body, state.idle_timeout).await {
             Ok(Piece::Data(data)) => pending.write(&data).await?,
             Ok(Piece::Sha256(sha)) => trailer = sha,
             Ok(Piece::End) => break,
@@ -473,7 +494,7 @@ async fn put_replica(
             )
         };
         loop {
-            match next_piece(&mut body).await? {
+            match next_piece(&mut body, state.idle_timeout).await? {
                 Piece::Data(data) => {
                     hasher.update(&data);
                     bytes += data.len() as u64;

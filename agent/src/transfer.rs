@@ -10,6 +10,9 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_compression::tokio::bufread::{ZstdDecoder, ZstdEncoder};
 use bytes::{Bytes, BytesMut};
@@ -112,6 +115,8 @@ pub struct Upload {
     pub store_path: Option<String>,
     /// Bytes per second, 0 = unlimited.
     pub bandwidth_limit: u64,
+    /// Give up when no progress was made for this long (a cut link sends no reset).
+    pub idle_timeout: Duration,
 }
 
 /// A finished upload: what the target said, and what was sent.
@@ -132,12 +137,46 @@ pub fn client() -> Client<HttpConnector, BoxBody> {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
+/// Milliseconds since `epoch` of the last progress, shared by the producer and the watchdog.
+#[derive(Debug, Clone)]
+struct Progress {
+    epoch: tokio::time::Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            epoch: tokio::time::Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn tick(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing happened for `idle`.
+    async fn stalled(&self, idle: Duration) {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::time::sleep(idle / 4).await;
+            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if now.saturating_sub(self.last.load(Ordering::Relaxed)) >= idle_ms {
+                return;
+            }
+        }
+    }
+}
+
 async fn produce(
     reader: impl AsyncRead + Send + Unpin + 'static,
     compression: Compression,
     limit: u64,
     done: SourceDone,
     tx: mpsc::Sender<Result<Frame<Bytes>, io::Error>>,
+    progress: Progress,
 ) -> Result<(u64, String), TransferError> {
     let mut reader: Box<dyn AsyncRead + Send + Unpin> = match compression {
         Compression::Zstd => Box::new(ZstdEncoder::with_quality(
@@ -168,7 +207,9 @@ async fn produce(
         tx.send(Ok(Frame::data(buf.freeze())))
             .await
             .map_err(|_| gone())?;
+        progress.tick();
         limiter.consume(n as u64).await;
+        progress.tick();
     }
     // End the body cleanly only if the source completed.
     if let Err(msg) = done.await {
@@ -242,16 +283,28 @@ pub async fn upload(
     let req = req
         .body(channel_body(rx))
         .map_err(|e| TransferError::Invalid(e.to_string()))?;
+    let progress = Progress::new();
     let producer = tokio::spawn(produce(
         reader,
         up.compression,
         up.bandwidth_limit,
         done,
         tx,
+        progress.clone(),
     ));
     let abort = producer.abort_handle();
     debug!(%url, "uploading");
-    let resp = match client.request(req).await {
+    let answer = tokio::select! {
+        r = client.request(req) => r,
+        () = progress.stalled(up.idle_timeout) => {
+            abort.abort();
+            return Err(TransferError::Connection(format!(
+                "no progress for {}s (link down or target stuck)",
+                up.idle_timeout.as_secs()
+            )));
+        }
+    };
+    let resp = match answer {
         Ok(r) => r,
         Err(e) => {
             abort.abort();

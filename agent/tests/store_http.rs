@@ -61,6 +61,7 @@ fn upload_spec(id: &str, compression: Compression) -> Upload {
         receive_into: None,
         store_path: None,
         bandwidth_limit: 0,
+        idle_timeout: Duration::from_secs(30),
     }
 }
 

@@ -157,6 +157,16 @@ impl Zfs {
         Ok(())
     }
 
+    /// Undoes [`Zfs::protect_replica`] (after a restore): inherit `readonly` and `atime`.
+    pub async fn unprotect(&self, dataset: &str) -> Result<(), ZfsError> {
+        zetaback::names::validate_dataset(dataset)?;
+        for prop in ["readonly", "atime"] {
+            let args = vec!["inherit".to_owned(), prop.to_owned(), dataset.to_owned()];
+            self.output(&args, true).await?;
+        }
+        Ok(())
+    }
+
     /// Pools with their health and sizes.
     pub async fn pools(&self) -> Result<Vec<PoolUsage>, ZfsError> {
         let args: Vec<String> = ["list", "-H", "-o", "name,health"]

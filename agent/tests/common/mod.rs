@@ -131,3 +131,202 @@ pub fn checksums(dir: &Path) -> std::collections::BTreeMap<String, String> {
 pub fn mountpoint(dataset: &str) -> PathBuf {
     PathBuf::from(zfs(&["get", "-H", "-o", "value", "mountpoint", dataset]).trim())
 }
+
+/// The agent binary under test.
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_zetaback-agent")
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Token files for an agent pair.
+pub struct Tokens {
+    pub dir: tempfile::TempDir,
+    pub source: PathBuf,
+    pub admin: PathBuf,
+}
+
+impl Tokens {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("token");
+        let admin = dir.path().join("admin-token");
+        std::fs::write(&source, "test-source-token\n").expect("token");
+        std::fs::write(&admin, "test-admin-token\n").expect("token");
+        Self { dir, source, admin }
+    }
+}
+
+/// A target agent process (`zetaback-agent --no-kube`), killed on drop.
+pub struct TargetAgent {
+    pub child: std::process::Child,
+    pub addr: String,
+    args: Vec<String>,
+    netns: Option<String>,
+}
+
+impl TargetAgent {
+    pub fn start(
+        tokens: &Tokens,
+        addr: &str,
+        store_root: &Path,
+        replica_root: Option<&str>,
+        netns: Option<&str>,
+    ) -> Self {
+        let mut args = vec![
+            "--no-kube".to_owned(),
+            "--host-name".into(),
+            "backup-1".into(),
+            "--listen".into(),
+            addr.into(),
+            "--store-root".into(),
+            store_root.display().to_string(),
+            "--token-file".into(),
+            tokens.source.display().to_string(),
+            "--admin-token-file".into(),
+            tokens.admin.display().to_string(),
+            "--idle-timeout".into(),
+            "3".into(),
+        ];
+        if let Some(r) = replica_root {
+            args.push("--replica-root".into());
+            args.push(r.into());
+        }
+        let mut t = Self {
+            child: spawn_agent(&args, netns),
+            addr: addr.to_owned(),
+            args,
+            netns: netns.map(str::to_owned),
+        };
+        t.wait_ready();
+        t
+    }
+
+    fn wait_ready(&mut self) {
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("target agent exited early: {status}");
+            }
+            if std::net::TcpStream::connect(&self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("target agent did not listen on {}", self.addr);
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_agent(&self.args, self.netns.as_deref());
+        self.wait_ready();
+    }
+}
+
+impl Drop for TargetAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_agent(args: &[String], netns: Option<&str>) -> std::process::Child {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, agent_bin()]);
+            c
+        }
+        None => Command::new(agent_bin()),
+    };
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn zetaback-agent")
+}
+
+/// `zetaback-agent backup ...` as a child process (the source side).
+pub fn backup_cmd(tokens: &Tokens, target: &str, dataset: &str, snapshot: &str) -> Command {
+    let mut c = Command::new(agent_bin());
+    c.args([
+        "backup",
+        "--host-name",
+        "src-1",
+        "--token-file",
+        &tokens.source.display().to_string(),
+        "--target",
+        target,
+        "--dataset",
+        dataset,
+        "--snapshot",
+        snapshot,
+        "--idle-timeout",
+        "3",
+    ])
+    .env("RUST_LOG", "info")
+    .stdin(std::process::Stdio::null());
+    c
+}
+
+/// Runs a backup to completion; returns its JSON outcome.
+pub fn run_backup(mut cmd: Command) -> serde_json::Value {
+    let out = cmd.output().expect("run backup");
+    assert!(
+        out.status.success(),
+        "backup failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("backup prints JSON")
+}
+
+/// Files of a directory (names), sorted.
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Waits (bounded) for a condition; panics with `what` if it never holds.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A temporary file of a stream being written, with its size.
+pub fn temp_stream(dir: &Path) -> Option<(String, u64)> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.starts_with(".tmp-")
+            .then(|| (name, e.metadata().map(|m| m.len()).unwrap_or(0)))
+    })
+}
+
+/// Snapshot creation times have one-second resolution: make the next one distinct.
+pub fn next_second() {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+}

@@ -1,0 +1,378 @@
+//! Two agents on real zfs-fuse pools: the source (`zetaback-agent backup`, what a BackupJob
+//! runs) and the target (`zetaback-agent --no-kube`, a separate process on its own port).
+//! A full and two incrementals of a dataset with real files, to a file store and to a replica
+//! pool; restores and the replica compare equal, file by file, by sha256. Fault injection:
+//! kill the source, kill the target, cut the link (network namespace): no partial stream is
+//! ever a backup, and the next run succeeds.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use zetaback::store::scan;
+
+fn restore(tokens: &Tokens, from: &str, dataset: &str, backup: &str, into: &str) {
+    let out = Command::new(agent_bin())
+        .args([
+            "restore",
+            "--token-file",
+            &tokens.source.display().to_string(),
+            "--from",
+            from,
+            "--host",
+            "src-1",
+            "--dataset",
+            dataset,
+            "--backup",
+            backup,
+            "--into",
+            into,
+        ])
+        .output()
+        .expect("restore");
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sha256_file(p: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(std::fs::read(p).expect("read")))
+}
+
+#[test]
+fn full_and_two_incrementals_to_file_store_and_replica() {
+    let src = Pool::new("src");
+    let dst = Pool::new("dst");
+    let (ds, dir) = src.create("data");
+    let (replicas, _) = dst.create("replicas");
+    let store = tempfile::tempdir().expect("store");
+    let tokens = Tokens::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
+
+    let to_store = |snap: &str, base: Option<&str>, zstd: bool| {
+        let mut c = backup_cmd(&tokens, &addr, &ds, snap);
+        c.args(["--target-path", &store.path().display().to_string()]);
+        if let Some(b) = base {
+            c.args(["--base-snapshot", b]);
+        }
+        if zstd {
+            c.args(["--compression", "zstd"]);
+        }
+        run_backup(c)
+    };
+    let to_replica = |snap: &str, base: Option<&str>| {
+        let mut c = backup_cmd(&tokens, &addr, &ds, snap);
+        c.args(["--target-dataset", &replicas]);
+        if let Some(b) = base {
+            c.args(["--base-snapshot", b]);
+        }
+        run_backup(c)
+    };
+
+    // Full.
+    write_files(&dir, 1, 8, 200_000);
+    let state1 = checksums(&dir);
+    let full = to_store("zetaback-1", None, true);
+    let full_id = full["backupId"].as_str().expect("id").to_owned();
+    assert!(full_id.ends_with(".full"), "{full}");
+    let r = to_replica("zetaback-1", None);
+    assert!(r["replica"].as_str().is_some(), "{r}");
+
+    // First incremental (against the full).
+    next_second();
+    write_files(&dir, 2, 4, 100_000);
+    std::fs::remove_file(dir.join("f1-0.bin")).expect("rm");
+    let state2 = checksums(&dir);
+    let inc1 = to_store("zetaback-2", Some("zetaback-1"), false);
+    let inc1_id = inc1["backupId"].as_str().expect("id").to_owned();
+    to_replica("zetaback-2", Some("zetaback-1"));
+
+    // Second incremental: to the store against the last full (Zetaback), to the replica
+    // chained against the previous one.
+    next_second();
+    write_files(&dir, 3, 4, 150_000);
+    let state3 = checksums(&dir);
+    let inc2 = to_store("zetaback-3", Some("zetaback-1"), true);
+    let inc2_id = inc2["backupId"].as_str().expect("id").to_owned();
+    assert!(inc2_id.contains(".incremental."), "{inc2}");
+    to_replica("zetaback-3", Some("zetaback-2"));
+
+    // The store: three backups, each manifest matching its stream.
+    let cat = scan(store.path()).expect("scan");
+    assert!(cat.problems.is_empty(), "{:?}", cat.problems);
+    let ids: Vec<&str> = cat.backups.iter().map(|b| b.manifest.id.as_str()).collect();
+    assert_eq!(ids, [full_id.as_str(), inc1_id.as_str(), inc2_id.as_str()]);
+    for b in &cat.backups {
+        let p = store
+            .path()
+            .join("src-1")
+            .join(zetaback::store::escape_dataset(&ds).expect("escape"))
+            .join(&b.manifest.id);
+        assert_eq!(sha256_file(&p), b.manifest.sha256, "{}", b.manifest.id);
+    }
+    assert_eq!(
+        cat.backups[0].manifest.sha256,
+        full["sha256"].as_str().expect("sha")
+    );
+
+    // The replica has every file of the source, byte for byte.
+    let replica = format!("{replicas}/src-1/{ds}");
+    assert_eq!(checksums(&mountpoint(&replica)), state3);
+
+    // Restores from the file store: the latest (full + its incremental) and an earlier point.
+    let restored = format!("{}/restored", dst.name);
+    restore(&tokens, &addr, &ds, &inc2_id, &restored);
+    assert_eq!(checksums(&mountpoint(&restored)), state3);
+    let restored2 = format!("{}/restored2", dst.name);
+    restore(&tokens, &addr, &ds, &inc1_id, &restored2);
+    assert_eq!(checksums(&mountpoint(&restored2)), state2);
+    let restored1 = format!("{}/restored1", dst.name);
+    restore(&tokens, &addr, &ds, &full_id, &restored1);
+    assert_eq!(checksums(&mountpoint(&restored1)), state1);
+
+    // Snapshots no longer needed as a base were destroyed (only ours).
+    let snaps = zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-r", &ds]);
+    assert!(!snaps.contains("zetaback-1"), "{snaps}");
+    assert!(
+        snaps.contains("zetaback-2") && snaps.contains("zetaback-3"),
+        "{snaps}"
+    );
+}
+
+/// A dataset large enough that a rate-limited transfer is still running when a fault hits.
+fn big_dataset(pool: &Pool) -> (String, std::path::PathBuf) {
+    let (ds, dir) = pool.create("big");
+    write_files(&dir, 7, 16, 1_500_000);
+    (ds, dir)
+}
+
+fn store_dir(store: &Path, ds: &str) -> std::path::PathBuf {
+    store
+        .join("src-1")
+        .join(zetaback::store::escape_dataset(ds).expect("escape"))
+}
+
+#[test]
+fn killing_the_source_mid_stream_leaves_no_backup() {
+    let src = Pool::new("ks");
+    let (ds, dir) = big_dataset(&src);
+    let store = tempfile::tempdir().expect("store");
+    let tokens = Tokens::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _target = TargetAgent::start(&tokens, &addr, store.path(), None, None);
+    let sdir = store_dir(store.path(), &ds);
+
+    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
+    c.args(["--target-path", &store.path().display().to_string()]);
+    c.args(["--bandwidth-limit", "2000000"]);
+    let mut source = c.spawn().expect("spawn source");
+    wait_until("the target is writing the stream", || {
+        temp_stream(&sdir).is_some_and(|(_, n)| n > 500_000)
+    });
+    source.kill().expect("kill -9 the source");
+    let _ = source.wait();
+    // The target notices the cut connection and discards the partial stream.
+    wait_until("the partial stream is discarded", || {
+        temp_stream(&sdir).is_none()
+    });
+    let cat = scan(store.path()).expect("scan");
+    assert!(cat.backups.is_empty(), "no backup: {:?}", cat.backups);
+    assert!(list(&sdir).is_empty(), "nothing left: {:?}", list(&sdir));
+
+    // The next run succeeds (and reuses the snapshot the killed run took).
+    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
+    c.args(["--target-path", &store.path().display().to_string()]);
+    let out = run_backup(c);
+    let id = out["backupId"].as_str().expect("id");
+    let restored = format!("{}/restored", src.name);
+    restore(&tokens, &addr, &ds, id, &restored);
+    assert_eq!(checksums(&mountpoint(&restored)), checksums(&dir));
+}
+
+#[test]
+fn killing_the_target_mid_stream_leaves_no_backup() {
+    let src = Pool::new("kt");
+    let (ds, dir) = big_dataset(&src);
+    let (replicas, _) = src.create("replicas");
+    let store = tempfile::tempdir().expect("store");
+    let tokens = Tokens::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
+    let sdir = store_dir(store.path(), &ds);
+
+    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
+    c.args(["--target-path", &store.path().display().to_string()]);
+    c.args(["--bandwidth-limit", "2000000"]);
+    let source = c.spawn().expect("spawn source");
+    wait_until("the target is writing the stream", || {
+        temp_stream(&sdir).is_some_and(|(_, n)| n > 500_000)
+    });
+    target.kill();
+    let out = source.wait_with_output().expect("source ends");
+    assert!(
+        !out.status.success(),
+        "the source must fail when the target dies"
+    );
+    // The dead target left its temporary file; it is not a backup.
+    assert!(temp_stream(&sdir).is_some());
+    assert!(scan(store.path()).expect("scan").backups.is_empty());
+    // A restarted target removes it at start-up; the next run succeeds.
+    target.restart();
+    assert!(
+        temp_stream(&sdir).is_none(),
+        "stale temporary removed: {:?}",
+        list(&sdir)
+    );
+    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
+    c.args(["--target-path", &store.path().display().to_string()]);
+    let id = run_backup(c)["backupId"].as_str().expect("id").to_owned();
+    assert_eq!(scan(store.path()).expect("scan").backups.len(), 1);
+
+    // The same in replica mode: a killed receive leaves no replica; the next run succeeds.
+    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
+    c.args([
+        "--target-dataset",
+        &replicas,
+        "--bandwidth-limit",
+        "2000000",
+        "--keep-snapshots",
+    ]);
+    let source = c.spawn().expect("spawn source");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    target.kill();
+    let out = source.wait_with_output().expect("source ends");
+    assert!(!out.status.success());
+    let replica = format!("{replicas}/src-1/{ds}");
+    let listed = zfs(&["list", "-H", "-o", "name", "-r", &replicas]);
+    assert!(
+        !listed.lines().any(|l| l == replica),
+        "no partial replica: {listed}"
+    );
+    target.restart();
+    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
+    c.args(["--target-dataset", &replicas]);
+    run_backup(c);
+    assert_eq!(checksums(&mountpoint(&replica)), checksums(&dir));
+    let restored = format!("{}/restored", src.name);
+    restore(&tokens, &addr, &ds, &id, &restored);
+    assert_eq!(checksums(&mountpoint(&restored)), checksums(&dir));
+}
+
+/// A network namespace with a veth pair to the root namespace; removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    fn new() -> Self {
+        let id = std::process::id() % 250;
+        let name = format!("zbt{}", std::process::id());
+        let host_if = format!("zbh{}", std::process::id());
+        let ns_if = format!("zbn{}", std::process::id());
+        let (host_ip, ns_ip) = (format!("10.213.{id}.1"), format!("10.213.{id}.2"));
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Self {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip: host_ip.clone(),
+            ns_ip: ns_ip.clone(),
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/24"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", &name, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn cutting_the_link_mid_stream_leaves_no_backup() {
+    let src = Pool::new("cl");
+    let (ds, dir) = big_dataset(&src);
+    let store = tempfile::tempdir().expect("store");
+    let tokens = Tokens::new();
+    let ns = Netns::new();
+    let addr = format!("{}:7790", ns.ns_ip);
+    let target = TargetAgent::start(&tokens, &addr, store.path(), None, Some(&ns.name));
+    let sdir = store_dir(store.path(), &ds);
+    assert!(!ns.host_ip.is_empty());
+
+    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
+    c.args(["--target-path", &store.path().display().to_string()]);
+    c.args(["--bandwidth-limit", "2000000"]);
+    c.stderr(std::process::Stdio::piped());
+    let source = c.spawn().expect("spawn source");
+    wait_until("the target is writing the stream", || {
+        temp_stream(&sdir).is_some_and(|(_, n)| n > 500_000)
+    });
+    ns.link(false);
+    // No reset crosses a cut link: both sides give up after their idle timeout (3s here).
+    let out = source.wait_with_output().expect("source ends");
+    assert!(
+        !out.status.success(),
+        "the source must fail when the link is cut"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no progress"), "{stderr}");
+    wait_until("the target discards the stalled stream", || {
+        temp_stream(&sdir).is_none()
+    });
+    assert!(scan(store.path()).expect("scan").backups.is_empty());
+    ns.link(true);
+
+    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
+    c.args(["--target-path", &store.path().display().to_string()]);
+    let id = run_backup(c)["backupId"].as_str().expect("id").to_owned();
+    let restored = format!("{}/restored", src.name);
+    restore(&tokens, &addr, &ds, &id, &restored);
+    assert_eq!(checksums(&mountpoint(&restored)), checksums(&dir));
+    drop(target);
+}
