@@ -401,8 +401,8 @@ impl Cx {
                 )));
             }
         }
-        let req = BackupNowRequest::new(host, dataset, kind, self.now);
-        let value = req.to_annotation().map_err(|e| CliError::Encode {
+        let req = request::backup_now(host, dataset, kind, self.now);
+        let value = request::to_annotation(&req).map_err(|e| CliError::Encode {
             format: "JSON",
             message: e.to_string(),
         })?;
@@ -425,13 +425,13 @@ impl Cx {
             if dry_run {
                 format!(
                     "dry run: would request {} under policy {ns}/{name}\n  {}={value}\n",
-                    req.describe(),
+                    request::describe(&req),
                     request::BACKUP_NOW_ANNOTATION
                 )
             } else {
                 format!(
                     "requested {} under policy {ns}/{name}; the controller creates the BackupJobs (kubectl get backupjobs -n {ns} -l zetaback.io/policy={name})\n",
-                    req.describe()
+                    request::describe(&req)
                 )
             }
         })?;
