@@ -1,0 +1,320 @@
+//! The job runner and host discovery against a real kube-apiserver (e2e/scripts/env.sh up,
+//! CRDs installed) and real zfs-fuse pools: three agent processes (a target, and two source
+//! agents serving the same host that race for every job).
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use zetaback::api::backup_policy::{Compression, Target};
+use zetaback::api::{
+    BackupJob, BackupJobSpec, BackupJobStatus, BackupType, DatasetPattern, DatasetSelector,
+    JobPhase, ZfsHost, ZfsHostSpec,
+};
+
+fn kubeconfig() -> String {
+    let out = Command::new(repo_root().join("e2e/scripts/env.sh"))
+        .arg("up")
+        .output()
+        .expect("run e2e/scripts/env.sh up");
+    assert!(
+        out.status.success(),
+        "e2e/scripts/env.sh up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .expect("kubeconfig path")
+        .trim()
+        .to_owned()
+}
+
+async fn client(path: &str) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(path).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent(kubeconfig: &str, tokens: &Tokens, host: &str, node: &str, extra: &[&str]) -> Proc {
+    let port = free_port();
+    let child = Command::new(agent_bin())
+        .args([
+            "--host-name",
+            host,
+            "--node-name",
+            node,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--token-file",
+            &tokens.source.display().to_string(),
+            "--admin-token-file",
+            &tokens.admin.display().to_string(),
+            "--kubeconfig",
+            kubeconfig,
+            "--status-interval",
+            "1",
+            "--last-seen-every",
+            "5",
+            "--idle-timeout",
+            "5",
+            "--concurrency",
+            "2",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info,kube=warn")
+        .spawn()
+        .expect("spawn agent");
+    Proc(child)
+}
+
+async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..600 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn job(
+    name: &str,
+    host: &str,
+    ds: &str,
+    snap: &str,
+    base: Option<&str>,
+    target: Target,
+) -> BackupJob {
+    BackupJob::new(
+        name,
+        BackupJobSpec {
+            policy: "test".into(),
+            host: host.into(),
+            dataset: ds.into(),
+            backup_type: if base.is_some() {
+                BackupType::Incremental
+            } else {
+                BackupType::Full
+            },
+            base_snapshot: base.map(str::to_owned),
+            snapshot: snap.into(),
+            target,
+            compression: Compression::Zstd,
+        },
+    )
+}
+
+async fn finished(jobs: &Api<BackupJob>, name: &str) -> BackupJobStatus {
+    wait_for(&format!("job {name} to finish"), async || {
+        let j = jobs.get(name).await.ok()?;
+        let s = j.status?;
+        matches!(s.phase, JobPhase::Succeeded | JobPhase::Failed).then_some(s)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_claims_runs_and_recovers_jobs() {
+    let kc = kubeconfig();
+    let client = client(&kc).await;
+    let pid = std::process::id();
+    let (src_host, dst_host, ns) = (
+        format!("src-{pid}"),
+        format!("backup-{pid}"),
+        format!("zbt-{pid}"),
+    );
+    let pool = Pool::new("rk");
+    let (ds, dir) = pool.create("data");
+    write_files(&dir, 11, 6, 100_000);
+    let store = tempfile::tempdir().expect("store");
+    let tokens = Tokens::new();
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut n = Namespace::default();
+    n.metadata.name = Some(ns.clone());
+    namespaces
+        .create(&PostParams::default(), &n)
+        .await
+        .expect("namespace");
+    let hosts: Api<ZfsHost> = Api::all(client.clone());
+    for (name, include) in [
+        (&src_host, format!("{}/**", pool.name)),
+        (&dst_host, "nothing".to_owned()),
+    ] {
+        let h = ZfsHost::new(
+            name,
+            ZfsHostSpec {
+                node_name: "node-a".into(),
+                datasets: DatasetSelector {
+                    include: vec![DatasetPattern(include)],
+                    exclude: vec![],
+                },
+                paused: false,
+            },
+        );
+        hosts
+            .create(&PostParams::default(), &h)
+            .await
+            .expect("zfshost");
+    }
+    let jobs: Api<BackupJob> = Api::namespaced(client.clone(), &ns);
+
+    let store_root = store.path().display().to_string();
+    let _target = agent(
+        &kc,
+        &tokens,
+        &dst_host,
+        "node-b",
+        &["--store-root", &store_root],
+    );
+    let mut a = agent(&kc, &tokens, &src_host, "node-a", &[]);
+    let _b = agent(&kc, &tokens, &src_host, "node-a2", &[]);
+
+    // Discovery: the target publishes its endpoint, the source its datasets.
+    wait_for("target endpoint", async || {
+        hosts.get(&dst_host).await.ok()?.status?.agent_endpoint
+    })
+    .await;
+    let status = wait_for("source datasets", async || {
+        let s = hosts.get(&src_host).await.ok()?.status?;
+        s.datasets.iter().any(|d| d.name == ds).then_some(s)
+    })
+    .await;
+    assert!(
+        status.zfs_capabilities.contains(&"holds".to_owned()),
+        "{status:?}"
+    );
+    assert!(status.agent_version.is_some() && status.last_seen.is_some());
+    assert!(status.pools.iter().any(|p| p.name == pool.name));
+
+    let target = Target {
+        host: dst_host.as_str().into(),
+        path: Some(store_root.clone()),
+        dataset: None,
+    };
+    // A full, then an incremental; two agents race for each, one runs it.
+    jobs.create(
+        &PostParams::default(),
+        &job("full", &src_host, &ds, "zetaback-1", None, target.clone()),
+    )
+    .await
+    .expect("create job");
+    let full = finished(&jobs, "full").await;
+    assert_eq!(full.phase, JobPhase::Succeeded, "{full:?}");
+    assert_eq!(full.attempts, 1, "claimed once: {full:?}");
+    assert!(
+        full.claimed_by
+            .as_deref()
+            .is_some_and(|c| c.starts_with(&src_host))
+    );
+    next_second();
+    jobs.create(
+        &PostParams::default(),
+        &job(
+            "incr",
+            &src_host,
+            &ds,
+            "zetaback-2",
+            Some("zetaback-1"),
+            target.clone(),
+        ),
+    )
+    .await
+    .expect("create job");
+    let incr = finished(&jobs, "incr").await;
+    assert_eq!(incr.phase, JobPhase::Succeeded, "{incr:?}");
+    assert_eq!(incr.attempts, 1);
+
+    // The store agrees with the jobs' statuses.
+    let cat = zetaback::store::scan(store.path()).expect("scan");
+    assert_eq!(cat.backups.len(), 2, "{cat:?}");
+    for (st, b) in [(&full, &cat.backups[0]), (&incr, &cat.backups[1])] {
+        assert_eq!(st.backup_id.as_deref(), Some(b.manifest.id.as_str()));
+        assert_eq!(st.sha256.as_deref(), Some(b.manifest.sha256.as_str()));
+        assert_eq!(st.bytes, Some(b.manifest.bytes));
+    }
+    // The host status names our newest snapshot (the next base).
+    wait_for("latest snapshot in status", async || {
+        let s = hosts.get(&src_host).await.ok()?.status?;
+        s.datasets
+            .iter()
+            .any(|d| d.name == ds && d.latest_snapshot.as_deref() == Some("zetaback-2"))
+            .then_some(())
+    })
+    .await;
+
+    // A job whose target has no agent fails with a message.
+    let nowhere = Target {
+        host: "nowhere".into(),
+        path: Some("/x".into()),
+        dataset: None,
+    };
+    jobs.create(
+        &PostParams::default(),
+        &job("bad", &src_host, &ds, "zetaback-3", None, nowhere),
+    )
+    .await
+    .expect("create job");
+    let bad = finished(&jobs, "bad").await;
+    assert_eq!(bad.phase, JobPhase::Failed);
+    assert!(
+        bad.message
+            .as_deref()
+            .is_some_and(|m| m.contains("nowhere")),
+        "{bad:?}"
+    );
+
+    // Restart safety: a job left Running by node-a (killed mid-job) is failed cleanly when
+    // node-a's agent starts again.
+    drop(_b);
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    let mut orphan = jobs
+        .create(
+            &PostParams::default(),
+            &job("orphan", &src_host, &ds, "zetaback-4", None, target.clone()),
+        )
+        .await
+        .expect("create job");
+    orphan.status = Some(BackupJobStatus {
+        phase: JobPhase::Running,
+        claimed_by: Some(format!("{src_host}@node-a")),
+        attempts: 1,
+        ..Default::default()
+    });
+    jobs.replace_status("orphan", &PostParams::default(), &orphan)
+        .await
+        .expect("mark running");
+    a = agent(&kc, &tokens, &src_host, "node-a", &[]);
+    let o = finished(&jobs, "orphan").await;
+    assert_eq!(o.phase, JobPhase::Failed);
+    assert!(
+        o.message
+            .as_deref()
+            .is_some_and(|m| m.contains("interrupted")),
+        "{o:?}"
+    );
+    drop(a);
+
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    for h in [&src_host, &dst_host] {
+        let _ = hosts.delete(h, &DeleteParams::default()).await;
+    }
+}
