@@ -62,9 +62,11 @@ impl CachedObject {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
-        // Measured: a small object costs about 5 KiB of heap beyond its body
-        // (object + policy header maps, moka entry, keys).
-        let weight = key_len * 2 + body.len() + header_bytes * 4 + 2560;
+        // Measured (bench/fallback): a small object costs about 5.5 KiB of
+        // heap beyond its body (object and policy header maps, moka entry,
+        // keys, allocator slack); err on the high side so RSS stays within
+        // maxSize plus a fixed overhead.
+        let weight = key_len * 2 + body.len() + header_bytes * 4 + 4096;
         Self {
             status,
             headers,
