@@ -92,7 +92,12 @@ fn condition(type_: &str, status: &str, reason: &str) -> Value {
 }
 
 /// Writes a policy's status as the controller would, with server-side apply.
-async fn set_status(api: &Api<BackupPolicy>, name: &str, ready: bool, violations: &[(&str, &str, &str)]) {
+async fn set_status(
+    api: &Api<BackupPolicy>,
+    name: &str,
+    ready: bool,
+    violations: &[(&str, &str, &str)],
+) {
     let mut keys: Vec<(&str, &str)> = violations.iter().map(|(h, d, _)| (*h, *d)).collect();
     keys.dedup();
     let status = json!({
@@ -110,7 +115,9 @@ async fn set_status(api: &Api<BackupPolicy>, name: &str, ready: bool, violations
     api.patch_status(
         name,
         &PatchParams::apply("test").force(),
-        &Patch::Apply(json!({"apiVersion": "zetaback.io/v1alpha1", "kind": "BackupPolicy", "status": status})),
+        &Patch::Apply(
+            json!({"apiVersion": "zetaback.io/v1alpha1", "kind": "BackupPolicy", "status": status}),
+        ),
     )
     .await
     .unwrap_or_else(|e| panic!("status of {name}: {e}"));
@@ -123,16 +130,21 @@ async fn violators_follow_the_monitoring_plugin_convention() {
     let client = env.client().await;
     let api: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
     for name in ["db", "web", "files"] {
-        api.create(&PostParams::default(), &policy(name, &["db-1", "db-2"], "backup-1"))
-            .await
-            .expect("create policy");
+        api.create(
+            &PostParams::default(),
+            &policy(name, &["db-1", "db-2"], "backup-1"),
+        )
+        .await
+        .expect("create policy");
     }
 
     // Just created, the controller has not reported: not Ready is CRITICAL.
     let r = zb(&client, &ns, &["violators"]).await;
     assert_eq!(r.code, 2, "{r:?}");
     assert!(
-        r.out.starts_with("ZETABACK CRITICAL - 0 violators in 3 policies; not Ready: db (no status yet)"),
+        r.out.starts_with(
+            "ZETABACK CRITICAL - 0 violators in 3 policies; not Ready: db (no status yet)"
+        ),
         "{r:?}"
     );
 
@@ -162,14 +174,24 @@ async fn violators_follow_the_monitoring_plugin_convention() {
         first,
         "ZETABACK WARNING - 2 violators: db-1:tank/pg (NoBackupWithin,LastJobFailed), db-2:tank/my (NoBackupWithin)"
     );
-    assert!(r.out.contains("LastJobFailed on db-1:tank/pg"), "the table follows: {r:?}");
+    assert!(
+        r.out.contains("LastJobFailed on db-1:tank/pg"),
+        "the table follows: {r:?}"
+    );
 
     // Filters narrow the check to some hosts or datasets.
     let r = zb(&client, &ns, &["violators", "-H", "^db-2$"]).await;
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.out.starts_with("ZETABACK WARNING - 1 violator: db-2:tank/my (NoBackupWithin)\n"), "{r:?}");
+    assert!(
+        r.out
+            .starts_with("ZETABACK WARNING - 1 violator: db-2:tank/my (NoBackupWithin)\n"),
+        "{r:?}"
+    );
     let r = zb(&client, &ns, &["violators", "-d", "^tank/none$"]).await;
-    assert_eq!((r.code, r.out.lines().next()), (0, Some("ZETABACK OK - 0 violators in 3 policies")));
+    assert_eq!(
+        (r.code, r.out.lines().next()),
+        (0, Some("ZETABACK OK - 0 violators in 3 policies"))
+    );
 
     // -o json: the same verdict, for scripts.
     let r = zb(&client, &ns, &["violators", "-o", "json"]).await;
@@ -186,8 +208,16 @@ async fn violators_follow_the_monitoring_plugin_convention() {
     set_status(&api, "web", true, &[("web-1", "tank/www", "NoFullWithin")]).await;
     let r = zb(&client, &ns, &["violators"]).await;
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.out.starts_with("ZETABACK CRITICAL - 3 violators: "), "{r:?}");
-    assert!(r.out.lines().next().is_some_and(|l| l.contains("web-1:tank/www (NoFullWithin)")));
+    assert!(
+        r.out.starts_with("ZETABACK CRITICAL - 3 violators: "),
+        "{r:?}"
+    );
+    assert!(
+        r.out
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("web-1:tank/www (NoFullWithin)"))
+    );
 
     // An unreachable host, and a policy the controller cannot evaluate: CRITICAL.
     set_status(&api, "web", true, &[]).await;
@@ -199,25 +229,37 @@ async fn violators_follow_the_monitoring_plugin_convention() {
     let r = zb(&client, &ns, &["violators"]).await;
     assert_eq!(r.code, 2, "{r:?}");
     assert!(
-        r.out.starts_with("ZETABACK CRITICAL - 0 violators in 3 policies; not Ready: files (StoreUnreachable)\n"),
+        r.out.starts_with(
+            "ZETABACK CRITICAL - 0 violators in 3 policies; not Ready: files (StoreUnreachable)\n"
+        ),
         "{r:?}"
     );
 
     // -A qualifies policy names with their namespace.
     let r = zb(&client, &ns, &["violators", "-A"]).await;
-    assert!(r.out.contains(&format!("{ns}/files (StoreUnreachable)")), "{r:?}");
+    assert!(
+        r.out.contains(&format!("{ns}/files (StoreUnreachable)")),
+        "{r:?}"
+    );
 
     // The API cannot be read (a token the apiserver rejects): UNKNOWN, exit 3.
     let stranger = env.client_with_token("not-a-valid-token").await;
     let r = zb(&stranger, &ns, &["violators"]).await;
     assert_eq!(r.code, 3, "{r:?}");
-    assert!(r.out.starts_with("ZETABACK UNKNOWN - cannot list BackupPolicies"), "{r:?}");
+    assert!(
+        r.out
+            .starts_with("ZETABACK UNKNOWN - cannot list BackupPolicies"),
+        "{r:?}"
+    );
     assert!(r.err.contains("error:"), "{r:?}");
 
     // A namespace without policies is OK (nothing to violate).
     let empty = env.namespace("cli-empty");
     let r = zb(&client, &empty, &["violators"]).await;
-    assert_eq!((r.code, r.out.as_str()), (0, "ZETABACK OK - 0 violators in 0 policies\n"));
+    assert_eq!(
+        (r.code, r.out.as_str()),
+        (0, "ZETABACK OK - 0 violators in 0 policies\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,9 +268,12 @@ async fn backup_sets_the_backup_now_annotation() {
     let ns = env.namespace("cli-backup");
     let client = env.client().await;
     let api: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &policy("p1", &["db-1", "db-2"], "backup-1"))
-        .await
-        .expect("create policy");
+    api.create(
+        &PostParams::default(),
+        &policy("p1", &["db-1", "db-2"], "backup-1"),
+    )
+    .await
+    .expect("create policy");
     let annotation = |p: &BackupPolicy| -> Option<Value> {
         p.metadata
             .annotations
@@ -238,23 +283,65 @@ async fn backup_sets_the_backup_now_annotation() {
     };
 
     // --dry-run prints the request and changes nothing.
-    let r = zb(&client, &ns, &["backup", "p1", "--host", "db-1", "--full", "--dry-run"]).await;
+    let r = zb(
+        &client,
+        &ns,
+        &["backup", "p1", "--host", "db-1", "--full", "--dry-run"],
+    )
+    .await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.out.contains("dry run: would request a full backup of every dataset of db-1"), "{r:?}");
-    assert!(r.out.contains(r#"zetaback.io/backup-now={"host":"db-1","dataset":null,"type":"full","requestedAt":""#), "{r:?}");
+    assert!(
+        r.out
+            .contains("dry run: would request a full backup of every dataset of db-1"),
+        "{r:?}"
+    );
+    assert!(
+        r.out.contains(
+            r#"zetaback.io/backup-now={"host":"db-1","dataset":null,"type":"full","requestedAt":""#
+        ),
+        "{r:?}"
+    );
     assert_eq!(annotation(&api.get("p1").await.expect("get")), None);
 
     let before = Timestamp::now().as_second();
-    let r = zb(&client, &ns, &["backup", "p1", "--host", "db-1", "--dataset", "tank/pg", "--full"]).await;
+    let r = zb(
+        &client,
+        &ns,
+        &[
+            "backup",
+            "p1",
+            "--host",
+            "db-1",
+            "--dataset",
+            "tank/pg",
+            "--full",
+        ],
+    )
+    .await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.out.contains("requested a full backup of db-1:tank/pg under policy"), "{r:?}");
+    assert!(
+        r.out
+            .contains("requested a full backup of db-1:tank/pg under policy"),
+        "{r:?}"
+    );
     let a = annotation(&api.get("p1").await.expect("get")).expect("the request annotation");
     assert_eq!(a["host"], "db-1");
     assert_eq!(a["dataset"], "tank/pg");
     assert_eq!(a["type"], "full");
-    let at: Timestamp = a["requestedAt"].as_str().expect("requestedAt").parse().expect("RFC 3339");
-    assert_eq!(at.subsec_nanosecond(), 0, "whole seconds, as status keeps them");
-    assert!((before..=Timestamp::now().as_second()).contains(&at.as_second()), "{at}");
+    let at: Timestamp = a["requestedAt"]
+        .as_str()
+        .expect("requestedAt")
+        .parse()
+        .expect("RFC 3339");
+    assert_eq!(
+        at.subsec_nanosecond(),
+        0,
+        "whole seconds, as status keeps them"
+    );
+    assert!(
+        (before..=Timestamp::now().as_second()).contains(&at.as_second()),
+        "{at}"
+    );
     let keys: Vec<&String> = a.as_object().expect("object").keys().collect();
     assert_eq!(keys.len(), 4, "host, dataset, type, requestedAt: {a}");
     // The controller's own type reads it.
@@ -264,23 +351,43 @@ async fn backup_sets_the_backup_now_annotation() {
 
     // Unset choices are null; -o json gives the same request.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = zb(&client, &ns, &["backup", "p1", "--incremental", "-o", "json"]).await;
+    let r = zb(
+        &client,
+        &ns,
+        &["backup", "p1", "--incremental", "-o", "json"],
+    )
+    .await;
     assert_eq!(r.code, 0, "{r:?}");
     let out: Value = serde_json::from_str(&r.out).expect("backup -o json parses");
     let a = annotation(&api.get("p1").await.expect("get")).expect("annotation");
-    assert_eq!(a, json!({"host": null, "dataset": null, "type": "incremental", "requestedAt": a["requestedAt"]}));
+    assert_eq!(
+        a,
+        json!({"host": null, "dataset": null, "type": "incremental", "requestedAt": a["requestedAt"]})
+    );
     assert_eq!(out["request"], a);
     assert_eq!(out["annotation"], "zetaback.io/backup-now");
     assert_eq!(out["dryRun"], false);
-    assert!(a["requestedAt"].as_str() > Some(at.to_string().as_str()), "a new request is newer");
+    assert!(
+        a["requestedAt"].as_str() > Some(at.to_string().as_str()),
+        "a new request is newer"
+    );
 
     // Refusals: unknown policy, a host or dataset the policy does not cover, -A.
     let r = zb(&client, &ns, &["backup", "nope"]).await;
     assert_eq!(r.code, 1);
-    assert!(r.err.contains(&format!("BackupPolicy \"nope\" not found in namespace \"{ns}\"")), "{r:?}");
+    assert!(
+        r.err.contains(&format!(
+            "BackupPolicy \"nope\" not found in namespace \"{ns}\""
+        )),
+        "{r:?}"
+    );
     let r = zb(&client, &ns, &["backup", "p1", "--host", "web-9"]).await;
     assert_eq!(r.code, 1);
-    assert!(r.err.contains("does not cover host web-9 (its hosts: db-1, db-2)"), "{r:?}");
+    assert!(
+        r.err
+            .contains("does not cover host web-9 (its hosts: db-1, db-2)"),
+        "{r:?}"
+    );
     let r = zb(&client, &ns, &["backup", "p1", "--dataset", "rpool/root"]).await;
     assert_eq!(r.code, 1);
     assert!(r.err.contains("does not cover dataset rpool/root"), "{r:?}");
@@ -290,7 +397,10 @@ async fn backup_sets_the_backup_now_annotation() {
     let r = zb(&client, &ns, &["backup", "p1", "--full", "--incremental"]).await;
     assert_eq!(r.code, 2, "a usage error: {r:?}");
     // The last good request is still there.
-    assert_eq!(annotation(&api.get("p1").await.expect("get")).expect("annotation")["type"], "incremental");
+    assert_eq!(
+        annotation(&api.get("p1").await.expect("get")).expect("annotation")["type"],
+        "incremental"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,13 +423,17 @@ async fn list_falls_back_to_job_history_when_the_catalogue_is_unreachable() {
     for (name, phase) in [("p1-full-1", "Succeeded"), ("p1-full-2", "Failed")] {
         let mut job = BackupJob::new(name, spec.clone());
         job.metadata.labels = Some([("zetaback.io/policy".to_owned(), "p1".to_owned())].into());
-        jobs.create(&PostParams::default(), &job).await.expect("create job");
+        jobs.create(&PostParams::default(), &job)
+            .await
+            .expect("create job");
         jobs.patch_status(
             name,
             &PatchParams::apply("test").force(),
-            &Patch::Apply(json!({"apiVersion": "zetaback.io/v1alpha1", "kind": "BackupJob",
+            &Patch::Apply(
+                json!({"apiVersion": "zetaback.io/v1alpha1", "kind": "BackupJob",
                 "status": {"phase": phase, "bytes": 4096, "backupId": "1700000000.full",
-                           "finishedAt": "2023-11-14T22:13:20Z"}})),
+                           "finishedAt": "2023-11-14T22:13:20Z"}}),
+            ),
         )
         .await
         .expect("job status");
@@ -331,11 +445,20 @@ async fn list_falls_back_to_job_history_when_the_catalogue_is_unreachable() {
         r.err.contains(&format!("warning: the backup catalogue of policy {ns}/p1 is unreachable: backup host {missing} does not exist")),
         "{r:?}"
     );
-    assert!(r.err.contains("showing its BackupJob history instead"), "{r:?}");
+    assert!(
+        r.err.contains("showing its BackupJob history instead"),
+        "{r:?}"
+    );
     let lines: Vec<&str> = r.out.lines().collect();
     assert_eq!(lines.len(), 2, "a header and the succeeded job only: {r:?}");
-    assert!(lines[1].contains("db-1") && lines[1].contains("1700000000.full"), "{r:?}");
-    assert!(lines[1].contains("4.0 KiB") && lines[1].ends_with("job history"), "{r:?}");
+    assert!(
+        lines[1].contains("db-1") && lines[1].contains("1700000000.full"),
+        "{r:?}"
+    );
+    assert!(
+        lines[1].contains("4.0 KiB") && lines[1].ends_with("job history"),
+        "{r:?}"
+    );
 
     let r = zb(&client, &ns, &["list", "-o", "json"]).await;
     let v: Value = serde_json::from_str(&r.out).expect("list -o json parses");
@@ -345,12 +468,18 @@ async fn list_falls_back_to_job_history_when_the_catalogue_is_unreachable() {
 
     let r = zb(&client, &ns, &["summary"]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.out.contains("tank/pg") && r.out.contains("1 (jobs)"), "{r:?}");
+    assert!(
+        r.out.contains("tank/pg") && r.out.contains("1 (jobs)"),
+        "{r:?}"
+    );
 
     // expunge and archive need the store's view: they refuse rather than guess.
     let r = zb(&client, &ns, &["expunge", "p1"]).await;
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.err.contains("cannot read the backup catalogue of policy"), "{r:?}");
+    assert!(
+        r.err.contains("cannot read the backup catalogue of policy"),
+        "{r:?}"
+    );
     assert!(r.err.contains("nothing was requested"), "{r:?}");
 }
 
@@ -358,11 +487,15 @@ async fn list_falls_back_to_job_history_when_the_catalogue_is_unreachable() {
 /// when the bearer token is `token`.
 async fn fake_agent(catalogue: Catalogue, token: &'static str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
             let catalogue = catalogue.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -429,11 +562,15 @@ async fn make_host(client: &kube::Client, name: &str, status: Value) {
             paused: false,
         },
     );
-    api.create(&PostParams::default(), &host).await.expect("create ZfsHost");
+    api.create(&PostParams::default(), &host)
+        .await
+        .expect("create ZfsHost");
     api.patch_status(
         name,
         &PatchParams::apply("test").force(),
-        &Patch::Apply(json!({"apiVersion": "zetaback.io/v1alpha1", "kind": "ZfsHost", "status": status})),
+        &Patch::Apply(
+            json!({"apiVersion": "zetaback.io/v1alpha1", "kind": "ZfsHost", "status": status}),
+        ),
     )
     .await
     .expect("ZfsHost status");
@@ -456,16 +593,44 @@ async fn catalogue_commands_read_the_backup_hosts_agent() {
         let f = start + w * 7 * DAY;
         backups.push(stored(&src, "tank/pg", &format!("{f}.full"), false));
         for d in 1..3 {
-            backups.push(stored(&src, "tank/pg", &format!("{}.incremental.{f}", f + d * DAY), false));
+            backups.push(stored(
+                &src,
+                "tank/pg",
+                &format!("{}.incremental.{f}", f + d * DAY),
+                false,
+            ));
         }
     }
-    backups.push(stored(&src, "tank/old", &format!("{}.full", now - 2 * DAY), false));
-    backups.push(stored("someone-else", "tank/pg", &format!("{}.full", now - DAY), false));
-    let catalogue = Catalogue { backups, problems: Vec::new() };
+    backups.push(stored(
+        &src,
+        "tank/old",
+        &format!("{}.full", now - 2 * DAY),
+        false,
+    ));
+    backups.push(stored(
+        "someone-else",
+        "tank/pg",
+        &format!("{}.full", now - DAY),
+        false,
+    ));
+    let catalogue = Catalogue {
+        backups,
+        problems: Vec::new(),
+    };
     let port = fake_agent(catalogue.clone(), "s3cret").await;
 
-    make_host(&client, &backup_host, json!({"agentEndpoint": format!("127.0.0.1:{port}"), "lastSeen": now_text()})).await;
-    make_host(&client, &src, json!({"lastSeen": now_text(), "datasets": [{"name": "tank/pg"}, {"name": "tank/new"}]})).await;
+    make_host(
+        &client,
+        &backup_host,
+        json!({"agentEndpoint": format!("127.0.0.1:{port}"), "lastSeen": now_text()}),
+    )
+    .await;
+    make_host(
+        &client,
+        &src,
+        json!({"lastSeen": now_text(), "datasets": [{"name": "tank/pg"}, {"name": "tank/new"}]}),
+    )
+    .await;
     let api: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
     api.create(&PostParams::default(), &policy("p1", &[&src], &backup_host))
         .await
@@ -478,7 +643,10 @@ async fn catalogue_commands_read_the_backup_hosts_agent() {
     // Without the token the agent refuses: the CLI says so and falls back to job history.
     let r = zb(&client, &ns, &["list"]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.err.contains("unreachable") && r.err.contains("401"), "{r:?}");
+    assert!(
+        r.err.contains("unreachable") && r.err.contains("401"),
+        "{r:?}"
+    );
 
     // list: every backup of the policy's host, from the store.
     let r = zb(&client, &ns, &["list", "--token-file", tf]).await;
@@ -486,87 +654,218 @@ async fn catalogue_commands_read_the_backup_hosts_agent() {
     assert!(r.err.is_empty(), "{r:?}");
     assert_eq!(r.out.lines().count(), 1 + 16, "{r:?}");
     assert!(!r.out.contains("someone-else"), "{r:?}");
-    let r = zb(&client, &ns, &["list", "--token-file", tf, "-d", "old$", "-o", "json"]).await;
+    let r = zb(
+        &client,
+        &ns,
+        &["list", "--token-file", tf, "-d", "old$", "-o", "json"],
+    )
+    .await;
     let v: Value = serde_json::from_str(&r.out).expect("list -o json parses");
     assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
-    assert_eq!((v[0]["dataset"].as_str(), v[0]["source"].as_str()), (Some("tank/old"), Some("catalogue")));
+    assert_eq!(
+        (v[0]["dataset"].as_str(), v[0]["source"].as_str()),
+        (Some("tank/old"), Some("catalogue"))
+    );
 
     // summary: per dataset; tank/new has never been backed up.
     let r = zb(&client, &ns, &["summary", "--token-file", tf]).await;
     assert_eq!(r.code, 0, "{r:?}");
     let row = |name: &str| r.out.lines().find(|l| l.contains(name)).map(str::to_owned);
-    assert!(row("tank/new").is_some_and(|l| l.contains("never")), "{r:?}");
-    assert!(row("tank/pg").is_some_and(|l| l.contains(" 15 ") && l.contains("15.0 MiB")), "{r:?}");
-    let r = zb(&client, &ns, &["summary", "--token-file", tf, "--files", "-d", "pg", "-o", "json"]).await;
+    assert!(
+        row("tank/new").is_some_and(|l| l.contains("never")),
+        "{r:?}"
+    );
+    assert!(
+        row("tank/pg").is_some_and(|l| l.contains(" 15 ") && l.contains("15.0 MiB")),
+        "{r:?}"
+    );
+    let r = zb(
+        &client,
+        &ns,
+        &[
+            "summary",
+            "--token-file",
+            tf,
+            "--files",
+            "-d",
+            "pg",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
     let v: Value = serde_json::from_str(&r.out).expect("summary -o json parses");
     assert_eq!(v[0]["backupCount"], 15);
     let first = format!("{start}.full");
     assert_eq!(
         v[0]["backups"][0]["files"],
-        json!([format!("/srv/zetaback/{src}/tank+pg/{first}"), format!("/srv/zetaback/{src}/tank+pg/{first}.json")])
+        json!([
+            format!("/srv/zetaback/{src}/tank+pg/{first}"),
+            format!("/srv/zetaback/{src}/tank+pg/{first}.json")
+        ])
     );
 
     // violators --all: tank/old has backups but the host no longer has it.
     let r = zb(&client, &ns, &["violators", "--all", "--token-file", tf]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.out.starts_with("ZETABACK OK - 0 violators in 1 policy\n"), "{r:?}");
-    assert!(r.out.contains("no longer has") && r.out.contains("tank/old"), "{r:?}");
+    assert!(
+        r.out.starts_with("ZETABACK OK - 0 violators in 1 policy\n"),
+        "{r:?}"
+    );
+    assert!(
+        r.out.contains("no longer has") && r.out.contains("tank/old"),
+        "{r:?}"
+    );
     assert!(r.out.contains("not reported by the host"), "{r:?}");
 
     // expunge: what plan_retention deletes now; --dry-run requests nothing.
-    let rules = zetaback::policy::PolicyRules::from_spec(&api.get("p1").await.expect("get").spec).expect("rules");
-    let pc = zetaback::policy::Catalogue::from_store(catalogue.of(&src, "tank/pg")).expect("catalogue");
+    let rules = zetaback::policy::PolicyRules::from_spec(&api.get("p1").await.expect("get").spec)
+        .expect("rules");
+    let pc =
+        zetaback::policy::Catalogue::from_store(catalogue.of(&src, "tank/pg")).expect("catalogue");
     let plan = zetaback::policy::plan_retention(&rules, &pc, Timestamp::now());
-    assert!(!plan.delete.is_empty() && !plan.archive.is_empty(), "the history is long enough: {plan:?}");
+    assert!(
+        !plan.delete.is_empty() && !plan.archive.is_empty(),
+        "the history is long enough: {plan:?}"
+    );
     let reconcile = |p: &BackupPolicy| {
-        p.metadata.annotations.as_ref().and_then(|a| a.get("zetaback.io/reconcile-now").cloned())
+        p.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("zetaback.io/reconcile-now").cloned())
     };
-    let r = zb(&client, &ns, &["expunge", "p1", "--dry-run", "--token-file", tf, "-o", "json"]).await;
+    let r = zb(
+        &client,
+        &ns,
+        &[
+            "expunge",
+            "p1",
+            "--dry-run",
+            "--token-file",
+            tf,
+            "-o",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(r.code, 0, "{r:?}");
     let v: Value = serde_json::from_str(&r.out).expect("expunge -o json parses");
     let ids = |key: &str| {
-        let mut ids: Vec<String> = v[key].as_array().expect(key).iter()
-            .map(|r| r["id"].as_str().expect("id").to_owned()).collect();
+        let mut ids: Vec<String> = v[key]
+            .as_array()
+            .expect(key)
+            .iter()
+            .map(|r| r["id"].as_str().expect("id").to_owned())
+            .collect();
         ids.sort();
         ids
     };
-    let sorted = |mut x: Vec<String>| { x.sort(); x };
+    let sorted = |mut x: Vec<String>| {
+        x.sort();
+        x
+    };
     assert_eq!(ids("delete"), sorted(plan.delete.clone()));
     assert_eq!(ids("archive"), sorted(plan.archive.clone()));
-    assert_eq!((v["dryRun"].as_bool(), v["requested"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (v["dryRun"].as_bool(), v["requested"].as_bool()),
+        (Some(true), Some(false))
+    );
     assert_eq!(reconcile(&api.get("p1").await.expect("get")), None);
-    let r = zb(&client, &ns, &["expunge", "p1", "--dry-run", "--token-file", tf]).await;
-    assert!(r.out.contains(&format!("would delete {} backups", plan.delete.len())), "{r:?}");
+    let r = zb(
+        &client,
+        &ns,
+        &["expunge", "p1", "--dry-run", "--token-file", tf],
+    )
+    .await;
+    let n = |k: usize| format!("{k} backup{}", if k == 1 { "" } else { "s" });
+    assert!(
+        r.out
+            .contains(&format!("would delete {}", n(plan.delete.len()))),
+        "{r:?}"
+    );
     assert!(r.out.contains("dry run: nothing requested"), "{r:?}");
 
     let r = zb(&client, &ns, &["expunge", "p1", "--token-file", tf]).await;
     assert_eq!(r.code, 0, "{r:?}");
     let stamp = reconcile(&api.get("p1").await.expect("get")).expect("reconcile-now is set");
     let at: Timestamp = stamp.parse().expect("RFC 3339");
-    assert!((Timestamp::now().as_second() - at.as_second()).abs() < 60, "{stamp}");
-    assert!(r.out.contains(&format!("zetaback.io/reconcile-now={stamp}")), "{r:?}");
+    assert!(
+        (Timestamp::now().as_second() - at.as_second()).abs() < 60,
+        "{stamp}"
+    );
+    assert!(
+        r.out
+            .contains(&format!("zetaback.io/reconcile-now={stamp}")),
+        "{r:?}"
+    );
 
     // archive: asks first; refuses without a terminal unless --yes.
-    api.patch("p1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"zetaback.io/reconcile-now": null}}})))
-        .await
-        .expect("clear");
+    api.patch(
+        "p1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"zetaback.io/reconcile-now": null}}})),
+    )
+    .await
+    .expect("clear");
     let r = zb(&client, &ns, &["archive", "p1", "--token-file", tf]).await;
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.out.contains(&format!("would move to the archive {} backup", plan.archive.len())), "{r:?}");
-    assert!(r.err.contains("standard input is not a terminal (pass --yes to confirm)"), "{r:?}");
-    let r = zb_with(&client, &ns, &["archive", "p1", "--token-file", tf], "n\n", true).await;
+    assert!(
+        r.out.contains(&format!(
+            "would move to the archive {} backup",
+            plan.archive.len()
+        )),
+        "{r:?}"
+    );
+    assert!(
+        r.err
+            .contains("standard input is not a terminal (pass --yes to confirm)"),
+        "{r:?}"
+    );
+    let r = zb_with(
+        &client,
+        &ns,
+        &["archive", "p1", "--token-file", tf],
+        "n\n",
+        true,
+    )
+    .await;
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.err.contains("to the archive? [y/N]") && r.err.contains("aborted"), "{r:?}");
+    assert!(
+        r.err.contains("to the archive? [y/N]") && r.err.contains("aborted"),
+        "{r:?}"
+    );
     assert_eq!(reconcile(&api.get("p1").await.expect("get")), None);
-    let r = zb_with(&client, &ns, &["archive", "p1", "--token-file", tf], "yes\n", true).await;
+    let r = zb_with(
+        &client,
+        &ns,
+        &["archive", "p1", "--token-file", tf],
+        "yes\n",
+        true,
+    )
+    .await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(reconcile(&api.get("p1").await.expect("get")).is_some(), "{r:?}");
-    api.patch("p1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"zetaback.io/reconcile-now": null}}})))
-        .await
-        .expect("clear");
-    let r = zb(&client, &ns, &["archive", "p1", "--yes", "--token-file", tf]).await;
+    assert!(
+        reconcile(&api.get("p1").await.expect("get")).is_some(),
+        "{r:?}"
+    );
+    api.patch(
+        "p1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"zetaback.io/reconcile-now": null}}})),
+    )
+    .await
+    .expect("clear");
+    let r = zb(
+        &client,
+        &ns,
+        &["archive", "p1", "--yes", "--token-file", tf],
+    )
+    .await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(reconcile(&api.get("p1").await.expect("get")).is_some(), "{r:?}");
+    assert!(
+        reconcile(&api.get("p1").await.expect("get")).is_some(),
+        "{r:?}"
+    );
 
     let _ = std::fs::remove_file(&token_file);
     let hosts: Api<ZfsHost> = Api::all(client.clone());
