@@ -810,10 +810,8 @@ async fn catalogue_commands_read_the_backup_hosts_agent() {
     let r = zb(&client, &ns, &["archive", "p1", "--token-file", tf]).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
-        r.out.contains(&format!(
-            "would move to the archive {} backup",
-            plan.archive.len()
-        )),
+        r.out
+            .contains(&format!("would move {} ", n(plan.archive.len()))),
         "{r:?}"
     );
     assert!(

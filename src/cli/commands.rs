@@ -482,29 +482,46 @@ impl Cx {
         }
         let of = |a: RetentionAction| rows.iter().filter(|r| r.action == a).collect::<Vec<_>>();
         let (delete, archive) = (of(RetentionAction::Delete), of(RetentionAction::Archive));
-        let (mine, other, verb, other_verb) = match action {
-            RetentionAction::Delete => (&delete, &archive, "delete", "move to the archive"),
-            RetentionAction::Archive => (&archive, &delete, "move to the archive", "delete"),
+        let (mine, other) = match action {
+            RetentionAction::Delete => (&delete, &archive),
+            RetentionAction::Archive => (&archive, &delete),
+        };
+        // "delete 2 backups" / "move 2 backups to the archive"
+        let act = |a: RetentionAction, what: &str| match a {
+            RetentionAction::Delete => format!("delete {what}"),
+            RetentionAction::Archive => format!("move {what} to the archive"),
+        };
+        let other_action = match action {
+            RetentionAction::Delete => RetentionAction::Archive,
+            RetentionAction::Archive => RetentionAction::Delete,
         };
         let bytes: u64 = mine.iter().map(|r| r.bytes).sum();
         let table = self.format == Format::Table;
         let mut text = String::new();
         if mine.is_empty() {
             text.push_str(&format!(
-                "Retention of policy {ns}/{name} has nothing to {verb} now.\n"
+                "Retention of policy {ns}/{name} has nothing to {} now.\n",
+                match action {
+                    RetentionAction::Delete => "delete",
+                    RetentionAction::Archive => "move to the archive",
+                }
             ));
         } else {
-            text.push_str(&format!(
-                "Retention of policy {ns}/{name} would {verb} {} ({}):\n",
+            let what = format!(
+                "{} ({})",
                 plural(mine.len(), "backup", "backups"),
                 table::bytes(bytes)
+            );
+            text.push_str(&format!(
+                "Retention of policy {ns}/{name} would {}:\n",
+                act(action, &what)
             ));
             text.push_str(&report::render_retention(mine, self.now));
         }
         if !other.is_empty() {
             text.push_str(&format!(
-                "The controller would also {other_verb} {} when it applies retention.\n",
-                plural(other.len(), "backup", "backups")
+                "When it applies retention, the controller would also {}.\n",
+                act(other_action, &plural(other.len(), "backup", "backups"))
             ));
         }
         if table {
