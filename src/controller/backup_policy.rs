@@ -63,6 +63,9 @@ pub struct Plan {
     /// Violations as (host, dataset, reason): for events on start and end.
     pub violators: Vec<(String, String, ViolationReason)>,
     pub next_due: Option<Timestamp>,
+    /// When to look again: the next deadline, or the moment a reachable host would turn
+    /// unreachable if its agent stopped reporting.
+    pub wake_at: Option<Timestamp>,
     /// Set when the catalogue could not be read.
     pub store_problem: Option<String>,
 }
@@ -197,6 +200,16 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     for host in &hosts {
         let host_name = host.name_any();
         let state = host_state(host, now, inputs.host_stale_after);
+        if state == HostState::Reachable {
+            let seen = host
+                .status
+                .as_ref()
+                .and_then(|s| s.last_seen.as_ref())
+                .map(|t| t.0);
+            if let Some(stale_at) = seen.and_then(|t| t.checked_add(inputs.host_stale_after).ok()) {
+                out.wake_at = Some(out.wake_at.map_or(stale_at, |w| w.min(stale_at)));
+            }
+        }
         let datasets = host
             .status
             .as_ref()
@@ -281,6 +294,9 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     violator_keys.dedup();
     let violator_count = violator_keys.len();
     violations.truncate(MAX_LISTED_VIOLATIONS);
+    if let Some(due) = out.next_due {
+        out.wake_at = Some(out.wake_at.map_or(due, |w| w.min(due)));
+    }
     out.status = BackupPolicyStatus {
         observed_generation: policy.meta().generation,
         hosts: i32::try_from(hosts.len()).unwrap_or(i32::MAX),
@@ -303,6 +319,17 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
         out.store_problem = Some("the backup host's catalogue could not be read".into());
     }
     Ok(out)
+}
+
+/// How long to wait before looking again: until `wake_at` (at least 1 s, so a deadline that
+/// has passed — a due backup held by a job in flight — is looked at again soon, not hammered),
+/// and never more than [`MAX_REQUEUE`].
+pub fn requeue_after(wake_at: Option<Timestamp>, now: Timestamp) -> Duration {
+    let Some(at) = wake_at else {
+        return MAX_REQUEUE;
+    };
+    let secs = at.duration_since(now).as_secs_f64();
+    Duration::from_secs_f64(secs.clamp(1.0, MAX_REQUEUE.as_secs_f64()))
 }
 
 /// Violations that started and ended between two statuses, as (host, dataset, reason).
@@ -343,7 +370,10 @@ async fn publish_violation_events(
             v.host,
             v.dataset,
             v.reason,
-            v.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+            v.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
         );
         let event = Event {
             type_,
@@ -450,6 +480,33 @@ fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>>
 
 impl Reconciled for BackupPolicy {
     const KIND: &'static str = "BackupPolicy";
+
+    /// A BackupJob's change (it finished, failed) re-evaluates its policy at once.
+    fn also_watch(
+        controller: kube::runtime::Controller<kube::core::DeserializeGuard<Self>>,
+        client: &kube::Client,
+        namespace: Option<&str>,
+    ) -> kube::runtime::Controller<kube::core::DeserializeGuard<Self>> {
+        let jobs: Api<BackupJob> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        controller.watches(
+            jobs,
+            kube::runtime::watcher::Config::default().labels(POLICY_LABEL),
+            |job: BackupJob| {
+                let policy = job.labels().get(POLICY_LABEL).cloned();
+                let ns = job.namespace();
+                policy.into_iter().map(move |name| {
+                    let r = kube::runtime::reflector::ObjectRef::new(&name);
+                    match &ns {
+                        Some(ns) => r.within(ns),
+                        None => r,
+                    }
+                })
+            },
+        )
+    }
 
     async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
         let now = Timestamp::now();
@@ -600,12 +657,7 @@ impl Reconciled for BackupPolicy {
             status::apply(&ctx, obj.as_ref(), Self::KIND, &status).await?;
         }
 
-        let wait = plan
-            .next_due
-            .map(|t| t.duration_since(now))
-            .and_then(|d| Duration::try_from(d).ok())
-            .unwrap_or(MAX_REQUEUE)
-            .clamp(Duration::from_secs(1), MAX_REQUEUE);
+        let wait = requeue_after(plan.wake_at, now);
         Ok(Action::requeue(wait))
     }
 }
@@ -823,6 +875,32 @@ mod tests {
         assert!(p.create.is_empty() && p.delete.is_empty());
         assert!(p.store_problem.is_some());
         assert_eq!(p.status.bytes_stored, None);
+    }
+
+    #[test]
+    fn requeue_waits_for_the_next_deadline_within_bounds() {
+        assert_eq!(requeue_after(None, ts(100)), MAX_REQUEUE);
+        assert_eq!(
+            requeue_after(Some(ts(90)), ts(100)),
+            Duration::from_secs(1),
+            "past deadline"
+        );
+        assert_eq!(
+            requeue_after(Some(ts(115)), ts(100)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(requeue_after(Some(ts(100_000)), ts(100)), MAX_REQUEUE);
+    }
+
+    #[test]
+    fn a_reachable_host_is_looked_at_again_when_it_could_turn_stale() {
+        let hosts = [host("db-1", "db", 990, &["tank/pg"])];
+        let cat = store::Catalogue {
+            backups: vec![full("db-1", "tank/pg", 900)],
+            problems: vec![],
+        };
+        let p = run(&hosts, Some(&cat), 1000);
+        assert_eq!(p.wake_at, Some(ts(990 + 60)), "lastSeen + host_stale_after");
     }
 
     #[test]

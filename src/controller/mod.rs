@@ -205,6 +205,15 @@ pub trait Reconciled:
 {
     /// The kind's name, for logs and metrics.
     const KIND: &'static str;
+    /// Adds watches of other kinds that should trigger a reconcile of this one (default: none).
+    fn also_watch(
+        controller: Controller<DeserializeGuard<Self>>,
+        _client: &Client,
+        _namespace: Option<&str>,
+    ) -> Controller<DeserializeGuard<Self>> {
+        controller
+    }
+
     /// Brings the world in line with `obj`.
     fn reconcile(
         obj: Arc<Self>,
@@ -223,10 +232,14 @@ async fn run_kind<K: Reconciled>(ctx: Arc<Context>, namespace: Option<String>) {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_request, Default::default());
-    Controller::for_stream(stream, reader)
-        .run(reconcile_guarded::<K>, error_policy::<K>, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    K::also_watch(
+        Controller::for_stream(stream, reader),
+        &ctx.client,
+        namespace.as_deref(),
+    )
+    .run(reconcile_guarded::<K>, error_policy::<K>, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
 }
 
 /// Reconcile on a new generation (a spec change) or a new request annotation
