@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use zetaback::api::{BackupJob, BackupPolicy, BackupPolicySpec, ZfsHost, ZfsHostSpec};
 use zetaback::controller::store_client::StoreClient;
@@ -85,6 +86,33 @@ impl Agent {
     fn stop(&mut self) {
         self.proc = None;
     }
+}
+
+/// Runs `kubectl zetaback ARGS` in-process against the namespace; (exit code, stdout).
+async fn zb(client: &kube::Client, ns: &str, args: &[&str]) -> (u8, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut input: &[u8] = b"";
+    let mut io = zetaback::cli::Io {
+        out: &mut out,
+        err: &mut err,
+        input: &mut input,
+        interactive: false,
+    };
+    let argv: Vec<String> = std::iter::once("kubectl-zetaback")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    let code = zetaback::cli::run(
+        argv,
+        zetaback::cli::Connect::Client {
+            client: client.clone(),
+            namespace: ns.to_owned(),
+        },
+        &mut io,
+    )
+    .await;
+    eprint!("{}", text(&err));
+    (code, text(&out))
 }
 
 async fn violators(api: &Api<BackupPolicy>, name: &str) -> Option<(i32, Vec<String>)> {
@@ -293,6 +321,81 @@ async fn policy_runs_cycles_and_reports_violators() {
     eventually("violators clear", Duration::from_secs(60), || async {
         violators(&policies, "fleet").await.filter(|(n, _)| *n == 0)
     })
+    .await;
+
+    let (code, out) = zb(&client, &ns, &["violators"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("ZETABACK OK"), "{out}");
+    let token_arg = format!("--token-file={}", admin_token.display());
+    let (code, out) = zb(&client, &ns, &["list", &token_arg]).await;
+    println!("kubectl zetaback list:\n{out}");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(".full") && out.contains(".incremental."),
+        "{out}"
+    );
+
+    // backup-now: a forced full of one dataset appears as a job and lands in the store.
+    let dataset_a = format!("{p1}/db/a");
+    let (code, out) = zb(
+        &client,
+        &ns,
+        &[
+            "backup",
+            "fleet",
+            "--host",
+            &names[0],
+            "--dataset",
+            &dataset_a,
+            "--full",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let requested = policies
+        .get("fleet")
+        .await
+        .expect("policy")
+        .metadata
+        .annotations
+        .unwrap_or_default()[zetaback::api::backup_policy::BACKUP_NOW_ANNOTATION]
+        .clone();
+    let requested: zetaback::api::backup_policy::BackupNowRequest =
+        serde_json::from_str(&requested).expect("request");
+    eventually(
+        "the controller acts on the request",
+        Duration::from_secs(30),
+        || async {
+            let handled = policies
+                .get("fleet")
+                .await
+                .ok()?
+                .status?
+                .backup_now_handled?;
+            (handled.0 == requested.requested_at).then_some(())
+        },
+    )
+    .await;
+    let jobs: Api<BackupJob> = Api::namespaced(client.clone(), &ns);
+    eventually(
+        "a forced full of that dataset succeeds",
+        Duration::from_secs(60),
+        || async {
+            let list = jobs.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|j| {
+                    j.spec.dataset.as_str() == dataset_a
+                        && j.spec.backup_type == zetaback::api::BackupType::Full
+                        && j.creation_timestamp()
+                            .is_some_and(|t| t.0 >= requested.requested_at)
+                        && j.status
+                            .as_ref()
+                            .is_some_and(|s| s.phase == zetaback::api::JobPhase::Succeeded)
+                })
+                .then_some(())
+        },
+    )
     .await;
 
     // Retention ran: more backups were made than are stored, and everything stored is

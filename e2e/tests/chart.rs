@@ -26,8 +26,17 @@ fn render(env: &Env, ns: &str) -> String {
 #[test]
 fn helm_lint_passes() {
     let env = Env::get();
-    let out = env.helm(&["lint", "--strict", &env.root.join("charts/zetaback").to_string_lossy()]);
-    assert!(out.status.success(), "helm lint: {}{}", text(&out.stdout), text(&out.stderr));
+    let out = env.helm(&[
+        "lint",
+        "--strict",
+        &env.root.join("charts/zetaback").to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "helm lint: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 fn can_i(env: &Env, who: &str, verb: &str, resource: &str, ns: &str) -> bool {
@@ -46,19 +55,37 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
     let env = Env::get();
     let ns = env.namespace("chart");
     let manifests = render(env, &ns);
-    for kind in ["kind: Deployment", "kind: DaemonSet", "kind: ClusterRole", "kind: ServiceAccount"] {
+    for kind in [
+        "kind: Deployment",
+        "kind: DaemonSet",
+        "kind: ClusterRole",
+        "kind: ServiceAccount",
+    ] {
         assert!(manifests.contains(kind), "the chart renders no {kind}");
     }
     let dry = env.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &manifests);
-    assert!(dry.status.success(), "server dry run refused: {}", text(&dry.stderr));
+    assert!(
+        dry.status.success(),
+        "server dry run refused: {}",
+        text(&dry.stderr)
+    );
     let applied = env.kubectl_stdin(&["apply", "-f", "-"], &manifests);
-    assert!(applied.status.success(), "apply refused: {}", text(&applied.stderr));
+    assert!(
+        applied.status.success(),
+        "apply refused: {}",
+        text(&applied.stderr)
+    );
 
     let controller = format!("system:serviceaccount:{ns}:zetaback-controller");
     let agent = format!("system:serviceaccount:{ns}:zetaback-agent");
     // What each identity may do, and what it must not.
     let expectations = [
-        (&controller, "patch", "backuppolicies.zetaback.io/status", true),
+        (
+            &controller,
+            "patch",
+            "backuppolicies.zetaback.io/status",
+            true,
+        ),
         (&controller, "create", "backupjobs.zetaback.io", true),
         (&controller, "create", "leases.coordination.k8s.io", true),
         (&controller, "get", "secrets", false),
@@ -75,11 +102,19 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
         .filter(|(who, verb, res, allowed)| can_i(env, who, verb, res, &ns) != *allowed)
         .map(|(who, verb, res, allowed)| format!("{who} {verb} {res}: expected allowed={allowed}"))
         .collect();
-    assert!(wrong.is_empty(), "RBAC differs from the least-privilege plan:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "RBAC differs from the least-privilege plan:\n{}",
+        wrong.join("\n")
+    );
 
     // The controller runs with nothing but its ServiceAccount's token.
     let token = env.kubectl(&["create", "token", "zetaback-controller", "-n", &ns]);
-    assert!(token.status.success(), "create token: {}", text(&token.stderr));
+    assert!(
+        token.status.success(),
+        "create token: {}",
+        text(&token.stderr)
+    );
     let client = env.client_with_token(text(&token.stdout).trim()).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(zetaback::controller::run(
@@ -108,11 +143,17 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
         .create(&PostParams::default(), &BackupPolicy::new("rbac", spec))
         .await
         .expect("create policy");
-    eventually("status written with the controller's own identity", Duration::from_secs(60), || async {
-        let p = admin.get("rbac").await.ok()?;
-        p.status?.observed_generation.filter(|g| *g == 1)
-    })
+    eventually(
+        "status written with the controller's own identity",
+        Duration::from_secs(60),
+        || async {
+            let p = admin.get("rbac").await.ok()?;
+            p.status?.observed_generation.filter(|g| *g == 1)
+        },
+    )
     .await;
     let _ = stop.send(());
-    task.await.expect("join").expect("the controller ran without RBAC errors");
+    task.await
+        .expect("join")
+        .expect("the controller ran without RBAC errors");
 }

@@ -2,10 +2,11 @@
 //! first, then details; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. Pure.
 //!
 //! * OK: no violators and every policy Ready.
-//! * WARNING: some dataset violates its policy (late incremental, last job failed).
-//! * CRITICAL: a violation is `NoFullWithin` (no restorable base within the policy) or
-//!   `HostUnreachable`, or a policy is not Ready (the controller cannot evaluate it, or has
-//!   not reported on it yet).
+//! * WARNING: some dataset violates its policy (late incremental, last job failed, its host's
+//!   agent stopped reporting: its backups so far are intact, and if the silence lasts the
+//!   missing backups turn into `NoFullWithin`).
+//! * CRITICAL: a violation is `NoFullWithin` (no restorable base within the policy), or a
+//!   policy is not Ready (the controller cannot evaluate it, or has not reported on it yet).
 //! * UNKNOWN: the BackupPolicies could not be read.
 
 use serde::Serialize;
@@ -85,10 +86,7 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 }
 
 fn is_critical(reason: ViolationReason) -> bool {
-    matches!(
-        reason,
-        ViolationReason::NoFullWithin | ViolationReason::HostUnreachable
-    )
+    matches!(reason, ViolationReason::NoFullWithin)
 }
 
 fn reason_name(reason: ViolationReason) -> &'static str {
@@ -247,10 +245,7 @@ mod tests {
 
     #[test]
     fn missing_fulls_unreachable_hosts_and_unready_policies_are_critical() {
-        for reason in [
-            ViolationReason::NoFullWithin,
-            ViolationReason::HostUnreachable,
-        ] {
+        for reason in [ViolationReason::NoFullWithin] {
             let verdict = assess(&[policy(
                 "a",
                 Readiness::Ready,
