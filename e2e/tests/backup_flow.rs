@@ -315,6 +315,10 @@ async fn policy_runs_cycles_and_reports_violators() {
         "kubectl get backuppolicies (one agent stopped):\n{}",
         text(&table.stdout)
     );
+    let (code, out) = zb(&client, &ns, &["violators"]).await;
+    println!("kubectl zetaback violators (exit {code}):\n{out}");
+    assert_eq!(code, 1, "a stopped agent is a WARNING: {out}");
+    assert!(out.starts_with("ZETABACK WARNING - 3 violators"), "{out}");
 
     // Restart it: the violations clear.
     agents[1].start(env, &dir);
