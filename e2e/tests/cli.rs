@@ -484,53 +484,68 @@ async fn list_falls_back_to_job_history_when_the_catalogue_is_unreachable() {
     assert!(r.err.contains("nothing was requested"), "{r:?}");
 }
 
-/// A stand-in for the backup host's agent: answers `GET /v1/catalogue?host=H` from `catalogue`
-/// when the bearer token is `token`.
-async fn fake_agent(catalogue: Catalogue, token: &'static str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let catalogue = catalogue.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf).to_string();
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let authorized = head
-                    .lines()
-                    .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {token}")));
-                let (status, body) = match (authorized, path.strip_prefix("/v1/catalogue?host=")) {
-                    (false, _) => ("401 Unauthorized", "no token".to_owned()),
-                    (true, Some(host)) => {
-                        let mut c = catalogue.clone();
-                        c.backups.retain(|b| b.manifest.host == host);
-                        ("200 OK", serde_json::to_string(&c).expect("catalogue json"))
-                    }
-                    (true, None) => ("404 Not Found", String::new()),
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(response.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    port
+/// The real `zetaback-agent` (stream API only, `--no-kube`) serving a store directory that
+/// holds `catalogue`'s manifests and streams, with `token` as its bearer token. Killed on drop.
+struct RealAgent {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for RealAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn real_agent(catalogue: &Catalogue, token: &str, dir: &std::path::Path) -> RealAgent {
+    use zetaback::store::layout::Layout;
+    let layout = Layout::new(dir.join("store"));
+    for b in &catalogue.backups {
+        let m = &b.manifest;
+        let id: zetaback::store::StreamId = m.id.parse().expect("id");
+        let stream = layout
+            .stream_path(&m.host, &m.dataset, &id, b.archived)
+            .expect("stream path");
+        std::fs::create_dir_all(stream.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&stream, vec![0u8; usize::try_from(m.bytes).expect("size")])
+            .expect("stream");
+        std::fs::write(
+            layout
+                .manifest_path(&m.host, &m.dataset, &id, b.archived)
+                .expect("manifest path"),
+            m.to_json().expect("json"),
+        )
+        .expect("manifest");
+    }
+    let token_file = dir.join("agent-token");
+    std::fs::write(&token_file, token).expect("token");
+    let port = zetaback_e2e::free_port();
+    let exe = std::env::current_exe().expect("test path");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|d| d.join("zetaback-agent"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, as e2e/test.sh does)",
+        bin.display()
+    );
+    let child = std::process::Command::new(bin)
+        .args([
+            "--no-kube",
+            "--host-name=cli-backup-host",
+            &format!("--listen=127.0.0.1:{port}"),
+            &format!("--store-root={}", layout.root().display()),
+            &format!("--token-file={}", token_file.display()),
+            &format!("--admin-token-file={}", token_file.display()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("agent starts");
+    RealAgent { port, child }
 }
 
 fn stored(host: &str, dataset: &str, id: &str, archived: bool) -> StoredBackup {
@@ -618,7 +633,20 @@ async fn catalogue_commands_read_the_backup_hosts_agent() {
         backups,
         problems: Vec::new(),
     };
-    let port = fake_agent(catalogue.clone(), "s3cret").await;
+    let agent_dir = std::env::temp_dir().join(format!("{ns}-agent"));
+    let agent = real_agent(&catalogue, "s3cret", &agent_dir);
+    let port = agent.port;
+    zetaback_e2e::eventually(
+        "the agent listens",
+        std::time::Duration::from_secs(20),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
 
     make_host(
         &client,
