@@ -22,6 +22,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== local control plane"
 bash e2e/scripts/env.sh up
+echo "== cargo build (the end-to-end tests start the built zetaback-agent binary)"
+cargo build --workspace --bins --locked
 echo "== cargo test (unit, property, real-parts end to end)"
 # Two test threads: the machine has two cores and the end-to-end tests share one apiserver.
 cargo test --workspace --locked -- --test-threads 2
