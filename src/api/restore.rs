@@ -108,6 +108,21 @@ pub struct RestoreStatus {
     pub bytes_done: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
+    /// The pieces of the chain with their stored size and checksum, and whether each was
+    /// verified before it reached `zfs receive`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<RestorePiece>,
+    /// The ZfsHost whose agent stores the backups (resolved by the controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_host: Option<String>,
+    /// That agent's stream API (`host:port`) when the chain was resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_endpoint: Option<String>,
+    /// The agent running the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,4 +130,22 @@ pub struct RestoreStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
+}
+
+/// One stream of a restore chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestorePiece {
+    /// The backup id (`<ts>.full` or `<ts>.incremental.<base-ts>`).
+    pub id: String,
+    /// The snapshot the stream ends at (short name, after `@`).
+    pub snapshot: String,
+    /// Stored bytes.
+    #[schemars(with = "i64")]
+    pub bytes: u64,
+    /// The manifest's sha256 of the stored stream.
+    pub sha256: String,
+    /// True once the stream's sha256 matched (before its end reached `zfs receive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
 }

@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod fallback_route;
 pub mod leader;
 pub mod metrics;
+pub mod restore;
 pub mod spec_check;
 pub mod status;
 pub mod store_client;
@@ -41,6 +42,8 @@ pub struct Context {
     pub host_stale_after: Duration,
     /// Publishes Kubernetes Events (events.k8s.io) as `zetaback-controller`.
     pub recorder: kube::runtime::events::Recorder,
+    /// Every ZfsHost, kept current by one shared watch (reconcilers read it, never list).
+    pub hosts: reflector::Store<crate::api::ZfsHost>,
 }
 
 /// A reconcile failure, with what was being done.
@@ -144,6 +147,19 @@ async fn lead_and_reconcile(
     };
     metrics.set_leader(true);
     info!(identity = %options.identity, "leading; starting controllers");
+    let (hosts, hosts_writer) = reflector::store::<crate::api::ZfsHost>();
+    let host_watch = tokio::spawn(
+        watcher(
+            Api::<crate::api::ZfsHost>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .reflect(hosts_writer)
+        .for_each(|_| futures::future::ready(())),
+    );
+    if hosts.wait_until_ready().await.is_err() {
+        anyhow::bail!("the ZfsHost watch ended before its first listing");
+    }
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics: metrics.clone(),
@@ -156,6 +172,7 @@ async fn lead_and_reconcile(
                 instance: Some(options.identity.clone()),
             },
         ),
+        hosts,
     });
     let ns = options.watch_namespace.clone();
     let controllers = async {
@@ -173,6 +190,7 @@ async fn lead_and_reconcile(
         _ = &mut shutdown => info!("shutting down"),
     }
     metrics.set_leader(false);
+    host_watch.abort();
     leader.release().await;
     Ok(())
 }

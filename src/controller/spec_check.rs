@@ -2,15 +2,11 @@
 //! that this generation of the spec was seen (`observedGeneration`) and accepted or not (the
 //! `Ready` condition, reason `Accepted` or `InvalidSpec`).
 
-use std::sync::Arc;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
-use kube::runtime::controller::Action;
 
 use super::conditions::{self, Wanted};
-use super::{Context, Error, Reconciled, status};
-use crate::api::Restore;
+use super::{Context, Error, status};
 use crate::api::condition::READY;
 
 /// What the controller writes for a kind whose full reconciler is not running yet.
@@ -58,20 +54,4 @@ where
     };
     status::apply(ctx, obj, kind, &status_body).await?;
     Ok(true)
-}
-
-impl Reconciled for Restore {
-    const KIND: &'static str = "Restore";
-    async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
-        let st = obj.status.clone().unwrap_or_default();
-        record(
-            &ctx,
-            obj.as_ref(),
-            Self::KIND,
-            (st.observed_generation, &st.conditions),
-            Ok(()),
-        )
-        .await?;
-        Ok(Action::await_change())
-    }
 }
