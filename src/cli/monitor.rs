@@ -244,21 +244,26 @@ mod tests {
     }
 
     #[test]
-    fn missing_fulls_unreachable_hosts_and_unready_policies_are_critical() {
-        for reason in [ViolationReason::NoFullWithin] {
-            let verdict = assess(&[policy(
-                "a",
-                Readiness::Ready,
-                vec![v("db-1", "tank/pg", reason)],
-            )]);
-            assert_eq!(verdict.state, State::Critical, "{reason:?}");
-            assert_eq!(verdict.exit_code, 2);
-            assert!(
-                verdict
-                    .summary
-                    .starts_with("ZETABACK CRITICAL - 1 violator: db-1:tank/pg (")
-            );
-        }
+    fn missing_fulls_and_unready_policies_are_critical_unreachable_hosts_warn() {
+        let verdict = assess(&[policy(
+            "a",
+            Readiness::Ready,
+            vec![v("db-1", "tank/pg", ViolationReason::NoFullWithin)],
+        )]);
+        assert_eq!(verdict.state, State::Critical);
+        assert_eq!(verdict.exit_code, 2);
+        assert!(
+            verdict
+                .summary
+                .starts_with("ZETABACK CRITICAL - 1 violator: db-1:tank/pg (")
+        );
+        let verdict = assess(&[policy(
+            "a",
+            Readiness::Ready,
+            vec![v("db-1", "tank/pg", ViolationReason::HostUnreachable)],
+        )]);
+        assert_eq!(verdict.state, State::Warning);
+        assert_eq!(verdict.exit_code, 1);
         let verdict = assess(&[
             policy("a", Readiness::Ready, vec![]),
             policy(

@@ -41,7 +41,7 @@ pub const MAX_REQUEUE: Duration = Duration::from_secs(60);
 pub struct Inputs<'a> {
     pub policy: &'a BackupPolicy,
     pub rules: &'a PolicyRules,
-    pub hosts: &'a [ZfsHost],
+    pub hosts: &'a [Arc<ZfsHost>],
     pub jobs: &'a [BackupJob],
     /// The backup host's catalogue; `None` when it could not be read.
     pub catalogue: Option<&'a store::Catalogue>,
@@ -166,6 +166,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     let hosts: Vec<&ZfsHost> = inputs
         .hosts
         .iter()
+        .map(Arc::as_ref)
         .filter(|h| match (&spec.hosts.names, &spec.hosts.selector) {
             (Some(names), _) => names.iter().any(|n| n.as_str() == h.name_any()),
             (None, Some(sel)) => labels_match(sel, h.labels()),
@@ -534,11 +535,8 @@ impl Reconciled for BackupPolicy {
             let what = what.to_owned();
             move |source| Error::Read { what, source }
         };
-        let hosts = Api::<ZfsHost>::all(ctx.client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(read("ZfsHosts"))?
-            .items;
+        // ZfsHosts come from the shared watch cache: no API call per reconcile.
+        let hosts = ctx.hosts.state();
         let job_api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
         // Jobs before the catalogue: a job that succeeds in between is then seen in the
         // catalogue, never "succeeded but missing" (which would schedule it again).
@@ -568,19 +566,11 @@ impl Reconciled for BackupPolicy {
                     obj.spec.target.host
                 ))
             }
-            Some(ep) => {
-                let mut merged = store::Catalogue::default();
-                for h in hosts.iter().map(ResourceExt::name_any) {
-                    match ctx.store.catalogue(ep, &h).await {
-                        Ok(c) => merged.backups.extend(c.backups),
-                        Err(e) => {
-                            store_error = Some(e.to_string());
-                            break;
-                        }
-                    }
-                }
-                catalogues.push(merged);
-            }
+            // One request for the whole store; the plan picks each dataset's backups.
+            Some(ep) => match ctx.store.catalogue_all(ep).await {
+                Ok(c) => catalogues.push(c),
+                Err(e) => store_error = Some(e.to_string()),
+            },
         }
         let catalogue = if store_error.is_none() {
             catalogues.first()
@@ -692,7 +682,7 @@ mod tests {
         p
     }
 
-    fn host(name: &str, tier: &str, last_seen: i64, datasets: &[&str]) -> ZfsHost {
+    fn host(name: &str, tier: &str, last_seen: i64, datasets: &[&str]) -> Arc<ZfsHost> {
         let mut h = ZfsHost::new(
             name,
             ZfsHostSpec {
@@ -721,7 +711,7 @@ mod tests {
                 .collect(),
             ..Default::default()
         });
-        h
+        Arc::new(h)
     }
 
     fn full(host: &str, dataset: &str, at: i64) -> StoredBackup {
@@ -743,12 +733,12 @@ mod tests {
         }
     }
 
-    fn run(hosts: &[ZfsHost], catalogue: Option<&store::Catalogue>, now: i64) -> Plan {
+    fn run(hosts: &[Arc<ZfsHost>], catalogue: Option<&store::Catalogue>, now: i64) -> Plan {
         run_with(hosts, catalogue, now, None)
     }
 
     fn run_with(
-        hosts: &[ZfsHost],
+        hosts: &[Arc<ZfsHost>],
         catalogue: Option<&store::Catalogue>,
         now: i64,
         backup_now: Option<&BackupNowRequest>,

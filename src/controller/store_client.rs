@@ -119,6 +119,13 @@ impl StoreClient {
         serde_json::from_slice(&body).map_err(|source| StoreClientError::Decode { url, source })
     }
 
+    /// Every backup stored on the backup host at `endpoint` (all source hosts).
+    pub async fn catalogue_all(&self, endpoint: &str) -> Result<Catalogue, StoreClientError> {
+        let url = format!("http://{endpoint}/v1/catalogue");
+        let body = self.call("GET", url.clone()).await?;
+        serde_json::from_slice(&body).map_err(|source| StoreClientError::Decode { url, source })
+    }
+
     fn stream_url(
         endpoint: &str,
         verb: &str,
