@@ -307,12 +307,23 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
             host_name: host_name.clone(),
             agent_id: format!("{host_name}@{}", args.node_name),
             concurrency: args.concurrency,
-            token,
+            token: token.clone(),
             settings: JobSettings {
                 bandwidth_limit: args.bandwidth_limit,
                 prune_snapshots: !args.keep_snapshots,
                 idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             },
+        },
+    ));
+    let restores = Arc::new(zetaback_agent::restore::RestoreRunner::new(
+        client.clone(),
+        zfs.clone(),
+        zetaback_agent::restore::RestoreRunnerConfig {
+            host_name: host_name.clone(),
+            agent_id: format!("{host_name}@{}", args.node_name),
+            token: token.clone(),
+            idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+            progress_every: Duration::from_secs(1),
         },
     ));
     let disc = tokio::spawn(discovery::run(
@@ -329,6 +340,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
     tokio::select! {
         r = server => { r??; }
         r = runner.run() => { r?; }
+        r = restores.run() => { r?; }
         r = disc => { r?; }
     }
     Ok(())

@@ -1,14 +1,60 @@
-//! Restoring from a file store: read the chain (the full, then each incremental up to the
-//! chosen backup) from the target agent and `zfs receive` each into a dataset, verifying every
-//! stream's sha256 on the way (a mismatch aborts the receive, so nothing unverified lands).
+//! Restores: read a chain (the full, then each incremental up to the chosen backup) from the
+//! target agent that stores it and `zfs receive` each piece, in order, into a dataset.
+//!
+//! **Verified before applied.** Each piece's stored bytes are hashed as they arrive, and the
+//! last [`HOLD_BACK`] bytes are held back from `zfs receive` until the whole piece's sha256
+//! matched the manifest's. A zfs stream ends with an END record, and a zstd frame's last
+//! block decodes only once all of it arrived, so a receive that never got the tail cannot
+//! commit: on a mismatch the receive is killed and ZFS discards what it had. A dataset the
+//! restore created itself is destroyed again when a later piece fails, so a failed restore
+//! leaves the destination as it found it.
+//!
+//! [`RestoreRunner`] runs `Restore` objects: it watches Restores whose destination is this
+//! agent's host and that the controller resolved (a chain, phase Pending), claims one with
+//! optimistic concurrency (a status update carrying the resourceVersion read, with
+//! `claimedBy`), runs it in a tracing span, reports `bytesDone` at most once a second, and
+//! records the outcome. A restore left Running by this agent (a crash or kill) is failed at
+//! start-up with a message.
 
+use std::collections::{HashSet, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_compression::tokio::bufread::ZstdDecoder;
+use bytes::Bytes;
+use futures::StreamExt;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use tracing::info;
-use zetaback::store::{Catalogue, StreamId};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, ResourceExt};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, BufReader};
+use tokio::sync::{mpsc, watch};
+use tokio_util::io::StreamReader;
+use tracing::{Instrument, error, info, info_span, warn};
+use zetaback::api::backup_policy::Compression;
+use zetaback::api::condition::READY;
+use zetaback::api::restore::{RestorePhase, RestorePiece};
+use zetaback::api::{Restore, RestoreStatus, ZfsHost};
+use zetaback::controller::conditions::{self, Wanted};
+use zetaback::store::{Catalogue, escape_dataset};
 
 use crate::transfer::{self, Endpoint, TransferError};
+use crate::wire::{H_COMPRESSION, H_SHA256};
 use crate::zfs::{ReceiveRequest, Zfs, ZfsError};
+
+/// Stored bytes held back from `zfs receive` until the piece's checksum matched.
+pub const HOLD_BACK: usize = 1024 * 1024;
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, io::Error>;
 
 /// Why a restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +67,43 @@ pub enum RestoreError {
     Store(#[from] zetaback::store::StoreError),
     #[error("restore into {0}: the dataset exists (use force to replace it)")]
     Exists(String),
-    #[error("copying the stream into zfs receive failed: {0}")]
+    #[error("feeding the stream into zfs receive failed: {0}")]
     Copy(String),
+    #[error(
+        "backup {id}: checksum mismatch (stored bytes hash to {got}, the manifest says {expected}); nothing of it was applied"
+    )]
+    ChecksumMismatch {
+        id: String,
+        got: String,
+        expected: String,
+    },
+    #[error("backup {id} is not stored on the backup host ({message})")]
+    PieceMissing { id: String, message: String },
+    #[error("after receiving {id}, snapshot {dataset}@{snapshot} is not there")]
+    SnapshotMissing {
+        id: String,
+        dataset: String,
+        snapshot: String,
+    },
+    #[error("the backup host is unreachable: {0}")]
+    Unreachable(String),
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl RestoreError {
+    /// The `Ready=False` reason written to the Restore.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RestoreError::ChecksumMismatch { .. } => "ChecksumMismatch",
+            RestoreError::Exists(_) => "DestinationExists",
+            RestoreError::PieceMissing { .. } => "ChainBroken",
+            RestoreError::Unreachable(_) | RestoreError::Transfer(_) => "StoreUnreachable",
+            RestoreError::SnapshotMissing { .. } => "SnapshotMissing",
+            RestoreError::Zfs(_) | RestoreError::Copy(_) => "ReceiveFailed",
+            RestoreError::Store(_) | RestoreError::Kube(_) => "Failed",
+        }
+    }
 }
 
 /// What a restore applied.
@@ -32,25 +113,82 @@ pub struct Restored {
     pub bytes: u64,
 }
 
+/// Holds back the last `keep` bytes of a stream (pure).
+#[derive(Debug, Default)]
+pub struct HoldBack {
+    held: VecDeque<Bytes>,
+    len: usize,
+    keep: usize,
+}
+
+impl HoldBack {
+    pub fn new(keep: usize) -> Self {
+        Self {
+            keep,
+            ..Default::default()
+        }
+    }
+
+    /// Takes a chunk; returns the chunks that may go on (all but the last `keep` bytes).
+    pub fn push(&mut self, chunk: Bytes) -> Vec<Bytes> {
+        self.len += chunk.len();
+        self.held.push_back(chunk);
+        let mut out = Vec::new();
+        while let Some(front) = self.held.front() {
+            if self.len - front.len() < self.keep {
+                break;
+            }
+            self.len -= front.len();
+            if let Some(c) = self.held.pop_front() {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// Bytes held.
+    pub fn held(&self) -> usize {
+        self.len
+    }
+
+    /// Everything held (once the stream is verified).
+    pub fn release(self) -> Vec<Bytes> {
+        self.held.into()
+    }
+}
+
+/// One piece to apply.
+#[derive(Debug, Clone)]
+pub struct PieceRequest {
+    pub id: String,
+    /// The snapshot the piece ends at (confirmed on the destination afterwards).
+    pub snapshot: String,
+    /// The manifest's sha256, when known in advance (else the store's header is used).
+    pub sha256: Option<String>,
+}
+
+/// Where pieces come from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub endpoint: Endpoint,
+    pub host: String,
+    pub dataset: String,
+    /// Give up when no byte arrived for this long.
+    pub idle_timeout: Duration,
+}
+
 /// Reads the catalogue of one source host from a target agent.
 pub async fn catalogue(endpoint: &Endpoint, host: &str) -> Result<Catalogue, RestoreError> {
     zetaback::store::validate_host(host)?;
     let client = transfer::client();
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(format!("{}/v1/catalogue?host={host}", endpoint.base))
-        .header(
-            http::header::AUTHORIZATION,
-            format!("Bearer {}", endpoint.token),
-        )
-        .body(BodyExt::boxed(
-            http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {}),
-        ))
-        .map_err(|e| TransferError::Invalid(e.to_string()))?;
+    let req = get_request(
+        endpoint,
+        format!("{}/v1/catalogue?host={host}", endpoint.base),
+    )?;
     let resp = client
         .request(req)
         .await
-        .map_err(|e| TransferError::Connection(format!("{e:#}")))?;
+        .map_err(|e| RestoreError::Unreachable(format!("{e:#}")))?;
     let status = resp.status();
     let body = resp
         .into_body()
@@ -68,7 +206,293 @@ pub async fn catalogue(endpoint: &Endpoint, host: &str) -> Result<Catalogue, Res
     serde_json::from_slice(&body).map_err(|e| TransferError::Read(format!("catalogue: {e}")).into())
 }
 
-/// Restores backup `id` of `host:dataset` into the dataset `into`.
+fn get_request(endpoint: &Endpoint, url: String) -> Result<Request<BoxBody>, RestoreError> {
+    Request::builder()
+        .method(Method::GET)
+        .uri(url)
+        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
+        .body(BodyExt::boxed(
+            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
+        ))
+        .map_err(|e| TransferError::Invalid(e.to_string()).into())
+}
+
+/// What the feeding side saw of one piece.
+struct Fed {
+    bytes: u64,
+    sha256: String,
+}
+
+/// Reads the stored piece, hashing it, and passes all but the held-back tail to `tx`; the
+/// tail follows only if the sha256 matched.
+async fn feed(
+    mut body: hyper::body::Incoming,
+    piece: &PieceRequest,
+    (expected, length): (&str, Option<u64>),
+    keep: usize,
+    idle: Duration,
+    progress: &AtomicU64,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+) -> Result<Fed, RestoreError> {
+    let mut hasher = Sha256::new();
+    let mut hold = HoldBack::new(keep);
+    let mut bytes = 0u64;
+    let gone = || RestoreError::Copy("zfs receive stopped reading".into());
+    let body_error = loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                break Some(format!(
+                    "no data for {}s from the backup host",
+                    idle.as_secs()
+                ));
+            }
+            Ok(None) => break None,
+            Ok(Some(Err(e))) => break Some(e.to_string()),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        hasher.update(&data);
+        bytes += data.len() as u64;
+        progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+        for c in hold.push(data) {
+            tx.send(Ok(c)).await.map_err(|_| gone())?;
+        }
+    };
+    let got = hex::encode(hasher.finalize());
+    let complete = length.is_none_or(|l| l == bytes);
+    if got != expected && (body_error.is_none() || (complete && length.is_some())) {
+        let _ = tx.send(Err(io::Error::other("checksum mismatch"))).await;
+        return Err(RestoreError::ChecksumMismatch {
+            id: piece.id.clone(),
+            got,
+            expected: expected.to_owned(),
+        });
+    }
+    if let Some(e) = body_error {
+        let _ = tx.send(Err(io::Error::other(e.clone()))).await;
+        return Err(RestoreError::Unreachable(format!(
+            "reading backup {} failed after {bytes} bytes: {e}",
+            piece.id
+        )));
+    }
+    for c in hold.release() {
+        tx.send(Ok(c)).await.map_err(|_| gone())?;
+    }
+    Ok(Fed { bytes, sha256: got })
+}
+
+/// Streams one piece from the store into `zfs receive`, verified before its end is applied;
+/// then confirms the snapshot exists. Returns the stored bytes and their sha256.
+pub async fn apply_piece(
+    zfs: &Zfs,
+    client: &Client<HttpConnector, BoxBody>,
+    src: &Source,
+    piece: &PieceRequest,
+    receive: &ReceiveRequest,
+    verify: bool,
+    progress: &AtomicU64,
+) -> Result<(u64, String), RestoreError> {
+    let ds = escape_dataset(&src.dataset)?;
+    zetaback::store::validate_host(&src.host)?;
+    let url = format!(
+        "{}/v1/streams/{}/{ds}/{}",
+        src.endpoint.base, src.host, piece.id
+    );
+    let resp = client
+        .request(get_request(&src.endpoint, url)?)
+        .await
+        .map_err(|e| RestoreError::Unreachable(format!("{e:#}")))?;
+    let status = resp.status();
+    if status != StatusCode::OK {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        if status == StatusCode::NOT_FOUND {
+            return Err(RestoreError::PieceMissing {
+                id: piece.id.clone(),
+                message: body,
+            });
+        }
+        return Err(TransferError::Rejected {
+            status,
+            message: body,
+        }
+        .into());
+    }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let announced = header(H_SHA256);
+    let expected = match (&piece.sha256, &announced) {
+        (Some(e), Some(a)) if e != a => {
+            return Err(RestoreError::ChecksumMismatch {
+                id: piece.id.clone(),
+                got: a.clone(),
+                expected: e.clone(),
+            });
+        }
+        (Some(e), _) => e.clone(),
+        (None, Some(a)) => a.clone(),
+        (None, None) => {
+            return Err(TransferError::Read(format!("no {H_SHA256} header")).into());
+        }
+    };
+    let compression = match header(H_COMPRESSION).as_deref() {
+        Some("zstd") => Compression::Zstd,
+        _ => Compression::None,
+    };
+    let length = header(CONTENT_LENGTH.as_str()).and_then(|l| l.parse::<u64>().ok());
+
+    let mut recv = zfs.receive(receive)?;
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(transfer::CHANNEL_DEPTH);
+    let raw = StreamReader::new(tokio_stream_of(rx));
+    let mut reader: std::pin::Pin<Box<dyn AsyncRead + Send>> = match compression {
+        Compression::Zstd => Box::pin(ZstdDecoder::new(BufReader::new(raw))),
+        Compression::None => Box::pin(raw),
+    };
+    let keep = if verify { HOLD_BACK } else { 0 };
+    let feeder = feed(
+        resp.into_body(),
+        piece,
+        (&expected, length),
+        keep,
+        src.idle_timeout,
+        progress,
+        tx,
+    );
+    let stdin = recv.stdin();
+    let writer = async move {
+        match stdin {
+            Some(stdin) => tokio::io::copy(&mut reader, stdin).await,
+            None => Err(io::Error::other("zfs receive has no stdin")),
+        }
+    };
+    let (fed, written) = tokio::join!(feeder, writer);
+    let fed = match (fed, written) {
+        (Err(e), _) if !matches!(e, RestoreError::Copy(_)) => {
+            recv.abort().await;
+            return Err(e);
+        }
+        (Err(e), _) => {
+            // The receive stopped reading: prefer its own message (it exits on its own; a
+            // receive that hangs is killed when the timeout drops it).
+            return match tokio::time::timeout(Duration::from_secs(30), recv.finish()).await {
+                Ok(Err(z)) => Err(z.into()),
+                _ => Err(e),
+            };
+        }
+        (Ok(_), Err(e)) => {
+            return match tokio::time::timeout(Duration::from_secs(30), recv.finish()).await {
+                Ok(Err(z)) => Err(z.into()),
+                _ => Err(RestoreError::Copy(e.to_string())),
+            };
+        }
+        (Ok(fed), Ok(_)) => fed,
+    };
+    recv.finish().await?;
+    if let Err(e) = zfs.snapshot_info(&receive.target, &piece.snapshot).await {
+        warn!(error = %e, "restored snapshot not found");
+        return Err(RestoreError::SnapshotMissing {
+            id: piece.id.clone(),
+            dataset: receive.target.clone(),
+            snapshot: piece.snapshot.clone(),
+        });
+    }
+    Ok((fed.bytes, fed.sha256))
+}
+
+fn tokio_stream_of(
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+) -> impl futures::Stream<Item = io::Result<Bytes>> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+/// The parent to create before receiving into `dataset` (none for a pool's child).
+pub fn parent_to_create(dataset: &str) -> Option<&str> {
+    let (parent, _) = dataset.rsplit_once('/')?;
+    parent.contains('/').then_some(parent)
+}
+
+/// Settings of one chain restore.
+#[derive(Debug, Clone)]
+pub struct ChainRequest {
+    pub pieces: Vec<PieceRequest>,
+    pub into: String,
+    pub force: bool,
+    pub verify: bool,
+}
+
+/// Applies a chain in order into `req.into`, creating missing parents; `on_piece` is told
+/// after each piece (its index and sha256). On a failure, a destination this call created
+/// is destroyed again.
+pub async fn apply_chain(
+    zfs: &Zfs,
+    src: &Source,
+    req: &ChainRequest,
+    progress: &AtomicU64,
+    mut on_piece: impl FnMut(usize, &str),
+) -> Result<Restored, RestoreError> {
+    let existed = zfs.dataset_exists(&req.into).await?;
+    if existed && !req.force {
+        return Err(RestoreError::Exists(req.into.clone()));
+    }
+    if let Some(parent) = parent_to_create(&req.into)
+        && !zfs.dataset_exists(parent).await?
+    {
+        info!(%parent, "creating the missing parent datasets");
+        zfs.create_parents(parent).await?;
+    }
+    let client = transfer::client();
+    let mut bytes = 0;
+    let mut applied = Vec::new();
+    for (i, piece) in req.pieces.iter().enumerate() {
+        let receive = ReceiveRequest {
+            target: req.into.clone(),
+            // -F: replacing an existing dataset (force), or an incremental onto the dataset
+            // this restore just received (zfs-fuse may have touched it when mounting).
+            force: if i == 0 { req.force } else { true },
+            resumable: false,
+        };
+        let span = info_span!("piece", backup = %piece.id, n = i + 1, of = req.pieces.len());
+        match apply_piece(zfs, &client, src, piece, &receive, req.verify, progress)
+            .instrument(span)
+            .await
+        {
+            Ok((n, sha)) => {
+                info!(backup = %piece.id, bytes = n, sha256 = %sha, "piece verified and applied");
+                bytes += n;
+                applied.push(piece.id.clone());
+                on_piece(i, &sha);
+            }
+            Err(e) => {
+                if !existed && i > 0 {
+                    warn!(dataset = %req.into, "destroying the partly restored dataset");
+                    if let Err(d) = zfs.destroy_restored(&req.into).await {
+                        warn!(error = %d, "could not destroy the partly restored dataset");
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(Restored {
+        chain: applied,
+        bytes,
+    })
+}
+
+/// Restores backup `id` of `host:dataset` into the dataset `into` (the agent's `restore`
+/// subcommand: no Kubernetes).
 pub async fn restore(
     zfs: &Zfs,
     endpoint: &Endpoint,
@@ -80,46 +504,454 @@ pub async fn restore(
 ) -> Result<Restored, RestoreError> {
     let cat = catalogue(endpoint, host).await?;
     let chain = cat.restore_chain(host, dataset, id)?;
-    if zfs.dataset_exists(into).await? && !force {
-        return Err(RestoreError::Exists(into.to_owned()));
+    let req = ChainRequest {
+        pieces: chain
+            .iter()
+            .map(|b| PieceRequest {
+                id: b.manifest.id.clone(),
+                snapshot: b.manifest.snapshot.clone(),
+                sha256: Some(b.manifest.sha256.clone()),
+            })
+            .collect(),
+        into: into.to_owned(),
+        force,
+        verify: true,
+    };
+    let src = Source {
+        endpoint: endpoint.clone(),
+        host: host.to_owned(),
+        dataset: dataset.to_owned(),
+        idle_timeout: Duration::from_secs(120),
+    };
+    apply_chain(zfs, &src, &req, &AtomicU64::new(0), |_, _| {}).await
+}
+
+/// Settings of the restore runner.
+#[derive(Debug, Clone)]
+pub struct RestoreRunnerConfig {
+    /// This agent's ZfsHost.
+    pub host_name: String,
+    /// Written to `status.claimedBy`.
+    pub agent_id: String,
+    /// The bearer token for the backup host's agent.
+    pub token: String,
+    pub idle_timeout: Duration,
+    /// How often `bytesDone` is written at most.
+    pub progress_every: Duration,
+}
+
+/// Whether a Restore is for this host, resolved, and waiting to be claimed.
+pub fn is_claimable(r: &Restore, host: &str) -> bool {
+    r.spec.destination.host.as_str() == host
+        && r.metadata.deletion_timestamp.is_none()
+        && r.status.as_ref().is_some_and(|s| {
+            s.phase == RestorePhase::Pending && !s.chain.is_empty() && s.claimed_by.is_none()
+        })
+}
+
+/// Whether a Restore was left running by this agent.
+pub fn is_orphaned(r: &Restore, host: &str, agent_id: &str) -> bool {
+    r.spec.destination.host.as_str() == host
+        && r.status.as_ref().is_some_and(|s| {
+            s.phase == RestorePhase::Running && s.claimed_by.as_deref() == Some(agent_id)
+        })
+}
+
+fn ready(status: &RestoreStatus, ok: bool, reason: &str, message: &str) -> Vec<serde_json::Value> {
+    let wanted = Wanted {
+        type_: READY,
+        status: ok,
+        reason,
+        message: message.to_owned(),
+        observed_generation: status.observed_generation,
+    };
+    conditions::set(&status.conditions, &wanted, Time(jiff::Timestamp::now()))
+        .into_iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect()
+}
+
+/// The status patch that ends a restore (pure but for the clock).
+pub fn outcome_patch(
+    status: &RestoreStatus,
+    result: &Result<Restored, RestoreError>,
+    pieces: &[RestorePiece],
+    into: &str,
+) -> serde_json::Value {
+    let now = Time(jiff::Timestamp::now());
+    match result {
+        Ok(r) => {
+            let all_verified = pieces.iter().all(|p| p.verified == Some(true));
+            let message = format!(
+                "restored {} piece(s), {} bytes, into {into}",
+                r.chain.len(),
+                r.bytes
+            );
+            serde_json::json!({"status": {
+                "phase": RestorePhase::Succeeded,
+                "verified": all_verified,
+                "bytesDone": r.bytes,
+                "pieces": pieces,
+                "finishedAt": now,
+                "message": message,
+                "conditions": ready(status, true, "Succeeded", &message),
+            }})
+        }
+        Err(e) => {
+            let message = e.to_string();
+            serde_json::json!({"status": {
+                "phase": RestorePhase::Failed,
+                "verified": false,
+                "pieces": pieces,
+                "finishedAt": now,
+                "message": message,
+                "conditions": ready(status, false, e.reason(), &message),
+            }})
+        }
     }
-    let client = transfer::client();
-    let mut bytes = 0;
-    let mut applied = Vec::new();
-    for (i, b) in chain.iter().enumerate() {
-        let sid: StreamId = b.manifest.id.parse()?;
-        let mut dl = transfer::download(&client, endpoint, host, dataset, &sid).await?;
-        let mut recv = zfs.receive(&ReceiveRequest {
-            target: into.to_owned(),
-            force: force && i == 0,
-            resumable: false,
+}
+
+/// Runs Restores whose destination is this host.
+pub struct RestoreRunner {
+    client: kube::Client,
+    zfs: Zfs,
+    cfg: RestoreRunnerConfig,
+}
+
+fn key(r: &Restore) -> String {
+    format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any())
+}
+
+impl RestoreRunner {
+    pub fn new(client: kube::Client, zfs: Zfs, cfg: RestoreRunnerConfig) -> Self {
+        Self { client, zfs, cfg }
+    }
+
+    fn api(&self, r: &Restore) -> Api<Restore> {
+        Api::namespaced(self.client.clone(), &r.namespace().unwrap_or_default())
+    }
+
+    /// Fails the restores this agent left running before a restart.
+    pub async fn recover(&self) -> Result<usize, RestoreError> {
+        let api: Api<DeserializeGuard<Restore>> = Api::all(self.client.clone());
+        let mut failed = 0;
+        for guarded in api.list(&ListParams::default()).await? {
+            let Ok(r) = guarded.0 else { continue };
+            if !is_orphaned(&r, &self.cfg.host_name, &self.cfg.agent_id) {
+                continue;
+            }
+            let st = r.status.clone().unwrap_or_default();
+            let message = format!(
+                "interrupted: the agent restarted while this restore ran; {} may hold a partial restore (create a new Restore with force: true to replace it)",
+                r.spec.destination.dataset.as_str()
+            );
+            let patch = serde_json::json!({"status": {
+                "phase": RestorePhase::Failed,
+                "verified": false,
+                "finishedAt": Time(jiff::Timestamp::now()),
+                "message": message,
+                "conditions": ready(&st, false, "Interrupted", &message),
+            }});
+            self.api(&r)
+                .patch_status(
+                    &r.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+            warn!(restore = %key(&r), "failed a restore interrupted by a restart");
+            failed += 1;
+        }
+        Ok(failed)
+    }
+
+    /// Claims a restore; `None` if another agent got it or it is no longer claimable.
+    pub async fn claim(&self, r: &Restore) -> Result<Option<Restore>, RestoreError> {
+        if !is_claimable(r, &self.cfg.host_name) {
+            return Ok(None);
+        }
+        let mut claimed = r.clone();
+        let mut st = r.status.clone().unwrap_or_default();
+        st.phase = RestorePhase::Running;
+        st.claimed_by = Some(self.cfg.agent_id.clone());
+        st.started_at = Some(Time(jiff::Timestamp::now()));
+        st.bytes_done = Some(0);
+        st.message = Some(format!("running on {}", self.cfg.agent_id));
+        claimed.status = Some(st);
+        match self
+            .api(r)
+            .replace_status(&r.name_any(), &PostParams::default(), &claimed)
+            .await
+        {
+            Ok(updated) => Ok(Some(updated)),
+            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn store_endpoint(&self, st: &RestoreStatus) -> Result<Endpoint, RestoreError> {
+        // The store host's current endpoint, else the one the controller saw.
+        let mut ep = None;
+        if let Some(h) = &st.store_host {
+            ep = Api::<ZfsHost>::all(self.client.clone())
+                .get_opt(h)
+                .await?
+                .and_then(|h| h.status)
+                .and_then(|s| s.agent_endpoint);
+        }
+        let ep = ep.or_else(|| st.store_endpoint.clone()).ok_or_else(|| {
+            RestoreError::Unreachable("the status names no backup host endpoint".into())
         })?;
-        let copied = match recv.stdin() {
-            Some(stdin) => tokio::io::copy(&mut dl.reader, stdin).await,
-            None => Err(std::io::Error::other("no stdin")),
+        Ok(Endpoint::new(&ep, self.cfg.token.clone()))
+    }
+
+    /// Runs a claimed restore and records the outcome.
+    pub async fn execute(&self, r: Restore) -> Result<(), RestoreError> {
+        let st = r.status.clone().unwrap_or_default();
+        let api = self.api(&r);
+        let name = r.name_any();
+        let progress = Arc::new(AtomicU64::new(0));
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let reporter = {
+            let (api, name, progress, every) = (
+                api.clone(),
+                name.clone(),
+                progress.clone(),
+                self.cfg.progress_every,
+            );
+            tokio::spawn(async move {
+                let mut last = 0;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stop_rx.changed() => return,
+                    }
+                    let now = progress.load(Ordering::Relaxed);
+                    if now != last {
+                        last = now;
+                        let patch = serde_json::json!({"status": {"bytesDone": now}});
+                        if let Err(e) = api
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await
+                        {
+                            warn!(error = %e, "could not report progress");
+                        }
+                    }
+                }
+            })
         };
-        match copied {
-            Ok(n) => {
-                recv.finish().await?;
-                bytes += n;
+        let mut pieces = st.pieces.clone();
+        let result = match self.store_endpoint(&st).await {
+            Err(e) => Err(e),
+            Ok(endpoint) => {
+                let src = Source {
+                    endpoint,
+                    host: r.spec.source.host.as_str().to_owned(),
+                    dataset: r.spec.source.dataset.as_str().to_owned(),
+                    idle_timeout: self.cfg.idle_timeout,
+                };
+                let req = ChainRequest {
+                    pieces: st
+                        .chain
+                        .iter()
+                        .map(|id| {
+                            let p = st.pieces.iter().find(|p| &p.id == id);
+                            PieceRequest {
+                                id: id.clone(),
+                                snapshot: p.map(|p| p.snapshot.clone()).unwrap_or_default(),
+                                sha256: p.map(|p| p.sha256.clone()).filter(|s| !s.is_empty()),
+                            }
+                        })
+                        .collect(),
+                    into: r.spec.destination.dataset.as_str().to_owned(),
+                    force: r.spec.force,
+                    verify: r.spec.verify,
+                };
+                apply_chain(&self.zfs, &src, &req, &progress, |i, _sha| {
+                    if let Some(p) = pieces.get_mut(i) {
+                        p.verified = Some(r.spec.verify);
+                    }
+                })
+                .await
             }
-            Err(e) => {
-                recv.abort().await;
-                return Err(RestoreError::Copy(e.to_string()));
+        };
+        let _ = stop_tx.send(true);
+        let _ = reporter.await;
+        match &result {
+            Ok(done) => info!(chain = ?done.chain, bytes = done.bytes, "restore succeeded"),
+            Err(e) => warn!(error = %e, reason = e.reason(), "restore failed"),
+        }
+        let patch = outcome_patch(
+            &st,
+            &result,
+            &pieces,
+            &format!(
+                "{}:{}",
+                r.spec.destination.host.as_str(),
+                r.spec.destination.dataset.as_str()
+            ),
+        );
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Watches and runs restores until the watch ends.
+    pub async fn run(self: Arc<Self>) -> Result<(), RestoreError> {
+        let n = self.recover().await?;
+        if n > 0 {
+            info!(failed = n, "failed restores interrupted by a restart");
+        }
+        let api: Api<DeserializeGuard<Restore>> = Api::all(self.client.clone());
+        let (reader, writer) = reflector::store();
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects()
+            .boxed();
+        // Destination datasets being restored: one restore per dataset at a time.
+        let running: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    None => return Ok(()),
+                    Some(Err(e)) => { warn!(error = %e, "Restore watch error"); continue; }
+                    Some(Ok(_)) => {}
+                },
+                Some(()) = done_rx.recv() => {}
+            }
+            let mut pending: Vec<Restore> = reader
+                .state()
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok().cloned())
+                .filter(|r| is_claimable(r, &self.cfg.host_name))
+                .collect();
+            pending.sort_by_key(|r| (r.metadata.creation_timestamp.clone().map(|t| t.0), key(r)));
+            for r in pending {
+                let dest = r.spec.destination.dataset.as_str().to_owned();
+                if running.lock().map(|s| s.contains(&dest)).unwrap_or(true) {
+                    continue;
+                }
+                let claimed = match self.claim(&r).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(restore = %key(&r), error = %e, "claiming failed");
+                        continue;
+                    }
+                };
+                if let Ok(mut s) = running.lock() {
+                    s.insert(dest.clone());
+                }
+                let span = info_span!("restore", restore = %key(&r),
+                    source = %format!("{}:{}", r.spec.source.host.as_str(), r.spec.source.dataset.as_str()),
+                    destination = %dest);
+                let (this, running, done) = (self.clone(), running.clone(), done_tx.clone());
+                tokio::spawn(
+                    async move {
+                        info!("claimed");
+                        if let Err(e) = this.execute(claimed).await {
+                            error!(error = %e, "could not record the restore's outcome");
+                        }
+                        if let Ok(mut s) = running.lock() {
+                            s.remove(&dest);
+                        }
+                        let _ = done.send(());
+                    }
+                    .instrument(span),
+                );
             }
         }
-        if i == 0 && chain.len() > 1 {
-            // Incrementals need the dataset unmodified since the last snapshot.
-            zfs.protect_replica(into).await?;
-        }
-        info!(backup = %b.manifest.id, "applied");
-        applied.push(b.manifest.id.clone());
     }
-    if chain.len() > 1 {
-        zfs.unprotect(into).await?;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_back_keeps_the_tail() {
+        let mut h = HoldBack::new(10);
+        assert!(h.push(Bytes::from_static(b"12345")).is_empty());
+        assert!(h.push(Bytes::from_static(b"67890")).is_empty());
+        // 15 bytes: the first chunk may go, 10 stay.
+        let out = h.push(Bytes::from_static(b"abcde"));
+        assert_eq!(out, [Bytes::from_static(b"12345")]);
+        assert_eq!(h.held(), 10);
+        // A big chunk: everything before it goes; it stays (it holds the tail).
+        let out = h.push(Bytes::from(vec![0u8; 50]));
+        assert_eq!(out.len(), 2);
+        assert_eq!(h.held(), 50);
+        assert_eq!(h.release().len(), 1);
+        let mut none = HoldBack::new(0);
+        assert_eq!(none.push(Bytes::from_static(b"x")).len(), 1);
     }
-    Ok(Restored {
-        chain: applied,
-        bytes,
-    })
+
+    #[test]
+    fn parents() {
+        assert_eq!(parent_to_create("tank/a/b/c"), Some("tank/a/b"));
+        assert_eq!(parent_to_create("tank/a"), None);
+        assert_eq!(parent_to_create("tank"), None);
+    }
+
+    fn restore(host: &str, status: Option<RestoreStatus>) -> Restore {
+        let mut r = Restore::new(
+            "r",
+            serde_json::from_value(serde_json::json!({
+                "source": {"host": "src", "dataset": "tank/a"},
+                "destination": {"host": host, "dataset": "tank/b"},
+            }))
+            .expect("spec"),
+        );
+        r.status = status;
+        r
+    }
+
+    #[test]
+    fn claimable_and_orphaned() {
+        let resolved = RestoreStatus {
+            chain: vec!["1.full".into()],
+            ..Default::default()
+        };
+        assert!(is_claimable(&restore("h", Some(resolved.clone())), "h"));
+        assert!(!is_claimable(&restore("x", Some(resolved.clone())), "h"));
+        assert!(!is_claimable(&restore("h", None), "h"), "not resolved yet");
+        let running = RestoreStatus {
+            phase: RestorePhase::Running,
+            claimed_by: Some("h@n".into()),
+            ..resolved
+        };
+        assert!(!is_claimable(&restore("h", Some(running.clone())), "h"));
+        assert!(is_orphaned(
+            &restore("h", Some(running.clone())),
+            "h",
+            "h@n"
+        ));
+        assert!(!is_orphaned(&restore("h", Some(running)), "h", "other"));
+    }
+
+    #[test]
+    fn outcome_reasons() {
+        let e = RestoreError::ChecksumMismatch {
+            id: "1.full".into(),
+            got: "a".into(),
+            expected: "b".into(),
+        };
+        let p = outcome_patch(&RestoreStatus::default(), &Err(e), &[], "h:tank/b");
+        assert_eq!(p["status"]["phase"], "Failed");
+        assert_eq!(p["status"]["conditions"][0]["reason"], "ChecksumMismatch");
+        let ok = Restored {
+            chain: vec!["1.full".into()],
+            bytes: 3,
+        };
+        let piece = RestorePiece {
+            id: "1.full".into(),
+            verified: Some(true),
+            ..Default::default()
+        };
+        let p = outcome_patch(&RestoreStatus::default(), &Ok(ok), &[piece], "h:tank/b");
+        assert_eq!(p["status"]["phase"], "Succeeded");
+        assert_eq!(p["status"]["verified"], true);
+    }
 }

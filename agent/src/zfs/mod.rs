@@ -146,6 +146,13 @@ impl Zfs {
         self.output(&args, true).await.map(drop)
     }
 
+    /// `zfs destroy -r dataset`: only for a dataset a failed restore itself created.
+    pub async fn destroy_restored(&self, dataset: &str) -> Result<(), ZfsError> {
+        zetaback::names::validate_dataset(dataset)?;
+        let args = vec!["destroy".to_owned(), "-r".to_owned(), dataset.to_owned()];
+        self.output(&args, true).await.map(drop)
+    }
+
     /// Makes a received replica read-only with no atime updates, so that the next
     /// incremental finds it unmodified (`receive` without `-F` refuses a modified target).
     pub async fn protect_replica(&self, dataset: &str) -> Result<(), ZfsError> {
