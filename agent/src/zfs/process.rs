@@ -12,6 +12,18 @@ use super::error::{CommandLine, ZfsError};
 /// At most this much of a child's stderr is kept for the error message.
 const STDERR_LIMIT: usize = 16 * 1024;
 
+/// The pipe size asked for between `zfs` and the agent. zfs-fuse's daemon writes the stream
+/// straight into the pipe; with Linux's default 64 KiB it stalls on every few writes (a
+/// measured 3x slowdown against `zfs send > file`). Capped by /proc/sys/fs/pipe-max-size.
+const PIPE_SIZE: usize = 1024 * 1024;
+
+/// Enlarges a pipe where the kernel allows it; a failure only costs speed.
+fn enlarge_pipe(fd: impl std::os::fd::AsFd) {
+    if let Err(e) = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE) {
+        tracing::debug!(error = %e, "could not enlarge a pipe");
+    }
+}
+
 fn collect_stderr(stderr: Option<impl AsyncRead + Unpin + Send + 'static>) -> JoinHandle<String> {
     tokio::spawn(async move {
         let Some(mut stderr) = stderr else {
@@ -81,6 +93,9 @@ impl SendProcess {
                 source,
             })?;
         let stderr = collect_stderr(child.stderr.take());
+        if let Some(out) = child.stdout.as_ref() {
+            enlarge_pipe(out);
+        }
         Ok(Self {
             stdout: child.stdout.take(),
             child,
@@ -139,6 +154,9 @@ impl ReceiveProcess {
                 source,
             })?;
         let stderr = collect_stderr(child.stderr.take());
+        if let Some(input) = child.stdin.as_ref() {
+            enlarge_pipe(input);
+        }
         Ok(Self {
             stdin: child.stdin.take(),
             child,
