@@ -141,3 +141,107 @@ impl HttpBody for LimitedBody {
         self.inner.size_hint()
     }
 }
+
+/// Callback receiving a complete body.
+pub type OnComplete = Box<dyn FnOnce(Bytes) + Send + Sync>;
+/// Callback run when the body turned out larger than the limit.
+pub type OnOverflow = Box<dyn FnOnce() + Send + Sync>;
+
+/// Streams an upstream body to the client while keeping a copy; when the
+/// body ends within `limit` bytes, `on_complete` gets the copy (to store it).
+/// `hold` (e.g. the coalescing guard) is released as soon as the outcome is
+/// known: complete, too large, failed, or dropped by the client.
+pub struct TeeBody {
+    inner: Incoming,
+    buf: Option<bytes::BytesMut>,
+    limit: u64,
+    on_complete: Option<OnComplete>,
+    on_overflow: Option<OnOverflow>,
+    hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl TeeBody {
+    pub fn new(
+        inner: Incoming,
+        expected_len: Option<u64>,
+        limit: u64,
+        on_complete: OnComplete,
+        on_overflow: OnOverflow,
+        hold: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        let cap = expected_len.unwrap_or(8 * 1024).min(limit);
+        Self {
+            inner,
+            buf: Some(bytes::BytesMut::with_capacity(
+                usize::try_from(cap).unwrap_or(0),
+            )),
+            limit,
+            on_complete: Some(on_complete),
+            on_overflow: Some(on_overflow),
+            hold: Some(hold),
+        }
+    }
+
+    fn complete(&mut self) {
+        if let (Some(buf), Some(f)) = (self.buf.take(), self.on_complete.take()) {
+            f(buf.freeze());
+        }
+        self.on_overflow = None;
+        self.hold = None;
+    }
+
+    fn abandon(&mut self) {
+        self.buf = None;
+        self.on_complete = None;
+        self.on_overflow = None;
+        self.hold = None;
+    }
+}
+
+impl HttpBody for TeeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(buf), Some(data)) = (this.buf.as_mut(), frame.data_ref()) {
+                    if (buf.len() + data.len()) as u64 > this.limit {
+                        if let Some(f) = this.on_overflow.take() {
+                            f();
+                        }
+                        this.abandon();
+                    } else {
+                        buf.extend_from_slice(data);
+                    }
+                }
+                // hyper stops polling once a sized body reports its end.
+                if this.inner.is_end_stream() {
+                    this.complete();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.complete();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.abandon();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

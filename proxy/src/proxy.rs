@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 use moka::sync::Cache;
 use tracing::{Instrument, debug, warn};
 
-use crate::body::{self, Body, LimitedBody, PrefixedBody};
-use crate::cache::{CachedObject, Flight, Inflight, Store, wait};
+use crate::body::{self, Body, LimitedBody, PrefixedBody, TeeBody};
+use crate::cache::{CachedObject, Flight, Inflight, LeaderGuard, Store, wait};
 use crate::conditional;
 use crate::config::ProxyConfig;
 use crate::error::{ConfigError, ProxyError, UpstreamError};
@@ -284,7 +284,7 @@ async fn get_or_head(
         // its response is stored only if the response allows it.
         let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
         rt.metrics.miss.inc();
-        return match fill(rt, &ctx, None).await? {
+        return match fill(rt, &ctx, None, None).await? {
             Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
             Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
         };
@@ -308,7 +308,7 @@ async fn get_or_head(
                         tokio::spawn(
                             async move {
                                 let _guard = guard;
-                                if let Err(e) = fill(&rt2, &ctx, Some(old)).await {
+                                if let Err(e) = fill(&rt2, &ctx, Some(old), None).await {
                                     debug!(error = %e, "background refresh failed");
                                 }
                             }
@@ -327,7 +327,18 @@ async fn get_or_head(
             Flight::Leader(guard) => {
                 rt.metrics.miss.inc();
                 let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
-                let out = fill(rt, &ctx, stale.clone()).await;
+                // A plain GET streams to its client while the copy for the
+                // cache is taken; the guard goes with the body. Everything
+                // else is answered from the buffered object.
+                let streamable = parts.method == Method::GET
+                    && !parts.headers.contains_key(header::RANGE)
+                    && !conditional::is_conditional(&parts.headers);
+                let (tee, guard) = if streamable {
+                    (Some(guard), None)
+                } else {
+                    (None, Some(guard))
+                };
+                let out = fill(rt, &ctx, stale.clone(), tee).await;
                 drop(guard);
                 let out = match (out, stale) {
                     // No backend could revalidate: a stale copy beats an
@@ -354,7 +365,7 @@ async fn get_or_head(
     // (e.g. errors): fetch on our own.
     rt.metrics.miss.inc();
     let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
-    match fill(rt, &ctx, None).await? {
+    match fill(rt, &ctx, None, None).await? {
         Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
         Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
     }
@@ -397,6 +408,7 @@ async fn fill(
     rt: &Runtime,
     ctx: &FillCtx,
     stale: Option<Arc<CachedObject>>,
+    tee: Option<LeaderGuard>,
 ) -> Result<Filled, ProxyError> {
     let cond = stale.as_ref().and_then(|o| {
         let v = validators(o);
@@ -531,6 +543,54 @@ async fn fill(
         }
     };
 
+    let mut headers = parts.headers.clone();
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::AGE);
+    let grace = if policy::must_revalidate(&headers) {
+        Duration::ZERO
+    } else {
+        cache_cfg.grace
+    };
+
+    if let Some(guard) = tee {
+        let store = rt.store.clone();
+        let store2 = rt.store.clone();
+        let metrics = rt.metrics.clone();
+        let primary = ctx.primary.clone();
+        let primary2 = ctx.primary.clone();
+        let client = ctx.client.clone();
+        let (status, uri, keep) = (parts.status, ctx.uri.clone(), cache_cfg.keep);
+        let on_complete: crate::body::OnComplete = Box::new(move |body: Bytes| {
+            let obj = CachedObject::new(
+                primary.len(),
+                status,
+                headers,
+                body,
+                policy,
+                uri,
+                Some(backend_name),
+                ttl,
+                grace,
+                keep,
+                now,
+            );
+            store.insert(&primary, &client, obj);
+        });
+        let on_overflow: crate::body::OnOverflow = Box::new(move || {
+            metrics.not_stored(NotStorable::TooLarge.as_str());
+            store2.mark_pass(&primary2);
+        });
+        let body = TeeBody::new(
+            incoming,
+            content_length,
+            rt.store.max_object_size,
+            on_complete,
+            on_overflow,
+            Box::new(guard),
+        );
+        return Ok(Filled::Stream(Response::from_parts(parts, body.boxed())));
+    }
+
     // Buffer up to maxObjectSize; beyond that stream what we have plus the rest.
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut size: u64 = 0;
@@ -564,14 +624,6 @@ async fn fill(
         b.extend_from_slice(&c);
     }
     let body = b.freeze();
-    let mut headers = parts.headers;
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::AGE);
-    let grace = if policy::must_revalidate(&headers) {
-        Duration::ZERO
-    } else {
-        cache_cfg.grace
-    };
     let obj = CachedObject::new(
         ctx.primary.len(),
         parts.status,

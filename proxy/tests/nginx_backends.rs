@@ -624,3 +624,47 @@ async fn stale_copy_served_when_no_backend_can_revalidate() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_are_teed_into_the_cache_or_overflow_to_pass() {
+    // gzip makes nginx answer chunked (no Content-Length), with Vary.
+    let extra = "gzip on; gzip_proxied any; gzip_types text/plain application/octet-stream; gzip_min_length 0; gzip_vary on;";
+    let small = "all work and no play ".repeat(500).into_bytes();
+    let mut big = Vec::with_capacity(3_000_000);
+    let mut x: u32 = 12345;
+    for _ in 0..3_000_000 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        big.push((x >> 16) as u8);
+    }
+    let a = Nginx::start(
+        "web1",
+        &[("/z/small.txt", &small), ("/z/big.bin", &big)],
+        extra,
+    );
+    let mut cfg = config_for(&[&a]);
+    cfg.cache.max_object_size = 1024 * 1024;
+    let proxy = start_proxy(cfg).await;
+    let c = TestClient::new(proxy.addr);
+    let gz = [("accept-encoding", "gzip")];
+
+    let r1 = c.get("/z/small.txt", &gz).await;
+    assert_eq!(r1.header("content-encoding"), Some("gzip"));
+    assert_eq!(r1.header("x-cache"), Some("MISS"));
+    let r2 = c.get("/z/small.txt", &gz).await;
+    assert_eq!(r2.header("x-cache"), Some("HIT"));
+    assert_eq!(r2.body, r1.body);
+    let plain = c.get("/z/small.txt", &[]).await;
+    assert_eq!(plain.header("x-cache"), Some("MISS"), "other variant");
+    assert_eq!(plain.body.as_ref(), small.as_slice());
+    assert_eq!(settled_hits(&[&a], 2).await, 2);
+
+    // Chunked and larger than maxObjectSize: streamed whole, then passed.
+    let b1 = c.get("/z/big.bin", &gz).await;
+    assert_eq!(b1.status, StatusCode::OK);
+    assert!(b1.body.len() > 1024 * 1024);
+    let b2 = c.get("/z/big.bin", &gz).await;
+    assert_eq!(b2.header("x-cache"), Some("PASS"));
+    assert_eq!(b2.body, b1.body);
+    assert_eq!(settled_hits(&[&a], 4).await, 4);
+    proxy.shutdown().await;
+}
