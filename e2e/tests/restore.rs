@@ -107,8 +107,16 @@ fn mounted(ds: &str) -> PathBuf {
 }
 
 fn noise(seed: u32, len: usize) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| ((i ^ seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+    // xorshift64: incompressible, so the stored streams are larger than what the agent
+    // holds back while verifying (1 MiB) and the hold-back really streams.
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
         .collect()
 }
 
