@@ -17,6 +17,8 @@
 #   hit   : all files cached, cycling
 #   known : every request a new cache key (query string) for a known path,
 #           i.e. a miss once owners are known
+#   stampede: 1,000 connections on one key expiring every 2 s (backend fetches)
+#   upload: a file appears on the last backend after its 404 was served
 # "be/req" = backend requests (nginx access-log lines) per client request.
 #
 # Usage: bench/fallback/run.sh [N...]    (default: 2 4 8)
@@ -93,6 +95,9 @@ for i in range(files):
     body = (line * (size // len(line) + 1))[:size]
     with open(f"{root}/b{i % n}/www/files/f{i}.txt", "wb") as f:
         f.write(body)
+os.makedirs(f"{root}/b{n - 1}/www/hot", exist_ok=True)
+with open(f"{root}/b{n - 1}/www/hot/key.txt", "w") as f:
+    f.write("hot key\n")
 PY
 }
 
@@ -109,7 +114,8 @@ http {
   client_body_temp_path $dir/tmp/b; proxy_temp_path $dir/tmp/p; fastcgi_temp_path $dir/tmp/f;
   uwsgi_temp_path $dir/tmp/u; scgi_temp_path $dir/tmp/s;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$port; root $dir/www; add_header X-Backend $name; }
+  server { listen 127.0.0.1:$port; root $dir/www; add_header X-Backend $name;
+    location /hot/ { expires 2s; } }
 }
 CONF
   taskset -c "$LOAD_CPU" /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
@@ -252,7 +258,7 @@ run_wrk() { # system n scenario port script args...
   local sys="$1" n="$2" scen="$3" port="$4" script="$5"; shift 5
   local before after out res
   before=$(backend_hits)
-  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$HERE/$script" \
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"${WRK_CONNS:-$CONNS}" -d"${DURATION}s" -s "$HERE/$script" \
         "http://127.0.0.1:$port" -- "$@" 2>&1) || true
   sleep 0.2
   after=$(backend_hits)
@@ -272,6 +278,8 @@ run_wrk() { # system n scenario port script args...
   W_P99=$(awk -v v="$p99_us" 'BEGIN{printf "%.2f", v/1000}')
   W_BEPR=$(awk -v b="$((after - before))" -v r="$requests" 'BEGIN{ if (r>0) printf "%.2f", b/r; else print "-"}')
   W_REQ=$requests; W_ERR=$errors; W_NON2XX=$non2xx
+  # A stampede is about how many fetches reach the backends at all.
+  [[ "$scen" == stampede ]] && W_BEPR="$((after - before)) total"
   printf '  [load %s] %-16s %-6s %9s req/s  p50 %7s ms  p99 %7s ms  be/req %5s  (%s req, %s err, %s non2xx)\n' \
     "$(cut -d' ' -f1 /proc/loadavg)" "$sys" "$scen" "$W_RPS" "$W_P50" "$W_P99" "$W_BEPR" \
     "$W_REQ" "$W_ERR" "$W_NON2XX" >&2
@@ -290,7 +298,7 @@ peak_rss_mib() { # pid: max VmHWM of the process and its children
   echo $((max / 1024))
 }
 
-declare -A RSS
+declare -A RSS UPLOAD
 SYS_LIST=(${SYSTEMS:-zetaback varnish-retry varnish-restart nginx-fallback})
 ROUNDS="${ROUNDS:-3}"
 for n in "${NS[@]}"; do
@@ -359,6 +367,31 @@ for n in "${NS[@]}"; do
     run_wrk "$sys" "$n" known "${SPORT[$sys]}" walk.lua known "$FILES" "$sys$n"; add_row "$n" "$sys" known
   done
 
+  # Stampede: 1,000 connections on one key that expires every 2 s and lives
+  # on the last backend; what counts is the number of backend fetches.
+  for sys in "${SYS_LIST[@]}"; do
+    WRK_CONNS=1000 run_wrk "$sys" "$n" stampede "${SPORT[$sys]}" walk.lua hot "$FILES"
+    add_row "$n" "$sys" stampede
+  done
+
+  # A new upload on the last backend: how long until each system serves it
+  # (after a client already got the 404).
+  for sys in "${SYS_LIST[@]}"; do
+    path="/files/new-$sys.txt"
+    curl -s -o /dev/null "http://127.0.0.1:${SPORT[$sys]}$path" || true
+    echo "uploaded" > "$WORK/n$n/b$((n - 1))/www/files/new-$sys.txt"
+    t0=$(date +%s.%N); seen=""
+    while :; do
+      code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${SPORT[$sys]}$path" || true)
+      el=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+      if [[ "$code" == 200 ]]; then seen="$el s"; break; fi
+      if awk -v e="$el" 'BEGIN{exit !(e > 20)}'; then seen="> 20 s"; break; fi
+      sleep 0.2
+    done
+    UPLOAD["$n/$sys"]="$seen"
+    echo "  upload on b$((n - 1)) visible through $sys after $seen" >&2
+  done
+
   for sys in "${SYS_LIST[@]}"; do
     RSS["$n/$sys"]=$(peak_rss_mib "${SPID[$sys]}")
     stop_pid "${SPID[$sys]}"
@@ -394,6 +427,15 @@ done
         echo "| $n | $scen | $ratio | $zp / $vp ms | $zb / $vb |"
       fi
     done
+  done
+  echo
+  echo "New upload on the last backend, after a client already got its 404: time until served"
+  echo "(zetaback notFoundTtl 10s; Varnish caches the final 404 for default_ttl, 600 s here; nginx-fallback proxy_cache_valid 404 10s):"
+  echo
+  for n in "${NS[@]}"; do
+    line="N=$n:"
+    for sys in "${SYS_LIST[@]}"; do line+=" $sys ${UPLOAD[$n/$sys]:-?};"; done
+    echo "$line"
   done
   echo
   echo "Peak RSS (VmHWM, MiB; Varnish: its cache process), maxSize 256 MiB for zetaback and Varnish (-s malloc,256m):"

@@ -4,6 +4,7 @@
 --   known  : /files/f<i>.txt?k=<salt>-<n>, every request a new cache key,
 --            owners already known
 --   direct : only the files of backend 0 (every <stride>-th), for nginx itself
+--   hot    : one key, /hot/key.txt (max-age=2 s, on the last backend)
 local mode, nfiles, salt, stride = "hit", 10000, "s", 1
 local i = 0
 
@@ -19,6 +20,8 @@ function request()
   i = i + 1
   if mode == "known" then
     return wrk.format("GET", "/files/f" .. (n % nfiles) .. ".txt?k=" .. salt .. "-" .. n)
+  elseif mode == "hot" then
+    return wrk.format("GET", "/hot/key.txt")
   elseif mode == "direct" then
     return wrk.format("GET", "/files/f" .. ((n * stride) % nfiles) .. ".txt")
   end
