@@ -70,7 +70,8 @@ fn full_and_two_incrementals_to_file_store_and_replica() {
         let mut c = backup_cmd(&tokens, &addr, &ds, snap);
         c.args(["--target-dataset", &replicas]);
         if let Some(b) = base {
-            c.args(["--base-snapshot", b]);
+            // Incrementals travel zstd-compressed; the target decompresses into zfs receive.
+            c.args(["--base-snapshot", b, "--compression", "zstd"]);
         }
         run_backup(c)
     };

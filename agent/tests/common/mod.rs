@@ -61,9 +61,21 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("e2e/scripts/zfs.sh"))
-            .args(["destroy", &self.name])
-            .output();
+        // zfs-fuse reports a pool busy for a moment after receives and unmounts: retry.
+        for _ in 0..40 {
+            let _ = Command::new(repo_root().join("e2e/scripts/zfs.sh"))
+                .args(["destroy", &self.name])
+                .output();
+            let listed = Command::new("zpool")
+                .args(["list", "-H", &self.name])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !listed {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        eprintln!("could not destroy test pool {}", self.name);
     }
 }
 
