@@ -58,7 +58,7 @@ fn token(global: &GlobalArgs) -> Result<Option<String>, CliError> {
         .filter(|t| !t.is_empty()))
 }
 
-async fn connect(
+pub(super) async fn connect(
     global: &GlobalArgs,
     connect: Connect,
 ) -> Result<(kube::Client, String), CliError> {
@@ -154,6 +154,7 @@ pub(super) async fn execute(cli: Cli, how: Connect, io: &mut Io<'_>) -> Result<u
             cx.retention(io, &ns, &policy, RetentionAction::Archive, dry_run, yes)
                 .await
         }
+        Command::Restore(_) => Err(CliError::Usage("restore is run by cli::restore".into())),
     }
 }
 

@@ -25,6 +25,7 @@ pub mod filter;
 pub mod monitor;
 pub mod report;
 pub mod request;
+pub mod restore;
 pub mod table;
 
 use std::ffi::OsString;
@@ -158,6 +159,8 @@ pub enum Command {
         #[arg(short = 'y', long)]
         yes: bool,
     },
+    /// Restore a dataset from its backups (creates a Restore; --wait follows it).
+    Restore(restore::RestoreArgs),
 }
 
 /// The program's streams. `interactive` says whether `input` is a terminal (a person can
@@ -206,7 +209,11 @@ where
     };
     let violators = matches!(cli.command, Command::Violators { .. });
     let format = cli.global.output;
-    match commands::execute(cli, connect, io).await {
+    let result = match cli.command {
+        Command::Restore(args) => restore::execute(args, &cli.global, connect, io).await,
+        _ => commands::execute(cli, connect, io).await,
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             let text = e.chain();
