@@ -408,15 +408,37 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
         "newest restore differs"
     );
 
-    // 2. A middle point: the full and the first incremental (by id).
+    // 2. A middle point: the full and the first incremental (by id), through the CLI.
     let middle_ds = format!("{pd}/restored/middle");
-    create_restore(
-        &restores,
-        "middle",
-        serde_json::json!({"source": source(serde_json::json!({"backup": ids[1]})),
-            "destination": {"host": names[2], "dataset": middle_ds}}),
+    let to = format!("{}/{middle_ds}", names[2]);
+    let (code, out) = zb(
+        &client,
+        &ns,
+        &[
+            "restore",
+            "--host",
+            &names[0],
+            "--dataset",
+            &dataset,
+            "--backup",
+            &ids[1],
+            "--to",
+            &to,
+            "--name",
+            "middle",
+            "--wait",
+        ],
     )
     .await;
+    println!(
+        "kubectl zetaback restore --backup {} --to {to} --wait (exit {code}):\n{out}",
+        ids[1]
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Succeeded") && out.contains("verified=true"),
+        "{out}"
+    );
     let r = finished(&restores, "middle").await;
     let st = r.status.clone().expect("status");
     assert_eq!(st.phase, RestorePhase::Succeeded, "{st:?}");
@@ -448,13 +470,27 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
     corrupt[at] ^= 0x01;
     std::fs::write(&full_path, &corrupt).expect("corrupt");
     let corrupt_ds = format!("{pd}/restored/corrupt");
-    create_restore(
-        &restores,
-        "corrupt",
-        serde_json::json!({"source": source(serde_json::json!({})),
-            "destination": {"host": names[2], "dataset": corrupt_ds}}),
+    let to = format!("{}/{corrupt_ds}", names[2]);
+    let (code, out) = zb(
+        &client,
+        &ns,
+        &[
+            "restore",
+            "--host",
+            &names[0],
+            "--dataset",
+            &dataset,
+            "--to",
+            &to,
+            "--name",
+            "corrupt",
+            "--wait",
+        ],
     )
     .await;
+    println!("kubectl zetaback restore --to {to} --wait (exit {code}):\n{out}");
+    assert_eq!(code, 1, "a failed restore exits 1: {out}");
+    assert!(out.contains("ChecksumMismatch"), "{out}");
     let r = finished(&restores, "corrupt").await;
     assert_eq!(
         r.status.as_ref().map(|s| s.phase),
