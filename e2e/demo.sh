@@ -1,74 +1,133 @@
 #!/usr/bin/env bash
-# The demo: brings up the local control plane (etcd, kube-apiserver, kube-controller-manager
-# built from their Go modules; zfs-fuse), installs the Helm chart's CRDs and RBAC, runs the
-# controller as its own ServiceAccount, applies example objects and shows them with
-# `kubectl get zetaback`. Run as root on Debian. `e2e/demo.sh down` stops everything.
+# The demo: a local control plane (etcd, kube-apiserver, kube-controller-manager built from
+# their Go modules), two "machines" with real ZFS (zfs-fuse, file-backed pools) each served by
+# a zetaback-agent process, and the controller running as its own ServiceAccount (the Helm
+# chart's RBAC). A BackupPolicy with short intervals takes real `zfs send` backups; the demo
+# ends with `kubectl get zetaback` and `kubectl zetaback summary`.
+# Run as root on Debian. `e2e/demo.sh down` stops everything.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/zetaback/target}
 run=${ZETABACK_RUN:-/tmp/zetaback-e2e}
+demo="$run/demo"
 ns=zetaback-system
+bins="$CARGO_TARGET_DIR/debug"
+
+stop_procs() {
+  for p in "$demo"/*.pid; do
+    [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null || true
+    rm -f "$p"
+  done
+}
 
 if [ "${1:-}" = down ]; then
-  [ -f "$run/demo-controller.pid" ] && kill "$(cat "$run/demo-controller.pid")" 2>/dev/null || true
+  stop_procs
   bash e2e/scripts/env.sh down
   bash e2e/scripts/zfs.sh stop
   exit 0
 fi
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+bg() { # name, command...
+  local name=$1; shift
+  nohup "$@" >"$demo/$name.log" 2>&1 &
+  echo $! >"$demo/$name.pid"
+}
 
 step "Installing prerequisites (Debian packages) if missing"
 bash e2e/scripts/install-deps.sh
 step "Building zetaback (cargo build)"
 cargo build --locked --bins -q
-step "Starting the local control plane (first run builds Kubernetes from source: ~10-20 min)"
+step "Starting the local control plane (the first run builds Kubernetes from source: ~10-20 min)"
 kubeconfig=$(bash e2e/scripts/env.sh up)
 bin=$(bash e2e/scripts/env.sh bin)
 k() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
-k version 2>/dev/null | sed 's/^/  /'
+k version 2>/dev/null | sed "s/^/  /" || true
+mkdir -p "$demo"
+stop_procs
+
+step "Two machines with real ZFS: pool demodb (datasets db/pg, db/redis with files) and pool demobak"
+for pool in demodb demobak; do
+  bash e2e/scripts/zfs.sh destroy "$pool"
+  mnt=$(bash e2e/scripts/zfs.sh pool "$pool" 256M)
+  echo "  $pool mounted at $mnt"
+done
+for ds in demodb/db demodb/db/pg demodb/db/redis; do zfs create "$ds"; done
+head -c 2000000 /dev/urandom >/run/zetaback/zfs/demodb/db/pg/base.dat
+head -c 500000 /dev/urandom >/run/zetaback/zfs/demodb/db/redis/dump.rdb
+zfs list -r demodb | sed 's/^/  /'
 
 step "Installing the Helm chart's RBAC and service accounts into $ns"
 k create namespace "$ns" --dry-run=client -o yaml | k apply -f - >/dev/null
 "$bin/helm" template zetaback charts/zetaback --namespace "$ns" --kube-version 1.37.2 | k apply -f - | sed 's/^/  /'
 
-step "Running the controller with its own ServiceAccount token (RBAC as installed)"
-token=$(k create token zetaback-controller -n "$ns" --duration 24h)
-server=$(k config view --raw -o jsonpath='{.clusters[0].cluster.server}')
-ca=$(k config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority}')
-cat >"$run/controller.kubeconfig" <<YAML
+kubeconfig_for() { # service account → kubeconfig path
+  local sa=$1 file="$demo/$1.kubeconfig"
+  local token server ca
+  token=$(k create token "$sa" -n "$ns" --duration 24h)
+  server=$(k config view --raw -o jsonpath='{.clusters[0].cluster.server}')
+  ca=$(k config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority}')
+  cat >"$file" <<YAML
 apiVersion: v1
 kind: Config
 clusters: [{name: local, cluster: {server: "$server", certificate-authority: "$ca"}}]
-users: [{name: zetaback-controller, user: {token: "$token"}}]
-contexts: [{name: local, context: {cluster: local, user: zetaback-controller}}]
+users: [{name: $sa, user: {token: "$token"}}]
+contexts: [{name: local, context: {cluster: local, user: $sa}}]
 current-context: local
 YAML
-[ -f "$run/demo-controller.pid" ] && kill "$(cat "$run/demo-controller.pid")" 2>/dev/null || true
-KUBECONFIG="$run/controller.kubeconfig" POD_NAMESPACE=$ns POD_NAME=demo-controller \
-  ZETABACK_METRICS_ADDR=127.0.0.1:18080 \
-  nohup "$CARGO_TARGET_DIR/debug/zetaback-controller" >"$run/demo-controller.log" 2>&1 &
-echo $! >"$run/demo-controller.pid"
-echo "  controller pid $(cat "$run/demo-controller.pid"), log $run/demo-controller.log"
+  echo "$file"
+}
 
-step "Applying the example ZfsHosts, BackupPolicy and FallbackRoute"
-k apply -f e2e/manifests/examples/ | sed 's/^/  /'
-for _ in $(seq 1 60); do
-  [ "$(k get backuppolicy databases -o jsonpath='{.status.observedGeneration}' 2>/dev/null)" = 1 ] && break
-  sleep 0.5
+step "Applying the ZfsHosts and starting one agent per machine (as the zetaback-agent ServiceAccount)"
+k apply -f e2e/manifests/demo/hosts.yaml | sed 's/^/  /'
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$demo/stream-token"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$demo/admin-token"
+mkdir -p "$demo/store"
+agent_kc=$(kubeconfig_for zetaback-agent)
+KUBECONFIG=$agent_kc bg agent-db-1 "$bins/zetaback-agent" --host-name db-1 --node-name db-1 \
+  --listen 127.0.0.1:17791 --token-file "$demo/stream-token" --status-interval 5 --last-seen-every 10
+KUBECONFIG=$agent_kc bg agent-backup-1 "$bins/zetaback-agent" --host-name backup-1 --node-name backup-1 \
+  --listen 127.0.0.1:17792 --store-root "$demo/store" --token-file "$demo/stream-token" \
+  --admin-token-file "$demo/admin-token" --status-interval 5 --last-seen-every 10
+echo "  agents: db-1 on 127.0.0.1:17791, backup-1 on 127.0.0.1:17792 (logs in $demo)"
+
+step "Starting the controller (as the zetaback-controller ServiceAccount)"
+KUBECONFIG=$(kubeconfig_for zetaback-controller) POD_NAMESPACE=$ns POD_NAME=demo-controller \
+  ZETABACK_METRICS_ADDR=127.0.0.1:18080 ZETABACK_STORE_TOKEN_FILE="$demo/admin-token" \
+  ZETABACK_HOST_STALE_AFTER=30s ZETABACK_WATCH_NAMESPACE=default bg controller "$bins/zetaback-controller"
+echo "  metrics on http://127.0.0.1:18080/metrics"
+
+step "Applying a BackupPolicy (full every 5m, incremental every 30s) and a FallbackRoute"
+k apply -f e2e/manifests/demo/policy.yaml -f e2e/manifests/demo/route.yaml | sed 's/^/  /'
+printf '  waiting for the first full backups'
+for _ in $(seq 1 120); do
+  [ "$(k get backuppolicy databases -o jsonpath='{.status.conditions[?(@.type=="Compliant")].status}' 2>/dev/null)" = True ] && break
+  printf '.'; sleep 1
 done
+echo
+printf '  and for an incremental'
+for _ in $(seq 1 90); do
+  ls "$demo"/store/db-1/*/ 2>/dev/null | grep -q incremental && break
+  printf '.'; sleep 1
+done
+echo
 
 step "kubectl get zetaback"
 k get zetaback -A
+step "kubectl zetaback summary"
+KUBECONFIG=$kubeconfig "$bins/kubectl-zetaback" summary --token-file "$demo/admin-token" || true
+step "kubectl zetaback violators (monitoring-plugin exit code)"
+KUBECONFIG=$kubeconfig "$bins/kubectl-zetaback" violators && echo "  exit 0" || echo "  exit $?"
 step "A refused policy (incremental not shorter than full)"
 k apply --dry-run=server -f e2e/manifests/invalid/incremental-not-shorter.yaml 2>&1 | sed 's/^/  /' || true
 cat <<TXT
 
-The control plane keeps running. Try:
-  export KUBECONFIG=$kubeconfig PATH=$bin:\$PATH
-  kubectl get backuppolicies -o wide
-  kubectl describe backuppolicy databases
+Everything keeps running: backups continue every 30s. Try:
+  export KUBECONFIG=$kubeconfig PATH=$bin:$bins:\$PATH
+  kubectl get backuppolicies; kubectl get backupjobs
+  kubectl zetaback list --token-file $demo/admin-token
+  kill \$(cat $demo/agent-db-1.pid)   # then watch 'kubectl get backuppolicies' report violators
 Stop everything with: e2e/demo.sh down
 TXT
