@@ -14,9 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::io::Write;
+
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::fs::{self, File, OpenOptions};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use zetaback::api::BackupType;
 use zetaback::api::backup_policy::Compression;
@@ -180,14 +185,15 @@ impl FileStore {
             .await
             .map_err(io_err(&temp))?;
         debug!(path = %temp.display(), "writing stream");
+        let writer = Writer::spawn(file.into_std().await);
         Ok(PendingStream {
             key,
             dir,
             stream,
             manifest,
             temp: Some(temp),
-            file: Some(file),
-            hasher: Sha256::new(),
+            writer,
+            sha256: None,
             bytes: 0,
             _claim: claim,
         })
@@ -322,6 +328,46 @@ impl Drop for Claim {
     }
 }
 
+/// Chunks queued between the request and the writer thread.
+const WRITER_DEPTH: usize = 8;
+
+/// Hashes and writes chunks on a blocking thread, fed through a bounded channel (so the
+/// request's task keeps receiving while the disk writes, without copying the chunks), and
+/// fsyncs the file at the end.
+#[derive(Debug)]
+struct Writer {
+    tx: Option<mpsc::Sender<Bytes>>,
+    handle: Option<JoinHandle<io::Result<Sha256>>>,
+}
+
+impl Writer {
+    fn spawn(mut file: std::fs::File) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITER_DEPTH);
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut hasher = Sha256::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                file.write_all(&chunk)?;
+            }
+            file.sync_all()?;
+            Ok(hasher)
+        });
+        Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits for the thread; its error if it failed.
+    async fn join(&mut self) -> io::Result<Sha256> {
+        self.tx = None;
+        match self.handle.take() {
+            Some(h) => h.await.map_err(io::Error::other)?,
+            None => Err(io::Error::other("stream already finished")),
+        }
+    }
+}
+
 /// A stream being written. Dropped without [`PendingStream::commit`], its temporary file is
 /// removed and nothing is visible.
 #[derive(Debug)]
@@ -331,24 +377,34 @@ pub struct PendingStream {
     stream: PathBuf,
     manifest: PathBuf,
     temp: Option<PathBuf>,
-    file: Option<File>,
-    hasher: Sha256,
+    writer: Writer,
+    sha256: Option<String>,
     bytes: u64,
     _claim: Claim,
 }
 
 impl PendingStream {
-    /// Appends a chunk.
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), FileStoreError> {
-        let (Some(file), Some(temp)) = (self.file.as_mut(), self.temp.as_ref()) else {
-            return Err(FileStoreError::Io {
-                path: self.stream.clone(),
-                source: io::Error::other("stream already finished"),
-            });
+    fn temp_path(&self) -> PathBuf {
+        self.temp.clone().unwrap_or_else(|| self.stream.clone())
+    }
+
+    /// Appends a chunk (waits while the writer is [`WRITER_DEPTH`] chunks behind).
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), FileStoreError> {
+        let n = chunk.len() as u64;
+        let sent = match &self.writer.tx {
+            Some(tx) => tx.send(chunk).await.is_ok(),
+            None => false,
         };
-        self.hasher.update(chunk);
-        self.bytes += chunk.len() as u64;
-        file.write_all(chunk).await.map_err(io_err(temp))
+        if !sent {
+            // The writer stopped: report its error.
+            let err = match self.writer.join().await {
+                Err(e) => e,
+                Ok(_) => io::Error::other("stream already finished"),
+            };
+            return Err(io_err(&self.temp_path())(err));
+        }
+        self.bytes += n;
+        Ok(())
     }
 
     /// Bytes so far.
@@ -356,23 +412,30 @@ impl PendingStream {
         self.bytes
     }
 
-    /// The sha256 of what was written so far (lower-case hex).
-    pub fn sha256_so_far(&self) -> String {
-        hex::encode(self.hasher.clone().finalize())
+    /// Ends the stream: waits for the writes and the fsync; returns its sha256 (lower-case hex).
+    pub async fn finish(&mut self) -> Result<String, FileStoreError> {
+        if let Some(sha) = &self.sha256 {
+            return Ok(sha.clone());
+        }
+        let hasher = self
+            .writer
+            .join()
+            .await
+            .map_err(io_err(&self.temp_path()))?;
+        let sha = hex::encode(hasher.finalize());
+        self.sha256 = Some(sha.clone());
+        Ok(sha)
     }
 
     /// Makes the stream a backup: fsync, link into place (never replacing), manifest, fsync.
     pub async fn commit(mut self, meta: StreamMeta) -> Result<Manifest, FileStoreError> {
-        let (Some(mut file), Some(temp)) = (self.file.take(), self.temp.clone()) else {
+        let sha256 = self.finish().await?;
+        let Some(temp) = self.temp.clone() else {
             return Err(FileStoreError::Io {
                 path: self.stream.clone(),
                 source: io::Error::other("stream already finished"),
             });
         };
-        file.flush().await.map_err(io_err(&temp))?;
-        file.sync_all().await.map_err(io_err(&temp))?;
-        drop(file);
-        let sha256 = hex::encode(self.hasher.clone().finalize());
         let manifest = Manifest {
             version: zetaback::store::MANIFEST_VERSION,
             id: self.key.id.to_string(),

@@ -388,7 +388,7 @@ async fn put_file(
     let mut trailer = None;
     loop {
         match next_piece(&mut body, state.idle_timeout).await {
-            Ok(Piece::Data(data)) => pending.write(&data).await?,
+            Ok(Piece::Data(data)) => pending.write(data).await?,
             Ok(Piece::Sha256(sha)) => trailer = sha,
             Ok(Piece::End) => break,
             Err(e) => {
@@ -400,7 +400,8 @@ async fn put_file(
             }
         }
     }
-    let verified = check_trailer(plan.expect_trailer, trailer, &pending.sha256_so_far())?;
+    let sha256 = pending.finish().await?;
+    let verified = check_trailer(plan.expect_trailer, trailer, &sha256)?;
     let manifest = pending.commit(plan.meta).await?;
     Ok(PutResponse {
         backup_id: manifest.id,
