@@ -52,7 +52,7 @@ pub fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
         .map(|s| s.value)
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// The cumulative histogram buckets (upper bound, count) of `name` for `kind`, sorted.
