@@ -32,6 +32,11 @@ pub fn stream(b: Incoming) -> Body {
     b.map_err(|e| Box::new(e) as BoxError).boxed()
 }
 
+/// A streamed upstream body that fails after `idle` without a frame.
+pub fn stream_idle(b: Incoming, idle: std::time::Duration) -> Body {
+    IdleTimeoutBody::new(stream(b), idle).boxed()
+}
+
 /// Already-read chunks followed by the rest of an upstream body.
 pub struct PrefixedBody {
     prefix: std::collections::VecDeque<Bytes>,
@@ -234,6 +239,62 @@ impl HttpBody for TeeBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Error raised when an upstream body stalls.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body idle for more than {0:?}")]
+pub struct IdleTimeout(pub std::time::Duration);
+
+/// Fails a streamed body when no frame arrives for `timeout`.
+pub struct IdleTimeoutBody<B> {
+    inner: B,
+    timeout: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleTimeoutBody<B> {
+    pub fn new(inner: B, timeout: std::time::Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl<B> HttpBody for IdleTimeoutBody<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                let next = tokio::time::Instant::now() + this.timeout;
+                this.sleep.as_mut().reset(next);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeout(this.timeout))))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

@@ -114,6 +114,9 @@ pub struct TimeoutConfig {
     /// Time from sending the request to receiving the response head.
     #[serde(default = "default_response_header", with = "humantime_serde")]
     pub response_header: Duration,
+    /// A streamed upstream body that sends nothing for this long is cut off.
+    #[serde(default = "default_body_idle", with = "humantime_serde")]
+    pub body_idle: Duration,
     /// Idle time after which a pooled upstream connection is closed.
     #[serde(default = "default_pool_idle", with = "humantime_serde")]
     pub pool_idle: Duration,
@@ -172,6 +175,9 @@ fn default_connect() -> Duration {
 }
 fn default_response_header() -> Duration {
     Duration::from_secs(30)
+}
+fn default_body_idle() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_pool_idle() -> Duration {
     Duration::from_secs(60)
@@ -238,6 +244,7 @@ impl Default for TimeoutConfig {
         Self {
             connect: default_connect(),
             response_header: default_response_header(),
+            body_idle: default_body_idle(),
             pool_idle: default_pool_idle(),
             shutdown: default_shutdown(),
         }

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use moka::sync::Cache;
 use tracing::{Instrument, debug, warn};
 
-use crate::body::{self, Body, LimitedBody, PrefixedBody, TeeBody};
+use crate::body::{self, Body, IdleTimeoutBody, LimitedBody, PrefixedBody, TeeBody};
 use crate::cache::{CachedObject, Flight, Inflight, LeaderGuard, Store, wait};
 use crate::conditional;
 use crate::config::ProxyConfig;
@@ -494,7 +494,7 @@ async fn fill(
             .insert(&X_CACHE, HeaderValue::from_static("MISS"));
         return Ok(Filled::Stream(Response::from_parts(
             parts,
-            body::stream(incoming),
+            body::stream_idle(incoming, rt.cfg.timeouts.body_idle),
         )));
     }
 
@@ -528,7 +528,7 @@ async fn fill(
             rt.metrics.not_stored("backend-down");
             return Ok(Filled::Stream(Response::from_parts(
                 parts,
-                body::stream(incoming),
+                body::stream_idle(incoming, rt.cfg.timeouts.body_idle),
             )));
         }
         Err(reason) => {
@@ -538,7 +538,7 @@ async fn fill(
             }
             return Ok(Filled::Stream(Response::from_parts(
                 parts,
-                body::stream(incoming),
+                body::stream_idle(incoming, rt.cfg.timeouts.body_idle),
             )));
         }
     };
@@ -588,6 +588,7 @@ async fn fill(
             on_overflow,
             Box::new(guard),
         );
+        let body = IdleTimeoutBody::new(body.boxed(), rt.cfg.timeouts.body_idle);
         return Ok(Filled::Stream(Response::from_parts(parts, body.boxed())));
     }
 
@@ -613,6 +614,7 @@ async fn fill(
                 rt.metrics.not_stored(NotStorable::TooLarge.as_str());
                 rt.store.mark_pass(&ctx.primary);
                 let body = PrefixedBody::new(chunks, incoming).boxed();
+                let body = IdleTimeoutBody::new(body, rt.cfg.timeouts.body_idle).boxed();
                 return Ok(Filled::Stream(Response::from_parts(parts, body)));
             }
         }
@@ -778,10 +780,11 @@ fn relay_incoming(
     resp: Response<Incoming>,
     head_only: bool,
     label: &'static str,
+    idle: Duration,
 ) -> Response<Body> {
     let (parts, b) = resp.into_parts();
     relay(
-        Response::from_parts(parts, body::stream(b)),
+        Response::from_parts(parts, body::stream_idle(b, idle)),
         head_only,
         label,
     )
@@ -804,6 +807,7 @@ async fn pass_get(
         chain.resp,
         parts.method == Method::HEAD,
         "PASS",
+        rt.cfg.timeouts.body_idle,
     ))
 }
 
@@ -842,7 +846,12 @@ async fn pass(
                 // RFC 9111 §4.4: invalidate after a successful unsafe request.
                 rt.store.invalidate(&t.primary, &parts.headers);
             }
-            Ok(relay_incoming(resp, false, "PASS"))
+            Ok(relay_incoming(
+                resp,
+                false,
+                "PASS",
+                rt.cfg.timeouts.body_idle,
+            ))
         }
         Err(_) if exceeded.load(Ordering::Relaxed) => Err(ProxyError::BodyTooLarge),
         Err(e @ UpstreamError::Timeout { .. }) => Err(e.into()),

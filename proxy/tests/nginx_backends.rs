@@ -668,3 +668,31 @@ async fn chunked_bodies_are_teed_into_the_cache_or_overflow_to_pass() {
     assert_eq!(settled_hits(&[&a], 4).await, 4);
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upstream_body_is_cut_off() {
+    // nginx trickles the body at 200 B/s: the 20 kB transfer would take
+    // 100 s; pauses between sends exceed the 300 ms idle limit.
+    let body = vec![b'x'; 20_000];
+    let a = Nginx::start(
+        "web1",
+        &[("/stall/f.bin", &body)],
+        "location /stall/ { limit_rate 200; }",
+    );
+    let mut cfg = config_for(&[&a]);
+    cfg.timeouts.body_idle = Duration::from_millis(300);
+    let proxy = start_proxy(cfg).await;
+    let c = TestClient::new(proxy.addr);
+    let raw = tokio::time::timeout(
+        Duration::from_secs(8),
+        c.raw(b"GET /stall/f.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .expect("the proxy ends the stalled response instead of hanging");
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.len() < 20_000, "body was cut off");
+    // Nothing half-received was cached.
+    let m = proxy.shared.metrics_text();
+    assert_eq!(metric(&m, "zetaback_proxy_cache_entries"), 0.0, "{m}");
+    proxy.shutdown().await;
+}
