@@ -94,6 +94,8 @@ struct Row {
     catalogue_requests: u64,
     catalogue_bytes: u64,
     sim_errors: u64,
+    violators: i64,
+    violation_reasons: BTreeMap<String, usize>,
 }
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
@@ -446,6 +448,14 @@ async fn measure(
     }
     for p in policies.list(&ListParams::default()).await?.items {
         row.max_policy_bytes = row.max_policy_bytes.max(serde_json::to_vec(&p)?.len());
+        if let Some(st) = &p.status {
+            row.violators += i64::from(st.violators);
+            for v in &st.violations {
+                *row.violation_reasons
+                    .entry(format!("{:?}", v.reason))
+                    .or_default() += 1;
+            }
+        }
     }
     let jobs: Api<BackupJob> = Api::namespaced(client.clone(), namespace);
     row.jobs_created = jobs
@@ -656,6 +666,10 @@ fn print_table(rows: &[Row]) {
             "N={} controller API requests by kind: {}",
             r.n,
             parts.join(", ")
+        );
+        println!(
+            "N={} violators at the end: {} (listed reasons: {:?})",
+            r.n, r.violators, r.violation_reasons
         );
         if r.sim_errors > 0 {
             println!("N={} simulator errors: {}", r.n, r.sim_errors);
