@@ -10,6 +10,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/zetaback/target}
+# One-shot builds gain nothing from incremental state, which costs GiBs of disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 run=${ZETABACK_RUN:-/tmp/zetaback-e2e}
 demo="$run/demo"
 ns=zetaback-system

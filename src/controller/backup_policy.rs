@@ -34,6 +34,8 @@ use crate::store;
 pub const POLICY_LABEL: &str = "zetaback.io/policy";
 /// At most this many violations are listed in status (`violators` counts all).
 pub const MAX_LISTED_VIOLATIONS: usize = 50;
+/// How soon a passed deadline that is held (host unreachable, retry backoff) is looked at.
+pub const HELD_RETRY: Duration = Duration::from_secs(15);
 /// Re-evaluate at least this often, even when nothing is due (hosts may stop reporting).
 pub const MAX_REQUEUE: Duration = Duration::from_secs(60);
 
@@ -62,9 +64,11 @@ pub struct Plan {
     pub status: BackupPolicyStatus,
     /// Violations as (host, dataset, reason): for events on start and end.
     pub violators: Vec<(String, String, ViolationReason)>,
+    /// The earliest deadline still in the future (stable between reconciles, so an unchanged
+    /// world writes no status).
     pub next_due: Option<Timestamp>,
-    /// When to look again: the next deadline, or the moment a reachable host would turn
-    /// unreachable if its agent stopped reporting.
+    /// When to look again: the next future deadline, a slow retry of a held one, or the
+    /// moment a reachable host would turn unreachable if its agent stopped reporting.
     pub wake_at: Option<Timestamp>,
     /// Set when the catalogue could not be read.
     pub store_problem: Option<String>,
@@ -263,10 +267,23 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             if inputs.catalogue.is_none() {
                 continue; // without the store's view nothing is scheduled or deleted
             }
-            out.next_due = Some(
-                out.next_due
-                    .map_or(p.due.next_due, |t| t.min(p.due.next_due)),
-            );
+            // When to look at this dataset again. A job created now, one in flight, or one
+            // waiting for a free slot is woken by the BackupJob watch; a future deadline by
+            // its timer; a deadline that passed but is held (host unreachable, backoff) by a
+            // slow poll, not a busy one.
+            let mut wake = None;
+            if p.due.next_due > now {
+                out.next_due = Some(
+                    out.next_due
+                        .map_or(p.due.next_due, |t| t.min(p.due.next_due)),
+                );
+                wake = Some(p.due.next_due);
+            } else if p.due.due.is_none() && p.due.held != Some(policy::Hold::JobInFlight) {
+                wake = now.checked_add(HELD_RETRY).ok();
+            }
+            if let Some(w) = wake {
+                out.wake_at = Some(out.wake_at.map_or(w, |t| t.min(w)));
+            }
             if let Some(due) = p.due.due {
                 let per_host = in_flight_per_host.entry(host_name.clone()).or_default();
                 if *per_host < spec.concurrency.per_host
@@ -295,9 +312,6 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     violator_keys.dedup();
     let violator_count = violator_keys.len();
     violations.truncate(MAX_LISTED_VIOLATIONS);
-    if let Some(due) = out.next_due {
-        out.wake_at = Some(out.wake_at.map_or(due, |w| w.min(due)));
-    }
     out.status = BackupPolicyStatus {
         observed_generation: policy.meta().generation,
         hosts: i32::try_from(hosts.len()).unwrap_or(i32::MAX),
@@ -891,6 +905,32 @@ mod tests {
         };
         let p = run(&hosts, Some(&cat), 1000);
         assert_eq!(p.wake_at, Some(ts(990 + 60)), "lastSeen + host_stale_after");
+    }
+
+    #[test]
+    fn a_held_due_backup_neither_moves_the_status_nor_polls_fast() {
+        // No full yet and the host unreachable: the full is due but held.
+        let hosts = [host("db-1", "db", 0, &["tank/pg"])];
+        let cat = store::Catalogue::default();
+        let a = run(&hosts, Some(&cat), 1000);
+        let b = run(&hosts, Some(&cat), 1001);
+        assert!(a.create.is_empty());
+        assert_eq!(
+            a.status, b.status,
+            "nothing changed, so the status must not either"
+        );
+        assert_eq!(a.wake_at, Some(ts(1000) + HELD_RETRY));
+        // Reachable, due now: a job is created and the job's watch event wakes us; the status
+        // names no past deadline.
+        let hosts = [host("db-1", "db", 1000, &["tank/pg"])];
+        let p = run(&hosts, Some(&cat), 1000);
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.status.next_due, None);
+        assert_eq!(
+            p.wake_at,
+            Some(ts(1000 + 60)),
+            "only the host's staleness deadline"
+        );
     }
 
     #[test]
