@@ -16,13 +16,27 @@ need() { command -v "$1" >/dev/null || { echo "zfs.sh: $1 not found: install Deb
 
 running() { zpool list -H >/dev/null 2>&1; }
 
+# Ends any zfs-fuse (TERM, then KILL: a wedged daemon ignores TERM) and lazily unmounts what
+# it left mounted, so blocked callers get an error instead of hanging.
+kill_daemon() {
+  pkill -x zfs-fuse 2>/dev/null || true
+  for _ in $(seq 1 50); do pgrep -x zfs-fuse >/dev/null || break; sleep 0.2; done
+  pkill -9 -x zfs-fuse 2>/dev/null || true
+  for _ in $(seq 1 25); do pgrep -x zfs-fuse >/dev/null || break; sleep 0.2; done
+  awk '$3 == "fuse.zfs" {print $2}' /proc/mounts | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  rm -f "$pidfile"
+}
+
 start() {
   need zfs-fuse; need zpool; need zfs
   mkdir -p "$dir" "$mnt" "$(dirname "$pidfile")"
   [ -e /dev/fuse ] || mknod -m 666 /dev/fuse c 10 229
   if ! running; then
-    pkill -x zfs-fuse 2>/dev/null || true
-    for _ in $(seq 1 50); do pgrep -x zfs-fuse >/dev/null || break; sleep 0.2; done
+    kill_daemon
+    # Every pool here is a disposable test pool: a fresh daemon imports none of the old ones
+    # (a damaged image could wedge it) and their images go.
+    rm -f /var/lib/zfs/zpool.cache /etc/zfs/zpool.cache
+    rm -f "$dir"/*.img
     zfs-fuse --pidfile "$pidfile" --no-kstat-mount </dev/null >/dev/null 2>&1
     for _ in $(seq 1 50); do running && break; sleep 0.2; done
     running || { echo "zfs.sh: zfs-fuse did not start" >&2; exit 1; }
@@ -34,11 +48,7 @@ pool() {
   [[ $name =~ ^[A-Za-z][A-Za-z0-9_.:-]*$ ]] || { echo "zfs.sh: bad pool name '$name'" >&2; exit 2; }
   start
   if ! zpool list -H "$name" >/dev/null 2>&1; then
-    if [ -f "$dir/$name.img" ]; then
-      zpool import -d "$dir" "$name" >/dev/null 2>&1 || { rm -f "$dir/$name.img"; }
-    fi
-  fi
-  if ! zpool list -H "$name" >/dev/null 2>&1; then
+    rm -f "$dir/$name.img"   # never import a stale image: pools are made fresh
     truncate -s "$size" "$dir/$name.img"
     zpool create -f -m "$mnt/$name" "$name" "$dir/$name.img" >/dev/null
   fi
@@ -47,17 +57,15 @@ pool() {
 
 destroy() {
   local name=$1
-  if zpool list -H "$name" >/dev/null 2>&1; then zpool destroy -f "$name"; fi
+  if zpool list -H "$name" >/dev/null 2>&1; then timeout 60 zpool destroy -f "$name" || true; fi
   rm -f "$dir/$name.img"
 }
 
 stop() {
   if running; then
-    for p in $(zpool list -H -o name 2>/dev/null); do zpool export -f "$p" || true; done
+    for p in $(zpool list -H -o name 2>/dev/null); do timeout 20 zpool export -f "$p" || true; done
   fi
-  if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
-  pkill -x zfs-fuse 2>/dev/null || true
-  for _ in $(seq 1 50); do pgrep -x zfs-fuse >/dev/null || break; sleep 0.2; done
+  kill_daemon
 }
 
 case "${1:-}" in
