@@ -29,7 +29,7 @@ alive() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
 start_bg() { # name, command...
   local name=$1; shift
   if alive "$name"; then return 0; fi
-  nohup "$@" >"$run/$name.log" 2>&1 &
+  nohup "$@" >"$run/$name.log" 2>&1 9>&- &
   echo $! >"$run/$name.pid"
 }
 
@@ -86,7 +86,7 @@ wait_ready() {
 up() {
   mkdir -p "$run"
   local bin; bin=$(bin_dir)
-  "$here/zfs.sh" start
+  "$here/zfs.sh" start 9>&-
   certs
   start_bg etcd "$bin/etcd" --name e2e --data-dir "$run/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -133,6 +133,13 @@ down() {
     for _ in $(seq 1 50); do alive "$name" || break; sleep 0.2; done
     rm -f "$run/$name.pid"
   done
+  # Also whatever an interrupted run left without a pid file, found by its own state paths.
+  pkill -f -- "--cert-dir $run/apiserver-certs" 2>/dev/null || true
+  pkill -f -- "--kubeconfig $kubeconfig --authentication-kubeconfig" 2>/dev/null || true
+  pkill -f -- "--data-dir $run/etcd" 2>/dev/null || true
+  sleep 1
+  pkill -9 -f -- "--cert-dir $run/apiserver-certs" 2>/dev/null || true
+  pkill -9 -f -- "--data-dir $run/etcd" 2>/dev/null || true
   rm -rf "$run/etcd"
 }
 
@@ -142,6 +149,11 @@ status() {
   done
   if zpool list -H >/dev/null 2>&1; then echo "zfs-fuse: running"; else echo "zfs-fuse: stopped"; fi
 }
+
+# One `up` or `down` at a time (tests and the demo may call it together).
+mkdir -p "$run"
+exec 9>"$run/env.lock"
+flock 9
 
 case "${1:-}" in
   up) up ;;
