@@ -565,32 +565,19 @@ impl Reconciled for BackupPolicy {
         let endpoint = target_host
             .and_then(|h| h.status.as_ref())
             .and_then(|s| s.agent_endpoint.clone());
-        let mut catalogues = Vec::new();
-        let mut store_error = None;
-        match &endpoint {
-            None if target_host.is_none() => {
-                store_error = Some(format!(
-                    "backup host {} does not exist (no ZfsHost of that name)",
-                    obj.spec.target.host
-                ))
-            }
-            None => {
-                store_error = Some(format!(
-                    "backup host {} has no agent endpoint yet (is its agent running?)",
-                    obj.spec.target.host
-                ))
-            }
-            // One request for the whole store; the plan picks each dataset's backups.
-            Some(ep) => match ctx.store.catalogue_all(ep).await {
-                Ok(c) => catalogues.push(c),
-                Err(e) => store_error = Some(e.to_string()),
-            },
-        }
-        let catalogue = if store_error.is_none() {
-            catalogues.first()
-        } else {
-            None
+        // One request for the whole store; the plan picks each dataset's backups.
+        let store_read: Result<store::Catalogue, String> = match (&endpoint, target_host) {
+            (Some(ep), _) => ctx.store.catalogue_all(ep).await.map_err(|e| e.to_string()),
+            (None, None) => Err(format!(
+                "backup host {} does not exist (no ZfsHost of that name)",
+                obj.spec.target.host
+            )),
+            (None, Some(_)) => Err(format!(
+                "backup host {} has no agent endpoint yet (is its agent running?)",
+                obj.spec.target.host
+            )),
         };
+        let catalogue = store_read.as_ref().ok();
         let backup_now = pending_backup_now(&obj);
         let mut plan = plan(&Inputs {
             policy: &obj,
@@ -607,8 +594,8 @@ impl Reconciled for BackupPolicy {
             name: obj.name_any(),
             message: e.to_string(),
         })?;
-        if let Some(e) = store_error {
-            plan.store_problem = Some(e);
+        if let Err(e) = &store_read {
+            plan.store_problem = Some(e.clone());
         }
 
         for job in &plan.create {
