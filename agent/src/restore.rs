@@ -747,7 +747,7 @@ impl RestoreRunner {
                 let src = Source {
                     endpoint,
                     host: r.spec.source.host.as_str().to_owned(),
-                    dataset: r.spec.source.dataset.as_str().to_owned(),
+                    dataset: r.spec.source.dataset_name().to_owned(),
                     idle_timeout: self.cfg.idle_timeout,
                 };
                 let req = ChainRequest {
@@ -845,7 +845,7 @@ impl RestoreRunner {
                     s.insert(dest.clone());
                 }
                 let span = info_span!("restore", restore = %key(&r),
-                    source = %format!("{}:{}", r.spec.source.host.as_str(), r.spec.source.dataset.as_str()),
+                    source = %format!("{}:{}", r.spec.source.host.as_str(), r.spec.source.dataset_name()),
                     destination = %dest);
                 let (this, running, done) = (self.clone(), running.clone(), done_tx.clone());
                 tokio::spawn(

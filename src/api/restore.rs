@@ -1,11 +1,21 @@
 //! `Restore`: bring a dataset back from its backups, verified piece by piece.
+//!
+//! A Restore names one dataset (`source.dataset`), or several for a *bulk* restore
+//! (`source.datasets`: names or patterns, as Zetaback's range selection did). A bulk Restore's
+//! `destination.dataset` is a base: each source dataset `pool/a/b` is restored to
+//! `<base>/pool/a/b`. The controller runs a bulk Restore as one child Restore per dataset
+//! (named `<parent>-<hash>`, owned by and labelled with the parent) and gathers their
+//! outcome into the parent's `status.datasets`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Conditions, DatasetName, ObjectName, conditions_schema};
+use super::common::{Conditions, DatasetName, DatasetPattern, ObjectName, conditions_schema};
+
+/// The label on a bulk Restore's children naming their parent Restore.
+pub const BULK_PARENT_LABEL: &str = "zetaback.io/bulk-restore";
 
 /// A restore of one dataset (or several, by pattern) from stored backups.
 #[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +31,11 @@ use super::common::{Conditions, DatasetName, ObjectName, conditions_schema};
     doc = "A restore of a dataset from its backups to a host, verified by checksum.",
     printcolumn(name = "Source", type_ = "string", json_path = ".spec.source.dataset"),
     printcolumn(
+        name = "Datasets",
+        type_ = "string",
+        json_path = ".spec.source.datasets"
+    ),
+    printcolumn(
         name = "Destination",
         type_ = "string",
         json_path = ".spec.destination.dataset"
@@ -33,6 +48,7 @@ use super::common::{Conditions, DatasetName, ObjectName, conditions_schema};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[kube(validation = Rule::new("!has(self.spec.source.datasets) || size(self.metadata.name) <= 63").message("a bulk Restore's name must be at most 63 characters: its child Restores carry it in the label zetaback.io/bulk-restore"))]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a Restore's spec cannot be changed; create a new Restore"))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSpec {
@@ -50,15 +66,25 @@ fn default_true() -> bool {
     true
 }
 
-/// What to restore: a host's dataset at a point in time, or a specific backup.
+/// What to restore: a host's dataset (or several) at a point in time, or a specific backup.
 #[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[x_kube(validation = Rule::new("!(has(self.at) && has(self.backup))").message("source takes at most one of at (a point in time) or backup (a backup id)"))]
+#[x_kube(validation = Rule::new("has(self.dataset) != has(self.datasets)").message("source takes exactly one of dataset (one dataset) or datasets (a bulk restore: several dataset names or patterns)"))]
+#[x_kube(validation = Rule::new("!(has(self.datasets) && has(self.backup))").message("a bulk restore (datasets) cannot name a backup id, which belongs to one dataset: give at (a point in time, used for every dataset) or neither (each dataset's newest backup)"))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSource {
     /// The ZfsHost the backups were taken from.
     pub host: ObjectName,
-    /// The dataset backed up.
-    pub dataset: DatasetName,
+    /// The dataset backed up (one dataset; exclusive with `datasets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetName>,
+    /// A bulk restore: the datasets backed up, as names or patterns (`tank/**` is tank and
+    /// everything under it; `**` is every dataset of the host that has backups). Each must
+    /// match at least one dataset with backups. The destination dataset is then a base: each
+    /// dataset `pool/a/b` is restored to `<base>/pool/a/b`. Exclusive with `dataset`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 64))]
+    pub datasets: Vec<DatasetPattern>,
     /// Restore the newest backup at or before this time (default: the newest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<Time>,
@@ -71,11 +97,27 @@ pub struct RestoreSource {
     pub include_archive: bool,
 }
 
+impl RestoreSource {
+    /// The one dataset of a single restore, or `""` for a bulk restore. Only single
+    /// Restores ever get a chain, so an agent running a Restore always sees a name here.
+    pub fn dataset_name(&self) -> &str {
+        self.dataset.as_ref().map_or("", DatasetName::as_str)
+    }
+
+    /// Whether this names several datasets (`datasets`), run as child Restores.
+    pub fn is_bulk(&self) -> bool {
+        !self.datasets.is_empty()
+    }
+}
+
 /// Where to restore to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreDestination {
+    /// The ZfsHost whose agent receives the restore (the source host or another).
     pub host: ObjectName,
+    /// The dataset to create; for a bulk restore, the base under which each source dataset
+    /// is recreated by its full name (`<base>/pool/a/b`). Missing parents are created.
     pub dataset: DatasetName,
 }
 
@@ -127,9 +169,39 @@ pub struct RestoreStatus {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// A bulk restore: one row per dataset, each run by a child Restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<BulkDataset>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
+}
+
+/// One dataset of a bulk restore, and how its child Restore is doing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkDataset {
+    /// The source dataset.
+    pub source: String,
+    /// Where it is restored to (`<base>/<source>`).
+    pub destination: String,
+    /// The child Restore that restores it.
+    pub restore: String,
+    /// The child's phase (Pending until it is created and resolved).
+    #[serde(default)]
+    pub phase: RestorePhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    /// Stored bytes of its chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
+    pub bytes_done: Option<u64>,
+    /// The child's message (its reason first, when it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One stream of a restore chain.

@@ -150,7 +150,7 @@ pub async fn execute(
     let name = args.name.clone().unwrap_or_else(|| {
         default_name(
             spec.source.host.as_str(),
-            spec.source.dataset.as_str(),
+            spec.source.dataset_name(),
             jiff::Timestamp::now().as_second(),
         )
     });

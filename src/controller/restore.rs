@@ -99,7 +99,7 @@ fn chain_refusal(e: &ChainError, what: &str) -> Refusal {
 /// The store with the newest backup of the dataset wins; a store that did not answer makes
 /// the answer `StoreUnreachable` only when no reachable store has backups of the dataset.
 pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, Refusal> {
-    let (host, dataset) = (spec.source.host.as_str(), spec.source.dataset.as_str());
+    let (host, dataset) = (spec.source.host.as_str(), spec.source.dataset_name());
     let what = format!("{host}:{dataset}");
     if answers.is_empty() {
         return Err(Refusal::new(
@@ -372,7 +372,8 @@ mod tests {
         RestoreSpec {
             source: RestoreSource {
                 host: "src".into(),
-                dataset: "tank/db".into(),
+                dataset: Some("tank/db".into()),
+                datasets: vec![],
                 at: at.map(|t| Time(jiff::Timestamp::from_second(t).expect("ts"))),
                 backup: backup.map(str::to_owned),
                 include_archive: false,
