@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod fleet;
+
 /// The running environment.
 pub struct Env {
     pub root: PathBuf,

@@ -4,116 +4,13 @@
 //! seconds runs fulls, incrementals and retention over several cycles; stopping one host's
 //! agent turns its datasets into violators, and restarting it clears them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use zetaback::api::{BackupJob, BackupPolicy, BackupPolicySpec, ZfsHost, ZfsHostSpec};
-use zetaback::controller::store_client::StoreClient;
-use zetaback_e2e::{Env, eventually, free_port, text};
-
-/// A process killed when dropped.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agent_binary() -> PathBuf {
-    // target/debug/deps/<test> → target/debug/zetaback-agent
-    let exe = std::env::current_exe().expect("test path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("zetaback-agent"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build --workspace --bins`, as e2e/test.sh does)",
-        bin.display()
-    );
-    bin
-}
-
-fn sh(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        text(&out.stderr)
-    );
-}
-
-fn pool(env: &Env, name: &str) -> PathBuf {
-    let script = env.root.join("e2e/scripts/zfs.sh");
-    let _ = Command::new(&script).args(["destroy", name]).output();
-    let out = Command::new(&script)
-        .args(["pool", name, "256M"])
-        .output()
-        .expect("zfs.sh");
-    assert!(
-        out.status.success(),
-        "zfs.sh pool {name}: {}",
-        text(&out.stderr)
-    );
-    PathBuf::from(text(&out.stdout).trim())
-}
-
-struct Agent {
-    host: String,
-    port: u16,
-    args: Vec<String>,
-    proc: Option<Proc>,
-}
-
-impl Agent {
-    fn start(&mut self, env: &Env, dir: &Path) {
-        let log = std::fs::File::create(dir.join(format!("{}.log", self.host))).expect("log");
-        let child = Command::new(agent_binary())
-            .args(&self.args)
-            .env("KUBECONFIG", &env.kubeconfig)
-            .env("RUST_LOG", "info,zetaback_agent=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent starts");
-        self.proc = Some(Proc(child));
-    }
-    fn stop(&mut self) {
-        self.proc = None;
-    }
-}
-
-/// Runs `kubectl zetaback ARGS` in-process against the namespace; (exit code, stdout).
-async fn zb(client: &kube::Client, ns: &str, args: &[&str]) -> (u8, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let mut input: &[u8] = b"";
-    let mut io = zetaback::cli::Io {
-        out: &mut out,
-        err: &mut err,
-        input: &mut input,
-        interactive: false,
-    };
-    let argv: Vec<String> = std::iter::once("kubectl-zetaback")
-        .chain(args.iter().copied())
-        .map(String::from)
-        .collect();
-    let code = zetaback::cli::run(
-        argv,
-        zetaback::cli::Connect::Client {
-            client: client.clone(),
-            namespace: ns.to_owned(),
-        },
-        &mut io,
-    )
-    .await;
-    eprint!("{}", text(&err));
-    (code, text(&out))
-}
+use zetaback::api::{BackupJob, BackupPolicy, BackupPolicySpec};
+use zetaback_e2e::fleet::{Fleet, HostSpec, noise};
+use zetaback_e2e::{Env, eventually, text};
 
 async fn violators(api: &Api<BackupPolicy>, name: &str) -> Option<(i32, Vec<String>)> {
     let st = api.get(name).await.ok()?.status?;
@@ -129,105 +26,36 @@ async fn violators(api: &Api<BackupPolicy>, name: &str) -> Option<(i32, Vec<Stri
 async fn policy_runs_cycles_and_reports_violators() {
     let env = Env::get();
     let ns = env.namespace("flow");
-    let client = env.client().await;
-    let dir = PathBuf::from(format!("/tmp/zetaback-e2e/{ns}"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let token = dir.join("token");
-    let admin_token = dir.join("admin-token");
-    std::fs::write(&token, "stream-token-for-e2e").expect("token");
-    std::fs::write(&admin_token, "admin-token-for-e2e").expect("admin token");
-    let store_root = dir.join("store");
-    std::fs::create_dir_all(&store_root).expect("store");
-
-    // Real pools: two sources with three datasets each holding real files, one backup host.
-    let tag = std::process::id() % 10_000;
-    let (p1, p2, pb) = (
-        format!("zbflow{tag}a"),
-        format!("zbflow{tag}b"),
-        format!("zbflow{tag}k"),
+    let mut fleet = Fleet::start(
+        env,
+        &ns,
+        &[
+            HostSpec::source("src1"),
+            HostSpec::source("src2"),
+            HostSpec::store("bak"),
+        ],
+    )
+    .await;
+    let client = fleet.client.clone();
+    let names = [fleet.name("src1"), fleet.name("src2"), fleet.name("bak")];
+    let (p1, p2) = (
+        fleet.host("src1").pool.clone(),
+        fleet.host("src2").pool.clone(),
     );
-    for p in [&p1, &p2] {
-        let mount = pool(env, p);
-        sh("zfs", &["create", &format!("{p}/db")]);
-        for ds in ["a", "b", "c"] {
-            sh("zfs", &["create", &format!("{p}/db/{ds}")]);
-            let data: Vec<u8> = (0..200_000u32)
-                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-                .collect();
-            std::fs::write(mount.join("db").join(ds).join("data.bin"), data).expect("write data");
-        }
-    }
-    pool(env, &pb);
+    let store_root = fleet.store_root("bak");
 
-    let hosts: Api<ZfsHost> = Api::all(client.clone());
-    let names = [
-        format!("flow-{tag}-src1"),
-        format!("flow-{tag}-src2"),
-        format!("flow-{tag}-bak"),
-    ];
-    let pools = [&p1, &p2, &pb];
-    let mut agents = Vec::new();
-    for (name, pool_name) in names.iter().zip(pools) {
-        let mut host = ZfsHost::new(
-            name,
-            ZfsHostSpec {
-                node_name: name.clone(),
-                datasets: serde_json::from_value(
-                    serde_json::json!({"include": [format!("{pool_name}/**")]}),
-                )
-                .expect("selector"),
-                paused: false,
-            },
-        );
-        host.metadata.labels = Some([("e2e".to_string(), ns.clone())].into_iter().collect());
-        let _ = hosts.delete(name, &Default::default()).await;
-        eventually("old host gone", Duration::from_secs(20), || async {
-            hosts
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-                .then_some(())
-        })
-        .await;
-        hosts
-            .create(&PostParams::default(), &host)
-            .await
-            .expect("create host");
-        let port = free_port();
-        let mut args = vec![
-            format!("--host-name={name}"),
-            format!("--node-name={name}"),
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--token-file={}", token.display()),
-            "--status-interval=1".into(),
-            "--last-seen-every=2".into(),
-        ];
-        if name.ends_with("-bak") {
-            args.push(format!("--store-root={}", store_root.display()));
-            args.push(format!("--admin-token-file={}", admin_token.display()));
+    // Real files: three datasets on each source.
+    for src in ["src1", "src2"] {
+        for ds in ["a", "b", "c"] {
+            let dataset = fleet.create_dataset(src, &format!("db/{ds}"));
+            fleet.write_file(&dataset, "data.bin", &noise(7, 200_000));
         }
-        let mut agent = Agent {
-            host: name.clone(),
-            port,
-            args,
-            proc: None,
-        };
-        agent.start(env, &dir);
-        agents.push(agent);
     }
 
     // The controller, with a short reachability window so a stopped agent shows quickly.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut options =
-        zetaback::controller::Options::new(&ns, "flow", ([127, 0, 0, 1], free_port()).into());
-    options.watch_namespace = Some(ns.clone());
-    options.store_token = Some("admin-token-for-e2e".into());
-    options.host_stale_after = Duration::from_secs(8);
-    let controller = tokio::spawn(zetaback::controller::run(client.clone(), options, async {
-        let _ = stopped.await;
-    }));
+    fleet
+        .start_controller(|o| o.host_stale_after = Duration::from_secs(8))
+        .await;
 
     let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
         "hosts": {"names": [names[0], names[1]]},
@@ -245,8 +73,8 @@ async fn policy_runs_cycles_and_reports_violators() {
         .await
         .expect("create policy");
 
-    let store = StoreClient::new(Some("admin-token-for-e2e".into()));
-    let bak_endpoint = format!("127.0.0.1:{}", agents[2].port);
+    let store = fleet.store_client();
+    let bak_endpoint = fleet.host("bak").endpoint();
     let count = |kind: &'static str| {
         let store = store.clone();
         let ep = bak_endpoint.clone();
@@ -296,7 +124,7 @@ async fn policy_runs_cycles_and_reports_violators() {
     .await;
 
     // Stop one host's agent: its three datasets become violators (HostUnreachable).
-    agents[1].stop();
+    fleet.kill("src2");
     let (n, reasons) = eventually(
         "src2's datasets become violators",
         Duration::from_secs(60),
@@ -315,23 +143,23 @@ async fn policy_runs_cycles_and_reports_violators() {
         "kubectl get backuppolicies (one agent stopped):\n{}",
         text(&table.stdout)
     );
-    let (code, out) = zb(&client, &ns, &["violators"]).await;
+    let (code, out) = fleet.zb(&["violators"]).await;
     println!("kubectl zetaback violators (exit {code}):\n{out}");
     assert_eq!(code, 1, "a stopped agent is a WARNING: {out}");
     assert!(out.starts_with("ZETABACK WARNING - 3 violators"), "{out}");
 
     // Restart it: the violations clear.
-    agents[1].start(env, &dir);
+    fleet.restart("src2");
     eventually("violators clear", Duration::from_secs(60), || async {
         violators(&policies, "fleet").await.filter(|(n, _)| *n == 0)
     })
     .await;
 
-    let (code, out) = zb(&client, &ns, &["violators"]).await;
+    let (code, out) = fleet.zb(&["violators"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("ZETABACK OK"), "{out}");
-    let token_arg = format!("--token-file={}", admin_token.display());
-    let (code, out) = zb(&client, &ns, &["list", &token_arg]).await;
+    let token_arg = fleet.admin_token_arg();
+    let (code, out) = fleet.zb(&["list", &token_arg]).await;
     println!("kubectl zetaback list:\n{out}");
     assert_eq!(code, 0);
     assert!(
@@ -341,10 +169,8 @@ async fn policy_runs_cycles_and_reports_violators() {
 
     // backup-now: a forced full of one dataset appears as a job and lands in the store.
     let dataset_a = format!("{p1}/db/a");
-    let (code, out) = zb(
-        &client,
-        &ns,
-        &[
+    let (code, out) = fleet
+        .zb(&[
             "backup",
             "fleet",
             "--host",
@@ -352,9 +178,8 @@ async fn policy_runs_cycles_and_reports_violators() {
             "--dataset",
             &dataset_a,
             "--full",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(code, 0, "{out}");
     let requested = policies
         .get("fleet")
@@ -443,12 +268,5 @@ async fn policy_runs_cycles_and_reports_violators() {
         }
     }
 
-    let _ = stop.send(());
-    let _ = controller.await;
-    drop(agents);
-    for p in [&p1, &p2, &pb] {
-        let _ = Command::new(env.root.join("e2e/scripts/zfs.sh"))
-            .args(["destroy", p])
-            .output();
-    }
+    fleet.shutdown().await;
 }

@@ -10,280 +10,42 @@
 //! not exist; with the middle incremental deleted, the restore reports ChainBroken before the
 //! agent touches anything.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
 use zetaback::api::restore::RestorePhase;
-use zetaback::api::{BackupPolicy, BackupPolicySpec, Restore, ZfsHost, ZfsHostSpec};
-use zetaback::controller::store_client::StoreClient;
-use zetaback_e2e::{Env, eventually, free_port, text};
+use zetaback::api::{BackupPolicy, BackupPolicySpec, Restore};
+use zetaback_e2e::fleet::{
+    Fleet, HostSpec, create_restore, dataset_exists, mounted, noise, restore_finished,
+    restore_reason as reason, sums,
+};
+use zetaback_e2e::{Env, eventually, text};
 
-/// A process killed when dropped.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("zetaback-agent"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build --workspace --bins`, as e2e/test.sh does)",
-        bin.display()
-    );
-    bin
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn dataset_exists(ds: &str) -> bool {
-    Command::new("zfs")
-        .args(["list", "-H", "-o", "name", ds])
-        .output()
-        .expect("zfs list")
-        .status
-        .success()
-}
-
-fn pool(env: &Env, name: &str) -> PathBuf {
-    let script = env.root.join("e2e/scripts/zfs.sh");
-    let _ = Command::new(&script).args(["destroy", name]).output();
-    let out = Command::new(&script)
-        .args(["pool", name, "256M"])
-        .output()
-        .expect("zfs.sh");
-    assert!(
-        out.status.success(),
-        "zfs.sh pool {name}: {}",
-        text(&out.stderr)
-    );
-    PathBuf::from(text(&out.stdout).trim())
-}
-
-/// `sha256sum` of every file under `dir`, by relative path, sorted.
-fn sums(dir: &Path) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("cd \"$1\" && find . -type f | LC_ALL=C sort | xargs -r sha256sum")
-        .arg("sh")
-        .arg(dir)
-        .output()
-        .expect("sha256sum");
-    assert!(
-        out.status.success(),
-        "sums of {}: {}",
-        dir.display(),
-        text(&out.stderr)
-    );
-    let s = text(&out.stdout);
-    assert!(!s.trim().is_empty(), "no files under {}", dir.display());
-    s
-}
-
-/// Where a dataset is mounted (mounting it if needed).
-fn mounted(ds: &str) -> PathBuf {
-    if sh("zfs", &["get", "-H", "-o", "value", "mounted", ds]).trim() != "yes" {
-        sh("zfs", &["mount", ds]);
-    }
-    PathBuf::from(sh("zfs", &["get", "-H", "-o", "value", "mountpoint", ds]).trim())
-}
-
-fn noise(seed: u32, len: usize) -> Vec<u8> {
-    // xorshift64: incompressible, so the stored streams are larger than what the agent
-    // holds back while verifying (1 MiB) and the hold-back really streams.
-    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Runs `kubectl zetaback ARGS` in-process; (exit code, stdout).
-async fn zb(client: &kube::Client, ns: &str, args: &[&str]) -> (u8, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let mut input: &[u8] = b"";
-    let mut io = zetaback::cli::Io {
-        out: &mut out,
-        err: &mut err,
-        input: &mut input,
-        interactive: false,
-    };
-    let argv: Vec<String> = std::iter::once("kubectl-zetaback")
-        .chain(args.iter().copied())
-        .map(String::from)
-        .collect();
-    let code = zetaback::cli::run(
-        argv,
-        zetaback::cli::Connect::Client {
-            client: client.clone(),
-            namespace: ns.to_owned(),
-        },
-        &mut io,
-    )
-    .await;
-    eprint!("{}", text(&err));
-    (code, text(&out))
-}
-
-async fn create_restore(api: &Api<Restore>, name: &str, spec: serde_json::Value) {
-    let r = Restore::new(name, serde_json::from_value(spec).expect("restore spec"));
-    api.create(&PostParams::default(), &r)
-        .await
-        .expect("create restore");
-}
-
-/// Waits for a Restore to end; returns it.
 async fn finished(api: &Api<Restore>, name: &str) -> Restore {
-    let r = eventually(
-        &format!("restore {name} ends"),
-        Duration::from_secs(180),
-        || async {
-            let r = api.get(name).await.ok()?;
-            let phase = r.status.as_ref()?.phase;
-            matches!(phase, RestorePhase::Succeeded | RestorePhase::Failed).then_some(r)
-        },
-    )
-    .await;
-    let st = r.status.clone().unwrap_or_default();
-    println!(
-        "restore {name}: phase={:?} verified={:?} chain={:?} bytes={:?} bytesDone={:?} reason={:?}\n  message: {}",
-        st.phase,
-        st.verified,
-        st.chain,
-        st.bytes,
-        st.bytes_done,
-        st.conditions.first().map(|c| c.reason.clone()),
-        st.message.unwrap_or_default()
-    );
-    r
-}
-
-fn reason(r: &Restore) -> String {
-    r.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.reason.clone())
-        .unwrap_or_default()
+    restore_finished(api, name, Duration::from_secs(180)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restores_are_verified_and_refused_when_they_cannot_work() {
     let env = Env::get();
     let ns = env.namespace("restore");
-    let client = env.client().await;
-    let dir = PathBuf::from(format!("/tmp/zetaback-e2e/{ns}"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let token = dir.join("token");
-    let admin_token = dir.join("admin-token");
-    std::fs::write(&token, "stream-token-for-e2e").expect("token");
-    std::fs::write(&admin_token, "admin-token-for-e2e").expect("admin token");
-    let store_root = dir.join("store");
-    std::fs::create_dir_all(&store_root).expect("store");
-
-    let tag = std::process::id() % 10_000;
-    let (ps, pb, pd) = (
-        format!("zbrs{tag}s"),
-        format!("zbrs{tag}k"),
-        format!("zbrs{tag}d"),
-    );
-    let src_mount = pool(env, &ps);
-    pool(env, &pb);
-    pool(env, &pd);
-    let dataset = format!("{ps}/data");
-    sh("zfs", &["create", &dataset]);
-    let data_dir = src_mount.join("data");
-
-    let hosts: Api<ZfsHost> = Api::all(client.clone());
-    let names = [
-        format!("rs-{tag}-src"),
-        format!("rs-{tag}-bak"),
-        format!("rs-{tag}-dst"),
-    ];
-    let mut agents = Vec::new();
-    let mut bak_port = 0;
-    for (name, pool_name) in names.iter().zip([&ps, &pb, &pd]) {
-        let host = ZfsHost::new(
-            name,
-            ZfsHostSpec {
-                node_name: name.clone(),
-                datasets: serde_json::from_value(
-                    serde_json::json!({"include": [format!("{pool_name}/**")]}),
-                )
-                .expect("selector"),
-                paused: false,
-            },
-        );
-        let _ = hosts.delete(name, &Default::default()).await;
-        eventually("old host gone", Duration::from_secs(20), || async {
-            hosts
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-                .then_some(())
-        })
-        .await;
-        hosts
-            .create(&PostParams::default(), &host)
-            .await
-            .expect("create host");
-        let port = free_port();
-        let mut args = vec![
-            format!("--host-name={name}"),
-            format!("--node-name={name}"),
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--token-file={}", token.display()),
-            "--status-interval=1".into(),
-            "--last-seen-every=2".into(),
-        ];
-        if name.ends_with("-bak") {
-            bak_port = port;
-            args.push(format!("--store-root={}", store_root.display()));
-            args.push(format!("--admin-token-file={}", admin_token.display()));
-        }
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
-        let child = Command::new(agent_binary())
-            .args(&args)
-            .env("KUBECONFIG", &env.kubeconfig)
-            .env("RUST_LOG", "info,zetaback_agent=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent starts");
-        agents.push(Proc(child));
-    }
-
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut options =
-        zetaback::controller::Options::new(&ns, "restore", ([127, 0, 0, 1], free_port()).into());
-    options.watch_namespace = Some(ns.clone());
-    options.store_token = Some("admin-token-for-e2e".into());
-    let controller = tokio::spawn(zetaback::controller::run(client.clone(), options, async {
-        let _ = stopped.await;
-    }));
+    let mut fleet = Fleet::start(
+        env,
+        &ns,
+        &[
+            HostSpec::source("src"),
+            HostSpec::store("bak"),
+            HostSpec::source("dst"),
+        ],
+    )
+    .await;
+    fleet.start_controller(|_| {}).await;
+    let client = fleet.client.clone();
+    let names = [fleet.name("src"), fleet.name("bak"), fleet.name("dst")];
+    let pd = fleet.host("dst").pool.clone();
+    let store_root = fleet.store_root("bak");
+    let dataset = fleet.create_dataset("src", "data");
+    let data_dir = mounted(&dataset);
 
     // Version 1 of the files, then a chained policy whose first full is due at once; the
     // incrementals come only on request.
@@ -304,8 +66,8 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
         .await
         .expect("create policy");
 
-    let store = StoreClient::new(Some("admin-token-for-e2e".into()));
-    let bak_ep = format!("127.0.0.1:{bak_port}");
+    let store = fleet.store_client();
+    let bak_ep = fleet.host("bak").endpoint();
     let stored = |n: usize| {
         let (store, ep, host, dataset) = (
             store.clone(),
@@ -338,10 +100,8 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
             format!("added in {v}\n"),
         )
         .expect("new");
-        let (code, out) = zb(
-            &client,
-            &ns,
-            &[
+        let (code, out) = fleet
+            .zb(&[
                 "backup",
                 "chained",
                 "--host",
@@ -349,9 +109,8 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
                 "--dataset",
                 &dataset,
                 "--incremental",
-            ],
-        )
-        .await;
+            ])
+            .await;
         assert_eq!(code, 0, "backup-now: {out}");
         let n = v as usize;
         eventually(
@@ -411,10 +170,8 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
     // 2. A middle point: the full and the first incremental (by id), through the CLI.
     let middle_ds = format!("{pd}/restored/middle");
     let to = format!("{}/{middle_ds}", names[2]);
-    let (code, out) = zb(
-        &client,
-        &ns,
-        &[
+    let (code, out) = fleet
+        .zb(&[
             "restore",
             "--host",
             &names[0],
@@ -427,9 +184,8 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
             "--name",
             "middle",
             "--wait",
-        ],
-    )
-    .await;
+        ])
+        .await;
     println!(
         "kubectl zetaback restore --backup {} --to {to} --wait (exit {code}):\n{out}",
         ids[1]
@@ -471,10 +227,8 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
     std::fs::write(&full_path, &corrupt).expect("corrupt");
     let corrupt_ds = format!("{pd}/restored/corrupt");
     let to = format!("{}/{corrupt_ds}", names[2]);
-    let (code, out) = zb(
-        &client,
-        &ns,
-        &[
+    let (code, out) = fleet
+        .zb(&[
             "restore",
             "--host",
             &names[0],
@@ -485,9 +239,8 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
             "--name",
             "corrupt",
             "--wait",
-        ],
-    )
-    .await;
+        ])
+        .await;
     println!("kubectl zetaback restore --to {to} --wait (exit {code}):\n{out}");
     assert_eq!(code, 1, "a failed restore exits 1: {out}");
     assert!(out.contains("ChecksumMismatch"), "{out}");
@@ -527,12 +280,5 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
     let table = env.kubectl(&["get", "restores", "-n", &ns]);
     println!("kubectl get restores:\n{}", text(&table.stdout));
 
-    let _ = stop.send(());
-    let _ = controller.await;
-    drop(agents);
-    for p in [&ps, &pb, &pd] {
-        let _ = Command::new(env.root.join("e2e/scripts/zfs.sh"))
-            .args(["destroy", p])
-            .output();
-    }
+    fleet.shutdown().await;
 }

@@ -1,0 +1,633 @@
+//! A fleet of simulated machines for end-to-end tests: each host is a real zfs-fuse pool
+//! (`e2e/scripts/zfs.sh pool`), a `ZfsHost` object on the local apiserver and a real
+//! `zetaback-agent` process serving it, which a test can kill (SIGKILL) and restart.
+//! Optionally the controller runs in-process against the test's namespace.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use zetaback_e2e::{Env, fleet::{Fleet, HostSpec}};
+//! let env = Env::get();
+//! let ns = env.namespace("restore");
+//! let mut fleet = Fleet::start(
+//!     env,
+//!     &ns,
+//!     &[HostSpec::source("src"), HostSpec::store("bak"), HostSpec::source("dst")],
+//! )
+//! .await;
+//! fleet.start_controller(|_options| {}).await;
+//! let dataset = fleet.create_dataset("src", "data");
+//! fleet.write_file(&dataset, "a.txt", b"hello");
+//! let before = zetaback_e2e::fleet::sums(&zetaback_e2e::fleet::mounted(&dataset));
+//! let (code, out) = fleet.zb(&["list", &fleet.admin_token_arg()]).await;
+//! fleet.kill("dst");
+//! fleet.restart("dst");
+//! fleet.shutdown().await;
+//! # }
+//! ```
+//!
+//! Names never collide between concurrent tests: hosts are `<ns prefix>-<tag>-<short>` and
+//! pools `<ns prefix><tag><short>`, where `tag` is derived from the (unique) namespace.
+//! Dropping a `Fleet` (also on a failed assertion) kills its agents, stops its controller and
+//! destroys its pools; [`Fleet::shutdown`] does the same and also deletes its ZfsHosts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use kube::api::{Api, PostParams};
+use zetaback::api::restore::RestorePhase;
+use zetaback::api::{Restore, ZfsHost, ZfsHostSpec};
+use zetaback::controller::store_client::StoreClient;
+
+use crate::{Env, eventually, free_port, text};
+
+/// The stream token every agent of a fleet shares (sources present it to the store).
+pub const STREAM_TOKEN: &str = "stream-token-for-e2e";
+/// The store's admin token (delete, archive): the controller's and the CLI's.
+pub const ADMIN_TOKEN: &str = "admin-token-for-e2e";
+
+/// One machine of a fleet, before it starts.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    /// Short name, unique in the fleet (`src`, `bak`, ...): the key for [`Fleet::host`].
+    pub short: String,
+    /// Serve a file store (`--store-root <fleet dir>/store/<short>`, with the admin token).
+    pub store: bool,
+    /// Size of the pool's backing file (`zfs.sh pool NAME SIZE`).
+    pub pool_size: String,
+    /// Run with `--no-kube` (stream API only: no BackupJobs, no Restores, no ZfsHost status).
+    pub no_kube: bool,
+    /// Labels on the ZfsHost (besides `e2e=<namespace>`).
+    pub labels: BTreeMap<String, String>,
+    /// More agent arguments.
+    pub extra_args: Vec<String>,
+}
+
+impl HostSpec {
+    /// A host whose agent runs its BackupJobs and Restores (a source or a destination).
+    pub fn source(short: &str) -> Self {
+        Self {
+            short: short.to_owned(),
+            store: false,
+            pool_size: "256M".to_owned(),
+            no_kube: false,
+            labels: BTreeMap::new(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// A backup host: like [`HostSpec::source`], and its agent stores backups as files.
+    pub fn store(short: &str) -> Self {
+        Self {
+            store: true,
+            ..Self::source(short)
+        }
+    }
+
+    /// The pool's size (`256M` by default).
+    pub fn pool_size(mut self, size: &str) -> Self {
+        self.pool_size = size.to_owned();
+        self
+    }
+
+    /// Adds agent arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Adds a label to the ZfsHost.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+}
+
+/// A running machine of a fleet.
+#[derive(Debug)]
+pub struct Host {
+    /// The short name given in its [`HostSpec`].
+    pub short: String,
+    /// The ZfsHost's name (and the agent's `--host-name`, the store's `<host>` directory).
+    pub name: String,
+    /// Its zfs-fuse pool.
+    pub pool: String,
+    /// Where the pool is mounted.
+    pub mount: PathBuf,
+    /// The agent's stream API port on 127.0.0.1.
+    pub port: u16,
+    /// The store root, for a store host.
+    pub store_root: Option<PathBuf>,
+    /// The agent's log (stderr), appended to across restarts.
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Host {
+    /// `127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The agent's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the agent process is alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn spawn(&mut self, kubeconfig: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("agent log {}: {e}", self.log.display()));
+        let child = Command::new(agent_binary())
+            .args(&self.args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,zetaback_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("agent {} does not start: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Controller {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Real pools, real agents, and optionally the controller, for one test namespace.
+pub struct Fleet {
+    pub env: &'static Env,
+    /// The test's namespace (BackupPolicies, BackupJobs, Restores live here).
+    pub ns: String,
+    /// An admin client.
+    pub client: kube::Client,
+    /// `/tmp/zetaback-e2e/<ns>`: tokens, stores, agent logs.
+    pub dir: PathBuf,
+    /// The stream token file every agent reads.
+    pub token_file: PathBuf,
+    /// The admin token file (store hosts, `--token-file` of store-reading CLI commands).
+    pub admin_token_file: PathBuf,
+    /// The number that makes this fleet's host and pool names unique.
+    pub tag: u32,
+    hosts: Vec<Host>,
+    controller: Option<Controller>,
+}
+
+impl Fleet {
+    /// Creates the pools, the ZfsHosts (replacing leftovers of the same name) and starts one
+    /// agent per host. ZfsHosts select every dataset of their pool (`<pool>/**`).
+    pub async fn start(env: &'static Env, ns: &str, specs: &[HostSpec]) -> Fleet {
+        let client = env.client().await;
+        let dir = PathBuf::from(format!("/tmp/zetaback-e2e/{ns}"));
+        std::fs::create_dir_all(&dir).expect("fleet dir");
+        let token_file = dir.join("token");
+        let admin_token_file = dir.join("admin-token");
+        std::fs::write(&token_file, STREAM_TOKEN).expect("token");
+        std::fs::write(&admin_token_file, ADMIN_TOKEN).expect("admin token");
+        let prefix: String = ns
+            .split('-')
+            .next()
+            .unwrap_or("fleet")
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(12)
+            .collect();
+        let tag = fnv(ns) % 1_000_000;
+        let mut fleet = Fleet {
+            env,
+            ns: ns.to_owned(),
+            client: client.clone(),
+            dir: dir.clone(),
+            token_file: token_file.clone(),
+            admin_token_file: admin_token_file.clone(),
+            tag,
+            hosts: Vec::new(),
+            controller: None,
+        };
+        let api: Api<ZfsHost> = Api::all(client);
+        for spec in specs {
+            assert!(
+                fleet.hosts.iter().all(|h| h.short != spec.short),
+                "two hosts named {}",
+                spec.short
+            );
+            let name = format!("{prefix}-{tag}-{}", spec.short);
+            let pool = format!("{prefix}{tag}{}", spec.short);
+            let mount = make_pool(env, &pool, &spec.pool_size);
+
+            let mut host = ZfsHost::new(
+                &name,
+                ZfsHostSpec {
+                    node_name: name.clone(),
+                    datasets: serde_json::from_value(
+                        serde_json::json!({"include": [format!("{pool}/**")]}),
+                    )
+                    .expect("selector"),
+                    paused: false,
+                },
+            );
+            let mut labels = spec.labels.clone();
+            labels.insert("e2e".into(), ns.to_owned());
+            host.metadata.labels = Some(labels);
+            let _ = api.delete(&name, &Default::default()).await;
+            eventually("old host gone", Duration::from_secs(20), || async {
+                api.get_opt(&name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                    .then_some(())
+            })
+            .await;
+            api.create(&PostParams::default(), &host)
+                .await
+                .expect("create ZfsHost");
+
+            let port = free_port();
+            let mut args = vec![
+                format!("--host-name={name}"),
+                format!("--node-name={name}"),
+                format!("--listen=127.0.0.1:{port}"),
+                format!("--token-file={}", token_file.display()),
+                "--status-interval=1".into(),
+                "--last-seen-every=2".into(),
+            ];
+            let store_root = spec.store.then(|| dir.join("store").join(&spec.short));
+            if let Some(root) = &store_root {
+                std::fs::create_dir_all(root).expect("store root");
+                args.push(format!("--store-root={}", root.display()));
+                args.push(format!("--admin-token-file={}", admin_token_file.display()));
+            }
+            if spec.no_kube {
+                args.push("--no-kube".into());
+            }
+            args.extend(spec.extra_args.iter().cloned());
+            let mut host = Host {
+                short: spec.short.clone(),
+                name,
+                pool,
+                mount,
+                port,
+                store_root,
+                log: dir.join(format!("{}.log", spec.short)),
+                args,
+                child: None,
+            };
+            host.spawn(&env.kubeconfig);
+            fleet.hosts.push(host);
+        }
+        fleet
+    }
+
+    /// The host with this short name (panics if there is none).
+    pub fn host(&self, short: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.short == short)
+            .unwrap_or_else(|| panic!("no host {short} in the fleet"))
+    }
+
+    fn host_mut(&mut self, short: &str) -> &mut Host {
+        self.hosts
+            .iter_mut()
+            .find(|h| h.short == short)
+            .unwrap_or_else(|| panic!("no host {short} in the fleet"))
+    }
+
+    /// Every host, in the order given to [`Fleet::start`].
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The ZfsHost name of a host.
+    pub fn name(&self, short: &str) -> String {
+        self.host(short).name.clone()
+    }
+
+    /// The store root of a store host (panics for another host).
+    pub fn store_root(&self, short: &str) -> PathBuf {
+        self.host(short)
+            .store_root
+            .clone()
+            .unwrap_or_else(|| panic!("{short} is not a store host"))
+    }
+
+    /// A client of the stores' API with the admin token.
+    pub fn store_client(&self) -> StoreClient {
+        StoreClient::new(Some(ADMIN_TOKEN.into()))
+    }
+
+    /// `--token-file=<admin token>`, for CLI commands that read the store.
+    pub fn admin_token_arg(&self) -> String {
+        format!("--token-file={}", self.admin_token_file.display())
+    }
+
+    /// SIGKILLs a host's agent (no clean shutdown: what a crash or an OOM kill does).
+    pub fn kill(&mut self, short: &str) {
+        self.host_mut(short).kill();
+    }
+
+    /// Starts a host's agent again with the same arguments and port (killing it first if it
+    /// runs).
+    pub fn restart(&mut self, short: &str) {
+        let kubeconfig = self.env.kubeconfig.clone();
+        let host = self.host_mut(short);
+        host.kill();
+        host.spawn(&kubeconfig);
+    }
+
+    /// Runs the controller in-process, watching only this namespace, with the admin store
+    /// token; `configure` may change the options further (e.g. `host_stale_after`).
+    pub async fn start_controller(
+        &mut self,
+        configure: impl FnOnce(&mut zetaback::controller::Options),
+    ) {
+        assert!(self.controller.is_none(), "the controller already runs");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut options = zetaback::controller::Options::new(
+            &self.ns,
+            "fleet",
+            ([127, 0, 0, 1], free_port()).into(),
+        );
+        options.watch_namespace = Some(self.ns.clone());
+        options.store_token = Some(ADMIN_TOKEN.into());
+        configure(&mut options);
+        let task = tokio::spawn(zetaback::controller::run(
+            self.client.clone(),
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        self.controller = Some(Controller { stop, task });
+    }
+
+    /// Stops the in-process controller (waits for it to end).
+    pub async fn stop_controller(&mut self) {
+        if let Some(c) = self.controller.take() {
+            let _ = c.stop.send(());
+            let _ = c.task.await;
+        }
+    }
+
+    /// Creates `<pool of host>/<relative>` (and missing parents) and returns its full name.
+    pub fn create_dataset(&self, short: &str, relative: &str) -> String {
+        let ds = format!("{}/{relative}", self.host(short).pool);
+        zfs(&["create", "-p", &ds]);
+        ds
+    }
+
+    /// Writes `contents` to `file` (relative) in a mounted dataset, creating directories.
+    pub fn write_file(&self, dataset: &str, file: &str, contents: &[u8]) {
+        let path = mounted(dataset).join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+
+    /// Runs `kubectl zetaback ARGS` in-process against the namespace: (exit code, stdout).
+    pub async fn zb(&self, args: &[&str]) -> (u8, String) {
+        zb(&self.client, &self.ns, args).await
+    }
+
+    /// Stops the controller, kills the agents, deletes the ZfsHosts and destroys the pools.
+    pub async fn shutdown(mut self) {
+        self.stop_controller().await;
+        for h in &mut self.hosts {
+            h.kill();
+        }
+        let api: Api<ZfsHost> = Api::all(self.client.clone());
+        for h in &self.hosts {
+            let _ = api.delete(&h.name, &Default::default()).await;
+        }
+        // Drop destroys the pools.
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Some(c) = self.controller.take() {
+            let _ = c.stop.send(());
+            c.task.abort();
+        }
+        for h in &mut self.hosts {
+            h.kill();
+        }
+        for h in &self.hosts {
+            destroy_pool(self.env, &h.pool);
+        }
+    }
+}
+
+fn fnv(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// `target/<profile>/zetaback-agent`, next to the test binary's `deps/` (panics if missing).
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("zetaback-agent"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, as e2e/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Creates a fresh file-backed pool (destroying a leftover of that name); its mountpoint.
+pub fn make_pool(env: &Env, name: &str, size: &str) -> PathBuf {
+    let script = env.root.join("e2e/scripts/zfs.sh");
+    destroy_pool(env, name);
+    let out = Command::new(&script)
+        .args(["pool", name, size])
+        .output()
+        .expect("zfs.sh");
+    assert!(
+        out.status.success(),
+        "zfs.sh pool {name}: {}",
+        text(&out.stderr)
+    );
+    PathBuf::from(text(&out.stdout).trim())
+}
+
+/// Destroys a pool and its backing file (errors ignored).
+pub fn destroy_pool(env: &Env, name: &str) {
+    let _ = Command::new(env.root.join("e2e/scripts/zfs.sh"))
+        .args(["destroy", name])
+        .output();
+}
+
+/// Runs `cmd args` (argv, no shell) and returns its stdout; panics with its stderr on failure.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = run_output(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs `cmd args` and returns its output, whatever its exit status.
+pub fn run_output(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+/// `zfs ARGS`; its stdout (panics on failure).
+pub fn zfs(args: &[&str]) -> String {
+    run("zfs", args)
+}
+
+/// Whether a dataset (or snapshot) exists.
+pub fn dataset_exists(ds: &str) -> bool {
+    run_output("zfs", &["list", "-H", "-o", "name", ds])
+        .status
+        .success()
+}
+
+/// Where a dataset is mounted (mounting it if needed).
+pub fn mounted(ds: &str) -> PathBuf {
+    if zfs(&["get", "-H", "-o", "value", "mounted", ds]).trim() != "yes" {
+        zfs(&["mount", ds]);
+    }
+    PathBuf::from(zfs(&["get", "-H", "-o", "value", "mountpoint", ds]).trim())
+}
+
+/// `sha256sum` of every file under `dir`, by relative path, sorted (`<sum>  ./<path>` lines).
+/// Panics if there is no file: comparing two empty trees proves nothing.
+pub fn sums(dir: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && find . -type f | LC_ALL=C sort | xargs -r sha256sum")
+        .arg("sh")
+        .arg(dir)
+        .output()
+        .expect("sha256sum");
+    assert!(
+        out.status.success(),
+        "sums of {}: {}",
+        dir.display(),
+        text(&out.stderr)
+    );
+    let s = text(&out.stdout);
+    assert!(!s.trim().is_empty(), "no files under {}", dir.display());
+    s
+}
+
+/// The sums of a dataset's files as they are in one of its snapshots (read through
+/// `<mountpoint>/.zfs/snapshot/<snap>`).
+pub fn snapshot_sums(dataset: &str, snapshot: &str) -> String {
+    sums(&mounted(dataset).join(".zfs/snapshot").join(snapshot))
+}
+
+/// `len` incompressible bytes (xorshift64) from `seed`.
+pub fn noise(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Runs `kubectl zetaback ARGS` in-process with `client` in namespace `ns`; (exit code,
+/// stdout). Its stderr goes to the test's stderr.
+pub async fn zb(client: &kube::Client, ns: &str, args: &[&str]) -> (u8, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut input: &[u8] = b"";
+    let mut io = zetaback::cli::Io {
+        out: &mut out,
+        err: &mut err,
+        input: &mut input,
+        interactive: false,
+    };
+    let argv: Vec<String> = std::iter::once("kubectl-zetaback")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    let code = zetaback::cli::run(
+        argv,
+        zetaback::cli::Connect::Client {
+            client: client.clone(),
+            namespace: ns.to_owned(),
+        },
+        &mut io,
+    )
+    .await;
+    eprint!("{}", text(&err));
+    (code, text(&out))
+}
+
+/// Creates a Restore from its spec as JSON.
+pub async fn create_restore(api: &Api<Restore>, name: &str, spec: serde_json::Value) {
+    let r = Restore::new(name, serde_json::from_value(spec).expect("restore spec"));
+    api.create(&PostParams::default(), &r)
+        .await
+        .expect("create restore");
+}
+
+/// Waits (up to `limit`) for a Restore to end (Succeeded or Failed), prints a summary line
+/// and returns it.
+pub async fn restore_finished(api: &Api<Restore>, name: &str, limit: Duration) -> Restore {
+    let r = eventually(&format!("restore {name} ends"), limit, || async {
+        let r = api.get(name).await.ok()?;
+        let phase = r.status.as_ref()?.phase;
+        matches!(phase, RestorePhase::Succeeded | RestorePhase::Failed).then_some(r)
+    })
+    .await;
+    let st = r.status.clone().unwrap_or_default();
+    println!(
+        "restore {name}: phase={:?} verified={:?} chain={:?} bytes={:?} bytesDone={:?} reason={:?}\n  message: {}",
+        st.phase,
+        st.verified,
+        st.chain,
+        st.bytes,
+        st.bytes_done,
+        st.conditions.first().map(|c| c.reason.clone()),
+        st.message.unwrap_or_default()
+    );
+    r
+}
+
+/// The reason of a Restore's `Ready` condition ("" if none).
+pub fn restore_reason(r: &Restore) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
+}
