@@ -1,15 +1,22 @@
-//! Which hosts and datasets a policy covers: host names or a label selector, and dataset
-//! include/exclude globs. Pure functions, shared by the controller and the agents.
+//! Which hosts and datasets a policy covers: host names or a label selector, dataset
+//! include/exclude globs and backup classes. Pure functions, shared by the controller and the
+//! agents.
+//!
+//! Classes ([`PolicyMatcher`]): a dataset's class is its `zetaback.io:class` user property
+//! (Zetaback's `com.omniti.labs.zetaback:class`), reported by the agent. A policy with
+//! `datasets.classes` covers a dataset only when its name is included, not excluded, *and* its
+//! class is listed (`""` stands for "no class"); without `classes` the class does not matter.
 //!
 //! Glob rules: `*` and `?` stay within one path component; `**` spans any number of
 //! components; a pattern ending in `/**` also matches the dataset it starts from (`tank/**`
 //! covers `tank`, as a person reading it expects).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use crate::api::backup_policy::PolicyDatasets;
 use crate::api::common::{DatasetPattern, DatasetSelector};
 
 /// A pattern that cannot be compiled (the schema makes this unlikely).
@@ -62,6 +69,39 @@ impl DatasetMatcher {
     /// Included and not excluded.
     pub fn matches(&self, dataset: &str) -> bool {
         self.include.is_match(dataset) && !self.exclude.is_match(dataset)
+    }
+}
+
+/// A compiled [`PolicyDatasets`]: name patterns and classes.
+#[derive(Debug, Clone)]
+pub struct PolicyMatcher {
+    names: DatasetMatcher,
+    /// `None`: any class; otherwise the listed ones (`""` = no class).
+    classes: Option<BTreeSet<String>>,
+}
+
+impl PolicyMatcher {
+    pub fn new(selector: &PolicyDatasets) -> Result<Self, PatternError> {
+        Ok(Self {
+            names: DatasetMatcher::new(&selector.patterns)?,
+            classes: (!selector.classes.is_empty()).then(|| {
+                selector
+                    .classes
+                    .iter()
+                    .map(|c| c.as_str().to_owned())
+                    .collect()
+            }),
+        })
+    }
+
+    /// Covered: the name is included and not excluded, and the class (`None` or `""`: no
+    /// class) is listed when the policy lists classes.
+    pub fn matches(&self, dataset: &str, class: Option<&str>) -> bool {
+        self.names.matches(dataset)
+            && self
+                .classes
+                .as_ref()
+                .is_none_or(|set| set.contains(class.unwrap_or("")))
     }
 }
 
@@ -129,6 +169,51 @@ mod tests {
         assert!(all.matches("rpool/home/me"));
         assert!(!all.matches("tank/scratch"));
         assert!(!all.matches("tank/scratch/x"));
+    }
+
+    fn policy(include: &[&str], exclude: &[&str], classes: &[&str]) -> PolicyMatcher {
+        let sel: PolicyDatasets = serde_json::from_value(serde_json::json!({
+            "include": include, "exclude": exclude, "classes": classes
+        }))
+        .unwrap();
+        PolicyMatcher::new(&sel).unwrap()
+    }
+
+    #[test]
+    fn classes_narrow_the_name_patterns() {
+        // No classes: the class does not matter.
+        let any = policy(&["tank/**"], &[], &[]);
+        assert!(any.matches("tank/db", Some("gold")));
+        assert!(any.matches("tank/db", None));
+        assert!(!any.matches("rpool/db", Some("gold")));
+        // Classes: only listed classes, and only within include minus exclude.
+        let gold = policy(&["**"], &["tank/tmp/**"], &["gold", "silver"]);
+        assert!(gold.matches("tank/db", Some("gold")));
+        assert!(gold.matches("rpool/x", Some("silver")));
+        assert!(!gold.matches("tank/db", Some("bronze")));
+        assert!(
+            !gold.matches("tank/db", None),
+            "no class is not a listed class"
+        );
+        assert!(!gold.matches("tank/tmp/a", Some("gold")), "exclude wins");
+        // "" selects datasets without a class (None, or an empty property).
+        let unclassed = policy(&["tank/**"], &[], &[""]);
+        assert!(unclassed.matches("tank/db", None));
+        assert!(unclassed.matches("tank/db", Some("")));
+        assert!(!unclassed.matches("tank/db", Some("gold")));
+        // Class names are compared exactly (ZFS property values are case-sensitive).
+        assert!(!gold.matches("tank/db", Some("Gold")));
+    }
+
+    #[test]
+    fn the_class_pattern_accepts_what_the_schema_does() {
+        let re = regex::Regex::new(crate::api::backup_policy::CLASS_PATTERN).unwrap();
+        for ok in ["gold", "g", "tier-1", "a.b:c_d", "0"] {
+            assert!(re.is_match(ok), "{ok}");
+        }
+        for bad in ["", "-gold", "gold-", "a b", "gold/x", &"x".repeat(64)] {
+            assert!(!re.is_match(bad), "{bad}");
+        }
     }
 
     #[test]

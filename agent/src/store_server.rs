@@ -632,11 +632,13 @@ struct CatalogueQuery {
     host: Option<String>,
 }
 
+/// The answer carries an `ETag` (a hash of the body); a request whose `If-None-Match` names it
+/// gets `304 Not Modified` without a body, so the controller can keep its copy cheaply.
 async fn catalogue(
     State(state): State<Arc<ServerState>>,
     Query(q): Query<CatalogueQuery>,
     headers: HeaderMap,
-) -> Result<axum::Json<zetaback::store::Catalogue>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&state, &headers, Role::Source)?;
     let store = state
         .store
@@ -647,5 +649,31 @@ async fn catalogue(
         validate_host(&host).map_err(|e| ApiError::bad(e.to_string()))?;
         cat.backups.retain(|b| b.manifest.host == host);
     }
-    Ok(axum::Json(cat))
+    let body = serde_json::to_vec(&cat).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the catalogue: {e}"),
+        )
+    })?;
+    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let tag = HeaderValue::from_str(&etag)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response());
+    }
+    Ok((
+        [
+            (header::ETAG, tag),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }

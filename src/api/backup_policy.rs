@@ -49,9 +49,9 @@ use crate::duration::{cel_is_duration, cel_seconds};
 pub struct BackupPolicySpec {
     /// Which ZfsHosts this policy covers.
     pub hosts: HostSelector,
-    /// Which datasets on those hosts.
+    /// Which datasets on those hosts: name patterns and, optionally, backup classes.
     #[serde(default)]
-    pub datasets: DatasetSelector,
+    pub datasets: PolicyDatasets,
     /// How often a full backup is due and how long full backups are kept.
     pub full: Schedule,
     /// How often an incremental backup is due and how long incrementals are kept.
@@ -73,6 +73,90 @@ pub struct BackupPolicySpec {
     /// A suspended policy schedules nothing but still reports violators.
     #[serde(default)]
     pub suspend: bool,
+    /// How many finished BackupJobs are kept per dataset (BackupJobs are history; the store
+    /// holds the record of what is backed up).
+    #[serde(default)]
+    pub job_history: JobHistory,
+}
+
+/// Which datasets a policy covers: `include`/`exclude` name patterns (exclusion wins) and,
+/// when `classes` is set, only datasets whose `zetaback.io:class` user property is one of
+/// them (Zetaback's `com.omniti.labs.zetaback:class`). All conditions must hold: a dataset is
+/// covered when its name is included, not excluded, and (if `classes` is set) its class is
+/// listed. `""` in `classes` stands for "no class set".
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyDatasets {
+    #[serde(flatten)]
+    pub patterns: DatasetSelector,
+    /// Backup classes (values of the `zetaback.io:class` user property) this policy covers;
+    /// `""` means datasets without a class. Unset or empty: every class, and none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new(format!("self.all(c, c == '' || c.matches('{CLASS_PATTERN}'))")).message("classes are zetaback.io:class values: 1-63 letters, digits, '_', '.', ':' or '-', starting and ending with a letter or digit (\"\" selects datasets without a class)"))]
+    pub classes: Vec<ClassName>,
+}
+
+impl std::ops::Deref for PolicyDatasets {
+    type Target = DatasetSelector;
+    fn deref(&self) -> &DatasetSelector {
+        &self.patterns
+    }
+}
+
+/// What a class name may look like (also checked by the controller).
+pub const CLASS_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9_.:-]{0,61}[A-Za-z0-9])?$";
+
+/// A backup class: the value of a dataset's `zetaback.io:class` user property (`""`: none).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct ClassName(#[schemars(length(max = 63))] pub String);
+
+impl ClassName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for ClassName {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// How many finished BackupJobs are kept per dataset, as CronJob's
+/// `successfulJobsHistoryLimit`/`failedJobsHistoryLimit`. Pending and Running jobs are never
+/// deleted; failed jobs of an ongoing run of failures are kept (up to 8) whatever `failed`
+/// says, so the retry backoff and the `LastJobFailed` violation still see the whole run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobHistory {
+    /// Succeeded jobs kept per dataset (at least 1: the newest success ends a failure run).
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 1, max = 100))]
+    #[schemars(with = "i32")]
+    pub successful: u32,
+    /// Failed jobs kept per dataset (besides an ongoing run of failures).
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 1, max = 100))]
+    #[schemars(with = "i32")]
+    pub failed: u32,
+}
+
+fn default_history() -> u32 {
+    1
+}
+
+impl Default for JobHistory {
+    fn default() -> Self {
+        Self {
+            successful: default_history(),
+            failed: default_history(),
+        }
+    }
 }
 
 fn default_grace() -> DurationString {

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sha2::Digest;
 use tracing::{info, warn};
 
 use super::conditions::{self, Wanted};
+use super::store_client::{KnownBackup, StoreView};
 use super::{Context, Error, Reconciled, status};
 use crate::api::backup_policy::{
     BACKUP_NOW_ANNOTATION, BackupNowRequest, Violation, ViolationReason,
@@ -26,9 +27,8 @@ use crate::api::condition::{COMPLIANT, READY};
 use crate::api::{
     BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupType, JobPhase, ZfsHost,
 };
-use crate::policy::{self, Catalogue, DatasetState, HostState, JobState, PolicyRules};
-use crate::selection::{DatasetMatcher, labels_match};
-use crate::store;
+use crate::policy::{self, DatasetState, HostState, JobState, PolicyRules};
+use crate::selection::{PolicyMatcher, labels_match};
 
 /// The label that ties a BackupJob to its policy.
 pub const POLICY_LABEL: &str = "zetaback.io/policy";
@@ -44,9 +44,9 @@ pub struct Inputs<'a> {
     pub policy: &'a BackupPolicy,
     pub rules: &'a PolicyRules,
     pub hosts: &'a [Arc<ZfsHost>],
-    pub jobs: &'a [BackupJob],
-    /// The backup host's catalogue; `None` when it could not be read.
-    pub catalogue: Option<&'a store::Catalogue>,
+    pub jobs: &'a [Arc<BackupJob>],
+    /// The backup host's catalogue (for the policy's hosts); `None` when it could not be read.
+    pub catalogue: Option<&'a StoreView>,
     /// A host whose agent has not reported for this long is unreachable.
     pub host_stale_after: Duration,
     /// A `backup-now` request not yet acted on.
@@ -72,6 +72,8 @@ pub struct Plan {
     pub wake_at: Option<Timestamp>,
     /// Set when the catalogue could not be read.
     pub store_problem: Option<String>,
+    /// The newest stored backup of each covered dataset that has one: (host, dataset, when).
+    pub last_backups: Vec<(String, String, Timestamp)>,
 }
 
 fn host_state(host: &ZfsHost, now: Timestamp, stale_after: Duration) -> HostState {
@@ -93,42 +95,128 @@ fn host_state(host: &ZfsHost, now: Timestamp, stale_after: Duration) -> HostStat
     }
 }
 
-fn job_state(jobs: &[&BackupJob]) -> JobState {
-    let phase = |j: &BackupJob| j.status.as_ref().map(|s| s.phase).unwrap_or_default();
-    let in_flight = jobs
-        .iter()
-        .any(|j| matches!(phase(j), JobPhase::Pending | JobPhase::Running));
-    let finished_at = |j: &BackupJob| {
-        j.status
-            .as_ref()
-            .and_then(|s| s.finished_at.as_ref().map(|t| t.0))
-            .or_else(|| j.creation_timestamp().map(|t| t.0))
+/// One job as the history logic sees it.
+fn job_record(j: &BackupJob) -> policy::JobRecord {
+    let phase = j.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    let outcome = match phase {
+        JobPhase::Pending | JobPhase::Running => policy::Outcome::InFlight,
+        JobPhase::Succeeded => policy::Outcome::Succeeded,
+        JobPhase::Failed => policy::Outcome::Failed,
     };
-    let mut finished: Vec<(&BackupJob, Timestamp)> = jobs
-        .iter()
-        .filter(|j| matches!(phase(j), JobPhase::Succeeded | JobPhase::Failed))
-        .filter_map(|j| finished_at(j).map(|t| (*j, t)))
-        .collect();
-    finished.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
-    let mut failing_since = None;
-    let mut consecutive_failures = 0;
-    let last_failure = finished
-        .first()
-        .filter(|(j, _)| phase(j) == JobPhase::Failed)
-        .map(|(_, t)| *t);
-    for (j, t) in finished {
-        if phase(j) == JobPhase::Failed {
-            failing_since = Some(t);
-            consecutive_failures += 1;
-        } else {
-            break;
+    let at = j
+        .status
+        .as_ref()
+        .and_then(|s| s.finished_at.as_ref().map(|t| t.0))
+        .or_else(|| j.creation_timestamp().map(|t| t.0))
+        .unwrap_or(Timestamp::MIN);
+    policy::JobRecord { outcome, at }
+}
+
+fn job_state(jobs: &[&BackupJob]) -> JobState {
+    let records: Vec<policy::JobRecord> = jobs.iter().map(|j| job_record(j)).collect();
+    JobState::from_history(&records)
+}
+
+/// The finished jobs of a policy that its `jobHistory` no longer keeps (per dataset; never
+/// one in flight): their names and uids.
+pub fn jobs_to_prune(
+    policy: &BackupPolicy,
+    jobs: &[Arc<BackupJob>],
+) -> Vec<(String, Option<String>)> {
+    let limits = policy::HistoryLimits {
+        successful: policy.spec.job_history.successful,
+        failed: policy.spec.job_history.failed,
+    };
+    let mut by_dataset: HashMap<(&str, &str), Vec<&BackupJob>> = HashMap::new();
+    for j in jobs {
+        by_dataset
+            .entry((j.spec.host.as_str(), j.spec.dataset.as_str()))
+            .or_default()
+            .push(j);
+    }
+    let mut out = Vec::new();
+    for list in by_dataset.values() {
+        let records: Vec<policy::JobRecord> = list.iter().map(|j| job_record(j)).collect();
+        for i in policy::prune_history(&records, limits) {
+            let j = list[i];
+            // Only jobs the apiserver has (a job we just created has no uid yet).
+            if let Some(uid) = j.metadata.uid.clone() {
+                out.push((j.name_any(), Some(uid)));
+            }
         }
     }
-    JobState {
-        in_flight,
-        failing_since,
-        consecutive_failures,
-        last_failure,
+    out.sort();
+    out
+}
+
+/// Jobs the controller created or deleted that its watch has not shown yet, per policy: a
+/// reconcile reads the watch cache, so without these a job created a moment ago would look
+/// absent (and be created again under a new name), or a deleted one present.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    inner: std::sync::Mutex<HashMap<(String, String), Expected>>,
+}
+
+#[derive(Debug, Default)]
+struct Expected {
+    created: HashMap<String, (Arc<BackupJob>, std::time::Instant)>,
+    deleted: HashMap<String, std::time::Instant>,
+}
+
+/// An expectation the watch never confirms (the job was deleted at once, a lost event) is
+/// dropped after this long.
+pub const EXPECTATION_TTL: Duration = Duration::from_secs(60);
+
+impl Expectations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Expected>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The policy's jobs as the controller knows them: the cached ones, less those it
+    /// deleted, plus those it created that the cache does not show yet. Expectations the
+    /// cache confirms (or that are older than [`EXPECTATION_TTL`]) are dropped.
+    pub fn adjust(
+        &self,
+        namespace: &str,
+        policy: &str,
+        mut cached: Vec<Arc<BackupJob>>,
+    ) -> Vec<Arc<BackupJob>> {
+        let mut all = self.lock();
+        let key = (namespace.to_owned(), policy.to_owned());
+        let Some(e) = all.get_mut(&key) else {
+            return cached;
+        };
+        let names: std::collections::HashSet<String> =
+            cached.iter().map(|j| j.name_any()).collect();
+        e.created
+            .retain(|name, (_, at)| !names.contains(name) && at.elapsed() < EXPECTATION_TTL);
+        e.deleted
+            .retain(|name, at| names.contains(name) && at.elapsed() < EXPECTATION_TTL);
+        cached.retain(|j| !e.deleted.contains_key(&j.name_any()));
+        cached.extend(e.created.values().map(|(j, _)| j.clone()));
+        if e.created.is_empty() && e.deleted.is_empty() {
+            all.remove(&key);
+        }
+        cached
+    }
+
+    pub fn created(&self, namespace: &str, policy: &str, job: BackupJob) {
+        let mut all = self.lock();
+        let e = all
+            .entry((namespace.to_owned(), policy.to_owned()))
+            .or_default();
+        e.created
+            .insert(job.name_any(), (Arc::new(job), std::time::Instant::now()));
+    }
+
+    pub fn deleted(&self, namespace: &str, policy: &str, name: &str) {
+        let mut all = self.lock();
+        let e = all
+            .entry((namespace.to_owned(), policy.to_owned()))
+            .or_default();
+        e.deleted.insert(name.to_owned(), std::time::Instant::now());
     }
 }
 
@@ -159,23 +247,28 @@ pub fn job_name(
     )
 }
 
+/// Whether the policy covers this host (by name or label selector).
+pub fn selects_host(policy: &BackupPolicy, host: &ZfsHost) -> bool {
+    match (&policy.spec.hosts.names, &policy.spec.hosts.selector) {
+        (Some(names), _) => names.iter().any(|n| n.as_str() == host.name_any()),
+        (None, Some(sel)) => labels_match(sel, host.labels()),
+        (None, None) => false,
+    }
+}
+
 /// The pure decision for one policy.
 pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError> {
     let policy = inputs.policy;
     let spec = &policy.spec;
     let now = inputs.now;
-    let matcher = DatasetMatcher::new(&spec.datasets)?;
+    let matcher = PolicyMatcher::new(&spec.datasets)?;
     let mut out = Plan::default();
 
     let hosts: Vec<&ZfsHost> = inputs
         .hosts
         .iter()
         .map(Arc::as_ref)
-        .filter(|h| match (&spec.hosts.names, &spec.hosts.selector) {
-            (Some(names), _) => names.iter().any(|n| n.as_str() == h.name_any()),
-            (None, Some(sel)) => labels_match(sel, h.labels()),
-            (None, None) => false,
-        })
+        .filter(|h| selects_host(policy, h))
         .collect();
 
     let mut jobs_by_dataset: HashMap<(String, String), Vec<&BackupJob>> = HashMap::new();
@@ -194,8 +287,11 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     }
     let mut in_flight_target: u32 = in_flight_per_host.values().sum();
     let covered_since = policy.creation_timestamp().map(|t| t.0);
-    let empty = store::Catalogue::default();
+    let empty = StoreView::default();
     let catalogue = inputs.catalogue.unwrap_or(&empty);
+    // Due backups, started oldest-due first once every dataset was looked at (so the caps
+    // never starve a dataset that sorts late): (since, host, dataset, what).
+    let mut candidates: Vec<(Timestamp, String, String, policy::DueBackup)> = Vec::new();
 
     let mut dataset_count = 0;
     let mut violations: Vec<Violation> = Vec::new();
@@ -222,10 +318,10 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             .unwrap_or(&[]);
         for ds in datasets
             .iter()
-            .filter(|d| !d.excluded && matcher.matches(&d.name))
+            .filter(|d| !d.excluded && matcher.matches(&d.name, d.class.as_deref()))
         {
             dataset_count += 1;
-            let cat = match Catalogue::from_store(catalogue.of(&host_name, &ds.name)) {
+            let cat = match catalogue.dataset(&host_name, &ds.name) {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(host = %host_name, dataset = %ds.name, error = %e, "inconsistent catalogue; skipped");
@@ -235,13 +331,15 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             bytes_stored += cat.bytes();
             if let Some(newest) = cat.newest() {
                 last_backup = Some(last_backup.map_or(newest.created, |t| t.max(newest.created)));
+                out.last_backups
+                    .push((host_name.clone(), ds.name.clone(), newest.created));
             }
             let jobs = jobs_by_dataset
                 .get(&(host_name.clone(), ds.name.clone()))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
             let dstate = DatasetState {
-                catalogue: &cat,
+                catalogue: cat,
                 source_snapshots: &ds.snapshots,
                 host: state,
                 jobs: job_state(jobs),
@@ -285,15 +383,12 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 out.wake_at = Some(out.wake_at.map_or(w, |t| t.min(w)));
             }
             if let Some(due) = p.due.due {
-                let per_host = in_flight_per_host.entry(host_name.clone()).or_default();
-                if *per_host < spec.concurrency.per_host
-                    && in_flight_target < spec.concurrency.per_target
-                {
-                    *per_host += 1;
-                    in_flight_target += 1;
-                    out.create
-                        .push(new_job(policy, &host_name, &ds.name, &due, now));
-                }
+                let since = match due.reason {
+                    // Never backed up, or asked for: before anything merely due again.
+                    policy::DueReason::NoFull | policy::DueReason::Forced => Timestamp::MIN,
+                    _ => p.due.next_due,
+                };
+                candidates.push((since, host_name.clone(), ds.name.clone(), due));
             }
             for id in p.retention.delete {
                 out.delete.push((host_name.clone(), ds.name.clone(), id));
@@ -301,6 +396,20 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             for id in p.retention.archive {
                 out.archive.push((host_name.clone(), ds.name.clone(), id));
             }
+        }
+    }
+
+    candidates.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+    for (_, host_name, dataset, due) in candidates {
+        if in_flight_target >= spec.concurrency.per_target {
+            break;
+        }
+        let per_host = in_flight_per_host.entry(host_name.clone()).or_default();
+        if *per_host < spec.concurrency.per_host {
+            *per_host += 1;
+            in_flight_target += 1;
+            out.create
+                .push(new_job(policy, &host_name, &dataset, &due, now));
         }
     }
 
@@ -496,36 +605,40 @@ fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>>
 impl Reconciled for BackupPolicy {
     const KIND: &'static str = "BackupPolicy";
 
-    /// A BackupJob's change (it finished, failed) re-evaluates its policy at once.
+    /// A BackupJob's change (created, finished, failed) re-evaluates its policy at once. The
+    /// trigger comes from the shared job watch after the change reached the job cache, so the
+    /// reconcile it starts reads the job as the event showed it.
     fn also_watch(
         controller: kube::runtime::Controller<kube::core::DeserializeGuard<Self>>,
-        client: &kube::Client,
-        namespace: Option<&str>,
+        ctx: &Context,
+        _namespace: Option<&str>,
     ) -> kube::runtime::Controller<kube::core::DeserializeGuard<Self>> {
-        let jobs: Api<BackupJob> = match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
+        let events = ctx
+            .job_events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(events) = events else {
+            warn!("the BackupJob subscription was taken already; job changes will not trigger");
+            return controller;
         };
-        controller.watches(
-            jobs,
-            kube::runtime::watcher::Config::default().labels(POLICY_LABEL),
-            |job: BackupJob| {
-                let policy = job.labels().get(POLICY_LABEL).cloned();
-                let ns = job.namespace();
-                policy.into_iter().map(move |name| {
-                    let r = kube::runtime::reflector::ObjectRef::new(&name);
-                    match &ns {
-                        Some(ns) => r.within(ns),
-                        None => r,
-                    }
-                })
-            },
-        )
+        controller.watches_shared_stream(events, |job: Arc<BackupJob>| {
+            let policy = job.labels().get(POLICY_LABEL).cloned();
+            let ns = job.namespace();
+            policy.into_iter().map(move |name| {
+                let r = kube::runtime::reflector::ObjectRef::new(&name);
+                match &ns {
+                    Some(ns) => r.within(ns),
+                    None => r,
+                }
+            })
+        })
     }
 
     async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
         let now = Timestamp::now();
         let ns = obj.namespace().ok_or(Error::MissingMeta(Self::KIND))?;
+        let name = obj.name_any();
         let current = obj.status.clone().unwrap_or_default();
         let rules = match obj
             .spec
@@ -545,29 +658,51 @@ impl Reconciled for BackupPolicy {
                 return Ok(Action::await_change());
             }
         };
-        let read = |what: &str| {
-            let what = what.to_owned();
-            move |source| Error::Read { what, source }
-        };
-        // ZfsHosts come from the shared watch cache: no API call per reconcile.
-        let hosts = ctx.hosts.state();
-        let job_api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
-        // Jobs before the catalogue: a job that succeeds in between is then seen in the
-        // catalogue, never "succeeded but missing" (which would schedule it again).
-        let jobs = job_api
-            .list(&ListParams::default().labels(&format!("{POLICY_LABEL}={}", obj.name_any())))
-            .await
-            .map_err(read("BackupJobs"))?
-            .items;
-        let target_host = hosts
+        // ZfsHosts and BackupJobs come from shared watch caches: no API read per reconcile.
+        let all_hosts = ctx.hosts.state();
+        let hosts: Vec<Arc<ZfsHost>> = all_hosts
+            .iter()
+            .filter(|h| selects_host(&obj, h))
+            .cloned()
+            .collect();
+        let cached: Vec<Arc<BackupJob>> = ctx
+            .jobs
+            .state()
+            .into_iter()
+            .filter(|j| {
+                j.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && j.labels().get(POLICY_LABEL) == Some(&name)
+            })
+            .collect();
+        let jobs = ctx.expected.adjust(&ns, &name, cached);
+        let target_host = all_hosts
             .iter()
             .find(|h| h.name_any() == obj.spec.target.host.as_str());
         let endpoint = target_host
             .and_then(|h| h.status.as_ref())
             .and_then(|s| s.agent_endpoint.clone());
-        // One request for the whole store; the plan picks each dataset's backups.
-        let store_read: Result<store::Catalogue, String> = match (&endpoint, target_host) {
-            (Some(ep), _) => ctx.store.catalogue_all(ep).await.map_err(|e| e.to_string()),
+        // The store's view from the shared catalogue cache: hosts whose newest backups a
+        // succeeded job names but the cache lacks are read again (jobs were read first, so a
+        // job that succeeded is never "succeeded but missing").
+        let known: Vec<KnownBackup> = jobs
+            .iter()
+            .filter_map(|j| {
+                let st = j.status.as_ref()?;
+                (st.phase == JobPhase::Succeeded).then_some(())?;
+                Some((
+                    j.spec.host.0.clone(),
+                    j.spec.dataset.0.clone(),
+                    st.backup_id.clone()?,
+                ))
+            })
+            .collect();
+        let host_names: Vec<String> = hosts.iter().map(|h| h.name_any()).collect();
+        let store_read: Result<StoreView, String> = match (&endpoint, target_host) {
+            (Some(ep), _) => ctx
+                .catalogues
+                .view(&ctx.store, ep, &host_names, &known)
+                .await
+                .map_err(|e| e.to_string()),
             (None, None) => Err(format!(
                 "backup host {} does not exist (no ZfsHost of that name)",
                 obj.spec.target.host
@@ -591,47 +726,13 @@ impl Reconciled for BackupPolicy {
         })
         .map_err(|e| Error::Undecodable {
             kind: Self::KIND,
-            name: obj.name_any(),
+            name: name.clone(),
             message: e.to_string(),
         })?;
         if let Err(e) = &store_read {
             plan.store_problem = Some(e.clone());
         }
-
-        for job in &plan.create {
-            match job_api.create(&PostParams::default(), job).await {
-                Ok(_) => {
-                    info!(job = %job.name_any(), host = %job.spec.host, dataset = %job.spec.dataset,
-                    kind = ?job.spec.backup_type, "backup job created")
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(source) => {
-                    return Err(Error::Write {
-                        what: format!("BackupJob {}", job.name_any()),
-                        source,
-                    });
-                }
-            }
-        }
-        if let Some(ep) = &endpoint {
-            for (host, dataset, id) in &plan.archive {
-                if let Err(e) = ctx.store.archive(ep, host, dataset, id).await {
-                    warn!(%host, %dataset, %id, error = %e, "archiving failed; will retry");
-                }
-            }
-            for (host, dataset, id) in &plan.delete {
-                match ctx.store.delete(ep, host, dataset, id).await {
-                    Ok(()) => info!(%host, %dataset, %id, "expired backup deleted"),
-                    Err(e) => {
-                        warn!(%host, %dataset, %id, error = %e, "deleting failed; will retry")
-                    }
-                }
-            }
-        }
-        ctx.metrics
-            .set_violators(&ns, &obj.name_any(), i64::from(plan.status.violators));
-
-        publish_violation_events(&ctx, &obj, &current.violations, &plan.status.violations).await;
+        let prune = jobs_to_prune(&obj, &jobs);
 
         let mut status = plan.status.clone();
         let stamp = Time(now);
@@ -644,10 +745,96 @@ impl Reconciled for BackupPolicy {
         new_body.conditions.clear();
         let mut old_body = current.clone();
         old_body.conditions.clear();
-        if new_body != old_body || !conditions::same(&status.conditions, &current.conditions) {
-            status::apply(&ctx, obj.as_ref(), Self::KIND, &status).await?;
-        }
+        let status_changed =
+            new_body != old_body || !conditions::same(&status.conditions, &current.conditions);
 
+        // The writes are independent of each other: run them at once.
+        let job_api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
+        let creates = futures::future::join_all(plan.create.iter().map(|job| {
+            let (api, ctx, ns, name) = (&job_api, &ctx, &ns, &name);
+            async move {
+                match api.create(&PostParams::default(), job).await {
+                    Ok(created) => {
+                        info!(job = %job.name_any(), host = %job.spec.host, dataset = %job.spec.dataset,
+                            kind = ?job.spec.backup_type, "backup job created");
+                        ctx.expected.created(ns, name, created);
+                        Ok(())
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                    Err(source) => Err(Error::Write {
+                        what: format!("BackupJob {}", job.name_any()),
+                        source,
+                    }),
+                }
+            }
+        }));
+        let deletes = futures::future::join_all(prune.iter().map(|(job, uid)| {
+            let (api, ctx, ns, name) = (&job_api, &ctx, &ns, &name);
+            async move {
+                let params = kube::api::DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                match api.delete(job, &params).await {
+                    Ok(_) => ctx.expected.deleted(ns, name, job),
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                        ctx.expected.deleted(ns, name, job)
+                    }
+                    // History is best effort: the next reconcile tries again.
+                    Err(e) => warn!(%job, error = %e, "deleting an old BackupJob failed"),
+                }
+            }
+        }));
+        let store_ops = async {
+            let Some(ep) = &endpoint else { return };
+            for (host, dataset, id) in &plan.archive {
+                match ctx.store.archive(ep, host, dataset, id).await {
+                    Ok(()) => ctx.catalogues.invalidate(ep, host).await,
+                    Err(e) => {
+                        warn!(%host, %dataset, %id, error = %e, "archiving failed; will retry")
+                    }
+                }
+            }
+            for (host, dataset, id) in &plan.delete {
+                match ctx.store.delete(ep, host, dataset, id).await {
+                    Ok(()) => {
+                        info!(%host, %dataset, %id, "expired backup deleted");
+                        ctx.catalogues.invalidate(ep, host).await;
+                    }
+                    Err(e) => {
+                        warn!(%host, %dataset, %id, error = %e, "deleting failed; will retry")
+                    }
+                }
+            }
+        };
+        let status_write = async {
+            if status_changed {
+                status::apply(&ctx, obj.as_ref(), Self::KIND, &status).await
+            } else {
+                Ok(())
+            }
+        };
+        let events =
+            publish_violation_events(&ctx, &obj, &current.violations, &plan.status.violations);
+        let (created, _, _, written, _) =
+            tokio::join!(creates, deletes, store_ops, status_write, events);
+
+        ctx.metrics
+            .set_violators(&ns, &name, i64::from(plan.status.violators));
+        ctx.metrics.set_policy_backups(
+            &ns,
+            &name,
+            obj.spec.target.host.as_str(),
+            plan.status.bytes_stored,
+            &plan.last_backups,
+        );
+        for r in created {
+            r?;
+        }
+        written?;
         let wait = requeue_after(plan.wake_at, now);
         Ok(Action::requeue(wait))
     }
@@ -658,7 +845,7 @@ mod tests {
     use super::*;
     use crate::api::zfs_host::{DatasetStatus, ZfsHostSpec, ZfsHostStatus};
     use crate::api::{BackupPolicySpec, common::DatasetSelector};
-    use crate::store::{Manifest, StoredBackup};
+    use crate::store::{self, Manifest, StoredBackup};
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
@@ -746,12 +933,13 @@ mod tests {
     ) -> Plan {
         let p = policy();
         let rules = PolicyRules::from_spec(&p.spec).unwrap();
+        let view = catalogue.map(StoreView::from_store);
         plan(&Inputs {
             policy: &p,
             rules: &rules,
             hosts,
             jobs: &[],
-            catalogue,
+            catalogue: view.as_ref(),
             host_stale_after: Duration::from_secs(60),
             backup_now,
             now: ts(now),

@@ -1,8 +1,18 @@
 //! Prometheus metrics and the health endpoints of the controller.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
+
+use jiff::Timestamp;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::api::{BackupJob, JobPhase};
 
 use axum::Router;
 use axum::extract::State;
@@ -28,6 +38,122 @@ pub struct PolicyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub namespace: String,
+    pub policy: String,
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct PhaseLabel {
+    namespace: String,
+    policy: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct DatasetLabel {
+    namespace: String,
+    policy: String,
+    host: String,
+    dataset: String,
+}
+
+/// (host, dataset) → newest stored backup.
+type NewestBackups = BTreeMap<(String, String), Timestamp>;
+
+/// Metrics computed at scrape time from what the controller holds: BackupJobs by phase (from
+/// the job watch cache) and seconds since each dataset's newest backup (`now - newest`, so
+/// the value is exact at every scrape, not as old as the last reconcile; a timestamp gauge
+/// would need `time() - x` in every query and alert).
+#[derive(Debug, Default)]
+struct Live {
+    jobs: Mutex<Option<Store<BackupJob>>>,
+    /// (namespace, policy) → (host, dataset) → newest backup, replaced by each reconcile.
+    newest: Mutex<HashMap<(String, String), NewestBackups>>,
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(jobs) = jobs {
+            let mut counts: BTreeMap<PhaseLabel, i64> = BTreeMap::new();
+            for j in jobs.state() {
+                let phase = j.status.as_ref().map(|s| s.phase).unwrap_or_default();
+                let policy = j
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(super::backup_policy::POLICY_LABEL))
+                    .cloned()
+                    .unwrap_or_default();
+                let key = PhaseLabel {
+                    namespace: j.metadata.namespace.clone().unwrap_or_default(),
+                    policy,
+                    phase: format!("{phase:?}"),
+                };
+                *counts.entry(key).or_default() += 1;
+            }
+            // Every phase of every policy seen, so a phase that empties reads 0, not absent.
+            let policies: Vec<(String, String)> = counts
+                .keys()
+                .map(|k| (k.namespace.clone(), k.policy.clone()))
+                .collect();
+            for (namespace, policy) in policies {
+                for phase in [
+                    JobPhase::Pending,
+                    JobPhase::Running,
+                    JobPhase::Succeeded,
+                    JobPhase::Failed,
+                ] {
+                    counts
+                        .entry(PhaseLabel {
+                            namespace: namespace.clone(),
+                            policy: policy.clone(),
+                            phase: format!("{phase:?}"),
+                        })
+                        .or_default();
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                "backup_jobs",
+                "BackupJobs by policy and phase (finished ones as kept by jobHistory)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (labels, n) in &counts {
+                ConstGauge::new(*n).encode(family.encode_family(labels)?)?;
+            }
+        }
+        let now = Timestamp::now();
+        let newest = self.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut family = encoder.encode_descriptor(
+            "seconds_since_last_backup",
+            "Seconds since the newest stored backup of each covered dataset (datasets without any backup are absent; see violators)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((namespace, policy), datasets) in newest.iter() {
+            for ((host, dataset), at) in datasets {
+                let labels = DatasetLabel {
+                    namespace: namespace.clone(),
+                    policy: policy.clone(),
+                    host: host.clone(),
+                    dataset: dataset.clone(),
+                };
+                let age = now.duration_since(*at).as_secs_f64().max(0.0);
+                ConstGauge::new(age).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub kind: String,
     pub result: String,
@@ -41,6 +167,8 @@ pub struct Metrics {
     status_writes: Family<KindLabel, Counter>,
     leader: Gauge,
     violators: Family<PolicyLabel, Gauge>,
+    bytes_stored: Family<TargetLabel, Gauge>,
+    live: Arc<Live>,
     is_leader: AtomicBool,
 }
 
@@ -75,6 +203,14 @@ impl Default for Metrics {
             status_writes.clone(),
         );
         registry.register("leader", "1 when this replica leads", leader.clone());
+        let bytes_stored = Family::<TargetLabel, Gauge>::default();
+        registry.register(
+            "bytes_stored",
+            "Bytes of the backups a policy keeps on its target (live and archived)",
+            bytes_stored.clone(),
+        );
+        let live = Arc::new(Live::default());
+        registry.register_collector(Box::new(live.clone()));
         Self {
             registry,
             reconciles,
@@ -82,6 +218,8 @@ impl Default for Metrics {
             status_writes,
             leader,
             violators,
+            bytes_stored,
+            live,
             is_leader: AtomicBool::new(false),
         }
     }
@@ -141,6 +279,46 @@ impl Metrics {
                 policy: policy.into(),
             })
             .set(count);
+    }
+
+    /// BackupJobs by phase are counted from this cache at every scrape.
+    pub fn watch_jobs(&self, jobs: Store<BackupJob>) {
+        *self
+            .live
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(jobs);
+    }
+
+    /// What one reconcile of a policy found: bytes stored on its target (`None`: the store
+    /// could not be read; the last value stays) and each dataset's newest backup (replacing
+    /// the policy's previous list, so datasets no longer covered disappear).
+    pub fn set_policy_backups(
+        &self,
+        namespace: &str,
+        policy: &str,
+        target: &str,
+        bytes_stored: Option<u64>,
+        newest: &[(String, String, Timestamp)],
+    ) {
+        if let Some(b) = bytes_stored {
+            self.bytes_stored
+                .get_or_create(&TargetLabel {
+                    namespace: namespace.into(),
+                    policy: policy.into(),
+                    target: target.into(),
+                })
+                .set(i64::try_from(b).unwrap_or(i64::MAX));
+            let map = newest
+                .iter()
+                .map(|(h, d, t)| ((h.clone(), d.clone()), *t))
+                .collect();
+            self.live
+                .newest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert((namespace.into(), policy.into()), map);
+        }
     }
 
     pub fn set_leader(&self, leading: bool) {

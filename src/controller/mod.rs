@@ -44,6 +44,15 @@ pub struct Context {
     pub recorder: kube::runtime::events::Recorder,
     /// Every ZfsHost, kept current by one shared watch (reconcilers read it, never list).
     pub hosts: reflector::Store<crate::api::ZfsHost>,
+    /// Every BackupJob a policy created, kept current by one shared watch (never listed).
+    pub jobs: reflector::Store<crate::api::BackupJob>,
+    /// Job changes, after they reached `jobs`: the BackupPolicy controller takes it once to
+    /// re-evaluate a job's policy (so a reconcile never reads a job older than its trigger).
+    pub job_events: Arc<std::sync::Mutex<Option<reflector::ReflectHandle<crate::api::BackupJob>>>>,
+    /// What the controller wrote but its watch has not shown yet (created and deleted jobs).
+    pub expected: Arc<backup_policy::Expectations>,
+    /// Each backup host's catalogue, shared by policies and revalidated, not re-read whole.
+    pub catalogues: Arc<store_client::CatalogueCache>,
 }
 
 /// A reconcile failure, with what was being done.
@@ -157,8 +166,31 @@ async fn lead_and_reconcile(
         .reflect(hosts_writer)
         .for_each(|_| futures::future::ready(())),
     );
+    // BackupJobs: one shared watch (managedFields dropped) feeds the cache reconcilers read
+    // and, through a subscription, the BackupPolicy controller's triggers.
+    let (jobs, jobs_writer) = reflector::store_shared::<crate::api::BackupJob>(1024);
+    let job_events = jobs_writer.subscribe();
+    let job_api = match &options.watch_namespace {
+        Some(ns) => Api::<crate::api::BackupJob>::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let job_watch = tokio::spawn(
+        watcher(
+            job_api,
+            watcher::Config::default()
+                .labels(backup_policy::POLICY_LABEL)
+                .any_semantic(),
+        )
+        .default_backoff()
+        .modify(|job| kube::ResourceExt::managed_fields_mut(job).clear())
+        .reflect_shared(jobs_writer)
+        .for_each(|_| futures::future::ready(())),
+    );
     if hosts.wait_until_ready().await.is_err() {
         anyhow::bail!("the ZfsHost watch ended before its first listing");
+    }
+    if jobs.wait_until_ready().await.is_err() {
+        anyhow::bail!("the BackupJob watch ended before its first listing");
     }
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -173,7 +205,14 @@ async fn lead_and_reconcile(
             },
         ),
         hosts,
+        jobs,
+        job_events: Arc::new(std::sync::Mutex::new(job_events)),
+        expected: Default::default(),
+        catalogues: Arc::new(store_client::CatalogueCache::new(
+            store_client::CATALOGUE_MAX_AGE,
+        )),
     });
+    ctx.metrics.watch_jobs(ctx.jobs.clone());
     let ns = options.watch_namespace.clone();
     let controllers = async {
         tokio::join!(
@@ -191,6 +230,7 @@ async fn lead_and_reconcile(
     }
     metrics.set_leader(false);
     host_watch.abort();
+    job_watch.abort();
     leader.release().await;
     Ok(())
 }
@@ -226,7 +266,7 @@ pub trait Reconciled:
     /// Adds watches of other kinds that should trigger a reconcile of this one (default: none).
     fn also_watch(
         controller: Controller<DeserializeGuard<Self>>,
-        _client: &Client,
+        _ctx: &Context,
         _namespace: Option<&str>,
     ) -> Controller<DeserializeGuard<Self>> {
         controller
@@ -252,7 +292,7 @@ async fn run_kind<K: Reconciled>(ctx: Arc<Context>, namespace: Option<String>) {
         .predicate_filter(spec_or_request, Default::default());
     K::also_watch(
         Controller::for_stream(stream, reader),
-        &ctx.client,
+        &ctx,
         namespace.as_deref(),
     )
     .run(reconcile_guarded::<K>, error_policy::<K>, ctx)

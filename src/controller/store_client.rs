@@ -2,9 +2,15 @@
 //! source of truth), delete expired backups, move backups to the archive area.
 //!
 //! The agent's API (agent/src/store_server.rs), all with `Authorization: Bearer <admin token>`:
-//! * `GET /v1/catalogue?host=H` → the store's [`Catalogue`] for source host H (JSON);
+//! * `GET /v1/catalogue[?host=H]` → the store's [`Catalogue`] (for source host H), JSON, with
+//!   an `ETag`; a request with `If-None-Match: <that tag>` gets `304 Not Modified` and no body
+//!   while the answer would be the same;
 //! * `DELETE /v1/streams/{host}/{escaped dataset}/{id}` → delete one backup;
 //! * `POST /v1/archive/{host}/{escaped dataset}/{id}` → move one backup to `.archive/`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -12,8 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::store::Catalogue;
+use crate::policy;
 use crate::store::layout::escape_dataset;
+use crate::store::{Catalogue, StoredBackup};
 
 /// Why a store request failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +50,12 @@ pub enum StoreClientError {
     Dataset(String),
 }
 
+/// The answer to a possibly conditional request.
+enum Fetched {
+    NotModified,
+    Changed { body: Bytes, etag: Option<String> },
+}
+
 /// An HTTP client for backup hosts' agents.
 #[derive(Clone)]
 pub struct StoreClient {
@@ -70,9 +83,25 @@ impl StoreClient {
     }
 
     async fn call(&self, method: &'static str, url: String) -> Result<Bytes, StoreClientError> {
+        match self.call_if(method, url, None).await? {
+            Fetched::Changed { body, .. } => Ok(body),
+            Fetched::NotModified => Ok(Bytes::new()),
+        }
+    }
+
+    /// A request that may be conditional (`If-None-Match: etag`).
+    async fn call_if(
+        &self,
+        method: &'static str,
+        url: String,
+        etag: Option<&str>,
+    ) -> Result<Fetched, StoreClientError> {
         let mut req = hyper::Request::builder().method(method).uri(&url);
         if let Some(t) = &self.token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if let Some(tag) = etag {
+            req = req.header(hyper::header::IF_NONE_MATCH, tag);
         }
         let req = req
             .body(Full::new(Bytes::new()))
@@ -91,6 +120,14 @@ impl StoreClient {
             .map_err(|_| fail("timed out after 30s".into()))?
             .map_err(|e| fail(e.to_string()))?;
         let status = resp.status();
+        if status == hyper::StatusCode::NOT_MODIFIED && etag.is_some() {
+            return Ok(Fetched::NotModified);
+        }
+        let tag = resp
+            .headers()
+            .get(hyper::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp
             .into_body()
             .collect()
@@ -105,7 +142,21 @@ impl StoreClient {
                 body: String::from_utf8_lossy(&body).chars().take(300).collect(),
             });
         }
-        Ok(body)
+        Ok(Fetched::Changed { body, etag: tag })
+    }
+
+    /// The catalogue at `url` unless it still has tag `etag` (then `None`), with its new tag.
+    async fn catalogue_if(
+        &self,
+        url: String,
+        etag: Option<&str>,
+    ) -> Result<Option<(Catalogue, Option<String>)>, StoreClientError> {
+        match self.call_if("GET", url.clone(), etag).await? {
+            Fetched::NotModified => Ok(None),
+            Fetched::Changed { body, etag } => serde_json::from_slice(&body)
+                .map(|c| Some((c, etag)))
+                .map_err(|source| StoreClientError::Decode { url, source }),
+        }
     }
 
     /// The backups stored for source host `host` on the backup host at `endpoint`.
@@ -160,5 +211,252 @@ impl StoreClient {
     ) -> Result<(), StoreClientError> {
         let url = Self::stream_url(endpoint, "archive", host, dataset, id)?;
         self.call("POST", url).await.map(|_| ())
+    }
+}
+
+/// The controller's copy of a backup host's catalogue is confirmed unchanged (or read again)
+/// at least this often; in between only source hosts with new backups are read again.
+pub const CATALOGUE_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// One dataset's stored backups as the policy logic reads them (or why they cannot be read).
+pub type DatasetCatalogue = Result<policy::Catalogue, policy::CatalogueError>;
+
+/// What one backup host stores for one source host, indexed by dataset.
+#[derive(Debug, Default)]
+pub struct HostCatalogue {
+    datasets: HashMap<String, DatasetCatalogue>,
+    /// Backup ids per dataset (to tell whether a succeeded job's backup is known).
+    ids: HashMap<String, HashSet<String>>,
+}
+
+impl HostCatalogue {
+    fn new<'a>(backups: impl IntoIterator<Item = &'a StoredBackup>) -> Self {
+        let mut by_dataset: HashMap<&str, Vec<&StoredBackup>> = HashMap::new();
+        for b in backups {
+            by_dataset.entry(&b.manifest.dataset).or_default().push(b);
+        }
+        let mut out = HostCatalogue::default();
+        for (ds, list) in by_dataset {
+            out.ids.insert(
+                ds.to_owned(),
+                list.iter().map(|b| b.manifest.id.clone()).collect(),
+            );
+            out.datasets
+                .insert(ds.to_owned(), policy::Catalogue::from_store(list));
+        }
+        out
+    }
+
+    /// Whether backup `id` of `dataset` is stored (live or archived).
+    pub fn has(&self, dataset: &str, id: &str) -> bool {
+        self.ids.get(dataset).is_some_and(|s| s.contains(id))
+    }
+}
+
+/// A read-only view of a backup host's store for the source hosts one policy covers: what
+/// [`super::backup_policy::plan`] reads. Cheap to build (shared, pre-indexed entries).
+#[derive(Debug, Default, Clone)]
+pub struct StoreView {
+    hosts: HashMap<String, Arc<HostCatalogue>>,
+}
+
+static EMPTY: std::sync::LazyLock<DatasetCatalogue> =
+    std::sync::LazyLock::new(|| Ok(policy::Catalogue::default()));
+
+impl StoreView {
+    /// Indexes a whole store catalogue (every source host in it).
+    pub fn from_store(catalogue: &Catalogue) -> Self {
+        let mut by_host: HashMap<&str, Vec<&StoredBackup>> = HashMap::new();
+        for b in &catalogue.backups {
+            by_host.entry(&b.manifest.host).or_default().push(b);
+        }
+        Self {
+            hosts: by_host
+                .into_iter()
+                .map(|(h, list)| (h.to_owned(), Arc::new(HostCatalogue::new(list))))
+                .collect(),
+        }
+    }
+
+    /// The backups of one dataset (empty when none are stored).
+    pub fn dataset(&self, host: &str, dataset: &str) -> &DatasetCatalogue {
+        self.hosts
+            .get(host)
+            .and_then(|h| h.datasets.get(dataset))
+            .unwrap_or(&EMPTY)
+    }
+}
+
+/// One source host's entry in the cache.
+#[derive(Debug, Default)]
+struct HostEntry {
+    catalogue: Arc<HostCatalogue>,
+    /// The tag of the `?host=` answer it came from (`None`: from a whole-store answer).
+    etag: Option<String>,
+    /// Changed by the controller (deletion, archive): read again before use.
+    dirty: bool,
+    /// Backups that succeeded jobs name but that the store did not have when this entry was
+    /// last read (e.g. since expired): not a reason to read it again.
+    missing: HashSet<(String, String)>,
+}
+
+/// One backup host's store as last read.
+#[derive(Debug, Default)]
+struct TargetEntry {
+    /// The whole store's tag and when it was last read or confirmed.
+    whole: Option<(Option<String>, Instant)>,
+    hosts: HashMap<String, HostEntry>,
+}
+
+/// The controller's copy of each backup host's catalogue, shared by all policies (the store
+/// stays the source of truth; this only avoids re-reading it whole on every reconcile).
+///
+/// * Cold, or older than `max_age`: the whole store is read, or confirmed unchanged with a
+///   conditional request (`If-None-Match`, answered 304 without a body); this also picks up
+///   changes made behind the controller's back (a restored file, a manual delete).
+/// * A source host whose entry misses the backup a succeeded BackupJob names, or that the
+///   controller changed (retention, archive), is read again alone (`?host=`, conditional).
+///
+/// Reads of one backup host are serialised, so policies reconciled at once share them.
+#[derive(Debug)]
+pub struct CatalogueCache {
+    max_age: Duration,
+    targets: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<TargetEntry>>>>,
+    /// Requests sent and bodies received (for the metrics).
+    pub requests: std::sync::atomic::AtomicU64,
+    pub not_modified: std::sync::atomic::AtomicU64,
+}
+
+/// A backup a succeeded job says is stored: (source host, dataset, backup id).
+pub type KnownBackup = (String, String, String);
+
+impl CatalogueCache {
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            targets: std::sync::Mutex::new(HashMap::new()),
+            requests: Default::default(),
+            not_modified: Default::default(),
+        }
+    }
+
+    fn target(&self, endpoint: &str) -> Arc<tokio::sync::Mutex<TargetEntry>> {
+        let mut map = self
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(endpoint.to_owned()).or_default().clone()
+    }
+
+    /// Marks a source host's entry as changed by the controller (read again before use).
+    pub async fn invalidate(&self, endpoint: &str, host: &str) {
+        let target = self.target(endpoint);
+        let mut t = target.lock().await;
+        if let Some(h) = t.hosts.get_mut(host) {
+            h.dirty = true;
+        }
+    }
+
+    /// A current view of the store at `endpoint` for `hosts`. `known`: backups succeeded jobs
+    /// name; a host whose entry lacks one is read again.
+    pub async fn view(
+        &self,
+        client: &StoreClient,
+        endpoint: &str,
+        hosts: &[String],
+        known: &[KnownBackup],
+    ) -> Result<StoreView, StoreClientError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let target = self.target(endpoint);
+        let mut t = target.lock().await;
+        let stale = t
+            .whole
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= self.max_age);
+        if stale {
+            let etag = t.whole.as_ref().and_then(|(tag, _)| tag.clone());
+            self.requests.fetch_add(1, Relaxed);
+            let url = format!("http://{endpoint}/v1/catalogue");
+            match client.catalogue_if(url, etag.as_deref()).await? {
+                None => {
+                    self.not_modified.fetch_add(1, Relaxed);
+                    t.whole = Some((etag, Instant::now()));
+                }
+                Some((cat, tag)) => {
+                    let view = StoreView::from_store(&cat);
+                    t.hosts = view
+                        .hosts
+                        .into_iter()
+                        .map(|(h, catalogue)| {
+                            (
+                                h,
+                                HostEntry {
+                                    catalogue,
+                                    ..Default::default()
+                                },
+                            )
+                        })
+                        .collect();
+                    t.whole = Some((tag, Instant::now()));
+                }
+            }
+        }
+        // Hosts to read again: changed by us, or missing a backup a job says is stored.
+        let mut again: HashSet<&str> = HashSet::new();
+        for h in hosts {
+            if t.hosts.get(h).is_some_and(|e| e.dirty) {
+                again.insert(h);
+            }
+        }
+        for (h, ds, id) in known {
+            let Some(e) = t.hosts.get(h.as_str()) else {
+                // A host the whole read did not show: it has backups now.
+                if hosts.iter().any(|x| x == h) {
+                    again.insert(h);
+                }
+                continue;
+            };
+            if !e.catalogue.has(ds, id) && !e.missing.contains(&(ds.clone(), id.clone())) {
+                again.insert(h);
+            }
+        }
+        if !again.is_empty() {
+            let reads = again.into_iter().map(|h| {
+                let etag = t.hosts.get(h).and_then(|e| e.etag.clone());
+                let url = format!("http://{endpoint}/v1/catalogue?host={h}");
+                self.requests.fetch_add(1, Relaxed);
+                async move { (h, client.catalogue_if(url, etag.as_deref()).await) }
+            });
+            let answers = futures::future::join_all(reads).await;
+            let mut fresh = Vec::new();
+            for (h, answer) in answers {
+                fresh.push((h.to_owned(), answer?));
+            }
+            for (h, answer) in fresh {
+                let entry = t.hosts.entry(h.clone()).or_default();
+                match answer {
+                    None => self.not_modified.fetch_add(1, Relaxed),
+                    Some((cat, tag)) => {
+                        entry.catalogue = Arc::new(HostCatalogue::new(
+                            cat.backups.iter().filter(|b| b.manifest.host == h),
+                        ));
+                        entry.etag = tag;
+                        0
+                    }
+                };
+                entry.dirty = false;
+                entry.missing = known
+                    .iter()
+                    .filter(|(kh, ds, id)| *kh == h && !entry.catalogue.has(ds, id))
+                    .map(|(_, ds, id)| (ds.clone(), id.clone()))
+                    .collect();
+            }
+        }
+        Ok(StoreView {
+            hosts: hosts
+                .iter()
+                .filter_map(|h| t.hosts.get(h).map(|e| (h.clone(), e.catalogue.clone())))
+                .collect(),
+        })
     }
 }

@@ -6,7 +6,9 @@
 //!   next backup becomes due (so the controller can requeue on a timer);
 //! * **what has expired and what moves to the archive** ([`plan_retention`]);
 //! * **who violates the policy and why** ([`violations`]);
-//! * **which backups a restore applies** ([`Catalogue::restore_chain`]).
+//! * **which backups a restore applies** ([`Catalogue::restore_chain`]);
+//! * **which finished BackupJobs may go** ([`prune_history`]) and what the kept ones say
+//!   ([`JobState::from_history`]).
 //!
 //! Everything here is a plain function of its inputs: no I/O, no clock, no Kubernetes client.
 //! The controller gathers the inputs (ZfsHost status, the catalogue rebuilt from the store's
@@ -20,6 +22,7 @@
 
 mod archive;
 mod catalogue;
+mod history;
 mod retention;
 mod schedule;
 mod violations;
@@ -35,6 +38,7 @@ use crate::duration::{DurationError, Retention, format_duration};
 pub use crate::api::backup_job::BackupType as BackupKind;
 pub use crate::api::backup_policy::{IncrementalBase, ViolationReason};
 pub use catalogue::{BackupRecord, Catalogue, CatalogueError, ChainError, RestoreTarget};
+pub use history::{FAILURE_RUN_KEPT, HistoryLimits, JobRecord, Outcome, prune_history};
 pub use retention::{RetentionPlan, plan_retention, retained_by_rule};
 pub use schedule::{
     BaseRef, DueBackup, DuePlan, DueReason, Hold, next_backup, plan_due, retry_backoff,

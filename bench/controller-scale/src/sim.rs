@@ -2,7 +2,8 @@
 //!
 //! It creates N ZfsHosts with a realistic status (one pool, 20 datasets with snapshots,
 //! `lastSeen`, conditions) and refreshes that status periodically as an agent would; it serves
-//! `GET /v1/catalogue` from an in-memory store (bearer token), as the backup host's agent does;
+//! `GET /v1/catalogue[?host=H]` from an in-memory store (bearer token, `ETag` and 304 on
+//! `If-None-Match`), as the backup host's agent does;
 //! and it watches BackupJobs, completing each at once (the manifest goes into its catalogue
 //! first, then the job is marked Succeeded through the status subresource).
 
@@ -42,6 +43,8 @@ pub struct Simulator {
     pub jobs_completed: AtomicU64,
     pub catalogue_requests: AtomicU64,
     pub catalogue_bytes_last: AtomicU64,
+    pub catalogue_bytes_total: AtomicU64,
+    pub catalogue_not_modified: AtomicU64,
     pub errors: AtomicU64,
 }
 
@@ -120,6 +123,8 @@ impl Simulator {
             jobs_completed: AtomicU64::new(0),
             catalogue_requests: AtomicU64::new(0),
             catalogue_bytes_last: AtomicU64::new(0),
+            catalogue_bytes_total: AtomicU64::new(0),
+            catalogue_not_modified: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
     }
@@ -178,10 +183,27 @@ impl Simulator {
             sim.catalogue_requests.fetch_add(1, Ordering::Relaxed);
             match sim.catalogue_json(q.get("host").map(String::as_str)) {
                 Ok(body) => {
+                    // As the agent: an ETag over the body, 304 when If-None-Match names it.
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    body.hash(&mut h);
+                    let etag = format!("\"{:016x}\"", h.finish());
+                    if headers
+                        .get(header::IF_NONE_MATCH)
+                        .and_then(|v| v.to_str().ok())
+                        == Some(etag.as_str())
+                    {
+                        sim.catalogue_not_modified.fetch_add(1, Ordering::Relaxed);
+                        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+                    }
                     sim.catalogue_bytes_last
                         .store(body.len() as u64, Ordering::Relaxed);
+                    sim.catalogue_bytes_total
+                        .fetch_add(body.len() as u64, Ordering::Relaxed);
                     (
-                        [(header::CONTENT_TYPE, "application/json")],
+                        [
+                            (header::CONTENT_TYPE, "application/json".to_string()),
+                            (header::ETAG, etag),
+                        ],
                         body.as_ref().clone(),
                     )
                         .into_response()
