@@ -246,3 +246,416 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over() {
     }
     let _ = (&mut follower.task).await;
 }
+
+/// A stand-in for the backup host's agent store API (the controller's side of the contract:
+/// `GET /v1/catalogue[?host=H]` with a bearer token, `ETag`, 304 on `If-None-Match`), served
+/// from memory so that this test can check the controller alone. The real agent's handler is
+/// tested in `agent/` and end to end in `backup_flow.rs`.
+struct StubStore {
+    backups: std::sync::Mutex<Vec<zetaback::store::StoredBackup>>,
+    whole_reads: std::sync::atomic::AtomicU64,
+    host_reads: std::sync::atomic::AtomicU64,
+    not_modified: std::sync::atomic::AtomicU64,
+}
+
+impl StubStore {
+    fn body(&self, host: Option<&str>) -> Vec<u8> {
+        let backups = self.backups.lock().expect("lock");
+        let cat = zetaback::store::Catalogue {
+            backups: backups
+                .iter()
+                .filter(|b| host.is_none_or(|h| b.manifest.host == h))
+                .cloned()
+                .collect(),
+            problems: Vec::new(),
+        };
+        serde_json::to_vec(&cat).expect("json")
+    }
+
+    async fn serve(self: std::sync::Arc<Self>, listener: tokio::net::TcpListener) {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let header = |name: &str| {
+                    head.lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.trim().to_owned())
+                };
+                let reply = if header("authorization").as_deref() != Some("Bearer admin-token") {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .as_bytes()
+                        .to_vec()
+                } else {
+                    let host = path.split_once("?host=").map(|(_, h)| h.to_owned());
+                    match host {
+                        Some(_) => me.host_reads.fetch_add(1, Relaxed),
+                        None => me.whole_reads.fetch_add(1, Relaxed),
+                    };
+                    let body = me.body(host.as_deref());
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    body.hash(&mut h);
+                    let etag = format!("\"{:016x}\"", h.finish());
+                    if header("if-none-match").as_deref() == Some(etag.as_str()) {
+                        me.not_modified.fetch_add(1, Relaxed);
+                        format!(
+                            "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n"
+                        )
+                        .into_bytes()
+                    } else {
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(&body);
+                        r
+                    }
+                };
+                let _ = sock.write_all(&reply).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    }
+}
+
+fn dataset(name: &str, class: Option<&str>, snapshots: &[String]) -> serde_json::Value {
+    serde_json::json!({"name": name, "class": class, "snapshots": snapshots})
+}
+
+/// Selection by class, BackupJob history retention and the backup metrics, against the real
+/// apiserver: a policy selecting classes `gold` and "" (no class) covers tank/a (gold) and
+/// tank/c (no class) but never tank/b (silver); the test completes each job as an agent would
+/// (manifest in the store, then status Succeeded); the controller keeps one succeeded job per
+/// dataset (`jobHistory` default) and its /metrics agree with the API and the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classes_job_history_and_backup_metrics() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use zetaback::api::{BackupJob, BackupType, JobPhase, ZfsHost};
+
+    let env = Env::get();
+    let ns = env.namespace("ctl-metrics");
+    let client = env.client().await;
+    let stub = Arc::new(StubStore {
+        backups: Default::default(),
+        whole_reads: Default::default(),
+        host_reads: Default::default(),
+        not_modified: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = listener.local_addr().expect("addr").to_string();
+    let server = tokio::spawn(stub.clone().serve(listener));
+
+    // Two ZfsHosts (cluster-scoped, named after the namespace): a source and the backup host.
+    let hosts: Api<ZfsHost> = Api::all(client.clone());
+    let (src, bak) = (format!("{ns}-src"), format!("{ns}-bak"));
+    let snapshots: Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>> = Default::default();
+    let report = {
+        let (hosts, src, bak, endpoint, snapshots) = (
+            hosts.clone(),
+            src.clone(),
+            bak.clone(),
+            endpoint.clone(),
+            snapshots.clone(),
+        );
+        move || {
+            let (hosts, src, bak, endpoint, snapshots) = (
+                hosts.clone(),
+                src.clone(),
+                bak.clone(),
+                endpoint.clone(),
+                snapshots.clone(),
+            );
+            async move {
+                let snaps = snapshots.lock().expect("lock").clone();
+                let s = |d: &str| snaps.get(d).cloned().unwrap_or_default();
+                let now = jiff::Timestamp::now();
+                for (name, datasets) in [
+                    (
+                        &src,
+                        vec![
+                            dataset("tank/a", Some("gold"), &s("tank/a")),
+                            dataset("tank/b", Some("silver"), &s("tank/b")),
+                            dataset("tank/c", None, &s("tank/c")),
+                        ],
+                    ),
+                    (&bak, vec![]),
+                ] {
+                    let status = serde_json::json!({"status": {
+                        "lastSeen": now, "agentEndpoint": endpoint, "datasets": datasets}});
+                    hosts
+                        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await
+                        .expect("host status");
+                }
+            }
+        }
+    };
+    for name in [&src, &bak] {
+        let host: ZfsHost = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zetaback.io/v1alpha1", "kind": "ZfsHost",
+            "metadata": {"name": name}, "spec": {"nodeName": name}
+        }))
+        .expect("host");
+        hosts
+            .create(&PostParams::default(), &host)
+            .await
+            .expect("create host");
+    }
+    report().await;
+
+    let port = free_port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let options = zetaback::controller::Options {
+        store_token: Some("admin-token".into()),
+        watch_namespace: Some(ns.clone()),
+        ..zetaback::controller::Options::new(&ns, "only", ([127, 0, 0, 1], port).into())
+    };
+    let task = tokio::spawn(zetaback::controller::run(client.clone(), options, async {
+        let _ = stopped.await;
+    }));
+
+    let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
+        "hosts": {"names": [src]},
+        "datasets": {"include": ["tank/**"], "classes": ["gold", ""]},
+        "full": {"every": "1h", "keep": "1d"},
+        "incremental": {"every": "3s", "keep": "1h"},
+        "target": {"host": bak, "path": "/var/lib/zetaback"},
+        "concurrency": {"perHost": 2, "perTarget": 4}
+    }))
+    .expect("spec");
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
+    policies
+        .create(&PostParams::default(), &BackupPolicy::new("classes", spec))
+        .await
+        .expect("create policy");
+
+    // The agent's part: complete every Pending job (the store first, then the job), and
+    // report the new snapshot, until told to stop.
+    let jobs: Api<BackupJob> = Api::namespaced(client.clone(), &ns);
+    let seen: Arc<std::sync::Mutex<BTreeMap<String, u32>>> = Default::default();
+    let completing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let completer = {
+        let (jobs, stub, seen, completing, snapshots) = (
+            jobs.clone(),
+            stub.clone(),
+            seen.clone(),
+            completing.clone(),
+            snapshots.clone(),
+        );
+        let report = report.clone();
+        tokio::spawn(async move {
+            let mut done = BTreeSet::new();
+            while completing.load(Relaxed) {
+                let list = jobs
+                    .list(&Default::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default();
+                let mut changed = false;
+                for job in list {
+                    let name = job.metadata.name.clone().unwrap_or_default();
+                    let phase = job.status.as_ref().map(|s| s.phase).unwrap_or_default();
+                    if phase != JobPhase::Pending || !done.insert(name.clone()) {
+                        continue;
+                    }
+                    let ds = job.spec.dataset.0.clone();
+                    *seen.lock().expect("lock").entry(ds.clone()).or_default() += 1;
+                    let ts: i64 = job
+                        .spec
+                        .snapshot
+                        .rsplit('-')
+                        .next()
+                        .and_then(|t| t.parse().ok())
+                        .expect("snapshot zetaback-<ts>");
+                    let base_ts = job
+                        .spec
+                        .base_snapshot
+                        .as_deref()
+                        .and_then(|b| b.rsplit('-').next())
+                        .and_then(|t| t.parse::<i64>().ok());
+                    let id = match (job.spec.backup_type, base_ts) {
+                        (BackupType::Incremental, Some(b)) => format!("{ts}.incremental.{b}"),
+                        _ => format!("{ts}.full"),
+                    };
+                    let bytes = 1000 + u64::try_from(ts % 1000).expect("positive");
+                    stub.backups
+                        .lock()
+                        .expect("lock")
+                        .push(zetaback::store::StoredBackup {
+                            manifest: zetaback::store::Manifest {
+                                version: zetaback::store::MANIFEST_VERSION,
+                                id: id.clone(),
+                                host: job.spec.host.0.clone(),
+                                dataset: ds.clone(),
+                                snapshot: job.spec.snapshot.clone(),
+                                base_snapshot: job.spec.base_snapshot.clone(),
+                                backup_type: job.spec.backup_type,
+                                bytes,
+                                sha256: "0".repeat(64),
+                                compression: job.spec.compression,
+                                created: jiff::Timestamp::from_second(ts).expect("ts"),
+                            },
+                            archived: false,
+                        });
+                    snapshots
+                        .lock()
+                        .expect("lock")
+                        .entry(ds)
+                        .or_default()
+                        .push(job.spec.snapshot.clone());
+                    changed = true;
+                    let status = serde_json::json!({"status": {
+                        "phase": "Succeeded", "bytes": bytes, "backupId": id,
+                        "sha256": "0".repeat(64), "finishedAt": jiff::Timestamp::now(),
+                        "attempts": 1}});
+                    jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await
+                        .expect("job status");
+                }
+                if changed {
+                    report().await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+
+    // Several backups of each covered dataset.
+    eventually(
+        "4 jobs for tank/a and tank/c",
+        Duration::from_secs(90),
+        || async {
+            let s = seen.lock().expect("lock").clone();
+            (s.get("tank/a").copied().unwrap_or(0) >= 4
+                && s.get("tank/c").copied().unwrap_or(0) >= 4)
+                .then_some(())
+        },
+    )
+    .await;
+    completing.store(false, Relaxed);
+    completer.await.expect("completer");
+    let seen = seen.lock().expect("lock").clone();
+    println!("jobs completed per dataset: {seen:?}");
+    assert!(
+        !seen.contains_key("tank/b"),
+        "tank/b is silver: never backed up"
+    );
+
+    // History: one succeeded job per dataset is kept (jobHistory.successful defaults to 1).
+    let kept = eventually(
+        "history pruned to 1 per dataset",
+        Duration::from_secs(30),
+        || async {
+            let list = jobs.list(&Default::default()).await.ok()?.items;
+            let mut per: BTreeMap<String, usize> = BTreeMap::new();
+            for j in &list {
+                if j.status.as_ref().map(|s| s.phase) == Some(JobPhase::Succeeded) {
+                    *per.entry(j.spec.dataset.0.clone()).or_default() += 1;
+                }
+            }
+            (per.values().all(|&n| n == 1) && per.len() == 2).then_some((per, list.len()))
+        },
+    )
+    .await;
+    println!("BackupJobs left: {kept:?}");
+
+    let status = policies
+        .get("classes")
+        .await
+        .expect("policy")
+        .status
+        .expect("status");
+    assert_eq!(status.datasets, 2, "tank/a (gold) and tank/c (no class)");
+    let stored: u64 = stub
+        .backups
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|b| b.manifest.bytes)
+        .sum();
+
+    // Metrics agree with the API and the store.
+    let m = eventually("metrics settle", Duration::from_secs(30), || async {
+        let m = http_get(port, "/metrics").await.ok()?;
+        let succeeded = metric(
+            &m,
+            &format!(
+                "zetaback_controller_backup_jobs{{namespace=\"{ns}\",policy=\"classes\",phase=\"Succeeded\"}}"
+            ),
+        );
+        let bytes = metric(
+            &m,
+            &format!(
+                "zetaback_controller_bytes_stored{{namespace=\"{ns}\",policy=\"classes\",target=\"{bak}\"}}"
+            ),
+        );
+        (succeeded == Some(2.0) && bytes == Some(stored as f64)).then_some(m)
+    })
+    .await;
+    let pending = metric(
+        &m,
+        &format!(
+            "zetaback_controller_backup_jobs{{namespace=\"{ns}\",policy=\"classes\",phase=\"Pending\"}}"
+        ),
+    );
+    assert_eq!(pending, Some(0.0), "no job is left pending");
+    let since = |ds: &str| {
+        metric(
+            &m,
+            &format!(
+                "zetaback_controller_seconds_since_last_backup{{namespace=\"{ns}\",policy=\"classes\",host=\"{src}\",dataset=\"{ds}\"}}"
+            ),
+        )
+    };
+    for ds in ["tank/a", "tank/c"] {
+        let age = since(ds).unwrap_or_else(|| panic!("no seconds_since_last_backup for {ds}"));
+        assert!(
+            (0.0..60.0).contains(&age),
+            "{ds}: {age} s since its newest backup"
+        );
+    }
+    assert_eq!(since("tank/b"), None, "tank/b is not covered");
+    assert_eq!(status.bytes_stored, Some(stored));
+    // The catalogue was read whole once (plus a revalidation at most), then per host.
+    let (whole, per_host) = (
+        stub.whole_reads.load(Relaxed),
+        stub.host_reads.load(Relaxed),
+    );
+    println!(
+        "catalogue reads: whole {whole}, ?host= {per_host}, 304 {}",
+        stub.not_modified.load(Relaxed)
+    );
+    assert!(
+        whole <= 3,
+        "the whole catalogue is not re-read per reconcile"
+    );
+    assert!(per_host >= 1, "new backups are read per host");
+
+    let _ = stop.send(());
+    task.await.expect("join").expect("controller ends cleanly");
+    server.abort();
+    for name in [&src, &bak] {
+        let _ = hosts.delete(name, &Default::default()).await;
+    }
+}
