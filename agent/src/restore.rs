@@ -85,6 +85,10 @@ pub enum RestoreError {
         dataset: String,
         snapshot: String,
     },
+    #[error("{0}")]
+    Chain(#[from] zetaback::policy::ChainError),
+    #[error("the stored backups are inconsistent: {0}")]
+    Catalogue(#[from] zetaback::policy::CatalogueError),
     #[error("the backup host is unreachable: {0}")]
     Unreachable(String),
     #[error("kubernetes: {0}")]
@@ -97,7 +101,12 @@ impl RestoreError {
         match self {
             RestoreError::ChecksumMismatch { .. } => "ChecksumMismatch",
             RestoreError::Exists(_) => "DestinationExists",
-            RestoreError::PieceMissing { .. } => "ChainBroken",
+            RestoreError::PieceMissing { .. }
+            | RestoreError::Catalogue(_)
+            | RestoreError::Chain(zetaback::policy::ChainError::ChainBroken { .. }) => {
+                "ChainBroken"
+            }
+            RestoreError::Chain(_) => "NotFound",
             RestoreError::Unreachable(_) | RestoreError::Transfer(_) => "StoreUnreachable",
             RestoreError::SnapshotMissing { .. } => "SnapshotMissing",
             RestoreError::Zfs(_) | RestoreError::Copy(_) => "ReceiveFailed",
@@ -432,9 +441,32 @@ pub struct ChainRequest {
     pub verify: bool,
 }
 
+/// How many pieces at the start of the chain are already on an existing destination (their
+/// snapshots exist there, in order): what an interrupted restore of the same chain received.
+async fn already_received(zfs: &Zfs, into: &str, pieces: &[PieceRequest]) -> usize {
+    let mut n = 0;
+    for p in pieces {
+        if p.snapshot.is_empty() || zfs.snapshot_info(into, &p.snapshot).await.is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Applies a chain in order into `req.into`, creating missing parents; `on_piece` is told
 /// after each piece (its index and sha256). On a failure, a destination this call created
 /// is destroyed again.
+///
+/// With `force` and an existing destination that already holds the first pieces of the chain
+/// (a restore of the same chain that was interrupted, e.g. by a crash of this agent), those
+/// pieces are not sent again: the rest is received with `-F` on top of them (ZFS applies an
+/// incremental only onto the exact snapshot it was taken from, by guid, so a same-named but
+/// different snapshot makes the receive fail rather than mix data). Pieces already there
+/// were verified when they were received (nothing unverified reaches `zfs receive`), and
+/// `on_piece` is told about them too, with an empty checksum. A full stream cannot replace
+/// a dataset that has snapshots (`zfs receive -F` refuses), so a forced restore onto an
+/// unrelated dataset with snapshots fails with ZFS's message.
 pub async fn apply_chain(
     zfs: &Zfs,
     src: &Source,
@@ -446,6 +478,18 @@ pub async fn apply_chain(
     if existed && !req.force {
         return Err(RestoreError::Exists(req.into.clone()));
     }
+    let skip = if existed {
+        already_received(zfs, &req.into, &req.pieces).await
+    } else {
+        0
+    };
+    if skip > 0 {
+        info!(
+            dataset = %req.into,
+            pieces = skip,
+            "the destination already holds the first pieces of the chain; continuing after them"
+        );
+    }
     if let Some(parent) = parent_to_create(&req.into)
         && !zfs.dataset_exists(parent).await?
     {
@@ -455,7 +499,11 @@ pub async fn apply_chain(
     let client = transfer::client();
     let mut bytes = 0;
     let mut applied = Vec::new();
-    for (i, piece) in req.pieces.iter().enumerate() {
+    for (i, piece) in req.pieces.iter().enumerate().take(skip) {
+        applied.push(piece.id.clone());
+        on_piece(i, "");
+    }
+    for (i, piece) in req.pieces.iter().enumerate().skip(skip) {
         let receive = ReceiveRequest {
             target: req.into.clone(),
             // -F: replacing an existing dataset (force), or an incremental onto the dataset
@@ -491,6 +539,39 @@ pub async fn apply_chain(
     })
 }
 
+/// The pieces that restore backup `id` of `host:dataset`, in order, resolved by the policy
+/// catalogue (the controller resolves Restores with the same code), live and archived
+/// backups alike; each piece carries the sha256 of its manifest (the live copy's when a
+/// backup is in both areas).
+pub fn chain_pieces(
+    cat: &Catalogue,
+    host: &str,
+    dataset: &str,
+    id: &str,
+) -> Result<Vec<PieceRequest>, RestoreError> {
+    let stored = zetaback::policy::Catalogue::from_store(cat.of(host, dataset))?;
+    let chain = stored.restore_chain(&zetaback::policy::RestoreTarget::Id(id.to_owned()))?;
+    chain
+        .iter()
+        .map(|r| {
+            let manifest = cat
+                .of(host, dataset)
+                .filter(|b| b.manifest.id == r.id)
+                .min_by_key(|b| b.archived)
+                .map(|b| &b.manifest)
+                .ok_or_else(|| RestoreError::PieceMissing {
+                    id: r.id.clone(),
+                    message: "no manifest in the catalogue".into(),
+                })?;
+            Ok(PieceRequest {
+                id: r.id.clone(),
+                snapshot: r.snapshot.clone(),
+                sha256: Some(manifest.sha256.clone()),
+            })
+        })
+        .collect()
+}
+
 /// Restores backup `id` of `host:dataset` into the dataset `into` (the agent's `restore`
 /// subcommand: no Kubernetes).
 pub async fn restore(
@@ -503,16 +584,8 @@ pub async fn restore(
     force: bool,
 ) -> Result<Restored, RestoreError> {
     let cat = catalogue(endpoint, host).await?;
-    let chain = cat.restore_chain(host, dataset, id)?;
     let req = ChainRequest {
-        pieces: chain
-            .iter()
-            .map(|b| PieceRequest {
-                id: b.manifest.id.clone(),
-                snapshot: b.manifest.snapshot.clone(),
-                sha256: Some(b.manifest.sha256.clone()),
-            })
-            .collect(),
+        pieces: chain_pieces(&cat, host, dataset, id)?,
         into: into.to_owned(),
         force,
         verify: true,
@@ -642,7 +715,7 @@ impl RestoreRunner {
             }
             let st = r.status.clone().unwrap_or_default();
             let message = format!(
-                "interrupted: the agent restarted while this restore ran; {} may hold a partial restore (create a new Restore with force: true to replace it)",
+                "interrupted: the agent restarted while this restore ran; {} may hold a partial restore (a new Restore of the same source with force: true continues after the pieces it holds)",
                 r.spec.destination.dataset.as_str()
             );
             let patch = serde_json::json!({"status": {
@@ -929,6 +1002,64 @@ mod tests {
             "h@n"
         ));
         assert!(!is_orphaned(&restore("h", Some(running)), "h", "other"));
+    }
+
+    fn stored(id: &str, base: Option<&str>, archived: bool) -> zetaback::store::StoredBackup {
+        let sid: zetaback::store::StreamId = id.parse().expect("id");
+        zetaback::store::StoredBackup {
+            manifest: zetaback::store::Manifest {
+                version: zetaback::store::MANIFEST_VERSION,
+                id: id.to_owned(),
+                host: "h".into(),
+                dataset: "tank/a".into(),
+                snapshot: format!("zetaback-{}", sid.ts()),
+                base_snapshot: base.map(str::to_owned),
+                backup_type: sid.backup_type(),
+                bytes: 10,
+                sha256: format!("{:064x}", sid.ts() * 2 + i64::from(archived)),
+                compression: Compression::None,
+                created: jiff::Timestamp::from_second(sid.ts()).expect("ts"),
+            },
+            archived,
+        }
+    }
+
+    #[test]
+    fn chain_pieces_follow_the_policy_catalogue() {
+        let cat = Catalogue {
+            backups: vec![
+                stored("100.full", None, true),
+                stored("100.full", None, false),
+                stored("200.incremental.100", Some("zetaback-100"), true),
+                stored("300.incremental.200", Some("zetaback-200"), false),
+                stored("400.incremental.100", Some("zetaback-100"), false),
+            ],
+            problems: vec![],
+        };
+        let pieces = chain_pieces(&cat, "h", "tank/a", "300.incremental.200").expect("chain");
+        let ids: Vec<_> = pieces.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["100.full", "200.incremental.100", "300.incremental.200"]
+        );
+        assert_eq!(pieces[1].snapshot, "zetaback-200");
+        // The live copy's checksum when a backup is in both areas; the archived one else.
+        assert_eq!(pieces[0].sha256, Some(format!("{:064x}", 200)));
+        assert_eq!(pieces[1].sha256, Some(format!("{:064x}", 401)));
+        let pieces = chain_pieces(&cat, "h", "tank/a", "400.incremental.100").expect("chain");
+        assert_eq!(pieces.len(), 2);
+
+        let broken = Catalogue {
+            backups: vec![
+                stored("100.full", None, false),
+                stored("300.incremental.200", Some("zetaback-200"), false),
+            ],
+            problems: vec![],
+        };
+        let e = chain_pieces(&broken, "h", "tank/a", "300.incremental.200").expect_err("broken");
+        assert_eq!(e.reason(), "ChainBroken", "{e}");
+        let e = chain_pieces(&broken, "h", "tank/a", "999.full").expect_err("missing");
+        assert_eq!(e.reason(), "NotFound", "{e}");
     }
 
     #[test]

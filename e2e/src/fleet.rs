@@ -355,6 +355,26 @@ impl Fleet {
         host.spawn(&kubeconfig);
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, ...) to a host's running agent.
+    pub fn signal(&self, short: &str, signal: &str) {
+        let pid = self
+            .host(short)
+            .pid()
+            .unwrap_or_else(|| panic!("the agent of {short} does not run"));
+        run("kill", &[&format!("-{signal}"), &pid.to_string()]);
+    }
+
+    /// Freezes a host's agent (SIGSTOP): its connections stay open but nothing moves, as
+    /// on a machine that hangs. [`Fleet::resume`] undoes it.
+    pub fn pause(&self, short: &str) {
+        self.signal(short, "STOP");
+    }
+
+    /// Lets a paused agent run again (SIGCONT).
+    pub fn resume(&self, short: &str) {
+        self.signal(short, "CONT");
+    }
+
     /// Runs the controller in-process, watching only this namespace, with the admin store
     /// token; `configure` may change the options further (e.g. `host_stale_after`).
     pub async fn start_controller(
@@ -543,12 +563,6 @@ pub fn sums(dir: &Path) -> String {
     let s = text(&out.stdout);
     assert!(!s.trim().is_empty(), "no files under {}", dir.display());
     s
-}
-
-/// The sums of a dataset's files as they are in one of its snapshots (read through
-/// `<mountpoint>/.zfs/snapshot/<snap>`).
-pub fn snapshot_sums(dataset: &str, snapshot: &str) -> String {
-    sums(&mounted(dataset).join(".zfs/snapshot").join(snapshot))
 }
 
 /// `len` incompressible bytes (xorshift64) from `seed`.

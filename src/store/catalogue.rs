@@ -47,56 +47,6 @@ impl Catalogue {
             .iter()
             .filter(move |b| b.manifest.host == host && b.manifest.dataset == dataset)
     }
-
-    /// What a restore to backup `id` of one dataset applies, in order: the full it rests on,
-    /// then each incremental up to `id` (following `<ts>.incremental.<base-ts>` links, so it
-    /// works both for incrementals against the last full and for chained ones).
-    pub fn restore_chain<'a>(
-        &'a self,
-        host: &str,
-        dataset: &str,
-        id: &str,
-    ) -> Result<Vec<&'a StoredBackup>, StoreError> {
-        let backups: Vec<&'a StoredBackup> = self
-            .backups
-            .iter()
-            .filter(|b| b.manifest.host == host && b.manifest.dataset == dataset)
-            .collect();
-        let mut chain = Vec::new();
-        let mut want: StreamId = id.parse()?;
-        loop {
-            let found = *backups
-                .iter()
-                .find(|b| b.manifest.stream_id().ok() == Some(want))
-                .ok_or_else(|| StoreError::BrokenChain {
-                    id: id.to_owned(),
-                    missing: want.to_string(),
-                })?;
-            chain.push(found);
-            match want {
-                StreamId::Full { .. } => break,
-                StreamId::Incremental { base_ts, .. } => {
-                    // The base is a full or an incremental taken at base_ts.
-                    let base = backups.iter().find_map(|b| {
-                        let sid = b.manifest.stream_id().ok()?;
-                        (sid.ts() == base_ts).then_some(sid)
-                    });
-                    want = base.ok_or_else(|| StoreError::BrokenChain {
-                        id: id.to_owned(),
-                        missing: format!("a backup at {base_ts}"),
-                    })?;
-                }
-            }
-            if chain.len() > 100_000 {
-                return Err(StoreError::BrokenChain {
-                    id: id.to_owned(),
-                    missing: "an end to the chain".into(),
-                });
-            }
-        }
-        chain.reverse();
-        Ok(chain)
-    }
 }
 
 fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
@@ -291,15 +241,25 @@ mod tests {
         assert_eq!(cat.problems.len(), 1, "{:?}", cat.problems);
         assert!(cat.problems[0].contains("3 bytes"));
 
-        let chain = cat
-            .restore_chain("db-1", "tank/db", "1700086400.incremental.1700000000")
-            .expect("chain");
-        let ids: Vec<_> = chain.iter().map(|b| b.manifest.id.as_str()).collect();
+        // The scan is what restores resolve chains on (through the policy catalogue): the
+        // incremental's base is found by its stream time, the archived full counts too.
+        let policy =
+            crate::policy::Catalogue::from_store(cat.of("db-1", "tank/db")).expect("consistent");
+        let target = crate::policy::RestoreTarget::Id("1700086400.incremental.1700000000".into());
+        let chain = policy.restore_chain(&target).expect("chain");
+        let ids: Vec<_> = chain.iter().map(|b| b.id.as_str()).collect();
         assert_eq!(
             ids,
             ["1700000000.full", "1700086400.incremental.1700000000"]
         );
-        assert!(cat.restore_chain("db-1", "tank/db", "1.full").is_err());
+        let old = crate::policy::RestoreTarget::Id("1600000000.full".into());
+        let chain = policy.restore_chain(&old).expect("archived full");
+        assert!(chain.len() == 1 && chain[0].archived);
+        assert!(
+            policy
+                .restore_chain(&crate::policy::RestoreTarget::Id("1.full".into()))
+                .is_err()
+        );
 
         let json = serde_json::to_value(&cat).expect("json");
         assert_eq!(json["backups"][0]["archived"], true);
