@@ -1109,6 +1109,108 @@ mod tests {
     }
 
     #[test]
+    fn under_the_caps_the_longest_due_goes_first() {
+        // One job per host at a time (perHost 1). tank/a sorts first but its incremental is
+        // due since 136 400; tank/b's since 86 410: tank/b goes first.
+        let now = 200_000;
+        let hosts = [host("db-1", "db", now, &["tank/a", "tank/b"])];
+        let cat = store::Catalogue {
+            backups: vec![full("db-1", "tank/a", 50_000), full("db-1", "tank/b", 10)],
+            problems: vec![],
+        };
+        let p = run(&hosts, Some(&cat), now);
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.create[0].spec.dataset.as_str(), "tank/b");
+        // A dataset never backed up goes before both.
+        let hosts = [host("db-1", "db", now, &["tank/a", "tank/b", "tank/c"])];
+        let p = run(&hosts, Some(&cat), now);
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.create[0].spec.dataset.as_str(), "tank/c");
+        assert_eq!(p.create[0].spec.backup_type, BackupType::Full);
+    }
+
+    #[test]
+    fn history_is_pruned_per_dataset_and_never_in_flight() {
+        let pol = policy();
+        let job = |name: &str, ds: &str, phase: Option<JobPhase>, at: i64| {
+            let mut j = new_job(
+                &pol,
+                "db-1",
+                ds,
+                &policy::DueBackup {
+                    kind: BackupType::Full,
+                    base: None,
+                    reason: policy::DueReason::NoFull,
+                },
+                ts(at),
+            );
+            j.metadata.name = Some(name.into());
+            j.metadata.uid = Some(format!("uid-{name}"));
+            j.metadata.creation_timestamp = Some(Time(ts(at)));
+            j.status = phase.map(|phase| crate::api::BackupJobStatus {
+                phase,
+                finished_at: Some(Time(ts(at + 1))),
+                ..Default::default()
+            });
+            Arc::new(j)
+        };
+        let jobs = vec![
+            job("a1", "tank/a", Some(JobPhase::Succeeded), 10),
+            job("a2", "tank/a", Some(JobPhase::Succeeded), 20),
+            job("a3", "tank/a", Some(JobPhase::Running), 5),
+            job("a4", "tank/a", None, 1),
+            job("b1", "tank/b", Some(JobPhase::Succeeded), 10),
+            job("b2", "tank/b", Some(JobPhase::Failed), 30),
+            job("b3", "tank/b", Some(JobPhase::Failed), 5),
+        ];
+        let names: Vec<String> = jobs_to_prune(&pol, &jobs)
+            .into_iter()
+            .map(|(n, uid)| {
+                assert_eq!(uid, Some(format!("uid-{n}")));
+                n
+            })
+            .collect();
+        // Defaults keep 1 succeeded and 1 failed per dataset; b2 is the current failure run.
+        assert_eq!(names, vec!["a1".to_string(), "b3".to_string()]);
+    }
+
+    #[test]
+    fn expectations_cover_the_watch_lag_and_end_when_it_catches_up() {
+        let e = Expectations::default();
+        let mk = |name: &str| {
+            let mut j = BackupJob::new(
+                name,
+                new_job(
+                    &policy(),
+                    "db-1",
+                    "tank/a",
+                    &policy::DueBackup {
+                        kind: BackupType::Full,
+                        base: None,
+                        reason: policy::DueReason::NoFull,
+                    },
+                    ts(1),
+                )
+                .spec,
+            );
+            j.metadata.namespace = Some("ops".into());
+            j
+        };
+        e.created("ops", "db", mk("new"));
+        e.deleted("ops", "db", "old");
+        // The cache shows neither change yet: the new job is added, the old one hidden.
+        let seen = e.adjust("ops", "db", vec![Arc::new(mk("old")), Arc::new(mk("x"))]);
+        let names: Vec<String> = seen.iter().map(|j| j.name_any()).collect();
+        assert_eq!(names, vec!["x".to_string(), "new".to_string()]);
+        // Another policy is not affected.
+        assert_eq!(e.adjust("ops", "other", vec![Arc::new(mk("old"))]).len(), 1);
+        // The cache caught up: the expectations end.
+        let seen = e.adjust("ops", "db", vec![Arc::new(mk("new")), Arc::new(mk("x"))]);
+        assert_eq!(seen.len(), 2);
+        assert!(e.lock().is_empty());
+    }
+
+    #[test]
     fn job_names_are_deterministic_and_valid() {
         let a = job_name(
             "databases",
