@@ -697,6 +697,7 @@ impl Reconciled for BackupPolicy {
             })
             .collect();
         let host_names: Vec<String> = hosts.iter().map(|h| h.name_any()).collect();
+        let read_started = std::time::Instant::now();
         let store_read: Result<StoreView, String> = match (&endpoint, target_host) {
             (Some(ep), _) => ctx
                 .catalogues
@@ -712,6 +713,8 @@ impl Reconciled for BackupPolicy {
                 obj.spec.target.host
             )),
         };
+        ctx.metrics
+            .observe_store_read(read_started.elapsed().as_secs_f64());
         let catalogue = store_read.as_ref().ok();
         let backup_now = pending_backup_now(&obj);
         let mut plan = plan(&Inputs {

@@ -168,6 +168,7 @@ pub struct Metrics {
     leader: Gauge,
     violators: Family<PolicyLabel, Gauge>,
     bytes_stored: Family<TargetLabel, Gauge>,
+    store_read_seconds: Histogram,
     live: Arc<Live>,
     is_leader: AtomicBool,
 }
@@ -209,6 +210,12 @@ impl Default for Metrics {
             "Bytes of the backups a policy keeps on its target (live and archived)",
             bytes_stored.clone(),
         );
+        let store_read_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "store_read_duration_seconds",
+            "Time a BackupPolicy reconcile spends getting its view of the backup store (cached, revalidated or read)",
+            store_read_seconds.clone(),
+        );
         let live = Arc::new(Live::default());
         registry.register_collector(Box::new(live.clone()));
         Self {
@@ -219,6 +226,7 @@ impl Default for Metrics {
             leader,
             violators,
             bytes_stored,
+            store_read_seconds,
             live,
             is_leader: AtomicBool::new(false),
         }
@@ -279,6 +287,10 @@ impl Metrics {
                 policy: policy.into(),
             })
             .set(count);
+    }
+
+    pub fn observe_store_read(&self, seconds: f64) {
+        self.store_read_seconds.observe(seconds);
     }
 
     /// BackupJobs by phase are counted from this cache at every scrape.

@@ -298,6 +298,8 @@ struct HostEntry {
     /// Backups that succeeded jobs name but that the store did not have when this entry was
     /// last read (e.g. since expired): not a reason to read it again.
     missing: HashSet<(String, String)>,
+    /// The sequence number of the read this entry came from (a later-started read wins).
+    seq: u64,
 }
 
 /// One backup host's store as last read.
@@ -306,6 +308,8 @@ struct TargetEntry {
     /// The whole store's tag and when it was last read or confirmed.
     whole: Option<(Option<String>, Instant)>,
     hosts: HashMap<String, HostEntry>,
+    /// Numbers reads in the order they start.
+    seq: u64,
 }
 
 /// The controller's copy of each backup host's catalogue, shared by all policies (the store
@@ -383,6 +387,8 @@ impl CatalogueCache {
                     t.whole = Some((etag, Instant::now()));
                 }
                 Some((cat, tag)) => {
+                    t.seq += 1;
+                    let seq = t.seq;
                     let view = StoreView::from_store(&cat);
                     t.hosts = view
                         .hosts
@@ -392,6 +398,7 @@ impl CatalogueCache {
                                 h,
                                 HostEntry {
                                     catalogue,
+                                    seq,
                                     ..Default::default()
                                 },
                             )
@@ -421,29 +428,48 @@ impl CatalogueCache {
             }
         }
         if !again.is_empty() {
-            let reads = again.into_iter().map(|h| {
-                let etag = t.hosts.get(h).and_then(|e| e.etag.clone());
+            // Read outside the lock (other policies' reconciles go on); an answer is kept
+            // only if no read that started later was kept first.
+            let todo: Vec<(String, Option<String>, u64)> = again
+                .into_iter()
+                .map(|h| {
+                    let etag = t.hosts.get(h).and_then(|e| e.etag.clone());
+                    t.seq += 1;
+                    (h.to_owned(), etag, t.seq)
+                })
+                .collect();
+            drop(t);
+            let reads = todo.into_iter().map(|(h, etag, seq)| {
                 let url = format!("http://{endpoint}/v1/catalogue?host={h}");
                 self.requests.fetch_add(1, Relaxed);
-                async move { (h, client.catalogue_if(url, etag.as_deref()).await) }
+                async move {
+                    let answer = client.catalogue_if(url, etag.as_deref()).await;
+                    (h, seq, answer)
+                }
             });
             let answers = futures::future::join_all(reads).await;
             let mut fresh = Vec::new();
-            for (h, answer) in answers {
-                fresh.push((h.to_owned(), answer?));
+            for (h, seq, answer) in answers {
+                fresh.push((h, seq, answer?));
             }
-            for (h, answer) in fresh {
+            t = target.lock().await;
+            for (h, seq, answer) in fresh {
                 let entry = t.hosts.entry(h.clone()).or_default();
+                if entry.seq > seq {
+                    continue;
+                }
+                entry.seq = seq;
                 match answer {
-                    None => self.not_modified.fetch_add(1, Relaxed),
+                    None => {
+                        self.not_modified.fetch_add(1, Relaxed);
+                    }
                     Some((cat, tag)) => {
                         entry.catalogue = Arc::new(HostCatalogue::new(
                             cat.backups.iter().filter(|b| b.manifest.host == h),
                         ));
                         entry.etag = tag;
-                        0
                     }
-                };
+                }
                 entry.dirty = false;
                 entry.missing = known
                     .iter()

@@ -81,6 +81,13 @@ struct Row {
     reconcile_errors: f64,
     p50: Option<f64>,
     p99: Option<f64>,
+    store_p50: Option<f64>,
+    store_p99: Option<f64>,
+    post_job_p50: Option<f64>,
+    post_job_p99: Option<f64>,
+    apply_status_p50: Option<f64>,
+    apply_status_p99: Option<f64>,
+    load: String,
     api_requests: f64,
     api_breakdown: BTreeMap<String, f64>,
     status_writes: f64,
@@ -435,6 +442,29 @@ async fn measure(
     let b = metrics::buckets(&q1, HIST, "BackupPolicy");
     row.p50 = metrics::quantile(&b, 0.5);
     row.p99 = metrics::quantile(&b, 0.99);
+    let sb = metrics::buckets_with(&q1, "zetaback_controller_store_read_duration_seconds", &[]);
+    row.store_p50 = metrics::quantile(&sb, 0.5);
+    row.store_p99 = metrics::quantile(&sb, 0.99);
+    // The apiserver's own latency for the two writes a reconcile makes (all clients).
+    let api_hist = |with: &[(&str, &str)]| {
+        metrics::bucket_delta(
+            &metrics::buckets_with(&api_before, "apiserver_request_duration_seconds", with),
+            &metrics::buckets_with(&api_after, "apiserver_request_duration_seconds", with),
+        )
+    };
+    let post = api_hist(&[("verb", "POST"), ("resource", "backupjobs")]);
+    row.post_job_p50 = metrics::quantile(&post, 0.5);
+    row.post_job_p99 = metrics::quantile(&post, 0.99);
+    let apply = api_hist(&[
+        ("verb", "APPLY"),
+        ("resource", "backuppolicies"),
+        ("subresource", "status"),
+    ]);
+    row.apply_status_p50 = metrics::quantile(&apply, 0.5);
+    row.apply_status_p99 = metrics::quantile(&apply, 0.99);
+    row.load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
     row.status_writes = status_writes(&q1);
     row.api_breakdown = metrics::controller_requests(&api_before, &api_after);
     row.api_requests = row.api_breakdown.values().sum();
@@ -547,6 +577,44 @@ fn print_table(rows: &[Row]) {
                     r.p99.map(|p| p < 0.050),
                 )
             }),
+        ),
+        (
+            "store view p50 / p99 (controller histogram)",
+            "",
+            Box::new(|r: &Row| {
+                (
+                    format!("{} / {}", ms(r.store_p50), ms(r.store_p99)),
+                    r.store_p99.unwrap_or(f64::NAN),
+                    None,
+                )
+            }),
+        ),
+        (
+            "apiserver POST backupjobs p50 / p99 (its histogram)",
+            "",
+            Box::new(|r: &Row| {
+                (
+                    format!("{} / {}", ms(r.post_job_p50), ms(r.post_job_p99)),
+                    r.post_job_p99.unwrap_or(f64::NAN),
+                    None,
+                )
+            }),
+        ),
+        (
+            "apiserver APPLY policy status p50 / p99 (its histogram)",
+            "",
+            Box::new(|r: &Row| {
+                (
+                    format!("{} / {}", ms(r.apply_status_p50), ms(r.apply_status_p99)),
+                    r.apply_status_p99.unwrap_or(f64::NAN),
+                    None,
+                )
+            }),
+        ),
+        (
+            "load average at the end (1/5/15 min)",
+            "",
+            Box::new(|r: &Row| (r.load.clone(), f64::NAN, None)),
         ),
         (
             "controller API requests / reconcile",

@@ -57,22 +57,50 @@ pub fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
 
 /// The cumulative histogram buckets (upper bound, count) of `name` for `kind`, sorted.
 pub fn buckets(samples: &[Sample], name: &str, kind: &str) -> Vec<(f64, f64)> {
+    buckets_with(samples, name, &[("kind", kind)])
+}
+
+/// The cumulative buckets of `name`, summed over the series whose labels include `with`.
+pub fn buckets_with(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> Vec<(f64, f64)> {
     let bucket = format!("{name}_bucket");
-    let mut out: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| s.name == bucket && s.labels.get("kind").map(String::as_str) == Some(kind))
-        .filter_map(|s| {
-            let le = s.labels.get("le")?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((bound, s.value))
-        })
-        .collect();
+    let mut by_bound: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for s in samples.iter().filter(|s| {
+        s.name == bucket
+            && with
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+    }) {
+        let Some(le) = s.labels.get("le") else {
+            continue;
+        };
+        let bound = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            match le.parse() {
+                Ok(b) => b,
+                Err(_) => continue,
+            }
+        };
+        by_bound.entry(le.clone()).or_insert((bound, 0.0)).1 += s.value;
+    }
+    let mut out: Vec<(f64, f64)> = by_bound.into_values().collect();
     out.sort_by(|a, b| a.0.total_cmp(&b.0));
     out
+}
+
+/// `after - before`, bucket by bucket (for counters that started before the run).
+pub fn bucket_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|&(b, a)| {
+            let was = before
+                .iter()
+                .find(|(x, _)| *x == b)
+                .map(|(_, c)| *c)
+                .unwrap_or(0.0);
+            (b, a - was)
+        })
+        .collect()
 }
 
 /// Estimates the q-quantile from cumulative buckets by linear interpolation inside the bucket
