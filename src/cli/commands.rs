@@ -44,7 +44,7 @@ pub(super) fn emit<T: Serialize>(
     Ok(())
 }
 
-fn token(global: &GlobalArgs) -> Result<Option<String>, CliError> {
+pub(super) fn token(global: &GlobalArgs) -> Result<Option<String>, CliError> {
     if let Some(path) = &global.token_file {
         let text = std::fs::read_to_string(path).map_err(|source| CliError::TokenFile {
             path: path.clone(),

@@ -41,6 +41,10 @@ pub enum CliError {
         "refusing to archive without confirmation: standard input is not a terminal (pass --yes to confirm)"
     )]
     NeedsConfirmation,
+    #[error("cancelled: nothing was created")]
+    Cancelled,
+    #[error("asking interactively: {0}")]
+    Prompt(String),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
     #[error("encoding {format} output: {message}")]

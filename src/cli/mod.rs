@@ -22,6 +22,7 @@ pub mod cluster;
 mod commands;
 pub mod error;
 pub mod filter;
+pub mod interactive;
 pub mod monitor;
 pub mod report;
 pub mod request;
@@ -215,6 +216,10 @@ where
     };
     match result {
         Ok(code) => code,
+        Err(CliError::Cancelled) => {
+            let _ = writeln!(io.err, "{}", CliError::Cancelled);
+            130
+        }
         Err(e) => {
             let text = e.chain();
             if violators {
@@ -234,8 +239,10 @@ pub async fn main() -> std::process::ExitCode {
     let stdin = std::io::stdin();
     let interactive = stdin.is_terminal();
     let mut input = stdin.lock();
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
+    // Not locked for the whole run: the interactive prompts draw on stderr from another
+    // thread, which would wait forever for a lock this thread holds.
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
     let mut io = Io {
         out: &mut out,
         err: &mut err,

@@ -11,21 +11,35 @@
 //! A Restore that cannot work is failed at once with a `Ready=False` condition whose reason
 //! says why: `ChainBroken`, `NotFound`, `DestinationExists` or `StoreUnreachable`. After that
 //! (or once a chain is written) the controller leaves the Restore alone: the agent owns it.
+//!
+//! A *bulk* Restore (`source.datasets`) is never run by an agent. The controller expands its
+//! names and patterns against the datasets of the source host that have backups, checks
+//! every destination (`<base>/<dataset>`) and resolves every chain first (if one cannot be
+//! restored, nothing is started and the refusal names each dataset and why), writes one row
+//! per dataset to `status.datasets`, and then creates one child Restore per dataset
+//! (`<parent>-<8 hex of the dataset's sha256>`, owned by the parent, labelled
+//! `zetaback.io/bulk-restore=<parent>`), one at a time in name order so a parent dataset is
+//! received before its children. A failed child does not stop the others. The parent
+//! follows its children (a watch on the label) and ends Succeeded when every child
+//! succeeded verified, else Failed naming the failed datasets.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
+use sha2::Digest;
 use tracing::{info, warn};
 
 use super::conditions::{self, Wanted};
 use super::{Context, Error, Reconciled, status};
 use crate::api::condition::READY;
-use crate::api::restore::{RestorePhase, RestorePiece};
-use crate::api::{BackupPolicy, Restore, RestoreSpec, RestoreStatus, ZfsHost};
+use crate::api::restore::{BULK_PARENT_LABEL, BulkDataset, RestorePhase, RestorePiece};
+use crate::api::{
+    BackupPolicy, DatasetPattern, DatasetSelector, Restore, RestoreSpec, RestoreStatus, ZfsHost,
+};
 use crate::policy::{Catalogue, ChainError, RestoreTarget};
 use crate::store;
 
@@ -36,6 +50,12 @@ pub mod reason {
     pub const NOT_FOUND: &str = "NotFound";
     pub const DESTINATION_EXISTS: &str = "DestinationExists";
     pub const STORE_UNREACHABLE: &str = "StoreUnreachable";
+    /// A bulk restore whose children are running (or about to).
+    pub const RESTORING: &str = "Restoring";
+    /// A bulk restore whose every dataset was restored (verified when asked).
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// A bulk restore that ended with at least one dataset not restored.
+    pub const DATASETS_FAILED: &str = "DatasetsFailed";
 }
 
 /// Why a Restore is refused before anything is sent.
@@ -321,7 +341,37 @@ pub fn needs_resolving(status: Option<&RestoreStatus>) -> bool {
 impl Reconciled for Restore {
     const KIND: &'static str = "Restore";
 
+    fn also_watch(
+        controller: kube::runtime::Controller<kube::core::DeserializeGuard<Self>>,
+        ctx: &Context,
+        namespace: Option<&str>,
+    ) -> kube::runtime::Controller<kube::core::DeserializeGuard<Self>> {
+        // A bulk Restore follows its children: any change of a child reconciles the parent.
+        let children: Api<Restore> = match namespace {
+            Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+            None => Api::all(ctx.client.clone()),
+        };
+        controller.watches(
+            children,
+            kube::runtime::watcher::Config::default().labels(BULK_PARENT_LABEL),
+            |child: Restore| {
+                let parent = child.labels().get(BULK_PARENT_LABEL).cloned();
+                let ns = child.namespace();
+                parent.into_iter().map(move |name| {
+                    let r = kube::runtime::reflector::ObjectRef::new(&name);
+                    match &ns {
+                        Some(ns) => r.within(ns),
+                        None => r,
+                    }
+                })
+            },
+        )
+    }
+
     async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
+        if obj.spec.source.is_bulk() {
+            return reconcile_bulk(&obj, &ctx).await;
+        }
         if !needs_resolving(obj.status.as_ref()) {
             return Ok(Action::await_change());
         }
@@ -359,6 +409,447 @@ impl Reconciled for Restore {
         status::apply(&ctx, obj.as_ref(), Self::KIND, &next).await?;
         Ok(Action::await_change())
     }
+}
+
+/// Whether a pattern holds a glob character (otherwise it names one dataset).
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', '{'])
+}
+
+/// The datasets of `host` that have backups in the reachable answers (live ones, or archived
+/// too with `include_archive`), and the stores that did not answer.
+pub fn datasets_with_backups(
+    answers: &[StoreAnswer],
+    host: &str,
+    include_archive: bool,
+) -> (BTreeSet<String>, Vec<String>) {
+    let mut found = BTreeSet::new();
+    let mut unreachable = Vec::new();
+    for a in answers {
+        match (&a.endpoint, &a.catalogue) {
+            (Some(_), Ok(cat)) => found.extend(
+                cat.backups
+                    .iter()
+                    .filter(|b| b.manifest.host == host && (include_archive || !b.archived))
+                    .map(|b| b.manifest.dataset.clone()),
+            ),
+            (_, Err(e)) => unreachable.push(format!("{}: {e}", a.host)),
+            (None, Ok(_)) => unreachable.push(format!("{}: no agent endpoint", a.host)),
+        }
+    }
+    (found, unreachable)
+}
+
+/// The datasets a bulk restore names, from those that have backups: sorted (a parent before
+/// its children), distinct. Every name and pattern must match at least one (pure).
+pub fn expand(
+    patterns: &[DatasetPattern],
+    available: &BTreeSet<String>,
+) -> Result<Vec<String>, Refusal> {
+    let mut chosen = BTreeSet::new();
+    let mut unmatched = Vec::new();
+    for p in patterns {
+        let before = chosen.len();
+        let mut any = false;
+        if is_glob(p.as_str()) {
+            let matcher = crate::selection::DatasetMatcher::new(&DatasetSelector {
+                include: vec![p.clone()],
+                exclude: Vec::new(),
+            })
+            .map_err(|e| Refusal::new(reason::NOT_FOUND, e.to_string()))?;
+            for d in available.iter().filter(|d| matcher.matches(d)) {
+                any = true;
+                chosen.insert(d.clone());
+            }
+        } else if available.contains(p.as_str()) {
+            any = true;
+            chosen.insert(p.as_str().to_owned());
+        }
+        if !any && chosen.len() == before {
+            unmatched.push(p.as_str().to_owned());
+        }
+    }
+    if !unmatched.is_empty() {
+        let have = if available.is_empty() {
+            "none".to_owned()
+        } else {
+            available.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
+        return Err(Refusal::new(
+            reason::NOT_FOUND,
+            format!(
+                "{} match(es) no dataset with backups (datasets with backups: {have})",
+                unmatched.join(", ")
+            ),
+        ));
+    }
+    Ok(chosen.into_iter().collect())
+}
+
+/// The child Restore's name for one dataset of bulk Restore `parent` (deterministic).
+pub fn child_name(parent: &str, dataset: &str) -> String {
+    let digest = hex::encode(sha2::Sha256::digest(dataset.as_bytes()));
+    format!("{parent}-{}", &digest[..8])
+}
+
+/// Where a bulk restore puts `dataset`: `<base>/<dataset>`.
+pub fn bulk_destination(base: &str, dataset: &str) -> String {
+    format!("{base}/{dataset}")
+}
+
+/// The spec of the child that restores `dataset` of a bulk restore: one dataset, the same
+/// host, point in time, archive search, force and verify, into `<base>/<dataset>`.
+pub fn child_spec(parent: &RestoreSpec, dataset: &str) -> RestoreSpec {
+    let mut spec = parent.clone();
+    spec.source.dataset = Some(dataset.into());
+    spec.source.datasets = Vec::new();
+    spec.source.backup = None;
+    spec.destination.dataset = bulk_destination(parent.destination.dataset.as_str(), dataset)
+        .as_str()
+        .into();
+    spec
+}
+
+/// Expands a bulk restore and checks that every dataset can be restored: its destination
+/// (absent unless `force`, a valid length) and its chain. One refusal names every dataset
+/// that cannot be restored, and then nothing is started (pure).
+pub fn plan_bulk(
+    name: &str,
+    spec: &RestoreSpec,
+    answers: &[StoreAnswer],
+    dest: Option<&ZfsHost>,
+) -> Result<Vec<BulkDataset>, Refusal> {
+    let host = spec.source.host.as_str();
+    let (available, unreachable) =
+        datasets_with_backups(answers, host, spec.source.include_archive);
+    if answers.is_empty() {
+        return Err(Refusal::new(
+            reason::NOT_FOUND,
+            format!(
+                "no BackupPolicy in this namespace stores backups in files, so no backups of {host} can be found"
+            ),
+        ));
+    }
+    if available.is_empty() && !unreachable.is_empty() {
+        return Err(Refusal::new(
+            reason::STORE_UNREACHABLE,
+            format!(
+                "no reachable backup host has backups of {host}; unreachable: {}",
+                unreachable.join("; ")
+            ),
+        ));
+    }
+    let datasets = expand(&spec.source.datasets, &available)
+        .map_err(|r| Refusal::new(r.reason, format!("on {host}: {}", r.message)))?;
+    let mut rows = Vec::new();
+    let mut refused: Vec<(String, Refusal)> = Vec::new();
+    for d in &datasets {
+        let child = child_spec(spec, d);
+        let dest_name = child.destination.dataset.as_str().to_owned();
+        let outcome = if dest_name.len() > 255 {
+            Err(Refusal::new(
+                reason::NOT_FOUND,
+                format!("{dest_name} is longer than a ZFS dataset name may be (255)"),
+            ))
+        } else {
+            check_destination(&child, dest).and_then(|()| resolve(&child, answers))
+        };
+        match outcome {
+            Ok(r) => rows.push(BulkDataset {
+                source: d.clone(),
+                destination: dest_name,
+                restore: child_name(name, d),
+                phase: RestorePhase::Pending,
+                bytes: Some(r.bytes()),
+                bytes_done: Some(0),
+                message: Some(format!(
+                    "{} piece(s) from {}, waiting for its turn",
+                    r.pieces.len(),
+                    r.store_host
+                )),
+                verified: None,
+            }),
+            Err(e) => refused.push((d.clone(), e)),
+        }
+    }
+    if let Some((_, first)) = refused.first() {
+        // A missing destination host is the same answer for every dataset: say it once.
+        if dest.is_none() {
+            return Err(first.clone());
+        }
+        let reason = if refused.iter().all(|(_, r)| r.reason == first.reason) {
+            first.reason
+        } else {
+            reason::NOT_FOUND
+        };
+        let why: Vec<String> = refused
+            .iter()
+            .map(|(d, r)| format!("{d}: {} ({})", r.message, r.reason))
+            .collect();
+        return Err(Refusal::new(
+            reason,
+            format!(
+                "{} of {} datasets cannot be restored, so none was started: {}",
+                refused.len(),
+                datasets.len(),
+                why.join("; ")
+            ),
+        ));
+    }
+    Ok(rows)
+}
+
+/// What a bulk Restore looks like given its children, and which child to start next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkStep {
+    pub rows: Vec<BulkDataset>,
+    pub phase: RestorePhase,
+    pub verified: Option<bool>,
+    pub message: String,
+    pub reason: &'static str,
+    /// The row whose child Restore should be created now.
+    pub start: Option<usize>,
+}
+
+fn is_final(phase: RestorePhase) -> bool {
+    matches!(phase, RestorePhase::Succeeded | RestorePhase::Failed)
+}
+
+fn ready_reason(st: &RestoreStatus) -> Option<&str> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| c.reason.as_str())
+}
+
+/// Folds the children's status into the rows, decides the parent's phase, and picks the next
+/// child to start: one at a time, in row order (pure).
+pub fn bulk_step(spec: &RestoreSpec, rows: &[BulkDataset], children: &[Restore]) -> BulkStep {
+    let mut rows = rows.to_vec();
+    let mut active = false;
+    for row in &mut rows {
+        let Some(child) = children.iter().find(|c| c.name_any() == row.restore) else {
+            continue;
+        };
+        let st = child.status.clone().unwrap_or_default();
+        row.phase = st.phase;
+        row.verified = st.verified;
+        row.bytes = st.bytes.or(row.bytes);
+        row.bytes_done = st.bytes_done.or(row.bytes_done);
+        row.message = st
+            .message
+            .clone()
+            .map(|m| match (st.phase, ready_reason(&st)) {
+                (RestorePhase::Failed, Some(r)) => format!("{r}: {m}"),
+                _ => m,
+            });
+        if !is_final(st.phase) {
+            active = true;
+        }
+    }
+    let exists = |row: &BulkDataset| children.iter().any(|c| c.name_any() == row.restore);
+    let start = if active {
+        None
+    } else {
+        rows.iter()
+            .position(|r| r.phase == RestorePhase::Pending && !exists(r))
+    };
+    let ok = |r: &BulkDataset| {
+        r.phase == RestorePhase::Succeeded && (!spec.verify || r.verified == Some(true))
+    };
+    let total = rows.len();
+    let done = rows.iter().filter(|r| is_final(r.phase)).count();
+    let succeeded = rows.iter().filter(|r| ok(r)).count();
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| is_final(r.phase) && !ok(r))
+        .map(|r| {
+            let why = match (&r.message, r.phase) {
+                (Some(m), _) => m.clone(),
+                (None, RestorePhase::Succeeded) => "succeeded but was not verified".into(),
+                (None, _) => "failed".into(),
+            };
+            format!("{} ({why})", r.source)
+        })
+        .collect();
+    let at = format!(
+        "{}:{}",
+        spec.destination.host.as_str(),
+        spec.destination.dataset.as_str()
+    );
+    if done == total && total > 0 {
+        if failed.is_empty() {
+            let verified = if spec.verify { " and verified" } else { "" };
+            return BulkStep {
+                rows,
+                phase: RestorePhase::Succeeded,
+                verified: Some(spec.verify),
+                message: format!("{total} dataset(s) restored{verified} under {at}"),
+                reason: reason::SUCCEEDED,
+                start: None,
+            };
+        }
+        return BulkStep {
+            rows,
+            phase: RestorePhase::Failed,
+            verified: Some(false),
+            message: format!(
+                "{} of {total} dataset(s) not restored: {}",
+                failed.len(),
+                failed.join("; ")
+            ),
+            reason: reason::DATASETS_FAILED,
+            start: None,
+        };
+    }
+    let current = rows
+        .iter()
+        .enumerate()
+        .find(|(i, r)| (exists(r) && !is_final(r.phase)) || Some(*i) == start)
+        .map(|(i, r)| format!("restoring {} ({} of {total})", r.source, i + 1))
+        .unwrap_or_else(|| "waiting".into());
+    let started = rows.iter().any(exists) || start.is_some();
+    BulkStep {
+        phase: if started {
+            RestorePhase::Running
+        } else {
+            RestorePhase::Pending
+        },
+        verified: None,
+        message: format!(
+            "{current} under {at}; {succeeded} succeeded, {} failed",
+            failed.len()
+        ),
+        reason: reason::RESTORING,
+        start,
+        rows,
+    }
+}
+
+/// The parent's status after a step (pure but for `now`).
+pub fn bulk_status(
+    current: &RestoreStatus,
+    generation: Option<i64>,
+    step: &BulkStep,
+    now: Time,
+) -> RestoreStatus {
+    let mut s = current.clone();
+    s.observed_generation = generation;
+    s.phase = step.phase;
+    s.verified = step.verified;
+    s.datasets = step.rows.clone();
+    s.bytes = Some(step.rows.iter().filter_map(|r| r.bytes).sum());
+    s.bytes_done = Some(step.rows.iter().filter_map(|r| r.bytes_done).sum());
+    s.message = Some(step.message.clone());
+    if s.started_at.is_none() && step.phase != RestorePhase::Pending {
+        s.started_at = Some(now.clone());
+    }
+    if is_final(step.phase) && s.finished_at.is_none() {
+        s.finished_at = Some(now.clone());
+    }
+    let wanted = Wanted {
+        type_: READY,
+        status: step.phase == RestorePhase::Succeeded,
+        reason: step.reason,
+        message: step.message.clone(),
+        observed_generation: generation,
+    };
+    s.conditions = conditions::set(&current.conditions, &wanted, now);
+    s
+}
+
+/// The child Restore for row `row` of bulk Restore `parent`.
+pub fn child_restore(parent: &Restore, row: &BulkDataset) -> Restore {
+    let mut child = Restore::new(&row.restore, child_spec(&parent.spec, &row.source));
+    child.metadata.namespace = parent.namespace();
+    child.metadata.labels = Some(
+        [(BULK_PARENT_LABEL.to_owned(), parent.name_any())]
+            .into_iter()
+            .collect(),
+    );
+    child.metadata.owner_references = parent.controller_owner_ref(&()).map(|o| vec![o]);
+    child
+}
+
+async fn write_if_changed(
+    ctx: &Context,
+    obj: &Restore,
+    current: &RestoreStatus,
+    next: &RestoreStatus,
+) -> Result<(), Error> {
+    let mut unchanged = next.clone();
+    unchanged.conditions = current.conditions.clone();
+    if unchanged == *current && conditions::same(&current.conditions, &next.conditions) {
+        return Ok(());
+    }
+    status::apply(ctx, obj, Restore::KIND, next).await
+}
+
+async fn reconcile_bulk(obj: &Restore, ctx: &Context) -> Result<Action, Error> {
+    let current = obj.status.clone().unwrap_or_default();
+    if is_final(current.phase) {
+        return Ok(Action::await_change());
+    }
+    let ns = obj.namespace().ok_or(Error::MissingMeta("Restore"))?;
+    let name = obj.name_any();
+    let mut rows = current.datasets.clone();
+    if rows.is_empty() {
+        let hosts = Api::<ZfsHost>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| Error::Read {
+                what: "ZfsHosts".into(),
+                source,
+            })?
+            .items;
+        let dest = hosts
+            .iter()
+            .find(|h| h.name_any() == obj.spec.destination.host.as_str());
+        let answers = ask_stores(ctx, obj, &hosts).await?;
+        match plan_bulk(&name, &obj.spec, &answers, dest) {
+            Ok(planned) => {
+                info!(datasets = ?planned.iter().map(|r| &r.source).collect::<Vec<_>>(),
+                    "bulk restore expanded");
+                rows = planned;
+            }
+            Err(refusal) => {
+                warn!(reason = refusal.reason, message = %refusal.message, "bulk restore refused");
+                let now = Time(jiff::Timestamp::now());
+                let next = next_status(&current, obj.metadata.generation, &Err(refusal), now);
+                write_if_changed(ctx, obj, &current, &next).await?;
+                return Ok(Action::await_change());
+            }
+        }
+    }
+    let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &ns);
+    let children = api
+        .list(&ListParams::default().labels(&format!("{BULK_PARENT_LABEL}={name}")))
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("the child Restores of {ns}/{name}"),
+            source,
+        })?
+        .items;
+    let step = bulk_step(&obj.spec, &rows, &children);
+    let now = Time(jiff::Timestamp::now());
+    let next = bulk_status(&current, obj.metadata.generation, &step, now);
+    // The plan is recorded before a child is created, so a restart re-creates the same ones.
+    write_if_changed(ctx, obj, &current, &next).await?;
+    if let Some(i) = step.start {
+        let child = child_restore(obj, &step.rows[i]);
+        info!(child = %step.rows[i].restore, dataset = %step.rows[i].source, "starting a child restore");
+        match api.create(&PostParams::default(), &child).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(source) => {
+                return Err(Error::Write {
+                    what: format!("child Restore {ns}/{}", step.rows[i].restore),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(Action::await_change())
 }
 
 #[cfg(test)]
@@ -499,6 +990,307 @@ mod tests {
         let mut forced = s.clone();
         forced.force = true;
         assert!(check_destination(&forced, Some(&h)).is_ok());
+    }
+
+    fn stored_of(dataset: &str, id: &str) -> StoredBackup {
+        let mut b = stored(id, false);
+        b.manifest.dataset = dataset.into();
+        b
+    }
+
+    fn bulk_spec(patterns: &[&str]) -> RestoreSpec {
+        let mut s = spec(None, None);
+        s.source.dataset = None;
+        s.source.datasets = patterns
+            .iter()
+            .map(|p| DatasetPattern((*p).into()))
+            .collect();
+        s.destination.dataset = "tank/restore".into();
+        s
+    }
+
+    fn dest_host(existing: &[&str]) -> ZfsHost {
+        let mut h = ZfsHost::new(
+            "dst",
+            ZfsHostSpec {
+                node_name: "n".into(),
+                datasets: Default::default(),
+                paused: false,
+            },
+        );
+        h.status = Some(ZfsHostStatus {
+            datasets: existing
+                .iter()
+                .map(|d| {
+                    serde_json::from_value::<DatasetStatus>(serde_json::json!({ "name": d }))
+                        .expect("dataset")
+                })
+                .collect(),
+            ..Default::default()
+        });
+        h
+    }
+
+    fn fleet() -> StoreAnswer {
+        answer(vec![
+            stored_of("tank", "100.full"),
+            stored_of("tank/db", "100.full"),
+            stored_of("tank/db", "200.incremental.100"),
+            stored_of("tank/db/logs", "100.full"),
+            stored_of("tank/www", "100.full"),
+            stored_of("other/x", "100.full"),
+        ])
+    }
+
+    #[test]
+    fn expansion_by_name_and_pattern() {
+        let available: BTreeSet<String> = ["tank", "tank/db", "tank/db/logs", "tank/www"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let p = |v: &[&str]| {
+            v.iter()
+                .map(|s| DatasetPattern((*s).into()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            expand(&p(&["tank/db/**"]), &available).expect("glob"),
+            ["tank/db", "tank/db/logs"],
+            "a /** pattern covers the dataset it starts from"
+        );
+        assert_eq!(
+            expand(&p(&["tank/www", "tank/*", "tank/www"]), &available).expect("mix"),
+            ["tank/db", "tank/www"],
+            "sorted and distinct; * stays within one component"
+        );
+        assert_eq!(expand(&p(&["**"]), &available).expect("all").len(), 4);
+        let e = expand(&p(&["tank/db", "tank/gone", "nope/**"]), &available).expect_err("miss");
+        assert_eq!(e.reason, reason::NOT_FOUND);
+        assert!(
+            e.message.contains("tank/gone, nope/**") && e.message.contains("tank/www"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bulk_plan_maps_each_dataset_under_the_base() {
+        let rows = plan_bulk(
+            "bulk",
+            &bulk_spec(&["tank/**"]),
+            &[fleet()],
+            Some(&dest_host(&["tank/restore"])),
+        )
+        .expect("plan");
+        let got: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.source.as_str(), r.destination.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("tank", "tank/restore/tank"),
+                ("tank/db", "tank/restore/tank/db"),
+                ("tank/db/logs", "tank/restore/tank/db/logs"),
+                ("tank/www", "tank/restore/tank/www"),
+            ]
+        );
+        assert_eq!(
+            rows[1].bytes,
+            Some(20),
+            "the chain of tank/db is full + incremental"
+        );
+        assert_eq!(rows[1].restore, child_name("bulk", "tank/db"));
+        assert_ne!(rows[0].restore, rows[1].restore);
+        assert!(rows.iter().all(|r| r.restore.len() == "bulk-".len() + 8));
+        let child = child_spec(&bulk_spec(&["tank/**"]), "tank/db");
+        assert_eq!(child.source.dataset_name(), "tank/db");
+        assert!(!child.source.is_bulk());
+        assert_eq!(child.destination.dataset.as_str(), "tank/restore/tank/db");
+    }
+
+    #[test]
+    fn bulk_plan_refuses_all_or_nothing() {
+        let e = plan_bulk(
+            "b",
+            &bulk_spec(&["tank/**"]),
+            &[fleet()],
+            Some(&dest_host(&["tank/restore/tank/www", "tank/restore/tank"])),
+        )
+        .expect_err("exists");
+        assert_eq!(e.reason, reason::DESTINATION_EXISTS);
+        assert!(
+            e.message
+                .starts_with("2 of 4 datasets cannot be restored, so none was started")
+                && e.message.contains("tank/restore/tank/www exists"),
+            "{e}"
+        );
+        let mut forced = bulk_spec(&["tank/**"]);
+        forced.force = true;
+        assert!(
+            plan_bulk(
+                "b",
+                &forced,
+                &[fleet()],
+                Some(&dest_host(&["tank/restore/tank"]))
+            )
+            .is_ok()
+        );
+        let e = plan_bulk("b", &bulk_spec(&["tank/**"]), &[fleet()], None).expect_err("no host");
+        assert!(
+            e.message.starts_with("destination host dst does not exist"),
+            "{e}"
+        );
+        let broken = answer(vec![
+            stored_of("tank/a", "100.full"),
+            stored_of("tank/b", "100.full"),
+            stored_of("tank/b", "300.incremental.200"),
+        ]);
+        let e = plan_bulk(
+            "b",
+            &bulk_spec(&["tank/*"]),
+            &[broken],
+            Some(&dest_host(&[])),
+        )
+        .expect_err("broken");
+        assert_eq!(e.reason, reason::CHAIN_BROKEN);
+        assert!(e.message.contains("tank/b: src:tank/b"), "{e}");
+        let mut at = bulk_spec(&["tank/db"]);
+        at.source.at = Some(Time(jiff::Timestamp::from_second(150).expect("ts")));
+        let rows = plan_bulk("b", &at, &[fleet()], Some(&dest_host(&[]))).expect("at");
+        assert_eq!(rows[0].bytes, Some(10), "at applies to every dataset");
+        let down = StoreAnswer {
+            host: "bak".into(),
+            endpoint: Some("x".into()),
+            catalogue: Err("connection refused".into()),
+        };
+        let e =
+            plan_bulk("b", &bulk_spec(&["**"]), &[down], Some(&dest_host(&[]))).expect_err("down");
+        assert_eq!(e.reason, reason::STORE_UNREACHABLE);
+    }
+
+    fn child(name: &str, phase: RestorePhase, verified: Option<bool>, reason: &str) -> Restore {
+        let mut c = Restore::new(name, spec(None, None));
+        c.status = Some(RestoreStatus {
+            phase,
+            verified,
+            bytes: Some(10),
+            bytes_done: Some(if phase == RestorePhase::Succeeded {
+                10
+            } else {
+                4
+            }),
+            message: Some(format!("{name} {phase:?}")),
+            conditions: conditions::set(
+                &[],
+                &Wanted {
+                    type_: READY,
+                    status: phase == RestorePhase::Succeeded,
+                    reason,
+                    message: String::new(),
+                    observed_generation: None,
+                },
+                Time(jiff::Timestamp::UNIX_EPOCH),
+            ),
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn bulk_children_run_one_at_a_time_and_aggregate() {
+        let spec = bulk_spec(&["tank/**"]);
+        let rows = plan_bulk("b", &spec, &[fleet()], Some(&dest_host(&[]))).expect("plan");
+        let name = |i: usize| rows[i].restore.clone();
+        let s = bulk_step(&spec, &rows, &[]);
+        assert_eq!((s.phase, s.start), (RestorePhase::Running, Some(0)));
+        let running = [child(&name(0), RestorePhase::Running, None, "")];
+        let s = bulk_step(&spec, &rows, &running);
+        assert_eq!(s.start, None, "one child at a time");
+        assert!(
+            s.message.starts_with("restoring tank (1 of 4)"),
+            "{}",
+            s.message
+        );
+        let mut kids = vec![
+            child(&name(0), RestorePhase::Succeeded, Some(true), "Succeeded"),
+            child(
+                &name(1),
+                RestorePhase::Failed,
+                Some(false),
+                "ChecksumMismatch",
+            ),
+        ];
+        let s = bulk_step(&spec, &rows, &kids);
+        assert_eq!(
+            s.start,
+            Some(2),
+            "a failed dataset does not stop the others"
+        );
+        assert_eq!(
+            s.rows[1].message.as_deref(),
+            Some(&*format!("ChecksumMismatch: {} Failed", name(1)))
+        );
+        kids.push(child(
+            &name(2),
+            RestorePhase::Succeeded,
+            Some(true),
+            "Succeeded",
+        ));
+        kids.push(child(
+            &name(3),
+            RestorePhase::Succeeded,
+            Some(true),
+            "Succeeded",
+        ));
+        let s = bulk_step(&spec, &rows, &kids);
+        assert_eq!(
+            (s.phase, s.verified, s.start),
+            (RestorePhase::Failed, Some(false), None)
+        );
+        assert!(
+            s.message
+                .starts_with("1 of 4 dataset(s) not restored: tank/db (ChecksumMismatch:"),
+            "{}",
+            s.message
+        );
+        kids[1] = child(&name(1), RestorePhase::Succeeded, Some(true), "Succeeded");
+        let s = bulk_step(&spec, &rows, &kids);
+        assert_eq!((s.phase, s.verified), (RestorePhase::Succeeded, Some(true)));
+        let st = bulk_status(
+            &RestoreStatus::default(),
+            Some(1),
+            &s,
+            Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert_eq!((st.bytes, st.bytes_done), (Some(40), Some(40)));
+        assert!(st.finished_at.is_some() && st.conditions[0].status == "True");
+        assert!(
+            !needs_resolving(Some(&st)) && st.chain.is_empty(),
+            "no agent ever claims a parent"
+        );
+        // Succeeded without verification is not success when verification was asked.
+        kids[1] = child(&name(1), RestorePhase::Succeeded, Some(false), "Succeeded");
+        assert_eq!(bulk_step(&spec, &rows, &kids).phase, RestorePhase::Failed);
+        // A child that disappeared after it ended keeps its row's outcome.
+        let ended = bulk_step(&spec, &rows, &kids).rows;
+        assert_eq!(bulk_step(&spec, &ended, &[]).phase, RestorePhase::Failed);
+    }
+
+    #[test]
+    fn children_are_owned_and_labelled() {
+        let mut parent = Restore::new("b", bulk_spec(&["tank/*"]));
+        parent.metadata.namespace = Some("ns".into());
+        parent.metadata.uid = Some("u-1".into());
+        let rows = plan_bulk("b", &parent.spec, &[fleet()], Some(&dest_host(&[]))).expect("plan");
+        let c = child_restore(&parent, &rows[0]);
+        assert_eq!(
+            c.labels().get(BULK_PARENT_LABEL).map(String::as_str),
+            Some("b")
+        );
+        let owner = &c.metadata.owner_references.expect("owner")[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
+        assert_eq!(c.spec.source.dataset_name(), "tank/db");
+        assert_eq!(c.spec.destination.dataset.as_str(), "tank/restore/tank/db");
     }
 
     #[test]
