@@ -416,6 +416,25 @@ impl Fleet {
         ds
     }
 
+    /// Waits (up to 60 s) until the host's agent reports these datasets in its ZfsHost
+    /// status (what the controller selects datasets from).
+    pub async fn wait_for_datasets(&self, short: &str, datasets: &[&str]) {
+        let api: Api<ZfsHost> = Api::all(self.client.clone());
+        let name = self.name(short);
+        eventually(
+            &format!("{name} reports {datasets:?}"),
+            Duration::from_secs(60),
+            || async {
+                let st = api.get(&name).await.ok()?.status?;
+                datasets
+                    .iter()
+                    .all(|d| st.datasets.iter().any(|s| s.name == *d))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Writes `contents` to `file` (relative) in a mounted dataset, creating directories.
     pub fn write_file(&self, dataset: &str, file: &str, contents: &[u8]) {
         let path = mounted(dataset).join(file);
