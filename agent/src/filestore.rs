@@ -2,11 +2,18 @@
 //! [`zetaback::store`] and reads them back.
 //!
 //! Writing a stream: a temporary file `.tmp-<id>-<unique>` in the dataset's directory, hashed
-//! (sha256) while written, `fsync`ed, then hard-linked to its final name (which fails if the
-//! name exists: a backup is never overwritten), the temporary name removed, the manifest written
-//! the same way, and the directory `fsync`ed. Until the manifest is in place the stream is not a
-//! backup: a crash at any point leaves at most a temporary file (removed at start-up) or a
-//! stream without a manifest (ignored by the catalogue, replaced by the next attempt).
+//! (sha256, and xxh3-128 for the transit check) while written, `fsync`ed, then hard-linked to
+//! its final name (which fails if the name exists: a backup is never overwritten), the
+//! temporary name removed, the manifest written the same way, and the directory `fsync`ed.
+//! Until the manifest is in place the stream is not a backup: a crash at any point leaves at
+//! most a temporary file (removed at start-up) or a stream without a manifest (ignored by the
+//! catalogue, replaced by the next attempt).
+//!
+//! Streams are written with `O_DIRECT` where the file system allows it, in aligned blocks of
+//! [`DIRECT_BLOCK`] bytes (the unaligned tail without it): a backup stream is written once and
+//! rarely read, so copying it through the page cache only costs CPU (on the benchmark VM about
+//! 0.2–1.3 CPU-seconds per GiB, against 0.07 direct) and evicts useful pages. The final
+//! `fsync` is what makes it durable either way.
 
 use std::collections::HashSet;
 use std::io;
@@ -17,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::io::Write;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::fs::{self, File, OpenOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -26,6 +32,8 @@ use tracing::{debug, warn};
 use zetaback::api::BackupType;
 use zetaback::api::backup_policy::Compression;
 use zetaback::store::{Catalogue, Layout, Manifest, StoreError, StreamId};
+
+use crate::checksum::Received;
 
 /// What can go wrong in the file store.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +88,19 @@ pub struct StreamMeta {
 pub struct FileStore {
     layout: Layout,
     writing: Arc<Mutex<HashSet<BackupKey>>>,
+    direct_io: bool,
+}
+
+/// What a finished stream measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub bytes: u64,
+    /// sha256 of the file (what the manifest records).
+    pub sha256: String,
+    /// xxh3-128 of the file (compared with the sender's transit check).
+    pub xxh3: String,
+    /// Written with `O_DIRECT` (the file system allowed it).
+    pub direct: bool,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -113,7 +134,14 @@ impl FileStore {
         Self {
             layout: Layout::new(root),
             writing: Arc::default(),
+            direct_io: true,
         }
+    }
+
+    /// Whether streams are written with `O_DIRECT` where possible (default: yes).
+    pub fn with_direct_io(mut self, direct: bool) -> Self {
+        self.direct_io = direct;
+        self
     }
 
     /// The layout.
@@ -185,7 +213,7 @@ impl FileStore {
             .await
             .map_err(io_err(&temp))?;
         debug!(path = %temp.display(), "writing stream");
-        let writer = Writer::spawn(file.into_std().await);
+        let writer = Writer::spawn(file.into_std().await, self.direct_io);
         Ok(PendingStream {
             key,
             dir,
@@ -193,7 +221,8 @@ impl FileStore {
             manifest,
             temp: Some(temp),
             writer,
-            sha256: None,
+            block: None,
+            written: None,
             bytes: 0,
             _claim: claim,
         })
@@ -328,38 +357,182 @@ impl Drop for Claim {
     }
 }
 
-/// Chunks queued between the request and the writer thread.
-const WRITER_DEPTH: usize = 8;
+/// Blocks queued between the request and the writer thread.
+const WRITER_DEPTH: usize = 4;
 
-/// Hashes and writes chunks on a blocking thread, fed through a bounded channel (so the
-/// request's task keeps receiving while the disk writes, without copying the chunks), and
-/// fsyncs the file at the end.
+/// The size of the blocks the writer hashes and writes (each one `O_DIRECT` write).
+pub const DIRECT_BLOCK: usize = 2 * 1024 * 1024;
+/// The alignment `O_DIRECT` needs for buffers, offsets and sizes (a page; enough for every
+/// common logical block size).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Turns `O_DIRECT` on or off for `file`; false where the file system refuses it.
+fn set_direct(file: &std::fs::File, on: bool) -> bool {
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    let Ok(flags) = fcntl_getfl(file) else {
+        return false;
+    };
+    let flags = if on {
+        flags | OFlags::DIRECT
+    } else {
+        flags - OFlags::DIRECT
+    };
+    match fcntl_setfl(file, flags) {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(error = %e, on, "O_DIRECT could not be changed; writing through the page cache");
+            false
+        }
+    }
+}
+
+/// A page-aligned buffer of [`DIRECT_BLOCK`] bytes, filled from the request's chunks.
+///
+/// Copying each received chunk into a block at once (instead of queueing hyper's `Bytes`)
+/// lets hyper reuse its read buffer: holding its chunks made it allocate a fresh one for every
+/// socket read, and the page faults of those cost about 15% of the receiving agent's CPU.
+struct Block {
+    backing: Vec<u8>,
+    offset: usize,
+    len: usize,
+}
+
+impl Block {
+    fn new() -> Self {
+        let backing = vec![0u8; DIRECT_BLOCK + DIRECT_ALIGN];
+        let offset = backing
+            .as_ptr()
+            .align_offset(DIRECT_ALIGN)
+            .min(DIRECT_ALIGN);
+        Self {
+            backing,
+            offset,
+            len: 0,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.backing[self.offset..self.offset + self.len]
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == DIRECT_BLOCK
+    }
+
+    /// Copies as much of `data` as fits; returns how much.
+    fn push(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(DIRECT_BLOCK - self.len);
+        let at = self.offset + self.len;
+        self.backing[at..at + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        n
+    }
+}
+
+/// Blocks the writer has finished with, for the next ones.
+#[derive(Clone, Default)]
+struct BlockPool(Arc<Mutex<Vec<Block>>>);
+
+impl BlockPool {
+    fn take(&self) -> Block {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .map(|mut b| {
+                b.len = 0;
+                b
+            })
+            .unwrap_or_else(Block::new)
+    }
+
+    fn put(&self, b: Block) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(b);
+        }
+    }
+}
+
+impl std::fmt::Debug for BlockPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockPool")
+    }
+}
+
+/// Writes one block: full blocks directly; a partial block (only ever the last one) in its
+/// aligned part directly and its tail through the page cache.
+fn write_block(
+    file: &mut std::fs::File,
+    block: &Block,
+    direct: &mut bool,
+    ended: &mut bool,
+) -> io::Result<()> {
+    if *ended {
+        return Err(io::Error::other("a block after the last (partial) block"));
+    }
+    let data = block.data();
+    if !*direct {
+        return file.write_all(data);
+    }
+    if block.is_full() {
+        return file.write_all(data);
+    }
+    *ended = true;
+    let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+    file.write_all(&data[..aligned])?;
+    if aligned < data.len() {
+        if !set_direct(file, false) {
+            return Err(io::Error::other("could not turn O_DIRECT off for the tail"));
+        }
+        *direct = false;
+        file.write_all(&data[aligned..])?;
+    }
+    Ok(())
+}
+
+/// Hashes and writes blocks on a blocking thread, fed through a bounded channel (so the
+/// request's task keeps receiving while the disk writes), and fsyncs the file at the end.
 #[derive(Debug)]
 struct Writer {
-    tx: Option<mpsc::Sender<Bytes>>,
-    handle: Option<JoinHandle<io::Result<Sha256>>>,
+    tx: Option<mpsc::Sender<Block>>,
+    handle: Option<JoinHandle<io::Result<(Received, bool)>>>,
+    pool: BlockPool,
 }
 
 impl Writer {
-    fn spawn(mut file: std::fs::File) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITER_DEPTH);
+    fn spawn(mut file: std::fs::File, direct_io: bool) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Block>(WRITER_DEPTH);
+        let pool = BlockPool::default();
+        let back = pool.clone();
         let handle = tokio::task::spawn_blocking(move || {
-            let mut hasher = Sha256::new();
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-                file.write_all(&chunk)?;
+            let mut sums = Received::new(true);
+            let used_direct = direct_io && set_direct(&file, true);
+            let (mut direct, mut ended) = (used_direct, false);
+            while let Some(block) = rx.blocking_recv() {
+                sums.update(block.data());
+                write_block(&mut file, &block, &mut direct, &mut ended)?;
+                back.put(block);
             }
             file.sync_all()?;
-            Ok(hasher)
+            Ok((sums, used_direct))
         });
         Self {
             tx: Some(tx),
             handle: Some(handle),
+            pool,
+        }
+    }
+
+    /// Queues a block; false if the writer thread stopped (its error comes from `join`).
+    async fn send(&self, block: Block) -> bool {
+        match &self.tx {
+            Some(tx) => tx.send(block).await.is_ok(),
+            None => false,
         }
     }
 
     /// Waits for the thread; its error if it failed.
-    async fn join(&mut self) -> io::Result<Sha256> {
+    async fn join(&mut self) -> io::Result<(Received, bool)> {
         self.tx = None;
         match self.handle.take() {
             Some(h) => h.await.map_err(io::Error::other)?,
@@ -378,9 +551,17 @@ pub struct PendingStream {
     manifest: PathBuf,
     temp: Option<PathBuf>,
     writer: Writer,
-    sha256: Option<String>,
+    /// The block being filled.
+    block: Option<Block>,
+    written: Option<Written>,
     bytes: u64,
     _claim: Claim,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Block({} bytes)", self.len)
+    }
 }
 
 impl PendingStream {
@@ -388,22 +569,31 @@ impl PendingStream {
         self.temp.clone().unwrap_or_else(|| self.stream.clone())
     }
 
-    /// Appends a chunk (waits while the writer is [`WRITER_DEPTH`] chunks behind).
-    pub async fn write(&mut self, chunk: Bytes) -> Result<(), FileStoreError> {
-        let n = chunk.len() as u64;
-        let sent = match &self.writer.tx {
-            Some(tx) => tx.send(chunk).await.is_ok(),
-            None => false,
+    /// The writer stopped: its error.
+    async fn writer_failed(&mut self) -> FileStoreError {
+        let err = match self.writer.join().await {
+            Err(e) => e,
+            Ok(_) => io::Error::other("stream already finished"),
         };
-        if !sent {
-            // The writer stopped: report its error.
-            let err = match self.writer.join().await {
-                Err(e) => e,
-                Ok(_) => io::Error::other("stream already finished"),
-            };
-            return Err(io_err(&self.temp_path())(err));
+        io_err(&self.temp_path())(err)
+    }
+
+    /// Appends a chunk: copied into the current block at once (the chunk is released); a
+    /// full block goes to the writer (waits while it is [`WRITER_DEPTH`] blocks behind).
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), FileStoreError> {
+        let mut data = &chunk[..];
+        while !data.is_empty() {
+            let block = self.block.get_or_insert_with(|| self.writer.pool.take());
+            let n = block.push(data);
+            data = &data[n..];
+            self.bytes += n as u64;
+            if block.is_full()
+                && let Some(full) = self.block.take()
+                && !self.writer.send(full).await
+            {
+                return Err(self.writer_failed().await);
+            }
         }
-        self.bytes += n;
         Ok(())
     }
 
@@ -412,24 +602,48 @@ impl PendingStream {
         self.bytes
     }
 
-    /// Ends the stream: waits for the writes and the fsync; returns its sha256 (lower-case hex).
-    pub async fn finish(&mut self) -> Result<String, FileStoreError> {
-        if let Some(sha) = &self.sha256 {
-            return Ok(sha.clone());
+    /// Ends the stream: waits for the writes and the fsync; returns what was written.
+    pub async fn finish(&mut self) -> Result<Written, FileStoreError> {
+        if let Some(w) = &self.written {
+            return Ok(w.clone());
         }
-        let hasher = self
+        if let Some(last) = self.block.take()
+            && last.len > 0
+            && !self.writer.send(last).await
+        {
+            return Err(self.writer_failed().await);
+        }
+        let (sums, direct) = self
             .writer
             .join()
             .await
             .map_err(io_err(&self.temp_path()))?;
-        let sha = hex::encode(hasher.finalize());
-        self.sha256 = Some(sha.clone());
-        Ok(sha)
+        let bytes = sums.bytes;
+        let (sha256, xxh3) = sums.finish();
+        let Some(sha256) = sha256 else {
+            return Err(io_err(&self.temp_path())(io::Error::other(
+                "the writer computed no sha256",
+            )));
+        };
+        if bytes != self.bytes {
+            return Err(io_err(&self.temp_path())(io::Error::other(format!(
+                "the writer wrote {bytes} bytes of {}",
+                self.bytes
+            ))));
+        }
+        let w = Written {
+            bytes,
+            sha256,
+            xxh3,
+            direct,
+        };
+        self.written = Some(w.clone());
+        Ok(w)
     }
 
     /// Makes the stream a backup: fsync, link into place (never replacing), manifest, fsync.
     pub async fn commit(mut self, meta: StreamMeta) -> Result<Manifest, FileStoreError> {
-        let sha256 = self.finish().await?;
+        let sha256 = self.finish().await?.sha256;
         let Some(temp) = self.temp.clone() else {
             return Err(FileStoreError::Io {
                 path: self.stream.clone(),
@@ -521,6 +735,90 @@ impl Drop for PendingStream {
         if let Some(temp) = self.temp.take() {
             debug!(path = %temp.display(), "discarding an incomplete stream");
             let _ = std::fs::remove_file(&temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::{sha256_of, transit_of};
+
+    fn data(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Whether `dir`'s file system takes O_DIRECT (ext4 does, tmpfs did not before 6.6).
+    fn supports_direct(dir: &Path) -> bool {
+        let f = std::fs::File::create(dir.join("probe")).expect("probe");
+        let ok = set_direct(&f, true);
+        let _ = std::fs::remove_file(dir.join("probe"));
+        ok
+    }
+
+    /// Sizes around every boundary of the aligned writer: empty, below and at one alignment
+    /// unit, at and past one staging block, several blocks plus an unaligned tail; chunks of
+    /// odd sizes. The file must hold exactly the bytes, and both hashes must be of them.
+    #[tokio::test]
+    async fn writes_exactly_the_bytes_direct_or_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let direct_here = supports_direct(dir.path());
+        for direct in [true, false] {
+            let store = FileStore::new(dir.path()).with_direct_io(direct);
+            for (i, n) in [
+                0,
+                1,
+                4095,
+                4096,
+                DIRECT_BLOCK - 1,
+                DIRECT_BLOCK,
+                DIRECT_BLOCK + 1,
+                3 * DIRECT_BLOCK + 12_345,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let bytes = data(n);
+                let key = BackupKey {
+                    host: "h1".into(),
+                    dataset: format!("tank/d{}", u8::from(direct)),
+                    id: StreamId::Full {
+                        ts: 1_700_000_000 + i as i64,
+                    },
+                };
+                let mut p = store.begin(key.clone()).await.expect("begin");
+                for chunk in bytes.chunks(300_007) {
+                    p.write(Bytes::copy_from_slice(chunk)).await.expect("write");
+                }
+                let w = p.finish().await.expect("finish");
+                assert_eq!(w.bytes, n as u64);
+                assert_eq!(w.sha256, sha256_of(&bytes));
+                assert_eq!(w.xxh3, transit_of(&bytes));
+                assert_eq!(w.direct, direct && direct_here, "size {n}");
+                let m = p
+                    .commit(StreamMeta {
+                        snapshot: "s".into(),
+                        base_snapshot: None,
+                        compression: zetaback::api::backup_policy::Compression::None,
+                    })
+                    .await
+                    .expect("commit");
+                let (mut f, _) = store.open(&key).await.expect("open");
+                let mut back = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut f, &mut back)
+                    .await
+                    .expect("read");
+                assert!(back == bytes, "size {n}, direct {direct}: contents differ");
+                assert_eq!(m.sha256, sha256_of(&back));
+            }
         }
     }
 }

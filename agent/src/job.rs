@@ -1,6 +1,7 @@
 //! Running one backup: take (or reuse) the snapshot, `zfs send` it (incremental against the
 //! base where asked) and stream it to the target agent; succeed only when the target confirmed
-//! the bytes and sha256. No Kubernetes here: the runner resolves the target and records status.
+//! the bytes and the transit check (the sha256 reported is the one the target recorded). No
+//! Kubernetes here: the runner resolves the target and records status.
 
 use std::time::Instant;
 
@@ -210,7 +211,7 @@ async fn send_and_upload(
     Ok(JobOutcome {
         backup_id: uploaded.response.backup_id,
         bytes: uploaded.sent_bytes,
-        sha256: uploaded.sent_sha256,
+        sha256: uploaded.response.sha256,
         bytes_per_second: (uploaded.sent_bytes as f64 / secs) as u64,
         replica: uploaded.response.replica,
     })

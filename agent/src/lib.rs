@@ -3,6 +3,7 @@
 //! job runner ([`runner`]).
 
 pub mod auth;
+pub mod checksum;
 pub mod discovery;
 pub mod filestore;
 pub mod hostinfo;

@@ -40,10 +40,11 @@ use zetaback::names::{validate_dataset, validate_snapshot_name};
 use zetaback::store::{StreamId, unescape_dataset, validate_host};
 
 use crate::auth::{Role, Tokens};
+use crate::checksum::Received;
 use crate::filestore::{BackupKey, FileStore, FileStoreError, StreamMeta};
 use crate::wire::{
     ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_RECEIVE_INTO, H_SHA256, H_SNAPSHOT, H_STORE_PATH,
-    PutResponse,
+    H_XXH3, PutResponse,
 };
 use crate::zfs::{ReceiveRequest, Zfs, ZfsError};
 
@@ -197,7 +198,15 @@ struct PutPlan {
     meta: StreamMeta,
     receive_into: Option<String>,
     force: bool,
-    expect_trailer: bool,
+    /// The checksum trailers the request announced in `Trailer` (must arrive and match).
+    expect: Expected,
+}
+
+/// Which checksum trailers were announced.
+#[derive(Debug, Clone, Copy, Default)]
+struct Expected {
+    sha256: bool,
+    xxh3: bool,
 }
 
 fn plan_put(
@@ -274,14 +283,17 @@ fn plan_put(
             "this agent does not allow zfs receive -F".into(),
         ));
     }
-    let expect_trailer = headers
-        .get_all(header::TRAILER)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(H_SHA256))
-        });
+    let announced = |name: &str| {
+        headers
+            .get_all(header::TRAILER)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(name)))
+    };
+    let expect = Expected {
+        sha256: announced(H_SHA256),
+        xxh3: announced(H_XXH3),
+    };
     Ok(PutPlan {
         key,
         meta: StreamMeta {
@@ -291,15 +303,22 @@ fn plan_put(
         },
         receive_into,
         force,
-        expect_trailer,
+        expect,
     })
 }
 
 /// The next piece of a request body.
 enum Piece {
     Data(Bytes),
-    Sha256(Option<String>),
+    Trailers(Trailers),
     End,
+}
+
+/// The checksum trailers that arrived.
+#[derive(Debug, Clone, Default)]
+struct Trailers {
+    sha256: Option<String>,
+    xxh3: Option<String>,
 }
 
 async fn next_piece(body: &mut Body, idle: Duration) -> Result<Piece, ApiError> {
@@ -325,11 +344,16 @@ async fn next_piece(body: &mut Body, idle: Duration) -> Result<Piece, ApiError> 
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        let sha = trailers
-                            .get(H_SHA256)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        return Ok(Piece::Sha256(sha));
+                        let get = |name: &str| {
+                            trailers
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned)
+                        };
+                        return Ok(Piece::Trailers(Trailers {
+                            sha256: get(H_SHA256),
+                            xxh3: get(H_XXH3),
+                        }));
                     }
                 }
             },
@@ -337,18 +361,42 @@ async fn next_piece(body: &mut Body, idle: Duration) -> Result<Piece, ApiError> 
     }
 }
 
-fn check_trailer(expect: bool, got: Option<String>, ours: &str) -> Result<bool, ApiError> {
-    match got {
-        Some(sha) if sha == ours => Ok(true),
-        Some(sha) => Err(ApiError(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("stream corrupted in transit: sender's sha256 {sha}, received {ours}"),
-        )),
-        None if expect => Err(ApiError::bad(format!(
-            "the announced {H_SHA256} trailer did not arrive: stream incomplete"
-        ))),
-        None => Ok(false),
+/// Compares the trailers that arrived with what was received: a mismatch is corruption in
+/// transit (422), an announced trailer that never came means the stream is incomplete (400).
+/// Returns whether at least one checksum was checked.
+fn check_trailers(
+    expect: Expected,
+    got: &Trailers,
+    sha256: Option<&str>,
+    xxh3: &str,
+) -> Result<bool, ApiError> {
+    let mut checked = false;
+    for (name, announced, theirs, ours) in [
+        (H_XXH3, expect.xxh3, &got.xxh3, Some(xxh3)),
+        (H_SHA256, expect.sha256, &got.sha256, sha256),
+    ] {
+        match (theirs, ours) {
+            (Some(t), Some(o)) if t == o => checked = true,
+            (Some(t), Some(o)) => {
+                return Err(ApiError(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("stream corrupted in transit: sender's {name} {t}, received {o}"),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(ApiError::bad(format!(
+                    "{name} trailer cannot be checked in this mode; send {H_XXH3}"
+                )));
+            }
+            (None, _) if announced => {
+                return Err(ApiError::bad(format!(
+                    "the announced {name} trailer did not arrive: stream incomplete"
+                )));
+            }
+            (None, _) => {}
+        }
     }
+    Ok(checked)
 }
 
 async fn put_stream(
@@ -385,11 +433,11 @@ async fn put_file(
         .as_ref()
         .ok_or_else(|| ApiError::bad("this agent has no file store"))?;
     let mut pending = store.begin(plan.key.clone()).await?;
-    let mut trailer = None;
+    let mut trailers = Trailers::default();
     loop {
         match next_piece(&mut body, state.idle_timeout).await {
             Ok(Piece::Data(data)) => pending.write(data).await?,
-            Ok(Piece::Sha256(sha)) => trailer = sha,
+            Ok(Piece::Trailers(t)) => trailers = t,
             Ok(Piece::End) => break,
             Err(e) => {
                 warn!(
@@ -400,13 +448,14 @@ async fn put_file(
             }
         }
     }
-    let sha256 = pending.finish().await?;
-    let verified = check_trailer(plan.expect_trailer, trailer, &sha256)?;
+    let written = pending.finish().await?;
+    let verified = check_trailers(plan.expect, &trailers, Some(&written.sha256), &written.xxh3)?;
     let manifest = pending.commit(plan.meta).await?;
     Ok(PutResponse {
         backup_id: manifest.id,
         bytes: manifest.bytes,
         sha256: manifest.sha256,
+        xxh3: Some(written.xxh3),
         verified,
         replica: None,
     })
@@ -473,10 +522,9 @@ async fn put_replica(
         force: plan.force,
         resumable: false,
     })?;
-    let mut hasher = Sha256::new();
-    let mut bytes = 0u64;
-    let mut trailer = None;
-    let copy: Result<(), ApiError> = async {
+    let mut sums = Received::new(true);
+    let mut trailers = Trailers::default();
+    let copy: Result<(String, String), ApiError> = async {
         let Some(stdin) = recv.stdin() else {
             return Err(ApiError(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -497,37 +545,42 @@ async fn put_replica(
         loop {
             match next_piece(&mut body, state.idle_timeout).await? {
                 Piece::Data(data) => {
-                    hasher.update(&data);
-                    bytes += data.len() as u64;
+                    sums.update(&data);
                     sink.write_all(&data).await.map_err(broken)?;
                 }
-                Piece::Sha256(sha) => trailer = sha,
+                Piece::Trailers(t) => trailers = t,
                 Piece::End => break,
             }
         }
-        let ours = hex::encode(hasher.clone().finalize());
-        check_trailer(plan.expect_trailer, trailer.clone(), &ours)?;
+        let (sha256, xxh3) = sums.clone().finish();
+        let sha256 = sha256.unwrap_or_default();
+        check_trailers(plan.expect, &trailers, Some(&sha256), &xxh3)?;
         sink.shutdown().await.map_err(broken)?;
-        Ok(())
+        Ok((sha256, xxh3))
     }
     .await;
-    match copy {
-        Ok(()) => recv.finish().await?,
+    let bytes = sums.bytes;
+    let (sha256, xxh3) = match copy {
+        Ok(sums) => {
+            recv.finish().await?;
+            sums
+        }
         Err(e) => {
             warn!(bytes, "replica stream interrupted; aborting zfs receive");
             recv.abort().await;
             return Err(e);
         }
-    }
+    };
     if matches!(plan.key.id, StreamId::Full { .. }) {
         zfs.protect_replica(&target).await?;
     }
-    let sha256 = hex::encode(hasher.finalize());
-    let verified = trailer.as_deref() == Some(sha256.as_str());
+    let verified = trailers.xxh3.as_deref() == Some(xxh3.as_str())
+        || trailers.sha256.as_deref() == Some(sha256.as_str());
     Ok(PutResponse {
         backup_id: plan.key.id.to_string(),
         bytes,
         sha256,
+        xxh3: Some(xxh3),
         verified,
         replica: Some(target),
     })

@@ -1,21 +1,26 @@
 //! The sending side of a transfer: streams a reader (the stdout of `zfs send`) to a target
 //! agent with `PUT /v1/streams/...`, optionally zstd-compressed and rate-limited, hashing what
-//! it sends; and reads a stored stream back (`GET`) for restores, verifying its sha256.
+//! it sends (the transit check); and reads a stored stream back (`GET`) for restores,
+//! verifying its sha256.
 //!
-//! A stream is only ever ended cleanly (final chunk plus a `x-zetaback-sha256` trailer) after
-//! the source said it completed (`zfs send` exited 0); otherwise the request is aborted
-//! mid-body, and the target discards what it got. Memory is bounded: one 256 KiB read buffer
-//! and a channel of at most [`CHANNEL_DEPTH`] chunks between the reader and the connection.
+//! A stream is only ever ended cleanly (final chunk plus a `x-zetaback-xxh3` trailer, the
+//! transit check of [`crate::checksum`]) after the source said it completed (`zfs send` exited
+//! 0); otherwise the request is aborted mid-body, and the target discards what it got. The
+//! sender does not compute the sha256: the target does, over what it writes, and records it.
+//!
+//! Memory is bounded: read buffers of [`CHUNK`] bytes come from a small pool and go back to it
+//! when hyper has written them (no allocation per chunk), and a channel of at most
+//! [`CHANNEL_DEPTH`] chunks sits between the reader and the connection.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_compression::tokio::bufread::{ZstdDecoder, ZstdEncoder};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, TRAILER};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
@@ -32,16 +37,17 @@ use tracing::debug;
 use zetaback::api::backup_policy::Compression;
 use zetaback::store::{StreamId, escape_dataset};
 
+use crate::checksum::Transit;
 use crate::ratelimit::RateLimiter;
 use crate::wire::{
     ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_RECEIVE_INTO, H_SHA256, H_SNAPSHOT, H_STORE_PATH,
-    PutResponse,
+    H_XXH3, PutResponse,
 };
 
 /// Chunks in flight between the reader task and the HTTP connection.
 pub const CHANNEL_DEPTH: usize = 8;
-/// The read size.
-pub const CHUNK: usize = 256 * 1024;
+/// The read size (and the size of each pooled buffer).
+pub const CHUNK: usize = 512 * 1024;
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, io::Error>;
 
@@ -96,7 +102,7 @@ pub enum TransferError {
     Source(String),
     #[error("reading the stream failed: {0}")]
     Read(String),
-    #[error("the target recorded sha256 {target} but {sent} was sent")]
+    #[error("the target received {target} but {sent} was sent (transit check, xxh3-128 and bytes)")]
     Mismatch { sent: String, target: String },
 }
 
@@ -122,9 +128,11 @@ pub struct Upload {
 /// A finished upload: what the target said, and what was sent.
 #[derive(Debug, Clone)]
 pub struct Uploaded {
+    /// The target's answer; `response.sha256` is what its manifest records.
     pub response: PutResponse,
     pub sent_bytes: u64,
-    pub sent_sha256: String,
+    /// xxh3-128 of what was sent (the transit check).
+    pub sent_xxh3: String,
 }
 
 /// Resolves when the source finished: `Err(message)` if it failed.
@@ -170,6 +178,56 @@ impl Progress {
     }
 }
 
+/// Read buffers lent to hyper as [`Bytes`] and returned when hyper has written them, so a
+/// stream allocates a handful of buffers, not one per chunk.
+#[derive(Clone, Default)]
+struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl BufPool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_else(|| vec![0u8; CHUNK])
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        if let Ok(mut v) = self.0.lock()
+            && v.len() < 2 * CHANNEL_DEPTH
+        {
+            v.push(buf);
+        }
+    }
+
+    /// The first `len` bytes of `buf` as [`Bytes`]; the buffer returns to the pool on drop.
+    fn freeze(&self, buf: Vec<u8>, len: usize) -> Bytes {
+        Bytes::from_owner(Pooled {
+            buf,
+            len,
+            pool: self.clone(),
+        })
+    }
+}
+
+struct Pooled {
+    buf: Vec<u8>,
+    len: usize,
+    pool: BufPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.buf));
+    }
+}
+
 async fn produce(
     reader: impl AsyncRead + Send + Unpin + 'static,
     compression: Compression,
@@ -185,13 +243,14 @@ async fn produce(
         )),
         Compression::None => Box::new(reader),
     };
-    let mut hasher = Sha256::new();
+    let mut transit = Transit::new();
     let mut bytes = 0u64;
     let mut limiter = RateLimiter::new(limit);
+    let pool = BufPool::default();
     let gone = || TransferError::Connection("the request was aborted".into());
     loop {
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        let n = match reader.read_buf(&mut buf).await {
+        let mut buf = pool.take();
+        let n = match reader.read(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
                 let msg = e.to_string();
@@ -202,9 +261,9 @@ async fn produce(
         if n == 0 {
             break;
         }
-        hasher.update(&buf);
+        transit.update(&buf[..n]);
         bytes += n as u64;
-        tx.send(Ok(Frame::data(buf.freeze())))
+        tx.send(Ok(Frame::data(pool.freeze(buf, n))))
             .await
             .map_err(|_| gone())?;
         progress.tick();
@@ -216,15 +275,15 @@ async fn produce(
         let _ = tx.send(Err(io::Error::other(msg.clone()))).await;
         return Err(TransferError::Source(msg));
     }
-    let sha = hex::encode(hasher.finalize());
+    let sum = transit.hex();
     let mut trailers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&sha) {
-        trailers.insert(H_SHA256, v);
+    if let Ok(v) = HeaderValue::from_str(&sum) {
+        trailers.insert(H_XXH3, v);
     }
     tx.send(Ok(Frame::trailers(trailers)))
         .await
         .map_err(|_| gone())?;
-    Ok((bytes, sha))
+    Ok((bytes, sum))
 }
 
 fn channel_body(rx: mpsc::Receiver<Result<Frame<Bytes>, io::Error>>) -> BoxBody {
@@ -261,7 +320,7 @@ pub async fn upload(
         .uri(&url)
         .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
         .header(CONTENT_TYPE, "application/octet-stream")
-        .header(TRAILER, H_SHA256)
+        .header(TRAILER, H_XXH3)
         .header(H_SNAPSHOT, &up.snapshot)
         .header(
             H_COMPRESSION,
@@ -333,19 +392,25 @@ pub async fn upload(
         .to_bytes();
     let response: PutResponse = serde_json::from_slice(&body)
         .map_err(|e| TransferError::Connection(format!("bad answer from the target: {e}")))?;
-    let (sent_bytes, sent_sha256) = producer
+    let (sent_bytes, sent_xxh3) = producer
         .await
         .map_err(|e| TransferError::Source(e.to_string()))??;
-    if response.sha256 != sent_sha256 || response.bytes != sent_bytes {
+    // The target compared the trailer already (it refuses a mismatch); comparing its echo here
+    // as well means neither side has to trust the other's word.
+    if response.xxh3.as_deref() != Some(sent_xxh3.as_str()) || response.bytes != sent_bytes {
         return Err(TransferError::Mismatch {
-            sent: sent_sha256,
-            target: response.sha256,
+            sent: format!("{sent_bytes} bytes, xxh3 {sent_xxh3}"),
+            target: format!(
+                "{} bytes, xxh3 {}",
+                response.bytes,
+                response.xxh3.as_deref().unwrap_or("(none)")
+            ),
         });
     }
     Ok(Uploaded {
         response,
         sent_bytes,
-        sent_sha256,
+        sent_xxh3,
     })
 }
 

@@ -12,8 +12,11 @@ pub const H_COMPRESSION: &str = "x-zetaback-compression";
 pub const H_RECEIVE_INTO: &str = "x-zetaback-receive-into";
 /// File mode: the store path the job expects (must be this agent's store root).
 pub const H_STORE_PATH: &str = "x-zetaback-store-path";
-/// The sha256 of the body: a trailer on uploads, a header on downloads.
+/// The sha256 of the body: a header on downloads (and accepted as an upload trailer).
 pub const H_SHA256: &str = "x-zetaback-sha256";
+/// The transit check of an upload: xxh3-128 of the body, as a trailer (see
+/// [`crate::checksum`]).
+pub const H_XXH3: &str = "x-zetaback-xxh3";
 
 /// The answer to a successful `PUT /v1/streams/...`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,9 +26,12 @@ pub struct PutResponse {
     pub backup_id: String,
     /// Bytes received (as sent: compressed if the body was).
     pub bytes: u64,
-    /// sha256 of the bytes received.
+    /// sha256 of the bytes received (what the manifest records).
     pub sha256: String,
-    /// The sender's sha256 trailer was present and matched.
+    /// xxh3-128 of the bytes received (the transit check; the sender compares it with its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xxh3: Option<String>,
+    /// The sender's checksum trailer was present and matched.
     pub verified: bool,
     /// Replica mode: the dataset received into.
     #[serde(default, skip_serializing_if = "Option::is_none")]

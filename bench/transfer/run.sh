@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
 # Transfer benchmark (issue 3): a dataset of SIZE_MIB (default 1024) MiB of incompressible
 # data on zfs-fuse, sent
-#   (a) raw:   `zfs send > file` and `zfs send | zfs receive`
+#   (a) raw:   `zfs send > file` (+fsync) and `zfs send | zfs receive`
 #   (b) agent: `zetaback-agent backup` → target agent (another process, loopback HTTP) → file store
 #   (c) agent: the same → target agent → `zfs receive` (replica mode)
-# and prints MB/s, the ratio agent/raw, and the agents' peak RSS. Not a test: numbers only.
+# in ROUNDS rounds (default 3), each case in turn, every case starting once zfs-fuse has gone
+# quiet (the previous case's writes synced: otherwise a case pays for the one before it). Prints
+# each round, the median MB/s per case, the ratio agent/raw of the medians, the CPU-seconds per
+# GiB of each agent and of the zfs-fuse daemon (less noisy than MB/s on a shared machine), and
+# the agents' peak RSS. Not a test: numbers only.
 #
-#   bench/transfer/run.sh [SIZE_MIB]     (as root; needs zfs-fuse, builds the agent --release)
+#   bench/transfer/run.sh [SIZE_MIB] [ROUNDS]   (as root; needs zfs-fuse; builds the agent --release)
 # Env: BENCH_DIR (default /var/tmp/zetaback-bench), CARGO_TARGET_DIR, COMPRESSION (none|zstd),
-#      AGENT_BIN (skip the build), BENCH_NICE (e.g. -10: run everything, the zfs-fuse daemon
-#      included, at that priority, so that other work on a shared machine disturbs raw and
-#      agent runs alike; the daemon's priority is put back to 0 at exit).
+#      BENCH_POOL_PREFIX (default zbbench: pools <prefix>src and <prefix>dst), BENCH_PORT,
+#      AGENT_BIN (skip the build), TARGET_ARGS (extra flags for the target agent, e.g.
+#      --no-direct-io), BENCH_NICE (e.g. -10: run everything, the zfs-fuse daemon included, at
+#      that priority, so that other work on a shared machine disturbs raw and agent runs alike;
+#      the daemon's priority is put back to 0 at exit).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 size_mib=${1:-1024}
+rounds=${2:-3}
 dir=${BENCH_DIR:-/var/tmp/zetaback-bench}
 compression=${COMPRESSION:-none}
-src=zbbenchsrc
-dst=zbbenchdst
+prefix=${BENCH_POOL_PREFIX:-zbbench}
+src=${prefix}src
+dst=${prefix}dst
 port=${BENCH_PORT:-17790}
 zfs_sh="$root/e2e/scripts/zfs.sh"
+read -r -a target_args <<<"${TARGET_ARGS:-}"
 
 log() { echo "bench: $*" >&2; }
 
@@ -49,9 +58,10 @@ cleanup
 mkdir -p "$dir/store"
 echo bench-token >"$dir/token"
 
-pool_mib=$(( size_mib * 3 + 512 ))
-src_mnt=$("$zfs_sh" pool "$src" "${pool_mib}M")
-"$zfs_sh" pool "$dst" "${pool_mib}M" >/dev/null
+src_mnt=$("$zfs_sh" pool "$src" "$(( size_mib * 2 + 512 ))M")
+# The replica pool keeps a raw copy and an agent replica per round (zfs-fuse often calls a
+# just-received dataset busy, so they are destroyed only with the pool).
+"$zfs_sh" pool "$dst" "$(( size_mib * (2 * rounds + 1) + 512 ))M" >/dev/null
 zfs create "$src/data"
 zfs create "$dst/replicas"
 log "writing $size_mib MiB of random data"
@@ -70,62 +80,113 @@ log "warm-up read"
 zfs send "$src/data@bench" >/dev/null
 
 now() { date +%s.%N; }
-load0=$(cut -d' ' -f1-3 /proc/loadavg)
-results=()
-# record NAME BYTES SECONDS RAW_MBPS RSS   (sets $mbps)
-record() {
-  local ratio
-  mbps=$(awk -v b="$2" -v s="$3" 'BEGIN{printf "%.1f", b/s/1e6}')
-  ratio=$( [ -n "$4" ] && awk -v a="$mbps" -v r="$4" 'BEGIN{printf "%.2f", a/r}' || echo "-")
-  results+=("$(printf '| %-36s | %8.1f | %7.2f | %7s | %5s | %-13s |' "$1" "$(awk -v b="$2" 'BEGIN{print b/1048576}')" "$3" "$mbps" "$ratio" "$5")")
+# CPU seconds (user + system) a process used so far.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+daemon_cpu() { local p; p=$(zfs_fuse_pids | head -1); if [ -n "$p" ]; then cpu_of "$p"; else echo 0; fi; }
+# Waits (at most 30 s) until zfs-fuse used less than 2% of a core over half a second.
+settle() {
+  sync
+  local a b
+  for _ in $(seq 1 60); do
+    a=$(daemon_cpu); sleep 0.5; b=$(daemon_cpu)
+    awk -v a="$a" -v b="$b" 'BEGIN{exit !((b - a) < 0.01)}' && return 0
+  done
+  log "zfs-fuse did not go quiet within 30 s"
 }
+gib() { awk -v b="$1" 'BEGIN{printf "%.6f", b / 1073741824}'; }
 
-log "(a) zfs send > file"
-t0=$(now); run zfs send "$src/data@bench" >"$dir/raw.zfs"; run sync "$dir/raw.zfs"; t1=$(now)
-raw_bytes=$(stat -c %s "$dir/raw.zfs")
-record "raw: zfs send > file (+fsync)" "$raw_bytes" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" "" "-"
-raw_file=$mbps
-rm -f "$dir/raw.zfs"
-
-log "(a) zfs send | zfs receive"
-t0=$(now); run zfs send "$src/data@bench" | run zfs receive "$dst/rawcopy"; t1=$(now)
-record "raw: zfs send | zfs receive" "$raw_bytes" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" "" "-"
-raw_pipe=$mbps
-# (rawcopy stays: zfs-fuse often reports a just-received dataset busy; the pool goes at exit)
+# One line per measurement: CASE ROUND BYTES SECONDS SRC_CPU TGT_CPU DAEMON_CPU RSS_KB
+meas=()
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log "starting the target agent"
 RUST_LOG=warn nice -n "$nice_n" "$agent" --no-kube --host-name bench-target --listen "127.0.0.1:$port" \
-  --store-root "$dir/store" --replica-root "$dst/replicas" --token-file "$dir/token" &
+  --store-root "$dir/store" --replica-root "$dst/replicas" --token-file "$dir/token" \
+  "${target_args[@]}" &
 target_pid=$!
 for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
-# run_agent NAME RAW_MBPS TARGET_ARGS...
-run_agent() {
-  local name=$1 raw=$2; shift 2
-  local t0 t1 out rss
+# agent_case CASE ROUND TARGET_ARGS...
+agent_case() {
+  local case=$1 r=$2; shift 2
+  local t0 t1 c0 c1 d0 d1 out bytes src_cpu rss
+  settle
+  c0=$(cpu_of "$target_pid"); d0=$(daemon_cpu)
   t0=$(now)
-  out=$( { RUST_LOG=warn /usr/bin/time -f 'RSS_KB=%M' nice -n "$nice_n" "$agent" backup --host-name bench-src \
-      --token-file "$dir/token" --target "127.0.0.1:$port" --dataset "$src/data" \
+  out=$( { RUST_LOG=warn /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' nice -n "$nice_n" "$agent" backup \
+      --host-name "bench-src$r" --token-file "$dir/token" --target "127.0.0.1:$port" --dataset "$src/data" \
       --snapshot bench --keep-snapshots --compression "$compression" "$@" ; } 2>&1 )
   t1=$(now)
-  rss=$(grep -o 'RSS_KB=[0-9]*' <<<"$out" | cut -d= -f2)
-  local bytes
+  c1=$(cpu_of "$target_pid"); d1=$(daemon_cpu)
   bytes=$(grep -o '"bytes":[0-9]*' <<<"$out" | cut -d: -f2)
   [ -n "$bytes" ] || { echo "$out" >&2; exit 1; }
-  record "$name" "$bytes" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" "$raw" "$(( rss / 1024 )) MiB source"
+  src_cpu=$(grep -o 'CPU_S=[0-9.+]*' <<<"$out" | cut -d= -f2 | awk -F+ '{print $1 + $2}')
+  rss=$(grep -o 'RSS_KB=[0-9]*' <<<"$out" | cut -d= -f2)
+  meas+=("$case $r $bytes $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') $src_cpu $(awk -v a="$c0" -v b="$c1" 'BEGIN{print b-a}') $(awk -v a="$d0" -v b="$d1" 'BEGIN{print b-a}') $rss")
 }
 
-log "(b) agent → file store"
-run_agent "agent → file store ($compression)" "$raw_file" --target-path "$dir/store"
-log "(c) agent → replica"
-run_agent "agent → replica ($compression)" "$raw_pipe" --target-dataset "$dst/replicas"
+for r in $(seq 1 "$rounds"); do
+  log "round $r/$rounds: zfs send > file"
+  settle
+  d0=$(daemon_cpu); t0=$(now)
+  run zfs send "$src/data@bench" >"$dir/raw.zfs"; run sync "$dir/raw.zfs"
+  t1=$(now); d1=$(daemon_cpu)
+  raw_bytes=$(stat -c %s "$dir/raw.zfs")
+  rm -f "$dir/raw.zfs"
+  meas+=("raw_file $r $raw_bytes $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') 0 0 $(awk -v a="$d0" -v b="$d1" 'BEGIN{print b-a}') 0")
+
+  log "round $r/$rounds: zfs send | zfs receive"
+  settle
+  d0=$(daemon_cpu); t0=$(now)
+  run zfs send "$src/data@bench" | run zfs receive "$dst/rawcopy$r"
+  t1=$(now); d1=$(daemon_cpu)
+  meas+=("raw_recv $r $raw_bytes $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') 0 0 $(awk -v a="$d0" -v b="$d1" 'BEGIN{print b-a}') 0")
+
+  log "round $r/$rounds: agent → file store"
+  agent_case agent_file "$r" --target-path "$dir/store"
+  rm -rf "${dir:?}/store/bench-src$r"
+  log "round $r/$rounds: agent → replica"
+  agent_case agent_recv "$r" --target-dataset "$dst/replicas"
+done
 target_rss=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$target_pid/status")
 
+printf '%s\n' "${meas[@]}" >"$dir/measurements.txt"
 echo
-echo "zfs-fuse, $size_mib MiB of incompressible data in one dataset, stream $(( raw_bytes / 1048576 )) MiB; $(nproc) cores; nice $nice_n; load average before: $load0; $(date -u +%F)"
+echo "zfs-fuse, $size_mib MiB of incompressible data in one dataset, stream $(( raw_bytes / 1048576 )) MiB; $(nproc) cores; nice $nice_n; compression $compression; $rounds rounds; load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%F %H:%M') UTC"
 echo
-echo "| case                                 | MiB      | seconds | MB/s    | ratio | peak RSS      |"
-echo "|--------------------------------------|----------|---------|---------|-------|---------------|"
-printf '%s\n' "${results[@]}"
+awk '
+  function median(list,   n, a, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  {
+    c = $1; g = $3 / 1073741824; mbps = $3 / $4 / 1e6
+    rate[c] = rate[c] " " mbps; per[c, $2] = mbps
+    src[c] = src[c] " " $5 / g; tgt[c] = tgt[c] " " $6 / g; dmn[c] = dmn[c] " " $7 / g
+    if ($8 > rss[c]) rss[c] = $8
+    rounds = $2 > rounds ? $2 : rounds
+  }
+  END {
+    split("raw_file raw_recv agent_file agent_recv", order, " ")
+    name["raw_file"] = "raw: zfs send > file (+fsync)"; name["raw_recv"] = "raw: zfs send \\| zfs receive"
+    name["agent_file"] = "agent → file store"; name["agent_recv"] = "agent → replica"
+    raw["agent_file"] = "raw_file"; raw["agent_recv"] = "raw_recv"
+    printf "| case | MB/s each round | median MB/s | ratio (medians) | CPU-s/GiB source agent | CPU-s/GiB target agent | CPU-s/GiB zfs-fuse | peak RSS source |\n"
+    printf "|---|---|---:|---:|---:|---:|---:|---:|\n"
+    for (k = 1; k <= 4; k++) {
+      c = order[k]; each = ""
+      for (r = 1; r <= rounds; r++) each = each (r > 1 ? " / " : "") sprintf("%.0f", per[c, r])
+      m = median(rate[c])
+      ratio = (c in raw) ? sprintf("%.2f", m / median(rate[raw[c]])) : "-"
+      s = (c in raw) ? sprintf("%.2f", median(src[c])) : "-"
+      t = (c in raw) ? sprintf("%.2f", median(tgt[c])) : "-"
+      r2 = (c in raw) ? sprintf("%d MiB", rss[c] / 1024) : "-"
+      printf "| %s | %s | %.0f | %s | %s | %s | %.2f | %s |\n", name[c], each, m, ratio, s, t, median(dmn[c]), r2
+    }
+    printf "\nper-round ratios (agent ÷ raw of the same round):"
+    for (r = 1; r <= rounds; r++) printf " file %.2f, replica %.2f;", per["agent_file", r] / per["raw_file", r], per["agent_recv", r] / per["raw_recv", r]
+    printf "\n"
+  }' "$dir/measurements.txt"
 echo
-echo "target agent peak RSS (VmHWM) over both agent runs: ${target_rss} MiB"
+echo "target agent peak RSS (VmHWM) over all agent runs: ${target_rss} MiB"
