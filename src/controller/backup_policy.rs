@@ -636,6 +636,7 @@ impl Reconciled for BackupPolicy {
     }
 
     async fn reconcile(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
+        let started = std::time::Instant::now();
         let now = Timestamp::now();
         let ns = obj.namespace().ok_or(Error::MissingMeta(Self::KIND))?;
         let name = obj.name_any();
@@ -751,6 +752,7 @@ impl Reconciled for BackupPolicy {
         let status_changed =
             new_body != old_body || !conditions::same(&status.conditions, &current.conditions);
 
+        ctx.metrics.observe_decide(started.elapsed().as_secs_f64());
         // The writes are independent of each other: run them at once.
         let job_api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
         let creates = futures::future::join_all(plan.create.iter().map(|job| {

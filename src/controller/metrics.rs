@@ -169,6 +169,7 @@ pub struct Metrics {
     violators: Family<PolicyLabel, Gauge>,
     bytes_stored: Family<TargetLabel, Gauge>,
     store_read_seconds: Histogram,
+    decide_seconds: Histogram,
     live: Arc<Live>,
     is_leader: AtomicBool,
 }
@@ -216,6 +217,12 @@ impl Default for Metrics {
             "Time a BackupPolicy reconcile spends getting its view of the backup store (cached, revalidated or read)",
             store_read_seconds.clone(),
         );
+        let decide_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "decide_duration_seconds",
+            "Time a BackupPolicy reconcile takes to decide (caches, store view, policy logic), before its API writes",
+            decide_seconds.clone(),
+        );
         let live = Arc::new(Live::default());
         registry.register_collector(Box::new(live.clone()));
         Self {
@@ -227,6 +234,7 @@ impl Default for Metrics {
             violators,
             bytes_stored,
             store_read_seconds,
+            decide_seconds,
             live,
             is_leader: AtomicBool::new(false),
         }
@@ -291,6 +299,10 @@ impl Metrics {
 
     pub fn observe_store_read(&self, seconds: f64) {
         self.store_read_seconds.observe(seconds);
+    }
+
+    pub fn observe_decide(&self, seconds: f64) {
+        self.decide_seconds.observe(seconds);
     }
 
     /// BackupJobs by phase are counted from this cache at every scrape.

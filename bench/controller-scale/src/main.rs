@@ -81,6 +81,8 @@ struct Row {
     reconcile_errors: f64,
     p50: Option<f64>,
     p99: Option<f64>,
+    decide_p50: Option<f64>,
+    decide_p99: Option<f64>,
     store_p50: Option<f64>,
     store_p99: Option<f64>,
     post_job_p50: Option<f64>,
@@ -442,6 +444,9 @@ async fn measure(
     let b = metrics::buckets(&q1, HIST, "BackupPolicy");
     row.p50 = metrics::quantile(&b, 0.5);
     row.p99 = metrics::quantile(&b, 0.99);
+    let db = metrics::buckets_with(&q1, "zetaback_controller_decide_duration_seconds", &[]);
+    row.decide_p50 = metrics::quantile(&db, 0.5);
+    row.decide_p99 = metrics::quantile(&db, 0.99);
     let sb = metrics::buckets_with(&q1, "zetaback_controller_store_read_duration_seconds", &[]);
     row.store_p50 = metrics::quantile(&sb, 0.5);
     row.store_p99 = metrics::quantile(&sb, 0.99);
@@ -575,6 +580,17 @@ fn print_table(rows: &[Row]) {
                     ms(r.p99),
                     r.p99.unwrap_or(f64::NAN),
                     r.p99.map(|p| p < 0.050),
+                )
+            }),
+        ),
+        (
+            "decision p50 / p99 (reconcile before its API writes)",
+            "",
+            Box::new(|r: &Row| {
+                (
+                    format!("{} / {}", ms(r.decide_p50), ms(r.decide_p99)),
+                    r.decide_p99.unwrap_or(f64::NAN),
+                    None,
                 )
             }),
         ),
