@@ -160,7 +160,8 @@ pub enum Command {
         #[arg(short = 'y', long)]
         yes: bool,
     },
-    /// Restore a dataset from its backups (creates a Restore; --wait follows it).
+    /// Restore a dataset, or several under a base (bulk), from their backups (creates a
+    /// Restore; --wait follows it); -i asks for everything interactively.
     Restore(restore::RestoreArgs),
 }
 

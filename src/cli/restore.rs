@@ -31,8 +31,10 @@ Bulk restore:    --host H --dataset 'tank/**' --to H2/tank/restore   (or several
                  --at applies to every dataset; --backup (one dataset's id) is refused.
 Interactive:     -i   pick host, datasets (space to mark several), point in time and
                  destination with the arrow keys, type to filter; confirm; then follow.
-                 Esc or Ctrl-C cancels and creates nothing (exit 130).
-Exit codes: 0 restored (and verified), 1 failed or error, 130 cancelled.")]
+                 Esc or Ctrl-C cancels and creates nothing (exit 130). The backups are
+                 read from the backup hosts: give --token-file (or $ZETABACK_TOKEN).
+Exit codes: 0 created (without --wait) or restored and verified; 1 failed or error;
+            130 cancelled (-i).")]
 pub struct RestoreArgs {
     /// The host the backups were taken from.
     #[arg(short = 'H', long, required_unless_present = "interactive")]
