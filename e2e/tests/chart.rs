@@ -87,6 +87,10 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
             true,
         ),
         (&controller, "create", "backupjobs.zetaback.io", true),
+        // A bulk Restore's children; the controller never changes or deletes a Restore.
+        (&controller, "create", "restores.zetaback.io", true),
+        (&controller, "update", "restores.zetaback.io", false),
+        (&controller, "delete", "restores.zetaback.io", false),
         (&controller, "create", "leases.coordination.k8s.io", true),
         (&controller, "get", "secrets", false),
         (&controller, "patch", "zfshosts.zetaback.io/status", false),
@@ -94,6 +98,7 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
         (&agent, "patch", "zfshosts.zetaback.io/status", true),
         (&agent, "patch", "backupjobs.zetaback.io/status", true),
         (&agent, "create", "backupjobs.zetaback.io", false),
+        (&agent, "create", "restores.zetaback.io", false),
         (&agent, "delete", "backuppolicies.zetaback.io", false),
         (&agent, "get", "secrets", false),
     ];
