@@ -73,6 +73,31 @@ struct BackupArgs {
     idle_timeout: u64,
     #[arg(long)]
     keep_snapshots: bool,
+    #[command(flatten)]
+    zfs_limits: ZfsLimits,
+}
+
+/// Time limits on zfs commands.
+#[derive(Debug, Clone, clap::Args)]
+struct ZfsLimits {
+    /// Kill a short zfs command (list, get, snapshot, hold, destroy, ...) still running after
+    /// this many seconds, and fail what it was for.
+    #[arg(long, env = "ZETABACK_ZFS_TIMEOUT", default_value_t = 300)]
+    zfs_timeout: u64,
+    /// Kill a zfs send or receive that moved no data for this many seconds (or did not exit
+    /// that long after its stream ended), and fail the job. Keep it below --idle-timeout, so
+    /// that the error names the stuck command rather than the link.
+    #[arg(long, env = "ZETABACK_ZFS_STALL_TIMEOUT", default_value_t = 45)]
+    zfs_stall_timeout: u64,
+}
+
+impl ZfsLimits {
+    fn timeouts(&self) -> zetaback_agent::zfs::Timeouts {
+        zetaback_agent::zfs::Timeouts {
+            command: Duration::from_secs(self.zfs_timeout.max(1)),
+            stall: Duration::from_secs(self.zfs_stall_timeout.max(1)),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +193,8 @@ struct Args {
     /// Only serve the stream API (no Kubernetes: benchmarks, a plain backup server).
     #[arg(long)]
     no_kube: bool,
+    #[command(flatten)]
+    zfs_limits: ZfsLimits,
 }
 
 async fn kube_client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
@@ -198,7 +225,7 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
     use zetaback::api::backup_policy::{Compression, Target};
     use zetaback::api::{BackupJobSpec, BackupType};
     let token = read_token(&a.token_file)?;
-    let zfs = Zfs::detect().await?;
+    let zfs = Zfs::detect_with(a.zfs_limits.timeouts()).await?;
     let spec = BackupJobSpec {
         policy: "manual".into(),
         host: a.host_name.as_str().into(),
@@ -266,7 +293,9 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         .as_deref()
         .map(read_token)
         .transpose()?;
-    let zfs = Zfs::detect().await.context("detecting the local zfs")?;
+    let zfs = Zfs::detect_with(args.zfs_limits.timeouts())
+        .await
+        .context("detecting the local zfs")?;
     info!(capabilities = ?zfs.capabilities().names(), "zfs capabilities");
 
     let store = match &args.store_root {

@@ -51,6 +51,25 @@ pub enum ZfsError {
     /// The agent only destroys snapshots it made.
     #[error("refusing to destroy {snapshot}: it is not marked as made by zetaback")]
     NotOurs { snapshot: String },
+    /// A short command did not end in time and was killed.
+    #[error(
+        "`{command}` did not finish within {}s and was killed (is zfs wedged?)",
+        after.as_secs()
+    )]
+    Timeout {
+        command: CommandLine,
+        after: std::time::Duration,
+    },
+    /// A send or receive moved no data (or did not exit after its stream ended) for too long
+    /// and was killed.
+    #[error(
+        "`{command}` made no progress for {}s and was killed (is zfs wedged?)",
+        after.as_secs()
+    )]
+    Stalled {
+        command: CommandLine,
+        after: std::time::Duration,
+    },
     /// An optional feature the local `zfs` lacks.
     #[error("the local zfs does not support {feature}")]
     Unsupported { feature: &'static str },

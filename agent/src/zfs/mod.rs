@@ -4,6 +4,12 @@
 //! Snapshots zetaback makes carry the user property `zetaback.io:managed=on` (zfs-fuse keeps
 //! snapshot user properties too), and [`Zfs::destroy_own_snapshot`] refuses any snapshot
 //! without it. Optional features are detected at start-up ([`Capabilities`]).
+//!
+//! Every child has a time limit ([`Timeouts`]): a short command (list, get, snapshot, hold,
+//! destroy, …) that has not ended after `command` is killed and fails with
+//! [`ZfsError::Timeout`]; a send or receive that moves no data for `stall` is killed and fails
+//! with [`ZfsError::Stalled`] (see [`process`]). A wedged zfs-fuse then fails a job instead of
+//! hanging it.
 
 pub mod argv;
 pub mod caps;
@@ -13,6 +19,7 @@ mod process;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -22,7 +29,34 @@ pub use argv::{ReceiveRequest, SendBase, SendRequest};
 pub use caps::{Capabilities, Capability};
 pub use error::{CommandLine, ZfsError};
 pub use parse::{DatasetInfo, Inventory, PoolInfo, SnapshotInfo};
-pub use process::{ReceiveProcess, SendProcess};
+pub use process::{ReceiveProcess, SendProcess, Watched};
+
+/// Time limits on `zfs` / `zpool` children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A short command must have ended within this (then it is killed).
+    pub command: Duration,
+    /// A send or receive that moves no data for this long is killed; also the limit on its
+    /// exit once its stream ended.
+    pub stall: Duration,
+}
+
+impl Timeouts {
+    /// The defaults: 5 minutes for a short command (a `zfs list -t all` of a host with
+    /// hundreds of thousands of snapshots can take minutes); 45 s without progress for a
+    /// stream, below the transfer's 60 s idle timeout, so that a stuck `zfs send` or
+    /// `zfs receive` is reported as such rather than as a stalled link.
+    pub const DEFAULT: Timeouts = Timeouts {
+        command: Duration::from_secs(300),
+        stall: Duration::from_secs(45),
+    };
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
 
 /// A pool with its size in bytes (from its root dataset's used + available).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +73,7 @@ pub struct Zfs {
     zfs: PathBuf,
     zpool: PathBuf,
     caps: Capabilities,
+    timeouts: Timeouts,
 }
 
 impl Zfs {
@@ -48,13 +83,31 @@ impl Zfs {
             zfs: zfs.into(),
             zpool: zpool.into(),
             caps,
+            timeouts: Timeouts::DEFAULT,
         }
     }
 
-    /// Finds `zfs` and `zpool` on `PATH` and detects the capabilities from `zfs`'s usage text.
-    #[instrument(level = "debug")]
+    /// Sets the time limits.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// The time limits.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Finds `zfs` and `zpool` on `PATH` and detects the capabilities from `zfs`'s usage text,
+    /// with the default time limits.
     pub async fn detect() -> Result<Self, ZfsError> {
-        let mut zfs = Self::new("zfs", "zpool", Capabilities::none());
+        Self::detect_with(Timeouts::DEFAULT).await
+    }
+
+    /// [`Zfs::detect`] with these time limits.
+    #[instrument(level = "debug")]
+    pub async fn detect_with(timeouts: Timeouts) -> Result<Self, ZfsError> {
+        let mut zfs = Self::new("zfs", "zpool", Capabilities::none()).with_timeouts(timeouts);
         // `zfs` with no arguments prints its usage and exits 2.
         let out = zfs.output(&[], false).await?;
         zfs.caps = Capabilities::from_usage(&out);
@@ -76,7 +129,14 @@ impl Zfs {
     /// Runs `zfs args...`; returns stdout (or stdout+stderr when `check` is false and it
     /// failed: used for the usage text).
     async fn output(&self, args: &[String], check: bool) -> Result<String, ZfsError> {
-        run(&self.zfs, self.command_line(&self.zfs, args), args, check).await
+        run(
+            &self.zfs,
+            self.command_line(&self.zfs, args),
+            args,
+            check,
+            self.timeouts.command,
+        )
+        .await
     }
 
     /// Datasets and snapshots (all, or one tree).
@@ -185,6 +245,7 @@ impl Zfs {
             self.command_line(&self.zpool, &args),
             &args,
             true,
+            self.timeouts.command,
         )
         .await?;
         let pools = parse::parse_pools(&text).map_err(|detail| ZfsError::Parse {
@@ -276,30 +337,47 @@ impl Zfs {
     #[instrument(level = "debug", skip(self))]
     pub fn send(&self, req: &SendRequest) -> Result<SendProcess, ZfsError> {
         let args = argv::send(&self.caps, req)?;
-        SendProcess::spawn(&self.zfs, self.command_line(&self.zfs, &args), &args)
+        SendProcess::spawn(
+            &self.zfs,
+            self.command_line(&self.zfs, &args),
+            &args,
+            self.timeouts.stall,
+        )
     }
 
     /// Starts `zfs send -t token` (resume; OpenZFS only).
     pub fn send_resume(&self, token: &str) -> Result<SendProcess, ZfsError> {
         let args = argv::send_resume(&self.caps, token)?;
-        SendProcess::spawn(&self.zfs, self.command_line(&self.zfs, &args), &args)
+        SendProcess::spawn(
+            &self.zfs,
+            self.command_line(&self.zfs, &args),
+            &args,
+            self.timeouts.stall,
+        )
     }
 
     /// Starts `zfs receive`; write the stream to its stdin, then [`ReceiveProcess::finish`].
     #[instrument(level = "debug", skip(self))]
     pub fn receive(&self, req: &ReceiveRequest) -> Result<ReceiveProcess, ZfsError> {
         let args = argv::receive(&self.caps, req)?;
-        ReceiveProcess::spawn(&self.zfs, self.command_line(&self.zfs, &args), &args)
+        ReceiveProcess::spawn(
+            &self.zfs,
+            self.command_line(&self.zfs, &args),
+            &args,
+            self.timeouts.stall,
+        )
     }
 }
 
 /// Runs a program to completion and returns its stdout. When `check` is false a failure is
-/// not an error and stdout+stderr are returned.
+/// not an error and stdout+stderr are returned. A program still running after `limit` is
+/// killed: [`ZfsError::Timeout`].
 async fn run(
     program: &Path,
     command: CommandLine,
     args: &[String],
     check: bool,
+    limit: Duration,
 ) -> Result<String, ZfsError> {
     let mut child = Command::new(program)
         .args(args)
@@ -323,18 +401,27 @@ async fn run(
             });
         }
     };
-    let (r1, r2) = tokio::join!(
-        out.read_to_string(&mut stdout),
-        err.read_to_string(&mut stderr)
-    );
-    r1.and(r2).map_err(|source| ZfsError::Io {
-        command: command.clone(),
-        source,
-    })?;
-    let status = child.wait().await.map_err(|source| ZfsError::Io {
-        command: command.clone(),
-        source,
-    })?;
+    let work = async {
+        let (r1, r2) = tokio::join!(
+            out.read_to_string(&mut stdout),
+            err.read_to_string(&mut stderr)
+        );
+        r1.and(r2)?;
+        child.wait().await
+    };
+    let status = match tokio::time::timeout(limit, work).await {
+        Ok(r) => r.map_err(|source| ZfsError::Io {
+            command: command.clone(),
+            source,
+        })?,
+        Err(_) => {
+            process::kill(&mut child).await;
+            return Err(ZfsError::Timeout {
+                command,
+                after: limit,
+            });
+        }
+    };
     if status.success() {
         Ok(stdout)
     } else if !check {
