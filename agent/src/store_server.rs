@@ -10,7 +10,10 @@
 //!   verified against the manifest's sha256 while sent, and cut short if it does not match.
 //! - `DELETE /v1/streams/{host}/{dataset}/{id}` and `POST /v1/archive/{host}/{dataset}/{id}`
 //!   (also `POST /v1/streams/.../{id}/archive`): admin token only.
-//! - `GET /v1/catalogue[?host=H]`: the store's [`zetaback::store::Catalogue`].
+//! - `GET /v1/catalogue[?host=H]`: the store's [`zetaback::store::Catalogue`], plus every
+//!   replica: a replica receive records its manifest (JSON, the same fields as a stored file's)
+//!   in the user property `zetaback.io:manifest` of the received snapshot, and only snapshots
+//!   that carry one are listed, so a replica counts once received and its checksum recorded.
 //! - `GET /healthz`.
 //!
 //! Unauthenticated → 401, not allowed → 403, malformed → 400, existing → 409; in each case
@@ -37,7 +40,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{Instrument, info, info_span, warn};
 use zetaback::api::backup_policy::Compression;
 use zetaback::names::{validate_dataset, validate_snapshot_name};
-use zetaback::store::{StreamId, unescape_dataset, validate_host};
+use zetaback::store::{
+    Catalogue, Manifest, StoredBackup, StreamId, unescape_dataset, validate_host,
+};
 
 use crate::auth::{Role, Tokens};
 use crate::checksum::Received;
@@ -574,6 +579,17 @@ async fn put_replica(
     if matches!(plan.key.id, StreamId::Full { .. }) {
         zfs.protect_replica(&target).await?;
     }
+    // The replica counts as a backup only once its manifest is recorded on the received
+    // snapshot (the catalogue lists snapshots that carry one).
+    let manifest = replica_manifest(&plan, bytes, &sha256)?;
+    let json = serde_json::to_string(&manifest).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the manifest: {e}"),
+        )
+    })?;
+    zfs.set_manifest(&target, &plan.meta.snapshot, &json)
+        .await?;
     let verified = trailers.xxh3.as_deref() == Some(xxh3.as_str())
         || trailers.sha256.as_deref() == Some(sha256.as_str());
     Ok(PutResponse {
@@ -584,6 +600,103 @@ async fn put_replica(
         verified,
         replica: Some(target),
     })
+}
+
+/// The manifest of a received replica: as for a stored file, with the bytes and sha256 of the
+/// stream as it arrived (compressed if it travelled compressed).
+fn replica_manifest(plan: &PutPlan, bytes: u64, sha256: &str) -> Result<Manifest, ApiError> {
+    let id = &plan.key.id;
+    let manifest = Manifest {
+        version: zetaback::store::MANIFEST_VERSION,
+        id: id.to_string(),
+        host: plan.key.host.clone(),
+        dataset: plan.key.dataset.clone(),
+        snapshot: plan.meta.snapshot.clone(),
+        base_snapshot: plan.meta.base_snapshot.clone(),
+        backup_type: id.backup_type(),
+        bytes,
+        sha256: sha256.to_owned(),
+        compression: plan.meta.compression,
+        created: jiff::Timestamp::from_second(id.ts())
+            .map_err(|e| ApiError::bad(format!("stream id {id}: {e}")))?,
+    };
+    manifest
+        .validate()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(manifest)
+}
+
+/// The replica manifests under `root`, each checked against where it was found (a manifest
+/// on `<root>/<host>/<dataset>@<snapshot>` must name that host, dataset and snapshot).
+async fn replica_backups(
+    zfs: &Zfs,
+    root: &str,
+    cat: &mut Catalogue,
+) -> Result<Vec<StoredBackup>, ZfsError> {
+    let mut out = Vec::new();
+    for (dataset, snapshot, json) in zfs.manifests(root).await? {
+        let checked = Manifest::from_json(json.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                let expected = format!("{root}/{}/{}", m.host, m.dataset);
+                if expected == dataset && m.snapshot == snapshot {
+                    Ok(m)
+                } else {
+                    Err(format!("it names {expected}@{}", m.snapshot))
+                }
+            });
+        match checked {
+            Ok(manifest) => out.push(StoredBackup {
+                manifest,
+                archived: false,
+            }),
+            Err(why) => cat.problems.push(format!(
+                "replica {dataset}@{snapshot}: its manifest does not match ({why})"
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// The file store's catalogue plus every replica (an agent may have either or both). A stored
+/// file and a replica of the same backup id are one backup: the file is listed. A replica
+/// root that cannot be read fails the whole answer (a partial catalogue would look like
+/// missing backups).
+async fn full_catalogue(state: &ServerState) -> Result<Catalogue, ApiError> {
+    let mut cat = match (&state.store, &state.replica) {
+        (Some(store), _) => store.catalogue().await?,
+        (None, Some(_)) => Catalogue::default(),
+        (None, None) => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                "this agent has neither a file store nor replicas".into(),
+            ));
+        }
+    };
+    if let Some(replica) = &state.replica {
+        let mut seen: HashSet<(String, String, String)> = cat
+            .backups
+            .iter()
+            .map(|b| {
+                let m = &b.manifest;
+                (m.host.clone(), m.dataset.clone(), m.id.clone())
+            })
+            .collect();
+        for root in &replica.roots {
+            let found = replica_backups(&replica.zfs, root, &mut cat).await?;
+            for b in found {
+                let m = &b.manifest;
+                if seen.insert((m.host.clone(), m.dataset.clone(), m.id.clone())) {
+                    cat.backups.push(b);
+                }
+            }
+        }
+        cat.backups.sort_by(|a, b| {
+            let (a, b) = (&a.manifest, &b.manifest);
+            (&a.host, &a.dataset, a.created, &a.id).cmp(&(&b.host, &b.dataset, b.created, &b.id))
+        });
+    }
+    Ok(cat)
 }
 
 async fn get_stream(
@@ -693,11 +806,7 @@ async fn catalogue(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require(&state, &headers, Role::Source)?;
-    let store = state
-        .store
-        .as_ref()
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this agent has no file store".into()))?;
-    let mut cat = store.catalogue().await?;
+    let mut cat = full_catalogue(&state).await?;
     if let Some(host) = q.host {
         validate_host(&host).map_err(|e| ApiError::bad(e.to_string()))?;
         cat.backups.retain(|b| b.manifest.host == host);

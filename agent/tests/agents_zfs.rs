@@ -377,3 +377,126 @@ fn cutting_the_link_mid_stream_leaves_no_backup() {
     assert_eq!(checksums(&mountpoint(&restored)), checksums(&dir));
     drop(target);
 }
+
+/// `GET /v1/catalogue` from an agent (plain HTTP/1.0 over a real socket).
+fn get_catalogue(tokens: &Tokens, addr: &str) -> zetaback::store::Catalogue {
+    use std::io::{Read, Write};
+    let token = std::fs::read_to_string(&tokens.source).expect("token");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET /v1/catalogue HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
+    )
+    .expect("request");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("response");
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}\n{body}"
+    );
+    serde_json::from_str(body).expect("catalogue JSON")
+}
+
+#[test]
+fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
+    let src = Pool::new("src");
+    let dst = Pool::new("dst");
+    let (ds, dir) = src.create("data");
+    let (replicas, _) = dst.create("replicas");
+    let store = tempfile::tempdir().expect("store");
+    let tokens = Tokens::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
+    let to_replica = |snap: &str, base: Option<&str>| {
+        let mut c = backup_cmd(&tokens, &addr, &ds, snap);
+        c.args(["--target-dataset", &replicas]);
+        if let Some(b) = base {
+            c.args(["--base-snapshot", b, "--compression", "zstd"]);
+        }
+        run_backup(c)
+    };
+    assert!(get_catalogue(&tokens, &addr).backups.is_empty());
+
+    write_files(&dir, 1, 4, 100_000);
+    let full = to_replica("zetaback-1", None);
+    next_second();
+    write_files(&dir, 2, 2, 100_000);
+    let inc = to_replica("zetaback-2", Some("zetaback-1"));
+
+    let cat = get_catalogue(&tokens, &addr);
+    assert!(cat.problems.is_empty(), "{:?}", cat.problems);
+    let got: Vec<_> = cat
+        .backups
+        .iter()
+        .map(|b| {
+            let m = &b.manifest;
+            (
+                m.id.as_str(),
+                m.host.as_str(),
+                m.dataset.as_str(),
+                m.snapshot.as_str(),
+                m.base_snapshot.as_deref(),
+                m.sha256.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                full["backupId"].as_str().expect("id"),
+                "src-1",
+                ds.as_str(),
+                "zetaback-1",
+                None,
+                full["sha256"].as_str().expect("sha"),
+            ),
+            (
+                inc["backupId"].as_str().expect("id"),
+                "src-1",
+                ds.as_str(),
+                "zetaback-2",
+                Some("zetaback-1"),
+                inc["sha256"].as_str().expect("sha"),
+            ),
+        ]
+    );
+    assert_eq!(
+        cat.backups[1].manifest.compression,
+        zetaback::api::backup_policy::Compression::Zstd
+    );
+    // The manifest lives on the received snapshot itself.
+    let prop = zfs(&[
+        "get",
+        "-H",
+        "-o",
+        "value",
+        "zetaback.io:manifest",
+        &format!("{replicas}/src-1/{ds}@zetaback-1"),
+    ]);
+    let m = zetaback::store::Manifest::from_json(prop.trim().as_bytes()).expect("manifest");
+    assert_eq!(m, cat.backups[0].manifest);
+
+    // A manifest that does not match where it sits is reported, not listed.
+    let mut wrong = m.clone();
+    wrong.snapshot = "zetaback-9".into();
+    zfs(&[
+        "set",
+        &format!(
+            "zetaback.io:manifest={}",
+            serde_json::to_string(&wrong).expect("json")
+        ),
+        &format!("{replicas}/src-1/{ds}@zetaback-1"),
+    ]);
+    let cat = get_catalogue(&tokens, &addr);
+    assert_eq!(cat.backups.len(), 1, "{:?}", cat.backups);
+    assert_eq!(cat.problems.len(), 1, "{:?}", cat.problems);
+    assert!(
+        cat.problems[0].contains("does not match"),
+        "{:?}",
+        cat.problems
+    );
+}

@@ -6,7 +6,7 @@ use zetaback::names::{validate_dataset, validate_full_snapshot, validate_snapsho
 
 use super::caps::{Capabilities, Capability};
 use super::error::ZfsError;
-use super::parse::{INVENTORY_PROPERTIES, MANAGED_PROPERTY};
+use super::parse::{INVENTORY_PROPERTIES, MANAGED_PROPERTY, MANIFEST_PROPERTY};
 
 /// The hold tag zetaback puts on the base snapshot of the last backup.
 pub const HOLD_TAG: &str = "zetaback";
@@ -67,6 +67,37 @@ pub fn snapshot(dataset: &str, snapshot: &str) -> Result<Vec<String>, ZfsError> 
 /// `zfs destroy dataset@snapshot` (never `-r`/`-R`: one snapshot, nothing else).
 pub fn destroy_snapshot(dataset: &str, snapshot: &str) -> Result<Vec<String>, ZfsError> {
     Ok(vec!["destroy".into(), full_snapshot(dataset, snapshot)?])
+}
+
+/// `zfs set zetaback.io:manifest=<json> dataset@snapshot` (a replica's manifest).
+pub fn set_manifest(dataset: &str, snapshot: &str, json: &str) -> Result<Vec<String>, ZfsError> {
+    let full = full_snapshot(dataset, snapshot)?;
+    if json.is_empty() || json.len() > 8000 || json.contains('\n') || json.contains('\0') {
+        return Err(ZfsError::Parse {
+            command: super::error::CommandLine(vec!["set".into(), MANIFEST_PROPERTY.into()]),
+            detail: "a manifest property must be one line of at most 8000 bytes".into(),
+        });
+    }
+    Ok(vec![
+        "set".into(),
+        format!("{MANIFEST_PROPERTY}={json}"),
+        full,
+    ])
+}
+
+/// `zfs get -H -p -r -o name,value zetaback.io:manifest <root>`.
+pub fn manifests(root: &str) -> Result<Vec<String>, ZfsError> {
+    validate_dataset(root)?;
+    Ok(owned(&[
+        "get",
+        "-H",
+        "-p",
+        "-r",
+        "-o",
+        "name,value",
+        MANIFEST_PROPERTY,
+        root,
+    ]))
 }
 
 /// `zfs hold|release zetaback dataset@snapshot`.
@@ -360,6 +391,33 @@ mod tests {
         );
         req.target = "backup/../x".into();
         assert!(receive(&Capabilities::none(), &req).is_err());
+    }
+
+    #[test]
+    fn manifest_property() {
+        assert_eq!(
+            set_manifest("backup/r/h1/tank", "zb-1", r#"{"id":"1.full"}"#).expect("argv"),
+            s(&[
+                "set",
+                r#"zetaback.io:manifest={"id":"1.full"}"#,
+                "backup/r/h1/tank@zb-1"
+            ])
+        );
+        assert!(set_manifest("backup/r", "zb-1", "a\nb").is_err());
+        assert!(set_manifest("backup/r", "-x", "{}").is_err());
+        assert_eq!(
+            manifests("backup/r").expect("argv"),
+            s(&[
+                "get",
+                "-H",
+                "-p",
+                "-r",
+                "-o",
+                "name,value",
+                "zetaback.io:manifest",
+                "backup/r"
+            ])
+        );
     }
 
     #[test]

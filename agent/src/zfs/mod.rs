@@ -301,6 +301,32 @@ impl Zfs {
         self.output(&args, true).await.map(drop)
     }
 
+    /// Records a received replica's manifest (JSON) on its snapshot.
+    pub async fn set_manifest(
+        &self,
+        dataset: &str,
+        snapshot: &str,
+        json: &str,
+    ) -> Result<(), ZfsError> {
+        let args = argv::set_manifest(dataset, snapshot, json)?;
+        self.output(&args, true).await.map(drop)
+    }
+
+    /// Every snapshot under `root` that carries a manifest: `(dataset, snapshot, json)`.
+    pub async fn manifests(&self, root: &str) -> Result<Vec<(String, String, String)>, ZfsError> {
+        let args = argv::manifests(root)?;
+        let text = self.output(&args, true).await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once('\t')?;
+                let (dataset, snapshot) = name.split_once('@')?;
+                (value != "-" && !value.is_empty())
+                    .then(|| (dataset.to_owned(), snapshot.to_owned(), value.to_owned()))
+            })
+            .collect())
+    }
+
     /// Puts (or releases) zetaback's hold on a snapshot, where holds are supported.
     pub async fn hold(&self, dataset: &str, snapshot: &str, release: bool) -> Result<(), ZfsError> {
         let args = argv::hold(&self.caps, release, dataset, snapshot)?;

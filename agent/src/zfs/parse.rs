@@ -6,6 +6,9 @@ use serde::Serialize;
 
 /// The user property that marks a snapshot as made by zetaback.
 pub const MANAGED_PROPERTY: &str = "zetaback.io:managed";
+/// The user property on a received replica snapshot that holds its backup manifest (JSON):
+/// what makes a replica visible in the catalogue.
+pub const MANIFEST_PROPERTY: &str = "zetaback.io:manifest";
 /// The user property that gives a dataset a backup class.
 pub const CLASS_PROPERTY: &str = "zetaback.io:class";
 /// The user property that excludes a dataset from backups when `on`.
