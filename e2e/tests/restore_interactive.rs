@@ -76,9 +76,19 @@ impl Tmux {
         t
     }
 
-    /// The visible screen (wrapped lines joined), trailing blank lines dropped.
+    /// The visible screen with wrapped lines joined (for matching), trailing blank lines
+    /// dropped.
     fn screen(&self) -> String {
-        let out = self.tmux(&["capture-pane", "-p", "-J", "-t", &self.session]);
+        self.capture(true)
+    }
+
+    /// The visible screen as it looks (`joined`: wrapped lines joined).
+    fn capture(&self, joined: bool) -> String {
+        let mut args = vec!["capture-pane", "-p", "-t", self.session.as_str()];
+        if joined {
+            args.push("-J");
+        }
+        let out = self.tmux(&args);
         assert!(
             out.status.success(),
             "tmux capture-pane: {}",
@@ -116,8 +126,9 @@ impl Tmux {
         loop {
             let s = self.screen();
             if ready(&s) {
+                let seen = self.capture(false);
                 self.transcript
-                    .push_str(&format!("──── {step} ────\n{s}\n\n"));
+                    .push_str(&format!("──── {step} ────\n{seen}\n\n"));
                 return s;
             }
             assert!(
@@ -413,6 +424,15 @@ async fn interactive_restore_in_a_terminal() {
         );
     }
     t.keys(&["y", "Enter"]);
+    // Whatever the follow shows first: the bars (one per dataset), or already the end.
+    t.wait("following the restore", Duration::from_secs(300), |s| {
+        s.contains("[exit ")
+            || (s.contains("created")
+                && ["waiting", "restoring", "done, verified"]
+                    .iter()
+                    .any(|w| s.contains(&format!("/s {w}")) || s.contains(&format!(" {w}\n"))))
+    })
+    .await;
     let code = t.exit_code(Duration::from_secs(300)).await;
     let transcript = t.transcript.clone();
     let session = format!(

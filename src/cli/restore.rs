@@ -366,18 +366,26 @@ pub fn row_message(row: &BulkDataset) -> String {
 async fn follow_bulk(api: &Api<Restore>, ns: &str, name: &str) -> Result<RestoreStatus, CliError> {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let head = multi.add(ProgressBar::new_spinner());
-    head.set_style(bar_style("{spinner} {msg}")?);
+    head.set_style(bar_style("{spinner} {wide_msg}")?);
     head.set_message(format!("{name}: expanding the datasets"));
     let row_style =
         bar_style("  {prefix} [{bar:24}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")?;
     let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let status = loop {
         let st = read(api, ns, name).await?;
+        // One line per dataset, named by its source (the summary and the final table say
+        // where each goes).
+        let width = st
+            .datasets
+            .iter()
+            .map(|r| r.source.len())
+            .max()
+            .unwrap_or(0);
         for row in &st.datasets {
             let bar = bars.entry(row.source.clone()).or_insert_with(|| {
                 let b = multi.add(ProgressBar::new(0));
                 b.set_style(row_style.clone());
-                b.set_prefix(format!("{} → {}", row.source, row.destination));
+                b.set_prefix(format!("{:<width$}", row.source));
                 b
             });
             if let Some(total) = row.bytes {
