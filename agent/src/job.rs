@@ -80,6 +80,11 @@ pub fn check_spec(spec: &BackupJobSpec) -> Result<(), JobError> {
         }
         (BackupType::Full, _) => {}
     }
+    if spec.intermediates && spec.backup_type != BackupType::Incremental {
+        return Err(JobError::Invalid(
+            "intermediates (zfs send -I) is only for an incremental".into(),
+        ));
+    }
     if spec.target.path.is_some() == spec.target.dataset.is_some() {
         return Err(JobError::Invalid(
             "target needs exactly one of path and dataset".into(),
@@ -176,7 +181,7 @@ async fn send_and_upload(
         snapshot: spec.snapshot.clone(),
         base: base.clone().map(|name| SendBase {
             name,
-            intermediates: false,
+            intermediates: spec.intermediates,
             bookmark: false,
         }),
         compressed: false,
@@ -242,6 +247,35 @@ async fn prune(zfs: &Zfs, dataset: &str, keep_from: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(backup_type: BackupType, base: Option<&str>, intermediates: bool) -> BackupJobSpec {
+        use zetaback::api::backup_policy::{Compression, Target};
+        BackupJobSpec {
+            policy: "p".into(),
+            host: "h1".into(),
+            dataset: "tank/db".into(),
+            backup_type,
+            base_snapshot: base.map(str::to_owned),
+            snapshot: "zetaback-3".into(),
+            target: Target {
+                host: "backup-1".into(),
+                path: None,
+                dataset: Some("backup/r".into()),
+            },
+            compression: Compression::None,
+            intermediates,
+        }
+    }
+
+    #[test]
+    fn intermediates_only_for_incrementals() {
+        check_spec(&spec(BackupType::Incremental, Some("zetaback-1"), true)).expect("valid");
+        check_spec(&spec(BackupType::Incremental, Some("zetaback-1"), false)).expect("valid");
+        check_spec(&spec(BackupType::Full, None, false)).expect("valid");
+        let e = check_spec(&spec(BackupType::Full, None, true)).expect_err("-I on a full");
+        assert!(e.to_string().contains("only for an incremental"), "{e}");
+        assert!(check_spec(&spec(BackupType::Incremental, None, true)).is_err());
+    }
 
     #[test]
     fn ids() {

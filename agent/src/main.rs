@@ -73,6 +73,9 @@ struct BackupArgs {
     idle_timeout: u64,
     #[arg(long)]
     keep_snapshots: bool,
+    /// With --base-snapshot: send every snapshot in between too (`zfs send -I`).
+    #[arg(long, requires = "base_snapshot")]
+    intermediates: bool,
     #[command(flatten)]
     zfs_limits: ZfsLimits,
 }
@@ -246,6 +249,7 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
             CompressionArg::None => Compression::None,
             CompressionArg::Zstd => Compression::Zstd,
         },
+        intermediates: a.intermediates,
     };
     let settings = JobSettings {
         bandwidth_limit: a.bandwidth_limit,

@@ -365,6 +365,7 @@ mod tests {
                     dataset: None,
                 },
                 compression: Compression::None,
+                intermediates: false,
             },
         );
         j.status = status;

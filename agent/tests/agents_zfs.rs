@@ -500,3 +500,77 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
         cat.problems
     );
 }
+
+/// Snapshots of a dataset (short names), oldest first.
+fn snapshots_of(dataset: &str) -> Vec<String> {
+    zfs(&[
+        "list", "-H", "-r", "-t", "snapshot", "-o", "name", "-s", "creation", dataset,
+    ])
+    .lines()
+    .filter_map(|l| l.split_once('@'))
+    .filter(|(ds, _)| *ds == dataset)
+    .map(|(_, s)| s.to_owned())
+    .collect()
+}
+
+#[test]
+fn intermediates_send_every_snapshot_in_between() {
+    let src = Pool::new("src");
+    let dst = Pool::new("dst");
+    let (ds, dir) = src.create("data");
+    let (replicas, _) = dst.create("replicas");
+    let store = tempfile::tempdir().expect("store");
+    let tokens = Tokens::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
+    let backup = |snap: &str, base: Option<&str>, intermediates: bool| {
+        let mut c = backup_cmd(&tokens, &addr, &ds, snap);
+        c.args(["--target-dataset", &replicas, "--keep-snapshots"]);
+        if let Some(b) = base {
+            c.args(["--base-snapshot", b]);
+        }
+        if intermediates {
+            c.arg("--intermediates");
+        }
+        run_backup(c)
+    };
+    write_files(&dir, 1, 2, 50_000);
+    backup("zetaback-1", None, false);
+    // A snapshot in between that no backup sent (e.g. taken by hand or by another tool).
+    next_second();
+    write_files(&dir, 2, 2, 50_000);
+    zfs(&["snapshot", &format!("{ds}@between")]);
+    next_second();
+    write_files(&dir, 3, 2, 50_000);
+    let inc = backup("zetaback-3", Some("zetaback-1"), true);
+    let replica = format!("{replicas}/src-1/{ds}");
+    assert_eq!(inc["replica"].as_str(), Some(replica.as_str()), "{inc}");
+    assert_eq!(
+        snapshots_of(&replica),
+        ["zetaback-1", "between", "zetaback-3"],
+        "zfs send -I brought the snapshot in between"
+    );
+    assert_eq!(checksums(&mountpoint(&replica)), checksums(&dir));
+
+    // Without --intermediates the same history gives the replica only the endpoints.
+    let (ds2, dir2) = src.create("plain");
+    let backup2 = |snap: &str, base: Option<&str>| {
+        let mut c = backup_cmd(&tokens, &addr, &ds2, snap);
+        c.args(["--target-dataset", &replicas, "--keep-snapshots"]);
+        if let Some(b) = base {
+            c.args(["--base-snapshot", b]);
+        }
+        run_backup(c)
+    };
+    write_files(&dir2, 1, 1, 10_000);
+    backup2("zetaback-1", None);
+    next_second();
+    zfs(&["snapshot", &format!("{ds2}@between")]);
+    next_second();
+    write_files(&dir2, 2, 1, 10_000);
+    backup2("zetaback-3", Some("zetaback-1"));
+    assert_eq!(
+        snapshots_of(&format!("{replicas}/src-1/{ds2}")),
+        ["zetaback-1", "zetaback-3"]
+    );
+}

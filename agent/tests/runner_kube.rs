@@ -117,6 +117,7 @@ fn job(
             snapshot: snap.into(),
             target,
             compression: Compression::Zstd,
+            intermediates: false,
         },
     )
 }

@@ -2,7 +2,7 @@
 //! host's agent. BackupJobs are history; the backup store is the source of truth.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +10,7 @@ use super::backup_policy::{Compression, Target};
 use super::common::{Conditions, DatasetName, ObjectName, conditions_schema};
 
 /// One backup of one dataset, run by the agent of `spec.host`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "zetaback.io",
     version = "v1alpha1",
@@ -33,6 +33,7 @@ use super::common::{Conditions, DatasetName, ObjectName, conditions_schema};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("!has(self.intermediates) || !self.intermediates || (self.type == 'incremental' && has(self.baseSnapshot))").message("intermediates (zfs send -I) is only for an incremental with a baseSnapshot").field_path(".intermediates"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJobSpec {
     /// The BackupPolicy that asked for this job.
@@ -52,6 +53,11 @@ pub struct BackupJobSpec {
     pub target: Target,
     #[serde(default)]
     pub compression: Compression,
+    /// For an incremental: send every snapshot between baseSnapshot and snapshot as well
+    /// (`zfs send -I`), so that the target also gets the intermediate snapshots (a replica
+    /// then has the source's whole history; a stored stream restores all of them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub intermediates: bool,
 }
 
 /// Full or incremental.

@@ -553,6 +553,7 @@ fn new_job(
             snapshot: format!("zetaback-{}", now.as_second()),
             target: policy.spec.target.clone(),
             compression: policy.spec.compression,
+            intermediates: false,
         },
     );
     job.metadata.namespace = policy.namespace();

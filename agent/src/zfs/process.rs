@@ -100,6 +100,12 @@ impl<T> Watched<T> {
     }
 }
 
+impl<T: std::os::fd::AsFd> std::os::fd::AsFd for Watched<T> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         self: Pin<&mut Self>,
