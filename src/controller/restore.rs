@@ -470,11 +470,18 @@ pub fn expand(
         }
     }
     if !unmatched.is_empty() {
-        let have = if available.is_empty() {
-            "none".to_owned()
-        } else {
-            available.iter().cloned().collect::<Vec<_>>().join(", ")
-        };
+        const SHOWN: usize = 20;
+        let mut have = available
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if available.is_empty() {
+            have = "none".into();
+        } else if available.len() > SHOWN {
+            have.push_str(&format!(" and {} more", available.len() - SHOWN));
+        }
         return Err(Refusal::new(
             reason::NOT_FOUND,
             format!(
@@ -1070,6 +1077,9 @@ mod tests {
             e.message.contains("tank/gone, nope/**") && e.message.contains("tank/www"),
             "{e}"
         );
+        let many: BTreeSet<String> = (0..25).map(|i| format!("tank/d{i:02}")).collect();
+        let e = expand(&p(&["gone"]), &many).expect_err("long list");
+        assert!(e.message.ends_with("tank/d19 and 5 more)"), "{e}");
     }
 
     #[test]
