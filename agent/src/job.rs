@@ -44,6 +44,9 @@ pub struct JobSettings {
     pub prune_snapshots: bool,
     /// Give up on a transfer that made no progress for this long.
     pub idle_timeout: std::time::Duration,
+    /// TLS to the target agents (the CA their certificates must verify against); `None`:
+    /// plaintext HTTP.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// The stream id of a job from its snapshots' creation times.
@@ -210,8 +213,14 @@ async fn send_and_upload(
         idle_timeout: settings.idle_timeout,
     };
     let started = Instant::now();
-    let client = transfer::client();
-    let uploaded = transfer::upload(&client, endpoint, &up, stdout, done).await?;
+    let uploaded = match &settings.tls {
+        Some(config) => {
+            let client = transfer::tls_client(config.clone());
+            let endpoint = endpoint.clone().https();
+            transfer::upload(&client, &endpoint, &up, stdout, done).await?
+        }
+        None => transfer::upload(&transfer::client(), endpoint, &up, stdout, done).await?,
+    };
     let secs = started.elapsed().as_secs_f64().max(0.001);
     Ok(JobOutcome {
         backup_id: uploaded.response.backup_id,

@@ -12,6 +12,7 @@ pub mod ratelimit;
 pub mod restore;
 pub mod runner;
 pub mod store_server;
+pub mod tls;
 pub mod transfer;
 pub mod wire;
 pub mod zfs;

@@ -76,6 +76,9 @@ struct BackupArgs {
     /// With --base-snapshot: send every snapshot in between too (`zfs send -I`).
     #[arg(long, requires = "base_snapshot")]
     intermediates: bool,
+    /// Verify the target agent's certificate against this CA (PEM) and send over TLS.
+    #[arg(long, env = "ZETABACK_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     #[command(flatten)]
     zfs_limits: ZfsLimits,
 }
@@ -198,6 +201,16 @@ struct Args {
     no_kube: bool,
     #[command(flatten)]
     zfs_limits: ZfsLimits,
+    /// Serve the stream API over TLS only, with this certificate chain (PEM)...
+    #[arg(long, env = "ZETABACK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// ...and this private key (PEM).
+    #[arg(long, env = "ZETABACK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Send streams to other agents over TLS only, verifying their certificates against this
+    /// CA (PEM). Without it, streams go as plaintext HTTP.
+    #[arg(long, env = "ZETABACK_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 async fn kube_client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
@@ -251,7 +264,13 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         },
         intermediates: a.intermediates,
     };
+    let tls = a
+        .tls_ca
+        .as_deref()
+        .map(zetaback_agent::tls::client_config)
+        .transpose()?;
     let settings = JobSettings {
+        tls,
         bandwidth_limit: a.bandwidth_limit,
         prune_snapshots: !a.keep_snapshots,
         idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
@@ -327,7 +346,23 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr()?;
     info!(%local, "stream API listening");
-    let server = tokio::spawn(serve(listener, state));
+    let client_tls = args
+        .tls_ca
+        .as_deref()
+        .map(zetaback_agent::tls::client_config)
+        .transpose()?;
+    let server = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let config = zetaback_agent::tls::server_config(cert, key)?;
+            info!("stream API over TLS");
+            tokio::spawn(zetaback_agent::tls::serve(
+                listener,
+                zetaback_agent::store_server::router(state),
+                config,
+            ))
+        }
+        _ => tokio::spawn(serve(listener, state)),
+    };
 
     if args.no_kube {
         server.await??;
@@ -347,6 +382,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
             concurrency: args.concurrency,
             token: token.clone(),
             settings: JobSettings {
+                tls: client_tls.clone(),
                 bandwidth_limit: args.bandwidth_limit,
                 prune_snapshots: !args.keep_snapshots,
                 idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),

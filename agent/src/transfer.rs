@@ -26,8 +26,9 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, TRAILER};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
@@ -80,6 +81,14 @@ impl Endpoint {
             base,
             token: token.into(),
         }
+    }
+
+    /// The same endpoint over TLS (`https://`).
+    pub fn https(mut self) -> Self {
+        if let Some(rest) = self.base.strip_prefix("http://") {
+            self.base = format!("https://{rest}");
+        }
+        self
     }
 
     fn url(&self, host: &str, dataset: &str, id: &StreamId) -> Result<String, TransferError> {
@@ -143,6 +152,23 @@ pub fn client() -> Client<HttpConnector, BoxBody> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// An HTTPS-only client for agent-to-agent transfers: the receiving agent's certificate must
+/// verify against the configured CA (see [`crate::tls`]); `http://` URLs are refused.
+pub type TlsClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+
+/// A [`TlsClient`] with this client configuration.
+pub fn tls_client(config: Arc<rustls::ClientConfig>) -> TlsClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*config).clone())
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(https)
 }
 
 /// Milliseconds since `epoch` of the last progress, shared by the producer and the watchdog.
@@ -305,10 +331,26 @@ async fn error_message(resp: hyper::Response<hyper::body::Incoming>) -> String {
     }
 }
 
+/// An error and its causes, `: `-separated (hyper's "client error (Connect)" alone does not
+/// say that the peer's certificate was refused).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    msg
+}
+
 /// Uploads `reader` (a `zfs send` stdout) to `endpoint`; `done` resolves when the source
 /// process ended. Returns only once the target confirmed and the checksums agree.
-pub async fn upload(
-    client: &Client<HttpConnector, BoxBody>,
+pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
+    client: &Client<C, BoxBody>,
     endpoint: &Endpoint,
     up: &Upload,
     reader: impl AsyncRead + Send + Unpin + 'static,
@@ -373,7 +415,7 @@ pub async fn upload(
             {
                 return Err(src);
             }
-            return Err(TransferError::Connection(format!("{e:#}")));
+            return Err(TransferError::Connection(chain(&e)));
         }
     };
     let status = resp.status();
@@ -423,8 +465,8 @@ pub struct Download {
 }
 
 /// Reads a stored backup from a target agent.
-pub async fn download(
-    client: &Client<HttpConnector, BoxBody>,
+pub async fn download<C: Connect + Clone + Send + Sync + 'static>(
+    client: &Client<C, BoxBody>,
     endpoint: &Endpoint,
     host: &str,
     dataset: &str,
@@ -442,7 +484,7 @@ pub async fn download(
     let resp = client
         .request(req)
         .await
-        .map_err(|e| TransferError::Connection(format!("{e:#}")))?;
+        .map_err(|e| TransferError::Connection(chain(&e)))?;
     if resp.status() != StatusCode::OK {
         return Err(TransferError::Rejected {
             status: resp.status(),

@@ -1,0 +1,125 @@
+//! TLS between agents, when certificates are configured (`--tls-cert`/`--tls-key` on the agent
+//! that receives streams, `--tls-ca` on the one that sends them). Without them the stream API
+//! is plaintext HTTP, as before; with a certificate the agent serves TLS only, and with a CA the
+//! sender only speaks `https://` and verifies the receiver's certificate (its name or IP
+//! address, as in `status.agentEndpoint`) against that CA. rustls with the *ring* provider,
+//! PEM files (a Kubernetes TLS Secret: `tls.crt`, `tls.key`, `ca.crt`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+/// A TLS handshake that takes longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What can go wrong setting TLS up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    Pem { path: PathBuf, message: String },
+    #[error("{path}: no certificate in it")]
+    NoCertificate { path: PathBuf },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The server side: this agent's certificate chain and key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certificates(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+        path: key.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client side: the CA that signed the receiving agents' certificates.
+pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            path: ca.to_path_buf(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    // ALPN is set by the connector (`enable_http1`).
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Serves `router` over TLS on `listener` (HTTP/1.1), each connection in its own task; a
+/// failed or slow handshake is logged and dropped.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    config: Arc<ServerConfig>,
+) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(config);
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    warn!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    warn!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(router);
+            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http1_only()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
