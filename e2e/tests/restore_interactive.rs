@@ -13,8 +13,10 @@
 //!    it to the end and exits 0, the parent Restore and its two children succeeded verified,
 //!    and every restored file's sha256 equals the original's.
 //!
-//! The screens of the successful session are written to
-//! `e2e/manifests/demo/restore-interactive-session.txt` and printed (`--nocapture`).
+//! The screens of the successful session are printed (`--nocapture`) and written to the
+//! fleet's directory (`/tmp/zetaback-e2e/<ns>/restore-interactive-session.txt`); with
+//! `ZETABACK_SAVE_SESSION=1` also to `e2e/manifests/demo/restore-interactive-session.txt`
+//! (the captured session kept in the repository).
 //! tmux is required (`e2e/scripts/install-deps.sh` installs it): without it the test fails.
 
 use std::path::{Path, PathBuf};
@@ -439,9 +441,13 @@ async fn interactive_restore_in_a_terminal() {
         "# kubectl zetaback restore -i, run by e2e/tests/restore_interactive.rs in tmux (160x48):\n# {command}\n# Each block is the screen (tmux capture-pane) after the step it names.\n\n{transcript}"
     );
     println!("{session}");
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("manifests/demo/restore-interactive-session.txt");
-    std::fs::write(&demo, &session).expect("write the session transcript");
+    std::fs::write(fleet.dir.join("restore-interactive-session.txt"), &session)
+        .expect("write the session transcript");
+    if std::env::var_os("ZETABACK_SAVE_SESSION").is_some_and(|v| v == "1") {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("manifests/demo/restore-interactive-session.txt");
+        std::fs::write(&demo, &session).expect("write the session transcript");
+    }
     assert_eq!(code, 0, "the interactive restore failed:\n{}", t.screen());
     drop(t);
 
