@@ -241,7 +241,12 @@ pub fn bulk_table(rows: &[BulkDataset]) -> Table {
             r.verified.map(|v| v.to_string()).unwrap_or_default(),
             r.bytes.map(super::table::bytes).unwrap_or_default(),
             r.restore.clone(),
-            r.message.clone().unwrap_or_default(),
+            // Why, for the ones that did not succeed (the line above says where all went).
+            if r.phase == RestorePhase::Succeeded {
+                String::new()
+            } else {
+                r.message.clone().unwrap_or_default()
+            },
         ]);
     }
     t
