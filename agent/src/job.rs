@@ -10,6 +10,9 @@ use zetaback::api::{BackupJobSpec, BackupType};
 use zetaback::names::{validate_dataset, validate_snapshot_name};
 use zetaback::store::StreamId;
 
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::Connect;
+
 use crate::transfer::{self, Endpoint, TransferError, Upload};
 use crate::zfs::{Capability, SendBase, SendRequest, Zfs, ZfsError};
 
@@ -194,12 +197,6 @@ async fn send_and_upload(
     if let Ok(Some(estimate)) = zfs.estimate(&req).await {
         info!(estimate, "estimated stream size");
     }
-    let mut send = zfs.send(&req)?;
-    let stdout = send
-        .take_stdout()
-        .ok_or_else(|| JobError::Invalid("zfs send has no stdout".into()))?;
-    let done: transfer::SourceDone =
-        Box::pin(async move { send.wait().await.map_err(|e| e.to_string()) });
     let up = Upload {
         host: host.to_owned(),
         dataset,
@@ -211,15 +208,16 @@ async fn send_and_upload(
         store_path: spec.target.path.clone(),
         bandwidth_limit: settings.bandwidth_limit,
         idle_timeout: settings.idle_timeout,
+        resume_token: None,
     };
     let started = Instant::now();
     let uploaded = match &settings.tls {
         Some(config) => {
             let client = transfer::tls_client(config.clone());
             let endpoint = endpoint.clone().https();
-            transfer::upload(&client, &endpoint, &up, stdout, done).await?
+            send_with(&client, &endpoint, zfs, &req, up).await?
         }
-        None => transfer::upload(&transfer::client(), endpoint, &up, stdout, done).await?,
+        None => send_with(&transfer::client(), endpoint, zfs, &req, up).await?,
     };
     let secs = started.elapsed().as_secs_f64().max(0.001);
     Ok(JobOutcome {
@@ -229,6 +227,42 @@ async fn send_and_upload(
         bytes_per_second: (uploaded.sent_bytes as f64 / secs) as u64,
         replica: uploaded.response.replica,
     })
+}
+
+/// Starts the send and streams it. Replica mode on a host with resumable send (OpenZFS): if
+/// an earlier attempt was cut short, the target holds a resume token for the replica, and the
+/// send resumes from it (`zfs send -t`) instead of starting over; the target checks that the
+/// token is still the current one.
+async fn send_with<C: Connect + Clone + Send + Sync + 'static>(
+    client: &Client<C, transfer::BoxBody>,
+    endpoint: &Endpoint,
+    zfs: &Zfs,
+    req: &SendRequest,
+    mut up: Upload,
+) -> Result<transfer::Uploaded, JobError> {
+    if let Some(into) = &up.receive_into
+        && zfs.capabilities().has(Capability::ResumableSend)
+    {
+        match transfer::resume_token(client, endpoint, &up.host, &up.dataset, into).await {
+            Ok(token) => up.resume_token = token,
+            Err(e) => {
+                warn!(error = %e, "could not ask the target for a resume token; sending from the start")
+            }
+        }
+    }
+    let mut send = match &up.resume_token {
+        Some(token) => {
+            info!("resuming an interrupted transfer from the target's resume token");
+            zfs.send_resume(token)?
+        }
+        None => zfs.send(req)?,
+    };
+    let stdout = send
+        .take_stdout()
+        .ok_or_else(|| JobError::Invalid("zfs send has no stdout".into()))?;
+    let done: transfer::SourceDone =
+        Box::pin(async move { send.wait().await.map_err(|e| e.to_string()) });
+    Ok(transfer::upload(client, endpoint, &up, stdout, done).await?)
 }
 
 /// Destroys our own snapshots of `dataset` created before `keep_from`.

@@ -48,10 +48,10 @@ use crate::auth::{Role, Tokens};
 use crate::checksum::Received;
 use crate::filestore::{BackupKey, FileStore, FileStoreError, StreamMeta};
 use crate::wire::{
-    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_RECEIVE_INTO, H_SHA256, H_SNAPSHOT, H_STORE_PATH,
-    H_XXH3, PutResponse,
+    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256,
+    H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse,
 };
-use crate::zfs::{ReceiveRequest, Zfs, ZfsError};
+use crate::zfs::{Capability, ReceiveRequest, Zfs, ZfsError};
 
 /// Replica mode settings.
 #[derive(Debug, Clone)]
@@ -149,6 +149,7 @@ pub fn router(state: ServerState) -> Router {
             "/v1/streams/{host}/{dataset}/{id}",
             put(put_stream).get(get_stream).delete(delete_stream),
         )
+        .route("/v1/resume-token/{host}/{dataset}", get(resume_token))
         .route("/v1/streams/{host}/{dataset}/{id}/archive", post(archive))
         .route("/v1/archive/{host}/{dataset}/{id}", post(archive))
         .layer(DefaultBodyLimit::disable())
@@ -202,6 +203,8 @@ struct PutPlan {
     key: BackupKey,
     meta: StreamMeta,
     receive_into: Option<String>,
+    /// Replica mode: the stream resumes from this token (`zfs send -t`).
+    resume_token: Option<String>,
     force: bool,
     /// The checksum trailers the request announced in `Trailer` (must arrive and match).
     expect: Expected,
@@ -255,6 +258,22 @@ fn plan_put(
         }
     };
     let receive_into = header_str(headers, H_RECEIVE_INTO)?.map(str::to_owned);
+    let resume_token = header_str(headers, H_RESUME_TOKEN)?.map(str::to_owned);
+    if let Some(t) = &resume_token {
+        if receive_into.is_none() {
+            return Err(ApiError::bad(format!(
+                "{H_RESUME_TOKEN} is only for replica streams"
+            )));
+        }
+        if t.is_empty()
+            || t.starts_with('-')
+            || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(ApiError::bad(format!(
+                "{H_RESUME_TOKEN} is not a resume token"
+            )));
+        }
+    }
     match (&receive_into, &state.replica, &state.store) {
         (Some(into), Some(replica), _) => {
             validate_dataset(into).map_err(|e| ApiError::bad(e.to_string()))?;
@@ -307,6 +326,7 @@ fn plan_put(
             compression,
         },
         receive_into,
+        resume_token,
         force,
         expect,
     })
@@ -503,8 +523,35 @@ async fn put_replica(
         }
         ReceivingClaim(state.receiving.clone(), target.clone())
     };
-    let exists = zfs.dataset_exists(&target).await?;
+    let resumable = zfs.capabilities().has(Capability::ResumableSend);
+    let mut exists = zfs.dataset_exists(&target).await?;
+    // OpenZFS: an interrupted `receive -s` left a token. A stream that names it resumes;
+    // a fresh stream first discards the partial state.
+    let current = if resumable && exists {
+        zfs.resume_token(&target).await?
+    } else {
+        None
+    };
+    let resuming = match (&plan.resume_token, &current) {
+        (Some(theirs), Some(ours)) if theirs == ours => true,
+        (Some(_), _) => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "the resume token is not {target}'s current one (or this host cannot resume); send the stream from the start"
+                ),
+            ));
+        }
+        (None, Some(_)) => {
+            warn!(%target, "discarding the partial state of an interrupted receive");
+            zfs.abort_partial_receive(&target).await?;
+            exists = zfs.dataset_exists(&target).await?;
+            false
+        }
+        (None, None) => false,
+    };
     match plan.key.id {
+        _ if resuming => {}
         StreamId::Full { .. } if exists && !plan.force => {
             return Err(ApiError(
                 StatusCode::CONFLICT,
@@ -524,8 +571,8 @@ async fn put_replica(
     }
     let mut recv = zfs.receive(&ReceiveRequest {
         target: target.clone(),
-        force: plan.force,
-        resumable: false,
+        force: plan.force && !resuming,
+        resumable,
     })?;
     let mut sums = Received::new(true);
     let mut trailers = Trailers::default();
@@ -790,6 +837,43 @@ async fn archive(
     store.archive(&key).await?;
     info!(backup = %key, "archived");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?into=ROOT`: the replica root of `GET /v1/resume-token/...`.
+#[derive(Debug, serde::Deserialize)]
+struct ResumeQuery {
+    into: String,
+}
+
+/// The resume token an interrupted resumable receive left on `<into>/<host>/<dataset>`
+/// (OpenZFS; always none on zfs-fuse, which cannot resume).
+async fn resume_token(
+    State(state): State<Arc<ServerState>>,
+    Path((host, dataset)): Path<(String, String)>,
+    Query(q): Query<ResumeQuery>,
+    headers: HeaderMap,
+) -> Result<axum::Json<ResumeTokenResponse>, ApiError> {
+    require(&state, &headers, Role::Source)?;
+    validate_host(&host).map_err(|e| ApiError::bad(e.to_string()))?;
+    let dataset = unescape_dataset(&dataset).map_err(|e| ApiError::bad(e.to_string()))?;
+    validate_dataset(&q.into).map_err(|e| ApiError::bad(e.to_string()))?;
+    let replica = state
+        .replica
+        .as_ref()
+        .ok_or_else(|| ApiError::bad("this agent does not accept replicas"))?;
+    if !replica.roots.contains(&q.into) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("this agent does not receive replicas into {}", q.into),
+        ));
+    }
+    let target = format!("{}/{host}/{dataset}", q.into);
+    let token = if replica.zfs.dataset_exists(&target).await? {
+        replica.zfs.resume_token(&target).await?
+    } else {
+        None
+    };
+    Ok(axum::Json(ResumeTokenResponse { token }))
 }
 
 /// `?host=H` limits the catalogue to one source host.

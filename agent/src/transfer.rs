@@ -41,8 +41,8 @@ use zetaback::store::{StreamId, escape_dataset};
 use crate::checksum::Transit;
 use crate::ratelimit::RateLimiter;
 use crate::wire::{
-    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_RECEIVE_INTO, H_SHA256, H_SNAPSHOT, H_STORE_PATH,
-    H_XXH3, PutResponse,
+    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256,
+    H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse,
 };
 
 /// Chunks in flight between the reader task and the HTTP connection.
@@ -50,7 +50,8 @@ pub const CHANNEL_DEPTH: usize = 8;
 /// The read size (and the size of each pooled buffer).
 pub const CHUNK: usize = 512 * 1024;
 
-type BoxBody = http_body_util::combinators::BoxBody<Bytes, io::Error>;
+/// The request body type of the transfer clients.
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, io::Error>;
 
 /// A target agent.
 #[derive(Clone)]
@@ -132,6 +133,8 @@ pub struct Upload {
     pub bandwidth_limit: u64,
     /// Give up when no progress was made for this long (a cut link sends no reset).
     pub idle_timeout: Duration,
+    /// Replica mode: the stream resumes an interrupted receive (`zfs send -t TOKEN`).
+    pub resume_token: Option<String>,
 }
 
 /// A finished upload: what the target said, and what was sent.
@@ -380,6 +383,9 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
     if let Some(p) = &up.store_path {
         req = req.header(H_STORE_PATH, p);
     }
+    if let Some(t) = &up.resume_token {
+        req = req.header(H_RESUME_TOKEN, t);
+    }
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let req = req
         .body(channel_body(rx))
@@ -454,6 +460,48 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
         sent_bytes,
         sent_xxh3,
     })
+}
+
+/// The resume token an interrupted resumable receive left for `host`'s `dataset` under the
+/// replica root `into` on the target agent (OpenZFS targets; `None` elsewhere).
+pub async fn resume_token<C: Connect + Clone + Send + Sync + 'static>(
+    client: &Client<C, BoxBody>,
+    endpoint: &Endpoint,
+    host: &str,
+    dataset: &str,
+    into: &str,
+) -> Result<Option<String>, TransferError> {
+    zetaback::names::validate_dataset(into).map_err(|e| TransferError::Invalid(e.to_string()))?;
+    let ds = escape_dataset(dataset).map_err(|e| TransferError::Invalid(e.to_string()))?;
+    zetaback::store::validate_host(host).map_err(|e| TransferError::Invalid(e.to_string()))?;
+    let url = format!("{}/v1/resume-token/{host}/{ds}?into={into}", endpoint.base);
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(&url)
+        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
+        .body(BodyExt::boxed(
+            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
+        ))
+        .map_err(|e| TransferError::Invalid(e.to_string()))?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| TransferError::Connection(chain(&e)))?;
+    if resp.status() != StatusCode::OK {
+        return Err(TransferError::Rejected {
+            status: resp.status(),
+            message: error_message(resp).await,
+        });
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| TransferError::Connection(e.to_string()))?
+        .to_bytes();
+    serde_json::from_slice::<ResumeTokenResponse>(&body)
+        .map(|r| r.token)
+        .map_err(|e| TransferError::Connection(format!("bad answer from the target: {e}")))
 }
 
 /// A stored stream being read back: decompressed, and failing at its end if its sha256 does

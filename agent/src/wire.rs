@@ -12,6 +12,9 @@ pub const H_COMPRESSION: &str = "x-zetaback-compression";
 pub const H_RECEIVE_INTO: &str = "x-zetaback-receive-into";
 /// File mode: the store path the job expects (must be this agent's store root).
 pub const H_STORE_PATH: &str = "x-zetaback-store-path";
+/// Replica mode, OpenZFS: the body is `zfs send -t <this token>`, resuming an interrupted
+/// resumable receive (the token the target reported for its dataset).
+pub const H_RESUME_TOKEN: &str = "x-zetaback-resume-token";
 /// The sha256 of the body: a header on downloads (and accepted as an upload trailer).
 pub const H_SHA256: &str = "x-zetaback-sha256";
 /// The transit check of an upload: xxh3-128 of the body, as a trailer (see
@@ -42,4 +45,11 @@ pub struct PutResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// The answer to `GET /v1/resume-token/{host}/{dataset}?into=ROOT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeTokenResponse {
+    /// The token an interrupted resumable receive left on the replica, if any.
+    pub token: Option<String>,
 }

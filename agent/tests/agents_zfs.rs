@@ -574,3 +574,85 @@ fn intermediates_send_every_snapshot_in_between() {
         ["zetaback-1", "zetaback-3"]
     );
 }
+
+/// One HTTP/1.0 request with the source token; (status, body).
+fn http(
+    tokens: &Tokens,
+    addr: &str,
+    request_line: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let token = std::fs::read_to_string(&tokens.source).expect("token");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let mut req = format!(
+        "{request_line} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n",
+        token.trim()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("request");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("response");
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, body.to_owned())
+}
+
+/// zfs-fuse cannot resume: the target reports no token, and a stream that claims to resume is
+/// refused before `zfs receive` runs (the OpenZFS side is unit-tested on recorded output).
+#[test]
+fn resume_tokens_on_zfs_fuse_are_absent_and_claims_refused() {
+    let src = Pool::new("src");
+    let dst = Pool::new("dst");
+    let (ds, dir) = src.create("data");
+    let (replicas, _) = dst.create("replicas");
+    let store = tempfile::tempdir().expect("store");
+    let tokens = Tokens::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
+    write_files(&dir, 1, 1, 10_000);
+    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
+    c.args(["--target-dataset", &replicas]);
+    run_backup(c);
+    let escaped = zetaback::store::escape_dataset(&ds).expect("escape");
+    let (status, body) = http(
+        &tokens,
+        &addr,
+        &format!("GET /v1/resume-token/src-1/{escaped}?into={replicas}"),
+        &[],
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"token":null}"#));
+    let (status, _) = http(
+        &tokens,
+        &addr,
+        &format!("GET /v1/resume-token/src-1/{escaped}?into=elsewhere"),
+        &[],
+    );
+    assert_eq!(status, 403, "only configured replica roots");
+    let (status, body) = http(
+        &tokens,
+        &addr,
+        &format!("PUT /v1/streams/src-1/{escaped}/1800000000.incremental.1700000000"),
+        &[
+            ("x-zetaback-snapshot", "zetaback-2"),
+            ("x-zetaback-base-snapshot", "zetaback-1"),
+            ("x-zetaback-receive-into", &replicas),
+            ("x-zetaback-resume-token", "1-e604ea4bf-e0-789c63a2"),
+        ],
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("resume token"), "{body}");
+    assert_eq!(
+        snapshots_of(&format!("{replicas}/src-1/{ds}")),
+        ["zetaback-1"],
+        "nothing was received"
+    );
+}

@@ -62,6 +62,7 @@ fn upload_spec(id: &str, compression: Compression) -> Upload {
         store_path: None,
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(30),
+        resume_token: None,
     }
 }
 

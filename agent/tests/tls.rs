@@ -120,6 +120,7 @@ fn upload_spec(id: &str) -> Upload {
         store_path: None,
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(30),
+        resume_token: None,
     }
 }
 

@@ -229,6 +229,18 @@ pub fn receive(caps: &Capabilities, req: &ReceiveRequest) -> Result<Vec<String>,
     Ok(args)
 }
 
+/// `zfs receive -A <dataset>`: discards the partial state an interrupted `receive -s` left
+/// (OpenZFS only), so that a fresh stream can be received.
+pub fn receive_abort(caps: &Capabilities, dataset: &str) -> Result<Vec<String>, ZfsError> {
+    if !caps.has(Capability::ResumableSend) {
+        return Err(ZfsError::Unsupported {
+            feature: "resumable receive",
+        });
+    }
+    validate_dataset(dataset)?;
+    Ok(owned(&["receive", "-A", dataset]))
+}
+
 /// `zfs get -H -p -o value receive_resume_token <dataset>`.
 pub fn resume_token(caps: &Capabilities, dataset: &str) -> Result<Vec<String>, ZfsError> {
     if !caps.has(Capability::ResumableSend) {
@@ -391,6 +403,45 @@ mod tests {
         );
         req.target = "backup/../x".into();
         assert!(receive(&Capabilities::none(), &req).is_err());
+    }
+
+    #[test]
+    fn resume_paths_are_openzfs_only() {
+        let openzfs = Capabilities::all();
+        let fuse = Capabilities::from_iter([Capability::Holds]);
+        assert_eq!(
+            receive_abort(&openzfs, "backup/r/h1/tank").expect("argv"),
+            s(&["receive", "-A", "backup/r/h1/tank"])
+        );
+        assert!(matches!(
+            receive_abort(&fuse, "backup/r/h1/tank"),
+            Err(ZfsError::Unsupported { .. })
+        ));
+        assert!(receive_abort(&openzfs, "-x").is_err());
+        assert_eq!(
+            resume_token(&openzfs, "backup/r/h1/tank").expect("argv"),
+            s(&[
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "value",
+                "receive_resume_token",
+                "backup/r/h1/tank"
+            ])
+        );
+        assert!(resume_token(&fuse, "backup/r/h1/tank").is_err());
+        // The token recorded from OpenZFS's format (tests/fixtures) is accepted by send -t.
+        let token = super::super::parse::parse_resume_token(include_str!(
+            "../../tests/fixtures/openzfs-2.2-resume-token.txt"
+        ))
+        .expect("a token");
+        assert_eq!(
+            send_resume(&openzfs, &token).expect("argv"),
+            s(&["send", "-t", &token])
+        );
+        // zfs-fuse has no resume: its `zfs get` of the property prints `-` (or fails).
+        assert_eq!(super::super::parse::parse_resume_token("-\n"), None);
     }
 
     #[test]

@@ -359,6 +359,13 @@ impl Zfs {
         Ok(parse::parse_resume_token(&self.output(&args, true).await?))
     }
 
+    /// `zfs receive -A`: discards an interrupted resumable receive's partial state
+    /// (OpenZFS only).
+    pub async fn abort_partial_receive(&self, dataset: &str) -> Result<(), ZfsError> {
+        let args = argv::receive_abort(&self.caps, dataset)?;
+        self.output(&args, true).await.map(drop)
+    }
+
     /// Starts `zfs send`; its stdout is the stream.
     #[instrument(level = "debug", skip(self))]
     pub fn send(&self, req: &SendRequest) -> Result<SendProcess, ZfsError> {
