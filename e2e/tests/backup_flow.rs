@@ -64,7 +64,9 @@ async fn policy_runs_cycles_and_reports_violators() {
         "incremental": {"every": "15s", "keep": "40s"},
         "target": {"host": names[2], "path": store_root.display().to_string()},
         "grace": "10s",
-        "concurrency": {"perHost": 3, "perTarget": 6}
+        "concurrency": {"perHost": 3, "perTarget": 6},
+        // Keep every finished job: the retention check below compares jobs made with backups stored.
+        "jobHistory": {"successful": 100, "failed": 100}
     }))
     .expect("spec");
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
