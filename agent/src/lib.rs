@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod checksum;
+pub mod claim;
 pub mod discovery;
 pub mod filestore;
 pub mod hostinfo;

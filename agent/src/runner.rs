@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -25,6 +25,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, error, info, info_span, warn};
 use zetaback::api::{BackupJob, BackupJobStatus, JobPhase, ZfsHost};
 
+use crate::claim;
 use crate::job::{self, JobError, JobOutcome, JobSettings};
 use crate::transfer::Endpoint;
 use crate::zfs::Zfs;
@@ -113,31 +114,23 @@ impl Runner {
 
     /// Fails the jobs this agent left running before a restart.
     pub async fn recover(&self) -> Result<usize, RunnerError> {
-        let api: Api<DeserializeGuard<BackupJob>> = Api::all(self.client.clone());
-        let mut failed = 0;
-        for guarded in api.list(&ListParams::default()).await? {
-            let Ok(job) = guarded.0 else { continue };
-            if !is_orphaned(&job, &self.cfg.host_name, &self.cfg.agent_id) {
-                continue;
-            }
-            let ns_api: Api<BackupJob> =
-                Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
-            let patch = serde_json::json!({"status": {
-                "phase": JobPhase::Failed,
-                "finishedAt": Time(jiff::Timestamp::now()),
-                "message": "interrupted: the agent restarted while this job ran; the partial stream was discarded (this host has no resumable send), the controller retries",
-            }});
-            ns_api
-                .patch_status(
-                    &job.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-            warn!(job = %key(&job), "failed a job interrupted by a restart");
-            failed += 1;
+        let (host, agent) = (&self.cfg.host_name, &self.cfg.agent_id);
+        let failed = claim::fail_orphans::<BackupJob>(
+            &self.client,
+            |job| is_orphaned(job, host, agent),
+            |_| {
+                serde_json::json!({"status": {
+                    "phase": JobPhase::Failed,
+                    "finishedAt": Time(jiff::Timestamp::now()),
+                    "message": "interrupted: the agent restarted while this job ran; the partial stream was discarded (a replica on a host with resumable receive resumes on the retry), the controller retries",
+                }})
+            },
+        )
+        .await?;
+        for job in &failed {
+            warn!(%job, "failed a job interrupted by a restart");
         }
-        Ok(failed)
+        Ok(failed.len())
     }
 
     /// Tries to claim a job; `None` if someone else got it (409) or it is no longer pending.
@@ -153,14 +146,7 @@ impl Runner {
             &self.cfg.agent_id,
             jiff::Timestamp::now(),
         ));
-        match api
-            .replace_status(&job.name_any(), &PostParams::default(), &claimed)
-            .await
-        {
-            Ok(updated) => Ok(Some(updated)),
-            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(claim::claim(&api, &claimed).await?)
     }
 
     async fn endpoint(&self, target_host: &str) -> Result<Endpoint, JobError> {

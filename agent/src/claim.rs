@@ -1,0 +1,67 @@
+//! Claiming work with optimistic concurrency, shared by the BackupJob runner and the Restore
+//! runner: a status update (`replace_status`) carrying the resourceVersion the agent read, with
+//! the claim in it (`claimedBy`, phase Running). A 409 means another agent changed the object
+//! first (it got it); a 404 means it is gone. Either way the caller moves on.
+//!
+//! And the restart rule: at start-up, objects this agent left Running (a crash or kill cut
+//! them short) are failed with a message, so that the controller retries them.
+
+use std::fmt::Debug;
+
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::core::{DeserializeGuard, NamespaceResourceScope};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Writes `claimed` (the object as read, with its status set to the claim) as the status of
+/// `obj`; `Some(updated)` if this agent got it, `None` if another agent was first or the
+/// object is gone.
+pub async fn claim<K>(api: &Api<K>, claimed: &K) -> Result<Option<K>, kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    match api
+        .replace_status(&claimed.name_any(), &PostParams::default(), claimed)
+        .await
+    {
+        Ok(updated) => Ok(Some(updated)),
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Fails every object of kind `K` (in any namespace) for which `orphaned` holds, with the
+/// status merge patch `failure` gives (`{"status": {...}}`). Objects that do not decode are
+/// skipped. Returns the `namespace/name` of each object failed.
+pub async fn fail_orphans<K>(
+    client: &Client,
+    orphaned: impl Fn(&K) -> bool,
+    failure: impl Fn(&K) -> serde_json::Value,
+) -> Result<Vec<String>, kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
+    let all: Api<DeserializeGuard<K>> = Api::all(client.clone());
+    let mut failed = Vec::new();
+    for guarded in all.list(&ListParams::default()).await? {
+        let Ok(obj) = guarded.0 else { continue };
+        if !orphaned(&obj) {
+            continue;
+        }
+        let ns = obj.namespace().unwrap_or_default();
+        let api: Api<K> = Api::namespaced(client.clone(), &ns);
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&failure(&obj)),
+        )
+        .await?;
+        failed.push(format!("{ns}/{}", obj.name_any()));
+    }
+    Ok(failed)
+}
