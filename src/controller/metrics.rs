@@ -71,7 +71,14 @@ struct Live {
     jobs: Mutex<Option<Store<BackupJob>>>,
     /// (namespace, policy) → (host, dataset) → newest backup, replaced by each reconcile.
     newest: Mutex<HashMap<(String, String), NewestBackups>>,
+    /// (namespace, policy) → its target and when it was last reconciled: a policy not
+    /// reconciled for [`POLICY_SERIES_TTL`] was deleted and its series are dropped.
+    seen: Mutex<HashMap<(String, String), (String, Instant)>>,
 }
+
+/// Every live policy is reconciled at least once a minute; after this long without one its
+/// series go (the controller learns of a deletion only by no longer seeing the policy).
+pub const POLICY_SERIES_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -289,6 +296,13 @@ impl Metrics {
     }
 
     pub fn set_violators(&self, namespace: &str, policy: &str, count: i64) {
+        self.live
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((namespace.into(), policy.into()))
+            .and_modify(|(_, at)| *at = Instant::now())
+            .or_insert((String::new(), Instant::now()));
         self.violators
             .get_or_create(&PolicyLabel {
                 namespace: namespace.into(),
@@ -325,6 +339,14 @@ impl Metrics {
         bytes_stored: Option<u64>,
         newest: &[(String, String, Timestamp)],
     ) {
+        self.live
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                (namespace.into(), policy.into()),
+                (target.into(), Instant::now()),
+            );
         if let Some(b) = bytes_stored {
             self.bytes_stored
                 .get_or_create(&TargetLabel {
@@ -350,8 +372,45 @@ impl Metrics {
         self.is_leader.store(leading, Ordering::Relaxed);
     }
 
-    /// The text exposition.
+    /// Drops the series of policies not reconciled for `ttl` (deleted ones).
+    pub fn forget_policies_older_than(&self, ttl: std::time::Duration) {
+        let gone: Vec<((String, String), String)> = {
+            let mut seen = self
+                .live
+                .seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let gone = seen
+                .iter()
+                .filter(|(_, (_, at))| at.elapsed() >= ttl)
+                .map(|(k, (target, _))| (k.clone(), target.clone()))
+                .collect::<Vec<_>>();
+            for (k, _) in &gone {
+                seen.remove(k);
+            }
+            gone
+        };
+        for ((namespace, policy), target) in gone {
+            self.live
+                .newest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&(namespace.clone(), policy.clone()));
+            self.violators.remove(&PolicyLabel {
+                namespace: namespace.clone(),
+                policy: policy.clone(),
+            });
+            self.bytes_stored.remove(&TargetLabel {
+                namespace,
+                policy,
+                target,
+            });
+        }
+    }
+
+    /// The text exposition (series of deleted policies dropped first).
     pub fn encode(&self) -> String {
+        self.forget_policies_older_than(POLICY_SERIES_TTL);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -383,4 +442,39 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
         )],
         metrics.encode(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_series_are_exposed_and_dropped_when_the_policy_goes() {
+        let m = Metrics::default();
+        let newest = [(
+            "db-1".to_string(),
+            "tank/a".to_string(),
+            Timestamp::now() - jiff::SignedDuration::from_secs(120),
+        )];
+        m.set_violators("ops", "p", 2);
+        m.set_policy_backups("ops", "p", "backup-1", Some(4096), &newest);
+        let text = m.encode();
+        assert!(
+            text.contains("zetaback_controller_violators{namespace=\"ops\",policy=\"p\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "zetaback_controller_bytes_stored{namespace=\"ops\",policy=\"p\",target=\"backup-1\"} 4096"
+        ));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("zetaback_controller_seconds_since_last_backup{namespace=\"ops\",policy=\"p\",host=\"db-1\",dataset=\"tank/a\"}"))
+            .unwrap_or_else(|| panic!("no seconds_since_last_backup in {text}"));
+        let age: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((120.0..130.0).contains(&age), "{age}");
+        // Not reconciled any more (deleted): its series go.
+        m.forget_policies_older_than(std::time::Duration::ZERO);
+        let text = m.encode();
+        assert!(!text.contains("policy=\"p\""), "{text}");
+    }
 }
