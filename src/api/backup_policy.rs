@@ -270,7 +270,8 @@ pub struct Concurrency {
     #[schemars(range(min = 1, max = 64))]
     #[schemars(with = "i32")]
     pub per_host: u32,
-    /// Jobs at once into one target host.
+    /// This policy's jobs at once into its target host (counted per policy: policies that
+    /// share a backup host add up). Due backups start oldest-due first within the caps.
     #[serde(default = "default_per_target")]
     #[schemars(range(min = 1, max = 256))]
     #[schemars(with = "i32")]
