@@ -310,6 +310,38 @@ struct TargetEntry {
     hosts: HashMap<String, HostEntry>,
     /// Numbers reads in the order they start.
     seq: u64,
+    /// A background revalidation is under way.
+    refreshing: bool,
+}
+
+/// Applies the answer to a whole-store read that started as number `seq`: entries from reads
+/// that started later are kept; the rest are replaced (or dropped if the store has no
+/// backups of that host any more).
+fn apply_whole(
+    t: &mut TargetEntry,
+    seq: u64,
+    etag: Option<String>,
+    answer: Option<(Catalogue, Option<String>)>,
+) {
+    match answer {
+        None => t.whole = Some((etag, Instant::now())),
+        Some((cat, tag)) => {
+            let mut fresh = StoreView::from_store(&cat).hosts;
+            t.hosts.retain(|h, e| e.seq > seq || fresh.contains_key(h));
+            for (h, catalogue) in fresh.drain() {
+                let e = t.hosts.entry(h).or_default();
+                if e.seq > seq {
+                    continue;
+                }
+                *e = HostEntry {
+                    catalogue,
+                    seq,
+                    ..Default::default()
+                };
+            }
+            t.whole = Some((tag, Instant::now()));
+        }
+    }
 }
 
 /// The controller's copy of each backup host's catalogue, shared by all policies (the store
@@ -373,40 +405,48 @@ impl CatalogueCache {
         use std::sync::atomic::Ordering::Relaxed;
         let target = self.target(endpoint);
         let mut t = target.lock().await;
-        let stale = t
-            .whole
-            .as_ref()
-            .is_none_or(|(_, at)| at.elapsed() >= self.max_age);
-        if stale {
-            let etag = t.whole.as_ref().and_then(|(tag, _)| tag.clone());
-            self.requests.fetch_add(1, Relaxed);
-            let url = format!("http://{endpoint}/v1/catalogue");
-            match client.catalogue_if(url, etag.as_deref()).await? {
-                None => {
-                    self.not_modified.fetch_add(1, Relaxed);
-                    t.whole = Some((etag, Instant::now()));
-                }
-                Some((cat, tag)) => {
-                    t.seq += 1;
-                    let seq = t.seq;
-                    let view = StoreView::from_store(&cat);
-                    t.hosts = view
-                        .hosts
-                        .into_iter()
-                        .map(|(h, catalogue)| {
-                            (
-                                h,
-                                HostEntry {
-                                    catalogue,
-                                    seq,
-                                    ..Default::default()
-                                },
-                            )
-                        })
-                        .collect();
-                    t.whole = Some((tag, Instant::now()));
-                }
+        let age = t.whole.as_ref().map(|(_, at)| at.elapsed());
+        let url = format!("http://{endpoint}/v1/catalogue");
+        match age {
+            // Cold, or background revalidation has not succeeded for two periods (the store
+            // may be down): read now, so a failure reaches the policy's status.
+            None => {
+                t.seq += 1;
+                let seq = t.seq;
+                self.requests.fetch_add(1, Relaxed);
+                let answer = client.catalogue_if(url, None).await?;
+                apply_whole(&mut t, seq, None, answer);
             }
+            Some(age) if age >= 2 * self.max_age => {
+                t.seq += 1;
+                let seq = t.seq;
+                let etag = t.whole.as_ref().and_then(|(tag, _)| tag.clone());
+                self.requests.fetch_add(1, Relaxed);
+                let answer = client.catalogue_if(url, etag.as_deref()).await?;
+                apply_whole(&mut t, seq, etag, answer);
+            }
+            // Due for revalidation: in the background; this reconcile uses the copy it has
+            // (new backups of its hosts are read below either way).
+            Some(age) if age >= self.max_age && !t.refreshing => {
+                t.refreshing = true;
+                t.seq += 1;
+                let seq = t.seq;
+                let etag = t.whole.as_ref().and_then(|(tag, _)| tag.clone());
+                self.requests.fetch_add(1, Relaxed);
+                let (client, target) = (client.clone(), target.clone());
+                tokio::spawn(async move {
+                    let answer = client.catalogue_if(url, etag.as_deref()).await;
+                    let mut t = target.lock().await;
+                    t.refreshing = false;
+                    match answer {
+                        Ok(answer) => apply_whole(&mut t, seq, etag, answer),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "revalidating a backup host's catalogue failed")
+                        }
+                    }
+                });
+            }
+            Some(_) => {}
         }
         // Hosts to read again: changed by us, or missing a backup a job says is stored.
         let mut again: HashSet<&str> = HashSet::new();
@@ -484,5 +524,128 @@ impl CatalogueCache {
                 .filter_map(|h| t.hosts.get(h).map(|e| (h.clone(), e.catalogue.clone())))
                 .collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BackupType;
+    use crate::store::Manifest;
+
+    fn backup(host: &str, dataset: &str, at: i64) -> StoredBackup {
+        StoredBackup {
+            manifest: Manifest {
+                version: 1,
+                id: format!("{at}.full"),
+                host: host.into(),
+                dataset: dataset.into(),
+                snapshot: format!("zetaback-{at}"),
+                base_snapshot: None,
+                backup_type: BackupType::Full,
+                bytes: 10,
+                sha256: "0".repeat(64),
+                compression: crate::api::backup_policy::Compression::None,
+                created: jiff::Timestamp::from_second(at).unwrap(),
+            },
+            archived: false,
+        }
+    }
+
+    fn cat(backups: Vec<StoredBackup>) -> Catalogue {
+        Catalogue {
+            backups,
+            problems: vec![],
+        }
+    }
+
+    #[test]
+    fn the_view_is_indexed_per_host_and_dataset() {
+        let view = StoreView::from_store(&cat(vec![
+            backup("h1", "tank/a", 100),
+            backup("h1", "tank/a", 200),
+            backup("h2", "tank/a", 300),
+        ]));
+        let a = view.dataset("h1", "tank/a").as_ref().unwrap();
+        assert_eq!(a.records().len(), 2);
+        assert_eq!(
+            view.dataset("h2", "tank/a")
+                .as_ref()
+                .unwrap()
+                .records()
+                .len(),
+            1
+        );
+        assert!(
+            view.dataset("h3", "tank/x")
+                .as_ref()
+                .unwrap()
+                .records()
+                .is_empty()
+        );
+        assert!(view.hosts["h1"].has("tank/a", "200.full"));
+        assert!(!view.hosts["h1"].has("tank/a", "300.full"));
+    }
+
+    #[test]
+    fn a_whole_read_never_overwrites_a_later_started_host_read() {
+        let mut t = TargetEntry::default();
+        apply_whole(
+            &mut t,
+            1,
+            None,
+            Some((
+                cat(vec![backup("h1", "tank/a", 100)]),
+                Some("\"t1\"".into()),
+            )),
+        );
+        // A per-host read that started after (seq 3) saw a newer backup of h1 and one of h2.
+        for (h, at) in [("h1", 200), ("h2", 50)] {
+            t.hosts.insert(
+                h.into(),
+                HostEntry {
+                    catalogue: Arc::new(HostCatalogue::new(&[backup(h, "tank/a", at)])),
+                    seq: 3,
+                    ..Default::default()
+                },
+            );
+        }
+        // A whole read that started before it (seq 2) answers late: h1 and h2 stay as read
+        // later; h3 (only in the whole read) is added.
+        apply_whole(
+            &mut t,
+            2,
+            Some("\"t1\"".into()),
+            Some((
+                cat(vec![
+                    backup("h1", "tank/a", 100),
+                    backup("h3", "tank/a", 10),
+                ]),
+                Some("\"t2\"".into()),
+            )),
+        );
+        assert!(t.hosts["h1"].catalogue.has("tank/a", "200.full"));
+        assert!(t.hosts["h2"].catalogue.has("tank/a", "50.full"));
+        assert!(t.hosts["h3"].catalogue.has("tank/a", "10.full"));
+        assert_eq!(
+            t.whole.as_ref().and_then(|w| w.0.clone()).as_deref(),
+            Some("\"t2\"")
+        );
+        // A newer whole read (seq 4) replaces everything and drops hosts with no backups.
+        apply_whole(
+            &mut t,
+            4,
+            None,
+            Some((cat(vec![backup("h1", "tank/a", 100)]), None)),
+        );
+        assert!(!t.hosts["h1"].catalogue.has("tank/a", "200.full"));
+        assert!(!t.hosts.contains_key("h2") && !t.hosts.contains_key("h3"));
+        // 304: only the time moves.
+        apply_whole(&mut t, 5, Some("\"t3\"".into()), None);
+        assert_eq!(
+            t.whole.as_ref().and_then(|w| w.0.clone()).as_deref(),
+            Some("\"t3\"")
+        );
+        assert_eq!(t.hosts.len(), 1);
     }
 }
