@@ -106,7 +106,7 @@ fn check(
             continue;
         };
         assert!(
-            !(r.archived && !base.archived),
+            !r.archived || base.archived,
             "{what}: archived {} rests on live {}",
             r.id,
             base.id
