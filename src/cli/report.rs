@@ -13,7 +13,7 @@ use super::table::{self, Table};
 use crate::api::condition::READY;
 use crate::api::{BackupJob, BackupPolicy, BackupType, JobPhase, ZfsHost};
 use crate::policy::{self, PolicyRules};
-use crate::selection::{DatasetMatcher, labels_match};
+use crate::selection::{DatasetMatcher, PolicyMatcher, labels_match};
 use crate::store::{self, Layout};
 
 /// Where a row's knowledge comes from.
@@ -69,17 +69,17 @@ pub fn selected_hosts(policy: &BackupPolicy, hosts: &[ZfsHost]) -> Vec<String> {
 }
 
 /// The datasets a policy covers now, as the controller sees them: on its hosts' status,
-/// matching its patterns and not excluded by the dataset's own property. Sorted.
+/// matching its patterns and classes and not excluded by the dataset's own property. Sorted.
 pub fn covered_datasets(
     policy: &BackupPolicy,
     hosts: &[ZfsHost],
 ) -> Result<Vec<(String, String)>, crate::selection::PatternError> {
-    let matcher = DatasetMatcher::new(&policy.spec.datasets)?;
+    let matcher = PolicyMatcher::new(&policy.spec.datasets)?;
     let selected = selected_hosts(policy, hosts);
     let mut out = Vec::new();
     for h in hosts.iter().filter(|h| selected.contains(&h.name_any())) {
         for d in h.status.iter().flat_map(|s| &s.datasets) {
-            if !d.excluded && matcher.matches(&d.name) {
+            if !d.excluded && matcher.matches(&d.name, d.class.as_deref()) {
                 out.push((h.name_any(), d.name.clone()));
             }
         }
