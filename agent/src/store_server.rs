@@ -814,13 +814,51 @@ async fn delete_stream(
 ) -> Result<StatusCode, ApiError> {
     require(&state, &headers, Role::Admin)?;
     let key = key_of(&host, &dataset, &id)?;
-    let store = state
-        .store
-        .as_ref()
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this agent has no file store".into()))?;
-    store.delete(&key).await?;
+    let stored = match &state.store {
+        Some(store) => match store.delete(&key).await {
+            Ok(()) => true,
+            Err(FileStoreError::NotFound(_)) => false,
+            Err(e) => return Err(e.into()),
+        },
+        None => false,
+    };
+    if !stored && !delete_replica(&state, &key).await? {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("backup {key} not found"),
+        ));
+    }
     info!(backup = %key, "deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a replica backup: destroys the received snapshot whose manifest names `key`
+/// (only a snapshot that carries zetaback's manifest). False if there is none.
+async fn delete_replica(state: &ServerState, key: &BackupKey) -> Result<bool, ApiError> {
+    let Some(replica) = &state.replica else {
+        return Ok(false);
+    };
+    let id = key.id.to_string();
+    for root in &replica.roots {
+        let target = format!("{root}/{}/{}", key.host, key.dataset);
+        validate_dataset(&target).map_err(|e| ApiError::bad(e.to_string()))?;
+        if !replica.zfs.dataset_exists(&target).await? {
+            continue;
+        }
+        for (dataset, snapshot, json) in replica.zfs.manifests(&target).await? {
+            let Ok(m) = Manifest::from_json(json.as_bytes()) else {
+                continue;
+            };
+            if dataset == target && m.id == id && m.snapshot == snapshot {
+                replica
+                    .zfs
+                    .destroy_replica_snapshot(&dataset, &snapshot)
+                    .await?;
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 async fn archive(

@@ -499,6 +499,22 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
         "{:?}",
         cat.problems
     );
+
+    // Retention deletes a replica backup with the admin token: its snapshot goes.
+    let escaped = zetaback::store::escape_dataset(&ds).expect("escape");
+    let inc_id = inc["backupId"].as_str().expect("id");
+    let path = format!("/v1/streams/src-1/{escaped}/{inc_id}");
+    let (status, _) = http(&tokens, &addr, &format!("DELETE {path}"), &[]);
+    assert_eq!(status, 403, "the source token may not delete");
+    let (status, body) = http_as(&tokens.admin, &addr, &format!("DELETE {path}"), &[]);
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        snapshots_of(&format!("{replicas}/src-1/{ds}")),
+        ["zetaback-1"]
+    );
+    assert!(get_catalogue(&tokens, &addr).backups.is_empty());
+    let (status, _) = http_as(&tokens.admin, &addr, &format!("DELETE {path}"), &[]);
+    assert_eq!(status, 404);
 }
 
 /// Snapshots of a dataset (short names), oldest first.
@@ -582,8 +598,18 @@ fn http(
     request_line: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
+    http_as(&tokens.source, addr, request_line, headers)
+}
+
+/// One HTTP/1.0 request with the token in `token_file`; (status, body).
+fn http_as(
+    token_file: &Path,
+    addr: &str,
+    request_line: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use std::io::{Read, Write};
-    let token = std::fs::read_to_string(&tokens.source).expect("token");
+    let token = std::fs::read_to_string(token_file).expect("token");
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     let mut req = format!(
         "{request_line} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n",

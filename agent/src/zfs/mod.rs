@@ -327,6 +327,30 @@ impl Zfs {
             .collect())
     }
 
+    /// Destroys a received replica snapshot, but only one that carries zetaback's manifest
+    /// (received snapshots do not carry the source's `managed` mark).
+    pub async fn destroy_replica_snapshot(
+        &self,
+        dataset: &str,
+        snapshot: &str,
+    ) -> Result<(), ZfsError> {
+        let full = argv::full_snapshot(dataset, snapshot)?;
+        let args: Vec<String> = vec![
+            "get".into(),
+            "-H".into(),
+            "-o".into(),
+            "value".into(),
+            parse::MANIFEST_PROPERTY.into(),
+            full.clone(),
+        ];
+        let value = self.output(&args, true).await?;
+        if matches!(value.trim(), "" | "-") {
+            return Err(ZfsError::NotOurs { snapshot: full });
+        }
+        let args = argv::destroy_snapshot(dataset, snapshot)?;
+        self.output(&args, true).await.map(drop)
+    }
+
     /// Puts (or releases) zetaback's hold on a snapshot, where holds are supported.
     pub async fn hold(&self, dataset: &str, snapshot: &str, release: bool) -> Result<(), ZfsError> {
         let args = argv::hold(&self.caps, release, dataset, snapshot)?;
