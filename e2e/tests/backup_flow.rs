@@ -69,6 +69,15 @@ async fn policy_runs_cycles_and_reports_violators() {
         "jobHistory": {"successful": 100, "failed": 100}
     }))
     .expect("spec");
+    // The policy selects from the ZfsHost status (it is not triggered by its changes).
+    for (src, pool) in [("src1", &p1), ("src2", &p2)] {
+        let names: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|d| format!("{pool}/db/{d}"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        fleet.wait_for_datasets(src, &names).await;
+    }
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
     policies
         .create(&PostParams::default(), &BackupPolicy::new("fleet", spec))

@@ -60,6 +60,8 @@ async fn restores_are_verified_and_refused_when_they_cannot_work() {
         "compression": "zstd",
     }))
     .expect("policy spec");
+    // The policy selects from the ZfsHost status (it is not triggered by its changes).
+    fleet.wait_for_datasets("src", &[&dataset]).await;
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
     policies
         .create(&PostParams::default(), &BackupPolicy::new("chained", spec))

@@ -74,6 +74,8 @@ async fn restores_by_time_from_the_archive_and_after_a_crash() {
         "target": {"host": bak, "path": fleet.store_root("bak").display().to_string()},
     }))
     .expect("policy spec");
+    // The policy selects from the ZfsHost status (it is not triggered by its changes).
+    fleet.wait_for_datasets("src", &[&dataset]).await;
     let policies: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
     policies
         .create(&PostParams::default(), &BackupPolicy::new("chained", spec))
