@@ -87,12 +87,13 @@ struct BackupArgs {
 #[derive(Debug, Clone, clap::Args)]
 struct ZfsLimits {
     /// Kill a short zfs command (list, get, snapshot, hold, destroy, ...) still running after
-    /// this many seconds, and fail what it was for.
+    /// this many seconds, and fail what it was for; also the limit on a send or receive's exit
+    /// once its stream ended (a receive commits then).
     #[arg(long, env = "ZETABACK_ZFS_TIMEOUT", default_value_t = 300)]
     zfs_timeout: u64,
-    /// Kill a zfs send or receive that moved no data for this many seconds (or did not exit
-    /// that long after its stream ended), and fail the job. Keep it below --idle-timeout, so
-    /// that the error names the stuck command rather than the link.
+    /// Kill a zfs send or receive that moved no data for this many seconds, and fail the job.
+    /// Keep it below --idle-timeout, so that the error names the stuck command rather than
+    /// the link.
     #[arg(long, env = "ZETABACK_ZFS_STALL_TIMEOUT", default_value_t = 45)]
     zfs_stall_timeout: u64,
 }

@@ -36,8 +36,8 @@ pub use process::{ReceiveProcess, SendProcess, Watched};
 pub struct Timeouts {
     /// A short command must have ended within this (then it is killed).
     pub command: Duration,
-    /// A send or receive that moves no data for this long is killed; also the limit on its
-    /// exit once its stream ended.
+    /// A send or receive that moves no data for this long is killed. (Its exit once its
+    /// stream ended is limited by `command`.)
     pub stall: Duration,
 }
 
@@ -399,6 +399,7 @@ impl Zfs {
             self.command_line(&self.zfs, &args),
             &args,
             self.timeouts.stall,
+            self.timeouts.command,
         )
     }
 
@@ -410,6 +411,7 @@ impl Zfs {
             self.command_line(&self.zfs, &args),
             &args,
             self.timeouts.stall,
+            self.timeouts.command,
         )
     }
 
@@ -422,6 +424,7 @@ impl Zfs {
             self.command_line(&self.zfs, &args),
             &args,
             self.timeouts.stall,
+            self.timeouts.command,
         )
     }
 }

@@ -4,9 +4,11 @@
 //! **Stall watchdog.** The stream end of a send or receive is [`Watched`]: a read or write that
 //! stays pending for the stall limit fails with [`ZfsError::Stalled`] (as an `io::Error` of kind
 //! `TimedOut` carrying it), and the child is killed when its handle is dropped. Waiting for the
-//! child to exit after its stream ended has the same limit. Back-pressure is not a stall: the
-//! clock only runs while the agent is waiting on the child, not while the child waits on the
-//! agent (a slow network keeps the pipe full, and the next read returns at once).
+//! child to exit after its stream ended is limited like a short command ([`ZfsError::Timeout`]):
+//! a receive commits at the end, which can take a while on a slow pool with much dirty data.
+//! Back-pressure is not a stall: the clock only runs while the agent is waiting on the child,
+//! not while the child waits on the agent (a slow network keeps the pipe full, and the next
+//! read returns at once).
 
 use std::future::Future;
 use std::io;
@@ -193,7 +195,7 @@ async fn finish(
         Err(_) => {
             kill(child).await;
             stderr.abort();
-            return Err(ZfsError::Stalled {
+            return Err(ZfsError::Timeout {
                 command,
                 after: limit,
             });
@@ -218,7 +220,8 @@ pub struct SendProcess {
     stdout: Option<Watched<ChildStdout>>,
     stderr: JoinHandle<String>,
     command: CommandLine,
-    stall: Duration,
+    /// How long the child may take to exit once its stream ended.
+    exit_limit: Duration,
 }
 
 impl SendProcess {
@@ -227,6 +230,7 @@ impl SendProcess {
         command: CommandLine,
         args: &[String],
         stall: Duration,
+        exit_limit: Duration,
     ) -> Result<Self, ZfsError> {
         let mut child = Command::new(program)
             .args(args)
@@ -251,7 +255,7 @@ impl SendProcess {
             child,
             stderr,
             command,
-            stall,
+            exit_limit,
         })
     }
 
@@ -265,11 +269,11 @@ impl SendProcess {
         self.stdout.take()
     }
 
-    /// Waits for the send to end (at most the stall limit once its stream ended); an error
+    /// Waits for the send to end (at most the exit limit once its stream ended); an error
     /// carries its stderr.
     pub async fn wait(mut self) -> Result<(), ZfsError> {
         drop(self.stdout.take());
-        finish(&mut self.child, self.stderr, self.command, self.stall).await
+        finish(&mut self.child, self.stderr, self.command, self.exit_limit).await
     }
 
     /// Kills the send (the transfer failed elsewhere).
@@ -286,7 +290,8 @@ pub struct ReceiveProcess {
     stdin: Option<Watched<ChildStdin>>,
     stderr: JoinHandle<String>,
     command: CommandLine,
-    stall: Duration,
+    /// How long the child may take to exit once its stream ended.
+    exit_limit: Duration,
 }
 
 impl ReceiveProcess {
@@ -295,6 +300,7 @@ impl ReceiveProcess {
         command: CommandLine,
         args: &[String],
         stall: Duration,
+        exit_limit: Duration,
     ) -> Result<Self, ZfsError> {
         let mut child = Command::new(program)
             .args(args)
@@ -319,7 +325,7 @@ impl ReceiveProcess {
             child,
             stderr,
             command,
-            stall,
+            exit_limit,
         })
     }
 
@@ -333,10 +339,10 @@ impl ReceiveProcess {
         self.stdin.as_mut()
     }
 
-    /// Closes the stream and waits for the receive to end (at most the stall limit).
+    /// Closes the stream and waits for the receive to end (at most the exit limit).
     pub async fn finish(mut self) -> Result<(), ZfsError> {
         drop(self.stdin.take());
-        finish(&mut self.child, self.stderr, self.command, self.stall).await
+        finish(&mut self.child, self.stderr, self.command, self.exit_limit).await
     }
 
     /// Aborts the receive.
