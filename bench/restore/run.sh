@@ -39,10 +39,20 @@ else
   agent="$root/target/release/zetaback-agent"
 fi
 
+# zfs-fuse often calls a pool busy for a moment after use; zfs.sh removes the backing file
+# even then, and the daemon keeps the space until the pool is destroyed: retry first.
+destroy_pool() {
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    zpool list -H "$1" >/dev/null 2>&1 || break
+    timeout 60 zpool destroy -f "$1" 2>/dev/null && break
+    sleep 1
+  done
+  "$zfs_sh" destroy "$1" >/dev/null 2>&1 || true
+}
 cleanup() {
   [ -n "${store_pid:-}" ] && kill "$store_pid" 2>/dev/null || true
-  "$zfs_sh" destroy "$src" >/dev/null 2>&1 || true
-  "$zfs_sh" destroy "$dst" >/dev/null 2>&1 || true
+  destroy_pool "$src"
+  destroy_pool "$dst"
   rm -rf "$dir"
 }
 trap cleanup EXIT

@@ -28,7 +28,8 @@
 //! Names never collide between concurrent tests: hosts are `<ns prefix>-<tag>-<short>` and
 //! pools `<ns prefix><tag><short>`, where `tag` is derived from the (unique) namespace.
 //! Dropping a `Fleet` (also on a failed assertion) kills its agents, stops its controller and
-//! destroys its pools; [`Fleet::shutdown`] does the same and also deletes its ZfsHosts.
+//! destroys its pools, keeping `/tmp/zetaback-e2e/<ns>` (agent logs, stores) for a look;
+//! [`Fleet::shutdown`] does the same, deletes its ZfsHosts and removes that directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -450,7 +451,8 @@ impl Fleet {
         zb(&self.client, &self.ns, args).await
     }
 
-    /// Stops the controller, kills the agents, deletes the ZfsHosts and destroys the pools.
+    /// Stops the controller, kills the agents, deletes the ZfsHosts, destroys the pools and
+    /// removes the fleet directory.
     pub async fn shutdown(mut self) {
         self.stop_controller().await;
         for h in &mut self.hosts {
@@ -460,7 +462,9 @@ impl Fleet {
         for h in &self.hosts {
             let _ = api.delete(&h.name, &Default::default()).await;
         }
-        // Drop destroys the pools.
+        // The stores and logs of a run that got here are not needed (a failed run keeps
+        // them: Drop leaves the directory). Drop destroys the pools.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -517,8 +521,26 @@ pub fn make_pool(env: &Env, name: &str, size: &str) -> PathBuf {
     PathBuf::from(text(&out.stdout).trim())
 }
 
-/// Destroys a pool and its backing file (errors ignored).
+/// Destroys a pool and its backing file (errors ignored). zfs-fuse often calls a pool busy
+/// for a moment after its datasets were used: the destroy is retried (up to ~10 s) before
+/// `zfs.sh destroy` removes the backing file, since a pool whose file is gone keeps its
+/// space held by the daemon until it is destroyed.
 pub fn destroy_pool(env: &Env, name: &str) {
+    for _ in 0..10 {
+        if !run_output("zpool", &["list", "-H", "-o", "name", name])
+            .status
+            .success()
+        {
+            break;
+        }
+        if run_output("timeout", &["60", "zpool", "destroy", "-f", name])
+            .status
+            .success()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let _ = Command::new(env.root.join("e2e/scripts/zfs.sh"))
         .args(["destroy", name])
         .output();
