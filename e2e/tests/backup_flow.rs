@@ -63,7 +63,7 @@ async fn policy_runs_cycles_and_reports_violators() {
         "full": {"every": "60s", "keep": "2m"},
         "incremental": {"every": "15s", "keep": "40s"},
         "target": {"host": names[2], "path": store_root.display().to_string()},
-        "grace": "10s",
+        "grace": "30s",
         "concurrency": {"perHost": 3, "perTarget": 6},
         // Keep every finished job: the retention check below compares jobs made with backups stored.
         "jobHistory": {"successful": 100, "failed": 100}
@@ -136,10 +136,22 @@ async fn policy_runs_cycles_and_reports_violators() {
 
     // Stop one host's agent: its three datasets become violators (HostUnreachable).
     fleet.kill("src2");
+    let seen = std::sync::Mutex::new(None::<(i32, Vec<String>)>);
     let (n, reasons) = eventually(
         "src2's datasets become violators",
         Duration::from_secs(60),
-        || async { violators(&policies, "fleet").await.filter(|(n, _)| *n == 3) },
+        || async {
+            let v = violators(&policies, "fleet").await;
+            // What the status says while waiting, when it changes (for a failure's log).
+            if let Some(v) = &v
+                && let Ok(mut last) = seen.lock()
+                && last.as_ref() != Some(v)
+            {
+                eprintln!("policy status: {} violators {:?}", v.0, v.1);
+                *last = Some(v.clone());
+            }
+            v.filter(|(n, _)| *n == 3)
+        },
     )
     .await;
     println!("violators after stopping {}: {n} {reasons:?}", names[1]);
