@@ -900,10 +900,12 @@ impl RestoreRunner {
         }
         let api: Api<DeserializeGuard<Restore>> = Api::all(self.client.clone());
         let (reader, writer) = reflector::store();
+        // Every watch event, not just applied objects: the reflector's store takes in the
+        // initial list only at InitDone, so scheduling on the InitApply events alone missed
+        // jobs that existed before the watch started until some later event came.
         let mut events = watcher(api, watcher::Config::default())
             .default_backoff()
             .reflect(writer)
-            .applied_objects()
             .boxed();
         // Destination datasets being restored: one restore per dataset at a time.
         let running: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));

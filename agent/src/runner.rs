@@ -231,10 +231,12 @@ impl Runner {
         }
         let api: Api<DeserializeGuard<BackupJob>> = Api::all(self.client.clone());
         let (reader, writer) = reflector::store();
+        // Every watch event, not just applied objects: the reflector's store takes in the
+        // initial list only at InitDone, so scheduling on the InitApply events alone missed
+        // jobs that existed before the watch started until some later event came.
         let mut events = watcher(api, watcher::Config::default())
             .default_backoff()
             .reflect(writer)
-            .applied_objects()
             .boxed();
         let running = Arc::new(Mutex::new(Running {
             jobs: HashSet::new(),
