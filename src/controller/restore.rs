@@ -130,9 +130,9 @@ pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, 
         ));
     }
     let mut unreachable = Vec::new();
-    let mut best: Option<(&StoreAnswer, Catalogue)> = None;
+    let mut best: Option<(&StoreAnswer, &store::Catalogue, Catalogue)> = None;
     for a in answers {
-        let (Some(_), Ok(cat)) = (&a.endpoint, &a.catalogue) else {
+        let (Some(_), Ok(stored)) = (&a.endpoint, &a.catalogue) else {
             let why = match &a.catalogue {
                 Err(e) => e.clone(),
                 Ok(_) => "no agent endpoint".into(),
@@ -140,7 +140,7 @@ pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, 
             unreachable.push(format!("{}: {why}", a.host));
             continue;
         };
-        let backups = cat
+        let backups = stored
             .of(host, dataset)
             .filter(|b| spec.source.include_archive || !b.archived);
         let cat = Catalogue::from_store(backups).map_err(|e| {
@@ -153,12 +153,12 @@ pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, 
         if newest.is_some()
             && best
                 .as_ref()
-                .is_none_or(|(_, b)| b.newest().map(|r| r.created) < newest)
+                .is_none_or(|(_, _, b)| b.newest().map(|r| r.created) < newest)
         {
-            best = Some((a, cat));
+            best = Some((a, stored, cat));
         }
     }
-    let Some((answer, cat)) = best else {
+    let Some((answer, stored, cat)) = best else {
         if !unreachable.is_empty() {
             return Err(Refusal::new(
                 reason::STORE_UNREACHABLE,
@@ -181,10 +181,6 @@ pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, 
     let chain = cat
         .restore_chain(&target_of(spec))
         .map_err(|e| chain_refusal(&e, &what))?;
-    let stored = match &answer.catalogue {
-        Ok(c) => c,
-        Err(_) => unreachable!("only reachable answers are chosen"),
-    };
     let pieces = chain
         .iter()
         .map(|r| {
