@@ -8,3 +8,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "zetaback.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+{{/*
+The release's name for cluster-scoped objects (ClusterRoles, ClusterRoleBindings), so that two
+releases do not collide: the release name, with "-zetaback" unless it already contains
+"zetaback" (release "zetaback" gives "zetaback", release "prod" gives "prod-zetaback").
+*/}}
+{{- define "zetaback.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
