@@ -3,6 +3,7 @@
 //! job runner ([`runner`]).
 
 pub mod auth;
+pub mod bufpool;
 pub mod checksum;
 pub mod claim;
 pub mod discovery;

@@ -48,7 +48,7 @@ use zetaback::controller::conditions::{self, Wanted};
 use zetaback::store::{Catalogue, escape_dataset};
 
 use crate::transfer::{self, Endpoint, TransferError};
-use crate::wire::{H_COMPRESSION, H_SHA256};
+use crate::wire::{H_COMPRESSION, H_READER_VERIFIES, H_SHA256};
 use crate::zfs::{ReceiveRequest, Zfs, ZfsError};
 
 /// Stored bytes held back from `zfs receive` until the piece's checksum matched.
@@ -222,10 +222,32 @@ pub async fn catalogue(endpoint: &Endpoint, host: &str) -> Result<Catalogue, Res
 }
 
 fn get_request(endpoint: &Endpoint, url: String) -> Result<Request<BoxBody>, RestoreError> {
+    get_request_builder(endpoint, url)
+        .body(BodyExt::boxed(
+            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
+        ))
+        .map_err(|e| TransferError::Invalid(e.to_string()).into())
+}
+
+fn get_request_builder(endpoint: &Endpoint, url: String) -> http::request::Builder {
     Request::builder()
         .method(Method::GET)
         .uri(url)
         .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
+}
+
+/// The request for a stored piece. With `verify` the restore checks the piece's sha256 itself
+/// before the piece's end reaches `zfs receive`, and tells the store it need not hash it too.
+fn piece_request(
+    endpoint: &Endpoint,
+    url: String,
+    verify: bool,
+) -> Result<Request<BoxBody>, RestoreError> {
+    let mut builder = get_request_builder(endpoint, url);
+    if verify {
+        builder = builder.header(H_READER_VERIFIES, "sha256");
+    }
+    builder
         .body(BodyExt::boxed(
             http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
         ))
@@ -316,7 +338,7 @@ pub async fn apply_piece(
         src.endpoint.base, src.host, piece.id
     );
     let resp = client
-        .request(get_request(&src.endpoint, url)?)
+        .request(piece_request(&src.endpoint, url, verify)?)
         .await
         .map_err(|e| RestoreError::Unreachable(format!("{e:#}")))?;
     let status = resp.status();

@@ -15,8 +15,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_compression::tokio::bufread::{ZstdDecoder, ZstdEncoder};
@@ -38,6 +38,7 @@ use tracing::debug;
 use zetaback::api::backup_policy::Compression;
 use zetaback::store::{StreamId, escape_dataset};
 
+use crate::bufpool::BufPool;
 use crate::checksum::Transit;
 use crate::ratelimit::RateLimiter;
 use crate::wire::{
@@ -207,56 +208,6 @@ impl Progress {
     }
 }
 
-/// Read buffers lent to hyper as [`Bytes`] and returned when hyper has written them, so a
-/// stream allocates a handful of buffers, not one per chunk.
-#[derive(Clone, Default)]
-struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
-
-impl BufPool {
-    fn take(&self) -> Vec<u8> {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|mut v| v.pop())
-            .unwrap_or_else(|| vec![0u8; CHUNK])
-    }
-
-    fn put(&self, buf: Vec<u8>) {
-        if let Ok(mut v) = self.0.lock()
-            && v.len() < 2 * CHANNEL_DEPTH
-        {
-            v.push(buf);
-        }
-    }
-
-    /// The first `len` bytes of `buf` as [`Bytes`]; the buffer returns to the pool on drop.
-    fn freeze(&self, buf: Vec<u8>, len: usize) -> Bytes {
-        Bytes::from_owner(Pooled {
-            buf,
-            len,
-            pool: self.clone(),
-        })
-    }
-}
-
-struct Pooled {
-    buf: Vec<u8>,
-    len: usize,
-    pool: BufPool,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        self.pool.put(std::mem::take(&mut self.buf));
-    }
-}
-
 async fn produce(
     reader: impl AsyncRead + Send + Unpin + 'static,
     compression: Compression,
@@ -275,7 +226,7 @@ async fn produce(
     let mut transit = Transit::new();
     let mut bytes = 0u64;
     let mut limiter = RateLimiter::new(limit);
-    let pool = BufPool::default();
+    let pool = BufPool::new(CHUNK, 2 * CHANNEL_DEPTH);
     let gone = || TransferError::Connection("the request was aborted".into());
     loop {
         let mut buf = pool.take();

@@ -17,6 +17,9 @@ pub const H_STORE_PATH: &str = "x-zetaback-store-path";
 pub const H_RESUME_TOKEN: &str = "x-zetaback-resume-token";
 /// The sha256 of the body: a header on downloads (and accepted as an upload trailer).
 pub const H_SHA256: &str = "x-zetaback-sha256";
+/// On a download request: `sha256` when the reader checks the body against the manifest's
+/// sha256 itself (and applies nothing unchecked), so the store need not hash it too.
+pub const H_READER_VERIFIES: &str = "x-zetaback-reader-verifies";
 /// The transit check of an upload: xxh3-128 of the body, as a trailer (see
 /// [`crate::checksum`]).
 pub const H_XXH3: &str = "x-zetaback-xxh3";

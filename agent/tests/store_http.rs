@@ -512,4 +512,38 @@ async fn corrupt_stored_streams_fail_on_read() {
         dl.reader.read_to_end(&mut back).await.is_err(),
         "corruption detected"
     );
+
+    // A reader that verifies the sha256 itself (a restore) asks the store not to hash: it
+    // then gets the stored bytes as they are, corrupt byte included, and the manifest's
+    // sha256 in the header to check them against (the restore's own check is exercised by
+    // the end-to-end corruption test).
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(format!("http://{addr}/v1/streams/db-1/tank+db/{}", up.id))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("x-zetaback-reader-verifies", "sha256")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let resp = client.request(req).await.expect("request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let announced = resp
+        .headers()
+        .get("x-zetaback-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("sha256 header");
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("whole body")
+        .to_bytes();
+    assert_eq!(&body[..], &bytes[..], "the stored bytes, unchanged");
+    assert_ne!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
+        announced,
+        "the reader can tell the body from the manifest"
+    );
 }

@@ -12,7 +12,7 @@
 # It prints MB/s, the ratio agent/raw and the destination agent's peak RSS. Not a test: numbers.
 #
 #   bench/restore/run.sh [SIZE_MIB]      (as root; needs zfs-fuse; builds the agent --release)
-# Env: BENCH_DIR (default /var/tmp/zetaback-bench-restore), AGENT_BIN (skip the build),
+# Env: AGENT_LOG (RUST_LOG of the restores, kept in AGENT_LOG_FILE), BENCH_DIR (default /var/tmp/zetaback-bench-restore), AGENT_BIN (skip the build),
 #      INC_MIB, ROUNDS, COMPRESSION (none|zstd), BENCH_PORT, PERF=1 (also `perf record` one
 #      agent restore and print where its CPU goes).
 set -euo pipefail
@@ -149,10 +149,12 @@ for r in $(seq 1 "$rounds"); do
   log "round $r: (b) zetaback-agent restore"
   z2=$(cpu_s "$zfs_fuse_pid"); s0=$(cpu_s "$store_pid")
   t0=$(now)
-  out=$( { RUST_LOG=warn /usr/bin/time -v "$agent" restore --token-file "$dir/token" \
+  out=$( { RUST_LOG=${AGENT_LOG:-warn} /usr/bin/time -v "$agent" restore --token-file "$dir/token" \
       --from "127.0.0.1:$port" --host "$host" --dataset "$src/data" --backup "${ids[5]}" \
       --into "$dst/r/agent$r" ; } 2>&1 )
   t1=$(now)
+  # AGENT_LOG=info (or debug): keep the restores' logs, e.g. to see where time goes per piece.
+  [ -n "${AGENT_LOG:-}" ] && echo "$out" >>"${AGENT_LOG_FILE:-/tmp/zetaback-restore-bench.log}"
   z3=$(cpu_s "$zfs_fuse_pid"); s1=$(cpu_s "$store_pid")
   agent_s=$(sub "$t0" "$t1")
   grep -q '"chain"' <<<"$out" || { echo "$out" >&2; exit 1; }

@@ -4,7 +4,8 @@
 #   (a) raw:   `zfs send > file` (+fsync) and `zfs send | zfs receive`
 #   (b) agent: `zetaback-agent backup` → target agent (another process, loopback HTTP) → file store
 #   (c) agent: the same → target agent → `zfs receive` (replica mode)
-# in ROUNDS rounds (default 3), each case in turn, every case starting once zfs-fuse has gone
+# in ROUNDS rounds (default 3), each case in turn (raw first in odd rounds, agent first in even
+# ones), every case starting once zfs-fuse has gone
 # quiet (the previous case's writes synced: otherwise a case pays for the one before it). Prints
 # each round, the median MB/s per case, the ratio agent/raw of the medians, the CPU-seconds per
 # GiB of each agent and of the zfs-fuse daemon (less noisy than MB/s on a shared machine), and
@@ -125,7 +126,8 @@ agent_case() {
   meas+=("$case $r $bytes $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') $src_cpu $(awk -v a="$c0" -v b="$c1" 'BEGIN{print b-a}') $(awk -v a="$d0" -v b="$d1" 'BEGIN{print b-a}') $rss")
 }
 
-for r in $(seq 1 "$rounds"); do
+raw_cases() {
+  local r=$1 d0 d1 t0 t1
   log "round $r/$rounds: zfs send > file"
   settle
   d0=$(daemon_cpu); t0=$(now)
@@ -141,12 +143,22 @@ for r in $(seq 1 "$rounds"); do
   run zfs send "$src/data@bench" | run zfs receive "$dst/rawcopy$r"
   t1=$(now); d1=$(daemon_cpu)
   meas+=("raw_recv $r $raw_bytes $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') 0 0 $(awk -v a="$d0" -v b="$d1" 'BEGIN{print b-a}') 0")
+}
 
+agent_cases() {
+  local r=$1
   log "round $r/$rounds: agent → file store"
   agent_case agent_file "$r" --target-path "$dir/store"
   rm -rf "${dir:?}/store/bench-src$r"
   log "round $r/$rounds: agent → replica"
   agent_case agent_recv "$r" --target-dataset "$dst/replicas"
+}
+
+# Odd rounds run the raw cases first, even rounds the agent cases first: whichever runs
+# second finds a fuller replica pool and a page cache the first one churned, so a fixed
+# order would favour one side.
+for r in $(seq 1 "$rounds"); do
+  if (( r % 2 )); then raw_cases "$r"; agent_cases "$r"; else agent_cases "$r"; raw_cases "$r"; fi
 done
 target_rss=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$target_pid/status")
 
