@@ -73,6 +73,14 @@ pub enum RestoreError {
     Store(#[from] zetaback::store::StoreError),
     #[error("restore into {0}: the dataset exists (use force to replace it)")]
     Exists(String),
+    #[error(
+        "restore into {dataset}: the dataset has snapshots of its own (e.g. {dataset}@{example}) that ZFS cannot overwrite with a full stream; destroy them or restore to a new dataset (nothing was changed)"
+    )]
+    DestinationHasSnapshots { dataset: String, example: String },
+    #[error(
+        "restore into {dataset}: the dataset has child datasets (e.g. {child}) that replacing it would destroy; restore to a new dataset (nothing was changed)"
+    )]
+    DestinationHasChildren { dataset: String, child: String },
     #[error("feeding the stream into zfs receive failed: {0}")]
     Copy(String),
     #[error(
@@ -106,7 +114,9 @@ impl RestoreError {
     pub fn reason(&self) -> &'static str {
         match self {
             RestoreError::ChecksumMismatch { .. } => "ChecksumMismatch",
-            RestoreError::Exists(_) => "DestinationExists",
+            RestoreError::Exists(_)
+            | RestoreError::DestinationHasSnapshots { .. }
+            | RestoreError::DestinationHasChildren { .. } => "DestinationExists",
             RestoreError::PieceMissing { .. }
             | RestoreError::Catalogue(_)
             | RestoreError::Chain(zetaback::policy::ChainError::ChainBroken { .. }) => {
@@ -443,7 +453,20 @@ pub async fn apply_piece(
         }
         (Ok(fed), Ok(_)) => fed,
     };
-    recv.finish().await?;
+    if let Err(e) = recv.finish().await {
+        // zfs-fuse reports "I/O error" after a `receive -F` of a full stream has replaced an
+        // existing dataset, although the stream was applied. ZFS creates the received
+        // snapshot only once the whole stream is in, so where it is there, the piece counts.
+        let applied = receive.force
+            && zfs
+                .snapshot_info(&receive.target, &piece.snapshot)
+                .await
+                .is_ok();
+        if !applied {
+            return Err(e.into());
+        }
+        warn!(error = %e, snapshot = %piece.snapshot, "zfs receive reported an error, but the snapshot it received is there: the piece counts");
+    }
     if let Err(e) = zfs.snapshot_info(&receive.target, &piece.snapshot).await {
         warn!(error = %e, "restored snapshot not found");
         return Err(RestoreError::SnapshotMissing {
@@ -499,19 +522,53 @@ async fn already_received(zfs: &Zfs, into: &str, pieces: &[PieceRequest]) -> usi
     n
 }
 
+/// How many pieces of a chain are already on the destination, deciding whether the chain may
+/// go there at all. Without `force` an existing destination is refused. With `force`, a
+/// destination that already holds the first pieces of the chain (an interrupted restore of
+/// the same chain) gets the rest on top; any other existing dataset is replaced by the full
+/// (`zfs receive -F`), unless it has snapshots or child datasets of its own, which that
+/// would destroy (ZFS refuses the first anyway): those are refused before anything is sent.
+async fn pieces_already_there(
+    zfs: &Zfs,
+    req: &ChainRequest,
+    existed: bool,
+) -> Result<usize, RestoreError> {
+    if !existed {
+        return Ok(0);
+    }
+    if !req.force {
+        return Err(RestoreError::Exists(req.into.clone()));
+    }
+    let skip = already_received(zfs, &req.into, &req.pieces).await;
+    if skip > 0 {
+        return Ok(skip);
+    }
+    let inventory = zfs.inventory(Some(&req.into)).await?;
+    if let Some(s) = inventory.snapshots_of(&req.into).next() {
+        return Err(RestoreError::DestinationHasSnapshots {
+            dataset: req.into.clone(),
+            example: s.name.clone(),
+        });
+    }
+    if let Some(child) = inventory.datasets.iter().find(|d| d.name != req.into) {
+        return Err(RestoreError::DestinationHasChildren {
+            dataset: req.into.clone(),
+            child: child.name.clone(),
+        });
+    }
+    Ok(0)
+}
+
 /// Applies a chain in order into `req.into`, creating missing parents; `on_piece` is told
-/// after each piece (its index and sha256). On a failure, a destination this call created
-/// is destroyed again.
+/// after each piece (its index and sha256). On a failure, a dataset this call created is
+/// destroyed again. What `force` allows is decided by [`pieces_already_there`].
 ///
-/// With `force` and an existing destination that already holds the first pieces of the chain
-/// (a restore of the same chain that was interrupted, e.g. by a crash of this agent), those
-/// pieces are not sent again: the rest is received with `-F` on top of them (ZFS applies an
-/// incremental only onto the exact snapshot it was taken from, by guid, so a same-named but
-/// different snapshot makes the receive fail rather than mix data). Pieces already there
-/// were verified when they were received (nothing unverified reaches `zfs receive`), and
-/// `on_piece` is told about them too, with an empty checksum. A full stream cannot replace
-/// a dataset that has snapshots (`zfs receive -F` refuses), so a forced restore onto an
-/// unrelated dataset with snapshots fails with ZFS's message.
+/// Pieces already on the target (an interrupted restore of the same chain, e.g. a crash of
+/// this agent) are not sent again: the rest is received with `-F` on top of them (ZFS
+/// applies an incremental only onto the exact snapshot it was taken from, by guid, so a
+/// same-named but different snapshot makes the receive fail rather than mix data). Pieces
+/// already there were verified when they were received (nothing unverified reaches `zfs
+/// receive`), and `on_piece` is told about them too, with an empty checksum.
 pub async fn apply_chain(
     zfs: &Zfs,
     src: &Source,
@@ -520,14 +577,7 @@ pub async fn apply_chain(
     mut on_piece: impl FnMut(usize, &str),
 ) -> Result<Restored, RestoreError> {
     let existed = zfs.dataset_exists(&req.into).await?;
-    if existed && !req.force {
-        return Err(RestoreError::Exists(req.into.clone()));
-    }
-    let skip = if existed {
-        already_received(zfs, &req.into, &req.pieces).await
-    } else {
-        0
-    };
+    let skip = pieces_already_there(zfs, req, existed).await?;
     if skip > 0 {
         info!(
             dataset = %req.into,
@@ -553,7 +603,7 @@ pub async fn apply_chain(
             target: req.into.clone(),
             // -F: replacing an existing dataset (force), or an incremental onto the dataset
             // this restore just received (zfs-fuse may have touched it when mounting).
-            force: if i == 0 { req.force } else { true },
+            force: i > 0 || existed,
             resumable: false,
         };
         let span = info_span!("piece", backup = %piece.id, n = i + 1, of = req.pieces.len());

@@ -54,7 +54,11 @@ pub const BULK_PARENT_LABEL: &str = "zetaback.io/bulk-restore";
 pub struct RestoreSpec {
     pub source: RestoreSource,
     pub destination: RestoreDestination,
-    /// Allow receiving into an existing dataset (it is rolled back and overwritten).
+    /// Allow restoring over an existing dataset. Where it holds the first pieces of this same
+    /// chain (an interrupted restore), the rest is received on top of them. Any other dataset
+    /// is replaced by the restored one (`zfs receive -F`), unless it has snapshots or child
+    /// datasets of its own, which that would destroy: such a destination is refused before
+    /// anything is sent (remove them first, or restore to a new dataset).
     #[serde(default)]
     pub force: bool,
     /// Check every piece's checksum before it reaches `zfs receive` (default true).

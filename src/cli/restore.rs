@@ -60,7 +60,8 @@ pub struct RestoreArgs {
         required_unless_present = "interactive"
     )]
     pub to: Option<String>,
-    /// Replace an existing destination dataset.
+    /// Replace an existing destination dataset (refused where it has snapshots or child
+    /// datasets of its own; continues an interrupted restore of the same chain).
     #[arg(long)]
     pub force: bool,
     /// Search the archive area too.
