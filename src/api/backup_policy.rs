@@ -265,13 +265,17 @@ pub enum Compression {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Concurrency {
-    /// Jobs at once on one source host.
+    /// This policy's jobs at once on one source host.
     #[serde(default = "default_per_host")]
     #[schemars(range(min = 1, max = 64))]
     #[schemars(with = "i32")]
     pub per_host: u32,
-    /// This policy's jobs at once into its target host (counted per policy: policies that
-    /// share a backup host add up). Due backups start oldest-due first within the caps.
+    /// Jobs at once into the target host, counted over every policy that sends to it: a
+    /// policy starts a job only while fewer than its `perTarget` BackupJobs (its own and other
+    /// policies', Pending or Running, whose `target.host` is this host, in the namespaces the
+    /// controller watches) are in flight. Policies sharing a backup host share its slots, each
+    /// under its own cap. Due backups start oldest-due first within the caps. Two policies
+    /// deciding at the same instant may briefly exceed it by their own new jobs.
     #[serde(default = "default_per_target")]
     #[schemars(range(min = 1, max = 256))]
     #[schemars(with = "i32")]
@@ -320,7 +324,11 @@ pub struct BackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<i64>")]
     pub bytes_stored: Option<u64>,
-    /// The `requestedAt` of the last `zetaback.io/backup-now` request acted on.
+    /// The `requestedAt` of the last `zetaback.io/backup-now` request acted on: recorded once
+    /// every dataset it selected has had its forced job created (or has a backup of the asked
+    /// kind taken since the request). Until then the request stays pending: datasets waiting
+    /// for a slot under the caps start one after another, a host that is unreachable gets its
+    /// backup when it is back; a paused host's datasets are skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_now_handled: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -357,6 +365,9 @@ pub enum ViolationReason {
 
 /// The annotation `kubectl zetaback backup` sets to ask for a backup now.
 pub const BACKUP_NOW_ANNOTATION: &str = "zetaback.io/backup-now";
+/// The annotation on a BackupJob that a `backup-now` request forced: the request's
+/// `requestedAt` (RFC 3339). A request is handled once every dataset it selected has one.
+pub const BACKUP_NOW_REQUEST_ANNOTATION: &str = "zetaback.io/backup-now-request";
 /// The annotation that asks the controller to reconcile (retention, archive) now.
 pub const RECONCILE_NOW_ANNOTATION: &str = "zetaback.io/reconcile-now";
 

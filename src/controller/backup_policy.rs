@@ -21,7 +21,8 @@ use super::conditions::{self, Wanted};
 use super::store_client::{KnownBackup, StoreView};
 use super::{Context, Error, Reconciled, status};
 use crate::api::backup_policy::{
-    BACKUP_NOW_ANNOTATION, BackupNowRequest, Violation, ViolationReason,
+    BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, Violation,
+    ViolationReason,
 };
 use crate::api::condition::{COMPLIANT, READY};
 use crate::api::{
@@ -38,6 +39,10 @@ pub const MAX_LISTED_VIOLATIONS: usize = 50;
 pub const HELD_RETRY: Duration = Duration::from_secs(15);
 /// Re-evaluate at least this often, even when nothing is due (hosts may stop reporting).
 pub const MAX_REQUEUE: Duration = Duration::from_secs(60);
+/// How soon a due backup that waits for a slot is looked at again when no event of this
+/// policy's own jobs would wake it: the target's slots are held by other policies' jobs, or a
+/// `backup-now` request still has datasets to start.
+pub const SLOT_RETRY: Duration = Duration::from_secs(5);
 
 /// Everything [`plan`] looks at.
 pub struct Inputs<'a> {
@@ -51,6 +56,9 @@ pub struct Inputs<'a> {
     pub host_stale_after: Duration,
     /// A `backup-now` request not yet acted on.
     pub backup_now: Option<&'a BackupNowRequest>,
+    /// BackupJobs of other policies in flight (Pending or Running) into this policy's target
+    /// host: `concurrency.perTarget` counts them too.
+    pub target_in_flight_elsewhere: u32,
     pub now: Timestamp,
 }
 
@@ -110,6 +118,32 @@ fn job_record(j: &BackupJob) -> policy::JobRecord {
         .or_else(|| j.creation_timestamp().map(|t| t.0))
         .unwrap_or(Timestamp::MIN);
     policy::JobRecord { outcome, at }
+}
+
+/// The `requestedAt` of the `backup-now` request that forced this job, if one did.
+pub fn forced_by(job: &BackupJob) -> Option<Timestamp> {
+    job.annotations()
+        .get(BACKUP_NOW_REQUEST_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+/// Whether a `backup-now` request is done for one dataset: a job it forced exists (created,
+/// running or finished), or the store holds a backup of the asked kind (any kind when it
+/// named none) taken at or after the request.
+fn backup_now_done(
+    request: &BackupNowRequest,
+    jobs: &[&BackupJob],
+    catalogue: &policy::Catalogue,
+) -> bool {
+    let forced = jobs
+        .iter()
+        .any(|j| forced_by(j) == Some(request.requested_at));
+    let newest = match request.backup_type {
+        Some(BackupType::Full) => catalogue.newest_full(),
+        _ => catalogue.newest(),
+    };
+    forced || newest.is_some_and(|b| b.created >= request.requested_at)
 }
 
 fn job_state(jobs: &[&BackupJob]) -> JobState {
@@ -202,6 +236,40 @@ impl Expectations {
         cached
     }
 
+    /// How many jobs of policies other than `namespace/policy` are in flight into the backup
+    /// host `target`: those in `cached` (the watch cache's jobs of other policies at that
+    /// target) plus those other policies created that the cache does not show yet.
+    pub fn in_flight_elsewhere(
+        &self,
+        namespace: &str,
+        policy: &str,
+        target: &str,
+        cached: &[Arc<BackupJob>],
+    ) -> u32 {
+        let seen: std::collections::HashSet<(Option<&str>, String)> = cached
+            .iter()
+            .map(|j| (j.metadata.namespace.as_deref(), j.name_any()))
+            .collect();
+        let mut n = cached.iter().filter(|j| in_flight(j)).count();
+        let all = self.lock();
+        for ((ns, p), e) in all.iter() {
+            if ns == namespace && p == policy {
+                continue;
+            }
+            n += e
+                .created
+                .values()
+                .filter(|(j, at)| {
+                    at.elapsed() < EXPECTATION_TTL
+                        && j.spec.target.host.as_str() == target
+                        && in_flight(j)
+                        && !seen.contains(&(j.metadata.namespace.as_deref(), j.name_any()))
+                })
+                .count();
+        }
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     pub fn created(&self, namespace: &str, policy: &str, job: BackupJob) {
         let mut all = self.lock();
         let e = all
@@ -218,6 +286,20 @@ impl Expectations {
             .or_default();
         e.deleted.insert(name.to_owned(), std::time::Instant::now());
     }
+}
+
+/// Whether a job belongs to the policy `namespace/policy`.
+fn is_own_job(job: &BackupJob, namespace: &str, policy: &str) -> bool {
+    job.metadata.namespace.as_deref() == Some(namespace)
+        && job.labels().get(POLICY_LABEL).map(String::as_str) == Some(policy)
+}
+
+/// Whether a job is Pending or Running.
+fn in_flight(job: &BackupJob) -> bool {
+    matches!(
+        job.status.as_ref().map(|s| s.phase).unwrap_or_default(),
+        JobPhase::Pending | JobPhase::Running
+    )
 }
 
 fn short_hash(text: &str) -> String {
@@ -256,6 +338,17 @@ pub fn selects_host(policy: &BackupPolicy, host: &ZfsHost) -> bool {
     }
 }
 
+/// A due backup of one dataset, waiting for the caps.
+struct Candidate {
+    /// Since when it is due (`Timestamp::MIN` for a first full or a forced one).
+    since: Timestamp,
+    host: String,
+    dataset: String,
+    due: policy::DueBackup,
+    /// The `requestedAt` of the `backup-now` request that forces it, if one does.
+    request: Option<Timestamp>,
+}
+
 /// The pure decision for one policy.
 pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError> {
     let policy = inputs.policy;
@@ -285,13 +378,18 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             *in_flight_per_host.entry(j.spec.host.0.clone()).or_default() += 1;
         }
     }
-    let mut in_flight_target: u32 = in_flight_per_host.values().sum();
+    let own_in_flight: u32 = in_flight_per_host.values().sum();
+    let mut in_flight_target = own_in_flight.saturating_add(inputs.target_in_flight_elsewhere);
     let covered_since = policy.creation_timestamp().map(|t| t.0);
     let empty = StoreView::default();
     let catalogue = inputs.catalogue.unwrap_or(&empty);
     // Due backups, started oldest-due first once every dataset was looked at (so the caps
-    // never starve a dataset that sorts late): (since, host, dataset, what).
-    let mut candidates: Vec<(Timestamp, String, String, policy::DueBackup)> = Vec::new();
+    // never starve a dataset that sorts late).
+    let mut candidates: Vec<Candidate> = Vec::new();
+    // Datasets the pending `backup-now` request selected that still wait for their job (a
+    // job in flight, the host unreachable, or no free slot): while any does, the request is
+    // not recorded as handled.
+    let mut request_waiting = 0usize;
 
     let mut dataset_count = 0;
     let mut violations: Vec<Violation> = Vec::new();
@@ -338,17 +436,19 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 .get(&(host_name.clone(), ds.name.clone()))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
+            // A request forces each dataset it selects until that dataset's job exists.
+            let request = inputs
+                .backup_now
+                .filter(|r| r.host.as_deref().is_none_or(|h| h == host_name))
+                .filter(|r| r.dataset.as_deref().is_none_or(|d| d == ds.name))
+                .filter(|r| !backup_now_done(r, jobs, cat));
             let dstate = DatasetState {
                 catalogue: cat,
                 source_snapshots: &ds.snapshots,
                 host: state,
                 jobs: job_state(jobs),
                 covered_since,
-                forced: inputs
-                    .backup_now
-                    .filter(|r| r.host.as_deref().is_none_or(|h| h == host_name))
-                    .filter(|r| r.dataset.as_deref().is_none_or(|d| d == ds.name))
-                    .map(|r| r.backup_type.unwrap_or(BackupType::Incremental)),
+                forced: request.map(|r| r.backup_type.unwrap_or(BackupType::Incremental)),
             };
             let p = policy::evaluate(inputs.rules, &dstate, now);
             for f in &p.violations {
@@ -382,13 +482,25 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             if let Some(w) = wake {
                 out.wake_at = Some(out.wake_at.map_or(w, |t| t.min(w)));
             }
-            if let Some(due) = p.due.due {
-                let since = match due.reason {
-                    // Never backed up, or asked for: before anything merely due again.
-                    policy::DueReason::NoFull | policy::DueReason::Forced => Timestamp::MIN,
-                    _ => p.due.next_due,
-                };
-                candidates.push((since, host_name.clone(), ds.name.clone(), due));
+            match p.due.due {
+                Some(due) => {
+                    let since = match due.reason {
+                        // Never backed up, or asked for: before anything merely due again.
+                        policy::DueReason::NoFull | policy::DueReason::Forced => Timestamp::MIN,
+                        _ => p.due.next_due,
+                    };
+                    candidates.push(Candidate {
+                        since,
+                        host: host_name.clone(),
+                        dataset: ds.name.clone(),
+                        due,
+                        request: request.map(|r| r.requested_at),
+                    });
+                }
+                // A paused host gets no jobs: a request does not wait for it. Any other hold
+                // (a job in flight, the host unreachable) ends, and the request is done then.
+                None if request.is_some() && state != HostState::Paused => request_waiting += 1,
+                None => {}
             }
             for id in p.retention.delete {
                 out.delete.push((host_name.clone(), ds.name.clone(), id));
@@ -399,18 +511,38 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
         }
     }
 
-    candidates.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
-    for (_, host_name, dataset, due) in candidates {
-        if in_flight_target >= spec.concurrency.per_target {
-            break;
+    candidates.sort_by(|a, b| (a.since, &a.host, &a.dataset).cmp(&(b.since, &b.host, &b.dataset)));
+    // Whether a due backup waits for a slot that no event of this policy's jobs frees.
+    let mut wake_soon = false;
+    for c in candidates {
+        let per_host = in_flight_per_host.entry(c.host.clone()).or_default();
+        let target_full = in_flight_target >= spec.concurrency.per_target;
+        if target_full || *per_host >= spec.concurrency.per_host {
+            if c.request.is_some() {
+                request_waiting += 1;
+                wake_soon = true;
+            }
+            // The target's slots are (partly) held by other policies' jobs, whose changes do
+            // not trigger this policy.
+            if target_full && inputs.target_in_flight_elsewhere > 0 {
+                wake_soon = true;
+            }
+            continue;
         }
-        let per_host = in_flight_per_host.entry(host_name.clone()).or_default();
-        if *per_host < spec.concurrency.per_host {
-            *per_host += 1;
-            in_flight_target += 1;
-            out.create
-                .push(new_job(policy, &host_name, &dataset, &due, now));
+        *per_host += 1;
+        in_flight_target += 1;
+        let mut job = new_job(policy, &c.host, &c.dataset, &c.due, now);
+        if let Some(at) = c.request {
+            job.annotations_mut()
+                .insert(BACKUP_NOW_REQUEST_ANNOTATION.to_owned(), at.to_string());
         }
+        out.create.push(job);
+    }
+    if wake_soon
+        && inputs.catalogue.is_some()
+        && let Ok(soon) = now.checked_add(SLOT_RETRY)
+    {
+        out.wake_at = Some(out.wake_at.map_or(soon, |w| w.min(soon)));
     }
 
     // A dataset is one violator however many reasons it has.
@@ -430,8 +562,9 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
         last_backup: last_backup.map(Time),
         next_due: out.next_due.map(Time),
         bytes_stored: inputs.catalogue.map(|_| bytes_stored),
+        // Handled once every dataset the request selected has its job.
         backup_now_handled: match (inputs.backup_now, inputs.catalogue) {
-            (Some(r), Some(_)) => Some(Time(r.requested_at)),
+            (Some(r), Some(_)) if request_waiting == 0 => Some(Time(r.requested_at)),
             _ => policy
                 .status
                 .as_ref()
@@ -603,17 +736,121 @@ fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>>
     out
 }
 
+/// Which ZfsHost changes re-evaluate the policies that select the host (or store on it): a
+/// change of what a policy reads from it (labels, spec, agent endpoint, the datasets with
+/// their class, exclusion and snapshots), or a report after a gap longer than the staleness
+/// limit (the host is back online). A heartbeat that only moves `lastSeen` (or sizes) does
+/// not: the policy's own timers cover a host that stops reporting.
+#[derive(Debug, Default)]
+pub struct HostTriggers {
+    seen: HashMap<String, (u64, Option<Timestamp>)>,
+}
+
+impl HostTriggers {
+    /// What of a host a policy's decision depends on, hashed.
+    pub fn fingerprint(host: &ZfsHost) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        host.metadata.generation.hash(&mut h);
+        host.metadata.labels.hash(&mut h);
+        host.spec.paused.hash(&mut h);
+        if let Some(st) = &host.status {
+            st.agent_endpoint.hash(&mut h);
+            for d in &st.datasets {
+                (&d.name, &d.class, d.excluded, &d.snapshots).hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+
+    /// Whether this change of `host` should trigger the policies that use it (and remembers
+    /// it as the last one seen).
+    pub fn changed(&mut self, host: &ZfsHost, stale_after: Duration) -> bool {
+        let print = Self::fingerprint(host);
+        let seen = host
+            .status
+            .as_ref()
+            .and_then(|s| s.last_seen.as_ref())
+            .map(|t| t.0);
+        let stale =
+            jiff::SignedDuration::try_from(stale_after).unwrap_or(jiff::SignedDuration::MAX);
+        let trigger = match self.seen.get(&host.name_any()) {
+            None => true,
+            Some((before, before_seen)) => {
+                *before != print
+                    || match (before_seen, seen) {
+                        (None, Some(_)) => true,
+                        (Some(a), Some(b)) => b.duration_since(*a) > stale,
+                        _ => false,
+                    }
+            }
+        };
+        self.seen.insert(host.name_any(), (print, seen));
+        trigger
+    }
+}
+
+/// The policies (from the controller's own cache) that select `host` or store on it.
+fn policies_using(
+    policies: &kube::runtime::reflector::Store<kube::core::DeserializeGuard<BackupPolicy>>,
+    host: &ZfsHost,
+) -> Vec<kube::runtime::reflector::ObjectRef<kube::core::DeserializeGuard<BackupPolicy>>> {
+    let name = host.name_any();
+    policies
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|p| selects_host(p, host) || p.spec.target.host.as_str() == name)
+        .map(|p| {
+            let r = kube::runtime::reflector::ObjectRef::new(&p.name_any());
+            match p.namespace() {
+                Some(ns) => r.within(&ns),
+                None => r,
+            }
+        })
+        .collect()
+}
+
+/// A ZfsHost's change that matters ([`HostTriggers`]) re-evaluates the policies that select
+/// the host or store on it, so a new dataset or a host back online gets its backup at once
+/// instead of at the next timed requeue.
+fn watch_hosts(
+    controller: kube::runtime::Controller<kube::core::DeserializeGuard<BackupPolicy>>,
+    ctx: &Context,
+) -> kube::runtime::Controller<kube::core::DeserializeGuard<BackupPolicy>> {
+    use futures::StreamExt;
+    let events = ctx
+        .host_events
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let Some(events) = events else {
+        warn!("the ZfsHost subscription was taken already; host changes will not trigger");
+        return controller;
+    };
+    let stale_after = ctx.host_stale_after;
+    let mut triggers = HostTriggers::default();
+    let changed =
+        events.filter(move |host| futures::future::ready(triggers.changed(host, stale_after)));
+    let policies = controller.store();
+    controller.watches_shared_stream(changed, move |host: Arc<ZfsHost>| {
+        policies_using(&policies, &host)
+    })
+}
+
 impl Reconciled for BackupPolicy {
     const KIND: &'static str = "BackupPolicy";
 
     /// A BackupJob's change (created, finished, failed) re-evaluates its policy at once. The
     /// trigger comes from the shared job watch after the change reached the job cache, so the
-    /// reconcile it starts reads the job as the event showed it.
+    /// reconcile it starts reads the job as the event showed it. A ZfsHost's change that
+    /// matters re-evaluates the policies using the host (see [`HostTriggers`]).
     fn also_watch(
         controller: kube::runtime::Controller<kube::core::DeserializeGuard<Self>>,
         ctx: &Context,
         _namespace: Option<&str>,
     ) -> kube::runtime::Controller<kube::core::DeserializeGuard<Self>> {
+        let controller = watch_hosts(controller, ctx);
         let events = ctx
             .job_events
             .lock()
@@ -667,16 +904,19 @@ impl Reconciled for BackupPolicy {
             .filter(|h| selects_host(&obj, h))
             .cloned()
             .collect();
-        let cached: Vec<Arc<BackupJob>> = ctx
+        // This policy's jobs, and the other policies' jobs into the same backup host (they
+        // share its `perTarget` slots).
+        let target = obj.spec.target.host.as_str();
+        let (cached, elsewhere): (Vec<Arc<BackupJob>>, Vec<Arc<BackupJob>>) = ctx
             .jobs
             .state()
             .into_iter()
-            .filter(|j| {
-                j.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && j.labels().get(POLICY_LABEL) == Some(&name)
-            })
-            .collect();
+            .filter(|j| j.spec.target.host.as_str() == target || is_own_job(j, &ns, &name))
+            .partition(|j| is_own_job(j, &ns, &name));
         let jobs = ctx.expected.adjust(&ns, &name, cached);
+        let target_in_flight_elsewhere = ctx
+            .expected
+            .in_flight_elsewhere(&ns, &name, target, &elsewhere);
         let target_host = all_hosts
             .iter()
             .find(|h| h.name_any() == obj.spec.target.host.as_str());
@@ -727,6 +967,7 @@ impl Reconciled for BackupPolicy {
             catalogue,
             host_stale_after: ctx.host_stale_after,
             backup_now: backup_now.as_ref(),
+            target_in_flight_elsewhere,
             now,
         })
         .map_err(|e| Error::Undecodable {
@@ -937,20 +1178,259 @@ mod tests {
         now: i64,
         backup_now: Option<&BackupNowRequest>,
     ) -> Plan {
-        let p = policy();
+        decide(&policy(), hosts, catalogue, now, backup_now, &[], 0)
+    }
+
+    fn decide(
+        p: &BackupPolicy,
+        hosts: &[Arc<ZfsHost>],
+        catalogue: Option<&store::Catalogue>,
+        now: i64,
+        backup_now: Option<&BackupNowRequest>,
+        jobs: &[Arc<BackupJob>],
+        target_in_flight_elsewhere: u32,
+    ) -> Plan {
         let rules = PolicyRules::from_spec(&p.spec).unwrap();
         let view = catalogue.map(StoreView::from_store);
         plan(&Inputs {
-            policy: &p,
+            policy: p,
             rules: &rules,
             hosts,
-            jobs: &[],
+            jobs,
             catalogue: view.as_ref(),
             host_stale_after: Duration::from_secs(60),
             backup_now,
+            target_in_flight_elsewhere,
             now: ts(now),
         })
         .unwrap()
+    }
+
+    /// `job` as the watch shows it once created at `at`, in `phase`.
+    fn as_seen(job: &BackupJob, at: i64, phase: JobPhase) -> Arc<BackupJob> {
+        let mut j = job.clone();
+        j.metadata.creation_timestamp = Some(Time(ts(at)));
+        j.metadata.uid = Some(format!("uid-{}", j.name_any()));
+        j.status = Some(crate::api::BackupJobStatus {
+            phase,
+            finished_at: matches!(phase, JobPhase::Succeeded | JobPhase::Failed)
+                .then(|| Time(ts(at + 1))),
+            ..Default::default()
+        });
+        Arc::new(j)
+    }
+
+    #[test]
+    fn a_backup_now_request_is_handled_only_once_every_dataset_got_its_job() {
+        // perHost 1 and three datasets forced: one job per decide, and the request stays
+        // pending (looked at again soon) until the last one started.
+        let hosts = [host("db-1", "db", 5000, &["tank/a", "tank/b", "tank/c"])];
+        let cat = store::Catalogue {
+            backups: ["tank/a", "tank/b", "tank/c"]
+                .iter()
+                .map(|d| full("db-1", d, 100))
+                .collect(),
+            problems: vec![],
+        };
+        let request = BackupNowRequest {
+            host: None,
+            dataset: None,
+            backup_type: Some(BackupType::Full),
+            requested_at: ts(4000),
+        };
+        let mut pol = policy();
+        pol.metadata.annotations = Some(
+            [(
+                BACKUP_NOW_ANNOTATION.to_string(),
+                serde_json::to_string(&request).unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        let mut jobs: Vec<Arc<BackupJob>> = Vec::new();
+        let mut started = Vec::new();
+        for round in 0..3 {
+            let now = 5000 + 10 * round;
+            let pending = pending_backup_now(&pol);
+            assert_eq!(pending.as_ref(), Some(&request), "round {round}");
+            let p = decide(&pol, &hosts, Some(&cat), now, pending.as_ref(), &jobs, 0);
+            assert_eq!(p.create.len(), 1, "round {round}: one job (perHost 1)");
+            let job = &p.create[0];
+            assert_eq!(job.spec.backup_type, BackupType::Full);
+            assert_eq!(forced_by(job), Some(ts(4000)));
+            started.push(job.spec.dataset.0.clone());
+            if round < 2 {
+                assert_eq!(p.status.backup_now_handled, None, "round {round}");
+                assert_eq!(p.wake_at, Some(ts(now) + SLOT_RETRY), "round {round}");
+                // While the job runs, nothing else starts and the request stays pending.
+                let running = [jobs.clone(), vec![as_seen(job, now, JobPhase::Running)]].concat();
+                let q = decide(
+                    &pol,
+                    &hosts,
+                    Some(&cat),
+                    now + 1,
+                    pending.as_ref(),
+                    &running,
+                    0,
+                );
+                assert!(q.create.is_empty(), "round {round}");
+                assert_eq!(q.status.backup_now_handled, None, "round {round}");
+            } else {
+                assert_eq!(p.status.backup_now_handled, Some(Time(ts(4000))));
+            }
+            pol.status = Some(p.status.clone());
+            // The job succeeds (the store's view does not show the backup yet).
+            jobs.push(as_seen(job, now, JobPhase::Succeeded));
+        }
+        assert_eq!(started, ["tank/a", "tank/b", "tank/c"]);
+        assert_eq!(pending_backup_now(&pol), None, "handled");
+        let p = decide(&pol, &hosts, Some(&cat), 5040, None, &jobs, 0);
+        assert!(p.create.is_empty(), "nothing is forced twice");
+    }
+
+    #[test]
+    fn a_backup_now_request_is_done_by_a_newer_backup_and_skips_paused_hosts() {
+        let hosts = [host("db-1", "db", 5000, &["tank/a", "tank/b"])];
+        let request = BackupNowRequest {
+            host: None,
+            dataset: None,
+            backup_type: Some(BackupType::Full),
+            requested_at: ts(4000),
+        };
+        // tank/a has a full taken after the request: only tank/b is forced, and that is all.
+        let cat = store::Catalogue {
+            backups: vec![full("db-1", "tank/a", 4500), full("db-1", "tank/b", 100)],
+            problems: vec![],
+        };
+        let p = run_with(&hosts, Some(&cat), 5000, Some(&request));
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.create[0].spec.dataset.as_str(), "tank/b");
+        assert_eq!(p.status.backup_now_handled, Some(Time(ts(4000))));
+        // A paused host gets no job, so the request does not wait for it.
+        let mut paused = (*hosts[0]).clone();
+        paused.spec.paused = true;
+        let p = run_with(&[Arc::new(paused)], Some(&cat), 5000, Some(&request));
+        assert!(p.create.is_empty());
+        assert_eq!(p.status.backup_now_handled, Some(Time(ts(4000))));
+        // An unreachable one does: its backup is taken when it is back.
+        let gone = [host("db-1", "db", 100, &["tank/a", "tank/b"])];
+        let p = run_with(&gone, Some(&cat), 5000, Some(&request));
+        assert!(p.create.is_empty());
+        assert_eq!(p.status.backup_now_handled, None);
+    }
+
+    #[test]
+    fn per_target_counts_every_policys_jobs_into_the_target() {
+        // Three datasets never backed up, perHost 4, perTarget 2.
+        let mut pol = policy();
+        pol.spec.concurrency.per_host = 4;
+        pol.spec.concurrency.per_target = 2;
+        let hosts = [host("db-1", "db", 1000, &["tank/a", "tank/b", "tank/c"])];
+        let cat = store::Catalogue::default();
+        let created = |elsewhere| {
+            decide(&pol, &hosts, Some(&cat), 1000, None, &[], elsewhere)
+                .create
+                .len()
+        };
+        assert_eq!(created(0), 2);
+        assert_eq!(created(1), 1, "one slot is another policy's");
+        let p = decide(&pol, &hosts, Some(&cat), 1000, None, &[], 2);
+        assert!(p.create.is_empty(), "the target is full");
+        // Another policy's job ending does not trigger this one: look again soon.
+        assert_eq!(p.wake_at, Some(ts(1000) + SLOT_RETRY));
+        // This policy's own job in flight counts as well.
+        let mine = new_job(
+            &pol,
+            "db-1",
+            "tank/a",
+            &policy::DueBackup {
+                kind: BackupType::Full,
+                base: None,
+                reason: policy::DueReason::NoFull,
+            },
+            ts(900),
+        );
+        let jobs = [as_seen(&mine, 900, JobPhase::Running)];
+        let p = decide(&pol, &hosts, Some(&cat), 1000, None, &jobs, 1);
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn jobs_of_other_policies_in_flight_into_the_target_are_counted_once() {
+        let e = Expectations::default();
+        let pol = policy();
+        let mk = |policy: &str, name: &str, target: &str, phase: Option<JobPhase>| {
+            let mut j = new_job(
+                &pol,
+                "db-1",
+                "tank/a",
+                &policy::DueBackup {
+                    kind: BackupType::Full,
+                    base: None,
+                    reason: policy::DueReason::NoFull,
+                },
+                ts(1),
+            );
+            j.metadata.name = Some(name.into());
+            j.spec.policy = policy.into();
+            j.spec.target.host = target.into();
+            j.status = phase.map(|phase| crate::api::BackupJobStatus {
+                phase,
+                ..Default::default()
+            });
+            j
+        };
+        // In the cache: other's two jobs at backup-1, one running, one done.
+        let cached = vec![
+            Arc::new(mk("other", "o1", "backup-1", Some(JobPhase::Running))),
+            Arc::new(mk("other", "o2", "backup-1", Some(JobPhase::Succeeded))),
+        ];
+        // Created, not in the cache yet: o3 (counts), o1 (in the cache already), one into
+        // another target, and this policy's own (counted by the policy itself).
+        e.created("ops", "other", mk("other", "o3", "backup-1", None));
+        e.created("ops", "other", mk("other", "o1", "backup-1", None));
+        e.created("ops", "third", mk("third", "t1", "backup-2", None));
+        e.created("ops", "db", mk("db", "d1", "backup-1", None));
+        assert_eq!(e.in_flight_elsewhere("ops", "db", "backup-1", &cached), 2);
+    }
+
+    #[test]
+    fn host_changes_trigger_policies_only_when_they_matter() {
+        let stale = Duration::from_secs(60);
+        let mut t = HostTriggers::default();
+        let h = host("db-1", "db", 1000, &["tank/a"]);
+        assert!(t.changed(&h, stale), "first seen");
+        // A heartbeat: lastSeen moves, sizes change.
+        let mut beat = (*host("db-1", "db", 1030, &["tank/a"])).clone();
+        if let Some(st) = beat.status.as_mut() {
+            st.datasets[0].used_bytes = Some(12345);
+        }
+        assert!(!t.changed(&beat, stale), "a heartbeat");
+        assert!(
+            t.changed(&host("db-1", "db", 1040, &["tank/a", "tank/b"]), stale),
+            "a new dataset"
+        );
+        assert!(!t.changed(&host("db-1", "db", 1090, &["tank/a", "tank/b"]), stale));
+        assert!(
+            t.changed(&host("db-1", "db", 1200, &["tank/a", "tank/b"]), stale),
+            "back after a gap"
+        );
+        assert!(
+            t.changed(&host("db-1", "web", 1210, &["tank/a", "tank/b"]), stale),
+            "labels"
+        );
+        let mut snap = (*host("db-1", "web", 1220, &["tank/a", "tank/b"])).clone();
+        if let Some(st) = snap.status.as_mut() {
+            st.datasets[0].snapshots.push("zetaback-200".into());
+        }
+        assert!(
+            t.changed(&snap, stale),
+            "a new snapshot (a new incremental base)"
+        );
+        assert!(
+            t.changed(&host("db-2", "web", 1220, &["tank/a"]), stale),
+            "another host"
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct Context {
     /// Job changes, after they reached `jobs`: the BackupPolicy controller takes it once to
     /// re-evaluate a job's policy (so a reconcile never reads a job older than its trigger).
     pub job_events: Arc<std::sync::Mutex<Option<reflector::ReflectHandle<crate::api::BackupJob>>>>,
+    /// ZfsHost changes, after they reached `hosts`: the BackupPolicy controller takes it once
+    /// to re-evaluate the policies that select a host (or store on it) when its report changed.
+    pub host_events: Arc<std::sync::Mutex<Option<reflector::ReflectHandle<crate::api::ZfsHost>>>>,
     /// What the controller wrote but its watch has not shown yet (created and deleted jobs).
     pub expected: Arc<backup_policy::Expectations>,
     /// Each backup host's catalogue, shared by policies and revalidated, not re-read whole.
@@ -156,14 +159,19 @@ async fn lead_and_reconcile(
     };
     metrics.set_leader(true);
     info!(identity = %options.identity, "leading; starting controllers");
-    let (hosts, hosts_writer) = reflector::store::<crate::api::ZfsHost>();
+    // ZfsHosts: one shared watch (managedFields dropped) feeds the cache reconcilers read and,
+    // through a subscription, the BackupPolicy controller's triggers (new datasets, a host
+    // back online).
+    let (hosts, hosts_writer) = reflector::store_shared::<crate::api::ZfsHost>(1024);
+    let host_events = hosts_writer.subscribe();
     let host_watch = tokio::spawn(
         watcher(
             Api::<crate::api::ZfsHost>::all(client.clone()),
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
-        .reflect(hosts_writer)
+        .modify(|host| kube::ResourceExt::managed_fields_mut(host).clear())
+        .reflect_shared(hosts_writer)
         .for_each(|_| futures::future::ready(())),
     );
     // BackupJobs: one shared watch (managedFields dropped) feeds the cache reconcilers read
@@ -207,6 +215,7 @@ async fn lead_and_reconcile(
         hosts,
         jobs,
         job_events: Arc::new(std::sync::Mutex::new(job_events)),
+        host_events: Arc::new(std::sync::Mutex::new(host_events)),
         expected: Default::default(),
         catalogues: Arc::new(store_client::CatalogueCache::new(
             store_client::CATALOGUE_MAX_AGE,
