@@ -371,17 +371,8 @@ impl Reconciled for Restore {
         if !needs_resolving(obj.status.as_ref()) {
             return Ok(Action::await_change());
         }
-        let hosts = Api::<ZfsHost>::all(ctx.client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(|source| Error::Read {
-                what: "ZfsHosts".into(),
-                source,
-            })?
-            .items;
-        let dest = hosts
-            .iter()
-            .find(|h| h.name_any() == obj.spec.destination.host.as_str());
+        let hosts = list_hosts(&ctx).await?;
+        let dest = destination_host(&hosts, &obj.spec);
         let outcome = match check_destination(&obj.spec, dest) {
             Err(r) => Err(r),
             Ok(()) => resolve(&obj.spec, &ask_stores(&ctx, &obj, &hosts).await?),
@@ -394,15 +385,7 @@ impl Reconciled for Restore {
             Err(r) => warn!(reason = r.reason, message = %r.message, "restore refused"),
         }
         let current = obj.status.clone().unwrap_or_default();
-        let now = Time(jiff::Timestamp::now());
-        let next = next_status(&current, obj.metadata.generation, &outcome, now);
-        let mut unchanged = next.clone();
-        unchanged.conditions = current.conditions.clone();
-        unchanged.finished_at = current.finished_at.clone();
-        if unchanged == current && conditions::same(&current.conditions, &next.conditions) {
-            return Ok(Action::await_change());
-        }
-        status::apply(&ctx, obj.as_ref(), Self::KIND, &next).await?;
+        write_outcome(&ctx, &obj, &current, &outcome).await?;
         Ok(Action::await_change())
     }
 }
@@ -774,18 +757,57 @@ pub fn child_restore(parent: &Restore, row: &BulkDataset) -> Restore {
     child
 }
 
+/// Every ZfsHost (a Restore's destination and the hosts whose stores may hold its backups).
+async fn list_hosts(ctx: &Context) -> Result<Vec<ZfsHost>, Error> {
+    Ok(Api::<ZfsHost>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Read {
+            what: "ZfsHosts".into(),
+            source,
+        })?
+        .items)
+}
+
+/// The ZfsHost a Restore restores to, if it exists.
+fn destination_host<'a>(hosts: &'a [ZfsHost], spec: &RestoreSpec) -> Option<&'a ZfsHost> {
+    hosts
+        .iter()
+        .find(|h| h.name_any() == spec.destination.host.as_str())
+}
+
+/// Whether `next` differs from `current` in more than times (of its conditions, or
+/// `finishedAt`: a refusal found again is not a new status).
+fn status_changed(current: &RestoreStatus, next: &RestoreStatus) -> bool {
+    let mut unchanged = next.clone();
+    unchanged.conditions = current.conditions.clone();
+    unchanged.finished_at = current.finished_at.clone();
+    unchanged != *current || !conditions::same(&current.conditions, &next.conditions)
+}
+
+/// Writes `next` if it [changed](status_changed).
 async fn write_if_changed(
     ctx: &Context,
     obj: &Restore,
     current: &RestoreStatus,
     next: &RestoreStatus,
 ) -> Result<(), Error> {
-    let mut unchanged = next.clone();
-    unchanged.conditions = current.conditions.clone();
-    if unchanged == *current && conditions::same(&current.conditions, &next.conditions) {
+    if !status_changed(current, next) {
         return Ok(());
     }
     status::apply(ctx, obj, Restore::KIND, next).await
+}
+
+/// Writes the status a resolution or a refusal leads to ([`next_status`]), if it changed.
+async fn write_outcome(
+    ctx: &Context,
+    obj: &Restore,
+    current: &RestoreStatus,
+    outcome: &Result<Resolved, Refusal>,
+) -> Result<(), Error> {
+    let now = Time(jiff::Timestamp::now());
+    let next = next_status(current, obj.metadata.generation, outcome, now);
+    write_if_changed(ctx, obj, current, &next).await
 }
 
 async fn reconcile_bulk(obj: &Restore, ctx: &Context) -> Result<Action, Error> {
@@ -797,17 +819,8 @@ async fn reconcile_bulk(obj: &Restore, ctx: &Context) -> Result<Action, Error> {
     let name = obj.name_any();
     let mut rows = current.datasets.clone();
     if rows.is_empty() {
-        let hosts = Api::<ZfsHost>::all(ctx.client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(|source| Error::Read {
-                what: "ZfsHosts".into(),
-                source,
-            })?
-            .items;
-        let dest = hosts
-            .iter()
-            .find(|h| h.name_any() == obj.spec.destination.host.as_str());
+        let hosts = list_hosts(ctx).await?;
+        let dest = destination_host(&hosts, &obj.spec);
         let answers = ask_stores(ctx, obj, &hosts).await?;
         match plan_bulk(&name, &obj.spec, &answers, dest) {
             Ok(planned) => {
@@ -817,9 +830,7 @@ async fn reconcile_bulk(obj: &Restore, ctx: &Context) -> Result<Action, Error> {
             }
             Err(refusal) => {
                 warn!(reason = refusal.reason, message = %refusal.message, "bulk restore refused");
-                let now = Time(jiff::Timestamp::now());
-                let next = next_status(&current, obj.metadata.generation, &Err(refusal), now);
-                write_if_changed(ctx, obj, &current, &next).await?;
+                write_outcome(ctx, obj, &current, &Err(refusal)).await?;
                 return Ok(Action::await_change());
             }
         }
@@ -1325,5 +1336,33 @@ mod tests {
         assert_eq!(f.conditions[0].reason, reason::CHAIN_BROKEN);
         assert!(!needs_resolving(Some(&f)));
         assert!(needs_resolving(None));
+    }
+
+    #[test]
+    fn a_refusal_found_again_later_is_not_a_new_status() {
+        let refusal = || Err(Refusal::new(reason::CHAIN_BROKEN, "gone"));
+        let first = Time(jiff::Timestamp::UNIX_EPOCH);
+        let later = Time(jiff::Timestamp::from_second(3600).expect("ts"));
+        let current = next_status(&RestoreStatus::default(), Some(1), &refusal(), first);
+        assert!(status_changed(&RestoreStatus::default(), &current));
+        let again = next_status(&current, Some(1), &refusal(), later.clone());
+        assert_ne!(
+            again.finished_at, current.finished_at,
+            "only the time moved"
+        );
+        assert!(!status_changed(&current, &again));
+        // Another reason, another generation or a resolution is a change.
+        let other = Err(Refusal::new(reason::DESTINATION_EXISTS, "taken"));
+        let other = next_status(&current, Some(1), &other, later.clone());
+        assert!(status_changed(&current, &other));
+        let newer = next_status(&current, Some(2), &refusal(), later.clone());
+        assert!(status_changed(&current, &newer));
+        let resolved = Resolved {
+            store_host: "bak".into(),
+            store_endpoint: "e".into(),
+            pieces: Vec::new(),
+        };
+        let resolved = next_status(&current, Some(1), &Ok(resolved), later);
+        assert!(status_changed(&current, &resolved));
     }
 }
