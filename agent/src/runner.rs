@@ -8,15 +8,17 @@
 //! target discarded the partial stream), so the controller schedules a retry. A retry that
 //! names the same snapshot reuses it (it is marked as ours).
 //!
-//! Jobs are watched cluster-wide and filtered by `spec.host` (the controller labels jobs by
-//! policy, not by host; CRD field selectors would need `selectableFields`).
+//! Only this host's jobs are watched: `spec.host` is a selectable field of the BackupJob CRD,
+//! so the watch carries the field selector `spec.host=<host>` and the apiserver sends no other
+//! host's jobs. Against a CRD installed before it had the field (the apiserver refuses the
+//! selector), the runner falls back to watching every job and filtering here, with a warning.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -51,6 +53,19 @@ pub enum RunnerError {
     Kube(#[from] kube::Error),
     #[error("the BackupJob watch ended")]
     WatchEnded,
+}
+
+/// The field selector of this host's jobs (`spec.host=<host>`, the value escaped as the
+/// apiserver's field selector parser expects).
+pub fn host_field_selector(host: &str) -> String {
+    let mut value = String::with_capacity(host.len());
+    for c in host.chars() {
+        if matches!(c, '\\' | ',' | '=') {
+            value.push('\\');
+        }
+        value.push(c);
+    }
+    format!("spec.host={value}")
 }
 
 /// Whether a job is for this host and waiting to be claimed.
@@ -230,11 +245,12 @@ impl Runner {
             info!(failed = n, "failed jobs interrupted by a restart");
         }
         let api: Api<DeserializeGuard<BackupJob>> = Api::all(self.client.clone());
+        let config = self.watch_config().await?;
         let (reader, writer) = reflector::store();
         // Every watch event, not just applied objects: the reflector's store takes in the
         // initial list only at InitDone, so scheduling on the InitApply events alone missed
         // jobs that existed before the watch started until some later event came.
-        let mut events = watcher(api, watcher::Config::default())
+        let mut events = watcher(api, config)
             .default_backoff()
             .reflect(writer)
             .boxed();
@@ -253,6 +269,24 @@ impl Runner {
                 Some(()) = done_rx.recv() => {}
             }
             self.schedule(&reader, &running, &done_tx).await;
+        }
+    }
+
+    /// The watch of this host's jobs: by field selector when the CRD has `spec.host` as a
+    /// selectable field (a one-item list tells), otherwise every job (filtered here).
+    async fn watch_config(&self) -> Result<watcher::Config, RunnerError> {
+        let fields = host_field_selector(&self.cfg.host_name);
+        let api: Api<BackupJob> = Api::all(self.client.clone());
+        match api
+            .list_metadata(&ListParams::default().fields(&fields).limit(1))
+            .await
+        {
+            Ok(_) => Ok(watcher::Config::default().fields(&fields)),
+            Err(kube::Error::Api(s)) if s.code == 400 => {
+                warn!(error = %s.message, "the BackupJob CRD has no selectable spec.host (apply the current CRDs); watching every host's jobs");
+                Ok(watcher::Config::default())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -358,6 +392,15 @@ mod tests {
         );
         j.status = status;
         j
+    }
+
+    #[test]
+    fn the_field_selector_names_this_host() {
+        assert_eq!(
+            host_field_selector("db-1.example"),
+            "spec.host=db-1.example"
+        );
+        assert_eq!(host_field_selector("a,b=c\\"), "spec.host=a\\,b\\=c\\\\");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The job runner and host discovery against a real kube-apiserver (e2e/scripts/env.sh up,
 //! CRDs installed) and real zfs-fuse pools: three agent processes (a target, and two source
-//! agents serving the same host that race for every job).
+//! agents serving the same host that race for every job); and a runner that starts after its
+//! job was created, next to another host's job it must never touch.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use zetaback::api::backup_policy::{Compression, Target};
 use zetaback::api::{
@@ -313,6 +314,152 @@ async fn runner_claims_runs_and_recovers_jobs() {
         "{o:?}"
     );
     drop(a);
+
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    for h in [&src_host, &dst_host] {
+        let _ = hosts.delete(h, &DeleteParams::default()).await;
+    }
+}
+
+/// Regression test of a69ba9d: a BackupJob for the agent's host created before the agent (and
+/// so its runner) started is claimed and run, not left until some later event. And a job for
+/// another host, created before it, is never touched: the runner watches its own host's jobs
+/// only (`spec.host` is a selectable field of the CRD; the watch carries the field selector).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_runs_jobs_created_before_it_started_and_only_its_hosts() {
+    let kc = kubeconfig();
+    let client = client(&kc).await;
+    let pid = std::process::id();
+    let (src_host, dst_host, other_host, ns) = (
+        format!("early-{pid}"),
+        format!("early-backup-{pid}"),
+        format!("early-other-{pid}"),
+        format!("zbe-{pid}"),
+    );
+    let pool = Pool::prefixed("hc", "early", "256M");
+    let (ds, dir) = pool.create("data");
+    write_files(&dir, 12, 4, 50_000);
+    let store = tempfile::tempdir().expect("store");
+    let tokens = Tokens::new();
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut n = Namespace::default();
+    n.metadata.name = Some(ns.clone());
+    namespaces
+        .create(&PostParams::default(), &n)
+        .await
+        .expect("namespace");
+    let hosts: Api<ZfsHost> = Api::all(client.clone());
+    for (name, include) in [
+        (&src_host, format!("{}/**", pool.name)),
+        (&dst_host, "nothing".to_owned()),
+    ] {
+        let h = ZfsHost::new(
+            name,
+            ZfsHostSpec {
+                node_name: "node-e".into(),
+                datasets: DatasetSelector {
+                    include: vec![DatasetPattern(include)],
+                    exclude: vec![],
+                },
+                paused: false,
+            },
+        );
+        hosts
+            .create(&PostParams::default(), &h)
+            .await
+            .expect("zfshost");
+    }
+    let jobs: Api<BackupJob> = Api::namespaced(client.clone(), &ns);
+
+    // The apiserver serves BackupJobs with spec.host selectable (the CRDs from crds/).
+    let all_jobs: Api<BackupJob> = Api::all(client.clone());
+    all_jobs
+        .list_metadata(&ListParams::default().fields(&format!("spec.host={src_host}")))
+        .await
+        .expect("spec.host is a selectable field of BackupJob");
+
+    let store_root = store.path().display().to_string();
+    let _target = agent(
+        &kc,
+        &tokens,
+        &dst_host,
+        "node-f",
+        &["--store-root", &store_root],
+    );
+    wait_for("target endpoint", async || {
+        hosts.get(&dst_host).await.ok()?.status?.agent_endpoint
+    })
+    .await;
+    let target = Target {
+        host: dst_host.as_str().into(),
+        path: Some(store_root.clone()),
+        dataset: None,
+    };
+
+    // Both jobs exist before the source agent starts; the other host's first.
+    let other = jobs
+        .create(
+            &PostParams::default(),
+            &job(
+                "other",
+                &other_host,
+                &ds,
+                "zetaback-1",
+                None,
+                target.clone(),
+            ),
+        )
+        .await
+        .expect("create job");
+    jobs.create(
+        &PostParams::default(),
+        &job("early", &src_host, &ds, "zetaback-1", None, target.clone()),
+    )
+    .await
+    .expect("create job");
+
+    let source = agent(&kc, &tokens, &src_host, "node-e", &[]);
+    let early = finished(&jobs, "early").await;
+    assert_eq!(early.phase, JobPhase::Succeeded, "{early:?}");
+    assert_eq!(early.attempts, 1, "{early:?}");
+    assert!(
+        early
+            .claimed_by
+            .as_deref()
+            .is_some_and(|c| c.starts_with(&src_host)),
+        "{early:?}"
+    );
+    let cat = zetaback::store::scan(store.path()).expect("scan");
+    assert_eq!(cat.backups.len(), 1, "{cat:?}");
+    assert_eq!(
+        early.backup_id.as_deref(),
+        Some(cat.backups[0].manifest.id.as_str())
+    );
+
+    // The agent listed (and ran) the jobs that existed when it started: the other host's job,
+    // older than ours, was there too and is exactly as it was created.
+    drop(source);
+    let after = jobs.get("other").await.expect("other job");
+    assert!(after.status.is_none(), "{:?}", after.status);
+    assert_eq!(
+        after.metadata.resource_version, other.metadata.resource_version,
+        "the other host's job was never written"
+    );
+    let mine = jobs
+        .list_metadata(&ListParams::default().fields(&format!("spec.host={src_host}")))
+        .await
+        .expect("list by host");
+    let names: Vec<String> = mine
+        .items
+        .iter()
+        .filter_map(|j| j.metadata.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["early".to_owned()],
+        "the field selector selects by host"
+    );
 
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     for h in [&src_host, &dst_host] {

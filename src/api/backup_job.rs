@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::backup_policy::{Compression, Target};
 use super::common::{Conditions, DatasetName, ObjectName, conditions_schema};
 
-/// One backup of one dataset, run by the agent of `spec.host`.
+/// One backup of one dataset, run by the agent of `spec.host`. `spec.host` is a selectable
+/// field: an agent lists and watches only its own jobs (`--field-selector spec.host=H`).
 #[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "zetaback.io",
@@ -31,7 +32,8 @@ use super::common::{Conditions, DatasetName, ObjectName, conditions_schema};
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    selectable = ".spec.host"
 )]
 #[x_kube(validation = Rule::new("!has(self.intermediates) || !self.intermediates || (self.type == 'incremental' && has(self.baseSnapshot))").message("intermediates (zfs send -I) is only for an incremental with a baseSnapshot").field_path(".intermediates"))]
 #[serde(rename_all = "camelCase")]

@@ -51,6 +51,18 @@ impl Pool {
         Self { name, mountpoint }
     }
 
+    /// A pool named `<prefix><tag><pid>x<n>` (a prefix other than the default `zbt`).
+    pub fn prefixed(prefix: &str, tag: &str, size: &str) -> Self {
+        let name = format!(
+            "{prefix}{tag}{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        zfs_sh(&["destroy", &name]);
+        let mountpoint = PathBuf::from(zfs_sh(&["pool", &name, size]));
+        Self { name, mountpoint }
+    }
+
     /// `zfs create` a child dataset and return (name, mountpoint).
     pub fn create(&self, child: &str) -> (String, PathBuf) {
         let ds = format!("{}/{child}", self.name);
