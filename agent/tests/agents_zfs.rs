@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -44,65 +44,154 @@ fn sha256_file(p: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(p).expect("read")))
 }
 
-#[test]
-fn full_and_two_incrementals_to_file_store_and_replica() {
-    let src = Pool::new("src");
-    let dst = Pool::new("dst");
-    let (ds, dir) = src.create("data");
-    let (replicas, _) = dst.create("replicas");
-    let store = tempfile::tempdir().expect("store");
-    let tokens = Tokens::new();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
+/// `zetaback-agent backup` of `dataset@snapshot` to the file store at `store`.
+fn store_backup_cmd(
+    tokens: &Tokens,
+    addr: &str,
+    dataset: &str,
+    snapshot: &str,
+    store: &Path,
+) -> Command {
+    let mut c = backup_cmd(tokens, addr, dataset, snapshot);
+    c.args(["--target-path", &store.display().to_string()]);
+    c
+}
 
-    let to_store = |snap: &str, base: Option<&str>, zstd: bool| {
-        let mut c = backup_cmd(&tokens, &addr, &ds, snap);
-        c.args(["--target-path", &store.path().display().to_string()]);
+/// What most tests here start from: a source pool with dataset `data`, a destination pool
+/// with dataset `replicas`, a file store, and a target agent (on a free loopback port)
+/// storing files there and receiving replicas under `replicas`.
+struct TwoPools {
+    // Fields drop in this order: the agent stops before its store and pools go.
+    _target: TargetAgent,
+    tokens: Tokens,
+    store: tempfile::TempDir,
+    addr: String,
+    /// `<src pool>/data` and where it is mounted.
+    ds: String,
+    dir: PathBuf,
+    /// The replica root on the destination pool.
+    replicas: String,
+    src: Pool,
+    dst: Pool,
+}
+
+impl TwoPools {
+    fn start() -> Self {
+        let src = Pool::new("src");
+        let dst = Pool::new("dst");
+        let (ds, dir) = src.create("data");
+        let (replicas, _) = dst.create("replicas");
+        let store = tempfile::tempdir().expect("store");
+        let tokens = Tokens::new();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
+        Self {
+            _target: target,
+            tokens,
+            store,
+            addr,
+            ds,
+            dir,
+            replicas,
+            src,
+            dst,
+        }
+    }
+
+    /// A backup of `dataset@snapshot` (against `base`, with more `args`) to the file store.
+    fn to_store(
+        &self,
+        dataset: &str,
+        snapshot: &str,
+        base: Option<&str>,
+        args: &[&str],
+    ) -> serde_json::Value {
+        let mut c = store_backup_cmd(
+            &self.tokens,
+            &self.addr,
+            dataset,
+            snapshot,
+            self.store.path(),
+        );
         if let Some(b) = base {
             c.args(["--base-snapshot", b]);
         }
-        if zstd {
-            c.args(["--compression", "zstd"]);
-        }
+        c.args(args);
         run_backup(c)
-    };
-    let to_replica = |snap: &str, base: Option<&str>| {
-        let mut c = backup_cmd(&tokens, &addr, &ds, snap);
-        c.args(["--target-dataset", &replicas]);
+    }
+
+    /// A backup of `dataset@snapshot` (against `base`, with more `args`) into the replica
+    /// root.
+    fn to_replica(
+        &self,
+        dataset: &str,
+        snapshot: &str,
+        base: Option<&str>,
+        args: &[&str],
+    ) -> serde_json::Value {
+        let mut c = backup_cmd(&self.tokens, &self.addr, dataset, snapshot);
+        c.args(["--target-dataset", &self.replicas]);
         if let Some(b) = base {
-            // Incrementals travel zstd-compressed; the target decompresses into zfs receive.
-            c.args(["--base-snapshot", b, "--compression", "zstd"]);
+            c.args(["--base-snapshot", b]);
         }
+        c.args(args);
         run_backup(c)
-    };
+    }
+
+    /// A backup of `data@snapshot` into the replica root: a full uncompressed, an incremental
+    /// (against `base`) zstd-compressed, so that the target decompresses into `zfs receive`.
+    fn replicate(&self, snapshot: &str, base: Option<&str>) -> serde_json::Value {
+        let compression = if base.is_some() { ZSTD } else { &[] };
+        self.to_replica(&self.ds, snapshot, base, compression)
+    }
+}
+
+/// Stream compression in transit and at rest (the default is none).
+const ZSTD: &[&str] = &["--compression", "zstd"];
+/// Keep the sent snapshots on the source (a later backup's base, or one in between).
+const KEEP: &[&str] = &["--keep-snapshots"];
+
+#[test]
+fn full_and_two_incrementals_to_file_store_and_replica() {
+    let pools = TwoPools::start();
+    let TwoPools {
+        ds,
+        dir,
+        replicas,
+        store,
+        tokens,
+        addr,
+        dst,
+        ..
+    } = &pools;
 
     // Full.
-    write_files(&dir, 1, 8, 200_000);
-    let state1 = checksums(&dir);
-    let full = to_store("zetaback-1", None, true);
+    write_files(dir, 1, 8, 200_000);
+    let state1 = checksums(dir);
+    let full = pools.to_store(ds, "zetaback-1", None, ZSTD);
     let full_id = full["backupId"].as_str().expect("id").to_owned();
     assert!(full_id.ends_with(".full"), "{full}");
-    let r = to_replica("zetaback-1", None);
+    let r = pools.replicate("zetaback-1", None);
     assert!(r["replica"].as_str().is_some(), "{r}");
 
     // First incremental (against the full).
     next_second();
-    write_files(&dir, 2, 4, 100_000);
+    write_files(dir, 2, 4, 100_000);
     std::fs::remove_file(dir.join("f1-0.bin")).expect("rm");
-    let state2 = checksums(&dir);
-    let inc1 = to_store("zetaback-2", Some("zetaback-1"), false);
+    let state2 = checksums(dir);
+    let inc1 = pools.to_store(ds, "zetaback-2", Some("zetaback-1"), &[]);
     let inc1_id = inc1["backupId"].as_str().expect("id").to_owned();
-    to_replica("zetaback-2", Some("zetaback-1"));
+    pools.replicate("zetaback-2", Some("zetaback-1"));
 
     // Second incremental: to the store against the last full (Zetaback), to the replica
     // chained against the previous one.
     next_second();
-    write_files(&dir, 3, 4, 150_000);
-    let state3 = checksums(&dir);
-    let inc2 = to_store("zetaback-3", Some("zetaback-1"), true);
+    write_files(dir, 3, 4, 150_000);
+    let state3 = checksums(dir);
+    let inc2 = pools.to_store(ds, "zetaback-3", Some("zetaback-1"), ZSTD);
     let inc2_id = inc2["backupId"].as_str().expect("id").to_owned();
     assert!(inc2_id.contains(".incremental."), "{inc2}");
-    to_replica("zetaback-3", Some("zetaback-2"));
+    pools.replicate("zetaback-3", Some("zetaback-2"));
 
     // The store: three backups, each manifest matching its stream.
     let cat = scan(store.path()).expect("scan");
@@ -113,7 +202,7 @@ fn full_and_two_incrementals_to_file_store_and_replica() {
         let p = store
             .path()
             .join("src-1")
-            .join(zetaback::store::escape_dataset(&ds).expect("escape"))
+            .join(zetaback::store::escape_dataset(ds).expect("escape"))
             .join(&b.manifest.id);
         assert_eq!(sha256_file(&p), b.manifest.sha256, "{}", b.manifest.id);
     }
@@ -128,17 +217,17 @@ fn full_and_two_incrementals_to_file_store_and_replica() {
 
     // Restores from the file store: the latest (full + its incremental) and an earlier point.
     let restored = format!("{}/restored", dst.name);
-    restore(&tokens, &addr, &ds, &inc2_id, &restored);
+    restore(tokens, addr, ds, &inc2_id, &restored);
     assert_eq!(checksums(&mountpoint(&restored)), state3);
     let restored2 = format!("{}/restored2", dst.name);
-    restore(&tokens, &addr, &ds, &inc1_id, &restored2);
+    restore(tokens, addr, ds, &inc1_id, &restored2);
     assert_eq!(checksums(&mountpoint(&restored2)), state2);
     let restored1 = format!("{}/restored1", dst.name);
-    restore(&tokens, &addr, &ds, &full_id, &restored1);
+    restore(tokens, addr, ds, &full_id, &restored1);
     assert_eq!(checksums(&mountpoint(&restored1)), state1);
 
     // Snapshots no longer needed as a base were destroyed (only ours).
-    let snaps = zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-r", &ds]);
+    let snaps = zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-r", ds]);
     assert!(!snaps.contains("zetaback-1"), "{snaps}");
     assert!(
         snaps.contains("zetaback-2") && snaps.contains("zetaback-3"),
@@ -169,8 +258,7 @@ fn killing_the_source_mid_stream_leaves_no_backup() {
     let _target = TargetAgent::start(&tokens, &addr, store.path(), None, None);
     let sdir = store_dir(store.path(), &ds);
 
-    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
-    c.args(["--target-path", &store.path().display().to_string()]);
+    let mut c = store_backup_cmd(&tokens, &addr, &ds, "zetaback-1", store.path());
     c.args(["--bandwidth-limit", "2000000"]);
     let mut source = c.spawn().expect("spawn source");
     wait_until("the target is writing the stream", || {
@@ -187,8 +275,7 @@ fn killing_the_source_mid_stream_leaves_no_backup() {
     assert!(list(&sdir).is_empty(), "nothing left: {:?}", list(&sdir));
 
     // The next run succeeds (and reuses the snapshot the killed run took).
-    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
-    c.args(["--target-path", &store.path().display().to_string()]);
+    let c = store_backup_cmd(&tokens, &addr, &ds, "zetaback-1", store.path());
     let out = run_backup(c);
     let id = out["backupId"].as_str().expect("id");
     let restored = format!("{}/restored", src.name);
@@ -207,8 +294,7 @@ fn killing_the_target_mid_stream_leaves_no_backup() {
     let mut target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
     let sdir = store_dir(store.path(), &ds);
 
-    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
-    c.args(["--target-path", &store.path().display().to_string()]);
+    let mut c = store_backup_cmd(&tokens, &addr, &ds, "zetaback-1", store.path());
     c.args(["--bandwidth-limit", "2000000"]);
     let source = c.spawn().expect("spawn source");
     wait_until("the target is writing the stream", || {
@@ -230,8 +316,7 @@ fn killing_the_target_mid_stream_leaves_no_backup() {
         "stale temporary removed: {:?}",
         list(&sdir)
     );
-    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
-    c.args(["--target-path", &store.path().display().to_string()]);
+    let c = store_backup_cmd(&tokens, &addr, &ds, "zetaback-1", store.path());
     let id = run_backup(c)["backupId"].as_str().expect("id").to_owned();
     assert_eq!(scan(store.path()).expect("scan").backups.len(), 1);
 
@@ -346,8 +431,7 @@ fn cutting_the_link_mid_stream_leaves_no_backup() {
     let sdir = store_dir(store.path(), &ds);
     assert!(!ns.host_ip.is_empty());
 
-    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
-    c.args(["--target-path", &store.path().display().to_string()]);
+    let mut c = store_backup_cmd(&tokens, &addr, &ds, "zetaback-1", store.path());
     c.args(["--bandwidth-limit", "2000000"]);
     c.stderr(std::process::Stdio::piped());
     let source = c.spawn().expect("spawn source");
@@ -369,8 +453,7 @@ fn cutting_the_link_mid_stream_leaves_no_backup() {
     assert!(scan(store.path()).expect("scan").backups.is_empty());
     ns.link(true);
 
-    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
-    c.args(["--target-path", &store.path().display().to_string()]);
+    let c = store_backup_cmd(&tokens, &addr, &ds, "zetaback-1", store.path());
     let id = run_backup(c)["backupId"].as_str().expect("id").to_owned();
     let restored = format!("{}/restored", src.name);
     restore(&tokens, &addr, &ds, &id, &restored);
@@ -402,31 +485,24 @@ fn get_catalogue(tokens: &Tokens, addr: &str) -> zetaback::store::Catalogue {
 
 #[test]
 fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
-    let src = Pool::new("src");
-    let dst = Pool::new("dst");
-    let (ds, dir) = src.create("data");
-    let (replicas, _) = dst.create("replicas");
-    let store = tempfile::tempdir().expect("store");
-    let tokens = Tokens::new();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
-    let to_replica = |snap: &str, base: Option<&str>| {
-        let mut c = backup_cmd(&tokens, &addr, &ds, snap);
-        c.args(["--target-dataset", &replicas]);
-        if let Some(b) = base {
-            c.args(["--base-snapshot", b, "--compression", "zstd"]);
-        }
-        run_backup(c)
-    };
-    assert!(get_catalogue(&tokens, &addr).backups.is_empty());
+    let pools = TwoPools::start();
+    let TwoPools {
+        ds,
+        dir,
+        replicas,
+        tokens,
+        addr,
+        ..
+    } = &pools;
+    assert!(get_catalogue(tokens, addr).backups.is_empty());
 
-    write_files(&dir, 1, 4, 100_000);
-    let full = to_replica("zetaback-1", None);
+    write_files(dir, 1, 4, 100_000);
+    let full = pools.replicate("zetaback-1", None);
     next_second();
-    write_files(&dir, 2, 2, 100_000);
-    let inc = to_replica("zetaback-2", Some("zetaback-1"));
+    write_files(dir, 2, 2, 100_000);
+    let inc = pools.replicate("zetaback-2", Some("zetaback-1"));
 
-    let cat = get_catalogue(&tokens, &addr);
+    let cat = get_catalogue(tokens, addr);
     assert!(cat.problems.is_empty(), "{:?}", cat.problems);
     let got: Vec<_> = cat
         .backups
@@ -491,7 +567,7 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
         ),
         &format!("{replicas}/src-1/{ds}@zetaback-1"),
     ]);
-    let cat = get_catalogue(&tokens, &addr);
+    let cat = get_catalogue(tokens, addr);
     assert_eq!(cat.backups.len(), 1, "{:?}", cat.backups);
     assert_eq!(cat.problems.len(), 1, "{:?}", cat.problems);
     assert!(
@@ -501,19 +577,19 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
     );
 
     // Retention deletes a replica backup with the admin token: its snapshot goes.
-    let escaped = zetaback::store::escape_dataset(&ds).expect("escape");
+    let escaped = zetaback::store::escape_dataset(ds).expect("escape");
     let inc_id = inc["backupId"].as_str().expect("id");
     let path = format!("/v1/streams/src-1/{escaped}/{inc_id}");
-    let (status, _) = http(&tokens, &addr, &format!("DELETE {path}"), &[]);
+    let (status, _) = http(tokens, addr, &format!("DELETE {path}"), &[]);
     assert_eq!(status, 403, "the source token may not delete");
-    let (status, body) = http_as(&tokens.admin, &addr, &format!("DELETE {path}"), &[]);
+    let (status, body) = http_as(&tokens.admin, addr, &format!("DELETE {path}"), &[]);
     assert_eq!(status, 204, "{body}");
     assert_eq!(
         snapshots_of(&format!("{replicas}/src-1/{ds}")),
         ["zetaback-1"]
     );
-    assert!(get_catalogue(&tokens, &addr).backups.is_empty());
-    let (status, _) = http_as(&tokens.admin, &addr, &format!("DELETE {path}"), &[]);
+    assert!(get_catalogue(tokens, addr).backups.is_empty());
+    let (status, _) = http_as(&tokens.admin, addr, &format!("DELETE {path}"), &[]);
     assert_eq!(status, 404);
 }
 
@@ -531,34 +607,28 @@ fn snapshots_of(dataset: &str) -> Vec<String> {
 
 #[test]
 fn intermediates_send_every_snapshot_in_between() {
-    let src = Pool::new("src");
-    let dst = Pool::new("dst");
-    let (ds, dir) = src.create("data");
-    let (replicas, _) = dst.create("replicas");
-    let store = tempfile::tempdir().expect("store");
-    let tokens = Tokens::new();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
-    let backup = |snap: &str, base: Option<&str>, intermediates: bool| {
-        let mut c = backup_cmd(&tokens, &addr, &ds, snap);
-        c.args(["--target-dataset", &replicas, "--keep-snapshots"]);
-        if let Some(b) = base {
-            c.args(["--base-snapshot", b]);
-        }
-        if intermediates {
-            c.arg("--intermediates");
-        }
-        run_backup(c)
-    };
-    write_files(&dir, 1, 2, 50_000);
-    backup("zetaback-1", None, false);
+    let pools = TwoPools::start();
+    let TwoPools {
+        ds,
+        dir,
+        replicas,
+        src,
+        ..
+    } = &pools;
+    write_files(dir, 1, 2, 50_000);
+    pools.to_replica(ds, "zetaback-1", None, KEEP);
     // A snapshot in between that no backup sent (e.g. taken by hand or by another tool).
     next_second();
-    write_files(&dir, 2, 2, 50_000);
+    write_files(dir, 2, 2, 50_000);
     zfs(&["snapshot", &format!("{ds}@between")]);
     next_second();
-    write_files(&dir, 3, 2, 50_000);
-    let inc = backup("zetaback-3", Some("zetaback-1"), true);
+    write_files(dir, 3, 2, 50_000);
+    let inc = pools.to_replica(
+        ds,
+        "zetaback-3",
+        Some("zetaback-1"),
+        &["--keep-snapshots", "--intermediates"],
+    );
     let replica = format!("{replicas}/src-1/{ds}");
     assert_eq!(inc["replica"].as_str(), Some(replica.as_str()), "{inc}");
     assert_eq!(
@@ -566,25 +636,17 @@ fn intermediates_send_every_snapshot_in_between() {
         ["zetaback-1", "between", "zetaback-3"],
         "zfs send -I brought the snapshot in between"
     );
-    assert_eq!(checksums(&mountpoint(&replica)), checksums(&dir));
+    assert_eq!(checksums(&mountpoint(&replica)), checksums(dir));
 
     // Without --intermediates the same history gives the replica only the endpoints.
     let (ds2, dir2) = src.create("plain");
-    let backup2 = |snap: &str, base: Option<&str>| {
-        let mut c = backup_cmd(&tokens, &addr, &ds2, snap);
-        c.args(["--target-dataset", &replicas, "--keep-snapshots"]);
-        if let Some(b) = base {
-            c.args(["--base-snapshot", b]);
-        }
-        run_backup(c)
-    };
     write_files(&dir2, 1, 1, 10_000);
-    backup2("zetaback-1", None);
+    pools.to_replica(&ds2, "zetaback-1", None, KEEP);
     next_second();
     zfs(&["snapshot", &format!("{ds2}@between")]);
     next_second();
     write_files(&dir2, 2, 1, 10_000);
-    backup2("zetaback-3", Some("zetaback-1"));
+    pools.to_replica(&ds2, "zetaback-3", Some("zetaback-1"), KEEP);
     assert_eq!(
         snapshots_of(&format!("{replicas}/src-1/{ds2}")),
         ["zetaback-1", "zetaback-3"]
@@ -636,41 +698,40 @@ fn http_as(
 /// refused before `zfs receive` runs (the OpenZFS side is unit-tested on recorded output).
 #[test]
 fn resume_tokens_on_zfs_fuse_are_absent_and_claims_refused() {
-    let src = Pool::new("src");
-    let dst = Pool::new("dst");
-    let (ds, dir) = src.create("data");
-    let (replicas, _) = dst.create("replicas");
-    let store = tempfile::tempdir().expect("store");
-    let tokens = Tokens::new();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _target = TargetAgent::start(&tokens, &addr, store.path(), Some(&replicas), None);
-    write_files(&dir, 1, 1, 10_000);
-    let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
-    c.args(["--target-dataset", &replicas]);
-    run_backup(c);
-    let escaped = zetaback::store::escape_dataset(&ds).expect("escape");
+    let pools = TwoPools::start();
+    let TwoPools {
+        ds,
+        dir,
+        replicas,
+        tokens,
+        addr,
+        ..
+    } = &pools;
+    write_files(dir, 1, 1, 10_000);
+    pools.to_replica(ds, "zetaback-1", None, &[]);
+    let escaped = zetaback::store::escape_dataset(ds).expect("escape");
     let (status, body) = http(
-        &tokens,
-        &addr,
+        tokens,
+        addr,
         &format!("GET /v1/resume-token/src-1/{escaped}?into={replicas}"),
         &[],
     );
     assert_eq!((status, body.as_str()), (200, r#"{"token":null}"#));
     let (status, _) = http(
-        &tokens,
-        &addr,
+        tokens,
+        addr,
         &format!("GET /v1/resume-token/src-1/{escaped}?into=elsewhere"),
         &[],
     );
     assert_eq!(status, 403, "only configured replica roots");
     let (status, body) = http(
-        &tokens,
-        &addr,
+        tokens,
+        addr,
         &format!("PUT /v1/streams/src-1/{escaped}/1800000000.incremental.1700000000"),
         &[
             ("x-zetaback-snapshot", "zetaback-2"),
             ("x-zetaback-base-snapshot", "zetaback-1"),
-            ("x-zetaback-receive-into", &replicas),
+            ("x-zetaback-receive-into", replicas),
             ("x-zetaback-resume-token", "1-e604ea4bf-e0-789c63a2"),
         ],
     );
