@@ -1,6 +1,7 @@
 //! The controller against the real apiserver: status is written once per spec change (a status
-//! write does not trigger a reconcile loop), invalid specs are reported, and with two replicas
-//! exactly one leads and the other takes over when it steps down.
+//! write does not trigger a reconcile loop), invalid specs are reported, with two replicas
+//! exactly one leads and the other takes over when it steps down, a ZfsHost's new dataset
+//! triggers its policy, and policies sharing a backup host share its perTarget slots.
 
 use std::time::Duration;
 
@@ -656,6 +657,308 @@ async fn classes_job_history_and_backup_metrics() {
     task.await.expect("join").expect("controller ends cleanly");
     server.abort();
     for name in [&src, &bak] {
+        let _ = hosts.delete(name, &Default::default()).await;
+    }
+}
+
+/// Creates ZfsHosts `names` (cluster-scoped) and reports `status` for each.
+async fn hosts_with_status(
+    hosts: &Api<zetaback::api::ZfsHost>,
+    reports: &[(&str, serde_json::Value)],
+) {
+    for (name, status) in reports {
+        let host: zetaback::api::ZfsHost = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zetaback.io/v1alpha1", "kind": "ZfsHost",
+            "metadata": {"name": name}, "spec": {"nodeName": name}
+        }))
+        .expect("host");
+        hosts
+            .create(&PostParams::default(), &host)
+            .await
+            .expect("create host");
+        hosts
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": status })),
+            )
+            .await
+            .expect("host status");
+    }
+}
+
+fn stub_store() -> std::sync::Arc<StubStore> {
+    std::sync::Arc::new(StubStore {
+        backups: Default::default(),
+        whole_reads: Default::default(),
+        host_reads: Default::default(),
+        not_modified: Default::default(),
+    })
+}
+
+async fn jobs_of(
+    jobs: &Api<zetaback::api::BackupJob>,
+    policy: &str,
+) -> Vec<zetaback::api::BackupJob> {
+    let lp = kube::api::ListParams::default().labels(&format!("zetaback.io/policy={policy}"));
+    jobs.list(&lp).await.map(|l| l.items).unwrap_or_default()
+}
+
+/// A ZfsHost's change that matters triggers the policies selecting it: a dataset that appears
+/// in the host's report gets its first full without waiting for the policy's timed requeue
+/// (60 s at most, and nothing else would wake the policy here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_dataset_in_a_host_report_is_backed_up_at_once() {
+    use zetaback::api::ZfsHost;
+
+    let env = Env::get();
+    let ns = env.namespace("ctl-newds");
+    let client = env.client().await;
+    let stub = stub_store();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = listener.local_addr().expect("addr").to_string();
+    let server = tokio::spawn(stub.clone().serve(listener));
+    let hosts: Api<ZfsHost> = Api::all(client.clone());
+    let (src, bak) = (format!("{ns}-src"), format!("{ns}-bak"));
+    let now = jiff::Timestamp::now();
+    hosts_with_status(
+        &hosts,
+        &[
+            (
+                src.as_str(),
+                serde_json::json!({"lastSeen": now, "datasets": [dataset("tank/a", None, &[])]}),
+            ),
+            (
+                bak.as_str(),
+                serde_json::json!({"lastSeen": now, "agentEndpoint": endpoint}),
+            ),
+        ],
+    )
+    .await;
+    let port = free_port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let options = zetaback::controller::Options {
+        store_token: Some("admin-token".into()),
+        watch_namespace: Some(ns.clone()),
+        ..zetaback::controller::Options::new(&ns, "only", ([127, 0, 0, 1], port).into())
+    };
+    let task = tokio::spawn(zetaback::controller::run(client.clone(), options, async {
+        let _ = stopped.await;
+    }));
+    let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
+        "hosts": {"names": [src]},
+        "full": {"every": "7d", "keep": "30d"},
+        "incremental": {"every": "1d", "keep": "14d"},
+        "target": {"host": bak, "path": "/var/lib/zetaback"},
+        "concurrency": {"perHost": 4, "perTarget": 4}
+    }))
+    .expect("spec");
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
+    policies
+        .create(&PostParams::default(), &BackupPolicy::new("newds", spec))
+        .await
+        .expect("create policy");
+    let jobs: Api<zetaback::api::BackupJob> = Api::namespaced(client.clone(), &ns);
+    eventually("tank/a's first full", Duration::from_secs(30), || async {
+        let list = jobs_of(&jobs, "newds").await;
+        list.iter()
+            .any(|j| j.spec.dataset.as_str() == "tank/a")
+            .then_some(())
+    })
+    .await;
+    eventually(
+        "status counts 1 dataset",
+        Duration::from_secs(30),
+        || async {
+            let st = policies.get("newds").await.ok()?.status?;
+            (st.datasets == 1).then_some(())
+        },
+    )
+    .await;
+    // Let the reconciles the job's creation started finish (not an assertion).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The agent reports a new dataset: its full starts well before the 60 s requeue.
+    let report = serde_json::json!({"status": {"lastSeen": jiff::Timestamp::now(),
+        "datasets": [dataset("tank/a", None, &[]), dataset("tank/b", None, &[])]}});
+    hosts
+        .patch_status(&src, &PatchParams::default(), &Patch::Merge(&report))
+        .await
+        .expect("host status");
+    eventually(
+        "tank/b's first full, triggered by the report",
+        Duration::from_secs(20),
+        || async {
+            let list = jobs_of(&jobs, "newds").await;
+            list.iter()
+                .any(|j| j.spec.dataset.as_str() == "tank/b")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let _ = stop.send(());
+    task.await.expect("join").expect("controller ends cleanly");
+    server.abort();
+    for name in [&src, &bak] {
+        let _ = hosts.delete(name, &Default::default()).await;
+    }
+}
+
+/// `concurrency.perTarget` counts every policy's jobs into the backup host: two policies
+/// with perTarget 1 sending to the same host never have two jobs in flight there; the second
+/// starts once the first's job finished (its event does not trigger the second policy, which
+/// looks again soon on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_sharing_a_backup_host_share_its_per_target_slots() {
+    use zetaback::api::{JobPhase, ZfsHost};
+
+    let env = Env::get();
+    let ns = env.namespace("ctl-target");
+    let client = env.client().await;
+    let stub = stub_store();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = listener.local_addr().expect("addr").to_string();
+    let server = tokio::spawn(stub.clone().serve(listener));
+    let hosts: Api<ZfsHost> = Api::all(client.clone());
+    let (src1, src2, bak) = (
+        format!("{ns}-src1"),
+        format!("{ns}-src2"),
+        format!("{ns}-bak"),
+    );
+    let now = jiff::Timestamp::now();
+    hosts_with_status(
+        &hosts,
+        &[
+            (
+                src1.as_str(),
+                serde_json::json!({"lastSeen": now, "datasets": [dataset("tank/a", None, &[])]}),
+            ),
+            (
+                src2.as_str(),
+                serde_json::json!({"lastSeen": now, "datasets": [dataset("tank/b", None, &[])]}),
+            ),
+            (
+                bak.as_str(),
+                serde_json::json!({"lastSeen": now, "agentEndpoint": endpoint}),
+            ),
+        ],
+    )
+    .await;
+    let port = free_port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let options = zetaback::controller::Options {
+        store_token: Some("admin-token".into()),
+        watch_namespace: Some(ns.clone()),
+        ..zetaback::controller::Options::new(&ns, "only", ([127, 0, 0, 1], port).into())
+    };
+    let task = tokio::spawn(zetaback::controller::run(client.clone(), options, async {
+        let _ = stopped.await;
+    }));
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
+    let make = |name: &str, src: &str| {
+        let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
+            "hosts": {"names": [src]},
+            "full": {"every": "7d", "keep": "30d"},
+            "incremental": {"every": "1d", "keep": "14d"},
+            "target": {"host": bak, "path": "/var/lib/zetaback"},
+            "concurrency": {"perHost": 1, "perTarget": 1}
+        }))
+        .expect("spec");
+        BackupPolicy::new(name, spec)
+    };
+    let jobs: Api<zetaback::api::BackupJob> = Api::namespaced(client.clone(), &ns);
+    policies
+        .create(&PostParams::default(), &make("first", &src1))
+        .await
+        .expect("create policy");
+    let first = eventually(
+        "the first policy's job",
+        Duration::from_secs(30),
+        || async { jobs_of(&jobs, "first").await.into_iter().next() },
+    )
+    .await;
+    policies
+        .create(&PostParams::default(), &make("second", &src2))
+        .await
+        .expect("create policy");
+    eventually(
+        "the second policy evaluated",
+        Duration::from_secs(30),
+        || async {
+            let st = policies.get("second").await.ok()?.status?;
+            (st.observed_generation == Some(1) && st.datasets == 1).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        jobs_of(&jobs, "second").await.is_empty(),
+        "the backup host's one slot is the first policy's"
+    );
+
+    // The first job finishes (stored, then Succeeded): the second policy gets the slot.
+    let name = first.metadata.name.clone().expect("name");
+    let ts: i64 = first
+        .spec
+        .snapshot
+        .rsplit('-')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("snapshot zetaback-<ts>");
+    let id = format!("{ts}.full");
+    stub.backups
+        .lock()
+        .expect("lock")
+        .push(zetaback::store::StoredBackup {
+            manifest: zetaback::store::Manifest {
+                version: zetaback::store::MANIFEST_VERSION,
+                id: id.clone(),
+                host: src1.clone(),
+                dataset: "tank/a".into(),
+                snapshot: first.spec.snapshot.clone(),
+                base_snapshot: None,
+                backup_type: first.spec.backup_type,
+                bytes: 1000,
+                sha256: "0".repeat(64),
+                compression: first.spec.compression,
+                created: jiff::Timestamp::from_second(ts).expect("ts"),
+            },
+            archived: false,
+        });
+    let status = serde_json::json!({"status": {
+        "phase": "Succeeded", "bytes": 1000, "backupId": id,
+        "sha256": "0".repeat(64), "finishedAt": jiff::Timestamp::now(), "attempts": 1}});
+    jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("job status");
+    eventually(
+        "the second policy's job",
+        Duration::from_secs(30),
+        || async { jobs_of(&jobs, "second").await.into_iter().next() },
+    )
+    .await;
+    let all = jobs.list(&Default::default()).await.expect("jobs").items;
+    let in_flight = all
+        .iter()
+        .filter(|j| {
+            j.status
+                .as_ref()
+                .is_none_or(|s| matches!(s.phase, JobPhase::Pending | JobPhase::Running))
+        })
+        .count();
+    assert_eq!(
+        in_flight, 1,
+        "one job in flight into the backup host: {all:?}"
+    );
+
+    let _ = stop.send(());
+    task.await.expect("join").expect("controller ends cleanly");
+    server.abort();
+    for name in [&src1, &src2, &bak] {
         let _ = hosts.delete(name, &Default::default()).await;
     }
 }
