@@ -3,7 +3,8 @@
 #   zfs.sh start                 start zfs-fuse if it is not running (idempotent)
 #   zfs.sh pool NAME [SIZE]      create a file-backed pool NAME (default 512M) if missing;
 #                                prints its mountpoint
-#   zfs.sh destroy NAME          destroy pool NAME and its backing file
+#   zfs.sh destroy NAME          destroy pool NAME, then its backing file (fails, keeping
+#                                both, when the pool cannot be destroyed)
 #   zfs.sh stop                  export every e2e pool and stop zfs-fuse
 # Pools live under $ZETABACK_ZFS_DIR (default ~/.cache/zetaback/zfs) and mount under
 # /run/zetaback/zfs/NAME. Fails loudly when zfs-fuse is not installed.
@@ -55,9 +56,21 @@ pool() {
   zfs get -H -o value mountpoint "$name"
 }
 
+# zfs-fuse often calls a pool busy for a moment after its datasets were used: the destroy is
+# tried up to 10 times, a second apart. The image goes only once the pool is gone (a pool whose
+# file was removed keeps its space held by the daemon); a pool that stays is an error.
 destroy() {
-  local name=$1
-  if zpool list -H "$name" >/dev/null 2>&1; then timeout 60 zpool destroy -f "$name" || true; fi
+  local name=$1 try
+  for try in $(seq 1 10); do
+    zpool list -H "$name" >/dev/null 2>&1 || break
+    timeout 60 zpool destroy -f "$name" && break
+    if [ "$try" = 10 ]; then
+      zpool list -H "$name" >/dev/null 2>&1 || break
+      echo "zfs.sh: cannot destroy pool $name (busy?): kept it and its image $dir/$name.img" >&2
+      exit 1
+    fi
+    sleep 1
+  done
   rm -f "$dir/$name.img"
 }
 
