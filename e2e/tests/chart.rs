@@ -5,14 +5,16 @@
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
+use serde::Deserialize as _;
 use zetaback::api::{BackupPolicy, BackupPolicySpec};
 use zetaback_e2e::{Env, eventually, free_port, text};
 
-fn render(env: &Env, ns: &str) -> String {
+/// `helm template RELEASE charts/zetaback --namespace NS`.
+fn render(env: &Env, release: &str, ns: &str) -> String {
     let chart = env.root.join("charts/zetaback");
     let out = env.helm(&[
         "template",
-        "zetaback",
+        release,
         &chart.to_string_lossy(),
         "--namespace",
         ns,
@@ -21,6 +23,81 @@ fn render(env: &Env, ns: &str) -> String {
     ]);
     assert!(out.status.success(), "helm template: {}", text(&out.stderr));
     text(&out.stdout)
+}
+
+/// The cluster-scoped RBAC objects of rendered manifests: (kind, name, roleRef name).
+fn cluster_rbac(manifests: &str) -> Vec<(String, String, String)> {
+    let field = |doc: &serde_yaml::Value, path: &[&str]| {
+        path.iter()
+            .try_fold(doc, |v, k| v.get(*k))
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    serde_yaml::Deserializer::from_str(manifests)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("a YAML document"))
+        .filter(|doc| {
+            matches!(
+                field(doc, &["kind"]).as_str(),
+                "ClusterRole" | "ClusterRoleBinding"
+            )
+        })
+        .map(|doc| {
+            (
+                field(&doc, &["kind"]),
+                field(&doc, &["metadata", "name"]),
+                field(&doc, &["roleRef", "name"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_scoped_names_carry_the_release() {
+    let env = Env::get();
+    let names = |release: &str, ns: &str| {
+        let mut rbac = cluster_rbac(&render(env, release, ns));
+        rbac.sort();
+        rbac
+    };
+    let s = String::from;
+    // The release named after the chart keeps the plain names.
+    assert_eq!(
+        names("zetaback", "zetaback-system"),
+        [
+            (s("ClusterRole"), s("zetaback-agent"), s("")),
+            (s("ClusterRole"), s("zetaback-controller"), s("")),
+            (
+                s("ClusterRoleBinding"),
+                s("zetaback-agent"),
+                s("zetaback-agent")
+            ),
+            (
+                s("ClusterRoleBinding"),
+                s("zetaback-controller"),
+                s("zetaback-controller")
+            ),
+        ]
+    );
+    // Another release gets its own, bound to its own roles: the two can be installed side by
+    // side.
+    assert_eq!(
+        names("prod", "backups"),
+        [
+            (s("ClusterRole"), s("prod-zetaback-agent"), s("")),
+            (s("ClusterRole"), s("prod-zetaback-controller"), s("")),
+            (
+                s("ClusterRoleBinding"),
+                s("prod-zetaback-agent"),
+                s("prod-zetaback-agent")
+            ),
+            (
+                s("ClusterRoleBinding"),
+                s("prod-zetaback-controller"),
+                s("prod-zetaback-controller")
+            ),
+        ]
+    );
 }
 
 #[test]
@@ -54,7 +131,9 @@ fn can_i(env: &Env, who: &str, verb: &str, resource: &str, ns: &str) -> bool {
 async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
     let env = Env::get();
     let ns = env.namespace("chart");
-    let manifests = render(env, &ns);
+    // A release of its own (named after the namespace), so its ClusterRoles and bindings are
+    // its own too: another installation of the chart does not change them under the test.
+    let manifests = render(env, &ns, &ns);
     for kind in [
         "kind: Deployment",
         "kind: DaemonSet",
@@ -161,4 +240,12 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
     task.await
         .expect("join")
         .expect("the controller ran without RBAC errors");
+    // The namespace's objects go with it; the release's cluster-scoped ones are deleted here.
+    let out = env.kubectl(&[
+        "delete",
+        "clusterrole,clusterrolebinding",
+        "-l",
+        &format!("app.kubernetes.io/instance={ns}"),
+    ]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
 }
