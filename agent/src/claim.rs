@@ -46,9 +46,27 @@ where
         + DeserializeOwned
         + Debug,
 {
+    fail_orphans_listed(client, &ListParams::default(), orphaned, failure).await
+}
+
+/// [`fail_orphans`] over the objects `list` selects (a label or field selector, so an agent
+/// reads only its own host's objects).
+pub async fn fail_orphans_listed<K>(
+    client: &Client,
+    list: &ListParams,
+    orphaned: impl Fn(&K) -> bool,
+    failure: impl Fn(&K) -> serde_json::Value,
+) -> Result<Vec<String>, kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
     let all: Api<DeserializeGuard<K>> = Api::all(client.clone());
     let mut failed = Vec::new();
-    for guarded in all.list(&ListParams::default()).await? {
+    for guarded in all.list(list).await? {
         let Ok(obj) = guarded.0 else { continue };
         if !orphaned(&obj) {
             continue;

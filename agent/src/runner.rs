@@ -8,9 +8,9 @@
 //! target discarded the partial stream), so the controller schedules a retry. A retry that
 //! names the same snapshot reuses it (it is marked as ours).
 //!
-//! Only this host's jobs are watched: `spec.host` is a selectable field of the BackupJob CRD,
-//! so the watch carries the field selector `spec.host=<host>` and the apiserver sends no other
-//! host's jobs. Against a CRD installed before it had the field (the apiserver refuses the
+//! Only this host's jobs are read: `spec.host` is a selectable field of the BackupJob CRD, so
+//! the watch (and the start-up list of orphans) carries the field selector `spec.host=<host>`
+//! and the apiserver sends no other host's jobs. Against a CRD installed before it had the field (the apiserver refuses the
 //! selector), the runner falls back to watching every job and filtering here, with a warning.
 
 use std::collections::HashSet;
@@ -130,8 +130,13 @@ impl Runner {
     /// Fails the jobs this agent left running before a restart.
     pub async fn recover(&self) -> Result<usize, RunnerError> {
         let (host, agent) = (&self.cfg.host_name, &self.cfg.agent_id);
-        let failed = claim::fail_orphans::<BackupJob>(
+        let mut list = ListParams::default();
+        if let Some(fields) = self.host_selector().await? {
+            list = list.fields(&fields);
+        }
+        let failed = claim::fail_orphans_listed::<BackupJob>(
             &self.client,
+            &list,
             |job| is_orphaned(job, host, agent),
             |_| {
                 serde_json::json!({"status": {
@@ -245,7 +250,10 @@ impl Runner {
             info!(failed = n, "failed jobs interrupted by a restart");
         }
         let api: Api<DeserializeGuard<BackupJob>> = Api::all(self.client.clone());
-        let config = self.watch_config().await?;
+        let config = match self.host_selector().await? {
+            Some(fields) => watcher::Config::default().fields(&fields),
+            None => watcher::Config::default(),
+        };
         let (reader, writer) = reflector::store();
         // Every watch event, not just applied objects: the reflector's store takes in the
         // initial list only at InitDone, so scheduling on the InitApply events alone missed
@@ -272,19 +280,20 @@ impl Runner {
         }
     }
 
-    /// The watch of this host's jobs: by field selector when the CRD has `spec.host` as a
-    /// selectable field (a one-item list tells), otherwise every job (filtered here).
-    async fn watch_config(&self) -> Result<watcher::Config, RunnerError> {
+    /// The field selector of this host's jobs when the CRD has `spec.host` as a selectable
+    /// field (a one-item list tells); `None` otherwise: then every job is read (and filtered
+    /// here).
+    async fn host_selector(&self) -> Result<Option<String>, RunnerError> {
         let fields = host_field_selector(&self.cfg.host_name);
         let api: Api<BackupJob> = Api::all(self.client.clone());
         match api
             .list_metadata(&ListParams::default().fields(&fields).limit(1))
             .await
         {
-            Ok(_) => Ok(watcher::Config::default().fields(&fields)),
+            Ok(_) => Ok(Some(fields)),
             Err(kube::Error::Api(s)) if s.code == 400 => {
-                warn!(error = %s.message, "the BackupJob CRD has no selectable spec.host (apply the current CRDs); watching every host's jobs");
-                Ok(watcher::Config::default())
+                warn!(error = %s.message, "the BackupJob CRD has no selectable spec.host (apply the current CRDs); reading every host's jobs");
+                Ok(None)
             }
             Err(e) => Err(e.into()),
         }
