@@ -38,8 +38,9 @@ use std::time::Duration;
 
 use kube::api::{Api, PostParams};
 use zetaback::api::restore::RestorePhase;
-use zetaback::api::{Restore, ZfsHost, ZfsHostSpec};
+use zetaback::api::{BackupPolicy, Restore, ZfsHost, ZfsHostSpec};
 use zetaback::controller::store_client::StoreClient;
+use zetaback::store::StoredBackup;
 
 use crate::{Env, eventually, free_port, text};
 
@@ -47,6 +48,10 @@ use crate::{Env, eventually, free_port, text};
 pub const STREAM_TOKEN: &str = "stream-token-for-e2e";
 /// The store's admin token (delete, archive): the controller's and the CLI's.
 pub const ADMIN_TOKEN: &str = "admin-token-for-e2e";
+/// The size of a host's pool unless its [`HostSpec`] says otherwise.
+pub const DEFAULT_POOL_SIZE: &str = "256M";
+/// How long the helpers here wait for a backup to be stored.
+const BACKUP_LIMIT: Duration = Duration::from_secs(180);
 
 /// One machine of a fleet, before it starts.
 #[derive(Debug, Clone)]
@@ -71,7 +76,7 @@ impl HostSpec {
         Self {
             short: short.to_owned(),
             store: false,
-            pool_size: "256M".to_owned(),
+            pool_size: DEFAULT_POOL_SIZE.to_owned(),
             no_kube: false,
             labels: BTreeMap::new(),
             extra_args: Vec::new(),
@@ -86,7 +91,7 @@ impl HostSpec {
         }
     }
 
-    /// The pool's size (`256M` by default).
+    /// The pool's size ([`DEFAULT_POOL_SIZE`] by default).
     pub fn pool_size(mut self, size: &str) -> Self {
         self.pool_size = size.to_owned();
         self
@@ -299,6 +304,30 @@ impl Fleet {
         fleet
     }
 
+    /// The fleet of the restore tests, in a new namespace `<namespace_prefix>-<unique>`: a
+    /// source host `src`, a backup host `bak` storing files and a destination host `dst`
+    /// (source and destination with pools of `pool_size`, e.g. [`DEFAULT_POOL_SIZE`]), and
+    /// the controller running.
+    pub async fn source_store_dest(
+        env: &'static Env,
+        namespace_prefix: &str,
+        pool_size: &str,
+    ) -> Fleet {
+        let ns = env.namespace(namespace_prefix);
+        let mut fleet = Fleet::start(
+            env,
+            &ns,
+            &[
+                HostSpec::source("src").pool_size(pool_size),
+                HostSpec::store("bak"),
+                HostSpec::source("dst").pool_size(pool_size),
+            ],
+        )
+        .await;
+        fleet.start_controller(|_| {}).await;
+        fleet
+    }
+
     /// The host with this short name (panics if there is none).
     pub fn host(&self, short: &str) -> &Host {
         self.hosts
@@ -434,6 +463,150 @@ impl Fleet {
             },
         )
         .await;
+    }
+
+    /// A BackupPolicy spec (JSON, for a test to change further) that backs up the datasets
+    /// matching `include` of host `source` to the files of store host `store`: a full every
+    /// 24 h (so the first is due at once), an incremental every 12 h (so in a test only when
+    /// requested, see [`Fleet::backup_incremental_now`]), each kept 48 h.
+    pub fn policy_spec(&self, source: &str, store: &str, include: &str) -> serde_json::Value {
+        serde_json::json!({
+            "hosts": {"names": [self.name(source)]},
+            "datasets": {"include": [include]},
+            "full": {"every": "24h", "keep": "48h"},
+            "incremental": {"every": "12h", "keep": "48h"},
+            "target": {"host": self.name(store), "path": self.store_root(store).display().to_string()},
+        })
+    }
+
+    /// Creates BackupPolicy `name` from its `spec` (JSON) in the namespace, once host
+    /// `source` reports `datasets`: a policy selects datasets from the ZfsHost status and is
+    /// not triggered by its changes, so created earlier it would wait for its requeue.
+    pub async fn create_policy(
+        &self,
+        name: &str,
+        source: &str,
+        datasets: &[&str],
+        spec: serde_json::Value,
+    ) {
+        self.wait_for_datasets(source, datasets).await;
+        let spec = serde_json::from_value(spec).expect("policy spec");
+        Api::<BackupPolicy>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &BackupPolicy::new(name, spec))
+            .await
+            .expect("create policy");
+    }
+
+    /// `kubectl zetaback backup POLICY --host <source> --dataset DATASET --incremental`: an
+    /// incremental now (panics unless the command exits 0).
+    pub async fn backup_incremental_now(&self, policy: &str, source: &str, dataset: &str) {
+        let host = self.name(source);
+        let (code, out) = self
+            .zb(&[
+                "backup",
+                policy,
+                "--host",
+                &host,
+                "--dataset",
+                dataset,
+                "--incremental",
+            ])
+            .await;
+        assert_eq!(
+            code, 0,
+            "backup {policy} --host {host} --dataset {dataset}: {out}"
+        );
+    }
+
+    /// The backups of host `source`'s `dataset` that store host `store` lists, oldest
+    /// first; `None` while the store does not answer.
+    pub async fn stored_backups(
+        &self,
+        store: &str,
+        source: &str,
+        dataset: &str,
+    ) -> Option<Vec<StoredBackup>> {
+        let host = self.name(source);
+        let catalogue = self
+            .store_client()
+            .catalogue(&self.host(store).endpoint(), &host)
+            .await
+            .ok()?;
+        Some(catalogue.of(&host, dataset).cloned().collect())
+    }
+
+    /// Waits (up to 180 s) until store host `store` lists at least `n` backups of host
+    /// `source`'s `dataset`, and returns them, oldest first.
+    pub async fn wait_for_backups(
+        &self,
+        store: &str,
+        source: &str,
+        dataset: &str,
+        n: usize,
+    ) -> Vec<StoredBackup> {
+        eventually(
+            &format!("{n} backup(s) of {source}:{dataset} stored on {store}"),
+            BACKUP_LIMIT,
+            move || async move {
+                self.stored_backups(store, source, dataset)
+                    .await
+                    .filter(|b| b.len() >= n)
+            },
+        )
+        .await
+    }
+
+    /// A full and two incrementals of a new dataset `<src pool>/data`, stored on `bak` by a
+    /// chained BackupPolicy named `chained` (`incremental.against: previous`) with this
+    /// `compression`. `write_version(dataset, v)` writes version `v` of the files before each:
+    /// 1 before the full (due at once), 2 and 3 before the incrementals (asked for through the
+    /// CLI, at least 2 s apart, so every backup has its own second and a time between two of
+    /// them names neither).
+    pub async fn chained_backups(
+        &self,
+        compression: &str,
+        write_version: impl Fn(&str, u32),
+    ) -> Chain {
+        let dataset = self.create_dataset("src", "data");
+        write_version(&dataset, 1);
+        let mut spec = self.policy_spec("src", "bak", "*/data");
+        spec["incremental"]["against"] = "previous".into();
+        spec["compression"] = compression.into();
+        self.create_policy("chained", "src", &[&dataset], spec)
+            .await;
+        let data = mounted(&dataset);
+        self.wait_for_backups("bak", "src", &dataset, 1).await;
+        let mut originals = vec![sums(&data)];
+        for v in 2..=3u32 {
+            tokio::time::sleep(Duration::from_millis(2100)).await;
+            write_version(&dataset, v);
+            self.backup_incremental_now("chained", "src", &dataset)
+                .await;
+            self.wait_for_backups("bak", "src", &dataset, v as usize)
+                .await;
+            originals.push(sums(&data));
+        }
+        let backups = self.wait_for_backups("bak", "src", &dataset, 3).await;
+        let ids: Vec<String> = backups.iter().map(|b| b.manifest.id.clone()).collect();
+        println!("stored backups of {}:{dataset}: {ids:?}", self.name("src"));
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        Chain {
+            dataset,
+            backups,
+            ids,
+            originals,
+        }
+    }
+
+    /// `kubectl zetaback restore ARGS --to TO --name NAME --wait`, printed with its output;
+    /// (exit code, output).
+    pub async fn restore_with_cli(&self, name: &str, args: &[&str], to: &str) -> (u8, String) {
+        let mut argv = vec!["restore"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--to", to, "--name", name, "--wait"]);
+        let (code, out) = self.zb(&argv).await;
+        println!("kubectl zetaback {} (exit {code}):\n{out}", argv.join(" "));
+        (code, out)
     }
 
     /// Writes `contents` to `file` (relative) in a mounted dataset, creating directories.
@@ -635,6 +808,20 @@ pub async fn zb(client: &kube::Client, ns: &str, args: &[&str]) -> (u8, String) 
     .await;
     eprint!("{}", text(&err));
     (code, text(&out))
+}
+
+/// A chain of backups made by [`Fleet::chained_backups`].
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// The backed-up dataset (on host `src`).
+    pub dataset: String,
+    /// The stored backups, oldest first: the full, then the incrementals.
+    pub backups: Vec<StoredBackup>,
+    /// Their ids, in the same order.
+    pub ids: Vec<String>,
+    /// [`sums`] of the dataset's files when each backup was stored (zfs-fuse has no
+    /// `.zfs/snapshot` directory to read them back from later).
+    pub originals: Vec<String>,
 }
 
 /// Creates a Restore from its spec as JSON.

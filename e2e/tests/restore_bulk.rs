@@ -16,11 +16,11 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
+use zetaback::api::Restore;
 use zetaback::api::restore::{BULK_PARENT_LABEL, RestorePhase};
-use zetaback::api::{BackupPolicy, BackupPolicySpec, Restore, ZfsHost};
-use zetaback_e2e::fleet::{Fleet, HostSpec, dataset_exists, mounted, noise, sums, zfs};
-use zetaback_e2e::{Env, eventually};
+use zetaback_e2e::Env;
+use zetaback_e2e::fleet::{DEFAULT_POOL_SIZE, Fleet, dataset_exists, mounted, noise, sums, zfs};
 
 /// The sha256 lines of a dataset's own files (those of a mounted child dataset, `nested`,
 /// left out).
@@ -42,20 +42,9 @@ async fn children(api: &Api<Restore>, parent: &str) -> Vec<Restore> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_restores_from_the_command_line() {
     let env = Env::get();
-    let ns = env.namespace("restoreb");
-    let mut fleet = Fleet::start(
-        env,
-        &ns,
-        &[
-            HostSpec::source("src"),
-            HostSpec::store("bak"),
-            HostSpec::source("dst"),
-        ],
-    )
-    .await;
-    fleet.start_controller(|_| {}).await;
+    let fleet = Fleet::source_store_dest(env, "restoreb", DEFAULT_POOL_SIZE).await;
     let client = fleet.client.clone();
-    let (src, bak, dst) = (fleet.name("src"), fleet.name("bak"), fleet.name("dst"));
+    let (src, dst) = (fleet.name("src"), fleet.name("dst"));
     let dp = fleet.host("dst").pool.clone();
     let a = fleet.create_dataset("src", "srv/a");
     let nested = fleet.create_dataset("src", "srv/a/nested");
@@ -68,102 +57,34 @@ async fn bulk_restores_from_the_command_line() {
     }
     fleet.write_file(&srv, "top.txt", b"the parent of a and b\n");
 
-    let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
-        "hosts": {"names": [src]},
-        "datasets": {"include": ["*/srv/**"]},
-        "full": {"every": "24h", "keep": "48h"},
-        "incremental": {"every": "12h", "keep": "48h"},
-        "target": {"host": bak, "path": fleet.store_root("bak").display().to_string()},
-    }))
-    .expect("policy spec");
-    Api::<BackupPolicy>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &BackupPolicy::new("srv", spec))
-        .await
-        .expect("create policy");
-    let store = fleet.store_client();
-    let bak_ep = fleet.host("bak").endpoint();
-    let count = |ds: String| {
-        let (store, ep, host) = (store.clone(), bak_ep.clone(), src.clone());
-        async move {
-            let c = store.catalogue(&ep, &host).await.ok()?;
-            Some(c.of(&host, &ds).count())
-        }
-    };
-    for ds in [&srv, &a, &nested, &b] {
-        eventually(
-            &format!("the full of {ds} is stored"),
-            Duration::from_secs(180),
-            || async { (count(ds.clone()).await? >= 1).then_some(()) },
-        )
+    let spec = fleet.policy_spec("src", "bak", "*/srv/**");
+    fleet
+        .create_policy("srv", "src", &[&srv, &a, &nested, &b], spec)
         .await;
+    let mut at_fulls = None;
+    for ds in [&srv, &a, &nested, &b] {
+        let full = fleet.wait_for_backups("bak", "src", ds, 1).await;
+        at_fulls = at_fulls.max(full.first().map(|f| f.manifest.created));
     }
-    let at_fulls = store
-        .catalogue(&bak_ep, &src)
-        .await
-        .expect("catalogue")
-        .backups
-        .iter()
-        .map(|b| b.manifest.created)
-        .max()
-        .expect("fulls");
+    let at_fulls = at_fulls.expect("fulls");
     let v1: Vec<String> = [&a, &nested, &b].iter().map(|d| own_sums(d)).collect();
     tokio::time::sleep(Duration::from_millis(1100)).await; // a later stream time
     fleet.write_file(&a, "etc/conf.txt", format!("{a} v2\n").as_bytes());
     fleet.write_file(&a, "added.txt", b"after the full\n");
-    let (code, out) = fleet
-        .zb(&[
-            "backup",
-            "srv",
-            "--host",
-            &src,
-            "--dataset",
-            &a,
-            "--incremental",
-        ])
-        .await;
-    assert_eq!(code, 0, "backup now: {out}");
-    eventually(
-        "the incremental of srv/a is stored",
-        Duration::from_secs(180),
-        || async { (count(a.clone()).await? >= 2).then_some(()) },
-    )
-    .await;
-    let restores: Api<Restore> = Api::namespaced(client.clone(), &ns);
+    fleet.backup_incremental_now("srv", "src", &a).await;
+    fleet.wait_for_backups("bak", "src", &a, 2).await;
+    let restores: Api<Restore> = Api::namespaced(client.clone(), &fleet.ns);
     let pattern = format!("{srv}/**");
 
     // 1. An existing destination refuses everything before anything starts.
     let taken = format!("{dp}/r1/{b}");
     zfs(&["create", "-p", &taken]);
-    let hosts: Api<ZfsHost> = Api::all(client.clone());
-    eventually(
-        "the destination reports the taken dataset",
-        Duration::from_secs(60),
-        || async {
-            let h = hosts.get(&dst).await.ok()?;
-            h.status?
-                .datasets
-                .iter()
-                .any(|d| d.name == taken)
-                .then_some(())
-        },
-    )
-    .await;
+    // The controller checks destinations against the ZfsHost status.
+    fleet.wait_for_datasets("dst", &[&taken]).await;
     let to = format!("{dst}/{dp}/r1");
     let (code, out) = fleet
-        .zb(&[
-            "restore",
-            "--host",
-            &src,
-            "--dataset",
-            &pattern,
-            "--to",
-            &to,
-            "--name",
-            "refused",
-            "--wait",
-        ])
+        .restore_with_cli("refused", &["--host", &src, "--dataset", &pattern], &to)
         .await;
-    println!("restore --dataset {pattern} --to {to} (a destination exists), exit {code}:\n{out}");
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("(DestinationExists)")
@@ -178,24 +99,21 @@ async fn bulk_restores_from_the_command_line() {
     let to = format!("{dst}/{dp}/r2");
     let at = zetaback::cli::table::time(at_fulls);
     let (code, out) = fleet
-        .zb(&[
-            "restore",
-            "--host",
-            &src,
-            "--dataset",
-            &format!("{a}/**"),
-            "--dataset",
-            &b,
-            "--at",
-            &at,
-            "--to",
-            &to,
-            "--name",
+        .restore_with_cli(
             "at-fulls",
-            "--wait",
-        ])
+            &[
+                "--host",
+                &src,
+                "--dataset",
+                &format!("{a}/**"),
+                "--dataset",
+                &b,
+                "--at",
+                &at,
+            ],
+            &to,
+        )
         .await;
-    println!("restore --dataset {a}/** --dataset {b} --at {at} --to {to}, exit {code}:\n{out}");
     assert_eq!(code, 0, "{out}");
     let parent = restores.get("at-fulls").await.expect("parent");
     let st = parent.status.clone().expect("status");
@@ -255,22 +173,12 @@ async fn bulk_restores_from_the_command_line() {
     std::fs::write(&full, &bytes).expect("corrupt");
     let to = format!("{dst}/{dp}/r3");
     let (code, out) = fleet
-        .zb(&[
-            "restore",
-            "--host",
-            &src,
-            "--dataset",
-            &a,
-            "--dataset",
-            &b,
-            "--to",
-            &to,
-            "--name",
+        .restore_with_cli(
             "one-corrupt",
-            "--wait",
-        ])
+            &["--host", &src, "--dataset", &a, "--dataset", &b],
+            &to,
+        )
         .await;
-    println!("restore --dataset {a} --dataset {b} --to {to} (b corrupt), exit {code}:\n{out}");
     assert_eq!(code, 1, "{out}");
     let st = restores
         .get("one-corrupt")

@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
+use zetaback::api::Restore;
 use zetaback::api::restore::{BULK_PARENT_LABEL, RestorePhase};
-use zetaback::api::{BackupPolicy, BackupPolicySpec, Restore};
-use zetaback_e2e::fleet::{Fleet, HostSpec, agent_binary, mounted, noise, sums};
+use zetaback_e2e::fleet::{DEFAULT_POOL_SIZE, Fleet, agent_binary, mounted, noise, sums};
 use zetaback_e2e::{Env, eventually, text};
 
 /// A tmux server of this test (its own socket) with one session running a command.
@@ -248,20 +248,9 @@ async fn answer_all(t: &mut Tmux, src: &str, dst: &str, tag: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_restore_in_a_terminal() {
     let env = Env::get();
-    let ns = env.namespace("restorei");
-    let mut fleet = Fleet::start(
-        env,
-        &ns,
-        &[
-            HostSpec::source("src"),
-            HostSpec::store("bak"),
-            HostSpec::source("dst"),
-        ],
-    )
-    .await;
-    fleet.start_controller(|_| {}).await;
+    let fleet = Fleet::source_store_dest(env, "restorei", DEFAULT_POOL_SIZE).await;
     let client = fleet.client.clone();
-    let (src, bak, dst) = (fleet.name("src"), fleet.name("bak"), fleet.name("dst"));
+    let (src, dst) = (fleet.name("src"), fleet.name("dst"));
     let src_pool = fleet.host("src").pool.clone();
     let dst_pool = fleet.host("dst").pool.clone();
     let datasets = [
@@ -279,35 +268,13 @@ async fn interactive_restore_in_a_terminal() {
     }
 
     // A policy whose full is due at once; the incremental comes on request.
-    let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
-        "hosts": {"names": [src]},
-        "datasets": {"include": ["*/data/*"]},
-        "full": {"every": "24h", "keep": "48h"},
-        "incremental": {"every": "12h", "keep": "48h"},
-        "target": {"host": bak, "path": fleet.store_root("bak").display().to_string()},
-    }))
-    .expect("policy spec");
-    Api::<BackupPolicy>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &BackupPolicy::new("nightly", spec))
-        .await
-        .expect("create policy");
-    let store = fleet.store_client();
-    let bak_ep = fleet.host("bak").endpoint();
-    let stored = |n: usize| {
-        let (store, ep, host, datasets) =
-            (store.clone(), bak_ep.clone(), src.clone(), datasets.clone());
-        async move {
-            let c = store.catalogue(&ep, &host).await.ok()?;
-            datasets
-                .iter()
-                .all(|d| c.of(&host, d).count() >= n)
-                .then_some(())
-        }
-    };
-    eventually("both fulls are stored", Duration::from_secs(180), || {
-        stored(1)
-    })
-    .await;
+    let spec = fleet.policy_spec("src", "bak", "*/data/*");
+    fleet
+        .create_policy("nightly", "src", &[&datasets[0], &datasets[1]], spec)
+        .await;
+    for ds in &datasets {
+        fleet.wait_for_backups("bak", "src", ds, 1).await;
+    }
     tokio::time::sleep(Duration::from_millis(1100)).await; // distinct stream times
     for (i, ds) in datasets.iter().enumerate() {
         let mut blob = noise(u32::try_from(i).expect("small") + 1, 1_500_000);
@@ -323,41 +290,12 @@ async fn interactive_restore_in_a_terminal() {
     // One request per dataset: a request for every dataset of the host is recorded as
     // handled once the first job is created, when the host has one job slot.
     for (i, ds) in datasets.iter().enumerate() {
-        let (code, out) = fleet
-            .zb(&[
-                "backup",
-                "nightly",
-                "--host",
-                &src,
-                "--dataset",
-                ds,
-                "--incremental",
-            ])
-            .await;
-        assert_eq!(code, 0, "backup now: {out}");
-        let (store, ep, host) = (store.clone(), bak_ep.clone(), src.clone());
-        eventually(
-            &format!("the incremental of {ds} is stored"),
-            Duration::from_secs(180),
-            || {
-                let (store, ep, host) = (store.clone(), ep.clone(), host.clone());
-                async move {
-                    let c = store.catalogue(&ep, &host).await.ok()?;
-                    (c.of(&host, ds).count() >= 2).then_some(())
-                }
-            },
-        )
-        .await;
+        fleet.backup_incremental_now("nightly", "src", ds).await;
+        fleet.wait_for_backups("bak", "src", ds, 2).await;
         if i == 0 {
             tokio::time::sleep(Duration::from_millis(1100)).await; // a request per second
         }
     }
-    eventually(
-        "both incrementals are stored",
-        Duration::from_secs(10),
-        || stored(2),
-    )
-    .await;
     let originals: Vec<String> = datasets.iter().map(|d| sums(&mounted(d))).collect();
     // The destination's agent must have reported its pool, for the suggested base.
     let hosts: Api<zetaback::api::ZfsHost> = Api::all(client.clone());
@@ -374,7 +312,7 @@ async fn interactive_restore_in_a_terminal() {
         },
     )
     .await;
-    let api: Api<Restore> = Api::namespaced(client.clone(), &ns);
+    let api: Api<Restore> = Api::namespaced(client.clone(), &fleet.ns);
     let command = command_line(env, &fleet);
     println!("in tmux: {command}");
 
