@@ -21,13 +21,12 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, PostParams};
+use kube::api::Api;
+use zetaback::api::Restore;
 use zetaback::api::restore::RestorePhase;
-use zetaback::api::{BackupPolicy, BackupPolicySpec, Restore};
-use zetaback::store::StoredBackup;
 use zetaback_e2e::fleet::{
-    Fleet, HostSpec, create_restore, dataset_exists, mounted, noise, restore_finished,
-    restore_reason, sums,
+    Chain, Fleet, create_restore, dataset_exists, mounted, noise, restore_finished, restore_reason,
+    sums,
 };
 use zetaback_e2e::{Env, eventually};
 
@@ -42,100 +41,44 @@ fn status(r: &Restore) -> zetaback::api::RestoreStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restores_by_time_from_the_archive_and_after_a_crash() {
     let env = Env::get();
-    let ns = env.namespace("rsmore");
-    let mut fleet = Fleet::start(
-        env,
-        &ns,
-        &[
-            HostSpec::source("src").pool_size("1G"),
-            HostSpec::store("bak"),
-            HostSpec::source("dst").pool_size("1G"),
-        ],
-    )
-    .await;
-    fleet.start_controller(|_| {}).await;
-    let (src, bak, dst) = (fleet.name("src"), fleet.name("bak"), fleet.name("dst"));
+    let mut fleet = Fleet::source_store_dest(env, "rsmore", "1G").await;
+    let ns = fleet.ns.clone();
+    let (src, dst) = (fleet.name("src"), fleet.name("dst"));
     let (ps, pd) = (
         fleet.host("src").pool.clone(),
         fleet.host("dst").pool.clone(),
     );
-    let dataset = fleet.create_dataset("src", "data");
-    let data = mounted(&dataset);
 
-    // Version 1; a chained policy (uncompressed, so the streams are as big as the changes)
-    // whose full is due at once; the incrementals come on request.
-    fleet.write_file(&dataset, "a.bin", &noise(1, 8_000_000));
-    fleet.write_file(&dataset, "b.txt", b"version 1\n");
-    let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
-        "hosts": {"names": [src]},
-        "datasets": {"include": ["*/data"]},
-        "full": {"every": "24h", "keep": "48h"},
-        "incremental": {"every": "12h", "keep": "48h", "against": "previous"},
-        "target": {"host": bak, "path": fleet.store_root("bak").display().to_string()},
-    }))
-    .expect("policy spec");
-    // The policy selects from the ZfsHost status (it is not triggered by its changes).
-    fleet.wait_for_datasets("src", &[&dataset]).await;
-    let policies: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
-    policies
-        .create(&PostParams::default(), &BackupPolicy::new("chained", spec))
-        .await
-        .expect("create policy");
-
-    let store = fleet.store_client();
-    let bak_ep = fleet.host("bak").endpoint();
-    let stored = |n: usize| {
-        let (store, ep, host, dataset) =
-            (store.clone(), bak_ep.clone(), src.clone(), dataset.clone());
-        async move {
-            let c = store.catalogue(&ep, &host).await.ok()?;
-            let list: Vec<StoredBackup> = c.of(&host, &dataset).cloned().collect();
-            (list.len() >= n).then_some(list)
-        }
-    };
-    eventually("the full is stored", Duration::from_secs(120), || stored(1)).await;
-    let mut originals = vec![sums(&data)];
-
-    // Version 2 adds a big file (the first incremental is the long piece the crash case
-    // interrupts); version 3 changes a little.
-    for v in 2..=3u32 {
-        tokio::time::sleep(Duration::from_millis(2100)).await; // distinct stream times
-        if v == 2 {
-            fleet.write_file(&dataset, "big.bin", &noise(2, 48_000_000));
-        } else {
-            let mut a = noise(1, 8_000_000);
-            a[1_000_000..1_100_000].copy_from_slice(&noise(3, 100_000));
-            fleet.write_file(&dataset, "a.bin", &a);
-        }
-        fleet.write_file(&dataset, "b.txt", format!("version {v}\n").as_bytes());
-        fleet.write_file(&dataset, &format!("dir/new-{v}.txt"), b"added\n");
-        let (code, out) = fleet
-            .zb(&[
-                "backup",
-                "chained",
-                "--host",
-                &src,
-                "--dataset",
-                &dataset,
-                "--incremental",
-            ])
-            .await;
-        assert_eq!(code, 0, "backup-now: {out}");
-        eventually(
-            &format!("incremental {} is stored", v - 1),
-            Duration::from_secs(180),
-            || stored(v as usize),
-        )
+    // A full and two incrementals (chained, uncompressed, so the streams are as big as the
+    // changes). Version 2 adds a big file (the first incremental is the long piece the crash
+    // case interrupts); version 3 changes a little.
+    let Chain {
+        dataset,
+        backups,
+        ids,
+        originals,
+    } = fleet
+        .chained_backups("none", |ds, v| {
+            match v {
+                1 => fleet.write_file(ds, "a.bin", &noise(1, 8_000_000)),
+                2 => fleet.write_file(ds, "big.bin", &noise(2, 48_000_000)),
+                _ => {
+                    let mut a = noise(1, 8_000_000);
+                    a[1_000_000..1_100_000].copy_from_slice(&noise(3, 100_000));
+                    fleet.write_file(ds, "a.bin", &a);
+                }
+            }
+            fleet.write_file(ds, "b.txt", format!("version {v}\n").as_bytes());
+            if v > 1 {
+                fleet.write_file(ds, &format!("dir/new-{v}.txt"), b"added\n");
+            }
+        })
         .await;
-        originals.push(sums(&data));
-    }
-    let backups = stored(3).await.expect("three backups");
-    let ids: Vec<String> = backups.iter().map(|b| b.manifest.id.clone()).collect();
-    println!("stored backups of {src}:{dataset}: {ids:?}");
-    assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(originals[0] != originals[1] && originals[1] != originals[2]);
     let created: Vec<jiff::Timestamp> = backups.iter().map(|b| b.manifest.created).collect();
     let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let store = fleet.store_client();
+    let bak_ep = fleet.host("bak").endpoint();
 
     // (a) A point in time through the CLI, onto the source host itself.
     // Exactly the first incremental's time: it is "at or before", so it is included.
@@ -143,22 +86,12 @@ async fn restores_by_time_from_the_archive_and_after_a_crash() {
     let at_ds = format!("{ps}/restored/at-exact");
     let to = format!("{src}/{at_ds}");
     let (code, out) = fleet
-        .zb(&[
-            "restore",
-            "--host",
-            &src,
-            "--dataset",
-            &dataset,
-            "--at",
-            &at,
-            "--to",
-            &to,
-            "--name",
+        .restore_with_cli(
             "at-exact",
-            "--wait",
-        ])
+            &["--host", &src, "--dataset", &dataset, "--at", &at],
+            &to,
+        )
         .await;
-    println!("kubectl zetaback restore --at {at} --to {to} --wait (exit {code}):\n{out}");
     assert_eq!(code, 0, "{out}");
     let st = status(&finished(&restores, "at-exact").await);
     assert_eq!(st.phase, RestorePhase::Succeeded, "{st:?}");
@@ -176,20 +109,11 @@ async fn restores_by_time_from_the_archive_and_after_a_crash() {
     let between_ds = format!("{ps}/restored/at-between");
     let to = format!("{src}/{between_ds}");
     let (code, out) = fleet
-        .zb(&[
-            "restore",
-            "--host",
-            &src,
-            "--dataset",
-            &dataset,
-            "--at",
-            &between,
-            "--to",
-            &to,
-            "--name",
+        .restore_with_cli(
             "at-between",
-            "--wait",
-        ])
+            &["--host", &src, "--dataset", &dataset, "--at", &between],
+            &to,
+        )
         .await;
     assert_eq!(code, 0, "{out}");
     let st = status(&finished(&restores, "at-between").await);
@@ -201,22 +125,12 @@ async fn restores_by_time_from_the_archive_and_after_a_crash() {
     let before_ds = format!("{ps}/restored/at-before");
     let to = format!("{src}/{before_ds}");
     let (code, out) = fleet
-        .zb(&[
-            "restore",
-            "--host",
-            &src,
-            "--dataset",
-            &dataset,
-            "--at",
-            &before,
-            "--to",
-            &to,
-            "--name",
+        .restore_with_cli(
             "at-before",
-            "--wait",
-        ])
+            &["--host", &src, "--dataset", &dataset, "--at", &before],
+            &to,
+        )
         .await;
-    println!("kubectl zetaback restore --at {before} (exit {code}):\n{out}");
     assert_eq!(code, 1, "{out}");
     let r = finished(&restores, "at-before").await;
     assert_eq!(status(&r).phase, RestorePhase::Failed);
@@ -278,21 +192,12 @@ async fn restores_by_time_from_the_archive_and_after_a_crash() {
     let archive_ds = format!("{pd}/restored/from-archive");
     let to = format!("{dst}/{archive_ds}");
     let (code, out) = fleet
-        .zb(&[
-            "restore",
-            "--host",
-            &src,
-            "--dataset",
-            &dataset,
-            "--include-archive",
-            "--to",
-            &to,
-            "--name",
+        .restore_with_cli(
             "from-archive",
-            "--wait",
-        ])
+            &["--host", &src, "--dataset", &dataset, "--include-archive"],
+            &to,
+        )
         .await;
-    println!("kubectl zetaback restore --include-archive --to {to} --wait (exit {code}):\n{out}");
     assert_eq!(code, 0, "{out}");
     let st = status(&finished(&restores, "from-archive").await);
     assert_eq!(st.phase, RestorePhase::Succeeded, "{st:?}");
