@@ -57,6 +57,8 @@ pub const HOLD_BACK: usize = 1024 * 1024;
 /// The pipe size asked for into `zfs receive`.
 const RECEIVE_PIPE: usize = 1024 * 1024;
 
+/// Chunks queued for the checksum thread of a restore.
+const HASH_QUEUE: usize = 16;
 /// The buffer between the zstd decoder and `zfs receive`.
 const DECODED_BUFFER: usize = 256 * 1024;
 
@@ -281,7 +283,18 @@ async fn feed(
     progress: &AtomicU64,
     tx: mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<Fed, RestoreError> {
-    let mut hasher = Sha256::new();
+    // The sha256 is computed on a thread of its own, fed clones of the chunks (reference
+    // counts, no copies): on a second core it overlaps the socket reads and the pipe writes
+    // instead of taking turns with them. A bounded queue keeps memory bounded.
+    let (to_hasher, mut chunks) = mpsc::channel::<Bytes>(HASH_QUEUE);
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = chunks.blocking_recv() {
+            hasher.update(&chunk);
+        }
+        hex::encode(hasher.finalize())
+    });
+    let hasher_gone = || RestoreError::Copy("the checksum thread stopped".into());
     let mut hold = HoldBack::new(keep);
     let mut bytes = 0u64;
     let gone = || RestoreError::Copy("zfs receive stopped reading".into());
@@ -300,14 +313,18 @@ async fn feed(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        hasher.update(&data);
+        to_hasher
+            .send(data.clone())
+            .await
+            .map_err(|_| hasher_gone())?;
         bytes += data.len() as u64;
         progress.fetch_add(data.len() as u64, Ordering::Relaxed);
         for c in hold.push(data) {
             tx.send(Ok(c)).await.map_err(|_| gone())?;
         }
     };
-    let got = hex::encode(hasher.finalize());
+    drop(to_hasher);
+    let got = hasher.await.map_err(|_| hasher_gone())?;
     let complete = length.is_none_or(|l| l == bytes);
     if got != expected && (body_error.is_none() || (complete && length.is_some())) {
         let _ = tx.send(Err(io::Error::other("checksum mismatch"))).await;
