@@ -5,28 +5,13 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
 fn restore_force(tokens: &Tokens, from: &str, dataset: &str, backup: &str, into: &str) -> Output {
-    Command::new(agent_bin())
-        .args([
-            "restore",
-            "--token-file",
-            &tokens.source.display().to_string(),
-            "--from",
-            from,
-            "--host",
-            "src-1",
-            "--dataset",
-            dataset,
-            "--backup",
-            backup,
-            "--into",
-            into,
-            "--force",
-        ])
+    restore_cmd(tokens, from, dataset, backup, into)
+        .arg("--force")
         .output()
         .expect("run restore")
 }

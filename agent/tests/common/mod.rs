@@ -354,3 +354,31 @@ pub fn temp_stream(dir: &Path) -> Option<(String, u64)> {
 pub fn next_second() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
 }
+
+/// `zetaback-agent restore` of `dataset`'s backup `backup` (host `src-1`) from the store agent
+/// at `from` into `into`.
+pub fn restore_cmd(
+    tokens: &Tokens,
+    from: &str,
+    dataset: &str,
+    backup: &str,
+    into: &str,
+) -> Command {
+    let mut c = Command::new(agent_bin());
+    c.args([
+        "restore",
+        "--token-file",
+        &tokens.source.display().to_string(),
+        "--from",
+        from,
+        "--host",
+        "src-1",
+        "--dataset",
+        dataset,
+        "--backup",
+        backup,
+        "--into",
+        into,
+    ]);
+    c
+}
