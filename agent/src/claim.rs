@@ -5,6 +5,9 @@
 //!
 //! And the restart rule: at start-up, objects this agent left Running (a crash or kill cut
 //! them short) are failed with a message, so that the controller retries them.
+//!
+//! And reading only this host's objects: a field selector on a CRD's selectable field
+//! ([`field_selector`]), used when the installed CRD has that field ([`selectable`]).
 
 use std::fmt::Debug;
 
@@ -13,6 +16,43 @@ use kube::core::{DeserializeGuard, NamespaceResourceScope};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::warn;
+
+/// The field selector `<path>=<value>`, the value escaped as the apiserver's field selector
+/// parser expects (`\\`, `,` and `=` preceded by a backslash).
+pub fn field_selector(path: &str, value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '\\' | ',' | '=') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    format!("{path}={escaped}")
+}
+
+/// `Some(fields)` when the apiserver accepts the field selector `fields` on kind `K` (a
+/// one-item metadata list tells), `None` when it refuses it with a 400: a CRD installed
+/// before the field was selectable (Helm does not upgrade CRDs), with a warning. The caller
+/// then reads every object and filters them itself.
+pub async fn selectable<K>(client: &Client, fields: &str) -> Result<Option<String>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let kind = K::kind(&());
+    let api: Api<K> = Api::all(client.clone());
+    match api
+        .list_metadata(&ListParams::default().fields(fields).limit(1))
+        .await
+    {
+        Ok(_) => Ok(Some(fields.to_owned())),
+        Err(kube::Error::Api(s)) if s.code == 400 => {
+            warn!(error = %s.message, %kind, %fields, "the CRD has no such selectable field (apply the current CRDs); reading every host's objects");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
 
 /// Writes `claimed` (the object as read, with its status set to the claim) as the status of
 /// `obj`; `Some(updated)` if this agent got it, `None` if another agent was first or the
@@ -82,4 +122,21 @@ where
         failed.push(format!("{ns}/{}", obj.name_any()));
     }
     Ok(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_selectors_escape_their_value() {
+        assert_eq!(
+            field_selector("spec.destination.host", "db-1.example"),
+            "spec.destination.host=db-1.example"
+        );
+        assert_eq!(
+            field_selector("spec.host", "a,b=c\\"),
+            "spec.host=a\\,b\\=c\\\\"
+        );
+    }
 }

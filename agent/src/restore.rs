@@ -15,6 +15,14 @@
 //! `claimedBy`), runs it in a tracing span, reports `bytesDone` at most once a second, and
 //! records the outcome. A restore left Running by this agent (a crash or kill) is failed at
 //! start-up with a message.
+//!
+//! Only this host's Restores are read: `spec.destination.host` is a selectable field of the
+//! Restore CRD, so the watch and the start-up list of orphans carry the field selector
+//! `spec.destination.host=<host>` ([`destination_selector`]) and the apiserver sends no other
+//! host's Restores. A bulk Restore's parent names the same destination host as its children
+//! but never gets a chain (the controller runs it), so the agent has nothing to do with it
+//! either way. Against a CRD installed before it had the field (the apiserver refuses the
+//! selector), the runner reads every Restore and filters here, with a warning.
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
@@ -725,6 +733,11 @@ pub struct RestoreRunnerConfig {
     pub progress_every: Duration,
 }
 
+/// The field selector of the Restores whose destination is `host`.
+pub fn destination_selector(host: &str) -> String {
+    crate::claim::field_selector("spec.destination.host", host)
+}
+
 /// Whether a Restore is for this host, resolved, and waiting to be claimed.
 pub fn is_claimable(r: &Restore, host: &str) -> bool {
     r.spec.destination.host.as_str() == host
@@ -816,11 +829,26 @@ impl RestoreRunner {
         Api::namespaced(self.client.clone(), &r.namespace().unwrap_or_default())
     }
 
+    /// The field selector of this host's Restores when the CRD has `spec.destination.host` as
+    /// a selectable field; `None` otherwise: then every Restore is read (and filtered here).
+    pub async fn host_selector(&self) -> Result<Option<String>, RestoreError> {
+        let fields = destination_selector(&self.cfg.host_name);
+        Ok(crate::claim::selectable::<Restore>(&self.client, &fields).await?)
+    }
+
     /// Fails the restores this agent left running before a restart.
     pub async fn recover(&self) -> Result<usize, RestoreError> {
+        let mut list = ListParams::default();
+        if let Some(fields) = self.host_selector().await? {
+            list = list.fields(&fields);
+        }
+        self.recover_listed(&list).await
+    }
+
+    async fn recover_listed(&self, list: &ListParams) -> Result<usize, RestoreError> {
         let api: Api<DeserializeGuard<Restore>> = Api::all(self.client.clone());
         let mut failed = 0;
-        for guarded in api.list(&ListParams::default()).await? {
+        for guarded in api.list(list).await? {
             let Ok(r) = guarded.0 else { continue };
             if !is_orphaned(&r, &self.cfg.host_name, &self.cfg.agent_id) {
                 continue;
@@ -983,7 +1011,14 @@ impl RestoreRunner {
 
     /// Watches and runs restores until the watch ends.
     pub async fn run(self: Arc<Self>) -> Result<(), RestoreError> {
-        let n = self.recover().await?;
+        // One probe for both the orphan list and the watch.
+        let fields = self.host_selector().await?;
+        let (mut list, mut config) = (ListParams::default(), watcher::Config::default());
+        if let Some(fields) = &fields {
+            list = list.fields(fields);
+            config = config.fields(fields);
+        }
+        let n = self.recover_listed(&list).await?;
         if n > 0 {
             info!(failed = n, "failed restores interrupted by a restart");
         }
@@ -992,7 +1027,7 @@ impl RestoreRunner {
         // Every watch event, not just applied objects: the reflector's store takes in the
         // initial list only at InitDone, so scheduling on the InitApply events alone missed
         // jobs that existed before the watch started until some later event came.
-        let mut events = watcher(api, watcher::Config::default())
+        let mut events = watcher(api, config)
             .default_backoff()
             .reflect(writer)
             .boxed();

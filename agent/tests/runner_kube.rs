@@ -1,7 +1,8 @@
 //! The job runner and host discovery against a real kube-apiserver (e2e/scripts/env.sh up,
 //! CRDs installed) and real zfs-fuse pools: three agent processes (a target, and two source
 //! agents serving the same host that race for every job); and a runner that starts after its
-//! job was created, next to another host's job it must never touch.
+//! job was created, next to another host's job it must never touch. Likewise the Restore
+//! runner: it reads only the Restores whose destination is its host.
 
 mod common;
 
@@ -10,13 +11,16 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use zetaback::api::backup_policy::{Compression, Target};
+use zetaback::api::restore::{RestoreDestination, RestorePhase, RestoreSource};
 use zetaback::api::{
     BackupJob, BackupJobSpec, BackupJobStatus, BackupType, DatasetPattern, DatasetSelector,
-    JobPhase, ZfsHost, ZfsHostSpec,
+    JobPhase, Restore, RestoreSpec, RestoreStatus, ZfsHost, ZfsHostSpec,
 };
+use zetaback_agent::restore::{RestoreRunner, RestoreRunnerConfig};
+use zetaback_agent::zfs::{Capabilities, Zfs};
 
 fn kubeconfig() -> String {
     let out = Command::new(repo_root().join("e2e/scripts/env.sh"))
@@ -465,4 +469,195 @@ async fn runner_runs_jobs_created_before_it_started_and_only_its_hosts() {
     for h in [&src_host, &dst_host] {
         let _ = hosts.delete(h, &DeleteParams::default()).await;
     }
+}
+
+/// A Restore of `src-host:tank/data` into `dest_host:dataset`, with the status `status`
+/// written as the controller (or an agent) would have.
+async fn restore_with_status(
+    api: &Api<Restore>,
+    name: &str,
+    dest_host: &str,
+    dataset: &str,
+    status: RestoreStatus,
+) -> Restore {
+    let r = Restore::new(
+        name,
+        RestoreSpec {
+            source: RestoreSource {
+                host: "src-host".into(),
+                dataset: Some("tank/data".into()),
+                datasets: vec![],
+                at: None,
+                backup: None,
+                include_archive: false,
+            },
+            destination: RestoreDestination {
+                host: dest_host.into(),
+                dataset: dataset.into(),
+            },
+            force: false,
+            verify: true,
+        },
+    );
+    api.create(&PostParams::default(), &r)
+        .await
+        .expect("create restore");
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("restore status")
+}
+
+/// The Restore runner reads only the Restores whose destination is its host
+/// (`spec.destination.host` is a selectable field of the CRD; its start-up list of orphans
+/// and its watch carry the field selector). Restores for another destination host, created
+/// before the agent started, one resolved and waiting, one Running under this agent's very
+/// id, are never written (status and resourceVersion unchanged), while this host's
+/// waiting Restore is claimed and run and its orphan failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_runner_reads_only_its_hosts_restores() {
+    let kc = kubeconfig();
+    let client = client(&kc).await;
+    let pid = std::process::id();
+    let (host, other_host, node, ns) = (
+        format!("rdest-{pid}"),
+        format!("rdest-other-{pid}"),
+        "node-r",
+        format!("zbr-{pid}"),
+    );
+    let agent_id = format!("{host}@{node}");
+    let tokens = Tokens::new();
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut n = Namespace::default();
+    n.metadata.name = Some(ns.clone());
+    namespaces
+        .create(&PostParams::default(), &n)
+        .await
+        .expect("namespace");
+    let hosts: Api<ZfsHost> = Api::all(client.clone());
+    let h = ZfsHost::new(
+        &host,
+        ZfsHostSpec {
+            node_name: node.into(),
+            datasets: DatasetSelector {
+                include: vec![DatasetPattern("nothing".into())],
+                exclude: vec![],
+            },
+            paused: false,
+        },
+    );
+    hosts
+        .create(&PostParams::default(), &h)
+        .await
+        .expect("zfshost");
+
+    // The apiserver serves Restores with spec.destination.host selectable (the CRDs from
+    // crds/), and the runner finds that out and reads by it.
+    let runner = RestoreRunner::new(
+        client.clone(),
+        Zfs::new("zfs", "zpool", Capabilities::none()),
+        RestoreRunnerConfig {
+            host_name: host.clone(),
+            agent_id: agent_id.clone(),
+            token: String::new(),
+            idle_timeout: Duration::from_secs(5),
+            progress_every: Duration::from_secs(1),
+        },
+    );
+    assert_eq!(
+        runner.host_selector().await.expect("probe"),
+        Some(format!("spec.destination.host={host}")),
+        "the runner selects its Restores by destination host"
+    );
+
+    // A resolved chain whose backup host cannot be reached (nothing listens on port 1): the
+    // agent that claims it fails it. Its destination pool does not exist either.
+    let waiting = RestoreStatus {
+        phase: RestorePhase::Pending,
+        chain: vec!["20261126T000000Z.full".into()],
+        store_endpoint: Some("127.0.0.1:1".into()),
+        message: Some("chain resolved; waiting for the destination agent".into()),
+        ..RestoreStatus::default()
+    };
+    let running = RestoreStatus {
+        phase: RestorePhase::Running,
+        chain: vec!["20261126T000000Z.full".into()],
+        store_endpoint: Some("127.0.0.1:1".into()),
+        claimed_by: Some(agent_id.clone()),
+        ..RestoreStatus::default()
+    };
+    let restores: Api<Restore> = Api::namespaced(client.clone(), &ns);
+    let dataset = format!("hdnone{pid}/restored");
+    let others = [
+        restore_with_status(
+            &restores,
+            "other-waiting",
+            &other_host,
+            &dataset,
+            waiting.clone(),
+        )
+        .await,
+        restore_with_status(
+            &restores,
+            "other-running",
+            &other_host,
+            &dataset,
+            running.clone(),
+        )
+        .await,
+    ];
+    restore_with_status(&restores, "mine-waiting", &host, &dataset, waiting).await;
+    restore_with_status(&restores, "mine-running", &host, &dataset, running).await;
+
+    let source = agent(&kc, &tokens, &host, node, &[]);
+    for name in ["mine-waiting", "mine-running"] {
+        let st = wait_for(name, async || {
+            let st = restores.get(name).await.ok()?.status?;
+            (st.phase == RestorePhase::Failed).then_some(st)
+        })
+        .await;
+        assert_eq!(st.claimed_by.as_deref(), Some(agent_id.as_str()), "{st:?}");
+        assert!(st.finished_at.is_some(), "{st:?}");
+    }
+    assert!(
+        restores
+            .get("mine-running")
+            .await
+            .expect("mine-running")
+            .status
+            .and_then(|s| s.message)
+            .is_some_and(|m| m.starts_with("interrupted")),
+        "this host's orphan was failed as interrupted"
+    );
+
+    // The other host's Restores are exactly as they were written.
+    drop(source);
+    for before in &others {
+        let name = before.metadata.name.as_deref().expect("name");
+        let after = restores.get(name).await.expect("other restore");
+        assert_eq!(after.status, before.status, "{name}");
+        assert_eq!(
+            after.metadata.resource_version, before.metadata.resource_version,
+            "{name}: the other host's Restore was never written"
+        );
+    }
+    let mine = restores
+        .list_metadata(&ListParams::default().fields(&format!("spec.destination.host={host}")))
+        .await
+        .expect("list by destination host");
+    let mut names: Vec<String> = mine
+        .items
+        .iter()
+        .filter_map(|r| r.metadata.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["mine-running".to_owned(), "mine-waiting".to_owned()],
+        "the field selector selects by destination host"
+    );
+
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    let _ = hosts.delete(&host, &DeleteParams::default()).await;
 }

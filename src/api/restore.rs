@@ -18,6 +18,8 @@ use super::common::{Conditions, DatasetName, DatasetPattern, ObjectName, conditi
 pub const BULK_PARENT_LABEL: &str = "zetaback.io/bulk-restore";
 
 /// A restore of one dataset (or several, by pattern) from stored backups.
+/// `spec.destination.host` is a selectable field: an agent lists and watches only the
+/// Restores it receives (`--field-selector spec.destination.host=H`).
 #[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "zetaback.io",
@@ -46,7 +48,8 @@ pub const BULK_PARENT_LABEL: &str = "zetaback.io/bulk-restore";
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    selectable = ".spec.destination.host"
 )]
 #[kube(validation = Rule::new("!has(self.spec.source.datasets) || size(self.metadata.name) <= 63").message("a bulk Restore's name must be at most 63 characters: its child Restores carry it in the label zetaback.io/bulk-restore"))]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a Restore's spec cannot be changed; create a new Restore"))]
