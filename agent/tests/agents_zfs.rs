@@ -13,23 +13,9 @@ use std::process::Command;
 use common::*;
 use zetaback::store::scan;
 
+/// `zetaback-agent restore` of `dataset`'s backup `backup` into `into`; panics if it fails.
 fn restore(tokens: &Tokens, from: &str, dataset: &str, backup: &str, into: &str) {
-    let out = Command::new(agent_bin())
-        .args([
-            "restore",
-            "--token-file",
-            &tokens.source.display().to_string(),
-            "--from",
-            from,
-            "--host",
-            "src-1",
-            "--dataset",
-            dataset,
-            "--backup",
-            backup,
-            "--into",
-            into,
-        ])
+    let out = restore_cmd(tokens, from, dataset, backup, into)
         .output()
         .expect("restore");
     assert!(
