@@ -45,6 +45,7 @@ use crate::duration::{cel_is_duration, cel_seconds};
     cel_seconds("self.incremental.every"),
     cel_seconds("self.full.every")
 )).message("incremental.every must be shorter than full.every (an incremental is due between fulls)").field_path(".incremental.every"))]
+#[x_kube(validation = Rule::new("!has(self.archive) || !has(self.target.dataset)").message("archive applies to backups stored as files (target.path); a replica target (target.dataset) keeps its snapshots until retention deletes them").field_path(".archive"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupPolicySpec {
     /// Which ZfsHosts this policy covers.
@@ -56,7 +57,8 @@ pub struct BackupPolicySpec {
     pub full: Schedule,
     /// How often an incremental backup is due and how long incrementals are kept.
     pub incremental: IncrementalSchedule,
-    /// When backups move to the archive area and how long they stay there.
+    /// When backups move to the archive area and how long they stay there. Only for backups
+    /// stored as files (`target.path`): a replica (`target.dataset`) has no archive area.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveSpec>,
     /// Where backup streams go.
