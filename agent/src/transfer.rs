@@ -151,11 +151,22 @@ pub struct Uploaded {
 /// Resolves when the source finished: `Err(message)` if it failed.
 pub type SourceDone = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
+/// The TCP connector under every transfer client (Nagle off: a stream's last small frames,
+/// the trailer among them, go out at once).
+fn tcp() -> HttpConnector {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp
+}
+
+/// A transfer client over `connector` (plain TCP, or TLS over it).
+fn client_over<C: Connect + Clone + Send + Sync + 'static>(connector: C) -> Client<C, BoxBody> {
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 /// An HTTP client for agent-to-agent transfers.
 pub fn client() -> Client<HttpConnector, BoxBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
+    client_over(tcp())
 }
 
 /// An HTTPS-only client for agent-to-agent transfers: the receiving agent's certificate must
@@ -164,15 +175,57 @@ pub type TlsClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
 
 /// A [`TlsClient`] with this client configuration.
 pub fn tls_client(config: Arc<rustls::ClientConfig>) -> TlsClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*config).clone())
-        .https_only()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).build(https)
+    let mut tcp = tcp();
+    // The TLS layer is given https:// URLs; the TCP connector must not refuse them.
+    tcp.enforce_http(false);
+    client_over(
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*config).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(tcp),
+    )
+}
+
+/// `GET url` with the endpoint's token; the response if it is 200, else the agent's refusal.
+async fn get<C: Connect + Clone + Send + Sync + 'static>(
+    client: &Client<C, BoxBody>,
+    endpoint: &Endpoint,
+    url: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>, TransferError> {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(url)
+        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
+        .body(BodyExt::boxed(
+            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
+        ))
+        .map_err(|e| TransferError::Invalid(e.to_string()))?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| TransferError::Connection(chain(&e)))?;
+    if resp.status() != StatusCode::OK {
+        return Err(TransferError::Rejected {
+            status: resp.status(),
+            message: error_message(resp).await,
+        });
+    }
+    Ok(resp)
+}
+
+/// The JSON answer in a response's body.
+async fn json_answer<T: serde::de::DeserializeOwned>(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<T, TransferError> {
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| TransferError::Connection(e.to_string()))?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| TransferError::Connection(format!("bad answer from the target: {e}")))
 }
 
 /// Milliseconds since `epoch` of the last progress, shared by the producer and the watchdog.
@@ -383,14 +436,7 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
             message: error_message(resp).await,
         });
     }
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| TransferError::Connection(e.to_string()))?
-        .to_bytes();
-    let response: PutResponse = serde_json::from_slice(&body)
-        .map_err(|e| TransferError::Connection(format!("bad answer from the target: {e}")))?;
+    let response: PutResponse = json_answer(resp).await?;
     let (sent_bytes, sent_xxh3) = producer
         .await
         .map_err(|e| TransferError::Source(e.to_string()))??;
@@ -426,33 +472,9 @@ pub async fn resume_token<C: Connect + Clone + Send + Sync + 'static>(
     let ds = escape_dataset(dataset).map_err(|e| TransferError::Invalid(e.to_string()))?;
     zetaback::store::validate_host(host).map_err(|e| TransferError::Invalid(e.to_string()))?;
     let url = format!("{}/v1/resume-token/{host}/{ds}?into={into}", endpoint.base);
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(&url)
-        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
-        .body(BodyExt::boxed(
-            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
-        ))
-        .map_err(|e| TransferError::Invalid(e.to_string()))?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| TransferError::Connection(chain(&e)))?;
-    if resp.status() != StatusCode::OK {
-        return Err(TransferError::Rejected {
-            status: resp.status(),
-            message: error_message(resp).await,
-        });
-    }
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| TransferError::Connection(e.to_string()))?
-        .to_bytes();
-    serde_json::from_slice::<ResumeTokenResponse>(&body)
-        .map(|r| r.token)
-        .map_err(|e| TransferError::Connection(format!("bad answer from the target: {e}")))
+    let resp = get(client, endpoint, &url).await?;
+    let answer: ResumeTokenResponse = json_answer(resp).await?;
+    Ok(answer.token)
 }
 
 /// A stored stream being read back: decompressed, and failing at its end if its sha256 does
@@ -472,24 +494,7 @@ pub async fn download<C: Connect + Clone + Send + Sync + 'static>(
     id: &StreamId,
 ) -> Result<Download, TransferError> {
     let url = endpoint.url(host, dataset, id)?;
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(&url)
-        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
-        .body(BodyExt::boxed(
-            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
-        ))
-        .map_err(|e| TransferError::Invalid(e.to_string()))?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| TransferError::Connection(chain(&e)))?;
-    if resp.status() != StatusCode::OK {
-        return Err(TransferError::Rejected {
-            status: resp.status(),
-            message: error_message(resp).await,
-        });
-    }
+    let resp = get(client, endpoint, &url).await?;
     let header = |name: &str| {
         resp.headers()
             .get(name)
@@ -549,4 +554,87 @@ fn verify_stream(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Json;
+    use axum::extract::Query;
+    use axum::routing::get;
+
+    use super::*;
+
+    /// An agent stand-in: a resume token for `into=pool/ok`, a refusal (404, the store's JSON
+    /// error) for anything else, and an answer that is not JSON for `into=pool/garbled`.
+    async fn stand_in() -> Endpoint {
+        async fn token(
+            Query(q): Query<std::collections::HashMap<String, String>>,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            match q.get("into").map(String::as_str) {
+                Some("pool/ok") => Json(ResumeTokenResponse {
+                    token: Some("1-abc".into()),
+                })
+                .into_response(),
+                Some("pool/garbled") => "not json".into_response(),
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    Json(ErrorBody {
+                        error: "no such replica".into(),
+                    }),
+                )
+                    .into_response(),
+            }
+        }
+        let app = axum::Router::new()
+            .route("/v1/resume-token/{host}/{dataset}", get(token))
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    Json(ErrorBody {
+                        error: "no such backup".into(),
+                    }),
+                )
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Endpoint::new(&addr.to_string(), "t")
+    }
+
+    #[tokio::test]
+    async fn gets_answer_json_or_the_agents_refusal() {
+        let ep = stand_in().await;
+        let c = client();
+        assert_eq!(
+            resume_token(&c, &ep, "h1", "tank/db", "pool/ok")
+                .await
+                .expect("token"),
+            Some("1-abc".to_owned())
+        );
+        match resume_token(&c, &ep, "h1", "tank/db", "pool/other").await {
+            Err(TransferError::Rejected { status, message }) => {
+                assert_eq!(status, StatusCode::NOT_FOUND);
+                assert_eq!(message, "no such replica");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        match resume_token(&c, &ep, "h1", "tank/db", "pool/garbled").await {
+            Err(TransferError::Connection(m)) => {
+                assert!(m.starts_with("bad answer from the target"), "{m}")
+            }
+            other => panic!("expected a bad answer, got {other:?}"),
+        }
+        let id = StreamId::Full { ts: 1_764_115_200 };
+        match download(&c, &ep, "h1", "tank/db", &id).await {
+            Err(TransferError::Rejected { status, message }) => {
+                assert_eq!(status, StatusCode::NOT_FOUND);
+                assert_eq!(message, "no such backup");
+            }
+            Err(e) => panic!("expected a refusal, got {e:?}"),
+            Ok(_) => panic!("expected a refusal, got a download"),
+        }
+    }
 }
