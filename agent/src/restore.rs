@@ -39,7 +39,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
@@ -846,36 +846,31 @@ impl RestoreRunner {
     }
 
     async fn recover_listed(&self, list: &ListParams) -> Result<usize, RestoreError> {
-        let api: Api<DeserializeGuard<Restore>> = Api::all(self.client.clone());
-        let mut failed = 0;
-        for guarded in api.list(list).await? {
-            let Ok(r) = guarded.0 else { continue };
-            if !is_orphaned(&r, &self.cfg.host_name, &self.cfg.agent_id) {
-                continue;
-            }
-            let st = r.status.clone().unwrap_or_default();
-            let message = format!(
-                "interrupted: the agent restarted while this restore ran; {} may hold a partial restore (a new Restore of the same source with force: true continues after the pieces it holds)",
-                r.spec.destination.dataset.as_str()
-            );
-            let patch = serde_json::json!({"status": {
-                "phase": RestorePhase::Failed,
-                "verified": false,
-                "finishedAt": Time(jiff::Timestamp::now()),
-                "message": message,
-                "conditions": ready(&st, false, "Interrupted", &message),
-            }});
-            self.api(&r)
-                .patch_status(
-                    &r.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-            warn!(restore = %key(&r), "failed a restore interrupted by a restart");
-            failed += 1;
+        let (host, agent) = (&self.cfg.host_name, &self.cfg.agent_id);
+        let failed = crate::claim::fail_orphans_listed::<Restore>(
+            &self.client,
+            list,
+            |r| is_orphaned(r, host, agent),
+            |r| {
+                let st = r.status.clone().unwrap_or_default();
+                let message = format!(
+                    "interrupted: the agent restarted while this restore ran; {} may hold a partial restore (a new Restore of the same source with force: true continues after the pieces it holds)",
+                    r.spec.destination.dataset.as_str()
+                );
+                serde_json::json!({"status": {
+                    "phase": RestorePhase::Failed,
+                    "verified": false,
+                    "finishedAt": Time(jiff::Timestamp::now()),
+                    "message": message,
+                    "conditions": ready(&st, false, "Interrupted", &message),
+                }})
+            },
+        )
+        .await?;
+        for r in &failed {
+            warn!(restore = %r, "failed a restore interrupted by a restart");
         }
-        Ok(failed)
+        Ok(failed.len())
     }
 
     /// Claims a restore; `None` if another agent got it or it is no longer claimable.
@@ -891,15 +886,7 @@ impl RestoreRunner {
         st.bytes_done = Some(0);
         st.message = Some(format!("running on {}", self.cfg.agent_id));
         claimed.status = Some(st);
-        match self
-            .api(r)
-            .replace_status(&r.name_any(), &PostParams::default(), &claimed)
-            .await
-        {
-            Ok(updated) => Ok(Some(updated)),
-            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(crate::claim::claim(&self.api(r), &claimed).await?)
     }
 
     async fn store_endpoint(&self, st: &RestoreStatus) -> Result<Endpoint, RestoreError> {
