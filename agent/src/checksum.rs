@@ -93,9 +93,61 @@ impl Received {
     }
 }
 
+/// A sha256 computed on a blocking thread of its own, fed clones of the chunks (reference
+/// counts, not copies) through a bounded queue: on a second core the hashing overlaps the
+/// socket reads and the pipe writes of the task that feeds it, instead of taking turns with
+/// them; the queue keeps memory bounded (a slow hasher holds the feeder back).
+pub struct BackgroundSha256 {
+    chunks: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    hasher: tokio::task::JoinHandle<String>,
+}
+
+/// The hashing thread ended early (it panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the checksum thread stopped")]
+pub struct HasherGone;
+
+impl BackgroundSha256 {
+    /// Starts the thread; at most `queue` chunks wait for it.
+    pub fn spawn(queue: usize) -> Self {
+        let (chunks, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(queue);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut sha = Sha256::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                sha.update(&chunk);
+            }
+            hex::encode(sha.finalize())
+        });
+        Self { chunks, hasher }
+    }
+
+    /// Queues a chunk (waits while the queue is full).
+    pub async fn update(&self, chunk: bytes::Bytes) -> Result<(), HasherGone> {
+        self.chunks.send(chunk).await.map_err(|_| HasherGone)
+    }
+
+    /// The hex sha256 of everything queued.
+    pub async fn finish(self) -> Result<String, HasherGone> {
+        drop(self.chunks);
+        self.hasher.await.map_err(|_| HasherGone)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn background_sha256_equals_one_shot() {
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i * 3 + i / 7) as u8).collect();
+        let sha = BackgroundSha256::spawn(2);
+        for piece in data.chunks(4_099) {
+            sha.update(bytes::Bytes::copy_from_slice(piece))
+                .await
+                .expect("queued");
+        }
+        assert_eq!(sha.finish().await.expect("hash"), sha256_of(&data));
+    }
 
     #[test]
     fn streaming_equals_one_shot() {

@@ -43,7 +43,6 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufRead, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio_util::io::StreamReader;
@@ -55,6 +54,7 @@ use zetaback::api::{Restore, RestoreStatus, ZfsHost};
 use zetaback::controller::conditions::{self, Wanted};
 use zetaback::store::{Catalogue, escape_dataset};
 
+use crate::checksum::BackgroundSha256;
 use crate::transfer::{self, Endpoint, TransferError};
 use crate::wire::{H_COMPRESSION, H_READER_VERIFIES, H_SHA256};
 use crate::zfs::{ReceiveRequest, Zfs, ZfsError};
@@ -291,18 +291,8 @@ async fn feed(
     progress: &AtomicU64,
     tx: mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<Fed, RestoreError> {
-    // The sha256 is computed on a thread of its own, fed clones of the chunks (reference
-    // counts, no copies): on a second core it overlaps the socket reads and the pipe writes
-    // instead of taking turns with them. A bounded queue keeps memory bounded.
-    let (to_hasher, mut chunks) = mpsc::channel::<Bytes>(HASH_QUEUE);
-    let hasher = tokio::task::spawn_blocking(move || {
-        let mut hasher = Sha256::new();
-        while let Some(chunk) = chunks.blocking_recv() {
-            hasher.update(&chunk);
-        }
-        hex::encode(hasher.finalize())
-    });
-    let hasher_gone = || RestoreError::Copy("the checksum thread stopped".into());
+    let hasher = BackgroundSha256::spawn(HASH_QUEUE);
+    let hasher_gone = |_| RestoreError::Copy("the checksum thread stopped".into());
     let mut hold = HoldBack::new(keep);
     let mut bytes = 0u64;
     let gone = || RestoreError::Copy("zfs receive stopped reading".into());
@@ -321,18 +311,14 @@ async fn feed(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        to_hasher
-            .send(data.clone())
-            .await
-            .map_err(|_| hasher_gone())?;
+        hasher.update(data.clone()).await.map_err(hasher_gone)?;
         bytes += data.len() as u64;
         progress.fetch_add(data.len() as u64, Ordering::Relaxed);
         for c in hold.push(data) {
             tx.send(Ok(c)).await.map_err(|_| gone())?;
         }
     };
-    drop(to_hasher);
-    let got = hasher.await.map_err(|_| hasher_gone())?;
+    let got = hasher.finish().await.map_err(hasher_gone)?;
     let complete = length.is_none_or(|l| l == bytes);
     if got != expected && (body_error.is_none() || (complete && length.is_some())) {
         let _ = tx.send(Err(io::Error::other("checksum mismatch"))).await;
