@@ -58,14 +58,7 @@ pub enum RunnerError {
 /// The field selector of this host's jobs (`spec.host=<host>`, the value escaped as the
 /// apiserver's field selector parser expects).
 pub fn host_field_selector(host: &str) -> String {
-    let mut value = String::with_capacity(host.len());
-    for c in host.chars() {
-        if matches!(c, '\\' | ',' | '=') {
-            value.push('\\');
-        }
-        value.push(c);
-    }
-    format!("spec.host={value}")
+    crate::claim::field_selector("spec.host", host)
 }
 
 /// Whether a job is for this host and waiting to be claimed.
@@ -285,18 +278,7 @@ impl Runner {
     /// here).
     async fn host_selector(&self) -> Result<Option<String>, RunnerError> {
         let fields = host_field_selector(&self.cfg.host_name);
-        let api: Api<BackupJob> = Api::all(self.client.clone());
-        match api
-            .list_metadata(&ListParams::default().fields(&fields).limit(1))
-            .await
-        {
-            Ok(_) => Ok(Some(fields)),
-            Err(kube::Error::Api(s)) if s.code == 400 => {
-                warn!(error = %s.message, "the BackupJob CRD has no selectable spec.host (apply the current CRDs); reading every host's jobs");
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
+        Ok(crate::claim::selectable::<BackupJob>(&self.client, &fields).await?)
     }
 
     async fn schedule(

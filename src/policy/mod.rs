@@ -139,6 +139,10 @@ impl PolicyRules {
         }
         let archive = match &spec.archive {
             None => None,
+            // A replica target keeps backups as received snapshots, which have no archive
+            // area: admission refuses `archive` there; a policy stored before that rule
+            // existed is still backed up and expired, and its `archive` ignored.
+            Some(_) if spec.target.dataset.is_some() => None,
             Some(a) => {
                 let after = dur("archive.after", &a.after)?;
                 let keep = ret("archive.keep", &a.keep)?;
@@ -295,6 +299,16 @@ mod tests {
         assert_eq!(r.grace, SignedDuration::from_hours(1));
         assert!(r.suspend);
         assert_eq!(r.cadence(BackupKind::Full).every, r.full.every);
+    }
+
+    #[test]
+    fn archive_is_ignored_for_a_replica_target() {
+        let s = spec(
+            "hosts: {names: [h]}\ntarget: {host: b, dataset: tank/replicas}\nfull: {every: 7d, keep: 30d}\nincremental: {every: 1d, keep: 14d}\narchive: {after: 30d, keep: 365d}\n",
+        );
+        let r = PolicyRules::from_spec(&s).unwrap();
+        assert!(r.archive.is_none(), "replicas have no archive area");
+        assert_eq!(r.full.every, SignedDuration::from_hours(7 * 24));
     }
 
     #[test]
