@@ -68,7 +68,10 @@ impl DatasetMatcher {
 
     /// Included and not excluded.
     pub fn matches(&self, dataset: &str) -> bool {
-        self.include.is_match(dataset) && !self.exclude.is_match(dataset)
+        // One candidate (its file name and extension worked out once) for both sets.
+        let candidate = globset::Candidate::new(dataset);
+        self.include.is_match_candidate(&candidate)
+            && (self.exclude.is_empty() || !self.exclude.is_match_candidate(&candidate))
     }
 }
 

@@ -364,10 +364,10 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
         .filter(|h| selects_host(policy, h))
         .collect();
 
-    let mut jobs_by_dataset: HashMap<(String, String), Vec<&BackupJob>> = HashMap::new();
+    let mut jobs_by_dataset: HashMap<(&str, &str), Vec<&BackupJob>> = HashMap::new();
     for j in inputs.jobs {
         jobs_by_dataset
-            .entry((j.spec.host.0.clone(), j.spec.dataset.0.clone()))
+            .entry((j.spec.host.0.as_str(), j.spec.dataset.0.as_str()))
             .or_default()
             .push(j);
     }
@@ -433,7 +433,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                     .push((host_name.clone(), ds.name.clone(), newest.created));
             }
             let jobs = jobs_by_dataset
-                .get(&(host_name.clone(), ds.name.clone()))
+                .get(&(host_name.as_str(), ds.name.as_str()))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
             // A request forces each dataset it selects until that dataset's job exists.

@@ -66,7 +66,8 @@ pub fn violations(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp)
         ),
     ];
     for (reason, what, field, newest, every) in overdue {
-        let window = format!("{field} {} + grace {}", show(every), show(rules.grace));
+        // Formatted only for a violator: this runs for every dataset on every reconcile.
+        let window = || format!("{field} {} + grace {}", show(every), show(rules.grace));
         let reference = newest.map(|r| r.created).or(state.covered_since);
         let Some(reference) = reference else {
             out.push(Finding {
@@ -79,8 +80,11 @@ pub fn violations(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp)
         let deadline = add(add(reference, every), rules.grace);
         if now > deadline {
             let message = match newest {
-                Some(r) => format!("no {what} since {} ({window})", r.created),
-                None => format!("no {what} since coverage began at {reference} ({window})"),
+                Some(r) => format!("no {what} since {} ({})", r.created, window()),
+                None => format!(
+                    "no {what} since coverage began at {reference} ({})",
+                    window()
+                ),
             };
             out.push(Finding {
                 reason,
