@@ -71,26 +71,10 @@ where
     }
 }
 
-/// Fails every object of kind `K` (in any namespace) for which `orphaned` holds, with the
-/// status merge patch `failure` gives (`{"status": {...}}`). Objects that do not decode are
-/// skipped. Returns the `namespace/name` of each object failed.
-pub async fn fail_orphans<K>(
-    client: &Client,
-    orphaned: impl Fn(&K) -> bool,
-    failure: impl Fn(&K) -> serde_json::Value,
-) -> Result<Vec<String>, kube::Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Debug,
-{
-    fail_orphans_listed(client, &ListParams::default(), orphaned, failure).await
-}
-
-/// [`fail_orphans`] over the objects `list` selects (a label or field selector, so an agent
-/// reads only its own host's objects).
+/// Fails every object of kind `K` (in any namespace) that `list` selects (a label or field
+/// selector, so an agent reads only its own host's objects) and for which `orphaned` holds,
+/// with the status merge patch `failure` gives (`{"status": {...}}`). Objects that do not
+/// decode are skipped. Returns the `namespace/name` of each object failed.
 pub async fn fail_orphans_listed<K>(
     client: &Client,
     list: &ListParams,

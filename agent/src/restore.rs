@@ -33,8 +33,8 @@ use std::time::Duration;
 use async_compression::tokio::bufread::ZstdDecoder;
 use bytes::Bytes;
 use futures::StreamExt;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
-use http::{Method, Request, StatusCode};
+use http::header::CONTENT_LENGTH;
+use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -216,44 +216,9 @@ pub struct Source {
 pub async fn catalogue(endpoint: &Endpoint, host: &str) -> Result<Catalogue, RestoreError> {
     zetaback::store::validate_host(host)?;
     let client = transfer::client();
-    let req = get_request(
-        endpoint,
-        format!("{}/v1/catalogue?host={host}", endpoint.base),
-    )?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| RestoreError::Unreachable(format!("{e:#}")))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| TransferError::Connection(e.to_string()))?
-        .to_bytes();
-    if status != StatusCode::OK {
-        return Err(TransferError::Rejected {
-            status,
-            message: String::from_utf8_lossy(&body).into_owned(),
-        }
-        .into());
-    }
-    serde_json::from_slice(&body).map_err(|e| TransferError::Read(format!("catalogue: {e}")).into())
-}
-
-fn get_request(endpoint: &Endpoint, url: String) -> Result<Request<BoxBody>, RestoreError> {
-    get_request_builder(endpoint, url)
-        .body(BodyExt::boxed(
-            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
-        ))
-        .map_err(|e| TransferError::Invalid(e.to_string()).into())
-}
-
-fn get_request_builder(endpoint: &Endpoint, url: String) -> http::request::Builder {
-    Request::builder()
-        .method(Method::GET)
-        .uri(url)
-        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
+    let url = format!("{}/v1/catalogue?host={host}", endpoint.base);
+    let resp = transfer::get(&client, endpoint, &url).await?;
+    Ok(transfer::json_answer(resp).await?)
 }
 
 /// The request for a stored piece. With `verify` the restore checks the piece's sha256 itself
@@ -263,7 +228,7 @@ fn piece_request(
     url: String,
     verify: bool,
 ) -> Result<Request<BoxBody>, RestoreError> {
-    let mut builder = get_request_builder(endpoint, url);
+    let mut builder = transfer::get_request(endpoint, &url);
     if verify {
         builder = builder.header(H_READER_VERIFIES, "sha256");
     }

@@ -187,16 +187,21 @@ pub fn tls_client(config: Arc<rustls::ClientConfig>) -> TlsClient {
     )
 }
 
+/// A `GET url` request carrying the endpoint's token, to add headers to.
+pub(crate) fn get_request(endpoint: &Endpoint, url: &str) -> http::request::Builder {
+    Request::builder()
+        .method(Method::GET)
+        .uri(url)
+        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
+}
+
 /// `GET url` with the endpoint's token; the response if it is 200, else the agent's refusal.
-async fn get<C: Connect + Clone + Send + Sync + 'static>(
+pub(crate) async fn get<C: Connect + Clone + Send + Sync + 'static>(
     client: &Client<C, BoxBody>,
     endpoint: &Endpoint,
     url: &str,
 ) -> Result<hyper::Response<hyper::body::Incoming>, TransferError> {
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(url)
-        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
+    let req = get_request(endpoint, url)
         .body(BodyExt::boxed(
             http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
         ))
@@ -215,7 +220,7 @@ async fn get<C: Connect + Clone + Send + Sync + 'static>(
 }
 
 /// The JSON answer in a response's body.
-async fn json_answer<T: serde::de::DeserializeOwned>(
+pub(crate) async fn json_answer<T: serde::de::DeserializeOwned>(
     resp: hyper::Response<hyper::body::Incoming>,
 ) -> Result<T, TransferError> {
     let body = resp

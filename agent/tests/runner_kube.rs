@@ -152,34 +152,8 @@ async fn runner_claims_runs_and_recovers_jobs() {
     let store = tempfile::tempdir().expect("store");
     let tokens = Tokens::new();
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut n = Namespace::default();
-    n.metadata.name = Some(ns.clone());
-    namespaces
-        .create(&PostParams::default(), &n)
-        .await
-        .expect("namespace");
-    let hosts: Api<ZfsHost> = Api::all(client.clone());
-    for (name, include) in [
-        (&src_host, format!("{}/**", pool.name)),
-        (&dst_host, "nothing".to_owned()),
-    ] {
-        let h = ZfsHost::new(
-            name,
-            ZfsHostSpec {
-                node_name: "node-a".into(),
-                datasets: DatasetSelector {
-                    include: vec![DatasetPattern(include)],
-                    exclude: vec![],
-                },
-                paused: false,
-            },
-        );
-        hosts
-            .create(&PostParams::default(), &h)
-            .await
-            .expect("zfshost");
-    }
+    let (namespaces, hosts) =
+        namespace_and_hosts(&client, &ns, &src_host, &dst_host, &pool.name, "node-a").await;
     let jobs: Api<BackupJob> = Api::namespaced(client.clone(), &ns);
 
     let store_root = store.path().display().to_string();
@@ -346,34 +320,8 @@ async fn runner_runs_jobs_created_before_it_started_and_only_its_hosts() {
     let store = tempfile::tempdir().expect("store");
     let tokens = Tokens::new();
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut n = Namespace::default();
-    n.metadata.name = Some(ns.clone());
-    namespaces
-        .create(&PostParams::default(), &n)
-        .await
-        .expect("namespace");
-    let hosts: Api<ZfsHost> = Api::all(client.clone());
-    for (name, include) in [
-        (&src_host, format!("{}/**", pool.name)),
-        (&dst_host, "nothing".to_owned()),
-    ] {
-        let h = ZfsHost::new(
-            name,
-            ZfsHostSpec {
-                node_name: "node-e".into(),
-                datasets: DatasetSelector {
-                    include: vec![DatasetPattern(include)],
-                    exclude: vec![],
-                },
-                paused: false,
-            },
-        );
-        hosts
-            .create(&PostParams::default(), &h)
-            .await
-            .expect("zfshost");
-    }
+    let (namespaces, hosts) =
+        namespace_and_hosts(&client, &ns, &src_host, &dst_host, &pool.name, "node-e").await;
     let jobs: Api<BackupJob> = Api::namespaced(client.clone(), &ns);
 
     // The apiserver serves BackupJobs with spec.host selectable (the CRDs from crds/).
@@ -660,4 +608,45 @@ async fn restore_runner_reads_only_its_hosts_restores() {
 
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     let _ = hosts.delete(&host, &DeleteParams::default()).await;
+}
+
+/// Creates namespace `ns` and two ZfsHosts on node `node`: `src_host` covering every dataset
+/// of `pool`, and `dst_host` (the backup host) covering none.
+async fn namespace_and_hosts(
+    client: &kube::Client,
+    ns: &str,
+    src_host: &str,
+    dst_host: &str,
+    pool: &str,
+    node: &str,
+) -> (Api<Namespace>, Api<ZfsHost>) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut n = Namespace::default();
+    n.metadata.name = Some(ns.to_owned());
+    namespaces
+        .create(&PostParams::default(), &n)
+        .await
+        .expect("namespace");
+    let hosts: Api<ZfsHost> = Api::all(client.clone());
+    for (name, include) in [
+        (src_host, format!("{pool}/**")),
+        (dst_host, "nothing".to_owned()),
+    ] {
+        let h = ZfsHost::new(
+            name,
+            ZfsHostSpec {
+                node_name: node.into(),
+                datasets: DatasetSelector {
+                    include: vec![DatasetPattern(include)],
+                    exclude: vec![],
+                },
+                paused: false,
+            },
+        );
+        hosts
+            .create(&PostParams::default(), &h)
+            .await
+            .expect("zfshost");
+    }
+    (namespaces, hosts)
 }

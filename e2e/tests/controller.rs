@@ -48,6 +48,37 @@ async fn start_controller(client: kube::Client, ns: &str, identity: &str) -> Run
     }
 }
 
+/// The only controller of namespace `ns`, with the store agents' admin token
+/// (`admin-token`), as the backup-flow tests run it.
+async fn start_with_store_token(client: kube::Client, ns: &str) -> Running {
+    let port = free_port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let options = zetaback::controller::Options {
+        store_token: Some("admin-token".into()),
+        watch_namespace: Some(ns.to_owned()),
+        ..zetaback::controller::Options::new(ns, "only", ([127, 0, 0, 1], port).into())
+    };
+    let task = tokio::spawn(zetaback::controller::run(client, options, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        port,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Stops a controller and checks that it ended without an error.
+async fn stop_cleanly(mut ctl: Running) {
+    if let Some(stop) = ctl.stop.take() {
+        let _ = stop.send(());
+    }
+    ctl.task
+        .await
+        .expect("join")
+        .expect("controller ends cleanly");
+}
+
 async fn metrics_of(port: u16) -> String {
     eventually("metrics endpoint", Duration::from_secs(20), || async {
         http_get(port, "/metrics").await.ok()
@@ -425,16 +456,7 @@ async fn classes_job_history_and_backup_metrics() {
     }
     report().await;
 
-    let port = free_port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let options = zetaback::controller::Options {
-        store_token: Some("admin-token".into()),
-        watch_namespace: Some(ns.clone()),
-        ..zetaback::controller::Options::new(&ns, "only", ([127, 0, 0, 1], port).into())
-    };
-    let task = tokio::spawn(zetaback::controller::run(client.clone(), options, async {
-        let _ = stopped.await;
-    }));
+    let ctl = start_with_store_token(client.clone(), &ns).await;
 
     let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
         "hosts": {"names": [src]},
@@ -598,7 +620,7 @@ async fn classes_job_history_and_backup_metrics() {
 
     // Metrics agree with the API and the store.
     let m = eventually("metrics settle", Duration::from_secs(30), || async {
-        let m = http_get(port, "/metrics").await.ok()?;
+        let m = http_get(ctl.port, "/metrics").await.ok()?;
         let succeeded = metric(
             &m,
             &format!(
@@ -653,8 +675,7 @@ async fn classes_job_history_and_backup_metrics() {
     );
     assert!(per_host >= 1, "new backups are read per host");
 
-    let _ = stop.send(());
-    task.await.expect("join").expect("controller ends cleanly");
+    stop_cleanly(ctl).await;
     server.abort();
     for name in [&src, &bak] {
         let _ = hosts.delete(name, &Default::default()).await;
@@ -737,16 +758,7 @@ async fn a_new_dataset_in_a_host_report_is_backed_up_at_once() {
         ],
     )
     .await;
-    let port = free_port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let options = zetaback::controller::Options {
-        store_token: Some("admin-token".into()),
-        watch_namespace: Some(ns.clone()),
-        ..zetaback::controller::Options::new(&ns, "only", ([127, 0, 0, 1], port).into())
-    };
-    let task = tokio::spawn(zetaback::controller::run(client.clone(), options, async {
-        let _ = stopped.await;
-    }));
+    let ctl = start_with_store_token(client.clone(), &ns).await;
     let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
         "hosts": {"names": [src]},
         "full": {"every": "7d", "keep": "30d"},
@@ -799,8 +811,7 @@ async fn a_new_dataset_in_a_host_report_is_backed_up_at_once() {
     )
     .await;
 
-    let _ = stop.send(());
-    task.await.expect("join").expect("controller ends cleanly");
+    stop_cleanly(ctl).await;
     server.abort();
     for name in [&src, &bak] {
         let _ = hosts.delete(name, &Default::default()).await;
@@ -849,16 +860,7 @@ async fn policies_sharing_a_backup_host_share_its_per_target_slots() {
         ],
     )
     .await;
-    let port = free_port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let options = zetaback::controller::Options {
-        store_token: Some("admin-token".into()),
-        watch_namespace: Some(ns.clone()),
-        ..zetaback::controller::Options::new(&ns, "only", ([127, 0, 0, 1], port).into())
-    };
-    let task = tokio::spawn(zetaback::controller::run(client.clone(), options, async {
-        let _ = stopped.await;
-    }));
+    let ctl = start_with_store_token(client.clone(), &ns).await;
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
     let make = |name: &str, src: &str| {
         let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
@@ -955,8 +957,7 @@ async fn policies_sharing_a_backup_host_share_its_per_target_slots() {
         "one job in flight into the backup host: {all:?}"
     );
 
-    let _ = stop.send(());
-    task.await.expect("join").expect("controller ends cleanly");
+    stop_cleanly(ctl).await;
     server.abort();
     for name in [&src1, &src2, &bak] {
         let _ = hosts.delete(name, &Default::default()).await;
