@@ -228,15 +228,12 @@ fn piece_request(
     url: String,
     verify: bool,
 ) -> Result<Request<BoxBody>, RestoreError> {
-    let mut builder = transfer::get_request(endpoint, &url);
-    if verify {
-        builder = builder.header(H_READER_VERIFIES, "sha256");
-    }
-    builder
-        .body(BodyExt::boxed(
-            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
-        ))
-        .map_err(|e| TransferError::Invalid(e.to_string()).into())
+    let headers: &[(&str, &str)] = if verify {
+        &[(H_READER_VERIFIES, "sha256")]
+    } else {
+        &[]
+    };
+    Ok(transfer::get_request(endpoint, &url, headers)?)
 }
 
 /// What the feeding side saw of one piece.

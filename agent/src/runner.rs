@@ -122,14 +122,18 @@ impl Runner {
 
     /// Fails the jobs this agent left running before a restart.
     pub async fn recover(&self) -> Result<usize, RunnerError> {
-        let (host, agent) = (&self.cfg.host_name, &self.cfg.agent_id);
         let mut list = ListParams::default();
         if let Some(fields) = self.host_selector().await? {
             list = list.fields(&fields);
         }
+        self.recover_listed(&list).await
+    }
+
+    async fn recover_listed(&self, list: &ListParams) -> Result<usize, RunnerError> {
+        let (host, agent) = (&self.cfg.host_name, &self.cfg.agent_id);
         let failed = claim::fail_orphans_listed::<BackupJob>(
             &self.client,
-            &list,
+            list,
             |job| is_orphaned(job, host, agent),
             |_| {
                 serde_json::json!({"status": {
@@ -238,15 +242,18 @@ impl Runner {
 
     /// Watches and runs jobs until the watch fails for good.
     pub async fn run(self: Arc<Self>) -> Result<(), RunnerError> {
-        let n = self.recover().await?;
+        // One probe for both the orphan list and the watch.
+        let fields = self.host_selector().await?;
+        let (mut list, mut config) = (ListParams::default(), watcher::Config::default());
+        if let Some(fields) = &fields {
+            list = list.fields(fields);
+            config = config.fields(fields);
+        }
+        let n = self.recover_listed(&list).await?;
         if n > 0 {
             info!(failed = n, "failed jobs interrupted by a restart");
         }
         let api: Api<DeserializeGuard<BackupJob>> = Api::all(self.client.clone());
-        let config = match self.host_selector().await? {
-            Some(fields) => watcher::Config::default().fields(&fields),
-            None => watcher::Config::default(),
-        };
         let (reader, writer) = reflector::store();
         // Every watch event, not just applied objects: the reflector's store takes in the
         // initial list only at InitDone, so scheduling on the InitApply events alone missed

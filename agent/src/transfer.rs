@@ -187,12 +187,24 @@ pub fn tls_client(config: Arc<rustls::ClientConfig>) -> TlsClient {
     )
 }
 
-/// A `GET url` request carrying the endpoint's token, to add headers to.
-pub(crate) fn get_request(endpoint: &Endpoint, url: &str) -> http::request::Builder {
-    Request::builder()
+/// A `GET url` request carrying the endpoint's token and `headers`.
+pub(crate) fn get_request(
+    endpoint: &Endpoint,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Request<BoxBody>, TransferError> {
+    let mut builder = Request::builder()
         .method(Method::GET)
         .uri(url)
-        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
+        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .body(BodyExt::boxed(
+            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
+        ))
+        .map_err(|e| TransferError::Invalid(e.to_string()))
 }
 
 /// `GET url` with the endpoint's token; the response if it is 200, else the agent's refusal.
@@ -201,11 +213,7 @@ pub(crate) async fn get<C: Connect + Clone + Send + Sync + 'static>(
     endpoint: &Endpoint,
     url: &str,
 ) -> Result<hyper::Response<hyper::body::Incoming>, TransferError> {
-    let req = get_request(endpoint, url)
-        .body(BodyExt::boxed(
-            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}),
-        ))
-        .map_err(|e| TransferError::Invalid(e.to_string()))?;
+    let req = get_request(endpoint, url, &[])?;
     let resp = client
         .request(req)
         .await

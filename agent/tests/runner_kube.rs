@@ -476,29 +476,8 @@ async fn restore_runner_reads_only_its_hosts_restores() {
     let agent_id = format!("{host}@{node}");
     let tokens = Tokens::new();
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut n = Namespace::default();
-    n.metadata.name = Some(ns.clone());
-    namespaces
-        .create(&PostParams::default(), &n)
-        .await
-        .expect("namespace");
-    let hosts: Api<ZfsHost> = Api::all(client.clone());
-    let h = ZfsHost::new(
-        &host,
-        ZfsHostSpec {
-            node_name: node.into(),
-            datasets: DatasetSelector {
-                include: vec![DatasetPattern("nothing".into())],
-                exclude: vec![],
-            },
-            paused: false,
-        },
-    );
-    hosts
-        .create(&PostParams::default(), &h)
-        .await
-        .expect("zfshost");
+    let namespaces = create_namespace(&client, &ns).await;
+    let hosts = create_hosts(&client, node, &[(&host, "nothing".to_owned())]).await;
 
     // The apiserver serves Restores with spec.destination.host selectable (the CRDs from
     // crds/), and the runner finds that out and reads by it.
@@ -620,6 +599,20 @@ async fn namespace_and_hosts(
     pool: &str,
     node: &str,
 ) -> (Api<Namespace>, Api<ZfsHost>) {
+    let namespaces = create_namespace(client, ns).await;
+    let hosts = create_hosts(
+        client,
+        node,
+        &[
+            (src_host, format!("{pool}/**")),
+            (dst_host, "nothing".to_owned()),
+        ],
+    )
+    .await;
+    (namespaces, hosts)
+}
+
+async fn create_namespace(client: &kube::Client, ns: &str) -> Api<Namespace> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut n = Namespace::default();
     n.metadata.name = Some(ns.to_owned());
@@ -627,17 +620,23 @@ async fn namespace_and_hosts(
         .create(&PostParams::default(), &n)
         .await
         .expect("namespace");
+    namespaces
+}
+
+/// Creates ZfsHosts on node `node`, each with its dataset include pattern.
+async fn create_hosts(
+    client: &kube::Client,
+    node: &str,
+    hosts_and_patterns: &[(&str, String)],
+) -> Api<ZfsHost> {
     let hosts: Api<ZfsHost> = Api::all(client.clone());
-    for (name, include) in [
-        (src_host, format!("{pool}/**")),
-        (dst_host, "nothing".to_owned()),
-    ] {
+    for (name, include) in hosts_and_patterns {
         let h = ZfsHost::new(
             name,
             ZfsHostSpec {
                 node_name: node.into(),
                 datasets: DatasetSelector {
-                    include: vec![DatasetPattern(include)],
+                    include: vec![DatasetPattern(include.clone())],
                     exclude: vec![],
                 },
                 paused: false,
@@ -648,5 +647,5 @@ async fn namespace_and_hosts(
             .await
             .expect("zfshost");
     }
-    (namespaces, hosts)
+    hosts
 }

@@ -801,14 +801,28 @@ fn policies_using(
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
         .filter(|p| selects_host(p, host) || p.spec.target.host.as_str() == name)
-        .map(|p| {
-            let r = kube::runtime::reflector::ObjectRef::new(&p.name_any());
-            match p.namespace() {
-                Some(ns) => r.within(&ns),
-                None => r,
-            }
-        })
+        .map(|p| object_ref(&p.name_any(), p.namespace().as_deref()))
         .collect()
+}
+
+/// The reference to object `name` in namespace `ns` (cluster-scoped without one).
+fn object_ref<K>(name: &str, ns: Option<&str>) -> kube::runtime::reflector::ObjectRef<K>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let r = kube::runtime::reflector::ObjectRef::new(name);
+    match ns {
+        Some(ns) => r.within(ns),
+        None => r,
+    }
+}
+
+/// Takes a shared watch's subscription out of its slot in the context (each is taken once, by
+/// the controller it triggers).
+fn take_subscription<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
 }
 
 /// A ZfsHost's change that matters ([`HostTriggers`]) re-evaluates the policies that select
@@ -819,12 +833,7 @@ fn watch_hosts(
     ctx: &Context,
 ) -> kube::runtime::Controller<kube::core::DeserializeGuard<BackupPolicy>> {
     use futures::StreamExt;
-    let events = ctx
-        .host_events
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    let Some(events) = events else {
+    let Some(events) = take_subscription(&ctx.host_events) else {
         warn!("the ZfsHost subscription was taken already; host changes will not trigger");
         return controller;
     };
@@ -851,25 +860,16 @@ impl Reconciled for BackupPolicy {
         _namespace: Option<&str>,
     ) -> kube::runtime::Controller<kube::core::DeserializeGuard<Self>> {
         let controller = watch_hosts(controller, ctx);
-        let events = ctx
-            .job_events
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some(events) = events else {
+        let Some(events) = take_subscription(&ctx.job_events) else {
             warn!("the BackupJob subscription was taken already; job changes will not trigger");
             return controller;
         };
         controller.watches_shared_stream(events, |job: Arc<BackupJob>| {
             let policy = job.labels().get(POLICY_LABEL).cloned();
             let ns = job.namespace();
-            policy.into_iter().map(move |name| {
-                let r = kube::runtime::reflector::ObjectRef::new(&name);
-                match &ns {
-                    Some(ns) => r.within(ns),
-                    None => r,
-                }
-            })
+            policy
+                .into_iter()
+                .map(move |name| object_ref(&name, ns.as_deref()))
         })
     }
 
