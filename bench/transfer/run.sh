@@ -4,6 +4,11 @@
 #   (a) raw:   `zfs send > file` (+fsync) and `zfs send | zfs receive`
 #   (b) agent: `zetaback-agent backup` → target agent (another process, loopback HTTP) → file store
 #   (c) agent: the same → target agent → `zfs receive` (replica mode)
+#   (d) pipeline: what the agent does, done with standard tools for comparison: `zfs send` →
+#       socat over loopback TCP → `tee` into `openssl dgst -sha256` (SHA-NI where the CPU has it)
+#       and a file (+fsync), or into
+#       `zfs receive`. Not a target of the issue: it shows what the agent's guarantees (a
+#       network hop, a sha256 of every byte, a synced file) cost on this machine without it.
 # in ROUNDS rounds (default 3), each case in turn (raw first in odd rounds, agent first in even
 # ones), every case starting once zfs-fuse has gone
 # quiet (the previous case's writes synced: otherwise a case pays for the one before it). Prints
@@ -29,10 +34,12 @@ prefix=${BENCH_POOL_PREFIX:-zbbench}
 src=${prefix}src
 dst=${prefix}dst
 port=${BENCH_PORT:-17790}
+pipe_port=$(( port + 1 ))
 zfs_sh="$root/e2e/scripts/zfs.sh"
 read -r -a target_args <<<"${TARGET_ARGS:-}"
 
 log() { echo "bench: $*" >&2; }
+command -v socat >/dev/null || { log "installing socat (the pipeline case)"; apt-get install -y -q socat >/dev/null; }
 
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 if [ -n "${AGENT_BIN:-}" ]; then
@@ -60,9 +67,9 @@ mkdir -p "$dir/store"
 echo bench-token >"$dir/token"
 
 src_mnt=$("$zfs_sh" pool "$src" "$(( size_mib * 2 + 512 ))M")
-# The replica pool keeps a raw copy and an agent replica per round (zfs-fuse often calls a
+# The replica pool keeps a raw copy, a pipeline copy and an agent replica per round (zfs-fuse often calls a
 # just-received dataset busy, so they are destroyed only with the pool).
-"$zfs_sh" pool "$dst" "$(( size_mib * (2 * rounds + 1) + 512 ))M" >/dev/null
+"$zfs_sh" pool "$dst" "$(( size_mib * (3 * rounds + 1) + 512 ))M" >/dev/null
 zfs create "$src/data"
 zfs create "$dst/replicas"
 log "writing $size_mib MiB of random data"
@@ -145,6 +152,30 @@ raw_cases() {
   meas+=("raw_recv $r $raw_bytes $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') 0 0 $(awk -v a="$d0" -v b="$d1" 'BEGIN{print b-a}') 0")
 }
 
+# pipeline_case CASE ROUND RECEIVER: `zfs send` → socat → loopback TCP → socat → RECEIVER
+# (a shell command reading the stream on stdin).
+pipeline_case() {
+  local case=$1 r=$2 receiver=$3 d0 d1 t0 t1 listener
+  settle
+  d0=$(daemon_cpu); t0=$(now)
+  run socat -u -b 1048576 "TCP-LISTEN:$pipe_port,bind=127.0.0.1,reuseaddr" STDOUT | run bash -c "$receiver" &
+  listener=$!
+  for _ in $(seq 1 100); do ss -ltnH "sport = :$pipe_port" | grep -q . && break; sleep 0.01; done
+  run zfs send "$src/data@bench" | run socat -u -b 1048576 STDIN "TCP:127.0.0.1:$pipe_port"
+  wait "$listener"
+  t1=$(now); d1=$(daemon_cpu)
+  meas+=("$case $r $raw_bytes $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') 0 0 $(awk -v a="$d0" -v b="$d1" 'BEGIN{print b-a}') 0")
+}
+
+pipeline_cases() {
+  local r=$1
+  log "round $r/$rounds: pipeline → file"
+  pipeline_case pipe_file "$r" "tee '$dir/pipe.zfs' | openssl dgst -sha256 >'$dir/pipe.sha' && sync '$dir/pipe.zfs'"
+  rm -f "$dir/pipe.zfs"
+  log "round $r/$rounds: pipeline → zfs receive"
+  pipeline_case pipe_recv "$r" "tee >(openssl dgst -sha256 >'$dir/pipe.sha') | zfs receive '$dst/pipecopy$r'"
+}
+
 agent_cases() {
   local r=$1
   log "round $r/$rounds: agent → file store"
@@ -158,7 +189,8 @@ agent_cases() {
 # second finds a fuller replica pool and a page cache the first one churned, so a fixed
 # order would favour one side.
 for r in $(seq 1 "$rounds"); do
-  if (( r % 2 )); then raw_cases "$r"; agent_cases "$r"; else agent_cases "$r"; raw_cases "$r"; fi
+  if (( r % 2 )); then raw_cases "$r"; pipeline_cases "$r"; agent_cases "$r"
+  else agent_cases "$r"; pipeline_cases "$r"; raw_cases "$r"; fi
 done
 target_rss=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$target_pid/status")
 
@@ -180,13 +212,14 @@ awk '
     rounds = $2 > rounds ? $2 : rounds
   }
   END {
-    split("raw_file raw_recv agent_file agent_recv", order, " ")
+    split("raw_file raw_recv pipe_file pipe_recv agent_file agent_recv", order, " ")
     name["raw_file"] = "raw: zfs send > file (+fsync)"; name["raw_recv"] = "raw: zfs send \\| zfs receive"
+    name["pipe_file"] = "pipeline: send → TCP → sha256 + file (+fsync)"; name["pipe_recv"] = "pipeline: send → TCP → sha256 + zfs receive"
     name["agent_file"] = "agent → file store"; name["agent_recv"] = "agent → replica"
     raw["agent_file"] = "raw_file"; raw["agent_recv"] = "raw_recv"
     printf "| case | MB/s each round | median MB/s | ratio (medians) | CPU-s/GiB source agent | CPU-s/GiB target agent | CPU-s/GiB zfs-fuse | peak RSS source |\n"
     printf "|---|---|---:|---:|---:|---:|---:|---:|\n"
-    for (k = 1; k <= 4; k++) {
+    for (k = 1; k <= 6; k++) {
       c = order[k]; each = ""
       for (r = 1; r <= rounds; r++) each = each (r > 1 ? " / " : "") sprintf("%.0f", per[c, r])
       m = median(rate[c])
@@ -199,6 +232,7 @@ awk '
     printf "\nper-round ratios (agent ÷ raw of the same round):"
     for (r = 1; r <= rounds; r++) printf " file %.2f, replica %.2f;", per["agent_file", r] / per["raw_file", r], per["agent_recv", r] / per["raw_recv", r]
     printf "\n"
+    printf "agent ÷ pipeline (medians): file %.2f, replica %.2f\n", median(rate["agent_file"]) / median(rate["pipe_file"]), median(rate["agent_recv"]) / median(rate["pipe_recv"])
   }' "$dir/measurements.txt"
 echo
 echo "target agent peak RSS (VmHWM) over all agent runs: ${target_rss} MiB"
