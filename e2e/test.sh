@@ -16,6 +16,11 @@ if [ "${CI:-}" = true ]; then
 fi
 
 bash e2e/scripts/install-deps.sh
+if [ "${CI:-}" = true ]; then
+  # A zfs-fuse daemon left running by earlier work (benchmarks, a demo) can be wedged after
+  # long use (a `zfs create` that never returns): CI starts from a fresh one.
+  bash e2e/scripts/zfs.sh stop >/dev/null 2>&1 || true
+fi
 echo "== upstream binaries (built once, cached under ~/.cache/zetaback/bin)"
 bash e2e/scripts/build-tools.sh
 echo "== cargo fmt --check"
