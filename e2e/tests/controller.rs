@@ -1,7 +1,8 @@
 //! The controller against the real apiserver: status is written once per spec change (a status
 //! write does not trigger a reconcile loop), invalid specs are reported, with two replicas
-//! exactly one leads and the other takes over when it steps down, a ZfsHost's new dataset
-//! triggers its policy, and policies sharing a backup host share its perTarget slots.
+//! exactly one leads and the other takes over when it steps down, a leader that loses its Lease
+//! stands by and leads again, a ZfsHost's new dataset triggers its policy, and policies sharing
+//! a backup host share its perTarget slots.
 
 use std::time::Duration;
 
@@ -277,6 +278,91 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over() {
         let _ = stop.send(());
     }
     let _ = (&mut follower.task).await;
+}
+
+async fn leader_metric(port: u16) -> Option<f64> {
+    metric(
+        &http_get(port, "/metrics").await.ok()?,
+        "zetaback_controller_leader",
+    )
+}
+
+/// A leader whose Lease another holder takes (as after renewals failed while the apiserver was
+/// away) stops reconciling, stands by, and leads again once the Lease is free: it does not
+/// exit, since in this harness, as for a single replica, nothing would start it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_stands_by_and_leads_again() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let env = Env::get();
+    let ns = env.namespace("ctl-relead");
+    let client = env.client().await;
+    let ctl = start_controller(client.clone(), &ns, "replica-a").await;
+    let port = ctl.port;
+    eventually("replica-a leads", Duration::from_secs(40), || async move {
+        (leader_metric(port).await? == 1.0).then_some(())
+    })
+    .await;
+
+    // Another holder takes the Lease for 30 s; replica-a sees it at its next renewal.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    leases
+        .patch(
+            zetaback::controller::leader::LEASE_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {
+                "holderIdentity": "another-replica",
+                "acquireTime": now,
+                "renewTime": now,
+                "leaseDurationSeconds": 30,
+            }})),
+        )
+        .await
+        .expect("take the lease");
+    eventually(
+        "replica-a stands by",
+        Duration::from_secs(20),
+        || async move { (leader_metric(port).await? == 0.0).then_some(()) },
+    )
+    .await;
+    assert!(
+        !ctl.task.is_finished(),
+        "the controller must stand by, not exit"
+    );
+
+    // While standing by it reconciles nothing.
+    let api: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &policy("while-standing-by", "30d"))
+        .await
+        .expect("create");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = leases
+        .get(zetaback::controller::leader::LEASE_NAME)
+        .await
+        .expect("lease");
+    let holder = held.spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some("another-replica"), "still taken");
+    let standing_by = api.get("while-standing-by").await.expect("get");
+    assert!(
+        standing_by.status.is_none(),
+        "a standby replica wrote status: {:?}",
+        standing_by.status
+    );
+
+    // Once the other holder's Lease expires, replica-a leads again and catches up.
+    eventually(
+        "replica-a leads again",
+        Duration::from_secs(60),
+        || async move { (leader_metric(port).await? == 1.0).then_some(()) },
+    )
+    .await;
+    eventually("the new term reconciles", Duration::from_secs(30), || {
+        ready_generation(&api, "while-standing-by")
+    })
+    .await;
+    stop_cleanly(ctl).await;
 }
 
 /// A stand-in for the backup host's agent store API (the controller's side of the contract:

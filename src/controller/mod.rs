@@ -131,8 +131,11 @@ impl Options {
     }
 }
 
-/// Runs the controller until `shutdown` resolves or leadership is lost. Metrics are served
-/// from the start, so a standby replica is visible (`zetaback_controller_leader 0`).
+/// Runs the controller until `shutdown` resolves. Metrics are served from the start, so a
+/// standby replica is visible (`zetaback_controller_leader 0`). A leader that loses its lease
+/// (another replica took it, or renewals failed while the apiserver was away) stops every
+/// reconcile and watch of its term and stands by again, so a single replica recovers from an
+/// apiserver outage without a restart.
 pub async fn run(
     client: Client,
     options: Options,
@@ -146,6 +149,15 @@ pub async fn run(
     result
 }
 
+/// How a term as leader ended.
+enum TermEnd {
+    Shutdown,
+    LeadershipLost,
+}
+
+/// How long a replica waits before standing by again after a failed attempt to do so.
+const STANDBY_RETRY: Duration = Duration::from_secs(5);
+
 async fn lead_and_reconcile(
     client: Client,
     options: &Options,
@@ -153,10 +165,43 @@ async fn lead_and_reconcile(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
-    let mut leader = tokio::select! {
-        leader = leader::acquire(client.clone(), options) => leader?,
-        _ = &mut shutdown => { info!("shut down while standing by"); return Ok(()); }
-    };
+    let mut terms = 0u64;
+    loop {
+        let acquired = tokio::select! {
+            leader = leader::acquire(client.clone(), options) => leader,
+            _ = &mut shutdown => { info!("shut down while standing by"); return Ok(()); }
+        };
+        let leader = match acquired {
+            Ok(leader) => leader,
+            // At start-up a failure (no RBAC for Leases, no such namespace) ends the process
+            // with the error; after a term it is most likely the apiserver still being away.
+            Err(e) if terms == 0 => return Err(e),
+            Err(e) => {
+                warn!(error = %e, "standing by for leadership failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY_RETRY) => continue,
+                    _ = &mut shutdown => { info!("shut down while standing by"); return Ok(()); }
+                }
+            }
+        };
+        terms += 1;
+        match lead(client.clone(), options, &metrics, leader, shutdown.as_mut()).await? {
+            TermEnd::Shutdown => return Ok(()),
+            TermEnd::LeadershipLost => continue,
+        }
+    }
+}
+
+/// One term as leader: the shared watches and every controller, until shutdown or the lease
+/// is lost. Everything the term started is stopped before it returns (the controllers' futures
+/// are dropped, the watch tasks aborted), so nothing of it writes once another replica leads.
+async fn lead(
+    client: Client,
+    options: &Options,
+    metrics: &Arc<metrics::Metrics>,
+    mut leader: leader::Leadership,
+    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<TermEnd> {
     metrics.set_leader(true);
     info!(identity = %options.identity, "leading; starting controllers");
     // ZfsHosts: one shared watch (managedFields dropped) feeds the cache reconcilers read and,
@@ -230,18 +275,19 @@ async fn lead_and_reconcile(
             run_kind::<FallbackRoute>(ctx.clone(), ns.clone()),
         )
     };
-    tokio::select! {
-        _ = controllers => {},
+    let end = tokio::select! {
+        _ = controllers => TermEnd::Shutdown,
         lost = leader.lost() => {
-            warn!(reason = %lost, "leadership lost; exiting so another replica takes over");
+            warn!(reason = %lost, "leadership lost; stopped every controller, standing by");
+            TermEnd::LeadershipLost
         }
-        _ = &mut shutdown => info!("shutting down"),
-    }
+        _ = shutdown => { info!("shutting down"); TermEnd::Shutdown }
+    };
     metrics.set_leader(false);
     host_watch.abort();
     job_watch.abort();
     leader.release().await;
-    Ok(())
+    Ok(end)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
