@@ -5,7 +5,7 @@ use kube::Client;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Options;
 
@@ -13,6 +13,8 @@ use super::Options;
 pub const LEASE_NAME: &str = "zetaback-controller";
 const LEASE_SECONDS: u64 = 15;
 const RENEW_BEFORE_SECONDS: u64 = 5;
+/// How long giving the lease up may take before the replica moves on without it.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A held lease.
 pub struct Leadership {
@@ -50,11 +52,26 @@ impl Leadership {
         }
     }
 
-    /// Gives the lease up so another replica can take over at once.
+    /// Gives the lease up so another replica can take over at once. Bounded by
+    /// [`RELEASE_TIMEOUT`]: with the apiserver unreachable the lease simply expires.
     pub async fn release(self) {
         drop(self.state);
-        if let Ok(Ok(manager)) = self.task.await {
-            let _ = manager.release().await;
+        let mut task = self.task;
+        let release = async {
+            if let Ok(Ok(manager)) = (&mut task).await {
+                let _ = manager.release().await;
+            }
+        };
+        if tokio::time::timeout(RELEASE_TIMEOUT, release)
+            .await
+            .is_err()
+        {
+            // Stopped, so that it cannot release a lease this replica holds again later.
+            task.abort();
+            warn!(
+                lease = LEASE_NAME,
+                "releasing the lease timed out; it will expire instead"
+            );
         }
     }
 }
