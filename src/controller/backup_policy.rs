@@ -788,7 +788,29 @@ impl HostTriggers {
         self.seen.insert(host.name_any(), (print, seen));
         trigger
     }
+
+    /// Forgets the hosts `exists` denies (deleted ZfsHosts: the watch's subscription shows no
+    /// deletions), once more are remembered than the `known` hosts plus [`FORGET_SLACK`], so
+    /// a fleet whose hosts come and go does not grow this forever.
+    pub fn forget_deleted(&mut self, known: usize, exists: impl Fn(&str) -> bool) {
+        if self.seen.len() > known + FORGET_SLACK {
+            self.seen.retain(|name, _| exists(name));
+        }
+    }
+
+    /// How many hosts are remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether no host is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
 }
+
+/// How many deleted hosts [`HostTriggers`] may remember before it forgets them.
+const FORGET_SLACK: usize = 64;
 
 /// The policies (from the controller's own cache) that select `host` or store on it.
 fn policies_using(
@@ -839,8 +861,16 @@ fn watch_hosts(
     };
     let stale_after = ctx.host_stale_after;
     let mut triggers = HostTriggers::default();
-    let changed =
-        events.filter(move |host| futures::future::ready(triggers.changed(host, stale_after)));
+    let hosts = ctx.hosts.clone();
+    let changed = events.filter(move |host| {
+        let trigger = triggers.changed(host, stale_after);
+        triggers.forget_deleted(hosts.len(), |name| {
+            hosts
+                .get(&kube::runtime::reflector::ObjectRef::new(name))
+                .is_some()
+        });
+        futures::future::ready(trigger)
+    });
     let policies = controller.store();
     controller.watches_shared_stream(changed, move |host: Arc<ZfsHost>| {
         policies_using(&policies, &host)
@@ -1431,6 +1461,24 @@ mod tests {
             t.changed(&host("db-2", "web", 1220, &["tank/a"]), stale),
             "another host"
         );
+    }
+
+    #[test]
+    fn host_triggers_forget_deleted_hosts_beyond_the_slack() {
+        let stale = Duration::from_secs(60);
+        let mut t = HostTriggers::default();
+        for i in 0..FORGET_SLACK + 2 {
+            t.changed(&host(&format!("h{i}"), "db", 1000, &["tank/a"]), stale);
+        }
+        let only_h0 = |name: &str| name == "h0";
+        // Within the slack over the known hosts nothing is forgotten.
+        t.forget_deleted(2, only_h0);
+        assert_eq!(t.len(), FORGET_SLACK + 2);
+        // Beyond it the deleted ones go, the existing one stays (and is not new again).
+        t.forget_deleted(1, only_h0);
+        assert_eq!(t.len(), 1);
+        assert!(!t.changed(&host("h0", "db", 1001, &["tank/a"]), stale));
+        assert!(t.changed(&host("h1", "db", 1001, &["tank/a"]), stale));
     }
 
     #[test]
