@@ -173,7 +173,9 @@ pipeline_cases() {
   pipeline_case pipe_file "$r" "tee '$dir/pipe.zfs' | openssl dgst -sha256 >'$dir/pipe.sha' && sync '$dir/pipe.zfs'"
   rm -f "$dir/pipe.zfs"
   log "round $r/$rounds: pipeline → zfs receive"
-  pipeline_case pipe_recv "$r" "tee >(openssl dgst -sha256 >'$dir/pipe.sha') | zfs receive '$dst/pipecopy$r'"
+  # The hash reads a FIFO that tee feeds, and is waited for: its end counts too.
+  rm -f "$dir/pipe.fifo"; mkfifo "$dir/pipe.fifo"
+  pipeline_case pipe_recv "$r" "openssl dgst -sha256 <'$dir/pipe.fifo' >'$dir/pipe.sha' & tee '$dir/pipe.fifo' | zfs receive '$dst/pipecopy$r'; wait"
 }
 
 agent_cases() {
