@@ -4,14 +4,18 @@
 #   (a) raw:   `zfs send > file` (+fsync) and `zfs send | zfs receive`
 #   (b) agent: `zetaback-agent backup` → target agent (another process, loopback HTTP) → file store
 #   (c) agent: the same → target agent → `zfs receive` (replica mode)
-#   (d) pipeline: what the agent does, done with standard tools for comparison: `zfs send` →
-#       socat over loopback TCP → `tee` into `openssl dgst -sha256` (SHA-NI where the CPU has it)
-#       and a file (+fsync), or into
-#       `zfs receive`. Not a target of the issue: it shows what the agent's guarantees (a
-#       network hop, a sha256 of every byte, a synced file) cost on this machine without it.
-# in ROUNDS rounds (default 3), each case in turn (raw first in odd rounds, agent first in even
-# ones), every case starting once zfs-fuse has gone
-# quiet (the previous case's writes synced: otherwise a case pays for the one before it). Prints
+#   (d) hop: `zfs send` → socat over loopback TCP → socat → a file (+fsync) or `zfs receive`:
+#       the bare network hop, no checksum, for comparison (what any transfer between two
+#       hosts pays on this machine);
+#   (e) pipeline: what the agent does, done with standard tools for comparison: `zfs send` →
+#       socat over loopback TCP → `tee` into `openssl dgst -sha256` (SHA-NI where the CPU has
+#       it) and a file (+fsync), or into `zfs receive`.
+# (d) and (e) are not targets of the issue: they show what a network hop, and the agent's
+# guarantees (a network hop, a sha256 of every byte, a synced file), cost on this machine
+# without the agent. ROUNDS rounds (default 3) run each case in turn (raw, hop, pipeline, agent
+# in odd rounds; agent, hop, pipeline, raw in even ones), every case starting once zfs-fuse has
+# gone quiet (the previous case's writes synced: otherwise a case pays for the one before it),
+# and every received copy destroyed after its case. Prints
 # each round, the median MB/s per case, the ratio agent/raw of the medians, the CPU-seconds per
 # GiB of each agent and of the zfs-fuse daemon (less noisy than MB/s on a shared machine), and
 # the agents' peak RSS. Not a test: numbers only.
@@ -67,8 +71,11 @@ mkdir -p "$dir/store"
 echo bench-token >"$dir/token"
 
 src_mnt=$("$zfs_sh" pool "$src" "$(( size_mib * 2 + 512 ))M")
-# The replica pool keeps a raw copy, a pipeline copy and an agent replica per round (zfs-fuse often calls a
-# just-received dataset busy, so they are destroyed only with the pool).
+# Every receive case's copy is destroyed after it (see forget_copy), so that each receive finds
+# the replica pool in the same state: zfs-fuse's receive costs about twice the CPU once its
+# pool holds more than about 3 GiB (measured: ≈ 3 CPU-s/GiB for the first three 1 GiB
+# receives into a fresh pool, ≈ 6.7 for the fourth, ≈ 3 again once the copies were destroyed).
+# The pool is sized to keep every copy anyway, for a copy zfs-fuse will not let go.
 "$zfs_sh" pool "$dst" "$(( size_mib * (3 * rounds + 1) + 512 ))M" >/dev/null
 zfs create "$src/data"
 zfs create "$dst/replicas"
@@ -150,6 +157,7 @@ raw_cases() {
   run zfs send "$src/data@bench" | run zfs receive "$dst/rawcopy$r"
   t1=$(now); d1=$(daemon_cpu)
   meas+=("raw_recv $r $raw_bytes $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') 0 0 $(awk -v a="$d0" -v b="$d1" 'BEGIN{print b-a}') 0")
+  forget_copy "$dst/rawcopy$r"
 }
 
 # pipeline_case CASE ROUND RECEIVER: `zfs send` → socat → loopback TCP → socat → RECEIVER
@@ -169,6 +177,12 @@ pipeline_case() {
 
 pipeline_cases() {
   local r=$1
+  log "round $r/$rounds: bare TCP hop → file"
+  pipeline_case hop_file "$r" "cat >'$dir/hop.zfs' && sync '$dir/hop.zfs'"
+  rm -f "$dir/hop.zfs"
+  log "round $r/$rounds: bare TCP hop → zfs receive"
+  pipeline_case hop_recv "$r" "zfs receive '$dst/hopcopy$r'"
+  forget_copy "$dst/hopcopy$r"
   log "round $r/$rounds: pipeline → file"
   pipeline_case pipe_file "$r" "tee '$dir/pipe.zfs' | openssl dgst -sha256 >'$dir/pipe.sha' && sync '$dir/pipe.zfs'"
   rm -f "$dir/pipe.zfs"
@@ -176,6 +190,19 @@ pipeline_cases() {
   # The hash reads a FIFO that tee feeds, and is waited for: its end counts too.
   rm -f "$dir/pipe.fifo"; mkfifo "$dir/pipe.fifo"
   pipeline_case pipe_recv "$r" "openssl dgst -sha256 <'$dir/pipe.fifo' >'$dir/pipe.sha' & tee '$dir/pipe.fifo' | zfs receive '$dst/pipecopy$r'; wait"
+  forget_copy "$dst/pipecopy$r"
+}
+
+# forget_copy DATASET: destroys a received copy, retrying for up to 15 s (zfs-fuse often calls
+# a just-received dataset busy); one that stays is reported and kept.
+forget_copy() {
+  local try
+  for try in $(seq 1 30); do
+    zfs list -H "$1" >/dev/null 2>&1 || return 0
+    zfs destroy -r "$1" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  log "could not destroy $1 (busy): the replica pool keeps it"
 }
 
 agent_cases() {
@@ -185,6 +212,7 @@ agent_cases() {
   rm -rf "${dir:?}/store/bench-src$r"
   log "round $r/$rounds: agent → replica"
   agent_case agent_recv "$r" --target-dataset "$dst/replicas"
+  forget_copy "$dst/replicas/bench-src$r"
 }
 
 # Odd rounds run the raw cases first, even rounds the agent cases first: whichever runs
@@ -214,14 +242,15 @@ awk '
     rounds = $2 > rounds ? $2 : rounds
   }
   END {
-    split("raw_file raw_recv pipe_file pipe_recv agent_file agent_recv", order, " ")
+    split("raw_file raw_recv hop_file hop_recv pipe_file pipe_recv agent_file agent_recv", order, " ")
+    name["hop_file"] = "bare TCP hop: send → TCP → file (+fsync)"; name["hop_recv"] = "bare TCP hop: send → TCP → zfs receive"
     name["raw_file"] = "raw: zfs send > file (+fsync)"; name["raw_recv"] = "raw: zfs send \\| zfs receive"
     name["pipe_file"] = "pipeline: send → TCP → sha256 + file (+fsync)"; name["pipe_recv"] = "pipeline: send → TCP → sha256 + zfs receive"
     name["agent_file"] = "agent → file store"; name["agent_recv"] = "agent → replica"
     raw["agent_file"] = "raw_file"; raw["agent_recv"] = "raw_recv"
     printf "| case | MB/s each round | median MB/s | ratio (medians) | CPU-s/GiB source agent | CPU-s/GiB target agent | CPU-s/GiB zfs-fuse | peak RSS source |\n"
     printf "|---|---|---:|---:|---:|---:|---:|---:|\n"
-    for (k = 1; k <= 6; k++) {
+    for (k = 1; k <= 8; k++) {
       c = order[k]; each = ""
       for (r = 1; r <= rounds; r++) each = each (r > 1 ? " / " : "") sprintf("%.0f", per[c, r])
       m = median(rate[c])
@@ -234,6 +263,7 @@ awk '
     printf "\nper-round ratios (agent ÷ raw of the same round):"
     for (r = 1; r <= rounds; r++) printf " file %.2f, replica %.2f;", per["agent_file", r] / per["raw_file", r], per["agent_recv", r] / per["raw_recv", r]
     printf "\n"
+    printf "agent ÷ bare TCP hop (medians): file %.2f, replica %.2f\n", median(rate["agent_file"]) / median(rate["hop_file"]), median(rate["agent_recv"]) / median(rate["hop_recv"])
     printf "agent ÷ pipeline (medians): file %.2f, replica %.2f\n", median(rate["agent_file"]) / median(rate["pipe_file"]), median(rate["agent_recv"]) / median(rate["pipe_recv"])
   }' "$dir/measurements.txt"
 echo
