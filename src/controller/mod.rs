@@ -200,7 +200,7 @@ async fn lead(
     options: &Options,
     metrics: &Arc<metrics::Metrics>,
     mut leader: leader::Leadership,
-    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<TermEnd> {
     metrics.set_leader(true);
     info!(identity = %options.identity, "leading; starting controllers");
@@ -239,11 +239,28 @@ async fn lead(
         .reflect_shared(jobs_writer)
         .for_each(|_| futures::future::ready(())),
     );
-    if hosts.wait_until_ready().await.is_err() {
-        anyhow::bail!("the ZfsHost watch ended before its first listing");
-    }
-    if jobs.wait_until_ready().await.is_err() {
-        anyhow::bail!("the BackupJob watch ended before its first listing");
+    // The first listings can take long (or wait for an apiserver that went away again): the
+    // lease is watched meanwhile, so no controller starts in a term that has already ended.
+    let listed = async {
+        if hosts.wait_until_ready().await.is_err() {
+            anyhow::bail!("the ZfsHost watch ended before its first listing");
+        }
+        if jobs.wait_until_ready().await.is_err() {
+            anyhow::bail!("the BackupJob watch ended before its first listing");
+        }
+        Ok(())
+    };
+    let early_end = tokio::select! {
+        listed = listed => { listed?; None }
+        lost = leader.lost() => {
+            warn!(reason = %lost, "leadership lost before the caches were filled; standing by");
+            Some(TermEnd::LeadershipLost)
+        }
+        _ = &mut shutdown => { info!("shutting down"); Some(TermEnd::Shutdown) }
+    };
+    if let Some(end) = early_end {
+        end_term(metrics, [host_watch, job_watch], leader).await;
+        return Ok(end);
     }
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -281,13 +298,23 @@ async fn lead(
             warn!(reason = %lost, "leadership lost; stopped every controller, standing by");
             TermEnd::LeadershipLost
         }
-        _ = shutdown => { info!("shutting down"); TermEnd::Shutdown }
+        _ = &mut shutdown => { info!("shutting down"); TermEnd::Shutdown }
     };
-    metrics.set_leader(false);
-    host_watch.abort();
-    job_watch.abort();
-    leader.release().await;
+    end_term(metrics, [host_watch, job_watch], leader).await;
     Ok(end)
+}
+
+/// Ends a term: not leading any more, the shared watches stopped, the lease given up.
+async fn end_term(
+    metrics: &metrics::Metrics,
+    watches: [tokio::task::JoinHandle<()>; 2],
+    leader: leader::Leadership,
+) {
+    metrics.set_leader(false);
+    for watch in watches {
+        watch.abort();
+    }
+    leader.release().await;
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
