@@ -54,6 +54,19 @@ where
     }
 }
 
+/// The list and watch parameters of this host's objects: limited to `fields` when the
+/// apiserver accepts them (see [`selectable`]), every object otherwise.
+pub fn scoped(fields: Option<&str>) -> (ListParams, kube::runtime::watcher::Config) {
+    let (list, config) = (
+        ListParams::default(),
+        kube::runtime::watcher::Config::default(),
+    );
+    match fields {
+        Some(fields) => (list.fields(fields), config.fields(fields)),
+        None => (list, config),
+    }
+}
+
 /// Writes `claimed` (the object as read, with its status set to the claim) as the status of
 /// `obj`; `Some(updated)` if this agent got it, `None` if another agent was first or the
 /// object is gone.

@@ -786,10 +786,7 @@ impl RestoreRunner {
 
     /// Fails the restores this agent left running before a restart.
     pub async fn recover(&self) -> Result<usize, RestoreError> {
-        let mut list = ListParams::default();
-        if let Some(fields) = self.host_selector().await? {
-            list = list.fields(&fields);
-        }
+        let (list, _) = crate::claim::scoped(self.host_selector().await?.as_deref());
         self.recover_listed(&list).await
     }
 
@@ -947,12 +944,7 @@ impl RestoreRunner {
     /// Watches and runs restores until the watch ends.
     pub async fn run(self: Arc<Self>) -> Result<(), RestoreError> {
         // One probe for both the orphan list and the watch.
-        let fields = self.host_selector().await?;
-        let (mut list, mut config) = (ListParams::default(), watcher::Config::default());
-        if let Some(fields) = &fields {
-            list = list.fields(fields);
-            config = config.fields(fields);
-        }
+        let (list, config) = crate::claim::scoped(self.host_selector().await?.as_deref());
         let n = self.recover_listed(&list).await?;
         if n > 0 {
             info!(failed = n, "failed restores interrupted by a restart");

@@ -122,10 +122,7 @@ impl Runner {
 
     /// Fails the jobs this agent left running before a restart.
     pub async fn recover(&self) -> Result<usize, RunnerError> {
-        let mut list = ListParams::default();
-        if let Some(fields) = self.host_selector().await? {
-            list = list.fields(&fields);
-        }
+        let (list, _) = claim::scoped(self.host_selector().await?.as_deref());
         self.recover_listed(&list).await
     }
 
@@ -243,12 +240,7 @@ impl Runner {
     /// Watches and runs jobs until the watch fails for good.
     pub async fn run(self: Arc<Self>) -> Result<(), RunnerError> {
         // One probe for both the orphan list and the watch.
-        let fields = self.host_selector().await?;
-        let (mut list, mut config) = (ListParams::default(), watcher::Config::default());
-        if let Some(fields) = &fields {
-            list = list.fields(fields);
-            config = config.fields(fields);
-        }
+        let (list, config) = claim::scoped(self.host_selector().await?.as_deref());
         let n = self.recover_listed(&list).await?;
         if n > 0 {
             info!(failed = n, "failed jobs interrupted by a restart");

@@ -174,11 +174,6 @@ impl Host {
     }
 }
 
-struct Controller {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
 /// Real pools, real agents, and optionally the controller, for one test namespace.
 pub struct Fleet {
     pub env: &'static Env,
@@ -195,7 +190,7 @@ pub struct Fleet {
     /// The number that makes this fleet's host and pool names unique.
     pub tag: u32,
     hosts: Vec<Host>,
-    controller: Option<Controller>,
+    controller: Option<crate::controller::InProcessController>,
 }
 
 impl Fleet {
@@ -412,7 +407,6 @@ impl Fleet {
         configure: impl FnOnce(&mut zetaback::controller::Options),
     ) {
         assert!(self.controller.is_none(), "the controller already runs");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut options = zetaback::controller::Options::new(
             &self.ns,
             "fleet",
@@ -421,21 +415,16 @@ impl Fleet {
         options.watch_namespace = Some(self.ns.clone());
         options.store_token = Some(ADMIN_TOKEN.into());
         configure(&mut options);
-        let task = tokio::spawn(zetaback::controller::run(
+        self.controller = Some(crate::controller::InProcessController::start(
             self.client.clone(),
             options,
-            async {
-                let _ = stopped.await;
-            },
         ));
-        self.controller = Some(Controller { stop, task });
     }
 
     /// Stops the in-process controller (waits for it to end).
     pub async fn stop_controller(&mut self) {
         if let Some(c) = self.controller.take() {
-            let _ = c.stop.send(());
-            let _ = c.task.await;
+            let _ = c.stop().await;
         }
     }
 
@@ -643,10 +632,8 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        if let Some(c) = self.controller.take() {
-            let _ = c.stop.send(());
-            c.task.abort();
-        }
+        // Dropping the controller stops it.
+        self.controller.take();
         for h in &mut self.hosts {
             h.kill();
         }

@@ -200,21 +200,17 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
         text(&token.stderr)
     );
     let client = env.client_with_token(text(&token.stdout).trim()).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(zetaback::controller::run(
+    let ctl = zetaback_e2e::controller::InProcessController::start(
         client,
         zetaback::controller::Options {
-            lease_namespace: ns.clone(),
-            identity: "chart-test".into(),
-            metrics_addr: ([127, 0, 0, 1], free_port()).into(),
             watch_namespace: Some(ns.clone()),
-            store_token: None,
-            host_stale_after: std::time::Duration::from_secs(90),
+            ..zetaback::controller::Options::new(
+                &ns,
+                "chart-test",
+                ([127, 0, 0, 1], free_port()).into(),
+            )
         },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let admin: Api<BackupPolicy> = Api::namespaced(env.client().await, &ns);
     let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
         "hosts": {"names": ["db-1"]},
@@ -236,8 +232,8 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
         },
     )
     .await;
-    let _ = stop.send(());
-    task.await
+    ctl.stop()
+        .await
         .expect("join")
         .expect("the controller ran without RBAC errors");
     // The namespace's objects go with it; the release's cluster-scoped ones are deleted here.

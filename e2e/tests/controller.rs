@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use tokio::sync::oneshot;
 use zetaback::api::{BackupPolicy, BackupPolicySpec};
+use zetaback_e2e::controller::InProcessController;
 use zetaback_e2e::{Env, eventually, free_port, http_get, metric};
 
 fn policy(name: &str, full_keep: &str) -> BackupPolicy {
@@ -22,62 +22,23 @@ fn policy(name: &str, full_keep: &str) -> BackupPolicy {
     BackupPolicy::new(name, spec)
 }
 
-struct Running {
-    port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start_controller(client: kube::Client, ns: &str, identity: &str) -> Running {
-    let port = free_port();
-    let (stop, stopped) = oneshot::channel::<()>();
+async fn start_controller(client: kube::Client, ns: &str, identity: &str) -> InProcessController {
     let options = zetaback::controller::Options {
-        lease_namespace: ns.to_owned(),
-        identity: identity.to_owned(),
-        metrics_addr: ([127, 0, 0, 1], port).into(),
         watch_namespace: Some(ns.to_owned()),
-        store_token: None,
-        host_stale_after: std::time::Duration::from_secs(90),
+        ..zetaback::controller::Options::new(ns, identity, ([127, 0, 0, 1], free_port()).into())
     };
-    let task = tokio::spawn(zetaback::controller::run(client, options, async {
-        let _ = stopped.await;
-    }));
-    Running {
-        port,
-        stop: Some(stop),
-        task,
-    }
+    InProcessController::start(client, options)
 }
 
 /// The only controller of namespace `ns`, with the store agents' admin token
 /// (`admin-token`), as the backup-flow tests run it.
-async fn start_with_store_token(client: kube::Client, ns: &str) -> Running {
-    let port = free_port();
-    let (stop, stopped) = oneshot::channel::<()>();
+async fn start_with_store_token(client: kube::Client, ns: &str) -> InProcessController {
     let options = zetaback::controller::Options {
         store_token: Some("admin-token".into()),
         watch_namespace: Some(ns.to_owned()),
-        ..zetaback::controller::Options::new(ns, "only", ([127, 0, 0, 1], port).into())
+        ..zetaback::controller::Options::new(ns, "only", ([127, 0, 0, 1], free_port()).into())
     };
-    let task = tokio::spawn(zetaback::controller::run(client, options, async {
-        let _ = stopped.await;
-    }));
-    Running {
-        port,
-        stop: Some(stop),
-        task,
-    }
-}
-
-/// Stops a controller and checks that it ended without an error.
-async fn stop_cleanly(mut ctl: Running) {
-    if let Some(stop) = ctl.stop.take() {
-        let _ = stop.send(());
-    }
-    ctl.task
-        .await
-        .expect("join")
-        .expect("controller ends cleanly");
+    InProcessController::start(client, options)
 }
 
 async fn metrics_of(port: u16) -> String {
@@ -99,7 +60,7 @@ async fn status_is_written_once_per_spec_change() {
     let env = Env::get();
     let ns = env.namespace("ctl-writes");
     let client = env.client().await;
-    let mut ctl = start_controller(client.clone(), &ns, "only").await;
+    let ctl = start_controller(client.clone(), &ns, "only").await;
     let api: Api<BackupPolicy> = Api::namespaced(client, &ns);
     api.create(&PostParams::default(), &policy("p1", "30d"))
         .await
@@ -159,13 +120,7 @@ async fn status_is_written_once_per_spec_change() {
     assert_eq!(writes, Some(2.0));
     assert_eq!(reconciles, Some(2.0));
 
-    if let Some(stop) = ctl.stop.take() {
-        let _ = stop.send(());
-    }
-    ctl.task
-        .await
-        .expect("join")
-        .expect("controller ends cleanly");
+    ctl.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +128,7 @@ async fn a_spec_the_schema_cannot_judge_is_reported_not_ready() {
     let env = Env::get();
     let ns = env.namespace("ctl-invalid");
     let client = env.client().await;
-    let mut ctl = start_controller(client.clone(), &ns, "only").await;
+    let ctl = start_controller(client.clone(), &ns, "only").await;
     let api: Api<BackupPolicy> = Api::namespaced(client, &ns);
     // A retention grid spanning 2 days for fulls due every 7 days: the CRD's CEL rules check
     // plain ages only, the controller checks grids.
@@ -194,10 +149,7 @@ async fn a_spec_the_schema_cannot_judge_is_reported_not_ready() {
         message.contains("full.keep spans less than full.every"),
         "{message}"
     );
-    if let Some(stop) = ctl.stop.take() {
-        let _ = stop.send(());
-    }
-    let _ = ctl.task.await;
+    let _ = ctl.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,9 +202,7 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over() {
     .await;
 
     // The leader steps down (releasing the Lease); the follower takes over.
-    if let Some(stop) = leader.stop.take() {
-        let _ = stop.send(());
-    }
+    leader.request_stop();
     let _ = (&mut leader.task).await;
     let port = follower.port;
     eventually(
@@ -274,9 +224,7 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over() {
         ready_generation(&api, "after")
     })
     .await;
-    if let Some(stop) = follower.stop.take() {
-        let _ = stop.send(());
-    }
+    follower.request_stop();
     let _ = (&mut follower.task).await;
 }
 
@@ -362,7 +310,7 @@ async fn a_leader_that_loses_its_lease_stands_by_and_leads_again() {
         ready_generation(&api, "while-standing-by")
     })
     .await;
-    stop_cleanly(ctl).await;
+    ctl.stop_cleanly().await;
 }
 
 /// A stand-in for the backup host's agent store API (the controller's side of the contract:
@@ -472,17 +420,7 @@ async fn classes_job_history_and_backup_metrics() {
     let env = Env::get();
     let ns = env.namespace("ctl-metrics");
     let client = env.client().await;
-    let stub = Arc::new(StubStore {
-        backups: Default::default(),
-        whole_reads: Default::default(),
-        host_reads: Default::default(),
-        not_modified: Default::default(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = listener.local_addr().expect("addr").to_string();
-    let server = tokio::spawn(stub.clone().serve(listener));
+    let (stub, endpoint, server) = start_stub_store().await;
 
     // Two ZfsHosts (cluster-scoped, named after the namespace): a source and the backup host.
     let hosts: Api<ZfsHost> = Api::all(client.clone());
@@ -761,11 +699,9 @@ async fn classes_job_history_and_backup_metrics() {
     );
     assert!(per_host >= 1, "new backups are read per host");
 
-    stop_cleanly(ctl).await;
+    ctl.stop_cleanly().await;
     server.abort();
-    for name in [&src, &bak] {
-        let _ = hosts.delete(name, &Default::default()).await;
-    }
+    delete_hosts(&hosts, &[&src, &bak]).await;
 }
 
 /// Creates ZfsHosts `names` (cluster-scoped) and reports `status` for each.
@@ -794,13 +730,46 @@ async fn hosts_with_status(
     }
 }
 
-fn stub_store() -> std::sync::Arc<StubStore> {
-    std::sync::Arc::new(StubStore {
+/// A stand-in store serving on a free loopback port: the store, its endpoint (`host:port`)
+/// and the serving task.
+async fn start_stub_store() -> (
+    std::sync::Arc<StubStore>,
+    String,
+    tokio::task::JoinHandle<()>,
+) {
+    let stub = std::sync::Arc::new(StubStore {
         backups: Default::default(),
         whole_reads: Default::default(),
         host_reads: Default::default(),
         not_modified: Default::default(),
-    })
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = listener.local_addr().expect("addr").to_string();
+    let server = tokio::spawn(stub.clone().serve(listener));
+    (stub, endpoint, server)
+}
+
+/// Policy `name`: weekly fulls and daily incrementals of host `src` to the file store of host
+/// `bak`, with these concurrency caps.
+fn weekly_policy(name: &str, src: &str, bak: &str, per_host: u32, per_target: u32) -> BackupPolicy {
+    let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
+        "hosts": {"names": [src]},
+        "full": {"every": "7d", "keep": "30d"},
+        "incremental": {"every": "1d", "keep": "14d"},
+        "target": {"host": bak, "path": "/var/lib/zetaback"},
+        "concurrency": {"perHost": per_host, "perTarget": per_target}
+    }))
+    .expect("spec");
+    BackupPolicy::new(name, spec)
+}
+
+/// Deletes the test's ZfsHosts (cluster-scoped, so the namespace's deletion leaves them).
+async fn delete_hosts(hosts: &Api<zetaback::api::ZfsHost>, names: &[&String]) {
+    for name in names {
+        let _ = hosts.delete(name, &Default::default()).await;
+    }
 }
 
 async fn jobs_of(
@@ -821,12 +790,7 @@ async fn a_new_dataset_in_a_host_report_is_backed_up_at_once() {
     let env = Env::get();
     let ns = env.namespace("ctl-newds");
     let client = env.client().await;
-    let stub = stub_store();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = listener.local_addr().expect("addr").to_string();
-    let server = tokio::spawn(stub.clone().serve(listener));
+    let (_, endpoint, server) = start_stub_store().await;
     let hosts: Api<ZfsHost> = Api::all(client.clone());
     let (src, bak) = (format!("{ns}-src"), format!("{ns}-bak"));
     let now = jiff::Timestamp::now();
@@ -845,17 +809,12 @@ async fn a_new_dataset_in_a_host_report_is_backed_up_at_once() {
     )
     .await;
     let ctl = start_with_store_token(client.clone(), &ns).await;
-    let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
-        "hosts": {"names": [src]},
-        "full": {"every": "7d", "keep": "30d"},
-        "incremental": {"every": "1d", "keep": "14d"},
-        "target": {"host": bak, "path": "/var/lib/zetaback"},
-        "concurrency": {"perHost": 4, "perTarget": 4}
-    }))
-    .expect("spec");
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
     policies
-        .create(&PostParams::default(), &BackupPolicy::new("newds", spec))
+        .create(
+            &PostParams::default(),
+            &weekly_policy("newds", &src, &bak, 4, 4),
+        )
         .await
         .expect("create policy");
     let jobs: Api<zetaback::api::BackupJob> = Api::namespaced(client.clone(), &ns);
@@ -897,11 +856,9 @@ async fn a_new_dataset_in_a_host_report_is_backed_up_at_once() {
     )
     .await;
 
-    stop_cleanly(ctl).await;
+    ctl.stop_cleanly().await;
     server.abort();
-    for name in [&src, &bak] {
-        let _ = hosts.delete(name, &Default::default()).await;
-    }
+    delete_hosts(&hosts, &[&src, &bak]).await;
 }
 
 /// `concurrency.perTarget` counts every policy's jobs into the backup host: two policies
@@ -915,12 +872,7 @@ async fn policies_sharing_a_backup_host_share_its_per_target_slots() {
     let env = Env::get();
     let ns = env.namespace("ctl-target");
     let client = env.client().await;
-    let stub = stub_store();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = listener.local_addr().expect("addr").to_string();
-    let server = tokio::spawn(stub.clone().serve(listener));
+    let (stub, endpoint, server) = start_stub_store().await;
     let hosts: Api<ZfsHost> = Api::all(client.clone());
     let (src1, src2, bak) = (
         format!("{ns}-src1"),
@@ -948,17 +900,7 @@ async fn policies_sharing_a_backup_host_share_its_per_target_slots() {
     .await;
     let ctl = start_with_store_token(client.clone(), &ns).await;
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
-    let make = |name: &str, src: &str| {
-        let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
-            "hosts": {"names": [src]},
-            "full": {"every": "7d", "keep": "30d"},
-            "incremental": {"every": "1d", "keep": "14d"},
-            "target": {"host": bak, "path": "/var/lib/zetaback"},
-            "concurrency": {"perHost": 1, "perTarget": 1}
-        }))
-        .expect("spec");
-        BackupPolicy::new(name, spec)
-    };
+    let make = |name: &str, src: &str| weekly_policy(name, src, &bak, 1, 1);
     let jobs: Api<zetaback::api::BackupJob> = Api::namespaced(client.clone(), &ns);
     policies
         .create(&PostParams::default(), &make("first", &src1))
@@ -1043,9 +985,7 @@ async fn policies_sharing_a_backup_host_share_its_per_target_slots() {
         "one job in flight into the backup host: {all:?}"
     );
 
-    stop_cleanly(ctl).await;
+    ctl.stop_cleanly().await;
     server.abort();
-    for name in [&src1, &src2, &bak] {
-        let _ = hosts.delete(name, &Default::default()).await;
-    }
+    delete_hosts(&hosts, &[&src1, &src2, &bak]).await;
 }

@@ -12,40 +12,16 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Resource;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use tokio::sync::oneshot;
 use zetaback::api::{FallbackRoute, FallbackRouteSpec};
+use zetaback_e2e::controller::InProcessController;
 use zetaback_e2e::{Env, eventually, free_port};
 
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task
-            .await
-            .expect("join")
-            .expect("controller ends cleanly");
-    }
-}
-
-fn start_controller(client: kube::Client, ns: &str) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
+fn start_controller(client: kube::Client, ns: &str) -> InProcessController {
     let options = zetaback::controller::Options {
         watch_namespace: Some(ns.to_owned()),
         ..zetaback::controller::Options::new(ns, "only", ([127, 0, 0, 1], free_port()).into())
     };
-    let task = tokio::spawn(zetaback::controller::run(client, options, async {
-        let _ = stopped.await;
-    }));
-    Running {
-        stop: Some(stop),
-        task,
-    }
+    InProcessController::start(client, options)
 }
 
 fn route(name: &str, backends: serde_json::Value) -> FallbackRoute {
@@ -342,7 +318,7 @@ async fn renders_the_proxy_and_rolls_it_on_change() {
     .await;
     println!("rolled out: hash {hash1} -> {hash2}, {rs_count} ReplicaSets");
     assert_eq!(rs_count, 2);
-    ctl.stop().await;
+    ctl.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,7 +374,7 @@ async fn a_missing_service_backend_is_reported() {
     )
     .await;
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Resolved"));
-    ctl.stop().await;
+    ctl.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,7 +408,7 @@ async fn deleting_the_route_collects_what_it_owned() {
     })
     .await;
     // Stop the controller first, so nothing but the garbage collector acts.
-    ctl.stop().await;
+    ctl.stop_cleanly().await;
     routes
         .delete("gone", &DeleteParams::default())
         .await

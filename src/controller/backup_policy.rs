@@ -1202,6 +1202,20 @@ mod tests {
         run_with(hosts, catalogue, now, None)
     }
 
+    /// The test policy with `request` in its backup-now annotation.
+    fn policy_requesting(request: &BackupNowRequest) -> BackupPolicy {
+        let mut pol = policy();
+        pol.metadata.annotations = Some(
+            [(
+                BACKUP_NOW_ANNOTATION.to_string(),
+                serde_json::to_string(request).unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        pol
+    }
+
     fn run_with(
         hosts: &[Arc<ZfsHost>],
         catalogue: Option<&store::Catalogue>,
@@ -1268,15 +1282,7 @@ mod tests {
             backup_type: Some(BackupType::Full),
             requested_at: ts(4000),
         };
-        let mut pol = policy();
-        pol.metadata.annotations = Some(
-            [(
-                BACKUP_NOW_ANNOTATION.to_string(),
-                serde_json::to_string(&request).unwrap(),
-            )]
-            .into_iter()
-            .collect(),
-        );
+        let mut pol = policy_requesting(&request);
         let mut jobs: Vec<Arc<BackupJob>> = Vec::new();
         let mut started = Vec::new();
         for round in 0..3 {
@@ -1567,15 +1573,7 @@ mod tests {
         assert_eq!(p.create[0].spec.backup_type, BackupType::Full);
         assert_eq!(p.status.backup_now_handled, Some(Time(ts(4000))));
         // Once recorded as handled, the same request is not pending any more.
-        let mut pol = policy();
-        pol.metadata.annotations = Some(
-            [(
-                BACKUP_NOW_ANNOTATION.to_string(),
-                serde_json::to_string(&request).unwrap(),
-            )]
-            .into_iter()
-            .collect(),
-        );
+        let mut pol = policy_requesting(&request);
         assert_eq!(pending_backup_now(&pol), Some(request.clone()));
         pol.status = Some(p.status.clone());
         assert_eq!(pending_backup_now(&pol), None);

@@ -165,7 +165,7 @@ async fn lead_and_reconcile(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
-    let mut terms = 0u64;
+    let mut has_led = false;
     loop {
         let acquired = tokio::select! {
             leader = leader::acquire(client.clone(), options) => leader,
@@ -175,7 +175,7 @@ async fn lead_and_reconcile(
             Ok(leader) => leader,
             // At start-up a failure (no RBAC for Leases, no such namespace) ends the process
             // with the error; after a term it is most likely the apiserver still being away.
-            Err(e) if terms == 0 => return Err(e),
+            Err(e) if !has_led => return Err(e),
             Err(e) => {
                 warn!(error = %e, "standing by for leadership failed; retrying");
                 tokio::select! {
@@ -184,7 +184,7 @@ async fn lead_and_reconcile(
                 }
             }
         };
-        terms += 1;
+        has_led = true;
         match lead(client.clone(), options, &metrics, leader, shutdown.as_mut()).await? {
             TermEnd::Shutdown => return Ok(()),
             TermEnd::LeadershipLost => continue,
