@@ -3,6 +3,7 @@
 #   zfs.sh start                 start zfs-fuse if it is not running (idempotent)
 #   zfs.sh pool NAME [SIZE]      create a file-backed pool NAME (default 512M) if missing;
 #                                prints its mountpoint
+#   zfs.sh dataset NAME          `zfs create -p NAME` (parents too); prints its mountpoint
 #   zfs.sh destroy NAME          destroy pool NAME, then its backing file (fails, keeping
 #                                both, when the pool cannot be destroyed)
 #   zfs.sh stop                  export every e2e pool and stop zfs-fuse
@@ -28,6 +29,18 @@ kill_daemon() {
   rm -f "$pidfile"
 }
 
+# zfs-fuse has hung for good (twice in agents_zfs, once with a fresh daemon) when two tests'
+# `zfs create` ran at once: each mounts a new file system, and both stayed blocked on the
+# parent's FUSE mount with every daemon thread idle. So starting the daemon and creating pools
+# and datasets go one at a time across processes (an flock), and a creation that does not
+# return within 120 s fails with that said, instead of hanging the test run.
+admin_lock() {
+  mkdir -p "$(dirname "$pidfile")"
+  exec 9>"$(dirname "$pidfile")/zfs-admin.lock"
+  flock 9
+}
+wedged() { echo "zfs.sh: $1 did not return within 120 s: zfs-fuse is wedged (zfs.sh stop, then start)" >&2; exit 1; }
+
 start() {
   need zfs-fuse; need zpool; need zfs
   mkdir -p "$dir" "$mnt" "$(dirname "$pidfile")"
@@ -38,7 +51,8 @@ start() {
     # (a damaged image could wedge it) and their images go.
     rm -f /var/lib/zfs/zpool.cache /etc/zfs/zpool.cache
     rm -f "$dir"/*.img
-    zfs-fuse --pidfile "$pidfile" --no-kstat-mount </dev/null >/dev/null 2>&1
+    # (without fd 9: the daemon must not hold the admin lock)
+    zfs-fuse --pidfile "$pidfile" --no-kstat-mount </dev/null >/dev/null 2>&1 9>&-
     for _ in $(seq 1 50); do running && break; sleep 0.2; done
     running || { echo "zfs.sh: zfs-fuse did not start" >&2; exit 1; }
   fi
@@ -51,8 +65,17 @@ pool() {
   if ! zpool list -H "$name" >/dev/null 2>&1; then
     rm -f "$dir/$name.img"   # never import a stale image: pools are made fresh
     truncate -s "$size" "$dir/$name.img"
-    zpool create -f -m "$mnt/$name" "$name" "$dir/$name.img" >/dev/null
+    timeout 120 zpool create -f -m "$mnt/$name" "$name" "$dir/$name.img" >/dev/null \
+      || { [ $? = 124 ] && wedged "zpool create $name"; exit 1; }
   fi
+  zfs get -H -o value mountpoint "$name"
+}
+
+dataset() {
+  local name=$1
+  [[ $name =~ ^[A-Za-z][A-Za-z0-9_.:/-]*$ ]] || { echo "zfs.sh: bad dataset name '$name'" >&2; exit 2; }
+  start
+  timeout 120 zfs create -p "$name" || { [ $? = 124 ] && wedged "zfs create -p $name"; exit 1; }
   zfs get -H -o value mountpoint "$name"
 }
 
@@ -82,9 +105,10 @@ stop() {
 }
 
 case "${1:-}" in
-  start) start ;;
-  pool) shift; pool "$@" ;;
+  start) admin_lock; start ;;
+  pool) shift; admin_lock; pool "$@" ;;
+  dataset) shift; admin_lock; dataset "$@" ;;
   destroy) shift; destroy "$@" ;;
   stop) stop ;;
-  *) echo "usage: zfs.sh start | pool NAME [SIZE] | destroy NAME | stop" >&2; exit 2 ;;
+  *) echo "usage: zfs.sh start | pool NAME [SIZE] | dataset NAME | destroy NAME | stop" >&2; exit 2 ;;
 esac

@@ -431,7 +431,7 @@ impl Fleet {
     /// Creates `<pool of host>/<relative>` (and missing parents) and returns its full name.
     pub fn create_dataset(&self, short: &str, relative: &str) -> String {
         let ds = format!("{}/{relative}", self.host(short).pool);
-        zfs(&["create", "-p", &ds]);
+        create_dataset(self.env, &ds);
         ds
     }
 
@@ -679,6 +679,20 @@ pub fn make_pool(env: &Env, name: &str, size: &str) -> PathBuf {
         text(&out.stderr)
     );
     PathBuf::from(text(&out.stdout).trim())
+}
+
+/// `zfs create -p name` through `zfs.sh dataset`: creations (each mounts a file system) go one
+/// at a time, since zfs-fuse has hung when two ran at once, and a hung one fails after 120 s.
+pub fn create_dataset(env: &Env, name: &str) {
+    let out = Command::new(env.root.join("e2e/scripts/zfs.sh"))
+        .args(["dataset", name])
+        .output()
+        .expect("zfs.sh");
+    assert!(
+        out.status.success(),
+        "zfs.sh dataset {name}: {}",
+        text(&out.stderr)
+    );
 }
 
 /// Destroys a pool and then its backing file with `zfs.sh destroy`, which retries while

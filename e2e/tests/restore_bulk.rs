@@ -20,7 +20,9 @@ use kube::api::{Api, ListParams};
 use zetaback::api::Restore;
 use zetaback::api::restore::{BULK_PARENT_LABEL, RestorePhase};
 use zetaback_e2e::Env;
-use zetaback_e2e::fleet::{DEFAULT_POOL_SIZE, Fleet, dataset_exists, mounted, noise, sums, zfs};
+use zetaback_e2e::fleet::{
+    DEFAULT_POOL_SIZE, Fleet, create_dataset, dataset_exists, mounted, noise, sums,
+};
 
 /// The sha256 lines of a dataset's own files (those of a mounted child dataset, `nested`,
 /// left out).
@@ -78,7 +80,7 @@ async fn bulk_restores_from_the_command_line() {
 
     // 1. An existing destination refuses everything before anything starts.
     let taken = format!("{dp}/r1/{b}");
-    zfs(&["create", "-p", &taken]);
+    create_dataset(fleet.env, &taken);
     // The controller checks destinations against the ZfsHost status.
     fleet.wait_for_datasets("dst", &[&taken]).await;
     let to = format!("{dst}/{dp}/r1");

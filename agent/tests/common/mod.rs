@@ -63,10 +63,11 @@ impl Pool {
         Self { name, mountpoint }
     }
 
-    /// `zfs create` a child dataset and return (name, mountpoint).
+    /// `zfs create` a child dataset (through `zfs.sh dataset`, one creation at a time) and
+    /// return (name, mountpoint).
     pub fn create(&self, child: &str) -> (String, PathBuf) {
         let ds = format!("{}/{child}", self.name);
-        zfs(&["create", "-p", &ds]);
+        zfs_sh(&["dataset", &ds]);
         (ds, self.mountpoint.join(child))
     }
 }
