@@ -665,34 +665,31 @@ pub fn agent_binary() -> PathBuf {
     bin
 }
 
-/// Creates a fresh file-backed pool (destroying a leftover of that name); its mountpoint.
-pub fn make_pool(env: &Env, name: &str, size: &str) -> PathBuf {
-    let script = env.root.join("e2e/scripts/zfs.sh");
-    destroy_pool(env, name);
-    let out = Command::new(&script)
-        .args(["pool", name, size])
+/// Runs `e2e/scripts/zfs.sh args…`, which must succeed; its output, trimmed.
+fn zfs_sh(env: &Env, args: &[&str]) -> String {
+    let out = Command::new(env.root.join("e2e/scripts/zfs.sh"))
+        .args(args)
         .output()
         .expect("zfs.sh");
     assert!(
         out.status.success(),
-        "zfs.sh pool {name}: {}",
+        "zfs.sh {}: {}",
+        args.join(" "),
         text(&out.stderr)
     );
-    PathBuf::from(text(&out.stdout).trim())
+    text(&out.stdout).trim().to_owned()
+}
+
+/// Creates a fresh file-backed pool (destroying a leftover of that name); its mountpoint.
+pub fn make_pool(env: &Env, name: &str, size: &str) -> PathBuf {
+    destroy_pool(env, name);
+    PathBuf::from(zfs_sh(env, &["pool", name, size]))
 }
 
 /// `zfs create -p name` through `zfs.sh dataset`: creations (each mounts a file system) go one
 /// at a time, since zfs-fuse has hung when two ran at once, and a hung one fails after 120 s.
 pub fn create_dataset(env: &Env, name: &str) {
-    let out = Command::new(env.root.join("e2e/scripts/zfs.sh"))
-        .args(["dataset", name])
-        .output()
-        .expect("zfs.sh");
-    assert!(
-        out.status.success(),
-        "zfs.sh dataset {name}: {}",
-        text(&out.stderr)
-    );
+    zfs_sh(env, &["dataset", name]);
 }
 
 /// Destroys a pool and then its backing file with `zfs.sh destroy`, which retries while
