@@ -32,16 +32,33 @@ if [ "${1:-}" = down ]; then
 fi
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# The demo proves what it shows: any step that did not happen ends it with this, non-zero.
+fail() { printf '\n\033[1;31mDEMO FAILED: %s\033[0m\n  logs: %s\n' "$*" "$demo" >&2; exit 1; }
 bg() { # name, command...
   local name=$1; shift
   nohup "$@" >"$demo/$name.log" 2>&1 &
   echo $! >"$demo/$name.pid"
 }
+# Every process the demo started is still running (one that exited shows its log's tail).
+check_alive() {
+  local p name
+  for p in "$demo"/*.pid; do
+    [ -f "$p" ] || continue
+    name=$(basename "$p" .pid)
+    kill -0 "$(cat "$p")" 2>/dev/null && continue
+    tail -n 20 "$demo/$name.log" >&2 || true
+    fail "$name exited (its log's last lines are above)"
+  done
+}
 
 step "Installing prerequisites (Debian packages) if missing"
 bash e2e/scripts/install-deps.sh
-step "Building zetaback (cargo build)"
-cargo build --locked --bins -q
+step "Building zetaback (cargo build: controller, agent, CLI)"
+# --workspace: the agent is its own package; a plain `cargo build --bins` builds only the root's.
+cargo build --locked --workspace --bins -q
+for b in zetaback-controller zetaback-agent kubectl-zetaback; do
+  [ -x "$bins/$b" ] || fail "cargo build did not produce $bins/$b"
+done
 step "Starting the local control plane (the first run builds Kubernetes from source: ~10-20 min)"
 kubeconfig=$(bash e2e/scripts/env.sh up)
 bin=$(bash e2e/scripts/env.sh bin)
@@ -94,6 +111,16 @@ KUBECONFIG=$agent_kc bg agent-backup-1 "$bins/zetaback-agent" --host-name backup
   --listen 127.0.0.1:17792 --store-root "$demo/store" --token-file "$demo/stream-token" \
   --admin-token-file "$demo/admin-token" --status-interval 5 --last-seen-every 10
 echo "  agents: db-1 on 127.0.0.1:17791, backup-1 on 127.0.0.1:17792 (logs in $demo)"
+printf '  waiting for both agents to report their ZfsHost'
+for _ in $(seq 1 60); do
+  [ -n "$(k get zfshost db-1 -o jsonpath='{.status.lastSeen}' 2>/dev/null)" ] &&
+    [ -n "$(k get zfshost backup-1 -o jsonpath='{.status.lastSeen}' 2>/dev/null)" ] && break
+  printf '.'; sleep 1
+done
+echo
+check_alive
+[ -n "$(k get zfshost db-1 -o jsonpath='{.status.lastSeen}' 2>/dev/null)" ] || fail "agent db-1 never reported its ZfsHost"
+[ -n "$(k get zfshost backup-1 -o jsonpath='{.status.lastSeen}' 2>/dev/null)" ] || fail "agent backup-1 never reported its ZfsHost"
 
 step "Starting the controller (as the zetaback-controller ServiceAccount)"
 KUBECONFIG=$(kubeconfig_for zetaback-controller) POD_NAMESPACE=$ns POD_NAME=demo-controller \
@@ -103,27 +130,48 @@ echo "  metrics on http://127.0.0.1:18080/metrics"
 
 step "Applying a BackupPolicy (full every 5m, incremental every 30s) and a FallbackRoute"
 k apply -f e2e/manifests/demo/policy.yaml -f e2e/manifests/demo/route.yaml | sed 's/^/  /'
+policy_field() { k get backuppolicy databases -o jsonpath="$1" 2>/dev/null || true; }
 printf '  waiting for the first full backups'
 for _ in $(seq 1 120); do
-  [ "$(k get backuppolicy databases -o jsonpath='{.status.conditions[?(@.type=="Compliant")].status}' 2>/dev/null)" = True ] && break
+  [ "$(policy_field '{.status.conditions[?(@.type=="Compliant")].status}')" = True ] &&
+    [ "$(policy_field '{.status.datasets}')" = 2 ] && break
   printf '.'; sleep 1
 done
 echo
+check_alive
+[ "$(policy_field '{.status.datasets}')" = 2 ] ||
+  fail "the policy covers $(policy_field '{.status.datasets}') datasets, expected 2 (demodb/db/pg, demodb/db/redis)"
+[ "$(policy_field '{.status.conditions[?(@.type=="Compliant")].status}')" = True ] ||
+  fail "the policy is not Compliant: $(policy_field '{.status.conditions[?(@.type=="Compliant")].message}')"
 printf '  and for an incremental'
 for _ in $(seq 1 90); do
   ls "$demo"/store/db-1/*/ 2>/dev/null | grep -q incremental && break
   printf '.'; sleep 1
 done
 echo
+# A backup counts once its manifest is written: count manifests, not stream files.
+fulls=$(find "$demo/store/db-1" -name '*.full.json' 2>/dev/null | wc -l)
+incrementals=$(find "$demo/store/db-1" -name '*.incremental.*.json' 2>/dev/null | wc -l)
+[ "$fulls" -ge 2 ] || fail "expected a full backup of each dataset in $demo/store/db-1, found $fulls"
+[ "$incrementals" -ge 1 ] || fail "no incremental backup stored in $demo/store/db-1 within 90 s"
+check_alive
 
 step "kubectl get zetaback"
 k get zetaback -A
 step "kubectl zetaback summary"
-KUBECONFIG=$kubeconfig "$bins/kubectl-zetaback" summary --token-file "$demo/admin-token" || true
+KUBECONFIG=$kubeconfig "$bins/kubectl-zetaback" summary --token-file "$demo/admin-token" ||
+  fail "kubectl zetaback summary failed"
 step "kubectl zetaback violators (monitoring-plugin exit code)"
-KUBECONFIG=$kubeconfig "$bins/kubectl-zetaback" violators && echo "  exit 0" || echo "  exit $?"
+violators_rc=0
+KUBECONFIG=$kubeconfig "$bins/kubectl-zetaback" violators || violators_rc=$?
+echo "  exit $violators_rc"
+[ "$violators_rc" = 0 ] || fail "kubectl zetaback violators exited $violators_rc, expected 0 (OK)"
 step "A refused policy (incremental not shorter than full)"
-k apply --dry-run=server -f e2e/manifests/invalid/incremental-not-shorter.yaml 2>&1 | sed 's/^/  /' || true
+if k apply --dry-run=server -f e2e/manifests/invalid/incremental-not-shorter.yaml >"$demo/refused.txt" 2>&1; then
+  fail "the apiserver accepted an invalid policy"
+fi
+sed 's/^/  /' "$demo/refused.txt"
+step "DEMO OK: $fulls full and $incrementals incremental backups stored by the agents, 2 datasets, Compliant"
 cat <<TXT
 
 Everything keeps running: backups continue every 30s. Try:
