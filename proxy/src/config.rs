@@ -51,9 +51,59 @@ pub struct ProxyConfig {
     /// How long a backend that refused a connection or timed out is skipped.
     #[serde(default = "default_backend_down_for", with = "humantime_serde")]
     pub backend_down_for: Duration,
-    /// Value used in the `Via` header.
+    /// Value used in the `Via` header; a request that already carries it
+    /// is a forwarding loop (508).
     #[serde(default = "default_via_name")]
     pub via_name: String,
+    /// Consecutive failures (refused connection, timeout) after which a
+    /// backend is skipped for `backendDownFor`; one slow URL does not take
+    /// a whole backend out.
+    #[serde(default = "default_backend_down_after")]
+    pub backend_down_after: u32,
+    /// Total bytes of the owner cache (keys and values).
+    #[serde(
+        default = "default_owner_max_size",
+        deserialize_with = "bytes_size::deserialize"
+    )]
+    pub owner_max_size: u64,
+    /// Peers (IP addresses or CIDR ranges) whose `X-Forwarded-For` is
+    /// trusted and appended to; from anyone else it is replaced by the
+    /// socket peer's address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Request headers forwarded on cache fills and made part of the cache
+    /// key (e.g. `X-Forwarded-Proto` behind a TLS terminator). Headers
+    /// outside the fill allow-list and this list are not sent on fills.
+    #[serde(default)]
+    pub keyed_headers: Vec<String>,
+    /// Limits on client connections.
+    #[serde(default)]
+    pub limits: LimitConfig,
+}
+
+/// Limits on client connections (proxy and metrics listeners).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Open client connections on the proxy listener; one more is
+    /// answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections on the metrics listener.
+    #[serde(default = "default_max_metrics_connections")]
+    pub max_metrics_connections: usize,
+    /// Time a client has to send a complete request head, counted from
+    /// when the connection opened or its previous response ended: it
+    /// bounds slow headers and idle keep-alive connections alike.
+    #[serde(default = "default_header_read", with = "humantime_serde")]
+    pub header_read: Duration,
+    /// Largest request head (request line plus headers) in bytes; at
+    /// least 8192.
+    #[serde(
+        default = "default_max_header_bytes",
+        deserialize_with = "bytes_size::deserialize"
+    )]
+    pub max_header_bytes: u64,
 }
 
 /// One upstream server.
@@ -102,6 +152,13 @@ pub struct CacheConfig {
     /// (no coalescing) before being tried again.
     #[serde(default = "default_pass_ttl", with = "humantime_serde")]
     pub pass_ttl: Duration,
+    /// Bytes each of the Vary index and the hit-for-pass marks may hold
+    /// (keys are client-chosen URLs: bounded by size, not by count).
+    #[serde(
+        default = "default_index_max_size",
+        deserialize_with = "bytes_size::deserialize"
+    )]
+    pub index_max_size: u64,
 }
 
 /// Upstream timeouts.
@@ -123,6 +180,10 @@ pub struct TimeoutConfig {
     /// How long shutdown waits for open connections.
     #[serde(default = "default_shutdown", with = "humantime_serde")]
     pub shutdown: Duration,
+    /// How long a request waits for another request's fill of the same key
+    /// before fetching on its own (a slow leader cannot freeze a URL).
+    #[serde(default = "default_coalesce_wait", with = "humantime_serde")]
+    pub coalesce_wait: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -149,6 +210,27 @@ fn default_backend_down_for() -> Duration {
 fn default_via_name() -> String {
     "zetaback".to_string()
 }
+fn default_backend_down_after() -> u32 {
+    3
+}
+fn default_owner_max_size() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_metrics_connections() -> usize {
+    64
+}
+fn default_header_read() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_header_bytes() -> u64 {
+    64 * 1024
+}
+fn default_coalesce_wait() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_ttl() -> Duration {
     Duration::from_secs(300)
 }
@@ -166,6 +248,9 @@ fn default_grace() -> Duration {
 }
 fn default_keep() -> Duration {
     Duration::from_secs(600)
+}
+fn default_index_max_size() -> u64 {
+    16 * 1024 * 1024
 }
 fn default_pass_ttl() -> Duration {
     Duration::from_secs(60)
@@ -235,6 +320,7 @@ impl Default for CacheConfig {
             grace: default_grace(),
             keep: default_keep(),
             pass_ttl: default_pass_ttl(),
+            index_max_size: default_index_max_size(),
         }
     }
 }
@@ -247,6 +333,18 @@ impl Default for TimeoutConfig {
             body_idle: default_body_idle(),
             pool_idle: default_pool_idle(),
             shutdown: default_shutdown(),
+            coalesce_wait: default_coalesce_wait(),
+        }
+    }
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            max_metrics_connections: default_max_metrics_connections(),
+            header_read: default_header_read(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
 }
@@ -268,6 +366,11 @@ impl ProxyConfig {
             pass_to: 0,
             backend_down_for: default_backend_down_for(),
             via_name: default_via_name(),
+            backend_down_after: default_backend_down_after(),
+            owner_max_size: default_owner_max_size(),
+            trusted_proxies: Vec::new(),
+            keyed_headers: Vec::new(),
+            limits: LimitConfig::default(),
         }
     }
 

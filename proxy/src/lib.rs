@@ -23,6 +23,6 @@ pub mod range;
 pub mod server;
 pub mod upstream;
 
-pub use config::{BackendConfig, CacheConfig, ProxyConfig, TimeoutConfig};
+pub use config::{BackendConfig, CacheConfig, LimitConfig, ProxyConfig, TimeoutConfig};
 pub use error::{ConfigError, ProxyError, ServerError};
 pub use server::{ProxyHandle, start};
