@@ -33,7 +33,8 @@ pub struct ProxyConfig {
     /// How long the backend that answered a path is remembered.
     #[serde(default = "default_owner_ttl", with = "humantime_serde")]
     pub owner_ttl: Duration,
-    /// Maximum number of remembered owners.
+    /// Accepted for older rendered configs and ignored: the owner cache is
+    /// bounded by `ownerMaxSize` (bytes), since its keys are client-chosen.
     #[serde(default = "default_owner_capacity")]
     pub owner_capacity: u64,
     /// Upstream timeouts.

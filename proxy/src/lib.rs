@@ -5,7 +5,7 @@
 //! coalescing, and pass-through of other methods.
 //!
 //! Pure logic lives in small modules ([`key`], [`policy`], [`owner`],
-//! [`hop`], [`range`], [`conditional`]); I/O in [`proxy`], [`upstream`] and
+//! [`hop`], [`forwarding`], [`range`], [`conditional`]); I/O in [`proxy`], [`upstream`] and
 //! [`server`].
 
 pub mod body;
@@ -13,6 +13,7 @@ pub mod cache;
 pub mod conditional;
 pub mod config;
 pub mod error;
+pub mod forwarding;
 pub mod hop;
 pub mod key;
 pub mod metrics;

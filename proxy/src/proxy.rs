@@ -19,6 +19,7 @@ use crate::cache::{CachedObject, Flight, Inflight, LeaderGuard, Store, wait};
 use crate::conditional;
 use crate::config::ProxyConfig;
 use crate::error::{ConfigError, ProxyError, UpstreamError};
+use crate::forwarding::{self, Forwarding};
 use crate::hop;
 use crate::key;
 use crate::metrics::Metrics;
@@ -39,8 +40,8 @@ pub struct Runtime {
     pub owners: Arc<Cache<String, Arc<str>>>,
     pub inflight: Arc<Inflight>,
     pub metrics: Arc<Metrics>,
-    /// `Via` value added to responses.
-    via: HeaderValue,
+    /// What goes upstream (allow-lists, keyed headers, trusted proxies, Via).
+    pub fwd: Forwarding,
 }
 
 impl Runtime {
@@ -64,27 +65,20 @@ impl Runtime {
         let owners = match prev {
             Some(p)
                 if p.cfg.owner_ttl == cfg.owner_ttl
-                    && p.cfg.owner_capacity == cfg.owner_capacity =>
+                    && p.cfg.owner_max_size == cfg.owner_max_size =>
             {
                 p.owners.clone()
             }
-            _ => Arc::new(
-                Cache::builder()
-                    .max_capacity(cfg.owner_capacity)
-                    .time_to_live(cfg.owner_ttl.max(Duration::from_millis(1)))
-                    .build(),
-            ),
+            _ => Arc::new(owner_cache(cfg.owner_max_size, cfg.owner_ttl)),
         };
         let client = match prev {
             Some(p) if p.cfg.timeouts == cfg.timeouts => p.client.clone(),
             _ => upstream::build_client(&cfg.timeouts),
         };
         let inflight = prev.map(|p| p.inflight.clone()).unwrap_or_default();
-        let via = HeaderValue::from_str(&format!("1.1 {}", cfg.via_name)).map_err(|_| {
-            ConfigError::Invalid(format!("viaName {:?} is not a header value", cfg.via_name))
-        })?;
+        let fwd = Forwarding::new(&cfg.keyed_headers, &cfg.trusted_proxies, &cfg.via_name)?;
         Ok(Self {
-            via,
+            fwd,
             cfg,
             backends,
             client,
@@ -102,6 +96,26 @@ impl Runtime {
     fn is_fallback(&self, status: StatusCode) -> bool {
         self.cfg.fallback_on.contains(&status.as_u16())
     }
+
+    /// Names a stored response varies on that a fill actually sends (the
+    /// backend cannot have varied on anything else).
+    fn vary_sent(&self, resp: &HeaderMap) -> Vec<HeaderName> {
+        let mut names = key::vary_names(resp).unwrap_or_default();
+        names.retain(|n| self.fwd.sent_on_fill(n));
+        names
+    }
+}
+
+/// The owner cache, bounded by the bytes of its keys and values (keys are
+/// client-chosen paths).
+fn owner_cache(max_bytes: u64, ttl: Duration) -> Cache<String, Arc<str>> {
+    Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|k: &String, v: &Arc<str>| {
+            u32::try_from(k.len() + v.len() + crate::cache::ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+        })
+        .time_to_live(ttl.max(Duration::from_millis(1)))
+        .build()
 }
 
 /// Entry point for one client request.
@@ -118,7 +132,7 @@ pub async fn handle(rt: Arc<Runtime>, req: Request<Incoming>, peer: SocketAddr) 
             error_response(&e)
         }
     };
-    resp.headers_mut().append(header::VIA, rt.via.clone());
+    resp.headers_mut().append(header::VIA, rt.fwd.via().clone());
     rt.metrics.latency.observe(start.elapsed().as_secs_f64());
     resp
 }
@@ -130,6 +144,7 @@ fn error_response(e: &ProxyError) -> Response<Body> {
         ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ProxyError::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
         ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ProxyError::Loop => StatusCode::LOOP_DETECTED,
         ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
         ProxyError::Upstream(UpstreamError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
         ProxyError::Upstream(UpstreamError::Build(_)) => StatusCode::BAD_REQUEST,
@@ -153,7 +168,7 @@ struct Target {
     primary: String,
 }
 
-fn target(req: &Request<Incoming>) -> Result<Target, ProxyError> {
+fn target(req: &Request<Incoming>, fwd: &Forwarding) -> Result<Target, ProxyError> {
     let host_hdr = req
         .headers()
         .get(header::HOST)
@@ -171,7 +186,14 @@ fn target(req: &Request<Incoming>) -> Result<Target, ProxyError> {
             "request target must be a path".into(),
         ));
     }
+    if key::has_dot_segment(req.uri().path()) {
+        return Err(ProxyError::BadRequest(
+            "the path has a `.` or `..` segment".into(),
+        ));
+    }
     let primary = key::primary_key(&host, &pq);
+    // Keyed headers are sent on fills, so they are part of every key.
+    let primary = key::variant_key(&primary, &fwd.keyed, req.headers());
     Ok(Target { host, pq, primary })
 }
 
@@ -180,33 +202,26 @@ async fn handle_inner(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ProxyError> {
-    let t = target(&req)?;
+    if rt.fwd.is_loop(req.headers(), &rt.cfg.via_name) {
+        return Err(ProxyError::Loop);
+    }
+    let t = target(&req, &rt.fwd)?;
     if !key::host_allowed(&rt.cfg.hosts, &t.host) {
         return Err(ProxyError::UnknownHost);
     }
     if req.method() == Method::GET || req.method() == Method::HEAD {
+        // Its body would be dropped here and its framing would be the
+        // backend's business: refuse rather than desync anything.
+        if forwarding::has_body(req.headers()) {
+            return Err(ProxyError::BadRequest(
+                "GET and HEAD requests cannot have a body".into(),
+            ));
+        }
         get_or_head(rt, req, t, peer).await
     } else {
         pass(rt, req, t, peer).await
     }
 }
-
-fn upstream_headers(client: &HeaderMap, peer: SocketAddr, via: &str) -> HeaderMap {
-    let mut h = client.clone();
-    hop::strip_hop_by_hop(&mut h);
-    hop::add_via(&mut h, http::Version::HTTP_11, via);
-    hop::add_forwarded_for(&mut h, peer.ip());
-    h
-}
-
-const FILL_STRIP: &[HeaderName] = &[
-    header::RANGE,
-    header::IF_RANGE,
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-];
 
 /// Context of a cache fill, shareable with a background refresh.
 struct FillCtx {
@@ -214,7 +229,7 @@ struct FillCtx {
     uri: Uri,
     primary: String,
     owner_key: String,
-    /// headers sent upstream (validators and Range removed)
+    /// headers sent upstream (the fill allow-list)
     upstream: HeaderMap,
     /// the client's headers (for Vary and the policy)
     client: HeaderMap,
@@ -225,12 +240,9 @@ impl FillCtx {
         t: &Target,
         parts: &http::request::Parts,
         peer: SocketAddr,
-        via: &str,
+        fwd: &Forwarding,
     ) -> Result<Self, ProxyError> {
-        let mut upstream = upstream_headers(&parts.headers, peer, via);
-        for h in FILL_STRIP {
-            upstream.remove(h);
-        }
+        let upstream = fwd.fill_headers(&parts.headers, &t.host, peer.ip());
         let uri: Uri =
             t.pq.parse()
                 .map_err(|_| ProxyError::BadRequest("bad path".into()))?;
@@ -282,7 +294,7 @@ async fn get_or_head(
     if parts.headers.contains_key(header::AUTHORIZATION) {
         // Never share a lookup or a fetch with an authenticated request;
         // its response is stored only if the response allows it.
-        let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+        let ctx = FillCtx::new(&t, &parts, peer, &rt.fwd)?;
         rt.metrics.miss.inc();
         return match fill(rt, &ctx, None, None).await? {
             Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
@@ -302,7 +314,7 @@ async fn get_or_head(
                 Freshness::Grace => {
                     rt.metrics.stale.inc();
                     if let Some(guard) = rt.inflight.try_lead(&vkey) {
-                        let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+                        let ctx = FillCtx::new(&t, &parts, peer, &rt.fwd)?;
                         let rt2 = rt.clone();
                         let old = obj.clone();
                         tokio::spawn(
@@ -326,7 +338,7 @@ async fn get_or_head(
         match rt.inflight.join(&vkey) {
             Flight::Leader(guard) => {
                 rt.metrics.miss.inc();
-                let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+                let ctx = FillCtx::new(&t, &parts, peer, &rt.fwd)?;
                 // A plain GET streams to its client while the copy for the
                 // cache is taken; the guard goes with the body. Everything
                 // else is answered from the buffered object.
@@ -357,14 +369,23 @@ async fn get_or_head(
             }
             Flight::Waiter(rx) => {
                 rt.metrics.coalesced.inc();
-                wait(rx).await;
+                // A leader whose client reads slowly holds its flight as
+                // long as its body streams: wait a bounded time only.
+                if tokio::time::timeout(rt.cfg.timeouts.coalesce_wait, wait(rx))
+                    .await
+                    .is_err()
+                {
+                    debug!("coalesced fill is slow; fetching alone");
+                    rt.metrics.coalesce_timeouts.inc();
+                    break;
+                }
             }
         }
     }
     // The key kept producing unstorable answers without a pass mark
-    // (e.g. errors): fetch on our own.
+    // (e.g. errors), or its flight was too slow: fetch on our own.
     rt.metrics.miss.inc();
-    let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+    let ctx = FillCtx::new(&t, &parts, peer, &rt.fwd)?;
     match fill(rt, &ctx, None, None).await? {
         Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
         Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
@@ -477,9 +498,11 @@ async fn fill(
                 now,
             );
             if decision.is_ok() {
+                let vary = rt.vary_sent(&obj.headers);
                 return Ok(Filled::Object(rt.store.insert(
                     &ctx.primary,
                     &ctx.client,
+                    vary,
                     obj,
                 )));
             }
@@ -517,6 +540,9 @@ async fn fill(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut decision = policy::storable(&policy, parts.status, &parts.headers, now);
+    if decision.is_ok() && !policy::shareable_despite_cookie(&ctx.client, &parts.headers) {
+        decision = Err(NotStorable::CookieRequest);
+    }
     if decision.is_ok() && content_length.is_some_and(|l| l > rt.store.max_object_size) {
         decision = Err(NotStorable::TooLarge);
     }
@@ -552,6 +578,7 @@ async fn fill(
         cache_cfg.grace
     };
 
+    let vary = rt.vary_sent(&headers);
     if let Some(guard) = tee {
         let store = rt.store.clone();
         let store2 = rt.store.clone();
@@ -574,7 +601,7 @@ async fn fill(
                 keep,
                 now,
             );
-            store.insert(&primary, &client, obj);
+            store.insert(&primary, &client, vary, obj);
         });
         let on_overflow: crate::body::OnOverflow = Box::new(move || {
             metrics.not_stored(NotStorable::TooLarge.as_str());
@@ -642,15 +669,22 @@ async fn fill(
     Ok(Filled::Object(rt.store.insert(
         &ctx.primary,
         &ctx.client,
+        vary,
         obj,
     )))
 }
 
 /// Whether an unstorable answer should send this key straight to the
 /// backends for a while (hit-for-pass). Only for reasons the response
-/// itself gives, not the request or a transient error.
+/// itself gives, not the request or a transient error: a request with
+/// credentials (one junk `Authorization`, a `Cookie`) never marks a key
+/// uncacheable for everyone.
 fn marks_pass(reason: NotStorable, req: &HeaderMap, status: StatusCode) -> bool {
+    if req.contains_key(header::AUTHORIZATION) || req.contains_key(header::COOKIE) {
+        return false;
+    }
     match reason {
+        NotStorable::CookieRequest => false,
         NotStorable::SetCookie
         | NotStorable::VaryStar
         | NotStorable::TooLarge
@@ -718,10 +752,13 @@ async fn fetch_chain(
         *req.headers_mut() = h;
         match upstream::send(&rt.client, b, req, rt.cfg.timeouts.response_header).await {
             Err(e) => {
-                warn!(backend = %b.name, error = %e, "backend failed; marking down");
-                b.mark_down(rt.cfg.backend_down_for);
-                if owner == Some(idx) {
-                    rt.owners.invalidate(owner_key);
+                if b.record_failure(rt.cfg.backend_down_after, rt.cfg.backend_down_for) {
+                    warn!(backend = %b.name, error = %e, "backend failed repeatedly; marking down");
+                    if owner == Some(idx) {
+                        rt.owners.invalidate(owner_key);
+                    }
+                } else {
+                    warn!(backend = %b.name, error = %e, "backend failed");
                 }
                 incomplete = true;
                 timed_out |= matches!(e, UpstreamError::Timeout { .. });
@@ -799,7 +836,7 @@ async fn pass_get(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ProxyError> {
     rt.metrics.pass.inc();
-    let headers = upstream_headers(&parts.headers, peer, &rt.cfg.via_name);
+    let headers = rt.fwd.pass_get_headers(&parts.headers, &t.host, peer.ip());
     let path = t.pq.split('?').next().unwrap_or("/");
     let okey = key::owner_key(&t.host, path);
     let chain = fetch_chain(rt, &parts.method, &t.pq, &headers, &okey, None).await?;
@@ -831,8 +868,15 @@ async fn pass(
     let (parts, incoming) = req.into_parts();
     let b = &rt.backends[rt.cfg.pass_to];
     let exceeded = Arc::new(AtomicBool::new(false));
-    let body = LimitedBody::new(incoming, limit, exceeded.clone()).boxed();
-    let headers = upstream_headers(&parts.headers, peer, &rt.cfg.via_name);
+    let has_body = forwarding::has_body(&parts.headers);
+    let body = if has_body {
+        LimitedBody::new(incoming, limit, exceeded.clone()).boxed()
+    } else {
+        body::empty()
+    };
+    let headers = rt
+        .fwd
+        .pass_headers(&parts.headers, &t.host, peer.ip(), has_body);
     let uri = b.url.join(&t.pq).map_err(UpstreamError::from)?;
     let mut up = Request::builder()
         .method(parts.method.clone())

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -76,6 +76,8 @@ pub struct Backend {
     pub name: Arc<str>,
     pub url: BackendUrl,
     down_until_ms: AtomicU64,
+    /// Failed requests since the last answer.
+    failures: AtomicU32,
     pub counters: BackendCounters,
 }
 
@@ -85,6 +87,7 @@ impl Backend {
             name: Arc::from(cfg.name.as_str()),
             url: BackendUrl::parse(&cfg.url)?,
             down_until_ms: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
             counters,
         })
     }
@@ -99,7 +102,27 @@ impl Backend {
         self.down_until_ms.store(until, Ordering::Relaxed);
     }
 
+    /// Count a failed request (refused, reset, timed out). The
+    /// `threshold`-th failure in a row marks the backend down for `for_`;
+    /// returns whether it did.
+    pub fn record_failure(&self, threshold: u32, for_: Duration) -> bool {
+        let n = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if n >= threshold.max(1) {
+            self.failures.store(0, Ordering::Relaxed);
+            self.mark_down(for_);
+            return true;
+        }
+        false
+    }
+
+    /// The backend answered: forget failures, end a down period.
     pub fn mark_up(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
         if self.down_until_ms.load(Ordering::Relaxed) != 0 {
             self.down_until_ms.store(0, Ordering::Relaxed);
         }
@@ -193,5 +216,17 @@ mod tests {
         assert!(b.is_down());
         b.mark_up();
         assert!(!b.is_down());
+        // Two failures, an answer, two failures: never three in a row.
+        let long = Duration::from_secs(60);
+        for _ in 0..2 {
+            assert!(!b.record_failure(3, long));
+            assert!(!b.record_failure(3, long));
+            b.mark_up();
+        }
+        assert!(!b.is_down());
+        assert!(!b.record_failure(3, long));
+        assert!(!b.record_failure(3, long));
+        assert!(b.record_failure(3, long));
+        assert!(b.is_down());
     }
 }

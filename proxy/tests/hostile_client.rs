@@ -41,11 +41,7 @@ async fn read_head(s: &mut TcpStream) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_with_a_body_is_refused_and_cannot_desync_the_pooled_backend_connection() {
-    let a = Nginx::start(
-        "web1",
-        &[("/a.txt", b"file a"), ("/b.txt", b"file b")],
-        "",
-    );
+    let a = Nginx::start("web1", &[("/a.txt", b"file a"), ("/b.txt", b"file b")], "");
     let proxy = start_proxy(config_for(&[&a])).await;
     let c = TestClient::new(proxy.addr);
     // One pooled upstream connection exists.
@@ -123,7 +119,11 @@ async fn connection_listed_host_or_varyd_header_cannot_poison_another_key() {
         .await;
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     let r = c.get("/v/greet.txt", &[("accept-language", "fr")]).await;
-    assert_eq!(r.text(), "bonjour", "the fr variant after `Connection: Accept-Language`");
+    assert_eq!(
+        r.text(),
+        "bonjour",
+        "the fr variant after `Connection: Accept-Language`"
+    );
     proxy.shutdown().await;
 }
 
@@ -146,7 +146,11 @@ async fn unkeyed_forwarded_headers_are_dropped_on_fills() {
     ];
     let clean = "host= proto= fwd= url= m=\n";
     let r = c.get("/fwd/page", &evil).await;
-    assert_eq!(r.text(), clean, "the backend saw the client's forwarding headers");
+    assert_eq!(
+        r.text(),
+        clean,
+        "the backend saw the client's forwarding headers"
+    );
     let r = c.get("/fwd/page", &[]).await;
     assert_eq!(r.text(), clean, "served to the next client");
     proxy.shutdown().await;
@@ -289,7 +293,11 @@ async fn connections_over_the_cap_are_refused_on_both_listeners() {
     }
     let mut mheld = Vec::new();
     for _ in 0..2 {
-        mheld.push(TcpStream::connect(proxy.metrics_addr).await.expect("connect"));
+        mheld.push(
+            TcpStream::connect(proxy.metrics_addr)
+                .await
+                .expect("connect"),
+        );
     }
     let c = TestClient::new(proxy.addr);
     let raw = c
@@ -300,7 +308,10 @@ async fn connections_over_the_cap_are_refused_on_both_listeners() {
     let raw = m
         .raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await;
-    assert!(raw.starts_with("HTTP/1.1 503"), "third metrics connection: {raw}");
+    assert!(
+        raw.starts_with("HTTP/1.1 503"),
+        "third metrics connection: {raw}"
+    );
 
     // A freed slot is usable again.
     drop(held.pop());
@@ -385,7 +396,9 @@ async fn dot_segments_cannot_escape_a_backend_prefix() {
         "/ok/..%2fsecret.txt",
     ] {
         let raw = c
-            .raw(format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .raw(
+                format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
             .await;
         assert!(!raw.contains("secret"), "{target}: {raw}");
         assert!(raw.starts_with("HTTP/1.1 400"), "{target}: {raw}");
