@@ -101,8 +101,9 @@ pub fn variant_key(primary: &str, names: &[HeaderName], req: &HeaderMap) -> Stri
 /// servers decode and resolve them). Browsers never send them.
 pub fn has_dot_segment(path: &str) -> bool {
     let bytes = path.as_bytes();
-    if !bytes.iter().any(|&b| b == b'.' || b == b'%') {
-        return false;
+    if !bytes.contains(&b'%') {
+        // The common case: no allocation.
+        return bytes.contains(&b'.') && dots_in_segments(bytes);
     }
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -119,8 +120,11 @@ pub fn has_dot_segment(path: &str) -> bool {
         decoded.push(bytes[i]);
         i += 1;
     }
-    decoded
-        .split(|&b| b == b'/' || b == b'\\')
+    dots_in_segments(&decoded)
+}
+
+fn dots_in_segments(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/' || b == b'\\')
         .map(|seg| seg.split(|&b| b == b';').next().unwrap_or(seg))
         .any(|seg| seg == b"." || seg == b"..")
 }

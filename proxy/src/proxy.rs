@@ -191,9 +191,11 @@ fn target(req: &Request<Incoming>, fwd: &Forwarding) -> Result<Target, ProxyErro
             "the path has a `.` or `..` segment".into(),
         ));
     }
-    let primary = key::primary_key(&host, &pq);
-    // Keyed headers are sent on fills, so they are part of every key.
-    let primary = key::variant_key(&primary, &fwd.keyed, req.headers());
+    let mut primary = key::primary_key(&host, &pq);
+    if !fwd.keyed.is_empty() {
+        // Keyed headers are sent on fills, so they are part of every key.
+        primary = key::variant_key(&primary, &fwd.keyed, req.headers());
+    }
     Ok(Target { host, pq, primary })
 }
 
