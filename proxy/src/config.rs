@@ -98,6 +98,10 @@ pub struct LimitConfig {
     /// bounds slow headers and idle keep-alive connections alike.
     #[serde(default = "default_header_read", with = "humantime_serde")]
     pub header_read: Duration,
+    /// A client that reads nothing of its response for this long is
+    /// disconnected (nginx's `send_timeout`).
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// Largest request head (request line plus headers) in bytes; at
     /// least 8192.
     #[serde(
@@ -226,6 +230,9 @@ fn default_max_metrics_connections() -> usize {
 fn default_header_read() -> Duration {
     Duration::from_secs(10)
 }
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_max_header_bytes() -> u64 {
     64 * 1024
 }
@@ -345,6 +352,7 @@ impl Default for LimitConfig {
             max_connections: default_max_connections(),
             max_metrics_connections: default_max_metrics_connections(),
             header_read: default_header_read(),
+            send_timeout: default_send_timeout(),
             max_header_bytes: default_max_header_bytes(),
         }
     }

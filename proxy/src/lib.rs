@@ -22,6 +22,7 @@ pub mod policy;
 pub mod proxy;
 pub mod range;
 pub mod server;
+pub mod stall;
 pub mod upstream;
 
 pub use config::{BackendConfig, CacheConfig, LimitConfig, ProxyConfig, TimeoutConfig};

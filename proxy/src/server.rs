@@ -1,7 +1,8 @@
 //! Listeners, graceful shutdown, reload, and the metrics/health endpoint.
 //! Both listeners cap their open connections (one more is answered 503 and
 //! closed) and give a client `limits.headerRead` to send each request head
-//! (hyper's timer, which also closes idle keep-alive connections).
+//! (hyper's timer, which also closes idle keep-alive connections), and
+//! disconnect a client that reads nothing for `limits.sendTimeout`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use crate::config::{LimitConfig, ProxyConfig};
 use crate::error::{ConfigError, ServerError};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Runtime};
+use crate::stall::WriteStallIo;
 
 /// State shared by all connections.
 pub struct Shared {
@@ -270,7 +272,10 @@ async fn serve_proxy(
             async move { Ok::<_, Infallible>(proxy::handle(rt, req, peer).await) }
         });
         drive!(
-            builder.serve_connection(TokioIo::new(stream), svc),
+            builder.serve_connection(
+                TokioIo::new(WriteStallIo::new(stream, limits.send_timeout)),
+                svc
+            ),
             stop.clone(),
             permit
         );
@@ -306,7 +311,10 @@ async fn serve_metrics(
             async move { Ok::<_, Infallible>(metrics_endpoint(&shared, &req)) }
         });
         drive!(
-            builder.serve_connection(TokioIo::new(stream), svc),
+            builder.serve_connection(
+                TokioIo::new(WriteStallIo::new(stream, limits.send_timeout)),
+                svc
+            ),
             stop.clone(),
             permit
         );

@@ -409,6 +409,40 @@ async fn a_slow_reading_leader_does_not_freeze_the_url_for_waiters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let big: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i % 247) as u8).collect();
+    let a = Nginx::start("web1", &[("/big.bin", &big)], "");
+    let mut cfg = config_for(&[&a]);
+    cfg.cache.max_object_size = 32 * 1024 * 1024;
+    cfg.cache.max_size = 128 * 1024 * 1024;
+    cfg.limits.send_timeout = Duration::from_millis(300);
+    let proxy = start_proxy(cfg).await;
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut s = sock.connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    // Read nothing for ten times the send timeout, then everything.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await;
+    assert!(
+        got.len() < big.len(),
+        "a client that stopped reading got all {} bytes: it was never disconnected",
+        got.len()
+    );
+    // The key is not frozen: the next client gets the whole object.
+    let c = TestClient::new(proxy.addr);
+    let r = c.get("/big.bin", &[("host", "x")]).await;
+    assert!(
+        r.body.as_ref() == big.as_slice(),
+        "next client gets the full body"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_cannot_escape_a_backend_prefix() {
     let a = Nginx::start(
         "web1",
