@@ -597,3 +597,47 @@ fn owner_vary_and_pass_caches_are_bounded_by_bytes() {
         );
     }
 }
+
+// ---------------------------------------------------------------- item 6
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_an_open_proxy() {
+    let a = Nginx::start("web1", &[("/x.txt", b"configured")], "");
+    // A server the proxy is not configured for: it must never be asked.
+    let other = Nginx::start("other", &[("/x.txt", b"elsewhere")], "");
+    let proxy = start_proxy(config_for(&[&a])).await;
+    let c = TestClient::new(proxy.addr);
+    let port = other.port;
+    let raw = c
+        .raw(format!("GET http://127.0.0.1:{port}/x.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await;
+    assert!(raw.ends_with("configured"), "absolute-form: {raw}");
+    let raw = c
+        .raw(format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await;
+    assert!(!raw.starts_with("HTTP/1.1 200"), "CONNECT: {raw}");
+    let raw = c
+        .raw(b"GET //127.0.0.1/x.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(!raw.contains("elsewhere"), "{raw}");
+    assert_eq!(other.hits(), 0, "the unconfigured server was contacted");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_and_no_store_responses_are_never_stored() {
+    let extra = r#"default_type text/plain;
+        location /private { add_header Cache-Control "private, max-age=60"; return 200 "p $request_id"; }
+        location /nostore { add_header Cache-Control "no-store"; return 200 "n $request_id"; }"#;
+    let a = Nginx::start("web1", &[], extra);
+    let proxy = start_proxy(config_for(&[&a])).await;
+    let c = TestClient::new(proxy.addr);
+    for path in ["/private", "/nostore"] {
+        let first = c.get(path, &[]).await;
+        let second = c.get(path, &[]).await;
+        assert_ne!(first.text(), second.text(), "{path} served from the cache");
+        assert_ne!(second.header("x-cache"), Some("HIT"), "{path}");
+    }
+    assert_eq!(settled_hits(&[&a], 4).await, 4);
+    proxy.shutdown().await;
+}
