@@ -346,6 +346,24 @@ impl Default for TimeoutConfig {
     }
 }
 
+impl LimitConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.max_connections == 0 || self.max_metrics_connections == 0 {
+            return invalid(
+                "limits.maxConnections and limits.maxMetricsConnections must be at least 1",
+            );
+        }
+        if self.header_read.is_zero() || self.send_timeout.is_zero() {
+            return invalid("limits.headerRead and limits.sendTimeout must be longer than 0s");
+        }
+        if self.max_header_bytes < 8192 {
+            return invalid("limits.maxHeaderBytes must be at least 8Ki");
+        }
+        Ok(())
+    }
+}
+
 impl Default for LimitConfig {
     fn default() -> Self {
         Self {
@@ -445,6 +463,17 @@ impl ProxyConfig {
                 "cache.maxObjectSize must not exceed cache.maxSize".into(),
             ));
         }
+        self.limits.validate()?;
+        if self.backend_down_after == 0 {
+            return Err(ConfigError::Invalid(
+                "backendDownAfter must be at least 1".into(),
+            ));
+        }
+        crate::forwarding::Forwarding::new(
+            &self.keyed_headers,
+            &self.trusted_proxies,
+            &self.via_name,
+        )?;
         Ok(())
     }
 }
@@ -530,5 +559,45 @@ backendDownFor: 15s
             )
             .is_err()
         );
+        for bad in [
+            "limits: {maxConnections: 0}",
+            "limits: {maxMetricsConnections: 0}",
+            "limits: {headerRead: 0s}",
+            "limits: {sendTimeout: 0s}",
+            "limits: {maxHeaderBytes: 4Ki}",
+            "backendDownAfter: 0",
+            "trustedProxies: [not-an-ip]",
+            "keyedHeaders: [Transfer-Encoding]",
+            "viaName: two words",
+        ] {
+            let yaml = format!("backends: [{{name: a, url: 'http://x:1'}}]\n{bad}");
+            assert!(ProxyConfig::from_yaml(&yaml).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hardening_settings_parse() {
+        let cfg = ProxyConfig::from_yaml(
+            r#"
+backends: [{name: a, url: "http://127.0.0.1:1"}]
+trustedProxies: [10.0.0.0/8, "::1"]
+keyedHeaders: [X-Forwarded-Proto]
+backendDownAfter: 5
+ownerMaxSize: 1Mi
+cache: {indexMaxSize: 2Mi}
+timeouts: {coalesceWait: 2s}
+limits: {maxConnections: 10, maxMetricsConnections: 3, headerRead: 5s, sendTimeout: 20s, maxHeaderBytes: 16Ki}
+"#,
+        )
+        .expect("valid");
+        assert_eq!(cfg.limits.max_connections, 10);
+        assert_eq!(cfg.limits.max_header_bytes, 16 << 10);
+        assert_eq!(cfg.limits.send_timeout, Duration::from_secs(20));
+        assert_eq!(cfg.owner_max_size, 1 << 20);
+        assert_eq!(cfg.cache.index_max_size, 2 << 20);
+        assert_eq!(cfg.timeouts.coalesce_wait, Duration::from_secs(2));
+        assert_eq!(cfg.backend_down_after, 5);
+        let round = ProxyConfig::from_yaml(&cfg.to_yaml().expect("yaml")).expect("roundtrip");
+        assert_eq!(round, cfg);
     }
 }
