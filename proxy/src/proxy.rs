@@ -1,12 +1,13 @@
-//! Request handling: cache lookup, owner-ordered fallback chain,
-//! coalesced fills, pass-through of other methods.
+//! Request handling: refusals (loops, dot segments, GET with a body), cache
+//! lookup, coalescing, the owner-ordered fallback chain, pass-through of
+//! other methods. Cache fills are in [`fill`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -14,8 +15,8 @@ use hyper::body::Incoming;
 use moka::sync::Cache;
 use tracing::{Instrument, debug, warn};
 
-use crate::body::{self, Body, IdleTimeoutBody, LimitedBody, PrefixedBody, TeeBody};
-use crate::cache::{CachedObject, Flight, Inflight, LeaderGuard, Store, wait};
+use crate::body::{self, Body, LimitedBody};
+use crate::cache::{CachedObject, Flight, Inflight, Store, wait};
 use crate::conditional;
 use crate::config::ProxyConfig;
 use crate::error::{ConfigError, ProxyError, UpstreamError};
@@ -24,9 +25,12 @@ use crate::hop;
 use crate::key;
 use crate::metrics::Metrics;
 use crate::owner::backend_order;
-use crate::policy::{self, NotStorable};
+use crate::policy;
 use crate::range::{self, RangeSpec};
 use crate::upstream::{self, Backend, HttpClient};
+
+mod fill;
+use fill::{Filled, fill};
 
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -391,309 +395,6 @@ async fn get_or_head(
     match fill(rt, &ctx, None, None).await? {
         Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
         Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
-    }
-}
-
-/// Result of a fill: a stored (or storable) object, or a response to stream.
-enum Filled {
-    Object(Arc<CachedObject>),
-    Stream(Response<Body>),
-}
-
-/// Deep copy of a header map. Values parsed by hyper share its read
-/// buffer; storing them would pin whole buffers in the cache.
-fn compact_headers(h: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(h.len());
-    for (k, v) in h {
-        let mut copy = match HeaderValue::from_bytes(v.as_bytes()) {
-            Ok(c) => c,
-            Err(_) => continue,
-        };
-        copy.set_sensitive(v.is_sensitive());
-        out.append(k.clone(), copy);
-    }
-    out
-}
-
-fn validators(obj: &CachedObject) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    if let Some(etag) = obj.headers.get(header::ETAG) {
-        h.insert(header::IF_NONE_MATCH, etag.clone());
-    }
-    if let Some(lm) = obj.headers.get(header::LAST_MODIFIED) {
-        h.insert(header::IF_MODIFIED_SINCE, lm.clone());
-    }
-    h
-}
-
-/// Fetch a GET for the cache (leader of a flight or background refresh).
-async fn fill(
-    rt: &Runtime,
-    ctx: &FillCtx,
-    stale: Option<Arc<CachedObject>>,
-    tee: Option<LeaderGuard>,
-) -> Result<Filled, ProxyError> {
-    let cond = stale.as_ref().and_then(|o| {
-        let v = validators(o);
-        match (&o.backend, v.is_empty() || !o.status.is_success()) {
-            (Some(b), false) => Some((b.clone(), v)),
-            _ => None,
-        }
-    });
-    let chain = fetch_chain(
-        rt,
-        &Method::GET,
-        &ctx.pq,
-        &ctx.upstream,
-        &ctx.owner_key,
-        cond.as_ref().map(|(b, h)| (&**b, h)),
-    )
-    .await?;
-    let now = SystemTime::now();
-    let backend_name = rt.backends[chain.backend].name.clone();
-    let (mut parts, incoming) = chain.resp.into_parts();
-    hop::strip_hop_by_hop(&mut parts.headers);
-    parts.headers = compact_headers(&parts.headers);
-    let cache_cfg = &rt.cfg.cache;
-    let client_headers = policy::policy_request_headers(&ctx.client, &parts.headers);
-    let client_headers = compact_headers(&client_headers);
-
-    if parts.status == StatusCode::NOT_MODIFIED {
-        if let Some(old) = stale.filter(|o| o.backend.as_deref() == Some(&*backend_name)) {
-            let mut headers = old.headers.clone();
-            for name in parts.headers.keys() {
-                if name == header::CONTENT_LENGTH {
-                    continue;
-                }
-                headers.remove(name);
-                for v in parts.headers.get_all(name) {
-                    headers.append(name.clone(), v.clone());
-                }
-            }
-            headers.remove(header::AGE);
-            let policy = policy::make_policy(
-                &ctx.uri,
-                &client_headers,
-                old.status,
-                &headers,
-                cache_cfg.default_ttl,
-                now,
-            );
-            let decision = policy::storable(&policy, old.status, &headers, now);
-            let grace = if policy::must_revalidate(&headers) {
-                Duration::ZERO
-            } else {
-                cache_cfg.grace
-            };
-            let ttl = decision.unwrap_or(Duration::ZERO);
-            let obj = CachedObject::new(
-                ctx.primary.len(),
-                old.status,
-                headers,
-                old.body.clone(),
-                policy,
-                ctx.uri.clone(),
-                Some(backend_name),
-                ttl,
-                grace,
-                cache_cfg.keep,
-                now,
-            );
-            if decision.is_ok() {
-                let vary = rt.vary_sent(&obj.headers);
-                return Ok(Filled::Object(rt.store.insert(
-                    &ctx.primary,
-                    &ctx.client,
-                    vary,
-                    obj,
-                )));
-            }
-            rt.store
-                .objects
-                .invalidate(&rt.store.variant_key(&ctx.primary, &ctx.client));
-            return Ok(Filled::Object(Arc::new(obj)));
-        }
-        // A 304 we did not ask for: relay it.
-        parts
-            .headers
-            .insert(&X_CACHE, HeaderValue::from_static("MISS"));
-        return Ok(Filled::Stream(Response::from_parts(
-            parts,
-            body::stream_idle(incoming, rt.cfg.timeouts.body_idle),
-        )));
-    }
-
-    let default_ttl = if chain.all_fallback {
-        cache_cfg.not_found_ttl
-    } else {
-        cache_cfg.default_ttl
-    };
-    let policy = policy::make_policy(
-        &ctx.uri,
-        &client_headers,
-        parts.status,
-        &parts.headers,
-        default_ttl,
-        now,
-    );
-    let content_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut decision = policy::storable(&policy, parts.status, &parts.headers, now);
-    if decision.is_ok() && !policy::shareable_despite_cookie(&ctx.client, &parts.headers) {
-        decision = Err(NotStorable::CookieRequest);
-    }
-    if decision.is_ok() && content_length.is_some_and(|l| l > rt.store.max_object_size) {
-        decision = Err(NotStorable::TooLarge);
-    }
-    // A "not found" while some backend could not be asked is not a fact.
-    let transient = chain.incomplete && chain.all_fallback;
-    let ttl = match decision {
-        Ok(ttl) if !transient => ttl,
-        Ok(_) => {
-            rt.metrics.not_stored("backend-down");
-            return Ok(Filled::Stream(Response::from_parts(
-                parts,
-                body::stream_idle(incoming, rt.cfg.timeouts.body_idle),
-            )));
-        }
-        Err(reason) => {
-            rt.metrics.not_stored(reason.as_str());
-            if !chain.all_fallback && marks_pass(reason, &ctx.client, parts.status) {
-                rt.store.mark_pass(&ctx.primary);
-            }
-            return Ok(Filled::Stream(Response::from_parts(
-                parts,
-                body::stream_idle(incoming, rt.cfg.timeouts.body_idle),
-            )));
-        }
-    };
-
-    let mut headers = parts.headers.clone();
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::AGE);
-    let grace = if policy::must_revalidate(&headers) {
-        Duration::ZERO
-    } else {
-        cache_cfg.grace
-    };
-
-    let vary = rt.vary_sent(&headers);
-    if let Some(guard) = tee {
-        let store = rt.store.clone();
-        let store2 = rt.store.clone();
-        let metrics = rt.metrics.clone();
-        let primary = ctx.primary.clone();
-        let primary2 = ctx.primary.clone();
-        let client = ctx.client.clone();
-        let (status, uri, keep) = (parts.status, ctx.uri.clone(), cache_cfg.keep);
-        let on_complete: crate::body::OnComplete = Box::new(move |body: Bytes| {
-            let obj = CachedObject::new(
-                primary.len(),
-                status,
-                headers,
-                body,
-                policy,
-                uri,
-                Some(backend_name),
-                ttl,
-                grace,
-                keep,
-                now,
-            );
-            store.insert(&primary, &client, vary, obj);
-        });
-        let on_overflow: crate::body::OnOverflow = Box::new(move || {
-            metrics.not_stored(NotStorable::TooLarge.as_str());
-            store2.mark_pass(&primary2);
-        });
-        let body = TeeBody::new(
-            incoming,
-            content_length,
-            rt.store.max_object_size,
-            on_complete,
-            on_overflow,
-            Box::new(guard),
-        );
-        let body = IdleTimeoutBody::new(body.boxed(), rt.cfg.timeouts.body_idle);
-        return Ok(Filled::Stream(Response::from_parts(parts, body.boxed())));
-    }
-
-    // Buffer up to maxObjectSize; beyond that stream what we have plus the rest.
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut size: u64 = 0;
-    let mut incoming = incoming;
-    let frame_timeout = rt.cfg.timeouts.response_header;
-    loop {
-        let frame = match tokio::time::timeout(frame_timeout, incoming.frame()).await {
-            Err(_) => return Err(ProxyError::Timeout),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                warn!(backend = %backend_name, error = %e, "upstream body failed");
-                return Err(ProxyError::NoBackend);
-            }
-            Ok(Some(Ok(f))) => f,
-        };
-        if let Ok(data) = frame.into_data() {
-            size += data.len() as u64;
-            chunks.push(data);
-            if size > rt.store.max_object_size {
-                rt.metrics.not_stored(NotStorable::TooLarge.as_str());
-                rt.store.mark_pass(&ctx.primary);
-                let body = PrefixedBody::new(chunks, incoming).boxed();
-                let body = IdleTimeoutBody::new(body, rt.cfg.timeouts.body_idle).boxed();
-                return Ok(Filled::Stream(Response::from_parts(parts, body)));
-            }
-        }
-    }
-    // Always copy into one exact-size buffer: received chunks are slices of
-    // the connection's read buffer.
-    let mut b = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
-    for c in chunks {
-        b.extend_from_slice(&c);
-    }
-    let body = b.freeze();
-    let obj = CachedObject::new(
-        ctx.primary.len(),
-        parts.status,
-        headers,
-        body,
-        policy,
-        ctx.uri.clone(),
-        Some(backend_name),
-        ttl,
-        grace,
-        cache_cfg.keep,
-        now,
-    );
-    Ok(Filled::Object(rt.store.insert(
-        &ctx.primary,
-        &ctx.client,
-        vary,
-        obj,
-    )))
-}
-
-/// Whether an unstorable answer should send this key straight to the
-/// backends for a while (hit-for-pass). Only for reasons the response
-/// itself gives, not the request or a transient error: a request with
-/// credentials (one junk `Authorization`, a `Cookie`) never marks a key
-/// uncacheable for everyone.
-fn marks_pass(reason: NotStorable, req: &HeaderMap, status: StatusCode) -> bool {
-    if req.contains_key(header::AUTHORIZATION) || req.contains_key(header::COOKIE) {
-        return false;
-    }
-    match reason {
-        NotStorable::CookieRequest => false,
-        NotStorable::SetCookie
-        | NotStorable::VaryStar
-        | NotStorable::TooLarge
-        | NotStorable::Partial => true,
-        NotStorable::NoLifetime | NotStorable::Refused => {
-            policy::request_is_plain(req) && !status.is_server_error()
-        }
     }
 }
 
