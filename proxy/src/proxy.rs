@@ -1,6 +1,6 @@
 //! Request handling: refusals (loops, dot segments, GET with a body), cache
 //! lookup, coalescing, the owner-ordered fallback chain, pass-through of
-//! other methods. Cache fills are in [`fill`].
+//! other methods. Cache fills are in `proxy/fill.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
