@@ -56,9 +56,11 @@ pub struct ProxyConfig {
     /// is a forwarding loop (508).
     #[serde(default = "default_via_name")]
     pub via_name: String,
-    /// Consecutive failures (refused connection, timeout) after which a
-    /// backend is skipped for `backendDownFor`; one slow URL does not take
-    /// a whole backend out.
+    /// Failures (refused, reset, timed out) within the last 10–20 s after
+    /// which a backend is skipped for `backendDownFor`, provided they are at
+    /// least half of its requests: one slow URL, or a client timing out a
+    /// few requests on purpose, does not take out a backend that answers
+    /// everyone else.
     #[serde(default = "default_backend_down_after")]
     pub backend_down_after: u32,
     /// Total bytes of the owner cache (keys and values).

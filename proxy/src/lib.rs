@@ -14,6 +14,7 @@ pub mod conditional;
 pub mod config;
 pub mod error;
 pub mod forwarding;
+pub mod health;
 pub mod hop;
 pub mod key;
 pub mod metrics;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -76,8 +76,8 @@ pub struct Backend {
     pub name: Arc<str>,
     pub url: BackendUrl,
     down_until_ms: AtomicU64,
-    /// Failed requests since the last answer.
-    failures: AtomicU32,
+    /// Answers and failures, for marking down.
+    health: crate::health::Health,
     pub counters: BackendCounters,
 }
 
@@ -87,7 +87,7 @@ impl Backend {
             name: Arc::from(cfg.name.as_str()),
             url: BackendUrl::parse(&cfg.url)?,
             down_until_ms: AtomicU64::new(0),
-            failures: AtomicU32::new(0),
+            health: crate::health::Health::default(),
             counters,
         })
     }
@@ -102,27 +102,21 @@ impl Backend {
         self.down_until_ms.store(until, Ordering::Relaxed);
     }
 
-    /// Count a failed request (refused, reset, timed out). The
-    /// `threshold`-th failure in a row marks the backend down for `for_`;
-    /// returns whether it did.
-    pub fn record_failure(&self, threshold: u32, for_: Duration) -> bool {
-        let n = self
-            .failures
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        if n >= threshold.max(1) {
-            self.failures.store(0, Ordering::Relaxed);
+    /// Count a failed request (refused, reset, timed out); marks the
+    /// backend down for `for_` when failures reach `min_failures` and at
+    /// least half its recent requests ([`crate::health`]). Returns whether
+    /// it did.
+    pub fn record_failure(&self, min_failures: u32, for_: Duration) -> bool {
+        if self.health.failed(monotonic_ms(), min_failures) {
             self.mark_down(for_);
             return true;
         }
         false
     }
 
-    /// The backend answered: forget failures, end a down period.
+    /// The backend answered: count it, end a down period.
     pub fn mark_up(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
+        self.health.answered(monotonic_ms());
         if self.down_until_ms.load(Ordering::Relaxed) != 0 {
             self.down_until_ms.store(0, Ordering::Relaxed);
         }
@@ -216,16 +210,16 @@ mod tests {
         assert!(b.is_down());
         b.mark_up();
         assert!(!b.is_down());
-        // Two failures, an answer, two failures: never three in a row.
+        // Failures among answers: up; failures outnumbering answers: down.
         let long = Duration::from_secs(60);
-        for _ in 0..2 {
-            assert!(!b.record_failure(3, long));
-            assert!(!b.record_failure(3, long));
+        for _ in 0..5 {
             b.mark_up();
         }
+        // One answer above plus five: the sixth failure is half.
+        for _ in 0..5 {
+            assert!(!b.record_failure(3, long));
+        }
         assert!(!b.is_down());
-        assert!(!b.record_failure(3, long));
-        assert!(!b.record_failure(3, long));
         assert!(b.record_failure(3, long));
         assert!(b.is_down());
     }

@@ -520,6 +520,47 @@ async fn one_upstream_timeout_does_not_take_a_backend_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_timeouts_among_answers_do_not_take_a_backend_down() {
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hang_port = hang.local_addr().expect("addr").port();
+    let extra = format!(
+        "location /hang/ {{ proxy_pass http://127.0.0.1:{hang_port}; proxy_read_timeout 60s; }}"
+    );
+    let a = Nginx::start("web1", &[("/a.txt", b"on web1")], &extra);
+    let b = Nginx::start("web2", &[], "");
+    let mut cfg = config_for(&[&a, &b]);
+    cfg.timeouts.response_header = Duration::from_millis(500);
+    cfg.backend_down_for = Duration::from_secs(600);
+    let proxy = start_proxy(cfg).await;
+    let c = TestClient::new(proxy.addr);
+    // Everyday traffic that web1 answers.
+    for i in 0..20 {
+        assert_eq!(
+            c.get(&format!("/a.txt?n={i}"), &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    // A client times out four requests at once (more than backendDownAfter).
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get(&format!("/hang/{i}"), &[]).await.status })
+        })
+        .collect();
+    for s in slow {
+        assert_ne!(s.await.expect("task"), StatusCode::OK);
+    }
+    let r = c.get("/a.txt?after", &[]).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "on web1"),
+        "web1 was taken down by four timeouts among twenty answers"
+    );
+    drop(hang);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_already_passed_this_proxy_is_a_loop() {
     let a = Nginx::start("web1", &[("/l.txt", b"l")], "");
     let proxy = start_proxy(config_for(&[&a])).await;
