@@ -199,11 +199,20 @@ async fn accept(
     }
 }
 
+/// Connections over the cap being answered at once, at most; beyond that
+/// they are closed without an answer (a flood must not hold file
+/// descriptors in refusals).
+const REFUSALS_IN_FLIGHT: usize = 64;
+
 /// Tell a client over the cap, without waiting on it for long: write the
 /// 503, then read what it sent (closing with unread data would reset the
 /// connection and lose the answer).
-fn refuse(mut stream: TcpStream) {
+fn refuse(mut stream: TcpStream, refusals: &Arc<Semaphore>) {
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
     tokio::spawn(async move {
+        let _permit = permit;
         let _ = stream.try_write(OVER_CAPACITY);
         let mut sink = [0u8; 4096];
         let _ = tokio::time::timeout(
@@ -258,11 +267,12 @@ async fn serve_proxy(
     limits: LimitConfig,
 ) {
     let (slots, cap) = semaphore(limits.max_connections);
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     let builder = http1_builder(&limits);
     while let Some((stream, peer, permit)) = accept(&listener, &slots, &mut stop).await {
         let Some(permit) = permit else {
             shared.metrics.refused_proxy.inc();
-            refuse(stream);
+            refuse(stream, &refusals);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -298,11 +308,12 @@ async fn serve_metrics(
     limits: LimitConfig,
 ) {
     let (slots, _) = semaphore(limits.max_metrics_connections);
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     let builder = http1_builder(&limits);
     while let Some((stream, _, permit)) = accept(&listener, &slots, &mut stop).await {
         let Some(permit) = permit else {
             shared.metrics.refused_metrics.inc();
-            refuse(stream);
+            refuse(stream, &refusals);
             continue;
         };
         let shared2 = shared.clone();
