@@ -17,8 +17,10 @@ use tokio::sync::watch;
 use crate::config::CacheConfig;
 
 /// Bytes charged per entry of the owner, Vary and pass caches on top of
-/// its key and value (moka's entry, the map slot, allocator slack).
-pub const ENTRY_OVERHEAD: usize = 128;
+/// its key and value (moka's entry with its TTL node, the map slot, the key
+/// allocation, allocator slack). Measured with moka 0.12: 200,000 owner
+/// entries with 49-byte keys grew RSS by 421 bytes each (pass marks: 405).
+pub const ENTRY_OVERHEAD: usize = 384;
 
 /// A stored response.
 pub struct CachedObject {

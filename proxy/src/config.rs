@@ -220,11 +220,14 @@ fn default_via_name() -> String {
 fn default_backend_down_after() -> u32 {
     3
 }
+// The byte-bounded defaults below are sized to fit, together, in the 64Mi
+// the controller gives a proxy pod beyond cache.maxSize: owners 32Mi, Vary
+// index and pass marks 4Mi each, request heads 1024 x 16Ki.
 fn default_owner_max_size() -> u64 {
-    64 * 1024 * 1024
+    32 * 1024 * 1024
 }
 fn default_max_connections() -> usize {
-    4096
+    1024
 }
 fn default_max_metrics_connections() -> usize {
     64
@@ -236,7 +239,7 @@ fn default_send_timeout() -> Duration {
     Duration::from_secs(60)
 }
 fn default_max_header_bytes() -> u64 {
-    64 * 1024
+    16 * 1024
 }
 fn default_coalesce_wait() -> Duration {
     Duration::from_secs(10)
@@ -260,7 +263,7 @@ fn default_keep() -> Duration {
     Duration::from_secs(600)
 }
 fn default_index_max_size() -> u64 {
-    16 * 1024 * 1024
+    4 * 1024 * 1024
 }
 fn default_pass_ttl() -> Duration {
     Duration::from_secs(60)
