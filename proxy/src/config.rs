@@ -33,7 +33,8 @@ pub struct ProxyConfig {
     /// How long the backend that answered a path is remembered.
     #[serde(default = "default_owner_ttl", with = "humantime_serde")]
     pub owner_ttl: Duration,
-    /// Maximum number of remembered owners.
+    /// Accepted for older rendered configs and ignored: the owner cache is
+    /// bounded by `ownerMaxSize` (bytes), since its keys are client-chosen.
     #[serde(default = "default_owner_capacity")]
     pub owner_capacity: u64,
     /// Upstream timeouts.
@@ -51,9 +52,65 @@ pub struct ProxyConfig {
     /// How long a backend that refused a connection or timed out is skipped.
     #[serde(default = "default_backend_down_for", with = "humantime_serde")]
     pub backend_down_for: Duration,
-    /// Value used in the `Via` header.
+    /// Value used in the `Via` header; a request that already carries it
+    /// is a forwarding loop (508).
     #[serde(default = "default_via_name")]
     pub via_name: String,
+    /// Failures (refused, reset, timed out) within the last 10–20 s after
+    /// which a backend is skipped for `backendDownFor`, provided they are at
+    /// least half of its requests: one slow URL, or a client timing out a
+    /// few requests on purpose, does not take out a backend that answers
+    /// everyone else.
+    #[serde(default = "default_backend_down_after")]
+    pub backend_down_after: u32,
+    /// Total bytes of the owner cache (keys and values).
+    #[serde(
+        default = "default_owner_max_size",
+        deserialize_with = "bytes_size::deserialize"
+    )]
+    pub owner_max_size: u64,
+    /// Peers (IP addresses or CIDR ranges) whose `X-Forwarded-For` is
+    /// trusted and appended to; from anyone else it is replaced by the
+    /// socket peer's address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Request headers forwarded on cache fills and made part of the cache
+    /// key (e.g. `X-Forwarded-Proto` behind a TLS terminator). Headers
+    /// outside the fill allow-list and this list are not sent on fills.
+    #[serde(default)]
+    pub keyed_headers: Vec<String>,
+    /// Limits on client connections.
+    #[serde(default)]
+    pub limits: LimitConfig,
+}
+
+/// Limits on client connections (proxy and metrics listeners).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Open client connections on the proxy listener; one more is
+    /// answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections on the metrics listener.
+    #[serde(default = "default_max_metrics_connections")]
+    pub max_metrics_connections: usize,
+    /// Time a client has to send a complete request head, counted from
+    /// when the connection opened or its previous response ended: it
+    /// bounds slow headers and idle keep-alive connections alike.
+    #[serde(default = "default_header_read", with = "humantime_serde")]
+    pub header_read: Duration,
+    /// A client that reads nothing of its response for this long is
+    /// disconnected (nginx's `send_timeout`).
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Largest request head (request line plus headers) in bytes; at
+    /// least 8192.
+    #[serde(
+        default = "default_max_header_bytes",
+        deserialize_with = "bytes_size::deserialize"
+    )]
+    pub max_header_bytes: u64,
 }
 
 /// One upstream server.
@@ -102,6 +159,13 @@ pub struct CacheConfig {
     /// (no coalescing) before being tried again.
     #[serde(default = "default_pass_ttl", with = "humantime_serde")]
     pub pass_ttl: Duration,
+    /// Bytes each of the Vary index and the hit-for-pass marks may hold
+    /// (keys are client-chosen URLs: bounded by size, not by count).
+    #[serde(
+        default = "default_index_max_size",
+        deserialize_with = "bytes_size::deserialize"
+    )]
+    pub index_max_size: u64,
 }
 
 /// Upstream timeouts.
@@ -123,6 +187,10 @@ pub struct TimeoutConfig {
     /// How long shutdown waits for open connections.
     #[serde(default = "default_shutdown", with = "humantime_serde")]
     pub shutdown: Duration,
+    /// How long a request waits for another request's fill of the same key
+    /// before fetching on its own (a slow leader cannot freeze a URL).
+    #[serde(default = "default_coalesce_wait", with = "humantime_serde")]
+    pub coalesce_wait: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -149,6 +217,33 @@ fn default_backend_down_for() -> Duration {
 fn default_via_name() -> String {
     "zetaback".to_string()
 }
+fn default_backend_down_after() -> u32 {
+    3
+}
+// The byte-bounded defaults below are sized to fit, together, in the 64Mi
+// the controller gives a proxy pod beyond cache.maxSize: owners 32Mi, Vary
+// index and pass marks 4Mi each, request heads 1024 x 16Ki.
+fn default_owner_max_size() -> u64 {
+    32 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_metrics_connections() -> usize {
+    64
+}
+fn default_header_read() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_header_bytes() -> u64 {
+    16 * 1024
+}
+fn default_coalesce_wait() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_ttl() -> Duration {
     Duration::from_secs(300)
 }
@@ -166,6 +261,9 @@ fn default_grace() -> Duration {
 }
 fn default_keep() -> Duration {
     Duration::from_secs(600)
+}
+fn default_index_max_size() -> u64 {
+    4 * 1024 * 1024
 }
 fn default_pass_ttl() -> Duration {
     Duration::from_secs(60)
@@ -235,6 +333,7 @@ impl Default for CacheConfig {
             grace: default_grace(),
             keep: default_keep(),
             pass_ttl: default_pass_ttl(),
+            index_max_size: default_index_max_size(),
         }
     }
 }
@@ -247,6 +346,37 @@ impl Default for TimeoutConfig {
             body_idle: default_body_idle(),
             pool_idle: default_pool_idle(),
             shutdown: default_shutdown(),
+            coalesce_wait: default_coalesce_wait(),
+        }
+    }
+}
+
+impl LimitConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.max_connections == 0 || self.max_metrics_connections == 0 {
+            return invalid(
+                "limits.maxConnections and limits.maxMetricsConnections must be at least 1",
+            );
+        }
+        if self.header_read.is_zero() || self.send_timeout.is_zero() {
+            return invalid("limits.headerRead and limits.sendTimeout must be longer than 0s");
+        }
+        if self.max_header_bytes < 8192 {
+            return invalid("limits.maxHeaderBytes must be at least 8Ki");
+        }
+        Ok(())
+    }
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            max_metrics_connections: default_max_metrics_connections(),
+            header_read: default_header_read(),
+            send_timeout: default_send_timeout(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
 }
@@ -268,6 +398,11 @@ impl ProxyConfig {
             pass_to: 0,
             backend_down_for: default_backend_down_for(),
             via_name: default_via_name(),
+            backend_down_after: default_backend_down_after(),
+            owner_max_size: default_owner_max_size(),
+            trusted_proxies: Vec::new(),
+            keyed_headers: Vec::new(),
+            limits: LimitConfig::default(),
         }
     }
 
@@ -333,6 +468,17 @@ impl ProxyConfig {
                 "cache.maxObjectSize must not exceed cache.maxSize".into(),
             ));
         }
+        self.limits.validate()?;
+        if self.backend_down_after == 0 {
+            return Err(ConfigError::Invalid(
+                "backendDownAfter must be at least 1".into(),
+            ));
+        }
+        crate::forwarding::Forwarding::new(
+            &self.keyed_headers,
+            &self.trusted_proxies,
+            &self.via_name,
+        )?;
         Ok(())
     }
 }
@@ -418,5 +564,45 @@ backendDownFor: 15s
             )
             .is_err()
         );
+        for bad in [
+            "limits: {maxConnections: 0}",
+            "limits: {maxMetricsConnections: 0}",
+            "limits: {headerRead: 0s}",
+            "limits: {sendTimeout: 0s}",
+            "limits: {maxHeaderBytes: 4Ki}",
+            "backendDownAfter: 0",
+            "trustedProxies: [not-an-ip]",
+            "keyedHeaders: [Transfer-Encoding]",
+            "viaName: two words",
+        ] {
+            let yaml = format!("backends: [{{name: a, url: 'http://x:1'}}]\n{bad}");
+            assert!(ProxyConfig::from_yaml(&yaml).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hardening_settings_parse() {
+        let cfg = ProxyConfig::from_yaml(
+            r#"
+backends: [{name: a, url: "http://127.0.0.1:1"}]
+trustedProxies: [10.0.0.0/8, "::1"]
+keyedHeaders: [X-Forwarded-Proto]
+backendDownAfter: 5
+ownerMaxSize: 1Mi
+cache: {indexMaxSize: 2Mi}
+timeouts: {coalesceWait: 2s}
+limits: {maxConnections: 10, maxMetricsConnections: 3, headerRead: 5s, sendTimeout: 20s, maxHeaderBytes: 16Ki}
+"#,
+        )
+        .expect("valid");
+        assert_eq!(cfg.limits.max_connections, 10);
+        assert_eq!(cfg.limits.max_header_bytes, 16 << 10);
+        assert_eq!(cfg.limits.send_timeout, Duration::from_secs(20));
+        assert_eq!(cfg.owner_max_size, 1 << 20);
+        assert_eq!(cfg.cache.index_max_size, 2 << 20);
+        assert_eq!(cfg.timeouts.coalesce_wait, Duration::from_secs(2));
+        assert_eq!(cfg.backend_down_after, 5);
+        let round = ProxyConfig::from_yaml(&cfg.to_yaml().expect("yaml")).expect("roundtrip");
+        assert_eq!(round, cfg);
     }
 }

@@ -46,6 +46,8 @@ pub enum ProxyError {
     UnknownHost,
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("loop detected: the request already passed through this proxy (Via)")]
+    Loop,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }

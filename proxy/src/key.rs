@@ -95,10 +95,76 @@ pub fn variant_key(primary: &str, names: &[HeaderName], req: &HeaderMap) -> Stri
     k
 }
 
+/// Whether a request path has a `.` or `..` segment, also when spelled
+/// with percent-encoding (`%2e`, `%2f`), a backslash or a `;parameter`:
+/// joined to a backend prefix it could leave that prefix (nginx and most
+/// servers decode and resolve them). Browsers never send them.
+pub fn has_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if !bytes.contains(&b'%') {
+        // The common case: no allocation.
+        return bytes.contains(&b'.') && dots_in_segments(bytes);
+    }
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            decoded.push(u8::try_from(h * 16 + l).unwrap_or(0));
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    dots_in_segments(&decoded)
+}
+
+fn dots_in_segments(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/' || b == b'\\')
+        .map(|seg| seg.split(|&b| b == b';').next().unwrap_or(seg))
+        .any(|seg| seg == b"." || seg == b"..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn dot_segments_in_any_spelling() {
+        for p in [
+            "/..",
+            "/../x",
+            "/a/./b",
+            "/a/..",
+            "/%2e%2e/x",
+            "/.%2E/x",
+            "/a/..%2fx",
+            "/a/%2E",
+            "/a\\..\\x",
+            "/..;/x",
+            "/a/.;p/b",
+        ] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in [
+            "/",
+            "/a.b",
+            "/..a/x",
+            "/a/...",
+            "/%2e%2ex",
+            "/x%2",
+            "/x%",
+            "/.well-known/a",
+            "/a/b.",
+        ] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
 
     #[test]
     fn host_normalization() {

@@ -5,7 +5,7 @@
 //! coalescing, and pass-through of other methods.
 //!
 //! Pure logic lives in small modules ([`key`], [`policy`], [`owner`],
-//! [`hop`], [`range`], [`conditional`]); I/O in [`proxy`], [`upstream`] and
+//! [`hop`], [`forwarding`], [`range`], [`conditional`]); I/O in [`proxy`], [`upstream`] and
 //! [`server`].
 
 pub mod body;
@@ -13,6 +13,8 @@ pub mod cache;
 pub mod conditional;
 pub mod config;
 pub mod error;
+pub mod forwarding;
+pub mod health;
 pub mod hop;
 pub mod key;
 pub mod metrics;
@@ -21,8 +23,9 @@ pub mod policy;
 pub mod proxy;
 pub mod range;
 pub mod server;
+pub mod stall;
 pub mod upstream;
 
-pub use config::{BackendConfig, CacheConfig, ProxyConfig, TimeoutConfig};
+pub use config::{BackendConfig, CacheConfig, LimitConfig, ProxyConfig, TimeoutConfig};
 pub use error::{ConfigError, ProxyError, ServerError};
 pub use server::{ProxyHandle, start};

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub miss: Counter,
     pub stale: Counter,
     pub pass: Counter,
+    /// Connections answered 503 over the cap, per listener.
+    pub refused_proxy: Counter,
+    pub refused_metrics: Counter,
+    /// Waiters that stopped waiting for a slow coalesced fill.
+    pub coalesce_timeouts: Counter,
     by_method: [Counter; 6],
 }
 
@@ -66,6 +71,20 @@ impl Metrics {
         let cache_bytes = Gauge::default();
         let cache_entries = Gauge::default();
         let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let refused = Family::<Labels, Counter>::default();
+        let coalesce_timeouts = Counter::default();
+        registry.register(
+            "refused_connections",
+            "Connections answered 503 because the listener was at limits.maxConnections",
+            refused.clone(),
+        );
+        registry.register(
+            "coalesce_timeouts",
+            "Requests that stopped waiting for another request's fetch after timeouts.coalesceWait",
+            coalesce_timeouts.clone(),
+        );
+        let refused_proxy = refused.get_or_create(&l("listener", "proxy")).clone();
+        let refused_metrics = refused.get_or_create(&l("listener", "metrics")).clone();
         registry.register("requests", "Client requests by method", requests.clone());
         registry.register(
             "cache",
@@ -151,6 +170,9 @@ impl Metrics {
             miss,
             stale,
             pass,
+            refused_proxy,
+            refused_metrics,
+            coalesce_timeouts,
             by_method,
         }
     }

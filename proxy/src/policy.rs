@@ -56,6 +56,9 @@ pub enum NotStorable {
     Refused,
     NoLifetime,
     TooLarge,
+    /// The request had a Cookie and the response did not say `public` or
+    /// `s-maxage` (it may be personalised).
+    CookieRequest,
 }
 
 impl NotStorable {
@@ -67,6 +70,7 @@ impl NotStorable {
             NotStorable::Refused => "rfc9111",
             NotStorable::NoLifetime => "no-lifetime",
             NotStorable::TooLarge => "too-large",
+            NotStorable::CookieRequest => "cookie-request",
         }
     }
 }
@@ -103,6 +107,12 @@ pub fn must_revalidate(headers: &HeaderMap) -> bool {
     .any(|d| cc_has(headers, d))
 }
 
+/// Varnish's builtin rule: the answer to a request with a `Cookie` is
+/// shared only when the response says so (`public` or `s-maxage`).
+pub fn shareable_despite_cookie(req: &HeaderMap, resp: &HeaderMap) -> bool {
+    !req.contains_key(header::COOKIE) || cc_has(resp, "public") || cc_has(resp, "s-maxage")
+}
+
 /// Request headers kept inside a policy: only what matching needs.
 pub fn policy_request_headers(req: &HeaderMap, resp: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
@@ -128,7 +138,8 @@ pub fn policy_request_headers(req: &HeaderMap, resp: &HeaderMap) -> HeaderMap {
 
 /// The policy of a response. When the origin gave no explicit freshness,
 /// `default_ttl` is applied by adding `max-age` to the policy's (not the
-/// served) copy of the headers.
+/// served) copy of the headers — except to redirects, which are stored
+/// only with freshness of their own.
 pub fn make_policy(
     uri: &Uri,
     req_headers: &HeaderMap,
@@ -148,7 +159,7 @@ pub fn make_policy(
         immutable_min_time_to_live: default_ttl,
         ignore_cargo_cult: false,
     };
-    if has_explicit_freshness(resp_headers) {
+    if has_explicit_freshness(resp_headers) || status.is_redirection() {
         let res = ResponseView {
             status,
             headers: resp_headers,
@@ -308,6 +319,41 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn redirects_get_no_default_ttl() {
+        for status in [301, 302, 303, 307, 308] {
+            // 301/308 would be storable with a default TTL, the others are
+            // not storable without explicit freshness at all.
+            assert!(decide(&[], status, &[]).is_err(), "{status}");
+        }
+        assert_eq!(
+            decide(&[], 301, &[("cache-control", "max-age=30")]),
+            Ok(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn cookie_requests_share_only_what_the_response_allows() {
+        let cookie = hm(&[("cookie", "user=alice")]);
+        assert!(!shareable_despite_cookie(&cookie, &HeaderMap::new()));
+        assert!(!shareable_despite_cookie(
+            &cookie,
+            &hm(&[("cache-control", "max-age=60")])
+        ));
+        assert!(shareable_despite_cookie(
+            &cookie,
+            &hm(&[("cache-control", "public, max-age=60")])
+        ));
+        assert!(shareable_despite_cookie(
+            &cookie,
+            &hm(&[("cache-control", "s-maxage=60")])
+        ));
+        assert!(shareable_despite_cookie(
+            &HeaderMap::new(),
+            &HeaderMap::new()
+        ));
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! Request handling: cache lookup, owner-ordered fallback chain,
-//! coalesced fills, pass-through of other methods.
+//! Request handling: refusals (loops, dot segments, GET with a body), cache
+//! lookup, coalescing, the owner-ordered fallback chain, pass-through of
+//! other methods. Cache fills are in `proxy/fill.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -14,18 +15,22 @@ use hyper::body::Incoming;
 use moka::sync::Cache;
 use tracing::{Instrument, debug, warn};
 
-use crate::body::{self, Body, IdleTimeoutBody, LimitedBody, PrefixedBody, TeeBody};
-use crate::cache::{CachedObject, Flight, Inflight, LeaderGuard, Store, wait};
+use crate::body::{self, Body, LimitedBody};
+use crate::cache::{CachedObject, Flight, Inflight, Store, wait};
 use crate::conditional;
 use crate::config::ProxyConfig;
 use crate::error::{ConfigError, ProxyError, UpstreamError};
+use crate::forwarding::{self, Forwarding};
 use crate::hop;
 use crate::key;
 use crate::metrics::Metrics;
 use crate::owner::backend_order;
-use crate::policy::{self, NotStorable};
+use crate::policy;
 use crate::range::{self, RangeSpec};
 use crate::upstream::{self, Backend, HttpClient};
+
+mod fill;
+use fill::{Filled, fill};
 
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -39,8 +44,8 @@ pub struct Runtime {
     pub owners: Arc<Cache<String, Arc<str>>>,
     pub inflight: Arc<Inflight>,
     pub metrics: Arc<Metrics>,
-    /// `Via` value added to responses.
-    via: HeaderValue,
+    /// What goes upstream (allow-lists, keyed headers, trusted proxies, Via).
+    pub fwd: Forwarding,
 }
 
 impl Runtime {
@@ -64,27 +69,20 @@ impl Runtime {
         let owners = match prev {
             Some(p)
                 if p.cfg.owner_ttl == cfg.owner_ttl
-                    && p.cfg.owner_capacity == cfg.owner_capacity =>
+                    && p.cfg.owner_max_size == cfg.owner_max_size =>
             {
                 p.owners.clone()
             }
-            _ => Arc::new(
-                Cache::builder()
-                    .max_capacity(cfg.owner_capacity)
-                    .time_to_live(cfg.owner_ttl.max(Duration::from_millis(1)))
-                    .build(),
-            ),
+            _ => Arc::new(owner_cache(cfg.owner_max_size, cfg.owner_ttl)),
         };
         let client = match prev {
             Some(p) if p.cfg.timeouts == cfg.timeouts => p.client.clone(),
             _ => upstream::build_client(&cfg.timeouts),
         };
         let inflight = prev.map(|p| p.inflight.clone()).unwrap_or_default();
-        let via = HeaderValue::from_str(&format!("1.1 {}", cfg.via_name)).map_err(|_| {
-            ConfigError::Invalid(format!("viaName {:?} is not a header value", cfg.via_name))
-        })?;
+        let fwd = Forwarding::new(&cfg.keyed_headers, &cfg.trusted_proxies, &cfg.via_name)?;
         Ok(Self {
-            via,
+            fwd,
             cfg,
             backends,
             client,
@@ -102,6 +100,26 @@ impl Runtime {
     fn is_fallback(&self, status: StatusCode) -> bool {
         self.cfg.fallback_on.contains(&status.as_u16())
     }
+
+    /// Names a stored response varies on that a fill actually sends (the
+    /// backend cannot have varied on anything else).
+    fn vary_sent(&self, resp: &HeaderMap) -> Vec<HeaderName> {
+        let mut names = key::vary_names(resp).unwrap_or_default();
+        names.retain(|n| self.fwd.sent_on_fill(n));
+        names
+    }
+}
+
+/// The owner cache, bounded by the bytes of its keys and values (keys are
+/// client-chosen paths).
+fn owner_cache(max_bytes: u64, ttl: Duration) -> Cache<String, Arc<str>> {
+    Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|k: &String, v: &Arc<str>| {
+            u32::try_from(k.len() + v.len() + crate::cache::ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+        })
+        .time_to_live(ttl.max(Duration::from_millis(1)))
+        .build()
 }
 
 /// Entry point for one client request.
@@ -118,7 +136,7 @@ pub async fn handle(rt: Arc<Runtime>, req: Request<Incoming>, peer: SocketAddr) 
             error_response(&e)
         }
     };
-    resp.headers_mut().append(header::VIA, rt.via.clone());
+    resp.headers_mut().append(header::VIA, rt.fwd.via().clone());
     rt.metrics.latency.observe(start.elapsed().as_secs_f64());
     resp
 }
@@ -130,6 +148,7 @@ fn error_response(e: &ProxyError) -> Response<Body> {
         ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ProxyError::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
         ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ProxyError::Loop => StatusCode::LOOP_DETECTED,
         ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
         ProxyError::Upstream(UpstreamError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
         ProxyError::Upstream(UpstreamError::Build(_)) => StatusCode::BAD_REQUEST,
@@ -153,7 +172,7 @@ struct Target {
     primary: String,
 }
 
-fn target(req: &Request<Incoming>) -> Result<Target, ProxyError> {
+fn target(req: &Request<Incoming>, fwd: &Forwarding) -> Result<Target, ProxyError> {
     let host_hdr = req
         .headers()
         .get(header::HOST)
@@ -171,7 +190,16 @@ fn target(req: &Request<Incoming>) -> Result<Target, ProxyError> {
             "request target must be a path".into(),
         ));
     }
-    let primary = key::primary_key(&host, &pq);
+    if key::has_dot_segment(req.uri().path()) {
+        return Err(ProxyError::BadRequest(
+            "the path has a `.` or `..` segment".into(),
+        ));
+    }
+    let mut primary = key::primary_key(&host, &pq);
+    if !fwd.keyed.is_empty() {
+        // Keyed headers are sent on fills, so they are part of every key.
+        primary = key::variant_key(&primary, &fwd.keyed, req.headers());
+    }
     Ok(Target { host, pq, primary })
 }
 
@@ -180,33 +208,26 @@ async fn handle_inner(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ProxyError> {
-    let t = target(&req)?;
+    if rt.fwd.is_loop(req.headers(), &rt.cfg.via_name) {
+        return Err(ProxyError::Loop);
+    }
+    let t = target(&req, &rt.fwd)?;
     if !key::host_allowed(&rt.cfg.hosts, &t.host) {
         return Err(ProxyError::UnknownHost);
     }
     if req.method() == Method::GET || req.method() == Method::HEAD {
+        // Its body would be dropped here and its framing would be the
+        // backend's business: refuse rather than desync anything.
+        if forwarding::has_body(req.headers()) {
+            return Err(ProxyError::BadRequest(
+                "GET and HEAD requests cannot have a body".into(),
+            ));
+        }
         get_or_head(rt, req, t, peer).await
     } else {
         pass(rt, req, t, peer).await
     }
 }
-
-fn upstream_headers(client: &HeaderMap, peer: SocketAddr, via: &str) -> HeaderMap {
-    let mut h = client.clone();
-    hop::strip_hop_by_hop(&mut h);
-    hop::add_via(&mut h, http::Version::HTTP_11, via);
-    hop::add_forwarded_for(&mut h, peer.ip());
-    h
-}
-
-const FILL_STRIP: &[HeaderName] = &[
-    header::RANGE,
-    header::IF_RANGE,
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-];
 
 /// Context of a cache fill, shareable with a background refresh.
 struct FillCtx {
@@ -214,7 +235,7 @@ struct FillCtx {
     uri: Uri,
     primary: String,
     owner_key: String,
-    /// headers sent upstream (validators and Range removed)
+    /// headers sent upstream (the fill allow-list)
     upstream: HeaderMap,
     /// the client's headers (for Vary and the policy)
     client: HeaderMap,
@@ -225,12 +246,9 @@ impl FillCtx {
         t: &Target,
         parts: &http::request::Parts,
         peer: SocketAddr,
-        via: &str,
+        fwd: &Forwarding,
     ) -> Result<Self, ProxyError> {
-        let mut upstream = upstream_headers(&parts.headers, peer, via);
-        for h in FILL_STRIP {
-            upstream.remove(h);
-        }
+        let upstream = fwd.fill_headers(&parts.headers, &t.host, peer.ip());
         let uri: Uri =
             t.pq.parse()
                 .map_err(|_| ProxyError::BadRequest("bad path".into()))?;
@@ -282,7 +300,7 @@ async fn get_or_head(
     if parts.headers.contains_key(header::AUTHORIZATION) {
         // Never share a lookup or a fetch with an authenticated request;
         // its response is stored only if the response allows it.
-        let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+        let ctx = FillCtx::new(&t, &parts, peer, &rt.fwd)?;
         rt.metrics.miss.inc();
         return match fill(rt, &ctx, None, None).await? {
             Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
@@ -302,7 +320,7 @@ async fn get_or_head(
                 Freshness::Grace => {
                     rt.metrics.stale.inc();
                     if let Some(guard) = rt.inflight.try_lead(&vkey) {
-                        let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+                        let ctx = FillCtx::new(&t, &parts, peer, &rt.fwd)?;
                         let rt2 = rt.clone();
                         let old = obj.clone();
                         tokio::spawn(
@@ -326,7 +344,7 @@ async fn get_or_head(
         match rt.inflight.join(&vkey) {
             Flight::Leader(guard) => {
                 rt.metrics.miss.inc();
-                let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+                let ctx = FillCtx::new(&t, &parts, peer, &rt.fwd)?;
                 // A plain GET streams to its client while the copy for the
                 // cache is taken; the guard goes with the body. Everything
                 // else is answered from the buffered object.
@@ -357,307 +375,26 @@ async fn get_or_head(
             }
             Flight::Waiter(rx) => {
                 rt.metrics.coalesced.inc();
-                wait(rx).await;
+                // A leader whose client reads slowly holds its flight as
+                // long as its body streams: wait a bounded time only.
+                if tokio::time::timeout(rt.cfg.timeouts.coalesce_wait, wait(rx))
+                    .await
+                    .is_err()
+                {
+                    debug!("coalesced fill is slow; fetching alone");
+                    rt.metrics.coalesce_timeouts.inc();
+                    break;
+                }
             }
         }
     }
     // The key kept producing unstorable answers without a pass mark
-    // (e.g. errors): fetch on our own.
+    // (e.g. errors), or its flight was too slow: fetch on our own.
     rt.metrics.miss.inc();
-    let ctx = FillCtx::new(&t, &parts, peer, &rt.cfg.via_name)?;
+    let ctx = FillCtx::new(&t, &parts, peer, &rt.fwd)?;
     match fill(rt, &ctx, None, None).await? {
         Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
         Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
-    }
-}
-
-/// Result of a fill: a stored (or storable) object, or a response to stream.
-enum Filled {
-    Object(Arc<CachedObject>),
-    Stream(Response<Body>),
-}
-
-/// Deep copy of a header map. Values parsed by hyper share its read
-/// buffer; storing them would pin whole buffers in the cache.
-fn compact_headers(h: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(h.len());
-    for (k, v) in h {
-        let mut copy = match HeaderValue::from_bytes(v.as_bytes()) {
-            Ok(c) => c,
-            Err(_) => continue,
-        };
-        copy.set_sensitive(v.is_sensitive());
-        out.append(k.clone(), copy);
-    }
-    out
-}
-
-fn validators(obj: &CachedObject) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    if let Some(etag) = obj.headers.get(header::ETAG) {
-        h.insert(header::IF_NONE_MATCH, etag.clone());
-    }
-    if let Some(lm) = obj.headers.get(header::LAST_MODIFIED) {
-        h.insert(header::IF_MODIFIED_SINCE, lm.clone());
-    }
-    h
-}
-
-/// Fetch a GET for the cache (leader of a flight or background refresh).
-async fn fill(
-    rt: &Runtime,
-    ctx: &FillCtx,
-    stale: Option<Arc<CachedObject>>,
-    tee: Option<LeaderGuard>,
-) -> Result<Filled, ProxyError> {
-    let cond = stale.as_ref().and_then(|o| {
-        let v = validators(o);
-        match (&o.backend, v.is_empty() || !o.status.is_success()) {
-            (Some(b), false) => Some((b.clone(), v)),
-            _ => None,
-        }
-    });
-    let chain = fetch_chain(
-        rt,
-        &Method::GET,
-        &ctx.pq,
-        &ctx.upstream,
-        &ctx.owner_key,
-        cond.as_ref().map(|(b, h)| (&**b, h)),
-    )
-    .await?;
-    let now = SystemTime::now();
-    let backend_name = rt.backends[chain.backend].name.clone();
-    let (mut parts, incoming) = chain.resp.into_parts();
-    hop::strip_hop_by_hop(&mut parts.headers);
-    parts.headers = compact_headers(&parts.headers);
-    let cache_cfg = &rt.cfg.cache;
-    let client_headers = policy::policy_request_headers(&ctx.client, &parts.headers);
-    let client_headers = compact_headers(&client_headers);
-
-    if parts.status == StatusCode::NOT_MODIFIED {
-        if let Some(old) = stale.filter(|o| o.backend.as_deref() == Some(&*backend_name)) {
-            let mut headers = old.headers.clone();
-            for name in parts.headers.keys() {
-                if name == header::CONTENT_LENGTH {
-                    continue;
-                }
-                headers.remove(name);
-                for v in parts.headers.get_all(name) {
-                    headers.append(name.clone(), v.clone());
-                }
-            }
-            headers.remove(header::AGE);
-            let policy = policy::make_policy(
-                &ctx.uri,
-                &client_headers,
-                old.status,
-                &headers,
-                cache_cfg.default_ttl,
-                now,
-            );
-            let decision = policy::storable(&policy, old.status, &headers, now);
-            let grace = if policy::must_revalidate(&headers) {
-                Duration::ZERO
-            } else {
-                cache_cfg.grace
-            };
-            let ttl = decision.unwrap_or(Duration::ZERO);
-            let obj = CachedObject::new(
-                ctx.primary.len(),
-                old.status,
-                headers,
-                old.body.clone(),
-                policy,
-                ctx.uri.clone(),
-                Some(backend_name),
-                ttl,
-                grace,
-                cache_cfg.keep,
-                now,
-            );
-            if decision.is_ok() {
-                return Ok(Filled::Object(rt.store.insert(
-                    &ctx.primary,
-                    &ctx.client,
-                    obj,
-                )));
-            }
-            rt.store
-                .objects
-                .invalidate(&rt.store.variant_key(&ctx.primary, &ctx.client));
-            return Ok(Filled::Object(Arc::new(obj)));
-        }
-        // A 304 we did not ask for: relay it.
-        parts
-            .headers
-            .insert(&X_CACHE, HeaderValue::from_static("MISS"));
-        return Ok(Filled::Stream(Response::from_parts(
-            parts,
-            body::stream_idle(incoming, rt.cfg.timeouts.body_idle),
-        )));
-    }
-
-    let default_ttl = if chain.all_fallback {
-        cache_cfg.not_found_ttl
-    } else {
-        cache_cfg.default_ttl
-    };
-    let policy = policy::make_policy(
-        &ctx.uri,
-        &client_headers,
-        parts.status,
-        &parts.headers,
-        default_ttl,
-        now,
-    );
-    let content_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut decision = policy::storable(&policy, parts.status, &parts.headers, now);
-    if decision.is_ok() && content_length.is_some_and(|l| l > rt.store.max_object_size) {
-        decision = Err(NotStorable::TooLarge);
-    }
-    // A "not found" while some backend could not be asked is not a fact.
-    let transient = chain.incomplete && chain.all_fallback;
-    let ttl = match decision {
-        Ok(ttl) if !transient => ttl,
-        Ok(_) => {
-            rt.metrics.not_stored("backend-down");
-            return Ok(Filled::Stream(Response::from_parts(
-                parts,
-                body::stream_idle(incoming, rt.cfg.timeouts.body_idle),
-            )));
-        }
-        Err(reason) => {
-            rt.metrics.not_stored(reason.as_str());
-            if !chain.all_fallback && marks_pass(reason, &ctx.client, parts.status) {
-                rt.store.mark_pass(&ctx.primary);
-            }
-            return Ok(Filled::Stream(Response::from_parts(
-                parts,
-                body::stream_idle(incoming, rt.cfg.timeouts.body_idle),
-            )));
-        }
-    };
-
-    let mut headers = parts.headers.clone();
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::AGE);
-    let grace = if policy::must_revalidate(&headers) {
-        Duration::ZERO
-    } else {
-        cache_cfg.grace
-    };
-
-    if let Some(guard) = tee {
-        let store = rt.store.clone();
-        let store2 = rt.store.clone();
-        let metrics = rt.metrics.clone();
-        let primary = ctx.primary.clone();
-        let primary2 = ctx.primary.clone();
-        let client = ctx.client.clone();
-        let (status, uri, keep) = (parts.status, ctx.uri.clone(), cache_cfg.keep);
-        let on_complete: crate::body::OnComplete = Box::new(move |body: Bytes| {
-            let obj = CachedObject::new(
-                primary.len(),
-                status,
-                headers,
-                body,
-                policy,
-                uri,
-                Some(backend_name),
-                ttl,
-                grace,
-                keep,
-                now,
-            );
-            store.insert(&primary, &client, obj);
-        });
-        let on_overflow: crate::body::OnOverflow = Box::new(move || {
-            metrics.not_stored(NotStorable::TooLarge.as_str());
-            store2.mark_pass(&primary2);
-        });
-        let body = TeeBody::new(
-            incoming,
-            content_length,
-            rt.store.max_object_size,
-            on_complete,
-            on_overflow,
-            Box::new(guard),
-        );
-        let body = IdleTimeoutBody::new(body.boxed(), rt.cfg.timeouts.body_idle);
-        return Ok(Filled::Stream(Response::from_parts(parts, body.boxed())));
-    }
-
-    // Buffer up to maxObjectSize; beyond that stream what we have plus the rest.
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut size: u64 = 0;
-    let mut incoming = incoming;
-    let frame_timeout = rt.cfg.timeouts.response_header;
-    loop {
-        let frame = match tokio::time::timeout(frame_timeout, incoming.frame()).await {
-            Err(_) => return Err(ProxyError::Timeout),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                warn!(backend = %backend_name, error = %e, "upstream body failed");
-                return Err(ProxyError::NoBackend);
-            }
-            Ok(Some(Ok(f))) => f,
-        };
-        if let Ok(data) = frame.into_data() {
-            size += data.len() as u64;
-            chunks.push(data);
-            if size > rt.store.max_object_size {
-                rt.metrics.not_stored(NotStorable::TooLarge.as_str());
-                rt.store.mark_pass(&ctx.primary);
-                let body = PrefixedBody::new(chunks, incoming).boxed();
-                let body = IdleTimeoutBody::new(body, rt.cfg.timeouts.body_idle).boxed();
-                return Ok(Filled::Stream(Response::from_parts(parts, body)));
-            }
-        }
-    }
-    // Always copy into one exact-size buffer: received chunks are slices of
-    // the connection's read buffer.
-    let mut b = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
-    for c in chunks {
-        b.extend_from_slice(&c);
-    }
-    let body = b.freeze();
-    let obj = CachedObject::new(
-        ctx.primary.len(),
-        parts.status,
-        headers,
-        body,
-        policy,
-        ctx.uri.clone(),
-        Some(backend_name),
-        ttl,
-        grace,
-        cache_cfg.keep,
-        now,
-    );
-    Ok(Filled::Object(rt.store.insert(
-        &ctx.primary,
-        &ctx.client,
-        obj,
-    )))
-}
-
-/// Whether an unstorable answer should send this key straight to the
-/// backends for a while (hit-for-pass). Only for reasons the response
-/// itself gives, not the request or a transient error.
-fn marks_pass(reason: NotStorable, req: &HeaderMap, status: StatusCode) -> bool {
-    match reason {
-        NotStorable::SetCookie
-        | NotStorable::VaryStar
-        | NotStorable::TooLarge
-        | NotStorable::Partial => true,
-        NotStorable::NoLifetime | NotStorable::Refused => {
-            policy::request_is_plain(req) && !status.is_server_error()
-        }
     }
 }
 
@@ -718,10 +455,13 @@ async fn fetch_chain(
         *req.headers_mut() = h;
         match upstream::send(&rt.client, b, req, rt.cfg.timeouts.response_header).await {
             Err(e) => {
-                warn!(backend = %b.name, error = %e, "backend failed; marking down");
-                b.mark_down(rt.cfg.backend_down_for);
-                if owner == Some(idx) {
-                    rt.owners.invalidate(owner_key);
+                if b.record_failure(rt.cfg.backend_down_after, rt.cfg.backend_down_for) {
+                    warn!(backend = %b.name, error = %e, "backend failed repeatedly; marking down");
+                    if owner == Some(idx) {
+                        rt.owners.invalidate(owner_key);
+                    }
+                } else {
+                    warn!(backend = %b.name, error = %e, "backend failed");
                 }
                 incomplete = true;
                 timed_out |= matches!(e, UpstreamError::Timeout { .. });
@@ -799,7 +539,7 @@ async fn pass_get(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ProxyError> {
     rt.metrics.pass.inc();
-    let headers = upstream_headers(&parts.headers, peer, &rt.cfg.via_name);
+    let headers = rt.fwd.pass_get_headers(&parts.headers, &t.host, peer.ip());
     let path = t.pq.split('?').next().unwrap_or("/");
     let okey = key::owner_key(&t.host, path);
     let chain = fetch_chain(rt, &parts.method, &t.pq, &headers, &okey, None).await?;
@@ -831,8 +571,15 @@ async fn pass(
     let (parts, incoming) = req.into_parts();
     let b = &rt.backends[rt.cfg.pass_to];
     let exceeded = Arc::new(AtomicBool::new(false));
-    let body = LimitedBody::new(incoming, limit, exceeded.clone()).boxed();
-    let headers = upstream_headers(&parts.headers, peer, &rt.cfg.via_name);
+    let has_body = forwarding::has_body(&parts.headers);
+    let body = if has_body {
+        LimitedBody::new(incoming, limit, exceeded.clone()).boxed()
+    } else {
+        body::empty()
+    };
+    let headers = rt
+        .fwd
+        .pass_headers(&parts.headers, &t.host, peer.ip(), has_body);
     let uri = b.url.join(&t.pq).map_err(UpstreamError::from)?;
     let mut up = Request::builder()
         .method(parts.method.clone())

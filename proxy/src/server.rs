@@ -1,4 +1,8 @@
 //! Listeners, graceful shutdown, reload, and the metrics/health endpoint.
+//! Both listeners cap their open connections (one more is answered 503 and
+//! closed) and give a client `limits.headerRead` to send each request head
+//! (hyper's timer, which also closes idle keep-alive connections), and
+//! disconnect a client that reads nothing for `limits.sendTimeout`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,18 +14,19 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::body::{self, Body};
-use crate::config::ProxyConfig;
+use crate::config::{LimitConfig, ProxyConfig};
 use crate::error::{ConfigError, ServerError};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Runtime};
+use crate::stall::WriteStallIo;
 
 /// State shared by all connections.
 pub struct Shared {
@@ -40,8 +45,11 @@ impl Shared {
     /// it up on their next request.
     pub fn reload(&self, cfg: ProxyConfig) -> Result<(), ConfigError> {
         let prev = self.runtime.load_full();
-        if prev.cfg.listen != cfg.listen || prev.cfg.metrics_listen != cfg.metrics_listen {
-            warn!("listen addresses changed; they take effect after a restart");
+        if prev.cfg.listen != cfg.listen
+            || prev.cfg.metrics_listen != cfg.metrics_listen
+            || prev.cfg.limits != cfg.limits
+        {
+            warn!("listen addresses or limits changed; they take effect after a restart");
         }
         let next = Runtime::build(cfg, self.metrics.clone(), Some(&prev))?;
         self.runtime.store(Arc::new(next));
@@ -125,8 +133,14 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, ServerError> {
         ready: AtomicBool::new(false),
     });
     let (tx, rx) = watch::channel(false);
-    let main = tokio::spawn(serve_proxy(listener, shared.clone(), rx.clone()));
-    let aux = tokio::spawn(serve_metrics(mlistener, shared.clone(), rx));
+    let limits = shared.runtime().cfg.limits.clone();
+    let main = tokio::spawn(serve_proxy(
+        listener,
+        shared.clone(),
+        rx.clone(),
+        limits.clone(),
+    ));
+    let aux = tokio::spawn(serve_metrics(mlistener, shared.clone(), rx, limits));
     shared.ready.store(true, Ordering::Relaxed);
     info!(%addr, %metrics_addr, "zetaback-proxy listening");
     Ok(ProxyHandle {
@@ -146,20 +160,120 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
+/// Answer sent on a connection over the cap.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+content-length: 21\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections\n";
+
+/// A hyper HTTP/1 server builder with the client-side limits.
+fn http1_builder(limits: &LimitConfig) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .max_header_size(usize::try_from(limits.max_header_bytes.max(8192)).unwrap_or(usize::MAX));
+    b
+}
+
+/// Accept the next connection, with a permit when under the cap. `None`
+/// when shutdown was asked.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr, Option<OwnedSemaphorePermit>)> {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = wait_shutdown(&mut stop) => break,
+            _ = wait_shutdown(stop) => return None,
         };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
+        match accepted {
+            Ok((stream, peer)) => {
+                let permit = slots.clone().try_acquire_owned().ok();
+                return Some((stream, peer, permit));
+            }
             Err(e) => {
                 warn!(error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
             }
+        }
+    }
+}
+
+/// Connections over the cap being answered at once, at most; beyond that
+/// they are closed without an answer (a flood must not hold file
+/// descriptors in refusals).
+const REFUSALS_IN_FLIGHT: usize = 64;
+
+/// Tell a client over the cap, without waiting on it for long: write the
+/// 503, then read what it sent (closing with unread data would reset the
+/// connection and lose the answer).
+fn refuse(mut stream: TcpStream, refusals: &Arc<Semaphore>) {
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = stream.try_write(OVER_CAPACITY);
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            stream.read(&mut sink),
+        )
+        .await;
+    });
+}
+
+/// Run one hyper connection until it ends, or shut it down gracefully
+/// (finish the request in progress) once `stop` is set; then release the
+/// connection's slot. (A macro: the connection's service type cannot be
+/// named, and a generic function trips over its higher-ranked error type.)
+macro_rules! drive {
+    ($conn:expr, $stop:expr, $permit:expr) => {{
+        let conn = $conn;
+        let mut stop = $stop;
+        let permit = $permit;
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        debug!(error = %e, "connection ended with error");
+                    }
+                }
+                _ = wait_shutdown(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "connection ended with error");
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }};
+}
+
+fn semaphore(cap: usize) -> (Arc<Semaphore>, u32) {
+    let cap = cap.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    (
+        Arc::new(Semaphore::new(cap)),
+        u32::try_from(cap).unwrap_or(u32::MAX),
+    )
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    limits: LimitConfig,
+) {
+    let (slots, cap) = semaphore(limits.max_connections);
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+    let builder = http1_builder(&limits);
+    while let Some((stream, peer, permit)) = accept(&listener, &slots, &mut stop).await {
+        let Some(permit) = permit else {
+            shared.metrics.refused_proxy.inc();
+            refuse(stream, &refusals);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
@@ -167,23 +281,23 @@ async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             let rt = shared.runtime();
             async move { Ok::<_, Infallible>(proxy::handle(rt, req, peer).await) }
         });
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), svc);
-        let fut = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = fut.await {
-                debug!(error = %e, "connection ended with error");
-            }
-        });
+        drive!(
+            builder.serve_connection(
+                TokioIo::new(WriteStallIo::new(stream, limits.send_timeout)),
+                svc
+            ),
+            stop.clone(),
+            permit
+        );
     }
     drop(listener);
     shared.ready.store(false, Ordering::Relaxed);
     let timeout = shared.runtime().cfg.timeouts.shutdown;
-    info!(open = graceful.count(), "draining connections");
-    tokio::select! {
-        _ = graceful.shutdown() => info!("all connections closed"),
-        _ = tokio::time::sleep(timeout) => warn!("shutdown timeout; closing remaining connections"),
+    let open = cap as usize - slots.available_permits();
+    info!(open, "draining connections");
+    match tokio::time::timeout(timeout, slots.acquire_many(cap)).await {
+        Ok(_) => info!("all connections closed"),
+        Err(_) => warn!("shutdown timeout; closing remaining connections"),
     }
 }
 
@@ -191,23 +305,30 @@ async fn serve_metrics(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    limits: LimitConfig,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = wait_shutdown(&mut stop) => break,
+    let (slots, _) = semaphore(limits.max_metrics_connections);
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+    let builder = http1_builder(&limits);
+    while let Some((stream, _, permit)) = accept(&listener, &slots, &mut stop).await {
+        let Some(permit) = permit else {
+            shared.metrics.refused_metrics.inc();
+            refuse(stream, &refusals);
+            continue;
         };
-        let Ok((stream, _)) = accepted else { continue };
-        let shared = shared.clone();
+        let shared2 = shared.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
-            let shared = shared.clone();
+            let shared = shared2.clone();
             async move { Ok::<_, Infallible>(metrics_endpoint(&shared, &req)) }
         });
-        tokio::spawn(async move {
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        drive!(
+            builder.serve_connection(
+                TokioIo::new(WriteStallIo::new(stream, limits.send_timeout)),
+                svc
+            ),
+            stop.clone(),
+            permit
+        );
     }
 }
 

@@ -76,6 +76,8 @@ pub struct Backend {
     pub name: Arc<str>,
     pub url: BackendUrl,
     down_until_ms: AtomicU64,
+    /// Answers and failures, for marking down.
+    health: crate::health::Health,
     pub counters: BackendCounters,
 }
 
@@ -85,6 +87,7 @@ impl Backend {
             name: Arc::from(cfg.name.as_str()),
             url: BackendUrl::parse(&cfg.url)?,
             down_until_ms: AtomicU64::new(0),
+            health: crate::health::Health::default(),
             counters,
         })
     }
@@ -99,7 +102,21 @@ impl Backend {
         self.down_until_ms.store(until, Ordering::Relaxed);
     }
 
+    /// Count a failed request (refused, reset, timed out); marks the
+    /// backend down for `for_` when failures reach `min_failures` and at
+    /// least half its recent requests ([`crate::health`]). Returns whether
+    /// it did.
+    pub fn record_failure(&self, min_failures: u32, for_: Duration) -> bool {
+        if self.health.failed(monotonic_ms(), min_failures) {
+            self.mark_down(for_);
+            return true;
+        }
+        false
+    }
+
+    /// The backend answered: count it, end a down period.
     pub fn mark_up(&self) {
+        self.health.answered(monotonic_ms());
         if self.down_until_ms.load(Ordering::Relaxed) != 0 {
             self.down_until_ms.store(0, Ordering::Relaxed);
         }
@@ -193,5 +210,17 @@ mod tests {
         assert!(b.is_down());
         b.mark_up();
         assert!(!b.is_down());
+        // Failures among answers: up; failures outnumbering answers: down.
+        let long = Duration::from_secs(60);
+        for _ in 0..5 {
+            b.mark_up();
+        }
+        // One answer above plus five: the sixth failure is half.
+        for _ in 0..5 {
+            assert!(!b.record_failure(3, long));
+        }
+        assert!(!b.is_down());
+        assert!(b.record_failure(3, long));
+        assert!(b.is_down());
     }
 }

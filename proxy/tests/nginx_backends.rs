@@ -455,7 +455,10 @@ async fn backend_going_down_mid_test_is_skipped_without_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_stripped_and_forwarding_headers_added() {
     let a = Nginx::start("web1", &[("/p.txt", b"p")], "");
-    let proxy = start_proxy(config_for(&[&a])).await;
+    let mut cfg = config_for(&[&a]);
+    // The client's X-Forwarded-For is kept only from a trusted peer.
+    cfg.trusted_proxies = vec!["127.0.0.0/8".into()];
+    let proxy = start_proxy(cfg).await;
     let c = TestClient::new(proxy.addr);
     let r = c
         .get(
