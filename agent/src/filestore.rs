@@ -34,6 +34,7 @@ use zetaback::api::backup_policy::Compression;
 use zetaback::store::{Catalogue, Layout, Manifest, StoreError, StreamId};
 
 use crate::checksum::Received;
+use crate::limits::StoreLimits;
 
 /// What can go wrong in the file store.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,31 @@ pub struct FileStore {
     layout: Layout,
     writing: Arc<Mutex<HashSet<BackupKey>>>,
     direct_io: bool,
+    limits: StoreLimits,
+    /// Test-only: where a store operation stops as if the process had crashed there.
+    fake_fault: Option<FakeFault>,
+    /// Full scans of the store directory so far.
+    scans: Arc<AtomicU64>,
+}
+
+/// Test-only: a point at which a store operation stops as if the agent had been killed there
+/// (nothing after it runs; the operation returns an error naming the fake fault). A fake
+/// fault, for crash points that a real kill cannot be timed to hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeFault {
+    /// Archiving: the stream is in the archive area, the manifest not yet.
+    ArchiveBeforeManifestMove,
+    /// Archiving: the manifest moved, the live area not yet cleaned.
+    ArchiveAfterManifestMove,
+}
+
+impl FakeFault {
+    fn name(self) -> &'static str {
+        match self {
+            FakeFault::ArchiveBeforeManifestMove => "archive-before-manifest-move",
+            FakeFault::ArchiveAfterManifestMove => "archive-after-manifest-move",
+        }
+    }
 }
 
 /// What a finished stream measured.
@@ -135,7 +161,44 @@ impl FileStore {
             layout: Layout::new(root),
             writing: Arc::default(),
             direct_io: true,
+            limits: StoreLimits::default(),
+            fake_fault: None,
+            scans: Arc::default(),
         }
+    }
+
+    /// Sets the limits on streams, hosts and free space.
+    pub fn with_limits(mut self, limits: &StoreLimits) -> Self {
+        self.limits = limits.clone();
+        self
+    }
+
+    /// Test-only: stop at `fault` as if the agent had been killed there (see [`FakeFault`]).
+    pub fn with_fake_fault(mut self, fault: FakeFault) -> Self {
+        self.fake_fault = Some(fault);
+        self
+    }
+
+    /// Full scans of the store directory this store (and its clones) made so far.
+    pub fn scans(&self) -> u64 {
+        self.scans.load(Ordering::Relaxed)
+    }
+
+    /// Fails with a fake crash if `point` is the configured fake fault.
+    fn fake_crash(&self, point: FakeFault) -> Result<(), FileStoreError> {
+        if self.fake_fault == Some(point) {
+            warn!(fault = point.name(), "fake fault: stopping here as if killed");
+            return Err(FileStoreError::Io {
+                path: self.layout.root().to_path_buf(),
+                source: io::Error::other(format!("fake fault {}: stopped here", point.name())),
+            });
+        }
+        Ok(())
+    }
+
+    /// Start-up: removes temporary files left by a crash. Call before serving.
+    pub async fn recover(&self) -> Result<usize, FileStoreError> {
+        self.remove_stale_temporaries().await
     }
 
     /// Whether streams are written with `O_DIRECT` where possible (default: yes).
@@ -163,6 +226,7 @@ impl FileStore {
     /// The catalogue of backups.
     pub async fn catalogue(&self) -> Result<Catalogue, FileStoreError> {
         let root = self.layout.root().to_path_buf();
+        self.scans.fetch_add(1, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || zetaback::store::scan(&root))
             .await
             .map_err(|e| FileStoreError::Io {
@@ -307,7 +371,9 @@ impl FileStore {
         // Stream first, then the manifest: the archive copy becomes a backup only when both
         // are there; the live copy stops being one when its manifest is gone.
         fs::rename(&s, &as_).await.map_err(io_err(&s))?;
+        self.fake_crash(FakeFault::ArchiveBeforeManifestMove)?;
         fs::rename(&m, &am).await.map_err(io_err(&m))?;
+        self.fake_crash(FakeFault::ArchiveAfterManifestMove)?;
         fsync_dir(&adir).await?;
         if let Some(dir) = m.parent() {
             fsync_dir(dir).await?;

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod filestore;
 pub mod hostinfo;
 pub mod job;
+pub mod limits;
 pub mod ratelimit;
 pub mod restore;
 pub mod runner;

@@ -50,6 +50,7 @@ use crate::auth::{Role, Tokens};
 use crate::bufpool::BufPool;
 use crate::checksum::{BackgroundSha256, Received};
 use crate::filestore::{BackupKey, FileStore, FileStoreError, StreamMeta};
+use crate::limits::{ListenerLimits, StoreLimits};
 use crate::wire::{
     ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN,
     H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse,
@@ -75,6 +76,8 @@ pub struct ServerState {
     pub replica: Option<ReplicaConfig>,
     /// A stream that sends nothing for this long is abandoned (a cut link sends no reset).
     pub idle_timeout: Duration,
+    /// What one client may take.
+    pub limits: StoreLimits,
     receiving: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -85,8 +88,16 @@ impl ServerState {
             store,
             replica,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            limits: StoreLimits::default(),
             receiving: Arc::default(),
         }
+    }
+
+    /// Sets the limits (the file store's too).
+    pub fn with_limits(mut self, limits: StoreLimits) -> Self {
+        self.store = self.store.map(|s| s.with_limits(&limits));
+        self.limits = limits;
+        self
     }
 
     /// Sets the idle timeout.
@@ -167,6 +178,15 @@ pub fn router(state: ServerState) -> Router {
 
 /// Serves the API on `listener` until the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> io::Result<()> {
+    serve_with(listener, state, ListenerLimits::default()).await
+}
+
+/// Serves the API on `listener` with these connection limits until the future is dropped.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: ServerState,
+    _limits: ListenerLimits,
+) -> io::Result<()> {
     axum::serve(listener, router(state)).await
 }
 
