@@ -218,7 +218,7 @@ pub async fn catalogue(endpoint: &Endpoint, host: &str) -> Result<Catalogue, Res
     let client = transfer::client();
     let url = format!("{}/v1/catalogue?host={host}", endpoint.base);
     let resp = transfer::get(&client, endpoint, &url).await?;
-    Ok(transfer::json_answer(resp).await?)
+    Ok(transfer::json_answer(resp, transfer::MAX_CATALOGUE_ANSWER).await?)
 }
 
 /// The request for a stored piece. With `verify` the restore checks the piece's sha256 itself
@@ -326,12 +326,7 @@ pub async fn apply_piece(
         .map_err(|e| RestoreError::Unreachable(format!("{e:#}")))?;
     let status = resp.status();
     if status != StatusCode::OK {
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
+        let body = transfer::error_message(resp).await;
         if status == StatusCode::NOT_FOUND {
             return Err(RestoreError::PieceMissing {
                 id: piece.id.clone(),
@@ -380,7 +375,12 @@ pub async fn apply_piece(
     let mut reader: std::pin::Pin<Box<dyn AsyncBufRead + Send>> = match compression {
         Compression::Zstd => Box::pin(BufReader::with_capacity(
             DECODED_BUFFER,
-            ZstdDecoder::new(BufReader::new(raw)),
+            ZstdDecoder::with_params(
+                BufReader::new(raw),
+                &[async_compression::zstd::DParameter::window_log_max(
+                    crate::limits::DEFAULT_ZSTD_WINDOW_LOG_MAX,
+                )],
+            ),
         )),
         Compression::None => Box::pin(raw),
     };
