@@ -232,8 +232,12 @@ async fn take_snapshot(
         }
         info!(snapshot = %snap.full_name(), creation = snap.creation, ?floor, "taken in the second of an earlier snapshot: taking it again in the next second");
         zfs.destroy_own_snapshot(dataset, name).await?;
-        if let Some(f) = floor {
-            wait_past(f).await;
+        if let Some(f) = floor
+            && !wait_past(f).await
+        {
+            return Err(JobError::Invalid(format!(
+                "an earlier snapshot of {dataset} or its base is dated {f}, in the future of this host's clock: not taking {name} before it"
+            )));
         }
     }
     Err(JobError::Invalid(format!(
@@ -241,12 +245,24 @@ async fn take_snapshot(
     )))
 }
 
-/// Sleeps until the wall clock is past the second `ts`.
-async fn wait_past(ts: i64) {
+/// The longest wait for the clock to pass an earlier snapshot's second (more means the clock
+/// went back: not waited for).
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Sleeps until the wall clock is past the second `ts`; false (without sleeping) when that
+/// is more than [`MAX_WAIT`] away.
+async fn wait_past(ts: i64) -> bool {
     let now = jiff::Timestamp::now();
-    let target = jiff::Timestamp::from_second(ts.saturating_add(1)).unwrap_or(now);
-    if let Ok(d) = std::time::Duration::try_from(target.duration_since(now)) {
-        tokio::time::sleep(d + std::time::Duration::from_millis(20)).await;
+    let Ok(target) = jiff::Timestamp::from_second(ts.saturating_add(1)) else {
+        return false;
+    };
+    match std::time::Duration::try_from(target.duration_since(now)) {
+        Ok(d) if d > MAX_WAIT => false,
+        Ok(d) => {
+            tokio::time::sleep(d + std::time::Duration::from_millis(20)).await;
+            true
+        }
+        Err(_) => true, // already past
     }
 }
 

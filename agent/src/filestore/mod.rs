@@ -802,7 +802,10 @@ impl PendingStream {
                 self.stored_at_start,
                 self.host_bytes.load(Ordering::Relaxed),
             )
-            .map_err(|refusal| self.refused(refusal))?;
+            .map_err(|refusal| FileStoreError::Refused {
+                key: self.key.to_string(),
+                refusal,
+            })?;
             if block.is_full()
                 && let Some(full) = self.block.take()
             {
