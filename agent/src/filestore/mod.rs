@@ -36,7 +36,6 @@ use std::io::Write;
 
 use bytes::Bytes;
 use tokio::fs::{self, File, OpenOptions};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -462,6 +461,24 @@ impl FileStore {
         self.shared.invalidate();
         result.map(|_| ())
     }
+}
+
+/// Writes a new file and fsyncs it, on a blocking thread with `std::fs`: tokio's `File`
+/// reports a failed write (a full disk) only on a later write or flush, not on `sync_all`, so
+/// a manifest written through it could come out empty with no error.
+async fn write_synced(path: &Path, data: Vec<u8>) -> Result<(), FileStoreError> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)?;
+        f.write_all(&data)?;
+        f.sync_all()
+    })
+    .await
+    .map_err(joined)?
+    .map_err(io_err(path))
 }
 
 /// Free bytes on the file system of `path`, or of its nearest existing ancestor (the store
@@ -925,15 +942,7 @@ impl PendingStream {
         ));
         let json = manifest.to_json()?;
         let result = async {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&mtemp)
-                .await
-                .map_err(io_err(&mtemp))?;
-            f.write_all(&json).await.map_err(io_err(&mtemp))?;
-            f.sync_all().await.map_err(io_err(&mtemp))?;
-            drop(f);
+            write_synced(&mtemp, json).await?;
             self.link_into_place(&temp, &mtemp).await
         }
         .await;

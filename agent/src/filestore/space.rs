@@ -147,7 +147,12 @@ mod tests {
     fn admission() {
         let none = limits(None, None, 0);
         assert_eq!(admit(&none, "h", None, 0, 0, 0), Ok(()));
-        assert_eq!(admit(&none, "h", Some(u64::MAX), u64::MAX, u64::MAX, 0), Ok(()));
+        assert_eq!(admit(&none, "h", Some(10), u64::MAX, u64::MAX, 10), Ok(()));
+        // Without a reserve, a stream announced larger than the free space still cannot fit.
+        assert!(matches!(
+            admit(&none, "h", Some(11), 0, 0, 10),
+            Err(SpaceRefusal::ReserveBeforeStart { .. })
+        ));
         let l = limits(Some(100), Some(1000), 50);
         assert_eq!(admit(&l, "h", Some(100), 0, 0, 150), Ok(()));
         assert_eq!(
@@ -180,8 +185,11 @@ mod tests {
         assert!(admit(&l, "h", Some(10), 0, 0, 59).is_err());
         assert_eq!(admit(&l, "h", Some(10), 0, 0, 60), Ok(()));
         // Saturation, not overflow.
-        let q = limits(None, Some(u64::MAX), u64::MAX);
-        assert!(admit(&q, "h", Some(u64::MAX), u64::MAX, u64::MAX, u64::MAX).is_err());
+        let q = limits(None, Some(10), u64::MAX);
+        assert!(matches!(
+            admit(&q, "h", Some(u64::MAX), u64::MAX, u64::MAX, u64::MAX),
+            Err(SpaceRefusal::Quota { used: u64::MAX, .. })
+        ));
     }
 
     #[test]
