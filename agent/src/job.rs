@@ -160,8 +160,8 @@ pub async fn run(
             Ok(outcome)
         }
         Err(e) => {
-            let resumable_replica = spec.target.dataset.is_some()
-                && zfs.capabilities().has(Capability::ResumableSend);
+            let resumable_replica =
+                spec.target.dataset.is_some() && zfs.capabilities().has(Capability::ResumableSend);
             if made && !snapshot_may_be_in_use(&e, resumable_replica) {
                 destroy_unused(zfs, dataset, &snap.name).await;
             } else if made {
@@ -176,7 +176,9 @@ pub async fn run(
 /// is zetaback's, so a later prune removes it).
 async fn destroy_unused(zfs: &Zfs, dataset: &str, name: &str) {
     match zfs.destroy_own_snapshot(dataset, name).await {
-        Ok(()) => info!(snapshot = %format!("{dataset}@{name}"), "destroyed the snapshot of a failed backup"),
+        Ok(()) => {
+            info!(snapshot = %format!("{dataset}@{name}"), "destroyed the snapshot of a failed backup")
+        }
         Err(e) => warn!(error = %e, "could not destroy the unused snapshot {dataset}@{name}"),
     }
 }
@@ -504,7 +506,10 @@ mod tests {
             assert!(snapshot_may_be_in_use(&conn, resumable));
             assert!(snapshot_may_be_in_use(&mismatch, resumable));
             assert!(!snapshot_may_be_in_use(&refused, resumable));
-            assert!(!snapshot_may_be_in_use(&JobError::Invalid("x".into()), resumable));
+            assert!(!snapshot_may_be_in_use(
+                &JobError::Invalid("x".into()),
+                resumable
+            ));
         }
         assert!(!snapshot_may_be_in_use(&source, false));
         assert!(snapshot_may_be_in_use(&source, true));

@@ -127,7 +127,12 @@ impl ServerState {
 
     /// A slot of `slots` (uploads or downloads), waiting up to `limits.slot_wait`; 503 when
     /// none came free.
-    async fn slot(&self, slots: &Arc<Semaphore>, what: &str, max: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+    async fn slot(
+        &self,
+        slots: &Arc<Semaphore>,
+        what: &str,
+        max: usize,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
         match tokio::time::timeout(self.limits.slot_wait, slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(ApiError(
@@ -429,7 +434,9 @@ fn plan_put(
 fn too_large(limit: u64) -> ApiError {
     ApiError(
         StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the stream is over this agent's limit of {limit} bytes per stream (--max-stream-bytes)"),
+        format!(
+            "the stream is over this agent's limit of {limit} bytes per stream (--max-stream-bytes)"
+        ),
     )
 }
 
@@ -569,11 +576,12 @@ async fn put_file(
     for data in head.pieces {
         pending.write(data).await?;
     }
-    while !head.ended {
+    let mut ended = head.ended;
+    while !ended {
         match next_piece(&mut body, state.idle_timeout).await {
             Ok(Piece::Data(data)) => pending.write(data).await?,
             Ok(Piece::Trailers(t)) => trailers = t,
-            Ok(Piece::End) => break,
+            Ok(Piece::End) => ended = true,
             Err(e) => {
                 warn!(
                     bytes = pending.bytes(),
@@ -608,7 +616,11 @@ struct Head {
 /// Reads the body's first pieces until its beginning shows that it is a ZFS send stream
 /// (decompressed first when it is zstd, with the window limited); refuses it (400) when it is
 /// not one. The pieces read are handed back, to be written first.
-async fn sniff(state: &ServerState, body: &mut Body, compression: Compression) -> Result<Head, ApiError> {
+async fn sniff(
+    state: &ServerState,
+    body: &mut Body,
+    compression: Compression,
+) -> Result<Head, ApiError> {
     let mut head = Head {
         pieces: Vec::new(),
         trailers: None,
@@ -633,8 +645,7 @@ async fn sniff(state: &ServerState, body: &mut Body, compression: Compression) -
             Compression::None if head.ended => stream_header::check_complete(&seen),
             Compression::None => stream_header::check(&seen),
             Compression::Zstd => {
-                stream_header::check_zstd(&seen, head.ended, state.limits.zstd_window_log_max)
-                    .await
+                stream_header::check_zstd(&seen, head.ended, state.limits.zstd_window_log_max).await
             }
         };
         match verdict {
@@ -645,7 +656,9 @@ async fn sniff(state: &ServerState, body: &mut Body, compression: Compression) -
                 )));
             }
             Verdict::NeedMore if head.ended => {
-                return Err(ApiError::bad("the body is not a ZFS send stream: it is too short"));
+                return Err(ApiError::bad(
+                    "the body is not a ZFS send stream: it is too short",
+                ));
             }
             Verdict::NeedMore => {}
         }

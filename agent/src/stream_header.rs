@@ -82,10 +82,8 @@ pub fn check_complete(prefix: &[u8]) -> Verdict {
 /// (`complete`: that is the whole body). A frame asking for a window over
 /// `2^window_log_max` bytes is refused, never allocated.
 pub async fn check_zstd(compressed: &[u8], complete: bool, window_log_max: u32) -> Verdict {
-    let mut decoder = ZstdDecoder::with_params(
-        compressed,
-        &[DParameter::window_log_max(window_log_max)],
-    );
+    let mut decoder =
+        ZstdDecoder::with_params(compressed, &[DParameter::window_log_max(window_log_max)]);
     let mut out = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {

@@ -377,7 +377,11 @@ pub(crate) async fn error_message(resp: hyper::Response<hyper::body::Incoming>) 
             let text = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            if more { format!("{text} (cut off)") } else { text }
+            if more {
+                format!("{text} (cut off)")
+            } else {
+                text
+            }
         }
         Err(e) => e.to_string(),
     }

@@ -108,7 +108,11 @@ fn an_incremental_in_the_same_second_as_its_base_gets_a_later_id() {
         let base_ts = creation(&s.ds, &base);
         assert_eq!(id.base_ts(), Some(base_ts), "try {i}: {id}");
         assert!(id.ts() > base_ts, "try {i}: {id}");
-        assert_eq!(id.ts(), creation(&s.ds, &snap), "try {i}: the id is the snapshot's time");
+        assert_eq!(
+            id.ts(),
+            creation(&s.ds, &snap),
+            "try {i}: the id is the snapshot's time"
+        );
     }
     let cat = zetaback::store::scan(s.store.path()).expect("scan");
     assert_eq!(cat.backups.len(), 4);
@@ -128,7 +132,11 @@ fn a_failed_backup_leaves_no_snapshot_it_made() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(snapshots(&s.ds), Vec::<String>::new(), "the refused snapshot is gone");
+    assert_eq!(
+        snapshots(&s.ds),
+        Vec::<String>::new(),
+        "the refused snapshot is gone"
+    );
     // The base of an incremental does not exist.
     let out = s
         .backup("zetaback-2", Some("no-such-base"), None)
@@ -146,6 +154,10 @@ fn a_failed_backup_leaves_no_snapshot_it_made() {
     assert_eq!(snapshots(&s.ds), ["mine"]);
     // A backup that works keeps its snapshot (the next incremental's base).
     let out = s.backup("zetaback-4", None, None).output().expect("backup");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(snapshots(&s.ds), ["mine", "zetaback-4"]);
 }

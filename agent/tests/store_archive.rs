@@ -102,7 +102,10 @@ async fn an_archive_cut_short_keeps_the_backup_and_the_retry_finishes_it() {
             .unwrap_or_else(|e| panic!("{fault:?}: the retry failed: {e}"));
         assert!(listed_once(root, &data).await, "{fault:?}: archived");
         let (live, archived) = leftovers(root);
-        assert!(live.is_empty(), "{fault:?}: left in the live area: {live:?}");
+        assert!(
+            live.is_empty(),
+            "{fault:?}: left in the live area: {live:?}"
+        );
         assert_eq!(
             archived,
             ["1700000000.full", "1700000000.full.json"],

@@ -90,7 +90,12 @@ async fn upload(
 }
 
 /// A PUT of `body` as one piece with a Content-Length; status and answer.
-async fn put_raw(addr: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (StatusCode, String) {
+async fn put_raw(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, String) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let mut req = Request::builder()
@@ -186,7 +191,10 @@ async fn h2c_is_not_spoken() {
         .uri(format!("http://{addr}/healthz"))
         .body(Full::new(Bytes::new()))
         .expect("req");
-    assert_eq!(client.request(req).await.expect("http/1.1").status(), StatusCode::OK);
+    assert_eq!(
+        client.request(req).await.expect("http/1.1").status(),
+        StatusCode::OK
+    );
 }
 
 /// Reads until the peer closes (or the bound passes); what arrived, and whether it closed.
@@ -215,20 +223,30 @@ async fn slow_request_heads_and_idle_connections_are_cut_off() {
     };
     let (addr, _) = start(dir.path(), no_reserve(), limits).await;
     // Half a request head, then nothing (slowloris).
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .await
         .expect("write");
     let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(20)).await;
-    assert!(closed, "a connection with half a request head was still open after 20 s");
+    assert!(
+        closed,
+        "a connection with half a request head was still open after 20 s"
+    );
     // A keep-alive connection that asks nothing more.
-    let mut idle = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut idle = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
     let (text, closed) = read_until_closed(&mut idle, Duration::from_secs(20)).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(closed, "an idle keep-alive connection was still open after 20 s");
+    assert!(
+        closed,
+        "an idle keep-alive connection was still open after 20 s"
+    );
 }
 
 #[tokio::test]
@@ -241,28 +259,42 @@ async fn connections_over_the_cap_are_refused() {
     let (addr, _) = start(dir.path(), no_reserve(), limits).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+        let mut c = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
         held.push(c);
     }
     // Let the agent accept both before the third arrives.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut third = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut third = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
     let _ = third
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await;
     let (text, closed) = read_until_closed(&mut third, Duration::from_secs(20)).await;
-    assert!(closed, "the connection over the cap was neither answered nor closed");
+    assert!(
+        closed,
+        "the connection over the cap was neither answered nor closed"
+    );
     assert!(
         !text.starts_with("HTTP/1.1 200"),
         "a third connection was served with a cap of two: {text}"
     );
-    assert!(text.is_empty() || text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 503"),
+        "{text}"
+    );
     // A slot freed is a slot for the next one.
     drop(held.pop());
     let mut ok = false;
     for _ in 0..100 {
-        let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let mut c = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
         let _ = c
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await;
@@ -273,7 +305,10 @@ async fn connections_over_the_cap_are_refused() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ok, "no connection was served after one of the two was closed");
+    assert!(
+        ok,
+        "no connection was served after one of the two was closed"
+    );
 }
 
 #[tokio::test]
@@ -396,7 +431,11 @@ async fn no_new_stream_below_the_free_space_reserve() {
         }
         other => panic!("expected a 507 answer: {other}"),
     }
-    assert!(all_files(dir.path()).is_empty(), "{:?}", all_files(dir.path()));
+    assert!(
+        all_files(dir.path()).is_empty(),
+        "{:?}",
+        all_files(dir.path())
+    );
 }
 
 #[tokio::test]
@@ -490,7 +529,11 @@ async fn bodies_that_are_not_zfs_streams_are_refused() {
         ("text", text, "none"),
         ("empty", Vec::new(), "none"),
         ("zstd of a wrong magic", zstd_junk, "zstd"),
-        ("not zstd at all", zfs_stream_bytes(10_000, 3, false), "zstd"),
+        (
+            "not zstd at all",
+            zfs_stream_bytes(10_000, 3, false),
+            "zstd",
+        ),
     ] {
         let (status, answer) = put_raw(
             &addr,
@@ -606,7 +649,10 @@ async fn uploads_over_the_concurrency_cap_are_refused_after_a_wait() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(all_files(&ds).iter().any(|f| f.starts_with(".tmp-")), "the first upload runs");
+    assert!(
+        all_files(&ds).iter().any(|f| f.starts_with(".tmp-")),
+        "the first upload runs"
+    );
     let err = upload(
         &addr,
         "db-2",
@@ -689,7 +735,10 @@ async fn the_catalogue_is_scanned_once_until_something_is_written() {
         assert_eq!(get(client.clone()).await.backups.len(), 1);
     }
     let scans = store.scans() - scans_before;
-    assert!(scans <= 1, "20 catalogue reads scanned the store {scans} times");
+    assert!(
+        scans <= 1,
+        "20 catalogue reads scanned the store {scans} times"
+    );
     // A write is seen at once.
     upload(
         &addr,

@@ -107,7 +107,15 @@ fn stop_and_start_leave_other_pools_alone() {
     let foreign = format!("agentforeign{}", std::process::id());
     let mine = format!("agentmine{}", std::process::id());
     let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "bash", "-c", HARNESS, "harness"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            HARNESS,
+            "harness",
+        ])
         .arg(t.path())
         .arg(zfs_sh())
         .args([&foreign, &mine])
@@ -133,7 +141,7 @@ fn stop_and_start_leave_other_pools_alone() {
     assert_eq!(line("before: "), both, "{err}");
     assert_eq!(
         line("after stop: "),
-        [foreign.clone()],
+        [foreign.as_str()],
         "stop must export the script's pool and only it: {err}"
     );
     assert!(
@@ -142,8 +150,8 @@ fn stop_and_start_leave_other_pools_alone() {
     );
     assert_eq!(
         line("after restart: "),
-        [foreign.clone()],
+        [foreign.as_str()],
         "a restarted daemon imports the other pool (zpool.cache kept) and not the script's: {err}"
     );
-    assert_eq!(line("owned: "), [mine.clone()], "{err}");
+    assert_eq!(line("owned: "), [mine.as_str()], "{err}");
 }

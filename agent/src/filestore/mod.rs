@@ -451,7 +451,11 @@ impl FileStore {
     /// at start-up, finishes a move cut short). See [`archive`].
     pub async fn archive(&self, key: &BackupKey) -> Result<(), FileStoreError> {
         let names = archive::Names::of(&self.layout, key)?;
-        let (key2, fault, root) = (key.clone(), self.fake_fault, self.layout.root().to_path_buf());
+        let (key2, fault, root) = (
+            key.clone(),
+            self.fake_fault,
+            self.layout.root().to_path_buf(),
+        );
         let result = tokio::task::spawn_blocking(move || {
             archive::archive(&names, &key2, &|point| fake_crash(fault, point, &root))
         })
@@ -503,7 +507,10 @@ fn fake_crash(
     root: &Path,
 ) -> Result<(), FileStoreError> {
     if configured == Some(point) {
-        warn!(fault = point.name(), "fake fault: stopping here as if killed");
+        warn!(
+            fault = point.name(),
+            "fake fault: stopping here as if killed"
+        );
         return Err(FileStoreError::Io {
             path: root.to_path_buf(),
             source: io::Error::other(format!("fake fault {}: stopped here", point.name())),

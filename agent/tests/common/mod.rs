@@ -468,7 +468,9 @@ impl Tmpfs {
             .output()
             .expect("stat -f");
         let text = String::from_utf8_lossy(&out.stdout);
-        let mut it = text.split_whitespace().map(|v| v.parse::<u64>().expect("number"));
+        let mut it = text
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().expect("number"));
         it.next().expect("blocks") * it.next().expect("block size")
     }
 }
