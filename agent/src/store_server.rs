@@ -541,7 +541,7 @@ async fn put_stream(
     require(&state, &headers, Role::Source)?;
     let plan = plan_put(&state, &headers, &host, &dataset, &id)?;
     let span = info_span!("put_stream", backup = %plan.key, replica = plan.receive_into.as_deref());
-    async move {
+    let result = async move {
         let _slot = state
             .slot(&state.uploads, "uploads", state.limits.max_uploads)
             .await?;
@@ -557,8 +557,12 @@ async fn put_stream(
         info!(bytes = resp.bytes, sha256 = %resp.sha256, verified = resp.verified, "stored");
         Ok((StatusCode::CREATED, axum::Json(resp)))
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    if let Err(ApiError(status, message)) = &result {
+        span.in_scope(|| warn!(%status, %message, "stream refused"));
+    }
+    result
 }
 
 async fn put_file(

@@ -205,6 +205,18 @@ impl TargetAgent {
         replica_root: Option<&str>,
         netns: Option<&str>,
     ) -> Self {
+        Self::start_with(tokens, addr, store_root, replica_root, netns, &[])
+    }
+
+    /// As [`TargetAgent::start`], with more arguments.
+    pub fn start_with(
+        tokens: &Tokens,
+        addr: &str,
+        store_root: &Path,
+        replica_root: Option<&str>,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
         let mut args = vec![
             "--no-kube".to_owned(),
             "--host-name".into(),
@@ -224,6 +236,7 @@ impl TargetAgent {
             args.push("--replica-root".into());
             args.push(r.into());
         }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let mut t = Self {
             child: spawn_agent(&args, netns),
             addr: addr.to_owned(),
