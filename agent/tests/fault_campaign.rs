@@ -106,11 +106,13 @@ fn check(root: &Path) -> (Catalogue, Findings) {
             }
         }
     }
-    for file in all_files(root) {
-        let name = file.rsplit('/').next().unwrap_or(&file);
-        if name.starts_with(".tmp-") {
-            f.orphans.push(file.clone());
-        } else if !name.ends_with(".json") && !all_files(root).contains(&format!("{file}.json")) {
+    let files = all_files(root);
+    for file in &files {
+        let name = file.rsplit('/').next().unwrap_or(file);
+        let temporary = name.starts_with(".tmp-");
+        let stream_without_manifest =
+            !name.ends_with(".json") && !files.contains(&format!("{file}.json"));
+        if temporary || stream_without_manifest {
             f.orphans.push(file.clone());
         }
     }
