@@ -468,6 +468,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
             token: token.clone(),
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             progress_every: Duration::from_secs(1),
+            zstd_window_log_max: args.limits.zstd_window_log_max,
         },
     ));
     let disc = tokio::spawn(discovery::run(

@@ -210,6 +210,8 @@ pub struct Source {
     pub dataset: String,
     /// Give up when no byte arrived for this long.
     pub idle_timeout: Duration,
+    /// The largest zstd window a compressed piece may ask for (2^N bytes).
+    pub zstd_window_log_max: u32,
 }
 
 /// Reads the catalogue of one source host from a target agent.
@@ -378,7 +380,7 @@ pub async fn apply_piece(
             ZstdDecoder::with_params(
                 BufReader::new(raw),
                 &[async_compression::zstd::DParameter::window_log_max(
-                    crate::limits::DEFAULT_ZSTD_WINDOW_LOG_MAX,
+                    src.zstd_window_log_max,
                 )],
             ),
         )),
@@ -663,6 +665,7 @@ pub async fn restore(
         host: host.to_owned(),
         dataset: dataset.to_owned(),
         idle_timeout: Duration::from_secs(120),
+        zstd_window_log_max: crate::limits::DEFAULT_ZSTD_WINDOW_LOG_MAX,
     };
     apply_chain(zfs, &src, &req, &AtomicU64::new(0), |_, _| {}).await
 }
@@ -679,6 +682,8 @@ pub struct RestoreRunnerConfig {
     pub idle_timeout: Duration,
     /// How often `bytesDone` is written at most.
     pub progress_every: Duration,
+    /// The largest zstd window a compressed piece may ask for (2^N bytes).
+    pub zstd_window_log_max: u32,
 }
 
 /// The field selector of the Restores whose destination is `host`.
@@ -894,6 +899,7 @@ impl RestoreRunner {
                     host: r.spec.source.host.as_str().to_owned(),
                     dataset: r.spec.source.dataset_name().to_owned(),
                     idle_timeout: self.cfg.idle_timeout,
+                    zstd_window_log_max: self.cfg.zstd_window_log_max,
                 };
                 let req = ChainRequest {
                     pieces: st
