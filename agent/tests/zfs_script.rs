@@ -67,12 +67,13 @@ fn owned_pools_are_the_marked_ones_and_those_backed_by_the_scripts_files() {
 
 const HARNESS: &str = r#"
 set -uo pipefail
-T=$1; SCRIPT=$2; FOREIGN=$3; MINE=$4
+T=$1; SCRIPT=$2; FOREIGN=$3; MINE=$4; LEGACY=$5
 self_ns=$(readlink /proc/self/ns/mnt)
 # Clean-up: the foreign pool, then every zfs-fuse in THIS mount namespace (never another).
 cleanup() {
   zpool destroy -f "$FOREIGN" >/dev/null 2>&1
   zpool destroy -f "$MINE" >/dev/null 2>&1
+  zpool destroy -f "$LEGACY" >/dev/null 2>&1
   for p in $(pgrep -x zfs-fuse); do
     [ "$(readlink /proc/$p/ns/mnt 2>/dev/null)" = "$self_ns" ] && kill -9 "$p"
   done
@@ -89,6 +90,12 @@ bash "$SCRIPT" pool "$MINE" 64M >/dev/null || exit 15
 echo "before: $(zpool list -H -o name 2>/dev/null | sort | tr '\n' ' ')"
 bash "$SCRIPT" stop
 echo "after stop: $(zpool list -H -o name 2>/dev/null | sort | tr '\n' ' ')"
+# A pool an older version of the script made: its image in the script's directory, no marker,
+# listed in zpool.cache.
+if zpool list -H >/dev/null 2>&1; then
+  mkdir -p "$ZETABACK_ZFS_DIR" && truncate -s 64M "$ZETABACK_ZFS_DIR/$LEGACY.img"
+  zpool create -f -m "/run/zetaback/zfs/$LEGACY" "$LEGACY" "$ZETABACK_ZFS_DIR/$LEGACY.img" || exit 18
+fi
 # The daemon dies behind the script's back (a crash, a reboot): the next start must bring
 # the foreign pool back (it is in zpool.cache) and not the script's.
 pid=$(cat /run/zetaback/zfs-fuse.pid 2>/dev/null)
@@ -106,6 +113,7 @@ fn stop_and_start_leave_other_pools_alone() {
     let t = tempfile::tempdir().expect("tempdir");
     let foreign = format!("agentforeign{}", std::process::id());
     let mine = format!("agentmine{}", std::process::id());
+    let legacy = format!("agentlegacy{}", std::process::id());
     let out = Command::new("unshare")
         .args([
             "--mount",
@@ -118,7 +126,7 @@ fn stop_and_start_leave_other_pools_alone() {
         ])
         .arg(t.path())
         .arg(zfs_sh())
-        .args([&foreign, &mine])
+        .args([&foreign, &mine, &legacy])
         .output()
         .expect("unshare (tests run as root)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -151,7 +159,7 @@ fn stop_and_start_leave_other_pools_alone() {
     assert_eq!(
         line("after restart: "),
         [foreign.as_str()],
-        "a restarted daemon imports the other pool (zpool.cache kept) and not the script's: {err}"
+        "a restarted daemon imports the other pool (zpool.cache kept), and none of the script's (not even one an older version left in the cache): {err}"
     );
     assert_eq!(line("owned: "), [mine.as_str()], "{err}");
 }

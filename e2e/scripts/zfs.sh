@@ -95,6 +95,10 @@ start() {
     zfs-fuse --pidfile "$pidfile" --no-kstat-mount </dev/null >/dev/null 2>&1 9>&-
     for _ in $(seq 1 50); do running && break; sleep 0.2; done
     running || { echo "zfs.sh: zfs-fuse did not start" >&2; exit 1; }
+    # A pool of this script that a fresh daemon imported anyway (made by an older version of
+    # the script, which left its pools in zpool.cache) is stale: its image is gone. Out of the
+    # cache with it.
+    for p in $(owned_pools); do timeout 20 zpool export -f "$p" >/dev/null 2>&1 || true; done
   fi
 }
 
