@@ -2,6 +2,12 @@
 //! base where asked) and stream it to the target agent; succeed only when the target confirmed
 //! the bytes and the transit check (the sha256 reported is the one the target recorded). No
 //! Kubernetes here: the runner resolves the target and records status.
+//!
+//! Backup ids are the snapshots' creation times in seconds (the store layout's `<ts>.full`,
+//! `<ts>.incremental.<base-ts>`), so a new snapshot that falls in the second of its base or of
+//! an earlier zetaback snapshot is taken again in the next second ([`must_retake`]). A run
+//! that fails destroys the snapshot it made, unless the snapshot may be in use
+//! ([`snapshot_may_be_in_use`]: then the job's retry reuses it, or pruning removes it later).
 
 use std::time::Instant;
 
@@ -14,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
 
 use crate::transfer::{self, Endpoint, TransferError, Upload};
-use crate::zfs::{Capability, SendBase, SendRequest, Zfs, ZfsError};
+use crate::zfs::{Capability, SendBase, SendRequest, SnapshotInfo, Zfs, ZfsError};
 
 /// How a job ended well.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +105,32 @@ pub fn check_spec(spec: &BackupJobSpec) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Runs one backup of `spec` from the local host `host` to `endpoint`.
+/// Whether a snapshot taken at `taken` (seconds) must be taken again in a later second: its
+/// backup id (`<ts>.full`, `<ts>.incremental.<base-ts>`) would not be later than `floor`, the
+/// newest of the base and the other snapshots zetaback made of the dataset (two backups of one
+/// second would have one id, and an incremental must be later than its base).
+pub fn must_retake(taken: i64, floor: Option<i64>) -> bool {
+    floor.is_some_and(|f| taken <= f)
+}
+
+/// Whether a failed job may have left its snapshot in use, so that it must stay: the target
+/// may have stored the stream before the connection broke (its answer was lost), a stored
+/// stream did not match what was sent (a backup of it exists), or a replica receive on a host
+/// that resumes keeps a partial state that refers to it. Every other failure is certain that
+/// the snapshot is not used, and it is destroyed.
+pub fn snapshot_may_be_in_use(error: &JobError, resumable_replica: bool) -> bool {
+    match error {
+        JobError::Transfer(TransferError::Connection(_) | TransferError::Mismatch { .. }) => true,
+        JobError::Transfer(TransferError::Source(_) | TransferError::Read(_)) => resumable_replica,
+        _ => false,
+    }
+}
+
+/// How many times a snapshot is taken again to get a second of its own.
+const RETAKES: usize = 3;
+
+/// Runs one backup of `spec` from the local host `host` to `endpoint`. A snapshot this run
+/// made and did not use is destroyed whenever it fails (see [`snapshot_may_be_in_use`]).
 pub async fn run(
     zfs: &Zfs,
     host: &str,
@@ -109,11 +140,69 @@ pub async fn run(
 ) -> Result<JobOutcome, JobError> {
     check_spec(spec)?;
     let dataset = spec.dataset.0.as_str();
-    // Take the snapshot, or reuse it if an earlier attempt of this job took it.
-    let snap = match zfs.snapshot_info(dataset, &spec.snapshot).await {
-        Ok(s) if s.managed => {
+    // The base first: a job whose base is gone fails before it makes anything.
+    let base = match &spec.base_snapshot {
+        Some(b) if spec.backup_type == BackupType::Incremental => {
+            Some(zfs.snapshot_info(dataset, b).await?)
+        }
+        _ => None,
+    };
+    let (snap, made) = take_snapshot(zfs, dataset, &spec.snapshot, base.as_ref()).await?;
+    let result = back_up(zfs, host, spec, endpoint, settings, &snap, base.as_ref()).await;
+    match result {
+        Ok(outcome) => {
+            if settings.prune_snapshots {
+                // Keep the base of the next incremental: for a full, the snapshot sent; for an
+                // incremental, its base (the last full or the previous one) and the snapshot sent.
+                let keep_from = base.as_ref().map_or(snap.creation, |b| b.creation);
+                prune(zfs, dataset, keep_from).await;
+            }
+            Ok(outcome)
+        }
+        Err(e) => {
+            let resumable_replica =
+                spec.target.dataset.is_some() && zfs.capabilities().has(Capability::ResumableSend);
+            if made && !snapshot_may_be_in_use(&e, resumable_replica) {
+                destroy_unused(zfs, dataset, &snap.name).await;
+            } else if made {
+                info!(snapshot = %snap.full_name(), "kept the snapshot: the stream may have been stored (a retry reuses it)");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Destroys a snapshot this run made and did not use (a failure here is logged: the snapshot
+/// is zetaback's, so a later prune removes it).
+async fn destroy_unused(zfs: &Zfs, dataset: &str, name: &str) {
+    match zfs.destroy_own_snapshot(dataset, name).await {
+        Ok(()) => {
+            info!(snapshot = %format!("{dataset}@{name}"), "destroyed the snapshot of a failed backup")
+        }
+        Err(e) => warn!(error = %e, "could not destroy the unused snapshot {dataset}@{name}"),
+    }
+}
+
+/// Takes the job's snapshot, or reuses the one an earlier attempt of this job made; returns
+/// it and whether this call made it. A new snapshot is always later (in whole seconds) than
+/// the base and every other snapshot zetaback made of the dataset: one that falls in the same
+/// second is destroyed and taken again in the next second.
+async fn take_snapshot(
+    zfs: &Zfs,
+    dataset: &str,
+    name: &str,
+    base: Option<&SnapshotInfo>,
+) -> Result<(SnapshotInfo, bool), JobError> {
+    let base_ts = base.map(|b| b.creation);
+    match zfs.snapshot_info(dataset, name).await {
+        Ok(s) if s.managed && !must_retake(s.creation, base_ts) => {
             info!(snapshot = %s.full_name(), "reusing the snapshot of an earlier attempt");
-            s
+            return Ok((s, false));
+        }
+        Ok(s) if s.managed => {
+            // An earlier attempt's snapshot in its base's second: never usable, never stored.
+            warn!(snapshot = %s.full_name(), "taking again the snapshot of an earlier attempt: it is not later than its base");
+            zfs.destroy_own_snapshot(dataset, name).await?;
         }
         Ok(s) => {
             return Err(JobError::Invalid(format!(
@@ -121,26 +210,80 @@ pub async fn run(
                 s.full_name()
             )));
         }
-        Err(_) => {
-            zfs.snapshot(dataset, &spec.snapshot).await?;
-            zfs.snapshot_info(dataset, &spec.snapshot).await?
+        Err(_) => {}
+    }
+    let others = zfs
+        .inventory(Some(dataset))
+        .await?
+        .snapshots_of(dataset)
+        .filter(|s| s.managed && s.name != name)
+        .map(|s| s.creation)
+        .max();
+    let floor = base_ts.max(others);
+    for _ in 0..RETAKES {
+        zfs.snapshot(dataset, name).await?;
+        let snap = match zfs.snapshot_info(dataset, name).await {
+            Ok(s) => s,
+            Err(e) => {
+                destroy_unused(zfs, dataset, name).await;
+                return Err(e.into());
+            }
+        };
+        if !must_retake(snap.creation, floor) {
+            return Ok((snap, true));
         }
-    };
-    let base = match &spec.base_snapshot {
-        Some(b) if spec.backup_type == BackupType::Incremental => {
-            Some(zfs.snapshot_info(dataset, b).await?)
+        info!(snapshot = %snap.full_name(), creation = snap.creation, ?floor, "taken in the second of an earlier snapshot: taking it again in the next second");
+        zfs.destroy_own_snapshot(dataset, name).await?;
+        if let Some(f) = floor
+            && !wait_past(f).await
+        {
+            return Err(JobError::Invalid(format!(
+                "an earlier snapshot of {dataset} or its base is dated {f}, in the future of this host's clock: not taking {name} before it"
+            )));
         }
-        _ => None,
+    }
+    Err(JobError::Invalid(format!(
+        "could not take {dataset}@{name} later than its base or the previous backup (the clock does not move?)"
+    )))
+}
+
+/// The longest wait for the clock to pass an earlier snapshot's second (more means the clock
+/// went back: not waited for).
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Sleeps until the wall clock is past the second `ts`; false (without sleeping) when that
+/// is more than [`MAX_WAIT`] away.
+async fn wait_past(ts: i64) -> bool {
+    let now = jiff::Timestamp::now();
+    let Ok(target) = jiff::Timestamp::from_second(ts.saturating_add(1)) else {
+        return false;
     };
-    let id = stream_id(
-        spec.backup_type,
-        snap.creation,
-        base.as_ref().map(|b| b.creation),
-    )?;
+    match std::time::Duration::try_from(target.duration_since(now)) {
+        Ok(d) if d > MAX_WAIT => false,
+        Ok(d) => {
+            tokio::time::sleep(d + std::time::Duration::from_millis(20)).await;
+            true
+        }
+        Err(_) => true, // already past
+    }
+}
+
+/// Holds the snapshot (and its base), sends it, releases the holds.
+async fn back_up(
+    zfs: &Zfs,
+    host: &str,
+    spec: &BackupJobSpec,
+    endpoint: &Endpoint,
+    settings: &JobSettings,
+    snap: &SnapshotInfo,
+    base: Option<&SnapshotInfo>,
+) -> Result<JobOutcome, JobError> {
+    let dataset = spec.dataset.0.as_str();
+    let id = stream_id(spec.backup_type, snap.creation, base.map(|b| b.creation))?;
     let holds = zfs.capabilities().has(Capability::Holds);
     let mut held = Vec::new();
     if holds {
-        for s in std::iter::once(&snap).chain(base.iter()) {
+        for s in std::iter::once(snap).chain(base) {
             match zfs.hold(dataset, &s.name, false).await {
                 Ok(()) => held.push(s.name.clone()),
                 Err(e) => warn!(error = %e, "could not hold {}", s.full_name()),
@@ -154,7 +297,7 @@ pub async fn run(
         endpoint,
         settings,
         id,
-        base.as_ref().map(|b| b.name.clone()),
+        base.map(|b| b.name.clone()),
     )
     .await;
     for name in held {
@@ -162,14 +305,7 @@ pub async fn run(
             warn!(error = %e, "could not release the hold on {dataset}@{name}");
         }
     }
-    let outcome = result?;
-    if settings.prune_snapshots {
-        // Keep the base of the next incremental: for a full, the snapshot sent; for an
-        // incremental, its base (the last full or the previous one) and the snapshot sent.
-        let keep_from = base.as_ref().map_or(snap.creation, |b| b.creation);
-        prune(zfs, dataset, keep_from).await;
-    }
-    Ok(outcome)
+    result
 }
 
 async fn send_and_upload(
@@ -336,5 +472,46 @@ mod tests {
         );
         assert!(stream_id(BackupType::Incremental, 10, Some(10)).is_err());
         assert!(stream_id(BackupType::Incremental, 10, None).is_err());
+    }
+
+    #[test]
+    fn retake_until_later_than_the_floor() {
+        assert!(!must_retake(10, None));
+        assert!(must_retake(10, Some(10)));
+        assert!(must_retake(9, Some(10)));
+        assert!(!must_retake(11, Some(10)));
+        // What must_retake lets through always makes a valid incremental id.
+        for taken in 0..5 {
+            for base in 0..5 {
+                if !must_retake(taken, Some(base)) {
+                    stream_id(BackupType::Incremental, taken, Some(base)).expect("valid id");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn which_failures_keep_the_snapshot() {
+        let conn = JobError::Transfer(TransferError::Connection("reset".into()));
+        let refused = JobError::Transfer(TransferError::Rejected {
+            status: http::StatusCode::BAD_REQUEST,
+            message: "no".into(),
+        });
+        let source = JobError::Transfer(TransferError::Source("zfs send failed".into()));
+        let mismatch = JobError::Transfer(TransferError::Mismatch {
+            sent: "a".into(),
+            target: "b".into(),
+        });
+        for resumable in [false, true] {
+            assert!(snapshot_may_be_in_use(&conn, resumable));
+            assert!(snapshot_may_be_in_use(&mismatch, resumable));
+            assert!(!snapshot_may_be_in_use(&refused, resumable));
+            assert!(!snapshot_may_be_in_use(
+                &JobError::Invalid("x".into()),
+                resumable
+            ));
+        }
+        assert!(!snapshot_may_be_in_use(&source, false));
+        assert!(snapshot_may_be_in_use(&source, true));
     }
 }

@@ -14,8 +14,9 @@ use zetaback_agent::auth::{Tokens, read_token};
 use zetaback_agent::discovery::{self, DiscoveryConfig};
 use zetaback_agent::filestore::FileStore;
 use zetaback_agent::job::JobSettings;
+use zetaback_agent::limits::{ListenerLimits, StoreLimits};
 use zetaback_agent::runner::{Runner, RunnerConfig};
-use zetaback_agent::store_server::{ReplicaConfig, ServerState, serve};
+use zetaback_agent::store_server::{ReplicaConfig, ServerState};
 use zetaback_agent::zfs::Zfs;
 
 #[derive(Debug, Parser)]
@@ -212,6 +213,69 @@ struct Args {
     /// CA (PEM). Without it, streams go as plaintext HTTP.
     #[arg(long, env = "ZETABACK_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What one client may take of this agent's stream API (see the README's "Agent limits").
+#[derive(Debug, Clone, clap::Args)]
+struct LimitArgs {
+    /// Connections served at once; one more is answered 503 and closed.
+    #[arg(long, env = "ZETABACK_MAX_CONNECTIONS", default_value_t = 256)]
+    max_connections: usize,
+    /// Seconds a connection may take to send a request head (and stay idle between requests).
+    #[arg(long, env = "ZETABACK_HEADER_READ_TIMEOUT", default_value_t = 30)]
+    header_read_timeout: u64,
+    /// Bytes one stream may have, as received (0 = no limit); over it: 413.
+    #[arg(long, env = "ZETABACK_MAX_STREAM_BYTES", default_value_t = 0)]
+    max_stream_bytes: u64,
+    /// Bytes one source host may have in the file store, live and archived (0 = no quota);
+    /// over it: 507.
+    #[arg(long, env = "ZETABACK_HOST_QUOTA_BYTES", default_value_t = 0)]
+    host_quota_bytes: u64,
+    /// Free bytes the file store keeps: no new stream while less is free (507), and a stream
+    /// being written is stopped when less than half of it is left.
+    #[arg(long, env = "ZETABACK_STORE_MIN_FREE_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    store_min_free_bytes: u64,
+    /// Uploads at once; one more waits up to --slot-wait seconds, then gets 503.
+    #[arg(long, env = "ZETABACK_MAX_UPLOADS", default_value_t = 4)]
+    max_uploads: usize,
+    /// Downloads (restores reading stored streams) at once; likewise.
+    #[arg(long, env = "ZETABACK_MAX_DOWNLOADS", default_value_t = 4)]
+    max_downloads: usize,
+    /// Seconds a stream waits for a free upload or download slot.
+    #[arg(long, env = "ZETABACK_SLOT_WAIT", default_value_t = 20)]
+    slot_wait: u64,
+    /// The largest zstd window a compressed stream may ask for, as a power of two (a frame
+    /// asking for more is refused, not allocated).
+    #[arg(long, env = "ZETABACK_ZSTD_WINDOW_LOG_MAX", default_value_t = zetaback_agent::limits::DEFAULT_ZSTD_WINDOW_LOG_MAX,
+          value_parser = clap::value_parser!(u32).range(10..=31))]
+    zstd_window_log_max: u32,
+    /// Seconds a catalogue scan is reused while nothing is written through this agent.
+    #[arg(long, env = "ZETABACK_CATALOGUE_MAX_AGE", default_value_t = 10)]
+    catalogue_max_age: u64,
+}
+
+impl LimitArgs {
+    fn listener(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout.max(1)),
+        }
+    }
+
+    fn store(&self) -> StoreLimits {
+        StoreLimits {
+            max_stream_bytes: (self.max_stream_bytes > 0).then_some(self.max_stream_bytes),
+            host_quota_bytes: (self.host_quota_bytes > 0).then_some(self.host_quota_bytes),
+            min_free_bytes: self.store_min_free_bytes,
+            max_uploads: self.max_uploads.max(1),
+            max_downloads: self.max_downloads.max(1),
+            slot_wait: Duration::from_secs(self.slot_wait),
+            zstd_window_log_max: self.zstd_window_log_max,
+            catalogue_max_age: Duration::from_secs(self.catalogue_max_age),
+        }
+    }
 }
 
 async fn kube_client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
@@ -327,9 +391,12 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
             std::fs::create_dir_all(root)
                 .with_context(|| format!("creating store root {}", root.display()))?;
             let store = FileStore::new(root).with_direct_io(!args.no_direct_io);
-            let removed = store.remove_stale_temporaries().await?;
+            let (removed, finished) = store.recover().await?;
             if removed > 0 {
                 warn!(removed, "removed half-written streams left by a crash");
+            }
+            if finished > 0 {
+                warn!(finished, "finished archives a crash cut short");
             }
             Some(store)
         }
@@ -341,7 +408,8 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         allow_force: args.allow_receive_force,
     });
     let state = ServerState::new(Tokens::new(Some(token.clone()), admin), store, replica)
-        .with_idle_timeout(Duration::from_secs(args.idle_timeout.max(1)));
+        .with_idle_timeout(Duration::from_secs(args.idle_timeout.max(1)))
+        .with_limits(args.limits.store());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -352,18 +420,19 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         .as_deref()
         .map(zetaback_agent::tls::client_config)
         .transpose()?;
-    let server = match (&args.tls_cert, &args.tls_key) {
+    let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            let config = zetaback_agent::tls::server_config(cert, key)?;
             info!("stream API over TLS");
-            tokio::spawn(zetaback_agent::tls::serve(
-                listener,
-                zetaback_agent::store_server::router(state),
-                config,
-            ))
+            Some(zetaback_agent::tls::server_config(cert, key)?)
         }
-        _ => tokio::spawn(serve(listener, state)),
+        _ => None,
     };
+    let server = tokio::spawn(zetaback_agent::listener::serve(
+        listener,
+        zetaback_agent::store_server::router(state),
+        args.limits.listener(),
+        tls,
+    ));
 
     if args.no_kube {
         server.await??;
@@ -399,6 +468,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
             token: token.clone(),
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             progress_every: Duration::from_secs(1),
+            zstd_window_log_max: args.limits.zstd_window_log_max,
         },
     ));
     let disc = tokio::spawn(discovery::run(

@@ -210,6 +210,8 @@ pub struct Source {
     pub dataset: String,
     /// Give up when no byte arrived for this long.
     pub idle_timeout: Duration,
+    /// The largest zstd window a compressed piece may ask for (2^N bytes).
+    pub zstd_window_log_max: u32,
 }
 
 /// Reads the catalogue of one source host from a target agent.
@@ -218,7 +220,7 @@ pub async fn catalogue(endpoint: &Endpoint, host: &str) -> Result<Catalogue, Res
     let client = transfer::client();
     let url = format!("{}/v1/catalogue?host={host}", endpoint.base);
     let resp = transfer::get(&client, endpoint, &url).await?;
-    Ok(transfer::json_answer(resp).await?)
+    Ok(transfer::json_answer(resp, transfer::MAX_CATALOGUE_ANSWER).await?)
 }
 
 /// The request for a stored piece. With `verify` the restore checks the piece's sha256 itself
@@ -326,12 +328,7 @@ pub async fn apply_piece(
         .map_err(|e| RestoreError::Unreachable(format!("{e:#}")))?;
     let status = resp.status();
     if status != StatusCode::OK {
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
+        let body = transfer::error_message(resp).await;
         if status == StatusCode::NOT_FOUND {
             return Err(RestoreError::PieceMissing {
                 id: piece.id.clone(),
@@ -380,7 +377,12 @@ pub async fn apply_piece(
     let mut reader: std::pin::Pin<Box<dyn AsyncBufRead + Send>> = match compression {
         Compression::Zstd => Box::pin(BufReader::with_capacity(
             DECODED_BUFFER,
-            ZstdDecoder::new(BufReader::new(raw)),
+            ZstdDecoder::with_params(
+                BufReader::new(raw),
+                &[async_compression::zstd::DParameter::window_log_max(
+                    src.zstd_window_log_max,
+                )],
+            ),
         )),
         Compression::None => Box::pin(raw),
     };
@@ -663,6 +665,7 @@ pub async fn restore(
         host: host.to_owned(),
         dataset: dataset.to_owned(),
         idle_timeout: Duration::from_secs(120),
+        zstd_window_log_max: crate::limits::DEFAULT_ZSTD_WINDOW_LOG_MAX,
     };
     apply_chain(zfs, &src, &req, &AtomicU64::new(0), |_, _| {}).await
 }
@@ -679,6 +682,8 @@ pub struct RestoreRunnerConfig {
     pub idle_timeout: Duration,
     /// How often `bytesDone` is written at most.
     pub progress_every: Duration,
+    /// The largest zstd window a compressed piece may ask for (2^N bytes).
+    pub zstd_window_log_max: u32,
 }
 
 /// The field selector of the Restores whose destination is `host`.
@@ -894,6 +899,7 @@ impl RestoreRunner {
                     host: r.spec.source.host.as_str().to_owned(),
                     dataset: r.spec.source.dataset_name().to_owned(),
                     idle_timeout: self.cfg.idle_timeout,
+                    zstd_window_log_max: self.cfg.zstd_window_log_max,
                 };
                 let req = ChainRequest {
                     pieces: st

@@ -21,6 +21,14 @@
 //! Unauthenticated → 401, not allowed → 403, malformed → 400, existing → 409; in each case
 //! nothing is touched. Bodies are streamed chunk by chunk (memory bounded by hyper's buffers,
 //! back-pressure through TCP).
+//!
+//! Against a hostile or broken client ([`StoreLimits`], [`crate::listener`]): a body that does
+//! not begin like a ZFS send stream is refused (400, [`crate::stream_header`]; zstd bodies are
+//! checked decompressed, with the decoder's window limited); a stream over the size limit gets
+//! 413, a host over its quota or a store under its free-space reserve 507 (also when the disk
+//! fills up anyway), a stream that finds no upload or download slot within the wait 503.
+//! The catalogue is answered from a cached scan, invalidated by every write through this
+//! agent.
 
 use std::collections::HashSet;
 use std::io;
@@ -28,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_compression::tokio::write::ZstdDecoder;
+use async_compression::zstd::DParameter;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -39,6 +48,7 @@ use futures::StreamExt;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info, info_span, warn};
 use zetaback::api::backup_policy::Compression;
 use zetaback::names::{validate_dataset, validate_snapshot_name};
@@ -49,7 +59,11 @@ use zetaback::store::{
 use crate::auth::{Role, Tokens};
 use crate::bufpool::BufPool;
 use crate::checksum::{BackgroundSha256, Received};
+use crate::filestore::space::SpaceRefusal;
 use crate::filestore::{BackupKey, FileStore, FileStoreError, StreamMeta};
+use crate::limits::{ListenerLimits, StoreLimits};
+use crate::scan_cache::ScanCache;
+use crate::stream_header::{self, Verdict};
 use crate::wire::{
     ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN,
     H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse,
@@ -75,7 +89,15 @@ pub struct ServerState {
     pub replica: Option<ReplicaConfig>,
     /// A stream that sends nothing for this long is abandoned (a cut link sends no reset).
     pub idle_timeout: Duration,
+    /// What one client may take.
+    pub limits: StoreLimits,
     receiving: Arc<Mutex<HashSet<String>>>,
+    /// Upload and download slots (`limits.max_uploads`, `limits.max_downloads`).
+    uploads: Arc<Semaphore>,
+    downloads: Arc<Semaphore>,
+    /// The replicas' part of the catalogue (a `zfs list` per root), reused like the file
+    /// store's scan.
+    replica_cache: Arc<ScanCache<Catalogue>>,
 }
 
 impl ServerState {
@@ -85,7 +107,40 @@ impl ServerState {
             store,
             replica,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            limits: StoreLimits::default(),
             receiving: Arc::default(),
+            uploads: Arc::new(Semaphore::new(StoreLimits::default().max_uploads)),
+            downloads: Arc::new(Semaphore::new(StoreLimits::default().max_downloads)),
+            replica_cache: Arc::default(),
+        }
+        .with_limits(StoreLimits::default())
+    }
+
+    /// Sets the limits (the file store's too).
+    pub fn with_limits(mut self, limits: StoreLimits) -> Self {
+        self.store = self.store.map(|s| s.with_limits(&limits));
+        self.uploads = Arc::new(Semaphore::new(limits.max_uploads.max(1)));
+        self.downloads = Arc::new(Semaphore::new(limits.max_downloads.max(1)));
+        self.limits = limits;
+        self
+    }
+
+    /// A slot of `slots` (uploads or downloads), waiting up to `limits.slot_wait`; 503 when
+    /// none came free.
+    async fn slot(
+        &self,
+        slots: &Arc<Semaphore>,
+        what: &str,
+        max: usize,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        match tokio::time::timeout(self.limits.slot_wait, slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "too many {what} at once on this agent (at most {max}, --max-{what}); try again later"
+                ),
+            )),
         }
     }
 
@@ -132,6 +187,17 @@ impl From<FileStoreError> for ApiError {
             FileStoreError::Store(_) => StatusCode::BAD_REQUEST,
             FileStoreError::Exists(_) | FileStoreError::Busy(_) => StatusCode::CONFLICT,
             FileStoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            FileStoreError::Refused {
+                refusal: SpaceRefusal::TooLarge { .. },
+                ..
+            } => StatusCode::PAYLOAD_TOO_LARGE,
+            FileStoreError::Refused { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            FileStoreError::Io { .. } if e.is_out_of_space() => {
+                return Self(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("no space left on the store: {e}"),
+                );
+            }
             FileStoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(status, e.to_string())
@@ -167,7 +233,17 @@ pub fn router(state: ServerState) -> Router {
 
 /// Serves the API on `listener` until the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> io::Result<()> {
-    axum::serve(listener, router(state)).await
+    serve_with(listener, state, ListenerLimits::default()).await
+}
+
+/// Serves the API on `listener` (plaintext HTTP/1.1) with these connection limits until the
+/// future is dropped.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: ServerState,
+    limits: ListenerLimits,
+) -> io::Result<()> {
+    crate::listener::serve(listener, router(state), limits, None).await
 }
 
 fn require(state: &ServerState, headers: &HeaderMap, need: Role) -> Result<Role, ApiError> {
@@ -217,6 +293,8 @@ struct PutPlan {
     force: bool,
     /// The checksum trailers the request announced in `Trailer` (must arrive and match).
     expect: Expected,
+    /// The body's `Content-Length`, when it has one.
+    announced: Option<u64>,
 }
 
 /// Which checksum trailers were announced.
@@ -327,6 +405,17 @@ fn plan_put(
         sha256: announced(H_SHA256),
         xxh3: announced(H_XXH3),
     };
+    let length = header_str(headers, header::CONTENT_LENGTH.as_str())?
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad("Content-Length is not a number"))
+        })
+        .transpose()?;
+    if let (Some(n), Some(limit)) = (length, state.limits.max_stream_bytes)
+        && n > limit
+    {
+        return Err(too_large(limit));
+    }
     Ok(PutPlan {
         key,
         meta: StreamMeta {
@@ -338,7 +427,17 @@ fn plan_put(
         resume_token,
         force,
         expect,
+        announced: length,
     })
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the stream is over this agent's limit of {limit} bytes per stream (--max-stream-bytes)"
+        ),
+    )
 }
 
 /// The next piece of a request body.
@@ -442,19 +541,28 @@ async fn put_stream(
     require(&state, &headers, Role::Source)?;
     let plan = plan_put(&state, &headers, &host, &dataset, &id)?;
     let span = info_span!("put_stream", backup = %plan.key, replica = plan.receive_into.as_deref());
-    async move {
+    let result = async move {
+        let _slot = state
+            .slot(&state.uploads, "uploads", state.limits.max_uploads)
+            .await?;
         let resp = match &plan.receive_into {
             None => put_file(&state, plan, body).await?,
             Some(into) => {
                 let into = into.clone();
-                put_replica(&state, plan, &into, body).await?
+                let put = put_replica(&state, plan, &into, body).await;
+                state.replica_cache.invalidate();
+                put?
             }
         };
         info!(bytes = resp.bytes, sha256 = %resp.sha256, verified = resp.verified, "stored");
         Ok((StatusCode::CREATED, axum::Json(resp)))
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    if let Err(ApiError(status, message)) = &result {
+        span.in_scope(|| warn!(%status, %message, "stream refused"));
+    }
+    result
 }
 
 async fn put_file(
@@ -466,13 +574,18 @@ async fn put_file(
         .store
         .as_ref()
         .ok_or_else(|| ApiError::bad("this agent has no file store"))?;
-    let mut pending = store.begin(plan.key.clone()).await?;
-    let mut trailers = Trailers::default();
-    loop {
+    let mut pending = store.begin_sized(plan.key.clone(), plan.announced).await?;
+    let head = sniff(state, &mut body, plan.meta.compression).await?;
+    let mut trailers = head.trailers.unwrap_or_default();
+    for data in head.pieces {
+        pending.write(data).await?;
+    }
+    let mut ended = head.ended;
+    while !ended {
         match next_piece(&mut body, state.idle_timeout).await {
             Ok(Piece::Data(data)) => pending.write(data).await?,
             Ok(Piece::Trailers(t)) => trailers = t,
-            Ok(Piece::End) => break,
+            Ok(Piece::End) => ended = true,
             Err(e) => {
                 warn!(
                     bytes = pending.bytes(),
@@ -493,6 +606,67 @@ async fn put_file(
         verified,
         replica: None,
     })
+}
+
+/// The first pieces of a body, read until they show it is a ZFS send stream.
+struct Head {
+    pieces: Vec<Bytes>,
+    /// Trailers, if they came already.
+    trailers: Option<Trailers>,
+    /// The body ended within these pieces.
+    ended: bool,
+}
+
+/// Reads the body's first pieces until its beginning shows that it is a ZFS send stream
+/// (decompressed first when it is zstd, with the window limited); refuses it (400) when it is
+/// not one. The pieces read are handed back, to be written first.
+async fn sniff(
+    state: &ServerState,
+    body: &mut Body,
+    compression: Compression,
+) -> Result<Head, ApiError> {
+    let mut head = Head {
+        pieces: Vec::new(),
+        trailers: None,
+        ended: false,
+    };
+    let mut seen: Vec<u8> = Vec::new();
+    loop {
+        match next_piece(body, state.idle_timeout).await? {
+            Piece::Data(data) => {
+                let room = match compression {
+                    Compression::None => stream_header::HEADER_LEN,
+                    Compression::Zstd => stream_header::MAX_COMPRESSED_PREFIX,
+                }
+                .saturating_sub(seen.len());
+                seen.extend_from_slice(&data[..data.len().min(room)]);
+                head.pieces.push(data);
+            }
+            Piece::Trailers(t) => head.trailers = Some(t),
+            Piece::End => head.ended = true,
+        }
+        let verdict = match compression {
+            Compression::None if head.ended => stream_header::check_complete(&seen),
+            Compression::None => stream_header::check(&seen),
+            Compression::Zstd => {
+                stream_header::check_zstd(&seen, head.ended, state.limits.zstd_window_log_max).await
+            }
+        };
+        match verdict {
+            Verdict::Stream(_) => return Ok(head),
+            Verdict::NotAStream(why) => {
+                return Err(ApiError::bad(format!(
+                    "the body is not a ZFS send stream: {why}"
+                )));
+            }
+            Verdict::NeedMore if head.ended => {
+                return Err(ApiError::bad(
+                    "the body is not a ZFS send stream: it is too short",
+                ));
+            }
+            Verdict::NeedMore => {}
+        }
+    }
 }
 
 /// Releases a replica target on drop.
@@ -575,6 +749,7 @@ async fn put_replica(
         }
         _ => {}
     }
+    let head = sniff(state, &mut body, plan.meta.compression).await?;
     if !exists && let Some((parent, _)) = target.rsplit_once('/') {
         zfs.create_parents(parent).await?;
     }
@@ -587,7 +762,8 @@ async fn put_replica(
     // of its own, overlapping the pipe writes.
     let mut sums = Received::new(false);
     let sha = BackgroundSha256::spawn(REPLICA_HASH_QUEUE);
-    let mut trailers = Trailers::default();
+    let mut trailers = head.trailers.clone().unwrap_or_default();
+    let window = [DParameter::window_log_max(state.limits.zstd_window_log_max)];
     let copy: Result<(String, String), ApiError> = async {
         let Some(stdin) = recv.stdin() else {
             return Err(ApiError(
@@ -597,7 +773,7 @@ async fn put_replica(
         };
         let mut sink: Box<dyn tokio::io::AsyncWrite + Send + Unpin + '_> =
             match plan.meta.compression {
-                Compression::Zstd => Box::new(ZstdDecoder::new(stdin)),
+                Compression::Zstd => Box::new(ZstdDecoder::with_params(stdin, &window)),
                 Compression::None => Box::new(stdin),
             };
         let broken = |e: io::Error| {
@@ -606,10 +782,22 @@ async fn put_replica(
                 format!("zfs receive stopped reading: {e}"),
             )
         };
+        let mut first = head.pieces.into_iter();
+        let ended = head.ended;
         loop {
-            match next_piece(&mut body, state.idle_timeout).await? {
+            let piece = match first.next() {
+                Some(data) => Piece::Data(data),
+                None if ended => Piece::End,
+                None => next_piece(&mut body, state.idle_timeout).await?,
+            };
+            match piece {
                 Piece::Data(data) => {
                     sums.update(&data);
+                    if let Some(limit) = state.limits.max_stream_bytes
+                        && sums.bytes > limit
+                    {
+                        return Err(too_large(limit));
+                    }
                     sha.update(data.clone())
                         .await
                         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -723,6 +911,24 @@ async fn replica_backups(
     Ok(out)
 }
 
+/// Every replica root's backups (and problems), from the cache while it is current.
+async fn replica_catalogue(
+    state: &ServerState,
+    replica: &ReplicaConfig,
+) -> Result<Catalogue, ApiError> {
+    let ticket = match state.replica_cache.get(state.limits.catalogue_max_age) {
+        Ok(cat) => return Ok(cat),
+        Err(ticket) => ticket,
+    };
+    let mut cat = Catalogue::default();
+    for root in &replica.roots {
+        let found = replica_backups(&replica.zfs, root, &mut cat).await?;
+        cat.backups.extend(found);
+    }
+    state.replica_cache.put(ticket, &cat);
+    Ok(cat)
+}
+
 /// The file store's catalogue plus every replica (an agent may have either or both). A stored
 /// file and a replica of the same backup id are one backup: the file is listed. A replica
 /// root that cannot be read fails the whole answer (a partial catalogue would look like
@@ -747,13 +953,12 @@ async fn full_catalogue(state: &ServerState) -> Result<Catalogue, ApiError> {
                 (m.host.clone(), m.dataset.clone(), m.id.clone())
             })
             .collect();
-        for root in &replica.roots {
-            let found = replica_backups(&replica.zfs, root, &mut cat).await?;
-            for b in found {
-                let m = &b.manifest;
-                if seen.insert((m.host.clone(), m.dataset.clone(), m.id.clone())) {
-                    cat.backups.push(b);
-                }
+        let replicas = replica_catalogue(state, replica).await?;
+        cat.problems.extend(replicas.problems);
+        for b in replicas.backups {
+            let m = &b.manifest;
+            if seen.insert((m.host.clone(), m.dataset.clone(), m.id.clone())) {
+                cat.backups.push(b);
             }
         }
         cat.backups.sort_by(|a, b| {
@@ -776,6 +981,10 @@ async fn get_stream(
         .as_ref()
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this agent has no file store".into()))?;
     let (file, manifest) = store.open(&key).await?;
+    // The slot is held until the whole body was sent (it moves into the body stream).
+    let slot = state
+        .slot(&state.downloads, "downloads", state.limits.max_downloads)
+        .await?;
     // A reader that checks the sha256 itself before applying what it read (a restore) says
     // so; the store then does not hash the same bytes a second time.
     let reader_verifies = headers
@@ -787,8 +996,8 @@ async fn get_stream(
         label: key.to_string(),
     });
     let chunks = read_stored(file.into_std().await, check);
-    let stream = futures::stream::unfold(chunks, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    let stream = futures::stream::unfold((chunks, slot), |(mut rx, slot)| async move {
+        rx.recv().await.map(|item| (item, (rx, slot)))
     });
     let compression = match manifest.compression {
         Compression::Zstd => "zstd",
@@ -877,7 +1086,13 @@ async fn delete_stream(
         },
         None => false,
     };
-    if !stored && !delete_replica(&state, &key).await? {
+    let replica = if stored {
+        Ok(false)
+    } else {
+        delete_replica(&state, &key).await
+    };
+    state.replica_cache.invalidate();
+    if !stored && !replica? {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("backup {key} not found"),

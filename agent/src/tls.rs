@@ -8,19 +8,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
-
-/// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What can go wrong setting TLS up.
 #[derive(Debug, thiserror::Error)]
@@ -87,39 +79,18 @@ pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// Serves `router` over TLS on `listener` (HTTP/1.1), each connection in its own task; a
-/// failed or slow handshake is logged and dropped.
+/// Serves `router` over TLS on `listener` (HTTP/1.1), with the default connection limits
+/// (see [`crate::listener`]); a failed or slow handshake is logged and dropped.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     config: Arc<ServerConfig>,
 ) -> io::Result<()> {
-    let acceptor = TlsAcceptor::from(config);
-    loop {
-        let (tcp, peer) = listener.accept().await?;
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    warn!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    warn!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = TowerToHyperService::new(router);
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .http1_only()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
+    crate::listener::serve(
+        listener,
+        router,
+        crate::limits::ListenerLimits::default(),
+        Some(config),
+    )
+    .await
 }

@@ -227,16 +227,47 @@ pub(crate) async fn get<C: Connect + Clone + Send + Sync + 'static>(
     Ok(resp)
 }
 
-/// The JSON answer in a response's body.
+/// The most a small JSON answer of the stream API may have (a `PutResponse` or a resume
+/// token is a few hundred bytes).
+pub const MAX_JSON_ANSWER: usize = 64 * 1024;
+/// The most a catalogue answer may have (about 400 bytes a backup: 160 000 backups).
+pub const MAX_CATALOGUE_ANSWER: usize = 64 * 1024 * 1024;
+/// The most of an error answer that is read (the rest is cut off).
+pub const MAX_ERROR_ANSWER: usize = 16 * 1024;
+
+/// Up to `limit` bytes of a body; whether there was more (the rest is not read).
+pub(crate) async fn read_prefix(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), hyper::Error> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            let room = limit - out.len();
+            if data.len() > room {
+                out.extend_from_slice(&data[..room]);
+                return Ok((out, true));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok((out, false))
+}
+
+/// The JSON answer in a response's body, of at most `limit` bytes (a larger one is refused
+/// without being read whole).
 pub(crate) async fn json_answer<T: serde::de::DeserializeOwned>(
     resp: hyper::Response<hyper::body::Incoming>,
+    limit: usize,
 ) -> Result<T, TransferError> {
-    let body = resp
-        .into_body()
-        .collect()
+    let (body, more) = read_prefix(resp.into_body(), limit)
         .await
-        .map_err(|e| TransferError::Connection(e.to_string()))?
-        .to_bytes();
+        .map_err(|e| TransferError::Connection(e.to_string()))?;
+    if more {
+        return Err(TransferError::Connection(format!(
+            "the target's answer is too large (over {limit} bytes)"
+        )));
+    }
     serde_json::from_slice(&body)
         .map_err(|e| TransferError::Connection(format!("bad answer from the target: {e}")))
 }
@@ -339,13 +370,18 @@ fn channel_body(rx: mpsc::Receiver<Result<Frame<Bytes>, io::Error>>) -> BoxBody 
     BodyExt::boxed(StreamBody::new(stream))
 }
 
-async fn error_message(resp: hyper::Response<hyper::body::Incoming>) -> String {
-    match resp.into_body().collect().await {
-        Ok(b) => {
-            let bytes = b.to_bytes();
-            serde_json::from_slice::<ErrorBody>(&bytes)
+/// The error an answer carries (its first [`MAX_ERROR_ANSWER`] bytes).
+pub(crate) async fn error_message(resp: hyper::Response<hyper::body::Incoming>) -> String {
+    match read_prefix(resp.into_body(), MAX_ERROR_ANSWER).await {
+        Ok((bytes, more)) => {
+            let text = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            if more {
+                format!("{text} (cut off)")
+            } else {
+                text
+            }
         }
         Err(e) => e.to_string(),
     }
@@ -449,7 +485,7 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
             message: error_message(resp).await,
         });
     }
-    let response: PutResponse = json_answer(resp).await?;
+    let response: PutResponse = json_answer(resp, MAX_JSON_ANSWER).await?;
     let (sent_bytes, sent_xxh3) = producer
         .await
         .map_err(|e| TransferError::Source(e.to_string()))??;
@@ -486,7 +522,7 @@ pub async fn resume_token<C: Connect + Clone + Send + Sync + 'static>(
     zetaback::store::validate_host(host).map_err(|e| TransferError::Invalid(e.to_string()))?;
     let url = format!("{}/v1/resume-token/{host}/{ds}?into={into}", endpoint.base);
     let resp = get(client, endpoint, &url).await?;
-    let answer: ResumeTokenResponse = json_answer(resp).await?;
+    let answer: ResumeTokenResponse = json_answer(resp, MAX_JSON_ANSWER).await?;
     Ok(answer.token)
 }
 
@@ -527,7 +563,12 @@ pub async fn download<C: Connect + Clone + Send + Sync + 'static>(
     let verified = verify_stream(data, sha256.clone());
     let raw = StreamReader::new(verified);
     let reader: Pin<Box<dyn AsyncRead + Send>> = match compression {
-        Compression::Zstd => Box::pin(ZstdDecoder::new(BufReader::new(raw))),
+        Compression::Zstd => Box::pin(ZstdDecoder::with_params(
+            BufReader::new(raw),
+            &[async_compression::zstd::DParameter::window_log_max(
+                crate::limits::DEFAULT_ZSTD_WINDOW_LOG_MAX,
+            )],
+        )),
         Compression::None => Box::pin(raw),
     };
     Ok(Download {

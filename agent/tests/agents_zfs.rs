@@ -553,6 +553,11 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
         ),
         &format!("{replicas}/src-1/{ds}@zetaback-1"),
     ]);
+    // Changed behind the agent's back: its cached catalogue sees it within
+    // --catalogue-max-age (10 s by default).
+    wait_until("the catalogue sees the changed manifest", || {
+        !get_catalogue(tokens, addr).problems.is_empty()
+    });
     let cat = get_catalogue(tokens, addr);
     assert_eq!(cat.backups.len(), 1, "{:?}", cat.backups);
     assert_eq!(cat.problems.len(), 1, "{:?}", cat.problems);

@@ -33,15 +33,20 @@ async fn start(root: &Path) -> String {
     addr.to_string()
 }
 
+/// `n` bytes that begin like a ZFS send stream (a DRR_BEGIN record head with the magic: the
+/// store refuses anything else), then pseudo-random bytes (deterministic per seed).
 fn data(n: usize, seed: u64) -> Vec<u8> {
+    let mut head = vec![0u8; 8];
+    head.extend_from_slice(&0x2_F5BA_CBACu64.to_le_bytes());
     let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
+    head.into_iter()
+        .chain(std::iter::repeat_with(move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x as u8
-        })
+        }))
+        .take(n)
         .collect()
 }
 

@@ -124,8 +124,15 @@ fn upload_spec(id: &str) -> Upload {
     }
 }
 
+/// `n` bytes that begin like a ZFS send stream (a DRR_BEGIN record head with the magic: the
+/// store refuses anything else), then a pattern.
 fn data(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i * 31 + i / 977) as u8).collect()
+    let mut head = vec![0u8; 8];
+    head.extend_from_slice(&0x2_F5BA_CBACu64.to_le_bytes());
+    head.into_iter()
+        .chain((16..n).map(|i| (i * 31 + i / 977) as u8))
+        .take(n)
+        .collect()
 }
 
 #[tokio::test]

@@ -205,6 +205,18 @@ impl TargetAgent {
         replica_root: Option<&str>,
         netns: Option<&str>,
     ) -> Self {
+        Self::start_with(tokens, addr, store_root, replica_root, netns, &[])
+    }
+
+    /// As [`TargetAgent::start`], with more arguments.
+    pub fn start_with(
+        tokens: &Tokens,
+        addr: &str,
+        store_root: &Path,
+        replica_root: Option<&str>,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
         let mut args = vec![
             "--no-kube".to_owned(),
             "--host-name".into(),
@@ -224,6 +236,7 @@ impl TargetAgent {
             args.push("--replica-root".into());
             args.push(r.into());
         }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let mut t = Self {
             child: spawn_agent(&args, netns),
             addr: addr.to_owned(),
@@ -382,4 +395,101 @@ pub fn restore_cmd(
         into,
     ]);
     c
+}
+
+/// `DMU_BACKUP_MAGIC`, the magic number in the first record (DRR_BEGIN) of a ZFS send stream.
+pub const ZFS_STREAM_MAGIC: u64 = 0x2_F5BA_CBAC;
+
+/// `n` bytes that begin like a ZFS send stream (a DRR_BEGIN record head: type 0, a payload
+/// length, the magic, in little- or big-endian order as the sending host wrote it), followed
+/// by pseudo-random bytes (deterministic per seed). What the store checks is only the head;
+/// real streams from `zfs send` are sent by the tests on zfs-fuse.
+pub fn zfs_stream_bytes(n: usize, seed: u64, big_endian: bool) -> Vec<u8> {
+    let mut head = Vec::with_capacity(16);
+    if big_endian {
+        head.extend_from_slice(&0u32.to_be_bytes());
+        head.extend_from_slice(&0u32.to_be_bytes());
+        head.extend_from_slice(&ZFS_STREAM_MAGIC.to_be_bytes());
+    } else {
+        head.extend_from_slice(&0u32.to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        head.extend_from_slice(&ZFS_STREAM_MAGIC.to_le_bytes());
+    }
+    let mut x = seed | 1;
+    let mut out: Vec<u8> = head.into_iter().take(n).collect();
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push(x as u8);
+    }
+    out
+}
+
+/// A zstd frame holding `content` in raw blocks whose header asks for a window of
+/// `2^window_log` bytes (not single-segment: the decoder must allocate the window).
+pub fn zstd_frame_with_window(window_log: u8, content: &[u8]) -> Vec<u8> {
+    assert!((10..=31).contains(&window_log));
+    let mut f = Vec::new();
+    f.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    f.push(0x00); // frame header descriptor: no content size, not single segment, no checksum
+    f.push((window_log - 10) << 3); // window descriptor: exponent, mantissa 0
+    let blocks: Vec<&[u8]> = content.chunks(100_000).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        let last = u32::from(i + 1 == blocks.len());
+        let header = ((block.len() as u32) << 3) | last; // block type 0: raw
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        f.extend_from_slice(block);
+    }
+    if blocks.is_empty() {
+        f.extend_from_slice(&1u32.to_le_bytes()[..3]); // an empty last raw block
+    }
+    f
+}
+
+/// A tmpfs of `size` bytes mounted on a fresh directory, unmounted on drop (a small file
+/// system whose free space is exact: for disk-full tests).
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn new(size: u64) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount tmpfs (tests run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bytes free for an unprivileged writer.
+    pub fn free(&self) -> u64 {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(self.dir.path())
+            .output()
+            .expect("stat -f");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut it = text
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().expect("number"));
+        it.next().expect("blocks") * it.next().expect("block size")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).output();
+    }
 }

@@ -2,18 +2,29 @@
 //! [`zetaback::store`] and reads them back.
 //!
 //! Writing a stream: a temporary file `.tmp-<id>-<unique>` in the dataset's directory, hashed
-//! (sha256, and xxh3-128 for the transit check) while written, `fsync`ed, then hard-linked to
-//! its final name (which fails if the name exists: a backup is never overwritten), the
-//! temporary name removed, the manifest written the same way, and the directory `fsync`ed.
+//! (sha256, and xxh3-128 for the transit check) while written, `fsync`ed; then the manifest is
+//! written and `fsync`ed under a temporary name of its own (so that a disk that fills up fails
+//! there, before anything has its final name); then the stream is hard-linked to its final name
+//! (which fails if the name exists: a backup is never overwritten), the manifest likewise (a
+//! failure unlinks the stream again), the temporary names removed and the directory `fsync`ed.
 //! Until the manifest is in place the stream is not a backup: a crash at any point leaves at
 //! most a temporary file (removed at start-up) or a stream without a manifest (ignored by the
-//! catalogue, replaced by the next attempt).
+//! catalogue, replaced by the next attempt). Archiving: [`archive`].
+//!
+//! What one source may take (its stream's size, its host's quota, the free-space reserve) is
+//! checked before a stream starts and while it is written ([`space`]); a disk that fills up
+//! anyway fails the stream with [`FileStoreError::is_out_of_space`], nothing half-written kept.
+//! The catalogue is cached until something is written through this store, or for at most
+//! [`StoreLimits::catalogue_max_age`] (for changes made behind its back).
 //!
 //! Streams are written with `O_DIRECT` where the file system allows it, in aligned blocks of
 //! [`DIRECT_BLOCK`] bytes (the unaligned tail without it): a backup stream is written once and
 //! rarely read, so copying it through the page cache only costs CPU (on the benchmark VM about
 //! 0.2–1.3 CPU-seconds per GiB, against 0.07 direct) and evicts useful pages. The final
 //! `fsync` is what makes it durable either way.
+
+mod archive;
+pub mod space;
 
 use std::collections::HashSet;
 use std::io;
@@ -25,7 +36,6 @@ use std::io::Write;
 
 use bytes::Bytes;
 use tokio::fs::{self, File, OpenOptions};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -34,6 +44,9 @@ use zetaback::api::backup_policy::Compression;
 use zetaback::store::{Catalogue, Layout, Manifest, StoreError, StreamId};
 
 use crate::checksum::Received;
+use crate::limits::StoreLimits;
+use crate::scan_cache::ScanCache;
+use space::{InFlight, SpaceRefusal};
 
 /// What can go wrong in the file store.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +59,8 @@ pub enum FileStoreError {
     Busy(String),
     #[error("backup {0} not found")]
     NotFound(String),
+    #[error("backup {key}: {refusal}")]
+    Refused { key: String, refusal: SpaceRefusal },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -54,10 +69,32 @@ pub enum FileStoreError {
     },
 }
 
+impl FileStoreError {
+    /// The file system is full (or a quota of its own is): `ENOSPC`, `EDQUOT`.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            FileStoreError::Io { source, .. } => {
+                let code = source.raw_os_error();
+                code.is_some()
+                    && (code == Some(rustix::io::Errno::NOSPC.raw_os_error())
+                        || code == Some(rustix::io::Errno::DQUOT.raw_os_error()))
+            }
+            _ => false,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileStoreError + '_ {
     move |source| FileStoreError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+fn joined(e: tokio::task::JoinError) -> FileStoreError {
+    FileStoreError::Io {
+        path: PathBuf::new(),
+        source: io::Error::other(e),
     }
 }
 
@@ -87,8 +124,50 @@ pub struct StreamMeta {
 #[derive(Debug, Clone)]
 pub struct FileStore {
     layout: Layout,
-    writing: Arc<Mutex<HashSet<BackupKey>>>,
+    shared: Arc<Shared>,
     direct_io: bool,
+    limits: StoreLimits,
+    /// Test-only: where a store operation stops as if the process had crashed there.
+    fake_fault: Option<FakeFault>,
+}
+
+/// What the clones of a store share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Backups being written.
+    writing: Mutex<HashSet<BackupKey>>,
+    /// Bytes of the streams being written, per host.
+    in_flight: InFlight,
+    cache: ScanCache<Catalogue>,
+    /// Full scans of the store directory so far.
+    scans: AtomicU64,
+}
+
+impl Shared {
+    /// Something was written: the next catalogue read scans again.
+    fn invalidate(&self) {
+        self.cache.invalidate();
+    }
+}
+
+/// Test-only: a point at which a store operation stops as if the agent had been killed there
+/// (nothing after it runs; the operation returns an error naming the fake fault). A fake
+/// fault, for crash points that a real kill cannot be timed to hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeFault {
+    /// Archiving: the stream is in the archive area, the manifest not yet.
+    ArchiveBeforeManifestMove,
+    /// Archiving: the manifest moved, the live area not yet cleaned.
+    ArchiveAfterManifestMove,
+}
+
+impl FakeFault {
+    fn name(self) -> &'static str {
+        match self {
+            FakeFault::ArchiveBeforeManifestMove => "archive-before-manifest-move",
+            FakeFault::ArchiveAfterManifestMove => "archive-after-manifest-move",
+        }
+    }
 }
 
 /// What a finished stream measured.
@@ -121,10 +200,7 @@ async fn fsync_dir(dir: &Path) -> Result<(), FileStoreError> {
     let d = dir.to_path_buf();
     tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
         .await
-        .map_err(|e| FileStoreError::Io {
-            path: dir.to_path_buf(),
-            source: io::Error::other(e),
-        })?
+        .map_err(joined)?
         .map_err(io_err(dir))
 }
 
@@ -133,9 +209,28 @@ impl FileStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             layout: Layout::new(root),
-            writing: Arc::default(),
+            shared: Arc::default(),
             direct_io: true,
+            limits: StoreLimits::default(),
+            fake_fault: None,
         }
+    }
+
+    /// Sets the limits on streams, hosts and free space.
+    pub fn with_limits(mut self, limits: &StoreLimits) -> Self {
+        self.limits = limits.clone();
+        self
+    }
+
+    /// Test-only: stop at `fault` as if the agent had been killed there (see [`FakeFault`]).
+    pub fn with_fake_fault(mut self, fault: FakeFault) -> Self {
+        self.fake_fault = Some(fault);
+        self
+    }
+
+    /// Full scans of the store directory this store (and its clones) made so far.
+    pub fn scans(&self) -> u64 {
+        self.shared.scans.load(Ordering::Relaxed)
     }
 
     /// Whether streams are written with `O_DIRECT` where possible (default: yes).
@@ -149,31 +244,73 @@ impl FileStore {
         &self.layout
     }
 
+    /// Start-up, before serving: removes the temporary files a crash left and finishes the
+    /// archives a crash cut short. Returns how many of each.
+    pub async fn recover(&self) -> Result<(usize, usize), FileStoreError> {
+        let removed = self.remove_stale_temporaries().await?;
+        let layout = self.layout.clone();
+        let finished = tokio::task::spawn_blocking(move || archive::recover(&layout))
+            .await
+            .map_err(joined)??;
+        self.shared.invalidate();
+        Ok((removed, finished))
+    }
+
     /// Removes temporary files left by a crash (call at start-up, before serving).
     pub async fn remove_stale_temporaries(&self) -> Result<usize, FileStoreError> {
         let root = self.layout.root().to_path_buf();
         tokio::task::spawn_blocking(move || remove_temporaries(&root))
             .await
-            .map_err(|e| FileStoreError::Io {
-                path: PathBuf::new(),
-                source: io::Error::other(e),
-            })?
+            .map_err(joined)?
     }
 
-    /// The catalogue of backups.
+    /// The catalogue of backups: the last scan while nothing was written through this store
+    /// since and it is younger than the limits' `catalogue_max_age`; else a new scan.
     pub async fn catalogue(&self) -> Result<Catalogue, FileStoreError> {
+        let ticket = match self.shared.cache.get(self.limits.catalogue_max_age) {
+            Ok(cat) => return Ok(cat),
+            Err(ticket) => ticket,
+        };
         let root = self.layout.root().to_path_buf();
-        tokio::task::spawn_blocking(move || zetaback::store::scan(&root))
+        self.shared.scans.fetch_add(1, Ordering::Relaxed);
+        let cat = tokio::task::spawn_blocking(move || zetaback::store::scan(&root))
             .await
-            .map_err(|e| FileStoreError::Io {
-                path: PathBuf::new(),
-                source: io::Error::other(e),
-            })?
-            .map_err(FileStoreError::from)
+            .map_err(joined)??;
+        self.shared.cache.put(ticket, &cat);
+        Ok(cat)
+    }
+
+    /// Bytes `host` has in the store (live and archived), from the catalogue.
+    async fn stored_bytes(&self, host: &str) -> Result<u64, FileStoreError> {
+        if self.limits.host_quota_bytes.is_none() {
+            return Ok(0);
+        }
+        Ok(self
+            .catalogue()
+            .await?
+            .backups
+            .iter()
+            .filter(|b| b.manifest.host == host)
+            .map(|b| b.manifest.bytes)
+            .fold(0u64, u64::saturating_add))
+    }
+
+    fn free_bytes(&self) -> Result<u64, FileStoreError> {
+        free_bytes_at(self.layout.root())
     }
 
     /// Starts writing a new backup. Refuses an existing one (409) or one being written.
     pub async fn begin(&self, key: BackupKey) -> Result<PendingStream, FileStoreError> {
+        self.begin_sized(key, None).await
+    }
+
+    /// Starts writing a new backup of `announced` bytes, if known. Refuses an existing one
+    /// (409), one being written, and one over the limits ([`FileStoreError::Refused`]).
+    pub async fn begin_sized(
+        &self,
+        key: BackupKey,
+        announced: Option<u64>,
+    ) -> Result<PendingStream, FileStoreError> {
         let stream = self
             .layout
             .stream_path(&key.host, &key.dataset, &key.id, false)?;
@@ -188,8 +325,23 @@ impl FileStore {
         {
             return Err(FileStoreError::Exists(key.to_string()));
         }
+        let stored = self.stored_bytes(&key.host).await?;
+        let refused = |refusal| FileStoreError::Refused {
+            key: key.to_string(),
+            refusal,
+        };
+        space::admit(
+            &self.limits,
+            &key.host,
+            announced,
+            stored,
+            self.shared.in_flight.bytes(&key.host),
+            self.free_bytes()?,
+        )
+        .map_err(refused)?;
         {
             let mut writing = self
+                .shared
                 .writing
                 .lock()
                 .map_err(|_| FileStoreError::Busy(key.to_string()))?;
@@ -199,7 +351,7 @@ impl FileStore {
         }
         let claim = Claim {
             key: key.clone(),
-            writing: self.writing.clone(),
+            shared: self.shared.clone(),
         };
         let dir = self.layout.dataset_dir(&key.host, &key.dataset, false)?;
         fs::create_dir_all(&dir).await.map_err(io_err(&dir))?;
@@ -214,6 +366,7 @@ impl FileStore {
             .map_err(io_err(&temp))?;
         debug!(path = %temp.display(), "writing stream");
         let writer = Writer::spawn(file.into_std().await, self.direct_io);
+        let host_bytes = self.shared.in_flight.of(&key.host);
         Ok(PendingStream {
             key,
             dir,
@@ -224,7 +377,11 @@ impl FileStore {
             block: None,
             written: None,
             bytes: 0,
-            _claim: claim,
+            limits: self.limits.clone(),
+            root: self.layout.root().to_path_buf(),
+            stored_at_start: stored,
+            host_bytes,
+            claim,
         })
     }
 
@@ -251,6 +408,12 @@ impl FileStore {
 
     /// Deletes a backup (manifest first, so a crash leaves a stream that is no backup).
     pub async fn delete(&self, key: &BackupKey) -> Result<(), FileStoreError> {
+        let result = self.delete_files(key).await;
+        self.shared.invalidate();
+        result
+    }
+
+    async fn delete_files(&self, key: &BackupKey) -> Result<(), FileStoreError> {
         let mut found = false;
         for archived in [false, true] {
             let m = self
@@ -283,37 +446,77 @@ impl FileStore {
         }
     }
 
-    /// Moves a backup into the archive area (idempotent: a crash half-way is finished by the
-    /// next call).
+    /// Moves a backup into the archive area: atomic (one rename of its manifest moves it; a
+    /// crash at any point leaves it listed once) and idempotent (the retry, or [`Self::recover`]
+    /// at start-up, finishes a move cut short). See [`archive`].
     pub async fn archive(&self, key: &BackupKey) -> Result<(), FileStoreError> {
-        let l = &self.layout;
-        let (s, m) = (
-            l.stream_path(&key.host, &key.dataset, &key.id, false)?,
-            l.manifest_path(&key.host, &key.dataset, &key.id, false)?,
+        let names = archive::Names::of(&self.layout, key)?;
+        let (key2, fault, root) = (
+            key.clone(),
+            self.fake_fault,
+            self.layout.root().to_path_buf(),
         );
-        let (as_, am) = (
-            l.stream_path(&key.host, &key.dataset, &key.id, true)?,
-            l.manifest_path(&key.host, &key.dataset, &key.id, true)?,
-        );
-        if !fs::try_exists(&m).await.map_err(io_err(&m))? {
-            return if fs::try_exists(&am).await.map_err(io_err(&am))? {
-                Ok(())
-            } else {
-                Err(FileStoreError::NotFound(key.to_string()))
-            };
-        }
-        let adir = l.dataset_dir(&key.host, &key.dataset, true)?;
-        fs::create_dir_all(&adir).await.map_err(io_err(&adir))?;
-        // Stream first, then the manifest: the archive copy becomes a backup only when both
-        // are there; the live copy stops being one when its manifest is gone.
-        fs::rename(&s, &as_).await.map_err(io_err(&s))?;
-        fs::rename(&m, &am).await.map_err(io_err(&m))?;
-        fsync_dir(&adir).await?;
-        if let Some(dir) = m.parent() {
-            fsync_dir(dir).await?;
-        }
-        Ok(())
+        let result = tokio::task::spawn_blocking(move || {
+            archive::archive(&names, &key2, &|point| fake_crash(fault, point, &root))
+        })
+        .await
+        .map_err(joined)
+        .and_then(|r| r);
+        self.shared.invalidate();
+        result.map(|_| ())
     }
+}
+
+/// Writes a new file and fsyncs it, on a blocking thread with `std::fs`: tokio's `File`
+/// reports a failed write (a full disk) only on a later write or flush, not on `sync_all`, so
+/// a manifest written through it could come out empty with no error.
+async fn write_synced(path: &Path, data: Vec<u8>) -> Result<(), FileStoreError> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)?;
+        f.write_all(&data)?;
+        f.sync_all()
+    })
+    .await
+    .map_err(joined)?
+    .map_err(io_err(path))
+}
+
+/// Free bytes on the file system of `path`, or of its nearest existing ancestor (the store
+/// root is created by the first stream).
+fn free_bytes_at(path: &Path) -> Result<u64, FileStoreError> {
+    let mut at = path;
+    loop {
+        match space::free_bytes(at) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match at.parent() {
+                Some(p) => at = p,
+                None => return Err(io_err(path)(e)),
+            },
+            other => return other.map_err(io_err(path)),
+        }
+    }
+}
+
+/// Fails with a fake crash if `point` is the configured fake fault.
+fn fake_crash(
+    configured: Option<FakeFault>,
+    point: FakeFault,
+    root: &Path,
+) -> Result<(), FileStoreError> {
+    if configured == Some(point) {
+        warn!(
+            fault = point.name(),
+            "fake fault: stopping here as if killed"
+        );
+        return Err(FileStoreError::Io {
+            path: root.to_path_buf(),
+            source: io::Error::other(format!("fake fault {}: stopped here", point.name())),
+        });
+    }
+    Ok(())
 }
 
 fn remove_temporaries(root: &Path) -> Result<usize, FileStoreError> {
@@ -346,12 +549,12 @@ fn remove_temporaries(root: &Path) -> Result<usize, FileStoreError> {
 #[derive(Debug)]
 struct Claim {
     key: BackupKey,
-    writing: Arc<Mutex<HashSet<BackupKey>>>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if let Ok(mut w) = self.writing.lock() {
+        if let Ok(mut w) = self.shared.writing.lock() {
             w.remove(&self.key);
         }
     }
@@ -574,7 +777,14 @@ pub struct PendingStream {
     block: Option<Block>,
     written: Option<Written>,
     bytes: u64,
-    _claim: Claim,
+    limits: StoreLimits,
+    /// The store root (its free space is checked as the stream grows).
+    root: PathBuf,
+    /// The host's bytes in the store when this stream started.
+    stored_at_start: u64,
+    /// The host's bytes being written (this stream's included while it lives).
+    host_bytes: Arc<AtomicU64>,
+    claim: Claim,
 }
 
 impl std::fmt::Debug for Block {
@@ -598,7 +808,9 @@ impl PendingStream {
     }
 
     /// Appends a chunk: copied into the current block at once (the chunk is released); a
-    /// full block goes to the writer (waits while it is [`WRITER_DEPTH`] blocks behind).
+    /// full block goes to the writer (waits while it is [`WRITER_DEPTH`] blocks behind). A
+    /// stream over its size limit or its host's quota, or with the store's free space under
+    /// half the reserve, is refused ([`FileStoreError::Refused`]; dropped, it leaves nothing).
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), FileStoreError> {
         let mut data = &chunk[..];
         while !data.is_empty() {
@@ -606,14 +818,44 @@ impl PendingStream {
             let n = block.push(data);
             data = &data[n..];
             self.bytes += n as u64;
+            self.host_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            space::keep_going(
+                &self.limits,
+                &self.key.host,
+                self.bytes,
+                self.stored_at_start,
+                self.host_bytes.load(Ordering::Relaxed),
+            )
+            .map_err(|refusal| FileStoreError::Refused {
+                key: self.key.to_string(),
+                refusal,
+            })?;
             if block.is_full()
                 && let Some(full) = self.block.take()
-                && !self.writer.send(full).await
             {
-                return Err(self.writer_failed().await);
+                self.check_free_space()?;
+                if !self.writer.send(full).await {
+                    return Err(self.writer_failed().await);
+                }
             }
         }
         Ok(())
+    }
+
+    fn refused(&self, refusal: SpaceRefusal) -> FileStoreError {
+        FileStoreError::Refused {
+            key: self.key.to_string(),
+            refusal,
+        }
+    }
+
+    /// The free space must stay above half the reserve while a stream is written.
+    fn check_free_space(&self) -> Result<(), FileStoreError> {
+        if self.limits.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let free = free_bytes_at(&self.root)?;
+        space::enough_while_writing(&self.limits, free).map_err(|r| self.refused(r))
     }
 
     /// Bytes so far.
@@ -650,6 +892,8 @@ impl PendingStream {
                 self.bytes
             ))));
         }
+        // Everything is on disk now: the reserve must still be there.
+        self.check_free_space()?;
         let w = Written {
             bytes,
             sha256,
@@ -660,7 +904,10 @@ impl PendingStream {
         Ok(w)
     }
 
-    /// Makes the stream a backup: fsync, link into place (never replacing), manifest, fsync.
+    /// Makes the stream a backup: the manifest written and fsynced under a temporary name,
+    /// then the stream linked into place (never replacing), then the manifest; the directory
+    /// fsynced. A failure after the stream got its name unlinks it again: a full disk never
+    /// leaves a stream without its manifest.
     pub async fn commit(mut self, meta: StreamMeta) -> Result<Manifest, FileStoreError> {
         let sha256 = self.finish().await?.sha256;
         let Some(temp) = self.temp.clone() else {
@@ -692,8 +939,34 @@ impl PendingStream {
             manifest.backup_type,
             BackupType::Full | BackupType::Incremental
         ));
-        // A stream without a manifest is a leftover of a crash between link and manifest:
-        // not a backup, so it may be replaced.
+        // The manifest first, under its own temporary name: this is where a full disk fails,
+        // before anything has its final name.
+        let mtemp = self.dir.join(format!(
+            "{}{}.json-{}",
+            zetaback::store::layout::TEMP_PREFIX,
+            self.key.id,
+            unique()
+        ));
+        let json = manifest.to_json()?;
+        let result = async {
+            write_synced(&mtemp, json).await?;
+            self.link_into_place(&temp, &mtemp).await
+        }
+        .await;
+        let _ = fs::remove_file(&mtemp).await;
+        result?;
+        fs::remove_file(&temp).await.map_err(io_err(&temp))?;
+        self.temp = None;
+        fsync_dir(&self.dir).await?;
+        self.claim.shared.invalidate();
+        Ok(manifest)
+    }
+
+    /// Links the stream, then the manifest, to their final names; if the manifest cannot
+    /// be linked, the stream's name is removed again.
+    async fn link_into_place(&self, temp: &Path, mtemp: &Path) -> Result<(), FileStoreError> {
+        // A stream without a manifest is a leftover of a crash between the two links: not a
+        // backup, so it may be replaced.
         if fs::try_exists(&self.stream)
             .await
             .map_err(io_err(&self.stream))?
@@ -706,51 +979,30 @@ impl PendingStream {
                 .await
                 .map_err(io_err(&self.stream))?;
         }
-        match fs::hard_link(&temp, &self.stream).await {
+        match fs::hard_link(temp, &self.stream).await {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(FileStoreError::Exists(self.key.to_string()));
             }
             Err(e) => return Err(io_err(&self.stream)(e)),
         }
-        fs::remove_file(&temp).await.map_err(io_err(&temp))?;
-        self.temp = None;
-        // The manifest: its own temporary file, fsync, then link into place.
-        let mtemp = self.dir.join(format!(
-            "{}{}.json-{}",
-            zetaback::store::layout::TEMP_PREFIX,
-            self.key.id,
-            unique()
-        ));
-        let json = manifest.to_json()?;
-        let result = async {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&mtemp)
-                .await
-                .map_err(io_err(&mtemp))?;
-            f.write_all(&json).await.map_err(io_err(&mtemp))?;
-            f.sync_all().await.map_err(io_err(&mtemp))?;
-            drop(f);
-            match fs::hard_link(&mtemp, &self.manifest).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    Err(FileStoreError::Exists(self.key.to_string()))
-                }
-                Err(e) => Err(io_err(&self.manifest)(e)),
+        let linked = match fs::hard_link(mtemp, &self.manifest).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                FileStoreError::Exists(self.key.to_string())
             }
+            Err(e) => io_err(&self.manifest)(e),
+        };
+        if let Err(e) = fs::remove_file(&self.stream).await {
+            warn!(path = %self.stream.display(), error = %e, "could not unlink a stream whose manifest failed");
         }
-        .await;
-        let _ = fs::remove_file(&mtemp).await;
-        result?;
-        fsync_dir(&self.dir).await?;
-        Ok(manifest)
+        Err(linked)
     }
 }
 
 impl Drop for PendingStream {
     fn drop(&mut self) {
+        self.host_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
         if let Some(temp) = self.temp.take() {
             debug!(path = %temp.display(), "discarding an incomplete stream");
             let _ = std::fs::remove_file(&temp);

@@ -1,0 +1,99 @@
+//! The agent's listening socket: HTTP/1.1 only (no h2c by accident: hyper-util's `auto`
+//! builder, which `axum::serve` uses, answers an HTTP/2 preface too), plaintext or TLS, with
+//! a cap on connections served at once (one more is answered `503` and closed) and a time
+//! limit on reading a request head (a slow or idle connection is closed instead of holding a
+//! slot). Bodies have their own limits in the stream API.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::limits::ListenerLimits;
+
+/// A TLS handshake that takes longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the `503` to a connection over the cap may take to write.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A pause after a failed `accept` (out of file descriptors: the next one would fail too).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: application/json\r\nretry-after: 5\r\ncontent-length: 63\r\n\r\n{\"error\":\"too many connections to this agent; try again later\"}";
+
+/// Serves `router` on `listener` (over TLS with `tls`) until the future is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ListenerLimits,
+    tls: Option<Arc<ServerConfig>>,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let acceptor = tls.map(TlsAcceptor::from);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(%peer, max = limits.max_connections, "connection refused: too many at once");
+            tokio::spawn(refuse(tcp));
+            continue;
+        };
+        let router = router.clone();
+        let acceptor = acceptor.clone();
+        let timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            match acceptor {
+                None => http1(tcp, router, timeout, peer).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => http1(tls, router, timeout, peer).await,
+                        Ok(Err(e)) => warn!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => warn!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Answers 503 and closes.
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        tcp.write_all(OVER_CAP).await?;
+        tcp.shutdown().await
+    })
+    .await;
+}
+
+/// One HTTP/1.1 connection (keep-alive; the head of each request within `header_timeout`,
+/// which also bounds the idle time between requests).
+async fn http1<I>(io: I, router: axum::Router, header_timeout: Duration, peer: std::net::SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let result = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
