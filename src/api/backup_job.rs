@@ -48,9 +48,11 @@ pub struct BackupJobSpec {
     /// For an incremental: the snapshot (short name, after `@`) it is taken against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = snapshot_rule())]
     pub base_snapshot: Option<String>,
     /// The snapshot to take and send (short name).
     #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = snapshot_rule())]
     pub snapshot: String,
     pub target: Target,
     #[serde(default)]
@@ -116,4 +118,17 @@ pub struct BackupJobStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
+}
+
+/// The CEL rule for a snapshot's short name: what [`crate::names::validate_snapshot_name`]
+/// accepts (the agent refuses anything else), with the refusal in words.
+fn snapshot_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "self.matches(r'{}') && self != '.' && self != '..'",
+        crate::names::SNAPSHOT_NAME_PATTERN
+    ))
+    .message(kube::core::Message::Expression(
+        r#"'"' + self + '" is not a snapshot name: use letters, digits and -_.: only (the part after @, not beginning with - and not . or ..)'"#
+            .into(),
+    ))
 }
