@@ -214,4 +214,3 @@ async fn admission_and_the_agent_agree_on_names() {
     }
     assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
 }
-

@@ -123,7 +123,10 @@ async fn a_policy_whose_hosts_never_reported_is_not_compliant() {
     let ctl = start_controller(client.clone(), &ns, |_| {});
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
     policies
-        .create(&PostParams::default(), &policy("silent", &[&silent, &ghost], &bak, 1))
+        .create(
+            &PostParams::default(),
+            &policy("silent", &[&silent, &ghost], &bak, 1),
+        )
         .await
         .expect("create policy");
 
@@ -152,8 +155,14 @@ async fn a_policy_whose_hosts_never_reported_is_not_compliant() {
         .expect("status");
     assert_eq!((st.datasets, st.violators), (0, 2));
     let (status, reason, message) = compliant(&policies, "silent").await.expect("Compliant");
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "HostNotReporting"));
-    assert!(message.contains(&silent) && message.contains(&ghost), "{message}");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "HostNotReporting")
+    );
+    assert!(
+        message.contains(&silent) && message.contains(&ghost),
+        "{message}"
+    );
     let table = env.kubectl(&["get", "backuppolicies", "-n", &ns]);
     println!("{}", zetaback_e2e::text(&table.stdout));
 
@@ -177,10 +186,14 @@ async fn a_policy_whose_hosts_never_reported_is_not_compliant() {
         )
         .await
         .expect("report");
-    let left = eventually("only the ghost is left", Duration::from_secs(60), || async {
-        let v = violations(&policies, "silent").await?;
-        (v.len() == 1).then_some(v)
-    })
+    let left = eventually(
+        "only the ghost is left",
+        Duration::from_secs(60),
+        || async {
+            let v = violations(&policies, "silent").await?;
+            (v.len() == 1).then_some(v)
+        },
+    )
     .await;
     assert_eq!(left[0].0, "HostNotReporting");
     assert_eq!(left[0].1, ghost);
@@ -256,10 +269,14 @@ async fn violators_is_unknown_without_policies_and_once_the_controller_stopped()
     })
     .await;
     // The heartbeat moves lastEvaluated although nothing else changes.
-    eventually("lastEvaluated refreshed", Duration::from_secs(30), || async {
-        let st = policies.get("fresh").await.ok()?.status?;
-        (st.last_evaluated?.0 > first.0).then_some(())
-    })
+    eventually(
+        "lastEvaluated refreshed",
+        Duration::from_secs(30),
+        || async {
+            let st = policies.get("fresh").await.ok()?.status?;
+            (st.last_evaluated?.0 > first.0).then_some(())
+        },
+    )
     .await;
     let (code, out) = zb(&client, &ns, &["violators", "--max-status-age", "15s"]).await;
     println!("controller running (exit {code}):\n{out}");
@@ -271,10 +288,14 @@ async fn violators_is_unknown_without_policies_and_once_the_controller_stopped()
 
     // The controller stops: the status keeps its last answer, and violators says how old it is.
     ctl.stop_cleanly().await;
-    let out = eventually("UNKNOWN once the status is too old", Duration::from_secs(60), || async {
-        let (code, out) = zb(&client, &ns, &["violators", "--max-status-age", "15s"]).await;
-        (code == 3).then_some(out)
-    })
+    let out = eventually(
+        "UNKNOWN once the status is too old",
+        Duration::from_secs(60),
+        || async {
+            let (code, out) = zb(&client, &ns, &["violators", "--max-status-age", "15s"]).await;
+            (code == 3).then_some(out)
+        },
+    )
     .await;
     println!("controller stopped:\n{out}");
     let line = out.lines().next().unwrap_or_default();
@@ -349,20 +370,29 @@ async fn overlapping_backup_now_requests_are_all_honoured() {
         o.host_stale_after = Duration::from_secs(3600);
     });
     let jobs: Api<BackupJob> = Api::namespaced(client.clone(), &ns);
-    let mut forced = eventually("a forced full of each dataset", Duration::from_secs(60), || async {
-        let list = jobs.list(&ListParams::default()).await.ok()?.items;
-        let forced: Vec<(String, String)> = list
-            .iter()
-            .filter(|j| {
-                j.metadata
-                    .annotations
-                    .as_ref()
-                    .is_some_and(|a| a.contains_key(BACKUP_NOW_REQUEST_ANNOTATION))
-            })
-            .map(|j| (j.spec.dataset.0.clone(), format!("{:?}", j.spec.backup_type)))
-            .collect();
-        (forced.len() >= 2).then_some(forced)
-    })
+    let mut forced = eventually(
+        "a forced full of each dataset",
+        Duration::from_secs(60),
+        || async {
+            let list = jobs.list(&ListParams::default()).await.ok()?.items;
+            let forced: Vec<(String, String)> = list
+                .iter()
+                .filter(|j| {
+                    j.metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(BACKUP_NOW_REQUEST_ANNOTATION))
+                })
+                .map(|j| {
+                    (
+                        j.spec.dataset.0.clone(),
+                        format!("{:?}", j.spec.backup_type),
+                    )
+                })
+                .collect();
+            (forced.len() >= 2).then_some(forced)
+        },
+    )
     .await;
     forced.sort();
     assert_eq!(
@@ -373,13 +403,19 @@ async fn overlapping_backup_now_requests_are_all_honoured() {
         ]
     );
     // Both handled: nothing more is forced.
-    eventually("the requests are recorded as handled", Duration::from_secs(30), || async {
-        policies.get("asked").await.ok()?.status?.backup_now_handled
-    })
+    eventually(
+        "the requests are recorded as handled",
+        Duration::from_secs(30),
+        || async { policies.get("asked").await.ok()?.status?.backup_now_handled },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        jobs.list(&ListParams::default()).await.expect("jobs").items.len(),
+        jobs.list(&ListParams::default())
+            .await
+            .expect("jobs")
+            .items
+            .len(),
         2,
         "one job per dataset"
     );
@@ -394,7 +430,10 @@ async fn overlapping_backup_now_requests_are_all_honoured() {
 fn delete_stored(root: &std::path::Path, host: &str, id: &str) -> Vec<std::path::PathBuf> {
     let mut removed = Vec::new();
     let host_dir = root.join(host);
-    for dir in std::fs::read_dir(&host_dir).expect("host directory").flatten() {
+    for dir in std::fs::read_dir(&host_dir)
+        .expect("host directory")
+        .flatten()
+    {
         for name in [id.to_owned(), format!("{id}.json")] {
             let path = dir.path().join(name);
             if path.exists() {
@@ -410,22 +449,25 @@ fn delete_stored(root: &std::path::Path, host: &str, id: &str) -> Vec<std::path:
 async fn a_backup_deleted_behind_the_controllers_back_becomes_a_violation() {
     let env = Env::get();
     let ns = env.namespace("monitor-lost");
-    let mut fleet = Fleet::start(env, &ns, &[HostSpec::source("src"), HostSpec::store("bak")]).await;
+    let mut fleet =
+        Fleet::start(env, &ns, &[HostSpec::source("src"), HostSpec::store("bak")]).await;
     let dataset = fleet.create_dataset("src", "data");
     fleet.write_file(&dataset, "data.bin", &noise(3, 100_000));
     fleet.start_controller(|_| {}).await;
     let spec = fleet.policy_spec("src", "bak", "*/data");
-    fleet
-        .create_policy("lost", "src", &[&dataset], spec)
-        .await;
+    fleet.create_policy("lost", "src", &[&dataset], spec).await;
     let stored = fleet.wait_for_backups("bak", "src", &dataset, 1).await;
     let id = stored[0].manifest.id.clone();
     let policies: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
-    eventually("compliant after the first full", Duration::from_secs(60), || async {
-        compliant(&policies, "lost")
-            .await
-            .filter(|(s, _, _)| s == "True")
-    })
+    eventually(
+        "compliant after the first full",
+        Duration::from_secs(60),
+        || async {
+            compliant(&policies, "lost")
+                .await
+                .filter(|(s, _, _)| s == "True")
+        },
+    )
     .await;
 
     // Suspended, the policy schedules nothing (so no new full hides the loss) but still
@@ -442,10 +484,16 @@ async fn a_backup_deleted_behind_the_controllers_back_becomes_a_violation() {
     println!("removed {removed:?}");
     assert_eq!(removed.len(), 2, "the stream and its manifest");
 
-    let seen = eventually("the loss shows in the status", Duration::from_secs(240), || async {
-        let v = violations(&policies, "lost").await?;
-        v.iter().any(|(r, _, d)| r == "BackupMissing" && *d == dataset).then_some(v)
-    })
+    let seen = eventually(
+        "the loss shows in the status",
+        Duration::from_secs(240),
+        || async {
+            let v = violations(&policies, "lost").await?;
+            v.iter()
+                .any(|(r, _, d)| r == "BackupMissing" && *d == dataset)
+                .then_some(v)
+        },
+    )
     .await;
     println!("violations: {seen:?}");
     let (status, _, message) = compliant(&policies, "lost").await.expect("Compliant");
@@ -453,7 +501,12 @@ async fn a_backup_deleted_behind_the_controllers_back_becomes_a_violation() {
     let (code, out) = fleet.zb(&["violators"]).await;
     println!("kubectl zetaback violators (exit {code}):\n{out}");
     assert_eq!(code, 2, "{out}");
-    assert!(out.lines().next().is_some_and(|l| l.contains("BackupMissing")), "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|l| l.contains("BackupMissing")),
+        "{out}"
+    );
 
     fleet.shutdown().await;
 }

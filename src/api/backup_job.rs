@@ -36,6 +36,7 @@ use super::common::{Conditions, DatasetName, ObjectName, conditions_schema};
     selectable = ".spec.host"
 )]
 #[x_kube(validation = Rule::new("!has(self.intermediates) || !self.intermediates || (self.type == 'incremental' && has(self.baseSnapshot))").message("intermediates (zfs send -I) is only for an incremental with a baseSnapshot").field_path(".intermediates"))]
+#[x_kube(validation = Rule::new("self.type != 'incremental' || has(self.baseSnapshot)").message("an incremental needs baseSnapshot, the snapshot it is taken against").field_path(".baseSnapshot"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJobSpec {
     /// The BackupPolicy that asked for this job.

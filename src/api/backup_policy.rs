@@ -247,6 +247,7 @@ pub struct Target {
     /// A directory on that host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..') && !self.contains('//')").message("target.path must be an absolute path without '..' or '//'"))]
+    #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("target.path must not contain control characters (a newline, a tab, NUL): the agents pass it in an HTTP header"))]
     #[schemars(length(min = 1, max = 1024))]
     pub path: Option<String>,
     /// A dataset on that host that receives the streams.
@@ -380,7 +381,8 @@ pub enum ViolationReason {
     /// reported, or its last report is stale and listed none of the policy's datasets (the
     /// violation's `dataset` is empty: it stands for all of them).
     HostNotReporting,
-    /// The newest stored backup cannot be restored: a backup of its chain is not stored.
+    /// The newest stored backup cannot be restored: a backup of its chain is not stored (or
+    /// the store's manifests of the dataset do not form a catalogue at all).
     ChainBroken,
     /// The backup the newest succeeded job stored is gone from the store, though the policy
     /// still keeps it.

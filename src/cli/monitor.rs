@@ -220,7 +220,11 @@ pub fn assess(policies: &[PolicyHealth], fresh: Freshness) -> Verdict {
         if stale.iter().any(|(_, a)| a.is_none()) {
             "without an evaluation time".to_owned()
         } else {
-            let oldest = stale.iter().filter_map(|(_, a)| *a).max().unwrap_or_default();
+            let oldest = stale
+                .iter()
+                .filter_map(|(_, a)| *a)
+                .max()
+                .unwrap_or_default();
             format!("not refreshed for {}", short_age(oldest))
         }
     };
@@ -282,7 +286,10 @@ pub fn assess(policies: &[PolicyHealth], fresh: Freshness) -> Verdict {
         stale.len()
     );
     if let Some(age) = oldest {
-        perfdata.push_str(&format!(" status_age={age}s;;{};0", fresh.max_age.as_secs()));
+        perfdata.push_str(&format!(
+            " status_age={age}s;;{};0",
+            fresh.max_age.as_secs()
+        ));
     }
     Verdict {
         state,
@@ -398,11 +405,14 @@ mod tests {
 
     #[test]
     fn missing_fulls_and_unready_policies_are_critical_unreachable_hosts_warn() {
-        let verdict = assess(&[policy(
-            "a",
-            Readiness::Ready,
-            vec![v("db-1", "tank/pg", ViolationReason::NoFullWithin)],
-        )], fresh());
+        let verdict = assess(
+            &[policy(
+                "a",
+                Readiness::Ready,
+                vec![v("db-1", "tank/pg", ViolationReason::NoFullWithin)],
+            )],
+            fresh(),
+        );
         assert_eq!(verdict.state, State::Critical);
         assert_eq!(verdict.exit_code, 2);
         assert!(
@@ -410,25 +420,31 @@ mod tests {
                 .summary
                 .starts_with("ZETABACK CRITICAL - 1 violator: db-1:tank/pg (")
         );
-        let verdict = assess(&[policy(
-            "a",
-            Readiness::Ready,
-            vec![v("db-1", "tank/pg", ViolationReason::HostUnreachable)],
-        )], fresh());
+        let verdict = assess(
+            &[policy(
+                "a",
+                Readiness::Ready,
+                vec![v("db-1", "tank/pg", ViolationReason::HostUnreachable)],
+            )],
+            fresh(),
+        );
         assert_eq!(verdict.state, State::Warning);
         assert_eq!(verdict.exit_code, 1);
-        let verdict = assess(&[
-            policy("a", Readiness::Ready, vec![]),
-            policy(
-                "ns/b",
-                Readiness::NotReady {
-                    reason: "StoreUnreachable".into(),
-                    message: "x".into(),
-                },
-                vec![],
-            ),
-            policy("c", Readiness::NoStatus, vec![]),
-        ], fresh());
+        let verdict = assess(
+            &[
+                policy("a", Readiness::Ready, vec![]),
+                policy(
+                    "ns/b",
+                    Readiness::NotReady {
+                        reason: "StoreUnreachable".into(),
+                        message: "x".into(),
+                    },
+                    vec![],
+                ),
+                policy("c", Readiness::NoStatus, vec![]),
+            ],
+            fresh(),
+        );
         assert_eq!(
             verdict.summary,
             "ZETABACK CRITICAL - 0 violators in 3 policies; not Ready: ns/b (StoreUnreachable), c (no status yet)"
@@ -506,7 +522,11 @@ mod tests {
         old.last_evaluated = None;
         let verdict = assess(&[old.clone()], fresh());
         assert_eq!(verdict.state, State::Unknown);
-        assert!(verdict.summary.contains("without an evaluation time"), "{}", verdict.summary);
+        assert!(
+            verdict.summary.contains("without an evaluation time"),
+            "{}",
+            verdict.summary
+        );
         // A CRITICAL finding still wins, and names the stale status.
         let bad = policy(
             "c",
@@ -517,7 +537,9 @@ mod tests {
         let verdict = assess(&[old, bad], fresh());
         assert_eq!(verdict.state, State::Critical);
         assert!(
-            verdict.summary.ends_with("; status not refreshed for 3h: a"),
+            verdict
+                .summary
+                .ends_with("; status not refreshed for 3h: a"),
             "{}",
             verdict.summary
         );
@@ -530,7 +552,10 @@ mod tests {
             ViolationReason::ChainBroken,
             ViolationReason::BackupMissing,
         ] {
-            let verdict = assess(&[policy("a", Readiness::Ready, vec![v("h", "d", reason)])], fresh());
+            let verdict = assess(
+                &[policy("a", Readiness::Ready, vec![v("h", "d", reason)])],
+                fresh(),
+            );
             assert_eq!(verdict.state, State::Critical, "{reason:?}");
         }
         assert_eq!(short_age(SignedDuration::from_secs(119)), "119s");

@@ -67,7 +67,8 @@ pub fn enqueue(
         .unwrap_or_default();
     queue.retain(|r| handled.is_none_or(|h| r.requested_at > h));
     let same = |r: &BackupNowRequest| {
-        (&r.host, &r.dataset, r.backup_type) == (&request.host, &request.dataset, request.backup_type)
+        (&r.host, &r.dataset, r.backup_type)
+            == (&request.host, &request.dataset, request.backup_type)
     };
     if !queue.iter().any(same) {
         if queue.len() >= MAX_QUEUED {
@@ -168,7 +169,12 @@ mod tests {
     #[test]
     fn requests_queue_up_and_never_replace_each_other() {
         let at = |s| Timestamp::from_second(s).expect("ts");
-        let a = backup_now(Some("db-1".into()), Some("tank/a".into()), Some(BackupType::Full), at(100));
+        let a = backup_now(
+            Some("db-1".into()),
+            Some("tank/a".into()),
+            Some(BackupType::Full),
+            at(100),
+        );
         let b = backup_now(Some("db-1".into()), Some("tank/b".into()), None, at(100));
         // The first request on a policy; then a second one while the first still waits.
         let q = enqueue(None, None, a.clone()).expect("queue");
@@ -178,7 +184,12 @@ mod tests {
         assert_eq!(q, vec![a.clone(), b.clone()]);
         // The same request again is the one already waiting.
         let text = to_annotation(&q).expect("json");
-        let again = backup_now(Some("db-1".into()), Some("tank/a".into()), Some(BackupType::Full), at(101));
+        let again = backup_now(
+            Some("db-1".into()),
+            Some("tank/a".into()),
+            Some(BackupType::Full),
+            at(101),
+        );
         assert_eq!(enqueue(Some(&text), None, again.clone()).expect("queue"), q);
         // Handled requests leave; then the same request is new again.
         assert_eq!(
@@ -187,9 +198,15 @@ mod tests {
         );
         // The single-object form of older CLIs is read as a queue of one.
         let old = serde_json::to_string(&a).expect("json");
-        assert_eq!(enqueue(Some(&old), None, b.clone()).expect("queue"), vec![a, b.clone()]);
+        assert_eq!(
+            enqueue(Some(&old), None, b.clone()).expect("queue"),
+            vec![a, b.clone()]
+        );
         // Junk is replaced; a full queue refuses.
-        assert_eq!(enqueue(Some("{junk"), None, b.clone()).expect("queue"), vec![b.clone()]);
+        assert_eq!(
+            enqueue(Some("{junk"), None, b.clone()).expect("queue"),
+            vec![b.clone()]
+        );
         let many: Vec<BackupNowRequest> = (0..MAX_QUEUED)
             .map(|i| backup_now(None, Some(format!("tank/{i}")), None, at(100)))
             .collect();

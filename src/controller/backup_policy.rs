@@ -440,7 +440,14 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     // A named host with no ZfsHost: nothing is known of its datasets.
     for name in spec.hosts.names.iter().flatten() {
         if !hosts.iter().any(|h| h.name_any() == name.as_str()) {
-            host_level(&mut violations, &mut out, name.as_str(), policy::HostReport::Missing, now, inputs.host_stale_after);
+            host_level(
+                &mut violations,
+                &mut out,
+                name.as_str(),
+                policy::HostReport::Missing,
+                now,
+                inputs.host_stale_after,
+            );
         }
     }
     for host in &hosts {
@@ -471,12 +478,30 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             let cat = match catalogue.dataset(&host_name, &ds.name) {
                 Ok(c) => c,
                 Err(e) => {
+                    // Nothing is scheduled or deleted on a store that does not add up, and the
+                    // dataset is a violator: its backups cannot be vouched for.
                     warn!(host = %host_name, dataset = %ds.name, error = %e, "inconsistent catalogue; skipped");
+                    out.violators.push((
+                        host_name.clone(),
+                        ds.name.clone(),
+                        ViolationReason::ChainBroken,
+                    ));
+                    violations.push(Violation {
+                        host: host_name.clone(),
+                        dataset: ds.name.clone(),
+                        reason: ViolationReason::ChainBroken,
+                        since: None,
+                        message: Some(format!(
+                            "the stored backups cannot be read as a catalogue: {e}"
+                        )),
+                    });
                     continue;
                 }
             };
             bytes_stored += cat.bytes();
-            if let Some(newest) = cat.newest() {
+            // The last backup (status, metrics) is the newest one that restores: a stored
+            // incremental whose base is gone is no backup.
+            if let Some(newest) = cat.newest_restorable() {
                 last_backup = Some(last_backup.map_or(newest.created, |t| t.max(newest.created)));
                 out.last_backups
                     .push((host_name.clone(), ds.name.clone(), newest.created));
@@ -574,7 +599,14 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 out.archive.push((host_name.clone(), ds.name.clone(), id));
             }
         }
-        host_level(&mut violations, &mut out, &host_name, host_report(host, covered), now, inputs.host_stale_after);
+        host_level(
+            &mut violations,
+            &mut out,
+            &host_name,
+            host_report(host, covered),
+            now,
+            inputs.host_stale_after,
+        );
     }
 
     candidates.sort_by(|a, b| (a.since, &a.host, &a.dataset).cmp(&(b.since, &b.host, &b.dataset)));
@@ -660,7 +692,8 @@ fn host_level(
 ) {
     let stale = jiff::SignedDuration::try_from(stale_after).unwrap_or(jiff::SignedDuration::MAX);
     if let Some(f) = policy::host_violation(report, now, stale) {
-        out.violators.push((host.to_owned(), String::new(), f.reason));
+        out.violators
+            .push((host.to_owned(), String::new(), f.reason));
         violations.push(Violation {
             host: host.to_owned(),
             dataset: String::new(),
@@ -845,7 +878,11 @@ fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>>
         }
         message.push_str(&format!(
             "the datasets of {} unknown: no report from {}",
-            if silent.len() == 1 { "1 host are" } else { "these hosts are" },
+            if silent.len() == 1 {
+                "1 host are"
+            } else {
+                "these hosts are"
+            },
             silent.join(", ")
         ));
     }
@@ -1153,8 +1190,8 @@ impl Reconciled for BackupPolicy {
             new_body != old_body || !conditions::same(&status.conditions, &current.conditions);
         // Written with every change, and at least every heartbeat without one: a monitor
         // tells a live controller's unchanged answer from a dead one's last.
-        let heartbeat_due = heartbeat_due(current.last_evaluated.as_ref(), now, ctx.status_heartbeat);
-        let status_changed = changed || heartbeat_due;
+        let beat = heartbeat_due(current.last_evaluated.as_ref(), now, ctx.status_heartbeat);
+        let status_changed = changed || beat;
         status.last_evaluated = Some(Time(now));
 
         ctx.metrics.observe_decide(started.elapsed().as_secs_f64());
@@ -1492,13 +1529,25 @@ mod tests {
             .status
             .violations
             .iter()
-            .map(|v| (v.host.as_str(), v.dataset.as_str(), v.reason, v.since.clone()))
+            .map(|v| {
+                (
+                    v.host.as_str(),
+                    v.dataset.as_str(),
+                    v.reason,
+                    v.since.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
             vec![
                 ("ghost", "", ViolationReason::HostNotReporting, None),
-                ("db-1", "", ViolationReason::HostNotReporting, Some(Time(ts(50)))),
+                (
+                    "db-1",
+                    "",
+                    ViolationReason::HostNotReporting,
+                    Some(Time(ts(50)))
+                ),
             ]
         );
         let conds = wanted_conditions(&p, &pol);
@@ -1515,10 +1564,17 @@ mod tests {
         let pol = policy_naming(&["db-1"]);
         let p = decide(&pol, &[stale.clone()], Some(&cat), 1000, None, &[], 0);
         assert_eq!(p.status.violators, 1);
-        assert_eq!(p.status.violations[0].reason, ViolationReason::HostNotReporting);
+        assert_eq!(
+            p.status.violations[0].reason,
+            ViolationReason::HostNotReporting
+        );
         let p = decide(&pol, &[stale], Some(&cat), 120, None, &[], 0);
         assert_eq!(p.status.violators, 0);
-        assert!(wanted_conditions(&p, &pol).iter().any(|c| c.type_ == COMPLIANT && c.status));
+        assert!(
+            wanted_conditions(&p, &pol)
+                .iter()
+                .any(|c| c.type_ == COMPLIANT && c.status)
+        );
     }
 
     #[test]
@@ -1552,10 +1608,53 @@ mod tests {
         let lost = store::Catalogue::default();
         let p = decide(&pol, &hosts, Some(&lost), 5000, None, &jobs, 0);
         assert_eq!(p.status.violators, 1);
-        assert_eq!(p.status.violations[0].reason, ViolationReason::BackupMissing);
-        assert!(wanted_conditions(&p, &pol).iter().any(|c| c.type_ == COMPLIANT && !c.status));
+        assert_eq!(
+            p.status.violations[0].reason,
+            ViolationReason::BackupMissing
+        );
+        assert!(
+            wanted_conditions(&p, &pol)
+                .iter()
+                .any(|c| c.type_ == COMPLIANT && !c.status)
+        );
         // And a new full is due at once.
         assert_eq!(p.create.len(), 1);
+    }
+
+    #[test]
+    fn a_store_that_does_not_add_up_is_a_violation_not_a_skipped_dataset() {
+        let hosts = [host("db-1", "db", 5000, &["tank/a"])];
+        let mut junk = full("db-1", "tank/a", 4000);
+        junk.manifest.id = "not-a-stream-id".into();
+        let cat = store::Catalogue {
+            backups: vec![junk],
+            problems: vec![],
+        };
+        let p = run(&hosts, Some(&cat), 5000);
+        assert_eq!(p.status.datasets, 1);
+        assert_eq!(p.status.violators, 1, "{:?}", p.status.violations);
+        assert_eq!(p.status.violations[0].reason, ViolationReason::ChainBroken);
+        assert!(
+            p.create.is_empty() && p.delete.is_empty(),
+            "nothing acts on it"
+        );
+    }
+
+    #[test]
+    fn an_incremental_without_its_full_is_no_last_backup() {
+        let hosts = [host("db-1", "db", 5000, &["tank/a"])];
+        let mut orphan = full("db-1", "tank/a", 4000);
+        orphan.manifest.id = "4000.incremental.100".into();
+        orphan.manifest.backup_type = BackupType::Incremental;
+        orphan.manifest.base_snapshot = Some("zetaback-100".into());
+        let cat = store::Catalogue {
+            backups: vec![orphan],
+            problems: vec![],
+        };
+        let p = run(&hosts, Some(&cat), 5000);
+        assert_eq!(p.status.last_backup, None, "it restores nothing");
+        assert!(p.last_backups.is_empty(), "nor does the metric count it");
+        assert_eq!(p.status.violations[0].reason, ViolationReason::ChainBroken);
     }
 
     #[test]
@@ -1633,7 +1732,10 @@ mod tests {
                 .map(Arc::as_ref)
                 .filter(|j| Some(j.spec.dataset.as_str()) == r.dataset.as_deref())
                 .collect();
-            let c = view.dataset("db-1", r.dataset.as_deref().unwrap()).as_ref().unwrap();
+            let c = view
+                .dataset("db-1", r.dataset.as_deref().unwrap())
+                .as_ref()
+                .unwrap();
             assert!(backup_now_done(r, &of, c), "{r:?}");
         }
         // The single-object form written before requests queued is still read.

@@ -83,7 +83,7 @@ pub fn violations(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp)
             ),
         });
     }
-    let newest_restorable = cat.records().iter().rev().find(|r| cat.is_restorable(&r.id));
+    let newest_restorable = cat.newest_restorable();
     let overdue = [
         (
             ViolationReason::NoFullWithin,
@@ -133,7 +133,12 @@ pub fn violations(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp)
 
 /// Whether a backup of `kind` created at `created` would still be kept at `now` by the
 /// policy's rules (live, or in the archive area).
-fn still_kept(rules: &PolicyRules, kind: super::BackupKind, created: Timestamp, now: Timestamp) -> bool {
+fn still_kept(
+    rules: &PolicyRules,
+    kind: super::BackupKind,
+    created: Timestamp,
+    now: Timestamp,
+) -> bool {
     let live = retained_by_rule(&rules.cadence(kind).keep, &[created], now);
     let archived = rules
         .archive
@@ -153,7 +158,10 @@ pub enum HostReport {
     /// The ZfsHost exists (since `created`, when known) but its agent never reported.
     NeverReported { created: Option<Timestamp> },
     /// The agent last reported at `last_seen`, listing `datasets` datasets the policy covers.
-    Reported { last_seen: Timestamp, datasets: usize },
+    Reported {
+        last_seen: Timestamp,
+        datasets: usize,
+    },
 }
 
 /// The violation of a host as a whole: `HostNotReporting` when nothing is known of its
@@ -181,7 +189,9 @@ pub fn host_violation(
             datasets: 0,
         } if now.duration_since(last_seen) > stale_after => (
             Some(last_seen),
-            format!("the host's agent has not reported since {last_seen}, so its datasets are unknown"),
+            format!(
+                "the host's agent has not reported since {last_seen}, so its datasets are unknown"
+            ),
         ),
         HostReport::Reported { .. } => return None,
     };
@@ -440,12 +450,29 @@ mod tests {
         assert!(f[0].message.contains("backup g"), "{}", f[0].message);
         // Stored: fine. Something newer stored: fine (retention may have replaced it).
         let with_g = cat(vec![full("f", 0), full("g", 2 * D + 5)]);
-        assert!(violations(&rules(), &state(&with_g, Some(recorded("g", 2 * D))), ts(3 * D)).is_empty());
+        assert!(
+            violations(
+                &rules(),
+                &state(&with_g, Some(recorded("g", 2 * D))),
+                ts(3 * D)
+            )
+            .is_empty()
+        );
         let newer = cat(vec![full("h", 2 * D + 60)]);
-        assert!(violations(&rules(), &state(&newer, Some(recorded("g", 2 * D))), ts(3 * D)).is_empty());
+        assert!(
+            violations(
+                &rules(),
+                &state(&newer, Some(recorded("g", 2 * D))),
+                ts(3 * D)
+            )
+            .is_empty()
+        );
         // Past its keep (30 d) retention would have deleted it: not a loss (just late).
         let f = violations(&rules(), &state(&c, Some(recorded("g", 2 * D))), ts(33 * D));
-        assert!(!reasons(&f).iter().any(|(r, _)| *r == BackupMissing), "{f:?}");
+        assert!(
+            !reasons(&f).iter().any(|(r, _)| *r == BackupMissing),
+            "{f:?}"
+        );
         // The only backup lost, on a policy covering the dataset since just now: still seen.
         let empty = cat(vec![]);
         let mut st = state(&empty, Some(recorded("g", 2 * D)));
@@ -498,7 +525,11 @@ mod tests {
             assert_eq!(got.as_ref().map(|f| f.since), want, "{report:?}");
             if let Some(f) = got {
                 assert_eq!(f.reason, HostNotReporting);
-                assert!(f.message.ends_with("so its datasets are unknown"), "{}", f.message);
+                assert!(
+                    f.message.ends_with("so its datasets are unknown"),
+                    "{}",
+                    f.message
+                );
             }
         }
     }
