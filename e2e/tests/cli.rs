@@ -163,8 +163,8 @@ async fn violators_follow_the_monitoring_plugin_convention() {
     // One status line; performance data after '|' (the statuses were written just now).
     let line = r.out.strip_suffix('\n').unwrap_or(&r.out);
     assert!(!line.contains('\n'), "{r:?}");
-    let (summary, perfdata) = line.split_once(" | ").expect("perfdata after ' | '");
-    assert_eq!(summary, "ZETABACK OK - 0 violators in 3 policies");
+    let (status, perfdata) = line.split_once(" | ").expect("perfdata after ' | '");
+    assert_eq!(status, "ZETABACK OK - 0 violators in 3 policies");
     assert!(
         perfdata.starts_with("violators=0;;;0 policies=3;;;0 stale=0;;;0 status_age="),
         "{perfdata}"
@@ -421,11 +421,10 @@ async fn backup_sets_the_backup_now_annotation() {
     assert!(r.err.contains("--all-namespaces does not apply"), "{r:?}");
     let r = zb(&client, &ns, &["backup", "p1", "--full", "--incremental"]).await;
     assert_eq!(r.code, 2, "a usage error: {r:?}");
-    // The last good request is still there.
-    assert_eq!(
-        annotation(&api.get("p1").await.expect("get")).expect("annotation")["type"],
-        "incremental"
-    );
+    // Refused commands queue nothing: the two good requests are still there.
+    let queue = annotation(&api.get("p1").await.expect("get")).expect("annotation");
+    assert_eq!(queue.as_array().map(Vec::len), Some(2), "{queue}");
+    assert_eq!(queue[1]["type"], "incremental");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

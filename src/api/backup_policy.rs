@@ -335,8 +335,8 @@ pub struct BackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_now_handled: Option<Time>,
     /// When the controller last evaluated the policy. Written with every status change and
-    /// otherwise at least every [`STATUS_HEARTBEAT`] (5 minutes by default), so a status
-    /// older than a few heartbeats means the controller is not running.
+    /// otherwise at least every 5 minutes (the controller's `--status-heartbeat`), so a status
+    /// older than a few of those means the controller is not running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_evaluated: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
