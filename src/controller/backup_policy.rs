@@ -1562,7 +1562,15 @@ mod tests {
         // one that lists none: nothing to back up, compliant.
         let stale = host("db-1", "db", 100, &["rpool/other"]);
         let pol = policy_naming(&["db-1"]);
-        let p = decide(&pol, &[stale.clone()], Some(&cat), 1000, None, &[], 0);
+        let p = decide(
+            &pol,
+            std::slice::from_ref(&stale),
+            Some(&cat),
+            1000,
+            None,
+            &[],
+            0,
+        );
         assert_eq!(p.status.violators, 1);
         assert_eq!(
             p.status.violations[0].reason,
