@@ -20,7 +20,7 @@ use zetaback::store::{Manifest, StoredBackup};
 use zetaback_e2e::controller::InProcessController;
 use zetaback_e2e::fleet::{Fleet, HostSpec, noise, zb};
 use zetaback_e2e::stub_store::{delete_hosts, hosts_with_status, start_stub_store};
-use zetaback_e2e::{Env, eventually, free_port};
+use zetaback_e2e::{Env, eventually, free_port, http_get, metric};
 
 /// The controller of namespace `ns` alone, with the stand-in store's token; `configure` may
 /// change the options further.
@@ -459,13 +459,17 @@ async fn a_backup_deleted_behind_the_controllers_back_becomes_a_violation() {
     let stored = fleet.wait_for_backups("bak", "src", &dataset, 1).await;
     let id = stored[0].manifest.id.clone();
     let policies: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
+    // The controller has seen the backup in its copy of the catalogue (status.lastBackup).
     eventually(
-        "compliant after the first full",
-        Duration::from_secs(60),
+        "compliant, with the first full as last backup",
+        Duration::from_secs(90),
         || async {
-            compliant(&policies, "lost")
-                .await
-                .filter(|(s, _, _)| s == "True")
+            let st = policies.get("lost").await.ok()?.status?;
+            let ok = st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Compliant" && c.status == "True");
+            (ok && st.last_backup.is_some()).then_some(())
         },
     )
     .await;
@@ -498,6 +502,21 @@ async fn a_backup_deleted_behind_the_controllers_back_becomes_a_violation() {
     println!("violations: {seen:?}");
     let (status, _, message) = compliant(&policies, "lost").await.expect("Compliant");
     assert_eq!(status, "False", "{message}");
+    // The metrics say the same: one violator, and no last backup for the dataset.
+    let port = fleet.controller_port().expect("the controller runs");
+    let metrics = eventually("the metrics follow", Duration::from_secs(30), || async {
+        let m = http_get(port, "/metrics").await.ok()?;
+        let series = format!("zetaback_controller_violators{{namespace=\"{ns}\",policy=\"lost\"}}");
+        (metric(&m, &series) == Some(1.0)).then_some(m)
+    })
+    .await;
+    assert!(
+        !metrics.lines().any(
+            |l| l.starts_with("zetaback_controller_seconds_since_last_backup")
+                && l.contains(&dataset)
+        ),
+        "the lost backup is not a last backup"
+    );
     let (code, out) = fleet.zb(&["violators"]).await;
     println!("kubectl zetaback violators (exit {code}):\n{out}");
     assert_eq!(code, 2, "{out}");
