@@ -71,6 +71,12 @@ fn stored_full(host: &str, dataset: &str, at: i64) -> StoredBackup {
     }
 }
 
+/// Deletes the test's namespace (what it made there goes with it).
+async fn delete_namespace(client: &kube::Client, ns: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let _ = api.delete(ns, &Default::default()).await;
+}
+
 /// (reason, host, dataset) of every violation the policy's status lists.
 async fn violations(api: &Api<BackupPolicy>, name: &str) -> Option<Vec<(String, String, String)>> {
     let st = api.get(name).await.ok()?.status?;
@@ -201,6 +207,7 @@ async fn a_policy_whose_hosts_never_reported_is_not_compliant() {
     ctl.stop_cleanly().await;
     server.abort();
     delete_hosts(&hosts, &[&silent, &bak]).await;
+    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,6 +315,7 @@ async fn violators_is_unknown_without_policies_and_once_the_controller_stopped()
 
     server.abort();
     delete_hosts(&hosts, &[&src, &bak]).await;
+    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,6 +431,7 @@ async fn overlapping_backup_now_requests_are_all_honoured() {
     ctl.stop_cleanly().await;
     server.abort();
     delete_hosts(&hosts, &[&src, &bak]).await;
+    delete_namespace(&client, &ns).await;
 }
 
 /// Removes the stream and manifest of backup `id` from a file store (`<root>/<host>/<dataset
@@ -527,5 +536,7 @@ async fn a_backup_deleted_behind_the_controllers_back_becomes_a_violation() {
         "{out}"
     );
 
+    let client = fleet.client.clone();
     fleet.shutdown().await;
+    delete_namespace(&client, &ns).await;
 }
