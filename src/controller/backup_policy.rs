@@ -886,10 +886,15 @@ fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>>
             silent.join(", ")
         ));
     }
+    // Without the store's catalogue nothing can be vouched for: no backup is known.
+    if let Some(problem) = &plan.store_problem {
+        message = format!("compliance is unknown: {problem}");
+    }
     out.push(Wanted {
         type_: COMPLIANT,
-        status: v == 0,
+        status: v == 0 && plan.store_problem.is_none(),
         reason: match (v, datasets) {
+            _ if plan.store_problem.is_some() => "StoreUnreachable",
             (0, _) => "AllBackedUp",
             (_, 0) => "HostNotReporting",
             _ => "Violators",
@@ -2030,6 +2035,12 @@ mod tests {
         assert!(p.create.is_empty() && p.delete.is_empty());
         assert!(p.store_problem.is_some());
         assert_eq!(p.status.bytes_stored, None);
+        // Nor is the policy called compliant: no backup is known.
+        let conds = wanted_conditions(&p, &policy());
+        let compliant = conds.iter().find(|c| c.type_ == COMPLIANT).unwrap();
+        assert!(!compliant.status, "{compliant:?}");
+        assert_eq!(compliant.reason, "StoreUnreachable");
+        assert!(compliant.message.starts_with("compliance is unknown: "));
     }
 
     #[test]
