@@ -540,3 +540,61 @@ async fn a_backup_deleted_behind_the_controllers_back_becomes_a_violation() {
     fleet.shutdown().await;
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_backup_requests_all_join_the_queue() {
+    let env = Env::get();
+    let ns = env.namespace("monitor-concurrent");
+    let client = env.client().await;
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
+    let host = format!("{ns}-src");
+    policies
+        .create(&PostParams::default(), &policy("asked", &[&host], "bak", 4))
+        .await
+        .expect("create policy");
+    // Pairs of requests at once (no controller: every request stays pending). Both read the
+    // same version of the policy; the write of the slower one is refused (409) and retried
+    // on the new version, so neither is lost.
+    let mut asked = Vec::new();
+    for round in 0..4 {
+        let (a, b) = (format!("tank/a{round}"), format!("tank/b{round}"));
+        let one = [
+            "backup",
+            "asked",
+            "--host",
+            &host,
+            "--dataset",
+            &a,
+            "--full",
+        ];
+        let two = [
+            "backup",
+            "asked",
+            "--host",
+            &host,
+            "--dataset",
+            &b,
+            "--full",
+        ];
+        let ((c1, o1), (c2, o2)) = tokio::join!(zb(&client, &ns, &one), zb(&client, &ns, &two));
+        assert_eq!((c1, c2), (0, 0), "{o1}\n{o2}");
+        asked.extend([a, b]);
+    }
+    let p = policies.get("asked").await.expect("policy");
+    let text = p
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("zetaback.io/backup-now"))
+        .expect("the queue")
+        .clone();
+    let mut queued: Vec<String> = zetaback::api::backup_policy::parse_backup_now(&text)
+        .expect("a queue")
+        .into_iter()
+        .filter_map(|r| r.dataset)
+        .collect();
+    queued.sort();
+    asked.sort();
+    assert_eq!(queued, asked, "every request is queued once");
+    delete_namespace(&client, &ns).await;
+}
