@@ -4,7 +4,8 @@
 //!   exist) is not Compliant, and `kubectl zetaback violators` is CRITICAL about it;
 //! * `violators` is UNKNOWN when it finds no policy, and UNKNOWN with the age once the
 //!   controller stopped refreshing the status;
-//! * two `kubectl zetaback backup` requests made before the controller looked are both honoured;
+//! * two `kubectl zetaback backup` requests made before the controller looked are both honoured,
+//!   and requests made at the same instant all join the queue;
 //! * a stored backup deleted on the backup host behind the controller's back turns into a
 //!   violation (real agents and zfs-fuse).
 //!
