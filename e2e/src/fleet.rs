@@ -421,6 +421,11 @@ impl Fleet {
         ));
     }
 
+    /// The port of the in-process controller's `/metrics`, if it runs.
+    pub fn controller_port(&self) -> Option<u16> {
+        self.controller.as_ref().map(|c| c.port)
+    }
+
     /// Stops the in-process controller (waits for it to end).
     pub async fn stop_controller(&mut self) {
         if let Some(c) = self.controller.take() {

@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 
 pub mod controller;
 pub mod fleet;
+pub mod stub_store;
 
 /// The running environment.
 pub struct Env {

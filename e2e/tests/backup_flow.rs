@@ -212,8 +212,11 @@ async fn policy_runs_cycles_and_reports_violators() {
         .annotations
         .unwrap_or_default()[zetaback::api::backup_policy::BACKUP_NOW_ANNOTATION]
         .clone();
-    let requested: zetaback::api::backup_policy::BackupNowRequest =
-        serde_json::from_str(&requested).expect("request");
+    // The annotation is the queue of requests; this one is the newest.
+    let requested = zetaback::api::backup_policy::parse_backup_now(&requested)
+        .expect("request")
+        .pop()
+        .expect("one request");
     eventually(
         "the controller acts on the request",
         Duration::from_secs(30),

@@ -80,6 +80,12 @@ fn policy(name: &str, hosts: &[&str], target: &str) -> BackupPolicy {
     BackupPolicy::new(name, spec)
 }
 
+/// The status line of `violators` without its performance data.
+fn summary(out: &str) -> &str {
+    let line = out.lines().next().unwrap_or_default();
+    line.split_once(" | ").map_or(line, |(s, _)| s)
+}
+
 fn now_text() -> String {
     Timestamp::from_second(Timestamp::now().as_second())
         .expect("now")
@@ -104,6 +110,7 @@ async fn set_status(
         "hosts": 2,
         "datasets": 3,
         "violators": keys.len(),
+        "lastEvaluated": now_text(),
         "violations": violations.iter().map(|(h, d, r)| json!({
             "host": h, "dataset": d, "reason": r, "since": now_text(), "message": format!("{r} on {h}:{d}")
         })).collect::<Vec<_>>(),
@@ -153,7 +160,15 @@ async fn violators_follow_the_monitoring_plugin_convention() {
     }
     let r = zb(&client, &ns, &["violators"]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(r.out, "ZETABACK OK - 0 violators in 3 policies\n");
+    // One status line; performance data after '|' (the statuses were written just now).
+    let line = r.out.strip_suffix('\n').unwrap_or(&r.out);
+    assert!(!line.contains('\n'), "{r:?}");
+    let (status, perfdata) = line.split_once(" | ").expect("perfdata after ' | '");
+    assert_eq!(status, "ZETABACK OK - 0 violators in 3 policies");
+    assert!(
+        perfdata.starts_with("violators=0;;;0 policies=3;;;0 stale=0;;;0 status_age="),
+        "{perfdata}"
+    );
 
     // A late incremental and a failed job: WARNING, one line naming each dataset once.
     set_status(
@@ -169,9 +184,8 @@ async fn violators_follow_the_monitoring_plugin_convention() {
     .await;
     let r = zb(&client, &ns, &["violators"]).await;
     assert_eq!(r.code, 1, "{r:?}");
-    let first = r.out.lines().next().expect("a summary line");
     assert_eq!(
-        first,
+        summary(&r.out),
         "ZETABACK WARNING - 2 violators: db-1:tank/pg (NoBackupWithin,LastJobFailed), db-2:tank/my (NoBackupWithin)"
     );
     assert!(
@@ -182,15 +196,15 @@ async fn violators_follow_the_monitoring_plugin_convention() {
     // Filters narrow the check to some hosts or datasets.
     let r = zb(&client, &ns, &["violators", "-H", "^db-2$"]).await;
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.out
-            .starts_with("ZETABACK WARNING - 1 violator: db-2:tank/my (NoBackupWithin)\n"),
+    assert_eq!(
+        summary(&r.out),
+        "ZETABACK WARNING - 1 violator: db-2:tank/my (NoBackupWithin)",
         "{r:?}"
     );
     let r = zb(&client, &ns, &["violators", "-d", "^tank/none$"]).await;
     assert_eq!(
-        (r.code, r.out.lines().next()),
-        (0, Some("ZETABACK OK - 0 violators in 3 policies"))
+        (r.code, summary(&r.out)),
+        (0, "ZETABACK OK - 0 violators in 3 policies")
     );
 
     // -o json: the same verdict, for scripts.
@@ -229,10 +243,9 @@ async fn violators_follow_the_monitoring_plugin_convention() {
     set_status(&api, "files", false, &[]).await;
     let r = zb(&client, &ns, &["violators"]).await;
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(
-        r.out.starts_with(
-            "ZETABACK CRITICAL - 0 violators in 3 policies; not Ready: files (StoreUnreachable)\n"
-        ),
+    assert_eq!(
+        summary(&r.out),
+        "ZETABACK CRITICAL - 0 violators in 3 policies; not Ready: files (StoreUnreachable)",
         "{r:?}"
     );
 
@@ -254,12 +267,15 @@ async fn violators_follow_the_monitoring_plugin_convention() {
     );
     assert!(r.err.contains("error:"), "{r:?}");
 
-    // A namespace without policies is OK (nothing to violate).
+    // A namespace without policies (a mistyped -n) is UNKNOWN, not OK.
     let empty = env.namespace("cli-empty");
     let r = zb(&client, &empty, &["violators"]).await;
-    assert_eq!(
-        (r.code, r.out.as_str()),
-        (0, "ZETABACK OK - 0 violators in 0 policies\n")
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.out.starts_with(&format!(
+            "ZETABACK UNKNOWN - no BackupPolicy found in namespace {empty}"
+        )),
+        "{r:?}"
     );
 }
 
@@ -298,7 +314,7 @@ async fn backup_sets_the_backup_now_annotation() {
     );
     assert!(
         r.out.contains(
-            r#"zetaback.io/backup-now={"host":"db-1","dataset":null,"type":"full","requestedAt":""#
+            r#"zetaback.io/backup-now=[{"host":"db-1","dataset":null,"type":"full","requestedAt":""#
         ),
         "{r:?}"
     );
@@ -325,7 +341,10 @@ async fn backup_sets_the_backup_now_annotation() {
             .contains("requested a full backup of db-1:tank/pg under policy"),
         "{r:?}"
     );
-    let a = annotation(&api.get("p1").await.expect("get")).expect("the request annotation");
+    // The annotation is a queue of requests: this one is its only entry.
+    let queue = annotation(&api.get("p1").await.expect("get")).expect("the request annotation");
+    assert_eq!(queue.as_array().map(Vec::len), Some(1), "{queue}");
+    let a = queue[0].clone();
     assert_eq!(a["host"], "db-1");
     assert_eq!(a["dataset"], "tank/pg");
     assert_eq!(a["type"], "full");
@@ -360,7 +379,12 @@ async fn backup_sets_the_backup_now_annotation() {
     .await;
     assert_eq!(r.code, 0, "{r:?}");
     let out: Value = serde_json::from_str(&r.out).expect("backup -o json parses");
-    let a = annotation(&api.get("p1").await.expect("get")).expect("annotation");
+    // No controller acted on the first request: it still waits, and the new one queues
+    // behind it instead of replacing it.
+    let queue = annotation(&api.get("p1").await.expect("get")).expect("annotation");
+    assert_eq!(queue.as_array().map(Vec::len), Some(2), "{queue}");
+    assert_eq!(queue[0]["dataset"], "tank/pg", "{queue}");
+    let a = queue[1].clone();
     assert_eq!(
         a,
         json!({"host": null, "dataset": null, "type": "incremental", "requestedAt": a["requestedAt"]})
@@ -397,11 +421,10 @@ async fn backup_sets_the_backup_now_annotation() {
     assert!(r.err.contains("--all-namespaces does not apply"), "{r:?}");
     let r = zb(&client, &ns, &["backup", "p1", "--full", "--incremental"]).await;
     assert_eq!(r.code, 2, "a usage error: {r:?}");
-    // The last good request is still there.
-    assert_eq!(
-        annotation(&api.get("p1").await.expect("get")).expect("annotation")["type"],
-        "incremental"
-    );
+    // Refused commands queue nothing: the two good requests are still there.
+    let queue = annotation(&api.get("p1").await.expect("get")).expect("annotation");
+    assert_eq!(queue.as_array().map(Vec::len), Some(2), "{queue}");
+    assert_eq!(queue[1]["type"], "incremental");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,8 +760,9 @@ async fn catalogue_commands_read_the_backup_hosts_agent() {
     // violators --all: tank/old has backups but the host no longer has it.
     let r = zb(&client, &ns, &["violators", "--all", "--token-file", tf]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(
-        r.out.starts_with("ZETABACK OK - 0 violators in 1 policy\n"),
+    assert_eq!(
+        summary(&r.out),
+        "ZETABACK OK - 0 violators in 1 policy",
         "{r:?}"
     );
     assert!(

@@ -36,6 +36,7 @@ use super::common::{Conditions, DatasetName, ObjectName, conditions_schema};
     selectable = ".spec.host"
 )]
 #[x_kube(validation = Rule::new("!has(self.intermediates) || !self.intermediates || (self.type == 'incremental' && has(self.baseSnapshot))").message("intermediates (zfs send -I) is only for an incremental with a baseSnapshot").field_path(".intermediates"))]
+#[x_kube(validation = Rule::new("self.type != 'incremental' || has(self.baseSnapshot)").message("an incremental needs baseSnapshot, the snapshot it is taken against").field_path(".baseSnapshot"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJobSpec {
     /// The BackupPolicy that asked for this job.
@@ -48,9 +49,11 @@ pub struct BackupJobSpec {
     /// For an incremental: the snapshot (short name, after `@`) it is taken against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = snapshot_rule())]
     pub base_snapshot: Option<String>,
     /// The snapshot to take and send (short name).
     #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = snapshot_rule())]
     pub snapshot: String,
     pub target: Target,
     #[serde(default)]
@@ -116,4 +119,17 @@ pub struct BackupJobStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
+}
+
+/// The CEL rule for a snapshot's short name: what [`crate::names::validate_snapshot_name`]
+/// accepts (the agent refuses anything else), with the refusal in words.
+fn snapshot_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "self.matches(r'{}') && self != '.' && self != '..'",
+        crate::names::SNAPSHOT_NAME_PATTERN
+    ))
+    .message(kube::core::Message::Expression(
+        r#"'"' + self + '" is not a snapshot name: use letters, digits and -_.: only (the part after @, not beginning with - and not . or ..)'"#
+            .into(),
+    ))
 }

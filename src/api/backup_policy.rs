@@ -247,6 +247,7 @@ pub struct Target {
     /// A directory on that host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..') && !self.contains('//')").message("target.path must be an absolute path without '..' or '//'"))]
+    #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("target.path must not contain control characters (a newline, a tab, NUL): the agents pass it in an HTTP header"))]
     #[schemars(length(min = 1, max = 1024))]
     pub path: Option<String>,
     /// A dataset on that host that receives the streams.
@@ -333,10 +334,23 @@ pub struct BackupPolicyStatus {
     /// backup when it is back; a paused host's datasets are skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_now_handled: Option<Time>,
+    /// When the controller last evaluated the policy. Written with every status change and
+    /// otherwise at least every 5 minutes (the controller's `--status-heartbeat`), so a status
+    /// older than a few of those means the controller is not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_evaluated: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
 }
+
+/// How often the controller refreshes `status.lastEvaluated` of a policy whose status did not
+/// change otherwise. One status write per policy per heartbeat (1000 policies: about 3 writes a
+/// second) bounds the load on the apiserver and on everyone watching BackupPolicies, and the
+/// write does not start a reconcile loop: the reconcile it may trigger finds a fresh stamp and
+/// writes nothing. A reconcile runs at least every minute, so the stamp is at most a heartbeat
+/// plus a minute old while the controller runs.
+pub const STATUS_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A dataset that is not backed up within its policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -363,6 +377,16 @@ pub enum ViolationReason {
     LastJobFailed,
     /// The host's agent has not reported.
     HostUnreachable,
+    /// Nothing is known of the host's datasets: no ZfsHost of that name exists, its agent never
+    /// reported, or its last report is stale and listed none of the policy's datasets (the
+    /// violation's `dataset` is empty: it stands for all of them).
+    HostNotReporting,
+    /// The newest stored backup cannot be restored: a backup of its chain is not stored (or
+    /// the store's manifests of the dataset do not form a catalogue at all).
+    ChainBroken,
+    /// The backup the newest succeeded job stored is gone from the store, though the policy
+    /// still keeps it.
+    BackupMissing,
 }
 
 /// The annotation `kubectl zetaback backup` sets to ask for a backup now.
@@ -373,8 +397,10 @@ pub const BACKUP_NOW_REQUEST_ANNOTATION: &str = "zetaback.io/backup-now-request"
 /// The annotation that asks the controller to reconcile (retention, archive) now.
 pub const RECONCILE_NOW_ANNOTATION: &str = "zetaback.io/reconcile-now";
 
-/// The JSON value of [`BACKUP_NOW_ANNOTATION`]: which datasets (all when unset), which kind
-/// (the policy decides when unset), and when it was asked (a request is acted on once).
+/// One request in the value of [`BACKUP_NOW_ANNOTATION`]: which datasets (all when unset),
+/// which kind (the policy decides when unset), and when it was asked (a request is acted on
+/// once). The annotation holds a JSON list of them (requests queue up; see
+/// [`parse_backup_now`]); a single object is read as a list of one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupNowRequest {
@@ -385,6 +411,26 @@ pub struct BackupNowRequest {
     #[serde(default, rename = "type")]
     pub backup_type: Option<super::BackupType>,
     pub requested_at: jiff::Timestamp,
+}
+
+/// Why the value of [`BACKUP_NOW_ANNOTATION`] cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("the {BACKUP_NOW_ANNOTATION} annotation is neither a request nor a list of requests: {0}")]
+pub struct BackupNowError(#[from] serde_json::Error);
+
+/// The requests in a [`BACKUP_NOW_ANNOTATION`] value: a JSON list, or one object (as written
+/// before requests queued).
+pub fn parse_backup_now(value: &str) -> Result<Vec<BackupNowRequest>, BackupNowError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<BackupNowRequest>),
+        One(BackupNowRequest),
+    }
+    Ok(match serde_json::from_str(value)? {
+        OneOrMany::Many(list) => list,
+        OneOrMany::One(one) => vec![one],
+    })
 }
 
 impl BackupPolicySpec {

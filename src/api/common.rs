@@ -11,6 +11,10 @@ use crate::{duration, names};
 
 macro_rules! string_newtype {
     ($(#[$doc:meta])* $name:ident, $pattern:expr, $max:expr, $desc:expr, $form:expr) => {
+        string_newtype!($(#[$doc])* $name, $pattern, $max, $desc, $form, []);
+    };
+    // `$extra`: more CEL rules, as (rule, messageExpression) pairs, checked after the form.
+    ($(#[$doc:meta])* $name:ident, $pattern:expr, $max:expr, $desc:expr, $form:expr, [$(($rule:expr, $message:expr)),*]) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
@@ -33,7 +37,10 @@ macro_rules! string_newtype {
                     "x-kubernetes-validations": [{
                         "rule": format!("self.matches(r'{}')", $pattern),
                         "messageExpression": format!("'\"' + self + '\" is not {}'", $form),
-                    }],
+                    } $(, {
+                        "rule": $rule,
+                        "messageExpression": $message,
+                    })*],
                 })
             }
         }
@@ -81,7 +88,8 @@ string_newtype!(
     names::DATASET_NAME_PATTERN,
     255,
     "A ZFS dataset name, e.g. tank/db: letters, digits and -_.: in each component, '/' between components, beginning with a letter.",
-    "a ZFS dataset name: use letters, digits and -_.: in each component, / between components, begin with a letter (no @, spaces or shell characters)"
+    "a ZFS dataset name: use letters, digits and -_.: in each component, / between components, begin with a letter (no @, spaces or shell characters)",
+    [(NO_DOT_COMPONENT_RULE, NO_DOT_COMPONENT_MESSAGE)]
 );
 string_newtype!(
     /// A ZFS dataset glob such as `tank/db/**`.
@@ -89,7 +97,8 @@ string_newtype!(
     names::DATASET_GLOB_PATTERN,
     255,
     "A ZFS dataset pattern: a dataset name whose components may use * (within a component), ** (any depth) and ?.",
-    "a dataset pattern: use letters, digits, -_.: and the globs * ** ? in each component, / between components, and do not begin with -"
+    "a dataset pattern: use letters, digits, -_.: and the globs * ** ? in each component, / between components, and do not begin with -",
+    [(NO_DOT_COMPONENT_RULE, NO_DOT_COMPONENT_MESSAGE)]
 );
 string_newtype!(
     /// The name of a Kubernetes object in the same scope (a ZfsHost, a BackupPolicy).
@@ -99,6 +108,11 @@ string_newtype!(
     "The name of a Kubernetes object (lower-case letters, digits, '-' and '.').",
     "an object name: use lower-case letters, digits, - and ., beginning and ending with a letter or digit"
 );
+
+/// The CEL rule "no component is `.` or `..`" (as [`names::validate_dataset`] refuses them).
+const NO_DOT_COMPONENT_RULE: &str = r"!self.matches(r'(^|/)\.\.?(/|$)')";
+/// Its message.
+const NO_DOT_COMPONENT_MESSAGE: &str = r#"'"' + self + '" has a "." or ".." component: ZFS has no such dataset, and the agent refuses it'"#;
 
 impl DurationString {
     /// The parsed duration (the schema guarantees the form).

@@ -70,9 +70,11 @@ fn default_replicas() -> i32 {
 pub struct Backend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
-    /// An http:// or https:// URL.
+    /// An http:// or https:// URL, without credentials (a spec is readable by everyone who may
+    /// read the route; a backend that needs them gets them another way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(r"self.matches(r'^https?://[^\s/?#]+(/[^\s]*)?$')").message(Message::Expression(r#"'"' + self + '" is not an http:// or https:// URL'"#.into())))]
+    #[x_kube(validation = Rule::new(r"!self.matches(r'^[a-zA-Z]+://[^/?#]*@')").message("a backend URL must not carry credentials (user:password@): anyone who can read the FallbackRoute could read them"))]
     #[schemars(length(max = 2048))]
     pub url: Option<String>,
 }
@@ -87,7 +89,7 @@ pub struct ServiceRef {
 }
 
 /// Cache sizing and lifetimes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheSpec {
     /// Freshness of responses that give none of their own.
@@ -95,11 +97,13 @@ pub struct CacheSpec {
     pub ttl: DurationString,
     /// Memory for cached objects, e.g. 256Mi.
     #[serde(default = "default_max_size")]
-    #[schemars(regex(pattern = r"^[1-9][0-9]{0,6}(Ki|Mi|Gi)?$"))]
+    #[x_kube(validation = Rule::new(SIZE_RULE).message(Message::Expression(size_message("maxSize"))))]
+    #[schemars(length(max = 9))]
     pub max_size: String,
     /// The largest object kept, e.g. 8Mi.
     #[serde(default = "default_max_object_size")]
-    #[schemars(regex(pattern = r"^[1-9][0-9]{0,6}(Ki|Mi|Gi)?$"))]
+    #[x_kube(validation = Rule::new(SIZE_RULE).message(Message::Expression(size_message("maxObjectSize"))))]
+    #[schemars(length(max = 9))]
     pub max_object_size: String,
     /// How long "no backend has it" is remembered.
     #[serde(default = "default_not_found_ttl")]
@@ -107,6 +111,16 @@ pub struct CacheSpec {
     /// How long a stale object may be served while it is revalidated.
     #[serde(default = "default_grace")]
     pub grace: DurationString,
+}
+
+/// The CEL rule for a size such as `256Mi`.
+const SIZE_RULE: &str = r"self.matches(r'^[1-9][0-9]{0,6}(Ki|Mi|Gi)?$')";
+
+/// The refusal of a bad size, in words.
+fn size_message(field: &str) -> String {
+    format!(
+        r#"'{field} "' + self + '" is not a size: write a whole number of bytes, or one followed by Ki, Mi or Gi (e.g. 256Mi), without leading zeros'"#
+    )
 }
 
 fn default_ttl() -> DurationString {

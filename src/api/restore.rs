@@ -98,6 +98,7 @@ pub struct RestoreSource {
     /// Restore this backup (the id shown by `kubectl zetaback list`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = Rule::new(r"self.matches(r'^(0|[1-9][0-9]{0,11})\.(full|incremental\.(0|[1-9][0-9]{0,11}))$')").message(Message::Expression(r#"'"' + self + '" is not a backup id: ids look like 1700000000.full or 1700086400.incremental.1700000000 (kubectl zetaback list shows them)'"#.into())))]
     pub backup: Option<String>,
     /// Search the archive area too.
     #[serde(default)]

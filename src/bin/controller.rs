@@ -24,6 +24,10 @@ struct Args {
     /// A ZfsHost whose agent has not reported for this long is unreachable (e.g. 90s, 5m).
     #[arg(long, env = "ZETABACK_HOST_STALE_AFTER", default_value = "90s")]
     host_stale_after: String,
+    /// Refresh each BackupPolicy's `status.lastEvaluated` at least this often, so monitoring
+    /// (`kubectl zetaback violators`) tells a running controller from a dead one.
+    #[arg(long, env = "ZETABACK_STATUS_HEARTBEAT", default_value = "5m")]
+    status_heartbeat: String,
 }
 
 #[tokio::main]
@@ -45,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let host_stale_after = zetaback::duration::parse_duration(&args.host_stale_after)
         .map_err(|e| anyhow::anyhow!("--host-stale-after: {e}"))?;
+    let status_heartbeat = zetaback::duration::parse_duration(&args.status_heartbeat)
+        .map_err(|e| anyhow::anyhow!("--status-heartbeat: {e}"))?;
     let client = kube::Client::try_default().await?;
     zetaback::controller::run(
         client,
@@ -55,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             watch_namespace: args.watch_namespace,
             store_token,
             host_stale_after,
+            status_heartbeat,
         },
         zetaback::controller::shutdown_signal(),
     )

@@ -164,6 +164,33 @@ impl Cluster {
         Ok(merged)
     }
 
+    /// Sets annotations on a policy with a JSON merge patch on `metadata.annotations`, only if
+    /// the policy is still the version `policy` was read at (its `resourceVersion`): otherwise
+    /// the apiserver answers 409 Conflict and nothing is written.
+    pub async fn annotate_unchanged(
+        &self,
+        policy: &BackupPolicy,
+        annotations: serde_json::Value,
+    ) -> Result<(), CliError> {
+        let ns = policy.namespace().unwrap_or_default();
+        let name = policy.name_any();
+        let version = policy.resource_version();
+        Api::<BackupPolicy>::namespaced(self.client.clone(), &ns)
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {
+                    "resourceVersion": version,
+                    "annotations": annotations,
+                }})),
+            )
+            .await
+            .map_err(CliError::kube(format!(
+                "cannot annotate BackupPolicy {ns}/{name}"
+            )))?;
+        Ok(())
+    }
+
     /// Sets annotations on a policy with a JSON merge patch on `metadata.annotations`.
     pub async fn annotate(
         &self,

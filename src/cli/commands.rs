@@ -122,7 +122,15 @@ pub(super) async fn execute(cli: Cli, how: Connect, io: &mut Io<'_>) -> Result<u
             detail,
             files,
         } => cx.summary(io, &filter, detail || files, files).await,
-        Command::Violators { filter, all } => cx.violators(io, &filter, all).await,
+        Command::Violators {
+            filter,
+            all,
+            max_status_age,
+        } => {
+            let max_age = crate::duration::parse_duration(&max_status_age)
+                .map_err(|e| CliError::Usage(format!("--max-status-age: {e}")))?;
+            cx.violators(io, &filter, all, max_age).await
+        }
         Command::Backup {
             policy,
             host,
@@ -301,6 +309,7 @@ impl Cx {
         io: &mut Io<'_>,
         f: &FilterArgs,
         all: bool,
+        max_status_age: std::time::Duration,
     ) -> Result<u8, CliError> {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -317,7 +326,20 @@ impl Cx {
             .iter()
             .map(|p| report::policy_health(p, self.display(p), &filter))
             .collect();
-        let verdict = monitor::assess(&health);
+        let verdict = if policies.is_empty() {
+            monitor::nothing_found(&match &self.scope {
+                Scope::Namespace(ns) => format!("in namespace {ns}"),
+                Scope::All => "in any namespace".to_owned(),
+            })
+        } else {
+            monitor::assess(
+                &health,
+                monitor::Freshness {
+                    now: self.now,
+                    max_age: max_status_age,
+                },
+            )
+        };
         let mut gone = Vec::new();
         if all {
             let hosts = self.hosts().await;
@@ -353,7 +375,7 @@ impl Cx {
         };
         let now = self.now;
         emit(io, self.format, &out, || {
-            let mut text = format!("{}\n", verdict.summary);
+            let mut text = format!("{}\n", verdict.line());
             text.push_str(&report::render_violators(&health, &gone, now));
             text
         })?;
@@ -403,18 +425,50 @@ impl Cx {
             }
         }
         let req = request::backup_now(host, dataset, kind, self.now);
-        let value = request::to_annotation(&req).map_err(|e| CliError::Encode {
-            format: "JSON",
-            message: e.to_string(),
-        })?;
-        if !dry_run {
-            self.cluster
-                .annotate(
+        // The request joins the queue on the policy; the write is refused if the policy
+        // changed since it was read (another request joined), and then tried again.
+        let mut p = p;
+        let mut attempt = 0;
+        let value = loop {
+            let handled = p
+                .status
+                .as_ref()
+                .and_then(|s| s.backup_now_handled.as_ref())
+                .map(|t| t.0);
+            let queue = request::enqueue(
+                p.annotations()
+                    .get(request::BACKUP_NOW_ANNOTATION)
+                    .map(String::as_str),
+                handled,
+                req.clone(),
+            )
+            .map_err(|e| CliError::Usage(format!("policy {ns}/{name}: {e}")))?;
+            let value = request::to_annotation(&queue).map_err(|e| CliError::Encode {
+                format: "JSON",
+                message: e.to_string(),
+            })?;
+            if dry_run {
+                break value;
+            }
+            attempt += 1;
+            match self
+                .cluster
+                .annotate_unchanged(
                     &p,
                     serde_json::json!({ request::BACKUP_NOW_ANNOTATION: value }),
                 )
-                .await?;
-        }
+                .await
+            {
+                Ok(()) => break value,
+                Err(CliError::Kube {
+                    source: kube::Error::Api(s),
+                    ..
+                }) if s.code == 409 && attempt < 5 => {
+                    p = self.cluster.policy(ns, name).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let out = Out {
             namespace: ns,
             policy: name,

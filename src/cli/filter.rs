@@ -39,6 +39,16 @@ impl Filter {
             && self.dataset.as_ref().is_none_or(|r| r.is_match(dataset))
     }
 
+    /// Whether a violation of a whole host (no `dataset`: its datasets are unknown, so any
+    /// of them may be one the dataset pattern asks about) is shown; otherwise [`Self::matches`].
+    pub fn matches_violation(&self, host: &str, dataset: &str) -> bool {
+        if dataset.is_empty() {
+            self.host.as_ref().is_none_or(|r| r.is_match(host))
+        } else {
+            self.matches(host, dataset)
+        }
+    }
+
     /// True when no pattern was given.
     pub fn is_everything(&self) -> bool {
         self.host.is_none() && self.dataset.is_none()

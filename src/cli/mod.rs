@@ -120,6 +120,10 @@ pub enum Command {
         /// Also list datasets that disappeared from their host but still have backups.
         #[arg(long)]
         all: bool,
+        /// UNKNOWN when a Ready policy's status was last refreshed longer ago than this (the
+        /// controller refreshes it at least every 5 minutes while it runs).
+        #[arg(long, value_name = "DURATION", default_value = "15m")]
+        max_status_age: String,
     },
     /// Ask the controller for a backup now.
     Backup {
@@ -225,7 +229,7 @@ where
             let text = e.chain();
             if violators {
                 let verdict = monitor::unknown(&text);
-                let _ = commands::emit(io, format, &verdict, || format!("{}\n", verdict.summary));
+                let _ = commands::emit(io, format, &verdict, || format!("{}\n", verdict.line()));
             }
             let _ = writeln!(io.err, "error: {text}");
             let _ = io.out.flush();

@@ -1,14 +1,23 @@
-//! The monitoring-plugin answer of `violators` (Nagios/Icinga convention): one summary line
-//! first, then details; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. Pure.
+//! The monitoring-plugin answer of `violators` (Nagios/Icinga convention): one status line
+//! first, with performance data after `|`, then details; exit 0 OK, 1 WARNING, 2 CRITICAL,
+//! 3 UNKNOWN. Pure.
 //!
-//! * OK: no violators and every policy Ready.
+//! * OK: no violators, every policy Ready and its status fresh.
 //! * WARNING: some dataset violates its policy (late incremental, last job failed, its host's
 //!   agent stopped reporting: its backups so far are intact, and if the silence lasts the
 //!   missing backups turn into `NoFullWithin`).
-//! * CRITICAL: a violation is `NoFullWithin` (no restorable base within the policy), or a
-//!   policy is not Ready (the controller cannot evaluate it, or has not reported on it yet).
-//! * UNKNOWN: the BackupPolicies could not be read.
+//! * CRITICAL: a violation says no restorable backup can be vouched for (`NoFullWithin`,
+//!   `ChainBroken`, `BackupMissing`, `HostNotReporting`), or a policy is not Ready (the
+//!   controller cannot evaluate it, or has not reported on it yet).
+//! * UNKNOWN: the BackupPolicies could not be read, none was found (a mistyped namespace is
+//!   not "all is well"), or a Ready policy's `status.lastEvaluated` is older than the allowed
+//!   age (the controller refreshes it every few minutes: an older one is the last answer of a
+//!   controller that stopped). A CRITICAL finding still wins: it needs action either way.
+//!
+//! Performance data: `violators`, `policies`, `stale` (policies whose status is too old) and
+//! `status_age` (the oldest Ready policy's status age, in seconds).
 
+use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use crate::api::backup_policy::{Violation, ViolationReason};
@@ -69,6 +78,16 @@ pub struct PolicyHealth {
     /// Datasets in violation (may exceed the listed violations, which status caps).
     pub violators: u32,
     pub violations: Vec<Violation>,
+    /// When the controller last evaluated the policy (`status.lastEvaluated`).
+    pub last_evaluated: Option<Timestamp>,
+}
+
+/// How fresh a policy's status must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    pub now: Timestamp,
+    /// A Ready policy whose status is older than this is stale.
+    pub max_age: std::time::Duration,
 }
 
 /// The verdict.
@@ -77,8 +96,22 @@ pub struct PolicyHealth {
 pub struct Verdict {
     pub state: State,
     pub exit_code: u8,
-    /// The first output line, e.g. `ZETABACK OK - 0 violators in 3 policies`.
+    /// The status line before its performance data, e.g.
+    /// `ZETABACK OK - 0 violators in 3 policies`.
     pub summary: String,
+    /// The performance data (`label=value;warn;crit;min;max ...`), empty when nothing is known.
+    pub perfdata: String,
+}
+
+impl Verdict {
+    /// The first output line: the summary, then ` | ` and the performance data if any.
+    pub fn line(&self) -> String {
+        if self.perfdata.is_empty() {
+            self.summary.clone()
+        } else {
+            format!("{} | {}", self.summary, self.perfdata)
+        }
+    }
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {
@@ -86,7 +119,13 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 }
 
 fn is_critical(reason: ViolationReason) -> bool {
-    matches!(reason, ViolationReason::NoFullWithin)
+    matches!(
+        reason,
+        ViolationReason::NoFullWithin
+            | ViolationReason::ChainBroken
+            | ViolationReason::BackupMissing
+            | ViolationReason::HostNotReporting
+    )
 }
 
 fn reason_name(reason: ViolationReason) -> &'static str {
@@ -95,16 +134,51 @@ fn reason_name(reason: ViolationReason) -> &'static str {
         ViolationReason::NoBackupWithin => "NoBackupWithin",
         ViolationReason::LastJobFailed => "LastJobFailed",
         ViolationReason::HostUnreachable => "HostUnreachable",
+        ViolationReason::HostNotReporting => "HostNotReporting",
+        ViolationReason::ChainBroken => "ChainBroken",
+        ViolationReason::BackupMissing => "BackupMissing",
     }
 }
 
-/// Judges the policies.
-pub fn assess(policies: &[PolicyHealth]) -> Verdict {
+/// An age in its largest whole unit: `45s`, `21m`, `5h`, `3d`.
+pub fn short_age(age: SignedDuration) -> String {
+    let s = age.as_secs().max(0);
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// How old a Ready policy's status is, if too old: `Some(None)` when it has no
+/// `lastEvaluated` at all (written by a controller that predates it, or by hand).
+fn staleness(p: &PolicyHealth, fresh: Freshness) -> Option<Option<SignedDuration>> {
+    if p.readiness != Readiness::Ready {
+        return None;
+    }
+    let max = SignedDuration::try_from(fresh.max_age).unwrap_or(SignedDuration::MAX);
+    match p.last_evaluated {
+        None => Some(None),
+        Some(t) => {
+            let age = fresh.now.duration_since(t);
+            (age > max).then_some(Some(age))
+        }
+    }
+}
+
+/// Judges the policies (at least one: see [`nothing_found`]).
+pub fn assess(policies: &[PolicyHealth], fresh: Freshness) -> Verdict {
     let total: u64 = policies.iter().map(|p| u64::from(p.violators)).sum();
     // host:dataset -> reasons, in first-seen order.
     let mut named: Vec<(String, Vec<&'static str>)> = Vec::new();
     for v in policies.iter().flat_map(|p| &p.violations) {
-        let key = format!("{}:{}", v.host, v.dataset);
+        // A host-wide violation (its datasets unknown) names no dataset.
+        let key = if v.dataset.is_empty() {
+            v.host.clone()
+        } else {
+            format!("{}:{}", v.host, v.dataset)
+        };
         let reason = reason_name(v.reason);
         match named.iter_mut().find(|(k, _)| *k == key) {
             Some((_, reasons)) if !reasons.contains(&reason) => reasons.push(reason),
@@ -127,14 +201,51 @@ pub fn assess(policies: &[PolicyHealth]) -> Verdict {
             .any(|v| is_critical(v.reason));
     // The count is what status says; a listed violation counts even if a stale count is 0.
     let total = total.max(named.len() as u64);
+    let stale: Vec<(&str, Option<SignedDuration>)> = policies
+        .iter()
+        .filter_map(|p| staleness(p, fresh).map(|age| (p.policy.as_str(), age)))
+        .collect();
     let state = if critical {
         State::Critical
+    } else if !stale.is_empty() {
+        State::Unknown
     } else if total > 0 {
         State::Warning
     } else {
         State::Ok
     };
     let mut summary = format!("ZETABACK {} - ", state.label());
+    // How old the stale statuses are: the oldest, or "never" when one has no stamp.
+    let stale_age = || {
+        if stale.iter().any(|(_, a)| a.is_none()) {
+            "without an evaluation time".to_owned()
+        } else {
+            let oldest = stale
+                .iter()
+                .filter_map(|(_, a)| *a)
+                .max()
+                .unwrap_or_default();
+            format!("not refreshed for {}", short_age(oldest))
+        }
+    };
+    let stale_names = || {
+        let names: Vec<&str> = stale.iter().map(|(p, _)| *p).take(NAMED_IN_LINE).collect();
+        let more = stale.len().saturating_sub(names.len());
+        let mut text = names.join(", ");
+        if more > 0 {
+            text.push_str(&format!(", and {more} more"));
+        }
+        text
+    };
+    if state == State::Unknown {
+        summary.push_str(&format!(
+            "status of {} {} (allowed {}; is the controller running?): {}; last known: ",
+            plural(stale.len() as u64, "policy", "policies"),
+            stale_age(),
+            short_age(SignedDuration::try_from(fresh.max_age).unwrap_or(SignedDuration::MAX)),
+            stale_names()
+        ));
+    }
     if total == 0 {
         summary.push_str(&format!(
             "0 violators in {}",
@@ -160,10 +271,44 @@ pub fn assess(policies: &[PolicyHealth]) -> Verdict {
         summary.push_str("; not Ready: ");
         summary.push_str(&not_ready.join(", "));
     }
+    if state != State::Unknown && !stale.is_empty() {
+        summary.push_str(&format!("; status {}: {}", stale_age(), stale_names()));
+    }
+    let oldest = policies
+        .iter()
+        .filter(|p| p.readiness == Readiness::Ready)
+        .filter_map(|p| p.last_evaluated)
+        .map(|t| fresh.now.duration_since(t).as_secs().max(0))
+        .max();
+    let mut perfdata = format!(
+        "violators={total};;;0 policies={};;;0 stale={};;;0",
+        policies.len(),
+        stale.len()
+    );
+    if let Some(age) = oldest {
+        perfdata.push_str(&format!(
+            " status_age={age}s;;{};0",
+            fresh.max_age.as_secs()
+        ));
+    }
     Verdict {
         state,
         exit_code: state.exit_code(),
         summary,
+        perfdata,
+    }
+}
+
+/// The verdict when no BackupPolicy was found `where_` (e.g. `in namespace ops`): UNKNOWN,
+/// since a mistyped namespace must not read as "nothing violates".
+pub fn nothing_found(where_: &str) -> Verdict {
+    Verdict {
+        state: State::Unknown,
+        exit_code: State::Unknown.exit_code(),
+        summary: format!(
+            "ZETABACK UNKNOWN - no BackupPolicy found {where_} (a mistyped namespace? -A checks every namespace)"
+        ),
+        perfdata: "violators=0;;;0 policies=0;;;0".into(),
     }
 }
 
@@ -174,6 +319,7 @@ pub fn unknown(why: &str) -> Verdict {
         state: State::Unknown,
         exit_code: State::Unknown.exit_code(),
         summary: format!("ZETABACK UNKNOWN - {first_line}"),
+        perfdata: String::new(),
     }
 }
 
@@ -197,22 +343,36 @@ mod tests {
             readiness,
             violators: violations.len() as u32,
             violations,
+            last_evaluated: Some(ts(NOW - 60)),
+        }
+    }
+
+    const NOW: i64 = 1_000_000;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).expect("ts")
+    }
+
+    fn fresh() -> Freshness {
+        Freshness {
+            now: ts(NOW),
+            max_age: std::time::Duration::from_secs(900),
         }
     }
 
     #[test]
     fn all_compliant_is_ok() {
         let ps = ["a", "b", "c"].map(|n| policy(n, Readiness::Ready, vec![]));
-        let verdict = assess(&ps);
+        let verdict = assess(&ps, fresh());
         assert_eq!(verdict.summary, "ZETABACK OK - 0 violators in 3 policies");
         assert_eq!((verdict.state, verdict.exit_code), (State::Ok, 0));
         assert_eq!(
-            assess(&ps[..1]).summary,
+            assess(&ps[..1], fresh()).summary,
             "ZETABACK OK - 0 violators in 1 policy"
         );
         assert_eq!(
-            assess(&[]).summary,
-            "ZETABACK OK - 0 violators in 0 policies"
+            verdict.line(),
+            "ZETABACK OK - 0 violators in 3 policies | violators=0;;;0 policies=3;;;0 stale=0;;;0 status_age=60s;;900;0"
         );
     }
 
@@ -235,7 +395,7 @@ mod tests {
         ];
         let mut ps = ps.to_vec();
         ps[0].violators = 1;
-        let verdict = assess(&ps);
+        let verdict = assess(&ps, fresh());
         assert_eq!(
             verdict.summary,
             "ZETABACK WARNING - 2 violators: db-1:tank/pg (NoBackupWithin,LastJobFailed), db-2:tank/x (LastJobFailed)"
@@ -245,11 +405,14 @@ mod tests {
 
     #[test]
     fn missing_fulls_and_unready_policies_are_critical_unreachable_hosts_warn() {
-        let verdict = assess(&[policy(
-            "a",
-            Readiness::Ready,
-            vec![v("db-1", "tank/pg", ViolationReason::NoFullWithin)],
-        )]);
+        let verdict = assess(
+            &[policy(
+                "a",
+                Readiness::Ready,
+                vec![v("db-1", "tank/pg", ViolationReason::NoFullWithin)],
+            )],
+            fresh(),
+        );
         assert_eq!(verdict.state, State::Critical);
         assert_eq!(verdict.exit_code, 2);
         assert!(
@@ -257,25 +420,31 @@ mod tests {
                 .summary
                 .starts_with("ZETABACK CRITICAL - 1 violator: db-1:tank/pg (")
         );
-        let verdict = assess(&[policy(
-            "a",
-            Readiness::Ready,
-            vec![v("db-1", "tank/pg", ViolationReason::HostUnreachable)],
-        )]);
+        let verdict = assess(
+            &[policy(
+                "a",
+                Readiness::Ready,
+                vec![v("db-1", "tank/pg", ViolationReason::HostUnreachable)],
+            )],
+            fresh(),
+        );
         assert_eq!(verdict.state, State::Warning);
         assert_eq!(verdict.exit_code, 1);
-        let verdict = assess(&[
-            policy("a", Readiness::Ready, vec![]),
-            policy(
-                "ns/b",
-                Readiness::NotReady {
-                    reason: "StoreUnreachable".into(),
-                    message: "x".into(),
-                },
-                vec![],
-            ),
-            policy("c", Readiness::NoStatus, vec![]),
-        ]);
+        let verdict = assess(
+            &[
+                policy("a", Readiness::Ready, vec![]),
+                policy(
+                    "ns/b",
+                    Readiness::NotReady {
+                        reason: "StoreUnreachable".into(),
+                        message: "x".into(),
+                    },
+                    vec![],
+                ),
+                policy("c", Readiness::NoStatus, vec![]),
+            ],
+            fresh(),
+        );
         assert_eq!(
             verdict.summary,
             "ZETABACK CRITICAL - 0 violators in 3 policies; not Ready: ns/b (StoreUnreachable), c (no status yet)"
@@ -290,7 +459,7 @@ mod tests {
             .collect();
         let mut p = policy("a", Readiness::Ready, many);
         p.violators = 60; // status lists at most 50
-        let verdict = assess(&[p]);
+        let verdict = assess(&[p], fresh());
         assert!(
             verdict
                 .summary
@@ -306,7 +475,7 @@ mod tests {
         let mut counted_only = policy("a", Readiness::Ready, vec![]);
         counted_only.violators = 2;
         assert_eq!(
-            assess(&[counted_only]).summary,
+            assess(&[counted_only], fresh()).summary,
             "ZETABACK WARNING - 2 violators"
         );
     }
@@ -319,5 +488,79 @@ mod tests {
             "ZETABACK UNKNOWN - cannot list BackupPolicies: connection refused"
         );
         assert_eq!(verdict.exit_code, 3);
+    }
+
+    #[test]
+    fn no_policy_found_is_unknown() {
+        let verdict = nothing_found("in namespace opps");
+        assert_eq!((verdict.state, verdict.exit_code), (State::Unknown, 3));
+        assert!(
+            verdict
+                .line()
+                .starts_with("ZETABACK UNKNOWN - no BackupPolicy found in namespace opps"),
+            "{}",
+            verdict.line()
+        );
+        assert!(verdict.line().ends_with("| violators=0;;;0 policies=0;;;0"));
+    }
+
+    #[test]
+    fn a_status_the_controller_stopped_refreshing_is_unknown_with_its_age() {
+        let mut old = policy("a", Readiness::Ready, vec![]);
+        old.last_evaluated = Some(ts(NOW - 21 * 60));
+        let ok = policy("b", Readiness::Ready, vec![]);
+        let verdict = assess(&[old.clone(), ok.clone()], fresh());
+        assert_eq!((verdict.state, verdict.exit_code), (State::Unknown, 3));
+        assert_eq!(
+            verdict.line(),
+            "ZETABACK UNKNOWN - status of 1 policy not refreshed for 21m (allowed 15m; is the controller running?): a; last known: 0 violators in 2 policies | violators=0;;;0 policies=2;;;0 stale=1;;;0 status_age=1260s;;900;0"
+        );
+        // Exactly at the limit it is still fresh.
+        old.last_evaluated = Some(ts(NOW - 900));
+        assert_eq!(assess(&[old.clone()], fresh()).state, State::Ok);
+        // No evaluation time at all (a status written without one): unknown too.
+        old.last_evaluated = None;
+        let verdict = assess(&[old.clone()], fresh());
+        assert_eq!(verdict.state, State::Unknown);
+        assert!(
+            verdict.summary.contains("without an evaluation time"),
+            "{}",
+            verdict.summary
+        );
+        // A CRITICAL finding still wins, and names the stale status.
+        let bad = policy(
+            "c",
+            Readiness::Ready,
+            vec![v("db-1", "", ViolationReason::HostNotReporting)],
+        );
+        old.last_evaluated = Some(ts(NOW - 3 * 3600));
+        let verdict = assess(&[old, bad], fresh());
+        assert_eq!(verdict.state, State::Critical);
+        assert!(
+            verdict
+                .summary
+                .ends_with("; status not refreshed for 3h: a"),
+            "{}",
+            verdict.summary
+        );
+    }
+
+    #[test]
+    fn unknown_datasets_and_lost_backups_are_critical() {
+        for reason in [
+            ViolationReason::HostNotReporting,
+            ViolationReason::ChainBroken,
+            ViolationReason::BackupMissing,
+        ] {
+            let verdict = assess(
+                &[policy("a", Readiness::Ready, vec![v("h", "d", reason)])],
+                fresh(),
+            );
+            assert_eq!(verdict.state, State::Critical, "{reason:?}");
+        }
+        assert_eq!(short_age(SignedDuration::from_secs(119)), "119s");
+        assert_eq!(short_age(SignedDuration::from_secs(7199)), "119m");
+        assert_eq!(short_age(SignedDuration::from_secs(7200)), "2h");
+        assert_eq!(short_age(SignedDuration::from_secs(3 * 86_400 + 5)), "3d");
     }
 }

@@ -565,7 +565,7 @@ pub fn policy_health(policy: &BackupPolicy, display: String, filter: &Filter) ->
     let violations: Vec<_> = status
         .violations
         .into_iter()
-        .filter(|v| filter.matches(&v.host, &v.dataset))
+        .filter(|v| filter.matches_violation(&v.host, &v.dataset))
         .collect();
     let violators = if filter.is_everything() {
         u32::try_from(status.violators.max(0)).unwrap_or(0)
@@ -581,6 +581,7 @@ pub fn policy_health(policy: &BackupPolicy, display: String, filter: &Filter) ->
         readiness,
         violators,
         violations,
+        last_evaluated: status.last_evaluated.map(|t| t.0),
     }
 }
 
@@ -593,7 +594,11 @@ pub fn render_violators(health: &[PolicyHealth], gone: &[Disappeared], now: Time
             t.row([
                 p.policy.clone(),
                 v.host.clone(),
-                v.dataset.clone(),
+                if v.dataset.is_empty() {
+                    "(all)".to_owned()
+                } else {
+                    v.dataset.clone()
+                },
                 format!("{:?}", v.reason),
                 v.since
                     .as_ref()

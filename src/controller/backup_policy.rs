@@ -22,7 +22,7 @@ use super::store_client::{KnownBackup, StoreView};
 use super::{Context, Error, Reconciled, status};
 use crate::api::backup_policy::{
     BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, Violation,
-    ViolationReason,
+    ViolationReason, parse_backup_now,
 };
 use crate::api::condition::{COMPLIANT, READY};
 use crate::api::{
@@ -54,8 +54,8 @@ pub struct Inputs<'a> {
     pub catalogue: Option<&'a StoreView>,
     /// A host whose agent has not reported for this long is unreachable.
     pub host_stale_after: Duration,
-    /// A `backup-now` request not yet acted on.
-    pub backup_now: Option<&'a BackupNowRequest>,
+    /// The `backup-now` requests not yet acted on (queued: each is honoured).
+    pub backup_now: &'a [BackupNowRequest],
     /// BackupJobs of other policies in flight (Pending or Running) into this policy's target
     /// host: `concurrency.perTarget` counts them too.
     pub target_in_flight_elsewhere: u32,
@@ -103,6 +103,43 @@ fn host_state(host: &ZfsHost, now: Timestamp, stale_after: Duration) -> HostStat
     }
 }
 
+/// What a selected host reports, for [`policy::host_violation`]; `datasets` counts the
+/// reported datasets the policy covers.
+fn host_report(host: &ZfsHost, datasets: usize) -> policy::HostReport {
+    if host.spec.paused {
+        return policy::HostReport::Paused;
+    }
+    match host.status.as_ref().and_then(|s| s.last_seen.as_ref()) {
+        Some(t) => policy::HostReport::Reported {
+            last_seen: t.0,
+            datasets,
+        },
+        None => policy::HostReport::NeverReported {
+            created: host.creation_timestamp().map(|t| t.0),
+        },
+    }
+}
+
+/// The backup the newest succeeded job of one dataset says it stored.
+fn last_recorded<'a>(jobs: &[&'a BackupJob]) -> Option<policy::RecordedBackup<'a>> {
+    jobs.iter()
+        .filter_map(|j| {
+            let st = j.status.as_ref()?;
+            (st.phase == JobPhase::Succeeded).then_some(())?;
+            let started = st
+                .started_at
+                .as_ref()
+                .map(|t| t.0)
+                .or_else(|| j.creation_timestamp().map(|t| t.0))?;
+            Some(policy::RecordedBackup {
+                id: st.backup_id.as_deref()?,
+                kind: j.spec.backup_type,
+                started,
+            })
+        })
+        .max_by_key(|r| r.started)
+}
+
 /// One job as the history logic sees it.
 fn job_record(j: &BackupJob) -> policy::JobRecord {
     let phase = j.status.as_ref().map(|s| s.phase).unwrap_or_default();
@@ -136,9 +173,13 @@ fn backup_now_done(
     jobs: &[&BackupJob],
     catalogue: &policy::Catalogue,
 ) -> bool {
-    let forced = jobs
-        .iter()
-        .any(|j| forced_by(j) == Some(request.requested_at));
+    // A job forced by this request or a later one (requests of one dataset are merged into
+    // one job, annotated with the newest) of the asked kind.
+    let forced = jobs.iter().any(|j| {
+        forced_by(j).is_some_and(|at| at >= request.requested_at)
+            && (request.backup_type != Some(BackupType::Full)
+                || j.spec.backup_type == BackupType::Full)
+    });
     let newest = match request.backup_type {
         Some(BackupType::Full) => catalogue.newest_full(),
         _ => catalogue.newest(),
@@ -396,9 +437,23 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     let mut last_backup: Option<Timestamp> = None;
     let mut bytes_stored: u64 = 0;
 
+    // A named host with no ZfsHost: nothing is known of its datasets.
+    for name in spec.hosts.names.iter().flatten() {
+        if !hosts.iter().any(|h| h.name_any() == name.as_str()) {
+            host_level(
+                &mut violations,
+                &mut out,
+                name.as_str(),
+                policy::HostReport::Missing,
+                now,
+                inputs.host_stale_after,
+            );
+        }
+    }
     for host in &hosts {
         let host_name = host.name_any();
         let state = host_state(host, now, inputs.host_stale_after);
+        let mut covered = 0usize;
         if state == HostState::Reachable {
             let seen = host
                 .status
@@ -419,15 +474,34 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             .filter(|d| !d.excluded && matcher.matches(&d.name, d.class.as_deref()))
         {
             dataset_count += 1;
+            covered += 1;
             let cat = match catalogue.dataset(&host_name, &ds.name) {
                 Ok(c) => c,
                 Err(e) => {
+                    // Nothing is scheduled or deleted on a store that does not add up, and the
+                    // dataset is a violator: its backups cannot be vouched for.
                     warn!(host = %host_name, dataset = %ds.name, error = %e, "inconsistent catalogue; skipped");
+                    out.violators.push((
+                        host_name.clone(),
+                        ds.name.clone(),
+                        ViolationReason::ChainBroken,
+                    ));
+                    violations.push(Violation {
+                        host: host_name.clone(),
+                        dataset: ds.name.clone(),
+                        reason: ViolationReason::ChainBroken,
+                        since: None,
+                        message: Some(format!(
+                            "the stored backups cannot be read as a catalogue: {e}"
+                        )),
+                    });
                     continue;
                 }
             };
             bytes_stored += cat.bytes();
-            if let Some(newest) = cat.newest() {
+            // The last backup (status, metrics) is the newest one that restores: a stored
+            // incremental whose base is gone is no backup.
+            if let Some(newest) = cat.newest_restorable() {
                 last_backup = Some(last_backup.map_or(newest.created, |t| t.max(newest.created)));
                 out.last_backups
                     .push((host_name.clone(), ds.name.clone(), newest.created));
@@ -436,19 +510,35 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 .get(&(host_name.as_str(), ds.name.as_str()))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
-            // A request forces each dataset it selects until that dataset's job exists.
-            let request = inputs
+            // A request forces each dataset it selects until that dataset's job exists. The
+            // requests pending for one dataset are merged into one job: a full if any asks for
+            // one, marked with the newest request (which marks the older ones done too).
+            let requests: Vec<&BackupNowRequest> = inputs
                 .backup_now
+                .iter()
                 .filter(|r| r.host.as_deref().is_none_or(|h| h == host_name))
                 .filter(|r| r.dataset.as_deref().is_none_or(|d| d == ds.name))
-                .filter(|r| !backup_now_done(r, jobs, cat));
+                .filter(|r| !backup_now_done(r, jobs, cat))
+                .collect();
+            let request = requests.iter().map(|r| r.requested_at).max();
+            let forced = request.map(|_| {
+                if requests
+                    .iter()
+                    .any(|r| r.backup_type == Some(BackupType::Full))
+                {
+                    BackupType::Full
+                } else {
+                    BackupType::Incremental
+                }
+            });
             let dstate = DatasetState {
                 catalogue: cat,
                 source_snapshots: &ds.snapshots,
                 host: state,
                 jobs: job_state(jobs),
                 covered_since,
-                forced: request.map(|r| r.backup_type.unwrap_or(BackupType::Incremental)),
+                forced,
+                last_recorded: last_recorded(jobs),
             };
             let p = policy::evaluate(inputs.rules, &dstate, now);
             for f in &p.violations {
@@ -494,7 +584,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                         host: host_name.clone(),
                         dataset: ds.name.clone(),
                         due,
-                        request: request.map(|r| r.requested_at),
+                        request,
                     });
                 }
                 // A paused host gets no jobs: a request does not wait for it. Any other hold
@@ -509,6 +599,14 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 out.archive.push((host_name.clone(), ds.name.clone(), id));
             }
         }
+        host_level(
+            &mut violations,
+            &mut out,
+            &host_name,
+            host_report(host, covered),
+            now,
+            inputs.host_stale_after,
+        );
     }
 
     candidates.sort_by(|a, b| (a.since, &a.host, &a.dataset).cmp(&(b.since, &b.host, &b.dataset)));
@@ -563,19 +661,47 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
         next_due: out.next_due.map(Time),
         bytes_stored: inputs.catalogue.map(|_| bytes_stored),
         // Handled once every dataset the request selected has its job.
-        backup_now_handled: match (inputs.backup_now, inputs.catalogue) {
-            (Some(r), Some(_)) if request_waiting == 0 => Some(Time(r.requested_at)),
+        backup_now_handled: match (
+            inputs.backup_now.iter().map(|r| r.requested_at).max(),
+            inputs.catalogue,
+        ) {
+            (Some(newest), Some(_)) if request_waiting == 0 => Some(Time(newest)),
             _ => policy
                 .status
                 .as_ref()
                 .and_then(|s| s.backup_now_handled.clone()),
         },
+        last_evaluated: None,
         conditions: Vec::new(),
     };
     if inputs.catalogue.is_none() {
         out.store_problem = Some("the backup host's catalogue could not be read".into());
     }
     Ok(out)
+}
+
+/// Records the violation of a host as a whole (see [`policy::host_violation`]), if it has one:
+/// the violation's dataset is empty.
+fn host_level(
+    violations: &mut Vec<Violation>,
+    out: &mut Plan,
+    host: &str,
+    report: policy::HostReport,
+    now: Timestamp,
+    stale_after: Duration,
+) {
+    let stale = jiff::SignedDuration::try_from(stale_after).unwrap_or(jiff::SignedDuration::MAX);
+    if let Some(f) = policy::host_violation(report, now, stale) {
+        out.violators
+            .push((host.to_owned(), String::new(), f.reason));
+        violations.push(Violation {
+            host: host.to_owned(),
+            dataset: String::new(),
+            reason: f.reason,
+            since: f.since.map(Time),
+            message: Some(f.message),
+        });
+    }
 }
 
 /// How long to wait before looking again: until `wake_at` (at least 1 s, so a deadline that
@@ -587,6 +713,14 @@ pub fn requeue_after(wake_at: Option<Timestamp>, now: Timestamp) -> Duration {
     };
     let secs = at.duration_since(now).as_secs_f64();
     Duration::from_secs_f64(secs.clamp(1.0, MAX_REQUEUE.as_secs_f64()))
+}
+
+/// Whether `status.lastEvaluated` must be refreshed: missing, or `heartbeat` old (or from the
+/// future: a clock that went back).
+pub fn heartbeat_due(last: Option<&Time>, now: Timestamp, heartbeat: Duration) -> bool {
+    let Some(last) = last else { return true };
+    let age = now.duration_since(last.0);
+    age.is_negative() || age.unsigned_abs() >= heartbeat
 }
 
 /// Violations that started and ended between two statuses, as (host, dataset, reason).
@@ -645,15 +779,17 @@ async fn publish_violation_events(
     }
 }
 
-/// The `backup-now` request on the policy, unless already acted on (or unreadable: then a
-/// warning is logged and it is ignored).
-fn pending_backup_now(policy: &BackupPolicy) -> Option<BackupNowRequest> {
-    let text = policy.annotations().get(BACKUP_NOW_ANNOTATION)?;
-    let request: BackupNowRequest = match serde_json::from_str(text) {
+/// The `backup-now` requests on the policy not yet acted on, oldest first (an unreadable
+/// annotation is logged and ignored).
+fn pending_backup_now(policy: &BackupPolicy) -> Vec<BackupNowRequest> {
+    let Some(text) = policy.annotations().get(BACKUP_NOW_ANNOTATION) else {
+        return Vec::new();
+    };
+    let mut requests = match parse_backup_now(text) {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "ignoring an unreadable {BACKUP_NOW_ANNOTATION} annotation");
-            return None;
+            return Vec::new();
         }
     };
     let handled = policy
@@ -661,10 +797,9 @@ fn pending_backup_now(policy: &BackupPolicy) -> Option<BackupNowRequest> {
         .as_ref()
         .and_then(|s| s.backup_now_handled.as_ref())
         .map(|t| t.0);
-    match handled {
-        Some(h) if h >= request.requested_at => None,
-        _ => Some(request),
-    }
+    requests.retain(|r| handled.is_none_or(|h| h < r.requested_at));
+    requests.sort_by_key(|r| r.requested_at);
+    requests
 }
 
 fn new_job(
@@ -722,15 +857,49 @@ fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>>
         }),
     }
     let v = plan.status.violators;
+    // Hosts nothing is known of (their violation names no dataset).
+    let mut silent: Vec<&str> = plan
+        .violators
+        .iter()
+        .filter(|(_, d, r)| d.is_empty() && *r == ViolationReason::HostNotReporting)
+        .map(|(h, _, _)| h.as_str())
+        .collect();
+    silent.dedup();
+    let datasets = usize::try_from(v).unwrap_or(0).saturating_sub(silent.len());
+    let mut message = match datasets {
+        0 if silent.is_empty() => "every dataset is backed up within its policy".to_owned(),
+        0 => String::new(),
+        1 => "1 dataset is not backed up within the policy".to_owned(),
+        n => format!("{n} datasets are not backed up within the policy"),
+    };
+    if !silent.is_empty() {
+        if !message.is_empty() {
+            message.push_str("; ");
+        }
+        message.push_str(&format!(
+            "the datasets of {} unknown: no report from {}",
+            if silent.len() == 1 {
+                "1 host are"
+            } else {
+                "these hosts are"
+            },
+            silent.join(", ")
+        ));
+    }
+    // Without the store's catalogue nothing can be vouched for: no backup is known.
+    if let Some(problem) = &plan.store_problem {
+        message = format!("compliance is unknown: {problem}");
+    }
     out.push(Wanted {
         type_: COMPLIANT,
-        status: v == 0,
-        reason: if v == 0 { "AllBackedUp" } else { "Violators" },
-        message: if v == 0 {
-            "every dataset is backed up within its policy".into()
-        } else {
-            format!("{v} datasets are not backed up within the policy")
+        status: v == 0 && plan.store_problem.is_none(),
+        reason: match (v, datasets) {
+            _ if plan.store_problem.is_some() => "StoreUnreachable",
+            (0, _) => "AllBackedUp",
+            (_, 0) => "HostNotReporting",
+            _ => "Violators",
         },
+        message,
         observed_generation: generation,
     });
     out
@@ -996,7 +1165,7 @@ impl Reconciled for BackupPolicy {
             jobs: &jobs,
             catalogue,
             host_stale_after: ctx.host_stale_after,
-            backup_now: backup_now.as_ref(),
+            backup_now: &backup_now,
             target_in_flight_elsewhere,
             now,
         })
@@ -1021,8 +1190,14 @@ impl Reconciled for BackupPolicy {
         new_body.conditions.clear();
         let mut old_body = current.clone();
         old_body.conditions.clear();
-        let status_changed =
+        old_body.last_evaluated = None;
+        let changed =
             new_body != old_body || !conditions::same(&status.conditions, &current.conditions);
+        // Written with every change, and at least every heartbeat without one: a monitor
+        // tells a live controller's unchanged answer from a dead one's last.
+        let beat = heartbeat_due(current.last_evaluated.as_ref(), now, ctx.status_heartbeat);
+        let status_changed = changed || beat;
+        status.last_evaluated = Some(Time(now));
 
         ctx.metrics.observe_decide(started.elapsed().as_secs_f64());
         // The writes are independent of each other: run them at once.
@@ -1112,7 +1287,20 @@ impl Reconciled for BackupPolicy {
             r?;
         }
         written?;
-        let wait = requeue_after(plan.wake_at, now);
+        // Wake up for the next heartbeat at the latest.
+        let heartbeat_at = if status_changed {
+            now.checked_add(ctx.status_heartbeat).ok()
+        } else {
+            current
+                .last_evaluated
+                .as_ref()
+                .and_then(|t| t.0.checked_add(ctx.status_heartbeat).ok())
+        };
+        let wake_at = match (plan.wake_at, heartbeat_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wait = requeue_after(wake_at, now);
         Ok(Action::requeue(wait))
     }
 }
@@ -1243,7 +1431,7 @@ mod tests {
             jobs,
             catalogue: view.as_ref(),
             host_stale_after: Duration::from_secs(60),
-            backup_now,
+            backup_now: backup_now.map(std::slice::from_ref).unwrap_or(&[]),
             target_in_flight_elsewhere,
             now: ts(now),
         })
@@ -1287,7 +1475,7 @@ mod tests {
         let mut started = Vec::new();
         for round in 0..3 {
             let now = 5000 + 10 * round;
-            let pending = pending_backup_now(&pol);
+            let pending = pending_backup_now(&pol).pop();
             assert_eq!(pending.as_ref(), Some(&request), "round {round}");
             let p = decide(&pol, &hosts, Some(&cat), now, pending.as_ref(), &jobs, 0);
             assert_eq!(p.create.len(), 1, "round {round}: one job (perHost 1)");
@@ -1319,9 +1507,270 @@ mod tests {
             jobs.push(as_seen(job, now, JobPhase::Succeeded));
         }
         assert_eq!(started, ["tank/a", "tank/b", "tank/c"]);
-        assert_eq!(pending_backup_now(&pol), None, "handled");
+        assert_eq!(pending_backup_now(&pol), vec![], "handled");
         let p = decide(&pol, &hosts, Some(&cat), 5040, None, &jobs, 0);
         assert!(p.create.is_empty(), "nothing is forced twice");
+    }
+
+    /// The test policy naming its hosts instead of selecting them by label.
+    fn policy_naming(hosts: &[&str]) -> BackupPolicy {
+        let mut pol = policy();
+        pol.spec.hosts = serde_json::from_value(serde_json::json!({ "names": hosts })).unwrap();
+        pol
+    }
+
+    #[test]
+    fn hosts_that_never_reported_make_the_policy_not_compliant() {
+        // db-1 exists but its agent never reported; ghost does not exist at all.
+        let mut silent = (*host("db-1", "db", 0, &[])).clone();
+        silent.status = None;
+        silent.metadata.creation_timestamp = Some(Time(ts(50)));
+        let pol = policy_naming(&["db-1", "ghost"]);
+        let cat = store::Catalogue::default();
+        let p = decide(&pol, &[Arc::new(silent)], Some(&cat), 1000, None, &[], 0);
+        assert_eq!(p.status.datasets, 0);
+        assert_eq!(p.status.violators, 2, "{:?}", p.status.violations);
+        let got: Vec<(&str, &str, ViolationReason, Option<Time>)> = p
+            .status
+            .violations
+            .iter()
+            .map(|v| {
+                (
+                    v.host.as_str(),
+                    v.dataset.as_str(),
+                    v.reason,
+                    v.since.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("ghost", "", ViolationReason::HostNotReporting, None),
+                (
+                    "db-1",
+                    "",
+                    ViolationReason::HostNotReporting,
+                    Some(Time(ts(50)))
+                ),
+            ]
+        );
+        let conds = wanted_conditions(&p, &pol);
+        let compliant = conds.iter().find(|c| c.type_ == COMPLIANT).unwrap();
+        assert!(!compliant.status);
+        assert_eq!(compliant.reason, "HostNotReporting");
+        assert_eq!(
+            compliant.message,
+            "the datasets of these hosts are unknown: no report from ghost, db-1"
+        );
+        // A stale report that listed none of the policy's datasets: unknown as well; a fresh
+        // one that lists none: nothing to back up, compliant.
+        let stale = host("db-1", "db", 100, &["rpool/other"]);
+        let pol = policy_naming(&["db-1"]);
+        let p = decide(
+            &pol,
+            std::slice::from_ref(&stale),
+            Some(&cat),
+            1000,
+            None,
+            &[],
+            0,
+        );
+        assert_eq!(p.status.violators, 1);
+        assert_eq!(
+            p.status.violations[0].reason,
+            ViolationReason::HostNotReporting
+        );
+        let p = decide(&pol, &[stale], Some(&cat), 120, None, &[], 0);
+        assert_eq!(p.status.violators, 0);
+        assert!(
+            wanted_conditions(&p, &pol)
+                .iter()
+                .any(|c| c.type_ == COMPLIANT && c.status)
+        );
+    }
+
+    #[test]
+    fn a_backup_lost_from_the_store_is_a_violation() {
+        // The newest succeeded job stored 4000.full; the store no longer has it.
+        let hosts = [host("db-1", "db", 5000, &["tank/a"])];
+        let pol = policy();
+        let job = new_job(
+            &pol,
+            "db-1",
+            "tank/a",
+            &policy::DueBackup {
+                kind: BackupType::Full,
+                base: None,
+                reason: policy::DueReason::NoFull,
+            },
+            ts(4000),
+        );
+        let mut done = (*as_seen(&job, 4000, JobPhase::Succeeded)).clone();
+        if let Some(st) = done.status.as_mut() {
+            st.backup_id = Some("4000.full".into());
+            st.started_at = Some(Time(ts(4000)));
+        }
+        let jobs = [Arc::new(done)];
+        let stored = store::Catalogue {
+            backups: vec![full("db-1", "tank/a", 4000)],
+            problems: vec![],
+        };
+        let p = decide(&pol, &hosts, Some(&stored), 5000, None, &jobs, 0);
+        assert_eq!(p.status.violators, 0, "{:?}", p.status.violations);
+        let lost = store::Catalogue::default();
+        let p = decide(&pol, &hosts, Some(&lost), 5000, None, &jobs, 0);
+        assert_eq!(p.status.violators, 1);
+        assert_eq!(
+            p.status.violations[0].reason,
+            ViolationReason::BackupMissing
+        );
+        assert!(
+            wanted_conditions(&p, &pol)
+                .iter()
+                .any(|c| c.type_ == COMPLIANT && !c.status)
+        );
+        // And a new full is due at once.
+        assert_eq!(p.create.len(), 1);
+    }
+
+    #[test]
+    fn a_store_that_does_not_add_up_is_a_violation_not_a_skipped_dataset() {
+        let hosts = [host("db-1", "db", 5000, &["tank/a"])];
+        let mut junk = full("db-1", "tank/a", 4000);
+        junk.manifest.id = "not-a-stream-id".into();
+        let cat = store::Catalogue {
+            backups: vec![junk],
+            problems: vec![],
+        };
+        let p = run(&hosts, Some(&cat), 5000);
+        assert_eq!(p.status.datasets, 1);
+        assert_eq!(p.status.violators, 1, "{:?}", p.status.violations);
+        assert_eq!(p.status.violations[0].reason, ViolationReason::ChainBroken);
+        assert!(
+            p.create.is_empty() && p.delete.is_empty(),
+            "nothing acts on it"
+        );
+    }
+
+    #[test]
+    fn an_incremental_without_its_full_is_no_last_backup() {
+        let hosts = [host("db-1", "db", 5000, &["tank/a"])];
+        let mut orphan = full("db-1", "tank/a", 4000);
+        orphan.manifest.id = "4000.incremental.100".into();
+        orphan.manifest.backup_type = BackupType::Incremental;
+        orphan.manifest.base_snapshot = Some("zetaback-100".into());
+        let cat = store::Catalogue {
+            backups: vec![orphan],
+            problems: vec![],
+        };
+        let p = run(&hosts, Some(&cat), 5000);
+        assert_eq!(p.status.last_backup, None, "it restores nothing");
+        assert!(p.last_backups.is_empty(), "nor does the metric count it");
+        assert_eq!(p.status.violations[0].reason, ViolationReason::ChainBroken);
+    }
+
+    #[test]
+    fn queued_backup_now_requests_are_each_honoured() {
+        let hosts = [host("db-1", "db", 5000, &["tank/a", "tank/b", "tank/c"])];
+        let cat = store::Catalogue {
+            backups: ["tank/a", "tank/b", "tank/c"]
+                .iter()
+                .map(|d| full("db-1", d, 4900))
+                .collect(),
+            problems: vec![],
+        };
+        let ask = |dataset: &str, kind, at| BackupNowRequest {
+            host: Some("db-1".into()),
+            dataset: Some(dataset.into()),
+            backup_type: kind,
+            requested_at: ts(at),
+        };
+        // Two requests queued before the controller looked (and a third for tank/a that an
+        // incremental would satisfy, merged into the full asked for first).
+        let queue = vec![
+            ask("tank/a", Some(BackupType::Full), 4950),
+            ask("tank/b", Some(BackupType::Full), 4951),
+            ask("tank/a", None, 4951),
+        ];
+        let mut pol = policy();
+        pol.spec.concurrency.per_host = 4;
+        pol.metadata.annotations = Some(
+            [(
+                BACKUP_NOW_ANNOTATION.to_string(),
+                serde_json::to_string(&queue).unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        let pending = pending_backup_now(&pol);
+        assert_eq!(pending.len(), 3);
+        let rules = PolicyRules::from_spec(&pol.spec).unwrap();
+        let view = StoreView::from_store(&cat);
+        let p = plan(&Inputs {
+            policy: &pol,
+            rules: &rules,
+            hosts: &hosts,
+            jobs: &[],
+            catalogue: Some(&view),
+            host_stale_after: Duration::from_secs(60),
+            backup_now: &pending,
+            target_in_flight_elsewhere: 0,
+            now: ts(5000),
+        })
+        .unwrap();
+        let mut made: Vec<(String, BackupType, Option<Timestamp>)> = p
+            .create
+            .iter()
+            .map(|j| (j.spec.dataset.0.clone(), j.spec.backup_type, forced_by(j)))
+            .collect();
+        made.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            made,
+            vec![
+                ("tank/a".into(), BackupType::Full, Some(ts(4951))),
+                ("tank/b".into(), BackupType::Full, Some(ts(4951))),
+            ]
+        );
+        assert_eq!(p.status.backup_now_handled, Some(Time(ts(4951))));
+        // Once the jobs exist every request is done, and none is forced again.
+        let jobs: Vec<Arc<BackupJob>> = p
+            .create
+            .iter()
+            .map(|j| as_seen(j, 5000, JobPhase::Running))
+            .collect();
+        for r in &pending {
+            let of: Vec<&BackupJob> = jobs
+                .iter()
+                .map(Arc::as_ref)
+                .filter(|j| Some(j.spec.dataset.as_str()) == r.dataset.as_deref())
+                .collect();
+            let c = view
+                .dataset("db-1", r.dataset.as_deref().unwrap())
+                .as_ref()
+                .unwrap();
+            assert!(backup_now_done(r, &of, c), "{r:?}");
+        }
+        // The single-object form written before requests queued is still read.
+        let mut old = policy();
+        old.metadata.annotations = Some(
+            [(
+                BACKUP_NOW_ANNOTATION.to_string(),
+                serde_json::to_string(&queue[1]).unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        assert_eq!(pending_backup_now(&old), vec![queue[1].clone()]);
+    }
+
+    #[test]
+    fn the_heartbeat_is_due_when_missing_old_or_from_the_future() {
+        let beat = Duration::from_secs(300);
+        assert!(heartbeat_due(None, ts(1000), beat));
+        assert!(!heartbeat_due(Some(&Time(ts(1000))), ts(1299), beat));
+        assert!(heartbeat_due(Some(&Time(ts(1000))), ts(1300), beat));
+        assert!(heartbeat_due(Some(&Time(ts(2000))), ts(1000), beat));
     }
 
     #[test]
@@ -1574,9 +2023,9 @@ mod tests {
         assert_eq!(p.status.backup_now_handled, Some(Time(ts(4000))));
         // Once recorded as handled, the same request is not pending any more.
         let mut pol = policy_requesting(&request);
-        assert_eq!(pending_backup_now(&pol), Some(request.clone()));
+        assert_eq!(pending_backup_now(&pol), vec![request.clone()]);
         pol.status = Some(p.status.clone());
-        assert_eq!(pending_backup_now(&pol), None);
+        assert_eq!(pending_backup_now(&pol), vec![]);
     }
 
     #[test]
@@ -1586,6 +2035,12 @@ mod tests {
         assert!(p.create.is_empty() && p.delete.is_empty());
         assert!(p.store_problem.is_some());
         assert_eq!(p.status.bytes_stored, None);
+        // Nor is the policy called compliant: no backup is known.
+        let conds = wanted_conditions(&p, &policy());
+        let compliant = conds.iter().find(|c| c.type_ == COMPLIANT).unwrap();
+        assert!(!compliant.status, "{compliant:?}");
+        assert_eq!(compliant.reason, "StoreUnreachable");
+        assert!(compliant.message.starts_with("compliance is unknown: "));
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Context {
     pub store: store_client::StoreClient,
     /// A ZfsHost whose agent has not reported for this long is unreachable.
     pub host_stale_after: Duration,
+    /// A policy's `status.lastEvaluated` is refreshed at least this often.
+    pub status_heartbeat: Duration,
     /// Publishes Kubernetes Events (events.k8s.io) as `zetaback-controller`.
     pub recorder: kube::runtime::events::Recorder,
     /// Every ZfsHost, kept current by one shared watch (reconcilers read it, never list).
@@ -115,6 +117,9 @@ pub struct Options {
     pub store_token: Option<String>,
     /// A ZfsHost whose agent has not reported for this long is unreachable.
     pub host_stale_after: Duration,
+    /// A policy's `status.lastEvaluated` is refreshed at least this often (default
+    /// [`crate::api::backup_policy::STATUS_HEARTBEAT`]).
+    pub status_heartbeat: Duration,
 }
 
 impl Options {
@@ -127,6 +132,7 @@ impl Options {
             watch_namespace: None,
             store_token: None,
             host_stale_after: Duration::from_secs(90),
+            status_heartbeat: crate::api::backup_policy::STATUS_HEARTBEAT,
         }
     }
 }
@@ -267,6 +273,7 @@ async fn lead(
         metrics: metrics.clone(),
         store: store_client::StoreClient::new(options.store_token.clone()),
         host_stale_after: options.host_stale_after,
+        status_heartbeat: options.status_heartbeat,
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {

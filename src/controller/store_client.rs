@@ -344,6 +344,58 @@ fn apply_whole(
     }
 }
 
+/// What a `?host=` read did to the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostRead {
+    /// A read that started later was kept already: this answer was dropped.
+    Superseded,
+    /// 304: the entry is current.
+    NotModified,
+    /// The entry was replaced by the answer.
+    Replaced,
+}
+
+/// Applies the answer to a `?host=H` read that started as number `seq`. A replaced entry
+/// also drops the whole-store tag: the copy is now newer than the whole read that tag names,
+/// and if the store went back to exactly that content (a backup deleted behind the
+/// controller's back) a conditional whole read would be answered 304 and the deleted backup
+/// kept in the copy forever. The next revalidation reads the whole store instead.
+fn apply_host(
+    t: &mut TargetEntry,
+    host: &str,
+    seq: u64,
+    answer: Option<(Catalogue, Option<String>)>,
+    known: &[KnownBackup],
+) -> HostRead {
+    let entry = t.hosts.entry(host.to_owned()).or_default();
+    if entry.seq > seq {
+        return HostRead::Superseded;
+    }
+    entry.seq = seq;
+    let read = match answer {
+        None => HostRead::NotModified,
+        Some((cat, tag)) => {
+            entry.catalogue = Arc::new(HostCatalogue::new(
+                cat.backups.iter().filter(|b| b.manifest.host == host),
+            ));
+            entry.etag = tag;
+            HostRead::Replaced
+        }
+    };
+    entry.dirty = false;
+    entry.missing = known
+        .iter()
+        .filter(|(kh, ds, id)| kh == host && !entry.catalogue.has(ds, id))
+        .map(|(_, ds, id)| (ds.clone(), id.clone()))
+        .collect();
+    if read == HostRead::Replaced
+        && let Some((tag, _)) = t.whole.as_mut()
+    {
+        *tag = None;
+    }
+    read
+}
+
 /// The controller's copy of each backup host's catalogue, shared by all policies (the store
 /// stays the source of truth; this only avoids re-reading it whole on every reconcile).
 ///
@@ -494,28 +546,9 @@ impl CatalogueCache {
             }
             t = target.lock().await;
             for (h, seq, answer) in fresh {
-                let entry = t.hosts.entry(h.clone()).or_default();
-                if entry.seq > seq {
-                    continue;
+                if apply_host(&mut t, &h, seq, answer, known) == HostRead::NotModified {
+                    self.not_modified.fetch_add(1, Relaxed);
                 }
-                entry.seq = seq;
-                match answer {
-                    None => {
-                        self.not_modified.fetch_add(1, Relaxed);
-                    }
-                    Some((cat, tag)) => {
-                        entry.catalogue = Arc::new(HostCatalogue::new(
-                            cat.backups.iter().filter(|b| b.manifest.host == h),
-                        ));
-                        entry.etag = tag;
-                    }
-                }
-                entry.dirty = false;
-                entry.missing = known
-                    .iter()
-                    .filter(|(kh, ds, id)| *kh == h && !entry.catalogue.has(ds, id))
-                    .map(|(_, ds, id)| (ds.clone(), id.clone()))
-                    .collect();
             }
         }
         Ok(StoreView {
@@ -647,5 +680,59 @@ mod tests {
             Some("\"t3\"")
         );
         assert_eq!(t.hosts.len(), 1);
+    }
+
+    #[test]
+    fn a_backup_deleted_behind_the_controllers_back_leaves_the_copy() {
+        // The whole store is read while it is empty (tag "e"), then h1's new backup is read
+        // alone: the copy holds it.
+        let mut t = TargetEntry::default();
+        apply_whole(&mut t, 1, None, Some((cat(vec![]), Some("\"e\"".into()))));
+        let known: Vec<KnownBackup> = vec![("h1".into(), "tank/a".into(), "100.full".into())];
+        assert_eq!(
+            apply_host(
+                &mut t,
+                "h1",
+                2,
+                Some((cat(vec![backup("h1", "tank/a", 100)]), Some("\"h\"".into()))),
+                &known,
+            ),
+            HostRead::Replaced
+        );
+        assert!(t.hosts["h1"].catalogue.has("tank/a", "100.full"));
+        // The backup is deleted on the store, which is empty again: its whole answer is the
+        // one tagged "e". The next revalidation must not ask "still e?" (it is, so the answer
+        // would be 304 and the copy would keep the deleted backup): it reads the whole store.
+        let conditional = t.whole.as_ref().and_then(|(tag, _)| tag.clone());
+        assert_eq!(conditional, None, "the next whole read is unconditional");
+        apply_whole(
+            &mut t,
+            3,
+            conditional,
+            Some((cat(vec![]), Some("\"e\"".into()))),
+        );
+        assert!(
+            !t.hosts.contains_key("h1"),
+            "the deleted backup left the copy"
+        );
+        // A 304 on a host read or a superseded answer keeps the whole tag.
+        apply_whole(&mut t, 4, None, Some((cat(vec![]), Some("\"e\"".into()))));
+        assert_eq!(
+            apply_host(&mut t, "h1", 5, None, &known),
+            HostRead::NotModified
+        );
+        assert_eq!(
+            apply_host(&mut t, "h1", 3, Some((cat(vec![]), None)), &known),
+            HostRead::Superseded
+        );
+        assert_eq!(
+            t.whole.as_ref().and_then(|(tag, _)| tag.clone()).as_deref(),
+            Some("\"e\"")
+        );
+        assert!(
+            t.hosts["h1"]
+                .missing
+                .contains(&("tank/a".into(), "100.full".into()))
+        );
     }
 }

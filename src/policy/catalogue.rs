@@ -206,6 +206,15 @@ impl Catalogue {
         self.records.last()
     }
 
+    /// The newest backup whose whole chain is stored (what a restore of "the latest" can
+    /// bring back), live or archived.
+    pub fn newest_restorable(&self) -> Option<&BackupRecord> {
+        self.records
+            .iter()
+            .rev()
+            .find(|r| self.is_restorable(&r.id))
+    }
+
     /// The newest full backup, live or archived.
     pub fn newest_full(&self) -> Option<&BackupRecord> {
         self.records

@@ -43,7 +43,7 @@ pub use retention::{RetentionPlan, plan_retention, retained_by_rule};
 pub use schedule::{
     BaseRef, DueBackup, DuePlan, DueReason, Hold, next_backup, plan_due, retry_backoff,
 };
-pub use violations::{Finding, violations};
+pub use violations::{Finding, HostReport, host_violation, violations};
 
 /// How often one kind of backup is due and how long it is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +224,19 @@ pub struct DatasetState<'a> {
     pub covered_since: Option<Timestamp>,
     /// A forced backup asked for by the CLI (`backup --full` / `--incremental`).
     pub forced: Option<BackupKind>,
+    /// The backup the dataset's newest succeeded BackupJob says it stored, if such a job is
+    /// kept: the store must still hold it (or something newer) unless retention let it go.
+    pub last_recorded: Option<RecordedBackup<'a>>,
+}
+
+/// A backup a succeeded BackupJob says it stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedBackup<'a> {
+    /// The backup's id in the store.
+    pub id: &'a str,
+    pub kind: BackupKind,
+    /// When its job started (the snapshot is at least this new).
+    pub started: Timestamp,
 }
 
 /// All the answers for one dataset.

@@ -294,9 +294,16 @@ fn overdue(rules: &PolicyRules, cat: &Catalogue, now: Timestamp) -> (bool, bool)
         None => true,
         Some(r) => now > r.created + every + rules.grace,
     };
+    // Only a restorable backup counts as one (an incremental whose chain is broken restores
+    // nothing).
+    let newest_restorable = cat
+        .records()
+        .iter()
+        .rev()
+        .find(|r| cat.chain(&r.id).is_ok());
     (
         late(cat.newest_full(), rules.full.every),
-        late(cat.newest(), rules.incremental.every),
+        late(newest_restorable, rules.incremental.every),
     )
 }
 
@@ -397,6 +404,7 @@ proptest! {
             jobs: JobState { failing_since: failing.map(|s| now - secs(s)), ..JobState::default() },
             covered_since: None,
             forced: None,
+            last_recorded: None,
         };
         let v = violations(&rules, &state, now);
         let reasons: BTreeSet<_> = v.iter().map(|f| format!("{:?}", f.reason)).collect();
@@ -408,10 +416,55 @@ proptest! {
             prop_assert_eq!(reasons.contains("NoBackupWithin"), any_late);
             prop_assert_eq!(reasons.contains("LastJobFailed"), failing.is_some());
             prop_assert_eq!(reasons.contains("HostUnreachable"), matches!(host, HostState::Unreachable { .. }));
+            prop_assert_eq!(
+                reasons.contains("ChainBroken"),
+                cat.newest().is_some_and(|n| !cat.is_restorable(&n.id))
+            );
+            prop_assert!(!reasons.contains("BackupMissing"), "no job recorded a backup");
             for f in &v {
                 if let Some(since) = f.since { prop_assert!(since <= now); }
             }
         }
+    }
+
+    /// A backup a succeeded job recorded is `BackupMissing` exactly when the store lacks it,
+    /// holds nothing newer, and the keep rules (or the archive's) would still keep it.
+    #[test]
+    fn a_recorded_backup_is_missing_only_when_lost(
+        rules in rules(),
+        history in arbitrary_history(true),
+        recorded in any::<prop::sample::Index>(),
+        present in any::<bool>(),
+        started_after in 0i64..3 * D,
+        at in 0i64..40 * D,
+    ) {
+        let cat = Catalogue::new(history).unwrap();
+        let newest = cat.newest().map_or(ts(T0), |r| r.created);
+        // Either a stored backup, or one that is not stored, taken after everything stored.
+        let (id, kind, started) = match cat.records() {
+            records if present && !records.is_empty() => {
+                let r = &records[recorded.index(records.len())];
+                (r.id.clone(), r.kind, r.created - secs(1))
+            }
+            _ => ("lost".to_owned(), BackupKind::Full, newest + secs(started_after + 1)),
+        };
+        let now = started + secs(at);
+        let state = DatasetState {
+            catalogue: &cat,
+            source_snapshots: &[],
+            host: HostState::Reachable,
+            jobs: JobState::default(),
+            covered_since: Some(ts(T0)),
+            forced: None,
+            last_recorded: Some(RecordedBackup { id: &id, kind, started }),
+        };
+        let missing = violations(&rules, &state, now)
+            .iter()
+            .any(|f| f.reason == ViolationReason::BackupMissing);
+        let kept = retained_by_rule(&rules.cadence(kind).keep, &[started], now)[0]
+            || rules.archive.as_ref().is_some_and(|a| retained_by_rule(&a.keep, &[started], now)[0]);
+        let stored = cat.get(&id).is_some();
+        prop_assert_eq!(missing, !stored && kept, "id {} stored {} kept {}", id, stored, kept);
     }
 
     /// The whole loop: a dataset driven by the policy for many reconciles, with failing jobs
@@ -440,6 +493,7 @@ proptest! {
                 jobs,
                 covered_since: Some(ts(T0)),
                 forced,
+                last_recorded: None,
             };
             let late = violations(&rules, &state, now)
                 .iter()

@@ -474,6 +474,7 @@ mod tests {
             },
             covered_since: None,
             forced,
+            last_recorded: None,
         };
         let mut suspended = rules(IncrementalBase::LastFull);
         suspended.suspend = true;

@@ -1,7 +1,9 @@
 //! Who violates the policy, and since when.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
+use super::catalogue::ChainError;
+use super::retention::retained_by_rule;
 use super::{DatasetState, HostState, PolicyRules, add, show};
 use crate::api::backup_policy::ViolationReason;
 
@@ -23,10 +25,16 @@ pub struct Finding {
 /// * `HostUnreachable` since the host stopped reporting.
 /// * `LastJobFailed` since the first failure after the last success (no grace: a failure is
 ///   news at once).
+/// * `ChainBroken` when the newest stored backup cannot be restored (a backup of its chain is
+///   not stored), since that backup's creation.
+/// * `BackupMissing` when the backup the newest succeeded job stored is not in the store, nothing
+///   newer is, and the policy's `keep` rules (or the archive's) would still keep it: it was
+///   lost behind the controller's back, not expired (`since` unknown).
 /// * `NoFullWithin` when `now` is past `newest full + full.every + grace`; with no full at
 ///   all, past `covered_since + full.every + grace` (or at once, `since: None`, when
 ///   `covered_since` is unknown). `since` is that deadline.
-/// * `NoBackupWithin`, the same with the newest backup of any kind and `incremental.every`.
+/// * `NoBackupWithin`, the same with the newest *restorable* backup of any kind and
+///   `incremental.every` (an incremental whose chain is broken restores nothing).
 ///
 /// Exactly at the deadline a dataset still complies; one nanosecond later it does not. A
 /// suspended policy still reports violations. Findings come in the order above.
@@ -49,6 +57,33 @@ pub fn violations(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp)
         });
     }
     let cat = state.catalogue;
+    if let Some(newest) = cat.newest()
+        && let Err(ChainError::ChainBroken { missing, .. }) = cat.chain(&newest.id)
+    {
+        out.push(Finding {
+            reason: ViolationReason::ChainBroken,
+            since: Some(newest.created),
+            message: format!(
+                "the newest backup {} cannot be restored: its chain needs {missing}, which is not stored",
+                newest.id
+            ),
+        });
+    }
+    if let Some(recorded) = state.last_recorded
+        && cat.get(recorded.id).is_none()
+        && cat.newest().is_none_or(|n| n.created < recorded.started)
+        && still_kept(rules, recorded.kind, recorded.started, now)
+    {
+        out.push(Finding {
+            reason: ViolationReason::BackupMissing,
+            since: None,
+            message: format!(
+                "backup {} (stored by a job started {}) is no longer in the store, and the policy still keeps it",
+                recorded.id, recorded.started
+            ),
+        });
+    }
+    let newest_restorable = cat.newest_restorable();
     let overdue = [
         (
             ViolationReason::NoFullWithin,
@@ -61,7 +96,7 @@ pub fn violations(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp)
             ViolationReason::NoBackupWithin,
             "backup",
             "incremental.every",
-            cat.newest(),
+            newest_restorable,
             rules.incremental.every,
         ),
     ];
@@ -96,18 +131,91 @@ pub fn violations(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp)
     out
 }
 
+/// Whether a backup of `kind` created at `created` would still be kept at `now` by the
+/// policy's rules (live, or in the archive area).
+fn still_kept(
+    rules: &PolicyRules,
+    kind: super::BackupKind,
+    created: Timestamp,
+    now: Timestamp,
+) -> bool {
+    let live = retained_by_rule(&rules.cadence(kind).keep, &[created], now);
+    let archived = rules
+        .archive
+        .as_ref()
+        .map(|a| retained_by_rule(&a.keep, &[created], now));
+    live.first().copied().unwrap_or(false)
+        || archived.is_some_and(|a| a.first().copied().unwrap_or(false))
+}
+
+/// What the controller knows about one host a policy selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostReport {
+    /// The policy names a ZfsHost that does not exist.
+    Missing,
+    /// `spec.paused`: never a violator.
+    Paused,
+    /// The ZfsHost exists (since `created`, when known) but its agent never reported.
+    NeverReported { created: Option<Timestamp> },
+    /// The agent last reported at `last_seen`, listing `datasets` datasets the policy covers.
+    Reported {
+        last_seen: Timestamp,
+        datasets: usize,
+    },
+}
+
+/// The violation of a host as a whole: `HostNotReporting` when nothing is known of its
+/// datasets, because it does not exist, its agent never reported, or its last report is older
+/// than `stale_after` and listed none of the policy's datasets (a stale host that listed
+/// some makes each of those `HostUnreachable` instead, see [`violations`]). `None` otherwise.
+/// There is no grace: until a host reports, the policy cannot vouch for any of its datasets.
+pub fn host_violation(
+    report: HostReport,
+    now: Timestamp,
+    stale_after: SignedDuration,
+) -> Option<Finding> {
+    let (since, message) = match report {
+        HostReport::Paused => return None,
+        HostReport::Missing => (
+            None,
+            "no ZfsHost of this name exists, so its datasets are unknown".to_owned(),
+        ),
+        HostReport::NeverReported { created } => (
+            created,
+            "the host's agent has never reported, so its datasets are unknown".to_owned(),
+        ),
+        HostReport::Reported {
+            last_seen,
+            datasets: 0,
+        } if now.duration_since(last_seen) > stale_after => (
+            Some(last_seen),
+            format!(
+                "the host's agent has not reported since {last_seen}, so its datasets are unknown"
+            ),
+        ),
+        HostReport::Reported { .. } => return None,
+    };
+    Some(Finding {
+        reason: ViolationReason::HostNotReporting,
+        since,
+        message,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::backup_policy::IncrementalBase;
     use crate::duration::Retention;
     use crate::policy::catalogue::tests::{cat, full, inc, ts};
-    use crate::policy::{BackupRecord, Cadence, Catalogue, JobState};
-    use jiff::SignedDuration;
+    use crate::policy::{BackupKind, BackupRecord, Cadence, Catalogue, JobState, RecordedBackup};
 
     const D: i64 = 86_400;
     const G: i64 = 900;
-    use ViolationReason::{HostUnreachable, LastJobFailed, NoBackupWithin, NoFullWithin};
+    use ViolationReason::{
+        BackupMissing, ChainBroken, HostNotReporting, HostUnreachable, LastJobFailed,
+        NoBackupWithin, NoFullWithin,
+    };
 
     fn rules() -> PolicyRules {
         let keep = Retention::Age(std::time::Duration::from_secs(30 * D as u64));
@@ -253,6 +361,7 @@ mod tests {
                 },
                 covered_since: covered.map(ts),
                 forced: None,
+                last_recorded: None,
             };
             let got: Vec<_> = violations(&rules(), &state, ts(now))
                 .into_iter()
@@ -276,11 +385,152 @@ mod tests {
             jobs: JobState::default(),
             covered_since: None,
             forced: None,
+            last_recorded: None,
         };
         let f = violations(&rules(), &state, ts(8 * D));
         assert_eq!(
             f[0].message,
             "no full backup since 1970-01-01T00:00:00Z (full.every 1w + grace 15m)"
         );
+    }
+
+    fn state<'a>(c: &'a Catalogue, recorded: Option<RecordedBackup<'a>>) -> DatasetState<'a> {
+        DatasetState {
+            catalogue: c,
+            source_snapshots: &[],
+            host: HostState::Reachable,
+            jobs: JobState::default(),
+            covered_since: Some(ts(0)),
+            forced: None,
+            last_recorded: recorded,
+        }
+    }
+
+    fn reasons(f: &[Finding]) -> Vec<(ViolationReason, Option<Timestamp>)> {
+        f.iter().map(|f| (f.reason, f.since)).collect()
+    }
+
+    #[test]
+    fn an_unrestorable_newest_backup_is_a_violation_and_not_a_backup() {
+        // The full under both incrementals is gone: nothing here restores.
+        let c = cat(vec![inc("a", D, "f"), inc("b", 2 * D, "f")]);
+        let f = violations(&rules(), &state(&c, None), ts(2 * D + 10));
+        assert_eq!(
+            reasons(&f),
+            vec![
+                (ChainBroken, Some(ts(2 * D))),
+                // No full since coverage began (day 0) is not late yet; no *restorable*
+                // backup since day 0 is.
+                (NoBackupWithin, Some(ts(D + G))),
+            ]
+        );
+        assert_eq!(
+            f[0].message,
+            "the newest backup b cannot be restored: its chain needs f, which is not stored"
+        );
+        // With the full in place the same backups comply.
+        let c = cat(vec![full("f", 0), inc("a", D, "f"), inc("b", 2 * D, "f")]);
+        assert!(violations(&rules(), &state(&c, None), ts(2 * D + 10)).is_empty());
+    }
+
+    #[test]
+    fn a_recorded_backup_the_store_lost_is_a_violation_until_it_expires() {
+        let recorded = |id: &'static str, started| RecordedBackup {
+            id,
+            kind: BackupKind::Full,
+            started: ts(started),
+        };
+        let c = cat(vec![full("f", 0)]);
+        // The job stored "g" on day 2; the store has only the older "f".
+        let f = violations(&rules(), &state(&c, Some(recorded("g", 2 * D))), ts(3 * D));
+        assert_eq!(
+            reasons(&f),
+            vec![(BackupMissing, None), (NoBackupWithin, Some(ts(D + G)))]
+        );
+        assert!(f[0].message.contains("backup g"), "{}", f[0].message);
+        // Stored: fine. Something newer stored: fine (retention may have replaced it).
+        let with_g = cat(vec![full("f", 0), full("g", 2 * D + 5)]);
+        assert!(
+            violations(
+                &rules(),
+                &state(&with_g, Some(recorded("g", 2 * D))),
+                ts(3 * D)
+            )
+            .is_empty()
+        );
+        let newer = cat(vec![full("h", 2 * D + 60)]);
+        assert!(
+            violations(
+                &rules(),
+                &state(&newer, Some(recorded("g", 2 * D))),
+                ts(3 * D)
+            )
+            .is_empty()
+        );
+        // Past its keep (30 d) retention would have deleted it: not a loss (just late).
+        let f = violations(&rules(), &state(&c, Some(recorded("g", 2 * D))), ts(33 * D));
+        assert!(
+            !reasons(&f).iter().any(|(r, _)| *r == BackupMissing),
+            "{f:?}"
+        );
+        // The only backup lost, on a policy covering the dataset since just now: still seen.
+        let empty = cat(vec![]);
+        let mut st = state(&empty, Some(recorded("g", 2 * D)));
+        st.covered_since = Some(ts(2 * D - 10));
+        let f = violations(&rules(), &st, ts(2 * D + 60));
+        assert_eq!(reasons(&f), vec![(BackupMissing, None)]);
+    }
+
+    #[test]
+    fn hosts_that_do_not_report_make_their_datasets_unknown() {
+        let stale = SignedDuration::from_secs(90);
+        let now = ts(10_000);
+        let cases = [
+            (HostReport::Missing, Some(None)),
+            (HostReport::Paused, None),
+            (
+                HostReport::NeverReported {
+                    created: Some(ts(5)),
+                },
+                Some(Some(ts(5))),
+            ),
+            (HostReport::NeverReported { created: None }, Some(None)),
+            // Reported recently: its datasets (none or some) are what it said.
+            (
+                HostReport::Reported {
+                    last_seen: ts(10_000 - 90),
+                    datasets: 0,
+                },
+                None,
+            ),
+            // Stale, listing none of the policy's datasets: unknown.
+            (
+                HostReport::Reported {
+                    last_seen: ts(10_000 - 91),
+                    datasets: 0,
+                },
+                Some(Some(ts(10_000 - 91))),
+            ),
+            // Stale with datasets: each of those is HostUnreachable instead.
+            (
+                HostReport::Reported {
+                    last_seen: ts(10),
+                    datasets: 2,
+                },
+                None,
+            ),
+        ];
+        for (report, want) in cases {
+            let got = host_violation(report, now, stale);
+            assert_eq!(got.as_ref().map(|f| f.since), want, "{report:?}");
+            if let Some(f) = got {
+                assert_eq!(f.reason, HostNotReporting);
+                assert!(
+                    f.message.ends_with("so its datasets are unknown"),
+                    "{}",
+                    f.message
+                );
+            }
+        }
     }
 }
