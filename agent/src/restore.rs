@@ -51,7 +51,7 @@ use zetaback::api::backup_policy::Compression;
 use zetaback::api::condition::READY;
 use zetaback::api::restore::{RestorePhase, RestorePiece};
 use zetaback::api::{Restore, RestoreStatus, ZfsHost};
-use zetaback::controller::conditions::{self, Wanted};
+use zetaback::conditions::{self, Wanted};
 use zetaback::store::{Catalogue, escape_dataset};
 
 use crate::checksum::BackgroundSha256;

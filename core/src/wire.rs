@@ -20,8 +20,8 @@ pub const H_SHA256: &str = "x-zetaback-sha256";
 /// On a download request: `sha256` when the reader checks the body against the manifest's
 /// sha256 itself (and applies nothing unchecked), so the store need not hash it too.
 pub const H_READER_VERIFIES: &str = "x-zetaback-reader-verifies";
-/// The transit check of an upload: xxh3-128 of the body, as a trailer (see
-/// [`crate::checksum`]).
+/// The transit check of an upload: xxh3-128 of the body, as a trailer (see the agent's
+/// `checksum` module).
 pub const H_XXH3: &str = "x-zetaback-xxh3";
 
 /// The answer to a successful `PUT /v1/streams/...`.
