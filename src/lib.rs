@@ -9,4 +9,6 @@
 pub mod cli;
 pub mod controller;
 
-pub use zetaback_core::{api, duration, names, policy, selection, store, telemetry, wire};
+pub use zetaback_core::{
+    api, duration, error_chain, names, policy, selection, store, telemetry, wire,
+};

@@ -8,7 +8,8 @@
 //!   between agents and the controller ([`wire`]);
 //! * the pure policy logic: what is due, what expired, who violates, which backups a restore
 //!   applies ([`policy`]);
-//! * the logging set-up of every binary ([`telemetry`]).
+//! * the logging set-up of every binary ([`telemetry`]) and the one error-chain formatter
+//!   ([`error_chain`]).
 //!
 //! No Kubernetes client, no HTTP stack, no async runtime: the agent builds on this crate
 //! without the controller, the CLI or the proxy.
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod conditions;
 pub mod duration;
+pub mod error_chain;
 pub mod names;
 pub mod policy;
 pub mod selection;
