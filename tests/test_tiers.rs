@@ -34,7 +34,10 @@ fn test_files(root: &Path) -> BTreeSet<(String, String)> {
     let members = toml_value(&manifest, "workspace", "members").expect("workspace members");
     let mut found = BTreeSet::new();
     let members = members.trim_matches(['[', ']']).split(',');
-    for member in members.map(|m| m.trim().trim_matches('"')).filter(|m| !m.is_empty()) {
+    for member in members
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+    {
         let dir = root.join(member);
         let text = std::fs::read_to_string(dir.join("Cargo.toml")).expect("member Cargo.toml");
         let package = toml_value(&text, "package", "name").expect("package name");
@@ -44,7 +47,11 @@ fn test_files(root: &Path) -> BTreeSet<(String, String)> {
         for entry in entries {
             let path = entry.expect("dir entry").path();
             if path.extension().is_some_and(|e| e == "rs") {
-                let name = path.file_stem().expect("name").to_string_lossy().into_owned();
+                let name = path
+                    .file_stem()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned();
                 found.insert((package.trim_matches('"').to_owned(), name));
             }
         }
@@ -57,7 +64,10 @@ fn every_test_file_is_in_exactly_one_tier() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tiers = std::fs::read_to_string(root.join("e2e/test-tiers.txt")).expect("test-tiers.txt");
     let mut listed: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for line in tiers.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in tiers
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [tier, package, test] = fields[..] else {
             panic!("e2e/test-tiers.txt: {line:?} is not `tier package test`");
@@ -78,7 +88,10 @@ fn every_test_file_is_in_exactly_one_tier() {
         "test files in no tier of e2e/test-tiers.txt: {unlisted:?}"
     );
     let gone: Vec<_> = listed.keys().filter(|k| !files.contains(*k)).collect();
-    assert!(gone.is_empty(), "e2e/test-tiers.txt lists tests that do not exist: {gone:?}");
+    assert!(
+        gone.is_empty(),
+        "e2e/test-tiers.txt lists tests that do not exist: {gone:?}"
+    );
     let twice: Vec<_> = listed.iter().filter(|(_, t)| t.len() > 1).collect();
     assert!(twice.is_empty(), "tests listed more than once: {twice:?}");
     // `cargo test -p A -p B --test NAME` runs NAME in every selected package that has it.

@@ -128,9 +128,7 @@ impl RestoreError {
             | RestoreError::DestinationHasChildren { .. } => "DestinationExists",
             RestoreError::PieceMissing { .. }
             | RestoreError::Catalogue(_)
-            | RestoreError::Chain(policy::ChainError::ChainBroken { .. }) => {
-                "ChainBroken"
-            }
+            | RestoreError::Chain(policy::ChainError::ChainBroken { .. }) => "ChainBroken",
             RestoreError::Chain(_) => "NotFound",
             RestoreError::Unreachable(_) | RestoreError::Transfer(_) => "StoreUnreachable",
             RestoreError::SnapshotMissing { .. } => "SnapshotMissing",
@@ -603,15 +601,14 @@ pub fn chain_pieces(
 ) -> Result<Vec<PieceRequest>, RestoreError> {
     let backups = policy::DatasetBackups::from_store(cat.of(host, dataset))?;
     let target = policy::RestoreTarget::Id(id.to_owned());
-    let pieces = policy::restore_pieces(&backups, cat, host, dataset, &target).map_err(|e| {
-        match e {
+    let pieces =
+        policy::restore_pieces(&backups, cat, host, dataset, &target).map_err(|e| match e {
             policy::PiecesError::Chain(e) => RestoreError::Chain(e),
             policy::PiecesError::NoManifest { id } => RestoreError::PieceMissing {
                 id,
                 message: "no manifest in the catalogue".into(),
             },
-        }
-    })?;
+        })?;
     Ok(pieces
         .into_iter()
         .map(|p| PieceRequest {

@@ -34,24 +34,34 @@ mod tests {
     }
 
     fn layers(texts: &[&'static str]) -> Layer {
-        texts.iter().rev().fold(None, |cause, &text| {
-            Some(Layer {
-                text,
-                cause: cause.map(Box::new),
+        texts
+            .iter()
+            .rev()
+            .fold(None, |cause, &text| {
+                Some(Layer {
+                    text,
+                    cause: cause.map(Box::new),
+                })
             })
-        })
-        .expect("at least one layer")
+            .expect("at least one layer")
     }
 
     #[test]
     fn every_cause_once_outermost_first() {
         assert_eq!(format(&layers(&["alone"])), "alone");
         assert_eq!(
-            format(&layers(&["client error (Connect)", "tls handshake", "UnknownIssuer"])),
+            format(&layers(&[
+                "client error (Connect)",
+                "tls handshake",
+                "UnknownIssuer"
+            ])),
             "client error (Connect): tls handshake: UnknownIssuer"
         );
         assert_eq!(
-            format(&layers(&["reading /x: permission denied", "permission denied"])),
+            format(&layers(&[
+                "reading /x: permission denied",
+                "permission denied"
+            ])),
             "reading /x: permission denied"
         );
     }

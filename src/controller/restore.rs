@@ -178,14 +178,13 @@ pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, 
             format!("no {area} backups of {what} are stored"),
         ));
     };
-    let pieces = restore_pieces(&cat, stored, host, dataset, &target_of(spec)).map_err(|e| {
-        match e {
+    let pieces =
+        restore_pieces(&cat, stored, host, dataset, &target_of(spec)).map_err(|e| match e {
             PiecesError::Chain(e) => chain_refusal(&e, &what),
             PiecesError::NoManifest { .. } => {
                 Refusal::new(reason::NOT_FOUND, format!("{what}: {e}"))
             }
-        }
-    })?;
+        })?;
     Ok(Resolved {
         store_host: answer.host.clone(),
         store_endpoint: answer.endpoint.clone().unwrap_or_default(),

@@ -179,7 +179,6 @@ impl StoreClient {
         serde_json::from_slice(&body).map_err(|source| StoreClientError::Decode { url, source })
     }
 
-
     /// Deletes one stored backup.
     pub async fn delete(
         &self,

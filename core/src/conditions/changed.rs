@@ -79,8 +79,14 @@ mod tests {
     #[test]
     fn a_status_changes_with_its_fields_and_conditions_not_with_their_times() {
         let policy = stamped(BackupPolicyStatus::default(), "ok", 10);
-        assert!(!status_changed(&policy, &stamped(BackupPolicyStatus::default(), "ok", 20)));
-        assert!(status_changed(&policy, &stamped(BackupPolicyStatus::default(), "late", 10)));
+        assert!(!status_changed(
+            &policy,
+            &stamped(BackupPolicyStatus::default(), "ok", 20)
+        ));
+        assert!(status_changed(
+            &policy,
+            &stamped(BackupPolicyStatus::default(), "late", 10)
+        ));
         let violator = BackupPolicyStatus {
             violators: 1,
             ..BackupPolicyStatus::default()
@@ -88,7 +94,10 @@ mod tests {
         assert!(status_changed(&policy, &stamped(violator, "ok", 10)));
 
         let route = stamped(FallbackRouteStatus::default(), "ok", 10);
-        assert!(!status_changed(&route, &stamped(FallbackRouteStatus::default(), "ok", 99)));
+        assert!(!status_changed(
+            &route,
+            &stamped(FallbackRouteStatus::default(), "ok", 99)
+        ));
         let scaled = FallbackRouteStatus {
             ready_replicas: 2,
             ..FallbackRouteStatus::default()

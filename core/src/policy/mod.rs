@@ -43,8 +43,8 @@ pub use catalogue::{BackupRecord, CatalogueError, ChainError, DatasetBackups, Re
 /// (`controller/backup_policy.rs`, `cli/`, `policy/violations.rs`); new code says
 /// `DatasetBackups`, which cannot be mistaken for the store's [`crate::store::Catalogue`].
 pub type Catalogue = DatasetBackups;
-pub use pieces::{PiecesError, restore_pieces};
 pub use history::{FAILURE_RUN_KEPT, HistoryLimits, JobRecord, Outcome, prune_history};
+pub use pieces::{PiecesError, restore_pieces};
 pub use retention::{RetentionPlan, plan_retention, retained_by_rule};
 pub use schedule::{
     BaseRef, DueBackup, DuePlan, DueReason, Hold, next_backup, plan_due, retry_backoff,

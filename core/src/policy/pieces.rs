@@ -79,7 +79,10 @@ mod tests {
         }
     }
 
-    fn pieces(cat: &store::Catalogue, target: &RestoreTarget) -> Result<Vec<RestorePiece>, PiecesError> {
+    fn pieces(
+        cat: &store::Catalogue,
+        target: &RestoreTarget,
+    ) -> Result<Vec<RestorePiece>, PiecesError> {
         let backups = DatasetBackups::from_store(cat.of("db-1", "tank/db")).expect("consistent");
         restore_pieces(&backups, cat, "db-1", "tank/db", target)
     }
@@ -95,7 +98,14 @@ mod tests {
         let got = pieces(&cat, &RestoreTarget::Latest).expect("pieces");
         let summary: Vec<(&str, &str, u64, &str)> = got
             .iter()
-            .map(|p| (p.id.as_str(), p.snapshot.as_str(), p.bytes, p.sha256.as_str()))
+            .map(|p| {
+                (
+                    p.id.as_str(),
+                    p.snapshot.as_str(),
+                    p.bytes,
+                    p.sha256.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
@@ -106,7 +116,8 @@ mod tests {
             ]
         );
         assert!(got.iter().all(|p| p.verified.is_none()));
-        let to_200 = pieces(&cat, &RestoreTarget::Id("200.incremental.100".into())).expect("pieces");
+        let to_200 =
+            pieces(&cat, &RestoreTarget::Id("200.incremental.100".into())).expect("pieces");
         assert_eq!(to_200.len(), 2);
     }
 
@@ -120,7 +131,13 @@ mod tests {
         let backups =
             DatasetBackups::from_store([&stored("100.full", false, "x")]).expect("consistent");
         assert_eq!(
-            restore_pieces(&backups, &listing(vec![]), "db-1", "tank/db", &RestoreTarget::Latest),
+            restore_pieces(
+                &backups,
+                &listing(vec![]),
+                "db-1",
+                "tank/db",
+                &RestoreTarget::Latest
+            ),
             Err(PiecesError::NoManifest {
                 id: "100.full".into()
             })

@@ -2,7 +2,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::catalogue::{DatasetBackups, ChainError};
+use super::catalogue::{ChainError, DatasetBackups};
 use super::{BackupKind, DatasetState, HostState, PolicyRules, add};
 use crate::api::backup_policy::IncrementalBase;
 

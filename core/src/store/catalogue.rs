@@ -253,8 +253,8 @@ mod tests {
 
         // The scan is what restores resolve chains on (through the policy catalogue): the
         // incremental's base is found by its stream time, the archived full counts too.
-        let policy =
-            crate::policy::DatasetBackups::from_store(cat.of("db-1", "tank/db")).expect("consistent");
+        let policy = crate::policy::DatasetBackups::from_store(cat.of("db-1", "tank/db"))
+            .expect("consistent");
         let target = crate::policy::RestoreTarget::Id("1700086400.incremental.1700000000".into());
         let chain = policy.restore_chain(&target).expect("chain");
         let ids: Vec<_> = chain.iter().map(|b| b.id.as_str()).collect();

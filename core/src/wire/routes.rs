@@ -32,7 +32,12 @@ pub fn catalogue(host: Option<&str>) -> String {
 }
 
 /// `/v1/{area}/{host}/{escaped dataset}/{id}`, with host and dataset checked.
-fn backup_path(area: &str, host: &str, dataset: &str, id: impl Display) -> Result<String, StoreError> {
+fn backup_path(
+    area: &str,
+    host: &str,
+    dataset: &str,
+    id: impl Display,
+) -> Result<String, StoreError> {
     let escaped = escape_dataset(dataset)?;
     validate_host(host)?;
     Ok(format!("/v1/{area}/{host}/{escaped}/{id}"))
@@ -62,14 +67,20 @@ mod tests {
 
     /// `pattern` with its captures filled in, as the router matches a path.
     fn fill(pattern: &str, captures: &[(&str, &str)]) -> String {
-        captures.iter().fold(pattern.to_owned(), |p, (name, value)| {
-            p.replace(&format!("{{{name}}}"), value)
-        })
+        captures
+            .iter()
+            .fold(pattern.to_owned(), |p, (name, value)| {
+                p.replace(&format!("{{{name}}}"), value)
+            })
     }
 
     #[test]
     fn each_builder_fills_its_route() {
-        let backup = [("host", "db-1"), ("dataset", "tank+db"), ("id", "1700000000.full")];
+        let backup = [
+            ("host", "db-1"),
+            ("dataset", "tank+db"),
+            ("id", "1700000000.full"),
+        ];
         assert_eq!(
             stream("db-1", "tank/db", "1700000000.full").expect("stream"),
             fill(STREAM, &backup)
