@@ -51,7 +51,12 @@ impl Catalogue {
     /// The manifest of backup `id` of one dataset: the live copy's when the backup is in both
     /// areas (a move to the archive that was interrupted), as
     /// [`DatasetBackups::from_store`](crate::policy::DatasetBackups::from_store) counts it.
-    pub fn manifest(&self, host: &str, dataset: &str, id: &str) -> Option<&Manifest> {
+    pub fn manifest<'a>(
+        &'a self,
+        host: &'a str,
+        dataset: &'a str,
+        id: &str,
+    ) -> Option<&'a Manifest> {
         self.of(host, dataset)
             .filter(|b| b.manifest.id == id)
             .min_by_key(|b| b.archived)
