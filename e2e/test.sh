@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Runs every test: formatting and lints, unit and property tests, and the end-to-end tests
-# against the real local control plane (etcd + kube-apiserver + kube-controller-manager built
-# from their Go modules), real ZFS (zfs-fuse), real nginx. Installs what is missing first.
+# Runs the tests. Without an argument, every test (what CI runs): formatting and lints, unit
+# and property tests, and the end-to-end tests against the real local control plane (etcd +
+# kube-apiserver + kube-controller-manager built from their Go modules), real ZFS (zfs-fuse),
+# real nginx. Installs what is missing first.
+#
+#   e2e/test.sh unit   unit and property tests: needs nothing but cargo (no zfs-fuse, no apiserver)
+#   e2e/test.sh real   tests on real parts without Kubernetes: zfs-fuse pools, nginx, openssl
+#   e2e/test.sh e2e    end-to-end tests against the local control plane (and zfs-fuse)
+#
+# Which integration test belongs to which tier: e2e/test-tiers.txt (checked by tests/test_tiers.rs).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+tier=${1:-}
+case "$tier" in
+  "" | unit | real | e2e) ;;
+  *) echo "usage: e2e/test.sh [unit|real|e2e]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
+esac
 export PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/zetaback/target}
 # One-shot builds gain nothing from incremental state, which costs GiBs of disk.
@@ -14,6 +26,46 @@ if [ "${CI:-}" = true ]; then
   # Leave nothing running behind a CI run.
   trap 'bash e2e/scripts/env.sh down >/dev/null 2>&1 || true; bash e2e/scripts/zfs.sh stop >/dev/null 2>&1 || true' EXIT
 fi
+
+# `-p PACKAGE --test NAME` for every integration test of tier $1 (e2e/test-tiers.txt).
+tier_targets() {
+  awk -v t="$1" '$1 == t { print "-p"; print $2; print "--test"; print $3 }' e2e/test-tiers.txt
+}
+
+case "$tier" in
+  unit)
+    echo "== unit and property tests (every crate's own tests, and the unit tier's test files)"
+    mapfile -t targets < <(tier_targets unit)
+    cargo test --workspace --locked --lib --bins "${targets[@]}" -- --test-threads 2
+    cargo test --workspace --locked --doc
+    echo "== unit tier passed in $(( $(date +%s) - start ))s"
+    exit 0
+    ;;
+  real)
+    bash e2e/scripts/install-deps.sh
+    echo "== zfs-fuse"
+    bash e2e/scripts/zfs.sh start
+    echo "== tests on real parts (zfs-fuse, nginx, openssl)"
+    mapfile -t targets < <(tier_targets real)
+    cargo test --locked "${targets[@]}" -- --test-threads 2
+    echo "== real tier passed in $(( $(date +%s) - start ))s"
+    exit 0
+    ;;
+  e2e)
+    bash e2e/scripts/install-deps.sh
+    echo "== upstream binaries (built once, cached under ~/.cache/zetaback/bin)"
+    bash e2e/scripts/build-tools.sh
+    echo "== local control plane"
+    bash e2e/scripts/env.sh up
+    echo "== cargo build (the end-to-end tests start the built zetaback-agent binary)"
+    cargo build --workspace --bins --locked
+    echo "== end-to-end tests"
+    mapfile -t targets < <(tier_targets e2e)
+    cargo test --locked "${targets[@]}" -- --test-threads 2
+    echo "== e2e tier passed in $(( $(date +%s) - start ))s"
+    exit 0
+    ;;
+esac
 
 bash e2e/scripts/install-deps.sh
 if [ "${CI:-}" = true ]; then

@@ -1,19 +1,14 @@
 //! zetaback: a Kubernetes operator for ZFS backup and restore (after Zetaback) and a
 //! fallback proxy for assets spread over several servers (after the seed's Varnish hack).
 //!
-//! This crate holds the API types ([`api`]), name and duration validation shared by the
-//! CRD schema and the agents ([`names`], [`duration`]), the controller ([`controller`]) and
-//! the CLI ([`cli`]).
+//! This crate holds the controller ([`controller`]) and the CLI ([`cli`]). The contract they
+//! share with the agents (API types, names and durations, selection, the backup store and its
+//! protocol, the pure policy logic) lives in the `zetaback-core` crate (`core/`) and is
+//! re-exported here under its old paths (`zetaback::api`, `zetaback::policy`, ...).
 
-// kube's `printcolumn(...)` attributes repeat `type_ = ...` by design; clippy reads that as a
-// duplicated attribute.
-#[allow(clippy::duplicated_attributes)]
-pub mod api;
 pub mod cli;
 pub mod controller;
-pub mod duration;
-pub mod names;
-pub mod policy;
-pub mod selection;
-pub mod store;
-pub mod telemetry;
+
+pub use zetaback_core::{
+    api, duration, error_chain, names, policy, selection, store, telemetry, wire,
+};

@@ -1,5 +1,5 @@
 //! The CRDs in `crds/` and in the Helm chart are exactly what `crdgen` makes from the Rust
-//! types; this fails when someone changed `src/api` without regenerating them.
+//! types; this fails when someone changed `core/src/api` without regenerating them.
 
 #[test]
 fn committed_crds_match_the_rust_types() {

@@ -20,5 +20,7 @@ pub mod store_server;
 pub mod stream_header;
 pub mod tls;
 pub mod transfer;
-pub mod wire;
 pub mod zfs;
+
+/// The store's HTTP protocol (headers, routes, answers), shared with the controller.
+pub use zetaback::wire;

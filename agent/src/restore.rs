@@ -51,8 +51,10 @@ use zetaback::api::backup_policy::Compression;
 use zetaback::api::condition::READY;
 use zetaback::api::restore::{RestorePhase, RestorePiece};
 use zetaback::api::{Restore, RestoreStatus, ZfsHost};
-use zetaback::controller::conditions::{self, Wanted};
-use zetaback::store::{Catalogue, escape_dataset};
+use zetaback::conditions::{self, Wanted};
+use zetaback::policy;
+use zetaback::store::Catalogue;
+use zetaback::wire::routes;
 
 use crate::checksum::BackgroundSha256;
 use crate::transfer::{self, Endpoint, TransferError};
@@ -61,9 +63,6 @@ use crate::zfs::{ReceiveRequest, Zfs, ZfsError};
 
 /// Stored bytes held back from `zfs receive` until the piece's checksum matched.
 pub const HOLD_BACK: usize = 1024 * 1024;
-
-/// The pipe size asked for into `zfs receive`.
-const RECEIVE_PIPE: usize = 1024 * 1024;
 
 /// Chunks queued for the checksum thread of a restore.
 const HASH_QUEUE: usize = 16;
@@ -110,9 +109,9 @@ pub enum RestoreError {
         snapshot: String,
     },
     #[error("{0}")]
-    Chain(#[from] zetaback::policy::ChainError),
+    Chain(#[from] policy::ChainError),
     #[error("the stored backups are inconsistent: {0}")]
-    Catalogue(#[from] zetaback::policy::CatalogueError),
+    Catalogue(#[from] policy::CatalogueError),
     #[error("the backup host is unreachable: {0}")]
     Unreachable(String),
     #[error("kubernetes: {0}")]
@@ -129,9 +128,7 @@ impl RestoreError {
             | RestoreError::DestinationHasChildren { .. } => "DestinationExists",
             RestoreError::PieceMissing { .. }
             | RestoreError::Catalogue(_)
-            | RestoreError::Chain(zetaback::policy::ChainError::ChainBroken { .. }) => {
-                "ChainBroken"
-            }
+            | RestoreError::Chain(policy::ChainError::ChainBroken { .. }) => "ChainBroken",
             RestoreError::Chain(_) => "NotFound",
             RestoreError::Unreachable(_) | RestoreError::Transfer(_) => "StoreUnreachable",
             RestoreError::SnapshotMissing { .. } => "SnapshotMissing",
@@ -218,7 +215,7 @@ pub struct Source {
 pub async fn catalogue(endpoint: &Endpoint, host: &str) -> Result<Catalogue, RestoreError> {
     zetaback::store::validate_host(host)?;
     let client = transfer::client();
-    let url = format!("{}/v1/catalogue?host={host}", endpoint.base);
+    let url = format!("{}{}", endpoint.base, routes::catalogue(Some(host)));
     let resp = transfer::get(&client, endpoint, &url).await?;
     Ok(transfer::json_answer(resp, transfer::MAX_CATALOGUE_ANSWER).await?)
 }
@@ -316,12 +313,8 @@ pub async fn apply_piece(
     verify: bool,
     progress: &AtomicU64,
 ) -> Result<(u64, String), RestoreError> {
-    let ds = escape_dataset(&src.dataset)?;
-    zetaback::store::validate_host(&src.host)?;
-    let url = format!(
-        "{}/v1/streams/{}/{ds}/{}",
-        src.endpoint.base, src.host, piece.id
-    );
+    let path = routes::stream(&src.host, &src.dataset, &piece.id)?;
+    let url = format!("{}{path}", src.endpoint.base);
     let resp = client
         .request(piece_request(&src.endpoint, url, verify)?)
         .await
@@ -397,9 +390,6 @@ pub async fn apply_piece(
         tx,
     );
     let stdin = recv.stdin();
-    if let Some(stdin) = &stdin {
-        enlarge_pipe(stdin);
-    }
     let writer = async move {
         match stdin {
             Some(stdin) => tokio::io::copy_buf(&mut reader, stdin).await,
@@ -451,14 +441,6 @@ pub async fn apply_piece(
         });
     }
     Ok((fed.bytes, fed.sha256))
-}
-
-/// Asks for a 1 MiB pipe into `zfs receive` (Linux's default is 64 KiB): fewer wake-ups of
-/// the receive and of the agent per MiB. A failure (a lower pipe-max-size) only costs speed.
-fn enlarge_pipe(fd: &impl std::os::fd::AsFd) {
-    if let Err(e) = rustix::pipe::fcntl_setpipe_size(fd, RECEIVE_PIPE) {
-        tracing::debug!(error = %e, "could not enlarge the pipe into zfs receive");
-    }
 }
 
 fn tokio_stream_of(
@@ -609,37 +591,34 @@ pub async fn apply_chain(
     })
 }
 
-/// The pieces that restore backup `id` of `host:dataset`, in order, resolved by the policy
-/// catalogue (the controller resolves Restores with the same code), live and archived
-/// backups alike; each piece carries the sha256 of its manifest (the live copy's when a
-/// backup is in both areas).
+/// The pieces that restore backup `id` of `host:dataset`, in order, live and archived
+/// backups alike, resolved by [`policy::restore_pieces`] as the controller resolves Restores;
+/// each piece carries the sha256 of its manifest (the live copy's when a backup is in both
+/// areas).
 pub fn chain_pieces(
     cat: &Catalogue,
     host: &str,
     dataset: &str,
     id: &str,
 ) -> Result<Vec<PieceRequest>, RestoreError> {
-    let stored = zetaback::policy::Catalogue::from_store(cat.of(host, dataset))?;
-    let chain = stored.restore_chain(&zetaback::policy::RestoreTarget::Id(id.to_owned()))?;
-    chain
-        .iter()
-        .map(|r| {
-            let manifest = cat
-                .of(host, dataset)
-                .filter(|b| b.manifest.id == r.id)
-                .min_by_key(|b| b.archived)
-                .map(|b| &b.manifest)
-                .ok_or_else(|| RestoreError::PieceMissing {
-                    id: r.id.clone(),
-                    message: "no manifest in the catalogue".into(),
-                })?;
-            Ok(PieceRequest {
-                id: r.id.clone(),
-                snapshot: r.snapshot.clone(),
-                sha256: Some(manifest.sha256.clone()),
-            })
+    let backups = policy::DatasetBackups::from_store(cat.of(host, dataset))?;
+    let target = policy::RestoreTarget::Id(id.to_owned());
+    let pieces =
+        policy::restore_pieces(&backups, cat, host, dataset, &target).map_err(|e| match e {
+            policy::PiecesError::Chain(e) => RestoreError::Chain(e),
+            policy::PiecesError::NoManifest { id } => RestoreError::PieceMissing {
+                id,
+                message: "no manifest in the catalogue".into(),
+            },
+        })?;
+    Ok(pieces
+        .into_iter()
+        .map(|p| PieceRequest {
+            id: p.id,
+            snapshot: p.snapshot,
+            sha256: Some(p.sha256),
         })
-        .collect()
+        .collect())
 }
 
 /// Restores backup `id` of `host:dataset` into the dataset `into` (the agent's `restore`

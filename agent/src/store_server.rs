@@ -65,8 +65,9 @@ use crate::limits::{ListenerLimits, StoreLimits};
 use crate::scan_cache::ScanCache;
 use crate::stream_header::{self, Verdict};
 use crate::wire::{
-    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN,
-    H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse,
+    CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_FORCE, H_READER_VERIFIES,
+    H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse,
+    ResumeTokenQuery, ResumeTokenResponse, routes,
 };
 use crate::zfs::{Capability, ReceiveRequest, Zfs, ZfsError};
 
@@ -218,15 +219,15 @@ impl From<ZfsError> for ApiError {
 /// The router.
 pub fn router(state: ServerState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/catalogue", get(catalogue))
+        .route(routes::HEALTHZ, get(|| async { "ok" }))
+        .route(routes::CATALOGUE, get(catalogue))
         .route(
-            "/v1/streams/{host}/{dataset}/{id}",
+            routes::STREAM,
             put(put_stream).get(get_stream).delete(delete_stream),
         )
-        .route("/v1/resume-token/{host}/{dataset}", get(resume_token))
-        .route("/v1/streams/{host}/{dataset}/{id}/archive", post(archive))
-        .route("/v1/archive/{host}/{dataset}/{id}", post(archive))
+        .route(routes::RESUME_TOKEN, get(resume_token))
+        .route(routes::STREAM_ARCHIVE, post(archive))
+        .route(routes::ARCHIVE, post(archive))
         .layer(DefaultBodyLimit::disable())
         .with_state(Arc::new(state))
 }
@@ -387,7 +388,7 @@ fn plan_put(
             }
         }
     }
-    let force = header_str(headers, "x-zetaback-force")? == Some("true");
+    let force = header_str(headers, H_FORCE)? == Some("true");
     if force && !state.replica.as_ref().is_some_and(|r| r.allow_force) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -1147,18 +1148,12 @@ async fn archive(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `?into=ROOT`: the replica root of `GET /v1/resume-token/...`.
-#[derive(Debug, serde::Deserialize)]
-struct ResumeQuery {
-    into: String,
-}
-
 /// The resume token an interrupted resumable receive left on `<into>/<host>/<dataset>`
 /// (OpenZFS; always none on zfs-fuse, which cannot resume).
 async fn resume_token(
     State(state): State<Arc<ServerState>>,
     Path((host, dataset)): Path<(String, String)>,
-    Query(q): Query<ResumeQuery>,
+    Query(q): Query<ResumeTokenQuery>,
     headers: HeaderMap,
 ) -> Result<axum::Json<ResumeTokenResponse>, ApiError> {
     require(&state, &headers, Role::Source)?;
@@ -1182,12 +1177,6 @@ async fn resume_token(
         None
     };
     Ok(axum::Json(ResumeTokenResponse { token }))
-}
-
-/// `?host=H` limits the catalogue to one source host.
-#[derive(Debug, serde::Deserialize)]
-struct CatalogueQuery {
-    host: Option<String>,
 }
 
 /// The answer carries an `ETag` (a hash of the body); a request whose `If-None-Match` names it

@@ -36,14 +36,15 @@ use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 use tracing::debug;
 use zetaback::api::backup_policy::Compression;
-use zetaback::store::{StreamId, escape_dataset};
+use zetaback::error_chain;
+use zetaback::store::StreamId;
 
 use crate::bufpool::BufPool;
 use crate::checksum::Transit;
 use crate::ratelimit::RateLimiter;
 use crate::wire::{
     ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256,
-    H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse,
+    H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse, routes,
 };
 
 /// Chunks in flight between the reader task and the HTTP connection.
@@ -94,9 +95,9 @@ impl Endpoint {
     }
 
     fn url(&self, host: &str, dataset: &str, id: &StreamId) -> Result<String, TransferError> {
-        let ds = escape_dataset(dataset).map_err(|e| TransferError::Invalid(e.to_string()))?;
-        zetaback::store::validate_host(host).map_err(|e| TransferError::Invalid(e.to_string()))?;
-        Ok(format!("{}/v1/streams/{host}/{ds}/{id}", self.base))
+        let path =
+            routes::stream(host, dataset, id).map_err(|e| TransferError::Invalid(e.to_string()))?;
+        Ok(format!("{}{path}", self.base))
     }
 }
 
@@ -217,7 +218,7 @@ pub(crate) async fn get<C: Connect + Clone + Send + Sync + 'static>(
     let resp = client
         .request(req)
         .await
-        .map_err(|e| TransferError::Connection(chain(&e)))?;
+        .map_err(|e| TransferError::Connection(error_chain::format(&e)))?;
     if resp.status() != StatusCode::OK {
         return Err(TransferError::Rejected {
             status: resp.status(),
@@ -387,22 +388,6 @@ pub(crate) async fn error_message(resp: hyper::Response<hyper::body::Incoming>) 
     }
 }
 
-/// An error and its causes, `: `-separated (hyper's "client error (Connect)" alone does not
-/// say that the peer's certificate was refused).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        cause = c.source();
-    }
-    msg
-}
-
 /// Uploads `reader` (a `zfs send` stdout) to `endpoint`; `done` resolves when the source
 /// process ended. Returns only once the target confirmed and the checksums agree.
 pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
@@ -474,7 +459,7 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
             {
                 return Err(src);
             }
-            return Err(TransferError::Connection(chain(&e)));
+            return Err(TransferError::Connection(error_chain::format(&e)));
         }
     };
     let status = resp.status();
@@ -517,10 +502,9 @@ pub async fn resume_token<C: Connect + Clone + Send + Sync + 'static>(
     dataset: &str,
     into: &str,
 ) -> Result<Option<String>, TransferError> {
-    zetaback::names::validate_dataset(into).map_err(|e| TransferError::Invalid(e.to_string()))?;
-    let ds = escape_dataset(dataset).map_err(|e| TransferError::Invalid(e.to_string()))?;
-    zetaback::store::validate_host(host).map_err(|e| TransferError::Invalid(e.to_string()))?;
-    let url = format!("{}/v1/resume-token/{host}/{ds}?into={into}", endpoint.base);
+    let path = routes::resume_token(host, dataset, into)
+        .map_err(|e| TransferError::Invalid(e.to_string()))?;
+    let url = format!("{}{path}", endpoint.base);
     let resp = get(client, endpoint, &url).await?;
     let answer: ResumeTokenResponse = json_answer(resp, MAX_JSON_ANSWER).await?;
     Ok(answer.token)

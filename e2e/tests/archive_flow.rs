@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use zetaback::api::{BackupPolicy, BackupPolicySpec, BackupType};
-use zetaback::policy::{Catalogue, PolicyRules, plan_retention};
+use zetaback::policy::{DatasetBackups, PolicyRules, plan_retention};
 use zetaback::store::StoredBackup;
 use zetaback_e2e::Env;
 use zetaback_e2e::fleet::{Fleet, HostSpec, noise};
@@ -46,8 +46,8 @@ fn by_id<'a>(
     out
 }
 
-fn catalogue(backups: &BTreeMap<String, StoredBackup>) -> Catalogue {
-    Catalogue::from_store(backups.values()).expect("a consistent catalogue")
+fn catalogue(backups: &BTreeMap<String, StoredBackup>) -> DatasetBackups {
+    DatasetBackups::from_store(backups.values()).expect("a consistent catalogue")
 }
 
 /// What one dataset's readings showed over the run.

@@ -282,8 +282,8 @@ async fn policy_runs_cycles_and_reports_violators() {
         for ds in ["a", "b", "c"] {
             let pool_name = if h == &names[0] { &p1 } else { &p2 };
             let dataset = format!("{pool_name}/db/{ds}");
-            let cat =
-                zetaback::policy::Catalogue::from_store(c.of(h, &dataset)).expect("consistent");
+            let cat = zetaback::policy::DatasetBackups::from_store(c.of(h, &dataset))
+                .expect("consistent");
             for r in cat.records() {
                 assert!(
                     cat.is_restorable(&r.id),

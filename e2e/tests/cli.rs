@@ -774,8 +774,8 @@ async fn catalogue_commands_read_the_backup_hosts_agent() {
     // expunge: what plan_retention deletes now; --dry-run requests nothing.
     let rules = zetaback::policy::PolicyRules::from_spec(&api.get("p1").await.expect("get").spec)
         .expect("rules");
-    let pc =
-        zetaback::policy::Catalogue::from_store(catalogue.of(&src, "tank/pg")).expect("catalogue");
+    let pc = zetaback::policy::DatasetBackups::from_store(catalogue.of(&src, "tank/pg"))
+        .expect("catalogue");
     let plan = zetaback::policy::plan_retention(&rules, &pc, Timestamp::now());
     assert!(
         !plan.delete.is_empty() && !plan.archive.is_empty(),

@@ -1,4 +1,4 @@
-//! Writes the CRDs generated from the Rust types in `src/api`:
+//! Writes the CRDs generated from the Rust types in `core/src/api`:
 //! `crdgen --dir crds --dir charts/zetaback/crds` (one file per kind in each directory), or
 //! with no arguments, every CRD to standard output as one YAML stream.
 

@@ -216,6 +216,10 @@ where
     let violators = matches!(cli.command, Command::Violators { .. });
     let format = cli.global.output;
     let result = match cli.command {
+        // `restore -i` builds the same RestoreArgs interactively, then runs restore's path.
+        Command::Restore(args) if args.interactive => {
+            interactive::execute(args, &cli.global, connect, io).await
+        }
         Command::Restore(args) => restore::execute(args, &cli.global, connect, io).await,
         _ => commands::execute(cli, connect, io).await,
     };

@@ -258,16 +258,13 @@ pub fn exit_code(st: &RestoreStatus) -> u8 {
     u8::from(!(st.phase == RestorePhase::Succeeded && st.verified == Some(true)))
 }
 
-/// Runs `restore`.
+/// Runs `restore` (without `-i`: the caller sends that to [`super::interactive`]).
 pub async fn execute(
     args: RestoreArgs,
     global: &GlobalArgs,
     how: Connect,
     io: &mut Io<'_>,
 ) -> Result<u8, CliError> {
-    if args.interactive {
-        return super::interactive::execute(args, global, how, io).await;
-    }
     let spec = spec(&args)?;
     let (client, default_ns) = super::commands::connect(global, how).await?;
     let ns = global.namespace.clone().unwrap_or(default_ns);

@@ -30,7 +30,7 @@ use tracing::{Instrument, debug, info, warn};
 use zetaback_proxy::config::bytes_size;
 use zetaback_proxy::{BackendConfig, CacheConfig, ProxyConfig};
 
-use super::conditions::{self, Wanted};
+use super::conditions::{self, Wanted, status_changed};
 use super::{Context, Error, FIELD_MANAGER, Reconciled, status};
 use crate::api::condition::READY;
 use crate::api::fallback_route::Backend;
@@ -560,15 +560,6 @@ pub fn desired_status(
         },
         conditions,
     }
-}
-
-/// True when `desired` differs from `current` in anything but timestamps.
-pub fn status_changed(current: &FallbackRouteStatus, desired: &FallbackRouteStatus) -> bool {
-    current.observed_generation != desired.observed_generation
-        || current.backends != desired.backends
-        || current.ready_replicas != desired.ready_replicas
-        || current.config_hash != desired.config_hash
-        || !conditions::same(&current.conditions, &desired.conditions)
 }
 
 /// When to look again: very soon while the Deployment controller has not seen the new spec,

@@ -6,7 +6,6 @@
 //! trigger reconciles), and write status through server-side apply only when it changed.
 
 pub mod backup_policy;
-pub mod conditions;
 pub mod fallback_route;
 pub mod leader;
 pub mod metrics;
@@ -14,6 +13,9 @@ pub mod restore;
 pub mod spec_check;
 pub mod status;
 pub mod store_client;
+
+/// The standard-condition helpers, now in `zetaback-core` (kept here for the old path).
+pub use zetaback_core::conditions;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -33,14 +33,14 @@ use kube::{Api, Resource, ResourceExt};
 use sha2::Digest;
 use tracing::{info, warn};
 
-use super::conditions::{self, Wanted};
+use super::conditions::{self, Wanted, status_changed};
 use super::{Context, Error, Reconciled, status};
 use crate::api::condition::READY;
 use crate::api::restore::{BULK_PARENT_LABEL, BulkDataset, RestorePhase, RestorePiece};
 use crate::api::{
     BackupPolicy, DatasetPattern, DatasetSelector, Restore, RestoreSpec, RestoreStatus, ZfsHost,
 };
-use crate::policy::{Catalogue, ChainError, RestoreTarget};
+use crate::policy::{ChainError, DatasetBackups, PiecesError, RestoreTarget, restore_pieces};
 use crate::store;
 
 /// `Ready=False` reasons the controller gives.
@@ -130,7 +130,7 @@ pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, 
         ));
     }
     let mut unreachable = Vec::new();
-    let mut best: Option<(&StoreAnswer, &store::Catalogue, Catalogue)> = None;
+    let mut best: Option<(&StoreAnswer, &store::Catalogue, DatasetBackups)> = None;
     for a in answers {
         let (Some(_), Ok(stored)) = (&a.endpoint, &a.catalogue) else {
             let why = match &a.catalogue {
@@ -143,7 +143,7 @@ pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, 
         let backups = stored
             .of(host, dataset)
             .filter(|b| spec.source.include_archive || !b.archived);
-        let cat = Catalogue::from_store(backups).map_err(|e| {
+        let cat = DatasetBackups::from_store(backups).map_err(|e| {
             Refusal::new(
                 reason::CHAIN_BROKEN,
                 format!("the backups of {what} on {} are inconsistent: {e}", a.host),
@@ -178,27 +178,13 @@ pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, 
             format!("no {area} backups of {what} are stored"),
         ));
     };
-    let chain = cat
-        .restore_chain(&target_of(spec))
-        .map_err(|e| chain_refusal(&e, &what))?;
-    let pieces = chain
-        .iter()
-        .map(|r| {
-            // Prefer the live copy's manifest, as the catalogue does.
-            let m = stored
-                .of(host, dataset)
-                .filter(|b| b.manifest.id == r.id)
-                .min_by_key(|b| b.archived)
-                .map(|b| &b.manifest);
-            RestorePiece {
-                id: r.id.clone(),
-                snapshot: r.snapshot.clone(),
-                bytes: r.bytes,
-                sha256: m.map(|m| m.sha256.clone()).unwrap_or_default(),
-                verified: None,
+    let pieces =
+        restore_pieces(&cat, stored, host, dataset, &target_of(spec)).map_err(|e| match e {
+            PiecesError::Chain(e) => chain_refusal(&e, &what),
+            PiecesError::NoManifest { .. } => {
+                Refusal::new(reason::NOT_FOUND, format!("{what}: {e}"))
             }
-        })
-        .collect();
+        })?;
     Ok(Resolved {
         store_host: answer.host.clone(),
         store_endpoint: answer.endpoint.clone().unwrap_or_default(),
@@ -776,16 +762,8 @@ fn destination_host<'a>(hosts: &'a [ZfsHost], spec: &RestoreSpec) -> Option<&'a 
         .find(|h| h.name_any() == spec.destination.host.as_str())
 }
 
-/// Whether `next` differs from `current` in more than times (of its conditions, or
-/// `finishedAt`: a refusal found again is not a new status).
-fn status_changed(current: &RestoreStatus, next: &RestoreStatus) -> bool {
-    let mut unchanged = next.clone();
-    unchanged.conditions = current.conditions.clone();
-    unchanged.finished_at = current.finished_at.clone();
-    unchanged != *current || !conditions::same(&current.conditions, &next.conditions)
-}
-
-/// Writes `next` if it [changed](status_changed).
+/// Writes `next` if it [changed](status_changed) (in more than times: of its conditions, or
+/// `finishedAt`, so a refusal found again is not a new status).
 async fn write_if_changed(
     ctx: &Context,
     obj: &Restore,

@@ -1,7 +1,9 @@
 //! The controller's client for a backup host's agent: read the catalogue (the store is the
 //! source of truth), delete expired backups, move backups to the archive area.
 //!
-//! The agent's API (agent/src/store_server.rs), all with `Authorization: Bearer <admin token>`:
+//! The agent's API (agent/src/store_server.rs), all with `Authorization: Bearer <admin token>`;
+//! the paths come from [`crate::wire::routes`], beside the patterns the agent's router serves:
+//!
 //! * `GET /v1/catalogue[?host=H]` → the store's [`Catalogue`] (for source host H), JSON, with
 //!   an `ETag`; a request with `If-None-Match: <that tag>` gets `304 Not Modified` and no body
 //!   while the answer would be the same;
@@ -19,8 +21,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::policy;
-use crate::store::layout::escape_dataset;
-use crate::store::{Catalogue, StoredBackup};
+use crate::store::{Catalogue, StoreError, StoredBackup};
+use crate::wire::routes;
 
 /// Why a store request failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +48,8 @@ pub enum StoreClientError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("dataset {0:?} cannot be named in a store path")]
-    Dataset(String),
+    #[error("the backup cannot be named in a store path: {0}")]
+    Path(#[from] StoreError),
 }
 
 /// The answer to a possibly conditional request.
@@ -165,28 +167,16 @@ impl StoreClient {
         endpoint: &str,
         host: &str,
     ) -> Result<Catalogue, StoreClientError> {
-        let url = format!("http://{endpoint}/v1/catalogue?host={host}");
+        let url = format!("http://{endpoint}{}", routes::catalogue(Some(host)));
         let body = self.call("GET", url.clone()).await?;
         serde_json::from_slice(&body).map_err(|source| StoreClientError::Decode { url, source })
     }
 
     /// Every backup stored on the backup host at `endpoint` (all source hosts).
     pub async fn catalogue_all(&self, endpoint: &str) -> Result<Catalogue, StoreClientError> {
-        let url = format!("http://{endpoint}/v1/catalogue");
+        let url = format!("http://{endpoint}{}", routes::catalogue(None));
         let body = self.call("GET", url.clone()).await?;
         serde_json::from_slice(&body).map_err(|source| StoreClientError::Decode { url, source })
-    }
-
-    fn stream_url(
-        endpoint: &str,
-        verb: &str,
-        host: &str,
-        dataset: &str,
-        id: &str,
-    ) -> Result<String, StoreClientError> {
-        let escaped =
-            escape_dataset(dataset).map_err(|_| StoreClientError::Dataset(dataset.into()))?;
-        Ok(format!("http://{endpoint}/v1/{verb}/{host}/{escaped}/{id}"))
     }
 
     /// Deletes one stored backup.
@@ -197,7 +187,7 @@ impl StoreClient {
         dataset: &str,
         id: &str,
     ) -> Result<(), StoreClientError> {
-        let url = Self::stream_url(endpoint, "streams", host, dataset, id)?;
+        let url = format!("http://{endpoint}{}", routes::stream(host, dataset, id)?);
         self.call("DELETE", url).await.map(|_| ())
     }
 
@@ -209,7 +199,7 @@ impl StoreClient {
         dataset: &str,
         id: &str,
     ) -> Result<(), StoreClientError> {
-        let url = Self::stream_url(endpoint, "archive", host, dataset, id)?;
+        let url = format!("http://{endpoint}{}", routes::archive(host, dataset, id)?);
         self.call("POST", url).await.map(|_| ())
     }
 }
@@ -219,7 +209,7 @@ impl StoreClient {
 pub const CATALOGUE_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// One dataset's stored backups as the policy logic reads them (or why they cannot be read).
-pub type DatasetCatalogue = Result<policy::Catalogue, policy::CatalogueError>;
+pub type DatasetCatalogue = Result<policy::DatasetBackups, policy::CatalogueError>;
 
 /// What one backup host stores for one source host, indexed by dataset.
 #[derive(Debug, Default)]
@@ -242,7 +232,7 @@ impl HostCatalogue {
                 list.iter().map(|b| b.manifest.id.clone()).collect(),
             );
             out.datasets
-                .insert(ds.to_owned(), policy::Catalogue::from_store(list));
+                .insert(ds.to_owned(), policy::DatasetBackups::from_store(list));
         }
         out
     }
@@ -261,7 +251,7 @@ pub struct StoreView {
 }
 
 static EMPTY: std::sync::LazyLock<DatasetCatalogue> =
-    std::sync::LazyLock::new(|| Ok(policy::Catalogue::default()));
+    std::sync::LazyLock::new(|| Ok(policy::DatasetBackups::default()));
 
 impl StoreView {
     /// Indexes a whole store catalogue (every source host in it).
@@ -458,7 +448,7 @@ impl CatalogueCache {
         let target = self.target(endpoint);
         let mut t = target.lock().await;
         let age = t.whole.as_ref().map(|(_, at)| at.elapsed());
-        let url = format!("http://{endpoint}/v1/catalogue");
+        let url = format!("http://{endpoint}{}", routes::catalogue(None));
         match age {
             // Cold, or background revalidation has not succeeded for two periods (the store
             // may be down): read now, so a failure reaches the policy's status.
@@ -532,7 +522,7 @@ impl CatalogueCache {
                 .collect();
             drop(t);
             let reads = todo.into_iter().map(|(h, etag, seq)| {
-                let url = format!("http://{endpoint}/v1/catalogue?host={h}");
+                let url = format!("http://{endpoint}{}", routes::catalogue(Some(h.as_str())));
                 self.requests.fetch_add(1, Relaxed);
                 async move {
                     let answer = client.catalogue_if(url, etag.as_deref()).await;

@@ -3,7 +3,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::catalogue::Catalogue;
+use super::catalogue::DatasetBackups;
 use super::{BackupKind, PolicyRules, age, archive, sd};
 use crate::duration::Retention;
 
@@ -106,7 +106,7 @@ pub struct RetentionPlan {
 /// Invariants (property-tested): every kept backup is restorable when the catalogue had no
 /// missing bases; a backup is deleted only when its kind keep and (when archived) the archive
 /// keep no longer keep it; the newest backup and the newest full are never deleted.
-pub fn plan_retention(rules: &PolicyRules, cat: &Catalogue, now: Timestamp) -> RetentionPlan {
+pub fn plan_retention(rules: &PolicyRules, cat: &DatasetBackups, now: Timestamp) -> RetentionPlan {
     let records = cat.records();
     let n = records.len();
     let kind_kept = by_kind(cat, now, |k| &rules.cadence(k).keep, |_| true);
@@ -157,7 +157,7 @@ pub fn plan_retention(rules: &PolicyRules, cat: &Catalogue, now: Timestamp) -> R
 
 /// Applies `rule(kind)` to the backups of each kind among those `included`.
 fn by_kind<'r>(
-    cat: &Catalogue,
+    cat: &DatasetBackups,
     now: Timestamp,
     rule: impl Fn(BackupKind) -> &'r Retention,
     included: impl Fn(usize) -> bool,
@@ -338,7 +338,7 @@ mod tests {
         assert_eq!(plan_ids(&p.delete), ["f"]);
         let p = plan_retention(
             &rules(age_rule(H), age_rule(H)),
-            &Catalogue::default(),
+            &DatasetBackups::default(),
             ts(0),
         );
         assert_eq!(p, RetentionPlan::default());

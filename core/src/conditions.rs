@@ -1,8 +1,13 @@
 //! Pure helpers for standard conditions: set one, keeping `lastTransitionTime` unless the
 //! status actually flipped, and compare condition lists without timestamps (so the
-//! controller writes status only when something a person would see changed).
+//! controller writes status only when something a person would see changed); and
+//! [`status_changed`], that comparison for a whole status.
+
+mod changed;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub use changed::{WithConditions, status_changed};
 
 /// A condition to set, without timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]

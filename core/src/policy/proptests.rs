@@ -154,7 +154,7 @@ fn arbitrary_history(lost: bool) -> impl Strategy<Value = Vec<BackupRecord>> {
 /// Checks the invariants of a retention plan; returns an error message on failure.
 fn check_retention(
     rules: &PolicyRules,
-    cat: &Catalogue,
+    cat: &DatasetBackups,
     now: Timestamp,
     p: &RetentionPlan,
 ) -> Result<(), TestCaseError> {
@@ -274,7 +274,7 @@ fn check_retention(
 }
 
 /// Applies a retention plan to a catalogue.
-fn apply(cat: &Catalogue, p: &RetentionPlan) -> Catalogue {
+fn apply(cat: &DatasetBackups, p: &RetentionPlan) -> DatasetBackups {
     let deleted: BTreeSet<&String> = p.delete.iter().collect();
     let moved: BTreeSet<&String> = p.archive.iter().collect();
     let records = cat
@@ -286,10 +286,10 @@ fn apply(cat: &Catalogue, p: &RetentionPlan) -> Catalogue {
             ..r.clone()
         })
         .collect();
-    Catalogue::new(records).unwrap()
+    DatasetBackups::new(records).unwrap()
 }
 
-fn overdue(rules: &PolicyRules, cat: &Catalogue, now: Timestamp) -> (bool, bool) {
+fn overdue(rules: &PolicyRules, cat: &DatasetBackups, now: Timestamp) -> (bool, bool) {
     let late = |r: Option<&BackupRecord>, every| match r {
         None => true,
         Some(r) => now > r.created + every + rules.grace,
@@ -314,7 +314,7 @@ proptest! {
     /// backup and the newest full are never deleted; moves never split a chain.
     #[test]
     fn retention_invariants(rules in rules(), history in arbitrary_history(false), at in 0i64..90 * D) {
-        let cat = Catalogue::new(history).unwrap();
+        let cat = DatasetBackups::new(history).unwrap();
         let now = cat.newest().map_or(ts(T0), |r| r.created) + secs(at);
         let p = plan_retention(&rules, &cat, now);
         check_retention(&rules, &cat, now, &p)?;
@@ -333,7 +333,7 @@ proptest! {
     /// chains are reported.
     #[test]
     fn retention_with_lost_manifests(rules in rules(), history in arbitrary_history(true), at in 0i64..60 * D) {
-        let cat = Catalogue::new(history).unwrap();
+        let cat = DatasetBackups::new(history).unwrap();
         let now = cat.newest().map_or(ts(T0), |r| r.created) + secs(at);
         let p = plan_retention(&rules, &cat, now);
         check_retention(&rules, &cat, now, &p)?;
@@ -349,7 +349,7 @@ proptest! {
         forced in prop::option::of(prop_oneof![Just(BackupKind::Full), Just(BackupKind::Incremental)]),
         at in 0i64..20 * D,
     ) {
-        let cat = Catalogue::new(history).unwrap();
+        let cat = DatasetBackups::new(history).unwrap();
         let now = cat.newest().map_or(ts(T0), |r| r.created) + secs(at);
         let snaps: Vec<String> = cat.records().iter().enumerate().filter(|(i, _)| keep_snap[*i % 40]).map(|(_, r)| r.snapshot.clone()).collect();
         let p = next_backup(&rules, &cat, &snaps, forced, now);
@@ -390,7 +390,7 @@ proptest! {
         host in 0u8..3,
         failing in prop::option::of(0i64..D),
     ) {
-        let cat = Catalogue::new(history).unwrap();
+        let cat = DatasetBackups::new(history).unwrap();
         let now = cat.newest().map_or(ts(T0), |r| r.created) + secs(at);
         let host = match host {
             0 => HostState::Reachable,
@@ -476,7 +476,7 @@ proptest! {
         rules in rules(),
         steps in prop::collection::vec((1i64..=100, prop::bool::weighted(0.85), prop::bool::weighted(0.1), prop::option::of(prop_oneof![Just(BackupKind::Full), Just(BackupKind::Incremental)])), 1..120),
     ) {
-        let mut cat = Catalogue::default();
+        let mut cat = DatasetBackups::default();
         let mut source: Vec<String> = Vec::new();
         let mut now = ts(T0);
         let mut n = 0;
@@ -528,7 +528,7 @@ proptest! {
                         archived: false,
                     });
                     ever.insert(id, now);
-                    cat = Catalogue::new(records).unwrap();
+                    cat = DatasetBackups::new(records).unwrap();
                     source.push(snapshot);
                 }
             }
@@ -593,7 +593,7 @@ proptest! {
     /// The restore chain starts with a full, follows bases, and ends at the asked backup.
     #[test]
     fn restore_chain_shape(history in arbitrary_history(true), pick in any::<usize>()) {
-        let cat = Catalogue::new(history).unwrap();
+        let cat = DatasetBackups::new(history).unwrap();
         if cat.is_empty() { return Ok(()); }
         let target = &cat.records()[pick % cat.len()];
         match cat.restore_chain(&RestoreTarget::Id(target.id.clone())) {

@@ -1,4 +1,8 @@
-//! What travels between agents: header names and the JSON answers of the stream API.
+//! The backup store's HTTP protocol, between agents and from the controller and CLI: header
+//! names, the routes and the paths that reach them ([`routes`]), query parameters and the
+//! JSON answers.
+
+pub mod routes;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,13 +19,16 @@ pub const H_STORE_PATH: &str = "x-zetaback-store-path";
 /// Replica mode, OpenZFS: the body is `zfs send -t <this token>`, resuming an interrupted
 /// resumable receive (the token the target reported for its dataset).
 pub const H_RESUME_TOKEN: &str = "x-zetaback-resume-token";
+/// `true`: replica mode may replace the receiving dataset (`zfs receive -F`); refused unless
+/// the target agent allows it.
+pub const H_FORCE: &str = "x-zetaback-force";
 /// The sha256 of the body: a header on downloads (and accepted as an upload trailer).
 pub const H_SHA256: &str = "x-zetaback-sha256";
 /// On a download request: `sha256` when the reader checks the body against the manifest's
 /// sha256 itself (and applies nothing unchecked), so the store need not hash it too.
 pub const H_READER_VERIFIES: &str = "x-zetaback-reader-verifies";
-/// The transit check of an upload: xxh3-128 of the body, as a trailer (see
-/// [`crate::checksum`]).
+/// The transit check of an upload: xxh3-128 of the body, as a trailer (see the agent's
+/// `checksum` module).
 pub const H_XXH3: &str = "x-zetaback-xxh3";
 
 /// The answer to a successful `PUT /v1/streams/...`.
@@ -55,4 +62,16 @@ pub struct ErrorBody {
 pub struct ResumeTokenResponse {
     /// The token an interrupted resumable receive left on the replica, if any.
     pub token: Option<String>,
+}
+
+/// The query of [`routes::CATALOGUE`]: `?host=H` limits the catalogue to one source host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogueQuery {
+    pub host: Option<String>,
+}
+
+/// The query of [`routes::RESUME_TOKEN`]: `?into=ROOT`, the replica root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeTokenQuery {
+    pub into: String,
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use jiff::Timestamp;
 
-use super::catalogue::Catalogue;
+use super::catalogue::DatasetBackups;
 use super::{ArchiveRules, age};
 
 /// Live backups split into those staying live and those moving to the archive.
@@ -31,7 +31,7 @@ pub(super) struct Split {
 /// Splits the live backups; `kind_kept[i]` says whether record `i`'s kind keep retains it,
 /// `protected` lists the newest backup and the newest full.
 pub(super) fn partition(
-    cat: &Catalogue,
+    cat: &DatasetBackups,
     rules: Option<&ArchiveRules>,
     now: Timestamp,
     kind_kept: &[bool],
@@ -84,7 +84,7 @@ mod tests {
         }
     }
 
-    fn names(c: &Catalogue, s: &BTreeSet<usize>) -> Vec<String> {
+    fn names(c: &DatasetBackups, s: &BTreeSet<usize>) -> Vec<String> {
         s.iter().map(|&i| c.records()[i].id.clone()).collect()
     }
 

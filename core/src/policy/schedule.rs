@@ -2,7 +2,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::catalogue::{Catalogue, ChainError};
+use super::catalogue::{ChainError, DatasetBackups};
 use super::{BackupKind, DatasetState, HostState, PolicyRules, add};
 use crate::api::backup_policy::IncrementalBase;
 
@@ -92,7 +92,7 @@ pub struct DuePlan {
 /// restorable backup whose snapshot is in `source_snapshots`.
 pub fn next_backup(
     rules: &PolicyRules,
-    cat: &Catalogue,
+    cat: &DatasetBackups,
     source_snapshots: &[String],
     forced: Option<BackupKind>,
     now: Timestamp,
@@ -225,7 +225,7 @@ mod tests {
         }
     }
 
-    fn snaps(c: &Catalogue) -> Vec<String> {
+    fn snaps(c: &DatasetBackups) -> Vec<String> {
         c.records().iter().map(|r| r.snapshot.clone()).collect()
     }
 
@@ -239,9 +239,9 @@ mod tests {
     fn table() {
         use BackupKind::{Full, Incremental};
         use IncrementalBase::{LastFull, Previous};
-        let all = |_: &Catalogue| None::<Vec<String>>;
+        let all = |_: &DatasetBackups| None::<Vec<String>>;
         // (name, records, against, snapshots (None = all), forced, now, want, next_due)
-        type Snaps = fn(&Catalogue) -> Option<Vec<String>>;
+        type Snaps = fn(&DatasetBackups) -> Option<Vec<String>>;
         type Case = (
             &'static str,
             Vec<BackupRecord>,

@@ -6,7 +6,7 @@
 //!   next backup becomes due (so the controller can requeue on a timer);
 //! * **what has expired and what moves to the archive** ([`plan_retention`]);
 //! * **who violates the policy and why** ([`violations`]);
-//! * **which backups a restore applies** ([`Catalogue::restore_chain`]);
+//! * **which backups a restore applies** ([`DatasetBackups::restore_chain`]);
 //! * **which finished BackupJobs may go** ([`prune_history`]) and what the kept ones say
 //!   ([`JobState::from_history`]).
 //!
@@ -23,6 +23,7 @@
 mod archive;
 mod catalogue;
 mod history;
+mod pieces;
 mod retention;
 mod schedule;
 mod violations;
@@ -37,8 +38,13 @@ use crate::duration::{DurationError, Retention, format_duration};
 
 pub use crate::api::backup_job::BackupType as BackupKind;
 pub use crate::api::backup_policy::{IncrementalBase, ViolationReason};
-pub use catalogue::{BackupRecord, Catalogue, CatalogueError, ChainError, RestoreTarget};
+pub use catalogue::{BackupRecord, CatalogueError, ChainError, DatasetBackups, RestoreTarget};
+/// The old name of [`DatasetBackups`], kept while branches written against it are merged
+/// (`controller/backup_policy.rs`, `cli/`, `policy/violations.rs`); new code says
+/// `DatasetBackups`, which cannot be mistaken for the store's [`crate::store::Catalogue`].
+pub type Catalogue = DatasetBackups;
 pub use history::{FAILURE_RUN_KEPT, HistoryLimits, JobRecord, Outcome, prune_history};
+pub use pieces::{PiecesError, restore_pieces};
 pub use retention::{RetentionPlan, plan_retention, retained_by_rule};
 pub use schedule::{
     BaseRef, DueBackup, DuePlan, DueReason, Hold, next_backup, plan_due, retry_backoff,
@@ -213,7 +219,7 @@ pub struct JobState {
 #[derive(Debug, Clone, Copy)]
 pub struct DatasetState<'a> {
     /// The stored backups of this dataset, live and archived.
-    pub catalogue: &'a Catalogue,
+    pub catalogue: &'a DatasetBackups,
     /// Short names (after `@`) of the snapshots that still exist on the source dataset.
     pub source_snapshots: &'a [String],
     pub host: HostState,

@@ -1,5 +1,6 @@
-//! The catalogue: the stored backups of one dataset (live and archived), as rebuilt from the
-//! store's manifests, and the restore-chain resolver.
+//! One dataset's backups ([`DatasetBackups`]): the stored backups of one dataset (live and
+//! archived), as rebuilt from the store's manifests (the store's whole listing is
+//! [`crate::store::Catalogue`]), and the restore-chain resolver.
 //!
 //! A backup is either a *full* (a complete `zfs send` stream, restorable on its own) or an
 //! *incremental* (`zfs send -i base`), which can only be applied on top of its base. Following
@@ -74,21 +75,22 @@ pub enum RestoreTarget {
     Id(String),
 }
 
-/// The backups of one dataset, checked and ordered oldest first (by creation, then id).
+/// The backups of one dataset, checked and ordered oldest first (by creation, then id): what
+/// the policy decides on and a restore chain is resolved from.
 ///
-/// Invariants established by [`Catalogue::new`]: ids are unique, fulls have no base,
+/// Invariants established by [`DatasetBackups::new`]: ids are unique, fulls have no base,
 /// incrementals have one, and a base that is present is strictly older than its dependent (so
 /// dependencies never form a cycle). A base that is *absent* is allowed: it describes a store
 /// where a manifest was lost; such backups are reported as unrestorable, never a panic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Catalogue {
+pub struct DatasetBackups {
     records: Vec<BackupRecord>,
     index: HashMap<String, usize>,
     /// `bases[i]`: the position of record `i`'s base, if it is stored.
     bases: Vec<Option<usize>>,
 }
 
-impl Catalogue {
+impl DatasetBackups {
     /// Checks the records and orders them oldest first.
     pub fn new(mut records: Vec<BackupRecord>) -> Result<Self, CatalogueError> {
         records.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
@@ -125,7 +127,7 @@ impl Catalogue {
                 }
             }
         }
-        Ok(Catalogue {
+        Ok(DatasetBackups {
             records,
             index,
             bases,
@@ -180,7 +182,7 @@ impl Catalogue {
                 archived: b.archived,
             })
             .collect();
-        Catalogue::new(records)
+        DatasetBackups::new(records)
     }
 
     /// The records, oldest first.
@@ -345,8 +347,8 @@ pub(super) mod tests {
         }
     }
 
-    pub fn cat(records: Vec<BackupRecord>) -> Catalogue {
-        Catalogue::new(records).unwrap()
+    pub fn cat(records: Vec<BackupRecord>) -> DatasetBackups {
+        DatasetBackups::new(records).unwrap()
     }
 
     fn ids(chain: &[&BackupRecord]) -> Vec<String> {
@@ -391,7 +393,7 @@ pub(super) mod tests {
             ),
         ];
         for (records, want) in cases {
-            assert_eq!(Catalogue::new(records), Err(want));
+            assert_eq!(DatasetBackups::new(records), Err(want));
         }
     }
 
@@ -410,7 +412,7 @@ pub(super) mod tests {
         assert_eq!(c.bytes(), 220);
         assert_eq!(c.len(), 4);
         assert!(!c.is_empty());
-        assert!(Catalogue::default().newest().is_none());
+        assert!(DatasetBackups::default().newest().is_none());
     }
 
     #[test]
@@ -459,7 +461,7 @@ pub(super) mod tests {
         }
         assert!(c.is_restorable("b"));
         assert!(!c.is_restorable("lost"));
-        let empty = Catalogue::default();
+        let empty = DatasetBackups::default();
         assert_eq!(
             empty.restore_chain(&RestoreTarget::Latest),
             Err(ChainError::Empty)
@@ -511,7 +513,7 @@ pub(super) mod tests {
             stored("400.incremental.350", "z400", false),
             stored("200.incremental.100", "z200", true),
         ];
-        let c = Catalogue::from_store(&scan).unwrap();
+        let c = DatasetBackups::from_store(&scan).unwrap();
         assert_eq!(c.len(), 4);
         let b = |id: &str| c.get(id).unwrap();
         assert_eq!(
@@ -540,7 +542,7 @@ pub(super) mod tests {
         let mut bad = stored("100.full", "z", false);
         bad.manifest.id = "nonsense".into();
         assert!(matches!(
-            Catalogue::from_store([&bad]),
+            DatasetBackups::from_store([&bad]),
             Err(CatalogueError::InvalidStreamId { .. })
         ));
     }

@@ -47,6 +47,21 @@ impl Catalogue {
             .iter()
             .filter(move |b| b.manifest.host == host && b.manifest.dataset == dataset)
     }
+
+    /// The manifest of backup `id` of one dataset: the live copy's when the backup is in both
+    /// areas (a move to the archive that was interrupted), as
+    /// [`DatasetBackups::from_store`](crate::policy::DatasetBackups::from_store) counts it.
+    pub fn manifest<'a>(
+        &'a self,
+        host: &'a str,
+        dataset: &'a str,
+        id: &str,
+    ) -> Option<&'a Manifest> {
+        self.of(host, dataset)
+            .filter(|b| b.manifest.id == id)
+            .min_by_key(|b| b.archived)
+            .map(|b| &b.manifest)
+    }
 }
 
 fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
@@ -243,8 +258,8 @@ mod tests {
 
         // The scan is what restores resolve chains on (through the policy catalogue): the
         // incremental's base is found by its stream time, the archived full counts too.
-        let policy =
-            crate::policy::Catalogue::from_store(cat.of("db-1", "tank/db")).expect("consistent");
+        let policy = crate::policy::DatasetBackups::from_store(cat.of("db-1", "tank/db"))
+            .expect("consistent");
         let target = crate::policy::RestoreTarget::Id("1700086400.incremental.1700000000".into());
         let chain = policy.restore_chain(&target).expect("chain");
         let ids: Vec<_> = chain.iter().map(|b| b.id.as_str()).collect();
