@@ -284,11 +284,10 @@ check_image() {
   [ "$want" = "$got" ] || bad "$t: image exposes '$got', Containerfile EXPOSE '$want'"
 
   # The files: unpack and compare with what the COPY lines put there.
-  bundle="$dir/check/$t"
-  rm -rf "$bundle"; mkdir -p "$dir/check"
+  bundle="$work/$t"
   umoci unpack --image "$layout:$version" "$bundle" >/dev/null
   # expected: "PATH_IN_IMAGE STAGED_FILE" for every file a COPY line puts there.
-  expected="$dir/check/$t.expected"
+  expected="$work/$t.expected"
   : > "$expected"
   while read -r src dst; do
     [ -n "$src" ] || continue
@@ -340,8 +339,10 @@ cmd_check() {
   local dir
   dir=$(readlink -f "$images/current" 2>/dev/null) && [ -f "$dir/done" ] || die "no image build: run image.sh build"
   command -v runc >/dev/null || die "runc is missing (e2e/scripts/install-deps.sh installs it)"
+  # Checks may run side by side (each unpacks into its own directory).
+  work=$(mktemp -d "$dir/check.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
   for t in "${targets[@]}"; do check_image "$t" "$dir"; done
-  rm -rf "$dir/check"
   [ "$fail" = 0 ] || die "check failed ($dir against $containerfile)"
   echo "image.sh check: ${targets[*]} match $containerfile and run ($dir)"
 }
@@ -349,7 +350,7 @@ cmd_check() {
 cmd_sizes() {
   local dir t manifest packed unpacked
   dir=$(readlink -f "$images/current" 2>/dev/null) && [ -f "$dir/done" ] || die "no image build: run image.sh build"
-  printf '%-11s %12s %12s  (%s binaries)\n' image compressed unpacked "$(cat "$dir/profile")"
+  printf '%-20s %13s %13s  (%s binaries)\n' image compressed unpacked "$(cat "$dir/profile")"
   for t in "${targets[@]}"; do
     manifest=$(blob "$dir/$t" "$(jq -r '.manifests[0].digest' "$dir/$t/index.json")")
     packed=$(jq '[.layers[].size] | add' "$manifest")
@@ -357,7 +358,7 @@ cmd_sizes() {
     for d in $(jq -r '.layers[].digest' "$manifest"); do
       unpacked=$(( unpacked + $(gzip -dc "$(blob "$dir/$t" "$d")" | wc -c) ))
     done
-    printf '%-11s %10s MB %10s MB\n' "zetaback-$t" \
+    printf '%-20s %10s MB %10s MB\n' "zetaback-$t" \
       "$(awk -v b="$packed" 'BEGIN{printf "%.1f", b/1e6}')" "$(awk -v b="$unpacked" 'BEGIN{printf "%.1f", b/1e6}')"
   done
 }
