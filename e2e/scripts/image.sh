@@ -146,9 +146,10 @@ bindir() {
   echo "$dir"
 }
 
+# The same command as e2e/test.sh's build (same packages, same features), so that after it this
+# is a no-op and the images hold the binaries the tests ran.
 build_binaries() {
-  local flags=(--locked -p zetaback -p zetaback-agent -p zetaback-proxy
-    --bin zetaback-controller --bin zetaback-agent --bin zetaback-proxy)
+  local flags=(--workspace --bins --locked)
   [ "$profile" = release ] && flags+=(--release)
   [ "$profile" = debug ] || [ "$profile" = release ] || die "ZETABACK_IMAGE_PROFILE is debug or release, not $profile"
   (cd "$root" && CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target} cargo build "${flags[@]}" >&2)

@@ -18,6 +18,20 @@ use zetaback_e2e::{Env, text};
 fn image_sh(env: &Env, args: &[&str], containerfile: Option<&Path>) -> Output {
     let mut cmd = Command::new("bash");
     cmd.arg(env.root.join("e2e/scripts/image.sh")).args(args);
+    // image.sh runs `cargo build` as e2e/test.sh does; what `cargo test` adds to a test's
+    // environment (its package's variables, LD_LIBRARY_PATH) would make that a rebuild.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let cargo_own = name == "CARGO"
+            || (name.starts_with("CARGO_")
+                && !matches!(
+                    name.as_ref(),
+                    "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_INCREMENTAL"
+                ));
+        if cargo_own || name == "LD_LIBRARY_PATH" || name == "RUST_RECURSION_COUNT" {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     if let Some(file) = containerfile {
         cmd.env("ZETABACK_CONTAINERFILE", file);
     }
@@ -45,10 +59,8 @@ fn tampered(name: &str, from: &str, to: &str) -> PathBuf {
     let root = &Env::get().root;
     let original = std::fs::read_to_string(root.join("Containerfile")).expect("Containerfile");
     assert!(original.contains(from), "the Containerfile has no '{from}'");
-    let path = std::env::temp_dir().join(format!(
-        "image-containerfile-{name}-{}",
-        std::process::id()
-    ));
+    let path =
+        std::env::temp_dir().join(format!("image-containerfile-{name}-{}", std::process::id()));
     std::fs::write(&path, original.replacen(from, to, 1)).expect("write Containerfile");
     path
 }
@@ -153,7 +165,9 @@ fn chart_and_controller_name_the_built_images() {
         .collect();
     let pod_of = |kind: &str, name: &str| {
         docs.iter()
-            .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+            .find(|d| {
+                d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)
+            })
             .map(|d| d["spec"]["template"]["spec"].clone())
             .unwrap_or_else(|| panic!("the chart renders no {kind} {name}"))
     };
