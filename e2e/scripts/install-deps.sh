@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh Debian machine (as root): Debian's
-# zfs-fuse, nginx, Varnish, wrk, tmux, openssl, iproute2; checks for the Rust and Go
+# zfs-fuse, nginx, Varnish, wrk, tmux, openssl, iproute2, and what builds and checks the
+# container images without a daemon (debootstrap, umoci, runc, jq); checks for the Rust and Go
 # toolchains. Installs only what is missing, so a second run does nothing.
 set -euo pipefail
-pkgs=(zfs-fuse nginx-light varnish wrk tmux openssl iproute2 procps time curl)
+pkgs=(zfs-fuse nginx-light varnish wrk tmux openssl iproute2 procps time curl debootstrap umoci runc jq)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

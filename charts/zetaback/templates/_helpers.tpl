@@ -5,8 +5,13 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/*
+An image built from the Containerfile's target of that name:
+include "zetaback.image" (list . "controller") gives <registry>/zetaback-controller:<tag>.
+*/}}
 {{- define "zetaback.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- $root := index . 0 -}}
+{{- printf "%s/zetaback-%s:%s" $root.Values.image.registry (index . 1) ($root.Values.image.tag | default $root.Chart.AppVersion) -}}
 {{- end -}}
 
 {{/*
