@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info_span, warn};
-use zetaback::api::{ZfsHost, ZfsHostStatus};
+use zetaback_core::api::{ZfsHost, ZfsHostStatus};
 
 use crate::hostinfo::{DatasetMatcher, build_status, comparable};
 use crate::zfs::Zfs;

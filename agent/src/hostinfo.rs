@@ -2,8 +2,8 @@
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use zetaback::api::zfs_host::{DatasetStatus, PoolStatus};
-use zetaback::api::{DatasetSelector, ZfsHostStatus, condition};
+use zetaback_core::api::zfs_host::{DatasetStatus, PoolStatus};
+use zetaback_core::api::{DatasetSelector, ZfsHostStatus, condition};
 
 use crate::zfs::{Capabilities, Inventory, PoolUsage};
 
@@ -148,7 +148,7 @@ fn keep_transition_time(previous: Option<&ZfsHostStatus>, mut c: Condition) -> C
 mod tests {
     use super::*;
     use crate::zfs::parse::{DatasetInfo, SnapshotInfo};
-    use zetaback::api::DatasetPattern;
+    use zetaback_core::api::DatasetPattern;
 
     fn ds(name: &str) -> DatasetInfo {
         DatasetInfo {

@@ -12,9 +12,9 @@
 use std::time::Instant;
 
 use tracing::{info, warn};
-use zetaback::api::{BackupJobSpec, BackupType};
-use zetaback::names::{validate_dataset, validate_snapshot_name};
-use zetaback::store::StreamId;
+use zetaback_core::api::{BackupJobSpec, BackupType};
+use zetaback_core::names::{validate_dataset, validate_snapshot_name};
+use zetaback_core::store::StreamId;
 
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
@@ -80,7 +80,7 @@ pub fn stream_id(
 
 /// Validates what reaches `zfs` and the store.
 pub fn check_spec(spec: &BackupJobSpec) -> Result<(), JobError> {
-    let invalid = |e: zetaback::names::NameError| JobError::Invalid(e.to_string());
+    let invalid = |e: zetaback_core::names::NameError| JobError::Invalid(e.to_string());
     validate_dataset(&spec.dataset.0).map_err(invalid)?;
     validate_snapshot_name(&spec.snapshot).map_err(invalid)?;
     match (&spec.backup_type, &spec.base_snapshot) {
@@ -428,7 +428,7 @@ mod tests {
     use super::*;
 
     fn spec(backup_type: BackupType, base: Option<&str>, intermediates: bool) -> BackupJobSpec {
-        use zetaback::api::backup_policy::{Compression, Target};
+        use zetaback_core::api::backup_policy::{Compression, Target};
         BackupJobSpec {
             policy: "p".into(),
             host: "h1".into(),

@@ -23,4 +23,4 @@ pub mod transfer;
 pub mod zfs;
 
 /// The store's HTTP protocol (headers, routes, answers), shared with the controller.
-pub use zetaback::wire;
+pub use zetaback_core::wire;

@@ -293,7 +293,7 @@ async fn kube_client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    zetaback::telemetry::init();
+    zetaback_core::telemetry::init();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Backup(a)) => backup(a).await,
@@ -303,8 +303,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn backup(a: BackupArgs) -> anyhow::Result<()> {
-    use zetaback::api::backup_policy::{Compression, Target};
-    use zetaback::api::{BackupJobSpec, BackupType};
+    use zetaback_core::api::backup_policy::{Compression, Target};
+    use zetaback_core::api::{BackupJobSpec, BackupType};
     let token = read_token(&a.token_file)?;
     let zfs = Zfs::detect_with(a.zfs_limits.timeouts()).await?;
     let spec = BackupJobSpec {

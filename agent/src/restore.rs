@@ -47,14 +47,14 @@ use tokio::io::{AsyncBufRead, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio_util::io::StreamReader;
 use tracing::{Instrument, error, info, info_span, warn};
-use zetaback::api::backup_policy::Compression;
-use zetaback::api::condition::READY;
-use zetaback::api::restore::{RestorePhase, RestorePiece};
-use zetaback::api::{Restore, RestoreStatus, ZfsHost};
-use zetaback::conditions::{self, Wanted};
-use zetaback::policy;
-use zetaback::store::Catalogue;
-use zetaback::wire::routes;
+use zetaback_core::api::backup_policy::Compression;
+use zetaback_core::api::condition::READY;
+use zetaback_core::api::restore::{RestorePhase, RestorePiece};
+use zetaback_core::api::{Restore, RestoreStatus, ZfsHost};
+use zetaback_core::conditions::{self, Wanted};
+use zetaback_core::policy;
+use zetaback_core::store::Catalogue;
+use zetaback_core::wire::routes;
 
 use crate::checksum::BackgroundSha256;
 use crate::transfer::{self, Endpoint, TransferError};
@@ -79,7 +79,7 @@ pub enum RestoreError {
     #[error(transparent)]
     Zfs(#[from] ZfsError),
     #[error("{0}")]
-    Store(#[from] zetaback::store::StoreError),
+    Store(#[from] zetaback_core::store::StoreError),
     #[error("restore into {0}: the dataset exists (use force to replace it)")]
     Exists(String),
     #[error(
@@ -213,7 +213,7 @@ pub struct Source {
 
 /// Reads the catalogue of one source host from a target agent.
 pub async fn catalogue(endpoint: &Endpoint, host: &str) -> Result<Catalogue, RestoreError> {
-    zetaback::store::validate_host(host)?;
+    zetaback_core::store::validate_host(host)?;
     let client = transfer::client();
     let url = format!("{}{}", endpoint.base, routes::catalogue(Some(host)));
     let resp = transfer::get(&client, endpoint, &url).await?;
@@ -1065,11 +1065,11 @@ mod tests {
         assert!(!is_orphaned(&restore("h", Some(running)), "h", "other"));
     }
 
-    fn stored(id: &str, base: Option<&str>, archived: bool) -> zetaback::store::StoredBackup {
-        let sid: zetaback::store::StreamId = id.parse().expect("id");
-        zetaback::store::StoredBackup {
-            manifest: zetaback::store::Manifest {
-                version: zetaback::store::MANIFEST_VERSION,
+    fn stored(id: &str, base: Option<&str>, archived: bool) -> zetaback_core::store::StoredBackup {
+        let sid: zetaback_core::store::StreamId = id.parse().expect("id");
+        zetaback_core::store::StoredBackup {
+            manifest: zetaback_core::store::Manifest {
+                version: zetaback_core::store::MANIFEST_VERSION,
                 id: id.to_owned(),
                 host: "h".into(),
                 dataset: "tank/a".into(),

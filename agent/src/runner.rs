@@ -25,7 +25,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, error, info, info_span, warn};
-use zetaback::api::{BackupJob, BackupJobStatus, JobPhase, ZfsHost};
+use zetaback_core::api::{BackupJob, BackupJobStatus, JobPhase, ZfsHost};
 
 use crate::claim;
 use crate::job::{self, JobError, JobOutcome, JobSettings};
@@ -358,8 +358,8 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zetaback::api::backup_policy::{Compression, Target};
-    use zetaback::api::{BackupJobSpec, BackupType};
+    use zetaback_core::api::backup_policy::{Compression, Target};
+    use zetaback_core::api::{BackupJobSpec, BackupType};
 
     fn job(host: &str, status: Option<BackupJobStatus>) -> BackupJob {
         let mut j = BackupJob::new(

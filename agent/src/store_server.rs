@@ -12,7 +12,7 @@
 //!   piece itself before its end reaches `zfs receive`; hashing twice only costs CPU).
 //! - `DELETE /v1/streams/{host}/{dataset}/{id}` and `POST /v1/archive/{host}/{dataset}/{id}`
 //!   (also `POST /v1/streams/.../{id}/archive`): admin token only.
-//! - `GET /v1/catalogue[?host=H]`: the store's [`zetaback::store::Catalogue`], plus every
+//! - `GET /v1/catalogue[?host=H]`: the store's [`zetaback_core::store::Catalogue`], plus every
 //!   replica: a replica receive records its manifest (JSON, the same fields as a stored file's)
 //!   in the user property `zetaback.io:manifest` of the received snapshot, and only snapshots
 //!   that carry one are listed, so a replica counts once received and its checksum recorded.
@@ -50,9 +50,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info, info_span, warn};
-use zetaback::api::backup_policy::Compression;
-use zetaback::names::{validate_dataset, validate_snapshot_name};
-use zetaback::store::{
+use zetaback_core::api::backup_policy::Compression;
+use zetaback_core::names::{validate_dataset, validate_snapshot_name};
+use zetaback_core::store::{
     Catalogue, Manifest, StoredBackup, StreamId, unescape_dataset, validate_host,
 };
 
@@ -266,7 +266,7 @@ fn key_of(host: &str, dataset: &str, id: &str) -> Result<BackupKey, ApiError> {
     let dataset = unescape_dataset(dataset).map_err(|e| ApiError::bad(e.to_string()))?;
     let id: StreamId = id
         .parse()
-        .map_err(|e: zetaback::store::StoreError| ApiError::bad(e.to_string()))?;
+        .map_err(|e: zetaback_core::store::StoreError| ApiError::bad(e.to_string()))?;
     Ok(BackupKey {
         host: host.to_owned(),
         dataset,
@@ -861,7 +861,7 @@ async fn put_replica(
 fn replica_manifest(plan: &PutPlan, bytes: u64, sha256: &str) -> Result<Manifest, ApiError> {
     let id = &plan.key.id;
     let manifest = Manifest {
-        version: zetaback::store::MANIFEST_VERSION,
+        version: zetaback_core::store::MANIFEST_VERSION,
         id: id.to_string(),
         host: plan.key.host.clone(),
         dataset: plan.key.dataset.clone(),

@@ -35,9 +35,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 use tracing::debug;
-use zetaback::api::backup_policy::Compression;
-use zetaback::error_chain;
-use zetaback::store::StreamId;
+use zetaback_core::api::backup_policy::Compression;
+use zetaback_core::error_chain;
+use zetaback_core::store::StreamId;
 
 use crate::bufpool::BufPool;
 use crate::checksum::Transit;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use zetaback::store::scan;
+use zetaback_core::store::scan;
 
 /// `zetaback-agent restore` of `dataset`'s backup `backup` into `into`; panics if it fails.
 fn restore(tokens: &Tokens, from: &str, dataset: &str, backup: &str, into: &str) {
@@ -188,7 +188,7 @@ fn full_and_two_incrementals_to_file_store_and_replica() {
         let p = store
             .path()
             .join("src-1")
-            .join(zetaback::store::escape_dataset(ds).expect("escape"))
+            .join(zetaback_core::store::escape_dataset(ds).expect("escape"))
             .join(&b.manifest.id);
         assert_eq!(sha256_file(&p), b.manifest.sha256, "{}", b.manifest.id);
     }
@@ -231,7 +231,7 @@ fn big_dataset(pool: &Pool) -> (String, std::path::PathBuf) {
 fn store_dir(store: &Path, ds: &str) -> std::path::PathBuf {
     store
         .join("src-1")
-        .join(zetaback::store::escape_dataset(ds).expect("escape"))
+        .join(zetaback_core::store::escape_dataset(ds).expect("escape"))
 }
 
 #[test]
@@ -448,7 +448,7 @@ fn cutting_the_link_mid_stream_leaves_no_backup() {
 }
 
 /// `GET /v1/catalogue` from an agent (plain HTTP/1.0 over a real socket).
-fn get_catalogue(tokens: &Tokens, addr: &str) -> zetaback::store::Catalogue {
+fn get_catalogue(tokens: &Tokens, addr: &str) -> zetaback_core::store::Catalogue {
     use std::io::{Read, Write};
     let token = std::fs::read_to_string(&tokens.source).expect("token");
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
@@ -528,7 +528,7 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
     );
     assert_eq!(
         cat.backups[1].manifest.compression,
-        zetaback::api::backup_policy::Compression::Zstd
+        zetaback_core::api::backup_policy::Compression::Zstd
     );
     // The manifest lives on the received snapshot itself.
     let prop = zfs(&[
@@ -539,7 +539,7 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
         "zetaback.io:manifest",
         &format!("{replicas}/src-1/{ds}@zetaback-1"),
     ]);
-    let m = zetaback::store::Manifest::from_json(prop.trim().as_bytes()).expect("manifest");
+    let m = zetaback_core::store::Manifest::from_json(prop.trim().as_bytes()).expect("manifest");
     assert_eq!(m, cat.backups[0].manifest);
 
     // A manifest that does not match where it sits is reported, not listed.
@@ -568,7 +568,7 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
     );
 
     // Retention deletes a replica backup with the admin token: its snapshot goes.
-    let escaped = zetaback::store::escape_dataset(ds).expect("escape");
+    let escaped = zetaback_core::store::escape_dataset(ds).expect("escape");
     let inc_id = inc["backupId"].as_str().expect("id");
     let path = format!("/v1/streams/src-1/{escaped}/{inc_id}");
     let (status, _) = http(tokens, addr, &format!("DELETE {path}"), &[]);
@@ -700,7 +700,7 @@ fn resume_tokens_on_zfs_fuse_are_absent_and_claims_refused() {
     } = &pools;
     write_files(dir, 1, 1, 10_000);
     pools.to_replica(ds, "zetaback-1", None, &[]);
-    let escaped = zetaback::store::escape_dataset(ds).expect("escape");
+    let escaped = zetaback_core::store::escape_dataset(ds).expect("escape");
     let (status, body) = http(
         tokens,
         addr,

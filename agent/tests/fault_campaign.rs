@@ -16,7 +16,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
-use zetaback::store::{Catalogue, StreamId, scan};
+use zetaback_core::store::{Catalogue, StreamId, scan};
 
 /// xorshift64: a fixed seed gives the same campaign every run.
 struct Rng(u64);
@@ -81,7 +81,7 @@ struct Findings {
 /// Checks the store at `root` (the agent is up and settled).
 fn check(root: &Path) -> (Catalogue, Findings) {
     let cat = scan(root).expect("scan");
-    let layout = zetaback::store::Layout::new(root);
+    let layout = zetaback_core::store::Layout::new(root);
     let mut f = Findings::default();
     for b in &cat.backups {
         let m = &b.manifest;
@@ -300,7 +300,7 @@ fn kill_points_leave_no_partial_backup_and_every_retry_succeeds() {
                         .iter()
                         .find(|b| !b.archived && b.manifest.dataset == c.ds)
                         .map(|b| b.manifest.id.clone());
-                    let escaped = zetaback::store::escape_dataset(&c.ds).expect("escape");
+                    let escaped = zetaback_core::store::escape_dataset(&c.ds).expect("escape");
                     let req = id.map(|id| {
                         std::thread::spawn(move || {
                             admin_request(
@@ -366,7 +366,7 @@ fn kill_points_leave_no_partial_backup_and_every_retry_succeeds() {
             }
             Op::Archive => {
                 let cat = scan(c.store.path()).expect("scan");
-                let escaped = zetaback::store::escape_dataset(&c.ds).expect("escape");
+                let escaped = zetaback_core::store::escape_dataset(&c.ds).expect("escape");
                 cat.backups
                     .iter()
                     .filter(|b| !b.archived && b.manifest.dataset == c.ds)
@@ -480,7 +480,7 @@ fn a_full_disk_refuses_clearly_keeps_nothing_half_written_and_recovers() {
     assert!(found.orphans.is_empty(), "{:?}", found.orphans);
     // Free space (retention deletes the oldest), and the backup goes through.
     let oldest = cat.backups[0].manifest.id.clone();
-    let escaped = zetaback::store::escape_dataset(&ds).expect("escape");
+    let escaped = zetaback_core::store::escape_dataset(&ds).expect("escape");
     assert_eq!(
         admin_request(
             &admin_token(&tokens),

@@ -13,14 +13,14 @@ use common::*;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use zetaback::api::backup_policy::{Compression, Target};
-use zetaback::api::restore::{RestoreDestination, RestorePhase, RestoreSource};
-use zetaback::api::{
+use zetaback_agent::restore::{RestoreRunner, RestoreRunnerConfig};
+use zetaback_agent::zfs::{Capabilities, Zfs};
+use zetaback_core::api::backup_policy::{Compression, Target};
+use zetaback_core::api::restore::{RestoreDestination, RestorePhase, RestoreSource};
+use zetaback_core::api::{
     BackupJob, BackupJobSpec, BackupJobStatus, BackupType, DatasetPattern, DatasetSelector,
     JobPhase, Restore, RestoreSpec, RestoreStatus, ZfsHost, ZfsHostSpec,
 };
-use zetaback_agent::restore::{RestoreRunner, RestoreRunnerConfig};
-use zetaback_agent::zfs::{Capabilities, Zfs};
 
 fn kubeconfig() -> String {
     let out = Command::new(repo_root().join("e2e/scripts/env.sh"))
@@ -223,7 +223,7 @@ async fn runner_claims_runs_and_recovers_jobs() {
     assert_eq!(incr.attempts, 1);
 
     // The store agrees with the jobs' statuses.
-    let cat = zetaback::store::scan(store.path()).expect("scan");
+    let cat = zetaback_core::store::scan(store.path()).expect("scan");
     assert_eq!(cat.backups.len(), 2, "{cat:?}");
     for (st, b) in [(&full, &cat.backups[0]), (&incr, &cat.backups[1])] {
         assert_eq!(st.backup_id.as_deref(), Some(b.manifest.id.as_str()));
@@ -382,7 +382,7 @@ async fn runner_runs_jobs_created_before_it_started_and_only_its_hosts() {
             .is_some_and(|c| c.starts_with(&src_host)),
         "{early:?}"
     );
-    let cat = zetaback::store::scan(store.path()).expect("scan");
+    let cat = zetaback_core::store::scan(store.path()).expect("scan");
     assert_eq!(cat.backups.len(), 1, "{cat:?}");
     assert_eq!(
         early.backup_id.as_deref(),

@@ -100,7 +100,7 @@ fn an_incremental_in_the_same_second_as_its_base_gets_a_later_id() {
             String::from_utf8_lossy(&out.stderr)
         );
         let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        let id: zetaback::store::StreamId = outcome["backupId"]
+        let id: zetaback_core::store::StreamId = outcome["backupId"]
             .as_str()
             .expect("id")
             .parse()
@@ -114,7 +114,7 @@ fn an_incremental_in_the_same_second_as_its_base_gets_a_later_id() {
             "try {i}: the id is the snapshot's time"
         );
     }
-    let cat = zetaback::store::scan(s.store.path()).expect("scan");
+    let cat = zetaback_core::store::scan(s.store.path()).expect("scan");
     assert_eq!(cat.backups.len(), 4);
 }
 

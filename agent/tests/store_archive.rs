@@ -9,9 +9,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use common::zfs_stream_bytes;
-use zetaback::api::backup_policy::Compression;
-use zetaback::store::{Layout, StreamId};
 use zetaback_agent::filestore::{BackupKey, FakeFault, FileStore, StreamMeta};
+use zetaback_core::api::backup_policy::Compression;
+use zetaback_core::store::{Layout, StreamId};
 
 fn key() -> BackupKey {
     BackupKey {
@@ -43,7 +43,7 @@ async fn store_one(store: &FileStore) -> Vec<u8> {
 
 /// The backup is listed exactly once (live or archived) and reads back whole.
 async fn listed_once(root: &Path, data: &[u8]) -> bool {
-    let cat = zetaback::store::scan(root).expect("scan");
+    let cat = zetaback_core::store::scan(root).expect("scan");
     assert_eq!(cat.backups.len(), 1, "listed once: {cat:?}");
     let (mut f, m) = FileStore::new(root).open(&key()).await.expect("open");
     let mut back = Vec::new();

@@ -7,12 +7,12 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncReadExt;
-use zetaback::api::backup_policy::Compression;
-use zetaback::store::StreamId;
 use zetaback_agent::auth::Tokens;
 use zetaback_agent::filestore::FileStore;
 use zetaback_agent::store_server::{ServerState, serve};
 use zetaback_agent::transfer::{self, Endpoint, SourceDone, TransferError, Upload};
+use zetaback_core::api::backup_policy::Compression;
+use zetaback_core::store::StreamId;
 
 const TOKEN: &str = "source-token";
 const ADMIN: &str = "admin-token";
@@ -188,7 +188,7 @@ async fn upload_read_back_and_refuse_overwrite() {
     // The catalogue.
     let (status, body) = raw(&addr, Method::GET, "/v1/catalogue", Some(TOKEN), &[], b"").await;
     assert_eq!(status, StatusCode::OK);
-    let cat: zetaback::store::Catalogue = serde_json::from_str(&body).expect("catalogue");
+    let cat: zetaback_core::store::Catalogue = serde_json::from_str(&body).expect("catalogue");
     assert_eq!(cat.backups.len(), 2);
 
     // Delete needs the admin token; archive moves.
@@ -214,7 +214,7 @@ async fn upload_read_back_and_refuse_overwrite() {
         raw(&addr, Method::POST, a, Some(ADMIN), &[], b"").await.0,
         StatusCode::NO_CONTENT
     );
-    let cat = zetaback::store::scan(dir.path()).expect("scan");
+    let cat = zetaback_core::store::scan(dir.path()).expect("scan");
     assert_eq!(cat.backups.len(), 1);
     assert!(cat.backups[0].archived);
     // Archived backups can still be read back.
@@ -383,7 +383,7 @@ async fn a_failed_source_leaves_no_backup() {
     let ds_dir = dir.path().join("db-1/tank+db");
     wait_for_no_temporaries(&ds_dir).await;
     assert!(
-        zetaback::store::scan(dir.path())
+        zetaback_core::store::scan(dir.path())
             .expect("scan")
             .backups
             .is_empty()
@@ -412,7 +412,7 @@ async fn a_failed_source_leaves_no_backup() {
     }
     result.expect("retried").expect("retry");
     assert_eq!(
-        zetaback::store::scan(dir.path())
+        zetaback_core::store::scan(dir.path())
             .expect("scan")
             .backups
             .len(),
@@ -473,7 +473,7 @@ async fn a_dropped_connection_leaves_no_backup() {
         "a write began"
     );
     assert!(
-        zetaback::store::scan(dir.path())
+        zetaback_core::store::scan(dir.path())
             .expect("scan")
             .backups
             .is_empty(),
@@ -482,7 +482,7 @@ async fn a_dropped_connection_leaves_no_backup() {
     task.abort();
     wait_for_no_temporaries(&ds_dir).await;
     assert!(
-        zetaback::store::scan(dir.path())
+        zetaback_core::store::scan(dir.path())
             .expect("scan")
             .backups
             .is_empty()

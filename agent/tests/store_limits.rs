@@ -13,13 +13,13 @@ use common::{Tmpfs, zfs_stream_bytes, zstd_frame_with_window};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zetaback::api::backup_policy::Compression;
-use zetaback::store::StreamId;
 use zetaback_agent::auth::Tokens;
 use zetaback_agent::filestore::FileStore;
 use zetaback_agent::limits::{ListenerLimits, StoreLimits};
 use zetaback_agent::store_server::{ServerState, serve_with};
 use zetaback_agent::transfer::{self, Endpoint, SourceDone, TransferError, Upload};
+use zetaback_core::api::backup_policy::Compression;
+use zetaback_core::store::StreamId;
 
 const TOKEN: &str = "source-token";
 const ADMIN: &str = "admin-token";
@@ -150,7 +150,10 @@ async fn no_temporaries(dir: &Path) {
 }
 
 fn backups(root: &Path) -> usize {
-    zetaback::store::scan(root).expect("scan").backups.len()
+    zetaback_core::store::scan(root)
+        .expect("scan")
+        .backups
+        .len()
 }
 
 /// A refusal: the answer's status, or (when the target answered before it read the whole
@@ -727,7 +730,7 @@ async fn the_catalogue_is_scanned_once_until_something_is_written() {
             let resp = client.request(req).await.expect("catalogue");
             assert_eq!(resp.status(), StatusCode::OK);
             let body = resp.into_body().collect().await.expect("body").to_bytes();
-            serde_json::from_slice::<zetaback::store::Catalogue>(&body).expect("json")
+            serde_json::from_slice::<zetaback_core::store::Catalogue>(&body).expect("json")
         }
     };
     let scans_before = store.scans();

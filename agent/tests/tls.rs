@@ -7,12 +7,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use zetaback::api::backup_policy::Compression;
-use zetaback::store::{StreamId, scan};
 use zetaback_agent::auth::Tokens;
 use zetaback_agent::filestore::FileStore;
 use zetaback_agent::store_server::{ServerState, router};
 use zetaback_agent::transfer::{self, Endpoint, SourceDone, TransferError, Upload};
+use zetaback_core::api::backup_policy::Compression;
+use zetaback_core::store::{StreamId, scan};
 
 const TOKEN: &str = "source-token";
 

@@ -26,7 +26,7 @@ use super::restore::{RestoreArgs, build_spec, create_and_follow, default_name_of
 use super::table::{bytes, time};
 use super::{Connect, GlobalArgs, Io};
 use crate::api::{RestoreSpec, ZfsHost};
-use crate::policy::{BackupKind, Catalogue, RestoreTarget};
+use crate::policy::{BackupKind, DatasetBackups, RestoreTarget};
 use crate::store::StoredBackup;
 
 /// Asks the questions. The terminal implementation is [`Terminal`]; tests script answers.
@@ -208,7 +208,7 @@ pub fn dataset_choices(inv: &Inventory, host: &str) -> Vec<DatasetChoice> {
     by_dataset
         .into_iter()
         .map(|(dataset, bs)| {
-            let cat = Catalogue::from_store(bs.iter().copied());
+            let cat = DatasetBackups::from_store(bs.iter().copied());
             let backups = bs
                 .iter()
                 .map(|b| {

@@ -429,7 +429,7 @@ pub fn retention_rows(
     let mut problems = Vec::new();
     for (host, dataset) in datasets {
         let stored: Vec<&store::StoredBackup> = cat.of(host, dataset).collect();
-        let pc = match policy::Catalogue::from_store(stored.iter().copied()) {
+        let pc = match policy::DatasetBackups::from_store(stored.iter().copied()) {
             Ok(c) => c,
             Err(e) => {
                 problems.push(format!("{host}:{dataset}: {e} (skipped)"));
@@ -964,7 +964,7 @@ mod tests {
         let (rows, problems) = retention_rows(&rules, &cat, &datasets, now);
         assert!(problems.is_empty());
         // Cross-check with the policy module directly.
-        let pc = policy::Catalogue::from_store(cat.of("db-1", "tank/pg")).expect("cat");
+        let pc = policy::DatasetBackups::from_store(cat.of("db-1", "tank/pg")).expect("cat");
         let plan = policy::plan_retention(&rules, &pc, now);
         let of = |a: RetentionAction| {
             let mut v: Vec<String> = rows

@@ -171,7 +171,7 @@ pub fn forced_by(job: &BackupJob) -> Option<Timestamp> {
 fn backup_now_done(
     request: &BackupNowRequest,
     jobs: &[&BackupJob],
-    catalogue: &policy::Catalogue,
+    catalogue: &policy::DatasetBackups,
 ) -> bool {
     // A job forced by this request or a later one (requests of one dataset are merged into
     // one job, annotated with the newest) of the asked kind.
@@ -1186,13 +1186,10 @@ impl Reconciled for BackupPolicy {
             conds = conditions::set(&conds, &w, stamp.clone());
         }
         status.conditions = conds;
-        let mut new_body = status.clone();
-        new_body.conditions.clear();
-        let mut old_body = current.clone();
-        old_body.conditions.clear();
-        old_body.last_evaluated = None;
-        let changed =
-            new_body != old_body || !conditions::same(&status.conditions, &current.conditions);
+        // The heartbeat stamp is no change: compared without it.
+        let mut unstamped = current.clone();
+        unstamped.last_evaluated = None;
+        let changed = conditions::status_changed(&unstamped, &status);
         // Written with every change, and at least every heartbeat without one: a monitor
         // tells a live controller's unchanged answer from a dead one's last.
         let beat = heartbeat_due(current.last_evaluated.as_ref(), now, ctx.status_heartbeat);

@@ -17,8 +17,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
-use zetaback::store::layout::{ARCHIVE_DIR, MANIFEST_SUFFIX, is_temporary};
-use zetaback::store::{Layout, StreamId, unescape_dataset, validate_host};
+use zetaback_core::store::layout::{ARCHIVE_DIR, MANIFEST_SUFFIX, is_temporary};
+use zetaback_core::store::{Layout, StreamId, unescape_dataset, validate_host};
 
 use super::{BackupKey, FakeFault, FileStoreError, io_err};
 

@@ -1,5 +1,5 @@
 //! The target agent's file store: writes streams crash-safely into the layout of
-//! [`zetaback::store`] and reads them back.
+//! [`zetaback_core::store`] and reads them back.
 //!
 //! Writing a stream: a temporary file `.tmp-<id>-<unique>` in the dataset's directory, hashed
 //! (sha256, and xxh3-128 for the transit check) while written, `fsync`ed; then the manifest is
@@ -39,9 +39,9 @@ use tokio::fs::{self, File, OpenOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
-use zetaback::api::BackupType;
-use zetaback::api::backup_policy::Compression;
-use zetaback::store::{Catalogue, Layout, Manifest, StoreError, StreamId};
+use zetaback_core::api::BackupType;
+use zetaback_core::api::backup_policy::Compression;
+use zetaback_core::store::{Catalogue, Layout, Manifest, StoreError, StreamId};
 
 use crate::checksum::Received;
 use crate::limits::StoreLimits;
@@ -273,7 +273,7 @@ impl FileStore {
         };
         let root = self.layout.root().to_path_buf();
         self.shared.scans.fetch_add(1, Ordering::Relaxed);
-        let cat = tokio::task::spawn_blocking(move || zetaback::store::scan(&root))
+        let cat = tokio::task::spawn_blocking(move || zetaback_core::store::scan(&root))
             .await
             .map_err(joined)??;
         self.shared.cache.put(ticket, &cat);
@@ -534,7 +534,7 @@ fn remove_temporaries(root: &Path) -> Result<usize, FileStoreError> {
             if ft.is_dir() {
                 stack.push(path);
             } else if ft.is_file()
-                && zetaback::store::layout::is_temporary(&entry.file_name().to_string_lossy())
+                && zetaback_core::store::layout::is_temporary(&entry.file_name().to_string_lossy())
             {
                 warn!(path = %path.display(), "removing a stream left half-written by a crash");
                 std::fs::remove_file(&path).map_err(io_err(&path))?;
@@ -917,7 +917,7 @@ impl PendingStream {
             });
         };
         let manifest = Manifest {
-            version: zetaback::store::MANIFEST_VERSION,
+            version: zetaback_core::store::MANIFEST_VERSION,
             id: self.key.id.to_string(),
             host: self.key.host.clone(),
             dataset: self.key.dataset.clone(),
@@ -943,7 +943,7 @@ impl PendingStream {
         // before anything has its final name.
         let mtemp = self.dir.join(format!(
             "{}{}.json-{}",
-            zetaback::store::layout::TEMP_PREFIX,
+            zetaback_core::store::layout::TEMP_PREFIX,
             self.key.id,
             unique()
         ));
@@ -1078,7 +1078,7 @@ mod tests {
                     .commit(StreamMeta {
                         snapshot: "s".into(),
                         base_snapshot: None,
-                        compression: zetaback::api::backup_policy::Compression::None,
+                        compression: zetaback_core::api::backup_policy::Compression::None,
                     })
                     .await
                     .expect("commit");

@@ -2,7 +2,7 @@
 //! in them are validated here (so nothing unvalidated reaches `zfs`), and the OpenZFS-only
 //! variants are unit-tested without OpenZFS.
 
-use zetaback::names::{validate_dataset, validate_full_snapshot, validate_snapshot_name};
+use zetaback_core::names::{validate_dataset, validate_full_snapshot, validate_snapshot_name};
 
 use super::caps::{Capabilities, Capability};
 use super::error::ZfsError;

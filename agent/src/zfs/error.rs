@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use zetaback::names::NameError;
+use zetaback_core::names::NameError;
 
 /// A command line as it was run (argv, shown space-separated; never passed to a shell).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -184,7 +184,7 @@ impl Zfs {
 
     /// Whether a dataset exists.
     pub async fn dataset_exists(&self, dataset: &str) -> Result<bool, ZfsError> {
-        zetaback::names::validate_dataset(dataset)?;
+        zetaback_core::names::validate_dataset(dataset)?;
         let args: Vec<String> = ["list", "-H", "-o", "name", dataset]
             .iter()
             .map(|s| (*s).to_owned())
@@ -198,7 +198,7 @@ impl Zfs {
 
     /// `zfs create -p dataset` (parents of a replica), unmounted where possible.
     pub async fn create_parents(&self, dataset: &str) -> Result<(), ZfsError> {
-        zetaback::names::validate_dataset(dataset)?;
+        zetaback_core::names::validate_dataset(dataset)?;
         let args: Vec<String> = ["create", "-p", dataset]
             .iter()
             .map(|s| (*s).to_owned())
@@ -208,7 +208,7 @@ impl Zfs {
 
     /// `zfs destroy -r dataset`: only for a dataset a failed restore itself created.
     pub async fn destroy_restored(&self, dataset: &str) -> Result<(), ZfsError> {
-        zetaback::names::validate_dataset(dataset)?;
+        zetaback_core::names::validate_dataset(dataset)?;
         let args = vec!["destroy".to_owned(), "-r".to_owned(), dataset.to_owned()];
         self.output(&args, true).await.map(drop)
     }
@@ -216,7 +216,7 @@ impl Zfs {
     /// Makes a received replica read-only with no atime updates, so that the next
     /// incremental finds it unmodified (`receive` without `-F` refuses a modified target).
     pub async fn protect_replica(&self, dataset: &str) -> Result<(), ZfsError> {
-        zetaback::names::validate_dataset(dataset)?;
+        zetaback_core::names::validate_dataset(dataset)?;
         for prop in ["atime=off", "readonly=on"] {
             let args = vec!["set".to_owned(), prop.to_owned(), dataset.to_owned()];
             self.output(&args, true).await?;
@@ -226,7 +226,7 @@ impl Zfs {
 
     /// Undoes [`Zfs::protect_replica`] (after a restore): inherit `readonly` and `atime`.
     pub async fn unprotect(&self, dataset: &str) -> Result<(), ZfsError> {
-        zetaback::names::validate_dataset(dataset)?;
+        zetaback_core::names::validate_dataset(dataset)?;
         for prop in ["readonly", "atime"] {
             let args = vec!["inherit".to_owned(), prop.to_owned(), dataset.to_owned()];
             self.output(&args, true).await?;

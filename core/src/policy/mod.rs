@@ -39,10 +39,6 @@ use crate::duration::{DurationError, Retention, format_duration};
 pub use crate::api::backup_job::BackupType as BackupKind;
 pub use crate::api::backup_policy::{IncrementalBase, ViolationReason};
 pub use catalogue::{BackupRecord, CatalogueError, ChainError, DatasetBackups, RestoreTarget};
-/// The old name of [`DatasetBackups`], kept while branches written against it are merged
-/// (`controller/backup_policy.rs`, `cli/`, `policy/violations.rs`); new code says
-/// `DatasetBackups`, which cannot be mistaken for the store's [`crate::store::Catalogue`].
-pub type Catalogue = DatasetBackups;
 pub use history::{FAILURE_RUN_KEPT, HistoryLimits, JobRecord, Outcome, prune_history};
 pub use pieces::{PiecesError, restore_pieces};
 pub use retention::{RetentionPlan, plan_retention, retained_by_rule};

@@ -438,7 +438,7 @@ proptest! {
         started_after in 0i64..3 * D,
         at in 0i64..40 * D,
     ) {
-        let cat = Catalogue::new(history).unwrap();
+        let cat = DatasetBackups::new(history).unwrap();
         let newest = cat.newest().map_or(ts(T0), |r| r.created);
         // Either a stored backup, or one that is not stored, taken after everything stored.
         let (id, kind, started) = match cat.records() {

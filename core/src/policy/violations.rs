@@ -208,7 +208,9 @@ mod tests {
     use crate::api::backup_policy::IncrementalBase;
     use crate::duration::Retention;
     use crate::policy::catalogue::tests::{cat, full, inc, ts};
-    use crate::policy::{BackupKind, BackupRecord, Cadence, Catalogue, JobState, RecordedBackup};
+    use crate::policy::{
+        BackupKind, BackupRecord, Cadence, DatasetBackups, JobState, RecordedBackup,
+    };
 
     const D: i64 = 86_400;
     const G: i64 = 900;
@@ -350,7 +352,7 @@ mod tests {
             ),
         ];
         for (name, records, host, failing, covered, now, want) in cases {
-            let c: Catalogue = cat(records);
+            let c: DatasetBackups = cat(records);
             let state = DatasetState {
                 catalogue: &c,
                 source_snapshots: &[],
@@ -394,7 +396,7 @@ mod tests {
         );
     }
 
-    fn state<'a>(c: &'a Catalogue, recorded: Option<RecordedBackup<'a>>) -> DatasetState<'a> {
+    fn state<'a>(c: &'a DatasetBackups, recorded: Option<RecordedBackup<'a>>) -> DatasetState<'a> {
         DatasetState {
             catalogue: c,
             source_snapshots: &[],
