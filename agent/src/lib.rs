@@ -20,6 +20,7 @@ pub mod store_server;
 pub mod stream_header;
 pub mod tls;
 pub mod transfer;
+pub mod unread_body;
 pub mod zfs;
 
 /// The store's HTTP protocol (headers, routes, answers), shared with the controller.

@@ -229,6 +229,9 @@ pub fn router(state: ServerState) -> Router {
         .route(routes::STREAM_ARCHIVE, post(archive))
         .route(routes::ARCHIVE, post(archive))
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_request(
+            crate::unread_body::linger_on_refusal,
+        ))
         .with_state(Arc::new(state))
 }
 

@@ -552,3 +552,45 @@ async fn corrupt_stored_streams_fail_on_read() {
         "the reader can tell the body from the manifest"
     );
 }
+
+/// A target that refuses a stream before reading it (here: the job names another store path)
+/// still gets its refusal to the source while the source is writing a large stream: the
+/// source reports the target's reason, not a reset connection. (Before the fix the target
+/// closed the socket with the stream unread, the kernel answered with a reset, and the source
+/// saw "Broken pipe" or "connection reset" instead of the refusal, in most tries.)
+#[tokio::test]
+async fn a_refusal_reaches_a_source_that_is_still_sending() {
+    let dir = tempdir();
+    let addr = start(dir.path()).await;
+    let ep = Endpoint::new(&addr, TOKEN);
+    let client = transfer::client();
+    let payload = data(1024 * 1024, 7);
+    for try_no in 0..40 {
+        let mut up = upload_spec("1700000000.full", Compression::None);
+        up.store_path = Some("/not/the/store".into());
+        // Like `zfs send`: a first piece at once, the rest in pieces with pauses between.
+        let (reader, mut writer) = tokio::io::duplex(64 * 1024);
+        let stream = payload.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in stream.chunks(64 * 1024) {
+                if writer.write_all(piece).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        match transfer::upload(&client, &ep, &up, reader, ok_done()).await {
+            Err(TransferError::Rejected { status, message }) => {
+                assert_eq!(status, StatusCode::BAD_REQUEST, "try {try_no}");
+                assert!(
+                    message.contains("stores backups under"),
+                    "try {try_no}: {message}"
+                );
+            }
+            Err(e) => panic!("try {try_no}: expected the refusal, got {e}"),
+            Ok(_) => panic!("try {try_no}: the target stored a stream it should refuse"),
+        }
+    }
+    assert!(files(&dir.path().join("db-1/tank+db")).is_empty());
+}
