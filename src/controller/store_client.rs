@@ -52,6 +52,11 @@ pub enum StoreClientError {
     Path(#[from] StoreError),
 }
 
+/// The largest answer read from an agent (a catalogue of ~200,000 backups).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// How long reading an answer's body may take, after its head arrived.
+pub const ANSWER_TIME_LIMIT: Duration = Duration::from_secs(60);
+
 /// The answer to a possibly conditional request.
 enum Fetched {
     NotModified,
@@ -130,12 +135,29 @@ impl StoreClient {
             .get(hyper::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_bytes();
+        // The answer is read within a size and a time limit: an agent is a peer, not trusted
+        // to end its answer (a compromised node could stream forever or trickle).
+        let body = tokio::time::timeout(
+            ANSWER_TIME_LIMIT,
+            http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| {
+            fail(format!(
+                "the answer did not end within {}s",
+                ANSWER_TIME_LIMIT.as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                fail(format!(
+                    "the answer is larger than {MAX_ANSWER_BYTES} bytes (refused)"
+                ))
+            } else {
+                fail(e.to_string())
+            }
+        })?
+        .to_bytes();
         if !status.is_success() {
             return Err(StoreClientError::Status {
                 method,
@@ -555,6 +577,31 @@ mod tests {
     use super::*;
     use crate::api::BackupType;
     use crate::store::Manifest;
+
+    /// A hostile agent stand-in (a real HTTP server on loopback): its catalogue answer never
+    /// ends. The client must give up at the size limit instead of holding it all in memory.
+    #[tokio::test]
+    async fn an_endless_answer_is_refused_at_the_size_limit() {
+        async fn endless() -> axum::body::Body {
+            let chunk = Bytes::from(vec![b' '; 1024 * 1024]);
+            axum::body::Body::from_stream(futures::stream::repeat_with(move || {
+                Ok::<_, std::io::Error>(chunk.clone())
+            }))
+        }
+        let app = axum::Router::new().route("/v1/catalogue", axum::routing::get(endless));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = StoreClient::new(None);
+        match client.catalogue_all(&addr.to_string()).await {
+            Err(StoreClientError::Request { message, .. }) => {
+                assert!(message.contains("larger than"), "{message}")
+            }
+            other => panic!("expected a refusal at the size limit, got {other:?}"),
+        }
+    }
 
     fn backup(host: &str, dataset: &str, at: i64) -> StoredBackup {
         StoredBackup {
