@@ -886,15 +886,29 @@ fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>>
             silent.join(", ")
         ));
     }
+    // A policy that selects nothing protects nothing: not compliant (a selector typo would
+    // otherwise read as "every dataset is backed up").
+    let nothing_selected = v == 0 && (plan.status.hosts == 0 || plan.status.datasets == 0);
+    if nothing_selected {
+        message = if plan.status.hosts == 0 {
+            "the policy selects no ZfsHost, so nothing is backed up (check spec.hosts)".to_owned()
+        } else {
+            "the selected hosts report no dataset this policy covers, so nothing is backed up \
+             (check spec.datasets and the hosts' include/exclude)"
+                .to_owned()
+        };
+    }
     // Without the store's catalogue nothing can be vouched for: no backup is known.
     if let Some(problem) = &plan.store_problem {
         message = format!("compliance is unknown: {problem}");
     }
     out.push(Wanted {
         type_: COMPLIANT,
-        status: v == 0 && plan.store_problem.is_none(),
+        status: v == 0 && plan.store_problem.is_none() && !nothing_selected,
         reason: match (v, datasets) {
             _ if plan.store_problem.is_some() => "StoreUnreachable",
+            _ if nothing_selected && plan.status.hosts == 0 => "NoHostsSelected",
+            _ if nothing_selected => "NoDatasetsSelected",
             (0, _) => "AllBackedUp",
             (_, 0) => "HostNotReporting",
             _ => "Violators",
@@ -1561,7 +1575,7 @@ mod tests {
             "the datasets of these hosts are unknown: no report from ghost, db-1"
         );
         // A stale report that listed none of the policy's datasets: unknown as well; a fresh
-        // one that lists none: nothing to back up, compliant.
+        // one that lists none: no violator, but nothing is protected: not compliant.
         let stale = host("db-1", "db", 100, &["rpool/other"]);
         let pol = policy_naming(&["db-1"]);
         let p = decide(
@@ -1580,10 +1594,29 @@ mod tests {
         );
         let p = decide(&pol, &[stale], Some(&cat), 120, None, &[], 0);
         assert_eq!(p.status.violators, 0);
+        let conds = wanted_conditions(&p, &pol);
+        let compliant = conds.iter().find(|c| c.type_ == COMPLIANT).unwrap();
+        assert!(!compliant.status);
+        assert_eq!(compliant.reason, "NoDatasetsSelected");
+        // A label selector that matches no host at all: the same, with its own reason.
+        let none = decide(
+            &policy(),
+            &[host("web-1", "web", 100, &["tank/www"])],
+            Some(&cat),
+            120,
+            None,
+            &[],
+            0,
+        );
+        assert_eq!(none.status.hosts, 0);
+        let conds = wanted_conditions(&none, &pol);
+        let compliant = conds.iter().find(|c| c.type_ == COMPLIANT).unwrap();
+        assert!(!compliant.status);
+        assert_eq!(compliant.reason, "NoHostsSelected");
         assert!(
-            wanted_conditions(&p, &pol)
-                .iter()
-                .any(|c| c.type_ == COMPLIANT && c.status)
+            compliant.message.contains("selects no ZfsHost"),
+            "{}",
+            compliant.message
         );
     }
 
