@@ -63,16 +63,6 @@ impl CliError {
 
     /// The message and its chain of causes, `: `-separated.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            let s_text = s.to_string();
-            if !text.contains(&s_text) {
-                text.push_str(": ");
-                text.push_str(&s_text);
-            }
-            source = s.source();
-        }
-        text
+        crate::error_chain::format(self)
     }
 }
