@@ -186,8 +186,12 @@ spec:
         .expect("node A's claim of node B's BackupJob was accepted");
     println!("refused: {job}");
     assert!(job.contains("BackupJobs of its own node"), "{job}");
-    let restore = refusal(restores_a.patch_status("restore-agent-b", &pp, &claim).await)
-        .expect("node A's claim of node B's Restore was accepted");
+    let restore = refusal(
+        restores_a
+            .patch_status("restore-agent-b", &pp, &claim)
+            .await,
+    )
+    .expect("node A's claim of node B's Restore was accepted");
     println!("refused: {restore}");
     assert!(restore.contains("Restores to its own node"), "{restore}");
     let b: ZfsHost = Api::all(env.client().await)
@@ -214,10 +218,7 @@ spec:
             .await,
     );
     env.kubectl(&["delete", "zfshost", &format!("{node_a}-alias")]);
-    assert!(
-        alias.is_some(),
-        "node A wrote a ZfsHost not named after it"
-    );
+    assert!(alias.is_some(), "node A wrote a ZfsHost not named after it");
 
     // A token of the agent's ServiceAccount not bound to a pod carries no node: refused.
     let unbound = env.client_with_token(&agent_token(env, &ns, None)).await;

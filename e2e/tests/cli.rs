@@ -599,6 +599,8 @@ async fn make_host(client: &kube::Client, name: &str, status: Value) {
             node_name: name.to_owned(),
             datasets: Default::default(),
             paused: false,
+            allowed_namespaces: Vec::new(),
+            restore_roots: Vec::new(),
         },
     );
     api.create(&PostParams::default(), &host)

@@ -733,6 +733,8 @@ mod tests {
                 node_name: name.into(),
                 datasets: Default::default(),
                 paused: false,
+                allowed_namespaces: Vec::new(),
+                restore_roots: Vec::new(),
             },
         );
         h.status = datasets.map(|ds| ZfsHostStatus {

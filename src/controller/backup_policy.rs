@@ -30,6 +30,7 @@ use crate::api::{
 };
 use crate::policy::{self, DatasetState, HostState, JobState, PolicyRules};
 use crate::selection::{PolicyMatcher, labels_match};
+use crate::tenancy;
 
 /// The label that ties a BackupJob to its policy.
 pub const POLICY_LABEL: &str = "zetaback.io/policy";
@@ -1119,6 +1120,38 @@ impl Reconciled for BackupPolicy {
         let target_host = all_hosts
             .iter()
             .find(|h| h.name_any() == obj.spec.target.host.as_str());
+        // Tenancy: every host the policy would back up, and its backup host, must serve the
+        // policy's namespace; otherwise it is refused and touches nothing (no job, no
+        // retention, no archive).
+        let uses = hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.metadata.name.as_deref().unwrap_or_default(),
+                    &h.spec,
+                    "backed up",
+                )
+            })
+            .chain(target_host.map(|h| {
+                (
+                    h.metadata.name.as_deref().unwrap_or_default(),
+                    &h.spec,
+                    "the backup target",
+                )
+            }));
+        if let Some(why) = tenancy::namespace_refusal(&ns, &ctx.operator_namespace, uses) {
+            warn!(reason = tenancy::FORBIDDEN, message = %why, "policy refused");
+            super::spec_check::refuse(
+                &ctx,
+                obj.as_ref(),
+                Self::KIND,
+                (current.observed_generation, &current.conditions),
+                tenancy::FORBIDDEN,
+                why,
+            )
+            .await?;
+            return Ok(Action::requeue(ctx.status_heartbeat));
+        }
         let endpoint = target_host
             .and_then(|h| h.status.as_ref())
             .and_then(|s| s.agent_endpoint.clone());
@@ -1339,6 +1372,8 @@ mod tests {
                 node_name: name.into(),
                 datasets: DatasetSelector::default(),
                 paused: false,
+                allowed_namespaces: Vec::new(),
+                restore_roots: Vec::new(),
             },
         );
         h.metadata.labels = Some(

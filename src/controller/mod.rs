@@ -60,6 +60,9 @@ pub struct Context {
     pub expected: Arc<backup_policy::Expectations>,
     /// Each backup host's catalogue, shared by policies and revalidated, not re-read whole.
     pub catalogues: Arc<store_client::CatalogueCache>,
+    /// The operator's own namespace (the Lease's): the one a ZfsHost serves when its
+    /// `spec.allowedNamespaces` is empty (`zetaback_core::tenancy`).
+    pub operator_namespace: String,
 }
 
 /// A reconcile failure, with what was being done.
@@ -107,7 +110,9 @@ impl Error {
 /// Options for [`run`].
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The namespace holding the leader Lease.
+    /// The namespace holding the leader Lease: the operator's own namespace (the chart passes
+    /// its pod's, `POD_NAMESPACE`), the only one a ZfsHost serves unless its
+    /// `spec.allowedNamespaces` says otherwise.
     pub lease_namespace: String,
     /// This replica's identity in the Lease (pod name).
     pub identity: String,
@@ -291,6 +296,7 @@ async fn lead(
         catalogues: Arc::new(store_client::CatalogueCache::new(
             store_client::CATALOGUE_MAX_AGE,
         )),
+        operator_namespace: options.lease_namespace.clone(),
     });
     ctx.metrics.watch_jobs(ctx.jobs.clone());
     let ns = options.watch_namespace.clone();

@@ -250,6 +250,8 @@ impl Simulator {
                                 serde_json::json!({"include": ["tank/**"]}),
                             )?,
                             paused: false,
+                            allowed_namespaces: Vec::new(),
+                            restore_roots: Vec::new(),
                         },
                     );
                     let mut labels = std::collections::BTreeMap::new();
