@@ -135,6 +135,7 @@ pub async fn run(
     zfs: &Zfs,
     host: &str,
     spec: &BackupJobSpec,
+    policy: Option<&str>,
     endpoint: &Endpoint,
     settings: &JobSettings,
 ) -> Result<JobOutcome, JobError> {
@@ -148,7 +149,17 @@ pub async fn run(
         _ => None,
     };
     let (snap, made) = take_snapshot(zfs, dataset, &spec.snapshot, base.as_ref()).await?;
-    let result = back_up(zfs, host, spec, endpoint, settings, &snap, base.as_ref()).await;
+    let result = back_up(
+        zfs,
+        host,
+        spec,
+        policy,
+        endpoint,
+        settings,
+        &snap,
+        base.as_ref(),
+    )
+    .await;
     match result {
         Ok(outcome) => {
             if settings.prune_snapshots {
@@ -269,10 +280,12 @@ async fn wait_past(ts: i64) -> bool {
 }
 
 /// Holds the snapshot (and its base), sends it, releases the holds.
+#[allow(clippy::too_many_arguments)]
 async fn back_up(
     zfs: &Zfs,
     host: &str,
     spec: &BackupJobSpec,
+    policy: Option<&str>,
     endpoint: &Endpoint,
     settings: &JobSettings,
     snap: &SnapshotInfo,
@@ -294,6 +307,7 @@ async fn back_up(
         zfs,
         host,
         spec,
+        policy,
         endpoint,
         settings,
         id,
@@ -308,10 +322,12 @@ async fn back_up(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_and_upload(
     zfs: &Zfs,
     host: &str,
     spec: &BackupJobSpec,
+    policy: Option<&str>,
     endpoint: &Endpoint,
     settings: &JobSettings,
     id: StreamId,
@@ -345,6 +361,7 @@ async fn send_and_upload(
         bandwidth_limit: settings.bandwidth_limit,
         idle_timeout: settings.idle_timeout,
         resume_token: None,
+        policy: policy.map(str::to_owned),
     };
     let started = Instant::now();
     let uploaded = match &settings.tls {

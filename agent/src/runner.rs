@@ -182,10 +182,18 @@ impl Runner {
         let started = std::time::Instant::now();
         let result = match self.endpoint(&job.spec.target.host.0).await {
             Ok(ep) => {
+                // The store records the policy that made the backup: retention deletes only
+                // its own policy's backups.
+                let policy = format!(
+                    "{}/{}",
+                    job.namespace().unwrap_or_default(),
+                    job.spec.policy
+                );
                 job::run(
                     &self.zfs,
                     &self.cfg.host_name,
                     &job.spec,
+                    Some(&policy),
                     &ep,
                     &self.cfg.settings,
                 )

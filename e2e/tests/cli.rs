@@ -586,6 +586,7 @@ fn stored(host: &str, dataset: &str, id: &str, archived: bool) -> StoredBackup {
             sha256: "ab".repeat(32),
             compression: Compression::Zstd,
             created: Timestamp::from_second(sid.ts()).expect("ts"),
+            policy: None,
         },
         archived,
     }

@@ -714,6 +714,7 @@ mod tests {
                 sha256: "a".repeat(64),
                 compression: Compression::Zstd,
                 created: ts(sid.ts()),
+                policy: None,
             },
             archived,
         }

@@ -24,7 +24,7 @@ use crate::api::backup_policy::{
     BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, Violation,
     ViolationReason, parse_backup_now,
 };
-use crate::api::condition::{COMPLIANT, READY};
+use crate::api::condition::{COMPLIANT, OVERLAPPING, READY};
 use crate::api::{
     BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupType, JobPhase, ZfsHost,
 };
@@ -83,6 +83,9 @@ pub struct Plan {
     pub store_problem: Option<String>,
     /// The newest stored backup of each covered dataset that has one: (host, dataset, when).
     pub last_backups: Vec<(String, String, Timestamp)>,
+    /// Covered datasets that other policies also store backups of: (host, dataset, the other
+    /// policies as `<namespace>/<name>`). Each policy keeps, and expires, only its own.
+    pub overlaps: Vec<(String, String, Vec<String>)>,
 }
 
 fn host_state(host: &ZfsHost, now: Timestamp, stale_after: Duration) -> HostState {
@@ -425,6 +428,12 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     let covered_since = policy.creation_timestamp().map(|t| t.0);
     let empty = StoreView::default();
     let catalogue = inputs.catalogue.unwrap_or(&empty);
+    // The policy acts only on its own backups (the manifest names the policy that made each).
+    let owner = format!(
+        "{}/{}",
+        policy.namespace().unwrap_or_default(),
+        policy.name_any()
+    );
     // Due backups, started oldest-due first once every dataset was looked at (so the caps
     // never starve a dataset that sorts late).
     let mut candidates: Vec<Candidate> = Vec::new();
@@ -476,7 +485,12 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
         {
             dataset_count += 1;
             covered += 1;
-            let cat = match catalogue.dataset(&host_name, &ds.name) {
+            let others = catalogue.other_owners(&host_name, &ds.name, &owner);
+            if !others.is_empty() {
+                out.overlaps
+                    .push((host_name.clone(), ds.name.clone(), others));
+            }
+            let cat = match catalogue.owned_by(&host_name, &ds.name, &owner) {
                 Ok(c) => c,
                 Err(e) => {
                     // Nothing is scheduled or deleted on a store that does not add up, and the
@@ -903,6 +917,36 @@ fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>>
         message,
         observed_generation: generation,
     });
+    // Shared datasets are reported (and the condition cleared once none is left).
+    let had = policy
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == OVERLAPPING));
+    if !plan.overlaps.is_empty() || had {
+        let shared: Vec<String> = plan
+            .overlaps
+            .iter()
+            .map(|(h, d, others)| format!("{h}:{d} (also {})", others.join(", ")))
+            .collect();
+        out.push(Wanted {
+            type_: OVERLAPPING,
+            status: !shared.is_empty(),
+            reason: if shared.is_empty() {
+                "NoSharedDatasets"
+            } else {
+                "SharedDatasets"
+            },
+            message: if shared.is_empty() {
+                "no other policy stores backups of this policy's datasets".to_owned()
+            } else {
+                format!(
+                    "other policies also back up {}; each keeps and expires only its own backups",
+                    shared.join("; ")
+                )
+            },
+            observed_generation: generation,
+        });
+    }
     out
 }
 
@@ -1413,6 +1457,7 @@ mod tests {
                 sha256: "0".repeat(64),
                 compression: crate::api::backup_policy::Compression::None,
                 created: ts(at),
+                policy: None,
             },
             archived: false,
         }

@@ -395,6 +395,7 @@ impl Simulator {
             sha256: sha256.clone(),
             compression: job.spec.compression,
             created: Timestamp::from_second(ts)?,
+            policy: None,
         };
         // The store first, then the job: the controller never sees "succeeded but missing".
         {

@@ -187,4 +187,6 @@ pub mod condition {
     pub const COMPLIANT: &str = "Compliant";
     /// The agent serving a host reported recently.
     pub const AGENT_CONNECTED: &str = "AgentConnected";
+    /// Another policy also backs up some of the policy's datasets (each keeps its own).
+    pub const OVERLAPPING: &str = "Overlapping";
 }
