@@ -58,6 +58,26 @@ pub struct JobSettings {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
+/// Refuses a job whose dataset the host does not offer: its ZfsHost's `spec.datasets`
+/// (include, then exclude) must select it. A BackupJob is not trusted to name any dataset of
+/// the host; the agent checks again what the controller decided.
+pub fn check_offered(
+    host: &str,
+    selector: &zetaback_core::api::DatasetSelector,
+    dataset: &str,
+) -> Result<(), JobError> {
+    let matcher = zetaback_core::selection::DatasetMatcher::new(selector).map_err(|e| {
+        JobError::Invalid(format!("host {host}'s spec.datasets cannot be read: {e}"))
+    })?;
+    if matcher.matches(dataset) {
+        Ok(())
+    } else {
+        Err(JobError::Invalid(format!(
+            "dataset {dataset} is not offered by host {host} (its ZfsHost's spec.datasets include/exclude do not select it)"
+        )))
+    }
+}
+
 /// The stream id of a job from its snapshots' creation times.
 pub fn stream_id(
     backup_type: BackupType,
@@ -461,6 +481,22 @@ mod tests {
             compression: Compression::None,
             intermediates,
         }
+    }
+
+    #[test]
+    fn a_dataset_the_host_does_not_offer_is_refused() {
+        let selector: zetaback_core::api::DatasetSelector = serde_json::from_value(
+            serde_json::json!({"include": ["tank/**"], "exclude": ["tank/secret/**", "tank/secret"]}),
+        )
+        .expect("selector");
+        assert!(check_offered("h", &selector, "tank/db").is_ok());
+        let e = check_offered("h", &selector, "tank/secret").expect_err("excluded");
+        assert!(e.to_string().contains("not offered by host h"), "{e}");
+        assert!(check_offered("h", &selector, "tank/secret/x").is_err());
+        assert!(
+            check_offered("h", &selector, "other/db").is_err(),
+            "not included"
+        );
     }
 
     #[test]
