@@ -41,8 +41,7 @@ async fn finished(jobs: &Api<BackupJob>, name: &str) -> (JobPhase, String) {
 async fn a_job_for_an_excluded_dataset_is_refused_by_the_agent() {
     let env = Env::get();
     let ns = env.namespace("tenancy-dscheck");
-    let fleet =
-        Fleet::start(env, &ns, &[HostSpec::source("src"), HostSpec::store("bak")]).await;
+    let fleet = Fleet::start(env, &ns, &[HostSpec::source("src"), HostSpec::store("bak")]).await;
     let pool = fleet.host("src").pool.clone();
     let secret = fleet.create_dataset("src", "secret");
     let open = fleet.create_dataset("src", "open");
