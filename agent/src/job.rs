@@ -58,6 +58,26 @@ pub struct JobSettings {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
+/// Refuses a job whose dataset the host does not offer: its ZfsHost's `spec.datasets`
+/// (include, then exclude) must select it. A BackupJob is not trusted to name any dataset of
+/// the host; the agent checks again what the controller decided.
+pub fn check_offered(
+    host: &str,
+    selector: &zetaback_core::api::DatasetSelector,
+    dataset: &str,
+) -> Result<(), JobError> {
+    let matcher = zetaback_core::selection::DatasetMatcher::new(selector).map_err(|e| {
+        JobError::Invalid(format!("host {host}'s spec.datasets cannot be read: {e}"))
+    })?;
+    if matcher.matches(dataset) {
+        Ok(())
+    } else {
+        Err(JobError::Invalid(format!(
+            "dataset {dataset} is not offered by host {host} (its ZfsHost's spec.datasets include/exclude do not select it)"
+        )))
+    }
+}
+
 /// The stream id of a job from its snapshots' creation times.
 pub fn stream_id(
     backup_type: BackupType,
@@ -135,6 +155,7 @@ pub async fn run(
     zfs: &Zfs,
     host: &str,
     spec: &BackupJobSpec,
+    policy: Option<&str>,
     endpoint: &Endpoint,
     settings: &JobSettings,
 ) -> Result<JobOutcome, JobError> {
@@ -148,7 +169,17 @@ pub async fn run(
         _ => None,
     };
     let (snap, made) = take_snapshot(zfs, dataset, &spec.snapshot, base.as_ref()).await?;
-    let result = back_up(zfs, host, spec, endpoint, settings, &snap, base.as_ref()).await;
+    let result = back_up(
+        zfs,
+        host,
+        spec,
+        policy,
+        endpoint,
+        settings,
+        &snap,
+        base.as_ref(),
+    )
+    .await;
     match result {
         Ok(outcome) => {
             if settings.prune_snapshots {
@@ -269,10 +300,12 @@ async fn wait_past(ts: i64) -> bool {
 }
 
 /// Holds the snapshot (and its base), sends it, releases the holds.
+#[allow(clippy::too_many_arguments)]
 async fn back_up(
     zfs: &Zfs,
     host: &str,
     spec: &BackupJobSpec,
+    policy: Option<&str>,
     endpoint: &Endpoint,
     settings: &JobSettings,
     snap: &SnapshotInfo,
@@ -294,6 +327,7 @@ async fn back_up(
         zfs,
         host,
         spec,
+        policy,
         endpoint,
         settings,
         id,
@@ -308,10 +342,12 @@ async fn back_up(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_and_upload(
     zfs: &Zfs,
     host: &str,
     spec: &BackupJobSpec,
+    policy: Option<&str>,
     endpoint: &Endpoint,
     settings: &JobSettings,
     id: StreamId,
@@ -345,6 +381,7 @@ async fn send_and_upload(
         bandwidth_limit: settings.bandwidth_limit,
         idle_timeout: settings.idle_timeout,
         resume_token: None,
+        policy: policy.map(str::to_owned),
     };
     let started = Instant::now();
     let uploaded = match &settings.tls {
@@ -444,6 +481,22 @@ mod tests {
             compression: Compression::None,
             intermediates,
         }
+    }
+
+    #[test]
+    fn a_dataset_the_host_does_not_offer_is_refused() {
+        let selector: zetaback_core::api::DatasetSelector = serde_json::from_value(
+            serde_json::json!({"include": ["tank/**"], "exclude": ["tank/secret/**", "tank/secret"]}),
+        )
+        .expect("selector");
+        assert!(check_offered("h", &selector, "tank/db").is_ok());
+        let e = check_offered("h", &selector, "tank/secret").expect_err("excluded");
+        assert!(e.to_string().contains("not offered by host h"), "{e}");
+        assert!(check_offered("h", &selector, "tank/secret/x").is_err());
+        assert!(
+            check_offered("h", &selector, "other/db").is_err(),
+            "not included"
+        );
     }
 
     #[test]

@@ -341,7 +341,8 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
     };
     let endpoint = zetaback_agent::transfer::Endpoint::new(&a.target, token);
-    let out = zetaback_agent::job::run(&zfs, &a.host_name, &spec, &endpoint, &settings).await?;
+    let out =
+        zetaback_agent::job::run(&zfs, &a.host_name, &spec, None, &endpoint, &settings).await?;
     println!(
         "{}",
         serde_json::json!({

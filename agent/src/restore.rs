@@ -1080,6 +1080,7 @@ mod tests {
                 sha256: format!("{:064x}", sid.ts() * 2 + i64::from(archived)),
                 compression: Compression::None,
                 created: jiff::Timestamp::from_second(sid.ts()).expect("ts"),
+                policy: None,
             },
             archived,
         }

@@ -163,6 +163,17 @@ impl Runner {
         Ok(claim::claim(&api, &claimed).await?)
     }
 
+    /// Re-checks the job's dataset against this host's ZfsHost include/exclude
+    /// ([`job::check_offered`]).
+    async fn check_offered(&self, dataset: &str) -> Result<(), JobError> {
+        let name = &self.cfg.host_name;
+        let host = Api::<ZfsHost>::all(self.client.clone())
+            .get(name)
+            .await
+            .map_err(|e| JobError::Invalid(format!("own ZfsHost {name}: {e}")))?;
+        job::check_offered(name, &host.spec.datasets, dataset)
+    }
+
     async fn endpoint(&self, target_host: &str) -> Result<Endpoint, JobError> {
         let hosts: Api<ZfsHost> = Api::all(self.client.clone());
         let host = hosts
@@ -180,12 +191,25 @@ impl Runner {
     /// Runs a claimed job and records the outcome.
     pub async fn execute(&self, job: BackupJob) -> Result<(), RunnerError> {
         let started = std::time::Instant::now();
-        let result = match self.endpoint(&job.spec.target.host.0).await {
+        let checked = self.check_offered(&job.spec.dataset.0).await;
+        let endpoint = match checked {
+            Ok(()) => self.endpoint(&job.spec.target.host.0).await,
+            Err(e) => Err(e),
+        };
+        let result = match endpoint {
             Ok(ep) => {
+                // The store records the policy that made the backup: retention deletes only
+                // its own policy's backups.
+                let policy = format!(
+                    "{}/{}",
+                    job.namespace().unwrap_or_default(),
+                    job.spec.policy
+                );
                 job::run(
                     &self.zfs,
                     &self.cfg.host_name,
                     &job.spec,
+                    Some(&policy),
                     &ep,
                     &self.cfg.settings,
                 )

@@ -65,9 +65,9 @@ use crate::limits::{ListenerLimits, StoreLimits};
 use crate::scan_cache::ScanCache;
 use crate::stream_header::{self, Verdict};
 use crate::wire::{
-    CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_FORCE, H_READER_VERIFIES,
-    H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse,
-    ResumeTokenQuery, ResumeTokenResponse, routes,
+    CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_FORCE, H_POLICY,
+    H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3,
+    PutResponse, ResumeTokenQuery, ResumeTokenResponse, routes,
 };
 use crate::zfs::{Capability, ReceiveRequest, Zfs, ZfsError};
 
@@ -349,6 +349,10 @@ fn plan_put(
         }
     };
     let receive_into = header_str(headers, H_RECEIVE_INTO)?.map(str::to_owned);
+    let policy = header_str(headers, H_POLICY)?.map(str::to_owned);
+    if let Some(p) = &policy {
+        zetaback_core::store::validate_policy_ref(p).map_err(|e| ApiError::bad(e.to_string()))?;
+    }
     let resume_token = header_str(headers, H_RESUME_TOKEN)?.map(str::to_owned);
     if let Some(t) = &resume_token {
         if receive_into.is_none() {
@@ -426,6 +430,7 @@ fn plan_put(
             snapshot,
             base_snapshot,
             compression,
+            policy,
         },
         receive_into,
         resume_token,
@@ -876,6 +881,7 @@ fn replica_manifest(plan: &PutPlan, bytes: u64, sha256: &str) -> Result<Manifest
         compression: plan.meta.compression,
         created: jiff::Timestamp::from_second(id.ts())
             .map_err(|e| ApiError::bad(format!("stream id {id}: {e}")))?,
+        policy: plan.meta.policy.clone(),
     };
     manifest
         .validate()

@@ -43,7 +43,7 @@ use crate::bufpool::BufPool;
 use crate::checksum::Transit;
 use crate::ratelimit::RateLimiter;
 use crate::wire::{
-    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256,
+    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_POLICY, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256,
     H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse, routes,
 };
 
@@ -137,6 +137,8 @@ pub struct Upload {
     pub idle_timeout: Duration,
     /// Replica mode: the stream resumes an interrupted receive (`zfs send -t TOKEN`).
     pub resume_token: Option<String>,
+    /// The BackupPolicy the stream is made for, `<namespace>/<name>` (the store records it).
+    pub policy: Option<String>,
 }
 
 /// A finished upload: what the target said, and what was sent.
@@ -414,6 +416,9 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
         );
     if let Some(b) = &up.base_snapshot {
         req = req.header(H_BASE_SNAPSHOT, b);
+    }
+    if let Some(policy) = &up.policy {
+        req = req.header(H_POLICY, policy);
     }
     if let Some(into) = &up.receive_into {
         req = req.header(H_RECEIVE_INTO, into);

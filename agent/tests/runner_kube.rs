@@ -641,6 +641,8 @@ async fn create_hosts(
                     exclude: vec![],
                 },
                 paused: false,
+                allowed_namespaces: Vec::new(),
+                restore_roots: Vec::new(),
             },
         );
         hosts

@@ -35,6 +35,7 @@ async fn store_one(store: &FileStore) -> Vec<u8> {
             snapshot: "zb-1700000000".into(),
             base_snapshot: None,
             compression: Compression::None,
+            policy: None,
         })
         .await
         .expect("commit");

@@ -68,6 +68,7 @@ fn upload_spec(host: &str, id: &str, compression: Compression) -> Upload {
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(30),
         resume_token: None,
+        policy: None,
     }
 }
 

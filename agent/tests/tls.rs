@@ -121,6 +121,7 @@ fn upload_spec(id: &str) -> Upload {
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(30),
         resume_token: None,
+        policy: None,
     }
 }
 

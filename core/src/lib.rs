@@ -26,4 +26,5 @@ pub mod policy;
 pub mod selection;
 pub mod store;
 pub mod telemetry;
+pub mod tenancy;
 pub mod wire;

@@ -27,6 +27,9 @@ pub const SNAPSHOT_NAME_PATTERN: &str = r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]*$";
 pub const OBJECT_NAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
+/// A namespace name (DNS-1123 label).
+pub const NAMESPACE_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
 /// An absolute path for a backup store: no `..` component, no NUL.
 pub const STORE_PATH_PATTERN: &str = r"^/([^/\x00]+/?)*$";
 

@@ -22,6 +22,9 @@ pub const H_RESUME_TOKEN: &str = "x-zetaback-resume-token";
 /// `true`: replica mode may replace the receiving dataset (`zfs receive -F`); refused unless
 /// the target agent allows it.
 pub const H_FORCE: &str = "x-zetaback-force";
+/// File mode: the BackupPolicy that made the backup, `<namespace>/<name>` (recorded in the
+/// manifest: retention deletes only its own policy's backups).
+pub const H_POLICY: &str = "x-zetaback-policy";
 /// The sha256 of the body: a header on downloads (and accepted as an upload trailer).
 pub const H_SHA256: &str = "x-zetaback-sha256";
 /// On a download request: `sha256` when the reader checks the body against the manifest's

@@ -244,6 +244,9 @@ impl Fleet {
                     )
                     .expect("selector"),
                     paused: false,
+                    allowed_namespaces: Vec::new(),
+                    // Restores land anywhere in the host's own pool.
+                    restore_roots: vec![pool.as_str().into()],
                 },
             );
             let mut labels = spec.labels.clone();

@@ -239,7 +239,7 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
     // The namespace's objects go with it; the release's cluster-scoped ones are deleted here.
     let out = env.kubectl(&[
         "delete",
-        "clusterrole,clusterrolebinding",
+        "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding",
         "-l",
         &format!("app.kubernetes.io/instance={ns}"),
     ]);

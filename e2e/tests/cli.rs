@@ -586,6 +586,7 @@ fn stored(host: &str, dataset: &str, id: &str, archived: bool) -> StoredBackup {
             sha256: "ab".repeat(32),
             compression: Compression::Zstd,
             created: Timestamp::from_second(sid.ts()).expect("ts"),
+            policy: None,
         },
         archived,
     }
@@ -599,6 +600,8 @@ async fn make_host(client: &kube::Client, name: &str, status: Value) {
             node_name: name.to_owned(),
             datasets: Default::default(),
             paused: false,
+            allowed_namespaces: Vec::new(),
+            restore_roots: Vec::new(),
         },
     );
     api.create(&PostParams::default(), &host)

@@ -475,6 +475,7 @@ async fn classes_job_history_and_backup_metrics() {
                                 sha256: "0".repeat(64),
                                 compression: job.spec.compression,
                                 created: jiff::Timestamp::from_second(ts).expect("ts"),
+                                policy: None,
                             },
                             archived: false,
                         });
@@ -815,6 +816,7 @@ async fn policies_sharing_a_backup_host_share_its_per_target_slots() {
                 sha256: "0".repeat(64),
                 compression: first.spec.compression,
                 created: jiff::Timestamp::from_second(ts).expect("ts"),
+                policy: None,
             },
             archived: false,
         });

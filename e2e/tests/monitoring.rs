@@ -67,6 +67,7 @@ fn stored_full(host: &str, dataset: &str, at: i64) -> StoredBackup {
             sha256: "0".repeat(64),
             compression: zetaback::api::backup_policy::Compression::None,
             created: jiff::Timestamp::from_second(at).expect("ts"),
+            policy: None,
         },
         archived: false,
     }

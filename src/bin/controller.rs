@@ -28,6 +28,10 @@ struct Args {
     /// (`kubectl zetaback violators`) tells a running controller from a dead one.
     #[arg(long, env = "ZETABACK_STATUS_HEARTBEAT", default_value = "5m")]
     status_heartbeat: String,
+    /// Proxy images a FallbackRoute may name in spec.image, comma-separated (the default proxy
+    /// image is always allowed); a route naming another is refused.
+    #[arg(long, env = "ZETABACK_ALLOWED_PROXY_IMAGES", value_delimiter = ',')]
+    allowed_proxy_images: Vec<String>,
 }
 
 #[tokio::main]
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
             store_token,
             host_stale_after,
             status_heartbeat,
+            allowed_proxy_images: args.allowed_proxy_images,
         },
         zetaback::controller::shutdown_signal(),
     )

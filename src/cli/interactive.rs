@@ -848,6 +848,8 @@ mod tests {
                 node_name: name.into(),
                 datasets: Default::default(),
                 paused: false,
+                allowed_namespaces: Vec::new(),
+                restore_roots: Vec::new(),
             },
         );
         h.status = Some(

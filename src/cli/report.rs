@@ -714,6 +714,7 @@ mod tests {
                 sha256: "a".repeat(64),
                 compression: Compression::Zstd,
                 created: ts(sid.ts()),
+                policy: None,
             },
             archived,
         }
@@ -733,6 +734,8 @@ mod tests {
                 node_name: name.into(),
                 datasets: Default::default(),
                 paused: false,
+                allowed_namespaces: Vec::new(),
+                restore_roots: Vec::new(),
             },
         );
         h.status = datasets.map(|ds| ZfsHostStatus {

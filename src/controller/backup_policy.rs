@@ -24,12 +24,13 @@ use crate::api::backup_policy::{
     BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, Violation,
     ViolationReason, parse_backup_now,
 };
-use crate::api::condition::{COMPLIANT, READY};
+use crate::api::condition::{COMPLIANT, OVERLAPPING, READY};
 use crate::api::{
     BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupType, JobPhase, ZfsHost,
 };
 use crate::policy::{self, DatasetState, HostState, JobState, PolicyRules};
 use crate::selection::{PolicyMatcher, labels_match};
+use crate::tenancy;
 
 /// The label that ties a BackupJob to its policy.
 pub const POLICY_LABEL: &str = "zetaback.io/policy";
@@ -82,6 +83,9 @@ pub struct Plan {
     pub store_problem: Option<String>,
     /// The newest stored backup of each covered dataset that has one: (host, dataset, when).
     pub last_backups: Vec<(String, String, Timestamp)>,
+    /// Covered datasets that other policies also store backups of: (host, dataset, the other
+    /// policies as `<namespace>/<name>`). Each policy keeps, and expires, only its own.
+    pub overlaps: Vec<(String, String, Vec<String>)>,
 }
 
 fn host_state(host: &ZfsHost, now: Timestamp, stale_after: Duration) -> HostState {
@@ -424,6 +428,12 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     let covered_since = policy.creation_timestamp().map(|t| t.0);
     let empty = StoreView::default();
     let catalogue = inputs.catalogue.unwrap_or(&empty);
+    // The policy acts only on its own backups (the manifest names the policy that made each).
+    let owner = format!(
+        "{}/{}",
+        policy.namespace().unwrap_or_default(),
+        policy.name_any()
+    );
     // Due backups, started oldest-due first once every dataset was looked at (so the caps
     // never starve a dataset that sorts late).
     let mut candidates: Vec<Candidate> = Vec::new();
@@ -475,7 +485,12 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
         {
             dataset_count += 1;
             covered += 1;
-            let cat = match catalogue.dataset(&host_name, &ds.name) {
+            let others = catalogue.other_owners(&host_name, &ds.name, &owner);
+            if !others.is_empty() {
+                out.overlaps
+                    .push((host_name.clone(), ds.name.clone(), others));
+            }
+            let cat = match catalogue.owned_by(&host_name, &ds.name, &owner) {
                 Ok(c) => c,
                 Err(e) => {
                     // Nothing is scheduled or deleted on a store that does not add up, and the
@@ -916,6 +931,36 @@ fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>>
         message,
         observed_generation: generation,
     });
+    // Shared datasets are reported (and the condition cleared once none is left).
+    let had = policy
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == OVERLAPPING));
+    if !plan.overlaps.is_empty() || had {
+        let shared: Vec<String> = plan
+            .overlaps
+            .iter()
+            .map(|(h, d, others)| format!("{h}:{d} (also {})", others.join(", ")))
+            .collect();
+        out.push(Wanted {
+            type_: OVERLAPPING,
+            status: !shared.is_empty(),
+            reason: if shared.is_empty() {
+                "NoSharedDatasets"
+            } else {
+                "SharedDatasets"
+            },
+            message: if shared.is_empty() {
+                "no other policy stores backups of this policy's datasets".to_owned()
+            } else {
+                format!(
+                    "other policies also back up {}; each keeps and expires only its own backups",
+                    shared.join("; ")
+                )
+            },
+            observed_generation: generation,
+        });
+    }
     out
 }
 
@@ -1133,6 +1178,38 @@ impl Reconciled for BackupPolicy {
         let target_host = all_hosts
             .iter()
             .find(|h| h.name_any() == obj.spec.target.host.as_str());
+        // Tenancy: every host the policy would back up, and its backup host, must serve the
+        // policy's namespace; otherwise it is refused and touches nothing (no job, no
+        // retention, no archive).
+        let uses = hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.metadata.name.as_deref().unwrap_or_default(),
+                    &h.spec,
+                    "backed up",
+                )
+            })
+            .chain(target_host.map(|h| {
+                (
+                    h.metadata.name.as_deref().unwrap_or_default(),
+                    &h.spec,
+                    "the backup target",
+                )
+            }));
+        if let Some(why) = tenancy::namespace_refusal(&ns, &ctx.operator_namespace, uses) {
+            warn!(reason = tenancy::FORBIDDEN, message = %why, "policy refused");
+            super::spec_check::refuse(
+                &ctx,
+                obj.as_ref(),
+                Self::KIND,
+                (current.observed_generation, &current.conditions),
+                tenancy::FORBIDDEN,
+                why,
+            )
+            .await?;
+            return Ok(Action::requeue(ctx.status_heartbeat));
+        }
         let endpoint = target_host
             .and_then(|h| h.status.as_ref())
             .and_then(|s| s.agent_endpoint.clone());
@@ -1353,6 +1430,8 @@ mod tests {
                 node_name: name.into(),
                 datasets: DatasetSelector::default(),
                 paused: false,
+                allowed_namespaces: Vec::new(),
+                restore_roots: Vec::new(),
             },
         );
         h.metadata.labels = Some(
@@ -1392,6 +1471,7 @@ mod tests {
                 sha256: "0".repeat(64),
                 compression: crate::api::backup_policy::Compression::None,
                 created: ts(at),
+                policy: None,
             },
             archived: false,
         }

@@ -482,6 +482,35 @@ pub enum Rendered {
     Applied(String),
     /// Not applied (the running objects are left alone), for this reason.
     Refused(String),
+    /// Not applied: the route names an image outside the allow-list.
+    ImageNotAllowed(String),
+    /// Not applied: an object of the proxy's name exists and the route does not own it.
+    Conflict(String),
+}
+
+/// Refuses an image the route names that is neither the default proxy image nor allowed.
+pub fn check_image(spec: &FallbackRouteSpec, allowed: &[String]) -> Result<(), String> {
+    match spec.image.as_deref() {
+        None => Ok(()),
+        Some(image) if image == DEFAULT_IMAGE || allowed.iter().any(|a| a == image) => Ok(()),
+        Some(image) => Err(format!(
+            "image {image} is not allowed: the controller runs only {DEFAULT_IMAGE}{} (the chart's controller.allowedProxyImages)",
+            if allowed.is_empty() {
+                String::new()
+            } else {
+                format!(" and {}", allowed.join(", "))
+            }
+        )),
+    }
+}
+
+/// Whether an existing object's owner references name the route (its uid).
+pub fn owned_by_route(meta: &ObjectMeta, route_uid: &str) -> bool {
+    meta.owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|r| r.uid == route_uid && r.kind == "FallbackRoute")
 }
 
 /// What one reconcile found out, for the status.
@@ -511,14 +540,17 @@ pub fn desired_status(
         rollout,
     } = observed;
     let (generation, backends) = (*generation, *backends);
+    let refused = |reason, why: &String| Wanted {
+        type_: READY,
+        status: false,
+        reason,
+        message: why.clone(),
+        observed_generation: generation,
+    };
     let ready = match rendered {
-        Rendered::Refused(why) => Wanted {
-            type_: READY,
-            status: false,
-            reason: "InvalidSpec",
-            message: why.clone(),
-            observed_generation: generation,
-        },
+        Rendered::Refused(why) => refused("InvalidSpec", why),
+        Rendered::ImageNotAllowed(why) => refused("ImageNotAllowed", why),
+        Rendered::Conflict(why) => refused("Conflict", why),
         Rendered::Applied(_) => Wanted {
             type_: READY,
             status: rollout.ready,
@@ -556,7 +588,9 @@ pub fn desired_status(
         ready_replicas: rollout.ready_replicas,
         config_hash: match rendered {
             Rendered::Applied(hash) => Some(hash.clone()),
-            Rendered::Refused(_) => current.config_hash.clone(),
+            Rendered::Refused(_) | Rendered::ImageNotAllowed(_) | Rendered::Conflict(_) => {
+                current.config_hash.clone()
+            }
         },
         conditions,
     }
@@ -618,7 +652,49 @@ async fn missing_services(
     Ok(missing)
 }
 
-/// Server-side applies `obj` (forcing ownership of the fields it sets) and returns the result.
+/// The objects the route `name` renders (ConfigMap and Deployment `<name>-proxy`, Service
+/// `<name>`) that exist and that the route does not own: the controller never takes them over.
+async fn foreign_objects(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    route_uid: &str,
+) -> Result<Vec<String>, Error> {
+    async fn foreign<K>(
+        ctx: &Context,
+        namespace: &str,
+        name: &str,
+        route_uid: &str,
+    ) -> Result<Option<String>, Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+        let found = api
+            .get_metadata_opt(name)
+            .await
+            .map_err(|source| Error::Read {
+                what: format!("{} {namespace}/{name}", K::kind(&())),
+                source,
+            })?;
+        Ok(found
+            .filter(|m| !owned_by_route(&m.metadata, route_uid))
+            .map(|_| format!("{} {namespace}/{name}", K::kind(&()))))
+    }
+    let proxy = proxy_name(name);
+    let found = [
+        foreign::<ConfigMap>(ctx, namespace, &proxy, route_uid).await?,
+        foreign::<Deployment>(ctx, namespace, &proxy, route_uid).await?,
+        foreign::<Service>(ctx, namespace, name, route_uid).await?,
+    ];
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// Server-side applies `obj` (forcing ownership of the fields it sets: only ever on objects
+/// the route owns, see [`foreign_objects`]) and returns the result.
 async fn apply<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<K, Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
@@ -667,8 +743,42 @@ pub async fn reconcile_route(
 
     let rendered = render_config(&route.spec, &namespace)
         .and_then(|config| Ok((config_yaml(&config)?, config.cache.max_size)));
-    let (rendered, deployment) = match rendered {
-        Ok((yaml, max_size)) => {
+    let proxy = proxy_name(&name);
+    let uid = route.meta().uid.clone().unwrap_or_default();
+    let blocked = match (
+        &rendered,
+        check_image(&route.spec, &ctx.allowed_proxy_images),
+    ) {
+        (Err(_), _) => None,
+        (Ok(_), Err(why)) => Some(Rendered::ImageNotAllowed(why)),
+        (Ok(_), Ok(())) => {
+            let foreign = foreign_objects(&ctx, &namespace, &name, &uid).await?;
+            (!foreign.is_empty()).then(|| {
+                Rendered::Conflict(format!(
+                    "{} exist(s) and FallbackRoute {name} does not own it: left as it is (rename or delete it, or the route)",
+                    foreign.join(", ")
+                ))
+            })
+        }
+    };
+    let (rendered, deployment) = match (rendered, blocked) {
+        (_, Some(refusal)) => {
+            warn!(
+                ?refusal,
+                "route not rendered; objects it does not own are left alone"
+            );
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+            let dep = api
+                .get_opt(&proxy)
+                .await
+                .map_err(|source| Error::Read {
+                    what: format!("Deployment {namespace}/{proxy}"),
+                    source,
+                })?
+                .filter(|d| owned_by_route(&d.metadata, &uid));
+            (refusal, dep)
+        }
+        (Ok((yaml, max_size)), None) => {
             let hash = config_hash(&yaml);
             apply(&ctx, &namespace, &config_map(&owner, &yaml)).await?;
             let dep = apply(
@@ -680,10 +790,9 @@ pub async fn reconcile_route(
             apply(&ctx, &namespace, &service(&owner)).await?;
             (Rendered::Applied(hash), Some(dep))
         }
-        Err(why) => {
+        (Err(why), None) => {
             warn!(error = %why, "spec not rendered; the running proxy is left as it is");
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-            let proxy = proxy_name(&name);
             let dep = api.get_opt(&proxy).await.map_err(|source| Error::Read {
                 what: format!("Deployment {namespace}/{proxy}"),
                 source,
@@ -751,6 +860,31 @@ mod tests {
 
     fn t(secs: i64) -> Time {
         Time(jiff::Timestamp::from_second(secs).expect("time"))
+    }
+
+    #[test]
+    fn only_the_default_and_allowed_images_run() {
+        let mut spec = two_backends();
+        assert_eq!(check_image(&spec, &[]), Ok(()), "no image: the default");
+        spec.image = Some(DEFAULT_IMAGE.into());
+        assert_eq!(check_image(&spec, &[]), Ok(()));
+        spec.image = Some("registry.local/proxy:dev".into());
+        let why = check_image(&spec, &[]).expect_err("not allowed");
+        assert!(why.contains("registry.local/proxy:dev"), "{why}");
+        let allowed = vec!["registry.local/proxy:dev".to_owned()];
+        assert_eq!(check_image(&spec, &allowed), Ok(()));
+        spec.image = Some("registry.local/proxy:dev2".into());
+        assert!(check_image(&spec, &allowed).is_err(), "exact names only");
+    }
+
+    #[test]
+    fn only_an_owner_reference_with_the_routes_uid_is_ownership() {
+        let owner = owner();
+        let uid = owner.reference.uid.clone();
+        let ours = config_map(&owner, "x").metadata;
+        assert!(owned_by_route(&ours, &uid));
+        assert!(!owned_by_route(&ours, "another-uid"));
+        assert!(!owned_by_route(&ObjectMeta::default(), &uid));
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub struct Context {
     pub expected: Arc<backup_policy::Expectations>,
     /// Each backup host's catalogue, shared by policies and revalidated, not re-read whole.
     pub catalogues: Arc<store_client::CatalogueCache>,
+    /// The operator's own namespace (the Lease's): the one a ZfsHost serves when its
+    /// `spec.allowedNamespaces` is empty (`zetaback_core::tenancy`).
+    pub operator_namespace: String,
+    /// The images FallbackRoutes may name ([`Options::allowed_proxy_images`]).
+    pub allowed_proxy_images: Vec<String>,
 }
 
 /// A reconcile failure, with what was being done.
@@ -107,7 +112,9 @@ impl Error {
 /// Options for [`run`].
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The namespace holding the leader Lease.
+    /// The namespace holding the leader Lease: the operator's own namespace (the chart passes
+    /// its pod's, `POD_NAMESPACE`), the only one a ZfsHost serves unless its
+    /// `spec.allowedNamespaces` says otherwise.
     pub lease_namespace: String,
     /// This replica's identity in the Lease (pod name).
     pub identity: String,
@@ -122,6 +129,9 @@ pub struct Options {
     /// A policy's `status.lastEvaluated` is refreshed at least this often (default
     /// [`crate::api::backup_policy::STATUS_HEARTBEAT`]).
     pub status_heartbeat: Duration,
+    /// The proxy images a FallbackRoute may name in `spec.image` (besides the default proxy
+    /// image, which routes naming none get); any other is refused (`ImageNotAllowed`).
+    pub allowed_proxy_images: Vec<String>,
 }
 
 impl Options {
@@ -135,6 +145,7 @@ impl Options {
             store_token: None,
             host_stale_after: Duration::from_secs(90),
             status_heartbeat: crate::api::backup_policy::STATUS_HEARTBEAT,
+            allowed_proxy_images: Vec::new(),
         }
     }
 }
@@ -291,6 +302,8 @@ async fn lead(
         catalogues: Arc::new(store_client::CatalogueCache::new(
             store_client::CATALOGUE_MAX_AGE,
         )),
+        operator_namespace: options.lease_namespace.clone(),
+        allowed_proxy_images: options.allowed_proxy_images.clone(),
     });
     ctx.metrics.watch_jobs(ctx.jobs.clone());
     let ns = options.watch_namespace.clone();

@@ -56,6 +56,9 @@ pub mod reason {
     pub const SUCCEEDED: &str = "Succeeded";
     /// A bulk restore that ended with at least one dataset not restored.
     pub const DATASETS_FAILED: &str = "DatasetsFailed";
+    /// The Restore's namespace may not use its source or destination host, or its
+    /// destination is outside the destination host's restore roots.
+    pub const FORBIDDEN: &str = crate::tenancy::FORBIDDEN;
 }
 
 /// Why a Restore is refused before anything is sent.
@@ -215,6 +218,40 @@ pub fn check_destination(spec: &RestoreSpec, dest: Option<&ZfsHost>) -> Result<(
     Ok(())
 }
 
+/// Refuses a Restore whose namespace may not use its source host (whose backups it reads) or
+/// its destination host, or whose destination lies outside the destination's restore roots
+/// (pure). A source host that no longer exists serves only the operator's namespace; a missing
+/// destination is left to [`check_destination`].
+pub fn check_tenancy(
+    spec: &RestoreSpec,
+    hosts: &[ZfsHost],
+    namespace: &str,
+    operator_namespace: &str,
+) -> Result<(), Refusal> {
+    let find = |name: &str| hosts.iter().find(|h| h.name_any() == name);
+    let source_name = spec.source.host.as_str();
+    let gone = crate::api::ZfsHostSpec::on_node("");
+    let source = find(source_name).map_or(&gone, |h| &h.spec);
+    let dest = find(spec.destination.host.as_str());
+    let mut uses = vec![(source_name, source, "the source of the backups")];
+    if let Some(d) = dest {
+        uses.push((spec.destination.host.as_str(), &d.spec, "the destination"));
+    }
+    if let Some(why) = crate::tenancy::namespace_refusal(namespace, operator_namespace, uses) {
+        return Err(Refusal::new(reason::FORBIDDEN, why));
+    }
+    if let Some(d) = dest
+        && let Some(why) = crate::tenancy::restore_root_refusal(
+            spec.destination.host.as_str(),
+            &d.spec,
+            spec.destination.dataset.as_str(),
+        )
+    {
+        return Err(Refusal::new(reason::FORBIDDEN, why));
+    }
+    Ok(())
+}
+
 /// The file-store backup hosts named by these policies, sorted and distinct.
 pub fn store_hosts<'a>(policies: impl IntoIterator<Item = &'a BackupPolicy>) -> Vec<String> {
     policies
@@ -291,9 +328,14 @@ async fn ask_stores(
         .items;
     let mut answers = Vec::new();
     for name in store_hosts(&policies) {
-        let endpoint = hosts
-            .iter()
-            .find(|h| h.name_any() == name)
+        let host = hosts.iter().find(|h| h.name_any() == name);
+        // A backup host that does not serve the Restore's namespace is not asked.
+        if host.is_some_and(|h| {
+            !crate::tenancy::namespace_allowed(&h.spec, &ns, &ctx.operator_namespace)
+        }) {
+            continue;
+        }
+        let endpoint = host
             .and_then(|h| h.status.as_ref())
             .and_then(|s| s.agent_endpoint.clone());
         let catalogue = match &endpoint {
@@ -359,7 +401,10 @@ impl Reconciled for Restore {
         }
         let hosts = list_hosts(&ctx).await?;
         let dest = destination_host(&hosts, &obj.spec);
-        let outcome = match check_destination(&obj.spec, dest) {
+        let ns = obj.namespace().ok_or(Error::MissingMeta("Restore"))?;
+        let outcome = match check_tenancy(&obj.spec, &hosts, &ns, &ctx.operator_namespace)
+            .and_then(|()| check_destination(&obj.spec, dest))
+        {
             Err(r) => Err(r),
             Ok(()) => resolve(&obj.spec, &ask_stores(&ctx, &obj, &hosts).await?),
         };
@@ -799,6 +844,11 @@ async fn reconcile_bulk(obj: &Restore, ctx: &Context) -> Result<Action, Error> {
     if rows.is_empty() {
         let hosts = list_hosts(ctx).await?;
         let dest = destination_host(&hosts, &obj.spec);
+        if let Err(refusal) = check_tenancy(&obj.spec, &hosts, &ns, &ctx.operator_namespace) {
+            warn!(reason = refusal.reason, message = %refusal.message, "bulk restore refused");
+            write_outcome(ctx, obj, &current, &Err(refusal)).await?;
+            return Ok(Action::await_change());
+        }
         let answers = ask_stores(ctx, obj, &hosts).await?;
         match plan_bulk(&name, &obj.spec, &answers, dest) {
             Ok(planned) => {
@@ -959,6 +1009,8 @@ mod tests {
                 node_name: "n".into(),
                 datasets: Default::default(),
                 paused: false,
+                allowed_namespaces: Vec::new(),
+                restore_roots: Vec::new(),
             },
         );
         h.status = Some(ZfsHostStatus {
@@ -1008,6 +1060,8 @@ mod tests {
                 node_name: "n".into(),
                 datasets: Default::default(),
                 paused: false,
+                allowed_namespaces: Vec::new(),
+                restore_roots: Vec::new(),
             },
         );
         h.status = Some(ZfsHostStatus {

@@ -31,11 +31,48 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    let generation = obj.meta().generation;
     let (status, reason, message) = match verdict {
         Ok(()) => (true, "Accepted", "the spec is valid".to_owned()),
         Err(why) => (false, "InvalidSpec", why),
     };
+    write_ready(ctx, obj, kind, current, status, reason, message).await
+}
+
+/// Records a refusal other than an invalid spec (`Ready=False` with `reason`): the object's
+/// status then holds only `observedGeneration` and that condition.
+pub async fn refuse<K>(
+    ctx: &Context,
+    obj: &K,
+    kind: &'static str,
+    current: (Option<i64>, &[Condition]),
+    reason: &'static str,
+    message: String,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    write_ready(ctx, obj, kind, current, false, reason, message).await
+}
+
+async fn write_ready<K>(
+    ctx: &Context,
+    obj: &K,
+    kind: &'static str,
+    current: (Option<i64>, &[Condition]),
+    status: bool,
+    reason: &'static str,
+    message: String,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let generation = obj.meta().generation;
     let wanted = Wanted {
         type_: READY,
         status,

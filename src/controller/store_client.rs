@@ -10,7 +10,7 @@
 //! * `DELETE /v1/streams/{host}/{escaped dataset}/{id}` → delete one backup;
 //! * `POST /v1/archive/{host}/{escaped dataset}/{id}` → move one backup to `.archive/`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -237,6 +237,12 @@ pub type DatasetCatalogue = Result<policy::DatasetBackups, policy::CatalogueErro
 #[derive(Debug, Default)]
 pub struct HostCatalogue {
     datasets: HashMap<String, DatasetCatalogue>,
+    /// Per dataset and owning policy (`<namespace>/<name>`), the backups that policy may act
+    /// on: its own and those without a recorded owner (written before manifests named one).
+    /// The key with an empty owner holds only those without one.
+    owned: HashMap<(String, String), DatasetCatalogue>,
+    /// Per dataset, the policies whose backups it holds.
+    owners: HashMap<String, BTreeSet<String>>,
     /// Backup ids per dataset (to tell whether a succeeded job's backup is known).
     ids: HashMap<String, HashSet<String>>,
 }
@@ -253,6 +259,23 @@ impl HostCatalogue {
                 ds.to_owned(),
                 list.iter().map(|b| b.manifest.id.clone()).collect(),
             );
+            let owners: BTreeSet<String> = list
+                .iter()
+                .filter_map(|b| b.manifest.policy.clone())
+                .collect();
+            for owner in owners.iter().map(String::as_str).chain([""]) {
+                let mine = list.iter().copied().filter(|b| {
+                    b.manifest
+                        .policy
+                        .as_deref()
+                        .is_none_or(|p| !owner.is_empty() && p == owner)
+                });
+                out.owned.insert(
+                    (ds.to_owned(), owner.to_owned()),
+                    policy::DatasetBackups::from_store(mine),
+                );
+            }
+            out.owners.insert(ds.to_owned(), owners);
             out.datasets
                 .insert(ds.to_owned(), policy::DatasetBackups::from_store(list));
         }
@@ -296,6 +319,29 @@ impl StoreView {
             .get(host)
             .and_then(|h| h.datasets.get(dataset))
             .unwrap_or(&EMPTY)
+    }
+
+    /// The backups of one dataset that policy `owner` (`<namespace>/<name>`) acts on: those it
+    /// made, and those without a recorded owner. Another policy's backups are not in it, so
+    /// its retention never deletes them.
+    pub fn owned_by(&self, host: &str, dataset: &str, owner: &str) -> &DatasetCatalogue {
+        let Some(h) = self.hosts.get(host) else {
+            return &EMPTY;
+        };
+        let key = |o: &str| (dataset.to_owned(), o.to_owned());
+        h.owned
+            .get(&key(owner))
+            .or_else(|| h.owned.get(&key("")))
+            .unwrap_or(&EMPTY)
+    }
+
+    /// The other policies (`<namespace>/<name>`) whose backups of this dataset are stored.
+    pub fn other_owners(&self, host: &str, dataset: &str, owner: &str) -> Vec<String> {
+        self.hosts
+            .get(host)
+            .and_then(|h| h.owners.get(dataset))
+            .map(|o| o.iter().filter(|p| *p != owner).cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -617,6 +663,7 @@ mod tests {
                 sha256: "0".repeat(64),
                 compression: crate::api::backup_policy::Compression::None,
                 created: jiff::Timestamp::from_second(at).unwrap(),
+                policy: None,
             },
             archived: false,
         }
@@ -627,6 +674,48 @@ mod tests {
             backups,
             problems: vec![],
         }
+    }
+
+    fn owned(at: i64, policy: Option<&str>) -> StoredBackup {
+        let mut b = backup("h1", "tank/a", at);
+        b.manifest.policy = policy.map(str::to_owned);
+        b
+    }
+
+    #[test]
+    fn a_policy_sees_its_own_backups_and_those_without_an_owner() {
+        let view = StoreView::from_store(&cat(vec![
+            owned(100, None),
+            owned(200, Some("ns/a")),
+            owned(300, Some("ns/b")),
+            owned(400, Some("ns/a")),
+        ]));
+        let ids = |owner: &str| -> Vec<String> {
+            view.owned_by("h1", "tank/a", owner)
+                .as_ref()
+                .unwrap()
+                .records()
+                .iter()
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        assert_eq!(ids("ns/a"), ["100.full", "200.full", "400.full"]);
+        assert_eq!(ids("ns/b"), ["100.full", "300.full"]);
+        // A policy that made none sees only the backups without an owner.
+        assert_eq!(ids("other/c"), ["100.full"]);
+        assert_eq!(view.other_owners("h1", "tank/a", "ns/a"), ["ns/b"]);
+        assert_eq!(
+            view.other_owners("h1", "tank/a", "other/c"),
+            ["ns/a", "ns/b"]
+        );
+        assert!(view.other_owners("h1", "tank/x", "ns/a").is_empty());
+        assert!(
+            view.owned_by("h9", "tank/a", "ns/a")
+                .as_ref()
+                .unwrap()
+                .records()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub struct StreamMeta {
     pub snapshot: String,
     pub base_snapshot: Option<String>,
     pub compression: Compression,
+    /// The BackupPolicy that made it, `<namespace>/<name>` (validated by the caller).
+    pub policy: Option<String>,
 }
 
 /// A store directory.
@@ -927,6 +929,7 @@ impl PendingStream {
             bytes: self.bytes,
             sha256,
             compression: meta.compression,
+            policy: meta.policy,
             created: jiff::Timestamp::from_second(self.key.id.ts()).map_err(|e| {
                 FileStoreError::Store(StoreError::InvalidManifest {
                     id: self.key.id.to_string(),
@@ -1079,6 +1082,7 @@ mod tests {
                         snapshot: "s".into(),
                         base_snapshot: None,
                         compression: zetaback_core::api::backup_policy::Compression::None,
+                        policy: None,
                     })
                     .await
                     .expect("commit");

@@ -250,6 +250,8 @@ impl Simulator {
                                 serde_json::json!({"include": ["tank/**"]}),
                             )?,
                             paused: false,
+                            allowed_namespaces: Vec::new(),
+                            restore_roots: Vec::new(),
                         },
                     );
                     let mut labels = std::collections::BTreeMap::new();
@@ -393,6 +395,7 @@ impl Simulator {
             sha256: sha256.clone(),
             compression: job.spec.compression,
             created: Timestamp::from_second(ts)?,
+            policy: None,
         };
         // The store first, then the job: the controller never sees "succeeded but missing".
         {

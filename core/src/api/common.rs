@@ -108,6 +108,14 @@ string_newtype!(
     "The name of a Kubernetes object (lower-case letters, digits, '-' and '.').",
     "an object name: use lower-case letters, digits, - and ., beginning and ending with a letter or digit"
 );
+string_newtype!(
+    /// The name of a Kubernetes namespace.
+    NamespaceName,
+    names::NAMESPACE_NAME_PATTERN,
+    63,
+    "The name of a namespace (lower-case letters, digits and '-').",
+    "a namespace name: use lower-case letters, digits and -, beginning and ending with a letter or digit"
+);
 
 /// The CEL rule "no component is `.` or `..`" (as [`names::validate_dataset`] refuses them).
 const NO_DOT_COMPONENT_RULE: &str = r"!self.matches(r'(^|/)\.\.?(/|$)')";
@@ -179,4 +187,6 @@ pub mod condition {
     pub const COMPLIANT: &str = "Compliant";
     /// The agent serving a host reported recently.
     pub const AGENT_CONNECTED: &str = "AgentConnected";
+    /// Another policy also backs up some of the policy's datasets (each keeps its own).
+    pub const OVERLAPPING: &str = "Overlapping";
 }

@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Conditions, DatasetSelector, conditions_schema};
+use super::common::{Conditions, DatasetName, DatasetSelector, NamespaceName, conditions_schema};
 
 /// A machine with ZFS pools. Cluster-scoped: one per machine.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -50,6 +50,32 @@ pub struct ZfsHostSpec {
     /// (Zetaback's `offline`).
     #[serde(default)]
     pub paused: bool,
+    /// The namespaces whose BackupPolicies may back this host up (or store on it) and whose
+    /// Restores may restore its backups or restore to it. Empty: only the operator's own
+    /// namespace (where the controller runs). Anything else is refused with `Ready=False`,
+    /// reason `Forbidden`, and touches nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub allowed_namespaces: Vec<NamespaceName>,
+    /// The datasets under which Restores may create datasets on this host: a Restore's
+    /// destination must be one of them or lie below one. Empty: no Restore lands on this host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub restore_roots: Vec<DatasetName>,
+}
+
+impl ZfsHostSpec {
+    /// A host served by the agent on `node_name`, with no namespaces beyond the operator's
+    /// and no restore roots.
+    pub fn on_node(node_name: &str) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            datasets: DatasetSelector::default(),
+            paused: false,
+            allowed_namespaces: Vec::new(),
+            restore_roots: Vec::new(),
+        }
+    }
 }
 
 /// What the agent found on the host.

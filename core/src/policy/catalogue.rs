@@ -499,6 +499,7 @@ pub(super) mod tests {
                 sha256: "0".repeat(64),
                 compression: crate::api::backup_policy::Compression::Zstd,
                 created: ts(sid.ts()),
+                policy: None,
             },
             archived,
         }

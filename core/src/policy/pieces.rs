@@ -67,6 +67,7 @@ mod tests {
                 sha256: sha.into(),
                 compression: Compression::None,
                 created: jiff::Timestamp::from_second(sid.ts()).expect("time"),
+                policy: None,
             },
             archived,
         }

@@ -47,6 +47,30 @@ pub struct Manifest {
     pub compression: Compression,
     /// When the snapshot was taken (the id's time), RFC 3339.
     pub created: jiff::Timestamp,
+    /// The BackupPolicy that made the backup, `<namespace>/<name>` (sent by the source from its
+    /// BackupJob): retention and archiving act only on their own policy's backups. Absent in
+    /// manifests written before it existed (no policy deletes those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+/// Checks a policy reference `<namespace>/<name>` (a namespace name and an object name).
+pub fn validate_policy_ref(text: &str) -> Result<(), StoreError> {
+    static NAMESPACE: std::sync::LazyLock<Option<regex::Regex>> =
+        std::sync::LazyLock::new(|| regex::Regex::new(crate::names::NAMESPACE_NAME_PATTERN).ok());
+    static OBJECT: std::sync::LazyLock<Option<regex::Regex>> =
+        std::sync::LazyLock::new(|| regex::Regex::new(crate::names::OBJECT_NAME_PATTERN).ok());
+    let ok = text.split_once('/').is_some_and(|(ns, name)| {
+        ns.len() <= 63
+            && name.len() <= 253
+            && NAMESPACE.as_ref().is_some_and(|r| r.is_match(ns))
+            && OBJECT.as_ref().is_some_and(|r| r.is_match(name))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidPolicyRef(text.to_owned()))
+    }
 }
 
 fn default_version() -> u32 {
@@ -89,6 +113,9 @@ impl Manifest {
         {
             return Err(bad("sha256 is not 64 lower-case hex digits"));
         }
+        if let Some(p) = &self.policy {
+            validate_policy_ref(p)?;
+        }
         if self.version > MANIFEST_VERSION {
             return Err(bad("written by a newer zetaback"));
         }
@@ -130,7 +157,26 @@ pub(crate) mod tests {
             sha256: "a".repeat(64),
             compression: Compression::Zstd,
             created: jiff::Timestamp::from_second(sid.ts()).expect("ts"),
+            policy: None,
         }
+    }
+
+    #[test]
+    fn policy_references_are_namespace_slash_name() {
+        for ok in ["ns/p", "team-a/nightly.db", "a/b"] {
+            assert!(validate_policy_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ns", "/p", "ns/", "NS/p", "ns/p/q", "ns/../p", "-ns/p", "ns/p\n",
+        ] {
+            assert!(validate_policy_ref(bad).is_err(), "{bad}");
+        }
+        let mut m = sample("1700000000.full", None);
+        m.policy = Some("ns/p".into());
+        let text = m.to_json().expect("json");
+        assert_eq!(Manifest::from_json(&text).expect("valid").policy, m.policy);
+        m.policy = Some("no-slash".into());
+        assert!(m.validate().is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use catalogue::{Catalogue, StoredBackup, scan};
 pub use layout::{Layout, StreamId, escape_dataset, unescape_dataset, validate_host};
-pub use manifest::{MANIFEST_VERSION, Manifest};
+pub use manifest::{MANIFEST_VERSION, Manifest, validate_policy_ref};
 
 /// What can go wrong with store names, manifests and scans.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,8 @@ pub enum StoreError {
     InvalidEscapedDataset(String),
     #[error("{0:?} is not a stream id (<unix-ts>.full or <unix-ts>.incremental.<base-ts>)")]
     InvalidStreamId(String),
+    #[error("{0:?} is not a policy reference (<namespace>/<name>)")]
+    InvalidPolicyRef(String),
     #[error("manifest {id}: {reason}")]
     InvalidManifest { id: String, reason: String },
     #[error("manifest JSON: {0}")]
