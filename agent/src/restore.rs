@@ -656,8 +656,8 @@ pub struct RestoreRunnerConfig {
     pub host_name: String,
     /// Written to `status.claimedBy`.
     pub agent_id: String,
-    /// The bearer token for the backup host's agent.
-    pub token: String,
+    /// This agent's own token for the backup host's agent (read again for every restore).
+    pub token: crate::auth::TokenFile,
     pub idle_timeout: Duration,
     /// How often `bytesDone` is written at most.
     pub progress_every: Duration,
@@ -831,7 +831,12 @@ impl RestoreRunner {
         let ep = ep.or_else(|| st.store_endpoint.clone()).ok_or_else(|| {
             RestoreError::Unreachable("the status names no backup host endpoint".into())
         })?;
-        Ok(Endpoint::new(&ep, self.cfg.token.clone()))
+        let token = self
+            .cfg
+            .token
+            .read()
+            .map_err(|e| RestoreError::Unreachable(format!("this agent's token: {e}")))?;
+        Ok(Endpoint::new(&ep, token))
     }
 
     /// Runs a claimed restore and records the outcome.

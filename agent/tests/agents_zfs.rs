@@ -447,10 +447,10 @@ fn cutting_the_link_mid_stream_leaves_no_backup() {
     drop(target);
 }
 
-/// `GET /v1/catalogue` from an agent (plain HTTP/1.0 over a real socket).
+/// `GET /v1/catalogue` from an agent as the controller (plain HTTP/1.0 over a real socket).
 fn get_catalogue(tokens: &Tokens, addr: &str) -> zetaback_core::store::Catalogue {
     use std::io::{Read, Write};
-    let token = std::fs::read_to_string(&tokens.source).expect("token");
+    let token = std::fs::read_to_string(&tokens.admin).expect("token");
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     write!(
         s,
