@@ -342,6 +342,15 @@ fn plan_put(
     id: &str,
 ) -> Result<PutPlan, ApiError> {
     let key = key_of(host, dataset, id)?;
+    // A backup dated in the future would never be superseded (issue 13, finding 2).
+    let now = jiff::Timestamp::now();
+    if zetaback_core::store::future::is_future(key.id.ts(), now) {
+        return Err(ApiError::bad(format!(
+            "backup id {} is dated in the future (more than {}s ahead of this host's clock, {now}); refused",
+            key.id,
+            zetaback_core::store::future::MAX_CLOCK_SKEW_SECONDS
+        )));
+    }
     let snapshot = header_str(headers, H_SNAPSHOT)?
         .ok_or_else(|| {
             ApiError::bad(format!(

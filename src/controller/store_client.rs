@@ -58,6 +58,30 @@ enum Fetched {
     Changed { body: Bytes, etag: Option<String> },
 }
 
+/// A catalogue answer, without the backups dated in the future: a store that holds one (a
+/// forged manifest, or a host whose clock ran ahead) would otherwise stop its dataset's
+/// backups and make retention delete the real ones. Each is logged and kept among the
+/// catalogue's problems (issue 13, finding 2).
+fn decode_catalogue(url: String, body: &[u8]) -> Result<Catalogue, StoreClientError> {
+    let mut cat: Catalogue =
+        serde_json::from_slice(body).map_err(|source| StoreClientError::Decode {
+            url: url.clone(),
+            source,
+        })?;
+    for b in crate::store::future::drop_future(&mut cat, jiff::Timestamp::now()) {
+        let m = &b.manifest;
+        tracing::warn!(
+            %url,
+            host = %m.host,
+            dataset = %m.dataset,
+            backup = %m.id,
+            created = %m.created,
+            "ignoring a backup dated in the future (a forged manifest or a clock far ahead)"
+        );
+    }
+    Ok(cat)
+}
+
 /// An HTTP client for backup hosts' agents.
 #[derive(Clone)]
 pub struct StoreClient {
@@ -155,9 +179,9 @@ impl StoreClient {
     ) -> Result<Option<(Catalogue, Option<String>)>, StoreClientError> {
         match self.call_if("GET", url.clone(), etag).await? {
             Fetched::NotModified => Ok(None),
-            Fetched::Changed { body, etag } => serde_json::from_slice(&body)
-                .map(|c| Some((c, etag)))
-                .map_err(|source| StoreClientError::Decode { url, source }),
+            Fetched::Changed { body, etag } => {
+                decode_catalogue(url, &body).map(|c| Some((c, etag)))
+            }
         }
     }
 
@@ -169,14 +193,14 @@ impl StoreClient {
     ) -> Result<Catalogue, StoreClientError> {
         let url = format!("http://{endpoint}{}", routes::catalogue(Some(host)));
         let body = self.call("GET", url.clone()).await?;
-        serde_json::from_slice(&body).map_err(|source| StoreClientError::Decode { url, source })
+        decode_catalogue(url, &body)
     }
 
     /// Every backup stored on the backup host at `endpoint` (all source hosts).
     pub async fn catalogue_all(&self, endpoint: &str) -> Result<Catalogue, StoreClientError> {
         let url = format!("http://{endpoint}{}", routes::catalogue(None));
         let body = self.call("GET", url.clone()).await?;
-        serde_json::from_slice(&body).map_err(|source| StoreClientError::Decode { url, source })
+        decode_catalogue(url, &body)
     }
 
     /// Deletes one stored backup.
