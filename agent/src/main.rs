@@ -195,6 +195,10 @@ struct Args {
         value_delimiter = ','
     )]
     reader_service_accounts: Vec<ServiceAccountRef>,
+    /// The ConfigMap, `namespace/name`, where the controller publishes the public key of its
+    /// restore grants (default: `zetaback-grant-key` in the controller's namespace).
+    #[arg(long, env = "ZETABACK_GRANT_KEY_CONFIGMAP")]
+    grant_key_configmap: Option<ServiceAccountRef>,
     /// Without Kubernetes (--no-kube) only: who callers are, a JSON list of
     /// `{"token": …, "hosts": [...]}` (an agent) and `{"token": …, "role": "controller"}`.
     #[arg(long, env = "ZETABACK_IDENTITIES_FILE", conflicts_with_all = ["controller_service_account", "agent_service_account"])]
@@ -397,15 +401,21 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
     let Some(host_name) = args.host_name.clone() else {
         anyhow::bail!("--host-name is required (see --help)");
     };
-    let (client, auth, token): (
+    let (client, auth, token, grants): (
         Option<kube::Client>,
         Arc<dyn Authenticator>,
         Option<TokenFile>,
+        Option<zetaback_agent::identity::grants::GrantKey>,
     ) = if args.no_kube {
         let Some(file) = &args.identities_file else {
             anyhow::bail!("--no-kube needs --identities-file (who may call this store)");
         };
-        (None, Arc::new(StaticIdentities::from_file(file)?), None)
+        (
+            None,
+            Arc::new(StaticIdentities::from_file(file)?),
+            None,
+            None,
+        )
     } else {
         let (Some(token_file), Some(controller), Some(agents)) = (
             args.token_file.clone(),
@@ -424,6 +434,18 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         let token = TokenFile::new(token_file);
         token.read()?;
         let client = kube_client(args.kubeconfig.as_ref()).await?;
+        let grant_cm = args
+            .grant_key_configmap
+            .clone()
+            .unwrap_or(ServiceAccountRef {
+                namespace: controller.namespace.clone(),
+                name: zetaback_agent::identity::grants::DEFAULT_CONFIGMAP.into(),
+            });
+        let grants = zetaback_agent::identity::grants::GrantKey::config_map(
+            client.clone(),
+            &grant_cm.namespace,
+            &grant_cm.name,
+        );
         let reviewer = TokenReviewer::new(
             client.clone(),
             TokenReviewConfig {
@@ -433,7 +455,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
                 readers: args.reader_service_accounts.clone(),
             },
         );
-        (Some(client), Arc::new(reviewer), Some(token))
+        (Some(client), Arc::new(reviewer), Some(token), Some(grants))
     };
     let zfs = Zfs::detect_with(args.zfs_limits.timeouts())
         .await
@@ -461,7 +483,11 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         roots: args.replica_roots.clone(),
         allow_force: args.allow_receive_force,
     });
-    let state = ServerState::new(auth, store, replica)
+    let mut state = ServerState::new(auth, store, replica);
+    if let Some(g) = grants {
+        state = state.with_grant_key(g);
+    }
+    let state = state
         .with_idle_timeout(Duration::from_secs(args.idle_timeout.max(1)))
         .with_limits(args.limits.store());
     let listener = tokio::net::TcpListener::bind(args.listen)

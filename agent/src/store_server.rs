@@ -91,6 +91,9 @@ pub struct ReplicaConfig {
 pub struct ServerState {
     /// Who callers are (TokenReview in Kubernetes; a static table without it).
     pub auth: Arc<dyn Authenticator>,
+    /// The controller's key for restore grants (none: another host's backups are never
+    /// served).
+    pub grant_key: Option<Arc<crate::identity::grants::GrantKey>>,
     pub store: Option<FileStore>,
     pub replica: Option<ReplicaConfig>,
     /// A stream that sends nothing for this long is abandoned (a cut link sends no reset).
@@ -114,6 +117,7 @@ impl ServerState {
     ) -> Self {
         Self {
             auth,
+            grant_key: None,
             store,
             replica,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -152,6 +156,12 @@ impl ServerState {
                 ),
             )),
         }
+    }
+
+    /// Sets the controller's key for restore grants.
+    pub fn with_grant_key(mut self, key: crate::identity::grants::GrantKey) -> Self {
+        self.grant_key = Some(Arc::new(key));
+        self
     }
 
     /// Sets the idle timeout.
@@ -259,26 +269,30 @@ pub async fn serve_with(
     crate::listener::serve(listener, router(state), limits, None).await
 }
 
-/// Authenticates the caller (401 without a valid token, 503 when it cannot be checked now)
-/// and checks that it may do `op` (403 with the reason).
-async fn require(
-    state: &ServerState,
-    headers: &HeaderMap,
-    op: Operation<'_>,
-) -> Result<Caller, ApiError> {
+/// Authenticates the caller: 401 without a valid token, 503 when it cannot be checked now.
+async fn authenticate(state: &ServerState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let Some(token) = bearer(headers) else {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "missing bearer token".into(),
         ));
     };
-    let caller = state.auth.authenticate(token).await.map_err(|e| match e {
+    state.auth.authenticate(token).await.map_err(|e| match e {
         AuthError::Unauthenticated(m) => ApiError(StatusCode::UNAUTHORIZED, m),
         AuthError::Unavailable(m) => ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the caller's token cannot be checked now: {m}"),
         ),
-    })?;
+    })
+}
+
+/// Authenticates the caller and checks that it may do `op` (403 with the reason).
+async fn require(
+    state: &ServerState,
+    headers: &HeaderMap,
+    op: Operation<'_>,
+) -> Result<Caller, ApiError> {
+    let caller = authenticate(state, headers).await?;
     // A malformed host is a bad request, whoever asks.
     if let Some(host) = op.host() {
         validate_host(host).map_err(|e| ApiError::bad(e.to_string()))?;
@@ -288,6 +302,58 @@ async fn require(
         return Err(ApiError(StatusCode::FORBIDDEN, refused.0));
     }
     Ok(caller)
+}
+
+/// A read of a stored backup: by its host's own agent, or by the destination of a restore
+/// with the controller's grant for it ([`zetaback_core::grant`]).
+async fn require_read(
+    state: &ServerState,
+    headers: &HeaderMap,
+    key: &BackupKey,
+) -> Result<Caller, ApiError> {
+    let caller = authenticate(state, headers).await?;
+    let refused = match authorize(&caller, Operation::GetStream { host: &key.host }) {
+        Ok(()) => return Ok(caller),
+        Err(refused) => refused,
+    };
+    let forbid = |m: String| {
+        warn!(%caller, reason = %m, "read refused");
+        ApiError(StatusCode::FORBIDDEN, m)
+    };
+    let (Some(grant), Caller::Agent { hosts, .. }) =
+        (header_str(headers, zetaback_core::grant::H_GRANT)?, &caller)
+    else {
+        return Err(forbid(refused.0));
+    };
+    let Some(key_source) = &state.grant_key else {
+        return Err(forbid(format!(
+            "{}; this store checks no restore grants",
+            refused.0
+        )));
+    };
+    let public = key_source.public_key().await.map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the restore grant cannot be checked now: {e}"),
+        )
+    })?;
+    let checked = zetaback_core::grant::verify(grant, &public).and_then(|g| {
+        g.allows(
+            hosts,
+            &key.host,
+            &key.dataset,
+            &key.id.to_string(),
+            jiff::Timestamp::now().as_second(),
+        )
+        .map(|()| g)
+    });
+    match checked {
+        Ok(g) => {
+            info!(%caller, restore = %g.restore, backup = %key, "read under a restore grant");
+            Ok(caller)
+        }
+        Err(e) => Err(forbid(format!("{}; {e}", refused.0))),
+    }
 }
 
 fn key_of(host: &str, dataset: &str, id: &str) -> Result<BackupKey, ApiError> {
@@ -1013,8 +1079,8 @@ async fn get_stream(
     Path((host, dataset, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require(&state, &headers, Operation::GetStream { host: &host }).await?;
     let key = key_of(&host, &dataset, &id)?;
+    require_read(&state, &headers, &key).await?;
     let store = state
         .store
         .as_ref()

@@ -10,11 +10,13 @@
 //! stored backup, `b`'s replica resume token, and the whole catalogue: each is 403 and the
 //! store is unchanged. A source (even `b` itself) cannot DELETE or archive; the controller can.
 //! A token for another audience, and one of the agents' ServiceAccount not bound to a pod,
-//! are 401.
+//! are 401. Another host reads b's backup only with the controller's signed grant naming it
+//! as the destination, these backup ids and an unexpired time (P3).
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use zetaback::grant::{GrantSigner, H_GRANT, RestoreGrant};
 use zetaback_e2e::fleet::{Fleet, HostSpec, create_dataset, destroy_pool, make_pool};
 use zetaback_e2e::{Env, eventually};
 
@@ -187,6 +189,63 @@ async fn one_host_cannot_act_for_another_and_only_the_controller_deletes() {
     let (status, _) = request(&bak, "GET", &path_b, Some(&token_b), &[], b"");
     assert_eq!(status, 200, "b's agent reading b's stream");
 
+    // Another host reads b's backups only through the controller's grant for a restore to it:
+    // signed with the controller's key (published where the stores look), scoped to these
+    // backup ids, this source and this destination, and unexpired.
+    let signer = GrantSigner::generate().expect("key");
+    zetaback::controller::grants::publish(&fleet.client, &ns, &signer)
+        .await
+        .expect("publish the grant key");
+    let now = jiff::Timestamp::now().as_second();
+    let grant = |destination: &str, id: &str, expires: i64| RestoreGrant {
+        restore: format!("{ns}/to-a"),
+        host: b.clone(),
+        dataset: "tank/db".into(),
+        ids: vec![id.to_owned()],
+        destination: destination.to_owned(),
+        expires,
+    };
+    let good = signer.sign(&grant(&a, full, now + 600)).expect("sign");
+    let (status, body) = request(
+        &bak,
+        "GET",
+        &path_b,
+        Some(&token_a),
+        &[(H_GRANT, &good)],
+        b"",
+    );
+    assert_eq!(status, 200, "a's agent with a grant for a: {body}");
+    let stranger = GrantSigner::generate().expect("key");
+    for (what, bad) in [
+        (
+            "a grant for another destination",
+            signer.sign(&grant(&b, full, now + 600)),
+        ),
+        (
+            "a grant for other backups",
+            signer.sign(&grant(&a, "1600000000.full", now + 600)),
+        ),
+        ("an expired grant", signer.sign(&grant(&a, full, now - 1))),
+        (
+            "a grant not signed by the controller",
+            stranger.sign(&grant(&a, full, now + 600)),
+        ),
+    ] {
+        let bad = bad.expect("sign");
+        let (status, body) = request(
+            &bak,
+            "GET",
+            &path_b,
+            Some(&token_a),
+            &[(H_GRANT, &bad)],
+            b"",
+        );
+        assert_eq!(status, 403, "{what}: {body}");
+    }
+    // A grant is no identity: without a's token it is nothing.
+    let (status, _) = request(&bak, "GET", &path_b, None, &[(H_GRANT, &good)], b"");
+    assert_eq!(status, 401, "a grant without a token");
+
     // No source deletes or archives, not even the host's own; the controller does.
     for token in [&token_a, &token_b] {
         let (status, body) = request(&bak, "DELETE", &path_b, Some(token), &[], b"");
@@ -228,7 +287,6 @@ async fn one_host_cannot_act_for_another_and_only_the_controller_deletes() {
         let (status, body) = request(&bak, "GET", &path_b, Some(&token), &[], b"");
         assert_eq!(status, 401, "{what}: {body}");
     }
-    let _ = a;
 
     fleet.shutdown().await;
     let _ = env.kubectl(&["delete", "namespace", &ns, "--wait=false"]);

@@ -87,6 +87,8 @@ fn decode_catalogue(url: String, body: &[u8]) -> Result<Catalogue, StoreClientEr
 pub struct StoreClient {
     http: Client<HttpConnector, Full<Bytes>>,
     token: Option<String>,
+    /// A file holding the token, read for every request (rotated projected tokens).
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for StoreClient {
@@ -105,6 +107,15 @@ impl StoreClient {
         Self {
             http: Client::builder(TokioExecutor::new()).build(connector),
             token,
+            token_file: None,
+        }
+    }
+
+    /// A client whose bearer token is read from `path` for every request.
+    pub fn with_token_file(path: std::path::PathBuf) -> Self {
+        Self {
+            token_file: Some(path),
+            ..Self::new(None)
         }
     }
 
@@ -123,7 +134,19 @@ impl StoreClient {
         etag: Option<&str>,
     ) -> Result<Fetched, StoreClientError> {
         let mut req = hyper::Request::builder().method(method).uri(&url);
-        if let Some(t) = &self.token {
+        let from_file = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map(|t| t.trim().to_owned())
+                    .map_err(|e| StoreClientError::Request {
+                        method,
+                        url: url.clone(),
+                        message: format!("reading the token file {}: {e}", path.display()),
+                    })?,
+            ),
+            None => None,
+        };
+        if let Some(t) = from_file.as_ref().or(self.token.as_ref()) {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }
         if let Some(tag) = etag {

@@ -7,6 +7,7 @@
 //! [`static_map`] is a fixed token → caller table for stores that run without Kubernetes
 //! (`--no-kube`: tests on real ZFS without an apiserver, a plain backup server).
 
+pub mod grants;
 pub mod rules;
 pub mod static_map;
 pub mod tokenreview;
