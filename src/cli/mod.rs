@@ -80,7 +80,12 @@ pub struct GlobalArgs {
     /// reader ServiceAccount (`namespace/name`, e.g. `zetaback-system/zetaback-reader`) with
     /// your own Kubernetes credentials (TokenRequest; RBAC decides who may: the chart's role
     /// `<release>-catalogue-reader`).
-    #[arg(long, global = true, env = "ZETABACK_READER_SERVICE_ACCOUNT", value_name = "NS/NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "ZETABACK_READER_SERVICE_ACCOUNT",
+        value_name = "NS/NAME"
+    )]
     pub reader_service_account: Option<String>,
 }
 
