@@ -718,7 +718,7 @@ fn resume_tokens_on_zfs_fuse_are_absent_and_claims_refused() {
     let (status, body) = http(
         tokens,
         addr,
-        &format!("PUT /v1/streams/src-1/{escaped}/1800000000.incremental.1700000000"),
+        &format!("PUT /v1/streams/src-1/{escaped}/1780000000.incremental.1700000000"),
         &[
             ("x-zetaback-snapshot", "zetaback-2"),
             ("x-zetaback-base-snapshot", "zetaback-1"),
