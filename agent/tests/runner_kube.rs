@@ -295,8 +295,8 @@ async fn runner_claims_runs_and_recovers_jobs() {
     );
     drop(a);
 
+    kube_identity::delete_node(&client, &ns, &hosts_node).await;
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
-    kube_identity::delete_node(&client, &hosts_node).await;
     for h in [&src_host, &dst_host] {
         let _ = hosts.delete(h, &DeleteParams::default()).await;
     }
@@ -418,8 +418,8 @@ async fn runner_runs_jobs_created_before_it_started_and_only_its_hosts() {
         "the field selector selects by host"
     );
 
+    kube_identity::delete_node(&client, &ns, &hosts_node).await;
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
-    kube_identity::delete_node(&client, &hosts_node).await;
     for h in [&src_host, &dst_host] {
         let _ = hosts.delete(h, &DeleteParams::default()).await;
     }
@@ -595,8 +595,8 @@ async fn restore_runner_reads_only_its_hosts_restores() {
         "the field selector selects by destination host"
     );
 
+    kube_identity::delete_node(&client, &ns, &hosts_node).await;
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
-    kube_identity::delete_node(&client, &hosts_node).await;
     let _ = hosts.delete(&host, &DeleteParams::default()).await;
 }
 

@@ -717,6 +717,7 @@ impl Fleet {
         let api: Api<ZfsHost> = Api::all(self.client.clone());
         for h in &self.hosts {
             let _ = api.delete(&h.name, &Default::default()).await;
+            identity::delete_pod(&self.client, &self.ns, &h.pod.0).await;
             identity::delete_node(&self.client, &h.name).await;
         }
         // The stores and logs of a run that got here are not needed (a failed run keeps
@@ -735,7 +736,19 @@ impl Drop for Fleet {
         for h in &self.hosts {
             destroy_pool(self.env, &h.pool);
             // The host's Node object (cluster-scoped; the namespace's deletion does not take
-            // it); already gone after `shutdown`.
+            // it) and the agent's Pod at once (no kubelet finishes a graceful deletion, which
+            // would hold the namespace); already gone after `shutdown`.
+            let _ = self.env.kubectl(&[
+                "delete",
+                "pod",
+                &h.pod.0,
+                "-n",
+                &self.ns,
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+                "--ignore-not-found",
+            ]);
             let _ = self.env.kubectl(&[
                 "delete",
                 "node",

@@ -148,3 +148,14 @@ pub async fn mint(
         .and_then(|s| s.token)
         .expect("a TokenRequest answer has a token")
 }
+
+/// Deletes the Pod `ns/name` at once (no kubelet runs it, so a graceful deletion would never
+/// finish and would hold its namespace in Terminating); errors ignored: cleanup.
+pub async fn delete_pod(client: &kube::Client, ns: &str, name: &str) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    let _ = api.delete(name, &now).await;
+}

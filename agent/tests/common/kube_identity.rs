@@ -114,8 +114,16 @@ pub async fn kube_identities(client: &kube::Client, ns: &str, node: &str, tokens
     ];
 }
 
-/// Deletes the Node object `node` (cleanup; errors ignored).
-pub async fn delete_node(client: &kube::Client, node: &str) {
+/// Deletes the agent Pod of `ns` at once (no kubelet finishes a graceful deletion, which
+/// would hold the namespace in Terminating) and the Node object `node` (cleanup; errors
+/// ignored).
+pub async fn delete_node(client: &kube::Client, ns: &str, node: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    let _ = pods.delete("agent", &now).await;
     let nodes: Api<Node> = Api::all(client.clone());
     let _ = nodes.delete(node, &DeleteParams::default()).await;
 }
