@@ -101,15 +101,48 @@ YAML
 
 step "Applying the ZfsHosts and starting one agent per machine (as the zetaback-agent ServiceAccount)"
 k apply -f e2e/manifests/demo/hosts.yaml | sed 's/^/  /'
-head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$demo/stream-token"
-head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$demo/admin-token"
+# Each agent's own identity (no shared token): its node (a Node object; no kubelet runs here),
+# its pod of the zetaback-agent ServiceAccount on that node, and a token bound to the pod for
+# the stores' audience, as the chart's projected token volume gives it in a cluster. Stores
+# check every caller with a TokenReview: the token names the node, the node its ZfsHost.
+store_token_for() { # pod-or-"" service-account → token file
+  local pod=$1 sa=$2 file="$demo/$2${1:+-$1}.store-token"
+  if [ -n "$pod" ]; then
+    k create token "$sa" -n "$ns" --audience zetaback-store --duration 24h \
+      --bound-object-kind Pod --bound-object-name "$pod" \
+      --bound-object-uid "$(k get pod "$pod" -n "$ns" -o jsonpath='{.metadata.uid}')" >"$file"
+  else
+    k create token "$sa" -n "$ns" --audience zetaback-store --duration 24h >"$file"
+  fi
+  echo "$file"
+}
+for host in db-1 backup-1; do
+  k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Node
+metadata: {name: $host}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent-$host, namespace: $ns}
+spec:
+  nodeName: $host
+  serviceAccountName: zetaback-agent
+  automountServiceAccountToken: false
+  containers: [{name: agent, image: zetaback-agent:demo}]
+YAML
+done
+identities=(--controller-service-account "$ns/zetaback-controller" --agent-service-account "$ns/zetaback-agent"
+  --reader-service-account "$ns/zetaback-reader")
 mkdir -p "$demo/store"
 agent_kc=$(kubeconfig_for zetaback-agent)
 KUBECONFIG=$agent_kc bg agent-db-1 "$bins/zetaback-agent" --host-name db-1 --node-name db-1 \
-  --listen 127.0.0.1:17791 --token-file "$demo/stream-token" --status-interval 5 --last-seen-every 10
+  --listen 127.0.0.1:17791 --token-file "$(store_token_for agent-db-1 zetaback-agent)" "${identities[@]}" \
+  --status-interval 5 --last-seen-every 10
 KUBECONFIG=$agent_kc bg agent-backup-1 "$bins/zetaback-agent" --host-name backup-1 --node-name backup-1 \
-  --listen 127.0.0.1:17792 --store-root "$demo/store" --token-file "$demo/stream-token" \
-  --admin-token-file "$demo/admin-token" --status-interval 5 --last-seen-every 10
+  --listen 127.0.0.1:17792 --store-root "$demo/store" \
+  --token-file "$(store_token_for agent-backup-1 zetaback-agent)" "${identities[@]}" \
+  --status-interval 5 --last-seen-every 10
 echo "  agents: db-1 on 127.0.0.1:17791, backup-1 on 127.0.0.1:17792 (logs in $demo)"
 printf '  waiting for both agents to report their ZfsHost'
 for _ in $(seq 1 60); do
@@ -124,7 +157,7 @@ check_alive
 
 step "Starting the controller (as the zetaback-controller ServiceAccount)"
 KUBECONFIG=$(kubeconfig_for zetaback-controller) POD_NAMESPACE=$ns POD_NAME=demo-controller \
-  ZETABACK_METRICS_ADDR=127.0.0.1:18080 ZETABACK_STORE_TOKEN_FILE="$demo/admin-token" \
+  ZETABACK_METRICS_ADDR=127.0.0.1:18080 ZETABACK_STORE_TOKEN_FILE="$(store_token_for "" zetaback-controller)" \
   ZETABACK_HOST_STALE_AFTER=30s ZETABACK_WATCH_NAMESPACE=default bg controller "$bins/zetaback-controller"
 echo "  metrics on http://127.0.0.1:18080/metrics"
 
@@ -159,7 +192,7 @@ check_alive
 step "kubectl get zetaback"
 k get zetaback -A
 step "kubectl zetaback summary"
-KUBECONFIG=$kubeconfig "$bins/kubectl-zetaback" summary --token-file "$demo/admin-token" ||
+KUBECONFIG=$kubeconfig "$bins/kubectl-zetaback" summary --token-file "$(store_token_for "" zetaback-reader)" ||
   fail "kubectl zetaback summary failed"
 step "kubectl zetaback violators (monitoring-plugin exit code)"
 violators_rc=0
@@ -177,7 +210,7 @@ cat <<TXT
 Everything keeps running: backups continue every 30s. Try:
   export KUBECONFIG=$kubeconfig PATH=$bin:$bins:\$PATH
   kubectl get backuppolicies; kubectl get backupjobs
-  kubectl zetaback list --token-file $demo/admin-token
+  kubectl zetaback list --token-file $demo/zetaback-reader.store-token
   kill \$(cat $demo/agent-db-1.pid)   # then watch 'kubectl get backuppolicies' report violators
 Stop everything with: e2e/demo.sh down
 TXT

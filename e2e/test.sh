@@ -7,6 +7,8 @@
 #   e2e/test.sh unit   unit and property tests: needs nothing but cargo (no zfs-fuse, no apiserver)
 #   e2e/test.sh real   tests on real parts without Kubernetes: zfs-fuse pools, nginx, openssl
 #   e2e/test.sh e2e    end-to-end tests against the local control plane (and zfs-fuse)
+#   e2e/test.sh hostile  attacks on the trust model (issue 13: identities, forged writes, ...)
+#                      against the local control plane and zfs-fuse
 #
 # Which integration test belongs to which tier: e2e/test-tiers.txt (checked by tests/test_tiers.rs).
 set -euo pipefail
@@ -14,8 +16,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tier=${1:-}
 case "$tier" in
-  "" | unit | real | e2e) ;;
-  *) echo "usage: e2e/test.sh [unit|real|e2e]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
+  "" | unit | real | e2e | hostile) ;;
+  *) echo "usage: e2e/test.sh [unit|real|e2e|hostile]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
 esac
 export PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/zetaback/target}
@@ -51,7 +53,7 @@ case "$tier" in
     echo "== real tier passed in $(( $(date +%s) - start ))s"
     exit 0
     ;;
-  e2e)
+  e2e | hostile)
     bash e2e/scripts/install-deps.sh
     echo "== upstream binaries (built once, cached under ~/.cache/zetaback/bin)"
     bash e2e/scripts/build-tools.sh
@@ -59,10 +61,10 @@ case "$tier" in
     bash e2e/scripts/env.sh up
     echo "== cargo build (the end-to-end tests start the built zetaback-agent binary)"
     cargo build --workspace --bins --locked
-    echo "== end-to-end tests"
-    mapfile -t targets < <(tier_targets e2e)
+    echo "== $tier tests"
+    mapfile -t targets < <(tier_targets "$tier")
     cargo test --locked "${targets[@]}" -- --test-threads 2
-    echo "== e2e tier passed in $(( $(date +%s) - start ))s"
+    echo "== $tier tier passed in $(( $(date +%s) - start ))s"
     exit 0
     ;;
 esac
@@ -86,4 +88,7 @@ cargo build --workspace --bins --locked
 echo "== cargo test (unit, property, real-parts end to end)"
 # Two test threads: the machine has two cores and the end-to-end tests share one apiserver.
 cargo test --workspace --locked -- --test-threads 2
+# The hostile tier's tests ran above with the rest (every test file); its own command is
+# `e2e/test.sh hostile`. Say which ran, so the log shows the tier's output.
+echo "== hostile tier (in the run above): $(awk '$1 == "hostile" { printf "%s ", $3 }' e2e/test-tiers.txt)"
 echo "== all tests passed in $(( $(date +%s) - start ))s"

@@ -1,5 +1,5 @@
 //! Every integration test (a file `tests/<name>.rs` of a workspace crate) is in exactly one
-//! tier of `e2e/test-tiers.txt`, which `e2e/test.sh unit|real|e2e` runs: a new test file that
+//! tier of `e2e/test-tiers.txt`, which `e2e/test.sh unit|real|e2e|hostile` runs: a new test file that
 //! is not listed would run only in the full run, and a listed file that is gone would make a
 //! tier's `cargo test --test` fail.
 
@@ -73,7 +73,7 @@ fn every_test_file_is_in_exactly_one_tier() {
             panic!("e2e/test-tiers.txt: {line:?} is not `tier package test`");
         };
         assert!(
-            ["unit", "real", "e2e"].contains(&tier),
+            ["unit", "real", "e2e", "hostile"].contains(&tier),
             "e2e/test-tiers.txt: unknown tier {tier:?} in {line:?}"
         );
         listed

@@ -9,6 +9,7 @@ pub mod claim;
 pub mod discovery;
 pub mod filestore;
 pub mod hostinfo;
+pub mod identity;
 pub mod job;
 pub mod limits;
 pub mod listener;

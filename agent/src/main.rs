@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tracing::{info, warn};
-use zetaback_agent::auth::{Tokens, read_token};
+use zetaback_agent::auth::{TokenFile, read_token};
 use zetaback_agent::discovery::{self, DiscoveryConfig};
 use zetaback_agent::filestore::FileStore;
+use zetaback_agent::identity::tokenreview::ServiceAccountRef;
+use zetaback_agent::identity::{Authenticator, StaticIdentities, TokenReviewConfig, TokenReviewer};
 use zetaback_agent::job::JobSettings;
 use zetaback_agent::limits::{ListenerLimits, StoreLimits};
 use zetaback_agent::runner::{Runner, RunnerConfig};
@@ -170,12 +172,37 @@ struct Args {
     /// Allow `zfs receive -F` for replicas when a request asks for it.
     #[arg(long, env = "ZETABACK_ALLOW_RECEIVE_FORCE")]
     allow_receive_force: bool,
-    /// The bearer token sources present (a mounted Secret; required).
+    /// This agent's own token, presented to other agents' stores: in Kubernetes its pod's
+    /// projected ServiceAccount token with the store's audience (read again for every job, as
+    /// the kubelet rotates it). Required unless --no-kube.
     #[arg(long, env = "ZETABACK_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// The controller's admin token (delete, archive).
-    #[arg(long, env = "ZETABACK_ADMIN_TOKEN_FILE")]
-    admin_token_file: Option<PathBuf>,
+    /// The audience callers' tokens must carry (checked by TokenReview).
+    #[arg(long, env = "ZETABACK_STORE_AUDIENCE", default_value = zetaback_agent::identity::STORE_AUDIENCE)]
+    store_audience: String,
+    /// The controller's ServiceAccount, `namespace/name`: the only caller that may delete and
+    /// archive backups (required unless --no-kube).
+    #[arg(long, env = "ZETABACK_CONTROLLER_SERVICE_ACCOUNT")]
+    controller_service_account: Option<ServiceAccountRef>,
+    /// The agents' ServiceAccount, `namespace/name`: a token of it bound to a pod on node N
+    /// is the agent of the ZfsHosts whose spec.nodeName is N (required unless --no-kube).
+    #[arg(long, env = "ZETABACK_AGENT_SERVICE_ACCOUNT")]
+    agent_service_account: Option<ServiceAccountRef>,
+    /// ServiceAccounts that may read catalogues (`kubectl zetaback`), `namespace/name`.
+    #[arg(
+        long = "reader-service-account",
+        env = "ZETABACK_READER_SERVICE_ACCOUNTS",
+        value_delimiter = ','
+    )]
+    reader_service_accounts: Vec<ServiceAccountRef>,
+    /// The ConfigMap, `namespace/name`, where the controller publishes the public key of its
+    /// restore grants (default: `zetaback-grant-key` in the controller's namespace).
+    #[arg(long, env = "ZETABACK_GRANT_KEY_CONFIGMAP")]
+    grant_key_configmap: Option<ServiceAccountRef>,
+    /// Without Kubernetes (--no-kube) only: who callers are, a JSON list of
+    /// `{"token": …, "hosts": [...]}` (an agent) and `{"token": …, "role": "controller"}`.
+    #[arg(long, env = "ZETABACK_IDENTITIES_FILE", conflicts_with_all = ["controller_service_account", "agent_service_account"])]
+    identities_file: Option<PathBuf>,
     /// Path to a kubeconfig (default: the usual inference: KUBECONFIG, ~/.kube/config,
     /// in-cluster).
     #[arg(long, env = "KUBECONFIG")]
@@ -372,16 +399,65 @@ async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
 }
 
 async fn serve_agent(args: Args) -> anyhow::Result<()> {
-    let (Some(host_name), Some(token_file)) = (args.host_name.clone(), args.token_file.clone())
-    else {
-        anyhow::bail!("--host-name and --token-file are required (see --help)");
+    let Some(host_name) = args.host_name.clone() else {
+        anyhow::bail!("--host-name is required (see --help)");
     };
-    let token = read_token(&token_file)?;
-    let admin = args
-        .admin_token_file
-        .as_deref()
-        .map(read_token)
-        .transpose()?;
+    let (client, auth, token, grants): (
+        Option<kube::Client>,
+        Arc<dyn Authenticator>,
+        Option<TokenFile>,
+        Option<zetaback_agent::identity::grants::GrantKey>,
+    ) = if args.no_kube {
+        let Some(file) = &args.identities_file else {
+            anyhow::bail!("--no-kube needs --identities-file (who may call this store)");
+        };
+        (
+            None,
+            Arc::new(StaticIdentities::from_file(file)?),
+            None,
+            None,
+        )
+    } else {
+        let (Some(token_file), Some(controller), Some(agents)) = (
+            args.token_file.clone(),
+            args.controller_service_account.clone(),
+            args.agent_service_account.clone(),
+        ) else {
+            anyhow::bail!(
+                "--token-file, --controller-service-account and --agent-service-account are required (see --help)"
+            );
+        };
+        if args.identities_file.is_some() {
+            anyhow::bail!(
+                "--identities-file is for --no-kube only: in Kubernetes callers are checked by TokenReview"
+            );
+        }
+        let token = TokenFile::new(token_file);
+        token.read()?;
+        let client = kube_client(args.kubeconfig.as_ref()).await?;
+        let grant_cm = args
+            .grant_key_configmap
+            .clone()
+            .unwrap_or(ServiceAccountRef {
+                namespace: controller.namespace.clone(),
+                name: zetaback_agent::identity::grants::DEFAULT_CONFIGMAP.into(),
+            });
+        let grants = zetaback_agent::identity::grants::GrantKey::config_map(
+            client.clone(),
+            &grant_cm.namespace,
+            &grant_cm.name,
+        );
+        let reviewer = TokenReviewer::new(
+            client.clone(),
+            TokenReviewConfig {
+                audience: args.store_audience.clone(),
+                controller,
+                agents,
+                readers: args.reader_service_accounts.clone(),
+            },
+        );
+        (Some(client), Arc::new(reviewer), Some(token), Some(grants))
+    };
     let zfs = Zfs::detect_with(args.zfs_limits.timeouts())
         .await
         .context("detecting the local zfs")?;
@@ -408,7 +484,11 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         roots: args.replica_roots.clone(),
         allow_force: args.allow_receive_force,
     });
-    let state = ServerState::new(Tokens::new(Some(token.clone()), admin), store, replica)
+    let mut state = ServerState::new(auth, store, replica);
+    if let Some(g) = grants {
+        state = state.with_grant_key(g);
+    }
+    let state = state
         .with_idle_timeout(Duration::from_secs(args.idle_timeout.max(1)))
         .with_limits(args.limits.store());
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -435,15 +515,14 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         tls,
     ));
 
-    if args.no_kube {
+    let (Some(client), Some(token)) = (client, token) else {
         server.await??;
         return Ok(());
-    }
+    };
     let advertise = args
         .advertise
         .clone()
         .or_else(|| (!local.ip().is_unspecified()).then(|| local.to_string()));
-    let client = kube_client(args.kubeconfig.as_ref()).await?;
     let runner = Arc::new(Runner::new(
         client.clone(),
         zfs.clone(),

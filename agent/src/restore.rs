@@ -209,6 +209,8 @@ pub struct Source {
     pub idle_timeout: Duration,
     /// The largest zstd window a compressed piece may ask for (2^N bytes).
     pub zstd_window_log_max: u32,
+    /// The controller's grant to read these backups of another host (`status.grant`).
+    pub grant: Option<String>,
 }
 
 /// Reads the catalogue of one source host from a target agent.
@@ -226,13 +228,16 @@ fn piece_request(
     endpoint: &Endpoint,
     url: String,
     verify: bool,
+    grant: Option<&str>,
 ) -> Result<Request<BoxBody>, RestoreError> {
-    let headers: &[(&str, &str)] = if verify {
-        &[(H_READER_VERIFIES, "sha256")]
-    } else {
-        &[]
-    };
-    Ok(transfer::get_request(endpoint, &url, headers)?)
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if verify {
+        headers.push((H_READER_VERIFIES, "sha256"));
+    }
+    if let Some(g) = grant {
+        headers.push((zetaback_core::grant::H_GRANT, g));
+    }
+    Ok(transfer::get_request(endpoint, &url, &headers)?)
 }
 
 /// What the feeding side saw of one piece.
@@ -316,7 +321,12 @@ pub async fn apply_piece(
     let path = routes::stream(&src.host, &src.dataset, &piece.id)?;
     let url = format!("{}{path}", src.endpoint.base);
     let resp = client
-        .request(piece_request(&src.endpoint, url, verify)?)
+        .request(piece_request(
+            &src.endpoint,
+            url,
+            verify,
+            src.grant.as_deref(),
+        )?)
         .await
         .map_err(|e| RestoreError::Unreachable(format!("{e:#}")))?;
     let status = resp.status();
@@ -643,6 +653,7 @@ pub async fn restore(
         endpoint: endpoint.clone(),
         host: host.to_owned(),
         dataset: dataset.to_owned(),
+        grant: None,
         idle_timeout: Duration::from_secs(120),
         zstd_window_log_max: crate::limits::DEFAULT_ZSTD_WINDOW_LOG_MAX,
     };
@@ -656,8 +667,8 @@ pub struct RestoreRunnerConfig {
     pub host_name: String,
     /// Written to `status.claimedBy`.
     pub agent_id: String,
-    /// The bearer token for the backup host's agent.
-    pub token: String,
+    /// This agent's own token for the backup host's agent (read again for every restore).
+    pub token: crate::auth::TokenFile,
     pub idle_timeout: Duration,
     /// How often `bytesDone` is written at most.
     pub progress_every: Duration,
@@ -831,7 +842,12 @@ impl RestoreRunner {
         let ep = ep.or_else(|| st.store_endpoint.clone()).ok_or_else(|| {
             RestoreError::Unreachable("the status names no backup host endpoint".into())
         })?;
-        Ok(Endpoint::new(&ep, self.cfg.token.clone()))
+        let token = self
+            .cfg
+            .token
+            .read()
+            .map_err(|e| RestoreError::Unreachable(format!("this agent's token: {e}")))?;
+        Ok(Endpoint::new(&ep, token))
     }
 
     /// Runs a claimed restore and records the outcome.
@@ -879,6 +895,7 @@ impl RestoreRunner {
                     dataset: r.spec.source.dataset_name().to_owned(),
                     idle_timeout: self.cfg.idle_timeout,
                     zstd_window_log_max: self.cfg.zstd_window_log_max,
+                    grant: st.grant.clone(),
                 };
                 let req = ChainRequest {
                     pieces: st

@@ -41,8 +41,8 @@ pub struct RunnerConfig {
     pub agent_id: String,
     /// Jobs at once.
     pub concurrency: usize,
-    /// The bearer token for target agents.
-    pub token: String,
+    /// This agent's own token for target agents (read again for every job).
+    pub token: crate::auth::TokenFile,
     pub settings: JobSettings,
 }
 
@@ -185,7 +185,12 @@ impl Runner {
                 "target ZfsHost {target_host} has no status.agentEndpoint (is its agent running?)"
             ))
         })?;
-        Ok(Endpoint::new(&ep, self.cfg.token.clone()))
+        let token = self
+            .cfg
+            .token
+            .read()
+            .map_err(|e| JobError::Invalid(format!("this agent's token: {e}")))?;
+        Ok(Endpoint::new(&ep, token))
     }
 
     /// Runs a claimed job and records the outcome.

@@ -1,6 +1,6 @@
 //! The target agent's HTTP API (axum):
 //!
-//! - `PUT /v1/streams/{host}/{dataset}/{id}`: add a backup stream (source token). `dataset` has
+//! - `PUT /v1/streams/{host}/{dataset}/{id}`: add a backup stream (only host `{host}`'s own agent). `dataset` has
 //!   `/` escaped as `+`; `id` is `<ts>.full` or `<ts>.incremental.<base-ts>`. Headers:
 //!   `x-zetaback-snapshot`, `x-zetaback-base-snapshot` (incrementals), `x-zetaback-compression`,
 //!   and either nothing (file store) or `x-zetaback-receive-into: <dataset>` (replica mode:
@@ -11,7 +11,11 @@
 //!   unless the request says `x-zetaback-reader-verifies: sha256` (a restore checks every
 //!   piece itself before its end reaches `zfs receive`; hashing twice only costs CPU).
 //! - `DELETE /v1/streams/{host}/{dataset}/{id}` and `POST /v1/archive/{host}/{dataset}/{id}`
-//!   (also `POST /v1/streams/.../{id}/archive`): admin token only.
+//!   (also `POST /v1/streams/.../{id}/archive`): the controller only.
+//!
+//! Every request carries its caller's own bearer token ([`crate::identity`]: a projected
+//! ServiceAccount token checked by TokenReview in Kubernetes); [`crate::identity::rules`] says
+//! who may do what.
 //! - `GET /v1/catalogue[?host=H]`: the store's [`zetaback_core::store::Catalogue`], plus every
 //!   replica: a replica receive records its manifest (JSON, the same fields as a stored file's)
 //!   in the user property `zetaback.io:manifest` of the received snapshot, and only snapshots
@@ -56,11 +60,11 @@ use zetaback_core::store::{
     Catalogue, Manifest, StoredBackup, StreamId, unescape_dataset, validate_host,
 };
 
-use crate::auth::{Role, Tokens};
 use crate::bufpool::BufPool;
 use crate::checksum::{BackgroundSha256, Received};
 use crate::filestore::space::SpaceRefusal;
 use crate::filestore::{BackupKey, FileStore, FileStoreError, StreamMeta};
+use crate::identity::{AuthError, Authenticator, Caller, Operation, authorize, bearer};
 use crate::limits::{ListenerLimits, StoreLimits};
 use crate::scan_cache::ScanCache;
 use crate::stream_header::{self, Verdict};
@@ -85,7 +89,11 @@ pub struct ReplicaConfig {
 /// What the server needs.
 #[derive(Debug, Clone)]
 pub struct ServerState {
-    pub tokens: Tokens,
+    /// Who callers are (TokenReview in Kubernetes; a static table without it).
+    pub auth: Arc<dyn Authenticator>,
+    /// The controller's key for restore grants (none: another host's backups are never
+    /// served).
+    pub grant_key: Option<Arc<crate::identity::grants::GrantKey>>,
     pub store: Option<FileStore>,
     pub replica: Option<ReplicaConfig>,
     /// A stream that sends nothing for this long is abandoned (a cut link sends no reset).
@@ -102,9 +110,14 @@ pub struct ServerState {
 }
 
 impl ServerState {
-    pub fn new(tokens: Tokens, store: Option<FileStore>, replica: Option<ReplicaConfig>) -> Self {
+    pub fn new(
+        auth: Arc<dyn Authenticator>,
+        store: Option<FileStore>,
+        replica: Option<ReplicaConfig>,
+    ) -> Self {
         Self {
-            tokens,
+            auth,
+            grant_key: None,
             store,
             replica,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -143,6 +156,12 @@ impl ServerState {
                 ),
             )),
         }
+    }
+
+    /// Sets the controller's key for restore grants.
+    pub fn with_grant_key(mut self, key: crate::identity::grants::GrantKey) -> Self {
+        self.grant_key = Some(Arc::new(key));
+        self
     }
 
     /// Sets the idle timeout.
@@ -250,17 +269,90 @@ pub async fn serve_with(
     crate::listener::serve(listener, router(state), limits, None).await
 }
 
-fn require(state: &ServerState, headers: &HeaderMap, need: Role) -> Result<Role, ApiError> {
-    match state.tokens.role(headers) {
-        None => Err(ApiError(
+/// Authenticates the caller: 401 without a valid token, 503 when it cannot be checked now.
+async fn authenticate(state: &ServerState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(token) = bearer(headers) else {
+        return Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "missing or invalid bearer token".into(),
-        )),
-        Some(role) if role < need => Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "this operation needs the admin token".into(),
-        )),
-        Some(role) => Ok(role),
+            "missing bearer token".into(),
+        ));
+    };
+    state.auth.authenticate(token).await.map_err(|e| match e {
+        AuthError::Unauthenticated(m) => ApiError(StatusCode::UNAUTHORIZED, m),
+        AuthError::Unavailable(m) => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the caller's token cannot be checked now: {m}"),
+        ),
+    })
+}
+
+/// Authenticates the caller and checks that it may do `op` (403 with the reason).
+async fn require(
+    state: &ServerState,
+    headers: &HeaderMap,
+    op: Operation<'_>,
+) -> Result<Caller, ApiError> {
+    let caller = authenticate(state, headers).await?;
+    // A malformed host is a bad request, whoever asks.
+    if let Some(host) = op.host() {
+        validate_host(host).map_err(|e| ApiError::bad(e.to_string()))?;
+    }
+    if let Err(refused) = authorize(&caller, op) {
+        warn!(%caller, reason = %refused, "request refused");
+        return Err(ApiError(StatusCode::FORBIDDEN, refused.0));
+    }
+    Ok(caller)
+}
+
+/// A read of a stored backup: by its host's own agent, or by the destination of a restore
+/// with the controller's grant for it ([`zetaback_core::grant`]).
+async fn require_read(
+    state: &ServerState,
+    headers: &HeaderMap,
+    key: &BackupKey,
+) -> Result<Caller, ApiError> {
+    let caller = authenticate(state, headers).await?;
+    let refused = match authorize(&caller, Operation::GetStream { host: &key.host }) {
+        Ok(()) => return Ok(caller),
+        Err(refused) => refused,
+    };
+    let forbid = |m: String| {
+        warn!(%caller, reason = %m, "read refused");
+        ApiError(StatusCode::FORBIDDEN, m)
+    };
+    let (Some(grant), Caller::Agent { hosts, .. }) =
+        (header_str(headers, zetaback_core::grant::H_GRANT)?, &caller)
+    else {
+        return Err(forbid(refused.0));
+    };
+    let Some(key_source) = &state.grant_key else {
+        return Err(forbid(format!(
+            "{}; this store checks no restore grants",
+            refused.0
+        )));
+    };
+    let public = key_source.public_key().await.map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the restore grant cannot be checked now: {e}"),
+        )
+    })?;
+    let checked = zetaback_core::grant::verify(grant, &public).and_then(|g| {
+        g.allows(
+            hosts,
+            &key.host,
+            &key.dataset,
+            &key.id.to_string(),
+            jiff::Timestamp::now().as_second(),
+        )
+        .map(|()| g)
+    });
+    match checked {
+        Ok(g) => {
+            info!(%caller, restore = %g.restore, backup = %key, "read under a restore grant");
+            Ok(caller)
+        }
+        Err(e) => Err(forbid(format!("{}; {e}", refused.0))),
     }
 }
 
@@ -316,6 +408,15 @@ fn plan_put(
     id: &str,
 ) -> Result<PutPlan, ApiError> {
     let key = key_of(host, dataset, id)?;
+    // A backup dated in the future would never be superseded (issue 13, finding 2).
+    let now = jiff::Timestamp::now();
+    if zetaback_core::store::future::is_future(key.id.ts(), now) {
+        return Err(ApiError::bad(format!(
+            "backup id {} is dated in the future (more than {}s ahead of this host's clock, {now}); refused",
+            key.id,
+            zetaback_core::store::future::MAX_CLOCK_SKEW_SECONDS
+        )));
+    }
     let snapshot = header_str(headers, H_SNAPSHOT)?
         .ok_or_else(|| {
             ApiError::bad(format!(
@@ -547,7 +648,7 @@ async fn put_stream(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, axum::Json<PutResponse>), ApiError> {
-    require(&state, &headers, Role::Source)?;
+    require(&state, &headers, Operation::PutStream { host: &host }).await?;
     let plan = plan_put(&state, &headers, &host, &dataset, &id)?;
     let span = info_span!("put_stream", backup = %plan.key, replica = plan.receive_into.as_deref());
     let result = async move {
@@ -984,8 +1085,8 @@ async fn get_stream(
     Path((host, dataset, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require(&state, &headers, Role::Source)?;
     let key = key_of(&host, &dataset, &id)?;
+    require_read(&state, &headers, &key).await?;
     let store = state
         .store
         .as_ref()
@@ -1086,7 +1187,7 @@ async fn delete_stream(
     Path((host, dataset, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    require(&state, &headers, Role::Admin)?;
+    require(&state, &headers, Operation::Delete { host: &host }).await?;
     let key = key_of(&host, &dataset, &id)?;
     let stored = match &state.store {
         Some(store) => match store.delete(&key).await {
@@ -1146,7 +1247,7 @@ async fn archive(
     Path((host, dataset, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    require(&state, &headers, Role::Admin)?;
+    require(&state, &headers, Operation::Archive { host: &host }).await?;
     let key = key_of(&host, &dataset, &id)?;
     let store = state
         .store
@@ -1165,7 +1266,7 @@ async fn resume_token(
     Query(q): Query<ResumeTokenQuery>,
     headers: HeaderMap,
 ) -> Result<axum::Json<ResumeTokenResponse>, ApiError> {
-    require(&state, &headers, Role::Source)?;
+    require(&state, &headers, Operation::ResumeToken { host: &host }).await?;
     validate_host(&host).map_err(|e| ApiError::bad(e.to_string()))?;
     let dataset = unescape_dataset(&dataset).map_err(|e| ApiError::bad(e.to_string()))?;
     validate_dataset(&q.into).map_err(|e| ApiError::bad(e.to_string()))?;
@@ -1195,7 +1296,14 @@ async fn catalogue(
     Query(q): Query<CatalogueQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require(&state, &headers, Role::Source)?;
+    require(
+        &state,
+        &headers,
+        Operation::Catalogue {
+            host: q.host.as_deref(),
+        },
+    )
+    .await?;
     let mut cat = full_catalogue(&state).await?;
     if let Some(host) = q.host {
         validate_host(&host).map_err(|e| ApiError::bad(e.to_string()))?;

@@ -447,10 +447,10 @@ fn cutting_the_link_mid_stream_leaves_no_backup() {
     drop(target);
 }
 
-/// `GET /v1/catalogue` from an agent (plain HTTP/1.0 over a real socket).
+/// `GET /v1/catalogue` from an agent as the controller (plain HTTP/1.0 over a real socket).
 fn get_catalogue(tokens: &Tokens, addr: &str) -> zetaback_core::store::Catalogue {
     use std::io::{Read, Write};
-    let token = std::fs::read_to_string(&tokens.source).expect("token");
+    let token = std::fs::read_to_string(&tokens.admin).expect("token");
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     write!(
         s,
@@ -718,7 +718,7 @@ fn resume_tokens_on_zfs_fuse_are_absent_and_claims_refused() {
     let (status, body) = http(
         tokens,
         addr,
-        &format!("PUT /v1/streams/src-1/{escaped}/1800000000.incremental.1700000000"),
+        &format!("PUT /v1/streams/src-1/{escaped}/1780000000.incremental.1700000000"),
         &[
             ("x-zetaback-snapshot", "zetaback-2"),
             ("x-zetaback-base-snapshot", "zetaback-1"),

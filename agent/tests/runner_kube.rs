@@ -69,8 +69,6 @@ fn agent(kubeconfig: &str, tokens: &Tokens, host: &str, node: &str, extra: &[&st
             &format!("127.0.0.1:{port}"),
             "--token-file",
             &tokens.source.display().to_string(),
-            "--admin-token-file",
-            &tokens.admin.display().to_string(),
             "--kubeconfig",
             kubeconfig,
             "--status-interval",
@@ -82,6 +80,7 @@ fn agent(kubeconfig: &str, tokens: &Tokens, host: &str, node: &str, extra: &[&st
             "--concurrency",
             "2",
         ])
+        .args(&tokens.kube_args)
         .args(extra)
         .env("RUST_LOG", "info,kube=warn")
         .spawn()
@@ -150,10 +149,13 @@ async fn runner_claims_runs_and_recovers_jobs() {
     let (ds, dir) = pool.create("data");
     write_files(&dir, 11, 6, 100_000);
     let store = tempfile::tempdir().expect("store");
-    let tokens = Tokens::new();
+    let mut tokens = Tokens::new();
+    // The hosts' node (a Node object of this test's own): its agents' tokens name it.
+    let hosts_node = format!("rk-node-{pid}");
 
     let (namespaces, hosts) =
-        namespace_and_hosts(&client, &ns, &src_host, &dst_host, &pool.name, "node-a").await;
+        namespace_and_hosts(&client, &ns, &src_host, &dst_host, &pool.name, &hosts_node).await;
+    kube_identity::kube_identities(&client, &ns, &hosts_node, &mut tokens).await;
     let jobs: Api<BackupJob> = Api::namespaced(client.clone(), &ns);
 
     let store_root = store.path().display().to_string();
@@ -293,6 +295,7 @@ async fn runner_claims_runs_and_recovers_jobs() {
     );
     drop(a);
 
+    kube_identity::delete_node(&client, &ns, &hosts_node).await;
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     for h in [&src_host, &dst_host] {
         let _ = hosts.delete(h, &DeleteParams::default()).await;
@@ -318,10 +321,12 @@ async fn runner_runs_jobs_created_before_it_started_and_only_its_hosts() {
     let (ds, dir) = pool.create("data");
     write_files(&dir, 12, 4, 50_000);
     let store = tempfile::tempdir().expect("store");
-    let tokens = Tokens::new();
+    let mut tokens = Tokens::new();
+    let hosts_node = format!("early-node-{pid}");
 
     let (namespaces, hosts) =
-        namespace_and_hosts(&client, &ns, &src_host, &dst_host, &pool.name, "node-e").await;
+        namespace_and_hosts(&client, &ns, &src_host, &dst_host, &pool.name, &hosts_node).await;
+    kube_identity::kube_identities(&client, &ns, &hosts_node, &mut tokens).await;
     let jobs: Api<BackupJob> = Api::namespaced(client.clone(), &ns);
 
     // The apiserver serves BackupJobs with spec.host selectable (the CRDs from crds/).
@@ -413,6 +418,7 @@ async fn runner_runs_jobs_created_before_it_started_and_only_its_hosts() {
         "the field selector selects by host"
     );
 
+    kube_identity::delete_node(&client, &ns, &hosts_node).await;
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     for h in [&src_host, &dst_host] {
         let _ = hosts.delete(h, &DeleteParams::default()).await;
@@ -474,9 +480,12 @@ async fn restore_runner_reads_only_its_hosts_restores() {
         format!("zbr-{pid}"),
     );
     let agent_id = format!("{host}@{node}");
-    let tokens = Tokens::new();
+    let mut tokens = Tokens::new();
 
     let namespaces = create_namespace(&client, &ns).await;
+    // The agent started below runs with a real identity (it never calls a store here).
+    let hosts_node = format!("rdest-node-{pid}");
+    kube_identity::kube_identities(&client, &ns, &hosts_node, &mut tokens).await;
     let hosts = create_hosts(&client, node, &[(&host, "nothing".to_owned())]).await;
 
     // The apiserver serves Restores with spec.destination.host selectable (the CRDs from
@@ -487,7 +496,7 @@ async fn restore_runner_reads_only_its_hosts_restores() {
         RestoreRunnerConfig {
             host_name: host.clone(),
             agent_id: agent_id.clone(),
-            token: String::new(),
+            token: zetaback_agent::auth::TokenFile::new(&tokens.source),
             idle_timeout: Duration::from_secs(5),
             progress_every: Duration::from_secs(1),
             zstd_window_log_max: zetaback_agent::limits::DEFAULT_ZSTD_WINDOW_LOG_MAX,
@@ -586,6 +595,7 @@ async fn restore_runner_reads_only_its_hosts_restores() {
         "the field selector selects by destination host"
     );
 
+    kube_identity::delete_node(&client, &ns, &hosts_node).await;
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     let _ = hosts.delete(&host, &DeleteParams::default()).await;
 }

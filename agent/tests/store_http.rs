@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncReadExt;
-use zetaback_agent::auth::Tokens;
 use zetaback_agent::filestore::FileStore;
+use zetaback_agent::identity::{Caller, StaticIdentities};
 use zetaback_agent::store_server::{ServerState, serve};
 use zetaback_agent::transfer::{self, Endpoint, SourceDone, TransferError, Upload};
 use zetaback_core::api::backup_policy::Compression;
@@ -21,7 +21,11 @@ async fn start(root: &Path) -> String {
     let store = FileStore::new(root);
     store.remove_stale_temporaries().await.expect("cleanup");
     let state = ServerState::new(
-        Tokens::new(Some(TOKEN.into()), Some(ADMIN.into())),
+        std::sync::Arc::new(
+            StaticIdentities::new()
+                .with(TOKEN, Caller::agent("node-1", ["db-1"]))
+                .controller(ADMIN),
+        ),
         Some(store),
         None,
     );
@@ -186,8 +190,32 @@ async fn upload_read_back_and_refuse_overwrite() {
         before
     );
 
-    // The catalogue.
-    let (status, body) = raw(&addr, Method::GET, "/v1/catalogue", Some(TOKEN), &[], b"").await;
+    // The catalogue: a host's agent reads its own host's, the controller the whole.
+    let (status, _) = raw(&addr, Method::GET, "/v1/catalogue", Some(TOKEN), &[], b"").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = raw(
+        &addr,
+        Method::GET,
+        "/v1/catalogue?host=db-2",
+        Some(TOKEN),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, own) = raw(
+        &addr,
+        Method::GET,
+        "/v1/catalogue?host=db-1",
+        Some(TOKEN),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let own: zetaback_core::store::Catalogue = serde_json::from_str(&own).expect("catalogue");
+    assert_eq!(own.backups.len(), 2);
+    let (status, body) = raw(&addr, Method::GET, "/v1/catalogue", Some(ADMIN), &[], b"").await;
     assert_eq!(status, StatusCode::OK);
     let cat: zetaback_core::store::Catalogue = serde_json::from_str(&body).expect("catalogue");
     assert_eq!(cat.backups.len(), 2);

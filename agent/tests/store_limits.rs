@@ -13,8 +13,8 @@ use common::{Tmpfs, zfs_stream_bytes, zstd_frame_with_window};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zetaback_agent::auth::Tokens;
 use zetaback_agent::filestore::FileStore;
+use zetaback_agent::identity::{Caller, StaticIdentities};
 use zetaback_agent::limits::{ListenerLimits, StoreLimits};
 use zetaback_agent::store_server::{ServerState, serve_with};
 use zetaback_agent::transfer::{self, Endpoint, SourceDone, TransferError, Upload};
@@ -30,7 +30,11 @@ async fn start(root: &Path, limits: StoreLimits, listener: ListenerLimits) -> (S
     let store = FileStore::new(root);
     store.recover().await.expect("recover");
     let state = ServerState::new(
-        Tokens::new(Some(TOKEN.into()), Some(ADMIN.into())),
+        std::sync::Arc::new(
+            StaticIdentities::new()
+                .with(TOKEN, Caller::agent("node-1", ["db-1", "db-2"]))
+                .controller(ADMIN),
+        ),
         Some(store.clone()),
         None,
     )
@@ -725,7 +729,8 @@ async fn the_catalogue_is_scanned_once_until_something_is_written() {
         async move {
             let req = Request::builder()
                 .uri(format!("http://{addr}/v1/catalogue"))
-                .header("authorization", format!("Bearer {TOKEN}"))
+                // The whole catalogue is the controller's to read.
+                .header("authorization", format!("Bearer {ADMIN}"))
                 .body(Full::new(Bytes::new()))
                 .expect("req");
             let resp = client.request(req).await.expect("catalogue");

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use zetaback_agent::auth::Tokens;
 use zetaback_agent::filestore::FileStore;
+use zetaback_agent::identity::{Caller, StaticIdentities};
 use zetaback_agent::store_server::{ServerState, router};
 use zetaback_agent::transfer::{self, Endpoint, SourceDone, TransferError, Upload};
 use zetaback_core::api::backup_policy::Compression;
@@ -150,7 +150,7 @@ async fn streams_over_tls_verified_against_the_ca() {
     )
     .expect("server config");
     let state = ServerState::new(
-        Tokens::new(Some(TOKEN.into()), None),
+        std::sync::Arc::new(StaticIdentities::new().with(TOKEN, Caller::agent("node-1", ["db-1"]))),
         Some(FileStore::new(store_dir.path())),
         None,
     );

@@ -67,8 +67,10 @@ zfs create "$src/data"
 zfs create "$dst/r"
 
 log "starting the store agent (--no-kube)"
+# Without Kubernetes the store knows its callers from a table: the token is the source's.
+printf '[{"token": "bench-token", "hosts": ["%s"]}]' "$host" >"$dir/identities.json"
 RUST_LOG=warn "$agent" --no-kube --host-name bench-store --listen "127.0.0.1:$port" \
-  --store-root "$dir/store" --token-file "$dir/token" &
+  --store-root "$dir/store" --identities-file "$dir/identities.json" &
 store_pid=$!
 for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 

@@ -115,8 +115,12 @@ meas=()
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log "starting the target agent"
+# Without Kubernetes the store knows its callers from a table: the token is each round's
+# source host's (bench-src1..N).
+printf '[{"token": "%s", "hosts": [%s]}]' "$(cat "$dir/token")" \
+  "$(seq 1 "$rounds" | sed 's/.*/"bench-src&"/' | paste -sd,)" >"$dir/identities.json"
 RUST_LOG=warn nice -n "$nice_n" "$agent" --no-kube --host-name bench-target --listen "127.0.0.1:$port" \
-  --store-root "$dir/store" --replica-root "$dst/replicas" --token-file "$dir/token" \
+  --store-root "$dir/store" --replica-root "$dst/replicas" --identities-file "$dir/identities.json" \
   "${target_args[@]}" &
 target_pid=$!
 for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done

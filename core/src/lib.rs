@@ -21,6 +21,7 @@ pub mod api;
 pub mod conditions;
 pub mod duration;
 pub mod error_chain;
+pub mod grant;
 pub mod names;
 pub mod policy;
 pub mod selection;

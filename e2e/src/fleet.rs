@@ -42,12 +42,8 @@ use zetaback::api::{BackupPolicy, Restore, ZfsHost, ZfsHostSpec};
 use zetaback::controller::store_client::StoreClient;
 use zetaback::store::StoredBackup;
 
-use crate::{Env, eventually, free_port, text};
+use crate::{Env, eventually, free_port, identity, text};
 
-/// The stream token every agent of a fleet shares (sources present it to the store).
-pub const STREAM_TOKEN: &str = "stream-token-for-e2e";
-/// The store's admin token (delete, archive): the controller's and the CLI's.
-pub const ADMIN_TOKEN: &str = "admin-token-for-e2e";
 /// The size of a host's pool unless its [`HostSpec`] says otherwise.
 pub const DEFAULT_POOL_SIZE: &str = "256M";
 /// How long the helpers here wait for a backup to be stored.
@@ -58,7 +54,7 @@ const BACKUP_LIMIT: Duration = Duration::from_secs(180);
 pub struct HostSpec {
     /// Short name, unique in the fleet (`src`, `bak`, ...): the key for [`Fleet::host`].
     pub short: String,
-    /// Serve a file store (`--store-root <fleet dir>/store/<short>`, with the admin token).
+    /// Serve a file store (`--store-root <fleet dir>/store/<short>`).
     pub store: bool,
     /// Size of the pool's backing file (`zfs.sh pool NAME SIZE`).
     pub pool_size: String,
@@ -127,6 +123,11 @@ pub struct Host {
     pub store_root: Option<PathBuf>,
     /// The agent's log (stderr), appended to across restarts.
     pub log: PathBuf,
+    /// The Pod (of the agents' ServiceAccount, on this host's Node object) its token is
+    /// bound to: (name, uid).
+    pub pod: (String, String),
+    /// Its own token (TokenRequest, bound to the pod, audience `zetaback-store`).
+    pub token_file: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -183,9 +184,9 @@ pub struct Fleet {
     pub client: kube::Client,
     /// `/tmp/zetaback-e2e/<ns>`: tokens, stores, agent logs.
     pub dir: PathBuf,
-    /// The stream token file every agent reads.
-    pub token_file: PathBuf,
-    /// The admin token file (store hosts, `--token-file` of store-reading CLI commands).
+    /// The controller's token for the stores (its ServiceAccount's, audience `zetaback-store`).
+    pub controller_token: String,
+    /// A catalogue reader's token file (`--token-file` of store-reading CLI commands).
     pub admin_token_file: PathBuf,
     /// The number that makes this fleet's host and pool names unique.
     pub tag: u32,
@@ -200,10 +201,26 @@ impl Fleet {
         let client = env.client().await;
         let dir = PathBuf::from(format!("/tmp/zetaback-e2e/{ns}"));
         std::fs::create_dir_all(&dir).expect("fleet dir");
-        let token_file = dir.join("token");
-        let admin_token_file = dir.join("admin-token");
-        std::fs::write(&token_file, STREAM_TOKEN).expect("token");
-        std::fs::write(&admin_token_file, ADMIN_TOKEN).expect("admin token");
+        // Every caller of the stores has its own identity, issued by the apiserver.
+        identity::service_accounts(&client, ns).await;
+        let controller_token = identity::mint(
+            &client,
+            ns,
+            identity::CONTROLLER_SA,
+            Some(identity::AUDIENCE),
+            None,
+        )
+        .await;
+        let admin_token_file = dir.join("reader.token");
+        let reader = identity::mint(
+            &client,
+            ns,
+            identity::READER_SA,
+            Some(identity::AUDIENCE),
+            None,
+        )
+        .await;
+        std::fs::write(&admin_token_file, reader).expect("reader token");
         let prefix: String = ns
             .split('-')
             .next()
@@ -218,7 +235,7 @@ impl Fleet {
             ns: ns.to_owned(),
             client: client.clone(),
             dir: dir.clone(),
-            token_file: token_file.clone(),
+            controller_token,
             admin_token_file: admin_token_file.clone(),
             tag,
             hosts: Vec::new(),
@@ -266,12 +283,27 @@ impl Fleet {
                 .await
                 .expect("create ZfsHost");
 
+            // The host's node, the agent's pod on it, and the agent's own token bound to the
+            // pod (so the apiserver's TokenReview names the node).
+            identity::node(&fleet.client, &name, ns).await;
+            let pod_name = format!("agent-{}", spec.short);
+            let uid = identity::agent_pod(&fleet.client, ns, &pod_name, &name).await;
+            let token = identity::mint(
+                &fleet.client,
+                ns,
+                identity::AGENT_SA,
+                Some(identity::AUDIENCE),
+                Some((&pod_name, &uid)),
+            )
+            .await;
+            let token_file = dir.join(format!("{}.token", spec.short));
+            std::fs::write(&token_file, token).expect("agent token");
+
             let port = free_port();
             let mut args = vec![
                 format!("--host-name={name}"),
                 format!("--node-name={name}"),
                 format!("--listen=127.0.0.1:{port}"),
-                format!("--token-file={}", token_file.display()),
                 "--status-interval=1".into(),
                 "--last-seen-every=2".into(),
             ];
@@ -279,10 +311,26 @@ impl Fleet {
             if let Some(root) = &store_root {
                 std::fs::create_dir_all(root).expect("store root");
                 args.push(format!("--store-root={}", root.display()));
-                args.push(format!("--admin-token-file={}", admin_token_file.display()));
             }
             if spec.no_kube {
+                // Without Kubernetes the store knows its callers from a table: the
+                // controller's token and the reader's (catalogues), nothing else.
+                let ids = dir.join(format!("{}.identities.json", spec.short));
+                let reader = std::fs::read_to_string(&admin_token_file).expect("reader token");
+                std::fs::write(
+                    &ids,
+                    serde_json::json!([
+                        {"token": fleet.controller_token, "role": "controller"},
+                        {"token": reader.trim(), "role": "reader"},
+                    ])
+                    .to_string(),
+                )
+                .expect("identities file");
                 args.push("--no-kube".into());
+                args.push(format!("--identities-file={}", ids.display()));
+            } else {
+                args.push(format!("--token-file={}", token_file.display()));
+                args.extend(identity::store_args(ns));
             }
             args.extend(spec.extra_args.iter().cloned());
             let mut host = Host {
@@ -293,6 +341,8 @@ impl Fleet {
                 port,
                 store_root,
                 log: dir.join(format!("{}.log", spec.short)),
+                pod: (pod_name, uid),
+                token_file,
                 args,
                 child: None,
             };
@@ -359,12 +409,51 @@ impl Fleet {
             .unwrap_or_else(|| panic!("{short} is not a store host"))
     }
 
-    /// A client of the stores' API with the admin token.
+    /// A client of the stores' API with the controller's token.
     pub fn store_client(&self) -> StoreClient {
-        StoreClient::new(Some(ADMIN_TOKEN.into()))
+        StoreClient::new(Some(self.controller_token.clone()))
     }
 
-    /// `--token-file=<admin token>`, for CLI commands that read the store.
+    /// Host `short`'s agent's own token.
+    pub fn agent_token(&self, short: &str) -> String {
+        std::fs::read_to_string(&self.host(short).token_file)
+            .expect("agent token")
+            .trim()
+            .to_owned()
+    }
+
+    /// The controller's token for the stores.
+    pub fn controller_token(&self) -> String {
+        self.controller_token.clone()
+    }
+
+    /// A token of host `short`'s agent pod for another audience (None: the apiserver's).
+    pub async fn agent_token_for_audience(&self, short: &str, audience: Option<&str>) -> String {
+        let (pod, uid) = &self.host(short).pod;
+        identity::mint(
+            &self.client,
+            &self.ns,
+            identity::AGENT_SA,
+            audience,
+            Some((pod, uid)),
+        )
+        .await
+    }
+
+    /// A token of the agents' ServiceAccount for the stores' audience, bound to no pod (so
+    /// naming no node).
+    pub async fn unbound_agent_token(&self) -> String {
+        identity::mint(
+            &self.client,
+            &self.ns,
+            identity::AGENT_SA,
+            Some(identity::AUDIENCE),
+            None,
+        )
+        .await
+    }
+
+    /// `--token-file=<a catalogue reader's token>`, for CLI commands that read the store.
     pub fn admin_token_arg(&self) -> String {
         format!("--token-file={}", self.admin_token_file.display())
     }
@@ -416,7 +505,7 @@ impl Fleet {
             ([127, 0, 0, 1], free_port()).into(),
         );
         options.watch_namespace = Some(self.ns.clone());
-        options.store_token = Some(ADMIN_TOKEN.into());
+        options.store_token = Some(self.controller_token.clone());
         configure(&mut options);
         self.controller = Some(crate::controller::InProcessController::start(
             self.client.clone(),
@@ -631,6 +720,8 @@ impl Fleet {
         let api: Api<ZfsHost> = Api::all(self.client.clone());
         for h in &self.hosts {
             let _ = api.delete(&h.name, &Default::default()).await;
+            identity::delete_pod(&self.client, &self.ns, &h.pod.0).await;
+            identity::delete_node(&self.client, &h.name).await;
         }
         // The stores and logs of a run that got here are not needed (a failed run keeps
         // them: Drop leaves the directory). Drop destroys the pools.
@@ -647,6 +738,27 @@ impl Drop for Fleet {
         }
         for h in &self.hosts {
             destroy_pool(self.env, &h.pool);
+            // The host's Node object (cluster-scoped; the namespace's deletion does not take
+            // it) and the agent's Pod at once (no kubelet finishes a graceful deletion, which
+            // would hold the namespace); already gone after `shutdown`.
+            let _ = self.env.kubectl(&[
+                "delete",
+                "pod",
+                &h.pod.0,
+                "-n",
+                &self.ns,
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+                "--ignore-not-found",
+            ]);
+            let _ = self.env.kubectl(&[
+                "delete",
+                "node",
+                &h.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ]);
         }
     }
 }

@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 
 pub mod controller;
 pub mod fleet;
+pub mod identity;
 pub mod stub_store;
 
 /// The running environment.

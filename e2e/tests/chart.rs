@@ -180,6 +180,15 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
         (&agent, "create", "restores.zetaback.io", false),
         (&agent, "delete", "backuppolicies.zetaback.io", false),
         (&agent, "get", "secrets", false),
+        // Identities (issue 13): stores review callers' tokens; nobody else does.
+        (&agent, "create", "tokenreviews.authentication.k8s.io", true),
+        (
+            &controller,
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            false,
+        ),
+        (&agent, "create", "serviceaccounts/token", false),
     ];
     let wrong: Vec<String> = expectations
         .iter()

@@ -541,8 +541,13 @@ fn real_agent(catalogue: &Catalogue, token: &str, dir: &std::path::Path) -> Real
         )
         .expect("manifest");
     }
-    let token_file = dir.join("agent-token");
-    std::fs::write(&token_file, token).expect("token");
+    // Without Kubernetes the agent knows its callers from a table: the CLI reads catalogues.
+    let identities = dir.join("identities.json");
+    std::fs::write(
+        &identities,
+        serde_json::json!([{"token": token, "role": "reader"}]).to_string(),
+    )
+    .expect("identities");
     let port = zetaback_e2e::free_port();
     let exe = std::env::current_exe().expect("test path");
     let bin = exe
@@ -561,8 +566,7 @@ fn real_agent(catalogue: &Catalogue, token: &str, dir: &std::path::Path) -> Real
             "--host-name=cli-backup-host",
             &format!("--listen=127.0.0.1:{port}"),
             &format!("--store-root={}", layout.root().display()),
-            &format!("--token-file={}", token_file.display()),
-            &format!("--admin-token-file={}", token_file.display()),
+            &format!("--identities-file={}", identities.display()),
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -18,7 +18,9 @@ struct Args {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "ZETABACK_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
-    /// A file holding the admin token for backup hosts' agents (a mounted Secret).
+    /// A file holding the controller's own token for backup hosts' agents: its projected
+    /// ServiceAccount token with the stores' audience (`zetaback-store`), read again for every
+    /// request as the kubelet rotates it.
     #[arg(long, env = "ZETABACK_STORE_TOKEN_FILE")]
     store_token_file: Option<std::path::PathBuf>,
     /// A ZfsHost whose agent has not reported for this long is unreachable (e.g. 90s, 5m).
@@ -42,15 +44,10 @@ async fn main() -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let store_token = match &args.store_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("reading --store-token-file {}: {e}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
+    if let Some(path) = &args.store_token_file {
+        std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading --store-token-file {}: {e}", path.display()))?;
+    }
     let host_stale_after = zetaback::duration::parse_duration(&args.host_stale_after)
         .map_err(|e| anyhow::anyhow!("--host-stale-after: {e}"))?;
     let status_heartbeat = zetaback::duration::parse_duration(&args.status_heartbeat)
@@ -63,7 +60,9 @@ async fn main() -> anyhow::Result<()> {
             identity,
             metrics_addr: args.metrics_addr,
             watch_namespace: args.watch_namespace,
-            store_token,
+            store_token: None,
+            store_token_file: args.store_token_file,
+            grant_signer: None,
             host_stale_after,
             status_heartbeat,
             allowed_proxy_images: args.allowed_proxy_images,

@@ -58,6 +58,34 @@ pub(super) fn token(global: &GlobalArgs) -> Result<Option<String>, CliError> {
         .filter(|t| !t.is_empty()))
 }
 
+/// A catalogue reader's token minted with the user's own credentials (TokenRequest for
+/// `ns/name`, audience `zetaback-store`, 10 minutes), or none when that is refused: the
+/// commands then say the stores could not be read, as without a token.
+async fn mint_reader_token(client: &kube::Client, reader: &str) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let (ns, name) = reader.split_once('/')?;
+    let api: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), ns);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["zetaback-store".into()]),
+            expiration_seconds: Some(600),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    match api
+        .create_token_request(name, &kube::api::PostParams::default(), &request)
+        .await
+    {
+        Ok(answer) => answer.status.and_then(|s| s.token),
+        Err(e) => {
+            tracing::warn!(error = %e, %reader, "could not mint a catalogue reader token");
+            None
+        }
+    }
+}
+
 pub(super) async fn connect(
     global: &GlobalArgs,
     connect: Connect,
@@ -95,8 +123,13 @@ pub(super) async fn connect(
 
 /// Runs a parsed command; the exit code on success.
 pub(super) async fn execute(cli: Cli, how: Connect, io: &mut Io<'_>) -> Result<u8, CliError> {
-    let token = token(&cli.global)?;
+    let mut token = token(&cli.global)?;
     let (client, default_ns) = connect(&cli.global, how).await?;
+    if token.is_none()
+        && let Some(reader) = &cli.global.reader_service_account
+    {
+        token = mint_reader_token(&client, reader).await;
+    }
     let scope = if cli.global.all_namespaces {
         Scope::All
     } else {

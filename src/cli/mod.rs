@@ -71,9 +71,22 @@ pub struct GlobalArgs {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
-    /// A file holding the bearer token for the backup hosts' agents (default: $ZETABACK_TOKEN).
+    /// A file holding the bearer token for the backup hosts' agents (default: $ZETABACK_TOKEN):
+    /// a catalogue reader's token, e.g. `kubectl create token zetaback-reader -n NS --audience
+    /// zetaback-store`.
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Without --token-file or $ZETABACK_TOKEN: mint a short-lived token of this catalogue
+    /// reader ServiceAccount (`namespace/name`, e.g. `zetaback-system/zetaback-reader`) with
+    /// your own Kubernetes credentials (TokenRequest; RBAC decides who may: the chart's role
+    /// `<release>-catalogue-reader`).
+    #[arg(
+        long,
+        global = true,
+        env = "ZETABACK_READER_SERVICE_ACCOUNT",
+        value_name = "NS/NAME"
+    )]
+    pub reader_service_account: Option<String>,
 }
 
 /// How results are printed.

@@ -7,6 +7,7 @@
 
 pub mod backup_policy;
 pub mod fallback_route;
+pub mod grants;
 pub mod leader;
 pub mod metrics;
 pub mod restore;
@@ -65,6 +66,8 @@ pub struct Context {
     pub operator_namespace: String,
     /// The images FallbackRoutes may name ([`Options::allowed_proxy_images`]).
     pub allowed_proxy_images: Vec<String>,
+    /// Signs restore grants.
+    pub grants: Option<Arc<crate::grant::GrantSigner>>,
 }
 
 /// A reconcile failure, with what was being done.
@@ -122,8 +125,14 @@ pub struct Options {
     pub metrics_addr: std::net::SocketAddr,
     /// Watch only this namespace (default: all).
     pub watch_namespace: Option<String>,
-    /// The admin token for backup hosts' agents (retention, catalogue).
+    /// The controller's own token for backup hosts' agents (retention, catalogue): its
+    /// ServiceAccount's, audience `zetaback-store`.
     pub store_token: Option<String>,
+    /// ...or a file holding it, read again for every request (a projected token rotates).
+    pub store_token_file: Option<std::path::PathBuf>,
+    /// The key restore grants are signed with (default: a new one at start, published with
+    /// its public key in ConfigMap `zetaback-grant-key` of the lease namespace).
+    pub grant_signer: Option<Arc<crate::grant::GrantSigner>>,
     /// A ZfsHost whose agent has not reported for this long is unreachable.
     pub host_stale_after: Duration,
     /// A policy's `status.lastEvaluated` is refreshed at least this often (default
@@ -143,6 +152,8 @@ impl Options {
             metrics_addr,
             watch_namespace: None,
             store_token: None,
+            store_token_file: None,
+            grant_signer: None,
             host_stale_after: Duration::from_secs(90),
             status_heartbeat: crate::api::backup_policy::STATUS_HEARTBEAT,
             allowed_proxy_images: Vec::new(),
@@ -160,6 +171,10 @@ pub async fn run(
     options: Options,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let mut options = options;
+    if options.grant_signer.is_none() {
+        options.grant_signer = Some(Arc::new(crate::grant::GrantSigner::generate()?));
+    }
     let metrics = Arc::new(metrics::Metrics::default());
     let listener = tokio::net::TcpListener::bind(options.metrics_addr).await?;
     let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
@@ -281,10 +296,19 @@ async fn lead(
         end_term(metrics, [host_watch, job_watch], leader).await;
         return Ok(end);
     }
+    if let Some(signer) = &options.grant_signer
+        && let Err(e) = grants::publish(&client, &options.lease_namespace, signer).await
+    {
+        warn!(error = %e, "could not publish the restore grant key; restores from other hosts will be refused");
+    }
     let ctx = Arc::new(Context {
+        grants: options.grant_signer.clone(),
         client: client.clone(),
         metrics: metrics.clone(),
-        store: store_client::StoreClient::new(options.store_token.clone()),
+        store: match &options.store_token_file {
+            Some(path) => store_client::StoreClient::with_token_file(path.clone()),
+            None => store_client::StoreClient::new(options.store_token.clone()),
+        },
         host_stale_after: options.host_stale_after,
         status_heartbeat: options.status_heartbeat,
         recorder: kube::runtime::events::Recorder::new(

@@ -829,7 +829,9 @@ async fn write_outcome(
     outcome: &Result<Resolved, Refusal>,
 ) -> Result<(), Error> {
     let now = Time(jiff::Timestamp::now());
+    let secs = now.0.as_second();
     let next = next_status(current, obj.metadata.generation, outcome, now);
+    let next = super::grants::with_grant(obj, current, next, ctx.grants.as_ref(), secs);
     write_if_changed(ctx, obj, current, &next).await
 }
 

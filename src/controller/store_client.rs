@@ -63,11 +63,37 @@ enum Fetched {
     Changed { body: Bytes, etag: Option<String> },
 }
 
+/// A catalogue answer, without the backups dated in the future: a store that holds one (a
+/// forged manifest, or a host whose clock ran ahead) would otherwise stop its dataset's
+/// backups and make retention delete the real ones. Each is logged and kept among the
+/// catalogue's problems (issue 13, finding 2).
+fn decode_catalogue(url: String, body: &[u8]) -> Result<Catalogue, StoreClientError> {
+    let mut cat: Catalogue =
+        serde_json::from_slice(body).map_err(|source| StoreClientError::Decode {
+            url: url.clone(),
+            source,
+        })?;
+    for b in crate::store::future::drop_future(&mut cat, jiff::Timestamp::now()) {
+        let m = &b.manifest;
+        tracing::warn!(
+            %url,
+            host = %m.host,
+            dataset = %m.dataset,
+            backup = %m.id,
+            created = %m.created,
+            "ignoring a backup dated in the future (a forged manifest or a clock far ahead)"
+        );
+    }
+    Ok(cat)
+}
+
 /// An HTTP client for backup hosts' agents.
 #[derive(Clone)]
 pub struct StoreClient {
     http: Client<HttpConnector, Full<Bytes>>,
     token: Option<String>,
+    /// A file holding the token, read for every request (rotated projected tokens).
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for StoreClient {
@@ -86,6 +112,15 @@ impl StoreClient {
         Self {
             http: Client::builder(TokioExecutor::new()).build(connector),
             token,
+            token_file: None,
+        }
+    }
+
+    /// A client whose bearer token is read from `path` for every request.
+    pub fn with_token_file(path: std::path::PathBuf) -> Self {
+        Self {
+            token_file: Some(path),
+            ..Self::new(None)
         }
     }
 
@@ -104,7 +139,19 @@ impl StoreClient {
         etag: Option<&str>,
     ) -> Result<Fetched, StoreClientError> {
         let mut req = hyper::Request::builder().method(method).uri(&url);
-        if let Some(t) = &self.token {
+        let from_file = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map(|t| t.trim().to_owned())
+                    .map_err(|e| StoreClientError::Request {
+                        method,
+                        url: url.clone(),
+                        message: format!("reading the token file {}: {e}", path.display()),
+                    })?,
+            ),
+            None => None,
+        };
+        if let Some(t) = from_file.as_ref().or(self.token.as_ref()) {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }
         if let Some(tag) = etag {
@@ -177,9 +224,9 @@ impl StoreClient {
     ) -> Result<Option<(Catalogue, Option<String>)>, StoreClientError> {
         match self.call_if("GET", url.clone(), etag).await? {
             Fetched::NotModified => Ok(None),
-            Fetched::Changed { body, etag } => serde_json::from_slice(&body)
-                .map(|c| Some((c, etag)))
-                .map_err(|source| StoreClientError::Decode { url, source }),
+            Fetched::Changed { body, etag } => {
+                decode_catalogue(url, &body).map(|c| Some((c, etag)))
+            }
         }
     }
 
@@ -191,14 +238,14 @@ impl StoreClient {
     ) -> Result<Catalogue, StoreClientError> {
         let url = format!("http://{endpoint}{}", routes::catalogue(Some(host)));
         let body = self.call("GET", url.clone()).await?;
-        serde_json::from_slice(&body).map_err(|source| StoreClientError::Decode { url, source })
+        decode_catalogue(url, &body)
     }
 
     /// Every backup stored on the backup host at `endpoint` (all source hosts).
     pub async fn catalogue_all(&self, endpoint: &str) -> Result<Catalogue, StoreClientError> {
         let url = format!("http://{endpoint}{}", routes::catalogue(None));
         let body = self.call("GET", url.clone()).await?;
-        serde_json::from_slice(&body).map_err(|source| StoreClientError::Decode { url, source })
+        decode_catalogue(url, &body)
     }
 
     /// Deletes one stored backup.

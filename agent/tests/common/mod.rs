@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub mod kube_identity;
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// The repository root.
@@ -171,21 +173,43 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Token files for an agent pair.
+/// The callers of a store agent started without Kubernetes: the source host `src-1`'s agent
+/// and the controller, each with a token of its own, and the store's identities file naming
+/// them (`--identities-file`; in Kubernetes the store asks the apiserver instead).
 pub struct Tokens {
     pub dir: tempfile::TempDir,
+    /// The token of host `src-1`'s agent.
     pub source: PathBuf,
+    /// The controller's token.
     pub admin: PathBuf,
+    /// The store's table of both.
+    pub identities: PathBuf,
+    /// With Kubernetes ([`kube_identity::kube_identities`]): the agents' arguments naming the
+    /// ServiceAccounts their stores accept (tokens checked by TokenReview).
+    pub kube_args: Vec<String>,
 }
 
 impl Tokens {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let source = dir.path().join("token");
-        let admin = dir.path().join("admin-token");
-        std::fs::write(&source, "test-source-token\n").expect("token");
-        std::fs::write(&admin, "test-admin-token\n").expect("token");
-        Self { dir, source, admin }
+        let admin = dir.path().join("controller-token");
+        let identities = dir.path().join("identities.json");
+        std::fs::write(&source, "test-src-1-token\n").expect("token");
+        std::fs::write(&admin, "test-controller-token\n").expect("token");
+        std::fs::write(
+            &identities,
+            r#"[{"token": "test-src-1-token", "hosts": ["src-1"]},
+                {"token": "test-controller-token", "role": "controller"}]"#,
+        )
+        .expect("identities");
+        Self {
+            dir,
+            source,
+            admin,
+            identities,
+            kube_args: Vec::new(),
+        }
     }
 }
 
@@ -225,10 +249,8 @@ impl TargetAgent {
             addr.into(),
             "--store-root".into(),
             store_root.display().to_string(),
-            "--token-file".into(),
-            tokens.source.display().to_string(),
-            "--admin-token-file".into(),
-            tokens.admin.display().to_string(),
+            "--identities-file".into(),
+            tokens.identities.display().to_string(),
             "--idle-timeout".into(),
             "3".into(),
         ];

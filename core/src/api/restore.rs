@@ -168,6 +168,11 @@ pub struct RestoreStatus {
     /// That agent's stream API (`host:port`) when the chain was resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_endpoint: Option<String>,
+    /// The controller's signed grant letting the destination host's agent read the chain's
+    /// backups of the source host (scoped to them and to the destination, expiring;
+    /// `zetaback_core::grant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
     /// The agent running the restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_by: Option<String>,

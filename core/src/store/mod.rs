@@ -7,6 +7,7 @@
 //! controller reads catalogues (through the agent's `GET /v1/catalogue`).
 
 pub mod catalogue;
+pub mod future;
 pub mod layout;
 pub mod manifest;
 
