@@ -353,11 +353,7 @@ mod tests {
         let host = |name: &str, node: &str| {
             let mut h = ZfsHost::new(
                 name,
-                zetaback_core::api::ZfsHostSpec {
-                    node_name: node.into(),
-                    datasets: Default::default(),
-                    paused: false,
-                },
+                zetaback_core::api::ZfsHostSpec::on_node(node),
             );
             h.metadata.name = Some(name.into());
             h
