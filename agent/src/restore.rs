@@ -128,7 +128,9 @@ impl RestoreError {
             | RestoreError::DestinationHasChildren { .. } => "DestinationExists",
             RestoreError::PieceMissing { .. }
             | RestoreError::Catalogue(_)
-            | RestoreError::Chain(policy::ChainError::ChainBroken { .. }) => "ChainBroken",
+            | RestoreError::Chain(
+                policy::ChainError::ChainBroken { .. } | policy::ChainError::Quarantined { .. },
+            ) => "ChainBroken",
             RestoreError::Chain(_) => "NotFound",
             RestoreError::Unreachable(_) | RestoreError::Transfer(_) => "StoreUnreachable",
             RestoreError::SnapshotMissing { .. } => "SnapshotMissing",
@@ -1082,6 +1084,7 @@ mod tests {
                 created: jiff::Timestamp::from_second(sid.ts()).expect("ts"),
             },
             archived,
+            verification: None,
         }
     }
 

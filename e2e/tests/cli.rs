@@ -588,6 +588,7 @@ fn stored(host: &str, dataset: &str, id: &str, archived: bool) -> StoredBackup {
             created: Timestamp::from_second(sid.ts()).expect("ts"),
         },
         archived,
+        verification: None,
     }
 }
 

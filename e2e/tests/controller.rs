@@ -477,6 +477,7 @@ async fn classes_job_history_and_backup_metrics() {
                                 created: jiff::Timestamp::from_second(ts).expect("ts"),
                             },
                             archived: false,
+                            verification: None,
                         });
                     snapshots
                         .lock()
@@ -817,6 +818,7 @@ async fn policies_sharing_a_backup_host_share_its_per_target_slots() {
                 created: jiff::Timestamp::from_second(ts).expect("ts"),
             },
             archived: false,
+            verification: None,
         });
     let status = serde_json::json!({"status": {
         "phase": "Succeeded", "bytes": 1000, "backupId": id,

@@ -69,6 +69,7 @@ fn stored_full(host: &str, dataset: &str, at: i64) -> StoredBackup {
             created: jiff::Timestamp::from_second(at).expect("ts"),
         },
         archived: false,
+        verification: None,
     }
 }
 

@@ -716,6 +716,7 @@ mod tests {
                 created: ts(sid.ts()),
             },
             archived,
+            verification: None,
         }
     }
 

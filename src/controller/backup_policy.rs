@@ -1380,6 +1380,7 @@ mod tests {
                 created: ts(at),
             },
             archived: false,
+            verification: None,
         }
     }
 

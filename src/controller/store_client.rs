@@ -572,6 +572,7 @@ mod tests {
                 created: jiff::Timestamp::from_second(at).unwrap(),
             },
             archived: false,
+            verification: None,
         }
     }
 

@@ -403,6 +403,7 @@ impl Simulator {
             backups.push(StoredBackup {
                 manifest,
                 archived: false,
+                verification: None,
             });
             *self
                 .served

@@ -7,6 +7,8 @@
 //! * **what has expired and what moves to the archive** ([`plan_retention`]);
 //! * **who violates the policy and why** ([`violations`]);
 //! * **which backups a restore applies** ([`DatasetBackups::restore_chain`]);
+//! * **which stored backups are due to be verified**, and whether a quarantined one still
+//!   needs healing ([`plan_verify`], [`unhealed_quarantine`]);
 //! * **which finished BackupJobs may go** ([`prune_history`]) and what the kept ones say
 //!   ([`JobState::from_history`]).
 //!
@@ -26,6 +28,7 @@ mod history;
 mod pieces;
 mod retention;
 mod schedule;
+mod verify;
 mod violations;
 
 #[cfg(test)]
@@ -45,6 +48,7 @@ pub use retention::{RetentionPlan, plan_retention, retained_by_rule};
 pub use schedule::{
     BaseRef, DueBackup, DuePlan, DueReason, Hold, next_backup, plan_due, retry_backoff,
 };
+pub use verify::{VerifyPlan, plan_verify, unhealed_quarantine};
 pub use violations::{Finding, HostReport, host_violation, violations};
 
 /// How often one kind of backup is due and how long it is kept.

@@ -69,6 +69,7 @@ mod tests {
                 created: jiff::Timestamp::from_second(sid.ts()).expect("time"),
             },
             archived,
+            verification: None,
         }
     }
 

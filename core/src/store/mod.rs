@@ -9,12 +9,14 @@
 pub mod catalogue;
 pub mod layout;
 pub mod manifest;
+pub mod verification;
 
 use std::path::{Path, PathBuf};
 
 pub use catalogue::{Catalogue, StoredBackup, scan};
 pub use layout::{Layout, StreamId, escape_dataset, unescape_dataset, validate_host};
 pub use manifest::{MANIFEST_VERSION, Manifest};
+pub use verification::Verification;
 
 /// What can go wrong with store names, manifests and scans.
 #[derive(Debug, thiserror::Error)]
