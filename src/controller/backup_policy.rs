@@ -21,14 +21,15 @@ use super::conditions::{self, Wanted};
 use super::store_client::{KnownBackup, StoreView};
 use super::{Context, Error, Reconciled, status};
 use crate::api::backup_policy::{
-    BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, Violation,
-    ViolationReason, parse_backup_now,
+    BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, DatasetVerification,
+    MAX_LISTED_VERIFICATIONS, QuarantinedBackup, Violation, ViolationReason, parse_backup_now,
 };
 use crate::api::condition::{COMPLIANT, READY};
 use crate::api::{
     BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupType, JobPhase, ZfsHost,
 };
 use crate::policy::{self, DatasetState, HostState, JobState, PolicyRules};
+use crate::wire::VerifyRequest;
 use crate::selection::{PolicyMatcher, labels_match};
 
 /// The label that ties a BackupJob to its policy.
@@ -82,6 +83,10 @@ pub struct Plan {
     pub store_problem: Option<String>,
     /// The newest stored backup of each covered dataset that has one: (host, dataset, when).
     pub last_backups: Vec<(String, String, Timestamp)>,
+    /// Stored backups due to be re-read by the store (`spec.verify`), one request per dataset.
+    pub verify: Vec<VerifyRequest>,
+    /// Quarantined backups of the covered datasets.
+    pub quarantined: usize,
 }
 
 fn host_state(host: &ZfsHost, now: Timestamp, stale_after: Duration) -> HostState {
@@ -436,6 +441,8 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     let mut violations: Vec<Violation> = Vec::new();
     let mut last_backup: Option<Timestamp> = None;
     let mut bytes_stored: u64 = 0;
+    let verify = verify_settings(policy);
+    let mut verification: Vec<DatasetVerification> = Vec::new();
 
     // A named host with no ZfsHost: nothing is known of its datasets.
     for name in spec.hosts.names.iter().flatten() {
@@ -555,6 +562,9 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             if inputs.catalogue.is_none() {
                 continue; // without the store's view nothing is scheduled or deleted
             }
+            if let Some(v) = verify_dataset(&mut out, verify, &host_name, &ds.name, cat, now) {
+                verification.push(v);
+            }
             // When to look at this dataset again. A job created now, one in flight, or one
             // waiting for a free slot is woken by the BackupJob watch; a future deadline by
             // its timer; a deadline that passed but is held (host unreachable, backoff) by a
@@ -576,7 +586,9 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 Some(due) => {
                     let since = match due.reason {
                         // Never backed up, or asked for: before anything merely due again.
-                        policy::DueReason::NoFull | policy::DueReason::Forced => Timestamp::MIN,
+                        policy::DueReason::NoFull
+                        | policy::DueReason::Forced
+                        | policy::DueReason::Quarantined { .. } => Timestamp::MIN,
                         _ => p.due.next_due,
                     };
                     candidates.push(Candidate {
@@ -651,6 +663,15 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     violator_keys.dedup();
     let violator_count = violator_keys.len();
     violations.truncate(MAX_LISTED_VIOLATIONS);
+    // Datasets with quarantined backups first.
+    verification.sort_by(|a, b| {
+        (a.quarantined.is_empty(), &a.host, &a.dataset).cmp(&(
+            b.quarantined.is_empty(),
+            &b.host,
+            &b.dataset,
+        ))
+    });
+    verification.truncate(MAX_LISTED_VERIFICATIONS);
     out.status = BackupPolicyStatus {
         observed_generation: policy.meta().generation,
         hosts: i32::try_from(hosts.len()).unwrap_or(i32::MAX),
@@ -672,6 +693,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 .and_then(|s| s.backup_now_handled.clone()),
         },
         last_evaluated: None,
+        verification,
         conditions: Vec::new(),
     };
     if inputs.catalogue.is_none() {
@@ -679,6 +701,78 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     }
     Ok(out)
 }
+
+/// The policy's verification period and rate (`spec.verify`), if it has one that parses
+/// (the schema and [`crate::api::BackupPolicySpec::check`] make sure it does).
+fn verify_settings(policy: &BackupPolicy) -> Option<(jiff::SignedDuration, u64)> {
+    let (every, rate) = policy.spec.verify.as_ref()?.parsed().ok()?;
+    Some((jiff::SignedDuration::try_from(every).ok()?, rate))
+}
+
+/// Plans the verification of one dataset (a store request when backups are due, the next
+/// deadline as a wake-up) and its status entry: with `spec.verify`, or when it has
+/// quarantined backups (found before `verify` was removed).
+fn verify_dataset(
+    out: &mut Plan,
+    verify: Option<(jiff::SignedDuration, u64)>,
+    host: &str,
+    dataset: &str,
+    cat: &policy::DatasetBackups,
+    now: Timestamp,
+) -> Option<DatasetVerification> {
+    let quarantined: Vec<QuarantinedBackup> = cat
+        .quarantined()
+        .map(|q| QuarantinedBackup {
+            backup: q.id.clone(),
+            found: q.verified_at.map(Time),
+            problem: "its stored stream no longer matches its manifest (sha256 or size)".into(),
+            dependents: cat
+                .dependents(&q.id)
+                .into_iter()
+                .take(100)
+                .map(str::to_owned)
+                .collect(),
+        })
+        .collect();
+    out.quarantined += quarantined.len();
+    let mut entry = DatasetVerification {
+        host: host.to_owned(),
+        dataset: dataset.to_owned(),
+        last_verified: None,
+        next_verify: None,
+        quarantined: quarantined.into_iter().rev().take(20).collect(),
+    };
+    let Some((every, rate)) = verify else {
+        return (!entry.quarantined.is_empty()).then_some(entry);
+    };
+    let vp = policy::plan_verify(cat, every, now);
+    entry.last_verified = vp.last_verified.map(Time);
+    entry.next_verify = if vp.due.is_empty() {
+        vp.next_due.map(Time)
+    } else {
+        Some(Time(now))
+    };
+    if let Some(next) = vp.next_due {
+        out.wake_at = Some(out.wake_at.map_or(next, |w| w.min(next)));
+    }
+    if !vp.due.is_empty() {
+        out.verify.push(VerifyRequest {
+            host: host.to_owned(),
+            dataset: dataset.to_owned(),
+            ids: vp.due,
+            rate,
+            not_verified_since: now.checked_sub(every).ok(),
+        });
+        // Results reach the catalogue within its revalidation period: look again then.
+        if let Ok(soon) = now.checked_add(VERIFY_RECHECK) {
+            out.wake_at = Some(out.wake_at.map_or(soon, |w| w.min(soon)));
+        }
+    }
+    Some(entry)
+}
+
+/// How soon a policy that asked its store to verify looks for the results.
+pub const VERIFY_RECHECK: Duration = Duration::from_secs(30);
 
 /// Records the violation of a host as a whole (see [`policy::host_violation`]), if it has one:
 /// the violation's dataset is empty.
@@ -1247,6 +1341,14 @@ impl Reconciled for BackupPolicy {
                     }
                 }
             }
+            for req in &plan.verify {
+                match ctx.store.verify(ep, req).await {
+                    Ok(st) => info!(host = %req.host, dataset = %req.dataset, backups = req.ids.len(),
+                        queued = st.queued, "verification requested"),
+                    Err(e) => warn!(host = %req.host, dataset = %req.dataset, error = %e,
+                        "requesting verification failed; will retry"),
+                }
+            }
             for (host, dataset, id) in &plan.delete {
                 match ctx.store.delete(ep, host, dataset, id).await {
                     Ok(()) => {
@@ -1273,6 +1375,13 @@ impl Reconciled for BackupPolicy {
 
         ctx.metrics
             .set_violators(&ns, &name, i64::from(plan.status.violators));
+        if catalogue.is_some() {
+            ctx.metrics.set_quarantined(
+                &ns,
+                &name,
+                i64::try_from(plan.quarantined).unwrap_or(i64::MAX),
+            );
+        }
         ctx.metrics.set_policy_backups(
             &ns,
             &name,
