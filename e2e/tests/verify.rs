@@ -5,7 +5,8 @@
 //! verify period the store finds it, quarantines the full (refusing to send it back), the
 //! status lists it with the incremental that depends on it, the dataset is a `Corrupt`
 //! violator (an Event, the `quarantined_backups` metric), and the next backup is a full taken
-//! at once, which heals the dataset.
+//! at once, which heals the dataset. `kubectl zetaback verify` answers OK before the flip and
+//! WARNING after the healing (a quarantined backup remains).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
@@ -52,7 +53,22 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     // it was stored and every 20 s after that.
     let mut spec = fleet.policy_spec("src", "bak", &ds);
     spec["verify"] = serde_json::json!({"every": "20s", "rate": "4Mi"});
+    let verify = spec["verify"].clone();
     fleet.create_policy(POLICY, "src", &[&ds], spec).await;
+    // The shared test apiserver: a CRD applied meanwhile from an older checkout (another
+    // worktree's test run) prunes `spec.verify` from what is stored. Make sure it is there.
+    eventually("spec.verify stored", Duration::from_secs(60), || async {
+        let p = api.get(POLICY).await.ok()?;
+        if p.spec.verify.is_some() {
+            return Some(());
+        }
+        let patch = serde_json::json!({"spec": {"verify": verify}});
+        let _ = api
+            .patch(POLICY, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .await;
+        None
+    })
+    .await;
     let first = fleet.wait_for_backups("bak", "src", &ds, 1).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // its own second
     fleet.write_file(&ds, "more.bin", &noise(12, 100_000));
@@ -77,6 +93,13 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     })
     .await;
     assert!(last_verified.0 > full.created, "verified after it was stored");
+
+    // On demand: `kubectl zetaback verify` has every backup re-read now and answers OK.
+    let (code, out) = fleet
+        .zb(&["verify", POLICY, "--dataset", &ds, "--timeout", "4m"])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("VERIFY OK - 1 dataset(s) verified, 0 quarantined"), "{out}");
 
     // Flip one byte in the middle of the full's stored stream (same size: only the hash can
     // tell).
@@ -146,6 +169,14 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
         (!st.violations.iter().any(|v| v.reason == ViolationReason::Corrupt)).then_some(())
     })
     .await;
+
+    // On demand again: the quarantined backup remains (until retention lets it go), its
+    // dataset healed: WARNING.
+    let (code, out) = fleet
+        .zb(&["verify", POLICY, "--dataset", &ds, "--timeout", "4m"])
+        .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("VERIFY WARNING - 1 dataset(s) verified, 1 quarantined backup(s), 0 corrupt"), "{out}");
 
     // An Event told of it, and the metric counts the quarantined backup.
     let events = env.kubectl(&["get", "events", "-n", &ns, "-o", "json"]);

@@ -22,7 +22,8 @@ use super::store_client::{KnownBackup, StoreView};
 use super::{Context, Error, Reconciled, status};
 use crate::api::backup_policy::{
     BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, DatasetVerification,
-    MAX_LISTED_VERIFICATIONS, QuarantinedBackup, Violation, ViolationReason, parse_backup_now,
+    MAX_LISTED_VERIFICATIONS, QuarantinedBackup, VERIFY_NOW_ANNOTATION, Violation,
+    ViolationReason, VerifyNowRequest, parse_backup_now,
 };
 use crate::api::condition::{COMPLIANT, READY};
 use crate::api::{
@@ -442,6 +443,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     let mut last_backup: Option<Timestamp> = None;
     let mut bytes_stored: u64 = 0;
     let verify = verify_settings(policy);
+    let verify_now = pending_verify_now(policy);
     let mut verification: Vec<DatasetVerification> = Vec::new();
 
     // A named host with no ZfsHost: nothing is known of its datasets.
@@ -562,7 +564,18 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             if inputs.catalogue.is_none() {
                 continue; // without the store's view nothing is scheduled or deleted
             }
-            if let Some(v) = verify_dataset(&mut out, verify, &host_name, &ds.name, cat, now) {
+            let asked = verify_now
+                .as_ref()
+                .filter(|r| r.selects(&host_name, &ds.name))
+                .map(|r| r.requested_at);
+            if let Some(v) = verify_dataset(
+                &mut out,
+                (verify, asked),
+                &host_name,
+                &ds.name,
+                cat,
+                now,
+            ) {
                 verification.push(v);
             }
             // When to look at this dataset again. A job created now, one in flight, or one
@@ -693,6 +706,14 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 .and_then(|s| s.backup_now_handled.clone()),
         },
         last_evaluated: None,
+        // Acted on once the store was asked (only with its catalogue read).
+        verify_now_handled: match (&verify_now, inputs.catalogue) {
+            (Some(r), Some(_)) => Some(Time(r.requested_at)),
+            _ => policy
+                .status
+                .as_ref()
+                .and_then(|s| s.verify_now_handled.clone()),
+        },
         verification,
         conditions: Vec::new(),
     };
@@ -709,12 +730,28 @@ fn verify_settings(policy: &BackupPolicy) -> Option<(jiff::SignedDuration, u64)>
     Some((jiff::SignedDuration::try_from(every).ok()?, rate))
 }
 
+/// The policy's `verify-now` request, if any (an unreadable one is logged and ignored).
+fn pending_verify_now(policy: &BackupPolicy) -> Option<VerifyNowRequest> {
+    let text = policy.annotations().get(VERIFY_NOW_ANNOTATION)?;
+    match serde_json::from_str(text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            warn!(error = %e, "ignoring an unreadable {VERIFY_NOW_ANNOTATION} annotation");
+            None
+        }
+    }
+}
+
+/// The rate of an on-demand verification of a policy without `spec.verify`.
+const DEFAULT_VERIFY_RATE: u64 = 50 * 1024 * 1024;
+
 /// Plans the verification of one dataset (a store request when backups are due, the next
-/// deadline as a wake-up) and its status entry: with `spec.verify`, or when it has
-/// quarantined backups (found before `verify` was removed).
+/// deadline as a wake-up) and its status entry: with `spec.verify`, when a `verify-now`
+/// request asked at `asked` covers it, or when it has quarantined backups (found before
+/// `verify` was removed).
 fn verify_dataset(
     out: &mut Plan,
-    verify: Option<(jiff::SignedDuration, u64)>,
+    (verify, asked): (Option<(jiff::SignedDuration, u64)>, Option<Timestamp>),
     host: &str,
     dataset: &str,
     cat: &policy::DatasetBackups,
@@ -741,11 +778,25 @@ fn verify_dataset(
         last_verified: None,
         next_verify: None,
         quarantined: quarantined.into_iter().rev().take(20).collect(),
+        pending: 0,
     };
-    let Some((every, rate)) = verify else {
-        return (!entry.quarantined.is_empty()).then_some(entry);
+    let (vp, rate, since) = match (verify, asked) {
+        (None, None) => return (!entry.quarantined.is_empty()).then_some(entry),
+        (Some((every, rate)), None) => (
+            policy::plan_verify(cat, every, now),
+            rate,
+            now.checked_sub(every).ok(),
+        ),
+        (periodic, Some(at)) => {
+            let mut vp = policy::plan_verify_now(cat, at);
+            if let Some((every, _)) = periodic {
+                vp.next_due = policy::plan_verify(cat, every, now).next_due;
+            }
+            let rate = periodic.map_or(DEFAULT_VERIFY_RATE, |(_, r)| r);
+            (vp, rate, Some(at))
+        }
     };
-    let vp = policy::plan_verify(cat, every, now);
+    entry.pending = u32::try_from(vp.due.len()).unwrap_or(u32::MAX);
     entry.last_verified = vp.last_verified.map(Time);
     entry.next_verify = if vp.due.is_empty() {
         vp.next_due.map(Time)
@@ -761,7 +812,7 @@ fn verify_dataset(
             dataset: dataset.to_owned(),
             ids: vp.due,
             rate,
-            not_verified_since: now.checked_sub(every).ok(),
+            not_verified_since: since,
         });
         // Results reach the catalogue within its revalidation period: look again then.
         if let Ok(soon) = now.checked_add(VERIFY_RECHECK) {

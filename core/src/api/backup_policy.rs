@@ -376,6 +376,10 @@ pub struct BackupPolicyStatus {
     /// older than a few of those means the controller is not running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_evaluated: Option<Time>,
+    /// The `requestedAt` of the last `zetaback.io/verify-now` request the controller acted on
+    /// (asked its store to verify the selected datasets' backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_now_handled: Option<Time>,
     /// Per dataset with `spec.verify`: when all its stored backups were last verified, and
     /// the backups found corrupt (quarantined). Datasets with quarantined backups first; at
     /// most 200 entries.
@@ -403,6 +407,10 @@ pub struct DatasetVerification {
     /// When the next stored backup is due to be verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_verify: Option<Time>,
+    /// Stored backups due to be verified now (asked of the store, not yet found verified).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(with = "i32")]
+    pub pending: u32,
     /// The dataset's quarantined backups (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
@@ -479,6 +487,34 @@ pub const BACKUP_NOW_ANNOTATION: &str = "zetaback.io/backup-now";
 /// The annotation on a BackupJob that a `backup-now` request forced: the request's
 /// `requestedAt` (RFC 3339). A request is handled once every dataset it selected has one.
 pub const BACKUP_NOW_REQUEST_ANNOTATION: &str = "zetaback.io/backup-now-request";
+/// The annotation `kubectl zetaback verify` sets to ask for the verification of stored
+/// backups now: a [`VerifyNowRequest`] as JSON (a newer request replaces an older one).
+pub const VERIFY_NOW_ANNOTATION: &str = "zetaback.io/verify-now";
+
+/// The value of [`VERIFY_NOW_ANNOTATION`]: which datasets (all when unset) and when it was
+/// asked; every stored backup of them not verified since is re-read by the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyNowRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    pub requested_at: jiff::Timestamp,
+}
+
+impl VerifyNowRequest {
+    /// Whether the request covers this dataset.
+    pub fn selects(&self, host: &str, dataset: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| h == host)
+            && self.dataset.as_deref().is_none_or(|d| d == dataset)
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// The annotation that asks the controller to reconcile (retention, archive) now.
 pub const RECONCILE_NOW_ANNOTATION: &str = "zetaback.io/reconcile-now";
 

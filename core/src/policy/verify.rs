@@ -49,6 +49,24 @@ pub fn plan_verify(cat: &DatasetBackups, every: SignedDuration, now: Timestamp) 
     plan
 }
 
+/// Plans an on-demand verification (`kubectl zetaback verify`) asked for at `requested`:
+/// every backup stored before `requested` that is not quarantined and was not verified at or
+/// after `requested` is due now (so a request is done once, and backups stored later wait
+/// for their period). `next_due` is unset; `last_verified` as for [`plan_verify`].
+pub fn plan_verify_now(cat: &DatasetBackups, requested: Timestamp) -> VerifyPlan {
+    let mut plan = plan_verify(cat, SignedDuration::MAX, Timestamp::MIN);
+    plan.next_due = None;
+    plan.due = cat
+        .records()
+        .iter()
+        .filter(|r| {
+            !r.quarantined && r.created <= requested && r.verified_at.is_none_or(|v| v < requested)
+        })
+        .map(|r| r.id.clone())
+        .collect();
+    plan
+}
+
 /// The newest quarantined backup that is not yet healed: no full backup that is not itself
 /// quarantined was created after it. While there is one, the dataset's next backup is a full
 /// (due at once) and the dataset is a `Corrupt` violator.
@@ -113,6 +131,23 @@ mod tests {
             plan_verify(&DatasetBackups::default(), every, ts(1)),
             VerifyPlan::default()
         );
+    }
+
+    #[test]
+    fn on_demand_verification_reads_everything_not_checked_since_the_request() {
+        let c = cat(vec![
+            checked(full("f", 0), 50),
+            checked(inc("a", 10, "f"), 100),
+            inc("b", 20, "a"),
+            q(inc("x", 30, "b"), 40),
+            inc("later", 200, "b"),
+        ]);
+        let p = plan_verify_now(&c, ts(100));
+        assert_eq!(p.due, ["f", "b"], "a was checked at the request's time");
+        assert_eq!(p.next_due, None);
+        assert_eq!(p.last_verified, None, "b never was");
+        assert_eq!(plan_verify_now(&c, ts(25)).due, ["b"], "only what was stored by then");
+        assert_eq!(plan_verify_now(&c, ts(300)).due, ["f", "a", "b", "later"]);
     }
 
     #[test]
