@@ -67,12 +67,12 @@ use crate::filestore::{BackupKey, FileStore, FileStoreError, StreamMeta};
 use crate::limits::{ListenerLimits, StoreLimits};
 use crate::scan_cache::ScanCache;
 use crate::stream_header::{self, Verdict};
+use crate::verifier::{Verifier, VerifyQueueError};
 use crate::wire::{
     CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_FORCE, H_READER_VERIFIES,
     H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse,
     ResumeTokenQuery, ResumeTokenResponse, VerifyRequest, VerifyStatus, routes,
 };
-use crate::verifier::{Verifier, VerifyQueueError};
 use crate::zfs::{Capability, ReceiveRequest, Zfs, ZfsError};
 
 /// Replica mode settings.
@@ -1001,7 +1001,9 @@ async fn get_stream(
             StatusCode::CONFLICT,
             format!(
                 "backup {key} is quarantined: {}",
-                v.problem.as_deref().unwrap_or("its stream no longer matches its manifest")
+                v.problem
+                    .as_deref()
+                    .unwrap_or("its stream no longer matches its manifest")
             ),
         ));
     }

@@ -89,11 +89,9 @@ impl Verifier {
             .map_err(|e| VerifyQueueError::Invalid(e.to_string()))?;
         let mut items = Vec::with_capacity(req.ids.len());
         for id in &req.ids {
-            let id: StreamId = id
-                .parse()
-                .map_err(|e: zetaback_core::store::StoreError| {
-                    VerifyQueueError::Invalid(e.to_string())
-                })?;
+            let id: StreamId = id.parse().map_err(|e: zetaback_core::store::StoreError| {
+                VerifyQueueError::Invalid(e.to_string())
+            })?;
             items.push(Item {
                 key: BackupKey {
                     host: req.host.clone(),
@@ -194,7 +192,10 @@ impl Verifier {
         }
     }
 
-    async fn size_of(&self, key: &BackupKey) -> Result<Option<u64>, crate::filestore::FileStoreError> {
+    async fn size_of(
+        &self,
+        key: &BackupKey,
+    ) -> Result<Option<u64>, crate::filestore::FileStoreError> {
         let (_, manifest) = self.store.open(key).await?;
         Ok(Some(manifest.bytes))
     }

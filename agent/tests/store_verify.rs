@@ -113,7 +113,9 @@ async fn ask(addr: &str, ids: &[&str], not_verified_since: Option<jiff::Timestam
         not_verified_since,
     };
     let body = serde_json::to_vec(&req).expect("json");
-    call(addr, Method::POST, "/v1/verify", Some(ADMIN), body).await.0
+    call(addr, Method::POST, "/v1/verify", Some(ADMIN), body)
+        .await
+        .0
 }
 
 async fn status(addr: &str) -> VerifyStatus {
@@ -154,12 +156,41 @@ async fn a_flipped_byte_is_found_and_quarantined() {
 
     // Only the admin may ask; a malformed request is refused.
     let body = |ids: &[&str]| {
-        serde_json::to_vec(&serde_json::json!({"host": "db-1", "dataset": "tank/db", "ids": ids, "rate": 0}))
-            .expect("json")
+        serde_json::to_vec(
+            &serde_json::json!({"host": "db-1", "dataset": "tank/db", "ids": ids, "rate": 0}),
+        )
+        .expect("json")
     };
-    assert_eq!(call(&addr, Method::POST, "/v1/verify", None, body(&[FULL])).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(call(&addr, Method::POST, "/v1/verify", Some(TOKEN), body(&[FULL])).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(call(&addr, Method::POST, "/v1/verify", Some(ADMIN), body(&["../x"])).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        call(&addr, Method::POST, "/v1/verify", None, body(&[FULL]))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(
+            &addr,
+            Method::POST,
+            "/v1/verify",
+            Some(TOKEN),
+            body(&[FULL])
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            &addr,
+            Method::POST,
+            "/v1/verify",
+            Some(ADMIN),
+            body(&["../x"])
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(status(&addr).await.verified, 0, "nothing was read");
 
     // Good streams are recorded as verified.
@@ -191,7 +222,13 @@ async fn a_flipped_byte_is_found_and_quarantined() {
     let cat = catalogue(&addr).await;
     let record = of(&cat, FULL).expect("a record");
     assert!(!record.ok && record.quarantined());
-    assert!(record.problem.as_deref().is_some_and(|p| p.contains("sha256")), "{record:?}");
+    assert!(
+        record
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("sha256")),
+        "{record:?}"
+    );
     // Recorded durably in the store, outside the scanned areas.
     let id: StreamId = FULL.parse().expect("id");
     let path = Layout::new(dir.path())
@@ -201,14 +238,24 @@ async fn a_flipped_byte_is_found_and_quarantined() {
 
     // Never restored from: the store refuses the stream; the policy logic never picks it or
     // what depends on it.
-    let (code, _) = call(&addr, Method::GET, &format!("/v1/streams/db-1/tank+db/{FULL}"), Some(TOKEN), Vec::new()).await;
+    let (code, _) = call(
+        &addr,
+        Method::GET,
+        &format!("/v1/streams/db-1/tank+db/{FULL}"),
+        Some(TOKEN),
+        Vec::new(),
+    )
+    .await;
     assert_eq!(code, StatusCode::CONFLICT);
     let backups = DatasetBackups::from_store(cat.of("db-1", "tank/db")).expect("catalogue");
     assert!(matches!(
         backups.chain(INCR),
         Err(ChainError::Quarantined { ref corrupt, .. }) if corrupt == FULL
     ));
-    assert_eq!(backups.newest_restorable().map(|r| r.id.as_str()), Some(FULL2));
+    assert_eq!(
+        backups.newest_restorable().map(|r| r.id.as_str()),
+        Some(FULL2)
+    );
     assert_eq!(backups.dependents(FULL), [INCR]);
 
     // Sticky: asked again, the quarantined stream is not read again (its record stays), and
@@ -221,9 +268,23 @@ async fn a_flipped_byte_is_found_and_quarantined() {
     assert_eq!(of(&catalogue(&addr).await, FULL), Some(record));
 
     // Deleting the backup deletes its record (a later backup of the same id starts clean).
-    let (code, _) = call(&addr, Method::DELETE, &format!("/v1/streams/db-1/tank+db/{INCR}"), Some(ADMIN), Vec::new()).await;
+    let (code, _) = call(
+        &addr,
+        Method::DELETE,
+        &format!("/v1/streams/db-1/tank+db/{INCR}"),
+        Some(ADMIN),
+        Vec::new(),
+    )
+    .await;
     assert_eq!(code, StatusCode::NO_CONTENT);
-    let (code, _) = call(&addr, Method::DELETE, &format!("/v1/streams/db-1/tank+db/{FULL}"), Some(ADMIN), Vec::new()).await;
+    let (code, _) = call(
+        &addr,
+        Method::DELETE,
+        &format!("/v1/streams/db-1/tank+db/{FULL}"),
+        Some(ADMIN),
+        Vec::new(),
+    )
+    .await;
     assert_eq!(code, StatusCode::NO_CONTENT);
     assert!(!path.exists(), "the record of a deleted backup is gone");
 }

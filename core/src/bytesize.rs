@@ -40,7 +40,9 @@ mod tests {
         assert_eq!(parse_byte_size("64Ki"), Ok(64 * 1024));
         assert_eq!(parse_byte_size("50Mi"), Ok(50 * 1024 * 1024));
         assert_eq!(parse_byte_size("2Gi"), Ok(2 << 30));
-        for bad in ["", "0", "05Mi", "Mi", "1.5Mi", "50M", "50mi", "-1", "12345678", "1Ti"] {
+        for bad in [
+            "", "0", "05Mi", "Mi", "1.5Mi", "50M", "50mi", "-1", "12345678", "1Ti",
+        ] {
             assert!(parse_byte_size(bad).is_err(), "{bad:?} was accepted");
         }
     }
@@ -48,7 +50,19 @@ mod tests {
     #[test]
     fn the_pattern_agrees_with_the_parser() {
         let re = regex::Regex::new(BYTE_SIZE_PATTERN).expect("pattern");
-        for s in ["1", "4096", "64Ki", "50Mi", "9999999Gi", "0", "05Mi", "50M", "1Ti", "", "x"] {
+        for s in [
+            "1",
+            "4096",
+            "64Ki",
+            "50Mi",
+            "9999999Gi",
+            "0",
+            "05Mi",
+            "50M",
+            "1Ti",
+            "",
+            "x",
+        ] {
             assert_eq!(re.is_match(s), parse_byte_size(s).is_ok(), "{s:?}");
         }
     }

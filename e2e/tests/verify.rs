@@ -42,7 +42,8 @@ async fn store_get_status(endpoint: &str, path: &str) -> u16 {
 async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     let env = Env::get();
     let ns = env.namespace("verify");
-    let mut fleet = Fleet::start(env, &ns, &[HostSpec::source("src"), HostSpec::store("bak")]).await;
+    let mut fleet =
+        Fleet::start(env, &ns, &[HostSpec::source("src"), HostSpec::store("bak")]).await;
     let ds = fleet.create_dataset("src", "db/a");
     fleet.write_file(&ds, "data.bin", &noise(11, 400_000));
     fleet.start_controller(|_| {}).await;
@@ -64,7 +65,11 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
         }
         let patch = serde_json::json!({"spec": {"verify": verify}});
         let _ = api
-            .patch(POLICY, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .patch(
+                POLICY,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
             .await;
         None
     })
@@ -76,7 +81,10 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     let two = fleet.wait_for_backups("bak", "src", &ds, 2).await;
     let full = first[0].manifest.clone();
     let incremental = two[1].manifest.clone();
-    assert_eq!(incremental.base_snapshot.as_deref(), Some(full.snapshot.as_str()));
+    assert_eq!(
+        incremental.base_snapshot.as_deref(),
+        Some(full.snapshot.as_str())
+    );
 
     // Both are verified good: the store records it, the status shows when.
     let verified = |b: &StoredBackup| b.verification.as_ref().is_some_and(|v| v.ok);
@@ -92,14 +100,20 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
         v.last_verified.clone()
     })
     .await;
-    assert!(last_verified.0 > full.created, "verified after it was stored");
+    assert!(
+        last_verified.0 > full.created,
+        "verified after it was stored"
+    );
 
     // On demand: `kubectl zetaback verify` has every backup re-read now and answers OK.
     let (code, out) = fleet
         .zb(&["verify", POLICY, "--dataset", &ds, "--timeout", "4m"])
         .await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.starts_with("VERIFY OK - 1 dataset(s) verified, 0 quarantined"), "{out}");
+    assert!(
+        out.starts_with("VERIFY OK - 1 dataset(s) verified, 0 quarantined"),
+        "{out}"
+    );
 
     // Flip one byte in the middle of the full's stored stream (same size: only the hash can
     // tell).
@@ -145,7 +159,10 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
         .expect("a verification record");
     assert!(!record.ok, "{record:?}");
     assert!(
-        record.problem.as_deref().is_some_and(|p| p.contains("sha256")),
+        record
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("sha256")),
         "{record:?}"
     );
 
@@ -162,11 +179,18 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     })
     .await;
     let next = &healed[2].manifest;
-    assert_eq!(next.backup_type, zetaback::api::BackupType::Full, "{next:?}");
+    assert_eq!(
+        next.backup_type,
+        zetaback::api::BackupType::Full,
+        "{next:?}"
+    );
     assert!(next.created > incremental.created);
     eventually("the Corrupt violation ends", FOUND_LIMIT, || async {
         let st = api.get(POLICY).await.ok()?.status?;
-        (!st.violations.iter().any(|v| v.reason == ViolationReason::Corrupt)).then_some(())
+        (!st.violations
+            .iter()
+            .any(|v| v.reason == ViolationReason::Corrupt))
+        .then_some(())
     })
     .await;
 
@@ -176,7 +200,12 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
         .zb(&["verify", POLICY, "--dataset", &ds, "--timeout", "4m"])
         .await;
     assert_eq!(code, 1, "{out}");
-    assert!(out.starts_with("VERIFY WARNING - 1 dataset(s) verified, 1 quarantined backup(s), 0 corrupt"), "{out}");
+    assert!(
+        out.starts_with(
+            "VERIFY WARNING - 1 dataset(s) verified, 1 quarantined backup(s), 0 corrupt"
+        ),
+        "{out}"
+    );
 
     // An Event told of it, and the metric counts the quarantined backup.
     let events = env.kubectl(&["get", "events", "-n", &ns, "-o", "json"]);
@@ -189,10 +218,14 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     let series = format!(
         "zetaback_controller_quarantined_backups{{namespace=\"{ns}\",policy=\"{POLICY}\"}}"
     );
-    eventually("quarantined_backups = 1", Duration::from_secs(60), || async {
-        let body = http_get(port, "/metrics").await.ok()?;
-        (metric(&body, &series)? == 1.0).then_some(())
-    })
+    eventually(
+        "quarantined_backups = 1",
+        Duration::from_secs(60),
+        || async {
+            let body = http_get(port, "/metrics").await.ok()?;
+            (metric(&body, &series)? == 1.0).then_some(())
+        },
+    )
     .await;
 
     fleet.shutdown().await;

@@ -103,7 +103,9 @@ pub fn progress(status: Option<&BackupPolicyStatus>, request: &VerifyNowRequest)
         corrupt: st
             .violations
             .iter()
-            .filter(|v| v.reason == ViolationReason::Corrupt && request.selects(&v.host, &v.dataset))
+            .filter(|v| {
+                v.reason == ViolationReason::Corrupt && request.selects(&v.host, &v.dataset)
+            })
             .count(),
     }
 }
@@ -136,7 +138,11 @@ mod tests {
         }
     }
 
-    fn status(handled: i64, entries: Vec<DatasetVerification>, corrupt: &[&str]) -> BackupPolicyStatus {
+    fn status(
+        handled: i64,
+        entries: Vec<DatasetVerification>,
+        corrupt: &[&str],
+    ) -> BackupPolicyStatus {
         BackupPolicyStatus {
             verify_now_handled: Some(Time(ts(handled))),
             verification: entries,
@@ -168,19 +174,67 @@ mod tests {
         // (status, request, finished, state)
         let cases = [
             (None, req.clone(), false, State::Unknown),
-            (Some(status(99, vec![entry("a", 0, 0)], &[])), req.clone(), false, State::Unknown),
-            (Some(status(100, vec![entry("a", 2, 0)], &[])), req.clone(), false, State::Unknown),
-            (Some(status(100, vec![entry("a", 0, 0), entry("b", 0, 0)], &[])), req.clone(), true, State::Ok),
-            (Some(status(100, vec![entry("a", 0, 1)], &[])), req.clone(), true, State::Warning),
-            (Some(status(100, vec![entry("a", 0, 1)], &["a"])), req.clone(), true, State::Critical),
+            (
+                Some(status(99, vec![entry("a", 0, 0)], &[])),
+                req.clone(),
+                false,
+                State::Unknown,
+            ),
+            (
+                Some(status(100, vec![entry("a", 2, 0)], &[])),
+                req.clone(),
+                false,
+                State::Unknown,
+            ),
+            (
+                Some(status(100, vec![entry("a", 0, 0), entry("b", 0, 0)], &[])),
+                req.clone(),
+                true,
+                State::Ok,
+            ),
+            (
+                Some(status(100, vec![entry("a", 0, 1)], &[])),
+                req.clone(),
+                true,
+                State::Warning,
+            ),
+            (
+                Some(status(100, vec![entry("a", 0, 1)], &["a"])),
+                req.clone(),
+                true,
+                State::Critical,
+            ),
             // Another dataset's trouble is not this request's.
-            (Some(status(100, vec![entry("a", 0, 0), entry("b", 3, 1)], &["b"])), one("a"), true, State::Ok),
-            (Some(status(100, vec![entry("a", 0, 0), entry("b", 3, 1)], &["b"])), one("b"), false, State::Unknown),
+            (
+                Some(status(
+                    100,
+                    vec![entry("a", 0, 0), entry("b", 3, 1)],
+                    &["b"],
+                )),
+                one("a"),
+                true,
+                State::Ok,
+            ),
+            (
+                Some(status(
+                    100,
+                    vec![entry("a", 0, 0), entry("b", 3, 1)],
+                    &["b"],
+                )),
+                one("b"),
+                false,
+                State::Unknown,
+            ),
         ];
         for (st, r, finished, state) in cases {
             let p = progress(st.as_ref(), &r);
             assert_eq!((p.finished(), p.state()), (finished, state), "{st:?} {r:?}");
-            assert!(p.line().starts_with(&format!("VERIFY {} - ", state.label())), "{}", p.line());
+            assert!(
+                p.line()
+                    .starts_with(&format!("VERIFY {} - ", state.label())),
+                "{}",
+                p.line()
+            );
         }
     }
 }

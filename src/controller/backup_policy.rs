@@ -22,16 +22,16 @@ use super::store_client::{KnownBackup, StoreView};
 use super::{Context, Error, Reconciled, status};
 use crate::api::backup_policy::{
     BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, DatasetVerification,
-    MAX_LISTED_VERIFICATIONS, QuarantinedBackup, VERIFY_NOW_ANNOTATION, Violation,
-    ViolationReason, VerifyNowRequest, parse_backup_now,
+    MAX_LISTED_VERIFICATIONS, QuarantinedBackup, VERIFY_NOW_ANNOTATION, VerifyNowRequest,
+    Violation, ViolationReason, parse_backup_now,
 };
 use crate::api::condition::{COMPLIANT, READY};
 use crate::api::{
     BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupType, JobPhase, ZfsHost,
 };
 use crate::policy::{self, DatasetState, HostState, JobState, PolicyRules};
-use crate::wire::VerifyRequest;
 use crate::selection::{PolicyMatcher, labels_match};
+use crate::wire::VerifyRequest;
 
 /// The label that ties a BackupJob to its policy.
 pub const POLICY_LABEL: &str = "zetaback.io/policy";
@@ -568,14 +568,9 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 .as_ref()
                 .filter(|r| r.selects(&host_name, &ds.name))
                 .map(|r| r.requested_at);
-            if let Some(v) = verify_dataset(
-                &mut out,
-                (verify, asked),
-                &host_name,
-                &ds.name,
-                cat,
-                now,
-            ) {
+            if let Some(v) =
+                verify_dataset(&mut out, (verify, asked), &host_name, &ds.name, cat, now)
+            {
                 verification.push(v);
             }
             // When to look at this dataset again. A job created now, one in flight, or one
@@ -1394,8 +1389,10 @@ impl Reconciled for BackupPolicy {
             }
             for req in &plan.verify {
                 match ctx.store.verify(ep, req).await {
-                    Ok(st) => info!(host = %req.host, dataset = %req.dataset, backups = req.ids.len(),
-                        queued = st.queued, "verification requested"),
+                    Ok(st) => {
+                        info!(host = %req.host, dataset = %req.dataset, backups = req.ids.len(),
+                        queued = st.queued, "verification requested")
+                    }
                     Err(e) => warn!(host = %req.host, dataset = %req.dataset, error = %e,
                         "requesting verification failed; will retry"),
                 }

@@ -221,11 +221,10 @@ impl StoreClient {
         request: &VerifyRequest,
     ) -> Result<VerifyStatus, StoreClientError> {
         let url = format!("http://{endpoint}{}", routes::VERIFY);
-        let body = serde_json::to_vec(request)
-            .map_err(|source| StoreClientError::Decode {
-                url: url.clone(),
-                source,
-            })?;
+        let body = serde_json::to_vec(request).map_err(|source| StoreClientError::Decode {
+            url: url.clone(),
+            source,
+        })?;
         let answer = self.call_with("POST", url.clone(), body.into()).await?;
         serde_json::from_slice(&answer).map_err(|source| StoreClientError::Decode { url, source })
     }

@@ -84,11 +84,10 @@ impl FileStore {
         let path = self
             .layout
             .verification_path(&key.host, &key.dataset, &key.id)?;
-        let text = serde_json::to_vec_pretty(&v)
-            .map_err(|e| FileStoreError::Io {
-                path: path.clone(),
-                source: io::Error::other(e),
-            })?;
+        let text = serde_json::to_vec_pretty(&v).map_err(|e| FileStoreError::Io {
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
         tokio::task::spawn_blocking(move || write_record(&path, &text))
             .await
             .map_err(joined)??;
@@ -148,7 +147,9 @@ fn write_record(path: &Path, text: &[u8]) -> Result<(), FileStoreError> {
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let tmp: PathBuf = dir.join(format!(
         ".tmp-{}-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("record"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("record"),
         unique()
     ));
     let result = (|| {

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    ByteSizeString, Conditions, DatasetName, DatasetSelector, DurationString, ObjectName, RetentionString,
-    conditions_schema,
+    ByteSizeString, Conditions, DatasetName, DatasetSelector, DurationString, ObjectName,
+    RetentionString, conditions_schema,
 };
 use crate::duration::{cel_is_duration, cel_seconds};
 

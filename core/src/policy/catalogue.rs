@@ -650,7 +650,8 @@ mod quarantine_tests {
         );
         assert!(c.chain("b").unwrap_err().is_broken());
         assert_eq!(
-            c.restore_chain(&RestoreTarget::Id("g".into())).map(|ch| ch.len()),
+            c.restore_chain(&RestoreTarget::Id("g".into()))
+                .map(|ch| ch.len()),
             Err(ChainError::Quarantined {
                 backup: "g".into(),
                 corrupt: "g".into()
@@ -658,7 +659,10 @@ mod quarantine_tests {
         );
         // "Latest" never reaches the quarantined full: it restores d.
         let latest = c.restore_chain(&RestoreTarget::Latest).expect("latest");
-        assert_eq!(latest.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["f", "d"]);
+        assert_eq!(
+            latest.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["f", "d"]
+        );
         assert_eq!(c.dependents("a"), ["b"]);
         assert_eq!(c.dependents("f"), ["a", "b", "d"]);
         assert!(c.dependents("g").is_empty());

@@ -429,34 +429,30 @@ mod tests {
                 all,
                 None,
                 D + H,
-                Some((
-                    Full,
-                    None,
-                    DueReason::Quarantined {
-                        backup: "a".into(),
-                    },
-                )),
+                Some((Full, None, DueReason::Quarantined { backup: "a".into() })),
                 D + H,
             ),
             (
                 "a quarantined full outranks a forced incremental",
-                vec![full("f", 0), quarantined(full("g", D)), inc("a", 2 * D, "f")],
+                vec![
+                    full("f", 0),
+                    quarantined(full("g", D)),
+                    inc("a", 2 * D, "f"),
+                ],
                 LastFull,
                 all,
                 Some(Incremental),
                 2 * D + H,
-                Some((
-                    Full,
-                    None,
-                    DueReason::Quarantined {
-                        backup: "g".into(),
-                    },
-                )),
+                Some((Full, None, DueReason::Quarantined { backup: "g".into() })),
                 2 * D + H,
             ),
             (
                 "healed by a newer full: back to the normal schedule",
-                vec![full("f", 0), quarantined(inc("a", D, "f")), full("g", 2 * D)],
+                vec![
+                    full("f", 0),
+                    quarantined(inc("a", D, "f")),
+                    full("g", 2 * D),
+                ],
                 Previous,
                 all,
                 None,

@@ -101,10 +101,10 @@ mod tests {
     fn due_once_per_period_from_creation_or_last_check() {
         let every = SignedDuration::from_secs(7 * D);
         let c = cat(vec![
-            checked(full("f", 0), 8 * D),  // checked at 8d: due at 15d
-            inc("a", D, "f"),              // never checked: due at 8d
+            checked(full("f", 0), 8 * D),         // checked at 8d: due at 15d
+            inc("a", D, "f"),                     // never checked: due at 8d
             checked(inc("b", 2 * D, "a"), 3 * D), // due at 10d
-            q(inc("x", 3 * D, "b"), 4 * D), // quarantined: never due
+            q(inc("x", 3 * D, "b"), 4 * D),       // quarantined: never due
         ]);
         let p = plan_verify(&c, every, ts(9 * D));
         assert_eq!(p.due, ["a"]);
@@ -126,7 +126,10 @@ mod tests {
             checked(inc("a", D, "f"), 4 * D),
             q(inc("x", 2 * D, "a"), 3 * D),
         ]);
-        assert_eq!(plan_verify(&c, every, ts(6 * D)).last_verified, Some(ts(4 * D)));
+        assert_eq!(
+            plan_verify(&c, every, ts(6 * D)).last_verified,
+            Some(ts(4 * D))
+        );
         assert_eq!(
             plan_verify(&DatasetBackups::default(), every, ts(1)),
             VerifyPlan::default()
@@ -146,7 +149,11 @@ mod tests {
         assert_eq!(p.due, ["f", "b"], "a was checked at the request's time");
         assert_eq!(p.next_due, None);
         assert_eq!(p.last_verified, None, "b never was");
-        assert_eq!(plan_verify_now(&c, ts(25)).due, ["b"], "only what was stored by then");
+        assert_eq!(
+            plan_verify_now(&c, ts(25)).due,
+            ["b"],
+            "only what was stored by then"
+        );
         assert_eq!(plan_verify_now(&c, ts(300)).due, ["f", "a", "b", "later"]);
     }
 
@@ -157,11 +164,20 @@ mod tests {
             (vec![q(full("f", 0), 50), inc("a", 10, "f")], Some("f")),
             (vec![full("f", 0), q(inc("a", 10, "f"), 50)], Some("a")),
             // A good full after the corrupt incremental heals it.
-            (vec![full("f", 0), q(inc("a", 10, "f"), 50), full("g", 20)], None),
+            (
+                vec![full("f", 0), q(inc("a", 10, "f"), 50), full("g", 20)],
+                None,
+            ),
             // A full older than the corrupt backup does not.
-            (vec![full("f", 0), full("g", 5), q(inc("a", 10, "g"), 50)], Some("a")),
+            (
+                vec![full("f", 0), full("g", 5), q(inc("a", 10, "g"), 50)],
+                Some("a"),
+            ),
             // A newer full that is itself corrupt does not; the newest quarantine is named.
-            (vec![full("f", 0), q(inc("a", 10, "f"), 50), q(full("g", 20), 60)], Some("g")),
+            (
+                vec![full("f", 0), q(inc("a", 10, "f"), 50), q(full("g", 20), 60)],
+                Some("g"),
+            ),
             // Two quarantines, healed only past the newer one.
             (
                 vec![q(full("f", 0), 50), full("g", 20), q(inc("b", 30, "g"), 60)],

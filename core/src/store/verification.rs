@@ -120,10 +120,20 @@ mod tests {
         assert!(good.ok && good.problem.is_none() && !good.quarantined());
         let short = Verification::judge(at(5), 9, "ab".into(), 10, "ab");
         assert!(short.quarantined());
-        assert!(short.problem.as_deref().is_some_and(|p| p.contains("9 bytes")));
+        assert!(
+            short
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("9 bytes"))
+        );
         let flipped = Verification::judge(at(5), 10, "cd".into(), 10, "ab");
         assert!(flipped.quarantined());
-        assert!(flipped.problem.as_deref().is_some_and(|p| p.contains("sha256 is cd")));
+        assert!(
+            flipped
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("sha256 is cd"))
+        );
     }
 
     #[test]
@@ -139,7 +149,10 @@ mod tests {
         fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
         let v = Verification::judge(at(7), 3, "x".into(), 4, "y");
         fs::write(&path, serde_json::to_vec(&v).expect("json")).expect("write");
-        assert_eq!(read(&layout, "db-1", "tank/db", &id).expect("read"), Some(v));
+        assert_eq!(
+            read(&layout, "db-1", "tank/db", &id).expect("read"),
+            Some(v)
+        );
         fs::write(&path, b"{").expect("write");
         assert!(read(&layout, "db-1", "tank/db", &id).is_err());
         let _ = fs::remove_dir_all(&root);
