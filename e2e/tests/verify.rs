@@ -38,6 +38,28 @@ async fn store_get_status(endpoint: &str, path: &str) -> u16 {
     text(&head[9..12]).parse().expect("a status code")
 }
 
+/// The shared test apiserver: a CRD applied meanwhile from an older checkout (another
+/// worktree's test run) prunes `spec.verify` from the policy on its next write (creation, an
+/// annotation). Makes sure it is stored.
+async fn ensure_verify(api: &Api<BackupPolicy>, verify: &serde_json::Value) {
+    eventually("spec.verify stored", Duration::from_secs(60), || async {
+        let p = api.get(POLICY).await.ok()?;
+        if p.spec.verify.is_some() {
+            return Some(());
+        }
+        let patch = serde_json::json!({"spec": {"verify": verify}});
+        let _ = api
+            .patch(
+                POLICY,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await;
+        None
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     let env = Env::get();
@@ -56,24 +78,7 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     spec["verify"] = serde_json::json!({"every": "20s", "rate": "4Mi"});
     let verify = spec["verify"].clone();
     fleet.create_policy(POLICY, "src", &[&ds], spec).await;
-    // The shared test apiserver: a CRD applied meanwhile from an older checkout (another
-    // worktree's test run) prunes `spec.verify` from what is stored. Make sure it is there.
-    eventually("spec.verify stored", Duration::from_secs(60), || async {
-        let p = api.get(POLICY).await.ok()?;
-        if p.spec.verify.is_some() {
-            return Some(());
-        }
-        let patch = serde_json::json!({"spec": {"verify": verify}});
-        let _ = api
-            .patch(
-                POLICY,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await;
-        None
-    })
-    .await;
+    ensure_verify(&api, &verify).await;
     let first = fleet.wait_for_backups("bak", "src", &ds, 1).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // its own second
     fleet.write_file(&ds, "more.bin", &noise(12, 100_000));
@@ -110,6 +115,7 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
         .zb(&["verify", POLICY, "--dataset", &ds, "--timeout", "4m"])
         .await;
     assert_eq!(code, 0, "{out}");
+    ensure_verify(&api, &verify).await;
     assert!(
         out.starts_with("VERIFY OK - 1 dataset(s) verified, 0 quarantined"),
         "{out}"
@@ -200,6 +206,7 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
         .zb(&["verify", POLICY, "--dataset", &ds, "--timeout", "4m"])
         .await;
     assert_eq!(code, 1, "{out}");
+    ensure_verify(&api, &verify).await;
     assert!(
         out.starts_with(
             "VERIFY WARNING - 1 dataset(s) verified, 1 quarantined backup(s), 0 corrupt"
