@@ -139,6 +139,7 @@ fn reason_name(reason: ViolationReason) -> &'static str {
         ViolationReason::ChainBroken => "ChainBroken",
         ViolationReason::BackupMissing => "BackupMissing",
         ViolationReason::Corrupt => "Corrupt",
+        ViolationReason::RpoMissed => "RpoMissed",
     }
 }
 

@@ -443,6 +443,12 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     let mut last_backup: Option<Timestamp> = None;
     let mut bytes_stored: u64 = 0;
     let verify = verify_settings(policy);
+    let rpo = spec
+        .objectives
+        .as_ref()
+        .and_then(|o| o.rpo.as_ref())
+        .and_then(|d| d.duration().ok())
+        .and_then(|d| jiff::SignedDuration::try_from(d).ok());
     let verify_now = pending_verify_now(policy);
     let mut verification: Vec<DatasetVerification> = Vec::new();
 
@@ -549,7 +555,13 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 forced,
                 last_recorded: last_recorded(jobs),
             };
-            let p = policy::evaluate(inputs.rules, &dstate, now);
+            let mut p = policy::evaluate(inputs.rules, &dstate, now);
+            if let Some(rpo) = rpo
+                && state != HostState::Paused
+                && let Some(f) = policy::rpo_violation(cat, rpo, covered_since, now)
+            {
+                p.violations.push(f);
+            }
             for f in &p.violations {
                 out.violators
                     .push((host_name.clone(), ds.name.clone(), f.reason));

@@ -84,6 +84,20 @@ pub struct BackupPolicySpec {
     /// and size): a stream that no longer matches is quarantined (see [`VerifySpec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+    /// Recovery objectives: a dataset whose newest restorable backup is older than `rpo` is
+    /// an `RpoMissed` violator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objectives: Option<Objectives>,
+}
+
+/// Recovery objectives of a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Objectives {
+    /// Recovery point objective: the newest restorable backup of each dataset is at most
+    /// this old, e.g. 26h (no grace is added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo: Option<DurationString>,
 }
 
 /// Scheduled verification of stored backups: each stored stream is re-read and hashed by the
@@ -480,6 +494,8 @@ pub enum ViolationReason {
     /// A stored stream no longer matches its manifest (found by `spec.verify`): it is
     /// quarantined, and no full backup was stored since. Ends when one is.
     Corrupt,
+    /// The newest restorable backup is older than `objectives.rpo`.
+    RpoMissed,
 }
 
 /// The annotation `kubectl zetaback backup` sets to ask for a backup now.
@@ -575,6 +591,9 @@ impl BackupPolicySpec {
         }
         if let Some(v) = &self.verify {
             v.parsed()?;
+        }
+        if let Some(rpo) = self.objectives.as_ref().and_then(|o| o.rpo.as_ref()) {
+            rpo.duration().map_err(|e| format!("objectives.rpo: {e}"))?;
         }
         Ok(())
     }

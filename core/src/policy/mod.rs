@@ -25,6 +25,7 @@
 mod archive;
 mod catalogue;
 mod history;
+mod objectives;
 mod pieces;
 mod retention;
 mod schedule;
@@ -43,6 +44,7 @@ pub use crate::api::backup_job::BackupType as BackupKind;
 pub use crate::api::backup_policy::{IncrementalBase, ViolationReason};
 pub use catalogue::{BackupRecord, CatalogueError, ChainError, DatasetBackups, RestoreTarget};
 pub use history::{FAILURE_RUN_KEPT, HistoryLimits, JobRecord, Outcome, prune_history};
+pub use objectives::{rpo_now, rpo_violation};
 pub use pieces::{PiecesError, restore_pieces};
 pub use retention::{RetentionPlan, plan_retention, retained_by_rule};
 pub use schedule::{
