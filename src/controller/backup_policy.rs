@@ -787,22 +787,11 @@ fn verify_dataset(
         quarantined: quarantined.into_iter().rev().take(20).collect(),
         pending: 0,
     };
-    let (vp, rate, since) = match (verify, asked) {
-        (None, None) => return (!entry.quarantined.is_empty()).then_some(entry),
-        (Some((every, rate)), None) => (
-            policy::plan_verify(cat, every, now),
-            rate,
-            now.checked_sub(every).ok(),
-        ),
-        (periodic, Some(at)) => {
-            let mut vp = policy::plan_verify_now(cat, at);
-            if let Some((every, _)) = periodic {
-                vp.next_due = policy::plan_verify(cat, every, now).next_due;
-            }
-            let rate = periodic.map_or(DEFAULT_VERIFY_RATE, |(_, r)| r);
-            (vp, rate, Some(at))
-        }
+    let every = verify.map(|(every, _)| every);
+    let Some((vp, since)) = policy::plan_verification(cat, every, asked, now) else {
+        return (!entry.quarantined.is_empty()).then_some(entry);
     };
+    let rate = verify.map_or(DEFAULT_VERIFY_RATE, |(_, rate)| rate);
     entry.pending = u32::try_from(vp.due.len()).unwrap_or(u32::MAX);
     entry.last_verified = vp.last_verified.map(Time);
     entry.next_verify = if vp.due.is_empty() {

@@ -50,7 +50,9 @@ pub use retention::{RetentionPlan, plan_retention, retained_by_rule};
 pub use schedule::{
     BaseRef, DueBackup, DuePlan, DueReason, Hold, next_backup, plan_due, retry_backoff,
 };
-pub use verify::{VerifyPlan, plan_verify, plan_verify_now, unhealed_quarantine};
+pub use verify::{
+    VerifyPlan, plan_verification, plan_verify, plan_verify_now, unhealed_quarantine,
+};
 pub use violations::{Finding, HostReport, host_violation, violations};
 
 /// How often one kind of backup is due and how long it is kept.

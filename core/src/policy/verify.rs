@@ -67,6 +67,41 @@ pub fn plan_verify_now(cat: &DatasetBackups, requested: Timestamp) -> VerifyPlan
     plan
 }
 
+/// The whole verification plan of one dataset: the periodic one (`every`, with `spec.verify`)
+/// and an on-demand request asked at `asked`, together (a backup due by either is due), and
+/// the `notVerifiedSince` of the store request: backups verified good at or after it are
+/// skipped by the store (so a request repeated before its results arrive reads nothing twice).
+/// `None` when neither applies.
+pub fn plan_verification(
+    cat: &DatasetBackups,
+    every: Option<SignedDuration>,
+    asked: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<(VerifyPlan, Option<Timestamp>)> {
+    let periodic = every.map(|e| (plan_verify(cat, e, now), now.checked_sub(e).ok()));
+    let on_demand = asked.map(|at| (plan_verify_now(cat, at), Some(at)));
+    match (periodic, on_demand) {
+        (None, None) => None,
+        (Some(p), None) => Some(p),
+        (None, Some(d)) => Some(d),
+        (Some((p, p_since)), Some((d, d_since))) => {
+            let due: Vec<String> = cat
+                .records()
+                .iter()
+                .map(|r| &r.id)
+                .filter(|id| p.due.contains(id) || d.due.contains(id))
+                .cloned()
+                .collect();
+            let plan = VerifyPlan {
+                due,
+                next_due: p.next_due,
+                last_verified: p.last_verified,
+            };
+            Some((plan, p_since.max(d_since)))
+        }
+    }
+}
+
 /// The newest quarantined backup that is not yet healed: no full backup that is not itself
 /// quarantined was created after it. While there is one, the dataset's next backup is a full
 /// (due at once) and the dataset is a `Corrupt` violator.
@@ -155,6 +190,40 @@ mod tests {
             "only what was stored by then"
         );
         assert_eq!(plan_verify_now(&c, ts(300)).due, ["f", "a", "b", "later"]);
+    }
+
+    /// An on-demand request that was handled does not stop the periodic schedule (before the
+    /// fix the request's plan replaced the periodic one, and nothing was verified again after
+    /// `kubectl zetaback verify` while its annotation stayed).
+    #[test]
+    fn periodic_and_on_demand_plans_combine() {
+        let every = SignedDuration::from_secs(7 * D);
+        let c = cat(vec![
+            checked(full("f", 0), 2 * D),      // periodic due at 9d
+            checked(inc("a", D, "f"), 20 * D), // checked after the request
+            inc("b", 2 * D, "a"),              // never checked: periodic due at 9d
+        ]);
+        // The request at 3d was handled (f and a re-read... a at 20d), now is 21d.
+        let (p, since) =
+            plan_verification(&c, Some(every), Some(ts(3 * D)), ts(21 * D)).expect("a plan");
+        assert_eq!(p.due, ["f", "b"], "periodic dues still come");
+        assert_eq!(since, Some(ts(14 * D)));
+        assert_eq!(p.next_due, Some(ts(27 * D)));
+        // Only the request: what it covers.
+        let (p, since) = plan_verification(&c, None, Some(ts(3 * D)), ts(21 * D)).expect("plan");
+        assert_eq!(p.due, ["f", "b"]);
+        assert_eq!(since, Some(ts(3 * D)));
+        let (p, _) = plan_verification(&c, None, Some(ts(D)), ts(21 * D)).expect("plan");
+        assert!(
+            p.due.is_empty(),
+            "f and a were checked after a request at 1d; b is newer"
+        );
+        // Both: a request at 25d adds a to what is due periodically.
+        let (p, since) =
+            plan_verification(&c, Some(every), Some(ts(25 * D)), ts(21 * D)).expect("plan");
+        assert_eq!(p.due, ["f", "a", "b"]);
+        assert_eq!(since, Some(ts(25 * D)));
+        assert!(plan_verification(&c, None, None, ts(21 * D)).is_none());
     }
 
     #[test]
