@@ -65,7 +65,9 @@ mod tests {
         let broken = cat(vec![corrupt, inc("a", 10 * H, "f")]);
         let empty = DatasetBackups::default();
         // (catalogue, covered since, now, missed since)
-        let cases: Vec<(&DatasetBackups, Option<i64>, i64, Option<Option<i64>>)> = vec![
+        /// (catalogue, covered since, now, missed since: `Some(None)` = missed, since unknown)
+        type Case<'a> = (&'a DatasetBackups, Option<i64>, i64, Option<Option<i64>>);
+        let cases: Vec<Case> = vec![
             (&good, None, 36 * H, None), // exactly at the objective: met
             (&good, None, 36 * H + 1, Some(Some(36 * H))),
             (&good, Some(-100 * H), 20 * H, None),
