@@ -792,7 +792,13 @@ fn verify_dataset(
         return (!entry.quarantined.is_empty()).then_some(entry);
     };
     let rate = verify.map_or(DEFAULT_VERIFY_RATE, |(_, rate)| rate);
-    entry.pending = u32::try_from(vp.due.len()).unwrap_or(u32::MAX);
+    // What a `verify-now` request waits for: its own backups, not the periodic ones (which,
+    // with a short period, are due again before the results are seen).
+    let pending = match asked {
+        Some(at) => policy::plan_verify_now(cat, at).due.len(),
+        None => vp.due.len(),
+    };
+    entry.pending = u32::try_from(pending).unwrap_or(u32::MAX);
     entry.last_verified = vp.last_verified.map(Time);
     entry.next_verify = if vp.due.is_empty() {
         vp.next_due.map(Time)

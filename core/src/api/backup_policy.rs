@@ -421,7 +421,8 @@ pub struct DatasetVerification {
     /// When the next stored backup is due to be verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_verify: Option<Time>,
-    /// Stored backups due to be verified now (asked of the store, not yet found verified).
+    /// Stored backups due to be verified now (asked of the store, not yet found verified);
+    /// while a `verify-now` request covers the dataset, those the request still waits for.
     #[serde(default, skip_serializing_if = "is_zero")]
     #[schemars(with = "i32")]
     pub pending: u32,
