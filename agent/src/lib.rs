@@ -22,6 +22,7 @@ pub mod stream_header;
 pub mod tls;
 pub mod transfer;
 pub mod unread_body;
+pub mod verifier;
 pub mod zfs;
 
 /// The store's HTTP protocol (headers, routes, answers), shared with the controller.

@@ -128,7 +128,9 @@ impl RestoreError {
             | RestoreError::DestinationHasChildren { .. } => "DestinationExists",
             RestoreError::PieceMissing { .. }
             | RestoreError::Catalogue(_)
-            | RestoreError::Chain(policy::ChainError::ChainBroken { .. }) => "ChainBroken",
+            | RestoreError::Chain(
+                policy::ChainError::ChainBroken { .. } | policy::ChainError::Quarantined { .. },
+            ) => "ChainBroken",
             RestoreError::Chain(_) => "NotFound",
             RestoreError::Unreachable(_) | RestoreError::Transfer(_) => "StoreUnreachable",
             RestoreError::SnapshotMissing { .. } => "SnapshotMissing",
@@ -1100,6 +1102,7 @@ mod tests {
                 policy: None,
             },
             archived,
+            verification: None,
         }
     }
 

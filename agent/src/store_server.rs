@@ -20,6 +20,9 @@
 //!   replica: a replica receive records its manifest (JSON, the same fields as a stored file's)
 //!   in the user property `zetaback.io:manifest` of the received snapshot, and only snapshots
 //!   that carry one are listed, so a replica counts once received and its checksum recorded.
+//! - `POST /v1/verify` (the controller): queue stored backups to be re-read at a bounded rate and
+//!   checked against their manifests ([`crate::verifier`]); `GET /v1/verify`: its progress.
+//!   `GET` of a quarantined backup's stream is refused (409).
 //! - `GET /healthz`.
 //!
 //! Unauthenticated → 401, not allowed → 403, malformed → 400, existing → 409; in each case
@@ -68,10 +71,11 @@ use crate::identity::{AuthError, Authenticator, Caller, Operation, authorize, be
 use crate::limits::{ListenerLimits, StoreLimits};
 use crate::scan_cache::ScanCache;
 use crate::stream_header::{self, Verdict};
+use crate::verifier::{Verifier, VerifyQueueError};
 use crate::wire::{
     CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_FORCE, H_POLICY,
     H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3,
-    PutResponse, ResumeTokenQuery, ResumeTokenResponse, routes,
+    PutResponse, ResumeTokenQuery, ResumeTokenResponse, VerifyRequest, VerifyStatus, routes,
 };
 use crate::zfs::{Capability, ReceiveRequest, Zfs, ZfsError};
 
@@ -107,6 +111,8 @@ pub struct ServerState {
     /// The replicas' part of the catalogue (a `zfs list` per root), reused like the file
     /// store's scan.
     replica_cache: Arc<ScanCache<Catalogue>>,
+    /// Re-reads stored streams on request (`POST /v1/verify`); with a file store only.
+    verifier: Option<Verifier>,
 }
 
 impl ServerState {
@@ -126,6 +132,7 @@ impl ServerState {
             uploads: Arc::new(Semaphore::new(StoreLimits::default().max_uploads)),
             downloads: Arc::new(Semaphore::new(StoreLimits::default().max_downloads)),
             replica_cache: Arc::default(),
+            verifier: None,
         }
         .with_limits(StoreLimits::default())
     }
@@ -133,6 +140,7 @@ impl ServerState {
     /// Sets the limits (the file store's too).
     pub fn with_limits(mut self, limits: StoreLimits) -> Self {
         self.store = self.store.map(|s| s.with_limits(&limits));
+        self.verifier = self.store.clone().map(Verifier::new);
         self.uploads = Arc::new(Semaphore::new(limits.max_uploads.max(1)));
         self.downloads = Arc::new(Semaphore::new(limits.max_downloads.max(1)));
         self.limits = limits;
@@ -245,6 +253,7 @@ pub fn router(state: ServerState) -> Router {
             put(put_stream).get(get_stream).delete(delete_stream),
         )
         .route(routes::RESUME_TOKEN, get(resume_token))
+        .route(routes::VERIFY, post(verify_submit).get(verify_status))
         .route(routes::STREAM_ARCHIVE, post(archive))
         .route(routes::ARCHIVE, post(archive))
         .layer(DefaultBodyLimit::disable())
@@ -1013,6 +1022,7 @@ async fn replica_backups(
             Ok(manifest) => out.push(StoredBackup {
                 manifest,
                 archived: false,
+                verification: None,
             }),
             Err(why) => cat.problems.push(format!(
                 "replica {dataset}@{snapshot}: its manifest does not match ({why})"
@@ -1091,6 +1101,19 @@ async fn get_stream(
         .store
         .as_ref()
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this agent has no file store".into()))?;
+    if let Some(v) = store.verification(&key).await?
+        && v.quarantined()
+    {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "backup {key} is quarantined: {}",
+                v.problem
+                    .as_deref()
+                    .unwrap_or("its stream no longer matches its manifest")
+            ),
+        ));
+    }
     let (file, manifest) = store.open(&key).await?;
     // The slot is held until the whole body was sent (it moves into the body stream).
     let slot = state
@@ -1336,4 +1359,36 @@ async fn catalogue(
         body,
     )
         .into_response())
+}
+
+fn verifier(state: &ServerState) -> Result<&Verifier, ApiError> {
+    state
+        .verifier
+        .as_ref()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this agent has no file store".into()))
+}
+
+/// `POST /v1/verify`: queues stored backups to be re-read and checked (the controller).
+async fn verify_submit(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    axum::Json(req): axum::Json<VerifyRequest>,
+) -> Result<(StatusCode, axum::Json<VerifyStatus>), ApiError> {
+    require(&state, &headers, Operation::Verify).await?;
+    match verifier(&state)?.submit(&req) {
+        Ok(status) => Ok((StatusCode::ACCEPTED, axum::Json(status))),
+        Err(e @ VerifyQueueError::Invalid(_)) => Err(ApiError::bad(e.to_string())),
+        Err(e @ VerifyQueueError::Full) => {
+            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
+    }
+}
+
+/// `GET /v1/verify`: what the verifier is doing (the controller).
+async fn verify_status(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<axum::Json<VerifyStatus>, ApiError> {
+    require(&state, &headers, Operation::Verify).await?;
+    Ok(axum::Json(verifier(&state)?.status()))
 }

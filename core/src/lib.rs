@@ -18,6 +18,7 @@
 // duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
 pub mod api;
+pub mod bytesize;
 pub mod conditions;
 pub mod duration;
 pub mod error_chain;

@@ -78,3 +78,51 @@ pub struct CatalogueQuery {
 pub struct ResumeTokenQuery {
     pub into: String,
 }
+
+/// The body of `POST /v1/verify` ([`routes::VERIFY`], admin token): re-read these stored
+/// backups of one dataset and check each against its manifest, at most `rate` bytes per
+/// second. Queued; answered at once with [`VerifyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyRequest {
+    pub host: String,
+    pub dataset: String,
+    /// Backup ids (stream ids) of the dataset.
+    pub ids: Vec<String>,
+    /// Bytes per second (0: unlimited).
+    pub rate: u64,
+    /// Skip a backup whose last good verification is at or after this time (so a request
+    /// repeated before the asker saw the result reads nothing twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_verified_since: Option<jiff::Timestamp>,
+}
+
+/// The answer to `GET /v1/verify` (and to a `POST`): what the store's verifier is doing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyStatus {
+    /// The backup being read now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<VerifyCurrent>,
+    /// Backups waiting (not counting the current one).
+    pub queued: usize,
+    /// Backups verified since the agent started (good or not).
+    pub verified: u64,
+    /// Of those, found corrupt (quarantined).
+    pub corrupt: u64,
+    /// Bytes read by verification since the agent started.
+    pub bytes_read: u64,
+}
+
+/// The backup the verifier is reading.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyCurrent {
+    pub host: String,
+    pub dataset: String,
+    pub id: String,
+    /// Bytes read so far.
+    pub done: u64,
+    /// The stream's size.
+    pub total: u64,
+}

@@ -593,6 +593,7 @@ fn stored(host: &str, dataset: &str, id: &str, archived: bool) -> StoredBackup {
             policy: None,
         },
         archived,
+        verification: None,
     }
 }
 

@@ -478,6 +478,7 @@ async fn classes_job_history_and_backup_metrics() {
                                 policy: None,
                             },
                             archived: false,
+                            verification: None,
                         });
                     snapshots
                         .lock()
@@ -819,6 +820,7 @@ async fn policies_sharing_a_backup_host_share_its_per_target_slots() {
                 policy: None,
             },
             archived: false,
+            verification: None,
         });
     let status = serde_json::json!({"status": {
         "phase": "Succeeded", "bytes": 1000, "backupId": id,

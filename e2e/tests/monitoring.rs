@@ -70,6 +70,7 @@ fn stored_full(host: &str, dataset: &str, at: i64) -> StoredBackup {
             policy: None,
         },
         archived: false,
+        verification: None,
     }
 }
 

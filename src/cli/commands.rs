@@ -196,6 +196,66 @@ pub(super) async fn execute(cli: Cli, how: Connect, io: &mut Io<'_>) -> Result<u
                 .await
         }
         Command::Restore(_) => Err(CliError::Usage("restore is run by cli::restore".into())),
+        Command::Verify {
+            policy,
+            host,
+            dataset,
+            timeout,
+        } => {
+            let ns = one(&cx.scope)?;
+            let timeout = crate::duration::parse_duration(&timeout)
+                .map_err(|e| CliError::Usage(format!("--timeout: {e}")))?;
+            cx.verify(io, &ns, &policy, host, dataset, timeout).await
+        }
+    }
+}
+
+impl Cx {
+    /// `verify`: sets the `verify-now` annotation, then follows the policy's status (see
+    /// [`super::verify`]), printing a progress line whenever it moves.
+    async fn verify(
+        &mut self,
+        io: &mut Io<'_>,
+        ns: &str,
+        name: &str,
+        host: Option<String>,
+        dataset: Option<String>,
+        timeout: std::time::Duration,
+    ) -> Result<u8, CliError> {
+        use crate::api::backup_policy::{VERIFY_NOW_ANNOTATION, VerifyNowRequest};
+        let p = self.cluster.policy(ns, name).await?;
+        let req = VerifyNowRequest {
+            host,
+            dataset,
+            requested_at: request::whole_seconds(self.now),
+        };
+        let value = serde_json::to_string(&req).map_err(|e| CliError::Encode {
+            format: "JSON",
+            message: e.to_string(),
+        })?;
+        self.cluster
+            .annotate(&p, serde_json::json!({ VERIFY_NOW_ANNOTATION: value }))
+            .await?;
+        let start = std::time::Instant::now();
+        let mut last = None;
+        loop {
+            let p = self.cluster.policy(ns, name).await?;
+            let progress = super::verify::progress(p.status.as_ref(), &req);
+            if progress.finished() || start.elapsed() >= timeout {
+                writeln!(io.out, "{}", progress.line())?;
+                return Ok(progress.state().exit_code());
+            }
+            let shown = (progress.handled, progress.done, progress.pending);
+            if last != Some(shown) && progress.handled {
+                writeln!(
+                    io.err,
+                    "verifying: {}/{} dataset(s) done, {} backup(s) pending",
+                    progress.done, progress.datasets, progress.pending
+                )?;
+                last = Some(shown);
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
     }
 }
 

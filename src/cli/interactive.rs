@@ -827,6 +827,7 @@ mod tests {
         StoredBackup {
             manifest: m,
             archived,
+            verification: None,
         }
     }
 

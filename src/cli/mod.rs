@@ -28,6 +28,7 @@ pub mod report;
 pub mod request;
 pub mod restore;
 pub mod table;
+pub mod verify;
 
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
@@ -180,6 +181,21 @@ pub enum Command {
     /// Restore a dataset, or several under a base (bulk), from their backups (creates a
     /// Restore; --wait follows it); -i asks for everything interactively.
     Restore(restore::RestoreArgs),
+    /// Have the store re-read and check every stored backup of the policy's datasets now;
+    /// waits for the answer (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
+    Verify {
+        /// The BackupPolicy.
+        policy: String,
+        /// Only this host (a ZfsHost name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Give up (UNKNOWN) after this long, e.g. 30m.
+        #[arg(long, value_name = "DURATION", default_value = "30m")]
+        timeout: String,
+    },
 }
 
 /// The program's streams. `interactive` says whether `input` is a terminal (a person can

@@ -122,6 +122,7 @@ fn is_critical(reason: ViolationReason) -> bool {
     matches!(
         reason,
         ViolationReason::NoFullWithin
+            | ViolationReason::Corrupt
             | ViolationReason::ChainBroken
             | ViolationReason::BackupMissing
             | ViolationReason::HostNotReporting
@@ -137,6 +138,8 @@ fn reason_name(reason: ViolationReason) -> &'static str {
         ViolationReason::HostNotReporting => "HostNotReporting",
         ViolationReason::ChainBroken => "ChainBroken",
         ViolationReason::BackupMissing => "BackupMissing",
+        ViolationReason::Corrupt => "Corrupt",
+        ViolationReason::RpoMissed => "RpoMissed",
     }
 }
 
@@ -551,6 +554,7 @@ mod tests {
             ViolationReason::HostNotReporting,
             ViolationReason::ChainBroken,
             ViolationReason::BackupMissing,
+            ViolationReason::Corrupt,
         ] {
             let verdict = assess(
                 &[policy("a", Readiness::Ready, vec![v("h", "d", reason)])],

@@ -717,6 +717,7 @@ mod tests {
                 policy: None,
             },
             archived,
+            verification: None,
         }
     }
 

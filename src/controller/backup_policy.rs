@@ -21,8 +21,9 @@ use super::conditions::{self, Wanted};
 use super::store_client::{KnownBackup, StoreView};
 use super::{Context, Error, Reconciled, status};
 use crate::api::backup_policy::{
-    BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, Violation,
-    ViolationReason, parse_backup_now,
+    BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, DatasetVerification,
+    MAX_LISTED_VERIFICATIONS, QuarantinedBackup, VERIFY_NOW_ANNOTATION, VerifyNowRequest,
+    Violation, ViolationReason, parse_backup_now,
 };
 use crate::api::condition::{COMPLIANT, OVERLAPPING, READY};
 use crate::api::{
@@ -31,6 +32,7 @@ use crate::api::{
 use crate::policy::{self, DatasetState, HostState, JobState, PolicyRules};
 use crate::selection::{PolicyMatcher, labels_match};
 use crate::tenancy;
+use crate::wire::VerifyRequest;
 
 /// The label that ties a BackupJob to its policy.
 pub const POLICY_LABEL: &str = "zetaback.io/policy";
@@ -86,6 +88,10 @@ pub struct Plan {
     /// Covered datasets that other policies also store backups of: (host, dataset, the other
     /// policies as `<namespace>/<name>`). Each policy keeps, and expires, only its own.
     pub overlaps: Vec<(String, String, Vec<String>)>,
+    /// Stored backups due to be re-read by the store (`spec.verify`), one request per dataset.
+    pub verify: Vec<VerifyRequest>,
+    /// Quarantined backups of the covered datasets.
+    pub quarantined: usize,
 }
 
 fn host_state(host: &ZfsHost, now: Timestamp, stale_after: Duration) -> HostState {
@@ -446,6 +452,15 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     let mut violations: Vec<Violation> = Vec::new();
     let mut last_backup: Option<Timestamp> = None;
     let mut bytes_stored: u64 = 0;
+    let verify = verify_settings(policy);
+    let rpo = spec
+        .objectives
+        .as_ref()
+        .and_then(|o| o.rpo.as_ref())
+        .and_then(|d| d.duration().ok())
+        .and_then(|d| jiff::SignedDuration::try_from(d).ok());
+    let verify_now = pending_verify_now(policy);
+    let mut verification: Vec<DatasetVerification> = Vec::new();
 
     // A named host with no ZfsHost: nothing is known of its datasets.
     for name in spec.hosts.names.iter().flatten() {
@@ -555,7 +570,13 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 forced,
                 last_recorded: last_recorded(jobs),
             };
-            let p = policy::evaluate(inputs.rules, &dstate, now);
+            let mut p = policy::evaluate(inputs.rules, &dstate, now);
+            if let Some(rpo) = rpo
+                && state != HostState::Paused
+                && let Some(f) = policy::rpo_violation(cat, rpo, covered_since, now)
+            {
+                p.violations.push(f);
+            }
             for f in &p.violations {
                 out.violators
                     .push((host_name.clone(), ds.name.clone(), f.reason));
@@ -569,6 +590,15 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             }
             if inputs.catalogue.is_none() {
                 continue; // without the store's view nothing is scheduled or deleted
+            }
+            let asked = verify_now
+                .as_ref()
+                .filter(|r| r.selects(&host_name, &ds.name))
+                .map(|r| r.requested_at);
+            if let Some(v) =
+                verify_dataset(&mut out, (verify, asked), &host_name, &ds.name, cat, now)
+            {
+                verification.push(v);
             }
             // When to look at this dataset again. A job created now, one in flight, or one
             // waiting for a free slot is woken by the BackupJob watch; a future deadline by
@@ -591,7 +621,9 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 Some(due) => {
                     let since = match due.reason {
                         // Never backed up, or asked for: before anything merely due again.
-                        policy::DueReason::NoFull | policy::DueReason::Forced => Timestamp::MIN,
+                        policy::DueReason::NoFull
+                        | policy::DueReason::Forced
+                        | policy::DueReason::Quarantined { .. } => Timestamp::MIN,
                         _ => p.due.next_due,
                     };
                     candidates.push(Candidate {
@@ -666,6 +698,15 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     violator_keys.dedup();
     let violator_count = violator_keys.len();
     violations.truncate(MAX_LISTED_VIOLATIONS);
+    // Datasets with quarantined backups first.
+    verification.sort_by(|a, b| {
+        (a.quarantined.is_empty(), &a.host, &a.dataset).cmp(&(
+            b.quarantined.is_empty(),
+            &b.host,
+            &b.dataset,
+        ))
+    });
+    verification.truncate(MAX_LISTED_VERIFICATIONS);
     out.status = BackupPolicyStatus {
         observed_generation: policy.meta().generation,
         hosts: i32::try_from(hosts.len()).unwrap_or(i32::MAX),
@@ -687,6 +728,15 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 .and_then(|s| s.backup_now_handled.clone()),
         },
         last_evaluated: None,
+        // Acted on once the store was asked (only with its catalogue read).
+        verify_now_handled: match (&verify_now, inputs.catalogue) {
+            (Some(r), Some(_)) => Some(Time(r.requested_at)),
+            _ => policy
+                .status
+                .as_ref()
+                .and_then(|s| s.verify_now_handled.clone()),
+        },
+        verification,
         conditions: Vec::new(),
     };
     if inputs.catalogue.is_none() {
@@ -694,6 +744,103 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
     }
     Ok(out)
 }
+
+/// The policy's verification period and rate (`spec.verify`), if it has one that parses
+/// (the schema and [`crate::api::BackupPolicySpec::check`] make sure it does).
+fn verify_settings(policy: &BackupPolicy) -> Option<(jiff::SignedDuration, u64)> {
+    let (every, rate) = policy.spec.verify.as_ref()?.parsed().ok()?;
+    Some((jiff::SignedDuration::try_from(every).ok()?, rate))
+}
+
+/// The policy's `verify-now` request, if any (an unreadable one is logged and ignored).
+fn pending_verify_now(policy: &BackupPolicy) -> Option<VerifyNowRequest> {
+    let text = policy.annotations().get(VERIFY_NOW_ANNOTATION)?;
+    match serde_json::from_str(text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            warn!(error = %e, "ignoring an unreadable {VERIFY_NOW_ANNOTATION} annotation");
+            None
+        }
+    }
+}
+
+/// The rate of an on-demand verification of a policy without `spec.verify`.
+const DEFAULT_VERIFY_RATE: u64 = 50 * 1024 * 1024;
+
+/// Plans the verification of one dataset (a store request when backups are due, the next
+/// deadline as a wake-up) and its status entry: with `spec.verify`, when a `verify-now`
+/// request asked at `asked` covers it, or when it has quarantined backups (found before
+/// `verify` was removed).
+fn verify_dataset(
+    out: &mut Plan,
+    (verify, asked): (Option<(jiff::SignedDuration, u64)>, Option<Timestamp>),
+    host: &str,
+    dataset: &str,
+    cat: &policy::DatasetBackups,
+    now: Timestamp,
+) -> Option<DatasetVerification> {
+    let quarantined: Vec<QuarantinedBackup> = cat
+        .quarantined()
+        .map(|q| QuarantinedBackup {
+            backup: q.id.clone(),
+            found: q.verified_at.map(Time),
+            problem: "its stored stream no longer matches its manifest (sha256 or size)".into(),
+            dependents: cat
+                .dependents(&q.id)
+                .into_iter()
+                .take(100)
+                .map(str::to_owned)
+                .collect(),
+        })
+        .collect();
+    out.quarantined += quarantined.len();
+    let mut entry = DatasetVerification {
+        host: host.to_owned(),
+        dataset: dataset.to_owned(),
+        last_verified: None,
+        next_verify: None,
+        quarantined: quarantined.into_iter().rev().take(20).collect(),
+        pending: 0,
+    };
+    let every = verify.map(|(every, _)| every);
+    let Some((vp, since)) = policy::plan_verification(cat, every, asked, now) else {
+        return (!entry.quarantined.is_empty()).then_some(entry);
+    };
+    let rate = verify.map_or(DEFAULT_VERIFY_RATE, |(_, rate)| rate);
+    // What a `verify-now` request waits for: its own backups, not the periodic ones (which,
+    // with a short period, are due again before the results are seen).
+    let pending = match asked {
+        Some(at) => policy::plan_verify_now(cat, at).due.len(),
+        None => vp.due.len(),
+    };
+    entry.pending = u32::try_from(pending).unwrap_or(u32::MAX);
+    entry.last_verified = vp.last_verified.map(Time);
+    entry.next_verify = if vp.due.is_empty() {
+        vp.next_due.map(Time)
+    } else {
+        Some(Time(now))
+    };
+    if let Some(next) = vp.next_due {
+        out.wake_at = Some(out.wake_at.map_or(next, |w| w.min(next)));
+    }
+    if !vp.due.is_empty() {
+        out.verify.push(VerifyRequest {
+            host: host.to_owned(),
+            dataset: dataset.to_owned(),
+            ids: vp.due,
+            rate,
+            not_verified_since: since,
+        });
+        // Results reach the catalogue within its revalidation period: look again then.
+        if let Ok(soon) = now.checked_add(VERIFY_RECHECK) {
+            out.wake_at = Some(out.wake_at.map_or(soon, |w| w.min(soon)));
+        }
+    }
+    Some(entry)
+}
+
+/// How soon a policy that asked its store to verify looks for the results.
+pub const VERIFY_RECHECK: Duration = Duration::from_secs(30);
 
 /// Records the violation of a host as a whole (see [`policy::host_violation`]), if it has one:
 /// the violation's dataset is empty.
@@ -1338,6 +1485,16 @@ impl Reconciled for BackupPolicy {
                     }
                 }
             }
+            for req in &plan.verify {
+                match ctx.store.verify(ep, req).await {
+                    Ok(st) => {
+                        info!(host = %req.host, dataset = %req.dataset, backups = req.ids.len(),
+                        queued = st.queued, "verification requested")
+                    }
+                    Err(e) => warn!(host = %req.host, dataset = %req.dataset, error = %e,
+                        "requesting verification failed; will retry"),
+                }
+            }
             for (host, dataset, id) in &plan.delete {
                 match ctx.store.delete(ep, host, dataset, id).await {
                     Ok(()) => {
@@ -1364,6 +1521,13 @@ impl Reconciled for BackupPolicy {
 
         ctx.metrics
             .set_violators(&ns, &name, i64::from(plan.status.violators));
+        if catalogue.is_some() {
+            ctx.metrics.set_quarantined(
+                &ns,
+                &name,
+                i64::try_from(plan.quarantined).unwrap_or(i64::MAX),
+            );
+        }
         ctx.metrics.set_policy_backups(
             &ns,
             &name,
@@ -1474,6 +1638,7 @@ mod tests {
                 policy: None,
             },
             archived: false,
+            verification: None,
         }
     }
 

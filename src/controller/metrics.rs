@@ -174,6 +174,7 @@ pub struct Metrics {
     status_writes: Family<KindLabel, Counter>,
     leader: Gauge,
     violators: Family<PolicyLabel, Gauge>,
+    quarantined: Family<PolicyLabel, Gauge>,
     bytes_stored: Family<TargetLabel, Gauge>,
     store_read_seconds: Histogram,
     decide_seconds: Histogram,
@@ -212,6 +213,12 @@ impl Default for Metrics {
             status_writes.clone(),
         );
         registry.register("leader", "1 when this replica leads", leader.clone());
+        let quarantined = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "quarantined_backups",
+            "Stored backups of a policy's datasets that verification found corrupt (quarantined: never restored from)",
+            quarantined.clone(),
+        );
         let bytes_stored = Family::<TargetLabel, Gauge>::default();
         registry.register(
             "bytes_stored",
@@ -239,6 +246,7 @@ impl Default for Metrics {
             status_writes,
             leader,
             violators,
+            quarantined,
             bytes_stored,
             store_read_seconds,
             decide_seconds,
@@ -304,6 +312,16 @@ impl Metrics {
             .and_modify(|(_, at)| *at = Instant::now())
             .or_insert((String::new(), Instant::now()));
         self.violators
+            .get_or_create(&PolicyLabel {
+                namespace: namespace.into(),
+                policy: policy.into(),
+            })
+            .set(count);
+    }
+
+    /// The number of quarantined backups of a policy's datasets.
+    pub fn set_quarantined(&self, namespace: &str, policy: &str, count: i64) {
+        self.quarantined
             .get_or_create(&PolicyLabel {
                 namespace: namespace.into(),
                 policy: policy.into(),
@@ -397,6 +415,10 @@ impl Metrics {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&(namespace.clone(), policy.clone()));
             self.violators.remove(&PolicyLabel {
+                namespace: namespace.clone(),
+                policy: policy.clone(),
+            });
+            self.quarantined.remove(&PolicyLabel {
                 namespace: namespace.clone(),
                 policy: policy.clone(),
             });

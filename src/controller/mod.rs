@@ -429,7 +429,7 @@ async fn run_kind<K: Reconciled>(ctx: Arc<Context>, namespace: Option<String>) {
 }
 
 /// Reconcile on a new generation (a spec change) or a new request annotation
-/// (`zetaback.io/backup-now`, `zetaback.io/reconcile-now`), not on status or other metadata
+/// (`zetaback.io/backup-now`, `zetaback.io/reconcile-now`, `zetaback.io/verify-now`), not on status or other metadata
 /// writes: a status write never triggers a reconcile of its own.
 fn spec_or_request<K: Resource>(obj: &K) -> Option<u64> {
     use std::hash::{Hash, Hasher};
@@ -440,6 +440,7 @@ fn spec_or_request<K: Resource>(obj: &K) -> Option<u64> {
         for key in [
             crate::api::backup_policy::BACKUP_NOW_ANNOTATION,
             crate::api::backup_policy::RECONCILE_NOW_ANNOTATION,
+            crate::api::backup_policy::VERIFY_NOW_ANNOTATION,
         ] {
             a.get(key).hash(&mut h);
         }

@@ -110,9 +110,7 @@ fn target_of(spec: &RestoreSpec) -> RestoreTarget {
 
 fn chain_refusal(e: &ChainError, what: &str) -> Refusal {
     match e {
-        ChainError::ChainBroken { .. } => {
-            Refusal::new(reason::CHAIN_BROKEN, format!("{what}: {e}"))
-        }
+        e if e.is_broken() => Refusal::new(reason::CHAIN_BROKEN, format!("{what}: {e}")),
         _ => Refusal::new(reason::NOT_FOUND, format!("{what}: {e}")),
     }
 }
@@ -934,6 +932,7 @@ mod tests {
         StoredBackup {
             manifest: m,
             archived,
+            verification: None,
         }
     }
 

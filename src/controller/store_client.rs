@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::policy;
 use crate::store::{Catalogue, StoreError, StoredBackup};
-use crate::wire::routes;
+use crate::wire::{VerifyRequest, VerifyStatus, routes};
 
 /// Why a store request failed.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,17 @@ impl StoreClient {
     }
 
     async fn call(&self, method: &'static str, url: String) -> Result<Bytes, StoreClientError> {
-        match self.call_if(method, url, None).await? {
+        self.call_with(method, url, Bytes::new()).await
+    }
+
+    /// A request with a JSON body (empty: none).
+    async fn call_with(
+        &self,
+        method: &'static str,
+        url: String,
+        body: Bytes,
+    ) -> Result<Bytes, StoreClientError> {
+        match self.send(method, url, None, body).await? {
             Fetched::Changed { body, .. } => Ok(body),
             Fetched::NotModified => Ok(Bytes::new()),
         }
@@ -138,7 +148,20 @@ impl StoreClient {
         url: String,
         etag: Option<&str>,
     ) -> Result<Fetched, StoreClientError> {
+        self.send(method, url, etag, Bytes::new()).await
+    }
+
+    async fn send(
+        &self,
+        method: &'static str,
+        url: String,
+        etag: Option<&str>,
+        body: Bytes,
+    ) -> Result<Fetched, StoreClientError> {
         let mut req = hyper::Request::builder().method(method).uri(&url);
+        if !body.is_empty() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
         let from_file = match &self.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -158,7 +181,7 @@ impl StoreClient {
             req = req.header(hyper::header::IF_NONE_MATCH, tag);
         }
         let req = req
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(body))
             .map_err(|e| StoreClientError::Request {
                 method,
                 url: url.clone(),
@@ -258,6 +281,28 @@ impl StoreClient {
     ) -> Result<(), StoreClientError> {
         let url = format!("http://{endpoint}{}", routes::stream(host, dataset, id)?);
         self.call("DELETE", url).await.map(|_| ())
+    }
+
+    /// Queues stored backups to be re-read and checked by the store (`spec.verify`).
+    pub async fn verify(
+        &self,
+        endpoint: &str,
+        request: &VerifyRequest,
+    ) -> Result<VerifyStatus, StoreClientError> {
+        let url = format!("http://{endpoint}{}", routes::VERIFY);
+        let body = serde_json::to_vec(request).map_err(|source| StoreClientError::Decode {
+            url: url.clone(),
+            source,
+        })?;
+        let answer = self.call_with("POST", url.clone(), body.into()).await?;
+        serde_json::from_slice(&answer).map_err(|source| StoreClientError::Decode { url, source })
+    }
+
+    /// What the store's verifier is doing.
+    pub async fn verify_status(&self, endpoint: &str) -> Result<VerifyStatus, StoreClientError> {
+        let url = format!("http://{endpoint}{}", routes::VERIFY);
+        let answer = self.call("GET", url.clone()).await?;
+        serde_json::from_slice(&answer).map_err(|source| StoreClientError::Decode { url, source })
     }
 
     /// Moves one stored backup to the archive area.
@@ -713,6 +758,7 @@ mod tests {
                 policy: None,
             },
             archived: false,
+            verification: None,
         }
     }
 

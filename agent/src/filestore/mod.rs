@@ -25,6 +25,9 @@
 
 mod archive;
 pub mod space;
+mod verify;
+
+pub use verify::Verified;
 
 use std::collections::HashSet;
 use std::io;
@@ -411,6 +414,9 @@ impl FileStore {
     /// Deletes a backup (manifest first, so a crash leaves a stream that is no backup).
     pub async fn delete(&self, key: &BackupKey) -> Result<(), FileStoreError> {
         let result = self.delete_files(key).await;
+        if result.is_ok() {
+            self.forget_verification(key).await?;
+        }
         self.shared.invalidate();
         result
     }

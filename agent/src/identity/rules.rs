@@ -7,6 +7,7 @@
 //! | the resume token of H's replica | yes | no | no |
 //! | DELETE / archive a backup | no | yes | no |
 //! | the catalogue | of H only (`?host=H`) | all | all |
+//! | verification (queue re-reads, read progress) | no | yes | no |
 //!
 //! Everything else is refused with a sentence that says who asked, what, and who may.
 
@@ -28,6 +29,8 @@ pub enum Operation<'a> {
     Archive { host: &'a str },
     /// Read the catalogue, of one source host or of all.
     Catalogue { host: Option<&'a str> },
+    /// Queue stored backups to be re-read and checked, or read the verifier's progress.
+    Verify,
 }
 
 impl<'a> Operation<'a> {
@@ -40,6 +43,7 @@ impl<'a> Operation<'a> {
             | Operation::Delete { host }
             | Operation::Archive { host } => Some(host),
             Operation::Catalogue { host } => host,
+            Operation::Verify => None,
         }
     }
 
@@ -56,6 +60,7 @@ impl<'a> Operation<'a> {
                 format!("reading host {host}'s catalogue")
             }
             Operation::Catalogue { host: None } => "reading the whole catalogue".into(),
+            Operation::Verify => "verifying stored backups".into(),
         }
     }
 }
@@ -96,9 +101,15 @@ pub fn authorize(caller: &Caller, op: Operation<'_>) -> Result<(), Forbidden> {
         (Caller::Agent { .. }, Operation::Delete { .. } | Operation::Archive { .. }) => {
             refuse("only the controller deletes and archives backups")
         }
+        (Caller::Agent { .. } | Caller::Reader, Operation::Verify) => {
+            refuse("only the controller asks a store to verify its backups")
+        }
         (
             Caller::Controller,
-            Operation::Delete { .. } | Operation::Archive { .. } | Operation::Catalogue { .. },
+            Operation::Delete { .. }
+            | Operation::Archive { .. }
+            | Operation::Catalogue { .. }
+            | Operation::Verify,
         ) => Ok(()),
         (
             Caller::Controller,
@@ -124,6 +135,7 @@ mod tests {
             Operation::Archive { host },
             Operation::Catalogue { host: Some(host) },
             Operation::Catalogue { host: None },
+            Operation::Verify,
         ]
     }
 
@@ -144,7 +156,10 @@ mod tests {
             assert!(authorize(&nobody, op).is_err(), "agent of no host: {op:?}");
             let admin = matches!(
                 op,
-                Operation::Delete { .. } | Operation::Archive { .. } | Operation::Catalogue { .. }
+                Operation::Delete { .. }
+                    | Operation::Archive { .. }
+                    | Operation::Catalogue { .. }
+                    | Operation::Verify
             );
             assert_eq!(
                 authorize(&Caller::Controller, op).is_ok(),

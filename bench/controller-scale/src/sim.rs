@@ -406,6 +406,7 @@ impl Simulator {
             backups.push(StoredBackup {
                 manifest,
                 archived: false,
+                verification: None,
             });
             *self
                 .served

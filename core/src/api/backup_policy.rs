@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Conditions, DatasetName, DatasetSelector, DurationString, ObjectName, RetentionString,
-    conditions_schema,
+    ByteSizeString, Conditions, DatasetName, DatasetSelector, DurationString, ObjectName,
+    RetentionString, conditions_schema,
 };
 use crate::duration::{cel_is_duration, cel_seconds};
 
@@ -45,6 +45,7 @@ use crate::duration::{cel_is_duration, cel_seconds};
     cel_seconds("self.incremental.every"),
     cel_seconds("self.full.every")
 )).message("incremental.every must be shorter than full.every (an incremental is due between fulls)").field_path(".incremental.every"))]
+#[x_kube(validation = Rule::new("!has(self.verify) || !has(self.target.dataset)").message("verify re-reads streams stored as files (target.path); a replica target (target.dataset) is checked by zfs scrub on its pool").field_path(".verify"))]
 #[x_kube(validation = Rule::new("!has(self.archive) || !has(self.target.dataset)").message("archive applies to backups stored as files (target.path); a replica target (target.dataset) keeps its snapshots until retention deletes them").field_path(".archive"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupPolicySpec {
@@ -79,6 +80,56 @@ pub struct BackupPolicySpec {
     /// holds the record of what is backed up).
     #[serde(default)]
     pub job_history: JobHistory,
+    /// Re-read every stored stream on a schedule and check it against its manifest (sha256
+    /// and size): a stream that no longer matches is quarantined (see [`VerifySpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+    /// Recovery objectives: a dataset whose newest restorable backup is older than `rpo` is
+    /// an `RpoMissed` violator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objectives: Option<Objectives>,
+}
+
+/// Recovery objectives of a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Objectives {
+    /// Recovery point objective: the newest restorable backup of each dataset is at most
+    /// this old, e.g. 26h (no grace is added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo: Option<DurationString>,
+}
+
+/// Scheduled verification of stored backups: each stored stream is re-read and hashed by the
+/// store at least once per `every` (counted from its creation or its last verification), at
+/// most `rate` bytes per second. A stream whose sha256 or size no longer matches its manifest
+/// is quarantined in the store: it is never restored from and never the newest backup, the
+/// backups that depend on it are unrestorable, the dataset's next backup is a full, and the
+/// dataset is a `Corrupt` violator until that full is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// How often each stored stream is re-read, e.g. 7d.
+    pub every: DurationString,
+    /// Bytes per second the store reads at most while verifying, e.g. 50Mi.
+    #[serde(default = "default_verify_rate")]
+    pub rate: ByteSizeString,
+}
+
+impl VerifySpec {
+    /// The period and the rate in bytes per second.
+    pub fn parsed(&self) -> Result<(std::time::Duration, u64), String> {
+        let every = self
+            .every
+            .duration()
+            .map_err(|e| format!("verify.every: {e}"))?;
+        let rate = self.rate.bytes().map_err(|e| format!("verify.rate: {e}"))?;
+        Ok((every, rate))
+    }
+}
+
+fn default_verify_rate() -> ByteSizeString {
+    ByteSizeString("50Mi".into())
 }
 
 /// Which datasets a policy covers: `include`/`exclude` name patterns (exclusion wins) and,
@@ -339,9 +390,63 @@ pub struct BackupPolicyStatus {
     /// older than a few of those means the controller is not running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_evaluated: Option<Time>,
+    /// The `requestedAt` of the last `zetaback.io/verify-now` request the controller acted on
+    /// (asked its store to verify the selected datasets' backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_now_handled: Option<Time>,
+    /// Per dataset with `spec.verify`: when all its stored backups were last verified, and
+    /// the backups found corrupt (quarantined). Datasets with quarantined backups first; at
+    /// most 200 entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200))]
+    pub verification: Vec<DatasetVerification>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
+}
+
+/// At most this many datasets are listed in `status.verification`.
+pub const MAX_LISTED_VERIFICATIONS: usize = 200;
+
+/// The verification state of one dataset's stored backups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetVerification {
+    pub host: String,
+    pub dataset: String,
+    /// Every stored backup of the dataset (quarantined ones aside) was verified at or after
+    /// this time; unset while one has never been verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified: Option<Time>,
+    /// When the next stored backup is due to be verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_verify: Option<Time>,
+    /// Stored backups due to be verified now (asked of the store, not yet found verified);
+    /// while a `verify-now` request covers the dataset, those the request still waits for.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(with = "i32")]
+    pub pending: u32,
+    /// The dataset's quarantined backups (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub quarantined: Vec<QuarantinedBackup>,
+}
+
+/// A backup whose stored stream no longer matched its manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantinedBackup {
+    /// The backup's id in the store.
+    pub backup: String,
+    /// When the mismatch was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<Time>,
+    /// What did not match.
+    pub problem: String,
+    /// The stored backups whose chain needs this one (unrestorable while it is quarantined).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub dependents: Vec<String>,
 }
 
 /// How often the controller refreshes `status.lastEvaluated` of a policy whose status did not
@@ -387,6 +492,11 @@ pub enum ViolationReason {
     /// The backup the newest succeeded job stored is gone from the store, though the policy
     /// still keeps it.
     BackupMissing,
+    /// A stored stream no longer matches its manifest (found by `spec.verify`): it is
+    /// quarantined, and no full backup was stored since. Ends when one is.
+    Corrupt,
+    /// The newest restorable backup is older than `objectives.rpo`.
+    RpoMissed,
 }
 
 /// The annotation `kubectl zetaback backup` sets to ask for a backup now.
@@ -394,6 +504,34 @@ pub const BACKUP_NOW_ANNOTATION: &str = "zetaback.io/backup-now";
 /// The annotation on a BackupJob that a `backup-now` request forced: the request's
 /// `requestedAt` (RFC 3339). A request is handled once every dataset it selected has one.
 pub const BACKUP_NOW_REQUEST_ANNOTATION: &str = "zetaback.io/backup-now-request";
+/// The annotation `kubectl zetaback verify` sets to ask for the verification of stored
+/// backups now: a [`VerifyNowRequest`] as JSON (a newer request replaces an older one).
+pub const VERIFY_NOW_ANNOTATION: &str = "zetaback.io/verify-now";
+
+/// The value of [`VERIFY_NOW_ANNOTATION`]: which datasets (all when unset) and when it was
+/// asked; every stored backup of them not verified since is re-read by the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyNowRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    pub requested_at: jiff::Timestamp,
+}
+
+impl VerifyNowRequest {
+    /// Whether the request covers this dataset.
+    pub fn selects(&self, host: &str, dataset: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| h == host)
+            && self.dataset.as_deref().is_none_or(|d| d == dataset)
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// The annotation that asks the controller to reconcile (retention, archive) now.
 pub const RECONCILE_NOW_ANNOTATION: &str = "zetaback.io/reconcile-now";
 
@@ -451,6 +589,12 @@ impl BackupPolicySpec {
                     "{what}.keep spans less than {what}.every: a backup must be kept until the next one is due"
                 ));
             }
+        }
+        if let Some(v) = &self.verify {
+            v.parsed()?;
+        }
+        if let Some(rpo) = self.objectives.as_ref().and_then(|o| o.rpo.as_ref()) {
+            rpo.duration().map_err(|e| format!("objectives.rpo: {e}"))?;
         }
         Ok(())
     }

@@ -117,6 +117,22 @@ string_newtype!(
     "a namespace name: use lower-case letters, digits and -, beginning and ending with a letter or digit"
 );
 
+string_newtype!(
+    /// A byte size or rate such as `50Mi` (bytes; `Ki`, `Mi`, `Gi` are powers of 1024).
+    ByteSizeString,
+    crate::bytesize::BYTE_SIZE_PATTERN,
+    9,
+    "A number of bytes, optionally with a binary suffix Ki, Mi or Gi, e.g. 50Mi.",
+    "a byte size: write a number, optionally followed by Ki, Mi or Gi, e.g. 50Mi"
+);
+
+impl ByteSizeString {
+    /// The bytes (the schema guarantees the form).
+    pub fn bytes(&self) -> Result<u64, crate::bytesize::ByteSizeError> {
+        crate::bytesize::parse_byte_size(&self.0)
+    }
+}
+
 /// The CEL rule "no component is `.` or `..`" (as [`names::validate_dataset`] refuses them).
 const NO_DOT_COMPONENT_RULE: &str = r"!self.matches(r'(^|/)\.\.?(/|$)')";
 /// Its message.

@@ -30,6 +30,12 @@ pub struct BackupRecord {
     pub bytes: u64,
     /// True when the backup lives in the archive area.
     pub archived: bool,
+    /// True when verification found its stored stream no longer matching its manifest
+    /// (`spec.verify`): it is never restored from and never the newest backup, and every
+    /// backup whose chain needs it is unrestorable.
+    pub quarantined: bool,
+    /// When its stored stream was last verified (whatever the result), if ever.
+    pub verified_at: Option<Timestamp>,
 }
 
 /// Why a set of records is not a usable catalogue.
@@ -61,6 +67,23 @@ pub enum ChainError {
         "backup {backup:?} cannot be restored: its chain needs {missing:?}, which is not stored"
     )]
     ChainBroken { backup: String, missing: String },
+    /// `backup` cannot be restored because a backup of its chain, `corrupt`, is quarantined
+    /// (its stored stream no longer matches its manifest).
+    #[error(
+        "backup {backup:?} cannot be restored: its chain needs {corrupt:?}, which is quarantined (its stored stream no longer matches its manifest)"
+    )]
+    Quarantined { backup: String, corrupt: String },
+}
+
+impl ChainError {
+    /// True when a stored backup exists but its chain cannot be applied (a piece missing or
+    /// quarantined), as opposed to no such backup at all.
+    pub fn is_broken(&self) -> bool {
+        matches!(
+            self,
+            ChainError::ChainBroken { .. } | ChainError::Quarantined { .. }
+        )
+    }
 }
 
 /// What to restore.
@@ -180,6 +203,8 @@ impl DatasetBackups {
                 }),
                 bytes: b.manifest.bytes,
                 archived: b.archived,
+                quarantined: b.verification.as_ref().is_some_and(|v| v.quarantined()),
+                verified_at: b.verification.as_ref().map(|v| v.verified_at),
             })
             .collect();
         DatasetBackups::new(records)
@@ -203,9 +228,26 @@ impl DatasetBackups {
         self.index.get(id).map(|&i| &self.records[i])
     }
 
-    /// The newest backup of any kind, live or archived.
+    /// The newest backup of any kind, live or archived, that is not quarantined.
     pub fn newest(&self) -> Option<&BackupRecord> {
-        self.records.last()
+        self.records.iter().rev().find(|r| !r.quarantined)
+    }
+
+    /// The quarantined backups, oldest first.
+    pub fn quarantined(&self) -> impl Iterator<Item = &BackupRecord> {
+        self.records.iter().filter(|r| r.quarantined)
+    }
+
+    /// The ids of the stored backups whose chain needs backup `id` (not `id` itself), oldest
+    /// first.
+    pub fn dependents(&self, id: &str) -> Vec<&str> {
+        let Some(&target) = self.index.get(id) else {
+            return Vec::new();
+        };
+        (0..self.records.len())
+            .filter(|&i| i != target && self.closure([i]).contains(&target))
+            .map(|i| self.records[i].id.as_str())
+            .collect()
     }
 
     /// The newest backup whose whole chain is stored (what a restore of "the latest" can
@@ -217,12 +259,12 @@ impl DatasetBackups {
             .find(|r| self.is_restorable(&r.id))
     }
 
-    /// The newest full backup, live or archived.
+    /// The newest full backup, live or archived, that is not quarantined.
     pub fn newest_full(&self) -> Option<&BackupRecord> {
         self.records
             .iter()
             .rev()
-            .find(|r| r.kind == BackupKind::Full)
+            .find(|r| r.kind == BackupKind::Full && !r.quarantined)
     }
 
     /// Total stored bytes (live and archived).
@@ -285,6 +327,12 @@ impl DatasetBackups {
             }
         }
         chain.reverse();
+        if let Some(&q) = chain.iter().find(|&&p| self.records[p].quarantined) {
+            return Err(ChainError::Quarantined {
+                backup: self.records[i].id.clone(),
+                corrupt: self.records[q].id.clone(),
+            });
+        }
         Ok(chain)
     }
 
@@ -332,6 +380,8 @@ pub(super) mod tests {
             base: None,
             bytes: 100,
             archived: false,
+            quarantined: false,
+            verified_at: None,
         }
     }
 
@@ -344,6 +394,8 @@ pub(super) mod tests {
             base: Some(base.into()),
             bytes: 10,
             archived: false,
+            quarantined: false,
+            verified_at: None,
         }
     }
 
@@ -502,6 +554,7 @@ pub(super) mod tests {
                 policy: None,
             },
             archived,
+            verification: None,
         }
     }
 
@@ -564,5 +617,59 @@ pub(super) mod tests {
             .collect();
         assert_eq!(got, ["f", "a", "b"]);
         assert_eq!(c.base_of(b), c.position("a"));
+    }
+}
+
+#[cfg(test)]
+mod quarantine_tests {
+    use super::tests::{cat, full, inc};
+    use super::*;
+
+    fn q(mut r: BackupRecord) -> BackupRecord {
+        r.quarantined = true;
+        r
+    }
+
+    #[test]
+    fn a_quarantined_backup_breaks_its_dependents_and_is_never_newest() {
+        let c = cat(vec![
+            full("f", 10),
+            q(inc("a", 20, "f")),
+            inc("b", 30, "a"),
+            inc("d", 35, "f"),
+            q(full("g", 40)),
+        ]);
+        assert_eq!(c.newest().map(|r| r.id.as_str()), Some("d"));
+        assert_eq!(c.newest_full().map(|r| r.id.as_str()), Some("f"));
+        assert_eq!(c.newest_restorable().map(|r| r.id.as_str()), Some("d"));
+        assert_eq!(
+            c.chain("b").map(|ch| ch.len()),
+            Err(ChainError::Quarantined {
+                backup: "b".into(),
+                corrupt: "a".into()
+            })
+        );
+        assert!(c.chain("b").unwrap_err().is_broken());
+        assert_eq!(
+            c.restore_chain(&RestoreTarget::Id("g".into()))
+                .map(|ch| ch.len()),
+            Err(ChainError::Quarantined {
+                backup: "g".into(),
+                corrupt: "g".into()
+            })
+        );
+        // "Latest" never reaches the quarantined full: it restores d.
+        let latest = c.restore_chain(&RestoreTarget::Latest).expect("latest");
+        assert_eq!(
+            latest.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["f", "d"]
+        );
+        assert_eq!(c.dependents("a"), ["b"]);
+        assert_eq!(c.dependents("f"), ["a", "b", "d"]);
+        assert!(c.dependents("g").is_empty());
+        assert!(c.dependents("nope").is_empty());
+        let ids: Vec<_> = c.quarantined().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "g"]);
+        assert!(!ChainError::Empty.is_broken());
     }
 }

@@ -7,6 +7,8 @@
 //! * **what has expired and what moves to the archive** ([`plan_retention`]);
 //! * **who violates the policy and why** ([`violations`]);
 //! * **which backups a restore applies** ([`DatasetBackups::restore_chain`]);
+//! * **which stored backups are due to be verified**, and whether a quarantined one still
+//!   needs healing ([`plan_verify`], [`unhealed_quarantine`]);
 //! * **which finished BackupJobs may go** ([`prune_history`]) and what the kept ones say
 //!   ([`JobState::from_history`]).
 //!
@@ -23,9 +25,11 @@
 mod archive;
 mod catalogue;
 mod history;
+mod objectives;
 mod pieces;
 mod retention;
 mod schedule;
+mod verify;
 mod violations;
 
 #[cfg(test)]
@@ -40,10 +44,14 @@ pub use crate::api::backup_job::BackupType as BackupKind;
 pub use crate::api::backup_policy::{IncrementalBase, ViolationReason};
 pub use catalogue::{BackupRecord, CatalogueError, ChainError, DatasetBackups, RestoreTarget};
 pub use history::{FAILURE_RUN_KEPT, HistoryLimits, JobRecord, Outcome, prune_history};
+pub use objectives::{rpo_now, rpo_violation};
 pub use pieces::{PiecesError, restore_pieces};
 pub use retention::{RetentionPlan, plan_retention, retained_by_rule};
 pub use schedule::{
     BaseRef, DueBackup, DuePlan, DueReason, Hold, next_backup, plan_due, retry_backoff,
+};
+pub use verify::{
+    VerifyPlan, plan_verification, plan_verify, plan_verify_now, unhealed_quarantine,
 };
 pub use violations::{Finding, HostReport, host_violation, violations};
 

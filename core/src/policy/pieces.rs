@@ -70,6 +70,7 @@ mod tests {
                 policy: None,
             },
             archived,
+            verification: None,
         }
     }
 

@@ -127,6 +127,8 @@ fn arbitrary_history(lost: bool) -> impl Strategy<Value = Vec<BackupRecord>> {
                 },
                 bytes: 1,
                 archived: *archived,
+                quarantined: false,
+                verified_at: None,
             });
         }
         // Archived flags closed under dependencies (a consistent store).
@@ -526,6 +528,8 @@ proptest! {
                         base: due.base.map(|b| b.backup),
                         bytes: 1,
                         archived: false,
+                        quarantined: false,
+                        verified_at: None,
                     });
                     ever.insert(id, now);
                     cat = DatasetBackups::new(records).unwrap();
@@ -609,6 +613,92 @@ proptest! {
                 prop_assert!(cat.get(&missing).is_none());
             }
             Err(e) => prop_assert!(false, "unexpected {e}"),
+        }
+    }
+}
+
+/// An arbitrary history (with lost manifests) in which some backups were found corrupt.
+fn quarantined_history() -> impl Strategy<Value = Vec<BackupRecord>> {
+    (
+        arbitrary_history(true),
+        prop::collection::vec(prop::bool::weighted(0.15), 40),
+    )
+        .prop_map(|(mut history, marks)| {
+            for (i, r) in history.iter_mut().enumerate() {
+                if marks[i % 40] {
+                    r.quarantined = true;
+                    r.verified_at = Some(r.created + secs(H));
+                }
+            }
+            history
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A quarantined backup is never restored from, never the newest, never a base; while it
+    /// is not healed by a newer good full the next backup is a full and the dataset `Corrupt`.
+    #[test]
+    fn quarantine_invariants(
+        rules in rules(),
+        history in quarantined_history(),
+        forced in prop::option::of(prop_oneof![Just(BackupKind::Full), Just(BackupKind::Incremental)]),
+        at in 0i64..20 * D,
+        verify_every in duration_secs(),
+    ) {
+        let cat = DatasetBackups::new(history).unwrap();
+        let now = cat.records().last().map_or(ts(T0), |r| r.created) + secs(at);
+        prop_assert!(cat.newest().is_none_or(|r| !r.quarantined));
+        prop_assert!(cat.newest_full().is_none_or(|r| !r.quarantined));
+        for r in cat.records() {
+            match cat.chain(&r.id) {
+                Ok(chain) => prop_assert!(chain.iter().all(|c| !c.quarantined)),
+                Err(ChainError::Quarantined { backup, corrupt }) => {
+                    prop_assert_eq!(&backup, &r.id);
+                    prop_assert!(cat.get(&corrupt).is_some_and(|c| c.quarantined));
+                    prop_assert!(corrupt == r.id || cat.dependents(&corrupt).contains(&r.id.as_str()));
+                }
+                Err(ChainError::ChainBroken { missing, .. }) => prop_assert!(cat.get(&missing).is_none()),
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+        for q in cat.quarantined() {
+            for d in cat.dependents(&q.id) {
+                prop_assert!(!cat.is_restorable(d), "{d} depends on quarantined {}", q.id);
+            }
+        }
+        if let Ok(chain) = cat.restore_chain(&RestoreTarget::Latest) {
+            prop_assert!(chain.iter().all(|c| !c.quarantined));
+        }
+        let snaps: Vec<String> = cat.records().iter().map(|r| r.snapshot.clone()).collect();
+        let p = next_backup(&rules, &cat, &snaps, forced, now);
+        let unhealed = unhealed_quarantine(&cat);
+        if unhealed.is_some() {
+            prop_assert_eq!(p.due.as_ref().map(|d| d.kind), Some(BackupKind::Full));
+        }
+        if let Some(d) = &p.due && d.kind == BackupKind::Incremental {
+            let base = d.base.as_ref().unwrap();
+            prop_assert!(cat.is_restorable(&base.backup));
+        }
+        let state = DatasetState {
+            catalogue: &cat,
+            source_snapshots: &snaps,
+            host: HostState::Reachable,
+            jobs: JobState::default(),
+            covered_since: None,
+            forced: None,
+            last_recorded: None,
+        };
+        let corrupt = violations(&rules, &state, now).iter().any(|f| f.reason == ViolationReason::Corrupt);
+        prop_assert_eq!(corrupt, unhealed.is_some());
+        let v = plan_verify(&cat, secs(verify_every), now);
+        for r in cat.records() {
+            let due_at = r.verified_at.unwrap_or(r.created) + secs(verify_every);
+            prop_assert_eq!(v.due.contains(&r.id), !r.quarantined && due_at <= now, "{}", r.id);
+            if !r.quarantined && due_at > now {
+                prop_assert!(v.next_due.is_some_and(|n| n <= due_at));
+            }
         }
     }
 }

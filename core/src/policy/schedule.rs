@@ -32,6 +32,9 @@ pub enum DueReason {
     /// An incremental was wanted but its base backup cannot be restored (a backup of its
     /// chain is missing from the store), so a full is taken instead.
     BaseChainBroken { missing: String },
+    /// A stored backup was found corrupt and quarantined, and no good full was stored after
+    /// it: a full, at once, so the dataset's chain heals.
+    Quarantined { backup: String },
 }
 
 /// A backup to start now.
@@ -75,21 +78,24 @@ pub struct DuePlan {
 /// What is due, ignoring holds (host state, suspension, jobs in flight).
 ///
 /// The rule, in order:
-/// 1. No full at all: a **full** (`NoFull`).
-/// 2. Forced full: a **full** (`Forced`).
-/// 3. The newest full is at least `full.every` old: a **full** (`FullEvery`).
-/// 4. An incremental is wanted when forced or when the newest backup (of any kind) is at least
+/// 1. No full at all (quarantined fulls do not count): a **full** (`NoFull`).
+/// 2. A quarantined backup with no good full after it ([`super::unhealed_quarantine`]): a
+///    **full** at once (`Quarantined`), so the chain heals.
+/// 3. Forced full: a **full** (`Forced`).
+/// 4. The newest full is at least `full.every` old: a **full** (`FullEvery`).
+/// 5. An incremental is wanted when forced or when the newest backup (of any kind) is at least
 ///    `incremental.every` old. Its base is the newest full (`against: lastFull`, Zetaback's
 ///    differential model: a restore needs at most two pieces) or the newest backup
 ///    (`against: previous`, chained). If the base's snapshot is gone from the source, or the
-///    base itself cannot be restored, a **full** is taken instead (`BaseSnapshotGone`,
-///    `BaseChainBroken`); otherwise an **incremental** (`Forced` or `IncrementalEvery`).
-///    The base is checked only when an incremental is wanted, so a snapshot destroyed between
-///    backups causes a full at the next incremental's time, not at once.
-/// 5. Otherwise nothing.
+///    base itself cannot be restored (a piece missing or quarantined), a **full** is taken
+///    instead (`BaseSnapshotGone`, `BaseChainBroken`, `Quarantined`); otherwise an
+///    **incremental** (`Forced` or `IncrementalEvery`). The base is checked only when an
+///    incremental is wanted, so a snapshot destroyed between backups causes a full at the next
+///    incremental's time, not at once.
+/// 6. Otherwise nothing.
 ///
 /// Invariant (property-tested): an incremental is only ever scheduled against a stored,
-/// restorable backup whose snapshot is in `source_snapshots`.
+/// restorable (so never quarantined) backup whose snapshot is in `source_snapshots`.
 pub fn next_backup(
     rules: &PolicyRules,
     cat: &DatasetBackups,
@@ -106,6 +112,10 @@ pub fn next_backup(
     let (Some(last_full), Some(newest)) = (cat.newest_full(), cat.newest()) else {
         return full(DueReason::NoFull, now);
     };
+    if let Some(q) = super::unhealed_quarantine(cat) {
+        let backup = q.id.clone();
+        return full(DueReason::Quarantined { backup }, now);
+    }
     if forced == Some(BackupKind::Full) {
         return full(DueReason::Forced, now);
     }
@@ -135,8 +145,14 @@ pub fn next_backup(
         };
         return full(gone, next_due);
     }
-    if let Err(ChainError::ChainBroken { missing, .. }) = cat.chain(&base.id) {
-        return full(DueReason::BaseChainBroken { missing }, next_due);
+    match cat.chain(&base.id) {
+        Err(ChainError::Quarantined { corrupt, .. }) => {
+            return full(DueReason::Quarantined { backup: corrupt }, next_due);
+        }
+        Err(ChainError::ChainBroken { missing, .. }) => {
+            return full(DueReason::BaseChainBroken { missing }, next_due);
+        }
+        _ => {}
     }
     let base = BaseRef {
         backup: base.id.clone(),
@@ -223,6 +239,11 @@ mod tests {
             grace: SignedDuration::from_secs(900),
             suspend: false,
         }
+    }
+
+    fn quarantined(mut r: BackupRecord) -> BackupRecord {
+        r.quarantined = true;
+        r
     }
 
     fn snaps(c: &DatasetBackups) -> Vec<String> {
@@ -400,6 +421,54 @@ mod tests {
                     },
                 )),
                 3 * D,
+            ),
+            (
+                "a quarantined incremental: a full at once, not at the next incremental's time",
+                vec![full("f", 0), quarantined(inc("a", D, "f"))],
+                LastFull,
+                all,
+                None,
+                D + H,
+                Some((Full, None, DueReason::Quarantined { backup: "a".into() })),
+                D + H,
+            ),
+            (
+                "a quarantined full outranks a forced incremental",
+                vec![
+                    full("f", 0),
+                    quarantined(full("g", D)),
+                    inc("a", 2 * D, "f"),
+                ],
+                LastFull,
+                all,
+                Some(Incremental),
+                2 * D + H,
+                Some((Full, None, DueReason::Quarantined { backup: "g".into() })),
+                2 * D + H,
+            ),
+            (
+                "healed by a newer full: back to the normal schedule",
+                vec![
+                    full("f", 0),
+                    quarantined(inc("a", D, "f")),
+                    full("g", 2 * D),
+                ],
+                Previous,
+                all,
+                None,
+                2 * D + H,
+                None,
+                3 * D,
+            ),
+            (
+                "the only full quarantined counts as no full",
+                vec![quarantined(full("f", 0))],
+                LastFull,
+                all,
+                None,
+                H,
+                Some((Full, None, DueReason::NoFull)),
+                H,
             ),
             (
                 "a newer full resets the incremental clock",

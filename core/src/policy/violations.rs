@@ -27,6 +27,8 @@ pub struct Finding {
 ///   news at once).
 /// * `ChainBroken` when the newest stored backup cannot be restored (a backup of its chain is
 ///   not stored), since that backup's creation.
+/// * `Corrupt` when a stored backup was quarantined by verification and no good full was
+///   stored after it ([`super::unhealed_quarantine`]), since it was found.
 /// * `BackupMissing` when the backup the newest succeeded job stored is not in the store, nothing
 ///   newer is, and the policy's `keep` rules (or the archive's) would still keep it: it was
 ///   lost behind the controller's back, not expired (`since` unknown).
@@ -66,6 +68,16 @@ pub fn violations(rules: &PolicyRules, state: &DatasetState<'_>, now: Timestamp)
             message: format!(
                 "the newest backup {} cannot be restored: its chain needs {missing}, which is not stored",
                 newest.id
+            ),
+        });
+    }
+    if let Some(q) = super::unhealed_quarantine(cat) {
+        out.push(Finding {
+            reason: ViolationReason::Corrupt,
+            since: q.verified_at,
+            message: format!(
+                "backup {} is corrupt (its stored stream no longer matches its manifest) and quarantined; no good full backup was stored since",
+                q.id
             ),
         });
     }

@@ -22,6 +22,9 @@ pub struct StoredBackup {
     pub manifest: Manifest,
     /// In the archive area (`<root>/.archive/...`).
     pub archived: bool,
+    /// What the last verification of the stored stream found (`spec.verify`), if one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<super::Verification>,
 }
 
 /// Everything found in a store.
@@ -159,7 +162,11 @@ fn scan_dataset(
             )));
             continue;
         }
-        catalogue.backups.push(StoredBackup { manifest, archived });
+        catalogue.backups.push(StoredBackup {
+            manifest,
+            archived,
+            verification: None,
+        });
     }
     Ok(())
 }
@@ -181,6 +188,7 @@ pub fn scan(root: &Path) -> Result<Catalogue, StoreError> {
         };
         key(a).cmp(&key(b))
     });
+    super::verification::attach(root, &mut catalogue);
     catalogue.problems.sort();
     Ok(catalogue)
 }

@@ -45,6 +45,7 @@ mod tests {
         StoredBackup {
             manifest: Manifest::from_json(json.as_bytes()).expect("manifest"),
             archived: false,
+            verification: None,
         }
     }
 

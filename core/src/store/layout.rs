@@ -27,6 +27,9 @@ use crate::names::{OBJECT_NAME_PATTERN, validate_dataset};
 
 /// The directory under the store root that holds archived backups.
 pub const ARCHIVE_DIR: &str = ".archive";
+/// The directory under the store root that holds verification records (see
+/// [`super::verification`]): `<root>/.verify/<host>/<escaped dataset>/<id>.json`.
+pub const VERIFY_DIR: &str = ".verify";
 /// Temporary files (streams being written) begin with this; they are never backups.
 pub const TEMP_PREFIX: &str = ".tmp-";
 /// A manifest is the stream's file name plus this.
@@ -215,6 +218,19 @@ impl Layout {
     ) -> Result<PathBuf, StoreError> {
         Ok(self
             .dataset_dir(host, dataset, archived)?
+            .join(id.manifest_name()))
+    }
+
+    /// The verification record of a backup (one per backup, whichever area it is in: an
+    /// archived stream is the same file, hard-linked, as the live one was).
+    pub fn verification_path(
+        &self,
+        host: &str,
+        dataset: &str,
+        id: &StreamId,
+    ) -> Result<PathBuf, StoreError> {
+        Ok(self
+            .dir_under(self.root.join(VERIFY_DIR), host, dataset)?
             .join(id.manifest_name()))
     }
 

@@ -19,6 +19,9 @@ pub const STREAM: &str = "/v1/streams/{host}/{dataset}/{id}";
 pub const ARCHIVE: &str = "/v1/archive/{host}/{dataset}/{id}";
 /// `POST`: the same as [`ARCHIVE`], spelled under the stream.
 pub const STREAM_ARCHIVE: &str = "/v1/streams/{host}/{dataset}/{id}/archive";
+/// `POST` a [`VerifyRequest`](super::VerifyRequest) (admin token): queue stored backups to be
+/// re-read and checked; `GET` the verifier's [`VerifyStatus`](super::VerifyStatus).
+pub const VERIFY: &str = "/v1/verify";
 /// `GET`: the resume token an interrupted receive left on a replica;
 /// `?into=ROOT` ([`ResumeTokenQuery`](super::ResumeTokenQuery)).
 pub const RESUME_TOKEN: &str = "/v1/resume-token/{host}/{dataset}";
