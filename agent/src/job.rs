@@ -437,9 +437,10 @@ mod tests {
             base_snapshot: base.map(str::to_owned),
             snapshot: "zetaback-3".into(),
             target: Target {
-                host: "backup-1".into(),
+                host: Some("backup-1".into()),
                 path: None,
                 dataset: Some("backup/r".into()),
+                object_store: None,
             },
             compression: Compression::None,
             intermediates,

@@ -319,9 +319,10 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         base_snapshot: a.base_snapshot,
         snapshot: a.snapshot,
         target: Target {
-            host: "manual".into(),
+            host: Some("manual".into()),
             path: a.target_path,
             dataset: a.target_dataset.map(|d| d.as_str().into()),
+            object_store: None,
         },
         compression: match a.compression {
             CompressionArg::None => Compression::None,

@@ -180,7 +180,7 @@ impl Runner {
     /// Runs a claimed job and records the outcome.
     pub async fn execute(&self, job: BackupJob) -> Result<(), RunnerError> {
         let started = std::time::Instant::now();
-        let result = match self.endpoint(&job.spec.target.host.0).await {
+        let result = match self.endpoint(job.spec.target.host_name()).await {
             Ok(ep) => {
                 job::run(
                     &self.zfs,
@@ -372,9 +372,10 @@ mod tests {
                 base_snapshot: None,
                 snapshot: "zetaback-1".into(),
                 target: Target {
-                    host: "backup-1".into(),
+                    host: Some("backup-1".into()),
                     path: Some("/srv".into()),
                     dataset: None,
+                    object_store: None,
                 },
                 compression: Compression::None,
                 intermediates: false,

@@ -302,7 +302,7 @@ impl Expectations {
                 .values()
                 .filter(|(j, at)| {
                     at.elapsed() < EXPECTATION_TTL
-                        && j.spec.target.host.as_str() == target
+                        && j.spec.target.key() == target
                         && in_flight(j)
                         && !seen.contains(&(j.metadata.namespace.as_deref(), j.name_any()))
                 })
@@ -991,7 +991,7 @@ fn policies_using(
         .state()
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
-        .filter(|p| selects_host(p, host) || p.spec.target.host.as_str() == name)
+        .filter(|p| selects_host(p, host) || p.spec.target.host_name() == name)
         .map(|p| object_ref(&p.name_any(), p.namespace().as_deref()))
         .collect()
 }
@@ -1105,12 +1105,13 @@ impl Reconciled for BackupPolicy {
             .collect();
         // This policy's jobs, and the other policies' jobs into the same backup host (they
         // share its `perTarget` slots).
-        let target = obj.spec.target.host.as_str();
+        let target_key = obj.spec.target.key();
+        let target = target_key.as_str();
         let (cached, elsewhere): (Vec<Arc<BackupJob>>, Vec<Arc<BackupJob>>) = ctx
             .jobs
             .state()
             .into_iter()
-            .filter(|j| j.spec.target.host.as_str() == target || is_own_job(j, &ns, &name))
+            .filter(|j| j.spec.target.key() == target || is_own_job(j, &ns, &name))
             .partition(|j| is_own_job(j, &ns, &name));
         let jobs = ctx.expected.adjust(&ns, &name, cached);
         let target_in_flight_elsewhere = ctx
@@ -1118,7 +1119,7 @@ impl Reconciled for BackupPolicy {
             .in_flight_elsewhere(&ns, &name, target, &elsewhere);
         let target_host = all_hosts
             .iter()
-            .find(|h| h.name_any() == obj.spec.target.host.as_str());
+            .find(|h| h.name_any() == obj.spec.target.host_name());
         let endpoint = target_host
             .and_then(|h| h.status.as_ref())
             .and_then(|s| s.agent_endpoint.clone());
@@ -1147,11 +1148,11 @@ impl Reconciled for BackupPolicy {
                 .map_err(|e| e.to_string()),
             (None, None) => Err(format!(
                 "backup host {} does not exist (no ZfsHost of that name)",
-                obj.spec.target.host
+                obj.spec.target.host_name()
             )),
             (None, Some(_)) => Err(format!(
                 "backup host {} has no agent endpoint yet (is its agent running?)",
-                obj.spec.target.host
+                obj.spec.target.host_name()
             )),
         };
         ctx.metrics
@@ -1276,7 +1277,7 @@ impl Reconciled for BackupPolicy {
         ctx.metrics.set_policy_backups(
             &ns,
             &name,
-            obj.spec.target.host.as_str(),
+            target,
             plan.status.bytes_stored,
             &plan.last_backups,
         );
@@ -1855,7 +1856,7 @@ mod tests {
             );
             j.metadata.name = Some(name.into());
             j.spec.policy = policy.into();
-            j.spec.target.host = target.into();
+            j.spec.target.host = Some(target.into());
             j.status = phase.map(|phase| crate::api::BackupJobStatus {
                 phase,
                 ..Default::default()
