@@ -12,6 +12,7 @@ pub mod hostinfo;
 pub mod job;
 pub mod limits;
 pub mod listener;
+pub mod objstore_job;
 pub mod ratelimit;
 pub mod restore;
 pub mod runner;

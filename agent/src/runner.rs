@@ -180,7 +180,12 @@ impl Runner {
     /// Runs a claimed job and records the outcome.
     pub async fn execute(&self, job: BackupJob) -> Result<(), RunnerError> {
         let started = std::time::Instant::now();
-        let result = match self.endpoint(job.spec.target.host_name()).await {
+        // An object-store target has no backup host: the upload goes to the bucket.
+        let endpoint = match job.spec.target.object_store {
+            Some(_) => Ok(Endpoint::new("object-store", String::new())),
+            None => self.endpoint(job.spec.target.host_name()).await,
+        };
+        let result = match endpoint {
             Ok(ep) => {
                 job::run(
                     &self.zfs,
