@@ -17,7 +17,7 @@ use zetaback_objstore::upload::{UploadSpec, upload};
 use zetaback_objstore::{Credentials, Keys, ObjStoreError, connect};
 
 use crate::job::{JobError, JobOutcome, JobSettings};
-use crate::transfer::{self, CHANNEL_DEPTH, SourceDone};
+use crate::transfer::{self, CHANNEL_DEPTH, SourceDone, TransferError};
 use crate::zfs::{SendRequest, Zfs};
 
 /// Sends `req` and uploads it as backup `id` of `spec` into `target`'s bucket.
@@ -83,11 +83,15 @@ pub async fn send(
         let uploaded = upload(store.as_ref(), &keys, &up, chunks).await;
         let produced = producer.await;
         let manifest = match (uploaded, produced) {
-            // The source's own error first: it is the cause of a failed upload.
-            (_, Ok(Err(e))) => return Err(e.into()),
-            (_, Err(e)) => return Err(ObjStoreError::Source(e.to_string()).into()),
-            (Err(e), Ok(Ok(_))) => return Err(e.into()),
             (Ok(m), Ok(Ok(_))) => m,
+            // The source's own failure is the cause of a failed upload...
+            (_, Ok(Err(e @ (TransferError::Source(_) | TransferError::Read(_))))) => {
+                return Err(e.into());
+            }
+            // ...otherwise the bucket's answer is (the producer only saw its reader go away).
+            (Err(e), _) => return Err(e.into()),
+            (Ok(_), Ok(Err(e))) => return Err(e.into()),
+            (Ok(_), Err(e)) => return Err(ObjStoreError::Source(e.to_string()).into()),
         };
         let secs = started.elapsed().as_secs_f64().max(0.001);
         info!(bytes = manifest.bytes, secs, "uploaded");

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SeaweedFS, the S3-compatible object store the object-store tests run against: built from its
 # Go module (pinned by e2e/tools/seaweedfs/go.mod and go.sum) and cached under
-# ~/.cache/zetaback/bin/seaweedfs-<key>/weed, <key> hashing the pins and this script (its own
+# ~/.cache/zetaback/bin/seaweedfs-<key>/weed, <key> hashing the pins and the build recipe (its own
 # cache key: the control plane's binaries are not rebuilt when SeaweedFS's pin moves).
 #
 #   seaweedfs.sh build   build `weed` unless cached; prints its path
@@ -26,9 +26,13 @@ tools="$root/e2e/tools/seaweedfs"
 log() { echo "seaweedfs.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
+recipe='CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" github.com/seaweedfs/seaweedfs/weed'
+
 build() {
   local key out start
-  key=$(cat "$tools/go.mod" "$tools/go.sum" "$tools/tools.go" "$0" | sha256sum | cut -c1-16)
+  # The key: the pins and the build recipe (not this whole script, so editing how the server
+  # runs does not rebuild it).
+  key=$( (cat "$tools/go.mod" "$tools/go.sum" "$tools/tools.go"; echo "$recipe") | sha256sum | cut -c1-16)
   out="$cache/bin/seaweedfs-$key"
   if [ -x "$out/weed" ]; then echo "$out/weed"; return 0; fi
   export PATH="$PATH:/usr/local/go/bin"
@@ -54,23 +58,34 @@ up() {
   if ! alive; then
     # -s3.config: the identities; -volume.max 0: as many volumes as the disk allows;
     # -master.volumeSizeLimitMB 64: small volumes so a test machine's disk is not reserved.
+    # -s3.autoCreateBucket=false: a missing bucket is an error, as on AWS (SeaweedFS would
+    # otherwise create it on an admin identity's first upload).
     nohup "$weed" server -ip 127.0.0.1 -ip.bind 127.0.0.1 -dir "$run/data" \
       -master.port 19333 -master.volumeSizeLimitMB 64 \
       -volume.port 18080 -volume.max 0 \
       -filer -filer.port 18888 \
-      -s3 -s3.port "$s3_port" -s3.config "$run/s3.json" \
+      -s3 -s3.port "$s3_port" -s3.config "$run/s3.json" -s3.autoCreateBucket=false \
       >"$run/weed.log" 2>&1 9>&- &
     echo $! >"$run/weed.pid"
   fi
   for _ in $(seq 1 240); do
     # An anonymous request to the gateway answers 403 once it serves (identities are on).
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$s3_port/" || true)
-    case "$code" in 2??|403) echo "http://127.0.0.1:$s3_port"; return 0 ;; esac
+    case "$code" in 2??|403) make_bucket; echo "http://127.0.0.1:$s3_port"; return 0 ;; esac
     alive || { tail -30 "$run/weed.log" >&2; die "weed exited"; }
     sleep 0.5
   done
   tail -30 "$run/weed.log" >&2
   die "the S3 gateway did not answer on port $s3_port within 120 s"
+}
+
+# The tests' bucket, made with the admin identity (SigV4 by curl); 409: it exists already.
+make_bucket() {
+  local code
+  code=$(curl -s -o "$run/make-bucket.out" -w '%{http_code}' -X PUT \
+    --aws-sigv4 "aws:amz:us-east-1:s3" --user "ZBE2EADMIN:zetaback-e2e-admin-secret" \
+    "http://127.0.0.1:$s3_port/zetaback-e2e")
+  case "$code" in 200|409) ;; *) cat "$run/make-bucket.out" >&2; die "could not create bucket zetaback-e2e (HTTP $code)" ;; esac
 }
 
 down() {

@@ -66,10 +66,12 @@ where
 {
     let stream_key = keys.stream(&spec.host, &spec.dataset, &spec.id, false)?;
     let manifest_key = keys.manifest(&spec.host, &spec.dataset, &spec.id, false)?;
-    match store.head(&manifest_key).await {
+    // A GET, not a HEAD: an answer to HEAD has no body, so a refusal would lose the server's
+    // reason (SignatureDoesNotMatch, NoSuchBucket, AccessDenied) on its way to the status.
+    match store.get(&manifest_key).await {
         Ok(_) => return Err(ObjStoreError::AlreadyStored(spec.id.to_string())),
         Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(ObjStoreError::request("HEAD", &manifest_key, e)),
+        Err(e) => return Err(ObjStoreError::request("GET", &manifest_key, e)),
     }
     let mut upload = store
         .put_multipart(&stream_key)
