@@ -1140,21 +1140,24 @@ impl Reconciled for BackupPolicy {
             .collect();
         let host_names: Vec<String> = hosts.iter().map(|h| h.name_any()).collect();
         let read_started = std::time::Instant::now();
-        let store_read: Result<StoreView, String> = match (&endpoint, target_host) {
-            (Some(ep), _) => ctx
-                .catalogues
-                .view(&ctx.store, ep, &host_names, &known)
-                .await
-                .map_err(|e| e.to_string()),
-            (None, None) => Err(format!(
-                "backup host {} does not exist (no ZfsHost of that name)",
-                obj.spec.target.host_name()
-            )),
-            (None, Some(_)) => Err(format!(
-                "backup host {} has no agent endpoint yet (is its agent running?)",
-                obj.spec.target.host_name()
-            )),
-        };
+        let store_read: Result<StoreView, String> =
+            match (&obj.spec.target.object_store, &endpoint, target_host) {
+                // An object store: the bucket is the catalogue (no backup host).
+                (Some(os), _, _) => super::object_store::view(&ctx.client, &ns, os).await,
+                (None, Some(ep), _) => ctx
+                    .catalogues
+                    .view(&ctx.store, ep, &host_names, &known)
+                    .await
+                    .map_err(|e| e.to_string()),
+                (None, None, None) => Err(format!(
+                    "backup host {} does not exist (no ZfsHost of that name)",
+                    obj.spec.target.host_name()
+                )),
+                (None, None, Some(_)) => Err(format!(
+                    "backup host {} has no agent endpoint yet (is its agent running?)",
+                    obj.spec.target.host_name()
+                )),
+            };
         ctx.metrics
             .observe_store_read(read_started.elapsed().as_secs_f64());
         let catalogue = store_read.as_ref().ok();
@@ -1239,6 +1242,11 @@ impl Reconciled for BackupPolicy {
             }
         }));
         let store_ops = async {
+            if let Some(os) = &obj.spec.target.object_store {
+                // Archiving into an object store's archive prefix is not done yet (issue 17).
+                super::object_store::delete_expired(&ctx.client, &ns, os, &plan.delete).await;
+                return;
+            }
             let Some(ep) = &endpoint else { return };
             for (host, dataset, id) in &plan.archive {
                 match ctx.store.archive(ep, host, dataset, id).await {

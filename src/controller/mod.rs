@@ -9,6 +9,7 @@ pub mod backup_policy;
 pub mod fallback_route;
 pub mod leader;
 pub mod metrics;
+pub mod object_store;
 pub mod restore;
 pub mod spec_check;
 pub mod status;
