@@ -18,6 +18,8 @@ pub mod upload;
 
 pub use connect::{Credentials, connect};
 pub use keys::Keys;
+/// The S3 client crate, for callers that read or delete objects themselves.
+pub use object_store;
 
 /// What can go wrong talking to the bucket.
 #[derive(Debug, thiserror::Error)]

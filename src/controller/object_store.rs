@@ -5,8 +5,8 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
-use object_store::ObjectStoreExt;
 use zetaback_core::api::backup_policy::ObjectStoreTarget;
+use zetaback_objstore::object_store::ObjectStoreExt;
 use zetaback_objstore::{Credentials, Keys, catalogue, connect};
 
 use super::store_client::StoreView;
