@@ -26,7 +26,7 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 start=$(date +%s)
 if [ "${CI:-}" = true ]; then
   # Leave nothing running behind a CI run.
-  trap 'bash e2e/scripts/env.sh down >/dev/null 2>&1 || true; bash e2e/scripts/zfs.sh stop >/dev/null 2>&1 || true' EXIT
+  trap 'bash e2e/scripts/env.sh down >/dev/null 2>&1 || true; bash e2e/scripts/seaweedfs.sh down >/dev/null 2>&1 || true; bash e2e/scripts/zfs.sh stop >/dev/null 2>&1 || true' EXIT
 fi
 
 # `-p PACKAGE --test NAME` for every integration test of tier $1 (e2e/test-tiers.txt).
@@ -47,7 +47,9 @@ case "$tier" in
     bash e2e/scripts/install-deps.sh
     echo "== zfs-fuse"
     bash e2e/scripts/zfs.sh start
-    echo "== tests on real parts (zfs-fuse, nginx, openssl)"
+    echo "== SeaweedFS (the S3 server of the object-store tests; built once, cached)"
+    bash e2e/scripts/seaweedfs.sh build >/dev/null
+    echo "== tests on real parts (zfs-fuse, nginx, openssl, SeaweedFS)"
     mapfile -t targets < <(tier_targets real)
     cargo test --locked "${targets[@]}" -- --test-threads 2
     echo "== real tier passed in $(( $(date +%s) - start ))s"
@@ -77,6 +79,7 @@ if [ "${CI:-}" = true ]; then
 fi
 echo "== upstream binaries (built once, cached under ~/.cache/zetaback/bin)"
 bash e2e/scripts/build-tools.sh
+bash e2e/scripts/seaweedfs.sh build
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

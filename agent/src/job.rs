@@ -42,6 +42,8 @@ pub enum JobError {
     Zfs(#[from] ZfsError),
     #[error(transparent)]
     Transfer(#[from] TransferError),
+    #[error(transparent)]
+    ObjectStore(#[from] zetaback_objstore::ObjStoreError),
 }
 
 /// Settings shared by every job of this agent.
@@ -56,6 +58,9 @@ pub struct JobSettings {
     /// TLS to the target agents (the CA their certificates must verify against); `None`:
     /// plaintext HTTP.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// This host's own keys for object-store targets (`--object-store-credentials`), read at
+    /// each job so that rotated keys take effect without a restart.
+    pub object_store_credentials: Option<std::path::PathBuf>,
 }
 
 /// Refuses a job whose dataset the host does not offer: its ZfsHost's `spec.datasets`
@@ -117,9 +122,14 @@ pub fn check_spec(spec: &BackupJobSpec) -> Result<(), JobError> {
             "intermediates (zfs send -I) is only for an incremental".into(),
         ));
     }
-    if spec.target.path.is_some() == spec.target.dataset.is_some() {
+    let targets = [
+        spec.target.path.is_some(),
+        spec.target.dataset.is_some(),
+        spec.target.object_store.is_some(),
+    ];
+    if targets.iter().filter(|t| **t).count() != 1 {
         return Err(JobError::Invalid(
-            "target needs exactly one of path and dataset".into(),
+            "target needs exactly one of path, dataset and objectStore".into(),
         ));
     }
     Ok(())
@@ -142,6 +152,8 @@ pub fn snapshot_may_be_in_use(error: &JobError, resumable_replica: bool) -> bool
     match error {
         JobError::Transfer(TransferError::Connection(_) | TransferError::Mismatch { .. }) => true,
         JobError::Transfer(TransferError::Source(_) | TransferError::Read(_)) => resumable_replica,
+        // The manifest's PUT may have reached the bucket before its answer was lost.
+        JobError::ObjectStore(zetaback_objstore::ObjStoreError::Request { op: "PUT", .. }) => true,
         _ => false,
     }
 }
@@ -369,6 +381,12 @@ async fn send_and_upload(
     if let Ok(Some(estimate)) = zfs.estimate(&req).await {
         info!(estimate, "estimated stream size");
     }
+    if let Some(target) = &spec.target.object_store {
+        return crate::objstore_job::send(
+            zfs, host, spec, policy, settings, target, &req, id, base,
+        )
+        .await;
+    }
     let up = Upload {
         host: host.to_owned(),
         dataset,
@@ -474,9 +492,10 @@ mod tests {
             base_snapshot: base.map(str::to_owned),
             snapshot: "zetaback-3".into(),
             target: Target {
-                host: "backup-1".into(),
+                host: Some("backup-1".into()),
                 path: None,
                 dataset: Some("backup/r".into()),
+                object_store: None,
             },
             compression: Compression::None,
             intermediates,

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod job;
 pub mod limits;
 pub mod listener;
+pub mod objstore_job;
 pub mod ratelimit;
 pub mod restore;
 pub mod runner;

@@ -219,6 +219,11 @@ struct Args {
     /// Abandon a stream that made no progress for this many seconds.
     #[arg(long, env = "ZETABACK_IDLE_TIMEOUT", default_value_t = 60)]
     idle_timeout: u64,
+    /// This host's keys for object-store targets: a JSON file
+    /// `{"accessKeyId": "...", "secretAccessKey": "..."}`, scoped by the store's policy to
+    /// this host's prefix, without delete (the controller holds the keys that delete).
+    #[arg(long, env = "ZETABACK_OBJECT_STORE_CREDENTIALS")]
+    object_store_credentials: Option<PathBuf>,
     /// Seconds between host inspections.
     #[arg(long, default_value_t = 30)]
     status_interval: u64,
@@ -346,9 +351,10 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         base_snapshot: a.base_snapshot,
         snapshot: a.snapshot,
         target: Target {
-            host: "manual".into(),
+            host: Some("manual".into()),
             path: a.target_path,
             dataset: a.target_dataset.map(|d| d.as_str().into()),
+            object_store: None,
         },
         compression: match a.compression {
             CompressionArg::None => Compression::None,
@@ -366,6 +372,7 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         bandwidth_limit: a.bandwidth_limit,
         prune_snapshots: !a.keep_snapshots,
         idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+        object_store_credentials: None,
     };
     let endpoint = zetaback_agent::transfer::Endpoint::new(&a.target, token);
     let out =
@@ -536,6 +543,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
                 bandwidth_limit: args.bandwidth_limit,
                 prune_snapshots: !args.keep_snapshots,
                 idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+                object_store_credentials: args.object_store_credentials.clone(),
             },
         },
     ));

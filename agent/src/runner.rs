@@ -197,9 +197,11 @@ impl Runner {
     pub async fn execute(&self, job: BackupJob) -> Result<(), RunnerError> {
         let started = std::time::Instant::now();
         let checked = self.check_offered(&job.spec.dataset.0).await;
-        let endpoint = match checked {
-            Ok(()) => self.endpoint(&job.spec.target.host.0).await,
-            Err(e) => Err(e),
+        // An object-store target has no backup host: the upload goes to the bucket.
+        let endpoint = match (checked, &job.spec.target.object_store) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(_)) => Ok(Endpoint::new("object-store", String::new())),
+            (Ok(()), None) => self.endpoint(job.spec.target.host_name()).await,
         };
         let result = match endpoint {
             Ok(ep) => {
@@ -401,9 +403,10 @@ mod tests {
                 base_snapshot: None,
                 snapshot: "zetaback-1".into(),
                 target: Target {
-                    host: "backup-1".into(),
+                    host: Some("backup-1".into()),
                     path: Some("/srv".into()),
                     dataset: None,
+                    object_store: None,
                 },
                 compression: Compression::None,
                 intermediates: false,

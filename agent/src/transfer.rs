@@ -277,13 +277,13 @@ pub(crate) async fn json_answer<T: serde::de::DeserializeOwned>(
 
 /// Milliseconds since `epoch` of the last progress, shared by the producer and the watchdog.
 #[derive(Debug, Clone)]
-struct Progress {
+pub(crate) struct Progress {
     epoch: tokio::time::Instant,
     last: Arc<AtomicU64>,
 }
 
 impl Progress {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             epoch: tokio::time::Instant::now(),
             last: Arc::new(AtomicU64::new(0)),
@@ -308,7 +308,7 @@ impl Progress {
     }
 }
 
-async fn produce(
+pub(crate) async fn produce(
     reader: impl AsyncRead + Send + Unpin + 'static,
     compression: Compression,
     limit: u64,

@@ -187,9 +187,10 @@ async fn runner_claims_runs_and_recovers_jobs() {
     assert!(status.pools.iter().any(|p| p.name == pool.name));
 
     let target = Target {
-        host: dst_host.as_str().into(),
+        host: Some(dst_host.as_str().into()),
         path: Some(store_root.clone()),
         dataset: None,
+        object_store: None,
     };
     // A full, then an incremental; two agents race for each, one runs it.
     jobs.create(
@@ -244,9 +245,10 @@ async fn runner_claims_runs_and_recovers_jobs() {
 
     // A job whose target has no agent fails with a message.
     let nowhere = Target {
-        host: "nowhere".into(),
+        host: Some("nowhere".into()),
         path: Some("/x".into()),
         dataset: None,
+        object_store: None,
     };
     jobs.create(
         &PostParams::default(),
@@ -349,9 +351,10 @@ async fn runner_runs_jobs_created_before_it_started_and_only_its_hosts() {
     })
     .await;
     let target = Target {
-        host: dst_host.as_str().into(),
+        host: Some(dst_host.as_str().into()),
         path: Some(store_root.clone()),
         dataset: None,
+        object_store: None,
     };
 
     // Both jobs exist before the source agent starts; the other host's first.

@@ -103,7 +103,7 @@ impl Cluster {
         policy: &BackupPolicy,
         hosts: &[ZfsHost],
     ) -> Result<store::Catalogue, String> {
-        let target = policy.spec.target.host.as_str();
+        let target = policy.spec.target.host_name();
         let host = hosts
             .iter()
             .find(|h| h.name_any() == target)

@@ -312,7 +312,7 @@ impl Expectations {
                 .values()
                 .filter(|(j, at)| {
                     at.elapsed() < EXPECTATION_TTL
-                        && j.spec.target.host.as_str() == target
+                        && j.spec.target.key() == target
                         && in_flight(j)
                         && !seen.contains(&(j.metadata.namespace.as_deref(), j.name_any()))
                 })
@@ -1197,7 +1197,7 @@ fn policies_using(
         .state()
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
-        .filter(|p| selects_host(p, host) || p.spec.target.host.as_str() == name)
+        .filter(|p| selects_host(p, host) || p.spec.target.host_name() == name)
         .map(|p| object_ref(&p.name_any(), p.namespace().as_deref()))
         .collect()
 }
@@ -1311,12 +1311,13 @@ impl Reconciled for BackupPolicy {
             .collect();
         // This policy's jobs, and the other policies' jobs into the same backup host (they
         // share its `perTarget` slots).
-        let target = obj.spec.target.host.as_str();
+        let target_key = obj.spec.target.key();
+        let target = target_key.as_str();
         let (cached, elsewhere): (Vec<Arc<BackupJob>>, Vec<Arc<BackupJob>>) = ctx
             .jobs
             .state()
             .into_iter()
-            .filter(|j| j.spec.target.host.as_str() == target || is_own_job(j, &ns, &name))
+            .filter(|j| j.spec.target.key() == target || is_own_job(j, &ns, &name))
             .partition(|j| is_own_job(j, &ns, &name));
         let jobs = ctx.expected.adjust(&ns, &name, cached);
         let target_in_flight_elsewhere = ctx
@@ -1324,7 +1325,7 @@ impl Reconciled for BackupPolicy {
             .in_flight_elsewhere(&ns, &name, target, &elsewhere);
         let target_host = all_hosts
             .iter()
-            .find(|h| h.name_any() == obj.spec.target.host.as_str());
+            .find(|h| h.name_any() == obj.spec.target.host_name());
         // Tenancy: every host the policy would back up, and its backup host, must serve the
         // policy's namespace; otherwise it is refused and touches nothing (no job, no
         // retention, no archive).
@@ -1377,21 +1378,24 @@ impl Reconciled for BackupPolicy {
             .collect();
         let host_names: Vec<String> = hosts.iter().map(|h| h.name_any()).collect();
         let read_started = std::time::Instant::now();
-        let store_read: Result<StoreView, String> = match (&endpoint, target_host) {
-            (Some(ep), _) => ctx
-                .catalogues
-                .view(&ctx.store, ep, &host_names, &known)
-                .await
-                .map_err(|e| e.to_string()),
-            (None, None) => Err(format!(
-                "backup host {} does not exist (no ZfsHost of that name)",
-                obj.spec.target.host
-            )),
-            (None, Some(_)) => Err(format!(
-                "backup host {} has no agent endpoint yet (is its agent running?)",
-                obj.spec.target.host
-            )),
-        };
+        let store_read: Result<StoreView, String> =
+            match (&obj.spec.target.object_store, &endpoint, target_host) {
+                // An object store: the bucket is the catalogue (no backup host).
+                (Some(os), _, _) => super::object_store::view(&ctx.client, &ns, os).await,
+                (None, Some(ep), _) => ctx
+                    .catalogues
+                    .view(&ctx.store, ep, &host_names, &known)
+                    .await
+                    .map_err(|e| e.to_string()),
+                (None, None, None) => Err(format!(
+                    "backup host {} does not exist (no ZfsHost of that name)",
+                    obj.spec.target.host_name()
+                )),
+                (None, None, Some(_)) => Err(format!(
+                    "backup host {} has no agent endpoint yet (is its agent running?)",
+                    obj.spec.target.host_name()
+                )),
+            };
         ctx.metrics
             .observe_store_read(read_started.elapsed().as_secs_f64());
         let catalogue = store_read.as_ref().ok();
@@ -1476,6 +1480,11 @@ impl Reconciled for BackupPolicy {
             }
         }));
         let store_ops = async {
+            if let Some(os) = &obj.spec.target.object_store {
+                // Archiving into an object store's archive prefix is not done yet (issue 17).
+                super::object_store::delete_expired(&ctx.client, &ns, os, &plan.delete).await;
+                return;
+            }
             let Some(ep) = &endpoint else { return };
             for (host, dataset, id) in &plan.archive {
                 match ctx.store.archive(ep, host, dataset, id).await {
@@ -1531,7 +1540,7 @@ impl Reconciled for BackupPolicy {
         ctx.metrics.set_policy_backups(
             &ns,
             &name,
-            obj.spec.target.host.as_str(),
+            target,
             plan.status.bytes_stored,
             &plan.last_backups,
         );
@@ -2133,7 +2142,7 @@ mod tests {
             );
             j.metadata.name = Some(name.into());
             j.spec.policy = policy.into();
-            j.spec.target.host = target.into();
+            j.spec.target.host = Some(target.into());
             j.status = phase.map(|phase| crate::api::BackupJobStatus {
                 phase,
                 ..Default::default()

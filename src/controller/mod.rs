@@ -10,6 +10,7 @@ pub mod fallback_route;
 pub mod grants;
 pub mod leader;
 pub mod metrics;
+pub mod object_store;
 pub mod restore;
 pub mod spec_check;
 pub mod status;

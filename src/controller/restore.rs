@@ -255,7 +255,7 @@ pub fn store_hosts<'a>(policies: impl IntoIterator<Item = &'a BackupPolicy>) -> 
     policies
         .into_iter()
         .filter(|p| p.spec.target.path.is_some())
-        .map(|p| p.spec.target.host.as_str().to_owned())
+        .map(|p| p.spec.target.host_name().to_owned())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()

@@ -47,6 +47,13 @@ use crate::duration::{cel_is_duration, cel_seconds};
 )).message("incremental.every must be shorter than full.every (an incremental is due between fulls)").field_path(".incremental.every"))]
 #[x_kube(validation = Rule::new("!has(self.verify) || !has(self.target.dataset)").message("verify re-reads streams stored as files (target.path); a replica target (target.dataset) is checked by zfs scrub on its pool").field_path(".verify"))]
 #[x_kube(validation = Rule::new("!has(self.archive) || !has(self.target.dataset)").message("archive applies to backups stored as files (target.path); a replica target (target.dataset) keeps its snapshots until retention deletes them").field_path(".archive"))]
+#[x_kube(validation = Rule::new(format!(
+    "!has(self.archive) || !has(self.target.objectStore) || !has(self.target.objectStore.immutableFor) || !{} || !{} || {} >= {}",
+    cel_is_duration("self.target.objectStore.immutableFor"),
+    cel_is_duration("self.archive.after"),
+    cel_seconds("self.archive.after"),
+    cel_seconds("self.target.objectStore.immutableFor")
+)).message("archive.after must not be shorter than target.objectStore.immutableFor: archiving moves a backup to the archive prefix, which deletes the original, and a locked object cannot be deleted before its lock expires").field_path(".archive.after"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupPolicySpec {
     /// Which ZfsHosts this policy covers.
@@ -287,14 +294,17 @@ pub struct ArchiveSpec {
     pub keep: RetentionString,
 }
 
-/// Where streams go: a directory on a ZfsHost (Zetaback's file layout) or a dataset there
-/// (replica mode, `zfs receive`). Exactly one of `path` and `dataset`.
+/// Where streams go: a directory on a ZfsHost (Zetaback's file layout), a dataset there
+/// (replica mode, `zfs receive`), or an S3-compatible bucket (`objectStore`, no backup host:
+/// the sources upload themselves). Exactly one of `path`, `dataset` and `objectStore`.
 #[derive(KubeSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[x_kube(validation = Rule::new("has(self.path) != has(self.dataset)").message("target needs exactly one of path (store streams as files) or dataset (receive into a pool)"))]
+#[x_kube(validation = Rule::new("[has(self.path), has(self.dataset), has(self.objectStore)].filter(x, x).size() == 1").message("target needs exactly one of path (store streams as files), dataset (receive into a pool) or objectStore (upload into an S3 bucket)"))]
+#[x_kube(validation = Rule::new("has(self.objectStore) != has(self.host)").message("target.host names the backup host of a path or dataset target; an objectStore target has no backup host (the sources upload to the bucket), so give host exactly when path or dataset is set"))]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
-    /// The ZfsHost whose agent stores the backups.
-    pub host: ObjectName,
+    /// The ZfsHost whose agent stores the backups (for `path` and `dataset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<ObjectName>,
     /// A directory on that host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..') && !self.contains('//')").message("target.path must be an absolute path without '..' or '//'"))]
@@ -304,6 +314,93 @@ pub struct Target {
     /// A dataset on that host that receives the streams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetName>,
+    /// An S3-compatible bucket the source agents upload into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<ObjectStoreTarget>,
+}
+
+impl Target {
+    /// What the `perTarget` cap counts jobs by: the backup host, or for an object store its
+    /// endpoint, bucket and prefix (every policy writing there shares the slots).
+    pub fn key(&self) -> String {
+        match (&self.host, &self.object_store) {
+            (Some(h), _) => h.0.clone(),
+            (None, Some(o)) => format!(
+                "s3:{}/{}/{}",
+                o.endpoint.as_deref().unwrap_or(""),
+                o.bucket,
+                o.prefix.as_deref().unwrap_or("")
+            ),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The backup host's name (`""` for an object-store target, which has none).
+    pub fn host_name(&self) -> &str {
+        self.host.as_ref().map_or("", ObjectName::as_str)
+    }
+}
+
+/// An S3-compatible bucket: where, which credentials, and how objects are kept. Keys are laid
+/// out as in a file store, under `prefix`: `<prefix>/<host>/<dataset, '/' as '+'>/<id>` and
+/// `<id>.json` (its manifest, written last), `<prefix>/.archive/...` for archived backups.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStoreTarget {
+    /// The S3 endpoint URL, e.g. `https://s3.eu-west-1.amazonaws.com` or
+    /// `http://seaweedfs-s3.storage:8333`. Unset: AWS S3 of `region`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#@[:space:]]+/?$')").message("objectStore.endpoint must be an http:// or https:// URL with a host (and port) only, no path, query or credentials, e.g. https://s3.example.com:9000"))]
+    pub endpoint: Option<String>,
+    /// The bucket (it must exist: it is not created).
+    #[schemars(length(min = 3, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9.-]*[a-z0-9]$') && !self.contains('..')").message("objectStore.bucket must be an S3 bucket name: 3-63 lower-case letters, digits, '.' or '-', beginning and ending with a letter or digit"))]
+    pub bucket: String,
+    /// A key prefix under which this policy's backups live (no leading or trailing `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$') && !self.split('/').exists(p, p == '.' || p == '..' || p == '.archive')").message("objectStore.prefix must be path segments of letters, digits, '_', '.' or '-' separated by single '/', without a leading or trailing '/' and without '.', '..' or '.archive' segments"))]
+    pub prefix: Option<String>,
+    /// The region requests are signed for (SeaweedFS and most S3-compatible servers accept
+    /// any; `us-east-1` by default).
+    #[serde(default = "default_region")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9-]+$')").message("objectStore.region must be lower-case letters, digits and '-', e.g. us-east-1"))]
+    pub region: String,
+    /// Path-style requests (`<endpoint>/<bucket>/<key>`) instead of virtual-hosted style
+    /// (`<bucket>.<endpoint>/<key>`); most self-hosted servers need `true`.
+    #[serde(default)]
+    pub path_style: bool,
+    /// The Secret (in the policy's namespace) with the controller's credentials for the
+    /// bucket, keys `accessKeyId` and `secretAccessKey`: it lists, reads, archives and deletes.
+    /// Source agents use their own, narrower credentials (see the agent's
+    /// `--object-store-credentials`): they can write only their host's prefix.
+    pub credentials_secret: SecretName,
+    /// The storage class archived backups are copied to (e.g. `GLACIER_IR`, `COLD`); unset:
+    /// archived backups keep the class they were written with and only move to the archive
+    /// prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Z][A-Z0-9_]*$')").message("objectStore.archiveStorageClass must be an S3 storage class name in capitals, e.g. STANDARD_IA or GLACIER_IR"))]
+    pub archive_storage_class: Option<String>,
+    /// S3 Object Lock: every object is written with a retention of this long (compliance
+    /// mode), so nobody, the controller included, can delete it earlier. The bucket must have
+    /// Object Lock enabled. Retention never tries to delete a backup before its lock expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable_for: Option<DurationString>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+/// The name of a Secret in the policy's namespace.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretName {
+    /// The Secret's name.
+    pub name: ObjectName,
 }
 
 /// Stream compression.

@@ -1,0 +1,110 @@
+//! A backup job whose target is an object store: `zfs send` goes through the same producer as
+//! an upload to a store agent (compression, bandwidth limit, the source's exit status) and from
+//! there into a multipart upload in the bucket (`zetaback_objstore::upload`), signed with this
+//! host's own keys (`--object-store-credentials`).
+
+use std::io;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{Instrument, info, info_span};
+use zetaback_core::api::BackupJobSpec;
+use zetaback_core::api::backup_policy::ObjectStoreTarget;
+use zetaback_core::store::StreamId;
+use zetaback_objstore::upload::{UploadSpec, upload};
+use zetaback_objstore::{Credentials, Keys, ObjStoreError, connect};
+
+use crate::job::{JobError, JobOutcome, JobSettings};
+use crate::transfer::{self, CHANNEL_DEPTH, SourceDone, TransferError};
+use crate::zfs::{SendRequest, Zfs};
+
+/// Sends `req` and uploads it as backup `id` of `spec` into `target`'s bucket.
+#[allow(clippy::too_many_arguments)]
+pub async fn send(
+    zfs: &Zfs,
+    host: &str,
+    spec: &BackupJobSpec,
+    policy: Option<&str>,
+    settings: &JobSettings,
+    target: &ObjectStoreTarget,
+    req: &SendRequest,
+    id: StreamId,
+    base: Option<String>,
+) -> Result<JobOutcome, JobError> {
+    let path = settings.object_store_credentials.as_deref().ok_or_else(|| {
+        JobError::Invalid(
+            "this agent has no object-store credentials (--object-store-credentials): it cannot upload into a bucket".into(),
+        )
+    })?;
+    let creds = Credentials::from_file(path)?;
+    let store = connect(target, &creds)?;
+    let keys = Keys::new(target.prefix.as_deref());
+    let up = UploadSpec {
+        host: host.to_owned(),
+        dataset: spec.dataset.0.clone(),
+        id,
+        snapshot: spec.snapshot.clone(),
+        base_snapshot: base,
+        compression: spec.compression,
+        policy: policy.map(str::to_owned),
+    };
+    let span = info_span!("object_store_upload", bucket = %target.bucket, backup = %id);
+    async move {
+        let mut child = zfs.send(req)?;
+        let stdout = child
+            .take_stdout()
+            .ok_or_else(|| JobError::Invalid("zfs send has no stdout".into()))?;
+        let done: SourceDone =
+            Box::pin(async move { child.wait().await.map_err(|e| e.to_string()) });
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let producer = tokio::spawn(transfer::produce(
+            stdout,
+            spec.compression,
+            settings.bandwidth_limit,
+            done,
+            tx,
+            transfer::Progress::new(),
+        ));
+        // Data frames are the stream; the trailer (the transit checksum) ends it; an error
+        // (the source failed) fails the upload, which is then aborted.
+        let chunks = futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await? {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => return Some((Ok::<Bytes, io::Error>(data), rx)),
+                        Err(_trailers) => continue,
+                    },
+                    Err(e) => return Some((Err(e), rx)),
+                }
+            }
+        })
+        .boxed();
+        let started = Instant::now();
+        let uploaded = upload(store.as_ref(), &keys, &up, chunks).await;
+        let produced = producer.await;
+        let manifest = match (uploaded, produced) {
+            (Ok(m), Ok(Ok(_))) => m,
+            // The source's own failure is the cause of a failed upload...
+            (_, Ok(Err(e @ (TransferError::Source(_) | TransferError::Read(_))))) => {
+                return Err(e.into());
+            }
+            // ...otherwise the bucket's answer is (the producer only saw its reader go away).
+            (Err(e), _) => return Err(e.into()),
+            (Ok(_), Ok(Err(e))) => return Err(e.into()),
+            (Ok(_), Err(e)) => return Err(ObjStoreError::Source(e.to_string()).into()),
+        };
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        info!(bytes = manifest.bytes, secs, "uploaded");
+        Ok(JobOutcome {
+            backup_id: manifest.id.clone(),
+            bytes: manifest.bytes,
+            sha256: manifest.sha256.clone(),
+            bytes_per_second: (manifest.bytes as f64 / secs) as u64,
+            replica: None,
+        })
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,102 @@
+//! The catalogue of a bucket: every manifest under the prefix (listed page by page by the
+//! client), each one a backup when its stream object is there with the manifest's size, the
+//! same rule as the file store's scan (`core/src/store/catalogue.rs`).
+
+use std::collections::HashMap;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use zetaback_core::store::{Catalogue, Manifest, StoredBackup};
+
+use crate::keys::ParsedKey;
+use crate::{Keys, ObjStoreError};
+
+/// Lists the bucket under `keys`' prefix and reads every manifest: the backups (sorted by
+/// host, dataset, time, id), and the problems of manifests that do not match their stream.
+pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, ObjStoreError> {
+    let root = keys.root();
+    let objects: Vec<object_store::ObjectMeta> =
+        store.list(root.as_ref()).try_collect().await.map_err(|e| {
+            ObjStoreError::request("LIST", root.map(|r| r.to_string()).unwrap_or_default(), e)
+        })?;
+    let mut streams: HashMap<(bool, String, String, String), u64> = HashMap::new();
+    let mut manifests = Vec::new();
+    for o in &objects {
+        let Some(p) = keys.parse(o.location.as_ref()) else {
+            continue;
+        };
+        if p.manifest {
+            manifests.push((p, o.location.clone()));
+        } else {
+            streams.insert(stream_slot(&p), o.size);
+        }
+    }
+    let mut catalogue = Catalogue::default();
+    for (p, location) in manifests {
+        let problem = |why: String| format!("{location}: {why}");
+        let Some(&size) = streams.get(&stream_slot(&p)) else {
+            catalogue
+                .problems
+                .push(problem("manifest without its stream".into()));
+            continue;
+        };
+        let body = store
+            .get(&location)
+            .await
+            .map_err(|e| ObjStoreError::request("GET", &location, e))?
+            .bytes()
+            .await
+            .map_err(|e| ObjStoreError::request("GET", &location, e))?;
+        match check(&p, &body, size) {
+            Ok(manifest) => catalogue.backups.push(StoredBackup {
+                manifest,
+                archived: p.archived,
+                // The object store has no verifier yet (issue 18): never verified.
+                verification: None,
+            }),
+            Err(why) => catalogue.problems.push(problem(why)),
+        }
+    }
+    catalogue.backups.sort_by(|a, b| {
+        (
+            &a.manifest.host,
+            &a.manifest.dataset,
+            a.manifest.created,
+            &a.manifest.id,
+            a.archived,
+        )
+            .cmp(&(
+                &b.manifest.host,
+                &b.manifest.dataset,
+                b.manifest.created,
+                &b.manifest.id,
+                b.archived,
+            ))
+    });
+    Ok(catalogue)
+}
+
+fn stream_slot(p: &ParsedKey) -> (bool, String, String, String) {
+    (
+        p.archived,
+        p.host.clone(),
+        p.dataset.clone(),
+        p.id.to_string(),
+    )
+}
+
+/// A manifest read from `p`'s key is a backup when it parses, names the backup its key names,
+/// and its size is the stream object's.
+fn check(p: &ParsedKey, body: &[u8], stream_size: u64) -> Result<Manifest, String> {
+    let manifest = Manifest::from_json(body).map_err(|e| e.to_string())?;
+    if manifest.id != p.id.to_string() || manifest.host != p.host || manifest.dataset != p.dataset {
+        return Err("manifest names another backup than its place in the store".into());
+    }
+    if manifest.bytes != stream_size {
+        return Err(format!(
+            "stream has {stream_size} bytes, manifest says {}",
+            manifest.bytes
+        ));
+    }
+    Ok(manifest)
+}

@@ -1,0 +1,103 @@
+//! The catalogue of a policy whose target is an object store: read from the manifests in the
+//! bucket (`zetaback_objstore::catalogue`) with the controller's keys, taken from the Secret
+//! the policy names (`target.objectStore.credentialsSecret`, keys `accessKeyId` and
+//! `secretAccessKey`), and indexed like a file store's catalogue.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use zetaback_core::api::backup_policy::ObjectStoreTarget;
+use zetaback_objstore::object_store::ObjectStoreExt;
+use zetaback_objstore::{Credentials, Keys, catalogue, connect};
+
+use super::store_client::StoreView;
+
+/// Reads the bucket's catalogue; the error is a sentence for the policy's status.
+pub async fn view(
+    client: &Client,
+    namespace: &str,
+    target: &ObjectStoreTarget,
+) -> Result<StoreView, String> {
+    let creds = credentials(client, namespace, target).await?;
+    let store = connect(target, &creds).map_err(|e| e.to_string())?;
+    let keys = Keys::new(target.prefix.as_deref());
+    let cat = catalogue::read(store.as_ref(), &keys)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(StoreView::from_store(&cat))
+}
+
+/// The controller's keys from the Secret the target names.
+async fn credentials(
+    client: &Client,
+    namespace: &str,
+    target: &ObjectStoreTarget,
+) -> Result<Credentials, String> {
+    let name = target.credentials_secret.name.as_str();
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .map_err(|e| format!("object-store credentials Secret {namespace}/{name}: {e}"))?;
+    let key = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("object-store credentials Secret {namespace}/{name} has no {k}"))
+    };
+    Ok(Credentials {
+        access_key_id: key("accessKeyId")?,
+        secret_access_key: key("secretAccessKey")?,
+    })
+}
+
+/// Deletes the backups retention expired (`(host, dataset, id)`, chosen by the same
+/// chain-aware policy logic as for a file store): the manifest first, so that a deletion cut
+/// short leaves a stream without its manifest, which is never a backup, then the stream.
+/// Failures are logged and retried at the next reconcile.
+pub async fn delete_expired(
+    client: &Client,
+    namespace: &str,
+    target: &ObjectStoreTarget,
+    expired: &[(String, String, String)],
+) {
+    if expired.is_empty() {
+        return;
+    }
+    let store = match credentials(client, namespace, target)
+        .await
+        .and_then(|c| connect(target, &c).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot delete expired backups from the bucket; will retry");
+            return;
+        }
+    };
+    let keys = Keys::new(target.prefix.as_deref());
+    for (host, dataset, id) in expired {
+        let result = async {
+            let parsed: zetaback_core::store::StreamId = id
+                .parse()
+                .map_err(|e: zetaback_core::store::StoreError| e.to_string())?;
+            for key in [
+                keys.manifest(host, dataset, &parsed, false),
+                keys.stream(host, dataset, &parsed, false),
+            ] {
+                let key = key.map_err(|e| e.to_string())?;
+                store.delete(&key).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(%host, %dataset, %id, "expired backup deleted from the bucket")
+            }
+            Err(e) => {
+                tracing::warn!(%host, %dataset, %id, error = %e, "deleting failed; will retry")
+            }
+        }
+    }
+}
