@@ -10,6 +10,5 @@ pub mod cli;
 pub mod controller;
 
 pub use zetaback_core::{
-    api, duration, error_chain, grant, names, policy, selection, store, telemetry, tenancy,
-    wire,
+    api, duration, error_chain, grant, names, policy, selection, store, telemetry, tenancy, wire,
 };

@@ -191,7 +191,8 @@ async fn backups_into_seaweedfs_restore_and_a_source_key_cannot_delete() {
     let mine: Vec<_> = cat.of(HOST, &ds).collect();
     let ids: Vec<&str> = mine.iter().map(|b| b.manifest.id.as_str()).collect();
     assert!(
-        mine.iter().all(|b| b.manifest.policy.as_deref() == Some(POLICY)),
+        mine.iter()
+            .all(|b| b.manifest.policy.as_deref() == Some(POLICY)),
         "each manifest records the policy that made it"
     );
     assert_eq!(

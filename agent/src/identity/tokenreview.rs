@@ -351,10 +351,7 @@ mod tests {
     #[test]
     fn nodes_serve_their_hosts() {
         let host = |name: &str, node: &str| {
-            let mut h = ZfsHost::new(
-                name,
-                zetaback_core::api::ZfsHostSpec::on_node(node),
-            );
+            let mut h = ZfsHost::new(name, zetaback_core::api::ZfsHostSpec::on_node(node));
             h.metadata.name = Some(name.into());
             h
         };
