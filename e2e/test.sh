@@ -7,6 +7,8 @@
 #   e2e/test.sh unit   unit and property tests: needs nothing but cargo (no zfs-fuse, no apiserver)
 #   e2e/test.sh real   tests on real parts without Kubernetes: zfs-fuse pools, nginx, openssl
 #   e2e/test.sh e2e    end-to-end tests against the local control plane (and zfs-fuse)
+#   e2e/test.sh openzfs  tests on real in-kernel OpenZFS 2.3.2 in a QEMU VM (built once and cached
+#                      under ~/.cache/zetaback/vm by e2e/scripts/openzfs-vm.sh), with zfs-fuse
 #
 # Which integration test belongs to which tier: e2e/test-tiers.txt (checked by tests/test_tiers.rs).
 set -euo pipefail
@@ -14,8 +16,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tier=${1:-}
 case "$tier" in
-  "" | unit | real | e2e) ;;
-  *) echo "usage: e2e/test.sh [unit|real|e2e]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
+  "" | unit | real | e2e | openzfs) ;;
+  *) echo "usage: e2e/test.sh [unit|real|e2e|openzfs]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
 esac
 export PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/zetaback/target}
@@ -51,6 +53,23 @@ case "$tier" in
     echo "== real tier passed in $(( $(date +%s) - start ))s"
     exit 0
     ;;
+  openzfs)
+    bash e2e/scripts/install-deps.sh
+    echo "== zfs-fuse"
+    bash e2e/scripts/zfs.sh start
+    echo "== cargo build (the agent binary runs inside the VM)"
+    cargo build -p zetaback-agent --bins --locked
+    echo "== OpenZFS VM (image built once, cached under ~/.cache/zetaback/vm)"
+    vm_start=$(date +%s)
+    bash e2e/scripts/openzfs-vm.sh up
+    echo "== OpenZFS VM up in $(( $(date +%s) - vm_start ))s"
+    trap 'bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true' EXIT
+    echo "== tests on real OpenZFS"
+    mapfile -t targets < <(tier_targets openzfs)
+    cargo test --locked "${targets[@]}" -- --test-threads 2
+    echo "== openzfs tier passed in $(( $(date +%s) - start ))s"
+    exit 0
+    ;;
   e2e)
     bash e2e/scripts/install-deps.sh
     echo "== upstream binaries (built once, cached under ~/.cache/zetaback/bin)"
@@ -83,7 +102,14 @@ echo "== local control plane"
 bash e2e/scripts/env.sh up
 echo "== cargo build (the end-to-end tests start the built zetaback-agent binary)"
 cargo build --workspace --bins --locked
-echo "== cargo test (unit, property, real-parts end to end)"
+echo "== OpenZFS VM (image built once, cached under ~/.cache/zetaback/vm; fails loudly if it cannot boot)"
+vm_start=$(date +%s)
+bash e2e/scripts/openzfs-vm.sh up
+echo "== OpenZFS VM up in $(( $(date +%s) - vm_start ))s"
+if [ "${CI:-}" = true ]; then
+  trap 'bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true; bash e2e/scripts/env.sh down >/dev/null 2>&1 || true; bash e2e/scripts/zfs.sh stop >/dev/null 2>&1 || true' EXIT
+fi
+echo "== cargo test (unit, property, real-parts end to end, real OpenZFS)"
 # Two test threads: the machine has two cores and the end-to-end tests share one apiserver.
 cargo test --workspace --locked -- --test-threads 2
 echo "== all tests passed in $(( $(date +%s) - start ))s"
