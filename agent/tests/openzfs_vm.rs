@@ -259,7 +259,8 @@ fn backup_to_a_zfs_fuse_store_and_restore_back() {
         ["no", "noauto", "off", "off"]
     );
     assert_eq!(
-        vm.sh(&format!("zfs get -H -o source mountpoint {copy}")).trim(),
+        vm.sh(&format!("zfs get -H -o source mountpoint {copy}"))
+            .trim(),
         format!("inherited from {into}")
     );
     vm.sh(&format!("zfs mount {copy}"));
@@ -374,7 +375,10 @@ async fn replica_of_a_stream_carrying_mountpoint_etc_lands_unmounted_and_readonl
     let put = put.expect("the replica is received");
     let replica = put.response.replica.expect("a replica");
     assert_eq!(
-        vm.props(&replica, "mounted,mountpoint,canmount,setuid,devices,readonly"),
+        vm.props(
+            &replica,
+            "mounted,mountpoint,canmount,setuid,devices,readonly"
+        ),
         [
             "no".to_owned(),
             format!("/{replica}"),
@@ -385,10 +389,7 @@ async fn replica_of_a_stream_carrying_mountpoint_etc_lands_unmounted_and_readonl
         ]
     );
     // The parents the target made for it are not mounted either.
-    assert_eq!(
-        vm.props("zbrep/r/src-1", "mounted,canmount"),
-        ["no", "off"]
-    );
+    assert_eq!(vm.props("zbrep/r/src-1", "mounted,canmount"), ["no", "off"]);
 }
 
 /// Starts a replica backup of `snapshot` at a crawl and kills the source agent after a few
@@ -434,13 +435,24 @@ fn an_interrupted_transfer_resumes_from_its_token() {
     ));
     let token = interrupted_replica_backup(vm, &ds, "zb-1");
     let decoded = vm.sh(&format!("zfs send -nvt {token} 2>&1"));
-    assert!(decoded.contains(&format!("toname = {ds}@zb-1")), "{decoded}");
+    assert!(
+        decoded.contains(&format!("toname = {ds}@zb-1")),
+        "{decoded}"
+    );
     let full: u64 = vm
-        .sh(&format!("zfs send -nP {ds}@zb-1 | awk '$1 == \"size\" {{print $2}}'"))
+        .sh(&format!(
+            "zfs send -nP {ds}@zb-1 | awk '$1 == \"size\" {{print $2}}'"
+        ))
         .trim()
         .parse()
         .expect("send -nP size");
-    let out = backup_in_vm(vm, "127.0.0.1:7790", &ds, "zb-1", "--target-dataset zbrep/r");
+    let out = backup_in_vm(
+        vm,
+        "127.0.0.1:7790",
+        &ds,
+        "zb-1",
+        "--target-dataset zbrep/r",
+    );
     let outcome = json_of(&out);
     let resent = outcome["bytes"].as_u64().expect("bytes");
     eprintln!("resume: re-sent {resent} bytes of a {full}-byte stream");
@@ -472,7 +484,13 @@ fn a_resume_token_naming_another_snapshot_is_refused() {
     // answers with @zb-1's token (as a forging target would answer with any).
     let token = interrupted_replica_backup(vm, &ds, "zb-1");
     vm.sh(&format!("echo more > /{ds}/more"));
-    let out = backup_in_vm(vm, "127.0.0.1:7790", &ds, "zb-2", "--target-dataset zbrep/r");
+    let out = backup_in_vm(
+        vm,
+        "127.0.0.1:7790",
+        &ds,
+        "zb-2",
+        "--target-dataset zbrep/r",
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let outcome = json_of(&out);
     assert!(

@@ -6,8 +6,8 @@
 #
 #   capture-openzfs-fixtures.sh [OUT_DIR]    (default: agent/tests/fixtures)
 #
-# Boots the VM if it is not up (openzfs-vm.sh up), makes a pool `zbfix` on the guest's second
-# virtio disk (/dev/vdc), a small dataset tree with snapshots, a volume, a bookmark, a hold and
+# Boots the VM if it is not up (openzfs-vm.sh up), makes a pool `zbfix` on a file in the guest
+# (the virtio disks belong to the openzfs test tier), a small dataset tree with snapshots, a volume, a bookmark, a hold and
 # an interrupted resumable receive, captures, and destroys the pool again.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,8 +25,8 @@ props=type,creation,used,referenced,zetaback.io:managed,zetaback.io:class,zetaba
 
 guest 'set -e
 zpool destroy zbfix 2>/dev/null || true
-wipefs -a /dev/vdc >/dev/null 2>&1 || true
-zpool create -f -o cachefile=none -m /zbfix zbfix /dev/vdc
+rm -f /var/tmp/zbfix.img; truncate -s 256M /var/tmp/zbfix.img
+zpool create -f -o cachefile=none -m /zbfix zbfix /var/tmp/zbfix.img
 zfs create zbfix/db
 zfs set zetaback.io:class=gold zbfix/db
 head -c 1048576 /dev/urandom > /zbfix/db/a
@@ -52,7 +52,7 @@ guest 'zfs holds -H zbfix/db@zb-1' > "$p-holds.txt"
 guest 'zfs get -H -p -o value receive_resume_token zbfix/partial' > "$p-resume-token.txt"
 guest "zfs send -nvt \$(zfs get -H -p -o value receive_resume_token zbfix/partial) 2>&1" > "$p-send-nvt.txt"
 guest 'zfs get -H -p -o value guid zbfix/db@zb-2' > "$p-guid.txt"
-guest 'zfs release zetaback zbfix/db@zb-1; zpool destroy zbfix'
+guest 'zfs release zetaback zbfix/db@zb-1; zpool destroy zbfix; rm -f /var/tmp/zbfix.img'
 for f in "$p"-*.txt; do
   [ -s "$f" ] || { echo "capture: $f is empty" >&2; exit 1; }
 done

@@ -229,7 +229,7 @@ cmd_up() {
     qemu-img create -q -f qcow2 -b "$d/root.img" -F raw "$run/overlay.qcow2"
     for disk in pool1 pool2; do rm -f "$run/$disk.img"; truncate -s 1G "$run/$disk.img"; done
     qemu-system-x86_64 -name zetaback-openzfs -machine q35 -accel tcg,thread=multi \
-      -cpu max -smp "$cpus" -m "$mem" -nographic -no-reboot \
+      -cpu max -smp "$cpus" -m "$mem" -no-reboot \
       -kernel "$d/vmlinuz" -initrd "$d/initrd.img" \
       -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 init=/sbin/zetaback-init quiet panic=-1" \
       -drive "file=$run/overlay.qcow2,if=virtio,format=qcow2,cache=unsafe" \

@@ -490,9 +490,9 @@ mod tests {
             ])
         );
         assert!(resume_token(&fuse, "backup/r/h1/tank").is_err());
-        // The token recorded from OpenZFS's format (tests/fixtures) is accepted by send -t.
+        // The token captured from OpenZFS 2.3.2 (tests/fixtures) is accepted by send -t.
         let token = super::super::parse::parse_resume_token(include_str!(
-            "../../tests/fixtures/openzfs-2.2-resume-token.txt"
+            "../../tests/fixtures/openzfs-2.3.2-resume-token.txt"
         ))
         .expect("a token");
         assert_eq!(

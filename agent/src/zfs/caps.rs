@@ -196,9 +196,9 @@ mod tests {
 
     /// Recorded on this machine: Debian's zfs-fuse 0.7 `zfs` usage (stderr of `zfs`).
     const ZFS_FUSE_USAGE: &str = include_str!("../../tests/fixtures/zfs-fuse-usage.txt");
-    /// A recorded sample of OpenZFS 2.2's `zfs` usage text format (not produced here: zfs-fuse
-    /// is the only ZFS on the test machine).
-    const OPENZFS_USAGE: &str = include_str!("../../tests/fixtures/openzfs-2.2-usage.txt");
+    /// Captured from OpenZFS 2.3.2 in the test VM (e2e/scripts/capture-openzfs-fixtures.sh):
+    /// the usage `zfs` prints when run without arguments.
+    const OPENZFS_USAGE: &str = include_str!("../../tests/fixtures/openzfs-2.3.2-usage.txt");
 
     #[test]
     fn zfs_fuse_has_holds_only() {

@@ -311,7 +311,9 @@ mod tests {
         {
             let mut gate = HeadGate::new(&mut out, zfs_fuse());
             for b in &body {
-                gate.write_all(std::slice::from_ref(b)).await.expect("write");
+                gate.write_all(std::slice::from_ref(b))
+                    .await
+                    .expect("write");
             }
             gate.shutdown().await.expect("shutdown");
         }

@@ -16,8 +16,8 @@ pub mod caps;
 pub mod error;
 pub mod inert;
 pub mod parse;
-pub mod resume;
 mod process;
+pub mod resume;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

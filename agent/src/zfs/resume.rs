@@ -115,11 +115,23 @@ mod tests {
     /// Captured from OpenZFS 2.3.2 in the test VM (e2e/scripts/capture-openzfs-fixtures.sh).
     const CAPTURED: &str = include_str!("../../tests/fixtures/openzfs-2.3.2-send-nvt.txt");
 
+    /// The token of an interrupted full receive of zbfix/db@zb-2: it names that snapshot, by
+    /// name and by the guid `zfs get guid` printed for it.
     #[test]
     fn parses_the_captured_output() {
         let c = parse_token_contents(CAPTURED).expect("parses");
-        assert!(c.toname.contains('@'), "{c:?}");
-        assert_ne!(c.toguid, 0);
+        let guid: u64 = include_str!("../../tests/fixtures/openzfs-2.3.2-guid.txt")
+            .trim()
+            .parse()
+            .expect("captured guid");
+        assert_eq!(
+            c,
+            ResumeTokenContents {
+                toname: "zbfix/db@zb-2".into(),
+                toguid: guid,
+                fromguid: None,
+            }
+        );
     }
 
     #[test]
