@@ -270,10 +270,7 @@ mod tests {
             .snapshots_of("zbfix/db")
             .map(|s| (s.name.as_str(), s.managed))
             .collect();
-        assert_eq!(
-            snaps,
-            [("zb-1", true), ("manual", false), ("zb-2", true)]
-        );
+        assert_eq!(snaps, [("zb-1", true), ("manual", false), ("zb-2", true)]);
         assert!(inv.snapshots.iter().all(|s| s.creation > 1_700_000_000));
         assert!(!inv.snapshots.iter().any(|s| s.name.contains('#')));
     }
