@@ -162,7 +162,15 @@ impl HostStore {
         let (_, root) = pool.create("store");
         let tokens = Tokens::new();
         let port = free_port();
-        let agent = TargetAgent::start(&tokens, &format!("127.0.0.1:{port}"), &root, None, None);
+        // The test pool is small: no free-space reserve.
+        let agent = TargetAgent::start_with(
+            &tokens,
+            &format!("127.0.0.1:{port}"),
+            &root,
+            None,
+            None,
+            &["--store-min-free-bytes", "0"],
+        );
         Self {
             _pool: pool,
             root,
@@ -393,18 +401,27 @@ async fn replica_of_a_stream_carrying_mountpoint_etc_lands_unmounted_and_readonl
     assert_eq!(vm.props("zbrep/r/src-1", "mounted,canmount"), ["no", "off"]);
 }
 
-/// Starts a replica backup of `snapshot` at a crawl and kills the source agent after a few
-/// seconds: the target keeps a partial receive and its resume token. Returns the token.
+/// Starts a replica backup of `snapshot` at a crawl and kills the source agent (SIGKILL) once
+/// the target's `zfs receive` has read more than a megabyte: the target keeps a partial
+/// receive and its resume token. Returns the token.
 fn interrupted_replica_backup(vm: &Vm, ds: &str, snapshot: &str) -> String {
-    let out = vm.run(&format!(
-        "timeout -s KILL 8 env RUST_LOG=info zetaback-agent backup --host-name src-1 \
-         --token-file /root/zb-token --target 127.0.0.1:7790 --dataset {ds} --snapshot {snapshot} \
-         --target-dataset zbrep/r --bandwidth-limit 400000 --idle-timeout 30"
+    vm.sh(&format!(
+        "set -e
+        RUST_LOG=info setsid nohup zetaback-agent backup --host-name src-1 \
+          --token-file /root/zb-token --target 127.0.0.1:7790 --dataset {ds} --snapshot {snapshot} \
+          --target-dataset zbrep/r --bandwidth-limit 400000 --idle-timeout 30 \
+          > /var/log/zb-slow-source.log 2>&1 < /dev/null &
+        src=$!
+        for i in $(seq 1 600); do
+          recv=$(pgrep -f '[z]fs receive.*zbrep/r/src-1/{ds}' | head -n1)
+          if [ -n \"$recv\" ] && [ \"$(awk '/^rchar/ {{print $2}}' /proc/$recv/io 2>/dev/null || echo 0)\" -gt 1000000 ]; then
+            kill -9 $src; exit 0
+          fi
+          kill -0 $src 2>/dev/null || {{ echo 'the slow source ended by itself' >&2; cat /var/log/zb-slow-source.log >&2; exit 1; }}
+          sleep 0.2
+        done
+        kill -9 $src; echo 'the receive never got a megabyte' >&2; exit 1"
     ));
-    assert!(
-        !out.status.success(),
-        "the slow backup finished before it was killed"
-    );
     let replica = format!("zbrep/r/src-1/{ds}");
     let mut token = String::new();
     for _ in 0..40 {
