@@ -181,7 +181,7 @@ impl HostStore {
     }
 
     /// The address the guest uses.
-    fn from_guest(&self) -> String {
+    fn addr_for_guest(&self) -> String {
         format!("10.0.2.2:{}", self.port)
     }
 }
@@ -240,7 +240,7 @@ fn backup_to_a_zfs_fuse_store_and_restore_back() {
     let before = checksums_in_vm(vm, &format!("/{ds}"));
     let out = backup_in_vm(
         vm,
-        &store.from_guest(),
+        &store.addr_for_guest(),
         &ds,
         "zb-1",
         &format!("--target-path {}", store.root.display()),
@@ -254,7 +254,7 @@ fn backup_to_a_zfs_fuse_store_and_restore_back() {
     let restore = vm.run(&format!(
         "RUST_LOG=info zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
          --dataset {ds} --backup {id} --into {into}/copy",
-        store.from_guest()
+        store.addr_for_guest()
     ));
     assert!(
         restore.status.success(),
@@ -345,7 +345,7 @@ async fn restore_of_a_stream_carrying_mountpoint_etc_lands_unmounted() {
     let restore = vm.run(&format!(
         "RUST_LOG=info zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
          --dataset {src} --backup 1700000000.full --into {into}/copy",
-        store.from_guest()
+        store.addr_for_guest()
     ));
     etc_untouched(vm);
     assert!(
