@@ -221,7 +221,12 @@ impl Zfs {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect();
-            self.output(&args, true).await?;
+            // A concurrent receive under the same parent may have created it meanwhile.
+            if let Err(e) = self.output(&args, true).await
+                && !self.dataset_exists(level).await?
+            {
+                return Err(e);
+            }
         }
         Ok(())
     }
