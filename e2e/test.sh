@@ -9,6 +9,8 @@
 #   e2e/test.sh e2e    end-to-end tests against the local control plane (and zfs-fuse)
 #   e2e/test.sh hostile  attacks on the trust model (issue 13: identities, forged writes, ...)
 #                      against the local control plane and zfs-fuse
+#   e2e/test.sh openzfs  tests on real in-kernel OpenZFS 2.3.2 in a QEMU VM (built once and cached
+#                      under ~/.cache/zetaback/vm by e2e/scripts/openzfs-vm.sh), with zfs-fuse
 #
 # Which integration test belongs to which tier: e2e/test-tiers.txt (checked by tests/test_tiers.rs).
 set -euo pipefail
@@ -16,8 +18,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tier=${1:-}
 case "$tier" in
-  "" | unit | real | e2e | hostile) ;;
-  *) echo "usage: e2e/test.sh [unit|real|e2e|hostile]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
+  "" | unit | real | e2e | hostile | openzfs) ;;
+  *) echo "usage: e2e/test.sh [unit|real|e2e|hostile|openzfs]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
 esac
 export PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/zetaback/target}
@@ -55,6 +57,23 @@ case "$tier" in
     echo "== real tier passed in $(( $(date +%s) - start ))s"
     exit 0
     ;;
+  openzfs)
+    bash e2e/scripts/install-deps.sh
+    echo "== zfs-fuse"
+    bash e2e/scripts/zfs.sh start
+    echo "== cargo build (the agent binary runs inside the VM)"
+    cargo build -p zetaback-agent --bins --locked
+    echo "== OpenZFS VM (image built once, cached under ~/.cache/zetaback/vm)"
+    vm_start=$(date +%s)
+    bash e2e/scripts/openzfs-vm.sh up
+    echo "== OpenZFS VM up in $(( $(date +%s) - vm_start ))s"
+    trap 'bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true' EXIT
+    echo "== tests on real OpenZFS"
+    mapfile -t targets < <(tier_targets openzfs)
+    cargo test --locked "${targets[@]}" -- --test-threads 2
+    echo "== openzfs tier passed in $(( $(date +%s) - start ))s"
+    exit 0
+    ;;
   e2e | hostile)
     bash e2e/scripts/install-deps.sh
     echo "== upstream binaries (built once, cached under ~/.cache/zetaback/bin)"
@@ -88,7 +107,14 @@ echo "== local control plane"
 bash e2e/scripts/env.sh up
 echo "== cargo build (the end-to-end tests start the built zetaback-agent binary)"
 cargo build --workspace --bins --locked
-echo "== cargo test (unit, property, real-parts end to end)"
+echo "== OpenZFS VM (image built once, cached under ~/.cache/zetaback/vm; fails loudly if it cannot boot)"
+vm_start=$(date +%s)
+bash e2e/scripts/openzfs-vm.sh up
+echo "== OpenZFS VM up in $(( $(date +%s) - vm_start ))s"
+if [ "${CI:-}" = true ]; then
+  trap 'bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true; bash e2e/scripts/env.sh down >/dev/null 2>&1 || true; bash e2e/scripts/seaweedfs.sh down >/dev/null 2>&1 || true; bash e2e/scripts/zfs.sh stop >/dev/null 2>&1 || true' EXIT
+fi
+echo "== cargo test (unit, property, real-parts end to end, real OpenZFS)"
 # Two test threads: the machine has two cores and the end-to-end tests share one apiserver.
 cargo test --workspace --locked -- --test-threads 2
 # The hostile tier's tests ran above with the rest (every test file); its own command is

@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
 
 use crate::transfer::{self, Endpoint, TransferError, Upload};
+use crate::zfs::resume;
 use crate::zfs::{Capability, SendBase, SendRequest, SnapshotInfo, Zfs, ZfsError};
 
 /// How a job ended well.
@@ -441,6 +442,15 @@ async fn send_with<C: Connect + Clone + Send + Sync + 'static>(
             }
         }
     }
+    if let Some(token) = up.resume_token.take() {
+        // The target chose this token: use it only if it names exactly this job's stream.
+        match token_is_the_jobs(zfs, req, &token).await {
+            Ok(()) => up.resume_token = Some(token),
+            Err(why) => {
+                warn!(reason = %why, "refusing the target's resume token; sending the stream from the start")
+            }
+        }
+    }
     let mut send = match &up.resume_token {
         Some(token) => {
             info!("resuming an interrupted transfer from the target's resume token");
@@ -454,6 +464,35 @@ async fn send_with<C: Connect + Clone + Send + Sync + 'static>(
     let done: transfer::SourceDone =
         Box::pin(async move { send.wait().await.map_err(|e| e.to_string()) });
     Ok(transfer::upload(client, endpoint, &up, stdout, done).await?)
+}
+
+/// Decodes a resume token (`zfs send -nvt`) and checks that it resumes this job's snapshot
+/// from this job's base ([`resume::check_token`]).
+async fn token_is_the_jobs(zfs: &Zfs, req: &SendRequest, token: &str) -> Result<(), String> {
+    let contents = zfs
+        .decode_resume_token(token)
+        .await
+        .map_err(|e| format!("decoding it failed: {e}"))?;
+    let toguid = zfs
+        .guid(&req.dataset, &req.snapshot, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let fromguid = match &req.base {
+        Some(base) => Some(
+            zfs.guid(&req.dataset, &base.name, base.bookmark)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    resume::check_token(
+        &contents,
+        &resume::ExpectedSend {
+            toname: format!("{}@{}", req.dataset, req.snapshot),
+            toguid,
+            fromguid,
+        },
+    )
 }
 
 /// Destroys our own snapshots of `dataset` created before `keep_from`.

@@ -59,7 +59,8 @@ use zetaback_core::wire::routes;
 use crate::checksum::BackgroundSha256;
 use crate::transfer::{self, Endpoint, TransferError};
 use crate::wire::{H_COMPRESSION, H_READER_VERIFIES, H_SHA256};
-use crate::zfs::{ReceiveRequest, Zfs, ZfsError};
+use crate::zfs::inert::{self, HeadGate};
+use crate::zfs::{ReceivePurpose, ReceiveRequest, Zfs, ZfsError};
 
 /// Stored bytes held back from `zfs receive` until the piece's checksum matched.
 pub const HOLD_BACK: usize = 1024 * 1024;
@@ -100,6 +101,8 @@ pub enum RestoreError {
         got: String,
         expected: String,
     },
+    #[error("backup {id}: {message}; nothing of it was applied")]
+    Refused { id: String, message: String },
     #[error("backup {id} is not stored on the backup host ({message})")]
     PieceMissing { id: String, message: String },
     #[error("after receiving {id}, snapshot {dataset}@{snapshot} is not there")]
@@ -134,6 +137,7 @@ impl RestoreError {
             RestoreError::Chain(_) => "NotFound",
             RestoreError::Unreachable(_) | RestoreError::Transfer(_) => "StoreUnreachable",
             RestoreError::SnapshotMissing { .. } => "SnapshotMissing",
+            RestoreError::Refused { .. } => "StreamRefused",
             RestoreError::Zfs(_) | RestoreError::Copy(_) => "ReceiveFailed",
             RestoreError::Store(_) | RestoreError::Kube(_) => "Failed",
         }
@@ -401,14 +405,27 @@ pub async fn apply_piece(
         progress,
         tx,
     );
+    let caps = zfs.capabilities().clone();
     let stdin = recv.stdin();
     let writer = async move {
         match stdin {
-            Some(stdin) => tokio::io::copy_buf(&mut reader, stdin).await,
+            // A stream that carries properties never reaches a receive that cannot
+            // override them (zfs-fuse): see zfs::inert.
+            Some(stdin) => tokio::io::copy_buf(&mut reader, &mut HeadGate::new(stdin, caps)).await,
             None => Err(io::Error::other("zfs receive has no stdin")),
         }
     };
     let (fed, written) = tokio::join!(feeder, writer);
+    if let Err(e) = &written
+        && let Some(refused) = inert::refusal(e)
+    {
+        let refused = refused.to_string();
+        recv.abort().await;
+        return Err(RestoreError::Refused {
+            id: piece.id.clone(),
+            message: refused,
+        });
+    }
     let fed = match (fed, written) {
         (Err(e), _) if !matches!(e, RestoreError::Copy(_)) => {
             recv.abort().await;
@@ -574,6 +591,7 @@ pub async fn apply_chain(
             // this restore just received (zfs-fuse may have touched it when mounting).
             force: i > 0 || existed,
             resumable: false,
+            purpose: ReceivePurpose::Restore,
         };
         let span = info_span!("piece", backup = %piece.id, n = i + 1, of = req.pieces.len());
         match apply_piece(zfs, &client, src, piece, &receive, req.verify, progress)
@@ -581,6 +599,7 @@ pub async fn apply_chain(
             .await
         {
             Ok((n, sha)) => {
+                zfs.set_inert_properties(&req.into).await?;
                 info!(backup = %piece.id, bytes = n, sha256 = %sha, "piece verified and applied");
                 bytes += n;
                 applied.push(piece.id.clone());

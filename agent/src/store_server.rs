@@ -77,7 +77,8 @@ use crate::wire::{
     H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3,
     PutResponse, ResumeTokenQuery, ResumeTokenResponse, VerifyRequest, VerifyStatus, routes,
 };
-use crate::zfs::{Capability, ReceiveRequest, Zfs, ZfsError};
+use crate::zfs::inert::{self, HeadGate};
+use crate::zfs::{Capability, ReceivePurpose, ReceiveRequest, Zfs, ZfsError};
 
 /// Replica mode settings.
 #[derive(Debug, Clone)]
@@ -876,6 +877,7 @@ async fn put_replica(
         target: target.clone(),
         force: plan.force && !resuming,
         resumable,
+        purpose: ReceivePurpose::Replica,
     })?;
     // The xxh3 transit check inline (>10 GB/s), the sha256 the manifest records on a thread
     // of its own, overlapping the pipe writes.
@@ -890,16 +892,20 @@ async fn put_replica(
                 "no stdin".into(),
             ));
         };
+        // A stream that carries properties never reaches a receive that cannot override
+        // them (zfs-fuse): see zfs::inert.
+        let gate = HeadGate::new(stdin, zfs.capabilities().clone());
         let mut sink: Box<dyn tokio::io::AsyncWrite + Send + Unpin + '_> =
             match plan.meta.compression {
-                Compression::Zstd => Box::new(ZstdDecoder::with_params(stdin, &window)),
-                Compression::None => Box::new(stdin),
+                Compression::Zstd => Box::new(ZstdDecoder::with_params(gate, &window)),
+                Compression::None => Box::new(gate),
             };
-        let broken = |e: io::Error| {
-            ApiError(
+        let broken = |e: io::Error| match inert::refusal(&e) {
+            Some(refused) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, refused.to_string()),
+            None => ApiError(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("zfs receive stopped reading: {e}"),
-            )
+            ),
         };
         let mut first = head.pieces.into_iter();
         let ended = head.ended;
@@ -951,6 +957,7 @@ async fn put_replica(
     if matches!(plan.key.id, StreamId::Full { .. }) {
         zfs.protect_replica(&target).await?;
     }
+    zfs.set_inert_properties(&target).await?;
     // The replica counts as a backup only once its manifest is recorded on the received
     // snapshot (the catalogue lists snapshots that carry one).
     let manifest = replica_manifest(&plan, bytes, &sha256)?;

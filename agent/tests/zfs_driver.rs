@@ -61,6 +61,7 @@ async fn driver_on_zfs_fuse() {
         target: target.clone(),
         force: false,
         resumable: true,
+        purpose: Default::default(),
     };
     let n = pipe(&z, full, recv.clone()).await.expect("full");
     assert!(n > 300_000, "{n}");

@@ -208,6 +208,7 @@ fn receive_request() -> ReceiveRequest {
         target: "backup/h1/tank/db".into(),
         force: false,
         resumable: false,
+        purpose: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@ use zetaback_core::names::{validate_dataset, validate_full_snapshot, validate_sn
 
 use super::caps::{Capabilities, Capability};
 use super::error::ZfsError;
+use super::inert::{self, ReceivePurpose};
 use super::parse::{INVENTORY_PROPERTIES, MANAGED_PROPERTY, MANIFEST_PROPERTY};
 
 /// The hold tag zetaback puts on the base snapshot of the last backup.
@@ -185,6 +186,33 @@ pub fn send(caps: &Capabilities, req: &SendRequest) -> Result<Vec<String>, ZfsEr
     Ok(args)
 }
 
+/// `zfs send -n -v -t <token>`: prints what the token resumes, sends nothing (OpenZFS only).
+pub fn decode_resume_token(caps: &Capabilities, token: &str) -> Result<Vec<String>, ZfsError> {
+    let mut args = send_resume(caps, token)?;
+    args.splice(1..1, ["-n".to_owned(), "-v".to_owned()]);
+    Ok(args)
+}
+
+/// `zfs get -H -p -o value guid <dataset@snapshot|dataset#bookmark>`.
+pub fn guid(dataset: &str, name: &str, bookmark: bool) -> Result<Vec<String>, ZfsError> {
+    let target = if bookmark {
+        validate_dataset(dataset)?;
+        validate_snapshot_name(name)?;
+        format!("{dataset}#{name}")
+    } else {
+        full_snapshot(dataset, name)?
+    };
+    Ok(vec![
+        "get".into(),
+        "-H".into(),
+        "-p".into(),
+        "-o".into(),
+        "value".into(),
+        "guid".into(),
+        target,
+    ])
+}
+
 /// `zfs send -t <token>` (resume an interrupted resumable transfer; OpenZFS only).
 pub fn send_resume(caps: &Capabilities, token: &str) -> Result<Vec<String>, ZfsError> {
     if !caps.has(Capability::ResumableSend) {
@@ -213,6 +241,9 @@ pub struct ReceiveRequest {
     pub force: bool,
     /// `-s` where supported (an interrupted receive leaves a resume token).
     pub resumable: bool,
+    /// What the received dataset is for: which properties the receive overrides
+    /// ([`super::inert`]).
+    pub purpose: ReceivePurpose,
 }
 
 /// The argv of a `zfs receive`.
@@ -225,6 +256,7 @@ pub fn receive(caps: &Capabilities, req: &ReceiveRequest) -> Result<Vec<String>,
     if req.resumable && caps.has(Capability::ResumableSend) {
         args.push("-s".into());
     }
+    args.extend(inert::override_args(caps, req.purpose));
     args.push(req.target.clone());
     Ok(args)
 }
@@ -378,6 +410,17 @@ mod tests {
             s(&["send", "-t", "1-e604ea4bf-e0-789c63a2"])
         );
         assert!(send_resume(&caps, "-R").is_err());
+        assert_eq!(
+            decode_resume_token(&caps, "1-e604ea4bf-e0-789c63a2").expect("argv"),
+            s(&["send", "-n", "-v", "-t", "1-e604ea4bf-e0-789c63a2"])
+        );
+        assert!(decode_resume_token(&caps, "-R").is_err());
+        assert!(decode_resume_token(&Capabilities::none(), "1-abc").is_err());
+        assert_eq!(
+            guid("tank/db", "zb-1", true).expect("argv"),
+            s(&["get", "-H", "-p", "-o", "value", "guid", "tank/db#zb-1"])
+        );
+        assert!(guid("tank/db", "-x", false).is_err());
         assert!(send_resume(&Capabilities::none(), "1-abc").is_err());
     }
 
@@ -387,6 +430,7 @@ mod tests {
             target: "backup/h1/tank/db".into(),
             force: false,
             resumable: true,
+            purpose: ReceivePurpose::Replica,
         };
         assert_eq!(
             receive(&Capabilities::none(), &req).expect("argv"),
@@ -394,7 +438,22 @@ mod tests {
         );
         assert_eq!(
             receive(&Capabilities::all(), &req).expect("argv"),
-            s(&["receive", "-s", "backup/h1/tank/db"])
+            s(&[
+                "receive",
+                "-s",
+                "-u",
+                "-o",
+                "canmount=noauto",
+                "-o",
+                "setuid=off",
+                "-o",
+                "devices=off",
+                "-o",
+                "readonly=on",
+                "-x",
+                "mountpoint",
+                "backup/h1/tank/db"
+            ])
         );
         req.force = true;
         assert_eq!(
@@ -431,9 +490,9 @@ mod tests {
             ])
         );
         assert!(resume_token(&fuse, "backup/r/h1/tank").is_err());
-        // The token recorded from OpenZFS's format (tests/fixtures) is accepted by send -t.
+        // The token captured from OpenZFS 2.3.2 (tests/fixtures) is accepted by send -t.
         let token = super::super::parse::parse_resume_token(include_str!(
-            "../../tests/fixtures/openzfs-2.2-resume-token.txt"
+            "../../tests/fixtures/openzfs-2.3.2-resume-token.txt"
         ))
         .expect("a token");
         assert_eq!(

@@ -14,8 +14,10 @@
 pub mod argv;
 pub mod caps;
 pub mod error;
+pub mod inert;
 pub mod parse;
 mod process;
+pub mod resume;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,6 +30,7 @@ use tracing::{debug, instrument};
 pub use argv::{ReceiveRequest, SendBase, SendRequest};
 pub use caps::{Capabilities, Capability};
 pub use error::{CommandLine, ZfsError};
+pub use inert::ReceivePurpose;
 pub use parse::{DatasetInfo, Inventory, PoolInfo, SnapshotInfo};
 pub use process::{ReceiveProcess, SendProcess, Watched};
 
@@ -196,14 +199,47 @@ impl Zfs {
         }
     }
 
-    /// `zfs create -p dataset` (parents of a replica), unmounted where possible.
+    /// Creates `dataset` and its missing ancestors (the parents of a replica or a restore),
+    /// each with `canmount=off`, so that none of them is mounted: one `zfs create` per
+    /// missing level, top down (`zfs create -p` would mount every one).
     pub async fn create_parents(&self, dataset: &str) -> Result<(), ZfsError> {
         zetaback_core::names::validate_dataset(dataset)?;
-        let args: Vec<String> = ["create", "-p", dataset]
-            .iter()
-            .map(|s| (*s).to_owned())
+        let levels: Vec<&str> = dataset
+            .match_indices('/')
+            .map(|(i, _)| &dataset[..i])
+            .chain(std::iter::once(dataset))
             .collect();
-        self.output(&args, true).await.map(drop)
+        let mut missing = Vec::new();
+        for level in levels.iter().rev() {
+            if self.dataset_exists(level).await? {
+                break;
+            }
+            missing.push(*level);
+        }
+        for level in missing.into_iter().rev() {
+            let args: Vec<String> = ["create", "-o", "canmount=off", level]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            // A concurrent receive under the same parent may have created it meanwhile.
+            if let Err(e) = self.output(&args, true).await
+                && !self.dataset_exists(level).await?
+            {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets what an inert receive could not set at receive time (zfs-fuse: `setuid=off`,
+    /// `devices=off`; nothing on OpenZFS, whose receive set them): see [`inert`].
+    pub async fn set_inert_properties(&self, dataset: &str) -> Result<(), ZfsError> {
+        zetaback_core::names::validate_dataset(dataset)?;
+        for prop in inert::after_receive_properties(&self.caps) {
+            let args = vec!["set".to_owned(), (*prop).to_owned(), dataset.to_owned()];
+            self.output(&args, true).await?;
+        }
+        Ok(())
     }
 
     /// `zfs destroy -r dataset`: only for a dataset a failed restore itself created.
@@ -381,6 +417,29 @@ impl Zfs {
         }
         let args = argv::resume_token(&self.caps, dataset)?;
         Ok(parse::parse_resume_token(&self.output(&args, true).await?))
+    }
+
+    /// What a resume token resumes, decoded by `zfs send -nvt` (OpenZFS only).
+    pub async fn decode_resume_token(
+        &self,
+        token: &str,
+    ) -> Result<resume::ResumeTokenContents, ZfsError> {
+        let args = argv::decode_resume_token(&self.caps, token)?;
+        let out = self.output(&args, true).await?;
+        resume::parse_token_contents(&out).map_err(|detail| ZfsError::Parse {
+            command: self.command_line(&self.zfs, &args),
+            detail,
+        })
+    }
+
+    /// The guid of `dataset@name` (or of the bookmark `dataset#name`).
+    pub async fn guid(&self, dataset: &str, name: &str, bookmark: bool) -> Result<u64, ZfsError> {
+        let args = argv::guid(dataset, name, bookmark)?;
+        let out = self.output(&args, true).await?;
+        out.trim().parse().map_err(|_| ZfsError::Parse {
+            command: self.command_line(&self.zfs, &args),
+            detail: format!("guid {:?} is not a number", out.trim()),
+        })
     }
 
     /// `zfs receive -A`: discards an interrupted resumable receive's partial state

@@ -1,0 +1,531 @@
+//! The OpenZFS tier: the agent's OpenZFS paths against real, in-kernel OpenZFS (2.3.2, Linux
+//! 6.12) in a QEMU VM (e2e/scripts/openzfs-vm.sh; `e2e/test.sh openzfs` boots it). The agent
+//! binary under test runs inside the VM; a file store on zfs-fuse runs on this host, which
+//! the guest reaches at 10.0.2.2 (QEMU user-mode networking). A VM that cannot boot fails
+//! every test here loudly.
+//!
+//! In the VM: pool `zbvm` on the first virtio disk (sources and restores), pool `zbrep` on the
+//! second (replicas), and one target agent (`--replica-root zbrep/r`, port 7790, forwarded
+//! to 127.0.0.1:$ZETABACK_VM_AGENT_PORT). Each test uses datasets named after itself and its
+//! process id, and destroys them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use zetaback_agent::transfer::{self, Endpoint, SourceDone, Upload};
+use zetaback_agent::zfs::Capabilities;
+use zetaback_core::api::backup_policy::Compression;
+
+struct Vm {
+    env: BTreeMap<String, String>,
+}
+
+static VM: OnceLock<Vm> = OnceLock::new();
+
+/// Boots the VM (or finds it up) with this build's agent, and prepares its pools and the
+/// target agent. Panics when it cannot.
+fn vm() -> &'static Vm {
+    VM.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("e2e/scripts/openzfs-vm.sh"))
+            .arg("up")
+            .env("ZETABACK_VM_AGENT_BIN", agent_bin())
+            .output()
+            .expect("run e2e/scripts/openzfs-vm.sh up");
+        assert!(
+            out.status.success(),
+            "the OpenZFS VM did not come up (e2e/scripts/openzfs-vm.sh up):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let vm = Vm { env };
+        vm.sh(
+            "set -e
+            zpool list zbvm >/dev/null 2>&1 || zpool create -f -o cachefile=none -m /zbvm zbvm /dev/vdb
+            zpool list zbrep >/dev/null 2>&1 || zpool create -f -o cachefile=none -m /zbrep zbrep /dev/vdc
+            zfs list zbrep/r >/dev/null 2>&1 || zfs create zbrep/r
+            echo test-source-token > /root/zb-token
+            echo test-admin-token > /root/zb-admin
+            mkdir -p /var/lib/zb-store
+            # One target agent per test run, of this build (up copied it in).
+            if [ -f /run/zb-target.pid ]; then kill $(cat /run/zb-target.pid) 2>/dev/null || true; sleep 1; fi
+            RUST_LOG=info setsid nohup /usr/local/bin/zetaback-agent --no-kube --host-name backup-vm \
+              --listen 0.0.0.0:7790 --store-root /var/lib/zb-store --replica-root zbrep/r \
+              --token-file /root/zb-token --admin-token-file /root/zb-admin --idle-timeout 10 \
+              > /var/log/zb-target.log 2>&1 < /dev/null &
+            echo $! > /run/zb-target.pid
+            for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/7790) 2>/dev/null && exit 0; sleep 0.2; done
+            echo 'the target agent in the VM does not listen' >&2; tail -n 20 /var/log/zb-target.log >&2; exit 1",
+        );
+        vm
+    })
+}
+
+impl Vm {
+    fn ssh(&self) -> Command {
+        let mut c = Command::new("ssh");
+        c.args([
+            "-i",
+            &self.env["ZETABACK_VM_SSH_KEY"],
+            "-p",
+            &self.env["ZETABACK_VM_SSH_PORT"],
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "root@127.0.0.1",
+        ]);
+        c
+    }
+
+    /// Runs a shell script in the guest.
+    fn run(&self, script: &str) -> Output {
+        self.ssh()
+            .arg(script)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ssh to the VM")
+    }
+
+    /// Runs a shell script in the guest; panics when it fails. Returns stdout.
+    fn sh(&self, script: &str) -> String {
+        let out = self.run(script);
+        assert!(
+            out.status.success(),
+            "in the VM: {script}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The target agent in the VM, as this host reaches it.
+    fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.env["ZETABACK_VM_AGENT_PORT"])
+    }
+
+    /// `zfs get -H -o value PROPS dataset`, one value per property.
+    fn props(&self, dataset: &str, props: &str) -> Vec<String> {
+        self.sh(&format!("zfs get -H -o value {props} {dataset}"))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Datasets in the VM destroyed (recursively) on drop.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(vm) = VM.get() {
+            for ds in &self.0 {
+                let _ = vm.run(&format!(
+                    "zfs list {ds} >/dev/null 2>&1 && zfs destroy -r -f {ds}"
+                ));
+            }
+        }
+    }
+}
+
+fn unique(tag: &str) -> String {
+    format!("{tag}{}", std::process::id())
+}
+
+/// A store agent on this host, its root on a zfs-fuse dataset, listening on loopback (the
+/// guest reaches it at 10.0.2.2).
+struct HostStore {
+    _pool: Pool,
+    root: std::path::PathBuf,
+    _tokens: Tokens,
+    agent: TargetAgent,
+    port: u16,
+}
+
+impl HostStore {
+    fn start(tag: &str) -> Self {
+        let pool = Pool::prefixed("openzfs", tag, "256M");
+        let (_, root) = pool.create("store");
+        let tokens = Tokens::new();
+        let port = free_port();
+        // The test pool is small: no free-space reserve.
+        let agent = TargetAgent::start_with(
+            &tokens,
+            &format!("127.0.0.1:{port}"),
+            &root,
+            None,
+            None,
+            &["--store-min-free-bytes", "0"],
+        );
+        Self {
+            _pool: pool,
+            root,
+            _tokens: tokens,
+            agent,
+            port,
+        }
+    }
+
+    /// The address the guest uses.
+    fn addr_for_guest(&self) -> String {
+        format!("10.0.2.2:{}", self.port)
+    }
+}
+
+/// `zetaback-agent backup` in the VM (host name `src-1`); returns its output.
+fn backup_in_vm(vm: &Vm, target: &str, dataset: &str, snapshot: &str, extra: &str) -> Output {
+    vm.run(&format!(
+        "RUST_LOG=info zetaback-agent backup --host-name src-1 --token-file /root/zb-token \
+         --target {target} --dataset {dataset} --snapshot {snapshot} {extra}"
+    ))
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "backup in the VM failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("backup prints JSON")
+}
+
+/// sha256 of every file under a directory in the VM, by relative path.
+fn checksums_in_vm(vm: &Vm, dir: &str) -> String {
+    vm.sh(&format!(
+        "cd {dir} && find . -type f | LC_ALL=C sort | xargs -r sha256sum"
+    ))
+}
+
+#[test]
+fn capabilities_detected_on_real_openzfs() {
+    let vm = vm();
+    // `zfs` alone prints its usage (what the agent reads at start-up) and exits 2.
+    let usage = vm.sh("zfs 2>&1 || true");
+    let caps = Capabilities::from_usage(&usage);
+    assert_eq!(
+        caps,
+        Capabilities::all(),
+        "detected {:?} from the real usage",
+        caps.names()
+    );
+    assert!(vm.sh("zfs version").starts_with("zfs-2.3.2"));
+}
+
+#[test]
+fn backup_to_a_zfs_fuse_store_and_restore_back() {
+    let vm = vm();
+    let store = HostStore::start("vbr");
+    let ds = format!("zbvm/{}", unique("br"));
+    let into = format!("zbvm/{}", unique("brback"));
+    let _cleanup = Cleanup(vec![ds.clone(), into.clone()]);
+    vm.sh(&format!(
+        "set -e; zfs create {ds}; mkdir /{ds}/sub
+         head -c 3000000 /dev/urandom > /{ds}/a; head -c 70000 /dev/urandom > /{ds}/sub/b; echo hello > /{ds}/c"
+    ));
+    let before = checksums_in_vm(vm, &format!("/{ds}"));
+    let out = backup_in_vm(
+        vm,
+        &store.addr_for_guest(),
+        &ds,
+        "zb-1",
+        &format!("--target-path {}", store.root.display()),
+    );
+    let outcome = json_of(&out);
+    let id = outcome["backupId"].as_str().expect("backupId").to_owned();
+    assert!(
+        !list(&store.root).is_empty(),
+        "nothing stored on the host's zfs-fuse store"
+    );
+    let restore = vm.run(&format!(
+        "RUST_LOG=info zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
+         --dataset {ds} --backup {id} --into {into}/copy",
+        store.addr_for_guest()
+    ));
+    assert!(
+        restore.status.success(),
+        "restore in the VM failed: {}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    // Received inert: unmounted, noauto, nosuid, nodev; the mountpoint inherited.
+    let copy = format!("{into}/copy");
+    assert_eq!(
+        vm.props(&copy, "mounted,canmount,setuid,devices"),
+        ["no", "noauto", "off", "off"]
+    );
+    assert_eq!(
+        vm.props(&copy, "mountpoint"),
+        [format!("/{copy}")],
+        "the mountpoint is not the inherited one"
+    );
+    vm.sh(&format!("zfs mount {copy}"));
+    assert_eq!(checksums_in_vm(vm, &format!("/{copy}")), before);
+}
+
+fn ok_done() -> SourceDone {
+    Box::pin(async { Ok(()) })
+}
+
+/// A stream made with `zfs send -p` in the VM from a dataset whose mountpoint is /etc
+/// (created unmounted, so the VM's /etc is untouched): the stream carries mountpoint=/etc.
+fn etc_stream(vm: &Vm, ds: &str) -> Vec<u8> {
+    vm.sh(&format!(
+        "set -e; zfs create -u -o mountpoint=/etc -o setuid=on -o devices=on {ds}; zfs snapshot {ds}@zb-1700000000"
+    ));
+    let out = vm
+        .ssh()
+        .arg(format!("zfs send -p {ds}@zb-1700000000"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh zfs send -p");
+    assert!(out.status.success(), "zfs send -p failed");
+    out.stdout
+}
+
+fn upload_spec(dataset: &str, receive_into: Option<String>) -> Upload {
+    Upload {
+        host: "src-1".into(),
+        dataset: dataset.into(),
+        id: "1700000000.full".parse().expect("id"),
+        snapshot: "zb-1700000000".into(),
+        base_snapshot: None,
+        compression: Compression::None,
+        receive_into,
+        store_path: None,
+        bandwidth_limit: 0,
+        idle_timeout: Duration::from_secs(60),
+        resume_token: None,
+    }
+}
+
+/// No ZFS file system is mounted on the VM's /etc, and /etc is still the real one.
+fn etc_untouched(vm: &Vm) {
+    let mounts = vm.sh("cat /proc/mounts");
+    assert!(
+        !mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/etc")),
+        "something is mounted on /etc: {mounts}"
+    );
+    vm.sh("test -s /etc/passwd");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_of_a_stream_carrying_mountpoint_etc_lands_unmounted() {
+    let vm = vm();
+    let store = HostStore::start("vet");
+    let src = format!("zbvm/{}", unique("etc"));
+    let into = format!("zbvm/{}", unique("etcback"));
+    let _cleanup = Cleanup(vec![src.clone(), into.clone()]);
+    let stream = etc_stream(vm, &src);
+    // What a malicious source does: upload it as its backup.
+    transfer::upload(
+        &transfer::client(),
+        &Endpoint::new(&store.agent.addr, "test-source-token"),
+        &upload_spec(&src, None),
+        Cursor::new(stream),
+        ok_done(),
+    )
+    .await
+    .expect("the file store takes the stream");
+    let restore = vm.run(&format!(
+        "RUST_LOG=info zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
+         --dataset {src} --backup 1700000000.full --into {into}/copy",
+        store.addr_for_guest()
+    ));
+    etc_untouched(vm);
+    assert!(
+        restore.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let copy = format!("{into}/copy");
+    assert_eq!(
+        vm.props(&copy, "mounted,mountpoint,canmount,setuid,devices"),
+        [
+            "no".to_owned(),
+            format!("/{into}/copy"),
+            "noauto".into(),
+            "off".into(),
+            "off".into()
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_of_a_stream_carrying_mountpoint_etc_lands_unmounted_and_readonly() {
+    let vm = vm();
+    let src = format!("zbvm/{}", unique("etcr"));
+    let _cleanup = Cleanup(vec![src.clone(), format!("zbrep/r/src-1/{src}")]);
+    let stream = etc_stream(vm, &src);
+    let put = transfer::upload(
+        &transfer::client(),
+        &Endpoint::new(&vm.target(), "test-source-token"),
+        &upload_spec(&src, Some("zbrep/r".into())),
+        Cursor::new(stream),
+        ok_done(),
+    )
+    .await;
+    etc_untouched(vm);
+    let put = put.expect("the replica is received");
+    let replica = put.response.replica.expect("a replica");
+    assert_eq!(
+        vm.props(
+            &replica,
+            "mounted,mountpoint,canmount,setuid,devices,readonly"
+        ),
+        [
+            "no".to_owned(),
+            format!("/{replica}"),
+            "noauto".into(),
+            "off".into(),
+            "off".into(),
+            "on".into()
+        ]
+    );
+    // The parents the target made for it are not mounted either.
+    assert_eq!(vm.props("zbrep/r/src-1", "mounted,canmount"), ["no", "off"]);
+}
+
+/// Starts a replica backup of `snapshot` at a crawl and kills the source agent (SIGKILL) once
+/// the target's `zfs receive` has read more than a megabyte: the target keeps a partial
+/// receive and its resume token. Returns the token.
+fn interrupted_replica_backup(vm: &Vm, ds: &str, snapshot: &str) -> String {
+    vm.sh(&format!(
+        "set -e
+        RUST_LOG=info setsid nohup zetaback-agent backup --host-name src-1 \
+          --token-file /root/zb-token --target 127.0.0.1:7790 --dataset {ds} --snapshot {snapshot} \
+          --target-dataset zbrep/r --bandwidth-limit 400000 --idle-timeout 30 \
+          > /var/log/zb-slow-source.log 2>&1 < /dev/null &
+        src=$!
+        for i in $(seq 1 600); do
+          recv=$(pgrep -f '[z]fs receive.*zbrep/r/src-1/{ds}' | head -n1)
+          if [ -n \"$recv\" ] && [ \"$(awk '/^rchar/ {{print $2}}' /proc/$recv/io 2>/dev/null || echo 0)\" -gt 1000000 ]; then
+            kill -9 $src; exit 0
+          fi
+          kill -0 $src 2>/dev/null || {{ echo 'the slow source ended by itself' >&2; cat /var/log/zb-slow-source.log >&2; exit 1; }}
+          sleep 0.2
+        done
+        kill -9 $src; echo 'the receive never got a megabyte' >&2; exit 1"
+    ));
+    let replica = format!("zbrep/r/src-1/{ds}");
+    let mut token = String::new();
+    for _ in 0..40 {
+        token = vm
+            .sh(&format!(
+                "zfs get -H -p -o value receive_resume_token {replica} 2>/dev/null || true"
+            ))
+            .trim()
+            .to_owned();
+        if token.len() > 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        token.len() > 1,
+        "no resume token on {replica} after the interrupted transfer"
+    );
+    token
+}
+
+#[test]
+fn an_interrupted_transfer_resumes_from_its_token() {
+    let vm = vm();
+    let ds = format!("zbvm/{}", unique("res"));
+    let _cleanup = Cleanup(vec![ds.clone(), format!("zbrep/r/src-1/{ds}")]);
+    vm.sh(&format!(
+        "set -e; zfs create -o compression=off {ds}; head -c 12000000 /dev/urandom > /{ds}/big"
+    ));
+    let token = interrupted_replica_backup(vm, &ds, "zb-1");
+    let decoded = vm.sh(&format!("zfs send -nvt {token} 2>&1"));
+    assert!(
+        decoded.contains(&format!("toname = {ds}@zb-1")),
+        "{decoded}"
+    );
+    let full: u64 = vm
+        .sh(&format!(
+            "zfs send -nP {ds}@zb-1 | awk '$1 == \"size\" {{print $2}}'"
+        ))
+        .trim()
+        .parse()
+        .expect("send -nP size");
+    let out = backup_in_vm(
+        vm,
+        "127.0.0.1:7790",
+        &ds,
+        "zb-1",
+        "--target-dataset zbrep/r",
+    );
+    let outcome = json_of(&out);
+    let resent = outcome["bytes"].as_u64().expect("bytes");
+    eprintln!("resume: re-sent {resent} bytes of a {full}-byte stream");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("resuming an interrupted transfer"),
+        "the second attempt did not resume"
+    );
+    assert!(
+        resent < full,
+        "re-sent {resent} bytes, the whole stream is {full}"
+    );
+    let replica = format!("zbrep/r/src-1/{ds}@zb-1");
+    assert_eq!(
+        vm.sh(&format!("zfs get -H -p -o value guid {replica}")),
+        vm.sh(&format!("zfs get -H -p -o value guid {ds}@zb-1")),
+        "the replica is not the source's snapshot"
+    );
+}
+
+#[test]
+fn a_resume_token_naming_another_snapshot_is_refused() {
+    let vm = vm();
+    let ds = format!("zbvm/{}", unique("tok"));
+    let _cleanup = Cleanup(vec![ds.clone(), format!("zbrep/r/src-1/{ds}")]);
+    vm.sh(&format!(
+        "set -e; zfs create -o compression=off {ds}; head -c 12000000 /dev/urandom > /{ds}/big"
+    ));
+    // The target now holds a token for @zb-1; the next job sends @zb-2, and the target
+    // answers with @zb-1's token (as a forging target would answer with any).
+    let token = interrupted_replica_backup(vm, &ds, "zb-1");
+    vm.sh(&format!("echo more > /{ds}/more"));
+    let out = backup_in_vm(
+        vm,
+        "127.0.0.1:7790",
+        &ds,
+        "zb-2",
+        // The target discards the partial receive (`receive -A`) before it reads the new
+        // stream: slow under emulation, so a longer idle timeout than the default 30 s.
+        "--target-dataset zbrep/r --idle-timeout 180",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let outcome = json_of(&out);
+    assert!(
+        stderr.contains("refusing the target's resume token"),
+        "the token for @zb-1 was not refused: {stderr}"
+    );
+    assert!(!token.is_empty());
+    let replica = format!("zbrep/r/src-1/{ds}");
+    assert_eq!(
+        vm.sh(&format!("zfs get -H -p -o value guid {replica}@zb-2")),
+        vm.sh(&format!("zfs get -H -p -o value guid {ds}@zb-2")),
+        "the replica does not hold the job's snapshot: {outcome}"
+    );
+    assert!(
+        !vm.run(&format!("zfs list {replica}@zb-1")).status.success(),
+        "the target got the snapshot its token named"
+    );
+}

@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# A host running real, in-kernel OpenZFS for the tests: a Debian VM under QEMU (TCG emulation:
+# KVM does not work on this machine), reached over ssh through user-mode networking.
+#
+#   openzfs-vm.sh build    builds the image once and caches it under
+#                          ~/.cache/zetaback/vm/<key>/ (key: the Debian suite, the pinned
+#                          OpenZFS version, this script's build code); prints that directory.
+#                          A second run is a cache hit (seconds).
+#   openzfs-vm.sh up       builds if needed, boots the VM with two empty virtio disks for pools
+#                          (/dev/vdb, /dev/vdc), waits until sshd answers and `zpool version`
+#                          works in the guest, copies the host's zetaback-agent binary to
+#                          /usr/local/bin in the guest, prints how to reach it (env lines).
+#                          Idempotent: a VM already up is reused.
+#   openzfs-vm.sh ssh CMD… runs CMD in the guest as root (stdin passed through).
+#   openzfs-vm.sh env      prints the env lines of the running VM (ssh port, agent port, key).
+#   openzfs-vm.sh status   says whether the VM is up, and its OpenZFS and kernel versions.
+#   openzfs-vm.sh down     powers the VM off (kills the qemu process this script started) and
+#                          drops its writable overlay; the cached image stays.
+#
+# What is in the image: Debian bookworm (debootstrap --variant=minbase from Debian's packages),
+# Linux 6.12 and OpenZFS 2.3.2 (zfs-dkms + zfsutils-linux) from bookworm-backports `contrib`,
+# the zfs module built by DKMS for that kernel inside the image's chroot, openssh-server, udev.
+# Why 2.3 and not bookworm's 2.1.11: 2.3 is the OpenZFS that current distributions ship and
+# that production hosts run (2.2 added block cloning, 2.3 `zfs send`/`receive` changes and
+# JSON output); the agent's parsers were written against 2.2's formats, and 2.1 would leave
+# their newer fields untested. The guest boots the kernel directly (-kernel/-initrd) with a
+# small init of its own (/sbin/zetaback-init: mounts, udev, `modprobe zfs`, network, sshd),
+# which is much faster under emulation than systemd; it prints ZETABACK-VM-READY on the serial
+# console when done.
+#
+# Network: QEMU user-mode networking. The host reaches the guest's sshd at
+# 127.0.0.1:$ZETABACK_VM_SSH_PORT and the guest's agent (port 7790) at
+# 127.0.0.1:$ZETABACK_VM_AGENT_PORT; the guest reaches the host's loopback at 10.0.2.2.
+#
+# Environment: ZETABACK_VM_SSH_PORT (default 10022), ZETABACK_VM_AGENT_PORT (default 17790),
+# ZETABACK_VM_MEM (MiB, default 2048), ZETABACK_VM_CPUS (default 2),
+# ZETABACK_VM_BOOT_TIMEOUT (seconds, default 600), ZETABACK_DEBIAN_MIRROR.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cache=${ZETABACK_CACHE:-$HOME/.cache/zetaback}
+vms="$cache/vm"
+run="$vms/run"
+mirror=${ZETABACK_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+suite=bookworm
+zfs_version=2.3.2
+ssh_port=${ZETABACK_VM_SSH_PORT:-10022}
+agent_port=${ZETABACK_VM_AGENT_PORT:-17790}
+mem=${ZETABACK_VM_MEM:-2048}
+cpus=${ZETABACK_VM_CPUS:-2}
+boot_timeout=${ZETABACK_VM_BOOT_TIMEOUT:-600}
+
+die() { echo "openzfs-vm.sh: $*" >&2; exit 1; }
+log() { echo "openzfs-vm.sh: $(date -u +%H:%M:%S) $*" >&2; }
+
+# ---- build ---------------------------------------------------------------------------------
+
+# The init the guest runs as PID 1.
+guest_init() {
+  cat <<'EOF'
+#!/bin/sh
+# zetaback's OpenZFS test VM: PID 1 (see e2e/scripts/openzfs-vm.sh in the repository).
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm /run /tmp
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /dev/shm
+mount -o remount,rw /
+hostname openzfs-vm
+/lib/systemd/systemd-udevd --daemon
+udevadm trigger --action=add
+udevadm settle --timeout=120
+modprobe zfs || echo "ZETABACK-VM-FAILED: modprobe zfs"
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+mkdir -p /run/sshd
+/usr/sbin/sshd -E /var/log/sshd.log
+if zpool version >/dev/null 2>&1; then echo "ZETABACK-VM-READY $(zpool version | head -n1) $(uname -r)"; else echo "ZETABACK-VM-FAILED: zpool version"; fi
+# PID 1 reaps orphans; `poweroff -f` (or the host killing qemu) ends the VM.
+while :; do wait; sleep 5; done
+EOF
+}
+
+# build_rootfs DIR: debootstrap + kernel + OpenZFS (DKMS-built) + sshd into DIR/rootfs.
+build_rootfs() {
+  local dir=$1 r=$1/rootfs kver zver
+  log "debootstrap --variant=minbase $suite"
+  debootstrap --variant=minbase --components=main,contrib \
+    --include=ca-certificates,udev,kmod,iproute2,openssh-server,procps,psmisc,initramfs-tools,zstd \
+    "$suite" "$r" "$mirror" > "$dir/debootstrap.log" 2>&1 ||
+    { tail -n 20 "$dir/debootstrap.log" >&2; die "debootstrap failed (log: $dir/debootstrap.log)"; }
+  printf '#!/bin/sh\nexit 101\n' > "$r/usr/sbin/policy-rc.d"
+  chmod 0755 "$r/usr/sbin/policy-rc.d"
+  cp /etc/resolv.conf "$r/etc/resolv.conf"
+  printf 'deb %s %s main contrib\ndeb %s %s-backports main contrib\n' "$mirror" "$suite" "$mirror" "$suite" \
+    > "$r/etc/apt/sources.list"
+  mount -t proc proc "$r/proc"
+  mount --bind /dev "$r/dev"
+  mount -t sysfs sys "$r/sys"
+  trap 'umount -l "$r/proc" "$r/dev" "$r/sys" 2>/dev/null || true' EXIT
+  chroot "$r" apt-get update -qq > "$dir/apt.log" 2>&1 || { tail -n 20 "$dir/apt.log" >&2; die "apt-get update in the chroot failed"; }
+  zver=$(chroot "$r" apt-cache madison zfs-dkms | awk -v v="$zfs_version" '$3 ~ "^" v "-" {print $3; exit}')
+  [ -n "$zver" ] || die "Debian serves no zfs-dkms $zfs_version (apt-cache madison zfs-dkms in the chroot)"
+  log "kernel and headers from $suite-backports"
+  chroot "$r" sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      -t $suite-backports linux-image-amd64 linux-headers-amd64" >> "$dir/apt.log" 2>&1 ||
+    { tail -n 20 "$dir/apt.log" >&2; die "installing the backports kernel failed (log: $dir/apt.log)"; }
+  kver=$(ls "$r/lib/modules" | sort -V | tail -n1)
+  [ -f "$r/boot/vmlinuz-$kver" ] || die "no kernel image for $kver in the chroot"
+  log "zfs-dkms $zver + zfsutils-linux (DKMS builds the module for $kver)"
+  chroot "$r" sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      -t $suite-backports zfs-dkms=$zver zfsutils-linux=$zver" >> "$dir/apt.log" 2>&1 ||
+    { tail -n 30 "$dir/apt.log" >&2; die "installing zfs-dkms $zver failed (log: $dir/apt.log)"; }
+  if ! ls "$r/lib/modules/$kver"/updates/dkms/zfs.ko* >/dev/null 2>&1; then
+    log "DKMS did not build for $kver during install: dkms install -k $kver"
+    chroot "$r" dkms install "zfs/${zver%%-*}" -k "$kver" >> "$dir/apt.log" 2>&1 ||
+      { tail -n 30 "$dir/apt.log" >&2; die "dkms install zfs for $kver failed (log: $dir/apt.log)"; }
+  fi
+  ls "$r/lib/modules/$kver"/updates/dkms/zfs.ko* >/dev/null 2>&1 || die "no zfs.ko for $kver after DKMS"
+  chroot "$r" depmod "$kver"
+  chroot "$r" update-initramfs -u -k "$kver" >> "$dir/apt.log" 2>&1 || die "update-initramfs failed"
+  # Access: root over ssh with a key made for this image only.
+  ssh-keygen -q -t ed25519 -N '' -C zetaback-openzfs-vm -f "$dir/id_ed25519"
+  mkdir -p "$r/root/.ssh"
+  cp "$dir/id_ed25519.pub" "$r/root/.ssh/authorized_keys"
+  chmod 0700 "$r/root/.ssh"; chmod 0600 "$r/root/.ssh/authorized_keys"
+  chroot "$r" ssh-keygen -A >/dev/null
+  printf 'PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n' > "$r/etc/ssh/sshd_config.d/zetaback.conf"
+  guest_init > "$r/sbin/zetaback-init"
+  chmod 0755 "$r/sbin/zetaback-init"
+  echo openzfs-vm > "$r/etc/hostname"
+  # What the image holds, for `status` and the report.
+  { echo "kernel=$kver"; echo "zfs=$zver"; echo "suite=$suite"; } > "$dir/versions"
+  cp "$r/boot/vmlinuz-$kver" "$dir/vmlinuz"
+  cp "$r/boot/initrd.img-$kver" "$dir/initrd.img"
+  chroot "$r" apt-get clean
+  umount -l "$r/proc" "$r/dev" "$r/sys"
+  trap - EXIT
+  rm -f "$r/usr/sbin/policy-rc.d" "$r/etc/resolv.conf"
+  rm -rf "$r"/var/lib/apt/lists/* "$r"/usr/share/man/* "$r"/usr/share/doc/*
+}
+
+image_key() {
+  printf '%s\n' "$suite" "$mirror" "$zfs_version" "$(declare -f build_rootfs guest_init image_key)" |
+    sha256sum | cut -c1-16
+}
+
+cmd_build() {
+  local key dir start size
+  key=$(image_key)
+  dir="$vms/$key"
+  if [ -f "$dir/done" ]; then ln -sfn "$key" "$vms/current"; echo "$dir"; return; fi
+  [ "$(id -u)" -eq 0 ] || die "building the image needs root (debootstrap, chroot)"
+  for c in debootstrap mkfs.ext4 qemu-system-x86_64 qemu-img ssh ssh-keygen; do
+    command -v "$c" >/dev/null || die "$c is missing (e2e/scripts/install-deps.sh installs it)"
+  done
+  start=$(date +%s)
+  mkdir -p "$vms"
+  rm -rf "$dir.tmp"
+  mkdir -p "$dir.tmp"
+  build_rootfs "$dir.tmp"
+  size=$(du -sm "$dir.tmp/rootfs" | cut -f1)
+  log "root file system image ($size MiB of files)"
+  mkfs.ext4 -q -L zetaroot -d "$dir.tmp/rootfs" "$dir.tmp/root.img" "$((size + 768))M" ||
+    die "mkfs.ext4 -d failed"
+  rm -rf "$dir.tmp/rootfs"
+  echo "build_seconds=$(( $(date +%s) - start ))" >> "$dir.tmp/versions"
+  touch "$dir.tmp/done"
+  rm -rf "$dir"
+  mv "$dir.tmp" "$dir"
+  ln -sfn "$key" "$vms/current"
+  # Keep only this build.
+  ls -1d "$vms"/[0-9a-f]*[0-9a-f] 2>/dev/null | grep -E '/[0-9a-f]{16}$' | grep -v "/$key\$" | xargs -r rm -rf
+  log "built in $(( $(date +%s) - start ))s: $dir ($(cat "$dir/versions" | paste -sd' '))"
+  echo "$dir"
+}
+
+# ---- run -----------------------------------------------------------------------------------
+
+image_dir() { local d; d=$(readlink -f "$vms/current" 2>/dev/null) && [ -f "$d/done" ] && echo "$d"; }
+
+ssh_opts() {
+  local d; d=$(image_dir) || die "no image: run openzfs-vm.sh build"
+  echo "-i $d/id_ed25519 -p $ssh_port -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10 -o BatchMode=yes"
+}
+
+# Our qemu, if it still runs.
+our_qemu() {
+  local pid
+  pid=$(cat "$run/qemu.pid" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = qemu-system-x86 ] && echo "$pid"
+}
+
+guest() { # shellcheck disable=SC2046
+  ssh $(ssh_opts) root@127.0.0.1 "$@"
+}
+
+print_env() {
+  local d; d=$(image_dir)
+  echo "ZETABACK_VM_SSH=ssh -i $d/id_ed25519 -p $ssh_port -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes root@127.0.0.1"
+  echo "ZETABACK_VM_SSH_PORT=$ssh_port"
+  echo "ZETABACK_VM_SSH_KEY=$d/id_ed25519"
+  echo "ZETABACK_VM_AGENT_PORT=$agent_port"
+  echo "ZETABACK_VM_HOST_ADDR=10.0.2.2"
+  echo "ZETABACK_VM_DISKS=/dev/vdb /dev/vdc"
+}
+
+agent_binary() {
+  local b=${ZETABACK_VM_AGENT_BIN:-${CARGO_TARGET_DIR:-$cache/target}/debug/zetaback-agent}
+  [ -x "$b" ] || die "no agent binary at $b (cargo build -p zetaback-agent, or set ZETABACK_VM_AGENT_BIN)"
+  echo "$b"
+}
+
+cmd_up() {
+  local d start pid i agent
+  d=$(cmd_build)
+  agent=$(agent_binary)
+  mkdir -p "$run"
+  if pid=$(our_qemu); then
+    log "already up (qemu pid $pid)"
+  else
+    start=$(date +%s)
+    rm -f "$run/overlay.qcow2" "$run/serial.log"
+    qemu-img create -q -f qcow2 -b "$d/root.img" -F raw "$run/overlay.qcow2"
+    for disk in pool1 pool2; do rm -f "$run/$disk.img"; truncate -s 1G "$run/$disk.img"; done
+    qemu-system-x86_64 -name zetaback-openzfs -machine q35 -accel tcg,thread=multi \
+      -cpu max -smp "$cpus" -m "$mem" -no-reboot \
+      -kernel "$d/vmlinuz" -initrd "$d/initrd.img" \
+      -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 init=/sbin/zetaback-init quiet panic=-1" \
+      -drive "file=$run/overlay.qcow2,if=virtio,format=qcow2,cache=unsafe" \
+      -drive "file=$run/pool1.img,if=virtio,format=raw,cache=unsafe" \
+      -drive "file=$run/pool2.img,if=virtio,format=raw,cache=unsafe" \
+      -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$ssh_port-:22,hostfwd=tcp:127.0.0.1:$agent_port-:7790" \
+      -device virtio-net-pci,netdev=n0 \
+      -serial "file:$run/serial.log" -monitor none -display none \
+      -daemonize -pidfile "$run/qemu.pid" ||
+      die "qemu failed to start"
+    log "booting (qemu pid $(cat "$run/qemu.pid"), serial console: $run/serial.log)"
+    for ((i = 0; ; i++)); do
+      grep -q 'ZETABACK-VM-FAILED' "$run/serial.log" 2>/dev/null &&
+        { tail -n 30 "$run/serial.log" >&2; die "the guest failed: $(grep -a ZETABACK-VM-FAILED "$run/serial.log" | head -n1)"; }
+      grep -q 'ZETABACK-VM-READY' "$run/serial.log" 2>/dev/null && break
+      our_qemu >/dev/null || { tail -n 30 "$run/serial.log" >&2; die "qemu exited while booting"; }
+      [ $(( $(date +%s) - start )) -lt "$boot_timeout" ] ||
+        { tail -n 30 "$run/serial.log" >&2; die "no ZETABACK-VM-READY within ${boot_timeout}s"; }
+      sleep 1
+    done
+    for ((i = 0; i < 60; i++)); do guest true 2>/dev/null && break; sleep 1; done
+    guest zpool version >/dev/null || die "ssh to the guest or zpool there failed"
+    echo "boot_seconds=$(( $(date +%s) - start ))" > "$run/boot"
+    log "ready in $(( $(date +%s) - start ))s: $(grep -a -o 'ZETABACK-VM-READY.*' "$run/serial.log" | tr -d '\r')"
+  fi
+  # The agent the host built (same Debian release, so the same glibc).
+  if ! cmp -s <(sha256sum < "$agent" | cut -d' ' -f1) <(guest 'sha256sum < /usr/local/bin/zetaback-agent 2>/dev/null | cut -d" " -f1'); then
+    guest 'cat > /usr/local/bin/zetaback-agent.tmp && chmod 0755 /usr/local/bin/zetaback-agent.tmp && mv /usr/local/bin/zetaback-agent.tmp /usr/local/bin/zetaback-agent' < "$agent"
+  fi
+  print_env
+}
+
+cmd_down() {
+  local pid
+  if pid=$(our_qemu); then
+    guest 'sync; poweroff -f' >/dev/null 2>&1 || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$run/qemu.pid" "$run/overlay.qcow2" "$run/pool1.img" "$run/pool2.img"
+  echo "openzfs-vm.sh: down"
+}
+
+cmd_status() {
+  local pid d
+  d=$(image_dir) || { echo "no image (openzfs-vm.sh build)"; return 1; }
+  echo "image: $d ($(paste -sd' ' "$d/versions"))"
+  if pid=$(our_qemu); then
+    echo "up: qemu pid $pid, $(cat "$run/boot" 2>/dev/null)"
+    guest 'zfs version | paste -sd" "; uname -r' || { echo "but ssh fails"; return 1; }
+  else
+    echo "down"; return 1
+  fi
+}
+
+case "${1:-}" in
+  build) cmd_build ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) our_qemu >/dev/null || die "not up"; print_env ;;
+  ssh) shift; guest "$@" ;;
+  *) echo "usage: openzfs-vm.sh build|up|down|status|env|ssh CMD…" >&2; exit 2 ;;
+esac
