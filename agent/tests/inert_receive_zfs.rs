@@ -74,6 +74,7 @@ fn spec(dataset: &str, receive_into: Option<String>) -> Upload {
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(30),
         resume_token: None,
+        policy: None,
     }
 }
 

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use zetaback_agent::job::{self, JobError, JobSettings};
 use zetaback_agent::transfer::Endpoint;
-use zetaback_agent::zfs::{ReceiveRequest, Zfs};
+use zetaback_agent::zfs::{ReceivePurpose, ReceiveRequest, Zfs};
 use zetaback_core::api::backup_policy::{Compression, ObjectStoreTarget, SecretName, Target};
 use zetaback_core::api::{BackupJobSpec, BackupType};
 use zetaback_core::store::StreamId;
@@ -128,6 +128,7 @@ async fn receive(zfs: &Zfs, into: &str, stream: Bytes) {
             target: into.to_owned(),
             force: false,
             resumable: false,
+            purpose: ReceivePurpose::Restore,
         })
         .expect("zfs receive starts");
     {

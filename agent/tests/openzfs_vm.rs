@@ -54,14 +54,15 @@ fn vm() -> &'static Vm {
             zpool list zbvm >/dev/null 2>&1 || zpool create -f -o cachefile=none -m /zbvm zbvm /dev/vdb
             zpool list zbrep >/dev/null 2>&1 || zpool create -f -o cachefile=none -m /zbrep zbrep /dev/vdc
             zfs list zbrep/r >/dev/null 2>&1 || zfs create zbrep/r
-            echo test-source-token > /root/zb-token
-            echo test-admin-token > /root/zb-admin
+            # The identities of agent/tests/common's Tokens: src-1's agent and the controller.
+            echo test-src-1-token > /root/zb-token
+            echo '[{\"token\": \"test-src-1-token\", \"hosts\": [\"src-1\"]}, {\"token\": \"test-controller-token\", \"role\": \"controller\"}]' > /root/zb-identities.json
             mkdir -p /var/lib/zb-store
             # One target agent per test run, of this build (up copied it in).
             if [ -f /run/zb-target.pid ]; then kill $(cat /run/zb-target.pid) 2>/dev/null || true; sleep 1; fi
             RUST_LOG=info setsid nohup /usr/local/bin/zetaback-agent --no-kube --host-name backup-vm \
               --listen 0.0.0.0:7790 --store-root /var/lib/zb-store --replica-root zbrep/r \
-              --token-file /root/zb-token --admin-token-file /root/zb-admin --idle-timeout 10 \
+              --identities-file /root/zb-identities.json --idle-timeout 10 \
               > /var/log/zb-target.log 2>&1 < /dev/null &
             echo $! > /run/zb-target.pid
             for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/7790) 2>/dev/null && exit 0; sleep 0.2; done
@@ -309,6 +310,7 @@ fn upload_spec(dataset: &str, receive_into: Option<String>) -> Upload {
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(60),
         resume_token: None,
+        policy: None,
     }
 }
 
