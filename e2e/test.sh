@@ -116,7 +116,8 @@ if [ "${CI:-}" = true ]; then
 fi
 echo "== cargo test (unit, property, real-parts end to end, real OpenZFS)"
 # Two test threads: the machine has two cores and the end-to-end tests share one apiserver.
-cargo test --workspace --locked -- --test-threads 2
+# --no-fail-fast: every failing test file shows in one run, not only the first.
+cargo test --workspace --locked --no-fail-fast -- --test-threads 2
 # The hostile tier's tests ran above with the rest (every test file); its own command is
 # `e2e/test.sh hostile`. Say which ran, so the log shows the tier's output.
 echo "== hostile tier (in the run above): $(awk '$1 == "hostile" { printf "%s ", $3 }' e2e/test-tiers.txt)"

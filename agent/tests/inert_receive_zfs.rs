@@ -94,7 +94,7 @@ async fn restore_of_a_stream_carrying_a_mountpoint_is_not_mounted_there() {
     // What a malicious source does: upload it as a backup.
     transfer::upload(
         &transfer::client(),
-        &Endpoint::new(&target.addr, "test-source-token"),
+        &Endpoint::new(&target.addr, "test-src-1-token"),
         &spec(&ds, None),
         Cursor::new(stream),
         ok_done(),
@@ -145,7 +145,7 @@ async fn replica_of_a_stream_carrying_a_mountpoint_is_refused() {
     let target = TargetAgent::start(&tokens, &addr, store.path(), Some(&root), None);
     let result = transfer::upload(
         &transfer::client(),
-        &Endpoint::new(&target.addr, "test-source-token"),
+        &Endpoint::new(&target.addr, "test-src-1-token"),
         &spec(&ds, Some(root.clone())),
         Cursor::new(stream),
         ok_done(),

@@ -337,7 +337,7 @@ async fn restore_of_a_stream_carrying_mountpoint_etc_lands_unmounted() {
     // What a malicious source does: upload it as its backup.
     transfer::upload(
         &transfer::client(),
-        &Endpoint::new(&store.agent.addr, "test-source-token"),
+        &Endpoint::new(&store.agent.addr, "test-src-1-token"),
         &upload_spec(&src, None),
         Cursor::new(stream),
         ok_done(),
@@ -376,7 +376,7 @@ async fn replica_of_a_stream_carrying_mountpoint_etc_lands_unmounted_and_readonl
     let stream = etc_stream(vm, &src);
     let put = transfer::upload(
         &transfer::client(),
-        &Endpoint::new(&vm.target(), "test-source-token"),
+        &Endpoint::new(&vm.target(), "test-src-1-token"),
         &upload_spec(&src, Some("zbrep/r".into())),
         Cursor::new(stream),
         ok_done(),
