@@ -54,6 +54,11 @@ up() {
   local weed
   weed=$(build)
   mkdir -p "$run/data"
+  # One `up` at a time: tests call it in parallel, and two servers started at once fight over
+  # the ports (the loser's pid would replace the winner's). The lock is held until the gateway
+  # answers; the server itself does not inherit it (9>&-).
+  exec 9>"$run/up.lock"
+  flock 9
   cp "$root/e2e/manifests/seaweedfs/s3-identities.json" "$run/s3.json"
   if ! alive; then
     # -s3.config: the identities; -volume.max 0: as many volumes as the disk allows;
