@@ -160,6 +160,19 @@ spec:
         message.contains(&node_a) && message.contains("its own ZfsHost"),
         "the refusal says who may write what: {message}"
     );
+    // A forged write tried before the policy was loaded may have landed: the admin puts node
+    // B's status back, and the same forged write is refused again.
+    let as_admin: Api<ZfsHost> = Api::all(env.client().await);
+    as_admin
+        .patch_status(
+            &node_b,
+            &pp,
+            &Patch::Merge(serde_json::json!({"status": {"agentEndpoint": "127.0.0.1:7469"}})),
+        )
+        .await
+        .expect("the admin resets node B's status");
+    refusal(hosts_a.patch_status(&node_b, &pp, &forged).await)
+        .expect("node A's forged write to node B's ZfsHost status, once the policy is loaded");
 
     // Its own ZfsHost, BackupJob and Restore: accepted.
     let own = Patch::Merge(serde_json::json!({
