@@ -37,12 +37,15 @@ async fn a_namespace_a_host_does_not_serve_can_neither_back_it_up_nor_restore_to
     let ns = env.namespace("tenancy-ns");
     // The operator's own namespace (its Lease's), not the tenant's.
     let ops = env.namespace("tenancy-ops");
+    // The controller publishes its restore grants' key in its own (the Lease's) namespace: the
+    // store that checks grants is told where.
+    let grant_key = format!("{ops}/zetaback-grant-key");
     let mut fleet = Fleet::start(
         env,
         &ns,
         &[
             HostSpec::source("src"),
-            HostSpec::store("bak"),
+            HostSpec::store("bak").args(&["--grant-key-configmap", &grant_key]),
             HostSpec::source("dst"),
         ],
     )
