@@ -82,10 +82,17 @@ step "Installing the Helm chart's RBAC and service accounts into $ns"
 k create namespace "$ns" --dry-run=client -o yaml | k apply -f - >/dev/null
 "$bin/helm" template zetaback charts/zetaback --namespace "$ns" --kube-version 1.37.2 | k apply -f - | sed 's/^/  /'
 
-kubeconfig_for() { # service account → kubeconfig path
-  local sa=$1 file="$demo/$1.kubeconfig"
+kubeconfig_for() { # service account [pod] → kubeconfig path (with a pod: its token is bound
+  # to that pod, so it carries the pod's node, which the agent-writes admission policy checks)
+  local sa=$1 pod=${2:-} file="$demo/$1${2:+-$2}.kubeconfig"
   local token server ca
-  token=$(k create token "$sa" -n "$ns" --duration 24h)
+  if [ -n "$pod" ]; then
+    token=$(k create token "$sa" -n "$ns" --duration 24h \
+      --bound-object-kind Pod --bound-object-name "$pod" \
+      --bound-object-uid "$(k get pod "$pod" -n "$ns" -o jsonpath='{.metadata.uid}')")
+  else
+    token=$(k create token "$sa" -n "$ns" --duration 24h)
+  fi
   server=$(k config view --raw -o jsonpath='{.clusters[0].cluster.server}')
   ca=$(k config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority}')
   cat >"$file" <<YAML
@@ -135,11 +142,10 @@ done
 identities=(--controller-service-account "$ns/zetaback-controller" --agent-service-account "$ns/zetaback-agent"
   --reader-service-account "$ns/zetaback-reader")
 mkdir -p "$demo/store"
-agent_kc=$(kubeconfig_for zetaback-agent)
-KUBECONFIG=$agent_kc bg agent-db-1 "$bins/zetaback-agent" --host-name db-1 --node-name db-1 \
+KUBECONFIG=$(kubeconfig_for zetaback-agent agent-db-1) bg agent-db-1 "$bins/zetaback-agent" --host-name db-1 --node-name db-1 \
   --listen 127.0.0.1:17791 --token-file "$(store_token_for agent-db-1 zetaback-agent)" "${identities[@]}" \
   --status-interval 5 --last-seen-every 10
-KUBECONFIG=$agent_kc bg agent-backup-1 "$bins/zetaback-agent" --host-name backup-1 --node-name backup-1 \
+KUBECONFIG=$(kubeconfig_for zetaback-agent agent-backup-1) bg agent-backup-1 "$bins/zetaback-agent" --host-name backup-1 --node-name backup-1 \
   --listen 127.0.0.1:17792 --store-root "$demo/store" \
   --token-file "$(store_token_for agent-backup-1 zetaback-agent)" "${identities[@]}" \
   --status-interval 5 --last-seen-every 10
