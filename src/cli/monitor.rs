@@ -5,7 +5,9 @@
 //! * OK: no violators, every policy Ready and its status fresh.
 //! * WARNING: some dataset violates its policy (late incremental, last job failed, its host's
 //!   agent stopped reporting: its backups so far are intact, and if the silence lasts the
-//!   missing backups turn into `NoFullWithin`).
+//!   missing backups turn into `NoFullWithin`), or a policy protects nothing (its selector
+//!   matches no host, or its hosts report no dataset it covers: `Compliant=False` with reason
+//!   `NoHostsSelected`/`NoDatasetsSelected`; a typo must not read as "all is well").
 //! * CRITICAL: a violation says no restorable backup can be vouched for (`NoFullWithin`,
 //!   `ChainBroken`, `BackupMissing`, `HostNotReporting`), or a policy is not Ready (the
 //!   controller cannot evaluate it, or has not reported on it yet).
@@ -80,6 +82,10 @@ pub struct PolicyHealth {
     pub violations: Vec<Violation>,
     /// When the controller last evaluated the policy (`status.lastEvaluated`).
     pub last_evaluated: Option<Timestamp>,
+    /// The controller's reason when the policy selects nothing to back up
+    /// (`NoHostsSelected`, `NoDatasetsSelected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protects_nothing: Option<String>,
 }
 
 /// How fresh a policy's status must be.
@@ -204,6 +210,14 @@ pub fn assess(policies: &[PolicyHealth], fresh: Freshness) -> Verdict {
             .any(|v| is_critical(v.reason));
     // The count is what status says; a listed violation counts even if a stale count is 0.
     let total = total.max(named.len() as u64);
+    let empty: Vec<String> = policies
+        .iter()
+        .filter_map(|p| {
+            p.protects_nothing
+                .as_ref()
+                .map(|why| format!("{} ({why})", p.policy))
+        })
+        .collect();
     let stale: Vec<(&str, Option<SignedDuration>)> = policies
         .iter()
         .filter_map(|p| staleness(p, fresh).map(|age| (p.policy.as_str(), age)))
@@ -212,7 +226,7 @@ pub fn assess(policies: &[PolicyHealth], fresh: Freshness) -> Verdict {
         State::Critical
     } else if !stale.is_empty() {
         State::Unknown
-    } else if total > 0 {
+    } else if total > 0 || !empty.is_empty() {
         State::Warning
     } else {
         State::Ok
@@ -269,6 +283,10 @@ pub fn assess(policies: &[PolicyHealth], fresh: Freshness) -> Verdict {
                 summary.push_str(&format!(", and {unnamed} more"));
             }
         }
+    }
+    if !empty.is_empty() {
+        summary.push_str("; protects nothing: ");
+        summary.push_str(&empty.join(", "));
     }
     if !not_ready.is_empty() {
         summary.push_str("; not Ready: ");
@@ -347,6 +365,7 @@ mod tests {
             violators: violations.len() as u32,
             violations,
             last_evaluated: Some(ts(NOW - 60)),
+            protects_nothing: None,
         }
     }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::filter::Filter;
 use super::monitor::{PolicyHealth, Readiness};
 use super::table::{self, Table};
-use crate::api::condition::READY;
+use crate::api::condition::{COMPLIANT, READY};
 use crate::api::{BackupJob, BackupPolicy, BackupType, JobPhase, ZfsHost};
 use crate::policy::{self, PolicyRules};
 use crate::selection::{DatasetMatcher, PolicyMatcher, labels_match};
@@ -576,12 +576,23 @@ pub fn policy_health(policy: &BackupPolicy, display: String, filter: &Filter) ->
             .collect::<BTreeSet<_>>()
             .len() as u32
     };
+    // Only for the whole policy: a host/dataset filter asks about particular datasets.
+    let protects_nothing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == COMPLIANT && c.status == "False")
+        .filter(|c| {
+            filter.is_everything()
+                && matches!(c.reason.as_str(), "NoHostsSelected" | "NoDatasetsSelected")
+        })
+        .map(|c| c.reason.clone());
     PolicyHealth {
         policy: display,
         readiness,
         violators,
         violations,
         last_evaluated: status.last_evaluated.map(|t| t.0),
+        protects_nothing,
     }
 }
 
@@ -1102,6 +1113,50 @@ mod tests {
         let text = render_violators(&[h], &[], ts(T0 + 3600));
         assert!(text.contains("NoBackupWithin   60m ago   late"), "{text}");
         assert!(text.contains("StoreUnreachable   no store"), "{text}");
+    }
+
+    #[test]
+    fn a_policy_that_protects_nothing_is_not_ok_for_monitoring() {
+        // The controller's verdict: Ready, no violator, but Compliant=False because the
+        // selector matches no host. Monitoring must not read that as "all is well".
+        let cond = |type_: &str, status: &str, reason: &str| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: "the policy selects no ZfsHost, so nothing is backed up".into(),
+            last_transition_time: Time(ts(T0)),
+            observed_generation: None,
+        };
+        for reason in ["NoHostsSelected", "NoDatasetsSelected"] {
+            let mut p = policy(serde_json::json!({}));
+            p.status = Some(crate::api::BackupPolicyStatus {
+                conditions: vec![
+                    cond(READY, "True", "Evaluated"),
+                    cond(crate::api::condition::COMPLIANT, "False", reason),
+                ],
+                last_evaluated: Some(Time(ts(T0))),
+                ..Default::default()
+            });
+            let h = policy_health(&p, "ns/p1".into(), &Filter::default());
+            let verdict = super::super::monitor::assess(
+                &[h],
+                super::super::monitor::Freshness {
+                    now: ts(T0 + 60),
+                    max_age: std::time::Duration::from_secs(900),
+                },
+            );
+            assert_eq!(
+                verdict.state,
+                super::super::monitor::State::Warning,
+                "{reason}: {}",
+                verdict.line()
+            );
+            assert!(
+                verdict.summary.contains("ns/p1") && verdict.summary.contains(reason),
+                "{reason}: {}",
+                verdict.line()
+            );
+        }
     }
 
     #[test]
