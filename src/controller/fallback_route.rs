@@ -154,6 +154,8 @@ pub fn render_config(
     let mut config = ProxyConfig::with_backends(backends);
     config.hosts = spec.hosts.clone();
     config.fallback_on = spec.fallback_on.clone();
+    config.trusted_proxies = spec.trusted_proxies.clone();
+    config.keyed_headers = spec.keyed_headers.clone();
     let cache = &spec.cache;
     config.cache = CacheConfig {
         default_ttl: duration("ttl", &cache.ttl)?,
@@ -913,6 +915,31 @@ mod tests {
             ProxyConfig::from_yaml(&yaml).expect("proxy accepts"),
             config
         );
+    }
+
+    #[test]
+    fn forwarding_settings_reach_the_proxy_and_bad_ones_are_refused() {
+        let mut s = two_backends();
+        s.trusted_proxies = vec!["10.244.0.0/16".into(), "::1".into()];
+        s.keyed_headers = vec!["X-Forwarded-Proto".into()];
+        let config = render_config(&s, "shop").expect("renders");
+        assert_eq!(config.trusted_proxies, ["10.244.0.0/16", "::1"]);
+        assert_eq!(config.keyed_headers, ["X-Forwarded-Proto"]);
+        let yaml = config_yaml(&config).expect("yaml");
+        assert_eq!(
+            ProxyConfig::from_yaml(&yaml).expect("proxy accepts"),
+            config
+        );
+        // What admission missed (an older CRD), the proxy's own validation still refuses.
+        s.keyed_headers = vec!["Transfer-Encoding".into()];
+        let why = render_config(&s, "shop")
+            .expect_err("framing header")
+            .to_string();
+        assert!(why.contains("Transfer-Encoding"), "{why}");
+        s.keyed_headers.clear();
+        s.trusted_proxies = vec!["not-an-ip".into()];
+        let why = render_config(&s, "shop").expect_err("bad peer").to_string();
+        assert!(why.contains("not-an-ip"), "{why}");
     }
 
     #[test]

@@ -54,7 +54,28 @@ pub struct FallbackRouteSpec {
     /// The proxy's container image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Peers (IP addresses or CIDR ranges, e.g. the ingress controller's pod range) whose
+    /// `X-Forwarded-For` is trusted and appended to; from anyone else it is replaced by the
+    /// client's socket address. Empty (the default): no peer is trusted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 43)))]
+    #[x_kube(validation = Rule::new("self.all(p, isIP(p) || isCIDR(p))").message("each of trustedProxies must be an IP address (10.0.0.1, ::1) or a CIDR range (10.0.0.0/8)"))]
+    pub trusted_proxies: Vec<String>,
+    /// Request headers sent to the backends on cache fills and made part of the cache key
+    /// (e.g. `X-Forwarded-Proto` behind a TLS terminator, when backends answer differently
+    /// per scheme). Other client headers are not forwarded on fills.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 64)))]
+    #[x_kube(validation = Rule::new(KEYED_HEADER_NAME_RULE).message("each of keyedHeaders must be a header name: letters, digits and !#$%&'*+.^_`|~- only"))]
+    #[x_kube(validation = Rule::new(KEYED_HEADER_ALLOWED_RULE).message("keyedHeaders cannot name Host, Content-Length or a hop-by-hop header (Connection, Keep-Alive, Proxy-Authenticate, Proxy-Authorization, TE, Trailer, Transfer-Encoding, Upgrade): the proxy sets those itself"))]
+    pub keyed_headers: Vec<String>,
 }
+
+/// Every keyed header is an HTTP token (RFC 9110 §5.6.2).
+const KEYED_HEADER_NAME_RULE: &str = r#"self.all(h, h.matches("^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))"#;
+
+/// No keyed header is one the proxy must own (framing, hop-by-hop, Host).
+const KEYED_HEADER_ALLOWED_RULE: &str = "self.all(h, !(h.lowerAscii() in ['host', 'content-length', 'connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-connection']))";
 
 fn default_fallback_on() -> Vec<u16> {
     vec![404]
