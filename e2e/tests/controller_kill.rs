@@ -106,7 +106,7 @@ async fn jobs(fleet: &Fleet) -> Vec<BackupJob> {
 fn phase(job: &BackupJob) -> JobPhase {
     job.status
         .as_ref()
-        .map(|s| s.phase.clone())
+        .map(|s| s.phase)
         .unwrap_or_default()
 }
 
