@@ -115,9 +115,41 @@ if [ "${CI:-}" = true ]; then
   trap 'bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true; bash e2e/scripts/env.sh down >/dev/null 2>&1 || true; bash e2e/scripts/seaweedfs.sh down >/dev/null 2>&1 || true; bash e2e/scripts/zfs.sh stop >/dev/null 2>&1 || true' EXIT
 fi
 echo "== cargo test (unit, property, real-parts end to end, real OpenZFS)"
-# Two test threads: the machine has two cores and the end-to-end tests share one apiserver.
-# --no-fail-fast: every failing test file shows in one run, not only the first.
-cargo test --workspace --locked --no-fail-fast -- --test-threads 2
+# Every test of every tier, in two cargo test runs at once: the test files in $beside mostly
+# wait (controller periods, verification rounds, Lease expiry), so they run beside the others
+# instead of after them; the run's wall time drops by about theirs. Two test threads each: the
+# machine has two cores and the end-to-end tests share one apiserver. --no-fail-fast: every
+# failing test file shows in one run, not only the first.
+beside=(verify monitoring controller_kill)
+main_targets=() beside_targets=()
+while read -r t package test; do
+  case "$t" in ''|'#'*) continue ;; esac
+  if [[ " ${beside[*]} " == *" $test "* ]]; then
+    beside_targets+=(-p "$package" --test "$test")
+  else
+    main_targets+=(-p "$package" --test "$test")
+  fi
+done < e2e/test-tiers.txt
+[ "${#beside_targets[@]}" -eq $(( 4 * ${#beside[@]} )) ] \
+  || { echo "test.sh: not every test of \$beside is in e2e/test-tiers.txt: ${beside[*]}" >&2; exit 1; }
+# Build everything first, so that neither run waits on the other's build.
+cargo test --workspace --locked --no-run
+beside_log=$(mktemp)
+cargo test --locked --no-fail-fast "${beside_targets[@]}" -- --test-threads 2 >"$beside_log" 2>&1 &
+beside_pid=$!
+main_rc=0
+cargo test --workspace --locked --no-fail-fast --lib --bins "${main_targets[@]}" -- --test-threads 2 \
+  || main_rc=$?
+cargo test --workspace --locked --doc || main_rc=1
+beside_rc=0
+wait "$beside_pid" || beside_rc=$?
+echo "== the tests run beside the others (${beside[*]}):"
+cat "$beside_log"
+rm -f "$beside_log"
+if [ "$main_rc" -ne 0 ] || [ "$beside_rc" -ne 0 ]; then
+  echo "== tests failed (see above)" >&2
+  exit 1
+fi
 # The hostile tier's tests ran above with the rest (every test file); its own command is
 # `e2e/test.sh hostile`. Say which ran, so the log shows the tier's output.
 echo "== hostile tier (in the run above): $(awk '$1 == "hostile" { printf "%s ", $3 }' e2e/test-tiers.txt)"

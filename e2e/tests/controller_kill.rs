@@ -104,10 +104,7 @@ async fn jobs(fleet: &Fleet) -> Vec<BackupJob> {
 }
 
 fn phase(job: &BackupJob) -> JobPhase {
-    job.status
-        .as_ref()
-        .map(|s| s.phase)
-        .unwrap_or_default()
+    job.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
 fn write(mount: &Path, file: &str, seed: u32, len: usize) {

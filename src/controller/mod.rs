@@ -8,6 +8,7 @@
 pub mod backup_policy;
 pub mod fallback_route;
 pub mod grants;
+pub mod host_watch;
 pub mod leader;
 pub mod metrics;
 pub mod object_store;
@@ -22,7 +23,7 @@ pub use zetaback_core::conditions;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -244,15 +245,18 @@ async fn lead(
     // back online).
     let (hosts, hosts_writer) = reflector::store_shared::<crate::api::ZfsHost>(1024);
     let host_events = hosts_writer.subscribe();
+    // Each host decoded on its own: one the controller cannot read is absent, not a failed
+    // listing that would keep every reconciler from starting (see `host_watch`).
     let host_watch = tokio::spawn(
         watcher(
-            Api::<crate::api::ZfsHost>::all(client.clone()),
+            Api::<DeserializeGuard<crate::api::ZfsHost>>::all(client.clone()),
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
+        .map_ok(host_watch::readable)
         .modify(|host| kube::ResourceExt::managed_fields_mut(host).clear())
         .reflect_shared(hosts_writer)
-        .for_each(|_| futures::future::ready(())),
+        .for_each(|event| log_watch_error("ZfsHost", event)),
     );
     // BackupJobs: one shared watch (managedFields dropped) feeds the cache reconcilers read
     // and, through a subscription, the BackupPolicy controller's triggers.
@@ -272,7 +276,7 @@ async fn lead(
         .default_backoff()
         .modify(|job| kube::ResourceExt::managed_fields_mut(job).clear())
         .reflect_shared(jobs_writer)
-        .for_each(|_| futures::future::ready(())),
+        .for_each(|event| log_watch_error("BackupJob", event)),
     );
     // The first listings can take long (or wait for an apiserver that went away again): the
     // lease is watched meanwhile, so no controller starts in a term that has already ended.
@@ -297,6 +301,7 @@ async fn lead(
         end_term(metrics, [host_watch, job_watch], leader).await;
         return Ok(end);
     }
+    info!("ZfsHosts and BackupJobs listed; starting the reconcilers");
     if let Some(signer) = &options.grant_signer
         && let Err(e) = grants::publish(&client, &options.lease_namespace, signer).await
     {
@@ -425,8 +430,27 @@ async fn run_kind<K: Reconciled>(ctx: Arc<Context>, namespace: Option<String>) {
         namespace.as_deref(),
     )
     .run(reconcile_guarded::<K>, error_policy::<K>, ctx)
-    .for_each(|_| futures::future::ready(()))
+    .for_each(|result| {
+        // A failed reconcile is reported by `error_policy`; a failing watch only here (it is
+        // retried with backoff, and until it lists, nothing of this kind is reconciled).
+        if let Err(kube::runtime::controller::Error::QueueError(e)) = &result {
+            warn!(kind = K::KIND, error = %e, "watch failed; retrying");
+        }
+        futures::future::ready(())
+    })
     .await;
+}
+
+/// Logs a failed watch of a shared cache (it is retried with backoff; until its first listing
+/// succeeds no controller starts, so a silent failure would look like a leader doing nothing).
+fn log_watch_error<T>(
+    kind: &'static str,
+    event: Result<T, watcher::Error>,
+) -> futures::future::Ready<()> {
+    if let Err(e) = event {
+        warn!(kind, error = %e, "watch failed; retrying");
+    }
+    futures::future::ready(())
 }
 
 /// Reconcile on a new generation (a spec change) or a new request annotation

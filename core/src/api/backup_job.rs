@@ -96,10 +96,10 @@ pub struct BackupJobStatus {
     pub claimed_by: Option<String>,
     /// Stream bytes written to the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub bytes_per_second: Option<u64>,
     /// The stream's sha256, as the target recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -473,7 +473,7 @@ pub struct BackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_due: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub bytes_stored: Option<u64>,
     /// The `requestedAt` of the last `zetaback.io/backup-now` request acted on: recorded once
     /// every dataset it selected has had its forced job created (or has a backup of the asked

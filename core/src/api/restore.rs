@@ -151,10 +151,10 @@ pub struct RestoreStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub bytes_done: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
@@ -207,10 +207,10 @@ pub struct BulkDataset {
     pub verified: Option<bool>,
     /// Stored bytes of its chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub bytes_done: Option<u64>,
     /// The child's message (its reason first, when it failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,7 +226,7 @@ pub struct RestorePiece {
     /// The snapshot the stream ends at (short name, after `@`).
     pub snapshot: String,
     /// Stored bytes.
-    #[schemars(with = "i64")]
+    #[schemars(with = "i64", range(min = 0))]
     pub bytes: u64,
     /// The manifest's sha256 of the stored stream.
     pub sha256: String,

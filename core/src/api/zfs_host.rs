@@ -119,10 +119,10 @@ pub struct PoolStatus {
     pub name: String,
     pub health: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub size_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub free_bytes: Option<u64>,
 }
 
@@ -132,7 +132,7 @@ pub struct PoolStatus {
 pub struct DatasetStatus {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<i64>")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub used_bytes: Option<u64>,
     /// The newest snapshot zetaback made of this dataset (a base for the next incremental).
     #[serde(default, skip_serializing_if = "Option::is_none")]
