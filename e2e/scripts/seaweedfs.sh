@@ -59,7 +59,16 @@ up() {
   # answers; the server itself does not inherit it (9>&-).
   exec 9>"$run/up.lock"
   flock 9
+  local changed=0
+  cmp -s "$root/e2e/manifests/seaweedfs/s3-identities.json" "$run/s3.json" || changed=1
   cp "$root/e2e/manifests/seaweedfs/s3-identities.json" "$run/s3.json"
+  # A running server whose identities file changed reloads it (SIGHUP: weed's s3 gateway
+  # re-reads -s3.config), so a test that brings new identities needs no restart.
+  if alive && [ "$changed" = 1 ]; then
+    log "identities changed: reloading them (SIGHUP)"
+    kill -HUP "$(cat "$run/weed.pid")"
+    sleep 1
+  fi
   if ! alive; then
     # -s3.config: the identities; -volume.max 0: as many volumes as the disk allows;
     # -master.volumeSizeLimitMB 64: small volumes so a test machine's disk is not reserved.

@@ -3,6 +3,7 @@
 //!
 //! * [`keys`]: where a backup's stream and manifest live in the bucket (pure);
 //! * [`connect`]: an S3 client for a `target.objectStore` and a set of credentials;
+//! * [`explain`]: a failed request as a sentence for a status (the server's S3 error code);
 //! * [`upload`]: a stream into a multipart upload, hashed as it goes, its manifest written
 //!   only once the stream object is complete (a stream without a manifest is never a backup);
 //! * [`catalogue`]: the catalogue read back from the manifests in the bucket (paginated
@@ -13,6 +14,7 @@
 
 pub mod catalogue;
 pub mod connect;
+pub mod explain;
 pub mod keys;
 pub mod upload;
 
