@@ -14,13 +14,19 @@
 # into $ZETABACK_S3_RUN/s3.json: `admin` for the controller (every action on every bucket) and
 # one source identity per test host, restricted to its prefix (see that file's README note in
 # README.md, "Object-store target"). State: $ZETABACK_S3_RUN (default /tmp/zetaback-s3);
-# port $ZETABACK_S3_PORT (default 18333; master 19333, volume 18080, filer 18888, gRPC +10000).
+# port $ZETABACK_S3_PORT (default 18333; master 19333, volume 18080, filer 18888, gRPC +10000;
+# ZETABACK_S3_MASTER_PORT, _VOLUME_PORT, _FILER_PORT move them: a test that kills its server
+# runs its own, with its own run directory and ports).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cache=${ZETABACK_CACHE:-$HOME/.cache/zetaback}
 run=${ZETABACK_S3_RUN:-/tmp/zetaback-s3}
 s3_port=${ZETABACK_S3_PORT:-18333}
+# The other ports (a second, private server needs all four; gRPC is each one + 10000).
+master_port=${ZETABACK_S3_MASTER_PORT:-19333}
+volume_port=${ZETABACK_S3_VOLUME_PORT:-18080}
+filer_port=${ZETABACK_S3_FILER_PORT:-18888}
 tools="$root/e2e/tools/seaweedfs"
 
 log() { echo "seaweedfs.sh: $*" >&2; }
@@ -48,7 +54,16 @@ build() {
   echo "$out/weed"
 }
 
-alive() { [ -f "$run/weed.pid" ] && kill -0 "$(cat "$run/weed.pid")" 2>/dev/null; }
+# Running, and not a zombie: a server killed after the script that started it exited waits
+# for its new parent to reap it, and until then `kill -0` still finds it.
+alive() {
+  local pid state
+  [ -f "$run/weed.pid" ] || return 1
+  pid=$(cat "$run/weed.pid")
+  kill -0 "$pid" 2>/dev/null || return 1
+  state=$(ps -o stat= -p "$pid" 2>/dev/null || true)
+  [ -n "$state" ] && [ "${state:0:1}" != Z ]
+}
 
 up() {
   local weed
@@ -74,11 +89,14 @@ up() {
     # -master.volumeSizeLimitMB 64: small volumes so a test machine's disk is not reserved.
     # -s3.autoCreateBucket=false: a missing bucket is an error, as on AWS (SeaweedFS would
     # otherwise create it on an admin identity's first upload).
+    # -s3.port.iceberg/lance 0: catalog servers on fixed ports the tests do not use (a second
+    # server could not start beside the first).
     nohup "$weed" server -ip 127.0.0.1 -ip.bind 127.0.0.1 -dir "$run/data" \
-      -master.port 19333 -master.volumeSizeLimitMB 64 \
-      -volume.port 18080 -volume.max 0 \
-      -filer -filer.port 18888 \
-      -s3 -s3.port "$s3_port" -s3.config "$run/s3.json" -s3.autoCreateBucket=false \
+      -master.port "$master_port" -master.volumeSizeLimitMB 64 \
+      -volume.port "$volume_port" -volume.max 0 \
+      -filer -filer.port "$filer_port" \
+      -s3 -s3.port "$s3_port" -s3.port.iceberg 0 -s3.port.lance 0 \
+      -s3.config "$run/s3.json" -s3.autoCreateBucket=false \
       >"$run/weed.log" 2>&1 9>&- &
     echo $! >"$run/weed.pid"
   fi
