@@ -404,3 +404,149 @@ async fn bucket_problems_show_on_the_policy_status() {
     }
     fleet.shutdown().await;
 }
+
+/// The incomplete multipart uploads under `prefix` (ListMultipartUploads, signed by curl with
+/// the admin key): the raw XML answer.
+fn pending_uploads(endpoint: &str, prefix: &str) -> String {
+    let encoded = prefix.replace('/', "%2F").replace('+', "%2B");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            &format!("{}:{}", ADMIN.0, ADMIN.1),
+            &format!("{endpoint}/{BUCKET}?prefix={encoded}&uploads="),
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_agent_killed_mid_upload_leaves_no_backup_and_the_next_run_succeeds() {
+    use sha2::Digest;
+    use zetaback::api::{BackupJob, JobPhase};
+    use zetaback_objstore::object_store::ObjectStoreExt;
+
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-kill");
+    let prefix = format!("bucket/{ns}");
+    let creds = creds_file(
+        &std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}")),
+        SOURCE,
+    );
+    let creds_arg = format!("--object-store-credentials={}", creds.display());
+    // 4 MB/s: 24 MB take six seconds, parts of 8 MiB.
+    let src = HostSpec::source("src").args(&[&creds_arg, "--bandwidth-limit=4000000"]);
+    let mut fleet = Fleet::start(env, &ns, &[src]).await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    for i in 0..3u32 {
+        fleet.write_file(
+            &dataset,
+            &format!("f{i}"),
+            &zetaback_e2e::fleet::noise(i + 1, 8_000_000),
+        );
+    }
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [fleet.name("src")]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+    });
+    spec["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    let jobs: Api<BackupJob> = Api::namespaced(fleet.client.clone(), &ns);
+    let running = eventually(
+        "the full's job running",
+        Duration::from_secs(120),
+        || async {
+            let list = jobs.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|j| {
+                j.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == JobPhase::Running)
+            })
+        },
+    )
+    .await;
+    // Some parts are in: the agent dies (SIGKILL: no abort, no clean-up).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    fleet.kill("src");
+    println!(
+        "killed the agent mid-upload of {}",
+        running.metadata.name.clone().unwrap_or_default()
+    );
+    assert!(
+        in_bucket(&endpoint, &prefix).await.is_empty(),
+        "a killed upload is a backup"
+    );
+    let uploads = pending_uploads(&endpoint, &format!("{prefix}/"));
+    println!(
+        "incomplete multipart uploads after the kill: {}",
+        uploads.matches("<Upload>").count()
+    );
+    let policies: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
+    let st = policies
+        .get("p")
+        .await
+        .expect("policy")
+        .status
+        .unwrap_or_default();
+    assert!(
+        st.last_backup.is_none() && st.bytes_stored.unwrap_or(0) == 0,
+        "the status counts a killed upload: {st:?}"
+    );
+
+    // The agent back: the next run stores a whole backup, its object what its manifest says.
+    fleet.restart("src");
+    let stored = eventually(
+        "a backup after the restart",
+        Duration::from_secs(240),
+        || async { in_bucket(&endpoint, &prefix).await.into_iter().next() },
+    )
+    .await;
+    let target: zetaback::api::backup_policy::ObjectStoreTarget = serde_json::from_value(
+        object_store(&endpoint, BUCKET, &prefix, "unused")["objectStore"].clone(),
+    )
+    .expect("target");
+    let admin = zetaback_objstore::connect(
+        &target,
+        &Credentials {
+            access_key_id: ADMIN.0.into(),
+            secret_access_key: ADMIN.1.into(),
+        },
+    )
+    .expect("client");
+    let id: zetaback::store::StreamId = stored.manifest.id.parse().expect("id");
+    let key = Keys::new(Some(&prefix))
+        .stream(&stored.manifest.host, &stored.manifest.dataset, &id, false)
+        .expect("key");
+    let body = admin
+        .get(&key)
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(body.len() as u64, stored.manifest.bytes);
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&body)),
+        stored.manifest.sha256
+    );
+    println!(
+        "after the restart: {} ({} bytes, sha256 checked); incomplete uploads now: {}",
+        stored.manifest.id,
+        stored.manifest.bytes,
+        pending_uploads(&endpoint, &format!("{prefix}/"))
+            .matches("<Upload>")
+            .count()
+    );
+    fleet.shutdown().await;
+    empty_prefix(&endpoint, &prefix).await;
+}
