@@ -539,13 +539,17 @@ async fn bucket_agent_killed_mid_upload_leaves_no_backup_and_the_next_run_succee
         hex::encode(sha2::Sha256::digest(&body)),
         stored.manifest.sha256
     );
+    let lingering = pending_uploads(&endpoint, &format!("{prefix}/"));
     println!(
         "after the restart: {} ({} bytes, sha256 checked); incomplete uploads now: {}",
         stored.manifest.id,
         stored.manifest.bytes,
-        pending_uploads(&endpoint, &format!("{prefix}/"))
-            .matches("<Upload>")
-            .count()
+        lingering.matches("<Upload>").count()
+    );
+    // The killed agent's upload was aborted by the restarted agent before it uploaded again.
+    assert!(
+        lingering.contains("ListMultipartUploadsResult") && !lingering.contains("<Upload>"),
+        "the killed agent's incomplete upload lingers: {lingering}"
     );
     fleet.shutdown().await;
     empty_prefix(&endpoint, &prefix).await;

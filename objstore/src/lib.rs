@@ -6,6 +6,7 @@
 //! * [`explain`]: a failed request as a sentence for a status (the server's S3 error code);
 //! * [`upload`]: a stream into a multipart upload, hashed as it goes, its manifest written
 //!   only once the stream object is complete (a stream without a manifest is never a backup);
+//! * [`pending`]: incomplete multipart uploads listed and aborted (a killed source's orphans);
 //! * [`catalogue`]: the catalogue read back from the manifests in the bucket (paginated
 //!   listing), with the same problems a file-store scan reports.
 //!
@@ -16,6 +17,7 @@ pub mod catalogue;
 pub mod connect;
 pub mod explain;
 pub mod keys;
+pub mod pending;
 pub mod upload;
 
 pub use connect::{Credentials, connect};
