@@ -56,14 +56,13 @@ build() {
 
 # Running, and not a zombie: a server killed after the script that started it exited waits
 # for its new parent to reap it, and until then `kill -0` still finds it.
-alive() {
-  local pid state
-  [ -f "$run/weed.pid" ] || return 1
-  pid=$(cat "$run/weed.pid")
-  kill -0 "$pid" 2>/dev/null || return 1
-  state=$(ps -o stat= -p "$pid" 2>/dev/null || true)
+running() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state=$(ps -o stat= -p "$1" 2>/dev/null || true)
   [ -n "$state" ] && [ "${state:0:1}" != Z ]
 }
+alive() { [ -f "$run/weed.pid" ] && running "$(cat "$run/weed.pid")"; }
 
 up() {
   local weed
@@ -124,8 +123,8 @@ down() {
   if alive; then
     local pid; pid=$(cat "$run/weed.pid")
     kill "$pid"
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    for _ in $(seq 1 40); do running "$pid" || break; sleep 0.25; done
+    if running "$pid"; then kill -9 "$pid"; fi
   fi
   rm -f "$run/weed.pid"
 }
