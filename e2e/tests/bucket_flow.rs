@@ -554,3 +554,49 @@ async fn bucket_agent_killed_mid_upload_leaves_no_backup_and_the_next_run_succee
     fleet.shutdown().await;
     empty_prefix(&endpoint, &prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_agent_with_a_wrong_key_fails_its_job_with_a_readable_message() {
+    use zetaback::api::{BackupJob, JobPhase};
+
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-badkey");
+    let prefix = format!("bucket/{ns}");
+    let creds = creds_file(
+        &std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}")),
+        (SOURCE.0, "not-the-source-secret"),
+    );
+    let creds_arg = format!("--object-store-credentials={}", creds.display());
+    let mut fleet = Fleet::start(env, &ns, &[HostSpec::source("src").args(&[&creds_arg])]).await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [fleet.name("src")]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+    });
+    spec["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    let jobs: Api<BackupJob> = Api::namespaced(fleet.client.clone(), &ns);
+    let message = eventually("the job failed", Duration::from_secs(120), || async {
+        let list = jobs.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find_map(|j| {
+            let st = j.status?;
+            (st.phase == JobPhase::Failed).then(|| st.message.unwrap_or_default())
+        })
+    })
+    .await;
+    println!("the job's message: {message}");
+    fleet.shutdown().await;
+    assert!(
+        message.contains("SignatureDoesNotMatch"),
+        "the job names the server's refusal: {message}"
+    );
+    assert!(
+        !message.contains('<') && message.len() < 500,
+        "the job's message is not readable: {message}"
+    );
+}

@@ -46,6 +46,19 @@ fn element(text: &str, name: &str) -> Option<String> {
     (!value.is_empty() && !value.contains('<')).then(|| value.chars().take(200).collect())
 }
 
+/// The cause in a few words, for an error's message: `Code: Message` of the server's answer,
+/// or that there was none.
+pub fn brief(text: &str) -> String {
+    match cause(text) {
+        Cause::Refused { code, message } if message.is_empty() => code,
+        Cause::Refused { code, message } => format!("{code}: {message}"),
+        Cause::Unreachable => {
+            "no answer from the server (connection refused, DNS or timeout)".into()
+        }
+        Cause::Other(first) => first,
+    }
+}
+
 /// A sentence for a policy's status: what failed and what to check. `secret` names the
 /// keys used (e.g. `Secret ns/name`), `endpoint` the server, `bucket` the bucket.
 pub fn sentence(text: &str, secret: &str, endpoint: &str, bucket: &str) -> String {
@@ -113,6 +126,20 @@ mod tests {
         );
         assert!(s("InvalidAccessKeyId").contains("are not accepted"));
         assert_eq!(s("SlowDown"), "SlowDown: refused by http://e (bucket b)");
+    }
+
+    #[test]
+    fn briefly() {
+        assert_eq!(
+            brief(REFUSED),
+            "SignatureDoesNotMatch: The request signature we calculated does not match."
+        );
+        assert_eq!(
+            brief("x <Error><Code>NoSuchBucket</Code></Error>"),
+            "NoSuchBucket"
+        );
+        assert!(brief("HTTP error: error sending request").starts_with("no answer"));
+        assert_eq!(brief("Generic error\n<xml>"), "Generic error");
     }
 
     #[test]

@@ -34,8 +34,9 @@ pub enum ObjStoreError {
     /// The credentials file is missing or not what it should be.
     #[error("object-store credentials {path}: {reason}")]
     Credentials { path: String, reason: String },
-    /// A request failed (the server's answer, or the connection).
-    #[error("object store {op} {key}: {source}")]
+    /// A request failed (the server's answer, or the connection): said in brief (the server's
+    /// S3 error code and message, not its XML; the whole error is the `source`).
+    #[error("object store {op} {key}: {}", explain::brief(&source.to_string()))]
     Request {
         op: &'static str,
         key: String,

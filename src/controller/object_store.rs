@@ -22,7 +22,13 @@ pub async fn view(
     let keys = Keys::new(target.prefix.as_deref());
     let cat = catalogue::read(store.as_ref(), &keys)
         .await
-        .map_err(|e| readable(target, &e.to_string()))?;
+        .map_err(|e| match &e {
+            // The server's whole answer (its error code), not the brief Display.
+            zetaback_objstore::ObjStoreError::Request { source, .. } => {
+                readable(target, &source.to_string())
+            }
+            e => readable(target, &e.to_string()),
+        })?;
     Ok(StoreView::from_store(&cat))
 }
 
