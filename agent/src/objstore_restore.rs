@@ -77,12 +77,7 @@ pub async fn restore(
                 applied.push(piece.id.clone());
             }
             Err(e) => {
-                if zfs.dataset_exists(into).await.unwrap_or(false) {
-                    warn!(dataset = %into, "destroying the partly restored dataset");
-                    if let Err(d) = zfs.destroy_restored(into).await {
-                        warn!(error = %d, "could not destroy the partly restored dataset");
-                    }
-                }
+                destroy_partial(zfs, into).await;
                 return Err(e);
             }
         }
@@ -91,6 +86,28 @@ pub async fn restore(
         chain: applied,
         bytes,
     })
+}
+
+/// Destroys the dataset a failed restore created. Retried for a few seconds: right after an
+/// aborted receive the dataset can still be busy (zfs-fuse's daemon finishes the receive the
+/// killed `zfs` client had started), and `zfs destroy` then fails.
+async fn destroy_partial(zfs: &Zfs, into: &str) {
+    const TRIES: u32 = 20;
+    for attempt in 1..=TRIES {
+        match zfs.dataset_exists(into).await {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => warn!(error = %e, "cannot tell whether the partly restored dataset exists"),
+        }
+        warn!(dataset = %into, attempt, "destroying the partly restored dataset");
+        match zfs.destroy_restored(into).await {
+            Ok(()) => return,
+            Err(e) if attempt == TRIES => {
+                warn!(error = %e, "could not destroy the partly restored dataset");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// The live manifest of backup `id`.
