@@ -3,16 +3,19 @@
 //! there into a multipart upload in the bucket (`zetaback_objstore::upload`), signed with this
 //! host's own keys (`--object-store-credentials`).
 
+use std::collections::HashSet;
 use std::io;
+use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 use zetaback_core::api::BackupJobSpec;
 use zetaback_core::api::backup_policy::ObjectStoreTarget;
 use zetaback_core::store::StreamId;
+use zetaback_objstore::pending::Requests;
 use zetaback_objstore::upload::{UploadSpec, upload};
 use zetaback_objstore::{Credentials, Keys, ObjStoreError, connect};
 
@@ -51,7 +54,13 @@ pub async fn send(
         policy: policy.map(str::to_owned),
     };
     let span = info_span!("object_store_upload", bucket = %target.bucket, backup = %id);
+    let stream_key = keys
+        .stream(host, &spec.dataset.0, &id, false)
+        .map_err(ObjStoreError::from)?
+        .to_string();
+    let _running = Running::register(stream_key);
     async move {
+        abort_orphans(target, &creds, &keys, host, &spec.dataset.0).await;
         let mut child = zfs.send(req)?;
         let stdout = child
             .take_stdout()
@@ -107,4 +116,60 @@ pub async fn send(
     }
     .instrument(span)
     .await
+}
+
+/// The stream keys this agent process is uploading now: any other incomplete upload under one
+/// of its datasets is an orphan of a process that died (one agent per host; the host is in
+/// every key).
+static RUNNING: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// A stream key in [`RUNNING`] while the upload runs.
+struct Running(String);
+
+impl Running {
+    fn register(key: String) -> Self {
+        if let Ok(mut set) = RUNNING.lock() {
+            set.insert(key.clone());
+        }
+        Self(key)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut set) = RUNNING.lock() {
+            set.remove(&self.0);
+        }
+    }
+}
+
+/// Aborts the incomplete multipart uploads under `host:dataset`'s key directory that this
+/// process is not running (a killed agent's parts, invisible but billed). Best effort: a
+/// failure is logged, the upload goes on (a bucket lifecycle rule is the backstop).
+async fn abort_orphans(
+    target: &ObjectStoreTarget,
+    creds: &Credentials,
+    keys: &Keys,
+    host: &str,
+    dataset: &str,
+) {
+    let result = async {
+        let dir = format!("{}/", keys.dataset_dir(host, dataset, false)?);
+        let requests = Requests::new(target, creds)?;
+        let mut aborted = 0usize;
+        for p in requests.list(&dir).await? {
+            let ours = RUNNING.lock().map(|s| s.contains(&p.key)).unwrap_or(true);
+            if ours {
+                continue;
+            }
+            requests.abort(&p).await?;
+            info!(key = %p.key, upload = %p.upload_id, "aborted an incomplete upload left by a previous agent process");
+            aborted += 1;
+        }
+        Ok::<usize, ObjStoreError>(aborted)
+    }
+    .await;
+    if let Err(e) = result {
+        warn!(error = %e, "could not look for incomplete uploads to abort; uploading anyway");
+    }
 }

@@ -14,13 +14,19 @@
 # into $ZETABACK_S3_RUN/s3.json: `admin` for the controller (every action on every bucket) and
 # one source identity per test host, restricted to its prefix (see that file's README note in
 # README.md, "Object-store target"). State: $ZETABACK_S3_RUN (default /tmp/zetaback-s3);
-# port $ZETABACK_S3_PORT (default 18333; master 19333, volume 18080, filer 18888, gRPC +10000).
+# port $ZETABACK_S3_PORT (default 18333; master 19333, volume 18080, filer 18888, gRPC +10000;
+# ZETABACK_S3_MASTER_PORT, _VOLUME_PORT, _FILER_PORT move them: a test that kills its server
+# runs its own, with its own run directory and ports).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cache=${ZETABACK_CACHE:-$HOME/.cache/zetaback}
 run=${ZETABACK_S3_RUN:-/tmp/zetaback-s3}
 s3_port=${ZETABACK_S3_PORT:-18333}
+# The other ports (a second, private server needs all four; gRPC is each one + 10000).
+master_port=${ZETABACK_S3_MASTER_PORT:-19333}
+volume_port=${ZETABACK_S3_VOLUME_PORT:-18080}
+filer_port=${ZETABACK_S3_FILER_PORT:-18888}
 tools="$root/e2e/tools/seaweedfs"
 
 log() { echo "seaweedfs.sh: $*" >&2; }
@@ -48,7 +54,15 @@ build() {
   echo "$out/weed"
 }
 
-alive() { [ -f "$run/weed.pid" ] && kill -0 "$(cat "$run/weed.pid")" 2>/dev/null; }
+# Running, and not a zombie: a server killed after the script that started it exited waits
+# for its new parent to reap it, and until then `kill -0` still finds it.
+running() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state=$(ps -o stat= -p "$1" 2>/dev/null || true)
+  [ -n "$state" ] && [ "${state:0:1}" != Z ]
+}
+alive() { [ -f "$run/weed.pid" ] && running "$(cat "$run/weed.pid")"; }
 
 up() {
   local weed
@@ -59,17 +73,29 @@ up() {
   # answers; the server itself does not inherit it (9>&-).
   exec 9>"$run/up.lock"
   flock 9
+  local changed=0
+  cmp -s "$root/e2e/manifests/seaweedfs/s3-identities.json" "$run/s3.json" || changed=1
   cp "$root/e2e/manifests/seaweedfs/s3-identities.json" "$run/s3.json"
+  # A running server whose identities file changed reloads it (SIGHUP: weed's s3 gateway
+  # re-reads -s3.config), so a test that brings new identities needs no restart.
+  if alive && [ "$changed" = 1 ]; then
+    log "identities changed: reloading them (SIGHUP)"
+    kill -HUP "$(cat "$run/weed.pid")"
+    sleep 1
+  fi
   if ! alive; then
     # -s3.config: the identities; -volume.max 0: as many volumes as the disk allows;
     # -master.volumeSizeLimitMB 64: small volumes so a test machine's disk is not reserved.
     # -s3.autoCreateBucket=false: a missing bucket is an error, as on AWS (SeaweedFS would
     # otherwise create it on an admin identity's first upload).
+    # -s3.port.iceberg/lance 0: catalog servers on fixed ports the tests do not use (a second
+    # server could not start beside the first).
     nohup "$weed" server -ip 127.0.0.1 -ip.bind 127.0.0.1 -dir "$run/data" \
-      -master.port 19333 -master.volumeSizeLimitMB 64 \
-      -volume.port 18080 -volume.max 0 \
-      -filer -filer.port 18888 \
-      -s3 -s3.port "$s3_port" -s3.config "$run/s3.json" -s3.autoCreateBucket=false \
+      -master.port "$master_port" -master.volumeSizeLimitMB 64 \
+      -volume.port "$volume_port" -volume.max 0 \
+      -filer -filer.port "$filer_port" \
+      -s3 -s3.port "$s3_port" -s3.port.iceberg 0 -s3.port.lance 0 \
+      -s3.config "$run/s3.json" -s3.autoCreateBucket=false \
       >"$run/weed.log" 2>&1 9>&- &
     echo $! >"$run/weed.pid"
   fi
@@ -97,8 +123,8 @@ down() {
   if alive; then
     local pid; pid=$(cat "$run/weed.pid")
     kill "$pid"
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    for _ in $(seq 1 40); do running "$pid" || break; sleep 0.25; done
+    if running "$pid"; then kill -9 "$pid"; fi
   fi
   rm -f "$run/weed.pid"
 }

@@ -40,13 +40,16 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
                 .push(problem("manifest without its stream".into()));
             continue;
         };
-        let body = store
-            .get(&location)
-            .await
-            .map_err(|e| ObjStoreError::request("GET", &location, e))?
-            .bytes()
-            .await
-            .map_err(|e| ObjStoreError::request("GET", &location, e))?;
+        let body = match store.get(&location).await {
+            Ok(found) => found
+                .bytes()
+                .await
+                .map_err(|e| ObjStoreError::request("GET", &location, e))?,
+            // Deleted between the listing and this read (retention, running at the same
+            // time): no longer a backup, not a reason to fail the whole catalogue.
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(ObjStoreError::request("GET", &location, e)),
+        };
         match check(&p, &body, size) {
             Ok(manifest) => catalogue.backups.push(StoredBackup {
                 manifest,

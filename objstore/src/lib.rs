@@ -3,8 +3,10 @@
 //!
 //! * [`keys`]: where a backup's stream and manifest live in the bucket (pure);
 //! * [`connect`]: an S3 client for a `target.objectStore` and a set of credentials;
+//! * [`explain`]: a failed request as a sentence for a status (the server's S3 error code);
 //! * [`upload`]: a stream into a multipart upload, hashed as it goes, its manifest written
 //!   only once the stream object is complete (a stream without a manifest is never a backup);
+//! * [`pending`]: incomplete multipart uploads listed and aborted (a killed source's orphans);
 //! * [`catalogue`]: the catalogue read back from the manifests in the bucket (paginated
 //!   listing), with the same problems a file-store scan reports.
 //!
@@ -13,7 +15,9 @@
 
 pub mod catalogue;
 pub mod connect;
+pub mod explain;
 pub mod keys;
+pub mod pending;
 pub mod upload;
 
 pub use connect::{Credentials, connect};
@@ -30,8 +34,9 @@ pub enum ObjStoreError {
     /// The credentials file is missing or not what it should be.
     #[error("object-store credentials {path}: {reason}")]
     Credentials { path: String, reason: String },
-    /// A request failed (the server's answer, or the connection).
-    #[error("object store {op} {key}: {source}")]
+    /// A request failed (the server's answer, or the connection): said in brief (the server's
+    /// S3 error code and message, not its XML; the whole error is the `source`).
+    #[error("object store {op} {key}: {}", explain::brief(&source.to_string()))]
     Request {
         op: &'static str,
         key: String,

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use zetaback_core::api::backup_policy::ObjectStoreTarget;
 use zetaback_objstore::object_store::ObjectStoreExt;
-use zetaback_objstore::{Credentials, Keys, catalogue, connect};
+use zetaback_objstore::{Credentials, Keys, catalogue, connect, explain};
 
 use super::store_client::StoreView;
 
@@ -22,8 +22,26 @@ pub async fn view(
     let keys = Keys::new(target.prefix.as_deref());
     let cat = catalogue::read(store.as_ref(), &keys)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match &e {
+            // The server's whole answer (its error code), not the brief Display.
+            zetaback_objstore::ObjStoreError::Request { source, .. } => {
+                readable(target, &source.to_string())
+            }
+            e => readable(target, &e.to_string()),
+        })?;
     Ok(StoreView::from_store(&cat))
+}
+
+/// A failed request to the bucket as a sentence for the status (the server's S3 error code
+/// and what to check), the full error going to the log.
+fn readable(target: &ObjectStoreTarget, error: &str) -> String {
+    tracing::warn!(bucket = %target.bucket, %error, "the bucket could not be read");
+    explain::sentence(
+        error,
+        &format!("Secret {}", target.credentials_secret.name),
+        target.endpoint.as_deref().unwrap_or("AWS S3"),
+        &target.bucket,
+    )
 }
 
 /// The controller's keys from the Secret the target names.
@@ -36,7 +54,13 @@ async fn credentials(
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get(name)
         .await
-        .map_err(|e| format!("object-store credentials Secret {namespace}/{name}: {e}"))?;
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => format!(
+                "Secret {name} not found in namespace {namespace}: the object store's keys \
+                 (target.objectStore.credentialsSecret) must be there"
+            ),
+            e => format!("object-store credentials Secret {namespace}/{name}: {e}"),
+        })?;
     let key = |k: &str| {
         secret
             .data

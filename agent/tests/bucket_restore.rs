@@ -1,0 +1,249 @@
+//! Restores from a real S3 server (SeaweedFS, `e2e/scripts/seaweedfs.sh up`) into real zfs-fuse
+//! pools: the agent reads the chain's manifests from the bucket, streams each piece with its
+//! sha256 checked before the piece's end reaches `zfs receive`, and the restored files are the
+//! originals byte for byte. An object changed in the bucket (one byte flipped, written back
+//! with the admin key as an attacker or a bad disk would) is refused with a checksum error and
+//! leaves no dataset behind, whether it is the full or a later incremental.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Pool, checksums, mountpoint, next_second, repo_root, write_files, zfs as zfs_cli};
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use zetaback_agent::job::{self, JobSettings};
+use zetaback_agent::objstore_restore;
+use zetaback_agent::restore::RestoreError;
+use zetaback_agent::transfer::Endpoint;
+use zetaback_agent::zfs::Zfs;
+use zetaback_core::api::backup_policy::{Compression, ObjectStoreTarget, SecretName, Target};
+use zetaback_core::api::{BackupJobSpec, BackupType};
+use zetaback_core::store::StreamId;
+use zetaback_objstore::{Credentials, Keys, connect};
+
+const PREFIX: &str = "objstore";
+/// The source identity of s3-identities.json (writes only under `objstore/objstore-src-a/`).
+const HOST: &str = "objstore-src-a";
+
+fn target(endpoint: &str) -> ObjectStoreTarget {
+    ObjectStoreTarget {
+        endpoint: Some(endpoint.to_owned()),
+        bucket: "zetaback-e2e".into(),
+        prefix: Some(PREFIX.to_owned()),
+        region: "us-east-1".into(),
+        path_style: true,
+        credentials_secret: SecretName {
+            name: "unused-by-the-agent".into(),
+        },
+        archive_storage_class: None,
+        immutable_for: None,
+    }
+}
+
+fn endpoint() -> String {
+    let out = Command::new(repo_root().join("e2e/scripts/seaweedfs.sh"))
+        .arg("up")
+        .output()
+        .expect("run e2e/scripts/seaweedfs.sh up");
+    assert!(
+        out.status.success(),
+        "seaweedfs.sh up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn creds(id: &str, secret: &str) -> Credentials {
+    Credentials {
+        access_key_id: id.into(),
+        secret_access_key: secret.into(),
+    }
+}
+
+fn spec(dataset: &str, snapshot: &str, base: Option<&str>, t: ObjectStoreTarget) -> BackupJobSpec {
+    BackupJobSpec {
+        policy: "bucket-restore".into(),
+        host: HOST.into(),
+        dataset: dataset.into(),
+        backup_type: if base.is_some() {
+            BackupType::Incremental
+        } else {
+            BackupType::Full
+        },
+        base_snapshot: base.map(str::to_owned),
+        snapshot: snapshot.into(),
+        target: Target {
+            host: None,
+            path: None,
+            dataset: None,
+            object_store: Some(t),
+        },
+        compression: Compression::Zstd,
+        intermediates: false,
+    }
+}
+
+/// Flips one byte in the middle of the object at `key` (rewritten with the admin key).
+async fn flip_a_byte(store: &dyn ObjectStore, key: &Key) {
+    let mut bytes = store
+        .get(key)
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body")
+        .to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    store
+        .put(key, PutPayload::from(bytes))
+        .await
+        .expect("overwrite with the admin key");
+}
+
+fn exists(dataset: &str) -> bool {
+    Command::new("zfs")
+        .args(["list", "-H", "-o", "name", dataset])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn mounted_anything_of(dataset: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(dataset))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_restore_verifies_each_piece_and_refuses_a_changed_object() {
+    let ep = endpoint();
+    let t = target(&ep);
+    let pool = Pool::new("bucketrestore");
+    let (ds, dir) = pool.create("data");
+    // More than the held-back megabyte, so the check is what keeps the end from zfs.
+    write_files(&dir, 1, 6, 400_000);
+    let zfs = Zfs::detect().await.expect("detect zfs");
+    let dir_tmp = std::env::temp_dir().join(format!("zb-bucket-restore-{}", std::process::id()));
+    std::fs::create_dir_all(&dir_tmp).expect("temp dir");
+    let creds_path = dir_tmp.join("src.json");
+    std::fs::write(
+        &creds_path,
+        r#"{"accessKeyId":"ZBE2ESRCA","secretAccessKey":"zetaback-e2e-src-a-secret"}"#,
+    )
+    .expect("credentials");
+    let settings = JobSettings {
+        bandwidth_limit: 0,
+        prune_snapshots: false,
+        idle_timeout: std::time::Duration::from_secs(60),
+        tls: None,
+        object_store_credentials: Some(creds_path),
+    };
+    let none = Endpoint::new("object-store", String::new());
+    let full = job::run(
+        &zfs,
+        HOST,
+        &spec(&ds, "zb-br-1", None, t.clone()),
+        Some("t/p"),
+        &none,
+        &settings,
+    )
+    .await
+    .expect("full into the bucket");
+    next_second();
+    write_files(&dir, 2, 4, 300_000);
+    let incr = job::run(
+        &zfs,
+        HOST,
+        &spec(&ds, "zb-br-2", Some("zb-br-1"), t.clone()),
+        Some("t/p"),
+        &none,
+        &settings,
+    )
+    .await
+    .expect("incremental into the bucket");
+    let want = checksums(&dir);
+
+    let admin = connect(&t, &creds("ZBE2EADMIN", "zetaback-e2e-admin-secret")).expect("client");
+    let keys = Keys::new(Some(PREFIX));
+
+    // The chain restored from the bucket: the files are the originals.
+    let into = format!("{}/restored", pool.name);
+    let restored = objstore_restore::restore(
+        &zfs,
+        admin.as_ref(),
+        &keys,
+        (HOST, &ds, &incr.backup_id),
+        &into,
+    )
+    .await
+    .expect("restore from the bucket");
+    assert_eq!(
+        restored.chain,
+        [full.backup_id.clone(), incr.backup_id.clone()]
+    );
+    assert_eq!(checksums(&mountpoint(&into)), want, "restored files differ");
+
+    // The incremental's object changed in the bucket: the full is applied, the incremental
+    // refused, and the dataset the restore made is gone again.
+    let key = |id: &str| {
+        let id: StreamId = id.parse().expect("id");
+        keys.stream(HOST, &ds, &id, false).expect("key")
+    };
+    flip_a_byte(admin.as_ref(), &key(&incr.backup_id)).await;
+    let into2 = format!("{}/restored2", pool.name);
+    let err = objstore_restore::restore(
+        &zfs,
+        admin.as_ref(),
+        &keys,
+        (HOST, &ds, &incr.backup_id),
+        &into2,
+    )
+    .await
+    .expect_err("a changed incremental is refused");
+    println!("changed incremental: {err}");
+    assert!(
+        matches!(&err, RestoreError::ChecksumMismatch { id, .. } if *id == incr.backup_id),
+        "{err:?}"
+    );
+    assert!(
+        !exists(&into2),
+        "{into2} was left behind: {}",
+        zfs_cli(&["list", "-r", &pool.name])
+    );
+    assert!(!mounted_anything_of(&into2));
+
+    // The full's object changed: refused before anything is applied.
+    flip_a_byte(admin.as_ref(), &key(&full.backup_id)).await;
+    let into3 = format!("{}/restored3", pool.name);
+    let err = objstore_restore::restore(
+        &zfs,
+        admin.as_ref(),
+        &keys,
+        (HOST, &ds, &full.backup_id),
+        &into3,
+    )
+    .await
+    .expect_err("a changed full is refused");
+    println!("changed full: {err}");
+    assert!(
+        matches!(&err, RestoreError::ChecksumMismatch { id, .. } if *id == full.backup_id),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    assert!(!exists(&into3), "{into3} was left behind");
+    assert!(!mounted_anything_of(&into3));
+
+    for b in [&full, &incr] {
+        let id: StreamId = b.backup_id.parse().expect("id");
+        for k in [
+            keys.manifest(HOST, &ds, &id, false).expect("key"),
+            keys.stream(HOST, &ds, &id, false).expect("key"),
+        ] {
+            admin.delete(&k).await.expect("admin deletes");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir_tmp);
+}

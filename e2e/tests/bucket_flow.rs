@@ -1,0 +1,602 @@
+//! A BackupPolicy whose target is an object store, on real parts: SeaweedFS
+//! (`e2e/scripts/seaweedfs.sh up`), the local apiserver, zfs-fuse, a real agent uploading
+//! with its own key (`bucket-src` of `e2e/manifests/seaweedfs/s3-identities.json`: writes under
+//! `bucket/*/bucket-*-src/`, never deletes) and the controller reading the bucket with the keys
+//! of the policy's Secret. The controller's catalogue is the bucket's manifests; retention
+//! deletes only the policy's own backups and never a full a kept incremental needs; a bucket
+//! the controller cannot read shows on the policy's status.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use zetaback::api::BackupPolicy;
+use zetaback::store::StoredBackup;
+use zetaback_e2e::fleet::{Fleet, HostSpec};
+use zetaback_e2e::{Env, eventually};
+use zetaback_objstore::object_store::ObjectStore;
+use zetaback_objstore::{Credentials, Keys, catalogue};
+
+const BUCKET: &str = "zetaback-e2e";
+/// The controller's keys (every action on the bucket).
+const ADMIN: (&str, &str) = ("ZBE2EADMIN", "zetaback-e2e-admin-secret");
+/// The source host's own keys: `bucket/*/bucket-*-src/*`, no delete.
+const SOURCE: (&str, &str) = ("ZBE2EBUCKETSRC", "zetaback-e2e-bucket-src-secret");
+
+/// Starts (or finds) the shared SeaweedFS; its S3 endpoint.
+fn s3_endpoint(env: &Env) -> String {
+    let out = std::process::Command::new(env.root.join("e2e/scripts/seaweedfs.sh"))
+        .arg("up")
+        .output()
+        .expect("run e2e/scripts/seaweedfs.sh up");
+    assert!(
+        out.status.success(),
+        "seaweedfs.sh up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `target.objectStore` of a policy (JSON) into `bucket` under `prefix`, keys from `secret`.
+fn object_store(endpoint: &str, bucket: &str, prefix: &str, secret: &str) -> serde_json::Value {
+    serde_json::json!({"objectStore": {
+        "endpoint": endpoint, "bucket": bucket, "prefix": prefix, "region": "us-east-1",
+        "pathStyle": true, "credentialsSecret": {"name": secret},
+    }})
+}
+
+/// Creates Secret `name` with an access key pair, as the controller reads it.
+async fn key_secret(client: &kube::Client, ns: &str, name: &str, (id, secret): (&str, &str)) {
+    let s: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name},
+        "stringData": {"accessKeyId": id, "secretAccessKey": secret},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("create Secret");
+}
+
+/// A credentials file for an agent (`--object-store-credentials`).
+fn creds_file(fleet_dir: &std::path::Path, (id, secret): (&str, &str)) -> std::path::PathBuf {
+    std::fs::create_dir_all(fleet_dir).expect("fleet dir");
+    let f = fleet_dir.join("s3-credentials.json");
+    std::fs::write(
+        &f,
+        serde_json::json!({"accessKeyId": id, "secretAccessKey": secret}).to_string(),
+    )
+    .expect("credentials file");
+    f
+}
+
+/// What the bucket holds under `prefix` (read with the admin key, as a person would check).
+async fn in_bucket(endpoint: &str, prefix: &str) -> Vec<StoredBackup> {
+    let target: zetaback::api::backup_policy::ObjectStoreTarget = serde_json::from_value(
+        object_store(endpoint, BUCKET, prefix, "unused")["objectStore"].clone(),
+    )
+    .expect("target");
+    let store = zetaback_objstore::connect(
+        &target,
+        &Credentials {
+            access_key_id: ADMIN.0.into(),
+            secret_access_key: ADMIN.1.into(),
+        },
+    )
+    .expect("client");
+    let cat = catalogue::read(store.as_ref(), &Keys::new(Some(prefix)))
+        .await
+        .expect("the bucket's catalogue");
+    assert!(cat.problems.is_empty(), "{:?}", cat.problems);
+    cat.backups
+}
+
+/// Deletes everything under `prefix` (the admin key).
+async fn empty_prefix(endpoint: &str, prefix: &str) {
+    use futures::TryStreamExt;
+    let target: zetaback::api::backup_policy::ObjectStoreTarget = serde_json::from_value(
+        object_store(endpoint, BUCKET, prefix, "unused")["objectStore"].clone(),
+    )
+    .expect("target");
+    let store = zetaback_objstore::connect(
+        &target,
+        &Credentials {
+            access_key_id: ADMIN.0.into(),
+            secret_access_key: ADMIN.1.into(),
+        },
+    )
+    .expect("client");
+    let root = zetaback_objstore::object_store::path::Path::from(prefix);
+    let objects: Vec<_> = store
+        .list(Some(&root))
+        .try_collect()
+        .await
+        .unwrap_or_default();
+    for o in objects {
+        let _ =
+            zetaback_objstore::object_store::ObjectStoreExt::delete(store.as_ref(), &o.location)
+                .await;
+    }
+}
+
+/// Every incremental in `backups` has its base (by snapshot) in `backups` too.
+fn chains_complete(backups: &[StoredBackup]) -> Result<(), String> {
+    for b in backups {
+        let Some(base) = &b.manifest.base_snapshot else {
+            continue;
+        };
+        let found = backups.iter().any(|o| {
+            o.manifest.dataset == b.manifest.dataset
+                && o.manifest.host == b.manifest.host
+                && &o.manifest.snapshot == base
+        });
+        if !found {
+            return Err(format!(
+                "incremental {} is kept but its base {base} was deleted",
+                b.manifest.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn listed(backups: &[StoredBackup]) -> Vec<(String, Option<String>)> {
+    backups
+        .iter()
+        .map(|b| (b.manifest.id.clone(), b.manifest.policy.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_policy_catalogue_status_and_owned_chain_aware_retention() {
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-flow");
+    let prefix = format!("bucket/{ns}");
+    let creds = creds_file(
+        &std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}")),
+        SOURCE,
+    );
+    let creds_arg = format!("--object-store-credentials={}", creds.display());
+    let mut fleet = Fleet::start(env, &ns, &[HostSpec::source("src").args(&[&creds_arg])]).await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let policies: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
+    let dataset = fleet.create_dataset("src", "data");
+    fleet.write_file(&dataset, "a.txt", b"into the bucket");
+    let src = fleet.name("src");
+
+    // The long-lived policy: a full now, kept 48 h.
+    let mut long = serde_json::json!({
+        "hosts": {"names": [src]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+    });
+    long["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    fleet.create_policy("long", "src", &[&dataset], long).await;
+    let kept = eventually(
+        "the long-lived policy's full in the bucket",
+        Duration::from_secs(120),
+        || async {
+            let b = in_bucket(&endpoint, &prefix).await;
+            b.first().map(|b| b.manifest.clone())
+        },
+    )
+    .await;
+    println!("the agent uploaded {} ({} bytes)", kept.id, kept.bytes);
+    assert_eq!(kept.host, src);
+    assert_eq!(kept.dataset, dataset);
+    assert_eq!(kept.policy.as_deref(), Some(format!("{ns}/long").as_str()));
+
+    // The policy's status is the bucket's catalogue: its bytes and its last backup.
+    let status = eventually(
+        "long's status counts the bucket's backup",
+        Duration::from_secs(60),
+        || async {
+            let st = policies.get("long").await.ok()?.status?;
+            (st.bytes_stored == Some(kept.bytes) && st.violators == 0).then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(
+        status.last_backup.map(|t| t.0.as_second()),
+        Some(kept.created.as_second()),
+        "lastBackup is the stored full's time"
+    );
+    let compliant = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .expect("Compliant condition");
+    assert_eq!(compliant.status, "True", "{compliant:?}");
+
+    // An incremental on request: uploaded against the full, counted too.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fleet.write_file(&dataset, "b.txt", b"an incremental");
+    fleet.backup_incremental_now("long", "src", &dataset).await;
+    let two = eventually(
+        "the incremental in the bucket",
+        Duration::from_secs(120),
+        || async {
+            let b = in_bucket(&endpoint, &prefix).await;
+            (b.len() == 2).then_some(b)
+        },
+    )
+    .await;
+    let incremental = &two[1].manifest;
+    assert_eq!(
+        incremental.base_snapshot.as_deref(),
+        Some(kept.snapshot.as_str()),
+        "{incremental:?}"
+    );
+    let total = kept.bytes + incremental.bytes;
+    eventually(
+        "long's status counts both backups",
+        Duration::from_secs(60),
+        || async {
+            let st = policies.get("long").await.ok()?.status?;
+            (st.bytes_stored == Some(total)).then_some(())
+        },
+    )
+    .await;
+
+    // The short-lived policy over the same dataset and the same bucket prefix: fulls every
+    // 20 s, incrementals (against the last full) every 10 s, all kept 30 s.
+    let mut short = serde_json::json!({
+        "hosts": {"names": [src]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "20s", "keep": "30s"},
+        "incremental": {"every": "10s", "keep": "30s"},
+        "jobHistory": {"successful": 100, "failed": 100},
+    });
+    short["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    fleet
+        .create_policy("short", "src", &[&dataset], short)
+        .await;
+    let short_owner = format!("{ns}/short");
+    let first_short = eventually(
+        "the short-lived policy's first full",
+        Duration::from_secs(120),
+        || async {
+            in_bucket(&endpoint, &prefix)
+                .await
+                .into_iter()
+                .find(|b| b.manifest.policy.as_deref() == Some(short_owner.as_str()))
+                .map(|b| b.manifest)
+        },
+    )
+    .await;
+    println!("short-lived policy's first backup {}", first_short.id);
+
+    // Its retention runs: the first full goes once no kept incremental needs it; at no
+    // point is an incremental left without its base.
+    let saw_dependent = std::sync::atomic::AtomicBool::new(false);
+    eventually(
+        "the short-lived policy's first full deleted from the bucket",
+        Duration::from_secs(240),
+        || async {
+            let now = in_bucket(&endpoint, &prefix).await;
+            if let Err(e) = chains_complete(&now) {
+                panic!("{e}: {:?}", listed(&now));
+            }
+            let dependent = now.iter().any(|b| {
+                b.manifest.base_snapshot.as_deref() == Some(first_short.snapshot.as_str())
+            });
+            if dependent {
+                saw_dependent.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            (!now.iter().any(|b| b.manifest.id == first_short.id)).then_some(())
+        },
+    )
+    .await;
+    let after = in_bucket(&endpoint, &prefix).await;
+    println!(
+        "after the short-lived policy's retention (an incremental needed its first full: {}): {:?}",
+        saw_dependent.load(std::sync::atomic::Ordering::Relaxed),
+        listed(&after)
+    );
+    for b in [&kept, incremental] {
+        assert!(
+            after.iter().any(|a| a.manifest.id == b.id),
+            "the long-lived policy's {} was deleted by the other policy's retention: {:?}",
+            b.id,
+            listed(&after)
+        );
+    }
+    chains_complete(&after).expect("chains complete");
+
+    fleet.shutdown().await;
+    empty_prefix(&endpoint, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_problems_show_on_the_policy_status() {
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-status");
+    let prefix = format!("bucket/{ns}");
+    let mut fleet = Fleet::start(env, &ns, &[]).await;
+    key_secret(
+        &fleet.client,
+        &ns,
+        "wrong-secret",
+        (ADMIN.0, "not-the-secret"),
+    )
+    .await;
+    key_secret(&fleet.client, &ns, "admin", ADMIN).await;
+    key_secret(&fleet.client, &ns, "source-key", SOURCE).await;
+    fleet.start_controller(|_| {}).await;
+    let policies: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
+
+    // (policy, target, what its Ready condition's message must say)
+    let cases = [
+        (
+            "wrong-secret",
+            object_store(&endpoint, BUCKET, &prefix, "wrong-secret"),
+            "SignatureDoesNotMatch: the keys of Secret wrong-secret",
+        ),
+        (
+            "missing-bucket",
+            object_store(&endpoint, "bucket-no-such-bucket", &prefix, "admin"),
+            "NoSuchBucket: bucket bucket-no-such-bucket does not exist",
+        ),
+        (
+            "unreachable",
+            // Nothing listens on port 9 (discard) of loopback.
+            object_store("http://127.0.0.1:9", BUCKET, &prefix, "admin"),
+            "cannot reach http://127.0.0.1:9",
+        ),
+        (
+            "no-secret",
+            object_store(&endpoint, BUCKET, &prefix, "no-such-secret"),
+            "Secret no-such-secret not found",
+        ),
+        (
+            // The source's key may not list the bucket: the controller cannot work with it.
+            "source-key",
+            object_store(&endpoint, BUCKET, &prefix, "source-key"),
+            "AccessDenied: the keys of Secret source-key",
+        ),
+    ];
+    for (name, target, _) in &cases {
+        let spec = serde_json::json!({
+            "hosts": {"names": ["bucket-no-host"]},
+            "datasets": {"include": ["*/data"]},
+            "full": {"every": "24h", "keep": "48h"},
+            "incremental": {"every": "12h", "keep": "48h"},
+            "target": target,
+        });
+        policies
+            .create(
+                &PostParams::default(),
+                &BackupPolicy::new(name, serde_json::from_value(spec).expect("spec")),
+            )
+            .await
+            .expect("create policy");
+    }
+    for (name, _, expected) in &cases {
+        let message = eventually(
+            &format!("{name}: Ready=False StoreUnreachable"),
+            Duration::from_secs(90),
+            || async {
+                let st = policies.get(name).await.ok()?.status?;
+                st.conditions
+                    .iter()
+                    .find(|c| {
+                        c.type_ == "Ready" && c.status == "False" && c.reason == "StoreUnreachable"
+                    })
+                    .map(|c| c.message.clone())
+            },
+        )
+        .await;
+        println!("{name}: {message}");
+        assert!(
+            message.contains(expected),
+            "{name}: the status names the cause ({expected}): {message}"
+        );
+        // A sentence for a person: no XML of the server's answer, no Rust debug output.
+        assert!(
+            !message.contains('<') && !message.contains("Status {") && message.len() < 400,
+            "{name}: the status is not readable: {message}"
+        );
+    }
+    fleet.shutdown().await;
+}
+
+/// The incomplete multipart uploads under `prefix` (ListMultipartUploads, signed by curl with
+/// the admin key): the raw XML answer.
+fn pending_uploads(endpoint: &str, prefix: &str) -> String {
+    let encoded = prefix.replace('/', "%2F").replace('+', "%2B");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            &format!("{}:{}", ADMIN.0, ADMIN.1),
+            &format!("{endpoint}/{BUCKET}?prefix={encoded}&uploads="),
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_agent_killed_mid_upload_leaves_no_backup_and_the_next_run_succeeds() {
+    use sha2::Digest;
+    use zetaback::api::{BackupJob, JobPhase};
+    use zetaback_objstore::object_store::ObjectStoreExt;
+
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-kill");
+    let prefix = format!("bucket/{ns}");
+    let creds = creds_file(
+        &std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}")),
+        SOURCE,
+    );
+    let creds_arg = format!("--object-store-credentials={}", creds.display());
+    // 4 MB/s: 24 MB take six seconds, parts of 8 MiB.
+    let src = HostSpec::source("src").args(&[&creds_arg, "--bandwidth-limit=4000000"]);
+    let mut fleet = Fleet::start(env, &ns, &[src]).await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    for i in 0..3u32 {
+        fleet.write_file(
+            &dataset,
+            &format!("f{i}"),
+            &zetaback_e2e::fleet::noise(i + 1, 8_000_000),
+        );
+    }
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [fleet.name("src")]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+    });
+    spec["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    let jobs: Api<BackupJob> = Api::namespaced(fleet.client.clone(), &ns);
+    let running = eventually(
+        "the full's job running",
+        Duration::from_secs(120),
+        || async {
+            let list = jobs.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|j| {
+                j.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == JobPhase::Running)
+            })
+        },
+    )
+    .await;
+    // Some parts are in: the agent dies (SIGKILL: no abort, no clean-up).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    fleet.kill("src");
+    println!(
+        "killed the agent mid-upload of {}",
+        running.metadata.name.clone().unwrap_or_default()
+    );
+    assert!(
+        in_bucket(&endpoint, &prefix).await.is_empty(),
+        "a killed upload is a backup"
+    );
+    let uploads = pending_uploads(&endpoint, &format!("{prefix}/"));
+    println!(
+        "incomplete multipart uploads after the kill: {}",
+        uploads.matches("<Upload>").count()
+    );
+    let policies: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
+    let st = policies
+        .get("p")
+        .await
+        .expect("policy")
+        .status
+        .unwrap_or_default();
+    assert!(
+        st.last_backup.is_none() && st.bytes_stored.unwrap_or(0) == 0,
+        "the status counts a killed upload: {st:?}"
+    );
+
+    // The agent back: the next run stores a whole backup, its object what its manifest says.
+    fleet.restart("src");
+    let stored = eventually(
+        "a backup after the restart",
+        Duration::from_secs(240),
+        || async { in_bucket(&endpoint, &prefix).await.into_iter().next() },
+    )
+    .await;
+    let target: zetaback::api::backup_policy::ObjectStoreTarget = serde_json::from_value(
+        object_store(&endpoint, BUCKET, &prefix, "unused")["objectStore"].clone(),
+    )
+    .expect("target");
+    let admin = zetaback_objstore::connect(
+        &target,
+        &Credentials {
+            access_key_id: ADMIN.0.into(),
+            secret_access_key: ADMIN.1.into(),
+        },
+    )
+    .expect("client");
+    let id: zetaback::store::StreamId = stored.manifest.id.parse().expect("id");
+    let key = Keys::new(Some(&prefix))
+        .stream(&stored.manifest.host, &stored.manifest.dataset, &id, false)
+        .expect("key");
+    let body = admin
+        .get(&key)
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(body.len() as u64, stored.manifest.bytes);
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&body)),
+        stored.manifest.sha256
+    );
+    let lingering = pending_uploads(&endpoint, &format!("{prefix}/"));
+    println!(
+        "after the restart: {} ({} bytes, sha256 checked); incomplete uploads now: {}",
+        stored.manifest.id,
+        stored.manifest.bytes,
+        lingering.matches("<Upload>").count()
+    );
+    // The killed agent's upload was aborted by the restarted agent before it uploaded again.
+    assert!(
+        lingering.contains("ListMultipartUploadsResult") && !lingering.contains("<Upload>"),
+        "the killed agent's incomplete upload lingers: {lingering}"
+    );
+    fleet.shutdown().await;
+    empty_prefix(&endpoint, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_agent_with_a_wrong_key_fails_its_job_with_a_readable_message() {
+    use zetaback::api::{BackupJob, JobPhase};
+
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-badkey");
+    let prefix = format!("bucket/{ns}");
+    let creds = creds_file(
+        &std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}")),
+        (SOURCE.0, "not-the-source-secret"),
+    );
+    let creds_arg = format!("--object-store-credentials={}", creds.display());
+    let mut fleet = Fleet::start(env, &ns, &[HostSpec::source("src").args(&[&creds_arg])]).await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [fleet.name("src")]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+    });
+    spec["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    let jobs: Api<BackupJob> = Api::namespaced(fleet.client.clone(), &ns);
+    let message = eventually("the job failed", Duration::from_secs(120), || async {
+        let list = jobs.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find_map(|j| {
+            let st = j.status?;
+            (st.phase == JobPhase::Failed).then(|| st.message.unwrap_or_default())
+        })
+    })
+    .await;
+    println!("the job's message: {message}");
+    fleet.shutdown().await;
+    assert!(
+        message.contains("SignatureDoesNotMatch"),
+        "the job names the server's refusal: {message}"
+    );
+    assert!(
+        !message.contains('<') && message.len() < 500,
+        "the job's message is not readable: {message}"
+    );
+}
