@@ -11,6 +11,11 @@
 #                      against the local control plane and zfs-fuse
 #   e2e/test.sh openzfs  tests on real in-kernel OpenZFS 2.3.2 in a QEMU VM (built once and cached
 #                      under ~/.cache/zetaback/vm by e2e/scripts/openzfs-vm.sh), with zfs-fuse
+#   e2e/test.sh cluster  zetaback installed by `helm install` as pods on a local two-node cluster
+#                      (e2e/scripts/cluster.sh: containerd, kubelet, kube-proxy, CNI, CoreDNS, each
+#                      node in its own network namespace; node binaries built once and cached by
+#                      e2e/scripts/build-node-tools.sh), images from e2e/scripts/image.sh build;
+#                      the cluster is taken down afterwards unless ZETABACK_KEEP_CLUSTER=1
 #
 # Which integration test belongs to which tier: e2e/test-tiers.txt (checked by tests/test_tiers.rs).
 set -euo pipefail
@@ -18,8 +23,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tier=${1:-}
 case "$tier" in
-  "" | unit | real | e2e | hostile | openzfs) ;;
-  *) echo "usage: e2e/test.sh [unit|real|e2e|hostile|openzfs]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
+  "" | unit | real | e2e | hostile | openzfs | cluster) ;;
+  *) echo "usage: e2e/test.sh [unit|real|e2e|hostile|openzfs|cluster]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
 esac
 export PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/zetaback/target}
@@ -72,6 +77,24 @@ case "$tier" in
     mapfile -t targets < <(tier_targets openzfs)
     cargo test --locked "${targets[@]}" -- --test-threads 2
     echo "== openzfs tier passed in $(( $(date +%s) - start ))s"
+    exit 0
+    ;;
+  cluster)
+    bash e2e/scripts/install-deps.sh
+    echo "== upstream binaries and node binaries (built once, cached under ~/.cache/zetaback/bin)"
+    bash e2e/scripts/build-tools.sh
+    bash e2e/scripts/build-node-tools.sh
+    echo "== images (cargo build, then e2e/scripts/image.sh build; cached by the binaries' hashes)"
+    bash e2e/scripts/image.sh build >/dev/null
+    echo "== local cluster"
+    cluster_start=$(date +%s)
+    [ "${ZETABACK_KEEP_CLUSTER:-}" = 1 ] || trap 'bash e2e/scripts/cluster.sh down >/dev/null 2>&1 || true' EXIT
+    bash e2e/scripts/cluster.sh up
+    echo "== cluster up in $(( $(date +%s) - cluster_start ))s"
+    echo "== cluster tests"
+    mapfile -t targets < <(tier_targets cluster)
+    cargo test --locked "${targets[@]}" -- --test-threads 1 --nocapture
+    echo "== cluster tier passed in $(( $(date +%s) - start ))s"
     exit 0
     ;;
   e2e | hostile)

@@ -9,6 +9,7 @@
 #   cluster.sh down     stop everything and leave nothing behind: processes, cgroups, network
 #                       namespaces, veths, the bridge, routes, mounts, state directories
 #   cluster.sh status   what runs, and `kubectl get nodes`
+#   cluster.sh images   imports the newest image build (image.sh build) into every running node
 #   cluster.sh env      prints KUBECONFIG=… lines for the tests
 #   cluster.sh nsenter N CMD…   runs CMD in node N's network and mount namespaces
 #
@@ -261,14 +262,23 @@ node_run_inside() {
   "$bin/containerd" --config "$n/containerd.toml" >"$n/containerd.log" 2>&1 &
   for _ in $(seq 1 100); do [ -S "$n/containerd/containerd.sock" ] && break; sleep 0.2; done
   [ -S "$n/containerd/containerd.sock" ] || { tail -20 "$n/containerd.log"; exit 1; }
-  for f in "$run"/images/*.tar; do
-    "$bin/ctr" -a "$n/containerd/containerd.sock" -n k8s.io images import --no-unpack=false "$f" >/dev/null
-  done
+  import_images "$i"
   "$bin/kubelet" --config "$n/kubelet.yaml" --kubeconfig "$n/kubelet.kubeconfig" --root-dir "$n/kubelet" \
     --hostname-override "$name" --node-ip "$(node_ip "$i")" >"$n/kubelet.log" 2>&1 &
   "$bin/kube-proxy" --config "$n/kube-proxy.yaml" >"$n/kube-proxy.log" 2>&1 &
   echo ready >"$n/ready"
   wait
+}
+
+# import_images I: every image of $run/images into node I's containerd (content already there
+# is not copied again).
+import_images() {
+  local n f bin
+  n=$(node_run "$1"); bin=$(tools)
+  for f in "$run"/images/*.tar; do
+    "$bin/ctr" -a "$n/containerd/containerd.sock" -n k8s.io images import "$f" >/dev/null ||
+      die "importing $f into node $1 failed"
+  done
 }
 
 node_alive() { local p; p=$(cat "$(node_run "$1")/pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null; }
@@ -515,6 +525,9 @@ case "${1:-}" in
     flock 8
     "$1" ;;
   status) status ;;
+  images)
+    images
+    for i in $(seq 1 "$count"); do node_alive "$i" || die "node $i is not running (cluster.sh up)"; import_images "$i"; done ;;
   env) echo "KUBECONFIG=$kubeconfig" ;;
   node-run) exec 8>&-; node_run_inside "$2" ;;
   nsenter)
