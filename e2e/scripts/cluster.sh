@@ -55,11 +55,16 @@ node_ip() { echo "10.250.0.1$1"; }
 pod_cidr() { echo "10.244.$1.0/24"; }
 node_run() { echo "$run/node$1"; }
 
-tools() { PATH="$PATH:/usr/local/go/bin" "$here/build-node-tools.sh"; }
+# The node binaries (ZETABACK_NODE_BIN: a directory holding them instead, e.g. while trying a change).
+tools() {
+  if [ -n "${ZETABACK_NODE_BIN:-}" ]; then echo "$ZETABACK_NODE_BIN"; return; fi
+  PATH="$PATH:/usr/local/go/bin" "$here/build-node-tools.sh"
+}
 cp_env() {
   ZETABACK_RUN="$run" ZETABACK_APISERVER_PORT=$api_port ZETABACK_ETCD_PORT=$etcd_port \
     ZETABACK_APISERVER_ADDRESS=$host_ip ZETABACK_CLUSTER_NODES=1 \
-    ZETABACK_SCHEDULER_BIN="$(tools)/kube-scheduler" "$here/env.sh" "$@"
+    ZETABACK_SCHEDULER_BIN="$(tools)/kube-scheduler" ZETABACK_APISERVER_BIN="$(tools)/kube-apiserver" \
+    ZETABACK_CONTROLLER_MANAGER_BIN="$(tools)/kube-controller-manager" "$here/env.sh" "$@"
 }
 kubectl() { "$("$here/build-tools.sh")/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 

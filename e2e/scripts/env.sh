@@ -20,6 +20,8 @@
 #                                the lease endpoint reconciler, a client certificate for the
 #                                kubelets' API, the controllers nodes and pods need, and
 #                                kube-scheduler ($ZETABACK_SCHEDULER_BIN)
+#   ZETABACK_APISERVER_BIN, ZETABACK_CONTROLLER_MANAGER_BIN   run these binaries instead of
+#                                build-tools.sh's (the cluster's, linked with their version)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -122,7 +124,7 @@ up() {
     controllers=$controllers,endpointslice,nodelifecycle,daemonset,podgc,root-ca-cert-publisher,disruption,job
   fi
   # Self-signed serving certificate for 127.0.0.1 (kube-apiserver writes it into --cert-dir).
-  start_bg kube-apiserver "$bin/kube-apiserver" \
+  start_bg kube-apiserver "${ZETABACK_APISERVER_BIN:-$bin/kube-apiserver}" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
     --bind-address "$api_addr" --advertise-address "$api_addr" --secure-port "$api_port" \
     --cert-dir "$run/apiserver-certs" --tls-cert-file "" \
@@ -140,7 +142,7 @@ up() {
   for _ in $(seq 1 100); do [ -f "$run/apiserver-certs/apiserver.crt" ] && break; sleep 0.2; done
   write_kubeconfig
   wait_ready "$bin/kubectl"
-  start_bg kube-controller-manager "$bin/kube-controller-manager" \
+  start_bg kube-controller-manager "${ZETABACK_CONTROLLER_MANAGER_BIN:-$bin/kube-controller-manager}" \
     --kubeconfig "$kubeconfig" --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$((api_port + 1))" --leader-elect=false \
     --controllers "$controllers" \
