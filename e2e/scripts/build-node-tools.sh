@@ -3,8 +3,14 @@
 # Go modules, and caches them under ~/.cache/zetaback/bin/node-<key> (key: the pinning
 # go.mod/go.sum files and this script; separate from build-tools.sh's key, so the control plane's
 # binaries are not rebuilt when these pins change):
-#   kubelet, kube-proxy, kube-scheduler   e2e/tools/node (k8s.io/kubernetes, the same version as
-#                                         e2e/tools/k8s, checked below)
+#   kubelet, kube-proxy, kube-scheduler,  e2e/tools/node (k8s.io/kubernetes, the same version as
+#   kube-apiserver, kube-controller-manager   e2e/tools/k8s, checked below), linked with that
+#                                         version (-X …/component-base/version.gitVersion): a
+#                                         module build otherwise reports v0.0.0-master, which
+#                                         `helm install` of a chart with a kubeVersion refuses
+#                                         (the cluster's control plane runs these two; the
+#                                         shared one keeps build-tools.sh's, whose key and
+#                                         binaries stay as they are)
 #   containerd, containerd-shim-runc-v2, ctr   e2e/tools/containerd (containerd 2.x, CGO_ENABLED=0)
 #   coredns                               e2e/tools/coredns (only the plugins the cluster DNS uses)
 # Prints the directory. Nothing is downloaded except Go modules through the Go module proxy.
@@ -28,7 +34,7 @@ key=$(cat "$here"/tools/node/go.mod "$here"/tools/node/go.sum "$here"/tools/cont
           "$here"/tools/containerd/go.sum "$here"/tools/coredns/go.mod "$here"/tools/coredns/go.sum \
           "$here"/tools/coredns/main.go "$0" 2>/dev/null | sha256sum | cut -c1-16)
 out="$cache/bin/node-$key"
-want=(kubelet kube-proxy kube-scheduler containerd containerd-shim-runc-v2 ctr coredns)
+want=(kubelet kube-proxy kube-scheduler kube-apiserver kube-controller-manager containerd containerd-shim-runc-v2 ctr coredns)
 
 have_all() { for b in "${want[@]}"; do [ -x "$out/$b" ] || return 1; done; }
 if have_all; then echo "$out"; exit 0; fi
@@ -36,14 +42,19 @@ if have_all; then echo "$out"; exit 0; fi
 command -v go >/dev/null || die "the Go toolchain is required (go not on PATH)"
 mkdir -p "$out.tmp"
 start=$(date +%s)
-build() { # dir, output name, package, [tags]
+version=$(k8s_version "$here/tools/node/go.mod")
+major=${version#v}; major=${major%%.*}
+minor=${version#v*.}; minor=${minor%%.*}
+vpkg=k8s.io/component-base/version
+k8s_ldflags="-X $vpkg.gitVersion=$version -X $vpkg.gitMajor=$major -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean"
+build() { # dir, output name, package, [tags], [extra ldflags]
   [ -x "$out.tmp/$2" ] && return 0
   echo "build-node-tools: building $2" >&2
-  (cd "$here/tools/$1" && go build -trimpath -tags "${4:-}" -ldflags "-s -w" -o "$out.tmp/$2" "$3")
+  (cd "$here/tools/$1" && go build -trimpath -tags "${4:-}" -ldflags "-s -w ${5:-}" -o "$out.tmp/$2" "$3")
 }
-build node kubelet k8s.io/kubernetes/cmd/kubelet
-build node kube-proxy k8s.io/kubernetes/cmd/kube-proxy
-build node kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+for cmd in kubelet kube-proxy kube-scheduler kube-apiserver kube-controller-manager; do
+  build node "$cmd" "k8s.io/kubernetes/cmd/$cmd" "" "$k8s_ldflags"
+done
 # No C: the btrfs and devmapper snapshotters need cgo; the nodes use overlayfs/native.
 ctags="no_btrfs no_devmapper no_zfs no_aufs"
 build containerd containerd github.com/containerd/containerd/v2/cmd/containerd "$ctags"

@@ -60,11 +60,15 @@ tools() {
   if [ -n "${ZETABACK_NODE_BIN:-}" ]; then echo "$ZETABACK_NODE_BIN"; return; fi
   PATH="$PATH:/usr/local/go/bin" "$here/build-node-tools.sh"
 }
+# env.sh with this cluster's control plane settings (its own run directory, ports, address).
 cp_env() {
   ZETABACK_RUN="$run" ZETABACK_APISERVER_PORT=$api_port ZETABACK_ETCD_PORT=$etcd_port \
-    ZETABACK_APISERVER_ADDRESS=$host_ip ZETABACK_CLUSTER_NODES=1 \
-    ZETABACK_SCHEDULER_BIN="$(tools)/kube-scheduler" ZETABACK_APISERVER_BIN="$(tools)/kube-apiserver" \
-    ZETABACK_CONTROLLER_MANAGER_BIN="$(tools)/kube-controller-manager" "$here/env.sh" "$@"
+    ZETABACK_APISERVER_ADDRESS=$host_ip ZETABACK_CLUSTER_NODES=1 "$here/env.sh" "$@"
+}
+cp_up() {
+  local bin; bin=$(tools)
+  ZETABACK_SCHEDULER_BIN="$bin/kube-scheduler" ZETABACK_APISERVER_BIN="$bin/kube-apiserver" \
+    ZETABACK_CONTROLLER_MANAGER_BIN="$bin/kube-controller-manager" cp_env up
 }
 kubectl() { "$("$here/build-tools.sh")/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
@@ -452,7 +456,7 @@ up() {
   mkdir -p "$run"
   tools >/dev/null
   network_up
-  cp_env up >/dev/null
+  cp_up >/dev/null
   kubectl get clusterrolebinding system:node-proxier >/dev/null
   images
   for d in "${node_dirs[@]}"; do
