@@ -63,7 +63,7 @@ tools() {
 # env.sh with this cluster's control plane settings (its own run directory, ports, address).
 cp_env() {
   ZETABACK_RUN="$run" ZETABACK_APISERVER_PORT=$api_port ZETABACK_ETCD_PORT=$etcd_port \
-    ZETABACK_APISERVER_ADDRESS=$host_ip ZETABACK_CLUSTER_NODES=1 "$here/env.sh" "$@"
+    ZETABACK_APISERVER_ADDRESS=$host_ip ZETABACK_CLUSTER_NODES=1 "$here/env.sh" "$@" 8<&-
 }
 cp_up() {
   local bin; bin=$(tools)
@@ -299,7 +299,7 @@ node_up() {
   node_config "$i"
   rm -f "$n/ready"
   nohup nsenter --net="/run/netns/$(node_name "$i")" -- unshare --mount --propagation private -- \
-    bash "$self" node-run "$i" >"$n/node.log" 2>&1 9>&- &
+    bash "$self" node-run "$i" >"$n/node.log" 2>&1 8<&- 9>&- &
   echo $! >"$n/pid"
 }
 
@@ -529,7 +529,7 @@ status() {
 
 case "${1:-}" in
   up|down)
-    mkdir -p "$(dirname "$run")"
+    # One up or down at a time; fd 8 (the lock) is closed for everything they start.
     exec 8<"$self"
     flock 8
     "$1" ;;
@@ -538,7 +538,7 @@ case "${1:-}" in
     images
     for i in $(seq 1 "$count"); do node_alive "$i" || die "node $i is not running (cluster.sh up)"; import_images "$i"; done ;;
   env) echo "KUBECONFIG=$kubeconfig" ;;
-  node-run) exec 8>&-; node_run_inside "$2" ;;
+  node-run) node_run_inside "$2" ;;
   nsenter)
     i=$2; shift 2
     exec nsenter --net="/run/netns/$(node_name "$i")" --mount="/proc/$(cat "$(node_run "$i")/pid")/ns/mnt" -- "$@" ;;

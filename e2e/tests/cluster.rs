@@ -215,6 +215,9 @@ fn helm_installed_pods_back_up_node1_to_node2_and_restore() {
             "--create-namespace",
             "--set",
             "agent.zfsFuse=true",
+            // zfs.sh's pools mount under /run/zetaback/zfs (a restore mounts there).
+            "--set",
+            "agent.zfsFuseMountRoots={/run/zetaback/zfs}",
         ],
         None,
     );
