@@ -13,6 +13,9 @@
 #   cluster.sh env      prints KUBECONFIG=… lines for the tests
 #   cluster.sh nsenter N CMD…   runs CMD in node N's network and mount namespaces
 #
+# Pools: node i's is zbnode<i> (zfs.sh, on the machine's zfs-fuse daemon, mounted under
+# /run/zetaback/zfs), made by up before the node starts and destroyed by down.
+#
 # Addresses (private, all inside this machine): host bridge zb-br0 10.250.0.1/24 (the control
 # plane listens there, apiserver port 26443); node i: netns zb-node<i>, address 10.250.0.1<i>,
 # pods 10.244.<i>.0/24 on the node's bridge zb-cni0; Services 10.96.0.0/16, DNS 10.96.0.10.
@@ -462,6 +465,12 @@ up() {
   for d in "${node_dirs[@]}"; do
     if [ ! -d "$d" ]; then mkdir -p "$d"; echo "$d" >>"$run/created-dirs"; fi
   done
+  # Each node's pool (zbnode<i>, zfs-fuse, file-backed: zfs.sh), made before the node starts:
+  # the node's mount namespace is a private copy of the host's taken then, so only mounts that
+  # existed at that moment are seen by its pods. zfs-fuse's client creates a received dataset's
+  # mountpoint directory itself, inside the pool's mounted root, before the daemon mounts it.
+  "$here/zfs.sh" start 8<&- >/dev/null
+  for i in $(seq 1 "$count"); do "$here/zfs.sh" pool "zbnode$i" 256M 8<&- >/dev/null; done
   for i in $(seq 1 "$count"); do node_up "$i"; done
   for i in $(seq 1 "$count"); do
     for _ in $(seq 1 600); do
@@ -511,6 +520,9 @@ down() {
     fi
   done
   network_down
+  for i in $(seq 1 9); do
+    if zpool list -H -o name "zbnode$i" >/dev/null 2>&1; then "$here/zfs.sh" destroy "zbnode$i" 8<&- || true; fi
+  done
   if [ -f "$run/kubeconfig" ]; then cp_env down; fi
   if [ -f "$run/created-dirs" ]; then
     while read -r d; do rmdir "$d" 2>/dev/null || log "left $d (not empty)"; done <"$run/created-dirs"

@@ -6,9 +6,10 @@
 //! BackupPolicy backs a dataset of node 1 up to the store of node 2 through the pods, and a
 //! Restore brings it back on node 1 with every file's checksum equal to the source's.
 //!
-//! Pools: node 1's pool `zbcluster1` lives on the machine's shared zfs-fuse daemon, whose
-//! socket (`/var/run/zfs/zfs_socket`, a path socket, so reachable from any network namespace)
-//! the agent pods mount; each ZfsHost includes only its own node's pool.
+//! Pools: each node's pool (`zbnode1`, `zbnode2`, made by `cluster.sh up`) lives on the
+//! machine's shared zfs-fuse daemon, whose socket (`/var/run/zfs/zfs_socket`, a path socket, so
+//! reachable from any network namespace) the agent pods mount; each ZfsHost includes only its
+//! own node's pool.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,7 +20,8 @@ use zetaback_e2e::text;
 
 const NS: &str = "zetaback-system";
 const RELEASE: &str = "zetaback";
-const POOL: &str = "zbcluster1";
+/// Node 1's pool, made by `cluster.sh up` (before the node starts: see there).
+const POOL: &str = "zbnode1";
 /// How long pods, backups and restores may take on this (loaded, 2-core) machine.
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -187,11 +189,10 @@ fn helm_installed_pods_back_up_node1_to_node2_and_restore() {
     let c = Cluster::up();
     let start = Instant::now();
 
-    // Node 1's pool, on the shared zfs-fuse daemon (a fresh one each run).
-    zfs_sh(&c, &["start"]);
-    let _ = script(&c.root, "zfs.sh", &["destroy", POOL]);
-    zfs_sh(&c, &["pool", POOL, "256M"]);
+    // A fresh dataset in node 1's pool.
     let dataset = format!("{POOL}/data");
+    let restored = format!("{POOL}/restored");
+    destroy_datasets(&[&dataset, &restored]);
     zfs_sh(&c, &["dataset", &dataset]);
     let data = mounted(&dataset);
     for (i, len) in [(1u32, 300_000usize), (2, 70_000), (3, 1)] {
@@ -234,7 +235,7 @@ spec: {{nodeName: zb-node1, datasets: {{include: ["{POOL}/**"]}}, restoreRoots: 
 apiVersion: zetaback.io/v1alpha1
 kind: ZfsHost
 metadata: {{name: zb-node2}}
-spec: {{nodeName: zb-node2, datasets: {{include: ["zbcluster2/**"]}}}}
+spec: {{nodeName: zb-node2, datasets: {{include: ["zbnode2/**"]}}}}
 "#
     ));
 
@@ -333,7 +334,6 @@ spec:
     );
 
     // A Restore back onto node 1, under another name; every file's checksum equal.
-    let restored = format!("{POOL}/restored");
     c.apply(&format!(
         r#"
 apiVersion: zetaback.io/v1alpha1
@@ -374,5 +374,14 @@ spec:
     let un = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
     assert!(un.status.success(), "helm uninstall: {}", text(&un.stderr));
     c.kubectl(&["delete", "zfshost", "zb-node1", "zb-node2"]);
-    zfs_sh(&c, &["destroy", POOL]);
+    destroy_datasets(&[&dataset, &restored]);
+}
+
+/// `zfs destroy -r` of each dataset that exists.
+fn destroy_datasets(datasets: &[&str]) {
+    for ds in datasets {
+        if zetaback_e2e::fleet::dataset_exists(ds) {
+            zetaback_e2e::fleet::zfs(&["destroy", "-r", ds]);
+        }
+    }
 }
