@@ -479,6 +479,10 @@ up() {
       sleep 0.2
     done
   done
+  for _ in $(seq 1 180); do
+    [ "$(kubectl get nodes -o name 2>/dev/null | wc -l)" -ge "$count" ] && break
+    sleep 1
+  done
   kubectl wait --for=condition=Ready --timeout=180s node --all >/dev/null ||
     { kubectl get nodes -o wide >&2; die "nodes not Ready"; }
   dns_up
