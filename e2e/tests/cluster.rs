@@ -61,7 +61,11 @@ impl Cluster {
             text(&images.stderr)
         );
         let bin = script(&root, "build-tools.sh", &[]);
-        assert!(bin.status.success(), "build-tools.sh: {}", text(&bin.stderr));
+        assert!(
+            bin.status.success(),
+            "build-tools.sh: {}",
+            text(&bin.stderr)
+        );
         let run = kubeconfig.parent().expect("run dir").to_path_buf();
         Cluster {
             root,
@@ -105,7 +109,11 @@ impl Cluster {
 
     fn apply(&self, yaml: &str) {
         let out = self.tool("kubectl", &["apply", "-f", "-"], Some(yaml));
-        assert!(out.status.success(), "kubectl apply: {}\n{yaml}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}\n{yaml}",
+            text(&out.stderr)
+        );
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -222,7 +230,11 @@ fn helm_installed_pods_back_up_node1_to_node2_and_restore() {
         ],
         None,
     );
-    assert!(install.status.success(), "helm install: {}", text(&install.stderr));
+    assert!(
+        install.status.success(),
+        "helm install: {}",
+        text(&install.stderr)
+    );
 
     // Each node's ZfsHost: its own pool only; restores land in node 1's pool.
     c.apply(&format!(
@@ -321,8 +333,24 @@ spec:
             format!(
                 "{}\n{}\n{}",
                 c.kubectl(&["get", "backuppolicy,backupjob", "-A", "-o", "yaml"]),
-                c.kubectl(&["logs", "-n", NS, "-l", "app.kubernetes.io/component=agent", "--tail=30", "--prefix"]),
-                c.kubectl(&["logs", "-n", NS, "-l", "app.kubernetes.io/component=controller", "--tail=30", "--prefix"]),
+                c.kubectl(&[
+                    "logs",
+                    "-n",
+                    NS,
+                    "-l",
+                    "app.kubernetes.io/component=agent",
+                    "--tail=30",
+                    "--prefix"
+                ]),
+                c.kubectl(&[
+                    "logs",
+                    "-n",
+                    NS,
+                    "-l",
+                    "app.kubernetes.io/component=controller",
+                    "--tail=30",
+                    "--prefix"
+                ]),
             )
         },
     );
@@ -360,21 +388,127 @@ spec:
         "{}",
         c.kubectl(&["get", "restore", "-n", NS, "-o", "yaml"])
     );
-    assert_eq!(sums(&mounted(&restored)), original, "the restored files differ");
+    assert_eq!(
+        sums(&mounted(&restored)),
+        original,
+        "the restored files differ"
+    );
     println!(
         "== backup on node 2 and restore on node 1 through the pods: checksums equal ({}s)",
         start.elapsed().as_secs()
     );
+
+    // Cluster DNS: a Service name resolves inside a pod on node 2 (CoreDNS runs on one node,
+    // reached through its Service address, i.e. kube-proxy's rules and the route between nodes).
+    let agent2 = pods(&c)
+        .into_iter()
+        .find(|p| p.0 == NS && p.1.starts_with("zetaback-agent-") && p.2 == "zb-node2")
+        .map(|p| p.1)
+        .expect("the agent pod on node 2");
+    let resolved = c.kubectl(&[
+        "exec",
+        "-n",
+        NS,
+        &agent2,
+        "--",
+        "getent",
+        "hosts",
+        "kubernetes.default.svc.cluster.local",
+    ]);
+    assert!(
+        resolved.starts_with("10.96.0.1 "),
+        "kubernetes.default.svc.cluster.local from a pod on node 2: {resolved:?}"
+    );
+
+    // Leader failover: kill the leading controller pod (no graceful release); the other
+    // replica takes the Lease, and a new Restore is served by it.
+    let holder = |c: &Cluster| {
+        c.json(&["get", "lease", "-n", NS, "zetaback-controller"])["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let leader = holder(&c);
+    let standby = pods(&c)
+        .into_iter()
+        .find(|p| p.0 == NS && p.1.starts_with("zetaback-controller-") && p.1 != leader)
+        .map(|p| p.1)
+        .expect("a standby controller pod");
+    assert!(
+        leader.starts_with("zetaback-controller-"),
+        "lease holder {leader:?}"
+    );
+    let killed = Instant::now();
+    c.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        NS,
+        &leader,
+        "--grace-period=0",
+        "--force",
+    ]);
+    eventually(
+        "the standby replica leads",
+        LIMIT,
+        || (holder(&c) == standby).then_some(()),
+        || c.kubectl(&["get", "lease", "-n", NS, "-o", "yaml"]),
+    );
+    println!(
+        "== leader failover: {standby} leads {:.1}s after {leader} was killed (lease 15s)",
+        killed.elapsed().as_secs_f64()
+    );
+    let again = format!("{POOL}/restored-again");
+    destroy_datasets(&[&again]);
+    c.apply(&format!(
+        r#"
+apiVersion: zetaback.io/v1alpha1
+kind: Restore
+metadata: {{name: cluster-restore-again, namespace: {NS}}}
+spec:
+  source: {{host: zb-node1, dataset: "{dataset}"}}
+  destination: {{host: zb-node1, dataset: "{again}"}}
+"#
+    ));
+    let phase = eventually(
+        "the Restore after the failover finished",
+        LIMIT,
+        || {
+            let r = c.json(&["get", "restore", "-n", NS, "cluster-restore-again"]);
+            let phase = r["status"]["phase"].as_str().unwrap_or_default().to_owned();
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+        || c.kubectl(&["get", "restore", "-n", NS, "-o", "yaml"]),
+    );
+    assert_eq!(
+        phase,
+        "Succeeded",
+        "{}",
+        c.kubectl(&["get", "restore", "-n", NS, "-o", "yaml"])
+    );
+    assert_eq!(
+        sums(&mounted(&again)),
+        original,
+        "the files restored after the failover differ"
+    );
+
     println!("{}", c.kubectl(&["get", "zetaback", "-A"]));
     println!("{}", show_pods());
 
     // Clean up what this test made (the cluster itself stays for the tier's other tests;
     // `cluster.sh down` removes it).
-    c.kubectl(&["delete", "restore,backuppolicy", "-n", NS, "--all", "--wait=true"]);
+    c.kubectl(&[
+        "delete",
+        "restore,backuppolicy",
+        "-n",
+        NS,
+        "--all",
+        "--wait=true",
+    ]);
     let un = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
     assert!(un.status.success(), "helm uninstall: {}", text(&un.stderr));
     c.kubectl(&["delete", "zfshost", "zb-node1", "zb-node2"]);
-    destroy_datasets(&[&dataset, &restored]);
+    destroy_datasets(&[&dataset, &restored, &again]);
 }
 
 /// `zfs destroy -r` of each dataset that exists.
