@@ -514,11 +514,20 @@ spec:
     destroy_datasets(&[&dataset, &restored, &again]);
 }
 
-/// `zfs destroy -r` of each dataset that exists.
+/// `zfs destroy -r` of each dataset that exists, a few tries each (zfs-fuse reports a dataset
+/// busy for a moment after a restore wrote it); panics if one stays.
 fn destroy_datasets(datasets: &[&str]) {
     for ds in datasets {
-        if zetaback_e2e::fleet::dataset_exists(ds) {
-            zetaback_e2e::fleet::zfs(&["destroy", "-r", ds]);
+        for attempt in 1..=10 {
+            if !zetaback_e2e::fleet::dataset_exists(ds) {
+                break;
+            }
+            let out = zetaback_e2e::fleet::run_output("zfs", &["destroy", "-r", ds]);
+            if out.status.success() {
+                break;
+            }
+            assert!(attempt < 10, "zfs destroy -r {ds}: {}", text(&out.stderr));
+            std::thread::sleep(Duration::from_secs(2));
         }
     }
 }
