@@ -41,6 +41,26 @@ tier_targets() {
   awk -v t="$1" '$1 == t { print "-p"; print $2; print "--test"; print $3 }' e2e/test-tiers.txt
 }
 
+# The cluster tier: node binaries (cached), images (cached by the binaries' hashes), the local
+# two-node cluster, its tests (`test = false` targets: only run here), then `cluster.sh down`
+# unless ZETABACK_KEEP_CLUSTER=1.
+cluster_tier() {
+  local t0
+  t0=$(date +%s)
+  echo "== node binaries (built once, cached under ~/.cache/zetaback/bin)"
+  bash e2e/scripts/build-node-tools.sh
+  echo "== images (e2e/scripts/image.sh build)"
+  bash e2e/scripts/image.sh build >/dev/null
+  echo "== local cluster"
+  bash e2e/scripts/cluster.sh up
+  echo "== cluster up in $(( $(date +%s) - t0 ))s"
+  echo "== cluster tests"
+  mapfile -t targets < <(tier_targets cluster)
+  cargo test --locked "${targets[@]}" -- --test-threads 1 --nocapture
+  [ "${ZETABACK_KEEP_CLUSTER:-}" = 1 ] || bash e2e/scripts/cluster.sh down
+  echo "== cluster tier (with down) in $(( $(date +%s) - t0 ))s"
+}
+
 case "$tier" in
   unit)
     echo "== unit and property tests (every crate's own tests, and the unit tier's test files)"
@@ -81,19 +101,9 @@ case "$tier" in
     ;;
   cluster)
     bash e2e/scripts/install-deps.sh
-    echo "== upstream binaries and node binaries (built once, cached under ~/.cache/zetaback/bin)"
     bash e2e/scripts/build-tools.sh
-    bash e2e/scripts/build-node-tools.sh
-    echo "== images (cargo build, then e2e/scripts/image.sh build; cached by the binaries' hashes)"
-    bash e2e/scripts/image.sh build >/dev/null
-    echo "== local cluster"
-    cluster_start=$(date +%s)
     [ "${ZETABACK_KEEP_CLUSTER:-}" = 1 ] || trap 'bash e2e/scripts/cluster.sh down >/dev/null 2>&1 || true' EXIT
-    bash e2e/scripts/cluster.sh up
-    echo "== cluster up in $(( $(date +%s) - cluster_start ))s"
-    echo "== cluster tests"
-    mapfile -t targets < <(tier_targets cluster)
-    cargo test --locked "${targets[@]}" -- --test-threads 1 --nocapture
+    cluster_tier
     echo "== cluster tier passed in $(( $(date +%s) - start ))s"
     exit 0
     ;;
