@@ -100,6 +100,10 @@ network_up() {
     for j in $(seq 1 "$count"); do
       [ "$i" = "$j" ] || ip -n "$ns" route replace "$(pod_cidr "$j")" via "$(node_ip "$j")" dev eth0
     done
+    # Services from the node itself (host-network clients): a local packet needs a route before
+    # kube-proxy's DNAT rewrites it (without one: "Network unreachable"); an address no Service
+    # has is answered by nobody on the node link.
+    ip -n "$ns" route replace "$service_cidr" dev eth0 src "$(node_ip "$i")"
   done
 }
 

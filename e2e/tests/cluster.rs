@@ -495,6 +495,12 @@ spec:
         "the files restored after the failover differ"
     );
 
+    // A FallbackRoute: the proxy Deployment the controller generates becomes Ready on the
+    // cluster and serves, through its Service, a client in node 1's network namespace with the
+    // answer of a real nginx running in node 2's network namespace.
+    let served = fallback_route_serves(&c);
+    println!("== FallbackRoute through its Service from node 1's namespace: {served:?}");
+
     println!("{}", c.kubectl(&["get", "zetaback", "-A"]));
     println!("{}", show_pods());
 
@@ -512,6 +518,121 @@ spec:
     assert!(un.status.success(), "helm uninstall: {}", text(&un.stderr));
     c.kubectl(&["delete", "zfshost", "zb-node1", "zb-node2"]);
     destroy_datasets(&[&dataset, &restored, &again]);
+}
+
+/// A real nginx in node 2's network namespace (10.250.0.12:18080), stopped when dropped.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // TERM: the master stops its workers.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn fallback_route_serves(c: &Cluster) -> String {
+    let web = c.run.join("web");
+    std::fs::create_dir_all(web.join("root")).expect("web root");
+    let body = "hello from nginx in node 2's namespace\n";
+    std::fs::write(web.join("root/hello.txt"), body).expect("hello.txt");
+    let w = web.display();
+    std::fs::write(
+        web.join("nginx.conf"),
+        format!(
+            "daemon off; worker_processes 1; pid {w}/nginx.pid; error_log {w}/error.log;\n\
+             events {{}}\n\
+             http {{ access_log off; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
+             fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi;\n\
+             server {{ listen 10.250.0.12:18080; root {w}/root; }} }}\n"
+        ),
+    )
+    .expect("nginx.conf");
+    let conf = web.join("nginx.conf");
+    let _nginx = Nginx(
+        Command::new("ip")
+            .args(["netns", "exec", "zb-node2", "nginx", "-p"])
+            .arg(&web)
+            .arg("-c")
+            .arg(&conf)
+            .spawn()
+            .expect("nginx"),
+    );
+    c.apply(&format!(
+        r#"
+apiVersion: zetaback.io/v1alpha1
+kind: FallbackRoute
+metadata: {{name: cluster-route, namespace: {NS}}}
+spec:
+  hosts: [route.zb.test]
+  backends: [{{url: "http://10.250.0.12:18080"}}]
+  replicas: 1
+"#
+    ));
+    eventually(
+        "the route's proxy Deployment Ready",
+        LIMIT,
+        || {
+            let d = c.tool(
+                "kubectl",
+                &[
+                    "get",
+                    "deploy",
+                    "-n",
+                    NS,
+                    "cluster-route-proxy",
+                    "-o",
+                    "json",
+                ],
+                None,
+            );
+            let d: serde_json::Value = serde_json::from_slice(&d.stdout).ok()?;
+            (d["status"]["readyReplicas"] == 1).then_some(())
+        },
+        || {
+            format!(
+                "{}{}",
+                c.kubectl(&["get", "fallbackroute,deploy,pods", "-n", NS, "-o", "wide"]),
+                c.kubectl(&["get", "fallbackroute", "-n", NS, "-o", "yaml"])
+            )
+        },
+    );
+    let ip = c.json(&["get", "svc", "-n", NS, "cluster-route"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let url = format!("http://{ip}/hello.txt");
+    let got = eventually(
+        "the route's Service answers from node 1's namespace",
+        LIMIT,
+        || {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    "zb-node1",
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "5",
+                ])
+                .args(["-H", "Host: route.zb.test", &url])
+                .output()
+                .ok()?;
+            let text = text(&out.stdout);
+            (out.status.success() && text == body).then_some(text)
+        },
+        || c.kubectl(&["logs", "-n", NS, "deploy/cluster-route-proxy", "--tail=20"]),
+    );
+    c.kubectl(&[
+        "delete",
+        "fallbackroute",
+        "-n",
+        NS,
+        "cluster-route",
+        "--wait=true",
+    ]);
+    format!("{url} -> {}", got.trim())
 }
 
 /// `zfs destroy -r` of each dataset that exists, a few tries each (zfs-fuse reports a dataset
