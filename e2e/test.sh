@@ -137,6 +137,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The cluster tier's test files are `test = false`, which --all-targets leaves out.
+mapfile -t cluster_targets < <(tier_targets cluster)
+cargo clippy --locked "${cluster_targets[@]}" -- -D warnings
 echo "== local control plane"
 bash e2e/scripts/env.sh up
 echo "== cargo build (the end-to-end tests start the built zetaback-agent binary)"
