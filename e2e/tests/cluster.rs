@@ -624,6 +624,8 @@ spec:
         },
         || c.kubectl(&["logs", "-n", NS, "deploy/cluster-route-proxy", "--tail=20"]),
     );
+    // Every pod, the route's proxy included, Running on the two nodes.
+    println!("{}", c.kubectl(&["get", "pods", "-A", "-o", "wide"]));
     c.kubectl(&[
         "delete",
         "fallbackroute",
