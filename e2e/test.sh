@@ -2,7 +2,8 @@
 # Runs the tests. Without an argument, every test (what CI runs): formatting and lints, unit
 # and property tests, and the end-to-end tests against the real local control plane (etcd +
 # kube-apiserver + kube-controller-manager built from their Go modules), real ZFS (zfs-fuse),
-# real nginx. Installs what is missing first.
+# real nginx, and the cluster tier (zetaback installed by helm as pods on a local two-node cluster).
+# Installs what is missing first.
 #
 #   e2e/test.sh unit   unit and property tests: needs nothing but cargo (no zfs-fuse, no apiserver)
 #   e2e/test.sh real   tests on real parts without Kubernetes: zfs-fuse pools, nginx, openssl
@@ -11,6 +12,11 @@
 #                      against the local control plane and zfs-fuse
 #   e2e/test.sh openzfs  tests on real in-kernel OpenZFS 2.3.2 in a QEMU VM (built once and cached
 #                      under ~/.cache/zetaback/vm by e2e/scripts/openzfs-vm.sh), with zfs-fuse
+#   e2e/test.sh cluster  zetaback installed by `helm install` as pods on a local two-node cluster
+#                      (e2e/scripts/cluster.sh: containerd, kubelet, kube-proxy, CNI, CoreDNS, each
+#                      node in its own network namespace; node binaries built once and cached by
+#                      e2e/scripts/build-node-tools.sh), images from e2e/scripts/image.sh build;
+#                      the cluster is taken down afterwards unless ZETABACK_KEEP_CLUSTER=1
 #
 # Which integration test belongs to which tier: e2e/test-tiers.txt (checked by tests/test_tiers.rs).
 set -euo pipefail
@@ -18,8 +24,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tier=${1:-}
 case "$tier" in
-  "" | unit | real | e2e | hostile | openzfs) ;;
-  *) echo "usage: e2e/test.sh [unit|real|e2e|hostile|openzfs]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
+  "" | unit | real | e2e | hostile | openzfs | cluster) ;;
+  *) echo "usage: e2e/test.sh [unit|real|e2e|hostile|openzfs|cluster]   (no argument: every test, as CI runs them)" >&2; exit 2 ;;
 esac
 export PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/zetaback/target}
@@ -34,6 +40,26 @@ fi
 # `-p PACKAGE --test NAME` for every integration test of tier $1 (e2e/test-tiers.txt).
 tier_targets() {
   awk -v t="$1" '$1 == t { print "-p"; print $2; print "--test"; print $3 }' e2e/test-tiers.txt
+}
+
+# The cluster tier: node binaries (cached), images (cached by the binaries' hashes), the local
+# two-node cluster, its tests (`test = false` targets: only run here), then `cluster.sh down`
+# unless ZETABACK_KEEP_CLUSTER=1.
+cluster_tier() {
+  local t0
+  t0=$(date +%s)
+  echo "== node binaries (built once, cached under ~/.cache/zetaback/bin)"
+  bash e2e/scripts/build-node-tools.sh
+  echo "== images (e2e/scripts/image.sh build)"
+  bash e2e/scripts/image.sh build >/dev/null
+  echo "== local cluster"
+  bash e2e/scripts/cluster.sh up
+  echo "== cluster up in $(( $(date +%s) - t0 ))s"
+  echo "== cluster tests"
+  mapfile -t targets < <(tier_targets cluster)
+  cargo test --locked "${targets[@]}" -- --test-threads 1 --nocapture
+  [ "${ZETABACK_KEEP_CLUSTER:-}" = 1 ] || bash e2e/scripts/cluster.sh down
+  echo "== cluster tier (with down) in $(( $(date +%s) - t0 ))s"
 }
 
 case "$tier" in
@@ -74,6 +100,14 @@ case "$tier" in
     echo "== openzfs tier passed in $(( $(date +%s) - start ))s"
     exit 0
     ;;
+  cluster)
+    bash e2e/scripts/install-deps.sh
+    bash e2e/scripts/build-tools.sh
+    [ "${ZETABACK_KEEP_CLUSTER:-}" = 1 ] || trap 'bash e2e/scripts/cluster.sh down >/dev/null 2>&1 || true' EXIT
+    cluster_tier
+    echo "== cluster tier passed in $(( $(date +%s) - start ))s"
+    exit 0
+    ;;
   e2e | hostile)
     bash e2e/scripts/install-deps.sh
     echo "== upstream binaries (built once, cached under ~/.cache/zetaback/bin)"
@@ -103,6 +137,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The cluster tier's test files are `test = false`, which --all-targets leaves out.
+mapfile -t cluster_targets < <(tier_targets cluster)
+cargo clippy --locked "${cluster_targets[@]}" -- -D warnings
 echo "== local control plane"
 bash e2e/scripts/env.sh up
 echo "== cargo build (the end-to-end tests start the built zetaback-agent binary)"
@@ -123,7 +160,8 @@ echo "== cargo test (unit, property, real-parts end to end, real OpenZFS)"
 beside=(verify monitoring controller_kill bucket_faults bucket_flow)
 main_targets=() beside_targets=()
 while read -r t package test; do
-  case "$t" in ''|'#'*) continue ;; esac
+  # (The cluster tier's files are `test = false`: cluster_tier below runs them on the cluster.)
+  case "$t" in ''|'#'*|cluster) continue ;; esac
   if [[ " ${beside[*]} " == *" $test "* ]]; then
     beside_targets+=(-p "$package" --test "$test")
   else
@@ -153,4 +191,10 @@ fi
 # The hostile tier's tests ran above with the rest (every test file); its own command is
 # `e2e/test.sh hostile`. Say which ran, so the log shows the tier's output.
 echo "== hostile tier (in the run above): $(awk '$1 == "hostile" { printf "%s ", $3 }' e2e/test-tiers.txt)"
+if [ "${CI:-}" = true ]; then
+  trap 'bash e2e/scripts/cluster.sh down >/dev/null 2>&1 || true; bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true; bash e2e/scripts/env.sh down >/dev/null 2>&1 || true; bash e2e/scripts/seaweedfs.sh down >/dev/null 2>&1 || true; bash e2e/scripts/zfs.sh stop >/dev/null 2>&1 || true' EXIT
+fi
+# zetaback as pods on the local two-node cluster (its test files are `test = false`, so the
+# run above did not run them); about 3 minutes warm.
+cluster_tier
 echo "== all tests passed in $(( $(date +%s) - start ))s"

@@ -73,7 +73,7 @@ fn every_test_file_is_in_exactly_one_tier() {
             panic!("e2e/test-tiers.txt: {line:?} is not `tier package test`");
         };
         assert!(
-            ["unit", "real", "e2e", "hostile", "openzfs"].contains(&tier),
+            ["unit", "real", "e2e", "hostile", "openzfs", "cluster"].contains(&tier),
             "e2e/test-tiers.txt: unknown tier {tier:?} in {line:?}"
         );
         listed

@@ -1,0 +1,656 @@
+//! The cluster tier: zetaback as Kubernetes workloads on a real local multi-node cluster
+//! (`e2e/scripts/cluster.sh`: two nodes, each in its own network and mount namespace, running
+//! containerd, kubelet, kube-proxy and the CNI bridge; CoreDNS), installed with `helm install`
+//! from `charts/zetaback` and the images `e2e/scripts/image.sh build` made, nothing started by
+//! hand: every pod is Running and Ready, the agent DaemonSet has a pod on each node, a
+//! BackupPolicy backs a dataset of node 1 up to the store of node 2 through the pods, and a
+//! Restore brings it back on node 1 with every file's checksum equal to the source's.
+//!
+//! Pools: each node's pool (`zbnode1`, `zbnode2`, made by `cluster.sh up`) lives on the
+//! machine's shared zfs-fuse daemon, whose socket (`/var/run/zfs/zfs_socket`, a path socket, so
+//! reachable from any network namespace) the agent pods mount; each ZfsHost includes only its
+//! own node's pool.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use zetaback_e2e::fleet::{mounted, noise, sums};
+use zetaback_e2e::text;
+
+const NS: &str = "zetaback-system";
+const RELEASE: &str = "zetaback";
+/// Node 1's pool, made by `cluster.sh up` (before the node starts: see there).
+const POOL: &str = "zbnode1";
+/// How long pods, backups and restores may take on this (loaded, 2-core) machine.
+const LIMIT: Duration = Duration::from_secs(300);
+
+struct Cluster {
+    root: PathBuf,
+    kubeconfig: PathBuf,
+    bin: PathBuf,
+    run: PathBuf,
+}
+
+fn script(root: &Path, name: &str, args: &[&str]) -> Output {
+    Command::new(root.join("e2e/scripts").join(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"))
+}
+
+impl Cluster {
+    /// `cluster.sh up` (idempotent) and `cluster.sh images` (the newest image build into
+    /// every node); panics with the reason when either fails.
+    fn up() -> Cluster {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("e2e has a parent")
+            .to_path_buf();
+        let up = script(&root, "cluster.sh", &["up"]);
+        assert!(
+            up.status.success(),
+            "cluster.sh up failed: {}",
+            text(&up.stderr)
+        );
+        let kubeconfig = PathBuf::from(text(&up.stdout).trim());
+        let images = script(&root, "cluster.sh", &["images"]);
+        assert!(
+            images.status.success(),
+            "cluster.sh images failed: {}",
+            text(&images.stderr)
+        );
+        let bin = script(&root, "build-tools.sh", &[]);
+        assert!(
+            bin.status.success(),
+            "build-tools.sh: {}",
+            text(&bin.stderr)
+        );
+        let run = kubeconfig.parent().expect("run dir").to_path_buf();
+        Cluster {
+            root,
+            kubeconfig,
+            bin: PathBuf::from(text(&bin.stdout).trim()),
+            run,
+        }
+    }
+
+    fn tool(&self, name: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(self.bin.join(name))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.run.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.run.join("helm/config"))
+            .env("HELM_DATA_HOME", self.run.join("helm/data"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+        let input = child.stdin.take();
+        if let (Some(mut input), Some(s)) = (input, stdin) {
+            input.write_all(s.as_bytes()).expect("stdin");
+        }
+        child.wait_with_output().expect("wait")
+    }
+
+    /// `kubectl ARGS`, its stdout; panics when it fails.
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.tool("kubectl", args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn apply(&self, yaml: &str) {
+        let out = self.tool("kubectl", &["apply", "-f", "-"], Some(yaml));
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}\n{yaml}",
+            text(&out.stderr)
+        );
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut argv = args.to_vec();
+        argv.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&argv)).expect("kubectl -o json")
+    }
+}
+
+/// Polls `check` every second until it returns `Some`, or panics with `what` (and `show()`).
+fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    show: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}\n{}", show());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Every pod of the cluster: (namespace, name, node, phase, all containers ready).
+fn pods(c: &Cluster) -> Vec<(String, String, String, String, bool)> {
+    let list = c.json(&["get", "pods", "-A"]);
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| {
+            let ready = p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true));
+            (
+                s(&p["metadata"]["namespace"]),
+                s(&p["metadata"]["name"]),
+                s(&p["spec"]["nodeName"]),
+                s(&p["status"]["phase"]),
+                ready,
+            )
+        })
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn zfs_sh(c: &Cluster, args: &[&str]) -> String {
+    let out = script(&c.root, "zfs.sh", args);
+    assert!(
+        out.status.success(),
+        "zfs.sh {}: {}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn helm_installed_pods_back_up_node1_to_node2_and_restore() {
+    let c = Cluster::up();
+    let start = Instant::now();
+
+    // A fresh dataset in node 1's pool.
+    let dataset = format!("{POOL}/data");
+    let restored = format!("{POOL}/restored");
+    destroy_datasets(&[&dataset, &restored]);
+    zfs_sh(&c, &["dataset", &dataset]);
+    let data = mounted(&dataset);
+    for (i, len) in [(1u32, 300_000usize), (2, 70_000), (3, 1)] {
+        std::fs::create_dir_all(data.join("sub")).expect("mkdir");
+        std::fs::write(data.join(format!("sub/file{i}")), noise(i, len)).expect("write");
+    }
+    let original = sums(&data);
+
+    // helm install, nothing by hand: the chart's CRDs, RBAC, controller Deployment, agent
+    // DaemonSet (zfs-fuse flavour: the node's daemon socket mounted in).
+    let _ = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
+    let chart = c.root.join("charts/zetaback");
+    let install = c.tool(
+        "helm",
+        &[
+            "install",
+            RELEASE,
+            &chart.to_string_lossy(),
+            "-n",
+            NS,
+            "--create-namespace",
+            "--set",
+            "agent.zfsFuse=true",
+            // zfs.sh's pools mount under /run/zetaback/zfs (a restore mounts there).
+            "--set",
+            "agent.zfsFuseMountRoots={/run/zetaback/zfs}",
+        ],
+        None,
+    );
+    assert!(
+        install.status.success(),
+        "helm install: {}",
+        text(&install.stderr)
+    );
+
+    // Each node's ZfsHost: its own pool only; restores land in node 1's pool.
+    c.apply(&format!(
+        r#"
+apiVersion: zetaback.io/v1alpha1
+kind: ZfsHost
+metadata: {{name: zb-node1}}
+spec: {{nodeName: zb-node1, datasets: {{include: ["{POOL}/**"]}}, restoreRoots: ["{POOL}"]}}
+---
+apiVersion: zetaback.io/v1alpha1
+kind: ZfsHost
+metadata: {{name: zb-node2}}
+spec: {{nodeName: zb-node2, datasets: {{include: ["zbnode2/**"]}}}}
+"#
+    ));
+
+    // Every pod Running and Ready: two controllers, an agent on each node, CoreDNS.
+    let show_pods = || {
+        let out = c.tool("kubectl", &["get", "pods", "-A", "-o", "wide"], None);
+        format!("{}{}", text(&out.stdout), text(&out.stderr))
+    };
+    eventually(
+        "every pod Running and Ready, an agent on each node, two controllers",
+        LIMIT,
+        || {
+            let ps = pods(&c);
+            let all = !ps.is_empty() && ps.iter().all(|p| p.3 == "Running" && p.4);
+            let mut agent_nodes: Vec<&str> = ps
+                .iter()
+                .filter(|p| p.0 == NS && p.1.starts_with("zetaback-agent-"))
+                .map(|p| p.2.as_str())
+                .collect();
+            agent_nodes.sort();
+            let controllers = ps
+                .iter()
+                .filter(|p| p.0 == NS && p.1.starts_with("zetaback-controller-"))
+                .count();
+            (all && agent_nodes == ["zb-node1", "zb-node2"] && controllers == 2).then_some(())
+        },
+        show_pods,
+    );
+    println!(
+        "== pods Running and Ready {}s after the install",
+        start.elapsed().as_secs()
+    );
+    println!("{}", show_pods());
+
+    // Each agent found its node's pool from inside its pod and published its endpoint.
+    eventually(
+        "the ZfsHosts' status: node 1's dataset, both endpoints",
+        LIMIT,
+        || {
+            let h1 = c.json(&["get", "zfshost", "zb-node1"]);
+            let h2 = c.json(&["get", "zfshost", "zb-node2"]);
+            let has_data = h1["status"]["datasets"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["name"] == dataset.as_str()));
+            let ep = |h: &serde_json::Value| {
+                h["status"]["agentEndpoint"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("10.244."))
+            };
+            (has_data && ep(&h1) && ep(&h2)).then_some(())
+        },
+        || c.kubectl(&["get", "zfshost", "-o", "yaml"]),
+    );
+
+    // A BackupPolicy: node 1's dataset to the file store of node 2's agent.
+    c.apply(&format!(
+        r#"
+apiVersion: zetaback.io/v1alpha1
+kind: BackupPolicy
+metadata: {{name: cluster-backup, namespace: {NS}}}
+spec:
+  hosts: {{names: [zb-node1]}}
+  datasets: {{include: ["{dataset}"]}}
+  full: {{every: 24h, keep: 48h}}
+  incremental: {{every: 12h, keep: 48h}}
+  target: {{host: zb-node2, path: /var/lib/zetaback}}
+"#
+    ));
+    // The stream crossed into node 2's store (its hostPath, per node), not node 1's.
+    let node2_store = c.run.join("node2/store");
+    let node1_store = c.run.join("node1/store");
+    let stored = eventually(
+        "a full backup stored on node 2",
+        LIMIT,
+        || {
+            let files = files_under(&node2_store);
+            files
+                .iter()
+                .any(|f| f.to_string_lossy().contains(".full"))
+                .then_some(files)
+        },
+        || {
+            format!(
+                "{}\n{}\n{}",
+                c.kubectl(&["get", "backuppolicy,backupjob", "-A", "-o", "yaml"]),
+                c.kubectl(&[
+                    "logs",
+                    "-n",
+                    NS,
+                    "-l",
+                    "app.kubernetes.io/component=agent",
+                    "--tail=30",
+                    "--prefix"
+                ]),
+                c.kubectl(&[
+                    "logs",
+                    "-n",
+                    NS,
+                    "-l",
+                    "app.kubernetes.io/component=controller",
+                    "--tail=30",
+                    "--prefix"
+                ]),
+            )
+        },
+    );
+    println!("== stored on node 2: {stored:?}");
+    assert!(
+        files_under(&node1_store).is_empty(),
+        "node 1's store holds files: {:?}",
+        files_under(&node1_store)
+    );
+
+    // A Restore back onto node 1, under another name; every file's checksum equal.
+    c.apply(&format!(
+        r#"
+apiVersion: zetaback.io/v1alpha1
+kind: Restore
+metadata: {{name: cluster-restore, namespace: {NS}}}
+spec:
+  source: {{host: zb-node1, dataset: "{dataset}"}}
+  destination: {{host: zb-node1, dataset: "{restored}"}}
+"#
+    ));
+    let phase = eventually(
+        "the Restore finished",
+        LIMIT,
+        || {
+            let r = c.json(&["get", "restore", "-n", NS, "cluster-restore"]);
+            let phase = r["status"]["phase"].as_str().unwrap_or_default().to_owned();
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+        || c.kubectl(&["get", "restore", "-n", NS, "-o", "yaml"]),
+    );
+    assert_eq!(
+        phase,
+        "Succeeded",
+        "{}",
+        c.kubectl(&["get", "restore", "-n", NS, "-o", "yaml"])
+    );
+    assert_eq!(
+        sums(&mounted(&restored)),
+        original,
+        "the restored files differ"
+    );
+    println!(
+        "== backup on node 2 and restore on node 1 through the pods: checksums equal ({}s)",
+        start.elapsed().as_secs()
+    );
+
+    // Cluster DNS: a Service name resolves inside a pod on node 2 (CoreDNS runs on one node,
+    // reached through its Service address, i.e. kube-proxy's rules and the route between nodes).
+    let agent2 = pods(&c)
+        .into_iter()
+        .find(|p| p.0 == NS && p.1.starts_with("zetaback-agent-") && p.2 == "zb-node2")
+        .map(|p| p.1)
+        .expect("the agent pod on node 2");
+    let resolved = c.kubectl(&[
+        "exec",
+        "-n",
+        NS,
+        &agent2,
+        "--",
+        "getent",
+        "hosts",
+        "kubernetes.default.svc.cluster.local",
+    ]);
+    assert!(
+        resolved.starts_with("10.96.0.1 "),
+        "kubernetes.default.svc.cluster.local from a pod on node 2: {resolved:?}"
+    );
+
+    // Leader failover: kill the leading controller pod (no graceful release); the other
+    // replica takes the Lease, and a new Restore is served by it.
+    let holder = |c: &Cluster| {
+        c.json(&["get", "lease", "-n", NS, "zetaback-controller"])["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let leader = holder(&c);
+    assert!(
+        leader.starts_with("zetaback-controller-"),
+        "lease holder {leader:?}"
+    );
+    let killed = Instant::now();
+    c.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        NS,
+        &leader,
+        "--grace-period=0",
+        "--force",
+    ]);
+    // Another live controller pod holds the Lease: the standby, or the Deployment's
+    // replacement pod if it asked first once the dead leader's lease expired.
+    let new_leader = eventually(
+        "another controller pod leads",
+        LIMIT,
+        || {
+            let h = holder(&c);
+            let live = pods(&c)
+                .iter()
+                .any(|p| p.0 == NS && p.1 == h && p.3 == "Running");
+            (h != leader && live).then_some(h)
+        },
+        || c.kubectl(&["get", "lease", "-n", NS, "-o", "yaml"]),
+    );
+    println!(
+        "== leader failover: {new_leader} leads {:.1}s after {leader} was killed (lease 15s)",
+        killed.elapsed().as_secs_f64()
+    );
+    let again = format!("{POOL}/restored-again");
+    destroy_datasets(&[&again]);
+    c.apply(&format!(
+        r#"
+apiVersion: zetaback.io/v1alpha1
+kind: Restore
+metadata: {{name: cluster-restore-again, namespace: {NS}}}
+spec:
+  source: {{host: zb-node1, dataset: "{dataset}"}}
+  destination: {{host: zb-node1, dataset: "{again}"}}
+"#
+    ));
+    let phase = eventually(
+        "the Restore after the failover finished",
+        LIMIT,
+        || {
+            let r = c.json(&["get", "restore", "-n", NS, "cluster-restore-again"]);
+            let phase = r["status"]["phase"].as_str().unwrap_or_default().to_owned();
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+        || c.kubectl(&["get", "restore", "-n", NS, "-o", "yaml"]),
+    );
+    assert_eq!(
+        phase,
+        "Succeeded",
+        "{}",
+        c.kubectl(&["get", "restore", "-n", NS, "-o", "yaml"])
+    );
+    assert_eq!(
+        sums(&mounted(&again)),
+        original,
+        "the files restored after the failover differ"
+    );
+
+    // A FallbackRoute: the proxy Deployment the controller generates becomes Ready on the
+    // cluster and serves, through its Service, a client in node 1's network namespace with the
+    // answer of a real nginx running in node 2's network namespace.
+    let served = fallback_route_serves(&c);
+    println!("== FallbackRoute through its Service from node 1's namespace: {served:?}");
+
+    println!("{}", c.kubectl(&["get", "zetaback", "-A"]));
+    println!("{}", show_pods());
+
+    // Clean up what this test made (the cluster itself stays for the tier's other tests;
+    // `cluster.sh down` removes it).
+    c.kubectl(&[
+        "delete",
+        "restore,backuppolicy",
+        "-n",
+        NS,
+        "--all",
+        "--wait=true",
+    ]);
+    let un = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
+    assert!(un.status.success(), "helm uninstall: {}", text(&un.stderr));
+    c.kubectl(&["delete", "zfshost", "zb-node1", "zb-node2"]);
+    destroy_datasets(&[&dataset, &restored, &again]);
+}
+
+/// A real nginx in node 2's network namespace (10.250.0.12:18080), stopped when dropped.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // TERM: the master stops its workers.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn fallback_route_serves(c: &Cluster) -> String {
+    let web = c.run.join("web");
+    std::fs::create_dir_all(web.join("root")).expect("web root");
+    let body = "hello from nginx in node 2's namespace\n";
+    std::fs::write(web.join("root/hello.txt"), body).expect("hello.txt");
+    let w = web.display();
+    std::fs::write(
+        web.join("nginx.conf"),
+        format!(
+            "daemon off; worker_processes 1; pid {w}/nginx.pid; error_log {w}/error.log;\n\
+             events {{}}\n\
+             http {{ access_log off; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
+             fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi;\n\
+             server {{ listen 10.250.0.12:18080; root {w}/root; }} }}\n"
+        ),
+    )
+    .expect("nginx.conf");
+    let conf = web.join("nginx.conf");
+    let _nginx = Nginx(
+        Command::new("ip")
+            .args(["netns", "exec", "zb-node2", "nginx", "-p"])
+            .arg(&web)
+            .arg("-c")
+            .arg(&conf)
+            .spawn()
+            .expect("nginx"),
+    );
+    c.apply(&format!(
+        r#"
+apiVersion: zetaback.io/v1alpha1
+kind: FallbackRoute
+metadata: {{name: cluster-route, namespace: {NS}}}
+spec:
+  hosts: [route.zb.test]
+  backends: [{{url: "http://10.250.0.12:18080"}}]
+  replicas: 1
+"#
+    ));
+    eventually(
+        "the route's proxy Deployment Ready",
+        LIMIT,
+        || {
+            let d = c.tool(
+                "kubectl",
+                &[
+                    "get",
+                    "deploy",
+                    "-n",
+                    NS,
+                    "cluster-route-proxy",
+                    "-o",
+                    "json",
+                ],
+                None,
+            );
+            let d: serde_json::Value = serde_json::from_slice(&d.stdout).ok()?;
+            (d["status"]["readyReplicas"] == 1).then_some(())
+        },
+        || {
+            format!(
+                "{}{}",
+                c.kubectl(&["get", "fallbackroute,deploy,pods", "-n", NS, "-o", "wide"]),
+                c.kubectl(&["get", "fallbackroute", "-n", NS, "-o", "yaml"])
+            )
+        },
+    );
+    let ip = c.json(&["get", "svc", "-n", NS, "cluster-route"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let url = format!("http://{ip}/hello.txt");
+    let got = eventually(
+        "the route's Service answers from node 1's namespace",
+        LIMIT,
+        || {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    "zb-node1",
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "5",
+                ])
+                .args(["-H", "Host: route.zb.test", &url])
+                .output()
+                .ok()?;
+            let text = text(&out.stdout);
+            (out.status.success() && text == body).then_some(text)
+        },
+        || c.kubectl(&["logs", "-n", NS, "deploy/cluster-route-proxy", "--tail=20"]),
+    );
+    // Every pod, the route's proxy included, Running on the two nodes.
+    println!("{}", c.kubectl(&["get", "pods", "-A", "-o", "wide"]));
+    c.kubectl(&[
+        "delete",
+        "fallbackroute",
+        "-n",
+        NS,
+        "cluster-route",
+        "--wait=true",
+    ]);
+    format!("{url} -> {}", got.trim())
+}
+
+/// `zfs destroy -r` of each dataset that exists, a few tries each (zfs-fuse reports a dataset
+/// busy for a moment after a restore wrote it); panics if one stays.
+fn destroy_datasets(datasets: &[&str]) {
+    for ds in datasets {
+        for attempt in 1..=10 {
+            if !zetaback_e2e::fleet::dataset_exists(ds) {
+                break;
+            }
+            let out = zetaback_e2e::fleet::run_output("zfs", &["destroy", "-r", ds]);
+            if out.status.success() {
+                break;
+            }
+            assert!(attempt < 10, "zfs destroy -r {ds}: {}", text(&out.stderr));
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
