@@ -6,6 +6,7 @@
 #                          ~/.cache/zetaback/vm/<key>/ (key: the Debian suite, the pinned
 #                          OpenZFS version, this script's build code); prints that directory.
 #                          A second run is a cache hit (seconds).
+#   openzfs-vm.sh key      prints the image's cache key (what `build` would look up).
 #   openzfs-vm.sh up       builds if needed, boots the VM with two empty virtio disks for pools
 #                          (/dev/vdb, /dev/vdc), waits until sshd answers and `zpool version`
 #                          works in the guest, copies the host's zetaback-agent binary to
@@ -376,10 +377,11 @@ cmd_status() {
 
 case "${1:-}" in
   build) cmd_build ;;
+  key) image_key ;;
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) our_qemu >/dev/null || die "not up"; print_env ;;
   ssh) shift; guest "$@" ;;
-  *) echo "usage: openzfs-vm.sh build|up|down|status|env|ssh CMD…" >&2; exit 2 ;;
+  *) echo "usage: openzfs-vm.sh build|key|up|down|status|env|ssh CMD…" >&2; exit 2 ;;
 esac
