@@ -8,7 +8,6 @@
 
 use tracing::{info, warn};
 
-use crate::zfs::bookmarks::Hold;
 use crate::zfs::{Capability, SnapshotInfo, Zfs, ZfsError};
 
 /// The hold tag on the base of the last backup (`zfs holds` shows it to users; distinct from
@@ -59,24 +58,29 @@ pub async fn resolve(zfs: &Zfs, dataset: &str, name: &str) -> Result<Base, ZfsEr
     }
 }
 
-/// The snapshots (`dataset@name`) whose base hold is to be released when `keep` becomes the
-/// base: every other one holding [`BASE_HOLD_TAG`].
-pub fn holds_to_release(holds: &[Hold], keep: &str) -> Vec<String> {
-    let mut out: Vec<String> = holds
+/// The snapshots among `refs` (`zfs get userrefs`: name, number of holds) that may carry
+/// the base hold and are not `keep`: those with any hold. (`zfs holds` would name the tags,
+/// but zfs-fuse's is broken; a release of a tag that is not there is harmless.)
+pub fn release_candidates(refs: &[(String, u64)], keep: &str) -> Vec<String> {
+    let mut out: Vec<String> = refs
         .iter()
-        .filter(|h| h.tag == BASE_HOLD_TAG && h.snapshot != keep)
-        .map(|h| h.snapshot.clone())
+        .filter(|(name, n)| *n > 0 && name != keep)
+        .map(|(name, _)| name.clone())
         .collect();
     out.sort();
     out.dedup();
     out
 }
 
-/// Whether `keep` already has the base hold.
-pub fn already_held(holds: &[Hold], keep: &str) -> bool {
-    holds
-        .iter()
-        .any(|h| h.tag == BASE_HOLD_TAG && h.snapshot == keep)
+/// Whether a failed `zfs hold` says the tag is already there (OpenZFS and zfs-fuse both say
+/// "tag already exists").
+pub fn hold_already_there(e: &ZfsError) -> bool {
+    e.stderr().is_some_and(|s| s.contains("tag already exists"))
+}
+
+/// Whether a failed `zfs release` says the tag was not there ("no such tag").
+pub fn hold_not_there(e: &ZfsError) -> bool {
+    e.stderr().is_some_and(|s| s.contains("no such tag"))
 }
 
 /// Makes `snap` (just backed up) the kept base of `dataset`: holds it, bookmarks it (OpenZFS),
@@ -96,10 +100,21 @@ pub async fn keep_as_base(zfs: &Zfs, dataset: &str, snap: &SnapshotInfo) {
     if !caps.has(Capability::Holds) {
         return;
     }
-    let ours: Vec<String> = match zfs.inventory(Some(dataset)).await {
+    let keep = snap.full_name();
+    match zfs
+        .hold_tagged(BASE_HOLD_TAG, dataset, &snap.name, false)
+        .await
+    {
+        Ok(()) => {
+            info!(snapshot = %keep, tag = BASE_HOLD_TAG, "held the base of the next incremental")
+        }
+        Err(e) if hold_already_there(&e) => {}
+        Err(e) => warn!(error = %e, "could not hold {keep}"),
+    }
+    let others: Vec<String> = match zfs.inventory(Some(dataset)).await {
         Ok(inv) => inv
             .snapshots_of(dataset)
-            .filter(|s| s.managed || s.name == snap.name)
+            .filter(|s| s.managed && s.name != snap.name)
             .map(|s| s.name.clone())
             .collect(),
         Err(e) => {
@@ -107,31 +122,22 @@ pub async fn keep_as_base(zfs: &Zfs, dataset: &str, snap: &SnapshotInfo) {
             return;
         }
     };
-    let holds = match zfs.holds_on(dataset, &ours).await {
-        Ok(h) => h,
+    let refs = match zfs.userrefs(dataset, &others).await {
+        Ok(r) => r,
         Err(e) => {
-            warn!(error = %e, "could not list the holds on {dataset}'s snapshots");
+            warn!(error = %e, "could not read the holds on {dataset}'s snapshots");
             return;
         }
     };
-    let keep = snap.full_name();
-    if !already_held(&holds, &keep) {
-        match zfs
-            .hold_tagged(BASE_HOLD_TAG, dataset, &snap.name, false)
-            .await
-        {
-            Ok(()) => {
-                info!(snapshot = %keep, tag = BASE_HOLD_TAG, "held the base of the next incremental")
-            }
-            Err(e) => warn!(error = %e, "could not hold {keep}"),
-        }
-    }
-    for old in holds_to_release(&holds, &keep) {
+    for old in release_candidates(&refs, &keep) {
         let Some((_, name)) = old.split_once('@') else {
             continue;
         };
         match zfs.hold_tagged(BASE_HOLD_TAG, dataset, name, true).await {
-            Ok(()) => info!(snapshot = %old, "released the hold on a base a newer backup replaced"),
+            Ok(()) => {
+                info!(snapshot = %old, "released the hold on a base a newer backup replaced")
+            }
+            Err(e) if hold_not_there(&e) => {}
             Err(e) => warn!(error = %e, "could not release the base hold on {old}"),
         }
     }
@@ -141,31 +147,52 @@ pub async fn keep_as_base(zfs: &Zfs, dataset: &str, snap: &SnapshotInfo) {
 mod tests {
     use super::*;
 
-    fn hold(snapshot: &str, tag: &str) -> Hold {
-        Hold {
-            snapshot: snapshot.into(),
-            tag: tag.into(),
-        }
+    fn refs(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
+        pairs.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect()
     }
 
     #[test]
-    fn releases_every_other_base_hold_and_only_ours() {
-        let holds = [
-            hold("t/db@zb-1", BASE_HOLD_TAG),
-            hold("t/db@zb-2", BASE_HOLD_TAG),
-            hold("t/db@zb-2", "zetaback"),
-            hold("t/db@zb-3", BASE_HOLD_TAG),
-            hold("t/db@zb-1", "someone-else"),
-        ];
+    fn releases_on_every_other_held_snapshot() {
+        let r = refs(&[
+            ("t/db@zb-1", 1),
+            ("t/db@zb-2", 2),
+            ("t/db@zb-3", 1),
+            ("t/db@zb-4", 0),
+        ]);
         assert_eq!(
-            holds_to_release(&holds, "t/db@zb-3"),
+            release_candidates(&r, "t/db@zb-3"),
             ["t/db@zb-1", "t/db@zb-2"]
         );
-        assert!(already_held(&holds, "t/db@zb-3"));
-        assert!(!already_held(&holds, "t/db@zb-4"));
-        // The send's own `zetaback` hold is never the base hold.
-        assert!(!already_held(&[hold("t/db@zb-4", "zetaback")], "t/db@zb-4"));
-        assert!(holds_to_release(&[], "t/db@zb-1").is_empty());
-        assert!(holds_to_release(&[hold("t/db@zb-1", BASE_HOLD_TAG)], "t/db@zb-1").is_empty());
+        assert!(release_candidates(&[], "t/db@zb-1").is_empty());
+        assert!(release_candidates(&refs(&[("t/db@zb-1", 1)]), "t/db@zb-1").is_empty());
+    }
+
+    fn failed(stderr: &str) -> ZfsError {
+        ZfsError::Failed {
+            command: crate::zfs::CommandLine(vec!["hold".into()]),
+            status: "exit status: 1".into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    /// The messages of zfs-fuse (seen on this host) and OpenZFS 2.3.
+    #[test]
+    fn a_hold_already_there_and_a_release_of_none_are_recognised() {
+        assert!(hold_already_there(&failed(
+            "cannot hold 'p@a': tag already exists on this dataset"
+        )));
+        assert!(hold_already_there(&failed(
+            "cannot hold snapshot 'p@a': tag already exists on this dataset"
+        )));
+        assert!(!hold_already_there(&failed(
+            "cannot hold 'p@a': dataset does not exist"
+        )));
+        assert!(hold_not_there(&failed(
+            "cannot release 'zetaback-base' from 'p@a': no such tag on this dataset"
+        )));
+        assert!(!hold_not_there(&failed(
+            "cannot release: permission denied"
+        )));
+        assert!(!hold_not_there(&ZfsError::Unsupported { feature: "holds" }));
     }
 }

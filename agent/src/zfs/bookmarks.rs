@@ -1,4 +1,4 @@
-//! Bookmarks and tagged holds: the argument vectors, the parser of `zfs holds -H`, and the
+//! Bookmarks and tagged holds: the argument vectors, the parser of `zfs get userrefs`, and the
 //! [`Zfs`] calls the agent uses to keep the base of the next incremental on a source (see
 //! `crate::base_keep`). Bookmarks are OpenZFS only; holds exist on zfs-fuse too. The names
 //! in every argument vector are validated here.
@@ -72,40 +72,32 @@ pub fn hold_argv(
     ])
 }
 
-/// `zfs holds -H dataset@a dataset@b …`.
-pub fn holds_argv(
-    caps: &Capabilities,
-    dataset: &str,
-    snapshots: &[String],
-) -> Result<Vec<String>, ZfsError> {
-    if !caps.has(Capability::Holds) {
-        return Err(ZfsError::Unsupported { feature: "holds" });
-    }
-    let mut args = vec!["holds".to_owned(), "-H".to_owned()];
+/// `zfs get -H -p -o name,value userrefs dataset@a dataset@b …` (how many holds each has;
+/// zfs-fuse's `zfs holds`, which would name them, does not work).
+pub fn userrefs_argv(dataset: &str, snapshots: &[String]) -> Result<Vec<String>, ZfsError> {
+    let mut args: Vec<String> = ["get", "-H", "-p", "-o", "name,value", "userrefs"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     for s in snapshots {
         args.push(full_snapshot(dataset, s)?);
     }
     Ok(args)
 }
 
-/// One hold: the snapshot (`dataset@name`) and the tag.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hold {
-    pub snapshot: String,
-    pub tag: String,
-}
-
-/// Parses `zfs holds -H` of several snapshots (`name\ttag\ttimestamp` per hold).
-pub fn parse_holds_by_snapshot(text: &str) -> Vec<Hold> {
+/// Parses [`userrefs_argv`]'s output: (`dataset@name`, holds).
+pub fn parse_userrefs(text: &str) -> Result<Vec<(String, u64)>, String> {
     text.lines()
-        .filter_map(|l| {
-            let mut f = l.split('\t');
-            let snapshot = f.next()?.trim();
-            let tag = f.next()?.trim();
-            (!snapshot.is_empty() && !tag.is_empty()).then(|| Hold {
-                snapshot: snapshot.to_owned(),
-                tag: tag.to_owned(),
-            })
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (name, n) = l
+                .split_once('\t')
+                .ok_or_else(|| format!("no tab in {l:?}"))?;
+            let n = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("userrefs {:?} of {name} is not a number", n.trim()))?;
+            Ok((name.to_owned(), n))
         })
         .collect()
 }
@@ -146,18 +138,21 @@ impl Zfs {
         self.output(&args, true).await.map(drop)
     }
 
-    /// Every hold on the given snapshots of `dataset` (none asked: none).
-    pub async fn holds_on(
+    /// How many holds each of the given snapshots of `dataset` has (none asked: none).
+    pub async fn userrefs(
         &self,
         dataset: &str,
         snapshots: &[String],
-    ) -> Result<Vec<Hold>, ZfsError> {
+    ) -> Result<Vec<(String, u64)>, ZfsError> {
         if snapshots.is_empty() {
             return Ok(Vec::new());
         }
-        let args = holds_argv(&self.caps, dataset, snapshots)?;
+        let args = userrefs_argv(dataset, snapshots)?;
         let out = self.output(&args, true).await?;
-        Ok(parse_holds_by_snapshot(&out))
+        parse_userrefs(&out).map_err(|detail| ZfsError::Parse {
+            command: self.command_line(&self.zfs, &args),
+            detail,
+        })
     }
 }
 
@@ -213,34 +208,35 @@ mod tests {
     }
 
     #[test]
-    fn holds_of_several_snapshots() {
+    fn userrefs_of_several_snapshots() {
         assert_eq!(
-            holds_argv(&all(), "tank/db", &["zb-1".into(), "zb-2".into()]).expect("argv"),
-            ["holds", "-H", "tank/db@zb-1", "tank/db@zb-2"]
-        );
-        assert!(holds_argv(&all(), "tank/db", &["bad name".into()]).is_err());
-    }
-
-    /// Captured from OpenZFS 2.3.2 (`zfs holds -H zbfix/db@zb-1`), and a second line in the
-    /// same format.
-    #[test]
-    fn parses_holds_of_several_snapshots() {
-        let captured = include_str!("../../tests/fixtures/openzfs-2.3.2-holds.txt");
-        let text = format!("{captured}zbfix/db@zb-2\tzetaback-base\tSun Dec  6 14:11 2026\n");
-        assert_eq!(
-            parse_holds_by_snapshot(&text),
+            userrefs_argv("tank/db", &["zb-1".into(), "zb-2".into()]).expect("argv"),
             [
-                Hold {
-                    snapshot: "zbfix/db@zb-1".into(),
-                    tag: "zetaback".into()
-                },
-                Hold {
-                    snapshot: "zbfix/db@zb-2".into(),
-                    tag: "zetaback-base".into()
-                }
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "name,value",
+                "userrefs",
+                "tank/db@zb-1",
+                "tank/db@zb-2"
             ]
         );
-        assert!(parse_holds_by_snapshot("").is_empty());
-        assert!(parse_holds_by_snapshot("no tabs here\n").is_empty());
+        assert!(userrefs_argv("tank/db", &["bad name".into()]).is_err());
+    }
+
+    /// The output of zfs-fuse (seen on this host: `coldcihold2@a\t0`) and OpenZFS.
+    #[test]
+    fn parses_userrefs() {
+        assert_eq!(
+            parse_userrefs("coldcihold2@a\t0\nzbvm/db@zb-2\t2\n").expect("parse"),
+            [
+                ("coldcihold2@a".to_owned(), 0),
+                ("zbvm/db@zb-2".to_owned(), 2)
+            ]
+        );
+        assert!(parse_userrefs("").expect("empty").is_empty());
+        assert!(parse_userrefs("p@a\t-\n").is_err());
+        assert!(parse_userrefs("p@a 1\n").is_err());
     }
 }
