@@ -272,8 +272,15 @@ cmd_build() {
 
 image_dir() { local d; d=$(readlink -f "$vms/current" 2>/dev/null) && [ -f "$d/done" ] && echo "$d"; }
 
+# The image the running VM booted (its ssh key), else the current one: a VM booted from an
+# older image keeps being reachable after the image was rebuilt.
+booted_image_dir() {
+  local d
+  if our_qemu >/dev/null && d=$(cat "$run/image" 2>/dev/null) && [ -f "$d/id_ed25519" ]; then echo "$d"; else image_dir; fi
+}
+
 ssh_opts() {
-  local d; d=$(image_dir) || die "no image: run openzfs-vm.sh build"
+  local d; d=$(booted_image_dir) || die "no image: run openzfs-vm.sh build"
   echo "-i $d/id_ed25519 -p $ssh_port -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10 -o BatchMode=yes"
 }
 
@@ -289,7 +296,7 @@ guest() { # shellcheck disable=SC2046
 }
 
 print_env() {
-  local d; d=$(image_dir)
+  local d; d=$(booted_image_dir)
   echo "ZETABACK_VM_SSH=ssh -i $d/id_ed25519 -p $ssh_port -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes root@127.0.0.1"
   echo "ZETABACK_VM_SSH_PORT=$ssh_port"
   echo "ZETABACK_VM_SSH_KEY=$d/id_ed25519"
@@ -313,7 +320,7 @@ cmd_up() {
     log "already up (qemu pid $pid)"
   else
     start=$(date +%s)
-    rm -f "$run/overlay.qcow2" "$run/serial.log"
+    rm -f "$run/overlay.qcow2" "$run/serial.log" "$run/image"
     qemu-img create -q -f qcow2 -b "$d/root.img" -F raw "$run/overlay.qcow2"
     for disk in pool1 pool2; do rm -f "$run/$disk.img"; truncate -s 1G "$run/$disk.img"; done
     qemu-system-x86_64 -name zetaback-openzfs -machine q35 -accel tcg,thread=multi \
@@ -328,6 +335,7 @@ cmd_up() {
       -serial "file:$run/serial.log" -monitor none -display none \
       -daemonize -pidfile "$run/qemu.pid" ||
       die "qemu failed to start"
+    echo "$d" > "$run/image"
     log "booting (qemu pid $(cat "$run/qemu.pid"), serial console: $run/serial.log)"
     for ((i = 0; ; i++)); do
       grep -q 'ZETABACK-VM-FAILED' "$run/serial.log" 2>/dev/null &&
@@ -359,7 +367,7 @@ cmd_down() {
     for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -9 "$pid" 2>/dev/null || true
   fi
-  rm -f "$run/qemu.pid" "$run/overlay.qcow2" "$run/pool1.img" "$run/pool2.img"
+  rm -f "$run/qemu.pid" "$run/overlay.qcow2" "$run/pool1.img" "$run/pool2.img" "$run/image"
   echo "openzfs-vm.sh: down"
 }
 
