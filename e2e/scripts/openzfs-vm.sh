@@ -262,7 +262,8 @@ cmd_build() {
   mv "$dir.tmp" "$dir"
   ln -sfn "$key" "$vms/current"
   # Keep only this build.
-  ls -1d "$vms"/[0-9a-f]*[0-9a-f] 2>/dev/null | grep -E '/[0-9a-f]{16}$' | grep -v "/$key\$" | xargs -r rm -rf
+  # (`|| true`: with no other build, grep -v selects nothing and fails, and pipefail with it.)
+  { ls -1d "$vms"/[0-9a-f]*[0-9a-f] 2>/dev/null | grep -E '/[0-9a-f]{16}$' | grep -v "/$key\$" | xargs -r rm -rf; } || true
   log "built in $(( $(date +%s) - start ))s: $dir ($(cat "$dir/versions" | paste -sd' '))"
   log "phases (name, wall s, CPU s): $(paste -sd' ' "$dir/phases" | sed 's/ \([a-z]\)/; \1/g')"
   echo "$dir"
