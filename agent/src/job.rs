@@ -19,6 +19,7 @@ use zetaback_core::store::StreamId;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
 
+use crate::base_keep::{self, Base};
 use crate::transfer::{self, Endpoint, TransferError, Upload};
 use crate::zfs::resume;
 use crate::zfs::{Capability, SendBase, SendRequest, SnapshotInfo, Zfs, ZfsError};
@@ -174,14 +175,16 @@ pub async fn run(
 ) -> Result<JobOutcome, JobError> {
     check_spec(spec)?;
     let dataset = spec.dataset.0.as_str();
-    // The base first: a job whose base is gone fails before it makes anything.
+    // The base first: a job whose base is gone (no snapshot, no bookmark) fails before it
+    // makes anything.
     let base = match &spec.base_snapshot {
         Some(b) if spec.backup_type == BackupType::Incremental => {
-            Some(zfs.snapshot_info(dataset, b).await?)
+            Some(base_keep::resolve(zfs, dataset, b).await?)
         }
         _ => None,
     };
-    let (snap, made) = take_snapshot(zfs, dataset, &spec.snapshot, base.as_ref()).await?;
+    let (snap, made) =
+        take_snapshot(zfs, dataset, &spec.snapshot, base.as_ref().map(|b| &b.info)).await?;
     let result = back_up(
         zfs,
         host,
@@ -195,10 +198,13 @@ pub async fn run(
     .await;
     match result {
         Ok(outcome) => {
+            // The snapshot sent is the base of the next incremental: held and bookmarked,
+            // the previous base released.
+            base_keep::keep_as_base(zfs, dataset, &snap).await;
             if settings.prune_snapshots {
                 // Keep the base of the next incremental: for a full, the snapshot sent; for an
                 // incremental, its base (the last full or the previous one) and the snapshot sent.
-                let keep_from = base.as_ref().map_or(snap.creation, |b| b.creation);
+                let keep_from = base.as_ref().map_or(snap.creation, |b| b.info.creation);
                 prune(zfs, dataset, keep_from).await;
             }
             Ok(outcome)
@@ -312,7 +318,7 @@ async fn wait_past(ts: i64) -> bool {
     }
 }
 
-/// Holds the snapshot (and its base), sends it, releases the holds.
+/// Holds the snapshot (and its base, unless that is a bookmark), sends it, releases the holds.
 #[allow(clippy::too_many_arguments)]
 async fn back_up(
     zfs: &Zfs,
@@ -322,31 +328,26 @@ async fn back_up(
     endpoint: &Endpoint,
     settings: &JobSettings,
     snap: &SnapshotInfo,
-    base: Option<&SnapshotInfo>,
+    base: Option<&Base>,
 ) -> Result<JobOutcome, JobError> {
     let dataset = spec.dataset.0.as_str();
-    let id = stream_id(spec.backup_type, snap.creation, base.map(|b| b.creation))?;
+    let id = stream_id(
+        spec.backup_type,
+        snap.creation,
+        base.map(|b| b.info.creation),
+    )?;
     let holds = zfs.capabilities().has(Capability::Holds);
     let mut held = Vec::new();
     if holds {
-        for s in std::iter::once(snap).chain(base) {
+        let held_base = base.filter(|b| !b.bookmark).map(|b| &b.info);
+        for s in std::iter::once(snap).chain(held_base) {
             match zfs.hold(dataset, &s.name, false).await {
                 Ok(()) => held.push(s.name.clone()),
                 Err(e) => warn!(error = %e, "could not hold {}", s.full_name()),
             }
         }
     }
-    let result = send_and_upload(
-        zfs,
-        host,
-        spec,
-        policy,
-        endpoint,
-        settings,
-        id,
-        base.map(|b| b.name.clone()),
-    )
-    .await;
+    let result = send_and_upload(zfs, host, spec, policy, endpoint, settings, id, base).await;
     for name in held {
         if let Err(e) = zfs.hold(dataset, &name, true).await {
             warn!(error = %e, "could not release the hold on {dataset}@{name}");
@@ -364,16 +365,16 @@ async fn send_and_upload(
     endpoint: &Endpoint,
     settings: &JobSettings,
     id: StreamId,
-    base: Option<String>,
+    base: Option<&Base>,
 ) -> Result<JobOutcome, JobError> {
     let dataset = spec.dataset.0.clone();
     let req = SendRequest {
         dataset: dataset.clone(),
         snapshot: spec.snapshot.clone(),
-        base: base.clone().map(|name| SendBase {
-            name,
+        base: base.map(|b| SendBase {
+            name: b.info.name.clone(),
             intermediates: spec.intermediates,
-            bookmark: false,
+            bookmark: b.bookmark,
         }),
         compressed: false,
         raw: false,
@@ -382,6 +383,7 @@ async fn send_and_upload(
     if let Ok(Some(estimate)) = zfs.estimate(&req).await {
         info!(estimate, "estimated stream size");
     }
+    let base = base.map(|b| b.info.name.clone());
     if let Some(target) = &spec.target.object_store {
         return crate::objstore_job::send(
             zfs, host, spec, policy, settings, target, &req, id, base,
@@ -510,7 +512,14 @@ async fn prune(zfs: &Zfs, dataset: &str, keep_from: i64) {
     {
         match zfs.destroy_own_snapshot(dataset, &s.name).await {
             Ok(()) => {
-                info!(snapshot = %s.full_name(), "destroyed a snapshot no longer needed as a base")
+                info!(snapshot = %s.full_name(), "destroyed a snapshot no longer needed as a base");
+                // Its bookmark (made when it was backed up) is no longer a base either.
+                if zfs.capabilities().has(Capability::Bookmarks)
+                    && zfs.bookmark_creation(dataset, &s.name).await.is_ok()
+                    && let Err(e) = zfs.destroy_bookmark(dataset, &s.name).await
+                {
+                    warn!(error = %e, "could not destroy the bookmark {dataset}#{}", s.name);
+                }
             }
             Err(e) => warn!(error = %e, "could not destroy {}", s.full_name()),
         }

@@ -3,6 +3,7 @@
 //! job runner ([`runner`]).
 
 pub mod auth;
+pub mod base_keep;
 pub mod bufpool;
 pub mod checksum;
 pub mod claim;

@@ -20,6 +20,10 @@ use std::time::Duration;
 use common::*;
 use zetaback_agent::transfer::{self, Endpoint, SourceDone, Upload};
 use zetaback_agent::zfs::Capabilities;
+
+/// The hold tag the agent puts on the base of the last backup (what a user sees in
+/// `zfs holds`; spelled out here, not imported, so a change to it shows as a failure).
+const BASE_HOLD_TAG: &str = "zetaback-base";
 use zetaback_core::api::backup_policy::Compression;
 
 struct Vm {
@@ -135,8 +139,12 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(vm) = VM.get() {
             for ds in &self.0 {
+                // The agent holds the base of the last backup: released first, or the
+                // destroy fails.
                 let _ = vm.run(&format!(
-                    "zfs list {ds} >/dev/null 2>&1 && zfs destroy -r -f {ds}"
+                    "zfs list {ds} >/dev/null 2>&1 || exit 0
+                    zfs list -H -o name -t snapshot -r {ds} | while read -r s; do zfs release {BASE_HOLD_TAG} \"$s\" 2>/dev/null; done
+                    zfs destroy -r -f {ds}"
                 ));
             }
         }
@@ -530,4 +538,119 @@ fn a_resume_token_naming_another_snapshot_is_refused() {
         !vm.run(&format!("zfs list {replica}@zb-1")).status.success(),
         "the target got the snapshot its token named"
     );
+}
+
+/// `zfs holds -H` of `ds@snap` in the VM: its hold tags.
+fn holds(vm: &Vm, ds: &str, snap: &str) -> Vec<String> {
+    vm.sh(&format!("zfs holds -H {ds}@{snap}"))
+        .lines()
+        .filter_map(|l| l.split('\t').nth(1))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_base_of_the_last_backup_stays_held_until_a_newer_backup_replaces_it() {
+    let vm = vm();
+    let store = HostStore::start("vhold");
+    let ds = format!("zbvm/{}", unique("hold"));
+    let _cleanup = Cleanup(vec![ds.clone()]);
+    let to_store = format!("--target-path {}", store.root.display());
+    vm.sh(&format!(
+        "set -e; zfs create {ds}; head -c 200000 /dev/urandom > /{ds}/a"
+    ));
+    json_of(&backup_in_vm(
+        vm,
+        &store.addr_for_guest(),
+        &ds,
+        "zb-1",
+        &to_store,
+    ));
+    assert_eq!(
+        holds(vm, &ds, "zb-1"),
+        [BASE_HOLD_TAG],
+        "the base of the next incremental is not held after the backup"
+    );
+    let destroy = vm.run(&format!("zfs destroy {ds}@zb-1"));
+    assert!(
+        !destroy.status.success(),
+        "the held base of the next incremental could be destroyed"
+    );
+    vm.sh(&format!("echo more > /{ds}/b"));
+    json_of(&backup_in_vm(
+        vm,
+        &store.addr_for_guest(),
+        &ds,
+        "zb-2",
+        &format!("{to_store} --base-snapshot zb-1"),
+    ));
+    assert_eq!(
+        holds(vm, &ds, "zb-2"),
+        [BASE_HOLD_TAG],
+        "the newer backup's snapshot is not held"
+    );
+    assert!(
+        holds(vm, &ds, "zb-1").is_empty(),
+        "the old base is still held after a newer backup replaced it: {:?}",
+        holds(vm, &ds, "zb-1")
+    );
+    // Released: the user (or the agent's pruning) can destroy it now.
+    vm.sh(&format!("zfs destroy {ds}@zb-1"));
+}
+
+#[test]
+fn an_incremental_is_sent_from_the_bookmark_after_its_base_snapshot_was_destroyed() {
+    let vm = vm();
+    let store = HostStore::start("vbook");
+    let ds = format!("zbvm/{}", unique("book"));
+    let into = format!("zbvm/{}", unique("bookback"));
+    let _cleanup = Cleanup(vec![ds.clone(), into.clone()]);
+    let to_store = format!("--target-path {}", store.root.display());
+    vm.sh(&format!(
+        "set -e; zfs create {ds}; head -c 300000 /dev/urandom > /{ds}/a"
+    ));
+    json_of(&backup_in_vm(
+        vm,
+        &store.addr_for_guest(),
+        &ds,
+        "zb-1",
+        &to_store,
+    ));
+    // The source's own retention (or a user) destroys the base snapshot.
+    vm.sh(&format!(
+        "set -e; zfs release {BASE_HOLD_TAG} {ds}@zb-1 2>/dev/null || true; zfs destroy {ds}@zb-1
+         head -c 100000 /dev/urandom > /{ds}/b"
+    ));
+    let before = checksums_in_vm(vm, &format!("/{ds}"));
+    let out = backup_in_vm(
+        vm,
+        &store.addr_for_guest(),
+        &ds,
+        "zb-2",
+        &format!("{to_store} --base-snapshot zb-1"),
+    );
+    let outcome = json_of(&out);
+    let id = outcome["backupId"].as_str().expect("backupId").to_owned();
+    assert!(
+        id.contains(".incremental."),
+        "not stored as an incremental: {id}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("{ds}#zb-1")),
+        "the log does not say the bookmark was the base"
+    );
+    // The chain (the full, then the incremental sent from the bookmark) restores the data.
+    let restore = vm.run(&format!(
+        "RUST_LOG=info zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
+         --dataset {ds} --backup {id} --into {into}/copy",
+        store.addr_for_guest()
+    ));
+    assert!(
+        restore.status.success(),
+        "restore of the chain failed: {}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let copy = format!("{into}/copy");
+    vm.sh(&format!("zfs mount {copy}"));
+    assert_eq!(checksums_in_vm(vm, &format!("/{copy}")), before);
 }

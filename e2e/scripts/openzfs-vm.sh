@@ -6,6 +6,7 @@
 #                          ~/.cache/zetaback/vm/<key>/ (key: the Debian suite, the pinned
 #                          OpenZFS version, this script's build code); prints that directory.
 #                          A second run is a cache hit (seconds).
+#   openzfs-vm.sh key      prints the image's cache key (what `build` would look up).
 #   openzfs-vm.sh up       builds if needed, boots the VM with two empty virtio disks for pools
 #                          (/dev/vdb, /dev/vdc), waits until sshd answers and `zpool version`
 #                          works in the guest, copies the host's zetaback-agent binary to
@@ -86,10 +87,75 @@ while :; do wait; sleep 5; done
 EOF
 }
 
-# build_rootfs DIR: debootstrap + kernel + OpenZFS (DKMS-built) + sshd into DIR/rootfs.
+# ---- phase timing: wall and CPU seconds (user+sys of every finished child) per build phase,
+# so the build's cost on an idle machine can be estimated even when the machine is shared.
+# Written to DIR/phases ("name wall_s cpu_s"), summed in DIR/versions.
+# (`times` runs in this shell, not in a $(…) subshell: a forked shell starts its counts at zero.)
+cpu_seconds() { # sets $cpu_now: user+sys of this shell's finished children, from bash's `times`
+  times > "$build_dir/.times"
+  cpu_now=$(tail -n1 "$build_dir/.times" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%.1f\n", t }')
+}
+phase_begin() { phase_name=$1; phase_wall=$(date +%s); cpu_seconds; phase_cpu=$cpu_now; log "phase $1"; }
+phase_end() {
+  local wall cpu
+  wall=$(( $(date +%s) - phase_wall ))
+  cpu_seconds
+  cpu=$(awk -v a="$cpu_now" -v b="$phase_cpu" 'BEGIN { printf "%.1f", a - b }')
+  echo "$phase_name $wall $cpu" >> "$build_dir/phases"
+  log "phase $phase_name: ${wall}s wall, ${cpu} CPU-s"
+}
+
+# chroot_mounts DIR / chroot_umounts DIR: /proc, /dev, /sys for a chroot.
+chroot_mounts() { mount -t proc proc "$1/proc"; mount --bind /dev "$1/dev"; mount -t sysfs sys "$1/sys"; }
+chroot_umounts() { umount -l "$1/proc" "$1/dev" "$1/sys" 2>/dev/null || true; }
+
+# apt_in ROOT ARGS…: apt-get install, non-interactive, no recommends, logged to $build_dir/apt.log.
+apt_in() {
+  local r=$1; shift
+  chroot "$r" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+    >> "$build_dir/apt.log" 2>&1 || { tail -n 30 "$build_dir/apt.log" >&2; die "apt-get install $* failed (log: $build_dir/apt.log)"; }
+}
+
+# The zfs/spl kernel modules, built once per (kernel package, OpenZFS package) pair and cached
+# under $vms/modules/<kernel>_<kernel package version>_<zfs package version>/, so a change to
+# the rest of the image build does not recompile them (the compile is most of a cold build).
+module_cache_dir() { echo "$vms/modules/$1_$2_$3"; }
+
+# build_zfs_modules ROOT KVER ZVER OUT: builds zfs.ko/spl.ko for KVER with DKMS in a throwaway
+# overlay over ROOT (the compiler, headers and DKMS never reach the image), into OUT.
+# No debug info (-g0) and no BTF: DKMS strips the modules anyway, and the kernel's
+# CONFIG_DEBUG_INFO would otherwise make gcc emit DWARF for every object (slower compile).
+build_zfs_modules() {
+  local r=$1 kver=$2 zver=$3 out=$4 ov m mods
+  ov="$build_dir/modbuild"
+  m="$ov/merged"
+  rm -rf "$ov"; mkdir -p "$ov/upper" "$ov/work" "$m"
+  mount -t overlay overlay -o "lowerdir=$r,upperdir=$ov/upper,workdir=$ov/work" "$m" || die "mounting an overlay for the module build failed"
+  chroot_mounts "$m"
+  # zfs-dkms before the headers: its install then finds no headers and builds nothing; the
+  # headers' own hook would build at once, so it is removed and the build is run below.
+  apt_in "$m" -t "$suite-backports" "zfs-dkms=$zver"
+  rm -f "$m/etc/kernel/header_postinst.d/dkms"
+  apt_in "$m" -t "$suite-backports" "linux-headers-$kver"
+  chroot "$m" env MAKEFLAGS="DEBUG_CFLAGS=-g0 PAHOLE=true RESOLVE_BTFIDS=true" \
+    dkms build "zfs/${zver%%-*}" -k "$kver" >> "$build_dir/dkms.log" 2>&1 ||
+    { tail -n 30 "$build_dir/dkms.log" >&2; cat "$m/var/lib/dkms/zfs/${zver%%-*}/build/make.log" 2>/dev/null | tail -n 30 >&2
+      chroot_umounts "$m"; umount -l "$m"; die "dkms build zfs for $kver failed (log: $build_dir/dkms.log)"; }
+  mods="$m/var/lib/dkms/zfs/${zver%%-*}/$kver/x86_64/module"
+  ls "$mods"/zfs.ko* "$mods"/spl.ko* >/dev/null 2>&1 || { chroot_umounts "$m"; umount -l "$m"; die "dkms built no zfs.ko/spl.ko in $mods"; }
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  cp "$mods"/zfs.ko* "$mods"/spl.ko* "$out.tmp/"
+  chroot_umounts "$m"
+  umount "$m" || umount -l "$m"
+  rm -rf "$ov"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+# build_rootfs DIR: debootstrap + kernel + OpenZFS (modules from the cache, or built) + sshd
+# into DIR/rootfs.
 build_rootfs() {
-  local dir=$1 r=$1/rootfs kver zver
-  log "debootstrap --variant=minbase $suite"
+  local dir=$1 r=$1/rootfs kver kpkg zver mods
+  phase_begin debootstrap
   debootstrap --variant=minbase --components=main,contrib \
     --include=ca-certificates,udev,kmod,iproute2,openssh-server,procps,psmisc,initramfs-tools,zstd \
     "$suite" "$r" "$mirror" > "$dir/debootstrap.log" 2>&1 ||
@@ -99,31 +165,43 @@ build_rootfs() {
   cp /etc/resolv.conf "$r/etc/resolv.conf"
   printf 'deb %s %s main contrib\ndeb %s %s-backports main contrib\n' "$mirror" "$suite" "$mirror" "$suite" \
     > "$r/etc/apt/sources.list"
-  mount -t proc proc "$r/proc"
-  mount --bind /dev "$r/dev"
-  mount -t sysfs sys "$r/sys"
-  trap 'umount -l "$r/proc" "$r/dev" "$r/sys" 2>/dev/null || true' EXIT
+  # The guest boots its kernel directly: the initramfs only has to find the virtio root disk
+  # (ext4). A listed set of modules makes it small and quick to build (MODULES=most copies
+  # hundreds); ZFS is loaded from the root file system by the guest's init, not from here.
+  printf 'MODULES=list\n' > "$r/etc/initramfs-tools/conf.d/zetaback.conf"
+  printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic >> "$r/etc/initramfs-tools/modules"
+  chroot_mounts "$r"
+  trap 'chroot_umounts "$r"' EXIT
   chroot "$r" apt-get update -qq > "$dir/apt.log" 2>&1 || { tail -n 20 "$dir/apt.log" >&2; die "apt-get update in the chroot failed"; }
   zver=$(chroot "$r" apt-cache madison zfs-dkms | awk -v v="$zfs_version" '$3 ~ "^" v "-" {print $3; exit}')
   [ -n "$zver" ] || die "Debian serves no zfs-dkms $zfs_version (apt-cache madison zfs-dkms in the chroot)"
-  log "kernel and headers from $suite-backports"
-  chroot "$r" sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      -t $suite-backports linux-image-amd64 linux-headers-amd64" >> "$dir/apt.log" 2>&1 ||
-    { tail -n 20 "$dir/apt.log" >&2; die "installing the backports kernel failed (log: $dir/apt.log)"; }
+  phase_end
+  phase_begin kernel
+  apt_in "$r" -t "$suite-backports" linux-image-amd64
   kver=$(ls "$r/lib/modules" | sort -V | tail -n1)
   [ -f "$r/boot/vmlinuz-$kver" ] || die "no kernel image for $kver in the chroot"
-  log "zfs-dkms $zver + zfsutils-linux (DKMS builds the module for $kver)"
-  chroot "$r" sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      -t $suite-backports zfs-dkms=$zver zfsutils-linux=$zver" >> "$dir/apt.log" 2>&1 ||
-    { tail -n 30 "$dir/apt.log" >&2; die "installing zfs-dkms $zver failed (log: $dir/apt.log)"; }
-  if ! ls "$r/lib/modules/$kver"/updates/dkms/zfs.ko* >/dev/null 2>&1; then
-    log "DKMS did not build for $kver during install: dkms install -k $kver"
-    chroot "$r" dkms install "zfs/${zver%%-*}" -k "$kver" >> "$dir/apt.log" 2>&1 ||
-      { tail -n 30 "$dir/apt.log" >&2; die "dkms install zfs for $kver failed (log: $dir/apt.log)"; }
+  [ -f "$r/boot/initrd.img-$kver" ] || die "no initramfs for $kver in the chroot"
+  kpkg=$(chroot "$r" dpkg-query -W -f '${Version}' "linux-image-$kver")
+  phase_end
+  mods=$(module_cache_dir "$kver" "$kpkg" "$zver")
+  if [ -f "$mods/zfs.ko" ] || [ -f "$mods/zfs.ko.xz" ]; then
+    log "zfs/spl modules for $kver ($kpkg), OpenZFS $zver: cached in $mods"
+  else
+    phase_begin zfs-module
+    log "building the zfs/spl modules with DKMS for $kver ($kpkg), OpenZFS $zver"
+    build_zfs_modules "$r" "$kver" "$zver" "$mods"
+    phase_end
   fi
-  ls "$r/lib/modules/$kver"/updates/dkms/zfs.ko* >/dev/null 2>&1 || die "no zfs.ko for $kver after DKMS"
+  phase_begin zfsutils
+  # zfsutils-linux only recommends zfs-dkms: the modules come from the cache.
+  apt_in "$r" -t "$suite-backports" "zfsutils-linux=$zver"
+  mkdir -p "$r/lib/modules/$kver/updates/zfs"
+  cp "$mods"/* "$r/lib/modules/$kver/updates/zfs/"
   chroot "$r" depmod "$kver"
-  chroot "$r" update-initramfs -u -k "$kver" >> "$dir/apt.log" 2>&1 || die "update-initramfs failed"
+  chroot "$r" modinfo -k "$kver" -F version zfs | grep -q "^${zver%%-*}" ||
+    die "modinfo zfs for $kver in the image does not say OpenZFS ${zver%%-*}"
+  phase_end
+  phase_begin finish
   # Access: root over ssh with a key made for this image only.
   ssh-keygen -q -t ed25519 -N '' -C zetaback-openzfs-vm -f "$dir/id_ed25519"
   mkdir -p "$r/root/.ssh"
@@ -135,18 +213,18 @@ build_rootfs() {
   chmod 0755 "$r/sbin/zetaback-init"
   echo openzfs-vm > "$r/etc/hostname"
   # What the image holds, for `status` and the report.
-  { echo "kernel=$kver"; echo "zfs=$zver"; echo "suite=$suite"; } > "$dir/versions"
+  { echo "kernel=$kver"; echo "kernel_package=$kpkg"; echo "zfs=$zver"; echo "suite=$suite"; } > "$dir/versions"
   cp "$r/boot/vmlinuz-$kver" "$dir/vmlinuz"
   cp "$r/boot/initrd.img-$kver" "$dir/initrd.img"
   chroot "$r" apt-get clean
-  umount -l "$r/proc" "$r/dev" "$r/sys"
+  chroot_umounts "$r"
   trap - EXIT
   rm -f "$r/usr/sbin/policy-rc.d" "$r/etc/resolv.conf"
   rm -rf "$r"/var/lib/apt/lists/* "$r"/usr/share/man/* "$r"/usr/share/doc/*
 }
 
 image_key() {
-  printf '%s\n' "$suite" "$mirror" "$zfs_version" "$(declare -f build_rootfs guest_init image_key)" |
+  printf '%s\n' "$suite" "$mirror" "$zfs_version" "$(declare -f build_rootfs build_zfs_modules apt_in chroot_mounts guest_init image_key)" |
     sha256sum | cut -c1-16
 }
 
@@ -159,24 +237,35 @@ cmd_build() {
   for c in debootstrap mkfs.ext4 qemu-system-x86_64 qemu-img ssh ssh-keygen; do
     command -v "$c" >/dev/null || die "$c is missing (e2e/scripts/install-deps.sh installs it)"
   done
-  start=$(date +%s)
   mkdir -p "$vms"
+  # One build at a time (e2e/test.sh starts one in the background; a second caller waits).
+  exec 8> "$vms/build.lock"
+  flock 8
+  if [ -f "$dir/done" ]; then ln -sfn "$key" "$vms/current"; echo "$dir"; return; fi
+  start=$(date +%s)
   rm -rf "$dir.tmp"
   mkdir -p "$dir.tmp"
+  build_dir="$dir.tmp"
   build_rootfs "$dir.tmp"
+  phase_begin mkfs
   size=$(du -sm "$dir.tmp/rootfs" | cut -f1)
   log "root file system image ($size MiB of files)"
   mkfs.ext4 -q -L zetaroot -d "$dir.tmp/rootfs" "$dir.tmp/root.img" "$((size + 768))M" ||
     die "mkfs.ext4 -d failed"
   rm -rf "$dir.tmp/rootfs"
+  phase_end
+  rm -f "$dir.tmp/.times"
   echo "build_seconds=$(( $(date +%s) - start ))" >> "$dir.tmp/versions"
+  echo "build_cpu_seconds=$(awk '{ s += $3 } END { printf "%.0f", s }' "$dir.tmp/phases")" >> "$dir.tmp/versions"
   touch "$dir.tmp/done"
   rm -rf "$dir"
   mv "$dir.tmp" "$dir"
   ln -sfn "$key" "$vms/current"
   # Keep only this build.
-  ls -1d "$vms"/[0-9a-f]*[0-9a-f] 2>/dev/null | grep -E '/[0-9a-f]{16}$' | grep -v "/$key\$" | xargs -r rm -rf
+  # (`|| true`: with no other build, grep -v selects nothing and fails, and pipefail with it.)
+  { ls -1d "$vms"/[0-9a-f]*[0-9a-f] 2>/dev/null | grep -E '/[0-9a-f]{16}$' | grep -v "/$key\$" | xargs -r rm -rf; } || true
   log "built in $(( $(date +%s) - start ))s: $dir ($(cat "$dir/versions" | paste -sd' '))"
+  log "phases (name, wall s, CPU s): $(paste -sd' ' "$dir/phases" | sed 's/ \([a-z]\)/; \1/g')"
   echo "$dir"
 }
 
@@ -184,8 +273,15 @@ cmd_build() {
 
 image_dir() { local d; d=$(readlink -f "$vms/current" 2>/dev/null) && [ -f "$d/done" ] && echo "$d"; }
 
+# The image the running VM booted (its ssh key), else the current one: a VM booted from an
+# older image keeps being reachable after the image was rebuilt.
+booted_image_dir() {
+  local d
+  if our_qemu >/dev/null && d=$(cat "$run/image" 2>/dev/null) && [ -f "$d/id_ed25519" ]; then echo "$d"; else image_dir; fi
+}
+
 ssh_opts() {
-  local d; d=$(image_dir) || die "no image: run openzfs-vm.sh build"
+  local d; d=$(booted_image_dir) || die "no image: run openzfs-vm.sh build"
   echo "-i $d/id_ed25519 -p $ssh_port -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10 -o BatchMode=yes"
 }
 
@@ -201,7 +297,7 @@ guest() { # shellcheck disable=SC2046
 }
 
 print_env() {
-  local d; d=$(image_dir)
+  local d; d=$(booted_image_dir)
   echo "ZETABACK_VM_SSH=ssh -i $d/id_ed25519 -p $ssh_port -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes root@127.0.0.1"
   echo "ZETABACK_VM_SSH_PORT=$ssh_port"
   echo "ZETABACK_VM_SSH_KEY=$d/id_ed25519"
@@ -225,7 +321,7 @@ cmd_up() {
     log "already up (qemu pid $pid)"
   else
     start=$(date +%s)
-    rm -f "$run/overlay.qcow2" "$run/serial.log"
+    rm -f "$run/overlay.qcow2" "$run/serial.log" "$run/image"
     qemu-img create -q -f qcow2 -b "$d/root.img" -F raw "$run/overlay.qcow2"
     for disk in pool1 pool2; do rm -f "$run/$disk.img"; truncate -s 1G "$run/$disk.img"; done
     qemu-system-x86_64 -name zetaback-openzfs -machine q35 -accel tcg,thread=multi \
@@ -240,6 +336,7 @@ cmd_up() {
       -serial "file:$run/serial.log" -monitor none -display none \
       -daemonize -pidfile "$run/qemu.pid" ||
       die "qemu failed to start"
+    echo "$d" > "$run/image"
     log "booting (qemu pid $(cat "$run/qemu.pid"), serial console: $run/serial.log)"
     for ((i = 0; ; i++)); do
       grep -q 'ZETABACK-VM-FAILED' "$run/serial.log" 2>/dev/null &&
@@ -271,7 +368,7 @@ cmd_down() {
     for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -9 "$pid" 2>/dev/null || true
   fi
-  rm -f "$run/qemu.pid" "$run/overlay.qcow2" "$run/pool1.img" "$run/pool2.img"
+  rm -f "$run/qemu.pid" "$run/overlay.qcow2" "$run/pool1.img" "$run/pool2.img" "$run/image"
   echo "openzfs-vm.sh: down"
 }
 
@@ -289,10 +386,11 @@ cmd_status() {
 
 case "${1:-}" in
   build) cmd_build ;;
+  key) image_key ;;
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) our_qemu >/dev/null || die "not up"; print_env ;;
   ssh) shift; guest "$@" ;;
-  *) echo "usage: openzfs-vm.sh build|up|down|status|env|ssh CMD…" >&2; exit 2 ;;
+  *) echo "usage: openzfs-vm.sh build|key|up|down|status|env|ssh CMD…" >&2; exit 2 ;;
 esac

@@ -12,6 +12,7 @@
 //! hanging it.
 
 pub mod argv;
+pub mod bookmarks;
 pub mod caps;
 pub mod error;
 pub mod inert;
