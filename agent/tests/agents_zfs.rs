@@ -425,7 +425,8 @@ fn cutting_the_link_mid_stream_leaves_no_backup() {
         temp_stream(&sdir).is_some_and(|(_, n)| n > 500_000)
     });
     ns.link(false);
-    // No reset crosses a cut link: both sides give up after their idle timeout (3s here).
+    // No reset crosses a cut link: both sides give up after their idle timeout
+    // (common::IDLE_TIMEOUT_SECS).
     let out = source.wait_with_output().expect("source ends");
     assert!(
         !out.status.success(),

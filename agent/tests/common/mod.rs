@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// `--idle-timeout` of the test agents: short enough that a cut link is noticed in a test,
+/// long enough that zfs-fuse (one daemon serving every test at once) stalling a stream for a
+/// few seconds under load is not taken for a dead peer (3 s failed `agents_zfs` at load ~15).
+pub const IDLE_TIMEOUT_SECS: &str = "8";
+
 pub mod kube_identity;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -252,7 +257,7 @@ impl TargetAgent {
             "--identities-file".into(),
             tokens.identities.display().to_string(),
             "--idle-timeout".into(),
-            "3".into(),
+            IDLE_TIMEOUT_SECS.into(),
         ];
         if let Some(r) = replica_root {
             args.push("--replica-root".into());
@@ -334,7 +339,7 @@ pub fn backup_cmd(tokens: &Tokens, target: &str, dataset: &str, snapshot: &str) 
         "--snapshot",
         snapshot,
         "--idle-timeout",
-        "3",
+        IDLE_TIMEOUT_SECS,
     ])
     .env("RUST_LOG", "info")
     .stdin(std::process::Stdio::null());
