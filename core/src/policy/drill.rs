@@ -477,7 +477,7 @@ mod tests {
             subject(
                 "d",
                 &["1"],
-                vec![drill("d1", 30 * D, DrillOutcome::Running, 0)],
+                vec![drill("d1", 0, DrillOutcome::Running, 0)],
             ),
         ];
         let mut r = rules();
@@ -490,7 +490,7 @@ mod tests {
                 .map(|s| s.subject)
                 .collect::<Vec<_>>()
         };
-        // d runs: it takes one slot and is not started again.
+        // d runs (for 20 days: past its period): it takes one slot and is not started again.
         assert_eq!(order(1), Vec::<usize>::new());
         assert_eq!(order(2), vec![1]);
         assert_eq!(order(3), vec![1, 0]);
