@@ -474,11 +474,7 @@ mod tests {
                 &["1"],
                 vec![drill("c1", D, DrillOutcome::Succeeded, 1)],
             ),
-            subject(
-                "d",
-                &["1"],
-                vec![drill("d1", 0, DrillOutcome::Running, 0)],
-            ),
+            subject("d", &["1"], vec![drill("d1", 0, DrillOutcome::Running, 0)]),
         ];
         let mut r = rules();
         let at = ts(20 * D);
