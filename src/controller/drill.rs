@@ -246,7 +246,6 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
             host: s.host.clone(),
             dataset: s.dataset.clone(),
             newest_restorable: newest.map(Time),
-            rpo_seconds: newest.map(|t| now.duration_since(t).as_secs().max(0)),
             rto_seconds: None,
             last_good_drill: None,
             last_drill: None,

@@ -586,12 +586,11 @@ pub const MAX_LISTED_RECOVERY: usize = 200;
 pub struct DatasetRecovery {
     pub host: String,
     pub dataset: String,
-    /// When the newest restorable backup was taken.
+    /// When the newest restorable backup was taken: the recovery point now (its age is
+    /// compared with `objectives.rpo`; not written as an age, which would change the status
+    /// every second).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest_restorable: Option<Time>,
-    /// The age of the newest restorable backup, in seconds, when the status was written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rpo_seconds: Option<i64>,
     /// The measured recovery time of the last successful drill, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rto_seconds: Option<i64>,
