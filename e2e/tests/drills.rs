@@ -208,9 +208,29 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     let keep_sums = sums(&zetaback_e2e::fleet::mounted(&keep));
     let snapshots = |d: &str| zfs(&["list", "-H", "-t", "snapshot", "-r", "-o", "name", d]);
     let source_snapshots = snapshots(&ds);
-    for (name, host, into) in [
-        ("evil-source", fleet.name("src"), ds.clone()),
-        ("evil-existing", fleet.name("bak"), keep.clone()),
+    let elsewhere = format!("{}/db/new", fleet.host("src").pool);
+    for (name, host, into, why) in [
+        // The controller refuses an existing destination before any agent sees it.
+        (
+            "evil-source",
+            fleet.name("src"),
+            ds.clone(),
+            "DestinationExists",
+        ),
+        // The agent refuses a new dataset outside a scratch root...
+        (
+            "evil-elsewhere",
+            fleet.name("src"),
+            elsewhere.clone(),
+            "NotScratch",
+        ),
+        // ...and an existing one under it (which the controller's view does not list).
+        (
+            "evil-existing",
+            fleet.name("bak"),
+            keep.clone(),
+            "NotScratch",
+        ),
     ] {
         create_restore(
             &restores,
@@ -227,11 +247,7 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
             r.status.as_ref().map(|s| s.phase),
             Some(RestorePhase::Failed)
         );
-        let reason = restore_reason(&r);
-        assert!(
-            reason == "NotScratch" || reason == "DestinationExists",
-            "{name}: {reason}"
-        );
+        assert_eq!(restore_reason(&r), why, "{name}");
     }
     assert_eq!(
         snapshots(&ds),
@@ -242,13 +258,12 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     assert!(dataset_exists(&keep), "the existing dataset was destroyed");
     assert_eq!(sums(&zetaback_e2e::fleet::mounted(&keep)), keep_sums);
 
-    // Nothing but that dataset is left in the scratch root, and history is bounded (keep 2
-    // finished drills, and the last good one).
-    zfs(&["destroy", "-r", &keep]);
+    // Nothing but that dataset is in the scratch root (every drill cleaned up after itself),
+    // and history is bounded (keep 2 finished drills, and the last good one).
     eventually(
         "no scratch dataset left",
         Duration::from_secs(60),
-        || async { children(&root).is_empty().then_some(()) },
+        || async { (children(&root) == [keep.clone()]).then_some(()) },
     )
     .await;
     eventually("drill history pruned", LIMIT, || async {
