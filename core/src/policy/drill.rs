@@ -241,7 +241,7 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
         let n = s.drills.len() + 1; // this drill's number for the dataset
         let older = rules.older_every > 0
             && s.restorable.len() > 1
-            && n % (rules.older_every as usize) == 0;
+            && n.is_multiple_of(rules.older_every as usize);
         let backup = if older {
             s.restorable.first()
         } else {
