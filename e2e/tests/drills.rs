@@ -36,14 +36,25 @@ fn children(root: &str) -> Vec<String> {
         .collect()
 }
 
-/// The shared test apiserver may get an older CRD applied by another checkout's test run,
-/// which prunes `spec.drill` on the next write: make sure it is stored.
-async fn ensure_drill(api: &Api<BackupPolicy>, drill: &serde_json::Value) {
+/// The shared test apiserver may get an older CRD applied by another checkout's test run
+/// (`env.sh up`), which prunes `spec.drill` from what the apiserver (and the controller's
+/// watch) shows. While it is missing, applies this checkout's CRDs again and writes
+/// `spec.drill` back (the write also reaches the controller's watch). Only the shared
+/// development machine needs it; CI runs one checkout.
+async fn ensure_drill(env: &Env, api: &Api<BackupPolicy>, drill: &serde_json::Value) {
     eventually("spec.drill stored", Duration::from_secs(60), || async {
         let p = api.get(POLICY).await.ok()?;
         if p.spec.drill.is_some() {
             return Some(());
         }
+        let crds = env.root.join("crds");
+        env.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &crds.to_string_lossy(),
+        ]);
         let patch = serde_json::json!({"spec": {"drill": drill}});
         let _ = api
             .patch(
@@ -59,6 +70,11 @@ async fn ensure_drill(api: &Api<BackupPolicy>, drill: &serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one() {
+    // The in-process controller's log, shown when the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .with_test_writer()
+        .try_init();
     let env = Env::get();
     let ns = env.namespace("drills");
     let mut fleet =
@@ -81,12 +97,13 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     spec["objectives"] = serde_json::json!({"rpo": "26h", "rto": "1h"});
     let drill = spec["drill"].clone();
     fleet.create_policy(POLICY, "src", &[&ds], spec).await;
-    ensure_drill(&api, &drill).await;
+    ensure_drill(env, &api, &drill).await;
     let stored = fleet.wait_for_backups("bak", "src", &ds, 1).await;
     let full = stored[0].manifest.clone();
 
     // A drill succeeds: recorded in status with its measured RTO, from the stored full.
     let entry = eventually("a successful drill in status.recovery", LIMIT, || async {
+        ensure_drill(env, &api, &drill).await;
         let st = api.get(POLICY).await.ok()?.status?;
         let r = st.recovery.iter().find(|r| r.dataset == ds)?.clone();
         let last = r.last_drill.as_ref()?;
@@ -162,6 +179,7 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
 
     // The next drill fails on the checksum, and the dataset is a DrillFailed violator.
     let failed = eventually("a drill started after the flip fails", LIMIT, || async {
+        ensure_drill(env, &api, &drill).await;
         let list = restores
             .list(&ListParams::default().labels(&format!("{DRILL_POLICY_LABEL}={POLICY}")))
             .await
@@ -180,6 +198,7 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     assert_eq!(st.verified, Some(false));
     assert_eq!(st.scratch_destroyed, Some(true), "{st:?}");
     let violation = eventually("a DrillFailed violation", LIMIT, || async {
+        ensure_drill(env, &api, &drill).await;
         let st = api.get(POLICY).await.ok()?.status?;
         st.violations
             .into_iter()
