@@ -277,21 +277,18 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     assert!(dataset_exists(&keep), "the existing dataset was destroyed");
     assert_eq!(sums(&zetaback_e2e::fleet::mounted(&keep)), keep_sums);
 
-    // Nothing but that dataset is in the scratch root (every drill cleaned up after itself),
-    // and history is bounded (keep 2 finished drills, and the last good one).
-    eventually(
-        "no scratch dataset left",
-        Duration::from_secs(60),
-        || async { (children(&root) == [keep.clone()]).then_some(()) },
-    )
-    .await;
-    eventually("drill history pruned", LIMIT, || async {
-        let list = restores
+    // History is bounded: keep 2 finished drills, and the last good one.
+    let drill_restores = || async {
+        restores
             .list(&ListParams::default().labels(&format!("{DRILL_POLICY_LABEL}={POLICY}")))
             .await
-            .ok()?;
-        let finished = list
-            .items
+            .ok()
+            .map(|l| l.items)
+    };
+    eventually("drill history pruned", LIMIT, || async {
+        ensure_drill(env, &api, &drill).await;
+        let finished = drill_restores()
+            .await?
             .iter()
             .filter(|r| {
                 r.status.as_ref().is_some_and(|s| {
@@ -302,6 +299,28 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
         (finished <= 3).then_some(())
     })
     .await;
+
+    // Drilling stops with spec.drill removed; once no drill runs, nothing but that dataset
+    // is in the scratch root: every drill cleaned up after itself.
+    let patch = serde_json::json!({"spec": {"drill": null, "objectives": {"rto": null}}});
+    api.patch(
+        POLICY,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("remove spec.drill");
+    eventually("no drill running", LIMIT, || async {
+        let running = drill_restores().await?.iter().any(|r| {
+            r.status
+                .as_ref()
+                .is_none_or(|s| matches!(s.phase, RestorePhase::Pending | RestorePhase::Running))
+        });
+        (!running).then_some(())
+    })
+    .await;
+    let left = children(&root);
+    assert_eq!(left, [keep.clone()], "scratch datasets left behind");
 
     fleet.shutdown().await;
 }

@@ -377,6 +377,85 @@ pub async fn apply(ctx: &Context, namespace: &str, actions: &DrillActions) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::RestoreStatus;
+
+    fn drill_restore(status: RestoreStatus) -> Restore {
+        let mut r = Restore::new(
+            "drill-p-1",
+            serde_json::from_value(serde_json::json!({
+                "source": {"host": "h", "dataset": "tank/a", "backup": "1700000000.full"},
+                "destination": {"host": "b", "dataset": "pool/drills/drill-p-1"},
+                "drill": true,
+            }))
+            .unwrap(),
+        );
+        r.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_100).unwrap()));
+        r.status = Some(status);
+        r
+    }
+
+    fn at(s: i64) -> Option<Time> {
+        Some(Time(Timestamp::from_second(1_700_000_000 + s).unwrap()))
+    }
+
+    #[test]
+    fn a_drill_is_good_only_verified_timed_and_cleaned_up() {
+        let good = RestoreStatus {
+            phase: RestorePhase::Succeeded,
+            verified: Some(true),
+            verified_at: at(130),
+            finished_at: at(131),
+            scratch_destroyed: Some(true),
+            ..Default::default()
+        };
+        let (host, dataset, d) = past_drill(&drill_restore(good.clone())).unwrap();
+        assert_eq!((host.as_str(), dataset.as_str()), ("h", "tank/a"));
+        assert_eq!(d.outcome, DrillOutcome::Succeeded);
+        assert_eq!(d.backup, "1700000000.full");
+        assert_eq!(d.rto(), Some(SignedDuration::from_secs(30)));
+        for (what, bad) in [
+            (
+                "not verified",
+                RestoreStatus {
+                    verified: Some(false),
+                    ..good.clone()
+                },
+            ),
+            (
+                "no verifiedAt",
+                RestoreStatus {
+                    verified_at: None,
+                    ..good.clone()
+                },
+            ),
+            (
+                "scratch left",
+                RestoreStatus {
+                    scratch_destroyed: Some(false),
+                    ..good.clone()
+                },
+            ),
+            (
+                "failed",
+                RestoreStatus {
+                    phase: RestorePhase::Failed,
+                    ..good.clone()
+                },
+            ),
+        ] {
+            let (_, _, d) = past_drill(&drill_restore(bad)).unwrap();
+            assert_eq!(d.outcome, DrillOutcome::Failed, "{what}");
+            assert_eq!(d.rto(), None, "{what}");
+        }
+        for phase in [RestorePhase::Pending, RestorePhase::Running] {
+            let (_, _, d) = past_drill(&drill_restore(RestoreStatus {
+                phase,
+                ..Default::default()
+            }))
+            .unwrap();
+            assert_eq!(d.outcome, DrillOutcome::Running);
+        }
+    }
 
     #[test]
     fn drill_names_are_short_valid_and_distinct() {
