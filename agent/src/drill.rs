@@ -67,25 +67,37 @@ pub async fn check_restored(
     Ok(())
 }
 
+/// How often the clean-up tries a destroy that ZFS calls busy (zfs-fuse does for a moment
+/// after a receive mounted the dataset), and how long it waits between tries.
+const DESTROY_TRIES: u32 = 10;
+const DESTROY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Destroys the scratch dataset a drill created (if it exists); true when it is gone.
 pub async fn clean_up(zfs: &Zfs, into: &str) -> bool {
-    match zfs.dataset_exists(into).await {
-        Ok(false) => true,
-        Ok(true) => match zfs.destroy_restored(into).await {
-            Ok(()) => {
-                info!(dataset = %into, "drill scratch dataset destroyed");
-                true
-            }
+    for attempt in 1..=DESTROY_TRIES {
+        match zfs.dataset_exists(into).await {
+            Ok(false) => return true,
+            Ok(true) => match zfs.destroy_restored(into).await {
+                Ok(()) => {
+                    info!(dataset = %into, "drill scratch dataset destroyed");
+                    return true;
+                }
+                Err(e) if attempt < DESTROY_TRIES && e.to_string().contains("busy") => {
+                    info!(dataset = %into, attempt, "scratch dataset busy; trying again");
+                    tokio::time::sleep(DESTROY_PAUSE).await;
+                }
+                Err(e) => {
+                    warn!(dataset = %into, error = %e, "could not destroy the drill's scratch dataset");
+                    return false;
+                }
+            },
             Err(e) => {
-                warn!(dataset = %into, error = %e, "could not destroy the drill's scratch dataset");
-                false
+                warn!(dataset = %into, error = %e, "could not look for the drill's scratch dataset");
+                return false;
             }
-        },
-        Err(e) => {
-            warn!(dataset = %into, error = %e, "could not look for the drill's scratch dataset");
-            false
         }
     }
+    false
 }
 
 #[cfg(test)]
