@@ -320,7 +320,11 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     })
     .await;
     let left = children(&root);
-    assert_eq!(left, [keep.clone()], "scratch datasets left behind");
+    assert_eq!(
+        left,
+        std::slice::from_ref(&keep),
+        "scratch datasets left behind"
+    );
 
     fleet.shutdown().await;
 }
