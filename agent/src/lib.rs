@@ -8,6 +8,7 @@ pub mod bufpool;
 pub mod checksum;
 pub mod claim;
 pub mod discovery;
+pub mod drill;
 pub mod filestore;
 pub mod hostinfo;
 pub mod identity;

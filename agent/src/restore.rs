@@ -111,6 +111,8 @@ pub enum RestoreError {
         dataset: String,
         snapshot: String,
     },
+    #[error("drill into {dataset} refused before anything was received: {why}")]
+    NotScratch { dataset: String, why: String },
     #[error("{0}")]
     Chain(#[from] policy::ChainError),
     #[error("the stored backups are inconsistent: {0}")]
@@ -138,6 +140,7 @@ impl RestoreError {
             RestoreError::Unreachable(_) | RestoreError::Transfer(_) => "StoreUnreachable",
             RestoreError::SnapshotMissing { .. } => "SnapshotMissing",
             RestoreError::Refused { .. } => "StreamRefused",
+            RestoreError::NotScratch { .. } => "NotScratch",
             RestoreError::Zfs(_) | RestoreError::Copy(_) => "ReceiveFailed",
             RestoreError::Store(_) | RestoreError::Kube(_) => "Failed",
         }
@@ -907,7 +910,17 @@ impl RestoreRunner {
             })
         };
         let mut pieces = st.pieces.clone();
-        let result = match self.store_endpoint(&st).await {
+        let drill = r.spec.drill;
+        let into = r.spec.destination.dataset.as_str().to_owned();
+        // A drill's destination is checked before anything else: only a new dataset under a
+        // scratch root is ever received into, and only then cleaned up.
+        let guard = if drill {
+            crate::drill::check_destination(&self.zfs, &into).await
+        } else {
+            Ok(())
+        };
+        let guard_passed = guard.is_ok();
+        let result = match guard.and(self.store_endpoint(&st).await) {
             Err(e) => Err(e),
             Ok(endpoint) => {
                 let src = Source {
@@ -935,13 +948,33 @@ impl RestoreRunner {
                     force: r.spec.force,
                     verify: r.spec.verify,
                 };
-                apply_chain(&self.zfs, &src, &req, &progress, |i, _sha| {
+                let applied = apply_chain(&self.zfs, &src, &req, &progress, |i, _sha| {
                     if let Some(p) = pieces.get_mut(i) {
                         p.verified = Some(r.spec.verify);
                     }
                 })
-                .await
+                .await;
+                match applied {
+                    Ok(done) if drill => {
+                        let restored: Vec<(String, String)> = req
+                            .pieces
+                            .iter()
+                            .map(|p| (p.id.clone(), p.snapshot.clone()))
+                            .collect();
+                        crate::drill::check_restored(&self.zfs, &into, &restored)
+                            .await
+                            .map(|()| done)
+                    }
+                    other => other,
+                }
             }
+        };
+        // The end of a drill's measured recovery time: verified, before the clean-up.
+        let verified_at = (drill && result.is_ok()).then(|| Time(jiff::Timestamp::now()));
+        let scratch_destroyed = if drill && guard_passed {
+            Some(crate::drill::clean_up(&self.zfs, &into).await)
+        } else {
+            None
         };
         let _ = stop_tx.send(true);
         let _ = reporter.await;
@@ -949,7 +982,7 @@ impl RestoreRunner {
             Ok(done) => info!(chain = ?done.chain, bytes = done.bytes, "restore succeeded"),
             Err(e) => warn!(error = %e, reason = e.reason(), "restore failed"),
         }
-        let patch = outcome_patch(
+        let mut patch = outcome_patch(
             &st,
             &result,
             &pieces,
@@ -959,6 +992,10 @@ impl RestoreRunner {
                 r.spec.destination.dataset.as_str()
             ),
         );
+        if drill && let Some(status) = patch.get_mut("status") {
+            status["verifiedAt"] = serde_json::json!(verified_at);
+            status["scratchDestroyed"] = serde_json::json!(scratch_destroyed);
+        }
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         Ok(())

@@ -454,6 +454,7 @@ async fn restore_with_status(
             },
             force: false,
             verify: true,
+            drill: false,
         },
     );
     api.create(&PostParams::default(), &r)

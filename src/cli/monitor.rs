@@ -129,6 +129,7 @@ fn is_critical(reason: ViolationReason) -> bool {
         reason,
         ViolationReason::NoFullWithin
             | ViolationReason::Corrupt
+            | ViolationReason::DrillFailed
             | ViolationReason::ChainBroken
             | ViolationReason::BackupMissing
             | ViolationReason::HostNotReporting
@@ -146,6 +147,9 @@ fn reason_name(reason: ViolationReason) -> &'static str {
         ViolationReason::BackupMissing => "BackupMissing",
         ViolationReason::Corrupt => "Corrupt",
         ViolationReason::RpoMissed => "RpoMissed",
+        ViolationReason::DrillFailed => "DrillFailed",
+        ViolationReason::NoDrillWithin => "NoDrillWithin",
+        ViolationReason::RtoMissed => "RtoMissed",
     }
 }
 

@@ -92,6 +92,8 @@ pub struct Plan {
     pub verify: Vec<VerifyRequest>,
     /// Quarantined backups of the covered datasets.
     pub quarantined: usize,
+    /// The covered datasets, (host, dataset).
+    pub covered: Vec<(String, String)>,
 }
 
 fn host_state(host: &ZfsHost, now: Timestamp, stale_after: Duration) -> HostState {
@@ -500,6 +502,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
         {
             dataset_count += 1;
             covered += 1;
+            out.covered.push((host_name.clone(), ds.name.clone()));
             let others = catalogue.other_owners(&host_name, &ds.name, &owner);
             if !others.is_empty() {
                 out.overlaps
@@ -737,6 +740,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 .and_then(|s| s.verify_now_handled.clone()),
         },
         verification,
+        recovery: Vec::new(),
         conditions: Vec::new(),
     };
     if inputs.catalogue.is_none() {
@@ -1419,6 +1423,19 @@ impl Reconciled for BackupPolicy {
         if let Err(e) = &store_read {
             plan.store_problem = Some(e.clone());
         }
+        // Restore drills and per-dataset recovery status (`spec.drill`, `status.recovery`).
+        let drill_restores = match &obj.spec.drill {
+            Some(_) => super::drill::list(&ctx, &ns, &name).await?,
+            None => Vec::new(),
+        };
+        let drills = super::drill::plan(&super::drill::Inputs {
+            policy: &obj,
+            catalogue,
+            covered: &plan.covered,
+            restores: &drill_restores,
+            now,
+        });
+        super::drill::merge_into(&mut plan, &drills);
         let prune = jobs_to_prune(&obj, &jobs);
 
         let mut status = plan.status.clone();
@@ -1548,6 +1565,7 @@ impl Reconciled for BackupPolicy {
             r?;
         }
         written?;
+        super::drill::apply(&ctx, &ns, &drills).await?;
         // Wake up for the next heartbeat at the latest.
         let heartbeat_at = if status_changed {
             now.checked_add(ctx.status_heartbeat).ok()

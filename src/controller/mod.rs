@@ -6,6 +6,7 @@
 //! trigger reconciles), and write status through server-side apply only when it changed.
 
 pub mod backup_policy;
+pub mod drill;
 pub mod fallback_route;
 pub mod grants;
 pub mod host_watch;

@@ -917,6 +917,7 @@ mod tests {
             },
             force: false,
             verify: true,
+            drill: false,
         }
     }
 

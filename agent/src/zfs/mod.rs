@@ -243,7 +243,26 @@ impl Zfs {
         Ok(())
     }
 
-    /// `zfs destroy -r dataset`: only for a dataset a failed restore itself created.
+    /// The value of a property set on `dataset` itself (not inherited, not a default), if any.
+    pub async fn local_property(
+        &self,
+        dataset: &str,
+        property: &str,
+    ) -> Result<Option<String>, ZfsError> {
+        zetaback_core::names::validate_dataset(dataset)?;
+        let args: Vec<String> = ["get", "-H", "-o", "value", "-s", "local", property, dataset]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let text = self.output(&args, true).await?;
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && *l != "-")
+            .map(str::to_owned))
+    }
+
+    /// `zfs destroy -r dataset`: only for a dataset a failed restore (or a drill) itself created.
     pub async fn destroy_restored(&self, dataset: &str) -> Result<(), ZfsError> {
         zetaback_core::names::validate_dataset(dataset)?;
         let args = vec!["destroy".to_owned(), "-r".to_owned(), dataset.to_owned()];

@@ -46,6 +46,8 @@ use crate::duration::{cel_is_duration, cel_seconds};
     cel_seconds("self.full.every")
 )).message("incremental.every must be shorter than full.every (an incremental is due between fulls)").field_path(".incremental.every"))]
 #[x_kube(validation = Rule::new("!has(self.verify) || !has(self.target.dataset)").message("verify re-reads streams stored as files (target.path); a replica target (target.dataset) is checked by zfs scrub on its pool").field_path(".verify"))]
+#[x_kube(validation = Rule::new("!has(self.drill) || has(self.target.path)").message("drill restores backups stored as files (target.path); a replica or object-store target cannot be drilled yet").field_path(".drill"))]
+#[x_kube(validation = Rule::new("!has(self.objectives) || !has(self.objectives.rto) || has(self.drill)").message("objectives.rto is measured by restore drills: set drill too").field_path(".objectives.rto"))]
 #[x_kube(validation = Rule::new("!has(self.archive) || !has(self.target.dataset)").message("archive applies to backups stored as files (target.path); a replica target (target.dataset) keeps its snapshots until retention deletes them").field_path(".archive"))]
 #[x_kube(validation = Rule::new(format!(
     "!has(self.archive) || !has(self.target.objectStore) || !has(self.target.objectStore.immutableFor) || !{} || !{} || {} >= {}",
@@ -92,9 +94,72 @@ pub struct BackupPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
     /// Recovery objectives: a dataset whose newest restorable backup is older than `rpo` is
-    /// an `RpoMissed` violator.
+    /// an `RpoMissed` violator; one whose last restore drill took longer than `rto` is an
+    /// `RtoMissed` violator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objectives: Option<Objectives>,
+    /// Scheduled restore drills: each covered dataset's backups are restored on a schedule
+    /// into a scratch dataset, verified, timed (the measured RTO) and destroyed again (see
+    /// [`DrillSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillSpec>,
+}
+
+/// Scheduled restore drills. Every `every`, each covered dataset with a restorable backup is
+/// restored (through an ordinary `Restore`, marked as a drill) into a new scratch dataset
+/// `<root>/<restore name>` on `destination.host`; the restore checks every piece's sha256
+/// against its manifest before it is applied and the restored snapshots afterwards, records
+/// the time from the drill's start to its verification (the measured RTO), and destroys the
+/// scratch dataset. The destination host's agent runs a drill only when `root` exists there
+/// and carries the ZFS user property `zetaback.io:scratch=on` (set by the host's
+/// administrator), and never into an existing dataset. A failed drill makes the dataset a
+/// `DrillFailed` violator; a dataset without a successful drill for `every` plus the policy's
+/// grace a `NoDrillWithin` violator.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillSpec {
+    /// How often each dataset is drilled, e.g. 30d.
+    pub every: DurationString,
+    /// Where drills restore to.
+    pub destination: DrillDestination,
+    /// How many datasets are drilled at once (those drilled longest ago first).
+    #[serde(default = "default_drills_per_run")]
+    #[schemars(range(min = 1, max = 16))]
+    #[schemars(with = "i32")]
+    pub datasets_per_run: u32,
+    /// Finished drill Restores kept per dataset (the history shown in the status).
+    #[serde(default = "default_drill_keep")]
+    #[schemars(range(min = 1, max = 20))]
+    #[schemars(with = "i32")]
+    pub keep: u32,
+    /// Every `olderEvery`-th drill of a dataset restores its oldest restorable backup (an
+    /// older chain) instead of the newest; 0: always the newest.
+    #[serde(default = "default_drill_older_every")]
+    #[schemars(range(min = 0, max = 100))]
+    #[schemars(with = "i32")]
+    pub older_every: u32,
+}
+
+fn default_drills_per_run() -> u32 {
+    1
+}
+fn default_drill_keep() -> u32 {
+    3
+}
+fn default_drill_older_every() -> u32 {
+    4
+}
+
+/// The host and scratch root a drill restores into.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("self.root.contains('/')").message("drill.destination.root must be a dataset below a pool (e.g. tank/drills), not a whole pool: each drill creates and destroys a scratch dataset under it").field_path(".root"))]
+#[serde(rename_all = "camelCase")]
+pub struct DrillDestination {
+    /// The ZfsHost whose agent receives the drills.
+    pub host: ObjectName,
+    /// The scratch dataset drills are restored under (each into a new child, destroyed after
+    /// the drill). It must exist on the host with the user property `zetaback.io:scratch=on`.
+    pub root: DatasetName,
 }
 
 /// Recovery objectives of a policy.
@@ -105,6 +170,10 @@ pub struct Objectives {
     /// this old, e.g. 26h (no grace is added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpo: Option<DurationString>,
+    /// Recovery time objective: the last restore drill of each dataset (`spec.drill`) took at
+    /// most this long from its start to its verified end, e.g. 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto: Option<DurationString>,
 }
 
 /// Scheduled verification of stored backups: each stored stream is re-read and hashed by the
@@ -497,9 +566,75 @@ pub struct BackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 200))]
     pub verification: Vec<DatasetVerification>,
+    /// Per dataset: its recovery point now (the age of the newest restorable backup) and, with
+    /// `spec.drill`, its last restore drill and measured recovery time. Datasets whose last
+    /// drill failed first; at most 200 entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200))]
+    pub recovery: Vec<DatasetRecovery>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
+}
+
+/// At most this many datasets are listed in `status.recovery`.
+pub const MAX_LISTED_RECOVERY: usize = 200;
+
+/// The recovery point and time of one dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetRecovery {
+    pub host: String,
+    pub dataset: String,
+    /// When the newest restorable backup was taken: the recovery point now (its age is
+    /// compared with `objectives.rpo`; not written as an age, which would change the status
+    /// every second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_restorable: Option<Time>,
+    /// The measured recovery time of the last successful drill, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_seconds: Option<i64>,
+    /// When the last successful drill finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good_drill: Option<Time>,
+    /// The newest drill (running or finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<DrillRecord>,
+    /// When the next drill of the dataset is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_drill: Option<Time>,
+}
+
+/// One restore drill, as its Restore recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillRecord {
+    /// The drill's Restore (in the policy's namespace).
+    pub restore: String,
+    /// The backup restored (empty: the newest).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backup: String,
+    pub result: DrillResult,
+    pub started_at: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// From the drill's start to its verified end, in seconds (a successful drill only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_seconds: Option<i64>,
+    /// Stream bytes restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// How a drill went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DrillResult {
+    Running,
+    Succeeded,
+    Failed,
 }
 
 /// At most this many datasets are listed in `status.verification`.
@@ -594,6 +729,12 @@ pub enum ViolationReason {
     Corrupt,
     /// The newest restorable backup is older than `objectives.rpo`.
     RpoMissed,
+    /// The dataset's last restore drill failed (`spec.drill`).
+    DrillFailed,
+    /// No restore drill of the dataset succeeded within `drill.every` (+ grace).
+    NoDrillWithin,
+    /// The last successful restore drill took longer than `objectives.rto`.
+    RtoMissed,
 }
 
 /// The annotation `kubectl zetaback backup` sets to ask for a backup now.
@@ -692,6 +833,14 @@ impl BackupPolicySpec {
         }
         if let Some(rpo) = self.objectives.as_ref().and_then(|o| o.rpo.as_ref()) {
             rpo.duration().map_err(|e| format!("objectives.rpo: {e}"))?;
+        }
+        if let Some(rto) = self.objectives.as_ref().and_then(|o| o.rto.as_ref()) {
+            rto.duration().map_err(|e| format!("objectives.rto: {e}"))?;
+        }
+        if let Some(d) = &self.drill {
+            d.every
+                .duration()
+                .map_err(|e| format!("drill.every: {e}"))?;
         }
         Ok(())
     }

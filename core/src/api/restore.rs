@@ -52,6 +52,9 @@ pub const BULK_PARENT_LABEL: &str = "zetaback.io/bulk-restore";
     selectable = ".spec.destination.host"
 )]
 #[kube(validation = Rule::new("!has(self.spec.source.datasets) || size(self.metadata.name) <= 63").message("a bulk Restore's name must be at most 63 characters: its child Restores carry it in the label zetaback.io/bulk-restore"))]
+#[x_kube(validation = Rule::new("!has(self.drill) || !self.drill || !self.force").message("a drill never replaces an existing dataset: drill and force cannot both be true"))]
+#[x_kube(validation = Rule::new("!has(self.drill) || !self.drill || has(self.source.dataset)").message("a drill restores one dataset (source.dataset), not a bulk restore (source.datasets)"))]
+#[x_kube(validation = Rule::new("!has(self.drill) || !self.drill || self.verify").message("a drill verifies what it restores: drill needs verify: true"))]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a Restore's spec cannot be changed; create a new Restore"))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSpec {
@@ -67,7 +70,20 @@ pub struct RestoreSpec {
     /// Check every piece's checksum before it reaches `zfs receive` (default true).
     #[serde(default = "default_true")]
     pub verify: bool,
+    /// A restore drill (made by a policy's `spec.drill`): the destination must be a new
+    /// dataset directly under a dataset that carries the ZFS user property
+    /// `zetaback.io:scratch=on` on the destination host (the agent refuses anything else
+    /// before receiving a byte); once restored and verified, the agent checks that every
+    /// restored snapshot exists, records when it was verified (`status.verifiedAt`) and
+    /// destroys the destination again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drill: bool,
 }
+
+/// The ZFS user property that marks a dataset as a scratch root for restore drills.
+pub const SCRATCH_PROPERTY: &str = "zetaback.io:scratch";
+/// The label on a drill's Restore naming the BackupPolicy that made it.
+pub const DRILL_POLICY_LABEL: &str = "zetaback.io/drill-policy";
 
 fn default_true() -> bool {
     true
@@ -182,6 +198,13 @@ pub struct RestoreStatus {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// A drill: when every piece was applied and checked and the restored snapshots were
+    /// found (the end of the measured recovery time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<Time>,
+    /// A drill: whether the scratch dataset was destroyed afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_destroyed: Option<bool>,
     /// A bulk restore: one row per dataset, each run by a child Restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datasets: Vec<BulkDataset>,

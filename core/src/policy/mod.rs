@@ -24,6 +24,7 @@
 
 mod archive;
 mod catalogue;
+mod drill;
 mod history;
 mod objectives;
 mod pieces;
@@ -43,6 +44,10 @@ use crate::duration::{DurationError, Retention, format_duration};
 pub use crate::api::backup_job::BackupType as BackupKind;
 pub use crate::api::backup_policy::{IncrementalBase, ViolationReason};
 pub use catalogue::{BackupRecord, CatalogueError, ChainError, DatasetBackups, RestoreTarget};
+pub use drill::{
+    DrillOutcome, DrillPlan, DrillRules, DrillStart, DrillState, DrillSubject, PastDrill,
+    plan_drills,
+};
 pub use history::{FAILURE_RUN_KEPT, HistoryLimits, JobRecord, Outcome, prune_history};
 pub use objectives::{rpo_now, rpo_violation};
 pub use pieces::{PiecesError, restore_pieces};
