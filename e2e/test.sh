@@ -184,7 +184,7 @@ echo "== cargo test (unit, property, real-parts end to end, real OpenZFS)"
 # instead of after them; the run's wall time drops by about theirs. Two test threads each: the
 # machine has two cores and the end-to-end tests share one apiserver. --no-fail-fast: every
 # failing test file shows in one run, not only the first.
-beside=(verify monitoring controller_kill bucket_faults bucket_flow)
+beside=(verify monitoring controller_kill bucket_faults bucket_flow drills)
 main_targets=() beside_targets=()
 while read -r t package test; do
   # (The cluster tier's files are `test = false`: cluster_tier below runs them on the cluster.)
