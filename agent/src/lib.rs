@@ -14,6 +14,7 @@ pub mod job;
 pub mod limits;
 pub mod listener;
 pub mod objstore_job;
+pub mod peer_auth;
 pub mod ratelimit;
 pub mod restore;
 pub mod runner;
