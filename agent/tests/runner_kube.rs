@@ -60,6 +60,7 @@ impl Drop for Proc {
 fn agent(kubeconfig: &str, tokens: &Tokens, host: &str, node: &str, extra: &[&str]) -> Proc {
     let port = free_port();
     let child = Command::new(agent_bin())
+        .env("ZETABACK_INSECURE_PLAINTEXT", "true")
         .args([
             "--host-name",
             host,
