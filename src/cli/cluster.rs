@@ -110,15 +110,11 @@ impl Cluster {
             .ok_or_else(|| {
                 format!("backup host {target} does not exist (no ZfsHost of that name)")
             })?;
-        let endpoint = host
-            .status
-            .as_ref()
-            .and_then(|s| s.agent_endpoint.clone())
-            .ok_or_else(|| {
-                format!(
-                    "backup host {target} has no agent endpoint in its status (is its agent running?)"
-                )
-            })?;
+        let endpoint = crate::controller::store_tls::endpoint_of(host).ok_or_else(|| {
+            format!(
+                "backup host {target} has no agent endpoint in its status (is its agent running?)"
+            )
+        })?;
         let mut merged = store::Catalogue::default();
         for source in report::selected_hosts(policy, hosts) {
             if let Some(Err(e)) = self
