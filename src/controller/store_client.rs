@@ -209,7 +209,8 @@ impl StoreClient {
         let resp = tokio::time::timeout(std::time::Duration::from_secs(30), http.request(req))
             .await
             .map_err(|_| fail("timed out after 30s".into()))?
-            .map_err(|e| fail(e.to_string()))?;
+            // The whole chain: a refused certificate says why (issue 13).
+            .map_err(|e| fail(crate::error_chain::format(&e)))?;
         let status = resp.status();
         if status == hyper::StatusCode::NOT_MODIFIED && etag.is_some() {
             return Ok(Fetched::NotModified);
