@@ -29,10 +29,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(client: Client, token: Option<String>) -> Self {
+    /// `store_ca`: read catalogues over TLS, each store verified as its ZfsHost's node.
+    pub fn new(
+        client: Client,
+        token: Option<String>,
+        store_ca: Option<std::sync::Arc<crate::peer_tls::ReaderTls>>,
+    ) -> Self {
+        let store = StoreClient::new(token);
         Self {
             client,
-            store: StoreClient::new(token),
+            store: match store_ca {
+                Some(ca) => store.with_reader_tls(ca),
+                None => store,
+            },
             catalogues: HashMap::new(),
         }
     }

@@ -116,9 +116,16 @@ impl StoreClient {
     /// each endpoint must be `node@address` ([`super::store_tls::peer_address`]). No bearer
     /// token is sent then (the certificate says who calls).
     pub fn with_tls(mut self, tls: Arc<zetaback_core::peer_tls::PeerTls>) -> Self {
-        self.http = super::store_tls::Clients::new(Some(tls));
+        self.http = super::store_tls::Clients::new(Some(super::store_tls::ClientTls::Mutual(tls)));
         self.token = None;
         self.token_file = None;
+        self
+    }
+
+    /// TLS to the stores for a catalogue reader (the CLI): each store must prove it is the
+    /// node its ZfsHost names; the reader's bearer token is still sent.
+    pub fn with_reader_tls(mut self, tls: Arc<zetaback_core::peer_tls::ReaderTls>) -> Self {
+        self.http = super::store_tls::Clients::new(Some(super::store_tls::ClientTls::Reader(tls)));
         self
     }
 

@@ -16,7 +16,16 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
-use zetaback_core::peer_tls::{PeerIdentity, PeerTls};
+use zetaback_core::peer_tls::{PeerIdentity, PeerTls, ReaderTls};
+
+/// How this client authenticates over TLS.
+#[derive(Debug, Clone)]
+pub enum ClientTls {
+    /// With its certificate (the controller): no bearer token is sent.
+    Mutual(Arc<PeerTls>),
+    /// With a reader's bearer token (the CLI), the store verified all the same.
+    Reader(Arc<ReaderTls>),
+}
 
 /// A client for one store: plaintext, or mutual TLS to one peer.
 #[derive(Clone)]
@@ -71,7 +80,7 @@ pub enum RouteError {
 /// One HTTPS client per peer (TLS), or one plaintext client.
 #[derive(Clone)]
 pub struct Clients {
-    tls: Option<Arc<PeerTls>>,
+    tls: Option<ClientTls>,
     by_peer: Arc<Mutex<HashMap<String, HttpClient>>>,
     plaintext: HttpClient,
 }
@@ -79,7 +88,7 @@ pub struct Clients {
 impl std::fmt::Debug for Clients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Clients")
-            .field("tls", &self.tls.as_ref().map(|t| t.identity().dns_name()))
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -104,7 +113,7 @@ fn build_tls(config: rustls::ClientConfig) -> HttpClient {
 
 impl Clients {
     /// Mutual TLS with `tls`, or plaintext (`None`: the explicit `--insecure-plaintext`).
-    pub fn new(tls: Option<Arc<PeerTls>>) -> Self {
+    pub fn new(tls: Option<ClientTls>) -> Self {
         Self {
             tls,
             by_peer: Arc::default(),
@@ -131,9 +140,11 @@ impl Clients {
             return Ok((c.clone(), clean));
         }
         let peer = PeerIdentity::node(node).map_err(|e| RouteError::Peer(e.to_string()))?;
-        let config = tls
-            .client_config(&peer)
-            .map_err(|e| RouteError::Peer(e.to_string()))?;
+        let config = match tls {
+            ClientTls::Mutual(t) => t.client_config(&peer),
+            ClientTls::Reader(t) => t.client_config(&peer),
+        }
+        .map_err(|e| RouteError::Peer(e.to_string()))?;
         let client = build_tls((*config).clone());
         cache.insert(node.to_owned(), client.clone());
         Ok((client, clean))

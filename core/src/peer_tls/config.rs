@@ -62,6 +62,46 @@ pub fn identity_of_certificate(cert: &CertificateDer<'_>) -> Result<PeerIdentity
     Ok(PeerIdentity::of_names(parsed.valid_dns_names())?)
 }
 
+fn roots_of(ca: &[u8]) -> Result<Arc<RootCertStore>, PeerTlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certificates(ca, "CA bundle")? {
+        roots
+            .add(c)
+            .map_err(|e| PeerTlsError::Certificate(format!("CA bundle: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A client without a certificate of its own (a catalogue reader, the CLI, which authenticates
+/// with a reader's bearer token): it verifies that the store is the peer it meant.
+#[derive(Debug)]
+pub struct ReaderTls {
+    roots: Arc<RootCertStore>,
+}
+
+impl ReaderTls {
+    /// From the zetaback CA bundle (PEM file).
+    pub fn from_file(ca: &Path) -> Result<Self, PeerTlsError> {
+        Ok(Self {
+            roots: roots_of(&read(ca)?)?,
+        })
+    }
+
+    /// The client side, to reach `peer` (as [`PeerTls::client_config`], without a client
+    /// certificate).
+    pub fn client_config(&self, peer: &PeerIdentity) -> Result<Arc<ClientConfig>, PeerTlsError> {
+        let verifier = Pinned::new(self.roots.clone(), peer)?;
+        Ok(Arc::new(
+            ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(config_error)?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth(),
+        ))
+    }
+}
+
 /// This peer's TLS material: its certificate chain and key, and the CA it trusts.
 pub struct PeerTls {
     roots: Arc<RootCertStore>,
@@ -109,15 +149,10 @@ impl PeerTls {
             what: "private key".into(),
             message: e.to_string(),
         })?;
-        let mut roots = RootCertStore::empty();
-        for c in certificates(ca, "CA bundle")? {
-            roots
-                .add(c)
-                .map_err(|e| PeerTlsError::Certificate(format!("CA bundle: {e}")))?;
-        }
+        let roots = roots_of(ca)?;
         let identity = identity_of_certificate(&chain[0])?;
         Ok(Self {
-            roots: Arc::new(roots),
+            roots,
             chain,
             key,
             identity,

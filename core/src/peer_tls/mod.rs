@@ -13,5 +13,5 @@
 pub mod config;
 pub mod names;
 
-pub use config::{PeerTls, PeerTlsError, identity_of_certificate};
+pub use config::{PeerTls, PeerTlsError, ReaderTls, identity_of_certificate};
 pub use names::{CONTROLLER_NAME, NODE_DOMAIN, NameError, PeerIdentity};
