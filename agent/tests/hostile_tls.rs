@@ -324,7 +324,8 @@ async fn a_client_without_a_valid_certificate_gets_nowhere() {
     );
     assert!(scan(dir_b.path()).expect("scan").backups.is_empty());
 
-    // No certificate, no token, and a forged internal peer header naming node-a: 401.
+    // No certificate, no token, and a forged internal peer header naming the controller (who
+    // may read the whole catalogue): 401, the header is not believed.
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -354,7 +355,7 @@ async fn a_client_without_a_valid_certificate_gets_nowhere() {
         .expect("handshake without a client certificate");
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream
-        .write_all(format!("GET /v1/catalogue HTTP/1.1\r\nhost: x\r\n{}: node-a.node.zetaback.io\r\nconnection: close\r\n\r\n", zetaback_agent::peer_auth::H_PEER).as_bytes())
+        .write_all(format!("GET /v1/catalogue HTTP/1.1\r\nhost: x\r\n{}: controller.zetaback.io\r\nconnection: close\r\n\r\n", zetaback_agent::peer_auth::H_PEER).as_bytes())
         .await
         .expect("write");
     let mut answer = String::new();

@@ -143,17 +143,19 @@ fn tls_store(pki: &Path) -> Store {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("agent");
+    // Killed on drop from here on, also when it never listens.
+    let store = Store {
+        child,
+        addr,
+        _dir: dir,
+    };
     for _ in 0..200 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            return Store {
-                child,
-                addr,
-                _dir: dir,
-            };
+        if std::net::TcpStream::connect(&store.addr).is_ok() {
+            return store;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("the TLS store did not listen on {addr}");
+    panic!("the TLS store did not listen on {}", store.addr);
 }
 
 fn controller_tls(pki: &Path) -> Arc<PeerTls> {
