@@ -183,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn plaintext_clients_need_no_peer_and_tls_clients_do() {
+    fn plaintext_clients_drop_the_peer_from_the_url() {
         let plain = Clients::new(None);
         let (_, url) = plain.for_url("http://n1@127.0.0.1:1/x").expect("plaintext");
         assert_eq!(url, "http://127.0.0.1:1/x");
