@@ -142,6 +142,8 @@ done
 identities=(--controller-service-account "$ns/zetaback-controller" --agent-service-account "$ns/zetaback-agent"
   --reader-service-account "$ns/zetaback-reader")
 mkdir -p "$demo/store"
+# The demo's agents run on one machine without TLS, explicitly (the chart runs them with TLS).
+export ZETABACK_INSECURE_PLAINTEXT=true
 KUBECONFIG=$(kubeconfig_for zetaback-agent agent-db-1) bg agent-db-1 "$bins/zetaback-agent" --host-name db-1 --node-name db-1 \
   --listen 127.0.0.1:17791 --token-file "$(store_token_for agent-db-1 zetaback-agent)" "${identities[@]}" \
   --status-interval 5 --last-seen-every 10

@@ -10,5 +10,6 @@ pub mod cli;
 pub mod controller;
 
 pub use zetaback_core::{
-    api, duration, error_chain, grant, names, policy, selection, store, telemetry, tenancy, wire,
+    api, duration, error_chain, grant, names, peer_tls, policy, selection, store, telemetry,
+    tenancy, wire,
 };

@@ -57,9 +57,10 @@ pub struct JobSettings {
     pub prune_snapshots: bool,
     /// Give up on a transfer that made no progress for this long.
     pub idle_timeout: std::time::Duration,
-    /// TLS to the target agents (the CA their certificates must verify against); `None`:
-    /// plaintext HTTP.
-    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Mutual TLS to the target agents (this agent's certificate and the zetaback CA; each
+    /// target must prove it is the node its ZfsHost names); `None`: plaintext HTTP (the
+    /// explicit `--insecure-plaintext` mode).
+    pub tls: Option<std::sync::Arc<zetaback_core::peer_tls::PeerTls>>,
     /// This host's own keys for object-store targets (`--object-store-credentials`), read at
     /// each job so that rotated keys take effect without a restart.
     pub object_store_credentials: Option<std::path::PathBuf>,
@@ -405,14 +406,14 @@ async fn send_and_upload(
         policy: policy.map(str::to_owned),
     };
     let started = Instant::now();
-    let uploaded = match &settings.tls {
-        Some(config) => {
-            let client = transfer::tls_client(config.clone());
-            let endpoint = endpoint.clone().https();
-            send_with(&client, &endpoint, zfs, &req, up).await?
-        }
-        None => send_with(&transfer::client(), endpoint, zfs, &req, up).await?,
-    };
+    if settings.tls.is_some() && endpoint.tls.is_none() {
+        // Never plaintext, nor TLS to whoever answers, when TLS is on.
+        return Err(JobError::Invalid(format!(
+            "TLS is on but the target {} names no peer to verify",
+            endpoint.base
+        )));
+    }
+    let uploaded = send_with(&transfer::client_for(endpoint), endpoint, zfs, &req, up).await?;
     let secs = started.elapsed().as_secs_f64().max(0.001);
     Ok(JobOutcome {
         backup_id: uploaded.response.backup_id,

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod listener;
 pub mod objstore_job;
 pub mod objstore_restore;
+pub mod peer_auth;
 pub mod ratelimit;
 pub mod restore;
 pub mod runner;

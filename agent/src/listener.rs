@@ -8,6 +8,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
@@ -58,10 +59,13 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             match acceptor {
-                None => http1(tcp, router, timeout, peer).await,
+                None => http1(tcp, router, timeout, peer, None).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => http1(tls, router, timeout, peer).await,
+                        Ok(Ok(tls)) => match client_certificate(&tls) {
+                            Ok(verified) => http1(tls, router, timeout, peer, verified).await,
+                            Err(e) => warn!(%peer, error = %e, "client certificate names no peer"),
+                        },
                         Ok(Err(e)) => warn!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => warn!(%peer, "TLS handshake timed out"),
                     }
@@ -80,13 +84,36 @@ async fn refuse(mut tcp: tokio::net::TcpStream) {
     .await;
 }
 
+/// The peer a connection's client certificate names (verified against the CA during the
+/// handshake); none without one. A certificate from the CA that names no peer is an error.
+fn client_certificate(
+    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) -> Result<Option<HeaderValue>, zetaback_core::peer_tls::PeerTlsError> {
+    let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+        return Ok(None);
+    };
+    let peer = zetaback_core::peer_tls::identity_of_certificate(cert)?;
+    Ok(crate::peer_auth::header_value(&peer))
+}
+
 /// One HTTP/1.1 connection (keep-alive; the head of each request within `header_timeout`,
-/// which also bounds the idle time between requests).
-async fn http1<I>(io: I, router: axum::Router, header_timeout: Duration, peer: std::net::SocketAddr)
-where
+/// which also bounds the idle time between requests). Every request carries the peer its
+/// client certificate named, and only that ([`crate::peer_auth::stamp`]).
+async fn http1<I>(
+    io: I,
+    router: axum::Router,
+    header_timeout: Duration,
+    peer: std::net::SocketAddr,
+    verified: Option<HeaderValue>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(router);
+    let inner = TowerToHyperService::new(router);
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            crate::peer_auth::stamp(req.headers_mut(), verified.as_ref());
+            hyper::service::Service::call(&inner, req)
+        });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)

@@ -20,6 +20,7 @@ use zetaback_agent::limits::{ListenerLimits, StoreLimits};
 use zetaback_agent::runner::{Runner, RunnerConfig};
 use zetaback_agent::store_server::{ReplicaConfig, ServerState};
 use zetaback_agent::zfs::Zfs;
+use zetaback_core::peer_tls::{PeerIdentity, PeerTls};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,9 +80,11 @@ struct BackupArgs {
     /// With --base-snapshot: send every snapshot in between too (`zfs send -I`).
     #[arg(long, requires = "base_snapshot")]
     intermediates: bool,
-    /// Verify the target agent's certificate against this CA (PEM) and send over TLS.
-    #[arg(long, env = "ZETABACK_TLS_CA")]
-    tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Over TLS: the node whose agent the target must be (its certificate must name it).
+    #[arg(long, requires = "tls_cert")]
+    target_node: Option<String>,
     #[command(flatten)]
     zfs_limits: ZfsLimits,
 }
@@ -131,6 +134,11 @@ struct RestoreArgs {
     /// Replace `into` if it exists (`zfs receive -F`).
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Over TLS: the node whose agent `--from` must be (its certificate must name it).
+    #[arg(long, requires = "tls_cert")]
+    from_node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -235,18 +243,51 @@ struct Args {
     no_kube: bool,
     #[command(flatten)]
     zfs_limits: ZfsLimits,
-    /// Serve the stream API over TLS only, with this certificate chain (PEM)...
-    #[arg(long, env = "ZETABACK_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// ...and this private key (PEM).
-    #[arg(long, env = "ZETABACK_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Send streams to other agents over TLS only, verifying their certificates against this
-    /// CA (PEM). Without it, streams go as plaintext HTTP.
-    #[arg(long, env = "ZETABACK_TLS_CA")]
-    tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// Mutual TLS between zetaback's parts (issue 13): required unless `--insecure-plaintext`.
+#[derive(Debug, Clone, clap::Args)]
+struct TlsArgs {
+    /// This agent's certificate chain (PEM) from the zetaback CA, naming
+    /// `<node>.node.zetaback.io`: served to callers and presented to other agents' stores...
+    #[arg(long, env = "ZETABACK_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// ...its private key (PEM)...
+    #[arg(long, env = "ZETABACK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// ...and the zetaback CA bundle (PEM) that callers' and stores' certificates must chain to.
+    #[arg(long, env = "ZETABACK_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// No TLS at all: streams, tokens and catalogues in plaintext, to and from anyone who
+    /// answers at an endpoint. For tests and benchmarks on one machine only.
+    #[arg(long, env = "ZETABACK_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
+    insecure_plaintext: bool,
+}
+
+impl TlsArgs {
+    /// The TLS material, or `None` in the explicit plaintext mode.
+    fn load(&self) -> anyhow::Result<Option<Arc<PeerTls>>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                let tls = PeerTls::from_files(cert, key, ca)?;
+                info!(identity = %tls.identity().dns_name(), "mutual TLS");
+                Ok(Some(Arc::new(tls)))
+            }
+            _ if self.insecure_plaintext => {
+                warn!(
+                    "INSECURE PLAINTEXT (--insecure-plaintext): tokens and streams travel unencrypted and peers are not verified"
+                );
+                Ok(None)
+            }
+            _ => anyhow::bail!(
+                "TLS is required: give --tls-cert, --tls-key and --tls-ca (the zetaback CA), or --insecure-plaintext for tests"
+            ),
+        }
+    }
 }
 
 /// What one client may take of this agent's stream API (see the README's "Agent limits").
@@ -362,19 +403,19 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         },
         intermediates: a.intermediates,
     };
-    let tls = a
-        .tls_ca
-        .as_deref()
-        .map(zetaback_agent::tls::client_config)
-        .transpose()?;
+    let tls = a.tls.load()?;
     let settings = JobSettings {
-        tls,
+        tls: tls.clone(),
         bandwidth_limit: a.bandwidth_limit,
         prune_snapshots: !a.keep_snapshots,
         idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
         object_store_credentials: None,
     };
-    let endpoint = zetaback_agent::transfer::Endpoint::new(&a.target, token);
+    let endpoint = over_tls(
+        zetaback_agent::transfer::Endpoint::new(&a.target, token),
+        tls.as_deref(),
+        a.target_node.as_deref(),
+    )?;
     let out =
         zetaback_agent::job::run(&zfs, &a.host_name, &spec, None, &endpoint, &settings).await?;
     println!(
@@ -393,7 +434,12 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
 async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     let token = read_token(&a.token_file)?;
     let zfs = Zfs::detect().await?;
-    let endpoint = zetaback_agent::transfer::Endpoint::new(&a.from, token);
+    let tls = a.tls.load()?;
+    let endpoint = over_tls(
+        zetaback_agent::transfer::Endpoint::new(&a.from, token),
+        tls.as_deref(),
+        a.from_node.as_deref(),
+    )?;
     let r = zetaback_agent::restore::restore(
         &zfs, &endpoint, &a.host, &a.dataset, &a.backup, &a.into, a.force,
     )
@@ -403,6 +449,23 @@ async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         serde_json::json!({"chain": r.chain, "bytes": r.bytes, "into": a.into})
     );
     Ok(())
+}
+
+/// `endpoint` over mutual TLS to the agent of `node` (required with TLS).
+fn over_tls(
+    endpoint: zetaback_agent::transfer::Endpoint,
+    tls: Option<&PeerTls>,
+    node: Option<&str>,
+) -> anyhow::Result<zetaback_agent::transfer::Endpoint> {
+    let Some(tls) = tls else {
+        return Ok(endpoint);
+    };
+    let Some(node) = node else {
+        anyhow::bail!(
+            "over TLS, name the node whose agent the target must be (--target-node / --from-node)"
+        );
+    };
+    Ok(endpoint.over_tls(tls, PeerIdentity::node(node)?)?)
 }
 
 async fn serve_agent(args: Args) -> anyhow::Result<()> {
@@ -491,7 +554,15 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         roots: args.replica_roots.clone(),
         allow_force: args.allow_receive_force,
     });
+    let client_tls = args.tls.load()?;
+    let tls = match &client_tls {
+        Some(t) => Some(t.server_config()?),
+        None => None,
+    };
     let mut state = ServerState::new(auth, store, replica);
+    if tls.is_some() {
+        state = state.with_certificates_required();
+    }
     if let Some(g) = grants {
         state = state.with_grant_key(g);
     }
@@ -503,18 +574,6 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr()?;
     info!(%local, "stream API listening");
-    let client_tls = args
-        .tls_ca
-        .as_deref()
-        .map(zetaback_agent::tls::client_config)
-        .transpose()?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            info!("stream API over TLS");
-            Some(zetaback_agent::tls::server_config(cert, key)?)
-        }
-        _ => None,
-    };
     let server = tokio::spawn(zetaback_agent::listener::serve(
         listener,
         zetaback_agent::store_server::router(state),
@@ -557,6 +616,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             progress_every: Duration::from_secs(1),
             zstd_window_log_max: args.limits.zstd_window_log_max,
+            tls: client_tls.clone(),
         },
     ));
     let disc = tokio::spawn(discovery::run(

@@ -36,8 +36,6 @@ use futures::StreamExt;
 use http::header::CONTENT_LENGTH;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -225,7 +223,7 @@ pub struct Source {
 /// Reads the catalogue of one source host from a target agent.
 pub async fn catalogue(endpoint: &Endpoint, host: &str) -> Result<Catalogue, RestoreError> {
     zetaback_core::store::validate_host(host)?;
-    let client = transfer::client();
+    let client = transfer::client_for(endpoint);
     let url = format!("{}{}", endpoint.base, routes::catalogue(Some(host)));
     let resp = transfer::get(&client, endpoint, &url).await?;
     Ok(transfer::json_answer(resp, transfer::MAX_CATALOGUE_ANSWER).await?)
@@ -320,7 +318,7 @@ async fn feed(
 /// then confirms the snapshot exists. Returns the stored bytes and their sha256.
 pub async fn apply_piece(
     zfs: &Zfs,
-    client: &Client<HttpConnector, BoxBody>,
+    client: &transfer::TlsClient,
     src: &Source,
     piece: &PieceRequest,
     receive: &ReceiveRequest,
@@ -580,7 +578,7 @@ pub async fn apply_chain(
         info!(%parent, "creating the missing parent datasets");
         zfs.create_parents(parent).await?;
     }
-    let client = transfer::client();
+    let client = transfer::client_for(&src.endpoint);
     let mut bytes = 0;
     let mut applied = Vec::new();
     for (i, piece) in req.pieces.iter().enumerate().take(skip) {
@@ -698,6 +696,8 @@ pub struct RestoreRunnerConfig {
     pub progress_every: Duration,
     /// The largest zstd window a compressed piece may ask for (2^N bytes).
     pub zstd_window_log_max: u32,
+    /// Mutual TLS to the backup host's agent ([`crate::job::JobSettings::tls`]).
+    pub tls: Option<Arc<zetaback_core::peer_tls::PeerTls>>,
 }
 
 /// The field selector of the Restores whose destination is `host`.
@@ -854,14 +854,14 @@ impl RestoreRunner {
     }
 
     async fn store_endpoint(&self, st: &RestoreStatus) -> Result<Endpoint, RestoreError> {
-        // The store host's current endpoint, else the one the controller saw.
+        // The store host's current endpoint, else the one the controller saw; over TLS, its
+        // node (from its spec, which agents cannot write) is the peer that must answer.
         let mut ep = None;
+        let mut node = None;
         if let Some(h) = &st.store_host {
-            ep = Api::<ZfsHost>::all(self.client.clone())
-                .get_opt(h)
-                .await?
-                .and_then(|h| h.status)
-                .and_then(|s| s.agent_endpoint);
+            let host = Api::<ZfsHost>::all(self.client.clone()).get_opt(h).await?;
+            node = host.as_ref().map(|h| h.spec.node_name.clone());
+            ep = host.and_then(|h| h.status).and_then(|s| s.agent_endpoint);
         }
         let ep = ep.or_else(|| st.store_endpoint.clone()).ok_or_else(|| {
             RestoreError::Unreachable("the status names no backup host endpoint".into())
@@ -871,7 +871,20 @@ impl RestoreRunner {
             .token
             .read()
             .map_err(|e| RestoreError::Unreachable(format!("this agent's token: {e}")))?;
-        Ok(Endpoint::new(&ep, token))
+        let endpoint = Endpoint::new(&ep, token);
+        let Some(tls) = &self.cfg.tls else {
+            return Ok(endpoint);
+        };
+        let node = node.ok_or_else(|| {
+            RestoreError::Unreachable(
+                "TLS is on and the status names no backup host whose node could be verified".into(),
+            )
+        })?;
+        let peer = zetaback_core::peer_tls::PeerIdentity::node(&node)
+            .map_err(|e| RestoreError::Unreachable(e.to_string()))?;
+        endpoint
+            .over_tls(tls, peer)
+            .map_err(|e| RestoreError::Unreachable(e.to_string()))
     }
 
     /// Runs a claimed restore and records the outcome.

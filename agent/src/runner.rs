@@ -190,7 +190,19 @@ impl Runner {
             .token
             .read()
             .map_err(|e| JobError::Invalid(format!("this agent's token: {e}")))?;
-        Ok(Endpoint::new(&ep, token))
+        let endpoint = Endpoint::new(&ep, token);
+        match &self.cfg.settings.tls {
+            None => Ok(endpoint),
+            // The target must prove it is the node its ZfsHost's spec names (agents cannot
+            // write specs; a forged `status.agentEndpoint` only changes where we connect).
+            Some(tls) => {
+                let peer = zetaback_core::peer_tls::PeerIdentity::node(&host.spec.node_name)
+                    .map_err(|e| JobError::Invalid(format!("target ZfsHost {target_host}: {e}")))?;
+                endpoint
+                    .over_tls(tls, peer)
+                    .map_err(|e| JobError::Invalid(e.to_string()))
+            }
+        }
     }
 
     /// Runs a claimed job and records the outcome.

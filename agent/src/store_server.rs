@@ -114,6 +114,9 @@ pub struct ServerState {
     replica_cache: Arc<ScanCache<Catalogue>>,
     /// Re-reads stored streams on request (`POST /v1/verify`); with a file store only.
     verifier: Option<Verifier>,
+    /// Agents and the controller must come with their client certificate (a TLS store):
+    /// their bearer tokens are refused ([`crate::peer_auth`]).
+    pub certificates_required: bool,
 }
 
 impl ServerState {
@@ -134,6 +137,7 @@ impl ServerState {
             downloads: Arc::new(Semaphore::new(StoreLimits::default().max_downloads)),
             replica_cache: Arc::default(),
             verifier: None,
+            certificates_required: false,
         }
         .with_limits(StoreLimits::default())
     }
@@ -170,6 +174,12 @@ impl ServerState {
     /// Sets the controller's key for restore grants.
     pub fn with_grant_key(mut self, key: crate::identity::grants::GrantKey) -> Self {
         self.grant_key = Some(Arc::new(key));
+        self
+    }
+
+    /// Agents and the controller authenticate with client certificates only (TLS).
+    pub fn with_certificates_required(mut self) -> Self {
+        self.certificates_required = true;
         self
     }
 
@@ -279,8 +289,33 @@ pub async fn serve_with(
     crate::listener::serve(listener, router(state), limits, None).await
 }
 
-/// Authenticates the caller: 401 without a valid token, 503 when it cannot be checked now.
+/// Authenticates the caller: by its client certificate ([`crate::peer_auth`]), else by its
+/// bearer token (on a TLS store, readers only); 401 without either, 503 when it cannot be
+/// checked now.
 async fn authenticate(state: &ServerState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let unavailable = |e: AuthError| match e {
+        AuthError::Unauthenticated(m) => ApiError(StatusCode::UNAUTHORIZED, m),
+        AuthError::Unavailable(m) => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the caller cannot be checked now: {m}"),
+        ),
+    };
+    if let Some(caller) = crate::peer_auth::caller_of_certificate(state.auth.as_ref(), headers)
+        .await
+        .map_err(unavailable)?
+    {
+        return Ok(caller);
+    }
+    let caller = authenticate_token(state, headers).await?;
+    crate::peer_auth::token_allowed(&caller, state.certificates_required).map_err(|m| {
+        warn!(%caller, "bearer token refused on a TLS store");
+        ApiError(StatusCode::UNAUTHORIZED, m)
+    })?;
+    Ok(caller)
+}
+
+/// The caller its bearer token names.
+async fn authenticate_token(state: &ServerState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let Some(token) = bearer(headers) else {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,

@@ -1,9 +1,9 @@
-//! TLS between agents, when certificates are configured (`--tls-cert`/`--tls-key` on the agent
-//! that receives streams, `--tls-ca` on the one that sends them). Without them the stream API
-//! is plaintext HTTP, as before; with a certificate the agent serves TLS only, and with a CA the
-//! sender only speaks `https://` and verifies the receiver's certificate (its name or IP
-//! address, as in `status.agentEndpoint`) against that CA. rustls with the *ring* provider,
-//! PEM files (a Kubernetes TLS Secret: `tls.crt`, `tls.key`, `ca.crt`).
+//! TLS building blocks from before mutual TLS: a server configuration from a certificate and
+//! key without client authentication, and a client that verifies the server against a CA for
+//! the URL's own host name (a catalogue reader's view; tests use it as the client that
+//! replays a token). Agents and the controller use [`zetaback_core::peer_tls`] instead: mutual
+//! TLS, the server pinned to the node the caller meant. PEM files (a Kubernetes TLS Secret:
+//! `tls.crt`, `tls.key`, `ca.crt`), rustls with the *ring* provider.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -42,6 +42,8 @@ use zetaback_core::store::StreamId;
 use crate::bufpool::BufPool;
 use crate::checksum::Transit;
 use crate::ratelimit::RateLimiter;
+use zetaback_core::peer_tls::{PeerIdentity, PeerTls};
+
 use crate::wire::{
     ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_POLICY, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256,
     H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse, routes,
@@ -58,15 +60,28 @@ pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, io::Error>;
 /// A target agent.
 #[derive(Clone)]
 pub struct Endpoint {
-    /// `http://host:port`.
+    /// `http://host:port`, or `https://host:port` with [`Endpoint::tls`].
     pub base: String,
+    /// The bearer token sent (empty: none; a TLS endpoint authenticates this agent by its
+    /// client certificate instead).
     pub token: String,
+    /// Mutual TLS to the peer the caller meant ([`Endpoint::over_tls`]).
+    pub tls: Option<PeerTlsTarget>,
+}
+
+/// Mutual TLS to a named peer: the client configuration accepts only that peer's
+/// certificate from the zetaback CA ([`zetaback_core::peer_tls`]).
+#[derive(Clone)]
+pub struct PeerTlsTarget {
+    pub peer: PeerIdentity,
+    pub config: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("base", &self.base)
+            .field("peer", &self.tls.as_ref().map(|t| t.peer.dns_name()))
             .finish()
     }
 }
@@ -83,7 +98,20 @@ impl Endpoint {
         Self {
             base,
             token: token.into(),
+            tls: None,
         }
+    }
+
+    /// The same endpoint over mutual TLS, to `peer` only (its certificate must name it,
+    /// wherever the address leads), with this agent's certificate instead of a bearer token.
+    pub fn over_tls(mut self, tls: &PeerTls, peer: PeerIdentity) -> Result<Self, TransferError> {
+        let config = tls
+            .client_config(&peer)
+            .map_err(|e| TransferError::Invalid(format!("TLS to {peer}: {e}")))?;
+        self = self.https();
+        self.token.clear();
+        self.tls = Some(PeerTlsTarget { peer, config });
+        Ok(self)
     }
 
     /// The same endpoint over TLS (`https://`).
@@ -190,16 +218,63 @@ pub fn tls_client(config: Arc<rustls::ClientConfig>) -> TlsClient {
     )
 }
 
+/// A client for `endpoint`: over mutual TLS to its named peer when it has one (`https://`
+/// only), else plaintext (`http://` only).
+pub fn client_for(endpoint: &Endpoint) -> TlsClient {
+    let mut tcp = tcp();
+    tcp.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let connector = match &endpoint.tls {
+        Some(t) => builder
+            .with_tls_config((*t.config).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(tcp),
+        // No roots: an https:// URL without a named peer fails its handshake.
+        None => builder
+            .with_tls_config(plaintext_only_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp),
+    };
+    client_over(connector)
+}
+
+/// A client configuration that trusts nothing (the plaintext client's TLS side).
+fn plaintext_only_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
+        .unwrap_or_else(|_| unreachable_config())
+}
+
+/// The ring provider supports the default protocol versions; this is never reached.
+#[cold]
+fn unreachable_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// Adds the endpoint's bearer token, if it has one.
+fn with_token(builder: http::request::Builder, endpoint: &Endpoint) -> http::request::Builder {
+    if endpoint.token.is_empty() {
+        builder
+    } else {
+        builder.header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
+    }
+}
+
 /// A `GET url` request carrying the endpoint's token and `headers`.
 pub(crate) fn get_request(
     endpoint: &Endpoint,
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<Request<BoxBody>, TransferError> {
-    let mut builder = Request::builder()
-        .method(Method::GET)
-        .uri(url)
-        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token));
+    let mut builder = with_token(Request::builder().method(Method::GET).uri(url), endpoint);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
@@ -400,10 +475,7 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
     done: SourceDone,
 ) -> Result<Uploaded, TransferError> {
     let url = endpoint.url(&up.host, &up.dataset, &up.id)?;
-    let mut req = Request::builder()
-        .method(Method::PUT)
-        .uri(&url)
-        .header(AUTHORIZATION, format!("Bearer {}", endpoint.token))
+    let mut req = with_token(Request::builder().method(Method::PUT).uri(&url), endpoint)
         .header(CONTENT_TYPE, "application/octet-stream")
         .header(TRAILER, H_XXH3)
         .header(H_SNAPSHOT, &up.snapshot)

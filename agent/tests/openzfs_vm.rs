@@ -64,7 +64,7 @@ fn vm() -> &'static Vm {
             mkdir -p /var/lib/zb-store
             # One target agent per test run, of this build (up copied it in).
             if [ -f /run/zb-target.pid ]; then kill $(cat /run/zb-target.pid) 2>/dev/null || true; sleep 1; fi
-            RUST_LOG=info setsid nohup /usr/local/bin/zetaback-agent --no-kube --host-name backup-vm \
+            RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true setsid nohup /usr/local/bin/zetaback-agent --no-kube --host-name backup-vm \
               --listen 0.0.0.0:7790 --store-root /var/lib/zb-store --replica-root zbrep/r \
               --identities-file /root/zb-identities.json --idle-timeout 10 \
               > /var/log/zb-target.log 2>&1 < /dev/null &
@@ -198,7 +198,7 @@ impl HostStore {
 /// `zetaback-agent backup` in the VM (host name `src-1`); returns its output.
 fn backup_in_vm(vm: &Vm, target: &str, dataset: &str, snapshot: &str, extra: &str) -> Output {
     vm.run(&format!(
-        "RUST_LOG=info zetaback-agent backup --host-name src-1 --token-file /root/zb-token \
+        "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true zetaback-agent backup --host-name src-1 --token-file /root/zb-token \
          --target {target} --dataset {dataset} --snapshot {snapshot} {extra}"
     ))
 }
@@ -261,7 +261,7 @@ fn backup_to_a_zfs_fuse_store_and_restore_back() {
         "nothing stored on the host's zfs-fuse store"
     );
     let restore = vm.run(&format!(
-        "RUST_LOG=info zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
+        "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
          --dataset {ds} --backup {id} --into {into}/copy",
         store.addr_for_guest()
     ));
@@ -353,7 +353,7 @@ async fn restore_of_a_stream_carrying_mountpoint_etc_lands_unmounted() {
     .await
     .expect("the file store takes the stream");
     let restore = vm.run(&format!(
-        "RUST_LOG=info zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
+        "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
          --dataset {src} --backup 1700000000.full --into {into}/copy",
         store.addr_for_guest()
     ));
@@ -417,7 +417,7 @@ async fn replica_of_a_stream_carrying_mountpoint_etc_lands_unmounted_and_readonl
 fn interrupted_replica_backup(vm: &Vm, ds: &str, snapshot: &str) -> String {
     vm.sh(&format!(
         "set -e
-        RUST_LOG=info setsid nohup zetaback-agent backup --host-name src-1 \
+        RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true setsid nohup zetaback-agent backup --host-name src-1 \
           --token-file /root/zb-token --target 127.0.0.1:7790 --dataset {ds} --snapshot {snapshot} \
           --target-dataset zbrep/r --bandwidth-limit 400000 --idle-timeout 30 \
           > /var/log/zb-slow-source.log 2>&1 < /dev/null &

@@ -60,6 +60,7 @@ impl Drop for Proc {
 fn agent(kubeconfig: &str, tokens: &Tokens, host: &str, node: &str, extra: &[&str]) -> Proc {
     let port = free_port();
     let child = Command::new(agent_bin())
+        .env("ZETABACK_INSECURE_PLAINTEXT", "true")
         .args([
             "--host-name",
             host,
@@ -504,6 +505,7 @@ async fn restore_runner_reads_only_its_hosts_restores() {
             idle_timeout: Duration::from_secs(5),
             progress_every: Duration::from_secs(1),
             zstd_window_log_max: zetaback_agent::limits::DEFAULT_ZSTD_WINDOW_LOG_MAX,
+            tls: None,
         },
     );
     assert_eq!(

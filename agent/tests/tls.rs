@@ -1,6 +1,8 @@
-//! TLS between agents over real sockets, with a CA and certificates made by the openssl CLI:
-//! a stream sent over TLS is stored and verified; a sender with the wrong CA is refused with a
-//! clear certificate error, and so is a plaintext sender; neither leaves anything behind.
+//! Mutual TLS between agents over real sockets, with a CA and certificates made by the openssl
+//! CLI (each naming its node, `<node>.node.zetaback.io`): a stream sent over TLS is stored and
+//! verified, and read back; a sender trusting another CA is refused with a clear certificate
+//! error, and so is a plaintext sender; neither leaves anything behind. The attacks (forged
+//! endpoints, another node's certificate, replayed tokens): tests/hostile_tls.rs.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,6 +15,8 @@ use zetaback_agent::store_server::{ServerState, router};
 use zetaback_agent::transfer::{self, Endpoint, SourceDone, TransferError, Upload};
 use zetaback_core::api::backup_policy::Compression;
 use zetaback_core::store::{StreamId, scan};
+
+use zetaback_core::peer_tls::{PeerIdentity, PeerTls};
 
 const TOKEN: &str = "source-token";
 
@@ -57,8 +61,14 @@ fn make_ca(dir: &Path, name: &str) {
     );
 }
 
-/// `server.pem` / `server.key`: for 127.0.0.1, signed by the `good` CA.
+/// `server.pem` / `server.key` (the store, node backup-1) and `client.pem` / `client.key` (the
+/// source's agent, node node-1), signed by the `good` CA.
 fn make_server_cert(dir: &Path) {
+    make_cert(dir, "server", "backup-1");
+    make_cert(dir, "client", "node-1");
+}
+
+fn make_cert(dir: &Path, file: &str, node: &str) {
     openssl(
         dir,
         &[
@@ -69,16 +79,16 @@ fn make_server_cert(dir: &Path) {
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-keyout",
-            "server.key",
+            &format!("{file}.key"),
             "-out",
-            "server.csr",
+            &format!("{file}.csr"),
             "-subj",
-            "/CN=backup-1",
+            &format!("/CN={node}"),
         ],
     );
     std::fs::write(
         dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:backup-1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName=DNS:{node}.node.zetaback.io\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"),
     )
     .expect("ext");
     openssl(
@@ -87,14 +97,14 @@ fn make_server_cert(dir: &Path) {
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &format!("{file}.csr"),
             "-CA",
             "good-ca.pem",
             "-CAkey",
             "good-ca.key",
             "-CAcreateserial",
             "-out",
-            "server.pem",
+            &format!("{file}.pem"),
             "-days",
             "2",
             "-extfile",
@@ -144,16 +154,24 @@ async fn streams_over_tls_verified_against_the_ca() {
     make_server_cert(pki.path());
     let store_dir = tempfile::tempdir().expect("store");
 
-    let server = zetaback_agent::tls::server_config(
-        &pki.path().join("server.pem"),
-        &pki.path().join("server.key"),
-    )
-    .expect("server config");
+    let peer = |file: &str, ca: &str| {
+        PeerTls::from_files(
+            &pki.path().join(format!("{file}.pem")),
+            &pki.path().join(format!("{file}.key")),
+            &pki.path().join(format!("{ca}-ca.pem")),
+        )
+        .expect("peer TLS")
+    };
+    let server = peer("server", "good")
+        .server_config()
+        .expect("server config");
     let state = ServerState::new(
         std::sync::Arc::new(StaticIdentities::new().with(TOKEN, Caller::agent("node-1", ["db-1"]))),
         Some(FileStore::new(store_dir.path())),
         None,
-    );
+    )
+    .with_certificates_required();
+    let backup_1 = PeerIdentity::node("backup-1").expect("node");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -161,9 +179,10 @@ async fn streams_over_tls_verified_against_the_ca() {
     tokio::spawn(zetaback_agent::tls::serve(listener, router(state), server));
 
     // The right CA: stored, and the target's answer is checked as over plaintext.
-    let good = zetaback_agent::tls::client_config(&pki.path().join("good-ca.pem")).expect("ca");
-    let client = transfer::tls_client(good);
-    let endpoint = Endpoint::new(&addr, TOKEN).https();
+    let endpoint = Endpoint::new(&addr, TOKEN)
+        .over_tls(&peer("client", "good"), backup_1.clone())
+        .expect("endpoint");
+    let client = transfer::client_for(&endpoint);
     let body = data(3 * 1024 * 1024 + 17);
     let up = transfer::upload(
         &client,
@@ -199,10 +218,12 @@ async fn streams_over_tls_verified_against_the_ca() {
     assert!(back == body);
 
     // The wrong CA: refused before any byte of the stream, with a certificate error.
-    let wrong = zetaback_agent::tls::client_config(&pki.path().join("wrong-ca.pem")).expect("ca");
+    let wrong = Endpoint::new(&addr, TOKEN)
+        .over_tls(&peer("client", "wrong"), backup_1.clone())
+        .expect("endpoint");
     let err = transfer::upload(
-        &transfer::tls_client(wrong),
-        &endpoint,
+        &transfer::client_for(&wrong),
+        &wrong,
         &upload_spec("1700000100.full"),
         std::io::Cursor::new(Bytes::from_static(b"never stored").to_vec()),
         ok_done(),
@@ -229,10 +250,11 @@ async fn streams_over_tls_verified_against_the_ca() {
     assert!(matches!(err, TransferError::Connection(_)), "{err:?}");
 
     // A TLS client never falls back to plaintext.
-    let good = zetaback_agent::tls::client_config(&pki.path().join("good-ca.pem")).expect("ca");
+    let mut http = endpoint.clone();
+    http.base = http.base.replace("https://", "http://");
     let err = transfer::upload(
-        &transfer::tls_client(good),
-        &Endpoint::new(&addr, TOKEN),
+        &transfer::client_for(&http),
+        &http,
         &upload_spec("1700000300.full"),
         std::io::Cursor::new(b"never stored".to_vec()),
         ok_done(),

@@ -16,6 +16,8 @@
 #      INC_MIB, ROUNDS, COMPRESSION (none|zstd), BENCH_PORT, PERF=1 (also `perf record` one
 #      agent restore and print where its CPU goes).
 set -euo pipefail
+# The agents here run without TLS, explicitly (bench/transfer compares TLS with plaintext).
+export ZETABACK_INSECURE_PLAINTEXT=true
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 size_mib=${1:-1024}

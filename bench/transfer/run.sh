@@ -4,6 +4,10 @@
 #   (a) raw:   `zfs send > file` (+fsync) and `zfs send | zfs receive`
 #   (b) agent: `zetaback-agent backup` → target agent (another process, loopback HTTP) → file store
 #   (c) agent: the same → target agent → `zfs receive` (replica mode)
+#   (b', c') the same two over mutual TLS (issue 13): a second target agent with its own
+#       certificate, the source with its own (a CA and both made by the openssl CLI), the
+#       source verifying that the target is the node it meant; (b) and (c) run the explicit
+#       --insecure-plaintext mode, so one invocation compares the two on the same data
 #   (d) hop: `zfs send` → socat over loopback TCP → socat → a file (+fsync) or `zfs receive`:
 #       the bare network hop, no checksum, for comparison (what any transfer between two
 #       hosts pays on this machine);
@@ -60,6 +64,7 @@ zfs_fuse_pids() { pgrep -x zfs-fuse || true; }
 
 cleanup() {
   [ -n "${target_pid:-}" ] && kill "$target_pid" 2>/dev/null || true
+  [ -n "${tls_pid:-}" ] && kill "$tls_pid" 2>/dev/null || true
   [ "$nice_n" != 0 ] && for p in $(zfs_fuse_pids); do renice -n 0 -p "$p" >/dev/null || true; done
   "$zfs_sh" destroy "$src" >/dev/null 2>&1 || true
   "$zfs_sh" destroy "$dst" >/dev/null 2>&1 || true
@@ -117,26 +122,48 @@ load0=$(cut -d' ' -f1-3 /proc/loadavg)
 log "starting the target agent"
 # Without Kubernetes the store knows its callers from a table: the token is each round's
 # source host's (bench-src1..N).
-printf '[{"token": "%s", "hosts": [%s]}]' "$(cat "$dir/token")" \
+# source host's (bench-src1..N), all on node bench-source (whose certificate the TLS target
+# knows it by).
+printf '[{"token": "%s", "node": "bench-source", "hosts": [%s]}]' "$(cat "$dir/token")" \
   "$(seq 1 "$rounds" | sed 's/.*/"bench-src&"/' | paste -sd,)" >"$dir/identities.json"
 RUST_LOG=warn nice -n "$nice_n" "$agent" --no-kube --host-name bench-target --listen "127.0.0.1:$port" \
   --store-root "$dir/store" --replica-root "$dst/replicas" --identities-file "$dir/identities.json" \
-  "${target_args[@]}" &
+  --insecure-plaintext "${target_args[@]}" &
 target_pid=$!
 for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
-# agent_case CASE ROUND TARGET_ARGS...
+log "making a CA and the agents' certificates (openssl), starting the TLS target agent"
+tls_port=$(( port + 2 ))
+pki="$dir/pki"; mkdir -p "$pki"
+ossl() { openssl "$@" >/dev/null 2>&1; }
+ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$pki/ca.key" -out "$pki/ca.pem" \
+  -days 2 -subj "/CN=bench CA" -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+for n in bench-target bench-source; do
+  ossl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$pki/$n.key" -out "$pki/$n.csr" -subj "/CN=$n"
+  printf 'subjectAltName=DNS:%s.node.zetaback.io\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n' "$n" >"$pki/$n.cnf"
+  ossl x509 -req -in "$pki/$n.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial -out "$pki/$n.pem" -days 2 -extfile "$pki/$n.cnf"
+done
+RUST_LOG=warn nice -n "$nice_n" "$agent" --no-kube --host-name bench-target --listen "127.0.0.1:$tls_port" \
+  --store-root "$dir/store" --replica-root "$dst/replicas" --identities-file "$dir/identities.json" \
+  --tls-cert "$pki/bench-target.pem" --tls-key "$pki/bench-target.key" --tls-ca "$pki/ca.pem" "${target_args[@]}" &
+tls_pid=$!
+for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null && break; sleep 0.1; done
+plain_args=(--target "127.0.0.1:$port" --insecure-plaintext)
+tls_args=(--target "127.0.0.1:$tls_port" --tls-cert "$pki/bench-source.pem" --tls-key "$pki/bench-source.key"
+  --tls-ca "$pki/ca.pem" --target-node bench-target)
+
+# agent_case CASE ROUND TARGET_PID ARGS... (ARGS: the target and its transport, then the mode)
 agent_case() {
-  local case=$1 r=$2; shift 2
+  local case=$1 r=$2 tpid=$3; shift 3
   local t0 t1 c0 c1 d0 d1 out bytes src_cpu rss
   settle
-  c0=$(cpu_of "$target_pid"); d0=$(daemon_cpu)
+  c0=$(cpu_of "$tpid"); d0=$(daemon_cpu)
   t0=$(now)
   out=$( { RUST_LOG=warn /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' nice -n "$nice_n" "$agent" backup \
-      --host-name "bench-src$r" --token-file "$dir/token" --target "127.0.0.1:$port" --dataset "$src/data" \
+      --host-name "bench-src$r" --token-file "$dir/token" --dataset "$src/data" \
       --snapshot bench --keep-snapshots --compression "$compression" "$@" ; } 2>&1 )
   t1=$(now)
-  c1=$(cpu_of "$target_pid"); d1=$(daemon_cpu)
+  c1=$(cpu_of "$tpid"); d1=$(daemon_cpu)
   bytes=$(grep -o '"bytes":[0-9]*' <<<"$out" | cut -d: -f2)
   [ -n "$bytes" ] || { echo "$out" >&2; exit 1; }
   src_cpu=$(grep -o 'CPU_S=[0-9.+]*' <<<"$out" | cut -d= -f2 | awk -F+ '{print $1 + $2}')
@@ -209,14 +236,25 @@ forget_copy() {
   log "could not destroy $1 (busy): the replica pool keeps it"
 }
 
+# One transport's two cases: agent_pair SUFFIX TARGET_PID ARGS...
+agent_pair() {
+  local r=$1 sfx=$2 tpid=$3; shift 3
+  log "round $r/$rounds: agent → file store${sfx:+ (TLS)}"
+  agent_case "agent_file$sfx" "$r" "$tpid" "$@" --target-path "$dir/store"
+  rm -rf "${dir:?}/store/bench-src$r"
+  log "round $r/$rounds: agent → replica${sfx:+ (TLS)}"
+  agent_case "agent_recv$sfx" "$r" "$tpid" "$@" --target-dataset "$dst/replicas"
+  forget_copy "$dst/replicas/bench-src$r"
+}
+
+# Plaintext and TLS in turn, the first of the two alternating by round.
 agent_cases() {
   local r=$1
-  log "round $r/$rounds: agent → file store"
-  agent_case agent_file "$r" --target-path "$dir/store"
-  rm -rf "${dir:?}/store/bench-src$r"
-  log "round $r/$rounds: agent → replica"
-  agent_case agent_recv "$r" --target-dataset "$dst/replicas"
-  forget_copy "$dst/replicas/bench-src$r"
+  if (( r % 2 )); then
+    agent_pair "$r" "" "$target_pid" "${plain_args[@]}"; agent_pair "$r" _tls "$tls_pid" "${tls_args[@]}"
+  else
+    agent_pair "$r" _tls "$tls_pid" "${tls_args[@]}"; agent_pair "$r" "" "$target_pid" "${plain_args[@]}"
+  fi
 }
 
 # Odd rounds run the raw cases first, even rounds the agent cases first: whichever runs
@@ -227,6 +265,7 @@ for r in $(seq 1 "$rounds"); do
   else agent_cases "$r"; pipeline_cases "$r"; raw_cases "$r"; fi
 done
 target_rss=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$target_pid/status")
+tls_rss=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$tls_pid/status")
 
 printf '%s\n' "${meas[@]}" >"$dir/measurements.txt"
 echo
@@ -246,15 +285,17 @@ awk '
     rounds = $2 > rounds ? $2 : rounds
   }
   END {
-    split("raw_file raw_recv hop_file hop_recv pipe_file pipe_recv agent_file agent_recv", order, " ")
+    split("raw_file raw_recv hop_file hop_recv pipe_file pipe_recv agent_file agent_recv agent_file_tls agent_recv_tls", order, " ")
     name["hop_file"] = "bare TCP hop: send → TCP → file (+fsync)"; name["hop_recv"] = "bare TCP hop: send → TCP → zfs receive"
     name["raw_file"] = "raw: zfs send > file (+fsync)"; name["raw_recv"] = "raw: zfs send \\| zfs receive"
     name["pipe_file"] = "pipeline: send → TCP → sha256 + file (+fsync)"; name["pipe_recv"] = "pipeline: send → TCP → sha256 + zfs receive"
-    name["agent_file"] = "agent → file store"; name["agent_recv"] = "agent → replica"
+    name["agent_file"] = "agent → file store (plaintext)"; name["agent_recv"] = "agent → replica (plaintext)"
+    name["agent_file_tls"] = "agent → file store (mutual TLS)"; name["agent_recv_tls"] = "agent → replica (mutual TLS)"
     raw["agent_file"] = "raw_file"; raw["agent_recv"] = "raw_recv"
+    raw["agent_file_tls"] = "raw_file"; raw["agent_recv_tls"] = "raw_recv"
     printf "| case | MB/s each round | median MB/s | ratio (medians) | CPU-s/GiB source agent | CPU-s/GiB target agent | CPU-s/GiB zfs-fuse | peak RSS source |\n"
     printf "|---|---|---:|---:|---:|---:|---:|---:|\n"
-    for (k = 1; k <= 8; k++) {
+    for (k = 1; k <= 10; k++) {
       c = order[k]; each = ""
       for (r = 1; r <= rounds; r++) each = each (r > 1 ? " / " : "") sprintf("%.0f", per[c, r])
       m = median(rate[c])
@@ -269,6 +310,10 @@ awk '
     printf "\n"
     printf "agent ÷ bare TCP hop (medians): file %.2f, replica %.2f\n", median(rate["agent_file"]) / median(rate["hop_file"]), median(rate["agent_recv"]) / median(rate["hop_recv"])
     printf "agent ÷ pipeline (medians): file %.2f, replica %.2f\n", median(rate["agent_file"]) / median(rate["pipe_file"]), median(rate["agent_recv"]) / median(rate["pipe_recv"])
+    printf "mutual TLS ÷ plaintext (medians): file %.2f, replica %.2f; per round:", median(rate["agent_file_tls"]) / median(rate["agent_file"]), median(rate["agent_recv_tls"]) / median(rate["agent_recv"])
+    for (r = 1; r <= rounds; r++) printf " file %.2f, replica %.2f;", per["agent_file_tls", r] / per["agent_file", r], per["agent_recv_tls", r] / per["agent_recv", r]
+    printf "\n"
+    printf "mutual TLS ÷ bare TCP hop (medians): file %.2f, replica %.2f\n", median(rate["agent_file_tls"]) / median(rate["hop_file"]), median(rate["agent_recv_tls"]) / median(rate["hop_recv"])
   }' "$dir/measurements.txt"
 echo
-echo "target agent peak RSS (VmHWM) over all agent runs: ${target_rss} MiB"
+echo "target agents' peak RSS (VmHWM) over all agent runs: plaintext ${target_rss} MiB, mutual TLS ${tls_rss} MiB"

@@ -24,6 +24,7 @@ pub mod duration;
 pub mod error_chain;
 pub mod grant;
 pub mod names;
+pub mod peer_tls;
 pub mod policy;
 pub mod selection;
 pub mod store;

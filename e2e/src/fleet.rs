@@ -156,8 +156,10 @@ impl Host {
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("agent log {}: {e}", self.log.display()));
+        // The fleet's agents run without TLS, explicitly (TLS: agent/tests/hostile_tls.rs).
         let child = Command::new(agent_binary())
             .args(&self.args)
+            .env("ZETABACK_INSECURE_PLAINTEXT", "true")
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,zetaback_agent=debug")
             .stdout(Stdio::null())

@@ -561,6 +561,7 @@ fn real_agent(catalogue: &Catalogue, token: &str, dir: &std::path::Path) -> Real
         bin.display()
     );
     let child = std::process::Command::new(bin)
+        .env("ZETABACK_INSECURE_PLAINTEXT", "true")
         .args([
             "--no-kube",
             "--host-name=cli-backup-host",

@@ -227,6 +227,10 @@ fn helm_installed_pods_back_up_node1_to_node2_and_restore() {
             // zfs.sh's pools mount under /run/zetaback/zfs (a restore mounts there).
             "--set",
             "agent.zfsFuseMountRoots={/run/zetaback/zfs}",
+            // No per-node certificates are provisioned on these nodes yet: the explicit
+            // plaintext mode (the chart's default, tls.mode=hostPath, needs them).
+            "--set",
+            "tls.mode=insecure-plaintext",
         ],
         None,
     );

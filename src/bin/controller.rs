@@ -34,6 +34,20 @@ struct Args {
     /// image is always allowed); a route naming another is refused.
     #[arg(long, env = "ZETABACK_ALLOWED_PROXY_IMAGES", value_delimiter = ',')]
     allowed_proxy_images: Vec<String>,
+    /// The controller's certificate (PEM) from the zetaback CA, naming
+    /// `controller.zetaback.io`, for mutual TLS with the stores...
+    #[arg(long, env = "ZETABACK_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// ...its private key (PEM)...
+    #[arg(long, env = "ZETABACK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// ...and the zetaback CA bundle (PEM) the stores' certificates must chain to.
+    #[arg(long, env = "ZETABACK_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Talk to the stores in plaintext, with bearer tokens, to whoever answers at an
+    /// endpoint. For tests on one machine only.
+    #[arg(long, env = "ZETABACK_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
+    insecure_plaintext: bool,
 }
 
 #[tokio::main]
@@ -52,6 +66,28 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--host-stale-after: {e}"))?;
     let status_heartbeat = zetaback::duration::parse_duration(&args.status_heartbeat)
         .map_err(|e| anyhow::anyhow!("--status-heartbeat: {e}"))?;
+    let store_tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let tls = zetaback::peer_tls::PeerTls::from_files(cert, key, ca)?;
+            if *tls.identity() != zetaback::peer_tls::PeerIdentity::Controller {
+                anyhow::bail!(
+                    "--tls-cert names {}, not the controller ({})",
+                    tls.identity(),
+                    zetaback::peer_tls::CONTROLLER_NAME
+                );
+            }
+            Some(std::sync::Arc::new(tls))
+        }
+        _ if args.insecure_plaintext => {
+            tracing::warn!(
+                "INSECURE PLAINTEXT (--insecure-plaintext): store tokens and catalogues travel unencrypted and stores are not verified"
+            );
+            None
+        }
+        _ => anyhow::bail!(
+            "TLS is required: give --tls-cert, --tls-key and --tls-ca (the zetaback CA), or --insecure-plaintext for tests"
+        ),
+    };
     let client = kube::Client::try_default().await?;
     zetaback::controller::run(
         client,
@@ -66,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
             host_stale_after,
             status_heartbeat,
             allowed_proxy_images: args.allowed_proxy_images,
+            store_tls,
         },
         zetaback::controller::shutdown_signal(),
     )

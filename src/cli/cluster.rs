@@ -29,10 +29,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(client: Client, token: Option<String>) -> Self {
+    /// `store_ca`: read catalogues over TLS, each store verified as its ZfsHost's node.
+    pub fn new(
+        client: Client,
+        token: Option<String>,
+        store_ca: Option<std::sync::Arc<crate::peer_tls::ReaderTls>>,
+    ) -> Self {
+        let store = StoreClient::new(token);
         Self {
             client,
-            store: StoreClient::new(token),
+            store: match store_ca {
+                Some(ca) => store.with_reader_tls(ca),
+                None => store,
+            },
             catalogues: HashMap::new(),
         }
     }
@@ -110,15 +119,11 @@ impl Cluster {
             .ok_or_else(|| {
                 format!("backup host {target} does not exist (no ZfsHost of that name)")
             })?;
-        let endpoint = host
-            .status
-            .as_ref()
-            .and_then(|s| s.agent_endpoint.clone())
-            .ok_or_else(|| {
-                format!(
-                    "backup host {target} has no agent endpoint in its status (is its agent running?)"
-                )
-            })?;
+        let endpoint = crate::controller::store_tls::endpoint_of(host).ok_or_else(|| {
+            format!(
+                "backup host {target} has no agent endpoint in its status (is its agent running?)"
+            )
+        })?;
         let mut merged = store::Catalogue::default();
         for source in report::selected_hosts(policy, hosts) {
             if let Some(Err(e)) = self

@@ -44,6 +44,21 @@ pub(super) fn emit<T: Serialize>(
     Ok(())
 }
 
+/// The stores' CA (`--store-ca`), for reading catalogues over TLS.
+pub(super) fn store_ca(
+    global: &GlobalArgs,
+) -> Result<Option<std::sync::Arc<crate::peer_tls::ReaderTls>>, CliError> {
+    global
+        .store_ca
+        .as_deref()
+        .map(|path| {
+            crate::peer_tls::ReaderTls::from_file(path)
+                .map(std::sync::Arc::new)
+                .map_err(|e| CliError::Config(format!("--store-ca: {e}")))
+        })
+        .transpose()
+}
+
 pub(super) fn token(global: &GlobalArgs) -> Result<Option<String>, CliError> {
     if let Some(path) = &global.token_file {
         let text = std::fs::read_to_string(path).map_err(|source| CliError::TokenFile {
@@ -136,7 +151,7 @@ pub(super) async fn execute(cli: Cli, how: Connect, io: &mut Io<'_>) -> Result<u
         Scope::Namespace(cli.global.namespace.clone().unwrap_or(default_ns))
     };
     let mut cx = Cx {
-        cluster: Cluster::new(client, token),
+        cluster: Cluster::new(client, token, store_ca(&cli.global)?),
         format: cli.global.output,
         all: cli.global.all_namespaces,
         scope,

@@ -776,7 +776,7 @@ pub async fn execute(
     let token = super::commands::token(global)?;
     let (client, default_ns) = super::commands::connect(global, how).await?;
     let ns = global.namespace.clone().unwrap_or(default_ns);
-    let mut cluster = Cluster::new(client.clone(), token);
+    let mut cluster = Cluster::new(client.clone(), token, super::commands::store_ca(global)?);
     let policies = cluster.policies(&Scope::Namespace(ns.clone())).await?;
     let hosts = cluster.hosts().await?;
     let mut backups = Vec::new();

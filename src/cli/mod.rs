@@ -88,6 +88,10 @@ pub struct GlobalArgs {
         value_name = "NS/NAME"
     )]
     pub reader_service_account: Option<String>,
+    /// The zetaback CA bundle (PEM): read the stores' catalogues over TLS, each store verified
+    /// as the node its ZfsHost names (stores with TLS on refuse plaintext).
+    #[arg(long, global = true, env = "ZETABACK_STORE_CA", value_name = "FILE")]
+    pub store_ca: Option<PathBuf>,
 }
 
 /// How results are printed.

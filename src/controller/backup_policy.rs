@@ -1362,9 +1362,8 @@ impl Reconciled for BackupPolicy {
             .await?;
             return Ok(Action::requeue(ctx.status_heartbeat));
         }
-        let endpoint = target_host
-            .and_then(|h| h.status.as_ref())
-            .and_then(|s| s.agent_endpoint.clone());
+        // `node@address`: over TLS the store must prove it is the node the ZfsHost's spec names.
+        let endpoint = target_host.and_then(|h| super::store_tls::endpoint_of(h));
         // The store's view from the shared catalogue cache: hosts whose newest backups a
         // succeeded job names but the cache lacks are read again (jobs were read first, so a
         // job that succeeded is never "succeeded but missing").

@@ -17,6 +17,7 @@ pub mod restore;
 pub mod spec_check;
 pub mod status;
 pub mod store_client;
+pub mod store_tls;
 
 /// The standard-condition helpers, now in `zetaback-core` (kept here for the old path).
 pub use zetaback_core::conditions;
@@ -144,6 +145,9 @@ pub struct Options {
     /// The proxy images a FallbackRoute may name in `spec.image` (besides the default proxy
     /// image, which routes naming none get); any other is refused (`ImageNotAllowed`).
     pub allowed_proxy_images: Vec<String>,
+    /// Mutual TLS to the stores (the controller's certificate, `controller.zetaback.io`, and
+    /// the zetaback CA); `None`: plaintext, the explicit `--insecure-plaintext` mode.
+    pub store_tls: Option<Arc<zetaback_core::peer_tls::PeerTls>>,
 }
 
 impl Options {
@@ -160,6 +164,7 @@ impl Options {
             host_stale_after: Duration::from_secs(90),
             status_heartbeat: crate::api::backup_policy::STATUS_HEARTBEAT,
             allowed_proxy_images: Vec::new(),
+            store_tls: None,
         }
     }
 }
@@ -312,9 +317,10 @@ async fn lead(
         grants: options.grant_signer.clone(),
         client: client.clone(),
         metrics: metrics.clone(),
-        store: match &options.store_token_file {
-            Some(path) => store_client::StoreClient::with_token_file(path.clone()),
-            None => store_client::StoreClient::new(options.store_token.clone()),
+        store: match (&options.store_tls, &options.store_token_file) {
+            (Some(tls), _) => store_client::StoreClient::new(None).with_tls(tls.clone()),
+            (None, Some(path)) => store_client::StoreClient::with_token_file(path.clone()),
+            (None, None) => store_client::StoreClient::new(options.store_token.clone()),
         },
         host_stale_after: options.host_stale_after,
         status_heartbeat: options.status_heartbeat,

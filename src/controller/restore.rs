@@ -342,7 +342,13 @@ async fn ask_stores(
             )),
             Some(ep) => ctx
                 .store
-                .catalogue(ep, obj.spec.source.host.as_str())
+                .catalogue(
+                    &super::store_tls::peer_address(
+                        host.map(|h| h.spec.node_name.as_str()).unwrap_or_default(),
+                        ep,
+                    ),
+                    obj.spec.source.host.as_str(),
+                )
                 .await
                 .map_err(|e| e.to_string()),
         };

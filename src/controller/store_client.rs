@@ -16,9 +16,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::policy;
 use crate::store::{Catalogue, StoreError, StoredBackup};
@@ -90,7 +87,8 @@ fn decode_catalogue(url: String, body: &[u8]) -> Result<Catalogue, StoreClientEr
 /// An HTTP client for backup hosts' agents.
 #[derive(Clone)]
 pub struct StoreClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    /// Plaintext, or mutual TLS to the node each endpoint names ([`super::store_tls`]).
+    http: super::store_tls::Clients,
     token: Option<String>,
     /// A file holding the token, read for every request (rotated projected tokens).
     token_file: Option<std::path::PathBuf>,
@@ -107,13 +105,28 @@ impl std::fmt::Debug for StoreClient {
 impl StoreClient {
     /// `token` is the admin token (the controller's Secret), sent as a bearer token.
     pub fn new(token: Option<String>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
         Self {
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: super::store_tls::Clients::new(None),
             token,
             token_file: None,
         }
+    }
+
+    /// Mutual TLS to the stores: this client's certificate (the controller's) and the CA;
+    /// each endpoint must be `node@address` ([`super::store_tls::peer_address`]). No bearer
+    /// token is sent then (the certificate says who calls).
+    pub fn with_tls(mut self, tls: Arc<zetaback_core::peer_tls::PeerTls>) -> Self {
+        self.http = super::store_tls::Clients::new(Some(super::store_tls::ClientTls::Mutual(tls)));
+        self.token = None;
+        self.token_file = None;
+        self
+    }
+
+    /// TLS to the stores for a catalogue reader (the CLI): each store must prove it is the
+    /// node its ZfsHost names; the reader's bearer token is still sent.
+    pub fn with_reader_tls(mut self, tls: Arc<zetaback_core::peer_tls::ReaderTls>) -> Self {
+        self.http = super::store_tls::Clients::new(Some(super::store_tls::ClientTls::Reader(tls)));
+        self
     }
 
     /// A client whose bearer token is read from `path` for every request.
@@ -158,7 +171,15 @@ impl StoreClient {
         etag: Option<&str>,
         body: Bytes,
     ) -> Result<Fetched, StoreClientError> {
-        let mut req = hyper::Request::builder().method(method).uri(&url);
+        let (http, wire_url) = self
+            .http
+            .for_url(&url)
+            .map_err(|e| StoreClientError::Request {
+                method,
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        let mut req = hyper::Request::builder().method(method).uri(&wire_url);
         if !body.is_empty() {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
         }
@@ -192,10 +213,11 @@ impl StoreClient {
             url: url.clone(),
             message,
         };
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(30), self.http.request(req))
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(30), http.request(req))
             .await
             .map_err(|_| fail("timed out after 30s".into()))?
-            .map_err(|e| fail(e.to_string()))?;
+            // The whole chain: a refused certificate says why (issue 13).
+            .map_err(|e| fail(crate::error_chain::format(&e)))?;
         let status = resp.status();
         if status == hyper::StatusCode::NOT_MODIFIED && etag.is_some() {
             return Ok(Fetched::NotModified);

@@ -87,6 +87,13 @@ pub enum AuthError {
 /// Turns a bearer token into a caller.
 pub trait Authenticator: Send + Sync + fmt::Debug {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>>;
+
+    /// The ZfsHosts the agent of `node` serves (for a caller known by its client certificate,
+    /// [`crate::peer_auth`]).
+    fn hosts_of_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeSet<String>, AuthError>>;
 }
 
 /// The bearer token of a request, if it has one.

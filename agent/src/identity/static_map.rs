@@ -143,6 +143,22 @@ impl Authenticator for StaticIdentities {
             found.ok_or_else(|| AuthError::Unauthenticated("unknown bearer token".into()))
         })
     }
+
+    fn hosts_of_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<std::collections::BTreeSet<String>, AuthError>> {
+        let hosts = self
+            .by_digest
+            .values()
+            .filter_map(|c| match c {
+                Caller::Agent { node: n, hosts } if n == node => Some(hosts.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        Box::pin(async move { Ok(hosts) })
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +175,12 @@ mod tests {
         assert_eq!(ids.authenticate("tc").await, Ok(Caller::Controller));
         assert!(ids.authenticate("t").await.is_err());
         assert!(ids.authenticate("").await.is_err());
+        let hosts = ids.hosts_of_node("db-a").await.expect("hosts");
+        assert_eq!(
+            hosts.into_iter().collect::<Vec<_>>(),
+            vec!["db-a".to_owned()]
+        );
+        assert!(ids.hosts_of_node("db-b").await.expect("hosts").is_empty());
     }
 
     #[test]

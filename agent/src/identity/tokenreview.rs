@@ -156,6 +156,8 @@ pub struct TokenReviewer {
     cfg: TokenReviewConfig,
     accepted: moka::sync::Cache<[u8; 32], Caller>,
     refused: moka::sync::Cache<[u8; 32], AuthError>,
+    /// Node → the ZfsHosts it serves, for callers known by their certificate (30 s).
+    node_hosts_cache: moka::sync::Cache<String, BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for TokenReviewer {
@@ -179,6 +181,10 @@ impl TokenReviewer {
                 .max_capacity(CACHE_CAPACITY)
                 .time_to_live(REFUSED_TTL)
                 .build(),
+            node_hosts_cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(ACCEPTED_TTL)
+                .build(),
         }
     }
 
@@ -200,16 +206,21 @@ impl TokenReviewer {
             Reviewed::Controller => Ok(Caller::Controller),
             Reviewed::Reader => Ok(Caller::Reader),
             Reviewed::AgentOn { node, pod } => {
-                let hosts: Api<ZfsHost> = Api::all(self.client.clone());
-                let list = hosts
-                    .list(&ListParams::default())
-                    .await
-                    .map_err(|e| AuthError::Unavailable(format!("listing ZfsHosts: {e}")))?;
-                let hosts = hosts_of_node(&node, &list.items);
+                let hosts = self.node_hosts(&node).await?;
                 debug!(%node, ?pod, ?hosts, "agent authenticated");
                 Ok(Caller::Agent { node, hosts })
             }
         }
+    }
+
+    /// The ZfsHosts whose `spec.nodeName` is `node`, read now.
+    async fn node_hosts(&self, node: &str) -> Result<BTreeSet<String>, AuthError> {
+        let hosts: Api<ZfsHost> = Api::all(self.client.clone());
+        let list = hosts
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| AuthError::Unavailable(format!("listing ZfsHosts: {e}")))?;
+        Ok(hosts_of_node(node, &list.items))
     }
 }
 
@@ -235,6 +246,20 @@ impl Authenticator for TokenReviewer {
                 }
                 Err(e) => Err(e),
             }
+        })
+    }
+
+    fn hosts_of_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeSet<String>, AuthError>> {
+        Box::pin(async move {
+            if let Some(hosts) = self.node_hosts_cache.get(node) {
+                return Ok(hosts);
+            }
+            let hosts = self.node_hosts(node).await?;
+            self.node_hosts_cache.insert(node.to_owned(), hosts.clone());
+            Ok(hosts)
         })
     }
 }

@@ -316,7 +316,10 @@ fn spawn_agent(args: &[String], netns: Option<&str>) -> std::process::Child {
         }
         None => Command::new(agent_bin()),
     };
+    // These tests run without TLS (tests/hostile_tls.rs and tests/tls.rs cover it): the
+    // plaintext mode is explicit.
     cmd.args(args)
+        .env("ZETABACK_INSECURE_PLAINTEXT", "true")
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .spawn()
@@ -326,6 +329,7 @@ fn spawn_agent(args: &[String], netns: Option<&str>) -> std::process::Child {
 /// `zetaback-agent backup ...` as a child process (the source side).
 pub fn backup_cmd(tokens: &Tokens, target: &str, dataset: &str, snapshot: &str) -> Command {
     let mut c = Command::new(agent_bin());
+    c.env("ZETABACK_INSECURE_PLAINTEXT", "true");
     c.args([
         "backup",
         "--host-name",
@@ -406,6 +410,7 @@ pub fn restore_cmd(
     into: &str,
 ) -> Command {
     let mut c = Command::new(agent_bin());
+    c.env("ZETABACK_INSECURE_PLAINTEXT", "true");
     c.args([
         "restore",
         "--token-file",

@@ -26,3 +26,19 @@ releases do not collide: the release name, with "-zetaback" unless it already co
 {{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+TLS between zetaback's parts (issue 13): the certificate, key and CA mounted at
+/etc/zetaback/tls, or the explicit plaintext mode. Anything else fails the install.
+*/}}
+{{- define "zetaback.tlsArgs" -}}
+{{- if eq .Values.tls.mode "hostPath" -}}
+- --tls-cert=/etc/zetaback/tls/tls.crt
+- --tls-key=/etc/zetaback/tls/tls.key
+- --tls-ca=/etc/zetaback/tls/ca.crt
+{{- else if eq .Values.tls.mode "insecure-plaintext" -}}
+- --insecure-plaintext
+{{- else -}}
+{{- fail (printf "tls.mode must be hostPath or insecure-plaintext, not %q" .Values.tls.mode) -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,257 @@
+//! rustls configurations for [`super`]: a peer's certificate, key and the zetaback CA (PEM, as
+//! in a Kubernetes TLS Secret), the server side (client certificates from the CA verified when
+//! presented) and the client side (the server must hold a certificate from the CA that names
+//! the peer the client meant, and the client presents its own). rustls with the *ring*
+//! provider.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use super::names::{NameError, PeerIdentity};
+
+/// Why TLS cannot be set up, or a certificate names no peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerTlsError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{what}: {message}")]
+    Pem { what: String, message: String },
+    #[error("{0}: no certificate in it")]
+    NoCertificate(String),
+    #[error("the certificate is not usable: {0}")]
+    Certificate(String),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn config_error(e: impl std::fmt::Display) -> PeerTlsError {
+    PeerTlsError::Config(e.to_string())
+}
+
+fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, PeerTlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PeerTlsError::Pem {
+            what: what.to_owned(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(PeerTlsError::NoCertificate(what.to_owned()));
+    }
+    Ok(certs)
+}
+
+/// The peer a certificate names (its DNS names; exactly one zetaback name).
+pub fn identity_of_certificate(cert: &CertificateDer<'_>) -> Result<PeerIdentity, PeerTlsError> {
+    let parsed = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| PeerTlsError::Certificate(format!("{e:?}")))?;
+    Ok(PeerIdentity::of_names(parsed.valid_dns_names())?)
+}
+
+fn roots_of(ca: &[u8]) -> Result<Arc<RootCertStore>, PeerTlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certificates(ca, "CA bundle")? {
+        roots
+            .add(c)
+            .map_err(|e| PeerTlsError::Certificate(format!("CA bundle: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A client without a certificate of its own (a catalogue reader, the CLI, which authenticates
+/// with a reader's bearer token): it verifies that the store is the peer it meant.
+#[derive(Debug)]
+pub struct ReaderTls {
+    roots: Arc<RootCertStore>,
+}
+
+impl ReaderTls {
+    /// From the zetaback CA bundle (PEM file).
+    pub fn from_file(ca: &Path) -> Result<Self, PeerTlsError> {
+        Ok(Self {
+            roots: roots_of(&read(ca)?)?,
+        })
+    }
+
+    /// The client side, to reach `peer` (as [`PeerTls::client_config`], without a client
+    /// certificate).
+    pub fn client_config(&self, peer: &PeerIdentity) -> Result<Arc<ClientConfig>, PeerTlsError> {
+        let verifier = Pinned::new(self.roots.clone(), peer)?;
+        Ok(Arc::new(
+            ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(config_error)?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth(),
+        ))
+    }
+}
+
+/// This peer's TLS material: its certificate chain and key, and the CA it trusts.
+pub struct PeerTls {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    identity: PeerIdentity,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("identity", &self.identity)
+            .field("roots", &self.roots.len())
+            .finish()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PeerTlsError> {
+    std::fs::read(path).map_err(|e| PeerTlsError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+impl PeerTls {
+    /// From PEM files: `cert` (chain, leaf first), `key`, `ca` (the zetaback CA bundle).
+    pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, PeerTlsError> {
+        let (c, k, a) = (read(cert)?, read(key)?, read(ca)?);
+        Self::from_pem(&c, &k, &a).map_err(|e| match e {
+            PeerTlsError::Pem { what, message } => PeerTlsError::Pem {
+                what: format!(
+                    "{what} ({})",
+                    [cert, key, ca].map(|p| p.display().to_string()).join(", ")
+                ),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// From PEM text.
+    pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, PeerTlsError> {
+        let chain = certificates(cert, "certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| PeerTlsError::Pem {
+            what: "private key".into(),
+            message: e.to_string(),
+        })?;
+        let roots = roots_of(ca)?;
+        let identity = identity_of_certificate(&chain[0])?;
+        Ok(Self {
+            roots,
+            chain,
+            key,
+            identity,
+        })
+    }
+
+    /// Who this peer's certificate says it is.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+
+    /// The server side: this peer's certificate; a client certificate, when one is sent,
+    /// must come from the CA (a client may also come without one: catalogue readers with a
+    /// bearer token; the store decides what such a caller may do).
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, PeerTlsError> {
+        let clients = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(config_error)?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(config_error)?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(config_error)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The client side, to reach `peer`: the server must present a certificate from the CA
+    /// naming `peer` (whatever host or address the URL has); this peer presents its own.
+    pub fn client_config(&self, peer: &PeerIdentity) -> Result<Arc<ClientConfig>, PeerTlsError> {
+        let verifier = Pinned::new(self.roots.clone(), peer)?;
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(config_error)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(config_error)?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// The CA's usual verification, for the name of the peer the client meant instead of the
+/// URL's host: the endpoint (an address a ZfsHost's status gives) only says where to connect.
+#[derive(Debug)]
+struct Pinned {
+    inner: Arc<WebPkiServerVerifier>,
+    expected: ServerName<'static>,
+}
+
+impl Pinned {
+    fn new(roots: Arc<RootCertStore>, peer: &PeerIdentity) -> Result<Self, PeerTlsError> {
+        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(config_error)?;
+        let expected = ServerName::try_from(peer.dns_name()).map_err(config_error)?;
+        Ok(Self { inner, expected })
+    }
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _url_host: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            &self.expected,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
