@@ -49,6 +49,8 @@ impl ControllerProcess {
                 &token.to_string_lossy(),
             ])
             .env("KUBECONFIG", &env.kubeconfig)
+            // The fleet's agents run without TLS, explicitly; so does this controller.
+            .env("ZETABACK_INSECURE_PLAINTEXT", "true")
             .env("RUST_LOG", "info,zetaback=debug")
             .stdout(Stdio::null())
             .stderr(log)
