@@ -641,7 +641,7 @@ fn an_incremental_is_sent_from_the_bookmark_after_its_base_snapshot_was_destroye
     );
     // The chain (the full, then the incremental sent from the bookmark) restores the data.
     let restore = vm.run(&format!(
-        "RUST_LOG=info zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
+        "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
          --dataset {ds} --backup {id} --into {into}/copy",
         store.addr_for_guest()
     ));
