@@ -642,12 +642,25 @@ spec:
 }
 
 /// `zfs destroy -r` of each dataset that exists, a few tries each (zfs-fuse reports a dataset
-/// busy for a moment after a restore wrote it); panics if one stays.
+/// busy for a moment after a restore wrote it); panics if one stays. The agent holds the base
+/// of the next incremental (`zetaback-base`): released first, as an operator retiring the
+/// dataset would.
 fn destroy_datasets(datasets: &[&str]) {
     for ds in datasets {
         for attempt in 1..=10 {
             if !zetaback_e2e::fleet::dataset_exists(ds) {
                 break;
+            }
+            let snapshots = zetaback_e2e::fleet::run_output(
+                "zfs",
+                &["list", "-H", "-t", "snapshot", "-o", "name", "-r", ds],
+            );
+            for snapshot in text(&snapshots.stdout).lines() {
+                // No hold on it: nothing to release.
+                let _ = zetaback_e2e::fleet::run_output(
+                    "zfs",
+                    &["release", "zetaback-base", snapshot.trim()],
+                );
             }
             let out = zetaback_e2e::fleet::run_output("zfs", &["destroy", "-r", ds]);
             if out.status.success() {
