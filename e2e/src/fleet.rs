@@ -983,3 +983,21 @@ pub fn restore_reason(r: &Restore) -> String {
         .map(|c| c.reason.clone())
         .unwrap_or_default()
 }
+
+/// Flips the bits of `mask` in the byte at `at` of a stored file, in place (same size: only a
+/// checksum can tell), and syncs it: a stored stream corrupted on the store's own disk.
+pub fn flip_byte(path: &Path, at: u64, mask: u8) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut byte = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).expect("seek");
+    f.read_exact(&mut byte).expect("read");
+    byte[0] ^= mask;
+    f.seek(SeekFrom::Start(at)).expect("seek");
+    f.write_all(&byte).expect("write");
+    f.sync_all().expect("sync");
+}

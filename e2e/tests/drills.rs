@@ -8,7 +8,6 @@
 //! is left in the scratch root. Drills pointed elsewhere (the source dataset itself, an
 //! existing dataset under the scratch root) are refused by the agent and change nothing.
 
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use kube::ResourceExt;
@@ -161,21 +160,7 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
         .stream_path(&fleet.name("src"), &ds, &id, false)
         .expect("path");
     let flipped_at = jiff::Timestamp::now();
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("open the stored stream");
-        let at = full.bytes / 2;
-        let mut byte = [0u8; 1];
-        f.seek(SeekFrom::Start(at)).expect("seek");
-        f.read_exact(&mut byte).expect("read");
-        byte[0] ^= 0x01;
-        f.seek(SeekFrom::Start(at)).expect("seek");
-        f.write_all(&byte).expect("write");
-        f.sync_all().expect("sync");
-    }
+    zetaback_e2e::fleet::flip_byte(&path, full.bytes / 2, 0x01);
 
     // The next drill fails on the checksum, and the dataset is a DrillFailed violator.
     let failed = eventually("a drill started after the flip fails", LIMIT, || async {

@@ -8,7 +8,6 @@
 //! at once, which heals the dataset. `kubectl zetaback verify` answers OK before the flip and
 //! WARNING after the healing (a quarantined backup remains).
 
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use kube::api::Api;
@@ -127,21 +126,7 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     let path = Layout::new(fleet.store_root("bak"))
         .stream_path(&host, &ds, &id, false)
         .expect("path");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("open the stored stream");
-        let at = full.bytes / 2;
-        let mut byte = [0u8; 1];
-        f.seek(SeekFrom::Start(at)).expect("seek");
-        f.read_exact(&mut byte).expect("read");
-        byte[0] ^= 0x20;
-        f.seek(SeekFrom::Start(at)).expect("seek");
-        f.write_all(&byte).expect("write");
-        f.sync_all().expect("sync");
-    }
+    zetaback_e2e::fleet::flip_byte(&path, full.bytes / 2, 0x20);
 
     // Found within one verify period (plus the controller's catalogue revalidation).
     let entry = eventually("the full quarantined in status", FOUND_LIMIT, || async {
