@@ -5,12 +5,13 @@
 //! controller reads as unsigned numbers are refused at admission when negative, with a
 //! sentence, and a policy is still reconciled while such a host is offered to the apiserver.
 //! (The controller's own tolerance of undecodable hosts — for objects stored before the schema
-//! said so, or written by a newer agent — is tested in `controller::host_watch`.)
+//! said so, or written by a newer agent — is tested in `controller::readable_watch`.)
+//! The same for the status of a node's BackupJobs, which its agent writes too.
 
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use zetaback::api::{BackupPolicy, BackupPolicySpec, ZfsHost};
+use zetaback::api::{BackupJob, BackupPolicy, BackupPolicySpec, ZfsHost};
 use zetaback_e2e::controller::InProcessController;
 use zetaback_e2e::{Env, free_port};
 
@@ -45,15 +46,72 @@ async fn a_host_status_the_controller_cannot_read_is_refused_and_stalls_nothing(
         Err(kube::Error::Api(s)) => s.message.clone(),
         other => format!("accepted: {other:?}"),
     };
-    // Whatever admission said, the controller must keep working: start one and have it
-    // reconcile a policy (naming a host that does not exist, so nothing else is needed).
+    // Whatever admission said, the controller must keep working.
+    let reconciled = a_controller_reconciles_a_policy(&client, &ns).await;
+    let _ = hosts.delete(&name, &Default::default()).await;
+    assert!(
+        reconciled,
+        "the controller reconciled nothing while host {name} had the status written"
+    );
+    assert!(
+        refused.contains("should be greater than or equal to 0"),
+        "a negative size must be refused with a sentence: {refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_status_the_controller_cannot_read_is_refused_and_stalls_nothing() {
+    let env = Env::get();
+    let ns = env.namespace("badjob");
+    let client = env.client().await;
+    let jobs: Api<BackupJob> = Api::namespaced(client.clone(), &ns);
+    let job: BackupJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "zetaback.io/v1alpha1",
+        "kind": "BackupJob",
+        "metadata": {"name": "j-1", "labels": {"zetaback.io/policy": "p"}},
+        "spec": {"policy": "p", "host": "db-1", "dataset": "tank/db", "type": "full",
+                 "snapshot": "zetaback-1700000000",
+                 "target": {"host": "backup-1", "path": "/var/lib/zetaback"}}
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("create BackupJob");
+    // What a compromised agent writes into its own node's job: a claim count the controller
+    // reads as u32, negative. (Before: accepted, and every controller replica's BackupJob
+    // listing failed with `invalid value: integer -1, expected u32`: nothing reconciled.)
+    let status = serde_json::json!({"status": {"phase": "Running", "attempts": -1}});
+    let written = jobs
+        .patch_status("j-1", &PatchParams::default(), &Patch::Merge(&status))
+        .await;
+    let refused = match &written {
+        Err(kube::Error::Api(s)) => s.message.clone(),
+        other => format!("accepted: {other:?}"),
+    };
+    let reconciled = a_controller_reconciles_a_policy(&client, &ns).await;
+    let _ = jobs.delete("j-1", &Default::default()).await;
+    assert!(
+        reconciled,
+        "the controller reconciled nothing while job {ns}/j-1 had the status written"
+    );
+    assert!(
+        refused.contains("should be greater than or equal to 0"),
+        "a negative claim count must be refused with a sentence: {refused}"
+    );
+}
+
+/// Starts a controller watching `ns` and reports whether it reconciles a policy there within
+/// 90 s (naming a host that does not exist, so nothing else is needed). Polled by hand (not
+/// `eventually`, which panics): the caller must delete its bad object either way, or it would
+/// stall every other controller sharing this apiserver.
+async fn a_controller_reconciles_a_policy(client: &kube::Client, ns: &str) -> bool {
     let ctl = InProcessController::start(
         client.clone(),
         zetaback::controller::Options {
-            watch_namespace: Some(ns.clone()),
+            watch_namespace: Some(ns.to_string()),
             ..zetaback::controller::Options::new(
-                &ns,
-                "badhost",
+                ns,
+                "badobject",
                 ([127, 0, 0, 1], free_port()).into(),
             )
         },
@@ -65,13 +123,11 @@ async fn a_host_status_the_controller_cannot_read_is_refused_and_stalls_nothing(
         "target": {"host": "backup-1", "path": "/var/lib/zetaback"}
     }))
     .expect("spec");
-    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), ns);
     policies
         .create(&PostParams::default(), &BackupPolicy::new("p", spec))
         .await
         .expect("create policy");
-    // Polled by hand (not `eventually`, which panics): the host must be deleted either way, or
-    // it would stall every other controller sharing this apiserver.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let mut reconciled = false;
     while !reconciled && tokio::time::Instant::now() < deadline {
@@ -83,14 +139,6 @@ async fn a_host_status_the_controller_cannot_read_is_refused_and_stalls_nothing(
             .is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Ready"));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let _ = hosts.delete(&name, &Default::default()).await;
     let _ = ctl.stop().await;
-    assert!(
-        reconciled,
-        "the controller reconciled nothing while host {name} had the status written"
-    );
-    assert!(
-        refused.contains("should be greater than or equal to 0"),
-        "a negative size must be refused with a sentence: {refused}"
-    );
+    reconciled
 }

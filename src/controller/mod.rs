@@ -9,7 +9,7 @@ pub mod backup_policy;
 pub mod drill;
 pub mod fallback_route;
 pub mod grants;
-pub mod host_watch;
+pub mod readable_watch;
 pub mod leader;
 pub mod metrics;
 pub mod object_store;
@@ -252,24 +252,25 @@ async fn lead(
     let (hosts, hosts_writer) = reflector::store_shared::<crate::api::ZfsHost>(1024);
     let host_events = hosts_writer.subscribe();
     // Each host decoded on its own: one the controller cannot read is absent, not a failed
-    // listing that would keep every reconciler from starting (see `host_watch`).
+    // listing that would keep every reconciler from starting (see `readable_watch`).
     let host_watch = tokio::spawn(
         watcher(
             Api::<DeserializeGuard<crate::api::ZfsHost>>::all(client.clone()),
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
-        .map_ok(host_watch::readable)
+        .map_ok(readable_watch::readable)
         .modify(|host| kube::ResourceExt::managed_fields_mut(host).clear())
         .reflect_shared(hosts_writer)
         .for_each(|event| log_watch_error("ZfsHost", event)),
     );
     // BackupJobs: one shared watch (managedFields dropped) feeds the cache reconcilers read
-    // and, through a subscription, the BackupPolicy controller's triggers.
+    // and, through a subscription, the BackupPolicy controller's triggers. Agents write their
+    // jobs' status: each job is decoded on its own, like the hosts (see `readable_watch`).
     let (jobs, jobs_writer) = reflector::store_shared::<crate::api::BackupJob>(1024);
     let job_events = jobs_writer.subscribe();
     let job_api = match &options.watch_namespace {
-        Some(ns) => Api::<crate::api::BackupJob>::namespaced(client.clone(), ns),
+        Some(ns) => Api::<DeserializeGuard<crate::api::BackupJob>>::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let job_watch = tokio::spawn(
@@ -280,6 +281,7 @@ async fn lead(
                 .any_semantic(),
         )
         .default_backoff()
+        .map_ok(readable_watch::readable)
         .modify(|job| kube::ResourceExt::managed_fields_mut(job).clear())
         .reflect_shared(jobs_writer)
         .for_each(|event| log_watch_error("BackupJob", event)),

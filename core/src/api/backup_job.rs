@@ -113,8 +113,10 @@ pub struct BackupJobStatus {
     pub finished_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// How often an agent claimed the job (written by the agent; unsigned: a negative count
+    /// is refused at admission, as the controller could not read it).
     #[serde(default)]
-    #[schemars(with = "i32")]
+    #[schemars(with = "i32", range(min = 0))]
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
