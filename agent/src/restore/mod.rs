@@ -28,9 +28,11 @@
 
 mod apply;
 mod runner;
+mod status_patch;
 
 pub use apply::*;
 pub use runner::*;
+pub use status_patch::{RestoreStatusPatch, StatusPatch};
 
 use zetaback_core::policy;
 
@@ -257,7 +259,13 @@ mod tests {
             got: "a".into(),
             expected: "b".into(),
         };
-        let p = outcome_patch(&RestoreStatus::default(), &Err(e), &[], "h:tank/b");
+        let p = serde_json::to_value(outcome_patch(
+            &RestoreStatus::default(),
+            &Err(e),
+            &[],
+            "h:tank/b",
+        ))
+        .unwrap();
         assert_eq!(p["status"]["phase"], "Failed");
         assert_eq!(p["status"]["conditions"][0]["reason"], "ChecksumMismatch");
         let ok = Restored {
@@ -269,7 +277,13 @@ mod tests {
             verified: Some(true),
             ..Default::default()
         };
-        let p = outcome_patch(&RestoreStatus::default(), &Ok(ok), &[piece], "h:tank/b");
+        let p = serde_json::to_value(outcome_patch(
+            &RestoreStatus::default(),
+            &Ok(ok),
+            &[piece],
+            "h:tank/b",
+        ))
+        .unwrap();
         assert_eq!(p["status"]["phase"], "Succeeded");
         assert_eq!(p["status"]["verified"], true);
     }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{ListParams, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
@@ -24,6 +24,7 @@ use crate::transfer::Endpoint;
 use crate::zfs::Zfs;
 
 use super::apply::{ChainRequest, PieceRequest, Source, apply_chain};
+use super::status_patch::{RestoreStatusPatch, StatusPatch};
 use super::{RestoreError, Restored};
 
 /// Settings of the restore runner.
@@ -66,7 +67,7 @@ pub fn is_orphaned(r: &Restore, host: &str, agent_id: &str) -> bool {
         })
 }
 
-fn ready(status: &RestoreStatus, ok: bool, reason: &str, message: &str) -> Vec<serde_json::Value> {
+fn ready(status: &RestoreStatus, ok: bool, reason: &str, message: &str) -> Vec<Condition> {
     let wanted = Wanted {
         type_: READY,
         status: ok,
@@ -75,9 +76,6 @@ fn ready(status: &RestoreStatus, ok: bool, reason: &str, message: &str) -> Vec<s
         observed_generation: status.observed_generation,
     };
     conditions::set(&status.conditions, &wanted, Time(jiff::Timestamp::now()))
-        .into_iter()
-        .filter_map(|c| serde_json::to_value(c).ok())
-        .collect()
 }
 
 /// The status patch that ends a restore (pure but for the clock).
@@ -86,9 +84,9 @@ pub fn outcome_patch(
     result: &Result<Restored, RestoreError>,
     pieces: &[RestorePiece],
     into: &str,
-) -> serde_json::Value {
+) -> StatusPatch {
     let now = Time(jiff::Timestamp::now());
-    match result {
+    StatusPatch::new(match result {
         Ok(r) => {
             let all_verified = pieces.iter().all(|p| p.verified == Some(true));
             let message = format!(
@@ -96,28 +94,30 @@ pub fn outcome_patch(
                 r.chain.len(),
                 r.bytes
             );
-            serde_json::json!({"status": {
-                "phase": RestorePhase::Succeeded,
-                "verified": all_verified,
-                "bytesDone": r.bytes,
-                "pieces": pieces,
-                "finishedAt": now,
-                "message": message,
-                "conditions": ready(status, true, "Succeeded", &message),
-            }})
+            RestoreStatusPatch {
+                phase: Some(RestorePhase::Succeeded),
+                verified: Some(all_verified),
+                bytes_done: Some(r.bytes),
+                pieces: Some(pieces.to_vec()),
+                finished_at: Some(now),
+                conditions: Some(ready(status, true, "Succeeded", &message)),
+                message: Some(message),
+                ..Default::default()
+            }
         }
         Err(e) => {
             let message = e.to_string();
-            serde_json::json!({"status": {
-                "phase": RestorePhase::Failed,
-                "verified": false,
-                "pieces": pieces,
-                "finishedAt": now,
-                "message": message,
-                "conditions": ready(status, false, e.reason(), &message),
-            }})
+            RestoreStatusPatch {
+                phase: Some(RestorePhase::Failed),
+                verified: Some(false),
+                pieces: Some(pieces.to_vec()),
+                finished_at: Some(now),
+                conditions: Some(ready(status, false, e.reason(), &message)),
+                message: Some(message),
+                ..Default::default()
+            }
         }
-    }
+    })
 }
 
 /// Runs Restores whose destination is this host.
@@ -155,7 +155,7 @@ impl RestoreRunner {
 
     async fn recover_listed(&self, list: &ListParams) -> Result<usize, RestoreError> {
         let (host, agent) = (&self.cfg.host_name, &self.cfg.agent_id);
-        let failed = crate::claim::fail_orphans_listed::<Restore>(
+        let failed = crate::claim::fail_orphans_listed::<Restore, _>(
             &self.client,
             list,
             |r| is_orphaned(r, host, agent),
@@ -165,13 +165,14 @@ impl RestoreRunner {
                     "interrupted: the agent restarted while this restore ran; {} may hold a partial restore (a new Restore of the same source with force: true continues after the pieces it holds)",
                     r.spec.destination.dataset.as_str()
                 );
-                serde_json::json!({"status": {
-                    "phase": RestorePhase::Failed,
-                    "verified": false,
-                    "finishedAt": Time(jiff::Timestamp::now()),
-                    "message": message,
-                    "conditions": ready(&st, false, "Interrupted", &message),
-                }})
+                StatusPatch::new(RestoreStatusPatch {
+                    phase: Some(RestorePhase::Failed),
+                    verified: Some(false),
+                    finished_at: Some(Time(jiff::Timestamp::now())),
+                    conditions: Some(ready(&st, false, "Interrupted", &message)),
+                    message: Some(message),
+                    ..Default::default()
+                })
             },
         )
         .await?;
@@ -255,9 +256,12 @@ impl RestoreRunner {
                     let now = progress.load(Ordering::Relaxed);
                     if now != last {
                         last = now;
-                        let patch = serde_json::json!({"status": {"bytesDone": now}});
+                        let patch = StatusPatch::new(RestoreStatusPatch {
+                            bytes_done: Some(now),
+                            ..Default::default()
+                        });
                         if let Err(e) = api
-                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .patch_status(&name, &PatchParams::default(), &patch.merge())
                             .await
                         {
                             warn!(error = %e, "could not report progress");
@@ -349,11 +353,11 @@ impl RestoreRunner {
                 r.spec.destination.dataset.as_str()
             ),
         );
-        if drill && let Some(status) = patch.get_mut("status") {
-            status["verifiedAt"] = serde_json::json!(verified_at);
-            status["scratchDestroyed"] = serde_json::json!(scratch_destroyed);
+        if drill {
+            patch.status.verified_at = Some(verified_at);
+            patch.status.scratch_destroyed = Some(scratch_destroyed);
         }
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        api.patch_status(&name, &PatchParams::default(), &patch.merge())
             .await?;
         Ok(())
     }
