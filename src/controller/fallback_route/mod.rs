@@ -2,10 +2,11 @@
 //! as a Deployment behind a Service, all owned by the route so that deleting it removes them.
 //!
 //! Rendering (the proxy config, its hash, the three manifests, the status) is pure and
-//! unit-tested (`tests.rs`); [`reconcile_route`] does the I/O: it checks that Service backends exist,
-//! applies the objects with server-side apply, and writes status only when something a person
-//! would see changed. There is no watch on Deployments: while the proxy is not ready (or a
-//! backend is invalid) the route is looked at again every 30 s, otherwise every 5 min.
+//! unit-tested (`render.rs`, `tests.rs`); [`reconcile_route`] does the I/O: it checks that
+//! Service backends exist, applies the objects with server-side apply, and writes status only
+//! when something a person would see changed. There is no watch on Deployments: while the proxy
+//! is not ready (or a backend is invalid) the route is looked at again every 30 s, otherwise
+//! every 5 min.
 //!
 //! Files: `render.rs` (everything pure), this file (the I/O), `tests.rs`.
 

@@ -6,7 +6,7 @@
 //! (live backups, plus the archive area with `includeArchive`), and resolves the chain (the
 //! newest backup at or before `at`, the backup `backup`, or the newest). It writes the chain,
 //! its pieces (id, snapshot, bytes, sha256), the total bytes and the store to status; the
-//! destination host's agent then claims and runs it (agent/src/restore.rs).
+//! destination host's agent then claims and runs it (agent/src/restore/runner.rs).
 //!
 //! A Restore that cannot work is failed at once with a `Ready=False` condition whose reason
 //! says why: `ChainBroken`, `NotFound`, `DestinationExists` or `StoreUnreachable`. After that
