@@ -295,7 +295,7 @@ impl Gathered {
             .cloned();
         let endpoint = target_host
             .as_deref()
-            .and_then(|h| super::store_tls::endpoint_of(h));
+            .and_then(super::store_tls::endpoint_of);
         Gathered {
             hosts,
             jobs,

@@ -506,27 +506,7 @@ fn plan_dataset(
             .last_backups
             .push((host_name.to_owned(), ds.name.clone(), newest.created));
     }
-    // A request forces each dataset it selects until that dataset's job exists. The
-    // requests pending for one dataset are merged into one job: a full if any asks for
-    // one, marked with the newest request (which marks the older ones done too).
-    let requests: Vec<&BackupNowRequest> = inputs
-        .backup_now
-        .iter()
-        .filter(|r| r.host.as_deref().is_none_or(|h| h == host_name))
-        .filter(|r| r.dataset.as_deref().is_none_or(|d| d == ds.name))
-        .filter(|r| !backup_now_done(r, jobs, cat))
-        .collect();
-    let request = requests.iter().map(|r| r.requested_at).max();
-    let forced = request.map(|_| {
-        if requests
-            .iter()
-            .any(|r| r.backup_type == Some(BackupType::Full))
-        {
-            BackupType::Full
-        } else {
-            BackupType::Incremental
-        }
-    });
+    let (request, forced) = pending_requests(inputs.backup_now, host_name, &ds.name, jobs, cat);
     let dstate = DatasetState {
         catalogue: cat,
         source_snapshots: &ds.snapshots,
@@ -564,47 +544,7 @@ fn plan_dataset(
     ) {
         tally.verification.push(v);
     }
-    // When to look at this dataset again. A job created now, one in flight, or one
-    // waiting for a free slot is woken by the BackupJob watch; a future deadline by
-    // its timer; a deadline that passed but is held (host unreachable, backoff) by a
-    // slow poll, not a busy one.
-    let mut wake = None;
-    if p.due.next_due > now {
-        tally.out.next_due = Some(
-            tally
-                .out
-                .next_due
-                .map_or(p.due.next_due, |t| t.min(p.due.next_due)),
-        );
-        wake = Some(p.due.next_due);
-    } else if p.due.due.is_none() && p.due.held != Some(policy::Hold::JobInFlight) {
-        wake = now.checked_add(HELD_RETRY).ok();
-    }
-    if let Some(w) = wake {
-        tally.wake_at(w);
-    }
-    match p.due.due {
-        Some(due) => {
-            let since = match due.reason {
-                // Never backed up, or asked for: before anything merely due again.
-                policy::DueReason::NoFull
-                | policy::DueReason::Forced
-                | policy::DueReason::Quarantined { .. } => Timestamp::MIN,
-                _ => p.due.next_due,
-            };
-            tally.candidates.push(Candidate {
-                since,
-                host: host_name.to_owned(),
-                dataset: ds.name.clone(),
-                due,
-                request,
-            });
-        }
-        // A paused host gets no jobs: a request does not wait for it. Any other hold
-        // (a job in flight, the host unreachable) ends, and the request is done then.
-        None if request.is_some() && state != HostState::Paused => tally.request_waiting += 1,
-        None => {}
-    }
+    schedule(tally, (host_name, state), &ds.name, p.due, request, now);
     for id in p.retention.delete {
         tally
             .out
@@ -616,6 +556,90 @@ fn plan_dataset(
             .out
             .archive
             .push((host_name.to_owned(), ds.name.clone(), id));
+    }
+}
+
+/// The `backup-now` requests still pending for one dataset: the newest one's `requestedAt`
+/// and the kind they force. A request forces each dataset it selects until that dataset's job
+/// exists. The requests pending for one dataset are merged into one job: a full if any asks
+/// for one, marked with the newest request (which marks the older ones done too).
+fn pending_requests(
+    backup_now: &[BackupNowRequest],
+    host_name: &str,
+    dataset: &str,
+    jobs: &[&BackupJob],
+    cat: &policy::DatasetBackups,
+) -> (Option<Timestamp>, Option<BackupType>) {
+    let requests: Vec<&BackupNowRequest> = backup_now
+        .iter()
+        .filter(|r| r.host.as_deref().is_none_or(|h| h == host_name))
+        .filter(|r| r.dataset.as_deref().is_none_or(|d| d == dataset))
+        .filter(|r| !backup_now_done(r, jobs, cat))
+        .collect();
+    let request = requests.iter().map(|r| r.requested_at).max();
+    let forced = request.map(|_| {
+        if requests
+            .iter()
+            .any(|r| r.backup_type == Some(BackupType::Full))
+        {
+            BackupType::Full
+        } else {
+            BackupType::Incremental
+        }
+    });
+    (request, forced)
+}
+
+/// What is due for one dataset: when to look at it again, and a due backup as a candidate for
+/// the caps (or a `backup-now` request left waiting).
+fn schedule(
+    tally: &mut Tally,
+    (host_name, state): (&str, HostState),
+    dataset: &str,
+    due_plan: policy::DuePlan,
+    request: Option<Timestamp>,
+    now: Timestamp,
+) {
+    // When to look at this dataset again. A job created now, one in flight, or one
+    // waiting for a free slot is woken by the BackupJob watch; a future deadline by
+    // its timer; a deadline that passed but is held (host unreachable, backoff) by a
+    // slow poll, not a busy one.
+    let mut wake = None;
+    if due_plan.next_due > now {
+        tally.out.next_due = Some(
+            tally
+                .out
+                .next_due
+                .map_or(due_plan.next_due, |t| t.min(due_plan.next_due)),
+        );
+        wake = Some(due_plan.next_due);
+    } else if due_plan.due.is_none() && due_plan.held != Some(policy::Hold::JobInFlight) {
+        wake = now.checked_add(HELD_RETRY).ok();
+    }
+    if let Some(w) = wake {
+        tally.wake_at(w);
+    }
+    match due_plan.due {
+        Some(due) => {
+            let since = match due.reason {
+                // Never backed up, or asked for: before anything merely due again.
+                policy::DueReason::NoFull
+                | policy::DueReason::Forced
+                | policy::DueReason::Quarantined { .. } => Timestamp::MIN,
+                _ => due_plan.next_due,
+            };
+            tally.candidates.push(Candidate {
+                since,
+                host: host_name.to_owned(),
+                dataset: dataset.to_owned(),
+                due,
+                request,
+            });
+        }
+        // A paused host gets no jobs: a request does not wait for it. Any other hold
+        // (a job in flight, the host unreachable) ends, and the request is done then.
+        None if request.is_some() && state != HostState::Paused => tally.request_waiting += 1,
+        None => {}
     }
 }
 
