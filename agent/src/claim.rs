@@ -86,13 +86,13 @@ where
 
 /// Fails every object of kind `K` (in any namespace) that `list` selects (a label or field
 /// selector, so an agent reads only its own host's objects) and for which `orphaned` holds,
-/// with the status merge patch `failure` gives (`{"status": {...}}`). Objects that do not
+/// with the status merge patch `failure` gives (`{"status": {...}}`, any `Serialize`). Objects that do not
 /// decode are skipped. Returns the `namespace/name` of each object failed.
-pub async fn fail_orphans_listed<K>(
+pub async fn fail_orphans_listed<K, P: Serialize + Debug>(
     client: &Client,
     list: &ListParams,
     orphaned: impl Fn(&K) -> bool,
-    failure: impl Fn(&K) -> serde_json::Value,
+    failure: impl Fn(&K) -> P,
 ) -> Result<Vec<String>, kube::Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>

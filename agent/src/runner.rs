@@ -128,7 +128,7 @@ impl Runner {
 
     async fn recover_listed(&self, list: &ListParams) -> Result<usize, RunnerError> {
         let (host, agent) = (&self.cfg.host_name, &self.cfg.agent_id);
-        let failed = claim::fail_orphans_listed::<BackupJob>(
+        let failed = claim::fail_orphans_listed::<BackupJob, _>(
             &self.client,
             list,
             |job| is_orphaned(job, host, agent),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A local multi-node Kubernetes cluster without Docker (DESIGN.md §10): its own control plane
-# (env.sh with the opt-in node settings) and N nodes (default 2), each in its own network
+# A local multi-node Kubernetes cluster without Docker (README "The local multi-node
+# cluster"): its own control plane (env.sh with the opt-in node settings) and N nodes (default 2), each in its own network
 # namespace and mount namespace, each running containerd 2.x (+ runc), kubelet and kube-proxy
 # (iptables) of the control plane's Kubernetes version, with the CNI bridge/host-local/portmap/
 # loopback plugins; CoreDNS (built from its Go module) runs as a Deployment for Service names.

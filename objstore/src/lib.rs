@@ -1,5 +1,6 @@
-//! zetaback's object-store target (DESIGN §11): backups in an S3-compatible bucket, laid out
-//! like a file store (`core/src/store`) under a key prefix, with the same JSON manifests.
+//! zetaback's object-store target (README "Object-store targets"): backups in an S3-compatible
+//! bucket, laid out like a file store (`core/src/store`) under a key prefix, with the same JSON
+//! manifests.
 //!
 //! * [`keys`]: where a backup's stream and manifest live in the bucket (pure);
 //! * [`connect`]: an S3 client for a `target.objectStore` and a set of credentials;

@@ -9,6 +9,7 @@
 //! * **which backups a restore applies** ([`DatasetBackups::restore_chain`]);
 //! * **which stored backups are due to be verified**, and whether a quarantined one still
 //!   needs healing ([`plan_verify`], [`unhealed_quarantine`]);
+//! * **which due backups start now under the concurrency caps** ([`Slots`]);
 //! * **which finished BackupJobs may go** ([`prune_history`]) and what the kept ones say
 //!   ([`JobState::from_history`]).
 //!
@@ -23,6 +24,7 @@
 //! `now - created` (negative ages, from clock skew, count as zero).
 
 mod archive;
+mod caps;
 mod catalogue;
 mod drill;
 mod history;
@@ -43,6 +45,7 @@ use crate::duration::{DurationError, Retention, format_duration};
 
 pub use crate::api::backup_job::BackupType as BackupKind;
 pub use crate::api::backup_policy::{IncrementalBase, ViolationReason};
+pub use caps::{Admission, Slots};
 pub use catalogue::{BackupRecord, CatalogueError, ChainError, DatasetBackups, RestoreTarget};
 pub use drill::{
     DrillOutcome, DrillPlan, DrillRules, DrillStart, DrillState, DrillSubject, PastDrill,

@@ -1,4 +1,4 @@
-//! Where things live in a backup store (Zetaback's layout, DESIGN §4):
+//! Where things live in a backup store (Zetaback's layout; README "Architecture"):
 //!
 //! ```text
 //! <root>/<host>/<dataset, '/' escaped as '+'>/<unix-ts>.full

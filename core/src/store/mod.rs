@@ -1,7 +1,7 @@
 //! The backup store: the on-disk layout of stored `zfs send` streams and their manifests
 //! ([`layout`], [`manifest`]) and a scanner that rebuilds the catalogue of backups from a store
-//! directory ([`catalogue`]). The store is the source of truth (DESIGN §4): the controller's
-//! view of what is backed up is rebuilt from it.
+//! directory ([`catalogue`]). The store is the source of truth (README "Architecture"): the
+//! controller's view of what is backed up is rebuilt from it.
 //!
 //! Pure: plain `std::fs`, no async runtime. The target agent writes stores (agent crate); the
 //! controller reads catalogues (through the agent's `GET /v1/catalogue`).

@@ -1,0 +1,437 @@
+//! The Restore runner: watches this host's resolved Restores, claims one (`claim.rs`), runs it
+//! through [`super::apply`] in a tracing span, reports progress and records the outcome
+//! ([`outcome_patch`]); at start-up, fails the Restores this agent left Running.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{ListParams, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, ResourceExt};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, error, info, info_span, warn};
+use zetaback_core::api::condition::READY;
+use zetaback_core::api::restore::{RestorePhase, RestorePiece};
+use zetaback_core::api::{Restore, RestoreStatus, ZfsHost};
+use zetaback_core::conditions::{self, Wanted};
+
+use crate::transfer::Endpoint;
+use crate::zfs::Zfs;
+
+use super::apply::{ChainRequest, PieceRequest, Source, apply_chain};
+use super::status_patch::{RestoreStatusPatch, StatusPatch};
+use super::{RestoreError, Restored};
+
+/// Settings of the restore runner.
+#[derive(Debug, Clone)]
+pub struct RestoreRunnerConfig {
+    /// This agent's ZfsHost.
+    pub host_name: String,
+    /// Written to `status.claimedBy`.
+    pub agent_id: String,
+    /// This agent's own token for the backup host's agent (read again for every restore).
+    pub token: crate::auth::TokenFile,
+    pub idle_timeout: Duration,
+    /// How often `bytesDone` is written at most.
+    pub progress_every: Duration,
+    /// The largest zstd window a compressed piece may ask for (2^N bytes).
+    pub zstd_window_log_max: u32,
+    /// Mutual TLS to the backup host's agent ([`crate::job::JobSettings::tls`]).
+    pub tls: Option<Arc<zetaback_core::peer_tls::PeerTls>>,
+}
+
+/// The field selector of the Restores whose destination is `host`.
+pub fn destination_selector(host: &str) -> String {
+    crate::claim::field_selector("spec.destination.host", host)
+}
+
+/// Whether a Restore is for this host, resolved, and waiting to be claimed.
+pub fn is_claimable(r: &Restore, host: &str) -> bool {
+    r.spec.destination.host.as_str() == host
+        && r.metadata.deletion_timestamp.is_none()
+        && r.status.as_ref().is_some_and(|s| {
+            s.phase == RestorePhase::Pending && !s.chain.is_empty() && s.claimed_by.is_none()
+        })
+}
+
+/// Whether a Restore was left running by this agent.
+pub fn is_orphaned(r: &Restore, host: &str, agent_id: &str) -> bool {
+    r.spec.destination.host.as_str() == host
+        && r.status.as_ref().is_some_and(|s| {
+            s.phase == RestorePhase::Running && s.claimed_by.as_deref() == Some(agent_id)
+        })
+}
+
+fn ready(status: &RestoreStatus, ok: bool, reason: &str, message: &str) -> Vec<Condition> {
+    let wanted = Wanted {
+        type_: READY,
+        status: ok,
+        reason,
+        message: message.to_owned(),
+        observed_generation: status.observed_generation,
+    };
+    conditions::set(&status.conditions, &wanted, Time(jiff::Timestamp::now()))
+}
+
+/// The status patch that ends a restore (pure but for the clock).
+pub fn outcome_patch(
+    status: &RestoreStatus,
+    result: &Result<Restored, RestoreError>,
+    pieces: &[RestorePiece],
+    into: &str,
+) -> StatusPatch {
+    let now = Time(jiff::Timestamp::now());
+    StatusPatch::new(match result {
+        Ok(r) => {
+            let all_verified = pieces.iter().all(|p| p.verified == Some(true));
+            let message = format!(
+                "restored {} piece(s), {} bytes, into {into}",
+                r.chain.len(),
+                r.bytes
+            );
+            RestoreStatusPatch {
+                phase: Some(RestorePhase::Succeeded),
+                verified: Some(all_verified),
+                bytes_done: Some(r.bytes),
+                pieces: Some(pieces.to_vec()),
+                finished_at: Some(now),
+                conditions: Some(ready(status, true, "Succeeded", &message)),
+                message: Some(message),
+                ..Default::default()
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            RestoreStatusPatch {
+                phase: Some(RestorePhase::Failed),
+                verified: Some(false),
+                pieces: Some(pieces.to_vec()),
+                finished_at: Some(now),
+                conditions: Some(ready(status, false, e.reason(), &message)),
+                message: Some(message),
+                ..Default::default()
+            }
+        }
+    })
+}
+
+/// Runs Restores whose destination is this host.
+pub struct RestoreRunner {
+    client: kube::Client,
+    zfs: Zfs,
+    cfg: RestoreRunnerConfig,
+}
+
+fn key(r: &Restore) -> String {
+    format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any())
+}
+
+impl RestoreRunner {
+    pub fn new(client: kube::Client, zfs: Zfs, cfg: RestoreRunnerConfig) -> Self {
+        Self { client, zfs, cfg }
+    }
+
+    fn api(&self, r: &Restore) -> Api<Restore> {
+        Api::namespaced(self.client.clone(), &r.namespace().unwrap_or_default())
+    }
+
+    /// The field selector of this host's Restores when the CRD has `spec.destination.host` as
+    /// a selectable field; `None` otherwise: then every Restore is read (and filtered here).
+    pub async fn host_selector(&self) -> Result<Option<String>, RestoreError> {
+        let fields = destination_selector(&self.cfg.host_name);
+        Ok(crate::claim::selectable::<Restore>(&self.client, &fields).await?)
+    }
+
+    /// Fails the restores this agent left running before a restart.
+    pub async fn recover(&self) -> Result<usize, RestoreError> {
+        let (list, _) = crate::claim::scoped(self.host_selector().await?.as_deref());
+        self.recover_listed(&list).await
+    }
+
+    async fn recover_listed(&self, list: &ListParams) -> Result<usize, RestoreError> {
+        let (host, agent) = (&self.cfg.host_name, &self.cfg.agent_id);
+        let failed = crate::claim::fail_orphans_listed::<Restore, _>(
+            &self.client,
+            list,
+            |r| is_orphaned(r, host, agent),
+            |r| {
+                let st = r.status.clone().unwrap_or_default();
+                let message = format!(
+                    "interrupted: the agent restarted while this restore ran; {} may hold a partial restore (a new Restore of the same source with force: true continues after the pieces it holds)",
+                    r.spec.destination.dataset.as_str()
+                );
+                StatusPatch::new(RestoreStatusPatch {
+                    phase: Some(RestorePhase::Failed),
+                    verified: Some(false),
+                    finished_at: Some(Time(jiff::Timestamp::now())),
+                    conditions: Some(ready(&st, false, "Interrupted", &message)),
+                    message: Some(message),
+                    ..Default::default()
+                })
+            },
+        )
+        .await?;
+        for r in &failed {
+            warn!(restore = %r, "failed a restore interrupted by a restart");
+        }
+        Ok(failed.len())
+    }
+
+    /// Claims a restore; `None` if another agent got it or it is no longer claimable.
+    pub async fn claim(&self, r: &Restore) -> Result<Option<Restore>, RestoreError> {
+        if !is_claimable(r, &self.cfg.host_name) {
+            return Ok(None);
+        }
+        let mut claimed = r.clone();
+        let mut st = r.status.clone().unwrap_or_default();
+        st.phase = RestorePhase::Running;
+        st.claimed_by = Some(self.cfg.agent_id.clone());
+        st.started_at = Some(Time(jiff::Timestamp::now()));
+        st.bytes_done = Some(0);
+        st.message = Some(format!("running on {}", self.cfg.agent_id));
+        claimed.status = Some(st);
+        Ok(crate::claim::claim(&self.api(r), &claimed).await?)
+    }
+
+    async fn store_endpoint(&self, st: &RestoreStatus) -> Result<Endpoint, RestoreError> {
+        // The store host's current endpoint, else the one the controller saw; over TLS, its
+        // node (from its spec, which agents cannot write) is the peer that must answer.
+        let mut ep = None;
+        let mut node = None;
+        if let Some(h) = &st.store_host {
+            let host = Api::<ZfsHost>::all(self.client.clone()).get_opt(h).await?;
+            node = host.as_ref().map(|h| h.spec.node_name.clone());
+            ep = host.and_then(|h| h.status).and_then(|s| s.agent_endpoint);
+        }
+        let ep = ep.or_else(|| st.store_endpoint.clone()).ok_or_else(|| {
+            RestoreError::Unreachable("the status names no backup host endpoint".into())
+        })?;
+        let token = self
+            .cfg
+            .token
+            .read()
+            .map_err(|e| RestoreError::Unreachable(format!("this agent's token: {e}")))?;
+        let endpoint = Endpoint::new(&ep, token);
+        let Some(tls) = &self.cfg.tls else {
+            return Ok(endpoint);
+        };
+        let node = node.ok_or_else(|| {
+            RestoreError::Unreachable(
+                "TLS is on and the status names no backup host whose node could be verified".into(),
+            )
+        })?;
+        let peer = zetaback_core::peer_tls::PeerIdentity::node(&node)
+            .map_err(|e| RestoreError::Unreachable(e.to_string()))?;
+        endpoint
+            .over_tls(tls, peer)
+            .map_err(|e| RestoreError::Unreachable(e.to_string()))
+    }
+
+    /// Runs a claimed restore and records the outcome.
+    pub async fn execute(&self, r: Restore) -> Result<(), RestoreError> {
+        let st = r.status.clone().unwrap_or_default();
+        let api = self.api(&r);
+        let name = r.name_any();
+        let progress = Arc::new(AtomicU64::new(0));
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let reporter = {
+            let (api, name, progress, every) = (
+                api.clone(),
+                name.clone(),
+                progress.clone(),
+                self.cfg.progress_every,
+            );
+            tokio::spawn(async move {
+                let mut last = 0;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stop_rx.changed() => return,
+                    }
+                    let now = progress.load(Ordering::Relaxed);
+                    if now != last {
+                        last = now;
+                        let patch = StatusPatch::new(RestoreStatusPatch {
+                            bytes_done: Some(now),
+                            ..Default::default()
+                        });
+                        if let Err(e) = api
+                            .patch_status(&name, &PatchParams::default(), &patch.merge())
+                            .await
+                        {
+                            warn!(error = %e, "could not report progress");
+                        }
+                    }
+                }
+            })
+        };
+        let mut pieces = st.pieces.clone();
+        let drill = r.spec.drill;
+        let into = r.spec.destination.dataset.as_str().to_owned();
+        // A drill's destination is checked before anything else: only a new dataset under a
+        // scratch root is ever received into, and only then cleaned up.
+        let guard = if drill {
+            crate::drill::check_destination(&self.zfs, &into).await
+        } else {
+            Ok(())
+        };
+        let guard_passed = guard.is_ok();
+        let result = match guard.and(self.store_endpoint(&st).await) {
+            Err(e) => Err(e),
+            Ok(endpoint) => {
+                let src = Source {
+                    endpoint,
+                    host: r.spec.source.host.as_str().to_owned(),
+                    dataset: r.spec.source.dataset_name().to_owned(),
+                    idle_timeout: self.cfg.idle_timeout,
+                    zstd_window_log_max: self.cfg.zstd_window_log_max,
+                    grant: st.grant.clone(),
+                };
+                let req = ChainRequest {
+                    pieces: st
+                        .chain
+                        .iter()
+                        .map(|id| {
+                            let p = st.pieces.iter().find(|p| &p.id == id);
+                            PieceRequest {
+                                id: id.clone(),
+                                snapshot: p.map(|p| p.snapshot.clone()).unwrap_or_default(),
+                                sha256: p.map(|p| p.sha256.clone()).filter(|s| !s.is_empty()),
+                            }
+                        })
+                        .collect(),
+                    into: r.spec.destination.dataset.as_str().to_owned(),
+                    force: r.spec.force,
+                    verify: r.spec.verify,
+                };
+                let applied = apply_chain(&self.zfs, &src, &req, &progress, |i, _sha| {
+                    if let Some(p) = pieces.get_mut(i) {
+                        p.verified = Some(r.spec.verify);
+                    }
+                })
+                .await;
+                match applied {
+                    Ok(done) if drill => {
+                        let restored: Vec<(String, String)> = req
+                            .pieces
+                            .iter()
+                            .map(|p| (p.id.clone(), p.snapshot.clone()))
+                            .collect();
+                        crate::drill::check_restored(&self.zfs, &into, &restored)
+                            .await
+                            .map(|()| done)
+                    }
+                    other => other,
+                }
+            }
+        };
+        // The end of a drill's measured recovery time: verified, before the clean-up.
+        let verified_at = (drill && result.is_ok()).then(|| Time(jiff::Timestamp::now()));
+        let scratch_destroyed = if drill && guard_passed {
+            Some(crate::drill::clean_up(&self.zfs, &into).await)
+        } else {
+            None
+        };
+        let _ = stop_tx.send(true);
+        let _ = reporter.await;
+        match &result {
+            Ok(done) => info!(chain = ?done.chain, bytes = done.bytes, "restore succeeded"),
+            Err(e) => warn!(error = %e, reason = e.reason(), "restore failed"),
+        }
+        let mut patch = outcome_patch(
+            &st,
+            &result,
+            &pieces,
+            &format!(
+                "{}:{}",
+                r.spec.destination.host.as_str(),
+                r.spec.destination.dataset.as_str()
+            ),
+        );
+        if drill {
+            patch.status.verified_at = Some(verified_at);
+            patch.status.scratch_destroyed = Some(scratch_destroyed);
+        }
+        api.patch_status(&name, &PatchParams::default(), &patch.merge())
+            .await?;
+        Ok(())
+    }
+
+    /// Watches and runs restores until the watch ends.
+    pub async fn run(self: Arc<Self>) -> Result<(), RestoreError> {
+        // One probe for both the orphan list and the watch.
+        let (list, config) = crate::claim::scoped(self.host_selector().await?.as_deref());
+        let n = self.recover_listed(&list).await?;
+        if n > 0 {
+            info!(failed = n, "failed restores interrupted by a restart");
+        }
+        let api: Api<DeserializeGuard<Restore>> = Api::all(self.client.clone());
+        let (reader, writer) = reflector::store();
+        // Every watch event, not just applied objects: the reflector's store takes in the
+        // initial list only at InitDone, so scheduling on the InitApply events alone missed
+        // jobs that existed before the watch started until some later event came.
+        let mut events = watcher(api, config)
+            .default_backoff()
+            .reflect(writer)
+            .boxed();
+        // Destination datasets being restored: one restore per dataset at a time.
+        let running: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    None => return Ok(()),
+                    Some(Err(e)) => { warn!(error = %e, "Restore watch error"); continue; }
+                    Some(Ok(_)) => {}
+                },
+                Some(()) = done_rx.recv() => {}
+            }
+            let mut pending: Vec<Restore> = reader
+                .state()
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok().cloned())
+                .filter(|r| is_claimable(r, &self.cfg.host_name))
+                .collect();
+            pending.sort_by_key(|r| (r.metadata.creation_timestamp.clone().map(|t| t.0), key(r)));
+            for r in pending {
+                let dest = r.spec.destination.dataset.as_str().to_owned();
+                if running.lock().map(|s| s.contains(&dest)).unwrap_or(true) {
+                    continue;
+                }
+                let claimed = match self.claim(&r).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(restore = %key(&r), error = %e, "claiming failed");
+                        continue;
+                    }
+                };
+                if let Ok(mut s) = running.lock() {
+                    s.insert(dest.clone());
+                }
+                let span = info_span!("restore", restore = %key(&r),
+                    source = %format!("{}:{}", r.spec.source.host.as_str(), r.spec.source.dataset_name()),
+                    destination = %dest);
+                let (this, running, done) = (self.clone(), running.clone(), done_tx.clone());
+                tokio::spawn(
+                    async move {
+                        info!("claimed");
+                        if let Err(e) = this.execute(claimed).await {
+                            error!(error = %e, "could not record the restore's outcome");
+                        }
+                        if let Ok(mut s) = running.lock() {
+                            s.remove(&dest);
+                        }
+                        let _ = done.send(());
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+}
