@@ -210,33 +210,13 @@ fn helm_installed_pods_back_up_node1_to_node2_and_restore() {
     let original = sums(&data);
 
     // helm install, nothing by hand: the chart's CRDs, RBAC, controller Deployment, agent
-    // DaemonSet (zfs-fuse flavour: the node's daemon socket mounted in).
+    // DaemonSet (zfs-fuse flavour: the node's daemon socket mounted in), with the settings
+    // `cluster.sh install` gives (shared with the demo).
     let _ = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
-    let chart = c.root.join("charts/zetaback");
-    let install = c.tool(
-        "helm",
-        &[
-            "install",
-            RELEASE,
-            &chart.to_string_lossy(),
-            "-n",
-            NS,
-            "--create-namespace",
-            "--set",
-            "agent.zfsFuse=true",
-            // zfs.sh's pools mount under /run/zetaback/zfs (a restore mounts there).
-            "--set",
-            "agent.zfsFuseMountRoots={/run/zetaback/zfs}",
-            // No per-node certificates are provisioned on these nodes yet: the explicit
-            // plaintext mode (the chart's default, tls.mode=hostPath, needs them).
-            "--set",
-            "tls.mode=insecure-plaintext",
-        ],
-        None,
-    );
+    let install = script(&c.root, "cluster.sh", &["install"]);
     assert!(
         install.status.success(),
-        "helm install: {}",
+        "cluster.sh install: {}",
         text(&install.stderr)
     );
 
