@@ -73,8 +73,9 @@ cluster_tier() {
   t0=$(date +%s)
   echo "== node binaries (built once, cached under ~/.cache/zetaback/bin)"
   bash e2e/scripts/build-node-tools.sh
-  echo "== images (e2e/scripts/image.sh build)"
+  echo "== images (e2e/scripts/image.sh build), kubectl-zetaback (the tests run it)"
   bash e2e/scripts/image.sh build >/dev/null
+  cargo build --locked -p zetaback --bin kubectl-zetaback
   echo "== local cluster"
   bash e2e/scripts/cluster.sh up
   echo "== cluster up in $(( $(date +%s) - t0 ))s"

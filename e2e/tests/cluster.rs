@@ -485,8 +485,42 @@ spec:
     let served = fallback_route_serves(&c);
     println!("== FallbackRoute through its Service from node 1's namespace: {served:?}");
 
+    // helm upgrade with a changed value rolls every pod out, and the new pods back up.
+    helm_upgrade_rolls_out_and_backs_up(&c, &node2_store);
+
     println!("{}", c.kubectl(&["get", "zetaback", "-A"]));
     println!("{}", show_pods());
+    let summary = zetaback_cli(&c, &["summary", "-A"]);
+    assert!(
+        summary.status.success(),
+        "kubectl zetaback summary: {}",
+        text(&summary.stderr)
+    );
+    println!("{}", text(&summary.stdout));
+
+    // helm uninstall: the workloads go, every stored backup stays on node 2's disk.
+    let kept = sums(&node2_store);
+    assert!(
+        kept.contains(".full."),
+        "node 2's store before the uninstall: {kept}"
+    );
+    let un = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
+    assert!(un.status.success(), "helm uninstall: {}", text(&un.stderr));
+    eventually(
+        "no controller or agent pod left after helm uninstall",
+        LIMIT,
+        || release_pods(&c).is_empty().then_some(()),
+        show_pods,
+    );
+    assert_eq!(
+        sums(&node2_store),
+        kept,
+        "node 2's store changed across helm uninstall"
+    );
+    println!(
+        "== helm uninstall: every stored file kept, sha256 equal ({} files)",
+        kept.lines().count()
+    );
 
     // Clean up what this test made (the cluster itself stays for the tier's other tests;
     // `cluster.sh down` removes it).
@@ -498,10 +532,128 @@ spec:
         "--all",
         "--wait=true",
     ]);
-    let un = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
-    assert!(un.status.success(), "helm uninstall: {}", text(&un.stderr));
     c.kubectl(&["delete", "zfshost", "zb-node1", "zb-node2"]);
     destroy_datasets(&[&dataset, &restored, &again]);
+}
+
+/// A controller or agent pod of the release.
+struct ReleasePod {
+    uid: String,
+    component: String,
+    /// `RUST_LOG` of its container, as the chart set it.
+    log_filter: String,
+    running_and_ready: bool,
+}
+
+/// The release's controller and agent pods (terminating ones included).
+fn release_pods(c: &Cluster) -> Vec<ReleasePod> {
+    let list = c.json(&["get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=zetaback"]);
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| {
+            let env = p["spec"]["containers"][0]["env"].as_array();
+            let log_filter = env
+                .and_then(|e| e.iter().find(|v| v["name"] == "RUST_LOG"))
+                .map(|v| s(&v["value"]))
+                .unwrap_or_default();
+            let ready = p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true));
+            ReleasePod {
+                uid: s(&p["metadata"]["uid"]),
+                component: s(&p["metadata"]["labels"]["app.kubernetes.io/component"]),
+                log_filter,
+                running_and_ready: ready
+                    && p["status"]["phase"] == "Running"
+                    && p["metadata"]["deletionTimestamp"].is_null(),
+            }
+        })
+        .filter(|p| p.component == "controller" || p.component == "agent")
+        .collect()
+}
+
+/// `kubectl-zetaback ARGS` (the built CLI, next to the test binary's directory) with the
+/// cluster's kubeconfig and the chart's catalogue reader.
+fn zetaback_cli(c: &Cluster, args: &[&str]) -> Output {
+    let bin = zetaback_e2e::fleet::agent_binary().with_file_name("kubectl-zetaback");
+    Command::new(bin)
+        .args(args)
+        .args(["--reader-service-account", &format!("{NS}/zetaback-reader")])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .expect("kubectl-zetaback")
+}
+
+/// Backup manifests of incrementals in a store.
+fn incrementals(store: &Path) -> usize {
+    files_under(store)
+        .iter()
+        .filter(|f| {
+            let name = f.file_name().unwrap_or_default().to_string_lossy();
+            name.contains(".incremental.") && name.ends_with(".json")
+        })
+        .count()
+}
+
+/// `helm upgrade` (cluster.sh install again) with the controller's and agents' log filter
+/// changed: every controller and agent pod is replaced by one with the new value and becomes
+/// Ready, and an incremental requested afterwards is stored by the new pods.
+fn helm_upgrade_rolls_out_and_backs_up(c: &Cluster, store: &Path) {
+    let before: Vec<String> = release_pods(c).into_iter().map(|p| p.uid).collect();
+    let started = Instant::now();
+    let up = script(
+        &c.root,
+        "cluster.sh",
+        &[
+            "install",
+            "--set",
+            "controller.logLevel=debug",
+            "--set",
+            "agent.logLevel=debug",
+        ],
+    );
+    assert!(
+        up.status.success(),
+        "cluster.sh install (upgrade): {}",
+        text(&up.stderr)
+    );
+    eventually(
+        "helm upgrade rolled out: every controller and agent pod new, RUST_LOG=debug, Ready",
+        LIMIT,
+        || {
+            let ps = release_pods(c);
+            let count = |what: &str| ps.iter().filter(|p| p.component == what).count();
+            let rolled = ps.iter().all(|p| {
+                !before.contains(&p.uid) && p.log_filter == "debug" && p.running_and_ready
+            });
+            (rolled && count("controller") == 2 && count("agent") == 2).then_some(())
+        },
+        || c.kubectl(&["get", "pods", "-A", "-o", "wide"]),
+    );
+    println!(
+        "== helm upgrade (logLevel=debug): every controller and agent pod replaced and Ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let stored = incrementals(store);
+    let asked = zetaback_cli(c, &["backup", "cluster-backup", "-n", NS, "--incremental"]);
+    assert!(
+        asked.status.success(),
+        "kubectl zetaback backup: {}",
+        text(&asked.stderr)
+    );
+    eventually(
+        "an incremental stored by the upgraded pods",
+        LIMIT,
+        || (incrementals(store) > stored).then_some(()),
+        || c.kubectl(&["get", "backupjob", "-n", NS, "-o", "yaml"]),
+    );
+    println!(
+        "== after the upgrade: an incremental stored on node 2 ({:.1}s after the upgrade)",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// A real nginx in node 2's network namespace (10.250.0.12:18080), stopped when dropped.
