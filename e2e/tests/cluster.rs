@@ -208,11 +208,28 @@ fn helm_installed_pods_back_up_node1_to_node2_and_restore() {
         std::fs::write(data.join(format!("sub/file{i}")), noise(i, len)).expect("write");
     }
     let original = sums(&data);
+    // Node 2's store starts without this host's backups (a cluster kept from an earlier run,
+    // ZETABACK_KEEP_CLUSTER=1, still has them).
+    let _ = std::fs::remove_dir_all(c.run.join("node2/store/zb-node1"));
 
     // helm install, nothing by hand: the chart's CRDs, RBAC, controller Deployment, agent
     // DaemonSet (zfs-fuse flavour: the node's daemon socket mounted in), with the settings
     // `cluster.sh install` gives (shared with the demo).
     let _ = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
+    // What an earlier run that failed left (a kept cluster): its objects would answer for this
+    // run's (a Restore already Succeeded). Fails harmlessly before the CRDs exist.
+    let _ = c.tool(
+        "kubectl",
+        &[
+            "delete",
+            "restore,backuppolicy,fallbackroute",
+            "-n",
+            NS,
+            "--all",
+            "--wait=true",
+        ],
+        None,
+    );
     let install = script(&c.root, "cluster.sh", &["install"]);
     assert!(
         install.status.success(),
@@ -346,6 +363,7 @@ spec:
     );
 
     // A Restore back onto node 1, under another name; every file's checksum equal.
+    absent_from_status(&c, &restored);
     c.apply(&format!(
         r#"
 apiVersion: zetaback.io/v1alpha1
@@ -447,6 +465,7 @@ spec:
     );
     let again = format!("{POOL}/restored-again");
     destroy_datasets(&[&again]);
+    absent_from_status(&c, &again);
     c.apply(&format!(
         r#"
 apiVersion: zetaback.io/v1alpha1
@@ -536,6 +555,23 @@ spec:
     destroy_datasets(&[&dataset, &restored, &again]);
 }
 
+/// Waits until node 1's ZfsHost no longer lists `dataset` (the controller refuses a Restore
+/// onto a dataset its host reports: after a `zfs destroy`, the agent's next status says so).
+fn absent_from_status(c: &Cluster, dataset: &str) {
+    eventually(
+        &format!("zb-node1's status without {dataset}"),
+        LIMIT,
+        || {
+            let h = c.json(&["get", "zfshost", "zb-node1"]);
+            let listed = h["status"]["datasets"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["name"] == dataset));
+            (!listed).then_some(())
+        },
+        || c.kubectl(&["get", "zfshost", "zb-node1", "-o", "yaml"]),
+    );
+}
+
 /// A controller or agent pod of the release.
 struct ReleasePod {
     uid: String,
@@ -547,7 +583,14 @@ struct ReleasePod {
 
 /// The release's controller and agent pods (terminating ones included).
 fn release_pods(c: &Cluster) -> Vec<ReleasePod> {
-    let list = c.json(&["get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=zetaback"]);
+    let list = c.json(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/name=zetaback",
+    ]);
     let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
     list["items"]
         .as_array()
@@ -587,6 +630,27 @@ fn zetaback_cli(c: &Cluster, args: &[&str]) -> Output {
         .expect("kubectl-zetaback")
 }
 
+/// From a `kubectl get --watch -o json` stream: each pod's (uid, exit code) of its first
+/// container once it terminated.
+fn exit_codes(stream: &[u8]) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = Vec::new();
+    for pod in serde_json::Deserializer::from_slice(stream).into_iter::<serde_json::Value>() {
+        let Ok(pod) = pod else { break };
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let code =
+            pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"].as_i64();
+        if let Some(code) = code
+            && !out.iter().any(|(u, _)| *u == uid)
+        {
+            out.push((uid, code));
+        }
+    }
+    out
+}
+
 /// Backup manifests of incrementals in a store.
 fn incrementals(store: &Path) -> usize {
     files_under(store)
@@ -603,6 +667,22 @@ fn incrementals(store: &Path) -> usize {
 /// Ready, and an incremental requested afterwards is stored by the new pods.
 fn helm_upgrade_rolls_out_and_backs_up(c: &Cluster, store: &Path) {
     let before: Vec<String> = release_pods(c).into_iter().map(|p| p.uid).collect();
+    // Every change of the agent pods while the DaemonSet rolls, to read how the old ones ended.
+    let watched = c.run.join("agent-pods.watch.json");
+    let mut watch = Command::new(c.bin.join("kubectl"))
+        .args([
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "app.kubernetes.io/component=agent",
+        ])
+        .args(["--watch", "-o", "json"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .stdout(std::fs::File::create(&watched).expect("watch file"))
+        .spawn()
+        .expect("kubectl get --watch");
     let started = Instant::now();
     let up = script(
         &c.root,
@@ -636,6 +716,24 @@ fn helm_upgrade_rolls_out_and_backs_up(c: &Cluster, store: &Path) {
     println!(
         "== helm upgrade (logLevel=debug): every controller and agent pod replaced and Ready in {:.1}s",
         started.elapsed().as_secs_f64()
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    // The replaced agents stopped on the SIGTERM of their pod's deletion (exit 0), not killed
+    // at the end of the grace period (137).
+    let ended = exit_codes(&std::fs::read(&watched).expect("watch output"));
+    let old_agents: Vec<_> = ended
+        .iter()
+        .filter(|(uid, _)| before.contains(uid))
+        .collect();
+    assert_eq!(
+        old_agents.len(),
+        2,
+        "the two replaced agent pods' exits: {ended:?}"
+    );
+    assert!(
+        old_agents.iter().all(|(_, code)| *code == 0),
+        "the replaced agent pods' exit codes (137: SIGKILL after the grace period): {old_agents:?}"
     );
     let stored = incrementals(store);
     let asked = zetaback_cli(c, &["backup", "cluster-backup", "-n", NS, "--incremental"]);
