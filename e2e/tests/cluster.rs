@@ -283,6 +283,10 @@ spec: {{nodeName: zb-node2, datasets: {{include: ["zbnode2/**"]}}}}
     );
     println!("{}", show_pods());
 
+    // Each controller pod's /readyz (what its readiness probe asks) names its lease state: the
+    // Lease holder leads with synced caches, the other stands by.
+    readyz_names_the_lease_state(&c);
+
     // Each agent found its node's pool from inside its pod and published its endpoint.
     eventually(
         "the ZfsHosts' status: node 1's dataset, both endpoints",
@@ -553,6 +557,53 @@ spec:
     ]);
     c.kubectl(&["delete", "zfshost", "zb-node1", "zb-node2"]);
     destroy_datasets(&[&dataset, &restored, &again]);
+}
+
+/// Asks every controller pod's `/readyz` (from the host, which routes to the pods): the Lease
+/// holder answers 200 "leader: caches synced…", the other 200 "standby: …".
+fn readyz_names_the_lease_state(c: &Cluster) {
+    let answers = eventually(
+        "one controller pod leading with synced caches, the other standing by (/readyz)",
+        LIMIT,
+        || {
+            let holder = c.json(&["get", "lease", "-n", NS, "zetaback-controller"])["spec"]
+                ["holderIdentity"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let pods = c.json(&[
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                "app.kubernetes.io/component=controller",
+            ]);
+            let mut answers = Vec::new();
+            for p in pods["items"].as_array()? {
+                let name = p["metadata"]["name"].as_str()?.to_owned();
+                let ip = p["status"]["podIP"].as_str()?;
+                let out = Command::new("curl")
+                    .args(["-sS", "--max-time", "5", "-w", " %{http_code}"])
+                    .arg(format!("http://{ip}:8080/readyz"))
+                    .output()
+                    .ok()?;
+                answers.push((name == holder, text(&out.stdout).trim().to_owned()));
+            }
+            let ok = answers.len() == 2
+                && answers.iter().all(|(leads, a)| {
+                    let want = if *leads {
+                        "leader: caches synced"
+                    } else {
+                        "standby: "
+                    };
+                    a.starts_with(want) && a.ends_with(" 200")
+                });
+            ok.then_some(answers)
+        },
+        || c.kubectl(&["get", "lease,pods", "-n", NS, "-o", "wide"]),
+    );
+    println!("== controller /readyz: {answers:?}");
 }
 
 /// Waits until node 1's ZfsHost no longer lists `dataset` (the controller refuses a Restore
