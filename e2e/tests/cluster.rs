@@ -911,6 +911,12 @@ spec:
     );
     // Every pod, the route's proxy included, Running on the two nodes.
     println!("{}", c.kubectl(&["get", "pods", "-A", "-o", "wide"]));
+
+    // A change of the route rolls its proxy Deployment out while a client in node 1's
+    // namespace keeps asking, one request after another: no request fails.
+    let (served, failed) = rollout_under_load(c, &url);
+    println!("== proxy rollout under load: {served} requests served, {failed} failed");
+    assert_eq!(failed, 0, "requests failed during the proxy rollout");
     c.kubectl(&[
         "delete",
         "fallbackroute",
@@ -920,6 +926,100 @@ spec:
         "--wait=true",
     ]);
     format!("{url} -> {}", got.trim())
+}
+
+/// Starts a bounded load loop in node 1's network namespace (curl after curl against `url`,
+/// until a stop file appears or 180 s pass), changes the route so its proxy Deployment rolls
+/// out, waits for the new pod to serve alone, stops the loop: (requests served, failed).
+fn rollout_under_load(c: &Cluster, url: &str) -> (u64, u64) {
+    let stop = c.run.join("load.stop");
+    let _ = std::fs::remove_file(&stop);
+    let script = format!(
+        r#"ok=0; failed=0; end=$((SECONDS + 180))
+while [ ! -e '{stop}' ] && [ $SECONDS -lt $end ]; do
+  code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 -H 'Host: route.zb.test' '{url}')
+  if [ "$code" = 200 ]; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "$(date +%T.%N) $code" >&2; fi
+done
+echo "$ok $failed""#,
+        stop = stop.display()
+    );
+    let load = Command::new("ip")
+        .args(["netns", "exec", "zb-node1", "bash", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the load loop");
+    let deploy = || c.json(&["get", "deploy", "-n", NS, "cluster-route-proxy"]);
+    let before = deploy()["spec"]["template"]["metadata"]["annotations"].clone();
+    let pods_before = c.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/instance=cluster-route",
+        "-o",
+        "name",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    c.kubectl(&[
+        "patch",
+        "fallbackroute",
+        "-n",
+        NS,
+        "cluster-route",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"cache":{"ttl":"1m"}}}"#,
+    ]);
+    eventually(
+        "the proxy Deployment rolled out: a new template, one updated replica, ready, alone",
+        LIMIT,
+        || {
+            let d = deploy();
+            let st = &d["status"];
+            let rolled = d["spec"]["template"]["metadata"]["annotations"] != before
+                && st["observedGeneration"] == d["metadata"]["generation"]
+                && st["updatedReplicas"] == 1
+                && st["readyReplicas"] == 1
+                && st["replicas"] == 1;
+            rolled.then_some(())
+        },
+        || c.kubectl(&["get", "deploy,rs,pods", "-n", NS, "-o", "wide"]),
+    );
+    // The old pod gone (it drains first), then a few more requests to the new one alone.
+    eventually(
+        "the old proxy pod gone",
+        LIMIT,
+        || {
+            let now = c.kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                "app.kubernetes.io/instance=cluster-route",
+                "-o",
+                "name",
+            ]);
+            (!pods_before.lines().any(|p| now.lines().any(|n| n == p))).then_some(())
+        },
+        || c.kubectl(&["get", "pods", "-n", NS, "-o", "wide"]),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&stop, "").expect("stop file");
+    let out = load.wait_with_output().expect("the load loop");
+    let counts = text(&out.stdout);
+    let mut n = counts.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let (Some(Some(served)), Some(Some(failed))) = (n.next(), n.next()) else {
+        panic!("the load loop's counts: {counts:?} {}", text(&out.stderr));
+    };
+    if failed > 0 {
+        println!("failed requests (time, HTTP code):\n{}", text(&out.stderr));
+    }
+    assert!(served > 0, "no request served during the rollout");
+    (served, failed)
 }
 
 /// `zfs destroy -r` of each dataset that exists, a few tries each (zfs-fuse reports a dataset
