@@ -283,6 +283,8 @@ spec: {{nodeName: zb-node2, datasets: {{include: ["zbnode2/**"]}}}}
     );
     println!("{}", show_pods());
 
+    println!("== pod start → Ready: {}", start_to_ready(&c).join(", "));
+
     // Each controller pod's /readyz (what its readiness probe asks) names its lease state: the
     // Lease holder leads with synced caches, the other stands by.
     readyz_names_the_lease_state(&c);
@@ -557,6 +559,31 @@ spec:
     ]);
     c.kubectl(&["delete", "zfshost", "zb-node1", "zb-node2"]);
     destroy_datasets(&[&dataset, &restored, &again]);
+}
+
+/// Each release pod's seconds from its start (`status.startTime`) to its Ready condition.
+fn start_to_ready(c: &Cluster) -> Vec<String> {
+    let list = c.json(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/name=zetaback",
+    ]);
+    let time = |v: &serde_json::Value| v.as_str()?.parse::<jiff::Timestamp>().ok();
+    let mut out = Vec::new();
+    for p in list["items"].as_array().into_iter().flatten() {
+        let ready = p["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| time(&c["lastTransitionTime"]));
+        if let (Some(start), Some(ready)) = (time(&p["status"]["startTime"]), ready) {
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            out.push(format!("{name} {}s", ready.as_second() - start.as_second()));
+        }
+    }
+    out
 }
 
 /// Asks every controller pod's `/readyz` (from the host, which routes to the pods): the Lease
