@@ -298,7 +298,8 @@ node_run_inside() {
   # Only this cluster's pools: the machine's other zfs-fuse file systems (other work's pools,
   # copied into this namespace when it was made) are detached here, so the node never keeps
   # another pool's file system alive after its owner unmounted it to destroy the pool.
-  awk '$3 == "fuse.zfs" {print $2}' /proc/self/mounts | grep -Ev '^/run/zetaback/zfs/zbnode[0-9]+(/|$)' |
+  # (grep finds nothing when no other pool is mounted: not a failure.)
+  awk '$3 == "fuse.zfs" {print $2}' /proc/self/mounts | { grep -Ev '^/run/zetaback/zfs/zbnode[0-9]+(/|$)' || true; } |
     sort -r | while read -r f; do umount -l "$f" 2>/dev/null || true; done
   export PATH="$bin:$PATH"
   "$bin/containerd" --config "$n/containerd.toml" >"$n/containerd.log" 2>&1 &
