@@ -7,7 +7,7 @@
 # through the agent pods, into node 2's store. It ends with every pod, the policy's compliance
 # and `kubectl zetaback summary`.
 # Run as root on Debian. `e2e/demo.sh down` stops everything: the cluster, its pools, and the
-# zfs-fuse daemon when no other pool made by e2e/scripts/zfs.sh is left.
+# zfs-fuse daemon when the demo started it and no other pool made by e2e/scripts/zfs.sh is left.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -20,12 +20,9 @@ bins="$CARGO_TARGET_DIR/debug"
 cluster() { bash e2e/scripts/cluster.sh "$@"; }
 
 if [ "${1:-}" = down ]; then
+  # (Also stops zfs-fuse if cluster.sh up started it and it serves no other pool zfs.sh made:
+  # a daemon that was running before, e.g. for other work on a shared machine, stays.)
   cluster down
-  # cluster.sh up starts zfs-fuse when it is not running; stop it when it answers and serves no
-  # pool zfs.sh made for something else (zfs.sh stop also leaves it to pools it did not make).
-  if zpool list -H >/dev/null 2>&1 && [ -z "$(bash e2e/scripts/zfs.sh owned)" ]; then
-    bash e2e/scripts/zfs.sh stop
-  fi
   exit 0
 fi
 

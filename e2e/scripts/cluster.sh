@@ -7,7 +7,8 @@
 #
 #   cluster.sh up       start what is not running (idempotent); prints the kubeconfig path
 #   cluster.sh down     stop everything and leave nothing behind: processes, cgroups, network
-#                       namespaces, veths, the bridge, routes, mounts, state directories
+#                       namespaces, veths, the bridge, routes, mounts, state directories, and
+#                       zfs-fuse when up started it and no other pool made by zfs.sh is left
 #   cluster.sh status   what runs, and `kubectl get nodes`
 #   cluster.sh images   imports the newest image build (image.sh build) into every running node
 #   cluster.sh env      prints KUBECONFIG=… lines for the tests
@@ -501,6 +502,9 @@ up() {
   # the node's mount namespace is a private copy of the host's taken then, so only mounts that
   # existed at that moment are seen by its pods. zfs-fuse's client creates a received dataset's
   # mountpoint directory itself, inside the pool's mounted root, before the daemon mounts it.
+  # Whether this up starts zfs-fuse: then down stops it again (when no other pool made by
+  # zfs.sh is left); a daemon that was already running serves others and is left alone.
+  if ! zpool list -H >/dev/null 2>&1; then touch "$run/zfs-fuse-started"; fi
   "$here/zfs.sh" start 8<&- >/dev/null
   for i in $(seq 1 "$count"); do "$here/zfs.sh" pool "zbnode$i" 256M 8<&- >/dev/null; done
   for i in $(seq 1 "$count"); do node_up "$i"; done
@@ -569,7 +573,8 @@ quiesce() {
 }
 
 down() {
-  local i d n
+  local i d n started_zfs=no
+  [ ! -f "$run/zfs-fuse-started" ] || started_zfs=yes
   quiesce
   for i in $(seq 1 9); do
     n=$(node_name "$i")
@@ -587,6 +592,9 @@ down() {
     if zpool list -H -o name "zbnode$i" >/dev/null 2>&1; then "$here/zfs.sh" destroy "zbnode$i" 8<&- || true; fi
   done
   if [ -f "$run/kubeconfig" ]; then cp_env down; fi
+  if [ "$started_zfs" = yes ] && zpool list -H >/dev/null 2>&1 && [ -z "$("$here/zfs.sh" owned 8<&-)" ]; then
+    "$here/zfs.sh" stop 8<&- || true
+  fi
   if [ -f "$run/created-dirs" ]; then
     while read -r d; do rmdir "$d" 2>/dev/null || log "left $d (not empty)"; done <"$run/created-dirs"
   fi
