@@ -98,8 +98,9 @@ cluster_tier() {
   echo "== node binaries (built once, cached under ~/.cache/zetaback/bin)"
   node_tools_wait
   bash e2e/scripts/build-node-tools.sh
-  echo "== images (e2e/scripts/image.sh build)"
+  echo "== images (e2e/scripts/image.sh build), kubectl-zetaback (the tests run it)"
   bash e2e/scripts/image.sh build >/dev/null
+  cargo build --locked -p zetaback --bin kubectl-zetaback
   echo "== local cluster"
   bash e2e/scripts/cluster.sh up
   echo "== cluster up in $(( $(date +%s) - t0 ))s"

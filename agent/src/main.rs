@@ -635,6 +635,27 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         r = runner.run() => { r?; }
         r = restores.run() => { r?; }
         r = disc => { r?; }
+        () = termination() => {
+            // A job cut here is what a crash leaves: nothing partial is a backup, the
+            // controller retries it (the same as the SIGKILL after the grace period, sooner).
+            info!("SIGTERM or interrupt: stopping");
+        }
     }
     Ok(())
+}
+
+/// SIGTERM (a pod's deletion) or SIGINT. As a container's PID 1 the agent gets no default
+/// action for either: without this it ignored its pod's SIGTERM and was killed at the end of
+/// the grace period (exit 137), which made every DaemonSet rollout wait 30 s per node.
+async fn termination() {
+    let interrupt = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! { _ = interrupt => {}, _ = term.recv() => {} }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM: only SIGINT stops the agent");
+            let _ = interrupt.await;
+        }
+    }
 }

@@ -7,10 +7,16 @@
 #
 #   cluster.sh up       start what is not running (idempotent); prints the kubeconfig path
 #   cluster.sh down     stop everything and leave nothing behind: processes, cgroups, network
-#                       namespaces, veths, the bridge, routes, mounts, state directories
+#                       namespaces, veths, the bridge, routes, mounts, state directories, and
+#                       zfs-fuse when up started it and no other pool made by zfs.sh is left
 #   cluster.sh status   what runs, and `kubectl get nodes`
 #   cluster.sh images   imports the newest image build (image.sh build) into every running node
 #   cluster.sh env      prints KUBECONFIG=… lines for the tests
+#   cluster.sh install [HELM ARGS…]   `helm upgrade --install` of charts/zetaback (release
+#                       zetaback, namespace zetaback-system) with this cluster's settings; extra
+#                       arguments (e.g. `--set controller.logLevel=debug`) follow them. The
+#                       cluster tier and the demo both install with it.
+#   cluster.sh helm ARGS…   helm with this cluster's kubeconfig and its own helm directories
 #   cluster.sh nsenter N CMD…   runs CMD in node N's network and mount namespaces
 #
 # Pools: node i's is zbnode<i> (zfs.sh, on the machine's zfs-fuse daemon, mounted under
@@ -74,6 +80,22 @@ cp_up() {
     ZETABACK_CONTROLLER_MANAGER_BIN="$bin/kube-controller-manager" cp_env up
 }
 kubectl() { "$("$here/build-tools.sh")/kubectl" --kubeconfig "$kubeconfig" "$@"; }
+helm() {
+  KUBECONFIG=$kubeconfig HELM_CACHE_HOME="$run/helm/cache" HELM_CONFIG_HOME="$run/helm/config" \
+    HELM_DATA_HOME="$run/helm/data" "$("$here/build-tools.sh")/helm" "$@"
+}
+
+# The release on this cluster: `helm upgrade --install` (a first install, or an upgrade that
+# rolls out what changed). The settings this cluster needs:
+#   agent.zfsFuse, agent.zfsFuseMountRoots: the agents reach the machine's zfs-fuse daemon
+#     through its socket, and zfs.sh's pools mount under /run/zetaback/zfs (README, "The local
+#     multi-node cluster");
+#   tls.mode=insecure-plaintext: no per-node certificates are provisioned on these nodes yet (the
+#     chart's default, hostPath, needs them).
+install_chart() {
+  helm upgrade --install zetaback "$root/charts/zetaback" --namespace zetaback-system --create-namespace \
+    --set agent.zfsFuse=true --set 'agent.zfsFuseMountRoots={/run/zetaback/zfs}' --set tls.mode=insecure-plaintext "$@"
+}
 
 # ---- the host side: bridge, namespaces, veths, routes ---------------------------------------
 
@@ -274,6 +296,12 @@ node_run_inside() {
   for f in "$n"/sysctl/*; do
     mount --bind "$f" "/proc/sys/$(basename "$f" | tr . /)"
   done
+  # Only this cluster's pools: the machine's other zfs-fuse file systems (other work's pools,
+  # copied into this namespace when it was made) are detached here, so the node never keeps
+  # another pool's file system alive after its owner unmounted it to destroy the pool.
+  # (grep finds nothing when no other pool is mounted: not a failure.)
+  awk '$3 == "fuse.zfs" {print $2}' /proc/self/mounts | { grep -Ev '^/run/zetaback/zfs/zbnode[0-9]+(/|$)' || true; } |
+    sort -r | while read -r f; do umount -l "$f" 2>/dev/null || true; done
   export PATH="$bin:$PATH"
   "$bin/containerd" --config "$n/containerd.toml" >"$n/containerd.log" 2>&1 &
   for _ in $(seq 1 100); do [ -S "$n/containerd/containerd.sock" ] && break; sleep 0.2; done
@@ -292,8 +320,9 @@ import_images() {
   local n f bin
   n=$(node_run "$1"); bin=$(tools)
   for f in "$run"/images/*.tar; do
-    "$bin/ctr" -a "$n/containerd/containerd.sock" -n k8s.io images import "$f" >/dev/null ||
-      die "importing $f into node $1 failed"
+    # (ctr repeats containerd's cgroup v1 deprecation warning on every call: shown on failure only.)
+    "$bin/ctr" -a "$n/containerd/containerd.sock" -n k8s.io images import "$f" >"$n/import.log" 2>&1 ||
+      { cat "$n/import.log" >&2; die "importing $f into node $1 failed"; }
   done
 }
 
@@ -473,6 +502,9 @@ up() {
   # the node's mount namespace is a private copy of the host's taken then, so only mounts that
   # existed at that moment are seen by its pods. zfs-fuse's client creates a received dataset's
   # mountpoint directory itself, inside the pool's mounted root, before the daemon mounts it.
+  # Whether this up starts zfs-fuse: then down stops it again (when no other pool made by
+  # zfs.sh is left); a daemon that was already running serves others and is left alone.
+  if ! zpool list -H >/dev/null 2>&1; then touch "$run/zfs-fuse-started"; fi
   "$here/zfs.sh" start 8<&- >/dev/null
   for i in $(seq 1 "$count"); do "$here/zfs.sh" pool "zbnode$i" 256M 8<&- >/dev/null; done
   for i in $(seq 1 "$count"); do node_up "$i"; done
@@ -514,8 +546,36 @@ kill_cgroup() {
   done
 }
 
+# quiesce: before the nodes go, the release goes (its agents stop their sends and receives
+# cleanly) and the datasets inside the nodes' pools are destroyed (the agents' holds on their
+# last backup's snapshot, zetaback-base, released first), so the pools are empty when they are
+# destroyed. Destroying a pool with mounted datasets right after its users were killed once
+# ended the machine's zfs-fuse daemon ("cannot destroy 'zbnode1': pool is busy", then no
+# daemon): this is the order the cluster tier always cleaned up in.
+quiesce() {
+  local i ds s
+  if [ -f "$kubeconfig" ] && helm status zetaback -n zetaback-system >/dev/null 2>&1; then
+    helm uninstall zetaback -n zetaback-system --wait --timeout 90s >/dev/null 2>&1 ||
+      log "helm uninstall did not finish: the nodes are stopped anyway"
+  fi
+  for i in $(seq 1 9); do
+    zpool list -H -o name "zbnode$i" >/dev/null 2>&1 || continue
+    zfs list -H -t snapshot -o name -r "zbnode$i" 2>/dev/null | while read -r s; do
+      zfs release zetaback-base "$s" >/dev/null 2>&1 || true
+    done
+    zfs list -H -d 1 -o name "zbnode$i" 2>/dev/null | tail -n +2 | while read -r ds; do
+      for _ in $(seq 1 10); do
+        zfs destroy -r "$ds" 2>/dev/null && break
+        sleep 1
+      done
+    done
+  done
+}
+
 down() {
-  local i d n
+  local i d n started_zfs=no
+  [ ! -f "$run/zfs-fuse-started" ] || started_zfs=yes
+  quiesce
   for i in $(seq 1 9); do
     n=$(node_name "$i")
     if [ -d "/sys/fs/cgroup/pids/$n" ] || [ -d "/sys/fs/cgroup/memory/$n" ]; then
@@ -532,6 +592,9 @@ down() {
     if zpool list -H -o name "zbnode$i" >/dev/null 2>&1; then "$here/zfs.sh" destroy "zbnode$i" 8<&- || true; fi
   done
   if [ -f "$run/kubeconfig" ]; then cp_env down; fi
+  if [ "$started_zfs" = yes ] && zpool list -H >/dev/null 2>&1 && [ -z "$("$here/zfs.sh" owned 8<&-)" ]; then
+    "$here/zfs.sh" stop 8<&- || true
+  fi
   if [ -f "$run/created-dirs" ]; then
     while read -r d; do rmdir "$d" 2>/dev/null || log "left $d (not empty)"; done <"$run/created-dirs"
   fi
@@ -558,9 +621,11 @@ case "${1:-}" in
     images
     for i in $(seq 1 "$count"); do node_alive "$i" || die "node $i is not running (cluster.sh up)"; import_images "$i"; done ;;
   env) echo "KUBECONFIG=$kubeconfig" ;;
+  install) shift; install_chart "$@" ;;
+  helm) shift; helm "$@" ;;
   node-run) node_run_inside "$2" ;;
   nsenter)
     i=$2; shift 2
     exec nsenter --net="/run/netns/$(node_name "$i")" --mount="/proc/$(cat "$(node_run "$i")/pid")/ns/mnt" -- "$@" ;;
-  *) echo "usage: cluster.sh up|down|status|env|nsenter N CMD…" >&2; exit 2 ;;
+  *) echo "usage: cluster.sh up|down|status|images|env|install [HELM ARGS…]|helm ARGS…|nsenter N CMD…" >&2; exit 2 ;;
 esac

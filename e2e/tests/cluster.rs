@@ -208,35 +208,32 @@ fn helm_installed_pods_back_up_node1_to_node2_and_restore() {
         std::fs::write(data.join(format!("sub/file{i}")), noise(i, len)).expect("write");
     }
     let original = sums(&data);
+    // Node 2's store starts without this host's backups (a cluster kept from an earlier run,
+    // ZETABACK_KEEP_CLUSTER=1, still has them).
+    let _ = std::fs::remove_dir_all(c.run.join("node2/store/zb-node1"));
 
     // helm install, nothing by hand: the chart's CRDs, RBAC, controller Deployment, agent
-    // DaemonSet (zfs-fuse flavour: the node's daemon socket mounted in).
+    // DaemonSet (zfs-fuse flavour: the node's daemon socket mounted in), with the settings
+    // `cluster.sh install` gives (shared with the demo).
     let _ = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
-    let chart = c.root.join("charts/zetaback");
-    let install = c.tool(
-        "helm",
+    // What an earlier run that failed left (a kept cluster): its objects would answer for this
+    // run's (a Restore already Succeeded). Fails harmlessly before the CRDs exist.
+    let _ = c.tool(
+        "kubectl",
         &[
-            "install",
-            RELEASE,
-            &chart.to_string_lossy(),
+            "delete",
+            "restore,backuppolicy,fallbackroute",
             "-n",
             NS,
-            "--create-namespace",
-            "--set",
-            "agent.zfsFuse=true",
-            // zfs.sh's pools mount under /run/zetaback/zfs (a restore mounts there).
-            "--set",
-            "agent.zfsFuseMountRoots={/run/zetaback/zfs}",
-            // No per-node certificates are provisioned on these nodes yet: the explicit
-            // plaintext mode (the chart's default, tls.mode=hostPath, needs them).
-            "--set",
-            "tls.mode=insecure-plaintext",
+            "--all",
+            "--wait=true",
         ],
         None,
     );
+    let install = script(&c.root, "cluster.sh", &["install"]);
     assert!(
         install.status.success(),
-        "helm install: {}",
+        "cluster.sh install: {}",
         text(&install.stderr)
     );
 
@@ -285,6 +282,12 @@ spec: {{nodeName: zb-node2, datasets: {{include: ["zbnode2/**"]}}}}
         start.elapsed().as_secs()
     );
     println!("{}", show_pods());
+
+    println!("== pod start → Ready: {}", start_to_ready(&c).join(", "));
+
+    // Each controller pod's /readyz (what its readiness probe asks) names its lease state: the
+    // Lease holder leads with synced caches, the other stands by.
+    readyz_names_the_lease_state(&c);
 
     // Each agent found its node's pool from inside its pod and published its endpoint.
     eventually(
@@ -366,6 +369,7 @@ spec:
     );
 
     // A Restore back onto node 1, under another name; every file's checksum equal.
+    absent_from_status(&c, &restored);
     c.apply(&format!(
         r#"
 apiVersion: zetaback.io/v1alpha1
@@ -467,6 +471,7 @@ spec:
     );
     let again = format!("{POOL}/restored-again");
     destroy_datasets(&[&again]);
+    absent_from_status(&c, &again);
     c.apply(&format!(
         r#"
 apiVersion: zetaback.io/v1alpha1
@@ -505,8 +510,42 @@ spec:
     let served = fallback_route_serves(&c);
     println!("== FallbackRoute through its Service from node 1's namespace: {served:?}");
 
+    // helm upgrade with a changed value rolls every pod out, and the new pods back up.
+    helm_upgrade_rolls_out_and_backs_up(&c, &node2_store);
+
     println!("{}", c.kubectl(&["get", "zetaback", "-A"]));
     println!("{}", show_pods());
+    let summary = zetaback_cli(&c, &["summary", "-A"]);
+    assert!(
+        summary.status.success(),
+        "kubectl zetaback summary: {}",
+        text(&summary.stderr)
+    );
+    println!("{}", text(&summary.stdout));
+
+    // helm uninstall: the workloads go, every stored backup stays on node 2's disk.
+    let kept = sums(&node2_store);
+    assert!(
+        kept.contains(".full."),
+        "node 2's store before the uninstall: {kept}"
+    );
+    let un = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
+    assert!(un.status.success(), "helm uninstall: {}", text(&un.stderr));
+    eventually(
+        "no controller or agent pod left after helm uninstall",
+        LIMIT,
+        || release_pods(&c).is_empty().then_some(()),
+        show_pods,
+    );
+    assert_eq!(
+        sums(&node2_store),
+        kept,
+        "node 2's store changed across helm uninstall"
+    );
+    println!(
+        "== helm uninstall: every stored file kept, sha256 equal ({} files)",
+        kept.lines().count()
+    );
 
     // Clean up what this test made (the cluster itself stays for the tier's other tests;
     // `cluster.sh down` removes it).
@@ -518,10 +557,279 @@ spec:
         "--all",
         "--wait=true",
     ]);
-    let un = c.tool("helm", &["uninstall", RELEASE, "-n", NS, "--wait"], None);
-    assert!(un.status.success(), "helm uninstall: {}", text(&un.stderr));
     c.kubectl(&["delete", "zfshost", "zb-node1", "zb-node2"]);
     destroy_datasets(&[&dataset, &restored, &again]);
+}
+
+/// Each release pod's seconds from its start (`status.startTime`) to its Ready condition.
+fn start_to_ready(c: &Cluster) -> Vec<String> {
+    let list = c.json(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/name=zetaback",
+    ]);
+    let time = |v: &serde_json::Value| v.as_str()?.parse::<jiff::Timestamp>().ok();
+    let mut out = Vec::new();
+    for p in list["items"].as_array().into_iter().flatten() {
+        let ready = p["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| time(&c["lastTransitionTime"]));
+        if let (Some(start), Some(ready)) = (time(&p["status"]["startTime"]), ready) {
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            out.push(format!("{name} {}s", ready.as_second() - start.as_second()));
+        }
+    }
+    out
+}
+
+/// Asks every controller pod's `/readyz` (from the host, which routes to the pods): the Lease
+/// holder answers 200 "leader: caches synced…", the other 200 "standby: …".
+fn readyz_names_the_lease_state(c: &Cluster) {
+    let answers = eventually(
+        "one controller pod leading with synced caches, the other standing by (/readyz)",
+        LIMIT,
+        || {
+            let holder = c.json(&["get", "lease", "-n", NS, "zetaback-controller"])["spec"]
+                ["holderIdentity"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let pods = c.json(&[
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                "app.kubernetes.io/component=controller",
+            ]);
+            let mut answers = Vec::new();
+            for p in pods["items"].as_array()? {
+                let name = p["metadata"]["name"].as_str()?.to_owned();
+                let ip = p["status"]["podIP"].as_str()?;
+                let out = Command::new("curl")
+                    .args(["-sS", "--max-time", "5", "-w", " %{http_code}"])
+                    .arg(format!("http://{ip}:8080/readyz"))
+                    .output()
+                    .ok()?;
+                answers.push((name == holder, text(&out.stdout).trim().to_owned()));
+            }
+            let ok = answers.len() == 2
+                && answers.iter().all(|(leads, a)| {
+                    let want = if *leads {
+                        "leader: caches synced"
+                    } else {
+                        "standby: "
+                    };
+                    a.starts_with(want) && a.ends_with(" 200")
+                });
+            ok.then_some(answers)
+        },
+        || c.kubectl(&["get", "lease,pods", "-n", NS, "-o", "wide"]),
+    );
+    println!("== controller /readyz: {answers:?}");
+}
+
+/// Waits until node 1's ZfsHost no longer lists `dataset` (the controller refuses a Restore
+/// onto a dataset its host reports: after a `zfs destroy`, the agent's next status says so).
+fn absent_from_status(c: &Cluster, dataset: &str) {
+    eventually(
+        &format!("zb-node1's status without {dataset}"),
+        LIMIT,
+        || {
+            let h = c.json(&["get", "zfshost", "zb-node1"]);
+            let listed = h["status"]["datasets"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["name"] == dataset));
+            (!listed).then_some(())
+        },
+        || c.kubectl(&["get", "zfshost", "zb-node1", "-o", "yaml"]),
+    );
+}
+
+/// A controller or agent pod of the release.
+struct ReleasePod {
+    uid: String,
+    component: String,
+    /// `RUST_LOG` of its container, as the chart set it.
+    log_filter: String,
+    running_and_ready: bool,
+}
+
+/// The release's controller and agent pods (terminating ones included).
+fn release_pods(c: &Cluster) -> Vec<ReleasePod> {
+    let list = c.json(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/name=zetaback",
+    ]);
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| {
+            let env = p["spec"]["containers"][0]["env"].as_array();
+            let log_filter = env
+                .and_then(|e| e.iter().find(|v| v["name"] == "RUST_LOG"))
+                .map(|v| s(&v["value"]))
+                .unwrap_or_default();
+            let ready = p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true));
+            ReleasePod {
+                uid: s(&p["metadata"]["uid"]),
+                component: s(&p["metadata"]["labels"]["app.kubernetes.io/component"]),
+                log_filter,
+                running_and_ready: ready
+                    && p["status"]["phase"] == "Running"
+                    && p["metadata"]["deletionTimestamp"].is_null(),
+            }
+        })
+        .filter(|p| p.component == "controller" || p.component == "agent")
+        .collect()
+}
+
+/// `kubectl-zetaback ARGS` (the built CLI, next to the test binary's directory) with the
+/// cluster's kubeconfig and the chart's catalogue reader.
+fn zetaback_cli(c: &Cluster, args: &[&str]) -> Output {
+    let bin = zetaback_e2e::fleet::agent_binary().with_file_name("kubectl-zetaback");
+    Command::new(bin)
+        .args(args)
+        .args(["--reader-service-account", &format!("{NS}/zetaback-reader")])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .expect("kubectl-zetaback")
+}
+
+/// From a `kubectl get --watch -o json` stream: each pod's (uid, exit code) of its first
+/// container once it terminated.
+fn exit_codes(stream: &[u8]) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = Vec::new();
+    for pod in serde_json::Deserializer::from_slice(stream).into_iter::<serde_json::Value>() {
+        let Ok(pod) = pod else { break };
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let code =
+            pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"].as_i64();
+        if let Some(code) = code
+            && !out.iter().any(|(u, _)| *u == uid)
+        {
+            out.push((uid, code));
+        }
+    }
+    out
+}
+
+/// Backup manifests of incrementals in a store.
+fn incrementals(store: &Path) -> usize {
+    files_under(store)
+        .iter()
+        .filter(|f| {
+            let name = f.file_name().unwrap_or_default().to_string_lossy();
+            name.contains(".incremental.") && name.ends_with(".json")
+        })
+        .count()
+}
+
+/// `helm upgrade` (cluster.sh install again) with the controller's and agents' log filter
+/// changed: every controller and agent pod is replaced by one with the new value and becomes
+/// Ready, and an incremental requested afterwards is stored by the new pods.
+fn helm_upgrade_rolls_out_and_backs_up(c: &Cluster, store: &Path) {
+    let before: Vec<String> = release_pods(c).into_iter().map(|p| p.uid).collect();
+    // Every change of the agent pods while the DaemonSet rolls, to read how the old ones ended.
+    let watched = c.run.join("agent-pods.watch.json");
+    let mut watch = Command::new(c.bin.join("kubectl"))
+        .args([
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "app.kubernetes.io/component=agent",
+        ])
+        .args(["--watch", "-o", "json"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .stdout(std::fs::File::create(&watched).expect("watch file"))
+        .spawn()
+        .expect("kubectl get --watch");
+    let started = Instant::now();
+    let up = script(
+        &c.root,
+        "cluster.sh",
+        &[
+            "install",
+            "--set",
+            "controller.logLevel=debug",
+            "--set",
+            "agent.logLevel=debug",
+        ],
+    );
+    assert!(
+        up.status.success(),
+        "cluster.sh install (upgrade): {}",
+        text(&up.stderr)
+    );
+    eventually(
+        "helm upgrade rolled out: every controller and agent pod new, RUST_LOG=debug, Ready",
+        LIMIT,
+        || {
+            let ps = release_pods(c);
+            let count = |what: &str| ps.iter().filter(|p| p.component == what).count();
+            let rolled = ps.iter().all(|p| {
+                !before.contains(&p.uid) && p.log_filter == "debug" && p.running_and_ready
+            });
+            (rolled && count("controller") == 2 && count("agent") == 2).then_some(())
+        },
+        || c.kubectl(&["get", "pods", "-A", "-o", "wide"]),
+    );
+    println!(
+        "== helm upgrade (logLevel=debug): every controller and agent pod replaced and Ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    // The replaced agents stopped on the SIGTERM of their pod's deletion (exit 0), not killed
+    // at the end of the grace period (137).
+    let ended = exit_codes(&std::fs::read(&watched).expect("watch output"));
+    let old_agents: Vec<_> = ended
+        .iter()
+        .filter(|(uid, _)| before.contains(uid))
+        .collect();
+    assert_eq!(
+        old_agents.len(),
+        2,
+        "the two replaced agent pods' exits: {ended:?}"
+    );
+    assert!(
+        old_agents.iter().all(|(_, code)| *code == 0),
+        "the replaced agent pods' exit codes (137: SIGKILL after the grace period): {old_agents:?}"
+    );
+    let stored = incrementals(store);
+    let asked = zetaback_cli(c, &["backup", "cluster-backup", "-n", NS, "--incremental"]);
+    assert!(
+        asked.status.success(),
+        "kubectl zetaback backup: {}",
+        text(&asked.stderr)
+    );
+    eventually(
+        "an incremental stored by the upgraded pods",
+        LIMIT,
+        || (incrementals(store) > stored).then_some(()),
+        || c.kubectl(&["get", "backupjob", "-n", NS, "-o", "yaml"]),
+    );
+    println!(
+        "== after the upgrade: an incremental stored on node 2 ({:.1}s after the upgrade)",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// A real nginx in node 2's network namespace (10.250.0.12:18080), stopped when dropped.
@@ -630,6 +938,12 @@ spec:
     );
     // Every pod, the route's proxy included, Running on the two nodes.
     println!("{}", c.kubectl(&["get", "pods", "-A", "-o", "wide"]));
+
+    // A change of the route rolls its proxy Deployment out while a client in node 1's
+    // namespace keeps asking, one request after another: no request fails.
+    let (served, failed) = rollout_under_load(c, &url);
+    println!("== proxy rollout under load: {served} requests served, {failed} failed");
+    assert_eq!(failed, 0, "requests failed during the proxy rollout");
     c.kubectl(&[
         "delete",
         "fallbackroute",
@@ -639,6 +953,100 @@ spec:
         "--wait=true",
     ]);
     format!("{url} -> {}", got.trim())
+}
+
+/// Starts a bounded load loop in node 1's network namespace (curl after curl against `url`,
+/// until a stop file appears or 180 s pass), changes the route so its proxy Deployment rolls
+/// out, waits for the new pod to serve alone, stops the loop: (requests served, failed).
+fn rollout_under_load(c: &Cluster, url: &str) -> (u64, u64) {
+    let stop = c.run.join("load.stop");
+    let _ = std::fs::remove_file(&stop);
+    let script = format!(
+        r#"ok=0; failed=0; end=$((SECONDS + 180))
+while [ ! -e '{stop}' ] && [ $SECONDS -lt $end ]; do
+  code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 -H 'Host: route.zb.test' '{url}')
+  if [ "$code" = 200 ]; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "$(date +%T.%N) $code" >&2; fi
+done
+echo "$ok $failed""#,
+        stop = stop.display()
+    );
+    let load = Command::new("ip")
+        .args(["netns", "exec", "zb-node1", "bash", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the load loop");
+    let deploy = || c.json(&["get", "deploy", "-n", NS, "cluster-route-proxy"]);
+    let before = deploy()["spec"]["template"]["metadata"]["annotations"].clone();
+    let pods_before = c.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/instance=cluster-route",
+        "-o",
+        "name",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    c.kubectl(&[
+        "patch",
+        "fallbackroute",
+        "-n",
+        NS,
+        "cluster-route",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"cache":{"ttl":"1m"}}}"#,
+    ]);
+    eventually(
+        "the proxy Deployment rolled out: a new template, one updated replica, ready, alone",
+        LIMIT,
+        || {
+            let d = deploy();
+            let st = &d["status"];
+            let rolled = d["spec"]["template"]["metadata"]["annotations"] != before
+                && st["observedGeneration"] == d["metadata"]["generation"]
+                && st["updatedReplicas"] == 1
+                && st["readyReplicas"] == 1
+                && st["replicas"] == 1;
+            rolled.then_some(())
+        },
+        || c.kubectl(&["get", "deploy,rs,pods", "-n", NS, "-o", "wide"]),
+    );
+    // The old pod gone (it drains first), then a few more requests to the new one alone.
+    eventually(
+        "the old proxy pod gone",
+        LIMIT,
+        || {
+            let now = c.kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                "app.kubernetes.io/instance=cluster-route",
+                "-o",
+                "name",
+            ]);
+            (!pods_before.lines().any(|p| now.lines().any(|n| n == p))).then_some(())
+        },
+        || c.kubectl(&["get", "pods", "-n", NS, "-o", "wide"]),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&stop, "").expect("stop file");
+    let out = load.wait_with_output().expect("the load loop");
+    let counts = text(&out.stdout);
+    let mut n = counts.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let (Some(Some(served)), Some(Some(failed))) = (n.next(), n.next()) else {
+        panic!("the load loop's counts: {counts:?} {}", text(&out.stderr));
+    };
+    if failed > 0 {
+        println!("failed requests (time, HTTP code):\n{}", text(&out.stderr));
+    }
+    assert!(served > 0, "no request served during the rollout");
+    (served, failed)
 }
 
 /// `zfs destroy -r` of each dataset that exists, a few tries each (zfs-fuse reports a dataset

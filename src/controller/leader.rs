@@ -22,8 +22,13 @@ pub struct Leadership {
     task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
 }
 
-/// Waits until this replica holds the lease.
-pub async fn acquire(client: Client, options: &Options) -> anyhow::Result<Leadership> {
+/// Waits until this replica holds the lease; `reached` is called once the Lease was reached
+/// (this replica stands by from then on).
+pub async fn acquire(
+    client: Client,
+    options: &Options,
+    reached: impl FnOnce(),
+) -> anyhow::Result<Leadership> {
     let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
         .with_namespace(options.lease_namespace.clone())
         .with_identity(options.identity.clone())
@@ -31,6 +36,7 @@ pub async fn acquire(client: Client, options: &Options) -> anyhow::Result<Leader
         .with_grace(RENEW_BEFORE_SECONDS)
         .build()
         .await?;
+    reached();
     let (mut state, task) = manager.watch().await;
     info!(lease = LEASE_NAME, namespace = %options.lease_namespace, "waiting for leadership");
     while !*state.borrow_and_update() {

@@ -441,16 +441,24 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` (process alive) and `/readyz` (this replica leads or waits
-/// to lead; both are ready, since a standby must not be restarted).
+/// Serves `/metrics`, `/healthz` (process alive) and `/readyz` (200 for a standby that reached
+/// the Lease and for a leader whose caches synced, 503 otherwise; the body says which:
+/// [`super::readiness`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    readiness: Arc<super::readiness::Readiness>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let phase = readiness.phase();
+                async move { phase.answer() }
+            }),
+        )
         .with_state(metrics);
     axum::serve(listener, app).await
 }
@@ -469,6 +477,54 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `GET path` against a served listener: the status line's code and the body.
+    async fn get_path(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        let code = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap();
+        let body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        (code, body)
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_until_the_lease_is_reached_and_while_the_leaders_caches_sync() {
+        use super::super::readiness::{Phase, Readiness};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let readiness = Arc::new(Readiness::default());
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::default()),
+            readiness.clone(),
+        ));
+        let (code, body) = get_path(addr, "/readyz").await;
+        assert_eq!((code, body.trim()), (503, Phase::Starting.describe()));
+        readiness.set(Phase::StandingBy);
+        assert_eq!(get_path(addr, "/readyz").await.0, 200);
+        readiness.set(Phase::LeadingCachesSyncing);
+        let (code, body) = get_path(addr, "/readyz").await;
+        assert_eq!(code, 503);
+        assert!(body.starts_with("leader: "), "{body}");
+        readiness.set(Phase::Leading);
+        assert_eq!(get_path(addr, "/readyz").await.0, 200);
+        // Alive whatever the phase.
+        readiness.set(Phase::Starting);
+        assert_eq!(get_path(addr, "/healthz").await.0, 200);
+        server.abort();
+    }
 
     #[test]
     fn policy_series_are_exposed_and_dropped_when_the_policy_goes() {

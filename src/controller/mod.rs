@@ -13,6 +13,7 @@ pub mod readable_watch;
 pub mod leader;
 pub mod metrics;
 pub mod object_store;
+pub mod readiness;
 pub mod restore;
 pub mod spec_check;
 pub mod status;
@@ -184,9 +185,10 @@ pub async fn run(
         options.grant_signer = Some(Arc::new(crate::grant::GrantSigner::generate()?));
     }
     let metrics = Arc::new(metrics::Metrics::default());
+    let readiness = Arc::new(readiness::Readiness::default());
     let listener = tokio::net::TcpListener::bind(options.metrics_addr).await?;
-    let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
-    let result = lead_and_reconcile(client, &options, metrics, shutdown).await;
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone(), readiness.clone()));
+    let result = lead_and_reconcile(client, &options, metrics, &readiness, shutdown).await;
     server.abort();
     result
 }
@@ -204,13 +206,16 @@ async fn lead_and_reconcile(
     client: Client,
     options: &Options,
     metrics: Arc<metrics::Metrics>,
+    readiness: &readiness::Readiness,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    use readiness::Phase;
     tokio::pin!(shutdown);
     let mut has_led = false;
     loop {
+        readiness.set(Phase::Starting);
         let acquired = tokio::select! {
-            leader = leader::acquire(client.clone(), options) => leader,
+            leader = leader::acquire(client.clone(), options, || readiness.set(Phase::StandingBy)) => leader,
             _ = &mut shutdown => { info!("shut down while standing by"); return Ok(()); }
         };
         let leader = match acquired {
@@ -227,7 +232,16 @@ async fn lead_and_reconcile(
             }
         };
         has_led = true;
-        match lead(client.clone(), options, &metrics, leader, shutdown.as_mut()).await? {
+        readiness.set(Phase::LeadingCachesSyncing);
+        let term = lead(
+            client.clone(),
+            options,
+            &metrics,
+            || readiness.set(Phase::Leading),
+            leader,
+            shutdown.as_mut(),
+        );
+        match term.await? {
             TermEnd::Shutdown => return Ok(()),
             TermEnd::LeadershipLost => continue,
         }
@@ -241,6 +255,7 @@ async fn lead(
     client: Client,
     options: &Options,
     metrics: &Arc<metrics::Metrics>,
+    caches_synced: impl FnOnce(),
     mut leader: leader::Leadership,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<TermEnd> {
@@ -310,6 +325,7 @@ async fn lead(
         return Ok(end);
     }
     info!("ZfsHosts and BackupJobs listed; starting the reconcilers");
+    caches_synced();
     if let Some(signer) = &options.grant_signer
         && let Err(e) = grants::publish(&client, &options.lease_namespace, signer).await
     {

@@ -272,6 +272,15 @@ pub fn deployment(
         ]),
         readiness_probe: Some(http_probe("/readyz", 5, 2)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        // Serving on while the Service's endpoints drop the pod (kube-proxy on every node):
+        // without it a rollout under load lost requests sent to a pod already stopping.
+        lifecycle: Some(k8s_openapi::api::core::v1::Lifecycle {
+            pre_stop: Some(k8s_openapi::api::core::v1::LifecycleHandler {
+                sleep: Some(k8s_openapi::api::core::v1::SleepAction { seconds: 5 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_owned(), Quantity("100m".to_owned())),
