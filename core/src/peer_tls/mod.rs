@@ -11,6 +11,8 @@
 //! agents and the controller send no bearer token a store could replay elsewhere.
 
 pub mod config;
+pub mod csr_policy;
+pub mod issue;
 pub mod names;
 
 pub use config::{PeerTls, PeerTlsError, ReaderTls, identity_of_certificate};
