@@ -7,6 +7,7 @@ pub mod base_keep;
 pub mod bufpool;
 pub mod checksum;
 pub mod claim;
+pub mod csr_client;
 pub mod discovery;
 pub mod drill;
 pub mod filestore;

@@ -126,7 +126,11 @@ mod tests {
     fn asking(names: &[&str]) -> Requested {
         Requested {
             dns_names: names.iter().map(|s| s.to_string()).collect(),
-            usages: vec!["digital signature".into(), "server auth".into(), "client auth".into()],
+            usages: vec![
+                "digital signature".into(),
+                "server auth".into(),
+                "client auth".into(),
+            ],
             ..Requested::default()
         }
     }
@@ -190,9 +194,15 @@ mod tests {
         };
         assert!(matches!(decide(AGENTS, &unbound, &what), Verdict::Deny(_)));
         let two = vec!["node-a".to_owned(), "node-b".to_owned()];
-        assert!(matches!(decide(AGENTS, &from(&two), &what), Verdict::Deny(_)));
+        assert!(matches!(
+            decide(AGENTS, &from(&two), &what),
+            Verdict::Deny(_)
+        ));
         let empty = vec![String::new()];
-        assert!(matches!(decide(AGENTS, &from(&empty), &what), Verdict::Deny(_)));
+        assert!(matches!(
+            decide(AGENTS, &from(&empty), &what),
+            Verdict::Deny(_)
+        ));
         let user = Requester {
             username: "admin",
             node_claim: Some(&a),

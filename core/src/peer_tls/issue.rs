@@ -71,7 +71,8 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
@@ -275,8 +276,12 @@ mod tests {
         let cert = ca
             .issue(&peer, &parsed.public_key, Duration::from_secs(3600))
             .expect("issued");
-        let tls = PeerTls::from_pem(cert.as_bytes(), key.key_pem().as_bytes(), ca.cert_pem().as_bytes())
-            .expect("a peer certificate from the CA");
+        let tls = PeerTls::from_pem(
+            cert.as_bytes(),
+            key.key_pem().as_bytes(),
+            ca.cert_pem().as_bytes(),
+        )
+        .expect("a peer certificate from the CA");
         assert_eq!(tls.identity(), &peer);
         assert!(tls.server_config().is_ok());
         assert!(tls.client_config(&peer).is_ok());
@@ -285,7 +290,10 @@ mod tests {
     #[test]
     fn a_request_signed_by_another_key_is_refused() {
         let peer = PeerIdentity::node("node-a").expect("node");
-        let pem = PeerKey::generate().expect("key").request(&peer).expect("csr");
+        let pem = PeerKey::generate()
+            .expect("key")
+            .request(&peer)
+            .expect("csr");
         let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).expect("der");
         assert!(parse_request_der(&der, vec![]).is_ok());
         // Flip one byte of the signature (the request's last bytes).
@@ -303,7 +311,11 @@ mod tests {
             "10.1.2.3".to_owned(),
         ])
         .expect("params");
-        let pem = params.serialize_request(&key).expect("csr").pem().expect("pem");
+        let pem = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
         let parsed = parse_request(&pem, vec![]).expect("parsed");
         assert_eq!(parsed.requested.other_names, vec!["IP:10.1.2.3"]);
         let agents = "system:serviceaccount:zb:zetaback-agent";
