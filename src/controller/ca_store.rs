@@ -36,7 +36,7 @@ pub enum CaStoreError {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("Secret {namespace}/{name} holds no {entry}")]
     Missing {
@@ -93,7 +93,7 @@ pub async fn load_or_create(
             what,
             namespace,
             name,
-            source,
+            source: Box::new(source),
         }
     };
     if let Some(secret) = api
@@ -168,7 +168,7 @@ pub async fn publish(
             what: "publishing ConfigMap",
             namespace: namespace.to_owned(),
             name: CA_CONFIGMAP.to_owned(),
-            source,
+            source: Box::new(source),
         })
 }
 
