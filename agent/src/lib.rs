@@ -26,6 +26,7 @@ pub mod scan_cache;
 pub mod store_server;
 pub mod stream_header;
 pub mod tls;
+pub mod tls_renewal;
 pub mod transfer;
 pub mod unread_body;
 pub mod verifier;

@@ -281,6 +281,10 @@ struct TlsArgs {
     /// With --tls-from-csr: seconds to wait for the certificate before exiting.
     #[arg(long, env = "ZETABACK_TLS_CSR_WAIT", default_value_t = 300)]
     tls_csr_wait: u64,
+    /// With --tls-cert: seconds between checks of the certificate, key and CA files; replaced
+    /// files (a renewal) are used from the next connection on, without a restart.
+    #[arg(long, env = "ZETABACK_TLS_RELOAD_INTERVAL", default_value_t = 60)]
+    tls_reload_interval: u64,
 }
 
 impl TlsArgs {
@@ -587,11 +591,12 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
                     namespace: controller_ns,
                     name: "zetaback-ca".into(),
                 });
+            let settings_ca = (cm.namespace, cm.name);
             let obtained = zetaback_agent::csr_client::obtain(
                 client,
                 &zetaback_agent::csr_client::CsrSettings {
                     node: args.node_name.clone(),
-                    ca_configmap: (cm.namespace, cm.name),
+                    ca_configmap: settings_ca.clone(),
                     lifetime: Duration::from_secs(args.tls.tls_cert_lifetime.max(600)),
                     wait: Duration::from_secs(args.tls.tls_csr_wait.max(1)),
                 },
@@ -599,14 +604,41 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
             .await
             .context("getting this node's certificate through the CertificateSigningRequest API")?;
             info!(identity = %obtained.tls.identity().dns_name(), csr = %obtained.request, "mutual TLS");
-            Some(Arc::new(obtained.tls))
+            let tls = Arc::new(obtained.tls);
+            tokio::spawn(zetaback_agent::tls_renewal::renew_from_csr(
+                client.clone(),
+                tls.clone(),
+                zetaback_agent::csr_client::CsrSettings {
+                    node: args.node_name.clone(),
+                    ca_configmap: settings_ca.clone(),
+                    lifetime: Duration::from_secs(args.tls.tls_cert_lifetime.max(600)),
+                    wait: Duration::from_secs(args.tls.tls_csr_wait.max(1)),
+                },
+            ));
+            Some(tls)
         }
-        _ => args.tls.load()?,
+        _ => {
+            let tls = args.tls.load()?;
+            if let (Some(t), Some(cert), Some(key), Some(ca)) = (
+                &tls,
+                &args.tls.tls_cert,
+                &args.tls.tls_key,
+                &args.tls.tls_ca,
+            ) {
+                tokio::spawn(zetaback_agent::tls_renewal::reload_files(
+                    t.clone(),
+                    zetaback_core::peer_tls::reload::FileSet::new(
+                        cert.clone(),
+                        key.clone(),
+                        ca.clone(),
+                    ),
+                    Duration::from_secs(args.tls.tls_reload_interval.max(1)),
+                ));
+            }
+            tls
+        }
     };
-    let tls = match &client_tls {
-        Some(t) => Some(t.server_config()?),
-        None => None,
-    };
+    let tls = client_tls.clone();
     let mut state = ServerState::new(auth, store, replica);
     if tls.is_some() {
         state = state.with_certificates_required();
@@ -622,7 +654,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr()?;
     info!(%local, "stream API listening");
-    let server = tokio::spawn(zetaback_agent::listener::serve(
+    let server = tokio::spawn(zetaback_agent::listener::serve_peer(
         listener,
         zetaback_agent::store_server::router(state),
         args.limits.listener(),

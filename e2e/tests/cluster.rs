@@ -684,7 +684,9 @@ fn assert_mutual_tls(c: &Cluster) {
                 r["spec"]["signerName"] == "zetaback.io/node"
                     && r["spec"]["username"] == format!("system:serviceaccount:{NS}:zetaback-agent")
                     && r["spec"]["extra"]["authentication.kubernetes.io/node-name"][0] == node
-                    && r["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty())
+                    && r["status"]["certificate"]
+                        .as_str()
+                        .is_some_and(|c| !c.is_empty())
             })
         });
         assert!(
@@ -697,7 +699,10 @@ fn assert_mutual_tls(c: &Cluster) {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    assert!(ca.contains("BEGIN CERTIFICATE"), "ConfigMap zetaback-ca: {ca:?}");
+    assert!(
+        ca.contains("BEGIN CERTIFICATE"),
+        "ConfigMap zetaback-ca: {ca:?}"
+    );
     let ca_file = c.run.join("zetaback-ca.crt");
     std::fs::write(&ca_file, &ca).expect("write the CA");
     let endpoint = c.json(&["get", "zfshost", "zb-node2"])["status"]["agentEndpoint"]
@@ -707,7 +712,15 @@ fn assert_mutual_tls(c: &Cluster) {
     let (ip, port) = endpoint.split_once(':').expect("host:port");
     let curl = |args: &[&str]| {
         Command::new("ip")
-            .args(["netns", "exec", "zb-node1", "curl", "-sS", "--max-time", "5"])
+            .args([
+                "netns",
+                "exec",
+                "zb-node1",
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+            ])
             .args(args)
             .output()
             .expect("curl")

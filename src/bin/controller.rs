@@ -44,6 +44,10 @@ struct Args {
     /// ...and the zetaback CA bundle (PEM) the stores' certificates must chain to.
     #[arg(long, env = "ZETABACK_TLS_CA", requires = "tls_cert")]
     tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-cert: seconds between checks of the certificate, key and CA files; replaced
+    /// files (a renewal) are used for the next connections, without a restart.
+    #[arg(long, env = "ZETABACK_TLS_RELOAD_INTERVAL", default_value_t = 60)]
+    tls_reload_interval: u64,
     /// Talk to the stores in plaintext, with bearer tokens, to whoever answers at an
     /// endpoint. For tests on one machine only.
     #[arg(long, env = "ZETABACK_INSECURE_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_ca_secret"])]
@@ -90,7 +94,32 @@ async fn main() -> anyhow::Result<()> {
                     zetaback::peer_tls::CONTROLLER_NAME
                 );
             }
-            Some(std::sync::Arc::new(tls))
+            let tls = std::sync::Arc::new(tls);
+            let mut files =
+                zetaback::peer_tls::reload::FileSet::new(cert.clone(), key.clone(), ca.clone());
+            let every = std::time::Duration::from_secs(args.tls_reload_interval.max(1));
+            let watched = tls.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match files.changed() {
+                        None => {}
+                        Some(Ok(next)) => match watched.replace(next) {
+                            Ok(()) => tracing::info!(
+                                generation = watched.generation(),
+                                "TLS certificate files replaced: new connections present the new certificate"
+                            ),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "new TLS certificate files not used")
+                            }
+                        },
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "TLS certificate files changed but cannot be used (yet)")
+                        }
+                    }
+                }
+            });
+            Some(tls)
         }
         _ if args.tls_ca_secret.is_some() => None,
         _ if args.insecure_plaintext => {
