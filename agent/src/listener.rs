@@ -29,6 +29,30 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: application/json\r\nretry-after: 5\r\ncontent-length: 63\r\n\r\n{\"error\":\"too many connections to this agent; try again later\"}";
 
+/// Where a connection's TLS configuration comes from.
+#[derive(Clone)]
+enum Tls {
+    Fixed(TlsAcceptor),
+    /// The peer's current material, read for every connection: a renewed certificate is
+    /// served from the next connection on ([`zetaback_core::peer_tls::PeerTls::replace`]).
+    Current(Arc<zetaback_core::peer_tls::PeerTls>),
+}
+
+impl Tls {
+    fn acceptor(&self) -> Option<TlsAcceptor> {
+        match self {
+            Tls::Fixed(a) => Some(a.clone()),
+            Tls::Current(peer) => match peer.server_config() {
+                Ok(c) => Some(TlsAcceptor::from(c)),
+                Err(e) => {
+                    warn!(error = %e, "no TLS configuration");
+                    None
+                }
+            },
+        }
+    }
+}
+
 /// Serves `router` on `listener` (over TLS with `tls`) until the future is dropped.
 pub async fn serve(
     listener: TcpListener,
@@ -36,8 +60,33 @@ pub async fn serve(
     limits: ListenerLimits,
     tls: Option<Arc<ServerConfig>>,
 ) -> io::Result<()> {
+    serve_with(
+        listener,
+        router,
+        limits,
+        tls.map(|c| Tls::Fixed(TlsAcceptor::from(c))),
+    )
+    .await
+}
+
+/// As [`serve`], over mutual TLS with `peer`'s current certificate (renewals are served
+/// without a restart), or plaintext with `None`.
+pub async fn serve_peer(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ListenerLimits,
+    peer: Option<Arc<zetaback_core::peer_tls::PeerTls>>,
+) -> io::Result<()> {
+    serve_with(listener, router, limits, peer.map(Tls::Current)).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ListenerLimits,
+    tls: Option<Tls>,
+) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let acceptor = tls.map(TlsAcceptor::from);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -54,7 +103,13 @@ pub async fn serve(
             continue;
         };
         let router = router.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = match &tls {
+            None => None,
+            Some(t) => match t.acceptor() {
+                Some(a) => Some(a),
+                None => continue,
+            },
+        };
         let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _slot = slot;

@@ -264,8 +264,27 @@ struct TlsArgs {
     tls_ca: Option<PathBuf>,
     /// No TLS at all: streams, tokens and catalogues in plaintext, to and from anyone who
     /// answers at an endpoint. For tests and benchmarks on one machine only.
-    #[arg(long, env = "ZETABACK_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
+    #[arg(long, env = "ZETABACK_INSECURE_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_from_csr"])]
     insecure_plaintext: bool,
+    /// Ask for this node's certificate through the CertificateSigningRequest API (signer
+    /// zetaback.io/node: the controller) at start, with a key kept in memory only, instead of
+    /// --tls-cert/--tls-key/--tls-ca; the CA comes from --tls-ca-configmap.
+    #[arg(long, env = "ZETABACK_TLS_FROM_CSR", conflicts_with = "tls_cert")]
+    tls_from_csr: bool,
+    /// With --tls-from-csr: the ConfigMap holding the zetaback CA (`ca.crt`), `namespace/name`
+    /// (default: zetaback-ca in the controller's namespace).
+    #[arg(long, env = "ZETABACK_TLS_CA_CONFIGMAP")]
+    tls_ca_configmap: Option<ServiceAccountRef>,
+    /// With --tls-from-csr: the certificate's lifetime asked for, seconds.
+    #[arg(long, env = "ZETABACK_TLS_CERT_LIFETIME", default_value_t = 24 * 3600)]
+    tls_cert_lifetime: u64,
+    /// With --tls-from-csr: seconds to wait for the certificate before exiting.
+    #[arg(long, env = "ZETABACK_TLS_CSR_WAIT", default_value_t = 300)]
+    tls_csr_wait: u64,
+    /// With --tls-cert: seconds between checks of the certificate, key and CA files; replaced
+    /// files (a renewal) are used from the next connection on, without a restart.
+    #[arg(long, env = "ZETABACK_TLS_RELOAD_INTERVAL", default_value_t = 60)]
+    tls_reload_interval: u64,
 }
 
 impl TlsArgs {
@@ -277,6 +296,9 @@ impl TlsArgs {
                 info!(identity = %tls.identity().dns_name(), "mutual TLS");
                 Ok(Some(Arc::new(tls)))
             }
+            _ if self.tls_from_csr => anyhow::bail!(
+                "--tls-from-csr is for the agent's Kubernetes mode (the node's certificate comes through the apiserver)"
+            ),
             _ if self.insecure_plaintext => {
                 warn!(
                     "INSECURE PLAINTEXT (--insecure-plaintext): tokens and streams travel unencrypted and peers are not verified"
@@ -554,11 +576,69 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         roots: args.replica_roots.clone(),
         allow_force: args.allow_receive_force,
     });
-    let client_tls = args.tls.load()?;
-    let tls = match &client_tls {
-        Some(t) => Some(t.server_config()?),
-        None => None,
+    let client_tls = match (&client, args.tls.tls_from_csr) {
+        (Some(client), true) => {
+            let controller_ns = args
+                .controller_service_account
+                .as_ref()
+                .map(|c| c.namespace.clone())
+                .unwrap_or_default();
+            let cm = args
+                .tls
+                .tls_ca_configmap
+                .clone()
+                .unwrap_or(ServiceAccountRef {
+                    namespace: controller_ns,
+                    name: "zetaback-ca".into(),
+                });
+            let settings_ca = (cm.namespace, cm.name);
+            let obtained = zetaback_agent::csr_client::obtain(
+                client,
+                &zetaback_agent::csr_client::CsrSettings {
+                    node: args.node_name.clone(),
+                    ca_configmap: settings_ca.clone(),
+                    lifetime: Duration::from_secs(args.tls.tls_cert_lifetime.max(600)),
+                    wait: Duration::from_secs(args.tls.tls_csr_wait.max(1)),
+                },
+            )
+            .await
+            .context("getting this node's certificate through the CertificateSigningRequest API")?;
+            info!(identity = %obtained.tls.identity().dns_name(), csr = %obtained.request, "mutual TLS");
+            let tls = Arc::new(obtained.tls);
+            tokio::spawn(zetaback_agent::tls_renewal::renew_from_csr(
+                client.clone(),
+                tls.clone(),
+                zetaback_agent::csr_client::CsrSettings {
+                    node: args.node_name.clone(),
+                    ca_configmap: settings_ca.clone(),
+                    lifetime: Duration::from_secs(args.tls.tls_cert_lifetime.max(600)),
+                    wait: Duration::from_secs(args.tls.tls_csr_wait.max(1)),
+                },
+            ));
+            Some(tls)
+        }
+        _ => {
+            let tls = args.tls.load()?;
+            if let (Some(t), Some(cert), Some(key), Some(ca)) = (
+                &tls,
+                &args.tls.tls_cert,
+                &args.tls.tls_key,
+                &args.tls.tls_ca,
+            ) {
+                tokio::spawn(zetaback_agent::tls_renewal::reload_files(
+                    t.clone(),
+                    zetaback_core::peer_tls::reload::FileSet::new(
+                        cert.clone(),
+                        key.clone(),
+                        ca.clone(),
+                    ),
+                    Duration::from_secs(args.tls.tls_reload_interval.max(1)),
+                ));
+            }
+            tls
+        }
     };
+    let tls = client_tls.clone();
     let mut state = ServerState::new(auth, store, replica);
     if tls.is_some() {
         state = state.with_certificates_required();
@@ -574,7 +654,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr()?;
     info!(%local, "stream API listening");
-    let server = tokio::spawn(zetaback_agent::listener::serve(
+    let server = tokio::spawn(zetaback_agent::listener::serve_peer(
         listener,
         zetaback_agent::store_server::router(state),
         args.limits.listener(),

@@ -90,11 +90,11 @@ helm() {
 #   agent.zfsFuse, agent.zfsFuseMountRoots: the agents reach the machine's zfs-fuse daemon
 #     through its socket, and zfs.sh's pools mount under /run/zetaback/zfs (README, "The local
 #     multi-node cluster");
-#   tls.mode=insecure-plaintext: no per-node certificates are provisioned on these nodes yet (the
-#     chart's default, hostPath, needs them).
+#   TLS: the chart's default, tls.mode=csr (mutual TLS; the controller is the CA and each agent
+#     gets its node's certificate through the CertificateSigningRequest API).
 install_chart() {
   helm upgrade --install zetaback "$root/charts/zetaback" --namespace zetaback-system --create-namespace \
-    --set agent.zfsFuse=true --set 'agent.zfsFuseMountRoots={/run/zetaback/zfs}' --set tls.mode=insecure-plaintext "$@"
+    --set agent.zfsFuse=true --set 'agent.zfsFuseMountRoots={/run/zetaback/zfs}' "$@"
 }
 
 # ---- the host side: bridge, namespaces, veths, routes ---------------------------------------

@@ -44,10 +44,28 @@ struct Args {
     /// ...and the zetaback CA bundle (PEM) the stores' certificates must chain to.
     #[arg(long, env = "ZETABACK_TLS_CA", requires = "tls_cert")]
     tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-cert: seconds between checks of the certificate, key and CA files; replaced
+    /// files (a renewal) are used for the next connections, without a restart.
+    #[arg(long, env = "ZETABACK_TLS_RELOAD_INTERVAL", default_value_t = 60)]
+    tls_reload_interval: u64,
     /// Talk to the stores in plaintext, with bearer tokens, to whoever answers at an
     /// endpoint. For tests on one machine only.
-    #[arg(long, env = "ZETABACK_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
+    #[arg(long, env = "ZETABACK_INSECURE_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_ca_secret"])]
     insecure_plaintext: bool,
+    /// Be the zetaback CA (instead of --tls-cert/--tls-key/--tls-ca): the CA is kept in this
+    /// Secret of the controller's namespace (made at the first start), its certificate
+    /// published in ConfigMap zetaback-ca there; the controller signs its own certificate and
+    /// the agents' CertificateSigningRequests (signer zetaback.io/node), each only for the node
+    /// its requester's token is bound to.
+    #[arg(long, env = "ZETABACK_TLS_CA_SECRET", conflicts_with = "tls_cert")]
+    tls_ca_secret: Option<String>,
+    /// With --tls-ca-secret: the agents' ServiceAccount, `namespace/name` (default
+    /// zetaback-agent in the controller's namespace), the only requester of node certificates.
+    #[arg(long, env = "ZETABACK_AGENT_SERVICE_ACCOUNT")]
+    agent_service_account: Option<String>,
+    /// With --tls-ca-secret: the longest node certificate issued (e.g. 7d, 24h).
+    #[arg(long, env = "ZETABACK_TLS_MAX_CERT_LIFETIME", default_value = "7d")]
+    tls_max_cert_lifetime: String,
 }
 
 #[tokio::main]
@@ -76,8 +94,34 @@ async fn main() -> anyhow::Result<()> {
                     zetaback::peer_tls::CONTROLLER_NAME
                 );
             }
-            Some(std::sync::Arc::new(tls))
+            let tls = std::sync::Arc::new(tls);
+            let mut files =
+                zetaback::peer_tls::reload::FileSet::new(cert.clone(), key.clone(), ca.clone());
+            let every = std::time::Duration::from_secs(args.tls_reload_interval.max(1));
+            let watched = tls.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match files.changed() {
+                        None => {}
+                        Some(Ok(next)) => match watched.replace(next) {
+                            Ok(()) => tracing::info!(
+                                generation = watched.generation(),
+                                "TLS certificate files replaced: new connections present the new certificate"
+                            ),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "new TLS certificate files not used")
+                            }
+                        },
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "TLS certificate files changed but cannot be used (yet)")
+                        }
+                    }
+                }
+            });
+            Some(tls)
         }
+        _ if args.tls_ca_secret.is_some() => None,
         _ if args.insecure_plaintext => {
             tracing::warn!(
                 "INSECURE PLAINTEXT (--insecure-plaintext): store tokens and catalogues travel unencrypted and stores are not verified"
@@ -85,10 +129,41 @@ async fn main() -> anyhow::Result<()> {
             None
         }
         _ => anyhow::bail!(
-            "TLS is required: give --tls-cert, --tls-key and --tls-ca (the zetaback CA), or --insecure-plaintext for tests"
+            "TLS is required: give --tls-ca-secret (the controller is the CA), or --tls-cert, --tls-key and --tls-ca (the zetaback CA), or --insecure-plaintext for tests"
         ),
     };
     let client = kube::Client::try_default().await?;
+    let store_tls = match &args.tls_ca_secret {
+        Some(secret) => {
+            let max_lifetime = zetaback::duration::parse_duration(&args.tls_max_cert_lifetime)
+                .map_err(|e| anyhow::anyhow!("--tls-max-cert-lifetime: {e}"))?;
+            let agents = match &args.agent_service_account {
+                Some(sa) => {
+                    let (ns, name) = sa.split_once('/').ok_or_else(|| {
+                        anyhow::anyhow!("--agent-service-account: expected namespace/name")
+                    })?;
+                    zetaback::peer_tls::csr_policy::service_account_username(ns, name)
+                }
+                None => zetaback::peer_tls::csr_policy::service_account_username(
+                    &args.lease_namespace,
+                    "zetaback-agent",
+                ),
+            };
+            Some(
+                zetaback::controller::ca_store::start_signer(
+                    &client,
+                    &args.lease_namespace,
+                    secret,
+                    zetaback::controller::csr_signer::SignerConfig {
+                        agents_username: agents,
+                        max_lifetime,
+                    },
+                )
+                .await?,
+            )
+        }
+        None => store_tls,
+    };
     zetaback::controller::run(
         client,
         zetaback::controller::Options {

@@ -6,6 +6,8 @@
 //! trigger reconciles), and write status through server-side apply only when it changed.
 
 pub mod backup_policy;
+pub mod ca_store;
+pub mod csr_signer;
 pub mod drill;
 pub mod fallback_route;
 pub mod grants;

@@ -81,7 +81,9 @@ pub enum RouteError {
 #[derive(Clone)]
 pub struct Clients {
     tls: Option<ClientTls>,
-    by_peer: Arc<Mutex<HashMap<String, HttpClient>>>,
+    /// Per peer: the client, and the generation of this controller's certificate it was made
+    /// with (a renewed certificate makes new clients, [`PeerTls::replace`]).
+    by_peer: Arc<Mutex<HashMap<String, (u64, HttpClient)>>>,
     plaintext: HttpClient,
 }
 
@@ -136,7 +138,13 @@ impl Clients {
             .by_peer
             .lock()
             .map_err(|_| RouteError::Peer("client cache poisoned".into()))?;
-        if let Some(c) = cache.get(node) {
+        let generation = match tls {
+            ClientTls::Mutual(t) => t.generation(),
+            ClientTls::Reader(_) => 0,
+        };
+        if let Some((g, c)) = cache.get(node)
+            && *g == generation
+        {
             return Ok((c.clone(), clean));
         }
         let peer = PeerIdentity::node(node).map_err(|e| RouteError::Peer(e.to_string()))?;
@@ -146,7 +154,7 @@ impl Clients {
         }
         .map_err(|e| RouteError::Peer(e.to_string()))?;
         let client = build_tls((*config).clone());
-        cache.insert(node.to_owned(), client.clone());
+        cache.insert(node.to_owned(), (generation, client.clone()));
         Ok((client, clean))
     }
 }

@@ -317,9 +317,13 @@ fn spawn_agent(args: &[String], netns: Option<&str>) -> std::process::Child {
         None => Command::new(agent_bin()),
     };
     // These tests run without TLS (tests/hostile_tls.rs and tests/tls.rs cover it): the
-    // plaintext mode is explicit.
+    // plaintext mode is explicit, unless the test gives the agent its certificate.
+    if args.iter().any(|a| a == "--tls-cert") {
+        cmd.env_remove("ZETABACK_INSECURE_PLAINTEXT");
+    } else {
+        cmd.env("ZETABACK_INSECURE_PLAINTEXT", "true");
+    }
     cmd.args(args)
-        .env("ZETABACK_INSECURE_PLAINTEXT", "true")
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .spawn()

@@ -28,17 +28,32 @@ releases do not collide: the release name, with "-zetaback" unless it already co
 {{- end -}}
 
 {{/*
-TLS between zetaback's parts (issue 13): the certificate, key and CA mounted at
-/etc/zetaback/tls, or the explicit plaintext mode. Anything else fails the install.
+TLS between zetaback's parts (issue 13), for the agent ("agent") or the controller
+("controller"): csr (the controller is the CA, agents ask for their node's certificate through
+the CertificateSigningRequest API), hostPath (certificate, key and CA mounted at
+/etc/zetaback/tls), or the explicit plaintext mode. Anything else fails the install.
 */}}
 {{- define "zetaback.tlsArgs" -}}
-{{- if eq .Values.tls.mode "hostPath" -}}
+{{- $root := index . 0 -}}
+{{- $role := index . 1 -}}
+{{- $tls := $root.Values.tls -}}
+{{- if eq $tls.mode "csr" -}}
+{{- if eq $role "agent" -}}
+- --tls-from-csr
+- --tls-ca-configmap={{ $root.Release.Namespace }}/zetaback-ca
+- --tls-cert-lifetime={{ $tls.agentCertLifetimeSeconds | int64 }}
+{{- else -}}
+- --tls-ca-secret={{ $tls.caSecretName }}
+- --agent-service-account={{ $root.Release.Namespace }}/zetaback-agent
+- --tls-max-cert-lifetime={{ $tls.maxCertLifetime }}
+{{- end -}}
+{{- else if eq $tls.mode "hostPath" -}}
 - --tls-cert=/etc/zetaback/tls/tls.crt
 - --tls-key=/etc/zetaback/tls/tls.key
 - --tls-ca=/etc/zetaback/tls/ca.crt
-{{- else if eq .Values.tls.mode "insecure-plaintext" -}}
+{{- else if eq $tls.mode "insecure-plaintext" -}}
 - --insecure-plaintext
 {{- else -}}
-{{- fail (printf "tls.mode must be hostPath or insecure-plaintext, not %q" .Values.tls.mode) -}}
+{{- fail (printf "tls.mode must be csr, hostPath or insecure-plaintext, not %q" $tls.mode) -}}
 {{- end -}}
 {{- end -}}

@@ -5,7 +5,8 @@
 //! provider.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -102,19 +103,29 @@ impl ReaderTls {
     }
 }
 
-/// This peer's TLS material: its certificate chain and key, and the CA it trusts.
+/// This peer's TLS material: its certificate chain and key, and the CA it trusts. The
+/// material can be replaced while in use ([`PeerTls::replace`]: a renewed certificate, a new
+/// CA bundle) by one naming the same peer: connections made after it use the new material,
+/// without a restart.
 pub struct PeerTls {
+    identity: PeerIdentity,
+    current: RwLock<Arc<Material>>,
+    generation: AtomicU64,
+}
+
+/// One certificate, key and CA bundle, with the server configuration made of them.
+struct Material {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    identity: PeerIdentity,
+    server: Arc<ServerConfig>,
 }
 
 impl std::fmt::Debug for PeerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerTls")
             .field("identity", &self.identity)
-            .field("roots", &self.roots.len())
+            .field("generation", &self.generation())
             .finish()
     }
 }
@@ -124,6 +135,28 @@ fn read(path: &Path) -> Result<Vec<u8>, PeerTlsError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
+}
+
+/// The server side: this peer's certificate; a client certificate, when one is sent, must come
+/// from the CA (a client may also come without one: catalogue readers with a bearer token; the
+/// store decides what such a caller may do).
+fn server_config_of(
+    roots: &Arc<RootCertStore>,
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, PeerTlsError> {
+    let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(config_error)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain.to_vec(), key.clone_key())
+        .map_err(config_error)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 impl PeerTls {
@@ -142,7 +175,7 @@ impl PeerTls {
         })
     }
 
-    /// From PEM text.
+    /// From PEM text (the key must be the certificate's: checked here).
     pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, PeerTlsError> {
         let chain = certificates(cert, "certificate")?;
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| PeerTlsError::Pem {
@@ -151,47 +184,78 @@ impl PeerTls {
         })?;
         let roots = roots_of(ca)?;
         let identity = identity_of_certificate(&chain[0])?;
+        let server = server_config_of(&roots, &chain, &key)?;
+        if let Ok(signing) = provider().key_provider.load_private_key(key.clone_key()) {
+            let certified = rustls::sign::CertifiedKey::new(chain.clone(), signing);
+            certified.keys_match().map_err(|e| {
+                PeerTlsError::Certificate(format!("the key is not the certificate's: {e}"))
+            })?;
+        }
         Ok(Self {
-            roots,
-            chain,
-            key,
             identity,
+            current: RwLock::new(Arc::new(Material {
+                roots,
+                chain,
+                key,
+                server,
+            })),
+            generation: AtomicU64::new(0),
         })
     }
 
-    /// Who this peer's certificate says it is.
+    /// Who this peer's certificate says it is (the same for every replacement).
     pub fn identity(&self) -> &PeerIdentity {
         &self.identity
     }
 
-    /// The server side: this peer's certificate; a client certificate, when one is sent,
-    /// must come from the CA (a client may also come without one: catalogue readers with a
-    /// bearer token; the store decides what such a caller may do).
+    /// How many times the material was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn material(&self) -> Arc<Material> {
+        match self.current.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Uses `next`'s certificate, key and CA from now on. `next` must name the same peer (a
+    /// renewal cannot turn this agent into another node's).
+    pub fn replace(&self, next: PeerTls) -> Result<(), PeerTlsError> {
+        if next.identity != self.identity {
+            return Err(PeerTlsError::Certificate(format!(
+                "the new certificate names {}, not {} (kept the current one)",
+                next.identity.dns_name(),
+                self.identity.dns_name()
+            )));
+        }
+        let material = next.material();
+        match self.current.write() {
+            Ok(mut m) => *m = material,
+            Err(poisoned) => *poisoned.into_inner() = material,
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The server side, with the current material (see [`server_config_of`]).
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, PeerTlsError> {
-        let clients = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(config_error)?;
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(config_error)?
-            .with_client_cert_verifier(clients)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(config_error)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        Ok(self.material().server.clone())
     }
 
     /// The client side, to reach `peer`: the server must present a certificate from the CA
-    /// naming `peer` (whatever host or address the URL has); this peer presents its own.
+    /// naming `peer` (whatever host or address the URL has); this peer presents its own
+    /// (the current material).
     pub fn client_config(&self, peer: &PeerIdentity) -> Result<Arc<ClientConfig>, PeerTlsError> {
-        let verifier = Pinned::new(self.roots.clone(), peer)?;
+        let m = self.material();
+        let verifier = Pinned::new(m.roots.clone(), peer)?;
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(config_error)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .with_client_auth_cert(m.chain.clone(), m.key.clone_key())
             .map_err(config_error)?;
         Ok(Arc::new(config))
     }

@@ -11,7 +11,10 @@
 //! agents and the controller send no bearer token a store could replay elsewhere.
 
 pub mod config;
+pub mod csr_policy;
+pub mod issue;
 pub mod names;
+pub mod reload;
 
 pub use config::{PeerTls, PeerTlsError, ReaderTls, identity_of_certificate};
 pub use names::{CONTROLLER_NAME, NODE_DOMAIN, NameError, PeerIdentity};
