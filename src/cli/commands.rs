@@ -222,6 +222,18 @@ pub(super) async fn execute(cli: Cli, how: Connect, io: &mut Io<'_>) -> Result<u
                 .map_err(|e| CliError::Usage(format!("--timeout: {e}")))?;
             cx.verify(io, &ns, &policy, host, dataset, timeout).await
         }
+        Command::Drill {
+            policy,
+            host,
+            dataset,
+            timeout,
+        } => {
+            let ns = one(&cx.scope)?;
+            let timeout = crate::duration::parse_duration(&timeout)
+                .map_err(|e| CliError::Usage(format!("--timeout: {e}")))?;
+            let request = (host, dataset);
+            super::drill::run(&cx.cluster, io.out, &ns, &policy, request, timeout, cx.now).await
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 
 pub mod cluster;
 mod commands;
+pub mod drill;
 pub mod error;
 pub mod filter;
 pub mod interactive;
@@ -198,6 +199,22 @@ pub enum Command {
         dataset: Option<String>,
         /// Give up (UNKNOWN) after this long, e.g. 30m.
         #[arg(long, value_name = "DURATION", default_value = "30m")]
+        timeout: String,
+    },
+    /// Have the controller run a restore drill of the policy's datasets now (spec.drill);
+    /// waits for the answer (exit 0 OK, 1 WARNING: slower than objectives.rto, 2 CRITICAL:
+    /// a drill failed, 3 UNKNOWN).
+    Drill {
+        /// The BackupPolicy.
+        policy: String,
+        /// Only this host (a ZfsHost name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Give up (UNKNOWN) after this long, e.g. 30m.
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
         timeout: String,
     },
 }

@@ -740,6 +740,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
                 .and_then(|s| s.verify_now_handled.clone()),
         },
         verification,
+        drill_now_handled: None, // set by drill::merge_into
         recovery: Vec::new(),
         conditions: Vec::new(),
     };

@@ -17,7 +17,8 @@ use super::backup_policy::Plan;
 use super::store_client::StoreView;
 use super::{Context, Error};
 use crate::api::backup_policy::{
-    DatasetRecovery, DrillRecord, DrillResult, MAX_LISTED_RECOVERY, Violation,
+    DRILL_NOW_ANNOTATION, DRILL_NOW_REQUEST_ANNOTATION, DatasetRecovery, DrillNowRequest,
+    DrillRecord, DrillResult, MAX_LISTED_RECOVERY, Violation, parse_drill_now,
 };
 use crate::api::restore::{
     DRILL_POLICY_LABEL, RestoreDestination, RestorePhase, RestoreSource, RestoreSpec,
@@ -49,6 +50,8 @@ pub struct DrillActions {
     pub recovery: Vec<DatasetRecovery>,
     pub violations: Vec<Violation>,
     pub wake_at: Option<Timestamp>,
+    /// `status.drillNowHandled`: the newest `drill-now` request answered with all older ones.
+    pub now_handled: Option<Timestamp>,
 }
 
 /// The policy's drill rules, if it has drills that parse.
@@ -114,8 +117,44 @@ pub fn past_drill(r: &Restore) -> Option<(String, String, PastDrill)> {
             finished: st.finished_at.map(|t| t.0),
             outcome,
             message,
+            requested: requested_by(r),
         },
     ))
+}
+
+/// The `requestedAt` of the newest `drill-now` request a drill Restore answers, if any.
+pub fn requested_by(r: &Restore) -> Option<Timestamp> {
+    r.annotations()
+        .get(DRILL_NOW_REQUEST_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+/// The `drill-now` requests on the policy not yet handled, oldest first (an unreadable
+/// annotation is logged and ignored).
+pub fn pending_drill_now(policy: &BackupPolicy) -> Vec<DrillNowRequest> {
+    let Some(text) = policy.annotations().get(DRILL_NOW_ANNOTATION) else {
+        return Vec::new();
+    };
+    let mut requests = match parse_drill_now(text) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "ignoring an unreadable {DRILL_NOW_ANNOTATION} annotation");
+            return Vec::new();
+        }
+    };
+    let handled = handled_before(policy);
+    requests.retain(|r| handled.is_none_or(|h| h < r.requested_at));
+    requests.sort_by_key(|r| r.requested_at);
+    requests
+}
+
+fn handled_before(policy: &BackupPolicy) -> Option<Timestamp> {
+    policy
+        .status
+        .as_ref()
+        .and_then(|s| s.drill_now_handled.as_ref())
+        .map(|t| t.0)
 }
 
 /// The name of a new drill's Restore (also its scratch dataset's last component).
@@ -131,6 +170,7 @@ fn new_drill(
     host: &str,
     dataset: &str,
     backup: &str,
+    requested: Option<Timestamp>,
     now: Timestamp,
 ) -> Option<Restore> {
     let d = policy.spec.drill.as_ref()?;
@@ -164,6 +204,13 @@ fn new_drill(
             .collect(),
     );
     r.metadata.owner_references = policy.controller_owner_ref(&()).map(|o| vec![o]);
+    if let Some(at) = requested {
+        r.metadata.annotations = Some(
+            [(DRILL_NOW_REQUEST_ANNOTATION.to_owned(), at.to_string())]
+                .into_iter()
+                .collect(),
+        );
+    }
     Some(r)
 }
 
@@ -200,6 +247,7 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
     let covered_since = policy.creation_timestamp().map(|t| t.0);
     let drills: Vec<(String, String, PastDrill)> =
         inputs.restores.iter().filter_map(past_drill).collect();
+    let asked = pending_drill_now(policy);
     let bytes_of = |name: &str| {
         inputs
             .restores
@@ -230,6 +278,11 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
                     .iter()
                     .filter(|(h, d, _)| h == host && d == dataset)
                     .map(|(_, _, p)| p.clone())
+                    .collect(),
+                requests: asked
+                    .iter()
+                    .filter(|r| r.selects(host, dataset))
+                    .map(|r| r.requested_at)
                     .collect(),
             }
         })
@@ -286,7 +339,14 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
         (!failed(a), &a.host, &a.dataset).cmp(&(!failed(b), &b.host, &b.dataset))
     });
     out.recovery.truncate(MAX_LISTED_RECOVERY);
+    out.now_handled = handled_before(policy);
     if let Some(p) = drill_plan {
+        // Answered only with the store's view read (else no drill could start).
+        if inputs.catalogue.is_some()
+            && let Some(h) = policy::drill_now_handled(&asked, &subjects, &p)
+        {
+            out.now_handled = Some(out.now_handled.map_or(h, |o| o.max(h)));
+        }
         out.prune = p.prune;
         out.wake_at = p.wake_at;
         if drills
@@ -302,7 +362,14 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
         if inputs.catalogue.is_some() {
             for start in p.start {
                 let s = &subjects[start.subject];
-                if let Some(r) = new_drill(policy, &s.host, &s.dataset, &start.backup, now) {
+                if let Some(r) = new_drill(
+                    policy,
+                    &s.host,
+                    &s.dataset,
+                    &start.backup,
+                    start.requested,
+                    now,
+                ) {
                     out.create.push(r);
                 }
             }
@@ -328,6 +395,7 @@ pub fn merge_into(plan: &mut Plan, actions: &DrillActions) {
         .collect();
     plan.status.violators = i32::try_from(distinct.len()).unwrap_or(i32::MAX);
     plan.status.recovery = actions.recovery.clone();
+    plan.status.drill_now_handled = actions.now_handled.map(Time);
     if let Some(w) = actions.wake_at {
         plan.wake_at = Some(plan.wake_at.map_or(w, |t| t.min(w)));
     }

@@ -54,6 +54,8 @@ pub struct PastDrill {
     pub outcome: DrillOutcome,
     /// Why it failed, or what it did.
     pub message: String,
+    /// The `requestedAt` of the newest `drill-now` request it answers, if it was asked for.
+    pub requested: Option<Timestamp>,
 }
 
 impl PastDrill {
@@ -77,6 +79,9 @@ pub struct DrillSubject {
     pub covered_since: Option<Timestamp>,
     /// Its drills, in any order.
     pub drills: Vec<PastDrill>,
+    /// The `requestedAt` of the `drill-now` requests selecting it that are not yet handled
+    /// (a drill answering one is due at once, before scheduled ones).
+    pub requests: Vec<Timestamp>,
 }
 
 /// A drill to start now.
@@ -88,6 +93,8 @@ pub struct DrillStart {
     pub backup: String,
     /// True when it is an older chain than the newest (every `older_every`-th drill).
     pub older: bool,
+    /// The newest `drill-now` request it answers (recorded on its Restore).
+    pub requested: Option<Timestamp>,
 }
 
 /// What the drill records say of one dataset.
@@ -100,6 +107,9 @@ pub struct DrillState {
     /// When its next drill is due (`None`: it has nothing restorable to drill).
     pub next_due: Option<Timestamp>,
     pub findings: Vec<Finding>,
+    /// The newest `drill-now` request answered by one of its drills, counting those this
+    /// plan starts.
+    pub answered: Option<Timestamp>,
 }
 
 /// The decision for one policy's drills.
@@ -127,8 +137,9 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
         .flat_map(|s| &s.drills)
         .filter(|d| d.outcome == DrillOutcome::Running)
         .count();
-    // Due subjects: (when their last drill started, or MIN when never drilled, index).
-    let mut due: Vec<(Timestamp, usize)> = Vec::new();
+    // Due subjects: (not asked for, when their last drill started or MIN when never drilled,
+    // index): those a `drill-now` request waits for first.
+    let mut due: Vec<(bool, Timestamp, usize, Option<Timestamp>)> = Vec::new();
     for (i, s) in subjects.iter().enumerate() {
         let mut drills: Vec<&PastDrill> = s.drills.iter().collect();
         drills.sort_by(|a, b| (b.started, &b.restore).cmp(&(a.started, &a.restore)));
@@ -208,11 +219,19 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
             Some(last.map_or(now, |d| add(d.started, rules.every).max(now)))
         };
         let busy = last.is_some_and(|d| d.outcome == DrillOutcome::Running);
+        let answered = drills.iter().filter_map(|d| d.requested).max();
+        let asked = s
+            .requests
+            .iter()
+            .copied()
+            .filter(|r| answered.is_none_or(|a| *r > a))
+            .max();
         if let Some(t) = next_due
             && !busy
         {
-            if t <= now {
-                due.push((last.map_or(Timestamp::MIN, |d| d.started), i));
+            let last_started = last.map_or(Timestamp::MIN, |d| d.started);
+            if t <= now || asked.is_some() {
+                due.push((asked.is_none(), last_started, i, asked));
             } else {
                 plan.wake_at = earliest(plan.wake_at, t);
             }
@@ -232,11 +251,12 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
             last_good: last_good.cloned(),
             next_due,
             findings,
+            answered,
         });
     }
     due.sort();
     let slots = rules.per_run.saturating_sub(running);
-    for (_, i) in due.into_iter().take(slots) {
+    for (_, _, i, asked) in due.into_iter().take(slots) {
         let s = &subjects[i];
         let n = s.drills.len() + 1; // this drill's number for the dataset
         let older = rules.older_every > 0
@@ -252,10 +272,44 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
                 subject: i,
                 backup: backup.clone(),
                 older,
+                requested: asked,
             });
+            if asked.is_some() {
+                plan.states[i].answered = asked;
+            }
         }
     }
     plan
+}
+
+/// The newest `drill-now` request handled together with every older one, if the oldest is:
+/// a request is handled once each subject it selects that has something restorable has had a
+/// drill started for it (or for a newer request) — `plan.states[i].answered`. `requests`
+/// are the pending ones (after the last recorded watermark), in any order.
+pub fn drill_now_handled(
+    requests: &[crate::api::backup_policy::DrillNowRequest],
+    subjects: &[DrillSubject],
+    plan: &DrillPlan,
+) -> Option<Timestamp> {
+    let mut sorted: Vec<_> = requests.iter().collect();
+    sorted.sort_by_key(|r| r.requested_at);
+    let mut handled = None;
+    for r in sorted {
+        let done = subjects.iter().enumerate().all(|(i, s)| {
+            !r.selects(&s.host, &s.dataset)
+                || s.restorable.is_empty()
+                || plan
+                    .states
+                    .get(i)
+                    .and_then(|st| st.answered)
+                    .is_some_and(|a| a >= r.requested_at)
+        });
+        if !done {
+            break;
+        }
+        handled = Some(r.requested_at);
+    }
+    handled
 }
 
 #[cfg(test)]
@@ -290,6 +344,7 @@ mod tests {
             finished: end,
             outcome,
             message: "broken pipe".into(),
+            requested: None,
         }
     }
 
@@ -300,6 +355,7 @@ mod tests {
             restorable: restorable.iter().map(|s| (*s).to_owned()).collect(),
             covered_since: Some(ts(0)),
             drills,
+            requests: Vec::new(),
         }
     }
 
@@ -315,7 +371,8 @@ mod tests {
             vec![DrillStart {
                 subject: 0,
                 backup: "2".into(),
-                older: false
+                older: false,
+                requested: None,
             }]
         );
         assert_eq!(p.states[0].next_due, Some(ts(H)));
@@ -552,5 +609,80 @@ mod tests {
         r.keep = 1;
         let p = plan_drills(&r, &[subject("a", &["1"], drills)], ts(4 * D + 1));
         assert_eq!(p.prune, vec!["d3".to_owned(), "d2".to_owned()]);
+    }
+
+    fn request(dataset: Option<&str>, at: i64) -> crate::api::backup_policy::DrillNowRequest {
+        crate::api::backup_policy::DrillNowRequest {
+            host: None,
+            dataset: dataset.map(Into::into),
+            requested_at: ts(at),
+        }
+    }
+
+    #[test]
+    fn a_drill_now_request_starts_a_drill_at_once_first_and_is_answered_once() {
+        // a drilled 1 day ago (not due for 6 more), b never drilled (due by schedule).
+        let recent = drill("a1", D, DrillOutcome::Succeeded, 60);
+        let mut a = subject("a", &["1"], vec![recent.clone()]);
+        let b = subject("b", &["1"], vec![]);
+        let at = ts(2 * D);
+        // Unasked, only b is due.
+        let p = plan_drills(&rules(), &[a.clone(), b.clone()], at);
+        assert_eq!(p.start.iter().map(|s| s.subject).collect::<Vec<_>>(), [1]);
+        assert_eq!(p.start[0].requested, None);
+        // Asked for a: a goes first (one slot), marked with the request, and is answered.
+        a.requests = vec![ts(2 * D - 5), ts(2 * D - 1)];
+        let subjects = [a.clone(), b.clone()];
+        let p = plan_drills(&rules(), &subjects, at);
+        assert_eq!(p.start.len(), 1);
+        assert_eq!(
+            (p.start[0].subject, p.start[0].requested),
+            (0, Some(ts(2 * D - 1)))
+        );
+        assert_eq!(p.states[0].answered, Some(ts(2 * D - 1)));
+        assert_eq!(p.states[1].answered, None);
+        let reqs = [request(Some("a"), 2 * D - 5), request(Some("a"), 2 * D - 1)];
+        assert_eq!(drill_now_handled(&reqs, &subjects, &p), Some(ts(2 * D - 1)));
+        // A request for every dataset waits for b too.
+        let all = [request(Some("a"), 2 * D - 5), request(None, 2 * D - 1)];
+        assert_eq!(drill_now_handled(&all, &subjects, &p), Some(ts(2 * D - 5)));
+        // Once its drill runs, it is not started again; when it answered the request, the
+        // request no longer makes the dataset due.
+        let mut answering = drill("a2", 2 * D, DrillOutcome::Running, 0);
+        answering.requested = Some(ts(2 * D - 1));
+        a.drills = vec![recent.clone(), answering.clone()];
+        let p = plan_drills(&rules(), &[a.clone()], ts(2 * D + 10));
+        assert!(p.start.is_empty());
+        assert_eq!(p.states[0].answered, Some(ts(2 * D - 1)));
+        answering.outcome = DrillOutcome::Succeeded;
+        answering.verified = Some(ts(2 * D + 20));
+        answering.finished = Some(ts(2 * D + 20));
+        a.drills = vec![recent.clone(), answering.clone()];
+        let p = plan_drills(&rules(), &[a.clone()], ts(2 * D + 30));
+        assert!(p.start.is_empty(), "{:?}", p.start);
+        // A newer request makes it due again.
+        a.requests.push(ts(2 * D + 25));
+        let p = plan_drills(&rules(), &[a.clone()], ts(2 * D + 30));
+        assert_eq!(p.start[0].requested, Some(ts(2 * D + 25)));
+        // Nothing restorable: nothing to drill, the request is handled for it.
+        let mut empty = subject("e", &[], vec![]);
+        empty.requests = vec![ts(5)];
+        let p = plan_drills(&rules(), std::slice::from_ref(&empty), ts(10));
+        assert!(p.start.is_empty());
+        assert_eq!(
+            drill_now_handled(&[request(None, 5)], &[empty], &p),
+            Some(ts(5))
+        );
+        // A busy slot (per_run 1, another drill running) defers the request.
+        let mut c = subject("c", &["1"], vec![]);
+        c.requests = vec![ts(5)];
+        let running = subject("d", &["1"], vec![drill("d1", 0, DrillOutcome::Running, 0)]);
+        let subjects = [c, running];
+        let p = plan_drills(&rules(), &subjects, ts(10));
+        assert!(p.start.is_empty());
+        assert_eq!(
+            drill_now_handled(&[request(Some("c"), 5)], &subjects, &p),
+            None
+        );
     }
 }
