@@ -5,7 +5,9 @@
 //! restore is verified, timed (`status.recovery[].rtoSeconds`) and its scratch dataset
 //! destroyed. Then a byte of the stored stream is flipped on disk: the next drill fails
 //! (`ChecksumMismatch`), the dataset is a `DrillFailed` violator with an Event, and nothing
-//! is left in the scratch root. Drills pointed elsewhere (the source dataset itself, an
+//! is left in the scratch root. `kubectl zetaback drill` asks for a drill now and answers by
+//! the monitoring-plugin convention: OK before the flip, CRITICAL after, UNKNOWN without a
+//! policy or without `spec.drill`. Drills pointed elsewhere (the source dataset itself, an
 //! existing dataset under the scratch root) are refused by the agent and change nothing.
 
 use std::time::Duration;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use zetaback::api::Restore;
-use zetaback::api::backup_policy::{DrillResult, ViolationReason};
+use zetaback::api::backup_policy::{DRILL_NOW_REQUEST_ANNOTATION, DrillResult, ViolationReason};
 use zetaback::api::restore::{DRILL_POLICY_LABEL, RestorePhase};
 use zetaback::api::{BackupPolicy, RestoreStatus};
 use zetaback::store::Layout;
@@ -86,6 +88,13 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     fleet.start_controller(|_| {}).await;
     let api: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
     let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let drill_restores = || async {
+        restores
+            .list(&ListParams::default().labels(&format!("{DRILL_POLICY_LABEL}={POLICY}")))
+            .await
+            .ok()
+            .map(|l| l.items)
+    };
 
     let mut spec = fleet.policy_spec("src", "bak", &ds);
     spec["drill"] = serde_json::json!({
@@ -154,6 +163,39 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
         st.violations
     );
 
+    // On demand: `kubectl zetaback drill` has the controller drill the dataset now and
+    // answers OK from the drill that answered the request (its Restore says so).
+    let asked_at = jiff::Timestamp::now();
+    let (code, out) = fleet
+        .zb(&["drill", POLICY, "--dataset", &ds, "--timeout", "4m"])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("DRILL OK - 1 dataset(s) drilled, 0 failed"),
+        "{out}"
+    );
+    let answered = drill_restores().await.unwrap_or_default();
+    let answered: Vec<_> = answered
+        .iter()
+        .filter(|r| {
+            r.annotations()
+                .get(DRILL_NOW_REQUEST_ANNOTATION)
+                .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|at| at.as_second() >= asked_at.as_second())
+        })
+        .collect();
+    assert!(
+        answered.iter().any(|r| r
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == RestorePhase::Succeeded && s.verified == Some(true))),
+        "no verified drill answers the request: {answered:?}"
+    );
+    // A policy that does not exist is UNKNOWN, not OK.
+    let (code, out) = fleet.zb(&["drill", "no-such-policy"]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.starts_with("DRILL UNKNOWN - "), "{out}");
+
     // Flip a byte of the stored full on disk (same size: only the checksum can tell).
     let id = full.stream_id().expect("id");
     let path = Layout::new(fleet.store_root("bak"))
@@ -197,6 +239,16 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
             .is_some_and(|m| m.contains("checksum mismatch")),
         "{violation:?}"
     );
+    // On demand, the drill fails too: CRITICAL.
+    let (code, out) = fleet
+        .zb(&["drill", POLICY, "--dataset", &ds, "--timeout", "4m"])
+        .await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with("DRILL CRITICAL - 1 dataset(s) drilled, 1 failed"),
+        "{out}"
+    );
+    assert!(out.contains("checksum mismatch"), "{out}");
     let events = env.kubectl(&["get", "events", "-n", &ns, "-o", "json"]);
     let events = text(&events.stdout);
     assert!(
@@ -268,13 +320,6 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     assert_eq!(sums(&zetaback_e2e::fleet::mounted(&keep)), keep_sums);
 
     // History is bounded: keep 2 finished drills, and the last good one.
-    let drill_restores = || async {
-        restores
-            .list(&ListParams::default().labels(&format!("{DRILL_POLICY_LABEL}={POLICY}")))
-            .await
-            .ok()
-            .map(|l| l.items)
-    };
     eventually("drill history pruned", LIMIT, || async {
         ensure_drill(env, &api, &drill).await;
         let finished = drill_restores()
@@ -309,6 +354,10 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
         (!running).then_some(())
     })
     .await;
+    // Without spec.drill there is nothing to ask for: UNKNOWN.
+    let (code, out) = fleet.zb(&["drill", POLICY]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("has no spec.drill"), "{out}");
     let left = children(&root);
     assert_eq!(
         left,
