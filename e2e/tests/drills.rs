@@ -2,8 +2,8 @@
 //! pools, a source agent, a store agent (whose pool also holds the drills' scratch root), and
 //! the controller. A policy with `spec.drill: {every: 20s}` gets its full stored; the
 //! controller drills it (a Restore marked `drill`, into `<bak pool>/drills/<name>`): the
-//! restore is verified, timed (`status.recovery[].rtoSeconds`) and its scratch dataset
-//! destroyed. Then a byte of the stored stream is flipped on disk: the next drill fails
+//! restore is verified, timed (`status.recovery[].rtoSeconds`, the metrics
+//! `restore_drill_seconds` and `restore_drill_bytes`) and its scratch dataset destroyed. Then a byte of the stored stream is flipped on disk: the next drill fails
 //! (`ChecksumMismatch`), the dataset is a `DrillFailed` violator with an Event, and nothing
 //! is left in the scratch root. `kubectl zetaback drill` asks for a drill now and answers by
 //! the monitoring-plugin convention: OK before the flip, CRITICAL after, UNKNOWN without a
@@ -23,7 +23,7 @@ use zetaback_e2e::fleet::{
     Fleet, HostSpec, create_restore, dataset_exists, noise, restore_finished, restore_reason, sums,
     zfs,
 };
-use zetaback_e2e::{Env, eventually, text};
+use zetaback_e2e::{Env, eventually, http_get, metric, text};
 
 const POLICY: &str = "drill-p";
 const LIMIT: Duration = Duration::from_secs(240);
@@ -162,6 +162,29 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
         "{:?}",
         st.violations
     );
+
+    // The drill metrics: each dataset's last successful drill, its time and bytes.
+    let port = fleet.controller_port().expect("the controller runs");
+    let labels = format!(
+        "{{namespace=\"{ns}\",policy=\"{POLICY}\",host=\"{}\",dataset=\"{ds}\"}}",
+        fleet.name("src")
+    );
+    let (seconds, bytes) = eventually("the drill metrics", Duration::from_secs(60), || async {
+        let m = http_get(port, "/metrics").await.ok()?;
+        let seconds = metric(
+            &m,
+            &format!("zetaback_controller_restore_drill_seconds{labels}"),
+        )?;
+        let bytes = metric(
+            &m,
+            &format!("zetaback_controller_restore_drill_bytes{labels}"),
+        )?;
+        Some((seconds, bytes))
+    })
+    .await;
+    assert!(seconds >= 0.0, "{seconds}");
+    // The stream's bytes (every drill of the one full restores as many).
+    assert_eq!(bytes, full.bytes as f64, "restore_drill_bytes");
 
     // On demand: `kubectl zetaback drill` has the controller drill the dataset now and
     // answers OK from the drill that answered the request (its Restore says so).

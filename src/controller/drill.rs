@@ -52,7 +52,27 @@ pub struct DrillActions {
     pub wake_at: Option<Timestamp>,
     /// `status.drillNowHandled`: the newest `drill-now` request answered with all older ones.
     pub now_handled: Option<Timestamp>,
+    /// Drill Restores running past `drill.timeout`, to end as failed.
+    pub timed_out: Vec<String>,
+    /// The policy's name (for the metrics).
+    pub policy: String,
+    /// Per dataset with a successful drill: what it measured (the drill metrics).
+    pub samples: Vec<DrillSample>,
 }
+
+/// What a dataset's last successful drill measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrillSample {
+    pub host: String,
+    pub dataset: String,
+    /// The measured recovery time.
+    pub seconds: i64,
+    /// Bytes restored.
+    pub bytes: Option<u64>,
+}
+
+/// The reason on a drill Restore's `Ready` condition when the controller ended it.
+pub const TIMED_OUT_REASON: &str = "DrillTimedOut";
 
 /// The policy's drill rules, if it has drills that parse.
 pub fn rules(policy: &BackupPolicy) -> Option<DrillRules> {
@@ -76,6 +96,12 @@ pub fn rules(policy: &BackupPolicy) -> Option<DrillRules> {
             .and_then(|o| o.rto.as_ref())
             .and_then(|r| r.duration().ok())
             .and_then(signed),
+        timeout: d
+            .timeout
+            .as_ref()
+            .and_then(|t| t.duration().ok())
+            .and_then(signed)
+            .unwrap_or(policy::DEFAULT_DRILL_TIMEOUT),
     })
 }
 
@@ -240,7 +266,10 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
         policy.namespace().unwrap_or_default(),
         policy.name_any()
     );
-    let mut out = DrillActions::default();
+    let mut out = DrillActions {
+        policy: policy.name_any(),
+        ..DrillActions::default()
+    };
     let empty = StoreView::default();
     let catalogue = inputs.catalogue.unwrap_or(&empty);
     let rules = rules(policy);
@@ -317,6 +346,16 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
                 .and_then(PastDrill::rto)
                 .map(|r| r.as_secs());
             entry.next_drill = state.next_due.map(Time);
+            if let Some(good) = &state.last_good
+                && let Some(rto) = good.rto()
+            {
+                out.samples.push(DrillSample {
+                    host: s.host.clone(),
+                    dataset: s.dataset.clone(),
+                    seconds: rto.as_secs(),
+                    bytes: bytes_of(&good.restore),
+                });
+            }
             for f in &state.findings {
                 out.violations.push(Violation {
                     host: s.host.clone(),
@@ -348,6 +387,7 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
             out.now_handled = Some(out.now_handled.map_or(h, |o| o.max(h)));
         }
         out.prune = p.prune;
+        out.timed_out = p.timed_out;
         out.wake_at = p.wake_at;
         if drills
             .iter()
@@ -414,9 +454,41 @@ pub async fn list(ctx: &Context, namespace: &str, policy: &str) -> Result<Vec<Re
         })
 }
 
-/// Starts and forgets drills; a failed creation is returned (the reconcile retries).
+/// The patch that ends a drill Restore as failed because it ran past its timeout.
+pub fn timed_out_patch(now: Timestamp) -> serde_json::Value {
+    let message =
+        "the restore drill did not finish within the policy's drill.timeout; ended as failed";
+    serde_json::json!({"status": {
+        "phase": "Failed",
+        "message": message,
+        "finishedAt": now.to_string(),
+        "conditions": [{
+            "type": "Ready",
+            "status": "False",
+            "reason": TIMED_OUT_REASON,
+            "message": message,
+            "lastTransitionTime": now.to_string(),
+        }],
+    }})
+}
+
+/// Starts, ends (timed out) and forgets drills, and exports the drill metrics; a failed
+/// creation is returned (the reconcile retries).
 pub async fn apply(ctx: &Context, namespace: &str, actions: &DrillActions) -> Result<(), Error> {
+    ctx.metrics
+        .set_drills(namespace, &actions.policy, &actions.samples);
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), namespace);
+    for name in &actions.timed_out {
+        let patch = kube::api::Patch::Merge(timed_out_patch(Timestamp::now()));
+        match api
+            .patch_status(name, &kube::api::PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => warn!(restore = %name, "restore drill timed out; ended as failed"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => warn!(restore = %name, error = %e, "ending a timed-out drill failed"),
+        }
+    }
     for name in &actions.prune {
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => info!(restore = %name, "old drill forgotten"),

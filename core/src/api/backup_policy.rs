@@ -138,6 +138,10 @@ pub struct DrillSpec {
     #[schemars(range(min = 0, max = 100))]
     #[schemars(with = "i32")]
     pub older_every: u32,
+    /// A drill not finished within this long (default 6h) is ended as failed (its Restore is
+    /// marked `Failed`, reason `DrillTimedOut`), freeing its place under `datasetsPerRun`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationString>,
 }
 
 fn default_drills_per_run() -> u32 {

@@ -28,7 +28,13 @@ pub struct DrillRules {
     pub keep: usize,
     /// The recovery time objective, if any.
     pub rto: Option<SignedDuration>,
+    /// A drill running longer than this is ended as failed ([`DEFAULT_DRILL_TIMEOUT`] unless
+    /// the policy says otherwise).
+    pub timeout: SignedDuration,
 }
+
+/// How long a drill may run when the policy sets no `drill.timeout`.
+pub const DEFAULT_DRILL_TIMEOUT: SignedDuration = SignedDuration::from_hours(6);
 
 /// How a drill ended, or that it has not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +129,23 @@ pub struct DrillPlan {
     pub prune: Vec<String>,
     /// The earliest future moment something changes (a drill or a deadline is due).
     pub wake_at: Option<Timestamp>,
+    /// Drills (Restore names) still running past the timeout: counted as failed here, to be
+    /// ended as failed by the controller.
+    pub timed_out: Vec<String>,
+}
+
+/// `d` as the plan sees it at `now`: a drill running past `timeout` has failed.
+fn with_timeout(d: &PastDrill, timeout: SignedDuration, now: Timestamp) -> (PastDrill, bool) {
+    let deadline = add(d.started, timeout);
+    if d.outcome == DrillOutcome::Running && now > deadline {
+        let mut failed = d.clone();
+        failed.outcome = DrillOutcome::Failed;
+        failed.finished = Some(deadline);
+        failed.message = format!("the drill did not finish within {}", show(timeout));
+        (failed, true)
+    } else {
+        (d.clone(), false)
+    }
 }
 
 fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
@@ -132,6 +155,23 @@ fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
 /// Decides the drills of one policy at `now`.
 pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp) -> DrillPlan {
     let mut plan = DrillPlan::default();
+    // Drills past the timeout have failed (and free their slot).
+    let subjects: Vec<DrillSubject> = subjects
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            for d in &mut s.drills {
+                let (seen, timed_out) = with_timeout(d, rules.timeout, now);
+                if timed_out {
+                    plan.timed_out.push(d.restore.clone());
+                } else if d.outcome == DrillOutcome::Running {
+                    plan.wake_at = earliest(plan.wake_at, add(d.started, rules.timeout));
+                }
+                *d = seen;
+            }
+            s
+        })
+        .collect();
     let running = subjects
         .iter()
         .flat_map(|s| &s.drills)
@@ -331,6 +371,7 @@ mod tests {
             older_every: 3,
             keep: 2,
             rto: Some(SignedDuration::from_secs(600)),
+            timeout: DEFAULT_DRILL_TIMEOUT,
         }
     }
 
@@ -534,6 +575,7 @@ mod tests {
             subject("d", &["1"], vec![drill("d1", 0, DrillOutcome::Running, 0)]),
         ];
         let mut r = rules();
+        r.timeout = SignedDuration::from_secs(30 * D);
         let at = ts(20 * D);
         let mut order = |per_run: usize| {
             r.per_run = per_run;
@@ -684,5 +726,47 @@ mod tests {
             drill_now_handled(&[request(Some("c"), 5)], &subjects, &p),
             None
         );
+    }
+
+    #[test]
+    fn a_drill_running_past_the_timeout_fails_and_frees_its_slot() {
+        let mut r = rules();
+        r.timeout = SignedDuration::from_secs(H);
+        let stuck = drill("a1", 0, DrillOutcome::Running, 0);
+        let subjects = [
+            subject("a", &["1"], vec![stuck.clone()]),
+            subject("b", &["1"], vec![]),
+        ];
+        // Within the bound: it runs, holds the one slot, and the plan wakes at its deadline.
+        for at in [H - 1, H] {
+            let p = plan_drills(&r, &subjects, ts(at));
+            assert!(p.timed_out.is_empty(), "at {at}");
+            assert!(p.start.is_empty(), "at {at}: {:?}", p.start);
+            assert_eq!(
+                p.states[0].last.as_ref().unwrap().outcome,
+                DrillOutcome::Running
+            );
+            assert!(p.wake_at.is_some_and(|w| w <= ts(H)), "{:?}", p.wake_at);
+        }
+        // Past it: failed (DrillFailed, saying why), to be ended, and b takes the slot.
+        let p = plan_drills(&r, &subjects, ts(H + 1));
+        assert_eq!(p.timed_out, vec!["a1".to_owned()]);
+        let last = p.states[0].last.as_ref().unwrap();
+        assert_eq!(last.outcome, DrillOutcome::Failed);
+        assert_eq!(last.finished, Some(ts(H)));
+        assert!(reasons(&p.states[0]).contains(&ViolationReason::DrillFailed));
+        assert!(
+            p.states[0].findings[0]
+                .message
+                .contains("did not finish within 1h"),
+            "{:?}",
+            p.states[0].findings
+        );
+        // b (never drilled) and a (its last drill failed, due again by its period: not yet)
+        assert_eq!(p.start.iter().map(|s| s.subject).collect::<Vec<_>>(), [1]);
+        // Finished drills are never timed out, however old.
+        let done = drill("a0", 0, DrillOutcome::Succeeded, 2 * H);
+        let p = plan_drills(&r, &[subject("a", &["1"], vec![done])], ts(30 * D));
+        assert!(p.timed_out.is_empty());
     }
 }
