@@ -159,7 +159,6 @@ impl Collector for Live {
                 ConstGauge::new(age).encode(family.encode_family(&labels)?)?;
             }
         }
-        drop(family);
         let drills = self.drills.lock().unwrap_or_else(PoisonError::into_inner);
         let samples = || {
             drills.iter().flat_map(|((namespace, policy), list)| {
@@ -185,7 +184,6 @@ impl Collector for Live {
         for (labels, s) in samples() {
             ConstGauge::new(s.seconds).encode(family.encode_family(&labels)?)?;
         }
-        drop(family);
         let mut family = encoder.encode_descriptor(
             "restore_drill_bytes",
             "Bytes restored by each dataset's last successful restore drill",
