@@ -611,4 +611,153 @@ mod tests {
             zetaback_core::names::validate_dataset(&format!("pool/drills/{n}")).unwrap();
         }
     }
+
+    fn stored(dataset: &str, id: &str) -> crate::store::StoredBackup {
+        let sid: crate::store::StreamId = id.parse().unwrap();
+        crate::store::StoredBackup {
+            manifest: crate::store::Manifest {
+                version: 1,
+                id: id.into(),
+                host: "h".into(),
+                dataset: dataset.into(),
+                snapshot: format!("zb-{}", sid.ts()),
+                base_snapshot: None,
+                backup_type: sid.backup_type(),
+                bytes: 1000,
+                sha256: "a".repeat(64),
+                compression: crate::api::backup_policy::Compression::None,
+                created: Timestamp::from_second(sid.ts()).unwrap(),
+                policy: Some("ops/p".into()),
+            },
+            archived: false,
+            verification: None,
+        }
+    }
+
+    fn drill_of(dataset: &str, name: &str, created: i64, status: RestoreStatus) -> Restore {
+        let mut r = Restore::new(
+            name,
+            serde_json::from_value(serde_json::json!({
+                "source": {"host": "h", "dataset": dataset, "backup": "1700000000.full"},
+                "destination": {"host": "b", "dataset": format!("pool/drills/{name}")},
+                "drill": true,
+            }))
+            .unwrap(),
+        );
+        r.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(1_700_000_000 + created).unwrap(),
+        ));
+        r.status = Some(status);
+        r
+    }
+
+    #[test]
+    fn plan_answers_drill_now_ends_timed_out_drills_and_reports_samples() {
+        let policy: BackupPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zetaback.io/v1alpha1", "kind": "BackupPolicy",
+            "metadata": {"name": "p", "namespace": "ops", "uid": "u1",
+                "creationTimestamp": "2023-11-14T22:13:20Z",
+                "annotations": {DRILL_NOW_ANNOTATION:
+                    r#"[{"host":null,"dataset":"tank/a","requestedAt":"2023-11-14T22:30:00Z"}]"#}},
+            "spec": {
+                "hosts": {"names": ["h"]}, "datasets": {"include": ["tank/**"]},
+                "target": {"host": "b", "path": "/srv/zb"},
+                "full": {"every": "7d", "keep": "28d"},
+                "incremental": {"every": "1d", "keep": "14d"},
+                "drill": {"every": "30d", "datasetsPerRun": 2,
+                    "destination": {"host": "b", "root": "pool/drills"}},
+            },
+        }))
+        .unwrap();
+        let catalogue = crate::store::Catalogue {
+            backups: vec![
+                stored("tank/a", "1700000000.full"),
+                stored("tank/b", "1700000000.full"),
+            ],
+            problems: Vec::new(),
+        };
+        let view = StoreView::from_store(&catalogue);
+        // tank/a: drilled well 10 minutes in (not due for 30 days); tank/b: a drill stuck
+        // since the start, 7 hours ago (past the default 6h timeout).
+        let good = drill_of(
+            "tank/a",
+            "drill-a",
+            600,
+            RestoreStatus {
+                phase: RestorePhase::Succeeded,
+                verified: Some(true),
+                verified_at: at(610),
+                finished_at: at(611),
+                scratch_destroyed: Some(true),
+                bytes_done: Some(1234),
+                ..Default::default()
+            },
+        );
+        let stuck = drill_of(
+            "tank/b",
+            "drill-b",
+            0,
+            RestoreStatus {
+                phase: RestorePhase::Running,
+                ..Default::default()
+            },
+        );
+        let covered = [
+            ("h".to_owned(), "tank/a".to_owned()),
+            ("h".to_owned(), "tank/b".to_owned()),
+        ];
+        let now = Timestamp::from_second(1_700_000_000 + 7 * 3600).unwrap();
+        let restores = [good, stuck];
+        let inputs = Inputs {
+            policy: &policy,
+            catalogue: Some(&view),
+            covered: &covered,
+            restores: &restores,
+            now,
+        };
+        let out = plan(&inputs);
+        // The request for tank/a starts its drill at once, stamped with the request.
+        assert_eq!(out.create.len(), 1, "{:?}", out.create);
+        let asked = Timestamp::from_second(1_700_000_000 + 1000).unwrap();
+        assert_eq!(out.create[0].spec.source.dataset_name(), "tank/a");
+        assert_eq!(requested_by(&out.create[0]), Some(asked));
+        assert_eq!(out.now_handled, Some(asked));
+        // The stuck drill is ended, and tank/b is a DrillFailed violator saying why.
+        assert_eq!(out.timed_out, vec!["drill-b".to_owned()]);
+        assert!(
+            out.violations.iter().any(|v| v.dataset == "tank/b"
+                && v.reason == crate::api::backup_policy::ViolationReason::DrillFailed
+                && v.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("did not finish within 6h"))),
+            "{:?}",
+            out.violations
+        );
+        // The metrics' samples: tank/a's good drill, 10 s and 1234 bytes.
+        assert_eq!(
+            out.samples,
+            vec![DrillSample {
+                host: "h".into(),
+                dataset: "tank/a".into(),
+                seconds: 10,
+                bytes: Some(1234),
+            }]
+        );
+        // Once handled (recorded in status), the request starts nothing more.
+        let mut handled = policy.clone();
+        handled.status = Some(crate::api::BackupPolicyStatus {
+            drill_now_handled: Some(Time(asked)),
+            ..Default::default()
+        });
+        let out = plan(&Inputs {
+            policy: &handled,
+            ..inputs
+        });
+        assert!(out.create.is_empty(), "{:?}", out.create);
+        assert_eq!(out.now_handled, Some(asked));
+        // The ended drill's Restore reads as failed.
+        let patch = timed_out_patch(now);
+        assert_eq!(patch["status"]["phase"], "Failed");
+        assert_eq!(patch["status"]["conditions"][0]["reason"], TIMED_OUT_REASON);
+    }
 }
