@@ -50,9 +50,9 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct VerifyFilesArgs {
-    /// Bytes per second at most, e.g. 50Mi (0: unlimited).
-    #[arg(long, default_value = "0")]
-    rate: String,
+    /// Bytes per second at most, e.g. 50Mi (default: unlimited).
+    #[arg(long)]
+    rate: Option<String>,
     files: Vec<PathBuf>,
 }
 
@@ -390,7 +390,10 @@ async fn main() -> anyhow::Result<()> {
 /// `verify-files`: one line per file, `<sha256>  <path>  <bytes> bytes  <seconds> s`, then the
 /// total and its rate.
 fn verify_files(a: VerifyFilesArgs) -> anyhow::Result<()> {
-    let rate = zetaback_core::bytesize::parse_byte_size(&a.rate)?;
+    let rate = match &a.rate {
+        Some(r) => zetaback_core::bytesize::parse_byte_size(r)?,
+        None => 0,
+    };
     let start = std::time::Instant::now();
     let mut total = 0u64;
     for f in &a.files {

@@ -3,7 +3,7 @@
 # incompressible data, default 4 × 256 MiB, in BENCH_DIR):
 #   (a) openssl:  `openssl dgst -sha256 FILES…` (one process, the files in turn)
 #   (b) verify:   `zetaback-agent verify-files FILES…` (the store verifier's read loop:
-#                 1 MiB reads, sha256, fadvise; unlimited rate)
+#                 1 MiB reads, sha256, fadvise; a rate of 1024Gi: no pacing)
 # alternating, ROUNDS times (default 3), each after dropping the page cache when allowed (else
 # both read from the cache alike); prints MB/s of each and the ratio verify/openssl (target ≥ 0.9).
 # Then the rate limit: `verify-files --rate RATE` (default 50Mi) over one file, bytes/s
@@ -54,7 +54,7 @@ for r in $(seq 1 "$rounds"); do
   drop_cache
   t0=$(now); openssl dgst -sha256 "${files[@]}" > "$dir/openssl.out"; t1=$(now)
   drop_cache
-  t2=$(now); "$agent" verify-files "${files[@]}" > "$dir/verify.out"; t3=$(now)
+  t2=$(now); "$agent" verify-files --rate 1024Gi "${files[@]}" > "$dir/verify.out"; t3=$(now)
   # Same digests, or the comparison means nothing.
   a=$(sed -E 's/^SHA2?-?256\((.*)\)= (.*)$/\2/' "$dir/openssl.out" | sort)
   b=$(grep -v '^total' "$dir/verify.out" | awk '{print $1}' | sort)
