@@ -43,6 +43,17 @@ enum Command {
     Backup(BackupArgs),
     /// Restore a stored backup (its full and incrementals) from a target agent into a dataset.
     Restore(RestoreArgs),
+    /// Read stream files as the store's verifier does (paced to --rate, sha256) and print each
+    /// file's bytes, seconds and sha256 (bench/verify compares it with `openssl dgst`).
+    VerifyFiles(VerifyFilesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyFilesArgs {
+    /// Bytes per second at most, e.g. 50Mi (default: unlimited).
+    #[arg(long)]
+    rate: Option<String>,
+    files: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -393,8 +404,36 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Backup(a)) => backup(a).await,
         Some(Command::Restore(a)) => restore(a).await,
+        Some(Command::VerifyFiles(a)) => verify_files(a),
         None => serve_agent(cli.serve).await,
     }
+}
+
+/// `verify-files`: one line per file, `<sha256>  <path>  <bytes> bytes  <seconds> s`, then the
+/// total and its rate.
+fn verify_files(a: VerifyFilesArgs) -> anyhow::Result<()> {
+    let rate = match &a.rate {
+        Some(r) => zetaback_core::bytesize::parse_byte_size(r)?,
+        None => 0,
+    };
+    let start = std::time::Instant::now();
+    let mut total = 0u64;
+    for f in &a.files {
+        let t = std::time::Instant::now();
+        let (bytes, sha256) = zetaback_agent::filestore::verify_file(f, rate)?;
+        total += bytes;
+        println!(
+            "{sha256}  {}  {bytes} bytes  {:.3} s",
+            f.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "total {total} bytes in {secs:.3} s: {:.1} MB/s",
+        total as f64 / secs.max(1e-9) / 1e6
+    );
+    Ok(())
 }
 
 async fn backup(a: BackupArgs) -> anyhow::Result<()> {

@@ -4,12 +4,14 @@
 # container images without a daemon (debootstrap, umoci, runc, jq), and the OpenZFS test VM (QEMU,
 # qemu-img, ssh, mkfs.ext4: e2e/scripts/openzfs-vm.sh), what the local cluster's nodes use
 # (iptables and conntrack for kube-proxy, the CNI plugins, catatonit as the pause image:
-# e2e/scripts/cluster.sh); checks for the Rust and Go
+# e2e/scripts/cluster.sh), headless Chromium (renders the HTML compliance report in
+# e2e/tests/report_html.rs); checks for the Rust and Go
 # toolchains. Installs only what is missing, so a second run does nothing.
 set -euo pipefail
 pkgs=(zfs-fuse nginx-light varnish wrk tmux openssl iproute2 procps time curl debootstrap umoci runc jq
   qemu-system-x86 qemu-utils openssh-client e2fsprogs
-  iptables conntrack containernetworking-plugins catatonit)
+  iptables conntrack containernetworking-plugins catatonit
+  chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,10 +2,13 @@
 //! pools, a source agent, a store agent (whose pool also holds the drills' scratch root), and
 //! the controller. A policy with `spec.drill: {every: 20s}` gets its full stored; the
 //! controller drills it (a Restore marked `drill`, into `<bak pool>/drills/<name>`): the
-//! restore is verified, timed (`status.recovery[].rtoSeconds`) and its scratch dataset
-//! destroyed. Then a byte of the stored stream is flipped on disk: the next drill fails
+//! restore is verified, timed (`status.recovery[].rtoSeconds`, the metrics
+//! `restore_drill_seconds` and `restore_drill_bytes`) and its scratch dataset destroyed. Then a byte of the stored stream is flipped on disk: the next drill fails
 //! (`ChecksumMismatch`), the dataset is a `DrillFailed` violator with an Event, and nothing
-//! is left in the scratch root. Drills pointed elsewhere (the source dataset itself, an
+//! is left in the scratch root. `kubectl zetaback drill` asks for a drill now and answers by
+//! the monitoring-plugin convention: OK before the flip, CRITICAL after, UNKNOWN without a
+//! policy or without `spec.drill`; `kubectl zetaback report` shows the DrillFailed dataset as
+//! not compliant. Drills pointed elsewhere (the source dataset itself, an
 //! existing dataset under the scratch root) are refused by the agent and change nothing.
 
 use std::time::Duration;
@@ -13,7 +16,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use zetaback::api::Restore;
-use zetaback::api::backup_policy::{DrillResult, ViolationReason};
+use zetaback::api::backup_policy::{DRILL_NOW_REQUEST_ANNOTATION, DrillResult, ViolationReason};
 use zetaback::api::restore::{DRILL_POLICY_LABEL, RestorePhase};
 use zetaback::api::{BackupPolicy, RestoreStatus};
 use zetaback::store::Layout;
@@ -21,7 +24,7 @@ use zetaback_e2e::fleet::{
     Fleet, HostSpec, create_restore, dataset_exists, noise, restore_finished, restore_reason, sums,
     zfs,
 };
-use zetaback_e2e::{Env, eventually, text};
+use zetaback_e2e::{Env, eventually, http_get, metric, text};
 
 const POLICY: &str = "drill-p";
 const LIMIT: Duration = Duration::from_secs(240);
@@ -38,12 +41,16 @@ fn children(root: &str) -> Vec<String> {
 /// The shared test apiserver may get an older CRD applied by another checkout's test run
 /// (`env.sh up`), which prunes `spec.drill` from what the apiserver (and the controller's
 /// watch) shows. While it is missing, applies this checkout's CRDs again and writes
-/// `spec.drill` back (the write also reaches the controller's watch). Only the shared
+/// `spec.drill` back (the write also reaches the controller's watch); likewise while the
+/// CRD lacks `status.drillNowHandled`. Only the shared
 /// development machine needs it; CI runs one checkout.
 async fn ensure_drill(env: &Env, api: &Api<BackupPolicy>, drill: &serde_json::Value) {
     eventually("spec.drill stored", Duration::from_secs(60), || async {
         let p = api.get(POLICY).await.ok()?;
-        if p.spec.drill.is_some() {
+        // The older CRD may also lack this checkout's status fields (a status write naming
+        // one is refused as a whole).
+        let crd = env.kubectl(&["get", "crd", "backuppolicies.zetaback.io", "-o", "json"]);
+        if p.spec.drill.is_some() && text(&crd.stdout).contains("drillNowHandled") {
             return Some(());
         }
         let crds = env.root.join("crds");
@@ -86,6 +93,13 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     fleet.start_controller(|_| {}).await;
     let api: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
     let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let drill_restores = || async {
+        restores
+            .list(&ListParams::default().labels(&format!("{DRILL_POLICY_LABEL}={POLICY}")))
+            .await
+            .ok()
+            .map(|l| l.items)
+    };
 
     let mut spec = fleet.policy_spec("src", "bak", &ds);
     spec["drill"] = serde_json::json!({
@@ -154,6 +168,62 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
         st.violations
     );
 
+    // The drill metrics: each dataset's last successful drill, its time and bytes.
+    let port = fleet.controller_port().expect("the controller runs");
+    let labels = format!(
+        "{{namespace=\"{ns}\",policy=\"{POLICY}\",host=\"{}\",dataset=\"{ds}\"}}",
+        fleet.name("src")
+    );
+    let (seconds, bytes) = eventually("the drill metrics", Duration::from_secs(60), || async {
+        let m = http_get(port, "/metrics").await.ok()?;
+        let seconds = metric(
+            &m,
+            &format!("zetaback_controller_restore_drill_seconds{labels}"),
+        )?;
+        let bytes = metric(
+            &m,
+            &format!("zetaback_controller_restore_drill_bytes{labels}"),
+        )?;
+        Some((seconds, bytes))
+    })
+    .await;
+    assert!(seconds >= 0.0, "{seconds}");
+    // The stream's bytes (every drill of the one full restores as many).
+    assert_eq!(bytes, full.bytes as f64, "restore_drill_bytes");
+
+    // On demand: `kubectl zetaback drill` has the controller drill the dataset now and
+    // answers OK from the drill that answered the request (its Restore says so).
+    let asked_at = jiff::Timestamp::now();
+    let (code, out) = fleet
+        .zb(&["drill", POLICY, "--dataset", &ds, "--timeout", "4m"])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("DRILL OK - 1 dataset(s) drilled, 0 failed"),
+        "{out}"
+    );
+    let answered = drill_restores().await.unwrap_or_default();
+    let answered: Vec<_> = answered
+        .iter()
+        .filter(|r| {
+            r.annotations()
+                .get(DRILL_NOW_REQUEST_ANNOTATION)
+                .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|at| at.as_second() >= asked_at.as_second())
+        })
+        .collect();
+    assert!(
+        answered.iter().any(|r| r
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == RestorePhase::Succeeded && s.verified == Some(true))),
+        "no verified drill answers the request: {answered:?}"
+    );
+    // A policy that does not exist is UNKNOWN, not OK.
+    let (code, out) = fleet.zb(&["drill", "no-such-policy"]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.starts_with("DRILL UNKNOWN - "), "{out}");
+
     // Flip a byte of the stored full on disk (same size: only the checksum can tell).
     let id = full.stream_id().expect("id");
     let path = Layout::new(fleet.store_root("bak"))
@@ -197,6 +267,40 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
             .is_some_and(|m| m.contains("checksum mismatch")),
         "{violation:?}"
     );
+    // On demand, the drill fails too: CRITICAL.
+    let (code, out) = fleet
+        .zb(&["drill", POLICY, "--dataset", &ds, "--timeout", "4m"])
+        .await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with("DRILL CRITICAL - 1 dataset(s) drilled, 1 failed"),
+        "{out}"
+    );
+    assert!(out.contains("checksum mismatch"), "{out}");
+    // The compliance report says so: one self-contained page naming the dataset and its
+    // DrillFailed violation, and the same numbers as JSON.
+    let (code, html) = fleet.zb(&["report", "-o", "html"]).await;
+    assert_eq!(code, 0, "{html}");
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+    assert!(
+        html.contains(&ds) && html.contains("DrillFailed") && html.contains("NOT COMPLIANT"),
+        "{html}"
+    );
+    let (code, json) = fleet.zb(&["report", "-o", "json"]).await;
+    assert_eq!(code, 0, "{json}");
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("report JSON");
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["dataset"] == ds.as_str()))
+        .unwrap_or_else(|| panic!("{ds} not in {json}"));
+    assert_eq!(row["compliant"], false, "{row}");
+    assert!(
+        row["violations"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|r| r == "DrillFailed")),
+        "{row}"
+    );
+    assert_eq!(row["rtoObjectiveSeconds"], 3600, "{row}");
     let events = env.kubectl(&["get", "events", "-n", &ns, "-o", "json"]);
     let events = text(&events.stdout);
     assert!(
@@ -268,13 +372,6 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     assert_eq!(sums(&zetaback_e2e::fleet::mounted(&keep)), keep_sums);
 
     // History is bounded: keep 2 finished drills, and the last good one.
-    let drill_restores = || async {
-        restores
-            .list(&ListParams::default().labels(&format!("{DRILL_POLICY_LABEL}={POLICY}")))
-            .await
-            .ok()
-            .map(|l| l.items)
-    };
     eventually("drill history pruned", LIMIT, || async {
         ensure_drill(env, &api, &drill).await;
         let finished = drill_restores()
@@ -309,6 +406,10 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
         (!running).then_some(())
     })
     .await;
+    // Without spec.drill there is nothing to ask for: UNKNOWN.
+    let (code, out) = fleet.zb(&["drill", POLICY]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("has no spec.drill"), "{out}");
     let left = children(&root);
     assert_eq!(
         left,

@@ -38,6 +38,11 @@ pub(super) fn emit<T: Serialize>(
             format: "YAML",
             message: e.to_string(),
         })?,
+        Format::Html => {
+            return Err(CliError::Usage(
+                "-o html is the output of `report` only".into(),
+            ));
+        }
     };
     io.out.write_all(text.as_bytes())?;
     io.out.flush()?;
@@ -222,10 +227,51 @@ pub(super) async fn execute(cli: Cli, how: Connect, io: &mut Io<'_>) -> Result<u
                 .map_err(|e| CliError::Usage(format!("--timeout: {e}")))?;
             cx.verify(io, &ns, &policy, host, dataset, timeout).await
         }
+        Command::Report => cx.report(io).await,
+        Command::Drill {
+            policy,
+            host,
+            dataset,
+            timeout,
+        } => {
+            let ns = one(&cx.scope)?;
+            let timeout = crate::duration::parse_duration(&timeout)
+                .map_err(|e| CliError::Usage(format!("--timeout: {e}")))?;
+            let request = (host, dataset);
+            super::drill::run(&cx.cluster, io.out, &ns, &policy, request, timeout, cx.now).await
+        }
     }
 }
 
 impl Cx {
+    /// `report`: the compliance report of the policies in scope (`-o html`: the page; the
+    /// table and JSON/YAML formats print the model's numbers).
+    async fn report(&mut self, io: &mut Io<'_>) -> Result<u8, CliError> {
+        use super::html_report::{model, render};
+        let policies = self.cluster.policies(&self.scope).await?;
+        let hosts = self.hosts().await;
+        let mut rows = std::collections::BTreeMap::new();
+        for p in &policies {
+            let (source, backups) = self
+                .backups(io, p, &hosts, &Filter::default(), false)
+                .await?;
+            let note = (source == Source::Jobs).then(|| {
+                "The backup store could not be read: backups are shown from the BackupJob history."
+                    .to_owned()
+            });
+            rows.insert(qualified(p), (backups, note));
+        }
+        let report = model::build(&policies, &rows, self.now);
+        if self.format == Format::Html {
+            io.out.write_all(render::render(&report).as_bytes())?;
+            io.out.flush()?;
+            return Ok(0);
+        }
+        let numbers = model::numbers(&report);
+        emit(io, self.format, &numbers, || model::table(&numbers))?;
+        Ok(0)
+    }
+
     /// `verify`: sets the `verify-now` annotation, then follows the policy's status (see
     /// [`super::verify`]), printing a progress line whenever it moves.
     async fn verify(

@@ -20,8 +20,10 @@
 
 pub mod cluster;
 mod commands;
+pub mod drill;
 pub mod error;
 pub mod filter;
+pub mod html_report;
 pub mod interactive;
 pub mod monitor;
 pub mod report;
@@ -100,6 +102,8 @@ pub enum Format {
     Table,
     Json,
     Yaml,
+    /// One self-contained HTML page (`report` only).
+    Html,
 }
 
 /// Host and dataset filters.
@@ -198,6 +202,26 @@ pub enum Command {
         dataset: Option<String>,
         /// Give up (UNKNOWN) after this long, e.g. 30m.
         #[arg(long, value_name = "DURATION", default_value = "30m")]
+        timeout: String,
+    },
+    /// The compliance report: per policy and dataset, compliance now, backup age over time,
+    /// stored bytes, chains, last verification and drill, RPO/RTO against the objectives
+    /// (`-o html`: one self-contained page with charts; JSON/YAML: the numbers).
+    Report,
+    /// Have the controller run a restore drill of the policy's datasets now (spec.drill);
+    /// waits for the answer (exit 0 OK, 1 WARNING: slower than objectives.rto, 2 CRITICAL:
+    /// a drill failed, 3 UNKNOWN).
+    Drill {
+        /// The BackupPolicy.
+        policy: String,
+        /// Only this host (a ZfsHost name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Give up (UNKNOWN) after this long, e.g. 30m.
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
         timeout: String,
     },
 }

@@ -17,7 +17,8 @@ use super::backup_policy::Plan;
 use super::store_client::StoreView;
 use super::{Context, Error};
 use crate::api::backup_policy::{
-    DatasetRecovery, DrillRecord, DrillResult, MAX_LISTED_RECOVERY, Violation,
+    DRILL_NOW_ANNOTATION, DRILL_NOW_REQUEST_ANNOTATION, DatasetRecovery, DrillNowRequest,
+    DrillRecord, DrillResult, MAX_LISTED_RECOVERY, Violation, parse_drill_now,
 };
 use crate::api::restore::{
     DRILL_POLICY_LABEL, RestoreDestination, RestorePhase, RestoreSource, RestoreSpec,
@@ -49,7 +50,29 @@ pub struct DrillActions {
     pub recovery: Vec<DatasetRecovery>,
     pub violations: Vec<Violation>,
     pub wake_at: Option<Timestamp>,
+    /// `status.drillNowHandled`: the newest `drill-now` request answered with all older ones.
+    pub now_handled: Option<Timestamp>,
+    /// Drill Restores running past `drill.timeout`, to end as failed.
+    pub timed_out: Vec<String>,
+    /// The policy's name (for the metrics).
+    pub policy: String,
+    /// Per dataset with a successful drill: what it measured (the drill metrics).
+    pub samples: Vec<DrillSample>,
 }
+
+/// What a dataset's last successful drill measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrillSample {
+    pub host: String,
+    pub dataset: String,
+    /// The measured recovery time.
+    pub seconds: i64,
+    /// Bytes restored.
+    pub bytes: Option<u64>,
+}
+
+/// The reason on a drill Restore's `Ready` condition when the controller ended it.
+pub const TIMED_OUT_REASON: &str = "DrillTimedOut";
 
 /// The policy's drill rules, if it has drills that parse.
 pub fn rules(policy: &BackupPolicy) -> Option<DrillRules> {
@@ -73,6 +96,12 @@ pub fn rules(policy: &BackupPolicy) -> Option<DrillRules> {
             .and_then(|o| o.rto.as_ref())
             .and_then(|r| r.duration().ok())
             .and_then(signed),
+        timeout: d
+            .timeout
+            .as_ref()
+            .and_then(|t| t.duration().ok())
+            .and_then(signed)
+            .unwrap_or(policy::DEFAULT_DRILL_TIMEOUT),
     })
 }
 
@@ -114,8 +143,44 @@ pub fn past_drill(r: &Restore) -> Option<(String, String, PastDrill)> {
             finished: st.finished_at.map(|t| t.0),
             outcome,
             message,
+            requested: requested_by(r),
         },
     ))
+}
+
+/// The `requestedAt` of the newest `drill-now` request a drill Restore answers, if any.
+pub fn requested_by(r: &Restore) -> Option<Timestamp> {
+    r.annotations()
+        .get(DRILL_NOW_REQUEST_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+/// The `drill-now` requests on the policy not yet handled, oldest first (an unreadable
+/// annotation is logged and ignored).
+pub fn pending_drill_now(policy: &BackupPolicy) -> Vec<DrillNowRequest> {
+    let Some(text) = policy.annotations().get(DRILL_NOW_ANNOTATION) else {
+        return Vec::new();
+    };
+    let mut requests = match parse_drill_now(text) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "ignoring an unreadable {DRILL_NOW_ANNOTATION} annotation");
+            return Vec::new();
+        }
+    };
+    let handled = handled_before(policy);
+    requests.retain(|r| handled.is_none_or(|h| h < r.requested_at));
+    requests.sort_by_key(|r| r.requested_at);
+    requests
+}
+
+fn handled_before(policy: &BackupPolicy) -> Option<Timestamp> {
+    policy
+        .status
+        .as_ref()
+        .and_then(|s| s.drill_now_handled.as_ref())
+        .map(|t| t.0)
 }
 
 /// The name of a new drill's Restore (also its scratch dataset's last component).
@@ -131,6 +196,7 @@ fn new_drill(
     host: &str,
     dataset: &str,
     backup: &str,
+    requested: Option<Timestamp>,
     now: Timestamp,
 ) -> Option<Restore> {
     let d = policy.spec.drill.as_ref()?;
@@ -164,6 +230,13 @@ fn new_drill(
             .collect(),
     );
     r.metadata.owner_references = policy.controller_owner_ref(&()).map(|o| vec![o]);
+    if let Some(at) = requested {
+        r.metadata.annotations = Some(
+            [(DRILL_NOW_REQUEST_ANNOTATION.to_owned(), at.to_string())]
+                .into_iter()
+                .collect(),
+        );
+    }
     Some(r)
 }
 
@@ -193,13 +266,17 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
         policy.namespace().unwrap_or_default(),
         policy.name_any()
     );
-    let mut out = DrillActions::default();
+    let mut out = DrillActions {
+        policy: policy.name_any(),
+        ..DrillActions::default()
+    };
     let empty = StoreView::default();
     let catalogue = inputs.catalogue.unwrap_or(&empty);
     let rules = rules(policy);
     let covered_since = policy.creation_timestamp().map(|t| t.0);
     let drills: Vec<(String, String, PastDrill)> =
         inputs.restores.iter().filter_map(past_drill).collect();
+    let asked = pending_drill_now(policy);
     let bytes_of = |name: &str| {
         inputs
             .restores
@@ -230,6 +307,11 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
                     .iter()
                     .filter(|(h, d, _)| h == host && d == dataset)
                     .map(|(_, _, p)| p.clone())
+                    .collect(),
+                requests: asked
+                    .iter()
+                    .filter(|r| r.selects(host, dataset))
+                    .map(|r| r.requested_at)
                     .collect(),
             }
         })
@@ -264,6 +346,16 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
                 .and_then(PastDrill::rto)
                 .map(|r| r.as_secs());
             entry.next_drill = state.next_due.map(Time);
+            if let Some(good) = &state.last_good
+                && let Some(rto) = good.rto()
+            {
+                out.samples.push(DrillSample {
+                    host: s.host.clone(),
+                    dataset: s.dataset.clone(),
+                    seconds: rto.as_secs(),
+                    bytes: bytes_of(&good.restore),
+                });
+            }
             for f in &state.findings {
                 out.violations.push(Violation {
                     host: s.host.clone(),
@@ -286,8 +378,16 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
         (!failed(a), &a.host, &a.dataset).cmp(&(!failed(b), &b.host, &b.dataset))
     });
     out.recovery.truncate(MAX_LISTED_RECOVERY);
+    out.now_handled = handled_before(policy);
     if let Some(p) = drill_plan {
+        // Answered only with the store's view read (else no drill could start).
+        if inputs.catalogue.is_some()
+            && let Some(h) = policy::drill_now_handled(&asked, &subjects, &p)
+        {
+            out.now_handled = Some(out.now_handled.map_or(h, |o| o.max(h)));
+        }
         out.prune = p.prune;
+        out.timed_out = p.timed_out;
         out.wake_at = p.wake_at;
         if drills
             .iter()
@@ -302,7 +402,14 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
         if inputs.catalogue.is_some() {
             for start in p.start {
                 let s = &subjects[start.subject];
-                if let Some(r) = new_drill(policy, &s.host, &s.dataset, &start.backup, now) {
+                if let Some(r) = new_drill(
+                    policy,
+                    &s.host,
+                    &s.dataset,
+                    &start.backup,
+                    start.requested,
+                    now,
+                ) {
                     out.create.push(r);
                 }
             }
@@ -328,6 +435,7 @@ pub fn merge_into(plan: &mut Plan, actions: &DrillActions) {
         .collect();
     plan.status.violators = i32::try_from(distinct.len()).unwrap_or(i32::MAX);
     plan.status.recovery = actions.recovery.clone();
+    plan.status.drill_now_handled = actions.now_handled.map(Time);
     if let Some(w) = actions.wake_at {
         plan.wake_at = Some(plan.wake_at.map_or(w, |t| t.min(w)));
     }
@@ -346,9 +454,41 @@ pub async fn list(ctx: &Context, namespace: &str, policy: &str) -> Result<Vec<Re
         })
 }
 
-/// Starts and forgets drills; a failed creation is returned (the reconcile retries).
+/// The patch that ends a drill Restore as failed because it ran past its timeout.
+pub fn timed_out_patch(now: Timestamp) -> serde_json::Value {
+    let message =
+        "the restore drill did not finish within the policy's drill.timeout; ended as failed";
+    serde_json::json!({"status": {
+        "phase": "Failed",
+        "message": message,
+        "finishedAt": now.to_string(),
+        "conditions": [{
+            "type": "Ready",
+            "status": "False",
+            "reason": TIMED_OUT_REASON,
+            "message": message,
+            "lastTransitionTime": now.to_string(),
+        }],
+    }})
+}
+
+/// Starts, ends (timed out) and forgets drills, and exports the drill metrics; a failed
+/// creation is returned (the reconcile retries).
 pub async fn apply(ctx: &Context, namespace: &str, actions: &DrillActions) -> Result<(), Error> {
+    ctx.metrics
+        .set_drills(namespace, &actions.policy, &actions.samples);
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), namespace);
+    for name in &actions.timed_out {
+        let patch = kube::api::Patch::Merge(timed_out_patch(Timestamp::now()));
+        match api
+            .patch_status(name, &kube::api::PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => warn!(restore = %name, "restore drill timed out; ended as failed"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => warn!(restore = %name, error = %e, "ending a timed-out drill failed"),
+        }
+    }
     for name in &actions.prune {
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => info!(restore = %name, "old drill forgotten"),
@@ -470,5 +610,154 @@ mod tests {
         for n in [a, b, long] {
             zetaback_core::names::validate_dataset(&format!("pool/drills/{n}")).unwrap();
         }
+    }
+
+    fn stored(dataset: &str, id: &str) -> crate::store::StoredBackup {
+        let sid: crate::store::StreamId = id.parse().unwrap();
+        crate::store::StoredBackup {
+            manifest: crate::store::Manifest {
+                version: 1,
+                id: id.into(),
+                host: "h".into(),
+                dataset: dataset.into(),
+                snapshot: format!("zb-{}", sid.ts()),
+                base_snapshot: None,
+                backup_type: sid.backup_type(),
+                bytes: 1000,
+                sha256: "a".repeat(64),
+                compression: crate::api::backup_policy::Compression::None,
+                created: Timestamp::from_second(sid.ts()).unwrap(),
+                policy: Some("ops/p".into()),
+            },
+            archived: false,
+            verification: None,
+        }
+    }
+
+    fn drill_of(dataset: &str, name: &str, created: i64, status: RestoreStatus) -> Restore {
+        let mut r = Restore::new(
+            name,
+            serde_json::from_value(serde_json::json!({
+                "source": {"host": "h", "dataset": dataset, "backup": "1700000000.full"},
+                "destination": {"host": "b", "dataset": format!("pool/drills/{name}")},
+                "drill": true,
+            }))
+            .unwrap(),
+        );
+        r.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(1_700_000_000 + created).unwrap(),
+        ));
+        r.status = Some(status);
+        r
+    }
+
+    #[test]
+    fn plan_answers_drill_now_ends_timed_out_drills_and_reports_samples() {
+        let policy: BackupPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zetaback.io/v1alpha1", "kind": "BackupPolicy",
+            "metadata": {"name": "p", "namespace": "ops", "uid": "u1",
+                "creationTimestamp": "2023-11-14T22:13:20Z",
+                "annotations": {DRILL_NOW_ANNOTATION:
+                    r#"[{"host":null,"dataset":"tank/a","requestedAt":"2023-11-14T22:30:00Z"}]"#}},
+            "spec": {
+                "hosts": {"names": ["h"]}, "datasets": {"include": ["tank/**"]},
+                "target": {"host": "b", "path": "/srv/zb"},
+                "full": {"every": "7d", "keep": "28d"},
+                "incremental": {"every": "1d", "keep": "14d"},
+                "drill": {"every": "30d", "datasetsPerRun": 2,
+                    "destination": {"host": "b", "root": "pool/drills"}},
+            },
+        }))
+        .unwrap();
+        let catalogue = crate::store::Catalogue {
+            backups: vec![
+                stored("tank/a", "1700000000.full"),
+                stored("tank/b", "1700000000.full"),
+            ],
+            problems: Vec::new(),
+        };
+        let view = StoreView::from_store(&catalogue);
+        // tank/a: drilled well 10 minutes in (not due for 30 days); tank/b: a drill stuck
+        // since the start, 7 hours ago (past the default 6h timeout).
+        let good = drill_of(
+            "tank/a",
+            "drill-a",
+            600,
+            RestoreStatus {
+                phase: RestorePhase::Succeeded,
+                verified: Some(true),
+                verified_at: at(610),
+                finished_at: at(611),
+                scratch_destroyed: Some(true),
+                bytes_done: Some(1234),
+                ..Default::default()
+            },
+        );
+        let stuck = drill_of(
+            "tank/b",
+            "drill-b",
+            0,
+            RestoreStatus {
+                phase: RestorePhase::Running,
+                ..Default::default()
+            },
+        );
+        let covered = [
+            ("h".to_owned(), "tank/a".to_owned()),
+            ("h".to_owned(), "tank/b".to_owned()),
+        ];
+        let now = Timestamp::from_second(1_700_000_000 + 7 * 3600).unwrap();
+        let restores = [good, stuck];
+        let inputs = Inputs {
+            policy: &policy,
+            catalogue: Some(&view),
+            covered: &covered,
+            restores: &restores,
+            now,
+        };
+        let out = plan(&inputs);
+        // The request for tank/a starts its drill at once, stamped with the request.
+        assert_eq!(out.create.len(), 1, "{:?}", out.create);
+        let asked = Timestamp::from_second(1_700_000_000 + 1000).unwrap();
+        assert_eq!(out.create[0].spec.source.dataset_name(), "tank/a");
+        assert_eq!(requested_by(&out.create[0]), Some(asked));
+        assert_eq!(out.now_handled, Some(asked));
+        // The stuck drill is ended, and tank/b is a DrillFailed violator saying why.
+        assert_eq!(out.timed_out, vec!["drill-b".to_owned()]);
+        assert!(
+            out.violations.iter().any(|v| v.dataset == "tank/b"
+                && v.reason == crate::api::backup_policy::ViolationReason::DrillFailed
+                && v.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("did not finish within 6h"))),
+            "{:?}",
+            out.violations
+        );
+        // The metrics' samples: tank/a's good drill, 10 s and 1234 bytes.
+        assert_eq!(
+            out.samples,
+            vec![DrillSample {
+                host: "h".into(),
+                dataset: "tank/a".into(),
+                seconds: 10,
+                bytes: Some(1234),
+            }]
+        );
+        // Once handled (recorded in status), the request starts nothing more.
+        let mut handled = policy.clone();
+        handled.status = Some(crate::api::BackupPolicyStatus {
+            drill_now_handled: Some(Time(asked)),
+            ..Default::default()
+        });
+        let out = plan(&Inputs {
+            policy: &handled,
+            ..inputs
+        });
+        assert!(out.create.is_empty(), "{:?}", out.create);
+        assert_eq!(out.now_handled, Some(asked));
+        // The ended drill's Restore reads as failed.
+        let patch = timed_out_patch(now);
+        assert_eq!(patch["status"]["phase"], "Failed");
+        assert_eq!(patch["status"]["conditions"][0]["reason"], TIMED_OUT_REASON);
     }
 }

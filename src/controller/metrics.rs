@@ -74,6 +74,9 @@ struct Live {
     /// (namespace, policy) → its target and when it was last reconciled: a policy not
     /// reconciled for [`POLICY_SERIES_TTL`] was deleted and its series are dropped.
     seen: Mutex<HashMap<(String, String), (String, Instant)>>,
+    /// (namespace, policy) → each dataset's last successful restore drill, replaced by each
+    /// reconcile.
+    drills: Mutex<HashMap<(String, String), Vec<super::drill::DrillSample>>>,
 }
 
 /// Every live policy is reconciled at least once a minute; after this long without one its
@@ -154,6 +157,43 @@ impl Collector for Live {
                 };
                 let age = now.duration_since(*at).as_secs_f64().max(0.0);
                 ConstGauge::new(age).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let drills = self.drills.lock().unwrap_or_else(PoisonError::into_inner);
+        let samples = || {
+            drills.iter().flat_map(|((namespace, policy), list)| {
+                list.iter().map(move |s| {
+                    (
+                        DatasetLabel {
+                            namespace: namespace.clone(),
+                            policy: policy.clone(),
+                            host: s.host.clone(),
+                            dataset: s.dataset.clone(),
+                        },
+                        s,
+                    )
+                })
+            })
+        };
+        let mut family = encoder.encode_descriptor(
+            "restore_drill_seconds",
+            "The measured recovery time of each dataset's last successful restore drill (from its start to the restored snapshot verified)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, s) in samples() {
+            ConstGauge::new(s.seconds).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "restore_drill_bytes",
+            "Bytes restored by each dataset's last successful restore drill",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, s) in samples() {
+            if let Some(b) = s.bytes {
+                let b = i64::try_from(b).unwrap_or(i64::MAX);
+                ConstGauge::new(b).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())
@@ -385,6 +425,22 @@ impl Metrics {
         }
     }
 
+    /// Each dataset's last successful restore drill, from one reconcile of a policy
+    /// (replacing its previous list).
+    pub fn set_drills(&self, namespace: &str, policy: &str, samples: &[super::drill::DrillSample]) {
+        let mut drills = self
+            .live
+            .drills
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = (namespace.to_owned(), policy.to_owned());
+        if samples.is_empty() {
+            drills.remove(&key);
+        } else {
+            drills.insert(key, samples.to_vec());
+        }
+    }
+
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
         self.is_leader.store(leading, Ordering::Relaxed);
@@ -411,6 +467,11 @@ impl Metrics {
         for ((namespace, policy), target) in gone {
             self.live
                 .newest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&(namespace.clone(), policy.clone()));
+            self.live
+                .drills
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&(namespace.clone(), policy.clone()));
@@ -536,6 +597,16 @@ mod tests {
         )];
         m.set_violators("ops", "p", 2);
         m.set_policy_backups("ops", "p", "backup-1", Some(4096), &newest);
+        m.set_drills(
+            "ops",
+            "p",
+            &[super::super::drill::DrillSample {
+                host: "db-1".into(),
+                dataset: "tank/a".into(),
+                seconds: 42,
+                bytes: Some(301_615),
+            }],
+        );
         let text = m.encode();
         assert!(
             text.contains("zetaback_controller_violators{namespace=\"ops\",policy=\"p\"} 2"),
@@ -550,6 +621,35 @@ mod tests {
             .unwrap_or_else(|| panic!("no seconds_since_last_backup in {text}"));
         let age: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((120.0..130.0).contains(&age), "{age}");
+        let labels = "{namespace=\"ops\",policy=\"p\",host=\"db-1\",dataset=\"tank/a\"}";
+        assert!(
+            text.contains(&format!(
+                "zetaback_controller_restore_drill_seconds{labels} 42\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "zetaback_controller_restore_drill_bytes{labels} 301615\n"
+            )),
+            "{text}"
+        );
+        // A reconcile without drills (spec.drill removed) drops the policy's drill series.
+        m.set_drills("ops", "p", &[]);
+        assert!(
+            !m.encode().contains("restore_drill_seconds{"),
+            "drill series stayed"
+        );
+        m.set_drills(
+            "ops",
+            "p",
+            &[super::super::drill::DrillSample {
+                host: "db-1".into(),
+                dataset: "tank/a".into(),
+                seconds: 1,
+                bytes: None,
+            }],
+        );
         // Not reconciled any more (deleted): its series go.
         m.forget_policies_older_than(std::time::Duration::ZERO);
         let text = m.encode();

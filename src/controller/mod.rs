@@ -493,6 +493,7 @@ fn spec_or_request<K: Resource>(obj: &K) -> Option<u64> {
             crate::api::backup_policy::BACKUP_NOW_ANNOTATION,
             crate::api::backup_policy::RECONCILE_NOW_ANNOTATION,
             crate::api::backup_policy::VERIFY_NOW_ANNOTATION,
+            crate::api::backup_policy::DRILL_NOW_ANNOTATION,
         ] {
             a.get(key).hash(&mut h);
         }

@@ -27,7 +27,7 @@ mod archive;
 pub mod space;
 mod verify;
 
-pub use verify::Verified;
+pub use verify::{Verified, verify_file};
 
 use std::collections::HashSet;
 use std::io;

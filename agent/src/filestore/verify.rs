@@ -108,6 +108,11 @@ impl FileStore {
     }
 }
 
+/// Reads the file at `path` as verification does ([`read_paced`]): (bytes, sha256 hex).
+pub fn verify_file(path: &Path, rate: u64) -> io::Result<(u64, String)> {
+    read_paced(std::fs::File::open(path)?, rate, |_| {})
+}
+
 /// Reads `file` to its end in [`CHUNK`]s, at most `rate` bytes per second on average (0:
 /// unlimited), hashing it: (bytes, sha256 hex).
 fn read_paced(

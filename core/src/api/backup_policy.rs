@@ -138,6 +138,10 @@ pub struct DrillSpec {
     #[schemars(range(min = 0, max = 100))]
     #[schemars(with = "i32")]
     pub older_every: u32,
+    /// A drill not finished within this long (default 6h) is ended as failed (its Restore is
+    /// marked `Failed`, reason `DrillTimedOut`), freeing its place under `datasetsPerRun`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationString>,
 }
 
 fn default_drills_per_run() -> u32 {
@@ -560,6 +564,11 @@ pub struct BackupPolicyStatus {
     /// (asked its store to verify the selected datasets' backups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_now_handled: Option<Time>,
+    /// The `requestedAt` of the newest `zetaback.io/drill-now` request answered, with every
+    /// older one: each dataset they selected that has a restorable backup has had a drill
+    /// started for them (its Restore carries `zetaback.io/drill-now-request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_now_handled: Option<Time>,
     /// Per dataset with `spec.verify`: when all its stored backups were last verified, and
     /// the backups found corrupt (quarantined). Datasets with quarantined backups first; at
     /// most 200 entries.
@@ -764,6 +773,39 @@ impl VerifyNowRequest {
         self.host.as_deref().is_none_or(|h| h == host)
             && self.dataset.as_deref().is_none_or(|d| d == dataset)
     }
+}
+
+/// The annotation `kubectl zetaback drill` sets to ask for restore drills now: a JSON list of
+/// [`DrillNowRequest`]s, oldest first (requests queue up like `backup-now`'s; the controller
+/// records `status.drillNowHandled`).
+pub const DRILL_NOW_ANNOTATION: &str = "zetaback.io/drill-now";
+/// The annotation on a drill Restore started for `drill-now` requests: the `requestedAt` of
+/// the newest request it answers (RFC 3339); it answers the older ones of its dataset too.
+pub const DRILL_NOW_REQUEST_ANNOTATION: &str = "zetaback.io/drill-now-request";
+
+/// One request in the value of [`DRILL_NOW_ANNOTATION`]: which datasets (all when unset) and
+/// when it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillNowRequest {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub dataset: Option<String>,
+    pub requested_at: jiff::Timestamp,
+}
+
+impl DrillNowRequest {
+    /// Whether the request covers this dataset.
+    pub fn selects(&self, host: &str, dataset: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| h == host)
+            && self.dataset.as_deref().is_none_or(|d| d == dataset)
+    }
+}
+
+/// The requests in a [`DRILL_NOW_ANNOTATION`] value.
+pub fn parse_drill_now(value: &str) -> Result<Vec<DrillNowRequest>, serde_json::Error> {
+    serde_json::from_str(value)
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -28,7 +28,13 @@ pub struct DrillRules {
     pub keep: usize,
     /// The recovery time objective, if any.
     pub rto: Option<SignedDuration>,
+    /// A drill running longer than this is ended as failed ([`DEFAULT_DRILL_TIMEOUT`] unless
+    /// the policy says otherwise).
+    pub timeout: SignedDuration,
 }
+
+/// How long a drill may run when the policy sets no `drill.timeout`.
+pub const DEFAULT_DRILL_TIMEOUT: SignedDuration = SignedDuration::from_hours(6);
 
 /// How a drill ended, or that it has not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +60,8 @@ pub struct PastDrill {
     pub outcome: DrillOutcome,
     /// Why it failed, or what it did.
     pub message: String,
+    /// The `requestedAt` of the newest `drill-now` request it answers, if it was asked for.
+    pub requested: Option<Timestamp>,
 }
 
 impl PastDrill {
@@ -77,6 +85,9 @@ pub struct DrillSubject {
     pub covered_since: Option<Timestamp>,
     /// Its drills, in any order.
     pub drills: Vec<PastDrill>,
+    /// The `requestedAt` of the `drill-now` requests selecting it that are not yet handled
+    /// (a drill answering one is due at once, before scheduled ones).
+    pub requests: Vec<Timestamp>,
 }
 
 /// A drill to start now.
@@ -88,6 +99,8 @@ pub struct DrillStart {
     pub backup: String,
     /// True when it is an older chain than the newest (every `older_every`-th drill).
     pub older: bool,
+    /// The newest `drill-now` request it answers (recorded on its Restore).
+    pub requested: Option<Timestamp>,
 }
 
 /// What the drill records say of one dataset.
@@ -100,6 +113,9 @@ pub struct DrillState {
     /// When its next drill is due (`None`: it has nothing restorable to drill).
     pub next_due: Option<Timestamp>,
     pub findings: Vec<Finding>,
+    /// The newest `drill-now` request answered by one of its drills, counting those this
+    /// plan starts.
+    pub answered: Option<Timestamp>,
 }
 
 /// The decision for one policy's drills.
@@ -113,6 +129,23 @@ pub struct DrillPlan {
     pub prune: Vec<String>,
     /// The earliest future moment something changes (a drill or a deadline is due).
     pub wake_at: Option<Timestamp>,
+    /// Drills (Restore names) still running past the timeout: counted as failed here, to be
+    /// ended as failed by the controller.
+    pub timed_out: Vec<String>,
+}
+
+/// `d` as the plan sees it at `now`: a drill running past `timeout` has failed.
+fn with_timeout(d: &PastDrill, timeout: SignedDuration, now: Timestamp) -> (PastDrill, bool) {
+    let deadline = add(d.started, timeout);
+    if d.outcome == DrillOutcome::Running && now > deadline {
+        let mut failed = d.clone();
+        failed.outcome = DrillOutcome::Failed;
+        failed.finished = Some(deadline);
+        failed.message = format!("the drill did not finish within {}", show(timeout));
+        (failed, true)
+    } else {
+        (d.clone(), false)
+    }
 }
 
 fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
@@ -122,13 +155,31 @@ fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
 /// Decides the drills of one policy at `now`.
 pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp) -> DrillPlan {
     let mut plan = DrillPlan::default();
+    // Drills past the timeout have failed (and free their slot).
+    let subjects: Vec<DrillSubject> = subjects
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            for d in &mut s.drills {
+                let (seen, timed_out) = with_timeout(d, rules.timeout, now);
+                if timed_out {
+                    plan.timed_out.push(d.restore.clone());
+                } else if d.outcome == DrillOutcome::Running {
+                    plan.wake_at = earliest(plan.wake_at, add(d.started, rules.timeout));
+                }
+                *d = seen;
+            }
+            s
+        })
+        .collect();
     let running = subjects
         .iter()
         .flat_map(|s| &s.drills)
         .filter(|d| d.outcome == DrillOutcome::Running)
         .count();
-    // Due subjects: (when their last drill started, or MIN when never drilled, index).
-    let mut due: Vec<(Timestamp, usize)> = Vec::new();
+    // Due subjects: (not asked for, when their last drill started or MIN when never drilled,
+    // index): those a `drill-now` request waits for first.
+    let mut due: Vec<(bool, Timestamp, usize, Option<Timestamp>)> = Vec::new();
     for (i, s) in subjects.iter().enumerate() {
         let mut drills: Vec<&PastDrill> = s.drills.iter().collect();
         drills.sort_by(|a, b| (b.started, &b.restore).cmp(&(a.started, &a.restore)));
@@ -208,11 +259,19 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
             Some(last.map_or(now, |d| add(d.started, rules.every).max(now)))
         };
         let busy = last.is_some_and(|d| d.outcome == DrillOutcome::Running);
+        let answered = drills.iter().filter_map(|d| d.requested).max();
+        let asked = s
+            .requests
+            .iter()
+            .copied()
+            .filter(|r| answered.is_none_or(|a| *r > a))
+            .max();
         if let Some(t) = next_due
             && !busy
         {
-            if t <= now {
-                due.push((last.map_or(Timestamp::MIN, |d| d.started), i));
+            let last_started = last.map_or(Timestamp::MIN, |d| d.started);
+            if t <= now || asked.is_some() {
+                due.push((asked.is_none(), last_started, i, asked));
             } else {
                 plan.wake_at = earliest(plan.wake_at, t);
             }
@@ -232,11 +291,12 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
             last_good: last_good.cloned(),
             next_due,
             findings,
+            answered,
         });
     }
     due.sort();
     let slots = rules.per_run.saturating_sub(running);
-    for (_, i) in due.into_iter().take(slots) {
+    for (_, _, i, asked) in due.into_iter().take(slots) {
         let s = &subjects[i];
         let n = s.drills.len() + 1; // this drill's number for the dataset
         let older = rules.older_every > 0
@@ -252,10 +312,44 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
                 subject: i,
                 backup: backup.clone(),
                 older,
+                requested: asked,
             });
+            if asked.is_some() {
+                plan.states[i].answered = asked;
+            }
         }
     }
     plan
+}
+
+/// The newest `drill-now` request handled together with every older one, if the oldest is:
+/// a request is handled once each subject it selects that has something restorable has had a
+/// drill started for it (or for a newer request) — `plan.states[i].answered`. `requests`
+/// are the pending ones (after the last recorded watermark), in any order.
+pub fn drill_now_handled(
+    requests: &[crate::api::backup_policy::DrillNowRequest],
+    subjects: &[DrillSubject],
+    plan: &DrillPlan,
+) -> Option<Timestamp> {
+    let mut sorted: Vec<_> = requests.iter().collect();
+    sorted.sort_by_key(|r| r.requested_at);
+    let mut handled = None;
+    for r in sorted {
+        let done = subjects.iter().enumerate().all(|(i, s)| {
+            !r.selects(&s.host, &s.dataset)
+                || s.restorable.is_empty()
+                || plan
+                    .states
+                    .get(i)
+                    .and_then(|st| st.answered)
+                    .is_some_and(|a| a >= r.requested_at)
+        });
+        if !done {
+            break;
+        }
+        handled = Some(r.requested_at);
+    }
+    handled
 }
 
 #[cfg(test)]
@@ -277,6 +371,7 @@ mod tests {
             older_every: 3,
             keep: 2,
             rto: Some(SignedDuration::from_secs(600)),
+            timeout: DEFAULT_DRILL_TIMEOUT,
         }
     }
 
@@ -290,6 +385,7 @@ mod tests {
             finished: end,
             outcome,
             message: "broken pipe".into(),
+            requested: None,
         }
     }
 
@@ -300,6 +396,7 @@ mod tests {
             restorable: restorable.iter().map(|s| (*s).to_owned()).collect(),
             covered_since: Some(ts(0)),
             drills,
+            requests: Vec::new(),
         }
     }
 
@@ -315,7 +412,8 @@ mod tests {
             vec![DrillStart {
                 subject: 0,
                 backup: "2".into(),
-                older: false
+                older: false,
+                requested: None,
             }]
         );
         assert_eq!(p.states[0].next_due, Some(ts(H)));
@@ -477,6 +575,7 @@ mod tests {
             subject("d", &["1"], vec![drill("d1", 0, DrillOutcome::Running, 0)]),
         ];
         let mut r = rules();
+        r.timeout = SignedDuration::from_secs(30 * D);
         let at = ts(20 * D);
         let mut order = |per_run: usize| {
             r.per_run = per_run;
@@ -552,5 +651,122 @@ mod tests {
         r.keep = 1;
         let p = plan_drills(&r, &[subject("a", &["1"], drills)], ts(4 * D + 1));
         assert_eq!(p.prune, vec!["d3".to_owned(), "d2".to_owned()]);
+    }
+
+    fn request(dataset: Option<&str>, at: i64) -> crate::api::backup_policy::DrillNowRequest {
+        crate::api::backup_policy::DrillNowRequest {
+            host: None,
+            dataset: dataset.map(Into::into),
+            requested_at: ts(at),
+        }
+    }
+
+    #[test]
+    fn a_drill_now_request_starts_a_drill_at_once_first_and_is_answered_once() {
+        // a drilled 1 day ago (not due for 6 more), b never drilled (due by schedule).
+        let recent = drill("a1", D, DrillOutcome::Succeeded, 60);
+        let mut a = subject("a", &["1"], vec![recent.clone()]);
+        let b = subject("b", &["1"], vec![]);
+        let at = ts(2 * D);
+        // Unasked, only b is due.
+        let p = plan_drills(&rules(), &[a.clone(), b.clone()], at);
+        assert_eq!(p.start.iter().map(|s| s.subject).collect::<Vec<_>>(), [1]);
+        assert_eq!(p.start[0].requested, None);
+        // Asked for a: a goes first (one slot), marked with the request, and is answered.
+        a.requests = vec![ts(2 * D - 5), ts(2 * D - 1)];
+        let subjects = [a.clone(), b.clone()];
+        let p = plan_drills(&rules(), &subjects, at);
+        assert_eq!(p.start.len(), 1);
+        assert_eq!(
+            (p.start[0].subject, p.start[0].requested),
+            (0, Some(ts(2 * D - 1)))
+        );
+        assert_eq!(p.states[0].answered, Some(ts(2 * D - 1)));
+        assert_eq!(p.states[1].answered, None);
+        let reqs = [request(Some("a"), 2 * D - 5), request(Some("a"), 2 * D - 1)];
+        assert_eq!(drill_now_handled(&reqs, &subjects, &p), Some(ts(2 * D - 1)));
+        // A request for every dataset waits for b too.
+        let all = [request(Some("a"), 2 * D - 5), request(None, 2 * D - 1)];
+        assert_eq!(drill_now_handled(&all, &subjects, &p), Some(ts(2 * D - 5)));
+        // Once its drill runs, it is not started again; when it answered the request, the
+        // request no longer makes the dataset due.
+        let mut answering = drill("a2", 2 * D, DrillOutcome::Running, 0);
+        answering.requested = Some(ts(2 * D - 1));
+        a.drills = vec![recent.clone(), answering.clone()];
+        let p = plan_drills(&rules(), &[a.clone()], ts(2 * D + 10));
+        assert!(p.start.is_empty());
+        assert_eq!(p.states[0].answered, Some(ts(2 * D - 1)));
+        answering.outcome = DrillOutcome::Succeeded;
+        answering.verified = Some(ts(2 * D + 20));
+        answering.finished = Some(ts(2 * D + 20));
+        a.drills = vec![recent.clone(), answering.clone()];
+        let p = plan_drills(&rules(), &[a.clone()], ts(2 * D + 30));
+        assert!(p.start.is_empty(), "{:?}", p.start);
+        // A newer request makes it due again.
+        a.requests.push(ts(2 * D + 25));
+        let p = plan_drills(&rules(), &[a.clone()], ts(2 * D + 30));
+        assert_eq!(p.start[0].requested, Some(ts(2 * D + 25)));
+        // Nothing restorable: nothing to drill, the request is handled for it.
+        let mut empty = subject("e", &[], vec![]);
+        empty.requests = vec![ts(5)];
+        let p = plan_drills(&rules(), std::slice::from_ref(&empty), ts(10));
+        assert!(p.start.is_empty());
+        assert_eq!(
+            drill_now_handled(&[request(None, 5)], &[empty], &p),
+            Some(ts(5))
+        );
+        // A busy slot (per_run 1, another drill running) defers the request.
+        let mut c = subject("c", &["1"], vec![]);
+        c.requests = vec![ts(5)];
+        let running = subject("d", &["1"], vec![drill("d1", 0, DrillOutcome::Running, 0)]);
+        let subjects = [c, running];
+        let p = plan_drills(&rules(), &subjects, ts(10));
+        assert!(p.start.is_empty());
+        assert_eq!(
+            drill_now_handled(&[request(Some("c"), 5)], &subjects, &p),
+            None
+        );
+    }
+
+    #[test]
+    fn a_drill_running_past_the_timeout_fails_and_frees_its_slot() {
+        let mut r = rules();
+        r.timeout = SignedDuration::from_secs(H);
+        let stuck = drill("a1", 0, DrillOutcome::Running, 0);
+        let subjects = [
+            subject("a", &["1"], vec![stuck.clone()]),
+            subject("b", &["1"], vec![]),
+        ];
+        // Within the bound: it runs, holds the one slot, and the plan wakes at its deadline.
+        for at in [H - 1, H] {
+            let p = plan_drills(&r, &subjects, ts(at));
+            assert!(p.timed_out.is_empty(), "at {at}");
+            assert!(p.start.is_empty(), "at {at}: {:?}", p.start);
+            assert_eq!(
+                p.states[0].last.as_ref().unwrap().outcome,
+                DrillOutcome::Running
+            );
+            assert!(p.wake_at.is_some_and(|w| w <= ts(H)), "{:?}", p.wake_at);
+        }
+        // Past it: failed (DrillFailed, saying why), to be ended, and b takes the slot.
+        let p = plan_drills(&r, &subjects, ts(H + 1));
+        assert_eq!(p.timed_out, vec!["a1".to_owned()]);
+        let last = p.states[0].last.as_ref().unwrap();
+        assert_eq!(last.outcome, DrillOutcome::Failed);
+        assert_eq!(last.finished, Some(ts(H)));
+        assert!(reasons(&p.states[0]).contains(&ViolationReason::DrillFailed));
+        assert!(
+            p.states[0].findings[0]
+                .message
+                .contains("did not finish within 1h"),
+            "{:?}",
+            p.states[0].findings
+        );
+        // b (never drilled) and a (its last drill failed, due again by its period: not yet)
+        assert_eq!(p.start.iter().map(|s| s.subject).collect::<Vec<_>>(), [1]);
+        // Finished drills are never timed out, however old.
+        let done = drill("a0", 0, DrillOutcome::Succeeded, 2 * H);
+        let p = plan_drills(&r, &[subject("a", &["1"], vec![done])], ts(30 * D));
+        assert!(p.timed_out.is_empty());
     }
 }

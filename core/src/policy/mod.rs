@@ -48,8 +48,8 @@ pub use crate::api::backup_policy::{IncrementalBase, ViolationReason};
 pub use caps::{Admission, Slots};
 pub use catalogue::{BackupRecord, CatalogueError, ChainError, DatasetBackups, RestoreTarget};
 pub use drill::{
-    DrillOutcome, DrillPlan, DrillRules, DrillStart, DrillState, DrillSubject, PastDrill,
-    plan_drills,
+    DEFAULT_DRILL_TIMEOUT, DrillOutcome, DrillPlan, DrillRules, DrillStart, DrillState,
+    DrillSubject, PastDrill, drill_now_handled, plan_drills,
 };
 pub use history::{FAILURE_RUN_KEPT, HistoryLimits, JobRecord, Outcome, prune_history};
 pub use objectives::{rpo_now, rpo_violation};

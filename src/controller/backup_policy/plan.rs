@@ -748,6 +748,7 @@ fn finish(inputs: &Inputs<'_>, settings: &Settings, hosts: usize, tally: Tally) 
                 .and_then(|s| s.verify_now_handled.clone()),
         },
         verification,
+        drill_now_handled: None, // set by drill::merge_into
         recovery: Vec::new(),
         conditions: Vec::new(),
     };
