@@ -10,7 +10,6 @@
 //! object is served.
 
 use kube::Resource;
-use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher::Event;
@@ -121,6 +120,7 @@ impl StandIn for BackupJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
 
     fn guard(status: serde_json::Value) -> DeserializeGuard<ZfsHost> {
         serde_json::from_value(serde_json::json!({
