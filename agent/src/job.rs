@@ -369,6 +369,10 @@ async fn send_and_upload(
     base: Option<&Base>,
 ) -> Result<JobOutcome, JobError> {
     let dataset = spec.dataset.0.clone();
+    let raw = zfs.must_send_raw(&dataset).await?;
+    if raw {
+        info!(%dataset, "the dataset is encrypted: sending it raw (zfs send -w), the key stays on this host");
+    }
     let req = SendRequest {
         dataset: dataset.clone(),
         snapshot: spec.snapshot.clone(),
@@ -378,7 +382,7 @@ async fn send_and_upload(
             bookmark: b.bookmark,
         }),
         compressed: false,
-        raw: false,
+        raw,
         estimate: false,
     };
     if let Ok(Some(estimate)) = zfs.estimate(&req).await {

@@ -654,3 +654,118 @@ fn an_incremental_is_sent_from_the_bookmark_after_its_base_snapshot_was_destroye
     vm.sh(&format!("zfs mount {copy}"));
     assert_eq!(checksums_in_vm(vm, &format!("/{copy}")), before);
 }
+
+/// The stored files (not manifests, not temporary files) under a store directory, recursively.
+fn stored_streams(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read the store").flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            out.extend(stored_streams(&path));
+        } else if !name.ends_with(".json") && !name.starts_with('.') {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `DMU_BACKUP_FEATURE_RAW` (OpenZFS include/sys/zfs_ioctl.h): the stream's blocks are sent
+/// as they are on disk, still encrypted.
+const FEATURE_RAW: u64 = 1 << 24;
+/// `DMU_BACKUP_MAGIC`, in a stream's DRR_BEGIN record.
+const BACKUP_MAGIC: u64 = 0x2F5bacbac;
+
+/// The feature flags of a stream's first record (DRR_BEGIN: `drr_type` 0, `drr_magic` at
+/// byte 8, `drr_versioninfo` at byte 16 holding the flags in bits 2..32), in the sender's byte
+/// order (the VM is x86-64: little-endian).
+fn begin_feature_flags(stream: &[u8]) -> u64 {
+    let word = |at: usize| u64::from_le_bytes(stream[at..at + 8].try_into().expect("8 bytes"));
+    assert!(
+        stream.len() > 24,
+        "the stored stream is {} bytes",
+        stream.len()
+    );
+    assert_eq!(
+        u32::from_le_bytes(stream[0..4].try_into().expect("4 bytes")),
+        0,
+        "the stored stream does not begin with DRR_BEGIN (is it compressed?)"
+    );
+    assert_eq!(word(8), BACKUP_MAGIC, "no DMU_BACKUP_MAGIC in DRR_BEGIN");
+    (word(16) >> 2) & ((1 << 30) - 1)
+}
+
+#[test]
+fn an_encrypted_dataset_is_sent_raw_and_the_store_never_sees_the_key() {
+    let vm = vm();
+    let store = HostStore::start("venc");
+    let ds = format!("zbvm/{}", unique("enc"));
+    let into = format!("zbvm/{}", unique("encback"));
+    let _cleanup = Cleanup(vec![ds.clone(), into.clone()]);
+    let passphrase = format!("zb-passphrase-{}", std::process::id());
+    // Text the store must never see: were it sent decrypted, it would be in the stream
+    // verbatim (no compression on the dataset, none in the transfer).
+    let marker = format!("ZETABACK-PLAINTEXT-{}", std::process::id());
+    vm.sh(&format!(
+        "set -e
+        echo {passphrase} | zfs create -o encryption=on -o keyformat=passphrase -o keylocation=prompt -o compression=off {ds}
+        for i in $(seq 1 2000); do echo {marker}-$i; done > /{ds}/secret.txt
+        head -c 500000 /dev/urandom > /{ds}/random"
+    ));
+    let before = checksums_in_vm(vm, &format!("/{ds}"));
+    let out = backup_in_vm(
+        vm,
+        &store.addr_for_guest(),
+        &ds,
+        "zb-1",
+        &format!("--target-path {} --compression none", store.root.display()),
+    );
+    let outcome = json_of(&out);
+    let id = outcome["backupId"].as_str().expect("backupId").to_owned();
+    let streams = stored_streams(&store.root);
+    assert_eq!(streams.len(), 1, "stored: {streams:?}");
+    let stream = std::fs::read(&streams[0]).expect("read the stored stream");
+    let flags = begin_feature_flags(&stream);
+    let plaintext = stream.windows(marker.len()).any(|w| w == marker.as_bytes());
+    let key_in_stream = stream
+        .windows(passphrase.len())
+        .any(|w| w == passphrase.as_bytes());
+    eprintln!(
+        "encrypted backup: {} bytes stored, DRR_BEGIN feature flags {flags:#x}, plaintext in it: {plaintext}",
+        stream.len()
+    );
+    assert!(
+        flags & FEATURE_RAW != 0,
+        "the stored stream is not raw (feature flags {flags:#x}): it was sent decrypted"
+    );
+    assert!(!plaintext, "the file's plaintext is in the stored stream");
+    assert!(!key_in_stream, "the passphrase is in the stored stream");
+    let mut manifest = streams[0].clone().into_os_string();
+    manifest.push(".json");
+    let manifest = std::fs::read_to_string(&manifest).expect("read the manifest");
+    assert!(
+        !manifest.contains(&passphrase) && !manifest.contains(&marker),
+        "the manifest holds key material or plaintext: {manifest}"
+    );
+    // Restored, it is still encrypted and locked: the key was never part of the backup.
+    let restore = vm.run(&format!(
+        "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
+         --dataset {ds} --backup {id} --into {into}/copy",
+        store.addr_for_guest()
+    ));
+    assert!(
+        restore.status.success(),
+        "restore of the raw stream failed: {}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let copy = format!("{into}/copy");
+    assert_eq!(
+        vm.props(&copy, "encryption,keystatus,mounted"),
+        ["aes-256-gcm", "unavailable", "no"],
+        "the restored copy is not the encrypted, locked dataset"
+    );
+    vm.sh(&format!(
+        "echo {passphrase} | zfs load-key {copy} && zfs mount {copy}"
+    ));
+    assert_eq!(checksums_in_vm(vm, &format!("/{copy}")), before);
+}
