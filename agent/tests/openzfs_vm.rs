@@ -769,3 +769,47 @@ fn an_encrypted_dataset_is_sent_raw_and_the_store_never_sees_the_key() {
     ));
     assert_eq!(checksums_in_vm(vm, &format!("/{copy}")), before);
 }
+
+/// How far `zfs send -nP`'s estimate may be from the stream actually stored: OpenZFS
+/// estimates from the blocks' sizes, without the records' headers.
+const ESTIMATE_TOLERANCE: f64 = 0.10;
+
+#[test]
+fn the_send_estimate_is_close_to_the_stream_actually_stored() {
+    let vm = vm();
+    let store = HostStore::start("vest");
+    let ds = format!("zbvm/{}", unique("est"));
+    let _cleanup = Cleanup(vec![ds.clone()]);
+    vm.sh(&format!(
+        "set -e; zfs create -o compression=off {ds}; mkdir /{ds}/d
+         head -c 2000000 /dev/urandom > /{ds}/a
+         for i in $(seq 1 40); do head -c 20000 /dev/urandom > /{ds}/d/f$i; done"
+    ));
+    let out = backup_in_vm(
+        vm,
+        &store.addr_for_guest(),
+        &ds,
+        "zb-1",
+        &format!("--target-path {} --compression none", store.root.display()),
+    );
+    let outcome = json_of(&out);
+    let estimate = outcome["estimatedBytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no estimate on OpenZFS: {outcome}"));
+    let streams = stored_streams(&store.root);
+    assert_eq!(streams.len(), 1, "stored: {streams:?}");
+    let stored = std::fs::metadata(&streams[0]).expect("stored stream").len();
+    let ratio = estimate as f64 / stored as f64;
+    eprintln!(
+        "estimate: zfs send -nP said {estimate} bytes, {stored} bytes stored (ratio {ratio:.4})"
+    );
+    assert!(
+        (ratio - 1.0).abs() <= ESTIMATE_TOLERANCE,
+        "the estimate {estimate} is not within {ESTIMATE_TOLERANCE} of the {stored} bytes stored"
+    );
+    assert_eq!(
+        outcome["streamBytes"].as_u64(),
+        Some(stored),
+        "the bytes counted as sent are not the stored stream (no compression): {outcome}"
+    );
+}
