@@ -241,6 +241,10 @@ mod tests {
         r.read_to_end(&mut out).await.expect("read");
         assert_eq!(out.len(), data.len());
         assert_eq!(p.sent(), 100_000);
-        assert!(p.report().eta_seconds.is_some());
+        // A rate exists once time passed since the first byte.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let r = p.report();
+        assert_eq!((r.bytes_sent, r.estimated_bytes), (100_000, Some(200_000)));
+        assert!(r.eta_seconds.is_some(), "{r:?}");
     }
 }

@@ -813,3 +813,175 @@ fn the_send_estimate_is_close_to_the_stream_actually_stored() {
         "the bytes counted as sent are not the stored stream (no compression): {outcome}"
     );
 }
+
+/// A TCP relay on this host between the guest's source agent (which dials 10.0.2.2:port) and
+/// the guest's target agent (forwarded to this host's loopback). [`Link::cut`] turns it into
+/// a black hole: every connection stays open but nothing more moves either way, and no FIN
+/// or RST is sent (a pulled cable, not a closed socket). New connections after
+/// [`Link::restore`] flow again.
+struct Link {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relayed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Link {
+    fn start(to: String) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let relayed = Arc::new(AtomicU64::new(0));
+        let (c, r) = (cut.clone(), relayed.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let Ok(upstream) = std::net::TcpStream::connect(&to) else {
+                    continue;
+                };
+                // A connection made while cut is held open and never served.
+                for (mut from, mut into, count) in [
+                    (conn.try_clone(), upstream.try_clone(), true),
+                    (upstream.try_clone(), conn.try_clone(), false),
+                ]
+                .into_iter()
+                .filter_map(|(a, b, n)| Some((a.ok()?, b.ok()?, n)))
+                {
+                    let (c, r) = (c.clone(), r.clone());
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            while c.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            // Read just before the cut: dropped, like bytes on the wire.
+                            if c.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if into.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            if count {
+                                r.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                        }
+                        // Held open while cut: a cut link closes nothing.
+                        while c.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        let _ = into.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { port, cut, relayed }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Bytes relayed from the source to the target so far.
+    fn relayed(&self) -> u64 {
+        self.relayed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn a_transfer_cut_by_the_network_resumes_from_its_token() {
+    let vm = vm();
+    let ds = format!("zbvm/{}", unique("cut"));
+    let replica = format!("zbrep/r/src-1/{ds}");
+    let _cleanup = Cleanup(vec![ds.clone(), replica.clone()]);
+    vm.sh(&format!(
+        "set -e; zfs create -o compression=off {ds}; head -c 8000000 /dev/urandom > /{ds}/big"
+    ));
+    let full: u64 = vm
+        .sh(&format!(
+            "zfs snapshot {ds}@zb-1 && zfs set zetaback.io:managed=on {ds}@zb-1 && zfs send -nP {ds}@zb-1 | awk '$1 == \"size\" {{print $2}}'"
+        ))
+        .trim()
+        .parse()
+        .expect("send -nP size");
+    let link = Link::start(vm.target());
+    let via = format!("10.0.2.2:{}", link.port);
+    // A slow source through the link; the link is cut once two megabytes of the stream
+    // crossed it (counted here, at the link: what the guest has read lags behind, in socket
+    // buffers). The source is not killed: it gives up on its own (no progress).
+    vm.sh(&format!(
+        "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true setsid nohup zetaback-agent backup --host-name src-1 \
+          --token-file /root/zb-token --target {via} --dataset {ds} --snapshot zb-1 \
+          --target-dataset zbrep/r --bandwidth-limit 400000 --idle-timeout 15 --compression none \
+          > /var/log/zb-cut-source.log 2>&1 < /dev/null &
+        echo $! > /run/zb-cut-source.pid"
+    ));
+    let waited = std::time::Instant::now();
+    while link.relayed() < 2_000_000 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(600),
+            "two megabytes never crossed the link: {}",
+            vm.sh("cat /var/log/zb-cut-source.log")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    link.cut();
+    let before_cut = link.relayed();
+    // The source ends by itself, failed; the target gives up its side and keeps the token.
+    let source_log = vm.sh(
+        "for i in $(seq 1 300); do kill -0 $(cat /run/zb-cut-source.pid) 2>/dev/null || break; sleep 0.5; done
+         kill -0 $(cat /run/zb-cut-source.pid) 2>/dev/null && { echo 'the source never gave up' >&2; exit 1; }
+         cat /var/log/zb-cut-source.log",
+    );
+    assert!(
+        source_log.contains("no progress for 15s"),
+        "the source did not fail on the cut link: {source_log}"
+    );
+    // The target gives up its side (its idle timeout, 10 s) and keeps the partial receive.
+    let token = vm
+        .sh(&format!(
+            "for i in $(seq 1 240); do
+               t=$(zfs get -H -p -o value receive_resume_token {replica} 2>/dev/null || true)
+               [ ${{#t}} -gt 1 ] && {{ echo \"$t\"; exit 0; }}
+               sleep 0.5
+             done"
+        ))
+        .trim()
+        .to_owned();
+    assert!(token.len() > 1, "no resume token on {replica} after the cut");
+    link.restore();
+    let out = backup_in_vm(
+        vm,
+        &via,
+        &ds,
+        "zb-1",
+        "--target-dataset zbrep/r --compression none",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let outcome = json_of(&out);
+    let resent = outcome["bytes"].as_u64().expect("bytes");
+    eprintln!(
+        "cut: {before_cut} bytes crossed the link before the cut; after it was restored, re-sent {resent} bytes of a {full}-byte stream"
+    );
+    assert!(
+        stderr.contains("resuming an interrupted transfer"),
+        "the attempt after the cut did not resume: {stderr}"
+    );
+    assert!(
+        resent < full,
+        "re-sent {resent} bytes, the whole stream is {full}"
+    );
+    assert_eq!(
+        vm.sh(&format!("zfs get -H -p -o value guid {replica}@zb-1")),
+        vm.sh(&format!("zfs get -H -p -o value guid {ds}@zb-1")),
+        "the replica is not the source's snapshot"
+    );
+}
