@@ -956,7 +956,10 @@ fn a_transfer_cut_by_the_network_resumes_from_its_token() {
         ))
         .trim()
         .to_owned();
-    assert!(token.len() > 1, "no resume token on {replica} after the cut");
+    assert!(
+        token.len() > 1,
+        "no resume token on {replica} after the cut"
+    );
     link.restore();
     let out = backup_in_vm(
         vm,

@@ -37,10 +37,7 @@ pub fn job_bar(job: &BackupJob) -> JobBar {
             (Some(_), None) => "sending".to_owned(),
             (None, _) => "sending (no size estimate on this host: no ETA)".to_owned(),
         },
-        JobPhase::Succeeded => format!(
-            "done: {}",
-            st.backup_id.as_deref().unwrap_or("stored")
-        ),
+        JobPhase::Succeeded => format!("done: {}", st.backup_id.as_deref().unwrap_or("stored")),
         JobPhase::Failed => format!("FAILED: {}", st.message.as_deref().unwrap_or("")),
     };
     JobBar {
@@ -91,9 +88,8 @@ pub async fn follow(
     requested_at: Timestamp,
 ) -> Result<u8, CliError> {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let with_total = style(
-        "  {prefix} [{bar:24}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
-    )?;
+    let with_total =
+        style("  {prefix} [{bar:24}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")?;
     let without_total = style("  {prefix} {spinner} {bytes} {binary_bytes_per_sec} {msg}")?;
     let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let failed = loop {
@@ -122,9 +118,11 @@ pub async fn follow(
             bar.tick();
         }
         if request_done(&policy, &jobs, requested_at) {
-            break jobs
-                .iter()
-                .any(|j| j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Failed));
+            break jobs.iter().any(|j| {
+                j.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == JobPhase::Failed)
+            });
         }
         tokio::time::sleep(POLL).await;
     };
@@ -244,6 +242,7 @@ mod tests {
             "hosts": {"names": ["h1"]},
             "datasets": {"include": ["tank/**"]},
             "full": {"every": "7d", "keep": "14d"},
+            "incremental": {"every": "1d", "keep": "3d"},
             "target": {"host": "b", "path": "/s"}
         }))
         .expect("policy spec");
