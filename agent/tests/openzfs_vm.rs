@@ -674,7 +674,7 @@ fn stored_streams(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// as they are on disk, still encrypted.
 const FEATURE_RAW: u64 = 1 << 24;
 /// `DMU_BACKUP_MAGIC`, in a stream's DRR_BEGIN record.
-const BACKUP_MAGIC: u64 = 0x2F5bacbac;
+const BACKUP_MAGIC: u64 = 0x2F5B_ACBAC;
 
 /// The feature flags of a stream's first record (DRR_BEGIN: `drr_type` 0, `drr_magic` at
 /// byte 8, `drr_versioninfo` at byte 16 holding the flags in bits 2..32), in the sender's byte
