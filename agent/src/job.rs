@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
 
 use crate::base_keep::{self, Base};
+use crate::job_progress::JobProgress;
 use crate::transfer::{self, Endpoint, TransferError, Upload};
 use crate::zfs::resume;
 use crate::zfs::{Capability, SendBase, SendRequest, SnapshotInfo, Zfs, ZfsError};
@@ -33,6 +34,11 @@ pub struct JobOutcome {
     pub bytes_per_second: u64,
     /// Replica mode: the dataset received into.
     pub replica: Option<String>,
+    /// What `zfs send -nP` estimated before sending (None where it cannot: zfs-fuse).
+    pub estimated_bytes: Option<u64>,
+    /// Stream bytes read from `zfs send` (before the transfer's compression; the unit of the
+    /// estimate; for a resumed send, only what was re-sent).
+    pub stream_bytes: u64,
 }
 
 /// Why a job failed (the message goes into the job's status).
@@ -174,6 +180,28 @@ pub async fn run(
     endpoint: &Endpoint,
     settings: &JobSettings,
 ) -> Result<JobOutcome, JobError> {
+    run_with_progress(
+        zfs,
+        host,
+        spec,
+        policy,
+        endpoint,
+        settings,
+        &JobProgress::new(),
+    )
+    .await
+}
+
+/// [`run`], telling `progress` the estimate and every stream byte sent.
+pub async fn run_with_progress(
+    zfs: &Zfs,
+    host: &str,
+    spec: &BackupJobSpec,
+    policy: Option<&str>,
+    endpoint: &Endpoint,
+    settings: &JobSettings,
+    progress: &JobProgress,
+) -> Result<JobOutcome, JobError> {
     check_spec(spec)?;
     let dataset = spec.dataset.0.as_str();
     // The base first: a job whose base is gone (no snapshot, no bookmark) fails before it
@@ -195,6 +223,7 @@ pub async fn run(
         settings,
         &snap,
         base.as_ref(),
+        progress,
     )
     .await;
     match result {
@@ -330,6 +359,7 @@ async fn back_up(
     settings: &JobSettings,
     snap: &SnapshotInfo,
     base: Option<&Base>,
+    progress: &JobProgress,
 ) -> Result<JobOutcome, JobError> {
     let dataset = spec.dataset.0.as_str();
     let id = stream_id(
@@ -348,7 +378,10 @@ async fn back_up(
             }
         }
     }
-    let result = send_and_upload(zfs, host, spec, policy, endpoint, settings, id, base).await;
+    let result = send_and_upload(
+        zfs, host, spec, policy, endpoint, settings, id, base, progress,
+    )
+    .await;
     for name in held {
         if let Err(e) = zfs.hold(dataset, &name, true).await {
             warn!(error = %e, "could not release the hold on {dataset}@{name}");
@@ -367,8 +400,13 @@ async fn send_and_upload(
     settings: &JobSettings,
     id: StreamId,
     base: Option<&Base>,
+    progress: &JobProgress,
 ) -> Result<JobOutcome, JobError> {
     let dataset = spec.dataset.0.clone();
+    let raw = zfs.must_send_raw(&dataset).await?;
+    if raw {
+        info!(%dataset, "the dataset is encrypted: sending it raw (zfs send -w), the key stays on this host");
+    }
     let req = SendRequest {
         dataset: dataset.clone(),
         snapshot: spec.snapshot.clone(),
@@ -378,16 +416,23 @@ async fn send_and_upload(
             bookmark: b.bookmark,
         }),
         compressed: false,
-        raw: false,
+        raw,
         estimate: false,
     };
-    if let Ok(Some(estimate)) = zfs.estimate(&req).await {
-        info!(estimate, "estimated stream size");
+    // The estimate only feeds progress: a host that cannot make one (zfs-fuse) or a failed
+    // estimate sends all the same, without a total or an ETA.
+    match zfs.estimate(&req).await {
+        Ok(Some(estimate)) => {
+            info!(estimate, "estimated stream size (zfs send -nP)");
+            progress.set_estimate(estimate);
+        }
+        Ok(None) => info!("no stream size estimate on this host: progress without a total"),
+        Err(e) => warn!(error = %e, "the stream size estimate failed: progress without a total"),
     }
     let base = base.map(|b| b.info.name.clone());
     if let Some(target) = &spec.target.object_store {
         return crate::objstore_job::send(
-            zfs, host, spec, policy, settings, target, &req, id, base,
+            zfs, host, spec, policy, settings, target, &req, id, base, progress,
         )
         .await;
     }
@@ -413,7 +458,15 @@ async fn send_and_upload(
             endpoint.base
         )));
     }
-    let uploaded = send_with(&transfer::client_for(endpoint), endpoint, zfs, &req, up).await?;
+    let uploaded = send_with(
+        &transfer::client_for(endpoint),
+        endpoint,
+        zfs,
+        &req,
+        up,
+        progress,
+    )
+    .await?;
     let secs = started.elapsed().as_secs_f64().max(0.001);
     Ok(JobOutcome {
         backup_id: uploaded.response.backup_id,
@@ -421,6 +474,8 @@ async fn send_and_upload(
         sha256: uploaded.response.sha256,
         bytes_per_second: (uploaded.sent_bytes as f64 / secs) as u64,
         replica: uploaded.response.replica,
+        estimated_bytes: progress.estimate(),
+        stream_bytes: progress.sent(),
     })
 }
 
@@ -434,6 +489,7 @@ async fn send_with<C: Connect + Clone + Send + Sync + 'static>(
     zfs: &Zfs,
     req: &SendRequest,
     mut up: Upload,
+    progress: &JobProgress,
 ) -> Result<transfer::Uploaded, JobError> {
     if let Some(into) = &up.receive_into
         && zfs.capabilities().has(Capability::ResumableSend)
@@ -466,7 +522,7 @@ async fn send_with<C: Connect + Clone + Send + Sync + 'static>(
         .ok_or_else(|| JobError::Invalid("zfs send has no stdout".into()))?;
     let done: transfer::SourceDone =
         Box::pin(async move { send.wait().await.map_err(|e| e.to_string()) });
-    Ok(transfer::upload(client, endpoint, &up, stdout, done).await?)
+    Ok(transfer::upload(client, endpoint, &up, progress.counting(stdout), done).await?)
 }
 
 /// Decodes a resume token (`zfs send -nvt`) and checks that it resumes this job's snapshot

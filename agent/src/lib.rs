@@ -14,6 +14,7 @@ pub mod filestore;
 pub mod hostinfo;
 pub mod identity;
 pub mod job;
+pub mod job_progress;
 pub mod limits;
 pub mod listener;
 pub mod objstore_job;

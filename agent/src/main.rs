@@ -487,6 +487,8 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
             "sha256": out.sha256,
             "bytesPerSecond": out.bytes_per_second,
             "replica": out.replica,
+            "estimatedBytes": out.estimated_bytes,
+            "streamBytes": out.stream_bytes,
         })
     );
     Ok(())

@@ -20,6 +20,7 @@ use zetaback_objstore::upload::{UploadSpec, upload};
 use zetaback_objstore::{Credentials, Keys, ObjStoreError, connect};
 
 use crate::job::{JobError, JobOutcome, JobSettings};
+use crate::job_progress::JobProgress;
 use crate::transfer::{self, CHANNEL_DEPTH, SourceDone, TransferError};
 use crate::zfs::{SendRequest, Zfs};
 
@@ -35,6 +36,7 @@ pub async fn send(
     req: &SendRequest,
     id: StreamId,
     base: Option<String>,
+    progress: &JobProgress,
 ) -> Result<JobOutcome, JobError> {
     let path = settings.object_store_credentials.as_deref().ok_or_else(|| {
         JobError::Invalid(
@@ -69,7 +71,7 @@ pub async fn send(
             Box::pin(async move { child.wait().await.map_err(|e| e.to_string()) });
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let producer = tokio::spawn(transfer::produce(
-            stdout,
+            progress.counting(stdout),
             spec.compression,
             settings.bandwidth_limit,
             done,
@@ -112,6 +114,8 @@ pub async fn send(
             sha256: manifest.sha256.clone(),
             bytes_per_second: (manifest.bytes as f64 / secs) as u64,
             replica: None,
+            estimated_bytes: progress.estimate(),
+            stream_bytes: progress.sent(),
         })
     }
     .instrument(span)

@@ -29,6 +29,7 @@ use zetaback_core::api::{BackupJob, BackupJobStatus, JobPhase, ZfsHost};
 
 use crate::claim;
 use crate::job::{self, JobError, JobOutcome, JobSettings};
+use crate::job_progress::{self, JobProgress, ProgressReport};
 use crate::transfer::Endpoint;
 use crate::zfs::Zfs;
 
@@ -215,6 +216,16 @@ impl Runner {
             (Ok(()), Some(_)) => Ok(Endpoint::new("object-store", String::new())),
             (Ok(()), None) => self.endpoint(job.spec.target.host_name()).await,
         };
+        let api: Api<BackupJob> =
+            Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+        let progress = JobProgress::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let reporter = tokio::spawn(report_progress(
+            api.clone(),
+            job.name_any(),
+            progress.clone(),
+            stopped,
+        ));
         let result = match endpoint {
             Ok(ep) => {
                 // The store records the policy that made the backup: retention deletes only
@@ -224,20 +235,22 @@ impl Runner {
                     job.namespace().unwrap_or_default(),
                     job.spec.policy
                 );
-                job::run(
+                job::run_with_progress(
                     &self.zfs,
                     &self.cfg.host_name,
                     &job.spec,
                     Some(&policy),
                     &ep,
                     &self.cfg.settings,
+                    &progress,
                 )
                 .await
             }
             Err(e) => Err(e),
         };
-        let api: Api<BackupJob> =
-            Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+        // The last progress patch lands before the outcome's, never after it.
+        let _ = stop.send(());
+        let _ = reporter.await;
         let now = Time(jiff::Timestamp::now());
         let patch = match &result {
             Ok(JobOutcome {
@@ -246,12 +259,17 @@ impl Runner {
                 sha256,
                 bytes_per_second,
                 replica,
+                estimated_bytes,
+                stream_bytes,
             }) => {
                 info!(%backup_id, bytes, %sha256, bytes_per_second, secs = started.elapsed().as_secs_f64(), "backup succeeded");
                 serde_json::json!({"status": {
                     "phase": JobPhase::Succeeded,
                     "bytes": bytes,
                     "bytesPerSecond": bytes_per_second,
+                    "estimatedBytes": estimated_bytes,
+                    "bytesSent": stream_bytes,
+                    "etaSeconds": null,
                     "sha256": sha256,
                     "backupId": backup_id,
                     "finishedAt": now,
@@ -266,6 +284,8 @@ impl Runner {
                 serde_json::json!({"status": {
                     "phase": JobPhase::Failed,
                     "finishedAt": now,
+                    "bytesSent": progress.sent(),
+                    "etaSeconds": null,
                     "message": truncate(&e.to_string(), 1024),
                 }})
             }
@@ -383,6 +403,39 @@ impl Runner {
                 }
                 .instrument(span),
             );
+        }
+    }
+}
+
+/// How often a running job's progress is written to its status.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Writes the job's progress (`estimatedBytes`, `bytesSent`, `etaSeconds`) to its status
+/// every [`PROGRESS_EVERY`] while it moves, until `stop`. A failed write is logged and tried
+/// again at the next tick: progress is advisory.
+async fn report_progress(
+    api: Api<BackupJob>,
+    name: String,
+    progress: JobProgress,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(PROGRESS_EVERY) => {}
+        }
+        let report = progress.report();
+        if last == Some(report) || report == ProgressReport::default() {
+            continue;
+        }
+        let patch = serde_json::json!({ "status": job_progress::status_fields(&report) });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => last = Some(report),
+            Err(e) => warn!(error = %e, "could not write the job's progress"),
         }
     }
 }

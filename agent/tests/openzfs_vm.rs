@@ -654,3 +654,337 @@ fn an_incremental_is_sent_from_the_bookmark_after_its_base_snapshot_was_destroye
     vm.sh(&format!("zfs mount {copy}"));
     assert_eq!(checksums_in_vm(vm, &format!("/{copy}")), before);
 }
+
+/// The stored files (not manifests, not temporary files) under a store directory, recursively.
+fn stored_streams(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read the store").flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            out.extend(stored_streams(&path));
+        } else if !name.ends_with(".json") && !name.starts_with('.') {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `DMU_BACKUP_FEATURE_RAW` (OpenZFS include/sys/zfs_ioctl.h): the stream's blocks are sent
+/// as they are on disk, still encrypted.
+const FEATURE_RAW: u64 = 1 << 24;
+/// `DMU_BACKUP_MAGIC`, in a stream's DRR_BEGIN record.
+const BACKUP_MAGIC: u64 = 0x2F5B_ACBAC;
+
+/// The feature flags of a stream's first record (DRR_BEGIN: `drr_type` 0, `drr_magic` at
+/// byte 8, `drr_versioninfo` at byte 16 holding the flags in bits 2..32), in the sender's byte
+/// order (the VM is x86-64: little-endian).
+fn begin_feature_flags(stream: &[u8]) -> u64 {
+    let word = |at: usize| u64::from_le_bytes(stream[at..at + 8].try_into().expect("8 bytes"));
+    assert!(
+        stream.len() > 24,
+        "the stored stream is {} bytes",
+        stream.len()
+    );
+    assert_eq!(
+        u32::from_le_bytes(stream[0..4].try_into().expect("4 bytes")),
+        0,
+        "the stored stream does not begin with DRR_BEGIN (is it compressed?)"
+    );
+    assert_eq!(word(8), BACKUP_MAGIC, "no DMU_BACKUP_MAGIC in DRR_BEGIN");
+    (word(16) >> 2) & ((1 << 30) - 1)
+}
+
+#[test]
+fn an_encrypted_dataset_is_sent_raw_and_the_store_never_sees_the_key() {
+    let vm = vm();
+    let store = HostStore::start("venc");
+    let ds = format!("zbvm/{}", unique("enc"));
+    let into = format!("zbvm/{}", unique("encback"));
+    let _cleanup = Cleanup(vec![ds.clone(), into.clone()]);
+    let passphrase = format!("zb-passphrase-{}", std::process::id());
+    // Text the store must never see: were it sent decrypted, it would be in the stream
+    // verbatim (no compression on the dataset, none in the transfer).
+    let marker = format!("ZETABACK-PLAINTEXT-{}", std::process::id());
+    vm.sh(&format!(
+        "set -e
+        echo {passphrase} | zfs create -o encryption=on -o keyformat=passphrase -o keylocation=prompt -o compression=off {ds}
+        for i in $(seq 1 2000); do echo {marker}-$i; done > /{ds}/secret.txt
+        head -c 500000 /dev/urandom > /{ds}/random"
+    ));
+    let before = checksums_in_vm(vm, &format!("/{ds}"));
+    let out = backup_in_vm(
+        vm,
+        &store.addr_for_guest(),
+        &ds,
+        "zb-1",
+        &format!("--target-path {} --compression none", store.root.display()),
+    );
+    let outcome = json_of(&out);
+    let id = outcome["backupId"].as_str().expect("backupId").to_owned();
+    let streams = stored_streams(&store.root);
+    assert_eq!(streams.len(), 1, "stored: {streams:?}");
+    let stream = std::fs::read(&streams[0]).expect("read the stored stream");
+    let flags = begin_feature_flags(&stream);
+    let plaintext = stream.windows(marker.len()).any(|w| w == marker.as_bytes());
+    let key_in_stream = stream
+        .windows(passphrase.len())
+        .any(|w| w == passphrase.as_bytes());
+    eprintln!(
+        "encrypted backup: {} bytes stored, DRR_BEGIN feature flags {flags:#x}, plaintext in it: {plaintext}",
+        stream.len()
+    );
+    assert!(
+        flags & FEATURE_RAW != 0,
+        "the stored stream is not raw (feature flags {flags:#x}): it was sent decrypted"
+    );
+    assert!(!plaintext, "the file's plaintext is in the stored stream");
+    assert!(!key_in_stream, "the passphrase is in the stored stream");
+    let mut manifest = streams[0].clone().into_os_string();
+    manifest.push(".json");
+    let manifest = std::fs::read_to_string(&manifest).expect("read the manifest");
+    assert!(
+        !manifest.contains(&passphrase) && !manifest.contains(&marker),
+        "the manifest holds key material or plaintext: {manifest}"
+    );
+    // Restored, it is still encrypted and locked: the key was never part of the backup.
+    let restore = vm.run(&format!(
+        "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
+         --dataset {ds} --backup {id} --into {into}/copy",
+        store.addr_for_guest()
+    ));
+    assert!(
+        restore.status.success(),
+        "restore of the raw stream failed: {}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let copy = format!("{into}/copy");
+    assert_eq!(
+        vm.props(&copy, "encryption,keystatus,mounted"),
+        ["aes-256-gcm", "unavailable", "no"],
+        "the restored copy is not the encrypted, locked dataset"
+    );
+    vm.sh(&format!(
+        "echo {passphrase} | zfs load-key {copy} && zfs mount {copy}"
+    ));
+    assert_eq!(checksums_in_vm(vm, &format!("/{copy}")), before);
+}
+
+/// How far `zfs send -nP`'s estimate may be from the stream actually stored: OpenZFS
+/// estimates from the blocks' sizes, without the records' headers.
+const ESTIMATE_TOLERANCE: f64 = 0.10;
+
+#[test]
+fn the_send_estimate_is_close_to_the_stream_actually_stored() {
+    let vm = vm();
+    let store = HostStore::start("vest");
+    let ds = format!("zbvm/{}", unique("est"));
+    let _cleanup = Cleanup(vec![ds.clone()]);
+    vm.sh(&format!(
+        "set -e; zfs create -o compression=off {ds}; mkdir /{ds}/d
+         head -c 2000000 /dev/urandom > /{ds}/a
+         for i in $(seq 1 40); do head -c 20000 /dev/urandom > /{ds}/d/f$i; done"
+    ));
+    let out = backup_in_vm(
+        vm,
+        &store.addr_for_guest(),
+        &ds,
+        "zb-1",
+        &format!("--target-path {} --compression none", store.root.display()),
+    );
+    let outcome = json_of(&out);
+    let estimate = outcome["estimatedBytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no estimate on OpenZFS: {outcome}"));
+    let streams = stored_streams(&store.root);
+    assert_eq!(streams.len(), 1, "stored: {streams:?}");
+    let stored = std::fs::metadata(&streams[0]).expect("stored stream").len();
+    let ratio = estimate as f64 / stored as f64;
+    eprintln!(
+        "estimate: zfs send -nP said {estimate} bytes, {stored} bytes stored (ratio {ratio:.4})"
+    );
+    assert!(
+        (ratio - 1.0).abs() <= ESTIMATE_TOLERANCE,
+        "the estimate {estimate} is not within {ESTIMATE_TOLERANCE} of the {stored} bytes stored"
+    );
+    assert_eq!(
+        outcome["streamBytes"].as_u64(),
+        Some(stored),
+        "the bytes counted as sent are not the stored stream (no compression): {outcome}"
+    );
+}
+
+/// A TCP relay on this host between the guest's source agent (which dials 10.0.2.2:port) and
+/// the guest's target agent (forwarded to this host's loopback). [`Link::cut`] turns it into
+/// a black hole: every connection stays open but nothing more moves either way, and no FIN
+/// or RST is sent (a pulled cable, not a closed socket). New connections after
+/// [`Link::restore`] flow again.
+struct Link {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relayed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Link {
+    fn start(to: String) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let relayed = Arc::new(AtomicU64::new(0));
+        let (c, r) = (cut.clone(), relayed.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let Ok(upstream) = std::net::TcpStream::connect(&to) else {
+                    continue;
+                };
+                // A connection made while cut is held open and never served.
+                for (mut from, mut into, count) in [
+                    (conn.try_clone(), upstream.try_clone(), true),
+                    (upstream.try_clone(), conn.try_clone(), false),
+                ]
+                .into_iter()
+                .filter_map(|(a, b, n)| Some((a.ok()?, b.ok()?, n)))
+                {
+                    let (c, r) = (c.clone(), r.clone());
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            while c.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            // Read just before the cut: dropped, like bytes on the wire.
+                            if c.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if into.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            if count {
+                                r.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                        }
+                        // Held open while cut: a cut link closes nothing.
+                        while c.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        let _ = into.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { port, cut, relayed }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Bytes relayed from the source to the target so far.
+    fn relayed(&self) -> u64 {
+        self.relayed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn a_transfer_cut_by_the_network_resumes_from_its_token() {
+    let vm = vm();
+    let ds = format!("zbvm/{}", unique("cut"));
+    let replica = format!("zbrep/r/src-1/{ds}");
+    let _cleanup = Cleanup(vec![ds.clone(), replica.clone()]);
+    vm.sh(&format!(
+        "set -e; zfs create -o compression=off {ds}; head -c 8000000 /dev/urandom > /{ds}/big"
+    ));
+    let full: u64 = vm
+        .sh(&format!(
+            "zfs snapshot {ds}@zb-1 && zfs set zetaback.io:managed=on {ds}@zb-1 && zfs send -nP {ds}@zb-1 | awk '$1 == \"size\" {{print $2}}'"
+        ))
+        .trim()
+        .parse()
+        .expect("send -nP size");
+    let link = Link::start(vm.target());
+    let via = format!("10.0.2.2:{}", link.port);
+    // A slow source through the link; the link is cut once two megabytes of the stream
+    // crossed it (counted here, at the link: what the guest has read lags behind, in socket
+    // buffers). The source is not killed: it gives up on its own (no progress).
+    vm.sh(&format!(
+        "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true setsid nohup zetaback-agent backup --host-name src-1 \
+          --token-file /root/zb-token --target {via} --dataset {ds} --snapshot zb-1 \
+          --target-dataset zbrep/r --bandwidth-limit 400000 --idle-timeout 15 --compression none \
+          > /var/log/zb-cut-source.log 2>&1 < /dev/null &
+        echo $! > /run/zb-cut-source.pid"
+    ));
+    let waited = std::time::Instant::now();
+    while link.relayed() < 2_000_000 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(600),
+            "two megabytes never crossed the link: {}",
+            vm.sh("cat /var/log/zb-cut-source.log")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    link.cut();
+    let before_cut = link.relayed();
+    // The source ends by itself, failed; the target gives up its side and keeps the token.
+    let source_log = vm.sh(
+        "for i in $(seq 1 300); do kill -0 $(cat /run/zb-cut-source.pid) 2>/dev/null || break; sleep 0.5; done
+         kill -0 $(cat /run/zb-cut-source.pid) 2>/dev/null && { echo 'the source never gave up' >&2; exit 1; }
+         cat /var/log/zb-cut-source.log",
+    );
+    assert!(
+        source_log.contains("no progress for 15s"),
+        "the source did not fail on the cut link: {source_log}"
+    );
+    // The target gives up its side (its idle timeout, 10 s) and keeps the partial receive.
+    let token = vm
+        .sh(&format!(
+            "for i in $(seq 1 240); do
+               t=$(zfs get -H -p -o value receive_resume_token {replica} 2>/dev/null || true)
+               [ ${{#t}} -gt 1 ] && {{ echo \"$t\"; exit 0; }}
+               sleep 0.5
+             done"
+        ))
+        .trim()
+        .to_owned();
+    assert!(
+        token.len() > 1,
+        "no resume token on {replica} after the cut"
+    );
+    link.restore();
+    let out = backup_in_vm(
+        vm,
+        &via,
+        &ds,
+        "zb-1",
+        "--target-dataset zbrep/r --compression none",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let outcome = json_of(&out);
+    let resent = outcome["bytes"].as_u64().expect("bytes");
+    eprintln!(
+        "cut: {before_cut} bytes crossed the link before the cut; after it was restored, re-sent {resent} bytes of a {full}-byte stream"
+    );
+    assert!(
+        stderr.contains("resuming an interrupted transfer"),
+        "the attempt after the cut did not resume: {stderr}"
+    );
+    assert!(
+        resent < full,
+        "re-sent {resent} bytes, the whole stream is {full}"
+    );
+    assert_eq!(
+        vm.sh(&format!("zfs get -H -p -o value guid {replica}@zb-1")),
+        vm.sh(&format!("zfs get -H -p -o value guid {ds}@zb-1")),
+        "the replica is not the source's snapshot"
+    );
+}

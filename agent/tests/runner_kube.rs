@@ -203,6 +203,13 @@ async fn runner_claims_runs_and_recovers_jobs() {
     let full = finished(&jobs, "full").await;
     assert_eq!(full.phase, JobPhase::Succeeded, "{full:?}");
     assert_eq!(full.attempts, 1, "claimed once: {full:?}");
+    // zfs-fuse has no `zfs send -nP`: no estimate and no ETA, the bytes sent all the same.
+    assert_eq!(
+        (full.estimated_bytes, full.eta_seconds),
+        (None, None),
+        "{full:?}"
+    );
+    assert!(full.bytes_sent.is_some_and(|b| b > 0), "{full:?}");
     assert!(
         full.claimed_by
             .as_deref()

@@ -191,6 +191,7 @@ pub(super) async fn execute(cli: Cli, how: Connect, io: &mut Io<'_>) -> Result<u
             full,
             incremental,
             dry_run,
+            wait,
         } => {
             let ns = one(&cx.scope)?;
             let kind = match (full, incremental) {
@@ -198,8 +199,15 @@ pub(super) async fn execute(cli: Cli, how: Connect, io: &mut Io<'_>) -> Result<u
                 (_, true) => Some(BackupType::Incremental),
                 _ => None,
             };
-            cx.backup(io, &ns, &policy, host, dataset, kind, dry_run)
-                .await
+            let code = cx
+                .backup(io, &ns, &policy, host, dataset, kind, dry_run)
+                .await?;
+            if wait && code == 0 {
+                let requested_at = super::request::whole_seconds(cx.now);
+                return super::backup_progress::follow(&cx.cluster, &ns, &policy, requested_at)
+                    .await;
+            }
+            Ok(code)
         }
         Command::Expunge { policy, dry_run } => {
             let ns = one(&cx.scope)?;

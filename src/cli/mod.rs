@@ -18,6 +18,7 @@
 //! [`run`] is the whole program with its arguments, streams and cluster connection passed in,
 //! so tests run it in-process; the binary `kubectl-zetaback` calls [`main`].
 
+pub mod backup_progress;
 pub mod cluster;
 mod commands;
 pub mod drill;
@@ -166,6 +167,10 @@ pub enum Command {
         /// Print the request without making it.
         #[arg(long)]
         dry_run: bool,
+        /// Follow the request's BackupJobs with a progress bar each (bytes sent of the
+        /// estimated stream size, ETA) until they end; exit 1 if one failed.
+        #[arg(long, conflicts_with = "dry_run")]
+        wait: bool,
     },
     /// Show what retention deletes now, and ask the controller to apply it.
     Expunge {

@@ -14,6 +14,7 @@
 pub mod argv;
 pub mod bookmarks;
 pub mod caps;
+pub mod encryption;
 pub mod error;
 pub mod inert;
 pub mod parse;
@@ -411,6 +412,17 @@ impl Zfs {
     pub async fn hold(&self, dataset: &str, snapshot: &str, release: bool) -> Result<(), ZfsError> {
         let args = argv::hold(&self.caps, release, dataset, snapshot)?;
         self.output(&args, true).await.map(drop)
+    }
+
+    /// Whether `dataset` must be sent raw (it is encrypted: see [`encryption`]). Without raw
+    /// send the host has no native encryption (zfs-fuse): false, without asking `zfs`.
+    pub async fn must_send_raw(&self, dataset: &str) -> Result<bool, ZfsError> {
+        if !self.caps.has(Capability::RawSend) {
+            return Ok(false);
+        }
+        let args = encryption::encryption_argv(dataset)?;
+        let value = self.output(&args, true).await?;
+        encryption::must_send_raw(&self.caps, encryption::is_encrypted(&value))
     }
 
     /// The estimated stream size (`send -nP`), where supported.

@@ -101,6 +101,20 @@ pub struct BackupJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<i64>", range(min = 0))]
     pub bytes_per_second: Option<u64>,
+    /// The stream's size as `zfs send -nP` estimated it before sending (OpenZFS); absent
+    /// where the source cannot estimate (zfs-fuse): progress then has no total and no ETA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
+    pub estimated_bytes: Option<u64>,
+    /// Stream bytes read from `zfs send` so far (the unit of `estimatedBytes`: before the
+    /// transfer's compression), updated every few seconds while the job runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
+    pub bytes_sent: Option<u64>,
+    /// Seconds left at the rate so far (only with an estimate; absent once done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
+    pub eta_seconds: Option<u64>,
     /// The stream's sha256, as the target recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
