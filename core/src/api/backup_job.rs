@@ -127,8 +127,7 @@ pub struct BackupJobStatus {
     pub finished_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// How often an agent claimed the job (written by the agent; unsigned: a negative count
-    /// is refused at admission, as the controller could not read it).
+    /// How often an agent claimed the job (never negative: the controller reads it unsigned).
     #[serde(default)]
     #[schemars(with = "i32", range(min = 0))]
     pub attempts: u32,
