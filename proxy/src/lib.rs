@@ -5,7 +5,7 @@
 //! coalescing, and pass-through of other methods.
 //!
 //! Pure logic lives in small modules ([`key`], [`policy`], [`owner`],
-//! [`hop`], [`forwarding`], [`range`], [`conditional`]); I/O in [`proxy`], [`upstream`] and
+//! [`hop`], [`forwarding`], [`range`], [`conditional`], [`plain`]); I/O in [`proxy`], [`upstream`] and
 //! [`server`].
 
 pub mod body;
@@ -19,6 +19,7 @@ pub mod hop;
 pub mod key;
 pub mod metrics;
 pub mod owner;
+pub mod plain;
 pub mod policy;
 pub mod proxy;
 pub mod range;

@@ -12,9 +12,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::warn;
 
-use super::{FillCtx, Runtime, X_CACHE, fetch_chain};
+use super::{FillCtx, Runtime, fetch_chain};
 use crate::body::{self, Body, IdleTimeoutBody, PrefixedBody, TeeBody};
-use crate::cache::{CachedObject, LeaderGuard};
+use crate::cache::{CachedObject, LeaderGuard, X_CACHE};
 use crate::error::ProxyError;
 use crate::hop;
 use crate::policy::{self, NotStorable};
@@ -37,6 +37,8 @@ struct Storable {
     now: SystemTime,
     /// Vary'd header names the fill sent (the variant key).
     vary: Vec<HeaderName>,
+    /// This proxy's Via value (part of the object's prebuilt head).
+    via: HeaderValue,
 }
 
 impl Storable {
@@ -54,6 +56,7 @@ impl Storable {
             self.grace,
             self.keep,
             self.now,
+            &self.via,
         );
         (obj, self.vary)
     }
@@ -218,6 +221,7 @@ fn refreshed(
         ttl: decision.unwrap_or(Duration::ZERO),
         keep: cache_cfg.keep,
         now,
+        via: rt.fwd.via().clone(),
     };
     let (obj, vary) = stored.object(&ctx.primary, ctx.uri.clone(), old.body.clone());
     if decision.is_ok() {
@@ -225,7 +229,7 @@ fn refreshed(
     }
     rt.store
         .objects
-        .invalidate(&rt.store.variant_key(&ctx.primary, &ctx.client));
+        .invalidate(rt.store.variant_key(&ctx.primary, &ctx.client).as_ref());
     Filled::Object(Arc::new(obj))
 }
 
@@ -300,6 +304,7 @@ fn decide(
         ttl,
         keep: cache_cfg.keep,
         now: facts.now,
+        via: rt.fwd.via().clone(),
     })
 }
 
