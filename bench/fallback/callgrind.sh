@@ -16,8 +16,9 @@
 #
 # Usage: bench/fallback/callgrind.sh [REV...]
 #   no argument : the working tree (built with cargo, release profile)
-#   REV         : a git revision, exported with `git archive` and built in the
-#                 same CARGO_TARGET_DIR (only the proxy crate is rebuilt); "."
+#   REV         : a git revision, exported with `git archive` to
+#                 $SRC_CACHE/<rev> (default /tmp/zb-callgrind-src, kept) and built
+#                 in the same CARGO_TARGET_DIR (only the proxy crate is rebuilt); "."
 #                 is the working tree, so `callgrind.sh 320d388 .` compares.
 # Env: HITS=3000 FILES=300 CONNS=4 TOP=20 (functions listed, inclusive Ir/hit)
 #      KEEP=1 (keep the work dir with the callgrind.out files)
@@ -30,6 +31,7 @@ FILES="${FILES:-300}"
 CONNS="${CONNS:-4}"
 TOP="${TOP:-20}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+SRC_CACHE="${SRC_CACHE:-/tmp/zb-callgrind-src}"
 REVS=("$@"); [[ ${#REVS[@]} -eq 0 ]] && REVS=(.)
 
 for bin in /usr/sbin/nginx valgrind callgrind_control callgrind_annotate python3 curl; do
@@ -62,14 +64,25 @@ wait_port() { # port pid
 # Build every revision first, the working tree last (its build leaves
 # $TARGET_DIR/release/zetaback-proxy as the working tree's binary).
 declare -A BIN
+REBUILD_WORKTREE=
 build() { # rev -> copies the binary to $WORK/bin-<label>
   local rev="$1" label src
   if [[ "$rev" == . ]]; then
     label=worktree; src="$ROOT"
+    [[ -n "$REBUILD_WORKTREE" ]] && touch "$ROOT/proxy/src/lib.rs"
   else
-    label="$(git -C "$ROOT" rev-parse --short "$rev")"; src="$WORK/src-$label"
-    mkdir -p "$src"
-    git -C "$ROOT" archive "$rev" | tar -x -C "$src"
+    # A fixed directory per revision: cargo keys a crate's build by its path, so the
+    # next run of the same revision reuses the build.
+    label="$(git -C "$ROOT" rev-parse --short "$rev")"; src="$SRC_CACHE/$label"
+    if [[ ! -f "$src/Cargo.toml" ]]; then
+      mkdir -p "$src"
+      git -C "$ROOT" archive "$rev" | tar -x -C "$src"
+    fi
+    # Every tree builds the same cargo unit (same package, same target dir), told
+    # apart by source mtimes only: `git archive` gives commit times, older than
+    # any build, so mark the sources new, and the working tree after them.
+    find "$src/proxy" -name '*.rs' -exec touch {} +
+    REBUILD_WORKTREE=1
   fi
   echo "building zetaback-proxy ($label, release)..." >&2
   (cd "$src" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked -q -p zetaback-proxy)
