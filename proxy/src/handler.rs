@@ -1,6 +1,6 @@
 //! Request handling: refusals (loops, dot segments, GET with a body), cache
 //! lookup, coalescing, the owner-ordered fallback chain, pass-through of
-//! other methods. Cache fills are in `proxy/fill.rs`.
+//! other methods. Cache fills are in `handler/fill.rs`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,8 +30,8 @@ use crate::key;
 use crate::metrics::Metrics;
 use crate::owner::backend_order;
 use crate::plain;
-use crate::policy;
 use crate::range::{self, RangeSpec};
+use crate::storability;
 use crate::upstream::{self, Backend, HttpClient};
 
 mod fill;
@@ -371,7 +371,7 @@ enum Freshness {
 
 fn classify(obj: &CachedObject, req: &HeaderMap) -> Freshness {
     let now = Instant::now();
-    let plain = policy::request_is_plain(req);
+    let plain = storability::request_is_plain(req);
     if plain {
         if obj.is_fresh(now) {
             return Freshness::Fresh;
@@ -381,7 +381,7 @@ fn classify(obj: &CachedObject, req: &HeaderMap) -> Freshness {
         }
         return Freshness::Revalidate;
     }
-    if obj.is_fresh(now) && policy::satisfies(&obj.policy, &obj.uri, req, SystemTime::now()) {
+    if obj.is_fresh(now) && storability::satisfies(&obj.policy, &obj.uri, req, SystemTime::now()) {
         Freshness::Fresh
     } else {
         Freshness::Revalidate
@@ -461,7 +461,7 @@ async fn get_or_head(
                 let out = match (out, stale) {
                     // No backend could revalidate: a stale copy beats an
                     // error (RFC 9111 §4.2.4), unless it must be revalidated.
-                    (Err(e), Some(old)) if !policy::must_revalidate(&old.headers) => {
+                    (Err(e), Some(old)) if !storability::must_revalidate(&old.headers) => {
                         debug!(error = %e, "serving stale after fetch error");
                         rt.metrics.stale.inc();
                         return Ok(serve_object(&old, &parts.method, &parts.headers, "STALE"));

@@ -22,7 +22,7 @@ const NOT_PLAIN: [HeaderName; 11] = [
 ];
 
 /// Whether the request carries none of [`NOT_PLAIN`]. When true: not a
-/// loop, no body, no Authorization, `policy::request_is_plain`, not
+/// loop, no body, no Authorization, `storability::request_is_plain`, not
 /// conditional, no Range (the unit test checks each against its own
 /// function).
 pub fn is_plain(headers: &HeaderMap) -> bool {
@@ -33,7 +33,7 @@ pub fn is_plain(headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
     use crate::forwarding::{self, Forwarding};
-    use crate::{conditional, policy};
+    use crate::{conditional, storability};
     use http::HeaderValue;
 
     fn hm(pairs: &[(&str, &'static str)]) -> HeaderMap {
@@ -52,7 +52,7 @@ mod tests {
         fwd.is_loop(h, "zetaback")
             || forwarding::has_body(h)
             || h.contains_key(header::AUTHORIZATION)
-            || !policy::request_is_plain(h)
+            || !storability::request_is_plain(h)
             || conditional::is_conditional(h)
             || h.contains_key(header::RANGE)
     }
