@@ -1,13 +1,14 @@
 //! The response cache (moka, weighed by bytes), the Vary index, hit-for-pass
 //! marks and the in-flight map used for request coalescing.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 use http_cache_semantics::CachePolicy;
 use moka::Expiry;
@@ -22,11 +23,20 @@ use crate::config::CacheConfig;
 /// entries with 49-byte keys grew RSS by 421 bytes each (pass marks: 405).
 pub const ENTRY_OVERHEAD: usize = 384;
 
+/// `X-Cache` on every answer: HIT, MISS, STALE or PASS.
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
 /// A stored response.
 pub struct CachedObject {
     pub status: StatusCode,
     /// Headers as served (hop-by-hop removed, without Content-Length/Age).
     pub headers: HeaderMap,
+    /// The whole response head of a plain hit, built once: `headers` plus
+    /// `Age: 0`, `X-Cache: HIT`, `Content-Length` and `Via: head_via`. A hit
+    /// clones it and replaces the Age value in place (no map growth).
+    pub head: HeaderMap,
+    /// The Via value `head` was built with (a reload may change it).
+    pub head_via: HeaderValue,
     pub body: Bytes,
     pub policy: CachePolicy,
     /// Path and query the policy was made for.
@@ -59,6 +69,7 @@ impl CachedObject {
         grace: Duration,
         keep: Duration,
         now: SystemTime,
+        via: &HeaderValue,
     ) -> Self {
         let stored = Instant::now();
         let fresh_until = stored + ttl;
@@ -72,10 +83,15 @@ impl CachedObject {
         // heap beyond its body (object and policy header maps, moka entry,
         // keys, allocator slack); err on the high side so RSS stays within
         // maxSize plus a fixed overhead.
-        let weight = key_len * 2 + body.len() + header_bytes * 4 + 4096;
+        // The prebuilt head shares the values; its own tables cost about
+        // 80 bytes per header.
+        let head = served_head(&headers, body.len(), via);
+        let weight = key_len * 2 + body.len() + header_bytes * 4 + head.len() * 80 + 4096;
         Self {
             status,
             headers,
+            head,
+            head_via: via.clone(),
             body,
             policy,
             uri,
@@ -101,6 +117,21 @@ impl CachedObject {
     pub fn in_grace(&self, now: Instant) -> bool {
         now < self.grace_until
     }
+}
+
+/// The head of a plain (no Range, not conditional) answer from a stored
+/// object, in the order the headers were always sent: the stored headers,
+/// Age, X-Cache, Content-Length, then Via.
+fn served_head(headers: &HeaderMap, body_len: usize, via: &HeaderValue) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(headers.len() + 4);
+    for (name, value) in headers {
+        h.append(name.clone(), value.clone());
+    }
+    h.insert(header::AGE, HeaderValue::from_static("0"));
+    h.insert(&X_CACHE, HeaderValue::from_static("HIT"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    h.append(header::VIA, via.clone());
+    h
 }
 
 struct ObjectExpiry;
@@ -188,14 +219,15 @@ impl Store {
         self.sizing == (cfg.max_size, cfg.pass_ttl, cfg.index_max_size)
     }
 
-    /// Key of the variant this request maps to.
-    pub fn variant_key(&self, primary: &str, req: &HeaderMap) -> String {
+    /// Key of the variant this request maps to (the primary key itself,
+    /// borrowed, unless the key's responses vary).
+    pub fn variant_key<'a>(&self, primary: &'a str, req: &HeaderMap) -> Cow<'a, str> {
         if !self.any_vary.load(Ordering::Relaxed) {
-            return primary.to_string();
+            return Cow::Borrowed(primary);
         }
         match self.vary.get(primary) {
-            Some(names) => crate::key::variant_key(primary, &names, req),
-            None => primary.to_string(),
+            Some(names) => Cow::Owned(crate::key::variant_key(primary, &names, req)),
+            None => Cow::Borrowed(primary),
         }
     }
 
@@ -239,7 +271,7 @@ impl Store {
     /// Forget everything stored for a primary key (unsafe method succeeded).
     pub fn invalidate(&self, primary: &str, req: &HeaderMap) {
         let key = self.variant_key(primary, req);
-        self.objects.invalidate(&key);
+        self.objects.invalidate(key.as_ref());
         self.objects.invalidate(primary);
         self.vary.invalidate(primary);
     }

@@ -442,7 +442,7 @@ impl ProxyConfig {
                     b.name
                 )));
             }
-            crate::upstream::BackendUrl::parse(&b.url)?;
+            crate::backend_url::BackendUrl::parse(&b.url)?;
         }
         if self.pass_to >= self.backends.len() {
             return Err(ConfigError::Invalid(format!(

@@ -42,6 +42,18 @@ pub fn primary_key(host: &str, path_and_query: &str) -> String {
     k
 }
 
+/// Primary key of a request in one allocation: `normalize_host(host)`
+/// followed by the path and query; also the length of the host part.
+pub fn primary_key_of(host: Option<&str>, path_and_query: &str) -> (String, usize) {
+    let host = host.map_or("", |h| h.trim().trim_end_matches('.'));
+    let mut k = String::with_capacity(host.len() + path_and_query.len());
+    k.push_str(host);
+    k.make_ascii_lowercase();
+    let host_end = k.len();
+    k.push_str(path_and_query);
+    (k, host_end)
+}
+
 /// Owner-cache key: host and path without the query (files live by path).
 pub fn owner_key(host: &str, path: &str) -> String {
     primary_key(host, path)
@@ -102,8 +114,9 @@ pub fn variant_key(primary: &str, names: &[HeaderName], req: &HeaderMap) -> Stri
 pub fn has_dot_segment(path: &str) -> bool {
     let bytes = path.as_bytes();
     if !bytes.contains(&b'%') {
-        // The common case: no allocation.
-        return bytes.contains(&b'.') && dots_in_segments(bytes);
+        // The common case: no allocation, and a dot segment needs a dot
+        // at the start or right after a separator.
+        return dot_starts_a_segment(bytes) && dots_in_segments(bytes);
     }
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -123,6 +136,13 @@ pub fn has_dot_segment(path: &str) -> bool {
     dots_in_segments(&decoded)
 }
 
+fn dot_starts_a_segment(path: &[u8]) -> bool {
+    path.first() == Some(&b'.')
+        || path
+            .windows(2)
+            .any(|w| (w[0] == b'/' || w[0] == b'\\') && w[1] == b'.')
+}
+
 fn dots_in_segments(path: &[u8]) -> bool {
     path.split(|&b| b == b'/' || b == b'\\')
         .map(|seg| seg.split(|&b| b == b';').next().unwrap_or(seg))
@@ -133,6 +153,15 @@ fn dots_in_segments(path: &[u8]) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The quick pre-check never hides a dot segment the full split finds.
+        #[test]
+        fn the_precheck_agrees_with_the_segment_split(path in "[/\\\\.;ab]{0,12}") {
+            prop_assert_eq!(has_dot_segment(&path), dots_in_segments(path.as_bytes()));
+        }
+    }
 
     #[test]
     fn dot_segments_in_any_spelling() {
@@ -176,6 +205,22 @@ mod tests {
         assert!(host_allowed(&[], "x"));
         assert!(host_allowed(&["A.b".into()], "a.b:81"));
         assert!(!host_allowed(&["a.b".into()], "c.d"));
+    }
+
+    #[test]
+    fn primary_key_of_is_the_normalised_host_and_the_path() {
+        for (host, pq) in [
+            (Some(" Example.COM. "), "/a?b"),
+            (Some("a.b:8080"), "/"),
+            (Some(""), "/x"),
+            (None, "/x?y=Z"),
+            (Some("ÄB.c"), "/Upper/Case"),
+        ] {
+            let (k, host_end) = primary_key_of(host, pq);
+            let want = normalize_host(host);
+            assert_eq!(k, primary_key(&want, pq), "{host:?} {pq}");
+            assert_eq!(&k[..host_end], want, "{host:?}");
+        }
     }
 
     #[test]

@@ -4,26 +4,28 @@
 //! costs about one backend request however many backends there are, request
 //! coalescing, and pass-through of other methods.
 //!
-//! Pure logic lives in small modules ([`key`], [`policy`], [`owner`],
-//! [`hop`], [`forwarding`], [`range`], [`conditional`]); I/O in [`proxy`], [`upstream`] and
+//! Pure logic lives in small modules ([`key`], [`storability`], [`owner`],
+//! [`hop`], [`forwarding`], [`range`], [`conditional`], [`plain`], [`backend_url`]); I/O in [`handler`], [`upstream`] and
 //! [`server`].
 
+pub mod backend_url;
 pub mod body;
 pub mod cache;
 pub mod conditional;
 pub mod config;
 pub mod error;
 pub mod forwarding;
+pub mod handler;
 pub mod health;
 pub mod hop;
 pub mod key;
 pub mod metrics;
 pub mod owner;
-pub mod policy;
-pub mod proxy;
+pub mod plain;
 pub mod range;
 pub mod server;
 pub mod stall;
+pub mod storability;
 pub mod upstream;
 
 pub use config::{BackendConfig, CacheConfig, LimitConfig, ProxyConfig, TimeoutConfig};

@@ -24,8 +24,8 @@ use tracing::{debug, info, warn};
 use crate::body::{self, Body};
 use crate::config::{LimitConfig, ProxyConfig};
 use crate::error::{ConfigError, ServerError};
+use crate::handler::{self, Runtime};
 use crate::metrics::Metrics;
-use crate::proxy::{self, Runtime};
 use crate::stall::WriteStallIo;
 
 /// State shared by all connections.
@@ -277,10 +277,8 @@ async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let rt = shared.runtime();
-            async move { Ok::<_, Infallible>(proxy::handle(rt, req, peer).await) }
-        });
+        let svc =
+            service_fn(move |req: Request<Incoming>| handler::respond(shared.runtime(), req, peer));
         drive!(
             builder.serve_connection(
                 TokioIo::new(WriteStallIo::new(stream, limits.send_timeout)),

@@ -1,67 +1,21 @@
-//! Backends: URLs, the pooled HTTP client, timeouts and down-marking.
+//! Backends: the pooled HTTP client, timeouts and down-marking.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+pub use crate::backend_url::BackendUrl;
 use crate::body::Body;
 use crate::config::{BackendConfig, TimeoutConfig};
 use crate::error::{ConfigError, UpstreamError};
 use crate::metrics::BackendCounters;
-
-/// A parsed backend base URL (`http` only).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendUrl {
-    pub authority: Authority,
-    /// Path prefix without a trailing slash ("" for none).
-    pub prefix: String,
-}
-
-impl BackendUrl {
-    pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        let uri: Uri = s
-            .parse()
-            .map_err(|e| ConfigError::Invalid(format!("backend url {s:?}: {e}")))?;
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(ConfigError::Invalid(format!(
-                "backend url {s:?}: only http:// is supported"
-            )));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| ConfigError::Invalid(format!("backend url {s:?}: no host")))?;
-        if uri.query().is_some() {
-            return Err(ConfigError::Invalid(format!(
-                "backend url {s:?}: query not allowed"
-            )));
-        }
-        let prefix = uri.path().trim_end_matches('/').to_string();
-        Ok(Self { authority, prefix })
-    }
-
-    /// Absolute URI of `path_and_query` on this backend.
-    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let pq: PathAndQuery = if self.prefix.is_empty() {
-            path_and_query.parse()?
-        } else {
-            format!("{}{}", self.prefix, path_and_query).parse()?
-        };
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-    }
-}
 
 fn monotonic_ms() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -175,24 +129,6 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        let u = BackendUrl::parse("http://127.0.0.1:8080/base/").expect("url");
-        assert_eq!(u.prefix, "/base");
-        assert_eq!(
-            u.join("/a?b=1").expect("join").to_string(),
-            "http://127.0.0.1:8080/base/a?b=1"
-        );
-        let u = BackendUrl::parse("http://web-1.ns.svc").expect("url");
-        assert_eq!(
-            u.join("/x").expect("join").to_string(),
-            "http://web-1.ns.svc/x"
-        );
-        assert!(BackendUrl::parse("https://x").is_err());
-        assert!(BackendUrl::parse("http://x/?q").is_err());
-        assert!(BackendUrl::parse("not a url").is_err());
-    }
 
     #[test]
     fn down_marking() {

@@ -603,8 +603,8 @@ async fn a_proxy_configured_as_its_own_backend_stops_after_one_hop() {
 #[test]
 fn owner_vary_and_pass_caches_are_bounded_by_bytes() {
     use std::sync::Arc;
+    use zetaback_proxy::handler::Runtime;
     use zetaback_proxy::metrics::Metrics;
-    use zetaback_proxy::proxy::Runtime;
     let mut cfg = zetaback_proxy::ProxyConfig::with_backends(vec![zetaback_proxy::BackendConfig {
         name: "a".into(),
         url: "http://127.0.0.1:1".into(),

@@ -699,3 +699,79 @@ async fn a_stalled_upstream_body_is_cut_off() {
     assert_eq!(metric(&m, "zetaback_proxy_cache_entries"), 0.0, "{m}");
     proxy.shutdown().await;
 }
+
+/// Header lines of a raw response (lower-cased names), without `Age`
+/// (it may tick between two requests), and the body.
+fn head_lines(raw: &str) -> (String, Vec<String>, String) {
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_string();
+    let headers = lines
+        .map(|l| l.to_ascii_lowercase())
+        .filter(|l| !l.starts_with("age:"))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_has_the_same_head_on_the_prebuilt_and_the_general_path() {
+    let a = Nginx::start("web1", &[("/h/page.txt", b"hello hit\n")], "");
+    let mut cfg = config_for(&[&a]);
+    let proxy = start_proxy(cfg.clone()).await;
+    let c = TestClient::new(proxy.addr);
+    let plain = b"GET /h/page.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let first = c.raw(plain).await;
+    assert!(first.contains("x-cache: MISS"), "{first}");
+    // The streamed fill is stored once its body completed.
+    for _ in 0..100 {
+        if c.raw(plain).await.contains("x-cache: HIT") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Plain GET: the object's prebuilt head. A validator that does not
+    // match: the general path (serve_object), same answer.
+    let prebuilt = c.raw(plain).await;
+    let general = c
+        .raw(b"GET /h/page.txt HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"no-such-tag\"\r\nConnection: close\r\n\r\n")
+        .await;
+    let (s1, h1, b1) = head_lines(&prebuilt);
+    let (s2, h2, b2) = head_lines(&general);
+    assert_eq!(s1, "HTTP/1.1 200 OK");
+    assert_eq!(
+        (&s1, &h1, &b1),
+        (&s2, &h2, &b2),
+        "{prebuilt}\n---\n{general}"
+    );
+    assert!(h1.contains(&"x-cache: hit".to_string()), "{h1:?}");
+    assert!(h1.contains(&"content-length: 10".to_string()), "{h1:?}");
+    assert!(
+        prebuilt.to_ascii_lowercase().contains("\r\nage: "),
+        "{prebuilt}"
+    );
+    let vias: Vec<_> = h1.iter().filter(|l| l.starts_with("via:")).collect();
+    assert_eq!(vias.len(), 1, "one Via line: {h1:?}");
+    // HEAD: the same head, no body.
+    let head = c
+        .raw(b"HEAD /h/page.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let (s3, h3, b3) = head_lines(&head);
+    assert_eq!((&s3, &h3, b3.as_str()), (&s1, &h1, ""), "{head}");
+
+    // A reload that renames this proxy: hits of objects stored before it
+    // carry the new Via, never the old one.
+    cfg.via_name = "edge-b".into();
+    proxy.reload(cfg).expect("reload");
+    let r = c.get("/h/page.txt", &[("host", "x")]).await;
+    assert_eq!(r.header("x-cache"), Some("HIT"));
+    let via: Vec<_> = r.headers.get_all("via").iter().collect();
+    assert_eq!(via.len(), 1, "{via:?}");
+    assert!(
+        via[0]
+            .to_str()
+            .is_ok_and(|v| v.contains("edge-b") && !v.contains("zetaback")),
+        "{via:?}"
+    );
+    proxy.shutdown().await;
+}

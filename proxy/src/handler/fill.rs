@@ -12,12 +12,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::warn;
 
-use super::{FillCtx, Runtime, X_CACHE, fetch_chain};
+use super::{FillCtx, Runtime, fetch_chain};
 use crate::body::{self, Body, IdleTimeoutBody, PrefixedBody, TeeBody};
-use crate::cache::{CachedObject, LeaderGuard};
+use crate::cache::{CachedObject, LeaderGuard, X_CACHE};
 use crate::error::ProxyError;
 use crate::hop;
-use crate::policy::{self, NotStorable};
+use crate::storability::{self, NotStorable};
 
 /// Result of a fill: a stored (or storable) object, or a response to stream.
 pub(super) enum Filled {
@@ -37,6 +37,8 @@ struct Storable {
     now: SystemTime,
     /// Vary'd header names the fill sent (the variant key).
     vary: Vec<HeaderName>,
+    /// This proxy's Via value (part of the object's prebuilt head).
+    via: HeaderValue,
 }
 
 impl Storable {
@@ -54,6 +56,7 @@ impl Storable {
             self.grace,
             self.keep,
             self.now,
+            &self.via,
         );
         (obj, self.vary)
     }
@@ -92,7 +95,7 @@ fn revalidation(stale: Option<&CachedObject>) -> Option<(Arc<str>, HeaderMap)> {
 }
 
 fn grace_for(rt: &Runtime, headers: &HeaderMap) -> Duration {
-    if policy::must_revalidate(headers) {
+    if storability::must_revalidate(headers) {
         Duration::ZERO
     } else {
         rt.cfg.cache.grace
@@ -128,8 +131,10 @@ pub(super) async fn fill(
     let (mut parts, incoming) = chain.resp.into_parts();
     hop::strip_hop_by_hop(&mut parts.headers);
     parts.headers = compact_headers(&parts.headers);
-    let client_headers =
-        compact_headers(&policy::policy_request_headers(&ctx.client, &parts.headers));
+    let client_headers = compact_headers(&storability::policy_request_headers(
+        &ctx.client,
+        &parts.headers,
+    ));
 
     if parts.status == StatusCode::NOT_MODIFIED {
         return Ok(
@@ -199,7 +204,7 @@ fn refreshed(
     }
     headers.remove(header::AGE);
     let cache_cfg = &rt.cfg.cache;
-    let policy = policy::make_policy(
+    let policy = storability::make_policy(
         &ctx.uri,
         client_headers,
         old.status,
@@ -207,7 +212,7 @@ fn refreshed(
         cache_cfg.default_ttl,
         now,
     );
-    let decision = policy::storable(&policy, old.status, &headers, now);
+    let decision = storability::storable(&policy, old.status, &headers, now);
     let stored = Storable {
         status: old.status,
         grace: grace_for(rt, &headers),
@@ -218,6 +223,7 @@ fn refreshed(
         ttl: decision.unwrap_or(Duration::ZERO),
         keep: cache_cfg.keep,
         now,
+        via: rt.fwd.via().clone(),
     };
     let (obj, vary) = stored.object(&ctx.primary, ctx.uri.clone(), old.body.clone());
     if decision.is_ok() {
@@ -225,7 +231,7 @@ fn refreshed(
     }
     rt.store
         .objects
-        .invalidate(&rt.store.variant_key(&ctx.primary, &ctx.client));
+        .invalidate(rt.store.variant_key(&ctx.primary, &ctx.client).as_ref());
     Filled::Object(Arc::new(obj))
 }
 
@@ -253,7 +259,7 @@ fn decide(
     } else {
         cache_cfg.default_ttl
     };
-    let policy = policy::make_policy(
+    let policy = storability::make_policy(
         &ctx.uri,
         client_headers,
         parts.status,
@@ -261,8 +267,8 @@ fn decide(
         default_ttl,
         facts.now,
     );
-    let mut decision = policy::storable(&policy, parts.status, &parts.headers, facts.now);
-    if decision.is_ok() && !policy::shareable_despite_cookie(&ctx.client, &parts.headers) {
+    let mut decision = storability::storable(&policy, parts.status, &parts.headers, facts.now);
+    if decision.is_ok() && !storability::shareable_despite_cookie(&ctx.client, &parts.headers) {
         decision = Err(NotStorable::CookieRequest);
     }
     if decision.is_ok()
@@ -300,6 +306,7 @@ fn decide(
         ttl,
         keep: cache_cfg.keep,
         now: facts.now,
+        via: rt.fwd.via().clone(),
     })
 }
 
@@ -407,7 +414,7 @@ fn marks_pass(reason: NotStorable, req: &HeaderMap, status: StatusCode) -> bool 
         | NotStorable::TooLarge
         | NotStorable::Partial => true,
         NotStorable::NoLifetime | NotStorable::Refused => {
-            policy::request_is_plain(req) && !status.is_server_error()
+            storability::request_is_plain(req) && !status.is_server_error()
         }
     }
 }

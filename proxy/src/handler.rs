@@ -1,10 +1,14 @@
 //! Request handling: refusals (loops, dot segments, GET with a body), cache
 //! lookup, coalescing, the owner-ordered fallback chain, pass-through of
-//! other methods. Cache fills are in `proxy/fill.rs`.
+//! other methods. Cache fills are in `handler/fill.rs`.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -16,7 +20,7 @@ use moka::sync::Cache;
 use tracing::{Instrument, debug, warn};
 
 use crate::body::{self, Body, LimitedBody};
-use crate::cache::{CachedObject, Flight, Inflight, Store, wait};
+use crate::cache::{CachedObject, Flight, Inflight, Store, X_CACHE, wait};
 use crate::conditional;
 use crate::config::ProxyConfig;
 use crate::error::{ConfigError, ProxyError, UpstreamError};
@@ -25,14 +29,13 @@ use crate::hop;
 use crate::key;
 use crate::metrics::Metrics;
 use crate::owner::backend_order;
-use crate::policy;
+use crate::plain;
 use crate::range::{self, RangeSpec};
+use crate::storability;
 use crate::upstream::{self, Backend, HttpClient};
 
 mod fill;
 use fill::{Filled, fill};
-
-static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Everything a request needs; swapped as a whole on reload.
 pub struct Runtime {
@@ -122,10 +125,86 @@ fn owner_cache(max_bytes: u64, ttl: Duration) -> Cache<String, Arc<str>> {
         .build()
 }
 
-/// Entry point for one client request.
+/// The answer to one client request, as hyper's service future.
+pub enum Answer {
+    /// A fresh hit, answered before any future was made.
+    Now(std::future::Ready<Response<Body>>),
+    /// Everything else: `handle`'s future, boxed (it is large).
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Future for Answer {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Now(r) => Pin::new(r).poll(cx).map(Ok),
+            Answer::Later(f) => f.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+/// Entry point for one client request: a fresh hit for a plain GET/HEAD is
+/// served synchronously (no span, no future); anything else, including
+/// every refusal, goes through the full path of `handle`.
+pub fn respond(rt: Arc<Runtime>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+    let start = Instant::now();
+    rt.metrics.request(req.method());
+    if let Some(resp) = fresh_hit(&rt, &req) {
+        rt.metrics.latency.observe(start.elapsed().as_secs_f64());
+        return Answer::Now(std::future::ready(resp));
+    }
+    Answer::Later(Box::pin(handle_counted(rt, req, peer, start)))
+}
+
+/// Entry point for one client request (the full path for every request).
 pub async fn handle(rt: Arc<Runtime>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let start = Instant::now();
     rt.metrics.request(req.method());
+    handle_counted(rt, req, peer, start).await
+}
+
+/// A fresh stored answer for a GET/HEAD that needs nothing else: the
+/// same checks, in the same order, as `handle_inner` and the first lookup
+/// of `get_or_head`; `None` whenever the full path has anything to do.
+fn fresh_hit(rt: &Runtime, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let method = req.method();
+    if *method != Method::GET && *method != Method::HEAD {
+        return None;
+    }
+    let headers = req.headers();
+    let plain = plain::is_plain(headers);
+    if !plain
+        && (rt.fwd.is_loop(headers, &rt.cfg.via_name)
+            || forwarding::has_body(headers)
+            || headers.contains_key(header::AUTHORIZATION))
+    {
+        return None;
+    }
+    let t = target(req, &rt.fwd).ok()?;
+    if !key::host_allowed(&rt.cfg.hosts, t.host()) {
+        return None;
+    }
+    let vkey = rt.store.variant_key(t.primary(), headers);
+    let obj = rt.store.objects.get(vkey.as_ref())?;
+    let fresh = if plain {
+        obj.is_fresh(Instant::now())
+    } else {
+        matches!(classify(&obj, headers), Freshness::Fresh)
+    };
+    if !fresh {
+        return None;
+    }
+    rt.metrics.hit.inc();
+    Some(serve_with_via(&obj, method, headers, plain, rt.fwd.via()))
+}
+
+async fn handle_counted(
+    rt: Arc<Runtime>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    start: Instant,
+) -> Response<Body> {
     let span =
         tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), peer = %peer);
     let result = handle_inner(&rt, req, peer).instrument(span).await;
@@ -165,11 +244,28 @@ fn error_response(e: &ProxyError) -> Response<Body> {
     resp
 }
 
-/// What identifies a request to the cache and the backends.
+/// What identifies a request to the cache and the backends, in one string:
+/// the primary key is the normalised host, the path and query, then the
+/// keyed headers' values (if any are configured).
 struct Target {
-    host: String,
-    pq: String,
     primary: String,
+    host_end: usize,
+    pq_end: usize,
+}
+
+impl Target {
+    fn host(&self) -> &str {
+        &self.primary[..self.host_end]
+    }
+
+    /// Path and query, starting with `/`.
+    fn pq(&self) -> &str {
+        &self.primary[self.host_end..self.pq_end]
+    }
+
+    fn primary(&self) -> &str {
+        &self.primary
+    }
 }
 
 fn target(req: &Request<Incoming>, fwd: &Forwarding) -> Result<Target, ProxyError> {
@@ -178,13 +274,11 @@ fn target(req: &Request<Incoming>, fwd: &Forwarding) -> Result<Target, ProxyErro
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    let host = key::normalize_host(host_hdr);
     let pq = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
+        .unwrap_or("/");
     if !pq.starts_with('/') {
         return Err(ProxyError::BadRequest(
             "request target must be a path".into(),
@@ -195,12 +289,17 @@ fn target(req: &Request<Incoming>, fwd: &Forwarding) -> Result<Target, ProxyErro
             "the path has a `.` or `..` segment".into(),
         ));
     }
-    let mut primary = key::primary_key(&host, &pq);
+    let (mut primary, host_end) = key::primary_key_of(host_hdr, pq);
+    let pq_end = primary.len();
     if !fwd.keyed.is_empty() {
         // Keyed headers are sent on fills, so they are part of every key.
         primary = key::variant_key(&primary, &fwd.keyed, req.headers());
     }
-    Ok(Target { host, pq, primary })
+    Ok(Target {
+        primary,
+        host_end,
+        pq_end,
+    })
 }
 
 async fn handle_inner(
@@ -212,7 +311,7 @@ async fn handle_inner(
         return Err(ProxyError::Loop);
     }
     let t = target(&req, &rt.fwd)?;
-    if !key::host_allowed(&rt.cfg.hosts, &t.host) {
+    if !key::host_allowed(&rt.cfg.hosts, t.host()) {
         return Err(ProxyError::UnknownHost);
     }
     if req.method() == Method::GET || req.method() == Method::HEAD {
@@ -248,15 +347,16 @@ impl FillCtx {
         peer: SocketAddr,
         fwd: &Forwarding,
     ) -> Result<Self, ProxyError> {
-        let upstream = fwd.fill_headers(&parts.headers, &t.host, peer.ip());
-        let uri: Uri =
-            t.pq.parse()
-                .map_err(|_| ProxyError::BadRequest("bad path".into()))?;
+        let upstream = fwd.fill_headers(&parts.headers, t.host(), peer.ip());
+        let uri: Uri = t
+            .pq()
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("bad path".into()))?;
         Ok(Self {
-            pq: t.pq.clone(),
-            owner_key: key::owner_key(&t.host, uri.path()),
+            pq: t.pq().to_string(),
+            owner_key: key::owner_key(t.host(), uri.path()),
             uri,
-            primary: t.primary.clone(),
+            primary: t.primary().to_string(),
             upstream,
             client: parts.headers.clone(),
         })
@@ -271,7 +371,7 @@ enum Freshness {
 
 fn classify(obj: &CachedObject, req: &HeaderMap) -> Freshness {
     let now = Instant::now();
-    let plain = policy::request_is_plain(req);
+    let plain = storability::request_is_plain(req);
     if plain {
         if obj.is_fresh(now) {
             return Freshness::Fresh;
@@ -281,7 +381,7 @@ fn classify(obj: &CachedObject, req: &HeaderMap) -> Freshness {
         }
         return Freshness::Revalidate;
     }
-    if obj.is_fresh(now) && policy::satisfies(&obj.policy, &obj.uri, req, SystemTime::now()) {
+    if obj.is_fresh(now) && storability::satisfies(&obj.policy, &obj.uri, req, SystemTime::now()) {
         Freshness::Fresh
     } else {
         Freshness::Revalidate
@@ -303,19 +403,19 @@ async fn get_or_head(
         let ctx = FillCtx::new(&t, &parts, peer, &rt.fwd)?;
         rt.metrics.miss.inc();
         return match fill(rt, &ctx, None, None).await? {
-            Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
+            Filled::Object(obj) => Ok(serve_object(&obj, &parts.method, &parts.headers, "MISS")),
             Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
         };
     }
 
     for _attempt in 0..3 {
-        let vkey = rt.store.variant_key(&t.primary, &parts.headers);
+        let vkey = rt.store.variant_key(t.primary(), &parts.headers);
         let mut stale = None;
-        if let Some(obj) = rt.store.objects.get(&vkey) {
+        if let Some(obj) = rt.store.objects.get(vkey.as_ref()) {
             match classify(&obj, &parts.headers) {
                 Freshness::Fresh => {
                     rt.metrics.hit.inc();
-                    return Ok(serve_object(&obj, &parts, "HIT"));
+                    return Ok(serve_object(&obj, &parts.method, &parts.headers, "HIT"));
                 }
                 Freshness::Grace => {
                     rt.metrics.stale.inc();
@@ -333,12 +433,12 @@ async fn get_or_head(
                             .instrument(tracing::debug_span!("refresh")),
                         );
                     }
-                    return Ok(serve_object(&obj, &parts, "STALE"));
+                    return Ok(serve_object(&obj, &parts.method, &parts.headers, "STALE"));
                 }
                 Freshness::Revalidate => stale = Some(obj),
             }
         }
-        if stale.is_none() && rt.store.is_pass(&t.primary) {
+        if stale.is_none() && rt.store.is_pass(t.primary()) {
             return pass_get(rt, &parts, &t, peer).await;
         }
         match rt.inflight.join(&vkey) {
@@ -361,15 +461,17 @@ async fn get_or_head(
                 let out = match (out, stale) {
                     // No backend could revalidate: a stale copy beats an
                     // error (RFC 9111 §4.2.4), unless it must be revalidated.
-                    (Err(e), Some(old)) if !policy::must_revalidate(&old.headers) => {
+                    (Err(e), Some(old)) if !storability::must_revalidate(&old.headers) => {
                         debug!(error = %e, "serving stale after fetch error");
                         rt.metrics.stale.inc();
-                        return Ok(serve_object(&old, &parts, "STALE"));
+                        return Ok(serve_object(&old, &parts.method, &parts.headers, "STALE"));
                     }
                     (out, _) => out,
                 };
                 return match out? {
-                    Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
+                    Filled::Object(obj) => {
+                        Ok(serve_object(&obj, &parts.method, &parts.headers, "MISS"))
+                    }
                     Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
                 };
             }
@@ -393,7 +495,7 @@ async fn get_or_head(
     rt.metrics.miss.inc();
     let ctx = FillCtx::new(&t, &parts, peer, &rt.fwd)?;
     match fill(rt, &ctx, None, None).await? {
-        Filled::Object(obj) => Ok(serve_object(&obj, &parts, "MISS")),
+        Filled::Object(obj) => Ok(serve_object(&obj, &parts.method, &parts.headers, "MISS")),
         Filled::Stream(resp) => Ok(relay(resp, head, "MISS")),
     }
 }
@@ -539,10 +641,10 @@ async fn pass_get(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ProxyError> {
     rt.metrics.pass.inc();
-    let headers = rt.fwd.pass_get_headers(&parts.headers, &t.host, peer.ip());
-    let path = t.pq.split('?').next().unwrap_or("/");
-    let okey = key::owner_key(&t.host, path);
-    let chain = fetch_chain(rt, &parts.method, &t.pq, &headers, &okey, None).await?;
+    let headers = rt.fwd.pass_get_headers(&parts.headers, t.host(), peer.ip());
+    let path = t.pq().split('?').next().unwrap_or("/");
+    let okey = key::owner_key(t.host(), path);
+    let chain = fetch_chain(rt, &parts.method, t.pq(), &headers, &okey, None).await?;
     Ok(relay_incoming(
         chain.resp,
         parts.method == Method::HEAD,
@@ -579,8 +681,8 @@ async fn pass(
     };
     let headers = rt
         .fwd
-        .pass_headers(&parts.headers, &t.host, peer.ip(), has_body);
-    let uri = b.url.join(&t.pq).map_err(UpstreamError::from)?;
+        .pass_headers(&parts.headers, t.host(), peer.ip(), has_body);
+    let uri = b.url.join(t.pq()).map_err(UpstreamError::from)?;
     let mut up = Request::builder()
         .method(parts.method.clone())
         .uri(uri)
@@ -591,7 +693,7 @@ async fn pass(
         Ok(resp) => {
             if resp.status().is_success() || resp.status().is_redirection() {
                 // RFC 9111 §4.4: invalidate after a successful unsafe request.
-                rt.store.invalidate(&t.primary, &parts.headers);
+                rt.store.invalidate(t.primary(), &parts.headers);
             }
             Ok(relay_incoming(
                 resp,
@@ -613,18 +715,51 @@ fn set_u64(h: &mut HeaderMap, name: HeaderName, v: u64) {
     h.insert(name, HeaderValue::from(v));
 }
 
+/// A hit answered from a stored object, with this proxy's Via added. A
+/// request without Range and validators (always so when `plain`) gets a
+/// clone of the object's prebuilt head with its Age set; others go
+/// through `serve_object`.
+fn serve_with_via(
+    obj: &CachedObject,
+    method: &Method,
+    req: &HeaderMap,
+    plain: bool,
+    via: &HeaderValue,
+) -> Response<Body> {
+    let simple = plain || !(conditional::is_conditional(req) || req.contains_key(header::RANGE));
+    if !simple || obj.head_via != *via {
+        let mut resp = serve_object(obj, method, req, "HIT");
+        resp.headers_mut().append(header::VIA, via.clone());
+        return resp;
+    }
+    let mut h = obj.head.clone();
+    // Age is already in the map (as is `X-Cache: HIT`): the value is
+    // replaced in place, the map does not grow.
+    set_u64(&mut h, header::AGE, obj.age_secs());
+    let body = if *method == Method::HEAD {
+        body::empty()
+    } else {
+        body::full(obj.body.clone())
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = obj.status;
+    *resp.headers_mut() = h;
+    resp
+}
+
 /// Answer from a stored object: conditional (304), Range (206/416), HEAD.
 fn serve_object(
     obj: &CachedObject,
-    req: &http::request::Parts,
+    method: &Method,
+    req: &HeaderMap,
     label: &'static str,
 ) -> Response<Body> {
-    let head = req.method == Method::HEAD;
+    let head = *method == Method::HEAD;
     let len = obj.body.len() as u64;
     let age = obj.age_secs();
     if obj.status.is_success()
-        && conditional::is_conditional(&req.headers)
-        && conditional::not_modified(&req.headers, &obj.headers)
+        && conditional::is_conditional(req)
+        && conditional::not_modified(req, &obj.headers)
     {
         let mut h = HeaderMap::new();
         for name in conditional::NOT_MODIFIED_HEADERS {
@@ -646,8 +781,8 @@ fn serve_object(
     let mut body_bytes = obj.body.clone();
     if obj.status == StatusCode::OK
         && !head
-        && conditional::if_range_allows(&req.headers, &obj.headers)
-        && let Some(r) = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok())
+        && conditional::if_range_allows(req, &obj.headers)
+        && let Some(r) = req.get(header::RANGE).and_then(|v| v.to_str().ok())
     {
         {
             match range::parse_range(r, len) {

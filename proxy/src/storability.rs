@@ -1,4 +1,4 @@
-//! Storability and freshness, delegated to `http-cache-semantics` (RFC 9111
+//! Cache storability and freshness rules (not a backup policy), delegated to `http-cache-semantics` (RFC 9111
 //! shared-cache rules) with the proxy's own additions: never store
 //! `Set-Cookie`, a default TTL when the origin gives no explicit freshness,
 //! partial responses are never stored, and grace only where revalidation is
