@@ -14,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod object_store;
 pub mod restore;
+pub mod restore_objstore;
 pub mod spec_check;
 pub mod status;
 pub mod store_client;

@@ -17,6 +17,17 @@ pub async fn view(
     namespace: &str,
     target: &ObjectStoreTarget,
 ) -> Result<StoreView, String> {
+    Ok(StoreView::from_store(
+        &catalogue(client, namespace, target).await?,
+    ))
+}
+
+/// The bucket's catalogue read with the keys of the target's Secret; the error is a sentence.
+pub async fn catalogue(
+    client: &Client,
+    namespace: &str,
+    target: &ObjectStoreTarget,
+) -> Result<zetaback_core::store::Catalogue, String> {
     let creds = credentials(client, namespace, target).await?;
     let store = connect(target, &creds).map_err(|e| e.to_string())?;
     let keys = Keys::new(target.prefix.as_deref());
@@ -29,7 +40,7 @@ pub async fn view(
             }
             e => readable(target, &e.to_string()),
         })?;
-    Ok(StoreView::from_store(&cat))
+    Ok(cat)
 }
 
 /// A failed request to the bucket as a sentence for the status (the server's S3 error code
