@@ -600,3 +600,211 @@ async fn bucket_agent_with_a_wrong_key_fails_its_job_with_a_readable_message() {
         "the job's message is not readable: {message}"
     );
 }
+
+/// The destination host's own keys: `s3:GetObject` on `bucket/*/bucket-*-src/*` (and the
+/// archive area's), nothing else: no listing, no writes, no deletes.
+const DESTINATION: (&str, &str) = ("ZBE2EBUCKETDST", "zetaback-e2e-bucket-dst-secret");
+
+/// A client for `prefix` of the e2e bucket signed with `keys`.
+fn client_with(
+    endpoint: &str,
+    prefix: &str,
+    (id, secret): (&str, &str),
+) -> std::sync::Arc<dyn ObjectStore> {
+    let target: zetaback::api::backup_policy::ObjectStoreTarget = serde_json::from_value(
+        object_store(endpoint, BUCKET, prefix, "unused")["objectStore"].clone(),
+    )
+    .expect("target");
+    zetaback_objstore::connect(
+        &target,
+        &Credentials {
+            access_key_id: id.into(),
+            secret_access_key: secret.into(),
+        },
+    )
+    .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_restore_crd_resolved_from_the_bucket_and_read_with_the_destinations_own_key() {
+    use futures::TryStreamExt;
+    use zetaback::api::Restore;
+    use zetaback::api::restore::RestorePhase;
+    use zetaback_e2e::fleet::{create_restore, mounted, restore_finished, restore_reason, sums};
+    use zetaback_objstore::object_store::{ObjectStoreExt, PutPayload};
+
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-restore");
+    let prefix = format!("bucket/{ns}");
+    let dir = std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}"));
+    let src_creds = creds_file(&dir.join("src"), SOURCE);
+    let dst_creds = creds_file(&dir.join("dst"), DESTINATION);
+    let src_arg = format!("--object-store-credentials={}", src_creds.display());
+    let dst_arg = format!("--object-store-credentials={}", dst_creds.display());
+    let mut fleet = Fleet::start(
+        env,
+        &ns,
+        &[
+            HostSpec::source("src").args(&[&src_arg]),
+            HostSpec::source("dst").args(&[&dst_arg]),
+        ],
+    )
+    .await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    fleet.write_file(&dataset, "a.bin", &zetaback_e2e::fleet::noise(7, 300_000));
+    fleet.write_file(&dataset, "b.txt", b"version 1\n");
+    let at_full = sums(&mounted(&dataset));
+    let (src, dst) = (fleet.name("src"), fleet.name("dst"));
+    let pd = fleet.host("dst").pool.clone();
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [src]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+        "compression": "zstd",
+    });
+    spec["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    eventually(
+        "the full in the bucket",
+        Duration::from_secs(120),
+        || async { (in_bucket(&endpoint, &prefix).await.len() == 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fleet.write_file(&dataset, "b.txt", b"version 2\n");
+    fleet.write_file(&dataset, "c.txt", b"added by the incremental\n");
+    let at_incremental = sums(&mounted(&dataset));
+    assert_ne!(at_full, at_incremental);
+    fleet.backup_incremental_now("p", "src", &dataset).await;
+    let stored = eventually(
+        "the incremental in the bucket",
+        Duration::from_secs(120),
+        || async {
+            let b = in_bucket(&endpoint, &prefix).await;
+            (b.len() == 2).then_some(b)
+        },
+    )
+    .await;
+    let ids: Vec<String> = stored.iter().map(|b| b.manifest.id.clone()).collect();
+    println!("in the bucket: {ids:?}");
+
+    // The destination's key reads objects but may not list the bucket nor delete: the
+    // restore below needs nothing more.
+    let dst_client = client_with(&endpoint, &prefix, DESTINATION);
+    let listed: Result<Vec<_>, _> = dst_client
+        .list(Some(&zetaback_objstore::object_store::path::Path::from(
+            prefix.as_str(),
+        )))
+        .try_collect()
+        .await;
+    let refused = listed.expect_err("the destination's key listed the bucket");
+    println!("the destination's key may not list: {refused}");
+    assert!(refused.to_string().contains("AccessDenied"), "{refused}");
+
+    // 1. The newest point, to the destination host, under a parent that does not exist.
+    let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let newest_ds = format!("{pd}/restored/newest");
+    create_restore(
+        &restores,
+        "newest",
+        serde_json::json!({"source": {"host": src, "dataset": dataset},
+            "destination": {"host": dst, "dataset": newest_ds}}),
+    )
+    .await;
+    let r = restore_finished(&restores, "newest", Duration::from_secs(180)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, RestorePhase::Succeeded, "{st:?}");
+    assert_eq!(st.chain, ids, "the whole chain, in order");
+    assert_eq!(st.verified, Some(true));
+    assert!(st.pieces.iter().all(|p| p.verified == Some(true)), "{st:?}");
+    assert_eq!(
+        st.object_store.as_ref().map(|b| b.bucket.as_str()),
+        Some(BUCKET),
+        "the status names the bucket: {st:?}"
+    );
+    assert_eq!(st.bytes_done, st.bytes);
+    assert_eq!(
+        sums(&mounted(&newest_ds)),
+        at_incremental,
+        "newest restore differs"
+    );
+
+    // 2. The full alone, by id.
+    let full_ds = format!("{pd}/restored/full");
+    create_restore(
+        &restores,
+        "full",
+        serde_json::json!({"source": {"host": src, "dataset": dataset, "backup": ids[0]},
+            "destination": {"host": dst, "dataset": full_ds}}),
+    )
+    .await;
+    let r = restore_finished(&restores, "full", Duration::from_secs(180)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, RestorePhase::Succeeded, "{st:?}");
+    assert_eq!(st.chain, ids[..1]);
+    assert_eq!(sums(&mounted(&full_ds)), at_full, "full restore differs");
+
+    // The destination's key cannot delete what it restores from.
+    let first = &stored[0].manifest;
+    let manifest_key = Keys::new(Some(&prefix))
+        .manifest(
+            &first.host,
+            &first.dataset,
+            &first.id.parse().expect("id"),
+            false,
+        )
+        .expect("key");
+    let deleted = dst_client.delete(&manifest_key).await;
+    assert!(
+        deleted
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("AccessDenied")),
+        "the destination's key deleted a manifest: {deleted:?}"
+    );
+
+    // 3. The incremental's object corrupted in the bucket (one byte, same size: only its
+    // sha256 can tell): the restore fails before anything of it is applied, and leaves no
+    // dataset behind.
+    let admin = client_with(&endpoint, &prefix, ADMIN);
+    let inc = &stored[1].manifest;
+    let key = Keys::new(Some(&prefix))
+        .stream(&inc.host, &inc.dataset, &inc.id.parse().expect("id"), false)
+        .expect("key");
+    let mut body = admin
+        .get(&key)
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body")
+        .to_vec();
+    let at = body.len() / 2;
+    body[at] ^= 0x20;
+    admin
+        .put(&key, PutPayload::from(body))
+        .await
+        .expect("PUT the corrupted object");
+    let bad_ds = format!("{pd}/restored/corrupt");
+    create_restore(
+        &restores,
+        "corrupt",
+        serde_json::json!({"source": {"host": src, "dataset": dataset},
+            "destination": {"host": dst, "dataset": bad_ds}}),
+    )
+    .await;
+    let r = restore_finished(&restores, "corrupt", Duration::from_secs(180)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, RestorePhase::Failed, "{st:?}");
+    assert_eq!(restore_reason(&r), "ChecksumMismatch", "{st:?}");
+    assert!(
+        !zetaback_e2e::fleet::dataset_exists(&bad_ds),
+        "{bad_ds} was left behind"
+    );
+
+    fleet.shutdown().await;
+    empty_prefix(&endpoint, &prefix).await;
+}
