@@ -808,3 +808,228 @@ async fn bucket_restore_crd_resolved_from_the_bucket_and_read_with_the_destinati
     fleet.shutdown().await;
     empty_prefix(&endpoint, &prefix).await;
 }
+
+/// The storage class SeaweedFS reports for `key` (HEAD, signed by curl with the admin key).
+fn storage_class(endpoint: &str, key: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-I",
+            "-H",
+            "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            &format!("{}:{}", ADMIN.0, ADMIN.1),
+            &format!("{endpoint}/{BUCKET}/{}", key.replace('+', "%2B")),
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-amz-storage-class:")
+                .map(|v| v.trim().to_ascii_uppercase())
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_archive_moves_whole_chains_to_the_archive_prefix_and_restores_from_there() {
+    use futures::TryStreamExt;
+    use zetaback::api::Restore;
+    use zetaback::api::restore::RestorePhase;
+    use zetaback_e2e::fleet::{create_restore, mounted, restore_finished, sums};
+
+    // The controller's archive steps in the test's output (shown when it fails).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("zetaback=info,zetaback_objstore=info")
+        .with_test_writer()
+        .try_init();
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-archive");
+    let prefix = format!("bucket/{ns}");
+    let dir = std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}"));
+    let src_arg = format!(
+        "--object-store-credentials={}",
+        creds_file(&dir.join("src"), SOURCE).display()
+    );
+    let dst_arg = format!(
+        "--object-store-credentials={}",
+        creds_file(&dir.join("dst"), DESTINATION).display()
+    );
+    let mut fleet = Fleet::start(
+        env,
+        &ns,
+        &[
+            HostSpec::source("src").args(&[&src_arg]),
+            HostSpec::source("dst").args(&[&dst_arg]),
+        ],
+    )
+    .await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    fleet.write_file(&dataset, "a.txt", b"archived in the bucket\n");
+    let (src, dst) = (fleet.name("src"), fleet.name("dst"));
+    // Backups move to the archive after 20 s, a whole chain at once (an incremental whose
+    // full is archived would be left without its base in the live area).
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [src]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+        "archive": {"after": "20s", "keep": "48h"},
+    });
+    spec["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    spec["target"]["objectStore"]["archiveStorageClass"] = "STANDARD_IA".into();
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    eventually(
+        "the full in the bucket",
+        Duration::from_secs(120),
+        || async { (!in_bucket(&endpoint, &prefix).await.is_empty()).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fleet.write_file(&dataset, "b.txt", b"and an incremental\n");
+    let at_incremental = sums(&mounted(&dataset));
+    fleet.backup_incremental_now("p", "src", &dataset).await;
+    eventually(
+        "the incremental in the bucket",
+        Duration::from_secs(120),
+        || async { (in_bucket(&endpoint, &prefix).await.len() == 2).then_some(()) },
+    )
+    .await;
+    // A second full: the newest backup and the newest full never move, so the first chain
+    // (the full and its incremental) is what goes to the archive.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fleet.write_file(&dataset, "c.txt", b"in the second full\n");
+    let (code, out) = fleet
+        .zb(&[
+            "backup",
+            "p",
+            "--host",
+            &src,
+            "--dataset",
+            &dataset,
+            "--full",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}");
+
+    // The first chain archived (the catalogue lists each once, archived), nothing of it live
+    // left, the second full live. The policy
+    // reconciles by itself only when a backup is due (hours here): it is asked to now and
+    // then, as `kubectl zetaback` does.
+    let policies: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
+    let saw_split = std::sync::atomic::AtomicBool::new(false);
+    let archived = eventually(
+        "the full and the incremental archived",
+        Duration::from_secs(180),
+        || async {
+            let now = jiff::Timestamp::now().to_string();
+            let ask = serde_json::json!({"metadata": {"annotations": {
+                zetaback::api::backup_policy::RECONCILE_NOW_ANNOTATION: now}}});
+            let _ = policies
+                .patch(
+                    "p",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&ask),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let b = in_bucket(&endpoint, &prefix).await;
+            // Never an archived full under a live incremental of it.
+            if b.iter()
+                .any(|x| !x.archived && x.manifest.base_snapshot.is_some())
+                && b.iter()
+                    .any(|x| x.archived && x.manifest.base_snapshot.is_none())
+            {
+                saw_split.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let archived: Vec<_> = b.iter().filter(|x| x.archived).cloned().collect();
+            (b.len() == 3 && archived.len() == 2 && !b[2].archived).then_some(archived)
+        },
+    )
+    .await;
+    assert!(
+        !saw_split.load(std::sync::atomic::Ordering::Relaxed),
+        "an incremental stayed live while its full was archived"
+    );
+    let ids: Vec<String> = archived.iter().map(|b| b.manifest.id.clone()).collect();
+    println!("archived: {ids:?}");
+    let admin = client_with(&endpoint, &prefix, ADMIN);
+    let keys = Keys::new(Some(&prefix));
+    let live_dir = zetaback_objstore::object_store::path::Path::from(
+        keys.dataset_dir(&src, &dataset, false).expect("dir"),
+    );
+    let live: Vec<_> = admin
+        .list(Some(&live_dir))
+        .try_collect()
+        .await
+        .expect("list the live area");
+    let live: Vec<String> = live.iter().map(|o| o.location.to_string()).collect();
+    assert!(
+        live.len() == 2
+            && live
+                .iter()
+                .all(|k| !ids.iter().any(|id| k.contains(id.as_str()))),
+        "the live area holds only the second full and its manifest: {live:?}"
+    );
+    for b in &archived {
+        let id: zetaback::store::StreamId = b.manifest.id.parse().expect("id");
+        let stream = keys
+            .stream(&src, &dataset, &id, true)
+            .expect("key")
+            .to_string();
+        let manifest = keys
+            .manifest(&src, &dataset, &id, true)
+            .expect("key")
+            .to_string();
+        println!(
+            "{stream}: {}; its manifest: {}",
+            storage_class(&endpoint, &stream),
+            storage_class(&endpoint, &manifest)
+        );
+        assert_eq!(storage_class(&endpoint, &stream), "STANDARD_IA");
+        assert_ne!(storage_class(&endpoint, &manifest), "STANDARD_IA");
+    }
+    let st = policies
+        .get("p")
+        .await
+        .expect("policy")
+        .status
+        .unwrap_or_default();
+    let total: u64 = in_bucket(&endpoint, &prefix)
+        .await
+        .iter()
+        .map(|b| b.manifest.bytes)
+        .sum();
+    assert_eq!(st.bytes_stored, Some(total), "{st:?}");
+
+    // A restore from the archive (includeArchive), by the destination's GetObject-only key.
+    let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let into = format!("{}/restored/archived", fleet.host("dst").pool);
+    create_restore(
+        &restores,
+        "from-archive",
+        serde_json::json!({"source": {"host": src, "dataset": dataset, "includeArchive": true,
+                "backup": ids[1]},
+            "destination": {"host": dst, "dataset": into}}),
+    )
+    .await;
+    let r = restore_finished(&restores, "from-archive", Duration::from_secs(180)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, RestorePhase::Succeeded, "{st:?}");
+    assert_eq!(st.chain, ids);
+    assert_eq!(
+        sums(&mounted(&into)),
+        at_incremental,
+        "restore from the archive differs"
+    );
+
+    fleet.shutdown().await;
+    empty_prefix(&endpoint, &prefix).await;
+}

@@ -1497,7 +1497,7 @@ impl Reconciled for BackupPolicy {
         }));
         let store_ops = async {
             if let Some(os) = &obj.spec.target.object_store {
-                // Archiving into an object store's archive prefix is not done yet (issue 17).
+                super::object_store::archive(&ctx.client, &ns, os, &plan.archive).await;
                 super::object_store::delete_expired(&ctx.client, &ns, os, &plan.delete).await;
                 return;
             }
