@@ -1033,3 +1033,125 @@ async fn bucket_archive_moves_whole_chains_to_the_archive_prefix_and_restores_fr
     fleet.shutdown().await;
     empty_prefix(&endpoint, &prefix).await;
 }
+
+/// A bucket with Object Lock enabled (created once, by curl with the admin key).
+const LOCK_BUCKET: &str = "zetaback-e2e-lock";
+
+/// Signs one request with the admin key (curl's SigV4); (HTTP status, headers and body).
+fn admin_curl(method: &str, url: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "-s",
+        "-i",
+        "-X",
+        method,
+        "-H",
+        "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+    ];
+    let user = format!("{}:{}", ADMIN.0, ADMIN.1);
+    args.extend(["--user", &user]);
+    args.extend(extra);
+    args.push(url);
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_immutable_for_locks_every_object_and_the_admin_key_cannot_delete_it_early() {
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    // The bucket with Object Lock (and so versioning) on; "already owned" is fine.
+    let (status, text) = admin_curl(
+        "PUT",
+        &format!("{endpoint}/{LOCK_BUCKET}"),
+        &["-H", "x-amz-bucket-object-lock-enabled: true"],
+    );
+    assert!(
+        status.contains("200") || text.contains("BucketAlreadyOwnedByYou"),
+        "{text}"
+    );
+    let ns = env.namespace("bucket-lock");
+    let prefix = format!("bucket/{ns}");
+    let creds = creds_file(
+        &std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}")),
+        SOURCE,
+    );
+    let creds_arg = format!("--object-store-credentials={}", creds.display());
+    let mut fleet = Fleet::start(env, &ns, &[HostSpec::source("src").args(&[&creds_arg])]).await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    fleet.write_file(&dataset, "a.txt", b"locked in the bucket\n");
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [fleet.name("src")]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+    });
+    spec["target"] = object_store(&endpoint, LOCK_BUCKET, &prefix, "bucket-s3");
+    spec["target"]["objectStore"]["immutableFor"] = "1h".into();
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    let target: zetaback::api::backup_policy::ObjectStoreTarget = serde_json::from_value(
+        object_store(&endpoint, LOCK_BUCKET, &prefix, "unused")["objectStore"].clone(),
+    )
+    .expect("target");
+    let admin = zetaback_objstore::connect(
+        &target,
+        &Credentials {
+            access_key_id: ADMIN.0.into(),
+            secret_access_key: ADMIN.1.into(),
+        },
+    )
+    .expect("client");
+    let keys = Keys::new(Some(&prefix));
+    let stored = eventually("the locked full", Duration::from_secs(120), || async {
+        let cat = catalogue::read(admin.as_ref(), &keys).await.ok()?;
+        cat.backups.into_iter().next()
+    })
+    .await;
+    let id: zetaback::store::StreamId = stored.manifest.id.parse().expect("id");
+    let until = jiff::Timestamp::from_second(id.ts() + 3600).expect("date");
+    for key in [
+        keys.stream(&stored.manifest.host, &stored.manifest.dataset, &id, false),
+        keys.manifest(&stored.manifest.host, &stored.manifest.dataset, &id, false),
+    ] {
+        let key = key.expect("key").to_string().replace('+', "%2B");
+        let url = format!("{endpoint}/{LOCK_BUCKET}/{key}");
+        let (_, head) = admin_curl("HEAD", &url, &["-I"]);
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            lower.contains("x-amz-object-lock-mode: compliance")
+                && lower.contains(
+                    &format!(
+                        "x-amz-object-lock-retain-until-date: {}",
+                        until.strftime("%Y-%m-%dT%H:%M:%S")
+                    )
+                    .to_ascii_lowercase()
+                ),
+            "{key} is not locked until {until}: {head}"
+        );
+        let version = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("x-amz-version-id:")
+                    .then(|| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
+                    .flatten()
+            })
+            .expect("a version id");
+        // The admin key deletes the locked version: refused by the server.
+        let (status, text) = admin_curl("DELETE", &format!("{url}?versionId={version}"), &[]);
+        println!("DELETE {key}?versionId={version} with the admin key: {status}");
+        assert!(
+            status.contains("403") && text.contains("AccessDenied"),
+            "the locked version was deleted: {text}"
+        );
+    }
+    fleet.shutdown().await;
+}

@@ -77,7 +77,10 @@ pub fn connect_locked(
             bucket: target.bucket.clone(),
             reason: format!("no lock date for {until}"),
         })?;
-        b = b.with_client_options(object_store::ClientOptions::new().with_default_headers(headers));
+        // AWS wants a checksum on every request that writes a locked object.
+        b = b
+            .with_client_options(object_store::ClientOptions::new().with_default_headers(headers))
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
     }
     if let Some(endpoint) = &target.endpoint {
         b = b
