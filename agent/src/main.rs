@@ -738,6 +738,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
             progress_every: Duration::from_secs(1),
             zstd_window_log_max: args.limits.zstd_window_log_max,
             tls: client_tls.clone(),
+            object_store_credentials: args.object_store_credentials.clone(),
         },
     ));
     let disc = tokio::spawn(discovery::run(

@@ -17,7 +17,7 @@ use zetaback_core::api::backup_policy::ObjectStoreTarget;
 use zetaback_core::store::StreamId;
 use zetaback_objstore::pending::Requests;
 use zetaback_objstore::upload::{UploadSpec, upload};
-use zetaback_objstore::{Credentials, Keys, ObjStoreError, connect};
+use zetaback_objstore::{Credentials, Keys, ObjStoreError, connect_locked};
 
 use crate::job::{JobError, JobOutcome, JobSettings};
 use crate::job_progress::JobProgress;
@@ -44,7 +44,21 @@ pub async fn send(
         )
     })?;
     let creds = Credentials::from_file(path)?;
-    let store = connect(target, &creds)?;
+    // immutableFor: every object of this backup locked until its time plus that long.
+    let lock_until = match &target.immutable_for {
+        None => None,
+        Some(d) => {
+            let d = d
+                .duration()
+                .map_err(|e| JobError::Invalid(format!("objectStore.immutableFor: {e}")))?;
+            Some(
+                zetaback_objstore::lock::locked_until(&id, d).ok_or_else(|| {
+                    JobError::Invalid("objectStore.immutableFor is too long".into())
+                })?,
+            )
+        }
+    };
+    let store = connect_locked(target, &creds, lock_until)?;
     let keys = Keys::new(target.prefix.as_deref());
     let up = UploadSpec {
         host: host.to_owned(),

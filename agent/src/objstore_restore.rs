@@ -6,10 +6,17 @@
 //! manifest's, so a corrupted object never commits (ZFS discards a receive that did not get
 //! its end). A failed restore leaves nothing behind: a dataset it created is destroyed again.
 //!
-//! Not yet run by the `Restore` runner (the controller resolves chains from a backup host);
-//! used by the agent's tests and tools.
-
+//! Two ways in: [`restore`] (the agent's tools and tests: the chain resolved here, from a
+//! listing) and [`restore_resolved`] (a `Restore` whose chain the controller resolved from the
+//! bucket, `status.objectStore`): then this agent reads with **its own keys**
+//! (`--object-store-credentials`) and needs only `s3:GetObject` on the source host's keys: the
+//! manifest of each piece (its compression, and its sha256, which must be the one the
+//! controller resolved) and the stream, from the live area or else the archive area. No
+//! listing, no writes. An interrupted bucket restore starts again from the full (the file-store
+//! path's resume after the pieces already received is not done here).
 use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_compression::tokio::bufread::ZstdDecoder;
@@ -19,10 +26,10 @@ use tokio::io::{AsyncBufRead, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 use tracing::{Instrument, info, info_span, warn};
-use zetaback_core::api::backup_policy::Compression;
+use zetaback_core::api::backup_policy::{Compression, ObjectStoreTarget};
 use zetaback_core::store::{Catalogue, Manifest, StreamId};
-use zetaback_objstore::Keys;
 use zetaback_objstore::object_store::{self, ObjectStore, ObjectStoreExt};
+use zetaback_objstore::{Credentials, Keys, explain};
 
 use crate::checksum::BackgroundSha256;
 use crate::restore::{HOLD_BACK, HoldBack, RestoreError, Restored, chain_pieces, parent_to_create};
@@ -47,10 +54,228 @@ pub async fn restore(
         .await
         .map_err(|e| RestoreError::Unreachable(e.to_string()))?;
     let pieces = chain_pieces(&cat, host, dataset, id)?;
-    if zfs.dataset_exists(into).await? {
-        return Err(RestoreError::Exists(into.to_owned()));
+    let located = pieces
+        .iter()
+        .map(|p| {
+            manifest_of(&cat, host, dataset, &p.id).map(|m| Located {
+                manifest: m.clone(),
+                archived: false,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let target = Into {
+        dataset: into,
+        force: false,
+    };
+    apply_chain(
+        zfs,
+        store,
+        keys,
+        &located,
+        &target,
+        &AtomicU64::new(0),
+        |_| {},
+    )
+    .await
+}
+
+/// Runs a claimed `Restore` whose chain is in the bucket `target` (its `status.objectStore`):
+/// the chain from the status, read with this agent's keys; a drill's restored snapshots are
+/// checked as for a file store. Marks `pieces` verified as they are applied (a bucket piece is
+/// always checked against its sha256, whatever `verify` says).
+pub async fn run_claimed(
+    zfs: &Zfs,
+    credentials: Option<&Path>,
+    target: &ObjectStoreTarget,
+    r: &zetaback_core::api::Restore,
+    progress: &AtomicU64,
+    pieces: &mut [zetaback_core::api::restore::RestorePiece],
+) -> Result<Restored, RestoreError> {
+    let st = r.status.clone().unwrap_or_default();
+    let chain: Vec<ResolvedPiece> = st
+        .chain
+        .iter()
+        .map(|id| ResolvedPiece {
+            id: id.clone(),
+            sha256: st
+                .pieces
+                .iter()
+                .find(|p| &p.id == id)
+                .map(|p| p.sha256.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
+    let into = r.spec.destination.dataset.as_str();
+    let done = restore_resolved(
+        zfs,
+        credentials,
+        target,
+        (r.spec.source.host.as_str(), r.spec.source.dataset_name()),
+        &chain,
+        into,
+        r.spec.force,
+        progress,
+        |i| {
+            if let Some(p) = chain
+                .get(i)
+                .and_then(|c| pieces.iter_mut().find(|p| p.id == c.id))
+            {
+                p.verified = Some(true);
+            }
+        },
+    )
+    .await?;
+    if r.spec.drill {
+        let restored: Vec<(String, String)> = st
+            .pieces
+            .iter()
+            .map(|p| (p.id.clone(), p.snapshot.clone()))
+            .collect();
+        crate::drill::check_restored(zfs, into, &restored).await?;
     }
-    if let Some(parent) = parent_to_create(into)
+    Ok(done)
+}
+
+/// One piece of a Restore the controller resolved: its id and the sha256 it resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedPiece {
+    pub id: String,
+    pub sha256: String,
+}
+
+/// Restores the chain `pieces` of `host:dataset` from `target`'s bucket into `into`, reading
+/// with this agent's own keys (`credentials`, the `--object-store-credentials` file);
+/// `on_piece` is told the index of each piece applied. With `force`, an existing `into` is
+/// replaced (otherwise refused).
+#[allow(clippy::too_many_arguments)]
+pub async fn restore_resolved(
+    zfs: &Zfs,
+    credentials: Option<&Path>,
+    target: &ObjectStoreTarget,
+    (host, dataset): (&str, &str),
+    pieces: &[ResolvedPiece],
+    into: &str,
+    force: bool,
+    progress: &AtomicU64,
+    on_piece: impl FnMut(usize),
+) -> Result<Restored, RestoreError> {
+    let path = credentials.ok_or_else(|| {
+        RestoreError::Unreachable(format!(
+            "the chain is in bucket {} and this agent has no object-store credentials (--object-store-credentials) to read it with",
+            target.bucket
+        ))
+    })?;
+    let creds =
+        Credentials::from_file(path).map_err(|e| RestoreError::Unreachable(e.to_string()))?;
+    let store = zetaback_objstore::connect(target, &creds)
+        .map_err(|e| RestoreError::Unreachable(e.to_string()))?;
+    let keys = Keys::new(target.prefix.as_deref());
+    let mut located = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        let found = locate(store.as_ref(), &keys, (host, dataset, &p.id), target).await?;
+        if !p.sha256.is_empty() && found.manifest.sha256 != p.sha256 {
+            return Err(RestoreError::PieceMissing {
+                id: p.id.clone(),
+                message: format!(
+                    "the bucket's manifest now says sha256 {}, the chain was resolved with {}: the backup changed since",
+                    found.manifest.sha256, p.sha256
+                ),
+            });
+        }
+        located.push(found);
+    }
+    let into = Into {
+        dataset: into,
+        force,
+    };
+    apply_chain(
+        zfs,
+        store.as_ref(),
+        &keys,
+        &located,
+        &into,
+        progress,
+        on_piece,
+    )
+    .await
+}
+
+/// A piece's manifest and where its stream is.
+struct Located {
+    manifest: Manifest,
+    archived: bool,
+}
+
+/// The destination of a restore.
+struct Into<'a> {
+    dataset: &'a str,
+    /// Replace an existing dataset.
+    force: bool,
+}
+
+/// Reads backup `id`'s manifest from the live area, else from the archive area.
+async fn locate(
+    store: &dyn ObjectStore,
+    keys: &Keys,
+    (host, dataset, id): (&str, &str, &str),
+    target: &ObjectStoreTarget,
+) -> Result<Located, RestoreError> {
+    let sid: StreamId = id.parse()?;
+    for archived in [false, true] {
+        let key = keys.manifest(host, dataset, &sid, archived)?;
+        let body = match store.get(&key).await {
+            Ok(found) => found.bytes().await,
+            Err(e) => Err(e),
+        };
+        match body {
+            Ok(body) => {
+                let manifest = Manifest::from_json(&body)?;
+                if manifest.id != id || manifest.host != host || manifest.dataset != dataset {
+                    return Err(RestoreError::PieceMissing {
+                        id: id.to_owned(),
+                        message: format!("{key} names another backup"),
+                    });
+                }
+                return Ok(Located { manifest, archived });
+            }
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(unreachable(target, &format!("GET {key}"), &e)),
+        }
+    }
+    Err(RestoreError::PieceMissing {
+        id: id.to_owned(),
+        message: format!(
+            "no manifest of it in bucket {}, live or archived",
+            target.bucket
+        ),
+    })
+}
+
+/// A failed request as a readable sentence (the server's S3 error code, not its XML).
+fn unreachable(target: &ObjectStoreTarget, what: &str, e: &object_store::Error) -> RestoreError {
+    RestoreError::Unreachable(format!(
+        "{what} in bucket {}: {}",
+        target.bucket,
+        explain::brief(&e.to_string())
+    ))
+}
+
+/// Applies `pieces` in order into `into` (creating missing parents); destroys a dataset it
+/// created when a piece fails.
+async fn apply_chain(
+    zfs: &Zfs,
+    store: &dyn ObjectStore,
+    keys: &Keys,
+    pieces: &[Located],
+    into: &Into<'_>,
+    progress: &AtomicU64,
+    mut on_piece: impl FnMut(usize),
+) -> Result<Restored, RestoreError> {
+    let existed = zfs.dataset_exists(into.dataset).await?;
+    if existed && !into.force {
+        return Err(RestoreError::Exists(into.dataset.to_owned()));
+    }
+    if let Some(parent) = parent_to_create(into.dataset)
         && !zfs.dataset_exists(parent).await?
     {
         zfs.create_parents(parent).await?;
@@ -58,26 +283,29 @@ pub async fn restore(
     let mut bytes = 0;
     let mut applied = Vec::new();
     for (i, piece) in pieces.iter().enumerate() {
-        let manifest = manifest_of(&cat, host, dataset, &piece.id)?;
+        let manifest = &piece.manifest;
         let receive = ReceiveRequest {
-            target: into.to_owned(),
-            force: i > 0,
+            target: into.dataset.to_owned(),
+            force: i > 0 || existed,
             resumable: false,
             purpose: ReceivePurpose::Restore,
         };
-        let span = info_span!("bucket_piece", backup = %piece.id, n = i + 1, of = pieces.len());
-        let result = apply_piece(zfs, store, keys, manifest, &receive)
+        let span = info_span!("bucket_piece", backup = %manifest.id, n = i + 1, of = pieces.len());
+        let result = apply_piece(zfs, store, keys, piece, &receive, progress)
             .instrument(span)
             .await;
         match result {
             Ok(n) => {
-                zfs.set_inert_properties(into).await?;
-                info!(backup = %piece.id, bytes = n, "piece verified and applied");
+                zfs.set_inert_properties(into.dataset).await?;
+                info!(backup = %manifest.id, bytes = n, "piece verified and applied");
                 bytes += n;
-                applied.push(piece.id.clone());
+                applied.push(manifest.id.clone());
+                on_piece(i);
             }
             Err(e) => {
-                destroy_partial(zfs, into).await;
+                if !existed {
+                    destroy_partial(zfs, into.dataset).await;
+                }
                 return Err(e);
             }
         }
@@ -138,17 +366,19 @@ async fn apply_piece(
     zfs: &Zfs,
     store: &dyn ObjectStore,
     keys: &Keys,
-    manifest: &Manifest,
+    piece: &Located,
     receive: &ReceiveRequest,
+    progress: &AtomicU64,
 ) -> Result<u64, RestoreError> {
+    let manifest = &piece.manifest;
     let sid: StreamId = manifest.id.parse()?;
-    let key = keys.stream(&manifest.host, &manifest.dataset, &sid, false)?;
+    let key = keys.stream(&manifest.host, &manifest.dataset, &sid, piece.archived)?;
     let body = store.get(&key).await.map_err(|e| match e {
         object_store::Error::NotFound { .. } => RestoreError::PieceMissing {
             id: manifest.id.clone(),
             message: format!("object {key} is not in the bucket"),
         },
-        e => RestoreError::Unreachable(format!("GET {key}: {e}")),
+        e => RestoreError::Unreachable(format!("GET {key}: {}", explain::brief(&e.to_string()))),
     })?;
     let mut recv = zfs.receive(receive)?;
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
@@ -162,7 +392,7 @@ async fn apply_piece(
         )),
         Compression::None => Box::pin(raw),
     };
-    let feeder = feed(body.into_stream(), manifest, tx);
+    let feeder = feed(body.into_stream(), manifest, tx, progress);
     let caps = zfs.capabilities().clone();
     let stdin = recv.stdin();
     let writer = async move {
@@ -213,6 +443,7 @@ async fn feed(
     mut body: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
     manifest: &Manifest,
     tx: mpsc::Sender<io::Result<Bytes>>,
+    progress: &AtomicU64,
 ) -> Result<u64, RestoreError> {
     let hasher = BackgroundSha256::spawn(HASH_QUEUE);
     let hasher_gone = |_| RestoreError::Copy("the checksum thread stopped".into());
@@ -232,6 +463,7 @@ async fn feed(
         };
         hasher.update(data.clone()).await.map_err(hasher_gone)?;
         bytes += data.len() as u64;
+        progress.fetch_add(data.len() as u64, Ordering::Relaxed);
         for c in hold.push(data) {
             tx.send(Ok(c)).await.map_err(|_| gone())?;
         }

@@ -513,6 +513,7 @@ async fn restore_runner_reads_only_its_hosts_restores() {
             progress_every: Duration::from_secs(1),
             zstd_window_log_max: zetaback_agent::limits::DEFAULT_ZSTD_WINDOW_LOG_MAX,
             tls: None,
+            object_store_credentials: None,
         },
     );
     assert_eq!(

@@ -600,3 +600,558 @@ async fn bucket_agent_with_a_wrong_key_fails_its_job_with_a_readable_message() {
         "the job's message is not readable: {message}"
     );
 }
+
+/// The destination host's own keys: `s3:GetObject` on `bucket/*/bucket-*-src/*` (and the
+/// archive area's), nothing else: no listing, no writes, no deletes.
+const DESTINATION: (&str, &str) = ("ZBE2EBUCKETDST", "zetaback-e2e-bucket-dst-secret");
+
+/// A client for `prefix` of the e2e bucket signed with `keys`.
+fn client_with(
+    endpoint: &str,
+    prefix: &str,
+    (id, secret): (&str, &str),
+) -> std::sync::Arc<dyn ObjectStore> {
+    let target: zetaback::api::backup_policy::ObjectStoreTarget = serde_json::from_value(
+        object_store(endpoint, BUCKET, prefix, "unused")["objectStore"].clone(),
+    )
+    .expect("target");
+    zetaback_objstore::connect(
+        &target,
+        &Credentials {
+            access_key_id: id.into(),
+            secret_access_key: secret.into(),
+        },
+    )
+    .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_restore_crd_resolved_from_the_bucket_and_read_with_the_destinations_own_key() {
+    use futures::TryStreamExt;
+    use zetaback::api::Restore;
+    use zetaback::api::restore::RestorePhase;
+    use zetaback_e2e::fleet::{create_restore, mounted, restore_finished, restore_reason, sums};
+    use zetaback_objstore::object_store::{ObjectStoreExt, PutPayload};
+
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-restore");
+    let prefix = format!("bucket/{ns}");
+    let dir = std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}"));
+    let src_creds = creds_file(&dir.join("src"), SOURCE);
+    let dst_creds = creds_file(&dir.join("dst"), DESTINATION);
+    let src_arg = format!("--object-store-credentials={}", src_creds.display());
+    let dst_arg = format!("--object-store-credentials={}", dst_creds.display());
+    let mut fleet = Fleet::start(
+        env,
+        &ns,
+        &[
+            HostSpec::source("src").args(&[&src_arg]),
+            HostSpec::source("dst").args(&[&dst_arg]),
+        ],
+    )
+    .await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    fleet.write_file(&dataset, "a.bin", &zetaback_e2e::fleet::noise(7, 300_000));
+    fleet.write_file(&dataset, "b.txt", b"version 1\n");
+    let at_full = sums(&mounted(&dataset));
+    let (src, dst) = (fleet.name("src"), fleet.name("dst"));
+    let pd = fleet.host("dst").pool.clone();
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [src]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+        "compression": "zstd",
+    });
+    spec["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    eventually(
+        "the full in the bucket",
+        Duration::from_secs(120),
+        || async { (in_bucket(&endpoint, &prefix).await.len() == 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fleet.write_file(&dataset, "b.txt", b"version 2\n");
+    fleet.write_file(&dataset, "c.txt", b"added by the incremental\n");
+    let at_incremental = sums(&mounted(&dataset));
+    assert_ne!(at_full, at_incremental);
+    fleet.backup_incremental_now("p", "src", &dataset).await;
+    let stored = eventually(
+        "the incremental in the bucket",
+        Duration::from_secs(120),
+        || async {
+            let b = in_bucket(&endpoint, &prefix).await;
+            (b.len() == 2).then_some(b)
+        },
+    )
+    .await;
+    let ids: Vec<String> = stored.iter().map(|b| b.manifest.id.clone()).collect();
+    println!("in the bucket: {ids:?}");
+
+    // The destination's key reads objects but may not list the bucket nor delete: the
+    // restore below needs nothing more.
+    let dst_client = client_with(&endpoint, &prefix, DESTINATION);
+    let listed: Result<Vec<_>, _> = dst_client
+        .list(Some(&zetaback_objstore::object_store::path::Path::from(
+            prefix.as_str(),
+        )))
+        .try_collect()
+        .await;
+    let refused = listed.expect_err("the destination's key listed the bucket");
+    println!("the destination's key may not list: {refused}");
+    assert!(refused.to_string().contains("AccessDenied"), "{refused}");
+
+    // 1. The newest point, to the destination host, under a parent that does not exist.
+    let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let newest_ds = format!("{pd}/restored/newest");
+    create_restore(
+        &restores,
+        "newest",
+        serde_json::json!({"source": {"host": src, "dataset": dataset},
+            "destination": {"host": dst, "dataset": newest_ds}}),
+    )
+    .await;
+    let r = restore_finished(&restores, "newest", Duration::from_secs(180)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, RestorePhase::Succeeded, "{st:?}");
+    assert_eq!(st.chain, ids, "the whole chain, in order");
+    assert_eq!(st.verified, Some(true));
+    assert!(st.pieces.iter().all(|p| p.verified == Some(true)), "{st:?}");
+    assert_eq!(
+        st.object_store.as_ref().map(|b| b.bucket.as_str()),
+        Some(BUCKET),
+        "the status names the bucket: {st:?}"
+    );
+    assert_eq!(st.bytes_done, st.bytes);
+    assert_eq!(
+        sums(&mounted(&newest_ds)),
+        at_incremental,
+        "newest restore differs"
+    );
+
+    // 2. The full alone, by id.
+    let full_ds = format!("{pd}/restored/full");
+    create_restore(
+        &restores,
+        "full",
+        serde_json::json!({"source": {"host": src, "dataset": dataset, "backup": ids[0]},
+            "destination": {"host": dst, "dataset": full_ds}}),
+    )
+    .await;
+    let r = restore_finished(&restores, "full", Duration::from_secs(180)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, RestorePhase::Succeeded, "{st:?}");
+    assert_eq!(st.chain, ids[..1]);
+    assert_eq!(sums(&mounted(&full_ds)), at_full, "full restore differs");
+
+    // The destination's key cannot delete what it restores from.
+    let first = &stored[0].manifest;
+    let manifest_key = Keys::new(Some(&prefix))
+        .manifest(
+            &first.host,
+            &first.dataset,
+            &first.id.parse().expect("id"),
+            false,
+        )
+        .expect("key");
+    let deleted = dst_client.delete(&manifest_key).await;
+    assert!(
+        deleted
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("AccessDenied")),
+        "the destination's key deleted a manifest: {deleted:?}"
+    );
+
+    // 3. The incremental's object corrupted in the bucket (one byte, same size: only its
+    // sha256 can tell): the restore fails before anything of it is applied, and leaves no
+    // dataset behind.
+    let admin = client_with(&endpoint, &prefix, ADMIN);
+    let inc = &stored[1].manifest;
+    let key = Keys::new(Some(&prefix))
+        .stream(&inc.host, &inc.dataset, &inc.id.parse().expect("id"), false)
+        .expect("key");
+    let mut body = admin
+        .get(&key)
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body")
+        .to_vec();
+    let at = body.len() / 2;
+    body[at] ^= 0x20;
+    admin
+        .put(&key, PutPayload::from(body))
+        .await
+        .expect("PUT the corrupted object");
+    let bad_ds = format!("{pd}/restored/corrupt");
+    create_restore(
+        &restores,
+        "corrupt",
+        serde_json::json!({"source": {"host": src, "dataset": dataset},
+            "destination": {"host": dst, "dataset": bad_ds}}),
+    )
+    .await;
+    let r = restore_finished(&restores, "corrupt", Duration::from_secs(180)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, RestorePhase::Failed, "{st:?}");
+    assert_eq!(restore_reason(&r), "ChecksumMismatch", "{st:?}");
+    assert!(
+        !zetaback_e2e::fleet::dataset_exists(&bad_ds),
+        "{bad_ds} was left behind"
+    );
+
+    fleet.shutdown().await;
+    empty_prefix(&endpoint, &prefix).await;
+}
+
+/// The storage class SeaweedFS reports for `key` (HEAD, signed by curl with the admin key).
+fn storage_class(endpoint: &str, key: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-I",
+            "-H",
+            "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            &format!("{}:{}", ADMIN.0, ADMIN.1),
+            &format!("{endpoint}/{BUCKET}/{}", key.replace('+', "%2B")),
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-amz-storage-class:")
+                .map(|v| v.trim().to_ascii_uppercase())
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_archive_moves_whole_chains_to_the_archive_prefix_and_restores_from_there() {
+    use futures::TryStreamExt;
+    use zetaback::api::Restore;
+    use zetaback::api::restore::RestorePhase;
+    use zetaback_e2e::fleet::{create_restore, mounted, restore_finished, sums};
+
+    // The controller's archive steps in the test's output (shown when it fails).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("zetaback=info,zetaback_objstore=info")
+        .with_test_writer()
+        .try_init();
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-archive");
+    let prefix = format!("bucket/{ns}");
+    let dir = std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}"));
+    let src_arg = format!(
+        "--object-store-credentials={}",
+        creds_file(&dir.join("src"), SOURCE).display()
+    );
+    let dst_arg = format!(
+        "--object-store-credentials={}",
+        creds_file(&dir.join("dst"), DESTINATION).display()
+    );
+    let mut fleet = Fleet::start(
+        env,
+        &ns,
+        &[
+            HostSpec::source("src").args(&[&src_arg]),
+            HostSpec::source("dst").args(&[&dst_arg]),
+        ],
+    )
+    .await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    fleet.write_file(&dataset, "a.txt", b"archived in the bucket\n");
+    let (src, dst) = (fleet.name("src"), fleet.name("dst"));
+    // Backups move to the archive after 20 s, a whole chain at once (an incremental whose
+    // full is archived would be left without its base in the live area).
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [src]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+        "archive": {"after": "20s", "keep": "48h"},
+    });
+    spec["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    spec["target"]["objectStore"]["archiveStorageClass"] = "STANDARD_IA".into();
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    eventually(
+        "the full in the bucket",
+        Duration::from_secs(120),
+        || async { (!in_bucket(&endpoint, &prefix).await.is_empty()).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fleet.write_file(&dataset, "b.txt", b"and an incremental\n");
+    let at_incremental = sums(&mounted(&dataset));
+    fleet.backup_incremental_now("p", "src", &dataset).await;
+    eventually(
+        "the incremental in the bucket",
+        Duration::from_secs(120),
+        || async { (in_bucket(&endpoint, &prefix).await.len() == 2).then_some(()) },
+    )
+    .await;
+    // A second full: the newest backup and the newest full never move, so the first chain
+    // (the full and its incremental) is what goes to the archive.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fleet.write_file(&dataset, "c.txt", b"in the second full\n");
+    let (code, out) = fleet
+        .zb(&[
+            "backup",
+            "p",
+            "--host",
+            &src,
+            "--dataset",
+            &dataset,
+            "--full",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}");
+
+    // The first chain archived (the catalogue lists each once, archived), nothing of it live
+    // left, the second full live. The policy
+    // reconciles by itself only when a backup is due (hours here): it is asked to now and
+    // then, as `kubectl zetaback` does.
+    let policies: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
+    let saw_split = std::sync::atomic::AtomicBool::new(false);
+    let archived = eventually(
+        "the full and the incremental archived",
+        Duration::from_secs(180),
+        || async {
+            let now = jiff::Timestamp::now().to_string();
+            let ask = serde_json::json!({"metadata": {"annotations": {
+                zetaback::api::backup_policy::RECONCILE_NOW_ANNOTATION: now}}});
+            let _ = policies
+                .patch(
+                    "p",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&ask),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let b = in_bucket(&endpoint, &prefix).await;
+            // Never an archived full under a live incremental of it.
+            if b.iter()
+                .any(|x| !x.archived && x.manifest.base_snapshot.is_some())
+                && b.iter()
+                    .any(|x| x.archived && x.manifest.base_snapshot.is_none())
+            {
+                saw_split.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let archived: Vec<_> = b.iter().filter(|x| x.archived).cloned().collect();
+            (b.len() == 3 && archived.len() == 2 && !b[2].archived).then_some(archived)
+        },
+    )
+    .await;
+    assert!(
+        !saw_split.load(std::sync::atomic::Ordering::Relaxed),
+        "an incremental stayed live while its full was archived"
+    );
+    let ids: Vec<String> = archived.iter().map(|b| b.manifest.id.clone()).collect();
+    println!("archived: {ids:?}");
+    let admin = client_with(&endpoint, &prefix, ADMIN);
+    let keys = Keys::new(Some(&prefix));
+    let live_dir = zetaback_objstore::object_store::path::Path::from(
+        keys.dataset_dir(&src, &dataset, false).expect("dir"),
+    );
+    let live: Vec<_> = admin
+        .list(Some(&live_dir))
+        .try_collect()
+        .await
+        .expect("list the live area");
+    let live: Vec<String> = live.iter().map(|o| o.location.to_string()).collect();
+    assert!(
+        live.len() == 2
+            && live
+                .iter()
+                .all(|k| !ids.iter().any(|id| k.contains(id.as_str()))),
+        "the live area holds only the second full and its manifest: {live:?}"
+    );
+    for b in &archived {
+        let id: zetaback::store::StreamId = b.manifest.id.parse().expect("id");
+        let stream = keys
+            .stream(&src, &dataset, &id, true)
+            .expect("key")
+            .to_string();
+        let manifest = keys
+            .manifest(&src, &dataset, &id, true)
+            .expect("key")
+            .to_string();
+        println!(
+            "{stream}: {}; its manifest: {}",
+            storage_class(&endpoint, &stream),
+            storage_class(&endpoint, &manifest)
+        );
+        assert_eq!(storage_class(&endpoint, &stream), "STANDARD_IA");
+        assert_ne!(storage_class(&endpoint, &manifest), "STANDARD_IA");
+    }
+    let st = policies
+        .get("p")
+        .await
+        .expect("policy")
+        .status
+        .unwrap_or_default();
+    let total: u64 = in_bucket(&endpoint, &prefix)
+        .await
+        .iter()
+        .map(|b| b.manifest.bytes)
+        .sum();
+    assert_eq!(st.bytes_stored, Some(total), "{st:?}");
+
+    // A restore from the archive (includeArchive), by the destination's GetObject-only key.
+    let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let into = format!("{}/restored/archived", fleet.host("dst").pool);
+    create_restore(
+        &restores,
+        "from-archive",
+        serde_json::json!({"source": {"host": src, "dataset": dataset, "includeArchive": true,
+                "backup": ids[1]},
+            "destination": {"host": dst, "dataset": into}}),
+    )
+    .await;
+    let r = restore_finished(&restores, "from-archive", Duration::from_secs(180)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, RestorePhase::Succeeded, "{st:?}");
+    assert_eq!(st.chain, ids);
+    assert_eq!(
+        sums(&mounted(&into)),
+        at_incremental,
+        "restore from the archive differs"
+    );
+
+    fleet.shutdown().await;
+    empty_prefix(&endpoint, &prefix).await;
+}
+
+/// A bucket with Object Lock enabled (created once, by curl with the admin key).
+const LOCK_BUCKET: &str = "zetaback-e2e-lock";
+
+/// Signs one request with the admin key (curl's SigV4); (HTTP status, headers and body).
+fn admin_curl(method: &str, url: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "-s",
+        "-i",
+        "-X",
+        method,
+        "-H",
+        "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+    ];
+    let user = format!("{}:{}", ADMIN.0, ADMIN.1);
+    args.extend(["--user", &user]);
+    args.extend(extra);
+    args.push(url);
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_immutable_for_locks_every_object_and_the_admin_key_cannot_delete_it_early() {
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    // The bucket with Object Lock (and so versioning) on; "already owned" is fine.
+    let (status, text) = admin_curl(
+        "PUT",
+        &format!("{endpoint}/{LOCK_BUCKET}"),
+        &["-H", "x-amz-bucket-object-lock-enabled: true"],
+    );
+    assert!(
+        status.contains("200") || text.contains("BucketAlreadyOwnedByYou"),
+        "{text}"
+    );
+    let ns = env.namespace("bucket-lock");
+    let prefix = format!("bucket/{ns}");
+    let creds = creds_file(
+        &std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}")),
+        SOURCE,
+    );
+    let creds_arg = format!("--object-store-credentials={}", creds.display());
+    let mut fleet = Fleet::start(env, &ns, &[HostSpec::source("src").args(&[&creds_arg])]).await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    fleet.write_file(&dataset, "a.txt", b"locked in the bucket\n");
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [fleet.name("src")]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+    });
+    spec["target"] = object_store(&endpoint, LOCK_BUCKET, &prefix, "bucket-s3");
+    spec["target"]["objectStore"]["immutableFor"] = "1h".into();
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    let target: zetaback::api::backup_policy::ObjectStoreTarget = serde_json::from_value(
+        object_store(&endpoint, LOCK_BUCKET, &prefix, "unused")["objectStore"].clone(),
+    )
+    .expect("target");
+    let admin = zetaback_objstore::connect(
+        &target,
+        &Credentials {
+            access_key_id: ADMIN.0.into(),
+            secret_access_key: ADMIN.1.into(),
+        },
+    )
+    .expect("client");
+    let keys = Keys::new(Some(&prefix));
+    let stored = eventually("the locked full", Duration::from_secs(120), || async {
+        let cat = catalogue::read(admin.as_ref(), &keys).await.ok()?;
+        cat.backups.into_iter().next()
+    })
+    .await;
+    let id: zetaback::store::StreamId = stored.manifest.id.parse().expect("id");
+    let until = jiff::Timestamp::from_second(id.ts() + 3600).expect("date");
+    for key in [
+        keys.stream(&stored.manifest.host, &stored.manifest.dataset, &id, false),
+        keys.manifest(&stored.manifest.host, &stored.manifest.dataset, &id, false),
+    ] {
+        let key = key.expect("key").to_string().replace('+', "%2B");
+        let url = format!("{endpoint}/{LOCK_BUCKET}/{key}");
+        let (_, head) = admin_curl("HEAD", &url, &["-I"]);
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            lower.contains("x-amz-object-lock-mode: compliance")
+                && lower.contains(
+                    &format!(
+                        "x-amz-object-lock-retain-until-date: {}",
+                        until.strftime("%Y-%m-%dT%H:%M:%S")
+                    )
+                    .to_ascii_lowercase()
+                ),
+            "{key} is not locked until {until}: {head}"
+        );
+        let version = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("x-amz-version-id:")
+                    .then(|| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
+                    .flatten()
+            })
+            .expect("a version id");
+        // The admin key deletes the locked version: refused by the server.
+        let (status, text) = admin_curl("DELETE", &format!("{url}?versionId={version}"), &[]);
+        println!("DELETE {key}?versionId={version} with the admin key: {status}");
+        assert!(
+            status.contains("403") && text.contains("AccessDenied"),
+            "the locked version was deleted: {text}"
+        );
+    }
+    fleet.shutdown().await;
+}

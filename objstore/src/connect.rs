@@ -53,6 +53,16 @@ pub fn connect(
     target: &ObjectStoreTarget,
     creds: &Credentials,
 ) -> Result<Arc<dyn ObjectStore>, ObjStoreError> {
+    connect_locked(target, creds, None)
+}
+
+/// [`connect`], and every object it writes is locked (S3 Object Lock, COMPLIANCE) until
+/// `lock_until` (seconds since the epoch) when given ([`crate::lock`]).
+pub fn connect_locked(
+    target: &ObjectStoreTarget,
+    creds: &Credentials,
+    lock_until: Option<i64>,
+) -> Result<Arc<dyn ObjectStore>, ObjStoreError> {
     // reqwest is built without a crypto provider of its own: use ring, as the rest of the
     // workspace does (installing twice is harmless: the first one stays).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -62,6 +72,16 @@ pub fn connect(
         .with_access_key_id(&creds.access_key_id)
         .with_secret_access_key(&creds.secret_access_key)
         .with_virtual_hosted_style_request(!target.path_style);
+    if let Some(until) = lock_until {
+        let headers = crate::lock::headers(until).ok_or_else(|| ObjStoreError::Config {
+            bucket: target.bucket.clone(),
+            reason: format!("no lock date for {until}"),
+        })?;
+        // AWS wants a checksum on every request that writes a locked object.
+        b = b
+            .with_client_options(object_store::ClientOptions::new().with_default_headers(headers))
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+    }
     if let Some(endpoint) = &target.endpoint {
         b = b
             .with_endpoint(endpoint.trim_end_matches('/'))

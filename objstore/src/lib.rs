@@ -8,20 +8,24 @@
 //! * [`upload`]: a stream into a multipart upload, hashed as it goes, its manifest written
 //!   only once the stream object is complete (a stream without a manifest is never a backup);
 //! * [`pending`]: incomplete multipart uploads listed and aborted (a killed source's orphans);
+//! * [`archive`]: a backup moved to the archive prefix (copy, manifest last, then the live
+//!   objects deleted), crash-safe and idempotent;
 //! * [`catalogue`]: the catalogue read back from the manifests in the bucket (paginated
 //!   listing), with the same problems a file-store scan reports.
 //!
 //! The S3 client is Apache Arrow's `object_store` crate: SigV4 signing, multipart uploads,
 //! paginated listing and retries, maintained by the Arrow project; no hand-written signing.
 
+pub mod archive;
 pub mod catalogue;
 pub mod connect;
 pub mod explain;
 pub mod keys;
+pub mod lock;
 pub mod pending;
 pub mod upload;
 
-pub use connect::{Credentials, connect};
+pub use connect::{Credentials, connect, connect_locked};
 pub use keys::Keys;
 /// The S3 client crate, for callers that read or delete objects themselves.
 pub use object_store;

@@ -150,9 +150,23 @@ impl<'a> Requests<'a> {
         method: http::Method,
         url: String,
     ) -> Result<String, ObjStoreError> {
-        let mut req: HttpRequest = http::Request::builder()
-            .method(method)
-            .uri(&url)
+        self.send_with(op, key, method, url, &[]).await
+    }
+
+    /// Signs and sends one request with `headers` (signed too); the answer's body.
+    async fn send_with(
+        &self,
+        op: &'static str,
+        key: &str,
+        method: http::Method,
+        url: String,
+        headers: &[(&str, &str)],
+    ) -> Result<String, ObjStoreError> {
+        let mut builder = http::Request::builder().method(method).uri(&url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let mut req: HttpRequest = builder
             .body(Vec::<u8>::new().into())
             .map_err(|e| failed(op, key, e))?;
         AwsAuthorizer::new(&self.credential, "s3", &self.target.region)
@@ -211,6 +225,31 @@ impl<'a> Requests<'a> {
                 _ => return Ok(all),
             }
         }
+    }
+
+    /// Copies object `from` to `to` inside the bucket (CopyObject: server-side, at most 5 GiB),
+    /// into `storage_class` when given (`x-amz-storage-class`, which `object_store`'s copy
+    /// cannot send).
+    pub async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        storage_class: Option<&str>,
+    ) -> Result<(), ObjStoreError> {
+        let url = format!("{}/{}", bucket_url(self.target), encode(to, true));
+        let source = format!("{}/{}", self.target.bucket, encode(from, true));
+        let mut headers = vec![("x-amz-copy-source", source.as_str())];
+        if let Some(class) = storage_class {
+            headers.push(("x-amz-storage-class", class));
+        }
+        let body = self
+            .send_with("CopyObject", to, http::Method::PUT, url, &headers)
+            .await?;
+        // A copy can fail after the 200 was sent: the error is then in the body.
+        if body.contains("<Error>") {
+            return Err(failed("CopyObject", to, Answer { status: 200, body }));
+        }
+        Ok(())
     }
 
     /// Aborts one incomplete upload (its parts are deleted).

@@ -234,10 +234,17 @@ mod tests {
         // controller reads as unsigned (the schema now refuses it; objects stored before stay).
         let bad = serde_json::json!({"phase": "Running", "attempts": -1});
         let good = serde_json::json!({"phase": "Running", "attempts": 1});
-        assert!(job(bad.clone()).0.is_err(), "the bad status must not decode");
+        assert!(
+            job(bad.clone()).0.is_err(),
+            "the bad status must not decode"
+        );
 
         let (reader, mut writer) = store::<BackupJob>();
-        for e in [Event::Init, Event::InitApply(job(good.clone())), Event::InitDone] {
+        for e in [
+            Event::Init,
+            Event::InitApply(job(good.clone())),
+            Event::InitDone,
+        ] {
             writer.apply_watcher_event(&readable(e));
         }
         let key = ObjectRef::new("j-1").within("team");
@@ -246,11 +253,17 @@ mod tests {
         match &gone {
             Event::Delete(j) => {
                 assert_eq!(j.namespace().as_deref(), Some("team"));
-                assert_eq!(j.labels().get("zetaback.io/policy").map(String::as_str), Some("p"));
+                assert_eq!(
+                    j.labels().get("zetaback.io/policy").map(String::as_str),
+                    Some("p")
+                );
             }
             other => panic!("an unreadable job must become a deletion: {other:?}"),
         }
         writer.apply_watcher_event(&gone);
-        assert!(reader.get(&key).is_none(), "an unreadable job leaves the cache");
+        assert!(
+            reader.get(&key).is_none(),
+            "an unreadable job leaves the cache"
+        );
     }
 }

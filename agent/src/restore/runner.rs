@@ -43,6 +43,8 @@ pub struct RestoreRunnerConfig {
     pub zstd_window_log_max: u32,
     /// Mutual TLS to the backup host's agent ([`crate::job::JobSettings::tls`]).
     pub tls: Option<Arc<zetaback_core::peer_tls::PeerTls>>,
+    /// This host's own object-store keys, for restores from a bucket (`status.objectStore`).
+    pub object_store_credentials: Option<std::path::PathBuf>,
 }
 
 /// The field selector of the Restores whose destination is `host`.
@@ -281,9 +283,26 @@ impl RestoreRunner {
             Ok(())
         };
         let guard_passed = guard.is_ok();
-        let result = match guard.and(self.store_endpoint(&st).await) {
+        // Where the chain is: a backup host's endpoint, or (Err) the bucket it is read from.
+        let source = match st.object_store.clone().filter(|_| guard_passed) {
+            Some(bucket) => Ok(Err(bucket)),
+            None => guard.and(self.store_endpoint(&st).await).map(Ok),
+        };
+        let result = match source {
             Err(e) => Err(e),
-            Ok(endpoint) => {
+            Ok(Err(bucket)) => {
+                let creds = self.cfg.object_store_credentials.as_deref();
+                crate::objstore_restore::run_claimed(
+                    &self.zfs,
+                    creds,
+                    &bucket,
+                    &r,
+                    &progress,
+                    &mut pieces,
+                )
+                .await
+            }
+            Ok(Ok(endpoint)) => {
                 let src = Source {
                     endpoint,
                     host: r.spec.source.host.as_str().to_owned(),

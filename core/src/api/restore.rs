@@ -189,6 +189,12 @@ pub struct RestoreStatus {
     /// `zetaback_core::grant`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<String>,
+    /// When the chain is in an object store: the bucket it is read from (the policy's
+    /// `target.objectStore`, copied by the controller). The destination agent reads it with
+    /// its own keys (`--object-store-credentials`, which need `s3:GetObject` on the source's
+    /// prefix); `credentialsSecret` (the controller's keys) is never read by an agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<super::backup_policy::ObjectStoreTarget>,
     /// The agent running the restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_by: Option<String>,

@@ -502,7 +502,7 @@ async fn apply_to_store(
     endpoint: Option<&str>,
 ) {
     if let Some(os) = &policy.spec.target.object_store {
-        // Archiving into an object store's archive prefix is not done yet (issue 17).
+        super::object_store::archive(&ctx.client, ns, os, &plan.archive).await;
         super::object_store::delete_expired(&ctx.client, ns, os, &plan.delete).await;
         return;
     }

@@ -140,7 +140,7 @@ pub fn plan_bulk(
         return Err(Refusal::new(
             reason::NOT_FOUND,
             format!(
-                "no BackupPolicy in this namespace stores backups in files, so no backups of {host} can be found"
+                "no BackupPolicy in this namespace stores backups in files or a bucket, so no backups of {host} can be found"
             ),
         ));
     }

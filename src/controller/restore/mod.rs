@@ -162,11 +162,17 @@ impl Reconciled for Restore {
         let hosts = list_hosts(&ctx).await?;
         let dest = destination_host(&hosts, &obj.spec);
         let ns = obj.namespace().ok_or(Error::MissingMeta("Restore"))?;
+        let mut buckets = super::restore_objstore::Buckets::default();
         let outcome = match check_tenancy(&obj.spec, &hosts, &ns, &ctx.operator_namespace)
             .and_then(|()| check_destination(&obj.spec, dest))
         {
             Err(r) => Err(r),
-            Ok(()) => resolve(&obj.spec, &ask_stores(&ctx, &obj, &hosts).await?),
+            Ok(()) => {
+                let mut answers = ask_stores(&ctx, &obj, &hosts).await?;
+                buckets = super::restore_objstore::Buckets::ask(&ctx.client, &ns).await?;
+                answers.extend(buckets.answers());
+                resolve(&obj.spec, &answers)
+            }
         };
         match &outcome {
             Ok(r) => {
@@ -176,7 +182,7 @@ impl Reconciled for Restore {
             Err(r) => warn!(reason = r.reason, message = %r.message, "restore refused"),
         }
         let current = obj.status.clone().unwrap_or_default();
-        write_outcome(&ctx, &obj, &current, &outcome).await?;
+        write_outcome(&ctx, &obj, &current, &outcome, &buckets).await?;
         Ok(Action::await_change())
     }
 }
@@ -220,10 +226,12 @@ async fn write_outcome(
     obj: &Restore,
     current: &RestoreStatus,
     outcome: &Result<Resolved, Refusal>,
+    buckets: &super::restore_objstore::Buckets,
 ) -> Result<(), Error> {
     let now = Time(jiff::Timestamp::now());
     let secs = now.0.as_second();
     let next = next_status(current, obj.metadata.generation, outcome, now);
+    let next = buckets.mark(outcome, next);
     let next = super::grants::with_grant(obj, current, next, ctx.grants.as_ref(), secs);
     write_if_changed(ctx, obj, current, &next).await
 }
@@ -241,7 +249,7 @@ async fn reconcile_bulk(obj: &Restore, ctx: &Context) -> Result<Action, Error> {
         let dest = destination_host(&hosts, &obj.spec);
         if let Err(refusal) = check_tenancy(&obj.spec, &hosts, &ns, &ctx.operator_namespace) {
             warn!(reason = refusal.reason, message = %refusal.message, "bulk restore refused");
-            write_outcome(ctx, obj, &current, &Err(refusal)).await?;
+            write_outcome(ctx, obj, &current, &Err(refusal), &Default::default()).await?;
             return Ok(Action::await_change());
         }
         let answers = ask_stores(ctx, obj, &hosts).await?;
@@ -253,7 +261,7 @@ async fn reconcile_bulk(obj: &Restore, ctx: &Context) -> Result<Action, Error> {
             }
             Err(refusal) => {
                 warn!(reason = refusal.reason, message = %refusal.message, "bulk restore refused");
-                write_outcome(ctx, obj, &current, &Err(refusal)).await?;
+                write_outcome(ctx, obj, &current, &Err(refusal), &Default::default()).await?;
                 return Ok(Action::await_change());
             }
         }

@@ -81,7 +81,7 @@ pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, 
         return Err(Refusal::new(
             reason::NOT_FOUND,
             format!(
-                "no BackupPolicy in this namespace stores backups in files, so no backups of {what} can be found"
+                "no BackupPolicy in this namespace stores backups in files or a bucket, so no backups of {what} can be found"
             ),
         ));
     }
