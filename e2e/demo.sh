@@ -119,9 +119,17 @@ nodes=$(k get pods -A -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}'
 [ "$nodes" -ge 2 ] || fail "the pods run on $nodes node(s), expected both"
 step "kubectl get zfshosts,backuppolicies -A"
 k get zfshosts,backuppolicies -A
-step "kubectl zetaback summary -A (the store on node 2, read with a catalogue reader's token)"
-zb() { KUBECONFIG=$kubeconfig "$bins/kubectl-zetaback" --reader-service-account "$ns/zetaback-reader" "$@"; }
-zb summary -A || fail "kubectl zetaback summary failed"
+step "kubectl zetaback summary -A (the store on node 2 over mutual TLS's CA, read with a catalogue reader's token)"
+# The stores speak TLS (the chart's default, tls.mode csr): the CLI verifies each one as its
+# ZfsHost's node against the CA the controller publishes in ConfigMap zetaback-ca.
+store_ca=$run/zetaback-ca.crt
+k get configmap -n "$ns" zetaback-ca -o jsonpath='{.data.ca\.crt}' > "$store_ca"
+grep -q 'BEGIN CERTIFICATE' "$store_ca" || fail "ConfigMap $ns/zetaback-ca holds no CA certificate"
+zb() { KUBECONFIG=$kubeconfig "$bins/kubectl-zetaback" --reader-service-account "$ns/zetaback-reader" --store-ca "$store_ca" "$@"; }
+summary=$(zb summary -A 2>&1) || { echo "$summary"; fail "kubectl zetaback summary failed"; }
+echo "$summary"
+# Read from the store itself, not the BackupJob history it falls back to.
+! grep -q 'unreachable' <<<"$summary" || fail "kubectl zetaback summary could not read the store's catalogue"
 step "kubectl zetaback violators -A (monitoring-plugin exit code)"
 violators_rc=0
 zb violators -A || violators_rc=$?
@@ -137,7 +145,7 @@ cat <<TXT
 Everything keeps running: backups continue every 30s. Try:
   export KUBECONFIG=$kubeconfig PATH=$bin:$bins:\$PATH
   kubectl get backuppolicies -A; kubectl get backupjobs -A
-  kubectl zetaback list -A --reader-service-account $ns/zetaback-reader
+  kubectl zetaback list -A --reader-service-account $ns/zetaback-reader --store-ca $run/zetaback-ca.crt
   kubectl logs -n $ns ds/zetaback-agent --prefix --tail=5
   kubectl delete pod -n $ns -l app.kubernetes.io/component=controller   # the DaemonSet and Deployment bring them back
 Stop everything with: e2e/demo.sh down
