@@ -34,7 +34,7 @@ use zetaback_objstore::{Credentials, Keys, explain};
 use crate::checksum::BackgroundSha256;
 use crate::restore::{HOLD_BACK, HoldBack, RestoreError, Restored, chain_pieces, parent_to_create};
 use crate::transfer::CHANNEL_DEPTH;
-use crate::zfs::inert::{self, HeadGate};
+use crate::zfs::inert;
 use crate::zfs::{ReceivePurpose, ReceiveRequest, Zfs};
 
 /// Chunks queued for the checksum thread.
@@ -393,14 +393,7 @@ async fn apply_piece(
         Compression::None => Box::pin(raw),
     };
     let feeder = feed(body.into_stream(), manifest, tx, progress);
-    let caps = zfs.capabilities().clone();
-    let stdin = recv.stdin();
-    let writer = async move {
-        match stdin {
-            Some(stdin) => tokio::io::copy_buf(&mut reader, &mut HeadGate::new(stdin, caps)).await,
-            None => Err(io::Error::other("zfs receive has no stdin")),
-        }
-    };
+    let writer = inert::copy_into_receive(&mut reader, recv.stdin(), zfs.capabilities().clone());
     let (fed, written) = tokio::join!(feeder, writer);
     if let Err(e) = &written
         && let Some(refused) = inert::refusal(e)

@@ -25,7 +25,7 @@ use zetaback_core::wire::routes;
 use crate::checksum::BackgroundSha256;
 use crate::transfer::{self, Endpoint, TransferError};
 use crate::wire::{H_COMPRESSION, H_READER_VERIFIES, H_SHA256};
-use crate::zfs::inert::{self, HeadGate};
+use crate::zfs::inert;
 use crate::zfs::{ReceivePurpose, ReceiveRequest, Zfs};
 
 use super::{RestoreError, Restored};
@@ -293,16 +293,7 @@ pub async fn apply_piece(
         progress,
         tx,
     );
-    let caps = zfs.capabilities().clone();
-    let stdin = recv.stdin();
-    let writer = async move {
-        match stdin {
-            // A stream that carries properties never reaches a receive that cannot
-            // override them (zfs-fuse): see zfs::inert.
-            Some(stdin) => tokio::io::copy_buf(&mut reader, &mut HeadGate::new(stdin, caps)).await,
-            None => Err(io::Error::other("zfs receive has no stdin")),
-        }
-    };
+    let writer = inert::copy_into_receive(&mut reader, recv.stdin(), zfs.capabilities().clone());
     let (fed, written) = tokio::join!(feeder, writer);
     if let Err(e) = &written
         && let Some(refused) = inert::refusal(e)

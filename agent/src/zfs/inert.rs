@@ -204,6 +204,24 @@ enum GateState {
     Open,
 }
 
+/// Copies a decoded stream into a `zfs receive`'s stdin through the [`HeadGate`], so that a
+/// stream carrying properties never reaches a receive that cannot override them (zfs-fuse).
+/// Every restore path (from a backup host, from a bucket) feeds its receive through here.
+pub async fn copy_into_receive<R, W>(
+    reader: &mut R,
+    stdin: Option<W>,
+    caps: Capabilities,
+) -> io::Result<u64>
+where
+    R: tokio::io::AsyncBufRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin,
+{
+    match stdin {
+        Some(stdin) => tokio::io::copy_buf(reader, &mut HeadGate::new(stdin, caps)).await,
+        None => Err(io::Error::other("zfs receive has no stdin")),
+    }
+}
+
 /// A writer in front of `zfs receive`'s stdin that holds the first bytes of a stream back
 /// until [`check_head`] allowed them: a refused stream never reaches `zfs receive`.
 pub struct HeadGate<W> {
