@@ -84,6 +84,32 @@ node_tools_wait() {
   rm -f "$node_tools_log"
 }
 
+# SeaweedFS's `weed` (e2e/scripts/seaweedfs.sh build: a cache hit takes a second, a cold build
+# ~8 minutes of Go compilation) is built in the background, niced, like the VM image: only the
+# object-store tests need it, and they run after the tests that do not (see the test phase).
+weed_start() {
+  weed_log=$(mktemp /tmp/zetaback-weed-build.XXXXXX)
+  weed_rc="$weed_log.rc"
+  rm -f "$weed_rc"
+  # (Its exit code goes to a file: weed_wait runs in the test stream's subshell, which cannot
+  # `wait` for a job of this shell.)
+  { nice -n 10 bash e2e/scripts/seaweedfs.sh build > "$weed_log" 2>&1; echo $? > "$weed_rc"; } &
+}
+weed_wait() {
+  local rc t
+  t=$(date +%s)
+  while [ ! -s "$weed_rc" ]; do sleep 2; done
+  rc=$(cat "$weed_rc")
+  if [ "$rc" -ne 0 ]; then
+    tail -n 40 "$weed_log" >&2
+    echo "== the SeaweedFS build failed (exit $rc)" >&2
+    return 1
+  fi
+  grep -E 'built in' "$weed_log" || true
+  echo "== SeaweedFS ready (waited $(( $(date +%s) - t ))s for it)"
+  rm -f "$weed_log" "$weed_rc"
+}
+
 # `-p PACKAGE --test NAME` for every integration test of tier $1 (e2e/test-tiers.txt).
 tier_targets() {
   awk -v t="$1" '$1 == t { print "-p"; print $2; print "--test"; print $3 }' e2e/test-tiers.txt
@@ -177,6 +203,7 @@ esac
 
 bash e2e/scripts/install-deps.sh
 vm_image_start
+weed_start
 if [ "${CI:-}" = true ]; then
   # A zfs-fuse daemon left running by earlier work (benchmarks, a demo) can be wedged after
   # long use (a `zfs create` that never returns): CI starts from a fresh one.
@@ -184,7 +211,6 @@ if [ "${CI:-}" = true ]; then
 fi
 echo "== upstream binaries (built once, cached under ~/.cache/zetaback/bin)"
 bash e2e/scripts/build-tools.sh
-bash e2e/scripts/seaweedfs.sh build
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
@@ -196,46 +222,73 @@ echo "== local control plane"
 bash e2e/scripts/env.sh up
 echo "== cargo build (the end-to-end tests start the built zetaback-agent binary)"
 cargo build --workspace --bins --locked
-echo "== OpenZFS VM (image built once, cached under ~/.cache/zetaback/vm; fails loudly if it cannot boot)"
-vm_image_wait
-vm_start=$(date +%s)
-bash e2e/scripts/openzfs-vm.sh up
-echo "== OpenZFS VM up in $(( $(date +%s) - vm_start ))s"
 if [ "${CI:-}" = true ]; then
   trap 'bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true; bash e2e/scripts/env.sh down >/dev/null 2>&1 || true; bash e2e/scripts/seaweedfs.sh down >/dev/null 2>&1 || true; bash e2e/scripts/zfs.sh stop >/dev/null 2>&1 || true' EXIT
 fi
 echo "== cargo test (unit, property, real-parts end to end, real OpenZFS)"
-# Every test of every tier, in two cargo test runs at once: the test files in $beside mostly
-# wait (controller periods, verification rounds, Lease expiry), so they run beside the others
-# instead of after them; the run's wall time drops by about theirs. Two test threads each: the
-# machine has two cores and the end-to-end tests share one apiserver. --no-fail-fast: every
-# failing test file shows in one run, not only the first.
+# Every test of every tier, in two streams of cargo test runs at once: the test files in
+# $beside mostly wait (controller periods, verification rounds, Lease expiry), so they run beside
+# the others instead of after them; the run's wall time drops by about theirs. Two test threads
+# each: the machine has two cores and the end-to-end tests share one apiserver. --no-fail-fast:
+# every failing test file shows in one run, not only the first.
+# What needs a slow cold build runs last in its stream: the real-OpenZFS files ($needs_vm) after
+# the VM image is ready, the object-store files ($needs_weed) after SeaweedFS is built. On a warm
+# machine both are ready at once; on a cold one the tests before them overlap the two builds
+# (the image's kernel-module compile, weed's Go compile) instead of waiting for them.
 beside=(verify monitoring controller_kill bucket_faults bucket_flow drills)
-main_targets=() beside_targets=()
+needs_vm=(openzfs_vm)
+needs_weed=(objstore_seaweedfs bucket_restore bucket_faults bucket_flow)
+main_targets=() beside_targets=() vm_targets=() weed_targets=()
 while read -r t package test; do
   # (The cluster tier's files are `test = false`: cluster_tier below runs them on the cluster.)
   case "$t" in ''|'#'*|cluster) continue ;; esac
-  if [[ " ${beside[*]} " == *" $test "* ]]; then
+  if [[ " ${needs_vm[*]} " == *" $test "* ]]; then
+    vm_targets+=(-p "$package" --test "$test")
+  elif [[ " ${needs_weed[*]} " == *" $test "* ]]; then
+    weed_targets+=(-p "$package" --test "$test")
+  elif [[ " ${beside[*]} " == *" $test "* ]]; then
     beside_targets+=(-p "$package" --test "$test")
   else
     main_targets+=(-p "$package" --test "$test")
   fi
 done < e2e/test-tiers.txt
-[ "${#beside_targets[@]}" -eq $(( 4 * ${#beside[@]} )) ] \
-  || { echo "test.sh: not every test of \$beside is in e2e/test-tiers.txt: ${beside[*]}" >&2; exit 1; }
-# Build everything first, so that neither run waits on the other's build.
+for name in "${beside[@]}" "${needs_vm[@]}" "${needs_weed[@]}"; do
+  awk -v n="$name" '$3 == n { found = 1 } END { exit !found }' e2e/test-tiers.txt \
+    || { echo "test.sh: $name (named in \$beside, \$needs_vm or \$needs_weed) is not in e2e/test-tiers.txt" >&2; exit 1; }
+done
+# Build everything first, so that neither stream waits on the other's build.
 cargo test --workspace --locked --no-run
 node_tools_start
+# Stream 2: the waiting files, then the object-store files once weed is built.
+beside_stream() {
+  local rc=0
+  cargo test --locked --no-fail-fast "${beside_targets[@]}" -- --test-threads 2 || rc=1
+  if weed_wait; then
+    cargo test --locked --no-fail-fast "${weed_targets[@]}" -- --test-threads 2 || rc=1
+  else
+    rc=1
+  fi
+  return "$rc"
+}
 beside_log=$(mktemp)
-cargo test --locked --no-fail-fast "${beside_targets[@]}" -- --test-threads 2 >"$beside_log" 2>&1 &
+beside_stream >"$beside_log" 2>&1 &
 beside_pid=$!
+# Stream 1: everything else, then the real-OpenZFS files once the VM image is built and booted.
 main_rc=0
 cargo test --workspace --locked --no-fail-fast --lib --bins "${main_targets[@]}" -- --test-threads 2 \
   || main_rc=$?
 cargo test --workspace --locked --doc || main_rc=1
+echo "== OpenZFS VM (image built once, cached under ~/.cache/zetaback/vm; fails loudly if it cannot boot)"
+vm_image_wait
+vm_start=$(date +%s)
+bash e2e/scripts/openzfs-vm.sh up
+echo "== OpenZFS VM up in $(( $(date +%s) - vm_start ))s"
+echo "== tests on real OpenZFS (${needs_vm[*]})"
+cargo test --locked --no-fail-fast "${vm_targets[@]}" -- --test-threads 2 || main_rc=1
+bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true
 beside_rc=0
 wait "$beside_pid" || beside_rc=$?
-echo "== the tests run beside the others (${beside[*]}):"
+echo "== the tests run beside the others (${beside[*]}; then ${needs_weed[*]}):"
 cat "$beside_log"
 rm -f "$beside_log"
 if [ "$main_rc" -ne 0 ] || [ "$beside_rc" -ne 0 ]; then

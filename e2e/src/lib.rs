@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 pub mod controller;
+pub mod events;
 pub mod fleet;
 pub mod identity;
 pub mod stub_store;

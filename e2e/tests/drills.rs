@@ -301,12 +301,14 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
         "{row}"
     );
     assert_eq!(row["rtoObjectiveSeconds"], 3600, "{row}");
-    let events = env.kubectl(&["get", "events", "-n", &ns, "-o", "json"]);
-    let events = text(&events.stdout);
-    assert!(
-        events.contains("ViolationStarted") && events.contains("DrillFailed"),
-        "no DrillFailed event: {events}"
-    );
+    zetaback_e2e::events::wait_for_event(
+        &env.client().await,
+        &ns,
+        "ViolationStarted",
+        "DrillFailed",
+        Duration::from_secs(60),
+    )
+    .await;
 
     // Drills pointed elsewhere are refused by the agent and change nothing: the source
     // dataset itself (its parent is no scratch root), and an existing dataset under the

@@ -204,12 +204,14 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     );
 
     // An Event told of it, and the metric counts the quarantined backup.
-    let events = env.kubectl(&["get", "events", "-n", &ns, "-o", "json"]);
-    let events = text(&events.stdout);
-    assert!(
-        events.contains("ViolationStarted") && events.contains("Corrupt"),
-        "no Corrupt event: {events}"
-    );
+    zetaback_e2e::events::wait_for_event(
+        &env.client().await,
+        &ns,
+        "ViolationStarted",
+        "Corrupt",
+        Duration::from_secs(60),
+    )
+    .await;
     let port = fleet.controller_port().expect("controller");
     let series = format!(
         "zetaback_controller_quarantined_backups{{namespace=\"{ns}\",policy=\"{POLICY}\"}}"
