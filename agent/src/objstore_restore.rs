@@ -224,7 +224,26 @@ async fn locate(
     for archived in [false, true] {
         let key = keys.manifest(host, dataset, &sid, archived)?;
         let body = match store.get(&key).await {
-            Ok(found) => found.bytes().await,
+            // Read within a size limit: the manifest was written by the source, which may be
+            // another (compromised) node.
+            Ok(found) => match zetaback_objstore::catalogue::read_limited(found, &key).await {
+                Ok(Some(body)) => Ok(body),
+                Ok(None) => {
+                    return Err(RestoreError::PieceMissing {
+                        id: id.to_owned(),
+                        message: format!(
+                            "{key} is larger than {} bytes: not a manifest",
+                            zetaback_objstore::catalogue::MAX_MANIFEST_BYTES
+                        ),
+                    });
+                }
+                Err(e) => {
+                    return Err(RestoreError::Unreachable(format!(
+                        "GET {key} in bucket {}: {e}",
+                        target.bucket
+                    )));
+                }
+            },
             Err(e) => Err(e),
         };
         match body {

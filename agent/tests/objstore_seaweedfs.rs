@@ -385,3 +385,70 @@ async fn a_source_failing_mid_upload_leaves_nothing_and_the_retry_succeeds() {
         admin_store.delete(&k).await.expect("admin deletes");
     }
 }
+
+/// A source may write any object under its own host's prefix, so a compromised node can leave a
+/// manifest of any size there; the controller, the CLI and a restoring agent read every manifest
+/// of a bucket. A manifest larger than the limit is reported as a problem without being read
+/// (before the limit, an 80 MiB manifest — valid JSON padded with spaces — was read whole into
+/// memory and counted as a backup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_manifest_written_by_a_source_is_reported_and_never_read() {
+    let ep = endpoint();
+    let t = target(&ep, BUCKET);
+    let keys = Keys::new(Some(PREFIX));
+    let source = connect(&t, &source_a()).expect("source client");
+    let dataset = format!("oversize{}/data", std::process::id());
+    let created = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_secs(3600))
+        .expect("an hour ago");
+    let id: StreamId = format!("{}.full", created.as_second())
+        .parse()
+        .expect("an id");
+    let stream = b"not really a zfs stream".to_vec();
+    let manifest = zetaback_core::store::Manifest {
+        version: zetaback_core::store::MANIFEST_VERSION,
+        id: id.to_string(),
+        host: HOST.into(),
+        dataset: dataset.clone(),
+        snapshot: "zb-oversize".into(),
+        base_snapshot: None,
+        backup_type: zetaback_core::api::BackupType::Full,
+        bytes: stream.len() as u64,
+        sha256: hex::encode(Sha256::digest(&stream)),
+        compression: zetaback_core::api::backup_policy::Compression::None,
+        created: jiff::Timestamp::from_second(created.as_second()).expect("created"),
+        policy: Some(POLICY.into()),
+    };
+    let mut body = manifest.to_json().expect("manifest json");
+    body.extend(std::iter::repeat_n(b' ', 80 << 20));
+    let stream_key = keys.stream(HOST, &dataset, &id, false).expect("key");
+    let manifest_key = keys.manifest(HOST, &dataset, &id, false).expect("key");
+    source
+        .put(&stream_key, PutPayload::from(stream))
+        .await
+        .expect("the source writes a stream under its prefix");
+    source
+        .put(&manifest_key, PutPayload::from(body))
+        .await
+        .expect("the source writes an 80 MiB manifest under its prefix");
+
+    let admin_store = connect(&t, &admin()).expect("admin client");
+    let cat = catalogue::read(admin_store.as_ref(), &keys)
+        .await
+        .expect("the catalogue is read despite the oversized manifest");
+    assert_eq!(
+        cat.of(HOST, &dataset).count(),
+        0,
+        "the oversized manifest was read and counted as a backup"
+    );
+    assert!(
+        cat.problems
+            .iter()
+            .any(|p| p.contains(manifest_key.as_ref()) && p.contains("larger than")),
+        "no size problem reported: {:?}",
+        cat.problems
+    );
+    for key in [&stream_key, &manifest_key] {
+        admin_store.delete(key).await.expect("clean up");
+    }
+}

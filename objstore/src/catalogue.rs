@@ -26,13 +26,13 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
             continue;
         };
         if p.manifest {
-            manifests.push((p, o.location.clone()));
+            manifests.push((p, o.location.clone(), o.size));
         } else {
             streams.insert(stream_slot(&p), o.size);
         }
     }
     let mut catalogue = Catalogue::default();
-    for (p, location) in manifests {
+    for (p, location, listed_size) in manifests {
         let problem = |why: String| format!("{location}: {why}");
         let Some(&size) = streams.get(&stream_slot(&p)) else {
             catalogue
@@ -40,11 +40,23 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
                 .push(problem("manifest without its stream".into()));
             continue;
         };
+        // A source may write any object under its own prefix: a manifest is read only when it
+        // is small, so a compromised node cannot make every reader of the bucket hold gigabytes.
+        if listed_size > MAX_MANIFEST_BYTES {
+            catalogue.problems.push(problem(too_large(listed_size)));
+            continue;
+        }
         let body = match store.get(&location).await {
-            Ok(found) => found
-                .bytes()
-                .await
-                .map_err(|e| ObjStoreError::request("GET", &location, e))?,
+            Ok(found) => match read_limited(found, &location).await? {
+                Some(body) => body,
+                // Replaced by a larger object after the listing.
+                None => {
+                    catalogue
+                        .problems
+                        .push(problem(too_large(MAX_MANIFEST_BYTES + 1)));
+                    continue;
+                }
+            },
             // Deleted between the listing and this read (retention, running at the same
             // time): no longer a backup, not a reason to fail the whole catalogue.
             Err(object_store::Error::NotFound { .. }) => continue,
@@ -77,6 +89,35 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
             ))
     });
     Ok(catalogue)
+}
+
+/// The largest manifest read (a manifest is a few hundred bytes of JSON).
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+
+fn too_large(bytes: u64) -> String {
+    format!(
+        "manifest of {bytes} bytes is larger than the limit of {MAX_MANIFEST_BYTES} bytes: not read"
+    )
+}
+
+/// The object's bytes, or `None` once they pass [`MAX_MANIFEST_BYTES`] (the rest is not read).
+pub async fn read_limited(
+    found: object_store::GetResult,
+    location: &object_store::path::Path,
+) -> Result<Option<Vec<u8>>, ObjStoreError> {
+    let mut body = Vec::new();
+    let mut chunks = found.into_stream();
+    while let Some(chunk) = chunks
+        .try_next()
+        .await
+        .map_err(|e| ObjStoreError::request("GET", location, e))?
+    {
+        if (body.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 fn stream_slot(p: &ParsedKey) -> (bool, String, String, String) {
