@@ -8,6 +8,12 @@
 //!
 //! And reading only this host's objects: a field selector on a CRD's selectable field
 //! ([`field_selector`]), used when the installed CRD has that field ([`selectable`]).
+//!
+//! And the watch → claim → run loop both runners share ([`watch_and_run`], in `claim/watch.rs`).
+
+mod watch;
+
+pub use watch::{Worker, key, watch_and_run};
 
 use std::fmt::Debug;
 

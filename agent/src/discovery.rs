@@ -11,8 +11,9 @@ use kube::api::{Patch, PatchParams};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info_span, warn};
 use zetaback_core::api::{ZfsHost, ZfsHostStatus};
+use zetaback_core::conditions::status_changed;
 
-use crate::hostinfo::{DatasetMatcher, build_status, comparable};
+use crate::hostinfo::{DatasetMatcher, build_status};
 use crate::zfs::Zfs;
 
 /// Settings of the discovery loop.
@@ -48,7 +49,7 @@ pub fn should_write(
     last_seen_every: Duration,
 ) -> bool {
     let Some(prev) = previous else { return true };
-    if comparable(prev) != comparable(next) {
+    if status_changed(prev, next) {
         return true;
     }
     match &prev.last_seen {

@@ -1,9 +1,11 @@
 //! What the agent reports in its ZfsHost's status, computed from the ZFS inventory (pure).
+//! Its condition goes through the shared [`conditions::set`] (the transition time moves only
+//! when the status flips); whether it changed, [`zetaback_core::conditions::status_changed`].
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use zetaback_core::api::zfs_host::{DatasetStatus, PoolStatus};
-use zetaback_core::api::{DatasetSelector, ZfsHostStatus, condition};
+use zetaback_core::api::{ZfsHostStatus, condition};
+use zetaback_core::conditions::{self, Wanted};
 
 use crate::zfs::{Capabilities, Inventory, PoolUsage};
 
@@ -12,56 +14,8 @@ pub const MAX_LISTED_DATASETS: usize = 2000;
 /// At most this many (the newest) of a dataset's snapshots are listed.
 pub const MAX_LISTED_SNAPSHOTS: usize = 200;
 
-/// Compiled include/exclude patterns.
-#[derive(Debug, Clone)]
-pub struct DatasetMatcher {
-    include: GlobSet,
-    exclude: GlobSet,
-}
-
-fn glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern).literal_separator(true).build()
-}
-
-fn compile(patterns: &[String]) -> Result<GlobSet, globset::Error> {
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        b.add(glob(p)?);
-        // `tank/**` means tank itself too (DatasetSelector's documented meaning).
-        if let Some(prefix) = p.strip_suffix("/**") {
-            b.add(glob(prefix)?);
-        }
-    }
-    b.build()
-}
-
-impl DatasetMatcher {
-    /// From a ZfsHost's (or policy's) selector. Patterns were validated by the schema; a
-    /// pattern that still fails to compile is an error.
-    pub fn new(selector: &DatasetSelector) -> Result<Self, globset::Error> {
-        let inc: Vec<String> = selector.include.iter().map(|p| p.0.clone()).collect();
-        let exc: Vec<String> = selector.exclude.iter().map(|p| p.0.clone()).collect();
-        Ok(Self {
-            include: compile(&inc)?,
-            exclude: compile(&exc)?,
-        })
-    }
-
-    /// Included and not excluded.
-    pub fn matches(&self, dataset: &str) -> bool {
-        self.include.is_match(dataset) && !self.exclude.is_match(dataset)
-    }
-}
-
-/// The status without `lastSeen` and condition times: what decides whether to write.
-pub fn comparable(status: &ZfsHostStatus) -> ZfsHostStatus {
-    let mut s = status.clone();
-    s.last_seen = None;
-    for c in &mut s.conditions {
-        c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
-    }
-    s
-}
+/// Compiled include/exclude patterns: the one dataset rule, shared with the controller.
+pub use zetaback_core::selection::DatasetMatcher;
 
 /// Everything the agent found, as a status.
 #[allow(clippy::too_many_arguments)]
@@ -102,15 +56,20 @@ pub fn build_status(
         .collect();
     let count = datasets.len();
     datasets.truncate(MAX_LISTED_DATASETS);
-    let ready = Condition {
-        type_: condition::AGENT_CONNECTED.into(),
-        status: "True".into(),
-        reason: "AgentReporting".into(),
+    // Only this condition: what an earlier report said of it (its transition time).
+    let previous_ready: Vec<_> = previous
+        .iter()
+        .flat_map(|p| &p.conditions)
+        .filter(|c| c.type_ == condition::AGENT_CONNECTED)
+        .cloned()
+        .collect();
+    let ready = Wanted {
+        type_: condition::AGENT_CONNECTED,
+        status: true,
+        reason: "AgentReporting",
         message: format!("the agent reports {count} datasets"),
         observed_generation: generation,
-        last_transition_time: Time(now),
     };
-    let ready = keep_transition_time(previous, ready);
     ZfsHostStatus {
         observed_generation: generation,
         agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
@@ -129,26 +88,16 @@ pub fn build_status(
         datasets,
         dataset_count: i32::try_from(count).ok(),
         last_seen: Some(Time(now)),
-        conditions: vec![ready],
+        conditions: conditions::set(&previous_ready, &ready, Time(now)),
     }
-}
-
-/// Moves `lastTransitionTime` only on a transition.
-fn keep_transition_time(previous: Option<&ZfsHostStatus>, mut c: Condition) -> Condition {
-    if let Some(old) = previous
-        .and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_))
-        .filter(|o| o.status == c.status)
-    {
-        c.last_transition_time = old.last_transition_time.clone();
-    }
-    c
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::zfs::parse::{DatasetInfo, SnapshotInfo};
-    use zetaback_core::api::DatasetPattern;
+    use zetaback_core::api::{DatasetPattern, DatasetSelector};
+    use zetaback_core::conditions::status_changed;
 
     fn ds(name: &str) -> DatasetInfo {
         DatasetInfo {
@@ -245,7 +194,7 @@ mod tests {
             t2,
         );
         assert_ne!(s1, s2);
-        assert_eq!(comparable(&s1), comparable(&s2));
+        assert!(!status_changed(&s1, &s2));
         assert_eq!(
             s2.conditions[0].last_transition_time,
             s1.conditions[0].last_transition_time

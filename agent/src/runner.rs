@@ -13,18 +13,13 @@
 //! and the apiserver sends no other host's jobs. Against a CRD installed before it had the field (the apiserver refuses the
 //! selector), the runner falls back to watching every job and filtering here, with a warning.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::{Notify, mpsc};
-use tracing::{Instrument, error, info, info_span, warn};
+use tokio::sync::Notify;
+use tracing::{info, info_span, warn};
 use zetaback_core::api::{BackupJob, BackupJobStatus, JobPhase, ZfsHost};
 
 use crate::claim;
@@ -93,10 +88,6 @@ pub fn claimed_status(job: &BackupJob, agent_id: &str, now: jiff::Timestamp) -> 
     s
 }
 
-fn key(job: &BackupJob) -> String {
-    format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
-}
-
 /// The runner.
 pub struct Runner {
     client: Client,
@@ -104,11 +95,6 @@ pub struct Runner {
     cfg: RunnerConfig,
     /// Notified after each job (the ZfsHost status lists our snapshots).
     pub job_finished: Arc<Notify>,
-}
-
-struct Running {
-    jobs: HashSet<String>,
-    datasets: HashSet<String>,
 }
 
 impl Runner {
@@ -300,7 +286,7 @@ impl Runner {
         Ok(())
     }
 
-    /// Watches and runs jobs until the watch fails for good.
+    /// Watches and runs jobs ([`claim::watch_and_run`]) until the watch fails for good.
     pub async fn run(self: Arc<Self>) -> Result<(), RunnerError> {
         // One probe for both the orphan list and the watch.
         let (list, config) = claim::scoped(self.host_selector().await?.as_deref());
@@ -308,31 +294,8 @@ impl Runner {
         if n > 0 {
             info!(failed = n, "failed jobs interrupted by a restart");
         }
-        let api: Api<DeserializeGuard<BackupJob>> = Api::all(self.client.clone());
-        let (reader, writer) = reflector::store();
-        // Every watch event, not just applied objects: the reflector's store takes in the
-        // initial list only at InitDone, so scheduling on the InitApply events alone missed
-        // jobs that existed before the watch started until some later event came.
-        let mut events = watcher(api, config)
-            .default_backoff()
-            .reflect(writer)
-            .boxed();
-        let running = Arc::new(Mutex::new(Running {
-            jobs: HashSet::new(),
-            datasets: HashSet::new(),
-        }));
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
-        loop {
-            tokio::select! {
-                ev = events.next() => match ev {
-                    None => return Err(RunnerError::WatchEnded),
-                    Some(Err(e)) => { warn!(error = %e, "BackupJob watch error"); continue; }
-                    Some(Ok(_)) => {}
-                },
-                Some(()) = done_rx.recv() => {}
-            }
-            self.schedule(&reader, &running, &done_tx).await;
-        }
+        claim::watch_and_run(self.clone(), self.client.clone(), config).await;
+        Err(RunnerError::WatchEnded)
     }
 
     /// The field selector of this host's jobs when the CRD has `spec.host` as a selectable
@@ -342,68 +305,37 @@ impl Runner {
         let fields = host_field_selector(&self.cfg.host_name);
         Ok(crate::claim::selectable::<BackupJob>(&self.client, &fields).await?)
     }
+}
 
-    async fn schedule(
-        self: &Arc<Self>,
-        reader: &Store<DeserializeGuard<BackupJob>>,
-        running: &Arc<Mutex<Running>>,
-        done: &mpsc::UnboundedSender<()>,
-    ) {
-        let mut pending: Vec<BackupJob> = reader
-            .state()
-            .iter()
-            .filter_map(|g| g.0.as_ref().ok().cloned())
-            .filter(|j| is_claimable(j, &self.cfg.host_name))
-            .collect();
-        pending.sort_by_key(|j| {
-            (
-                j.metadata.creation_timestamp.clone().map(|t| t.0),
-                j.name_any(),
-            )
-        });
-        for job in pending {
-            let (k, dataset) = (key(&job), job.spec.dataset.0.clone());
-            {
-                let Ok(r) = running.lock() else { return };
-                if r.jobs.len() >= self.cfg.concurrency.max(1) {
-                    return;
-                }
-                if r.jobs.contains(&k) || r.datasets.contains(&dataset) {
-                    continue;
-                }
-            }
-            let claimed = match self.claim(&job).await {
-                Ok(Some(j)) => j,
-                Ok(None) => continue,
-                Err(e) => {
-                    warn!(job = %k, error = %e, "claiming failed");
-                    continue;
-                }
-            };
-            {
-                let Ok(mut r) = running.lock() else { return };
-                r.jobs.insert(k.clone());
-                r.datasets.insert(dataset.clone());
-            }
-            let span = info_span!("backup_job", job = %k, dataset = %dataset, r#type = ?claimed.spec.backup_type, snapshot = %claimed.spec.snapshot);
-            let this = self.clone();
-            let running = running.clone();
-            let done = done.clone();
-            tokio::spawn(
-                async move {
-                    info!("claimed");
-                    if let Err(e) = this.execute(claimed).await {
-                        error!(error = %e, "could not record the job's outcome");
-                    }
-                    if let Ok(mut r) = running.lock() {
-                        r.jobs.remove(&k);
-                        r.datasets.remove(&dataset);
-                    }
-                    let _ = done.send(());
-                }
-                .instrument(span),
-            );
-        }
+/// The BackupJobs as the shared claim loop drives them: at most `concurrency` at once, one per
+/// dataset.
+impl claim::Worker for Runner {
+    type Object = BackupJob;
+    type Error = RunnerError;
+    const KIND: &'static str = "BackupJob";
+
+    fn capacity(&self) -> usize {
+        self.cfg.concurrency
+    }
+
+    fn claimable(&self, job: &BackupJob) -> bool {
+        is_claimable(job, &self.cfg.host_name)
+    }
+
+    fn lock(&self, job: &BackupJob) -> String {
+        job.spec.dataset.0.clone()
+    }
+
+    async fn try_claim(&self, job: &BackupJob) -> Result<Option<BackupJob>, RunnerError> {
+        self.claim(job).await
+    }
+
+    fn span(&self, job: &BackupJob) -> tracing::Span {
+        info_span!("backup_job", job = %claim::key(job), dataset = %job.spec.dataset.0, r#type = ?job.spec.backup_type, snapshot = %job.spec.snapshot)
+    }
+
+    async fn run_claimed(self: Arc<Self>, job: BackupJob) -> Result<(), RunnerError> {
+        self.execute(job).await
     }
 }
 

@@ -1,6 +1,6 @@
-//! Which hosts and datasets a policy covers: host names or a label selector, dataset
-//! include/exclude globs and backup classes. Pure functions, shared by the controller and the
-//! agents.
+//! Which hosts and datasets a policy covers: host names or a label selector ([`hosts`]), dataset
+//! include/exclude globs and backup classes. Pure functions, shared by the controller, the CLI
+//! and the agents.
 //!
 //! Classes ([`PolicyMatcher`]): a dataset's class is its `zetaback.io:class` user property
 //! (Zetaback's `com.omniti.labs.zetaback:class`), reported by the agent. A policy with
@@ -11,6 +11,8 @@
 //! components; a pattern ending in `/**` also matches the dataset it starts from (`tank/**`
 //! covers `tank`, as a person reading it expects).
 
+pub mod hosts;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
@@ -18,6 +20,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::backup_policy::PolicyDatasets;
 use crate::api::common::{DatasetPattern, DatasetSelector};
+
+pub use hosts::{HostLabels, covered_host_names, covers_host};
 
 /// A pattern that cannot be compiled (the schema makes this unlikely).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,6 +14,10 @@ pub mod cache;
 pub mod conditional;
 pub mod config;
 pub mod error;
+/// The workspace's one error-chain formatter, core's `error_chain.rs` compiled into this crate
+/// as well: the proxy stays free of the core crate (its Kubernetes API types).
+#[path = "../../core/src/error_chain.rs"]
+pub(crate) mod error_chain;
 pub mod forwarding;
 pub mod handler;
 pub mod health;

@@ -110,16 +110,9 @@ pub async fn send(
         }
         Ok(Err(e)) => {
             backend.counters.connect_errors.inc();
-            let mut message = e.to_string();
-            let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-            while let Some(s) = src {
-                message.push_str(": ");
-                message.push_str(&s.to_string());
-                src = s.source();
-            }
             Err(UpstreamError::Connect {
                 backend: backend.name.to_string(),
-                message,
+                message: crate::error_chain::format(&e),
             })
         }
         Ok(Ok(resp)) => Ok(resp),

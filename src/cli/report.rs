@@ -13,7 +13,7 @@ use super::table::{self, Table};
 use crate::api::condition::{COMPLIANT, READY};
 use crate::api::{BackupJob, BackupPolicy, BackupType, JobPhase, ZfsHost};
 use crate::policy::{self, PolicyRules};
-use crate::selection::{DatasetMatcher, PolicyMatcher, labels_match};
+use crate::selection::{self, DatasetMatcher, HostLabels, PolicyMatcher};
 use crate::store::{self, Layout};
 
 /// Where a row's knowledge comes from.
@@ -55,17 +55,17 @@ fn kind_name(t: BackupType) -> &'static str {
     }
 }
 
-/// The ZfsHost names a policy covers: its names, or the hosts its selector matches.
+/// The ZfsHost names a policy covers, each once: its names, or the hosts its selector matches
+/// (the controller's rule, [`selection::covered_host_names`]).
 pub fn selected_hosts(policy: &BackupPolicy, hosts: &[ZfsHost]) -> Vec<String> {
-    match (&policy.spec.hosts.names, &policy.spec.hosts.selector) {
-        (Some(names), _) => names.iter().map(|n| n.0.clone()).collect(),
-        (None, Some(sel)) => hosts
-            .iter()
-            .filter(|h| labels_match(sel, h.labels()))
-            .map(ResourceExt::name_any)
-            .collect(),
-        (None, None) => Vec::new(),
-    }
+    let names: Vec<String> = hosts.iter().map(ResourceExt::name_any).collect();
+    selection::covered_host_names(
+        &policy.spec.hosts,
+        hosts.iter().zip(&names).map(|(h, name)| HostLabels {
+            name,
+            labels: h.labels(),
+        }),
+    )
 }
 
 /// The datasets a policy covers now, as the controller sees them: on its hosts' status,
@@ -673,5 +673,7 @@ pub fn render_violators(health: &[PolicyHealth], gone: &[Disappeared], now: Time
     out
 }
 
+#[cfg(test)]
+mod selection_tests;
 #[cfg(test)]
 mod tests;

@@ -2,19 +2,15 @@
 //! through [`super::apply`] in a tracing span, reports progress and records the outcome
 //! ([`outcome_patch`]); at start-up, fails the Restores this agent left Running.
 
-use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ListParams, PatchParams};
-use kube::core::DeserializeGuard;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
-use tokio::sync::{mpsc, watch};
-use tracing::{Instrument, error, info, info_span, warn};
+use tokio::sync::watch;
+use tracing::{info, info_span, warn};
 use zetaback_core::api::condition::READY;
 use zetaback_core::api::restore::{RestorePhase, RestorePiece};
 use zetaback_core::api::{Restore, RestoreStatus, ZfsHost};
@@ -127,10 +123,6 @@ pub struct RestoreRunner {
     client: kube::Client,
     zfs: Zfs,
     cfg: RestoreRunnerConfig,
-}
-
-fn key(r: &Restore) -> String {
-    format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any())
 }
 
 impl RestoreRunner {
@@ -381,7 +373,7 @@ impl RestoreRunner {
         Ok(())
     }
 
-    /// Watches and runs restores until the watch ends.
+    /// Watches and runs restores ([`crate::claim::watch_and_run`]) until the watch ends.
     pub async fn run(self: Arc<Self>) -> Result<(), RestoreError> {
         // One probe for both the orphan list and the watch.
         let (list, config) = crate::claim::scoped(self.host_selector().await?.as_deref());
@@ -389,68 +381,41 @@ impl RestoreRunner {
         if n > 0 {
             info!(failed = n, "failed restores interrupted by a restart");
         }
-        let api: Api<DeserializeGuard<Restore>> = Api::all(self.client.clone());
-        let (reader, writer) = reflector::store();
-        // Every watch event, not just applied objects: the reflector's store takes in the
-        // initial list only at InitDone, so scheduling on the InitApply events alone missed
-        // jobs that existed before the watch started until some later event came.
-        let mut events = watcher(api, config)
-            .default_backoff()
-            .reflect(writer)
-            .boxed();
-        // Destination datasets being restored: one restore per dataset at a time.
-        let running: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
-        loop {
-            tokio::select! {
-                ev = events.next() => match ev {
-                    None => return Ok(()),
-                    Some(Err(e)) => { warn!(error = %e, "Restore watch error"); continue; }
-                    Some(Ok(_)) => {}
-                },
-                Some(()) = done_rx.recv() => {}
-            }
-            let mut pending: Vec<Restore> = reader
-                .state()
-                .iter()
-                .filter_map(|g| g.0.as_ref().ok().cloned())
-                .filter(|r| is_claimable(r, &self.cfg.host_name))
-                .collect();
-            pending.sort_by_key(|r| (r.metadata.creation_timestamp.clone().map(|t| t.0), key(r)));
-            for r in pending {
-                let dest = r.spec.destination.dataset.as_str().to_owned();
-                if running.lock().map(|s| s.contains(&dest)).unwrap_or(true) {
-                    continue;
-                }
-                let claimed = match self.claim(&r).await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        warn!(restore = %key(&r), error = %e, "claiming failed");
-                        continue;
-                    }
-                };
-                if let Ok(mut s) = running.lock() {
-                    s.insert(dest.clone());
-                }
-                let span = info_span!("restore", restore = %key(&r),
-                    source = %format!("{}:{}", r.spec.source.host.as_str(), r.spec.source.dataset_name()),
-                    destination = %dest);
-                let (this, running, done) = (self.clone(), running.clone(), done_tx.clone());
-                tokio::spawn(
-                    async move {
-                        info!("claimed");
-                        if let Err(e) = this.execute(claimed).await {
-                            error!(error = %e, "could not record the restore's outcome");
-                        }
-                        if let Ok(mut s) = running.lock() {
-                            s.remove(&dest);
-                        }
-                        let _ = done.send(());
-                    }
-                    .instrument(span),
-                );
-            }
-        }
+        crate::claim::watch_and_run(self.clone(), self.client.clone(), config).await;
+        Ok(())
+    }
+}
+
+/// The Restores as the shared claim loop drives them: one per destination dataset at a time,
+/// no other limit.
+impl crate::claim::Worker for RestoreRunner {
+    type Object = Restore;
+    type Error = RestoreError;
+    const KIND: &'static str = "Restore";
+
+    fn capacity(&self) -> usize {
+        usize::MAX
+    }
+
+    fn claimable(&self, r: &Restore) -> bool {
+        is_claimable(r, &self.cfg.host_name)
+    }
+
+    fn lock(&self, r: &Restore) -> String {
+        r.spec.destination.dataset.as_str().to_owned()
+    }
+
+    async fn try_claim(&self, r: &Restore) -> Result<Option<Restore>, RestoreError> {
+        self.claim(r).await
+    }
+
+    fn span(&self, r: &Restore) -> tracing::Span {
+        info_span!("restore", restore = %crate::claim::key(r),
+            source = %format!("{}:{}", r.spec.source.host.as_str(), r.spec.source.dataset_name()),
+            destination = %r.spec.destination.dataset.as_str())
+    }
+
+    async fn run_claimed(self: Arc<Self>, r: Restore) -> Result<(), RestoreError> {
+        self.execute(r).await
     }
 }

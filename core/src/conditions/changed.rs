@@ -4,7 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::same;
-use crate::api::{BackupPolicyStatus, FallbackRouteStatus, RestoreStatus};
+use crate::api::{BackupPolicyStatus, FallbackRouteStatus, RestoreStatus, ZfsHostStatus};
 
 /// A status with standard conditions, as [`status_changed`] compares it.
 pub trait WithConditions: Clone + PartialEq {
@@ -35,6 +35,16 @@ impl WithConditions for BackupPolicyStatus {
 impl WithConditions for FallbackRouteStatus {
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.conditions
+    }
+}
+
+impl WithConditions for ZfsHostStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+    /// `lastSeen`: the agent refreshes it on its own period, not as a change.
+    fn copy_times_from(&mut self, from: &Self) {
+        self.last_seen.clone_from(&from.last_seen);
     }
 }
 
@@ -125,5 +135,23 @@ mod tests {
             ..ended(100, 1)
         };
         assert!(!status_changed(&ended(100, 1), &unfinished));
+    }
+
+    #[test]
+    fn a_host_seen_again_is_no_change_but_a_new_dataset_count_is() {
+        let seen = |at: i64, datasets: i32| {
+            stamped(
+                ZfsHostStatus {
+                    last_seen: Some(t(at)),
+                    dataset_count: Some(datasets),
+                    ..ZfsHostStatus::default()
+                },
+                "reporting",
+                at,
+            )
+        };
+        assert!(!status_changed(&seen(100, 2), &seen(200, 2)));
+        assert!(status_changed(&seen(100, 2), &seen(200, 3)));
+        assert!(status_changed(&ZfsHostStatus::default(), &seen(100, 2)));
     }
 }

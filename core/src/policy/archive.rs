@@ -88,76 +88,93 @@ mod tests {
         s.iter().map(|&i| c.records()[i].id.clone()).collect()
     }
 
+    /// One row of [`table`]: a dataset's backups, which of them their keep rule retains, when,
+    /// and which backups must stay live and which move to the archive.
+    struct Case {
+        records: Vec<crate::policy::BackupRecord>,
+        /// The ids the keep rule of their kind retains.
+        kept: Vec<&'static str>,
+        /// Now, in days.
+        now_days: i64,
+        stay: Vec<&'static str>,
+        moving: Vec<&'static str>,
+    }
+
     #[test]
     fn table() {
-        // (records, kind_kept by id, protected ids, now in days, want stay, want moving)
-        type Case = (
-            Vec<crate::policy::BackupRecord>,
-            Vec<&'static str>,
-            i64,
-            Vec<&'static str>,
-            Vec<&'static str>,
-        );
-        let cases: Vec<Case> = vec![
+        let cases = [
             // Nothing old: kept ones stay, the rest is neither (deleted later).
-            (
-                vec![full("f", 0), inc("i", D, "f"), full("g", 2 * D)],
-                vec!["g"],
-                5,
-                vec!["g"],
-                vec![],
-            ),
+            Case {
+                records: vec![full("f", 0), inc("i", D, "f"), full("g", 2 * D)],
+                kept: vec!["g"],
+                now_days: 5,
+                stay: vec!["g"],
+                moving: vec![],
+            },
             // Old group f+i moves whether or not its keep retained it.
-            (
-                vec![full("f", 0), inc("i", D, "f"), full("g", 40 * D)],
-                vec!["g"],
-                41,
-                vec!["g"],
-                vec!["f", "i"],
-            ),
+            Case {
+                records: vec![full("f", 0), inc("i", D, "f"), full("g", 40 * D)],
+                kept: vec!["g"],
+                now_days: 41,
+                stay: vec!["g"],
+                moving: vec!["f", "i"],
+            },
             // A young kept incremental pins its old full live.
-            (
-                vec![full("f", 0), inc("i", 35 * D, "f"), full("g", 36 * D)],
-                vec!["i", "g"],
-                40,
-                vec!["f", "i", "g"],
-                vec![],
-            ),
+            Case {
+                records: vec![full("f", 0), inc("i", 35 * D, "f"), full("g", 36 * D)],
+                kept: vec!["i", "g"],
+                now_days: 40,
+                stay: vec!["f", "i", "g"],
+                moving: vec![],
+            },
             // An old incremental on a pinned full stays live too.
-            (
-                vec![
+            Case {
+                records: vec![
                     full("f", 0),
                     inc("a", D, "f"),
                     inc("b", 35 * D, "f"),
                     full("g", 36 * D),
                 ],
-                vec!["b", "g"],
-                40,
-                vec!["f", "a", "b", "g"],
-                vec![],
-            ),
+                kept: vec!["b", "g"],
+                now_days: 40,
+                stay: vec!["f", "a", "b", "g"],
+                moving: vec![],
+            },
             // Dangling base: the orphan may move.
-            (
-                vec![inc("o", 0, "lost"), full("g", 36 * D)],
-                vec!["g"],
-                40,
-                vec!["g"],
-                vec!["o"],
-            ),
+            Case {
+                records: vec![inc("o", 0, "lost"), full("g", 36 * D)],
+                kept: vec!["g"],
+                now_days: 40,
+                stay: vec!["g"],
+                moving: vec!["o"],
+            },
         ];
-        for (records, kept_ids, now, want_stay, want_moving) in cases {
+        for Case {
+            records,
+            kept,
+            now_days,
+            stay,
+            moving,
+        } in cases
+        {
             let c = cat(records);
             let kind_kept: Vec<bool> = c
                 .records()
                 .iter()
-                .map(|r| kept_ids.contains(&r.id.as_str()))
+                .map(|r| kept.contains(&r.id.as_str()))
                 .collect();
             let n = c.len();
             let protected = vec![n - 1];
-            let s = partition(&c, Some(&rules(30)), ts(now * D), &kind_kept, &protected);
-            assert_eq!(names(&c, &s.stay), want_stay, "stay");
-            assert_eq!(names(&c, &s.moving), want_moving, "moving");
-            let none = partition(&c, None, ts(now * D), &kind_kept, &protected);
+            let s = partition(
+                &c,
+                Some(&rules(30)),
+                ts(now_days * D),
+                &kind_kept,
+                &protected,
+            );
+            assert_eq!(names(&c, &s.stay), stay, "stay");
+            assert_eq!(names(&c, &s.moving), moving, "moving");
+            let none = partition(&c, None, ts(now_days * D), &kind_kept, &protected);
             assert!(none.moving.is_empty());
         }
     }

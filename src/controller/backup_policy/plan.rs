@@ -32,7 +32,7 @@ use crate::api::{
     BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupType, JobPhase, ZfsHost,
 };
 use crate::policy::{self, DatasetState, HostState, JobState, PolicyRules};
-use crate::selection::{PolicyMatcher, labels_match};
+use crate::selection::{self, HostLabels, PolicyMatcher};
 use crate::wire::VerifyRequest;
 
 /// Everything [`plan`] looks at.
@@ -251,13 +251,10 @@ pub fn job_name(
     )
 }
 
-/// Whether the policy covers this host (by name or label selector).
+/// Whether the policy covers this host (by name or label selector): the one rule in
+/// [`selection::covers_host`], the CLI's reports apply it too.
 pub fn selects_host(policy: &BackupPolicy, host: &ZfsHost) -> bool {
-    match (&policy.spec.hosts.names, &policy.spec.hosts.selector) {
-        (Some(names), _) => names.iter().any(|n| n.as_str() == host.name_any()),
-        (None, Some(sel)) => labels_match(sel, host.labels()),
-        (None, None) => false,
-    }
+    selection::covers_host(&policy.spec.hosts, &host.name_any(), host.labels())
 }
 
 /// A due backup of one dataset, waiting for the caps.
@@ -387,11 +384,19 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<Plan, crate::selection::PatternError>
             .push(j);
     }
 
-    // A named host with no ZfsHost: nothing is known of its datasets.
-    for name in policy.spec.hosts.names.iter().flatten() {
-        if !hosts.iter().any(|h| h.name_any() == name.as_str()) {
+    // A covered (named) host with no ZfsHost: nothing is known of its datasets.
+    let known: Vec<String> = hosts.iter().map(|h| h.name_any()).collect();
+    let covered = selection::covered_host_names(
+        &policy.spec.hosts,
+        hosts.iter().zip(&known).map(|(h, name)| HostLabels {
+            name,
+            labels: h.labels(),
+        }),
+    );
+    for name in &covered {
+        if !known.contains(name) {
             tally.host_level(
-                name.as_str(),
+                name,
                 policy::HostReport::Missing,
                 inputs.now,
                 inputs.host_stale_after,
@@ -942,18 +947,29 @@ pub(super) fn new_job(
     job
 }
 
+/// The policy's conditions: Ready (the store was read), Compliant (no violator) and, when
+/// datasets are shared with another policy or were, Overlapping.
 pub(super) fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wanted<'static>> {
     let generation = policy.meta().generation;
-    let mut out = Vec::new();
+    let mut out = vec![
+        ready_condition(plan, generation),
+        compliant_condition(plan, generation),
+    ];
+    out.extend(overlapping_condition(plan, policy, generation));
+    out
+}
+
+/// Ready: whether the store's catalogue could be read.
+fn ready_condition(plan: &Plan, generation: Option<i64>) -> Wanted<'static> {
     match &plan.store_problem {
-        Some(problem) => out.push(Wanted {
+        Some(problem) => Wanted {
             type_: READY,
             status: false,
             reason: "StoreUnreachable",
             message: problem.clone(),
             observed_generation: generation,
-        }),
-        None => out.push(Wanted {
+        },
+        None => Wanted {
             type_: READY,
             status: true,
             reason: "Reconciled",
@@ -962,8 +978,12 @@ pub(super) fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wante
                 plan.status.hosts, plan.status.datasets
             ),
             observed_generation: generation,
-        }),
+        },
     }
+}
+
+/// Compliant: no violator, the store read, and something selected.
+fn compliant_condition(plan: &Plan, generation: Option<i64>) -> Wanted<'static> {
     let v = plan.status.violators;
     // Hosts nothing is known of (their violation names no dataset).
     let mut silent: Vec<&str> = plan
@@ -1010,7 +1030,7 @@ pub(super) fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wante
     if let Some(problem) = &plan.store_problem {
         message = format!("compliance is unknown: {problem}");
     }
-    out.push(Wanted {
+    Wanted {
         type_: COMPLIANT,
         status: v == 0 && plan.store_problem.is_none() && !nothing_selected,
         reason: match (v, datasets) {
@@ -1023,8 +1043,16 @@ pub(super) fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wante
         },
         message,
         observed_generation: generation,
-    });
-    // Shared datasets are reported (and the condition cleared once none is left).
+    }
+}
+
+/// Overlapping: shared datasets are reported (and the condition cleared once none is left);
+/// `None` when none is shared and none was.
+fn overlapping_condition(
+    plan: &Plan,
+    policy: &BackupPolicy,
+    generation: Option<i64>,
+) -> Option<Wanted<'static>> {
     let had = policy
         .status
         .as_ref()
@@ -1035,7 +1063,7 @@ pub(super) fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wante
             .iter()
             .map(|(h, d, others)| format!("{h}:{d} (also {})", others.join(", ")))
             .collect();
-        out.push(Wanted {
+        return Some(Wanted {
             type_: OVERLAPPING,
             status: !shared.is_empty(),
             reason: if shared.is_empty() {
@@ -1054,5 +1082,5 @@ pub(super) fn wanted_conditions(plan: &Plan, policy: &BackupPolicy) -> Vec<Wante
             observed_generation: generation,
         });
     }
-    out
+    None
 }

@@ -244,8 +244,37 @@ pub fn deployment(
     cache_max_size: u64,
 ) -> Deployment {
     let name = proxy_name(owner.route);
+    let pod = proxy_pod(proxy_container(spec, cache_max_size), &name);
+    Deployment {
+        metadata: owner.meta(name),
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(owner.route)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(owner.route)),
+                    annotations: Some(BTreeMap::from([(
+                        HASH_ANNOTATION.to_owned(),
+                        hash.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// The proxy's container: its image and config argument, ports, probes, a memory limit sized
+/// to the cache, and no privileges.
+fn proxy_container(spec: &FallbackRouteSpec, cache_max_size: u64) -> Container {
     let memory = memory_limit(cache_max_size);
-    let container = Container {
+    Container {
         name: CONTAINER.to_owned(),
         image: Some(
             spec.image
@@ -305,13 +334,18 @@ pub fn deployment(
             ..SecurityContext::default()
         }),
         ..Container::default()
-    };
-    let pod = PodSpec {
+    }
+}
+
+/// The pod around `container`: the ConfigMap `config_map` mounted read-only, no service
+/// account token, non-root under the RuntimeDefault seccomp profile.
+fn proxy_pod(container: Container, config_map: &str) -> PodSpec {
+    PodSpec {
         containers: vec![container],
         volumes: Some(vec![Volume {
             name: "config".to_owned(),
             config_map: Some(ConfigMapVolumeSource {
-                name: name.clone(),
+                name: config_map.to_owned(),
                 items: Some(vec![KeyToPath {
                     key: CONFIG_KEY.to_owned(),
                     path: CONFIG_KEY.to_owned(),
@@ -335,29 +369,6 @@ pub fn deployment(
         // The proxy drains connections for up to 30 s on SIGTERM.
         termination_grace_period_seconds: Some(40),
         ..PodSpec::default()
-    };
-    Deployment {
-        metadata: owner.meta(name),
-        spec: DeploymentSpec {
-            replicas: Some(spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(owner.route)),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(owner.route)),
-                    annotations: Some(BTreeMap::from([(
-                        HASH_ANNOTATION.to_owned(),
-                        hash.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod),
-            },
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
     }
 }
 
