@@ -485,11 +485,8 @@ pub async fn apply_chain(
                 on_piece(i, &sha);
             }
             Err(e) => {
-                if !existed && i > 0 {
-                    warn!(dataset = %req.into, "destroying the partly restored dataset");
-                    if let Err(d) = zfs.destroy_restored(&req.into).await {
-                        warn!(error = %d, "could not destroy the partly restored dataset");
-                    }
+                if !existed {
+                    discard_partial(zfs, &req.into).await;
                 }
                 return Err(e);
             }
@@ -499,6 +496,42 @@ pub async fn apply_chain(
         chain: applied,
         bytes,
     })
+}
+
+/// How long a failed restore keeps trying to remove the dataset it created.
+const DISCARD_WITHIN: Duration = Duration::from_secs(30);
+
+/// Removes the dataset a failed restore created (it did not exist before), before the failure
+/// is reported. After a later piece failed it holds the earlier pieces; after the first piece's
+/// receive was killed, ZFS discards it on its own, but zfs-fuse does so in its daemon after the
+/// killed client is gone, so a status written at once could name a failed restore whose
+/// dataset still existed. Retried while the dataset is busy (the daemon's own clean-up).
+async fn discard_partial(zfs: &Zfs, dataset: &str) {
+    let deadline = tokio::time::Instant::now() + DISCARD_WITHIN;
+    loop {
+        match zfs.dataset_exists(dataset).await {
+            Ok(false) => return,
+            Ok(true) => {
+                warn!(%dataset, "destroying the partly restored dataset");
+                match zfs.destroy_restored(dataset).await {
+                    Ok(()) => return,
+                    Err(d) if tokio::time::Instant::now() >= deadline => {
+                        warn!(error = %d, %dataset, "could not destroy the partly restored dataset");
+                        return;
+                    }
+                    Err(d) => {
+                        warn!(error = %d, %dataset, "destroying the partly restored dataset failed; retrying")
+                    }
+                }
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                warn!(error = %e, %dataset, "could not tell whether the partly restored dataset is gone");
+                return;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The pieces that restore backup `id` of `host:dataset`, in order, live and archived
