@@ -178,7 +178,18 @@ pub async fn reconcile_route(
         Ok(found) => found,
         Err(e) if e.is_forbidden() => {
             warn!(error = %e, "the controller may not render routes in this namespace");
-            let why = forbidden_message(&namespace, &e.to_string());
+            let refused = match &e {
+                Error::Read {
+                    source: kube::Error::Api(s),
+                    ..
+                }
+                | Error::Write {
+                    source: kube::Error::Api(s),
+                    ..
+                } => s.message.clone(),
+                other => other.to_string(),
+            };
+            let why = forbidden_message(&namespace, &refused);
             (Vec::new(), Rendered::Forbidden(why), None)
         }
         Err(e) => return Err(e),
