@@ -67,6 +67,7 @@ fn cluster_scoped_names_carry_the_release() {
         [
             (s("ClusterRole"), s("zetaback-agent"), s("")),
             (s("ClusterRole"), s("zetaback-controller"), s("")),
+            (s("ClusterRole"), s("zetaback-controller-routes"), s("")),
             (
                 s("ClusterRoleBinding"),
                 s("zetaback-agent"),
@@ -87,6 +88,11 @@ fn cluster_scoped_names_carry_the_release() {
             (s("ClusterRole"), s("prod-zetaback-agent"), s("")),
             (s("ClusterRole"), s("prod-zetaback-controller"), s("")),
             (
+                s("ClusterRole"),
+                s("prod-zetaback-controller-routes"),
+                s("")
+            ),
+            (
                 s("ClusterRoleBinding"),
                 s("prod-zetaback-agent"),
                 s("prod-zetaback-agent")
@@ -97,6 +103,60 @@ fn cluster_scoped_names_carry_the_release() {
                 s("prod-zetaback-controller")
             ),
         ]
+    );
+}
+
+/// The rights to render FallbackRoutes are bound per namespace (the release namespace and
+/// `controller.fallbackRoutes.namespaces`), cluster-wide only when `allNamespaces` is chosen.
+#[test]
+fn route_rendering_rights_are_cluster_wide_only_when_chosen() {
+    let env = Env::get();
+    let chart = env.root.join("charts/zetaback");
+    let chart = chart.to_string_lossy();
+    let bindings = |set: &str| {
+        let out = env.helm(&[
+            "template",
+            "prod",
+            &chart,
+            "--namespace",
+            "backups",
+            "--kube-version",
+            "1.37.2",
+            "--set",
+            set,
+        ]);
+        assert!(out.status.success(), "helm template: {}", text(&out.stderr));
+        let mut found: Vec<(String, String)> =
+            serde_yaml::Deserializer::from_str(&text(&out.stdout))
+                .map(|d| serde_yaml::Value::deserialize(d).expect("a YAML document"))
+                .filter(|doc| {
+                    doc["roleRef"]["name"].as_str() == Some("prod-zetaback-controller-routes")
+                })
+                .map(|doc| {
+                    (
+                        doc["kind"].as_str().unwrap_or_default().to_owned(),
+                        doc["metadata"]["namespace"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    )
+                })
+                .collect();
+        found.sort();
+        found
+    };
+    let s = String::from;
+    assert_eq!(
+        bindings("controller.fallbackRoutes.namespaces={shop,backups,web}"),
+        [
+            (s("RoleBinding"), s("backups")),
+            (s("RoleBinding"), s("shop")),
+            (s("RoleBinding"), s("web")),
+        ]
+    );
+    assert_eq!(
+        bindings("controller.fallbackRoutes.allNamespaces=true"),
+        [(s("ClusterRoleBinding"), s(""))]
     );
 }
 
@@ -253,4 +313,86 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_enough_and_no_more() {
         &format!("app.kubernetes.io/instance={ns}"),
     ]);
     assert!(out.status.success(), "delete: {}", text(&out.stderr));
+}
+
+/// Secrets are mounted only where used (issue 13, Build 8): every Secret a pod template
+/// mounts or reads into its environment, per TLS mode, as (workload, Secret, mounted by a
+/// container). No pod gets a Secret in the default mode: identities are projected
+/// ServiceAccount tokens and certificates issued through the CSR API (the CA Secret is read
+/// through the API by the controller alone); the agent never gets one.
+#[test]
+fn secrets_are_mounted_only_where_used() {
+    let env = Env::get();
+    let chart = env.root.join("charts/zetaback");
+    let chart = chart.to_string_lossy();
+    let secrets = |mode: &str| {
+        let out = env.helm(&[
+            "template",
+            "prod",
+            &chart,
+            "--namespace",
+            "backups",
+            "--kube-version",
+            "1.37.2",
+            "--set",
+            &format!("tls.mode={mode}"),
+        ]);
+        assert!(out.status.success(), "helm template: {}", text(&out.stderr));
+        let mut found = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(&text(&out.stdout))
+            .map(|d| serde_yaml::Value::deserialize(d).expect("a YAML document"))
+        {
+            let pod = &doc["spec"]["template"]["spec"];
+            if pod.is_null() {
+                continue;
+            }
+            let workload = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let containers = pod["containers"].as_sequence().cloned().unwrap_or_default();
+            for v in pod["volumes"].as_sequence().cloned().unwrap_or_default() {
+                let sources = v["projected"]["sources"]
+                    .as_sequence()
+                    .cloned()
+                    .unwrap_or_default();
+                let names = std::iter::once(v["secret"]["secretName"].clone())
+                    .chain(sources.iter().map(|s| s["secret"]["name"].clone()))
+                    .filter_map(|n| n.as_str().map(str::to_owned));
+                for secret in names {
+                    let mounted = containers.iter().any(|c| {
+                        c["volumeMounts"]
+                            .as_sequence()
+                            .is_some_and(|m| m.iter().any(|m| m["name"] == v["name"]))
+                    });
+                    found.push((workload.clone(), secret, mounted));
+                }
+            }
+            for c in &containers {
+                let env = c["env"].as_sequence().cloned().unwrap_or_default();
+                let from = c["envFrom"].as_sequence().cloned().unwrap_or_default();
+                let names = env
+                    .iter()
+                    .map(|e| e["valueFrom"]["secretKeyRef"]["name"].clone())
+                    .chain(from.iter().map(|e| e["secretRef"]["name"].clone()))
+                    .filter_map(|n| n.as_str().map(str::to_owned));
+                for secret in names {
+                    found.push((workload.clone(), secret, true));
+                }
+            }
+        }
+        found
+    };
+    assert_eq!(secrets("csr"), []);
+    assert_eq!(secrets("insecure-plaintext"), []);
+    // hostPath: the controller's own certificate, and nothing for the agents (their node's
+    // files are a hostPath).
+    assert_eq!(
+        secrets("hostPath"),
+        [(
+            "zetaback-controller".to_owned(),
+            "zetaback-controller-tls".to_owned(),
+            true
+        )]
+    );
 }

@@ -144,8 +144,13 @@ async fn ask(
     csr_client::wait_for_certificate(&api, &name, Duration::from_secs(60)).await
 }
 
+/// One signer at a time: a signer answers every request for `zetaback.io/node` in the cluster
+/// (and denies another test's agents), so the tests that run one take turns.
+static SIGNER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_get_only_their_own_nodes_certificate_through_the_csr_api() {
+    let _turn = SIGNER_TURN.lock().await;
     let env = Env::get();
     let ns = env.namespace("tls-csr");
     let (node_a, node_b) = (format!("{ns}-a"), format!("{ns}-b"));
@@ -269,4 +274,276 @@ spec:
     let restarted = zetaback::controller::ca_store::own_tls(&again).expect("own tls");
     handshake(&obtained.tls, &restarted, &a)
         .expect("after a controller restart, node A's certificate is still from its CA");
+}
+
+/// One run of the controller's CA side (`start_signer`, as at a controller start), in a
+/// runtime of its own so that stopping it (a restart) stops its signer too.
+struct ControllerRun {
+    runtime: Option<tokio::runtime::Runtime>,
+    tls: std::sync::Arc<PeerTls>,
+}
+
+impl ControllerRun {
+    fn start(env: &'static Env, ns: &str, controller_token: &str) -> Self {
+        let (ns, controller_token) = (ns.to_owned(), controller_token.to_owned());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            let tls = runtime.block_on(async {
+                let client = env.client_with_token(&controller_token).await;
+                zetaback::controller::ca_store::start_signer(
+                    &client,
+                    &ns,
+                    "zetaback-ca",
+                    SignerConfig {
+                        agents_username: service_account_username(&ns, "zetaback-agent"),
+                        max_lifetime: Duration::from_secs(3600),
+                    },
+                )
+                .await
+                .expect("the controller starts with the CA kept in its Secret")
+            });
+            ControllerRun {
+                runtime: Some(runtime),
+                tls,
+            }
+        })
+        .join()
+        .expect("controller start")
+    }
+}
+
+impl Drop for ControllerRun {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A CA made the way the README's rotation procedure makes one: (certificate, key) PEM files.
+fn openssl_ca(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=zetaback CA (rotated)",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", text(&out.stderr));
+    (cert, key)
+}
+
+fn kubectl_ok(env: &Env, args: &[&str]) -> String {
+    let out = env.kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_rotates_with_old_and_new_trusted_during_the_overlap() {
+    let _turn = SIGNER_TURN.lock().await;
+    let env = Env::get();
+    let ns = env.namespace("tls-carot");
+    let (node_a, node_b) = (format!("{ns}-a"), format!("{ns}-b"));
+    let _cleanup = Cleanup {
+        env,
+        ns: ns.clone(),
+        nodes: vec![node_a.clone(), node_b.clone()],
+    };
+    apply(env, &render(env, &ns, &ns));
+    for (node, pod) in [(&node_a, "agent-a"), (&node_b, "agent-b")] {
+        apply(
+            env,
+            &format!(
+                r#"
+apiVersion: v1
+kind: Node
+metadata: {{name: {node}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}, namespace: {ns}}}
+spec:
+  nodeName: {node}
+  serviceAccountName: zetaback-agent
+  containers: [{{name: agent, image: zetaback-agent:test}}]
+"#
+            ),
+        );
+    }
+    let controller_token = token(env, &ns, "zetaback-controller", None);
+    let as_a = env
+        .client_with_token(&token(env, &ns, "zetaback-agent", Some("agent-a")))
+        .await;
+    let as_b = env
+        .client_with_token(&token(env, &ns, "zetaback-agent", Some("agent-b")))
+        .await;
+    let settings = |node: &str| CsrSettings {
+        node: node.to_owned(),
+        ca_configmap: (ns.clone(), "zetaback-ca".into()),
+        lifetime: Duration::from_secs(3600),
+        wait: Duration::from_secs(60),
+    };
+    let a = PeerIdentity::node(&node_a).expect("node");
+    let b = PeerIdentity::node(&node_b).expect("node");
+    let (settings_a, settings_b) = (settings(&node_a), settings(&node_b));
+    let obtain = |client: &kube::Client, settings: &CsrSettings| {
+        let (client, settings) = (client.clone(), settings.clone());
+        async move {
+            csr_client::obtain(&client, &settings)
+                .await
+                .expect("certificate issued")
+                .tls
+        }
+    };
+    let secret_b64 = |entry: &str| {
+        let out = kubectl_ok(
+            env,
+            &[
+                "get",
+                "secret",
+                "zetaback-ca",
+                "-n",
+                &ns,
+                "-o",
+                &format!("jsonpath={{.data.{}}}", entry.replace('.', "\\.")),
+            ],
+        );
+        out.trim().to_owned()
+    };
+    let pem = |path: &std::path::Path| std::fs::read_to_string(path).expect("read");
+    let patch_secret = |patch: serde_json::Value| {
+        let patch = patch.to_string();
+        kubectl_ok(
+            env,
+            &[
+                "patch",
+                "secret",
+                "zetaback-ca",
+                "-n",
+                &ns,
+                "--type",
+                "merge",
+                "-p",
+                &patch,
+            ],
+        );
+    };
+
+    // Before: the controller's first start makes the old CA; both agents hold certificates
+    // from it.
+    let controller = ControllerRun::start(env, &ns, &controller_token);
+    let old_a = obtain(&as_a, &settings_a).await;
+    let old_b = obtain(&as_b, &settings_b).await;
+    handshake(&old_a, &controller.tls, &a).expect("old CA: controller to A");
+    handshake(&old_b, &old_a, &b).expect("old CA: A to B");
+    let old_ca_b64 = secret_b64("tls.crt");
+
+    // Step 1, trust the next CA: the new CA's certificate added as trusted.crt; the controller
+    // restarted publishes old + new; the agents restarted (renewed) trust both, and still hold
+    // certificates from the old CA, which still signs.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (new_cert, new_key) = openssl_ca(dir.path(), "next");
+    patch_secret(serde_json::json!({"stringData": {"trusted.crt": pem(&new_cert)}}));
+    drop(controller);
+    let controller = ControllerRun::start(env, &ns, &controller_token);
+    let published = kubectl_ok(
+        env,
+        &[
+            "get",
+            "configmap",
+            "zetaback-ca",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ],
+    );
+    let new_pem = pem(&new_cert);
+    assert_eq!(
+        published.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "the published CA bundle holds the old and the next CA: {published}"
+    );
+    assert!(
+        published.contains(new_pem.trim()),
+        "the next CA is published"
+    );
+    let mid_a = obtain(&as_a, &settings_a).await;
+    let mid_b = obtain(&as_b, &settings_b).await;
+    handshake(&mid_a, &controller.tls, &a).expect("step 1: controller to A");
+    handshake(&mid_b, &old_a, &b).expect("step 1: an agent not yet restarted to B");
+
+    // Step 2, sign with the new CA: tls.crt/tls.key become the new CA, trusted.crt the old.
+    // The controller restarted signs with the new one; node A renews first, node B not yet:
+    // during the overlap both certificates are accepted both ways.
+    patch_secret(serde_json::json!({
+        "stringData": {"tls.crt": pem(&new_cert), "tls.key": pem(&new_key)},
+        "data": {"trusted.crt": old_ca_b64},
+    }));
+    drop(controller);
+    let controller = ControllerRun::start(env, &ns, &controller_token);
+    let new_a = obtain(&as_a, &settings_a).await;
+    handshake(&new_a, &controller.tls, &a).expect("step 2: controller to A (new CA)");
+    handshake(&mid_b, &controller.tls, &b)
+        .expect("step 2: the controller (new CA) accepts B's certificate from the old CA");
+    handshake(&mid_b, &new_a, &b).expect("step 2: A (new CA) to B (old CA)");
+    handshake(&new_a, &mid_b, &a).expect("step 2: B (old CA) to A (new CA)");
+    let new_b = obtain(&as_b, &settings_b).await;
+    handshake(&new_b, &new_a, &b).expect("step 2: A to B, both renewed");
+
+    // Step 3, drop the old CA: trusted.crt removed; after the restarts only the new CA is
+    // trusted, and a certificate from the old one is refused.
+    patch_secret(serde_json::json!({"data": {"trusted.crt": null}}));
+    drop(controller);
+    let controller = ControllerRun::start(env, &ns, &controller_token);
+    let published = kubectl_ok(
+        env,
+        &[
+            "get",
+            "configmap",
+            "zetaback-ca",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ],
+    );
+    assert_eq!(
+        published.trim(),
+        new_pem.trim(),
+        "only the new CA is published"
+    );
+    let last_a = obtain(&as_a, &settings_a).await;
+    let last_b = obtain(&as_b, &settings_b).await;
+    handshake(&last_b, &controller.tls, &b).expect("step 3: controller to B");
+    handshake(&last_b, &last_a, &b).expect("step 3: A to B");
+    let refused = handshake(&mid_b, &controller.tls, &b)
+        .expect_err("after the old CA is dropped, a certificate from it is accepted");
+    println!("a certificate from the dropped CA: {refused}");
 }

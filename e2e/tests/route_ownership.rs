@@ -4,7 +4,9 @@
 //! forced server-side apply; a route naming an image outside the controller's allow-list is
 //! refused (`Ready=False`, reason `ImageNotAllowed`) and nothing is rendered. The controller
 //! runs with the chart's RBAC (its ServiceAccount's token), which grants on ConfigMaps,
-//! Deployments and Services only what rendering needs (get, create, patch).
+//! Deployments and Services only what rendering needs (get, create, patch), and only in the
+//! namespaces the chart lists for FallbackRoutes (`controller.fallbackRoutes`): a route
+//! anywhere else gets `Ready=False`, reason `Forbidden`, and nothing is created there.
 
 use std::time::Duration;
 
@@ -16,18 +18,24 @@ use zetaback::controller::fallback_route::proxy_name;
 use zetaback_e2e::controller::InProcessController;
 use zetaback_e2e::{Env, eventually, free_port, text};
 
-/// The chart's templates rendered for release `ns` in namespace `ns`, applied.
-fn install_chart(env: &Env, ns: &str) {
+/// The chart's templates rendered for release `ns` in namespace `ns` with `--set` values
+/// `sets`, applied.
+fn install_chart(env: &Env, ns: &str, sets: &[&str]) {
     let chart = env.root.join("charts/zetaback");
-    let out = env.helm(&[
+    let chart = chart.to_string_lossy();
+    let mut args = vec![
         "template",
         ns,
-        &chart.to_string_lossy(),
+        &chart,
         "--namespace",
         ns,
         "--kube-version",
         "1.37.2",
-    ]);
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let out = env.helm(&args);
     assert!(out.status.success(), "helm template: {}", text(&out.stderr));
     let applied = env.kubectl_stdin(&["apply", "-f", "-"], &text(&out.stdout));
     assert!(applied.status.success(), "apply: {}", text(&applied.stderr));
@@ -81,7 +89,7 @@ async fn ready(api: &Api<FallbackRoute>, name: &str) -> Option<(String, String)>
 async fn a_route_takes_over_nothing_it_does_not_own_and_runs_only_allowed_images() {
     let env = Env::get();
     let ns = env.namespace("tenancy-route");
-    install_chart(env, &ns);
+    install_chart(env, &ns, &[]);
     let _release = Release(env, ns.clone());
     let controller = format!("system:serviceaccount:{ns}:zetaback-controller");
     let token = env.kubectl(&["create", "token", "zetaback-controller", "-n", &ns]);
@@ -182,4 +190,108 @@ async fn a_route_takes_over_nothing_it_does_not_own_and_runs_only_allowed_images
         );
     }
     ctl.stop_cleanly().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_render_only_in_the_namespaces_the_chart_lists() {
+    let env = Env::get();
+    let ns = env.namespace("tls-routes-home");
+    let listed = env.namespace("tls-routes-listed");
+    let unlisted = env.namespace("tls-routes-unlisted");
+    install_chart(
+        env,
+        &ns,
+        &[&format!(
+            "controller.fallbackRoutes.namespaces={{{listed}}}"
+        )],
+    );
+    let _release = Release(env, ns.clone());
+    let controller = format!("system:serviceaccount:{ns}:zetaback-controller");
+    // What rendering needs: in the release namespace and the listed one, nowhere else.
+    let mut wrong = Vec::new();
+    for (verb, resource) in [
+        ("create", "deployments.apps"),
+        ("patch", "deployments.apps"),
+        ("create", "services"),
+        ("patch", "services"),
+        ("create", "configmaps"),
+        ("patch", "configmaps"),
+    ] {
+        for (namespace, allowed) in [(&ns, true), (&listed, true), (&unlisted, false)] {
+            if can_i(env, &controller, verb, resource, namespace) != allowed {
+                wrong.push(format!(
+                    "{verb} {resource} in {namespace}: expected allowed={allowed}"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the controller's rights to render routes differ from the chart's list:\n{}",
+        wrong.join("\n")
+    );
+
+    let token = env.kubectl(&["create", "token", "zetaback-controller", "-n", &ns]);
+    assert!(token.status.success(), "token: {}", text(&token.stderr));
+    let as_controller = env.client_with_token(text(&token.stdout).trim()).await;
+    let client = env.client().await;
+    let watching = |namespace: &str| zetaback::controller::Options {
+        watch_namespace: Some(namespace.to_owned()),
+        ..zetaback::controller::Options::new(&ns, "lists", ([127, 0, 0, 1], free_port()).into())
+    };
+
+    // A route in a namespace the chart does not list: reported, nothing created there.
+    let ctl = InProcessController::start(as_controller.clone(), watching(&unlisted));
+    let routes: Api<FallbackRoute> = Api::namespaced(client.clone(), &unlisted);
+    routes
+        .create(&PostParams::default(), &route("outside", None))
+        .await
+        .expect("create route");
+    let (reason, message) = eventually(
+        "the unlisted route's first status",
+        Duration::from_secs(30),
+        || async { ready(&routes, "outside").await },
+    )
+    .await;
+    println!("outside: {reason}: {message}");
+    assert_eq!(reason, "Forbidden", "{message}");
+    assert!(
+        message.contains(&unlisted) && message.contains("controller.fallbackRoutes"),
+        "{message}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &unlisted);
+    assert!(
+        deployments
+            .get_opt(&proxy_name("outside"))
+            .await
+            .expect("get")
+            .is_none(),
+        "a proxy Deployment was created in a namespace the chart does not list"
+    );
+    ctl.stop_cleanly().await;
+
+    // The same route in the listed namespace is rendered.
+    let ctl = InProcessController::start(as_controller, watching(&listed));
+    let routes: Api<FallbackRoute> = Api::namespaced(client.clone(), &listed);
+    routes
+        .create(&PostParams::default(), &route("inside", None))
+        .await
+        .expect("create route");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &listed);
+    eventually(
+        "the listed route's proxy Deployment",
+        Duration::from_secs(30),
+        || async {
+            deployments
+                .get_opt(&proxy_name("inside"))
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+    ctl.stop_cleanly().await;
+    for namespace in [&listed, &unlisted] {
+        env.kubectl(&["delete", "namespace", namespace, "--wait=false"]);
+    }
 }

@@ -111,6 +111,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the apiserver refused the read or write as forbidden (403: the controller's RBAC
+    /// does not allow it there).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(
+            self,
+            Error::Read { source: kube::Error::Api(s), .. }
+                | Error::Write { source: kube::Error::Api(s), .. }
+                if s.code == 403
+        )
+    }
+
     /// How soon to try again: API errors are usually transient, a bad object waits for a change.
     pub fn requeue(&self) -> Action {
         match self {

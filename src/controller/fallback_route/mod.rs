@@ -154,7 +154,9 @@ where
 }
 
 /// Brings the ConfigMap, Deployment and Service of `route` in line with its spec and records
-/// the outcome in its status.
+/// the outcome in its status. A route in a namespace where the controller's RBAC does not let
+/// it read or write those objects (the chart binds them only in the namespaces of
+/// `controller.fallbackRoutes`) is reported `Ready=False`, reason `Forbidden`.
 pub async fn reconcile_route(
     route: Arc<FallbackRoute>,
     ctx: Arc<Context>,
@@ -172,70 +174,27 @@ pub async fn reconcile_route(
         namespace: &namespace,
         reference,
     };
-    let missing = missing_services(&ctx, &namespace, &route.spec).await?;
-    if !missing.is_empty() {
-        debug!(?missing, "Service backends not found");
-    }
-
-    let rendered = render_config(&route.spec, &namespace)
-        .and_then(|config| Ok((config_yaml(&config)?, config.cache.max_size)));
-    let proxy = proxy_name(&name);
-    let uid = route.meta().uid.clone().unwrap_or_default();
-    let blocked = match (
-        &rendered,
-        check_image(&route.spec, &ctx.allowed_proxy_images),
-    ) {
-        (Err(_), _) => None,
-        (Ok(_), Err(why)) => Some(Rendered::ImageNotAllowed(why)),
-        (Ok(_), Ok(())) => {
-            let foreign = foreign_objects(&ctx, &namespace, &name, &uid).await?;
-            (!foreign.is_empty()).then(|| {
-                Rendered::Conflict(format!(
-                    "{} exist(s) and FallbackRoute {name} does not own it: left as it is (rename or delete it, or the route)",
-                    foreign.join(", ")
-                ))
-            })
+    let (missing, rendered, deployment) = match render_objects(&ctx, &route, &owner).await {
+        Ok(found) => found,
+        Err(e) if e.is_forbidden() => {
+            warn!(error = %e, "the controller may not render routes in this namespace");
+            let refused = match &e {
+                Error::Read {
+                    source: kube::Error::Api(s),
+                    ..
+                }
+                | Error::Write {
+                    source: kube::Error::Api(s),
+                    ..
+                } => s.message.clone(),
+                other => other.to_string(),
+            };
+            let why = forbidden_message(&namespace, &refused);
+            (Vec::new(), Rendered::Forbidden(why), None)
         }
+        Err(e) => return Err(e),
     };
-    let (rendered, deployment) = match (rendered, blocked) {
-        (_, Some(refusal)) => {
-            warn!(
-                ?refusal,
-                "route not rendered; objects it does not own are left alone"
-            );
-            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-            let dep = api
-                .get_opt(&proxy)
-                .await
-                .map_err(|source| Error::Read {
-                    what: format!("Deployment {namespace}/{proxy}"),
-                    source,
-                })?
-                .filter(|d| owned_by_route(&d.metadata, &uid));
-            (refusal, dep)
-        }
-        (Ok((yaml, max_size)), None) => {
-            let hash = config_hash(&yaml);
-            apply(&ctx, &namespace, &config_map(&owner, &yaml)).await?;
-            let dep = apply(
-                &ctx,
-                &namespace,
-                &deployment(&owner, &route.spec, &hash, max_size),
-            )
-            .await?;
-            apply(&ctx, &namespace, &service(&owner)).await?;
-            (Rendered::Applied(hash), Some(dep))
-        }
-        (Err(why), None) => {
-            warn!(error = %why, "spec not rendered; the running proxy is left as it is");
-            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-            let dep = api.get_opt(&proxy).await.map_err(|source| Error::Read {
-                what: format!("Deployment {namespace}/{proxy}"),
-                source,
-            })?;
-            (Rendered::Refused(why.to_string()), dep)
-        }
-    };
+    let forbidden = matches!(rendered, Rendered::Forbidden(_));
 
     let current = route.status.clone().unwrap_or_default();
     let observed = Observed {
@@ -255,7 +214,86 @@ pub async fn reconcile_route(
             "status updated"
         );
     }
+    if forbidden {
+        // Nothing will appear to wait for: look again as for any route that is not ready.
+        return Ok(Action::requeue(render::RECHECK_NOT_READY));
+    }
     Ok(next_check(&desired, &observed.rollout))
+}
+
+/// Looks at what exists of the route's objects and applies them when nothing stands in the
+/// way: (the Service backends not found, what was rendered, the route's proxy Deployment).
+async fn render_objects(
+    ctx: &Context,
+    route: &FallbackRoute,
+    owner: &Owner<'_>,
+) -> Result<(Vec<MissingService>, Rendered, Option<Deployment>), Error> {
+    let (name, namespace) = (owner.route, owner.namespace);
+    let missing = missing_services(ctx, namespace, &route.spec).await?;
+    if !missing.is_empty() {
+        debug!(?missing, "Service backends not found");
+    }
+
+    let rendered = render_config(&route.spec, namespace)
+        .and_then(|config| Ok((config_yaml(&config)?, config.cache.max_size)));
+    let proxy = proxy_name(name);
+    let uid = route.meta().uid.clone().unwrap_or_default();
+    let blocked = match (
+        &rendered,
+        check_image(&route.spec, &ctx.allowed_proxy_images),
+    ) {
+        (Err(_), _) => None,
+        (Ok(_), Err(why)) => Some(Rendered::ImageNotAllowed(why)),
+        (Ok(_), Ok(())) => {
+            let foreign = foreign_objects(ctx, namespace, name, &uid).await?;
+            (!foreign.is_empty()).then(|| {
+                Rendered::Conflict(format!(
+                    "{} exist(s) and FallbackRoute {name} does not own it: left as it is (rename or delete it, or the route)",
+                    foreign.join(", ")
+                ))
+            })
+        }
+    };
+    let (rendered, deployment) = match (rendered, blocked) {
+        (_, Some(refusal)) => {
+            warn!(
+                ?refusal,
+                "route not rendered; objects it does not own are left alone"
+            );
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+            let dep = api
+                .get_opt(&proxy)
+                .await
+                .map_err(|source| Error::Read {
+                    what: format!("Deployment {namespace}/{proxy}"),
+                    source,
+                })?
+                .filter(|d| owned_by_route(&d.metadata, &uid));
+            (refusal, dep)
+        }
+        (Ok((yaml, max_size)), None) => {
+            let hash = config_hash(&yaml);
+            apply(ctx, namespace, &config_map(owner, &yaml)).await?;
+            let dep = apply(
+                ctx,
+                namespace,
+                &deployment(owner, &route.spec, &hash, max_size),
+            )
+            .await?;
+            apply(ctx, namespace, &service(owner)).await?;
+            (Rendered::Applied(hash), Some(dep))
+        }
+        (Err(why), None) => {
+            warn!(error = %why, "spec not rendered; the running proxy is left as it is");
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+            let dep = api.get_opt(&proxy).await.map_err(|source| Error::Read {
+                what: format!("Deployment {namespace}/{proxy}"),
+                source,
+            })?;
+            (Rendered::Refused(why.to_string()), dep)
+        }
+    };
+    Ok((missing, rendered, deployment))
 }
 
 #[cfg(test)]

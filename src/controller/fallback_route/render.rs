@@ -482,6 +482,17 @@ pub enum Rendered {
     ImageNotAllowed(String),
     /// Not applied: an object of the proxy's name exists and the route does not own it.
     Conflict(String),
+    /// Not applied: the controller may not read or write the proxy's objects in the route's
+    /// namespace (its RBAC does not cover it: the chart's `controller.fallbackRoutes`).
+    Forbidden(String),
+}
+
+/// Why a route in `namespace` is not rendered when the apiserver refused the controller
+/// (`refused`: the apiserver's answer).
+pub fn forbidden_message(namespace: &str, refused: &str) -> String {
+    format!(
+        "the controller may not create or change the proxy's ConfigMap, Deployment and Service in namespace {namespace}: FallbackRoutes are not enabled there (add it to the chart's controller.fallbackRoutes.namespaces); nothing rendered ({refused})"
+    )
 }
 
 /// Refuses an image the route names that is neither the default proxy image nor allowed.
@@ -547,6 +558,7 @@ pub fn desired_status(
         Rendered::Refused(why) => refused("InvalidSpec", why),
         Rendered::ImageNotAllowed(why) => refused("ImageNotAllowed", why),
         Rendered::Conflict(why) => refused("Conflict", why),
+        Rendered::Forbidden(why) => refused("Forbidden", why),
         Rendered::Applied(_) => Wanted {
             type_: READY,
             status: rollout.ready,
@@ -584,9 +596,10 @@ pub fn desired_status(
         ready_replicas: rollout.ready_replicas,
         config_hash: match rendered {
             Rendered::Applied(hash) => Some(hash.clone()),
-            Rendered::Refused(_) | Rendered::ImageNotAllowed(_) | Rendered::Conflict(_) => {
-                current.config_hash.clone()
-            }
+            Rendered::Refused(_)
+            | Rendered::ImageNotAllowed(_)
+            | Rendered::Conflict(_)
+            | Rendered::Forbidden(_) => current.config_hash.clone(),
         },
         conditions,
     }

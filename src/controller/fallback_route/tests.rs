@@ -437,3 +437,47 @@ fn status_reports_progress_invalid_backends_and_changes_only_when_meaningful() {
     assert_eq!(s5.ready_replicas, 2);
     assert_eq!(next_check(&s5, &done), Action::requeue(RECHECK_READY));
 }
+
+#[test]
+fn a_route_where_the_controller_has_no_rights_is_reported_forbidden_and_keeps_its_hash() {
+    let applied = Rendered::Applied("h1".into());
+    let done = Rollout {
+        ready_replicas: 2,
+        ready: true,
+        observed: true,
+        message: "2 of 2 replicas ready".into(),
+    };
+    let s1 = desired_status(
+        &FallbackRouteStatus::default(),
+        &obs(Some(1), &applied, &[], &done),
+        t(10),
+    );
+    let why = forbidden_message("team-a", "deployments.apps is forbidden");
+    let forbidden = Rendered::Forbidden(why.clone());
+    let s2 = desired_status(
+        &s1,
+        &obs(Some(1), &forbidden, &[], &rollout(2, None)),
+        t(20),
+    );
+    assert!(status_changed(&s1, &s2));
+    assert_eq!(s2.config_hash.as_deref(), Some("h1"));
+    let ready = s2
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .expect("Ready");
+    assert_eq!(
+        (
+            ready.status.as_str(),
+            ready.reason.as_str(),
+            ready.message.as_str()
+        ),
+        ("False", "Forbidden", why.as_str())
+    );
+    assert!(why.contains("namespace team-a"), "{why}");
+    assert!(
+        why.contains("controller.fallbackRoutes.namespaces"),
+        "{why}"
+    );
+    assert!(why.contains("deployments.apps is forbidden"), "{why}");
+}
