@@ -24,8 +24,9 @@ log() { echo "bench: $*" >&2; }
 # The catalogue's server keeps its data (filled once, reused by the next run); the upload's
 # is deleted afterwards (GBs of streams).
 export ZETABACK_S3_RUN=${ZETABACK_S3_RUN:-/var/tmp/zetaback-bench-s3-${1:-none}}
-export ZETABACK_S3_PORT=${ZETABACK_S3_PORT:-28333} ZETABACK_S3_MASTER_PORT=${ZETABACK_S3_MASTER_PORT:-29333}
-export ZETABACK_S3_VOLUME_PORT=${ZETABACK_S3_VOLUME_PORT:-28080} ZETABACK_S3_FILER_PORT=${ZETABACK_S3_FILER_PORT:-28888}
+# Ports away from the tests' server (18333, 19333, 18080, 18888 and each + 10000 for gRPC).
+export ZETABACK_S3_PORT=${ZETABACK_S3_PORT:-38333} ZETABACK_S3_MASTER_PORT=${ZETABACK_S3_MASTER_PORT:-39333}
+export ZETABACK_S3_VOLUME_PORT=${ZETABACK_S3_VOLUME_PORT:-38080} ZETABACK_S3_FILER_PORT=${ZETABACK_S3_FILER_PORT:-38888}
 s3() { "$root/e2e/scripts/seaweedfs.sh" "$@"; }
 stop() {
   [ "${KEEP_S3:-0}" = 1 ] && return 0

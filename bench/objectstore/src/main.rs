@@ -139,7 +139,7 @@ const EPOCH: i64 = 1_700_000_000;
 /// Backup `k` of a dataset: every tenth a full, the others incrementals on the one before.
 fn stream_id(k: usize) -> StreamId {
     let ts = EPOCH + (k as i64) * 3600;
-    if k % 10 == 0 {
+    if k.is_multiple_of(10) {
         StreamId::Full { ts }
     } else {
         StreamId::Incremental {
@@ -254,7 +254,7 @@ async fn fill(b: &Bucket, l: &Layout) -> anyhow::Result<()> {
                 )
                 .await?;
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if n % 10_000 == 0 {
+                if n.is_multiple_of(10_000) {
                     eprintln!("bench:   {n} written");
                 }
                 anyhow::Ok(())
