@@ -448,6 +448,21 @@ async fn an_oversized_manifest_written_by_a_source_is_reported_and_never_read() 
         "no size problem reported: {:?}",
         cat.problems
     );
+    // The controller's cached reads (only new or changed manifests fetched) apply the same limit.
+    let mut cached = zetaback_objstore::cached::CachedCatalogue::new(
+        zetaback_objstore::cached::Scope::Host(HOST.into()),
+    );
+    cached
+        .refresh(admin_store.as_ref(), &keys, 4)
+        .await
+        .expect("a cached read despite the oversized manifest");
+    let cat = cached.catalogue();
+    assert_eq!(cat.of(HOST, &dataset).count(), 0, "cached read counted it");
+    assert!(
+        cat.problems.iter().any(|p| p.contains("larger than")),
+        "no size problem in the cached read: {:?}",
+        cat.problems
+    );
     for key in [&stream_key, &manifest_key] {
         admin_store.delete(key).await.expect("clean up");
     }

@@ -1155,3 +1155,115 @@ async fn bucket_immutable_for_locks_every_object_and_the_admin_key_cannot_delete
     }
     fleet.shutdown().await;
 }
+
+/// A bulk Restore (`source.datasets`) whose backups are in a bucket: its names and patterns are
+/// expanded against the source host's backups in the bucket (read by the controller with the
+/// policy's Secret), every dataset is checked before anything starts, and each child Restore
+/// restores its dataset from the bucket with the destination's own GetObject-only key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_bulk_restore_expands_from_the_bucket_and_restores_every_dataset() {
+    use zetaback::api::Restore;
+    use zetaback::api::restore::RestorePhase;
+    use zetaback_e2e::fleet::{create_restore, mounted, restore_finished, sums};
+
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let ns = env.namespace("bucket-bulk");
+    let prefix = format!("bucket/{ns}");
+    let dir = std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}"));
+    let src_arg = format!(
+        "--object-store-credentials={}",
+        creds_file(&dir.join("src"), SOURCE).display()
+    );
+    let dst_arg = format!(
+        "--object-store-credentials={}",
+        creds_file(&dir.join("dst"), DESTINATION).display()
+    );
+    let mut fleet = Fleet::start(
+        env,
+        &ns,
+        &[
+            HostSpec::source("src").args(&[&src_arg]),
+            HostSpec::source("dst").args(&[&dst_arg]),
+        ],
+    )
+    .await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let data = fleet.create_dataset("src", "data");
+    let logs = fleet.create_dataset("src", "logs");
+    fleet.write_file(&data, "a.bin", &zetaback_e2e::fleet::noise(11, 200_000));
+    fleet.write_file(&logs, "l.txt", b"a log line\n");
+    let originals = [sums(&mounted(&data)), sums(&mounted(&logs))];
+    let (src, dst) = (fleet.name("src"), fleet.name("dst"));
+    let pd = fleet.host("dst").pool.clone();
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [src]},
+        "datasets": {"include": ["*/data", "*/logs"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+    });
+    spec["target"] = object_store(&endpoint, BUCKET, &prefix, "bucket-s3");
+    fleet.create_policy("p", "src", &[&data, &logs], spec).await;
+    eventually(
+        "both fulls in the bucket",
+        Duration::from_secs(120),
+        || async { (in_bucket(&endpoint, &prefix).await.len() == 2).then_some(()) },
+    )
+    .await;
+
+    // One name and one pattern, both matched against the bucket's backups of the source.
+    let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let base = format!("{pd}/bulk");
+    create_restore(
+        &restores,
+        "bulk",
+        serde_json::json!({"source": {"host": src, "datasets": [data, "*/logs"]},
+            "destination": {"host": dst, "dataset": base}}),
+    )
+    .await;
+    let r = restore_finished(&restores, "bulk", Duration::from_secs(240)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(
+        (st.phase, st.verified),
+        (RestorePhase::Succeeded, Some(true)),
+        "{st:?}"
+    );
+    let rows: Vec<(String, String)> = st
+        .datasets
+        .iter()
+        .map(|r| (r.source.clone(), r.destination.clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (data.clone(), format!("{base}/{data}")),
+            (logs.clone(), format!("{base}/{logs}")),
+        ]
+    );
+    for (row, original) in st.datasets.iter().zip(&originals) {
+        let child = restores.get(&row.restore).await.expect("child");
+        let cs = child.status.clone().expect("child status");
+        assert_eq!(
+            cs.object_store.as_ref().map(|b| b.bucket.as_str()),
+            Some(BUCKET),
+            "the child restored from the bucket: {cs:?}"
+        );
+        assert_eq!(
+            &sums(&mounted(&row.destination)),
+            original,
+            "{} differs from {}",
+            row.destination,
+            row.source
+        );
+        println!(
+            "{}: restored from {} into {}, every file's sha256 equal",
+            row.source,
+            cs.store_host.unwrap_or_default(),
+            row.destination
+        );
+    }
+
+    fleet.shutdown().await;
+    empty_prefix(&endpoint, &prefix).await;
+}

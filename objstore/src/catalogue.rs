@@ -19,7 +19,7 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
         store.list(root.as_ref()).try_collect().await.map_err(|e| {
             ObjStoreError::request("LIST", root.map(|r| r.to_string()).unwrap_or_default(), e)
         })?;
-    let mut streams: HashMap<(bool, String, String, String), u64> = HashMap::new();
+    let mut streams: HashMap<StreamSlot, u64> = HashMap::new();
     let mut manifests = Vec::new();
     for o in &objects {
         let Some(p) = keys.parse(o.location.as_ref()) else {
@@ -72,6 +72,12 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
             Err(why) => catalogue.problems.push(problem(why)),
         }
     }
+    sort(&mut catalogue);
+    Ok(catalogue)
+}
+
+/// Backups in catalogue order: host, dataset, time, id, live before archived.
+pub(crate) fn sort(catalogue: &mut Catalogue) {
     catalogue.backups.sort_by(|a, b| {
         (
             &a.manifest.host,
@@ -88,13 +94,12 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
                 b.archived,
             ))
     });
-    Ok(catalogue)
 }
 
 /// The largest manifest read (a manifest is a few hundred bytes of JSON).
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 
-fn too_large(bytes: u64) -> String {
+pub(crate) fn too_large(bytes: u64) -> String {
     format!(
         "manifest of {bytes} bytes is larger than the limit of {MAX_MANIFEST_BYTES} bytes: not read"
     )
@@ -120,7 +125,10 @@ pub async fn read_limited(
     Ok(Some(body))
 }
 
-fn stream_slot(p: &ParsedKey) -> (bool, String, String, String) {
+/// The stream a manifest key belongs with: (archived, host, dataset, id).
+pub(crate) type StreamSlot = (bool, String, String, String);
+
+pub(crate) fn stream_slot(p: &ParsedKey) -> StreamSlot {
     (
         p.archived,
         p.host.clone(),
@@ -131,8 +139,14 @@ fn stream_slot(p: &ParsedKey) -> (bool, String, String, String) {
 
 /// A manifest read from `p`'s key is a backup when it parses, names the backup its key names,
 /// and its size is the stream object's.
-fn check(p: &ParsedKey, body: &[u8], stream_size: u64) -> Result<Manifest, String> {
+pub(crate) fn check(p: &ParsedKey, body: &[u8], stream_size: u64) -> Result<Manifest, String> {
     let manifest = Manifest::from_json(body).map_err(|e| e.to_string())?;
+    matches(p, &manifest, stream_size)?;
+    Ok(manifest)
+}
+
+/// Whether a parsed manifest names the backup of its key `p` and the stream's size.
+pub(crate) fn matches(p: &ParsedKey, manifest: &Manifest, stream_size: u64) -> Result<(), String> {
     if manifest.id != p.id.to_string() || manifest.host != p.host || manifest.dataset != p.dataset {
         return Err("manifest names another backup than its place in the store".into());
     }
@@ -142,5 +156,5 @@ fn check(p: &ParsedKey, body: &[u8], stream_size: u64) -> Result<Manifest, Strin
             manifest.bytes
         ));
     }
-    Ok(manifest)
+    Ok(())
 }

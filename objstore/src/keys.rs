@@ -58,6 +58,16 @@ impl Keys {
         Ok(self.join(&format!("{host}/")))
     }
 
+    /// The directory of one source host's backups, live or archived.
+    pub fn host_dir(&self, host: &str, archived: bool) -> Result<String, StoreError> {
+        validate_host(host)?;
+        Ok(if archived {
+            self.join(&format!("{ARCHIVE_DIR}/{host}"))
+        } else {
+            self.join(host)
+        })
+    }
+
     /// The directory of one dataset's backups, live or archived.
     pub fn dataset_dir(
         &self,

@@ -11,12 +11,15 @@
 //! * [`archive`]: a backup moved to the archive prefix (copy, manifest last, then the live
 //!   objects deleted), crash-safe and idempotent;
 //! * [`catalogue`]: the catalogue read back from the manifests in the bucket (paginated
-//!   listing), with the same problems a file-store scan reports.
+//!   listing), with the same problems a file-store scan reports;
+//! * [`cached`]: one host's or dataset's catalogue kept between reads: a read again lists the
+//!   scope and fetches only the manifests that are new or changed (their ETag).
 //!
 //! The S3 client is Apache Arrow's `object_store` crate: SigV4 signing, multipart uploads,
 //! paginated listing and retries, maintained by the Arrow project; no hand-written signing.
 
 pub mod archive;
+pub mod cached;
 pub mod catalogue;
 pub mod connect;
 pub mod explain;

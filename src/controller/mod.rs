@@ -6,6 +6,7 @@
 //! trigger reconciles), and write status through server-side apply only when it changed.
 
 pub mod backup_policy;
+pub mod bucket_catalogues;
 pub mod ca_store;
 pub mod csr_signer;
 pub mod drill;
@@ -69,6 +70,9 @@ pub struct Context {
     pub expected: Arc<backup_policy::Expectations>,
     /// Each backup host's catalogue, shared by policies and revalidated, not re-read whole.
     pub catalogues: Arc<store_client::CatalogueCache>,
+    /// The catalogues read from buckets (object-store targets), shared by policies and
+    /// Restores and read again incrementally (a listing; new manifests only).
+    pub buckets: Arc<bucket_catalogues::BucketCatalogues>,
     /// The operator's own namespace (the Lease's): the one a ZfsHost serves when its
     /// `spec.allowedNamespaces` is empty (`zetaback_core::tenancy`).
     pub operator_namespace: String,
@@ -369,6 +373,9 @@ async fn lead(
         host_events: Arc::new(std::sync::Mutex::new(host_events)),
         expected: Default::default(),
         catalogues: Arc::new(store_client::CatalogueCache::new(
+            store_client::CATALOGUE_MAX_AGE,
+        )),
+        buckets: Arc::new(bucket_catalogues::BucketCatalogues::new(
             store_client::CATALOGUE_MAX_AGE,
         )),
         operator_namespace: options.lease_namespace.clone(),

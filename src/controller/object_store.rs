@@ -1,51 +1,31 @@
-//! The catalogue of a policy whose target is an object store: read from the manifests in the
-//! bucket (`zetaback_objstore::catalogue`) with the controller's keys, taken from the Secret
-//! the policy names (`target.objectStore.credentialsSecret`, keys `accessKeyId` and
-//! `secretAccessKey`), and indexed like a file store's catalogue.
+//! A policy whose target is an object store: the controller's keys, taken from the Secret the
+//! policy names (`target.objectStore.credentialsSecret`, keys `accessKeyId` and
+//! `secretAccessKey`), failed requests as sentences, and retention and archive in the bucket.
+//! The catalogue is read through [`super::bucket_catalogues`].
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use zetaback_core::api::backup_policy::ObjectStoreTarget;
 use zetaback_objstore::object_store::ObjectStoreExt;
-use zetaback_objstore::{Credentials, Keys, catalogue, connect, explain};
+use zetaback_objstore::{Credentials, Keys, connect, explain};
 
-use super::store_client::StoreView;
-
-/// Reads the bucket's catalogue; the error is a sentence for the policy's status.
-pub async fn view(
-    client: &Client,
-    namespace: &str,
+/// A failed read of the bucket as a sentence for a status: the server's whole answer (its
+/// error code), not the brief Display.
+pub(super) fn request_sentence(
     target: &ObjectStoreTarget,
-) -> Result<StoreView, String> {
-    Ok(StoreView::from_store(
-        &catalogue(client, namespace, target).await?,
-    ))
-}
-
-/// The bucket's catalogue read with the keys of the target's Secret; the error is a sentence.
-pub async fn catalogue(
-    client: &Client,
-    namespace: &str,
-    target: &ObjectStoreTarget,
-) -> Result<zetaback_core::store::Catalogue, String> {
-    let creds = credentials(client, namespace, target).await?;
-    let store = connect(target, &creds).map_err(|e| e.to_string())?;
-    let keys = Keys::new(target.prefix.as_deref());
-    let cat = catalogue::read(store.as_ref(), &keys)
-        .await
-        .map_err(|e| match &e {
-            // The server's whole answer (its error code), not the brief Display.
-            zetaback_objstore::ObjStoreError::Request { source, .. } => {
-                readable(target, &source.to_string())
-            }
-            e => readable(target, &e.to_string()),
-        })?;
-    Ok(cat)
+    e: &zetaback_objstore::ObjStoreError,
+) -> String {
+    match e {
+        zetaback_objstore::ObjStoreError::Request { source, .. } => {
+            readable(target, &source.to_string())
+        }
+        e => readable(target, &e.to_string()),
+    }
 }
 
 /// A failed request to the bucket as a sentence for the status (the server's S3 error code
 /// and what to check), the full error going to the log.
-fn readable(target: &ObjectStoreTarget, error: &str) -> String {
+pub(super) fn readable(target: &ObjectStoreTarget, error: &str) -> String {
     tracing::warn!(bucket = %target.bucket, %error, "the bucket could not be read");
     explain::sentence(
         error,
@@ -56,7 +36,7 @@ fn readable(target: &ObjectStoreTarget, error: &str) -> String {
 }
 
 /// The controller's keys from the Secret the target names.
-async fn credentials(
+pub(super) async fn credentials(
     client: &Client,
     namespace: &str,
     target: &ObjectStoreTarget,

@@ -16,12 +16,14 @@
 
 use std::collections::BTreeMap;
 
-use kube::Client;
 use kube::api::{Api, ListParams};
 use zetaback_core::api::backup_policy::ObjectStoreTarget;
+use zetaback_core::store::Catalogue;
+use zetaback_objstore::cached::Scope;
 
+use super::bucket_catalogues::Freshness;
 use super::restore::{Refusal, Resolved, StoreAnswer};
-use super::{Error, object_store};
+use super::{Context, Error};
 use crate::api::{BackupPolicy, RestoreStatus};
 
 /// The buckets asked for a Restore, each with its answer.
@@ -57,9 +59,11 @@ pub fn targets<'a>(policies: impl IntoIterator<Item = &'a BackupPolicy>) -> Vec<
 }
 
 impl Buckets {
-    /// Reads the catalogue of every bucket the namespace's policies store into.
-    pub async fn ask(client: &Client, namespace: &str) -> Result<Self, Error> {
-        let policies = Api::<BackupPolicy>::namespaced(client.clone(), namespace)
+    /// Reads `scope` (the Restore's source dataset, or host for a bulk Restore) of every
+    /// bucket the namespace's policies store into, now (a listing; only manifests new since
+    /// the last read are fetched: [`super::bucket_catalogues`]).
+    pub async fn ask(ctx: &Context, namespace: &str, scope: Scope) -> Result<Self, Error> {
+        let policies = Api::<BackupPolicy>::namespaced(ctx.client.clone(), namespace)
             .list(&ListParams::default())
             .await
             .map_err(|source| Error::Read {
@@ -69,7 +73,17 @@ impl Buckets {
             .items;
         let mut asked = Vec::new();
         for target in targets(&policies) {
-            let catalogue = object_store::catalogue(client, namespace, &target).await;
+            let catalogue = ctx
+                .buckets
+                .catalogue(
+                    &ctx.client,
+                    namespace,
+                    &target,
+                    scope.clone(),
+                    Freshness::Now,
+                )
+                .await
+                .map(|c| Catalogue::clone(&c));
             let answer = StoreAnswer {
                 host: label(&target),
                 endpoint: Some(
@@ -114,7 +128,7 @@ mod tests {
     use super::*;
     use crate::api::RestoreSpec;
     use crate::controller::restore::resolve;
-    use zetaback_core::store::{Catalogue, Manifest, StoredBackup};
+    use zetaback_core::store::{Manifest, StoredBackup};
 
     fn target(bucket: &str, prefix: Option<&str>) -> ObjectStoreTarget {
         serde_json::from_value(serde_json::json!({

@@ -396,6 +396,11 @@ impl HostCatalogue {
         out
     }
 
+    /// The index of one source host's backups (those of `catalogue` that are `host`'s).
+    pub fn of_host(catalogue: &Catalogue, host: &str) -> Self {
+        Self::new(catalogue.backups.iter().filter(|b| b.manifest.host == host))
+    }
+
     /// Whether backup `id` of `dataset` is stored (live or archived).
     pub fn has(&self, dataset: &str, id: &str) -> bool {
         self.ids.get(dataset).is_some_and(|s| s.contains(id))
@@ -424,6 +429,13 @@ impl StoreView {
                 .into_iter()
                 .map(|(h, list)| (h.to_owned(), Arc::new(HostCatalogue::new(list))))
                 .collect(),
+        }
+    }
+
+    /// A view of source hosts indexed one by one (a bucket's per-host catalogues).
+    pub fn from_hosts(hosts: impl IntoIterator<Item = (String, Arc<HostCatalogue>)>) -> Self {
+        Self {
+            hosts: hosts.into_iter().collect(),
         }
     }
 

@@ -356,7 +356,11 @@ impl Gathered {
         let read_started = std::time::Instant::now();
         let read = match (&target.object_store, &self.endpoint, &self.target_host) {
             // An object store: the bucket is the catalogue (no backup host).
-            (Some(os), _, _) => super::object_store::view(&ctx.client, ns, os).await,
+            (Some(os), _, _) => {
+                ctx.buckets
+                    .view(&ctx.client, ns, os, &host_names, &known)
+                    .await
+            }
             (None, Some(ep), _) => ctx
                 .catalogues
                 .view(&ctx.store, ep, &host_names, &known)
@@ -504,6 +508,10 @@ async fn apply_to_store(
     if let Some(os) = &policy.spec.target.object_store {
         super::object_store::archive(&ctx.client, ns, os, &plan.archive).await;
         super::object_store::delete_expired(&ctx.client, ns, os, &plan.delete).await;
+        // Read again before use: the bucket changed (or a failed change is tried again).
+        for (host, _, _) in plan.archive.iter().chain(&plan.delete) {
+            ctx.buckets.invalidate(ns, os, host);
+        }
         return;
     }
     let Some(ep) = endpoint else { return };

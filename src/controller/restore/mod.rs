@@ -38,6 +38,8 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
+use zetaback_objstore::cached::Scope;
+
 use super::conditions::status_changed;
 use super::{Context, Error, Reconciled, status};
 use crate::api::restore::BULK_PARENT_LABEL;
@@ -169,7 +171,11 @@ impl Reconciled for Restore {
             Err(r) => Err(r),
             Ok(()) => {
                 let mut answers = ask_stores(&ctx, &obj, &hosts).await?;
-                buckets = super::restore_objstore::Buckets::ask(&ctx.client, &ns).await?;
+                let scope = Scope::Dataset {
+                    host: obj.spec.source.host.as_str().to_owned(),
+                    dataset: obj.spec.source.dataset_name().to_owned(),
+                };
+                buckets = super::restore_objstore::Buckets::ask(&ctx, &ns, scope).await?;
                 answers.extend(buckets.answers());
                 resolve(&obj.spec, &answers)
             }
@@ -252,7 +258,12 @@ async fn reconcile_bulk(obj: &Restore, ctx: &Context) -> Result<Action, Error> {
             write_outcome(ctx, obj, &current, &Err(refusal), &Default::default()).await?;
             return Ok(Action::await_change());
         }
-        let answers = ask_stores(ctx, obj, &hosts).await?;
+        let mut answers = ask_stores(ctx, obj, &hosts).await?;
+        // The source host's backups in the namespace's buckets too (each child resolves its
+        // own dataset again, from wherever the newest backup is).
+        let scope = Scope::Host(obj.spec.source.host.as_str().to_owned());
+        let buckets = super::restore_objstore::Buckets::ask(ctx, &ns, scope).await?;
+        answers.extend(buckets.answers());
         match plan_bulk(&name, &obj.spec, &answers, dest) {
             Ok(planned) => {
                 info!(datasets = ?planned.iter().map(|r| &r.source).collect::<Vec<_>>(),

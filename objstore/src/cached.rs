@@ -1,0 +1,479 @@
+//! A bucket's catalogue kept between reads, so that reading it again costs a listing and
+//! nothing more when nothing changed (README "Object-store targets", "Scale").
+//!
+//! **Why a listing, and not a conditional GET of an index.** Sources write their manifests
+//! themselves, each under its own prefix, and may neither read nor write anyone else's: no
+//! index object can be kept current by them without races, and one kept by the controller
+//! would not show a source's new backup until the controller wrote it. S3 has no conditional
+//! LIST (no `If-None-Match` on `ListObjectsV2`), and `start-after` only finds keys after the
+//! last one seen: new keys land anywhere in the key order (`<host>/<dataset>/<id>`, any host,
+//! any dataset), and a deleted key is never reported. So every read lists its scope (1,000
+//! keys a page), and the listing itself is the conditional request: each manifest's ETag,
+//! size and modification time come with it, and a manifest whose version is the one read
+//! before is not fetched again. Only new or changed manifests are fetched (in parallel); a key
+//! that is gone from the listing is gone from the catalogue; a stream without a manifest never
+//! shows (as in [`crate::catalogue::read`]).
+//!
+//! **Scope.** A catalogue covers one source host (`<prefix>/<host>/` and its archive) or one
+//! dataset of one host: a Restore reads only the dataset it restores, a policy only its hosts.
+//!
+//! **Memory.** The listing is folded page by page (the keys of streams are not kept, only their
+//! sizes); what is kept is one parsed manifest per backup of the scope.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use zetaback_core::store::{Catalogue, Manifest, StoreError, StoredBackup};
+
+use crate::catalogue::{
+    MAX_MANIFEST_BYTES, StreamSlot, matches, read_limited, sort, stream_slot, too_large,
+};
+use crate::keys::ParsedKey;
+use crate::{Keys, ObjStoreError};
+
+/// Manifests fetched at once when many are new (a cold read of a large scope).
+pub const PARALLEL_GETS: usize = 32;
+
+/// The part of a bucket one cached catalogue covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Every backup of one source host, live and archived.
+    Host(String),
+    /// The backups of one dataset of one source host, live and archived.
+    Dataset { host: String, dataset: String },
+}
+
+impl Scope {
+    /// The two key prefixes a read lists (live, archive).
+    fn roots(&self, keys: &Keys) -> Result<[Path; 2], StoreError> {
+        Ok(match self {
+            Scope::Host(h) => [
+                Path::from(keys.host_dir(h, false)?),
+                Path::from(keys.host_dir(h, true)?),
+            ],
+            Scope::Dataset { host, dataset } => [
+                Path::from(keys.dataset_dir(host, dataset, false)?),
+                Path::from(keys.dataset_dir(host, dataset, true)?),
+            ],
+        })
+    }
+
+    /// Whether a key of the layout belongs to this scope.
+    fn covers(&self, p: &ParsedKey) -> bool {
+        match self {
+            Scope::Host(h) => p.host == *h,
+            Scope::Dataset { host, dataset } => p.host == *host && p.dataset == *dataset,
+        }
+    }
+}
+
+/// An object's version as a listing shows it: a rewritten object has another one (its ETag,
+/// else its size and time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub etag: Option<String>,
+    pub size: u64,
+    pub modified_ms: i64,
+}
+
+impl Version {
+    fn of(meta: &ObjectMeta) -> Self {
+        Self {
+            etag: meta.e_tag.clone(),
+            size: meta.size,
+            modified_ms: meta.last_modified.timestamp_millis(),
+        }
+    }
+}
+
+/// One manifest as it was read: its version and what it said (or why it is not a backup).
+#[derive(Debug, Clone)]
+struct Read {
+    version: Version,
+    parsed: Result<Manifest, String>,
+}
+
+/// A manifest the listing showed.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub key: String,
+    pub parsed: ParsedKey,
+    pub version: Version,
+}
+
+/// What one read did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Objects the listing showed in the scope (streams and manifests).
+    pub listed: u64,
+    /// Manifests fetched (new or changed since the last read).
+    pub fetched: u64,
+    /// Manifests whose earlier read was kept (same version).
+    pub reused: u64,
+    /// Manifests gone since the last read.
+    pub gone: u64,
+}
+
+impl ReadStats {
+    /// Whether the catalogue may differ from the last read's: a manifest came, went or
+    /// changed. (A stream's size is compared anew on every read, see [`assemble`].)
+    pub fn manifests_changed(&self) -> bool {
+        self.fetched > 0 || self.gone > 0
+    }
+}
+
+/// Which manifests to fetch and which earlier reads to keep (pure): a listed manifest whose
+/// version equals the one read before is kept, any other is fetched. Earlier reads of keys no
+/// longer listed are dropped (counted in `gone`).
+pub fn plan(
+    previous: &HashMap<String, impl HasVersion>,
+    listed: &[Listed],
+) -> (Vec<usize>, Vec<usize>, u64) {
+    let mut fetch = Vec::new();
+    let mut keep = Vec::new();
+    let mut seen = HashSet::with_capacity(listed.len());
+    for (i, l) in listed.iter().enumerate() {
+        seen.insert(l.key.as_str());
+        match previous.get(&l.key) {
+            Some(before) if before.version() == &l.version && l.version.etag.is_some() => {
+                keep.push(i)
+            }
+            _ => fetch.push(i),
+        }
+    }
+    let gone = previous
+        .keys()
+        .filter(|k| !seen.contains(k.as_str()))
+        .count() as u64;
+    (keep, fetch, gone)
+}
+
+/// What [`plan`] compares.
+pub trait HasVersion {
+    fn version(&self) -> &Version;
+}
+
+impl HasVersion for Read {
+    fn version(&self) -> &Version {
+        &self.version
+    }
+}
+
+impl HasVersion for Version {
+    fn version(&self) -> &Version {
+        self
+    }
+}
+
+/// The catalogue of the manifests read and the streams listed (pure): a manifest is a backup
+/// when it parsed, names its own key's backup and its stream is there with its size, the rule
+/// of [`crate::catalogue::read`].
+fn assemble<'a>(
+    manifests: impl IntoIterator<Item = (&'a str, &'a ParsedKey, &'a Result<Manifest, String>)>,
+    streams: &HashMap<StreamSlot, u64>,
+) -> Catalogue {
+    let mut catalogue = Catalogue::default();
+    for (key, p, parsed) in manifests {
+        let problem = |why: &str| format!("{key}: {why}");
+        let Some(&size) = streams.get(&stream_slot(p)) else {
+            catalogue
+                .problems
+                .push(problem("manifest without its stream"));
+            continue;
+        };
+        let checked = parsed
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(|m| matches(p, m, size).map(|()| m));
+        match checked {
+            Ok(manifest) => catalogue.backups.push(StoredBackup {
+                manifest: manifest.clone(),
+                archived: p.archived,
+                verification: None,
+            }),
+            Err(why) => catalogue.problems.push(problem(&why)),
+        }
+    }
+    sort(&mut catalogue);
+    catalogue
+}
+
+/// One scope's catalogue, kept between reads ([module docs](self)).
+#[derive(Debug)]
+pub struct CachedCatalogue {
+    scope: Scope,
+    /// Each manifest key of the scope with its last read.
+    manifests: HashMap<String, (ParsedKey, Read)>,
+    /// The stream sizes of the last listing.
+    streams: HashMap<StreamSlot, u64>,
+}
+
+impl CachedCatalogue {
+    /// An empty catalogue of `scope` (the first [`refresh`](Self::refresh) reads it whole).
+    pub fn new(scope: Scope) -> Self {
+        Self {
+            scope,
+            manifests: HashMap::new(),
+            streams: HashMap::new(),
+        }
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// Manifests held.
+    pub fn len(&self) -> usize {
+        self.manifests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.manifests.is_empty()
+    }
+
+    /// Lists the scope and fetches what is new or changed (`parallel` GETs at once); on
+    /// success the kept catalogue is the listing's, on failure it is left as it was.
+    pub async fn refresh(
+        &mut self,
+        store: &dyn ObjectStore,
+        keys: &Keys,
+        parallel: usize,
+    ) -> Result<ReadStats, ObjStoreError> {
+        let mut streams = HashMap::new();
+        let mut listed = Vec::new();
+        let mut count = 0u64;
+        for root in self.scope.roots(keys)? {
+            let mut pages = store.list(Some(&root));
+            while let Some(meta) = pages
+                .try_next()
+                .await
+                .map_err(|e| ObjStoreError::request("LIST", &root, e))?
+            {
+                let Some(p) = keys.parse(meta.location.as_ref()) else {
+                    continue;
+                };
+                if !self.scope.covers(&p) {
+                    continue;
+                }
+                count += 1;
+                if p.manifest {
+                    listed.push(Listed {
+                        key: meta.location.to_string(),
+                        version: Version::of(&meta),
+                        parsed: p,
+                    });
+                } else {
+                    streams.insert(stream_slot(&p), meta.size);
+                }
+            }
+        }
+        let previous: HashMap<String, Version> = self
+            .manifests
+            .iter()
+            .map(|(k, (_, r))| (k.clone(), r.version.clone()))
+            .collect();
+        let (keep, fetch, gone) = plan(&previous, &listed);
+        drop(previous);
+        let fetched: Vec<Option<(usize, Read)>> = futures::stream::iter(fetch.iter().copied())
+            .map(|i| {
+                let l = &listed[i];
+                async move {
+                    let location = Path::from(l.key.as_str());
+                    // A source may write any object under its own prefix: only a small one is
+                    // read as a manifest (see `catalogue::MAX_MANIFEST_BYTES`).
+                    if l.version.size > MAX_MANIFEST_BYTES {
+                        return Ok(Some((
+                            i,
+                            Read {
+                                version: l.version.clone(),
+                                parsed: Err(too_large(l.version.size)),
+                            },
+                        )));
+                    }
+                    match store.get(&location).await {
+                        Ok(found) => {
+                            let parsed = match read_limited(found, &location).await? {
+                                Some(body) => Manifest::from_json(&body).map_err(|e| e.to_string()),
+                                None => Err(too_large(MAX_MANIFEST_BYTES + 1)),
+                            };
+                            Ok(Some((
+                                i,
+                                Read {
+                                    version: l.version.clone(),
+                                    parsed,
+                                },
+                            )))
+                        }
+                        // Deleted since the listing (retention at the same time): not a backup.
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(ObjStoreError::request("GET", &location, e)),
+                    }
+                }
+            })
+            .buffer_unordered(parallel.max(1))
+            .try_collect()
+            .await?;
+        let mut next = HashMap::with_capacity(listed.len());
+        let stats = ReadStats {
+            listed: count,
+            fetched: fetch.len() as u64,
+            reused: keep.len() as u64,
+            gone,
+        };
+        let mut listed: Vec<Option<Listed>> = listed.into_iter().map(Some).collect();
+        for i in keep {
+            if let Some(l) = listed[i].take()
+                && let Some(before) = self.manifests.remove(&l.key)
+            {
+                next.insert(l.key, before);
+            }
+        }
+        for (i, read) in fetched.into_iter().flatten() {
+            if let Some(l) = listed[i].take() {
+                next.insert(l.key, (l.parsed, read));
+            }
+        }
+        self.manifests = next;
+        self.streams = streams;
+        Ok(stats)
+    }
+
+    /// The catalogue of the last successful read.
+    pub fn catalogue(&self) -> Catalogue {
+        assemble(
+            self.manifests
+                .iter()
+                .map(|(k, (p, r))| (k.as_str(), p, &r.parsed)),
+            &self.streams,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(etag: Option<&str>, size: u64) -> Version {
+        Version {
+            etag: etag.map(str::to_owned),
+            size,
+            modified_ms: 1,
+        }
+    }
+
+    fn listed(key: &str, etag: Option<&str>) -> Listed {
+        Listed {
+            key: key.into(),
+            parsed: Keys::new(None).parse(key).unwrap(),
+            version: version(etag, 100),
+        }
+    }
+
+    #[test]
+    fn only_new_or_changed_manifests_are_fetched() {
+        let previous: HashMap<String, Version> = [
+            ("h/tank/1.full.json", Some("a")),
+            ("h/tank/2.full.json", Some("b")),
+            ("h/tank/3.full.json", Some("c")),
+            ("h/tank/4.full.json", None),
+        ]
+        .into_iter()
+        .map(|(k, e)| (k.to_owned(), version(e, 100)))
+        .collect();
+        let now = [
+            listed("h/tank/1.full.json", Some("a")), // unchanged: kept
+            listed("h/tank/2.full.json", Some("B")), // rewritten: fetched
+            listed("h/tank/4.full.json", None),      // no ETag: always fetched
+            listed("h/tank/5.full.json", Some("e")), // new: fetched
+        ];
+        let (keep, fetch, gone) = plan(&previous, &now);
+        assert_eq!(keep, [0]);
+        assert_eq!(fetch, [1, 2, 3]);
+        assert_eq!(gone, 1, "3.full.json is gone");
+        // A size or time change with the same ETag is a change too.
+        let mut bigger = listed("h/tank/1.full.json", Some("a"));
+        bigger.version.size = 101;
+        assert_eq!(plan(&previous, &[bigger]).1, [0]);
+        // A cold read fetches everything.
+        let (keep, fetch, gone) = plan(&HashMap::<String, Version>::new(), &now);
+        assert_eq!((keep.len(), fetch.len(), gone), (0, 4, 0));
+    }
+
+    fn manifest(id: &str, bytes: u64) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "version": 1, "host": "h", "dataset": "tank", "id": id,
+            "snapshot": "s", "created": "2026-01-01T00:00:00Z",
+            "type": "full", "bytes": bytes, "sha256": "0".repeat(64), "compression": "none",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_manifest_is_a_backup_only_with_its_stream_of_its_size() {
+        let keys = Keys::new(None);
+        let p = |k: &str| keys.parse(k).unwrap();
+        let (k1, k2, k3, k4) = (
+            "h/tank/1.full.json",
+            "h/tank/2.full.json",
+            "h/tank/3.full.json",
+            "h/tank/4.full.json",
+        );
+        let (p1, p2, p3, p4) = (p(k1), p(k2), p(k3), p(k4));
+        let streams: HashMap<StreamSlot, u64> = [
+            (stream_slot(&p("h/tank/1.full")), 10),
+            (stream_slot(&p("h/tank/2.full")), 11),
+            (stream_slot(&p("h/tank/4.full")), 10),
+        ]
+        .into_iter()
+        .collect();
+        let reads = [
+            (k1, &p1, Ok(manifest("1.full", 10))),
+            (k2, &p2, Ok(manifest("2.full", 10))), // size differs
+            (k3, &p3, Ok(manifest("3.full", 10))), // no stream
+            (k4, &p4, Err("not JSON".to_owned())),
+        ];
+        let cat = assemble(reads.iter().map(|(k, p, r)| (*k, *p, r)), &streams);
+        assert_eq!(
+            cat.backups
+                .iter()
+                .map(|b| b.manifest.id.as_str())
+                .collect::<Vec<_>>(),
+            ["1.full"]
+        );
+        assert_eq!(cat.problems.len(), 3, "{:?}", cat.problems);
+        assert!(cat.problems.iter().any(|p| p.contains("11 bytes")));
+        assert!(
+            cat.problems
+                .iter()
+                .any(|p| p.contains("without its stream"))
+        );
+        assert!(cat.problems.iter().any(|p| p.contains("not JSON")));
+        // A manifest naming another backup than its key is refused.
+        let wrong = [(k1, &p1, Ok(manifest("9.full", 10)))];
+        let cat = assemble(wrong.iter().map(|(k, p, r)| (*k, *p, r)), &streams);
+        assert!(cat.backups.is_empty() && cat.problems.len() == 1);
+    }
+
+    #[test]
+    fn scopes_cover_their_host_or_dataset() {
+        let keys = Keys::new(Some("pre"));
+        let host = Scope::Host("h".into());
+        let ds = Scope::Dataset {
+            host: "h".into(),
+            dataset: "tank/a".into(),
+        };
+        let k = |key: &str| keys.parse(key).unwrap();
+        assert!(host.covers(&k("pre/h/tank+b/1.full")));
+        assert!(!host.covers(&k("pre/h2/tank+b/1.full")));
+        assert!(ds.covers(&k("pre/.archive/h/tank+a/1.full.json")));
+        assert!(!ds.covers(&k("pre/h/tank+a+b/1.full.json")));
+        let roots = ds.roots(&keys).unwrap();
+        assert_eq!(roots[0].as_ref(), "pre/h/tank+a");
+        assert_eq!(roots[1].as_ref(), "pre/.archive/h/tank+a");
+        let roots = host.roots(&keys).unwrap();
+        assert_eq!(roots[1].as_ref(), "pre/.archive/h");
+        assert!(Scope::Host("../x".into()).roots(&keys).is_err());
+    }
+}
