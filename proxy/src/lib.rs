@@ -14,6 +14,7 @@ pub mod cache;
 pub mod conditional;
 pub mod config;
 pub mod error;
+pub mod fill_budget;
 pub mod forwarding;
 pub mod handler;
 pub mod health;
