@@ -91,7 +91,10 @@ async fn upload(
 /// and closed, a connection error).
 fn refused_507(result: Result<transfer::Uploaded, TransferError>, says: &str) {
     match result {
-        Ok(up) => panic!("not refused: stored {} bytes as {:?}", up.response.bytes, up.response.replica),
+        Ok(up) => panic!(
+            "not refused: stored {} bytes as {:?}",
+            up.response.bytes, up.response.replica
+        ),
         Err(TransferError::Rejected { status, message }) => {
             assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{message}");
             assert!(message.contains(says), "{message}");
@@ -133,7 +136,9 @@ async fn a_replica_that_would_break_the_pool_reserve_is_refused_and_leaves_nothi
     refused_507(result, "under half the reserve");
     let replica = format!("{root}/src-1/{big}");
     wait_until("the aborted receive gone", || {
-        !everything_under(&root).iter().any(|d| d.starts_with(&replica))
+        !everything_under(&root)
+            .iter()
+            .any(|d| d.starts_with(&replica))
     });
 
     // Less free than the reserve: refused before a byte is received.
@@ -203,6 +208,8 @@ async fn a_replica_over_its_hosts_quota_is_stopped_and_its_base_kept() {
     wait_until("the aborted receive gone", || {
         let all = everything_under(&root);
         all.contains(&format!("{replica}@zb-1700000000"))
-            && !all.iter().any(|d| d.contains("zb-1700000100") || d.contains('%'))
+            && !all
+                .iter()
+                .any(|d| d.contains("zb-1700000100") || d.contains('%'))
     });
 }

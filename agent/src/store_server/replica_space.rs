@@ -146,7 +146,10 @@ impl ReplicaSpace {
     /// its host's quota, or would leave less than half the reserve free.
     pub async fn take(&mut self, n: u64) -> Result<(), ApiError> {
         self.bytes = self.bytes.saturating_add(n);
-        let writing = self.host_bytes.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        let writing = self
+            .host_bytes
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n);
         space::keep_going(&self.limits, &self.host, self.bytes, self.stored, writing)
             .map_err(|r| refused(&self.target, r))?;
         if self.reserve == 0 {
@@ -202,7 +205,7 @@ mod tests {
     #[test]
     fn the_default_reserve_is_five_percent_of_the_pool_at_most_a_gibibyte() {
         assert_eq!(reserve(None, 0), 0);
-        assert_eq!(reserve(None, 100 * 1024 * 1024), 5 * 1024 * 1024 + 1024 * 1024 / 5);
+        assert_eq!(reserve(None, 100 * 1024 * 1024), 5 * 1024 * 1024);
         assert_eq!(reserve(None, 20 * GIB), GIB);
         assert_eq!(reserve(None, 100 * GIB), GIB);
         assert_eq!(reserve(Some(0), 100 * GIB), 0);
@@ -237,7 +240,10 @@ mod tests {
                 reserve: 2,
             },
         );
-        assert!(m.contains("--replica-min-free-bytes") && m.contains("aborted"), "{m}");
+        assert!(
+            m.contains("--replica-min-free-bytes") && m.contains("aborted"),
+            "{m}"
+        );
         let m = describe(
             "t",
             &SpaceRefusal::Quota {
@@ -246,7 +252,10 @@ mod tests {
                 used: 2,
             },
         );
-        assert!(m.contains("--host-quota-bytes") && m.contains("host h"), "{m}");
+        assert!(
+            m.contains("--host-quota-bytes") && m.contains("host h"),
+            "{m}"
+        );
     }
 
     #[test]

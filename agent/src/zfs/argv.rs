@@ -319,7 +319,15 @@ mod tests {
     fn space_reads_used_and_available_of_a_valid_name_only() {
         assert_eq!(
             space("tank/r").expect("valid"),
-            s(&["get", "-H", "-p", "-o", "property,value", "used,available", "tank/r"])
+            s(&[
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "property,value",
+                "used,available",
+                "tank/r"
+            ])
         );
         assert!(space("-o").is_err());
         assert!(space("tank/r@snap").is_err());
