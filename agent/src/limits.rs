@@ -36,11 +36,15 @@ pub struct StoreLimits {
     /// limit. Over it: 413.
     pub max_stream_bytes: Option<u64>,
     /// Bytes one source host may have in the file store (live and archived backups plus its
-    /// streams being written); `None`: no quota. Over it: 507.
+    /// streams being written), and, counted apart, under the replica roots (its replicas'
+    /// `used` plus its replica streams being received); `None`: no quota. Over it: 507.
     pub host_quota_bytes: Option<u64>,
     /// Free space the file store keeps: a new stream is refused (507) while less is free, and
     /// a stream being written is stopped (507, discarded) when less than half of it is left.
     pub min_free_bytes: u64,
+    /// Free space replica mode keeps on a pool it receives into (the same rules as
+    /// `min_free_bytes`, read from `zfs get available`); `None`: 5 % of the pool, at most 1 GiB.
+    pub replica_min_free_bytes: Option<u64>,
     /// Uploads (PUT) at once; a further one waits up to `slot_wait`, then gets 503.
     pub max_uploads: usize,
     /// Downloads (GET of a stored stream) at once; likewise.
@@ -61,6 +65,7 @@ impl Default for StoreLimits {
             max_stream_bytes: None,
             host_quota_bytes: None,
             min_free_bytes: 1024 * 1024 * 1024,
+            replica_min_free_bytes: None,
             max_uploads: 4,
             max_downloads: 4,
             slot_wait: Duration::from_secs(20),

@@ -335,14 +335,18 @@ struct LimitArgs {
     /// Bytes one stream may have, as received (0 = no limit); over it: 413.
     #[arg(long, env = "ZETABACK_MAX_STREAM_BYTES", default_value_t = 0)]
     max_stream_bytes: u64,
-    /// Bytes one source host may have in the file store, live and archived (0 = no quota);
-    /// over it: 507.
+    /// Bytes one source host may have in the file store, live and archived, and (counted
+    /// apart) under the replica roots (0 = no quota); over it: 507.
     #[arg(long, env = "ZETABACK_HOST_QUOTA_BYTES", default_value_t = 0)]
     host_quota_bytes: u64,
     /// Free bytes the file store keeps: no new stream while less is free (507), and a stream
     /// being written is stopped when less than half of it is left.
     #[arg(long, env = "ZETABACK_STORE_MIN_FREE_BYTES", default_value_t = 1024 * 1024 * 1024)]
     store_min_free_bytes: u64,
+    /// Free bytes replica mode keeps on a pool it receives into (the same rules as
+    /// --store-min-free-bytes, from `zfs get available`); unset: 5 % of the pool, at most 1 GiB.
+    #[arg(long, env = "ZETABACK_REPLICA_MIN_FREE_BYTES")]
+    replica_min_free_bytes: Option<u64>,
     /// Uploads at once; one more waits up to --slot-wait seconds, then gets 503.
     #[arg(long, env = "ZETABACK_MAX_UPLOADS", default_value_t = 4)]
     max_uploads: usize,
@@ -375,6 +379,7 @@ impl LimitArgs {
             max_stream_bytes: (self.max_stream_bytes > 0).then_some(self.max_stream_bytes),
             host_quota_bytes: (self.host_quota_bytes > 0).then_some(self.host_quota_bytes),
             min_free_bytes: self.store_min_free_bytes,
+            replica_min_free_bytes: self.replica_min_free_bytes,
             max_uploads: self.max_uploads.max(1),
             max_downloads: self.max_downloads.max(1),
             slot_wait: Duration::from_secs(self.slot_wait),

@@ -37,6 +37,8 @@
 //! The catalogue is answered from a cached scan, invalidated by every write through this
 //! agent.
 
+mod replica_space;
+
 use std::collections::HashSet;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -65,7 +67,7 @@ use zetaback_core::store::{
 
 use crate::bufpool::BufPool;
 use crate::checksum::{BackgroundSha256, Received};
-use crate::filestore::space::SpaceRefusal;
+use crate::filestore::space::{InFlight, SpaceRefusal};
 use crate::filestore::{BackupKey, FileStore, FileStoreError, StreamMeta};
 use crate::identity::{AuthError, Authenticator, Caller, Operation, authorize, bearer};
 use crate::limits::{ListenerLimits, StoreLimits};
@@ -106,6 +108,8 @@ pub struct ServerState {
     /// What one client may take.
     pub limits: StoreLimits,
     receiving: Arc<Mutex<HashSet<String>>>,
+    /// Bytes of the replica streams being received, per source host (for the quota).
+    replica_in_flight: InFlight,
     /// Upload and download slots (`limits.max_uploads`, `limits.max_downloads`).
     uploads: Arc<Semaphore>,
     downloads: Arc<Semaphore>,
@@ -133,6 +137,7 @@ impl ServerState {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             limits: StoreLimits::default(),
             receiving: Arc::default(),
+            replica_in_flight: InFlight::default(),
             uploads: Arc::new(Semaphore::new(StoreLimits::default().max_uploads)),
             downloads: Arc::new(Semaphore::new(StoreLimits::default().max_downloads)),
             replica_cache: Arc::default(),
@@ -904,6 +909,18 @@ async fn put_replica(
         }
         _ => {}
     }
+    // Refused before a byte is read or a dataset made when it cannot fit.
+    let mut space = replica_space::ReplicaSpace::admit(
+        zfs,
+        &state.limits,
+        &state.replica_in_flight,
+        &replica.roots,
+        into,
+        &target,
+        &plan.key.host,
+        plan.announced,
+    )
+    .await?;
     let head = sniff(state, &mut body, plan.meta.compression).await?;
     if !exists && let Some((parent, _)) = target.rsplit_once('/') {
         zfs.create_parents(parent).await?;
@@ -953,11 +970,7 @@ async fn put_replica(
             match piece {
                 Piece::Data(data) => {
                     sums.update(&data);
-                    if let Some(limit) = state.limits.max_stream_bytes
-                        && sums.bytes > limit
-                    {
-                        return Err(too_large(limit));
-                    }
+                    space.take(data.len() as u64).await?;
                     sha.update(data.clone())
                         .await
                         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use zetaback::api::backup_policy::BACKUP_NOW_REQUEST_ANNOTATION;
 use zetaback::api::{BackupJob, BackupPolicy, BackupPolicySpec, ZfsHost};
 use zetaback::store::{Manifest, StoredBackup};
@@ -437,6 +437,17 @@ async fn overlapping_backup_now_requests_are_all_honoured() {
     delete_namespace(&client, &ns).await;
 }
 
+/// The controller's BackupPolicy reconciles so far (every result).
+async fn reconciles(port: u16) -> f64 {
+    let m = http_get(port, "/metrics").await.unwrap_or_default();
+    m.lines()
+        .filter(|l| {
+            l.starts_with("zetaback_controller_reconciles_total{") && l.contains("BackupPolicy")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Removes the stream and manifest of backup `id` from a file store (`<root>/<host>/<dataset
 /// escaped>/<id>` and `<id>.json`), as an operator or a failing disk would; the files removed.
 fn delete_stored(root: &std::path::Path, host: &str, id: &str) -> Vec<std::path::PathBuf> {
@@ -537,6 +548,39 @@ async fn a_backup_deleted_behind_the_controllers_back_becomes_a_violation() {
             .next()
             .is_some_and(|l| l.contains("BackupMissing")),
         "{out}"
+    );
+
+    // The BackupJobs go (garbage-collected, or deleted by someone): the loss stays a
+    // violation, from what the controller saw in the store, not from the job that stored it.
+    let jobs: Api<BackupJob> = Api::namespaced(fleet.client.clone(), &ns);
+    let before = reconciles(port).await;
+    jobs.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect("delete the BackupJobs");
+    eventually("no BackupJob left", Duration::from_secs(30), || async {
+        jobs.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let after = eventually(
+        "two reconciles since the jobs went",
+        Duration::from_secs(60),
+        || async {
+            let n = reconciles(port).await;
+            (n >= before + 2.0).then_some(n)
+        },
+    )
+    .await;
+    let v = violations(&policies, "lost").await.expect("violations");
+    println!("after the jobs went ({before} -> {after} reconciles): {v:?}");
+    assert!(
+        v.iter()
+            .any(|(r, _, d)| r == "BackupMissing" && *d == dataset),
+        "the loss was forgotten with its BackupJob: {v:?}"
     );
 
     let client = fleet.client.clone();

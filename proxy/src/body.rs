@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
+use crate::fill_budget::{FillBudget, Reservation};
+
 /// Error type carried by proxy bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type used everywhere in the proxy.
@@ -163,6 +165,9 @@ pub struct TeeBody {
     on_complete: Option<OnComplete>,
     on_overflow: Option<OnOverflow>,
     hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The copy's share of the fill budget ([`crate::fill_budget`]), with the callback run
+    /// when the budget cannot spare more (the copy is then dropped, the body streams on).
+    budget: Option<(Reservation, Option<OnOverflow>)>,
 }
 
 impl TeeBody {
@@ -184,19 +189,67 @@ impl TeeBody {
             on_complete: Some(on_complete),
             on_overflow: Some(on_overflow),
             hold: Some(hold),
+            budget: None,
         }
+    }
+
+    /// Counts the copy against `budget`; when the budget cannot spare what the copy needs,
+    /// `on_no_room` runs and the body streams through uncached.
+    pub fn with_budget(mut self, budget: &Arc<FillBudget>, on_no_room: OnOverflow) -> Self {
+        let held = self.buf.as_ref().map_or(0, |b| b.capacity() as u64);
+        match budget.reserve(held) {
+            Some(r) => self.budget = Some((r, Some(on_no_room))),
+            None => {
+                on_no_room();
+                self.abandon();
+            }
+        }
+        self
+    }
+
+    /// Appends `data` to the copy, within the budget; false when the budget ran out (the copy
+    /// is then abandoned).
+    fn copy(&mut self, data: &Bytes) -> bool {
+        let Some(buf) = self.buf.as_mut() else {
+            return true;
+        };
+        let Some((reservation, on_no_room)) = self.budget.as_mut() else {
+            buf.extend_from_slice(data);
+            return true;
+        };
+        let len = buf.len() + data.len();
+        if len > buf.capacity() {
+            let target = len.max(buf.capacity().saturating_mul(2));
+            let target = target
+                .min(usize::try_from(self.limit).unwrap_or(usize::MAX))
+                .max(len);
+            if reservation.grow_to(target as u64) {
+                buf.reserve(target - buf.len());
+            }
+        }
+        if len <= buf.capacity() && reservation.grow_to(buf.capacity() as u64) {
+            buf.extend_from_slice(data);
+            return true;
+        }
+        if let Some(f) = on_no_room.take() {
+            f();
+        }
+        self.abandon();
+        false
     }
 
     fn complete(&mut self) {
         if let (Some(buf), Some(f)) = (self.buf.take(), self.on_complete.take()) {
             f(buf.freeze());
         }
+        self.budget = None;
         self.on_overflow = None;
         self.hold = None;
     }
 
     fn abandon(&mut self) {
         self.buf = None;
+        self.budget = None;
         self.on_complete = None;
         self.on_overflow = None;
         self.hold = None;
@@ -221,7 +274,8 @@ impl HttpBody for TeeBody {
                         }
                         this.abandon();
                     } else {
-                        buf.extend_from_slice(data);
+                        let data = data.clone();
+                        this.copy(&data);
                     }
                 }
                 // hyper stops polling once a sized body reports its end.

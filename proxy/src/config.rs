@@ -76,7 +76,8 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<String>,
     /// Request headers forwarded on cache fills and made part of the cache
     /// key (e.g. `X-Forwarded-Proto` behind a TLS terminator). Headers
-    /// outside the fill allow-list and this list are not sent on fills.
+    /// outside the fill allow-list and this list are not sent on fills
+    /// (User-Agent, Referer and Origin among them: list one here to send it).
     #[serde(default)]
     pub keyed_headers: Vec<String>,
     /// Limits on client connections.
@@ -143,6 +144,13 @@ pub struct CacheConfig {
         deserialize_with = "bytes_size::deserialize"
     )]
     pub max_object_size: u64,
+    /// Bytes all cache fills in flight may hold at once (each is bounded by
+    /// `maxObjectSize`): a fill that finds no room streams through uncached.
+    #[serde(
+        default = "default_max_fill_bytes",
+        deserialize_with = "bytes_size::deserialize"
+    )]
+    pub max_fill_bytes: u64,
     /// Freshness of a "not found on any backend" answer.
     #[serde(default = "default_not_found_ttl", with = "humantime_serde")]
     pub not_found_ttl: Duration,
@@ -253,6 +261,9 @@ fn default_max_size() -> u64 {
 fn default_max_object_size() -> u64 {
     8 * 1024 * 1024
 }
+fn default_max_fill_bytes() -> u64 {
+    64 * 1024 * 1024
+}
 fn default_not_found_ttl() -> Duration {
     Duration::from_secs(10)
 }
@@ -329,6 +340,7 @@ impl Default for CacheConfig {
             default_ttl: default_ttl(),
             max_size: default_max_size(),
             max_object_size: default_max_object_size(),
+            max_fill_bytes: default_max_fill_bytes(),
             not_found_ttl: default_not_found_ttl(),
             grace: default_grace(),
             keep: default_keep(),

@@ -5,7 +5,10 @@
 //!
 //! - Fills (GET/HEAD for the cache) send Host (the host of the cache key),
 //!   the content-negotiation and credential headers in [`FILL_ALLOW`], and
-//!   the configured keyed headers — never a body header (`Content-Length`,
+//!   the configured keyed headers. The client's own descriptions of itself
+//!   ([`UNKEYED_CLIENT`]: User-Agent, Referer, Origin) are not sent unless
+//!   keyed: a backend may answer per browser, page or site without saying
+//!   `Vary`, and one client's answer would be stored for everyone — never a body header (`Content-Length`,
 //!   `Transfer-Encoding`, `Expect`), which on a bodiless request would
 //!   desync the pooled connection (0.CL request smuggling).
 //! - Pass-through of a GET/HEAD adds the conditional and Range headers.
@@ -34,11 +37,15 @@ pub const FILL_ALLOW: &[HeaderName] = &[
     header::AUTHORIZATION,
     header::CACHE_CONTROL,
     header::COOKIE,
-    header::ORIGIN,
     header::PRAGMA,
-    header::REFERER,
-    header::USER_AGENT,
 ];
+
+/// Headers that describe the client (its software, the page it came from,
+/// the site that made the request): backends answer differently on them
+/// (mobile pages, hotlink protection, CORS) often without `Vary`. Not sent
+/// on fills unless listed in `keyedHeaders` (then sent and keyed); sent on
+/// requests passed through, whose answers are not stored.
+pub const UNKEYED_CLIENT: &[HeaderName] = &[header::ORIGIN, header::REFERER, header::USER_AGENT];
 
 /// Added for a GET/HEAD passed through (its answer is not stored).
 pub const PASS_GET_ALLOW: &[HeaderName] = &[
@@ -161,11 +168,12 @@ impl Forwarding {
         out
     }
 
-    /// Headers of a GET/HEAD passed through: a fill's plus Range and the
-    /// conditional headers.
+    /// Headers of a GET/HEAD passed through: a fill's plus Range, the
+    /// conditional headers and the client's description of itself.
     pub fn pass_get_headers(&self, client: &HeaderMap, host: &str, peer: IpAddr) -> HeaderMap {
         let mut out = self.fill_headers(client, host, peer);
-        for name in PASS_GET_ALLOW {
+        let unkeyed = UNKEYED_CLIENT.iter().filter(|n| !self.keyed.contains(n));
+        for name in PASS_GET_ALLOW.iter().chain(unkeyed) {
             for v in client.get_all(name) {
                 out.append(name.clone(), v.clone());
             }
@@ -392,6 +400,32 @@ mod tests {
         assert!(f.sent_on_fill(&HeaderName::from_static("x-forwarded-proto")));
         assert!(f.sent_on_fill(&header::ACCEPT_ENCODING));
         assert!(!f.sent_on_fill(&HeaderName::from_static("x-custom")));
+    }
+
+    #[test]
+    fn the_client_description_is_sent_on_fills_only_when_keyed() {
+        let client = hm(&[
+            ("user-agent", "evil-bot"),
+            ("referer", "https://evil.test/"),
+            ("origin", "https://evil.test"),
+        ]);
+        let plain = fwd(&[], &[]);
+        let h = plain.fill_headers(&client, "a.test", PEER);
+        for name in ["user-agent", "referer", "origin"] {
+            assert!(!h.contains_key(name), "{name} sent on a fill");
+            assert!(!plain.sent_on_fill(&HeaderName::from_static(name)));
+        }
+        // Passed through (not stored): sent as they came, once.
+        let h = plain.pass_get_headers(&client, "a.test", PEER);
+        assert_eq!(h.get_all("user-agent").iter().count(), 1);
+        assert_eq!(h["referer"], "https://evil.test/");
+        let keyed = fwd(&["User-Agent"], &[]);
+        let h = keyed.fill_headers(&client, "a.test", PEER);
+        assert_eq!(h["user-agent"], "evil-bot");
+        assert!(!h.contains_key("referer"));
+        assert!(keyed.sent_on_fill(&header::USER_AGENT));
+        let h = keyed.pass_get_headers(&client, "a.test", PEER);
+        assert_eq!(h.get_all("user-agent").iter().count(), 1);
     }
 
     #[test]

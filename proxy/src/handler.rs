@@ -24,6 +24,7 @@ use crate::cache::{CachedObject, Flight, Inflight, Store, X_CACHE, wait};
 use crate::conditional;
 use crate::config::ProxyConfig;
 use crate::error::{ConfigError, ProxyError, UpstreamError};
+use crate::fill_budget::FillBudget;
 use crate::forwarding::{self, Forwarding};
 use crate::hop;
 use crate::key;
@@ -49,6 +50,8 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// What goes upstream (allow-lists, keyed headers, trusted proxies, Via).
     pub fwd: Forwarding,
+    /// The memory all fills in flight may hold (`cache.maxFillBytes`).
+    pub fill_budget: Arc<FillBudget>,
 }
 
 impl Runtime {
@@ -83,6 +86,12 @@ impl Runtime {
             _ => upstream::build_client(&cfg.timeouts),
         };
         let inflight = prev.map(|p| p.inflight.clone()).unwrap_or_default();
+        let fill_budget = match prev {
+            Some(p) if p.cfg.cache.max_fill_bytes == cfg.cache.max_fill_bytes => {
+                p.fill_budget.clone()
+            }
+            _ => FillBudget::new(cfg.cache.max_fill_bytes),
+        };
         let fwd = Forwarding::new(&cfg.keyed_headers, &cfg.trusted_proxies, &cfg.via_name)?;
         Ok(Self {
             fwd,
@@ -93,6 +102,7 @@ impl Runtime {
             owners,
             inflight,
             metrics,
+            fill_budget,
         })
     }
 

@@ -18,6 +18,7 @@ pub mod error;
 /// as well: the proxy stays free of the core crate (its Kubernetes API types).
 #[path = "../../core/src/error_chain.rs"]
 pub(crate) mod error_chain;
+pub mod fill_budget;
 pub mod forwarding;
 pub mod handler;
 pub mod health;

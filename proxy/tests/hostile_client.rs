@@ -194,6 +194,51 @@ async fn keyed_headers_are_forwarded_and_keep_their_own_cache_entries() {
     proxy.shutdown().await;
 }
 
+/// A backend that answers per User-Agent, Referer and Origin without saying `Vary`.
+const ECHO_CLIENT: &str = r#"location /who/ { default_type text/plain; add_header Cache-Control "max-age=60";
+    return 200 "ua=$http_user_agent ref=$http_referer origin=$http_origin\n"; }"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_agent_referer_and_origin_are_not_sent_on_fills_unless_keyed() {
+    let a = Nginx::start("web1", &[], ECHO_CLIENT);
+    let proxy = start_proxy(config_for(&[&a])).await;
+    let c = TestClient::new(proxy.addr);
+    let evil = [
+        ("user-agent", "evil-bot"),
+        ("referer", "https://evil.example/"),
+        ("origin", "https://evil.example"),
+    ];
+    let clean = "ua= ref= origin=\n";
+    let r = c.get("/who/page", &evil).await;
+    assert_eq!(r.text(), clean, "the backend saw the client's description");
+    let r = c.get("/who/page", &[("user-agent", "Mozilla/5.0")]).await;
+    assert_eq!(
+        (r.text().as_str(), r.header("x-cache")),
+        (clean, Some("HIT")),
+        "served to the next client"
+    );
+    proxy.shutdown().await;
+
+    // Keyed (the route lists User-Agent): sent, and each value has its own entry.
+    let mut cfg = config_for(&[&a]);
+    cfg.keyed_headers = vec!["User-Agent".into()];
+    let proxy = start_proxy(cfg).await;
+    let c = TestClient::new(proxy.addr);
+    let r = c.get("/who/keyed", &evil).await;
+    assert_eq!(r.text(), "ua=evil-bot ref= origin=\n");
+    let r = c.get("/who/keyed", &[("user-agent", "Mozilla/5.0")]).await;
+    assert_eq!(
+        (r.text().as_str(), r.header("x-cache")),
+        ("ua=Mozilla/5.0 ref= origin=\n", Some("MISS"))
+    );
+    let r = c.get("/who/keyed", &evil).await;
+    assert_eq!(
+        (r.text().as_str(), r.header("x-cache")),
+        ("ua=evil-bot ref= origin=\n", Some("HIT"))
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_is_the_socket_peer_unless_the_peer_is_trusted() {
     let a = Nginx::start("web1", &[("/p.txt", b"p")], "");
@@ -680,5 +725,71 @@ async fn private_and_no_store_responses_are_never_stored() {
         assert_ne!(second.header("x-cache"), Some("HIT"), "{path}");
     }
     assert_eq!(settled_hits(&[&a], 4).await, 4);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fills_share_one_memory_budget() {
+    // Four 1 MiB files sent at 512 KiB/s: their fills overlap for about two seconds. The
+    // budget of all fills (1.5 MiB) holds one of them, not two; each fill alone is well
+    // within maxObjectSize.
+    const MIB: usize = 1024 * 1024;
+    let files: Vec<(String, Vec<u8>)> = (0..4u8)
+        .map(|i| {
+            let body = (0..MIB).map(|j| (j % 251) as u8 ^ i).collect();
+            (format!("/slow/f{i}.bin"), body)
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    let a = Nginx::start(
+        "web1",
+        &refs,
+        r#"location /slow/ { limit_rate 512k; add_header Cache-Control "max-age=60"; }"#,
+    );
+    let mut cfg = config_for(&[&a]);
+    cfg.cache.max_fill_bytes = 3 * MIB as u64 / 2;
+    let proxy = start_proxy(cfg).await;
+    let c = TestClient::new(proxy.addr);
+    let fills: Vec<_> = files
+        .iter()
+        .map(|(p, _)| {
+            let (c, p) = (c.clone(), p.clone());
+            tokio::spawn(async move { c.get(&p, &[]).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for f in fills {
+        answers.push(f.await.expect("fill task"));
+    }
+    for ((path, body), r) in files.iter().zip(&answers) {
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert!(
+            r.body == body.as_slice(),
+            "{path}: the whole body, uncached or not"
+        );
+    }
+    // At most one fill found room; the others streamed through.
+    let mut hits = 0;
+    for (path, body) in &files {
+        let r = c.get(path, &[]).await;
+        assert!(r.body == body.as_slice(), "{path}");
+        if r.header("x-cache") == Some("HIT") {
+            hits += 1;
+        }
+    }
+    let m = proxy.shared.metrics_text();
+    let refused = metric(
+        &m,
+        "zetaback_proxy_not_stored_total{reason=\"fill-budget\"}",
+    );
+    println!("stored from the concurrent fills: {hits} of 4; refused for the budget: {refused}");
+    assert!(
+        hits <= 1,
+        "{hits} of 4 concurrent 1 MiB fills were stored within 1.5 MiB"
+    );
+    assert!(refused >= 3.0, "{m}");
     proxy.shutdown().await;
 }

@@ -273,6 +273,21 @@ pub fn receive_abort(caps: &Capabilities, dataset: &str) -> Result<Vec<String>, 
     Ok(owned(&["receive", "-A", dataset]))
 }
 
+/// `zfs get -H -p -o property,value used,available <dataset>`: its space in bytes
+/// (`available` counts the pool's free space, quotas and reservations).
+pub fn space(dataset: &str) -> Result<Vec<String>, ZfsError> {
+    validate_dataset(dataset)?;
+    Ok(owned(&[
+        "get",
+        "-H",
+        "-p",
+        "-o",
+        "property,value",
+        "used,available",
+        dataset,
+    ]))
+}
+
 /// `zfs get -H -p -o value receive_resume_token <dataset>`.
 pub fn resume_token(caps: &Capabilities, dataset: &str) -> Result<Vec<String>, ZfsError> {
     if !caps.has(Capability::ResumableSend) {
@@ -298,6 +313,24 @@ mod tests {
 
     fn s(args: &[&str]) -> Vec<String> {
         owned(args)
+    }
+
+    #[test]
+    fn space_reads_used_and_available_of_a_valid_name_only() {
+        assert_eq!(
+            space("tank/r").expect("valid"),
+            s(&[
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "property,value",
+                "used,available",
+                "tank/r"
+            ])
+        );
+        assert!(space("-o").is_err());
+        assert!(space("tank/r@snap").is_err());
     }
 
     #[test]

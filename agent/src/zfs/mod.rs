@@ -33,7 +33,7 @@ pub use argv::{ReceiveRequest, SendBase, SendRequest};
 pub use caps::{Capabilities, Capability};
 pub use error::{CommandLine, ZfsError};
 pub use inert::ReceivePurpose;
-pub use parse::{DatasetInfo, Inventory, PoolInfo, SnapshotInfo};
+pub use parse::{DatasetInfo, DatasetSpace, Inventory, PoolInfo, SnapshotInfo};
 pub use process::{ReceiveProcess, SendProcess, Watched};
 
 /// Time limits on `zfs` / `zpool` children.
@@ -435,6 +435,24 @@ impl Zfs {
         let args = argv::send(&self.caps, &req)?;
         let text = self.output(&args, true).await?;
         parse::parse_send_estimate(&text)
+            .map(Some)
+            .map_err(|detail| ZfsError::Parse {
+                command: self.command_line(&self.zfs, &args),
+                detail,
+            })
+    }
+
+    /// `dataset`'s used and available bytes, or `None` when it does not exist.
+    pub async fn space(&self, dataset: &str) -> Result<Option<parse::DatasetSpace>, ZfsError> {
+        let args = argv::space(dataset)?;
+        let text = match self.output(&args, true).await {
+            Ok(text) => text,
+            Err(ZfsError::Failed { stderr, .. }) if stderr.contains("does not exist") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        parse::parse_space(&text)
             .map(Some)
             .map_err(|detail| ZfsError::Parse {
                 command: self.command_line(&self.zfs, &args),

@@ -220,9 +220,64 @@ pub fn parse_resume_token(text: &str) -> Option<String> {
     opt_value(text.trim())
 }
 
+/// A dataset's space, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatasetSpace {
+    /// What it and its descendants (snapshots included) take.
+    pub used: u64,
+    /// What may still be written to it (the pool's free space, less quotas and reservations).
+    pub available: u64,
+}
+
+/// Parses `zfs get -H -p -o property,value used,available <ds>`.
+pub fn parse_space(text: &str) -> Result<DatasetSpace, String> {
+    let (mut used, mut available) = (None, None);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (property, value) = line
+            .split_once('\t')
+            .ok_or_else(|| format!("{line:?} is not `property<TAB>value`"))?;
+        let n = value
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{property} {value:?} is not a number of bytes"))?;
+        match property {
+            "used" => used = Some(n),
+            "available" => available = Some(n),
+            _ => {}
+        }
+    }
+    match (used, available) {
+        (Some(used), Some(available)) => Ok(DatasetSpace { used, available }),
+        _ => Err(format!("no used and available in {text:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn space_of_a_dataset() {
+        // Recorded from zfs-fuse: `zfs get -H -p -o property,value used,available zbt/r`.
+        assert_eq!(
+            parse_space("used\t2105344\navailable\t207318528\n"),
+            Ok(DatasetSpace {
+                used: 2_105_344,
+                available: 207_318_528
+            })
+        );
+        assert_eq!(
+            parse_space("available\t5\nused\t7\n"),
+            Ok(DatasetSpace {
+                used: 7,
+                available: 5
+            })
+        );
+        assert!(parse_space("used\t-\navailable\t5\n").is_err());
+        assert!(parse_space("used\t7\n").is_err());
+        assert!(parse_space("").is_err());
+        assert!(parse_space("used 7\navailable 5\n").is_err());
+    }
 
     /// Recorded on this machine from zfs-fuse:
     /// `zfs get -H -p -r -o name,property,value type,creation,used,referenced,zetaback.io:managed,zetaback.io:class,zetaback.io:exclude tank`.

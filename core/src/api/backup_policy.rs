@@ -581,9 +581,34 @@ pub struct BackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 200))]
     pub recovery: Vec<DatasetRecovery>,
+    /// Per covered dataset with a stored backup: the newest backup the controller saw in the
+    /// store's catalogue (or, while that one is missing and the policy still keeps it, the
+    /// one that went missing). What `BackupMissing` compares the catalogue with: unlike a
+    /// BackupJob (garbage-collected, deletable), it stays as long as the dataset is covered.
+    /// At most 5000 entries (datasets beyond rely on their newest succeeded BackupJob).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5000))]
+    pub newest_stored: Vec<StoredBackupSeen>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
+}
+
+/// At most this many datasets are listed in `status.newestStored`.
+pub const MAX_LISTED_NEWEST_STORED: usize = 5000;
+
+/// The newest backup of one dataset seen in the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredBackupSeen {
+    pub host: String,
+    pub dataset: String,
+    /// The backup's id in the store.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub backup_type: crate::api::backup_job::BackupType,
+    /// When its snapshot was taken.
+    pub created: Time,
 }
 
 /// At most this many datasets are listed in `status.recovery`.

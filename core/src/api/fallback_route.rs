@@ -63,7 +63,9 @@ pub struct FallbackRouteSpec {
     pub trusted_proxies: Vec<String>,
     /// Request headers sent to the backends on cache fills and made part of the cache key
     /// (e.g. `X-Forwarded-Proto` behind a TLS terminator, when backends answer differently
-    /// per scheme). Other client headers are not forwarded on fills.
+    /// per scheme). Other client headers are not forwarded on fills; among them User-Agent,
+    /// Referer and Origin (backends often answer per browser or per site without `Vary`): list
+    /// one here for the backends to see it, at the price of one cache entry per value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 64)))]
     #[x_kube(validation = Rule::new(KEYED_HEADER_NAME_RULE).message("each of keyedHeaders must be a header name: letters, digits and !#$%&'*+.^_`|~- only"))]

@@ -32,6 +32,7 @@ mod objectives;
 mod pieces;
 mod retention;
 mod schedule;
+mod seen;
 mod verify;
 mod violations;
 
@@ -58,6 +59,7 @@ pub use retention::{RetentionPlan, plan_retention, retained_by_rule};
 pub use schedule::{
     BaseRef, DueBackup, DuePlan, DueReason, Hold, next_backup, plan_due, retry_backoff,
 };
+pub use seen::{Remembered, expected_backup, remember};
 pub use verify::{
     VerifyPlan, plan_verification, plan_verify, plan_verify_now, unhealed_quarantine,
 };

@@ -337,6 +337,10 @@ fn tee_into_store(
         metrics.not_stored(NotStorable::TooLarge.as_str());
         store2.mark_pass(&primary2);
     });
+    let metrics = rt.metrics.clone();
+    let on_no_room: crate::body::OnOverflow = Box::new(move || {
+        metrics.not_stored(FILL_BUDGET_FULL);
+    });
     let body = TeeBody::new(
         incoming,
         content_length,
@@ -344,7 +348,8 @@ fn tee_into_store(
         on_complete,
         on_overflow,
         Box::new(guard),
-    );
+    )
+    .with_budget(&rt.fill_budget, on_no_room);
     let body = IdleTimeoutBody::new(body.boxed(), rt.cfg.timeouts.body_idle);
     Filled::Stream(Response::from_parts(parts, body.boxed()))
 }
@@ -360,6 +365,7 @@ async fn buffer_into_store(
 ) -> Result<Filled, ProxyError> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut size: u64 = 0;
+    let mut reservation = rt.fill_budget.reserve(0);
     let frame_timeout = rt.cfg.timeouts.response_header;
     loop {
         let frame = match tokio::time::timeout(frame_timeout, incoming.frame()).await {
@@ -374,6 +380,14 @@ async fn buffer_into_store(
         if let Ok(data) = frame.into_data() {
             size += data.len() as u64;
             chunks.push(data);
+            // Over the budget of all fills: this one streams through, and the key stays
+            // cacheable (memory is short now, the answer is not uncacheable).
+            if !reservation.as_mut().is_some_and(|r| r.grow_to(size)) {
+                rt.metrics.not_stored(FILL_BUDGET_FULL);
+                let body = PrefixedBody::new(chunks, incoming).boxed();
+                let body = IdleTimeoutBody::new(body, rt.cfg.timeouts.body_idle).boxed();
+                return Ok(Filled::Stream(Response::from_parts(parts, body)));
+            }
             if size > rt.store.max_object_size {
                 rt.metrics.not_stored(NotStorable::TooLarge.as_str());
                 rt.store.mark_pass(&ctx.primary);
@@ -397,6 +411,9 @@ async fn buffer_into_store(
         obj,
     )))
 }
+
+/// The `not_stored` reason of a fill that found no room in `cache.maxFillBytes`.
+const FILL_BUDGET_FULL: &str = "fill-budget";
 
 /// Whether an unstorable answer should send this key straight to the
 /// backends for a while (hit-for-pass). Only for reasons the response

@@ -23,8 +23,8 @@ use super::super::store_client::StoreView;
 use super::{HELD_RETRY, MAX_LISTED_VIOLATIONS, MAX_REQUEUE, POLICY_LABEL, SLOT_RETRY};
 use crate::api::backup_policy::{
     BACKUP_NOW_ANNOTATION, BACKUP_NOW_REQUEST_ANNOTATION, BackupNowRequest, DatasetVerification,
-    MAX_LISTED_VERIFICATIONS, QuarantinedBackup, VERIFY_NOW_ANNOTATION, VerifyNowRequest,
-    Violation, ViolationReason, parse_backup_now,
+    MAX_LISTED_NEWEST_STORED, MAX_LISTED_VERIFICATIONS, QuarantinedBackup, StoredBackupSeen,
+    VERIFY_NOW_ANNOTATION, VerifyNowRequest, Violation, ViolationReason, parse_backup_now,
 };
 use crate::api::condition::{COMPLIANT, OVERLAPPING, READY};
 use crate::api::zfs_host::DatasetStatus;
@@ -138,6 +138,30 @@ fn last_recorded<'a>(jobs: &[&'a BackupJob]) -> Option<policy::RecordedBackup<'a
             })
         })
         .max_by_key(|r| r.started)
+}
+
+/// The newest backup seen in the store, as remembered in the status.
+fn seen_record(r: &StoredBackupSeen) -> policy::RecordedBackup<'_> {
+    policy::RecordedBackup {
+        id: &r.id,
+        kind: r.backup_type,
+        started: r.created.0,
+    }
+}
+
+/// Remembers `r` as the newest backup of `host`/`dataset` seen in the store.
+fn remember_seen(tally: &mut Tally, host: &str, dataset: &str, r: Option<policy::Remembered>) {
+    if let Some(r) = r
+        && tally.newest_stored.len() < MAX_LISTED_NEWEST_STORED
+    {
+        tally.newest_stored.push(StoredBackupSeen {
+            host: host.to_owned(),
+            dataset: dataset.to_owned(),
+            id: r.id,
+            backup_type: r.kind,
+            created: Time(r.created),
+        });
+    }
 }
 
 /// One job as the history logic sees it.
@@ -278,6 +302,9 @@ struct Settings {
     verify: Option<(jiff::SignedDuration, u64)>,
     verify_now: Option<VerifyNowRequest>,
     rpo: Option<jiff::SignedDuration>,
+    /// The newest backup of each dataset seen in the store at the last evaluation
+    /// (`status.newestStored`), by (host, dataset).
+    seen: HashMap<(String, String), StoredBackupSeen>,
 }
 
 impl Settings {
@@ -299,6 +326,12 @@ impl Settings {
                 .and_then(|o| o.rpo.as_ref())
                 .and_then(|d| d.duration().ok())
                 .and_then(|d| jiff::SignedDuration::try_from(d).ok()),
+            seen: policy
+                .status
+                .iter()
+                .flat_map(|s| &s.newest_stored)
+                .map(|r| ((r.host.clone(), r.dataset.clone()), r.clone()))
+                .collect(),
         })
     }
 }
@@ -319,6 +352,8 @@ struct Tally {
     dataset_count: i32,
     last_backup: Option<Timestamp>,
     bytes_stored: u64,
+    /// What `status.newestStored` will say.
+    newest_stored: Vec<StoredBackupSeen>,
 }
 
 impl Tally {
@@ -481,9 +516,19 @@ fn plan_dataset(
             .overlaps
             .push((host_name.to_owned(), ds.name.clone(), others));
     }
+    let seen = settings
+        .seen
+        .get(&(host_name.to_owned(), ds.name.clone()))
+        .map(seen_record);
     let cat = match catalogue.owned_by(host_name, &ds.name, &settings.owner) {
         Ok(c) => c,
         Err(e) => {
+            remember_seen(
+                tally,
+                host_name,
+                &ds.name,
+                policy::remember(None, None, false, seen),
+            );
             // Nothing is scheduled or deleted on a store that does not add up, and the
             // dataset is a violator: its backups cannot be vouched for.
             warn!(host = %host_name, dataset = %ds.name, error = %e, "inconsistent catalogue; skipped");
@@ -519,9 +564,24 @@ fn plan_dataset(
         jobs: job_state(jobs),
         covered_since: settings.covered_since,
         forced,
-        last_recorded: last_recorded(jobs),
+        last_recorded: policy::expected_backup(last_recorded(jobs), seen),
     };
     let mut p = policy::evaluate(inputs.rules, &dstate, now);
+    let missing = p
+        .violations
+        .iter()
+        .any(|f| f.reason == ViolationReason::BackupMissing);
+    // A paused host's datasets are not evaluated: what was remembered stays.
+    let remembered = policy::remember(
+        inputs
+            .catalogue
+            .filter(|_| state != HostState::Paused)
+            .map(|_| cat),
+        dstate.last_recorded,
+        missing,
+        seen,
+    );
+    remember_seen(tally, host_name, &ds.name, remembered);
     if let Some(rpo) = settings.rpo
         && state != HostState::Paused
         && let Some(f) = policy::rpo_violation(cat, rpo, settings.covered_since, now)
@@ -704,6 +764,7 @@ fn finish(inputs: &Inputs<'_>, settings: &Settings, hosts: usize, tally: Tally) 
         dataset_count,
         last_backup,
         bytes_stored,
+        newest_stored,
         ..
     } = tally;
     // A dataset is one violator however many reasons it has.
@@ -755,6 +816,7 @@ fn finish(inputs: &Inputs<'_>, settings: &Settings, hosts: usize, tally: Tally) 
         verification,
         drill_now_handled: None, // set by drill::merge_into
         recovery: Vec::new(),
+        newest_stored,
         conditions: Vec::new(),
     };
     if inputs.catalogue.is_none() {

@@ -366,6 +366,58 @@ fn a_backup_lost_from_the_store_is_a_violation() {
 }
 
 #[test]
+fn a_backup_lost_from_the_store_stays_a_violation_after_its_job_is_gone() {
+    // No BackupJob at all (garbage-collected): only what the controller saw in the store.
+    let hosts = [host("db-1", "db", 5000, &["tank/a"])];
+    let mut pol = policy();
+    let stored = store::Catalogue {
+        backups: vec![full("db-1", "tank/a", 4000)],
+        problems: vec![],
+    };
+    let seen = decide(&pol, &hosts, Some(&stored), 5000, None, &[], 0);
+    assert_eq!(seen.status.violators, 0, "{:?}", seen.status.violations);
+    pol.status = Some(seen.status);
+    let lost = store::Catalogue::default();
+    let p = decide(&pol, &hosts, Some(&lost), 5000, None, &[], 0);
+    let reasons: Vec<_> = p.status.violations.iter().map(|v| v.reason).collect();
+    assert!(
+        reasons.contains(&ViolationReason::BackupMissing),
+        "{:?}",
+        p.status.violations
+    );
+    // It stays while the store cannot be read, and on the next look.
+    pol.status = Some(p.status);
+    let unread = decide(&pol, &hosts, None, 5100, None, &[], 0);
+    pol.status = Some(unread.status);
+    let again = decide(&pol, &hosts, Some(&lost), 5200, None, &[], 0);
+    assert!(
+        again
+            .status
+            .violations
+            .iter()
+            .any(|v| v.reason == ViolationReason::BackupMissing),
+        "{:?}",
+        again.status.violations
+    );
+    // A newer backup stored: the loss is healed, and remembered no more.
+    let healed = store::Catalogue {
+        backups: vec![full("db-1", "tank/a", 5300)],
+        problems: vec![],
+    };
+    pol.status = Some(again.status);
+    let hosts = [host("db-1", "db", 5400, &["tank/a"])];
+    let p = decide(&pol, &hosts, Some(&healed), 5400, None, &[], 0);
+    assert_eq!(p.status.violators, 0, "{:?}", p.status.violations);
+    let ids: Vec<_> = p
+        .status
+        .newest_stored
+        .iter()
+        .map(|r| r.id.as_str())
+        .collect();
+    assert_eq!(ids, ["5300.full"]);
+}
+
+#[test]
 fn a_store_that_does_not_add_up_is_a_violation_not_a_skipped_dataset() {
     let hosts = [host("db-1", "db", 5000, &["tank/a"])];
     let mut junk = full("db-1", "tank/a", 4000);
