@@ -61,9 +61,13 @@ if zfs list -H -o name zbnode1/db >/dev/null 2>&1; then
 fi
 rm -rf "${store:?}/zb-node1"
 for ds in zbnode1/db/pg zbnode1/db/redis; do bash e2e/scripts/zfs.sh dataset "$ds" >/dev/null; done
-# The restore drills' scratch root on node 2 (the agent creates and destroys a dataset under it
-# per drill, and refuses a root not marked scratch).
-zfs list -H -o name zbnode2/drills >/dev/null 2>&1 || zfs create zbnode2/drills
+# The restore drills' scratch root on node 2: the agent creates and destroys a dataset under it
+# per drill, and refuses a root not marked zetaback.io:scratch=on. mountpoint=none: a drill only
+# checks the received snapshots, so nothing is mounted (on zfs-fuse a receive mounts at the
+# inherited mountpoint, and node 2's mount namespace, copied when the node started, would not
+# hold this dataset's mount: the mount would fail).
+zfs list -H -o name zbnode2/drills >/dev/null 2>&1 || zfs create -o mountpoint=none zbnode2/drills
+zfs set mountpoint=none zbnode2/drills
 zfs set zetaback.io:scratch=on zbnode2/drills
 head -c 2000000 /dev/urandom >/run/zetaback/zfs/zbnode1/db/pg/base.dat
 head -c 500000 /dev/urandom >/run/zetaback/zfs/zbnode1/db/redis/dump.rdb

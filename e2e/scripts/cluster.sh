@@ -46,7 +46,9 @@ count=${ZETABACK_CLUSTER_NODE_COUNT:-2}
 bridge=zb-br0
 host_ip=10.250.0.1
 api_port=26443
-etcd_port=22379
+# A port no other control plane here uses (up refuses one that is taken: on 22379 another
+# plane's etcd once answered and this cluster's apiserver stored everything in it).
+etcd_port=24379
 service_cidr=10.96.0.0/16
 cluster_dns=10.96.0.10
 cluster_cidr=10.244.0.0/16
@@ -495,6 +497,11 @@ up() {
   done
   mkdir -p "$run"
   tools >/dev/null
+  # Our etcd or none on its port: env.sh's etcd fails on a taken port, and the apiserver would
+  # then store this cluster in whatever etcd answers there.
+  if ss -ltnH "sport = :$etcd_port" | grep -q . && ! kill -0 "$(cat "$run/etcd.pid" 2>/dev/null || echo x)" 2>/dev/null; then
+    die "port $etcd_port (this cluster's etcd) is taken by another process: $(ss -ltnpH "sport = :$etcd_port")"
+  fi
   network_up
   cp_up >/dev/null
   kubectl get clusterrolebinding system:node-proxier >/dev/null

@@ -26,10 +26,10 @@ const POOL: &str = "zbnode1";
 const LIMIT: Duration = Duration::from_secs(300);
 /// The agents' outgoing bandwidth per backup stream (chart value `agent.bandwidthLimit`,
 /// bytes per second): slow enough that the mid-transfer test's stream of
-/// [`BIG_BYTES`] takes about 8 s, so the source agent pod is deleted while it flows.
+/// [`BIG_BYTES`] takes about 10 s, so the source agent pod is deleted while it flows.
 const BANDWIDTH_LIMIT: u64 = 4 << 20;
 /// The file of the dataset whose backup is cut by deleting the source agent pod.
-const BIG_BYTES: usize = 32 << 20;
+const BIG_BYTES: usize = 40 << 20;
 
 struct Cluster {
     root: PathBuf,
