@@ -998,7 +998,16 @@ spec:
         stream.len()
     );
     c.kubectl(&["delete", "backuppolicy", "-n", NS, POLICY, "--wait=true"]);
-    destroy_datasets(&[&dataset]);
+    // Known (session 9, left open): on zfs-fuse the cut job's snapshot stays "dataset is busy"
+    // for minutes after its send was cut (the daemon's send does not end with its client), so
+    // the dataset may not be destroyable yet: reported, left to `cluster.sh down`.
+    let out = zetaback_e2e::fleet::run_output("zfs", &["destroy", "-r", &dataset]);
+    if !out.status.success() {
+        println!(
+            "== NOT CLEANED (zfs-fuse): zfs destroy -r {dataset}: {}",
+            text(&out.stderr).trim()
+        );
+    }
 }
 
 /// From a `kubectl get --watch -o json` stream: each pod's (uid, exit code) of its first
