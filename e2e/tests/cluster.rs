@@ -1001,6 +1001,14 @@ spec:
     // Known (session 9, left open): on zfs-fuse the cut job's snapshot stays "dataset is busy"
     // for minutes after its send was cut (the daemon's send does not end with its client), so
     // the dataset may not be destroyable yet: reported, left to `cluster.sh down`.
+    let snapshots = zetaback_e2e::fleet::run_output(
+        "zfs",
+        &["list", "-H", "-t", "snapshot", "-o", "name", "-r", &dataset],
+    );
+    for snapshot in text(&snapshots.stdout).lines() {
+        let _ =
+            zetaback_e2e::fleet::run_output("zfs", &["release", "zetaback-base", snapshot.trim()]);
+    }
     let out = zetaback_e2e::fleet::run_output("zfs", &["destroy", "-r", &dataset]);
     if !out.status.success() {
         println!(
