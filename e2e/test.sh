@@ -125,7 +125,8 @@ cluster_tier() {
   node_tools_wait
   bash e2e/scripts/build-node-tools.sh
   echo "== images (e2e/scripts/image.sh build), kubectl-zetaback (the tests run it)"
-  bash e2e/scripts/image.sh build >/dev/null
+  ZETABACK_IMAGE_DIR=$(bash e2e/scripts/image.sh build)
+  export ZETABACK_IMAGE_DIR
   cargo build --locked -p zetaback --bin kubectl-zetaback
   echo "== local cluster"
   bash e2e/scripts/cluster.sh up

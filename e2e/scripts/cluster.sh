@@ -10,7 +10,8 @@
 #                       namespaces, veths, the bridge, routes, mounts, state directories, and
 #                       zfs-fuse when up started it and no other pool made by zfs.sh is left
 #   cluster.sh status   what runs, and `kubectl get nodes`
-#   cluster.sh images   imports the newest image build (image.sh build) into every running node
+#   cluster.sh images   imports the newest image build (image.sh build; ZETABACK_IMAGE_DIR: that
+#                       build's directory instead) into every running node
 #   cluster.sh env      prints KUBECONFIG=… lines for the tests
 #   cluster.sh install [HELM ARGS…]   `helm upgrade --install` of charts/zetaback (release
 #                       zetaback, namespace zetaback-system) with this cluster's settings; extra
@@ -45,7 +46,9 @@ count=${ZETABACK_CLUSTER_NODE_COUNT:-2}
 bridge=zb-br0
 host_ip=10.250.0.1
 api_port=26443
-etcd_port=22379
+# A port no other control plane here uses (up refuses one that is taken: on 22379 another
+# plane's etcd once answered and this cluster's apiserver stored everything in it).
+etcd_port=24379
 service_cidr=10.96.0.0/16
 cluster_dns=10.96.0.10
 cluster_cidr=10.244.0.0/16
@@ -390,7 +393,10 @@ images() {
   mkdir -p "$run/images"
   pause_image "$run/images/pause.tar"
   coredns_image "$run/images/coredns.tar"
-  cur=$(readlink -f "${ZETABACK_CACHE:-$HOME/.cache/zetaback}/images/current" 2>/dev/null) || cur=
+  # ZETABACK_IMAGE_DIR: the build `image.sh build` printed (the tier and the demo pass theirs:
+  # `images/current` follows whichever build ran last on the machine, e.g. the e2e tier's).
+  cur=${ZETABACK_IMAGE_DIR:-}
+  [ -n "$cur" ] || cur=$(readlink -f "${ZETABACK_CACHE:-$HOME/.cache/zetaback}/images/current" 2>/dev/null) || cur=
   if [ -n "$cur" ] && [ -f "$cur/done" ]; then
     for t in controller agent proxy; do ln -sfn "$cur/$t.tar" "$run/images/zetaback-$t.tar"; done
   else
@@ -491,6 +497,11 @@ up() {
   done
   mkdir -p "$run"
   tools >/dev/null
+  # Our etcd or none on its port: env.sh's etcd fails on a taken port, and the apiserver would
+  # then store this cluster in whatever etcd answers there.
+  if ss -ltnH "sport = :$etcd_port" | grep -q . && ! kill -0 "$(cat "$run/etcd.pid" 2>/dev/null || echo x)" 2>/dev/null; then
+    die "port $etcd_port (this cluster's etcd) is taken by another process: $(ss -ltnpH "sport = :$etcd_port")"
+  fi
   network_up
   cp_up >/dev/null
   kubectl get clusterrolebinding system:node-proxier >/dev/null
@@ -506,7 +517,8 @@ up() {
   # zfs.sh is left); a daemon that was already running serves others and is left alone.
   if ! zpool list -H >/dev/null 2>&1; then touch "$run/zfs-fuse-started"; fi
   "$here/zfs.sh" start 8<&- >/dev/null
-  for i in $(seq 1 "$count"); do "$here/zfs.sh" pool "zbnode$i" 256M 8<&- >/dev/null; done
+  # 768M (sparse files): room for bench/transfer/pods.sh's two datasets beside the tests'.
+  for i in $(seq 1 "$count"); do "$here/zfs.sh" pool "zbnode$i" 768M 8<&- >/dev/null; done
   for i in $(seq 1 "$count"); do node_up "$i"; done
   for i in $(seq 1 "$count"); do
     for _ in $(seq 1 600); do

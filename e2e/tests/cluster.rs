@@ -24,6 +24,12 @@ const RELEASE: &str = "zetaback";
 const POOL: &str = "zbnode1";
 /// How long pods, backups and restores may take on this (loaded, 2-core) machine.
 const LIMIT: Duration = Duration::from_secs(300);
+/// The agents' outgoing bandwidth per backup stream (chart value `agent.bandwidthLimit`,
+/// bytes per second): slow enough that the mid-transfer test's stream of
+/// [`BIG_BYTES`] takes about 10 s, so the source agent pod is deleted while it flows.
+const BANDWIDTH_LIMIT: u64 = 4 << 20;
+/// The file of the dataset whose backup is cut by deleting the source agent pod.
+const BIG_BYTES: usize = 40 << 20;
 
 struct Cluster {
     root: PathBuf,
@@ -230,7 +236,15 @@ fn helm_installed_pods_back_up_node1_to_node2_and_restore() {
         ],
         None,
     );
-    let install = script(&c.root, "cluster.sh", &["install"]);
+    let install = script(
+        &c.root,
+        "cluster.sh",
+        &[
+            "install",
+            "--set",
+            &format!("agent.bandwidthLimit={BANDWIDTH_LIMIT}"),
+        ],
+    );
     assert!(
         install.status.success(),
         "cluster.sh install: {}",
@@ -506,6 +520,15 @@ spec:
         "the files restored after the failover differ"
     );
 
+    // The source agent pod deleted while its backup streams to node 2: the job ends Failed
+    // with the reason, nothing partial is a backup, and the next backup is stored whole.
+    agent_pod_deleted_mid_transfer(&c, &node2_store);
+    // What the pods used so far (backups, restores, the failover): e2e/scripts/pod-resources.sh.
+    println!(
+        "== controller and agent pods' resources after backups, restores, failover and the agent pod's deletion:\n{}",
+        pod_resources(&c, "app.kubernetes.io/name=zetaback")
+    );
+
     // A FallbackRoute: the proxy Deployment the controller generates becomes Ready on the
     // cluster and serves, through its Service, a client in node 1's network namespace with the
     // answer of a real nginx running in node 2's network namespace.
@@ -699,15 +722,300 @@ fn release_pods(c: &Cluster) -> Vec<ReleasePod> {
 }
 
 /// `kubectl-zetaback ARGS` (the built CLI, next to the test binary's directory) with the
-/// cluster's kubeconfig and the chart's catalogue reader.
+/// cluster's kubeconfig and the chart's catalogue reader; the stores verified against the CA
+/// the controller publishes once [`assert_mutual_tls`] saved it.
 fn zetaback_cli(c: &Cluster, args: &[&str]) -> Output {
     let bin = zetaback_e2e::fleet::agent_binary().with_file_name("kubectl-zetaback");
-    Command::new(bin)
-        .args(args)
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
         .args(["--reader-service-account", &format!("{NS}/zetaback-reader")])
+        .env("KUBECONFIG", &c.kubeconfig);
+    let ca = c.run.join("zetaback-ca.crt");
+    if ca.exists() {
+        cmd.arg("--store-ca").arg(ca);
+    }
+    cmd.output().expect("kubectl-zetaback")
+}
+
+/// `e2e/scripts/pod-resources.sh` for the pods `selector` selects in the release namespace:
+/// each container's peak and current memory and CPU seconds, read from its cgroup.
+fn pod_resources(c: &Cluster, selector: &str) -> String {
+    let out = Command::new(c.root.join("e2e/scripts/pod-resources.sh"))
+        .args(["-n", NS, "-l", selector])
         .env("KUBECONFIG", &c.kubeconfig)
         .output()
-        .expect("kubectl-zetaback")
+        .expect("pod-resources.sh");
+    assert!(
+        out.status.success(),
+        "pod-resources.sh: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The release's agent pod on `node` (not terminating).
+fn agent_pod_on(c: &Cluster, node: &str) -> Option<(String, String)> {
+    let list = c.json(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/component=agent",
+    ]);
+    list["items"].as_array()?.iter().find_map(|p| {
+        let live = p["metadata"]["deletionTimestamp"].is_null()
+            && p["spec"]["nodeName"] == node
+            && p["status"]["phase"] == "Running";
+        live.then(|| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                p["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+    })
+}
+
+/// The BackupJobs of policy `policy` in the release namespace.
+fn policy_jobs(c: &Cluster, policy: &str) -> Vec<serde_json::Value> {
+    c.json(&[
+        "get",
+        "backupjob",
+        "-n",
+        NS,
+        "-l",
+        &format!("zetaback.io/policy={policy}"),
+    ])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Issue 12, Build 4: the source agent pod is deleted while its backup streams (rate-limited
+/// by the chart's `agent.bandwidthLimit`) into node 2's store. The job must end, Failed with
+/// its reason (the product's answer: the replacement pod fails what its predecessor left
+/// Running, the controller retries), never stay Running; nothing of the cut stream may be a
+/// backup (no stream or manifest in node 2's store, nothing in the catalogue); the next backup
+/// must be stored whole: its stream's sha256 equal to its manifest's and the job's, and no
+/// temporary file left beside it.
+fn agent_pod_deleted_mid_transfer(c: &Cluster, store: &Path) {
+    const POLICY: &str = "cluster-kill";
+    let dataset = format!("{POOL}/big");
+    destroy_datasets(&[&dataset]);
+    zfs_sh(c, &["dataset", &dataset]);
+    std::fs::write(mounted(&dataset).join("big.bin"), noise(12, BIG_BYTES)).expect("write");
+    let dir = store.join("zb-node1").join(dataset.replace('/', "+"));
+    let _ = std::fs::remove_dir_all(&dir);
+    eventually(
+        "node 1's status lists the big dataset",
+        LIMIT,
+        || {
+            let h = c.json(&["get", "zfshost", "zb-node1"]);
+            h["status"]["datasets"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["name"] == dataset.as_str()))
+                .then_some(())
+        },
+        || c.kubectl(&["get", "zfshost", "zb-node1", "-o", "yaml"]),
+    );
+    c.apply(&format!(
+        r#"
+apiVersion: zetaback.io/v1alpha1
+kind: BackupPolicy
+metadata: {{name: {POLICY}, namespace: {NS}}}
+spec:
+  hosts: {{names: [zb-node1]}}
+  datasets: {{include: ["{dataset}"]}}
+  full: {{every: 24h, keep: 48h}}
+  incremental: {{every: 12h, keep: 48h}}
+  compression: none
+  target: {{host: zb-node2, path: /var/lib/zetaback}}
+"#
+    ));
+    let show_jobs = || c.kubectl(&["get", "backupjob", "-n", NS, "-o", "yaml"]);
+    // The full is streaming: its progress says bytes went out.
+    let (job, sent) = eventually(
+        "the full's job Running with bytesSent > 0",
+        LIMIT,
+        || {
+            policy_jobs(c, POLICY).into_iter().find_map(|j| {
+                let sent = j["status"]["bytesSent"].as_u64().unwrap_or(0);
+                (j["status"]["phase"] == "Running" && sent > 0).then(|| {
+                    (
+                        j["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        sent,
+                    )
+                })
+            })
+        },
+        show_jobs,
+    );
+    let (pod, uid) = agent_pod_on(c, "zb-node1").expect("node 1's agent pod");
+    let deleted = Instant::now();
+    c.kubectl(&["delete", "pod", "-n", NS, &pod, "--wait=false"]);
+    println!("== deleted node 1's agent pod {pod} while job {job} ran ({sent} bytes sent)");
+    // Nothing of the cut stream becomes a backup, at any moment: watched until the job ends.
+    let visible = |dir: &Path| -> Vec<String> {
+        files_under(dir)
+            .iter()
+            .map(|f| {
+                f.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|n| !n.starts_with(zetaback::store::layout::TEMP_PREFIX))
+            .collect()
+    };
+    let (phase, message) = eventually(
+        "the interrupted job ended",
+        LIMIT,
+        || {
+            let seen = visible(&dir);
+            assert!(
+                seen.is_empty(),
+                "node 2's store shows files of the interrupted stream: {seen:?}"
+            );
+            let j = c.json(&["get", "backupjob", "-n", NS, &job]);
+            let phase = j["status"]["phase"].as_str().unwrap_or_default().to_owned();
+            let message = j["status"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some((phase, message))
+        },
+        show_jobs,
+    );
+    let ended = deleted.elapsed().as_secs_f64();
+    assert_eq!(
+        phase, "Failed",
+        "the job whose source pod was deleted mid-transfer: {message}"
+    );
+    assert!(!message.is_empty(), "the job failed without a reason");
+    let (replacement, new_uid) = eventually(
+        "a replacement agent pod on node 1",
+        LIMIT,
+        || agent_pod_on(c, "zb-node1").filter(|(_, u)| *u != uid),
+        || c.kubectl(&["get", "pods", "-n", NS, "-o", "wide"]),
+    );
+    assert_ne!(new_uid, uid);
+    let seen = visible(&dir);
+    assert!(
+        seen.is_empty(),
+        "node 2's store after the job failed: {seen:?}"
+    );
+    // The catalogue (what `kubectl zetaback list` reads from node 2's store) lists nothing.
+    let listed = zetaback_cli(c, &["list", "-n", NS, "-d", &dataset, "-o", "json"]);
+    assert!(
+        listed.status.success(),
+        "kubectl zetaback list: {}",
+        text(&listed.stderr)
+    );
+    assert!(
+        !text(&listed.stderr).contains("unreachable"),
+        "the catalogue was not read: {}",
+        text(&listed.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("list -o json");
+    assert_eq!(
+        rows.as_array().map(Vec::len),
+        Some(0),
+        "the catalogue lists a backup of the interrupted stream: {rows}"
+    );
+    println!(
+        "== the job {phase} {ended:.1}s after the pod's deletion ({message:?}); replacement pod {replacement}; node 2's store and the catalogue show no backup of it"
+    );
+
+    // The next backup, asked for now (the controller would retry after its backoff anyway).
+    let asked = Instant::now();
+    let out = zetaback_cli(c, &["backup", POLICY, "-n", NS, "--full"]);
+    assert!(
+        out.status.success(),
+        "kubectl zetaback backup: {}",
+        text(&out.stderr)
+    );
+    let done = eventually(
+        "a later job of the policy Succeeded",
+        LIMIT,
+        || {
+            let jobs = policy_jobs(c, POLICY);
+            if let Some(f) = jobs
+                .iter()
+                .find(|j| j["metadata"]["name"] != job.as_str() && j["status"]["phase"] == "Failed")
+            {
+                panic!("the next backup failed: {f}");
+            }
+            jobs.into_iter().find(|j| {
+                j["metadata"]["name"] != job.as_str() && j["status"]["phase"] == "Succeeded"
+            })
+        },
+        show_jobs,
+    );
+    let id = done["status"]["backupId"]
+        .as_str()
+        .expect("backupId")
+        .to_owned();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join(format!("{id}.json"))).expect("the manifest"),
+    )
+    .expect("manifest JSON");
+    let stream = std::fs::read(dir.join(&id)).expect("the stream");
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(&stream));
+    assert_eq!(
+        manifest["sha256"],
+        sha.as_str(),
+        "the stored stream's sha256"
+    );
+    assert_eq!(done["status"]["sha256"], sha.as_str(), "the job's sha256");
+    assert_eq!(manifest["bytes"].as_u64(), Some(stream.len() as u64));
+    assert!(
+        stream.len() > BIG_BYTES,
+        "the stream ({} bytes) carries the {BIG_BYTES}-byte file",
+        stream.len()
+    );
+    // Nothing else beside it: the cut stream's temporary file is gone too.
+    let mut names: Vec<String> = files_under(&dir)
+        .iter()
+        .map(|f| {
+            f.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, [id.clone(), format!("{id}.json")], "node 2's store");
+    println!(
+        "== the next backup {id} stored {:.1}s after it was asked for: {} bytes, sha256 verified ({sha})",
+        asked.elapsed().as_secs_f64(),
+        stream.len()
+    );
+    c.kubectl(&["delete", "backuppolicy", "-n", NS, POLICY, "--wait=true"]);
+    // Known (session 9, left open): on zfs-fuse the cut job's snapshot stays "dataset is busy"
+    // for minutes after its send was cut (the daemon's send does not end with its client), so
+    // the dataset may not be destroyable yet: reported, left to `cluster.sh down`.
+    let snapshots = zetaback_e2e::fleet::run_output(
+        "zfs",
+        &["list", "-H", "-t", "snapshot", "-o", "name", "-r", &dataset],
+    );
+    for snapshot in text(&snapshots.stdout).lines() {
+        let _ =
+            zetaback_e2e::fleet::run_output("zfs", &["release", "zetaback-base", snapshot.trim()]);
+    }
+    let out = zetaback_e2e::fleet::run_output("zfs", &["destroy", "-r", &dataset]);
+    if !out.status.success() {
+        println!(
+            "== NOT CLEANED (zfs-fuse): zfs destroy -r {dataset}: {}",
+            text(&out.stderr).trim()
+        );
+    }
 }
 
 /// From a `kubectl get --watch -o json` stream: each pod's (uid, exit code) of its first
@@ -773,6 +1081,8 @@ fn helm_upgrade_rolls_out_and_backs_up(c: &Cluster, store: &Path) {
             "controller.logLevel=debug",
             "--set",
             "agent.logLevel=debug",
+            "--set",
+            &format!("agent.bandwidthLimit={BANDWIDTH_LIMIT}"),
         ],
     );
     assert!(
@@ -945,6 +1255,10 @@ spec:
     // namespace keeps asking, one request after another: no request fails.
     let (served, failed) = rollout_under_load(c, &url);
     println!("== proxy rollout under load: {served} requests served, {failed} failed");
+    println!(
+        "== the route's proxy pod's resources after the load loop:\n{}",
+        pod_resources(c, "app.kubernetes.io/instance=cluster-route")
+    );
     assert_eq!(failed, 0, "requests failed during the proxy rollout");
     c.kubectl(&[
         "delete",
