@@ -62,6 +62,8 @@ pub struct PastDrill {
     pub message: String,
     /// The `requestedAt` of the newest `drill-now` request it answers, if it was asked for.
     pub requested: Option<Timestamp>,
+    /// Its number among the drills of its dataset (1, 2, …), if recorded.
+    pub number: Option<u64>,
 }
 
 impl PastDrill {
@@ -101,6 +103,8 @@ pub struct DrillStart {
     pub older: bool,
     /// The newest `drill-now` request it answers (recorded on its Restore).
     pub requested: Option<Timestamp>,
+    /// Its number among the drills of the dataset (recorded on its Restore).
+    pub number: u64,
 }
 
 /// What the drill records say of one dataset.
@@ -298,10 +302,10 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
     let slots = rules.per_run.saturating_sub(running);
     for (_, _, i, asked) in due.into_iter().take(slots) {
         let s = &subjects[i];
-        let n = s.drills.len() + 1; // this drill's number for the dataset
+        let n = drill_number(&s.drills);
         let older = rules.older_every > 0
             && s.restorable.len() > 1
-            && n.is_multiple_of(rules.older_every as usize);
+            && n.is_multiple_of(u64::from(rules.older_every));
         let backup = if older {
             s.restorable.first()
         } else {
@@ -313,6 +317,7 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
                 backup: backup.clone(),
                 older,
                 requested: asked,
+                number: n,
             });
             if asked.is_some() {
                 plan.states[i].answered = asked;
@@ -320,6 +325,15 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
         }
     }
     plan
+}
+
+/// The number of a dataset's next drill: one more than the highest recorded on its drills
+/// (`keep` prunes the older ones, so how many are listed is no count), or than how many are
+/// listed when that is more (drills from before numbers were recorded).
+pub fn drill_number(drills: &[PastDrill]) -> u64 {
+    let listed = u64::try_from(drills.len()).unwrap_or(u64::MAX);
+    let recorded = drills.iter().filter_map(|d| d.number).max().unwrap_or(0);
+    recorded.max(listed).saturating_add(1)
 }
 
 /// The newest `drill-now` request handled together with every older one, if the oldest is:
@@ -386,6 +400,7 @@ mod tests {
             outcome,
             message: "broken pipe".into(),
             requested: None,
+            number: None,
         }
     }
 
@@ -414,6 +429,7 @@ mod tests {
                 backup: "2".into(),
                 older: false,
                 requested: None,
+                number: 1,
             }]
         );
         assert_eq!(p.states[0].next_due, Some(ts(H)));
@@ -629,6 +645,42 @@ mod tests {
         r.older_every = 0;
         let p = plan_drills(&r, &[subject("a", &["old", "new"], history(2))], ts(17 * D));
         assert_eq!(p.start[0].backup, "new");
+    }
+
+    #[test]
+    fn the_older_every_rhythm_counts_drills_the_history_forgot() {
+        // Each drill started is recorded with its number and succeeds; the plan's prune is
+        // applied as the controller does (keep 2): the rhythm is every third drill all along.
+        let mut history: Vec<PastDrill> = Vec::new();
+        let mut picks = Vec::new();
+        let mut numbers = Vec::new();
+        for n in 0..9i64 {
+            let at = ts(n * 8 * D + 1);
+            let p = plan_drills(
+                &rules(),
+                &[subject("a", &["old", "mid", "new"], history.clone())],
+                at,
+            );
+            history.retain(|d| !p.prune.contains(&d.restore));
+            let start = &p.start[0];
+            picks.push(start.backup.clone());
+            numbers.push(start.number);
+            let mut d = drill(&format!("d{n}"), n * 8 * D + 1, DrillOutcome::Succeeded, 1);
+            d.number = Some(start.number);
+            history.push(d);
+        }
+        assert!(history.len() <= 3, "{history:?}");
+        assert_eq!(numbers, (1..=9).collect::<Vec<u64>>());
+        assert_eq!(
+            picks,
+            [
+                "new", "new", "old", "new", "new", "old", "new", "new", "old"
+            ]
+        );
+        // Drills from before numbers were recorded count as listed.
+        assert_eq!(drill_number(&[]), 1);
+        let unnumbered = vec![drill("x", 0, DrillOutcome::Succeeded, 1); 2];
+        assert_eq!(drill_number(&unnumbered), 3);
     }
 
     #[test]
