@@ -516,6 +516,15 @@ async fn rto_missed_older_every_and_a_timed_out_drill_end_to_end() {
     fleet.backup_incremental_now(P, "src", &ds).await;
     let stored = fleet.wait_for_backups("bak", "src", &ds, 2).await;
     let (full, incr) = (stored[0].manifest.id.clone(), stored[1].manifest.id.clone());
+    // The controller's view of the store has the incremental (else drill 1 would start from
+    // an older view).
+    let newest = stored[1].manifest.created;
+    eventually("the incremental in status.recovery", LIMIT, || async {
+        let st = api.get(P).await.ok()?.status?;
+        let r = st.recovery.iter().find(|r| r.dataset == ds)?;
+        (r.newest_restorable.as_ref()?.0 == newest).then_some(())
+    })
+    .await;
 
     // Drill 1 (scheduled at once), held up: dst frozen until it has waited 3 s.
     fleet.pause("dst");

@@ -419,7 +419,9 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
         if inputs.catalogue.is_some() {
             for start in p.start {
                 let s = &subjects[start.subject];
-                if let Some(r) = new_drill(policy, (&s.host, &s.dataset), &start, now) {
+                if let Some(r) =
+                    new_drill(policy, (s.host.as_str(), s.dataset.as_str()), &start, now)
+                {
                     out.create.push(r);
                 }
             }
