@@ -421,3 +421,267 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
 
     fleet.shutdown().await;
 }
+
+/// The drill Restores of `policy` in `api`'s namespace.
+async fn drills_of(api: &Api<Restore>, policy: &str) -> Vec<Restore> {
+    api.list(&ListParams::default().labels(&format!("{DRILL_POLICY_LABEL}={policy}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+fn phase(r: &Restore) -> Option<RestorePhase> {
+    r.status.as_ref().map(|s| s.phase)
+}
+
+/// `kubectl zetaback drill POLICY --dataset DS`, and the drill Restore that answered it.
+async fn drill_now(fleet: &Fleet, restores: &Api<Restore>, policy: &str, ds: &str) -> Restore {
+    let asked = jiff::Timestamp::now().as_second();
+    let (code, out) = fleet
+        .zb(&["drill", policy, "--dataset", ds, "--timeout", "3m"])
+        .await;
+    println!("drill {policy} (exit {code}): {out}");
+    // OK, or WARNING when this drill happened to take longer than the 2 s RTO.
+    assert!(code == 0 || code == 1, "{out}");
+    drills_of(restores, policy)
+        .await
+        .into_iter()
+        .filter_map(|r| {
+            let at = r
+                .annotations()
+                .get(DRILL_NOW_REQUEST_ANNOTATION)?
+                .parse::<jiff::Timestamp>()
+                .ok()?;
+            (at.as_second() >= asked).then_some((at, r))
+        })
+        .max_by_key(|(at, _)| *at)
+        .map(|(_, r)| r)
+        .expect("the drill that answered the request")
+}
+
+/// `objectives.rto`, `olderEvery`, `drill.timeout` and `drill -A`, end to end, with the
+/// drills restored on their own host (`dst`) so that a drill can be held up deterministically:
+/// the destination agent frozen (SIGSTOP) before it claims a drill makes that drill take
+/// longer than the RTO; frozen after it claimed one, the drill outlives its timeout.
+/// - a drill held 3 s against `rto: 2s` makes the dataset an `RtoMissed` violator (status,
+///   `violators` WARNING, the `violators` metric);
+/// - with `olderEvery: 2, keep: 1`, drills restore newest, oldest, newest: the rhythm counts
+///   every drill of the dataset, not the few Restores `keep` leaves;
+/// - `drill -A` is UNKNOWN (3), as the monitoring-plugin convention says of a wrong call;
+/// - a drill past `drill.timeout` is ended `DrillTimedOut` by the controller and stays so
+///   when its agent, thawed, finishes it late; its scratch dataset is gone and the dataset is
+///   a `DrillFailed` violator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rto_missed_older_every_and_a_timed_out_drill_end_to_end() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .with_test_writer()
+        .try_init();
+    const P: &str = "drill-o";
+    let env = Env::get();
+    let ns = env.namespace("drills-o");
+    let mut fleet = Fleet::start(
+        env,
+        &ns,
+        &[
+            HostSpec::source("src"),
+            HostSpec::store("bak"),
+            HostSpec::source("dst"),
+        ],
+    )
+    .await;
+    let ds = fleet.create_dataset("src", "db/o");
+    fleet.write_file(&ds, "data.bin", &noise(31, 200_000));
+    let root = fleet.create_dataset("dst", "drills");
+    zfs(&["set", "zetaback.io:scratch=on", &root]);
+    fleet.start_controller(|_| {}).await;
+    let api: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
+    let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let merge = |patch: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                P,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .expect("patch the policy");
+        }
+    };
+
+    // Two restorable backups (a full and an incremental), before any drill.
+    let spec = fleet.policy_spec("src", "bak", &ds);
+    fleet.create_policy(P, "src", &[&ds], spec).await;
+    fleet.wait_for_backups("bak", "src", &ds, 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fleet.backup_incremental_now(P, "src", &ds).await;
+    let stored = fleet.wait_for_backups("bak", "src", &ds, 2).await;
+    let (full, incr) = (stored[0].manifest.id.clone(), stored[1].manifest.id.clone());
+    // The controller's view of the store has the incremental (else drill 1 would start from
+    // an older view).
+    let newest = stored[1].manifest.created;
+    eventually("the incremental in status.recovery", LIMIT, || async {
+        let st = api.get(P).await.ok()?.status?;
+        let r = st.recovery.iter().find(|r| r.dataset == ds)?;
+        (r.newest_restorable.as_ref()?.0 == newest).then_some(())
+    })
+    .await;
+
+    // Drill 1 (scheduled at once), held up: dst frozen until it has waited 3 s.
+    fleet.pause("dst");
+    merge(serde_json::json!({"spec": {
+        "drill": {"every": "1h", "destination": {"host": fleet.name("dst"), "root": root},
+            "keep": 1, "olderEvery": 2},
+        "objectives": {"rto": "2s"},
+    }}))
+    .await;
+    let first = eventually("drill 1 resolved, waiting for dst", LIMIT, || async {
+        drills_of(&restores, P).await.into_iter().find(|r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == RestorePhase::Pending && !s.chain.is_empty())
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet.resume("dst");
+    let first = restore_finished(&restores, &first.name_any(), LIMIT).await;
+    assert_eq!(phase(&first), Some(RestorePhase::Succeeded));
+    assert_eq!(first.spec.source.backup.as_deref(), Some(incr.as_str()));
+
+    // RtoMissed: in status (with the measured time), `violators` WARNING, the metric.
+    let (entry, violation) = eventually("an RtoMissed violation", LIMIT, || async {
+        let st = api.get(P).await.ok()?.status?;
+        let entry = st.recovery.iter().find(|r| r.dataset == ds)?.clone();
+        let v = st
+            .violations
+            .into_iter()
+            .find(|v| v.dataset == ds && v.reason == ViolationReason::RtoMissed)?;
+        Some((entry, v))
+    })
+    .await;
+    println!("RtoMissed: {violation:?}");
+    let rto = entry.rto_seconds.expect("a measured RTO");
+    assert!(rto >= 3, "the drill was held 3 s: {entry:?}");
+    assert!(
+        violation
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&format!("took {rto}s, over the RTO of 2s"))),
+        "{violation:?}"
+    );
+    let (code, out) = fleet.zb(&["violators"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("ZETABACK WARNING") && out.contains("RtoMissed"),
+        "{out}"
+    );
+    let port = fleet.controller_port().expect("the controller runs");
+    let violators = eventually("the violators metric", Duration::from_secs(60), || async {
+        let m = http_get(port, "/metrics").await.ok()?;
+        metric(
+            &m,
+            &format!("zetaback_controller_violators{{namespace=\"{ns}\",policy=\"{P}\"}}"),
+        )
+        .filter(|v| *v >= 1.0)
+    })
+    .await;
+    assert_eq!(violators, 1.0);
+
+    // olderEvery 2: drill 2 restores the oldest backup, drill 3 the newest again, each
+    // asked for once the history holds only `keep` (1) finished drill.
+    let mut drilled = vec![first.spec.source.backup.clone().unwrap_or_default()];
+    for _ in 2..=3 {
+        eventually("the drill history pruned to keep: 1", LIMIT, || async {
+            (drills_of(&restores, P).await.len() == 1).then_some(())
+        })
+        .await;
+        let r = drill_now(&fleet, &restores, P, &ds).await;
+        drilled.push(r.spec.source.backup.clone().unwrap_or_default());
+    }
+    assert_eq!(drilled, vec![incr.clone(), full.clone(), incr.clone()]);
+
+    // A plugin command on one policy called for all namespaces: UNKNOWN.
+    let (code, out) = fleet.zb(&["drill", "-A", P]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.starts_with("DRILL UNKNOWN - "), "{out}");
+
+    // The timeout: a drill claimed by dst, whose stream is held (bak frozen, then dst
+    // frozen mid-request), is ended by the controller once `drill.timeout` is shortened
+    // below its age; dst, thawed, must leave the ending as it is and its scratch destroyed.
+    fleet.pause("dst");
+    let args = ["drill", P, "--dataset", &ds, "--timeout", "3m"];
+    let asking = fleet.zb(&args);
+    let held_up = async {
+        let held = eventually("drill 4 resolved, waiting for dst", LIMIT, || async {
+            drills_of(&restores, P).await.into_iter().find(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == RestorePhase::Pending && !s.chain.is_empty())
+            })
+        })
+        .await;
+        let name = held.name_any();
+        fleet.pause("bak");
+        fleet.resume("dst");
+        eventually("dst claims drill 4", LIMIT, || async {
+            let r = restores.get(&name).await.ok()?;
+            (phase(&r) == Some(RestorePhase::Running)).then_some(())
+        })
+        .await;
+        fleet.pause("dst");
+        fleet.resume("bak");
+        merge(serde_json::json!({"spec": {"drill": {"timeout": "2s"}}})).await;
+        let ended = eventually("the controller ends drill 4", LIMIT, || async {
+            let r = restores.get(&name).await.ok()?;
+            (phase(&r) == Some(RestorePhase::Failed)).then_some(r)
+        })
+        .await;
+        assert_eq!(
+            restore_reason(&ended),
+            "DrillTimedOut",
+            "{:?}",
+            ended.status
+        );
+        fleet.resume("dst");
+        name
+    };
+    // The command waits for drill 4 while it is held up and ended.
+    let ((code, out), name) = tokio::join!(asking, held_up);
+    println!("drill {P} (exit {code}): {out}");
+    // dst answers the ended drill: its scratch dataset destroyed (recorded), and nothing else.
+    let after = eventually("dst records drill 4's scratch dataset", LIMIT, || async {
+        let r = restores.get(&name).await.ok()?;
+        (r.status.as_ref()?.scratch_destroyed == Some(true)).then_some(r)
+    })
+    .await;
+    let st = after.status.clone().expect("status");
+    println!("drill 4 after dst thawed: {st:?}");
+    assert_eq!(
+        st.phase,
+        RestorePhase::Failed,
+        "dst overwrote the ending: {st:?}"
+    );
+    assert_eq!(restore_reason(&after), "DrillTimedOut", "{st:?}");
+    assert_eq!(st.scratch_destroyed, Some(true), "{st:?}");
+    assert!(children(&root).is_empty(), "left: {:?}", children(&root));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("did not finish"), "{out}");
+    let violation = eventually("DrillFailed after the timeout", LIMIT, || async {
+        let st = api.get(P).await.ok()?.status?;
+        st.violations
+            .into_iter()
+            .find(|v| v.dataset == ds && v.reason == ViolationReason::DrillFailed)
+    })
+    .await;
+    assert!(
+        violation
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&name) && m.contains("did not finish")),
+        "{violation:?}"
+    );
+
+    fleet.shutdown().await;
+}

@@ -271,11 +271,12 @@ where
                 io.out.write_all(text.as_bytes())
             };
             // A monitoring check with bad arguments is UNKNOWN, not CRITICAL.
-            let violators = args.iter().skip(1).any(|a| a == "violators");
-            return if code != 0 && violators { 3 } else { code };
+            let plugin = args.iter().skip(1).any(|a| plugin_label_of(a).is_some());
+            return if code != 0 && plugin { 3 } else { code };
         }
     };
     let violators = matches!(cli.command, Command::Violators { .. });
+    let plugin = plugin_label(&cli.command);
     let format = cli.global.output;
     let result = match cli.command {
         // `restore -i` builds the same RestoreArgs interactively, then runs restore's path.
@@ -296,11 +297,36 @@ where
             if violators {
                 let verdict = monitor::unknown(&text);
                 let _ = commands::emit(io, format, &verdict, || format!("{}\n", verdict.line()));
+            } else if let Some(label) = plugin {
+                let first = text.lines().next().unwrap_or_default();
+                let _ = writeln!(io.out, "{label} UNKNOWN - {first}");
             }
             let _ = writeln!(io.err, "error: {text}");
             let _ = io.out.flush();
-            if violators { 3 } else { 1 }
+            if plugin.is_some() { 3 } else { 1 }
         }
+    }
+}
+
+/// The plugin-line label of a command answering by the monitoring-plugin convention
+/// (`violators`, `verify`, `drill`): any error of theirs, a wrong call included, is UNKNOWN
+/// (exit 3), never the 1 (WARNING) other commands exit with.
+fn plugin_label(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Violators { .. } => Some("ZETABACK"),
+        Command::Verify { .. } => Some("VERIFY"),
+        Command::Drill { .. } => Some("DRILL"),
+        _ => None,
+    }
+}
+
+/// [`plugin_label`] by the subcommand's name on the command line.
+fn plugin_label_of(arg: &std::ffi::OsStr) -> Option<&'static str> {
+    match arg.to_str()? {
+        "violators" => Some("ZETABACK"),
+        "verify" => Some("VERIFY"),
+        "drill" => Some("DRILL"),
+        _ => None,
     }
 }
 
@@ -389,6 +415,16 @@ mod tests {
         )
         .await;
         assert_eq!(code, 3);
+        // So are drill's and verify's (monitoring-plugin checks too).
+        for command in ["drill", "verify"] {
+            let code = run(
+                ["kubectl-zetaback", command, "p", "--bogus"],
+                Connect::Infer,
+                &mut io,
+            )
+            .await;
+            assert_eq!(code, 3, "{command}");
+        }
         let code = run(
             ["kubectl-zetaback", "list", "--bogus"],
             Connect::Infer,

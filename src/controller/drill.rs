@@ -21,7 +21,8 @@ use crate::api::backup_policy::{
     DrillRecord, DrillResult, MAX_LISTED_RECOVERY, Violation, parse_drill_now,
 };
 use crate::api::restore::{
-    DRILL_POLICY_LABEL, RestoreDestination, RestorePhase, RestoreSource, RestoreSpec,
+    DRILL_NUMBER_ANNOTATION, DRILL_POLICY_LABEL, RestoreDestination, RestorePhase, RestoreSource,
+    RestoreSpec,
 };
 use crate::api::{BackupPolicy, Restore};
 use crate::policy::{self, DrillOutcome, DrillRules, DrillSubject, PastDrill};
@@ -52,8 +53,9 @@ pub struct DrillActions {
     pub wake_at: Option<Timestamp>,
     /// `status.drillNowHandled`: the newest `drill-now` request answered with all older ones.
     pub now_handled: Option<Timestamp>,
-    /// Drill Restores running past `drill.timeout`, to end as failed.
-    pub timed_out: Vec<String>,
+    /// Drill Restores running past `drill.timeout`, to end as failed: (name, the
+    /// resourceVersion this decision read, the fence of that write).
+    pub timed_out: Vec<(String, Option<String>)>,
     /// The policy's name (for the metrics).
     pub policy: String,
     /// Per dataset with a successful drill: what it measured (the drill metrics).
@@ -144,6 +146,10 @@ pub fn past_drill(r: &Restore) -> Option<(String, String, PastDrill)> {
             outcome,
             message,
             requested: requested_by(r),
+            number: r
+                .annotations()
+                .get(DRILL_NUMBER_ANNOTATION)
+                .and_then(|n| n.parse().ok()),
         },
     ))
 }
@@ -193,12 +199,11 @@ pub fn drill_name(policy: &str, host: &str, dataset: &str, now: Timestamp) -> St
 
 fn new_drill(
     policy: &BackupPolicy,
-    host: &str,
-    dataset: &str,
-    backup: &str,
-    requested: Option<Timestamp>,
+    (host, dataset): (&str, &str),
+    start: &policy::DrillStart,
     now: Timestamp,
 ) -> Option<Restore> {
+    let (backup, requested) = (start.backup.as_str(), start.requested);
     let d = policy.spec.drill.as_ref()?;
     let name = drill_name(&policy.name_any(), host, dataset, now);
     let mut r = Restore::new(
@@ -230,13 +235,14 @@ fn new_drill(
             .collect(),
     );
     r.metadata.owner_references = policy.controller_owner_ref(&()).map(|o| vec![o]);
+    let mut annotations: std::collections::BTreeMap<String, String> =
+        [(DRILL_NUMBER_ANNOTATION.to_owned(), start.number.to_string())]
+            .into_iter()
+            .collect();
     if let Some(at) = requested {
-        r.metadata.annotations = Some(
-            [(DRILL_NOW_REQUEST_ANNOTATION.to_owned(), at.to_string())]
-                .into_iter()
-                .collect(),
-        );
+        annotations.insert(DRILL_NOW_REQUEST_ANNOTATION.to_owned(), at.to_string());
     }
+    r.metadata.annotations = Some(annotations);
     Some(r)
 }
 
@@ -387,7 +393,18 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
             out.now_handled = Some(out.now_handled.map_or(h, |o| o.max(h)));
         }
         out.prune = p.prune;
-        out.timed_out = p.timed_out;
+        out.timed_out = p
+            .timed_out
+            .into_iter()
+            .map(|name| {
+                let version = inputs
+                    .restores
+                    .iter()
+                    .find(|r| r.name_any() == name)
+                    .and_then(|r| r.resource_version());
+                (name, version)
+            })
+            .collect();
         out.wake_at = p.wake_at;
         if drills
             .iter()
@@ -402,14 +419,9 @@ pub fn plan(inputs: &Inputs<'_>) -> DrillActions {
         if inputs.catalogue.is_some() {
             for start in p.start {
                 let s = &subjects[start.subject];
-                if let Some(r) = new_drill(
-                    policy,
-                    &s.host,
-                    &s.dataset,
-                    &start.backup,
-                    start.requested,
-                    now,
-                ) {
+                if let Some(r) =
+                    new_drill(policy, (s.host.as_str(), s.dataset.as_str()), &start, now)
+                {
                     out.create.push(r);
                 }
             }
@@ -454,11 +466,13 @@ pub async fn list(ctx: &Context, namespace: &str, policy: &str) -> Result<Vec<Re
         })
 }
 
-/// The patch that ends a drill Restore as failed because it ran past its timeout.
-pub fn timed_out_patch(now: Timestamp) -> serde_json::Value {
+/// The patch that ends a drill Restore as failed because it ran past its timeout; with the
+/// `resource_version` the decision read, the apiserver refuses it (409) if the agent wrote an
+/// outcome meanwhile.
+pub fn timed_out_patch(now: Timestamp, resource_version: Option<&str>) -> serde_json::Value {
     let message =
         "the restore drill did not finish within the policy's drill.timeout; ended as failed";
-    serde_json::json!({"status": {
+    let mut patch = serde_json::json!({"status": {
         "phase": "Failed",
         "message": message,
         "finishedAt": now.to_string(),
@@ -469,7 +483,11 @@ pub fn timed_out_patch(now: Timestamp) -> serde_json::Value {
             "message": message,
             "lastTransitionTime": now.to_string(),
         }],
-    }})
+    }});
+    if let Some(v) = resource_version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": v });
+    }
+    patch
 }
 
 /// Starts, ends (timed out) and forgets drills, and exports the drill metrics; a failed
@@ -478,14 +496,15 @@ pub async fn apply(ctx: &Context, namespace: &str, actions: &DrillActions) -> Re
     ctx.metrics
         .set_drills(namespace, &actions.policy, &actions.samples);
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), namespace);
-    for name in &actions.timed_out {
-        let patch = kube::api::Patch::Merge(timed_out_patch(Timestamp::now()));
+    for (name, version) in &actions.timed_out {
+        let patch = kube::api::Patch::Merge(timed_out_patch(Timestamp::now(), version.as_deref()));
         match api
             .patch_status(name, &kube::api::PatchParams::default(), &patch)
             .await
         {
             Ok(_) => warn!(restore = %name, "restore drill timed out; ended as failed"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            // Gone, or changed since read (its agent finished it): the next pass decides.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => warn!(restore = %name, error = %e, "ending a timed-out drill failed"),
         }
     }
@@ -721,9 +740,17 @@ mod tests {
         let asked = Timestamp::from_second(1_700_000_000 + 1000).unwrap();
         assert_eq!(out.create[0].spec.source.dataset_name(), "tank/a");
         assert_eq!(requested_by(&out.create[0]), Some(asked));
+        // Its number among tank/a's drills (one listed, recorded before numbers were).
+        assert_eq!(
+            out.create[0]
+                .annotations()
+                .get(DRILL_NUMBER_ANNOTATION)
+                .map(String::as_str),
+            Some("2")
+        );
         assert_eq!(out.now_handled, Some(asked));
         // The stuck drill is ended, and tank/b is a DrillFailed violator saying why.
-        assert_eq!(out.timed_out, vec!["drill-b".to_owned()]);
+        assert_eq!(out.timed_out, vec![("drill-b".to_owned(), None)]);
         assert!(
             out.violations.iter().any(|v| v.dataset == "tank/b"
                 && v.reason == crate::api::backup_policy::ViolationReason::DrillFailed
@@ -756,7 +783,8 @@ mod tests {
         assert!(out.create.is_empty(), "{:?}", out.create);
         assert_eq!(out.now_handled, Some(asked));
         // The ended drill's Restore reads as failed.
-        let patch = timed_out_patch(now);
+        let patch = timed_out_patch(now, Some("7"));
+        assert_eq!(patch["metadata"]["resourceVersion"], "7");
         assert_eq!(patch["status"]["phase"], "Failed");
         assert_eq!(patch["status"]["conditions"][0]["reason"], TIMED_OUT_REASON);
     }

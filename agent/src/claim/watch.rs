@@ -54,6 +54,22 @@ pub trait Worker: Send + Sync + 'static {
         self: Arc<Self>,
         claimed: Self::Object,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Whether `obj`, no longer claimable, still needs this worker (e.g. the scratch dataset
+    /// of a drill that was ended while it ran); none do by default.
+    fn needs_sweep(&self, _obj: &Self::Object) -> bool {
+        false
+    }
+    /// Looks after one object [`Worker::needs_sweep`] named, under its lock, at most once
+    /// per object while the watch runs.
+    fn sweep(
+        self: Arc<Self>,
+        obj: Self::Object,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        async move {
+            drop(obj);
+            Ok(())
+        }
+    }
 }
 
 /// `namespace/name`: an object's key in logs and in the set of running ones.
@@ -82,6 +98,8 @@ pub async fn watch_and_run<W: Worker>(worker: Arc<W>, client: Client, config: wa
         .boxed();
     let running = Arc::new(Mutex::new(Running::default()));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    // Objects swept (or being swept) since the watch started.
+    let mut swept: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             ev = events.next() => match ev {
@@ -91,7 +109,50 @@ pub async fn watch_and_run<W: Worker>(worker: Arc<W>, client: Client, config: wa
             },
             Some(()) = done_rx.recv() => {}
         }
+        sweep_leftovers(&worker, &reader, &running, &done_tx, &mut swept);
         claim_pending(&worker, &reader, &running, &done_tx).await;
+    }
+}
+
+/// Starts [`Worker::sweep`] for each object that needs it, once, when its lock is free.
+fn sweep_leftovers<W: Worker>(
+    worker: &Arc<W>,
+    reader: &Store<DeserializeGuard<W::Object>>,
+    running: &Arc<Mutex<Running>>,
+    done: &mpsc::UnboundedSender<()>,
+    swept: &mut HashSet<String>,
+) {
+    let leftovers: Vec<W::Object> = reader
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .filter(|o| worker.needs_sweep(o))
+        .collect();
+    for obj in leftovers {
+        let (k, lock) = (key(&obj), worker.lock(&obj));
+        {
+            let Ok(mut r) = running.lock() else { return };
+            // An object still running looks after itself.
+            if r.locks.contains(&lock) || swept.contains(&k) {
+                continue;
+            }
+            r.locks.insert(lock.clone());
+        }
+        swept.insert(k.clone());
+        let span = tracing::info_span!("sweep", kind = W::KIND, object = %k);
+        let (this, running, done) = (worker.clone(), running.clone(), done.clone());
+        tokio::spawn(
+            async move {
+                if let Err(e) = this.sweep(obj).await {
+                    warn!(kind = W::KIND, error = %e, "cleaning up after an ended object failed");
+                }
+                if let Ok(mut r) = running.lock() {
+                    r.locks.remove(&lock);
+                }
+                let _ = done.send(());
+            }
+            .instrument(span),
+        );
     }
 }
 

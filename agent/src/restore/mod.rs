@@ -88,6 +88,10 @@ pub enum RestoreError {
     Unreachable(String),
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
+    #[error(
+        "the restore was ended elsewhere (the controller's drill timeout) before anything was received"
+    )]
+    Ended,
 }
 
 impl RestoreError {
@@ -110,6 +114,7 @@ impl RestoreError {
             RestoreError::NotScratch { .. } => "NotScratch",
             RestoreError::Zfs(_) | RestoreError::Copy(_) => "ReceiveFailed",
             RestoreError::Store(_) | RestoreError::Kube(_) => "Failed",
+            RestoreError::Ended => "Ended",
         }
     }
 }
@@ -190,6 +195,68 @@ mod tests {
             "h@n"
         ));
         assert!(!is_orphaned(&restore("h", Some(running)), "h", "other"));
+    }
+
+    #[test]
+    fn only_the_claiming_agent_writes_a_running_restores_outcome() {
+        let running = RestoreStatus {
+            phase: RestorePhase::Running,
+            claimed_by: Some("h@n".into()),
+            ..Default::default()
+        };
+        assert!(runner::still_ours(
+            &restore("h", Some(running.clone())),
+            "h@n"
+        ));
+        assert!(!runner::still_ours(
+            &restore("h", Some(running.clone())),
+            "h@other"
+        ));
+        // Ended by the controller (drill timeout): no longer the agent's, whoever claimed it.
+        let ended = RestoreStatus {
+            phase: RestorePhase::Failed,
+            ..running.clone()
+        };
+        assert!(!runner::still_ours(&restore("h", Some(ended)), "h@n"));
+        assert!(!runner::still_ours(&restore("h", None), "h@n"));
+    }
+
+    #[test]
+    fn an_ended_drill_with_its_scratch_marked_created_is_left_to_clean_up() {
+        let drill = |host: &str, phase, scratch: Option<bool>| {
+            let mut r = restore(
+                host,
+                Some(RestoreStatus {
+                    phase,
+                    scratch_destroyed: scratch,
+                    ..Default::default()
+                }),
+            );
+            r.spec.drill = true;
+            r
+        };
+        use RestorePhase::{Failed, Pending, Running, Succeeded};
+        assert!(runner::scratch_left(&drill("h", Failed, Some(false)), "h"));
+        assert!(runner::scratch_left(
+            &drill("h", Succeeded, Some(false)),
+            "h"
+        ));
+        // Still running (its agent cleans up), already gone, never created, another host's.
+        assert!(!runner::scratch_left(
+            &drill("h", Running, Some(false)),
+            "h"
+        ));
+        assert!(!runner::scratch_left(
+            &drill("h", Pending, Some(false)),
+            "h"
+        ));
+        assert!(!runner::scratch_left(&drill("h", Failed, Some(true)), "h"));
+        assert!(!runner::scratch_left(&drill("h", Failed, None), "h"));
+        assert!(!runner::scratch_left(&drill("x", Failed, Some(false)), "h"));
+        // Not a drill: never.
+        let mut plain = drill("h", Failed, Some(false));
+        plain.spec.drill = false;
+        assert!(!runner::scratch_left(&plain, "h"));
     }
 
     fn stored(id: &str, base: Option<&str>, archived: bool) -> zetaback_core::store::StoredBackup {

@@ -57,6 +57,30 @@ pub fn is_claimable(r: &Restore, host: &str) -> bool {
         })
 }
 
+/// Whether this agent still runs `r`: `Running` and claimed by `agent_id`. Every write after
+/// the claim is fenced by it: the controller ends a drill past `drill.timeout` by marking it
+/// `Failed`, and that ending stands whatever the agent finds later.
+pub fn still_ours(r: &Restore, agent_id: &str) -> bool {
+    r.status.as_ref().is_some_and(|s| {
+        s.phase == RestorePhase::Running && s.claimed_by.as_deref() == Some(agent_id)
+    })
+}
+
+/// A drill Restore on `host` that ended (by its agent, by a restart, or by the controller's
+/// timeout) while its scratch dataset may still exist: the agent had marked it created
+/// (`scratchDestroyed: false`) and no clean-up has recorded it gone.
+pub fn scratch_left(r: &Restore, host: &str) -> bool {
+    r.spec.drill
+        && r.spec.destination.host.as_str() == host
+        && r.status.as_ref().is_some_and(|s| {
+            matches!(s.phase, RestorePhase::Succeeded | RestorePhase::Failed)
+                && s.scratch_destroyed == Some(false)
+        })
+}
+
+/// How often a fenced write is tried again after a conflicting write.
+const FENCED_TRIES: u32 = 5;
+
 /// Whether a Restore was left running by this agent.
 pub fn is_orphaned(r: &Restore, host: &str, agent_id: &str) -> bool {
     r.spec.destination.host.as_str() == host
@@ -274,6 +298,22 @@ impl RestoreRunner {
         } else {
             Ok(())
         };
+        // Once the guard passed, the scratch dataset may come to exist: say so first (fenced),
+        // so that whoever finds the drill ended cleans it up. A drill ended meanwhile stops here.
+        let guard = match guard {
+            Ok(()) if drill => {
+                let created = StatusPatch::new(RestoreStatusPatch {
+                    scratch_destroyed: Some(Some(false)),
+                    ..Default::default()
+                });
+                match self.write_fenced(&api, &name, &created, None).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(RestoreError::Ended),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
         let guard_passed = guard.is_ok();
         // Where the chain is: a backup host's endpoint, or (Err) the bucket it is read from.
         let source = match st.object_store.clone().filter(|_| guard_passed) {
@@ -368,9 +408,107 @@ impl RestoreRunner {
             patch.status.verified_at = Some(verified_at);
             patch.status.scratch_destroyed = Some(scratch_destroyed);
         }
-        api.patch_status(&name, &PatchParams::default(), &patch.merge())
-            .await?;
+        // Ended by someone else meanwhile (the controller's drill timeout): that ending
+        // stands; only what this agent did to the scratch dataset is added.
+        let late = scratch_destroyed.map(|gone| {
+            StatusPatch::new(RestoreStatusPatch {
+                scratch_destroyed: Some(Some(gone)),
+                ..Default::default()
+            })
+        });
+        if !self
+            .write_fenced(&api, &name, &patch, late.as_ref())
+            .await?
+        {
+            warn!("the restore was ended while it ran; its outcome was not recorded");
+        }
         Ok(())
+    }
+
+    /// Writes `patch` if this agent still runs the Restore, else `late` (if any) unless it
+    /// is gone; each against the version read, again after a conflicting write. True when
+    /// `patch` was written.
+    async fn write_fenced(
+        &self,
+        api: &Api<Restore>,
+        name: &str,
+        patch: &StatusPatch,
+        late: Option<&StatusPatch>,
+    ) -> Result<bool, RestoreError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let Some(current) = api.get_opt(name).await? else {
+                return Ok(false);
+            };
+            let ours = still_ours(&current, &self.cfg.agent_id);
+            let Some(write) = (if ours { Some(patch) } else { late }) else {
+                return Ok(false);
+            };
+            let version = current.resource_version().unwrap_or_default();
+            match api
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &write.fenced(version).merge(),
+                )
+                .await
+            {
+                Ok(_) => return Ok(ours),
+                Err(kube::Error::Api(s)) if s.code == 409 && tries < FENCED_TRIES => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Destroys the scratch datasets of ended drills on this host ([`scratch_left`]) and
+    /// records them gone (fenced: only while the Restore still says so). Only a dataset
+    /// directly under a marked scratch root is destroyed.
+    async fn sweep_scratch(&self, r: &Restore) -> Result<(), RestoreError> {
+        let into = r.spec.destination.dataset.as_str();
+        let marked = match crate::drill::scratch_root(into) {
+            Some(root) => {
+                self.zfs
+                    .local_property(root, zetaback_core::api::restore::SCRATCH_PROPERTY)
+                    .await?
+                    .as_deref()
+                    == Some("on")
+            }
+            None => false,
+        };
+        if !marked {
+            warn!(dataset = %into, "not under a scratch root; left as it is");
+            return Ok(());
+        }
+        if !crate::drill::clean_up(&self.zfs, into).await {
+            return Ok(());
+        }
+        info!(dataset = %into, "scratch dataset of an ended drill destroyed");
+        let api = self.api(r);
+        let host = self.cfg.host_name.clone();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let Some(current) = api.get_opt(&r.name_any()).await? else {
+                return Ok(());
+            };
+            if !scratch_left(&current, &host) {
+                return Ok(());
+            }
+            let patch = StatusPatch::new(RestoreStatusPatch {
+                scratch_destroyed: Some(Some(true)),
+                ..Default::default()
+            })
+            .fenced(current.resource_version().unwrap_or_default());
+            match api
+                .patch_status(&r.name_any(), &PatchParams::default(), &patch.merge())
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 && tries < FENCED_TRIES => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Watches and runs restores ([`crate::claim::watch_and_run`]) until the watch ends.
@@ -417,5 +555,14 @@ impl crate::claim::Worker for RestoreRunner {
 
     async fn run_claimed(self: Arc<Self>, r: Restore) -> Result<(), RestoreError> {
         self.execute(r).await
+    }
+
+    /// An ended drill whose scratch dataset may still be there ([`scratch_left`]).
+    fn needs_sweep(&self, r: &Restore) -> bool {
+        scratch_left(r, &self.cfg.host_name)
+    }
+
+    async fn sweep(self: Arc<Self>, r: Restore) -> Result<(), RestoreError> {
+        self.sweep_scratch(&r).await
     }
 }

@@ -33,15 +33,37 @@ pub struct RestoreStatusPatch {
     pub scratch_destroyed: Option<Option<bool>>,
 }
 
-/// A merge patch of the status subresource: `{"status": {…}}`.
+/// A merge patch of the status subresource: `{"status": {…}}`, optionally fenced by
+/// `{"metadata": {"resourceVersion": …}}` (then the apiserver refuses it with 409 Conflict
+/// if the Restore changed since that version was read).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatusPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Fence>,
     pub status: RestoreStatusPatch,
+}
+
+/// The version a fenced write was decided on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fence {
+    pub resource_version: String,
 }
 
 impl StatusPatch {
     pub fn new(status: RestoreStatusPatch) -> Self {
-        StatusPatch { status }
+        StatusPatch {
+            metadata: None,
+            status,
+        }
+    }
+
+    /// The same write, applied only to the Restore at `resource_version`.
+    pub fn fenced(&self, resource_version: String) -> Self {
+        StatusPatch {
+            metadata: Some(Fence { resource_version }),
+            status: self.status.clone(),
+        }
     }
 
     /// As `kube`'s merge patch.
@@ -65,6 +87,11 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&progress).unwrap(),
             serde_json::json!({"status": {"bytesDone": 7, "scratchDestroyed": null}})
+        );
+        assert_eq!(
+            serde_json::to_value(progress.fenced("42".into())).unwrap(),
+            serde_json::json!({"metadata": {"resourceVersion": "42"},
+                "status": {"bytesDone": 7, "scratchDestroyed": null}})
         );
         let at = Time(jiff::Timestamp::from_second(1_700_000_000).unwrap());
         let condition = Condition {

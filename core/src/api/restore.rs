@@ -84,6 +84,9 @@ pub struct RestoreSpec {
 pub const SCRATCH_PROPERTY: &str = "zetaback.io:scratch";
 /// The label on a drill's Restore naming the BackupPolicy that made it.
 pub const DRILL_POLICY_LABEL: &str = "zetaback.io/drill-policy";
+/// The annotation on a drill's Restore with its number among the drills of its dataset
+/// (1, 2, …): what `drill.olderEvery` counts, since `drill.keep` prunes the older Restores.
+pub const DRILL_NUMBER_ANNOTATION: &str = "zetaback.io/drill-number";
 
 fn default_true() -> bool {
     true

@@ -62,6 +62,8 @@ pub struct PastDrill {
     pub message: String,
     /// The `requestedAt` of the newest `drill-now` request it answers, if it was asked for.
     pub requested: Option<Timestamp>,
+    /// Its number among the drills of its dataset (1, 2, …), if recorded.
+    pub number: Option<u64>,
 }
 
 impl PastDrill {
@@ -101,6 +103,8 @@ pub struct DrillStart {
     pub older: bool,
     /// The newest `drill-now` request it answers (recorded on its Restore).
     pub requested: Option<Timestamp>,
+    /// Its number among the drills of the dataset (recorded on its Restore).
+    pub number: u64,
 }
 
 /// What the drill records say of one dataset.
@@ -298,10 +302,10 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
     let slots = rules.per_run.saturating_sub(running);
     for (_, _, i, asked) in due.into_iter().take(slots) {
         let s = &subjects[i];
-        let n = s.drills.len() + 1; // this drill's number for the dataset
+        let n = drill_number(&s.drills);
         let older = rules.older_every > 0
             && s.restorable.len() > 1
-            && n.is_multiple_of(rules.older_every as usize);
+            && n.is_multiple_of(u64::from(rules.older_every));
         let backup = if older {
             s.restorable.first()
         } else {
@@ -313,6 +317,7 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
                 backup: backup.clone(),
                 older,
                 requested: asked,
+                number: n,
             });
             if asked.is_some() {
                 plan.states[i].answered = asked;
@@ -320,6 +325,15 @@ pub fn plan_drills(rules: &DrillRules, subjects: &[DrillSubject], now: Timestamp
         }
     }
     plan
+}
+
+/// The number of a dataset's next drill: one more than the highest recorded on its drills
+/// (`keep` prunes the older ones, so how many are listed is no count), or than how many are
+/// listed when that is more (drills from before numbers were recorded).
+pub fn drill_number(drills: &[PastDrill]) -> u64 {
+    let listed = u64::try_from(drills.len()).unwrap_or(u64::MAX);
+    let recorded = drills.iter().filter_map(|d| d.number).max().unwrap_or(0);
+    recorded.max(listed).saturating_add(1)
 }
 
 /// The newest `drill-now` request handled together with every older one, if the oldest is:

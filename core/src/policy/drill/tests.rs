@@ -30,6 +30,7 @@ fn drill(name: &str, started: i64, outcome: DrillOutcome, took: i64) -> PastDril
         outcome,
         message: "broken pipe".into(),
         requested: None,
+        number: None,
     }
 }
 
@@ -58,6 +59,7 @@ fn a_never_drilled_dataset_is_drilled_at_once_from_its_newest_backup() {
             backup: "2".into(),
             older: false,
             requested: None,
+            number: 1,
         }]
     );
     assert_eq!(p.states[0].next_due, Some(ts(H)));
@@ -273,6 +275,42 @@ fn every_nth_drill_restores_an_older_chain() {
     r.older_every = 0;
     let p = plan_drills(&r, &[subject("a", &["old", "new"], history(2))], ts(17 * D));
     assert_eq!(p.start[0].backup, "new");
+}
+
+#[test]
+fn the_older_every_rhythm_counts_drills_the_history_forgot() {
+    // Each drill started is recorded with its number and succeeds; the plan's prune is
+    // applied as the controller does (keep 2): the rhythm is every third drill all along.
+    let mut history: Vec<PastDrill> = Vec::new();
+    let mut picks = Vec::new();
+    let mut numbers = Vec::new();
+    for n in 0..9i64 {
+        let at = ts(n * 8 * D + 1);
+        let p = plan_drills(
+            &rules(),
+            &[subject("a", &["old", "mid", "new"], history.clone())],
+            at,
+        );
+        history.retain(|d| !p.prune.contains(&d.restore));
+        let start = &p.start[0];
+        picks.push(start.backup.clone());
+        numbers.push(start.number);
+        let mut d = drill(&format!("d{n}"), n * 8 * D + 1, DrillOutcome::Succeeded, 1);
+        d.number = Some(start.number);
+        history.push(d);
+    }
+    assert!(history.len() <= 3, "{history:?}");
+    assert_eq!(numbers, (1..=9).collect::<Vec<u64>>());
+    assert_eq!(
+        picks,
+        [
+            "new", "new", "old", "new", "new", "old", "new", "new", "old"
+        ]
+    );
+    // Drills from before numbers were recorded count as listed.
+    assert_eq!(drill_number(&[]), 1);
+    let unnumbered = vec![drill("x", 0, DrillOutcome::Succeeded, 1); 2];
+    assert_eq!(drill_number(&unnumbered), 3);
 }
 
 #[test]
