@@ -90,6 +90,7 @@ fn settings(creds: PathBuf) -> JobSettings {
         bandwidth_limit: 0,
         prune_snapshots: false,
         idle_timeout: std::time::Duration::from_secs(60),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
         tls: None,
         object_store_credentials: Some(creds),
     }
