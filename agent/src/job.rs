@@ -480,9 +480,7 @@ async fn send_and_upload(
         // The target may have stored it all the same: accepted if it stored exactly that.
         Err(JobError::Transfer(e @ TransferError::Unanswered { .. })) => {
             warn!(error = %e, "asking the target whether it stored the backup");
-            let window = settings
-                .answer_timeout
-                .min(answer_check::MAX_CHECK_WINDOW);
+            let window = settings.answer_timeout.min(answer_check::MAX_CHECK_WINDOW);
             let response = answer_check::confirm(&client, endpoint, &sending, e, window).await?;
             transfer::Uploaded {
                 sent_bytes: response.bytes,

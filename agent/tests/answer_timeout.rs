@@ -129,7 +129,15 @@ impl Setup {
         write_files(&dir, 16, 4, 512 * 1024);
         let tokens = Tokens::new();
         let target_addr = format!("127.0.0.1:{}", free_port());
-        let target = TargetAgent::start(&tokens, &target_addr, &store, None, None);
+        // A small test pool: no free-space reserve.
+        let target = TargetAgent::start_with(
+            &tokens,
+            &target_addr,
+            &store,
+            None,
+            None,
+            &["--store-min-free-bytes", "0"],
+        );
         Self {
             _target: target,
             tokens,
@@ -171,7 +179,11 @@ impl Setup {
 /// The store's backups of `dataset` (read from its directory): (id, sha256, bytes).
 fn stored(store: &Path, dataset: &str) -> Vec<(String, String, u64)> {
     let cat = scan(store).expect("scan the store");
-    assert!(cat.problems.is_empty(), "store problems: {:?}", cat.problems);
+    assert!(
+        cat.problems.is_empty(),
+        "store problems: {:?}",
+        cat.problems
+    );
     cat.backups
         .iter()
         .filter(|b| b.manifest.dataset == dataset)
@@ -197,7 +209,11 @@ fn assert_stored_once(s: &Setup, out: &std::process::Output) {
     assert_eq!(backups.len(), 1, "exactly one backup stored: {backups:?}");
     let (id, sha256, bytes) = &backups[0];
     assert_eq!(outcome["backupId"].as_str(), Some(id.as_str()), "{outcome}");
-    assert_eq!(outcome["sha256"].as_str(), Some(sha256.as_str()), "{outcome}");
+    assert_eq!(
+        outcome["sha256"].as_str(),
+        Some(sha256.as_str()),
+        "{outcome}"
+    );
     assert_eq!(outcome["bytes"].as_u64(), Some(*bytes), "{outcome}");
     assert!(*bytes > 1_000_000, "the stream carried the files: {bytes}");
 }
@@ -218,7 +234,11 @@ fn an_answer_that_never_comes_is_looked_up_and_the_stored_backup_accepted() {
     // The answer is lost; after the answer timeout (3 s) the source asks the target's
     // catalogue (a small request, passed by the relay) and finds its backup there.
     let relay = AnswerHoldingRelay::start(&s.target_addr, None);
-    let out = s.backup(&relay.addr, "zb-lost-1", &[("ZETABACK_ANSWER_TIMEOUT", "3")]);
+    let out = s.backup(
+        &relay.addr,
+        "zb-lost-1",
+        &[("ZETABACK_ANSWER_TIMEOUT", "3")],
+    );
     assert_stored_once(&s, &out);
     // Nothing was sent twice: the only stream in the store's directory is that backup's.
     let dir = s
