@@ -536,6 +536,20 @@ async fn send_with<C: Connect + Clone + Send + Sync + 'static>(
     let mut send = match &up.resume_token {
         Some(token) => {
             info!("resuming an interrupted transfer from the target's resume token");
+            // The estimate made before was the whole stream's: the remainder's replaces it.
+            match zfs.estimate_resume(token).await {
+                Ok(Some(rest)) => {
+                    info!(
+                        estimate = rest,
+                        "estimated size of the resumed remainder (zfs send -nP -t)"
+                    );
+                    progress.set_estimate(rest);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "the resumed send's size estimate failed: keeping the full stream's")
+                }
+            }
             zfs.send_resume(token)?
         }
         None => zfs.send(req)?,
