@@ -19,6 +19,7 @@ use zetaback_core::store::StreamId;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
 
+use crate::answer_check;
 use crate::base_keep::{self, Base};
 use crate::job_progress::JobProgress;
 use crate::transfer::{self, Endpoint, TransferError, Upload};
@@ -63,6 +64,10 @@ pub struct JobSettings {
     pub prune_snapshots: bool,
     /// Give up on a transfer that made no progress for this long.
     pub idle_timeout: std::time::Duration,
+    /// Once the whole stream is sent, how long the target may take to answer
+    /// ([`transfer::Upload::answer_timeout`]); then its catalogue is asked
+    /// ([`crate::answer_check`]).
+    pub answer_timeout: std::time::Duration,
     /// Mutual TLS to the target agents (this agent's certificate and the zetaback CA; each
     /// target must prove it is the node its ZfsHost names); `None`: plaintext HTTP (the
     /// explicit `--insecure-plaintext` mode).
@@ -159,7 +164,11 @@ pub fn must_retake(taken: i64, floor: Option<i64>) -> bool {
 /// the snapshot is not used, and it is destroyed.
 pub fn snapshot_may_be_in_use(error: &JobError, resumable_replica: bool) -> bool {
     match error {
-        JobError::Transfer(TransferError::Connection(_) | TransferError::Mismatch { .. }) => true,
+        JobError::Transfer(
+            TransferError::Connection(_)
+            | TransferError::Mismatch { .. }
+            | TransferError::Unanswered { .. },
+        ) => true,
         JobError::Transfer(TransferError::Source(_) | TransferError::Read(_)) => resumable_replica,
         // The manifest's PUT may have reached the bucket before its answer was lost.
         JobError::ObjectStore(zetaback_objstore::ObjStoreError::Request { op: "PUT", .. }) => true,
@@ -447,8 +456,16 @@ async fn send_and_upload(
         store_path: spec.target.path.clone(),
         bandwidth_limit: settings.bandwidth_limit,
         idle_timeout: settings.idle_timeout,
+        answer_timeout: settings.answer_timeout,
         resume_token: None,
         policy: policy.map(str::to_owned),
+        raw,
+    };
+    let sending = answer_check::Sending {
+        host,
+        dataset: &req.dataset,
+        id: &id,
+        receive_into: spec.target.dataset.as_ref().map(|d| d.0.as_str()),
     };
     let started = Instant::now();
     if settings.tls.is_some() && endpoint.tls.is_none() {
@@ -458,15 +475,21 @@ async fn send_and_upload(
             endpoint.base
         )));
     }
-    let uploaded = send_with(
-        &transfer::client_for(endpoint),
-        endpoint,
-        zfs,
-        &req,
-        up,
-        progress,
-    )
-    .await?;
+    let client = transfer::client_for(endpoint);
+    let uploaded = match send_with(&client, endpoint, zfs, &req, up, progress).await {
+        // The target may have stored it all the same: accepted if it stored exactly that.
+        Err(JobError::Transfer(e @ TransferError::Unanswered { .. })) => {
+            warn!(error = %e, "asking the target whether it stored the backup");
+            let window = settings.answer_timeout.min(answer_check::MAX_CHECK_WINDOW);
+            let response = answer_check::confirm(&client, endpoint, &sending, e, window).await?;
+            transfer::Uploaded {
+                sent_bytes: response.bytes,
+                sent_xxh3: response.xxh3.clone().unwrap_or_default(),
+                response,
+            }
+        }
+        other => other?,
+    };
     let secs = started.elapsed().as_secs_f64().max(0.001);
     Ok(JobOutcome {
         backup_id: uploaded.response.backup_id,
@@ -513,6 +536,20 @@ async fn send_with<C: Connect + Clone + Send + Sync + 'static>(
     let mut send = match &up.resume_token {
         Some(token) => {
             info!("resuming an interrupted transfer from the target's resume token");
+            // The estimate made before was the whole stream's: the remainder's replaces it.
+            match zfs.estimate_resume(token).await {
+                Ok(Some(rest)) => {
+                    info!(
+                        estimate = rest,
+                        "estimated size of the resumed remainder (zfs send -nP -t)"
+                    );
+                    progress.set_estimate(rest);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "the resumed send's size estimate failed: keeping the full stream's")
+                }
+            }
             zfs.send_resume(token)?
         }
         None => zfs.send(req)?,
@@ -679,7 +716,15 @@ mod tests {
             sent: "a".into(),
             target: "b".into(),
         });
+        let unanswered = JobError::Transfer(TransferError::Unanswered {
+            why: "no answer".into(),
+            sent: transfer::Sent {
+                bytes: 1,
+                xxh3: "0".repeat(32),
+            },
+        });
         for resumable in [false, true] {
+            assert!(snapshot_may_be_in_use(&unanswered, resumable));
             assert!(snapshot_may_be_in_use(&conn, resumable));
             assert!(snapshot_may_be_in_use(&mismatch, resumable));
             assert!(!snapshot_may_be_in_use(&refused, resumable));

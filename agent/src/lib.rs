@@ -2,6 +2,7 @@
 //! API ([`filestore`], [`store_server`]), the source side of a transfer ([`transfer`]) and the
 //! job runner ([`runner`]).
 
+pub mod answer_check;
 pub mod auth;
 pub mod base_keep;
 pub mod bufpool;

@@ -22,6 +22,9 @@ use zetaback_agent::store_server::{ReplicaConfig, ServerState};
 use zetaback_agent::zfs::Zfs;
 use zetaback_core::peer_tls::{PeerIdentity, PeerTls};
 
+/// `--answer-timeout`'s default ([`zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT`]).
+const ANSWER_TIMEOUT_SECS: u64 = zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT.as_secs();
+
 #[derive(Debug, Parser)]
 #[command(
     name = "zetaback-agent",
@@ -86,6 +89,10 @@ struct BackupArgs {
     bandwidth_limit: u64,
     #[arg(long, default_value_t = 60)]
     idle_timeout: u64,
+    /// Once the whole stream is sent, seconds the target may take to answer (fsync, receive
+    /// commit); then its catalogue is asked whether it stored the backup as sent.
+    #[arg(long, env = "ZETABACK_ANSWER_TIMEOUT", default_value_t = ANSWER_TIMEOUT_SECS)]
+    answer_timeout: u64,
     #[arg(long)]
     keep_snapshots: bool,
     /// With --base-snapshot: send every snapshot in between too (`zfs send -I`).
@@ -238,6 +245,11 @@ struct Args {
     /// Abandon a stream that made no progress for this many seconds.
     #[arg(long, env = "ZETABACK_IDLE_TIMEOUT", default_value_t = 60)]
     idle_timeout: u64,
+    /// Once a backup's whole stream is sent, seconds the target may take to answer (it fsyncs
+    /// the file, or `zfs receive` commits); then its catalogue is asked whether it stored the
+    /// backup exactly as sent (accepted if so).
+    #[arg(long, env = "ZETABACK_ANSWER_TIMEOUT", default_value_t = ANSWER_TIMEOUT_SECS)]
+    answer_timeout: u64,
     /// This host's keys for object-store targets: a JSON file
     /// `{"accessKeyId": "...", "secretAccessKey": "..."}`, scoped by the store's policy to
     /// this host's prefix, without delete (the controller holds the keys that delete).
@@ -475,6 +487,7 @@ async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         bandwidth_limit: a.bandwidth_limit,
         prune_snapshots: !a.keep_snapshots,
         idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+        answer_timeout: Duration::from_secs(a.answer_timeout.max(1)),
         object_store_credentials: None,
     };
     let endpoint = over_tls(
@@ -728,6 +741,7 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
                 bandwidth_limit: args.bandwidth_limit,
                 prune_snapshots: !args.keep_snapshots,
                 idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+                answer_timeout: Duration::from_secs(args.answer_timeout.max(1)),
                 object_store_credentials: args.object_store_credentials.clone(),
             },
         },

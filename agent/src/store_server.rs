@@ -75,7 +75,7 @@ use crate::scan_cache::ScanCache;
 use crate::stream_header::{self, Verdict};
 use crate::verifier::{Verifier, VerifyQueueError};
 use crate::wire::{
-    CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_FORCE, H_POLICY,
+    CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_FORCE, H_POLICY, H_RAW,
     H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3,
     PutResponse, ResumeTokenQuery, ResumeTokenResponse, VerifyRequest, VerifyStatus, routes,
 };
@@ -504,6 +504,15 @@ fn plan_put(
     if let Some(p) = &policy {
         zetaback_core::store::validate_policy_ref(p).map_err(|e| ApiError::bad(e.to_string()))?;
     }
+    let raw = match header_str(headers, H_RAW)? {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "{H_RAW} must be true or false, not {other:?}"
+            )));
+        }
+    };
     let resume_token = header_str(headers, H_RESUME_TOKEN)?.map(str::to_owned);
     if let Some(t) = &resume_token {
         if receive_into.is_none() {
@@ -582,6 +591,7 @@ fn plan_put(
             base_snapshot,
             compression,
             policy,
+            raw,
         },
         receive_into,
         resume_token,
@@ -1008,7 +1018,7 @@ async fn put_replica(
     zfs.set_inert_properties(&target).await?;
     // The replica counts as a backup only once its manifest is recorded on the received
     // snapshot (the catalogue lists snapshots that carry one).
-    let manifest = replica_manifest(&plan, bytes, &sha256)?;
+    let manifest = replica_manifest(&plan, bytes, &sha256, &xxh3)?;
     let json = serde_json::to_string(&manifest).map_err(|e| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -1031,7 +1041,12 @@ async fn put_replica(
 
 /// The manifest of a received replica: as for a stored file, with the bytes and sha256 of the
 /// stream as it arrived (compressed if it travelled compressed).
-fn replica_manifest(plan: &PutPlan, bytes: u64, sha256: &str) -> Result<Manifest, ApiError> {
+fn replica_manifest(
+    plan: &PutPlan,
+    bytes: u64,
+    sha256: &str,
+    xxh3: &str,
+) -> Result<Manifest, ApiError> {
     let id = &plan.key.id;
     let manifest = Manifest {
         version: zetaback_core::store::MANIFEST_VERSION,
@@ -1047,6 +1062,8 @@ fn replica_manifest(plan: &PutPlan, bytes: u64, sha256: &str) -> Result<Manifest
         created: jiff::Timestamp::from_second(id.ts())
             .map_err(|e| ApiError::bad(format!("stream id {id}: {e}")))?,
         policy: plan.meta.policy.clone(),
+        xxh3: Some(xxh3.to_owned()),
+        raw: plan.meta.raw,
     };
     manifest
         .validate()

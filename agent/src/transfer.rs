@@ -45,8 +45,8 @@ use crate::ratelimit::RateLimiter;
 use zetaback_core::peer_tls::{PeerIdentity, PeerTls};
 
 use crate::wire::{
-    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_POLICY, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256,
-    H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse, routes,
+    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_POLICY, H_RAW, H_RECEIVE_INTO, H_RESUME_TOKEN,
+    H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse, routes,
 };
 
 /// Chunks in flight between the reader task and the HTTP connection.
@@ -144,7 +144,22 @@ pub enum TransferError {
     Read(String),
     #[error("the target received {target} but {sent} was sent (transit check, xxh3-128 and bytes)")]
     Mismatch { sent: String, target: String },
+    /// The whole stream was sent, but the target's answer did not come (the answer timeout, or
+    /// the connection broke after the last byte): the target may have stored it.
+    #[error("the whole stream was sent ({} bytes) but the target did not answer: {why}", sent.bytes)]
+    Unanswered { why: String, sent: Sent },
 }
+
+/// What the sender sent, whole: its bytes and their xxh3-128 (the transit check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub bytes: u64,
+    pub xxh3: String,
+}
+
+/// The default of [`Upload::answer_timeout`]: longer than a target's own limit on a receive's
+/// commit (`--zfs-timeout`, 300 s) plus the fsyncs of a large file.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What to upload.
 #[derive(Debug, Clone)]
@@ -161,12 +176,19 @@ pub struct Upload {
     pub store_path: Option<String>,
     /// Bytes per second, 0 = unlimited.
     pub bandwidth_limit: u64,
-    /// Give up when no progress was made for this long (a cut link sends no reset).
+    /// Give up when no progress was made for this long (a cut link sends no reset), while
+    /// the stream is being sent.
     pub idle_timeout: Duration,
+    /// Once the whole stream is sent: how long the target may take to answer (it fsyncs the
+    /// file, or `zfs receive` commits) before the sender stops waiting and asks the target's
+    /// catalogue instead ([`TransferError::Unanswered`]).
+    pub answer_timeout: Duration,
     /// Replica mode: the stream resumes an interrupted receive (`zfs send -t TOKEN`).
     pub resume_token: Option<String>,
     /// The BackupPolicy the stream is made for, `<namespace>/<name>` (the store records it).
     pub policy: Option<String>,
+    /// The stream is `zfs send -w` (raw, encrypted): the store records it.
+    pub raw: bool,
 }
 
 /// A finished upload: what the target said, and what was sent.
@@ -350,11 +372,23 @@ pub(crate) async fn json_answer<T: serde::de::DeserializeOwned>(
         .map_err(|e| TransferError::Connection(format!("bad answer from the target: {e}")))
 }
 
-/// Milliseconds since `epoch` of the last progress, shared by the producer and the watchdog.
+/// Milliseconds since `epoch` of the last progress, shared by the producer and the watchdog;
+/// and when the connection took the stream's last frame (its trailers).
 #[derive(Debug, Clone)]
 pub(crate) struct Progress {
     epoch: tokio::time::Instant,
     last: Arc<AtomicU64>,
+    /// 0 while the stream is being sent; then 1 + the millisecond the last frame was taken.
+    sent_all: Arc<AtomicU64>,
+}
+
+/// Why the watchdog gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stall {
+    /// Nothing moved for the idle timeout while the stream was being sent.
+    NoProgress,
+    /// The whole stream was sent and no answer came within the answer timeout.
+    NoAnswer,
 }
 
 impl Progress {
@@ -362,24 +396,63 @@ impl Progress {
         Self {
             epoch: tokio::time::Instant::now(),
             last: Arc::new(AtomicU64::new(0)),
+            sent_all: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn tick(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
+        self.last.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Resolves once nothing happened for `idle`.
-    async fn stalled(&self, idle: Duration) {
-        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    /// The connection took the last frame: from now on the answer timeout applies.
+    fn all_sent(&self) {
+        self.sent_all
+            .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Whether the connection took the whole stream.
+    fn sent_everything(&self) -> bool {
+        self.sent_all.load(Ordering::Relaxed) > 0
+    }
+
+    /// Resolves once nothing moved for `idle` while sending, or once the whole stream was
+    /// sent `answer` ago ([`watchdog_verdict`]).
+    async fn watch(&self, idle: Duration, answer: Duration) -> Stall {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let period = idle.min(answer) / 4;
         loop {
-            tokio::time::sleep(idle / 4).await;
-            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-            if now.saturating_sub(self.last.load(Ordering::Relaxed)) >= idle_ms {
-                return;
+            tokio::time::sleep(period).await;
+            let sent_all = self.sent_all.load(Ordering::Relaxed);
+            let last = self.last.load(Ordering::Relaxed);
+            let sent_all_at = sent_all.checked_sub(1);
+            if let Some(stall) =
+                watchdog_verdict(self.now_ms(), last, sent_all_at, ms(idle), ms(answer))
+            {
+                return stall;
             }
         }
+    }
+}
+
+/// The watchdog's verdict at `now` (ms): while sending, no progress since `last` for `idle`;
+/// once everything was sent at `sent_all_at`, no answer for `answer` (the idle timeout no
+/// longer counts: a target fsyncing or committing a receive sends nothing until it answers).
+pub(crate) fn watchdog_verdict(
+    now: u64,
+    last: u64,
+    sent_all_at: Option<u64>,
+    idle: u64,
+    answer: u64,
+) -> Option<Stall> {
+    match sent_all_at {
+        Some(at) if now.saturating_sub(at) >= answer => Some(Stall::NoAnswer),
+        Some(_) => None,
+        None if now.saturating_sub(last) >= idle => Some(Stall::NoProgress),
+        None => None,
     }
 }
 
@@ -441,9 +514,21 @@ pub(crate) async fn produce(
     Ok((bytes, sum))
 }
 
-fn channel_body(rx: mpsc::Receiver<Result<Frame<Bytes>, io::Error>>) -> BoxBody {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+/// The request body: the producer's frames, telling `progress` when the connection takes the
+/// trailers (the stream's last frame).
+fn channel_body(
+    rx: mpsc::Receiver<Result<Frame<Bytes>, io::Error>>,
+    progress: Progress,
+) -> BoxBody {
+    let stream = futures::stream::unfold(rx, move |mut rx| {
+        let progress = progress.clone();
+        async move {
+            let item = rx.recv().await?;
+            if item.as_ref().is_ok_and(Frame::is_trailers) {
+                progress.all_sent();
+            }
+            Some((item, rx))
+        }
     });
     BodyExt::boxed(StreamBody::new(stream))
 }
@@ -501,11 +586,14 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
     if let Some(t) = &up.resume_token {
         req = req.header(H_RESUME_TOKEN, t);
     }
+    if up.raw {
+        req = req.header(H_RAW, "true");
+    }
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-    let req = req
-        .body(channel_body(rx))
-        .map_err(|e| TransferError::Invalid(e.to_string()))?;
     let progress = Progress::new();
+    let req = req
+        .body(channel_body(rx, progress.clone()))
+        .map_err(|e| TransferError::Invalid(e.to_string()))?;
     let producer = tokio::spawn(produce(
         reader,
         up.compression,
@@ -518,7 +606,14 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
     debug!(%url, "uploading");
     let answer = tokio::select! {
         r = client.request(req) => r,
-        () = progress.stalled(up.idle_timeout) => {
+        stall = progress.watch(up.idle_timeout, up.answer_timeout) => {
+            if stall == Stall::NoAnswer {
+                let why = format!(
+                    "no answer {}s after the whole stream was sent (--answer-timeout)",
+                    up.answer_timeout.as_secs()
+                );
+                return Err(unanswered(producer, why).await);
+            }
             abort.abort();
             return Err(TransferError::Connection(format!(
                 "no progress for {}s (link down or target stuck)",
@@ -528,6 +623,10 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
     };
     let resp = match answer {
         Ok(r) => r,
+        Err(e) if progress.sent_everything() => {
+            let why = format!("the connection broke: {}", error_chain::format(&e));
+            return Err(unanswered(producer, why).await);
+        }
         Err(e) => {
             abort.abort();
             // Prefer the source's own error when it is the cause.
@@ -568,6 +667,26 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
         sent_bytes,
         sent_xxh3,
     })
+}
+
+/// The error for a stream sent whole whose answer did not come: [`TransferError::Unanswered`]
+/// with what the producer sent (it has finished: the connection took its trailers), or a
+/// connection error if it cannot say.
+async fn unanswered(
+    producer: tokio::task::JoinHandle<Result<(u64, String), TransferError>>,
+    why: String,
+) -> TransferError {
+    let abort = producer.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(1), producer).await {
+        Ok(Ok(Ok((bytes, xxh3)))) => TransferError::Unanswered {
+            why,
+            sent: Sent { bytes, xxh3 },
+        },
+        _ => {
+            abort.abort();
+            TransferError::Connection(why)
+        }
+    }
 }
 
 /// The resume token an interrupted resumable receive left for `host`'s `dataset` under the
@@ -717,6 +836,35 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         Endpoint::new(&addr.to_string(), "t")
+    }
+
+    #[test]
+    fn the_idle_timeout_counts_while_sending_and_the_answer_timeout_after() {
+        let (idle, answer) = (15_000, 600_000);
+        // (now, last progress, everything sent at) → verdict
+        let cases = [
+            (14_999, 0, None, None),
+            (15_000, 0, None, Some(Stall::NoProgress)),
+            (40_000, 30_000, None, None),
+            // Sent whole at 1 s: a silent target is waited for far past the idle timeout...
+            (100_000, 1_000, Some(1_000), None),
+            (600_999, 1_000, Some(1_000), None),
+            // ...but not past the answer timeout.
+            (601_000, 1_000, Some(1_000), Some(Stall::NoAnswer)),
+        ];
+        for (now, last, sent_all_at, want) in cases {
+            assert_eq!(
+                watchdog_verdict(now, last, sent_all_at, idle, answer),
+                want,
+                "now={now} last={last} sent_all_at={sent_all_at:?}"
+            );
+        }
+        // An answer timeout shorter than the idle timeout still applies only once all is sent.
+        assert_eq!(watchdog_verdict(5_000, 4_000, None, 15_000, 3_000), None);
+        assert_eq!(
+            watchdog_verdict(5_000, 4_000, Some(2_000), 15_000, 3_000),
+            Some(Stall::NoAnswer)
+        );
     }
 
     #[tokio::test]

@@ -157,6 +157,7 @@ async fn bucket_s3_server_killed_mid_upload_leaves_a_whole_backup_or_nothing() {
         bandwidth_limit: 8_000_000,
         prune_snapshots: false,
         idle_timeout: Duration::from_secs(60),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
         tls: None,
         object_store_credentials: Some(creds_path),
     };

@@ -138,6 +138,7 @@ async fn bucket_restore_verifies_each_piece_and_refuses_a_changed_object() {
         bandwidth_limit: 0,
         prune_snapshots: false,
         idle_timeout: std::time::Duration::from_secs(60),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
         tls: None,
         object_store_credentials: Some(creds_path),
     };

@@ -123,8 +123,10 @@ fn spec(id: &str) -> Upload {
         store_path: None,
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(10),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
         resume_token: None,
         policy: None,
+        raw: false,
     }
 }
 fn data(n: usize) -> Vec<u8> {

@@ -73,8 +73,10 @@ fn spec(dataset: &str, receive_into: Option<String>) -> Upload {
         store_path: None,
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(30),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
         resume_token: None,
         policy: None,
+        raw: false,
     }
 }
 

@@ -90,6 +90,7 @@ fn settings(creds: PathBuf) -> JobSettings {
         bandwidth_limit: 0,
         prune_snapshots: false,
         idle_timeout: std::time::Duration::from_secs(60),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
         tls: None,
         object_store_credentials: Some(creds),
     }
@@ -418,6 +419,8 @@ async fn an_oversized_manifest_written_by_a_source_is_reported_and_never_read() 
         compression: zetaback_core::api::backup_policy::Compression::None,
         created: jiff::Timestamp::from_second(created.as_second()).expect("created"),
         policy: Some(POLICY.into()),
+        xxh3: None,
+        raw: false,
     };
     let mut body = manifest.to_json().expect("manifest json");
     body.extend(std::iter::repeat_n(b' ', 80 << 20));

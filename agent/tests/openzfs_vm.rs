@@ -317,8 +317,10 @@ fn upload_spec(dataset: &str, receive_into: Option<String>) -> Upload {
         store_path: None,
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(60),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
         resume_token: None,
         policy: None,
+        raw: false,
     }
 }
 
@@ -492,6 +494,7 @@ fn an_interrupted_transfer_resumes_from_its_token() {
         resent < full,
         "re-sent {resent} bytes, the whole stream is {full}"
     );
+    assert_remainder_estimate(&outcome, resent, full);
     let replica = format!("zbrep/r/src-1/{ds}@zb-1");
     assert_eq!(
         vm.sh(&format!("zfs get -H -p -o value guid {replica}")),
@@ -747,6 +750,12 @@ fn an_encrypted_dataset_is_sent_raw_and_the_store_never_sees_the_key() {
         !manifest.contains(&passphrase) && !manifest.contains(&marker),
         "the manifest holds key material or plaintext: {manifest}"
     );
+    let recorded = zetaback_core::store::Manifest::from_json(manifest.as_bytes())
+        .expect("the manifest parses");
+    assert!(
+        recorded.raw,
+        "the manifest does not record the raw send: {manifest}"
+    );
     // Restored, it is still encrypted and locked: the key was never part of the backup.
     let restore = vm.run(&format!(
         "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \
@@ -982,9 +991,21 @@ fn a_transfer_cut_by_the_network_resumes_from_its_token() {
         resent < full,
         "re-sent {resent} bytes, the whole stream is {full}"
     );
+    assert_remainder_estimate(&outcome, resent, full);
     assert_eq!(
         vm.sh(&format!("zfs get -H -p -o value guid {replica}@zb-1")),
         vm.sh(&format!("zfs get -H -p -o value guid {ds}@zb-1")),
         "the replica is not the source's snapshot"
+    );
+}
+
+/// The progress estimate of a resumed send is the remainder's (`zfs send -nP -t`, within 15 %
+/// of what was re-sent), not the whole stream's.
+fn assert_remainder_estimate(outcome: &serde_json::Value, resent: u64, full: u64) {
+    let estimate = outcome["estimatedBytes"].as_u64().expect("estimatedBytes");
+    eprintln!("resumed: estimated {estimate} bytes (zfs send -nP -t), re-sent {resent}");
+    assert!(
+        estimate.abs_diff(resent) * 100 <= resent * 15,
+        "the resumed send's estimate {estimate} is not the remainder's ({resent} re-sent; the whole stream is {full})"
     );
 }

@@ -36,6 +36,7 @@ async fn store_one(store: &FileStore) -> Vec<u8> {
             base_snapshot: None,
             compression: Compression::None,
             policy: None,
+            raw: false,
         })
         .await
         .expect("commit");

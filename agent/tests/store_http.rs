@@ -71,8 +71,10 @@ fn upload_spec(id: &str, compression: Compression) -> Upload {
         store_path: None,
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(30),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
         resume_token: None,
         policy: None,
+        raw: false,
     }
 }
 
@@ -622,4 +624,53 @@ async fn a_refusal_reaches_a_source_that_is_still_sending() {
         }
     }
     assert!(files(&dir.path().join("db-1/tank+db")).is_empty());
+}
+
+/// The manifest records what a restore and a sender whose answer was lost need: whether the
+/// stream was sent raw (`zfs send -w`), and the xxh3-128 of the bytes as they arrived.
+#[tokio::test]
+async fn the_manifest_records_a_raw_send_and_the_transit_check() {
+    let dir = tempdir();
+    let addr = start(dir.path()).await;
+    let ep = Endpoint::new(&addr, TOKEN);
+    let client = transfer::client();
+    for (id, raw, seed) in [
+        ("1700000000.full", true, 3),
+        ("1700086400.incremental.1700000000", false, 4),
+    ] {
+        let mut up = upload_spec(id, Compression::Zstd);
+        up.raw = raw;
+        let done = transfer::upload(
+            &client,
+            &ep,
+            &up,
+            std::io::Cursor::new(data(200_000, seed)),
+            ok_done(),
+        )
+        .await
+        .expect("upload");
+        let text = std::fs::read(dir.path().join(format!("db-1/tank+db/{id}.json")))
+            .expect("manifest file");
+        let m = zetaback_core::store::Manifest::from_json(&text).expect("manifest");
+        assert_eq!(m.raw, raw, "{id}");
+        assert_eq!(m.xxh3.as_deref(), Some(done.sent_xxh3.as_str()), "{id}");
+        assert_eq!(m.bytes, done.sent_bytes, "{id}");
+        // The JSON names it only when it is raw (older readers see nothing new otherwise).
+        let json: serde_json::Value = serde_json::from_slice(&text).expect("json");
+        assert_eq!(json.get("raw").is_some(), raw, "{json}");
+    }
+    // Anything but true/false is refused.
+    let (status, _) = raw(
+        &addr,
+        Method::PUT,
+        "/v1/streams/db-1/tank+db/1700172800.full",
+        Some(TOKEN),
+        &[
+            ("x-zetaback-snapshot", "zb-1700172800"),
+            ("x-zetaback-raw", "yes"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }

@@ -69,8 +69,10 @@ async fn upload(addr: &str, id: &str, seed: u64) {
         store_path: None,
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(30),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
         resume_token: None,
         policy: None,
+        raw: false,
     };
     let done: SourceDone = Box::pin(async { Ok(()) });
     transfer::upload(

@@ -130,8 +130,10 @@ fn upload_spec(id: &str) -> Upload {
         store_path: None,
         bandwidth_limit: 0,
         idle_timeout: Duration::from_secs(30),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
         resume_token: None,
         policy: None,
+        raw: false,
     }
 }
 

@@ -33,6 +33,8 @@ pub const H_READER_VERIFIES: &str = "x-zetaback-reader-verifies";
 /// The transit check of an upload: xxh3-128 of the body, as a trailer (see the agent's
 /// `checksum` module).
 pub const H_XXH3: &str = "x-zetaback-xxh3";
+/// `true`: the body was sent raw (`zfs send -w`, an encrypted dataset); the manifest records it.
+pub const H_RAW: &str = "x-zetaback-raw";
 
 /// The answer to a successful `PUT /v1/streams/...`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

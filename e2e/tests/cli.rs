@@ -592,6 +592,8 @@ fn stored(host: &str, dataset: &str, id: &str, archived: bool) -> StoredBackup {
             compression: Compression::Zstd,
             created: Timestamp::from_second(sid.ts()).expect("ts"),
             policy: None,
+            xxh3: None,
+            raw: false,
         },
         archived,
         verification: None,

@@ -68,6 +68,8 @@ fn stored_full(host: &str, dataset: &str, at: i64) -> StoredBackup {
             compression: zetaback::api::backup_policy::Compression::None,
             created: jiff::Timestamp::from_second(at).expect("ts"),
             policy: None,
+            xxh3: None,
+            raw: false,
         },
         archived: false,
         verification: None,

@@ -124,6 +124,8 @@ where
             }
         })?,
         policy: spec.policy.clone(),
+        xxh3: None,
+        raw: false,
     };
     debug_assert!(manifest.backup_type == BackupType::Full || manifest.base_snapshot.is_some());
     manifest.validate()?;

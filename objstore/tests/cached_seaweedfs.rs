@@ -71,6 +71,8 @@ fn manifest(host: &str, dataset: &str, ts: i64, bytes: u64) -> Vec<u8> {
         compression: Compression::None,
         created: jiff::Timestamp::from_second(ts).unwrap(),
         policy: None,
+        xxh3: None,
+        raw: false,
     };
     serde_json::to_vec(&m).unwrap()
 }

@@ -647,6 +647,8 @@ mod tests {
                 compression: crate::api::backup_policy::Compression::None,
                 created: Timestamp::from_second(sid.ts()).unwrap(),
                 policy: Some("ops/p".into()),
+                xxh3: None,
+                raw: false,
             },
             archived: false,
             verification: None,

@@ -790,6 +790,8 @@ mod tests {
                 compression: crate::api::backup_policy::Compression::None,
                 created: jiff::Timestamp::from_second(at).unwrap(),
                 policy: None,
+                xxh3: None,
+                raw: false,
             },
             archived: false,
             verification: None,

@@ -123,6 +123,8 @@ pub struct StreamMeta {
     pub compression: Compression,
     /// The BackupPolicy that made it, `<namespace>/<name>` (validated by the caller).
     pub policy: Option<String>,
+    /// Sent raw (`zfs send -w`): recorded in the manifest.
+    pub raw: bool,
 }
 
 /// A store directory.
@@ -917,7 +919,7 @@ impl PendingStream {
     /// fsynced. A failure after the stream got its name unlinks it again: a full disk never
     /// leaves a stream without its manifest.
     pub async fn commit(mut self, meta: StreamMeta) -> Result<Manifest, FileStoreError> {
-        let sha256 = self.finish().await?.sha256;
+        let Written { sha256, xxh3, .. } = self.finish().await?;
         let Some(temp) = self.temp.clone() else {
             return Err(FileStoreError::Io {
                 path: self.stream.clone(),
@@ -942,6 +944,8 @@ impl PendingStream {
                     reason: e.to_string(),
                 })
             })?,
+            xxh3: Some(xxh3),
+            raw: meta.raw,
         };
         manifest.validate()?;
         debug_assert!(matches!(
@@ -1089,6 +1093,7 @@ mod tests {
                         base_snapshot: None,
                         compression: zetaback_core::api::backup_policy::Compression::None,
                         policy: None,
+                        raw: false,
                     })
                     .await
                     .expect("commit");

@@ -275,6 +275,8 @@ mod tests {
                 compression: Compression::None,
                 created: jiff::Timestamp::from_second(sid.ts()).expect("ts"),
                 policy: None,
+                xxh3: None,
+                raw: false,
             },
             archived,
             verification: None,

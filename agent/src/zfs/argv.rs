@@ -193,6 +193,18 @@ pub fn decode_resume_token(caps: &Capabilities, token: &str) -> Result<Vec<Strin
     Ok(args)
 }
 
+/// `zfs send -n -P -t <token>`: the size estimate of what a resumed send still sends.
+pub fn estimate_resume(caps: &Capabilities, token: &str) -> Result<Vec<String>, ZfsError> {
+    if !caps.has(Capability::SendSizeEstimate) {
+        return Err(ZfsError::Unsupported {
+            feature: "send size estimate",
+        });
+    }
+    let mut args = send_resume(caps, token)?;
+    args.splice(1..1, ["-n".to_owned(), "-P".to_owned()]);
+    Ok(args)
+}
+
 /// `zfs get -H -p -o value guid <dataset@snapshot|dataset#bookmark>`.
 pub fn guid(dataset: &str, name: &str, bookmark: bool) -> Result<Vec<String>, ZfsError> {
     let target = if bookmark {
@@ -449,6 +461,12 @@ mod tests {
         );
         assert!(decode_resume_token(&caps, "-R").is_err());
         assert!(decode_resume_token(&Capabilities::none(), "1-abc").is_err());
+        assert_eq!(
+            estimate_resume(&caps, "1-e604ea4bf-e0-789c63a2").expect("argv"),
+            s(&["send", "-n", "-P", "-t", "1-e604ea4bf-e0-789c63a2"])
+        );
+        assert!(estimate_resume(&caps, "-R").is_err());
+        assert!(estimate_resume(&Capabilities::none(), "1-abc").is_err());
         assert_eq!(
             guid("tank/db", "zb-1", true).expect("argv"),
             s(&["get", "-H", "-p", "-o", "value", "guid", "tank/db#zb-1"])

@@ -460,6 +460,22 @@ impl Zfs {
             })
     }
 
+    /// `zfs send -nP -t TOKEN`: the estimated size of what a resumed send still sends (`None`
+    /// where there is no estimate: zfs-fuse).
+    pub async fn estimate_resume(&self, token: &str) -> Result<Option<u64>, ZfsError> {
+        if !self.caps.has(Capability::SendSizeEstimate) {
+            return Ok(None);
+        }
+        let args = argv::estimate_resume(&self.caps, token)?;
+        let text = self.output(&args, true).await?;
+        parse::parse_send_estimate(&text)
+            .map(Some)
+            .map_err(|detail| ZfsError::Parse {
+                command: self.command_line(&self.zfs, &args),
+                detail,
+            })
+    }
+
     /// The resume token an interrupted resumable receive left on `dataset`, where supported.
     pub async fn resume_token(&self, dataset: &str) -> Result<Option<String>, ZfsError> {
         if !self.caps.has(Capability::ResumableSend) {

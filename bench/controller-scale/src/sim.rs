@@ -396,6 +396,8 @@ impl Simulator {
             compression: job.spec.compression,
             created: Timestamp::from_second(ts)?,
             policy: None,
+            xxh3: None,
+            raw: false,
         };
         // The store first, then the job: the controller never sees "succeeded but missing".
         {

@@ -171,6 +171,8 @@ fn manifest(host: &str, dataset: &str, id: &StreamId) -> anyhow::Result<Vec<u8>>
         compression: Compression::None,
         created: jiff::Timestamp::from_second(ts)?,
         policy: Some("bench/catalogue".into()),
+        xxh3: None,
+        raw: false,
     };
     Ok(serde_json::to_vec(&m)?)
 }

@@ -552,6 +552,8 @@ pub(super) mod tests {
                 compression: crate::api::backup_policy::Compression::Zstd,
                 created: ts(sid.ts()),
                 policy: None,
+                xxh3: None,
+                raw: false,
             },
             archived,
             verification: None,

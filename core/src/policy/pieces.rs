@@ -68,6 +68,8 @@ mod tests {
                 compression: Compression::None,
                 created: jiff::Timestamp::from_second(sid.ts()).expect("time"),
                 policy: None,
+                xxh3: None,
+                raw: false,
             },
             archived,
             verification: None,

@@ -52,6 +52,16 @@ pub struct Manifest {
     /// manifests written before it existed (no policy deletes those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// xxh3-128 of the stored bytes as they arrived (the transit check, lower-case hex): a
+    /// sender whose answer was lost compares it with what it sent. Absent in manifests
+    /// written before it existed, and in a bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xxh3: Option<String>,
+    /// The stream was sent raw (`zfs send -w`, an encrypted dataset): its blocks as encrypted
+    /// on the source's disk, so that receiving it needs no key and leaves the dataset locked.
+    /// `false` also in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw: bool,
 }
 
 /// Checks a policy reference `<namespace>/<name>` (a namespace name and an object name).
@@ -71,6 +81,14 @@ pub fn validate_policy_ref(text: &str) -> Result<(), StoreError> {
     } else {
         Err(StoreError::InvalidPolicyRef(text.to_owned()))
     }
+}
+
+/// Whether `text` is exactly `len` lower-case hex digits.
+fn is_lower_hex(text: &str, len: usize) -> bool {
+    text.len() == len
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn default_version() -> u32 {
@@ -105,16 +123,16 @@ impl Manifest {
             (None, BackupType::Full) => {}
             _ => return Err(bad("baseSnapshot must be set exactly for an incremental")),
         }
-        if self.sha256.len() != 64
-            || !self
-                .sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if !is_lower_hex(&self.sha256, 64) {
             return Err(bad("sha256 is not 64 lower-case hex digits"));
         }
         if let Some(p) = &self.policy {
             validate_policy_ref(p)?;
+        }
+        if let Some(x) = &self.xxh3
+            && !is_lower_hex(x, 32)
+        {
+            return Err(bad("xxh3 is not 32 lower-case hex digits"));
         }
         if self.version > MANIFEST_VERSION {
             return Err(bad("written by a newer zetaback"));
@@ -158,6 +176,8 @@ pub(crate) mod tests {
             compression: Compression::Zstd,
             created: jiff::Timestamp::from_second(sid.ts()).expect("ts"),
             policy: None,
+            xxh3: None,
+            raw: false,
         }
     }
 

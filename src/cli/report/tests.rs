@@ -49,6 +49,8 @@ fn stored(host: &str, dataset: &str, id: &str, archived: bool) -> StoredBackup {
             compression: Compression::Zstd,
             created: ts(sid.ts()),
             policy: None,
+            xxh3: None,
+            raw: false,
         },
         archived,
         verification: None,

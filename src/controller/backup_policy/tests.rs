@@ -92,6 +92,8 @@ fn full(host: &str, dataset: &str, at: i64) -> StoredBackup {
             compression: crate::api::backup_policy::Compression::None,
             created: ts(at),
             policy: None,
+            xxh3: None,
+            raw: false,
         },
         archived: false,
         verification: None,
