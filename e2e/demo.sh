@@ -150,8 +150,15 @@ drill_rc=0
 zb drill databases -n default --timeout 3m || drill_rc=$?
 echo "  exit $drill_rc"
 [ "$drill_rc" = 0 ] || fail "kubectl zetaback drill exited $drill_rc, expected 0 (DRILL OK)"
-echo "  the policy's drill status (status.recovery):"
-recovery=$(policy_field '{range .status.recovery[*]}{.dataset} {.lastDrill.result} rto={.rtoSeconds}s bytes={.lastDrill.bytes} backup={.lastDrill.backup} restore={.lastDrill.restore}{"\n"}{end}')
+echo "  the policy's drill status (status.recovery, once the controller recorded both drills' ends):"
+# `drill` returns when the drills' Restores ended; the policy's status records them on its next
+# reconcile, a moment later.
+recovery=
+for _ in $(seq 1 60); do
+  recovery=$(policy_field '{range .status.recovery[*]}{.dataset} {.lastDrill.result} rto={.rtoSeconds}s bytes={.lastDrill.bytes} backup={.lastDrill.backup} restore={.lastDrill.restore}{"\n"}{end}')
+  [ "$(grep -c ' Succeeded rto=[0-9]' <<<"$recovery")" -ge 2 ] && break
+  sleep 1
+done
 echo "$recovery" | sed 's/^/    /'
 for ds in zbnode1/db/pg zbnode1/db/redis; do
   grep -q "^$ds Succeeded rto=[0-9]" <<<"$recovery" || fail "no successful drill with a measured RTO for $ds in the policy's status"
