@@ -623,7 +623,7 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
     };
     let resp = match answer {
         Ok(r) => r,
-        Err(e) if progress.sent_everything() => {
+        Err(e) if progress.sent_everything() && !refused_by_the_peer(&error_chain::format(&e)) => {
             let why = format!("the connection broke: {}", error_chain::format(&e));
             return Err(unanswered(producer, why).await);
         }
@@ -667,6 +667,22 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
         sent_bytes,
         sent_xxh3,
     })
+}
+
+/// Whether a failed request's error chain is the peer refusing the connection itself (a TLS
+/// alert, an untrusted certificate, an answer that is not HTTP), not a connection lost after the
+/// stream: such a target stored nothing, so it is a plain connection error, not
+/// [`TransferError::Unanswered`]. (A small stream is taken whole by the socket before the peer's
+/// refusal arrives: TLS 1.3 lets the client send before the server judged its certificate.)
+fn refused_by_the_peer(chain: &str) -> bool {
+    const REFUSALS: [&str; 5] = [
+        "received fatal alert",
+        "invalid peer certificate",
+        "peer is incompatible",
+        "peer misbehaved",
+        "invalid HTTP",
+    ];
+    REFUSALS.iter().any(|r| chain.contains(r))
 }
 
 /// The error for a stream sent whole whose answer did not come: [`TransferError::Unanswered`]
@@ -792,6 +808,25 @@ fn verify_stream(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_peers_refusal_is_no_unanswered_stream_but_a_lost_connection_is() {
+        for refused in [
+            "client error (SendRequest): connection error: received fatal alert: UnknownCA",
+            "client error (Connect): invalid peer certificate: UnknownIssuer",
+            "client error (SendRequest): invalid HTTP version parsed",
+        ] {
+            assert!(refused_by_the_peer(refused), "{refused}");
+        }
+        for lost in [
+            "client error (SendRequest): connection closed before message completed",
+            "client error (SendRequest): connection error: Connection reset by peer (os error 104)",
+            "client error (SendRequest): broken pipe",
+        ] {
+            assert!(!refused_by_the_peer(lost), "{lost}");
+        }
+    }
+
     use axum::Json;
     use axum::extract::Query;
     use axum::routing::get;
