@@ -24,12 +24,10 @@ use std::collections::{HashMap, HashSet};
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore};
 use zetaback_core::store::{Catalogue, Manifest, StoreError, StoredBackup};
 
-use crate::catalogue::{
-    MAX_MANIFEST_BYTES, StreamSlot, matches, read_limited, sort, stream_slot, too_large,
-};
+use crate::catalogue::{StreamSlot, fetch_manifest, matches, sort, stream_slot};
 use crate::keys::ParsedKey;
 use crate::{Keys, ObjStoreError};
 
@@ -281,35 +279,19 @@ impl CachedCatalogue {
                 let l = &listed[i];
                 async move {
                     let location = Path::from(l.key.as_str());
-                    // A source may write any object under its own prefix: only a small one is
-                    // read as a manifest (see `catalogue::MAX_MANIFEST_BYTES`).
-                    if l.version.size > MAX_MANIFEST_BYTES {
-                        return Ok(Some((
-                            i,
-                            Read {
-                                version: l.version.clone(),
-                                parsed: Err(too_large(l.version.size)),
-                            },
-                        )));
-                    }
-                    match store.get(&location).await {
-                        Ok(found) => {
-                            let parsed = match read_limited(found, &location).await? {
-                                Some(body) => Manifest::from_json(&body).map_err(|e| e.to_string()),
-                                None => Err(too_large(MAX_MANIFEST_BYTES + 1)),
-                            };
-                            Ok(Some((
-                                i,
-                                Read {
-                                    version: l.version.clone(),
-                                    parsed,
-                                },
-                            )))
-                        }
-                        // Deleted since the listing (retention at the same time): not a backup.
-                        Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(ObjStoreError::request("GET", &location, e)),
-                    }
+                    // Deleted since the listing (retention at the same time): not a backup.
+                    let Some(body) = fetch_manifest(store, &location, l.version.size).await? else {
+                        return Ok::<_, ObjStoreError>(None);
+                    };
+                    let parsed =
+                        body.and_then(|b| Manifest::from_json(&b).map_err(|e| e.to_string()));
+                    Ok(Some((
+                        i,
+                        Read {
+                            version: l.version.clone(),
+                            parsed,
+                        },
+                    )))
                 }
             })
             .buffer_unordered(parallel.max(1))

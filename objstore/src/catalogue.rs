@@ -40,27 +40,15 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
                 .push(problem("manifest without its stream".into()));
             continue;
         };
-        // A source may write any object under its own prefix: a manifest is read only when it
-        // is small, so a compromised node cannot make every reader of the bucket hold gigabytes.
-        if listed_size > MAX_MANIFEST_BYTES {
-            catalogue.problems.push(problem(too_large(listed_size)));
-            continue;
-        }
-        let body = match store.get(&location).await {
-            Ok(found) => match read_limited(found, &location).await? {
-                Some(body) => body,
-                // Replaced by a larger object after the listing.
-                None => {
-                    catalogue
-                        .problems
-                        .push(problem(too_large(MAX_MANIFEST_BYTES + 1)));
-                    continue;
-                }
-            },
+        let body = match fetch_manifest(store, &location, listed_size).await? {
+            Some(Ok(body)) => body,
+            Some(Err(why)) => {
+                catalogue.problems.push(problem(why));
+                continue;
+            }
             // Deleted between the listing and this read (retention, running at the same
             // time): no longer a backup, not a reason to fail the whole catalogue.
-            Err(object_store::Error::NotFound { .. }) => continue,
-            Err(e) => return Err(ObjStoreError::request("GET", &location, e)),
+            None => continue,
         };
         match check(&p, &body, size) {
             Ok(manifest) => catalogue.backups.push(StoredBackup {
@@ -99,10 +87,33 @@ pub(crate) fn sort(catalogue: &mut Catalogue) {
 /// The largest manifest read (a manifest is a few hundred bytes of JSON).
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 
-pub(crate) fn too_large(bytes: u64) -> String {
+fn too_large(bytes: u64) -> String {
     format!(
         "manifest of {bytes} bytes is larger than the limit of {MAX_MANIFEST_BYTES} bytes: not read"
     )
+}
+
+/// A manifest's bytes, read only when small: a source may write any object under its own
+/// prefix, so a compromised node cannot make every reader of the bucket hold gigabytes.
+/// `Some(Err(why))` for one too large (by its listed size, or grown since the listing), `None`
+/// when it is gone.
+pub(crate) async fn fetch_manifest(
+    store: &dyn ObjectStore,
+    location: &object_store::path::Path,
+    listed_size: u64,
+) -> Result<Option<Result<Vec<u8>, String>>, ObjStoreError> {
+    if listed_size > MAX_MANIFEST_BYTES {
+        return Ok(Some(Err(too_large(listed_size))));
+    }
+    match store.get(location).await {
+        Ok(found) => Ok(Some(
+            read_limited(found, location)
+                .await?
+                .ok_or_else(|| too_large(MAX_MANIFEST_BYTES + 1)),
+        )),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(ObjStoreError::request("GET", location, e)),
+    }
 }
 
 /// The object's bytes, or `None` once they pass [`MAX_MANIFEST_BYTES`] (the rest is not read).
