@@ -262,18 +262,21 @@ cargo test --workspace --locked --no-run
 node_tools_start
 # Stream 2: the waiting files, then the object-store files once weed is built.
 beside_stream() {
-  local rc=0
+  local rc=0 t0
+  t0=$(date +%s)
   cargo test --locked --no-fail-fast "${beside_targets[@]}" -- --test-threads 2 || rc=1
   if weed_wait; then
     cargo test --locked --no-fail-fast "${weed_targets[@]}" -- --test-threads 2 || rc=1
   else
     rc=1
   fi
+  echo "== stream 2 (beside) ended in $(( $(date +%s) - t0 ))s"
   return "$rc"
 }
 beside_log=$(mktemp)
 beside_stream >"$beside_log" 2>&1 &
 beside_pid=$!
+main_t0=$(date +%s)
 # Stream 1: everything else, then the real-OpenZFS files once the VM image is built and booted.
 main_rc=0
 cargo test --workspace --locked --no-fail-fast --lib --bins "${main_targets[@]}" -- --test-threads 2 \
@@ -287,6 +290,7 @@ echo "== OpenZFS VM up in $(( $(date +%s) - vm_start ))s"
 echo "== tests on real OpenZFS (${needs_vm[*]})"
 cargo test --locked --no-fail-fast "${vm_targets[@]}" -- --test-threads 2 || main_rc=1
 bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true
+echo "== stream 1 (main) ended in $(( $(date +%s) - main_t0 ))s"
 beside_rc=0
 wait "$beside_pid" || beside_rc=$?
 echo "== the tests run beside the others (${beside[*]}; then ${needs_weed[*]}):"
