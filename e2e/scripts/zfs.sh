@@ -92,7 +92,9 @@ start() {
     # cache itself, which lists pools this script did not make, stays.
     rm -f "$dir"/*.img
     # (without fd 9: the daemon must not hold the admin lock)
-    zfs-fuse --pidfile "$pidfile" --no-kstat-mount </dev/null >/dev/null 2>&1 9>&-
+    # The daemon serves every caller on the machine: it runs at nice 0 even when the caller that
+    # happened to start it is niced (a niced daemon starves every other caller's zfs commands).
+    nice -n "$(( -$(nice) ))" zfs-fuse --pidfile "$pidfile" --no-kstat-mount </dev/null >/dev/null 2>&1 9>&-
     for _ in $(seq 1 50); do running && break; sleep 0.2; done
     running || { echo "zfs.sh: zfs-fuse did not start" >&2; exit 1; }
     # A pool of this script that a fresh daemon imported anyway (made by an older version of
