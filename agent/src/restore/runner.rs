@@ -78,6 +78,9 @@ pub fn scratch_left(r: &Restore, host: &str) -> bool {
         })
 }
 
+/// How often a running drill's Restore is read to see whether it was ended meanwhile.
+pub const ENDED_POLL: Duration = Duration::from_secs(2);
+
 /// How often a fenced write is tried again after a conflicting write.
 const FENCED_TRIES: u32 = 5;
 
@@ -320,7 +323,8 @@ impl RestoreRunner {
             Some(bucket) => Ok(Err(bucket)),
             None => guard.and(self.store_endpoint(&st).await).map(Ok),
         };
-        let result = match source {
+        let work = async {
+            match source {
             Err(e) => Err(e),
             Ok(Err(bucket)) => {
                 let creds = self.cfg.object_store_credentials.as_deref();
@@ -380,6 +384,21 @@ impl RestoreRunner {
                     other => other,
                 }
             }
+            }
+        };
+        // A drill the controller ends while it runs (`DrillTimedOut`) stops here: the receive
+        // is dropped (its `zfs receive` killed), and the clean-up below destroys the scratch
+        // dataset and records it, instead of running on until the stream's idle timeout.
+        let result = if drill {
+            tokio::select! {
+                r = work => r,
+                () = self.ended_elsewhere(&api, &name) => {
+                    warn!("the drill was ended while it ran: its receive is stopped");
+                    Err(RestoreError::Ended)
+                }
+            }
+        } else {
+            work.await
         };
         // The end of a drill's measured recovery time: verified, before the clean-up.
         let verified_at = (drill && result.is_ok()).then(|| Time(jiff::Timestamp::now()));
@@ -423,6 +442,19 @@ impl RestoreRunner {
             warn!("the restore was ended while it ran; its outcome was not recorded");
         }
         Ok(())
+    }
+
+    /// Resolves once this agent no longer runs Restore `name` ([`still_ours`] is false, or it
+    /// is gone), read every [`ENDED_POLL`]; a failed read is tried again.
+    async fn ended_elsewhere(&self, api: &Api<Restore>, name: &str) {
+        loop {
+            tokio::time::sleep(ENDED_POLL).await;
+            match api.get_opt(name).await {
+                Ok(Some(r)) if still_ours(&r, &self.cfg.agent_id) => {}
+                Ok(_) => return,
+                Err(e) => warn!(error = %e, "could not read the running drill; will retry"),
+            }
+        }
     }
 
     /// Writes `patch` if this agent still runs the Restore, else `late` (if any) unless it
