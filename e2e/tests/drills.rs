@@ -40,8 +40,7 @@ fn receives_into(dataset: &str) -> Vec<String> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.iter().any(|a| a == "receive" || a == "recv") && args.iter().any(|a| a == dataset)
-        {
+        if args.iter().any(|a| a == "receive" || a == "recv") && args.iter().any(|a| a == dataset) {
             found.push(args.join(" "));
         }
     }

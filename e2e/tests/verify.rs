@@ -315,7 +315,10 @@ async fn bucket_a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
         v.last_verified.clone()
     })
     .await;
-    assert!(last_verified.0 > full.created, "verified after it was stored");
+    assert!(
+        last_verified.0 > full.created,
+        "verified after it was stored"
+    );
 
     // Flip one byte in the middle of the full's stream object (same size: only the hash can
     // tell), rewritten through the admin key.
@@ -358,13 +361,18 @@ async fn bucket_a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
         .expect("a verification record in the bucket");
     assert!(!record.ok, "{record:?}");
     assert!(
-        record.problem.as_deref().is_some_and(|p| p.contains("sha256")),
+        record
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("sha256")),
         "{record:?}"
     );
     // The source's own key cannot remove the verdict (it writes only under its host).
     let src_keys = zetaback_objstore::connect(
-        &serde_json::from_value(bucket::target(&endpoint, &prefix, "unused")["objectStore"].clone())
-            .expect("target"),
+        &serde_json::from_value(
+            bucket::target(&endpoint, &prefix, "unused")["objectStore"].clone(),
+        )
+        .expect("target"),
         &zetaback_objstore::Credentials {
             access_key_id: bucket::SOURCE.0.into(),
             secret_access_key: bucket::SOURCE.1.into(),
@@ -377,7 +385,10 @@ async fn bucket_a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     let forged = src_keys
         .put(&record_key, PutPayload::from(b"{}".to_vec()))
         .await;
-    assert!(forged.is_err(), "the source's key wrote a verdict: {forged:?}");
+    assert!(
+        forged.is_err(),
+        "the source's key wrote a verdict: {forged:?}"
+    );
 
     // Never restored from: a Restore of the quarantined full is refused by the controller.
     let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
@@ -394,7 +405,9 @@ async fn bucket_a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     assert_eq!(st.phase, RestorePhase::Failed, "{st:?}");
     assert_eq!(restore_reason(&r), "ChainBroken", "{st:?}");
     assert!(
-        st.message.as_deref().is_some_and(|m| m.contains("quarantined")),
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("quarantined")),
         "{st:?}"
     );
 
@@ -406,7 +419,11 @@ async fn bucket_a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     })
     .await;
     let next = &healed[2].manifest;
-    assert_eq!(next.backup_type, zetaback::api::BackupType::Full, "{next:?}");
+    assert_eq!(
+        next.backup_type,
+        zetaback::api::BackupType::Full,
+        "{next:?}"
+    );
     assert!(next.created > incremental.created);
     eventually("the Corrupt violation ends", FOUND_LIMIT, || async {
         let st = api.get(POLICY).await.ok()?.status?;

@@ -67,7 +67,10 @@ impl Scope {
     fn covers_record(&self, host: &str, dataset: &str) -> bool {
         match self {
             Scope::Host(h) => host == h,
-            Scope::Dataset { host: h, dataset: d } => host == h && dataset == d,
+            Scope::Dataset {
+                host: h,
+                dataset: d,
+            } => host == h && dataset == d,
         }
     }
 
@@ -154,7 +157,10 @@ pub fn plan(
     previous: &HashMap<String, impl HasVersion>,
     listed: &[Listed],
 ) -> (Vec<usize>, Vec<usize>, u64) {
-    plan_versions(previous, listed.iter().map(|l| (l.key.as_str(), &l.version)))
+    plan_versions(
+        previous,
+        listed.iter().map(|l| (l.key.as_str(), &l.version)),
+    )
 }
 
 /// [`plan`] over (key, version) pairs (manifests, verification records).
@@ -168,9 +174,7 @@ pub fn plan_versions<'a>(
     for (i, (key, version)) in listed.into_iter().enumerate() {
         seen.insert(key);
         match previous.get(key) {
-            Some(before) if before.version() == version && version.etag.is_some() => {
-                keep.push(i)
-            }
+            Some(before) if before.version() == version && version.etag.is_some() => keep.push(i),
             _ => fetch.push(i),
         }
     }
@@ -290,7 +294,8 @@ impl CachedCatalogue {
                 .map_err(|e| ObjStoreError::request("LIST", &root, e))?
             {
                 let Some(p) = keys.parse(meta.location.as_ref()) else {
-                    if let Some((host, dataset, id)) = keys.parse_verification(meta.location.as_ref())
+                    if let Some((host, dataset, id)) =
+                        keys.parse_verification(meta.location.as_ref())
                         && self.scope.covers_record(&host, &dataset)
                     {
                         count += 1;
@@ -550,7 +555,11 @@ mod tests {
             [(("h".into(), "tank".into(), "1.full".into()), bad.clone())]
                 .into_iter()
                 .collect();
-        let cat = assemble(reads.iter().map(|(k, p, r)| (*k, *p, r)), &streams, &records);
+        let cat = assemble(
+            reads.iter().map(|(k, p, r)| (*k, *p, r)),
+            &streams,
+            &records,
+        );
         assert_eq!(
             cat.backups
                 .iter()

@@ -117,7 +117,11 @@ impl Keys {
     }
 
     /// The directory of one host's verification records, or of one of its datasets'.
-    pub fn verification_dir(&self, host: &str, dataset: Option<&str>) -> Result<String, StoreError> {
+    pub fn verification_dir(
+        &self,
+        host: &str,
+        dataset: Option<&str>,
+    ) -> Result<String, StoreError> {
         validate_host(host)?;
         Ok(match dataset {
             Some(d) => self.join(&format!("{VERIFY_DIR}/{host}/{}", escape_dataset(d)?)),
@@ -127,7 +131,12 @@ impl Keys {
 
     /// The verification record of a backup (one per backup, live or archived: the record
     /// stays valid when the backup moves to the archive).
-    pub fn verification(&self, host: &str, dataset: &str, id: &StreamId) -> Result<Path, StoreError> {
+    pub fn verification(
+        &self,
+        host: &str,
+        dataset: &str,
+        id: &StreamId,
+    ) -> Result<Path, StoreError> {
         Ok(Path::from(format!(
             "{}/{}",
             self.verification_dir(host, Some(dataset))?,
@@ -216,9 +225,15 @@ mod tests {
     #[test]
     fn verification_records_live_apart_from_every_host_and_parse_back() {
         let k = Keys::new(Some("p"));
-        let id = StreamId::Incremental { ts: 20, base_ts: 10 };
+        let id = StreamId::Incremental {
+            ts: 20,
+            base_ts: 10,
+        };
         let key = k.verification("db-1", "tank/db", &id).unwrap();
-        assert_eq!(key.as_ref(), "p/.verify/db-1/tank+db/20.incremental.10.json");
+        assert_eq!(
+            key.as_ref(),
+            "p/.verify/db-1/tank+db/20.incremental.10.json"
+        );
         assert_eq!(
             k.parse_verification(key.as_ref()),
             Some(("db-1".into(), "tank/db".into(), id))
@@ -227,12 +242,12 @@ mod tests {
         assert_eq!(k.verification_dir("db-1", None).unwrap(), "p/.verify/db-1");
         assert!(!key.as_ref().starts_with(&k.host_prefix("db-1").unwrap()));
         for bad in [
-            "p/.verify/db-1/tank+db/20.incremental.10",     // not .json
-            "p/.verify/db-1/tank+db/x/1.full.json",         // too deep
-            "p/db-1/tank+db/1.full.json",                   // a manifest
-            "q/.verify/db-1/tank+db/1.full.json",           // another prefix
-            "p/.verify/DB/tank+db/1.full.json",             // not a host
-            "p/.verify/db-1/tank+db/01.full.json",          // not canonical
+            "p/.verify/db-1/tank+db/20.incremental.10", // not .json
+            "p/.verify/db-1/tank+db/x/1.full.json",     // too deep
+            "p/db-1/tank+db/1.full.json",               // a manifest
+            "q/.verify/db-1/tank+db/1.full.json",       // another prefix
+            "p/.verify/DB/tank+db/1.full.json",         // not a host
+            "p/.verify/db-1/tank+db/01.full.json",      // not canonical
         ] {
             assert_eq!(k.parse_verification(bad), None, "{bad}");
         }

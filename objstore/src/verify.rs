@@ -118,7 +118,8 @@ pub async fn verify(
     not_verified_since: Option<jiff::Timestamp>,
     progress: impl Fn(u64),
 ) -> Result<Verified, ObjStoreError> {
-    if let Some(done) = answer_without_reading(read_record(store, keys, b).await?, not_verified_since)
+    if let Some(done) =
+        answer_without_reading(read_record(store, keys, b).await?, not_verified_since)
     {
         return Ok(done);
     }

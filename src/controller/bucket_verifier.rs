@@ -41,7 +41,14 @@ struct Item {
 
 /// A backup of a bucket as the queue tells requests apart: the same object asked for by two
 /// policies (the same bucket and prefix) is read once.
-type ItemKey = (Option<String>, String, Option<String>, String, String, String);
+type ItemKey = (
+    Option<String>,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+);
 
 impl Queued for Item {
     type Key = ItemKey;

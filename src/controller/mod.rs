@@ -382,7 +382,10 @@ async fn lead(
             store_client::CATALOGUE_MAX_AGE,
         )),
         buckets: buckets.clone(),
-        bucket_verifier: Arc::new(bucket_verifier::BucketVerifier::new(client.clone(), buckets)),
+        bucket_verifier: Arc::new(bucket_verifier::BucketVerifier::new(
+            client.clone(),
+            buckets,
+        )),
         operator_namespace: options.lease_namespace.clone(),
         allowed_proxy_images: options.allowed_proxy_images.clone(),
     });

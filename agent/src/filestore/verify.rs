@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tracing::{info, warn};
+use zetaback_core::store::Verification;
 pub use zetaback_core::store::Verified;
 use zetaback_core::store::verification::{self, StreamCheck, answer_without_reading};
 
@@ -43,7 +44,8 @@ impl FileStore {
         not_verified_since: Option<jiff::Timestamp>,
         progress: impl Fn(u64) + Send + 'static,
     ) -> Result<Verified, FileStoreError> {
-        if let Some(done) = answer_without_reading(self.verification(key).await?, not_verified_since)
+        if let Some(done) =
+            answer_without_reading(self.verification(key).await?, not_verified_since)
         {
             return Ok(done);
         }

@@ -325,65 +325,65 @@ impl RestoreRunner {
         };
         let work = async {
             match source {
-            Err(e) => Err(e),
-            Ok(Err(bucket)) => {
-                let creds = self.cfg.object_store_credentials.as_deref();
-                crate::objstore_restore::run_claimed(
-                    &self.zfs,
-                    creds,
-                    &bucket,
-                    &r,
-                    &progress,
-                    &mut pieces,
-                )
-                .await
-            }
-            Ok(Ok(endpoint)) => {
-                let src = Source {
-                    endpoint,
-                    host: r.spec.source.host.as_str().to_owned(),
-                    dataset: r.spec.source.dataset_name().to_owned(),
-                    idle_timeout: self.cfg.idle_timeout,
-                    zstd_window_log_max: self.cfg.zstd_window_log_max,
-                    grant: st.grant.clone(),
-                };
-                let req = ChainRequest {
-                    pieces: st
-                        .chain
-                        .iter()
-                        .map(|id| {
-                            let p = st.pieces.iter().find(|p| &p.id == id);
-                            PieceRequest {
-                                id: id.clone(),
-                                snapshot: p.map(|p| p.snapshot.clone()).unwrap_or_default(),
-                                sha256: p.map(|p| p.sha256.clone()).filter(|s| !s.is_empty()),
-                            }
-                        })
-                        .collect(),
-                    into: r.spec.destination.dataset.as_str().to_owned(),
-                    force: r.spec.force,
-                    verify: r.spec.verify,
-                };
-                let applied = apply_chain(&self.zfs, &src, &req, &progress, |i, _sha| {
-                    if let Some(p) = pieces.get_mut(i) {
-                        p.verified = Some(r.spec.verify);
-                    }
-                })
-                .await;
-                match applied {
-                    Ok(done) if drill => {
-                        let restored: Vec<(String, String)> = req
-                            .pieces
-                            .iter()
-                            .map(|p| (p.id.clone(), p.snapshot.clone()))
-                            .collect();
-                        crate::drill::check_restored(&self.zfs, &into, &restored)
-                            .await
-                            .map(|()| done)
-                    }
-                    other => other,
+                Err(e) => Err(e),
+                Ok(Err(bucket)) => {
+                    let creds = self.cfg.object_store_credentials.as_deref();
+                    crate::objstore_restore::run_claimed(
+                        &self.zfs,
+                        creds,
+                        &bucket,
+                        &r,
+                        &progress,
+                        &mut pieces,
+                    )
+                    .await
                 }
-            }
+                Ok(Ok(endpoint)) => {
+                    let src = Source {
+                        endpoint,
+                        host: r.spec.source.host.as_str().to_owned(),
+                        dataset: r.spec.source.dataset_name().to_owned(),
+                        idle_timeout: self.cfg.idle_timeout,
+                        zstd_window_log_max: self.cfg.zstd_window_log_max,
+                        grant: st.grant.clone(),
+                    };
+                    let req = ChainRequest {
+                        pieces: st
+                            .chain
+                            .iter()
+                            .map(|id| {
+                                let p = st.pieces.iter().find(|p| &p.id == id);
+                                PieceRequest {
+                                    id: id.clone(),
+                                    snapshot: p.map(|p| p.snapshot.clone()).unwrap_or_default(),
+                                    sha256: p.map(|p| p.sha256.clone()).filter(|s| !s.is_empty()),
+                                }
+                            })
+                            .collect(),
+                        into: r.spec.destination.dataset.as_str().to_owned(),
+                        force: r.spec.force,
+                        verify: r.spec.verify,
+                    };
+                    let applied = apply_chain(&self.zfs, &src, &req, &progress, |i, _sha| {
+                        if let Some(p) = pieces.get_mut(i) {
+                            p.verified = Some(r.spec.verify);
+                        }
+                    })
+                    .await;
+                    match applied {
+                        Ok(done) if drill => {
+                            let restored: Vec<(String, String)> = req
+                                .pieces
+                                .iter()
+                                .map(|p| (p.id.clone(), p.snapshot.clone()))
+                                .collect();
+                            crate::drill::check_restored(&self.zfs, &into, &restored)
+                                .await
+                                .map(|()| done)
+                        }
+                        other => other,
+                    }
+                }
             }
         };
         // A drill the controller ends while it runs (`DrillTimedOut`) stops here: the receive

@@ -253,7 +253,10 @@ mod tests {
     #[test]
     fn a_stream_check_hashes_counts_paces_and_judges() {
         let mut c = StreamCheck::new(1000);
-        assert_eq!(c.update(b"hello ", Duration::ZERO), Duration::from_millis(6));
+        assert_eq!(
+            c.update(b"hello ", Duration::ZERO),
+            Duration::from_millis(6)
+        );
         assert_eq!(
             c.update(b"world", Duration::from_millis(5)),
             Duration::from_millis(6),

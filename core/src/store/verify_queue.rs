@@ -44,8 +44,7 @@ impl<T: Queued> VerifyQueue<T> {
     pub fn submit(&mut self, items: impl IntoIterator<Item = T>) -> Result<bool, QueueFull> {
         for item in items {
             let key = item.key();
-            if self.current.as_ref() == Some(&key) || self.waiting.iter().any(|w| w.key() == key)
-            {
+            if self.current.as_ref() == Some(&key) || self.waiting.iter().any(|w| w.key() == key) {
                 continue;
             }
             if self.waiting.len() >= MAX_QUEUED {
@@ -100,7 +99,10 @@ mod tests {
     #[test]
     fn each_backup_waits_once_and_one_worker_runs() {
         let mut q = VerifyQueue::default();
-        assert_eq!(q.submit([Item("a", 1), Item("b", 1), Item("a", 2)]), Ok(true));
+        assert_eq!(
+            q.submit([Item("a", 1), Item("b", 1), Item("a", 2)]),
+            Ok(true)
+        );
         assert_eq!(q.waiting(), 2, "a is queued once");
         assert_eq!(q.submit([Item("c", 1)]), Ok(false), "a worker runs already");
         assert_eq!(work(&mut q), Some(Item("a", 1)));
@@ -114,7 +116,11 @@ mod tests {
         assert_eq!(work(&mut q), Some(Item("a", 3)));
         assert_eq!(work(&mut q), None);
         assert_eq!(q.current(), None);
-        assert_eq!(q.submit([Item("d", 1)]), Ok(true), "the worker ended: start one");
+        assert_eq!(
+            q.submit([Item("d", 1)]),
+            Ok(true),
+            "the worker ended: start one"
+        );
         assert_eq!(q.submit(Vec::new()), Ok(false));
     }
 
