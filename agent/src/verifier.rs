@@ -121,7 +121,7 @@ impl Verifier {
         loop {
             let item = {
                 let mut st = self.lock();
-                let next = st.queue.next();
+                let next = st.queue.take_next();
                 st.current = next.as_ref().map(|item| VerifyCurrent {
                     host: item.key.host.clone(),
                     dataset: item.key.dataset.clone(),

@@ -65,7 +65,6 @@ impl Queued for Item {
 }
 
 /// The controller's bucket verifier ([module docs](self)).
-#[derive(Debug)]
 pub struct BucketVerifier {
     client: Client,
     buckets: Arc<BucketCatalogues>,
@@ -144,7 +143,7 @@ impl BucketVerifier {
     /// Works off the queue, then ends (the next request starts it again).
     async fn work(self: Arc<Self>) {
         loop {
-            let next = self.lock().next();
+            let next = self.lock().take_next();
             let Some(item) = next else { return };
             let span = info_span!("verify", bucket = %item.target.bucket,
                 backup = %format!("{}:{}@{}", item.host, item.dataset, item.id));

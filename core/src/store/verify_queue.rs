@@ -40,7 +40,7 @@ impl<T: Queued> Default for VerifyQueue<T> {
 impl<T: Queued> VerifyQueue<T> {
     /// Queues `items`, except those waiting or being worked on already. `Ok(true)` when the
     /// caller must start a worker (none runs and something waits); then the queue counts it
-    /// as running until [`next`](Self::next) finds it empty.
+    /// as running until [`take_next`](Self::take_next) finds it empty.
     pub fn submit(&mut self, items: impl IntoIterator<Item = T>) -> Result<bool, QueueFull> {
         for item in items {
             let key = item.key();
@@ -60,7 +60,7 @@ impl<T: Queued> VerifyQueue<T> {
     /// The worker's next item (now the current one, until the next call); `None` when the
     /// queue is empty, and the worker must end (the next [`submit`](Self::submit) starts
     /// another).
-    pub fn next(&mut self) -> Option<T> {
+    pub fn take_next(&mut self) -> Option<T> {
         let item = self.waiting.pop_front();
         self.current = item.as_ref().map(Queued::key);
         self.running = item.is_some();
@@ -93,7 +93,7 @@ mod tests {
     }
 
     fn work(q: &mut VerifyQueue<Item>) -> Option<Item> {
-        q.next()
+        q.take_next()
     }
 
     #[test]
