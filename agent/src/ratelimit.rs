@@ -26,11 +26,7 @@ impl RateLimiter {
     /// How long to wait after `n` more bytes.
     pub fn delay_after(&mut self, n: u64, elapsed: Duration) -> Duration {
         self.sent += n;
-        if self.rate == 0 {
-            return Duration::ZERO;
-        }
-        let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
-        due.saturating_sub(elapsed)
+        zetaback_core::store::verification::pace_delay(self.sent, self.rate, elapsed)
     }
 
     /// Accounts for `n` bytes sent and sleeps as needed.

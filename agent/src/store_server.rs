@@ -1450,7 +1450,7 @@ async fn verify_submit(
     match verifier(&state)?.submit(&req) {
         Ok(status) => Ok((StatusCode::ACCEPTED, axum::Json(status))),
         Err(e @ VerifyQueueError::Invalid(_)) => Err(ApiError::bad(e.to_string())),
-        Err(e @ VerifyQueueError::Full) => {
+        Err(e @ VerifyQueueError::Full(_)) => {
             Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
         }
     }

@@ -5,26 +5,25 @@
 //! however many requests arrive. Results are recorded in the store
 //! ([`FileStore::verify`]); the catalogue carries them to the controller.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing::{Instrument, info_span, warn};
+use zetaback_core::store::verify_queue::{QueueFull, Queued, VerifyQueue};
 use zetaback_core::store::{StreamId, validate_host};
 use zetaback_core::wire::{VerifyCurrent, VerifyRequest, VerifyStatus};
 
 use crate::filestore::{BackupKey, FileStore, Verified};
 
-/// At most this many backups wait in the queue; more are refused (the controller asks again).
-pub const MAX_QUEUED: usize = 100_000;
+pub use zetaback_core::store::verify_queue::MAX_QUEUED;
 
 /// Why a request was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyQueueError {
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("the verify queue is full ({MAX_QUEUED} backups); try again later")]
-    Full,
+    #[error(transparent)]
+    Full(#[from] QueueFull),
 }
 
 /// One backup waiting.
@@ -35,11 +34,18 @@ struct Item {
     not_verified_since: Option<jiff::Timestamp>,
 }
 
+impl Queued for Item {
+    type Key = BackupKey;
+    fn key(&self) -> BackupKey {
+        self.key.clone()
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Item>,
+    queue: VerifyQueue<Item>,
+    /// The backup being read and how far.
     current: Option<VerifyCurrent>,
-    running: bool,
 }
 
 /// The verifier of one file store (clones share it).
@@ -74,7 +80,7 @@ impl Verifier {
         let st = self.lock();
         VerifyStatus {
             current: st.current.clone(),
-            queued: st.queue.len(),
+            queued: st.queue.waiting(),
             verified: self.verified.load(Ordering::Relaxed),
             corrupt: self.corrupt.load(Ordering::Relaxed),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
@@ -102,28 +108,7 @@ impl Verifier {
                 not_verified_since: req.not_verified_since,
             });
         }
-        let start = {
-            let mut st = self.lock();
-            let is_current = |k: &BackupKey, st: &State| {
-                st.current.as_ref().is_some_and(|c| {
-                    c.host == k.host && c.dataset == k.dataset && c.id == k.id.to_string()
-                })
-            };
-            for item in items {
-                if is_current(&item.key, &st) || st.queue.iter().any(|q| q.key == item.key) {
-                    continue;
-                }
-                if st.queue.len() >= MAX_QUEUED {
-                    return Err(VerifyQueueError::Full);
-                }
-                st.queue.push_back(item);
-            }
-            let start = !st.running && !st.queue.is_empty();
-            if start {
-                st.running = true;
-            }
-            start
-        };
+        let start = self.lock().queue.submit(items)?;
         if start {
             let me = self.clone();
             tokio::spawn(async move { me.work().await }.instrument(info_span!("verifier")));
@@ -136,22 +121,17 @@ impl Verifier {
         loop {
             let item = {
                 let mut st = self.lock();
-                match st.queue.pop_front() {
-                    Some(item) => {
-                        st.current = Some(VerifyCurrent {
-                            host: item.key.host.clone(),
-                            dataset: item.key.dataset.clone(),
-                            id: item.key.id.to_string(),
-                            done: 0,
-                            total: 0,
-                        });
-                        item
-                    }
-                    None => {
-                        st.current = None;
-                        st.running = false;
-                        return;
-                    }
+                let next = st.queue.take_next();
+                st.current = next.as_ref().map(|item| VerifyCurrent {
+                    host: item.key.host.clone(),
+                    dataset: item.key.dataset.clone(),
+                    id: item.key.id.to_string(),
+                    done: 0,
+                    total: 0,
+                });
+                match next {
+                    Some(item) => item,
+                    None => return,
                 }
             };
             let state = self.state.clone();

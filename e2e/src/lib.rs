@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod bucket;
 pub mod controller;
 pub mod events;
 pub mod fleet;

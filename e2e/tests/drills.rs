@@ -29,6 +29,24 @@ use zetaback_e2e::{Env, eventually, http_get, metric, text};
 const POLICY: &str = "drill-p";
 const LIMIT: Duration = Duration::from_secs(240);
 
+/// The command lines of running `zfs receive` processes into `dataset` (from /proc).
+fn receives_into(dataset: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "receive" || a == "recv") && args.iter().any(|a| a == dataset) {
+            found.push(args.join(" "));
+        }
+    }
+    found
+}
+
 /// The children of `root` (scratch datasets left behind).
 fn children(root: &str) -> Vec<String> {
     zfs(&["list", "-H", "-r", "-o", "name", root])
@@ -607,9 +625,11 @@ async fn rto_missed_older_every_and_a_timed_out_drill_end_to_end() {
     assert_eq!(code, 3, "{out}");
     assert!(out.starts_with("DRILL UNKNOWN - "), "{out}");
 
-    // The timeout: a drill claimed by dst, whose stream is held (bak frozen, then dst
-    // frozen mid-request), is ended by the controller once `drill.timeout` is shortened
-    // below its age; dst, thawed, must leave the ending as it is and its scratch destroyed.
+    // The timeout: a drill claimed by dst, whose stream is held (bak frozen: dst's request
+    // gets no answer), is ended by the controller once `drill.timeout` is shortened below its
+    // age. dst, running on, must notice the ending and stop the drill while bak is still
+    // frozen (before, it waited for bak however long that took): the receive stopped, its
+    // scratch dataset destroyed and recorded, the ending left as it is.
     fleet.pause("dst");
     let args = ["drill", P, "--dataset", &ds, "--timeout", "3m"];
     let asking = fleet.zb(&args);
@@ -623,6 +643,7 @@ async fn rto_missed_older_every_and_a_timed_out_drill_end_to_end() {
         })
         .await;
         let name = held.name_any();
+        let scratch = held.spec.destination.dataset.as_str().to_owned();
         fleet.pause("bak");
         fleet.resume("dst");
         eventually("dst claims drill 4", LIMIT, || async {
@@ -630,8 +651,6 @@ async fn rto_missed_older_every_and_a_timed_out_drill_end_to_end() {
             (phase(&r) == Some(RestorePhase::Running)).then_some(())
         })
         .await;
-        fleet.pause("dst");
-        fleet.resume("bak");
         merge(serde_json::json!({"spec": {"drill": {"timeout": "2s"}}})).await;
         let ended = eventually("the controller ends drill 4", LIMIT, || async {
             let r = restores.get(&name).await.ok()?;
@@ -644,13 +663,30 @@ async fn rto_missed_older_every_and_a_timed_out_drill_end_to_end() {
             "{:?}",
             ended.status
         );
-        fleet.resume("dst");
+        // Stopped promptly, bak still frozen: dst polls its running drill every 2 s; the
+        // bound is generous for a loaded machine (before the change nothing happened until
+        // bak answered).
+        eventually(
+            "dst stops drill 4 while bak is frozen",
+            Duration::from_secs(90),
+            || async {
+                let r = restores.get(&name).await.ok()?;
+                (r.status.as_ref()?.scratch_destroyed == Some(true)).then_some(())
+            },
+        )
+        .await;
+        assert!(
+            !zetaback_e2e::fleet::dataset_exists(&scratch),
+            "{scratch} is left"
+        );
+        assert_eq!(receives_into(&scratch), Vec::<String>::new());
+        fleet.resume("bak");
         name
     };
     // The command waits for drill 4 while it is held up and ended.
     let ((code, out), name) = tokio::join!(asking, held_up);
     println!("drill {P} (exit {code}): {out}");
-    // dst answers the ended drill: its scratch dataset destroyed (recorded), and nothing else.
+    // dst answered the ended drill: its scratch dataset destroyed (recorded), nothing else.
     let after = eventually("dst records drill 4's scratch dataset", LIMIT, || async {
         let r = restores.get(&name).await.ok()?;
         (r.status.as_ref()?.scratch_destroyed == Some(true)).then_some(r)

@@ -15,7 +15,7 @@ use zetaback::api::BackupPolicy;
 use zetaback::api::backup_policy::ViolationReason;
 use zetaback::store::{Layout, StoredBackup};
 use zetaback_e2e::fleet::{Fleet, HostSpec, noise};
-use zetaback_e2e::{Env, eventually, http_get, metric, text};
+use zetaback_e2e::{Env, bucket, eventually, http_get, metric, text};
 
 const POLICY: &str = "verify-p";
 /// One verify period, the controller's catalogue revalidation (60 s) and a reconcile, with
@@ -227,4 +227,221 @@ async fn a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
     .await;
 
     fleet.shutdown().await;
+}
+
+/// The backups of `prefix` in the bucket, read with the admin key (verification records
+/// attached, as the controller's catalogue sees them).
+async fn in_bucket(endpoint: &str, prefix: &str) -> Vec<StoredBackup> {
+    let (store, keys) = bucket::admin(endpoint, prefix);
+    let cat = zetaback_objstore::catalogue::read(store.as_ref(), &keys)
+        .await
+        .expect("the bucket's catalogue");
+    assert!(cat.problems.is_empty(), "{:?}", cat.problems);
+    cat.backups
+}
+
+/// `spec.verify` on a policy into a bucket (issue 18 with issue 17's target), on real parts:
+/// SeaweedFS, a source agent uploading with its own key (which can neither delete nor
+/// overwrite elsewhere, nor write a verdict), the controller re-reading the stream objects
+/// with the policy Secret's keys. A byte of the full's stream object, flipped through the admin
+/// key, is found within a verify period and quarantined by a record under `.verify/`: the status
+/// lists the full with its dependent incremental, `Corrupt` (an Event), the next backup is a
+/// full at once, a Restore of the quarantined full is refused, and the new full heals it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_a_flipped_byte_is_found_quarantined_and_healed_by_a_full() {
+    use zetaback::api::Restore;
+    use zetaback::api::restore::RestorePhase;
+    use zetaback_e2e::fleet::{create_restore, restore_finished, restore_reason};
+    use zetaback_objstore::object_store::{ObjectStoreExt, PutPayload};
+
+    let env = Env::get();
+    let endpoint = bucket::s3_endpoint(env);
+    // `bucket-…`: the source's key writes only under `bucket/*/bucket-*-src/`.
+    let ns = env.namespace("bucket-verify");
+    let prefix = format!("bucket/{ns}");
+    let creds = bucket::creds_file(
+        &std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}/src")),
+        bucket::SOURCE,
+    );
+    let creds_arg = format!("--object-store-credentials={}", creds.display());
+    let mut fleet = Fleet::start(env, &ns, &[HostSpec::source("src").args(&[&creds_arg])]).await;
+    bucket::key_secret(&fleet.client, &ns, "verify-s3", bucket::ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let ds = fleet.create_dataset("src", "db/a");
+    fleet.write_file(&ds, "data.bin", &noise(13, 400_000));
+    let host = fleet.name("src");
+    let api: Api<BackupPolicy> = Api::namespaced(fleet.client.clone(), &ns);
+
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [host]},
+        "datasets": {"include": [ds]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+        "verify": {"every": "20s", "rate": "4Mi"},
+    });
+    spec["target"] = bucket::target(&endpoint, &prefix, "verify-s3");
+    let verify = spec["verify"].clone();
+    fleet.create_policy(POLICY, "src", &[&ds], spec).await;
+    ensure_verify(&api, &verify).await;
+    eventually("the full in the bucket", FOUND_LIMIT, || async {
+        (in_bucket(&endpoint, &prefix).await.len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // its own second
+    fleet.write_file(&ds, "more.bin", &noise(14, 100_000));
+    fleet.backup_incremental_now(POLICY, "src", &ds).await;
+    let two = eventually("the incremental in the bucket", FOUND_LIMIT, || async {
+        let b = in_bucket(&endpoint, &prefix).await;
+        (b.len() == 2).then_some(b)
+    })
+    .await;
+    let (full, incremental) = (two[0].manifest.clone(), two[1].manifest.clone());
+    assert_eq!(
+        incremental.base_snapshot.as_deref(),
+        Some(full.snapshot.as_str())
+    );
+
+    // Both verified good by the controller: records in the bucket, lastVerified in status.
+    let verified = |b: &StoredBackup| b.verification.as_ref().is_some_and(|v| v.ok);
+    eventually("both backups verified good", FOUND_LIMIT, || async {
+        let b = in_bucket(&endpoint, &prefix).await;
+        (b.len() == 2 && b.iter().all(verified)).then_some(())
+    })
+    .await;
+    let last_verified = eventually("status.verification lastVerified", FOUND_LIMIT, || async {
+        let st = api.get(POLICY).await.ok()?.status?;
+        let v = st.verification.iter().find(|v| v.dataset == ds)?;
+        v.quarantined.is_empty().then_some(())?;
+        v.last_verified.clone()
+    })
+    .await;
+    assert!(
+        last_verified.0 > full.created,
+        "verified after it was stored"
+    );
+
+    // Flip one byte in the middle of the full's stream object (same size: only the hash can
+    // tell), rewritten through the admin key.
+    let (admin, keys) = bucket::admin(&endpoint, &prefix);
+    let key = keys
+        .stream(&host, &ds, &full.stream_id().expect("id"), false)
+        .expect("key");
+    let mut body = admin
+        .get(&key)
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body")
+        .to_vec();
+    let at = body.len() / 2;
+    body[at] ^= 0x20;
+    admin
+        .put(&key, PutPayload::from(body))
+        .await
+        .expect("PUT the flipped object");
+
+    // Found within a verify period: quarantined in status with its dependent, Corrupt.
+    let entry = eventually("the full quarantined in status", FOUND_LIMIT, || async {
+        let st = api.get(POLICY).await.ok()?.status?;
+        let v = st.verification.iter().find(|v| v.dataset == ds)?;
+        let q = v.quarantined.iter().find(|q| q.backup == full.id)?.clone();
+        st.violations
+            .iter()
+            .any(|v| v.dataset == ds && v.reason == ViolationReason::Corrupt)
+            .then_some(q)
+    })
+    .await;
+    assert_eq!(entry.dependents, vec![incremental.id.clone()]);
+    let record = in_bucket(&endpoint, &prefix)
+        .await
+        .into_iter()
+        .find(|b| b.manifest.id == full.id)
+        .and_then(|b| b.verification)
+        .expect("a verification record in the bucket");
+    assert!(!record.ok, "{record:?}");
+    assert!(
+        record
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("sha256")),
+        "{record:?}"
+    );
+    // The source's own key cannot remove the verdict (it writes only under its host).
+    let src_keys = zetaback_objstore::connect(
+        &serde_json::from_value(
+            bucket::target(&endpoint, &prefix, "unused")["objectStore"].clone(),
+        )
+        .expect("target"),
+        &zetaback_objstore::Credentials {
+            access_key_id: bucket::SOURCE.0.into(),
+            secret_access_key: bucket::SOURCE.1.into(),
+        },
+    )
+    .expect("client");
+    let record_key = keys
+        .verification(&host, &ds, &full.stream_id().expect("id"))
+        .expect("key");
+    let forged = src_keys
+        .put(&record_key, PutPayload::from(b"{}".to_vec()))
+        .await;
+    assert!(
+        forged.is_err(),
+        "the source's key wrote a verdict: {forged:?}"
+    );
+
+    // Never restored from: a Restore of the quarantined full is refused by the controller.
+    let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let pool = fleet.host("src").pool.clone();
+    create_restore(
+        &restores,
+        "quarantined",
+        serde_json::json!({"source": {"host": host, "dataset": ds, "backup": full.id},
+            "destination": {"host": host, "dataset": format!("{pool}/restored/q")}}),
+    )
+    .await;
+    let r = restore_finished(&restores, "quarantined", Duration::from_secs(120)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, RestorePhase::Failed, "{st:?}");
+    assert_eq!(restore_reason(&r), "ChainBroken", "{st:?}");
+    assert!(
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("quarantined")),
+        "{st:?}"
+    );
+
+    // The next backup is a full, taken at once (the next incremental is 12 h away), and it
+    // heals the dataset.
+    let healed = eventually("a new full after the quarantine", FOUND_LIMIT, || async {
+        let b = in_bucket(&endpoint, &prefix).await;
+        (b.len() >= 3).then_some(b)
+    })
+    .await;
+    let next = &healed[2].manifest;
+    assert_eq!(
+        next.backup_type,
+        zetaback::api::BackupType::Full,
+        "{next:?}"
+    );
+    assert!(next.created > incremental.created);
+    eventually("the Corrupt violation ends", FOUND_LIMIT, || async {
+        let st = api.get(POLICY).await.ok()?.status?;
+        (!st.violations
+            .iter()
+            .any(|v| v.reason == ViolationReason::Corrupt))
+        .then_some(())
+    })
+    .await;
+    zetaback_e2e::events::wait_for_event(
+        &env.client().await,
+        &ns,
+        "ViolationStarted",
+        "Corrupt",
+        Duration::from_secs(60),
+    )
+    .await;
+
+    fleet.shutdown().await;
+    bucket::empty_prefix(&endpoint, &prefix).await;
 }

@@ -16,6 +16,9 @@
 //!
 //! **Scope.** A catalogue covers one source host (`<prefix>/<host>/` and its archive) or one
 //! dataset of one host: a Restore reads only the dataset it restores, a policy only its hosts.
+//! Each scope's verification records (`<prefix>/.verify/…`, [`crate::verify`]) are listed and
+//! read the same way (only new or changed ones fetched) and attached to their backups, so a
+//! quarantine shows wherever the catalogue is used.
 //!
 //! **Memory.** The listing is folded page by page (the keys of streams are not kept, only their
 //! sizes); what is kept is one parsed manifest per backup of the scope.
@@ -25,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore};
-use zetaback_core::store::{Catalogue, Manifest, StoreError, StoredBackup};
+use zetaback_core::store::{Catalogue, Manifest, StoreError, StoredBackup, Verification};
 
 use crate::catalogue::{StreamSlot, fetch_manifest, matches, sort, stream_slot};
 use crate::keys::ParsedKey;
@@ -44,18 +47,31 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// The two key prefixes a read lists (live, archive).
-    fn roots(&self, keys: &Keys) -> Result<[Path; 2], StoreError> {
+    /// The key prefixes a read lists (live, archive, verification records).
+    fn roots(&self, keys: &Keys) -> Result<[Path; 3], StoreError> {
         Ok(match self {
             Scope::Host(h) => [
                 Path::from(keys.host_dir(h, false)?),
                 Path::from(keys.host_dir(h, true)?),
+                Path::from(keys.verification_dir(h, None)?),
             ],
             Scope::Dataset { host, dataset } => [
                 Path::from(keys.dataset_dir(host, dataset, false)?),
                 Path::from(keys.dataset_dir(host, dataset, true)?),
+                Path::from(keys.verification_dir(host, Some(dataset))?),
             ],
         })
+    }
+
+    /// Whether a verification record of (host, dataset) belongs to this scope.
+    fn covers_record(&self, host: &str, dataset: &str) -> bool {
+        match self {
+            Scope::Host(h) => host == h,
+            Scope::Dataset {
+                host: h,
+                dataset: d,
+            } => host == h && dataset == d,
+        }
     }
 
     /// Whether a key of the layout belongs to this scope.
@@ -91,6 +107,18 @@ impl Version {
 struct Read {
     version: Version,
     parsed: Result<Manifest, String>,
+}
+
+/// Which backup a verification record is about: (host, dataset, id).
+type RecordSlot = (String, String, String);
+
+/// One verification record as it was read: its version and what it said (or why it is
+/// unreadable).
+#[derive(Debug, Clone)]
+struct RecordRead {
+    slot: RecordSlot,
+    version: Version,
+    parsed: Result<Verification, String>,
 }
 
 /// A manifest the listing showed.
@@ -129,15 +157,24 @@ pub fn plan(
     previous: &HashMap<String, impl HasVersion>,
     listed: &[Listed],
 ) -> (Vec<usize>, Vec<usize>, u64) {
+    plan_versions(
+        previous,
+        listed.iter().map(|l| (l.key.as_str(), &l.version)),
+    )
+}
+
+/// [`plan`] over (key, version) pairs (manifests, verification records).
+pub fn plan_versions<'a>(
+    previous: &HashMap<String, impl HasVersion>,
+    listed: impl IntoIterator<Item = (&'a str, &'a Version)>,
+) -> (Vec<usize>, Vec<usize>, u64) {
     let mut fetch = Vec::new();
     let mut keep = Vec::new();
-    let mut seen = HashSet::with_capacity(listed.len());
-    for (i, l) in listed.iter().enumerate() {
-        seen.insert(l.key.as_str());
-        match previous.get(&l.key) {
-            Some(before) if before.version() == &l.version && l.version.etag.is_some() => {
-                keep.push(i)
-            }
+    let mut seen = HashSet::new();
+    for (i, (key, version)) in listed.into_iter().enumerate() {
+        seen.insert(key);
+        match previous.get(key) {
+            Some(before) if before.version() == version && version.etag.is_some() => keep.push(i),
             _ => fetch.push(i),
         }
     }
@@ -167,10 +204,11 @@ impl HasVersion for Version {
 
 /// The catalogue of the manifests read and the streams listed (pure): a manifest is a backup
 /// when it parsed, names its own key's backup and its stream is there with its size, the rule
-/// of [`crate::catalogue::read`].
+/// of [`crate::catalogue::read`]; each backup carries its verification record, if any.
 fn assemble<'a>(
     manifests: impl IntoIterator<Item = (&'a str, &'a ParsedKey, &'a Result<Manifest, String>)>,
     streams: &HashMap<StreamSlot, u64>,
+    records: &HashMap<RecordSlot, Verification>,
 ) -> Catalogue {
     let mut catalogue = Catalogue::default();
     for (key, p, parsed) in manifests {
@@ -189,7 +227,9 @@ fn assemble<'a>(
             Ok(manifest) => catalogue.backups.push(StoredBackup {
                 manifest: manifest.clone(),
                 archived: p.archived,
-                verification: None,
+                verification: records
+                    .get(&(p.host.clone(), p.dataset.clone(), p.id.to_string()))
+                    .cloned(),
             }),
             Err(why) => catalogue.problems.push(problem(&why)),
         }
@@ -204,6 +244,8 @@ pub struct CachedCatalogue {
     scope: Scope,
     /// Each manifest key of the scope with its last read.
     manifests: HashMap<String, (ParsedKey, Read)>,
+    /// Each verification record key of the scope with its last read.
+    records: HashMap<String, RecordRead>,
     /// The stream sizes of the last listing.
     streams: HashMap<StreamSlot, u64>,
 }
@@ -214,6 +256,7 @@ impl CachedCatalogue {
         Self {
             scope,
             manifests: HashMap::new(),
+            records: HashMap::new(),
             streams: HashMap::new(),
         }
     }
@@ -241,6 +284,7 @@ impl CachedCatalogue {
     ) -> Result<ReadStats, ObjStoreError> {
         let mut streams = HashMap::new();
         let mut listed = Vec::new();
+        let mut listed_records: Vec<(String, Version, RecordSlot)> = Vec::new();
         let mut count = 0u64;
         for root in self.scope.roots(keys)? {
             let mut pages = store.list(Some(&root));
@@ -250,6 +294,17 @@ impl CachedCatalogue {
                 .map_err(|e| ObjStoreError::request("LIST", &root, e))?
             {
                 let Some(p) = keys.parse(meta.location.as_ref()) else {
+                    if let Some((host, dataset, id)) =
+                        keys.parse_verification(meta.location.as_ref())
+                        && self.scope.covers_record(&host, &dataset)
+                    {
+                        count += 1;
+                        listed_records.push((
+                            meta.location.to_string(),
+                            Version::of(&meta),
+                            (host, dataset, id.to_string()),
+                        ));
+                    }
                     continue;
                 };
                 if !self.scope.covers(&p) {
@@ -297,12 +352,15 @@ impl CachedCatalogue {
             .buffer_unordered(parallel.max(1))
             .try_collect()
             .await?;
+        let (records, records_stats) = self
+            .refresh_records(store, listed_records, parallel)
+            .await?;
         let mut next = HashMap::with_capacity(listed.len());
         let stats = ReadStats {
             listed: count,
-            fetched: fetch.len() as u64,
-            reused: keep.len() as u64,
-            gone,
+            fetched: fetch.len() as u64 + records_stats.fetched,
+            reused: keep.len() as u64 + records_stats.reused,
+            gone: gone + records_stats.gone,
         };
         let mut listed: Vec<Option<Listed>> = listed.into_iter().map(Some).collect();
         for i in keep {
@@ -318,18 +376,94 @@ impl CachedCatalogue {
             }
         }
         self.manifests = next;
+        self.records = records;
         self.streams = streams;
         Ok(stats)
     }
 
+    /// The verification records of the listing: those unchanged since the last read kept,
+    /// the others fetched (small, bounded reads); the new map and what it took.
+    async fn refresh_records(
+        &self,
+        store: &dyn ObjectStore,
+        listed: Vec<(String, Version, RecordSlot)>,
+        parallel: usize,
+    ) -> Result<(HashMap<String, RecordRead>, ReadStats), ObjStoreError> {
+        let (keep, fetch, gone) = plan_versions(
+            &self
+                .records
+                .iter()
+                .map(|(k, r)| (k.clone(), r.version.clone()))
+                .collect::<HashMap<_, _>>(),
+            listed.iter().map(|(k, v, _)| (k.as_str(), v)),
+        );
+        let stats = ReadStats {
+            listed: listed.len() as u64,
+            fetched: fetch.len() as u64,
+            reused: keep.len() as u64,
+            gone,
+        };
+        let mut next = HashMap::with_capacity(listed.len());
+        for i in keep {
+            let key = &listed[i].0;
+            if let Some(before) = self.records.get(key) {
+                next.insert(key.clone(), before.clone());
+            }
+        }
+        let fetched: Vec<Option<(usize, Result<Verification, String>)>> =
+            futures::stream::iter(fetch.iter().copied())
+                .map(|i| {
+                    let (key, version, _) = &listed[i];
+                    async move {
+                        let location = Path::from(key.as_str());
+                        Ok::<_, ObjStoreError>(
+                            fetch_manifest(store, &location, version.size)
+                                .await?
+                                .map(|body| {
+                                    (i, body.and_then(|b| crate::verify::parse_record(&b)))
+                                }),
+                        )
+                    }
+                })
+                .buffer_unordered(parallel.max(1))
+                .try_collect()
+                .await?;
+        for (i, parsed) in fetched.into_iter().flatten() {
+            let (key, version, slot) = &listed[i];
+            next.insert(
+                key.clone(),
+                RecordRead {
+                    slot: slot.clone(),
+                    version: version.clone(),
+                    parsed,
+                },
+            );
+        }
+        Ok((next, stats))
+    }
+
     /// The catalogue of the last successful read.
     pub fn catalogue(&self) -> Catalogue {
-        assemble(
+        let mut records = HashMap::with_capacity(self.records.len());
+        let mut problems = Vec::new();
+        for (key, r) in &self.records {
+            match &r.parsed {
+                Ok(v) => {
+                    records.insert(r.slot.clone(), v.clone());
+                }
+                Err(why) => problems.push(format!("{key}: {why}")),
+            }
+        }
+        let mut catalogue = assemble(
             self.manifests
                 .iter()
                 .map(|(k, (p, r))| (k.as_str(), p, &r.parsed)),
             &self.streams,
-        )
+            &records,
+        );
+        problems.sort();
+        catalogue.problems.extend(problems);
+        catalogue
     }
 }
 
@@ -416,13 +550,27 @@ mod tests {
             (k3, &p3, Ok(manifest("3.full", 10))), // no stream
             (k4, &p4, Err("not JSON".to_owned())),
         ];
-        let cat = assemble(reads.iter().map(|(k, p, r)| (*k, *p, r)), &streams);
+        let bad = Verification::judge(jiff::Timestamp::UNIX_EPOCH, 10, "x".into(), 10, "y");
+        let records: HashMap<RecordSlot, Verification> =
+            [(("h".into(), "tank".into(), "1.full".into()), bad.clone())]
+                .into_iter()
+                .collect();
+        let cat = assemble(
+            reads.iter().map(|(k, p, r)| (*k, *p, r)),
+            &streams,
+            &records,
+        );
         assert_eq!(
             cat.backups
                 .iter()
                 .map(|b| b.manifest.id.as_str())
                 .collect::<Vec<_>>(),
             ["1.full"]
+        );
+        assert_eq!(
+            cat.backups[0].verification,
+            Some(bad),
+            "the backup carries its record"
         );
         assert_eq!(cat.problems.len(), 3, "{:?}", cat.problems);
         assert!(cat.problems.iter().any(|p| p.contains("11 bytes")));
@@ -434,7 +582,11 @@ mod tests {
         assert!(cat.problems.iter().any(|p| p.contains("not JSON")));
         // A manifest naming another backup than its key is refused.
         let wrong = [(k1, &p1, Ok(manifest("9.full", 10)))];
-        let cat = assemble(wrong.iter().map(|(k, p, r)| (*k, *p, r)), &streams);
+        let cat = assemble(
+            wrong.iter().map(|(k, p, r)| (*k, *p, r)),
+            &streams,
+            &HashMap::new(),
+        );
         assert!(cat.backups.is_empty() && cat.problems.len() == 1);
     }
 
@@ -454,8 +606,12 @@ mod tests {
         let roots = ds.roots(&keys).unwrap();
         assert_eq!(roots[0].as_ref(), "pre/h/tank+a");
         assert_eq!(roots[1].as_ref(), "pre/.archive/h/tank+a");
+        assert_eq!(roots[2].as_ref(), "pre/.verify/h/tank+a");
+        assert!(ds.covers_record("h", "tank/a") && !ds.covers_record("h", "tank/b"));
+        assert!(host.covers_record("h", "tank/b") && !host.covers_record("h2", "tank/b"));
         let roots = host.roots(&keys).unwrap();
         assert_eq!(roots[1].as_ref(), "pre/.archive/h");
+        assert_eq!(roots[2].as_ref(), "pre/.verify/h");
         assert!(Scope::Host("../x".into()).roots(&keys).is_err());
     }
 }

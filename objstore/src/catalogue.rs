@@ -1,6 +1,7 @@
 //! The catalogue of a bucket: every manifest under the prefix (listed page by page by the
 //! client), each one a backup when its stream object is there with the manifest's size, the
-//! same rule as the file store's scan (`core/src/store/catalogue.rs`).
+//! same rule as the file store's scan (`core/src/store/catalogue.rs`), carrying its
+//! verification record (`<prefix>/.verify/…`, [`crate::verify`]) when it has one.
 
 use std::collections::HashMap;
 
@@ -21,8 +22,22 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
         })?;
     let mut streams: HashMap<StreamSlot, u64> = HashMap::new();
     let mut manifests = Vec::new();
+    let mut records = HashMap::new();
+    let mut catalogue = Catalogue::default();
     for o in &objects {
         let Some(p) = keys.parse(o.location.as_ref()) else {
+            if let Some((host, dataset, id)) = keys.parse_verification(o.location.as_ref()) {
+                let read = fetch_manifest(store, &o.location, o.size)
+                    .await?
+                    .map(|body| body.and_then(|b| crate::verify::parse_record(&b)));
+                match read {
+                    Some(Ok(v)) => {
+                        records.insert((host, dataset, id.to_string()), v);
+                    }
+                    Some(Err(why)) => catalogue.problems.push(format!("{}: {why}", o.location)),
+                    None => {}
+                }
+            }
             continue;
         };
         if p.manifest {
@@ -31,7 +46,6 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
             streams.insert(stream_slot(&p), o.size);
         }
     }
-    let mut catalogue = Catalogue::default();
     for (p, location, listed_size) in manifests {
         let problem = |why: String| format!("{location}: {why}");
         let Some(&size) = streams.get(&stream_slot(&p)) else {
@@ -54,8 +68,9 @@ pub async fn read(store: &dyn ObjectStore, keys: &Keys) -> Result<Catalogue, Obj
             Ok(manifest) => catalogue.backups.push(StoredBackup {
                 manifest,
                 archived: p.archived,
-                // The object store has no verifier yet (issue 18): never verified.
-                verification: None,
+                verification: records
+                    .get(&(p.host.clone(), p.dataset.clone(), p.id.to_string()))
+                    .cloned(),
             }),
             Err(why) => catalogue.problems.push(problem(why)),
         }

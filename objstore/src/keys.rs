@@ -5,12 +5,14 @@
 //! <prefix>/<host>/<dataset, '/' escaped as '+'>/<id>          the stream
 //! <prefix>/<host>/<dataset, '/' escaped as '+'>/<id>.json     its manifest (written last)
 //! <prefix>/.archive/<host>/<escaped dataset>/<id>[.json]      archived
+//! <prefix>/.verify/<host>/<escaped dataset>/<id>.json          verification record
 //! ```
 //!
-//! A source's credentials are scoped to `<prefix>/<host>/`: it can reach nothing else.
+//! A source's credentials are scoped to `<prefix>/<host>/`: it can reach nothing else, so it
+//! can neither forge nor remove a verification record (the controller writes them).
 
 use object_store::path::Path;
-use zetaback_core::store::layout::{ARCHIVE_DIR, MANIFEST_SUFFIX};
+use zetaback_core::store::layout::{ARCHIVE_DIR, MANIFEST_SUFFIX, VERIFY_DIR};
 use zetaback_core::store::{StoreError, StreamId, escape_dataset, unescape_dataset, validate_host};
 
 /// The key layout of one target (its prefix).
@@ -114,6 +116,50 @@ impl Keys {
         )))
     }
 
+    /// The directory of one host's verification records, or of one of its datasets'.
+    pub fn verification_dir(
+        &self,
+        host: &str,
+        dataset: Option<&str>,
+    ) -> Result<String, StoreError> {
+        validate_host(host)?;
+        Ok(match dataset {
+            Some(d) => self.join(&format!("{VERIFY_DIR}/{host}/{}", escape_dataset(d)?)),
+            None => self.join(&format!("{VERIFY_DIR}/{host}")),
+        })
+    }
+
+    /// The verification record of a backup (one per backup, live or archived: the record
+    /// stays valid when the backup moves to the archive).
+    pub fn verification(
+        &self,
+        host: &str,
+        dataset: &str,
+        id: &StreamId,
+    ) -> Result<Path, StoreError> {
+        Ok(Path::from(format!(
+            "{}/{}",
+            self.verification_dir(host, Some(dataset))?,
+            id.manifest_name()
+        )))
+    }
+
+    /// What `key` names if it is a verification record of this layout: (host, dataset, id).
+    pub fn parse_verification(&self, key: &str) -> Option<(String, String, StreamId)> {
+        let rel = match &self.prefix {
+            Some(p) => key.strip_prefix(p.as_str())?.strip_prefix('/')?,
+            None => key,
+        };
+        let [VERIFY_DIR, host, escaped, name] = rel.split('/').collect::<Vec<_>>()[..] else {
+            return None;
+        };
+        validate_host(host).ok()?;
+        let dataset = unescape_dataset(escaped).ok()?;
+        let id_text = name.strip_suffix(MANIFEST_SUFFIX)?;
+        let id: StreamId = id_text.parse().ok()?;
+        (id.to_string() == id_text).then_some((host.to_owned(), dataset, id))
+    }
+
     /// What `key` names, if it is a stream or a manifest of this layout (anything else,
     /// including keys outside the prefix, is `None`).
     pub fn parse(&self, key: &str) -> Option<ParsedKey> {
@@ -174,6 +220,37 @@ mod tests {
         assert_eq!(k.host_prefix("db-1").unwrap(), "clusters/prod/db-1/");
         assert_eq!(Keys::new(None).host_prefix("db-1").unwrap(), "db-1/");
         assert_eq!(Keys::new(Some("")), Keys::new(None));
+    }
+
+    #[test]
+    fn verification_records_live_apart_from_every_host_and_parse_back() {
+        let k = Keys::new(Some("p"));
+        let id = StreamId::Incremental {
+            ts: 20,
+            base_ts: 10,
+        };
+        let key = k.verification("db-1", "tank/db", &id).unwrap();
+        assert_eq!(
+            key.as_ref(),
+            "p/.verify/db-1/tank+db/20.incremental.10.json"
+        );
+        assert_eq!(
+            k.parse_verification(key.as_ref()),
+            Some(("db-1".into(), "tank/db".into(), id))
+        );
+        assert_eq!(k.parse(key.as_ref()), None, "a record is not a backup");
+        assert_eq!(k.verification_dir("db-1", None).unwrap(), "p/.verify/db-1");
+        assert!(!key.as_ref().starts_with(&k.host_prefix("db-1").unwrap()));
+        for bad in [
+            "p/.verify/db-1/tank+db/20.incremental.10", // not .json
+            "p/.verify/db-1/tank+db/x/1.full.json",     // too deep
+            "p/db-1/tank+db/1.full.json",               // a manifest
+            "q/.verify/db-1/tank+db/1.full.json",       // another prefix
+            "p/.verify/DB/tank+db/1.full.json",         // not a host
+            "p/.verify/db-1/tank+db/01.full.json",      // not canonical
+        ] {
+            assert_eq!(k.parse_verification(bad), None, "{bad}");
+        }
     }
 
     #[test]

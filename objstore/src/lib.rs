@@ -13,7 +13,9 @@
 //! * [`catalogue`]: the catalogue read back from the manifests in the bucket (paginated
 //!   listing), with the same problems a file-store scan reports;
 //! * [`cached`]: one host's or dataset's catalogue kept between reads: a read again lists the
-//!   scope and fetches only the manifests that are new or changed (their ETag).
+//!   scope and fetches only the manifests that are new or changed (their ETag);
+//! * [`verify`]: a stored stream re-read at a bounded rate against its manifest, the verdict
+//!   recorded under `<prefix>/.verify/` (the controller's keys; the file store's rules).
 //!
 //! The S3 client is Apache Arrow's `object_store` crate: SigV4 signing, multipart uploads,
 //! paginated listing and retries, maintained by the Arrow project; no hand-written signing.
@@ -27,6 +29,7 @@ pub mod keys;
 pub mod lock;
 pub mod pending;
 pub mod upload;
+pub mod verify;
 
 pub use connect::{Credentials, connect, connect_locked};
 pub use keys::Keys;
@@ -60,6 +63,10 @@ pub enum ObjStoreError {
     /// What the server holds is not what was sent.
     #[error("object {key} has {stored} bytes after the upload, {sent} were sent")]
     SizeMismatch { key: String, stored: u64, sent: u64 },
+    /// A verification could not be made (the backup is gone, it changed while it was read,
+    /// its record is unreadable): no verdict.
+    #[error("verification: {0}")]
+    Verify(String),
     /// A name or a manifest is invalid.
     #[error(transparent)]
     Store(#[from] zetaback_core::store::StoreError),

@@ -7,6 +7,7 @@
 
 pub mod backup_policy;
 pub mod bucket_catalogues;
+pub mod bucket_verifier;
 pub mod ca_store;
 pub mod csr_signer;
 pub mod drill;
@@ -73,6 +74,8 @@ pub struct Context {
     /// The catalogues read from buckets (object-store targets), shared by policies and
     /// Restores and read again incrementally (a listing; new manifests only).
     pub buckets: Arc<bucket_catalogues::BucketCatalogues>,
+    /// Re-reads backups in buckets for `spec.verify` (the controller is their verifier).
+    pub bucket_verifier: Arc<bucket_verifier::BucketVerifier>,
     /// The operator's own namespace (the Lease's): the one a ZfsHost serves when its
     /// `spec.allowedNamespaces` is empty (`zetaback_core::tenancy`).
     pub operator_namespace: String,
@@ -349,6 +352,9 @@ async fn lead(
     {
         warn!(error = %e, "could not publish the restore grant key; restores from other hosts will be refused");
     }
+    let buckets = Arc::new(bucket_catalogues::BucketCatalogues::new(
+        store_client::CATALOGUE_MAX_AGE,
+    ));
     let ctx = Arc::new(Context {
         grants: options.grant_signer.clone(),
         client: client.clone(),
@@ -375,8 +381,10 @@ async fn lead(
         catalogues: Arc::new(store_client::CatalogueCache::new(
             store_client::CATALOGUE_MAX_AGE,
         )),
-        buckets: Arc::new(bucket_catalogues::BucketCatalogues::new(
-            store_client::CATALOGUE_MAX_AGE,
+        buckets: buckets.clone(),
+        bucket_verifier: Arc::new(bucket_verifier::BucketVerifier::new(
+            client.clone(),
+            buckets,
         )),
         operator_namespace: options.lease_namespace.clone(),
         allowed_proxy_images: options.allowed_proxy_images.clone(),

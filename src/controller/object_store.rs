@@ -98,12 +98,14 @@ pub async fn delete_expired(
             let parsed: zetaback_core::store::StreamId = id
                 .parse()
                 .map_err(|e: zetaback_core::store::StoreError| e.to_string())?;
-            // Live or archived (S3 answers a DELETE of a missing key with success).
+            // Live or archived (S3 answers a DELETE of a missing key with success), then its
+            // verification record.
             for key in [
                 keys.manifest(host, dataset, &parsed, false),
                 keys.manifest(host, dataset, &parsed, true),
                 keys.stream(host, dataset, &parsed, false),
                 keys.stream(host, dataset, &parsed, true),
+                keys.verification(host, dataset, &parsed),
             ] {
                 let key = key.map_err(|e| e.to_string())?;
                 store.delete(&key).await.map_err(|e| e.to_string())?;

@@ -8,27 +8,15 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 use zetaback_core::store::Verification;
-use zetaback_core::store::verification;
+pub use zetaback_core::store::Verified;
+use zetaback_core::store::verification::{self, StreamCheck, answer_without_reading};
 
 use super::{BackupKey, FileStore, FileStoreError, io_err, joined, unique};
-use crate::ratelimit::RateLimiter;
 
 /// Read size while verifying.
 const CHUNK: usize = 1024 * 1024;
-
-/// What [`FileStore::verify`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verified {
-    /// The stream was read and judged; the record was written.
-    Checked(Verification),
-    /// The backup was quarantined before: not read again.
-    AlreadyQuarantined(Verification),
-    /// The backup was verified good at or after the asked time: not read again.
-    Recent(Verification),
-}
 
 impl FileStore {
     /// The verification record of a backup, if any.
@@ -56,30 +44,22 @@ impl FileStore {
         not_verified_since: Option<jiff::Timestamp>,
         progress: impl Fn(u64) + Send + 'static,
     ) -> Result<Verified, FileStoreError> {
-        match self.verification(key).await? {
-            Some(v) if v.quarantined() => return Ok(Verified::AlreadyQuarantined(v)),
-            Some(v) if not_verified_since.is_some_and(|t| v.verified_at >= t) => {
-                return Ok(Verified::Recent(v));
-            }
-            _ => {}
+        if let Some(done) =
+            answer_without_reading(self.verification(key).await?, not_verified_since)
+        {
+            return Ok(done);
         }
         let (file, manifest) = self.open(key).await?;
         let file = file.into_std().await;
-        let (bytes, sha256) = tokio::task::spawn_blocking(move || read_paced(file, rate, progress))
+        let check = tokio::task::spawn_blocking(move || read_paced(file, rate, progress))
             .await
             .map_err(joined)?
             .map_err(|e| io_err(Path::new(&manifest.id))(e))?;
-        let v = Verification::judge(
-            jiff::Timestamp::now(),
-            bytes,
-            sha256,
-            manifest.bytes,
-            &manifest.sha256,
-        );
+        let v = check.judge(jiff::Timestamp::now(), manifest.bytes, &manifest.sha256);
         if v.quarantined() {
             warn!(backup = %key, problem = v.problem.as_deref().unwrap_or(""), "stored stream is corrupt: quarantined");
         } else {
-            info!(backup = %key, bytes, "stored stream verified");
+            info!(backup = %key, bytes = v.bytes, "stored stream verified");
         }
         let path = self
             .layout
@@ -110,22 +90,20 @@ impl FileStore {
 
 /// Reads the file at `path` as verification does ([`read_paced`]): (bytes, sha256 hex).
 pub fn verify_file(path: &Path, rate: u64) -> io::Result<(u64, String)> {
-    read_paced(std::fs::File::open(path)?, rate, |_| {})
+    Ok(read_paced(std::fs::File::open(path)?, rate, |_| {})?.finish())
 }
 
 /// Reads `file` to its end in [`CHUNK`]s, at most `rate` bytes per second on average (0:
-/// unlimited), hashing it: (bytes, sha256 hex).
+/// unlimited), hashing it ([`StreamCheck`], shared with the object store's verifier).
 fn read_paced(
     mut file: std::fs::File,
     rate: u64,
     progress: impl Fn(u64),
-) -> io::Result<(u64, String)> {
+) -> io::Result<StreamCheck> {
     let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
-    let mut limiter = RateLimiter::new(rate);
+    let mut check = StreamCheck::new(rate);
     let start = Instant::now();
-    let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
     loop {
         let n = match file.read(&mut buf) {
             Ok(0) => break,
@@ -133,17 +111,15 @@ fn read_paced(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hasher.update(&buf[..n]);
-        total += n as u64;
-        progress(total);
-        let wait = limiter.delay_after(n as u64, start.elapsed());
+        let wait = check.update(&buf[..n], start.elapsed());
+        progress(check.bytes());
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
     }
     // What was read need not stay cached: verification reads each stream once a period.
     let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
-    Ok((total, hex::encode(hasher.finalize())))
+    Ok(check)
 }
 
 /// Writes a record crash-safely: temporary name, fsync, rename, fsync of the directory.

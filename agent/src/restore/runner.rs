@@ -78,6 +78,9 @@ pub fn scratch_left(r: &Restore, host: &str) -> bool {
         })
 }
 
+/// How often a running drill's Restore is read to see whether it was ended meanwhile.
+pub const ENDED_POLL: Duration = Duration::from_secs(2);
+
 /// How often a fenced write is tried again after a conflicting write.
 const FENCED_TRIES: u32 = 5;
 
@@ -320,66 +323,82 @@ impl RestoreRunner {
             Some(bucket) => Ok(Err(bucket)),
             None => guard.and(self.store_endpoint(&st).await).map(Ok),
         };
-        let result = match source {
-            Err(e) => Err(e),
-            Ok(Err(bucket)) => {
-                let creds = self.cfg.object_store_credentials.as_deref();
-                crate::objstore_restore::run_claimed(
-                    &self.zfs,
-                    creds,
-                    &bucket,
-                    &r,
-                    &progress,
-                    &mut pieces,
-                )
-                .await
-            }
-            Ok(Ok(endpoint)) => {
-                let src = Source {
-                    endpoint,
-                    host: r.spec.source.host.as_str().to_owned(),
-                    dataset: r.spec.source.dataset_name().to_owned(),
-                    idle_timeout: self.cfg.idle_timeout,
-                    zstd_window_log_max: self.cfg.zstd_window_log_max,
-                    grant: st.grant.clone(),
-                };
-                let req = ChainRequest {
-                    pieces: st
-                        .chain
-                        .iter()
-                        .map(|id| {
-                            let p = st.pieces.iter().find(|p| &p.id == id);
-                            PieceRequest {
-                                id: id.clone(),
-                                snapshot: p.map(|p| p.snapshot.clone()).unwrap_or_default(),
-                                sha256: p.map(|p| p.sha256.clone()).filter(|s| !s.is_empty()),
-                            }
-                        })
-                        .collect(),
-                    into: r.spec.destination.dataset.as_str().to_owned(),
-                    force: r.spec.force,
-                    verify: r.spec.verify,
-                };
-                let applied = apply_chain(&self.zfs, &src, &req, &progress, |i, _sha| {
-                    if let Some(p) = pieces.get_mut(i) {
-                        p.verified = Some(r.spec.verify);
-                    }
-                })
-                .await;
-                match applied {
-                    Ok(done) if drill => {
-                        let restored: Vec<(String, String)> = req
-                            .pieces
+        let work = async {
+            match source {
+                Err(e) => Err(e),
+                Ok(Err(bucket)) => {
+                    let creds = self.cfg.object_store_credentials.as_deref();
+                    crate::objstore_restore::run_claimed(
+                        &self.zfs,
+                        creds,
+                        &bucket,
+                        &r,
+                        &progress,
+                        &mut pieces,
+                    )
+                    .await
+                }
+                Ok(Ok(endpoint)) => {
+                    let src = Source {
+                        endpoint,
+                        host: r.spec.source.host.as_str().to_owned(),
+                        dataset: r.spec.source.dataset_name().to_owned(),
+                        idle_timeout: self.cfg.idle_timeout,
+                        zstd_window_log_max: self.cfg.zstd_window_log_max,
+                        grant: st.grant.clone(),
+                    };
+                    let req = ChainRequest {
+                        pieces: st
+                            .chain
                             .iter()
-                            .map(|p| (p.id.clone(), p.snapshot.clone()))
-                            .collect();
-                        crate::drill::check_restored(&self.zfs, &into, &restored)
-                            .await
-                            .map(|()| done)
+                            .map(|id| {
+                                let p = st.pieces.iter().find(|p| &p.id == id);
+                                PieceRequest {
+                                    id: id.clone(),
+                                    snapshot: p.map(|p| p.snapshot.clone()).unwrap_or_default(),
+                                    sha256: p.map(|p| p.sha256.clone()).filter(|s| !s.is_empty()),
+                                }
+                            })
+                            .collect(),
+                        into: r.spec.destination.dataset.as_str().to_owned(),
+                        force: r.spec.force,
+                        verify: r.spec.verify,
+                    };
+                    let applied = apply_chain(&self.zfs, &src, &req, &progress, |i, _sha| {
+                        if let Some(p) = pieces.get_mut(i) {
+                            p.verified = Some(r.spec.verify);
+                        }
+                    })
+                    .await;
+                    match applied {
+                        Ok(done) if drill => {
+                            let restored: Vec<(String, String)> = req
+                                .pieces
+                                .iter()
+                                .map(|p| (p.id.clone(), p.snapshot.clone()))
+                                .collect();
+                            crate::drill::check_restored(&self.zfs, &into, &restored)
+                                .await
+                                .map(|()| done)
+                        }
+                        other => other,
                     }
-                    other => other,
                 }
             }
+        };
+        // A drill the controller ends while it runs (`DrillTimedOut`) stops here: the receive
+        // is dropped (its `zfs receive` killed), and the clean-up below destroys the scratch
+        // dataset and records it, instead of running on until the stream's idle timeout.
+        let result = if drill {
+            tokio::select! {
+                r = work => r,
+                () = self.ended_elsewhere(&api, &name) => {
+                    warn!("the drill was ended while it ran: its receive is stopped");
+                    Err(RestoreError::Ended)
+                }
+            }
+        } else {
+            work.await
         };
         // The end of a drill's measured recovery time: verified, before the clean-up.
         let verified_at = (drill && result.is_ok()).then(|| Time(jiff::Timestamp::now()));
@@ -423,6 +442,19 @@ impl RestoreRunner {
             warn!("the restore was ended while it ran; its outcome was not recorded");
         }
         Ok(())
+    }
+
+    /// Resolves once this agent no longer runs Restore `name` ([`still_ours`] is false, or it
+    /// is gone), read every [`ENDED_POLL`]; a failed read is tried again.
+    async fn ended_elsewhere(&self, api: &Api<Restore>, name: &str) {
+        loop {
+            tokio::time::sleep(ENDED_POLL).await;
+            match api.get_opt(name).await {
+                Ok(Some(r)) if still_ours(&r, &self.cfg.agent_id) => {}
+                Ok(_) => return,
+                Err(e) => warn!(error = %e, "could not read the running drill; will retry"),
+            }
+        }
     }
 
     /// Writes `patch` if this agent still runs the Restore, else `late` (if any) unless it

@@ -11,13 +11,14 @@ pub mod future;
 pub mod layout;
 pub mod manifest;
 pub mod verification;
+pub mod verify_queue;
 
 use std::path::{Path, PathBuf};
 
 pub use catalogue::{Catalogue, StoredBackup, scan};
 pub use layout::{Layout, StreamId, escape_dataset, unescape_dataset, validate_host};
 pub use manifest::{MANIFEST_VERSION, Manifest, validate_policy_ref};
-pub use verification::Verification;
+pub use verification::{StreamCheck, Verification, Verified};
 
 /// What can go wrong with store names, manifests and scans.
 #[derive(Debug, thiserror::Error)]

@@ -8,11 +8,18 @@
 //! retention expires it as usual and the status can show it), but the policy logic never
 //! restores from it, never counts it as the newest backup, and treats every backup whose chain
 //! needs it as unrestorable. A quarantine is sticky: a later pass does not re-read the stream.
+//!
+//! The same rules serve both stores that re-read streams, the file store (the store agent
+//! reads its disk) and the object store (the controller reads the bucket): whether a backup
+//! needs reading at all ([`answer_without_reading`]), the paced hash of what is read
+//! ([`StreamCheck`]) and the verdict ([`Verification::judge`]).
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::StoreError;
 use super::catalogue::Catalogue;
@@ -68,6 +75,92 @@ impl Verification {
     /// True when the backup is quarantined.
     pub fn quarantined(&self) -> bool {
         !self.ok
+    }
+}
+
+/// What a verification pass did with one backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// The stream was read and judged; the record was written.
+    Checked(Verification),
+    /// The backup was quarantined before: not read again.
+    AlreadyQuarantined(Verification),
+    /// The backup was verified good at or after the asked time: not read again.
+    Recent(Verification),
+}
+
+/// The answer for a backup whose record is `existing` without reading it, when there is one:
+/// a quarantine is sticky, and a backup verified good at or after `not_verified_since` was
+/// read recently enough. `None`: read it.
+pub fn answer_without_reading(
+    existing: Option<Verification>,
+    not_verified_since: Option<jiff::Timestamp>,
+) -> Option<Verified> {
+    match existing {
+        Some(v) if v.quarantined() => Some(Verified::AlreadyQuarantined(v)),
+        Some(v) if not_verified_since.is_some_and(|t| v.verified_at >= t) => {
+            Some(Verified::Recent(v))
+        }
+        _ => None,
+    }
+}
+
+/// How long a reader that has read `bytes` bytes in `elapsed` waits before it reads on, to
+/// stay at `rate` bytes per second on average since it started (0: unlimited).
+pub fn pace_delay(bytes: u64, rate: u64, elapsed: Duration) -> Duration {
+    if rate == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(bytes as f64 / rate as f64).saturating_sub(elapsed)
+}
+
+/// A stored stream being re-read: its sha256 and size so far, paced to a rate. The caller
+/// reads (a file, an object's ranges), hands each chunk to [`update`](Self::update) and waits
+/// as long as it answers, then [`judge`](Self::judge)s against the manifest.
+#[derive(Debug, Clone)]
+pub struct StreamCheck {
+    hasher: Sha256,
+    rate: u64,
+    bytes: u64,
+}
+
+impl StreamCheck {
+    /// A check read at most `rate` bytes per second (0: unlimited).
+    pub fn new(rate: u64) -> Self {
+        Self {
+            hasher: Sha256::new(),
+            rate,
+            bytes: 0,
+        }
+    }
+
+    /// Hashes the next `chunk`, read `elapsed` after the read began; how long to wait before
+    /// reading on.
+    pub fn update(&mut self, chunk: &[u8], elapsed: Duration) -> Duration {
+        self.hasher.update(chunk);
+        self.bytes += chunk.len() as u64;
+        pace_delay(self.bytes, self.rate, elapsed)
+    }
+
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// (bytes read, sha256 hex).
+    pub fn finish(self) -> (u64, String) {
+        (self.bytes, hex::encode(self.hasher.finalize()))
+    }
+
+    /// The verdict, at `verified_at`, on what was read against the manifest's size and sha256.
+    pub fn judge(
+        self,
+        verified_at: jiff::Timestamp,
+        want_bytes: u64,
+        want_sha256: &str,
+    ) -> Verification {
+        let (bytes, sha256) = self.finish();
+        Verification::judge(verified_at, bytes, sha256, want_bytes, want_sha256)
     }
 }
 
@@ -133,6 +226,54 @@ mod tests {
                 .problem
                 .as_deref()
                 .is_some_and(|p| p.contains("sha256 is cd"))
+        );
+    }
+
+    #[test]
+    fn quarantines_are_sticky_and_recent_checks_are_not_repeated() {
+        let good = Verification::judge(at(100), 1, "a".into(), 1, "a");
+        let bad = Verification::judge(at(100), 1, "b".into(), 1, "a");
+        assert_eq!(answer_without_reading(None, None), None);
+        assert_eq!(answer_without_reading(None, Some(at(1))), None);
+        assert_eq!(answer_without_reading(Some(good.clone()), None), None);
+        assert_eq!(
+            answer_without_reading(Some(good.clone()), Some(at(100))),
+            Some(Verified::Recent(good.clone())),
+            "verified exactly at the asked time counts"
+        );
+        assert_eq!(answer_without_reading(Some(good), Some(at(101))), None);
+        for since in [None, Some(at(1)), Some(at(1000))] {
+            assert_eq!(
+                answer_without_reading(Some(bad.clone()), since),
+                Some(Verified::AlreadyQuarantined(bad.clone()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_stream_check_hashes_counts_paces_and_judges() {
+        let mut c = StreamCheck::new(1000);
+        assert_eq!(
+            c.update(b"hello ", Duration::ZERO),
+            Duration::from_millis(6)
+        );
+        assert_eq!(
+            c.update(b"world", Duration::from_millis(5)),
+            Duration::from_millis(6),
+            "11 bytes at 1000/s are due at 11 ms"
+        );
+        assert_eq!(c.update(b"", Duration::from_secs(1)), Duration::ZERO);
+        assert_eq!(c.bytes(), 11);
+        // sha256("hello world")
+        let want = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
+        assert!(c.clone().judge(at(1), 11, want).ok);
+        let v = c.judge(at(1), 11, &"0".repeat(64));
+        assert!(v.quarantined() && v.sha256 == want, "{v:?}");
+        let mut unlimited = StreamCheck::new(0);
+        assert_eq!(unlimited.update(&[0; 4096], Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            pace_delay(500, 1000, Duration::from_millis(2000)),
+            Duration::ZERO
         );
     }
 

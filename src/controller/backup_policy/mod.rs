@@ -495,8 +495,8 @@ async fn apply(
     written
 }
 
-/// The plan's archive, verify and delete requests to the backup host's store (or the
-/// expired backups' deletion from an object store). Best effort: a failure is logged and the
+/// The plan's archive, verify and delete requests to the backup host's store (or, for an
+/// object store, done by the controller in the bucket). Best effort: a failure is logged and the
 /// next reconcile asks again.
 async fn apply_to_store(
     ctx: &Context,
@@ -508,6 +508,8 @@ async fn apply_to_store(
     if let Some(os) = &policy.spec.target.object_store {
         super::object_store::archive(&ctx.client, ns, os, &plan.archive).await;
         super::object_store::delete_expired(&ctx.client, ns, os, &plan.delete).await;
+        // `spec.verify`: the controller re-reads the objects itself (`bucket_verifier`).
+        ctx.bucket_verifier.submit(ns, os, &plan.verify);
         // Read again before use: the bucket changed (or a failed change is tried again).
         for (host, _, _) in plan.archive.iter().chain(&plan.delete) {
             ctx.buckets.invalidate(ns, os, host);
