@@ -65,7 +65,7 @@ fn real_begin(record: &str, n: usize, seed: u64) -> Vec<u8> {
     let text = std::fs::read_to_string(&path).expect("captured record");
     let hex: String = text.split_whitespace().collect();
     let mut bytes = hex::decode(hex).expect("hex");
-    bytes.extend(data(n.saturating_sub(bytes.len()), seed).into_iter().skip(24));
+    bytes.extend(data(n.saturating_sub(bytes.len()) + 24, seed).into_iter().skip(24));
     bytes.truncate(n);
     bytes
 }

@@ -55,7 +55,7 @@ fn agent_rbac(env: &Env, release: &str) -> String {
 
 /// What the test made outside the fleet, removed also when it fails: the agent in the VM (its
 /// log printed on a failure), the datasets there, the chart's cluster-scoped objects, the VM's
-/// ZfsHost and Node.
+/// ZfsHost, Node and agent Pod.
 struct Cleanup<'a> {
     env: &'a Env,
     vm: &'a Vm,
@@ -97,6 +97,18 @@ impl Drop for Cleanup<'_> {
             &self.host,
             "--ignore-not-found",
             "--wait=false",
+        ]);
+        // No kubelet finishes a graceful deletion of the agent's Pod.
+        self.env.kubectl(&[
+            "delete",
+            "pod",
+            "agent-vm",
+            "-n",
+            &self.release,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+            "--ignore-not-found",
         ]);
     }
 }
