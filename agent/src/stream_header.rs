@@ -285,7 +285,12 @@ mod tests {
         for (name, raw) in [("plain", false), ("raw", true), ("raw-incremental", true)] {
             let begin = begin_of(&captured(name));
             assert_eq!(begin.order, ByteOrder::Little, "{name}");
-            assert_eq!(begin.raw(), Some(raw), "{name}: flags {:#x}", begin.features());
+            assert_eq!(
+                begin.raw(),
+                Some(raw),
+                "{name}: flags {:#x}",
+                begin.features()
+            );
             assert_eq!(begin.check_raw_claim(raw), Ok(()), "{name}");
             let refused = begin
                 .check_raw_claim(!raw)

@@ -780,7 +780,11 @@ fn an_encrypted_dataset_is_sent_raw_and_the_store_never_sees_the_key() {
             done.response.backup_id
         ),
     }
-    assert_eq!(stored_streams(&store.root).len(), 1, "something more was stored");
+    assert_eq!(
+        stored_streams(&store.root).len(),
+        1,
+        "something more was stored"
+    );
     // Restored, it is still encrypted and locked: the key was never part of the backup.
     let restore = vm.run(&format!(
         "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \

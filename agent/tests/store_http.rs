@@ -60,12 +60,17 @@ fn data(n: usize, seed: u64) -> Vec<u8> {
 /// OpenZFS 2.3.2 (`record`: plain or raw; agent/tests/fixtures/openzfs-2.3.2-drr-begin-*.txt),
 /// then pseudo-random bytes.
 fn real_begin(record: &str, n: usize, seed: u64) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("tests/fixtures/openzfs-2.3.2-drr-begin-{record}.txt"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "tests/fixtures/openzfs-2.3.2-drr-begin-{record}.txt"
+    ));
     let text = std::fs::read_to_string(&path).expect("captured record");
     let hex: String = text.split_whitespace().collect();
     let mut bytes = hex::decode(hex).expect("hex");
-    bytes.extend(data(n.saturating_sub(bytes.len()) + 24, seed).into_iter().skip(24));
+    bytes.extend(
+        data(n.saturating_sub(bytes.len()) + 24, seed)
+            .into_iter()
+            .skip(24),
+    );
     bytes.truncate(n);
     bytes
 }
@@ -707,10 +712,13 @@ async fn a_raw_claim_the_stream_contradicts_is_refused() {
             let mut up = upload_spec(&format!("{ts}.full"), compression);
             up.raw = claimed;
             let body = real_begin(record, 100_000, ts);
-            match transfer::upload(&client, &ep, &up, std::io::Cursor::new(body), ok_done()).await
-            {
+            match transfer::upload(&client, &ep, &up, std::io::Cursor::new(body), ok_done()).await {
                 Err(TransferError::Rejected { status, message }) => {
-                    assert_eq!(status, StatusCode::BAD_REQUEST, "{record} sent as raw={claimed}");
+                    assert_eq!(
+                        status,
+                        StatusCode::BAD_REQUEST,
+                        "{record} sent as raw={claimed}"
+                    );
                     assert!(
                         message.contains("DMU_BACKUP_FEATURE_RAW"),
                         "{record} sent as raw={claimed}: {message}"

@@ -160,11 +160,7 @@ async fn the_openzfs_vm_is_a_zfs_host_backed_up_and_restored_through_the_control
     // the ZfsHost named after it, a Pod of the agents' ServiceAccount there and tokens bound to
     // that Pod.
     let applied = env.kubectl_stdin(&["apply", "-f", "-"], &agent_rbac(env, &ns));
-    assert!(
-        applied.status.success(),
-        "apply: {}",
-        text(&applied.stderr)
-    );
+    assert!(applied.status.success(), "apply: {}", text(&applied.stderr));
     identity::node(&fleet.client, &host, &ns).await;
     let mut zfs_host = ZfsHost::new(
         &host,
@@ -253,10 +249,7 @@ current-context: e2e
         Duration::from_secs(120),
         || async {
             let st = hosts.get(&host).await.ok()?.status?;
-            st.datasets
-                .iter()
-                .any(|d| d.name == dataset)
-                .then_some(st)
+            st.datasets.iter().any(|d| d.name == dataset).then_some(st)
         },
     )
     .await;
