@@ -237,7 +237,7 @@ echo "== cargo test (unit, property, real-parts end to end, real OpenZFS)"
 # machine both are ready at once; on a cold one the tests before them overlap the two builds
 # (the image's kernel-module compile, weed's Go compile) instead of waiting for them.
 beside=(verify monitoring controller_kill bucket_faults bucket_flow drills)
-needs_vm=(openzfs_vm)
+needs_vm=(openzfs_vm openzfs_fleet)
 needs_weed=(objstore_seaweedfs bucket_restore bucket_faults bucket_flow)
 main_targets=() beside_targets=() vm_targets=() weed_targets=()
 while read -r t package test; do

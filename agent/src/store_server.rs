@@ -745,7 +745,7 @@ async fn put_file(
         .as_ref()
         .ok_or_else(|| ApiError::bad("this agent has no file store"))?;
     let mut pending = store.begin_sized(plan.key.clone(), plan.announced).await?;
-    let head = sniff(state, &mut body, plan.meta.compression).await?;
+    let head = sniff(state, &mut body, plan.meta.compression, plan.meta.raw).await?;
     let mut trailers = head.trailers.unwrap_or_default();
     for data in head.pieces {
         pending.write(data).await?;
@@ -789,11 +789,14 @@ struct Head {
 
 /// Reads the body's first pieces until its beginning shows that it is a ZFS send stream
 /// (decompressed first when it is zstd, with the window limited); refuses it (400) when it is
-/// not one. The pieces read are handed back, to be written first.
+/// not one, or when its first record contradicts the sender's raw claim (`claimed_raw`, which
+/// the manifest records: [`stream_header::Begin::check_raw_claim`]). The pieces read are
+/// handed back, to be written first.
 async fn sniff(
     state: &ServerState,
     body: &mut Body,
     compression: Compression,
+    claimed_raw: bool,
 ) -> Result<Head, ApiError> {
     let mut head = Head {
         pieces: Vec::new(),
@@ -823,7 +826,12 @@ async fn sniff(
             }
         };
         match verdict {
-            Verdict::Stream(_) => return Ok(head),
+            Verdict::Stream(begin) => {
+                return match begin.check_raw_claim(claimed_raw) {
+                    Ok(()) => Ok(head),
+                    Err(why) => Err(ApiError::bad(format!("{H_RAW} does not match: {why}"))),
+                };
+            }
             Verdict::NotAStream(why) => {
                 return Err(ApiError::bad(format!(
                     "the body is not a ZFS send stream: {why}"
@@ -931,7 +939,7 @@ async fn put_replica(
         plan.announced,
     )
     .await?;
-    let head = sniff(state, &mut body, plan.meta.compression).await?;
+    let head = sniff(state, &mut body, plan.meta.compression, plan.meta.raw).await?;
     if !exists && let Some((parent, _)) = target.rsplit_once('/') {
         zfs.create_parents(parent).await?;
     }

@@ -756,6 +756,35 @@ fn an_encrypted_dataset_is_sent_raw_and_the_store_never_sees_the_key() {
         recorded.raw,
         "the manifest does not record the raw send: {manifest}"
     );
+    // The store checks that claim against the stream: this real raw stream sent again as not
+    // raw (another backup id) is refused before anything is stored.
+    let mut claimed_plain = upload_spec(&ds, None);
+    claimed_plain.raw = false;
+    let sent = tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(transfer::upload(
+            &transfer::client(),
+            &Endpoint::new(&store.agent.addr, "test-src-1-token"),
+            &claimed_plain,
+            Cursor::new(stream.clone()),
+            ok_done(),
+        ));
+    match sent {
+        Err(transfer::TransferError::Rejected { status, message }) => {
+            assert_eq!(status, http::StatusCode::BAD_REQUEST, "{message}");
+            assert!(message.contains("DMU_BACKUP_FEATURE_RAW"), "{message}");
+        }
+        Err(e) => panic!("a raw stream sent as not raw: expected the refusal, got {e}"),
+        Ok(done) => panic!(
+            "the store took a raw stream sent as not raw: {}",
+            done.response.backup_id
+        ),
+    }
+    assert_eq!(
+        stored_streams(&store.root).len(),
+        1,
+        "something more was stored"
+    );
     // Restored, it is still encrypted and locked: the key was never part of the backup.
     let restore = vm.run(&format!(
         "RUST_LOG=info ZETABACK_INSECURE_PLAINTEXT=true zetaback-agent restore --token-file /root/zb-token --from {} --host src-1 \

@@ -37,11 +37,13 @@ async fn start(root: &Path) -> String {
     addr.to_string()
 }
 
-/// `n` bytes that begin like a ZFS send stream (a DRR_BEGIN record head with the magic: the
-/// store refuses anything else), then pseudo-random bytes (deterministic per seed).
+/// `n` bytes that begin like a ZFS send stream (a DRR_BEGIN record head with the magic and a
+/// plain stream's versioninfo: the store refuses anything else), then pseudo-random bytes (deterministic per seed).
 fn data(n: usize, seed: u64) -> Vec<u8> {
     let mut head = vec![0u8; 8];
     head.extend_from_slice(&0x2_F5BA_CBACu64.to_le_bytes());
+    // drr_versioninfo: a plain (not raw) single-dataset stream.
+    head.extend_from_slice(&1u64.to_le_bytes());
     let mut x = seed | 1;
     head.into_iter()
         .chain(std::iter::repeat_with(move || {
@@ -52,6 +54,25 @@ fn data(n: usize, seed: u64) -> Vec<u8> {
         }))
         .take(n)
         .collect()
+}
+
+/// `n` bytes beginning with the first record (DRR_BEGIN) of a real stream captured from
+/// OpenZFS 2.3.2 (`record`: plain or raw; agent/tests/fixtures/openzfs-2.3.2-drr-begin-*.txt),
+/// then pseudo-random bytes.
+fn real_begin(record: &str, n: usize, seed: u64) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "tests/fixtures/openzfs-2.3.2-drr-begin-{record}.txt"
+    ));
+    let text = std::fs::read_to_string(&path).expect("captured record");
+    let hex: String = text.split_whitespace().collect();
+    let mut bytes = hex::decode(hex).expect("hex");
+    bytes.extend(
+        data(n.saturating_sub(bytes.len()) + 24, seed)
+            .into_iter()
+            .skip(24),
+    );
+    bytes.truncate(n);
+    bytes
 }
 
 fn ok_done() -> SourceDone {
@@ -634,9 +655,9 @@ async fn the_manifest_records_a_raw_send_and_the_transit_check() {
     let addr = start(dir.path()).await;
     let ep = Endpoint::new(&addr, TOKEN);
     let client = transfer::client();
-    for (id, raw, seed) in [
-        ("1700000000.full", true, 3),
-        ("1700086400.incremental.1700000000", false, 4),
+    for (id, raw, record, seed) in [
+        ("1700000000.full", true, "raw", 3),
+        ("1700086400.incremental.1700000000", false, "plain", 4),
     ] {
         let mut up = upload_spec(id, Compression::Zstd);
         up.raw = raw;
@@ -644,7 +665,7 @@ async fn the_manifest_records_a_raw_send_and_the_transit_check() {
             &client,
             &ep,
             &up,
-            std::io::Cursor::new(data(200_000, seed)),
+            std::io::Cursor::new(real_begin(record, 200_000, seed)),
             ok_done(),
         )
         .await
@@ -673,4 +694,61 @@ async fn the_manifest_records_a_raw_send_and_the_transit_check() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// `x-zetaback-raw` is the sender's claim; the store checks it against the stream's first
+/// record (DMU_BACKUP_FEATURE_RAW in DRR_BEGIN) and refuses a stream that contradicts it, raw
+/// sent as not raw or the other way round, compressed or not, before anything is stored.
+#[tokio::test]
+async fn a_raw_claim_the_stream_contradicts_is_refused() {
+    let dir = tempdir();
+    let addr = start(dir.path()).await;
+    let ep = Endpoint::new(&addr, TOKEN);
+    let client = transfer::client();
+    let mut ts = 1_700_000_000u64;
+    for compression in [Compression::None, Compression::Zstd] {
+        for (record, claimed) in [("raw", false), ("plain", true)] {
+            ts += 86_400;
+            let mut up = upload_spec(&format!("{ts}.full"), compression);
+            up.raw = claimed;
+            let body = real_begin(record, 100_000, ts);
+            match transfer::upload(&client, &ep, &up, std::io::Cursor::new(body), ok_done()).await {
+                Err(TransferError::Rejected { status, message }) => {
+                    assert_eq!(
+                        status,
+                        StatusCode::BAD_REQUEST,
+                        "{record} sent as raw={claimed}"
+                    );
+                    assert!(
+                        message.contains("DMU_BACKUP_FEATURE_RAW"),
+                        "{record} sent as raw={claimed}: {message}"
+                    );
+                }
+                Err(e) => panic!("{record} sent as raw={claimed}: expected the refusal, got {e}"),
+                Ok(done) => panic!(
+                    "{record} sent as raw={claimed} ({compression:?}): the store stored it as {}",
+                    done.response.backup_id
+                ),
+            }
+        }
+    }
+    assert!(
+        files(&dir.path().join("db-1/tank+db")).is_empty(),
+        "something was stored"
+    );
+    // The same streams with the true claim are stored.
+    for (record, raw) in [("raw", true), ("plain", false)] {
+        ts += 86_400;
+        let mut up = upload_spec(&format!("{ts}.full"), Compression::None);
+        up.raw = raw;
+        transfer::upload(
+            &client,
+            &ep,
+            &up,
+            std::io::Cursor::new(real_begin(record, 100_000, ts)),
+            ok_done(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{record} sent as raw={raw}: {e}"));
+    }
 }

@@ -7,8 +7,8 @@
 #   capture-openzfs-fixtures.sh [OUT_DIR]    (default: agent/tests/fixtures)
 #
 # Boots the VM if it is not up (openzfs-vm.sh up), makes a pool `zbfix` on a file in the guest
-# (the virtio disks belong to the openzfs test tier), a small dataset tree with snapshots, a volume, a bookmark, a hold and
-# an interrupted resumable receive, captures, and destroys the pool again.
+# (the virtio disks belong to the openzfs test tier), a small dataset tree with snapshots, a volume, a bookmark, a hold,
+# an encrypted dataset and an interrupted resumable receive, captures, and destroys the pool again.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$root/agent/tests/fixtures}
@@ -38,6 +38,12 @@ zfs create -V 8M zbfix/vol
 zfs create -o zetaback.io:exclude=on zbfix/db/scratch
 zfs bookmark zbfix/db@zb-1 zbfix/db#zb-1
 zfs hold zetaback zbfix/db@zb-1
+# An encrypted dataset, for raw sends (`zfs send -w`): two snapshots.
+echo zb-fixture-passphrase | zfs create -o encryption=on -o keyformat=passphrase -o keylocation=prompt zbfix/enc
+head -c 65536 /dev/urandom > /zbfix/enc/a
+zfs snapshot zbfix/enc@zb-1
+head -c 65536 /dev/urandom > /zbfix/enc/b
+zfs snapshot zbfix/enc@zb-2
 # An interrupted resumable receive: the first 300 KiB of a full stream.
 zfs send zbfix/db@zb-2 | head -c 307200 | zfs receive -s zbfix/partial 2>/dev/null || true
 '
@@ -52,6 +58,15 @@ guest 'zfs holds -H zbfix/db@zb-1' > "$p-holds.txt"
 guest 'zfs get -H -p -o value receive_resume_token zbfix/partial' > "$p-resume-token.txt"
 guest "zfs send -nvt \$(zfs get -H -p -o value receive_resume_token zbfix/partial) 2>&1" > "$p-send-nvt.txt"
 guest 'zfs get -H -p -o value guid zbfix/db@zb-2' > "$p-guid.txt"
+# The first record (DRR_BEGIN, 312 bytes) of real streams, as hex: what a store checks a
+# sender's raw claim against (agent/src/stream_header.rs). Plain and raw single-dataset
+# streams, a raw incremental, and compound streams (`-I`: a package header first).
+drr_begin() { guest "zfs send $1 2>/dev/null | head -c 312 | od -An -tx1 -v"; }
+drr_begin 'zbfix/db@zb-2' > "$p-drr-begin-plain.txt"
+drr_begin '-w zbfix/enc@zb-1' > "$p-drr-begin-raw.txt"
+drr_begin '-w -i zbfix/enc@zb-1 zbfix/enc@zb-2' > "$p-drr-begin-raw-incremental.txt"
+drr_begin '-I zbfix/db@zb-1 zbfix/db@zb-2' > "$p-drr-begin-compound.txt"
+drr_begin '-w -I zbfix/enc@zb-1 zbfix/enc@zb-2' > "$p-drr-begin-raw-compound.txt"
 guest 'zfs release zetaback zbfix/db@zb-1; zpool destroy zbfix; rm -f /var/tmp/zbfix.img'
 for f in "$p"-*.txt; do
   [ -s "$f" ] || { echo "capture: $f is empty" >&2; exit 1; }

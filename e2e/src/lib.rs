@@ -17,6 +17,7 @@ pub mod controller;
 pub mod events;
 pub mod fleet;
 pub mod identity;
+pub mod openzfs_vm;
 pub mod stub_store;
 
 /// The running environment.

@@ -435,21 +435,26 @@ pub fn restore_cmd(
 
 /// `DMU_BACKUP_MAGIC`, the magic number in the first record (DRR_BEGIN) of a ZFS send stream.
 pub const ZFS_STREAM_MAGIC: u64 = 0x2_F5BA_CBAC;
+/// `drr_versioninfo` of a plain, not raw, single-dataset stream (`DMU_SUBSTREAM`, no
+/// `DMU_BACKUP_FEATURE_RAW`): the store checks the sender's raw claim against it.
+pub const PLAIN_VERSIONINFO: u64 = 1;
 
 /// `n` bytes that begin like a ZFS send stream (a DRR_BEGIN record head: type 0, a payload
-/// length, the magic, in little- or big-endian order as the sending host wrote it), followed
+/// length, the magic, a plain stream's versioninfo, in little- or big-endian order as the sending host wrote it), followed
 /// by pseudo-random bytes (deterministic per seed). What the store checks is only the head;
 /// real streams from `zfs send` are sent by the tests on zfs-fuse.
 pub fn zfs_stream_bytes(n: usize, seed: u64, big_endian: bool) -> Vec<u8> {
-    let mut head = Vec::with_capacity(16);
+    let mut head = Vec::with_capacity(24);
     if big_endian {
         head.extend_from_slice(&0u32.to_be_bytes());
         head.extend_from_slice(&0u32.to_be_bytes());
         head.extend_from_slice(&ZFS_STREAM_MAGIC.to_be_bytes());
+        head.extend_from_slice(&PLAIN_VERSIONINFO.to_be_bytes());
     } else {
         head.extend_from_slice(&0u32.to_le_bytes());
         head.extend_from_slice(&0u32.to_le_bytes());
         head.extend_from_slice(&ZFS_STREAM_MAGIC.to_le_bytes());
+        head.extend_from_slice(&PLAIN_VERSIONINFO.to_le_bytes());
     }
     let mut x = seed | 1;
     let mut out: Vec<u8> = head.into_iter().take(n).collect();
