@@ -238,7 +238,7 @@ echo "== cargo test (unit, property, real-parts end to end, real OpenZFS)"
 # (the image's kernel-module compile, weed's Go compile) instead of waiting for them.
 beside=(verify monitoring controller_kill bucket_faults bucket_flow drills)
 needs_vm=(openzfs_vm openzfs_fleet)
-needs_weed=(objstore_seaweedfs bucket_restore bucket_faults bucket_flow)
+needs_weed=(objstore_seaweedfs cached_seaweedfs verify_seaweedfs bucket_restore bucket_faults bucket_flow)
 main_targets=() beside_targets=() vm_targets=() weed_targets=()
 while read -r t package test; do
   # (The cluster tier's files are `test = false`: cluster_tier below runs them on the cluster.)

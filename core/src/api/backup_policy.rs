@@ -45,7 +45,7 @@ use crate::duration::{cel_is_duration, cel_seconds};
     cel_seconds("self.incremental.every"),
     cel_seconds("self.full.every")
 )).message("incremental.every must be shorter than full.every (an incremental is due between fulls)").field_path(".incremental.every"))]
-#[x_kube(validation = Rule::new("!has(self.verify) || !has(self.target.dataset)").message("verify re-reads streams stored as files (target.path); a replica target (target.dataset) is checked by zfs scrub on its pool").field_path(".verify"))]
+#[x_kube(validation = Rule::new("!has(self.verify) || !has(self.target.dataset)").message("verify re-reads stored streams (files under target.path, objects under target.objectStore); a replica target (target.dataset) is checked by zfs scrub on its pool").field_path(".verify"))]
 #[x_kube(validation = Rule::new("!has(self.drill) || has(self.target.path)").message("drill restores backups stored as files (target.path); a replica or object-store target cannot be drilled yet").field_path(".drill"))]
 #[x_kube(validation = Rule::new("!has(self.objectives) || !has(self.objectives.rto) || has(self.drill)").message("objectives.rto is measured by restore drills: set drill too").field_path(".objectives.rto"))]
 #[x_kube(validation = Rule::new("!has(self.archive) || !has(self.target.dataset)").message("archive applies to backups stored as files (target.path); a replica target (target.dataset) keeps its snapshots until retention deletes them").field_path(".archive"))]
