@@ -107,7 +107,12 @@ impl CachedObject {
 
     /// Current Age in seconds.
     pub fn age_secs(&self) -> u64 {
-        (self.initial_age + self.stored.elapsed()).as_secs()
+        self.age_secs_at(Instant::now())
+    }
+
+    /// Age in seconds at `now` (a time the caller already read).
+    pub fn age_secs_at(&self, now: Instant) -> u64 {
+        (self.initial_age + now.saturating_duration_since(self.stored)).as_secs()
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {

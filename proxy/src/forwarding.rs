@@ -4,8 +4,9 @@
 //! the answer stored for other clients.
 //!
 //! - Fills (GET/HEAD for the cache) send Host (the host of the cache key),
-//!   the content-negotiation and credential headers in [`FILL_ALLOW`], and
-//!   the configured keyed headers. The client's own descriptions of itself
+//!   the content-negotiation and credential headers in [`FILL_ALLOW`]
+//!   (`Accept-Encoding` normalised to `gzip` or nothing, see [`encoding`]),
+//!   and the configured keyed headers. The client's own descriptions of itself
 //!   ([`UNKEYED_CLIENT`]: User-Agent, Referer, Origin) are not sent unless
 //!   keyed: a backend may answer per browser, page or site without saying
 //!   `Vary`, and one client's answer would be stored for everyone — never a body header (`Content-Length`,
@@ -25,6 +26,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use crate::encoding;
 use crate::error::ConfigError;
 
 /// Request headers sent on cache fills besides Host and the keyed headers.
@@ -160,6 +162,13 @@ impl Forwarding {
             out.insert(header::HOST, v);
         }
         for name in FILL_ALLOW.iter().chain(self.keyed.iter()) {
+            if *name == header::ACCEPT_ENCODING {
+                // `gzip` or nothing, and keyed so whenever the answer is coded.
+                if let Some(v) = encoding::fill_value(client) {
+                    out.insert(header::ACCEPT_ENCODING, v.clone());
+                }
+                continue;
+            }
             for v in client.get_all(name) {
                 out.append(name.clone(), v.clone());
             }
@@ -172,8 +181,11 @@ impl Forwarding {
     /// conditional headers and the client's description of itself.
     pub fn pass_get_headers(&self, client: &HeaderMap, host: &str, peer: IpAddr) -> HeaderMap {
         let mut out = self.fill_headers(client, host, peer);
+        // Not stored: the client's own Accept-Encoding, as it came.
+        out.remove(header::ACCEPT_ENCODING);
         let unkeyed = UNKEYED_CLIENT.iter().filter(|n| !self.keyed.contains(n));
-        for name in PASS_GET_ALLOW.iter().chain(unkeyed) {
+        let accept_encoding = std::slice::from_ref(&header::ACCEPT_ENCODING);
+        for name in PASS_GET_ALLOW.iter().chain(unkeyed).chain(accept_encoding) {
             for v in client.get_all(name) {
                 out.append(name.clone(), v.clone());
             }
@@ -426,6 +438,33 @@ mod tests {
         assert!(keyed.sent_on_fill(&header::USER_AGENT));
         let h = keyed.pass_get_headers(&client, "a.test", PEER);
         assert_eq!(h.get_all("user-agent").iter().count(), 1);
+    }
+
+    #[test]
+    fn fills_send_accept_encoding_as_gzip_or_nothing_and_passes_as_it_came() {
+        let f = fwd(&[], &[]);
+        for (client, sent) in [
+            ("gzip, deflate, br", Some("gzip")),
+            ("br;q=1, gzip;q=0.5", Some("gzip")),
+            ("br", None),
+            ("gzip;q=0", None),
+            ("identity", None),
+        ] {
+            let c = hm(&[("accept-encoding", client)]);
+            let h = f.fill_headers(&c, "a.test", PEER);
+            let got: Vec<_> = h.get_all("accept-encoding").iter().collect();
+            match sent {
+                Some(v) => assert_eq!(got, vec![v], "{client}"),
+                None => assert!(got.is_empty(), "{client}: {got:?}"),
+            }
+            let h = f.pass_get_headers(&c, "a.test", PEER);
+            let got: Vec<_> = h.get_all("accept-encoding").iter().collect();
+            assert_eq!(got, vec![client], "passed through");
+        }
+        assert!(
+            !f.fill_headers(&HeaderMap::new(), "a.test", PEER)
+                .contains_key("accept-encoding")
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -19,10 +20,12 @@ use hyper::body::Incoming;
 use moka::sync::Cache;
 use tracing::{Instrument, debug, warn};
 
+use crate::age;
 use crate::body::{self, Body, LimitedBody};
 use crate::cache::{CachedObject, Flight, Inflight, Store, X_CACHE, wait};
 use crate::conditional;
 use crate::config::ProxyConfig;
+use crate::encoding;
 use crate::error::{ConfigError, ProxyError, UpstreamError};
 use crate::fill_budget::FillBudget;
 use crate::forwarding::{self, Forwarding};
@@ -116,10 +119,12 @@ impl Runtime {
 
     /// Names a stored response varies on that a fill actually sends (the
     /// backend cannot have varied on anything else).
+    /// A content-coded answer is keyed on the (normalised) Accept-Encoding
+    /// the fill sent even without `Vary` (see [`crate::encoding`]).
     fn vary_sent(&self, resp: &HeaderMap) -> Vec<HeaderName> {
         let mut names = key::vary_names(resp).unwrap_or_default();
         names.retain(|n| self.fwd.sent_on_fill(n));
-        names
+        encoding::with_implied_vary(resp, names)
     }
 }
 
@@ -157,13 +162,17 @@ impl Future for Answer {
 /// Entry point for one client request: a fresh hit for a plain GET/HEAD is
 /// served synchronously (no span, no future); anything else, including
 /// every refusal, goes through the full path of `handle`.
-pub fn respond(rt: Arc<Runtime>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+/// The runtime is borrowed for a hit (no reference count taken) and
+/// owned by the full path.
+pub fn respond(runtime: &ArcSwap<Runtime>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
     let start = Instant::now();
+    let rt = runtime.load();
     rt.metrics.request(req.method());
-    if let Some(resp) = fresh_hit(&rt, &req) {
+    if let Some(resp) = fresh_hit(&rt, &req, start) {
         rt.metrics.latency.observe(start.elapsed().as_secs_f64());
         return Answer::Now(std::future::ready(resp));
     }
+    let rt = arc_swap::Guard::into_inner(rt);
     Answer::Later(Box::pin(handle_counted(rt, req, peer, start)))
 }
 
@@ -177,7 +186,7 @@ pub async fn handle(rt: Arc<Runtime>, req: Request<Incoming>, peer: SocketAddr) 
 /// A fresh stored answer for a GET/HEAD that needs nothing else: the
 /// same checks, in the same order, as `handle_inner` and the first lookup
 /// of `get_or_head`; `None` whenever the full path has anything to do.
-fn fresh_hit(rt: &Runtime, req: &Request<Incoming>) -> Option<Response<Body>> {
+fn fresh_hit(rt: &Runtime, req: &Request<Incoming>, now: Instant) -> Option<Response<Body>> {
     let method = req.method();
     if *method != Method::GET && *method != Method::HEAD {
         return None;
@@ -191,14 +200,25 @@ fn fresh_hit(rt: &Runtime, req: &Request<Incoming>) -> Option<Response<Body>> {
     {
         return None;
     }
-    let t = target(req, &rt.fwd).ok()?;
-    if !key::host_allowed(&rt.cfg.hosts, t.host()) {
-        return None;
-    }
-    let vkey = rt.store.variant_key(t.primary(), headers);
-    let obj = rt.store.objects.get(vkey.as_ref())?;
+    let (host_hdr, pq) = request_target(req).ok()?;
+    let obj = if rt.fwd.keyed.is_empty() {
+        // The key is built in this thread's buffer: no allocation.
+        HIT_KEY.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut k) => {
+                let host_end = key::primary_key_into(&mut k, host_hdr, pq);
+                stored(rt, &k, host_end, headers)
+            }
+            Err(_) => {
+                let (k, host_end) = key::primary_key_of(host_hdr, pq);
+                stored(rt, &k, host_end, headers)
+            }
+        })?
+    } else {
+        let t = target(req, &rt.fwd).ok()?;
+        stored(rt, t.primary(), t.host_end, headers)?
+    };
     let fresh = if plain {
-        obj.is_fresh(Instant::now())
+        obj.is_fresh(now)
     } else {
         matches!(classify(&obj, headers), Freshness::Fresh)
     };
@@ -206,7 +226,34 @@ fn fresh_hit(rt: &Runtime, req: &Request<Incoming>) -> Option<Response<Body>> {
         return None;
     }
     rt.metrics.hit.inc();
-    Some(serve_with_via(&obj, method, headers, plain, rt.fwd.via()))
+    Some(serve_with_via(
+        &obj,
+        method,
+        headers,
+        plain,
+        rt.fwd.via(),
+        now,
+    ))
+}
+
+thread_local! {
+    /// The hit path's key buffer, reused by every hit on this thread.
+    static HIT_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// The object stored for a primary key (whose first `host_end` bytes are
+/// the host), when the host is served.
+fn stored(
+    rt: &Runtime,
+    primary: &str,
+    host_end: usize,
+    headers: &HeaderMap,
+) -> Option<Arc<CachedObject>> {
+    if !key::host_allowed(&rt.cfg.hosts, &primary[..host_end]) {
+        return None;
+    }
+    let vkey = rt.store.variant_key(primary, headers);
+    rt.store.objects.get(vkey.as_ref())
 }
 
 async fn handle_counted(
@@ -278,7 +325,9 @@ impl Target {
     }
 }
 
-fn target(req: &Request<Incoming>, fwd: &Forwarding) -> Result<Target, ProxyError> {
+/// The request's Host (or its authority) and its path and query, checked:
+/// the target is a path, without dot segments.
+fn request_target(req: &Request<Incoming>) -> Result<(Option<&str>, &str), ProxyError> {
     let host_hdr = req
         .headers()
         .get(header::HOST)
@@ -299,6 +348,11 @@ fn target(req: &Request<Incoming>, fwd: &Forwarding) -> Result<Target, ProxyErro
             "the path has a `.` or `..` segment".into(),
         ));
     }
+    Ok((host_hdr, pq))
+}
+
+fn target(req: &Request<Incoming>, fwd: &Forwarding) -> Result<Target, ProxyError> {
+    let (host_hdr, pq) = request_target(req)?;
     let (mut primary, host_end) = key::primary_key_of(host_hdr, pq);
     let pq_end = primary.len();
     if !fwd.keyed.is_empty() {
@@ -735,6 +789,7 @@ fn serve_with_via(
     req: &HeaderMap,
     plain: bool,
     via: &HeaderValue,
+    now: Instant,
 ) -> Response<Body> {
     let simple = plain || !(conditional::is_conditional(req) || req.contains_key(header::RANGE));
     if !simple || obj.head_via != *via {
@@ -745,7 +800,7 @@ fn serve_with_via(
     let mut h = obj.head.clone();
     // Age is already in the map (as is `X-Cache: HIT`): the value is
     // replaced in place, the map does not grow.
-    set_u64(&mut h, header::AGE, obj.age_secs());
+    h.insert(header::AGE, age::value(obj.age_secs_at(now)));
     let body = if *method == Method::HEAD {
         body::empty()
     } else {

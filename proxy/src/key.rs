@@ -45,13 +45,22 @@ pub fn primary_key(host: &str, path_and_query: &str) -> String {
 /// Primary key of a request in one allocation: `normalize_host(host)`
 /// followed by the path and query; also the length of the host part.
 pub fn primary_key_of(host: Option<&str>, path_and_query: &str) -> (String, usize) {
+    let mut k = String::new();
+    let host_end = primary_key_into(&mut k, host, path_and_query);
+    (k, host_end)
+}
+
+/// [`primary_key_of`] written into `k` (cleared first; its capacity is
+/// reused); returns the length of the host part.
+pub fn primary_key_into(k: &mut String, host: Option<&str>, path_and_query: &str) -> usize {
     let host = host.map_or("", |h| h.trim().trim_end_matches('.'));
-    let mut k = String::with_capacity(host.len() + path_and_query.len());
+    k.clear();
+    k.reserve(host.len() + path_and_query.len());
     k.push_str(host);
     k.make_ascii_lowercase();
     let host_end = k.len();
     k.push_str(path_and_query);
-    (k, host_end)
+    host_end
 }
 
 /// Owner-cache key: host and path without the query (files live by path).
@@ -95,6 +104,11 @@ pub fn variant_key(primary: &str, names: &[HeaderName], req: &HeaderMap) -> Stri
         k.push('\0');
         k.push_str(name.as_str());
         k.push('=');
+        if *name == http::header::ACCEPT_ENCODING {
+            // What a fill sends (`gzip` or nothing), not the client's spelling.
+            k.push_str(crate::encoding::key_value(req));
+            continue;
+        }
         let mut first = true;
         for v in req.get_all(name) {
             if !first {
@@ -220,6 +234,10 @@ mod tests {
             let want = normalize_host(host);
             assert_eq!(k, primary_key(&want, pq), "{host:?} {pq}");
             assert_eq!(&k[..host_end], want, "{host:?}");
+            // Into a reused buffer holding a longer key: the same key.
+            let mut buf = String::from("previous.example.com/a/much/longer/path?q=1");
+            assert_eq!(primary_key_into(&mut buf, host, pq), host_end);
+            assert_eq!(buf, k);
         }
     }
 
@@ -246,6 +264,15 @@ mod tests {
         r2.insert("accept-encoding", HeaderValue::from_static("br"));
         assert_ne!(variant_key("p", &names, &r1), variant_key("p", &names, &r2));
         assert_eq!(variant_key("p", &[], &r1), "p");
+        // Accept-Encoding is keyed by what a fill sends: gzip or nothing.
+        let ae = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("accept-encoding", HeaderValue::from_static(v));
+            variant_key("p", &names, &h)
+        };
+        assert_eq!(ae("gzip, deflate, br"), ae("gzip"));
+        assert_eq!(ae("br"), variant_key("p", &names, &HeaderMap::new()));
+        assert_ne!(ae("gzip"), ae("br"));
         resp.insert("vary", HeaderValue::from_static("*"));
         assert!(vary_names(&resp).is_none());
     }

@@ -8,11 +8,13 @@
 //! [`hop`], [`forwarding`], [`range`], [`conditional`], [`plain`], [`backend_url`]); I/O in [`handler`], [`upstream`] and
 //! [`server`].
 
+pub mod age;
 pub mod backend_url;
 pub mod body;
 pub mod cache;
 pub mod conditional;
 pub mod config;
+pub mod encoding;
 pub mod error;
 /// The workspace's one error-chain formatter, core's `error_chain.rs` compiled into this crate
 /// as well: the proxy stays free of the core crate (its Kubernetes API types).

@@ -278,7 +278,7 @@ async fn serve_proxy(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let svc =
-            service_fn(move |req: Request<Incoming>| handler::respond(shared.runtime(), req, peer));
+            service_fn(move |req: Request<Incoming>| handler::respond(&shared.runtime, req, peer));
         drive!(
             builder.serve_connection(
                 TokioIo::new(WriteStallIo::new(stream, limits.send_timeout)),

@@ -793,3 +793,56 @@ async fn concurrent_fills_share_one_memory_budget() {
     assert!(refused >= 3.0, "{m}");
     proxy.shutdown().await;
 }
+
+/// nginx compressing for clients that ask (`gzip on`) without saying so
+/// (`gzip_vary off`, nginx's default); `gzip_proxied any` because the
+/// proxy's fills carry `Via`.
+const GZIP_WITHOUT_VARY: &str = r#"location /z/ { gzip on; gzip_vary off; gzip_proxied any;
+    gzip_min_length 1; gzip_types text/plain; default_type text/plain;
+    add_header Cache-Control "max-age=60"; }"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_answer_without_vary_is_served_only_to_clients_that_accept_gzip() {
+    let text = "compressible text, ".repeat(40);
+    let a = Nginx::start(
+        "web1",
+        &[("/z/page.txt", text.as_bytes())],
+        GZIP_WITHOUT_VARY,
+    );
+    let proxy = start_proxy(config_for(&[&a])).await;
+    let c = TestClient::new(proxy.addr);
+    let gzip_client = [("accept-encoding", "gzip, deflate, br")];
+    let r = c.get("/z/page.txt", &gzip_client).await;
+    assert_eq!(
+        (r.header("content-encoding"), r.header("vary")),
+        (Some("gzip"), None),
+        "the backend compresses without Vary"
+    );
+    assert_eq!(&r.body[..2], b"\x1f\x8b");
+    let r = c.get("/z/page.txt", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(
+        (r.header("content-encoding"), r.header("x-cache")),
+        (Some("gzip"), Some("HIT")),
+        "another gzip client shares the stored gzip answer"
+    );
+    for plain_client in [
+        &[][..],
+        &[("accept-encoding", "br")],
+        &[("accept-encoding", "gzip;q=0, identity")],
+    ] {
+        let r = c.get("/z/page.txt", plain_client).await;
+        assert_eq!(
+            (r.header("content-encoding"), r.text()),
+            (None, text.clone()),
+            "a client that did not accept gzip ({plain_client:?}) got x-cache {:?}",
+            r.header("x-cache")
+        );
+    }
+    // Whatever is stored now, a gzip client gets a body its headers describe.
+    let r = c.get("/z/page.txt", &gzip_client).await;
+    match r.header("content-encoding") {
+        Some("gzip") => assert_eq!(&r.body[..2], b"\x1f\x8b"),
+        other => assert_eq!((other, r.text()), (None, text.clone())),
+    }
+    proxy.shutdown().await;
+}

@@ -128,6 +128,13 @@ pub struct CacheSpec {
     #[x_kube(validation = Rule::new(SIZE_RULE).message(Message::Expression(size_message("maxObjectSize"))))]
     #[schemars(length(max = 9))]
     pub max_object_size: String,
+    /// Memory all cache fills in flight may hold at once, e.g. 64Mi (each fill is bounded by
+    /// maxObjectSize); a fill that finds no room is streamed to its client uncached. The
+    /// proxy's memory limit grows by what this is above 64Mi.
+    #[serde(default = "default_max_fill_bytes")]
+    #[x_kube(validation = Rule::new(SIZE_RULE).message(Message::Expression(size_message("maxFillBytes"))))]
+    #[schemars(length(max = 9))]
+    pub max_fill_bytes: String,
     /// How long "no backend has it" is remembered.
     #[serde(default = "default_not_found_ttl")]
     pub not_found_ttl: DurationString,
@@ -155,6 +162,9 @@ fn default_max_size() -> String {
 fn default_max_object_size() -> String {
     "8Mi".into()
 }
+fn default_max_fill_bytes() -> String {
+    "64Mi".into()
+}
 fn default_not_found_ttl() -> DurationString {
     DurationString("10s".into())
 }
@@ -168,6 +178,7 @@ impl Default for CacheSpec {
             ttl: default_ttl(),
             max_size: default_max_size(),
             max_object_size: default_max_object_size(),
+            max_fill_bytes: default_max_fill_bytes(),
             not_found_ttl: default_not_found_ttl(),
             grace: default_grace(),
         }

@@ -235,7 +235,7 @@ async fn render_objects(
     }
 
     let rendered = render_config(&route.spec, namespace)
-        .and_then(|config| Ok((config_yaml(&config)?, config.cache.max_size)));
+        .and_then(|config| Ok((config_yaml(&config)?, memory_budget(&config.cache))));
     let proxy = proxy_name(name);
     let uid = route.meta().uid.clone().unwrap_or_default();
     let blocked = match (

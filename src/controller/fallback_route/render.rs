@@ -135,6 +135,7 @@ pub fn render_config(
         default_ttl: duration("ttl", &cache.ttl)?,
         max_size: size("maxSize", &cache.max_size)?,
         max_object_size: size("maxObjectSize", &cache.max_object_size)?,
+        max_fill_bytes: size("maxFillBytes", &cache.max_fill_bytes)?,
         not_found_ttl: duration("notFoundTtl", &cache.not_found_ttl)?,
         grace: duration("grace", &cache.grace)?,
         ..CacheConfig::default()
@@ -155,6 +156,14 @@ pub fn config_yaml(config: &ProxyConfig) -> Result<String, RenderError> {
 /// The sha256 of the config file, hex.
 pub fn config_hash(yaml: &str) -> String {
     hex::encode(Sha256::digest(yaml.as_bytes()))
+}
+
+/// The memory a proxy's objects and fills may take: the cache, plus the fill budget beyond the
+/// 64Mi the headroom of [`memory_limit`] already covers.
+pub fn memory_budget(cache: &CacheConfig) -> u64 {
+    cache
+        .max_size
+        .saturating_add(cache.max_fill_bytes.saturating_sub(MEMORY_HEADROOM))
 }
 
 /// The proxy's memory limit: the cache plus 64Mi of headroom.

@@ -140,6 +140,36 @@ fn duplicate_backend_names_are_made_unique() {
 }
 
 #[test]
+fn max_fill_bytes_is_rendered_and_sizes_the_memory_limit() {
+    // Not given: the proxy's default, and the limit of a route without it.
+    let config = render_config(&two_backends(), "shop").expect("renders");
+    assert_eq!(config.cache.max_fill_bytes, 64 << 20);
+    assert_eq!(memory_budget(&config.cache), 256 << 20);
+    let mut s = two_backends();
+    s.cache.max_fill_bytes = "200Mi".into();
+    let config = render_config(&s, "shop").expect("renders");
+    assert_eq!(config.cache.max_fill_bytes, 200 << 20);
+    // The proxy reads the rendered file back with the same budget.
+    let yaml = config_yaml(&config).expect("yaml");
+    let back = ProxyConfig::from_yaml(&yaml).expect("the proxy parses it");
+    assert_eq!(back.cache.max_fill_bytes, 200 << 20);
+    assert_eq!(
+        memory_limit(memory_budget(&config.cache)),
+        Quantity("456Mi".into()),
+        "256Mi cache + 64Mi headroom + the 136Mi of fills beyond it"
+    );
+    let mut s = two_backends();
+    s.cache.max_fill_bytes = "64MB".into();
+    assert!(matches!(
+        render_config(&s, "ns"),
+        Err(RenderError::Size {
+            field: "maxFillBytes",
+            ..
+        })
+    ));
+}
+
+#[test]
 fn specs_the_proxy_would_refuse_are_reported() {
     let mut s = two_backends();
     s.cache.max_object_size = "512Mi".into();
