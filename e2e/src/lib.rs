@@ -16,6 +16,7 @@ pub mod controller;
 pub mod events;
 pub mod fleet;
 pub mod identity;
+pub mod relay;
 pub mod stub_store;
 
 /// The running environment.
