@@ -12,8 +12,13 @@
 //! (`--object-store-credentials`) and needs only `s3:GetObject` on the source host's keys: the
 //! manifest of each piece (its compression, and its sha256, which must be the one the
 //! controller resolved) and the stream, from the live area or else the archive area. No
-//! listing, no writes. An interrupted bucket restore starts again from the full (the file-store
-//! path's resume after the pieces already received is not done here).
+//! listing, no writes.
+//!
+//! A `Restore` cut short by a restart of its agent is claimed again (`restore::after_restart`):
+//! its destination, which it created (`status.createdDestination`, written before the first
+//! receive), keeps the pieces already received (their snapshots, verified when received) and
+//! gets the rest on top; holding none, it is destroyed and the chain received from the full
+//! ([`destination_plan`]).
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +37,10 @@ use zetaback_objstore::object_store::{self, ObjectStore, ObjectStoreExt};
 use zetaback_objstore::{Credentials, Keys, explain};
 
 use crate::checksum::BackgroundSha256;
-use crate::restore::{HOLD_BACK, HoldBack, RestoreError, Restored, chain_pieces, parent_to_create};
+use crate::restore::{
+    HOLD_BACK, HoldBack, PieceRequest, RestoreError, Restored, already_received, chain_pieces,
+    parent_to_create,
+};
 use crate::transfer::CHANNEL_DEPTH;
 use crate::zfs::inert;
 use crate::zfs::{ReceivePurpose, ReceiveRequest, Zfs};
@@ -66,6 +74,7 @@ pub async fn restore(
     let target = Into {
         dataset: into,
         force: false,
+        owned: false,
     };
     apply_chain(
         zfs,
@@ -82,12 +91,14 @@ pub async fn restore(
 /// Runs a claimed `Restore` whose chain is in the bucket `target` (its `status.objectStore`):
 /// the chain from the status, read with this agent's keys; a drill's restored snapshots are
 /// checked as for a file store. Marks `pieces` verified as they are applied (a bucket piece is
-/// always checked against its sha256, whatever `verify` says).
+/// always checked against its sha256, whatever `verify` says). `owned`: the destination, if it
+/// exists, is this Restore's own (created by an earlier attempt).
 pub async fn run_claimed(
     zfs: &Zfs,
     credentials: Option<&Path>,
     target: &ObjectStoreTarget,
     r: &zetaback_core::api::Restore,
+    owned: bool,
     progress: &AtomicU64,
     pieces: &mut [zetaback_core::api::restore::RestorePiece],
 ) -> Result<Restored, RestoreError> {
@@ -113,7 +124,7 @@ pub async fn run_claimed(
         (r.spec.source.host.as_str(), r.spec.source.dataset_name()),
         &chain,
         into,
-        r.spec.force,
+        (r.spec.force, owned),
         progress,
         |i| {
             if let Some(p) = chain
@@ -145,8 +156,8 @@ pub struct ResolvedPiece {
 
 /// Restores the chain `pieces` of `host:dataset` from `target`'s bucket into `into`, reading
 /// with this agent's own keys (`credentials`, the `--object-store-credentials` file);
-/// `on_piece` is told the index of each piece applied. With `force`, an existing `into` is
-/// replaced (otherwise refused).
+/// `on_piece` is told the index of each piece applied. `(force, owned)`: what may be done with
+/// an existing `into` ([`destination_plan`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn restore_resolved(
     zfs: &Zfs,
@@ -155,7 +166,7 @@ pub async fn restore_resolved(
     (host, dataset): (&str, &str),
     pieces: &[ResolvedPiece],
     into: &str,
-    force: bool,
+    (force, owned): (bool, bool),
     progress: &AtomicU64,
     on_piece: impl FnMut(usize),
 ) -> Result<Restored, RestoreError> {
@@ -187,6 +198,7 @@ pub async fn restore_resolved(
     let into = Into {
         dataset: into,
         force,
+        owned,
     };
     apply_chain(
         zfs,
@@ -211,6 +223,36 @@ struct Into<'a> {
     dataset: &'a str,
     /// Replace an existing dataset.
     force: bool,
+    /// An existing dataset is this restore's own, from an earlier attempt.
+    owned: bool,
+}
+
+/// What a bucket restore does with its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationPlan {
+    /// Absent: the chain received from the full; destroyed again if the restore fails.
+    Create,
+    /// This restore's own, from an attempt cut short: the pieces it holds stay and the rest is
+    /// received on top (holding none, it is destroyed and the chain received from the full);
+    /// destroyed if the restore fails.
+    Continue,
+    /// Someone else's, and `force`: replaced by the full (`zfs receive -F`); left if the
+    /// restore fails.
+    Replace,
+    /// Someone else's, without `force`: refused, untouched.
+    Refuse,
+}
+
+/// The plan for a destination that `existed` (pure): `owned` (created by an earlier attempt of
+/// the same restore) wins over `force`, so a restore claimed again never replaces what it
+/// received.
+pub fn destination_plan(existed: bool, owned: bool, force: bool) -> DestinationPlan {
+    match (existed, owned, force) {
+        (false, _, _) => DestinationPlan::Create,
+        (true, true, _) => DestinationPlan::Continue,
+        (true, false, true) => DestinationPlan::Replace,
+        (true, false, false) => DestinationPlan::Refuse,
+    }
 }
 
 /// Reads backup `id`'s manifest from the live area, else from the archive area.
@@ -291,9 +333,12 @@ async fn apply_chain(
     mut on_piece: impl FnMut(usize),
 ) -> Result<Restored, RestoreError> {
     let existed = zfs.dataset_exists(into.dataset).await?;
-    if existed && !into.force {
-        return Err(RestoreError::Exists(into.dataset.to_owned()));
-    }
+    let plan = destination_plan(existed, into.owned, into.force);
+    let skip = match plan {
+        DestinationPlan::Refuse => return Err(RestoreError::Exists(into.dataset.to_owned())),
+        DestinationPlan::Create | DestinationPlan::Replace => 0,
+        DestinationPlan::Continue => continue_on(zfs, into.dataset, pieces).await?,
+    };
     if let Some(parent) = parent_to_create(into.dataset)
         && !zfs.dataset_exists(parent).await?
     {
@@ -301,11 +346,16 @@ async fn apply_chain(
     }
     let mut bytes = 0;
     let mut applied = Vec::new();
-    for (i, piece) in pieces.iter().enumerate() {
+    // Received on an earlier attempt, verified then (nothing unverified reaches zfs receive).
+    for (i, piece) in pieces.iter().enumerate().take(skip) {
+        applied.push(piece.manifest.id.clone());
+        on_piece(i);
+    }
+    for (i, piece) in pieces.iter().enumerate().skip(skip) {
         let manifest = &piece.manifest;
         let receive = ReceiveRequest {
             target: into.dataset.to_owned(),
-            force: i > 0 || existed,
+            force: i > 0 || plan == DestinationPlan::Replace,
             resumable: false,
             purpose: ReceivePurpose::Restore,
         };
@@ -322,7 +372,7 @@ async fn apply_chain(
                 on_piece(i);
             }
             Err(e) => {
-                if !existed {
+                if plan != DestinationPlan::Replace {
                     destroy_partial(zfs, into.dataset).await;
                 }
                 return Err(e);
@@ -333,6 +383,34 @@ async fn apply_chain(
         chain: applied,
         bytes,
     })
+}
+
+/// How many pieces at the start of the chain this restore's own destination holds (an
+/// earlier attempt received them); holding none, the destination (a receive that never
+/// finished) is destroyed first, so the chain is received from the full.
+async fn continue_on(zfs: &Zfs, dataset: &str, pieces: &[Located]) -> Result<usize, RestoreError> {
+    let names: Vec<PieceRequest> = pieces
+        .iter()
+        .map(|p| PieceRequest {
+            id: p.manifest.id.clone(),
+            snapshot: p.manifest.snapshot.clone(),
+            sha256: None,
+        })
+        .collect();
+    let skip = already_received(zfs, dataset, &names).await;
+    if skip > 0 {
+        info!(
+            %dataset,
+            pieces = skip,
+            "this restore's destination holds the first pieces of the chain from an attempt cut short; continuing after them"
+        );
+        return Ok(skip);
+    }
+    destroy_partial(zfs, dataset).await;
+    if zfs.dataset_exists(dataset).await? {
+        return Err(RestoreError::Exists(dataset.to_owned()));
+    }
+    Ok(0)
 }
 
 /// Destroys the dataset a failed restore created. Retried for a few seconds: right after an
@@ -493,4 +571,23 @@ async fn feed(
         tx.send(Ok(c)).await.map_err(|_| gone())?;
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DestinationPlan, destination_plan};
+
+    #[test]
+    fn a_restore_continues_on_its_own_destination_and_never_touches_another_without_force() {
+        use DestinationPlan::*;
+        // (existed, owned, force)
+        assert_eq!(destination_plan(false, false, false), Create);
+        assert_eq!(destination_plan(false, true, false), Create);
+        assert_eq!(destination_plan(false, false, true), Create);
+        assert_eq!(destination_plan(true, true, false), Continue);
+        // Its own wins over force: what it received is continued, not replaced.
+        assert_eq!(destination_plan(true, true, true), Continue);
+        assert_eq!(destination_plan(true, false, true), Replace);
+        assert_eq!(destination_plan(true, false, false), Refuse);
+    }
 }

@@ -11,6 +11,14 @@
 #       the same stream file (random bytes) into the same bucket by the agent's upload code
 #       (`upload-stdin`), `rclone rcat` and `aws s3 cp -`, each from a pipe; MB/s and peak RSS
 #       (GNU time). Needs rclone and aws on PATH (Debian: apt-get install rclone awscli).
+#   bench/objectstore/run.sh restore [SIZE_MIB]     (default 1024; as root, needs zfs-fuse)
+#       a dataset of SIZE_MIB MiB of random files on a zfs-fuse pool, its `zfs send` stored in
+#       the bucket by the agent's upload code as a full backup, then restored into a new
+#       dataset, ROUNDS times each: by the agent's restore code (`restore-bucket`: GET,
+#       sha256 with the last MiB held back until it matched, `zfs receive`), by
+#       `rclone cat … | zfs receive`, by `aws s3 cp … - | zfs receive`, and (the ceiling)
+#       `zfs receive` of the same stream from a local file; every restore's files checked
+#       against the source's sha256 sums. MB/s and peak RSS of the reading process.
 #
 # Env: CARGO_TARGET_DIR; BENCH_BIN (skip the build); AWS_BIN, RCLONE_BIN (default: aws, rclone
 # on PATH; Debian's are /usr/bin/aws and /usr/bin/rclone); ROUNDS (upload, default 2); BENCH_DIR (default /var/tmp/zetaback-bench-objectstore).
@@ -31,7 +39,7 @@ s3() { "$root/e2e/scripts/seaweedfs.sh" "$@"; }
 stop() {
   [ "${KEEP_S3:-0}" = 1 ] && return 0
   s3 down
-  if [ "${1:-}" = upload ]; then rm -rf "$ZETABACK_S3_RUN" "$dir"; fi
+  if [ "${1:-}" = upload ] || [ "${1:-}" = restore ]; then rm -rf "$ZETABACK_S3_RUN" "$dir"; fi
 }
 
 if [ -n "${BENCH_BIN:-}" ]; then
@@ -43,9 +51,14 @@ else
 fi
 
 mode=${1:-}
-case "$mode" in catalogue|upload) ;; *) echo "usage: run.sh catalogue [opts] | upload [SIZE_MIB]" >&2; exit 2 ;; esac
+case "$mode" in catalogue|upload|restore) ;; *) echo "usage: run.sh catalogue [opts] | upload [SIZE_MIB] | restore [SIZE_MIB]" >&2; exit 2 ;; esac
 endpoint=$(s3 up)
 trap 'stop "$mode"' EXIT
+export AWS_ACCESS_KEY_ID=ZBE2EADMIN AWS_SECRET_ACCESS_KEY=zetaback-e2e-admin-secret AWS_DEFAULT_REGION=us-east-1
+export RCLONE_CONFIG_SW_TYPE=s3 RCLONE_CONFIG_SW_PROVIDER=SeaweedFS RCLONE_CONFIG_SW_ENDPOINT="$endpoint" \
+  RCLONE_CONFIG_SW_ACCESS_KEY_ID=ZBE2EADMIN RCLONE_CONFIG_SW_SECRET_ACCESS_KEY=zetaback-e2e-admin-secret
+aws=${AWS_BIN:-aws} rclone=${RCLONE_BIN:-rclone}
+rounds=${ROUNDS:-2}
 log "SeaweedFS at $endpoint (run dir $ZETABACK_S3_RUN)"
 
 case "${1:-}" in
@@ -59,9 +72,6 @@ case "${1:-}" in
     stream="$dir/stream-$size_mib"
     [ -f "$stream" ] || { log "writing $size_mib MiB of random bytes to $stream"; head -c "$((size_mib << 20))" /dev/urandom >"$stream"; }
     bytes=$(stat -c %s "$stream")
-    export AWS_ACCESS_KEY_ID=ZBE2EADMIN AWS_SECRET_ACCESS_KEY=zetaback-e2e-admin-secret AWS_DEFAULT_REGION=us-east-1
-    export RCLONE_CONFIG_SW_TYPE=s3 RCLONE_CONFIG_SW_PROVIDER=SeaweedFS RCLONE_CONFIG_SW_ENDPOINT="$endpoint" \
-      RCLONE_CONFIG_SW_ACCESS_KEY_ID=ZBE2EADMIN RCLONE_CONFIG_SW_SECRET_ACCESS_KEY=zetaback-e2e-admin-secret
     echo "upload of one $size_mib MiB stream ($bytes bytes, random) from a pipe into $endpoint; load average $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "| uploader | version | seconds | MB/s | peak RSS |"
     echo "|---|---|---:|---:|---:|"
@@ -76,8 +86,6 @@ case "${1:-}" in
       awk -v n="$name" -v v="$version" -v a="$t0" -v b="$t1" -v by="$bytes" -v r="$rss" \
         'BEGIN { s = b - a; printf "| %s | %s | %.1f | %.0f | %.0f MiB |\n", n, v, s, by / s / 1e6, r / 1024 }'
     }
-    aws=${AWS_BIN:-aws} rclone=${RCLONE_BIN:-rclone}
-    rounds=${ROUNDS:-2}
     for round in $(seq 1 "$rounds"); do
       row "agent upload code (zetaback_objstore::upload)" "this commit" \
         "$bin" upload-stdin --endpoint "$endpoint"
@@ -89,5 +97,75 @@ case "${1:-}" in
     echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
     "$aws" --endpoint-url "$endpoint" s3 rm --quiet --recursive s3://zetaback-e2e/bench-upload/ || true
     ;;
-  *) echo "usage: run.sh catalogue [opts] | upload [SIZE_MIB]" >&2; exit 2 ;;
+  restore)
+    size_mib=${2:-1024}
+    zfs_sh="$root/e2e/scripts/zfs.sh"
+    pool=zbbenchobjrestore
+    host=bench-agent
+    prefix=bench-restore
+    destroy() { for _ in 1 2 3 4 5 6 7 8 9 10; do zfs destroy -r "$1" 2>/dev/null && return; sleep 1; done; echo "bench: cannot destroy $1" >&2; return 1; }
+    finish() {
+      "$aws" --endpoint-url "$endpoint" s3 rm --quiet --recursive "s3://zetaback-e2e/$prefix/" || true
+      "$zfs_sh" destroy "$pool" >/dev/null 2>&1 || true
+      stop restore
+    }
+    trap finish EXIT
+    mkdir -p "$dir"
+    # The source, the local copy of the stream's restore and one restore at a time.
+    mnt=$("$zfs_sh" pool "$pool" "$(( size_mib * 3 + 1024 ))M")
+    zfs create "$pool/src"
+    log "writing $size_mib MiB of random files to $pool/src"
+    left=$size_mib; i=0
+    while [ "$left" -gt 0 ]; do
+      n=$(( left < 256 ? left : 256 ))
+      head -c "$(( n << 20 ))" /dev/urandom >"$mnt/src/f$i.bin"
+      left=$(( left - n )); i=$(( i + 1 ))
+    done
+    sync
+    zfs snapshot "$pool/src@bench"
+    sums() { (cd "$1" && find . -type f -name '*.bin' | LC_ALL=C sort | xargs sha256sum); }
+    mounted() { zfs get -H -o value mountpoint "$1"; }
+    want=$(sums "$mnt/src")
+    ts=$(date +%s)
+    log "storing zfs send $pool/src@bench in the bucket (the agent's upload code)"
+    zfs send "$pool/src@bench" | "$bin" upload-stdin --endpoint "$endpoint" --prefix "$prefix" \
+      --host "$host" --dataset "$pool/src" --snapshot bench --ts "$ts" --keep >"$dir/stored.json"
+    key="$prefix/$host/$pool+src/$ts.full"
+    bytes=$("$aws" --endpoint-url "$endpoint" s3api head-object --bucket zetaback-e2e --key "$key" \
+      --query ContentLength --output text)
+    zfs send "$pool/src@bench" >"$dir/stream"
+    echo "restore of one full stream ($bytes bytes: $size_mib MiB of random files, zfs-fuse) from $endpoint into a new dataset; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "| round | reader | version | seconds | MB/s | peak RSS of the reader |"
+    echo "|---|---|---|---:|---:|---:|"
+    restored() { # restored ROUND NAME VERSION DATASET T0 -- checks the files, prints the row
+      local t1 rss
+      t1=$(date +%s.%N)
+      rss=$(tail -1 "$dir/time.out")
+      [ "$(sums "$(mounted "$4")")" = "$want" ] || { log "$2: the restored files differ"; return 1; }
+      destroy "$4"
+      awk -v r="$1" -v n="$2" -v v="$3" -v a="$5" -v b="$t1" -v by="$bytes" -v m="$rss" \
+        'BEGIN { s = b - a; printf "| %s | %s | %s | %.1f | %.0f | %.0f MiB |\n", r, n, v, s, by / s / 1e6, m / 1024 }'
+    }
+    rclone_v=$("$rclone" version 2>/dev/null | head -1 | awk '{print $2}')
+    aws_v=$("$aws" --version 2>&1 | awk '{print $1}')
+    for round in $(seq 1 "$rounds"); do
+      t0=$(date +%s.%N)
+      /usr/bin/time -f '%M' -o "$dir/time.out" "$bin" restore-bucket --endpoint "$endpoint" \
+        --prefix "$prefix" --host "$host" --dataset "$pool/src" --ts "$ts" --into "$pool/agent" \
+        >"$dir/out.txt" 2>"$dir/err.txt" || { cat "$dir/err.txt" >&2; exit 1; }
+      restored "$round" "agent restore code (objstore_restore::restore)" "this commit" "$pool/agent" "$t0"
+      t0=$(date +%s.%N)
+      /usr/bin/time -f '%M' -o "$dir/time.out" "$rclone" cat "sw:zetaback-e2e/$key" | zfs receive "$pool/rclone"
+      restored "$round" "rclone cat \| zfs receive" "$rclone_v" "$pool/rclone" "$t0"
+      t0=$(date +%s.%N)
+      /usr/bin/time -f '%M' -o "$dir/time.out" "$aws" --endpoint-url "$endpoint" s3 cp "s3://zetaback-e2e/$key" - \
+        | zfs receive "$pool/aws"
+      restored "$round" "aws s3 cp - \| zfs receive" "$aws_v" "$pool/aws" "$t0"
+      t0=$(date +%s.%N)
+      /usr/bin/time -f '%M' -o "$dir/time.out" cat "$dir/stream" | zfs receive "$pool/file"
+      restored "$round" "ceiling: cat local file \| zfs receive" "-" "$pool/file" "$t0"
+    done
+    echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    ;;
+  *) echo "usage: run.sh catalogue [opts] | upload [SIZE_MIB] | restore [SIZE_MIB]" >&2; exit 2 ;;
 esac

@@ -18,6 +18,7 @@ pub mod events;
 pub mod fleet;
 pub mod identity;
 pub mod openzfs_vm;
+pub mod relay;
 pub mod stub_store;
 
 /// The running environment.

@@ -1267,3 +1267,172 @@ async fn bucket_bulk_restore_expands_from_the_bucket_and_restores_every_dataset(
     fleet.shutdown().await;
     empty_prefix(&endpoint, &prefix).await;
 }
+
+/// The snapshots of `ds` and the datasets under `root`, as `zfs list` shows them.
+fn zfs_names(kind: &str, of: &str) -> Vec<String> {
+    zetaback_e2e::fleet::zfs(&["list", "-H", "-o", "name", "-t", kind, "-r", of])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The pids of processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", needle])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A Restore from the bucket whose agent is SIGKILLed mid-receive (the full applied, the
+/// incremental streaming: the bucket is reached through a relay slowed to 512 KiB/s for that)
+/// is started again by the agent when it comes back and ends Succeeded and verified, every
+/// file's sha256 equal to the original's, the destination holding exactly the chain's
+/// snapshots, no other dataset and no `zfs receive` left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_restore_cut_short_by_an_agent_kill_is_started_again_and_succeeds_verified() {
+    use zetaback::api::Restore;
+    use zetaback::api::restore::RestorePhase;
+    use zetaback_e2e::fleet::{create_restore, dataset_exists, mounted, restore_finished, sums};
+
+    let env = Env::get();
+    let endpoint = s3_endpoint(env);
+    let upstream: std::net::SocketAddr = endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("SeaweedFS address");
+    let relay = zetaback_e2e::relay::Relay::start(upstream).await;
+    let ns = env.namespace("bucket-cut");
+    let prefix = format!("bucket/{ns}");
+    let dir = std::path::PathBuf::from(format!("/tmp/zetaback-e2e/{ns}"));
+    let src_arg = format!(
+        "--object-store-credentials={}",
+        creds_file(&dir.join("src"), SOURCE).display()
+    );
+    let dst_arg = format!(
+        "--object-store-credentials={}",
+        creds_file(&dir.join("dst"), DESTINATION).display()
+    );
+    let mut fleet = Fleet::start(
+        env,
+        &ns,
+        &[
+            HostSpec::source("src").args(&[&src_arg]),
+            HostSpec::source("dst").args(&[&dst_arg]),
+        ],
+    )
+    .await;
+    key_secret(&fleet.client, &ns, "bucket-s3", ADMIN).await;
+    fleet.start_controller(|_| {}).await;
+    let dataset = fleet.create_dataset("src", "data");
+    fleet.write_file(&dataset, "a.txt", b"version 1\n");
+    let (src, dst) = (fleet.name("src"), fleet.name("dst"));
+    let pd = fleet.host("dst").pool.clone();
+    // Every request goes through the relay: the policy's endpoint is what the Restore's
+    // status names and the destination reads.
+    let mut spec = serde_json::json!({
+        "hosts": {"names": [src]},
+        "datasets": {"include": ["*/data"]},
+        "full": {"every": "24h", "keep": "48h"},
+        "incremental": {"every": "12h", "keep": "48h"},
+    });
+    spec["target"] = object_store(&relay.url(), BUCKET, &prefix, "bucket-s3");
+    fleet.create_policy("p", "src", &[&dataset], spec).await;
+    eventually(
+        "the full in the bucket",
+        Duration::from_secs(120),
+        || async { (in_bucket(&endpoint, &prefix).await.len() == 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // 4 MiB of noise in the incremental: ≥ 8 s through the slowed relay.
+    fleet.write_file(
+        &dataset,
+        "big.bin",
+        &zetaback_e2e::fleet::noise(17, 4 << 20),
+    );
+    fleet.write_file(&dataset, "a.txt", b"version 2\n");
+    let original = sums(&mounted(&dataset));
+    fleet.backup_incremental_now("p", "src", &dataset).await;
+    let stored = eventually(
+        "the incremental in the bucket",
+        Duration::from_secs(120),
+        || async {
+            let b = in_bucket(&endpoint, &prefix).await;
+            (b.len() == 2).then_some(b)
+        },
+    )
+    .await;
+    let ids: Vec<String> = stored.iter().map(|b| b.manifest.id.clone()).collect();
+    let snaps: Vec<String> = stored.iter().map(|b| b.manifest.snapshot.clone()).collect();
+
+    let restores: Api<Restore> = Api::namespaced(fleet.client.clone(), &ns);
+    let into = format!("{pd}/restored/cut");
+    let (first_snap, last_snap) = (
+        format!("{into}@{}", snaps[0]),
+        format!("{into}@{}", snaps[1]),
+    );
+    relay.limit(512 * 1024);
+    create_restore(
+        &restores,
+        "cut",
+        serde_json::json!({"source": {"host": src, "dataset": dataset},
+            "destination": {"host": dst, "dataset": into}}),
+    )
+    .await;
+    eventually(
+        "the full applied, the incremental streaming",
+        Duration::from_secs(180),
+        || async {
+            let r = restores.get("cut").await.ok()?;
+            let st = r.status.clone().unwrap_or_default();
+            assert!(
+                matches!(st.phase, RestorePhase::Pending | RestorePhase::Running),
+                "the restore ended before it could be cut short: {st:?}"
+            );
+            dataset_exists(&first_snap).then_some(())
+        },
+    )
+    .await;
+    fleet.kill("dst");
+    let before = restores.get("cut").await.expect("restore").status;
+    println!("killed {dst}'s agent mid-receive: {before:?}");
+    assert!(
+        !dataset_exists(&last_snap),
+        "the incremental cannot have been applied yet"
+    );
+    relay.limit(0);
+    fleet.restart("dst");
+
+    let r = restore_finished(&restores, "cut", Duration::from_secs(240)).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(
+        (st.phase, st.verified),
+        (RestorePhase::Succeeded, Some(true)),
+        "{st:?}"
+    );
+    assert_eq!(st.chain, ids, "the whole chain");
+    assert!(st.pieces.iter().all(|p| p.verified == Some(true)), "{st:?}");
+    assert_eq!(sums(&mounted(&into)), original, "the restore differs");
+    // Nothing left of the cut-short attempt: exactly the chain's snapshots, no other dataset
+    // (a partial receive), no receive still running.
+    assert_eq!(
+        zfs_names("snapshot", &into),
+        [first_snap.clone(), last_snap.clone()]
+    );
+    assert_eq!(
+        zfs_names("filesystem", &format!("{pd}/restored")),
+        [format!("{pd}/restored"), into.clone()]
+    );
+    assert_eq!(
+        processes_with(&format!("receive.*{into}")),
+        Vec::<String>::new()
+    );
+
+    fleet.shutdown().await;
+    empty_prefix(&endpoint, &prefix).await;
+}

@@ -376,7 +376,7 @@ pub struct ChainRequest {
 
 /// How many pieces at the start of the chain are already on an existing destination (their
 /// snapshots exist there, in order): what an interrupted restore of the same chain received.
-async fn already_received(zfs: &Zfs, into: &str, pieces: &[PieceRequest]) -> usize {
+pub async fn already_received(zfs: &Zfs, into: &str, pieces: &[PieceRequest]) -> usize {
     let mut n = 0;
     for p in pieces {
         if p.snapshot.is_empty() || zfs.snapshot_info(into, &p.snapshot).await.is_err() {

@@ -130,7 +130,7 @@ pub struct Restored {
 mod tests {
     use bytes::Bytes;
     use zetaback_core::api::backup_policy::Compression;
-    use zetaback_core::api::restore::{RestorePhase, RestorePiece};
+    use zetaback_core::api::restore::{RESTORE_ATTEMPTS, RestorePhase, RestorePiece};
     use zetaback_core::api::{Restore, RestoreStatus};
     use zetaback_core::store::Catalogue;
 
@@ -195,6 +195,73 @@ mod tests {
             "h@n"
         ));
         assert!(!is_orphaned(&restore("h", Some(running)), "h", "other"));
+    }
+
+    #[test]
+    fn a_bucket_restore_left_running_is_claimed_again_while_it_has_attempts_left() {
+        let bucket: zetaback_core::api::backup_policy::ObjectStoreTarget =
+            serde_json::from_value(serde_json::json!({
+                "bucket": "b", "region": "us-east-1", "credentialsSecret": {"name": "s"},
+            }))
+            .expect("target");
+        let left = |attempts: Option<u32>, object_store, drill| {
+            let mut r = restore(
+                "h",
+                Some(RestoreStatus {
+                    phase: RestorePhase::Running,
+                    claimed_by: Some("h@n".into()),
+                    chain: vec!["1.full".into()],
+                    attempts,
+                    object_store,
+                    created_destination: Some(true),
+                    ..Default::default()
+                }),
+            );
+            r.spec.drill = drill;
+            r
+        };
+        use runner::AfterRestart::{ClaimAgain, Fail};
+        let b = Some(bucket);
+        assert_eq!(
+            runner::after_restart(&left(Some(1), b.clone(), false)),
+            ClaimAgain
+        );
+        // Written before attempts were counted: the first.
+        assert_eq!(
+            runner::after_restart(&left(None, b.clone(), false)),
+            ClaimAgain
+        );
+        assert_eq!(
+            runner::after_restart(&left(Some(RESTORE_ATTEMPTS - 1), b.clone(), false)),
+            ClaimAgain
+        );
+        assert_eq!(
+            runner::after_restart(&left(Some(RESTORE_ATTEMPTS), b.clone(), false)),
+            Fail,
+            "no attempts left"
+        );
+        assert_eq!(
+            runner::after_restart(&left(Some(1), None, false)),
+            Fail,
+            "a file store's"
+        );
+        assert_eq!(
+            runner::after_restart(&left(Some(1), b.clone(), true)),
+            Fail,
+            "a drill"
+        );
+        assert_eq!(runner::after_restart(&restore("h", None)), Fail);
+
+        // Claimable again: Pending, no one's.
+        let patch = serde_json::to_value(runner::claim_again_patch(&left(Some(1), b, false)))
+            .expect("patch");
+        let st = &patch["status"];
+        assert_eq!(st["phase"], "Pending");
+        assert_eq!(st["claimedBy"], serde_json::Value::Null);
+        assert_eq!(st["bytesDone"], 0);
+        assert_eq!(st["conditions"][0]["reason"], "Retrying");
+        // A merge patch: the chain, the pieces and `createdDestination` stay as they are.
+        assert!(st.get("chain").is_none() && st.get("createdDestination").is_none());
     }
 
     #[test]

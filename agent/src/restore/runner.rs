@@ -1,6 +1,7 @@
 //! The Restore runner: watches this host's resolved Restores, claims one (`claim.rs`), runs it
 //! through [`super::apply`] in a tracing span, reports progress and records the outcome
-//! ([`outcome_patch`]); at start-up, fails the Restores this agent left Running.
+//! ([`outcome_patch`]); at start-up, deals with the Restores this agent left Running
+//! ([`after_restart`]): a bucket restore is claimed again, any other is failed `Interrupted`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, info_span, warn};
 use zetaback_core::api::condition::READY;
-use zetaback_core::api::restore::{RestorePhase, RestorePiece};
+use zetaback_core::api::restore::{RESTORE_ATTEMPTS, RestorePhase, RestorePiece};
 use zetaback_core::api::{Restore, RestoreStatus, ZfsHost};
 use zetaback_core::conditions::{self, Wanted};
 
@@ -92,6 +93,53 @@ pub fn is_orphaned(r: &Restore, host: &str, agent_id: &str) -> bool {
         })
 }
 
+/// What an agent that comes back does with a Restore it left running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRestart {
+    /// Back to `Pending`, unclaimed: claimed and run again, continuing after the pieces the
+    /// destination already holds ([`claim_again_patch`]).
+    ClaimAgain,
+    /// Failed, reason `Interrupted`.
+    Fail,
+}
+
+/// What to do with a Restore this agent left running (pure). A restore from a bucket (not a
+/// drill) is claimed again while it has attempts left ([`RESTORE_ATTEMPTS`], counted by
+/// `status.attempts`): the bucket is read with this host's own keys, needs no grant and is
+/// there whatever restarted. A drill (its recovery time would no longer be the one measured)
+/// and a file-store restore (its grant to read the backup host expires) are failed
+/// `Interrupted`; a new Restore with `force` continues a file-store one.
+pub fn after_restart(r: &Restore) -> AfterRestart {
+    let Some(st) = r.status.as_ref() else {
+        return AfterRestart::Fail;
+    };
+    let attempts = st.attempts.unwrap_or(1);
+    if st.object_store.is_some() && !r.spec.drill && attempts < RESTORE_ATTEMPTS {
+        AfterRestart::ClaimAgain
+    } else {
+        AfterRestart::Fail
+    }
+}
+
+/// The status patch that makes a Restore interrupted by a restart claimable again (pure but
+/// for the clock): `Pending`, no one's, its chain and pieces kept.
+pub fn claim_again_patch(r: &Restore) -> StatusPatch {
+    let st = r.status.clone().unwrap_or_default();
+    let attempt = st.attempts.unwrap_or(1);
+    let message = format!(
+        "interrupted: the agent restarted during attempt {attempt} of {RESTORE_ATTEMPTS}; claimed again, continuing after the pieces {} holds",
+        r.spec.destination.dataset.as_str()
+    );
+    StatusPatch::new(RestoreStatusPatch {
+        phase: Some(RestorePhase::Pending),
+        claimed_by: Some(None),
+        bytes_done: Some(0),
+        conditions: Some(ready(&st, false, "Retrying", &message)),
+        message: Some(message),
+        ..Default::default()
+    })
+}
+
 fn ready(status: &RestoreStatus, ok: bool, reason: &str, message: &str) -> Vec<Condition> {
     let wanted = Wanted {
         type_: READY,
@@ -168,7 +216,8 @@ impl RestoreRunner {
         Ok(crate::claim::selectable::<Restore>(&self.client, &fields).await?)
     }
 
-    /// Fails the restores this agent left running before a restart.
+    /// Claims again or fails ([`after_restart`]) the restores this agent left running before
+    /// a restart.
     pub async fn recover(&self) -> Result<usize, RestoreError> {
         let (list, _) = crate::claim::scoped(self.host_selector().await?.as_deref());
         self.recover_listed(&list).await
@@ -181,6 +230,10 @@ impl RestoreRunner {
             list,
             |r| is_orphaned(r, host, agent),
             |r| {
+                if after_restart(r) == AfterRestart::ClaimAgain {
+                    warn!(restore = %crate::claim::key(r), "a restore interrupted by a restart is claimed again");
+                    return claim_again_patch(r);
+                }
                 let st = r.status.clone().unwrap_or_default();
                 let message = format!(
                     "interrupted: the agent restarted while this restore ran; {} may hold a partial restore (a new Restore of the same source with force: true continues after the pieces it holds)",
@@ -198,7 +251,7 @@ impl RestoreRunner {
         )
         .await?;
         for r in &failed {
-            warn!(restore = %r, "failed a restore interrupted by a restart");
+            warn!(restore = %r, "dealt with a restore interrupted by a restart");
         }
         Ok(failed.len())
     }
@@ -212,6 +265,7 @@ impl RestoreRunner {
         let mut st = r.status.clone().unwrap_or_default();
         st.phase = RestorePhase::Running;
         st.claimed_by = Some(self.cfg.agent_id.clone());
+        st.attempts = Some(st.attempts.unwrap_or(0) + 1);
         st.started_at = Some(Time(jiff::Timestamp::now()));
         st.bytes_done = Some(0);
         st.message = Some(format!("running on {}", self.cfg.agent_id));
@@ -326,18 +380,22 @@ impl RestoreRunner {
         let work = async {
             match source {
                 Err(e) => Err(e),
-                Ok(Err(bucket)) => {
-                    let creds = self.cfg.object_store_credentials.as_deref();
-                    crate::objstore_restore::run_claimed(
-                        &self.zfs,
-                        creds,
-                        &bucket,
-                        &r,
-                        &progress,
-                        &mut pieces,
-                    )
-                    .await
-                }
+                Ok(Err(bucket)) => match self.own_destination(&api, &name, &r).await {
+                    Err(e) => Err(e),
+                    Ok(owned) => {
+                        let creds = self.cfg.object_store_credentials.as_deref();
+                        crate::objstore_restore::run_claimed(
+                            &self.zfs,
+                            creds,
+                            &bucket,
+                            &r,
+                            owned,
+                            &progress,
+                            &mut pieces,
+                        )
+                        .await
+                    }
+                },
                 Ok(Ok(endpoint)) => {
                     let src = Source {
                         endpoint,
@@ -457,6 +515,39 @@ impl RestoreRunner {
         }
     }
 
+    /// Whether the destination of bucket restore `r` is its own: created by an earlier attempt
+    /// (`status.createdDestination`), or absent now, which is recorded (fenced) before anything
+    /// is received, so an attempt after a restart knows what it may continue on or destroy.
+    /// A drill's scratch dataset has its own bookkeeping (`scratchDestroyed`).
+    async fn own_destination(
+        &self,
+        api: &Api<Restore>,
+        name: &str,
+        r: &Restore,
+    ) -> Result<bool, RestoreError> {
+        let st = r.status.as_ref();
+        if st.and_then(|s| s.created_destination) == Some(true) {
+            return Ok(true);
+        }
+        if r.spec.drill
+            || self
+                .zfs
+                .dataset_exists(r.spec.destination.dataset.as_str())
+                .await?
+        {
+            return Ok(false);
+        }
+        let mark = StatusPatch::new(RestoreStatusPatch {
+            created_destination: Some(true),
+            ..Default::default()
+        });
+        if self.write_fenced(api, name, &mark, None).await? {
+            Ok(true)
+        } else {
+            Err(RestoreError::Ended)
+        }
+    }
+
     /// Writes `patch` if this agent still runs the Restore, else `late` (if any) unless it
     /// is gone; each against the version read, again after a conflicting write. True when
     /// `patch` was written.
@@ -549,7 +640,10 @@ impl RestoreRunner {
         let (list, config) = crate::claim::scoped(self.host_selector().await?.as_deref());
         let n = self.recover_listed(&list).await?;
         if n > 0 {
-            info!(failed = n, "failed restores interrupted by a restart");
+            info!(
+                restores = n,
+                "claimed again or failed the restores interrupted by a restart"
+            );
         }
         crate::claim::watch_and_run(self.clone(), self.client.clone(), config).await;
         Ok(())

@@ -31,6 +31,11 @@ pub struct RestoreStatusPatch {
     /// A drill's: `Some(None)` writes null (the field cleared).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scratch_destroyed: Option<Option<bool>>,
+    /// `Some(None)` writes null: the restore is no one's (claimable again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_destination: Option<bool>,
 }
 
 /// A merge patch of the status subresource: `{"status": {…}}`, optionally fenced by
@@ -115,6 +120,8 @@ mod tests {
             conditions: Some(vec![condition.clone()]),
             verified_at: Some(Some(at.clone())),
             scratch_destroyed: Some(Some(true)),
+            claimed_by: Some(Some("h@n".into())),
+            created_destination: Some(true),
         };
         // Read back by the CRD's own status type: a field named otherwise would be dropped.
         let back: RestoreStatus =
@@ -128,5 +135,16 @@ mod tests {
         assert_eq!(back.conditions, vec![condition]);
         assert_eq!(back.verified_at, Some(at));
         assert_eq!(back.scratch_destroyed, Some(true));
+        assert_eq!(back.claimed_by.as_deref(), Some("h@n"));
+        assert_eq!(back.created_destination, Some(true));
+        // Unclaimed: null, which a merge patch removes.
+        let unclaimed = StatusPatch::new(RestoreStatusPatch {
+            claimed_by: Some(None),
+            ..Default::default()
+        });
+        assert_eq!(
+            serde_json::to_value(&unclaimed).unwrap(),
+            serde_json::json!({"status": {"claimedBy": null}})
+        );
     }
 }

@@ -89,6 +89,34 @@ enum Command {
         prefix: String,
         #[arg(long, default_value = "bench-agent")]
         host: String,
+        /// The dataset the stream is of (its manifest's).
+        #[arg(long, default_value = "tank/bench")]
+        dataset: String,
+        /// The snapshot the stream ends at (default `zetaback-<ts>`).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// The backup's time (its id `<ts>.full`; default now).
+        #[arg(long)]
+        ts: Option<i64>,
+        /// Keep the backup in the bucket (default: deleted after the measurement).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Restore backup `<ts>.full` of `host:dataset` from the bucket into the new dataset
+    /// `into` with the agent's restore code; prints bytes and seconds.
+    RestoreBucket {
+        #[command(flatten)]
+        bucket: Bucket,
+        #[arg(long, default_value = "bench-upload")]
+        prefix: String,
+        #[arg(long, default_value = "bench-agent")]
+        host: String,
+        #[arg(long)]
+        dataset: String,
+        #[arg(long)]
+        ts: i64,
+        #[arg(long)]
+        into: String,
     },
 }
 
@@ -540,15 +568,31 @@ async fn catalogue_bench(b: &Bucket, l: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn upload_stdin(b: &Bucket, prefix: &str, host: &str) -> anyhow::Result<()> {
-    let store = store(b, prefix)?;
-    let keys = Keys::new(Some(prefix));
-    let ts = jiff::Timestamp::now().as_second();
+/// What `upload-stdin` stores.
+struct StdinBackup {
+    prefix: String,
+    host: String,
+    dataset: String,
+    snapshot: Option<String>,
+    ts: Option<i64>,
+    keep: bool,
+}
+
+async fn upload_stdin(b: &Bucket, what: &StdinBackup) -> anyhow::Result<()> {
+    let store = store(b, &what.prefix)?;
+    let keys = Keys::new(Some(&what.prefix));
+    let ts = what
+        .ts
+        .unwrap_or_else(|| jiff::Timestamp::now().as_second());
+    let (host, dataset) = (what.host.as_str(), what.dataset.as_str());
     let spec = zetaback_objstore::upload::UploadSpec {
         host: host.into(),
-        dataset: "tank/bench".into(),
+        dataset: dataset.into(),
         id: StreamId::Full { ts },
-        snapshot: format!("zetaback-{ts}"),
+        snapshot: what
+            .snapshot
+            .clone()
+            .unwrap_or_else(|| format!("zetaback-{ts}")),
         base_snapshot: None,
         compression: Compression::None,
         policy: None,
@@ -562,13 +606,47 @@ async fn upload_stdin(b: &Bucket, prefix: &str, host: &str) -> anyhow::Result<()
         "{{\"bytes\": {}, \"seconds\": {secs:.3}, \"hwm_kib\": {hwm}}}",
         m.bytes
     );
-    // Leave nothing behind.
-    store
-        .delete(&keys.manifest(host, "tank/bench", &spec.id, false)?)
-        .await?;
-    store
-        .delete(&keys.stream(host, "tank/bench", &spec.id, false)?)
-        .await?;
+    if !what.keep {
+        // Leave nothing behind.
+        store
+            .delete(&keys.manifest(host, dataset, &spec.id, false)?)
+            .await?;
+        store
+            .delete(&keys.stream(host, dataset, &spec.id, false)?)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What `restore-bucket` restores.
+struct BucketRestore {
+    prefix: String,
+    host: String,
+    dataset: String,
+    ts: i64,
+    into: String,
+}
+
+async fn restore_bucket(b: &Bucket, what: &BucketRestore) -> anyhow::Result<()> {
+    let store = store(b, &what.prefix)?;
+    let keys = Keys::new(Some(&what.prefix));
+    let zfs = zetaback_agent::zfs::Zfs::detect().await?;
+    let id = StreamId::Full { ts: what.ts }.to_string();
+    let t = Instant::now();
+    let done = zetaback_agent::objstore_restore::restore(
+        &zfs,
+        store.as_ref(),
+        &keys,
+        (&what.host, &what.dataset, &id),
+        &what.into,
+    )
+    .await?;
+    let secs = t.elapsed().as_secs_f64();
+    let (_, hwm) = memory();
+    println!(
+        "{{\"bytes\": {}, \"seconds\": {secs:.3}, \"hwm_kib\": {hwm}}}",
+        done.bytes
+    );
     Ok(())
 }
 
@@ -615,6 +693,37 @@ async fn main() -> anyhow::Result<()> {
             bucket,
             prefix,
             host,
-        } => upload_stdin(&bucket, &prefix, &host).await,
+            dataset,
+            snapshot,
+            ts,
+            keep,
+        } => {
+            let what = StdinBackup {
+                prefix,
+                host,
+                dataset,
+                snapshot,
+                ts,
+                keep,
+            };
+            upload_stdin(&bucket, &what).await
+        }
+        Command::RestoreBucket {
+            bucket,
+            prefix,
+            host,
+            dataset,
+            ts,
+            into,
+        } => {
+            let what = BucketRestore {
+                prefix,
+                host,
+                dataset,
+                ts,
+                into,
+            };
+            restore_bucket(&bucket, &what).await
+        }
     }
 }

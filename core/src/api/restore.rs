@@ -82,6 +82,9 @@ pub struct RestoreSpec {
 
 /// The ZFS user property that marks a dataset as a scratch root for restore drills.
 pub const SCRATCH_PROPERTY: &str = "zetaback.io:scratch";
+/// How many times a bucket restore is claimed at most (the first run and the runs after
+/// restarts of its agent) before a restart fails it `Interrupted`.
+pub const RESTORE_ATTEMPTS: u32 = 3;
 /// The label on a drill's Restore naming the BackupPolicy that made it.
 pub const DRILL_POLICY_LABEL: &str = "zetaback.io/drill-policy";
 /// The annotation on a drill's Restore with its number among the drills of its dataset
@@ -214,6 +217,18 @@ pub struct RestoreStatus {
     /// A drill: whether the scratch dataset was destroyed afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scratch_destroyed: Option<bool>,
+    /// How many times an agent has claimed this restore. A restore from a bucket whose agent
+    /// was restarted while it ran is claimed again (up to 3 times in all), where a file-store
+    /// restore is failed `Interrupted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
+    pub attempts: Option<u32>,
+    /// The destination did not exist when this restore began and is its own: written by the
+    /// agent before the first piece is received, so a restore claimed again after an
+    /// interruption continues on what it received (or starts over) and a failed one destroys
+    /// it, while a dataset that was there before is never touched without `force`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_destination: Option<bool>,
     /// A bulk restore: one row per dataset, each run by a child Restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datasets: Vec<BulkDataset>,
