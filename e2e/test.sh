@@ -110,9 +110,14 @@ weed_wait() {
   rm -f "$weed_log" "$weed_rc"
 }
 
-# `-p PACKAGE --test NAME` for every integration test of tier $1 (e2e/test-tiers.txt).
+# `--test NAME` for every integration test of tier $1 (e2e/test-tiers.txt). Every cargo command
+# here selects --workspace (test names are unique across the workspace): cargo resolves features
+# for the packages a command selects, and a `-p` subset can resolve others than the workspace
+# build (`-p zetaback-agent` alone did: mio, axum, rand…), which rebuilt tokio, kube and the
+# zetaback crates above them. With --workspace every command shares the binaries' build
+# (tests/build_feature_sets.rs keeps `cargo build --bins` and `cargo test` on one feature set).
 tier_targets() {
-  awk -v t="$1" '$1 == t { print "-p"; print $2; print "--test"; print $3 }' e2e/test-tiers.txt
+  awk -v t="$1" '$1 == t { print "--test"; print $3 }' e2e/test-tiers.txt
 }
 
 # The cluster tier: node binaries (cached), images (cached by the binaries' hashes), the local
@@ -124,16 +129,20 @@ cluster_tier() {
   echo "== node binaries (built once, cached under ~/.cache/zetaback/bin)"
   node_tools_wait
   bash e2e/scripts/build-node-tools.sh
-  echo "== images (e2e/scripts/image.sh build), kubectl-zetaback (the tests run it)"
+  # image.sh builds what `cargo build --workspace --bins` builds (after the test phase: nothing),
+  # kubectl-zetaback (the tests run it) among them; the tests below build only their own file.
+  echo "== images (e2e/scripts/image.sh build: the workspace's binaries, kubectl-zetaback too)"
+  local built
+  built=$(date +%s)
   ZETABACK_IMAGE_DIR=$(bash e2e/scripts/image.sh build)
   export ZETABACK_IMAGE_DIR
-  cargo build --locked -p zetaback --bin kubectl-zetaback
+  echo "== images ready in $(( $(date +%s) - built ))s"
   echo "== local cluster"
   bash e2e/scripts/cluster.sh up
   echo "== cluster up in $(( $(date +%s) - t0 ))s"
   echo "== cluster tests"
   mapfile -t targets < <(tier_targets cluster)
-  cargo test --locked "${targets[@]}" -- --test-threads 1 --nocapture
+  cargo test --workspace --locked "${targets[@]}" -- --test-threads 1 --nocapture
   [ "${ZETABACK_KEEP_CLUSTER:-}" = 1 ] || bash e2e/scripts/cluster.sh down
   echo "== cluster tier (with down) in $(( $(date +%s) - t0 ))s"
 }
@@ -155,7 +164,7 @@ case "$tier" in
     bash e2e/scripts/seaweedfs.sh build >/dev/null
     echo "== tests on real parts (zfs-fuse, nginx, openssl, SeaweedFS)"
     mapfile -t targets < <(tier_targets real)
-    cargo test --locked "${targets[@]}" -- --test-threads 2
+    cargo test --workspace --locked "${targets[@]}" -- --test-threads 2
     echo "== real tier passed in $(( $(date +%s) - start ))s"
     exit 0
     ;;
@@ -165,7 +174,7 @@ case "$tier" in
     echo "== zfs-fuse"
     bash e2e/scripts/zfs.sh start
     echo "== cargo build (the agent binary runs inside the VM)"
-    cargo build -p zetaback-agent --bins --locked
+    cargo build --workspace --bins --locked
     echo "== OpenZFS VM (image built once, cached under ~/.cache/zetaback/vm)"
     vm_image_wait
     vm_start=$(date +%s)
@@ -174,7 +183,7 @@ case "$tier" in
     trap 'bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true' EXIT
     echo "== tests on real OpenZFS"
     mapfile -t targets < <(tier_targets openzfs)
-    cargo test --locked "${targets[@]}" -- --test-threads 2
+    cargo test --workspace --locked "${targets[@]}" -- --test-threads 2
     echo "== openzfs tier passed in $(( $(date +%s) - start ))s"
     exit 0
     ;;
@@ -196,7 +205,7 @@ case "$tier" in
     cargo build --workspace --bins --locked
     echo "== $tier tests"
     mapfile -t targets < <(tier_targets "$tier")
-    cargo test --locked "${targets[@]}" -- --test-threads 2
+    cargo test --workspace --locked "${targets[@]}" -- --test-threads 2
     echo "== $tier tier passed in $(( $(date +%s) - start ))s"
     exit 0
     ;;
@@ -218,7 +227,7 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The cluster tier's test files are `test = false`, which --all-targets leaves out.
 mapfile -t cluster_targets < <(tier_targets cluster)
-cargo clippy --locked "${cluster_targets[@]}" -- -D warnings
+cargo clippy --workspace --locked "${cluster_targets[@]}" -- -D warnings
 echo "== local control plane"
 bash e2e/scripts/env.sh up
 echo "== cargo build (the end-to-end tests start the built zetaback-agent binary)"
@@ -244,13 +253,13 @@ while read -r t package test; do
   # (The cluster tier's files are `test = false`: cluster_tier below runs them on the cluster.)
   case "$t" in ''|'#'*|cluster) continue ;; esac
   if [[ " ${needs_vm[*]} " == *" $test "* ]]; then
-    vm_targets+=(-p "$package" --test "$test")
+    vm_targets+=(--test "$test")
   elif [[ " ${needs_weed[*]} " == *" $test "* ]]; then
-    weed_targets+=(-p "$package" --test "$test")
+    weed_targets+=(--test "$test")
   elif [[ " ${beside[*]} " == *" $test "* ]]; then
-    beside_targets+=(-p "$package" --test "$test")
+    beside_targets+=(--test "$test")
   else
-    main_targets+=(-p "$package" --test "$test")
+    main_targets+=(--test "$test")
   fi
 done < e2e/test-tiers.txt
 for name in "${beside[@]}" "${needs_vm[@]}" "${needs_weed[@]}"; do
@@ -264,9 +273,9 @@ node_tools_start
 beside_stream() {
   local rc=0 t0
   t0=$(date +%s)
-  cargo test --locked --no-fail-fast "${beside_targets[@]}" -- --test-threads 2 || rc=1
+  cargo test --workspace --locked --no-fail-fast "${beside_targets[@]}" -- --test-threads 2 || rc=1
   if weed_wait; then
-    cargo test --locked --no-fail-fast "${weed_targets[@]}" -- --test-threads 2 || rc=1
+    cargo test --workspace --locked --no-fail-fast "${weed_targets[@]}" -- --test-threads 2 || rc=1
   else
     rc=1
   fi
@@ -288,7 +297,7 @@ vm_start=$(date +%s)
 bash e2e/scripts/openzfs-vm.sh up
 echo "== OpenZFS VM up in $(( $(date +%s) - vm_start ))s"
 echo "== tests on real OpenZFS (${needs_vm[*]})"
-cargo test --locked --no-fail-fast "${vm_targets[@]}" -- --test-threads 2 || main_rc=1
+cargo test --workspace --locked --no-fail-fast "${vm_targets[@]}" -- --test-threads 2 || main_rc=1
 bash e2e/scripts/openzfs-vm.sh down >/dev/null 2>&1 || true
 echo "== stream 1 (main) ended in $(( $(date +%s) - main_t0 ))s"
 beside_rc=0

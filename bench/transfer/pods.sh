@@ -51,7 +51,7 @@ img=${ZETABACK_IMAGE_DIR:-$(readlink -f "${ZETABACK_CACHE:-$HOME/.cache/zetaback
 agent=${AGENT_BIN:-$img/stage/bin/zetaback-agent}
 zb=${ZB_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/zetaback/target}/debug/kubectl-zetaback}
 [ -x "$agent" ] || die "no agent binary at $agent (image.sh build)"
-[ -x "$zb" ] || die "no kubectl-zetaback at $zb (cargo build -p zetaback --bin kubectl-zetaback)"
+[ -x "$zb" ] || die "no kubectl-zetaback at $zb (cargo build --workspace --bins)"
 
 zfs_fuse_pids() { pgrep -x zfs-fuse || true; }
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"; }

@@ -999,8 +999,12 @@ spec:
     );
     c.kubectl(&["delete", "backuppolicy", "-n", NS, POLICY, "--wait=true"]);
     // Known (session 9, left open): on zfs-fuse the cut job's snapshot stays "dataset is busy"
-    // for minutes after its send was cut (the daemon's send does not end with its client), so
-    // the dataset may not be destroyable yet: reported, left to `cluster.sh down`.
+    // for minutes after its send was cut, so the dataset may not be destroyable yet: reported,
+    // left to `cluster.sh down`. Seen on zfs-fuse alone (session 10): the daemon writes the
+    // stream itself (the client hands it its stdout), so SIGKILL of the `zfs send` client does not
+    // end the send: the reader went on receiving (200 KB in 5 s after the kill), and a `zfs
+    // destroy` asked meanwhile waited; killing client and reader together let the snapshot be
+    // destroyed at once. Not found yet: what keeps the send's stream open after the pod's death.
     let snapshots = zetaback_e2e::fleet::run_output(
         "zfs",
         &["list", "-H", "-t", "snapshot", "-o", "name", "-r", &dataset],
