@@ -130,7 +130,8 @@ for n in "$ns_s" "$ns_t"; do ip -n "$n" link set lo up; ip -n "$n" link set "$n"
 for _ in $(seq 1 50); do ip netns exec "$ns_t" ping -c1 -W1 "$ip_s" >/dev/null 2>&1 && break; sleep 0.1; done
 
 src_mnt=$("$zfs_sh" pool "$src" "$(( size_mib * 2 + 512 ))M")
-"$zfs_sh" pool "$dst" "$(( size_mib * 4 + 512 ))M" >/dev/null
+# Sized (sparse) to keep every received copy, for a copy zfs-fuse will not let go.
+"$zfs_sh" pool "$dst" "$(( size_mib * (6 * rounds + 1) + 512 ))M" >/dev/null
 zfs create "$src/data"
 zfs create "$dst/replicas"
 log "writing $size_mib MiB of random data"
@@ -199,8 +200,9 @@ sshd_pid=$!
 wait_port "$ns_s" "$ssh_port"
 ssh_opts=(-F /dev/null -p "$ssh_port" -i "$sshdir/client_key" -o BatchMode=yes
   -o UserKnownHostsFile="$sshdir/known_hosts" -o StrictHostKeyChecking=yes -o LogLevel=ERROR)
-in_t ssh "${ssh_opts[@]}" "root@$ip_s" true || { cat "$sshdir/sshd.log" >&2; log "ssh to the private sshd failed"; exit 1; }
-default_cipher=$(in_t ssh "${ssh_opts[@]}" -v "root@$ip_s" true 2>&1 | grep -o 'cipher: [^ ]*' | head -1 | cut -d' ' -f2)
+in_t ssh -n "${ssh_opts[@]}" "root@$ip_s" true || { cat "$sshdir/sshd.log" >&2; log "ssh to the private sshd failed"; exit 1; }
+# The client's first choice (the server's list starts the same here).
+default_cipher=$(ssh "${ssh_opts[@]}" -G "root@$ip_s" 2>/dev/null | awk '$1 == "ciphers" {split($2, c, ","); print c[1]}')
 
 start_agents() {
 log "starting the target agents in $ns_t (plaintext :$port, mutual TLS :$tls_port)"
@@ -278,7 +280,7 @@ pipe_recv() {
   hop "openssl dgst -sha256 <'$dir/pipe.fifo' >'$dir/pipe.sha' & tee '$dir/pipe.fifo' | zfs receive '$dst/pipecopy'; wait"
 }
 # The ssh cases pull from the backup host (the target namespace), as Zetaback does.
-pull() { in_t ssh "${ssh_opts[@]}" "$@"; }
+pull() { in_t ssh -n "${ssh_opts[@]}" "$@"; }
 zb_gzip() {
   pull "root@$ip_s" zfs send "$src/data@bench" | in_t gzip -1 >"$dir/zb.zfs.gz"
   run sync "$dir/zb.zfs.gz"; rm -f "$dir/zb.zfs.gz"
