@@ -679,8 +679,10 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
                 signer_name: args.tls.tls_signer_name.clone(),
             };
             let obtained = zetaback_agent::csr_client::obtain(client, &settings)
-            .await
-            .context("getting this node's certificate through the CertificateSigningRequest API")?;
+                .await
+                .context(
+                    "getting this node's certificate through the CertificateSigningRequest API",
+                )?;
             info!(identity = %obtained.tls.identity().dns_name(), csr = %obtained.request, "mutual TLS");
             let tls = Arc::new(obtained.tls);
             tokio::spawn(zetaback_agent::tls_renewal::renew_from_csr(

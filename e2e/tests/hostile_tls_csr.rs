@@ -296,8 +296,11 @@ impl ControllerRun {
     }
 
     fn start_for(env: &'static Env, ns: &str, controller_token: &str, signer: &str) -> Self {
-        let (ns, controller_token, signer) =
-            (ns.to_owned(), controller_token.to_owned(), signer.to_owned());
+        let (ns, controller_token, signer) = (
+            ns.to_owned(),
+            controller_token.to_owned(),
+            signer.to_owned(),
+        );
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("runtime");
             let tls = runtime.block_on(async {
@@ -659,12 +662,21 @@ async fn two_releases_each_sign_only_their_own_agents() {
     };
 
     // Release 1's controller alone: its agent gets a certificate (so its signer is watching).
-    let controller1 = ControllerRun::start_for(env, &ns1, &token(env, &ns1, "zetaback-controller", None), &signer1);
+    let controller1 = ControllerRun::start_for(
+        env,
+        &ns1,
+        &token(env, &ns1, "zetaback-controller", None),
+        &signer1,
+    );
     let first = csr_client::obtain(&as_agent1, &settings(&ns1, &node1, &signer1))
         .await
         .expect("release 1's agent gets its certificate from release 1's controller");
-    handshake(&first.tls, &controller1.tls, &PeerIdentity::node(&node1).expect("node"))
-        .expect("release 1's controller and agent complete mutual TLS");
+    handshake(
+        &first.tls,
+        &controller1.tls,
+        &PeerIdentity::node(&node1).expect("node"),
+    )
+    .expect("release 1's controller and agent complete mutual TLS");
     // Release 2's agent asks while only release 1's controller runs; release 1's agent asks
     // again after it. Requests are handled in the order they were made, so once the second is
     // issued, release 1's signer has seen release 2's request: it must have left it alone.
@@ -679,7 +691,12 @@ async fn two_releases_each_sign_only_their_own_agents() {
     );
 
     // Release 2's controller starts: its agent's waiting request is issued, from its own CA.
-    let controller2 = ControllerRun::start_for(env, &ns2, &token(env, &ns2, "zetaback-controller", None), &signer2);
+    let controller2 = ControllerRun::start_for(
+        env,
+        &ns2,
+        &token(env, &ns2, "zetaback-controller", None),
+        &signer2,
+    );
     let api = Api::<CertificateSigningRequest>::all(as_agent2.clone());
     csr_client::wait_for_certificate(&api, &other, Duration::from_secs(60))
         .await
@@ -841,15 +858,11 @@ async fn an_agent_renews_its_certificate_and_keeps_serving_without_a_restart() {
     );
     let renewed = tokio::time::timeout(
         Duration::from_secs(60),
-        eventually(
-            "a renewed certificate",
-            Duration::from_secs(90),
-            || async {
-                let (cert, status) = served(&controller.tls, port, &meant).ok()?;
-                let v = zetaback::peer_tls::renewal::validity_of(&cert).ok()?;
-                (v.serial != first.serial).then_some((v, status))
-            },
-        ),
+        eventually("a renewed certificate", Duration::from_secs(90), || async {
+            let (cert, status) = served(&controller.tls, port, &meant).ok()?;
+            let v = zetaback::peer_tls::renewal::validity_of(&cert).ok()?;
+            (v.serial != first.serial).then_some((v, status))
+        }),
     )
     .await;
     let Ok((renewed, status)) = renewed else {
@@ -881,7 +894,13 @@ async fn an_agent_renews_its_certificate_and_keeps_serving_without_a_restart() {
     let issued = csrs
         .items
         .iter()
-        .filter(|r| r.metadata.name.as_deref().unwrap_or_default().contains(&node))
+        .filter(|r| {
+            r.metadata
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .contains(&node)
+        })
         .filter(|r| {
             r.status
                 .as_ref()

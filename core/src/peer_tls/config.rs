@@ -209,9 +209,7 @@ impl PeerTls {
     }
 
     /// The validity and serial of the certificate in use now (its leaf).
-    pub fn validity(
-        &self,
-    ) -> Result<super::renewal::Validity, super::renewal::ValidityError> {
+    pub fn validity(&self) -> Result<super::renewal::Validity, super::renewal::ValidityError> {
         super::renewal::validity_of_leaf(&self.material().chain)
     }
 
