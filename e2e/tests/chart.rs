@@ -438,7 +438,7 @@ fn each_release_has_its_own_signer_in_args_and_rbac() {
         [own.clone(), own.clone()],
         "agent and controller arguments"
     );
-    assert_eq!(rbac, [own.clone()], "the controller's signers rule");
+    assert_eq!(rbac, [own.as_str()], "the controller's signers rule");
     let (other_args, other_rbac) = signers("zetaback", "zetaback-system");
     assert_eq!(other_rbac, ["zetaback.io/zetaback-system.zetaback"]);
     assert!(

@@ -61,7 +61,9 @@ pub fn renew_at(v: &Validity, renew_before: Option<Duration>) -> SystemTime {
         .duration_since(v.not_before)
         .unwrap_or(Duration::ZERO);
     let ahead = renew_before.unwrap_or(lifetime / 3);
-    v.not_after.checked_sub(ahead).unwrap_or(v.not_before)
+    v.not_after
+        .checked_sub(ahead)
+        .map_or(v.not_before, |t| t.max(v.not_before))
 }
 
 /// How long to wait at `now` before renewing `v`: until [`renew_at`], at least `floor` (a
