@@ -1,6 +1,7 @@
 //! The agent's certificate through the CertificateSigningRequest API (issue 13, Build 4):
-//! at start the agent makes a key (kept in memory only), asks the signer `zetaback.io/node`
-//! (the controller, [`zetaback_core::peer_tls::csr_policy`]) for a certificate naming its node,
+//! at start the agent makes a key (kept in memory only), asks its release's signer
+//! ([`CsrSettings::signer_name`]: the release's controller,
+//! [`zetaback_core::peer_tls::csr_policy`]) for a certificate naming its node,
 //! waits for it, and reads the zetaback CA from the controller's ConfigMap. The request is
 //! made with the agent pod's own credentials, so the apiserver records the node its token is
 //! bound to; the signer issues nothing else.
@@ -14,7 +15,6 @@ use k8s_openapi::api::certificates::v1::{
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tracing::info;
-use zetaback_core::peer_tls::csr_policy::SIGNER_NAME;
 use zetaback_core::peer_tls::issue::{IssueError, PeerKey};
 use zetaback_core::peer_tls::{NameError, PeerIdentity, PeerTls, PeerTlsError};
 
@@ -34,6 +34,8 @@ pub struct CsrSettings {
     pub lifetime: Duration,
     /// How long to wait for the certificate before giving up.
     pub wait: Duration,
+    /// The signer asked (`spec.signerName`): the release's, which its controller answers.
+    pub signer_name: String,
 }
 
 /// Why no certificate was had.
@@ -56,7 +58,7 @@ pub enum CsrError {
         message: String,
     },
     #[error(
-        "no certificate for CertificateSigningRequest {name} within {seconds} s (is the zetaback controller running? it signs {SIGNER_NAME})"
+        "no certificate for CertificateSigningRequest {name} within {seconds} s (is the zetaback controller running? is it the signer of this request's signerName?)"
     )]
     Timeout { name: String, seconds: u64 },
     #[error("ConfigMap {0} holds no {CA_CERT_ENTRY}")]
@@ -80,8 +82,13 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> CsrError {
     move |source| CsrError::Kube { what, source }
 }
 
-/// The request object for `node`'s certificate.
-pub fn request_object(node: &str, csr_pem: &str, lifetime: Duration) -> CertificateSigningRequest {
+/// The request object for `node`'s certificate, to `signer`.
+pub fn request_object(
+    node: &str,
+    csr_pem: &str,
+    lifetime: Duration,
+    signer: &str,
+) -> CertificateSigningRequest {
     // generateName is at most 253 - 5 characters; node names are DNS subdomains.
     let prefix: String = format!("zetaback-{node}-").chars().take(200).collect();
     CertificateSigningRequest {
@@ -96,7 +103,7 @@ pub fn request_object(node: &str, csr_pem: &str, lifetime: Duration) -> Certific
         },
         spec: CertificateSigningRequestSpec {
             request: ByteString(csr_pem.as_bytes().to_vec()),
-            signer_name: SIGNER_NAME.to_owned(),
+            signer_name: signer.to_owned(),
             usages: Some(USAGES.iter().map(|u| u.to_string()).collect()),
             expiration_seconds: i32::try_from(lifetime.as_secs()).ok(),
             ..CertificateSigningRequestSpec::default()
@@ -114,12 +121,17 @@ pub async fn obtain(client: &kube::Client, settings: &CsrSettings) -> Result<Obt
     let created = api
         .create(
             &PostParams::default(),
-            &request_object(&settings.node, &csr_pem, settings.lifetime),
+            &request_object(
+                &settings.node,
+                &csr_pem,
+                settings.lifetime,
+                &settings.signer_name,
+            ),
         )
         .await
         .map_err(kube_err("creating a CertificateSigningRequest"))?;
     let name = created.metadata.name.unwrap_or_default();
-    info!(csr = %name, signer = SIGNER_NAME, node = %settings.node, "asked for this node's certificate");
+    info!(csr = %name, signer = %settings.signer_name, node = %settings.node, "asked for this node's certificate");
     let cert = wait_for_certificate(&api, &name, settings.wait).await?;
     let (ns, cm) = &settings.ca_configmap;
     let ca = Api::<ConfigMap>::namespaced(client.clone(), ns)

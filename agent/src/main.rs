@@ -290,7 +290,7 @@ struct TlsArgs {
     #[arg(long, env = "ZETABACK_INSECURE_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_from_csr"])]
     insecure_plaintext: bool,
     /// Ask for this node's certificate through the CertificateSigningRequest API (signer
-    /// zetaback.io/node: the controller) at start, with a key kept in memory only, instead of
+    /// --tls-signer-name: the release's controller) at start, with a key kept in memory only, instead of
     /// --tls-cert/--tls-key/--tls-ca; the CA comes from --tls-ca-configmap.
     #[arg(long, env = "ZETABACK_TLS_FROM_CSR", conflicts_with = "tls_cert")]
     tls_from_csr: bool,
@@ -304,6 +304,16 @@ struct TlsArgs {
     /// With --tls-from-csr: seconds to wait for the certificate before exiting.
     #[arg(long, env = "ZETABACK_TLS_CSR_WAIT", default_value_t = 300)]
     tls_csr_wait: u64,
+    /// With --tls-from-csr: the signer asked, the release's controller (the chart gives
+    /// zetaback.io/<namespace>.<release>; the controller's --tls-signer-name).
+    #[arg(long, env = "ZETABACK_TLS_SIGNER_NAME", default_value = zetaback_core::peer_tls::csr_policy::SIGNER_NAME)]
+    tls_signer_name: String,
+    /// With --tls-from-csr: renew the certificate when this many seconds of it are left
+    /// (default: a third of its validity as issued). Must be shorter than
+    /// --tls-cert-lifetime. Renewal asks for a new certificate with a new key and swaps it in
+    /// without a restart.
+    #[arg(long, env = "ZETABACK_TLS_RENEW_BEFORE")]
+    tls_renew_before: Option<u64>,
     /// With --tls-cert: seconds between checks of the certificate, key and CA files; replaced
     /// files (a renewal) are used from the next connection on, without a restart.
     #[arg(long, env = "ZETABACK_TLS_RELOAD_INTERVAL", default_value_t = 60)]
@@ -650,29 +660,36 @@ async fn serve_agent(args: Args) -> anyhow::Result<()> {
                     namespace: controller_ns,
                     name: "zetaback-ca".into(),
                 });
-            let settings_ca = (cm.namespace, cm.name);
-            let obtained = zetaback_agent::csr_client::obtain(
-                client,
-                &zetaback_agent::csr_client::CsrSettings {
-                    node: args.node_name.clone(),
-                    ca_configmap: settings_ca.clone(),
-                    lifetime: Duration::from_secs(args.tls.tls_cert_lifetime.max(600)),
-                    wait: Duration::from_secs(args.tls.tls_csr_wait.max(1)),
-                },
-            )
-            .await
-            .context("getting this node's certificate through the CertificateSigningRequest API")?;
+            zetaback_core::peer_tls::csr_policy::validate_signer_name(&args.tls.tls_signer_name)
+                .context("--tls-signer-name")?;
+            let lifetime = args.tls.tls_cert_lifetime.max(600);
+            let renew_before = args.tls.tls_renew_before.map(Duration::from_secs);
+            if let Some(before) = args.tls.tls_renew_before
+                && before >= lifetime
+            {
+                anyhow::bail!(
+                    "--tls-renew-before ({before} s) must be shorter than the certificate's lifetime ({lifetime} s)"
+                );
+            }
+            let settings = zetaback_agent::csr_client::CsrSettings {
+                node: args.node_name.clone(),
+                ca_configmap: (cm.namespace, cm.name),
+                lifetime: Duration::from_secs(lifetime),
+                wait: Duration::from_secs(args.tls.tls_csr_wait.max(1)),
+                signer_name: args.tls.tls_signer_name.clone(),
+            };
+            let obtained = zetaback_agent::csr_client::obtain(client, &settings)
+                .await
+                .context(
+                    "getting this node's certificate through the CertificateSigningRequest API",
+                )?;
             info!(identity = %obtained.tls.identity().dns_name(), csr = %obtained.request, "mutual TLS");
             let tls = Arc::new(obtained.tls);
             tokio::spawn(zetaback_agent::tls_renewal::renew_from_csr(
                 client.clone(),
                 tls.clone(),
-                zetaback_agent::csr_client::CsrSettings {
-                    node: args.node_name.clone(),
-                    ca_configmap: settings_ca.clone(),
-                    lifetime: Duration::from_secs(args.tls.tls_cert_lifetime.max(600)),
-                    wait: Duration::from_secs(args.tls.tls_csr_wait.max(1)),
-                },
+                settings,
+                renew_before,
             ));
             Some(tls)
         }

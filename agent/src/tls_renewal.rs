@@ -1,16 +1,16 @@
 //! Keeping the agent's certificate current without a restart (issue 13): files replaced on
 //! disk are loaded again ([`reload_files`]), and a certificate from the CertificateSigningRequest
-//! API is renewed with a new key and request at two thirds of its lifetime
-//! ([`renew_from_csr`]). Either way the new material goes into the agent's
+//! API is renewed with a new key and request when a third of the certificate's own validity is
+//! left, or `--tls-renew-before` of it ([`renew_from_csr`], [`renewal`]). Either way the new material goes into the agent's
 //! [`PeerTls`](zetaback_core::peer_tls::PeerTls), which the listener reads for every connection
 //! and jobs read when they start.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
-use zetaback_core::peer_tls::PeerTls;
 use zetaback_core::peer_tls::reload::FileSet;
+use zetaback_core::peer_tls::{PeerTls, renewal};
 
 use crate::csr_client::{CsrSettings, obtain};
 
@@ -38,21 +38,43 @@ pub async fn reload_files(tls: Arc<PeerTls>, mut files: FileSet, every: Duration
     }
 }
 
-/// When a certificate of `lifetime` should be renewed: at two thirds of it.
-pub fn renew_after(lifetime: Duration) -> Duration {
-    lifetime / 3 * 2
+/// The shortest wait between two renewals (a certificate already due, or a renew-before
+/// longer than the lifetime, is renewed at most this often).
+const FLOOR: Duration = Duration::from_secs(1);
+
+/// How long to wait before renewing the certificate `tls` holds now: from its own validity
+/// ([`renewal::wait_before_renewal`]); a certificate that cannot be read is renewed at once.
+fn next_wait(tls: &PeerTls, renew_before: Option<Duration>) -> Duration {
+    match tls.validity() {
+        Ok(v) => renewal::wait_before_renewal(&v, renew_before, SystemTime::now(), FLOOR),
+        Err(e) => {
+            warn!(error = %e, "renewing now");
+            FLOOR
+        }
+    }
 }
 
-/// Renews the certificate from the CSR API before it expires, forever.
-pub async fn renew_from_csr(client: kube::Client, tls: Arc<PeerTls>, settings: CsrSettings) {
-    let mut wait = renew_after(settings.lifetime);
+/// Renews the certificate from the CSR API before it expires, forever: when `renew_before` of
+/// it is left, or (None) a third of it.
+pub async fn renew_from_csr(
+    client: kube::Client,
+    tls: Arc<PeerTls>,
+    settings: CsrSettings,
+    renew_before: Option<Duration>,
+) {
+    let mut wait = next_wait(&tls, renew_before);
     loop {
+        info!(
+            in_seconds = wait.as_secs(),
+            "the TLS certificate will be renewed"
+        );
         tokio::time::sleep(wait).await;
         match obtain(&client, &settings).await {
             Ok(obtained) => match tls.replace(obtained.tls) {
                 Ok(()) => {
-                    info!(csr = %obtained.request, generation = tls.generation(), "TLS certificate renewed");
-                    wait = renew_after(settings.lifetime);
+                    let serial = tls.validity().map(|v| v.serial).unwrap_or_default();
+                    info!(csr = %obtained.request, generation = tls.generation(), %serial, "TLS certificate renewed");
+                    wait = next_wait(&tls, renew_before);
                 }
                 Err(e) => {
                     warn!(error = %e, "renewed certificate not used");
@@ -64,22 +86,5 @@ pub async fn renew_from_csr(client: kube::Client, tls: Arc<PeerTls>, settings: C
                 wait = RETRY;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renewal_comes_at_two_thirds() {
-        assert_eq!(
-            renew_after(Duration::from_secs(3600)),
-            Duration::from_secs(2400)
-        );
-        assert_eq!(
-            renew_after(Duration::from_secs(86400)),
-            Duration::from_secs(57600)
-        );
     }
 }

@@ -396,3 +396,53 @@ fn secrets_are_mounted_only_where_used() {
         )]
     );
 }
+
+/// Each release signs as itself (issue 13, tls.mode csr): the controller's --tls-signer-name,
+/// the agents' and the only signer the controller's ClusterRole may approve and sign for are
+/// the same `zetaback.io/<namespace>.<release>`, and two releases get two (before, every
+/// release was the signer `zetaback.io/node`, and each denied the other's agents).
+#[test]
+fn each_release_has_its_own_signer_in_args_and_rbac() {
+    let env = Env::get();
+    let signers = |release: &str, ns: &str| {
+        let manifests = render(env, release, ns);
+        let args: Vec<String> = manifests
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- --tls-signer-name="))
+            .map(str::to_owned)
+            .collect();
+        let rbac: Vec<String> = serde_yaml::Deserializer::from_str(&manifests)
+            .map(|d| serde_yaml::Value::deserialize(d).expect("a YAML document"))
+            .filter(|doc| doc.get("kind").and_then(|k| k.as_str()) == Some("ClusterRole"))
+            .flat_map(|doc| doc.get("rules").and_then(|r| r.as_sequence()).cloned())
+            .flatten()
+            .filter(|rule| {
+                rule.get("resources")
+                    .and_then(|r| r.as_sequence())
+                    .is_some_and(|r| r.iter().any(|x| x.as_str() == Some("signers")))
+            })
+            .flat_map(|rule| {
+                rule.get("resourceNames")
+                    .and_then(|n| n.as_sequence())
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect();
+        (args, rbac)
+    };
+    let (args, rbac) = signers("prod", "backups");
+    let own = zetaback::peer_tls::csr_policy::release_signer_name("backups", "prod");
+    assert_eq!(
+        args,
+        [own.clone(), own.clone()],
+        "agent and controller arguments"
+    );
+    assert_eq!(rbac, [own.as_str()], "the controller's signers rule");
+    let (other_args, other_rbac) = signers("zetaback", "zetaback-system");
+    assert_eq!(other_rbac, ["zetaback.io/zetaback-system.zetaback"]);
+    assert!(
+        !other_args.contains(&own) && !other_rbac.contains(&own),
+        "two releases share a signer: {other_args:?} {other_rbac:?}"
+    );
+}

@@ -1409,7 +1409,7 @@ fn assert_mutual_tls(c: &Cluster) {
     for node in ["zb-node1", "zb-node2"] {
         let issued = csrs["items"].as_array().is_some_and(|items| {
             items.iter().any(|r| {
-                r["spec"]["signerName"] == "zetaback.io/node"
+                r["spec"]["signerName"] == format!("zetaback.io/{NS}.{RELEASE}")
                     && r["spec"]["username"] == format!("system:serviceaccount:{NS}:zetaback-agent")
                     && r["spec"]["extra"]["authentication.kubernetes.io/node-name"][0] == node
                     && r["status"]["certificate"]

@@ -1,13 +1,16 @@
 //! Certificates through the CertificateSigningRequest API (issue 13, Build 4), on the real
 //! apiserver with the chart's own RBAC: the controller's side (the CA kept in a Secret, the
-//! signer `zetaback.io/node`) runs as the controller's ServiceAccount, agents ask with tokens
-//! bound to a Pod on their Node (no kubelet: the objects are what a token is bound to).
+//! release's signer `zetaback.io/<namespace>.<release>`) runs as the controller's
+//! ServiceAccount, agents ask with tokens bound to a Pod on their Node (no kubelet: the objects
+//! are what a token is bound to).
 //!
 //! - node A's agent gets a certificate naming node A, from the CA the controller published, and
 //!   a client that means node A completes a mutual TLS handshake with it (one that means node
 //!   B does not);
 //! - node A's identity asking for node B's name is denied, and so are the agents'
-//!   ServiceAccount without a node, and another ServiceAccount.
+//!   ServiceAccount without a node, and another ServiceAccount;
+//! - two releases (two namespaces, two controllers signing at once) each sign only their own
+//!   agents, through their own signer name, and leave the other's requests alone.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,11 +19,11 @@ use std::time::Duration;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::api::{Api, PostParams};
 use zetaback::controller::csr_signer::SignerConfig;
-use zetaback::peer_tls::csr_policy::service_account_username;
+use zetaback::peer_tls::csr_policy::{release_signer_name, service_account_username};
 use zetaback::peer_tls::issue::PeerKey;
 use zetaback::peer_tls::{PeerIdentity, PeerTls};
 use zetaback_agent::csr_client::{self, CsrError, CsrSettings};
-use zetaback_e2e::{Env, text};
+use zetaback_e2e::{Env, eventually, text};
 
 fn render(env: &Env, release: &str, ns: &str) -> String {
     let chart = env.root.join("charts/zetaback");
@@ -126,6 +129,7 @@ async fn ask(
     client: &kube::Client,
     requester: &str,
     peer: &PeerIdentity,
+    signer: &str,
 ) -> Result<Vec<u8>, CsrError> {
     let key = PeerKey::generate().expect("key");
     let csr = key.request(peer).expect("csr");
@@ -133,7 +137,7 @@ async fn ask(
     let created = api
         .create(
             &PostParams::default(),
-            &csr_client::request_object(requester, &csr, Duration::from_secs(3600)),
+            &csr_client::request_object(requester, &csr, Duration::from_secs(3600), signer),
         )
         .await
         .map_err(|source| CsrError::Kube {
@@ -144,13 +148,13 @@ async fn ask(
     csr_client::wait_for_certificate(&api, &name, Duration::from_secs(60)).await
 }
 
-/// One signer at a time: a signer answers every request for `zetaback.io/node` in the cluster
-/// (and denies another test's agents), so the tests that run one take turns.
-static SIGNER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The signer of the test's release (the chart's release named as its namespace).
+fn release_signer(ns: &str) -> String {
+    release_signer_name(ns, ns)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_get_only_their_own_nodes_certificate_through_the_csr_api() {
-    let _turn = SIGNER_TURN.lock().await;
     let env = Env::get();
     let ns = env.namespace("tls-csr");
     let (node_a, node_b) = (format!("{ns}-a"), format!("{ns}-b"));
@@ -194,6 +198,7 @@ spec:
         SignerConfig {
             agents_username: service_account_username(&ns, "zetaback-agent"),
             max_lifetime: Duration::from_secs(3600),
+            signer_name: release_signer(&ns),
         },
     )
     .await
@@ -209,6 +214,7 @@ spec:
         ca_configmap: (ns.clone(), "zetaback-ca".into()),
         lifetime: Duration::from_secs(3600),
         wait: Duration::from_secs(60),
+        signer_name: release_signer(&ns),
     };
     let obtained = csr_client::obtain(&as_a, &settings)
         .await
@@ -227,7 +233,7 @@ spec:
         .expect("node A's agent completes mutual TLS with the controller");
 
     // Node A's identity asking for node B's name: denied, nothing issued.
-    match ask(&as_a, &node_a, &b).await {
+    match ask(&as_a, &node_a, &b, &release_signer(&ns)).await {
         Err(CsrError::Refused { kind, message, .. }) => {
             println!("node A asking for node B: {kind}: {message}");
             assert_eq!(kind, "denied");
@@ -246,7 +252,7 @@ spec:
     let unbound = env
         .client_with_token(&token(env, &ns, "zetaback-agent", None))
         .await;
-    match ask(&unbound, &node_a, &a).await {
+    match ask(&unbound, &node_a, &a, &release_signer(&ns)).await {
         Err(CsrError::Refused { kind, message, .. }) => {
             println!("unbound agent token: {kind}: {message}");
             assert!(message.contains("bound to no node"), "{message}");
@@ -255,11 +261,11 @@ spec:
     }
     // The controller's ServiceAccount may not even ask (RBAC); someone who may (the admin),
     // not being an agent, is denied.
-    match ask(&as_controller, &node_a, &a).await {
+    match ask(&as_controller, &node_a, &a, &release_signer(&ns)).await {
         Err(CsrError::Kube { source, .. }) => println!("the controller asking: {source}"),
         other => panic!("the controller's ServiceAccount asking for node A's name: {other:?}"),
     }
-    match ask(&env.client().await, &node_a, &a).await {
+    match ask(&env.client().await, &node_a, &a, &release_signer(&ns)).await {
         Err(CsrError::Refused { message, .. }) => {
             println!("the admin asking for a node certificate: {message}");
             assert!(message.contains("only the zetaback agents"), "{message}");
@@ -284,8 +290,17 @@ struct ControllerRun {
 }
 
 impl ControllerRun {
+    /// The controller of the release named as its namespace `ns`, signing as that release.
     fn start(env: &'static Env, ns: &str, controller_token: &str) -> Self {
-        let (ns, controller_token) = (ns.to_owned(), controller_token.to_owned());
+        Self::start_for(env, ns, controller_token, &release_signer(ns))
+    }
+
+    fn start_for(env: &'static Env, ns: &str, controller_token: &str, signer: &str) -> Self {
+        let (ns, controller_token, signer) = (
+            ns.to_owned(),
+            controller_token.to_owned(),
+            signer.to_owned(),
+        );
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("runtime");
             let tls = runtime.block_on(async {
@@ -297,6 +312,7 @@ impl ControllerRun {
                     SignerConfig {
                         agents_username: service_account_username(&ns, "zetaback-agent"),
                         max_lifetime: Duration::from_secs(3600),
+                        signer_name: signer,
                     },
                 )
                 .await
@@ -366,7 +382,6 @@ fn kubectl_ok(env: &Env, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ca_rotates_with_old_and_new_trusted_during_the_overlap() {
-    let _turn = SIGNER_TURN.lock().await;
     let env = Env::get();
     let ns = env.namespace("tls-carot");
     let (node_a, node_b) = (format!("{ns}-a"), format!("{ns}-b"));
@@ -408,6 +423,7 @@ spec:
         ca_configmap: (ns.clone(), "zetaback-ca".into()),
         lifetime: Duration::from_secs(3600),
         wait: Duration::from_secs(60),
+        signer_name: release_signer(&ns),
     };
     let a = PeerIdentity::node(&node_a).expect("node");
     let b = PeerIdentity::node(&node_b).expect("node");
@@ -546,4 +562,351 @@ spec:
     let refused = handshake(&mid_b, &controller.tls, &b)
         .expect_err("after the old CA is dropped, a certificate from it is accepted");
     println!("a certificate from the dropped CA: {refused}");
+}
+
+/// The chart of release `ns` (named as its namespace) applied, with one Node and one agent Pod
+/// on it per `(node, pod)`: what a token bound to that pod is bound to.
+fn release_with_nodes(env: &Env, ns: &str, nodes: &[(&str, &str)]) {
+    apply(env, &render(env, ns, ns));
+    for (node, pod) in nodes {
+        apply(
+            env,
+            &format!(
+                r#"
+apiVersion: v1
+kind: Node
+metadata: {{name: {node}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}, namespace: {ns}}}
+spec:
+  nodeName: {node}
+  serviceAccountName: zetaback-agent
+  containers: [{{name: agent, image: zetaback-agent:test}}]
+"#
+            ),
+        );
+    }
+}
+
+/// A request made by `client` for `node`'s certificate, not waited for: its name and key.
+async fn request(client: &kube::Client, node: &str, signer: &str) -> (String, PeerKey) {
+    let key = PeerKey::generate().expect("key");
+    let peer = PeerIdentity::node(node).expect("node");
+    let csr = key.request(&peer).expect("csr");
+    let object = csr_client::request_object(node, &csr, Duration::from_secs(3600), signer);
+    let created = Api::<CertificateSigningRequest>::all(client.clone())
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("create the request");
+    (created.metadata.name.expect("name"), key)
+}
+
+/// Whether request `name` was denied or failed (and why), or issued: `None` while untouched.
+async fn outcome(client: &kube::Client, name: &str) -> Option<String> {
+    let csr = Api::<CertificateSigningRequest>::all(client.clone())
+        .get(name)
+        .await
+        .expect("read the request");
+    let status = csr.status.unwrap_or_default();
+    if let Some(c) = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
+    {
+        return Some(format!("{}: {}", c.type_, c.message.unwrap_or_default()));
+    }
+    status
+        .certificate
+        .filter(|c| !c.0.is_empty())
+        .map(|_| "issued".to_owned())
+}
+
+/// Two releases of the chart in one cluster (two namespaces, two controllers signing at once):
+/// each signer issues its own release's agents' certificates and leaves the other release's
+/// requests alone (before, one signer answered every zetaback request in the cluster and denied
+/// the other release's agents).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_releases_each_sign_only_their_own_agents() {
+    let env = Env::get();
+    let (ns1, ns2) = (env.namespace("tls-rel1"), env.namespace("tls-rel2"));
+    let (node1, node2) = (format!("{ns1}-a"), format!("{ns2}-a"));
+    let _cleanup1 = Cleanup {
+        env,
+        ns: ns1.clone(),
+        nodes: vec![node1.clone()],
+    };
+    let _cleanup2 = Cleanup {
+        env,
+        ns: ns2.clone(),
+        nodes: vec![node2.clone()],
+    };
+    release_with_nodes(env, &ns1, &[(&node1, "agent-a")]);
+    release_with_nodes(env, &ns2, &[(&node2, "agent-a")]);
+    let signer1 = release_signer(&ns1);
+    let signer2 = release_signer(&ns2);
+    let as_agent1 = env
+        .client_with_token(&token(env, &ns1, "zetaback-agent", Some("agent-a")))
+        .await;
+    let as_agent2 = env
+        .client_with_token(&token(env, &ns2, "zetaback-agent", Some("agent-a")))
+        .await;
+    let settings = |ns: &str, node: &str, signer: &str| CsrSettings {
+        node: node.to_owned(),
+        ca_configmap: (ns.to_owned(), "zetaback-ca".into()),
+        lifetime: Duration::from_secs(3600),
+        wait: Duration::from_secs(60),
+        signer_name: signer.to_owned(),
+    };
+
+    // Release 1's controller alone: its agent gets a certificate (so its signer is watching).
+    let controller1 = ControllerRun::start_for(
+        env,
+        &ns1,
+        &token(env, &ns1, "zetaback-controller", None),
+        &signer1,
+    );
+    let first = csr_client::obtain(&as_agent1, &settings(&ns1, &node1, &signer1))
+        .await
+        .expect("release 1's agent gets its certificate from release 1's controller");
+    handshake(
+        &first.tls,
+        &controller1.tls,
+        &PeerIdentity::node(&node1).expect("node"),
+    )
+    .expect("release 1's controller and agent complete mutual TLS");
+    // Release 2's agent asks while only release 1's controller runs; release 1's agent asks
+    // again after it. Requests are handled in the order they were made, so once the second is
+    // issued, release 1's signer has seen release 2's request: it must have left it alone.
+    let (other, _key) = request(&as_agent2, &node2, &signer2).await;
+    csr_client::obtain(&as_agent1, &settings(&ns1, &node1, &signer1))
+        .await
+        .expect("release 1's agent gets a second certificate");
+    let seen = outcome(&env.client().await, &other).await;
+    assert_eq!(
+        seen, None,
+        "release 1's signer answered release 2's agent's request {other}"
+    );
+
+    // Release 2's controller starts: its agent's waiting request is issued, from its own CA.
+    let controller2 = ControllerRun::start_for(
+        env,
+        &ns2,
+        &token(env, &ns2, "zetaback-controller", None),
+        &signer2,
+    );
+    let api = Api::<CertificateSigningRequest>::all(as_agent2.clone());
+    csr_client::wait_for_certificate(&api, &other, Duration::from_secs(60))
+        .await
+        .expect("release 2's controller issues its agent's request");
+    // Both signers running: each agent's new request is issued by its own release, and each
+    // certificate is trusted only by its own release's controller.
+    let one = csr_client::obtain(&as_agent1, &settings(&ns1, &node1, &signer1))
+        .await
+        .expect("release 1's agent, both controllers running");
+    let two = csr_client::obtain(&as_agent2, &settings(&ns2, &node2, &signer2))
+        .await
+        .expect("release 2's agent, both controllers running");
+    let (p1, p2) = (
+        PeerIdentity::node(&node1).expect("node"),
+        PeerIdentity::node(&node2).expect("node"),
+    );
+    handshake(&one.tls, &controller1.tls, &p1).expect("release 1: controller to agent");
+    handshake(&two.tls, &controller2.tls, &p2).expect("release 2: controller to agent");
+    let crossed = handshake(&two.tls, &controller1.tls, &p2)
+        .expect_err("release 1's controller accepted release 2's agent");
+    println!("release 1's controller meeting release 2's agent: {crossed}");
+}
+
+/// A kubeconfig like the admin's (same apiserver and CA) that authenticates with `token` only:
+/// what a pod with that projected token uses.
+fn kubeconfig_with_token(env: &Env, path: &std::path::Path, token: &str) {
+    let mut config =
+        kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("the admin kubeconfig");
+    for user in &mut config.auth_infos {
+        user.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.to_owned().into()),
+            ..Default::default()
+        });
+    }
+    // JSON is YAML: kubeconfig readers take it.
+    std::fs::write(path, serde_json::to_vec(&config).expect("json")).expect("write kubeconfig");
+}
+
+/// One mutual TLS connection to the agent at `port` as `client`, meaning `meant`: the
+/// certificate it served and the status line of its answer to `GET /healthz`.
+fn served(
+    client: &PeerTls,
+    port: u16,
+    meant: &PeerIdentity,
+) -> Result<(rustls::pki_types::CertificateDer<'static>, String), String> {
+    let config = client.client_config(meant).map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        .and_then(|_| tls.flush())
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    // The agent closes without a TLS close_notify sometimes: what was read counts.
+    let _ = tls.read_to_end(&mut answer);
+    let cert = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("no certificate served")?
+        .clone()
+        .into_owned();
+    let status = String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((cert, status))
+}
+
+/// An agent process kept running by the test, killed when it ends.
+struct AgentProcess(std::process::Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CSR renewal end to end (issue 13): a real agent process with a certificate from the CSR API
+/// renews it before it expires, through the CSR API again, and serves mutual TLS with the new
+/// one without a restart. The CSR API issues nothing shorter than 600 s, so the agent asks for
+/// 600 s and renews with 590 s left (`ZETABACK_TLS_RENEW_BEFORE`, the agent's
+/// `--tls-renew-before`): about 10 s after each issuance. It runs with the binaries' default
+/// signer name (this test's controller is that signer; no other test on the control plane
+/// uses it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_renews_its_certificate_and_keeps_serving_without_a_restart() {
+    let env = Env::get();
+    let ns = env.namespace("tls-renew");
+    let node = format!("{ns}-a");
+    let _cleanup = Cleanup {
+        env,
+        ns: ns.clone(),
+        nodes: vec![node.clone()],
+    };
+    release_with_nodes(env, &ns, &[(&node, "agent-a")]);
+    let controller = ControllerRun::start_for(
+        env,
+        &ns,
+        &token(env, &ns, "zetaback-controller", None),
+        zetaback::peer_tls::csr_policy::SIGNER_NAME,
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = dir.path().join("agent.kubeconfig");
+    let pod_token = token(env, &ns, "zetaback-agent", Some("agent-a"));
+    kubeconfig_with_token(env, &kubeconfig, &pod_token);
+    let store_token = dir.path().join("store.token");
+    std::fs::write(&store_token, &pod_token).expect("token file");
+    let port = zetaback_e2e::free_port();
+    let log = dir.path().join("agent.log");
+    let child = std::process::Command::new(zetaback_e2e::fleet::agent_binary())
+        .args(["--host-name", &format!("{ns}-host"), "--node-name", &node])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--token-file")
+        .arg(&store_token)
+        .args([
+            "--controller-service-account",
+            &format!("{ns}/zetaback-controller"),
+            "--agent-service-account",
+            &format!("{ns}/zetaback-agent"),
+            "--tls-from-csr",
+            "--tls-ca-configmap",
+            &format!("{ns}/zetaback-ca"),
+            "--tls-cert-lifetime",
+            "600",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("ZETABACK_TLS_RENEW_BEFORE", "590")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("the agent starts");
+    let mut agent = AgentProcess(child);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let meant = PeerIdentity::node(&node).expect("node");
+
+    let (first, status) = eventually(
+        "the agent serving mutual TLS with its first certificate",
+        Duration::from_secs(90),
+        || async { served(&controller.tls, port, &meant).ok() },
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "GET /healthz: {status}");
+    let first = zetaback::peer_tls::renewal::validity_of(&first).expect("validity");
+    println!(
+        "first certificate: serial {}, valid for {} s",
+        first.serial,
+        first
+            .not_after
+            .duration_since(first.not_before)
+            .unwrap_or_default()
+            .as_secs()
+    );
+    let renewed = tokio::time::timeout(
+        Duration::from_secs(60),
+        eventually("a renewed certificate", Duration::from_secs(90), || async {
+            let (cert, status) = served(&controller.tls, port, &meant).ok()?;
+            let v = zetaback::peer_tls::renewal::validity_of(&cert).ok()?;
+            (v.serial != first.serial).then_some((v, status))
+        }),
+    )
+    .await;
+    let Ok((renewed, status)) = renewed else {
+        panic!(
+            "the agent's certificate was not renewed within 60 s (serial still {}); agent log:\n{}",
+            first.serial,
+            log_text()
+        );
+    };
+    println!("renewed certificate: serial {}", renewed.serial);
+    assert!(
+        renewed.not_after > first.not_after,
+        "the renewed certificate ends later"
+    );
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "GET /healthz over mutual TLS with the renewed certificate: {status}"
+    );
+    assert!(
+        agent.0.try_wait().expect("agent status").is_none(),
+        "the agent exited (a renewal must not need a restart); log:\n{}",
+        log_text()
+    );
+    // The renewal went through the CSR API: a second request of this node, issued.
+    let csrs = Api::<CertificateSigningRequest>::all(env.client().await)
+        .list(&Default::default())
+        .await
+        .expect("list requests");
+    let issued = csrs
+        .items
+        .iter()
+        .filter(|r| {
+            r.metadata
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .contains(&node)
+        })
+        .filter(|r| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.certificate.as_ref())
+                .is_some_and(|c| !c.0.is_empty())
+        })
+        .count();
+    assert!(issued >= 2, "{issued} certificate(s) issued to {node}");
 }

@@ -55,7 +55,7 @@ struct Args {
     /// Be the zetaback CA (instead of --tls-cert/--tls-key/--tls-ca): the CA is kept in this
     /// Secret of the controller's namespace (made at the first start), its certificate
     /// published in ConfigMap zetaback-ca there; the controller signs its own certificate and
-    /// the agents' CertificateSigningRequests (signer zetaback.io/node), each only for the node
+    /// the agents' CertificateSigningRequests (signer --tls-signer-name), each only for the node
     /// its requester's token is bound to.
     #[arg(long, env = "ZETABACK_TLS_CA_SECRET", conflicts_with = "tls_cert")]
     tls_ca_secret: Option<String>,
@@ -66,6 +66,11 @@ struct Args {
     /// With --tls-ca-secret: the longest node certificate issued (e.g. 7d, 24h).
     #[arg(long, env = "ZETABACK_TLS_MAX_CERT_LIFETIME", default_value = "7d")]
     tls_max_cert_lifetime: String,
+    /// With --tls-ca-secret: the signer name this controller answers, one per release (the
+    /// chart gives zetaback.io/<namespace>.<release>; requests to other signers, e.g. another
+    /// release's agents', are left alone). Agents must ask the same one.
+    #[arg(long, env = "ZETABACK_TLS_SIGNER_NAME", default_value = zetaback::peer_tls::csr_policy::SIGNER_NAME)]
+    tls_signer_name: String,
 }
 
 #[tokio::main]
@@ -137,6 +142,8 @@ async fn main() -> anyhow::Result<()> {
         Some(secret) => {
             let max_lifetime = zetaback::duration::parse_duration(&args.tls_max_cert_lifetime)
                 .map_err(|e| anyhow::anyhow!("--tls-max-cert-lifetime: {e}"))?;
+            zetaback::peer_tls::csr_policy::validate_signer_name(&args.tls_signer_name)
+                .map_err(|e| anyhow::anyhow!("--tls-signer-name: {e}"))?;
             let agents = match &args.agent_service_account {
                 Some(sa) => {
                     let (ns, name) = sa.split_once('/').ok_or_else(|| {
@@ -157,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
                     zetaback::controller::csr_signer::SignerConfig {
                         agents_username: agents,
                         max_lifetime,
+                        signer_name: args.tls_signer_name.clone(),
                     },
                 )
                 .await?,

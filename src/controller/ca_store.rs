@@ -254,8 +254,8 @@ pub async fn start_signer(
         trusted_cas = bundle.matches("BEGIN CERTIFICATE").count(),
         agents = %config.agents_username,
         max_lifetime_seconds = config.max_lifetime.as_secs(),
-        "mutual TLS with the controller as the zetaback CA; signing {}",
-        zetaback_core::peer_tls::csr_policy::SIGNER_NAME
+        signer = %config.signer_name,
+        "mutual TLS with the controller as the zetaback CA; signing its agents' requests"
     );
     tokio::spawn(super::csr_signer::run(client.clone(), Arc::new(ca), config));
     Ok(tls)

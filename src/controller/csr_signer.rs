@@ -1,10 +1,13 @@
-//! The signer `zetaback.io/node` of the CertificateSigningRequest API (issue 13, Build 4):
-//! agents ask for their node's certificate, the controller approves and signs it only when the
+//! The signer of the CertificateSigningRequest API (issue 13, Build 4), one per release of the
+//! chart (`zetaback.io/<namespace>.<release>`, [`SignerConfig::signer_name`]): agents ask for their node's certificate, the controller approves and signs it only when the
 //! apiserver's record of who asked (the request's `spec.username` and the node-name claim of
 //! the token it was made with) matches the one name asked for
 //! ([`zetaback_core::peer_tls::csr_policy::decide`]); anything else is denied with the reason.
 //! The certificate carries the request's public key and names the signer wrote, never the
 //! request's own ([`zetaback_core::peer_tls::issue`]).
+//!
+//! Requests to other signers (another release's agents) are left alone: neither approved nor
+//! denied, so two releases in one cluster each sign their own agents.
 //!
 //! Every replica runs it (approving and signing are writes with the object's resourceVersion:
 //! of two replicas handling one request, one write fails and is logged), so agents get their
@@ -23,9 +26,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
-use zetaback_core::peer_tls::csr_policy::{
-    NODE_NAME_CLAIM, Requester, SIGNER_NAME, Verdict, decide,
-};
+use zetaback_core::peer_tls::csr_policy::{NODE_NAME_CLAIM, Requester, Verdict, decide};
 use zetaback_core::peer_tls::issue::{CertificateAuthority, IssueError, parse_request};
 
 /// The shortest certificate the signer issues (as the Kubernetes API's own minimum).
@@ -38,6 +39,10 @@ pub struct SignerConfig {
     pub agents_username: String,
     /// The longest certificate issued; also the lifetime of a request naming none.
     pub max_lifetime: Duration,
+    /// The `spec.signerName` this controller answers
+    /// ([`zetaback_core::peer_tls::csr_policy::release_signer_name`] in the chart); requests to
+    /// any other signer are not its business.
+    pub signer_name: String,
 }
 
 /// Why one request was not handled (logged; the watch goes on).
@@ -58,12 +63,12 @@ pub enum SignError {
     },
 }
 
-/// Handles every request to [`SIGNER_NAME`] until the watch ends (never, short of a panic).
+/// Handles every request to `config.signer_name` until the watch ends (never, short of a panic).
 pub async fn run(client: Client, ca: Arc<CertificateAuthority>, config: SignerConfig) {
     let api: Api<CertificateSigningRequest> = Api::all(client);
     let watch = watcher(
         api.clone(),
-        watcher::Config::default().fields(&format!("spec.signerName={SIGNER_NAME}")),
+        watcher::Config::default().fields(&format!("spec.signerName={}", config.signer_name)),
     )
     .default_backoff()
     .applied_objects();
@@ -97,8 +102,12 @@ fn condition(kind: &str, reason: &str, message: String) -> CertificateSigningReq
     }
 }
 
-/// What to do with `csr`: `None` when it is already done (issued, denied or failed).
+/// What to do with `csr`: `None` when it is already done (issued, denied or failed) or is for
+/// another signer (another release's: left alone, not denied).
 pub fn verdict(csr: &CertificateSigningRequest, config: &SignerConfig) -> Option<Verdict> {
+    if csr.spec.signer_name != config.signer_name {
+        return None;
+    }
     let issued = csr
         .status
         .as_ref()
@@ -205,4 +214,63 @@ async fn handle(
         .map_err(write("writing the certificate of"))?;
     info!(csr = %name, %peer, lifetime_seconds = lifetime.as_secs(), "issued a node certificate");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequestSpec;
+    use zetaback_core::peer_tls::PeerIdentity;
+    use zetaback_core::peer_tls::csr_policy::release_signer_name;
+    use zetaback_core::peer_tls::issue::PeerKey;
+
+    fn config(signer: &str) -> SignerConfig {
+        SignerConfig {
+            agents_username: "system:serviceaccount:rel-a:zetaback-agent".into(),
+            max_lifetime: Duration::from_secs(3600),
+            signer_name: signer.to_owned(),
+        }
+    }
+
+    /// A request from `username` (token bound to node-a) for node-a's name, to `signer`.
+    fn request(signer: &str, username: &str) -> CertificateSigningRequest {
+        let peer = PeerIdentity::node("node-a").expect("node");
+        let pem = PeerKey::generate()
+            .expect("key")
+            .request(&peer)
+            .expect("csr");
+        CertificateSigningRequest {
+            spec: CertificateSigningRequestSpec {
+                request: ByteString(pem.into_bytes()),
+                signer_name: signer.to_owned(),
+                username: Some(username.to_owned()),
+                usages: Some(vec!["digital signature".into(), "server auth".into()]),
+                extra: Some(
+                    [(NODE_NAME_CLAIM.to_owned(), vec!["node-a".to_owned()])]
+                        .into_iter()
+                        .collect(),
+                ),
+                ..CertificateSigningRequestSpec::default()
+            },
+            ..CertificateSigningRequest::default()
+        }
+    }
+
+    #[test]
+    fn another_releases_requests_are_left_alone() {
+        let (ours, theirs) = (
+            release_signer_name("rel-a", "zetaback"),
+            release_signer_name("rel-b", "zetaback"),
+        );
+        let mine = config(&ours);
+        // Our agent, our signer: issued.
+        let own = request(&ours, "system:serviceaccount:rel-a:zetaback-agent");
+        assert!(matches!(verdict(&own, &mine), Some(Verdict::Issue(_))));
+        // Another release's agent asking its own signer: neither issued nor denied by us.
+        let other = request(&theirs, "system:serviceaccount:rel-b:zetaback-agent");
+        assert_eq!(verdict(&other, &mine), None);
+        // Another release's agent asking OUR signer: denied (only our agents get ours).
+        let intruder = request(&ours, "system:serviceaccount:rel-b:zetaback-agent");
+        assert!(matches!(verdict(&intruder, &mine), Some(Verdict::Deny(_))));
+    }
 }

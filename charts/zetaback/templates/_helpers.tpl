@@ -28,6 +28,15 @@ releases do not collide: the release name, with "-zetaback" unless it already co
 {{- end -}}
 
 {{/*
+The release's CertificateSigningRequest signer (tls.mode csr): zetaback.io/<namespace>.<release>,
+the same as zetaback_core's release_signer_name. One per release, so that two releases in one
+cluster each sign only their own agents' requests (tls.signerName overrides it).
+*/}}
+{{- define "zetaback.signerName" -}}
+{{- .Values.tls.signerName | default (printf "zetaback.io/%s.%s" .Release.Namespace .Release.Name) -}}
+{{- end -}}
+
+{{/*
 TLS between zetaback's parts (issue 13), for the agent ("agent") or the controller
 ("controller"): csr (the controller is the CA, agents ask for their node's certificate through
 the CertificateSigningRequest API), hostPath (certificate, key and CA mounted at
@@ -42,10 +51,15 @@ the CertificateSigningRequest API), hostPath (certificate, key and CA mounted at
 - --tls-from-csr
 - --tls-ca-configmap={{ $root.Release.Namespace }}/zetaback-ca
 - --tls-cert-lifetime={{ $tls.agentCertLifetimeSeconds | int64 }}
+- --tls-signer-name={{ include "zetaback.signerName" $root }}
+{{- if gt ($tls.agentRenewBeforeSeconds | int64) 0 }}
+- --tls-renew-before={{ $tls.agentRenewBeforeSeconds | int64 }}
+{{- end -}}
 {{- else -}}
 - --tls-ca-secret={{ $tls.caSecretName }}
 - --agent-service-account={{ $root.Release.Namespace }}/zetaback-agent
 - --tls-max-cert-lifetime={{ $tls.maxCertLifetime }}
+- --tls-signer-name={{ include "zetaback.signerName" $root }}
 {{- end -}}
 {{- else if eq $tls.mode "hostPath" -}}
 - --tls-cert=/etc/zetaback/tls/tls.crt

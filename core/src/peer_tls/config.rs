@@ -208,6 +208,11 @@ impl PeerTls {
         &self.identity
     }
 
+    /// The validity and serial of the certificate in use now (its leaf).
+    pub fn validity(&self) -> Result<super::renewal::Validity, super::renewal::ValidityError> {
+        super::renewal::validity_of_leaf(&self.material().chain)
+    }
+
     /// How many times the material was replaced.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)

@@ -1,7 +1,9 @@
 //! Whether the zetaback signer issues a CertificateSigningRequest (pure; issue 13, Build 4).
 //!
 //! Agents ask for their certificate through the Kubernetes CertificateSigningRequest API with
-//! the signer [`SIGNER_NAME`]; the controller is that signer. The apiserver records who made
+//! their release's signer ([`release_signer_name`]: one per installation of the chart, so two
+//! releases in one cluster never answer each other's agents; [`SIGNER_NAME`] outside the
+//! chart); the controller of that release is that signer. The apiserver records who made
 //! the request (`spec.username`, and the claims of the token: `spec.extra`), which the
 //! requester cannot choose. A request is issued only when
 //! - it comes from the agents' ServiceAccount,
@@ -15,8 +17,46 @@
 
 use super::names::PeerIdentity;
 
-/// The `spec.signerName` of zetaback's CertificateSigningRequests.
+/// The `spec.signerName` of zetaback's CertificateSigningRequests when none is given (a
+/// controller and agents run outside the chart; the chart gives each release its own,
+/// [`release_signer_name`]).
 pub const SIGNER_NAME: &str = "zetaback.io/node";
+/// The domain of every zetaback signer name.
+pub const SIGNER_DOMAIN: &str = "zetaback.io";
+
+/// The signer of the release `release` installed in `namespace`:
+/// `zetaback.io/<namespace>.<release>` (the form the Kubernetes documentation suggests for a
+/// signer per namespaced installation). The chart computes the same name.
+pub fn release_signer_name(namespace: &str, release: &str) -> String {
+    format!("{SIGNER_DOMAIN}/{namespace}.{release}")
+}
+
+/// Why a signer name is not one of zetaback's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "signer name {0:?} is not zetaback.io/<name> (<name>: lowercase letters, digits, '-' and '.', at most 253 characters)"
+)]
+pub struct SignerNameError(pub String);
+
+/// Checks that `name` is a zetaback signer name: `zetaback.io/` then a DNS-subdomain-like path.
+pub fn validate_signer_name(name: &str) -> Result<(), SignerNameError> {
+    let bad = || SignerNameError(name.to_owned());
+    let path = name
+        .strip_prefix(SIGNER_DOMAIN)
+        .and_then(|p| p.strip_prefix('/'))
+        .ok_or_else(bad)?;
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if path.is_empty()
+        || path.len() > 253
+        || !path.chars().all(ok_char)
+        || !edge(path.chars().next())
+        || !edge(path.chars().last())
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
 /// The `spec.extra` key of the node a requester's token is bound to.
 pub const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
 /// The usages an agent's request may list (`spec.usages`).
@@ -63,7 +103,7 @@ pub fn service_account_username(namespace: &str, name: &str) -> String {
     format!("system:serviceaccount:{namespace}:{name}")
 }
 
-/// Decides a request to [`SIGNER_NAME`]: `agents` is the agents' ServiceAccount username
+/// Decides a request to this release's signer: `agents` is the agents' ServiceAccount username
 /// ([`service_account_username`]).
 pub fn decide(agents: &str, who: &Requester<'_>, what: &Requested) -> Verdict {
     if who.username != agents {
@@ -225,6 +265,31 @@ mod tests {
             decide(AGENTS, &from(&a), &signing),
             Verdict::Deny(_)
         ));
+    }
+
+    #[test]
+    fn signer_names_are_per_release_and_checked() {
+        let name = release_signer_name("backup-system", "zetaback");
+        assert_eq!(name, "zetaback.io/backup-system.zetaback");
+        assert_eq!(validate_signer_name(&name), Ok(()));
+        assert_eq!(validate_signer_name(SIGNER_NAME), Ok(()));
+        assert_ne!(
+            release_signer_name("ns-a", "zetaback"),
+            release_signer_name("ns-b", "zetaback")
+        );
+        for bad in [
+            "",
+            "zetaback.io",
+            "zetaback.io/",
+            "example.com/node",
+            "zetaback.io/Node",
+            "zetaback.io/-node",
+            "zetaback.io/node.",
+            "zetaback.io/a/b",
+            "kubernetes.io/kube-apiserver-client",
+        ] {
+            assert!(validate_signer_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     proptest! {

@@ -15,6 +15,7 @@ pub mod csr_policy;
 pub mod issue;
 pub mod names;
 pub mod reload;
+pub mod renewal;
 
 pub use config::{PeerTls, PeerTlsError, ReaderTls, identity_of_certificate};
 pub use names::{CONTROLLER_NAME, NODE_DOMAIN, NameError, PeerIdentity};
