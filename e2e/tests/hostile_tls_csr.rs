@@ -784,9 +784,8 @@ impl Drop for AgentProcess {
 /// renews it before it expires, through the CSR API again, and serves mutual TLS with the new
 /// one without a restart. The CSR API issues nothing shorter than 600 s, so the agent asks for
 /// 600 s and renews with 590 s left (`ZETABACK_TLS_RENEW_BEFORE`, the agent's
-/// `--tls-renew-before`): about 10 s after each issuance. It runs with the binaries' default
-/// signer name (this test's controller is that signer; no other test on the control plane
-/// uses it).
+/// `--tls-renew-before`): about 10 s after each issuance. Controller and agent use the test
+/// release's own signer name, as the chart gives them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_renews_its_certificate_and_keeps_serving_without_a_restart() {
     let env = Env::get();
@@ -798,11 +797,13 @@ async fn an_agent_renews_its_certificate_and_keeps_serving_without_a_restart() {
         nodes: vec![node.clone()],
     };
     release_with_nodes(env, &ns, &[(&node, "agent-a")]);
+    // The release's own signer: the chart's RBAC lets its controller sign for no other name.
+    let signer = release_signer(&ns);
     let controller = ControllerRun::start_for(
         env,
         &ns,
         &token(env, &ns, "zetaback-controller", None),
-        zetaback::peer_tls::csr_policy::SIGNER_NAME,
+        &signer,
     );
     let dir = tempfile::tempdir().expect("dir");
     let kubeconfig = dir.path().join("agent.kubeconfig");
@@ -827,6 +828,8 @@ async fn an_agent_renews_its_certificate_and_keeps_serving_without_a_restart() {
             &format!("{ns}/zetaback-ca"),
             "--tls-cert-lifetime",
             "600",
+            "--tls-signer-name",
+            &signer,
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("ZETABACK_TLS_RENEW_BEFORE", "590")
@@ -839,12 +842,21 @@ async fn an_agent_renews_its_certificate_and_keeps_serving_without_a_restart() {
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let meant = PeerIdentity::node(&node).expect("node");
 
-    let (first, status) = eventually(
-        "the agent serving mutual TLS with its first certificate",
+    let first = tokio::time::timeout(
         Duration::from_secs(90),
-        || async { served(&controller.tls, port, &meant).ok() },
+        eventually(
+            "the agent serving mutual TLS with its first certificate",
+            Duration::from_secs(120),
+            || async { served(&controller.tls, port, &meant).ok() },
+        ),
     )
     .await;
+    let Ok((first, status)) = first else {
+        panic!(
+            "the agent did not serve mutual TLS with a first certificate within 90 s; agent log:\n{}",
+            log_text()
+        );
+    };
     assert!(status.starts_with("HTTP/1.1 200"), "GET /healthz: {status}");
     let first = zetaback::peer_tls::renewal::validity_of(&first).expect("validity");
     println!(
