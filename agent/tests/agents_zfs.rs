@@ -321,10 +321,21 @@ fn killing_the_target_mid_stream_leaves_no_backup() {
     let out = source.wait_with_output().expect("source ends");
     assert!(!out.status.success());
     let replica = format!("{replicas}/src-1/{ds}");
-    let listed = zfs(&["list", "-H", "-o", "name", "-r", &replicas]);
+    // zfs-fuse's daemon reads the stream itself from the killed `zfs receive`'s pipe and aborts
+    // the receive (removing the dataset it was creating) only once it sees the pipe end: under
+    // load that lands a little after the source gave up. Bounded wait; a replica that stays is
+    // a failure.
+    let mut listed = String::new();
+    for _ in 0..120 {
+        listed = zfs(&["list", "-H", "-o", "name", "-r", &replicas]);
+        if !listed.lines().any(|l| l == replica) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     assert!(
         !listed.lines().any(|l| l == replica),
-        "no partial replica: {listed}"
+        "no partial replica 60 s after the receiving agent was killed: {listed}"
     );
     target.restart();
     let mut c = backup_cmd(&tokens, &addr, &ds, "zetaback-1");
