@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use zetaback::api::BackupPolicy;
 use zetaback::store::StoredBackup;
@@ -17,25 +16,9 @@ use zetaback_e2e::{Env, eventually};
 use zetaback_objstore::object_store::ObjectStore;
 use zetaback_objstore::{Credentials, Keys, catalogue};
 
-const BUCKET: &str = "zetaback-e2e";
-/// The controller's keys (every action on the bucket).
-const ADMIN: (&str, &str) = ("ZBE2EADMIN", "zetaback-e2e-admin-secret");
-/// The source host's own keys: `bucket/*/bucket-*-src/*`, no delete.
-const SOURCE: (&str, &str) = ("ZBE2EBUCKETSRC", "zetaback-e2e-bucket-src-secret");
-
-/// Starts (or finds) the shared SeaweedFS; its S3 endpoint.
-fn s3_endpoint(env: &Env) -> String {
-    let out = std::process::Command::new(env.root.join("e2e/scripts/seaweedfs.sh"))
-        .arg("up")
-        .output()
-        .expect("run e2e/scripts/seaweedfs.sh up");
-    assert!(
-        out.status.success(),
-        "seaweedfs.sh up failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+// The bucket, its keys and the SeaweedFS of this environment: shared with the other bucket
+// tests (zetaback_e2e::bucket).
+use zetaback_e2e::bucket::{ADMIN, BUCKET, SOURCE, key_secret, s3_endpoint};
 
 /// `target.objectStore` of a policy (JSON) into `bucket` under `prefix`, keys from `secret`.
 fn object_store(endpoint: &str, bucket: &str, prefix: &str, secret: &str) -> serde_json::Value {
@@ -43,20 +26,6 @@ fn object_store(endpoint: &str, bucket: &str, prefix: &str, secret: &str) -> ser
         "endpoint": endpoint, "bucket": bucket, "prefix": prefix, "region": "us-east-1",
         "pathStyle": true, "credentialsSecret": {"name": secret},
     }})
-}
-
-/// Creates Secret `name` with an access key pair, as the controller reads it.
-async fn key_secret(client: &kube::Client, ns: &str, name: &str, (id, secret): (&str, &str)) {
-    let s: Secret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name},
-        "stringData": {"accessKeyId": id, "secretAccessKey": secret},
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &s)
-        .await
-        .expect("create Secret");
 }
 
 /// A credentials file for an agent (`--object-store-credentials`).
