@@ -391,9 +391,42 @@ fn kill_points_leave_no_partial_backup_and_every_retry_succeeds() {
                 let into = format!("{}/r{i}", c.pool.name);
                 let mut cmd = restore_cmd(&c.tokens, &c.addr, &c.ds, &newest.manifest.id, &into);
                 cmd.arg("--force");
-                let ok = cmd.output().expect("restore").status.success();
+                let out = cmd.output().expect("restore");
+                if !out.status.success() {
+                    eprintln!(
+                        "kill point {i}: the restore retry into {into} failed ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    // What still holds the destination: zfs processes and the pool's datasets.
+                    let ps = Command::new("ps")
+                        .args(["-eo", "pid,ppid,stat,etime,args"])
+                        .output();
+                    if let Ok(ps) = ps {
+                        for line in String::from_utf8_lossy(&ps.stdout).lines() {
+                            if line.contains("zfs ") || line.contains("zetaback-agent") {
+                                eprintln!("  process: {line}");
+                            }
+                        }
+                    }
+                    let list = Command::new("zfs")
+                        .args([
+                            "list",
+                            "-H",
+                            "-t",
+                            "all",
+                            "-r",
+                            "-o",
+                            "name,type",
+                            &c.pool.name,
+                        ])
+                        .output();
+                    if let Ok(list) = list {
+                        eprintln!("  datasets:\n{}", String::from_utf8_lossy(&list.stdout));
+                    }
+                }
                 let _ = Command::new("zfs").args(["destroy", "-r", &into]).output();
-                ok
+                out.status.success()
             }
         };
         if op == Op::Full && c.stored(&format!("zetaback-{i}")) {

@@ -424,6 +424,28 @@ async fn pieces_already_there(
     Ok(0)
 }
 
+/// Whether the destination exists and how many pieces of the chain it already holds. A
+/// destination that disappears while it is looked at (a receive cut short being wound down:
+/// zfs-fuse's daemon removes its partial dataset after the killed client is gone) is looked at
+/// again, for at most [`BUSY_WAIT`].
+async fn destination_state(zfs: &Zfs, req: &ChainRequest) -> Result<(bool, usize), RestoreError> {
+    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+    loop {
+        let existed = zfs.dataset_exists(&req.into).await?;
+        match pieces_already_there(zfs, req, existed).await {
+            Err(RestoreError::Zfs(z))
+                if existed
+                    && z.stderr().is_some_and(|e| e.contains("does not exist"))
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                warn!(dataset = %req.into, error = %z, "the destination disappeared while it was looked at (a receive cut short being wound down); looking again");
+                tokio::time::sleep(BUSY_RETRY_EVERY).await;
+            }
+            other => return other.map(|skip| (existed, skip)),
+        }
+    }
+}
+
 /// Applies a chain in order into `req.into`, creating missing parents; `on_piece` is told
 /// after each piece (its index and sha256). On a failure, a dataset this call created is
 /// destroyed again. What `force` allows is decided by [`pieces_already_there`].
@@ -441,8 +463,7 @@ pub async fn apply_chain(
     progress: &AtomicU64,
     mut on_piece: impl FnMut(usize, &str),
 ) -> Result<Restored, RestoreError> {
-    let existed = zfs.dataset_exists(&req.into).await?;
-    let skip = pieces_already_there(zfs, req, existed).await?;
+    let (existed, skip) = destination_state(zfs, req).await?;
     if skip > 0 {
         info!(
             dataset = %req.into,
@@ -472,11 +493,29 @@ pub async fn apply_chain(
             resumable: false,
             purpose: ReceivePurpose::Restore,
         };
-        let span = info_span!("piece", backup = %piece.id, n = i + 1, of = req.pieces.len());
-        match apply_piece(zfs, &client, src, piece, &receive, req.verify, progress)
-            .instrument(span)
-            .await
-        {
+        // The first piece this call receives waits (bounded) while ZFS calls the destination
+        // busy: a receive into it cut short by a killed agent may still be wound down.
+        let busy_until = tokio::time::Instant::now() + BUSY_WAIT;
+        let outcome = loop {
+            let before = progress.load(Ordering::Relaxed);
+            let span = info_span!("piece", backup = %piece.id, n = i + 1, of = req.pieces.len());
+            match apply_piece(zfs, &client, src, piece, &receive, req.verify, progress)
+                .instrument(span)
+                .await
+            {
+                Err(e)
+                    if i == skip
+                        && e.destination_busy()
+                        && tokio::time::Instant::now() < busy_until =>
+                {
+                    warn!(dataset = %req.into, error = %e, "the destination is busy (a receive cut short may still be wound down by ZFS); trying again");
+                    progress.store(before, Ordering::Relaxed);
+                    tokio::time::sleep(BUSY_RETRY_EVERY).await;
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok((n, sha)) => {
                 zfs.set_inert_properties(&req.into).await?;
                 info!(backup = %piece.id, bytes = n, sha256 = %sha, "piece verified and applied");
@@ -497,6 +536,11 @@ pub async fn apply_chain(
         bytes,
     })
 }
+
+/// How long the first piece of a restore waits while ZFS calls its destination busy.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+/// How often it tries again meanwhile.
+const BUSY_RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a failed restore keeps trying to remove the dataset it created.
 const DISCARD_WITHIN: Duration = Duration::from_secs(30);

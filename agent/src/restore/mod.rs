@@ -95,6 +95,16 @@ pub enum RestoreError {
 }
 
 impl RestoreError {
+    /// ZFS refused the receive because the destination is busy: a receive into it that was
+    /// cut short (its agent killed) is still being wound down — zfs-fuse's daemon finishes
+    /// it after the killed `zfs` client is gone — or another receive runs there now.
+    pub fn destination_busy(&self) -> bool {
+        match self {
+            RestoreError::Zfs(z) => z.stderr().is_some_and(|e| e.contains("dataset is busy")),
+            _ => false,
+        }
+    }
+
     /// The `Ready=False` reason written to the Restore.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -152,6 +162,27 @@ mod tests {
         assert_eq!(h.release().len(), 1);
         let mut none = HoldBack::new(0);
         assert_eq!(none.push(Bytes::from_static(b"x")).len(), 1);
+    }
+
+    #[test]
+    fn only_a_receive_zfs_calls_busy_is_a_busy_destination() {
+        let failed = |stderr: &str| {
+            RestoreError::Zfs(crate::zfs::ZfsError::Failed {
+                command: crate::zfs::CommandLine(vec![
+                    "zfs".into(),
+                    "receive".into(),
+                    "tank/r".into(),
+                ]),
+                status: "exit status: 1".into(),
+                stderr: stderr.into(),
+            })
+        };
+        assert!(failed("cannot receive new filesystem stream: dataset is busy").destination_busy());
+        assert!(
+            !failed("cannot receive new filesystem stream: destination exists").destination_busy()
+        );
+        assert!(!RestoreError::Exists("tank/r".into()).destination_busy());
+        assert!(!RestoreError::Copy("dataset is busy".into()).destination_busy());
     }
 
     #[test]
