@@ -81,7 +81,9 @@ impl Ledger {
     fn book(&self) -> MutexGuard<'_, Book> {
         // The book is changed by single insertions and removals: a panic elsewhere while it
         // was locked cannot leave it half-changed, so a poisoned lock is still good.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Admits a stream that will hold `hold` bytes if `check` accepts what it sees (the free
@@ -160,7 +162,10 @@ impl Ledgers {
     /// The ledger of `key`.
     pub fn of(&self, key: &str) -> Ledger {
         // Ledgers are only ever added: a poisoned map is still good.
-        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.entry(key.to_owned()).or_default().clone()
     }
 }
@@ -213,11 +218,19 @@ mod tests {
         let a = ledger.admit(100, 60, fits(60)).expect("the first fits");
         assert_eq!(ledger.held(), 60);
         let refused = ledger.admit(100, 60, fits(60)).expect_err("not both");
-        assert_eq!(refused, Seen { free: 100, held: 60 });
+        assert_eq!(
+            refused,
+            Seen {
+                free: 100,
+                held: 60
+            }
+        );
         // A refused admission holds nothing.
         assert_eq!((ledger.held(), ledger.streams()), (60, 1));
         // What still fits next to the first is admitted.
-        let b = ledger.admit(100, 40, fits(40)).expect("40 of the 100 are left");
+        let b = ledger
+            .admit(100, 40, fits(40))
+            .expect("40 of the 100 are left");
         assert_eq!(ledger.held(), 100);
         assert!(ledger.admit(100, 0, fits(1)).is_err());
         // A stream of nothing fits even a full ledger.

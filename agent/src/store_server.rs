@@ -76,10 +76,10 @@ use crate::space_ledger::Ledgers;
 use crate::stream_header::{self, Verdict};
 use crate::verifier::{Verifier, VerifyQueueError};
 use crate::wire::{
-    CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_EXPECTED_BYTES, H_FORCE,
-    H_POLICY, H_RAW,
-    H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3,
-    PutResponse, ResumeTokenQuery, ResumeTokenResponse, VerifyRequest, VerifyStatus, routes,
+    CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_EXPECTED_BYTES, H_FORCE, H_POLICY,
+    H_RAW, H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH,
+    H_XXH3, PutResponse, ResumeTokenQuery, ResumeTokenResponse, VerifyRequest, VerifyStatus,
+    routes,
 };
 use crate::zfs::inert::{self, HeadGate};
 use crate::zfs::{Capability, ReceivePurpose, ReceiveRequest, Zfs, ZfsError};
@@ -1016,9 +1016,9 @@ async fn put_replica(
                     Piece::Data(data) => {
                         sums.update(&data);
                         space.take(data.len() as u64).await?;
-                        sha.update(data.clone())
-                            .await
-                            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                        sha.update(data.clone()).await.map_err(|e| {
+                            ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        })?;
                         sink.write_all(&data).await.map_err(broken)?;
                     }
                     Piece::Trailers(t) => trailers = t,
@@ -1126,10 +1126,15 @@ async fn remove_created_parents(
         .collect();
     match zfs.remove_empty_created(&free).await {
         Ok(removed) if !removed.is_empty() => {
-            info!(?removed, "destroyed the empty parents a failed replica stream had created")
+            info!(
+                ?removed,
+                "destroyed the empty parents a failed replica stream had created"
+            )
         }
         Ok(_) => {}
-        Err(e) => warn!(error = %e, "could not destroy the empty parents a failed replica stream had created"),
+        Err(e) => {
+            warn!(error = %e, "could not destroy the empty parents a failed replica stream had created")
+        }
     }
 }
 

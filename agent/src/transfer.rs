@@ -46,8 +46,8 @@ use zetaback_core::peer_tls::{PeerIdentity, PeerTls};
 
 use crate::wire::{
     ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_EXPECTED_BYTES, H_POLICY, H_RAW, H_RECEIVE_INTO,
-    H_RESUME_TOKEN,
-    H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse, routes,
+    H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse,
+    routes,
 };
 
 /// Chunks in flight between the reader task and the HTTP connection.

@@ -363,8 +363,14 @@ async fn concurrent_replica_streams_hold_their_announced_size_at_admission() {
     )
     .await;
     let all = everything_under(&root);
-    assert!(all.contains(&format!("{root}/src-2/{b}@zb-{ts}")), "{all:?}");
-    assert!(all.contains(&format!("{root}/src-1/{c}@zb-{ts}")), "{all:?}");
+    assert!(
+        all.contains(&format!("{root}/src-2/{b}@zb-{ts}")),
+        "{all:?}"
+    );
+    assert!(
+        all.contains(&format!("{root}/src-1/{c}@zb-{ts}")),
+        "{all:?}"
+    );
 }
 
 /// Waits (bounded) until `zfs list -r -t all` of `root` is `expected`, and asserts it.
@@ -380,7 +386,16 @@ fn settles_to(root: &str, expected: &[String]) {
 
 /// A full stream of `dataset` from `src-1` into `root`, cut off after its first MiB.
 async fn cut_off(addr: &str, dataset: &str, ts: i64, root: &str, stream: &[u8]) {
-    let mut put = replica_put(addr, "src-1", "test-src-1-token", dataset, ts, root, stream.len()).await;
+    let mut put = replica_put(
+        addr,
+        "src-1",
+        "test-src-1-token",
+        dataset,
+        ts,
+        root,
+        stream.len(),
+    )
+    .await;
     put.admitted().await.expect("admitted");
     put.send(&stream[..MIB]).await.expect("send");
     // Let the store receive that much before the connection is cut.

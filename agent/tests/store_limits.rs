@@ -939,7 +939,11 @@ async fn holds(store: &FileStore, bytes: u64) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(store.held_bytes(), bytes, "bytes held for streams being written");
+    assert_eq!(
+        store.held_bytes(),
+        bytes,
+        "bytes held for streams being written"
+    );
 }
 
 /// A stream sent the way agents send (chunked, no length) holds its sender's estimate
@@ -981,7 +985,10 @@ async fn a_stream_of_unknown_length_holds_its_senders_estimate_or_the_reserve() 
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(temp_stream(&ds).is_some(), "the first stream is being written");
+        assert!(
+            temp_stream(&ds).is_some(),
+            "the first stream is being written"
+        );
         // 16 MiB free: the next stream fits alone (4 + 7, 4 + 9 <= 16), not next to the hold.
         let mut next_put = RawPut::start(
             &addr,
@@ -994,7 +1001,11 @@ async fn a_stream_of_unknown_length_holds_its_senders_estimate_or_the_reserve() 
         match next_put.admitted().await {
             Err(refusal) => {
                 assert_eq!(refusal.status, 507, "{}", refusal.body);
-                assert!(refusal.body.contains("held for streams"), "{}", refusal.body);
+                assert!(
+                    refusal.body.contains("held for streams"),
+                    "{}",
+                    refusal.body
+                );
             }
             Ok(()) => panic!(
                 "a {next}-byte stream was admitted next to one of unknown length estimated at {expected:?} bytes ({} free, a {reserve}-byte reserve)",

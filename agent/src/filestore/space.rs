@@ -168,7 +168,10 @@ mod tests {
     fn admission() {
         let none = limits(None, None, 0);
         assert_eq!(admit(&none, "h", None, 0, 0, free(0)), Ok(()));
-        assert_eq!(admit(&none, "h", Some(10), u64::MAX, u64::MAX, free(10)), Ok(()));
+        assert_eq!(
+            admit(&none, "h", Some(10), u64::MAX, u64::MAX, free(10)),
+            Ok(())
+        );
         // Without a reserve, a stream announced larger than the free space still cannot fit.
         assert!(matches!(
             admit(&none, "h", Some(11), 0, 0, free(10)),
@@ -222,11 +225,40 @@ mod tests {
                 announced: 11,
             })
         );
-        assert!(admit(&l, "h", None, 0, 0, Seen { free: 149, held: 100 }).is_err());
-        assert_eq!(admit(&l, "h", None, 0, 0, Seen { free: 150, held: 100 }), Ok(()));
+        assert!(
+            admit(
+                &l,
+                "h",
+                None,
+                0,
+                0,
+                Seen {
+                    free: 149,
+                    held: 100
+                }
+            )
+            .is_err()
+        );
+        assert_eq!(
+            admit(
+                &l,
+                "h",
+                None,
+                0,
+                0,
+                Seen {
+                    free: 150,
+                    held: 100
+                }
+            ),
+            Ok(())
+        );
         // More held than free (bytes promised but not yet written): nothing is available.
         assert!(admit(&none, "h", Some(1), 0, 0, Seen { free: 10, held: 20 }).is_err());
-        assert_eq!(admit(&none, "h", None, 0, 0, Seen { free: 10, held: 20 }), Ok(()));
+        assert_eq!(
+            admit(&none, "h", None, 0, 0, Seen { free: 10, held: 20 }),
+            Ok(())
+        );
         // Saturation, not overflow.
         let q = limits(None, Some(10), u64::MAX);
         assert!(matches!(
