@@ -559,7 +559,16 @@ async fn send_with<C: Connect + Clone + Send + Sync + 'static>(
         .ok_or_else(|| JobError::Invalid("zfs send has no stdout".into()))?;
     let done: transfer::SourceDone =
         Box::pin(async move { send.wait().await.map_err(|e| e.to_string()) });
-    Ok(transfer::upload(client, endpoint, &up, progress.counting(stdout), done).await?)
+    // The estimate (the resumed remainder's when resuming) is held by the store for the stream.
+    Ok(transfer::upload_expecting(
+        client,
+        endpoint,
+        &up,
+        progress.estimate(),
+        progress.counting(stdout),
+        done,
+    )
+    .await?)
 }
 
 /// Decodes a resume token (`zfs send -nvt`) and checks that it resumes this job's snapshot

@@ -25,6 +25,7 @@ pub mod ratelimit;
 pub mod restore;
 pub mod runner;
 pub mod scan_cache;
+pub mod space_ledger;
 pub mod store_server;
 pub mod stream_header;
 pub mod tls;

@@ -72,12 +72,14 @@ use crate::filestore::{BackupKey, FileStore, FileStoreError, StreamMeta};
 use crate::identity::{AuthError, Authenticator, Caller, Operation, authorize, bearer};
 use crate::limits::{ListenerLimits, StoreLimits};
 use crate::scan_cache::ScanCache;
+use crate::space_ledger::Ledgers;
 use crate::stream_header::{self, Verdict};
 use crate::verifier::{Verifier, VerifyQueueError};
 use crate::wire::{
-    CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_FORCE, H_POLICY, H_RAW,
-    H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3,
-    PutResponse, ResumeTokenQuery, ResumeTokenResponse, VerifyRequest, VerifyStatus, routes,
+    CatalogueQuery, ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_EXPECTED_BYTES, H_FORCE, H_POLICY,
+    H_RAW, H_READER_VERIFIES, H_RECEIVE_INTO, H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH,
+    H_XXH3, PutResponse, ResumeTokenQuery, ResumeTokenResponse, VerifyRequest, VerifyStatus,
+    routes,
 };
 use crate::zfs::inert::{self, HeadGate};
 use crate::zfs::{Capability, ReceivePurpose, ReceiveRequest, Zfs, ZfsError};
@@ -110,6 +112,8 @@ pub struct ServerState {
     receiving: Arc<Mutex<HashSet<String>>>,
     /// Bytes of the replica streams being received, per source host (for the quota).
     replica_in_flight: InFlight,
+    /// The space promised to the replica streams being received, per pool.
+    replica_ledgers: Ledgers,
     /// Upload and download slots (`limits.max_uploads`, `limits.max_downloads`).
     uploads: Arc<Semaphore>,
     downloads: Arc<Semaphore>,
@@ -138,6 +142,7 @@ impl ServerState {
             limits: StoreLimits::default(),
             receiving: Arc::default(),
             replica_in_flight: InFlight::default(),
+            replica_ledgers: Ledgers::default(),
             uploads: Arc::new(Semaphore::new(StoreLimits::default().max_uploads)),
             downloads: Arc::new(Semaphore::new(StoreLimits::default().max_downloads)),
             replica_cache: Arc::default(),
@@ -441,6 +446,9 @@ struct PutPlan {
     expect: Expected,
     /// The body's `Content-Length`, when it has one.
     announced: Option<u64>,
+    /// The sender's estimate of the body's size ([`H_EXPECTED_BYTES`]): held of the free
+    /// space while the stream is written when there is no `Content-Length`.
+    expected: Option<u64>,
 }
 
 /// Which checksum trailers were announced.
@@ -584,6 +592,15 @@ fn plan_put(
     {
         return Err(too_large(limit));
     }
+    let expected = header_str(headers, H_EXPECTED_BYTES)?
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad(format!(
+                    "{H_EXPECTED_BYTES} must be a number of bytes, not {v:?}"
+                ))
+            })
+        })
+        .transpose()?;
     Ok(PutPlan {
         key,
         meta: StreamMeta {
@@ -598,6 +615,7 @@ fn plan_put(
         force,
         expect,
         announced: length,
+        expected,
     })
 }
 
@@ -744,7 +762,9 @@ async fn put_file(
         .store
         .as_ref()
         .ok_or_else(|| ApiError::bad("this agent has no file store"))?;
-    let mut pending = store.begin_sized(plan.key.clone(), plan.announced).await?;
+    let mut pending = store
+        .begin_expecting(plan.key.clone(), plan.announced, plan.expected)
+        .await?;
     let head = sniff(state, &mut body, plan.meta.compression, plan.meta.raw).await?;
     let mut trailers = head.trailers.unwrap_or_default();
     for data in head.pieces {
@@ -871,7 +891,7 @@ async fn put_replica(
     let zfs = &replica.zfs;
     let target = format!("{into}/{}/{}", plan.key.host, plan.key.dataset);
     validate_dataset(&target).map_err(|e| ApiError::bad(e.to_string()))?;
-    let _claim = {
+    let claim = {
         let mut r = state
             .receiving
             .lock()
@@ -932,119 +952,190 @@ async fn put_replica(
         zfs,
         &state.limits,
         &state.replica_in_flight,
+        &state.replica_ledgers,
         &replica.roots,
         into,
         &target,
         &plan.key.host,
         plan.announced,
+        plan.expected,
     )
     .await?;
     let head = sniff(state, &mut body, plan.meta.compression, plan.meta.raw).await?;
-    if !exists && let Some((parent, _)) = target.rsplit_once('/') {
-        zfs.create_parents(parent).await?;
-    }
-    let mut recv = zfs.receive(&ReceiveRequest {
-        target: target.clone(),
-        force: plan.force && !resuming,
-        resumable,
-        purpose: ReceivePurpose::Replica,
-    })?;
-    // The xxh3 transit check inline (>10 GB/s), the sha256 the manifest records on a thread
-    // of its own, overlapping the pipe writes.
-    let mut sums = Received::new(false);
-    let sha = BackgroundSha256::spawn(REPLICA_HASH_QUEUE);
-    let mut trailers = head.trailers.clone().unwrap_or_default();
-    let window = [DParameter::window_log_max(state.limits.zstd_window_log_max)];
-    let copy: Result<(String, String), ApiError> = async {
-        let Some(stdin) = recv.stdin() else {
-            return Err(ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "no stdin".into(),
-            ));
-        };
-        // A stream that carries properties never reaches a receive that cannot override
-        // them (zfs-fuse): see zfs::inert.
-        let gate = HeadGate::new(stdin, zfs.capabilities().clone());
-        let mut sink: Box<dyn tokio::io::AsyncWrite + Send + Unpin + '_> =
-            match plan.meta.compression {
-                Compression::Zstd => Box::new(ZstdDecoder::with_params(gate, &window)),
-                Compression::None => Box::new(gate),
+    // The parents this stream makes for a new replica are its own: destroyed again, when
+    // still empty, if the stream fails ([`remove_created_parents`]).
+    let created = if !exists && let Some((parent, _)) = target.rsplit_once('/') {
+        zfs.create_parents(parent).await?
+    } else {
+        Vec::new()
+    };
+    let result: Result<PutResponse, ApiError> = async {
+        let mut recv = zfs.receive(&ReceiveRequest {
+            target: target.clone(),
+            force: plan.force && !resuming,
+            resumable,
+            purpose: ReceivePurpose::Replica,
+        })?;
+        // The xxh3 transit check inline (>10 GB/s), the sha256 the manifest records on a thread
+        // of its own, overlapping the pipe writes.
+        let mut sums = Received::new(false);
+        let sha = BackgroundSha256::spawn(REPLICA_HASH_QUEUE);
+        let mut trailers = head.trailers.clone().unwrap_or_default();
+        let window = [DParameter::window_log_max(state.limits.zstd_window_log_max)];
+        let copy: Result<(String, String), ApiError> = async {
+            let Some(stdin) = recv.stdin() else {
+                return Err(ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "no stdin".into(),
+                ));
             };
-        let broken = |e: io::Error| match inert::refusal(&e) {
-            Some(refused) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, refused.to_string()),
-            None => ApiError(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("zfs receive stopped reading: {e}"),
-            ),
-        };
-        let mut first = head.pieces.into_iter();
-        let ended = head.ended;
-        loop {
-            let piece = match first.next() {
-                Some(data) => Piece::Data(data),
-                None if ended => Piece::End,
-                None => next_piece(&mut body, state.idle_timeout).await?,
+            // A stream that carries properties never reaches a receive that cannot override
+            // them (zfs-fuse): see zfs::inert.
+            let gate = HeadGate::new(stdin, zfs.capabilities().clone());
+            let mut sink: Box<dyn tokio::io::AsyncWrite + Send + Unpin + '_> =
+                match plan.meta.compression {
+                    Compression::Zstd => Box::new(ZstdDecoder::with_params(gate, &window)),
+                    Compression::None => Box::new(gate),
+                };
+            let broken = |e: io::Error| match inert::refusal(&e) {
+                Some(refused) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, refused.to_string()),
+                None => ApiError(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("zfs receive stopped reading: {e}"),
+                ),
             };
-            match piece {
-                Piece::Data(data) => {
-                    sums.update(&data);
-                    space.take(data.len() as u64).await?;
-                    sha.update(data.clone())
-                        .await
-                        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-                    sink.write_all(&data).await.map_err(broken)?;
+            let mut first = head.pieces.into_iter();
+            let ended = head.ended;
+            loop {
+                let piece = match first.next() {
+                    Some(data) => Piece::Data(data),
+                    None if ended => Piece::End,
+                    None => next_piece(&mut body, state.idle_timeout).await?,
+                };
+                match piece {
+                    Piece::Data(data) => {
+                        sums.update(&data);
+                        space.take(data.len() as u64).await?;
+                        sha.update(data.clone()).await.map_err(|e| {
+                            ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        })?;
+                        sink.write_all(&data).await.map_err(broken)?;
+                    }
+                    Piece::Trailers(t) => trailers = t,
+                    Piece::End => break,
                 }
-                Piece::Trailers(t) => trailers = t,
-                Piece::End => break,
             }
+            let (_, xxh3) = sums.clone().finish();
+            let sha256 = sha
+                .finish()
+                .await
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            check_trailers(plan.expect, &trailers, Some(&sha256), &xxh3)?;
+            sink.shutdown().await.map_err(broken)?;
+            Ok((sha256, xxh3))
         }
-        let (_, xxh3) = sums.clone().finish();
-        let sha256 = sha
-            .finish()
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        check_trailers(plan.expect, &trailers, Some(&sha256), &xxh3)?;
-        sink.shutdown().await.map_err(broken)?;
-        Ok((sha256, xxh3))
+        .await;
+        let bytes = sums.bytes;
+        let (sha256, xxh3) = match copy {
+            Ok(sums) => {
+                recv.finish().await?;
+                sums
+            }
+            Err(e) => {
+                warn!(bytes, "replica stream interrupted; aborting zfs receive");
+                recv.abort().await;
+                return Err(e);
+            }
+        };
+        if matches!(plan.key.id, StreamId::Full { .. }) {
+            zfs.protect_replica(&target).await?;
+        }
+        zfs.set_inert_properties(&target).await?;
+        // The replica counts as a backup only once its manifest is recorded on the received
+        // snapshot (the catalogue lists snapshots that carry one).
+        let manifest = replica_manifest(&plan, bytes, &sha256, &xxh3)?;
+        let json = serde_json::to_string(&manifest).map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding the manifest: {e}"),
+            )
+        })?;
+        zfs.set_manifest(&target, &plan.meta.snapshot, &json)
+            .await?;
+        let verified = trailers.xxh3.as_deref() == Some(xxh3.as_str())
+            || trailers.sha256.as_deref() == Some(sha256.as_str());
+        Ok(PutResponse {
+            backup_id: plan.key.id.to_string(),
+            bytes,
+            sha256,
+            xxh3: Some(xxh3),
+            verified,
+            replica: Some(target.clone()),
+        })
     }
     .await;
-    let bytes = sums.bytes;
-    let (sha256, xxh3) = match copy {
-        Ok(sums) => {
-            recv.finish().await?;
-            sums
-        }
-        Err(e) => {
-            warn!(bytes, "replica stream interrupted; aborting zfs receive");
-            recv.abort().await;
-            return Err(e);
-        }
-    };
-    if matches!(plan.key.id, StreamId::Full { .. }) {
-        zfs.protect_replica(&target).await?;
+    // This stream is over: another one for the same target may begin (and then keeps the
+    // parents it finds).
+    drop(claim);
+    if result.is_err() && !created.is_empty() {
+        tokio::spawn(
+            remove_created_parents(
+                zfs.clone(),
+                target.clone(),
+                created,
+                state.receiving.clone(),
+            )
+            .instrument(tracing::Span::current()),
+        );
     }
-    zfs.set_inert_properties(&target).await?;
-    // The replica counts as a backup only once its manifest is recorded on the received
-    // snapshot (the catalogue lists snapshots that carry one).
-    let manifest = replica_manifest(&plan, bytes, &sha256, &xxh3)?;
-    let json = serde_json::to_string(&manifest).map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding the manifest: {e}"),
-        )
-    })?;
-    zfs.set_manifest(&target, &plan.meta.snapshot, &json)
-        .await?;
-    let verified = trailers.xxh3.as_deref() == Some(xxh3.as_str())
-        || trailers.sha256.as_deref() == Some(sha256.as_str());
-    Ok(PutResponse {
-        backup_id: plan.key.id.to_string(),
-        bytes,
-        sha256,
-        xxh3: Some(xxh3),
-        verified,
-        replica: Some(target),
-    })
+    result
+}
+
+/// How long a failed receive's partial dataset may take to disappear (zfs-fuse removes it
+/// after the killed `zfs receive` exited) before its parents are looked at anyway.
+const PARTIAL_RECEIVE_GONE_WAIT: Duration = Duration::from_secs(15);
+
+/// After a failed receive into `target`, destroys the parents it created (`created`, top
+/// down) that are empty: no child, no snapshot, and no other stream being received under
+/// them. Never a parent that existed before the stream: those are not in `created`.
+async fn remove_created_parents(
+    zfs: Zfs,
+    target: String,
+    created: Vec<String>,
+    receiving: Arc<Mutex<HashSet<String>>>,
+) {
+    let step = Duration::from_millis(250);
+    let mut waited = Duration::ZERO;
+    while waited < PARTIAL_RECEIVE_GONE_WAIT && zfs.dataset_exists(&target).await.unwrap_or(false) {
+        tokio::time::sleep(step).await;
+        waited += step;
+    }
+    // A stream being received under a parent will need it (checked here; a stream that
+    // starts under it after this instant finds it gone and makes it again, or, if ZFS was
+    // faster, keeps it: `zfs destroy` without `-r` refuses a parent with a child).
+    let busy: Vec<String> = match receiving.lock() {
+        Ok(r) => r.iter().cloned().collect(),
+        Err(_) => return,
+    };
+    let free: Vec<String> = created
+        .into_iter()
+        .take_while(|level| {
+            let under = format!("{level}/");
+            !busy.iter().any(|t| t.starts_with(&under))
+        })
+        .collect();
+    match zfs.remove_empty_created(&free).await {
+        Ok(removed) if !removed.is_empty() => {
+            info!(
+                ?removed,
+                "destroyed the empty parents a failed replica stream had created"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!(error = %e, "could not destroy the empty parents a failed replica stream had created")
+        }
+    }
 }
 
 /// The manifest of a received replica: as for a stored file, with the bytes and sha256 of the

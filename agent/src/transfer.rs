@@ -45,8 +45,9 @@ use crate::ratelimit::RateLimiter;
 use zetaback_core::peer_tls::{PeerIdentity, PeerTls};
 
 use crate::wire::{
-    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_POLICY, H_RAW, H_RECEIVE_INTO, H_RESUME_TOKEN,
-    H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse, routes,
+    ErrorBody, H_BASE_SNAPSHOT, H_COMPRESSION, H_EXPECTED_BYTES, H_POLICY, H_RAW, H_RECEIVE_INTO,
+    H_RESUME_TOKEN, H_SHA256, H_SNAPSHOT, H_STORE_PATH, H_XXH3, PutResponse, ResumeTokenResponse,
+    routes,
 };
 
 /// Chunks in flight between the reader task and the HTTP connection.
@@ -559,6 +560,20 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
     reader: impl AsyncRead + Send + Unpin + 'static,
     done: SourceDone,
 ) -> Result<Uploaded, TransferError> {
+    upload_expecting(client, endpoint, up, None, reader, done).await
+}
+
+/// As [`upload`], telling the target the stream's estimated size (`expected` bytes, from
+/// `zfs send -nP`), which it holds of its free space while the stream is written
+/// ([`H_EXPECTED_BYTES`]).
+pub async fn upload_expecting<C: Connect + Clone + Send + Sync + 'static>(
+    client: &Client<C, BoxBody>,
+    endpoint: &Endpoint,
+    up: &Upload,
+    expected: Option<u64>,
+    reader: impl AsyncRead + Send + Unpin + 'static,
+    done: SourceDone,
+) -> Result<Uploaded, TransferError> {
     let url = endpoint.url(&up.host, &up.dataset, &up.id)?;
     let mut req = with_token(Request::builder().method(Method::PUT).uri(&url), endpoint)
         .header(CONTENT_TYPE, "application/octet-stream")
@@ -588,6 +603,9 @@ pub async fn upload<C: Connect + Clone + Send + Sync + 'static>(
     }
     if up.raw {
         req = req.header(H_RAW, "true");
+    }
+    if let Some(n) = expected {
+        req = req.header(H_EXPECTED_BYTES, n.to_string());
     }
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let progress = Progress::new();

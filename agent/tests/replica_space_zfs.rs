@@ -5,6 +5,11 @@
 //!
 //! The pool's free space is made small with a ZFS `quota` on the replica root (what
 //! `zfs get available` reports there), so that the streams stay a few MiB to a few tens of MiB.
+//!
+//! Also: two replica streams from different hosts, each fitting alone but not together, are
+//! not both admitted (the first holds its announced size until it ends); and a stream stopped
+//! mid-way leaves none of the empty `canmount=off` parents it made for its new replica (and
+//! never removes a parent that was there before, or one that holds something).
 
 mod common;
 
@@ -214,4 +219,240 @@ async fn a_replica_over_its_hosts_quota_is_stopped_and_its_base_kept() {
                 .iter()
                 .any(|d| d.contains("zb-1700000100") || d.contains('%'))
     });
+}
+
+/// The token of host `src-2`'s agent, added to the store's identities by [`two_hosts`].
+const SRC2_TOKEN: &str = "test-src-2-token";
+
+/// The callers of a store that takes replicas from two hosts, `src-1` and `src-2`.
+fn two_hosts() -> Tokens {
+    let tokens = Tokens::new();
+    std::fs::write(
+        &tokens.identities,
+        format!(
+            r#"[{{"token": "test-src-1-token", "hosts": ["src-1"]}},
+                {{"token": "{SRC2_TOKEN}", "hosts": ["src-2"]}},
+                {{"token": "test-controller-token", "role": "controller"}}]"#
+        ),
+    )
+    .expect("identities");
+    tokens
+}
+
+/// The head of a full replica stream of `dataset` (snapshot `zb-<ts>`) from `host` into
+/// `root`, `len` bytes announced; see [`raw_put::RawPut`].
+async fn replica_put(
+    addr: &str,
+    host: &str,
+    token: &str,
+    dataset: &str,
+    ts: i64,
+    root: &str,
+    len: usize,
+) -> raw_put::RawPut {
+    raw_put::RawPut::start(
+        addr,
+        &format!("/v1/streams/{host}/{}/{ts}.full", dataset.replace('/', "+")),
+        token,
+        &[
+            ("x-zetaback-snapshot", &format!("zb-{ts}")),
+            ("x-zetaback-receive-into", root),
+        ],
+        len,
+    )
+    .await
+}
+
+/// Sends the whole `body` of an admitted stream; its answer must be 201.
+async fn send_all(mut put: raw_put::RawPut, body: &[u8], what: &str) {
+    if let Err(refusal) = put.admitted().await {
+        panic!("{what} refused: {} {}", refusal.status, refusal.body);
+    }
+    put.send(body).await.expect("send");
+    let answer = put.answer().await;
+    assert_eq!(answer.status, 201, "{what}: {}", answer.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replica_streams_hold_their_announced_size_at_admission() {
+    let pool = Pool::prefixed("replica14", "cc", "160M");
+    let root = format!("{}/r", pool.name);
+    zfs(&["create", "-o", "canmount=off", &root]);
+    // 40 MiB free under the root, an 8 MiB reserve: an 18 MiB stream fits alone (8 + 18 <= 40),
+    // two do not (8 + 36 > 40).
+    zfs(&["set", "quota=40M", &root]);
+    let ts = 1_700_000_000;
+    let (a, a_stream) = source(&pool, "a", 18, ts);
+    let (b, b_stream) = source(&pool, "b", 18, ts);
+    let (c, c_stream) = source(&pool, "c", 2, ts);
+    let tokens = two_hosts();
+    let (target, _store) = target_agent(&tokens, &root, &["--replica-min-free-bytes", "8388608"]);
+    let addr = &target.addr;
+    let src1 = "test-src-1-token";
+
+    let mut first = replica_put(addr, "src-1", src1, &a, ts, &root, a_stream.len()).await;
+    first.admitted().await.expect("the first stream fits");
+    first.send(&a_stream[..MIB]).await.expect("send");
+
+    let mut second = replica_put(addr, "src-2", SRC2_TOKEN, &b, ts, &root, b_stream.len()).await;
+    let refusal = match second.admitted().await {
+        Err(refusal) => refusal,
+        Ok(()) => {
+            let sent = second.send(&b_stream).await;
+            let answer = second.answer().await;
+            panic!(
+                "a second {}-byte replica stream was admitted while the first held {} bytes of 40 MiB free with an 8 MiB reserve: sent {sent:?}, answered {} {}",
+                b_stream.len(),
+                a_stream.len(),
+                answer.status,
+                answer.body
+            );
+        }
+    };
+    assert_eq!(refusal.status, 507, "{}", refusal.body);
+    assert!(
+        refusal
+            .body
+            .contains("held for replica streams being received")
+            && refusal.body.contains("--replica-min-free-bytes"),
+        "{}",
+        refusal.body
+    );
+    drop(second);
+    assert!(
+        !everything_under(&root)
+            .iter()
+            .any(|d| d.starts_with(&format!("{root}/src-2"))),
+        "the refused stream left {:?}",
+        everything_under(&root)
+    );
+
+    // The first stream is cut off: its receive is aborted, its hold released, and the second
+    // now fits.
+    drop(first);
+    let a_replica = format!("{root}/src-1/{a}");
+    wait_until("the cut stream's receive gone", || {
+        !everything_under(&root)
+            .iter()
+            .any(|d| d.starts_with(&a_replica))
+    });
+    let mut admitted = None;
+    for _ in 0..100 {
+        let mut put = replica_put(addr, "src-2", SRC2_TOKEN, &b, ts, &root, b_stream.len()).await;
+        match put.admitted().await {
+            Ok(()) => {
+                admitted = Some(put);
+                break;
+            }
+            // The cut stream's request may take a moment to end (and ZFS to free its blocks).
+            Err(r) if r.status == 507 => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(r) => panic!("{} {}", r.status, r.body),
+        }
+    }
+    let mut second = admitted.expect("the second stream admitted once the first was cut off");
+    second.send(&b_stream).await.expect("send");
+    let answer = second.answer().await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+
+    // About 22 MiB free now: a 2 MiB stream fits (8 + 2 <= 22) only if the received one's
+    // hold is gone (22 - 18 < 10).
+    send_all(
+        replica_put(addr, "src-1", src1, &c, ts, &root, c_stream.len()).await,
+        &c_stream,
+        "a small stream after the second was received",
+    )
+    .await;
+    let all = everything_under(&root);
+    assert!(
+        all.contains(&format!("{root}/src-2/{b}@zb-{ts}")),
+        "{all:?}"
+    );
+    assert!(
+        all.contains(&format!("{root}/src-1/{c}@zb-{ts}")),
+        "{all:?}"
+    );
+}
+
+/// Waits (bounded) until `zfs list -r -t all` of `root` is `expected`, and asserts it.
+fn settles_to(root: &str, expected: &[String]) {
+    for _ in 0..120 {
+        if everything_under(root) == expected {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(everything_under(root), expected);
+}
+
+/// A full stream of `dataset` from `src-1` into `root`, cut off after its first MiB.
+async fn cut_off(addr: &str, dataset: &str, ts: i64, root: &str, stream: &[u8]) {
+    let mut put = replica_put(
+        addr,
+        "src-1",
+        "test-src-1-token",
+        dataset,
+        ts,
+        root,
+        stream.len(),
+    )
+    .await;
+    put.admitted().await.expect("admitted");
+    put.send(&stream[..MIB]).await.expect("send");
+    // Let the store receive that much before the connection is cut.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(put);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_leaves_no_empty_parent_it_made() {
+    let pool = Pool::prefixed("replica14", "par", "128M");
+    let root = format!("{}/r", pool.name);
+    zfs(&["create", "-o", "canmount=off", &root]);
+    let ts = 1_700_000_000;
+    let (x, x_stream) = source(&pool, "x", 4, ts);
+    let (y, y_stream) = source(&pool, "y", 1, ts);
+    let tokens = Tokens::new();
+    let (target, _store) = target_agent(&tokens, &root, &["--replica-min-free-bytes", "0"]);
+    let addr = &target.addr;
+    let token = "test-src-1-token";
+    let host_parent = format!("{root}/src-1");
+    let pool_parent = format!("{host_parent}/{}", pool.name);
+
+    // Every parent was made by the stream: all go with it; the root, there before, stays.
+    cut_off(addr, &x, ts, &root, &x_stream).await;
+    settles_to(&root, std::slice::from_ref(&root));
+
+    // A parent that was there before the stream stays; the one it made goes.
+    zfs(&["create", "-o", "canmount=off", &host_parent]);
+    cut_off(addr, &x, ts, &root, &x_stream).await;
+    settles_to(&root, &[root.clone(), host_parent.clone()]);
+
+    // A parent the stream made that holds another replica by the time the stream stops is
+    // not empty: it stays, and so does every parent above it.
+    zfs(&["destroy", &host_parent]);
+    settles_to(&root, std::slice::from_ref(&root));
+    let mut put = replica_put(addr, "src-1", token, &x, ts, &root, x_stream.len()).await;
+    put.admitted().await.expect("admitted");
+    put.send(&x_stream[..MIB]).await.expect("send");
+    wait_until("the stream's parents made", || {
+        everything_under(&root).contains(&pool_parent)
+    });
+    send_all(
+        replica_put(addr, "src-1", token, &y, ts, &root, y_stream.len()).await,
+        &y_stream,
+        "another replica under the same parents",
+    )
+    .await;
+    drop(put);
+    let y_replica = format!("{root}/src-1/{y}");
+    settles_to(
+        &root,
+        &[
+            root.clone(),
+            host_parent.clone(),
+            pool_parent.clone(),
+            y_replica.clone(),
+            format!("{y_replica}@zb-{ts}"),
+        ],
+    );
 }

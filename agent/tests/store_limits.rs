@@ -1,7 +1,9 @@
 //! The store agent against a hostile or broken client (issue 14, items 7 and 8): what one
 //! client may take (connections, header time, stream size, a host's bytes, free space, streams
 //! at once, zstd memory, catalogue scans), HTTP/1 only, and bodies that are not ZFS streams.
-//! No ZFS needed; the disk-full cases run on a small tmpfs (the tests run as root).
+//! No ZFS needed; the disk-full cases run on a small tmpfs (the tests run as root). Streams
+//! admitted and still being written hold their size (announced, estimated, or the reserve):
+//! two that fit alone but not together are not both admitted.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Tmpfs, zfs_stream_bytes, zstd_frame_with_window};
+use common::{Tmpfs, temp_stream, zfs_stream_bytes, zstd_frame_with_window};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -823,4 +825,199 @@ async fn json_answers_are_read_with_a_bound() {
     .await
     .expect_err("a 64 MiB answer");
     assert!(err.to_string().contains("too large"), "{err}");
+}
+
+/// Two streams from different hosts, announced with their size, each fitting the free space
+/// alone but not together: the second is refused (507) before a byte of it is sent while the
+/// first is being written, and is admitted once the first is gone. A finished stream's hold is
+/// released too: a third one fits next to the second.
+#[tokio::test]
+async fn concurrent_streams_hold_their_announced_size_at_admission() {
+    use common::raw_put::RawPut;
+
+    let fs = Tmpfs::new(16 * MIB as u64);
+    let root = fs.path().join("store");
+    // 16 MiB free, a 4 MiB reserve: a 7 MiB stream fits alone (4 + 7 <= 16), two do not.
+    let limits = StoreLimits {
+        min_free_bytes: 4 * MIB as u64,
+        ..StoreLimits::default()
+    };
+    let (addr, store) = start(&root, limits, ListenerLimits::default()).await;
+    let size = 7 * MIB;
+    let put = |host: &'static str, id: &'static str, len: usize| {
+        let addr = addr.clone();
+        async move {
+            RawPut::start(
+                &addr,
+                &format!("/v1/streams/{host}/tank+db/{id}"),
+                TOKEN,
+                &[("x-zetaback-snapshot", "zb-1700000000")],
+                len,
+            )
+            .await
+        }
+    };
+
+    let first_body = zfs_stream_bytes(size, 1, false);
+    let mut first = put("db-1", "1700000000.full", size).await;
+    first.admitted().await.expect("the first stream fits");
+    first.send(&first_body[..MIB]).await.expect("send");
+    // Admitted means its temporary file is made (before the body is read).
+    assert!(temp_stream(&root.join("db-1/tank+db")).is_some());
+
+    let second_body = zfs_stream_bytes(size, 2, false);
+    let mut second = put("db-2", "1700000000.full", size).await;
+    let refusal = match second.admitted().await {
+        Err(refusal) => refusal,
+        Ok(()) => {
+            let sent = second.send(&second_body).await;
+            let answer = second.answer().await;
+            panic!(
+                "a second {size}-byte stream was admitted while the first held {size} of the {} bytes free with a {}-byte reserve: sent {sent:?}, answered {} {}",
+                16 * MIB,
+                4 * MIB,
+                answer.status,
+                answer.body
+            );
+        }
+    };
+    assert_eq!(refusal.status, 507, "{}", refusal.body);
+    assert!(
+        refusal.body.contains("held for streams being written")
+            && refusal.body.contains("--store-min-free-bytes"),
+        "{}",
+        refusal.body
+    );
+    drop(second);
+    assert!(
+        !all_files(&root).iter().any(|f| f.starts_with("db-2/")),
+        "the refused stream left {:?}",
+        all_files(&root)
+    );
+
+    // The first stream is cut off: its hold goes with it, and the second now fits.
+    drop(first);
+    no_temporaries(&root).await;
+    for _ in 0..200 {
+        if store.held_bytes() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.held_bytes(), 0, "the cut stream still holds space");
+    let mut second = put("db-2", "1700000000.full", size).await;
+    second
+        .admitted()
+        .await
+        .expect("admitted once the first is gone");
+    second.send(&second_body).await.expect("send");
+    let answer = second.answer().await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert_eq!(store.held_bytes(), 0, "a stored stream still holds space");
+
+    // 9 MiB free now: a 4 MiB stream fits (4 + 4 <= 9) only if the stored one's hold is gone.
+    let third_body = zfs_stream_bytes(4 * MIB, 3, false);
+    let mut third = put("db-1", "1700000100.full", third_body.len()).await;
+    if let Err(refusal) = third.admitted().await {
+        panic!(
+            "refused after the second stream was stored: {} {}",
+            refusal.status, refusal.body
+        );
+    }
+    third.send(&third_body).await.expect("send");
+    let answer = third.answer().await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    no_temporaries(&root).await;
+    assert_eq!(backups(&root), 2, "{:?}", all_files(&root));
+}
+
+/// Waits (bounded) until the store holds `bytes` for streams being written.
+async fn holds(store: &FileStore, bytes: u64) {
+    for _ in 0..200 {
+        if store.held_bytes() == bytes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        store.held_bytes(),
+        bytes,
+        "bytes held for streams being written"
+    );
+}
+
+/// A stream sent the way agents send (chunked, no length) holds its sender's estimate
+/// (`x-zetaback-expected-bytes`), or, without one, the reserve: a stream announced next to
+/// it that would not fit in the rest is refused.
+#[tokio::test]
+async fn a_stream_of_unknown_length_holds_its_senders_estimate_or_the_reserve() {
+    use common::raw_put::RawPut;
+
+    let fs = Tmpfs::new(16 * MIB as u64);
+    let root = fs.path().join("store");
+    let reserve = 4 * MIB as u64;
+    let limits = StoreLimits {
+        min_free_bytes: reserve,
+        ..StoreLimits::default()
+    };
+    let (addr, store) = start(&root, limits, ListenerLimits::default()).await;
+    let ep = Endpoint::new(&addr, TOKEN);
+    let ds = root.join("db-1/tank+db");
+    // (the estimate, the size of the stream announced next to it)
+    for (expected, next) in [(Some(7 * MIB as u64), 7 * MIB), (None, 9 * MIB)] {
+        let first = {
+            let ep = ep.clone();
+            tokio::spawn(async move {
+                transfer::upload_expecting(
+                    &transfer::client(),
+                    &ep,
+                    &upload_spec("db-1", "1700000000.full", Compression::None),
+                    expected,
+                    Stuck(zfs_stream_bytes(MIB, 1, false)),
+                    ok_done(),
+                )
+                .await
+            })
+        };
+        for _ in 0..200 {
+            if temp_stream(&ds).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            temp_stream(&ds).is_some(),
+            "the first stream is being written"
+        );
+        // 16 MiB free: the next stream fits alone (4 + 7, 4 + 9 <= 16), not next to the hold.
+        let mut next_put = RawPut::start(
+            &addr,
+            "/v1/streams/db-2/tank+db/1700000000.full",
+            TOKEN,
+            &[("x-zetaback-snapshot", "zb-1700000000")],
+            next,
+        )
+        .await;
+        match next_put.admitted().await {
+            Err(refusal) => {
+                assert_eq!(refusal.status, 507, "{}", refusal.body);
+                assert!(
+                    refusal.body.contains("held for streams"),
+                    "{}",
+                    refusal.body
+                );
+            }
+            Ok(()) => panic!(
+                "a {next}-byte stream was admitted next to one of unknown length estimated at {expected:?} bytes ({} free, a {reserve}-byte reserve)",
+                fs.free()
+            ),
+        }
+        drop(next_put);
+        // 1 MiB sent is still in the writer's first block: nothing landed yet.
+        holds(&store, expected.unwrap_or(reserve)).await;
+        first.abort();
+        no_temporaries(&root).await;
+        holds(&store, 0).await;
+    }
+    assert_eq!(backups(&root), 0);
 }

@@ -35,6 +35,11 @@ pub const H_READER_VERIFIES: &str = "x-zetaback-reader-verifies";
 pub const H_XXH3: &str = "x-zetaback-xxh3";
 /// `true`: the body was sent raw (`zfs send -w`, an encrypted dataset); the manifest records it.
 pub const H_RAW: &str = "x-zetaback-raw";
+/// An upload whose length is not known in advance (chunked): the sender's estimate of its
+/// size in bytes (`zfs send -nP`, before compression). Not a limit: the store holds that much
+/// of its free space for the stream while it is written, so that streams admitted meanwhile
+/// do not count on the same bytes.
+pub const H_EXPECTED_BYTES: &str = "x-zetaback-expected-bytes";
 
 /// The answer to a successful `PUT /v1/streams/...`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

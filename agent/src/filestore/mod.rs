@@ -14,6 +14,9 @@
 //! What one source may take (its stream's size, its host's quota, the free-space reserve) is
 //! checked before a stream starts and while it is written ([`space`]); a disk that fills up
 //! anyway fails the stream with [`FileStoreError::is_out_of_space`], nothing half-written kept.
+//! Streams admitted and still being written hold their announced size (or, announcing none,
+//! their sender's estimate, else the reserve) in the store's [`Ledger`] until they end, less
+//! what they have written: the next admission counts only the free space nobody was promised.
 //! The catalogue is cached until something is written through this store, or for at most
 //! [`StoreLimits::catalogue_max_age`] (for changes made behind its back).
 //!
@@ -49,6 +52,7 @@ use zetaback_core::store::{Catalogue, Layout, Manifest, StoreError, StreamId};
 use crate::checksum::Received;
 use crate::limits::StoreLimits;
 use crate::scan_cache::ScanCache;
+use crate::space_ledger::{self, Ledger, Reservation};
 use space::{InFlight, SpaceRefusal};
 
 /// What can go wrong in the file store.
@@ -145,6 +149,8 @@ struct Shared {
     writing: Mutex<HashSet<BackupKey>>,
     /// Bytes of the streams being written, per host.
     in_flight: InFlight,
+    /// The space promised to streams admitted and still being written.
+    ledger: Ledger,
     cache: ScanCache<Catalogue>,
     /// Full scans of the store directory so far.
     scans: AtomicU64,
@@ -235,6 +241,11 @@ impl FileStore {
         self
     }
 
+    /// Bytes streams admitted and still being written may yet write (their holds).
+    pub fn held_bytes(&self) -> u64 {
+        self.shared.ledger.held()
+    }
+
     /// Full scans of the store directory this store (and its clones) made so far.
     pub fn scans(&self) -> u64 {
         self.shared.scans.load(Ordering::Relaxed)
@@ -318,6 +329,18 @@ impl FileStore {
         key: BackupKey,
         announced: Option<u64>,
     ) -> Result<PendingStream, FileStoreError> {
+        self.begin_expecting(key, announced, None).await
+    }
+
+    /// As [`FileStore::begin_sized`], for a stream whose sender estimated it at `expected`
+    /// bytes: without an `announced` size, that is what it holds of the free space while it
+    /// is written (checked only against what is held; the estimate is not a limit).
+    pub async fn begin_expecting(
+        &self,
+        key: BackupKey,
+        announced: Option<u64>,
+        expected: Option<u64>,
+    ) -> Result<PendingStream, FileStoreError> {
         let stream = self
             .layout
             .stream_path(&key.host, &key.dataset, &key.id, false)?;
@@ -337,15 +360,18 @@ impl FileStore {
             key: key.to_string(),
             refusal,
         };
-        space::admit(
-            &self.limits,
-            &key.host,
-            announced,
-            stored,
-            self.shared.in_flight.bytes(&key.host),
-            self.free_bytes()?,
-        )
-        .map_err(refused)?;
+        let writing = self.shared.in_flight.bytes(&key.host);
+        let free = self.free_bytes()?;
+        // A stream that announces no size holds its sender's estimate, else as much as the
+        // reserve: the margin the operator chose for what cannot be foreseen.
+        let hold = space_ledger::hold_of(announced.or(expected), self.limits.min_free_bytes);
+        let reservation = self
+            .shared
+            .ledger
+            .admit(free, hold, |seen| {
+                space::admit(&self.limits, &key.host, announced, stored, writing, seen)
+            })
+            .map_err(refused)?;
         {
             let mut writing = self
                 .shared
@@ -372,7 +398,11 @@ impl FileStore {
             .await
             .map_err(io_err(&temp))?;
         debug!(path = %temp.display(), "writing stream");
-        let writer = Writer::spawn(file.into_std().await, self.direct_io);
+        let writer = Writer::spawn(
+            file.into_std().await,
+            self.direct_io,
+            reservation.landed_counter(),
+        );
         let host_bytes = self.shared.in_flight.of(&key.host);
         Ok(PendingStream {
             key,
@@ -389,6 +419,7 @@ impl FileStore {
             stored_at_start: stored,
             host_bytes,
             claim,
+            _reservation: reservation,
         })
     }
 
@@ -717,7 +748,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(mut file: std::fs::File, direct_io: bool) -> Self {
+    /// `landed` counts the bytes whose write(2) returned (the free space counts them).
+    fn spawn(mut file: std::fs::File, direct_io: bool, landed: Arc<AtomicU64>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Block>(WRITER_DEPTH);
         let pool = BlockPool::default();
         let back = pool.clone();
@@ -730,6 +762,7 @@ impl Writer {
                     let (mut direct, mut ended) = (used_direct, false);
                     while let Ok(block) = hashed.recv() {
                         write_block(&mut file, &block, &mut direct, &mut ended)?;
+                        landed.fetch_add(block.len as u64, Ordering::Relaxed);
                         back.put(block);
                     }
                     file.sync_all()?;
@@ -795,6 +828,9 @@ pub struct PendingStream {
     /// The host's bytes being written (this stream's included while it lives).
     host_bytes: Arc<AtomicU64>,
     claim: Claim,
+    /// The space this stream holds in the store's ledger, released when it is dropped
+    /// (committed, failed or cut off).
+    _reservation: Reservation,
 }
 
 impl std::fmt::Debug for Block {

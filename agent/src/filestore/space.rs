@@ -1,6 +1,8 @@
 //! What a stream may take of the store: its own size limit, its host's quota and the free
 //! space the store keeps in reserve. The checks are pure (numbers in, a verdict out); the
-//! free space comes from `statvfs`, the bytes of streams being written from [`InFlight`].
+//! free space comes from `statvfs`, the bytes of streams being written from [`InFlight`], the
+//! space promised to streams admitted and still being written from the
+//! [`crate::space_ledger`].
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::limits::StoreLimits;
+use crate::space_ledger::Seen;
 
 /// Why a stream may not start or go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,9 +24,16 @@ pub enum SpaceRefusal {
     )]
     Quota { host: String, quota: u64, used: u64 },
     #[error(
-        "the store has {free} bytes free, less than its reserve of {reserve} bytes (--store-min-free-bytes): no new stream until space is freed"
+        "the store has {free} bytes free, {held} of them held for streams being written, which leaves less than its reserve of {reserve} bytes plus the {announced} bytes the stream announced (--store-min-free-bytes): no new stream until space is freed"
     )]
-    ReserveBeforeStart { free: u64, reserve: u64 },
+    ReserveBeforeStart {
+        free: u64,
+        /// What streams admitted and still being written may yet write.
+        held: u64,
+        reserve: u64,
+        /// The new stream's announced size (0 when it announced none).
+        announced: u64,
+    },
     #[error(
         "the store's free space fell to {free} bytes, under half its reserve of {reserve} bytes (--store-min-free-bytes): stream stopped and discarded"
     )]
@@ -37,14 +47,15 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
 }
 
 /// May a stream of `announced` bytes (if known) start? `stored` and `writing` are its host's
-/// bytes in the store and in streams being written.
+/// bytes in the store and in streams being written; `seen` the free space and what streams
+/// admitted before still hold of it (the reserve and the announced size must fit in the rest).
 pub fn admit(
     limits: &StoreLimits,
     host: &str,
     announced: Option<u64>,
     stored: u64,
     writing: u64,
-    free: u64,
+    seen: Seen,
 ) -> Result<(), SpaceRefusal> {
     if let (Some(limit), Some(n)) = (limits.max_stream_bytes, announced)
         && n > limit
@@ -64,8 +75,14 @@ pub fn admit(
         }
     }
     let reserve = limits.min_free_bytes;
-    if free < reserve.saturating_add(announced.unwrap_or(0)) {
-        return Err(SpaceRefusal::ReserveBeforeStart { free, reserve });
+    let size = announced.unwrap_or(0);
+    if seen.available() < reserve.saturating_add(size) {
+        return Err(SpaceRefusal::ReserveBeforeStart {
+            free: seen.free,
+            held: seen.held,
+            reserve,
+            announced: size,
+        });
     }
     Ok(())
 }
@@ -143,51 +160,109 @@ mod tests {
         }
     }
 
+    fn free(free: u64) -> Seen {
+        Seen { free, held: 0 }
+    }
+
     #[test]
     fn admission() {
         let none = limits(None, None, 0);
-        assert_eq!(admit(&none, "h", None, 0, 0, 0), Ok(()));
-        assert_eq!(admit(&none, "h", Some(10), u64::MAX, u64::MAX, 10), Ok(()));
+        assert_eq!(admit(&none, "h", None, 0, 0, free(0)), Ok(()));
+        assert_eq!(
+            admit(&none, "h", Some(10), u64::MAX, u64::MAX, free(10)),
+            Ok(())
+        );
         // Without a reserve, a stream announced larger than the free space still cannot fit.
         assert!(matches!(
-            admit(&none, "h", Some(11), 0, 0, 10),
+            admit(&none, "h", Some(11), 0, 0, free(10)),
             Err(SpaceRefusal::ReserveBeforeStart { .. })
         ));
         let l = limits(Some(100), Some(1000), 50);
-        assert_eq!(admit(&l, "h", Some(100), 0, 0, 150), Ok(()));
+        assert_eq!(admit(&l, "h", Some(100), 0, 0, free(150)), Ok(()));
         assert_eq!(
-            admit(&l, "h", Some(101), 0, 0, 10_000),
+            admit(&l, "h", Some(101), 0, 0, free(10_000)),
             Err(SpaceRefusal::TooLarge { limit: 100 })
         );
         // Unknown length: not refused for size up front (stopped while written).
-        assert_eq!(admit(&l, "h", None, 0, 0, 10_000), Ok(()));
+        assert_eq!(admit(&l, "h", None, 0, 0, free(10_000)), Ok(()));
         // The quota counts stored, being written and announced bytes.
-        assert_eq!(admit(&l, "h", Some(100), 800, 100, 10_000), Ok(()));
+        assert_eq!(admit(&l, "h", Some(100), 800, 100, free(10_000)), Ok(()));
         assert!(matches!(
-            admit(&l, "h", Some(100), 800, 101, 10_000),
+            admit(&l, "h", Some(100), 800, 101, free(10_000)),
             Err(SpaceRefusal::Quota { used: 1001, .. })
         ));
         // With nothing announced, a host exactly at its quota may not start another.
         assert!(matches!(
-            admit(&l, "h", None, 1000, 0, 10_000),
+            admit(&l, "h", None, 1000, 0, free(10_000)),
             Err(SpaceRefusal::Quota { .. })
         ));
-        assert_eq!(admit(&l, "h", None, 999, 0, 10_000), Ok(()));
+        assert_eq!(admit(&l, "h", None, 999, 0, free(10_000)), Ok(()));
         // The reserve, plus what is announced, must be free.
-        assert_eq!(admit(&l, "h", None, 0, 0, 50), Ok(()));
+        assert_eq!(admit(&l, "h", None, 0, 0, free(50)), Ok(()));
         assert_eq!(
-            admit(&l, "h", None, 0, 0, 49),
+            admit(&l, "h", None, 0, 0, free(49)),
             Err(SpaceRefusal::ReserveBeforeStart {
                 free: 49,
-                reserve: 50
+                held: 0,
+                reserve: 50,
+                announced: 0,
             })
         );
-        assert!(admit(&l, "h", Some(10), 0, 0, 59).is_err());
-        assert_eq!(admit(&l, "h", Some(10), 0, 0, 60), Ok(()));
+        assert!(admit(&l, "h", Some(10), 0, 0, free(59)).is_err());
+        assert_eq!(admit(&l, "h", Some(10), 0, 0, free(60)), Ok(()));
+        // What streams admitted before still hold is not free for this one.
+        let seen = Seen {
+            free: 160,
+            held: 100,
+        };
+        assert_eq!(admit(&l, "h", Some(10), 0, 0, seen), Ok(()));
+        assert_eq!(
+            admit(&l, "h", Some(11), 0, 0, seen),
+            Err(SpaceRefusal::ReserveBeforeStart {
+                free: 160,
+                held: 100,
+                reserve: 50,
+                announced: 11,
+            })
+        );
+        assert!(
+            admit(
+                &l,
+                "h",
+                None,
+                0,
+                0,
+                Seen {
+                    free: 149,
+                    held: 100
+                }
+            )
+            .is_err()
+        );
+        assert_eq!(
+            admit(
+                &l,
+                "h",
+                None,
+                0,
+                0,
+                Seen {
+                    free: 150,
+                    held: 100
+                }
+            ),
+            Ok(())
+        );
+        // More held than free (bytes promised but not yet written): nothing is available.
+        assert!(admit(&none, "h", Some(1), 0, 0, Seen { free: 10, held: 20 }).is_err());
+        assert_eq!(
+            admit(&none, "h", None, 0, 0, Seen { free: 10, held: 20 }),
+            Ok(())
+        );
         // Saturation, not overflow.
         let q = limits(None, Some(10), u64::MAX);
         assert!(matches!(
-            admit(&q, "h", Some(u64::MAX), u64::MAX, u64::MAX, u64::MAX),
+            admit(&q, "h", Some(u64::MAX), u64::MAX, u64::MAX, free(u64::MAX)),
             Err(SpaceRefusal::Quota { used: u64::MAX, .. })
         ));
     }

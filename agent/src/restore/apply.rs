@@ -471,11 +471,13 @@ pub async fn apply_chain(
             "the destination already holds the first pieces of the chain; continuing after them"
         );
     }
+    // The parents made here are this restore's: destroyed again, when empty, if it fails.
+    let mut created = Vec::new();
     if let Some(parent) = parent_to_create(&req.into)
         && !zfs.dataset_exists(parent).await?
     {
         info!(%parent, "creating the missing parent datasets");
-        zfs.create_parents(parent).await?;
+        created = zfs.create_parents(parent).await?;
     }
     let client = transfer::client_for(&src.endpoint);
     let mut bytes = 0;
@@ -526,6 +528,9 @@ pub async fn apply_chain(
             Err(e) => {
                 if !existed {
                     discard_partial(zfs, &req.into).await;
+                    if let Err(why) = zfs.remove_empty_created(&created).await {
+                        warn!(error = %why, "could not destroy the empty parents this restore had created");
+                    }
                 }
                 return Err(e);
             }

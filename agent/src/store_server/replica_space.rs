@@ -11,6 +11,12 @@
 //! - While a stream is received, the free space is what was free at the start less what has
 //!   arrived since (re-read from ZFS every [`RECHECK_BYTES`]; the lower of the two counts). A
 //!   stream that would leave less than half the reserve is stopped, and its receive aborted.
+//! - Streams admitted into a pool and still being received hold their announced size (or,
+//!   announcing none, their sender's estimate, else the pool's reserve) in the pool's
+//!   [`Ledgers`] entry until they end: the next
+//!   admission counts the free space less those holds. A replica stream holds all of it until
+//!   it ends, received bytes included: ZFS counts them in `available` only once their
+//!   transaction group is synced, so they cannot be told apart from bytes still to come.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +25,7 @@ use axum::http::StatusCode;
 
 use crate::filestore::space::{self, InFlight, SpaceRefusal};
 use crate::limits::StoreLimits;
+use crate::space_ledger::{self, Ledgers, Reservation};
 use crate::zfs::Zfs;
 
 use super::ApiError;
@@ -51,8 +58,13 @@ pub fn refusal_status(refusal: &SpaceRefusal) -> StatusCode {
 /// Why a replica stream is refused, in a sentence naming the flag that sets the limit.
 pub fn describe(target: &str, refusal: &SpaceRefusal) -> String {
     let why = match refusal {
-        SpaceRefusal::ReserveBeforeStart { free, reserve } => format!(
-            "its pool has {free} bytes free, less than the reserve of {reserve} bytes (--replica-min-free-bytes): no new replica stream until space is freed"
+        SpaceRefusal::ReserveBeforeStart {
+            free,
+            held,
+            reserve,
+            announced,
+        } => format!(
+            "its pool has {free} bytes free, {held} of them held for replica streams being received, which leaves less than the reserve of {reserve} bytes plus the {announced} bytes the stream announced (--replica-min-free-bytes): no new replica stream until space is freed"
         ),
         SpaceRefusal::ReserveWhileWriting { free, reserve } => format!(
             "its pool's free space would fall to {free} bytes, under half the reserve of {reserve} bytes (--replica-min-free-bytes): stream stopped and its receive aborted"
@@ -84,21 +96,27 @@ pub struct ReplicaSpace {
     bytes: u64,
     free_at_reading: u64,
     bytes_at_reading: u64,
+    /// What this stream holds in its pool's ledger, released when it is dropped.
+    _reservation: Reservation,
 }
 
 impl ReplicaSpace {
     /// Admits a stream of `announced` bytes (if known) from `host` into `target` under `root`
-    /// (one of `roots`), or refuses it before anything is received.
+    /// (one of `roots`), or refuses it before anything is received. `ledgers` holds the space
+    /// promised to the streams being received, per pool: this one holds its announced size,
+    /// else its sender's estimate (`expected`), else the reserve.
     #[allow(clippy::too_many_arguments)]
     pub async fn admit(
         zfs: &Zfs,
         limits: &StoreLimits,
         in_flight: &InFlight,
+        ledgers: &Ledgers,
         roots: &[String],
         root: &str,
         target: &str,
         host: &str,
         announced: Option<u64>,
+        expected: Option<u64>,
     ) -> Result<Self, ApiError> {
         let (measured, free) = nearest_available(zfs, root).await?;
         let pool = root.split('/').next().unwrap_or(root);
@@ -118,15 +136,14 @@ impl ReplicaSpace {
             min_free_bytes: reserve,
             ..limits.clone()
         };
-        space::admit(
-            &checks,
-            host,
-            announced,
-            stored,
-            host_bytes.load(Ordering::Relaxed),
-            free,
-        )
-        .map_err(|r| refused(target, r))?;
+        let writing = host_bytes.load(Ordering::Relaxed);
+        let hold = space_ledger::hold_of(announced.or(expected), reserve);
+        let reservation = ledgers
+            .of(pool)
+            .admit(free, hold, |seen| {
+                space::admit(&checks, host, announced, stored, writing, seen)
+            })
+            .map_err(|r| refused(target, r))?;
         Ok(Self {
             limits: checks,
             reserve,
@@ -139,6 +156,7 @@ impl ReplicaSpace {
             bytes: 0,
             free_at_reading: free,
             bytes_at_reading: 0,
+            _reservation: reservation,
         })
     }
 
@@ -228,11 +246,14 @@ mod tests {
             "p/r/h/d",
             &SpaceRefusal::ReserveBeforeStart {
                 free: 1,
+                held: 3,
                 reserve: 2,
+                announced: 4,
             },
         );
         assert!(m.starts_with("replica p/r/h/d refused: "), "{m}");
         assert!(m.contains("--replica-min-free-bytes"), "{m}");
+        assert!(m.contains("3 of them held for replica streams"), "{m}");
         let m = describe(
             "t",
             &SpaceRefusal::ReserveWhileWriting {
@@ -272,7 +293,9 @@ mod tests {
             },
             SpaceRefusal::ReserveBeforeStart {
                 free: 1,
+                held: 0,
                 reserve: 2,
+                announced: 0,
             },
             SpaceRefusal::ReserveWhileWriting {
                 free: 1,

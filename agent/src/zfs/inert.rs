@@ -19,7 +19,9 @@
 //!   in it; inherited ones are not). After the receive, [`after_receive_properties`] are set.
 //!
 //! On both, missing parents are created one at a time with `canmount=off`, so that none is
-//! mounted ([`super::Zfs::create_parents`]).
+//! mounted ([`super::Zfs::create_parents`]); when the receive they were made for fails, the
+//! ones still empty are destroyed again ([`super::Zfs::remove_empty_created`],
+//! [`is_empty_parent`]), never a parent that was there before.
 
 use std::io;
 use std::pin::Pin;
@@ -29,6 +31,14 @@ use tokio::io::AsyncWrite;
 
 use super::caps::{Capabilities, Capability};
 use crate::stream_header::DMU_BACKUP_MAGIC;
+
+/// Whether `level`, listed with `zfs list -H -r -t all -o name <level>` as `listing`, is an
+/// empty parent: the listing names it and nothing else (no child dataset, no snapshot, no
+/// partial receive).
+pub fn is_empty_parent(level: &str, listing: &str) -> bool {
+    let mut names = listing.lines().map(str::trim).filter(|l| !l.is_empty());
+    names.next() == Some(level) && names.next().is_none()
+}
 
 /// Why a dataset is received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -313,6 +323,20 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for HeadGate<W> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn only_a_parent_that_holds_nothing_is_empty() {
+        assert!(is_empty_parent("p/r/h", "p/r/h\n"));
+        assert!(is_empty_parent("p/r/h", "p/r/h"));
+        assert!(is_empty_parent("p/r/h", "\np/r/h\n\n"));
+        // A child dataset, a snapshot, a partial receive's clone.
+        assert!(!is_empty_parent("p/r/h", "p/r/h\np/r/h/db\n"));
+        assert!(!is_empty_parent("p/r/h", "p/r/h\np/r/h@zb-1\n"));
+        assert!(!is_empty_parent("p/r/h", "p/r/h\np/r/h/%recv\n"));
+        // A listing of something else, or of nothing, proves nothing.
+        assert!(!is_empty_parent("p/r/h", "p/r/hx\n"));
+        assert!(!is_empty_parent("p/r/h", ""));
+    }
 
     /// A first record (and its payload when compound) in either byte order.
     fn head(compound: bool, big_endian: bool, payload: &[u8]) -> Vec<u8> {

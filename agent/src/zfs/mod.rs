@@ -203,8 +203,10 @@ impl Zfs {
 
     /// Creates `dataset` and its missing ancestors (the parents of a replica or a restore),
     /// each with `canmount=off`, so that none of them is mounted: one `zfs create` per
-    /// missing level, top down (`zfs create -p` would mount every one).
-    pub async fn create_parents(&self, dataset: &str) -> Result<(), ZfsError> {
+    /// missing level, top down (`zfs create -p` would mount every one). Returns the levels
+    /// this call created, top down (not those a concurrent receive made meanwhile), for
+    /// [`Zfs::remove_empty_created`] when the receive they were made for fails.
+    pub async fn create_parents(&self, dataset: &str) -> Result<Vec<String>, ZfsError> {
         zetaback_core::names::validate_dataset(dataset)?;
         let levels: Vec<&str> = dataset
             .match_indices('/')
@@ -218,19 +220,54 @@ impl Zfs {
             }
             missing.push(*level);
         }
+        let mut created = Vec::new();
         for level in missing.into_iter().rev() {
             let args: Vec<String> = ["create", "-o", "canmount=off", level]
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect();
-            // A concurrent receive under the same parent may have created it meanwhile.
-            if let Err(e) = self.output(&args, true).await
-                && !self.dataset_exists(level).await?
-            {
-                return Err(e);
+            match self.output(&args, true).await {
+                Ok(_) => created.push(level.to_owned()),
+                // A concurrent receive under the same parent may have created it meanwhile
+                // (then it is not ours to remove).
+                Err(e) => {
+                    if !self.dataset_exists(level).await? {
+                        return Err(e);
+                    }
+                }
             }
         }
-        Ok(())
+        Ok(created)
+    }
+
+    /// Destroys the parents [`Zfs::create_parents`] made (`created`, top down) that are
+    /// still empty — no child dataset, no snapshot — bottom up, stopping at the first one
+    /// that is not. Each is destroyed without `-r`, so that one gaining a child meanwhile is
+    /// refused by ZFS rather than destroyed with it. Returns the levels destroyed.
+    pub async fn remove_empty_created(&self, created: &[String]) -> Result<Vec<String>, ZfsError> {
+        let mut removed = Vec::new();
+        for level in created.iter().rev() {
+            zetaback_core::names::validate_dataset(level)?;
+            let args: Vec<String> = ["list", "-H", "-r", "-t", "all", "-o", "name", level]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            let listing = match self.output(&args, true).await {
+                Ok(text) => text,
+                // Gone already (removed by another failed receive): look at the next one up.
+                Err(ZfsError::Failed { stderr, .. }) if stderr.contains("does not exist") => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !inert::is_empty_parent(level, &listing) {
+                break;
+            }
+            let args = vec!["destroy".to_owned(), level.clone()];
+            self.output(&args, true).await?;
+            removed.push(level.clone());
+        }
+        Ok(removed)
     }
 
     /// Sets what an inert receive could not set at receive time (zfs-fuse: `setuid=off`,

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub const IDLE_TIMEOUT_SECS: &str = "8";
 
 pub mod kube_identity;
+pub mod raw_put;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
