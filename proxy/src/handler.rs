@@ -253,7 +253,7 @@ fn stored(
         return None;
     }
     let vkey = rt.store.variant_key(primary, headers);
-    rt.store.objects.get(vkey.as_ref())
+    rt.store.get_hit(vkey.as_ref())
 }
 
 async fn handle_counted(

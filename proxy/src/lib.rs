@@ -22,6 +22,7 @@ pub mod error;
 pub(crate) mod error_chain;
 pub mod fill_budget;
 pub mod forwarding;
+pub mod front;
 pub mod handler;
 pub mod health;
 pub mod hop;
