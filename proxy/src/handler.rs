@@ -739,7 +739,7 @@ async fn pass(
     let exceeded = Arc::new(AtomicBool::new(false));
     let has_body = forwarding::has_body(&parts.headers);
     let body = if has_body {
-        LimitedBody::new(incoming, limit, exceeded.clone()).boxed()
+        body::boxed(LimitedBody::new(incoming, limit, exceeded.clone()))
     } else {
         body::empty()
     };
