@@ -24,6 +24,7 @@ pub mod fill_budget;
 pub mod forwarding;
 pub mod front;
 pub mod handler;
+pub mod head_timer;
 pub mod health;
 pub mod hop;
 pub mod key;
