@@ -417,7 +417,10 @@ mod tests {
         assert_eq!(b.size_hint().exact(), Some(5));
         assert!(!b.is_end_stream());
         let frame = b.frame().await.expect("a frame").expect("no error");
-        assert_eq!(frame.into_data().expect("data"), Bytes::from_static(b"hello"));
+        assert_eq!(
+            frame.into_data().expect("data"),
+            Bytes::from_static(b"hello")
+        );
         assert!(b.is_end_stream());
         assert!(b.frame().await.is_none());
         for mut e in [empty(), full(Bytes::new())] {
