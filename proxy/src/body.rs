@@ -7,36 +7,82 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use crate::fill_budget::{FillBudget, Reservation};
 
 /// Error type carried by proxy bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type used everywhere in the proxy.
-pub type Body = BoxBody<Bytes, BoxError>;
+
+/// The body type used everywhere in the proxy: bytes already in memory
+/// (a cache hit, an error page: no allocation of a body object), or any
+/// other body, boxed.
+pub enum Body {
+    /// One data frame, or none (`None` once sent, and for an empty body).
+    Bytes(Option<Bytes>),
+    Boxed(BoxBody<Bytes, BoxError>),
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Bytes(data) => Poll::Ready(
+                data.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            Body::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Bytes(data) => data.as_ref().is_none_or(Bytes::is_empty),
+            Body::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Bytes(data) => SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Boxed(b) => b.size_hint(),
+        }
+    }
+}
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed()
+    Body::Bytes(None)
 }
 
 /// A body from bytes already in memory.
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
+    Body::Bytes(Some(b.into()))
+}
+
+/// Any other body, boxed.
+pub fn boxed<B>(b: B) -> Body
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+{
+    Body::Boxed(b.boxed())
 }
 
 /// A streamed upstream body.
 pub fn stream(b: Incoming) -> Body {
-    b.map_err(|e| Box::new(e) as BoxError).boxed()
+    boxed(b.map_err(|e| Box::new(e) as BoxError))
 }
 
 /// A streamed upstream body that fails after `idle` without a frame.
 pub fn stream_idle(b: Incoming, idle: std::time::Duration) -> Body {
-    IdleTimeoutBody::new(stream(b), idle).boxed()
+    boxed(IdleTimeoutBody::new(stream(b), idle))
 }
 
 /// Already-read chunks followed by the rest of an upstream body.
@@ -358,5 +404,39 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_in_memory_are_one_frame_with_their_exact_length() {
+        let mut b = full("hello");
+        assert_eq!(b.size_hint().exact(), Some(5));
+        assert!(!b.is_end_stream());
+        let frame = b.frame().await.expect("a frame").expect("no error");
+        assert_eq!(
+            frame.into_data().expect("data"),
+            Bytes::from_static(b"hello")
+        );
+        assert!(b.is_end_stream());
+        assert!(b.frame().await.is_none());
+        for mut e in [empty(), full(Bytes::new())] {
+            assert!(e.is_end_stream());
+            assert_eq!(e.size_hint().exact(), Some(0));
+            assert!(e.frame().await.is_none(), "an empty body has no frame");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_boxed_body_is_passed_through() {
+        let inner = http_body_util::Full::new(Bytes::from_static(b"abcd"))
+            .map_err(|never| -> BoxError { match never {} });
+        let b = boxed(inner);
+        assert_eq!(b.size_hint().exact(), Some(4));
+        let all = b.collect().await.expect("body").to_bytes();
+        assert_eq!(all, Bytes::from_static(b"abcd"));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,6 +16,7 @@ use moka::sync::Cache;
 use tokio::sync::watch;
 
 use crate::config::CacheConfig;
+use crate::front::{self, Front};
 
 /// Bytes charged per entry of the owner, Vary and pass caches on top of
 /// its key and value (moka's entry with its TTL node, the map slot, the key
@@ -52,6 +53,14 @@ pub struct CachedObject {
     pub initial_age: Duration,
     /// Extra lifetime in the store after the grace window.
     pub keep: Duration,
+    /// The (variant) key it is stored under; set by [`Store::insert`].
+    pub key: Box<str>,
+    /// Set once the store dropped it (replaced, invalidated, expired,
+    /// evicted): the hit index ([`crate::front`]) never serves it then.
+    retired: AtomicBool,
+    /// Hits answered by the hit index, to pass one in
+    /// [`front::RECORD_EVERY`] on to moka.
+    front_hits: AtomicU32,
     weight: u32,
 }
 
@@ -86,7 +95,8 @@ impl CachedObject {
         // The prebuilt head shares the values; its own tables cost about
         // 80 bytes per header.
         let head = served_head(&headers, body.len(), via);
-        let weight = key_len * 2 + body.len() + header_bytes * 4 + head.len() * 80 + 4096;
+        // Keys: moka's, the object's own (`key`) and the policy's URI.
+        let weight = key_len * 3 + body.len() + header_bytes * 4 + head.len() * 80 + 4096;
         Self {
             status,
             headers,
@@ -101,8 +111,29 @@ impl CachedObject {
             grace_until,
             initial_age,
             keep,
+            key: Box::default(),
+            retired: AtomicBool::new(false),
+            front_hits: AtomicU32::new(0),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
+    }
+
+    /// Mark it dropped by the store (see [`crate::front`]).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Count a hit answered by the hit index; true for the hits that must
+    /// reach moka too.
+    fn front_hit_recorded(&self) -> bool {
+        self.front_hits
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            .is_multiple_of(front::RECORD_EVERY)
     }
 
     /// Current Age in seconds.
@@ -170,6 +201,8 @@ impl Expiry<String, Arc<CachedObject>> for ObjectExpiry {
 /// Response cache plus the Vary index and hit-for-pass marks.
 pub struct Store {
     pub objects: Cache<String, Arc<CachedObject>>,
+    /// The hit index in front of `objects` ([`crate::front`]).
+    front: Arc<Front>,
     /// primary key -> header names the stored variants vary on
     pub vary: Cache<String, Arc<Vec<HeaderName>>>,
     /// primary keys recently found uncacheable
@@ -184,6 +217,8 @@ pub struct Store {
 
 impl Store {
     pub fn new(cfg: &CacheConfig) -> Self {
+        let front = Arc::new(Front::new());
+        let dropped = front.clone();
         let objects = Cache::builder()
             .max_capacity(cfg.max_size)
             .weigher(|k: &String, v: &Arc<CachedObject>| {
@@ -191,6 +226,11 @@ impl Store {
                     .saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
             })
             .expire_after(ObjectExpiry)
+            // Every removal, whatever its cause, leaves the hit index too.
+            .eviction_listener(move |_key, obj: Arc<CachedObject>, _cause| {
+                obj.retire();
+                dropped.forget(&obj);
+            })
             .build();
         // Keys are client-chosen URLs: bound these by bytes, not by count.
         let vary = Cache::builder()
@@ -210,6 +250,7 @@ impl Store {
             .build();
         Self {
             objects,
+            front,
             vary,
             pass,
             max_object_size: cfg.max_object_size,
@@ -222,6 +263,26 @@ impl Store {
     /// Whether a new config can keep using this store.
     pub fn compatible(&self, cfg: &CacheConfig) -> bool {
         self.sizing == (cfg.max_size, cfg.pass_ttl, cfg.index_max_size)
+    }
+
+    /// The object stored under a variant key, for a fresh-hit lookup: from
+    /// the hit index when it is there (one hit in
+    /// [`front::RECORD_EVERY`] still goes through moka), else from moka,
+    /// and then remembered in the index.
+    pub fn get_hit(&self, key: &str) -> Option<Arc<CachedObject>> {
+        if let Some(obj) = self.front.get(key)
+            && !obj.front_hit_recorded()
+        {
+            return Some(obj);
+        }
+        let obj = self.objects.get(key)?;
+        self.front.remember(&obj);
+        Some(obj)
+    }
+
+    /// Objects in the hit index.
+    pub fn front_len(&self) -> usize {
+        self.front.len()
     }
 
     /// Key of the variant this request maps to (the primary key itself,
@@ -243,9 +304,10 @@ impl Store {
         primary: &str,
         req: &HeaderMap,
         names: Vec<HeaderName>,
-        obj: CachedObject,
+        mut obj: CachedObject,
     ) -> Arc<CachedObject> {
         let key = crate::key::variant_key(primary, &names, req);
+        obj.key = key.as_str().into();
         if names.is_empty() {
             if self.any_vary.load(Ordering::Relaxed) {
                 self.vary.invalidate(primary);
@@ -355,6 +417,84 @@ pub async fn wait(mut rx: watch::Receiver<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn object(body: &str) -> CachedObject {
+        let uri: Uri = "/x".parse().expect("uri");
+        let now = SystemTime::now();
+        let policy = crate::storability::make_policy(
+            &uri,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Duration::from_secs(60),
+            now,
+        );
+        CachedObject::new(
+            8,
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from(body.to_string()),
+            policy,
+            uri,
+            None,
+            Duration::from_secs(60),
+            Duration::ZERO,
+            Duration::ZERO,
+            now,
+            &HeaderValue::from_static("1.1 test"),
+        )
+    }
+
+    #[test]
+    fn hits_never_see_what_the_store_dropped() {
+        let store = Store::new(&CacheConfig {
+            max_size: 64 * 1024,
+            ..CacheConfig::default()
+        });
+        let req = HeaderMap::new();
+        let a = store.insert("h/a", &req, vec![], object("one"));
+        assert!(Arc::ptr_eq(&store.get_hit("h/a").expect("hit"), &a));
+        assert_eq!(store.front_len(), 1, "a hit is remembered");
+        // Replaced: every later hit (from the index or moka) is the new one.
+        let b = store.insert("h/a", &req, vec![], object("two"));
+        assert!(a.is_retired());
+        for _ in 0..3 * front::RECORD_EVERY {
+            assert!(Arc::ptr_eq(&store.get_hit("h/a").expect("hit"), &b));
+        }
+        // Invalidated (an unsafe method succeeded): no hit at all.
+        store.invalidate("h/a", &req);
+        assert!(b.is_retired());
+        assert!(store.get_hit("h/a").is_none());
+        assert_eq!(store.front_len(), 0);
+        // Evicted for size (or refused admission): 200 objects of at least
+        // 4 KiB each in 64 KiB, each hit as soon as it is stored.
+        let all: Vec<_> = (0..200)
+            .map(|i| {
+                let key = format!("h/f{i}");
+                let obj = store.insert(&key, &req, vec![], object(&key));
+                let _ = store.get_hit(&key);
+                store.objects.run_pending_tasks();
+                (key, obj)
+            })
+            .collect();
+        store.objects.run_pending_tasks();
+        let dropped = all.iter().filter(|(_, o)| o.is_retired()).count();
+        assert!(dropped > 150, "only {dropped} of 200 dropped");
+        for (key, obj) in &all {
+            match store.front.get(key) {
+                Some(o) => {
+                    assert!(Arc::ptr_eq(&o, obj), "{key}");
+                    let held = store.objects.get(key).expect("the store holds it");
+                    assert!(Arc::ptr_eq(&held, obj), "{key}");
+                }
+                None => assert!(
+                    obj.is_retired() || store.objects.get(key).is_none(),
+                    "{key} is held but was not remembered"
+                ),
+            }
+        }
+        assert!(store.front_len() as u64 <= store.objects.entry_count());
+    }
 
     #[tokio::test]
     async fn coalescing_one_leader() {

@@ -253,7 +253,7 @@ fn stored(
         return None;
     }
     let vkey = rt.store.variant_key(primary, headers);
-    rt.store.objects.get(vkey.as_ref())
+    rt.store.get_hit(vkey.as_ref())
 }
 
 async fn handle_counted(
@@ -739,7 +739,7 @@ async fn pass(
     let exceeded = Arc::new(AtomicBool::new(false));
     let has_body = forwarding::has_body(&parts.headers);
     let body = if has_body {
-        LimitedBody::new(incoming, limit, exceeded.clone()).boxed()
+        body::boxed(LimitedBody::new(incoming, limit, exceeded.clone()))
     } else {
         body::empty()
     };

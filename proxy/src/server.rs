@@ -1,7 +1,8 @@
 //! Listeners, graceful shutdown, reload, and the metrics/health endpoint.
 //! Both listeners cap their open connections (one more is answered 503 and
 //! closed) and give a client `limits.headerRead` to send each request head
-//! (hyper's timer, which also closes idle keep-alive connections), and
+//! (hyper's header-read timeout, on a clock of the connection's own:
+//! [`crate::head_timer`]; it also closes idle keep-alive connections), and
 //! disconnect a client that reads nothing for `limits.sendTimeout`.
 
 use std::convert::Infallible;
@@ -14,7 +15,7 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -25,6 +26,7 @@ use crate::body::{self, Body};
 use crate::config::{LimitConfig, ProxyConfig};
 use crate::error::{ConfigError, ServerError};
 use crate::handler::{self, Runtime};
+use crate::head_timer::HeadClock;
 use crate::metrics::Metrics;
 use crate::stall::WriteStallIo;
 
@@ -164,11 +166,13 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
 content-length: 21\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections\n";
 
-/// A hyper HTTP/1 server builder with the client-side limits.
-fn http1_builder(limits: &LimitConfig) -> http1::Builder {
+/// A hyper HTTP/1 server builder for one connection, with the client-side
+/// limits; its header-read timer is the connection's `clock` (see
+/// [`crate::head_timer`]: `drive!` runs its watchdog).
+fn http1_builder(limits: &LimitConfig, clock: &HeadClock) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.keep_alive(true)
-        .timer(TokioTimer::new())
+        .timer(clock.timer())
         .header_read_timeout(limits.header_read)
         .max_header_size(usize::try_from(limits.max_header_bytes.max(8192)).unwrap_or(usize::MAX));
     b
@@ -225,25 +229,38 @@ fn refuse(mut stream: TcpStream, refusals: &Arc<Semaphore>) {
 
 /// Run one hyper connection until it ends, or shut it down gracefully
 /// (finish the request in progress) once `stop` is set; then release the
-/// connection's slot. (A macro: the connection's service type cannot be
-/// named, and a generic function trips over its higher-ranked error type.)
+/// connection's slot. Meanwhile the watchdog of the connection's
+/// header-read clock fires a head's deadline once it passed. (A macro: the
+/// connection's service type cannot be named, and a generic function trips
+/// over its higher-ranked error type.)
 macro_rules! drive {
-    ($conn:expr, $stop:expr, $permit:expr) => {{
+    ($conn:expr, $clock:expr, $period:expr, $stop:expr, $permit:expr) => {{
         let conn = $conn;
+        let clock: HeadClock = $clock;
+        let period: std::time::Duration = $period;
         let mut stop = $stop;
         let permit = $permit;
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        debug!(error = %e, "connection ended with error");
+            let first = clock.check(std::time::Instant::now(), period);
+            let watchdog = tokio::time::sleep_until(first.into());
+            let mut watchdog = std::pin::pin!(watchdog);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            debug!(error = %e, "connection ended with error");
+                        }
+                        break;
                     }
-                }
-                _ = wait_shutdown(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "connection ended with error");
+                    _ = wait_shutdown(&mut stop), if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    () = watchdog.as_mut() => {
+                        let next = clock.check(std::time::Instant::now(), period);
+                        watchdog.as_mut().reset(next.into());
                     }
                 }
             }
@@ -268,7 +285,6 @@ async fn serve_proxy(
 ) {
     let (slots, cap) = semaphore(limits.max_connections);
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
-    let builder = http1_builder(&limits);
     while let Some((stream, peer, permit)) = accept(&listener, &slots, &mut stop).await {
         let Some(permit) = permit else {
             shared.metrics.refused_proxy.inc();
@@ -279,11 +295,14 @@ async fn serve_proxy(
         let shared = shared.clone();
         let svc =
             service_fn(move |req: Request<Incoming>| handler::respond(&shared.runtime, req, peer));
+        let clock = HeadClock::new();
         drive!(
-            builder.serve_connection(
+            http1_builder(&limits, &clock).serve_connection(
                 TokioIo::new(WriteStallIo::new(stream, limits.send_timeout)),
                 svc
             ),
+            clock,
+            limits.header_read,
             stop.clone(),
             permit
         );
@@ -307,7 +326,6 @@ async fn serve_metrics(
 ) {
     let (slots, _) = semaphore(limits.max_metrics_connections);
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
-    let builder = http1_builder(&limits);
     while let Some((stream, _, permit)) = accept(&listener, &slots, &mut stop).await {
         let Some(permit) = permit else {
             shared.metrics.refused_metrics.inc();
@@ -319,11 +337,14 @@ async fn serve_metrics(
             let shared = shared2.clone();
             async move { Ok::<_, Infallible>(metrics_endpoint(&shared, &req)) }
         });
+        let clock = HeadClock::new();
         drive!(
-            builder.serve_connection(
+            http1_builder(&limits, &clock).serve_connection(
                 TokioIo::new(WriteStallIo::new(stream, limits.send_timeout)),
                 svc
             ),
+            clock,
+            limits.header_read,
             stop.clone(),
             permit
         );

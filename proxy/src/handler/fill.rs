@@ -351,7 +351,7 @@ fn tee_into_store(
     )
     .with_budget(&rt.fill_budget, on_no_room);
     let body = IdleTimeoutBody::new(body.boxed(), rt.cfg.timeouts.body_idle);
-    Filled::Stream(Response::from_parts(parts, body.boxed()))
+    Filled::Stream(Response::from_parts(parts, body::boxed(body)))
 }
 
 /// Buffer up to `maxObjectSize` and store; beyond that stream what was
@@ -385,14 +385,14 @@ async fn buffer_into_store(
             if !reservation.as_mut().is_some_and(|r| r.grow_to(size)) {
                 rt.metrics.not_stored(FILL_BUDGET_FULL);
                 let body = PrefixedBody::new(chunks, incoming).boxed();
-                let body = IdleTimeoutBody::new(body, rt.cfg.timeouts.body_idle).boxed();
+                let body = body::boxed(IdleTimeoutBody::new(body, rt.cfg.timeouts.body_idle));
                 return Ok(Filled::Stream(Response::from_parts(parts, body)));
             }
             if size > rt.store.max_object_size {
                 rt.metrics.not_stored(NotStorable::TooLarge.as_str());
                 rt.store.mark_pass(&ctx.primary);
                 let body = PrefixedBody::new(chunks, incoming).boxed();
-                let body = IdleTimeoutBody::new(body, rt.cfg.timeouts.body_idle).boxed();
+                let body = body::boxed(IdleTimeoutBody::new(body, rt.cfg.timeouts.body_idle));
                 return Ok(Filled::Stream(Response::from_parts(parts, body)));
             }
         }
