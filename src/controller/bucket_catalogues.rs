@@ -6,7 +6,7 @@
 //!
 //! * A **Restore** reads its source dataset's scope (a bulk Restore its source host's) now,
 //!   every time: it must see the newest backup. A read of an unchanged scope is one listing.
-//! * A **policy** reads each of its hosts' scope when it is cold, older than `max_age`,
+//! * A **policy** reads each of its hosts' scope ([`HOSTS_AT_ONCE`] hosts at once) when it is cold, older than `max_age`,
 //!   changed by the controller (retention, archive: [`BucketCatalogues::invalidate`]), or lacks
 //!   a backup a succeeded BackupJob names; otherwise its copy serves without a request.
 //! * Entries unused for [`IDLE`] are dropped, so memory follows what is read, one parsed
@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use kube::Client;
 use zetaback_core::api::backup_policy::ObjectStoreTarget;
 use zetaback_core::store::Catalogue;
-use zetaback_objstore::cached::{CachedCatalogue, PARALLEL_GETS, Scope};
+use futures::{StreamExt, TryStreamExt};
+use zetaback_objstore::cached::{CachedCatalogue, HOSTS_AT_ONCE, PARALLEL_GETS, Scope};
 use zetaback_objstore::{Keys, connect};
 
 use super::store_client::{HostCatalogue, KnownBackup, StoreView};
@@ -212,8 +213,8 @@ impl BucketCatalogues {
             // Nothing to read, but a bucket the keys cannot read must still show.
             self.probe(client, namespace, target).await?;
         }
-        let mut out = Vec::with_capacity(hosts.len());
-        for host in hosts {
+        // Several hosts at once ([`HOSTS_AT_ONCE`]); the view keeps the hosts' order.
+        let reads = hosts.iter().map(|host| async move {
             let entry = self.entry(EntryKey::new(namespace, target, Scope::Host(host.clone())));
             let mut e = entry.lock().await;
             let mine: Vec<(String, String)> = known
@@ -238,8 +239,12 @@ impl BucketCatalogues {
                     i
                 }
             };
-            out.push((host.clone(), indexed));
-        }
+            Ok::<_, String>((host.clone(), indexed))
+        });
+        let out: Vec<(String, Arc<HostCatalogue>)> = futures::stream::iter(reads)
+            .buffered(HOSTS_AT_ONCE)
+            .try_collect()
+            .await?;
         Ok(StoreView::from_hosts(out))
     }
 
