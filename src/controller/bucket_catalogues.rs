@@ -6,9 +6,10 @@
 //!
 //! * A **Restore** reads its source dataset's scope (a bulk Restore its source host's) now,
 //!   every time: it must see the newest backup. A read of an unchanged scope is one listing.
-//! * A **policy** reads each of its hosts' scope ([`HOSTS_AT_ONCE`] hosts at once) when it is cold, older than `max_age`,
-//!   changed by the controller (retention, archive: [`BucketCatalogues::invalidate`]), or lacks
-//!   a backup a succeeded BackupJob names; otherwise its copy serves without a request.
+//! * A **policy** reads each of its hosts' scope ([`HOSTS_AT_ONCE`] hosts at once) when it is
+//!   cold, older than `max_age`, changed by the controller (retention, archive:
+//!   [`BucketCatalogues::invalidate`]), or lacks a backup a succeeded BackupJob names; otherwise
+//!   its copy serves without a request.
 //! * Entries unused for [`IDLE`] are dropped, so memory follows what is read, one parsed
 //!   manifest per backup in the scopes in use.
 //!
