@@ -163,6 +163,8 @@ case "${1:-}" in
       local t1 rss
       t1=$(date +%s.%N)
       rss=$(tail -1 "$dir/time.out")
+      # A restore is received inert (canmount=noauto): mount it to read its files.
+      [ "$(zfs get -H -o value mounted "$4")" = yes ] || zfs mount "$4"
       [ "$(sums "$(mounted "$4")")" = "$want" ] || { log "$2: the restored files differ"; return 1; }
       destroy "$4"
       awk -v r="$1" -v n="$2" -v v="$3" -v a="$5" -v b="$t1" -v by="$bytes" -v m="$rss" \
