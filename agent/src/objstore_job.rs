@@ -16,9 +16,9 @@ use tracing::{Instrument, info, info_span, warn};
 use zetaback_core::api::BackupJobSpec;
 use zetaback_core::api::backup_policy::ObjectStoreTarget;
 use zetaback_core::store::{Manifest, StreamId};
+use zetaback_objstore::object_store::ObjectStore;
 use zetaback_objstore::pending::Requests;
 use zetaback_objstore::upload::{UploadSpec, upload};
-use zetaback_objstore::object_store::ObjectStore;
 use zetaback_objstore::{Credentials, Keys, ObjStoreError, connect_locked};
 
 use crate::job::{JobError, JobOutcome, JobSettings};

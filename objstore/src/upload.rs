@@ -421,10 +421,17 @@ mod tests {
             .unwrap();
         assert_eq!(m.bytes, data.len() as u64);
         assert_eq!(m.sha256, hex::encode(Sha256::digest(&data)));
-        let key = keys.stream("h1", "tank/a", &StreamId::Full { ts: 100 }, false).unwrap();
+        let key = keys
+            .stream("h1", "tank/a", &StreamId::Full { ts: 100 }, false)
+            .unwrap();
         let stored = store.get(&key).await.unwrap().bytes().await.unwrap();
-        assert!(stored == data, "the stored stream differs from what was sent");
-        let manifest = keys.manifest("h1", "tank/a", &StreamId::Full { ts: 100 }, false).unwrap();
+        assert!(
+            stored == data,
+            "the stored stream differs from what was sent"
+        );
+        let manifest = keys
+            .manifest("h1", "tank/a", &StreamId::Full { ts: 100 }, false)
+            .unwrap();
         assert!(store.get(&manifest).await.is_ok());
     }
 
@@ -432,7 +439,9 @@ mod tests {
     async fn an_empty_stream_is_one_empty_object() {
         let store = object_store::memory::InMemory::new();
         let keys = Keys::new(None);
-        let m = upload(&store, &keys, &spec(7), chunked(&[], 1)).await.unwrap();
+        let m = upload(&store, &keys, &spec(7), chunked(&[], 1))
+            .await
+            .unwrap();
         assert_eq!(m.bytes, 0);
         assert_eq!(m.sha256, hex::encode(Sha256::digest(b"")));
     }

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
 use kube::Client;
 use zetaback_core::api::backup_policy::ObjectStoreTarget;
 use zetaback_core::store::Catalogue;
-use futures::{StreamExt, TryStreamExt};
 use zetaback_objstore::cached::{CachedCatalogue, HOSTS_AT_ONCE, PARALLEL_GETS, Scope};
 use zetaback_objstore::{Keys, connect};
 

@@ -625,8 +625,9 @@ async fn upload_stdin(b: &Bucket, what: &StdinBackup) -> anyhow::Result<()> {
     let stdin = stdin_pipe()?;
     let done: zetaback_agent::transfer::SourceDone = Box::pin(async { Ok(()) });
     let t = Instant::now();
-    let m = zetaback_agent::objstore_job::upload_reader(store.as_ref(), &keys, &spec, stdin, 0, done)
-        .await?;
+    let m =
+        zetaback_agent::objstore_job::upload_reader(store.as_ref(), &keys, &spec, stdin, 0, done)
+            .await?;
     let secs = t.elapsed().as_secs_f64();
     let (_, hwm) = memory();
     println!(
