@@ -215,38 +215,51 @@ impl BucketCatalogues {
             self.probe(client, namespace, target).await?;
         }
         // Several hosts at once ([`HOSTS_AT_ONCE`]); the view keeps the hosts' order.
-        let reads = hosts.iter().map(|host| async move {
-            let entry = self.entry(EntryKey::new(namespace, target, Scope::Host(host.clone())));
-            let mut e = entry.lock().await;
-            let mine: Vec<(String, String)> = known
-                .iter()
-                .filter(|(h, _, _)| h == host)
-                .map(|(_, ds, id)| (ds.clone(), id.clone()))
-                .collect();
-            self.ensure(
-                &mut e,
-                client,
-                namespace,
-                target,
-                Freshness::MaxAge(self.max_age),
-                &mine,
-            )
-            .await?;
-            let indexed = match &e.indexed {
-                Some(i) => i.clone(),
-                None => {
-                    let i = Arc::new(HostCatalogue::of_host(&e.catalogue, host));
-                    e.indexed = Some(i.clone());
-                    i
-                }
-            };
-            Ok::<_, String>((host.clone(), indexed))
-        });
+        let reads = hosts
+            .iter()
+            .cloned()
+            .map(|host| self.read_host(client, namespace, target, host, known));
         let out: Vec<(String, Arc<HostCatalogue>)> = futures::stream::iter(reads)
             .buffered(HOSTS_AT_ONCE)
             .try_collect()
             .await?;
         Ok(StoreView::from_hosts(out))
+    }
+
+    /// One host's part of [`Self::view`]: its scope read if it must be, and its index.
+    async fn read_host(
+        &self,
+        client: &Client,
+        namespace: &str,
+        target: &ObjectStoreTarget,
+        host: String,
+        known: &[KnownBackup],
+    ) -> Result<(String, Arc<HostCatalogue>), String> {
+        let entry = self.entry(EntryKey::new(namespace, target, Scope::Host(host.clone())));
+        let mut e = entry.lock().await;
+        let mine: Vec<(String, String)> = known
+            .iter()
+            .filter(|(h, _, _)| *h == host)
+            .map(|(_, ds, id)| (ds.clone(), id.clone()))
+            .collect();
+        self.ensure(
+            &mut e,
+            client,
+            namespace,
+            target,
+            Freshness::MaxAge(self.max_age),
+            &mine,
+        )
+        .await?;
+        let indexed = match &e.indexed {
+            Some(i) => i.clone(),
+            None => {
+                let i = Arc::new(HostCatalogue::of_host(&e.catalogue, &host));
+                e.indexed = Some(i.clone());
+                i
+            }
+        };
+        Ok((host, indexed))
     }
 
     /// Whether the target's keys can list its prefix (one request per page of its first level).
