@@ -20,6 +20,9 @@
 #       `zfs receive` of the same stream from a local file; every restore's files checked
 #       against the source's sha256 sums. MB/s and peak RSS of the reading process.
 #
+# KEEP_S3=1 under `flock /tmp/zb-bench.lock`: the kept server inherits the lock's file descriptor and
+# holds the lock until it is stopped (`seaweedfs.sh down` with the same ZETABACK_S3_* settings), and
+# restarting it on 200,000 objects took minutes: measure everything in one server session instead.
 # Env: CARGO_TARGET_DIR; BENCH_BIN (skip the build); BEFORE_BIN, BEFORE_LABEL (upload: an earlier
 # build of this benchmark, measured in the same rounds as a row of its own); AWS_BIN, RCLONE_BIN (default: aws, rclone
 # on PATH; Debian's are /usr/bin/aws and /usr/bin/rclone); ROUNDS (default 3); BENCH_DIR (default /var/tmp/zetaback-bench-objectstore).
