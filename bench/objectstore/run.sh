@@ -102,6 +102,9 @@ case "${1:-}" in
         'BEGIN { printf "%s\t%s\t%.3f\t%d\n", n, v, b - a, r }' >>"$dir/rows.tsv"
     }
     : >"$dir/rows.tsv"
+    # Warm-up, not measured: a fresh server grows its volumes on its first writes, which would
+    # slow whichever uploader came first.
+    head -c $((64 << 20)) "$stream" | "$aws" --endpoint-url "$endpoint" s3 cp - s3://zetaback-e2e/bench-upload/warm-up >/dev/null
     for round in $(seq 1 "$rounds"); do
       row "agent upload path (objstore_job::upload_reader)" "this commit" \
         "$bin" upload-stdin --endpoint "$endpoint"
