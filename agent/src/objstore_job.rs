@@ -10,11 +10,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 use zetaback_core::api::BackupJobSpec;
 use zetaback_core::api::backup_policy::ObjectStoreTarget;
-use zetaback_core::store::StreamId;
+use zetaback_core::store::{Manifest, StreamId};
+use zetaback_objstore::object_store::ObjectStore;
 use zetaback_objstore::pending::Requests;
 use zetaback_objstore::upload::{UploadSpec, upload};
 use zetaback_objstore::{Credentials, Keys, ObjStoreError, connect_locked};
@@ -83,43 +85,16 @@ pub async fn send(
             .ok_or_else(|| JobError::Invalid("zfs send has no stdout".into()))?;
         let done: SourceDone =
             Box::pin(async move { child.wait().await.map_err(|e| e.to_string()) });
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let producer = tokio::spawn(transfer::produce(
+        let started = Instant::now();
+        let manifest = upload_reader(
+            store.as_ref(),
+            &keys,
+            &up,
             progress.counting(stdout),
-            spec.compression,
             settings.bandwidth_limit,
             done,
-            tx,
-            transfer::Progress::new(),
-        ));
-        // Data frames are the stream; the trailer (the transit checksum) ends it; an error
-        // (the source failed) fails the upload, which is then aborted.
-        let chunks = futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await? {
-                    Ok(frame) => match frame.into_data() {
-                        Ok(data) => return Some((Ok::<Bytes, io::Error>(data), rx)),
-                        Err(_trailers) => continue,
-                    },
-                    Err(e) => return Some((Err(e), rx)),
-                }
-            }
-        })
-        .boxed();
-        let started = Instant::now();
-        let uploaded = upload(store.as_ref(), &keys, &up, chunks).await;
-        let produced = producer.await;
-        let manifest = match (uploaded, produced) {
-            (Ok(m), Ok(Ok(_))) => m,
-            // The source's own failure is the cause of a failed upload...
-            (_, Ok(Err(e @ (TransferError::Source(_) | TransferError::Read(_))))) => {
-                return Err(e.into());
-            }
-            // ...otherwise the bucket's answer is (the producer only saw its reader go away).
-            (Err(e), _) => return Err(e.into()),
-            (Ok(_), Ok(Err(e))) => return Err(e.into()),
-            (Ok(_), Err(e)) => return Err(ObjStoreError::Source(e.to_string()).into()),
-        };
+        )
+        .await?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
         info!(bytes = manifest.bytes, secs, "uploaded");
         Ok(JobOutcome {
@@ -134,6 +109,54 @@ pub async fn send(
     }
     .instrument(span)
     .await
+}
+
+/// Uploads `reader` (a `zfs send` stdout; `done` resolves when that process ended) as backup
+/// `up`: through the producer every transfer uses (`up.compression`, the bandwidth limit, the
+/// source's exit status) into a multipart upload ([`upload`]). Also what
+/// `bench/objectstore`'s `upload-stdin` runs.
+pub async fn upload_reader(
+    store: &dyn ObjectStore,
+    keys: &Keys,
+    up: &UploadSpec,
+    reader: impl AsyncRead + Send + Unpin + 'static,
+    bandwidth_limit: u64,
+    done: SourceDone,
+) -> Result<Manifest, JobError> {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let producer = tokio::spawn(transfer::produce(
+        reader,
+        up.compression,
+        bandwidth_limit,
+        done,
+        tx,
+        transfer::Progress::new(),
+    ));
+    // Data frames are the stream; the trailer (the transit checksum) ends it; an error
+    // (the source failed) fails the upload, which is then aborted.
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await? {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => return Some((Ok::<Bytes, io::Error>(data), rx)),
+                    Err(_trailers) => continue,
+                },
+                Err(e) => return Some((Err(e), rx)),
+            }
+        }
+    })
+    .boxed();
+    let uploaded = upload(store, keys, up, chunks).await;
+    let produced = producer.await;
+    match (uploaded, produced) {
+        (Ok(m), Ok(Ok(_))) => Ok(m),
+        // The source's own failure is the cause of a failed upload...
+        (_, Ok(Err(e @ (TransferError::Source(_) | TransferError::Read(_))))) => Err(e.into()),
+        // ...otherwise the bucket's answer is (the producer only saw its reader go away).
+        (Err(e), _) => Err(e.into()),
+        (Ok(_), Ok(Err(e))) => Err(e.into()),
+        (Ok(_), Err(e)) => Err(ObjStoreError::Source(e.to_string()).into()),
+    }
 }
 
 /// The stream keys this agent process is uploading now: any other incomplete upload under one

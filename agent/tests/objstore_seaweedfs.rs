@@ -470,3 +470,137 @@ async fn an_oversized_manifest_written_by_a_source_is_reported_and_never_read() 
         admin_store.delete(key).await.expect("clean up");
     }
 }
+
+/// A TCP relay in front of the S3 server that counts the bytes going to the server: what the
+/// client really sent, whatever it believes it did.
+struct CountingRelay {
+    url: String,
+    to_server: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingRelay {
+    async fn start(endpoint: &str) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio::io::AsyncReadExt;
+        let upstream: std::net::SocketAddr = endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("the endpoint is http://<ip>:<port>");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let to_server = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = to_server.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let counted = counted.clone();
+                connections.spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 << 10];
+                        while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            counted.fetch_add(n as u64, Relaxed);
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            to_server,
+            task,
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.to_server.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for CountingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A part goes to the server as soon as it is full, even while the source sends nothing more
+/// (a `zfs send` slowed by its disks, or a bandwidth limit). Before, a full part waited unsent
+/// until the reader needed room for another one, so a stalled source held it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_part_is_sent_while_the_source_is_stalled() {
+    use zetaback_objstore::upload::FIRST_PART_SIZE;
+    let ep = endpoint();
+    let relay = CountingRelay::start(&ep).await;
+    let keys = Keys::new(Some(PREFIX));
+    let dataset = format!("zbobjstall{}/data", std::process::id());
+    let spec = UploadSpec {
+        host: HOST.into(),
+        dataset: dataset.clone(),
+        id: StreamId::Full { ts: 1_700_000_100 },
+        snapshot: "zb-stall".into(),
+        base_snapshot: None,
+        compression: Compression::None,
+        policy: Some(POLICY.into()),
+    };
+    let src: Arc<dyn ObjectStore> =
+        connect(&target(&relay.url, BUCKET), &source_a()).expect("source client");
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
+    let chunks =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+            .boxed();
+    let uploading = tokio::spawn({
+        let (src, keys, spec) = (src.clone(), keys.clone(), spec.clone());
+        async move { upload(src.as_ref(), &keys, &spec, chunks).await }
+    });
+    // One full part and one byte of the next, then nothing until the part reached the server.
+    tx.send(Ok(Bytes::from(vec![5u8; FIRST_PART_SIZE + 1])))
+        .await
+        .expect("the upload reads");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while relay.sent() < FIRST_PART_SIZE as u64 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let sent = relay.sent();
+    assert!(
+        sent >= FIRST_PART_SIZE as u64,
+        "the full part was not sent while the source stalled: {sent} bytes reached the server in 60 s"
+    );
+    drop(tx);
+    let m = uploading
+        .await
+        .expect("upload task")
+        .expect("the upload completes once the source ends");
+    assert_eq!(m.bytes, FIRST_PART_SIZE as u64 + 1);
+    let admin_store = connect(&target(&ep, BUCKET), &admin()).expect("admin client");
+    let stored = get(
+        admin_store.as_ref(),
+        &keys.stream(HOST, &dataset, &spec.id, false).expect("key"),
+    )
+    .await;
+    assert_eq!(stored.len(), FIRST_PART_SIZE + 1);
+    assert!(stored.iter().all(|b| *b == 5), "the stored bytes differ");
+    for k in [
+        keys.manifest(HOST, &dataset, &spec.id, false).expect("key"),
+        keys.stream(HOST, &dataset, &spec.id, false).expect("key"),
+    ] {
+        admin_store.delete(&k).await.expect("admin deletes");
+    }
+}

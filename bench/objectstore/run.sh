@@ -10,7 +10,7 @@
 #   bench/objectstore/run.sh upload [SIZE_MIB]      (default 512)
 #       the same stream file (random bytes) into the same bucket by the agent's upload code
 #       (`upload-stdin`), `rclone rcat` and `aws s3 cp -`, each from a pipe; MB/s and peak RSS
-#       (GNU time). Needs rclone and aws on PATH (Debian: apt-get install rclone awscli).
+#       (GNU time), each round and the medians. Needs rclone and aws on PATH (Debian: apt-get install rclone awscli).
 #   bench/objectstore/run.sh restore [SIZE_MIB]     (default 1024; as root, needs zfs-fuse)
 #       a dataset of SIZE_MIB MiB of random files on a zfs-fuse pool, its `zfs send` stored in
 #       the bucket by the agent's upload code as a full backup, then restored into a new
@@ -20,14 +20,27 @@
 #       `zfs receive` of the same stream from a local file; every restore's files checked
 #       against the source's sha256 sums. MB/s and peak RSS of the reading process.
 #
-# Env: CARGO_TARGET_DIR; BENCH_BIN (skip the build); AWS_BIN, RCLONE_BIN (default: aws, rclone
-# on PATH; Debian's are /usr/bin/aws and /usr/bin/rclone); ROUNDS (upload, default 2); BENCH_DIR (default /var/tmp/zetaback-bench-objectstore).
+# KEEP_S3=1 under `flock /tmp/zb-bench.lock`: the kept server inherits the lock's file descriptor and
+# holds the lock until it is stopped (`seaweedfs.sh down` with the same ZETABACK_S3_* settings), and
+# restarting it on 200,000 objects took minutes: measure everything in one server session instead.
+# Env: CARGO_TARGET_DIR; BENCH_BIN (skip the build); BEFORE_BIN, BEFORE_LABEL (upload: an earlier
+# build of this benchmark, measured in the same rounds as a row of its own); AWS_BIN, RCLONE_BIN (default: aws, rclone
+# on PATH; Debian's are /usr/bin/aws and /usr/bin/rclone); ROUNDS (default 3); BENCH_DIR (default /var/tmp/zetaback-bench-objectstore).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 dir=${BENCH_DIR:-/var/tmp/zetaback-bench-objectstore}
 log() { echo "bench: $*" >&2; }
+# medians FILE BYTES: the median seconds (and MB/s, and the largest peak RSS) of each reader in
+# FILE's lines `name<TAB>version<TAB>seconds<TAB>rss_kib`, as table rows.
+medians() {
+  sort -t$'\t' -k1,1 -k3,3n "$1" | awk -F'\t' -v by="$2" '
+    { n[$1]++; s[$1, n[$1]] = $3; v[$1] = $2; if ($4 > m[$1]) m[$1] = $4; if (!($1 in o)) { o[$1] = ++k; name[k] = $1 } }
+    END { for (i = 1; i <= k; i++) { x = name[i]; c = n[x];
+            med = (c % 2) ? s[x, (c + 1) / 2] : (s[x, c / 2] + s[x, c / 2 + 1]) / 2;
+            printf "| %s | %s | %.1f | %.0f | %.0f MiB |\n", x, v[x], med, by / med / 1e6, m[x] / 1024 } }'
+}
 
 # The catalogue's server keeps its data (filled once, reused by the next run); the upload's
 # is deleted afterwards (GBs of streams).
@@ -58,7 +71,7 @@ export AWS_ACCESS_KEY_ID=ZBE2EADMIN AWS_SECRET_ACCESS_KEY=zetaback-e2e-admin-sec
 export RCLONE_CONFIG_SW_TYPE=s3 RCLONE_CONFIG_SW_PROVIDER=SeaweedFS RCLONE_CONFIG_SW_ENDPOINT="$endpoint" \
   RCLONE_CONFIG_SW_ACCESS_KEY_ID=ZBE2EADMIN RCLONE_CONFIG_SW_SECRET_ACCESS_KEY=zetaback-e2e-admin-secret
 aws=${AWS_BIN:-aws} rclone=${RCLONE_BIN:-rclone}
-rounds=${ROUNDS:-2}
+rounds=${ROUNDS:-3}
 log "SeaweedFS at $endpoint (run dir $ZETABACK_S3_RUN)"
 
 case "${1:-}" in
@@ -85,16 +98,31 @@ case "${1:-}" in
       rss=$(tail -1 "$dir/time.out")
       awk -v n="$name" -v v="$version" -v a="$t0" -v b="$t1" -v by="$bytes" -v r="$rss" \
         'BEGIN { s = b - a; printf "| %s | %s | %.1f | %.0f | %.0f MiB |\n", n, v, s, by / s / 1e6, r / 1024 }'
+      awk -v n="$name" -v v="$version" -v a="$t0" -v b="$t1" -v r="$rss" \
+        'BEGIN { printf "%s\t%s\t%.3f\t%d\n", n, v, b - a, r }' >>"$dir/rows.tsv"
     }
+    : >"$dir/rows.tsv"
+    # Warm-up, not measured: a fresh server grows its volumes on its first writes, which would
+    # slow whichever uploader came first.
+    head -c $((64 << 20)) "$stream" | "$aws" --endpoint-url "$endpoint" s3 cp - s3://zetaback-e2e/bench-upload/warm-up >/dev/null
     for round in $(seq 1 "$rounds"); do
-      row "agent upload code (zetaback_objstore::upload)" "this commit" \
+      row "agent upload path (objstore_job::upload_reader)" "this commit" \
         "$bin" upload-stdin --endpoint "$endpoint"
+      if [ -n "${BEFORE_BIN:-}" ]; then
+        row "agent upload code, before" "${BEFORE_LABEL:-previous build}" \
+          "$BEFORE_BIN" upload-stdin --endpoint "$endpoint"
+      fi
       row "rclone rcat" "$("$rclone" version 2>/dev/null | head -1 | awk '{print $2}')" \
         "$rclone" rcat --s3-chunk-size 8M "sw:zetaback-e2e/bench-upload/rclone-$round"
       row "aws s3 cp -" "$("$aws" --version 2>&1 | awk '{print $1}')" \
         "$aws" --endpoint-url "$endpoint" s3 cp - "s3://zetaback-e2e/bench-upload/aws-$round"
     done
     echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "medians over $rounds rounds:"
+    echo "| uploader | version | seconds | MB/s | peak RSS (max) |"
+    echo "|---|---|---:|---:|---:|"
+    medians "$dir/rows.tsv" "$bytes"
     "$aws" --endpoint-url "$endpoint" s3 rm --quiet --recursive s3://zetaback-e2e/bench-upload/ || true
     ;;
   restore)
@@ -141,11 +169,16 @@ case "${1:-}" in
       local t1 rss
       t1=$(date +%s.%N)
       rss=$(tail -1 "$dir/time.out")
+      # A restore is received inert (canmount=noauto): mount it to read its files.
+      [ "$(zfs get -H -o value mounted "$4")" = yes ] || zfs mount "$4"
       [ "$(sums "$(mounted "$4")")" = "$want" ] || { log "$2: the restored files differ"; return 1; }
       destroy "$4"
       awk -v r="$1" -v n="$2" -v v="$3" -v a="$5" -v b="$t1" -v by="$bytes" -v m="$rss" \
         'BEGIN { s = b - a; printf "| %s | %s | %s | %.1f | %.0f | %.0f MiB |\n", r, n, v, s, by / s / 1e6, m / 1024 }'
+      awk -v n="$2" -v v="$3" -v a="$5" -v b="$t1" -v m="$rss" \
+        'BEGIN { printf "%s\t%s\t%.3f\t%d\n", n, v, b - a, m }' >>"$dir/rows.tsv"
     }
+    : >"$dir/rows.tsv"
     rclone_v=$("$rclone" version 2>/dev/null | head -1 | awk '{print $2}')
     aws_v=$("$aws" --version 2>&1 | awk '{print $1}')
     for round in $(seq 1 "$rounds"); do
@@ -166,6 +199,11 @@ case "${1:-}" in
       restored "$round" "ceiling: cat local file \| zfs receive" "-" "$pool/file" "$t0"
     done
     echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "medians over $rounds rounds:"
+    echo "| reader | version | seconds | MB/s | peak RSS of the reader (max) |"
+    echo "|---|---|---:|---:|---:|"
+    medians "$dir/rows.tsv" "$bytes"
     ;;
   *) echo "usage: run.sh catalogue [opts] | upload [SIZE_MIB] | restore [SIZE_MIB]" >&2; exit 2 ;;
 esac

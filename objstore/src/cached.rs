@@ -36,6 +36,10 @@ use crate::{Keys, ObjStoreError};
 
 /// Manifests fetched at once when many are new (a cold read of a large scope).
 pub const PARALLEL_GETS: usize = 32;
+/// Host scopes a reader of many hosts (the controller for a policy) reads at once: a listing
+/// is one page of 1,000 keys after another, so one host's pages wait on the round trips while
+/// others' go. At most `HOSTS_AT_ONCE × PARALLEL_GETS` manifest GETs are in flight.
+pub const HOSTS_AT_ONCE: usize = 4;
 
 /// The part of a bucket one cached catalogue covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -5,8 +5,9 @@
 //! * [`keys`]: where a backup's stream and manifest live in the bucket (pure);
 //! * [`connect`]: an S3 client for a `target.objectStore` and a set of credentials;
 //! * [`explain`]: a failed request as a sentence for a status (the server's S3 error code);
-//! * [`upload`]: a stream into a multipart upload, hashed as it goes, its manifest written
-//!   only once the stream object is complete (a stream without a manifest is never a backup);
+//! * [`upload`]: a stream into a multipart upload (several parts at once, bounded memory),
+//!   hashed as it goes, its manifest written only once the stream object is complete (a
+//!   stream without a manifest is never a backup);
 //! * [`pending`]: incomplete multipart uploads listed and aborted (a killed source's orphans);
 //! * [`archive`]: a backup moved to the archive prefix (copy, manifest last, then the live
 //!   objects deleted), crash-safe and idempotent;
@@ -57,6 +58,9 @@ pub enum ObjStoreError {
     /// The source stream failed while it was uploaded (the upload was aborted).
     #[error("the stream failed while it was uploaded: {0}")]
     Source(String),
+    /// A task of the upload (a part's request, the hashing) panicked or was cancelled.
+    #[error("upload task: {0}")]
+    Task(String),
     /// A backup with this id already has a manifest: it is not written again.
     #[error("backup {0} is already stored (its manifest exists)")]
     AlreadyStored(String),

@@ -6,9 +6,10 @@
 //!
 //! * A **Restore** reads its source dataset's scope (a bulk Restore its source host's) now,
 //!   every time: it must see the newest backup. A read of an unchanged scope is one listing.
-//! * A **policy** reads each of its hosts' scope when it is cold, older than `max_age`,
-//!   changed by the controller (retention, archive: [`BucketCatalogues::invalidate`]), or lacks
-//!   a backup a succeeded BackupJob names; otherwise its copy serves without a request.
+//! * A **policy** reads each of its hosts' scope ([`HOSTS_AT_ONCE`] hosts at once) when it is
+//!   cold, older than `max_age`, changed by the controller (retention, archive:
+//!   [`BucketCatalogues::invalidate`]), or lacks a backup a succeeded BackupJob names; otherwise
+//!   its copy serves without a request.
 //! * Entries unused for [`IDLE`] are dropped, so memory follows what is read, one parsed
 //!   manifest per backup in the scopes in use.
 //!
@@ -20,10 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
 use kube::Client;
 use zetaback_core::api::backup_policy::ObjectStoreTarget;
 use zetaback_core::store::Catalogue;
-use zetaback_objstore::cached::{CachedCatalogue, PARALLEL_GETS, Scope};
+use zetaback_objstore::cached::{CachedCatalogue, HOSTS_AT_ONCE, PARALLEL_GETS, Scope};
 use zetaback_objstore::{Keys, connect};
 
 use super::store_client::{HostCatalogue, KnownBackup, StoreView};
@@ -212,35 +214,52 @@ impl BucketCatalogues {
             // Nothing to read, but a bucket the keys cannot read must still show.
             self.probe(client, namespace, target).await?;
         }
-        let mut out = Vec::with_capacity(hosts.len());
-        for host in hosts {
-            let entry = self.entry(EntryKey::new(namespace, target, Scope::Host(host.clone())));
-            let mut e = entry.lock().await;
-            let mine: Vec<(String, String)> = known
-                .iter()
-                .filter(|(h, _, _)| h == host)
-                .map(|(_, ds, id)| (ds.clone(), id.clone()))
-                .collect();
-            self.ensure(
-                &mut e,
-                client,
-                namespace,
-                target,
-                Freshness::MaxAge(self.max_age),
-                &mine,
-            )
+        // Several hosts at once ([`HOSTS_AT_ONCE`]); the view keeps the hosts' order.
+        let reads = hosts
+            .iter()
+            .cloned()
+            .map(|host| self.read_host(client, namespace, target, host, known));
+        let out: Vec<(String, Arc<HostCatalogue>)> = futures::stream::iter(reads)
+            .buffered(HOSTS_AT_ONCE)
+            .try_collect()
             .await?;
-            let indexed = match &e.indexed {
-                Some(i) => i.clone(),
-                None => {
-                    let i = Arc::new(HostCatalogue::of_host(&e.catalogue, host));
-                    e.indexed = Some(i.clone());
-                    i
-                }
-            };
-            out.push((host.clone(), indexed));
-        }
         Ok(StoreView::from_hosts(out))
+    }
+
+    /// One host's part of [`Self::view`]: its scope read if it must be, and its index.
+    async fn read_host(
+        &self,
+        client: &Client,
+        namespace: &str,
+        target: &ObjectStoreTarget,
+        host: String,
+        known: &[KnownBackup],
+    ) -> Result<(String, Arc<HostCatalogue>), String> {
+        let entry = self.entry(EntryKey::new(namespace, target, Scope::Host(host.clone())));
+        let mut e = entry.lock().await;
+        let mine: Vec<(String, String)> = known
+            .iter()
+            .filter(|(h, _, _)| *h == host)
+            .map(|(_, ds, id)| (ds.clone(), id.clone()))
+            .collect();
+        self.ensure(
+            &mut e,
+            client,
+            namespace,
+            target,
+            Freshness::MaxAge(self.max_age),
+            &mine,
+        )
+        .await?;
+        let indexed = match &e.indexed {
+            Some(i) => i.clone(),
+            None => {
+                let i = Arc::new(HostCatalogue::of_host(&e.catalogue, &host));
+                e.indexed = Some(i.clone());
+                i
+            }
+        };
+        Ok((host, indexed))
     }
 
     /// Whether the target's keys can list its prefix (one request per page of its first level).

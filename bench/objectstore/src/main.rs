@@ -7,22 +7,22 @@
 //!   GET every manifest one by one), the **new path** (`cached::CachedCatalogue` per source
 //!   host: cold, again unchanged, again after one new and one deleted manifest), and a Restore's
 //!   resolution by each (the whole prefix vs the source dataset's scope).
-//! * `upload-stdin`: stdin into the bucket through the agent's upload code
-//!   (`zetaback_objstore::upload`, what a BackupJob runs with `zfs send`'s output), for
-//!   `run.sh upload` to compare with `rclone rcat` and `aws s3 cp -`.
+//! * `upload-stdin`: stdin (a pipe) into the bucket through the agent's upload path
+//!   (`objstore_job::upload_reader`: the transfer producer, then `zetaback_objstore::upload`,
+//!   what a BackupJob runs on `zfs send`'s output), for `run.sh upload` to compare with
+//!   `rclone rcat` and `aws s3 cp -`.
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use futures::{StreamExt, TryStreamExt};
 use zetaback_core::api::BackupType;
 use zetaback_core::api::backup_policy::{Compression, ObjectStoreTarget, SecretName};
 use zetaback_core::store::{Catalogue, MANIFEST_VERSION, Manifest, StreamId};
-use zetaback_objstore::cached::{CachedCatalogue, PARALLEL_GETS, ReadStats, Scope};
+use zetaback_objstore::cached::{CachedCatalogue, HOSTS_AT_ONCE, PARALLEL_GETS, ReadStats, Scope};
 use zetaback_objstore::object_store::path::Path;
 use zetaback_objstore::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use zetaback_objstore::{Credentials, Keys, catalogue, connect};
@@ -62,6 +62,13 @@ struct Layout {
     /// PUTs at once while filling.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
+    /// Host scopes the new path reads at once (the controller's `HOSTS_AT_ONCE`; 1 is the
+    /// controller before it read hosts at once).
+    #[arg(long, default_value_t = HOSTS_AT_ONCE)]
+    hosts_at_once: usize,
+    /// Skip the old path (the whole prefix, every manifest GET one by one: minutes at 100,000).
+    #[arg(long)]
+    skip_old: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -344,14 +351,20 @@ fn resolve(cat: &Catalogue, host: &str, dataset: &str) -> anyhow::Result<Vec<Str
     Ok(chain)
 }
 
+/// Reads every host's scope, `at_once` hosts at a time (as the controller does for a policy).
 async fn refresh_hosts(
     caches: &mut [CachedCatalogue],
     store: &dyn ObjectStore,
     keys: &Keys,
+    at_once: usize,
 ) -> anyhow::Result<ReadStats> {
+    let each: Vec<ReadStats> = futures::stream::iter(caches.iter_mut())
+        .map(|c| c.refresh(store, keys, PARALLEL_GETS))
+        .buffer_unordered(at_once.max(1))
+        .try_collect()
+        .await?;
     let mut sum = ReadStats::default();
-    for c in caches.iter_mut() {
-        let s = c.refresh(store, keys, PARALLEL_GETS).await?;
+    for s in each {
         sum.listed += s.listed;
         sum.fetched += s.fetched;
         sum.reused += s.reused;
@@ -410,12 +423,12 @@ async fn measure(mode: Mode, b: &Bucket, l: &Layout) -> anyhow::Result<serde_jso
                 .map(|i| CachedCatalogue::new(Scope::Host(host_name(i))))
                 .collect();
             let t = Instant::now();
-            let cold = refresh_hosts(&mut caches, store.as_ref(), &keys).await?;
+            let cold = refresh_hosts(&mut caches, store.as_ref(), &keys, l.hosts_at_once).await?;
             let n = backups_in(&caches);
             let cold_ms = ms(t);
             let (rss_cold, _) = memory();
             let t = Instant::now();
-            let warm = refresh_hosts(&mut caches, store.as_ref(), &keys).await?;
+            let warm = refresh_hosts(&mut caches, store.as_ref(), &keys, l.hosts_at_once).await?;
             let warm_ms = ms(t);
             // One new backup (host 0), one deleted manifest (host 1), and a stream without
             // its manifest (host 2, never a backup).
@@ -432,7 +445,7 @@ async fn measure(mode: Mode, b: &Bucket, l: &Layout) -> anyhow::Result<serde_jso
             let orphan = keys.stream(&h2, &ds, &stream_id(1_000_001), false)?;
             store.put(&orphan, PutPayload::from_static(STREAM)).await?;
             let t = Instant::now();
-            let incr = refresh_hosts(&mut caches, store.as_ref(), &keys).await?;
+            let incr = refresh_hosts(&mut caches, store.as_ref(), &keys, l.hosts_at_once).await?;
             let incr_ms = ms(t);
             let after = backups_in(&caches);
             // Put the prefix back as it was.
@@ -471,6 +484,7 @@ fn child(mode: &str, b: &Bucket, l: &Layout) -> anyhow::Result<serde_json::Value
         .args(["--manifests", &l.manifests.to_string()])
         .args(["--hosts", &l.hosts.to_string()])
         .args(["--datasets", &l.datasets.to_string()])
+        .args(["--hosts-at-once", &l.hosts_at_once.to_string()])
         .stderr(Stdio::inherit())
         .output()?;
     if !out.status.success() {
@@ -503,30 +517,39 @@ async fn catalogue_bench(b: &Bucket, l: &Layout) -> anyhow::Result<()> {
     println!("load average before: {}", loadavg());
     let n = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let new = child("new-catalogue", b, l)?;
-    let old = child("old-catalogue", b, l)?;
     let new_r = child("new-restore", b, l)?;
-    let old_r = child("old-restore", b, l)?;
+    let (old, old_r) = if l.skip_old {
+        (serde_json::Value::Null, serde_json::Value::Null)
+    } else {
+        (child("old-catalogue", b, l)?, child("old-restore", b, l)?)
+    };
     let expected = l.manifests as f64;
-    for (what, got) in [
-        ("old whole read", n(&old, "backups")),
+    let mut counts = vec![
         ("new cold read", n(&new, "backups")),
         ("new read after the change", n(&new, "backups_after")),
-    ] {
+    ];
+    if !l.skip_old {
+        counts.push(("old whole read", n(&old, "backups")));
+    }
+    for (what, got) in counts {
         if got != expected {
             bail!("{what} found {got} backups, {expected} were written");
         }
     }
     println!("| read | time | manifests fetched | memory |");
     println!("|---|---:|---:|---:|");
+    if !l.skip_old {
+        println!(
+            "| old: whole prefix, every manifest GET one by one | {:.1} s | {} | peak RSS {:.0} MiB (+{:.0} MiB held) |",
+            n(&old, "ms") / 1000.0,
+            l.manifests,
+            n(&old, "hwm_kib") / 1024.0,
+            n(&old, "rss_kib") / 1024.0
+        );
+    }
     println!(
-        "| old: whole prefix, every manifest GET one by one | {:.1} s | {} | peak RSS {:.0} MiB (+{:.0} MiB held) |",
-        n(&old, "ms") / 1000.0,
-        l.manifests,
-        n(&old, "hwm_kib") / 1024.0,
-        n(&old, "rss_kib") / 1024.0
-    );
-    println!(
-        "| new, cold: per host, {} GETs at once | {:.1} s | {} | peak RSS {:.0} MiB (+{:.0} MiB held) |",
+        "| new, cold: {} hosts at once, {} GETs at once per host | {:.1} s | {} | peak RSS {:.0} MiB (+{:.0} MiB held) |",
+        l.hosts_at_once,
         PARALLEL_GETS,
         n(&new, "cold_ms") / 1000.0,
         n(&new, "cold_fetched"),
@@ -545,13 +568,15 @@ async fn catalogue_bench(b: &Bucket, l: &Layout) -> anyhow::Result<()> {
         n(&new, "incr_fetched"),
         n(&new, "incr_gone")
     );
-    println!(
-        "| Restore resolution, old: whole prefix read, chain of {} picked | {:.1} s | {} | peak RSS {:.0} MiB |",
-        n(&old_r, "chain"),
-        n(&old_r, "ms") / 1000.0,
-        l.manifests,
-        n(&old_r, "hwm_kib") / 1024.0
-    );
+    if !l.skip_old {
+        println!(
+            "| Restore resolution, old: whole prefix read, chain of {} picked | {:.1} s | {} | peak RSS {:.0} MiB |",
+            n(&old_r, "chain"),
+            n(&old_r, "ms") / 1000.0,
+            l.manifests,
+            n(&old_r, "hwm_kib") / 1024.0
+        );
+    }
     println!(
         "| Restore resolution, new, cold: the dataset's scope | {:.3} s | {} | peak RSS {:.0} MiB |",
         n(&new_r, "cold_ms") / 1000.0,
@@ -597,9 +622,12 @@ async fn upload_stdin(b: &Bucket, what: &StdinBackup) -> anyhow::Result<()> {
         compression: Compression::None,
         policy: None,
     };
-    let stdin = stdin_chunks();
+    let stdin = stdin_pipe()?;
+    let done: zetaback_agent::transfer::SourceDone = Box::pin(async { Ok(()) });
     let t = Instant::now();
-    let m = zetaback_objstore::upload::upload(store.as_ref(), &keys, &spec, stdin).await?;
+    let m =
+        zetaback_agent::objstore_job::upload_reader(store.as_ref(), &keys, &spec, stdin, 0, done)
+            .await?;
     let secs = t.elapsed().as_secs_f64();
     let (_, hwm) = memory();
     println!(
@@ -650,29 +678,18 @@ async fn restore_bucket(b: &Bucket, what: &BucketRestore) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Stdin as a stream of 1 MiB chunks (what the agent reads from `zfs send`'s pipe).
-fn stdin_chunks()
--> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static {
-    use tokio::io::AsyncReadExt;
-    Box::pin(futures::stream::try_unfold(
-        tokio::io::stdin(),
-        |mut stdin| async move {
-            let mut buf = vec![0u8; 1 << 20];
-            let mut filled = 0;
-            while filled < buf.len() {
-                let n = stdin.read(&mut buf[filled..]).await?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            if filled == 0 {
-                return Ok(None);
-            }
-            buf.truncate(filled);
-            Ok(Some((Bytes::from(buf), stdin)))
-        },
-    ))
+/// Stdin, a pipe, read as the agent reads `zfs send`'s stdout: non-blocking through the
+/// runtime, the pipe enlarged to 1 MiB as the agent enlarges its pipes (`zfs/process.rs`).
+fn stdin_pipe() -> anyhow::Result<tokio::net::unix::pipe::Receiver> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("stdin")?;
+    if let Err(e) = rustix::pipe::fcntl_setpipe_size(&fd, 1 << 20) {
+        eprintln!("bench: could not enlarge the stdin pipe: {e}");
+    }
+    tokio::net::unix::pipe::Receiver::from_owned_fd(fd).context("stdin is not a pipe")
 }
 
 #[tokio::main]
