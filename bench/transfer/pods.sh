@@ -178,7 +178,7 @@ YAML
     "$zb" backup "$policy" -n "$ns" --full >/dev/null
   fi
   for _ in $(seq 1 1200); do
-    j=$(jobs_of | jq -c --arg before " $before " '[.items[] | select(($before | contains(" " + .metadata.name + " ")) | not)
+    j=$(jobs_of | jq -c --arg before " $before " '[.items[] | . as $job | select(($before | contains(" " + $job.metadata.name + " ")) | not)
       | select(.status.phase == "Succeeded" or .status.phase == "Failed")][0] // empty')
     [ -n "$j" ] && break
     sleep 0.5
