@@ -211,7 +211,9 @@ log "starting the target agents in $ns_t (plaintext :$port, mutual TLS :$tls_por
 # knows it by).
 printf '[{"token": "%s", "node": "bench-source", "hosts": [%s]}]' "$(cat "$dir/token")" \
   "$(seq 1 "$rounds" | sed 's/.*/"bench-src&"/' | paste -sd,)" >"$dir/identities.json"
-RUST_LOG=warn in_t "$agent" --no-kube --host-name bench-target --listen "$ip_t:$port" \
+# (Not through in_t: a function run with & is a subshell, so $! would be the subshell, which
+# `kill` leaves the agent running past the bench and whose CPU and RSS are not the agent's.)
+RUST_LOG=warn ip netns exec "$ns_t" nice -n "$nice_n" "$agent" --no-kube --host-name bench-target --listen "$ip_t:$port" \
   --store-root "$dir/store" --replica-root "$dst/replicas" --identities-file "$dir/identities.json" \
   --insecure-plaintext "${target_args[@]}" &
 target_pid=$!
@@ -224,7 +226,7 @@ for n in bench-target bench-source; do
   printf 'subjectAltName=DNS:%s.node.zetaback.io\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n' "$n" >"$pki/$n.cnf"
   ossl x509 -req -in "$pki/$n.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial -out "$pki/$n.pem" -days 2 -extfile "$pki/$n.cnf"
 done
-RUST_LOG=warn in_t "$agent" --no-kube --host-name bench-target --listen "$ip_t:$tls_port" \
+RUST_LOG=warn ip netns exec "$ns_t" nice -n "$nice_n" "$agent" --no-kube --host-name bench-target --listen "$ip_t:$tls_port" \
   --store-root "$dir/store" --replica-root "$dst/replicas" --identities-file "$dir/identities.json" \
   --tls-cert "$pki/bench-target.pem" --tls-key "$pki/bench-target.key" --tls-ca "$pki/ca.pem" "${target_args[@]}" &
 tls_pid=$!
