@@ -18,7 +18,8 @@
 # Prints each round, the medians, the ratio pods/processes (target ≥ 0.95), the load average,
 # and the agent pods' resources (e2e/scripts/pod-resources.sh). Not a test: numbers only.
 #
-#   bench/transfer/pods.sh [SIZE_MIB] [ROUNDS]     (as root; the cluster up: cluster.sh up)
+#   bench/transfer/pods.sh [SIZE_MIB] [ROUNDS]     (as root; the cluster up: cluster.sh up; run it at
+#                                                 nice 0: niced, the host processes outweigh the pods)
 # Env: ZETABACK_IMAGE_DIR (the image build whose agent the nodes run; default images/current),
 #      AGENT_BIN (the processes' agent, default that image's), ZB_BIN (kubectl-zetaback),
 #      BENCH_PORT (default 27795).
