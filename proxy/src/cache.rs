@@ -415,10 +415,12 @@ pub async fn wait(mut rx: watch::Receiver<()>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn object(body: &str) -> CachedObject {
+    /// A fresh 200 with `body`, cacheable for 60 s, whose key is `key_len` bytes long: the
+    /// fixture of this module's tests and of `front`'s.
+    pub(crate) fn fresh_object(key_len: usize, body: Bytes) -> CachedObject {
         let uri: Uri = "/x".parse().expect("uri");
         let now = SystemTime::now();
         let policy = crate::storability::make_policy(
@@ -430,10 +432,10 @@ mod tests {
             now,
         );
         CachedObject::new(
-            8,
+            key_len,
             StatusCode::OK,
             HeaderMap::new(),
-            Bytes::from(body.to_string()),
+            body,
             policy,
             uri,
             None,
@@ -443,6 +445,10 @@ mod tests {
             now,
             &HeaderValue::from_static("1.1 test"),
         )
+    }
+
+    fn object(body: &str) -> CachedObject {
+        fresh_object(8, Bytes::from(body.to_string()))
     }
 
     #[test]

@@ -126,36 +126,11 @@ impl Front {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
-
     use bytes::Bytes;
-    use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 
     fn object(key: &str, body: &'static str) -> Arc<CachedObject> {
-        let uri: Uri = "/x".parse().expect("uri");
-        let now = SystemTime::now();
-        let policy = crate::storability::make_policy(
-            &uri,
-            &HeaderMap::new(),
-            StatusCode::OK,
-            &HeaderMap::new(),
-            Duration::from_secs(60),
-            now,
-        );
-        let mut obj = CachedObject::new(
-            key.len(),
-            StatusCode::OK,
-            HeaderMap::new(),
-            Bytes::from_static(body.as_bytes()),
-            policy,
-            uri,
-            None,
-            Duration::from_secs(60),
-            Duration::ZERO,
-            Duration::ZERO,
-            now,
-            &HeaderValue::from_static("1.1 test"),
-        );
+        let mut obj =
+            crate::cache::tests::fresh_object(key.len(), Bytes::from_static(body.as_bytes()));
         obj.key = key.into();
         Arc::new(obj)
     }
