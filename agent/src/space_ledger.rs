@@ -6,10 +6,12 @@
 //! nothing, so the next admission, reading the free space, would promise the same bytes
 //! again. The ledger remembers what every admitted stream may still write:
 //!
-//! - an admitted stream **holds** its announced size (`Content-Length`), or, when it announced
-//!   none, a default the caller chooses and documents ([`hold_of`]; the agent's stores use the
-//!   sender's estimate, `x-zetaback-expected-bytes`, else their free-space reserve: the margin
-//!   the operator keeps for what cannot be foreseen);
+//! - an admitted stream **holds** what the caller's check decides, seeing the free space and
+//!   the other holds (the agent's stores: the announced size, `Content-Length`; else the
+//!   sender's estimate, `x-zetaback-expected-bytes`, never more than the stream may take — its
+//!   size limit, what is left of its host's quota, the free space above the reserve — so that
+//!   a hostile sender announcing a huge estimate cannot hold other hosts' streams out; else
+//!   the free-space reserve: the margin the operator keeps for what cannot be foreseen);
 //! - what the stream has written and the free-space reading already counts (**landed**,
 //!   reported by the writer through [`Reservation::landed`]) no longer counts against the
 //!   hold: a stream is never counted twice. A writer that cannot tell when its bytes reach
@@ -39,11 +41,6 @@ impl Seen {
     pub fn available(&self) -> u64 {
         self.free.saturating_sub(self.held)
     }
-}
-
-/// What a stream holds: its announced size, else `default`.
-pub fn hold_of(announced: Option<u64>, default: u64) -> u64 {
-    announced.unwrap_or(default)
 }
 
 /// What a stream holding `hold` bytes still holds once `landed` of them are written.
@@ -86,17 +83,16 @@ impl Ledger {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Admits a stream that will hold `hold` bytes if `check` accepts what it sees (the free
-    /// space `free` and what admitted streams still hold); `check`'s refusal otherwise. The
-    /// check and the hold happen under the ledger's lock.
+    /// Admits a stream if `check` accepts what it sees (the free space `free` and what admitted
+    /// streams still hold): the stream then holds the bytes `check` returns; `check`'s refusal
+    /// otherwise. The check and the hold happen under the ledger's lock.
     pub fn admit<E>(
         &self,
         free: u64,
-        hold: u64,
-        check: impl FnOnce(Seen) -> Result<(), E>,
+        check: impl FnOnce(Seen) -> Result<u64, E>,
     ) -> Result<Reservation, E> {
         let mut book = self.book();
-        check(Seen {
+        let hold = check(Seen {
             free,
             held: book.held(),
         })?;
@@ -174,11 +170,12 @@ impl Ledgers {
 mod tests {
     use super::*;
 
-    /// The check the stores make: a stream of `need` bytes fits in what is available.
-    fn fits(need: u64) -> impl FnOnce(Seen) -> Result<(), Seen> {
+    /// The check the stores make: a stream of `need` bytes fits in what is available, and
+    /// then holds them.
+    fn fits(need: u64) -> impl FnOnce(Seen) -> Result<u64, Seen> {
         move |seen| {
             if seen.available() >= need {
-                Ok(())
+                Ok(need)
             } else {
                 Err(seen)
             }
@@ -201,10 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hold_is_the_announced_size_or_the_default() {
-        assert_eq!(hold_of(Some(5), 100), 5);
-        assert_eq!(hold_of(Some(0), 100), 0);
-        assert_eq!(hold_of(None, 100), 100);
+    fn what_a_stream_still_holds() {
         assert_eq!(still_held(10, 0), 10);
         assert_eq!(still_held(10, 4), 6);
         assert_eq!(still_held(10, 10), 0);
@@ -215,9 +209,9 @@ mod tests {
     #[test]
     fn two_streams_that_fit_alone_but_not_together() {
         let ledger = Ledger::default();
-        let a = ledger.admit(100, 60, fits(60)).expect("the first fits");
+        let a = ledger.admit(100, fits(60)).expect("the first fits");
         assert_eq!(ledger.held(), 60);
-        let refused = ledger.admit(100, 60, fits(60)).expect_err("not both");
+        let refused = ledger.admit(100, fits(60)).expect_err("not both");
         assert_eq!(
             refused,
             Seen {
@@ -228,13 +222,11 @@ mod tests {
         // A refused admission holds nothing.
         assert_eq!((ledger.held(), ledger.streams()), (60, 1));
         // What still fits next to the first is admitted.
-        let b = ledger
-            .admit(100, 40, fits(40))
-            .expect("40 of the 100 are left");
+        let b = ledger.admit(100, fits(40)).expect("40 of the 100 are left");
         assert_eq!(ledger.held(), 100);
-        assert!(ledger.admit(100, 0, fits(1)).is_err());
+        assert!(ledger.admit(100, fits(1)).is_err());
         // A stream of nothing fits even a full ledger.
-        let c = ledger.admit(100, 0, fits(0)).expect("nothing fits");
+        let c = ledger.admit(100, fits(0)).expect("nothing fits");
         drop((a, b, c));
         assert_eq!((ledger.held(), ledger.streams()), (0, 0));
     }
@@ -242,20 +234,20 @@ mod tests {
     #[test]
     fn holds_are_released_on_drop_whatever_ended_the_stream() {
         let ledger = Ledger::default();
-        let a = ledger.admit(100, 70, fits(70)).expect("a");
+        let a = ledger.admit(100, fits(70)).expect("a");
         // The stream failed (or was cut, or refused later): its reservation goes with it.
         drop(a);
         assert_eq!(ledger.held(), 0);
-        let b = ledger.admit(100, 70, fits(70)).expect("b after a failed");
+        let b = ledger.admit(100, fits(70)).expect("b after a failed");
         // The stream committed: likewise, once its writer is done with the reservation.
         b.landed(70);
         drop(b);
         assert_eq!(ledger.streams(), 0);
         // A stream still being written while others come and go keeps its hold.
-        let long = ledger.admit(100, 50, fits(50)).expect("long");
+        let long = ledger.admit(100, fits(50)).expect("long");
         for _ in 0..3 {
-            let short = ledger.admit(100, 50, fits(50)).expect("short");
-            assert!(ledger.admit(100, 1, fits(1)).is_err());
+            let short = ledger.admit(100, fits(50)).expect("short");
+            assert!(ledger.admit(100, fits(1)).is_err());
             drop(short);
         }
         assert_eq!(ledger.held(), 50);
@@ -266,19 +258,19 @@ mod tests {
     #[test]
     fn bytes_that_landed_are_not_counted_twice() {
         let ledger = Ledger::default();
-        let a = ledger.admit(100, 60, fits(60)).expect("a");
+        let a = ledger.admit(100, fits(60)).expect("a");
         // 40 bytes written: the free space read now is 60 and the stream may write 20 more.
         a.landed(40);
         assert_eq!(ledger.held(), 20);
         ledger
-            .admit(60, 40, fits(40))
+            .admit(60, fits(40))
             .expect("40 of the 60 free are not promised");
-        assert!(ledger.admit(60, 41, fits(41)).is_err());
+        assert!(ledger.admit(60, fits(41)).is_err());
         // Past its announced size a stream holds nothing (the writing checks stop it).
         a.landed(1000);
         assert_eq!(ledger.held(), 0);
         // The counter handed to a writer thread is the same one.
-        let b = ledger.admit(100, 30, fits(30)).expect("b");
+        let b = ledger.admit(100, fits(30)).expect("b");
         let counter = b.landed_counter();
         std::thread::spawn(move || counter.fetch_add(10, Ordering::Relaxed))
             .join()
@@ -289,11 +281,11 @@ mod tests {
     #[test]
     fn holds_saturate_instead_of_overflowing() {
         let ledger = Ledger::default();
-        let _a = ledger.admit(0, u64::MAX, |_| Ok::<(), ()>(())).expect("a");
-        let _b = ledger.admit(0, u64::MAX, |_| Ok::<(), ()>(())).expect("b");
+        let _a = ledger.admit(0, |_| Ok::<u64, ()>(u64::MAX)).expect("a");
+        let _b = ledger.admit(0, |_| Ok::<u64, ()>(u64::MAX)).expect("b");
         assert_eq!(ledger.held(), u64::MAX);
         assert_eq!(
-            ledger.admit(u64::MAX, 1, fits(1)).expect_err("all held"),
+            ledger.admit(u64::MAX, fits(1)).expect_err("all held"),
             Seen {
                 free: u64::MAX,
                 held: u64::MAX
@@ -307,7 +299,7 @@ mod tests {
         let admitted: Vec<_> = (0..16)
             .map(|_| {
                 let l = ledger.clone();
-                std::thread::spawn(move || l.admit(100, 10, fits(10)).ok())
+                std::thread::spawn(move || l.admit(100, fits(10)).ok())
             })
             .collect::<Vec<_>>()
             .into_iter()
@@ -323,13 +315,13 @@ mod tests {
     #[test]
     fn each_key_has_its_own_ledger() {
         let ledgers = Ledgers::default();
-        let _a = ledgers.of("pool-a").admit(100, 80, fits(80)).expect("a");
+        let _a = ledgers.of("pool-a").admit(100, fits(80)).expect("a");
         assert_eq!(ledgers.of("pool-a").held(), 80);
         assert_eq!(ledgers.of("pool-b").held(), 0);
         ledgers
             .of("pool-b")
-            .admit(100, 80, fits(80))
+            .admit(100, fits(80))
             .expect("another pool has its own space");
-        assert!(ledgers.of("pool-a").admit(100, 80, fits(80)).is_err());
+        assert!(ledgers.of("pool-a").admit(100, fits(80)).is_err());
     }
 }

@@ -25,8 +25,9 @@ pub enum TlsError {
     Config(String),
 }
 
+/// The crypto and cipher-suite order every zetaback part uses (`peer_tls::config::provider`).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    zetaback_core::peer_tls::config::provider()
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

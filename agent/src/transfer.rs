@@ -265,7 +265,7 @@ pub fn client_for(endpoint: &Endpoint) -> TlsClient {
 
 /// A client configuration that trusts nothing (the plaintext client's TLS side).
 fn plaintext_only_config() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    rustls::ClientConfig::builder_with_provider(zetaback_core::peer_tls::config::provider())
         .with_safe_default_protocol_versions()
         .map(|b| {
             b.with_root_certificates(rustls::RootCertStore::empty())

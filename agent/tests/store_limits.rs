@@ -1021,3 +1021,69 @@ async fn a_stream_of_unknown_length_holds_its_senders_estimate_or_the_reserve() 
     }
     assert_eq!(backups(&root), 0);
 }
+
+/// A sender's estimate is a hint from a peer: a hostile source announcing a petabyte holds at
+/// most what its stream may take (here, its host's quota), so another host's stream is still
+/// admitted next to it. (Before the estimate was bounded, it was held as announced, and every
+/// other host's stream got a 507 until the hostile stream timed out.)
+#[tokio::test]
+async fn a_huge_estimate_holds_no_more_than_its_hosts_quota() {
+    use common::raw_put::RawPut;
+
+    let fs = Tmpfs::new(16 * MIB as u64);
+    let root = fs.path().join("store");
+    let quota = 6 * MIB as u64;
+    let limits = StoreLimits {
+        min_free_bytes: 2 * MIB as u64,
+        host_quota_bytes: Some(quota),
+        ..StoreLimits::default()
+    };
+    let (addr, store) = start(&root, limits, ListenerLimits::default()).await;
+    let ep = Endpoint::new(&addr, TOKEN);
+    let ds = root.join("db-1/tank+db");
+    let hostile = tokio::spawn(async move {
+        transfer::upload_expecting(
+            &transfer::client(),
+            &ep,
+            &upload_spec("db-1", "1700000000.full", Compression::None),
+            Some(1 << 50),
+            Stuck(zfs_stream_bytes(MIB, 1, false)),
+            ok_done(),
+        )
+        .await
+    });
+    for _ in 0..200 {
+        if temp_stream(&ds).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        temp_stream(&ds).is_some(),
+        "the hostile stream is being written"
+    );
+    // Its host's quota, not its estimate (1 MiB sent is still in the writer's first block).
+    holds(&store, quota).await;
+    // Another host's 4 MiB fits in the rest: 16 MiB free, 6 held, a 2 MiB reserve.
+    let mut other = RawPut::start(
+        &addr,
+        "/v1/streams/db-2/tank+db/1700000000.full",
+        TOKEN,
+        &[("x-zetaback-snapshot", "zb-1700000000")],
+        4 * MIB,
+    )
+    .await;
+    if let Err(refusal) = other.admitted().await {
+        panic!(
+            "another host's 4 MiB stream was refused next to a stream estimated at 1 PiB ({} free): {} {}",
+            fs.free(),
+            refusal.status,
+            refusal.body
+        );
+    }
+    drop(other);
+    hostile.abort();
+    no_temporaries(&root).await;
+    holds(&store, 0).await;
+    assert_eq!(backups(&root), 0);
+}

@@ -5,9 +5,14 @@
 #               file store of node 2's agent pod, over the chart's mutual TLS (tls.mode csr): a
 #               BackupJob of a BackupPolicy, the first made by the controller, the next asked for
 #               with `kubectl zetaback backup --full`;
-#   (processes) the same agent binary (the one in the agent image) as two host processes: a
-#               target agent (file store, mutual TLS with certificates made by the openssl CLI)
-#               and `zetaback-agent backup` over loopback.
+#   (processes) the same agent binary (the one in the agent image) as two host processes over
+#               the same hop between the nodes' network namespaces, the one bench/transfer/run.sh
+#               measures: a target agent in node 2's namespace (file store, mutual TLS with
+#               certificates made by the openssl CLI) and `zetaback-agent backup` in node 1's.
+#               What the pods add is what the ratio shows: the container, the pod network (a veth
+#               and the CNI bridge, with its iptables, on each node) and the pods' cgroups.
+#               (Before session 12 the processes went over the host's loopback, so the ratio
+#               also counted the hop between the nodes against the pods.)
 # Both send a dataset of SIZE_MIB MiB of the same incompressible data from node 1's zfs-fuse pool
 # (two datasets holding the same file: zbnode1/bench-pods, zbnode1/bench-procs), full streams,
 # no compression. The rate compared is the agent's own (status.bytesPerSecond of the job; the
@@ -38,6 +43,8 @@ pods_ds=zbnode1/bench-pods
 procs_ds=zbnode1/bench-procs
 cluster="$root/e2e/scripts/cluster.sh"
 dir=/var/tmp/zetaback-pods-bench
+# Node 2's address in its network namespace (cluster.sh: node i is 10.250.0.1<i> in netns zb-node<i>).
+target_ip=10.250.0.12
 
 log() { echo "bench: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -120,11 +127,12 @@ done
 echo bench-token >"$dir/token"
 printf '[{"token": "bench-token", "node": "bench-source", "hosts": [%s]}]' \
   "$(seq 1 "$rounds" | sed 's/.*/"bench-src&"/' | paste -sd,)" >"$dir/identities.json"
-RUST_LOG=warn "$agent" --no-kube --host-name bench-target --listen "127.0.0.1:$port" \
+# `ip netns exec` execs the agent: $! is the agent itself.
+RUST_LOG=warn ip netns exec zb-node2 "$agent" --no-kube --host-name bench-target --listen "$target_ip:$port" \
   --store-root "$dir/store" --identities-file "$dir/identities.json" \
   --tls-cert "$pki/bench-target.pem" --tls-key "$pki/bench-target.key" --tls-ca "$pki/ca.pem" &
 target_pid=$!
-for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 100); do (echo >"/dev/tcp/$target_ip/$port") 2>/dev/null && break; sleep 0.1; done
 
 printf '  waiting for node 1'"'"'s agent pod to report %s' "$pods_ds" >&2
 for _ in $(seq 1 120); do
@@ -139,11 +147,11 @@ load0=$(cut -d' ' -f1-3 /proc/loadavg)
 
 process_case() {
   local r=$1 t0 t1 out bps bytes
-  log "round $r/$rounds: processes (agent → loopback → target agent's file store)"
+  log "round $r/$rounds: processes (agent in node 1's netns → target agent's file store in node 2's)"
   settle
   t0=$(date +%s.%N)
-  out=$(RUST_LOG=warn "$agent" backup --host-name "bench-src$r" --token-file "$dir/token" --dataset "$procs_ds" \
-    --snapshot bench --keep-snapshots --compression none --target "127.0.0.1:$port" --target-path "$dir/store" \
+  out=$(RUST_LOG=warn ip netns exec zb-node1 "$agent" backup --host-name "bench-src$r" --token-file "$dir/token" --dataset "$procs_ds" \
+    --snapshot bench --keep-snapshots --compression none --target "$target_ip:$port" --target-path "$dir/store" \
     --tls-cert "$pki/bench-source.pem" --tls-key "$pki/bench-source.key" --tls-ca "$pki/ca.pem" --target-node bench-target 2>&1) ||
     { echo "$out" >&2; die "the process case failed"; }
   t1=$(date +%s.%N)

@@ -15,8 +15,9 @@
 //! checked before a stream starts and while it is written ([`space`]); a disk that fills up
 //! anyway fails the stream with [`FileStoreError::is_out_of_space`], nothing half-written kept.
 //! Streams admitted and still being written hold their announced size (or, announcing none,
-//! their sender's estimate, else the reserve) in the store's [`Ledger`] until they end, less
-//! what they have written: the next admission counts only the free space nobody was promised.
+//! their sender's estimate within what the stream may take, else the reserve) in the store's
+//! [`Ledger`] until they end, less what they have written: the next admission counts only the
+//! free space nobody was promised.
 //! The catalogue is cached until something is written through this store, or for at most
 //! [`StoreLimits::catalogue_max_age`] (for changes made behind its back).
 //!
@@ -52,7 +53,7 @@ use zetaback_core::store::{Catalogue, Layout, Manifest, StoreError, StreamId};
 use crate::checksum::Received;
 use crate::limits::StoreLimits;
 use crate::scan_cache::ScanCache;
-use crate::space_ledger::{self, Ledger, Reservation};
+use crate::space_ledger::{Ledger, Reservation};
 use space::{InFlight, SpaceRefusal};
 
 /// What can go wrong in the file store.
@@ -362,14 +363,22 @@ impl FileStore {
         };
         let writing = self.shared.in_flight.bytes(&key.host);
         let free = self.free_bytes()?;
-        // A stream that announces no size holds its sender's estimate, else as much as the
-        // reserve: the margin the operator chose for what cannot be foreseen.
-        let hold = space_ledger::hold_of(announced.or(expected), self.limits.min_free_bytes);
+        // A stream that announces no size holds its sender's estimate, within what it may
+        // take, else as much as the reserve: the margin the operator chose for what cannot be
+        // foreseen ([`space::hold`]).
         let reservation = self
             .shared
             .ledger
-            .admit(free, hold, |seen| {
-                space::admit(&self.limits, &key.host, announced, stored, writing, seen)
+            .admit(free, |seen| {
+                space::admit(&self.limits, &key.host, announced, stored, writing, seen)?;
+                Ok(space::hold(
+                    &self.limits,
+                    announced,
+                    expected,
+                    stored,
+                    writing,
+                    seen,
+                ))
             })
             .map_err(refused)?;
         {

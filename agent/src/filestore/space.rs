@@ -87,6 +87,37 @@ pub fn admit(
     Ok(())
 }
 
+/// What an admitted stream holds of the free space while it is written (see
+/// [`crate::space_ledger`]): its announced size, which [`admit`] checked against every limit;
+/// else its sender's estimate — a hint from a peer, so never more than the stream may take:
+/// its size limit, what is left of its host's quota (`stored` and `writing` as for [`admit`])
+/// and the free space above the reserve (a hostile sender announcing an estimate of a
+/// petabyte holds at most that, not every other host's streams out of the store); else, with
+/// neither, the reserve.
+pub fn hold(
+    limits: &StoreLimits,
+    announced: Option<u64>,
+    expected: Option<u64>,
+    stored: u64,
+    writing: u64,
+    seen: Seen,
+) -> u64 {
+    if let Some(size) = announced {
+        return size;
+    }
+    let Some(estimate) = expected else {
+        return limits.min_free_bytes;
+    };
+    let mut most = seen.available().saturating_sub(limits.min_free_bytes);
+    if let Some(limit) = limits.max_stream_bytes {
+        most = most.min(limit);
+    }
+    if let Some(quota) = limits.host_quota_bytes {
+        most = most.min(quota.saturating_sub(stored.saturating_add(writing)));
+    }
+    estimate.min(most)
+}
+
 /// May a stream that has `bytes` so far go on? `stored` is its host's bytes in the store when
 /// it started, `writing` every stream of the host being written (this one included).
 pub fn keep_going(
@@ -265,6 +296,40 @@ mod tests {
             admit(&q, "h", Some(u64::MAX), u64::MAX, u64::MAX, free(u64::MAX)),
             Err(SpaceRefusal::Quota { used: u64::MAX, .. })
         ));
+    }
+
+    #[test]
+    fn a_hold_is_the_announced_size_else_the_estimate_within_the_limits_else_the_reserve() {
+        let none = limits(None, None, 0);
+        let l = limits(Some(100), Some(1000), 50);
+        // An announced size is held as it is (admit checked it against the limits).
+        assert_eq!(hold(&l, Some(70), Some(5), 0, 0, free(10_000)), 70);
+        assert_eq!(hold(&none, Some(0), None, 0, 0, free(0)), 0);
+        // Neither announced nor estimated: the reserve.
+        assert_eq!(hold(&l, None, None, 0, 0, free(10_000)), 50);
+        assert_eq!(hold(&none, None, None, 0, 0, free(10_000)), 0);
+        // An estimate within every limit is held as it is.
+        assert_eq!(hold(&l, None, Some(60), 0, 0, free(10_000)), 60);
+        // A larger one, never more than the stream's size limit...
+        assert_eq!(hold(&l, None, Some(u64::MAX), 0, 0, free(10_000)), 100);
+        // ...what is left of its host's quota (stored and being written count)...
+        assert_eq!(hold(&l, None, Some(u64::MAX), 900, 30, free(10_000)), 70);
+        assert_eq!(hold(&l, None, Some(u64::MAX), 2000, 0, free(10_000)), 0);
+        // ...or the free space above the reserve, less what others hold.
+        assert_eq!(hold(&l, None, Some(u64::MAX), 0, 0, free(120)), 70);
+        let seen = Seen {
+            free: 120,
+            held: 40,
+        };
+        assert_eq!(hold(&l, None, Some(u64::MAX), 0, 0, seen), 30);
+        assert_eq!(hold(&none, None, Some(u64::MAX), 0, 0, free(500)), 500);
+        assert_eq!(hold(&none, None, Some(u64::MAX), 0, 0, free(0)), 0);
+        // Saturation, not overflow.
+        let q = limits(None, Some(u64::MAX), u64::MAX);
+        assert_eq!(
+            hold(&q, None, Some(u64::MAX), u64::MAX, u64::MAX, free(u64::MAX)),
+            0
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use axum::http::StatusCode;
 
 use crate::filestore::space::{self, InFlight, SpaceRefusal};
 use crate::limits::StoreLimits;
-use crate::space_ledger::{self, Ledgers, Reservation};
+use crate::space_ledger::{Ledgers, Reservation};
 use crate::zfs::Zfs;
 
 use super::ApiError;
@@ -104,7 +104,7 @@ impl ReplicaSpace {
     /// Admits a stream of `announced` bytes (if known) from `host` into `target` under `root`
     /// (one of `roots`), or refuses it before anything is received. `ledgers` holds the space
     /// promised to the streams being received, per pool: this one holds its announced size,
-    /// else its sender's estimate (`expected`), else the reserve.
+    /// else its sender's estimate (`expected`) within what it may take, else the reserve.
     #[allow(clippy::too_many_arguments)]
     pub async fn admit(
         zfs: &Zfs,
@@ -137,11 +137,13 @@ impl ReplicaSpace {
             ..limits.clone()
         };
         let writing = host_bytes.load(Ordering::Relaxed);
-        let hold = space_ledger::hold_of(announced.or(expected), reserve);
         let reservation = ledgers
             .of(pool)
-            .admit(free, hold, |seen| {
-                space::admit(&checks, host, announced, stored, writing, seen)
+            .admit(free, |seen| {
+                space::admit(&checks, host, announced, stored, writing, seen)?;
+                Ok(space::hold(
+                    &checks, announced, expected, stored, writing, seen,
+                ))
             })
             .map_err(|r| refused(target, r))?;
         Ok(Self {

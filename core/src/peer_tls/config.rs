@@ -35,8 +35,29 @@ pub enum PeerTlsError {
     Config(String),
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// The crypto every TLS connection between zetaback's parts uses: ring's, with its cipher
+/// suites in an order that prefers AES-128-GCM (TLS 1.3, then 1.2) over ring's first choice,
+/// AES-256-GCM. Both are AEADs rustls considers safe; AES-128 does 10 rounds where AES-256
+/// does 14, which shows on a backup stream that is encrypted and decrypted at hundreds of MB/s
+/// on the same cores as `zfs send` and `zfs receive`. The client's order decides (rustls
+/// servers follow it), and every part of zetaback builds its configurations from here.
+pub fn provider() -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(suite_preference);
+    Arc::new(provider)
+}
+
+/// Where a cipher suite goes in [`provider`]'s order (lower first): TLS 1.3 before 1.2, as
+/// ring has them, and in each AES-128-GCM first (a stable sort keeps ring's order otherwise).
+fn suite_preference(suite: &rustls::SupportedCipherSuite) -> (bool, bool) {
+    let tls12 = matches!(suite, rustls::SupportedCipherSuite::Tls12(_));
+    let aes128 = matches!(
+        suite.suite(),
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    );
+    (tls12, !aes128)
 }
 
 fn config_error(e: impl std::fmt::Display) -> PeerTlsError {
@@ -322,5 +343,45 @@ impl ServerCertVerifier for Pinned {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod cipher_order_tests {
+    use super::*;
+
+    #[test]
+    fn aes_128_gcm_comes_first_in_each_version_and_no_suite_is_lost() {
+        let ring = rustls::crypto::ring::default_provider();
+        let ours = provider();
+        let names = |suites: &[rustls::SupportedCipherSuite]| {
+            suites.iter().map(|s| s.suite()).collect::<Vec<_>>()
+        };
+        let mut theirs = names(&ring.cipher_suites);
+        let ordered = names(&ours.cipher_suites);
+        assert_eq!(ordered[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let first12 = ours
+            .cipher_suites
+            .iter()
+            .position(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)))
+            .expect("TLS 1.2 suites are kept");
+        assert!(
+            ours.cipher_suites[..first12]
+                .iter()
+                .all(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_))),
+            "{ordered:?}"
+        );
+        assert!(
+            matches!(
+                ordered[first12],
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                    | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            ),
+            "{ordered:?}"
+        );
+        let mut sorted = ordered.clone();
+        theirs.sort_by_key(|s| u16::from(*s));
+        sorted.sort_by_key(|s| u16::from(*s));
+        assert_eq!(sorted, theirs, "the same suites, in another order");
     }
 }
