@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use zetaback_core::api::restore::SCRATCH_PROPERTY;
 
 use crate::restore::RestoreError;
-use crate::zfs::Zfs;
+use crate::zfs::{Busy, Patience, Zfs, ZfsError, retry_while_busy};
 
 /// The scratch root a drill into `into` needs: its parent (`None` for a pool or a pool's
 /// direct child, which are never scratch).
@@ -69,35 +69,49 @@ pub async fn check_restored(
 
 /// How often the clean-up tries a destroy that ZFS calls busy (zfs-fuse does for a moment
 /// after a receive mounted the dataset), and how long it waits between tries.
-const DESTROY_TRIES: u32 = 10;
-const DESTROY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+const DESTROY: Patience = Patience::tries(10, std::time::Duration::from_secs(1));
+
+/// Why the clean-up failed.
+#[derive(Debug, thiserror::Error)]
+enum CleanUpError {
+    #[error("could not look for the drill's scratch dataset: {0}")]
+    Look(ZfsError),
+    #[error("could not destroy the drill's scratch dataset: {0}")]
+    Destroy(ZfsError),
+}
+
+impl Busy for CleanUpError {
+    fn is_busy(&self) -> bool {
+        // Only the destroy is tried again (as before: a failed look ends the clean-up).
+        matches!(self, CleanUpError::Destroy(e) if e.is_busy())
+    }
+}
 
 /// Destroys the scratch dataset a drill created (if it exists); true when it is gone.
 pub async fn clean_up(zfs: &Zfs, into: &str) -> bool {
-    for attempt in 1..=DESTROY_TRIES {
-        match zfs.dataset_exists(into).await {
-            Ok(false) => return true,
-            Ok(true) => match zfs.destroy_restored(into).await {
-                Ok(()) => {
-                    info!(dataset = %into, "drill scratch dataset destroyed");
-                    return true;
-                }
-                Err(e) if attempt < DESTROY_TRIES && e.to_string().contains("busy") => {
-                    info!(dataset = %into, attempt, "scratch dataset busy; trying again");
-                    tokio::time::sleep(DESTROY_PAUSE).await;
-                }
-                Err(e) => {
-                    warn!(dataset = %into, error = %e, "could not destroy the drill's scratch dataset");
-                    return false;
-                }
-            },
-            Err(e) => {
-                warn!(dataset = %into, error = %e, "could not look for the drill's scratch dataset");
-                return false;
+    let gone = retry_while_busy(
+        "destroying the drill's scratch dataset",
+        into,
+        DESTROY,
+        move || async move {
+            if !zfs.dataset_exists(into).await.map_err(CleanUpError::Look)? {
+                return Ok(());
             }
+            zfs.destroy_restored(into)
+                .await
+                .map_err(CleanUpError::Destroy)?;
+            info!(dataset = %into, "drill scratch dataset destroyed");
+            Ok::<(), CleanUpError>(())
+        },
+    )
+    .await;
+    match gone {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(dataset = %into, error = %e, "the drill's scratch dataset is left");
+            false
         }
     }
-    false
 }
 
 #[cfg(test)]
@@ -110,5 +124,44 @@ mod tests {
         assert_eq!(scratch_root("tank/a/b/d1"), Some("tank/a/b"));
         assert_eq!(scratch_root("tank/d1"), None);
         assert_eq!(scratch_root("tank"), None);
+    }
+
+    #[test]
+    fn the_clean_up_tries_again_only_a_destroy_zfs_calls_busy() {
+        let failed = |args: &[&str], stderr: &str| ZfsError::Failed {
+            command: crate::zfs::CommandLine(args.iter().map(|a| (*a).to_owned()).collect()),
+            status: "exit status: 1".into(),
+            stderr: stderr.into(),
+        };
+        let destroy = ["zfs", "destroy", "-r", "tank/drills/busy"];
+        assert!(
+            CleanUpError::Destroy(failed(
+                &destroy,
+                "cannot destroy 'tank/drills/busy': dataset is busy"
+            ))
+            .is_busy()
+        );
+        assert!(
+            CleanUpError::Destroy(failed(
+                &destroy,
+                "umount: /run/zetaback/zfs/tank/drills/busy: target is busy.\ncannot unmount '/run/zetaback/zfs/tank/drills/busy': umount failed: umount child process failed"
+            ))
+            .is_busy()
+        );
+        // Its name no longer makes any failure "busy" (the whole message was matched before).
+        assert!(
+            !CleanUpError::Destroy(failed(
+                &destroy,
+                "cannot destroy 'tank/drills/busy': permission denied"
+            ))
+            .is_busy()
+        );
+        assert!(
+            !CleanUpError::Look(failed(
+                &["zfs", "list", "-H", "-o", "name", "tank/drills/busy"],
+                "dataset is busy"
+            ))
+            .is_busy()
+        );
     }
 }

@@ -18,7 +18,9 @@
 //! its destination, which it created (`status.createdDestination`, written before the first
 //! receive), keeps the pieces already received (their snapshots, verified when received) and
 //! gets the rest on top; holding none, it is destroyed and the chain received from the full
-//! ([`destination_plan`]).
+//! ([`destination_plan`]). Its first piece waits (bounded) while ZFS calls the destination busy,
+//! as a file-store restore's does (`restore::receive_piece`): a receive into it cut short by
+//! the restart may still be wound down.
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,11 +41,11 @@ use zetaback_objstore::{Credentials, Keys, explain};
 use crate::checksum::BackgroundSha256;
 use crate::restore::{
     HOLD_BACK, HoldBack, PieceRequest, RestoreError, Restored, already_received, chain_pieces,
-    parent_to_create,
+    parent_to_create, receive_piece,
 };
 use crate::transfer::CHANNEL_DEPTH;
 use crate::zfs::inert;
-use crate::zfs::{ReceivePurpose, ReceiveRequest, Zfs};
+use crate::zfs::{Patience, ReceivePurpose, ReceiveRequest, Zfs, retry_while};
 
 /// Chunks queued for the checksum thread.
 const HASH_QUEUE: usize = 16;
@@ -359,10 +361,16 @@ async fn apply_chain(
             resumable: false,
             purpose: ReceivePurpose::Restore,
         };
-        let span = info_span!("bucket_piece", backup = %manifest.id, n = i + 1, of = pieces.len());
-        let result = apply_piece(zfs, store, keys, piece, &receive, progress)
-            .instrument(span)
-            .await;
+        // The first piece this call receives waits while ZFS calls the destination busy (a
+        // receive into it cut short by a killed agent may still be wound down), as a file-store
+        // restore's does.
+        let receive = &receive;
+        let result = receive_piece(into.dataset, i == skip, progress, move || {
+            let span =
+                info_span!("bucket_piece", backup = %manifest.id, n = i + 1, of = pieces.len());
+            apply_piece(zfs, store, keys, piece, receive, progress).instrument(span)
+        })
+        .await;
         match result {
             Ok(n) => {
                 zfs.set_inert_properties(into.dataset).await?;
@@ -413,25 +421,35 @@ async fn continue_on(zfs: &Zfs, dataset: &str, pieces: &[Located]) -> Result<usi
     Ok(0)
 }
 
-/// Destroys the dataset a failed restore created. Retried for a few seconds: right after an
+/// How often a failed restore tries to destroy the dataset it created, and how far apart.
+const DESTROY: Patience = Patience::tries(20, Duration::from_millis(250));
+
+/// Destroys the dataset a failed restore created. Retried ([`DESTROY`]): right after an
 /// aborted receive the dataset can still be busy (zfs-fuse's daemon finishes the receive the
-/// killed `zfs` client had started), and `zfs destroy` then fails.
+/// killed `zfs` client had started), and `zfs destroy` then fails; any other failure is
+/// retried too (the wind-down may answer otherwise meanwhile).
 async fn destroy_partial(zfs: &Zfs, into: &str) {
-    const TRIES: u32 = 20;
-    for attempt in 1..=TRIES {
-        match zfs.dataset_exists(into).await {
-            Ok(false) => return,
-            Ok(true) => {}
-            Err(e) => warn!(error = %e, "cannot tell whether the partly restored dataset exists"),
-        }
-        warn!(dataset = %into, attempt, "destroying the partly restored dataset");
-        match zfs.destroy_restored(into).await {
-            Ok(()) => return,
-            Err(e) if attempt == TRIES => {
-                warn!(error = %e, "could not destroy the partly restored dataset");
+    let destroyed = retry_while(
+        "destroying the partly restored dataset",
+        into,
+        DESTROY,
+        "it failed (ZFS may still be winding the receive down)",
+        |_| true,
+        move || async move {
+            match zfs.dataset_exists(into).await {
+                Ok(false) => return Ok(()),
+                Ok(true) => {}
+                Err(e) => {
+                    warn!(error = %e, "cannot tell whether the partly restored dataset exists")
+                }
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
+            warn!(dataset = %into, "destroying the partly restored dataset");
+            zfs.destroy_restored(into).await
+        },
+    )
+    .await;
+    if let Err(e) = destroyed {
+        warn!(error = %e, dataset = %into, "could not destroy the partly restored dataset");
     }
 }
 
@@ -516,7 +534,21 @@ async fn apply_piece(
         }
         (Ok(_), Ok(_)) => {}
     }
-    recv.finish().await?;
+    if let Err(e) = recv.finish().await {
+        // zfs-fuse reports "I/O error" after a `receive -F` of a full stream has replaced an
+        // existing dataset, although the stream was applied (as a file-store restore's
+        // `restore::apply_piece` knows): ZFS creates the received snapshot only once the whole
+        // stream is in, so where it is there, the piece counts.
+        let applied = receive.force
+            && zfs
+                .snapshot_info(&receive.target, &manifest.snapshot)
+                .await
+                .is_ok();
+        if !applied {
+            return Err(e.into());
+        }
+        warn!(error = %e, snapshot = %manifest.snapshot, "zfs receive reported an error, but the snapshot it received is there: the piece counts");
+    }
     zfs.snapshot_info(&receive.target, &manifest.snapshot)
         .await
         .map_err(|_| RestoreError::SnapshotMissing {

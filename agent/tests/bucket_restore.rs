@@ -3,11 +3,13 @@
 //! sha256 checked before the piece's end reaches `zfs receive`, and the restored files are the
 //! originals byte for byte. An object changed in the bucket (one byte flipped, written back
 //! with the admin key as an attacker or a bad disk would) is refused with a checksum error and
-//! leaves no dataset behind, whether it is the full or a later incremental.
+//! leaves no dataset behind, whether it is the full or a later incremental. A restore whose
+//! destination ZFS calls busy (its mount in use) waits for it and then goes through.
 
 mod common;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{Pool, checksums, mountpoint, next_second, repo_root, write_files, zfs as zfs_cli};
 use object_store::path::Path as Key;
@@ -245,6 +247,103 @@ async fn bucket_restore_verifies_each_piece_and_refuses_a_changed_object() {
         ] {
             admin.delete(&k).await.expect("admin deletes");
         }
+    }
+    let _ = std::fs::remove_dir_all(&dir_tmp);
+}
+
+/// The first piece of a bucket restore waits while ZFS calls the destination busy, as a
+/// file-store restore's does: here `zfs receive -F` cannot unmount the dataset it replaces
+/// while a process has its working directory in it (zfs-fuse: "umount: …: target is busy."),
+/// and the restore goes through once that process ended. The bytes counted are those of the
+/// piece once, not once per try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_restore_waits_while_zfs_calls_its_destination_busy() {
+    let ep = endpoint();
+    let t = target(&ep);
+    let pool = Pool::new("bucketbusy");
+    let (ds, dir) = pool.create("data");
+    write_files(&dir, 3, 2, 300_000);
+    let want = checksums(&dir);
+    let zfs = Zfs::detect().await.expect("detect zfs");
+    let dir_tmp = std::env::temp_dir().join(format!("zb-bucket-busy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir_tmp).expect("temp dir");
+    let src_creds = dir_tmp.join("src.json");
+    std::fs::write(
+        &src_creds,
+        r#"{"accessKeyId":"ZBE2ESRCA","secretAccessKey":"zetaback-e2e-src-a-secret"}"#,
+    )
+    .expect("credentials");
+    let reader_creds = dir_tmp.join("reader.json");
+    std::fs::write(
+        &reader_creds,
+        r#"{"accessKeyId":"ZBE2EADMIN","secretAccessKey":"zetaback-e2e-admin-secret"}"#,
+    )
+    .expect("credentials");
+    let settings = JobSettings {
+        bandwidth_limit: 0,
+        prune_snapshots: false,
+        idle_timeout: std::time::Duration::from_secs(60),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
+        tls: None,
+        object_store_credentials: Some(src_creds),
+    };
+    let none = Endpoint::new("object-store", String::new());
+    let full = job::run(
+        &zfs,
+        HOST,
+        &spec(&ds, "zb-busy-1", None, t.clone()),
+        Some("t/p"),
+        &none,
+        &settings,
+    )
+    .await
+    .expect("full into the bucket");
+
+    // An existing dataset without snapshots, replaced (force); its mount is in use for a
+    // few seconds.
+    let (into, into_dir) = pool.create("busy");
+    let mut holder = Command::new("sleep")
+        .arg("4")
+        .current_dir(&into_dir)
+        .spawn()
+        .expect("a process in the destination");
+    let progress = AtomicU64::new(0);
+    let started = std::time::Instant::now();
+    let restored = objstore_restore::restore_resolved(
+        &zfs,
+        Some(&reader_creds),
+        &t,
+        (HOST, &ds),
+        &[objstore_restore::ResolvedPiece {
+            id: full.backup_id.clone(),
+            sha256: String::new(),
+        }],
+        &into,
+        (true, false),
+        &progress,
+        |_| {},
+    )
+    .await;
+    let waited = started.elapsed();
+    let _ = holder.wait();
+    let restored = restored.expect("the restore waits while the destination is busy");
+    println!("restored after {waited:?}");
+    assert_eq!(restored.chain, std::slice::from_ref(&full.backup_id));
+    assert_eq!(checksums(&mountpoint(&into)), want, "restored files differ");
+    assert_eq!(
+        progress.load(Ordering::Relaxed),
+        restored.bytes,
+        "the piece's bytes, counted once"
+    );
+
+    let admin = connect(&t, &creds("ZBE2EADMIN", "zetaback-e2e-admin-secret")).expect("client");
+    let keys = Keys::new(Some(PREFIX));
+    let id: StreamId = full.backup_id.parse().expect("id");
+    for k in [
+        keys.manifest(HOST, &ds, &id, false).expect("key"),
+        keys.stream(HOST, &ds, &id, false).expect("key"),
+    ] {
+        admin.delete(&k).await.expect("admin deletes");
     }
     let _ = std::fs::remove_dir_all(&dir_tmp);
 }

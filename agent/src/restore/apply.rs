@@ -4,6 +4,7 @@
 //! received ([`apply_chain`]); the policy's chain turned into pieces ([`chain_pieces`]).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,7 +27,9 @@ use crate::checksum::BackgroundSha256;
 use crate::transfer::{self, Endpoint, TransferError};
 use crate::wire::{H_COMPRESSION, H_READER_VERIFIES, H_SHA256};
 use crate::zfs::inert;
-use crate::zfs::{ReceivePurpose, ReceiveRequest, Zfs};
+use crate::zfs::{
+    Patience, ReceivePurpose, ReceiveRequest, Zfs, ZfsError, retry_while, retry_while_busy,
+};
 
 use super::{RestoreError, Restored};
 
@@ -429,21 +432,22 @@ async fn pieces_already_there(
 /// zfs-fuse's daemon removes its partial dataset after the killed client is gone) is looked at
 /// again, for at most [`BUSY_WAIT`].
 async fn destination_state(zfs: &Zfs, req: &ChainRequest) -> Result<(bool, usize), RestoreError> {
-    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
-    loop {
-        let existed = zfs.dataset_exists(&req.into).await?;
-        match pieces_already_there(zfs, req, existed).await {
-            Err(RestoreError::Zfs(z))
-                if existed
-                    && z.stderr().is_some_and(|e| e.contains("does not exist"))
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                warn!(dataset = %req.into, error = %z, "the destination disappeared while it was looked at (a receive cut short being wound down); looking again");
-                tokio::time::sleep(BUSY_RETRY_EVERY).await;
-            }
-            other => return other.map(|skip| (existed, skip)),
-        }
-    }
+    // (A destination found absent is not looked at further: only one that existed can
+    // disappear, and `dataset_exists` says "does not exist" as `false`.)
+    let disappeared = |e: &RestoreError| matches!(e, RestoreError::Zfs(z) if z.stderr().is_some_and(|e| e.contains("does not exist")));
+    retry_while(
+        "looking at the destination",
+        &req.into,
+        BUSY_WAIT,
+        "it disappeared while it was looked at (a receive cut short being wound down)",
+        disappeared,
+        move || async move {
+            let existed = zfs.dataset_exists(&req.into).await?;
+            let skip = pieces_already_there(zfs, req, existed).await?;
+            Ok((existed, skip))
+        },
+    )
+    .await
 }
 
 /// Applies a chain in order into `req.into`, creating missing parents; `on_piece` is told
@@ -495,28 +499,13 @@ pub async fn apply_chain(
             resumable: false,
             purpose: ReceivePurpose::Restore,
         };
-        // The first piece this call receives waits (bounded) while ZFS calls the destination
-        // busy: a receive into it cut short by a killed agent may still be wound down.
-        let busy_until = tokio::time::Instant::now() + BUSY_WAIT;
-        let outcome = loop {
-            let before = progress.load(Ordering::Relaxed);
+        // The first piece this call receives waits while ZFS calls the destination busy.
+        let (client, receive) = (&client, &receive);
+        let outcome = receive_piece(&req.into, i == skip, progress, move || {
             let span = info_span!("piece", backup = %piece.id, n = i + 1, of = req.pieces.len());
-            match apply_piece(zfs, &client, src, piece, &receive, req.verify, progress)
-                .instrument(span)
-                .await
-            {
-                Err(e)
-                    if i == skip
-                        && e.destination_busy()
-                        && tokio::time::Instant::now() < busy_until =>
-                {
-                    warn!(dataset = %req.into, error = %e, "the destination is busy (a receive cut short may still be wound down by ZFS); trying again");
-                    progress.store(before, Ordering::Relaxed);
-                    tokio::time::sleep(BUSY_RETRY_EVERY).await;
-                }
-                other => break other,
-            }
-        };
+            apply_piece(zfs, client, src, piece, receive, req.verify, progress).instrument(span)
+        })
+        .await;
         match outcome {
             Ok((n, sha)) => {
                 zfs.set_inert_properties(&req.into).await?;
@@ -542,44 +531,66 @@ pub async fn apply_chain(
     })
 }
 
-/// How long the first piece of a restore waits while ZFS calls its destination busy.
-const BUSY_WAIT: Duration = Duration::from_secs(30);
-/// How often it tries again meanwhile.
-const BUSY_RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How long the first piece of a restore waits while ZFS calls its destination busy (and a
+/// destination that disappears while it is looked at is looked at again), trying again every
+/// second.
+const BUSY_WAIT: Patience = Patience::within(Duration::from_secs(30), Duration::from_secs(1));
 
-/// How long a failed restore keeps trying to remove the dataset it created.
-const DISCARD_WITHIN: Duration = Duration::from_secs(30);
+/// Receives one piece with `receive` (a file-store or a bucket restore's). The first piece a
+/// restore receives (`first`) is received again, for at most [`BUSY_WAIT`], while ZFS calls the
+/// destination busy: a receive into it cut short by a killed agent may still be wound down
+/// (zfs-fuse's daemon finishes it after the killed `zfs` client is gone). `progress` is set
+/// back to what it was before the first try whenever a try starts, so a refused try's bytes
+/// are not counted.
+pub(crate) async fn receive_piece<T, F, Fut>(
+    dataset: &str,
+    first: bool,
+    progress: &AtomicU64,
+    mut receive: F,
+) -> Result<T, RestoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RestoreError>>,
+{
+    if !first {
+        return receive().await;
+    }
+    let before = progress.load(Ordering::Relaxed);
+    retry_while_busy("receiving the first piece", dataset, BUSY_WAIT, || {
+        progress.store(before, Ordering::Relaxed);
+        receive()
+    })
+    .await
+}
+
+/// How long a failed restore keeps trying to remove the dataset it created, and how often.
+const DISCARD: Patience = Patience::within(Duration::from_secs(30), Duration::from_millis(500));
 
 /// Removes the dataset a failed restore created (it did not exist before), before the failure
 /// is reported. After a later piece failed it holds the earlier pieces; after the first piece's
 /// receive was killed, ZFS discards it on its own, but zfs-fuse does so in its daemon after the
 /// killed client is gone, so a status written at once could name a failed restore whose
-/// dataset still existed. Retried while the dataset is busy (the daemon's own clean-up).
+/// dataset still existed. Retried within [`DISCARD`] while the dataset is busy (the daemon's
+/// own clean-up), and on any other failure too: the wind-down may answer otherwise meanwhile
+/// (the dataset vanishing between the look and the destroy).
 async fn discard_partial(zfs: &Zfs, dataset: &str) {
-    let deadline = tokio::time::Instant::now() + DISCARD_WITHIN;
-    loop {
-        match zfs.dataset_exists(dataset).await {
-            Ok(false) => return,
-            Ok(true) => {
+    let discarded = retry_while(
+        "destroying the partly restored dataset",
+        dataset,
+        DISCARD,
+        "it failed (ZFS may still be winding the receive down)",
+        |_| true,
+        move || async move {
+            if zfs.dataset_exists(dataset).await? {
                 warn!(%dataset, "destroying the partly restored dataset");
-                match zfs.destroy_restored(dataset).await {
-                    Ok(()) => return,
-                    Err(d) if tokio::time::Instant::now() >= deadline => {
-                        warn!(error = %d, %dataset, "could not destroy the partly restored dataset");
-                        return;
-                    }
-                    Err(d) => {
-                        warn!(error = %d, %dataset, "destroying the partly restored dataset failed; retrying")
-                    }
-                }
+                zfs.destroy_restored(dataset).await?;
             }
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                warn!(error = %e, %dataset, "could not tell whether the partly restored dataset is gone");
-                return;
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok::<_, ZfsError>(())
+        },
+    )
+    .await;
+    if let Err(e) = discarded {
+        warn!(error = %e, %dataset, "could not destroy the partly restored dataset");
     }
 }
 

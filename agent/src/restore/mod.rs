@@ -37,7 +37,7 @@ pub use status_patch::{RestoreStatusPatch, StatusPatch};
 use zetaback_core::policy;
 
 use crate::transfer::TransferError;
-use crate::zfs::ZfsError;
+use crate::zfs::{Busy, ZfsError};
 
 /// Why a restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ impl RestoreError {
     /// it after the killed `zfs` client is gone — or another receive runs there now.
     pub fn destination_busy(&self) -> bool {
         match self {
-            RestoreError::Zfs(z) => z.stderr().is_some_and(|e| e.contains("dataset is busy")),
+            RestoreError::Zfs(z) => z.is_busy(),
             _ => false,
         }
     }
@@ -126,6 +126,12 @@ impl RestoreError {
             RestoreError::Store(_) | RestoreError::Kube(_) => "Failed",
             RestoreError::Ended => "Ended",
         }
+    }
+}
+
+impl Busy for RestoreError {
+    fn is_busy(&self) -> bool {
+        self.destination_busy()
     }
 }
 

@@ -10,9 +10,14 @@
 //! [`ZfsError::Timeout`]; a send or receive that moves no data for `stall` is killed and fails
 //! with [`ZfsError::Stalled`] (see [`process`]). A wedged zfs-fuse then fails a job instead of
 //! hanging it.
+//!
+//! A dataset ZFS calls busy (zfs-fuse winds a receive cut short down in its daemon, after the
+//! killed client is gone) is told by [`ZfsError::is_busy`]; callers wait it out with
+//! [`busy::retry_while_busy`].
 
 pub mod argv;
 pub mod bookmarks;
+pub mod busy;
 pub mod caps;
 pub mod encryption;
 pub mod error;
@@ -30,6 +35,7 @@ use tokio::process::Command;
 use tracing::{debug, instrument};
 
 pub use argv::{ReceiveRequest, SendBase, SendRequest};
+pub use busy::{Busy, Patience, retry_while, retry_while_busy};
 pub use caps::{Capabilities, Capability};
 pub use error::{CommandLine, ZfsError};
 pub use inert::ReceivePurpose;
