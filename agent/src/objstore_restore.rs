@@ -40,8 +40,8 @@ use zetaback_objstore::{Credentials, Keys, explain};
 
 use crate::checksum::BackgroundSha256;
 use crate::restore::{
-    HOLD_BACK, HoldBack, PieceRequest, RestoreError, Restored, already_received, chain_pieces,
-    parent_to_create, receive_piece,
+    Coalesce, HOLD_BACK, HoldBack, PieceRequest, RestoreError, Restored, already_received,
+    chain_pieces, parent_to_create, receive_piece,
 };
 use crate::transfer::CHANNEL_DEPTH;
 use crate::zfs::inert;
@@ -51,6 +51,9 @@ use crate::zfs::{Patience, ReceivePurpose, ReceiveRequest, Zfs, retry_while};
 const HASH_QUEUE: usize = 16;
 /// The buffer between the zstd decoder and `zfs receive`.
 const DECODED_BUFFER: usize = 256 * 1024;
+/// The object's bytes are handed to the checksum thread and to `zfs receive` in blocks of at
+/// least this size ([`Coalesce`]), not in the HTTP body's chunks.
+const BLOCK: usize = crate::transfer::CHUNK;
 
 /// Restores backup `id` of `host:dataset` from the bucket into the new dataset `into`.
 pub async fn restore(
@@ -571,22 +574,35 @@ async fn feed(
     let hasher_gone = |_| RestoreError::Copy("the checksum thread stopped".into());
     let gone = || RestoreError::Copy("zfs receive stopped reading".into());
     let mut hold = HoldBack::new(HOLD_BACK);
+    let mut blocks = Coalesce::new(BLOCK);
     let mut bytes = 0u64;
-    while let Some(chunk) = body.next().await {
-        let data = match chunk {
-            Ok(d) => d,
-            Err(e) => {
+    loop {
+        let block = match body.next().await {
+            Some(Ok(data)) => {
+                bytes += data.len() as u64;
+                progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+                match blocks.push(data) {
+                    Some(block) => block,
+                    None => continue,
+                }
+            }
+            Some(Err(e)) => {
                 let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
                 return Err(RestoreError::Unreachable(format!(
                     "reading backup {} from the bucket failed after {bytes} bytes: {e}",
                     manifest.id
                 )));
             }
+            None => break,
         };
-        hasher.update(data.clone()).await.map_err(hasher_gone)?;
-        bytes += data.len() as u64;
-        progress.fetch_add(data.len() as u64, Ordering::Relaxed);
-        for c in hold.push(data) {
+        hasher.update(block.clone()).await.map_err(hasher_gone)?;
+        for c in hold.push(block) {
+            tx.send(Ok(c)).await.map_err(|_| gone())?;
+        }
+    }
+    if let Some(last) = blocks.finish() {
+        hasher.update(last.clone()).await.map_err(hasher_gone)?;
+        for c in hold.push(last) {
             tx.send(Ok(c)).await.map_err(|_| gone())?;
         }
     }

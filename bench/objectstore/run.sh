@@ -112,7 +112,7 @@ case "${1:-}" in
         row "agent upload code, before" "${BEFORE_LABEL:-previous build}" \
           "$BEFORE_BIN" upload-stdin --endpoint "$endpoint"
       fi
-      row "rclone rcat" "$("$rclone" version 2>/dev/null | head -1 | awk '{print $2}')" \
+      row "rclone rcat" "$("$rclone" version 2>/dev/null | awk 'NR == 1 {print $2}')" \
         "$rclone" rcat --s3-chunk-size 8M "sw:zetaback-e2e/bench-upload/rclone-$round"
       row "aws s3 cp -" "$("$aws" --version 2>&1 | awk '{print $1}')" \
         "$aws" --endpoint-url "$endpoint" s3 cp - "s3://zetaback-e2e/bench-upload/aws-$round"
@@ -179,7 +179,7 @@ case "${1:-}" in
         'BEGIN { printf "%s\t%s\t%.3f\t%d\n", n, v, b - a, m }' >>"$dir/rows.tsv"
     }
     : >"$dir/rows.tsv"
-    rclone_v=$("$rclone" version 2>/dev/null | head -1 | awk '{print $2}')
+    rclone_v=$("$rclone" version 2>/dev/null | awk 'NR == 1 {print $2}')
     aws_v=$("$aws" --version 2>&1 | awk '{print $1}')
     for round in $(seq 1 "$rounds"); do
       t0=$(date +%s.%N)

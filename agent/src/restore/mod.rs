@@ -27,10 +27,12 @@
 //! Files: `apply.rs` (applying a chain, no Kubernetes), `runner.rs` (the Restore runner).
 
 mod apply;
+mod coalesce;
 mod runner;
 mod status_patch;
 
 pub use apply::*;
+pub use coalesce::Coalesce;
 pub use runner::*;
 pub use status_patch::{RestoreStatusPatch, StatusPatch};
 
