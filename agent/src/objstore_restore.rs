@@ -600,7 +600,7 @@ async fn feed(
             tx.send(Ok(c)).await.map_err(|_| gone())?;
         }
     }
-    if let Some(last) = blocks.finish() {
+    if let Some(last) = blocks.flush() {
         hasher.update(last.clone()).await.map_err(hasher_gone)?;
         for c in hold.push(last) {
             tx.send(Ok(c)).await.map_err(|_| gone())?;

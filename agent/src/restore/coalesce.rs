@@ -38,9 +38,10 @@ impl Coalesce {
         (self.pending.len() >= self.size).then(|| self.pending.split().freeze())
     }
 
-    /// What is still gathered (fewer than `size` bytes), if anything: the stream's end.
-    pub fn finish(self) -> Option<Bytes> {
-        (!self.pending.is_empty()).then(|| self.pending.freeze())
+    /// What is still gathered (fewer than `size` bytes), if anything, handed out now: the
+    /// stream ended, or something other than data comes next.
+    pub fn flush(&mut self) -> Option<Bytes> {
+        (!self.pending.is_empty()).then(|| self.pending.split().freeze())
     }
 }
 
@@ -61,8 +62,11 @@ mod tests {
         let big = Bytes::from(vec![7u8; 25]);
         assert_eq!(c.push(big.clone()), Some(big));
         assert_eq!(c.push(Bytes::from_static(b"xy")), None);
-        assert_eq!(c.finish(), Some(Bytes::from_static(b"xy")));
-        assert_eq!(Coalesce::new(10).finish(), None);
+        assert_eq!(c.flush(), Some(Bytes::from_static(b"xy")));
+        assert_eq!(c.flush(), None);
+        assert_eq!(c.push(Bytes::from_static(b"z")), None);
+        assert_eq!(c.flush(), Some(Bytes::from_static(b"z")));
+        assert_eq!(Coalesce::new(10).flush(), None);
     }
 
     proptest! {
@@ -78,7 +82,7 @@ mod tests {
             for chunk in &chunks {
                 blocks.extend(c.push(Bytes::from(chunk.clone())));
             }
-            let last = c.finish();
+            let last = c.flush();
             for b in &blocks {
                 prop_assert!(b.len() >= size);
             }
