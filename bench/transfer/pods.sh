@@ -23,7 +23,8 @@
 # Prints each round, the medians, the ratio pods/processes (target ≥ 0.95), the load average,
 # and the agent pods' resources (e2e/scripts/pod-resources.sh). Not a test: numbers only.
 #
-#   bench/transfer/pods.sh [SIZE_MIB] [ROUNDS]     (as root; the cluster up: cluster.sh up; run it at
+#   bench/transfer/pods.sh [SIZE_MIB] [ROUNDS]     (as root; the cluster up: cluster.sh up, with
+#                                                 ZETABACK_NODE_POOL_SIZE=3G for SIZE_MIB 1024; run it at
 #                                                 nice 0: niced, the host processes outweigh the pods)
 # Env: ZETABACK_IMAGE_DIR (the image build whose agent the nodes run; default images/current),
 #      AGENT_BIN (the processes' agent, default that image's), ZB_BIN (kubectl-zetaback),

@@ -517,8 +517,9 @@ up() {
   # zfs.sh is left); a daemon that was already running serves others and is left alone.
   if ! zpool list -H >/dev/null 2>&1; then touch "$run/zfs-fuse-started"; fi
   "$here/zfs.sh" start 8<&- >/dev/null
-  # 768M (sparse files): room for bench/transfer/pods.sh's two datasets beside the tests'.
-  for i in $(seq 1 "$count"); do "$here/zfs.sh" pool "zbnode$i" 768M 8<&- >/dev/null; done
+  # 768M (sparse files): room for bench/transfer/pods.sh's two datasets of 256 MiB beside the
+  # tests'; ZETABACK_NODE_POOL_SIZE for larger ones (pods.sh 1024: 3G).
+  for i in $(seq 1 "$count"); do "$here/zfs.sh" pool "zbnode$i" "${ZETABACK_NODE_POOL_SIZE:-768M}" 8<&- >/dev/null; done
   for i in $(seq 1 "$count"); do node_up "$i"; done
   for i in $(seq 1 "$count"); do
     for _ in $(seq 1 600); do
