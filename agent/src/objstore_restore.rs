@@ -41,7 +41,7 @@ use zetaback_objstore::{Credentials, Keys, explain};
 use crate::checksum::BackgroundSha256;
 use crate::restore::{
     Coalesce, HOLD_BACK, HoldBack, PieceRequest, RestoreError, Restored, already_received,
-    chain_pieces, parent_to_create, receive_piece,
+    chain_pieces, finish_receive, parent_to_create, receive_piece,
 };
 use crate::transfer::CHANNEL_DEPTH;
 use crate::zfs::inert;
@@ -537,35 +537,14 @@ async fn apply_piece(
         }
         (Ok(_), Ok(_)) => {}
     }
-    if let Err(e) = recv.finish().await {
-        // zfs-fuse reports "I/O error" after a `receive -F` of a full stream has replaced an
-        // existing dataset, although the stream was applied (as a file-store restore's
-        // `restore::apply_piece` knows): ZFS creates the received snapshot only once the whole
-        // stream is in, so where it is there, the piece counts.
-        let applied = receive.force
-            && zfs
-                .snapshot_info(&receive.target, &manifest.snapshot)
-                .await
-                .is_ok();
-        if !applied {
-            return Err(e.into());
-        }
-        warn!(error = %e, snapshot = %manifest.snapshot, "zfs receive reported an error, but the snapshot it received is there: the piece counts");
-    }
-    zfs.snapshot_info(&receive.target, &manifest.snapshot)
-        .await
-        .map_err(|_| RestoreError::SnapshotMissing {
-            id: manifest.id.clone(),
-            dataset: receive.target.clone(),
-            snapshot: manifest.snapshot.clone(),
-        })?;
+    finish_receive(zfs, recv, receive, &manifest.id, &manifest.snapshot).await?;
     Ok(manifest.bytes)
 }
 
 /// Reads the object, hashing it, and passes all but the held-back tail to `tx`; the tail
 /// follows only if the sha256 and the size match the manifest's.
 async fn feed(
-    mut body: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    body: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
     manifest: &Manifest,
     tx: mpsc::Sender<io::Result<Bytes>>,
     progress: &AtomicU64,
@@ -576,6 +555,8 @@ async fn feed(
     let mut hold = HoldBack::new(HOLD_BACK);
     let mut blocks = Coalesce::new(BLOCK);
     let mut bytes = 0u64;
+    // Fused: after its end, the body is asked once more while the last block is passed on.
+    let mut body = body.fuse();
     loop {
         let block = match body.next().await {
             Some(Ok(data)) => {
@@ -593,16 +574,13 @@ async fn feed(
                     manifest.id
                 )));
             }
-            None => break,
+            None => match blocks.flush() {
+                Some(last) => last,
+                None => break,
+            },
         };
         hasher.update(block.clone()).await.map_err(hasher_gone)?;
         for c in hold.push(block) {
-            tx.send(Ok(c)).await.map_err(|_| gone())?;
-        }
-    }
-    if let Some(last) = blocks.flush() {
-        hasher.update(last.clone()).await.map_err(hasher_gone)?;
-        for c in hold.push(last) {
             tx.send(Ok(c)).await.map_err(|_| gone())?;
         }
     }

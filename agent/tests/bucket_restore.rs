@@ -63,6 +63,39 @@ fn creds(id: &str, secret: &str) -> Credentials {
     }
 }
 
+/// A credentials file `name` in `dir` holding these keys (the agent reads keys from a file).
+fn credentials_file(
+    dir: &std::path::Path,
+    name: &str,
+    id: &str,
+    secret: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(r#"{{"accessKeyId":"{id}","secretAccessKey":"{secret}"}}"#),
+    )
+    .expect("credentials");
+    path
+}
+
+/// A temporary directory for a test's files (removed by the test), and the job settings of a
+/// source uploading into the bucket with source host A's keys (a file in that directory).
+fn source_settings(tag: &str) -> (std::path::PathBuf, JobSettings) {
+    let dir = std::env::temp_dir().join(format!("zb-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let keys = credentials_file(&dir, "src.json", "ZBE2ESRCA", "zetaback-e2e-src-a-secret");
+    let settings = JobSettings {
+        bandwidth_limit: 0,
+        prune_snapshots: false,
+        idle_timeout: std::time::Duration::from_secs(60),
+        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
+        tls: None,
+        object_store_credentials: Some(keys),
+    };
+    (dir, settings)
+}
+
 fn spec(dataset: &str, snapshot: &str, base: Option<&str>, t: ObjectStoreTarget) -> BackupJobSpec {
     BackupJobSpec {
         policy: "bucket-restore".into(),
@@ -128,22 +161,7 @@ async fn bucket_restore_verifies_each_piece_and_refuses_a_changed_object() {
     // More than the held-back megabyte, so the check is what keeps the end from zfs.
     write_files(&dir, 1, 6, 400_000);
     let zfs = Zfs::detect().await.expect("detect zfs");
-    let dir_tmp = std::env::temp_dir().join(format!("zb-bucket-restore-{}", std::process::id()));
-    std::fs::create_dir_all(&dir_tmp).expect("temp dir");
-    let creds_path = dir_tmp.join("src.json");
-    std::fs::write(
-        &creds_path,
-        r#"{"accessKeyId":"ZBE2ESRCA","secretAccessKey":"zetaback-e2e-src-a-secret"}"#,
-    )
-    .expect("credentials");
-    let settings = JobSettings {
-        bandwidth_limit: 0,
-        prune_snapshots: false,
-        idle_timeout: std::time::Duration::from_secs(60),
-        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
-        tls: None,
-        object_store_credentials: Some(creds_path),
-    };
+    let (dir_tmp, settings) = source_settings("bucket-restore");
     let none = Endpoint::new("object-store", String::new());
     let full = job::run(
         &zfs,
@@ -265,28 +283,13 @@ async fn a_bucket_restore_waits_while_zfs_calls_its_destination_busy() {
     write_files(&dir, 3, 2, 300_000);
     let want = checksums(&dir);
     let zfs = Zfs::detect().await.expect("detect zfs");
-    let dir_tmp = std::env::temp_dir().join(format!("zb-bucket-busy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir_tmp).expect("temp dir");
-    let src_creds = dir_tmp.join("src.json");
-    std::fs::write(
-        &src_creds,
-        r#"{"accessKeyId":"ZBE2ESRCA","secretAccessKey":"zetaback-e2e-src-a-secret"}"#,
-    )
-    .expect("credentials");
-    let reader_creds = dir_tmp.join("reader.json");
-    std::fs::write(
-        &reader_creds,
-        r#"{"accessKeyId":"ZBE2EADMIN","secretAccessKey":"zetaback-e2e-admin-secret"}"#,
-    )
-    .expect("credentials");
-    let settings = JobSettings {
-        bandwidth_limit: 0,
-        prune_snapshots: false,
-        idle_timeout: std::time::Duration::from_secs(60),
-        answer_timeout: zetaback_agent::transfer::DEFAULT_ANSWER_TIMEOUT,
-        tls: None,
-        object_store_credentials: Some(src_creds),
-    };
+    let (dir_tmp, settings) = source_settings("bucket-busy");
+    let reader_creds = credentials_file(
+        &dir_tmp,
+        "reader.json",
+        "ZBE2EADMIN",
+        "zetaback-e2e-admin-secret",
+    );
     let none = Endpoint::new("object-store", String::new());
     let full = job::run(
         &zfs,

@@ -931,6 +931,17 @@ async fn concurrent_streams_hold_their_announced_size_at_admission() {
     assert_eq!(backups(&root), 2, "{:?}", all_files(&root));
 }
 
+/// Waits (bounded) until a stream is being written into the dataset directory `ds`.
+async fn being_written(ds: &Path, what: &str) {
+    for _ in 0..200 {
+        if temp_stream(ds).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(temp_stream(ds).is_some(), "{what} is being written");
+}
+
 /// Waits (bounded) until the store holds `bytes` for streams being written.
 async fn holds(store: &FileStore, bytes: u64) {
     for _ in 0..200 {
@@ -979,16 +990,7 @@ async fn a_stream_of_unknown_length_holds_its_senders_estimate_or_the_reserve() 
                 .await
             })
         };
-        for _ in 0..200 {
-            if temp_stream(&ds).is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            temp_stream(&ds).is_some(),
-            "the first stream is being written"
-        );
+        being_written(&ds, "the first stream").await;
         // 16 MiB free: the next stream fits alone (4 + 7, 4 + 9 <= 16), not next to the hold.
         let mut next_put = RawPut::start(
             &addr,
@@ -1052,16 +1054,7 @@ async fn a_huge_estimate_holds_no_more_than_its_hosts_quota() {
         )
         .await
     });
-    for _ in 0..200 {
-        if temp_stream(&ds).is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        temp_stream(&ds).is_some(),
-        "the hostile stream is being written"
-    );
+    being_written(&ds, "the hostile stream").await;
     // Its host's quota, not its estimate (1 MiB sent is still in the writer's first block).
     holds(&store, quota).await;
     // Another host's 4 MiB fits in the rest: 16 MiB free, 6 held, a 2 MiB reserve.

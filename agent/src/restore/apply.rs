@@ -28,7 +28,8 @@ use crate::transfer::{self, Endpoint, TransferError};
 use crate::wire::{H_COMPRESSION, H_READER_VERIFIES, H_SHA256};
 use crate::zfs::inert;
 use crate::zfs::{
-    Patience, ReceivePurpose, ReceiveRequest, Zfs, ZfsError, retry_while, retry_while_busy,
+    Patience, ReceiveProcess, ReceivePurpose, ReceiveRequest, Zfs, ZfsError, retry_while,
+    retry_while_busy,
 };
 
 use super::{RestoreError, Restored};
@@ -329,29 +330,38 @@ pub async fn apply_piece(
         }
         (Ok(fed), Ok(_)) => fed,
     };
+    finish_receive(zfs, recv, receive, &piece.id, &piece.snapshot).await?;
+    Ok((fed.bytes, fed.sha256))
+}
+
+/// Waits for a piece's `zfs receive` (fed the whole piece) to end, and confirms the snapshot
+/// it received is there (a file-store or a bucket restore's). zfs-fuse reports "I/O error"
+/// after a `receive -F` of a full stream has replaced an existing dataset, although the stream
+/// was applied: ZFS creates the received snapshot only once the whole stream is in, so where
+/// it is there, the piece counts.
+pub(crate) async fn finish_receive(
+    zfs: &Zfs,
+    recv: ReceiveProcess,
+    receive: &ReceiveRequest,
+    id: &str,
+    snapshot: &str,
+) -> Result<(), RestoreError> {
     if let Err(e) = recv.finish().await {
-        // zfs-fuse reports "I/O error" after a `receive -F` of a full stream has replaced an
-        // existing dataset, although the stream was applied. ZFS creates the received
-        // snapshot only once the whole stream is in, so where it is there, the piece counts.
-        let applied = receive.force
-            && zfs
-                .snapshot_info(&receive.target, &piece.snapshot)
-                .await
-                .is_ok();
+        let applied = receive.force && zfs.snapshot_info(&receive.target, snapshot).await.is_ok();
         if !applied {
             return Err(e.into());
         }
-        warn!(error = %e, snapshot = %piece.snapshot, "zfs receive reported an error, but the snapshot it received is there: the piece counts");
+        warn!(error = %e, %snapshot, "zfs receive reported an error, but the snapshot it received is there: the piece counts");
     }
-    if let Err(e) = zfs.snapshot_info(&receive.target, &piece.snapshot).await {
+    if let Err(e) = zfs.snapshot_info(&receive.target, snapshot).await {
         warn!(error = %e, "restored snapshot not found");
         return Err(RestoreError::SnapshotMissing {
-            id: piece.id.clone(),
+            id: id.to_owned(),
             dataset: receive.target.clone(),
-            snapshot: piece.snapshot.clone(),
+            snapshot: snapshot.to_owned(),
         });
     }
-    Ok((fed.bytes, fed.sha256))
+    Ok(())
 }
 
 fn tokio_stream_of(
