@@ -24,7 +24,7 @@ pub const MAX_CHECK_WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     /// Stored, and exactly what was sent: the manifest's sha256.
-    Stored { sha256: String },
+    Stored { sha256: Option<String> },
     /// Not (yet) there.
     Absent,
     /// A backup of that id is there but it is not what was sent (or its manifest cannot
@@ -160,7 +160,7 @@ mod tests {
                 base_snapshot: sid.base_ts().map(|t| format!("zetaback-{t}")),
                 backup_type: sid.backup_type(),
                 bytes,
-                sha256: "c".repeat(64),
+                sha256: Some("c".repeat(64)),
                 compression: Compression::None,
                 created: jiff::Timestamp::from_second(sid.ts()).expect("ts"),
                 policy: None,
@@ -189,7 +189,7 @@ mod tests {
             (
                 vec![stored("tank/db", "1700000100.full", 1000, Some(&xa))],
                 Some(Found::Stored {
-                    sha256: "c".repeat(64),
+                    sha256: Some("c".repeat(64)),
                 }),
             ),
             (vec![], Some(Found::Absent)),

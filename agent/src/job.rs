@@ -31,7 +31,9 @@ use crate::zfs::{Capability, SendBase, SendRequest, SnapshotInfo, Zfs, ZfsError}
 pub struct JobOutcome {
     pub backup_id: String,
     pub bytes: u64,
-    pub sha256: String,
+    /// The stream's sha256 as the target recorded it (none for a replica, whose stream
+    /// `zfs receive` checked).
+    pub sha256: Option<String>,
     pub bytes_per_second: u64,
     /// Replica mode: the dataset received into.
     pub replica: Option<String>,

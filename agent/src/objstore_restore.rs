@@ -189,12 +189,13 @@ pub async fn restore_resolved(
     let mut located = Vec::with_capacity(pieces.len());
     for p in pieces {
         let found = locate(store.as_ref(), &keys, (host, dataset, &p.id), target).await?;
-        if !p.sha256.is_empty() && found.manifest.sha256 != p.sha256 {
+        if !p.sha256.is_empty() && found.manifest.sha256.as_deref() != Some(p.sha256.as_str()) {
             return Err(RestoreError::PieceMissing {
                 id: p.id.clone(),
                 message: format!(
                     "the bucket's manifest now says sha256 {}, the chain was resolved with {}: the backup changed since",
-                    found.manifest.sha256, p.sha256
+                    found.manifest.sha256.as_deref().unwrap_or("(none)"),
+                    p.sha256
                 ),
             });
         }
@@ -295,7 +296,7 @@ async fn locate(
         };
         match body {
             Ok(body) => {
-                let manifest = Manifest::from_json(&body)?;
+                let manifest = Manifest::from_stored_json(&body)?;
                 if manifest.id != id || manifest.host != host || manifest.dataset != dataset {
                     return Err(RestoreError::PieceMissing {
                         id: id.to_owned(),
@@ -549,6 +550,12 @@ async fn feed(
     tx: mpsc::Sender<io::Result<Bytes>>,
     progress: &AtomicU64,
 ) -> Result<u64, RestoreError> {
+    let expected = manifest
+        .stored_sha256()
+        .map_err(|e| RestoreError::PieceMissing {
+            id: manifest.id.clone(),
+            message: e.to_string(),
+        })?;
     let hasher = BackgroundSha256::spawn(HASH_QUEUE);
     let hasher_gone = |_| RestoreError::Copy("the checksum thread stopped".into());
     let gone = || RestoreError::Copy("zfs receive stopped reading".into());
@@ -585,12 +592,12 @@ async fn feed(
         }
     }
     let got = hasher.finish().await.map_err(hasher_gone)?;
-    if got != manifest.sha256 || bytes != manifest.bytes {
+    if got != expected || bytes != manifest.bytes {
         let _ = tx.send(Err(io::Error::other("checksum mismatch"))).await;
         return Err(RestoreError::ChecksumMismatch {
             id: manifest.id.clone(),
             got,
-            expected: manifest.sha256.clone(),
+            expected: expected.to_owned(),
         });
     }
     for c in hold.release() {

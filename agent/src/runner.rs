@@ -248,7 +248,7 @@ impl Runner {
                 estimated_bytes,
                 stream_bytes,
             }) => {
-                info!(%backup_id, bytes, %sha256, bytes_per_second, secs = started.elapsed().as_secs_f64(), "backup succeeded");
+                info!(%backup_id, bytes, sha256 = sha256.as_deref().unwrap_or("none (a replica)"), bytes_per_second, secs = started.elapsed().as_secs_f64(), "backup succeeded");
                 serde_json::json!({"status": {
                     "phase": JobPhase::Succeeded,
                     "bytes": bytes,

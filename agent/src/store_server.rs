@@ -4,8 +4,11 @@
 //!   `/` escaped as `+`; `id` is `<ts>.full` or `<ts>.incremental.<base-ts>`. Headers:
 //!   `x-zetaback-snapshot`, `x-zetaback-base-snapshot` (incrementals), `x-zetaback-compression`,
 //!   and either nothing (file store) or `x-zetaback-receive-into: <dataset>` (replica mode:
-//!   `zfs receive` into `<dataset>/<host>/<source dataset>`). A `x-zetaback-sha256` trailer,
-//!   when announced in `Trailer`, must match. Answers 201 with [`PutResponse`].
+//!   `zfs receive` into `<dataset>/<host>/<source dataset>`). The `x-zetaback-xxh3` trailer
+//!   (the transit check) and, file store only, a `x-zetaback-sha256` trailer, when announced
+//!   in `Trailer`, must match. A file store records the stream's sha256 (re-checked by every
+//!   restore); a replica records none (`zfs receive` checks the stream). Answers 201 with
+//!   [`PutResponse`].
 //! - `GET /v1/streams/{host}/{dataset}/{id}`: read a stored stream back (restores); the body is
 //!   verified against the manifest's sha256 while sent, and cut short if it does not match,
 //!   unless the request says `x-zetaback-reader-verifies: sha256` (a restore checks every
@@ -66,7 +69,7 @@ use zetaback_core::store::{
 };
 
 use crate::bufpool::BufPool;
-use crate::checksum::{BackgroundSha256, Received};
+use crate::checksum::Received;
 use crate::filestore::space::{InFlight, SpaceRefusal};
 use crate::filestore::{BackupKey, FileStore, FileStoreError, StreamMeta};
 use crate::identity::{AuthError, Authenticator, Caller, Operation, authorize, bearer};
@@ -206,8 +209,6 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const STORED_CHUNK: usize = 1024 * 1024;
 /// Chunks read ahead of the connection when a stored stream is sent back.
 const STORED_READ_AHEAD: usize = 4;
-/// Received chunks queued for the sha256 thread of a replica receive.
-const REPLICA_HASH_QUEUE: usize = 16;
 
 /// An error answer.
 #[derive(Debug)]
@@ -581,6 +582,13 @@ fn plan_put(
         sha256: announced(H_SHA256),
         xxh3: announced(H_XXH3),
     };
+    // A replica records no sha256 (`zfs receive` checks the stream): refused before a byte
+    // is applied rather than after the whole stream.
+    if expect.sha256 && receive_into.is_some() {
+        return Err(ApiError::bad(format!(
+            "a replica stream is checked in transit with {H_XXH3}; the {H_SHA256} trailer cannot be checked in this mode"
+        )));
+    }
     let length = header_str(headers, header::CONTENT_LENGTH.as_str())?
         .map(|v| {
             v.parse::<u64>()
@@ -742,7 +750,12 @@ async fn put_stream(
                 put?
             }
         };
-        info!(bytes = resp.bytes, sha256 = %resp.sha256, verified = resp.verified, "stored");
+        info!(
+            bytes = resp.bytes,
+            sha256 = resp.sha256.as_deref().unwrap_or("none (a replica)"),
+            verified = resp.verified,
+            "stored"
+        );
         Ok((StatusCode::CREATED, axum::Json(resp)))
     }
     .instrument(span.clone())
@@ -976,13 +989,12 @@ async fn put_replica(
             resumable,
             purpose: ReceivePurpose::Replica,
         })?;
-        // The xxh3 transit check inline (>10 GB/s), the sha256 the manifest records on a thread
-        // of its own, overlapping the pipe writes.
+        // Only the xxh3 transit check (>10 GB/s), inline: `zfs receive` checks the stream itself
+        // (ZFS's own checksums), and no sha256 is recorded that nothing could re-check later.
         let mut sums = Received::new(false);
-        let sha = BackgroundSha256::spawn(REPLICA_HASH_QUEUE);
         let mut trailers = head.trailers.clone().unwrap_or_default();
         let window = [DParameter::window_log_max(state.limits.zstd_window_log_max)];
-        let copy: Result<(String, String), ApiError> = async {
+        let copy: Result<String, ApiError> = async {
             let Some(stdin) = recv.stdin() else {
                 return Err(ApiError(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -1016,9 +1028,6 @@ async fn put_replica(
                     Piece::Data(data) => {
                         sums.update(&data);
                         space.take(data.len() as u64).await?;
-                        sha.update(data.clone()).await.map_err(|e| {
-                            ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                        })?;
                         sink.write_all(&data).await.map_err(broken)?;
                     }
                     Piece::Trailers(t) => trailers = t,
@@ -1026,17 +1035,13 @@ async fn put_replica(
                 }
             }
             let (_, xxh3) = sums.clone().finish();
-            let sha256 = sha
-                .finish()
-                .await
-                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            check_trailers(plan.expect, &trailers, Some(&sha256), &xxh3)?;
+            check_trailers(plan.expect, &trailers, None, &xxh3)?;
             sink.shutdown().await.map_err(broken)?;
-            Ok((sha256, xxh3))
+            Ok(xxh3)
         }
         .await;
         let bytes = sums.bytes;
-        let (sha256, xxh3) = match copy {
+        let xxh3 = match copy {
             Ok(sums) => {
                 recv.finish().await?;
                 sums
@@ -1053,7 +1058,7 @@ async fn put_replica(
         zfs.set_inert_properties(&target).await?;
         // The replica counts as a backup only once its manifest is recorded on the received
         // snapshot (the catalogue lists snapshots that carry one).
-        let manifest = replica_manifest(&plan, bytes, &sha256, &xxh3)?;
+        let manifest = replica_manifest(&plan, bytes, &xxh3)?;
         let json = serde_json::to_string(&manifest).map_err(|e| {
             ApiError(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -1062,12 +1067,11 @@ async fn put_replica(
         })?;
         zfs.set_manifest(&target, &plan.meta.snapshot, &json)
             .await?;
-        let verified = trailers.xxh3.as_deref() == Some(xxh3.as_str())
-            || trailers.sha256.as_deref() == Some(sha256.as_str());
+        let verified = trailers.xxh3.as_deref() == Some(xxh3.as_str());
         Ok(PutResponse {
             backup_id: plan.key.id.to_string(),
             bytes,
-            sha256,
+            sha256: None,
             xxh3: Some(xxh3),
             verified,
             replica: Some(target.clone()),
@@ -1138,14 +1142,10 @@ async fn remove_created_parents(
     }
 }
 
-/// The manifest of a received replica: as for a stored file, with the bytes and sha256 of the
-/// stream as it arrived (compressed if it travelled compressed).
-fn replica_manifest(
-    plan: &PutPlan,
-    bytes: u64,
-    sha256: &str,
-    xxh3: &str,
-) -> Result<Manifest, ApiError> {
+/// The manifest of a received replica: as for a stored file, with the bytes and xxh3 of the
+/// stream as it arrived (compressed if it travelled compressed), and no sha256 (see
+/// [`Manifest::sha256`]).
+fn replica_manifest(plan: &PutPlan, bytes: u64, xxh3: &str) -> Result<Manifest, ApiError> {
     let id = &plan.key.id;
     let manifest = Manifest {
         version: zetaback_core::store::MANIFEST_VERSION,
@@ -1156,7 +1156,7 @@ fn replica_manifest(
         base_snapshot: plan.meta.base_snapshot.clone(),
         backup_type: id.backup_type(),
         bytes,
-        sha256: sha256.to_owned(),
+        sha256: None,
         compression: plan.meta.compression,
         created: jiff::Timestamp::from_second(id.ts())
             .map_err(|e| ApiError::bad(format!("stream id {id}: {e}")))?,
@@ -1286,6 +1286,10 @@ async fn get_stream(
         ));
     }
     let (file, manifest) = store.open(&key).await?;
+    let sha256 = manifest
+        .stored_sha256()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .to_owned();
     // The slot is held until the whole body was sent (it moves into the body stream).
     let slot = state
         .slot(&state.downloads, "downloads", state.limits.max_downloads)
@@ -1297,7 +1301,7 @@ async fn get_stream(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("sha256"));
     let check = (!reader_verifies).then(|| StoredCheck {
-        expected: manifest.sha256.clone(),
+        expected: sha256.clone(),
         label: key.to_string(),
     });
     let chunks = read_stored(file.into_std().await, check);
@@ -1312,7 +1316,7 @@ async fn get_stream(
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, manifest.bytes)
-        .header(H_SHA256, &manifest.sha256)
+        .header(H_SHA256, &sha256)
         .header(H_COMPRESSION, compression)
         .header(H_SNAPSHOT, &manifest.snapshot)
         .body(Body::from_stream(stream.boxed()))

@@ -190,11 +190,16 @@ fn full_and_two_incrementals_to_file_store_and_replica() {
             .join("src-1")
             .join(zetaback_core::store::escape_dataset(ds).expect("escape"))
             .join(&b.manifest.id);
-        assert_eq!(sha256_file(&p), b.manifest.sha256, "{}", b.manifest.id);
+        assert_eq!(
+            Some(sha256_file(&p)),
+            b.manifest.sha256,
+            "{}",
+            b.manifest.id
+        );
     }
     assert_eq!(
-        cat.backups[0].manifest.sha256,
-        full["sha256"].as_str().expect("sha")
+        cat.backups[0].manifest.sha256.as_deref(),
+        Some(full["sha256"].as_str().expect("sha"))
     );
 
     // The replica has every file of the source, byte for byte.
@@ -513,7 +518,7 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
                 m.dataset.as_str(),
                 m.snapshot.as_str(),
                 m.base_snapshot.as_deref(),
-                m.sha256.as_str(),
+                m.sha256.as_deref(),
             )
         })
         .collect();
@@ -526,7 +531,7 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
                 ds.as_str(),
                 "zetaback-1",
                 None,
-                full["sha256"].as_str().expect("sha"),
+                None,
             ),
             (
                 inc["backupId"].as_str().expect("id"),
@@ -534,9 +539,22 @@ fn replicas_carry_a_manifest_and_are_in_the_catalogue() {
                 ds.as_str(),
                 "zetaback-2",
                 Some("zetaback-1"),
-                inc["sha256"].as_str().expect("sha"),
+                None,
             ),
         ]
+    );
+    // A replica records no sha256 (`zfs receive` checked the stream), only the transit
+    // check's xxh3, and the job reports none.
+    assert!(
+        full["sha256"].is_null() && inc["sha256"].is_null(),
+        "{full} {inc}"
+    );
+    assert!(
+        cat.backups
+            .iter()
+            .all(|b| b.manifest.xxh3.as_ref().is_some_and(|x| x.len() == 32)),
+        "{:?}",
+        cat.backups
     );
     assert_eq!(
         cat.backups[1].manifest.compression,
@@ -698,7 +716,8 @@ fn http_as(
 }
 
 /// zfs-fuse cannot resume: the target reports no token, and a stream that claims to resume is
-/// refused before `zfs receive` runs (the OpenZFS side is unit-tested on recorded output).
+/// refused before `zfs receive` runs (the OpenZFS side is unit-tested on recorded output); so
+/// is a replica stream that announces a checksum the replica cannot record (sha256).
 #[test]
 fn resume_tokens_on_zfs_fuse_are_absent_and_claims_refused() {
     let pools = TwoPools::start();
@@ -740,6 +759,30 @@ fn resume_tokens_on_zfs_fuse_are_absent_and_claims_refused() {
     );
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("resume token"), "{body}");
+    assert_eq!(
+        snapshots_of(&format!("{replicas}/src-1/{ds}")),
+        ["zetaback-1"],
+        "nothing was received"
+    );
+
+    // A replica records no sha256 (`zfs receive` checks the stream): a stream that announces
+    // a sha256 trailer is refused before a byte is read, not after the whole stream.
+    let (status, body) = http(
+        tokens,
+        addr,
+        &format!("PUT /v1/streams/src-1/{escaped}/1780000000.incremental.1700000000"),
+        &[
+            ("x-zetaback-snapshot", "zetaback-2"),
+            ("x-zetaback-base-snapshot", "zetaback-1"),
+            ("x-zetaback-receive-into", replicas),
+            ("trailer", "x-zetaback-sha256"),
+        ],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("checked in transit with x-zetaback-xxh3"),
+        "{body}"
+    );
     assert_eq!(
         snapshots_of(&format!("{replicas}/src-1/{ds}")),
         ["zetaback-1"],

@@ -190,7 +190,7 @@ fn stored(store: &Path, dataset: &str) -> Vec<(String, String, u64)> {
         .map(|b| {
             (
                 b.manifest.id.clone(),
-                b.manifest.sha256.clone(),
+                b.manifest.sha256.clone().expect("a stored stream's sha256"),
                 b.manifest.bytes,
             )
         })

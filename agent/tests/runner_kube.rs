@@ -238,7 +238,7 @@ async fn runner_claims_runs_and_recovers_jobs() {
     assert_eq!(cat.backups.len(), 2, "{cat:?}");
     for (st, b) in [(&full, &cat.backups[0]), (&incr, &cat.backups[1])] {
         assert_eq!(st.backup_id.as_deref(), Some(b.manifest.id.as_str()));
-        assert_eq!(st.sha256.as_deref(), Some(b.manifest.sha256.as_str()));
+        assert_eq!(st.sha256, b.manifest.sha256);
         assert_eq!(st.bytes, Some(b.manifest.bytes));
     }
     // The host status names our newest snapshot (the next base).

@@ -201,7 +201,7 @@ async fn streams_over_tls_verified_against_the_ca() {
     assert_eq!(cat.backups.len(), 1);
     assert_eq!(
         cat.backups[0].manifest.sha256,
-        zetaback_agent::checksum::sha256_of(&body)
+        Some(zetaback_agent::checksum::sha256_of(&body))
     );
     // And it reads back over TLS, verified.
     let mut dl = transfer::download(

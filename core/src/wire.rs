@@ -49,8 +49,10 @@ pub struct PutResponse {
     pub backup_id: String,
     /// Bytes received (as sent: compressed if the body was).
     pub bytes: u64,
-    /// sha256 of the bytes received (what the manifest records).
-    pub sha256: String,
+    /// sha256 of the bytes received (what the manifest records); none for a replica (see
+    /// [`crate::store::Manifest::sha256`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// xxh3-128 of the bytes received (the transit check; the sender compares it with its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xxh3: Option<String>,

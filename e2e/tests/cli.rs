@@ -588,7 +588,7 @@ fn stored(host: &str, dataset: &str, id: &str, archived: bool) -> StoredBackup {
             base_snapshot: sid.base_ts().map(|b| format!("zb-{b}")),
             backup_type: sid.backup_type(),
             bytes: 1 << 20,
-            sha256: "ab".repeat(32),
+            sha256: Some("ab".repeat(32)),
             compression: Compression::Zstd,
             created: Timestamp::from_second(sid.ts()).expect("ts"),
             policy: None,

@@ -163,7 +163,7 @@ async fn drills_restore_verify_time_and_clean_up_and_a_corrupt_stream_fails_one(
     assert!(
         st.pieces
             .iter()
-            .all(|p| p.verified == Some(true) && p.sha256 == full.sha256)
+            .all(|p| p.verified == Some(true) && Some(&p.sha256) == full.sha256.as_ref())
     );
     assert_eq!(st.scratch_destroyed, Some(true), "{st:?}");
     assert!(st.verified_at.is_some());

@@ -64,7 +64,7 @@ fn stored_full(host: &str, dataset: &str, at: i64) -> StoredBackup {
             base_snapshot: None,
             backup_type: zetaback::api::BackupType::Full,
             bytes: 1000,
-            sha256: "0".repeat(64),
+            sha256: Some("0".repeat(64)),
             compression: zetaback::api::backup_policy::Compression::None,
             created: jiff::Timestamp::from_second(at).expect("ts"),
             policy: None,

@@ -342,8 +342,8 @@ impl CachedCatalogue {
                     let Some(body) = fetch_manifest(store, &location, l.version.size).await? else {
                         return Ok::<_, ObjStoreError>(None);
                     };
-                    let parsed =
-                        body.and_then(|b| Manifest::from_json(&b).map_err(|e| e.to_string()));
+                    let parsed = body
+                        .and_then(|b| Manifest::from_stored_json(&b).map_err(|e| e.to_string()));
                     Ok(Some((
                         i,
                         Read {

@@ -166,7 +166,7 @@ pub(crate) fn stream_slot(p: &ParsedKey) -> StreamSlot {
 /// A manifest read from `p`'s key is a backup when it parses, names the backup its key names,
 /// and its size is the stream object's.
 pub(crate) fn check(p: &ParsedKey, body: &[u8], stream_size: u64) -> Result<Manifest, String> {
-    let manifest = Manifest::from_json(body).map_err(|e| e.to_string())?;
+    let manifest = Manifest::from_stored_json(body).map_err(|e| e.to_string())?;
     matches(p, &manifest, stream_size)?;
     Ok(manifest)
 }

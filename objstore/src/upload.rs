@@ -136,7 +136,7 @@ where
         base_snapshot: spec.base_snapshot.clone(),
         backup_type: spec.id.backup_type(),
         bytes,
-        sha256,
+        sha256: Some(sha256),
         compression: spec.compression,
         created: jiff::Timestamp::from_second(spec.id.ts()).map_err(|e| {
             zetaback_core::store::StoreError::InvalidManifest {
@@ -154,7 +154,7 @@ where
         .put(&manifest_key, PutPayload::from(manifest.to_json()?))
         .await
         .map_err(|e| ObjStoreError::request("PUT", &manifest_key, e))?;
-    info!(key = %stream_key, bytes, sha256 = %manifest.sha256, "stored in the object store");
+    info!(key = %stream_key, bytes, sha256 = manifest.sha256.as_deref().unwrap_or_default(), "stored in the object store");
     Ok(manifest)
 }
 
@@ -420,7 +420,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(m.bytes, data.len() as u64);
-        assert_eq!(m.sha256, hex::encode(Sha256::digest(&data)));
+        assert_eq!(m.sha256, Some(hex::encode(Sha256::digest(&data))));
         let key = keys
             .stream("h1", "tank/a", &StreamId::Full { ts: 100 }, false)
             .unwrap();
@@ -443,7 +443,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(m.bytes, 0);
-        assert_eq!(m.sha256, hex::encode(Sha256::digest(b"")));
+        assert_eq!(m.sha256, Some(hex::encode(Sha256::digest(b""))));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

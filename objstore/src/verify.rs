@@ -99,7 +99,7 @@ async fn find_manifest(
         let body = read_limited(found, &key).await?.ok_or_else(|| {
             ObjStoreError::Verify(format!("{key}: larger than {MAX_MANIFEST_BYTES} bytes"))
         })?;
-        let m = Manifest::from_json(&body)?;
+        let m = Manifest::from_stored_json(&body)?;
         return Ok(Some((m, archived)));
     }
     Ok(None)
@@ -131,7 +131,11 @@ pub async fn verify(
     };
     let key = keys.stream(host, dataset, id, archived)?;
     let check = read_paced(store, &key, rate, progress).await?;
-    let v = check.judge(jiff::Timestamp::now(), manifest.bytes, &manifest.sha256);
+    let v = check.judge(
+        jiff::Timestamp::now(),
+        manifest.bytes,
+        manifest.stored_sha256()?,
+    );
     if v.quarantined() {
         tracing::warn!(%key, problem = v.problem.as_deref().unwrap_or(""),
             "stored stream object is corrupt: quarantined");

@@ -67,7 +67,7 @@ fn manifest(host: &str, dataset: &str, ts: i64, bytes: u64) -> Vec<u8> {
         base_snapshot: None,
         backup_type: BackupType::Full,
         bytes,
-        sha256: "0".repeat(64),
+        sha256: Some("0".repeat(64)),
         compression: Compression::None,
         created: jiff::Timestamp::from_second(ts).unwrap(),
         policy: None,

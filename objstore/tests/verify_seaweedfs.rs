@@ -94,7 +94,7 @@ async fn a_flipped_byte_in_a_bucket_is_found_quarantined_and_shown_by_the_catalo
         base_snapshot: None,
         backup_type: BackupType::Full,
         bytes: body.len() as u64,
-        sha256: hex::encode(Sha256::digest(&body)),
+        sha256: Some(hex::encode(Sha256::digest(&body))),
         compression: Compression::None,
         created: jiff::Timestamp::from_second(ts).unwrap(),
         policy: None,

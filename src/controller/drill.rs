@@ -643,7 +643,7 @@ mod tests {
                 base_snapshot: None,
                 backup_type: sid.backup_type(),
                 bytes: 1000,
-                sha256: "a".repeat(64),
+                sha256: Some("a".repeat(64)),
                 compression: crate::api::backup_policy::Compression::None,
                 created: Timestamp::from_second(sid.ts()).unwrap(),
                 policy: Some("ops/p".into()),

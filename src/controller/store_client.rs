@@ -786,7 +786,7 @@ mod tests {
                 base_snapshot: None,
                 backup_type: BackupType::Full,
                 bytes: 10,
-                sha256: "0".repeat(64),
+                sha256: Some("0".repeat(64)),
                 compression: crate::api::backup_policy::Compression::None,
                 created: jiff::Timestamp::from_second(at).unwrap(),
                 policy: None,

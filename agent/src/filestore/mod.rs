@@ -443,7 +443,7 @@ impl FileStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err(&mpath)(e)),
             };
-            let manifest = Manifest::from_json(&text)?;
+            let manifest = Manifest::from_stored_json(&text)?;
             let spath = self
                 .layout
                 .stream_path(&key.host, &key.dataset, &key.id, archived)?;
@@ -980,7 +980,7 @@ impl PendingStream {
             base_snapshot: meta.base_snapshot,
             backup_type: self.key.id.backup_type(),
             bytes: self.bytes,
-            sha256,
+            sha256: Some(sha256),
             compression: meta.compression,
             policy: meta.policy,
             created: jiff::Timestamp::from_second(self.key.id.ts()).map_err(|e| {
@@ -1148,7 +1148,7 @@ mod tests {
                     .await
                     .expect("read");
                 assert!(back == bytes, "size {n}, direct {direct}: contents differ");
-                assert_eq!(m.sha256, sha256_of(&back));
+                assert_eq!(m.sha256, Some(sha256_of(&back)));
             }
         }
     }

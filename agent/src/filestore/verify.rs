@@ -55,7 +55,11 @@ impl FileStore {
             .await
             .map_err(joined)?
             .map_err(|e| io_err(Path::new(&manifest.id))(e))?;
-        let v = check.judge(jiff::Timestamp::now(), manifest.bytes, &manifest.sha256);
+        let v = check.judge(
+            jiff::Timestamp::now(),
+            manifest.bytes,
+            manifest.stored_sha256().map_err(FileStoreError::Store)?,
+        );
         if v.quarantined() {
             warn!(backup = %key, problem = v.problem.as_deref().unwrap_or(""), "stored stream is corrupt: quarantined");
         } else {

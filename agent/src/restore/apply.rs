@@ -623,6 +623,10 @@ pub fn chain_pieces(
                 id,
                 message: "no manifest in the catalogue".into(),
             },
+            e @ policy::PiecesError::NoSha256 { .. } => RestoreError::PieceMissing {
+                id: id.to_owned(),
+                message: e.to_string(),
+            },
         })?;
     Ok(pieces
         .into_iter()

@@ -377,7 +377,7 @@ mod tests {
                 base_snapshot: base.map(str::to_owned),
                 backup_type: sid.backup_type(),
                 bytes: 10,
-                sha256: format!("{:064x}", sid.ts() * 2 + i64::from(archived)),
+                sha256: Some(format!("{:064x}", sid.ts() * 2 + i64::from(archived))),
                 compression: Compression::None,
                 created: jiff::Timestamp::from_second(sid.ts()).expect("ts"),
                 policy: None,

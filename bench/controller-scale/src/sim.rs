@@ -392,7 +392,7 @@ impl Simulator {
             },
             backup_type: job.spec.backup_type,
             bytes,
-            sha256: sha256.clone(),
+            sha256: Some(sha256.clone()),
             compression: job.spec.compression,
             created: Timestamp::from_second(ts)?,
             policy: None,

@@ -202,7 +202,7 @@ fn manifest(host: &str, dataset: &str, id: &StreamId) -> anyhow::Result<Vec<u8>>
             BackupType::Full
         },
         bytes: STREAM.len() as u64,
-        sha256: "0".repeat(64),
+        sha256: Some("0".repeat(64)),
         compression: Compression::None,
         created: jiff::Timestamp::from_second(ts)?,
         policy: Some("bench/catalogue".into()),

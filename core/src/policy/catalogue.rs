@@ -548,7 +548,7 @@ pub(super) mod tests {
                 base_snapshot: sid.base_ts().map(|t| format!("z{t}")),
                 backup_type: sid.backup_type(),
                 bytes: 7,
-                sha256: "0".repeat(64),
+                sha256: Some("0".repeat(64)),
                 compression: crate::api::backup_policy::Compression::Zstd,
                 created: ts(sid.ts()),
                 policy: None,

@@ -15,6 +15,9 @@ pub enum PiecesError {
     /// the same listing).
     #[error("backup {id} has no manifest in the catalogue")]
     NoManifest { id: String },
+    /// The manifest records no sha256 (a replica's): a restore could not verify the stream.
+    #[error("backup {id} records no sha256, so a restore could not verify it")]
+    NoSha256 { id: String },
 }
 
 /// The pieces that restore `target` from `backups`, the backups of `host:dataset` (all of
@@ -39,7 +42,10 @@ pub fn restore_pieces(
                 id: r.id.clone(),
                 snapshot: r.snapshot.clone(),
                 bytes: r.bytes,
-                sha256: manifest.sha256.clone(),
+                sha256: manifest
+                    .sha256
+                    .clone()
+                    .ok_or_else(|| PiecesError::NoSha256 { id: r.id.clone() })?,
                 verified: None,
             })
         })
@@ -64,7 +70,7 @@ mod tests {
                 base_snapshot: sid.base_ts().map(|t| format!("zetaback-{t}")),
                 backup_type: sid.backup_type(),
                 bytes: 10 * u64::try_from(sid.ts()).expect("positive"),
-                sha256: sha.into(),
+                sha256: Some(sha.into()),
                 compression: Compression::None,
                 created: jiff::Timestamp::from_second(sid.ts()).expect("time"),
                 policy: None,
@@ -143,6 +149,20 @@ mod tests {
                 &RestoreTarget::Latest
             ),
             Err(PiecesError::NoManifest {
+                id: "100.full".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_backup_without_a_sha256_is_not_restored_unverified() {
+        let mut replica = stored("100.full", false, "x");
+        replica.manifest.sha256 = None;
+        replica.manifest.xxh3 = Some("0".repeat(32));
+        let cat = listing(vec![replica]);
+        assert_eq!(
+            pieces(&cat, &RestoreTarget::Latest),
+            Err(PiecesError::NoSha256 {
                 id: "100.full".into()
             })
         );

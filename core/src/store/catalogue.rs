@@ -141,7 +141,7 @@ fn scan_dataset(
                 continue;
             }
         };
-        let manifest = match Manifest::from_json(&text) {
+        let manifest = match Manifest::from_stored_json(&text) {
             Ok(m) => m,
             Err(e) => {
                 catalogue.problems.push(problem(e.to_string()));

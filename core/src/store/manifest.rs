@@ -41,8 +41,12 @@ pub struct Manifest {
     pub backup_type: BackupType,
     /// Bytes of the stored file (after compression).
     pub bytes: u64,
-    /// sha256 of the stored file, lower-case hex.
-    pub sha256: String,
+    /// sha256 of the stored file, lower-case hex: every stored stream (file store, bucket) has
+    /// one, re-checked by every restore and verification. A replica's manifest has none: its
+    /// stream was checked by `zfs receive` itself (ZFS's own stream checksums) and in transit
+    /// by [`Self::xxh3`], and nothing could re-read the stream to check a sha256 later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// How the stored file is compressed (`none` or `zstd`).
     pub compression: Compression,
     /// When the snapshot was taken (the id's time), RFC 3339.
@@ -123,8 +127,12 @@ impl Manifest {
             (None, BackupType::Full) => {}
             _ => return Err(bad("baseSnapshot must be set exactly for an incremental")),
         }
-        if !is_lower_hex(&self.sha256, 64) {
-            return Err(bad("sha256 is not 64 lower-case hex digits"));
+        match (&self.sha256, &self.xxh3) {
+            (Some(s), _) if !is_lower_hex(s, 64) => {
+                return Err(bad("sha256 is not 64 lower-case hex digits"));
+            }
+            (None, None) => return Err(bad("it records no checksum (neither sha256 nor xxh3)")),
+            _ => {}
         }
         if let Some(p) = &self.policy {
             validate_policy_ref(p)?;
@@ -146,6 +154,25 @@ impl Manifest {
             serde_json::from_slice(text).map_err(|e| StoreError::ManifestJson(e.to_string()))?;
         m.validate()?;
         Ok(m)
+    }
+
+    /// Parses and validates the manifest of a stored stream (a file store's or a bucket's):
+    /// as [`Self::from_json`], and it must record the stream's sha256.
+    pub fn from_stored_json(text: &[u8]) -> Result<Self, StoreError> {
+        let m = Self::from_json(text)?;
+        m.stored_sha256()?;
+        Ok(m)
+    }
+
+    /// The sha256 a stored stream is checked against; an error for a manifest without one
+    /// (a replica's, or a forged one), which must never pass for verified.
+    pub fn stored_sha256(&self) -> Result<&str, StoreError> {
+        self.sha256
+            .as_deref()
+            .ok_or_else(|| StoreError::InvalidManifest {
+                id: self.id.clone(),
+                reason: "it records no sha256, so the stream cannot be verified".to_owned(),
+            })
     }
 
     /// The manifest as pretty JSON (what is written to disk).
@@ -172,7 +199,7 @@ pub(crate) mod tests {
             base_snapshot: base.map(str::to_owned),
             backup_type: sid.backup_type(),
             bytes: 10,
-            sha256: "a".repeat(64),
+            sha256: Some("a".repeat(64)),
             compression: Compression::Zstd,
             created: jiff::Timestamp::from_second(sid.ts()).expect("ts"),
             policy: None,
@@ -223,8 +250,23 @@ pub(crate) mod tests {
         m.created = jiff::Timestamp::from_second(1).expect("ts");
         assert!(m.validate().is_err());
         let mut m = sample("1700000000.full", None);
-        m.sha256 = "XYZ".into();
+        m.sha256 = Some("XYZ".into());
         assert!(m.validate().is_err());
+        let mut m = sample("1700000000.full", None);
+        m.sha256 = None;
+        assert!(m.validate().is_err(), "no checksum at all");
+        m.xxh3 = Some("b".repeat(32));
+        let replica = m.validate();
+        assert!(
+            replica.is_ok(),
+            "a replica's manifest: xxh3 only: {replica:?}"
+        );
+        let text = m.to_json().expect("json");
+        assert!(Manifest::from_json(&text).is_ok());
+        assert!(
+            Manifest::from_stored_json(&text).is_err(),
+            "a stored stream's manifest needs its sha256"
+        );
         let mut m = sample("1700000000.full", None);
         m.dataset = "../etc".into();
         assert!(m.validate().is_err());

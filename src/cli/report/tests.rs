@@ -45,7 +45,7 @@ fn stored(host: &str, dataset: &str, id: &str, archived: bool) -> StoredBackup {
             base_snapshot: sid.base_ts().map(|b| format!("zb-{b}")),
             backup_type: sid.backup_type(),
             bytes: 1000,
-            sha256: "a".repeat(64),
+            sha256: Some("a".repeat(64)),
             compression: Compression::Zstd,
             created: ts(sid.ts()),
             policy: None,

@@ -88,7 +88,7 @@ fn full(host: &str, dataset: &str, at: i64) -> StoredBackup {
             base_snapshot: None,
             backup_type: BackupType::Full,
             bytes: 1000,
-            sha256: "0".repeat(64),
+            sha256: Some("0".repeat(64)),
             compression: crate::api::backup_policy::Compression::None,
             created: ts(at),
             policy: None,

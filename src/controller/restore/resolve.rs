@@ -137,7 +137,7 @@ pub fn resolve(spec: &RestoreSpec, answers: &[StoreAnswer]) -> Result<Resolved, 
     let pieces =
         restore_pieces(&cat, stored, host, dataset, &target_of(spec)).map_err(|e| match e {
             PiecesError::Chain(e) => chain_refusal(&e, &what),
-            PiecesError::NoManifest { .. } => {
+            PiecesError::NoManifest { .. } | PiecesError::NoSha256 { .. } => {
                 Refusal::new(reason::NOT_FOUND, format!("{what}: {e}"))
             }
         })?;
