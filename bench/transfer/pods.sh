@@ -28,7 +28,11 @@
 #                                                 nice 0: niced, the host processes outweigh the pods)
 # Env: ZETABACK_IMAGE_DIR (the image build whose agent the nodes run; default images/current),
 #      AGENT_BIN (the processes' agent, default that image's), ZB_BIN (kubectl-zetaback),
-#      BENCH_PORT (default 27795).
+#      BENCH_PORT (default 27795),
+#      PROCS_CGROUP (an experiment: a cgroup path, e.g. zb-bench/kubepods/burstable/pod/agent,
+#      made in the cpu, cpuacct and memory v1 hierarchies, as deep as a pod's container under
+#      its node, memory limit 256Mi as the chart's agents; the processes' two agents run in
+#      it, so the ratio then shows what the pods add besides their cgroups).
 # It installs the release with the chart's defaults (`cluster.sh install`: no bandwidth limit),
 # applies ZfsHosts zb-node1/zb-node2 if missing, and removes its datasets, policy and stored
 # streams at the end.
@@ -82,8 +86,30 @@ destroy_ds() {
   for _ in $(seq 1 10); do zfs destroy -r "$1" >/dev/null 2>&1 && return 0; sleep 1; done
   log "could not destroy $1"
 }
+# The processes' agents in PROCS_CGROUP (see Env), when it is set.
+procs_cgroup=${PROCS_CGROUP:-}
+cgroup_controllers=(cpu cpuacct memory)
+# Execs COMMAND (call it only in a subshell: `&` or `$(…)`, so that $! is the agent itself).
+in_procs_cgroup() {
+  if [ -z "$procs_cgroup" ]; then exec "$@"; fi
+  # shellcheck disable=SC2016
+  exec sh -c 'for c in cpu cpuacct memory; do echo $$ >"/sys/fs/cgroup/$c/$0/cgroup.procs"; done; exec "$@"' "$procs_cgroup" "$@"
+}
+remove_procs_cgroup() {
+  [ -n "$procs_cgroup" ] || return 0
+  local c path
+  for c in "${cgroup_controllers[@]}"; do
+    path=$procs_cgroup
+    while [ -n "$path" ] && [ "$path" != . ]; do
+      rmdir "/sys/fs/cgroup/$c/$path" 2>/dev/null || true
+      path=$(dirname "$path")
+    done
+  done
+}
 cleanup() {
   [ -n "${target_pid:-}" ] && kill "$target_pid" 2>/dev/null || true
+  [ -n "${target_pid:-}" ] && for _ in $(seq 1 50); do kill -0 "$target_pid" 2>/dev/null || break; sleep 0.1; done
+  remove_procs_cgroup
   k delete backuppolicy -n "$ns" "$policy" --ignore-not-found --wait=true >/dev/null 2>&1 || true
   destroy_ds "$pods_ds"
   destroy_ds "$procs_ds"
@@ -92,6 +118,11 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 mkdir -p "$dir/store"
+if [ -n "$procs_cgroup" ]; then
+  for c in "${cgroup_controllers[@]}"; do mkdir -p "/sys/fs/cgroup/$c/$procs_cgroup"; done
+  echo $((256 * 1024 * 1024)) >"/sys/fs/cgroup/memory/$procs_cgroup/memory.limit_in_bytes"
+  log "the processes run in cgroup $procs_cgroup (cpu, cpuacct, memory; memory limit 256Mi)"
+fi
 
 log "installing the release with the chart's defaults (cluster.sh install)"
 bash "$cluster" install >/dev/null
@@ -129,7 +160,7 @@ echo bench-token >"$dir/token"
 printf '[{"token": "bench-token", "node": "bench-source", "hosts": [%s]}]' \
   "$(seq 1 "$rounds" | sed 's/.*/"bench-src&"/' | paste -sd,)" >"$dir/identities.json"
 # `ip netns exec` execs the agent: $! is the agent itself.
-RUST_LOG=warn ip netns exec zb-node2 "$agent" --no-kube --host-name bench-target --listen "$target_ip:$port" \
+RUST_LOG=warn in_procs_cgroup ip netns exec zb-node2 "$agent" --no-kube --host-name bench-target --listen "$target_ip:$port" \
   --store-root "$dir/store" --identities-file "$dir/identities.json" \
   --tls-cert "$pki/bench-target.pem" --tls-key "$pki/bench-target.key" --tls-ca "$pki/ca.pem" &
 target_pid=$!
@@ -151,7 +182,7 @@ process_case() {
   log "round $r/$rounds: processes (agent in node 1's netns → target agent's file store in node 2's)"
   settle
   t0=$(date +%s.%N)
-  out=$(RUST_LOG=warn ip netns exec zb-node1 "$agent" backup --host-name "bench-src$r" --token-file "$dir/token" --dataset "$procs_ds" \
+  out=$(RUST_LOG=warn in_procs_cgroup ip netns exec zb-node1 "$agent" backup --host-name "bench-src$r" --token-file "$dir/token" --dataset "$procs_ds" \
     --snapshot bench --keep-snapshots --compression none --target "$target_ip:$port" --target-path "$dir/store" \
     --tls-cert "$pki/bench-source.pem" --tls-key "$pki/bench-source.key" --tls-ca "$pki/ca.pem" --target-node bench-target 2>&1) ||
     { echo "$out" >&2; die "the process case failed"; }
