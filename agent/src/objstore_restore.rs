@@ -29,7 +29,6 @@ use std::time::Duration;
 use async_compression::tokio::bufread::ZstdDecoder;
 use bytes::Bytes;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufRead, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
@@ -39,6 +38,7 @@ use zetaback_core::store::{Catalogue, Manifest, StreamId};
 use zetaback_objstore::object_store::{self, ObjectStore, ObjectStoreExt};
 use zetaback_objstore::{Credentials, Keys, explain};
 
+use crate::checksum::BackgroundSha256;
 use crate::restore::{
     Coalesce, HOLD_BACK, HoldBack, PieceRequest, RestoreError, Restored, already_received,
     chain_pieces, finish_receive, parent_to_create, receive_piece,
@@ -49,12 +49,14 @@ use crate::zfs::{Patience, ReceivePurpose, ReceiveRequest, Zfs, retry_while};
 
 /// The buffer between the zstd decoder and `zfs receive`.
 const DECODED_BUFFER: usize = 256 * 1024;
-/// The object's bytes are handed to `zfs receive` in blocks of at least this size
-/// ([`Coalesce`]), not in the HTTP body's chunks.
+/// Blocks queued for the checksum thread.
+const HASH_QUEUE: usize = 16;
+/// The object's bytes are handed to the checksum thread and to `zfs receive` in blocks of at
+/// least this size ([`Coalesce`]), not in the HTTP body's chunks.
 const BLOCK: usize = crate::transfer::CHUNK;
-/// Idle blocks kept for reuse: about as many as are in flight (the held-back tail, the
-/// channel to the writer, the one being written).
-const IDLE_BLOCKS: usize = HOLD_BACK / BLOCK + CHANNEL_DEPTH + 2;
+/// Idle blocks kept for reuse: about as many as are in flight (queued for the checksum
+/// thread, the held-back tail, the channel to the writer, the one being written).
+const IDLE_BLOCKS: usize = HASH_QUEUE + HOLD_BACK / BLOCK + CHANNEL_DEPTH + 2;
 
 /// Restores backup `id` of `host:dataset` from the bucket into the new dataset `into`.
 pub async fn restore(
@@ -545,20 +547,19 @@ async fn apply_piece(
 /// Reads the object, hashing it, and passes all but the held-back tail to `tx`; the tail
 /// follows only if the sha256 and the size match the manifest's.
 ///
-/// The sha256 is computed here, in the task that reads the body, not on a thread of its own:
-/// the hand-over of every block to a checksum thread (a channel send, a wake-up, a context
-/// switch) cost more CPU than it saved on this path, where two cores are shared with `zfs
-/// receive` and usually the object store (bench/objectstore, restore: 0.05–0.1 s user and
-/// ~1,000 context switches fewer per GiB). A block's hash (~0.25 ms for 512 KiB with SHA-NI)
-/// is short enough to run between two awaits.
+/// The sha256 runs on a thread of its own ([`BackgroundSha256`], fed the same blocks, no
+/// copies): hashing in this task instead saved 0.05–0.1 s of CPU per GiB (the hand-overs) but
+/// not time, and lost time when the machine was busy (bench/objectstore, restore: the hash,
+/// ~0.6 s per GiB, then sat between the socket and `zfs receive` instead of beside them).
 async fn feed(
     body: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
     manifest: &Manifest,
     tx: mpsc::Sender<io::Result<Bytes>>,
     progress: &AtomicU64,
 ) -> Result<u64, RestoreError> {
+    let hasher = BackgroundSha256::spawn(HASH_QUEUE);
+    let hasher_gone = |_| RestoreError::Copy("the checksum thread stopped".into());
     let gone = || RestoreError::Copy("zfs receive stopped reading".into());
-    let mut sha = Sha256::new();
     let mut hold = HoldBack::new(HOLD_BACK);
     let mut blocks = Coalesce::new(BLOCK, IDLE_BLOCKS);
     let mut ready = Vec::new();
@@ -585,13 +586,13 @@ async fn feed(
             },
         }
         for block in ready.drain(..) {
-            sha.update(&block);
+            hasher.update(block.clone()).await.map_err(hasher_gone)?;
             for c in hold.push(block) {
                 tx.send(Ok(c)).await.map_err(|_| gone())?;
             }
         }
     }
-    let got = hex::encode(sha.finalize());
+    let got = hasher.finish().await.map_err(hasher_gone)?;
     if got != manifest.sha256 || bytes != manifest.bytes {
         let _ = tx.send(Err(io::Error::other("checksum mismatch"))).await;
         return Err(RestoreError::ChecksumMismatch {
