@@ -746,17 +746,21 @@ fn resume_tokens_on_zfs_fuse_are_absent_and_claims_refused() {
         &[],
     );
     assert_eq!(status, 403, "only configured replica roots");
-    let (status, body) = http(
-        tokens,
-        addr,
-        &format!("PUT /v1/streams/src-1/{escaped}/1780000000.incremental.1700000000"),
-        &[
-            ("x-zetaback-snapshot", "zetaback-2"),
-            ("x-zetaback-base-snapshot", "zetaback-1"),
-            ("x-zetaback-receive-into", replicas),
-            ("x-zetaback-resume-token", "1-e604ea4bf-e0-789c63a2"),
-        ],
-    );
+    // The next incremental into the replica, with one more header.
+    let put_incremental = |extra: (&str, &str)| {
+        http(
+            tokens,
+            addr,
+            &format!("PUT /v1/streams/src-1/{escaped}/1780000000.incremental.1700000000"),
+            &[
+                ("x-zetaback-snapshot", "zetaback-2"),
+                ("x-zetaback-base-snapshot", "zetaback-1"),
+                ("x-zetaback-receive-into", replicas),
+                extra,
+            ],
+        )
+    };
+    let (status, body) = put_incremental(("x-zetaback-resume-token", "1-e604ea4bf-e0-789c63a2"));
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("resume token"), "{body}");
     assert_eq!(
@@ -767,17 +771,7 @@ fn resume_tokens_on_zfs_fuse_are_absent_and_claims_refused() {
 
     // A replica records no sha256 (`zfs receive` checks the stream): a stream that announces
     // a sha256 trailer is refused before a byte is read, not after the whole stream.
-    let (status, body) = http(
-        tokens,
-        addr,
-        &format!("PUT /v1/streams/src-1/{escaped}/1780000000.incremental.1700000000"),
-        &[
-            ("x-zetaback-snapshot", "zetaback-2"),
-            ("x-zetaback-base-snapshot", "zetaback-1"),
-            ("x-zetaback-receive-into", replicas),
-            ("trailer", "x-zetaback-sha256"),
-        ],
-    );
+    let (status, body) = put_incremental(("trailer", "x-zetaback-sha256"));
     assert_eq!(status, 400, "{body}");
     assert!(
         body.contains("checked in transit with x-zetaback-xxh3"),
