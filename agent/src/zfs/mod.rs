@@ -42,10 +42,6 @@ pub use inert::ReceivePurpose;
 pub use parse::{DatasetInfo, DatasetSpace, Inventory, PoolInfo, SnapshotInfo};
 pub use process::{ReceiveProcess, SendProcess, Watched};
 
-/// How long [`Zfs::remove_empty_created`] retries the destroy of a parent ZFS calls busy.
-const EMPTY_PARENT_BUSY_WAIT: Patience =
-    Patience::within(Duration::from_secs(10), Duration::from_millis(250));
-
 /// Time limits on `zfs` / `zpool` children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -273,15 +269,8 @@ impl Zfs {
             if !inert::is_empty_parent(level, &listing) {
                 break;
             }
-            // zfs-fuse may still call it busy just after the failed receive below it wound down.
             let args = vec!["destroy".to_owned(), level.clone()];
-            retry_while_busy(
-                "destroying an empty parent a failed stream made",
-                level,
-                EMPTY_PARENT_BUSY_WAIT,
-                || self.output(&args, true),
-            )
-            .await?;
+            self.output(&args, true).await?;
             removed.push(level.clone());
         }
         Ok(removed)
