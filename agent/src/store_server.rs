@@ -85,7 +85,9 @@ use crate::wire::{
     routes,
 };
 use crate::zfs::inert::{self, HeadGate};
-use crate::zfs::{Capability, ReceivePurpose, ReceiveRequest, Zfs, ZfsError};
+use crate::zfs::{
+    Capability, Patience, ReceivePurpose, ReceiveRequest, Zfs, ZfsError, retry_while_busy,
+};
 
 /// Replica mode settings.
 #[derive(Debug, Clone)]
@@ -113,6 +115,11 @@ pub struct ServerState {
     /// What one client may take.
     pub limits: StoreLimits,
     receiving: Arc<Mutex<HashSet<String>>>,
+    /// Held while a replica stream makes its missing parents and while a failed one's empty
+    /// parents are destroyed, so that neither sees the other half done: a removal that read
+    /// `receiving` before a new stream claimed its target cannot destroy a parent that stream
+    /// is making a child under ([`remove_made_when_empty`]).
+    replica_parents: Arc<tokio::sync::Mutex<()>>,
     /// Bytes of the replica streams being received, per source host (for the quota).
     replica_in_flight: InFlight,
     /// The space promised to the replica streams being received, per pool.
@@ -144,6 +151,7 @@ impl ServerState {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             limits: StoreLimits::default(),
             receiving: Arc::default(),
+            replica_parents: Arc::default(),
             replica_in_flight: InFlight::default(),
             replica_ledgers: Ledgers::default(),
             uploads: Arc::new(Semaphore::new(StoreLimits::default().max_uploads)),
@@ -975,13 +983,18 @@ async fn put_replica(
     )
     .await?;
     let head = sniff(state, &mut body, plan.meta.compression, plan.meta.raw).await?;
-    // The parents this stream makes for a new replica are its own: destroyed again, when
-    // still empty, if the stream fails ([`remove_created_parents`]).
-    let created = if !exists && let Some((parent, _)) = target.rsplit_once('/') {
+    // The parents this stream makes for a new replica are its own, and so is the new replica
+    // itself unless a resumable receive keeps its partial state: destroyed again, when still
+    // empty, if the stream fails ([`remove_made_when_empty`]).
+    let mut made = if !exists && let Some((parent, _)) = target.rsplit_once('/') {
+        let _making = state.replica_parents.lock().await;
         zfs.create_parents(parent).await?
     } else {
         Vec::new()
     };
+    if !exists && !resumable {
+        made.push(target.clone());
+    }
     let result: Result<PutResponse, ApiError> = async {
         let mut recv = zfs.receive(&ReceiveRequest {
             target: target.clone(),
@@ -1081,13 +1094,14 @@ async fn put_replica(
     // This stream is over: another one for the same target may begin (and then keeps the
     // parents it finds).
     drop(claim);
-    if result.is_err() && !created.is_empty() {
+    if result.is_err() && !made.is_empty() {
         tokio::spawn(
-            remove_created_parents(
+            remove_made_when_empty(
                 zfs.clone(),
                 target.clone(),
-                created,
+                made,
                 state.receiving.clone(),
+                state.replica_parents.clone(),
             )
             .instrument(tracing::Span::current()),
         );
@@ -1099,14 +1113,25 @@ async fn put_replica(
 /// after the killed `zfs receive` exited) before its parents are looked at anyway.
 const PARTIAL_RECEIVE_GONE_WAIT: Duration = Duration::from_secs(15);
 
-/// After a failed receive into `target`, destroys the parents it created (`created`, top
-/// down) that are empty: no child, no snapshot, and no other stream being received under
-/// them. Never a parent that existed before the stream: those are not in `created`.
-async fn remove_created_parents(
+/// How long the destroy of an empty parent is tried again while zfs-fuse calls it busy (it
+/// may, just after the failed receive below it wound down).
+const EMPTY_PARENT_BUSY_WAIT: Patience =
+    Patience::within(Duration::from_secs(10), Duration::from_millis(250));
+
+/// After a failed receive into `target`, destroys what the stream made (`made`, top down:
+/// the parents it created, and the new replica itself when no resumable receive keeps its
+/// partial state) that is empty: no child, no snapshot, and no other stream being received
+/// into or under it. zfs-fuse removes a killed receive's partial dataset in its daemon, after
+/// the client exited, and sometimes leaves it (seen in CI: the parents then stayed too); one
+/// left after [`PARTIAL_RECEIVE_GONE_WAIT`] is destroyed here, so that the next full backup
+/// of the dataset finds no empty dataset in its way. Never a dataset that existed before the
+/// stream, nor one holding a snapshot (`zfs destroy` without `-r`).
+async fn remove_made_when_empty(
     zfs: Zfs,
     target: String,
-    created: Vec<String>,
+    made: Vec<String>,
     receiving: Arc<Mutex<HashSet<String>>>,
+    parents: Arc<tokio::sync::Mutex<()>>,
 ) {
     let step = Duration::from_millis(250);
     let mut waited = Duration::ZERO;
@@ -1114,32 +1139,52 @@ async fn remove_created_parents(
         tokio::time::sleep(step).await;
         waited += step;
     }
-    // A stream being received under a parent will need it (checked here; a stream that
-    // starts under it after this instant finds it gone and makes it again, or, if ZFS was
-    // faster, keeps it: `zfs destroy` without `-r` refuses a parent with a child).
-    let busy: Vec<String> = match receiving.lock() {
-        Ok(r) => r.iter().cloned().collect(),
-        Err(_) => return,
-    };
-    let free: Vec<String> = created
-        .into_iter()
-        .take_while(|level| {
-            let under = format!("{level}/");
-            !busy.iter().any(|t| t.starts_with(&under))
-        })
-        .collect();
-    match zfs.remove_empty_created(&free).await {
+    let removed = retry_while_busy(
+        "destroying what a failed replica stream made and left empty",
+        &target,
+        EMPTY_PARENT_BUSY_WAIT,
+        || remove_free_levels(&zfs, &made, &receiving, &parents),
+    )
+    .await;
+    match removed {
         Ok(removed) if !removed.is_empty() => {
             info!(
                 ?removed,
-                "destroyed the empty parents a failed replica stream had created"
+                "destroyed what a failed replica stream had made and left empty"
             )
         }
         Ok(_) => {}
         Err(e) => {
-            warn!(error = %e, "could not destroy the empty parents a failed replica stream had created")
+            warn!(error = %e, "could not destroy what a failed replica stream had made and left empty")
         }
     }
+}
+
+/// One try of [`remove_made_when_empty`], holding the parents lock (`parents`) throughout:
+/// the levels of `made` (top down) that no stream is being received into or under, destroyed
+/// bottom up when empty. A stream that claimed its target before the lock was taken is seen in
+/// `receiving` and keeps what it needs; one that claims it later makes its parents after this
+/// try, finding them gone if they were.
+async fn remove_free_levels(
+    zfs: &Zfs,
+    made: &[String],
+    receiving: &Mutex<HashSet<String>>,
+    parents: &tokio::sync::Mutex<()>,
+) -> Result<Vec<String>, ZfsError> {
+    let _removing = parents.lock().await;
+    let busy: Vec<String> = match receiving.lock() {
+        Ok(r) => r.iter().cloned().collect(),
+        Err(_) => return Ok(Vec::new()),
+    };
+    let free: Vec<String> = made
+        .iter()
+        .take_while(|level| {
+            let under = format!("{level}/");
+            !busy.iter().any(|t| t == *level || t.starts_with(&under))
+        })
+        .cloned()
+        .collect();
+    zfs.remove_empty_created(&free).await
 }
 
 /// The manifest of a received replica: as for a stored file, with the bytes and xxh3 of the

@@ -246,7 +246,8 @@ impl Zfs {
         Ok(created)
     }
 
-    /// Destroys the parents [`Zfs::create_parents`] made (`created`, top down) that are
+    /// Destroys the datasets a failed receive made (`created`, top down: the parents
+    /// [`Zfs::create_parents`] made, perhaps the dataset a killed receive left) that are
     /// still empty — no child dataset, no snapshot — bottom up, stopping at the first one
     /// that is not. Each is destroyed without `-r`, so that one gaining a child meanwhile is
     /// refused by ZFS rather than destroyed with it. Returns the levels destroyed.
