@@ -32,7 +32,10 @@
 #      PROCS_CGROUP (an experiment: a cgroup path, e.g. zb-bench/kubepods/burstable/pod/agent,
 #      made in the cpu, cpuacct and memory v1 hierarchies, as deep as a pod's container under
 #      its node, memory limit 256Mi as the chart's agents; the processes' two agents run in
-#      it, so the ratio then shows what the pods add besides their cgroups).
+#      it, so the ratio then shows what the pods add besides their cgroups),
+#      PROCS_NETNS=pods (an experiment: the processes' two agents run in the network namespaces
+#      of the agent pods, the target on node 2's pod's address, so the ratio then shows what the
+#      pods add besides their network).
 # It installs the release with the chart's defaults (`cluster.sh install`: no bandwidth limit),
 # applies ZfsHosts zb-node1/zb-node2 if missing, and removes its datasets, policy and stored
 # streams at the end.
@@ -137,6 +140,22 @@ spec: {nodeName: zb-node$i, datasets: {include: ["zbnode$i/**"]}}
 YAML
 done
 
+# The network namespaces the processes' agents run in (exec COMMAND there): the nodes' (as
+# bench/transfer/run.sh), or with PROCS_NETNS=pods the agent pods' own.
+source_netns=(ip netns exec zb-node1)
+target_netns=(ip netns exec zb-node2)
+if [ "${PROCS_NETNS:-}" = pods ]; then
+  pod_pid() { pgrep -f "zetaback-agent --host-name=zb-node$1 " | head -1; }
+  p1=$(pod_pid 1); p2=$(pod_pid 2)
+  [ -n "$p1" ] && [ -n "$p2" ] || die "no agent pod processes found"
+  source_netns=(nsenter -t "$p1" -n)
+  target_netns=(nsenter -t "$p2" -n)
+  target_ip=$(k -n "$ns" get pods -l app.kubernetes.io/component=agent -o json |
+    jq -r '.items[] | select(.spec.nodeName == "zb-node2") | .status.podIP')
+  [ -n "$target_ip" ] || die "no pod IP for node 2's agent"
+  log "the processes run in the agent pods' network namespaces (target $target_ip)"
+fi
+
 log "writing $size_mib MiB of random data into $pods_ds and $procs_ds"
 pods_mnt=$(bash "$root/e2e/scripts/zfs.sh" dataset "$pods_ds")
 procs_mnt=$(bash "$root/e2e/scripts/zfs.sh" dataset "$procs_ds")
@@ -160,11 +179,11 @@ echo bench-token >"$dir/token"
 printf '[{"token": "bench-token", "node": "bench-source", "hosts": [%s]}]' \
   "$(seq 1 "$rounds" | sed 's/.*/"bench-src&"/' | paste -sd,)" >"$dir/identities.json"
 # `ip netns exec` execs the agent: $! is the agent itself.
-RUST_LOG=warn in_procs_cgroup ip netns exec zb-node2 "$agent" --no-kube --host-name bench-target --listen "$target_ip:$port" \
+RUST_LOG=warn in_procs_cgroup "${target_netns[@]}" "$agent" --no-kube --host-name bench-target --listen "$target_ip:$port" \
   --store-root "$dir/store" --identities-file "$dir/identities.json" \
   --tls-cert "$pki/bench-target.pem" --tls-key "$pki/bench-target.key" --tls-ca "$pki/ca.pem" &
 target_pid=$!
-for _ in $(seq 1 100); do (echo >"/dev/tcp/$target_ip/$port") 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 100); do "${source_netns[@]}" bash -c 'echo >"/dev/tcp/$0/$1"' "$target_ip" "$port" 2>/dev/null && break; sleep 0.1; done
 
 printf '  waiting for node 1'"'"'s agent pod to report %s' "$pods_ds" >&2
 for _ in $(seq 1 120); do
@@ -182,7 +201,7 @@ process_case() {
   log "round $r/$rounds: processes (agent in node 1's netns → target agent's file store in node 2's)"
   settle
   t0=$(date +%s.%N)
-  out=$(RUST_LOG=warn in_procs_cgroup ip netns exec zb-node1 "$agent" backup --host-name "bench-src$r" --token-file "$dir/token" --dataset "$procs_ds" \
+  out=$(RUST_LOG=warn in_procs_cgroup "${source_netns[@]}" "$agent" backup --host-name "bench-src$r" --token-file "$dir/token" --dataset "$procs_ds" \
     --snapshot bench --keep-snapshots --compression none --target "$target_ip:$port" --target-path "$dir/store" \
     --tls-cert "$pki/bench-source.pem" --tls-key "$pki/bench-source.key" --tls-ca "$pki/ca.pem" --target-node bench-target 2>&1) ||
     { echo "$out" >&2; die "the process case failed"; }
@@ -201,6 +220,10 @@ pods_case() {
   log "round $r/$rounds: pods (agent pod on zb-node1 → node 2's agent pod's file store)"
   settle
   before=$(jobs_of | jq -r '[.items[].metadata.name] | join(" ")')
+  # One watch for the whole job (not a kubectl every half second: on 2 cores those runs took
+  # CPU from the transfer being measured, which the processes' case never paid).
+  "$kbin/kubectl" get backupjob -n "$ns" -l "zetaback.io/policy=$policy" --watch -o json >"$dir/watch.json" 2>/dev/null &
+  watcher=$!
   t0=$(date +%s.%N)
   if [ "$r" = 1 ] && ! k get backuppolicy -n "$ns" "$policy" >/dev/null 2>&1; then
     k apply -f - >/dev/null <<YAML
@@ -218,12 +241,15 @@ YAML
   else
     "$zb" backup "$policy" -n "$ns" --full >/dev/null
   fi
+  j=
   for _ in $(seq 1 1200); do
-    j=$(jobs_of | jq -c --arg before " $before " '[.items[] | . as $job | select(($before | contains(" " + $job.metadata.name + " ")) | not)
-      | select(.status.phase == "Succeeded" or .status.phase == "Failed")][0] // empty')
-    [ -n "$j" ] && break
     sleep 0.5
+    j=$(jq -c --arg before " $before " '. as $job | select((.status.phase == "Succeeded" or .status.phase == "Failed")
+      and ($before | contains(" " + $job.metadata.name + " ") | not))' "$dir/watch.json" 2>/dev/null | head -1 || true)
+    [ -n "$j" ] && break
   done
+  kill "$watcher" 2>/dev/null || true
+  wait "$watcher" 2>/dev/null || true
   t1=$(date +%s.%N)
   [ -n "$j" ] || die "no job of $policy ended within 600 s"
   phase=$(jq -r .status.phase <<<"$j"); name=$(jq -r .metadata.name <<<"$j")
