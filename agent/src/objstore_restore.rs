@@ -41,7 +41,7 @@ use zetaback_objstore::{Credentials, Keys, explain};
 use crate::checksum::BackgroundSha256;
 use crate::restore::{
     Coalesce, HOLD_BACK, HoldBack, PieceRequest, RestoreError, Restored, already_received,
-    chain_pieces, finish_receive, parent_to_create, receive_piece,
+    chain_pieces, finish_receive, parent_to_create, receive_piece, write_then_close,
 };
 use crate::transfer::CHANNEL_DEPTH;
 use crate::zfs::inert;
@@ -507,7 +507,7 @@ async fn apply_piece(
     let raw = StreamReader::new(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }));
-    let mut reader: std::pin::Pin<Box<dyn AsyncBufRead + Send>> = match manifest.compression {
+    let reader: std::pin::Pin<Box<dyn AsyncBufRead + Send>> = match manifest.compression {
         Compression::Zstd => Box::pin(BufReader::with_capacity(
             DECODED_BUFFER,
             ZstdDecoder::new(BufReader::new(raw)),
@@ -515,7 +515,7 @@ async fn apply_piece(
         Compression::None => Box::pin(raw),
     };
     let feeder = feed(body.into_stream(), manifest, tx, progress);
-    let writer = inert::copy_into_receive(&mut reader, recv.stdin(), zfs.capabilities().clone());
+    let writer = write_then_close(reader, recv.stdin(), zfs.capabilities().clone());
     let (fed, written) = tokio::join!(feeder, writer);
     if let Err(e) = &written
         && let Some(refused) = inert::refusal(e)
@@ -528,10 +528,18 @@ async fn apply_piece(
         });
     }
     match (fed, written) {
-        (Err(e), _) => {
+        (Err(e), _) if !matches!(e, RestoreError::Copy(_)) => {
             // The receive never got the piece's end: killed, ZFS discards what it had.
             recv.abort().await;
             return Err(e);
+        }
+        (Err(e), _) => {
+            // The receive stopped reading: prefer its own message (it exits on its own; a
+            // receive that hangs is killed when the timeout drops it).
+            return match tokio::time::timeout(Duration::from_secs(30), recv.finish()).await {
+                Ok(Err(z)) => Err(z.into()),
+                _ => Err(e),
+            };
         }
         (Ok(_), Err(e)) => {
             return match tokio::time::timeout(Duration::from_secs(30), recv.finish()).await {

@@ -350,3 +350,127 @@ async fn a_bucket_restore_waits_while_zfs_calls_its_destination_busy() {
     }
     let _ = std::fs::remove_dir_all(&dir_tmp);
 }
+
+/// A piece whose `zfs receive` stops reading early (here it refuses the stream after its first
+/// records) ends the restore with the receive's own error; it does not hang. The bucket holds a
+/// self-consistent but wrong backup, as a compromised source (or anyone who can write the
+/// bucket) could leave: the full's object replaced by a large incremental stream and its
+/// manifest's sha256 and size rewritten to match, so the checksum passes and the receive of an
+/// incremental into a new dataset refuses it. Before the fix the feeder waited forever on a full
+/// channel the stopped writer no longer read (the restore never returned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_restore_whose_receive_stops_reading_early_fails_instead_of_hanging() {
+    use sha2::Digest;
+    let ep = endpoint();
+    let t = target(&ep);
+    let pool = Pool::new("bucketearly");
+    let (ds, dir) = pool.create("data");
+    write_files(&dir, 5, 1, 100_000);
+    let zfs = Zfs::detect().await.expect("detect zfs");
+    let (dir_tmp, settings) = source_settings("bucket-early");
+    let none = Endpoint::new("object-store", String::new());
+    let full = job::run(
+        &zfs,
+        HOST,
+        &spec(&ds, "zb-early-1", None, t.clone()),
+        Some("t/p"),
+        &none,
+        &settings,
+    )
+    .await
+    .expect("full into the bucket");
+    next_second();
+    // Far more than the channel, the held-back tail and the pipe hold (a few MiB).
+    write_files(&dir, 6, 24, 1_000_000);
+    let incr = job::run(
+        &zfs,
+        HOST,
+        &spec(&ds, "zb-early-2", Some("zb-early-1"), t.clone()),
+        Some("t/p"),
+        &none,
+        &settings,
+    )
+    .await
+    .expect("incremental into the bucket");
+
+    let admin = connect(&t, &creds("ZBE2EADMIN", "zetaback-e2e-admin-secret")).expect("client");
+    let keys = Keys::new(Some(PREFIX));
+    let id = |id: &str| -> StreamId { id.parse().expect("id") };
+    let incr_bytes = admin
+        .get(
+            &keys
+                .stream(HOST, &ds, &id(&incr.backup_id), false)
+                .expect("key"),
+        )
+        .await
+        .expect("GET the incremental")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(incr_bytes.len() > 16 << 20, "{} bytes", incr_bytes.len());
+    let full_stream = keys
+        .stream(HOST, &ds, &id(&full.backup_id), false)
+        .expect("key");
+    let full_manifest = keys
+        .manifest(HOST, &ds, &id(&full.backup_id), false)
+        .expect("key");
+    let mut manifest: serde_json::Value = serde_json::from_slice(
+        &admin
+            .get(&full_manifest)
+            .await
+            .expect("GET the manifest")
+            .bytes()
+            .await
+            .expect("body"),
+    )
+    .expect("manifest JSON");
+    manifest["sha256"] = hex::encode(sha2::Sha256::digest(&incr_bytes)).into();
+    manifest["bytes"] = incr_bytes.len().into();
+    admin
+        .put(&full_stream, PutPayload::from(incr_bytes.clone()))
+        .await
+        .expect("replace the full's object");
+    admin
+        .put(
+            &full_manifest,
+            PutPayload::from(serde_json::to_vec(&manifest).expect("JSON")),
+        )
+        .await
+        .expect("rewrite the full's manifest");
+
+    let into = format!("{}/restored", pool.name);
+    let restored = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        objstore_restore::restore(
+            &zfs,
+            admin.as_ref(),
+            &keys,
+            (HOST, &ds, &full.backup_id),
+            &into,
+        ),
+    )
+    .await
+    .expect("the restore ended (it hung before: the receive had stopped reading)");
+    let err = restored.expect_err("an incremental stream as the first piece is refused");
+    println!("restore of the swapped full: {err}");
+    assert!(
+        !matches!(err, RestoreError::ChecksumMismatch { .. }),
+        "the checksum matched the object; the receive is what refused it: {err:?}"
+    );
+    assert!(
+        !exists(&into),
+        "{into} was left behind: {}",
+        zfs_cli(&["list", "-r", &pool.name])
+    );
+
+    for b in [&full, &incr] {
+        let id = id(&b.backup_id);
+        for k in [
+            keys.manifest(HOST, &ds, &id, false).expect("key"),
+            keys.stream(HOST, &ds, &id, false).expect("key"),
+        ] {
+            admin.delete(&k).await.expect("admin deletes");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir_tmp);
+}

@@ -275,7 +275,7 @@ pub async fn apply_piece(
     // Buffered readers, copied with `copy_buf`: each received chunk (or decoded block) goes
     // to the pipe as it is, without a pass through `copy`'s 8 KiB buffer (a copy and eight
     // times the write calls).
-    let mut reader: std::pin::Pin<Box<dyn AsyncBufRead + Send>> = match compression {
+    let reader: std::pin::Pin<Box<dyn AsyncBufRead + Send>> = match compression {
         Compression::Zstd => Box::pin(BufReader::with_capacity(
             DECODED_BUFFER,
             ZstdDecoder::with_params(
@@ -297,7 +297,7 @@ pub async fn apply_piece(
         progress,
         tx,
     );
-    let writer = inert::copy_into_receive(&mut reader, recv.stdin(), zfs.capabilities().clone());
+    let writer = write_then_close(reader, recv.stdin(), zfs.capabilities().clone());
     let (fed, written) = tokio::join!(feeder, writer);
     if let Err(e) = &written
         && let Some(refused) = inert::refusal(e)
@@ -332,6 +332,24 @@ pub async fn apply_piece(
     };
     finish_receive(zfs, recv, receive, &piece.id, &piece.snapshot).await?;
     Ok((fed.bytes, fed.sha256))
+}
+
+/// Copies `reader` into the receive's stdin, then drops `reader` and with it the channel the
+/// feeder sends into: when the receive stops reading early (it refused the stream, or exited),
+/// the feeder's next send fails at once ("zfs receive stopped reading") instead of waiting
+/// forever on a full channel that nothing reads any more, with the restore hung in
+/// `tokio::join!`.
+pub(crate) async fn write_then_close<W>(
+    mut reader: std::pin::Pin<Box<dyn AsyncBufRead + Send + '_>>,
+    stdin: Option<W>,
+    caps: crate::zfs::Capabilities,
+) -> io::Result<u64>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let written = inert::copy_into_receive(&mut reader, stdin, caps).await;
+    drop(reader);
+    written
 }
 
 /// Waits for a piece's `zfs receive` (fed the whole piece) to end, and confirms the snapshot
