@@ -32,7 +32,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncBufRead, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 use zetaback_core::api::backup_policy::{Compression, ObjectStoreTarget};
 use zetaback_core::store::{Catalogue, Manifest, StreamId};
 use zetaback_objstore::object_store::{self, ObjectStore, ObjectStoreExt};
@@ -41,11 +41,12 @@ use zetaback_objstore::{Credentials, Keys, explain};
 use crate::checksum::BackgroundSha256;
 use crate::restore::{
     Coalesce, HOLD_BACK, HoldBack, PieceRequest, RestoreError, Restored, already_received,
-    chain_pieces, finish_receive, parent_to_create, receive_piece, write_then_close,
+    chain_pieces, discard_partial, finish_receive, parent_to_create, receive_piece,
+    write_then_close,
 };
 use crate::transfer::CHANNEL_DEPTH;
 use crate::zfs::inert;
-use crate::zfs::{Patience, ReceivePurpose, ReceiveRequest, Zfs, retry_while};
+use crate::zfs::{ReceivePurpose, ReceiveRequest, Zfs};
 
 /// The buffer between the zstd decoder and `zfs receive`.
 const DECODED_BUFFER: usize = 256 * 1024;
@@ -388,7 +389,7 @@ async fn apply_chain(
             }
             Err(e) => {
                 if plan != DestinationPlan::Replace {
-                    destroy_partial(zfs, into.dataset).await;
+                    discard_partial(zfs, into.dataset).await;
                 }
                 return Err(e);
             }
@@ -421,43 +422,11 @@ async fn continue_on(zfs: &Zfs, dataset: &str, pieces: &[Located]) -> Result<usi
         );
         return Ok(skip);
     }
-    destroy_partial(zfs, dataset).await;
+    discard_partial(zfs, dataset).await;
     if zfs.dataset_exists(dataset).await? {
         return Err(RestoreError::Exists(dataset.to_owned()));
     }
     Ok(0)
-}
-
-/// How often a failed restore tries to destroy the dataset it created, and how far apart.
-const DESTROY: Patience = Patience::tries(20, Duration::from_millis(250));
-
-/// Destroys the dataset a failed restore created. Retried ([`DESTROY`]): right after an
-/// aborted receive the dataset can still be busy (zfs-fuse's daemon finishes the receive the
-/// killed `zfs` client had started), and `zfs destroy` then fails; any other failure is
-/// retried too (the wind-down may answer otherwise meanwhile).
-async fn destroy_partial(zfs: &Zfs, into: &str) {
-    let destroyed = retry_while(
-        "destroying the partly restored dataset",
-        into,
-        DESTROY,
-        "it failed (ZFS may still be winding the receive down)",
-        |_| true,
-        move || async move {
-            match zfs.dataset_exists(into).await {
-                Ok(false) => return Ok(()),
-                Ok(true) => {}
-                Err(e) => {
-                    warn!(error = %e, "cannot tell whether the partly restored dataset exists")
-                }
-            }
-            warn!(dataset = %into, "destroying the partly restored dataset");
-            zfs.destroy_restored(into).await
-        },
-    )
-    .await;
-    if let Err(e) = destroyed {
-        warn!(error = %e, dataset = %into, "could not destroy the partly restored dataset");
-    }
 }
 
 /// The live manifest of backup `id`.

@@ -595,13 +595,13 @@ where
 const DISCARD: Patience = Patience::within(Duration::from_secs(30), Duration::from_millis(500));
 
 /// Removes the dataset a failed restore created (it did not exist before), before the failure
-/// is reported. After a later piece failed it holds the earlier pieces; after the first piece's
+/// is reported (a file-store or a bucket restore's). After a later piece failed it holds the earlier pieces; after the first piece's
 /// receive was killed, ZFS discards it on its own, but zfs-fuse does so in its daemon after the
 /// killed client is gone, so a status written at once could name a failed restore whose
 /// dataset still existed. Retried within [`DISCARD`] while the dataset is busy (the daemon's
 /// own clean-up), and on any other failure too: the wind-down may answer otherwise meanwhile
 /// (the dataset vanishing between the look and the destroy).
-async fn discard_partial(zfs: &Zfs, dataset: &str) {
+pub(crate) async fn discard_partial(zfs: &Zfs, dataset: &str) {
     let discarded = retry_while(
         "destroying the partly restored dataset",
         dataset,
