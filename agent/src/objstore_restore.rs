@@ -24,7 +24,6 @@
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_compression::tokio::bufread::ZstdDecoder;
 use bytes::Bytes;
@@ -41,11 +40,10 @@ use zetaback_objstore::{Credentials, Keys, explain};
 use crate::checksum::BackgroundSha256;
 use crate::restore::{
     Coalesce, HOLD_BACK, HoldBack, PieceRequest, RestoreError, Restored, already_received,
-    chain_pieces, discard_partial, finish_receive, parent_to_create, receive_piece,
+    chain_pieces, copy_ended, discard_partial, finish_receive, parent_to_create, receive_piece,
     write_then_close,
 };
 use crate::transfer::CHANNEL_DEPTH;
-use crate::zfs::inert;
 use crate::zfs::{ReceivePurpose, ReceiveRequest, Zfs};
 
 /// The buffer between the zstd decoder and `zfs receive`.
@@ -486,38 +484,7 @@ async fn apply_piece(
     let feeder = feed(body.into_stream(), manifest, tx, progress);
     let writer = write_then_close(reader, recv.stdin(), zfs.capabilities().clone());
     let (fed, written) = tokio::join!(feeder, writer);
-    if let Err(e) = &written
-        && let Some(refused) = inert::refusal(e)
-    {
-        let message = refused.to_string();
-        recv.abort().await;
-        return Err(RestoreError::Refused {
-            id: manifest.id.clone(),
-            message,
-        });
-    }
-    match (fed, written) {
-        (Err(e), _) if !matches!(e, RestoreError::Copy(_)) => {
-            // The receive never got the piece's end: killed, ZFS discards what it had.
-            recv.abort().await;
-            return Err(e);
-        }
-        (Err(e), _) => {
-            // The receive stopped reading: prefer its own message (it exits on its own; a
-            // receive that hangs is killed when the timeout drops it).
-            return match tokio::time::timeout(Duration::from_secs(30), recv.finish()).await {
-                Ok(Err(z)) => Err(z.into()),
-                _ => Err(e),
-            };
-        }
-        (Ok(_), Err(e)) => {
-            return match tokio::time::timeout(Duration::from_secs(30), recv.finish()).await {
-                Ok(Err(z)) => Err(z.into()),
-                _ => Err(RestoreError::Copy(e.to_string())),
-            };
-        }
-        (Ok(_), Ok(_)) => {}
-    }
+    let (_, recv) = copy_ended(recv, &manifest.id, fed, written).await?;
     finish_receive(zfs, recv, receive, &manifest.id, &manifest.snapshot).await?;
     Ok(manifest.bytes)
 }

@@ -152,21 +152,36 @@ fn mounted_anything_of(dataset: &str) -> bool {
         .any(|l| l.split_whitespace().next() == Some(dataset))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bucket_restore_verifies_each_piece_and_refuses_a_changed_object() {
-    let ep = endpoint();
-    let t = target(&ep);
-    let pool = Pool::new("bucketrestore");
+/// What [`full_then_incremental`] stored: the source dataset and its directory, the two
+/// backups, and the source's temporary directory (its bucket keys).
+struct Chain {
+    ds: String,
+    dir: std::path::PathBuf,
+    full: job::JobOutcome,
+    incr: job::JobOutcome,
+    dir_tmp: std::path::PathBuf,
+}
+
+/// A new dataset `data` of `pool` backed up into the bucket with the agent's job code: a full
+/// (snapshot `<tag>-1`) of `write_files(seed, n, size)` per `first`, then, a second later, an
+/// incremental (`<tag>-2`) after `then`'s files were written.
+async fn full_then_incremental(
+    pool: &Pool,
+    zfs: &Zfs,
+    t: &ObjectStoreTarget,
+    tag: &str,
+    first: (u64, usize, usize),
+    then: (u64, usize, usize),
+) -> Chain {
     let (ds, dir) = pool.create("data");
-    // More than the held-back megabyte, so the check is what keeps the end from zfs.
-    write_files(&dir, 1, 6, 400_000);
-    let zfs = Zfs::detect().await.expect("detect zfs");
-    let (dir_tmp, settings) = source_settings("bucket-restore");
+    write_files(&dir, first.0, first.1, first.2);
+    let (dir_tmp, settings) = source_settings(tag);
     let none = Endpoint::new("object-store", String::new());
+    let (snap1, snap2) = (format!("{tag}-1"), format!("{tag}-2"));
     let full = job::run(
-        &zfs,
+        zfs,
         HOST,
-        &spec(&ds, "zb-br-1", None, t.clone()),
+        &spec(&ds, &snap1, None, t.clone()),
         Some("t/p"),
         &none,
         &settings,
@@ -174,17 +189,53 @@ async fn bucket_restore_verifies_each_piece_and_refuses_a_changed_object() {
     .await
     .expect("full into the bucket");
     next_second();
-    write_files(&dir, 2, 4, 300_000);
+    write_files(&dir, then.0, then.1, then.2);
     let incr = job::run(
-        &zfs,
+        zfs,
         HOST,
-        &spec(&ds, "zb-br-2", Some("zb-br-1"), t.clone()),
+        &spec(&ds, &snap2, Some(&snap1), t.clone()),
         Some("t/p"),
         &none,
         &settings,
     )
     .await
     .expect("incremental into the bucket");
+    Chain {
+        ds,
+        dir,
+        full,
+        incr,
+        dir_tmp,
+    }
+}
+
+/// Deletes the backups `ids` of `ds` (manifest and stream) with the admin key.
+async fn delete_from_bucket(admin: &dyn ObjectStore, keys: &Keys, ds: &str, ids: &[&str]) {
+    for id in ids {
+        let id: StreamId = id.parse().expect("id");
+        for k in [
+            keys.manifest(HOST, ds, &id, false).expect("key"),
+            keys.stream(HOST, ds, &id, false).expect("key"),
+        ] {
+            admin.delete(&k).await.expect("admin deletes");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_restore_verifies_each_piece_and_refuses_a_changed_object() {
+    let ep = endpoint();
+    let t = target(&ep);
+    let pool = Pool::new("bucketrestore");
+    let zfs = Zfs::detect().await.expect("detect zfs");
+    // More than the held-back megabyte, so the check is what keeps the end from zfs.
+    let Chain {
+        ds,
+        dir,
+        full,
+        incr,
+        dir_tmp,
+    } = full_then_incremental(&pool, &zfs, &t, "zb-br", (1, 6, 400_000), (2, 4, 300_000)).await;
     let want = checksums(&dir);
 
     let admin = connect(&t, &creds("ZBE2EADMIN", "zetaback-e2e-admin-secret")).expect("client");
@@ -257,15 +308,13 @@ async fn bucket_restore_verifies_each_piece_and_refuses_a_changed_object() {
     assert!(!exists(&into3), "{into3} was left behind");
     assert!(!mounted_anything_of(&into3));
 
-    for b in [&full, &incr] {
-        let id: StreamId = b.backup_id.parse().expect("id");
-        for k in [
-            keys.manifest(HOST, &ds, &id, false).expect("key"),
-            keys.stream(HOST, &ds, &id, false).expect("key"),
-        ] {
-            admin.delete(&k).await.expect("admin deletes");
-        }
-    }
+    delete_from_bucket(
+        admin.as_ref(),
+        &keys,
+        &ds,
+        &[&full.backup_id, &incr.backup_id],
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&dir_tmp);
 }
 
@@ -364,34 +413,24 @@ async fn a_bucket_restore_whose_receive_stops_reading_early_fails_instead_of_han
     let ep = endpoint();
     let t = target(&ep);
     let pool = Pool::new("bucketearly");
-    let (ds, dir) = pool.create("data");
-    write_files(&dir, 5, 1, 100_000);
     let zfs = Zfs::detect().await.expect("detect zfs");
-    let (dir_tmp, settings) = source_settings("bucket-early");
-    let none = Endpoint::new("object-store", String::new());
-    let full = job::run(
+    // The incremental: far more than the channel, the held-back tail and the pipe hold (a few
+    // MiB).
+    let Chain {
+        ds,
+        full,
+        incr,
+        dir_tmp,
+        ..
+    } = full_then_incremental(
+        &pool,
         &zfs,
-        HOST,
-        &spec(&ds, "zb-early-1", None, t.clone()),
-        Some("t/p"),
-        &none,
-        &settings,
+        &t,
+        "zb-early",
+        (5, 1, 100_000),
+        (6, 24, 1_000_000),
     )
-    .await
-    .expect("full into the bucket");
-    next_second();
-    // Far more than the channel, the held-back tail and the pipe hold (a few MiB).
-    write_files(&dir, 6, 24, 1_000_000);
-    let incr = job::run(
-        &zfs,
-        HOST,
-        &spec(&ds, "zb-early-2", Some("zb-early-1"), t.clone()),
-        Some("t/p"),
-        &none,
-        &settings,
-    )
-    .await
-    .expect("incremental into the bucket");
+    .await;
 
     let admin = connect(&t, &creds("ZBE2EADMIN", "zetaback-e2e-admin-secret")).expect("client");
     let keys = Keys::new(Some(PREFIX));
@@ -463,14 +502,12 @@ async fn a_bucket_restore_whose_receive_stops_reading_early_fails_instead_of_han
         zfs_cli(&["list", "-r", &pool.name])
     );
 
-    for b in [&full, &incr] {
-        let id = id(&b.backup_id);
-        for k in [
-            keys.manifest(HOST, &ds, &id, false).expect("key"),
-            keys.stream(HOST, &ds, &id, false).expect("key"),
-        ] {
-            admin.delete(&k).await.expect("admin deletes");
-        }
-    }
+    delete_from_bucket(
+        admin.as_ref(),
+        &keys,
+        &ds,
+        &[&full.backup_id, &incr.backup_id],
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&dir_tmp);
 }

@@ -299,37 +299,7 @@ pub async fn apply_piece(
     );
     let writer = write_then_close(reader, recv.stdin(), zfs.capabilities().clone());
     let (fed, written) = tokio::join!(feeder, writer);
-    if let Err(e) = &written
-        && let Some(refused) = inert::refusal(e)
-    {
-        let refused = refused.to_string();
-        recv.abort().await;
-        return Err(RestoreError::Refused {
-            id: piece.id.clone(),
-            message: refused,
-        });
-    }
-    let fed = match (fed, written) {
-        (Err(e), _) if !matches!(e, RestoreError::Copy(_)) => {
-            recv.abort().await;
-            return Err(e);
-        }
-        (Err(e), _) => {
-            // The receive stopped reading: prefer its own message (it exits on its own; a
-            // receive that hangs is killed when the timeout drops it).
-            return match tokio::time::timeout(Duration::from_secs(30), recv.finish()).await {
-                Ok(Err(z)) => Err(z.into()),
-                _ => Err(e),
-            };
-        }
-        (Ok(_), Err(e)) => {
-            return match tokio::time::timeout(Duration::from_secs(30), recv.finish()).await {
-                Ok(Err(z)) => Err(z.into()),
-                _ => Err(RestoreError::Copy(e.to_string())),
-            };
-        }
-        (Ok(fed), Ok(_)) => fed,
-    };
+    let (fed, recv) = copy_ended(recv, &piece.id, fed, written).await?;
     finish_receive(zfs, recv, receive, &piece.id, &piece.snapshot).await?;
     Ok((fed.bytes, fed.sha256))
 }
@@ -350,6 +320,46 @@ where
     let written = inert::copy_into_receive(&mut reader, stdin, caps).await;
     drop(reader);
     written
+}
+
+/// How a piece's copy into `recv` ended, once its feeder (`fed`) and its writer (`written`)
+/// are both done (a file-store or a bucket restore's): the feeder's result and the receive,
+/// to be finished, when the receive got the whole piece; otherwise the error to report — the
+/// stream's refusal or the feeder's own failure (the receive is killed: ZFS discards what it
+/// had), or, when the receive stopped reading, the receive's own message.
+pub(crate) async fn copy_ended<T>(
+    recv: ReceiveProcess,
+    id: &str,
+    fed: Result<T, RestoreError>,
+    written: io::Result<u64>,
+) -> Result<(T, ReceiveProcess), RestoreError> {
+    if let Err(e) = &written
+        && let Some(refused) = inert::refusal(e)
+    {
+        let message = refused.to_string();
+        recv.abort().await;
+        return Err(RestoreError::Refused {
+            id: id.to_owned(),
+            message,
+        });
+    }
+    // The receive stopped reading (it exits on its own; one that hangs is killed when the
+    // timeout drops it): its own message, else `otherwise`.
+    let receive_error = |recv: ReceiveProcess, otherwise: RestoreError| async move {
+        match tokio::time::timeout(Duration::from_secs(30), recv.finish()).await {
+            Ok(Err(z)) => Err(z.into()),
+            _ => Err(otherwise),
+        }
+    };
+    match (fed, written) {
+        (Err(e), _) if !matches!(e, RestoreError::Copy(_)) => {
+            recv.abort().await;
+            Err(e)
+        }
+        (Err(e), _) => receive_error(recv, e).await,
+        (Ok(_), Err(e)) => receive_error(recv, RestoreError::Copy(e.to_string())).await,
+        (Ok(fed), Ok(_)) => Ok((fed, recv)),
+    }
 }
 
 /// Waits for a piece's `zfs receive` (fed the whole piece) to end, and confirms the snapshot
@@ -595,10 +605,10 @@ where
 const DISCARD: Patience = Patience::within(Duration::from_secs(30), Duration::from_millis(500));
 
 /// Removes the dataset a failed restore created (it did not exist before), before the failure
-/// is reported (a file-store or a bucket restore's). After a later piece failed it holds the earlier pieces; after the first piece's
-/// receive was killed, ZFS discards it on its own, but zfs-fuse does so in its daemon after the
-/// killed client is gone, so a status written at once could name a failed restore whose
-/// dataset still existed. Retried within [`DISCARD`] while the dataset is busy (the daemon's
+/// is reported (a file-store or a bucket restore's). After a later piece failed it holds the
+/// earlier pieces; after the first piece's receive was killed, ZFS discards it on its own, but
+/// zfs-fuse does so in its daemon after the killed client is gone, so a status written at once
+/// could name a failed restore whose dataset still existed. Retried within [`DISCARD`] while the dataset is busy (the daemon's
 /// own clean-up), and on any other failure too: the wind-down may answer otherwise meanwhile
 /// (the dataset vanishing between the look and the destroy).
 pub(crate) async fn discard_partial(zfs: &Zfs, dataset: &str) {
